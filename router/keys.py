@@ -13,10 +13,11 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     abrouter:{E}:producers   hash    producer id -> last applied batch sequence number
     abrouter:{E}:events      stream  capped raw log: one entry per flushed batch (audit only)
     abrouter:{E}:decisions   stream  capped history of the analyzer's decisions
+    abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
 
 ``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
 
-    e|v|units          units first seen in this stratum
+    e|v|units          units exposed in this stratum (counted when n_u becomes > 0)
     e|v|exposures      proxied requests (sum of n_u over units)
     e|v|exposures_sq   sum of n_u^2
     e|v|m|sum          sum over units of x_u (the unit's total of metric m)
@@ -31,13 +32,27 @@ latency_ms) are recorded on every proxied request; analyse them as ratios x_u / 
 ``units`` fields, for the unit hash ``h`` (`unit_hash`, never the raw id)::
 
     h           "e|v" of the unit's latest exposure (credits unit-addressed outcomes)
-    h|e|v       cjson array [n_u, x_u(m1), x_u(m2), ...] in the order of the batch's
-                ``metrics`` list, which is `metric_order(experiment)` and only grows.
+    h|e|v       JSON array [n_u, x_u(m1), x_u(m2), ...], numbers written with 17
+                significant digits so they round-trip exactly; x_u columns follow
+                the ``metrics`` key.
+
+The ``metrics`` key is the union of every producer's `metric_order(experiment)` in
+first-seen order: ``flush.lua`` appends the names a batch brings that it lacks and never
+reorders or removes one, so a state written by a router with more metrics stays valid
+for a router with fewer (the script maps each batch metric to its column by name).
+A shorter state array means zeros for the missing columns.
+
+``events`` entries, one per applied batch, have the fields ``producer``, ``seq``, ``n``
+(number of raw events) and ``events``: JSON lines, one raw event each, as written by
+`router.events.encode_event` (``{"type": "exposure"|"outcome", ...}``).
 
 Exactly-once: a batch carries (producer, seq). ``flush.lua`` applies it only when seq is
 greater than ``producers[producer]`` and then stores seq, all in one atomic script call,
 so replaying a batch (after a timeout, from the spill file, after a Redis restart) never
-counts it twice. A producer must therefore deliver its batches in seq order.
+counts it twice. A producer must therefore deliver its batches in seq order. Unless the
+caller allows a gap, the script also refuses (and reports) a batch whose seq is not
+``producers[producer] + 1``: that is how a producer learns that Redis lost its last
+batches (a restart inside the AOF fsync window) and re-sends them first.
 """
 
 from __future__ import annotations
@@ -89,9 +104,13 @@ class Keys:
     def decisions(self) -> str:
         return self._key("decisions")
 
+    @property
+    def metrics(self) -> str:
+        return self._key("metrics")
+
     def all(self) -> tuple[str, ...]:
         """In the order flush.lua expects them as KEYS."""
-        return (self.agg, self.units, self.epochs, self.producers, self.events)
+        return (self.agg, self.units, self.epochs, self.producers, self.events, self.metrics)
 
 
 def unit_hash(unit: str) -> str:
@@ -103,6 +122,17 @@ def unit_hash(unit: str) -> str:
 def metric_order(experiment: Experiment) -> tuple[str, ...]:
     """Metric names in storage order: the built-ins first, then the experiment's metrics."""
     return BUILTIN_METRICS + tuple(m.name for m in experiment.metrics)
+
+
+def stratum(epoch: int, variant: str) -> str:
+    """The ``e|v`` prefix of a stratum, as stored in ``agg`` fields and ``units[h]``."""
+    return f"{epoch}{FIELD_SEP}{variant}"
+
+
+def parse_stratum(value: bytes | str) -> tuple[int, str]:
+    """The (epoch, variant) of a ``units[h]`` value."""
+    epoch, variant = _text(value).split(FIELD_SEP, 1)
+    return int(epoch), variant
 
 
 # ------------------------------------------------------------------ reading back

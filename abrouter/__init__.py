@@ -1,0 +1,1 @@
+"""The `abrouter` command: a thin shell over the router and analysis packages."""

@@ -1,0 +1,5 @@
+import sys
+
+from abrouter.cli import main
+
+sys.exit(main())

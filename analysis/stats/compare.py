@@ -1,0 +1,188 @@
+"""Compare a candidate arm with the control on one metric: frequentist, sequential, Bayesian.
+
+`compare()` is the one entry point the decision policy needs per (variant, metric). It
+returns a `Comparison` with every number the report shows; see docs/statistics.md for the
+conventions. Degenerate data gives ``status="insufficient_data"`` and a reason code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Sequence
+
+from scipy import stats as sps
+
+from analysis.stats import bayes, estimate, fixed_horizon, reasons, sequential
+from analysis.stats.sample import Sample
+
+Kind = Literal["binary", "continuous"]
+Direction = Literal["increase", "decrease"]
+NAN_PAIR = (math.nan, math.nan)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate vs control on one metric. Intervals are two-sided at level 1 − alpha."""
+
+    variant: str
+    metric: str
+    #: "ok" or "insufficient_data".
+    status: str
+    #: Reason code when insufficient (see `analysis.stats.reasons`), else None.
+    reason: str | None
+    n_control: float
+    n: float
+    control_mean: float
+    mean: float
+    #: mean − control_mean, and its fixed-horizon CI (unpooled SE; Welch t for continuous).
+    absolute_lift: float
+    absolute_ci: tuple[float, float]
+    #: mean / control_mean − 1; CI by the delta method, including Var(control mean).
+    relative_lift: float
+    relative_ci: tuple[float, float]
+    #: Fixed horizon, two-sided: pooled two-proportion z (binary), Welch t (continuous),
+    #: z with the delta-method SE (ratio metrics, and stratified estimates).
+    p_value: float
+    #: Always-valid mSPRT p on the absolute difference; running minimum over looks.
+    sequential_p_value: float
+    #: Confidence sequence on the relative scale (same multiplier as the absolute one,
+    #: times the delta-method relative SE).
+    sequential_ci: tuple[float, float]
+    #: Confidence sequence on the absolute scale (inverts the mSPRT).
+    sequential_ci_absolute: tuple[float, float]
+    #: P(candidate better than control), respecting direction.
+    chance_to_beat: float
+    #: E[max(0, harm)] of choosing the candidate, in the metric's absolute units (>= 0).
+    expected_loss: float
+    #: Epoch strata that entered the estimate (degenerate strata are skipped).
+    strata: int = 1
+    #: "beta_binomial" (exact, binary single stratum) or "gaussian".
+    bayes_method: str = "gaussian"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: tuples become lists, NaN and infinities become None."""
+        return {key: _json_safe(value) for key, value in asdict(self).items()}
+
+
+def compare(
+    control: Sample | Sequence[Sample],
+    candidate: Sample | Sequence[Sample],
+    *,
+    kind: Kind,
+    direction: Direction,
+    alpha: float,
+    expected_units: int,
+    variant: str,
+    metric: str,
+    previous_sequential_p: float = 1.0,
+) -> Comparison:
+    """Compare `candidate` with `control`.
+
+    A Sequence is a list of epoch strata aligned by index (stratum i of the control and
+    stratum i of the candidate come from the same weight epoch). Per-stratum differences
+    are combined by inverse-variance weighting; strata where either arm is degenerate are
+    skipped. A single Sample is one stratum.
+
+    `expected_units` is the number of units *per arm* at which the sequential test should
+    be most powerful (the experiment's `expected_units_per_arm`); it tunes the mSPRT mixing
+    variance. `previous_sequential_p` is the sequential p of the previous look, so the
+    reported sequential p is a running minimum (pass 1.0 on the first look).
+    """
+    controls, candidates = strata(control, candidate, kind=kind)
+    est = estimate.combine(controls, candidates, estimate.arm_variance(kind))
+    reason = est.reason or (reasons.ZERO_BASELINE if est.control_mean == 0 else None)
+    header = dict(variant=variant, metric=metric, n_control=est.n_control, n=est.n,
+                  control_mean=est.control_mean, mean=est.mean)
+    if reason:
+        return _insufficient(header, reason, previous_sequential_p)
+    fixed, abs_ci = _fixed_horizon(est, kind, alpha)
+    rel_se = math.sqrt(est.relative_variance)
+    z = float(sps.norm.isf(alpha / 2))
+    r = sequential.mixing_ratio((est.n_control + est.n) / 2, expected_units, alpha)
+    k = float(sequential.half_width_multiplier(r, alpha))
+    seq_p = float(sequential.p_value(est.difference / math.sqrt(est.variance), r))
+    chance, loss, method = _bayes(est, kind, direction)
+    return Comparison(
+        **header, status=reasons.OK, reason=None,
+        absolute_lift=est.difference, absolute_ci=abs_ci,
+        relative_lift=est.relative, relative_ci=_around(est.relative, z * rel_se),
+        p_value=fixed.p_value,
+        sequential_p_value=min(previous_sequential_p, seq_p),
+        sequential_ci=_around(est.relative, k * rel_se),
+        sequential_ci_absolute=_around(est.difference, k * math.sqrt(est.variance)),
+        chance_to_beat=chance, expected_loss=loss,
+        strata=len(est.pairs), bayes_method=method,
+    )
+
+
+def strata(
+    control: Sample | Sequence[Sample], candidate: Sample | Sequence[Sample], *, kind: Kind
+) -> tuple[list[Sample], list[Sample]]:
+    """Both arms as aligned lists of strata; ValueError for inputs that are bugs, not bad luck."""
+    controls = [control] if isinstance(control, Sample) else list(control)
+    candidates = [candidate] if isinstance(candidate, Sample) else list(candidate)
+    if not controls or len(controls) != len(candidates):
+        raise ValueError(f"strata: need the same non-zero number per arm, got {len(controls)} and {len(candidates)}")
+    for sample in controls + candidates:
+        _validate(sample, kind)
+    return controls, candidates
+
+
+def _validate(sample: Sample, kind: Kind) -> None:
+    if kind not in ("binary", "continuous"):
+        raise ValueError(f"kind: must be binary or continuous, got {kind!r}")
+    if sample.is_ratio:
+        return
+    if kind == "binary" and not 0 <= sample.sum <= sample.n:
+        raise ValueError(f"binary metric: need 0 <= sum <= n, got sum={sample.sum}, n={sample.n}")
+    if kind == "continuous" and sample.sum_sq is None:
+        raise ValueError("continuous metric: sum_sq is required")
+
+
+def _fixed_horizon(est: estimate.Estimate, kind: Kind, alpha: float) -> tuple[fixed_horizon.TestResult, tuple[float, float]]:
+    """The classic test and CI for one stratum; a z on the combined estimate for several."""
+    (control, candidate), *rest = est.pairs
+    if rest or control.is_ratio:
+        result = fixed_horizon.z_test(est.difference, est.variance)
+    elif kind == "binary":
+        result = fixed_horizon.two_proportion_z(control, candidate)
+    else:
+        result = fixed_horizon.welch_t(control, candidate)
+    # Welch's CI uses the t quantile; every other CI is a Wald interval with the unpooled SE.
+    quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else sps.norm.isf(alpha / 2)
+    return result, _around(est.difference, float(quantile) * math.sqrt(est.variance))
+
+
+def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[float, float, str]:
+    (control, candidate), *rest = est.pairs
+    if kind == "binary" and not rest and not control.is_ratio:
+        return (bayes.beta_binomial_chance_to_beat(control, candidate, direction=direction),
+                bayes.beta_binomial_expected_loss(control, candidate, direction=direction),
+                "beta_binomial")
+    return (bayes.gaussian_chance_to_beat(est.difference, est.variance, direction=direction),
+            bayes.gaussian_expected_loss(est.difference, est.variance, direction=direction),
+            "gaussian")
+
+
+def _insufficient(header: dict[str, Any], reason: str, previous_sequential_p: float) -> Comparison:
+    # Nothing was learned at this look, so the running-minimum sequential p carries over.
+    return Comparison(
+        **header, status=reasons.INSUFFICIENT, reason=reason,
+        absolute_lift=math.nan, absolute_ci=NAN_PAIR, relative_lift=math.nan, relative_ci=NAN_PAIR,
+        p_value=math.nan, sequential_p_value=previous_sequential_p,
+        sequential_ci=NAN_PAIR, sequential_ci_absolute=NAN_PAIR,
+        chance_to_beat=math.nan, expected_loss=math.nan, strata=0,
+    )
+
+
+def _around(center: float, half_width: float) -> tuple[float, float]:
+    return (center - half_width, center + half_width)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (tuple, list)):
+        return [_json_safe(v) for v in value]
+    return value

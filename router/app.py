@@ -1,0 +1,94 @@
+"""Builds the aiohttp application and owns the lifecycles of its long-lived parts.
+
+One upstream transport, one event log (with its Redis client) and one weights watcher
+per app, created in `cleanup_ctx` and closed in reverse order on shutdown. aiohttp stops
+accepting, lets in-flight requests finish, and only then runs the cleanups, so the
+event log's final flush sees every request that was answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from router import api
+from router.eventlog import EventLog
+from router.experiment import Experiment
+from router.proxy import ROUTER, Router, handle
+from router.requestid import RequestIds
+from router.routing import RoutingTable, next_table
+from router.upstream import AiohttpTransport, TimeoutConfig, Transport
+from router.weights import SourceStatus, WeightsSource
+
+log = logging.getLogger("abrouter")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    redis_url: str
+    spill_dir: Path
+    #: Seconds between event-log flushes to Redis.
+    flush_interval_s: float = 0.25
+    #: Events held in memory before a flush is forced.
+    max_buffered_events: int = 50_000
+    #: Shared by all replicas so any of them accepts request ids issued by another;
+    #: from ABROUTER_SECRET. Without it ids are checked for integrity only.
+    secret: bytes = b""
+
+
+def secret_from_env() -> bytes:
+    return os.environ.get("ABROUTER_SECRET", "").encode()
+
+
+def build_app(experiment: Experiment, settings: ServeSettings, *, source: WeightsSource | None = None,
+              transport: Transport | None = None) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    status = SourceStatus()
+    if source is not None and hasattr(source, "status"):
+        status = source.status  # type: ignore[attr-defined]
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        eventlog = EventLog(redis_url=settings.redis_url, experiment=experiment, spill_dir=settings.spill_dir,
+                            flush_interval_s=settings.flush_interval_s,
+                            max_events=settings.max_buffered_events)
+        table = RoutingTable(experiment=experiment, since=time.time())
+        eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
+        await eventlog.start()
+        t = transport or AiohttpTransport(TimeoutConfig(experiment.timeouts.connect_s, experiment.timeouts.read_s))
+        app[ROUTER] = Router(table=table, transport=t, eventlog=eventlog,
+                             ids=RequestIds(settings.secret + b"\0" + experiment.name.encode()), source=status)
+        watcher = asyncio.create_task(source.run(lambda e: apply_spec(app[ROUTER], e))) if source else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            await t.close()
+            await eventlog.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    api.add_routes(app)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def apply_spec(router: Router, experiment: Experiment) -> None:
+    """Switch to a changed spec (raises ReloadRejected to keep the old one)."""
+    table = next_table(router.table, experiment, now=time.time())
+    if table is router.table:
+        return
+    if table.epoch != router.table.epoch:
+        router.eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
+        log.info("weights epoch %d: %s", table.epoch, table.weights_by_name())
+    router.eventlog.update_experiment(experiment)
+    router.table = table

@@ -1,0 +1,66 @@
+"""Self-describing request ids, so that crediting an outcome needs no lookup.
+
+An id carries what an outcome needs: the unit hash, the variant index, the epoch and the
+time it was issued, plus random bits and a MAC. Any replica can verify and decode an id
+that any other replica issued, without Redis and without storing one key per request
+(at 10k req/s that would be 864 million keys a day). The MAC turns typos, truncation and
+made-up ids into "unknown request id"; with a secret shared by the replicas
+(``ABROUTER_SECRET``) it also stops clients from forging credit for a variant.
+
+Layout (31 bytes, base64url without padding = 42 characters)::
+
+    unit hash 8 | epoch u32 | variant u8 | issued-at u32 seconds | random 6 | mac 8
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+
+_BODY = struct.Struct(">8sIBI6s")
+_MAC_LEN = 8
+_ENCODED_LEN = 42
+
+
+class RequestIdError(ValueError):
+    """An id that is malformed, fails its MAC, or has expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    unit_hash: str
+    epoch: int
+    variant_index: int
+    issued_at: int
+
+
+class RequestIds:
+    def __init__(self, secret: bytes) -> None:
+        self._secret = hashlib.blake2b(secret, digest_size=32, person=b"abrouter-rid").digest()
+
+    def issue(self, *, unit_hash: str, epoch: int, variant_index: int, now: float) -> str:
+        body = _BODY.pack(bytes.fromhex(unit_hash), epoch, variant_index, int(now), os.urandom(6))
+        return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode()
+
+    def decode(self, request_id: str, *, now: float, ttl_s: float) -> RequestInfo:
+        if not isinstance(request_id, str) or len(request_id) != _ENCODED_LEN:
+            raise RequestIdError("unknown request id (malformed)")
+        try:
+            raw = base64.urlsafe_b64decode(request_id + "==")
+        except (binascii.Error, ValueError):
+            raise RequestIdError("unknown request id (malformed)") from None
+        body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise RequestIdError("unknown request id (not issued by this experiment)")
+        unit, epoch, variant, issued, _ = _BODY.unpack(body)
+        if now - issued > ttl_s:
+            raise RequestIdError(f"request id expired ({now - issued:.0f}s old, outcome_ttl is {ttl_s:.0f}s)")
+        return RequestInfo(unit_hash=unit.hex(), epoch=epoch, variant_index=variant, issued_at=issued)
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_LEN]

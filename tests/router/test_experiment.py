@@ -1,0 +1,141 @@
+import json
+import math
+
+import pytest
+
+from router import experiment as model
+
+BASE = {
+    "name": "recsys-v2",
+    "unit": {"header": "X-User-Id"},
+    "variants": [
+        {"name": "control", "upstream": "http://model-a:8080", "weight": 50},
+        {"name": "candidate", "upstream": "http://model-b:8080", "weight": 50},
+    ],
+    "metrics": [
+        {"name": "conversion", "kind": "binary", "direction": "increase"},
+        {"name": "revenue", "kind": "continuous"},
+    ],
+}
+
+
+def spec(**changes):
+    data = json.loads(json.dumps(BASE))
+    data.update(changes)
+    return data
+
+
+def test_issue_example_parses_with_defaults():
+    e = model.parse(BASE)
+    assert e.salt == "recsys-v2"
+    assert e.control.name == "control"
+    assert e.weights == (0.5, 0.5)
+    assert e.metric("revenue").direction == "increase"
+    assert e.epoch == 1 and e.allow_force_variant is False
+
+
+def test_round_trips_through_json():
+    e = model.parse(spec(salt="s1", epoch=3, allow_force_variant=True,
+                         analysis={"alpha": 0.01, "ramp": [10, 50], "bandit": {"enabled": True}}))
+    again = model.parse(json.loads(model.to_json(e)))
+    assert again == e
+
+
+def test_loads_yaml_and_bundled_example():
+    from importlib import resources
+
+    e = model.load(resources.files("router.examples") / "experiment.yaml")
+    assert e.name == "recsys-v2" and len(e.variants) == 2
+
+
+@pytest.mark.parametrize("weight", [-5, float("nan"), float("inf"), "50", True, None])
+def test_bad_weights_name_the_field(weight):
+    data = spec()
+    data["variants"][1]["weight"] = weight
+    with pytest.raises(model.ConfigError) as err:
+        model.parse(data)
+    assert err.value.path == "variants[1].weight"
+
+
+def test_negative_weight_message_is_exact():
+    data = spec()
+    data["variants"][1]["weight"] = -5
+    with pytest.raises(model.ConfigError, match=r"^variants\[1\]\.weight: must be >= 0, got -5$"):
+        model.parse(data)
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 0},
+                   {"name": "b", "upstream": "http://b", "weight": 0}]}, "variants"),
+    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1},
+                   {"name": "a", "upstream": "http://b", "weight": 1}]}, "variants[1].name"),
+    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1}]}, "variants"),
+    ({"variants": [{"name": "a", "upstream": "ftp://a", "weight": 1},
+                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].upstream"),
+    ({"variants": [{"name": "a", "upstream": "http://", "weight": 1},
+                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].upstream"),
+    ({"variants": [{"name": "a", "upstream": "model-a:8080", "weight": 1},
+                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].upstream"),
+    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1, "colour": "red"},
+                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].colour"),
+    ({"metrics": [{"name": "m", "kind": "binary"}, {"name": "m", "kind": "continuous"}]}, "metrics[1].name"),
+    ({"metrics": [{"name": "m", "kind": "count"}]}, "metrics[0].kind"),
+    ({"metrics": [{"name": "errors", "kind": "binary"}]}, "metrics[0].name"),
+    ({"unit": {"header": "X", "cookie": "y"}}, "unit"),
+    ({"unit": {"body": "user"}}, "unit"),
+    ({"name": "Not_A_Label"}, "name"),
+    ({"surprise": 1}, "surprise"),
+    ({"epoch": 0}, "epoch"),
+    ({"analysis": {"alpha": 0.7}}, "analysis.alpha"),
+    ({"analysis": {"ramp": [50, 25]}}, "analysis.ramp"),
+    ({"analysis": {"guardrails": [{"metric": "nope", "direction": "decrease", "margin": 1}]}},
+     "analysis.guardrails[0].metric"),
+    ({"analysis": {"max_duration": "two weeks"}}, "analysis.max_duration"),
+])
+def test_rejections_name_the_path(change, path):
+    with pytest.raises(model.ConfigError) as err:
+        model.parse(spec(**change))
+    assert err.value.path == path, str(err.value)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(model.ConfigError, match="did you mean 'variants'"):
+        model.parse({**BASE, "variantz": []})
+
+
+def test_weights_normalise_with_ten_thousandth_resolution():
+    data = spec()
+    data["variants"][0]["weight"] = 1
+    data["variants"][1]["weight"] = 9999
+    assert model.parse(data).weights == (0.0001, 0.9999)
+    data["variants"][0]["weight"] = 0.2
+    data["variants"][1]["weight"] = 0.6
+    assert model.parse(data).weights == (0.25, 0.75)
+    assert math.isclose(sum(model.parse(data).weights), 1.0)
+
+
+def test_with_weights_bumps_epoch_and_validates():
+    e = model.parse(BASE)
+    ramped = e.with_weights({"candidate": 150})
+    assert ramped.weights == (0.25, 0.75) and ramped.epoch == 2
+    with pytest.raises(model.ConfigError):
+        e.with_weights({"candidate": -1})
+    with pytest.raises(model.ConfigError, match="unknown variant"):
+        e.with_weights({"ghost": 1})
+
+
+def test_durations():
+    assert model.parse_duration("90s", "x") == 90
+    assert model.parse_duration("14d", "x") == 14 * 86400
+    assert model.parse_duration(2.5, "x") == 2.5
+    with pytest.raises(model.ConfigError):
+        model.parse_duration(0, "x")
+
+
+def test_load_reports_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(model.ConfigError, match="cannot read"):
+        model.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(model.ConfigError, match="not valid YAML"):
+        model.load(bad)

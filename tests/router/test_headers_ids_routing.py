@@ -1,0 +1,78 @@
+import pytest
+
+from router import experiment as model
+from router import headers as hdr
+from router.requestid import RequestIdError, RequestIds
+from router.routing import ReloadRejected, RoutingTable, next_table
+from tests.router.test_experiment import BASE, spec
+
+
+def test_hop_by_hop_and_connection_listed_fields_are_dropped():
+    headers = [("Connection", "keep-alive, X-Secret-Hop"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
+               ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("X-Secret-Hop", "1"),
+               ("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip"),
+               ("Inference-Header-Content-Length", "120"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+    assert hdr.end_to_end(headers) == [("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip"),
+                                       ("Inference-Header-Content-Length", "120"), ("Set-Cookie", "a=1"),
+                                       ("Set-Cookie", "b=2")]
+
+
+def test_upstream_request_headers_rewrite_host_and_add_forwarded():
+    out = hdr.upstream_request_headers(
+        [("Host", "api.example"), ("X-Forwarded-For", "10.0.0.1"), ("traceparent", "00-abc-def-01"),
+         ("X-AB-Force-Variant", "candidate"), ("Content-Type", "application/json")],
+        upstream="http://model-b:8080", client_ip="127.0.0.1", scheme="http")
+    d = dict(out)
+    assert d["Host"] == "model-b:8080"
+    assert d["X-Forwarded-For"] == "10.0.0.1, 127.0.0.1"
+    assert d["X-Forwarded-Host"] == "api.example" and d["X-Forwarded-Proto"] == "http"
+    assert d["traceparent"] == "00-abc-def-01" and d["Content-Type"] == "application/json"
+    assert "X-AB-Force-Variant" not in d
+
+
+def test_response_tags_replace_any_upstream_spoofing():
+    out = hdr.tag_response([("X-AB-Variant", "spoofed"), ("X-Model", "b")], experiment="e", variant="candidate",
+                           request_id="rid")
+    assert out == [("X-Model", "b"), ("X-AB-Experiment", "e"), ("X-AB-Variant", "candidate"),
+                   ("X-AB-Request-Id", "rid")]
+
+
+def test_request_id_round_trip_and_rejections():
+    ids = RequestIds(b"secret\0exp")
+    rid = ids.issue(unit_hash="00112233445566ff", epoch=7, variant_index=1, now=1_000_000.0)
+    info = ids.decode(rid, now=1_000_010.0, ttl_s=60)
+    assert (info.unit_hash, info.epoch, info.variant_index, info.issued_at) == ("00112233445566ff", 7, 1, 1_000_000)
+    assert len(rid) == 42 and rid.isascii()
+    with pytest.raises(RequestIdError, match="expired"):
+        ids.decode(rid, now=1_000_100.0, ttl_s=60)
+    with pytest.raises(RequestIdError, match="not issued"):
+        RequestIds(b"other\0exp").decode(rid, now=1_000_010.0, ttl_s=60)
+    tampered = rid[:10] + ("A" if rid[10] != "A" else "B") + rid[11:]
+    with pytest.raises(RequestIdError):
+        ids.decode(tampered, now=1_000_010.0, ttl_s=60)
+    for junk in ["", "x" * 42, "short", "!" * 42]:
+        with pytest.raises(RequestIdError):
+            ids.decode(junk, now=1_000_010.0, ttl_s=60)
+
+
+def test_reload_requires_a_higher_epoch_for_new_weights():
+    old = RoutingTable(experiment=model.parse(BASE), since=1.0)
+    same = next_table(old, model.parse(BASE), now=2.0)
+    assert same is old
+    moved = spec()
+    moved["variants"][1]["weight"] = 90
+    with pytest.raises(ReloadRejected, match="epoch did not increase"):
+        next_table(old, model.parse(moved), now=2.0)
+    moved["epoch"] = 2
+    new = next_table(old, model.parse(moved), now=2.0)
+    assert new.epoch == 2 and new.since == 2.0 and new.weights_by_name()["candidate"] == 0.6429
+    renamed = spec(name="other")
+    with pytest.raises(ReloadRejected, match="name and salt"):
+        next_table(old, model.parse(renamed), now=2.0)
+    fewer = spec(metrics=[])
+    with pytest.raises(ReloadRejected, match="metrics cannot be removed"):
+        next_table(old, model.parse(fewer), now=2.0)
+    upstream_only = spec()
+    upstream_only["variants"][0]["upstream"] = "http://model-a2:8080"
+    kept = next_table(old, model.parse(upstream_only), now=3.0)
+    assert kept.epoch == 1 and kept.since == 1.0 and kept.experiment.control.upstream == "http://model-a2:8080"
