@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -327,7 +327,3 @@ def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
 def same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
     """Equal to the reported precision; a sink writes (and opens an epoch) only when not."""
     return set(a) == set(b) and all(abs(a[k] - b[k]) < 10 ** -WEIGHT_DECIMALS for k in a)
-
-
-def split_evenly(total: float, names: Sequence[str]) -> dict[str, float]:
-    return {n: total / len(names) for n in names}

@@ -4,7 +4,8 @@
 
     AnalysisError                 anything the analyzer reports instead of crashing
     ├── InputError (ValueError)   bad input: a summary file, a flag; names the path
-    └── SourceError               the data source (Redis) cannot be read right now
+    ├── SourceError               the data source (Redis) cannot be read right now
+    └── ConflictError             a sink found newer weights than the look analysed
 
 `InputError` derives from `ValueError` so the CLI maps it, like
 `router.experiment.ConfigError`, to exit code 2 and a one-line message. A `SourceError`
@@ -31,3 +32,7 @@ class InputError(AnalysisError, ValueError):
 
 class SourceError(AnalysisError):
     """The data source failed (e.g. Redis unreachable); the cause is chained."""
+
+
+class ConflictError(AnalysisError):
+    """The weights changed since the analysed look (a newer epoch); nothing was written."""

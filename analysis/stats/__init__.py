@@ -15,12 +15,14 @@ Modules, one noun each::
     power           Plan / sample_size()
     reasons         reason codes for "insufficient_data"
 
-Conventions are documented in docs/statistics.md.
+Conventions are documented in docs/statistics.md. The classes and most functions are
+re-exported here; `compare()` is not, because its name is taken by the module: use
+``from analysis.stats.compare import Comparison, compare``.
 """
 
 from analysis.stats.bandit import thompson_weights
 from analysis.stats.bayes import beta_binomial_chance_to_beat, beta_binomial_expected_loss
-from analysis.stats.compare import Comparison, compare
+from analysis.stats.compare import Comparison
 from analysis.stats.fixed_horizon import chi_square_abn
 from analysis.stats.multiple import holm
 from analysis.stats.noninferiority import NonInferiority, non_inferiority
@@ -37,7 +39,6 @@ __all__ = [
     "beta_binomial_chance_to_beat",
     "beta_binomial_expected_loss",
     "chi_square_abn",
-    "compare",
     "holm",
     "non_inferiority",
     "sample_size",

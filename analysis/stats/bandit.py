@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import math
+
 import numpy
+import numpy as np
 
 from analysis.stats.compare import Direction, Kind
 from analysis.stats.sample import Sample
@@ -25,4 +28,23 @@ def thompson_weights(
     mean_variance). weight = floor + (1 − k·floor)·P(best). Raises ValueError when
     k·floor > 1.
     """
-    raise NotImplementedError
+    names = list(samples)
+    if len(names) * floor > 1 or floor < 0:
+        raise ValueError(f"floor: {len(names)} arms x {floor} exceeds 1")
+    columns = [_draws(samples[name], kind, rng, draws) for name in names]
+    matrix = np.column_stack(columns)
+    # Arms without a posterior drew NaN: they never count as best, but keep the floor.
+    matrix = np.where(np.isnan(matrix), -np.inf, matrix if direction == "increase" else -matrix)
+    best = np.bincount(np.argmax(matrix, axis=1), minlength=len(names)) / draws
+    if np.all(np.isneginf(matrix)):
+        best = np.full(len(names), 1 / len(names))
+    return {name: float(floor + (1 - len(names) * floor) * b) for name, b in zip(names, best)}
+
+
+def _draws(sample: Sample, kind: Kind, rng: numpy.random.Generator, draws: int) -> np.ndarray:
+    if kind == "binary" and not sample.is_ratio:
+        return rng.beta(1 + sample.sum, 1 + sample.n - sample.sum, size=draws)
+    variance = sample.mean_variance
+    if not (math.isfinite(variance) and math.isfinite(sample.mean)):
+        return np.full(draws, np.nan)
+    return rng.normal(sample.mean, math.sqrt(variance), size=draws)

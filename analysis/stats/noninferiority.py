@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from analysis.stats.compare import Direction, Kind, _json_safe
+from analysis.stats import estimate, reasons, sequential
+from analysis.stats.compare import Direction, Kind, json_safe, strata
 from analysis.stats.sample import Sample
 
 
@@ -32,7 +33,7 @@ class NonInferiority:
     lower_bound: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: _json_safe(value) for key, value in asdict(self).items()}
+        return {key: json_safe(value) for key, value in asdict(self).items()}
 
 
 def non_inferiority(
@@ -61,4 +62,56 @@ def non_inferiority(
 
     Repeated looks stay valid because the bounds come from a confidence sequence.
     """
-    raise NotImplementedError
+    if not margin >= 0:
+        raise ValueError(f"margin: must be >= 0, got {margin}")
+    controls, candidates = strata(control, candidate, kind=kind)
+    est = estimate.combine(controls, candidates, guardrail_variance(kind))
+    header = dict(metric=metric, variant=variant, margin=margin, relative=relative)
+    reason = est.reason or (reasons.ZERO_BASELINE if relative and est.control_mean == 0 else None)
+    if reason:
+        return NonInferiority(**header, status=reasons.INSUFFICIENT, reason=reason,
+                              harm=math.nan, bound=math.nan, p_value=math.nan)
+    harm, se = _harm(est, direction, relative)
+    # One side of the symmetric two-sided 1 − 2α sequence is (up to the negligible chance
+    # of crossing both sides) a one-sided 1 − α bound.
+    r = sequential.mixing_ratio((est.n_control + est.n) / 2, expected_units, 2 * alpha)
+    k = float(sequential.half_width_multiplier(r, 2 * alpha))
+    upper, lower = harm + k * se, harm - k * se
+    status = "breach" if lower > margin else "pass" if upper < margin else "inconclusive"
+    return NonInferiority(**header, status=status, reason=None, harm=harm, bound=upper,
+                          p_value=_p_value((margin - harm) / se, r), lower_bound=lower)
+
+
+def guardrail_variance(kind: Kind) -> estimate.Variance:
+    """Like `estimate.arm_variance`, floored for binary metrics by the plus-one binomial variance.
+
+    Guardrail events (errors) are often absent in both arms, and then the plain variance is
+    zero and nothing could ever pass. The floor p̃(1 − p̃)/(N + 2), p̃ = (s + 1)/(N + 2)
+    (Agresti–Caffo), with N the units or, for ratio metrics, the denominator (requests),
+    keeps the bound honest.
+    """
+    plain = estimate.arm_variance(kind)
+
+    def variance(sample: Sample) -> float:
+        value = plain(sample)
+        if kind != "binary" or not math.isfinite(value):
+            return value
+        trials = sample.den_sum if sample.is_ratio else sample.n
+        p = (sample.sum + 1) / (trials + 2)
+        return max(value, p * (1 - p) / (trials + 2))
+    return variance
+
+
+def _harm(est: estimate.Estimate, direction: Direction, relative: bool) -> tuple[float, float]:
+    """The harm (positive = candidate worse) and its SE, on the margin's scale."""
+    sign = -1.0 if direction == "increase" else 1.0
+    if relative:
+        return sign * est.relative, math.sqrt(est.relative_variance)
+    return sign * est.difference, math.sqrt(est.variance)
+
+
+def _p_value(z: float, r: float) -> float:
+    """One-sided always-valid p for H0: harm >= margin, z = (margin − harm)/SE."""
+    if z <= 0:
+        return 1.0
+    return min(1.0, float(sequential.p_value(z, r)) / 2)

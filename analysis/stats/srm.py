@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from scipy import stats as sps
+
 
 @dataclass(frozen=True)
 class SrmResult:
@@ -29,4 +31,32 @@ def srm_check(
     weights_by_epoch[e][v] the configured (relative) weights of that epoch. Arms with zero
     expected units are excluded; epochs without weights are skipped. flagged = p < alpha.
     """
-    raise NotImplementedError
+    expected: dict[str, float] = {}
+    observed: dict[str, float] = {}
+    for epoch, units in units_by_epoch.items():
+        weights = weights_by_epoch.get(epoch, {})
+        total_weight = sum(w for w in weights.values() if w > 0)
+        if not total_weight:
+            continue
+        total_units = sum(units.values())
+        for name in set(weights) | set(units):
+            share = max(weights.get(name, 0.0), 0.0) / total_weight
+            expected[name] = expected.get(name, 0.0) + total_units * share
+            observed[name] = observed.get(name, 0.0) + units.get(name, 0.0)
+    arms = sorted(name for name, value in expected.items() if value > 0)
+    p = _chi_square([observed[a] for a in arms], [expected[a] for a in arms])
+    return SrmResult(p_value=p, flagged=p < alpha,
+                     observed={a: observed[a] for a in arms}, expected={a: expected[a] for a in arms})
+
+
+def _chi_square(observed: list[float], expected: list[float]) -> float:
+    """Pearson goodness of fit with k − 1 df, the expected counts rescaled to the observed total.
+
+    Rescaling matters only when an excluded (zero-weight) arm still received units.
+    """
+    total_observed, total_expected = sum(observed), sum(expected)
+    if len(observed) < 2 or not total_observed:
+        return 1.0
+    scaled = [e * total_observed / total_expected for e in expected]
+    statistic = sum((o - e) ** 2 / e for o, e in zip(observed, scaled))
+    return float(sps.chi2.sf(statistic, df=len(observed) - 1))

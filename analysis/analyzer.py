@@ -1,0 +1,134 @@
+"""One look at an experiment: data -> statistics -> decision, as an `AnalysisResult`.
+
+Pure, like the statistics and the policy it composes: the data arrives already read
+(`reader.py`, `summary.py`), the previous look's sequential p-values arrive from the
+history (`history.py`), and the clock and random generator are arguments.
+
+- comparisons: every candidate (including rolled-back ones, for the record) x every
+  metric, stratified by weight epoch; the primary metric is the first user metric;
+- guardrails: `analysis.guardrails` of the settings, for every candidate, on the
+  metrics the data carries (a summary without the router's built-ins skips those);
+- SRM: units per epoch against each epoch's weights, so a ramp is not a mismatch;
+- the decision, from `decision.decide`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from analysis import decision as policy
+from analysis.data import Arm, ExperimentData
+from analysis.stats.compare import Comparison, compare
+from analysis.stats.noninferiority import NonInferiority, non_inferiority
+from analysis.stats.srm import SrmResult, srm_check
+from router.experiment import Guardrail, Metric
+
+#: (variant, metric) -> the sequential p of the previous look.
+PreviousP = Mapping[tuple[str, str], float]
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    experiment: str
+    #: Unix seconds of the look.
+    at: float
+    #: The weights version the look saw last; a sink refuses to overwrite a newer one.
+    epoch: int
+    data: ExperimentData = field(repr=False)
+    srm: SrmResult
+    comparisons: tuple[Comparison, ...]
+    guardrails: tuple[NonInferiority, ...]
+    #: Holm-adjusted sequential p of the primary metric, per active candidate.
+    holm: dict[str, float]
+    #: Guardrails configured on metrics the data does not carry.
+    skipped_guardrails: tuple[str, ...]
+    decision: policy.Decision
+
+    @property
+    def primary(self) -> str | None:
+        metric = self.data.primary
+        return metric.name if metric is not None else None
+
+    def sequential_p(self) -> dict[tuple[str, str], float]:
+        """This look's sequential p per (variant, metric): the next look's running minimum."""
+        return {(c.variant, c.metric): c.sequential_p_value for c in self.comparisons
+                if math.isfinite(c.sequential_p_value)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON result (docs/analyzer.md documents every field)."""
+        return {
+            "experiment": self.experiment,
+            "at": self.at,
+            "epoch": self.epoch,
+            "primary": self.primary,
+            "variants": [_arm_dict(a) for a in self.data.arms],
+            "srm": _srm_dict(self.srm),
+            "comparisons": [self._comparison_dict(c) for c in self.comparisons],
+            "guardrails": [g.to_dict() for g in self.guardrails],
+            "skipped_guardrails": list(self.skipped_guardrails),
+            "decision": self.decision.to_dict(),
+        }
+
+    def _comparison_dict(self, c: Comparison) -> dict[str, Any]:
+        out = c.to_dict()
+        out["primary"] = c.metric == self.primary
+        adjusted = self.holm.get(c.variant) if out["primary"] else None
+        out["sequential_p_value_holm"] = adjusted if adjusted is not None and math.isfinite(adjusted) else None
+        return out
+
+
+def analyze(data: ExperimentData, *, now: float, previous: PreviousP | None = None,
+            rng: np.random.Generator | None = None) -> AnalysisResult:
+    """Compare, check guardrails and SRM, and decide, for one look at `data`."""
+    previous = previous or {}
+    comparisons = tuple(_compare(data, arm, metric, previous.get((arm.name, metric.name), 1.0))
+                        for arm in data.candidates for metric in data.metrics)
+    present = {m.name for m in data.metrics}
+    rails = data.settings.guardrails
+    guardrails = tuple(_guardrail(data, arm, g) for arm in data.candidates for g in rails if g.metric in present)
+    evidence = policy.Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(data))
+    return AnalysisResult(
+        experiment=data.name, at=now, epoch=data.current_epoch, data=data, srm=evidence.srm,
+        comparisons=comparisons, guardrails=guardrails, holm=policy.holm_primary(data, evidence),
+        skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
+        decision=policy.decide(data, evidence, now=now, rng=rng),
+    )
+
+
+def srm(data: ExperimentData) -> SrmResult:
+    """SRM over all epochs, each epoch's units against that epoch's configured split."""
+    names = {a.name for a in data.arms}
+    units = {e.epoch: {a.name: float(a.units_in(e.epoch)) for a in data.arms} for e in data.epochs}
+    # A variant since removed from the spec has no arm; its share is left out of the split.
+    weights = {e.epoch: {k: w for k, w in e.weights.items() if k in names} for e in data.epochs if e.weights}
+    return srm_check(units, weights, alpha=data.settings.srm_alpha)
+
+
+def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous_p: float) -> Comparison:
+    return compare(
+        data.samples(data.control.name, metric.name), data.samples(arm.name, metric.name),
+        kind=metric.kind, direction=metric.direction, alpha=data.settings.alpha,
+        expected_units=data.settings.expected_units_per_arm, variant=arm.name, metric=metric.name,
+        previous_sequential_p=previous_p)
+
+
+def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
+    metric = data.metric(g.metric)
+    return non_inferiority(
+        data.samples(data.control.name, g.metric), data.samples(arm.name, g.metric),
+        kind=metric.kind, direction=g.direction, margin=g.margin, relative=g.relative,
+        alpha=data.settings.alpha, expected_units=data.settings.expected_units_per_arm,
+        variant=arm.name, metric=g.metric)
+
+
+def _arm_dict(a: Arm) -> dict[str, Any]:
+    return {"name": a.name, "weight": a.weight, "units": a.units}
+
+
+def _srm_dict(s: SrmResult) -> dict[str, Any]:
+    p = s.p_value if math.isfinite(s.p_value) else None
+    return {"p_value": p, "flagged": s.flagged, "observed": dict(s.observed), "expected": dict(s.expected)}

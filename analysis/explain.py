@@ -1,0 +1,81 @@
+"""One-line explanations of a decision: the statistic, its p or CI, n and the SRM status.
+
+Pure formatting; `decision.py` calls `line()` for every decision it takes, so the history
+in Redis and the terminal show the same sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Sequence
+
+from analysis.stats import reasons
+from analysis.stats.compare import Comparison
+from analysis.stats.noninferiority import NonInferiority
+
+if TYPE_CHECKING:  # decision imports this module; the types only flow one way at runtime
+    from analysis.data import ExperimentData
+    from analysis.decision import Evidence
+
+
+def line(action: str, why: str, *, data: ExperimentData, evidence: Evidence, names: Sequence[str]) -> str:
+    """``action: why; primary: stats per candidate; SRM status``."""
+    parts = [f"{action}: {why}"]
+    primary = [_comparison(c) for n in names if (c := evidence.primary(data, n)) is not None]
+    if primary:
+        parts.append(", ".join(primary))
+    parts.append(srm(evidence))
+    return "; ".join(parts)
+
+
+def _comparison(c: Comparison) -> str:
+    n = f"n={number(c.n_control)}/{number(c.n)}"
+    if c.status != reasons.OK:
+        return f"{c.metric} {c.variant}: insufficient data ({c.reason}), {n}"
+    low, high = c.sequential_ci
+    return (f"{c.metric} {c.variant} {percent(c.relative_lift)} "
+            f"(seq CI {percent(low)}..{percent(high)}, seq p={p(c.sequential_p_value)}), {n}")
+
+
+def srm(evidence: Evidence) -> str:
+    state = "FLAGGED" if evidence.srm.flagged else "ok"
+    return f"SRM {state} (p={p(evidence.srm.p_value)})"
+
+
+def guardrail(g: NonInferiority) -> str:
+    """``latency_ms harm +34% > margin 20%`` style, on the margin's own scale."""
+    fmt = percent if g.relative else _signed
+    bound = "" if not math.isfinite(g.bound) else f", bound {fmt(g.bound)}"
+    return f"{g.metric} harm {fmt(g.harm)} vs margin {fmt(g.margin).lstrip('+')}{bound}"
+
+
+def p(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if value < 1e-4:
+        return "<0.0001"
+    return f"{value:.2g}" if value < 0.01 else f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def percent(value: float) -> str:
+    """A relative change as a signed percentage: 0.031 -> +3.1%."""
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:+.1f}%"
+
+
+def number(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.4g}"
+
+
+def _signed(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:+.4g}"
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"

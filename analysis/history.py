@@ -1,0 +1,82 @@
+"""The decision history in Redis: one JSON entry per look in the ``decisions`` stream.
+
+Each entry explains its decision in one line and carries the sequential p-values of the
+look, because the next look reports a running minimum: an always-valid p stays valid
+when minimised over looks, and the minimum only needs the previous one.
+
+Stream entries have one field, ``decision``, holding JSON::
+
+    {"at": 1700000000.0, "epoch": 3, "action": "ramp", "reason": "ramp: ...",
+     "weights": {"control": 75.0, "candidate": 25.0}, "applied": true, "units": 20811,
+     "sequential_p": [{"variant": "candidate", "metric": "revenue", "p": 0.031}, ...]}
+
+The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from analysis.analyzer import AnalysisResult, PreviousP
+from analysis.errors import SourceError
+from router import keys as schema
+
+FIELD = "decision"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The part of a past look the next one needs."""
+
+    units: int
+    sequential_p: dict[tuple[str, str], float]
+
+    def previous_p(self, units_now: int) -> PreviousP:
+        """The running-minimum seed, unless the data was reset since (fewer units now)."""
+        return self.sequential_p if units_now >= self.units else {}
+
+
+def encode(result: AnalysisResult, *, applied: bool) -> str:
+    d = result.decision
+    doc: dict[str, Any] = {
+        "at": result.at, "epoch": result.epoch, "action": d.action, "reason": d.reason,
+        "weights": d.weights, "applied": applied, "units": sum(a.units for a in result.data.arms),
+        "sequential_p": [{"variant": v, "metric": m, "p": p} for (v, m), p in result.sequential_p().items()],
+    }
+    return json.dumps(doc, sort_keys=True)
+
+
+def decode(raw: bytes | str) -> Entry:
+    doc = json.loads(raw)
+    return Entry(units=int(doc.get("units", 0)),
+                 sequential_p={(x["variant"], x["metric"]): float(x["p"]) for x in doc.get("sequential_p", [])})
+
+
+async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
+    """The latest entry, or None; an unreadable entry counts as none (the minimum restarts)."""
+    try:
+        entries = await client.xrevrange(keys.decisions, count=1)
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot read the decision history {keys.decisions}: {exc}") from exc
+    if not entries:
+        return None
+    _, fields = entries[0]
+    raw = fields.get(FIELD.encode()) or fields.get(FIELD)
+    try:
+        return decode(raw) if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: AnalysisResult, *,
+                 applied: bool) -> None:
+    try:
+        await client.xadd(keys.decisions, {FIELD: encode(result, applied=applied)},
+                          maxlen=schema.DECISIONS_MAXLEN, approximate=True)
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot append to the decision history {keys.decisions}: {exc}") from exc

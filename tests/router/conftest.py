@@ -1,0 +1,107 @@
+"""Fixtures for the proxy tests: real upstream servers, a real router app, real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import pytest
+import redis.asyncio
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from router import experiment as model
+from router.app import ServeSettings, build_app
+from router.keys import Keys, Stratum, decode_agg
+from router.proxy import ROUTER, Router
+from router.weights import FileWeightsSource
+from tests.router.upstreams import RawUpstream, model_app
+
+
+@dataclass
+class RouterUnderTest:
+    client: TestClient
+    path: Path
+    spec: dict[str, Any]
+    keys: Keys
+    redis_url: str
+
+    @property
+    def router(self) -> Router:
+        return self.client.app[ROUTER]
+
+    def write_spec(self, **changes: Any) -> None:
+        self.spec.update(changes)
+        self.path.write_text(yaml.safe_dump(self.spec))
+
+    async def wait_for_epoch(self, epoch: int, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.router.table.epoch != epoch:
+            assert time.monotonic() < deadline, f"epoch {epoch} not loaded: {self.router.source.last_error}"
+            await asyncio.sleep(0.02)
+
+    async def settle(self, timeout_s: float = 10.0) -> None:
+        """Wait until every recorded event has reached Redis."""
+        deadline = time.monotonic() + timeout_s
+        stats = self.router.eventlog.stats
+        while stats.buffered or stats.spilled or not stats.redis_up:
+            assert time.monotonic() < deadline, f"event log did not drain: {stats}"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # a flush in progress lands
+
+    async def strata(self) -> dict[tuple[int, str], Stratum]:
+        client = redis.asyncio.Redis.from_url(self.redis_url)
+        try:
+            return decode_agg(await client.hgetall(self.keys.agg))
+        finally:
+            await client.aclose()
+
+
+MakeRouter = Callable[..., Awaitable[RouterUnderTest]]
+
+
+@pytest.fixture
+async def upstream_urls(aiohttp_server: Any) -> dict[str, str]:
+    urls = {}
+    for name in ("control", "candidate", "third"):
+        server = await aiohttp_server(model_app(name))
+        urls[name] = str(server.make_url("")).rstrip("/")
+    return urls
+
+
+@pytest.fixture
+async def raw_upstream() -> Any:
+    server = await RawUpstream().start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def make_router(aiohttp_client: Any, redis_url: str, experiment_name: str, tmp_path: Path,
+                      upstream_urls: dict[str, str]) -> MakeRouter:
+    async def make(weights: dict[str, float] | None = None, *, urls: dict[str, str] | None = None,
+                   redis: str | None = None, **spec_changes: Any) -> RouterUnderTest:
+        weights = weights or {"control": 50, "candidate": 50}
+        urls = {**upstream_urls, **(urls or {})}
+        spec = {
+            "name": experiment_name,
+            "unit": {"header": "X-User-Id"},
+            "variants": [{"name": n, "upstream": urls[n], "weight": w} for n, w in weights.items()],
+            "metrics": [{"name": "conversion", "kind": "binary"}, {"name": "revenue", "kind": "continuous"}],
+            "timeouts": {"connect": 1, "read": 0.5},
+            **spec_changes,
+        }
+        path = tmp_path / "experiment.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        url = redis or redis_url
+        settings = ServeSettings(redis_url=url, spill_dir=tmp_path / "spill", flush_interval_s=0.05)
+        app: web.Application = build_app(model.load(path), settings,
+                                          source=FileWeightsSource(path, interval_s=0.05))
+        client = await aiohttp_client(app)
+        return RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=url)
+
+    return make
