@@ -19,8 +19,10 @@ from analysis.stats.sample import Sample
 from router.experiment import AnalysisSettings, Metric
 
 #: The router's own per-request metrics, as the analyzer sees them: ratios over exposures.
+#: `errors` is binary per request, which lets the guardrail floor its variance when no
+#: arm has errored yet (otherwise "no errors anywhere" could never pass).
 BUILTIN_METRICS: tuple[Metric, ...] = (
-    Metric(name="errors", kind="continuous", direction="decrease"),
+    Metric(name="errors", kind="binary", direction="decrease"),
     Metric(name="latency_ms", kind="continuous", direction="decrease"),
 )
 BUILTIN_NAMES = frozenset(m.name for m in BUILTIN_METRICS)

@@ -159,7 +159,7 @@ def _rollback(look: _Look) -> Decision | None:
 def _harm(look: _Look, name: str) -> str | None:
     """Why `name` must be rolled back, or None."""
     for g in look.evidence.guardrails_of(name):
-        if guardrail_state(g) == "breach":
+        if g.status == "breach":
             return f"guardrail {explain.guardrail(g)} breached"
     c = look.evidence.primary(look.data, name)
     if c is not None and c.status == reasons.OK and _seq_p(c) < look.alpha and not _good(c, look):
@@ -265,19 +265,8 @@ def _waiting_for(look: _Look) -> str:
 # ---------------------------------------------------------------------- helpers
 
 
-def guardrail_state(g: NonInferiority) -> str:
-    """pass / breach / inconclusive / insufficient_data, reading zero variance exactly.
-
-    With zero variance in both arms (e.g. no errors anywhere) the estimated harm is exact,
-    so it passes or breaches outright; otherwise "no errors yet" would block a ramp forever.
-    """
-    if g.status == reasons.INSUFFICIENT and g.reason == reasons.ZERO_VARIANCE and math.isfinite(g.harm):
-        return "pass" if g.harm <= g.margin else "breach"
-    return g.status
-
-
 def _guardrails_pass(look: _Look, name: str) -> bool:
-    return all(guardrail_state(g) == "pass" for g in look.evidence.guardrails_of(name))
+    return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
 
 
 def _enough_units(look: _Look, *, epoch: int | None = None) -> bool:

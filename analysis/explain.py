@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 from analysis.stats import reasons
 from analysis.stats.compare import Comparison
 from analysis.stats.noninferiority import NonInferiority
+from analysis.stats.srm import SrmResult
 
 if TYPE_CHECKING:  # decision imports this module; the types only flow one way at runtime
     from analysis.data import ExperimentData
@@ -38,8 +39,12 @@ def _comparison(c: Comparison) -> str:
 
 
 def srm(evidence: Evidence) -> str:
-    state = "FLAGGED" if evidence.srm.flagged else "ok"
-    return f"SRM {state} (p={p(evidence.srm.p_value)})"
+    return srm_text(evidence.srm)
+
+
+def srm_text(result: SrmResult) -> str:
+    state = "FLAGGED" if result.flagged else "ok"
+    return f"SRM {state} (p={p(result.p_value)})"
 
 
 def guardrail(g: NonInferiority) -> str:

@@ -123,13 +123,14 @@ class RedisServer:
         if self.port is not None:
             self._launch(self.port)
             return self
-        for _ in range(5):  # another process may grab the free port before Redis binds it
+        for _ in range(3):  # another process may grab the free port before Redis binds it
             try:
                 self._launch(free_port())
                 return self
-            except RedisServerError:
+            except RedisServerError as exc:
                 self.port = None
-        raise RedisServerError(f"could not start redis-server; see {self.data_dir / _LOG_NAME}")
+                error = exc
+        raise error
 
     def stop(self) -> None:
         """SIGTERM and wait: Redis fsyncs its AOF on the way out."""
@@ -181,8 +182,11 @@ class RedisServer:
     def _launch(self, port: int) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.data_dir / _LOG_NAME, "ab") as log:
-            self._process = subprocess.Popen(self._command(port), stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+            try:
+                self._process = subprocess.Popen(self._command(port), stdout=log, stderr=subprocess.STDOUT,
+                                                 stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                raise RedisServerError(f"cannot run {self.binary}: {exc}") from exc
         self.port = port
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _reap, self._process)

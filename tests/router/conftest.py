@@ -47,8 +47,10 @@ class RouterUnderTest:
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Wait until every recorded event has reached Redis."""
         deadline = time.monotonic() + timeout_s
-        stats = self.router.eventlog.stats
-        while stats.buffered or stats.spilled or not stats.redis_up:
+        while True:
+            stats = self.router.eventlog.stats
+            if not (stats.buffered or stats.spilled or not stats.redis_up):
+                break
             assert time.monotonic() < deadline, f"event log did not drain: {stats}"
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # a flush in progress lands

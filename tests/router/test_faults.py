@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -99,6 +98,8 @@ async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(aiohttp_s
         if proc.poll() is None:
             proc.kill()
         output = proc.stdout.read().decode() if proc.stdout else ""
+        if proc.stdout:
+            proc.stdout.close()
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         strata = decode_agg(await client.hgetall(Keys(experiment_name).agg))

@@ -1,0 +1,163 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+from analysis.stats import bayes, reasons
+from analysis.stats.compare import Comparison, compare
+from analysis.stats.sample import Sample
+from tests.analysis.stats_helpers import mean_sample, ratio_sample
+
+SETTINGS = dict(alpha=0.05, expected_units=10_000, variant="candidate", metric="m")
+
+
+def _binary(control: Sample | list[Sample], candidate: Sample | list[Sample], **kw: object) -> Comparison:
+    return compare(control, candidate, **{"kind": "binary", "direction": "increase", **SETTINGS, **kw})
+
+
+def test_binary_matches_statsmodels_z_and_wald_interval() -> None:
+    result = _binary(Sample(1000, 50), Sample(1000, 65))
+    _, p = proportions_ztest([65, 50], [1000, 1000])
+    lo, hi = confint_proportions_2indep(65, 1000, 50, 1000, method="wald", compare="diff")
+    assert result.status == "ok" and result.bayes_method == "beta_binomial"
+    assert result.p_value == pytest.approx(p, abs=1e-9)
+    assert result.absolute_ci == pytest.approx((lo, hi), abs=1e-9)
+    assert result.absolute_lift == pytest.approx(0.015) and result.relative_lift == pytest.approx(0.3)
+    assert result.chance_to_beat == bayes.beta_binomial_chance_to_beat(Sample(1000, 50), Sample(1000, 65))
+
+
+def test_continuous_matches_scipy_welch_test_and_interval() -> None:
+    rng = np.random.default_rng(3)
+    a, b = rng.gamma(2.0, 5.0, size=400), rng.gamma(2.0, 5.5, size=380)
+    result = compare(mean_sample(a), mean_sample(b), kind="continuous", direction="increase", **SETTINGS)
+    ref = sps.ttest_ind(b, a, equal_var=False)
+    assert result.p_value == pytest.approx(ref.pvalue, abs=1e-9)
+    assert result.absolute_ci == pytest.approx(tuple(ref.confidence_interval(0.95)), abs=1e-9)
+    assert result.bayes_method == "gaussian"
+
+
+def test_relative_interval_uses_the_control_variance_too() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(10, 4, size=200), rng.normal(11, 4, size=200)
+    result = compare(mean_sample(a), mean_sample(b), kind="continuous", direction="increase", **SETTINGS)
+    var_a, var_b = a.var(ddof=1) / 200, b.var(ddof=1) / 200
+    only_candidate = math.sqrt(var_b) / a.mean()
+    with_control = math.sqrt(var_b / a.mean() ** 2 + b.mean() ** 2 * var_a / a.mean() ** 4)
+    half = (result.relative_ci[1] - result.relative_ci[0]) / 2
+    assert half == pytest.approx(1.959964 * with_control, rel=1e-6)
+    assert half > 1.3 * 1.959964 * only_candidate
+
+
+def test_ratio_metric_uses_delta_method_z() -> None:
+    rng = np.random.default_rng(5)
+    d_c, d_t = rng.poisson(3, 800) + 1, rng.poisson(3, 800) + 1
+    x_c, x_t = rng.gamma(2, 50, 800) * d_c, rng.gamma(2, 45, 800) * d_t
+    result = compare(ratio_sample(x_c, d_c), ratio_sample(x_t, d_t), kind="continuous", direction="decrease", **SETTINGS)
+    def delta(x: np.ndarray, d: np.ndarray) -> float:
+        grad = np.array([1 / d.mean(), -x.mean() / d.mean() ** 2])
+        return float(grad @ (np.cov(np.vstack([x, d])) / len(x)) @ grad)
+    diff = x_t.sum() / d_t.sum() - x_c.sum() / d_c.sum()
+    z = diff / math.sqrt(delta(x_c, d_c) + delta(x_t, d_t))
+    assert result.p_value == pytest.approx(2 * sps.norm.sf(abs(z)), rel=1e-9)
+    # Lower latency is better and the candidate is lower: more likely better than not.
+    assert diff < 0 and result.chance_to_beat > 0.5
+
+
+def test_direction_decrease_mirrors_the_bayesian_numbers() -> None:
+    up = _binary(Sample(5000, 250), Sample(5000, 270))
+    down = _binary(Sample(5000, 250), Sample(5000, 270), direction="decrease")
+    assert up.chance_to_beat + down.chance_to_beat == pytest.approx(1.0, abs=1e-9)
+    assert down.expected_loss > up.expected_loss >= 0
+    assert up.p_value == down.p_value and up.sequential_p_value == down.sequential_p_value
+
+
+def test_sequential_interval_inverts_the_sequential_p_and_is_wider() -> None:
+    for count in (50, 60, 70, 80, 95):
+        result = _binary(Sample(2000, 50), Sample(2000, count))
+        lo, hi = result.sequential_ci_absolute
+        assert (lo > 0) == (result.sequential_p_value < 0.05)
+        assert lo < result.absolute_ci[0] and hi > result.absolute_ci[1]
+        assert result.sequential_ci[0] < result.relative_ci[0]
+
+
+def test_sequential_p_is_a_running_minimum() -> None:
+    fresh = _binary(Sample(2000, 50), Sample(2000, 55))
+    assert fresh.sequential_p_value > 0.2
+    assert _binary(Sample(2000, 50), Sample(2000, 55), previous_sequential_p=0.03).sequential_p_value == 0.03
+
+
+def test_single_stratum_list_equals_the_sample_and_degenerate_strata_are_skipped() -> None:
+    alone = _binary(Sample(3000, 150), Sample(3000, 180))
+    assert _binary([Sample(3000, 150)], [Sample(3000, 180)]) == alone
+    with_degenerate = _binary([Sample(3000, 150), Sample(1, 1)], [Sample(3000, 180), Sample(40, 3)])
+    assert with_degenerate == alone
+
+
+def test_strata_are_combined_by_inverse_variance() -> None:
+    controls = [Sample(4000, 400), Sample(1000, 30)]
+    candidates = [Sample(1000, 110), Sample(4000, 130)]
+    result = _binary(controls, candidates)
+    p_c = np.array([0.1, 0.03]); p_t = np.array([0.11, 0.0325])
+    v_c = p_c * (1 - p_c) / np.array([4000, 1000]); v_t = p_t * (1 - p_t) / np.array([1000, 4000])
+    w = 1 / (v_c + v_t)
+    expected = np.sum(w * (p_t - p_c)) / w.sum()
+    assert result.strata == 2 and result.bayes_method == "gaussian"
+    assert result.absolute_lift == pytest.approx(expected, rel=1e-12)
+    assert result.p_value == pytest.approx(2 * sps.norm.sf(expected * math.sqrt(w.sum())), rel=1e-9)
+
+
+def test_simpsons_paradox_pooling_flips_the_sign_and_stratifying_does_not() -> None:
+    # Epoch 1: 90/10 split at a high base rate; epoch 2: 10/90 at a low base rate. The
+    # candidate is 10% better in both epochs, but its traffic is mostly in the low epoch.
+    rng = np.random.default_rng(2024)
+    arms = {"control": [(18_000, 0.10), (2_000, 0.02)], "candidate": [(2_000, 0.11), (18_000, 0.022)]}
+    strata = {arm: [Sample(n, float(rng.binomial(n, p))) for n, p in cells] for arm, cells in arms.items()}
+    pooled = _binary(sum(strata["control"]), sum(strata["candidate"]))
+    stratified = _binary(strata["control"], strata["candidate"])
+    assert pooled.absolute_lift < 0 and pooled.p_value < 1e-6
+    assert stratified.absolute_lift > 0
+    assert stratified.relative_ci[0] < 0.10 < stratified.relative_ci[1]
+
+
+@pytest.mark.parametrize(("control", "candidate", "reason"), [
+    (Sample(0, 0), Sample(100, 5), reasons.EMPTY_ARM),
+    (Sample(1, 1), Sample(100, 5), reasons.N_TOO_SMALL),
+    (Sample(100, 0), Sample(100, 0), reasons.ZERO_VARIANCE),
+    (Sample(100, 100), Sample(100, 100), reasons.ZERO_VARIANCE),
+    (Sample(100, 0), Sample(100, 4), reasons.ZERO_BASELINE),
+    (Sample.empty(ratio=True), ratio_sample(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
+    (Sample(10, 0, 0, 0, 0, 0), ratio_sample(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
+])
+def test_degenerate_data_is_an_insufficient_result(control: Sample, candidate: Sample, reason: str) -> None:
+    result = _binary(control, candidate, previous_sequential_p=0.4)
+    assert (result.status, result.reason) == ("insufficient_data", reason)
+    assert result.sequential_p_value == 0.4
+    json.dumps(result.to_dict(), allow_nan=False)
+
+
+def test_continuous_zero_variance_and_strata_all_tiny() -> None:
+    flat = compare(Sample(50, 100, 200), Sample(50, 100, 200), kind="continuous", direction="increase", **SETTINGS)
+    assert flat.reason == reasons.ZERO_VARIANCE
+    tiny = _binary([Sample(1, 0), Sample(1, 1)], [Sample(1, 1), Sample(1, 0)])
+    assert tiny.reason == reasons.N_TOO_SMALL
+
+
+def test_to_dict_is_json_safe_with_lists() -> None:
+    data = _binary(Sample(1000, 50), Sample(1000, 65)).to_dict()
+    assert json.loads(json.dumps(data, allow_nan=False))["absolute_ci"] == list(data["absolute_ci"])
+    assert set(data) >= {"variant", "metric", "p_value", "sequential_p_value", "sequential_ci", "chance_to_beat"}
+
+
+@pytest.mark.parametrize(("control", "candidate", "kind"), [
+    ([Sample(10, 1)], [Sample(10, 1), Sample(10, 2)], "binary"),
+    ([], [], "binary"),
+    (Sample(10, 11), Sample(10, 1), "binary"),
+    (Sample(10, 11), Sample(10, 1), "continuous"),
+    (Sample(10, 1), Sample(10, 1), "counts"),
+])
+def test_inputs_that_are_bugs_raise(control: object, candidate: object, kind: str) -> None:
+    with pytest.raises(ValueError):
+        compare(control, candidate, kind=kind, direction="increase", **SETTINGS)  # type: ignore[arg-type]
