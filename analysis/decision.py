@@ -160,7 +160,7 @@ def _harm(look: _Look, name: str) -> str | None:
     """Why `name` must be rolled back, or None."""
     for g in look.evidence.guardrails_of(name):
         if g.status == "breach":
-            return f"guardrail {explain.guardrail(g)} breached"
+            return f"guardrail {explain.breach(g)}"
     c = look.evidence.primary(look.data, name)
     if c is not None and c.status == reasons.OK and _seq_p(c) < look.alpha and not _good(c, look):
         return f"significant harm on {c.metric} (sequential p={explain.p(_seq_p(c))})"

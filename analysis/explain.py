@@ -47,11 +47,11 @@ def srm_text(result: SrmResult) -> str:
     return f"SRM {state} (p={p(result.p_value)})"
 
 
-def guardrail(g: NonInferiority) -> str:
-    """``latency_ms harm +34% > margin 20%`` style, on the margin's own scale."""
+def breach(g: NonInferiority) -> str:
+    """``latency_ms breached: harm +34.0%, lower bound +21.0% > margin 20.0%``."""
     fmt = percent if g.relative else _signed
-    bound = "" if not math.isfinite(g.bound) else f", bound {fmt(g.bound)}"
-    return f"{g.metric} harm {fmt(g.harm)} vs margin {fmt(g.margin).lstrip('+')}{bound}"
+    return (f"{g.metric} breached: harm {fmt(g.harm)}, lower bound {fmt(g.lower_bound)} "
+            f"> margin {fmt(g.margin).lstrip('+')}")
 
 
 def p(value: float) -> str:

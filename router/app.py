@@ -20,7 +20,8 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from router import api
-from router.eventlog import EventLog
+from router.eventlog import EventLog, EventLogStats, EventLogUnavailable
+from router.events import Exposure, Outcome
 from router.experiment import Experiment
 from router.proxy import ROUTER, Router, handle
 from router.requestid import RequestIds
@@ -42,6 +43,35 @@ class ServeSettings:
     #: Shared by all replicas so any of them accepts request ids issued by another;
     #: from ABROUTER_SECRET. Without it ids are checked for integrity only.
     secret: bytes = b""
+    #: False runs a plain proxy that records nothing (to measure the event log's cost).
+    event_log: bool = True
+
+
+class DisabledEventLog:
+    """The event log's interface, recording nothing: `abrouter serve --no-event-log`."""
+
+    stats = EventLogStats(buffered=0, spilled=0, dropped=0, flush_failures=0, flushed_batches=0, redis_up=False)
+
+    def record_exposure(self, e: Exposure) -> None:
+        pass
+
+    def record_outcome(self, o: Outcome) -> None:
+        pass
+
+    def register_epoch(self, epoch: int, weights: dict[str, float], since: float) -> None:
+        pass
+
+    def update_experiment(self, experiment: Experiment) -> None:
+        pass
+
+    async def lookup_unit(self, unit_hash: str) -> tuple[int, str] | None:
+        raise EventLogUnavailable("the event log is disabled (--no-event-log)")
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
 
 
 def secret_from_env() -> bytes:
@@ -56,9 +86,11 @@ def build_app(experiment: Experiment, settings: ServeSettings, *, source: Weight
         status = source.status  # type: ignore[attr-defined]
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        eventlog = EventLog(redis_url=settings.redis_url, experiment=experiment, spill_dir=settings.spill_dir,
-                            flush_interval_s=settings.flush_interval_s,
-                            max_events=settings.max_buffered_events)
+        eventlog: EventLog | DisabledEventLog = DisabledEventLog()
+        if settings.event_log:
+            eventlog = EventLog(redis_url=settings.redis_url, experiment=experiment, spill_dir=settings.spill_dir,
+                                flush_interval_s=settings.flush_interval_s,
+                                max_events=settings.max_buffered_events)
         table = RoutingTable(experiment=experiment, since=time.time())
         eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
         await eventlog.start()

@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seconds between event-log flushes (default: %(default)s)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="seconds between checks of the config file (default: %(default)s)")
+    p.add_argument("--no-event-log", action="store_true",
+                   help="record nothing (a plain weighted proxy; used to measure the event log's cost)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default: %(default)s)")
     p.set_defaults(func=serve)
@@ -79,13 +81,14 @@ def serve(args: argparse.Namespace) -> int:
     path = args.config or Path(str(resources.files("router.examples") / "experiment.yaml"))
     experiment = model.load(path)
     with ExitStack() as stack:
-        redis_url = args.redis_url
-        if not redis_url:
+        redis_url = args.redis_url or ""
+        if not redis_url and not args.no_event_log:
             server = stack.enter_context(RedisServer())
             redis_url = server.url
             log.info("started a private redis-server for the event log: %s", redis_url)
         settings = ServeSettings(redis_url=redis_url, spill_dir=args.spill_dir,
-                                 flush_interval_s=args.flush_interval, secret=secret_from_env())
+                                 flush_interval_s=args.flush_interval, secret=secret_from_env(),
+                                 event_log=not args.no_event_log)
         source = FileWeightsSource(path, interval_s=args.reload_interval)
         app = build_app(experiment, settings, source=source)
         if bundled:

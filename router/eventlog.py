@@ -277,11 +277,15 @@ class EventLog:
             await self._client.aclose()
 
     async def flush(self) -> None:
-        """Flush now and wait until what was recorded so far is in Redis or the spill file."""
+        """Flush now and wait until what was recorded so far is in Redis or the spill file.
+
+        Unlike a wake-up by a full buffer, this also probes a Redis that was down.
+        """
         if self._task is None or self._task.done():
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._next_probe = 0.0
         self._wake.set()
         await waiter
 

@@ -14,12 +14,15 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from aiohttp import web
 
 from router import headers as hdr
 from router.eventlog import EventLog
+
+if TYPE_CHECKING:
+    from router.app import DisabledEventLog
 from router.events import Exposure
 from router.keys import unit_hash
 from router.metrics import ProxyMetrics
@@ -42,7 +45,7 @@ FORCED_EPOCH = 0
 class Router:
     table: RoutingTable
     transport: Transport
-    eventlog: EventLog
+    eventlog: "EventLog | DisabledEventLog"
     ids: RequestIds
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     source: SourceStatus = field(default_factory=SourceStatus)

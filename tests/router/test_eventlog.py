@@ -1,0 +1,438 @@
+"""The event log against a real Redis: exact aggregates, exactly-once, no loss in outages.
+
+Every check compares what Redis holds with a straightforward recomputation, in Python,
+from the raw events the test recorded (`expected_strata`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from router import experiment as model
+from router import keys, spill
+from router.eventlog import APPLIED, DUPLICATE, GAP, EventLog, EventLogError, EventLogUnavailable, FlushScript
+from router.events import Aggregator, Event, Exposure, Outcome, binary_metrics
+from router.redis_server import RedisServer, free_port
+
+VARIANTS = ("control", "candidate")
+
+
+def make_experiment(name: str, *, extra_metric: bool = False) -> model.Experiment:
+    metrics = [{"name": "conversion", "kind": "binary"}, {"name": "revenue", "kind": "continuous"}]
+    if extra_metric:
+        metrics.append({"name": "clicks", "kind": "continuous"})
+    return model.parse({
+        "name": name, "unit": {"header": "X-User-Id"}, "metrics": metrics,
+        "variants": [{"name": v, "upstream": f"http://{v}:8080", "weight": 50} for v in VARIANTS],
+    })
+
+
+# ------------------------------------------------------------ the reference recomputation
+
+
+@dataclass
+class _Unit:
+    n: int = 0
+    x: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[tuple[int, str], keys.Stratum]:
+    """The sufficient statistics, computed the obvious way from the raw events."""
+    units: dict[tuple[str, int, str], _Unit] = defaultdict(_Unit)
+    counts: dict[tuple[int, str, str], int] = defaultdict(int)
+    for ev in recorded:
+        u = units[(ev.unit_hash, ev.epoch, ev.variant)]
+        if isinstance(ev, Exposure):
+            u.n += 1
+            u.x["errors"] += float(ev.error)
+            u.x["latency_ms"] += ev.latency_ms
+            counts[(ev.epoch, ev.variant, "errors")] += 1
+            counts[(ev.epoch, ev.variant, "latency_ms")] += 1
+        else:
+            u.x[ev.metric] = max(u.x[ev.metric], ev.value) if ev.metric in binary else u.x[ev.metric] + ev.value
+            counts[(ev.epoch, ev.variant, ev.metric)] += 1
+    strata: dict[tuple[int, str], keys.Stratum] = {}
+    for (_, e, v), u in units.items():
+        s = strata.setdefault((e, v), keys.Stratum(epoch=e, variant=v))
+        s.units += u.n > 0
+        s.exposures += u.n
+        s.exposures_sq += u.n * u.n
+        for m, x in u.x.items():
+            s.metrics[m].sum += x
+            s.metrics[m].sum_sq += x * x
+            s.metrics[m].sum_xn += x * u.n
+    for (e, v, m), count in counts.items():
+        strata[(e, v)].metrics[m].events += count
+    return strata
+
+
+def assert_strata_equal(actual: dict[tuple[int, str], keys.Stratum],
+                        expected: dict[tuple[int, str], keys.Stratum]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for key, want in expected.items():
+        got = actual[key]
+        assert (got.units, got.exposures, got.exposures_sq) == (want.units, want.exposures, want.exposures_sq), key
+        for m, w in want.metrics.items():
+            g = got.metrics[m]
+            assert g.events == w.events, (key, m)
+            for stat in ("sum", "sum_sq", "sum_xn"):
+                assert getattr(g, stat) == pytest.approx(getattr(w, stat), rel=1e-9, abs=1e-6), (key, m, stat)
+
+
+async def read_strata(client: redis.asyncio.Redis, name: str) -> dict[tuple[int, str], keys.Stratum]:
+    return keys.decode_agg(await client.hgetall(keys.Keys(name).agg))
+
+
+# ------------------------------------------------------------------ making events
+
+
+def random_events(rng: random.Random, count: int, *, units: int = 40, epochs: tuple[int, ...] = (1, 2),
+                  metrics: tuple[str, ...] = ("conversion", "revenue"), prefix: str = "u") -> list[Event]:
+    out: list[Event] = []
+    for i in range(count):
+        unit, epoch, variant = f"{prefix}{rng.randrange(units)}", rng.choice(epochs), rng.choice(VARIANTS)
+        if rng.random() < 0.6:
+            out.append(Exposure(request_id=f"r{i}", unit_hash=unit, variant=variant, epoch=epoch, ts=time.time(),
+                                status=200, latency_ms=rng.uniform(0.5, 250.0), error=rng.random() < 0.1))
+        else:
+            metric = rng.choice(metrics)
+            value = float(rng.random() < 0.5) if metric == "conversion" else round(rng.uniform(0, 100), 3)
+            out.append(Outcome(unit_hash=unit, variant=variant, epoch=epoch, metric=metric, value=value,
+                               ts=time.time()))
+    return out
+
+
+def record(log: EventLog, recorded: Iterable[Event]) -> None:
+    for ev in recorded:
+        if isinstance(ev, Exposure):
+            log.record_exposure(ev)
+        else:
+            log.record_outcome(ev)
+
+
+def down_url() -> str:
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+
+
+@pytest.fixture
+async def make_log(tmp_path: Path) -> AsyncIterator:  # type: ignore[type-arg]
+    """Build started EventLogs (closed at teardown if the test did not)."""
+    logs: list[EventLog] = []
+
+    async def make(url: str, experiment: model.Experiment, **options: float) -> EventLog:
+        options.setdefault("flush_interval_s", 60.0)  # tests flush explicitly unless they say otherwise
+        log = EventLog(redis_url=url, experiment=experiment, spill_dir=tmp_path / "spill", **options)  # type: ignore[arg-type]
+        await log.start()
+        logs.append(log)
+        return log
+
+    yield make
+    for log in logs:
+        await log.close()
+
+
+async def eventually(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+# ------------------------------------------------------------------------ aggregates
+
+
+async def test_aggregates_equal_a_recomputation_from_raw_events(
+        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:  # type: ignore[no-untyped-def]
+    exp = make_experiment(experiment_name)
+    log = await make_log(redis_url, exp)
+    rng = random.Random(7)
+    recorded: list[Event] = []
+    for _ in range(6):  # several batches; units recur across them, in both epochs and variants
+        batch = random_events(rng, 300)
+        record(log, batch)
+        recorded += batch
+        await log.flush()
+    assert log.stats.flushed_batches == 6 and log.stats.buffered == 0
+    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+    k = keys.Keys(experiment_name)
+    entries = await redis_client.xrange(k.events)
+    assert [int(f[b"seq"]) for _, f in entries] == [1, 2, 3, 4, 5, 6]
+    assert sum(len(f[b"events"].splitlines()) for _, f in entries) == len(recorded)
+    assert await redis_client.get(k.metrics) == b'["errors","latency_ms","conversion","revenue"]'
+
+
+async def test_binary_metrics_keep_the_maximum_per_unit(
+        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:  # type: ignore[no-untyped-def]
+    log = await make_log(redis_url, make_experiment(experiment_name))
+    exposure = Exposure("r1", "u1", "control", 1, 0.0, 200, 10.0, False)
+    for values in ([0.0, 1.0, 1.0], [1.0, 0.0]):  # two batches: the unit converted once
+        log.record_exposure(exposure)
+        for value in values:
+            log.record_outcome(Outcome("u1", "control", 1, "conversion", value, 0.0))
+        await log.flush()
+    conversion = (await read_strata(redis_client, experiment_name))[(1, "control")].metrics["conversion"]
+    assert (conversion.sum, conversion.sum_sq, conversion.sum_xn, conversion.events) == (1.0, 1.0, 2.0, 5.0)
+
+
+async def test_producers_with_different_metric_lists_share_the_unit_states(
+        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A replica that reloaded a config with one more metric writes next to one that has not."""
+    url = redis_url
+    wide, narrow = make_experiment(experiment_name, extra_metric=True), make_experiment(experiment_name)
+    new, old = await make_log(url, wide), await make_log(url, narrow)
+    rng = random.Random(11)
+    recorded: list[Event] = []
+    for i in range(6):
+        log, metrics = (new, ("conversion", "revenue", "clicks")) if i % 2 == 0 else (old, ("conversion", "revenue"))
+        batch = random_events(rng, 200, units=15, metrics=metrics)
+        record(log, batch)
+        recorded += batch
+        await log.flush()
+    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(wide)))
+
+
+async def test_update_experiment_may_add_metrics_only(make_log, experiment_name: str, redis_url: str,  # type: ignore[no-untyped-def]
+                                                      redis_client: redis.asyncio.Redis) -> None:
+    log = await make_log(redis_url, make_experiment(experiment_name))
+    log.record_outcome(Outcome("u1", "control", 1, "revenue", 2.0, 0.0))
+    with pytest.raises(ValueError, match="unknown metric 'clicks'"):
+        log.record_outcome(Outcome("u1", "control", 1, "clicks", 1.0, 0.0))
+    log.update_experiment(make_experiment(experiment_name, extra_metric=True))
+    log.record_outcome(Outcome("u1", "control", 1, "clicks", 3.0, 0.0))
+    await log.flush()
+    strata = await read_strata(redis_client, experiment_name)
+    assert strata[(1, "control")].metrics["clicks"].sum == 3.0
+    assert strata[(1, "control")].metrics["revenue"].sum == 2.0
+    with pytest.raises(EventLogError, match="only grow"):
+        log.update_experiment(make_experiment(experiment_name))
+
+
+async def test_register_epoch_is_written_once(make_log, experiment_name: str, redis_url: str,  # type: ignore[no-untyped-def]
+                                              redis_client: redis.asyncio.Redis) -> None:
+    log = await make_log(redis_url, make_experiment(experiment_name))
+    log.register_epoch(2, {"control": 0.9, "candidate": 0.1}, since=100.0)
+    await log.flush()
+    log.register_epoch(2, {"control": 0.5, "candidate": 0.5}, since=200.0)  # a late replica: ignored
+    await log.flush()
+    epochs = keys.decode_epochs(await redis_client.hgetall(keys.Keys(experiment_name).epochs))
+    assert epochs[2].weights == {"control": 0.9, "candidate": 0.1} and epochs[2].since == 100.0
+
+
+# ------------------------------------------------------------------------ exactly once
+
+
+async def test_the_script_applies_each_producer_seq_once(
+        redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    exp = make_experiment(experiment_name)
+    script = FlushScript(redis_client, keys.Keys(experiment_name))
+    await script.load()
+    rng = random.Random(3)
+    first, second = random_events(rng, 200), random_events(rng, 200)
+    batch1, batch2, batch4 = (_batch(exp, events, seq) for events, seq in ((first, 1), (second, 2), (second, 4)))
+    assert await script.apply(batch1, allow_gap=False) == (APPLIED, 0)
+    assert await script.apply(batch1, allow_gap=False) == (DUPLICATE, 1)  # e.g. a re-send after a timeout
+    assert await script.apply(batch2, allow_gap=False) == (APPLIED, 1)
+    assert await script.apply(batch1, allow_gap=True) == (DUPLICATE, 2)  # an older seq, out of order
+    assert await script.apply(batch4, allow_gap=False) == (GAP, 2)  # seq 3 is missing: refused
+    assert_strata_equal(await read_strata(redis_client, experiment_name),
+                        expected_strata(first + second, binary_metrics(exp)))
+    assert len(await redis_client.xrange(keys.Keys(experiment_name).events)) == 2
+
+
+def _batch(exp: model.Experiment, recorded: list[Event], seq: int):  # type: ignore[no-untyped-def]
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    for ev in recorded:
+        agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
+    return agg.batch(producer="p-test", seq=seq)
+
+
+# ------------------------------------------------------------------- Redis outages
+
+
+async def test_redis_killed_during_recording_loses_and_duplicates_nothing(
+        make_log, redis_server: RedisServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    exp = make_experiment("outage")
+    log = await make_log(redis_server.url, exp, flush_interval_s=0.02, redis_timeout_s=0.5)
+    rng = random.Random(5)
+    recorded: list[Event] = []
+    most_spilled = 0
+    stop = asyncio.Event()
+
+    async def traffic() -> None:
+        nonlocal most_spilled
+        while not stop.is_set():
+            batch = random_events(rng, 20, units=200)
+            record(log, batch)
+            recorded.extend(batch)
+            most_spilled = max(most_spilled, log.stats.spilled)
+            await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(traffic())
+    await asyncio.sleep(0.3)
+    redis_server.kill()
+    await asyncio.sleep(0.4)
+    await asyncio.to_thread(redis_server.restart)
+    await asyncio.sleep(0.3)
+    stop.set()
+    await task
+    await log.close()
+
+    assert most_spilled > 0 and log.stats.flush_failures > 0 and log.stats.dropped == 0
+    assert log.stats.spilled == 0 and not list((tmp_path / "spill").glob("*"))  # replayed and removed
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+        assert_strata_equal(await read_strata(client, "outage"), expected_strata(recorded, binary_metrics(exp)))
+
+
+@pytest.mark.parametrize("noticed_by", ["flusher", "lookup"])
+async def test_batches_lost_by_a_redis_restart_are_resent(
+        make_log, redis_server: RedisServer, noticed_by: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Redis acknowledged batches 2 and 3, then crashed before its AOF held them.
+
+    Either the flusher trips over the dead connection (spill, reconnect, read back the
+    last seq, re-send) or a lookup does, and the flusher's next batch, on a fresh
+    connection, is refused for its gap and re-sends what is missing first.
+    """
+    exp = make_experiment("lost-window")
+    log = await make_log(redis_server.url, exp)
+    rng = random.Random(9)
+    recorded: list[Event] = []
+    aof = redis_server.data_dir / "appendonly.aof"
+    for i in range(3):
+        batch = random_events(rng, 200)
+        record(log, batch)
+        recorded += batch
+        await log.flush()
+        if i == 0:
+            size_after_first = aof.stat().st_size  # Redis writes the AOF before it replies
+    redis_server.kill()
+    with open(aof, "r+b") as f:
+        f.truncate(size_after_first)
+    redis_server.restart()
+    if noticed_by == "lookup":
+        with pytest.raises(EventLogUnavailable):
+            await log.lookup_unit("nobody")  # takes the pool's dead connection out of play
+    later = random_events(rng, 200)
+    record(log, later)
+    await eventually(lambda: _flushed_all(log))
+    if noticed_by == "lookup":
+        assert log.stats.flush_failures == 0 and "follows a gap" in caplog.text
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+        assert_strata_equal(await read_strata(client, "lost-window"),
+                            expected_strata(recorded + later, binary_metrics(exp)))
+
+
+async def test_a_timed_out_flush_that_redis_applied_later_counts_once(
+        make_log, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+    """The ambiguous failure: our call times out, yet Redis runs it once it is free."""
+    exp = make_experiment("ambiguous")
+    log = await make_log(redis_server.url, exp, redis_timeout_s=0.2)
+    recorded = random_events(random.Random(12), 300)
+    record(log, recorded)
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+        busy = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "0.5"))
+        await asyncio.sleep(0.05)
+        await log.flush()  # times out while Redis sleeps: spilled
+        await busy
+        assert log.stats.flush_failures == 1 and log.stats.spilled == len(recorded)
+        assert await client.hget(keys.Keys("ambiguous").producers, log.producer) == b"1"  # applied after all
+        await eventually(lambda: _flushed_all(log))  # the replay is a duplicate
+        assert_strata_equal(await read_strata(client, "ambiguous"), expected_strata(recorded, binary_metrics(exp)))
+
+
+async def _flushed_all(log: EventLog) -> bool:
+    await log.flush()
+    s = log.stats
+    return s.redis_up and s.spilled == 0 and s.buffered == 0
+
+
+async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
+        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    exp = make_experiment(experiment_name)
+    dead = await make_log(down_url(), exp)
+    recorded = random_events(random.Random(1), 500)
+    record(dead, recorded)
+    await dead.close()  # Redis never came back: everything stays in its (now unlocked) file
+    assert dead.stats.spilled == len(recorded)
+    alive = spill.SpillFile(tmp_path / "spill", stem=spill.stem("abrouter", experiment_name), producer="alive")
+    alive.append([_batch(exp, random_events(random.Random(2), 10), 1)])  # locked: a live producer's
+
+    await make_log(redis_url, exp)
+
+    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+    assert sorted(p.name for p in (tmp_path / "spill").iterdir()) == [alive.path.name]
+    alive.clear()
+    alive.close()
+
+
+async def test_a_full_buffer_spills_at_once_while_redis_is_down(make_log) -> None:  # type: ignore[no-untyped-def]
+    log = await make_log(down_url(), make_experiment("full"), max_events=50)
+    record(log, random_events(random.Random(4), 50))
+
+    async def spilled() -> bool:
+        return log.stats.spilled == 50 and log.stats.buffered == 0
+    await eventually(spilled, timeout_s=2.0)  # long before the 60 s flush interval
+
+
+# ------------------------------------------------------------------ flushing, lookups
+
+
+async def test_close_flushes_everything(redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str,
+                                        tmp_path: Path) -> None:
+    exp = make_experiment(experiment_name)
+    log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path, flush_interval_s=60)
+    await log.start()
+    recorded = random_events(random.Random(6), 400)
+    record(log, recorded)
+    await log.close()
+    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+
+
+async def test_a_full_buffer_flushes_before_the_interval(make_log, experiment_name: str, redis_url: str,  # type: ignore[no-untyped-def]
+                                                        redis_client: redis.asyncio.Redis) -> None:
+    log = await make_log(redis_url, make_experiment(experiment_name), max_events=100)
+    record(log, random_events(random.Random(8), 100))
+
+    async def in_redis() -> bool:
+        return sum(s.metrics["latency_ms"].events + sum(m.events for n, m in s.metrics.items() if n not in
+                   ("errors", "latency_ms")) for s in (await read_strata(redis_client, experiment_name)).values()) == 100
+    await eventually(in_redis, timeout_s=2.0)
+    assert log.stats.buffered == 0
+
+
+async def test_lookup_unit_local_then_redis_then_unavailable(
+        make_log, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+    exp = make_experiment("lookup")
+    writer = await make_log(redis_server.url, exp)
+    writer.record_exposure(Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False))
+    writer.record_exposure(Exposure("r2", "u1", "candidate", 2, 0.0, 200, 1.0, False))  # the latest counts
+    assert await writer.lookup_unit("u1") == (2, "candidate")  # local, nothing flushed yet
+    await writer.flush()
+    reader = await make_log(redis_server.url, exp)  # another replica: an empty local memory
+    assert await reader.lookup_unit("u1") == (2, "candidate")
+    assert await reader.lookup_unit("nobody") is None
+    redis_server.kill()
+    assert await writer.lookup_unit("u1") == (2, "candidate")  # still answered locally
+    with pytest.raises(EventLogUnavailable):
+        await reader.lookup_unit("u1")
+
+
+def test_a_torn_last_spill_line_is_skipped(tmp_path: Path) -> None:
+    exp = make_experiment("torn")
+    own = spill.SpillFile(tmp_path, stem="abrouter.torn", producer="p")
+    batches = [_batch(exp, random_events(random.Random(seq), 20), seq) for seq in (1, 2)]
+    own.append(batches)
+    with open(own.path, "ab") as f:
+        f.write(b'{"producer": "p", "seq": 3, "n"')  # a crash in the middle of an append
+    assert [b for b, _ in spill.read_batches(own.path)] == batches
+    own.clear()
+    own.close()
+    assert not own.path.exists()
