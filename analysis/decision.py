@@ -253,9 +253,10 @@ def _waiting_for(look: _Look) -> str:
     settings = look.data.settings
     if not _enough_units(look):
         return f"waiting for {settings.min_units_per_arm} units per arm"
-    failing = [n for n in look.candidates if not _guardrails_pass(look, n)]
+    failing = [g for n in look.candidates for g in look.evidence.guardrails_of(n) if g.status != "pass"]
     if failing:
-        return f"guardrails not yet shown to pass for {', '.join(failing)}"
+        states = ", ".join(f"{g.variant} {g.metric} {g.reason or g.status}" for g in failing)
+        return f"guardrails not yet shown to pass ({states})"
     if not _ramp_done(look):
         return (f"waiting for {settings.min_units_per_arm} units per arm in epoch "
                 f"{look.data.current_epoch} before the next ramp step")

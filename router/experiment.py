@@ -175,7 +175,8 @@ class _Reader:
 
     def __init__(self, data: Any, path: str) -> None:
         if not isinstance(data, Mapping):
-            raise ConfigError(path, f"must be a mapping, got {_type(data)}")
+            what = "the experiment spec" if not path else ""
+            raise ConfigError(path, f"{what} must be a mapping, got {_type(data)}".lstrip())
         self.data = data
         self.path = path
         self.seen: set[str] = set()
@@ -414,8 +415,15 @@ def loads(text: str, source: str = "<string>") -> Experiment:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("", f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError("", f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     return parse(data)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def load(path: str | Path) -> Experiment:

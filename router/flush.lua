@@ -18,7 +18,7 @@ local producer, seq, allow_gap = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 
 -- The guard comes first and costs one HGET: a duplicate is not even decoded.
 local last = tonumber(redis.call('HGET', producers, producer) or '0')
--- no guard
+if seq <= last then return {0, last} end
 if seq ~= last + 1 and not allow_gap then return {-1, last} end
 
 local batch = cjson.decode(ARGV[4])

@@ -18,6 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 _RATIO_FIELDS = ("den_sum", "den_sum_sq", "sum_products")
 
 
@@ -47,6 +50,19 @@ class Sample:
             raise ValueError(f"ratio metric: {', '.join(_RATIO_FIELDS)} must be given together")
         if self.is_ratio and self.sum_sq is None:
             raise ValueError("ratio metric: sum_sq is required")
+
+    @classmethod
+    def from_values(cls, values: ArrayLike) -> "Sample":
+        """The sums of a mean metric from raw per-unit values (simulations, tests, exports)."""
+        x = np.asarray(values, dtype=float)
+        return cls(n=float(x.size), sum=float(x.sum()), sum_sq=float((x**2).sum()))
+
+    @classmethod
+    def from_ratio(cls, numerators: ArrayLike, denominators: ArrayLike) -> "Sample":
+        """The sums of a ratio metric from raw per-unit numerators x_u and denominators n_u."""
+        x, d = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+        return cls(n=float(x.size), sum=float(x.sum()), sum_sq=float((x**2).sum()), den_sum=float(d.sum()),
+                   den_sum_sq=float((d**2).sum()), sum_products=float((x * d).sum()))
 
     @classmethod
     def empty(cls, *, ratio: bool = False) -> "Sample":

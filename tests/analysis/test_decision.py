@@ -160,7 +160,7 @@ def test_promotion_needs_passing_guardrails(status: str) -> None:
     ev = evidence(comparison(seq_p=0.001), guardrails=(rail(status=status),))
     got = decision.decide(experiment(AB_50), ev, now=NOW)
     assert got.action == "continue"
-    assert "guardrails not yet shown to pass for candidate" in got.reason
+    assert f"guardrails not yet shown to pass (candidate errors {status})" in got.reason
 
 
 def test_an_insufficient_primary_never_wins() -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from analysis import analyzer, reader
 from analysis.errors import SourceError
@@ -57,7 +59,7 @@ async def test_agg_fields_become_unit_level_and_ratio_samples(
     assert data.weights == {"control": 50.0, "candidate": 50.0}
     assert [m.name for m in data.metrics] == ["conversion", "revenue", "errors", "latency_ms"]
     assert data.control.units == 100 and data.arm("candidate").units == 40
-    assert data.samples("control", "conversion") == (Sample(100, 12, 12), Sample.empty())
+    assert data.samples("control", "conversion") == (Sample(100, 12, 12), Sample(0, 0, 0))
     assert data.samples("control", "revenue")[0] == Sample(100, 340.5, 4100.25)
     assert data.samples("control", "errors")[0] == Sample(100, 3, 5, den_sum=250, den_sum_sq=900, sum_products=11)
     assert data.samples("control", "latency_ms")[0] == Sample(100, 5000, 160000, 250, 900, 18000)
@@ -117,7 +119,7 @@ async def test_what_the_router_logs_is_what_the_analyzer_reads(
 
 
 async def test_unreachable_redis_is_a_source_error() -> None:
-    client = redis.asyncio.Redis(port=free_port(), socket_connect_timeout=0.5)
+    client = redis.asyncio.Redis(port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     try:
         with pytest.raises(SourceError, match="cannot read experiment 'x' from Redis"):
             await reader.read(client, spec("x"))

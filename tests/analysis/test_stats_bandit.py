@@ -7,7 +7,6 @@ from scipy import stats as sps
 from analysis.stats import bayes
 from analysis.stats.bandit import thompson_weights
 from analysis.stats.sample import Sample
-from tests.analysis.stats_helpers import mean_sample
 
 
 def test_binary_two_arms_weights_follow_the_exact_chance_to_beat() -> None:
@@ -22,7 +21,7 @@ def test_binary_two_arms_weights_follow_the_exact_chance_to_beat() -> None:
 
 def test_continuous_arms_follow_the_normal_posterior_and_direction() -> None:
     rng = np.random.default_rng(2)
-    a, b = mean_sample(rng.normal(100, 20, 400)), mean_sample(rng.normal(103, 20, 400))
+    a, b = Sample.from_values(rng.normal(100, 20, 400)), Sample.from_values(rng.normal(103, 20, 400))
     exact = sps.norm.cdf((b.mean - a.mean) / math.sqrt(a.mean_variance + b.mean_variance))
     up = thompson_weights({"a": a, "b": b}, kind="continuous", direction="increase", floor=0.0,
                           rng=np.random.default_rng(3), draws=200_000)
@@ -40,7 +39,7 @@ def test_floor_keeps_every_arm_explored() -> None:
 
 
 def test_arms_without_a_posterior_get_the_floor_or_an_even_split() -> None:
-    some = {"a": Sample(0, 0, 0), "b": mean_sample(np.arange(10.0))}
+    some = {"a": Sample(0, 0, 0), "b": Sample.from_values(np.arange(10.0))}
     weights = thompson_weights(some, kind="continuous", direction="increase", floor=0.1, rng=np.random.default_rng(5))
     assert weights == pytest.approx({"a": 0.1, "b": 0.9})
     none = {"a": Sample(0, 0, 0), "b": Sample(1, 2, 4)}

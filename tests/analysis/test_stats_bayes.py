@@ -18,7 +18,8 @@ def _closed_form_b_beats_a(s_a: int, n_a: int, s_b: int, n_b: int) -> float:
     return float(np.exp(terms).sum())
 
 
-@pytest.mark.parametrize("counts", [(10, 100, 15, 100), (0, 20, 3, 20), (200, 1000, 220, 1000), (30, 500, 12, 80)])
+@pytest.mark.parametrize("counts", [(10, 100, 15, 100), (0, 20, 3, 20), (200, 1000, 220, 1000), (30, 500, 12, 80),
+                                    (0, 5000, 1, 5000), (0, 100_000, 0, 100), (2000, 2000, 1999, 2000), (1, 3, 0, 3)])
 def test_beta_binomial_chance_to_beat_matches_the_closed_form(counts: tuple[int, int, int, int]) -> None:
     s_c, n_c, s_t, n_t = counts
     value = bayes.beta_binomial_chance_to_beat(Sample(n_c, s_c), Sample(n_t, s_t))

@@ -9,7 +9,6 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportions
 from analysis.stats import bayes, reasons
 from analysis.stats.compare import Comparison, compare
 from analysis.stats.sample import Sample
-from tests.analysis.stats_helpers import mean_sample, ratio_sample
 
 SETTINGS = dict(alpha=0.05, expected_units=10_000, variant="candidate", metric="m")
 
@@ -32,7 +31,7 @@ def test_binary_matches_statsmodels_z_and_wald_interval() -> None:
 def test_continuous_matches_scipy_welch_test_and_interval() -> None:
     rng = np.random.default_rng(3)
     a, b = rng.gamma(2.0, 5.0, size=400), rng.gamma(2.0, 5.5, size=380)
-    result = compare(mean_sample(a), mean_sample(b), kind="continuous", direction="increase", **SETTINGS)
+    result = compare(Sample.from_values(a), Sample.from_values(b), kind="continuous", direction="increase", **SETTINGS)
     ref = sps.ttest_ind(b, a, equal_var=False)
     assert result.p_value == pytest.approx(ref.pvalue, abs=1e-9)
     assert result.absolute_ci == pytest.approx(tuple(ref.confidence_interval(0.95)), abs=1e-9)
@@ -42,7 +41,7 @@ def test_continuous_matches_scipy_welch_test_and_interval() -> None:
 def test_relative_interval_uses_the_control_variance_too() -> None:
     rng = np.random.default_rng(4)
     a, b = rng.normal(10, 4, size=200), rng.normal(11, 4, size=200)
-    result = compare(mean_sample(a), mean_sample(b), kind="continuous", direction="increase", **SETTINGS)
+    result = compare(Sample.from_values(a), Sample.from_values(b), kind="continuous", direction="increase", **SETTINGS)
     var_a, var_b = a.var(ddof=1) / 200, b.var(ddof=1) / 200
     only_candidate = math.sqrt(var_b) / a.mean()
     with_control = math.sqrt(var_b / a.mean() ** 2 + b.mean() ** 2 * var_a / a.mean() ** 4)
@@ -55,7 +54,7 @@ def test_ratio_metric_uses_delta_method_z() -> None:
     rng = np.random.default_rng(5)
     d_c, d_t = rng.poisson(3, 800) + 1, rng.poisson(3, 800) + 1
     x_c, x_t = rng.gamma(2, 50, 800) * d_c, rng.gamma(2, 45, 800) * d_t
-    result = compare(ratio_sample(x_c, d_c), ratio_sample(x_t, d_t), kind="continuous", direction="decrease", **SETTINGS)
+    result = compare(Sample.from_ratio(x_c, d_c), Sample.from_ratio(x_t, d_t), kind="continuous", direction="decrease", **SETTINGS)
     def delta(x: np.ndarray, d: np.ndarray) -> float:
         grad = np.array([1 / d.mean(), -x.mean() / d.mean() ** 2])
         return float(grad @ (np.cov(np.vstack([x, d])) / len(x)) @ grad)
@@ -128,8 +127,8 @@ def test_simpsons_paradox_pooling_flips_the_sign_and_stratifying_does_not() -> N
     (Sample(100, 0), Sample(100, 0), reasons.ZERO_VARIANCE),
     (Sample(100, 100), Sample(100, 100), reasons.ZERO_VARIANCE),
     (Sample(100, 0), Sample(100, 4), reasons.ZERO_BASELINE),
-    (Sample.empty(ratio=True), ratio_sample(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
-    (Sample(10, 0, 0, 0, 0, 0), ratio_sample(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
+    (Sample.empty(ratio=True), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
+    (Sample(10, 0, 0, 0, 0, 0), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
 ])
 def test_degenerate_data_is_an_insufficient_result(control: Sample, candidate: Sample, reason: str) -> None:
     result = _binary(control, candidate, previous_sequential_p=0.4)

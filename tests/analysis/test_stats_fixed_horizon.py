@@ -5,7 +5,6 @@ from statsmodels.stats.proportion import proportions_ztest
 
 from analysis.stats import fixed_horizon
 from analysis.stats.sample import Sample
-from tests.analysis.stats_helpers import mean_sample
 
 # R's datasets::sleep, the example of ?t.test.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
@@ -32,7 +31,7 @@ def test_two_proportion_z_matches_r_prop_test() -> None:
 
 def test_welch_matches_r_sleep_example() -> None:
     # t.test(extra ~ group, data = sleep): t = -1.8608, df = 17.776, p-value = 0.07939.
-    result = fixed_horizon.welch_t(mean_sample(SLEEP_1), mean_sample(SLEEP_2))
+    result = fixed_horizon.welch_t(Sample.from_values(SLEEP_1), Sample.from_values(SLEEP_2))
     assert result.statistic == pytest.approx(1.8608, abs=5e-5)  # candidate − control: sign flips
     assert result.df == pytest.approx(17.776, abs=5e-4)
     assert result.p_value == pytest.approx(0.07939, abs=5e-6)
@@ -42,7 +41,7 @@ def test_welch_matches_r_sleep_example() -> None:
 def test_welch_matches_scipy_ttest_ind_from_stats(seed: int) -> None:
     rng = np.random.default_rng(seed)
     a, b = rng.normal(10, 3, size=37), rng.normal(11, 5, size=81)
-    result = fixed_horizon.welch_t(mean_sample(a), mean_sample(b))
+    result = fixed_horizon.welch_t(Sample.from_values(a), Sample.from_values(b))
     ref = sps.ttest_ind_from_stats(b.mean(), b.std(ddof=1), len(b), a.mean(), a.std(ddof=1), len(a), equal_var=False)
     assert result.statistic == pytest.approx(ref.statistic, abs=1e-9)
     assert result.p_value == pytest.approx(ref.pvalue, abs=1e-9)

@@ -6,7 +6,6 @@ import pytest
 from analysis.stats import reasons
 from analysis.stats.noninferiority import NonInferiority, non_inferiority
 from analysis.stats.sample import Sample
-from tests.analysis.stats_helpers import ratio_sample
 
 SETTINGS = dict(alpha=0.05, expected_units=10_000, variant="candidate", metric="errors")
 
@@ -46,8 +45,8 @@ def test_good_direction_increase_counts_a_lower_candidate_as_harm() -> None:
 def test_relative_margin_on_a_latency_ratio_metric() -> None:
     rng = np.random.default_rng(8)
     d = rng.poisson(5, size=(2, 6000)) + 1
-    same = [ratio_sample(rng.gamma(4, 25, d[i].size) * d[i], d[i]) for i in range(2)]
-    slow = ratio_sample(rng.gamma(4, 40, d[1].size) * d[1], d[1])
+    same = [Sample.from_ratio(rng.gamma(4, 25, d[i].size) * d[i], d[i]) for i in range(2)]
+    slow = Sample.from_ratio(rng.gamma(4, 40, d[1].size) * d[1], d[1])
     kw = dict(kind="continuous", direction="decrease", margin=0.2, relative=True, **SETTINGS)
     assert non_inferiority(same[0], same[1], **kw).status == "pass"
     assert non_inferiority(same[0], slow, **kw).status == "breach"

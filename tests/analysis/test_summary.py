@@ -121,7 +121,7 @@ def test_a_missing_stratum_is_an_empty_sample() -> None:
     doc["variants"][1]["strata"] = [{"epoch": 2, "units": doc["variants"][1].pop("units"),
                                      "metrics": doc["variants"][1].pop("metrics")}]
     data, _ = summary.parse(doc)
-    assert data.samples("candidate", "revenue")[0] == Sample.empty()
+    assert data.samples("candidate", "revenue")[0] == Sample(0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize(("mutate", "message"), [

@@ -1,0 +1,282 @@
+"""`abrouter analyze` and `abrouter plan`, end to end through argparse."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from scipy import stats as sps
+from statsmodels.stats.power import NormalIndPower
+
+from abrouter import cli
+from analysis import commands, history
+from analysis.sink import DryRunSink
+from router import experiment as spec
+from router import keys
+from router.redis_server import free_port
+
+EXAMPLE_SUMMARY: dict[str, Any] = {
+    "metrics": [{"name": "revenue", "kind": "continuous", "direction": "increase"}],
+    "variants": [
+        {"name": "control", "weight": 50, "units": 3407,
+         "metrics": {"revenue": {"n": 3407, "sum": 1396.87, "sum_squares": 52377.9767}}},
+        {"name": "candidate", "weight": 50, "units": 3461,
+         "metrics": {"revenue": {"n": 3461, "sum": 2422.7, "sum_squares": 134698.29}}},
+    ],
+}
+EXAMPLE_CONFIG = Path(spec.__file__).parent / "examples" / "experiment.yaml"
+
+
+def run(argv: list[str]) -> int:
+    """Parse with our subcommands only (as the CLI does) and run the chosen one."""
+    parser = argparse.ArgumentParser(prog="abrouter")
+    commands.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def summary_file(tmp_path: Path) -> Path:
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(EXAMPLE_SUMMARY))
+    return path
+
+
+# ---------------------------------------------------------------- --summary
+
+
+def test_analyze_summary_json_has_the_issue_fields(summary_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["analyze", "--summary", str(summary_file), "--json"]) == 0
+    (result,) = json_lines(capsys.readouterr().out)
+
+    assert {"p_value", "flagged"} <= set(result["srm"])
+    assert result["srm"]["p_value"] == pytest.approx(sps.chisquare([3407, 3461]).pvalue, abs=1e-9)
+    assert result["srm"]["flagged"] is False
+
+    (c,) = result["comparisons"]
+    for key in ("variant", "metric", "control_mean", "mean", "absolute_lift", "absolute_ci", "relative_lift",
+                "relative_ci", "p_value", "sequential_p_value", "sequential_ci", "chance_to_beat",
+                "expected_loss"):
+        assert key in c, key
+    assert (c["variant"], c["metric"], c["primary"]) == ("candidate", "revenue", True)
+    assert c["control_mean"] == pytest.approx(1396.87 / 3407)
+    assert c["mean"] == pytest.approx(2422.7 / 3461)
+    sd = [math.sqrt((q - s * s / n) / (n - 1)) for n, s, q in ((3407, 1396.87, 52377.9767), (3461, 2422.7, 134698.29))]
+    welch = sps.ttest_ind_from_stats(2422.7 / 3461, sd[1], 3461, 1396.87 / 3407, sd[0], 3407, equal_var=False)
+    assert c["p_value"] == pytest.approx(welch.pvalue, rel=1e-6)
+    assert c["sequential_p_value"] >= c["p_value"]  # always-valid costs something at a single look
+
+    assert set(result["decision"]) == {"action", "reason", "weights"}
+    assert result["decision"]["action"] == "continue"  # seq p ~0.27: not yet, however tempting p=0.02 is
+    assert result["decision"]["weights"] == {"control": 50.0, "candidate": 50.0}
+    assert result["guardrails"] == [] and result["skipped_guardrails"] == ["errors", "latency_ms"]
+
+
+def test_analyze_summary_prints_a_table(summary_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["analyze", "--summary", str(summary_file)]) == 0
+    out = capsys.readouterr().out
+    assert "revenue *" in out and "candidate" in out and "+70.7%" in out
+    assert "decision  CONTINUE" in out
+    assert "SRM ok (p=0.515)" in out
+
+
+def test_analyze_jsonl_gives_one_result_per_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bigger = json.loads(json.dumps(EXAMPLE_SUMMARY))
+    for v in bigger["variants"]:  # ten times the data: the same means, now a clear win
+        v["units"] *= 10
+        v["metrics"]["revenue"] = {k: x * 10 for k, x in v["metrics"]["revenue"].items()}
+    path = tmp_path / "many.jsonl"
+    path.write_text(json.dumps(EXAMPLE_SUMMARY) + "\n" + json.dumps(bigger | {"name": "bigger"}) + "\n")
+    assert run(["analyze", "--summary", str(path), "--json"]) == 0
+    first, second = json_lines(capsys.readouterr().out)
+    assert first["decision"]["action"] == "continue"
+    assert second["experiment"] == "bigger"
+    assert second["decision"]["action"] == "promote"
+    assert second["decision"]["weights"] == {"control": 0.0, "candidate": 100.0}
+
+
+def test_elapsed_past_max_duration_stops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(EXAMPLE_SUMMARY | {"elapsed": "15d"}))
+    assert run(["analyze", "--summary", str(path), "--json"]) == 0
+    assert json_lines(capsys.readouterr().out)[0]["decision"]["action"] == "stop"
+
+
+def test_bad_summary_is_exit_code_2_and_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = json.loads(json.dumps(EXAMPLE_SUMMARY))
+    bad["variants"][1]["metrics"]["revenue"]["n"] = -1
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert cli.main(["analyze", "--summary", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"abrouter: error: {path}: variants[1].metrics.revenue.n: must be >= 0, got -1\n"
+
+
+def test_summary_with_apply_is_rejected(summary_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["analyze", "--summary", str(summary_file), "--apply"]) == 2
+    assert "--apply and --every need --config" in capsys.readouterr().err
+
+
+def test_help_texts_carry_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("analyze", "plan"):
+        with pytest.raises(SystemExit) as info:
+            run([command, "--help"])
+        assert info.value.code == 0
+        assert f"abrouter {command} --" in capsys.readouterr().out
+
+
+# -------------------------------------------------------------------- --config
+
+
+def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int], candidate: tuple[int, int]) -> None:
+    """Epoch 1, 50/50: (units, conversions) per arm; one request per unit, no errors, 20 ± 10 ms."""
+    k = keys.Keys(name)
+    fields: dict[str, float] = {}
+    for variant, (units, conversions) in (("control", control), ("candidate", candidate)):
+        prefix = f"1|{variant}|"
+        fields |= {prefix + "units": units, prefix + "exposures": units, prefix + "exposures_sq": units,
+                   prefix + "conversion|sum": conversions, prefix + "conversion|sum_sq": conversions,
+                   prefix + "errors|sum": 0, prefix + "errors|sum_sq": 0, prefix + "errors|sum_xn": 0,
+                   prefix + "latency_ms|sum": 20.0 * units, prefix + "latency_ms|sum_sq": 500.0 * units,
+                   prefix + "latency_ms|sum_xn": 20.0 * units}
+    client.hset(k.agg, mapping=fields)
+    client.hset(k.epochs, "1", keys.encode_epoch({"control": 50, "candidate": 50}, since=time.time() - 3600))
+
+
+def config_file(tmp_path: Path, name: str) -> Path:
+    doc = spec.to_dict(spec.load(EXAMPLE_CONFIG))
+    doc["name"] = doc["salt"] = name
+    path = tmp_path / "experiment.yaml"
+    path.write_text(json.dumps(doc))  # JSON is YAML
+    return path
+
+
+def test_analyze_config_reads_redis_decides_applies_and_records(
+        tmp_path: Path, redis_url: str, experiment_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        write_aggregates(client, experiment_name, control=(20_000, 1000), candidate=(20_000, 1300))
+        path = config_file(tmp_path, experiment_name)
+        argv = ["analyze", "--config", str(path), "--redis-url", redis_url, "--json", "--apply"]
+
+        assert run(argv) == 0
+        (result,) = json_lines(capsys.readouterr().out)
+        assert result["decision"]["action"] == "promote", result["decision"]["reason"]
+        assert {g["metric"]: g["status"] for g in result["guardrails"]} == {"errors": "pass", "latency_ms": "pass"}
+        assert spec.load(path).weights == (0.0, 1.0)
+        assert spec.load(path).epoch == 2
+
+        assert run(argv) == 0  # idempotent: already promoted, nothing more written
+        assert json_lines(capsys.readouterr().out)[0]["decision"]["action"] == "promote"
+        assert spec.load(path).epoch == 2
+
+        entries = client.xrange(keys.Keys(experiment_name).decisions)
+        docs = [json.loads(fields[b"decision"]) for _, fields in entries]
+        assert [(d["action"], d["applied"]) for d in docs] == [("promote", True), ("promote", False)]
+        assert "\n" not in docs[0]["reason"] and docs[0]["reason"].startswith("promote: candidate wins")
+    finally:
+        client.close()
+
+
+async def test_the_sequential_p_is_a_running_minimum_over_the_history(
+        redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path, redis_url: str) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    write_aggregates(sync, experiment_name, control=(2000, 100), candidate=(2000, 110))
+    sync.close()
+    experiment = spec.load(config_file(tmp_path, experiment_name))
+    first = await commands.look(redis_client, experiment, sink=DryRunSink())
+    (c,) = [c for c in first.comparisons if c.metric == "conversion"]
+    assert c.sequential_p_value > 0.5
+
+    # A previous look that was far more convincing keeps its p: the minimum over looks.
+    k = keys.Keys(experiment_name)
+    older = history.encode(first, applied=False).replace(f'"p": {c.sequential_p_value}', '"p": 0.0123')
+    await redis_client.xadd(k.decisions, {history.FIELD: older})
+    second = await commands.look(redis_client, experiment, sink=DryRunSink())
+    assert [x.sequential_p_value for x in second.comparisons if x.metric == "conversion"] == [0.0123]
+
+
+def test_unreachable_redis_is_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_file(tmp_path, "gone")
+    url = f"redis://user:secret@127.0.0.1:{free_port()}/0"
+    assert run(["analyze", "--config", str(path), "--redis-url", url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("abrouter: error: cannot read experiment 'gone' from Redis")
+    assert "secret" not in err and "user:***@127.0.0.1" in err
+
+
+def test_bad_config_is_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nunit: {header: u}\nvariants: []\n")
+    assert cli.main(["analyze", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("abrouter: error: variants: needs two or more variants")
+
+
+def test_every_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["analyze", "--config", str(EXAMPLE_CONFIG), "--every", "0"]) == 2
+    assert "--every must be a positive number" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ plan
+
+
+@pytest.mark.parametrize(("baseline", "mde", "relative", "power", "alpha"), [
+    (0.05, 0.1, True, 0.8, 0.05),
+    (0.05, 0.01, False, 0.9, 0.01),
+    (0.3, 0.05, True, 0.8, 0.05),
+])
+def test_plan_matches_statsmodels(baseline: float, mde: float, relative: bool, power: float, alpha: float,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--baseline", str(baseline), "--mde", str(mde), "--power", str(power), "--alpha", str(alpha),
+            "--traffic", "1000", "--json"] + (["--relative"] if relative else [])
+    assert run(argv) == 0
+    got = json.loads(capsys.readouterr().out)
+    p1, p2 = baseline, baseline * (1 + mde) if relative else baseline + mde
+    effect = (p2 - p1) / math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / 2)
+    # statsmodels also counts the (negligible) power of the wrong tail, so allow one unit.
+    expected = NormalIndPower().solve_power(effect_size=effect, alpha=alpha, power=power, ratio=1.0)
+    assert abs(got["units_per_arm"] - math.ceil(expected)) <= 1
+    assert got["total_units"] == 2 * got["units_per_arm"]
+    assert got["days"] == pytest.approx(got["total_units"] / 1000)
+
+
+def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--variants", "3",
+                "--traffic", "20000"]) == 0
+    out = capsys.readouterr().out
+    assert "units per arm:" in out and "total units:" in out and "days at 20,000 units/day" in out
+    assert "3 variants" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--baseline", "1.5", "--mde", "0.1"], "--baseline: must be between 0 and 1"),
+    (["--baseline", "0.05", "--mde", "0"], "--mde: must be > 0"),
+    (["--baseline", "0.6", "--mde", "0.5"], "--mde: puts the target rate at 1.1"),
+    (["--baseline", "0.05", "--mde", "0.1", "--variants", "1"], "--variants: must be >= 2"),
+    (["--baseline", "0.05", "--mde", "0.1", "--traffic", "-5"], "--traffic: must be > 0"),
+])
+def test_plan_rejects_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_redis_url_is_masked() -> None:
+    assert commands.mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert commands.mask_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_the_example_config_is_analyzable(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLE_CONFIG, tmp_path / "e.yaml")
+    assert spec.load(tmp_path / "e.yaml").analysis.ramp == (5.0, 25.0, 50.0)
