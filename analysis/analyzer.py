@@ -22,6 +22,7 @@ import numpy as np
 
 from analysis import decision as policy
 from analysis.data import Arm, ExperimentData
+from analysis.stats import fixed_horizon
 from analysis.stats.compare import Comparison, compare
 from analysis.stats.noninferiority import NonInferiority, non_inferiority
 from analysis.stats.srm import SrmResult, srm_check
@@ -47,6 +48,8 @@ class AnalysisResult:
     #: Guardrails configured on metrics the data does not carry.
     skipped_guardrails: tuple[str, ...]
     decision: policy.Decision
+    #: A/B/n only: Pearson chi-square p of "all arms convert alike", per binary metric.
+    omnibus: dict[str, float] = field(default_factory=dict)
 
     @property
     def primary(self) -> str | None:
@@ -70,6 +73,7 @@ class AnalysisResult:
             "comparisons": [self._comparison_dict(c) for c in self.comparisons],
             "guardrails": [g.to_dict() for g in self.guardrails],
             "skipped_guardrails": list(self.skipped_guardrails),
+            "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
             "decision": self.decision.to_dict(),
         }
 
@@ -95,8 +99,21 @@ def analyze(data: ExperimentData, *, now: float, previous: PreviousP | None = No
         experiment=data.name, at=now, epoch=data.current_epoch, data=data, srm=evidence.srm,
         comparisons=comparisons, guardrails=guardrails, holm=policy.holm_primary(data, evidence),
         skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
-        decision=policy.decide(data, evidence, now=now, rng=rng),
+        decision=policy.decide(data, evidence, now=now, rng=rng), omnibus=omnibus(data),
     )
+
+
+def omnibus(data: ExperimentData) -> dict[str, float]:
+    """Chi-square over all arms for each binary (non-ratio) metric, when there are 3+ arms.
+
+    Informational and fixed-horizon: pooled over epochs, not used by the decision, which
+    compares each candidate with the control (Holm-adjusted) instead.
+    """
+    if len(data.arms) < 3:
+        return {}
+    binary = [m.name for m in data.metrics if m.kind == "binary" and not data.is_ratio(m.name)]
+    return {name: fixed_horizon.chi_square_abn([a.pooled(name, ratio=False) for a in data.arms])
+            for name in binary}
 
 
 def srm(data: ExperimentData) -> SrmResult:

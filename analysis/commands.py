@@ -63,12 +63,12 @@ on average to reach the same power, and can stop earlier when the effect is larg
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_analyze(subparsers)
     _register_plan(subparsers)
 
 
-def _register_analyze(subparsers: argparse._SubParsersAction) -> None:
+def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "analyze", help="analyze an experiment and decide: continue, ramp, promote, rollback or stop",
         description="Analyze an experiment from Redis (--config) or from exported sufficient "
@@ -89,7 +89,7 @@ def _register_analyze(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=analyze)
 
 
-def _register_plan(subparsers: argparse._SubParsersAction) -> None:
+def _register_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "plan", help="sample size and duration for a conversion experiment",
         description="How many units a conversion experiment needs to detect a given effect.",
@@ -127,7 +127,8 @@ def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
     for data, elapsed in summary.load(path):
         if elapsed is not None:
             data = dataclasses.replace(data, started_at=now - elapsed)
-        result = analyzer.analyze(data, now=now, rng=np.random.default_rng())
+        # A fixed seed makes a summary's result (the bandit's Monte Carlo) reproducible.
+        result = analyzer.analyze(data, now=now, rng=np.random.default_rng(0))
         _print(result, as_json=as_json, out=out)
     return 0
 

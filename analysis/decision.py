@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from analysis import explain
-from analysis.data import ExperimentData
+from analysis.data import Arm, ExperimentData
 from analysis.stats import reasons
 from analysis.stats.bandit import thompson_weights
 from analysis.stats.compare import Comparison
@@ -84,14 +84,16 @@ class Evidence:
 
 def decide(data: ExperimentData, evidence: Evidence, *, now: float,
            rng: np.random.Generator | None = None) -> Decision:
-    """Apply the policy (module docstring) to one look. `rng` is needed in bandit mode only."""
+    """Apply the policy (module docstring) to one look. Bandit mode needs `rng`."""
     look = _Look(data=data, evidence=evidence, now=now)
     for rule in (_finished, _rollback, _promote, _stop, _srm_hold):
         decision = rule(look)
         if decision is not None:
             return decision
     if data.settings.bandit.enabled and data.primary is not None:
-        return _bandit(look, rng or np.random.default_rng())
+        if rng is None:
+            raise ValueError("bandit mode needs a random generator (rng)")
+        return _bandit(look, rng)
     return _ramp(look) or _continue(look)
 
 
@@ -102,7 +104,7 @@ def holm_primary(data: ExperimentData, evidence: Evidence) -> dict[str, float]:
     return dict(zip(names, holm(raw))) if names else {}
 
 
-def active_candidates(data: ExperimentData) -> tuple[Any, ...]:
+def active_candidates(data: ExperimentData) -> tuple[Arm, ...]:
     """Candidates still receiving traffic; a rolled-back one (weight 0) is out of the game."""
     return tuple(a for a in data.candidates if a.weight > _EPS)
 

@@ -4,7 +4,7 @@
 
     AnalysisError                 anything the analyzer reports instead of crashing
     ├── InputError (ValueError)   bad input: a summary file, a flag; names the path
-    ├── SourceError               the data source (Redis) cannot be read right now
+    ├── SourceError               Redis or a file could not be read or written
     └── ConflictError             a sink found newer weights than the look analysed
 
 `InputError` derives from `ValueError` so the CLI maps it, like
@@ -31,7 +31,7 @@ class InputError(AnalysisError, ValueError):
 
 
 class SourceError(AnalysisError):
-    """The data source failed (e.g. Redis unreachable); the cause is chained."""
+    """Redis or a file failed (unreachable, unwritable); the cause is chained."""
 
 
 class ConflictError(AnalysisError):

@@ -66,7 +66,7 @@ async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
     if not entries:
         return None
     _, fields = entries[0]
-    raw = fields.get(FIELD.encode()) or fields.get(FIELD)
+    raw = (fields or {}).get(FIELD.encode()) or (fields or {}).get(FIELD)
     try:
         return decode(raw) if raw is not None else None
     except (ValueError, KeyError, TypeError):

@@ -1,14 +1,15 @@
 """A fixed-width report of one look, for the terminal.
 
 Pure formatting of an `AnalysisResult`; the JSON output (`AnalysisResult.to_dict`) is
-the machine-readable twin. The primary metric is starred; lifts are relative.
+the machine-readable twin. The primary metric is starred; lifts and intervals are relative (delta method), "seq"
+columns come from the always-valid sequential test that the decision uses.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from collections.abc import Sequence, Set
 
 from analysis import explain
 from analysis.analyzer import AnalysisResult
@@ -38,22 +39,24 @@ def _comparisons(r: AnalysisResult) -> str:
         return ""
     rows = [_comparison_row(r, c) for c in r.comparisons]
     head = ["metric", "variant", "control", "mean", "lift", "CI (fixed)", "p", "seq p",
-            "seq CI", "P(beat)", "E[loss]"]
-    return table(head, rows, right=set(range(2, 11)))
+            "seq CI", "P(beat)", "E[loss]", "note"]
+    lines = [table(head, rows, right=set(range(2, 11)))]
+    if r.omnibus:
+        tests = ", ".join(f"{m} p={explain.p(p)}" for m, p in r.omnibus.items())
+        lines.append(f"chi-square over all arms (fixed horizon): {tests}")
+    return "\n".join(lines)
 
 
 def _comparison_row(r: AnalysisResult, c: Comparison) -> list[str]:
     name = c.metric + (" *" if c.metric == r.primary else "")
     if c.status != "ok":
-        return [name, c.variant, _num(c.control_mean), _num(c.mean), f"insufficient: {c.reason}",
-                "", "", "", "", "", ""]
-    seq_p = explain.p(c.sequential_p_value)
+        return [name, c.variant, _num(c.control_mean), _num(c.mean), "n/a", "", "", "", "", "", "",
+                f"insufficient data: {c.reason}"]
     holm = r.holm.get(c.variant) if c.metric == r.primary else None
-    if holm is not None and math.isfinite(holm) and len(r.holm) > 1:
-        seq_p += f" (Holm {explain.p(holm)})"
+    note = f"Holm seq p {explain.p(holm)}" if holm is not None and math.isfinite(holm) and len(r.holm) > 1 else ""
     return [name, c.variant, _num(c.control_mean), _num(c.mean), explain.percent(c.relative_lift),
-            _interval(c.relative_ci), explain.p(c.p_value), seq_p, _interval(c.sequential_ci),
-            f"{100 * c.chance_to_beat:.1f}%", _num(c.expected_loss)]
+            _interval(c.relative_ci), explain.p(c.p_value), explain.p(c.sequential_p_value),
+            _interval(c.sequential_ci), f"{100 * c.chance_to_beat:.1f}%", _num(c.expected_loss), note]
 
 
 def _guardrails(r: AnalysisResult) -> str:
@@ -79,8 +82,14 @@ def _decision(r: AnalysisResult) -> str:
     return f"decision  {d.action.upper()}  ->  {weights}\n{d.reason}"
 
 
-def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, right: set[int] = frozenset()) -> str:
-    """Columns padded to their widest cell; `right` names right-aligned column indexes."""
+def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, right: Set[int] = frozenset()) -> str:
+    """Columns padded to their widest cell; `right` names right-aligned column indexes.
+
+    A column that is empty in every row is left out (e.g. no notes).
+    """
+    keep = [i for i in range(len(head)) if any(str(row[i]) for row in rows)]
+    head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
+    right = {keep.index(i) for i in right if i in keep}
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
 
     def fmt(row: Sequence[str]) -> str:

@@ -89,7 +89,7 @@ def _parse(doc: Any) -> tuple[d.ExperimentData, float | None]:
     arms = tuple(_arm(item, f"variants[{i}]", name=v.name, weight=weights[v.name],
                       metrics=metrics, epochs=epochs)
                  for i, (item, v) in enumerate(zip(raw_variants, checked.variants)))
-    _same_shape(arms, metrics)
+    _same_shape(arms, raw_variants, metrics)
     data = d.ExperimentData(
         name=str(top.get("name", "summary")), metrics=metrics, arms=arms,
         epochs=epochs or (d.Epoch(epoch=1, weights=weights),), settings=checked.analysis)
@@ -122,13 +122,22 @@ def _builtins_used(raw_variants: list[Any]) -> tuple[spec.Metric, ...]:
     return tuple(m for m in d.BUILTIN_METRICS if m.name in present)
 
 
-def _same_shape(arms: tuple[d.Arm, ...], metrics: tuple[spec.Metric, ...]) -> None:
+def _same_shape(arms: tuple[d.Arm, ...], raw_variants: list[Any], metrics: tuple[spec.Metric, ...]) -> None:
     """A metric is a ratio (with denominators) in every variant and stratum, or in none."""
     for m in metrics:
-        shapes = {s.metrics[m.name].is_ratio for a in arms for s in a.strata if m.name in s.metrics}
-        if len(shapes) > 1:
-            raise InputError(f"metrics.{m.name}", "gives denominator sums in some variants but not in "
-                             "others; a ratio metric needs them everywhere")
+        first: bool | None = None
+        for i, (arm, raw) in enumerate(zip(arms, raw_variants)):
+            for j, stratum in enumerate(arm.strata):
+                sample = stratum.metrics.get(m.name)
+                if sample is None:
+                    continue
+                if first is None:
+                    first = sample.is_ratio
+                elif sample.is_ratio != first:
+                    at = f"variants[{i}]" + (f".strata[{j}]" if "strata" in raw else "")
+                    raise InputError(f"{at}.metrics.{m.name}", f"{'gives' if sample.is_ratio else 'lacks'} "
+                                     "denominator sums unlike the variants before; a ratio metric needs "
+                                     "them everywhere")
 
 
 def _epochs(raw: Any, path: str, checked: spec.Experiment) -> tuple[d.Epoch, ...]:
@@ -175,7 +184,7 @@ def _strata(raw: Any, path: str, metrics: tuple[spec.Metric, ...],
             epochs: tuple[d.Epoch, ...] | None) -> tuple[d.Stratum, ...]:
     assert epochs is not None  # `_parse` requires epochs whenever strata appear
     known = {e.epoch for e in epochs}
-    strata = []
+    strata: list[d.Stratum] = []
     for i, item in enumerate(_list(raw, path)):
         at = f"{path}[{i}]"
         s = _mapping(item, at)

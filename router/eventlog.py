@@ -103,7 +103,7 @@ class FlushScript:
         self._client = client
         self._keys = k.all()
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
-        self._maxlen = str(keys.EVENTS_MAXLEN)
+        self._stream_caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW))
 
     async def ping(self) -> None:
         await _call(self._client.ping())
@@ -114,7 +114,7 @@ class FlushScript:
     async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
         """(status, last seq before) — see the header of flush.lua."""
         args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events,
-                self._maxlen)
+                *self._stream_caps)
         try:
             reply = await _call(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
         except EventLogUnavailable as exc:

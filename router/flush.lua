@@ -5,8 +5,8 @@
 -- either all of a batch's effects happen (and its seq is recorded) or none do.
 --
 -- KEYS: agg, units, epochs, producers, events, metrics   (keys.Keys.all())
--- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (JSON
---       lines, stored untouched), stream MAXLEN
+-- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
+--       untouched), stream MAXLEN in batches, stream cap in raw events
 -- Returns {status, last}: status 1 applied, 0 duplicate (seq <= last: already
 -- applied), -1 refused because seq ~= last + 1 and allow_gap is "0" (the producer's
 -- earlier batches are missing, e.g. lost by a Redis restart). last is the producer's
@@ -61,28 +61,29 @@ local function encode_state(n, x)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
--- One cell: {unit_hash, epoch, variant, dn, dx[], count[]} with dx and count in the
--- order of batch.metrics. Reads the unit's state, moves it, and adds the exact change
--- of every sufficient statistic: d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0.
+-- One cell: {unit_hash, epoch, variant, latest, dn, dx_1, count_1, dx_2, count_2, ...}
+-- in the order of batch.metrics. Reads the unit's state, moves it, and adds the exact
+-- change of every sufficient statistic: d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0.
 local function apply_cell(cell)
   local stratum = cell[2] .. '|' .. cell[3]
   local field = cell[1] .. '|' .. stratum
   local raw = redis.call('HGET', units, field)
   local state = raw and cjson.decode(raw) or {0}
+  local dn = cell[5]
   local n0 = state[1]
-  local n1 = n0 + cell[4]
+  local n1 = n0 + dn
   local x0, x1 = {}, {}
   for j = 1, #order do
     x0[j] = state[j + 1] or 0
     x1[j] = x0[j]
   end
   for i, m in ipairs(batch.metrics) do
-    local j, dx = col[m], cell[5][i]
+    local j, dx, count = col[m], cell[4 + 2 * i], cell[5 + 2 * i]
     if binary[m] then x1[j] = math.max(x1[j], dx) else x1[j] = x1[j] + dx end
-    bump(ints, stratum .. '|' .. m .. '|events', cell[6][i])
+    bump(ints, stratum .. '|' .. m .. '|events', count)
   end
   if n0 == 0 and n1 > 0 then bump(ints, stratum .. '|units', 1) end
-  bump(ints, stratum .. '|exposures', cell[4])
+  bump(ints, stratum .. '|exposures', dn)
   bump(ints, stratum .. '|exposures_sq', n1 * n1 - n0 * n0)
   -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
   for j, m in ipairs(order) do
@@ -92,18 +93,21 @@ local function apply_cell(cell)
     bump(floats, prefix .. 'sum_xn', x1[j] * n1 - x0[j] * n0)
   end
   redis.call('HSET', units, field, encode_state(n1, x1))
+  -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
+  if cell[4] == 1 then redis.call('HSET', units, cell[1], stratum) end
 end
 
 for _, cell in ipairs(batch.cells) do apply_cell(cell) end
 for field, d in pairs(ints) do redis.call('HINCRBY', agg, field, string.format('%d', d)) end
 for field, d in pairs(floats) do redis.call('HINCRBYFLOAT', agg, field, num(d)) end
 
--- The stratum of each unit's latest exposure in this batch (for unit-addressed outcomes).
-for _, pair in ipairs(batch.latest) do redis.call('HSET', units, pair[1], pair[2]) end
 -- Weights of each epoch: the first registration wins, so replicas cannot disagree later.
 for _, pair in ipairs(batch.epochs) do redis.call('HSETNX', epochs, pair[1], pair[2]) end
+-- The audit stream keeps about ARGV[7] raw events (at this batch size), at most ARGV[6]
+-- batches: its memory stays bounded however busy the router is.
 if batch.n > 0 then
-  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[6], '*',
+  local maxlen = math.max(1, math.min(tonumber(ARGV[6]), math.ceil(tonumber(ARGV[7]) / batch.n)))
+  redis.call('XADD', stream, 'MAXLEN', '~', tostring(maxlen), '*',
              'producer', producer, 'seq', ARGV[2], 'n', tostring(batch.n), 'events', ARGV[5])
 end
 

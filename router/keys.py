@@ -43,8 +43,14 @@ for a router with fewer (the script maps each batch metric to its column by name
 A shorter state array means zeros for the missing columns.
 
 ``events`` entries, one per applied batch, have the fields ``producer``, ``seq``, ``n``
-(number of raw events) and ``events``: JSON lines, one raw event each, as written by
-`router.events.encode_event` (``{"type": "exposure"|"outcome", ...}``).
+(number of raw events) and ``events``: one JSON array of rows, one per raw event, as
+written by `router.events.encode_events` and read back by `router.events.decode_events`::
+
+    ["exposure", request_id, unit_hash, variant, epoch, ts, status, latency_ms, error]
+    ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value]
+
+The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, whichever is
+fewer (MAXLEN is set per batch from its size).
 
 Exactly-once: a batch carries (producer, seq). ``flush.lua`` applies it only when seq is
 greater than ``producers[producer]`` and then stores seq, all in one atomic script call,
@@ -67,8 +73,10 @@ from router.experiment import BUILTIN_METRICS, Experiment
 
 FIELD_SEP = "|"
 DEFAULT_PREFIX = "abrouter"
-#: The capped raw stream keeps about this many batches (not events).
+#: The capped raw stream keeps about this many batches (not events)...
 EVENTS_MAXLEN = 10_000
+#: ...and, when batches are large, about this many raw events (~100 MB), whichever is less.
+EVENTS_MAX_RAW = 1_000_000
 DECISIONS_MAXLEN = 1_000
 
 

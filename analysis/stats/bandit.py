@@ -6,7 +6,6 @@ from typing import Mapping
 
 import math
 
-import numpy
 import numpy as np
 
 from analysis.stats.compare import Direction, Kind
@@ -19,7 +18,7 @@ def thompson_weights(
     kind: Kind,
     direction: Direction,
     floor: float,
-    rng: numpy.random.Generator,
+    rng: np.random.Generator,
     draws: int = 10_000,
 ) -> dict[str, float]:
     """P(best) per arm by Monte Carlo, floored so every arm gets >= floor, summing to 1.
@@ -41,7 +40,7 @@ def thompson_weights(
     return {name: float(floor + (1 - len(names) * floor) * b) for name, b in zip(names, best)}
 
 
-def _draws(sample: Sample, kind: Kind, rng: numpy.random.Generator, draws: int) -> np.ndarray:
+def _draws(sample: Sample, kind: Kind, rng: np.random.Generator, draws: int) -> np.ndarray:
     if kind == "binary" and not sample.is_ratio:
         return rng.beta(1 + sample.sum, 1 + sample.n - sample.sum, size=draws)
     variance = sample.mean_variance

@@ -97,12 +97,10 @@ def compare(
     if reason:
         return _insufficient(header, reason, previous_sequential_p)
     fixed, abs_ci = _fixed_horizon(est, kind, alpha)
-    rel_se = math.sqrt(est.relative_variance)
-    z = float(sps.norm.isf(alpha / 2))
-    r = sequential.mixing_ratio((est.n_control + est.n) / 2, expected_units, alpha)
-    k = float(sequential.half_width_multiplier(r, alpha))
-    seq_p = float(sequential.p_value(est.difference / math.sqrt(est.variance), r))
+    seq_p, k = _sequential(est, alpha, expected_units)
     chance, loss, method = _bayes(est, kind, direction)
+    rel_se, abs_se = math.sqrt(est.relative_variance), math.sqrt(est.variance)
+    z = float(sps.norm.isf(alpha / 2))
     return Comparison(
         **header, status=reasons.OK, reason=None,
         absolute_lift=est.difference, absolute_ci=abs_ci,
@@ -110,7 +108,7 @@ def compare(
         p_value=fixed.p_value,
         sequential_p_value=min(previous_sequential_p, seq_p),
         sequential_ci=_around(est.relative, k * rel_se),
-        sequential_ci_absolute=_around(est.difference, k * math.sqrt(est.variance)),
+        sequential_ci_absolute=_around(est.difference, k * abs_se),
         chance_to_beat=chance, expected_loss=loss,
         strata=len(est.pairs), bayes_method=method,
     )
@@ -152,6 +150,13 @@ def _fixed_horizon(est: estimate.Estimate, kind: Kind, alpha: float) -> tuple[fi
     # Welch's CI uses the t quantile; every other CI is a Wald interval with the unpooled SE.
     quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else sps.norm.isf(alpha / 2)
     return result, _around(est.difference, float(quantile) * math.sqrt(est.variance))
+
+
+def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tuple[float, float]:
+    """This look's mSPRT p on the absolute difference and the confidence-sequence multiplier."""
+    r = sequential.mixing_ratio(est.units_per_arm, expected_units, alpha)
+    z = est.difference / math.sqrt(est.variance)
+    return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
 
 
 def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[float, float, str]:

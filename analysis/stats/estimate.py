@@ -40,6 +40,11 @@ class Estimate:
     reason: str | None = None
 
     @property
+    def units_per_arm(self) -> float:
+        """The mean units per arm, the clock of the sequential test."""
+        return (self.n_control + self.n) / 2
+
+    @property
     def difference(self) -> float:
         return self.mean - self.control_mean
 

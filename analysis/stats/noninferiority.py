@@ -68,13 +68,15 @@ def non_inferiority(
     est = estimate.combine(controls, candidates, guardrail_variance(kind))
     header = dict(metric=metric, variant=variant, margin=margin, relative=relative)
     reason = est.reason or (reasons.ZERO_BASELINE if relative and est.control_mean == 0 else None)
+    harm, se = _harm(est, direction, relative) if not reason else (math.nan, math.nan)
+    # The relative SE can vanish on its own: a constant candidate at zero has V_t = m_t = 0.
+    reason = reason or (reasons.ZERO_VARIANCE if not se > 0 else None)
     if reason:
         return NonInferiority(**header, status=reasons.INSUFFICIENT, reason=reason,
                               harm=math.nan, bound=math.nan, p_value=math.nan)
-    harm, se = _harm(est, direction, relative)
     # One side of the symmetric two-sided 1 − 2α sequence is (up to the negligible chance
     # of crossing both sides) a one-sided 1 − α bound.
-    r = sequential.mixing_ratio((est.n_control + est.n) / 2, expected_units, 2 * alpha)
+    r = sequential.mixing_ratio(est.units_per_arm, expected_units, 2 * alpha)
     k = float(sequential.half_width_multiplier(r, 2 * alpha))
     upper, lower = harm + k * se, harm - k * se
     status = "breach" if lower > margin else "pass" if upper < margin else "inconclusive"

@@ -31,22 +31,28 @@ def srm_check(
     weights_by_epoch[e][v] the configured (relative) weights of that epoch. Arms with zero
     expected units are excluded; epochs without weights are skipped. flagged = p < alpha.
     """
-    expected: dict[str, float] = {}
-    observed: dict[str, float] = {}
-    for epoch, units in units_by_epoch.items():
-        weights = weights_by_epoch.get(epoch, {})
-        total_weight = sum(w for w in weights.values() if w > 0)
-        if not total_weight:
-            continue
-        total_units = sum(units.values())
-        for name in set(weights) | set(units):
-            share = max(weights.get(name, 0.0), 0.0) / total_weight
-            expected[name] = expected.get(name, 0.0) + total_units * share
-            observed[name] = observed.get(name, 0.0) + units.get(name, 0.0)
+    observed, expected = _integrate(units_by_epoch, weights_by_epoch)
     arms = sorted(name for name, value in expected.items() if value > 0)
     p = _chi_square([observed[a] for a in arms], [expected[a] for a in arms])
     return SrmResult(p_value=p, flagged=p < alpha,
                      observed={a: observed[a] for a in arms}, expected={a: expected[a] for a in arms})
+
+
+def _integrate(
+    units_by_epoch: Mapping[int, Mapping[str, float]], weights_by_epoch: Mapping[int, Mapping[str, float]]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Observed and expected units per arm, summed over the epochs that have weights."""
+    observed: dict[str, float] = {}
+    expected: dict[str, float] = {}
+    for epoch, units in units_by_epoch.items():
+        weights = {name: max(w, 0.0) for name, w in weights_by_epoch.get(epoch, {}).items()}
+        total_weight, total_units = sum(weights.values()), sum(units.values())
+        if not total_weight:
+            continue  # no split was configured for these units: nothing to expect
+        for name in weights.keys() | units.keys():
+            expected[name] = expected.get(name, 0.0) + total_units * weights.get(name, 0.0) / total_weight
+            observed[name] = observed.get(name, 0.0) + units.get(name, 0.0)
+    return observed, expected
 
 
 def _chi_square(observed: list[float], expected: list[float]) -> float:

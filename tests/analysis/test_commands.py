@@ -107,6 +107,58 @@ def test_analyze_jsonl_gives_one_result_per_line(tmp_path: Path, capsys: pytest.
     assert second["decision"]["weights"] == {"control": 0.0, "candidate": 100.0}
 
 
+def conversion_summary(arms: dict[str, tuple[int, int]], **extra: Any) -> dict[str, Any]:
+    """A binary-metric summary with equal weights: arm -> (units, conversions)."""
+    return {"metrics": [{"name": "conversion", "kind": "binary"}],
+            "variants": [{"name": name, "weight": 1, "units": n, "metrics": {"conversion": {"n": n, "sum": s}}}
+                         for name, (n, s) in arms.items()], **extra}
+
+
+def analyze_one(tmp_path: Path, doc: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(doc))
+    assert run(["analyze", "--summary", str(path), "--json"]) == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    return result
+
+
+def test_srm_is_flagged_and_blocks_promotion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 50/50 configured, 52/48 observed over 20,000 units, and a candidate that clearly wins.
+    result = analyze_one(tmp_path, conversion_summary({"control": (9600, 480), "candidate": (10400, 780)}), capsys)
+    assert result["srm"]["flagged"] is True
+    assert result["srm"]["p_value"] == pytest.approx(sps.chisquare([9600, 10400]).pvalue, rel=1e-9)
+    assert result["comparisons"][0]["sequential_p_value"] < 0.001
+    assert result["decision"]["action"] == "continue"
+    assert "SRM FLAGGED" in result["decision"]["reason"]
+
+
+def test_abn_reports_holm_and_the_chi_square_omnibus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arms = {"control": (5000, 250), "b": (5000, 300), "c": (5000, 240)}
+    result = analyze_one(tmp_path, conversion_summary(arms), capsys)
+    table = [[s, n - s] for n, s in arms.values()]
+    assert result["omnibus"]["conversion"] == pytest.approx(
+        sps.chi2_contingency(table, correction=False).pvalue, rel=1e-9)
+    by_variant = {c["variant"]: c for c in result["comparisons"]}
+    assert by_variant["b"]["sequential_p_value_holm"] == pytest.approx(
+        min(1.0, 2 * min(c["sequential_p_value"] for c in by_variant.values())))
+
+
+def test_summary_strata_are_analysed_by_epoch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = conversion_summary({"control": (0, 0), "candidate": (0, 0)},
+                             epochs=[{"epoch": 1, "weights": {"control": 90, "candidate": 10}},
+                                     {"epoch": 2, "weights": {"control": 50, "candidate": 50}}])
+    for v, strata in zip(doc["variants"], ([(900, 90), (500, 20)], [(100, 12), (500, 22)])):
+        del v["units"], v["metrics"]
+        v["strata"] = [{"epoch": e, "units": n, "metrics": {"conversion": {"n": n, "sum": s}}}
+                       for e, (n, s) in enumerate(strata, start=1)]
+    result = analyze_one(tmp_path, doc, capsys)
+    assert result["comparisons"][0]["strata"] == 2
+    # Pooled, the candidate looks worse (34/600 < 110/1400); within each epoch it is better.
+    assert 34 / 600 < 110 / 1400 and result["comparisons"][0]["absolute_lift"] > 0
+    assert result["srm"]["expected"] == pytest.approx({"control": 1400.0, "candidate": 600.0})
+    assert result["srm"]["flagged"] is False
+
+
 def test_elapsed_past_max_duration_stops(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "old.json"
     path.write_text(json.dumps(EXAMPLE_SUMMARY | {"elapsed": "15d"}))
@@ -143,7 +195,7 @@ def test_help_texts_carry_examples(capsys: pytest.CaptureFixture[str]) -> None:
 def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int], candidate: tuple[int, int]) -> None:
     """Epoch 1, 50/50: (units, conversions) per arm; one request per unit, no errors, 20 ± 10 ms."""
     k = keys.Keys(name)
-    fields: dict[str, float] = {}
+    fields: dict[Any, float] = {}
     for variant, (units, conversions) in (("control", control), ("candidate", candidate)):
         prefix = f"1|{variant}|"
         fields |= {prefix + "units": units, prefix + "exposures": units, prefix + "exposures_sq": units,
@@ -183,7 +235,7 @@ def test_analyze_config_reads_redis_decides_applies_and_records(
         assert spec.load(path).epoch == 2
 
         entries = client.xrange(keys.Keys(experiment_name).decisions)
-        docs = [json.loads(fields[b"decision"]) for _, fields in entries]
+        docs = [json.loads((fields or {})[b"decision"]) for _, fields in entries or []]
         assert [(d["action"], d["applied"]) for d in docs] == [("promote", True), ("promote", False)]
         assert "\n" not in docs[0]["reason"] and docs[0]["reason"].startswith("promote: candidate wins")
     finally:

@@ -62,5 +62,9 @@ def test_zero_baseline_matters_only_for_relative_margins() -> None:
 
 def test_empty_arm_is_insufficient_and_negative_margin_is_a_bug() -> None:
     assert _errors(Sample(0, 0), Sample(10, 1)).reason == reasons.EMPTY_ARM
+    # Relative SE of a constant-zero candidate is zero even though the difference varies.
+    flat = non_inferiority(Sample.from_values([1.0, 2.0, 3.0]), Sample.from_values([0.0, 0.0, 0.0]),
+                           kind="continuous", direction="decrease", margin=0.1, relative=True, **SETTINGS)
+    assert flat.reason == reasons.ZERO_VARIANCE
     with pytest.raises(ValueError):
         _errors(Sample(10, 1), Sample(10, 1), margin=-0.1)

@@ -174,7 +174,7 @@ def test_ratio_shape_must_agree_across_variants() -> None:
     doc = example()
     doc["variants"][0]["metrics"]["revenue"] |= {
         "denominator_sum": 5000, "denominator_sum_squares": 9000, "sum_products": 2100.5}
-    assert "metrics.revenue: gives denominator sums in some variants" in error(doc)
+    assert "variants[1].metrics.revenue: lacks denominator sums unlike the variants before" in error(doc)
 
 
 def test_a_summary_must_be_an_object() -> None:

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from router import experiment as model
 from router import keys, spill
 from router.eventlog import APPLIED, DUPLICATE, GAP, EventLog, EventLogError, EventLogUnavailable, FlushScript
-from router.events import Aggregator, Event, Exposure, Outcome, binary_metrics
+from router.events import Aggregator, Event, Exposure, Outcome, binary_metrics, decode_events
 from router.redis_server import RedisServer, free_port
 
 VARIANTS = ("control", "candidate")
@@ -166,7 +169,7 @@ async def test_aggregates_equal_a_recomputation_from_raw_events(
     k = keys.Keys(experiment_name)
     entries = await redis_client.xrange(k.events)
     assert [int(f[b"seq"]) for _, f in entries] == [1, 2, 3, 4, 5, 6]
-    assert sum(len(f[b"events"].splitlines()) for _, f in entries) == len(recorded)
+    assert [ev for _, f in entries for ev in decode_events(f[b"events"])] == recorded  # the audit copy
     assert await redis_client.get(k.metrics) == b'["errors","latency_ms","conversion","revenue"]'
 
 
@@ -338,14 +341,27 @@ async def test_a_timed_out_flush_that_redis_applied_later_counts_once(
     recorded = random_events(random.Random(12), 300)
     record(log, recorded)
     async with redis.asyncio.Redis.from_url(redis_server.url) as client:
-        busy = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "0.5"))
-        await asyncio.sleep(0.05)
+        busy = asyncio.create_task(client.execute_command("DEBUG", "SLEEP", "0.6"))
+        await eventually(lambda: _asleep(redis_server.url))
         await log.flush()  # times out while Redis sleeps: spilled
         await busy
         assert log.stats.flush_failures == 1 and log.stats.spilled == len(recorded)
-        assert await client.hget(keys.Keys("ambiguous").producers, log.producer) == b"1"  # applied after all
+
+        async def applied_after_all() -> bool:
+            return await client.hget(keys.Keys("ambiguous").producers, log.producer) == b"1"
+        await eventually(applied_after_all)
         await eventually(lambda: _flushed_all(log))  # the replay is a duplicate
         assert_strata_equal(await read_strata(client, "ambiguous"), expected_strata(recorded, binary_metrics(exp)))
+
+
+async def _asleep(url: str) -> bool:
+    """True while Redis does not answer a PING within 50 ms."""
+    async with redis.asyncio.Redis.from_url(url, socket_timeout=0.05, retry=Retry(NoBackoff(), 0)) as probe:
+        try:
+            await probe.ping()
+            return False
+        except redis.exceptions.TimeoutError:
+            return True
 
 
 async def _flushed_all(log: EventLog) -> bool:
