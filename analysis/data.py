@@ -69,7 +69,7 @@ class Arm:
 
     def samples(self, metric: str, epochs: tuple[int, ...], *, ratio: bool) -> tuple[Sample, ...]:
         """Per-epoch samples of `metric`, aligned with `epochs`; empty where no data."""
-        empty = empty_sample(ratio=ratio)
+        empty = Sample.empty(ratio=ratio)
         out = []
         for epoch in epochs:
             s = self.stratum(epoch)
@@ -79,7 +79,7 @@ class Arm:
     def pooled(self, metric: str, *, ratio: bool) -> Sample:
         """All epochs merged; for the bandit and reporting, never for the tests."""
         return sum((s.metrics[metric] for s in self.strata if metric in s.metrics),
-                   empty_sample(ratio=ratio))
+                   Sample.empty(ratio=ratio))
 
 
 @dataclass(frozen=True)
@@ -141,11 +141,6 @@ class ExperimentData:
     def samples(self, arm: str, metric: str) -> tuple[Sample, ...]:
         """`arm`'s per-epoch samples of `metric`, aligned with `epochs`."""
         return self.arm(arm).samples(metric, self.epoch_ids, ratio=self.is_ratio(metric))
-
-
-def empty_sample(*, ratio: bool) -> Sample:
-    """No units. With an explicit Σx² = 0, so it is valid for continuous metrics too."""
-    return Sample.empty(ratio=True) if ratio else Sample(n=0, sum=0.0, sum_sq=0.0)
 
 
 def percent(weights: Mapping[str, float]) -> dict[str, float]:

@@ -24,8 +24,11 @@ if seq ~= last + 1 and not allow_gap then return {-1, last} end
 local batch = cjson.decode(ARGV[4])
 
 -- 17 significant digits: the stored per-unit state round-trips exactly (cjson.encode
--- would keep only 14).
-local function num(x) return string.format('%.17g', x) end
+-- would keep only 14). Zero, the most common value, skips string.format.
+local function num(x)
+  if x == 0 then return '0' end
+  return string.format('%.17g', x)
+end
 
 -- The column order of unit states: the stored list, grown by names it lacks.
 local function columns(names)
@@ -46,60 +49,112 @@ local function columns(names)
 end
 
 local order, col = columns(batch.metrics)
-local binary = {}
-for _, m in ipairs(batch.binary) do binary[m] = true end
-
--- agg increments are summed over the batch's cells first: one HINCRBY per field.
-local ints, floats = {}, {}
-local function bump(t, field, d)
-  if d ~= 0 then t[field] = (t[field] or 0) + d end
+local ncol, nbm = #order, #batch.metrics
+local is_binary = {}
+for _, m in ipairs(batch.binary) do is_binary[m] = true end
+-- Per batch metric i: its column in the unit state, and whether x_u is a max.
+local bcol, bbin = {}, {}
+for i, m in ipairs(batch.metrics) do
+  bcol[i], bbin[i] = col[m], is_binary[m] or false
 end
 
-local function encode_state(n, x)
-  local parts = {num(n)}
-  for j = 1, #order do parts[j + 1] = num(x[j]) end
-  return '[' .. table.concat(parts, ',') .. ']'
+-- Changes to agg are summed per stratum in Lua tables over all cells, then written with
+-- one HINCRBY(FLOAT) per field: per-cell work builds no field names.
+local strata, names = {}, {}
+local function stratum(e, v)
+  local by_v = names[e]
+  if not by_v then by_v = {}; names[e] = by_v end
+  local s = by_v[v]
+  if not s then
+    s = e .. '|' .. v
+    by_v[v] = s
+    local acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {}}
+    for j = 1, ncol do acc.events[j], acc.sum[j], acc.sum_sq[j], acc.sum_xn[j] = 0, 0, 0, 0 end
+    strata[s] = acc
+  end
+  return s, strata[s]
 end
 
 -- One cell: {unit_hash, epoch, variant, latest, dn, dx_1, count_1, dx_2, count_2, ...}
--- in the order of batch.metrics. Reads the unit's state, moves it, and adds the exact
--- change of every sufficient statistic: d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0.
-local function apply_cell(cell)
-  local stratum = cell[2] .. '|' .. cell[3]
-  local field = cell[1] .. '|' .. stratum
-  local raw = redis.call('HGET', units, field)
+-- in the order of batch.metrics, and the unit's stored state (or false). Moves the state
+-- and adds the exact change of every sufficient statistic to the stratum's totals:
+-- d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0. Returns the new state, encoded.
+local function apply_cell(cell, raw, acc)
   local state = raw and cjson.decode(raw) or {0}
   local dn = cell[5]
   local n0 = state[1]
   local n1 = n0 + dn
-  local x0, x1 = {}, {}
-  for j = 1, #order do
-    x0[j] = state[j + 1] or 0
-    x1[j] = x0[j]
+  local x1 = {}
+  for j = 1, ncol do x1[j] = state[j + 1] or 0 end
+  for i = 1, nbm do
+    local j, dx = bcol[i], cell[4 + 2 * i]
+    if bbin[i] then
+      if dx > x1[j] then x1[j] = dx end
+    else
+      x1[j] = x1[j] + dx
+    end
+    acc.events[j] = acc.events[j] + cell[5 + 2 * i]
   end
-  for i, m in ipairs(batch.metrics) do
-    local j, dx, count = col[m], cell[4 + 2 * i], cell[5 + 2 * i]
-    if binary[m] then x1[j] = math.max(x1[j], dx) else x1[j] = x1[j] + dx end
-    bump(ints, stratum .. '|' .. m .. '|events', count)
-  end
-  if n0 == 0 and n1 > 0 then bump(ints, stratum .. '|units', 1) end
-  bump(ints, stratum .. '|exposures', dn)
-  bump(ints, stratum .. '|exposures_sq', n1 * n1 - n0 * n0)
+  if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
+  acc.exposures = acc.exposures + dn
+  acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0
   -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
-  for j, m in ipairs(order) do
-    local prefix = stratum .. '|' .. m .. '|'
-    bump(floats, prefix .. 'sum', x1[j] - x0[j])
-    bump(floats, prefix .. 'sum_sq', x1[j] * x1[j] - x0[j] * x0[j])
-    bump(floats, prefix .. 'sum_xn', x1[j] * n1 - x0[j] * n0)
+  local parts = {num(n1)}
+  for j = 1, ncol do
+    local a, b = state[j + 1] or 0, x1[j]
+    acc.sum[j] = acc.sum[j] + (b - a)
+    acc.sum_sq[j] = acc.sum_sq[j] + (b * b - a * a)
+    acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
+    parts[j + 1] = num(b)
   end
-  redis.call('HSET', units, field, encode_state(n1, x1))
-  -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
-  if cell[4] == 1 then redis.call('HSET', units, cell[1], stratum) end
+  return '[' .. table.concat(parts, ',') .. ']'
 end
 
-for _, cell in ipairs(batch.cells) do apply_cell(cell) end
-for field, d in pairs(ints) do redis.call('HINCRBY', agg, field, string.format('%d', d)) end
-for field, d in pairs(floats) do redis.call('HINCRBYFLOAT', agg, field, num(d)) end
+-- Cells in chunks: one HMGET and one HSET per chunk instead of two calls per cell. A
+-- cell key (h|e|v) occurs once per batch, so reading a chunk before writing it is exact.
+local CHUNK = 500
+local cells = batch.cells
+for first = 1, #cells, CHUNK do
+  local last_cell = math.min(first + CHUNK - 1, #cells)
+  local fields = {}
+  for i = first, last_cell do
+    local c = cells[i]
+    fields[#fields + 1] = c[1] .. '|' .. c[2] .. '|' .. c[3]
+  end
+  local raws = redis.call('HMGET', units, unpack(fields))
+  local writes = {}
+  for i = first, last_cell do
+    local c, k = cells[i], i - first + 1
+    local s, acc = stratum(c[2], c[3])
+    writes[#writes + 1] = fields[k]
+    writes[#writes + 1] = apply_cell(c, raws[k], acc)
+    -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
+    if c[4] == 1 then
+      writes[#writes + 1] = c[1]
+      writes[#writes + 1] = s
+    end
+  end
+  redis.call('HSET', units, unpack(writes))
+end
+
+local function incr(field, d)
+  if d ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', d)) end
+end
+local function incr_float(field, d)
+  if d ~= 0 then redis.call('HINCRBYFLOAT', agg, field, string.format('%.17g', d)) end
+end
+for s, acc in pairs(strata) do
+  incr(s .. '|units', acc.units)
+  incr(s .. '|exposures', acc.exposures)
+  incr(s .. '|exposures_sq', acc.exposures_sq)
+  for j, m in ipairs(order) do
+    local prefix = s .. '|' .. m .. '|'
+    incr(prefix .. 'events', acc.events[j])
+    incr_float(prefix .. 'sum', acc.sum[j])
+    incr_float(prefix .. 'sum_sq', acc.sum_sq[j])
+    incr_float(prefix .. 'sum_xn', acc.sum_xn[j])
+  end
+end
 
 -- Weights of each epoch: the first registration wins, so replicas cannot disagree later.
 for _, pair in ipairs(batch.epochs) do redis.call('HSETNX', epochs, pair[1], pair[2]) end

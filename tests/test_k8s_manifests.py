@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from abrouter.cli import build_parser
 from router import experiment as model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,33 +122,9 @@ def _env(container: dict[str, Any], name: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------- the CLI parser
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The real `abrouter` parser.
-
-    If `abrouter.cli` cannot be imported yet (its `analysis.commands` half missing), the
-    real `serve`/`example-model` parser from `router.commands` is used, plus a stand-in
-    for `analyze` with the flags the analyzer is specified to take.
-    """
-    try:
-        from abrouter.cli import build_parser
-    except ImportError:
-        import router.commands
-
-        parser = argparse.ArgumentParser(prog="abrouter")
-        sub = parser.add_subparsers(dest="command", required=True)
-        router.commands.register(sub)
-        analyze = sub.add_parser("analyze")
-        analyze.add_argument("--config", type=Path, required=True)
-        analyze.add_argument("--redis-url")
-        for flag in ("--once", "--json", "--apply"):
-            analyze.add_argument(flag, action="store_true")
-        return parser
-    return build_parser()
-
-
 def _parse(argv: list[str]) -> argparse.Namespace:
     try:
-        return _parser().parse_args(argv)
+        return build_parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"`abrouter {shlex.join(argv)}` is rejected by the abrouter CLI parser")
 

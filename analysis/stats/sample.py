@@ -66,10 +66,10 @@ class Sample:
 
     @classmethod
     def empty(cls, *, ratio: bool = False) -> "Sample":
-        """The neutral element of `+` (no units)."""
+        """No units: the neutral element of `+`, valid for every metric kind (Σx² = 0)."""
         if ratio:
             return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        return cls(0.0, 0.0)
+        return cls(0.0, 0.0, 0.0)
 
     def __add__(self, other: "Sample") -> "Sample":
         if not isinstance(other, Sample):
