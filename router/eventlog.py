@@ -102,6 +102,7 @@ class FlushScript:
     def __init__(self, client: redis.asyncio.Redis, k: keys.Keys) -> None:
         self._client = client
         self._keys = k.all()
+        self._producers = k.producers
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._stream_caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW))
 
@@ -124,8 +125,9 @@ class FlushScript:
             reply = await _call(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
         return int(reply[0]), int(reply[1])
 
-    async def last_seqs(self, producers: list[str], key: str) -> dict[str, int]:
-        values = await _call(self._client.hmget(key, producers))
+    async def last_seqs(self, producers: list[str]) -> dict[str, int]:
+        """The last applied seq of each producer (0 when Redis has none)."""
+        values = await _call(self._client.hmget(self._producers, producers))
         return {p: int(v or 0) for p, v in zip(producers, values)}
 
 
@@ -185,7 +187,7 @@ class EventLog:
         self._check_full()
 
     def record_outcome(self, o: events.Outcome) -> None:
-        """Log an outcome; raises ValueError for a metric the experiment does not have."""
+        """Log an outcome; ValueError for a metric the experiment lacks or a non-finite value."""
         self._agg.add_outcome(o)
         self._check_full()
 
@@ -308,9 +310,7 @@ class EventLog:
 
     async def _flush_once(self) -> None:
         self._cut_batch()
-        while self._cut:
-            seq, agg = self._cut.popleft()
-            self._outbox.append(agg.batch(producer=self.producer, seq=seq))
+        self._encode_cut()
         try:
             await self._deliver()
         except EventLogUnavailable as exc:
@@ -320,6 +320,15 @@ class EventLog:
         if self._outbox:
             self._failures += 1
             await self._spill_outbox()
+
+    def _encode_cut(self) -> None:
+        while self._cut:
+            seq, agg = self._cut.popleft()
+            try:
+                self._outbox.append(agg.batch(producer=self.producer, seq=seq))
+            except ValueError:  # a bug (e.g. a NaN that got past validation): lose one batch, not the flusher
+                self._dropped += len(agg)
+                log.exception("event log: cannot encode batch %d; its %d events are lost", seq, len(agg))
 
     # ------------------------------------------------------------------ delivery
 
@@ -385,7 +394,7 @@ class EventLog:
             return
         assert self._script is not None
         producers = sorted({b.producer for _, b in self._retained})
-        last = await self._script.last_seqs(producers, self._keys.producers)
+        last = await self._script.last_seqs(producers)
         await self._resend(last)
 
     async def _resend(self, last: Mapping[str, int]) -> None:

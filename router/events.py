@@ -11,6 +11,7 @@ of rows, for the capped audit stream. Where it all ends up is documented in `rou
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -78,8 +79,8 @@ def binary_metrics(experiment: Experiment) -> frozenset[str]:
 def encode_events(batch: Sequence[Event]) -> str:
     """Raw events as one JSON array of rows, in `EXPOSURE_FIELDS`/`OUTCOME_FIELDS` order.
 
-    Rows, not objects, and one encoder call for the batch: the audit copy costs about a
-    third of per-event JSON objects, in CPU and in Redis memory.
+    Rows, not objects, and one encoder call for the batch: the audit copy then costs about
+    a third of the CPU of one JSON object per event, and less Redis memory.
     """
     rows = [("exposure", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.status, e.latency_ms, e.error)
             if isinstance(e, Exposure) else
@@ -159,6 +160,8 @@ class Aggregator:
         at = self._offset.get(o.metric)
         if at is None or o.metric in BUILTIN_METRICS:
             raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
+        if not math.isfinite(o.value):
+            raise ValueError(f"outcome value must be finite, got {o.value}")
         key = (o.unit_hash, o.epoch, o.variant)
         cell = self._cells.get(key)
         if cell is None:

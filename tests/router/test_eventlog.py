@@ -10,9 +10,10 @@ import asyncio
 import random
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -23,7 +24,7 @@ from redis.backoff import NoBackoff
 from router import experiment as model
 from router import keys, spill
 from router.eventlog import APPLIED, DUPLICATE, GAP, EventLog, EventLogError, EventLogUnavailable, FlushScript
-from router.events import Aggregator, Event, Exposure, Outcome, binary_metrics, decode_events
+from router.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, decode_events
 from router.redis_server import RedisServer, free_port
 
 VARIANTS = ("control", "candidate")
@@ -126,14 +127,21 @@ def down_url() -> str:
     return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
 
+MakeLog = Callable[..., Awaitable[EventLog]]
+
+
 @pytest.fixture
-async def make_log(tmp_path: Path) -> AsyncIterator:  # type: ignore[type-arg]
-    """Build started EventLogs (closed at teardown if the test did not)."""
+async def make_log(tmp_path: Path, experiment_name: str) -> AsyncIterator[MakeLog]:
+    """Build started EventLogs (closed at teardown if the test did not).
+
+    Asks for `experiment_name` only to be torn down before it: a log that is still open
+    when the keys are deleted would see its batches lost and re-send them.
+    """
     logs: list[EventLog] = []
 
-    async def make(url: str, experiment: model.Experiment, **options: float) -> EventLog:
+    async def make(url: str, experiment: model.Experiment, **options: Any) -> EventLog:
         options.setdefault("flush_interval_s", 60.0)  # tests flush explicitly unless they say otherwise
-        log = EventLog(redis_url=url, experiment=experiment, spill_dir=tmp_path / "spill", **options)  # type: ignore[arg-type]
+        log = EventLog(redis_url=url, experiment=experiment, spill_dir=tmp_path / "spill", **options)
         await log.start()
         logs.append(log)
         return log
@@ -143,7 +151,7 @@ async def make_log(tmp_path: Path) -> AsyncIterator:  # type: ignore[type-arg]
         await log.close()
 
 
-async def eventually(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def eventually(predicate: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not await predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -154,7 +162,7 @@ async def eventually(predicate, timeout_s: float = 5.0) -> None:  # type: ignore
 
 
 async def test_aggregates_equal_a_recomputation_from_raw_events(
-        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
     exp = make_experiment(experiment_name)
     log = await make_log(redis_url, exp)
     rng = random.Random(7)
@@ -174,7 +182,7 @@ async def test_aggregates_equal_a_recomputation_from_raw_events(
 
 
 async def test_binary_metrics_keep_the_maximum_per_unit(
-        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
     exposure = Exposure("r1", "u1", "control", 1, 0.0, 200, 10.0, False)
     for values in ([0.0, 1.0, 1.0], [1.0, 0.0]):  # two batches: the unit converted once
@@ -187,7 +195,7 @@ async def test_binary_metrics_keep_the_maximum_per_unit(
 
 
 async def test_producers_with_different_metric_lists_share_the_unit_states(
-        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
     """A replica that reloaded a config with one more metric writes next to one that has not."""
     url = redis_url
     wide, narrow = make_experiment(experiment_name, extra_metric=True), make_experiment(experiment_name)
@@ -203,12 +211,14 @@ async def test_producers_with_different_metric_lists_share_the_unit_states(
     assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(wide)))
 
 
-async def test_update_experiment_may_add_metrics_only(make_log, experiment_name: str, redis_url: str,  # type: ignore[no-untyped-def]
+async def test_update_experiment_may_add_metrics_only(make_log: MakeLog, experiment_name: str, redis_url: str,
                                                       redis_client: redis.asyncio.Redis) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
     log.record_outcome(Outcome("u1", "control", 1, "revenue", 2.0, 0.0))
     with pytest.raises(ValueError, match="unknown metric 'clicks'"):
         log.record_outcome(Outcome("u1", "control", 1, "clicks", 1.0, 0.0))
+    with pytest.raises(ValueError, match="finite"):
+        log.record_outcome(Outcome("u1", "control", 1, "revenue", float("nan"), 0.0))
     log.update_experiment(make_experiment(experiment_name, extra_metric=True))
     log.record_outcome(Outcome("u1", "control", 1, "clicks", 3.0, 0.0))
     await log.flush()
@@ -219,7 +229,7 @@ async def test_update_experiment_may_add_metrics_only(make_log, experiment_name:
         log.update_experiment(make_experiment(experiment_name))
 
 
-async def test_register_epoch_is_written_once(make_log, experiment_name: str, redis_url: str,  # type: ignore[no-untyped-def]
+async def test_register_epoch_is_written_once(make_log: MakeLog, experiment_name: str, redis_url: str,
                                               redis_client: redis.asyncio.Redis) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
     log.register_epoch(2, {"control": 0.9, "candidate": 0.1}, since=100.0)
@@ -251,7 +261,7 @@ async def test_the_script_applies_each_producer_seq_once(
     assert len(await redis_client.xrange(keys.Keys(experiment_name).events)) == 2
 
 
-def _batch(exp: model.Experiment, recorded: list[Event], seq: int):  # type: ignore[no-untyped-def]
+def _batch(exp: model.Experiment, recorded: list[Event], seq: int) -> Batch:
     agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
     for ev in recorded:
         agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
@@ -262,7 +272,7 @@ def _batch(exp: model.Experiment, recorded: list[Event], seq: int):  # type: ign
 
 
 async def test_redis_killed_during_recording_loses_and_duplicates_nothing(
-        make_log, redis_server: RedisServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_server: RedisServer, tmp_path: Path) -> None:
     exp = make_experiment("outage")
     log = await make_log(redis_server.url, exp, flush_interval_s=0.02, redis_timeout_s=0.5)
     rng = random.Random(5)
@@ -297,7 +307,7 @@ async def test_redis_killed_during_recording_loses_and_duplicates_nothing(
 
 @pytest.mark.parametrize("noticed_by", ["flusher", "lookup"])
 async def test_batches_lost_by_a_redis_restart_are_resent(
-        make_log, redis_server: RedisServer, noticed_by: str, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_server: RedisServer, noticed_by: str, caplog: pytest.LogCaptureFixture) -> None:
     """Redis acknowledged batches 2 and 3, then crashed before its AOF held them.
 
     Either the flusher trips over the dead connection (spill, reconnect, read back the
@@ -334,7 +344,7 @@ async def test_batches_lost_by_a_redis_restart_are_resent(
 
 
 async def test_a_timed_out_flush_that_redis_applied_later_counts_once(
-        make_log, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_server: RedisServer) -> None:
     """The ambiguous failure: our call times out, yet Redis runs it once it is free."""
     exp = make_experiment("ambiguous")
     log = await make_log(redis_server.url, exp, redis_timeout_s=0.2)
@@ -371,7 +381,7 @@ async def _flushed_all(log: EventLog) -> bool:
 
 
 async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
-        make_log, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path) -> None:
     exp = make_experiment(experiment_name)
     dead = await make_log(down_url(), exp)
     recorded = random_events(random.Random(1), 500)
@@ -389,7 +399,7 @@ async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
     alive.close()
 
 
-async def test_a_full_buffer_spills_at_once_while_redis_is_down(make_log) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_buffer_spills_at_once_while_redis_is_down(make_log: MakeLog) -> None:
     log = await make_log(down_url(), make_experiment("full"), max_events=50)
     record(log, random_events(random.Random(4), 50))
 
@@ -412,20 +422,22 @@ async def test_close_flushes_everything(redis_url: str, redis_client: redis.asyn
     assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
 
 
-async def test_a_full_buffer_flushes_before_the_interval(make_log, experiment_name: str, redis_url: str,  # type: ignore[no-untyped-def]
+async def test_a_full_buffer_flushes_before_the_interval(make_log: MakeLog, experiment_name: str, redis_url: str,
                                                         redis_client: redis.asyncio.Redis) -> None:
-    log = await make_log(redis_url, make_experiment(experiment_name), max_events=100)
-    record(log, random_events(random.Random(8), 100))
+    exp = make_experiment(experiment_name)
+    log = await make_log(redis_url, exp, max_events=100)
+    recorded = random_events(random.Random(8), 100)
+    record(log, recorded)
 
-    async def in_redis() -> bool:
-        return sum(s.metrics["latency_ms"].events + sum(m.events for n, m in s.metrics.items() if n not in
-                   ("errors", "latency_ms")) for s in (await read_strata(redis_client, experiment_name)).values()) == 100
-    await eventually(in_redis, timeout_s=2.0)
+    async def applied() -> bool:
+        return await redis_client.hget(keys.Keys(experiment_name).producers, log.producer) == b"1"
+    await eventually(applied, timeout_s=2.0)  # long before the 60 s flush interval
     assert log.stats.buffered == 0
+    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
 
 
 async def test_lookup_unit_local_then_redis_then_unavailable(
-        make_log, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+        make_log: MakeLog, redis_server: RedisServer) -> None:
     exp = make_experiment("lookup")
     writer = await make_log(redis_server.url, exp)
     writer.record_exposure(Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False))
