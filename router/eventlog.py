@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.exceptions
@@ -47,6 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from router import events, keys, spill
+from router.flushscript import EventLogError, EventLogUnavailable, FlushScript, call_redis, mask_url
 from router.experiment import Experiment
 
 log = logging.getLogger(__name__)
@@ -58,21 +56,8 @@ RETAIN_S = 10.0
 RETAIN_MAX_BATCHES = 4
 #: Local memory of recent exposures, so `lookup_unit` rarely needs Redis.
 LRU_SIZE = 100_000
-FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
 
 APPLIED, DUPLICATE, GAP = 1, 0, -1
-# Everything that means "Redis did not (certainly) do it": connection refused or reset,
-# timeouts, LOADING after a restart, MISCONF/READONLY refusals. All are retried later.
-_REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
-T = TypeVar("T")
-
-
-class EventLogError(Exception):
-    """The event log was used wrongly."""
-
-
-class EventLogUnavailable(EventLogError):
-    """Redis cannot be reached right now; events still spill, lookups cannot be answered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,57 +70,6 @@ class EventLogStats:
     flush_failures: int  # flush rounds that could not deliver everything to Redis
     flushed_batches: int  # batches Redis acknowledged (applied or already applied)
     redis_up: bool
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class FlushScript:
-    """flush.lua on one Redis: loading it, calling it, translating errors."""
-
-    def __init__(self, client: redis.asyncio.Redis, k: keys.Keys) -> None:
-        self._client = client
-        self._keys = k.all()
-        self._producers = k.producers
-        self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
-        self._stream_caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW))
-
-    async def ping(self) -> None:
-        await _call(self._client.ping())
-
-    async def load(self) -> None:
-        await _call(self._client.script_load(FLUSH_SCRIPT))
-
-    async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
-        """(status, last seq before) — see the header of flush.lua."""
-        args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events,
-                *self._stream_caps)
-        try:
-            reply = await _call(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
-        except EventLogUnavailable as exc:
-            if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
-                raise
-            await self.load()  # a restarted (or flushed) Redis forgot the script
-            reply = await _call(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
-        return int(reply[0]), int(reply[1])
-
-    async def last_seqs(self, producers: list[str]) -> dict[str, int]:
-        """The last applied seq of each producer (0 when Redis has none)."""
-        values = await _call(self._client.hmget(self._producers, producers))
-        return {p: int(v or 0) for p, v in zip(producers, values)}
-
-
-async def _call(awaitable: Awaitable[T]) -> T:
-    try:
-        return await awaitable
-    except _REDIS_ERRORS as exc:
-        raise EventLogUnavailable(f"Redis: {exc or type(exc).__name__}") from exc
 
 
 class EventLog:
@@ -214,7 +148,7 @@ class EventLog:
             return hit
         if self._client is None or not self._up:
             raise EventLogUnavailable("Redis is unreachable")
-        raw = await _call(self._client.hget(self._keys.units, unit_hash))
+        raw = await call_redis(self._client.hget(self._keys.units, unit_hash))
         return None if raw is None else keys.parse_stratum(raw)
 
     @property

@@ -1,0 +1,91 @@
+"""flush.lua on one Redis: loading it, calling it, and translating Redis errors.
+
+Every Redis failure that means "not (certainly) done" becomes `EventLogUnavailable`, so
+the event log has one exception to handle: the batch waits in the spill file.
+
+Exceptions::
+
+    EventLogError             misuse, e.g. an experiment update that drops a metric
+     └── EventLogUnavailable  Redis cannot be reached
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio
+import redis.exceptions
+
+from router import events, keys
+
+
+FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
+
+# Everything that means "Redis did not (certainly) do it": connection refused or reset,
+# timeouts, LOADING after a restart, MISCONF/READONLY refusals. All are retried later.
+_REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+T = TypeVar("T")
+
+
+class EventLogError(Exception):
+    """The event log was used wrongly."""
+
+
+class EventLogUnavailable(EventLogError):
+    """Redis cannot be reached right now; events still spill, lookups cannot be answered."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class FlushScript:
+    """flush.lua on one Redis: loading it, calling it, translating errors."""
+
+    def __init__(self, client: redis.asyncio.Redis, k: keys.Keys) -> None:
+        self._client = client
+        self._keys = k.all()
+        self._producers = k.producers
+        self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
+        self._stream_caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW))
+
+    async def ping(self) -> None:
+        await call_redis(self._client.ping())
+
+    async def load(self) -> None:
+        await call_redis(self._client.script_load(FLUSH_SCRIPT))
+
+    async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
+        """(status, last seq before) — see the header of flush.lua."""
+        args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events,
+                *self._stream_caps)
+        try:
+            reply = await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
+        except EventLogUnavailable as exc:
+            if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
+                raise
+            await self.load()  # a restarted (or flushed) Redis forgot the script
+            reply = await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
+        return int(reply[0]), int(reply[1])
+
+    async def last_seqs(self, producers: list[str]) -> dict[str, int]:
+        """The last applied seq of each producer (0 when Redis has none)."""
+        values = await call_redis(self._client.hmget(self._producers, producers))
+        return {p: int(v or 0) for p, v in zip(producers, values)}
+
+
+async def call_redis(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except _REDIS_ERRORS as exc:
+        raise EventLogUnavailable(f"Redis: {exc or type(exc).__name__}") from exc
