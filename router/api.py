@@ -3,7 +3,6 @@ experiment, and the outcome API. Every error here is JSON naming the problem."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -104,7 +103,8 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.It
     checked = [oc.validate_item(i, raw, table.experiment) for i, raw in enumerate(raw_items)]
     units = {c.unit for c in checked if isinstance(c, oc.OutcomeItem) and c.unit is not None}
     hashes = {u: unit_hash(u) for u in units}
-    found = dict(zip(units, await asyncio.gather(*(router.eventlog.lookup_unit(hashes[u]) for u in units))))
+    strata = await router.eventlog.lookup_units(list(hashes.values())) if hashes else {}
+    found = {u: strata[h] for u, h in hashes.items()}
     now = time.time()
     out: list[Outcome | oc.ItemError] = []
     for c in checked:

@@ -64,7 +64,7 @@ class DisabledEventLog:
     def update_experiment(self, experiment: Experiment) -> None:
         pass
 
-    async def lookup_unit(self, unit_hash: str) -> tuple[int, str] | None:
+    async def lookup_units(self, unit_hashes: list[str]) -> dict[str, tuple[int, str] | None]:
         raise EventLogUnavailable("the event log is disabled (--no-event-log)")
 
     async def start(self) -> None:

@@ -51,7 +51,8 @@ def upstream_request_headers(headers: Iterable[tuple[str, str]], *, upstream: st
     headers = list(headers)
     original_host = next((v for n, v in headers if n.lower() == "host"), "")
     prior_for = [v for n, v in headers if n.lower() == "x-forwarded-for"]
-    out = end_to_end(headers, drop=frozenset({"host", "x-forwarded-for", "x-forwarded-proto",
+    # Expect: 100-continue was answered on the client leg; the body is already on its way.
+    out = end_to_end(headers, drop=frozenset({"host", "x-forwarded-for", "x-forwarded-proto", "expect",
                                              "x-forwarded-host", FORCE_HEADER.lower()}))
     out.append(("Host", urlsplit(upstream).netloc))
     out.append(("X-Forwarded-For", ", ".join([*prior_for, client_ip]) if prior_for else client_ip))

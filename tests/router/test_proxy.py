@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import json
 from collections import Counter, defaultdict
 
@@ -84,8 +85,11 @@ async def test_large_bodies_stream_both_ways(make_router: MakeRouter):
         for i in range(0, len(big), 65536):
             yield big[i:i + 65536]
 
-    seen = await (await post(r, user="u1", data=chunks())).json()
+    seen = await (await post(r, user="u1", data=chunks())).json()  # chunked upload
     assert seen["body_len"] == len(big) and seen["body_sha"] == hashlib.sha256(big).hexdigest()
+    seen = await (await post(r, user="u1", data=io.BytesIO(big), headers={"Expect": "100-continue"})).json()
+    assert seen["body_len"] == len(big) and seen["body_sha"] == hashlib.sha256(big).hexdigest()
+    assert "expect" not in {k.lower() for k, _ in seen["headers"]}
     resp = await r.client.get("/stream?n=500", headers={"X-User-Id": "u1"})
     lines = (await resp.read()).splitlines()
     assert len(lines) == 500 and json.loads(lines[-1])["i"] == 499
