@@ -17,6 +17,7 @@ from aiohttp import web
 from router import experiment as model
 from router.app import ServeSettings, build_app, secret_from_env
 from router.examples.model_server import build_model_app, start_model_server
+from router.flushscript import mask_url
 from router.redis_server import RedisServer
 from router.weights import FileWeightsSource
 
@@ -93,7 +94,7 @@ def serve(args: argparse.Namespace) -> int:
         app = build_app(experiment, settings, source=source)
         if bundled:
             app.cleanup_ctx.append(_example_models)
-            print(_quickstart_banner(args.port), flush=True)
+            print(_quickstart_banner(args.port, config=path, redis_url=redis_url), flush=True)
         web.run_app(app, host=args.host, port=args.port, access_log=None, print=None,
                     shutdown_timeout=args.shutdown_timeout, loop=_new_loop())
     return 0
@@ -107,13 +108,14 @@ async def _example_models(app: web.Application) -> AsyncIterator[None]:
         await runner.cleanup()
 
 
-def _quickstart_banner(port: int) -> str:
+def _quickstart_banner(port: int, *, config: Path, redis_url: str) -> str:
     base = f"http://127.0.0.1:{port}"
     return (f"abrouter: serving the example experiment 'recsys-v2' on {base}\n"
             f"  try:  curl -si -X POST -H 'X-User-Id: u42' -d '{{}}' {base}/predict\n"
             f"        curl -s -X POST -d '{{\"unit\": \"u42\", \"metric\": \"conversion\", \"value\": 1}}' "
             f"{base}/abrouter/outcomes\n"
             f"        curl -s {base}/abrouter/experiment ; curl -s {base}/abrouter/metrics\n"
+            f"        abrouter analyze --config {config} --redis-url {mask_url(redis_url)}\n"
             f"  stop with Ctrl-C")
 
 
