@@ -7,6 +7,7 @@ moves bytes and records what happened.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -37,6 +38,9 @@ log = logging.getLogger("abrouter.proxy")
 #: chunking); larger or unsized bodies stream in both directions.
 BUFFER_LIMIT = 256 * 1024
 COOKIE_MAX_AGE_S = 365 * 86400
+#: Status logged when the client disconnected before the upstream answered; not an error
+#: of the variant.
+CLIENT_CLOSED = 499
 #: Epoch 0 in a request id marks a QA override, which is not part of the experiment.
 FORCED_EPOCH = 0
 
@@ -142,7 +146,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     request_id = router.ids.issue(unit_hash=choice.unit_hash, epoch=FORCED_EPOCH if choice.forced else table.epoch,
                                   variant_index=choice.index, now=time.time())
     tags = {"experiment": table.experiment.name, "variant": variant.name, "request_id": request_id}
-    status, error = 502, None
+    # No response yet: if the client goes away first, this is what gets logged (nginx's 499).
+    status, error = CLIENT_CLOSED, None
     try:
         upstream = await router.transport.request(
             base_url=variant.upstream, method=request.method, path_qs=request.raw_path,
@@ -160,6 +165,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         status = 504 if error == "timeout" else 502
         log.warning("variant %s: upstream %s: %s", variant.name, error, exc)
         return _error_response(status, error, str(exc), tags)
+    except (ConnectionError, asyncio.CancelledError):
+        raise  # the client went away: logged with the status it got, or 499
+    except Exception:
+        status, error = 500, "internal"
+        raise
     finally:
         _record(router, table, choice, request_id=request_id, variant=variant.name, status=status,
                 seconds=time.perf_counter() - started, error=error)
