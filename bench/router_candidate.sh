@@ -14,6 +14,10 @@
 #                                experiment YAML and the spill dir (default: $TMPDIR or /tmp);
 #                                run_router_bench.sh points it at a dir it removes at exit
 #   LOG_LEVEL                    abrouter --log-level (default: WARNING)
+#   ROUTER_SRC                   optional dir holding a snapshot of the packages abrouter,
+#                                router and analysis (run_router_bench.sh exports one from a
+#                                commit); it goes first on PYTHONPATH, ahead of the editable
+#                                install, so the code under test cannot change mid-benchmark
 #
 # The router runs from the project venv (<repo>/.venv), found from this script's location,
 # and is exec'ed, so it is the process the harness signals (SIGTERM drains and flushes).
@@ -61,5 +65,10 @@ else
   args+=(--redis-url "$REDIS_URL")
 fi
 
-echo "router_candidate.sh: $ABROUTER ${args[*]}" >&2
+if [[ -n "${ROUTER_SRC:-}" ]]; then
+  [[ -f "$ROUTER_SRC/router/__init__.py" ]] || { echo "router_candidate.sh: no router package in ROUTER_SRC=$ROUTER_SRC" >&2; exit 1; }
+  export PYTHONPATH="$ROUTER_SRC${PYTHONPATH:+:$PYTHONPATH}"
+fi
+
+echo "router_candidate.sh: ${ROUTER_SRC:+PYTHONPATH=$PYTHONPATH }$ABROUTER ${args[*]}" >&2
 exec "$ABROUTER" "${args[@]}"

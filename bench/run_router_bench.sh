@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # run_router_bench.sh - benchmark abrouter against the shared proxy harness.
 #
-#   bench/run_router_bench.sh            setup (idempotent) + throughput + latency, ~12 min
+#   bench/run_router_bench.sh            setup (idempotent) + throughput + latency, ~10 min
 #   PHASES=latency bench/run_router_bench.sh
 #   ROUNDS=5 QUIET_MAX=30 bench/run_router_bench.sh
 #
@@ -21,10 +21,16 @@
 #      records Redis's own CPU time;
 #   4. stops Redis (trap) and prints where the results are.
 #
+# The router code under test is exported from one commit (ROUTER_REF, default HEAD) into
+# a temp dir that goes first on the candidate's PYTHONPATH: other people commit to the
+# checkout while a run lasts (~15 min), and each router start would otherwise load
+# whatever the working tree holds at that moment. ROUTER_REF=worktree measures the live
+# checkout instead (uncommitted changes included).
+#
 # Knobs (env): ROUNDS (3), LAT_ROUNDS (2), DURATION (10), LAT_DURATION (5), CONNS (64),
 #   TPUT_CONFIGS ("direct envoy aiohttp"), LAT_CONFIGS ("direct envoy aiohttp"),
 #   PHASES ("throughput latency"), CANDIDATES ("eventlog no-eventlog"), REDIS_CPUS (1),
-#   REDIS_SERVER (<repo>/.venv/bin/redis-server, else PATH), HARNESS, OUT
+#   REDIS_SERVER (<repo>/.venv/bin/redis-server, else PATH), ROUTER_REF (HEAD), HARNESS, OUT
 #   (/tmp/splitbench/router/<timestamp>), and every knob of the harness itself
 #   (QUIET_MAX, QUIET_WAIT, NOISY_RETRIES, WARMUP, WORKDIR, ...), which pass through.
 set -euo pipefail
@@ -45,6 +51,7 @@ LAT_CONFIGS=${LAT_CONFIGS:-"direct envoy aiohttp"}
 PHASES=${PHASES:-"throughput latency"}
 CANDIDATES=${CANDIDATES:-"eventlog no-eventlog"}
 REDIS_CPUS=${REDIS_CPUS:-1}
+ROUTER_REF=${ROUTER_REF:-HEAD}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${OUT:-"${WORKDIR:-/tmp/splitbench}/router/$STAMP"}
 
@@ -75,6 +82,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# ------------------------------------------------------------- code ----
+SRC_ENV=""
+if [[ "$ROUTER_REF" == worktree ]]; then
+  CODE="worktree of $ROOT at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (uncommitted changes included)"
+else
+  COMMIT=$(git -C "$ROOT" rev-parse --verify "$ROUTER_REF^{commit}") || die "ROUTER_REF=$ROUTER_REF is not a commit"
+  mkdir -p "$TMP/src"
+  git -C "$ROOT" archive "$COMMIT" abrouter router analysis | tar -x -C "$TMP/src"
+  SRC_ENV="ROUTER_SRC=$TMP/src "
+  CODE="commit $(git -C "$ROOT" log -1 --format='%h %ci %s' "$COMMIT")"
+  dirty=$(git -C "$ROOT" status --porcelain -- abrouter router analysis)
+  [[ -z "$dirty" ]] || log "note: uncommitted changes in the checkout are NOT measured (ROUTER_REF=$ROUTER_REF): $(echo $dirty)"
+fi
+log "router code under test: $CODE"
+echo "$CODE" > "$OUT/code.txt"
+
 # ------------------------------------------------------------------ redis ----
 REDIS_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$TMP/redis"
@@ -95,7 +118,7 @@ redis_cpu_s() {   # CPU seconds (user+system) used by our redis-server so far
 
 # check_redis EXPERIMENT RESULTS_DIR : print what the router-eventlog candidate wrote
 check_redis() {
-  REDIS_URL="$REDIS_URL" "$PY" - "$1" "$2" <<'EOF'
+  REDIS_URL="$REDIS_URL" PYTHONPATH="${SRC_ENV:+$TMP/src}" "$PY" - "$1" "$2" <<'EOF'
 import glob, os, re, sys
 import redis
 from router.keys import Keys, decode_agg
@@ -152,7 +175,7 @@ for phase in $PHASES; do
       *) die "unknown candidate $cand (eventlog|no-eventlog)" ;;
     esac
     name="router-$cand"
-    cmd="EVENT_LOG=$ev REDIS_URL=$REDIS_URL EXPERIMENT=$exp ROUTER_BENCH_TMP=$TMP exec $CANDIDATE"
+    cmd="${SRC_ENV}EVENT_LOG=$ev REDIS_URL=$REDIS_URL EXPERIMENT=$exp ROUTER_BENCH_TMP=$TMP exec $CANDIDATE"
     logf="$OUT/$phase-$name.log"
     log "== $phase / $name: CONNS=$p_conns DURATION=$p_dur ROUNDS=$p_rounds CONFIGS=\"$p_configs\" (log: $logf)"
     cpu0=$(redis_cpu_s)
@@ -182,5 +205,6 @@ echo
 echo "harness results (per phase and candidate): $OUT/runs.txt"
 column -t "$OUT/runs.txt" || cat "$OUT/runs.txt"
 echo "Redis checks: $OUT/redis-check.txt"
+echo "router code: $CODE"
 echo "full logs: $OUT/<phase>-<candidate>.log"
 exit "$RC"
