@@ -53,7 +53,7 @@ class Router:
     ids: RequestIds
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     source: SourceStatus = field(default_factory=SourceStatus)
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=lambda: random.Random(os.urandom(16)))
 
 
 ROUTER = web.AppKey("router", Router)
@@ -102,14 +102,19 @@ def assign(request: web.Request, router: Router, table: RoutingTable) -> Assignm
             known = ", ".join(table.index)
             raise web.HTTPBadRequest(text=_json_error("unknown_variant", f"{hdr.FORCE_HEADER}: unknown variant "
                                                       f"{forced!r}; known: {known}"), content_type="application/json")
-        return Assignment(table.index[forced], os.urandom(8).hex(), forced=True)
+        return Assignment(table.index[forced], _random_unit(router.rng), forced=True)
     unit = unit_of(request, table)
     new_cookie = None
     if unit is None and table.experiment.unit.kind == "cookie":
         unit = new_cookie = uuid.uuid4().hex
     if unit is None:  # no id: an independent random draw, and the request is its own unit
-        return Assignment(table.assigner.assign_random(router.rng), os.urandom(8).hex(), forced=False)
+        return Assignment(table.assigner.assign_random(router.rng), _random_unit(router.rng), forced=False)
     return Assignment(table.assigner.assign(unit), unit_hash(unit), forced=False, new_cookie=new_cookie)
+
+
+def _random_unit(rng: random.Random) -> str:
+    """A unit hash for a request that is its own unit (no id given)."""
+    return f"{rng.getrandbits(64):016x}"
 
 
 class StreamAborted(Exception):

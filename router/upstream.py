@@ -77,7 +77,12 @@ class _AiohttpResponse:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+        try:
+            return await self._response.read()
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout(f"read timed out: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     def release(self) -> None:
         self._response.release()
