@@ -218,6 +218,10 @@ def plan(args: argparse.Namespace) -> int:
     print(f"total units:   {result.total_units:,}")
     if days is not None:
         print(f"duration:      {days:.1f} days at {args.traffic:,.0f} units/day")
+    print(f"sequential:    the analyzer's always-valid test needs more units than this fixed-horizon n "
+          f"(simulated at 80% planned power: ~50% at n, ~85% at 2n); allow up to "
+          f"{2 * result.units_per_arm:,} per arm and set analysis.expected_units_per_arm: "
+          f"{result.units_per_arm} (docs/statistics.md)")
     print(f"convention:    {result.convention}")
     return 0
 
