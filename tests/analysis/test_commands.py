@@ -22,16 +22,9 @@ from analysis.sink import DryRunSink
 from router import experiment as spec
 from router import keys
 from router.redis_server import free_port
+from tests.analysis.test_summary import EXAMPLE
 
-EXAMPLE_SUMMARY: dict[str, Any] = {
-    "metrics": [{"name": "revenue", "kind": "continuous", "direction": "increase"}],
-    "variants": [
-        {"name": "control", "weight": 50, "units": 3407,
-         "metrics": {"revenue": {"n": 3407, "sum": 1396.87, "sum_squares": 52377.9767}}},
-        {"name": "candidate", "weight": 50, "units": 3461,
-         "metrics": {"revenue": {"n": 3461, "sum": 2422.7, "sum_squares": 134698.29}}},
-    ],
-}
+EXAMPLE_SUMMARY = EXAMPLE  # the example summary
 EXAMPLE_CONFIG = Path(spec.__file__).parent / "examples" / "experiment.yaml"
 
 
