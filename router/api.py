@@ -44,17 +44,18 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     s = router.eventlog.stats
-    gauges = {
-        "abrouter_eventlog_buffered_events": ("Events waiting in memory for the next flush.", s.buffered),
-        "abrouter_eventlog_spilled_events": ("Events in the local spill file, waiting for Redis.", s.spilled),
-        "abrouter_eventlog_flush_failures": ("Flushes that failed since start (Redis unreachable).",
-                                             s.flush_failures),
-        "abrouter_eventlog_dropped_events": ("Events lost because neither Redis nor the spill file "
-                                             "could take them.", s.dropped),
-        "abrouter_redis_up": ("1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
-        "abrouter_weights_epoch": ("The weights epoch being served.", router.table.epoch),
+    extra = {
+        "abrouter_eventlog_buffered_events": ("gauge", "Events waiting in memory for the next flush.", s.buffered),
+        "abrouter_eventlog_spilled_events": ("gauge", "Events in the local spill file, waiting for Redis.",
+                                             s.spilled),
+        "abrouter_eventlog_flush_failures_total": ("counter", "Flush rounds that could not reach Redis.",
+                                                   s.flush_failures),
+        "abrouter_eventlog_dropped_events_total": ("counter", "Events lost because neither Redis nor the spill "
+                                                   "file could take them.", s.dropped),
+        "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
+        "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
     }
-    text = prom.render(router.metrics, experiment=router.table.experiment.name, gauges=gauges)
+    text = prom.render(router.metrics, experiment=router.table.experiment.name, extra=extra)
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})
 

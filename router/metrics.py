@@ -50,8 +50,8 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(m: ProxyMetrics, *, experiment: str, gauges: dict[str, tuple[str, float]]) -> str:
-    """Prometheus text format 0.0.4. `gauges` maps a metric name to (help, value)."""
+def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str, float]]) -> str:
+    """Prometheus text format 0.0.4. `extra` maps a metric name to (type, help, value)."""
     lines = ["# HELP abrouter_requests_total Proxied requests by variant and status class.",
              "# TYPE abrouter_requests_total counter"]
     for (variant, code), n in sorted(m.requests.items()):
@@ -79,7 +79,7 @@ def render(m: ProxyMetrics, *, experiment: str, gauges: dict[str, tuple[str, flo
     lines += ["# HELP abrouter_outcomes_rejected_total Outcome items rejected as invalid.",
               "# TYPE abrouter_outcomes_rejected_total counter",
               f"abrouter_outcomes_rejected_total{_labels(experiment=experiment)} {m.outcomes_rejected}"]
-    for name, (help_text, value) in gauges.items():
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge",
+    for name, (kind, help_text, value) in extra.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
                   f"{name}{_labels(experiment=experiment)} {value:g}"]
     return "\n".join(lines) + "\n"

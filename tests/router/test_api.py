@@ -125,10 +125,16 @@ async def test_reserved_endpoints(make_router: MakeRouter):
     assert exp["epoch"] == 1 and exp["weights"] == {"control": 0.5, "candidate": 0.5}
     assert exp["spec"]["name"] == r.spec["name"]
     text = await (await r.client.get("/abrouter/metrics")).text()
-    for name in ("abrouter_requests_total", "abrouter_request_duration_seconds_bucket",
-                 "abrouter_eventlog_buffered_events", "abrouter_eventlog_spilled_events",
-                 "abrouter_eventlog_flush_failures"):
-        assert name in text
+    name = r.spec["name"]
+    for line in ("# TYPE abrouter_requests_total counter", "# TYPE abrouter_request_duration_seconds histogram",
+                 "# TYPE abrouter_eventlog_buffered_events gauge", "# TYPE abrouter_eventlog_spilled_events gauge",
+                 "# TYPE abrouter_eventlog_flush_failures_total counter",
+                 f'abrouter_eventlog_flush_failures_total{{experiment="{name}"}} 0',
+                 f'abrouter_redis_up{{experiment="{name}"}} 1', f'abrouter_weights_epoch{{experiment="{name}"}} 1'):
+        assert line in text.splitlines(), line
+    assert any(l.startswith("abrouter_requests_total{") and l.endswith(" 1") for l in text.splitlines())
+    assert any(l.startswith("abrouter_request_duration_seconds_bucket{") and 'le="+Inf"' in l and l.endswith(" 1")
+               for l in text.splitlines())
     missing = await r.client.get("/abrouter/nope")
     assert missing.status == 404 and (await missing.json())["error"] == "not_found"
     wrong = await r.client.get("/abrouter/outcomes")
