@@ -68,4 +68,5 @@ class RequestIds:
         return RequestInfo(unit_hash=unit.hex(), epoch=epoch, variant_index=variant, issued_at=issued)
 
     def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_MAC_LEN]
+        # Keyed BLAKE2b is a MAC by design, and one C call: a third of hmac.new's cost.
+        return hashlib.blake2b(body, digest_size=_MAC_LEN, key=self._secret).digest()
