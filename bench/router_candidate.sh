@@ -14,6 +14,8 @@
 #                                experiment YAML and the spill dir (default: $TMPDIR or /tmp);
 #                                run_router_bench.sh points it at a dir it removes at exit
 #   LOG_LEVEL                    abrouter --log-level (default: WARNING)
+#   UPSTREAM_TRANSPORT           abrouter serve --upstream-transport: aiohttp or httptools
+#                                (default: unset, the router's own default)
 #   ROUTER_SRC                   optional dir holding a snapshot of the packages abrouter,
 #                                router and analysis (run_router_bench.sh exports one from a
 #                                commit); it goes first on PYTHONPATH, ahead of the editable
@@ -58,6 +60,9 @@ EOF
 
 args=(--log-level "$LOG_LEVEL" serve --config "$CONFIG" --host "$LISTEN_HOST" --port "$PORT"
       --spill-dir "$DIR/spill")
+if [[ -n "${UPSTREAM_TRANSPORT:-}" ]]; then
+  args+=(--upstream-transport "$UPSTREAM_TRANSPORT")
+fi
 if [[ "$EVENT_LOG" == 0 ]]; then
   args+=(--no-event-log)
 else

@@ -1,10 +1,11 @@
 """The upstream leg of the proxy, behind one small interface.
 
 `Transport` is the swap point: the proxy only calls `request()` and reads an
-`UpstreamResponse`. This module's `AiohttpTransport` uses one `ClientSession` with a
-keep-alive pool per upstream. Measured here it caps a proxy at ~5k req/s on one core, so
-a protocol-level transport (httptools on a raw asyncio pool) can replace it later
-without touching assignment, headers, logging or the server side.
+`UpstreamResponse`. This module's `AiohttpTransport` (the default) uses one
+`ClientSession` with a keep-alive pool per upstream; measured here it caps the router at
+~4.9k req/s on one core. `router.httpclient.HttptoolsTransport` (httptools on a raw
+asyncio pool, `--upstream-transport httptools`) implements the same protocol at ~8k
+(bench/README.md), without touching assignment, headers, logging or the server side.
 
 Errors are translated at this boundary: a refused or reset connection is
 `UpstreamUnavailable` (the proxy answers 502), a connect or read timeout is

@@ -83,10 +83,19 @@ async def raw_upstream() -> Any:
 
 
 @pytest.fixture
+def upstream_transport() -> str:
+    """The upstream client `make_router` builds; parametrize this name to run a test on both::
+
+        pytestmark = pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
+    """
+    return "aiohttp"
+
+
+@pytest.fixture
 async def make_router(aiohttp_client: Any, redis_url: str, experiment_name: str, tmp_path: Path,
-                      upstream_urls: dict[str, str]) -> MakeRouter:
+                      upstream_urls: dict[str, str], upstream_transport: str) -> MakeRouter:
     async def make(weights: dict[str, float] | None = None, *, urls: dict[str, str] | None = None,
-                   redis: str | None = None, **spec_changes: Any) -> RouterUnderTest:
+                   redis: str | None = None, transport: str | None = None, **spec_changes: Any) -> RouterUnderTest:
         weights = weights or {"control": 50, "candidate": 50}
         urls = {**upstream_urls, **(urls or {})}
         spec = {
@@ -100,7 +109,8 @@ async def make_router(aiohttp_client: Any, redis_url: str, experiment_name: str,
         path = tmp_path / "experiment.yaml"
         path.write_text(yaml.safe_dump(spec))
         url = redis or redis_url
-        settings = ServeSettings(redis_url=url, spill_dir=tmp_path / "spill", flush_interval_s=0.05)
+        settings = ServeSettings(redis_url=url, spill_dir=tmp_path / "spill", flush_interval_s=0.05,
+                                 upstream_transport=transport or upstream_transport)  # type: ignore[arg-type]
         app: web.Application = build_app(model.load(path), settings,
                                           source=FileWeightsSource(path, interval_s=0.05))
         client = await aiohttp_client(app)

@@ -16,6 +16,9 @@ from scipy.stats import chisquare
 from tests.router.conftest import MakeRouter, RouterUnderTest
 from tests.router.upstreams import GZIPPED
 
+#: Every test here runs against both upstream clients (`make_router` builds the one named).
+pytestmark = pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
+
 
 async def post(r: RouterUnderTest, path: str = "/predict", *, user: str | None = None, **kwargs):
     headers = dict(kwargs.pop("headers", {}))
