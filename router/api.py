@@ -78,6 +78,8 @@ async def outcomes(request: web.Request) -> web.Response:
         raw_items = oc.items_of(json.loads(await request.read()))
     except web.HTTPRequestEntityTooLarge as exc:
         return error(413, "too_large", f"body too large ({exc.text}); send at most {oc.MAX_BATCH} outcomes")
+    except RecursionError:
+        return error(400, "invalid_body", "body must be JSON: nested too deeply")
     except (ValueError, UnicodeDecodeError) as exc:
         return error(400, "invalid_body", f"body must be JSON: {exc}" if not isinstance(exc, oc.BatchError)
                      else str(exc))

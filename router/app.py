@@ -101,18 +101,22 @@ def build_app(experiment: Experiment, settings: ServeSettings, *, source: Weight
         await eventlog.start()
         t = transport or make_transport(settings.upstream_transport,
                                         TimeoutConfig(experiment.timeouts.connect_s, experiment.timeouts.read_s))
-        app[ROUTER] = Router(table=table, transport=t, eventlog=eventlog,
-                             ids=RequestIds(settings.secret + b"\0" + experiment.name.encode()), source=status)
+        app[ROUTER] = Router(table=table, transport=t, eventlog=eventlog, ids=request_ids(settings, experiment),
+                             source=status)
         watcher = asyncio.create_task(source.run(lambda e: apply_spec(app[ROUTER], e))) if source else None
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            await t.close()
-            await eventlog.close()
+            try:
+                if watcher is not None:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
+            finally:  # whatever the watcher did, the final flush must happen
+                try:
+                    await t.close()
+                finally:
+                    await eventlog.close()
 
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
@@ -128,13 +132,20 @@ def make_transport(kind: str, timeouts: TimeoutConfig) -> Transport:
     raise ValueError(f"upstream_transport must be 'aiohttp' or 'httptools', got {kind!r}")
 
 
+def request_ids(settings: ServeSettings, experiment: Experiment) -> RequestIds:
+    """Ids are bound to the experiment and its variant list: an id issued before a restart
+    that changed the variants is unknown, never credited to whichever variant took its index."""
+    names = ",".join(v.name for v in experiment.variants)
+    return RequestIds(b"\0".join([settings.secret, experiment.name.encode(), names.encode()]))
+
+
 def apply_spec(router: Router, experiment: Experiment) -> None:
     """Switch to a changed spec (raises ReloadRejected to keep the old one)."""
     table = next_table(router.table, experiment, now=time.time())
     if table is router.table:
         return
+    router.eventlog.update_experiment(experiment)
     if table.epoch != router.table.epoch:
         router.eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
         log.info("weights epoch %d: %s", table.epoch, table.weights_by_name())
-    router.eventlog.update_experiment(experiment)
     router.table = table

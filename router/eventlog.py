@@ -20,10 +20,8 @@ Where a batch goes:
 - The spill files of dead producers of the same experiment are replayed at start.
 Only a failing disk while Redis is down loses events; they are counted in `dropped`.
 
-Exceptions::
-
-    EventLogError             misuse, e.g. an experiment update that drops a metric
-     └── EventLogUnavailable  Redis cannot be reached (raised by lookup_units)
+Exceptions (`router.flushscript`): `EventLogError` for misuse, and its subclass
+`EventLogUnavailable` when Redis cannot be reached (raised by `lookup_units`).
 """
 
 from __future__ import annotations
@@ -77,8 +75,9 @@ class EventLog:
 
     def __init__(self, *, redis_url: str, experiment: Experiment, spill_dir: Path,
                  flush_interval_s: float = 0.25, max_events: int = 50_000, prefix: str = keys.DEFAULT_PREFIX,
-                 redis_timeout_s: float = 1.0) -> None:
+                 redis_timeout_s: float = 1.0, retain_s: float = RETAIN_S) -> None:
         self.producer = secrets.token_hex(8)
+        self._retain_s = retain_s
         self._url = redis_url
         self._experiment = experiment
         self._metrics = keys.metric_order(experiment)
@@ -141,25 +140,26 @@ class EventLog:
         self._experiment, self._metrics = experiment, metrics
         self._agg.extend_metrics(metrics, events.binary_metrics(experiment))
 
-    async def lookup_unit(self, unit_hash: str) -> tuple[int, str] | None:
-        """(epoch, variant) of the unit's latest exposure, or None if it has none."""
-        return (await self.lookup_units([unit_hash]))[unit_hash]
-
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
-        """`lookup_unit` for many units: this process's memory first, then one HMGET.
+        """(epoch, variant) of each unit's latest exposure, or None if it has none.
 
-        A unit exposed through another replica is known once that replica flushed
-        (within its flush interval).
+        One HMGET, merged with this process's own recent exposures (not yet flushed, or
+        newer): the later epoch wins, so a unit ramped into another variant through another
+        replica is credited to where it is now. A unit exposed through another replica is
+        known once that replica flushed (within its flush interval). While Redis is down,
+        only units this process has seen can be answered.
         """
-        found: dict[str, tuple[int, str] | None] = {h: self._recent.get(h) for h in unit_hashes}
-        missing = [h for h, hit in found.items() if hit is None]
-        if not missing:
-            return found
-        if self._client is None or not self._up:
-            raise EventLogUnavailable("Redis is unreachable")
-        raw = await call_redis(self._client.hmget(self._keys.units, missing))
-        found.update({h: None if r is None else keys.parse_stratum(r) for h, r in zip(missing, raw)})
-        return found
+        local = {h: self._recent.get(h) for h in unit_hashes}
+        try:
+            if self._client is None or not self._up:
+                raise EventLogUnavailable("Redis is unreachable")
+            raw = await call_redis(self._client.hmget(self._keys.units, list(local)))
+        except EventLogUnavailable:
+            if all(hit is not None for hit in local.values()):
+                return local
+            raise
+        stored = {h: None if r is None else keys.parse_stratum(r) for h, r in zip(local, raw)}
+        return {h: _later(local[h], stored[h]) for h in local}
 
     @property
     def stats(self) -> EventLogStats:
@@ -325,21 +325,25 @@ class EventLog:
         self._prune_retained()
 
     def _prune_retained(self) -> None:
-        horizon = time.monotonic() - RETAIN_S
+        horizon = time.monotonic() - self._retain_s
         limit = RETAIN_MAX_BATCHES * self._max_events
         while self._retained and (self._retained[0][0] < horizon or self._retained_events > limit):
             _, batch = self._retained.popleft()
             self._retained_events -= batch.n_events
 
     async def _resend_lost(self) -> None:
-        """Re-send retained batches Redis no longer has (it restarted and lost them)."""
-        self._prune_retained()
+        """Re-send retained batches Redis no longer has (it restarted and lost them).
+
+        Compare first, prune after: retained batches age while Redis is down too, and a
+        Redis that returns after a long outage may be exactly the one that lost them.
+        """
         if not self._retained:
             return
         assert self._script is not None
         producers = sorted({b.producer for _, b in self._retained})
         last = await self._script.last_seqs(producers)
         await self._resend(last)
+        self._prune_retained()
 
     async def _resend(self, last: Mapping[str, int]) -> None:
         assert self._script is not None
@@ -392,3 +396,10 @@ class EventLog:
             self._dropped += lost
             log.error("event log: Redis is down and the spill file %s failed (%s): %d events lost",
                       self._spill.path, exc, lost)
+
+
+def _later(mine: tuple[int, str] | None, stored: tuple[int, str] | None) -> tuple[int, str] | None:
+    """Of two (epoch, variant) exposures of a unit, the later epoch; ours on a tie (newer)."""
+    if mine is None or (stored is not None and stored[0] > mine[0]):
+        return stored
+    return mine

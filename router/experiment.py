@@ -28,6 +28,8 @@ UnitSourceKind = Literal["header", "cookie", "query"]
 #: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
 BUILTIN_METRICS = ("errors", "latency_ms")
 WEIGHT_RESOLUTION = 10_000
+#: Request ids carry the epoch in 32 bits.
+MAX_EPOCH = 2**32 - 1
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -141,12 +143,6 @@ class Experiment:
         """Normalised weights, summing to 1, rounded to 1/WEIGHT_RESOLUTION steps."""
         return normalise([v.weight for v in self.variants])
 
-    def variant(self, name: str) -> Variant:
-        for v in self.variants:
-            if v.name == name:
-                return v
-        raise KeyError(name)
-
     def metric(self, name: str) -> Metric:
         for m in self.metrics:
             if m.name == name:
@@ -221,7 +217,10 @@ def _number(value: Any, path: str, *, low: float | None = None, high: float | No
             low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(path, f"must be a number, got {_type(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        raise ConfigError(path, "must be finite, got a number too large for a float") from None
     if not math.isfinite(value):
         raise ConfigError(path, f"must be finite, got {value}")
     if low is not None and (value <= low if low_open else value < low):
@@ -231,8 +230,8 @@ def _number(value: Any, path: str, *, low: float | None = None, high: float | No
     return value
 
 
-def _int(value: Any, path: str, *, low: int = 0) -> int:
-    number = _number(value, path, low=low)
+def _int(value: Any, path: str, *, low: int = 0, high: int | None = None) -> int:
+    number = _number(value, path, low=low, high=high)
     if number != int(number):
         raise ConfigError(path, f"must be an integer, got {value}")
     return int(number)
@@ -401,7 +400,7 @@ def parse(data: Any) -> Experiment:
         unit=_unit(r.get("unit", required=True), "unit"),
         variants=variants,
         metrics=metrics,
-        epoch=_int(r.get("epoch", 1), "epoch", low=1),
+        epoch=_int(r.get("epoch", 1), "epoch", low=1, high=MAX_EPOCH),
         allow_force_variant=_bool(r.get("allow_force_variant", False), "allow_force_variant"),
         outcome_ttl_s=parse_duration(r.get("outcome_ttl", Experiment.outcome_ttl_s), "outcome_ttl"),
         timeouts=timeouts,

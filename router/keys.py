@@ -132,11 +132,6 @@ def metric_order(experiment: Experiment) -> tuple[str, ...]:
     return BUILTIN_METRICS + tuple(m.name for m in experiment.metrics)
 
 
-def stratum(epoch: int, variant: str) -> str:
-    """The ``e|v`` prefix of a stratum, as stored in ``agg`` fields and ``units[h]``."""
-    return f"{epoch}{FIELD_SEP}{variant}"
-
-
 def parse_stratum(value: bytes | str) -> tuple[int, str]:
     """The (epoch, variant) of a ``units[h]`` value."""
     epoch, variant = _text(value).split(FIELD_SEP, 1)

@@ -41,6 +41,11 @@ class ProxyMetrics:
             self.errors[(variant, error or "upstream_5xx")] += 1
 
 
+def _sample(value: float) -> str:
+    """Every digit: `:g` would print epoch 20250101 as 2.02501e+07."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _labels(**labels: str) -> str:
     inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
     return "{" + inner + "}" if inner else ""
@@ -81,5 +86,5 @@ def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str,
               f"abrouter_outcomes_rejected_total{_labels(experiment=experiment)} {m.outcomes_rejected}"]
     for name, (kind, help_text, value) in extra.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}",
-                  f"{name}{_labels(experiment=experiment)} {value:g}"]
+                  f"{name}{_labels(experiment=experiment)} {_sample(value)}"]
     return "\n".join(lines) + "\n"

@@ -93,8 +93,12 @@ def _value(index: int, value: Any, kind: str) -> float | ItemError:
         value = int(value)
     if not isinstance(value, (int, float)):
         return ItemError(index, "value", f"must be a number, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer literal with hundreds of digits
+        return ItemError(index, "value", "must be finite, got a number too large for a float")
     if not math.isfinite(value):
         return ItemError(index, "value", f"must be finite, got {value}")
     if kind == "binary" and value not in (0, 1):
         return ItemError(index, "value", f"binary metric: must be 0 or 1 (or true/false), got {value}")
-    return float(value)
+    return value

@@ -169,7 +169,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         error = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
         status = 504 if error == "timeout" else 502
         log.warning("variant %s: upstream %s: %s", variant.name, error, exc)
-        return _error_response(status, error, str(exc), tags)
+        return _error_response(status, error, str(exc), tags, cookie=_new_cookie(request, choice))
     except (ConnectionError, asyncio.CancelledError):
         raise  # the client went away: logged with the status it got, or 499
     except Exception:
@@ -191,14 +191,18 @@ def _record(router: Router, table: RoutingTable, choice: Assignment, *, request_
     ))
 
 
+def _new_cookie(request: web.Request, choice: Assignment) -> list[tuple[str, str]]:
+    """Set-Cookie for a unit id the router just made up, so the client's next request sticks."""
+    if choice.new_cookie is None:
+        return []
+    name = request.app[ROUTER].table.experiment.unit.name
+    return [("Set-Cookie", f"{name}={choice.new_cookie}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax")]
+
+
 async def _relay(request: web.Request, upstream: UpstreamResponse, tags: dict[str, str],
                  choice: Assignment) -> web.StreamResponse:
-    headers = hdr.tag_response(upstream.headers, **tags)
+    headers = hdr.tag_response(upstream.headers, **tags) + _new_cookie(request, choice)
     keep_ct = any(name.lower() == "content-type" for name, _ in headers)
-    if choice.new_cookie is not None:
-        name = request.app[ROUTER].table.experiment.unit.name
-        headers.append(("Set-Cookie", f"{name}={choice.new_cookie}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; "
-                                      "HttpOnly; SameSite=Lax"))
     try:
         if request.method == "HEAD" or upstream.status in (204, 304):
             return _ExactResponse(status=upstream.status, reason=upstream.reason, headers=headers,
@@ -226,8 +230,9 @@ async def _stream(request: web.Request, upstream: UpstreamResponse, headers: lis
     return response
 
 
-def _error_response(status: int, error: str, detail: str, tags: dict[str, str]) -> web.Response:
+def _error_response(status: int, error: str, detail: str, tags: dict[str, str], *,
+                    cookie: list[tuple[str, str]]) -> web.Response:
     body = _json_error(f"upstream_{error}", f"variant {tags['variant']!r}: upstream {error}: {detail}",
                        variant=tags["variant"])
-    headers = hdr.tag_response([], **tags)
+    headers = hdr.tag_response([], **tags) + cookie
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)

@@ -52,9 +52,10 @@ def next_table(current: RoutingTable, new: Experiment, *, now: float) -> Routing
                              "(that would be a different experiment); restart it")
     if [v.name for v in new.variants] != [v.name for v in old.variants]:
         raise ReloadRejected("variants cannot be added, removed or reordered while the router runs; restart it")
-    dropped = {m.name for m in old.metrics} - {m.name for m in new.metrics}
-    if dropped:
-        raise ReloadRejected(f"metrics cannot be removed while the router runs: {sorted(dropped)}")
+    if new.metrics[:len(old.metrics)] != old.metrics:
+        # The event log stores per-unit sums in metric order; only appending keeps them valid.
+        raise ReloadRejected("metrics can only be appended while the router runs; removing, reordering "
+                             "or changing the kind or direction of one needs a restart (and a new experiment)")
     if new.weights != old.weights and new.epoch <= old.epoch:
         raise ReloadRejected(f"weights changed but epoch did not increase (still {new.epoch}); "
                              f"raise `epoch` to {old.epoch + 1} together with the weights")

@@ -114,7 +114,7 @@ class AiohttpTransport:
             )
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(f"no response within the timeout from {base_url}") from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:  # refused, reset, or a malformed response
             raise UpstreamUnavailable(f"{base_url}: {exc or type(exc).__name__}") from exc
         return _AiohttpResponse(response)
 

@@ -24,9 +24,7 @@ OnChange = Callable[[model.Experiment], None]
 
 class WeightsSource(Protocol):
     async def run(self, on_change: OnChange) -> None:
-        """Call `on_change` with each new valid spec until cancelled."""
-
-    def describe(self) -> str: ...
+        """Call `on_change` with each new valid spec until cancelled; never raises otherwise."""
 
 
 @dataclass
@@ -43,9 +41,6 @@ class FileWeightsSource:
         self.interval_s = interval_s
         self.status = status or SourceStatus()
         self._digest = self._read_digest()
-
-    def describe(self) -> str:
-        return f"file:{self.path}"
 
     def _read_digest(self) -> str | None:
         try:
@@ -65,9 +60,10 @@ class FileWeightsSource:
     def _reload(self, on_change: OnChange) -> None:
         try:
             on_change(model.load(self.path))
-        except ValueError as exc:  # ConfigError, ReloadRejected: keep serving the old spec
+        except Exception as exc:  # ConfigError, ReloadRejected, or a bug: keep serving the old spec
             self.status.last_error = f"{self.path}: {exc}"
-            log.error("reload rejected, keeping the current spec: %s", self.status.last_error)
+            log.error("reload rejected, keeping the current spec: %s", self.status.last_error,
+                      exc_info=not isinstance(exc, ValueError))
             return
         self.status.last_error = None
         self.status.reloads += 1

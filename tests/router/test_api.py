@@ -88,6 +88,15 @@ async def test_non_finite_values_are_rejected(make_router: MakeRouter):
     assert math.isinf(float("1e999"))
 
 
+async def test_absurd_numbers_and_nesting_are_client_errors(make_router: MakeRouter):
+    r = await make_router()
+    rid, _ = await expose(r, "u1")
+    status, body = await outcomes(r, f'{{"request_id": "{rid}", "metric": "revenue", "value": {"1" * 400}}}')
+    assert status == 422 and "too large" in body["items"][0]["error"]
+    status, body = await outcomes(r, "[" * 100_000)
+    assert status == 400 and body["error"] == "invalid_body"
+
+
 async def test_expired_request_id(make_router: MakeRouter):
     r = await make_router(outcome_ttl="1s")
     rid, _ = await expose(r, "u1")
@@ -116,13 +125,13 @@ async def test_a_full_batch_of_1000_is_accepted(make_router: MakeRouter):
 
 
 async def test_reserved_endpoints(make_router: MakeRouter):
-    r = await make_router()
+    r = await make_router(epoch=20250101)  # a date-like epoch must print with every digit
     await expose(r, "u1")
     assert (await (await r.client.get("/abrouter/healthz")).json()) == {"status": "ok"}
     ready = await (await r.client.get("/abrouter/readyz")).json()
     assert ready["status"] == "ready" and ready["redis"] == "up"
     exp = await (await r.client.get("/abrouter/experiment")).json()
-    assert exp["epoch"] == 1 and exp["weights"] == {"control": 0.5, "candidate": 0.5}
+    assert exp["epoch"] == 20250101 and exp["weights"] == {"control": 0.5, "candidate": 0.5}
     assert exp["spec"]["name"] == r.spec["name"]
     text = await (await r.client.get("/abrouter/metrics")).text()
     name = r.spec["name"]
@@ -130,7 +139,7 @@ async def test_reserved_endpoints(make_router: MakeRouter):
                  "# TYPE abrouter_eventlog_buffered_events gauge", "# TYPE abrouter_eventlog_spilled_events gauge",
                  "# TYPE abrouter_eventlog_flush_failures_total counter",
                  f'abrouter_eventlog_flush_failures_total{{experiment="{name}"}} 0',
-                 f'abrouter_redis_up{{experiment="{name}"}} 1', f'abrouter_weights_epoch{{experiment="{name}"}} 1'):
+                 f'abrouter_redis_up{{experiment="{name}"}} 1', f'abrouter_weights_epoch{{experiment="{name}"}} 20250101'):
         assert line in text.splitlines(), line
     assert any(l.startswith("abrouter_requests_total{") and l.endswith(" 1") for l in text.splitlines())
     assert any(l.startswith("abrouter_request_duration_seconds_bucket{") and 'le="+Inf"' in l and l.endswith(" 1")

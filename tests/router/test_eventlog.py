@@ -332,7 +332,7 @@ async def test_batches_lost_by_a_redis_restart_are_resent(
     redis_server.restart()
     if noticed_by == "lookup":
         with pytest.raises(EventLogUnavailable):
-            await log.lookup_unit("nobody")  # takes the pool's dead connection out of play
+            await log.lookup_units(["nobody"])  # takes the pool's dead connection out of play
     later = random_events(rng, 200)
     record(log, later)
     await eventually(lambda: _flushed_all(log))
@@ -341,6 +341,31 @@ async def test_batches_lost_by_a_redis_restart_are_resent(
     async with redis.asyncio.Redis.from_url(redis_server.url) as client:
         assert_strata_equal(await read_strata(client, "lost-window"),
                             expected_strata(recorded + later, binary_metrics(exp)))
+
+
+async def test_batches_lost_by_redis_are_resent_even_after_an_outage_longer_than_retention(
+        make_log: MakeLog, redis_server: RedisServer) -> None:
+    """Retained batches age while Redis is down; they must be compared before pruned."""
+    exp = make_experiment("long-outage")
+    log = await make_log(redis_server.url, exp, retain_s=0.3)
+    rng = random.Random(11)
+    first, lost = random_events(rng, 100), random_events(rng, 100)
+    record(log, first)
+    await log.flush()
+    size_after_first = (redis_server.data_dir / "appendonly.aof").stat().st_size
+    record(log, lost)
+    await log.flush()
+    redis_server.kill()
+    with open(redis_server.data_dir / "appendonly.aof", "r+b") as f:
+        f.truncate(size_after_first)  # Redis comes back without the second batch
+    await asyncio.sleep(0.6)  # down for twice the retention
+    redis_server.restart()
+    later = random_events(rng, 100)
+    record(log, later)
+    await eventually(lambda: _flushed_all(log))
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+        assert_strata_equal(await read_strata(client, "long-outage"),
+                            expected_strata(first + lost + later, binary_metrics(exp)))
 
 
 async def test_a_timed_out_flush_that_redis_applied_later_counts_once(
@@ -436,21 +461,37 @@ async def test_a_full_buffer_flushes_before_the_interval(make_log: MakeLog, expe
     assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
 
 
-async def test_lookup_unit_local_then_redis_then_unavailable(
+async def lookup(log: EventLog, unit_hash: str) -> tuple[int, str] | None:
+    return (await log.lookup_units([unit_hash]))[unit_hash]
+
+
+async def test_lookup_units_local_then_redis_then_unavailable(
         make_log: MakeLog, redis_server: RedisServer) -> None:
     exp = make_experiment("lookup")
     writer = await make_log(redis_server.url, exp)
     writer.record_exposure(Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False))
     writer.record_exposure(Exposure("r2", "u1", "candidate", 2, 0.0, 200, 1.0, False))  # the latest counts
-    assert await writer.lookup_unit("u1") == (2, "candidate")  # local, nothing flushed yet
+    assert await lookup(writer, "u1") == (2, "candidate")  # local, nothing flushed yet
     await writer.flush()
     reader = await make_log(redis_server.url, exp)  # another replica: an empty local memory
-    assert await reader.lookup_unit("u1") == (2, "candidate")
-    assert await reader.lookup_unit("nobody") is None
+    assert await reader.lookup_units(["u1", "nobody"]) == {"u1": (2, "candidate"), "nobody": None}
     redis_server.kill()
-    assert await writer.lookup_unit("u1") == (2, "candidate")  # still answered locally
+    assert await lookup(writer, "u1") == (2, "candidate")  # still answered locally
     with pytest.raises(EventLogUnavailable):
-        await reader.lookup_unit("u1")
+        await lookup(reader, "u1")
+
+
+async def test_lookup_prefers_a_later_epoch_seen_by_another_replica(
+        make_log: MakeLog, redis_server: RedisServer) -> None:
+    exp = make_experiment("ramped")
+    a = await make_log(redis_server.url, exp)
+    b = await make_log(redis_server.url, exp)
+    a.record_exposure(Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False))
+    await a.flush()
+    b.record_exposure(Exposure("r2", "u1", "candidate", 2, 0.0, 200, 1.0, False))  # after a ramp, via b
+    await b.flush()
+    assert await lookup(a, "u1") == (2, "candidate")  # a's own memory is older
+    assert await lookup(b, "u1") == (2, "candidate")
 
 
 def test_a_torn_last_spill_line_is_skipped(tmp_path: Path) -> None:

@@ -86,6 +86,9 @@ def test_negative_weight_message_is_exact():
     ({"name": "Not_A_Label"}, "name"),
     ({"surprise": 1}, "surprise"),
     ({"epoch": 0}, "epoch"),
+    ({"epoch": 2**32}, "epoch"),  # request ids carry it in 32 bits
+    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 10**400},
+                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].weight"),
     ({"analysis": {"alpha": 0.7}}, "analysis.alpha"),
     ({"analysis": {"ramp": [50, 25]}}, "analysis.ramp"),
     ({"analysis": {"guardrails": [{"metric": "nope", "direction": "decrease", "margin": 1}]}},

@@ -70,8 +70,13 @@ def test_reload_requires_a_higher_epoch_for_new_weights():
     with pytest.raises(ReloadRejected, match="name and salt"):
         next_table(old, model.parse(renamed), now=2.0)
     fewer = spec(metrics=[])
-    with pytest.raises(ReloadRejected, match="metrics cannot be removed"):
+    with pytest.raises(ReloadRejected, match="metrics can only be appended"):
         next_table(old, model.parse(fewer), now=2.0)
+    retyped = spec(metrics=[{"name": "conversion", "kind": "continuous"}, {"name": "revenue", "kind": "continuous"}])
+    with pytest.raises(ReloadRejected, match="metrics can only be appended"):
+        next_table(old, model.parse(retyped), now=2.0)
+    grown = spec(metrics=[*BASE["metrics"], {"name": "clicks", "kind": "binary"}])
+    assert next_table(old, model.parse(grown), now=2.0).experiment.metrics[-1].name == "clicks"
     upstream_only = spec()
     upstream_only["variants"][0]["upstream"] = "http://model-a2:8080"
     kept = next_table(old, model.parse(upstream_only), now=3.0)

@@ -190,6 +190,21 @@ async def test_three_variant_ramp_over_http(make_router: MakeRouter):
     assert moved and moved <= {("control", "third"), ("candidate", "third")}
 
 
+async def test_a_rejected_reload_leaves_the_watcher_alive(make_router: MakeRouter):
+    r = await make_router()
+    r.write_spec(metrics=[{"name": "conversion", "kind": "continuous"}, {"name": "revenue", "kind": "continuous"}])
+    for _ in range(200):
+        if r.router.source.last_error:
+            break
+        await asyncio.sleep(0.02)
+    assert "metrics can only be appended" in r.router.source.last_error
+    r.spec["metrics"][0]["kind"] = "binary"
+    r.spec["variants"][1]["weight"] = 90
+    r.write_spec(epoch=2)
+    await r.wait_for_epoch(2)  # a later valid reload still applies
+    assert r.router.source.last_error is None
+
+
 async def test_reload_without_epoch_bump_is_rejected_and_reported(make_router: MakeRouter):
     r = await make_router()
     r.spec["variants"][1]["weight"] = 90
@@ -223,6 +238,13 @@ async def test_cookie_unit_is_set_and_then_sticks(make_router: MakeRouter):
         again = await r.client.post("/predict", headers={"Cookie": f"ab_uid={cookie}"})
         assert again.headers["X-AB-Variant"] == variant and "ab_uid" not in again.cookies
         again.release()
+
+
+async def test_a_new_cookie_is_set_on_error_responses_too(make_router: MakeRouter, unused_tcp_port_factory):
+    dead = f"http://127.0.0.1:{unused_tcp_port_factory()}"
+    r = await make_router(urls={"control": dead, "candidate": dead}, unit={"cookie": "ab_uid"})
+    resp = await post(r)
+    assert resp.status == 502 and len(resp.cookies["ab_uid"].value) == 32  # the retry is the same unit
 
 
 async def test_query_unit(make_router: MakeRouter):
