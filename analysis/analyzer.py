@@ -1,8 +1,9 @@
 """One look at an experiment: data -> statistics -> decision, as an `AnalysisResult`.
 
 Pure, like the statistics and the policy it composes: the data arrives already read
-(`reader.py`, `summary.py`), the previous look's sequential p-values arrive from the
-history (`history.py`), and the clock and random generator are arguments.
+(`reader.py`, `summary.py`), the previous look's running minima of the sequential p
+(better, worse) arrive from the history (`history.py`), and the clock and random generator
+are arguments.
 
 - comparisons: every candidate (including rolled-back ones, for the record) x every
   metric, stratified by weight epoch; the primary metric is the first user metric;
@@ -28,8 +29,10 @@ from analysis.stats.noninferiority import NonInferiority, non_inferiority
 from analysis.stats.srm import SrmResult, srm_check
 from router.experiment import Guardrail, Metric
 
-#: (variant, metric) -> the sequential p of the previous look.
-PreviousP = Mapping[tuple[str, str], float]
+#: (variant, metric) -> the previous look's running minima of the sequential p, as
+#: (better, worse): over the looks where the candidate was better / worse than the control.
+PreviousP = Mapping[tuple[str, str], tuple[float, float]]
+_FRESH = (1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -43,23 +46,30 @@ class AnalysisResult:
     srm: SrmResult
     comparisons: tuple[Comparison, ...]
     guardrails: tuple[NonInferiority, ...]
-    #: Holm-adjusted sequential p of the primary metric, per active candidate.
+    #: Holm-adjusted `sequential_p_better` of the primary metric per active candidate (the
+    #: family: every candidate, rolled-back ones included).
     holm: dict[str, float]
     #: Guardrails configured on metrics the data does not carry.
     skipped_guardrails: tuple[str, ...]
     decision: policy.Decision
     #: A/B/n only: Pearson chi-square p of "all arms convert alike", per binary metric.
     omnibus: dict[str, float] = field(default_factory=dict)
+    #: The running minima the next look starts from (see `sequential_p`).
+    next_sequential_p: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, repr=False)
 
     @property
     def primary(self) -> str | None:
         metric = self.data.primary
         return metric.name if metric is not None else None
 
-    def sequential_p(self) -> dict[tuple[str, str], float]:
-        """This look's sequential p per (variant, metric): the next look's running minimum."""
-        return {(c.variant, c.metric): c.sequential_p_value for c in self.comparisons
-                if math.isfinite(c.sequential_p_value)}
+    def sequential_p(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """The (better, worse) running minima per (variant, metric) that seed the next look.
+
+        A comparison whose control or candidate arm is below `min_units_per_arm` does not
+        seed them: its p is not yet evidence (e.g. 0 conversions in 50 units), so the
+        previous minima carry over unchanged (1.0 on a first look).
+        """
+        return dict(self.next_sequential_p)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON result (docs/analyzer.md documents every field)."""
@@ -89,7 +99,7 @@ def analyze(data: ExperimentData, *, now: float, previous: PreviousP | None = No
             rng: np.random.Generator | None = None) -> AnalysisResult:
     """Compare, check guardrails and SRM, and decide, for one look at `data`."""
     previous = previous or {}
-    comparisons = tuple(_compare(data, arm, metric, previous.get((arm.name, metric.name), 1.0))
+    comparisons = tuple(_compare(data, arm, metric, previous.get((arm.name, metric.name), _FRESH))
                         for arm in data.candidates for metric in data.metrics)
     present = {m.name for m in data.metrics}
     rails = data.settings.guardrails
@@ -100,7 +110,24 @@ def analyze(data: ExperimentData, *, now: float, previous: PreviousP | None = No
         comparisons=comparisons, guardrails=guardrails, holm=policy.holm_primary(data, evidence),
         skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
         decision=policy.decide(data, evidence, now=now, rng=rng), omnibus=omnibus(data),
+        next_sequential_p=_next_sequential_p(data, comparisons, previous),
     )
+
+
+def _next_sequential_p(data: ExperimentData, comparisons: tuple[Comparison, ...],
+                       previous: PreviousP) -> dict[tuple[str, str], tuple[float, float]]:
+    """The running minima to record; a look with too few units carries the previous ones."""
+    need = data.settings.min_units_per_arm
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for c in comparisons:
+        key = (c.variant, c.metric)
+        if data.control.units < need or data.arm(c.variant).units < need:
+            pair = tuple(previous.get(key, _FRESH))
+        else:
+            pair = (c.sequential_p_better, c.sequential_p_worse)
+        if all(math.isfinite(p) for p in pair):
+            out[key] = (float(pair[0]), float(pair[1]))
+    return out
 
 
 def omnibus(data: ExperimentData) -> dict[str, float]:
@@ -125,7 +152,7 @@ def srm(data: ExperimentData) -> SrmResult:
     return srm_check(units, weights, alpha=data.settings.srm_alpha)
 
 
-def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous_p: float) -> Comparison:
+def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous_p: tuple[float, float]) -> Comparison:
     return compare(
         data.samples(data.control.name, metric.name), data.samples(arm.name, metric.name),
         kind=metric.kind, direction=metric.direction, alpha=data.settings.alpha,

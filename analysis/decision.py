@@ -8,19 +8,26 @@ order they are tried:
 1. finished: no candidate has traffic, or one variant has all of it -> repeat the end
    state (stop / promote) with the weights unchanged, so re-running is idempotent;
 2. rollback: a guardrail breach, or significant harm on the primary metric by the
-   sequential test (unadjusted: protecting users needs no multiplicity correction) ->
-   that candidate to 0, its share to the control; SRM does not block a rollback, which
-   only makes things safer;
-3. promote (not while SRM is flagged): the primary metric wins by the sequential test,
-   Holm-adjusted across the active candidates; the candidate's guardrails pass; every
-   active arm has `min_units_per_arm`; the ramp is complete -> the best winner to 100;
+   sequential test in the harmful direction (`sequential_p_worse`, unadjusted: protecting
+   users needs no multiplicity correction) once every active arm has
+   `min_units_per_arm` -> that candidate to 0, its share to the control; SRM does not
+   block a rollback, which only makes things safer;
+3. promote (not while SRM is flagged): the primary metric wins by the sequential test in
+   the good direction (`sequential_p_better`), Holm-adjusted across every candidate of
+   the experiment (rolled-back ones included, so a rollback does not loosen the others'
+   threshold); the candidate's guardrails pass (canary mode: at least one guardrail was
+   evaluated and all pass); every active arm has `min_units_per_arm`; the ramp is
+   complete -> the best winner to 100;
 4. stop: `max_duration` has passed without a winner -> control 100;
 5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
    weight change still propagating; the reason line alerts the operator);
-6. bandit mode: Thompson weights once every active arm has `bandit.min_units`;
+6. bandit mode: Thompson weights once every active arm has `bandit.min_units`; a
+   candidate whose guardrails do not pass gains no weight (it keeps its current weight,
+   or the floor if lower);
 7. ramp: guardrails pass and every active arm has `min_units_per_arm` units in the
    current epoch -> the candidates' total share goes to the next step of `ramp`, split
-   evenly between the active candidates;
+   evenly between the active candidates (largest-remainder rounding, so the weights sum
+   to exactly 100);
 8. otherwise continue.
 """
 
@@ -98,10 +105,18 @@ def decide(data: ExperimentData, evidence: Evidence, *, now: float,
 
 
 def holm_primary(data: ExperimentData, evidence: Evidence) -> dict[str, float]:
-    """Holm-adjusted sequential p of the primary metric per active candidate."""
-    names = [a.name for a in active_candidates(data)]
-    raw = [_seq_p(evidence.primary(data, name)) for name in names]
-    return dict(zip(names, holm(raw))) if names else {}
+    """Holm-adjusted sequential p (good direction) of the primary metric per active candidate.
+
+    The family is every candidate of the experiment, rolled-back ones included: rolling
+    one back must not loosen the others' threshold. A candidate without a usable p counts
+    in the family with p = 1.
+    """
+    family = [a.name for a in data.candidates]
+    active = {a.name for a in active_candidates(data)}
+    raw = [_p_better(evidence.primary(data, name)) for name in family]
+    adjusted = holm([p if math.isfinite(p) else 1.0 for p in raw])
+    return {name: (a if math.isfinite(p) else math.nan)
+            for name, p, a in zip(family, raw, adjusted) if name in active}
 
 
 def active_candidates(data: ExperimentData) -> tuple[Arm, ...]:
@@ -164,14 +179,18 @@ def _harm(look: _Look, name: str) -> str | None:
         if g.status == "breach":
             return f"guardrail {explain.breach(g)}"
     c = look.evidence.primary(look.data, name)
-    if c is not None and c.status == reasons.OK and _seq_p(c) < look.alpha and not _good(c, look):
-        return f"significant harm on {c.metric} (sequential p={explain.p(_seq_p(c))})"
-    return None
+    if c is None or c.status != reasons.OK or not _p_worse(c) < look.alpha or _good(c, look):
+        return None
+    if not _enough_units(look):  # a tiny arm (e.g. 0 of 50 converting) is no evidence of harm
+        return None
+    return f"significant harm on {c.metric} ({explain.harm_p(_p_worse(c))})"
 
 
 def _promote(look: _Look) -> Decision | None:
     if look.evidence.srm.flagged:
         return None
+    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
+        return None  # canary mode: every candidate needs guardrail evidence first
     winners = [name for name in look.candidates if _wins(look, name)]
     if not winners or not _enough_units(look) or not _ramp_done(look):
         return None
@@ -185,7 +204,9 @@ def _wins(look: _Look, name: str) -> bool:
         return False
     c = look.evidence.primary(look.data, name)
     if look.data.primary is None:
-        return True  # canary mode: no outcome metric, the guardrails alone decide
+        # canary mode: no outcome metric, the guardrails alone decide; they must have been
+        # evaluated (no guardrail data at all is no evidence).
+        return bool(look.evidence.guardrails_of(name))
     adjusted = holm_primary(look.data, look.evidence).get(name, math.nan)
     return c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look)
 
@@ -226,15 +247,38 @@ def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
     drawn = thompson_weights(samples, kind=metric.kind, direction=metric.direction,
                              floor=bandit.floor, rng=rng)
     weights = {a.name: 0.0 for a in data.arms} | {n: _FULL * w for n, w in drawn.items()}
+    weights = _hold_unproven(look, weights)
+    held = [n for n in look.candidates if not _guardrails_pass(look, n)]
+    note = f" ({', '.join(held)} held: guardrails not yet shown to pass)" if held else ""
     if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE:
-        return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones")
+        return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones{note}")
     return look.say("ramp", "bandit: weights = P(best) with floor "
-                    f"{_FULL * bandit.floor:g}%", weights)
+                    f"{_FULL * bandit.floor:g}%{note}", weights)
+
+
+def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
+    """A candidate whose guardrails do not pass gains no bandit weight.
+
+    It keeps its current weight, or the floor if lower; the difference goes to the other
+    arms in proportion to their drawn weights.
+    """
+    floor = _FULL * look.data.settings.bandit.floor
+    capped = {n: min(weights[n], max(look.data.arm(n).weight, floor)) for n in look.candidates
+              if not _guardrails_pass(look, n)}
+    freed = sum(weights[n] - w for n, w in capped.items())
+    if freed <= _EPS:
+        return weights
+    others = [n for n in look.active if n not in capped]
+    total = sum(weights[n] for n in others)
+    out = dict(weights) | capped
+    for n in others:
+        out[n] += freed * (weights[n] / total if total > _EPS else 1.0 / len(others))
+    return out
 
 
 def _ramp(look: _Look) -> Decision | None:
     share = sum(look.data.arm(n).weight for n in look.candidates)
-    step = next((s for s in look.data.settings.ramp if s > share + _EPS), None)
+    step = next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
     if step is None or not _enough_units(look, epoch=look.data.current_epoch):
         return None
     if not all(_guardrails_pass(look, n) for n in look.candidates):
@@ -259,6 +303,8 @@ def _waiting_for(look: _Look) -> str:
     if failing:
         states = ", ".join(f"{g.variant} {g.metric} {g.reason or g.status}" for g in failing)
         return f"guardrails not yet shown to pass ({states})"
+    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
+        return "no guardrail data yet"
     if not _ramp_done(look):
         return (f"waiting for {settings.min_units_per_arm} units per arm in epoch "
                 f"{look.data.current_epoch} before the next ramp step")
@@ -287,7 +333,16 @@ def _ramp_done(look: _Look) -> bool:
     if look.data.settings.bandit.enabled or not ramp:
         return True
     share = sum(look.data.arm(n).weight for n in look.candidates)
-    return share >= ramp[-1] - _EPS
+    return share >= ramp[-1] - _tolerance(look)
+
+
+def _tolerance(look: _Look) -> float:
+    """How far the candidates' share may sit below a ramp step and still count as on it.
+
+    Each weight is rounded to 10^-WEIGHT_DECIMALS, so k candidates' share can be off by up
+    to k of those units (plus float noise).
+    """
+    return (len(look.candidates) + 1) * 10 ** -WEIGHT_DECIMALS
 
 
 def _primary_note(look: _Look) -> str:
@@ -302,10 +357,18 @@ def _good(c: Comparison, look: _Look) -> bool:
     return c.absolute_lift > 0 if _direction(look) == "increase" else c.absolute_lift < 0
 
 
-def _seq_p(c: Comparison | None) -> float:
+def _p_better(c: Comparison | None) -> float:
+    """Running-minimum sequential p over the looks where the candidate was better."""
     if c is None or c.status != reasons.OK:
         return math.nan
-    return c.sequential_p_value
+    return c.sequential_p_better
+
+
+def _p_worse(c: Comparison | None) -> float:
+    """Running-minimum sequential p over the looks where the candidate was worse."""
+    if c is None or c.status != reasons.OK:
+        return math.nan
+    return c.sequential_p_worse
 
 
 def _max_change(new: Mapping[str, float], old: Mapping[str, float]) -> float:
@@ -313,7 +376,20 @@ def _max_change(new: Mapping[str, float], old: Mapping[str, float]) -> float:
 
 
 def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
-    return {k: round(float(w), WEIGHT_DECIMALS) for k, w in weights.items()}
+    """Round to WEIGHT_DECIMALS by the largest-remainder method, preserving the total.
+
+    Weights summing to 100 stay summing to exactly 100 (in units of 10^-WEIGHT_DECIMALS):
+    each is floored, and the units left over go to the largest remainders.
+    """
+    scale = 10 ** WEIGHT_DECIMALS
+    keys = list(weights)
+    scaled = [float(weights[k]) * scale for k in keys]
+    floors = [math.floor(x + 1e-9) for x in scaled]
+    left = round(sum(scaled)) - sum(floors)
+    by_remainder = sorted(range(len(keys)), key=lambda i: (-(scaled[i] - floors[i]), i))
+    for i in by_remainder[:max(0, left)]:
+        floors[i] += 1
+    return {k: units / scale for k, units in zip(keys, floors)}
 
 
 def same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:

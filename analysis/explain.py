@@ -54,6 +54,11 @@ def breach(g: NonInferiority) -> str:
             f"> margin {fmt(g.margin).lstrip('+')}")
 
 
+def harm_p(value: float) -> str:
+    """``sequential p of harm=0.0012``: the running minimum over looks where the candidate was worse."""
+    return f"sequential p of harm={p(value)}"
+
+
 def p(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"

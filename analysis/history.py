@@ -1,14 +1,22 @@
 """The decision history in Redis: one JSON entry per look in the ``decisions`` stream.
 
-Each entry explains its decision in one line and carries the sequential p-values of the
-look, because the next look reports a running minimum: an always-valid p stays valid
-when minimised over looks, and the minimum only needs the previous one.
+Each entry explains its decision in one line and carries the running minima of the
+sequential p-values, because the next look reports a running minimum: an always-valid p
+stays valid when minimised over looks, and the minimum only needs the previous one. Two
+minima are kept per (variant, metric): over the looks where the candidate was better
+(`p_better`, for wins) and worse (`p_worse`, for harm) than the control; `p` is the
+smaller of the two, for reading. A look with an arm below `min_units_per_arm` carries the
+previous minima over instead of its own p.
 
 Stream entries have one field, ``decision``, holding JSON::
 
     {"at": 1700000000.0, "epoch": 3, "action": "ramp", "reason": "ramp: ...",
      "weights": {"control": 75.0, "candidate": 25.0}, "applied": true, "units": 20811,
-     "sequential_p": [{"variant": "candidate", "metric": "revenue", "p": 0.031}, ...]}
+     "sequential_p": [{"variant": "candidate", "metric": "revenue", "p": 0.031,
+                       "p_better": 0.031, "p_worse": 0.84}, ...]}
+
+An entry written before the two minima existed (only ``p``) seeds nothing: its ``p`` does
+not say in which direction it was reached.
 
 The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
 """
@@ -34,7 +42,8 @@ class Entry:
     """The part of a past look the next one needs."""
 
     units: int
-    sequential_p: dict[tuple[str, str], float]
+    #: (variant, metric) -> (p_better, p_worse) running minima.
+    sequential_p: dict[tuple[str, str], tuple[float, float]]
 
     def previous_p(self, units_now: int) -> PreviousP:
         """The running-minimum seed, unless the data was reset since (fewer units now)."""
@@ -46,7 +55,8 @@ def encode(result: AnalysisResult, *, applied: bool) -> str:
     doc: dict[str, Any] = {
         "at": result.at, "epoch": result.epoch, "action": d.action, "reason": d.reason,
         "weights": d.weights, "applied": applied, "units": sum(a.units for a in result.data.arms),
-        "sequential_p": [{"variant": v, "metric": m, "p": p} for (v, m), p in result.sequential_p().items()],
+        "sequential_p": [{"variant": v, "metric": m, "p": min(better, worse), "p_better": better, "p_worse": worse}
+                         for (v, m), (better, worse) in result.sequential_p().items()],
     }
     return json.dumps(doc, sort_keys=True)
 
@@ -54,7 +64,8 @@ def encode(result: AnalysisResult, *, applied: bool) -> str:
 def decode(raw: bytes | str) -> Entry:
     doc = json.loads(raw)
     return Entry(units=int(doc.get("units", 0)),
-                 sequential_p={(x["variant"], x["metric"]): float(x["p"]) for x in doc.get("sequential_p", [])})
+                 sequential_p={(x["variant"], x["metric"]): (float(x["p_better"]), float(x["p_worse"]))
+                               for x in doc.get("sequential_p", []) if "p_better" in x and "p_worse" in x})
 
 
 async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:

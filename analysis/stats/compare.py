@@ -44,10 +44,11 @@ class Comparison:
     #: Fixed horizon, two-sided: pooled two-proportion z (binary), Welch t (continuous),
     #: z with the delta-method SE (ratio metrics, and stratified estimates).
     p_value: float
-    #: Always-valid mSPRT p on the absolute difference; running minimum over looks.
+    #: Always-valid mSPRT p on the absolute difference: min(sequential_p_better,
+    #: sequential_p_worse), the running minimum over all looks.
     sequential_p_value: float
     #: Confidence sequence on the relative scale (same multiplier as the absolute one,
-    #: times the delta-method relative SE).
+    #: times the delta-method relative SE, floored binary variances).
     sequential_ci: tuple[float, float]
     #: Confidence sequence on the absolute scale (inverts the mSPRT).
     sequential_ci_absolute: tuple[float, float]
@@ -59,6 +60,12 @@ class Comparison:
     strata: int = 1
     #: "beta_binomial" (exact, binary single stratum) or "gaussian".
     bayes_method: str = "gaussian"
+    #: Running minimum of the mSPRT p over the looks where the candidate's estimate was
+    #: better (respecting `direction`) than the control's. Decisions to promote use this.
+    #: (Defaults only so hand-built Comparisons stay valid; compare() always sets them.)
+    sequential_p_better: float = math.nan
+    #: The same over the looks where it was worse. Decisions about harm use this.
+    sequential_p_worse: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
@@ -75,7 +82,7 @@ def compare(
     expected_units: int,
     variant: str,
     metric: str,
-    previous_sequential_p: float = 1.0,
+    previous_sequential_p: tuple[float, float] = (1.0, 1.0),
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -86,31 +93,43 @@ def compare(
 
     `expected_units` is the number of units *per arm* at which the sequential test should
     be most powerful (the experiment's `expected_units_per_arm`); it tunes the mSPRT mixing
-    variance. `previous_sequential_p` is the sequential p of the previous look, so the
-    reported sequential p is a running minimum (pass 1.0 on the first look).
+    variance. `previous_sequential_p` is the previous look's
+    (`sequential_p_better`, `sequential_p_worse`), so both are running minima, each over the
+    looks where the estimate pointed its way (pass (1.0, 1.0) on the first look).
+
+    A zero control mean leaves the absolute comparison intact: the status stays "ok" with
+    reason `zero_baseline`, and only the relative fields are NaN.
     """
+    better, worse = (float(p) for p in previous_sequential_p)
     controls, candidates = strata(control, candidate, kind=kind)
-    est = estimate.combine(controls, candidates, estimate.arm_variance(kind))
-    reason = est.reason or (reasons.ZERO_BASELINE if est.control_mean == 0 else None)
+    est = estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
     header = dict(variant=variant, metric=metric, n_control=est.n_control, n=est.n,
                   control_mean=est.control_mean, mean=est.mean)
-    if reason:
-        return _insufficient(header, reason, previous_sequential_p)
+    if est.reason:
+        return _insufficient(header, est.reason, better, worse)
     fixed, abs_ci = _fixed_horizon(est, kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
+    signed = est.difference if direction == "increase" else -est.difference
+    if signed > 0:
+        better = min(better, seq_p)
+    elif signed < 0:
+        worse = min(worse, seq_p)
     chance, loss, method = _bayes(est, kind, direction)
-    rel_se, abs_se = math.sqrt(est.relative_variance), math.sqrt(est.variance)
+    rel_se = math.sqrt(est.relative_variance)
+    seq_rel_se, seq_abs_se = math.sqrt(est.sequential_relative_variance), math.sqrt(est.sequential_variance)
     z = float(sps.norm.isf(alpha / 2))
     return Comparison(
-        **header, status=reasons.OK, reason=None,
+        **header, status=reasons.OK,
+        reason=reasons.ZERO_BASELINE if est.control_mean == 0 else None,
         absolute_lift=est.difference, absolute_ci=abs_ci,
         relative_lift=est.relative, relative_ci=_around(est.relative, z * rel_se),
         p_value=fixed.p_value,
-        sequential_p_value=min(previous_sequential_p, seq_p),
-        sequential_ci=_around(est.relative, k * rel_se),
-        sequential_ci_absolute=_around(est.difference, k * abs_se),
+        sequential_p_value=min(better, worse),
+        sequential_ci=_around(est.relative, k * seq_rel_se),
+        sequential_ci_absolute=_around(est.difference, k * seq_abs_se),
         chance_to_beat=chance, expected_loss=loss,
         strata=len(est.pairs), bayes_method=method,
+        sequential_p_better=better, sequential_p_worse=worse,
     )
 
 
@@ -155,7 +174,7 @@ def _fixed_horizon(est: estimate.Estimate, kind: Kind, alpha: float) -> tuple[fi
 def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tuple[float, float]:
     """This look's mSPRT p on the absolute difference and the confidence-sequence multiplier."""
     r = sequential.mixing_ratio(est.units_per_arm, expected_units, alpha)
-    z = est.difference / math.sqrt(est.variance)
+    z = est.difference / math.sqrt(est.sequential_variance)
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
 
 
@@ -170,14 +189,15 @@ def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[fl
             "gaussian")
 
 
-def _insufficient(header: dict[str, Any], reason: str, previous_sequential_p: float) -> Comparison:
-    # Nothing was learned at this look, so the running-minimum sequential p carries over.
+def _insufficient(header: dict[str, Any], reason: str, better: float, worse: float) -> Comparison:
+    # Nothing was learned at this look, so the running-minimum sequential p's carry over.
     return Comparison(
         **header, status=reasons.INSUFFICIENT, reason=reason,
         absolute_lift=math.nan, absolute_ci=NAN_PAIR, relative_lift=math.nan, relative_ci=NAN_PAIR,
-        p_value=math.nan, sequential_p_value=previous_sequential_p,
+        p_value=math.nan, sequential_p_value=min(better, worse),
         sequential_ci=NAN_PAIR, sequential_ci_absolute=NAN_PAIR,
         chance_to_beat=math.nan, expected_loss=math.nan, strata=0,
+        sequential_p_better=better, sequential_p_worse=worse,
     )
 
 

@@ -11,6 +11,18 @@ The arm means are combined with the same weights (so mean − control_mean = Δ�
 variances are Σ w_s² V_s / (Σ w_s)², which the delta method for the relative lift needs.
 Strata where either arm has n <= 1 (or no denominator) or the difference has no variance
 are skipped.
+
+Binary arms also get a *floored* variance, max(p(1 − p)/N, p̃(1 − p̃)/(N + 2)) with the
+Agresti–Caffo plus-one p̃ = (s + 1)/(N + 2) (`floored_variance`). The weights and the point
+estimate use the plain variance (so the fixed-horizon CI matches the Wald interval), but the
+sequential test and its confidence sequences use the floored one, combined with the same
+weights: an arm with 0 (or all) conversions has a zero Wald variance, which would make the
+sequential test fire on a handful of events.
+
+The clock of the sequential test is the *effective* units per arm,
+n_eff = Σ_s 2·n_c,s·n_t,s/(n_c,s + n_t,s). With a common unit variance σ², a stratum has
+V_s = σ²(1/n_c,s + 1/n_t,s) = 2σ²/n_eff,s and the combination 1/V = Σ 1/V_s, so
+V = 2σ²/n_eff and τ² = V·r stays constant across looks with r ∝ n_eff, whatever the split.
 """
 
 from __future__ import annotations
@@ -18,6 +30,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
 
 from analysis.stats import reasons
 from analysis.stats.sample import Sample
@@ -38,11 +53,33 @@ class Estimate:
     #: The (control, candidate) strata that entered the estimate.
     pairs: tuple[tuple[Sample, Sample], ...] = ()
     reason: str | None = None
+    #: The arm variances for the sequential test (binary: floored); None = the plain ones.
+    seq_var_control: float | None = None
+    seq_var_candidate: float | None = None
 
     @property
     def units_per_arm(self) -> float:
-        """The mean units per arm, the clock of the sequential test."""
-        return (self.n_control + self.n) / 2
+        """The effective units per arm, the clock of the sequential test (`effective_units`)."""
+        if not self.pairs:
+            return float(effective_units(self.n_control, self.n))
+        return float(sum(effective_units(c.n, t.n) for c, t in self.pairs))
+
+    @property
+    def sequential_variance(self) -> float:
+        """Var(Δ̂) for the sequential test and confidence sequences (floored for binary)."""
+        vc = self.var_control if self.seq_var_control is None else self.seq_var_control
+        vt = self.var_candidate if self.seq_var_candidate is None else self.seq_var_candidate
+        return vc + vt
+
+    @property
+    def sequential_relative_variance(self) -> float:
+        """The delta-method relative variance with the sequential (floored) arm variances."""
+        c = self.control_mean
+        vc = self.var_control if self.seq_var_control is None else self.seq_var_control
+        vt = self.var_candidate if self.seq_var_candidate is None else self.seq_var_candidate
+        if not c:
+            return math.nan
+        return vt / c**2 + self.mean**2 * vc / c**4
 
     @property
     def difference(self) -> float:
@@ -74,8 +111,42 @@ def arm_variance(kind: str) -> Variance:
     return variance
 
 
-def combine(controls: Sequence[Sample], candidates: Sequence[Sample], variance: Variance) -> Estimate:
-    """Inverse-variance combination of per-stratum differences (see the module docstring)."""
+def floored_variance(kind: str) -> Variance:
+    """`arm_variance`, floored for binary metrics by the plus-one binomial variance.
+
+    max(plain, p̃(1 − p̃)/(N + 2)) with p̃ = (s + 1)/(N + 2) (Agresti–Caffo), N the units or,
+    for ratio metrics, the denominator. Never zero for a binary arm with data.
+    """
+    plain = arm_variance(kind)
+
+    def variance(sample: Sample) -> float:
+        value = plain(sample)
+        if kind != "binary" or not math.isfinite(value):
+            return value
+        trials = sample.den_sum if sample.is_ratio else sample.n
+        p = (sample.sum + 1) / (trials + 2)
+        return max(value, p * (1 - p) / (trials + 2))
+    return variance
+
+
+def effective_units(n_control: ArrayLike, n_candidate: ArrayLike) -> np.ndarray:
+    """2·n_c·n_t/(n_c + n_t): the units per arm of a balanced split with the same 1/n_c + 1/n_t.
+
+    Broadcasts over numpy arrays; 0 when either arm is empty.
+    """
+    n_c, n_t = np.asarray(n_control, dtype=float), np.asarray(n_candidate, dtype=float)
+    total = n_c + n_t
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, 2 * n_c * n_t / np.where(total > 0, total, 1.0), 0.0)
+
+
+def combine(controls: Sequence[Sample], candidates: Sequence[Sample], variance: Variance,
+            sequential_variance: Variance | None = None) -> Estimate:
+    """Inverse-variance combination of per-stratum differences (see the module docstring).
+
+    `variance` sets the weights and the plain variances; `sequential_variance` (optional)
+    gives the arm variances for the sequential test, combined with the same weights.
+    """
     reason = _pooled_reason(sum(controls), sum(candidates))
     sized = [pair for pair in zip(controls, candidates) if _sized(*pair)]
     usable = [(c, t, variance(c), variance(t)) for c, t in sized]
@@ -84,13 +155,17 @@ def combine(controls: Sequence[Sample], candidates: Sequence[Sample], variance: 
     reason = reason or (reasons.ZERO_VARIANCE if not usable else None)
     if reason:
         return _degenerate(controls, candidates, reason)
-    return _weighted(usable)
+    return _weighted(usable, sequential_variance)
 
 
-def _weighted(usable: list[tuple[Sample, Sample, float, float]]) -> Estimate:
+def _weighted(usable: list[tuple[Sample, Sample, float, float]], sequential_variance: Variance | None) -> Estimate:
     weights = [1 / (vc + vt) for _, _, vc, vt in usable]
     total = sum(weights)
     share = [w / total for w in weights]
+    seq: dict[str, float] = {}
+    if sequential_variance is not None:
+        seq = dict(seq_var_control=sum(s**2 * sequential_variance(c) for s, (c, *_) in zip(share, usable)),
+                   seq_var_candidate=sum(s**2 * sequential_variance(t) for s, (_, t, *_) in zip(share, usable)))
     return Estimate(
         n_control=sum(c.n for c, *_ in usable),
         n=sum(t.n for _, t, *_ in usable),
@@ -99,6 +174,7 @@ def _weighted(usable: list[tuple[Sample, Sample, float, float]]) -> Estimate:
         var_control=sum(s**2 * vc for s, (_, _, vc, _) in zip(share, usable)),
         var_candidate=sum(s**2 * vt for s, (*_, vt) in zip(share, usable)),
         pairs=tuple((c, t) for c, t, *_ in usable),
+        **seq,
     )
 
 

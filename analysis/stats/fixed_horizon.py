@@ -72,8 +72,10 @@ def chi_square_abn(samples: Sequence[Sample]) -> float:
     k > 2. NaN when an arm is empty or no arm (or every arm) converted.
     """
     table = np.array([[s.sum, s.n - s.sum] for s in samples], dtype=float)
+    if len(samples) < 2 or not table.sum() > 0:
+        return math.nan
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
-    if len(samples) < 2 or not np.all(expected > 0):
+    if not np.all(expected > 0):
         return math.nan
     statistic = float(((table - expected) ** 2 / expected).sum())
     return float(sps.chi2.sf(statistic, df=len(samples) - 1))

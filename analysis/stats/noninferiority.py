@@ -92,16 +92,7 @@ def guardrail_variance(kind: Kind) -> estimate.Variance:
     (Agresti–Caffo), with N the units or, for ratio metrics, the denominator (requests),
     keeps the bound honest.
     """
-    plain = estimate.arm_variance(kind)
-
-    def variance(sample: Sample) -> float:
-        value = plain(sample)
-        if kind != "binary" or not math.isfinite(value):
-            return value
-        trials = sample.den_sum if sample.is_ratio else sample.n
-        p = (sample.sum + 1) / (trials + 2)
-        return max(value, p * (1 - p) / (trials + 2))
-    return variance
+    return estimate.floored_variance(kind)
 
 
 def _harm(est: estimate.Estimate, direction: Direction, relative: bool) -> tuple[float, float]:

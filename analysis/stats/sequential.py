@@ -12,9 +12,12 @@ valid at any stopping time. Inverting Λ ≥ 1/α gives the confidence sequence
 
 Tuning: τ² is set so that the sequence is (nearly) narrowest when each arm has
 `expected_units` units (Waudby-Smith et al. 2021, eq. for ρ²): at that point
-r* = 2·log(1/α) + log(1 + 2·log(1/α)). V shrinks like 1/n, so τ² = V·r at n units is
-the same τ² at every look when r = r*·n/n*; this is what `mixing_ratio` returns. With the
-default alpha = 0.05, r* ≈ 8.4.
+r* = 2·log(1/α) + log(1 + 2·log(1/α)). V = σ²(1/n_c + 1/n_t) = 2σ²/n with the harmonic
+(effective) units per arm n = 2·n_c·n_t/(n_c + n_t) (`estimate.effective_units`, summed
+over epoch strata), so τ² = V·r is the same at every look, whatever the split, when
+r = r*·n/n*; this is what `mixing_ratio` returns. The arithmetic mean (n_c + n_t)/2 is only
+right for 50/50: at 95/5 it overstates n, and so τ², about 5-fold. With the default
+alpha = 0.05, r* ≈ 8.4.
 
 All functions broadcast over numpy arrays, so simulations can run them vectorised.
 """
@@ -32,7 +35,7 @@ def optimal_ratio(alpha: ArrayLike) -> np.ndarray:
 
 
 def mixing_ratio(units: ArrayLike, expected_units: ArrayLike, alpha: ArrayLike) -> np.ndarray:
-    """r = τ²/V now: r* scaled by units so far over expected units (both per arm or both total)."""
+    """r = τ²/V now: r* scaled by the effective units per arm so far over the expected units per arm."""
     return optimal_ratio(alpha) * np.asarray(units, dtype=float) / np.asarray(expected_units, dtype=float)
 
 

@@ -245,12 +245,31 @@ async def test_the_sequential_p_is_a_running_minimum_over_the_history(
     (c,) = [c for c in first.comparisons if c.metric == "conversion"]
     assert c.sequential_p_value > 0.5
 
-    # A previous look that was far more convincing keeps its p: the minimum over looks.
+    # A previous look that was far more convincing keeps its p: the minimum over looks,
+    # per direction (better / worse than the control).
     k = keys.Keys(experiment_name)
-    older = history.encode(first, applied=False).replace(f'"p": {c.sequential_p_value}', '"p": 0.0123')
-    await redis_client.xadd(k.decisions, {history.FIELD: older})
+    doc = json.loads(history.encode(first, applied=False))
+    for x in doc["sequential_p"]:
+        if x["metric"] == "conversion":
+            x["p_better"] = 0.0123
+    await redis_client.xadd(k.decisions, {history.FIELD: json.dumps(doc)})
     second = await commands.look(redis_client, experiment, sink=DryRunSink())
-    assert [x.sequential_p_value for x in second.comparisons if x.metric == "conversion"] == [0.0123]
+    (c2,) = [x for x in second.comparisons if x.metric == "conversion"]
+    assert (c2.sequential_p_value, c2.sequential_p_better) == (0.0123, 0.0123)
+    assert c2.sequential_p_worse > 0.5  # the better-direction minimum does not leak into harm
+
+
+def test_the_history_keeps_both_running_minima_and_restarts_after_a_reset() -> None:
+    raw = json.dumps({"units": 4000, "sequential_p": [
+        {"variant": "candidate", "metric": "conversion", "p": 0.01, "p_better": 0.3, "p_worse": 0.01}]})
+    entry = history.decode(raw)
+    assert entry.previous_p(4000) == {("candidate", "conversion"): (0.3, 0.01)}
+    assert entry.previous_p(3999) == {}  # the data was reset since: start afresh
+
+
+def test_an_old_history_entry_without_directions_seeds_nothing() -> None:
+    raw = json.dumps({"units": 10, "sequential_p": [{"variant": "candidate", "metric": "conversion", "p": 0.01}]})
+    assert history.decode(raw).previous_p(10) == {}
 
 
 def test_unreachable_redis_is_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import data as d
-from analysis import decision
+from analysis import analyzer, decision
 from analysis.stats.compare import Comparison
 from analysis.stats.noninferiority import NonInferiority
 from analysis.stats.sample import Sample
@@ -41,14 +41,24 @@ def experiment(weights: dict[str, float], *, units: int = 1000, current_units: i
 
 
 def comparison(variant: str = "candidate", *, lift: float = 0.01, seq_p: float = 0.5,
-               status: str = "ok", metric: str = "conversion") -> Comparison:
+               status: str = "ok", metric: str = "conversion", better: float | None = None,
+               worse: float | None = None, good: bool | None = None) -> Comparison:
+    """`seq_p` is the running minimum in the direction the lift points (`good`: the lift is
+    in the metric's good direction; by default, for an increase metric, lift > 0); the other
+    direction's minimum is 1 unless `better` / `worse` say otherwise."""
+    good = lift > 0 if good is None else good
+    if better is None:
+        better = seq_p if good else 1.0
+    if worse is None:
+        worse = 1.0 if good else seq_p
     return Comparison(
         variant=variant, metric=metric, status=status, reason=None if status == "ok" else "n_too_small",
         n_control=1000, n=1000, control_mean=0.1, mean=0.1 + lift, absolute_lift=lift,
         absolute_ci=(lift - 0.01, lift + 0.01), relative_lift=lift / 0.1,
         relative_ci=(lift / 0.1 - 0.1, lift / 0.1 + 0.1), p_value=seq_p / 3,
         sequential_p_value=seq_p, sequential_ci=(lift / 0.1 - 0.2, lift / 0.1 + 0.2),
-        sequential_ci_absolute=(lift - 0.02, lift + 0.02), chance_to_beat=0.9, expected_loss=0.001)
+        sequential_ci_absolute=(lift - 0.02, lift + 0.02), chance_to_beat=0.9, expected_loss=0.001,
+        sequential_p_better=better, sequential_p_worse=worse)
 
 
 def rail(variant: str = "candidate", *, status: str = "pass", metric: str = "errors",
@@ -104,14 +114,16 @@ def test_significant_harm_on_the_primary_rolls_back() -> None:
     got = decision.decide(experiment(AB_50), evidence(comparison(lift=-0.02, seq_p=0.01)), now=NOW)
     assert got.action == "rollback"
     assert got.weights == {"control": 100.0, "candidate": 0.0}
-    assert "significant harm on conversion" in got.reason
+    assert "significant harm on conversion (sequential p of harm=0.01)" in got.reason
 
 
 def test_harm_respects_a_decrease_direction() -> None:
     metric = Metric(name="conversion", kind="continuous", direction="decrease")
     data = experiment(AB_50, metrics=(metric,))
-    assert decision.decide(data, evidence(comparison(lift=+0.02, seq_p=0.01)), now=NOW).action == "rollback"
-    assert decision.decide(data, evidence(comparison(lift=-0.02, seq_p=0.01)), now=NOW).action == "promote"
+    harm = comparison(lift=+0.02, seq_p=0.01, good=False)
+    assert decision.decide(data, evidence(harm), now=NOW).action == "rollback"
+    win = comparison(lift=-0.02, seq_p=0.01, good=True)
+    assert decision.decide(data, evidence(win), now=NOW).action == "promote"
 
 
 def test_srm_does_not_block_a_rollback() -> None:
@@ -327,4 +339,120 @@ def test_weights_are_rounded_to_the_router_resolution() -> None:
     data = experiment({"control": 94.0, "b": 2.0, "c": 2.0, "d": 2.0})
     got = decision.decide(replace(data, settings=AnalysisSettings(ramp=(10.0,))),
                           evidence(comparison("b"), comparison("c"), comparison("d")), now=NOW)
-    assert got.weights == {"control": 90.0, "b": 3.33, "c": 3.33, "d": 3.33}
+    # Largest remainder: the hundredth left over goes to one arm, so they sum to exactly 100.
+    assert got.weights == {"control": 90.0, "b": 3.34, "c": 3.33, "d": 3.33}
+
+
+# ------------------------------------------------- reviewer regressions (policy)
+
+
+def test_a_past_win_is_no_evidence_of_harm() -> None:
+    # The running minimum was reached while the candidate led; now it trails slightly.
+    past_win = comparison(lift=-0.001, seq_p=0.001, better=0.001, worse=0.5)
+    got = decision.decide(experiment(AB_50), evidence(past_win), now=NOW)
+    assert got.action == "continue"
+
+
+def test_past_harm_is_no_evidence_of_a_win() -> None:
+    past_harm = comparison(lift=0.01, seq_p=0.001, better=0.5, worse=0.001)
+    assert decision.decide(experiment(AB_50), evidence(past_harm), now=NOW).action == "continue"
+    assert decision.holm_primary(experiment(AB_50), evidence(past_harm)) == {"candidate": 0.5}
+
+
+def test_harm_rollback_waits_for_min_units_per_arm() -> None:
+    harm = comparison(lift=-0.05, seq_p=0.001)
+    got = decision.decide(experiment(AB_50, units=200), evidence(harm), now=NOW)
+    assert got.action == "continue"
+    assert "waiting for 500 units per arm" in got.reason
+    # a guardrail breach keeps its own logic
+    ev = evidence(harm, guardrails=(rail(status="breach"),))
+    assert decision.decide(experiment(AB_50, units=200), ev, now=NOW).action == "rollback"
+
+
+def _zero_conversions(units: tuple[int, int] = (950, 50)) -> d.ExperimentData:
+    """Like /tmp/rv/zero.json: control 48/950, candidate 0/50, weights 95/5."""
+    metric = Metric(name="conv", kind="binary", direction="increase")
+    (nc, nt), weights = units, {"control": 95.0, "candidate": 5.0}
+    arms = (d.Arm("control", 95.0, (d.Stratum(1, nc, {"conv": Sample(nc, round(nc * 48 / 950))}),)),
+            d.Arm("candidate", 5.0, (d.Stratum(1, nt, {"conv": Sample(nt, 0)}),)))
+    return d.ExperimentData(name="exp", metrics=(metric,), arms=arms, epochs=(d.Epoch(1, weights, NOW),),
+                            settings=AnalysisSettings(guardrails=()), started_at=NOW)
+
+
+def test_zero_conversions_in_a_tiny_arm_is_not_a_rollback() -> None:
+    result = analyzer.analyze(_zero_conversions(), now=NOW)
+    assert result.decision.action == "continue"
+
+
+def test_a_look_below_min_units_does_not_seed_the_running_minima() -> None:
+    previous = {("candidate", "conv"): (0.7, 0.8)}
+    result = analyzer.analyze(_zero_conversions(), now=NOW, previous=previous)
+    assert result.sequential_p() == previous  # carried over, this look's p left out
+    assert analyzer.analyze(_zero_conversions(), now=NOW).sequential_p() == {("candidate", "conv"): (1.0, 1.0)}
+    # with enough units in both arms the look does count
+    enough = analyzer.analyze(_zero_conversions((9500, 500)), now=NOW, previous=previous)
+    (c,) = enough.comparisons
+    assert enough.sequential_p() == {("candidate", "conv"): (c.sequential_p_better, c.sequential_p_worse)}
+    assert c.sequential_p_worse < 0.8
+
+
+@pytest.mark.parametrize("k", [3, 7])
+def test_the_ramp_reaches_its_last_step_with_many_candidates(k: int) -> None:
+    names = [f"c{i}" for i in range(k)]
+    weights = {"control": 95.0} | {n: 5.0 / k for n in names}
+    actions = []
+    for _ in range(6):
+        ev = evidence(*(comparison(n, lift=0.01 * (i + 1), seq_p=0.001) for i, n in enumerate(names)))
+        got = decision.decide(experiment(weights, units=2000), ev, now=NOW)
+        actions.append(got.action)
+        assert sum(round(w * 100) for w in got.weights.values()) == 10_000  # exactly 100
+        assert math.fsum(got.weights.values()) == pytest.approx(100.0, abs=1e-9)
+        if got.action == "promote":
+            break
+        weights = got.weights  # the next look serves what this one decided
+    assert actions == ["ramp", "ramp", "promote"]
+    assert sum(w for n, w in weights.items() if n != "control") == pytest.approx(50.0, abs=1e-9)
+
+
+def test_the_bandit_gives_no_weight_to_a_candidate_whose_guardrails_do_not_pass() -> None:
+    data = experiment(AB_50, units=4000, settings=BANDIT, rate={"control": 0.10, "candidate": 0.15})
+    ev = evidence(comparison(seq_p=0.3), guardrails=(rail(status="inconclusive"),))
+    got = decision.decide(data, ev, now=NOW, rng=np.random.default_rng(1))
+    assert got.weights["candidate"] <= 50.0
+    assert got.action == "continue"
+    assert "candidate held: guardrails not yet shown to pass" in got.reason
+
+
+def test_the_bandit_still_moves_the_other_arms_around_a_held_candidate() -> None:
+    weights = {"control": 40.0, "b": 30.0, "c": 30.0}
+    data = experiment(weights, units=4000, settings=BANDIT, rate={"control": 0.10, "b": 0.15, "c": 0.15})
+    ev = evidence(comparison("b", seq_p=0.3), comparison("c", seq_p=0.3),
+                  guardrails=(rail("b", status="inconclusive"), rail("c")))
+    got = decision.decide(data, ev, now=NOW, rng=np.random.default_rng(1))
+    assert got.action == "ramp"
+    assert got.weights["b"] <= 30.0 and got.weights["c"] > 30.0
+    assert sum(round(w * 100) for w in got.weights.values()) == 10_000
+
+
+def test_canary_mode_without_guardrail_data_does_not_promote() -> None:
+    data = experiment(AB_50, metrics=())
+    got = decision.decide(data, evidence(guardrails=()), now=NOW)
+    assert got.action == "continue"
+    assert "no guardrail data yet" in got.reason
+
+
+def test_canary_mode_needs_every_candidates_guardrails_evaluated() -> None:
+    data = experiment({"control": 50.0, "b": 25.0, "c": 25.0}, metrics=())
+    got = decision.decide(data, evidence(guardrails=(rail("b"),)), now=NOW)
+    assert got.action == "continue"
+    assert "no guardrail data yet" in got.reason
+
+
+def test_holm_keeps_rolled_back_candidates_in_the_family() -> None:
+    data = experiment({"control": 50.0, "b": 50.0, "c": 0.0})  # c was rolled back
+    ev = evidence(comparison("b", seq_p=0.03), comparison("c", lift=-0.01, seq_p=0.5))
+    assert decision.holm_primary(data, ev) == pytest.approx({"b": 0.06})
+    assert decision.decide(data, ev, now=NOW).action == "continue"
+    # a candidate with no usable p still counts (as p = 1)
+    ev = evidence(comparison("b", seq_p=0.03))
+    assert decision.holm_primary(data, ev) == pytest.approx({"b": 0.06})

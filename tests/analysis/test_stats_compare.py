@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from analysis.stats import bayes, reasons
+from analysis.stats import bayes, estimate, reasons, sequential
 from analysis.stats.compare import Comparison, compare
 from analysis.stats.sample import Sample
 
@@ -85,7 +85,70 @@ def test_sequential_interval_inverts_the_sequential_p_and_is_wider() -> None:
 def test_sequential_p_is_a_running_minimum() -> None:
     fresh = _binary(Sample(2000, 50), Sample(2000, 55))
     assert fresh.sequential_p_value > 0.2
-    assert _binary(Sample(2000, 50), Sample(2000, 55), previous_sequential_p=0.03).sequential_p_value == 0.03
+    assert fresh.sequential_p_worse == 1.0 and fresh.sequential_p_better == fresh.sequential_p_value
+    later = _binary(Sample(2000, 50), Sample(2000, 55), previous_sequential_p=(0.03, 0.2))
+    assert (later.sequential_p_better, later.sequential_p_worse, later.sequential_p_value) == (0.03, 0.2, 0.03)
+
+
+def test_a_sign_flip_after_a_significant_win_is_not_significant_harm() -> None:
+    # The candidate was significantly better at an earlier look; now it is slightly below.
+    # A single two-sided running minimum reported that old 0.001 as harm.
+    now = _binary(Sample(20_000, 1000), Sample(20_000, 990), previous_sequential_p=(0.001, 1.0))
+    assert now.absolute_lift < 0
+    assert now.sequential_p_better == 0.001
+    assert now.sequential_p_worse >= 0.05
+    assert now.sequential_p_value == 0.001  # min of both, kept for display
+
+
+def test_better_and_worse_respect_the_direction() -> None:
+    # Candidate clearly higher: better for "increase", worse for "decrease".
+    up = _binary(Sample(5000, 250), Sample(5000, 350))
+    down = _binary(Sample(5000, 250), Sample(5000, 350), direction="decrease")
+    assert up.sequential_p_better < 0.05 and up.sequential_p_worse == 1.0
+    assert down.sequential_p_worse == up.sequential_p_better and down.sequential_p_better == 1.0
+
+
+def test_a_zero_variance_arm_does_not_fire_the_sequential_test() -> None:
+    # 0 of 50 candidate conversions has a Wald variance of 0; the sequential p used to be 0.0009.
+    result = _binary(Sample(950, 48), Sample(50, 0))
+    assert result.status == "ok"
+    assert result.sequential_p_value >= 0.05 and result.sequential_p_worse >= 0.05
+    lo, hi = result.sequential_ci_absolute
+    assert lo < 0 < hi
+    # The fixed-horizon test is still exactly the pooled two-proportion z.
+    assert result.p_value == pytest.approx(proportions_ztest([0, 48], [50, 950])[1], abs=1e-12)
+
+
+def test_tau_squared_is_the_same_at_every_look_whatever_the_split() -> None:
+    # τ² = V·r must not depend on the look or the split: V ∝ 1/n_c + 1/n_t, so the clock
+    # must be the harmonic 2·n_c·n_t/(n_c + n_t), not the mean (n_c + n_t)/2.
+    def tau2(n_control: float, n_candidate: float) -> float:
+        est = estimate.combine([Sample(n_control, 0.05 * n_control)], [Sample(n_candidate, 0.05 * n_candidate)],
+                               estimate.arm_variance("binary"))
+        return est.variance * float(sequential.mixing_ratio(est.units_per_arm, 10_000, 0.05))
+    reference = tau2(950, 950)  # 50/50 with the information of 9,500/500
+    for scale in (1, 2, 5, 20):
+        assert tau2(9500 * scale, 500 * scale) == pytest.approx(reference, rel=1e-9)
+        assert tau2(200 * scale, 3800 * scale) == pytest.approx(reference, rel=1e-9)
+    # With several strata the clock adds up per stratum, like the information does.
+    two = estimate.combine([Sample(9500, 475), Sample(2500, 125)], [Sample(500, 25), Sample(2500, 125)],
+                           estimate.arm_variance("binary"))
+    assert two.variance * float(sequential.mixing_ratio(two.units_per_arm, 10_000, 0.05)) == pytest.approx(
+        reference, rel=1e-9)
+
+
+def test_zero_baseline_keeps_the_absolute_test() -> None:
+    # Defects (lower is better): none in the control, 60 of 2,000 in the candidate. Only the
+    # relative lift is undefined; the harm is plain.
+    result = _binary(Sample(2000, 0), Sample(2000, 60), direction="decrease")
+    assert (result.status, result.reason) == ("ok", reasons.ZERO_BASELINE)
+    assert result.absolute_lift == pytest.approx(0.03) and result.absolute_ci[0] > 0
+    assert result.sequential_p_worse < 0.05 and result.sequential_p_better == 1.0
+    assert result.p_value < 1e-10
+    assert math.isnan(result.relative_lift)
+    assert all(math.isnan(x) for x in result.relative_ci + result.sequential_ci)
+    assert result.sequential_ci_absolute[0] > 0
+    json.dumps(result.to_dict(), allow_nan=False)
 
 
 def test_single_stratum_list_equals_the_sample_and_degenerate_strata_are_skipped() -> None:
@@ -126,14 +189,13 @@ def test_simpsons_paradox_pooling_flips_the_sign_and_stratifying_does_not() -> N
     (Sample(1, 1), Sample(100, 5), reasons.N_TOO_SMALL),
     (Sample(100, 0), Sample(100, 0), reasons.ZERO_VARIANCE),
     (Sample(100, 100), Sample(100, 100), reasons.ZERO_VARIANCE),
-    (Sample(100, 0), Sample(100, 4), reasons.ZERO_BASELINE),
     (Sample.empty(ratio=True), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
     (Sample(10, 0, 0, 0, 0, 0), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
 ])
 def test_degenerate_data_is_an_insufficient_result(control: Sample, candidate: Sample, reason: str) -> None:
-    result = _binary(control, candidate, previous_sequential_p=0.4)
+    result = _binary(control, candidate, previous_sequential_p=(0.4, 0.6))
     assert (result.status, result.reason) == ("insufficient_data", reason)
-    assert result.sequential_p_value == 0.4
+    assert (result.sequential_p_better, result.sequential_p_worse, result.sequential_p_value) == (0.4, 0.6, 0.4)
     json.dumps(result.to_dict(), allow_nan=False)
 
 

@@ -67,3 +67,8 @@ def test_degenerate_tests_are_nan() -> None:
     assert np.isnan(fixed_horizon.chi_square_abn([Sample(0, 0), Sample(10, 3)]))
     assert np.isnan(fixed_horizon.welch_t(Sample(5, 10, 20), Sample(5, 10, 20)).p_value)
     assert np.isnan(fixed_horizon.z_test(1.0, 0.0).p_value)
+
+
+def test_chi_square_abn_on_all_empty_arms_is_nan_without_a_warning() -> None:
+    # pytest turns warnings into errors: 0/0 used to raise a numpy RuntimeWarning here.
+    assert np.isnan(fixed_horizon.chi_square_abn([Sample(0, 0), Sample(0, 0), Sample(0, 0)]))
