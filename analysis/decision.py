@@ -24,8 +24,8 @@ order they are tried:
 6. bandit mode: Thompson weights once every active arm has `bandit.min_units`; a
    candidate whose guardrails do not pass gains no weight (it keeps its current weight,
    or the floor if lower);
-7. ramp: guardrails pass and every active arm has `min_units_per_arm` units in the
-   current epoch -> the candidates' total share goes to the next step of `ramp`, split
+7. ramp: guardrails pass (canary mode: and were evaluated) and every active arm has
+   `min_units_per_arm` units in the current epoch -> the candidates' total share goes to the next step of `ramp`, split
    evenly between the active candidates (largest-remainder rounding, so the weights sum
    to exactly 100);
 8. otherwise continue.
@@ -283,6 +283,8 @@ def _ramp(look: _Look) -> Decision | None:
         return None
     if not all(_guardrails_pass(look, n) for n in look.candidates):
         return None
+    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
+        return None  # canary mode: without guardrail data there is no evidence to ramp on either
     each = step / len(look.candidates)
     weights = {a.name: 0.0 for a in look.data.arms} | {n: each for n in look.candidates}
     weights[look.data.control.name] = _FULL - step

@@ -441,6 +441,13 @@ def test_canary_mode_without_guardrail_data_does_not_promote() -> None:
     assert "no guardrail data yet" in got.reason
 
 
+def test_canary_mode_without_guardrail_data_does_not_ramp() -> None:
+    data = experiment({"control": 95.0, "candidate": 5.0}, metrics=())
+    got = decision.decide(data, evidence(guardrails=()), now=NOW)
+    assert got.action == "continue" and "no guardrail data yet" in got.reason
+    assert decision.decide(data, evidence(guardrails=(rail("candidate"),)), now=NOW).action == "ramp"
+
+
 def test_canary_mode_needs_every_candidates_guardrails_evaluated() -> None:
     data = experiment({"control": 50.0, "b": 25.0, "c": 25.0}, metrics=())
     got = decision.decide(data, evidence(guardrails=(rail("b"),)), now=NOW)
