@@ -86,9 +86,7 @@ def secret_from_env() -> bytes:
 def build_app(experiment: Experiment, settings: ServeSettings, *, source: WeightsSource | None = None,
               transport: Transport | None = None) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
-    status = SourceStatus()
-    if source is not None and hasattr(source, "status"):
-        status = source.status  # type: ignore[attr-defined]
+    status = source.status if source is not None else SourceStatus()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         eventlog: EventLog | DisabledEventLog = DisabledEventLog()

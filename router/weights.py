@@ -22,11 +22,6 @@ log = logging.getLogger("abrouter.weights")
 OnChange = Callable[[model.Experiment], None]
 
 
-class WeightsSource(Protocol):
-    async def run(self, on_change: OnChange) -> None:
-        """Call `on_change` with each new valid spec until cancelled; never raises otherwise."""
-
-
 @dataclass
 class SourceStatus:
     """What /abrouter/experiment shows about the last reload attempt."""
@@ -35,11 +30,19 @@ class SourceStatus:
     reloads: int = 0
 
 
+class WeightsSource(Protocol):
+    #: The last reload attempt, shown at /abrouter/experiment.
+    status: SourceStatus
+
+    async def run(self, on_change: OnChange) -> None:
+        """Call `on_change` with each new valid spec until cancelled; never raises otherwise."""
+
+
 class FileWeightsSource:
-    def __init__(self, path: Path, *, interval_s: float = 1.0, status: SourceStatus | None = None) -> None:
+    def __init__(self, path: Path, *, interval_s: float = 1.0) -> None:
         self.path = path
         self.interval_s = interval_s
-        self.status = status or SourceStatus()
+        self.status = SourceStatus()
         self._digest = self._read_digest()
 
     def _read_digest(self) -> str | None:
