@@ -65,9 +65,11 @@ async def test_redis_sigkill_under_load_loses_and_doubles_nothing(make_router: M
 
 async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(aiohttp_server, redis_url: str,
                                                                         experiment_name: str, tmp_path: Path):
-    from tests.router.upstreams import model_app
+    from tests.router.upstreams import SLOW, model_app
 
-    upstream = await aiohttp_server(model_app("control"))
+    model = model_app("control")
+    gate = model[SLOW]
+    upstream = await aiohttp_server(model)
     base = str(upstream.make_url("")).rstrip("/")
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump({
@@ -85,10 +87,15 @@ async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(aiohttp_s
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await _wait_ready(session, url, proc)
-            calls = [asyncio.create_task(session.post(f"{url}/slow?s=1.5", headers={"X-User-Id": f"u{i}"},
+            calls = [asyncio.create_task(session.post(f"{url}/slow?gate=1", headers={"X-User-Id": f"u{i}"},
                                                       data=b"{}")) for i in range(200)]
-            await asyncio.sleep(0.7)  # all 200 are now waiting on the slow upstream
+            deadline = time.monotonic() + 30
+            while gate.arrived < 200:  # a loaded machine may take a while to connect all 200
+                assert time.monotonic() < deadline, f"only {gate.arrived} of 200 reached the upstream"
+                await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)  # the router is now draining, with all 200 still in flight
+            gate.open.set()
             responses = await asyncio.gather(*calls)
             assert [resp.status for resp in responses] == [200] * 200
             for resp in responses:
@@ -97,6 +104,7 @@ async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(aiohttp_s
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.wait()  # reaped, so Popen.__del__ has nothing to warn about
         output = proc.stdout.read().decode() if proc.stdout else ""
         if proc.stdout:
             proc.stdout.close()

@@ -15,6 +15,16 @@ import struct
 
 from aiohttp import web
 
+
+class SlowGate:
+    """Counts requests that reached /slow; /slow?gate=1 answers only once `open` is set."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.open = asyncio.Event()
+
+
+SLOW = web.AppKey("slow", SlowGate)
 GZIPPED = gzip.compress(json.dumps({"items": list(range(500))}).encode())
 
 
@@ -34,7 +44,12 @@ def model_app(name: str) -> web.Application:
                                                    "X-Upstream": name})
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.query.get("s", "2")))
+        gate = request.app[SLOW]
+        gate.arrived += 1
+        if "gate" in request.query:
+            await gate.open.wait()  # the test decides when in-flight requests may finish
+        else:
+            await asyncio.sleep(float(request.query.get("s", "2")))
         return web.json_response({"upstream": name, "slow": True}, headers={"X-Upstream": name})
 
     async def stream(request: web.Request) -> web.StreamResponse:
@@ -46,6 +61,7 @@ def model_app(name: str) -> web.Application:
         return response
 
     app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[SLOW] = SlowGate()
     app.router.add_route("*", "/gzip", gz)
     app.router.add_route("*", "/slow", slow)
     app.router.add_route("*", "/stream", stream)
