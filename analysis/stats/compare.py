@@ -88,7 +88,7 @@ def compare(
 
     A Sequence is a list of epoch strata aligned by index (stratum i of the control and
     stratum i of the candidate come from the same weight epoch). Per-stratum differences
-    are combined by inverse-variance weighting; strata where either arm is degenerate are
+    are combined with weights from their sizes (`estimate.combine`); strata where either arm is degenerate are
     skipped. A single Sample is one stratum.
 
     `expected_units` is the number of units *per arm* at which the sequential test should

@@ -5,7 +5,18 @@ between epochs. If the metric also drifts between epochs, pooling the epochs com
 different populations and can even reverse the sign (Simpson's paradox). Each epoch is a
 randomised experiment of its own, so we estimate the difference per epoch and combine:
 
-    w_s = 1 / (V_c,s + V_t,s),   Δ̂ = Σ w_s Δ̂_s / Σ w_s,   Var(Δ̂) = 1 / Σ w_s.
+    w_s = 1 / (σ²_c/n_c,s + σ²_t/n_t,s),   Δ̂ = Σ w_s Δ̂_s / Σ w_s,
+    Var(Δ̂) = Σ w_s² (V_c,s + V_t,s) / (Σ w_s)²,
+
+where σ²_arm = N·V(pooled arm) is the per-unit variance of the arm pooled over the usable
+strata, and V_s the stratum's own variance of the mean. These are inverse-variance weights
+under a variance that is constant across epochs, and with equal arm variances they are the
+Mantel–Haenszel weights n_c·n_t/(n_c + n_t). Why not each stratum's own estimated variance:
+for a binary metric the estimated variance p̂(1 − p̂)/n rises with p̂, so strata where the
+candidate happened to do well get less weight. With rare outcomes in many small epochs
+(bandit mode) that biased the difference by −13% and its variance by −15% (simulated:
+p = 1% vs 1.2%, ten epochs of 200–800 units per arm); with the pooled σ² both are within
+simulation error (`test_epoch_weights_do_not_bias_rare_binary_outcomes`).
 
 The arm means are combined with the same weights (so mean − control_mean = Δ̂) and their
 variances are Σ w_s² V_s / (Σ w_s)², which the delta method for the relative lift needs.
@@ -142,7 +153,7 @@ def effective_units(n_control: ArrayLike, n_candidate: ArrayLike) -> np.ndarray:
 
 def combine(controls: Sequence[Sample], candidates: Sequence[Sample], variance: Variance,
             sequential_variance: Variance | None = None) -> Estimate:
-    """Inverse-variance combination of per-stratum differences (see the module docstring).
+    """Weighted combination of per-stratum differences (see the module docstring).
 
     `variance` sets the weights and the plain variances; `sequential_variance` (optional)
     gives the arm variances for the sequential test, combined with the same weights.
@@ -155,11 +166,12 @@ def combine(controls: Sequence[Sample], candidates: Sequence[Sample], variance: 
     reason = reason or (reasons.ZERO_VARIANCE if not usable else None)
     if reason:
         return _degenerate(controls, candidates, reason)
-    return _weighted(usable, sequential_variance)
+    return _weighted(usable, variance, sequential_variance)
 
 
-def _weighted(usable: list[tuple[Sample, Sample, float, float]], sequential_variance: Variance | None) -> Estimate:
-    weights = [1 / (vc + vt) for _, _, vc, vt in usable]
+def _weighted(usable: list[tuple[Sample, Sample, float, float]], variance: Variance,
+              sequential_variance: Variance | None) -> Estimate:
+    weights = _epoch_weights([(c, t) for c, t, *_ in usable], variance)
     total = sum(weights)
     share = [w / total for w in weights]
     seq: dict[str, float] = {}
@@ -176,6 +188,24 @@ def _weighted(usable: list[tuple[Sample, Sample, float, float]], sequential_vari
         pairs=tuple((c, t) for c, t, *_ in usable),
         **seq,
     )
+
+
+def _epoch_weights(pairs: list[tuple[Sample, Sample]], variance: Variance) -> list[float]:
+    """1/(σ²_c/n_c,s + σ²_t/n_t,s) with per-unit variances σ² of the arms pooled over the strata.
+
+    The weights depend on the strata's sizes, not on their outcomes (see the module docstring).
+    """
+    if len(pairs) == 1:
+        return [1.0]
+    sigma2_c, sigma2_t = (_unit_variance(sum(arm), variance) for arm in zip(*pairs))
+    if not sigma2_c + sigma2_t > 0:  # cannot happen with a usable stratum; equal variances then
+        sigma2_c = sigma2_t = 1.0
+    return [1 / (sigma2_c / c.n + sigma2_t / t.n) for c, t in pairs]
+
+
+def _unit_variance(pooled: Sample, variance: Variance) -> float:
+    value = pooled.n * variance(pooled)
+    return value if math.isfinite(value) else 0.0
 
 
 def _pooled_reason(control: Sample, candidate: Sample) -> str | None:
