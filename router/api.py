@@ -52,6 +52,8 @@ async def metrics(request: web.Request) -> web.Response:
                                                    s.flush_failures),
         "abrouter_eventlog_dropped_events_total": ("counter", "Events lost because neither Redis nor the spill "
                                                    "file could take them.", s.dropped),
+        "abrouter_outcomes_repeated_total": ("counter", "Outcomes not counted because their event_id was "
+                                             "already recorded.", s.repeated_outcomes + router.metrics.outcomes_repeated),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
     }
@@ -94,11 +96,15 @@ async def outcomes(request: web.Request) -> web.Response:
         return error(422, "invalid_outcomes", f"{len(failures)} of {len(raw_items)} outcomes are invalid; "
                      "nothing was recorded", items=[f.to_dict() for f in failures])
     counts: dict[str, int] = {}
+    repeated = 0
     for o in resolved:
-        router.eventlog.record_outcome(o)  # type: ignore[arg-type]
+        if not router.eventlog.record_outcome(o):  # type: ignore[arg-type]
+            repeated += 1  # its event_id is already waiting in this batch
+            router.metrics.outcomes_repeated += 1
+            continue
         router.metrics.outcomes[o.metric] += 1  # type: ignore[union-attr]
         counts[o.metric] = counts.get(o.metric, 0) + 1  # type: ignore[union-attr]
-    return _json(202, {"accepted": len(resolved), "by_metric": counts})
+    return _json(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
 
 
 async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.ItemError]:
@@ -120,7 +126,7 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.It
         else:
             epoch, variant = found[c.unit]  # type: ignore[misc]
             out.append(Outcome(unit_hash=hashes[c.unit], variant=variant, epoch=epoch,  # type: ignore[index]
-                               metric=c.metric, value=c.value, ts=now))
+                               metric=c.metric, value=c.value, ts=now, event_id=c.event_id))
     return out
 
 
@@ -136,7 +142,8 @@ def _by_request_id(router: Router, item: oc.OutcomeItem, now: float) -> Outcome 
     if info.variant_index >= len(experiment.variants):
         return oc.ItemError(item.index, "request_id", "unknown request id (variant no longer exists)")
     return Outcome(unit_hash=info.unit_hash, variant=experiment.variants[info.variant_index].name,
-                   epoch=info.epoch, metric=item.metric, value=item.value, ts=now, request_id=item.request_id)
+                   epoch=info.epoch, metric=item.metric, value=item.value, ts=now, request_id=item.request_id,
+                   event_id=item.event_id)
 
 
 async def not_found(request: web.Request) -> web.Response:

@@ -55,13 +55,14 @@ class ServeSettings:
 class DisabledEventLog:
     """The event log's interface, recording nothing: `abrouter serve --no-event-log`."""
 
-    stats = EventLogStats(buffered=0, spilled=0, dropped=0, flush_failures=0, flushed_batches=0, redis_up=False)
+    stats = EventLogStats(buffered=0, spilled=0, dropped=0, flush_failures=0, flushed_batches=0,
+                          repeated_outcomes=0, redis_up=False)
 
     def record_exposure(self, e: Exposure) -> None:
         pass
 
-    def record_outcome(self, o: Outcome) -> None:
-        pass
+    def record_outcome(self, o: Outcome) -> bool:
+        return True
 
     def register_epoch(self, epoch: int, weights: dict[str, float], since: float) -> None:
         pass

@@ -67,6 +67,7 @@ class EventLogStats:
     dropped: int  # lost: Redis down and the spill file could not be written
     flush_failures: int  # flush rounds that could not deliver everything to Redis
     flushed_batches: int  # batches Redis acknowledged (applied or already applied)
+    repeated_outcomes: int  # outcomes Redis skipped: their event_id was already recorded
     redis_up: bool
 
 
@@ -106,6 +107,7 @@ class EventLog:
         self._dropped = 0
         self._failures = 0
         self._flushed = 0
+        self._repeated_outcomes = 0
 
     def __repr__(self) -> str:
         return (f"<EventLog {self._experiment.name!r} producer={self.producer} redis={mask_url(self._url)} "
@@ -119,10 +121,15 @@ class EventLog:
         self._agg.add_exposure(e)
         self._check_full()
 
-    def record_outcome(self, o: events.Outcome) -> None:
-        """Log an outcome; ValueError for a metric the experiment lacks or a non-finite value."""
-        self._agg.add_outcome(o)
+    def record_outcome(self, o: events.Outcome) -> bool:
+        """Log an outcome; False if its event_id is already in the current batch (not logged).
+
+        ValueError for a metric the experiment lacks or a non-finite value. Repeats of an
+        event_id in earlier batches are found by Redis at flush (`EventLogStats`).
+        """
+        added = self._agg.add_outcome(o)
         self._check_full()
+        return added
 
     def register_epoch(self, epoch: int, weights: Mapping[str, float], since: float) -> None:
         """Record an epoch's weights (HSETNX into `keys.epochs`) with the next flush."""
@@ -166,7 +173,8 @@ class EventLog:
         buffered = (len(self._agg) + sum(len(a) for _, a in self._cut)
                     + sum(b.n_events for b in self._outbox))
         return EventLogStats(buffered=buffered, spilled=self._spill.pending_events, dropped=self._dropped,
-                             flush_failures=self._failures, flushed_batches=self._flushed, redis_up=self._up)
+                             flush_failures=self._failures, flushed_batches=self._flushed,
+                             repeated_outcomes=self._repeated_outcomes, redis_up=self._up)
 
     def _remember(self, unit_hash: str, stratum: tuple[int, str]) -> None:
         recent = self._recent
@@ -309,14 +317,19 @@ class EventLog:
 
     async def _send(self, batch: events.Batch) -> None:
         """Deliver one batch of ours, first re-sending retained ones Redis has lost."""
-        assert self._script is not None
-        status, last = await self._script.apply(batch, allow_gap=False)
+        status, last = await self._apply(batch, allow_gap=False)
         if status == GAP:
             log.warning("event log: Redis has seq %d of producer %s, batch %d follows a gap; re-sending "
                         "retained batches", last, batch.producer, batch.seq)
             await self._resend({batch.producer: last})
-            await self._script.apply(batch, allow_gap=True)
+            await self._apply(batch, allow_gap=True)
         self._acknowledged(batch)
+
+    async def _apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
+        assert self._script is not None
+        status, last, repeated = await self._script.apply(batch, allow_gap=allow_gap)
+        self._repeated_outcomes += repeated
+        return status, last
 
     def _acknowledged(self, batch: events.Batch) -> None:
         self._flushed += 1
@@ -349,7 +362,7 @@ class EventLog:
         assert self._script is not None
         for _, batch in list(self._retained):
             if batch.seq > last.get(batch.producer, batch.seq):
-                await self._script.apply(batch, allow_gap=True)
+                await self._apply(batch, allow_gap=True)
 
     async def _replay_spill(self) -> bool:
         """Send our spilled batches, oldest first; True if there were any."""
@@ -380,7 +393,7 @@ class EventLog:
         count = 0
         for batch, _ in orphan.batches():
             # A dead producer's earlier batches may be gone for good: gaps are allowed.
-            await self._script.apply(batch, allow_gap=True)
+            await self._apply(batch, allow_gap=True)
             self._acknowledged(batch)
             count += batch.n_events
         orphan.remove()

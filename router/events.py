@@ -43,6 +43,8 @@ class Outcome:
     value: float
     ts: float
     request_id: str | None = None
+    #: The client's idempotency key: an outcome with an id already recorded counts once.
+    event_id: str | None = None
 
 
 Event = Exposure | Outcome
@@ -66,7 +68,7 @@ class Batch:
 
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")
-OUTCOME_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "metric", "value")
+OUTCOME_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "metric", "value", "event_id")
 
 # One encoder, built once: json.dumps(separators=...) builds a new one on every call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -84,7 +86,7 @@ def encode_events(batch: Sequence[Event]) -> str:
     """
     rows = [("exposure", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.status, e.latency_ms, e.error)
             if isinstance(e, Exposure) else
-            ("outcome", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.metric, e.value)
+            ("outcome", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.metric, e.value, e.event_id)
             for e in batch]
     return _JSON.encode(rows)
 
@@ -107,6 +109,9 @@ class Aggregator:
     flat list ``[n, dx_0, count_0, dx_1, count_1, ...]`` in metric order (one allocation
     per new cell: this runs on every proxied request). ``len()`` is the number of raw
     events held, which is what bounds a batch.
+
+    Outcomes with an ``event_id`` are not folded into cells: whether they count depends on
+    the ids Redis has seen, so they travel one by one and ``flush.lua`` folds the new ones.
     """
 
     def __init__(self, metrics: Sequence[str], binary: Collection[str]) -> None:
@@ -120,6 +125,7 @@ class Aggregator:
         self._latest: dict[str, tuple[str, int, str]] = {}  # unit -> key of its latest exposure's cell
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
+        self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self.extend_metrics(metrics, binary)
 
     def __len__(self) -> int:
@@ -156,12 +162,19 @@ class Aggregator:
         self._latest[e.unit_hash] = key
         self._events.append(e)
 
-    def add_outcome(self, o: Outcome) -> None:
+    def add_outcome(self, o: Outcome) -> bool:
+        """Fold in an outcome; False if its event_id is already in this batch (not added)."""
         at = self._offset.get(o.metric)
         if at is None or o.metric in BUILTIN_METRICS:
             raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
         if not math.isfinite(o.value):
             raise ValueError(f"outcome value must be finite, got {o.value}")
+        if o.event_id is not None:
+            self._events.append(o)  # the audit keeps every accepted row, repeats included
+            if o.event_id in self._keyed:
+                return False
+            self._keyed[o.event_id] = o
+            return True
         key = (o.unit_hash, o.epoch, o.variant)
         cell = self._cells.get(key)
         if cell is None:
@@ -172,6 +185,7 @@ class Aggregator:
             cell[at] += o.value
         cell[at + 1] += 1
         self._events.append(o)
+        return True
 
     def add_epoch(self, epoch: int, info: str) -> None:
         """Register an epoch (`keys.encode_epoch` JSON); the script keeps the first one seen."""
@@ -181,7 +195,8 @@ class Aggregator:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
 
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
-        stratum the script stores in ``units[h]``.
+        stratum the script stores in ``units[h]``. Outcomes with an event_id are
+        ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
         """
         latest = self._latest
         payload = {
@@ -189,6 +204,7 @@ class Aggregator:
             "binary": sorted(self._binary),
             "cells": [[*key, 1 if latest.get(key[0]) == key else 0, *cell] for key, cell in self._cells.items()],
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
+            "keyed": [[i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()],
             "n": len(self._events),
         }
         return Batch(producer=producer, seq=seq, payload=_JSON.encode(payload), events=encode_events(self._events),

@@ -4,22 +4,24 @@
 -- format is built by router/events.py (Aggregator.batch). One call per batch, atomic:
 -- either all of a batch's effects happen (and its seq is recorded) or none do.
 --
--- KEYS: agg, units, epochs, producers, events, metrics   (keys.Keys.all())
+-- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids   (keys.Keys.all())
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
---       untouched), stream MAXLEN in batches, stream cap in raw events
--- Returns {status, last}: status 1 applied, 0 duplicate (seq <= last: already
+--       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
+--       window in seconds
+-- Returns {status, last, repeated}: status 1 applied, 0 duplicate (seq <= last: already
 -- applied), -1 refused because seq ~= last + 1 and allow_gap is "0" (the producer's
 -- earlier batches are missing, e.g. lost by a Redis restart). last is the producer's
--- sequence number before this call.
+-- sequence number before this call; repeated the number of keyed outcomes skipped
+-- because their event_id was already recorded.
 
-local agg, units, epochs, producers, stream, metrics_key =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local agg, units, epochs, producers, stream, metrics_key, outcome_ids =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local producer, seq, allow_gap = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 
 -- The guard comes first and costs one HGET: a duplicate is not even decoded.
 local last = tonumber(redis.call('HGET', producers, producer) or '0')
-if seq <= last then return {0, last} end
-if seq ~= last + 1 and not allow_gap then return {-1, last} end
+if seq <= last then return {0, last, 0} end
+if seq ~= last + 1 and not allow_gap then return {-1, last, 0} end
 
 local batch = cjson.decode(ARGV[4])
 
@@ -56,6 +58,41 @@ for _, m in ipairs(batch.binary) do is_binary[m] = true end
 local bcol, bbin = {}, {}
 for i, m in ipairs(batch.metrics) do
   bcol[i], bbin[i] = col[m], is_binary[m] or false
+end
+
+-- Keyed outcomes {event_id, h, e, v, metric, value, ts}: each id counts once. A new one
+-- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
+local cells = batch.cells
+local repeated = 0
+local keyed = batch.keyed or {}
+if #keyed > 0 then
+  local newest = 0
+  for _, k in ipairs(keyed) do if k[7] > newest then newest = k[7] end end
+  redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(newest - tonumber(ARGV[8])))
+  local by_key, metric_at = {}, {}
+  for _, c in ipairs(cells) do by_key[c[1] .. '|' .. c[2] .. '|' .. c[3]] = c end
+  for i, m in ipairs(batch.metrics) do metric_at[m] = i end
+  for _, k in ipairs(keyed) do
+    if redis.call('ZADD', outcome_ids, 'NX', num(k[7]), k[1]) == 0 then
+      repeated = repeated + 1
+    else
+      local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
+      local c = by_key[key]
+      if not c then
+        c = {k[2], k[3], k[4], 0, 0}
+        for i = 1, nbm do c[4 + 2 * i], c[5 + 2 * i] = 0, 0 end
+        cells[#cells + 1] = c
+        by_key[key] = c
+      end
+      local i = metric_at[k[5]]
+      if bbin[i] then
+        if k[6] > c[4 + 2 * i] then c[4 + 2 * i] = k[6] end
+      else
+        c[4 + 2 * i] = c[4 + 2 * i] + k[6]
+      end
+      c[5 + 2 * i] = c[5 + 2 * i] + 1
+    end
+  end
 end
 
 -- Changes to agg are summed per stratum in Lua tables over all cells, then written with
@@ -113,7 +150,6 @@ end
 -- Cells in chunks: one HMGET and one HSET per chunk instead of two calls per cell. A
 -- cell key (h|e|v) occurs once per batch, so reading a chunk before writing it is exact.
 local CHUNK = 500
-local cells = batch.cells
 for first = 1, #cells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, #cells)
   local fields = {}
@@ -167,4 +203,4 @@ if batch.n > 0 then
 end
 
 redis.call('HSET', producers, producer, ARGV[2])
-return {1, last}
+return {1, last, repeated}

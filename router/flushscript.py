@@ -52,12 +52,13 @@ def mask_url(url: str) -> str:
 class FlushScript:
     """flush.lua on one Redis: loading it, calling it, translating errors."""
 
-    def __init__(self, client: redis.asyncio.Redis, k: keys.Keys) -> None:
+    def __init__(self, client: redis.asyncio.Redis, k: keys.Keys,
+                 outcome_id_window_s: float = keys.OUTCOME_ID_WINDOW_S) -> None:
         self._client = client
         self._keys = k.all()
         self._producers = k.producers
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
-        self._stream_caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW))
+        self._caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(outcome_id_window_s)))
 
     async def ping(self) -> None:
         await call_redis(self._client.ping())
@@ -65,10 +66,10 @@ class FlushScript:
     async def load(self) -> None:
         await call_redis(self._client.script_load(FLUSH_SCRIPT))
 
-    async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
-        """(status, last seq before) — see the header of flush.lua."""
+    async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int, int]:
+        """(status, last seq before, repeated keyed outcomes) — see the header of flush.lua."""
         args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events,
-                *self._stream_caps)
+                *self._caps)
         try:
             reply = await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
         except EventLogUnavailable as exc:
@@ -76,7 +77,7 @@ class FlushScript:
                 raise
             await self.load()  # a restarted (or flushed) Redis forgot the script
             reply = await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
-        return int(reply[0]), int(reply[1])
+        return int(reply[0]), int(reply[1]), int(reply[2])
 
     async def last_seqs(self, producers: list[str]) -> dict[str, int]:
         """The last applied seq of each producer (0 when Redis has none)."""

@@ -14,6 +14,7 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     abrouter:{E}:events      stream  capped raw log: one entry per flushed batch (audit only)
     abrouter:{E}:decisions   stream  capped history of the analyzer's decisions
     abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
+    abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
 
 ``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
 
@@ -52,6 +53,12 @@ written by `router.events.encode_events` and read back by `router.events.decode_
 The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, whichever is
 fewer (MAXLEN is set per batch from its size).
 
+Outcomes sent with an ``event_id`` (a client's idempotency key) are counted once:
+``flush.lua`` adds each id to ``outcome-ids`` (score: the time the outcome was
+reported) and skips an outcome whose id is already there. Ids older than
+`OUTCOME_ID_WINDOW_S` before the newest one in a batch are pruned, so a retry is
+recognised for that long. The audit stream keeps every accepted row, repeats included.
+
 Exactly-once: a batch carries (producer, seq). ``flush.lua`` applies it only when seq is
 greater than ``producers[producer]`` and then stores seq, all in one atomic script call,
 so replaying a batch (after a timeout, from the spill file, after a Redis restart) never
@@ -78,6 +85,8 @@ EVENTS_MAXLEN = 10_000
 #: ...and, when batches are large, about this many raw events (~100 MB), whichever is less.
 EVENTS_MAX_RAW = 1_000_000
 DECISIONS_MAXLEN = 1_000
+#: How long an outcome's event_id is remembered: a retry within this window counts once.
+OUTCOME_ID_WINDOW_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,13 @@ class Keys:
     def metrics(self) -> str:
         return self._key("metrics")
 
+    @property
+    def outcome_ids(self) -> str:
+        return self._key("outcome-ids")
+
     def all(self) -> tuple[str, ...]:
         """In the order flush.lua expects them as KEYS."""
-        return (self.agg, self.units, self.epochs, self.producers, self.events, self.metrics)
+        return (self.agg, self.units, self.epochs, self.producers, self.events, self.metrics, self.outcome_ids)
 
 
 def unit_hash(unit: str) -> str:

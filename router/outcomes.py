@@ -4,6 +4,11 @@ Batch semantics: all or nothing. If any item is invalid the whole batch is rejec
 with 422 and a list of every bad item (its index, field and reason), and nothing is
 recorded; a 202 means every item was recorded. A client can therefore always retry a
 rejected batch after removing the items named, and never double-counts by retrying.
+
+An item may carry an ``event_id``, the client's idempotency key (e.g. a UUID made when
+the event happened): an outcome whose event_id was already recorded within
+`router.keys.OUTCOME_ID_WINDOW_S` counts once. That makes it safe to resend a batch whose
+202 was lost.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from typing import Any, Mapping
 from router.experiment import Experiment
 
 MAX_BATCH = 1000
-_ALLOWED = {"request_id", "unit", "metric", "value"}
+MAX_ID_LENGTH = 512
+_ALLOWED = {"request_id", "unit", "metric", "value", "event_id"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,7 @@ class OutcomeItem:
     value: float
     request_id: str | None
     unit: str | None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +82,10 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
     value = _value(index, raw.get("value"), kind)
     if isinstance(value, ItemError):
         return value
-    return OutcomeItem(index=index, metric=metric, value=value, request_id=who[0], unit=who[1])
+    event_id = raw.get("event_id")
+    if event_id is not None and not _short_string(event_id):
+        return ItemError(index, "event_id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return OutcomeItem(index=index, metric=metric, value=value, request_id=who[0], unit=who[1], event_id=event_id)
 
 
 def _who(index: int, raw: Mapping[str, Any]) -> tuple[str | None, str | None] | ItemError:
@@ -83,9 +93,13 @@ def _who(index: int, raw: Mapping[str, Any]) -> tuple[str | None, str | None] | 
     if (request_id is None) == (unit is None):
         return ItemError(index, "request_id", "give exactly one of request_id or unit")
     for name, value in (("request_id", request_id), ("unit", unit)):
-        if value is not None and (not isinstance(value, str) or not value or len(value) > 512):
-            return ItemError(index, name, "must be a non-empty string of at most 512 characters")
+        if value is not None and not _short_string(value):
+            return ItemError(index, name, f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
     return request_id, unit
+
+
+def _short_string(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
 def _value(index: int, value: Any, kind: str) -> float | ItemError:

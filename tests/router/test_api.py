@@ -31,7 +31,7 @@ async def test_outcomes_by_request_id_and_by_unit_are_credited_to_the_served_var
         {"unit": "u2", "metric": "revenue", "value": 4},
         {"unit": "u2", "metric": "conversion", "value": True},
     ])
-    assert status == 202 and body == {"accepted": 5, "by_metric": {"conversion": 2, "revenue": 3}}
+    assert status == 202 and body == {"accepted": 5, "by_metric": {"conversion": 2, "revenue": 3}, "repeated": 0}
     await r.settle()
     strata = await r.strata()
     s1, s2 = strata[(1, variant)], strata[(1, variant2)]
@@ -41,6 +41,39 @@ async def test_outcomes_by_request_id_and_by_unit_are_credited_to_the_served_var
         assert s1.metrics["revenue"].sum == 12.5 and s1.metrics["revenue"].sum_sq == 12.5 ** 2
         assert s2.metrics["revenue"].sum == 7 and s2.metrics["revenue"].sum_sq == 49  # unit-level: (3+4)^2
         assert s2.metrics["conversion"].sum == 1
+
+
+async def test_outcomes_with_an_event_id_count_once_however_often_they_are_sent(make_router: MakeRouter):
+    r = await make_router()
+    _, variant1 = await expose(r, "u1")
+    rid, variant2 = await expose(r, "u2")
+    batch = [
+        {"unit": "u1", "metric": "revenue", "value": 5, "event_id": "order-1"},
+        {"unit": "u1", "metric": "revenue", "value": 5, "event_id": "order-1"},  # a client that sent it twice
+        {"request_id": rid, "metric": "conversion", "value": 1, "event_id": "click-7"},
+        {"unit": "u1", "metric": "revenue", "value": 2},  # no event_id: counted every time
+    ]
+    status, body = await outcomes(r, batch)
+    assert status == 202 and body == {"accepted": 4, "by_metric": {"revenue": 2, "conversion": 1}, "repeated": 1}
+    await r.settle()
+    status, _ = await outcomes(r, batch)  # the client lost the 202 and resends the whole batch
+    assert status == 202
+    await r.settle()
+    other = await make_router()  # ...or resends it to another replica
+    assert (await outcomes(other, batch[:1]))[0] == 202
+    await other.settle()
+
+    strata = await r.strata()
+    u1, u2 = strata[(1, variant1)], strata[(1, variant2)]
+    if variant1 == variant2:
+        assert u1.metrics["revenue"].sum == 5 + 2 + 2 and u1.metrics["conversion"].sum == 1
+    else:
+        assert u1.metrics["revenue"].events == 3 and u1.metrics["revenue"].sum == 9
+        assert u1.metrics["revenue"].sum_sq == 81  # one unit: x_u = 5 + 2 + 2
+        assert (u2.metrics["conversion"].events, u2.metrics["conversion"].sum) == (1, 1)
+    # This replica: the repeat inside each of its two batches, then order-1 and click-7 resent.
+    metrics_text = await (await r.client.get("/abrouter/metrics")).text()
+    assert f'\nabrouter_outcomes_repeated_total{{experiment="{r.keys.experiment}"}} 4\n' in metrics_text
 
 
 async def test_outcome_for_a_unit_seen_only_in_redis(make_router: MakeRouter):
@@ -68,11 +101,12 @@ async def test_invalid_items_reject_the_whole_batch_and_are_each_named(make_rout
         {"metric": "revenue", "value": 1},                                # nobody to credit
         {"request_id": rid, "unit": "u1", "metric": "revenue", "value": 1},
         {"request_id": rid, "metric": "revenue", "value": 1, "extra": 1},
+        {"request_id": rid, "metric": "revenue", "value": 1, "event_id": 42},
     ])
     assert status == 422 and body["error"] == "invalid_outcomes"
     assert [(i["index"], i["field"]) for i in body["items"]] == [
         (1, "metric"), (2, "value"), (3, "value"), (4, "request_id"), (5, "unit"), (6, "request_id"),
-        (7, "request_id"), (8, "extra")]
+        (7, "request_id"), (8, "extra"), (9, "event_id")]
     assert "unknown metric 'clicks'; known: conversion, revenue" in body["items"][0]["error"]
     await r.settle()
     assert sum(m.events for s in (await r.strata()).values() for n, m in s.metrics.items()

@@ -50,10 +50,18 @@ class _Unit:
 
 
 def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[tuple[int, str], keys.Stratum]:
-    """The sufficient statistics, computed the obvious way from the raw events."""
+    """The sufficient statistics, computed the obvious way from the raw events.
+
+    An outcome whose event_id came earlier is not counted (all within the id window).
+    """
     units: dict[tuple[str, int, str], _Unit] = defaultdict(_Unit)
     counts: dict[tuple[int, str, str], int] = defaultdict(int)
+    seen: set[str] = set()
     for ev in recorded:
+        if isinstance(ev, Outcome) and ev.event_id is not None:
+            if ev.event_id in seen:
+                continue
+            seen.add(ev.event_id)
         u = units[(ev.unit_hash, ev.epoch, ev.variant)]
         if isinstance(ev, Exposure):
             u.n += 1
@@ -100,7 +108,9 @@ async def read_strata(client: redis.asyncio.Redis, name: str) -> dict[tuple[int,
 
 
 def random_events(rng: random.Random, count: int, *, units: int = 40, epochs: tuple[int, ...] = (1, 2),
-                  metrics: tuple[str, ...] = ("conversion", "revenue"), prefix: str = "u") -> list[Event]:
+                  metrics: tuple[str, ...] = ("conversion", "revenue"), prefix: str = "u",
+                  keyed: float = 0.0, event_ids: int = 50) -> list[Event]:
+    """Random events; a share `keyed` of the outcomes carry one of `event_ids` ids, so repeat."""
     out: list[Event] = []
     for i in range(count):
         unit, epoch, variant = f"{prefix}{rng.randrange(units)}", rng.choice(epochs), rng.choice(VARIANTS)
@@ -110,8 +120,9 @@ def random_events(rng: random.Random, count: int, *, units: int = 40, epochs: tu
         else:
             metric = rng.choice(metrics)
             value = float(rng.random() < 0.5) if metric == "conversion" else round(rng.uniform(0, 100), 3)
+            event_id = f"{prefix}ev{rng.randrange(event_ids)}" if rng.random() < keyed else None
             out.append(Outcome(unit_hash=unit, variant=variant, epoch=epoch, metric=metric, value=value,
-                               ts=time.time()))
+                               ts=time.time(), event_id=event_id))
     return out
 
 
@@ -167,8 +178,8 @@ async def test_aggregates_equal_a_recomputation_from_raw_events(
     log = await make_log(redis_url, exp)
     rng = random.Random(7)
     recorded: list[Event] = []
-    for _ in range(6):  # several batches; units recur across them, in both epochs and variants
-        batch = random_events(rng, 300)
+    for _ in range(6):  # several batches; units and event ids recur across them, in both epochs and variants
+        batch = random_events(rng, 300, keyed=0.3)
         record(log, batch)
         recorded += batch
         await log.flush()
@@ -249,16 +260,38 @@ async def test_the_script_applies_each_producer_seq_once(
     script = FlushScript(redis_client, keys.Keys(experiment_name))
     await script.load()
     rng = random.Random(3)
-    first, second = random_events(rng, 200), random_events(rng, 200)
+    first, second = random_events(rng, 200, keyed=0.3, event_ids=30), random_events(rng, 200, keyed=0.3, event_ids=30)
     batch1, batch2, batch4 = (_batch(exp, events, seq) for events, seq in ((first, 1), (second, 2), (second, 4)))
-    assert await script.apply(batch1, allow_gap=False) == (APPLIED, 0)
-    assert await script.apply(batch1, allow_gap=False) == (DUPLICATE, 1)  # e.g. a re-send after a timeout
-    assert await script.apply(batch2, allow_gap=False) == (APPLIED, 1)
-    assert await script.apply(batch1, allow_gap=True) == (DUPLICATE, 2)  # an older seq, out of order
-    assert await script.apply(batch4, allow_gap=False) == (GAP, 2)  # seq 3 is missing: refused
+    ids = [{e.event_id for e in events if isinstance(e, Outcome) and e.event_id} for events in (first, second)]
+    assert ids[0] & ids[1]  # the second batch repeats ids of the first
+    assert await script.apply(batch1, allow_gap=False) == (APPLIED, 0, 0)
+    assert await script.apply(batch1, allow_gap=False) == (DUPLICATE, 1, 0)  # e.g. a re-send after a timeout
+    assert await script.apply(batch2, allow_gap=False) == (APPLIED, 1, len(ids[0] & ids[1]))
+    assert await script.apply(batch1, allow_gap=True) == (DUPLICATE, 2, 0)  # an older seq, out of order
+    assert await script.apply(batch4, allow_gap=False) == (GAP, 2, 0)  # seq 3 is missing: refused
     assert_strata_equal(await read_strata(redis_client, experiment_name),
                         expected_strata(first + second, binary_metrics(exp)))
     assert len(await redis_client.xrange(keys.Keys(experiment_name).events)) == 2
+
+
+async def test_outcome_ids_are_remembered_for_the_window_only(
+        redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, outcome_id_window_s=100)
+    await script.load()
+
+    def keyed(event_id: str, ts: float) -> Outcome:
+        return Outcome("u1", "control", 1, "revenue", 2.0, ts, event_id=event_id)
+
+    sent = [[keyed("x", 1000)], [keyed("y", 1050), keyed("x", 1050)], [keyed("z", 1200)], [keyed("x", 1201)]]
+    repeated = [(await script.apply(_batch(exp, outcomes, seq), allow_gap=False))[2]
+                for seq, outcomes in enumerate(sent, start=1)]
+    # "x" repeats within the window (50 s later), and counts again once it has left it.
+    assert repeated == [0, 1, 0, 0]
+    assert await redis_client.zrange(k.outcome_ids, 0, -1, withscores=True) == [(b"z", 1200.0), (b"x", 1201.0)]
+    revenue = (await read_strata(redis_client, experiment_name))[(1, "control")].metrics["revenue"]
+    assert (revenue.events, revenue.sum) == (4, 8.0)
 
 
 def _batch(exp: model.Experiment, recorded: list[Event], seq: int) -> Batch:
@@ -283,7 +316,7 @@ async def test_redis_killed_during_recording_loses_and_duplicates_nothing(
     async def traffic() -> None:
         nonlocal most_spilled
         while not stop.is_set():
-            batch = random_events(rng, 20, units=200)
+            batch = random_events(rng, 20, units=200, keyed=0.3, event_ids=500)
             record(log, batch)
             recorded.extend(batch)
             most_spilled = max(most_spilled, log.stats.spilled)
