@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import shutil
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -270,6 +273,44 @@ def test_the_history_keeps_both_running_minima_and_restarts_after_a_reset() -> N
 def test_an_old_history_entry_without_directions_seeds_nothing() -> None:
     raw = json.dumps({"units": 10, "sequential_p": [{"variant": "candidate", "metric": "conversion", "p": 0.01}]})
     assert history.decode(raw).previous_p(10) == {}
+
+
+async def test_every_keeps_looking_survives_a_bad_edit_and_stops_on_ctrl_c(
+        tmp_path: Path, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    sync = redis.Redis.from_url(redis_url)
+    write_aggregates(sync, experiment_name, control=(2000, 100), candidate=(2000, 110))
+    sync.close()
+    path = config_file(tmp_path, experiment_name)
+    good = path.read_text()
+    decisions = keys.Keys(experiment_name).decisions
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "abrouter", "analyze", "--config", str(path), "--redis-url", redis_url,
+        "--every", "0.1", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parents[2])
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        for _ in range(2):  # it looks again and again
+            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            assert json.loads(line)["decision"]["action"] == "continue"
+        drain = asyncio.create_task(proc.stdout.read())  # a full pipe would block its next look
+        path.write_text("name: x\nunit: {header: u}\nvariants: []\n")  # a bad edit while it runs
+        error = await asyncio.wait_for(proc.stderr.readline(), 20)
+        assert error.decode().startswith("abrouter: error: variants: needs two or more variants")
+        assert proc.returncode is None  # ...is reported, and the loop goes on
+        looks = await redis_client.xlen(decisions)
+        path.write_text(good)
+        deadline = time.monotonic() + 20
+        while await redis_client.xlen(decisions) <= looks:
+            assert time.monotonic() < deadline, "no look after the config was mended"
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 130
+        assert b"Traceback" not in await proc.stderr.read()
+        await drain
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def test_unreachable_redis_is_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
