@@ -54,6 +54,8 @@ async def metrics(request: web.Request) -> web.Response:
                                                    "file could take them.", s.dropped),
         "abrouter_outcomes_repeated_total": ("counter", "Outcomes not counted because their event_id was "
                                              "already recorded.", s.repeated_outcomes + router.metrics.outcomes_repeated),
+        "abrouter_eventlog_quarantined_events_total": ("counter", "Events set aside in the quarantine file "
+                                                       "because Redis refused their batch.", s.quarantined),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
     }

@@ -56,7 +56,7 @@ class DisabledEventLog:
     """The event log's interface, recording nothing: `abrouter serve --no-event-log`."""
 
     stats = EventLogStats(buffered=0, spilled=0, dropped=0, flush_failures=0, flushed_batches=0,
-                          repeated_outcomes=0, redis_up=False)
+                          repeated_outcomes=0, quarantined=0, redis_up=False)
 
     def record_exposure(self, e: Exposure) -> None:
         pass

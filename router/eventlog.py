@@ -18,6 +18,10 @@ Where a batch goes:
   ones are missing, the producer reads back its last applied seq and re-sends the
   retained batches above it: that covers a Redis restart that lost its last fsync window.
 - The spill files of dead producers of the same experiment are replayed at start.
+- Refused by the script, which then wrote nothing (a unit state in Redis that the script
+  did not write, a bug): appended to this producer's quarantine file (`router.spill`)
+  and counted in `EventLogStats.quarantined`, so that one bad batch cannot hold back all
+  later ones. Its events are kept there, not lost, for replay once the cause is fixed.
 Only a failing disk while Redis is down loses events; they are counted in `dropped`.
 
 Exceptions (`router.flushscript`): `EventLogError` for misuse, and its subclass
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -42,7 +47,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from router import events, keys, spill
-from router.flushscript import EventLogError, EventLogUnavailable, FlushScript, call_redis, mask_url
+from router.flushscript import BatchRejected, EventLogError, EventLogUnavailable, FlushScript, call_redis, mask_url
 from router.experiment import Experiment
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ RETAIN_MAX_BATCHES = 4
 #: Local memory of recent exposures, so `lookup_units` rarely needs Redis.
 LRU_SIZE = 100_000
 
-APPLIED, DUPLICATE, GAP = 1, 0, -1
+APPLIED, DUPLICATE, GAP, QUARANTINED = 1, 0, -1, -2
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,7 @@ class EventLogStats:
     flush_failures: int  # flush rounds that could not deliver everything to Redis
     flushed_batches: int  # batches Redis acknowledged (applied or already applied)
     repeated_outcomes: int  # outcomes Redis skipped: their event_id was already recorded
+    quarantined: int  # set aside in the quarantine file: the script refused their batch
     redis_up: bool
 
 
@@ -88,6 +94,8 @@ class EventLog:
         self._timeout = redis_timeout_s
         self._spill_stem = spill.stem(prefix, experiment.name)
         self._spill = spill.SpillFile(Path(spill_dir), stem=self._spill_stem, producer=self.producer)
+        self._quarantine = spill.SpillFile(Path(spill_dir), stem=self._spill_stem, producer=self.producer + "q",
+                                           suffix=spill.QUARANTINE_SUFFIX)
         self._agg = self._new_aggregator()
         self._seq = 0
         self._cut: deque[tuple[int, events.Aggregator]] = deque()  # cut, not yet encoded
@@ -174,7 +182,8 @@ class EventLog:
                     + sum(b.n_events for b in self._outbox))
         return EventLogStats(buffered=buffered, spilled=self._spill.pending_events, dropped=self._dropped,
                              flush_failures=self._failures, flushed_batches=self._flushed,
-                             repeated_outcomes=self._repeated_outcomes, redis_up=self._up)
+                             repeated_outcomes=self._repeated_outcomes, quarantined=self._quarantine.pending_events,
+                             redis_up=self._up)
 
     def _remember(self, unit_hash: str, stratum: tuple[int, str]) -> None:
         recent = self._recent
@@ -227,6 +236,7 @@ class EventLog:
         elif self._script is not None:
             await self._flush_once()
         await asyncio.to_thread(self._spill.close)
+        await asyncio.to_thread(self._quarantine.close)
         if self._client is not None:
             await self._client.aclose()
 
@@ -319,17 +329,35 @@ class EventLog:
         """Deliver one batch of ours, first re-sending retained ones Redis has lost."""
         status, last = await self._apply(batch, allow_gap=False)
         if status == GAP:
-            log.warning("event log: Redis has seq %d of producer %s, batch %d follows a gap; re-sending "
-                        "retained batches", last, batch.producer, batch.seq)
+            log.warning("event log: Redis has seq %d of producer %s, batch %d follows a gap (lost by Redis, "
+                        "or quarantined); re-sending retained batches", last, batch.producer, batch.seq)
             await self._resend({batch.producer: last})
-            await self._apply(batch, allow_gap=True)
-        self._acknowledged(batch)
+            status, _ = await self._apply(batch, allow_gap=True)
+        if status != QUARANTINED:
+            self._acknowledged(batch)
 
     async def _apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
+        """(status, last seq before); a batch the script refuses is quarantined instead."""
         assert self._script is not None
-        status, last, repeated = await self._script.apply(batch, allow_gap=allow_gap)
+        try:
+            status, last, repeated = await self._script.apply(batch, allow_gap=allow_gap)
+        except BatchRejected as exc:
+            await self._set_aside(batch, exc)
+            return QUARANTINED, batch.seq - 1
         self._repeated_outcomes += repeated
         return status, last
+
+    async def _set_aside(self, batch: events.Batch, reason: BatchRejected) -> None:
+        # Renumbered as a producer of its own: a replay must not look like a repeat of ours.
+        moved = dataclasses.replace(batch, producer=self._quarantine.producer,
+                                    seq=self._quarantine.pending_batches + 1)
+        try:
+            await asyncio.to_thread(self._quarantine.append, [moved])
+        except OSError as exc:  # keep it in line (outbox or spill) and try again later
+            raise EventLogUnavailable(f"cannot quarantine batch {batch.seq} in {self._quarantine.path}: {exc}") \
+                from exc
+        log.error("event log: %s; its %d events are set aside in %s (rename it to .spill to replay it once "
+                  "the cause is fixed)", reason, batch.n_events, self._quarantine.path)
 
     def _acknowledged(self, batch: events.Batch) -> None:
         self._flushed += 1
@@ -393,8 +421,9 @@ class EventLog:
         count = 0
         for batch, _ in orphan.batches():
             # A dead producer's earlier batches may be gone for good: gaps are allowed.
-            await self._apply(batch, allow_gap=True)
-            self._acknowledged(batch)
+            status, _ = await self._apply(batch, allow_gap=True)
+            if status != QUARANTINED:
+                self._acknowledged(batch)
             count += batch.n_events
         orphan.remove()
         log.info("event log: replayed %d events from orphaned spill file %s", count, orphan.path)

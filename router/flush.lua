@@ -4,6 +4,11 @@
 -- format is built by router/events.py (Aggregator.batch). One call per batch, atomic:
 -- either all of a batch's effects happen (and its seq is recorded) or none do.
 --
+-- Redis does not undo a script's writes when it fails half-way, so the script works in
+-- two phases: the first only reads and computes (and may refuse the batch), the second
+-- only writes. A batch the script cannot apply, such as one that meets a corrupt unit
+-- state, therefore changes nothing, and the router can set it aside (quarantine).
+--
 -- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids   (keys.Keys.all())
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
 --       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
@@ -12,7 +17,8 @@
 -- applied), -1 refused because seq ~= last + 1 and allow_gap is "0" (the producer's
 -- earlier batches are missing, e.g. lost by a Redis restart). last is the producer's
 -- sequence number before this call; repeated the number of keyed outcomes skipped
--- because their event_id was already recorded.
+-- because their event_id was already recorded. {-2, last, 0, reason}: refused, nothing
+-- written, because the batch cannot be applied as it is (see `reason`).
 
 local agg, units, epochs, producers, stream, metrics_key, outcome_ids =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -46,11 +52,22 @@ local function columns(names)
       grown = true
     end
   end
-  if grown then redis.call('SET', metrics_key, cjson.encode(order)) end
-  return order, col
+  return order, col, grown
 end
 
-local order, col = columns(batch.metrics)
+-- ---------------------------------------------------------------- phase 1: read only
+
+-- Phase 2 must not fail half-way: every key it writes must have the type it expects.
+local want = {[agg] = 'hash', [units] = 'hash', [epochs] = 'hash', [stream] = 'stream',
+              [metrics_key] = 'string', [outcome_ids] = 'zset'}
+for key, kind in pairs(want) do
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    return {-2, last, 0, key .. ' is a ' .. found .. ', not a ' .. kind}
+  end
+end
+
+local order, col, order_grown = columns(batch.metrics)
 local ncol, nbm = #order, #batch.metrics
 local is_binary = {}
 for _, m in ipairs(batch.binary) do is_binary[m] = true end
@@ -62,20 +79,26 @@ end
 
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
+-- An id recorded before `forget_before` has left the window and counts as new.
 local cells = batch.cells
 local repeated = 0
 local keyed = batch.keyed or {}
+local new_ids = {}  -- ZADD arguments: score, id, ...
+local forget_before = 0
 if #keyed > 0 then
   local newest = 0
   for _, k in ipairs(keyed) do if k[7] > newest then newest = k[7] end end
-  redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(newest - tonumber(ARGV[8])))
+  forget_before = newest - tonumber(ARGV[8])
   local by_key, metric_at = {}, {}
   for _, c in ipairs(cells) do by_key[c[1] .. '|' .. c[2] .. '|' .. c[3]] = c end
   for i, m in ipairs(batch.metrics) do metric_at[m] = i end
   for _, k in ipairs(keyed) do
-    if redis.call('ZADD', outcome_ids, 'NX', num(k[7]), k[1]) == 0 then
+    local seen = tonumber(redis.call('ZSCORE', outcome_ids, k[1]))
+    if seen and seen >= forget_before then
       repeated = repeated + 1
     else
+      new_ids[#new_ids + 1] = num(k[7])
+      new_ids[#new_ids + 1] = k[1]
       local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
       local c = by_key[key]
       if not c then
@@ -115,9 +138,19 @@ end
 -- One cell: {unit_hash, epoch, variant, latest, dn, dx_1, count_1, dx_2, count_2, ...}
 -- in the order of batch.metrics, and the unit's stored state (or false). Moves the state
 -- and adds the exact change of every sufficient statistic to the stratum's totals:
--- d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0. Returns the new state, encoded.
-local function apply_cell(cell, raw, acc)
-  local state = raw and cjson.decode(raw) or {0}
+-- d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0. Returns the new state, encoded, or nil
+-- when the stored state is not an array of numbers (then nothing may be written).
+local function valid_state(raw)
+  if not raw then return {0} end
+  local ok, state = pcall(cjson.decode, raw)
+  if not ok or type(state) ~= 'table' or #state == 0 then return nil end
+  for j = 1, #state do
+    if type(state[j]) ~= 'number' then return nil end
+  end
+  return state
+end
+
+local function apply_cell(cell, state, acc)
   local dn = cell[5]
   local n0 = state[1]
   local n1 = n0 + dn
@@ -147,9 +180,11 @@ local function apply_cell(cell, raw, acc)
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
--- Cells in chunks: one HMGET and one HSET per chunk instead of two calls per cell. A
--- cell key (h|e|v) occurs once per batch, so reading a chunk before writing it is exact.
+-- Cells in chunks: one HMGET (now) and one HSET (in phase 2) per chunk instead of two
+-- calls per cell. A cell key (h|e|v) occurs once per batch, so reading every chunk before
+-- writing any is exact.
 local CHUNK = 500
+local unit_writes = {}
 for first = 1, #cells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, #cells)
   local fields = {}
@@ -161,17 +196,33 @@ for first = 1, #cells, CHUNK do
   local writes = {}
   for i = first, last_cell do
     local c, k = cells[i], i - first + 1
+    local state = valid_state(raws[k])
+    if not state then
+      return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. fields[k]}
+    end
     local s, acc = stratum(c[2], c[3])
     writes[#writes + 1] = fields[k]
-    writes[#writes + 1] = apply_cell(c, raws[k], acc)
+    writes[#writes + 1] = apply_cell(c, state, acc)
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     if c[4] == 1 then
       writes[#writes + 1] = c[1]
       writes[#writes + 1] = s
     end
   end
-  redis.call('HSET', units, unpack(writes))
+  unit_writes[#unit_writes + 1] = writes
 end
+
+-- ---------------------------------------------------------------- phase 2: write only
+
+if order_grown then redis.call('SET', metrics_key, cjson.encode(order)) end
+if #keyed > 0 then
+  redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before))
+  -- In slices: Lua's unpack() fails beyond ~8,000 values.
+  for first = 1, #new_ids, 2 * CHUNK do
+    redis.call('ZADD', outcome_ids, unpack(new_ids, first, math.min(first + 2 * CHUNK - 1, #new_ids)))
+  end
+end
+for _, writes in ipairs(unit_writes) do redis.call('HSET', units, unpack(writes)) end
 
 local function incr(field, d)
   if d ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', d)) end

@@ -6,13 +6,15 @@ the event log has one exception to handle: the batch waits in the spill file.
 Exceptions::
 
     EventLogError             misuse, e.g. an experiment update that drops a metric
-     └── EventLogUnavailable  Redis cannot be reached
+     ├── EventLogUnavailable  Redis cannot be reached
+     └── BatchRejected        Redis is fine but the script cannot apply this batch
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
@@ -38,6 +40,27 @@ class EventLogError(Exception):
 
 class EventLogUnavailable(EventLogError):
     """Redis cannot be reached right now; events still spill, lookups cannot be answered."""
+
+
+class BatchRejected(EventLogError):
+    """flush.lua refused or failed on this batch and wrote nothing: retrying cannot help.
+
+    E.g. a unit state in Redis that is not what the script wrote (edited by hand, or by
+    another program), or a bug. The batch goes to the quarantine file.
+    """
+
+
+REJECTED = -2
+# Redis answers that mean "not now" even when they come from inside the script.
+_TRANSIENT = re.compile(r"\b(OOM|MISCONF|READONLY|BUSY|LOADING|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b")
+
+
+def _script_failed(exc: BaseException) -> bool:
+    """A runtime error of the script itself (e.g. WRONGTYPE on a key someone overwrote)."""
+    if not isinstance(exc, redis.exceptions.ResponseError) or isinstance(exc, redis.exceptions.NoScriptError):
+        return False
+    message = str(exc)
+    return "user_script" in message and not _TRANSIENT.search(message)
 
 
 def mask_url(url: str) -> str:
@@ -67,17 +90,31 @@ class FlushScript:
         await call_redis(self._client.script_load(FLUSH_SCRIPT))
 
     async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int, int]:
-        """(status, last seq before, repeated keyed outcomes) — see the header of flush.lua."""
+        """(status, last seq before, repeated keyed outcomes) — see the header of flush.lua.
+
+        BatchRejected when the script refuses the batch or fails on it (nothing written).
+        """
         args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events,
                 *self._caps)
         try:
-            reply = await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
+            reply = await self._evalsha(args)
+        except EventLogUnavailable as exc:
+            if _script_failed(exc.__cause__):
+                raise BatchRejected(f"flush.lua failed on batch {batch.seq}: {exc.__cause__}") from exc.__cause__
+            raise
+        if int(reply[0]) == REJECTED:
+            reason = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+            raise BatchRejected(f"flush.lua refused batch {batch.seq}: {reason}")
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+    async def _evalsha(self, args: tuple[str, ...]) -> list:
+        try:
+            return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
         except EventLogUnavailable as exc:
             if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
                 raise
             await self.load()  # a restarted (or flushed) Redis forgot the script
-            reply = await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
-        return int(reply[0]), int(reply[1]), int(reply[2])
+            return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
 
     async def last_seqs(self, producers: list[str]) -> dict[str, int]:
         """The last applied seq of each producer (0 when Redis has none)."""

@@ -11,6 +11,11 @@ process), and any new router of the same experiment may replay and delete it:
 `claim_orphans`. Replaying twice is harmless, because flush.lua applies each
 (producer, seq) once.
 
+A *quarantine* file, ``<stem>.<producer>q.quarantine``, has the same format: the batches
+Redis refused (`router.flushscript.BatchRejected`), renumbered as the batches of their
+own producer ``<producer>q``. Nothing replays it on its own. Once the cause is fixed,
+renaming it to ``.spill`` makes it an orphan that the next router to start replays.
+
 Blocking file I/O: the event log calls `SpillFile.append` and `clear` in a thread.
 """
 
@@ -28,6 +33,7 @@ from router.events import Batch
 log = logging.getLogger(__name__)
 
 SUFFIX = ".spill"
+QUARANTINE_SUFFIX = ".quarantine"
 _CREATING = ".creating"
 
 
@@ -89,9 +95,10 @@ class SpillFile:
     interrupted by another outage resumes instead of starting over.
     """
 
-    def __init__(self, directory: Path, *, stem: str, producer: str) -> None:
+    def __init__(self, directory: Path, *, stem: str, producer: str, suffix: str = SUFFIX) -> None:
         self.directory = directory
-        self.path = directory / f"{stem}.{producer}{SUFFIX}"
+        self.producer = producer
+        self.path = directory / f"{stem}.{producer}{suffix}"
         self._fd: int | None = None
         self._size = 0
         self.replayed = 0

@@ -7,6 +7,7 @@ from the raw events the test recorded (`expected_strata`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections import defaultdict
@@ -24,6 +25,7 @@ from redis.backoff import NoBackoff
 from router import experiment as model
 from router import keys, spill
 from router.eventlog import APPLIED, DUPLICATE, GAP, EventLog, EventLogError, EventLogUnavailable, FlushScript
+from router.flushscript import BatchRejected
 from router.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, decode_events
 from router.redis_server import RedisServer, free_port
 
@@ -436,6 +438,67 @@ async def _flushed_all(log: EventLog) -> bool:
     await log.flush()
     s = log.stats
     return s.redis_up and s.spilled == 0 and s.buffered == 0
+
+
+# ------------------------------------------------------------------------ quarantine
+
+
+async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow(
+        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str,
+        tmp_path: Path) -> None:
+    exp = make_experiment(experiment_name)
+    units_key = keys.Keys(experiment_name).units
+    log = await make_log(redis_url, exp)
+    first = [Exposure(f"r{i}", f"u{i}", "control", 1, 0.0, 200, 5.0, False) for i in range(3)]
+    record(log, first)
+    await log.flush()
+
+    good_state = await redis_client.hget(units_key, "u1|1|control")
+    await redis_client.hset(units_key, "u1|1|control", "not a state")  # another program wrote here
+    # Innocent units first, more than the script's chunk of 500 cells, then the corrupt one.
+    poisoned: list[Event] = [Exposure(f"r-{i}", f"w{i}", "candidate", 1, 0.0, 200, 7.0, i % 2 == 0) for i in range(600)]
+    poisoned += [Outcome("u2", "control", 1, "revenue", 4.0, 0.0), Exposure("r10", "u1", "control", 1, 0.0, 200, 6.0, False)]
+    record(log, poisoned)
+    await log.flush()
+    third = [Exposure("r11", "u3", "candidate", 1, 0.0, 200, 8.0, False)]
+    record(log, third)
+    await log.flush()
+
+    # Nothing of the refused batch was written, not even its innocent part; the next one was.
+    assert log.stats.quarantined == 602 and log.stats.spilled == 0 and log.stats.buffered == 0
+    assert await redis_client.hget(units_key, "w0|1|candidate") is None
+    assert_strata_equal(await read_strata(redis_client, experiment_name),
+                        expected_strata(first + third, binary_metrics(exp)))
+
+    # Fixed, and the quarantine file renamed to a spill file: the next router replays it.
+    await redis_client.hset(units_key, "u1|1|control", good_state)
+    await log.close()
+    (quarantined,) = (tmp_path / "spill").glob(f"*{spill.QUARANTINE_SUFFIX}")
+    ((batch, _),) = spill.read_batches(quarantined)
+    assert (batch.producer, batch.seq, batch.n_events) == (log.producer + "q", 1, 602)
+    quarantined.rename(quarantined.with_suffix(spill.SUFFIX))
+    await (await make_log(redis_url, exp)).flush()
+    assert_strata_equal(await read_strata(redis_client, experiment_name),
+                        expected_strata(first + poisoned + third, binary_metrics(exp)))
+
+
+@pytest.mark.parametrize("damage", ["agg_is_a_string", "payload_is_not_json"])
+async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
+        redis_client: redis.asyncio.Redis, experiment_name: str, damage: str) -> None:
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k)
+    await script.load()
+    batch = _batch(exp, random_events(random.Random(4), 50), 1)
+    if damage == "agg_is_a_string":
+        await redis_client.set(k.agg, "x")
+        message = "is a string, not a hash"
+    else:
+        batch = dataclasses.replace(batch, payload="{not json")
+        message = "flush.lua failed on batch 1"
+    with pytest.raises(BatchRejected, match=message):
+        await script.apply(batch, allow_gap=False)
+    assert await redis_client.exists(k.units, k.producers, k.events, k.metrics, k.epochs) == 0
 
 
 async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
