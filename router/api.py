@@ -124,7 +124,9 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.It
         elif c.request_id is not None:
             out.append(_by_request_id(router, c, now))
         elif found[c.unit] is None:
-            out.append(oc.ItemError(c.index, "unit", f"unit {c.unit!r} was never exposed to this experiment"))
+            out.append(oc.ItemError(c.index, "unit", f"unit {c.unit!r} has no exposure in this experiment (one "
+                                    "through another replica is known after that replica's next flush; "
+                                    "outcomes by request_id need no lookup)"))
         else:
             epoch, variant = found[c.unit]  # type: ignore[misc]
             out.append(Outcome(unit_hash=hashes[c.unit], variant=variant, epoch=epoch,  # type: ignore[index]

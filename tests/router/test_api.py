@@ -108,6 +108,7 @@ async def test_invalid_items_reject_the_whole_batch_and_are_each_named(make_rout
         (1, "metric"), (2, "value"), (3, "value"), (4, "request_id"), (5, "unit"), (6, "request_id"),
         (7, "request_id"), (8, "extra"), (9, "event_id")]
     assert "unknown metric 'clicks'; known: conversion, revenue" in body["items"][0]["error"]
+    assert body["items"][4]["error"].startswith("unit 'never-seen' has no exposure in this experiment")
     await r.settle()
     assert sum(m.events for s in (await r.strata()).values() for n, m in s.metrics.items()
                if n in ("conversion", "revenue")) == 0  # all or nothing
