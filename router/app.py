@@ -98,8 +98,7 @@ def build_app(experiment: Experiment, settings: ServeSettings, *, source: Weight
         table = RoutingTable(experiment=experiment, since=time.time())
         eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
         await eventlog.start()
-        t = transport or make_transport(settings.upstream_transport,
-                                        TimeoutConfig(experiment.timeouts.connect_s, experiment.timeouts.read_s))
+        t = transport or make_transport(settings.upstream_transport, upstream_timeouts(experiment))
         app[ROUTER] = Router(table=table, transport=t, eventlog=eventlog, ids=request_ids(settings, experiment),
                              source=status)
         watcher = asyncio.create_task(source.run(lambda e: apply_spec(app[ROUTER], e))) if source else None
@@ -123,6 +122,10 @@ def build_app(experiment: Experiment, settings: ServeSettings, *, source: Weight
     return app
 
 
+def upstream_timeouts(experiment: Experiment) -> TimeoutConfig:
+    return TimeoutConfig(experiment.timeouts.connect_s, experiment.timeouts.read_s)
+
+
 def make_transport(kind: str, timeouts: TimeoutConfig) -> Transport:
     if kind == "aiohttp":
         return AiohttpTransport(timeouts)
@@ -144,6 +147,8 @@ def apply_spec(router: Router, experiment: Experiment) -> None:
     if table is router.table:
         return
     router.eventlog.update_experiment(experiment)
+    if experiment.timeouts != router.table.experiment.timeouts:
+        router.transport.set_timeouts(upstream_timeouts(experiment))
     if table.epoch != router.table.epoch:
         router.eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
         log.info("weights epoch %d: %s", table.epoch, table.weights_by_name())

@@ -40,7 +40,7 @@ import asyncio
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterable, AsyncIterator
 from urllib.parse import urlsplit
 
@@ -99,6 +99,12 @@ class HttptoolsTransport:
                     raise  # a streamed body was consumed: it cannot be sent again
         conn = await pool.connect()
         return await conn.exchange(method, target, headers, body)
+
+    def set_timeouts(self, timeouts: TimeoutConfig) -> None:
+        """New connect and read timeouts, for requests that start from now on."""
+        self._limits = replace(self._limits, connect_s=timeouts.connect_s, read_s=timeouts.read_s)
+        for pool in self._pools.values():
+            pool.limits = self._limits
 
     async def close(self) -> None:
         for pool in self._pools.values():

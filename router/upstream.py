@@ -57,6 +57,7 @@ class UpstreamResponse(Protocol):
 class Transport(Protocol):
     async def request(self, *, base_url: str, method: str, path_qs: str, headers: Headers,
                       body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse: ...
+    def set_timeouts(self, timeouts: TimeoutConfig) -> None: ...
     async def close(self) -> None: ...
 
 
@@ -100,17 +101,20 @@ class AiohttpTransport:
             auto_decompress=False,  # Content-Encoding travels with its bytes, untouched
             # Never invent headers the client did not send (Content-Type above all).
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s,
-                                          sock_read=timeouts.read_s),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        self.set_timeouts(timeouts)
+
+    def set_timeouts(self, timeouts: TimeoutConfig) -> None:
+        """New connect and read timeouts, for requests that start from now on."""
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.read_s)
 
     async def request(self, *, base_url: str, method: str, path_qs: str, headers: Headers,
                       body: bytes | AsyncIterable[bytes] | None) -> UpstreamResponse:
         try:
             response = await self._session.request(
                 method, yarl.URL(base_url + path_qs, encoded=True), headers=headers, data=body, allow_redirects=False,
-                compress=None, skip_auto_headers=("Content-Type",),
+                compress=None, skip_auto_headers=("Content-Type",), timeout=self._timeout,
             )
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(f"no response within the timeout from {base_url}") from exc

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import time
 from collections import Counter, defaultdict
 
 import aiohttp
@@ -112,6 +113,20 @@ async def test_refused_is_502_and_timeout_is_504_as_json(make_router: MakeRouter
     assert resp.status == 504 and (await resp.json())["variant"] == "candidate"
     text = await (await r2.client.get("/abrouter/metrics")).text()
     assert 'abrouter_errors_total{experiment="%s",variant="candidate",reason="timeout"} 1' % r2.spec["name"] in text
+
+
+async def test_timeouts_change_with_a_config_reload(make_router: MakeRouter):
+    r = await make_router({"control": 100, "candidate": 0}, timeouts={"connect": 1, "read": 5})
+    resp = await post(r, "/slow?s=0.6", user="u1")
+    assert resp.status == 200
+    resp.release()
+    r.write_spec(timeouts={"connect": 1, "read": 0.2})  # same weights and epoch: only the timeouts
+    deadline = time.monotonic() + 5
+    while r.router.table.experiment.timeouts.read_s != 0.2:
+        assert time.monotonic() < deadline, r.router.source.last_error
+        await asyncio.sleep(0.02)
+    resp = await post(r, "/slow?s=0.6", user="u1")
+    assert resp.status == 504
 
 
 async def test_connection_reset_is_502(make_router: MakeRouter, raw_upstream):
