@@ -1,9 +1,9 @@
 """One look at an experiment: data -> statistics -> decision, as an `AnalysisResult`.
 
 Pure, like the statistics and the policy it composes: the data arrives already read
-(`reader.py`, `summary.py`), the previous look's running minima of the sequential p
-(better, worse) arrive from the history (`history.py`), and the clock and random generator
-are arguments.
+(`reader.py`, `summary.py`), the previous look's sequential results (`Running`: minima of
+the sequential p, intersections of the confidence sequences) arrive from the history
+(`history.py`), and the clock and random generator are arguments.
 
 - comparisons: every candidate (including rolled-back ones, for the record) x every
   metric, stratified by weight epoch; the primary metric is the first user metric;
@@ -24,15 +24,13 @@ import numpy as np
 from analysis import decision as policy
 from analysis.data import Arm, ExperimentData
 from analysis.stats import fixed_horizon
-from analysis.stats.compare import Comparison, compare
+from analysis.stats.compare import FRESH, Comparison, Running, compare
 from analysis.stats.noninferiority import NonInferiority, non_inferiority
 from analysis.stats.srm import SrmResult, srm_check
 from router.experiment import Guardrail, Metric
 
-#: (variant, metric) -> the previous look's running minima of the sequential p, as
-#: (better, worse): over the looks where the candidate was better / worse than the control.
-PreviousP = Mapping[tuple[str, str], tuple[float, float]]
-_FRESH = (1.0, 1.0)
+#: (variant, metric) -> the sequential results up to the previous look.
+Previous = Mapping[tuple[str, str], Running]
 
 
 @dataclass(frozen=True)
@@ -54,22 +52,22 @@ class AnalysisResult:
     decision: policy.Decision
     #: A/B/n only: Pearson chi-square p of "all arms convert alike", per binary metric.
     omnibus: dict[str, float] = field(default_factory=dict)
-    #: The running minima the next look starts from (see `sequential_p`).
-    next_sequential_p: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, repr=False)
+    #: The sequential results the next look starts from (see `running`).
+    next_running: dict[tuple[str, str], Running] = field(default_factory=dict, repr=False)
 
     @property
     def primary(self) -> str | None:
         metric = self.data.primary
         return metric.name if metric is not None else None
 
-    def sequential_p(self) -> dict[tuple[str, str], tuple[float, float]]:
-        """The (better, worse) running minima per (variant, metric) that seed the next look.
+    def running(self) -> dict[tuple[str, str], Running]:
+        """The sequential results per (variant, metric) that seed the next look.
 
         A comparison whose control or candidate arm is below `min_units_per_arm` does not
-        seed them: its p is not yet evidence (e.g. 0 conversions in 50 units), so the
-        previous minima carry over unchanged (1.0 on a first look).
+        seed them: its p and interval are not yet evidence (e.g. 0 conversions in 50
+        units), so the previous ones carry over unchanged (`FRESH` on a first look).
         """
-        return dict(self.next_sequential_p)
+        return dict(self.next_running)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON result (docs/analyzer.md documents every field)."""
@@ -95,11 +93,11 @@ class AnalysisResult:
         return out
 
 
-def analyze(data: ExperimentData, *, now: float, previous: PreviousP | None = None,
+def analyze(data: ExperimentData, *, now: float, previous: Previous | None = None,
             rng: np.random.Generator | None = None) -> AnalysisResult:
     """Compare, check guardrails and SRM, and decide, for one look at `data`."""
     previous = previous or {}
-    comparisons = tuple(_compare(data, arm, metric, previous.get((arm.name, metric.name), _FRESH))
+    comparisons = tuple(_compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH))
                         for arm in data.candidates for metric in data.metrics)
     present = {m.name for m in data.metrics}
     rails = data.settings.guardrails
@@ -110,23 +108,21 @@ def analyze(data: ExperimentData, *, now: float, previous: PreviousP | None = No
         comparisons=comparisons, guardrails=guardrails, holm=policy.holm_primary(data, evidence),
         skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
         decision=policy.decide(data, evidence, now=now, rng=rng), omnibus=omnibus(data),
-        next_sequential_p=_next_sequential_p(data, comparisons, previous),
+        next_running=_next_running(data, comparisons, previous),
     )
 
 
-def _next_sequential_p(data: ExperimentData, comparisons: tuple[Comparison, ...],
-                       previous: PreviousP) -> dict[tuple[str, str], tuple[float, float]]:
-    """The running minima to record; a look with too few units carries the previous ones."""
+def _next_running(data: ExperimentData, comparisons: tuple[Comparison, ...],
+                  previous: Previous) -> dict[tuple[str, str], Running]:
+    """The sequential results to record; a look with too few units carries the previous ones."""
     need = data.settings.min_units_per_arm
-    out: dict[tuple[str, str], tuple[float, float]] = {}
+    out: dict[tuple[str, str], Running] = {}
     for c in comparisons:
         key = (c.variant, c.metric)
         if data.control.units < need or data.arm(c.variant).units < need:
-            pair = tuple(previous.get(key, _FRESH))
+            out[key] = previous.get(key, FRESH)
         else:
-            pair = (c.sequential_p_better, c.sequential_p_worse)
-        if all(math.isfinite(p) for p in pair):
-            out[key] = (float(pair[0]), float(pair[1]))
+            out[key] = c.running()
     return out
 
 
@@ -152,12 +148,12 @@ def srm(data: ExperimentData) -> SrmResult:
     return srm_check(units, weights, alpha=data.settings.srm_alpha)
 
 
-def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous_p: tuple[float, float]) -> Comparison:
+def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) -> Comparison:
     return compare(
         data.samples(data.control.name, metric.name), data.samples(arm.name, metric.name),
         kind=metric.kind, direction=metric.direction, alpha=data.settings.alpha,
         expected_units=data.settings.expected_units_per_arm, variant=arm.name, metric=metric.name,
-        previous_sequential_p=previous_p)
+        previous=previous)
 
 
 def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:

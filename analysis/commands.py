@@ -167,7 +167,7 @@ async def look(client: redis.asyncio.Redis, experiment: spec.Experiment, *, sink
     keys = keys or schema.Keys(experiment.name)
     data = await reader.read(client, experiment, keys=keys)
     previous = await history.last(client, keys)
-    seed = previous.previous_p(sum(a.units for a in data.arms)) if previous is not None else {}
+    seed = previous.previous(sum(a.units for a in data.arms)) if previous is not None else {}
     result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed,
                               rng=np.random.default_rng())
     applied = await sink.apply(result.decision, epoch=experiment.epoch)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.stats.compare import compare
+from analysis.stats.compare import FRESH, compare
 from analysis.stats.power import sample_size
 from analysis.stats.sample import Sample
 
@@ -46,14 +46,14 @@ class Run:
 def simulate(rng: np.random.Generator, *, rates: tuple[float, float], looks: int, per_look: int,
              expected_units: int) -> Run:
     conversions = rng.binomial(per_look, rates, size=(looks, 2)).cumsum(axis=0)
-    previous, first, positive = (1.0, 1.0), None, False
+    previous, first, positive = FRESH, None, False
     naive_any = naive_positive = harm = benefit = False
     for look in range(looks):
         n = per_look * (look + 1)
         c = compare(Sample(n, float(conversions[look, 0])), Sample(n, float(conversions[look, 1])),
                     kind="binary", direction="increase", alpha=ALPHA, expected_units=expected_units,
-                    variant="candidate", metric="conversion", previous_sequential_p=previous)
-        previous = (c.sequential_p_better, c.sequential_p_worse)
+                    variant="candidate", metric="conversion", previous=previous)
+        previous = c.running()
         if first is None and c.status == "ok" and c.sequential_p_value < ALPHA:
             first, positive = look, c.sequential_p_better < ALPHA
         significant = c.status == "ok" and c.p_value < ALPHA

@@ -22,6 +22,25 @@ NAN_PAIR = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
+class Running:
+    """What one look hands to the next: the sequential results so far.
+
+    An always-valid p stays valid when minimised over looks, and an always-valid confidence
+    sequence when intersected over looks; each needs only the previous look's value.
+    """
+
+    #: Running minima of the mSPRT p over the looks where the candidate was better / worse.
+    p_better: float = 1.0
+    p_worse: float = 1.0
+    #: Running intersections of the confidence sequences; None before the first look.
+    ci_absolute: tuple[float, float] | None = None
+    ci_relative: tuple[float, float] | None = None
+
+
+FRESH = Running()
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Candidate vs control on one metric. Intervals are two-sided at level 1 − alpha."""
 
@@ -48,9 +67,10 @@ class Comparison:
     #: sequential_p_worse), the running minimum over all looks.
     sequential_p_value: float
     #: Confidence sequence on the relative scale (same multiplier as the absolute one,
-    #: times the delta-method relative SE, floored binary variances).
+    #: times the delta-method relative SE, floored binary variances), intersected with the
+    #: previous looks'.
     sequential_ci: tuple[float, float]
-    #: Confidence sequence on the absolute scale (inverts the mSPRT).
+    #: Confidence sequence on the absolute scale (inverts the mSPRT), intersected likewise.
     sequential_ci_absolute: tuple[float, float]
     #: P(candidate better than control), respecting direction.
     chance_to_beat: float
@@ -71,6 +91,11 @@ class Comparison:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
         return {key: json_safe(value) for key, value in asdict(self).items()}
 
+    def running(self) -> Running:
+        """The sequential state after this look, for the next one."""
+        return Running(self.sequential_p_better, self.sequential_p_worse,
+                       _finite_or_none(self.sequential_ci_absolute), _finite_or_none(self.sequential_ci))
+
 
 def compare(
     control: Sample | Sequence[Sample],
@@ -82,7 +107,7 @@ def compare(
     expected_units: int,
     variant: str,
     metric: str,
-    previous_sequential_p: tuple[float, float] = (1.0, 1.0),
+    previous: Running = FRESH,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -93,20 +118,22 @@ def compare(
 
     `expected_units` is the number of units *per arm* at which the sequential test should
     be most powerful (the experiment's `expected_units_per_arm`); it tunes the mSPRT mixing
-    variance. `previous_sequential_p` is the previous look's
-    (`sequential_p_better`, `sequential_p_worse`), so both are running minima, each over the
-    looks where the estimate pointed its way (pass (1.0, 1.0) on the first look).
+    variance. `previous` is the previous look's `Comparison.running()` (`FRESH` on the
+    first look): the sequential p's are running minima, each over the looks where the
+    estimate pointed its way, and the confidence sequences running intersections. If an
+    intersection comes out empty (the effect moved more than a constant effect allows),
+    this look's sequence is reported alone.
 
     A zero control mean leaves the absolute comparison intact: the status stays "ok" with
     reason `zero_baseline`, and only the relative fields are NaN.
     """
-    better, worse = (float(p) for p in previous_sequential_p)
+    better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)
     est = estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
     header = dict(variant=variant, metric=metric, n_control=est.n_control, n=est.n,
                   control_mean=est.control_mean, mean=est.mean)
     if est.reason:
-        return _insufficient(header, est.reason, better, worse)
+        return _insufficient(header, est.reason, previous)
     fixed, abs_ci = _fixed_horizon(est, kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
@@ -125,8 +152,8 @@ def compare(
         relative_lift=est.relative, relative_ci=_around(est.relative, z * rel_se),
         p_value=fixed.p_value,
         sequential_p_value=min(better, worse),
-        sequential_ci=_around(est.relative, k * seq_rel_se),
-        sequential_ci_absolute=_around(est.difference, k * seq_abs_se),
+        sequential_ci=_intersect(_around(est.relative, k * seq_rel_se), previous.ci_relative),
+        sequential_ci_absolute=_intersect(_around(est.difference, k * seq_abs_se), previous.ci_absolute),
         chance_to_beat=chance, expected_loss=loss,
         strata=len(est.pairs), bayes_method=method,
         sequential_p_better=better, sequential_p_worse=worse,
@@ -189,16 +216,28 @@ def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[fl
             "gaussian")
 
 
-def _insufficient(header: dict[str, Any], reason: str, better: float, worse: float) -> Comparison:
-    # Nothing was learned at this look, so the running-minimum sequential p's carry over.
+def _insufficient(header: dict[str, Any], reason: str, previous: Running) -> Comparison:
+    # Nothing was learned at this look, so the sequential results so far carry over.
     return Comparison(
         **header, status=reasons.INSUFFICIENT, reason=reason,
         absolute_lift=math.nan, absolute_ci=NAN_PAIR, relative_lift=math.nan, relative_ci=NAN_PAIR,
-        p_value=math.nan, sequential_p_value=min(better, worse),
-        sequential_ci=NAN_PAIR, sequential_ci_absolute=NAN_PAIR,
+        p_value=math.nan, sequential_p_value=min(previous.p_better, previous.p_worse),
+        sequential_ci=previous.ci_relative or NAN_PAIR, sequential_ci_absolute=previous.ci_absolute or NAN_PAIR,
         chance_to_beat=math.nan, expected_loss=math.nan, strata=0,
-        sequential_p_better=better, sequential_p_worse=worse,
+        sequential_p_better=previous.p_better, sequential_p_worse=previous.p_worse,
     )
+
+
+def _intersect(now: tuple[float, float], before: tuple[float, float] | None) -> tuple[float, float]:
+    """The running intersection; this look's interval when there is none before or it is empty."""
+    if before is None or not all(math.isfinite(x) for x in now):
+        return now
+    low, high = max(now[0], before[0]), min(now[1], before[1])
+    return (low, high) if low <= high else now
+
+
+def _finite_or_none(pair: tuple[float, float]) -> tuple[float, float] | None:
+    return pair if all(math.isfinite(x) for x in pair) else None
 
 
 def _around(center: float, half_width: float) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from statsmodels.stats.power import NormalIndPower
 from abrouter import cli
 from analysis import commands, history
 from analysis.sink import DryRunSink
+from analysis.stats.compare import Running
 from router import experiment as spec
 from router import keys
 from router.redis_server import free_port
@@ -266,13 +267,13 @@ def test_the_history_keeps_both_running_minima_and_restarts_after_a_reset() -> N
     raw = json.dumps({"units": 4000, "sequential_p": [
         {"variant": "candidate", "metric": "conversion", "p": 0.01, "p_better": 0.3, "p_worse": 0.01}]})
     entry = history.decode(raw)
-    assert entry.previous_p(4000) == {("candidate", "conversion"): (0.3, 0.01)}
-    assert entry.previous_p(3999) == {}  # the data was reset since: start afresh
+    assert entry.previous(4000) == {("candidate", "conversion"): Running(0.3, 0.01)}
+    assert entry.previous(3999) == {}  # the data was reset since: start afresh
 
 
 def test_an_old_history_entry_without_directions_seeds_nothing() -> None:
     raw = json.dumps({"units": 10, "sequential_p": [{"variant": "candidate", "metric": "conversion", "p": 0.01}]})
-    assert history.decode(raw).previous_p(10) == {}
+    assert history.decode(raw).previous(10) == {}
 
 
 async def test_every_keeps_looking_survives_a_bad_edit_and_stops_on_ctrl_c(

@@ -10,7 +10,7 @@ import pytest
 
 from analysis import data as d
 from analysis import analyzer, decision
-from analysis.stats.compare import Comparison
+from analysis.stats.compare import FRESH, Comparison, Running
 from analysis.stats.noninferiority import NonInferiority
 from analysis.stats.sample import Sample
 from analysis.stats.srm import SrmResult
@@ -385,15 +385,17 @@ def test_zero_conversions_in_a_tiny_arm_is_not_a_rollback() -> None:
 
 
 def test_a_look_below_min_units_does_not_seed_the_running_minima() -> None:
-    previous = {("candidate", "conv"): (0.7, 0.8)}
+    previous = {("candidate", "conv"): Running(0.7, 0.8, (-0.06, 0.0), (-0.9, 0.2))}
     result = analyzer.analyze(_zero_conversions(), now=NOW, previous=previous)
-    assert result.sequential_p() == previous  # carried over, this look's p left out
-    assert analyzer.analyze(_zero_conversions(), now=NOW).sequential_p() == {("candidate", "conv"): (1.0, 1.0)}
+    assert result.running() == previous  # carried over, this look's p and interval left out
+    assert analyzer.analyze(_zero_conversions(), now=NOW).running() == {("candidate", "conv"): FRESH}
     # with enough units in both arms the look does count
     enough = analyzer.analyze(_zero_conversions((9500, 500)), now=NOW, previous=previous)
     (c,) = enough.comparisons
-    assert enough.sequential_p() == {("candidate", "conv"): (c.sequential_p_better, c.sequential_p_worse)}
+    assert enough.running() == {("candidate", "conv"): c.running()}
     assert c.sequential_p_worse < 0.8
+    low, high = c.sequential_ci_absolute
+    assert low == -0.06 and high < 0  # intersected with the previous look's
 
 
 @pytest.mark.parametrize("k", [3, 7])

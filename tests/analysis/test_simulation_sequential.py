@@ -15,7 +15,7 @@ import pytest
 from scipy import stats as sps
 
 from analysis.stats import estimate, sequential
-from analysis.stats.compare import compare
+from analysis.stats.compare import FRESH, compare
 from analysis.stats.noninferiority import non_inferiority
 from analysis.stats.power import sample_size
 from analysis.stats.sample import Sample
@@ -74,12 +74,12 @@ def test_vectorised_analysis_matches_compare() -> None:
     conversions, units = _looks(np.random.default_rng(5), experiments=15, looks=20, per_look=500, rates=(0.05, 0.05))
     result = _analyse(conversions, units, expected_units=10_000)
     for e in range(15):
-        previous = (1.0, 1.0)
+        previous = FRESH
         for look in range(20):
             control, candidate = (Sample(units[e, look, arm], conversions[e, look, arm]) for arm in (0, 1))
             c = compare(control, candidate, kind="binary", direction="increase", alpha=ALPHA,
-                        expected_units=10_000, variant="b", metric="m", previous_sequential_p=previous)
-            previous = (c.sequential_p_better, c.sequential_p_worse)
+                        expected_units=10_000, variant="b", metric="m", previous=previous)
+            previous = c.running()
             assert c.sequential_p_value == pytest.approx(result["sequential"][e, look], rel=1e-9, abs=1e-15)
             assert c.p_value == pytest.approx(result["fixed"][e, look], rel=1e-9)
 
@@ -134,13 +134,13 @@ def test_vectorised_ramp_analysis_matches_compare() -> None:
     units, conversions = _ramp(np.random.default_rng(9), experiments=4, per_look=400)
     expected = np.minimum.accumulate(_analyse_strata(units, conversions, expected_units=10_000), axis=1)
     for e in range(units.shape[0]):
-        previous = (1.0, 1.0)
+        previous = FRESH
         for look in range(units.shape[1]):
             arms = [[Sample(units[e, look, s, arm], conversions[e, look, s, arm]) for s in range(len(RAMP_LOOKS))]
                     for arm in (0, 1)]
             c = compare(*arms, kind="binary", direction="increase", alpha=ALPHA, expected_units=10_000,
-                        variant="b", metric="m", previous_sequential_p=previous)
-            previous = (c.sequential_p_better, c.sequential_p_worse)
+                        variant="b", metric="m", previous=previous)
+            previous = c.running()
             assert c.sequential_p_value == pytest.approx(expected[e, look], rel=1e-9, abs=1e-15)
 
 

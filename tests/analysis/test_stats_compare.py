@@ -7,7 +7,7 @@ from scipy import stats as sps
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
 from analysis.stats import bayes, estimate, reasons, sequential
-from analysis.stats.compare import Comparison, compare
+from analysis.stats.compare import FRESH, Comparison, Running, compare
 from analysis.stats.sample import Sample
 
 SETTINGS = dict(alpha=0.05, expected_units=10_000, variant="candidate", metric="m")
@@ -86,14 +86,48 @@ def test_sequential_p_is_a_running_minimum() -> None:
     fresh = _binary(Sample(2000, 50), Sample(2000, 55))
     assert fresh.sequential_p_value > 0.2
     assert fresh.sequential_p_worse == 1.0 and fresh.sequential_p_better == fresh.sequential_p_value
-    later = _binary(Sample(2000, 50), Sample(2000, 55), previous_sequential_p=(0.03, 0.2))
+    later = _binary(Sample(2000, 50), Sample(2000, 55), previous=Running(0.03, 0.2))
     assert (later.sequential_p_better, later.sequential_p_worse, later.sequential_p_value) == (0.03, 0.2, 0.03)
+
+
+def test_confidence_sequences_are_intersected_over_looks() -> None:
+    alone = _binary(Sample(2000, 100), Sample(2000, 130))
+    lo, hi = alone.sequential_ci_absolute
+    later = _binary(Sample(2000, 100), Sample(2000, 130), previous=Running(ci_absolute=(lo + 0.001, hi + 1),
+                                                                             ci_relative=(-5.0, 0.1)))
+    assert later.sequential_ci_absolute == (lo + 0.001, hi)
+    assert later.sequential_ci == (alone.sequential_ci[0], 0.1)
+    # An empty intersection (the effect moved more than a constant one can): this look alone.
+    moved = _binary(Sample(2000, 100), Sample(2000, 130), previous=Running(ci_absolute=(hi + 0.01, hi + 0.02)))
+    assert moved.sequential_ci_absolute == alone.sequential_ci_absolute
+    # A look that learns nothing reports what the earlier ones knew.
+    empty = _binary(Sample(0, 0), Sample(100, 5), previous=later.running())
+    assert (empty.status, empty.sequential_ci_absolute, empty.sequential_ci) == (
+        "insufficient_data", later.sequential_ci_absolute, later.sequential_ci)
+
+
+def test_the_running_p_and_the_intersected_sequence_agree_at_every_look() -> None:
+    # p < alpha at some look  <=>  that look's sequence excluded 0  <=>  the intersection does.
+    rng = np.random.default_rng(17)
+    agreed = significant = 0
+    for _ in range(40):
+        previous = FRESH
+        conversions = rng.binomial(400, (0.05, 0.065), size=(20, 2)).cumsum(axis=0)
+        for look in range(20):
+            n = 400 * (look + 1)
+            c = _binary(Sample(n, float(conversions[look, 0])), Sample(n, float(conversions[look, 1])),
+                        previous=previous)
+            previous = c.running()
+            lo, hi = c.sequential_ci_absolute
+            agreed += (c.sequential_p_value < 0.05) == (not lo <= 0 <= hi)
+            significant += c.sequential_p_value < 0.05
+    assert agreed == 40 * 20 and significant > 100
 
 
 def test_a_sign_flip_after_a_significant_win_is_not_significant_harm() -> None:
     # The candidate was significantly better at an earlier look; now it is slightly below.
     # A single two-sided running minimum reported that old 0.001 as harm.
-    now = _binary(Sample(20_000, 1000), Sample(20_000, 990), previous_sequential_p=(0.001, 1.0))
+    now = _binary(Sample(20_000, 1000), Sample(20_000, 990), previous=Running(0.001, 1.0))
     assert now.absolute_lift < 0
     assert now.sequential_p_better == 0.001
     assert now.sequential_p_worse >= 0.05
@@ -215,7 +249,7 @@ def test_simpsons_paradox_pooling_flips_the_sign_and_stratifying_does_not() -> N
     (Sample(10, 0, 0, 0, 0, 0), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
 ])
 def test_degenerate_data_is_an_insufficient_result(control: Sample, candidate: Sample, reason: str) -> None:
-    result = _binary(control, candidate, previous_sequential_p=(0.4, 0.6))
+    result = _binary(control, candidate, previous=Running(0.4, 0.6))
     assert (result.status, result.reason) == ("insufficient_data", reason)
     assert (result.sequential_p_better, result.sequential_p_worse, result.sequential_p_value) == (0.4, 0.6, 0.4)
     json.dumps(result.to_dict(), allow_nan=False)
