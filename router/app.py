@@ -80,8 +80,23 @@ class DisabledEventLog:
         pass
 
 
+#: The value k8s/kustomization.yaml ships with, to be replaced before any real deployment.
+PLACEHOLDER_SECRET = b"replace-me-with-openssl-rand-hex-32"
+
+
 def secret_from_env() -> bytes:
     return os.environ.get("ABROUTER_SECRET", "").encode()
+
+
+def secret_problem(secret: bytes) -> str | None:
+    """Why request ids could be forged with this secret, or None."""
+    advice = ("anyone can forge request ids and credit outcomes to a variant; set it to the same random "
+              "value on every replica (e.g. openssl rand -hex 32)")
+    if not secret:
+        return f"ABROUTER_SECRET is not set: {advice}"
+    if secret == PLACEHOLDER_SECRET:
+        return f"ABROUTER_SECRET is the placeholder from k8s/kustomization.yaml: {advice}"
+    return None
 
 
 def build_app(experiment: Experiment, settings: ServeSettings, *, source: WeightsSource | None = None,

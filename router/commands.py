@@ -15,7 +15,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from router import experiment as model
-from router.app import ServeSettings, build_app, secret_from_env
+from router.app import ServeSettings, build_app, secret_from_env, secret_problem
 from router.examples.model_server import build_model_app, start_model_server
 from router.flushscript import mask_url
 from router.redis_server import RedisServer
@@ -93,6 +93,9 @@ def serve(args: argparse.Namespace) -> int:
         settings = ServeSettings(redis_url=redis_url, spill_dir=args.spill_dir,
                                  flush_interval_s=args.flush_interval, secret=secret_from_env(),
                                  event_log=not args.no_event_log, upstream_transport=args.upstream_transport)
+        problem = secret_problem(settings.secret)
+        if problem and not bundled:  # the local quick start needs no secret
+            log.warning("%s", problem)
         source = FileWeightsSource(path, interval_s=args.reload_interval)
         app = build_app(experiment, settings, source=source)
         if bundled:

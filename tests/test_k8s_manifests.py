@@ -25,6 +25,7 @@ import yaml
 
 from abrouter.cli import build_parser
 from router import experiment as model
+from router.app import PLACEHOLDER_SECRET, secret_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -318,6 +319,14 @@ def test_secret_and_redis_references_resolve() -> None:
             assert (url.port or 6379) in [p["port"] for p in services[url.hostname.split(".")[0]]["spec"]["ports"]]
     redis = _container("Deployment", "redis", "redis")
     assert "--appendonly yes" in " ".join(redis.get("command", []) + redis.get("args", []))
+
+
+def test_the_shipped_secret_is_the_placeholder_the_router_warns_about() -> None:
+    literals = [lit for g in _kustomization()["secretGenerator"] for lit in g.get("literals", [])]
+    assert f"ABROUTER_SECRET={PLACEHOLDER_SECRET.decode()}" in literals
+    assert "placeholder" in (secret_problem(PLACEHOLDER_SECRET) or "")
+    assert "not set" in (secret_problem(b"") or "")
+    assert secret_problem(b"3f9c0a7d5e2b4c6a") is None
 
 
 def test_example_models_listen_on_their_container_ports() -> None:
