@@ -48,7 +48,9 @@ A shorter state array means zeros for the missing columns.
 written by `router.events.encode_events` and read back by `router.events.decode_events`::
 
     ["exposure", request_id, unit_hash, variant, epoch, ts, status, latency_ms, error]
-    ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value]
+    ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value, event_id]
+
+(rows written before event ids existed end at ``value``).
 
 The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, whichever is
 fewer (MAXLEN is set per batch from its size).

@@ -601,3 +601,8 @@ def test_a_torn_last_spill_line_is_skipped(tmp_path: Path) -> None:
     own.clear()
     own.close()
     assert not own.path.exists()
+
+
+def test_audit_rows_written_before_event_ids_still_decode() -> None:
+    old = '[["outcome","r1","u1","control",1,5.0,"revenue",2.0]]'
+    assert decode_events(old) == [Outcome("u1", "control", 1, "revenue", 2.0, 5.0, request_id="r1")]
