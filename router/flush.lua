@@ -213,14 +213,15 @@ for first = 1, #cells, CHUNK do
 end
 
 -- ---------------------------------------------------------------- phase 2: write only
+-- A Redis at maxmemory refuses a script's first write that may grow memory, and lets a
+-- script that has written anything run to the end. So every write here may grow memory,
+-- except the pruning of old outcome ids, which comes last: a full Redis then refuses
+-- the batch before any effect, and the router spills it until there is room.
 
 if order_grown then redis.call('SET', metrics_key, cjson.encode(order)) end
-if #keyed > 0 then
-  redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before))
-  -- In slices: Lua's unpack() fails beyond ~8,000 values.
-  for first = 1, #new_ids, 2 * CHUNK do
-    redis.call('ZADD', outcome_ids, unpack(new_ids, first, math.min(first + 2 * CHUNK - 1, #new_ids)))
-  end
+-- In slices: Lua's unpack() fails beyond ~8,000 values.
+for first = 1, #new_ids, 2 * CHUNK do
+  redis.call('ZADD', outcome_ids, unpack(new_ids, first, math.min(first + 2 * CHUNK - 1, #new_ids)))
 end
 for _, writes in ipairs(unit_writes) do redis.call('HSET', units, unpack(writes)) end
 
@@ -254,4 +255,5 @@ if batch.n > 0 then
 end
 
 redis.call('HSET', producers, producer, ARGV[2])
+if #keyed > 0 then redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before)) end
 return {1, last, repeated}

@@ -318,7 +318,13 @@ def test_secret_and_redis_references_resolve() -> None:
             assert url.hostname.split(".")[0] in services, f"REDIS_URL {redis_url['value']} names no Service"
             assert (url.port or 6379) in [p["port"] for p in services[url.hostname.split(".")[0]]["spec"]["ports"]]
     redis = _container("Deployment", "redis", "redis")
-    assert "--appendonly yes" in " ".join(redis.get("command", []) + redis.get("args", []))
+    command = " ".join(redis.get("command", []) + redis.get("args", []))
+    assert "--appendonly yes" in command
+    # Full: refuse writes (routers spill) rather than evict aggregates or be OOM-killed.
+    assert "--maxmemory-policy noeviction" in command
+    maxmemory = int(re.search(r"--maxmemory (\d+)mb", command).group(1))
+    limit = redis["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and maxmemory < 0.8 * int(limit[:-2]) * 1024
 
 
 def test_the_shipped_secret_is_the_placeholder_the_router_warns_about() -> None:

@@ -482,6 +482,28 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
                         expected_strata(first + poisoned + third, binary_metrics(exp)))
 
 
+async def test_a_full_redis_is_an_outage_not_a_reason_to_quarantine(
+        make_log: MakeLog, redis_server: RedisServer) -> None:
+    exp = make_experiment("full")
+    log = await make_log(redis_server.url, exp)
+    rng = random.Random(8)
+    before = random_events(rng, 300, keyed=0.3)
+    record(log, before)
+    await log.flush()
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
+        await client.config_set("maxmemory-policy", "noeviction")
+        await client.config_set("maxmemory", "1")  # full: any write is refused
+        during = random_events(rng, 300, keyed=0.3)
+        record(log, during)
+        await log.flush()
+        assert log.stats.spilled == len(during) and log.stats.quarantined == 0  # waits for room
+        assert_strata_equal(await read_strata(client, "full"), expected_strata(before, binary_metrics(exp)))
+        await client.config_set("maxmemory", "0")
+        await log.flush()
+        assert log.stats.spilled == 0
+        assert_strata_equal(await read_strata(client, "full"), expected_strata(before + during, binary_metrics(exp)))
+
+
 @pytest.mark.parametrize("damage", ["agg_is_a_string", "payload_is_not_json"])
 async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
         redis_client: redis.asyncio.Redis, experiment_name: str, damage: str) -> None:
