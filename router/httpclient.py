@@ -7,7 +7,11 @@ httptools (llhttp), and keep-alive pools.
 
     HttptoolsTransport   one per app; maps a base URL to its pool and path prefix
     _Pool                one per (scheme, host, port): a LIFO list of idle connections,
-                         at most `max_idle`, each reused only within `idle_timeout_s`
+                         at most `max_idle`, each reused only within `idle_timeout_s`;
+                         at most `max_active` open connections, like aiohttp's
+                         `limit_per_host`: a request waits for one to come free, up to
+                         the connect timeout (then 504), so a burst cannot open
+                         thousands of sockets to a model server
     Connection, Response one socket and one exchange on it: `router.httpconn`
 
 Stale connections: a server may close an idle keep-alive connection just as a request
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import deque
 from dataclasses import replace
 from typing import AsyncIterable
 from urllib.parse import urlsplit
@@ -42,10 +47,11 @@ from router.upstream import TimeoutConfig, UpstreamTimeout, UpstreamUnavailable
 class HttptoolsTransport:
     """Keep-alive HTTP/1.1 pools per upstream; implements `router.upstream.Transport`."""
 
-    def __init__(self, timeouts: TimeoutConfig, *, max_idle: int = 512, idle_timeout_s: float = 4.0,
-                 high_water: int = 256 * 1024, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, timeouts: TimeoutConfig, *, max_idle: int = 512, max_active: int = 512,
+                 idle_timeout_s: float = 4.0, high_water: int = 256 * 1024,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._limits = Limits(connect_s=timeouts.connect_s, read_s=timeouts.read_s, max_idle=max_idle,
-                               idle_timeout_s=idle_timeout_s, high_water=high_water)
+                              max_active=max_active, idle_timeout_s=idle_timeout_s, high_water=high_water)
         self._ssl_context = ssl_context
         self._routes: dict[str, tuple[_Pool, str]] = {}  # base URL -> (pool, path prefix)
         self._pools: dict[tuple[str, str, int], _Pool] = {}
@@ -54,14 +60,17 @@ class HttptoolsTransport:
                       body: bytes | AsyncIterable[bytes] | None) -> Response:
         pool, prefix = self._routes.get(base_url) or self._route(base_url)
         target = prefix + path_qs if prefix else path_qs or "/"
-        conn = pool.take()
-        if conn is not None:
+        conn = await pool.acquire()
+        if conn.reused:
             try:
                 return await conn.exchange(method, target, headers, body)
             except StaleConnection:
                 if not (body is None or isinstance(body, (bytes, bytearray, memoryview))):
                     raise  # a streamed body was consumed: it cannot be sent again
-        conn = await pool.connect()
+                # The newest idle connection was dead, so the older ones are too (e.g. the
+                # upstream restarted): the retry gets a fresh connection.
+                pool.drop_idle()
+            conn = await pool.acquire()
         return await conn.exchange(method, target, headers, body)
 
     def set_timeouts(self, timeouts: TimeoutConfig) -> None:
@@ -106,6 +115,8 @@ class _Pool:
         self._tls = tls
         self.idle: list[Connection] = []
         self.live: set[Connection] = set()
+        self._opening = 0  # connects under way: not live yet, but they count against max_active
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def take(self) -> Connection | None:
         idle = self.idle
@@ -131,24 +142,81 @@ class _Pool:
         conn.idle_since = now
         conn.pooled = True
         idle.append(conn)
+        self._wake_one()
 
-    async def connect(self) -> Connection:
+    async def acquire(self) -> Connection:
+        """An idle connection, else a new one; while `max_active` are open, wait for one.
+
+        The wait and the connect together take at most `connect_s`.
+        """
+        conn = self.take()
+        if conn is not None:
+            return conn
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.limits.connect_s):
-                _, conn = await loop.create_connection(lambda: Connection(self, loop), self._host, self._port,
-                                                       ssl=self._tls, server_hostname=self._host if self._tls else None)
+                while len(self.live) + self._opening >= self.limits.max_active:
+                    await self._wait(loop)
+                    conn = self.take()
+                    if conn is not None:
+                        return conn
+                return await self._open(loop)
         except TimeoutError as exc:  # before OSError: TimeoutError is one
-            raise UpstreamTimeout(f"{self.name}: no connection within {self.limits.connect_s}s") from exc
-        except OSError as exc:
-            raise UpstreamUnavailable(f"{self.name}: cannot connect: {exc}") from exc
+            raise UpstreamTimeout(f"{self.name}: no connection within {self.limits.connect_s}s "
+                                  f"({len(self.live)} of at most {self.limits.max_active} open)") from exc
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Until a connection is released or closed (`_wake_one`)."""
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._wake_one()  # woken, but leaving (timed out): pass the turn on
+            else:
+                self._discard(waiter)
+            raise
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> Connection:
+        self._opening += 1
+        try:
+            _, conn = await loop.create_connection(lambda: Connection(self, loop), self._host, self._port,
+                                                   ssl=self._tls, server_hostname=self._host if self._tls else None)
+        except BaseException as exc:
+            self._opening -= 1
+            self._wake_one()  # the slot it held is free again
+            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
+                raise UpstreamUnavailable(f"{self.name}: cannot connect: {exc}") from exc
+            raise
+        self._opening -= 1  # connection_made has put it in `live`
         return conn
+
+    def drop_idle(self) -> None:
+        while self.idle:
+            conn = self.idle.pop()
+            conn.pooled = False
+            conn.transport.close()
 
     def forget(self, conn: Connection) -> None:
         self.live.discard(conn)
         if conn.pooled:
             conn.pooled = False
             self.idle.remove(conn)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _discard(self, waiter: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass
 
     def close(self) -> None:
         for conn in self.idle:

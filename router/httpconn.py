@@ -50,6 +50,8 @@ class Limits:
     read_s: float
     #: Idle connections kept per pool; more are closed when released.
     max_idle: int
+    #: Open connections per pool (busy or idle); a request waits, up to `connect_s`, for one.
+    max_active: int
     #: An idle connection older than this is closed instead of reused.
     idle_timeout_s: float
     #: Buffered response body bytes at which reading from the socket pauses.

@@ -182,6 +182,45 @@ async def test_a_stale_pooled_connection_is_retried_once_for_bytes_bodies(transp
         assert server.connections == 2
 
 
+async def test_after_a_stale_connection_the_retry_does_not_take_another_idle_one(transport: HttptoolsTransport):
+    # Two idle connections, both dead by now (an upstream restart, say): the retry must not
+    # pick the second one and fail again.
+    async with ScriptedServer(close_on_second_request()) as server:
+        await asyncio.gather(*(call(transport, server.url, method="POST", body=b"one") for _ in range(2)))
+        assert server.connections == 2
+        assert (await call(transport, server.url, method="POST", body=b"two"))[2] == b"ok"
+        assert server.connections == 3
+
+
+async def test_open_connections_per_upstream_are_capped_and_requests_wait_for_one(aiohttp_server: Any):
+    app, ports = counting_app()
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    t = HttptoolsTransport(TimeoutConfig(connect_s=5, read_s=5), max_active=2)
+    try:
+        results = await asyncio.gather(*(call(t, url, "/slow?s=0.1") for _ in range(8)))
+        assert [status for status, _, _ in results] == [200] * 8
+        assert len(ports) == 2  # the six others waited and reused the two
+    finally:
+        await t.close()
+
+
+async def test_no_free_connection_within_the_connect_timeout_is_a_timeout(aiohttp_server: Any):
+    app, _ = counting_app()
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    t = HttptoolsTransport(TimeoutConfig(connect_s=0.2, read_s=5), max_active=1)
+    try:
+        busy = asyncio.create_task(call(t, url, "/slow?s=1"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(UpstreamTimeout, match="1 of at most 1 open"):
+            await call(t, url)
+        assert (await busy)[0] == 200
+        assert (await call(t, url))[0] == 200  # the slot is free again
+    finally:
+        await t.close()
+
+
 async def test_a_streamed_body_is_not_retried_on_a_stale_connection(transport: HttptoolsTransport):
     async with ScriptedServer(close_on_second_request()) as server:
         assert (await call(transport, server.url, method="POST", body=b"one"))[2] == b"ok"
