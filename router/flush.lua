@@ -6,8 +6,9 @@
 --
 -- Redis does not undo a script's writes when it fails half-way, so the script works in
 -- two phases: the first only reads and computes (and may refuse the batch), the second
--- only writes. A batch the script cannot apply, such as one that meets a corrupt unit
--- state, therefore changes nothing, and the router can set it aside (quarantine).
+-- only writes. Phase 1 checks every key's type, every unit state it moves and every agg
+-- value it increments, so a batch the script cannot apply (data some other program
+-- wrote) changes nothing, and the router can set it aside (quarantine).
 --
 -- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids   (keys.Keys.all())
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
@@ -212,6 +213,38 @@ for first = 1, #cells, CHUNK do
   unit_writes[#unit_writes + 1] = writes
 end
 
+-- The agg increments, as {field, delta, integer?}; the stored values must take them.
+local increments = {}
+local function add(field, d, integer)
+  if d ~= 0 then increments[#increments + 1] = {field, d, integer} end
+end
+for s, acc in pairs(strata) do
+  add(s .. '|units', acc.units, true)
+  add(s .. '|exposures', acc.exposures, true)
+  add(s .. '|exposures_sq', acc.exposures_sq, true)
+  for j, m in ipairs(order) do
+    local prefix = s .. '|' .. m .. '|'
+    add(prefix .. 'events', acc.events[j], true)
+    add(prefix .. 'sum', acc.sum[j], false)
+    add(prefix .. 'sum_sq', acc.sum_sq[j], false)
+    add(prefix .. 'sum_xn', acc.sum_xn[j], false)
+  end
+end
+for first = 1, #increments, CHUNK do
+  local slice, names = {}, {}
+  for i = first, math.min(first + CHUNK - 1, #increments) do
+    slice[#slice + 1] = increments[i]
+    names[#names + 1] = increments[i][1]
+  end
+  local stored = redis.call('HMGET', agg, unpack(names))
+  for i, op in ipairs(slice) do
+    local v = stored[i]
+    if v and not (op[3] and string.match(v, '^%-?%d+$') or not op[3] and tonumber(v)) then
+      return {-2, last, 0, 'corrupt value ' .. v .. ' in ' .. agg .. ' field ' .. op[1]}
+    end
+  end
+end
+
 -- ---------------------------------------------------------------- phase 2: write only
 -- A Redis at maxmemory refuses a script's first write that may grow memory, and lets a
 -- script that has written anything run to the end. So every write here may grow memory,
@@ -225,22 +258,11 @@ for first = 1, #new_ids, 2 * CHUNK do
 end
 for _, writes in ipairs(unit_writes) do redis.call('HSET', units, unpack(writes)) end
 
-local function incr(field, d)
-  if d ~= 0 then redis.call('HINCRBY', agg, field, string.format('%d', d)) end
-end
-local function incr_float(field, d)
-  if d ~= 0 then redis.call('HINCRBYFLOAT', agg, field, string.format('%.17g', d)) end
-end
-for s, acc in pairs(strata) do
-  incr(s .. '|units', acc.units)
-  incr(s .. '|exposures', acc.exposures)
-  incr(s .. '|exposures_sq', acc.exposures_sq)
-  for j, m in ipairs(order) do
-    local prefix = s .. '|' .. m .. '|'
-    incr(prefix .. 'events', acc.events[j])
-    incr_float(prefix .. 'sum', acc.sum[j])
-    incr_float(prefix .. 'sum_sq', acc.sum_sq[j])
-    incr_float(prefix .. 'sum_xn', acc.sum_xn[j])
+for _, op in ipairs(increments) do
+  if op[3] then
+    redis.call('HINCRBY', agg, op[1], string.format('%d', op[2]))
+  else
+    redis.call('HINCRBYFLOAT', agg, op[1], string.format('%.17g', op[2]))
   end
 end
 

@@ -504,7 +504,7 @@ async def test_a_full_redis_is_an_outage_not_a_reason_to_quarantine(
         assert_strata_equal(await read_strata(client, "full"), expected_strata(before + during, binary_metrics(exp)))
 
 
-@pytest.mark.parametrize("damage", ["agg_is_a_string", "payload_is_not_json"])
+@pytest.mark.parametrize("damage", ["agg_is_a_string", "agg_field_is_not_a_number", "payload_is_not_json"])
 async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
         redis_client: redis.asyncio.Redis, experiment_name: str, damage: str) -> None:
     exp = make_experiment(experiment_name)
@@ -515,12 +515,17 @@ async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
     if damage == "agg_is_a_string":
         await redis_client.set(k.agg, "x")
         message = "is a string, not a hash"
+    elif damage == "agg_field_is_not_a_number":
+        await redis_client.hset(k.agg, mapping={"1|control|units": "12", "1|control|exposures": "x"})
+        message = r"corrupt value x in .* field 1\|control\|exposures"
     else:
         batch = dataclasses.replace(batch, payload="{not json")
         message = "flush.lua failed on batch 1"
     with pytest.raises(BatchRejected, match=message):
         await script.apply(batch, allow_gap=False)
     assert await redis_client.exists(k.units, k.producers, k.events, k.metrics, k.epochs) == 0
+    if damage == "agg_field_is_not_a_number":
+        assert await redis_client.hgetall(k.agg) == {b"1|control|units": b"12", b"1|control|exposures": b"x"}
 
 
 async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
