@@ -47,6 +47,7 @@ import redis.asyncio
 from analysis import analyzer, commands, reader
 from analysis.sink import DryRunSink
 from router import eventlog, keys
+from router.flushscript import FLUSH_SCRIPT
 from router import experiment as spec
 from router.assignment import Assigner
 from router.events import Exposure, Outcome
@@ -292,7 +293,7 @@ def machine() -> str:
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = [await run_one(n, args) for n in args.events]
-    lua = hashlib.sha1(eventlog.FLUSH_SCRIPT.encode()).hexdigest()[:12]
+    lua = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()[:12]
     print(f"# analyzer scaling: {machine()}")
     print(f"# units={args.units:,} batch={args.batch:,} repeat={args.repeat} appendfsync={args.appendfsync} "
           f"seed={args.seed} flush.lua sha1={lua}")
