@@ -92,6 +92,14 @@ def counting_app() -> tuple[web.Application, set[int]]:
 
 
 @pytest.fixture
+async def counting(aiohttp_server: Any) -> tuple[str, set[int]]:
+    """`counting_app` served on 127.0.0.1: its base URL and the client ports it has seen."""
+    app, ports = counting_app()
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/"), ports
+
+
+@pytest.fixture
 async def transport() -> AsyncIterator[HttptoolsTransport]:
     t = HttptoolsTransport(TimeoutConfig(connect_s=1, read_s=0.5))
     yield t
@@ -113,10 +121,8 @@ async def body_of(*chunks: bytes) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def test_sequential_requests_share_one_connection_and_concurrent_ones_are_pooled(aiohttp_server: Any):
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
+async def test_sequential_requests_share_one_connection_and_concurrent_ones_are_pooled(counting: tuple[str, set[int]]):
+    url, ports = counting
     t = HttptoolsTransport(TimeoutConfig(1, 1), max_idle=4)
     try:
         for i in range(20):
@@ -192,10 +198,8 @@ async def test_after_a_stale_connection_the_retry_does_not_take_another_idle_one
         assert server.connections == 3
 
 
-async def test_open_connections_per_upstream_are_capped_and_requests_wait_for_one(aiohttp_server: Any):
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
+async def test_open_connections_per_upstream_are_capped_and_requests_wait_for_one(counting: tuple[str, set[int]]):
+    url, ports = counting
     t = HttptoolsTransport(TimeoutConfig(connect_s=5, read_s=5), max_active=2)
     try:
         results = await asyncio.gather(*(call(t, url, "/slow?s=0.1") for _ in range(8)))
@@ -205,10 +209,8 @@ async def test_open_connections_per_upstream_are_capped_and_requests_wait_for_on
         await t.close()
 
 
-async def test_no_free_connection_within_the_connect_timeout_is_a_timeout(aiohttp_server: Any):
-    app, _ = counting_app()
-    server = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
+async def test_no_free_connection_within_the_connect_timeout_is_a_timeout(counting: tuple[str, set[int]]):
+    url, _ = counting
     t = HttptoolsTransport(TimeoutConfig(connect_s=0.2, read_s=5), max_active=1)
     try:
         busy = asyncio.create_task(call(t, url, "/slow?s=1"))
@@ -303,10 +305,8 @@ async def test_idle_connections_closed_by_the_upstream_or_expired_are_not_reused
         await t.close()
 
 
-async def test_chunked_and_until_close_responses_are_decoded(transport: HttptoolsTransport, aiohttp_server: Any):
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
+async def test_chunked_and_until_close_responses_are_decoded(transport: HttptoolsTransport, counting: tuple[str, set[int]]):
+    url, ports = counting
     response = await transport.request(base_url=url, method="GET", path_qs="/chunked?n=50", headers=[], body=None)
     assert response.content_length is None and ("Transfer-Encoding", "chunked") in response.headers
     assert await response.read() == b"".join(b"%d," % i * 1000 for i in range(50))
@@ -354,10 +354,8 @@ async def test_a_response_over_the_high_water_mark_streams_with_bounded_bufferin
 
 
 async def test_head_204_and_304_have_no_body_and_keep_the_connection(transport: HttptoolsTransport,
-                                                                     aiohttp_server: Any):
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
+                                                                     counting: tuple[str, set[int]]):
+    url, ports = counting
     response = await transport.request(base_url=url, method="HEAD", path_qs="/", headers=[], body=None)
     assert response.status == 200 and response.content_length == 4 and await response.read() == b""
     response.release()
@@ -379,11 +377,10 @@ async def test_interim_1xx_responses_are_skipped(transport: HttptoolsTransport):
         assert (await call(transport, raw.url))[2] == b"ok" and raw.connections == 1
 
 
-async def test_timeouts(transport: HttptoolsTransport, aiohttp_server: Any):
-    app, _ = counting_app()
-    server = await aiohttp_server(app)
+async def test_timeouts(transport: HttptoolsTransport, counting: tuple[str, set[int]]):
+    url, _ = counting
     with pytest.raises(UpstreamTimeout, match="no data within 0.5s"):
-        await call(transport, str(server.make_url("")).rstrip("/"), "/slow?s=2")
+        await call(transport, url, "/slow?s=2")
 
     async def stall_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await raw.read_request(reader)
@@ -441,10 +438,8 @@ async def test_refused_reset_eof_and_garbage_are_unavailable(transport: Httptool
 
 
 async def test_releasing_an_unfinished_response_closes_its_connection(transport: HttptoolsTransport,
-                                                                      aiohttp_server: Any):
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
+                                                                      counting: tuple[str, set[int]]):
+    url, ports = counting
     response = await transport.request(base_url=url, method="GET", path_qs="/chunked?n=2000", headers=[], body=None)
     assert await response.chunks().__anext__()
     response.release()
