@@ -53,7 +53,7 @@ async def metrics(request: web.Request) -> web.Response:
         "abrouter_eventlog_dropped_events_total": ("counter", "Events lost because neither Redis nor the spill "
                                                    "file could take them.", s.dropped),
         "abrouter_outcomes_repeated_total": ("counter", "Outcomes not counted because their event_id was "
-                                             "already recorded.", s.repeated_outcomes + router.metrics.outcomes_repeated),
+                                             "already recorded.", s.repeated_outcomes),
         "abrouter_eventlog_quarantined_events_total": ("counter", "Events set aside in the quarantine file "
                                                        "because Redis refused their batch.", s.quarantined),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
@@ -102,7 +102,6 @@ async def outcomes(request: web.Request) -> web.Response:
     for o in resolved:
         if not router.eventlog.record_outcome(o):  # type: ignore[arg-type]
             repeated += 1  # its event_id is already waiting in this batch
-            router.metrics.outcomes_repeated += 1
             continue
         router.metrics.outcomes[o.metric] += 1  # type: ignore[union-attr]
         counts[o.metric] = counts.get(o.metric, 0) + 1  # type: ignore[union-attr]

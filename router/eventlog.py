@@ -72,7 +72,7 @@ class EventLogStats:
     dropped: int  # lost: Redis down and the spill file could not be written
     flush_failures: int  # flush rounds that could not deliver everything to Redis
     flushed_batches: int  # batches Redis acknowledged (applied or already applied)
-    repeated_outcomes: int  # outcomes Redis skipped: their event_id was already recorded
+    repeated_outcomes: int  # not counted: their event_id was already in this batch or in Redis
     quarantined: int  # set aside in the quarantine file: the script refused their batch
     redis_up: bool
 
@@ -136,6 +136,8 @@ class EventLog:
         event_id in earlier batches are found by Redis at flush (`EventLogStats`).
         """
         added = self._agg.add_outcome(o)
+        if not added:
+            self._repeated_outcomes += 1
         self._check_full()
         return added
 

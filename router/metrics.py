@@ -32,8 +32,6 @@ class ProxyMetrics:
     latency: dict[str, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     outcomes_rejected: int = 0
-    #: Outcomes whose event_id was already in the router's current batch (not counted).
-    outcomes_repeated: int = 0
 
     def observe_request(self, variant: str, status: int, seconds: float, error: str | None) -> None:
         """`error` is None for a response from the upstream, else a reason (e.g. "timeout")."""
