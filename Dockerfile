@@ -12,8 +12,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # bytecode here, since the root filesystem is read-only at run time.
 COPY pyproject.toml README.md /src/
 COPY abrouter/ /src/abrouter/
-COPY router/ /src/router/
-COPY analysis/ /src/analysis/
 RUN pip install /src && rm -rf /src
 
 # A numeric non-root user, so that Kubernetes' runAsNonRoot can verify it. The spill

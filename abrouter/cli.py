@@ -10,21 +10,25 @@ import argparse
 import logging
 import sys
 
-import analysis.commands
-import router.commands
+from abrouter.analysis import commands as analysis_commands
+from abrouter.router import commands as router_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="abrouter",
         description="A/B testing for ML models on Kubernetes: a sticky weighted router (serve) "
-                    "and a sequential experiment analyzer (analyze, plan).",
+        "and a sequential experiment analyzer (analyze, plan).",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log verbosity (default: %(default)s)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (default: %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    router.commands.register(sub)
-    analysis.commands.register(sub)
+    router_commands.register(sub)
+    analysis_commands.register(sub)
     return parser
 
 
@@ -38,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"abrouter: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"abrouter: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
-              file=sys.stderr)
+        print(
+            f"abrouter: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr
+        )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,7 @@ every ``--batch`` events and applies it with ``flush.lua`` (EVALSHA). Nothing is
 to Redis any other way.
 
 Traffic: ``--units`` distinct units (hashed with `keys.unit_hash`, assigned with the
-router's `Assigner`) over the two variants of ``router/examples/experiment.yaml``, in two
+router's `Assigner`) over the two variants of ``abrouter/router/examples/experiment.yaml``, in two
 weight epochs (a ramp: epoch 1 at 95/5 for the first 20% of events, epoch 2 at 50/50).
 Of the events, 90% are exposures (1% errors, latency 20-120 ms) and 10% outcomes of the
 spec's metrics: conversion (binary, 70% of outcomes) and revenue (continuous, 30%), each
@@ -44,17 +44,18 @@ from pathlib import Path
 import numpy as np
 import redis.asyncio
 
-from analysis import analyzer, commands, reader
-from analysis.sink import DryRunSink
-from router import eventlog, keys
-from router.flushscript import FLUSH_SCRIPT
-from router import experiment as spec
-from router.assignment import Assigner
-from router.events import Exposure, Outcome
-from router.redis_server import RedisServer
+from abrouter.analysis import analyzer, commands, reader
+from abrouter.analysis.sinks.file import DryRunSink
+from abrouter.contract import experiment as spec
+from abrouter.contract import keys
+from abrouter.router.assignment import Assigner
+from abrouter.router.eventlog import log as eventlog
+from abrouter.router.eventlog.events import Exposure, Outcome
+from abrouter.router.eventlog.script import FLUSH_SCRIPT
+from abrouter.router.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "router" / "examples" / "experiment.yaml"
+SPEC = ROOT / "abrouter" / "router" / "examples" / "experiment.yaml"
 
 EXPOSURE_SHARE = 0.90
 CONVERSION_SHARE = 0.07  # of all events; revenue gets the remaining 0.03
@@ -64,13 +65,22 @@ EPOCH_WEIGHTS = {1: {"control": 95.0, "candidate": 5.0}, 2: {"control": 50.0, "c
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--events", type=int, nargs="+", default=[10_000, 10_000_000],
-                   help="logged events per run, one run (and one private Redis) each (default: 10k 10M)")
+    p.add_argument(
+        "--events",
+        type=int,
+        nargs="+",
+        default=[10_000, 10_000_000],
+        help="logged events per run, one run (and one private Redis) each (default: 10k 10M)",
+    )
     p.add_argument("--units", type=int, default=100_000, help="distinct units (default: 100000)")
     p.add_argument("--batch", type=int, default=50_000, help="events per flush.lua batch (default: 50000)")
     p.add_argument("--repeat", type=int, default=20, help="timed analyses per run (default: 20)")
-    p.add_argument("--appendfsync", choices=("everysec", "no", "always"), default="everysec",
-                   help="AOF fsync policy of the private Redis (AOF is always on; default: everysec)")
+    p.add_argument(
+        "--appendfsync",
+        choices=("everysec", "no", "always"),
+        default="everysec",
+        help="AOF fsync policy of the private Redis (AOF is always on; default: everysec)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = p.parse_args(argv)
@@ -82,8 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def experiment_for(n_events: int) -> spec.Experiment:
     base = spec.load(SPEC)
     # A unique name per run (the Redis hash tag), and epoch 2: the ramp's second step.
-    return spec.parse(spec.to_dict(dataclasses.replace(base, name=f"{base.name}-scaling-{n_events}",
-                                                       salt=base.salt, epoch=2)))
+    return spec.parse(
+        spec.to_dict(dataclasses.replace(base, name=f"{base.name}-scaling-{n_events}", salt=base.salt, epoch=2))
+    )
 
 
 class Traffic:
@@ -122,26 +133,43 @@ class Traffic:
             kind = kinds[k]
             if kind < EXPOSURE_SHARE or not seen[epoch][u]:
                 e = err[k]
-                log.record_exposure(Exposure(request_id=f"{prefix}{i:010d}", unit_hash=h, variant=v, epoch=epoch,
-                                             ts=ts, status=502 if e else 200, latency_ms=lat[k], error=e))
+                log.record_exposure(
+                    Exposure(
+                        request_id=f"{prefix}{i:010d}",
+                        unit_hash=h,
+                        variant=v,
+                        epoch=epoch,
+                        ts=ts,
+                        status=502 if e else 200,
+                        latency_ms=lat[k],
+                        error=e,
+                    )
+                )
                 seen[epoch][u] = 1
                 exposures += 1
             elif kind < EXPOSURE_SHARE + CONVERSION_SHARE:
-                log.record_outcome(Outcome(unit_hash=h, variant=v, epoch=epoch, metric="conversion",
-                                           value=1.0, ts=ts))
+                log.record_outcome(Outcome(unit_hash=h, variant=v, epoch=epoch, metric="conversion", value=1.0, ts=ts))
                 outcomes += 1
             else:
-                log.record_outcome(Outcome(unit_hash=h, variant=v, epoch=epoch, metric="revenue",
-                                           value=revenue[k], ts=ts))
+                log.record_outcome(
+                    Outcome(unit_hash=h, variant=v, epoch=epoch, metric="revenue", value=revenue[k], ts=ts)
+                )
                 outcomes += 1
         return exposures, outcomes
 
 
-async def write(server: RedisServer, experiment: spec.Experiment, args: argparse.Namespace,
-                n_events: int, spill_dir: Path) -> dict[str, float]:
+async def write(
+    server: RedisServer, experiment: spec.Experiment, args: argparse.Namespace, n_events: int, spill_dir: Path
+) -> dict[str, float]:
     traffic = Traffic(experiment, args.units, args.seed)
-    log = eventlog.EventLog(redis_url=server.url, experiment=experiment, spill_dir=spill_dir,
-                            flush_interval_s=3600.0, max_events=args.batch, redis_timeout_s=120.0)
+    log = eventlog.EventLog(
+        redis_url=server.url,
+        experiment=experiment,
+        spill_dir=spill_dir,
+        flush_interval_s=3600.0,
+        max_events=args.batch,
+        redis_timeout_s=120.0,
+    )
     ts0 = time.time() - 86400.0
     await log.start()
     started = time.perf_counter()
@@ -204,10 +232,16 @@ async def measure(client: redis.asyncio.Redis, experiment: spec.Experiment, repe
         t_analyze.append(t3 - t2)
         t_look.append(t4 - t3)
     ms = lambda xs: 1000.0 * statistics.median(xs)  # noqa: E731
-    return {"redis_rtt_ms": ms(t_raw), "read_ms": ms(t_read), "decode_build_ms": ms(t_read) - ms(t_raw),
-            "analyze_ms": ms(t_analyze), "read_analyze_ms": ms([a + b for a, b in zip(t_read, t_analyze)]),
-            "look_ms": ms(t_look), "units_in_data": sum(a.units for a in data.arms),
-            "decision": str(result.decision.action)}
+    return {
+        "redis_rtt_ms": ms(t_raw),
+        "read_ms": ms(t_read),
+        "decode_build_ms": ms(t_read) - ms(t_raw),
+        "analyze_ms": ms(t_analyze),
+        "read_analyze_ms": ms([a + b for a, b in zip(t_read, t_analyze)]),
+        "look_ms": ms(t_look),
+        "units_in_data": sum(a.units for a in data.arms),
+        "decision": str(result.decision.action),
+    }
 
 
 async def inspect(client: redis.asyncio.Redis, experiment: spec.Experiment) -> dict[str, object]:
@@ -219,11 +253,18 @@ async def inspect(client: redis.asyncio.Redis, experiment: spec.Experiment) -> d
     async def usage(key: str) -> int:
         return int(await client.memory_usage(key, samples=0) or 0)
 
-    return {"used_memory_human": info["used_memory_human"], "used_memory": info["used_memory"],
-            "hlen_agg": await client.hlen(k.agg), "hlen_units": await client.hlen(k.units),
-            "xlen_events": await client.xlen(k.events),
-            "mem_agg": await usage(k.agg), "mem_units": await usage(k.units), "mem_events": await usage(k.events),
-            "lua_calls": int(evalsha.get("calls", 0)), "lua_s": float(evalsha.get("usec", 0)) / 1e6}
+    return {
+        "used_memory_human": info["used_memory_human"],
+        "used_memory": info["used_memory"],
+        "hlen_agg": await client.hlen(k.agg),
+        "hlen_units": await client.hlen(k.units),
+        "xlen_events": await client.xlen(k.events),
+        "mem_agg": await usage(k.agg),
+        "mem_units": await usage(k.units),
+        "mem_events": await usage(k.events),
+        "lua_calls": int(evalsha.get("calls", 0)),
+        "lua_s": float(evalsha.get("usec", 0)) / 1e6,
+    }
 
 
 async def run_one(n_events: int, args: argparse.Namespace) -> dict[str, object]:
@@ -231,8 +272,9 @@ async def run_one(n_events: int, args: argparse.Namespace) -> dict[str, object]:
     with RedisServer(appendfsync=args.appendfsync) as server, tempfile.TemporaryDirectory() as spill:
         print(f"[{n_events:,} events] writing to {server.url} ...", file=sys.stderr, flush=True)
         written = await write(server, experiment, args, n_events, Path(spill))
-        print(f"[{n_events:,} events] written in {written['write_s']:.1f} s; analysing ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"[{n_events:,} events] written in {written['write_s']:.1f} s; analysing ...", file=sys.stderr, flush=True
+        )
         client = redis.asyncio.Redis.from_url(server.url)
         try:
             facts = await inspect(client, experiment)
@@ -264,8 +306,10 @@ def table(rows: list[dict[str, object]]) -> str:
         ("used_memory", lambda r: str(r["used_memory_human"])),
         ("HLEN agg", lambda r: f"{r['hlen_agg']}"),
         ("HLEN units", lambda r: f"{r['hlen_units']:,}"),
-        ("agg / units / events stream", lambda r: f"{human_bytes(r['mem_agg'])} / {human_bytes(r['mem_units'])}"
-                                                   f" / {human_bytes(r['mem_events'])}"),
+        (
+            "agg / units / events stream",
+            lambda r: f"{human_bytes(r['mem_agg'])} / {human_bytes(r['mem_units'])} / {human_bytes(r['mem_events'])}",
+        ),
         ("Redis RTT ms", lambda r: f"{r['redis_rtt_ms']:.2f}"),
         ("read ms", lambda r: f"{r['read_ms']:.2f}"),
         ("analyze ms", lambda r: f"{r['analyze_ms']:.2f}"),
@@ -295,12 +339,24 @@ async def main(argv: list[str] | None = None) -> int:
     rows = [await run_one(n, args) for n in args.events]
     lua = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()[:12]
     print(f"# analyzer scaling: {machine()}")
-    print(f"# units={args.units:,} batch={args.batch:,} repeat={args.repeat} appendfsync={args.appendfsync} "
-          f"seed={args.seed} flush.lua sha1={lua}")
+    print(
+        f"# units={args.units:,} batch={args.batch:,} repeat={args.repeat} appendfsync={args.appendfsync} "
+        f"seed={args.seed} flush.lua sha1={lua}"
+    )
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
-                                         "flush_lua_sha1": lua, "rows": rows}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "flush_lua_sha1": lua,
+                    "rows": rows,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

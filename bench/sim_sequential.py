@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analysis.stats.compare import FRESH, compare
-from analysis.stats.power import sample_size
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats.compare import FRESH, compare
+from abrouter.analysis.stats.power import sample_size
+from abrouter.analysis.stats.sample import Sample
 
 ALPHA = 0.05
 BASE = 0.05
@@ -43,16 +43,25 @@ class Run:
     relative_benefit: bool
 
 
-def simulate(rng: np.random.Generator, *, rates: tuple[float, float], looks: int, per_look: int,
-             expected_units: int) -> Run:
+def simulate(
+    rng: np.random.Generator, *, rates: tuple[float, float], looks: int, per_look: int, expected_units: int
+) -> Run:
     conversions = rng.binomial(per_look, rates, size=(looks, 2)).cumsum(axis=0)
     previous, first, positive = FRESH, None, False
     naive_any = naive_positive = harm = benefit = False
     for look in range(looks):
         n = per_look * (look + 1)
-        c = compare(Sample(n, float(conversions[look, 0])), Sample(n, float(conversions[look, 1])),
-                    kind="binary", direction="increase", alpha=ALPHA, expected_units=expected_units,
-                    variant="candidate", metric="conversion", previous=previous)
+        c = compare(
+            Sample(n, float(conversions[look, 0])),
+            Sample(n, float(conversions[look, 1])),
+            kind="binary",
+            direction="increase",
+            alpha=ALPHA,
+            expected_units=expected_units,
+            variant="candidate",
+            metric="conversion",
+            previous=previous,
+        )
         previous = c.running()
         if first is None and c.status == "ok" and c.sequential_p_value < ALPHA:
             first, positive = look, c.sequential_p_better < ALPHA
@@ -65,9 +74,14 @@ def simulate(rng: np.random.Generator, *, rates: tuple[float, float], looks: int
 
 
 def aa_table(rng: np.random.Generator, experiments: int, looks: int) -> list[tuple[str, str]]:
-    runs = [simulate(rng, rates=(BASE, BASE), looks=looks, per_look=500, expected_units=500 * looks)
-            for _ in range(experiments)]
-    rate = lambda values: f"{np.mean(values):.4f}  (±{2 * math.sqrt(np.mean(values) * (1 - np.mean(values)) / len(values)):.4f})"
+    runs = [
+        simulate(rng, rates=(BASE, BASE), looks=looks, per_look=500, expected_units=500 * looks)
+        for _ in range(experiments)
+    ]
+
+    def rate(values):
+        return f"{np.mean(values):.4f}  (±{2 * math.sqrt(np.mean(values) * (1 - np.mean(values)) / len(values)):.4f})"
+
     return [
         ("A/A sequential: significant at any look", rate([r.sequential_look is not None for r in runs])),
         ("A/A sequential: false promotion (candidate ahead)", rate([r.sequential_positive for r in runs])),
@@ -84,16 +98,22 @@ def power_table(rng: np.random.Generator, experiments: int, looks: int) -> list[
     rows = [("plan (fixed horizon, 80% power): units per arm", f"{plan.units_per_arm:,}")]
     for horizon in (1, 2):
         per_look = math.ceil(horizon * plan.units_per_arm / looks)
-        runs = [simulate(rng, rates=(BASE, BASE * 1.1), looks=looks, per_look=per_look,
-                         expected_units=plan.units_per_arm) for _ in range(experiments)]
+        runs = [
+            simulate(rng, rates=(BASE, BASE * 1.1), looks=looks, per_look=per_look, expected_units=plan.units_per_arm)
+            for _ in range(experiments)
+        ]
         wins = [r for r in runs if r.sequential_positive]
         units = [2 * per_look * (r.sequential_look + 1) for r in wins]
         rows += [
             (f"+10%, horizon {horizon}x plan: sequential power", f"{len(wins) / experiments:.3f}"),
-            (f"+10%, horizon {horizon}x plan: median units to decide (both arms)",
-             f"{np.median(units):,.0f}" if units else "-"),
-            (f"+10%, horizon {horizon}x plan: fixed-horizon power at the last look",
-             f"{np.mean([r.final_fixed for r in runs]):.3f}"),
+            (
+                f"+10%, horizon {horizon}x plan: median units to decide (both arms)",
+                f"{np.median(units):,.0f}" if units else "-",
+            ),
+            (
+                f"+10%, horizon {horizon}x plan: fixed-horizon power at the last look",
+                f"{np.mean([r.final_fixed for r in runs]):.3f}",
+            ),
         ]
     return rows
 

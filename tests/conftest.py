@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from router.redis_server import RedisServer
+from abrouter.router.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("script", "args", "expect"), [
-    ("analyzer_scaling.py", ["--events", "2000", "--units", "500"], "| events | units"),
-    ("sim_sequential.py", ["--experiments", "20", "--looks", "5"], "A/A sequential: significant at any look"),
-])
+@pytest.mark.parametrize(
+    ("script", "args", "expect"),
+    [
+        ("analyzer_scaling.py", ["--events", "2000", "--units", "500"], "| events | units"),
+        ("sim_sequential.py", ["--experiments", "20", "--looks", "5"], "A/A sequential: significant at any look"),
+    ],
+)
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert expect in done.stdout

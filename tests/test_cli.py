@@ -10,16 +10,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "abrouter", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "abrouter", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    ("name: x\nunit: {header: X}\nvariants:\n - {name: a, upstream: 'http://a', weight: -5}\n"
-     " - {name: b, upstream: 'http://b', weight: 1}\n", "variants[0].weight: must be >= 0, got -5"),
-    ("name: [unclosed\n", "not valid YAML"),
-    ("- just\n- a list\n", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            "name: x\nunit: {header: X}\nvariants:\n - {name: a, upstream: 'http://a', weight: -5}\n"
+            " - {name: b, upstream: 'http://b', weight: 1}\n",
+            "variants[0].weight: must be >= 0, got -5",
+        ),
+        ("name: [unclosed\n", "not valid YAML"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
 def test_bad_config_is_exit_2_with_one_line(tmp_path, content, message):
     config = tmp_path / "exp.yaml"
     config.write_text(content)

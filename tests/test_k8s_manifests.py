@@ -16,16 +16,17 @@ import shlex
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
 from abrouter.cli import build_parser
-from router import experiment as model
-from router.app import PLACEHOLDER_SECRET, secret_problem
+from abrouter.contract import experiment as model
+from abrouter.router.http.app import PLACEHOLDER_SECRET, secret_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -147,8 +148,9 @@ def test_every_yaml_file_parses_and_every_object_is_in_the_namespace() -> None:
             if "apiVersion" in doc and doc.get("kind") != "Kustomization":
                 assert doc["metadata"].get("name"), f"{path.name}: {doc['kind']} without a name"
                 if doc["kind"] != "Namespace":
-                    assert doc["metadata"].get("namespace") == NAMESPACE, \
+                    assert doc["metadata"].get("namespace") == NAMESPACE, (
                         f"{path.name}: {doc['kind']} {doc['metadata']['name']} is not in namespace {NAMESPACE}"
+                    )
     kust = _kustomization()
     assert kust["namespace"] == NAMESPACE
     assert any(o["metadata"]["name"] == NAMESPACE for o in _of_kind("Namespace"))
@@ -185,8 +187,10 @@ def test_each_service_selects_pods_and_targets_a_declared_port() -> None:
         for port in svc["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             for dep in selected:
-                assert any(_port_matches(target, c) for c in _pod_spec(dep)["containers"]), \
-                    f"Service {name}: targetPort {target!r} is no container port of Deployment {dep['metadata']['name']}"
+                assert any(_port_matches(target, c) for c in _pod_spec(dep)["containers"]), (
+                    f"Service {name}: targetPort {target!r} is no container port of "
+                    f"Deployment {dep['metadata']['name']}"
+                )
 
 
 def test_probes_use_declared_ports() -> None:
@@ -195,8 +199,9 @@ def test_probes_use_declared_ports() -> None:
             action = c.get(probe, {})
             for kind in ("httpGet", "tcpSocket", "grpc"):
                 if kind in action:
-                    assert _port_matches(action[kind]["port"], c), \
+                    assert _port_matches(action[kind]["port"], c), (
                         f"{obj['metadata']['name']}/{c['name']} {probe}: port {action[kind]['port']!r} not declared"
+                    )
 
 
 def test_router_probes_hit_the_reserved_endpoints() -> None:
@@ -218,8 +223,9 @@ def test_experiment_config_parses_and_routes_to_services_defined_here() -> None:
         assert not rest or rest[0] == NAMESPACE, f"{v.name}: {v.upstream} points outside namespace {NAMESPACE}"
         assert host in services, f"variant {v.name}: upstream {v.upstream} names no Service in k8s/"
         port = url.port or (443 if url.scheme == "https" else 80)
-        assert port in [p["port"] for p in services[host]["spec"]["ports"]], \
+        assert port in [p["port"] for p in services[host]["spec"]["ports"]], (
             f"variant {v.name}: Service {host} has no port {port}"
+        )
     # The upstream pods are the example models; the model answering is the one named.
     for v in experiment.variants:
         dep = _one("Deployment", urlsplit(v.upstream).hostname.split(".")[0])
@@ -241,8 +247,9 @@ def _config_mount(container: dict[str, Any], pod: dict[str, Any], config: Path) 
         cm = volumes[mount["name"]].get("configMap")
         if cm and PurePosixPath(mount["mountPath"]) == PurePosixPath(config).parent:
             assert "subPath" not in mount
-            assert (cm["name"], config.name) in generated, \
+            assert (cm["name"], config.name) in generated, (
                 f"{container['name']}: {config} is not a key of a generated ConfigMap {cm['name']}"
+            )
             assert generated[(cm["name"], config.name)] == "experiment.yaml"
             return
     pytest.fail(f"{container['name']}: --config {config} is in no directory-mounted ConfigMap")
@@ -259,8 +266,9 @@ def test_router_args_are_serve_flags_and_point_at_mounted_files() -> None:
     # The spill dir must be a writable emptyDir: the root filesystem is read-only.
     volumes = {v["name"]: v for v in pod["volumes"]}
     spill = [m for m in router["volumeMounts"] if PurePosixPath(m["mountPath"]) == PurePosixPath(args.spill_dir)]
-    assert spill and "emptyDir" in volumes[spill[0]["name"]] and not spill[0].get("readOnly"), \
+    assert spill and "emptyDir" in volumes[spill[0]["name"]] and not spill[0].get("readOnly"), (
         f"--spill-dir {args.spill_dir} is not a writable emptyDir mount"
+    )
     assert router["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert router["resources"]["requests"]["cpu"] in ("1", 1, "1000m"), "one router process uses one core"
@@ -278,9 +286,10 @@ def test_grace_period_outlasts_prestop_and_shutdown_timeout() -> None:
         assert match, f"preStop should sleep; got {command}"
         sleep = float(match.group(1))
     assert 3 <= sleep <= 15, f"preStop sleep {sleep}s: long enough for the endpoints to drop the pod"
-    assert pod["terminationGracePeriodSeconds"] > args.shutdown_timeout + sleep, \
-        (f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} must exceed "
-         f"--shutdown-timeout {args.shutdown_timeout} + preStop {sleep}, or the kubelet SIGKILLs the drain")
+    assert pod["terminationGracePeriodSeconds"] > args.shutdown_timeout + sleep, (
+        f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} must exceed "
+        f"--shutdown-timeout {args.shutdown_timeout} + preStop {sleep}, or the kubelet SIGKILLs the drain"
+    )
 
 
 def test_no_container_mounts_the_experiment_config_with_subpath() -> None:
@@ -290,8 +299,9 @@ def test_no_container_mounts_the_experiment_config_with_subpath() -> None:
         volumes = {v["name"]: v for v in _pod_spec(obj).get("volumes", [])}
         for mount in c.get("volumeMounts", []):
             cm = volumes[mount["name"]].get("configMap", {})
-            assert not (cm.get("name") in config_maps and ("subPath" in mount or "subPathExpr" in mount)), \
+            assert not (cm.get("name") in config_maps and ("subPath" in mount or "subPathExpr" in mount)), (
                 f"{obj['metadata']['name']}/{c['name']} mounts {cm['name']} with subPath: it would never update"
+            )
     for gen in _kustomization()["configMapGenerator"]:
         # A hashed name would roll every pod on each edit instead of updating the file.
         assert gen.get("options", {}).get("disableNameSuffixHash") is True, gen["name"]
@@ -300,8 +310,9 @@ def test_no_container_mounts_the_experiment_config_with_subpath() -> None:
 def test_secret_and_redis_references_resolve() -> None:
     kust = _kustomization()
     secrets = {g["name"]: {lit.split("=", 1)[0] for lit in g.get("literals", [])} for g in kust["secretGenerator"]}
-    secrets.update({o["metadata"]["name"]: set(o.get("data", {})) | set(o.get("stringData", {}))
-                    for o in _of_kind("Secret")})
+    secrets.update(
+        {o["metadata"]["name"]: set(o.get("data", {})) | set(o.get("stringData", {})) for o in _of_kind("Secret")}
+    )
     services = {s["metadata"]["name"]: s for s in _of_kind("Service")}
     router = _container("Deployment", "abrouter", "router")
     assert _env(router, "ABROUTER_SECRET"), "replicas must share ABROUTER_SECRET to verify each other's request ids"
@@ -309,8 +320,9 @@ def test_secret_and_redis_references_resolve() -> None:
         for e in c.get("env", []):
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             if ref:
-                assert ref["key"] in secrets.get(ref["name"], set()), \
+                assert ref["key"] in secrets.get(ref["name"], set()), (
                     f"{obj['metadata']['name']}/{c['name']}: env {e['name']} refers to a missing secret key"
+                )
         redis_url = _env(c, "REDIS_URL")
         if redis_url:
             url = urlsplit(redis_url["value"])
@@ -432,8 +444,11 @@ def test_dockerfile_copies_what_pip_install_needs_and_dockerignore_keeps_it() ->
     needed += [pat.rstrip("*") for pat in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
     for path in needed:
         assert path in sources, f"pip install needs {path}; the Dockerfile does not copy it"
-    ignored = [ln.strip() for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
-               if ln.strip() and not ln.startswith("#") and not ln.startswith("!")]
+    ignored = [
+        ln.strip()
+        for ln in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if ln.strip() and not ln.startswith("#") and not ln.startswith("!")
+    ]
     for path in needed:
         hits = [pat for pat in ignored if fnmatch.fnmatch(path, pat.removeprefix("**/"))]
         assert not hits, f".dockerignore {hits} drops {path}, which the image needs"

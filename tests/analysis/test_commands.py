@@ -20,16 +20,17 @@ from scipy import stats as sps
 from statsmodels.stats.power import NormalIndPower
 
 from abrouter import cli
-from analysis import commands, history
-from analysis.sink import DryRunSink
-from analysis.stats.compare import Running
-from router import experiment as spec
-from router import keys
-from router.redis_server import free_port
+from abrouter.analysis import commands, history
+from abrouter.analysis.sinks.file import DryRunSink
+from abrouter.analysis.stats.compare import Running
+from abrouter.contract import experiment as spec
+from abrouter.contract import keys
+from abrouter.router import examples
+from abrouter.router.redis_server import free_port
 from tests.analysis.test_summary import EXAMPLE
 
 EXAMPLE_SUMMARY = EXAMPLE  # the issue's example summary
-EXAMPLE_CONFIG = Path(spec.__file__).parent / "examples" / "experiment.yaml"
+EXAMPLE_CONFIG = examples.EXPERIMENT_PATH
 
 
 def run(argv: list[str]) -> int:
@@ -63,9 +64,21 @@ def test_analyze_summary_json_has_the_issue_fields(summary_file: Path, capsys: p
     assert result["srm"]["flagged"] is False
 
     (c,) = result["comparisons"]
-    for key in ("variant", "metric", "control_mean", "mean", "absolute_lift", "absolute_ci", "relative_lift",
-                "relative_ci", "p_value", "sequential_p_value", "sequential_ci", "chance_to_beat",
-                "expected_loss"):
+    for key in (
+        "variant",
+        "metric",
+        "control_mean",
+        "mean",
+        "absolute_lift",
+        "absolute_ci",
+        "relative_lift",
+        "relative_ci",
+        "p_value",
+        "sequential_p_value",
+        "sequential_ci",
+        "chance_to_beat",
+        "expected_loss",
+    ):
         assert key in c, key
     assert (c["variant"], c["metric"], c["primary"]) == ("candidate", "revenue", True)
     assert c["control_mean"] == pytest.approx(1396.87 / 3407)
@@ -106,9 +119,14 @@ def test_analyze_jsonl_gives_one_result_per_line(tmp_path: Path, capsys: pytest.
 
 def conversion_summary(arms: dict[str, tuple[int, int]], **extra: Any) -> dict[str, Any]:
     """A binary-metric summary with equal weights: arm -> (units, conversions)."""
-    return {"metrics": [{"name": "conversion", "kind": "binary"}],
-            "variants": [{"name": name, "weight": 1, "units": n, "metrics": {"conversion": {"n": n, "sum": s}}}
-                         for name, (n, s) in arms.items()], **extra}
+    return {
+        "metrics": [{"name": "conversion", "kind": "binary"}],
+        "variants": [
+            {"name": name, "weight": 1, "units": n, "metrics": {"conversion": {"n": n, "sum": s}}}
+            for name, (n, s) in arms.items()
+        ],
+        **extra,
+    }
 
 
 def analyze_one(tmp_path: Path, doc: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
@@ -134,20 +152,28 @@ def test_abn_reports_holm_and_the_chi_square_omnibus(tmp_path: Path, capsys: pyt
     result = analyze_one(tmp_path, conversion_summary(arms), capsys)
     table = [[s, n - s] for n, s in arms.values()]
     assert result["omnibus"]["conversion"] == pytest.approx(
-        sps.chi2_contingency(table, correction=False).pvalue, rel=1e-9)
+        sps.chi2_contingency(table, correction=False).pvalue, rel=1e-9
+    )
     by_variant = {c["variant"]: c for c in result["comparisons"]}
     assert by_variant["b"]["sequential_p_value_holm"] == pytest.approx(
-        min(1.0, 2 * min(c["sequential_p_value"] for c in by_variant.values())))
+        min(1.0, 2 * min(c["sequential_p_value"] for c in by_variant.values()))
+    )
 
 
 def test_summary_strata_are_analysed_by_epoch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    doc = conversion_summary({"control": (0, 0), "candidate": (0, 0)},
-                             epochs=[{"epoch": 1, "weights": {"control": 90, "candidate": 10}},
-                                     {"epoch": 2, "weights": {"control": 50, "candidate": 50}}])
+    doc = conversion_summary(
+        {"control": (0, 0), "candidate": (0, 0)},
+        epochs=[
+            {"epoch": 1, "weights": {"control": 90, "candidate": 10}},
+            {"epoch": 2, "weights": {"control": 50, "candidate": 50}},
+        ],
+    )
     for v, strata in zip(doc["variants"], ([(900, 90), (500, 20)], [(100, 12), (500, 22)])):
         del v["units"], v["metrics"]
-        v["strata"] = [{"epoch": e, "units": n, "metrics": {"conversion": {"n": n, "sum": s}}}
-                       for e, (n, s) in enumerate(strata, start=1)]
+        v["strata"] = [
+            {"epoch": e, "units": n, "metrics": {"conversion": {"n": n, "sum": s}}}
+            for e, (n, s) in enumerate(strata, start=1)
+        ]
     result = analyze_one(tmp_path, doc, capsys)
     assert result["comparisons"][0]["strata"] == 2
     # Pooled, the candidate looks worse (34/600 < 110/1400); within each epoch it is better.
@@ -195,11 +221,19 @@ def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int]
     fields: dict[Any, float] = {}
     for variant, (units, conversions) in (("control", control), ("candidate", candidate)):
         prefix = f"1|{variant}|"
-        fields |= {prefix + "units": units, prefix + "exposures": units, prefix + "exposures_sq": units,
-                   prefix + "conversion|sum": conversions, prefix + "conversion|sum_sq": conversions,
-                   prefix + "errors|sum": 0, prefix + "errors|sum_sq": 0, prefix + "errors|sum_xn": 0,
-                   prefix + "latency_ms|sum": 20.0 * units, prefix + "latency_ms|sum_sq": 500.0 * units,
-                   prefix + "latency_ms|sum_xn": 20.0 * units}
+        fields |= {
+            prefix + "units": units,
+            prefix + "exposures": units,
+            prefix + "exposures_sq": units,
+            prefix + "conversion|sum": conversions,
+            prefix + "conversion|sum_sq": conversions,
+            prefix + "errors|sum": 0,
+            prefix + "errors|sum_sq": 0,
+            prefix + "errors|sum_xn": 0,
+            prefix + "latency_ms|sum": 20.0 * units,
+            prefix + "latency_ms|sum_sq": 500.0 * units,
+            prefix + "latency_ms|sum_xn": 20.0 * units,
+        }
     client.hset(k.agg, mapping=fields)
     client.hset(k.epochs, "1", keys.encode_epoch({"control": 50, "candidate": 50}, since=time.time() - 3600))
 
@@ -213,7 +247,8 @@ def config_file(tmp_path: Path, name: str) -> Path:
 
 
 def test_analyze_config_reads_redis_decides_applies_and_records(
-        tmp_path: Path, redis_url: str, experiment_name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, redis_url: str, experiment_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         write_aggregates(client, experiment_name, control=(20_000, 1000), candidate=(20_000, 1300))
@@ -240,7 +275,8 @@ def test_analyze_config_reads_redis_decides_applies_and_records(
 
 
 async def test_the_sequential_p_is_a_running_minimum_over_the_history(
-        redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path, redis_url: str) -> None:
+    redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path, redis_url: str
+) -> None:
     sync = redis.Redis.from_url(redis_url)
     write_aggregates(sync, experiment_name, control=(2000, 100), candidate=(2000, 110))
     sync.close()
@@ -264,8 +300,14 @@ async def test_the_sequential_p_is_a_running_minimum_over_the_history(
 
 
 def test_the_history_keeps_both_running_minima_and_restarts_after_a_reset() -> None:
-    raw = json.dumps({"units": 4000, "sequential_p": [
-        {"variant": "candidate", "metric": "conversion", "p": 0.01, "p_better": 0.3, "p_worse": 0.01}]})
+    raw = json.dumps(
+        {
+            "units": 4000,
+            "sequential_p": [
+                {"variant": "candidate", "metric": "conversion", "p": 0.01, "p_better": 0.3, "p_worse": 0.01}
+            ],
+        }
+    )
     entry = history.decode(raw)
     assert entry.previous(4000) == {("candidate", "conversion"): Running(0.3, 0.01)}
     assert entry.previous(3999) == {}  # the data was reset since: start afresh
@@ -277,7 +319,8 @@ def test_an_old_history_entry_without_directions_seeds_nothing() -> None:
 
 
 async def test_every_keeps_looking_survives_a_bad_edit_and_stops_on_ctrl_c(
-        tmp_path: Path, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    tmp_path: Path, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     sync = redis.Redis.from_url(redis_url)
     write_aggregates(sync, experiment_name, control=(2000, 100), candidate=(2000, 110))
     sync.close()
@@ -285,9 +328,21 @@ async def test_every_keeps_looking_survives_a_bad_edit_and_stops_on_ctrl_c(
     good = path.read_text()
     decisions = keys.Keys(experiment_name).decisions
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "abrouter", "analyze", "--config", str(path), "--redis-url", redis_url,
-        "--every", "0.1", "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).parents[2])
+        sys.executable,
+        "-m",
+        "abrouter",
+        "analyze",
+        "--config",
+        str(path),
+        "--redis-url",
+        redis_url,
+        "--every",
+        "0.1",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
     assert proc.stdout is not None and proc.stderr is not None
     try:
         for _ in range(2):  # it looks again and again
@@ -338,15 +393,31 @@ def test_every_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # ------------------------------------------------------------------------ plan
 
 
-@pytest.mark.parametrize(("baseline", "mde", "relative", "power", "alpha"), [
-    (0.05, 0.1, True, 0.8, 0.05),
-    (0.05, 0.01, False, 0.9, 0.01),
-    (0.3, 0.05, True, 0.8, 0.05),
-])
-def test_plan_matches_statsmodels(baseline: float, mde: float, relative: bool, power: float, alpha: float,
-                                  capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["plan", "--baseline", str(baseline), "--mde", str(mde), "--power", str(power), "--alpha", str(alpha),
-            "--traffic", "1000", "--json"] + (["--relative"] if relative else [])
+@pytest.mark.parametrize(
+    ("baseline", "mde", "relative", "power", "alpha"),
+    [
+        (0.05, 0.1, True, 0.8, 0.05),
+        (0.05, 0.01, False, 0.9, 0.01),
+        (0.3, 0.05, True, 0.8, 0.05),
+    ],
+)
+def test_plan_matches_statsmodels(
+    baseline: float, mde: float, relative: bool, power: float, alpha: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "plan",
+        "--baseline",
+        str(baseline),
+        "--mde",
+        str(mde),
+        "--power",
+        str(power),
+        "--alpha",
+        str(alpha),
+        "--traffic",
+        "1000",
+        "--json",
+    ] + (["--relative"] if relative else [])
     assert run(argv) == 0
     got = json.loads(capsys.readouterr().out)
     p1, p2 = baseline, baseline * (1 + mde) if relative else baseline + mde
@@ -359,20 +430,24 @@ def test_plan_matches_statsmodels(baseline: float, mde: float, relative: bool, p
 
 
 def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--variants", "3",
-                "--traffic", "20000"]) == 0
+    assert (
+        run(["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--variants", "3", "--traffic", "20000"]) == 0
+    )
     out = capsys.readouterr().out
     assert "units per arm:" in out and "total units:" in out and "days at 20,000 units/day" in out
     assert "3 variants" in out
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--baseline", "1.5", "--mde", "0.1"], "--baseline: must be between 0 and 1"),
-    (["--baseline", "0.05", "--mde", "0"], "--mde: must be > 0"),
-    (["--baseline", "0.6", "--mde", "0.5"], "--mde: puts the target rate at 1.1"),
-    (["--baseline", "0.05", "--mde", "0.1", "--variants", "1"], "--variants: must be >= 2"),
-    (["--baseline", "0.05", "--mde", "0.1", "--traffic", "-5"], "--traffic: must be > 0"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--baseline", "1.5", "--mde", "0.1"], "--baseline: must be between 0 and 1"),
+        (["--baseline", "0.05", "--mde", "0"], "--mde: must be > 0"),
+        (["--baseline", "0.6", "--mde", "0.5"], "--mde: puts the target rate at 1.1"),
+        (["--baseline", "0.05", "--mde", "0.1", "--variants", "1"], "--variants: must be >= 2"),
+        (["--baseline", "0.05", "--mde", "0.1", "--traffic", "-5"], "--traffic: must be > 0"),
+    ],
+)
 def test_plan_rejects_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["plan", *argv]) == 2
     assert message in capsys.readouterr().err

@@ -8,22 +8,29 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from analysis import data as d
-from analysis import analyzer, decision
-from analysis.stats.compare import FRESH, Comparison, Running
-from analysis.stats.noninferiority import NonInferiority
-from analysis.stats.sample import Sample
-from analysis.stats.srm import SrmResult
-from router.experiment import AnalysisSettings, Bandit, Metric
+from abrouter.analysis import analyzer, decision
+from abrouter.analysis import data as d
+from abrouter.analysis.stats.compare import FRESH, Comparison, Running
+from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.sample import Sample
+from abrouter.analysis.stats.srm import SrmResult
+from abrouter.contract.experiment import AnalysisSettings, Bandit, Metric
 
 DAY = 86400.0
 NOW = 1_700_000_000.0
 CONVERSION = Metric(name="conversion", kind="binary", direction="increase")
 
 
-def experiment(weights: dict[str, float], *, units: int = 1000, current_units: int | None = None,
-               settings: AnalysisSettings | None = None, metrics: tuple[Metric, ...] = (CONVERSION,),
-               started_at: float | None = NOW - DAY, rate: dict[str, float] | None = None) -> d.ExperimentData:
+def experiment(
+    weights: dict[str, float],
+    *,
+    units: int = 1000,
+    current_units: int | None = None,
+    settings: AnalysisSettings | None = None,
+    metrics: tuple[Metric, ...] = (CONVERSION,),
+    started_at: float | None = NOW - DAY,
+    rate: dict[str, float] | None = None,
+) -> d.ExperimentData:
     """Two epochs: units/2 per arm in each unless `current_units` sets the second epoch's."""
     first = units - (current_units if current_units is not None else units // 2)
     second = units - first
@@ -33,16 +40,32 @@ def experiment(weights: dict[str, float], *, units: int = 1000, current_units: i
         conversions = round(n * rate.get(name, 0.1))
         return d.Stratum(epoch=epoch, units=n, metrics={"conversion": Sample(n, conversions)})
 
-    arms = tuple(d.Arm(name=name, weight=w, strata=(stratum(1, name, first), stratum(2, name, second)))
-                 for name, w in weights.items())
+    arms = tuple(
+        d.Arm(name=name, weight=w, strata=(stratum(1, name, first), stratum(2, name, second)))
+        for name, w in weights.items()
+    )
     epochs = (d.Epoch(1, dict(weights), NOW - DAY), d.Epoch(2, dict(weights), NOW - DAY / 2))
-    return d.ExperimentData(name="exp", metrics=metrics, arms=arms, epochs=epochs,
-                            settings=settings or AnalysisSettings(), started_at=started_at)
+    return d.ExperimentData(
+        name="exp",
+        metrics=metrics,
+        arms=arms,
+        epochs=epochs,
+        settings=settings or AnalysisSettings(),
+        started_at=started_at,
+    )
 
 
-def comparison(variant: str = "candidate", *, lift: float = 0.01, seq_p: float = 0.5,
-               status: str = "ok", metric: str = "conversion", better: float | None = None,
-               worse: float | None = None, good: bool | None = None) -> Comparison:
+def comparison(
+    variant: str = "candidate",
+    *,
+    lift: float = 0.01,
+    seq_p: float = 0.5,
+    status: str = "ok",
+    metric: str = "conversion",
+    better: float | None = None,
+    worse: float | None = None,
+    good: bool | None = None,
+) -> Comparison:
     """`seq_p` is the running minimum in the direction the lift points (`good`: the lift is
     in the metric's good direction; by default, for an increase metric, lift > 0); the other
     direction's minimum is 1 unless `better` / `worse` say otherwise."""
@@ -52,28 +75,53 @@ def comparison(variant: str = "candidate", *, lift: float = 0.01, seq_p: float =
     if worse is None:
         worse = 1.0 if good else seq_p
     return Comparison(
-        variant=variant, metric=metric, status=status, reason=None if status == "ok" else "n_too_small",
-        n_control=1000, n=1000, control_mean=0.1, mean=0.1 + lift, absolute_lift=lift,
-        absolute_ci=(lift - 0.01, lift + 0.01), relative_lift=lift / 0.1,
-        relative_ci=(lift / 0.1 - 0.1, lift / 0.1 + 0.1), p_value=seq_p / 3,
-        sequential_p_value=seq_p, sequential_ci=(lift / 0.1 - 0.2, lift / 0.1 + 0.2),
-        sequential_ci_absolute=(lift - 0.02, lift + 0.02), chance_to_beat=0.9, expected_loss=0.001,
-        sequential_p_better=better, sequential_p_worse=worse)
+        variant=variant,
+        metric=metric,
+        status=status,
+        reason=None if status == "ok" else "n_too_small",
+        n_control=1000,
+        n=1000,
+        control_mean=0.1,
+        mean=0.1 + lift,
+        absolute_lift=lift,
+        absolute_ci=(lift - 0.01, lift + 0.01),
+        relative_lift=lift / 0.1,
+        relative_ci=(lift / 0.1 - 0.1, lift / 0.1 + 0.1),
+        p_value=seq_p / 3,
+        sequential_p_value=seq_p,
+        sequential_ci=(lift / 0.1 - 0.2, lift / 0.1 + 0.2),
+        sequential_ci_absolute=(lift - 0.02, lift + 0.02),
+        chance_to_beat=0.9,
+        expected_loss=0.001,
+        sequential_p_better=better,
+        sequential_p_worse=worse,
+    )
 
 
-def rail(variant: str = "candidate", *, status: str = "pass", metric: str = "errors",
-         harm: float = 0.0) -> NonInferiority:
-    return NonInferiority(metric=metric, variant=variant, status=status, reason=None, margin=0.01,
-                          relative=False, harm=harm, bound=harm + 0.005, p_value=0.01,
-                          lower_bound=harm - 0.005)
+def rail(
+    variant: str = "candidate", *, status: str = "pass", metric: str = "errors", harm: float = 0.0
+) -> NonInferiority:
+    return NonInferiority(
+        metric=metric,
+        variant=variant,
+        status=status,
+        reason=None,
+        margin=0.01,
+        relative=False,
+        harm=harm,
+        bound=harm + 0.005,
+        p_value=0.01,
+        lower_bound=harm - 0.005,
+    )
 
 
 def srm(flagged: bool = False) -> SrmResult:
     return SrmResult(p_value=1e-6 if flagged else 0.5, flagged=flagged, observed={}, expected={})
 
 
-def evidence(*comparisons: Comparison, guardrails: tuple[NonInferiority, ...] | None = None,
-             flagged: bool = False) -> decision.Evidence:
+def evidence(
+    *comparisons: Comparison, guardrails: tuple[NonInferiority, ...] | None = None, flagged: bool = False
+) -> decision.Evidence:
     if guardrails is None:
         guardrails = tuple(rail(c.variant) for c in comparisons)
     return decision.Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(flagged))
@@ -295,8 +343,9 @@ def test_bandit_moves_traffic_to_the_likely_best_arm() -> None:
 
 
 def test_bandit_keeps_weights_that_barely_move() -> None:
-    data = experiment({"control": 5.0, "candidate": 95.0}, units=4000, settings=BANDIT,
-                      rate={"control": 0.10, "candidate": 0.15})
+    data = experiment(
+        {"control": 5.0, "candidate": 95.0}, units=4000, settings=BANDIT, rate={"control": 0.10, "candidate": 0.15}
+    )
     got = decision.decide(data, evidence(comparison(seq_p=0.3)), now=NOW, rng=np.random.default_rng(1))
     assert (got.action, got.weights) == ("continue", {"control": 5.0, "candidate": 95.0})
 
@@ -337,8 +386,11 @@ def test_nan_sequential_p_never_decides() -> None:
 
 def test_weights_are_rounded_to_the_router_resolution() -> None:
     data = experiment({"control": 94.0, "b": 2.0, "c": 2.0, "d": 2.0})
-    got = decision.decide(replace(data, settings=AnalysisSettings(ramp=(10.0,))),
-                          evidence(comparison("b"), comparison("c"), comparison("d")), now=NOW)
+    got = decision.decide(
+        replace(data, settings=AnalysisSettings(ramp=(10.0,))),
+        evidence(comparison("b"), comparison("c"), comparison("d")),
+        now=NOW,
+    )
     # Largest remainder: the hundredth left over goes to one arm, so they sum to exactly 100.
     assert got.weights == {"control": 90.0, "b": 3.34, "c": 3.33, "d": 3.33}
 
@@ -373,10 +425,18 @@ def _zero_conversions(units: tuple[int, int] = (950, 50)) -> d.ExperimentData:
     """Like /tmp/rv/zero.json: control 48/950, candidate 0/50, weights 95/5."""
     metric = Metric(name="conv", kind="binary", direction="increase")
     (nc, nt), weights = units, {"control": 95.0, "candidate": 5.0}
-    arms = (d.Arm("control", 95.0, (d.Stratum(1, nc, {"conv": Sample(nc, round(nc * 48 / 950))}),)),
-            d.Arm("candidate", 5.0, (d.Stratum(1, nt, {"conv": Sample(nt, 0)}),)))
-    return d.ExperimentData(name="exp", metrics=(metric,), arms=arms, epochs=(d.Epoch(1, weights, NOW),),
-                            settings=AnalysisSettings(guardrails=()), started_at=NOW)
+    arms = (
+        d.Arm("control", 95.0, (d.Stratum(1, nc, {"conv": Sample(nc, round(nc * 48 / 950))}),)),
+        d.Arm("candidate", 5.0, (d.Stratum(1, nt, {"conv": Sample(nt, 0)}),)),
+    )
+    return d.ExperimentData(
+        name="exp",
+        metrics=(metric,),
+        arms=arms,
+        epochs=(d.Epoch(1, weights, NOW),),
+        settings=AnalysisSettings(guardrails=()),
+        started_at=NOW,
+    )
 
 
 def test_zero_conversions_in_a_tiny_arm_is_not_a_rollback() -> None:
@@ -428,8 +488,9 @@ def test_the_bandit_gives_no_weight_to_a_candidate_whose_guardrails_do_not_pass(
 def test_the_bandit_still_moves_the_other_arms_around_a_held_candidate() -> None:
     weights = {"control": 40.0, "b": 30.0, "c": 30.0}
     data = experiment(weights, units=4000, settings=BANDIT, rate={"control": 0.10, "b": 0.15, "c": 0.15})
-    ev = evidence(comparison("b", seq_p=0.3), comparison("c", seq_p=0.3),
-                  guardrails=(rail("b", status="inconclusive"), rail("c")))
+    ev = evidence(
+        comparison("b", seq_p=0.3), comparison("c", seq_p=0.3), guardrails=(rail("b", status="inconclusive"), rail("c"))
+    )
     got = decision.decide(data, ev, now=NOW, rng=np.random.default_rng(1))
     assert got.action == "ramp"
     assert got.weights["b"] <= 30.0 and got.weights["c"] > 30.0

@@ -10,22 +10,29 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from analysis import analyzer, reader
-from analysis.errors import SourceError
-from analysis.stats.sample import Sample
-from router import events, keys
-from router.eventlog import EventLog
-from router.experiment import Experiment, parse
-from router.redis_server import free_port
+from abrouter.analysis import analyzer, reader
+from abrouter.analysis.errors import SourceError
+from abrouter.analysis.stats.sample import Sample
+from abrouter.contract import keys
+from abrouter.contract.experiment import Experiment, parse
+from abrouter.router.eventlog import events
+from abrouter.router.eventlog.log import EventLog
+from abrouter.router.redis_server import free_port
 
 
 def spec(name: str, *, epoch: int = 2, weights: tuple[float, float] = (50, 50)) -> Experiment:
-    return parse({
-        "name": name, "unit": {"header": "X-User-Id"}, "epoch": epoch,
-        "variants": [{"name": "control", "upstream": "http://a:1", "weight": weights[0]},
-                     {"name": "candidate", "upstream": "http://b:1", "weight": weights[1]}],
-        "metrics": [{"name": "conversion", "kind": "binary"}, {"name": "revenue", "kind": "continuous"}],
-    })
+    return parse(
+        {
+            "name": name,
+            "unit": {"header": "X-User-Id"},
+            "epoch": epoch,
+            "variants": [
+                {"name": "control", "upstream": "http://a:1", "weight": weights[0]},
+                {"name": "candidate", "upstream": "http://b:1", "weight": weights[1]},
+            ],
+            "metrics": [{"name": "conversion", "kind": "binary"}, {"name": "revenue", "kind": "continuous"}],
+        }
+    )
 
 
 def field(epoch: int, variant: str, *parts: str) -> str:
@@ -33,24 +40,37 @@ def field(epoch: int, variant: str, *parts: str) -> str:
 
 
 async def test_agg_fields_become_unit_level_and_ratio_samples(
-        redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     k = keys.Keys(experiment_name)
-    await redis_client.hset(k.agg, mapping={
-        field(1, "control", "units"): 100, field(1, "control", "exposures"): 250,
-        field(1, "control", "exposures_sq"): 900,
-        field(1, "control", "conversion", "sum"): 12, field(1, "control", "conversion", "sum_sq"): 12,
-        field(1, "control", "revenue", "sum"): 340.5, field(1, "control", "revenue", "sum_sq"): 4100.25,
-        field(1, "control", "errors", "sum"): 3, field(1, "control", "errors", "sum_sq"): 5,
-        field(1, "control", "errors", "sum_xn"): 11,
-        field(1, "control", "latency_ms", "sum"): 5000, field(1, "control", "latency_ms", "sum_sq"): 160000,
-        field(1, "control", "latency_ms", "sum_xn"): 18000,
-        field(2, "candidate", "units"): 40, field(2, "candidate", "exposures"): 41,
-        field(2, "candidate", "exposures_sq"): 43,
-    })
-    await redis_client.hset(k.epochs, mapping={
-        "1": keys.encode_epoch({"control": 90, "candidate": 10}, since=1000.0),
-        "2": keys.encode_epoch({"control": 50, "candidate": 50}, since=2000.0),
-    })
+    await redis_client.hset(
+        k.agg,
+        mapping={
+            field(1, "control", "units"): 100,
+            field(1, "control", "exposures"): 250,
+            field(1, "control", "exposures_sq"): 900,
+            field(1, "control", "conversion", "sum"): 12,
+            field(1, "control", "conversion", "sum_sq"): 12,
+            field(1, "control", "revenue", "sum"): 340.5,
+            field(1, "control", "revenue", "sum_sq"): 4100.25,
+            field(1, "control", "errors", "sum"): 3,
+            field(1, "control", "errors", "sum_sq"): 5,
+            field(1, "control", "errors", "sum_xn"): 11,
+            field(1, "control", "latency_ms", "sum"): 5000,
+            field(1, "control", "latency_ms", "sum_sq"): 160000,
+            field(1, "control", "latency_ms", "sum_xn"): 18000,
+            field(2, "candidate", "units"): 40,
+            field(2, "candidate", "exposures"): 41,
+            field(2, "candidate", "exposures_sq"): 43,
+        },
+    )
+    await redis_client.hset(
+        k.epochs,
+        mapping={
+            "1": keys.encode_epoch({"control": 90, "candidate": 10}, since=1000.0),
+            "2": keys.encode_epoch({"control": 50, "candidate": 50}, since=2000.0),
+        },
+    )
     data = await reader.read(redis_client, spec(experiment_name))
 
     assert data.epoch_ids == (1, 2)
@@ -69,16 +89,19 @@ async def test_agg_fields_become_unit_level_and_ratio_samples(
 
 
 async def test_binary_metrics_use_sum_as_sum_of_squares(
-        redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     k = keys.Keys(experiment_name)
-    await redis_client.hset(k.agg, mapping={field(2, "control", "units"): 10,
-                                            field(2, "control", "conversion", "sum"): 4})
+    await redis_client.hset(
+        k.agg, mapping={field(2, "control", "units"): 10, field(2, "control", "conversion", "sum"): 4}
+    )
     data = await reader.read(redis_client, spec(experiment_name))
     assert data.samples("control", "conversion") == (Sample(10, 4, 4),)
 
 
 async def test_an_empty_experiment_reads_as_the_specs_current_epoch(
-        redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     data = await reader.read(redis_client, spec(experiment_name, epoch=3, weights=(95, 5)))
     assert data.epoch_ids == (3,)
     assert data.epochs[0].weights == {"control": 95.0, "candidate": 5.0}
@@ -89,23 +112,45 @@ async def test_an_empty_experiment_reads_as_the_specs_current_epoch(
 
 
 async def test_what_the_router_logs_is_what_the_analyzer_reads(
-        redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path) -> None:
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
     experiment = spec(experiment_name, epoch=1)
     log = EventLog(redis_url=redis_url, experiment=experiment, spill_dir=tmp_path)
     await log.start()
     log.register_epoch(1, {"control": 50, "candidate": 50}, since=1234.0)
     # Unit u1: two requests (one error), converts twice (binary: counts once), revenue 3 + 4.
-    for i, (unit, variant, latency, error) in enumerate([
-            ("u1", "control", 10.0, False), ("u1", "control", 30.0, True), ("u2", "control", 20.0, False),
-            ("u3", "candidate", 5.0, False)]):
-        log.record_exposure(events.Exposure(request_id=f"r{i}", unit_hash=keys.unit_hash(unit), variant=variant,
-                                            epoch=1, ts=1234.0 + i, status=500 if error else 200,
-                                            latency_ms=latency, error=error))
-    for unit, variant, metric, value in [("u1", "control", "conversion", 1), ("u1", "control", "conversion", 1),
-                                         ("u1", "control", "revenue", 3.0), ("u1", "control", "revenue", 4.0),
-                                         ("u3", "candidate", "revenue", 2.5)]:
-        log.record_outcome(events.Outcome(unit_hash=keys.unit_hash(unit), variant=variant, epoch=1,
-                                          metric=metric, value=value, ts=1300.0))
+    for i, (unit, variant, latency, error) in enumerate(
+        [
+            ("u1", "control", 10.0, False),
+            ("u1", "control", 30.0, True),
+            ("u2", "control", 20.0, False),
+            ("u3", "candidate", 5.0, False),
+        ]
+    ):
+        log.record_exposure(
+            events.Exposure(
+                request_id=f"r{i}",
+                unit_hash=keys.unit_hash(unit),
+                variant=variant,
+                epoch=1,
+                ts=1234.0 + i,
+                status=500 if error else 200,
+                latency_ms=latency,
+                error=error,
+            )
+        )
+    for unit, variant, metric, value in [
+        ("u1", "control", "conversion", 1),
+        ("u1", "control", "conversion", 1),
+        ("u1", "control", "revenue", 3.0),
+        ("u1", "control", "revenue", 4.0),
+        ("u3", "candidate", "revenue", 2.5),
+    ]:
+        log.record_outcome(
+            events.Outcome(
+                unit_hash=keys.unit_hash(unit), variant=variant, epoch=1, metric=metric, value=value, ts=1300.0
+            )
+        )
     await log.close()
 
     data = await reader.read(redis_client, experiment)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from analysis.stats import estimate, sequential
-from analysis.stats.compare import FRESH, compare
-from analysis.stats.noninferiority import non_inferiority
-from analysis.stats.power import sample_size
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats import estimate, sequential
+from abrouter.analysis.stats.compare import FRESH, compare
+from abrouter.analysis.stats.noninferiority import non_inferiority
+from abrouter.analysis.stats.power import sample_size
+from abrouter.analysis.stats.sample import Sample
 
 ALPHA = 0.05
 
@@ -27,8 +27,9 @@ def _tolerance(rate: float, experiments: int) -> float:
     return 3 * math.sqrt(rate * (1 - rate) / experiments)
 
 
-def _looks(rng: np.random.Generator, *, experiments: int, looks: int, per_look: int,
-           rates: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _looks(
+    rng: np.random.Generator, *, experiments: int, looks: int, per_look: int, rates: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Cumulative conversions and units, shape (experiments, looks, 2 arms)."""
     conversions = rng.binomial(per_look, rates, size=(experiments, looks, 2)).cumsum(axis=1).astype(float)
     units = np.broadcast_to(per_look * np.arange(1.0, looks + 1)[None, :, None], conversions.shape)
@@ -59,8 +60,9 @@ def _analyse(conversions: np.ndarray, units: np.ndarray, expected_units: int) ->
 
 def test_aa_sequential_false_positives_stay_below_alpha_while_naive_peeking_inflates() -> None:
     experiments = 2_000
-    conversions, units = _looks(np.random.default_rng(101), experiments=experiments, looks=20, per_look=500,
-                                rates=(0.05, 0.05))
+    conversions, units = _looks(
+        np.random.default_rng(101), experiments=experiments, looks=20, per_look=500, rates=(0.05, 0.05)
+    )
     result = _analyse(conversions, units, expected_units=10_000)
     sequential_rate = np.mean(result["sequential"][:, -1] < ALPHA)
     naive_rate = np.mean((result["fixed"] < ALPHA).any(axis=1))
@@ -77,8 +79,17 @@ def test_vectorised_analysis_matches_compare() -> None:
         previous = FRESH
         for look in range(20):
             control, candidate = (Sample(units[e, look, arm], conversions[e, look, arm]) for arm in (0, 1))
-            c = compare(control, candidate, kind="binary", direction="increase", alpha=ALPHA,
-                        expected_units=10_000, variant="b", metric="m", previous=previous)
+            c = compare(
+                control,
+                candidate,
+                kind="binary",
+                direction="increase",
+                alpha=ALPHA,
+                expected_units=10_000,
+                variant="b",
+                metric="m",
+                previous=previous,
+            )
             previous = c.running()
             assert c.sequential_p_value == pytest.approx(result["sequential"][e, look], rel=1e-9, abs=1e-15)
             assert c.p_value == pytest.approx(result["fixed"][e, look], rel=1e-9)
@@ -88,8 +99,9 @@ def test_vectorised_analysis_matches_compare() -> None:
 RAMP_LOOKS, RAMP_SHARES = (6, 6, 8), (0.05, 0.25, 0.50)
 
 
-def _ramp(rng: np.random.Generator, *, experiments: int, per_look: int,
-          rate: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def _ramp(
+    rng: np.random.Generator, *, experiments: int, per_look: int, rate: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """A/A through the ramp: cumulative (units, conversions), shape (experiments, looks, epochs, 2 arms)."""
     epoch = np.repeat(np.arange(len(RAMP_LOOKS)), RAMP_LOOKS)
     share = np.asarray(RAMP_SHARES)[epoch]
@@ -136,10 +148,20 @@ def test_vectorised_ramp_analysis_matches_compare() -> None:
     for e in range(units.shape[0]):
         previous = FRESH
         for look in range(units.shape[1]):
-            arms = [[Sample(units[e, look, s, arm], conversions[e, look, s, arm]) for s in range(len(RAMP_LOOKS))]
-                    for arm in (0, 1)]
-            c = compare(*arms, kind="binary", direction="increase", alpha=ALPHA, expected_units=10_000,
-                        variant="b", metric="m", previous=previous)
+            arms = [
+                [Sample(units[e, look, s, arm], conversions[e, look, s, arm]) for s in range(len(RAMP_LOOKS))]
+                for arm in (0, 1)
+            ]
+            c = compare(
+                *arms,
+                kind="binary",
+                direction="increase",
+                alpha=ALPHA,
+                expected_units=10_000,
+                variant="b",
+                metric="m",
+                previous=previous,
+            )
             previous = c.running()
             assert c.sequential_p_value == pytest.approx(expected[e, look], rel=1e-9, abs=1e-15)
 
@@ -161,8 +183,9 @@ def test_aa_continuous_heavy_tailed_metric_sequential_false_positives() -> None:
 def test_planned_sample_size_gives_the_planned_fixed_horizon_power() -> None:
     plan = sample_size(baseline=0.05, mde=0.10, relative=True)
     experiments = 4_000
-    conversions, units = _looks(np.random.default_rng(303), experiments=experiments, looks=1,
-                                per_look=plan.units_per_arm, rates=(0.05, 0.055))
+    conversions, units = _looks(
+        np.random.default_rng(303), experiments=experiments, looks=1, per_look=plan.units_per_arm, rates=(0.05, 0.055)
+    )
     power = np.mean(_analyse(conversions, units, expected_units=plan.units_per_arm)["fixed"][:, 0] < ALPHA)
     assert abs(power - 0.8) < _tolerance(0.8, experiments)
 
@@ -171,8 +194,9 @@ def test_sequential_power_and_early_stopping_with_a_ten_percent_lift() -> None:
     plan = sample_size(baseline=0.05, mde=0.10, relative=True)
     experiments, looks = 500, 20
     per_look = math.ceil(2 * plan.units_per_arm / looks)  # horizon: twice the fixed-horizon plan
-    conversions, units = _looks(np.random.default_rng(404), experiments=experiments, looks=looks,
-                                per_look=per_look, rates=(0.05, 0.055))
+    conversions, units = _looks(
+        np.random.default_rng(404), experiments=experiments, looks=looks, per_look=per_look, rates=(0.05, 0.055)
+    )
     result = _analyse(conversions, units, expected_units=plan.units_per_arm)
     decided = result["sequential"] < ALPHA
     first = np.argmax(decided, axis=1)
@@ -191,8 +215,16 @@ def test_relative_interval_covers_the_true_lift() -> None:
     control, candidate = rng.binomial(n, 0.05, experiments), rng.binomial(n, 0.055, experiments)
     covered = 0
     for c, t in zip(control, candidate):
-        result = compare(Sample(n, c), Sample(n, t), kind="binary", direction="increase", alpha=ALPHA,
-                         expected_units=n, variant="b", metric="m")
+        result = compare(
+            Sample(n, c),
+            Sample(n, t),
+            kind="binary",
+            direction="increase",
+            alpha=ALPHA,
+            expected_units=n,
+            variant="b",
+            metric="m",
+        )
         covered += result.relative_ci[0] <= 0.10 <= result.relative_ci[1]
     assert abs(covered / experiments - 0.95) < _tolerance(0.95, experiments)
 
@@ -202,14 +234,25 @@ def test_guardrail_errors_under_repeated_looks(candidate_rate: float, wrong_stat
     # Margin 0.005 absolute. A candidate exactly at the margin must rarely "pass" and an
     # equal candidate must rarely "breach", however often we look.
     experiments, looks = 400, 20
-    conversions, units = _looks(np.random.default_rng(606), experiments=experiments, looks=looks, per_look=500,
-                                rates=(0.010, candidate_rate))
+    conversions, units = _looks(
+        np.random.default_rng(606), experiments=experiments, looks=looks, per_look=500, rates=(0.010, candidate_rate)
+    )
     wrong = 0
     for e in range(experiments):
-        statuses = {non_inferiority(Sample(units[e, k, 0], conversions[e, k, 0]),
-                                    Sample(units[e, k, 1], conversions[e, k, 1]),
-                                    kind="binary", direction="decrease", margin=0.005, relative=False,
-                                    alpha=ALPHA, expected_units=10_000, variant="b", metric="errors").status
-                    for k in range(looks)}
+        statuses = {
+            non_inferiority(
+                Sample(units[e, k, 0], conversions[e, k, 0]),
+                Sample(units[e, k, 1], conversions[e, k, 1]),
+                kind="binary",
+                direction="decrease",
+                margin=0.005,
+                relative=False,
+                alpha=ALPHA,
+                expected_units=10_000,
+                variant="b",
+                metric="errors",
+            ).status
+            for k in range(looks)
+        }
         wrong += wrong_status in statuses
     assert wrong / experiments <= ALPHA + _tolerance(ALPHA, experiments)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from analysis.decision import Decision
-from analysis.errors import ConflictError
-from analysis.sink import DryRunSink, FileSink, WeightsSink
-from router import experiment as spec
+from abrouter.analysis.decision import Decision
+from abrouter.analysis.errors import ConflictError
+from abrouter.analysis.sinks.file import DryRunSink, FileSink, WeightsSink
+from abrouter.contract import experiment as spec
+from abrouter.router import examples
 
-EXAMPLE = Path(spec.__file__).parent / "examples" / "experiment.yaml"
+EXAMPLE = examples.EXPERIMENT_PATH
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from scipy import integrate
 from scipy import stats as sps
 from scipy.special import betaln
 
-from analysis.stats import bayes
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats import bayes
+from abrouter.analysis.stats.sample import Sample
 
 
 def _closed_form_b_beats_a(s_a: int, n_a: int, s_b: int, n_b: int) -> float:
@@ -18,8 +18,19 @@ def _closed_form_b_beats_a(s_a: int, n_a: int, s_b: int, n_b: int) -> float:
     return float(np.exp(terms).sum())
 
 
-@pytest.mark.parametrize("counts", [(10, 100, 15, 100), (0, 20, 3, 20), (200, 1000, 220, 1000), (30, 500, 12, 80),
-                                    (0, 5000, 1, 5000), (0, 100_000, 0, 100), (2000, 2000, 1999, 2000), (1, 3, 0, 3)])
+@pytest.mark.parametrize(
+    "counts",
+    [
+        (10, 100, 15, 100),
+        (0, 20, 3, 20),
+        (200, 1000, 220, 1000),
+        (30, 500, 12, 80),
+        (0, 5000, 1, 5000),
+        (0, 100_000, 0, 100),
+        (2000, 2000, 1999, 2000),
+        (1, 3, 0, 3),
+    ],
+)
 def test_beta_binomial_chance_to_beat_matches_the_closed_form(counts: tuple[int, int, int, int]) -> None:
     s_c, n_c, s_t, n_t = counts
     value = bayes.beta_binomial_chance_to_beat(Sample(n_c, s_c), Sample(n_t, s_t))
@@ -33,8 +44,10 @@ def test_beta_binomial_direction_decrease_is_the_complement() -> None:
     assert up + down == pytest.approx(1.0, abs=1e-10)
 
 
-@pytest.mark.parametrize(("control", "candidate"), [((2_000_000, 100_000), (2_000_000, 100_700)),
-                                                    ((50_000, 2_500), (400, 30)), ((300, 3), (300, 9))])
+@pytest.mark.parametrize(
+    ("control", "candidate"),
+    [((2_000_000, 100_000), (2_000_000, 100_700)), ((50_000, 2_500), (400, 30)), ((300, 3), (300, 9))],
+)
 @pytest.mark.parametrize("direction", ["increase", "decrease"])
 def test_beta_binomial_loss_and_chance_match_monte_carlo(
     control: tuple[int, int], candidate: tuple[int, int], direction: str
@@ -55,7 +68,10 @@ def test_beta_binomial_loss_and_chance_match_monte_carlo(
 def test_gaussian_chance_and_loss_match_numerical_integration() -> None:
     difference, variance = 0.3, 0.04
     sd = math.sqrt(variance)
-    density = lambda d: sps.norm.pdf(d, difference, sd)
+
+    def density(d):
+        return sps.norm.pdf(d, difference, sd)
+
     chance, _ = integrate.quad(density, 0, np.inf)
     loss, _ = integrate.quad(lambda d: -d * density(d), -np.inf, 0)
     assert bayes.gaussian_chance_to_beat(difference, variance) == pytest.approx(chance, abs=1e-9)
@@ -63,7 +79,9 @@ def test_gaussian_chance_and_loss_match_numerical_integration() -> None:
     # Lower is better: the candidate that is 0.3 higher is the worse one.
     loss_down, _ = integrate.quad(lambda d: d * density(d), 0, np.inf)
     assert bayes.gaussian_chance_to_beat(difference, variance, direction="decrease") == pytest.approx(1 - chance)
-    assert bayes.gaussian_expected_loss(difference, variance, direction="decrease") == pytest.approx(loss_down, abs=1e-9)
+    assert bayes.gaussian_expected_loss(difference, variance, direction="decrease") == pytest.approx(
+        loss_down, abs=1e-9
+    )
 
 
 def test_exact_and_gaussian_agree_for_large_samples() -> None:
@@ -71,4 +89,5 @@ def test_exact_and_gaussian_agree_for_large_samples() -> None:
     difference = t.mean - c.mean
     variance = c.binomial_mean_variance + t.binomial_mean_variance
     assert bayes.beta_binomial_chance_to_beat(c, t) == pytest.approx(
-        bayes.gaussian_chance_to_beat(difference, variance), abs=2e-3)
+        bayes.gaussian_chance_to_beat(difference, variance), abs=2e-3
+    )

@@ -6,9 +6,9 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 
-from analysis.stats import bayes, estimate, reasons, sequential
-from analysis.stats.compare import FRESH, Comparison, Running, compare
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats import bayes, estimate, reasons, sequential
+from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
+from abrouter.analysis.stats.sample import Sample
 
 SETTINGS = dict(alpha=0.05, expected_units=10_000, variant="candidate", metric="m")
 
@@ -54,10 +54,14 @@ def test_ratio_metric_uses_delta_method_z() -> None:
     rng = np.random.default_rng(5)
     d_c, d_t = rng.poisson(3, 800) + 1, rng.poisson(3, 800) + 1
     x_c, x_t = rng.gamma(2, 50, 800) * d_c, rng.gamma(2, 45, 800) * d_t
-    result = compare(Sample.from_ratio(x_c, d_c), Sample.from_ratio(x_t, d_t), kind="continuous", direction="decrease", **SETTINGS)
+    result = compare(
+        Sample.from_ratio(x_c, d_c), Sample.from_ratio(x_t, d_t), kind="continuous", direction="decrease", **SETTINGS
+    )
+
     def delta(x: np.ndarray, d: np.ndarray) -> float:
         grad = np.array([1 / d.mean(), -x.mean() / d.mean() ** 2])
         return float(grad @ (np.cov(np.vstack([x, d])) / len(x)) @ grad)
+
     diff = x_t.sum() / d_t.sum() - x_c.sum() / d_c.sum()
     z = diff / math.sqrt(delta(x_c, d_c) + delta(x_t, d_t))
     assert result.p_value == pytest.approx(2 * sps.norm.sf(abs(z)), rel=1e-9)
@@ -93,8 +97,11 @@ def test_sequential_p_is_a_running_minimum() -> None:
 def test_confidence_sequences_are_intersected_over_looks() -> None:
     alone = _binary(Sample(2000, 100), Sample(2000, 130))
     lo, hi = alone.sequential_ci_absolute
-    later = _binary(Sample(2000, 100), Sample(2000, 130), previous=Running(ci_absolute=(lo + 0.001, hi + 1),
-                                                                             ci_relative=(-5.0, 0.1)))
+    later = _binary(
+        Sample(2000, 100),
+        Sample(2000, 130),
+        previous=Running(ci_absolute=(lo + 0.001, hi + 1), ci_relative=(-5.0, 0.1)),
+    )
     assert later.sequential_ci_absolute == (lo + 0.001, hi)
     assert later.sequential_ci == (alone.sequential_ci[0], 0.1)
     # An empty intersection (the effect moved more than a constant one can): this look alone.
@@ -103,7 +110,10 @@ def test_confidence_sequences_are_intersected_over_looks() -> None:
     # A look that learns nothing reports what the earlier ones knew.
     empty = _binary(Sample(0, 0), Sample(100, 5), previous=later.running())
     assert (empty.status, empty.sequential_ci_absolute, empty.sequential_ci) == (
-        "insufficient_data", later.sequential_ci_absolute, later.sequential_ci)
+        "insufficient_data",
+        later.sequential_ci_absolute,
+        later.sequential_ci,
+    )
 
 
 def test_the_running_p_and_the_intersected_sequence_agree_at_every_look() -> None:
@@ -115,8 +125,9 @@ def test_the_running_p_and_the_intersected_sequence_agree_at_every_look() -> Non
         conversions = rng.binomial(400, (0.05, 0.065), size=(20, 2)).cumsum(axis=0)
         for look in range(20):
             n = 400 * (look + 1)
-            c = _binary(Sample(n, float(conversions[look, 0])), Sample(n, float(conversions[look, 1])),
-                        previous=previous)
+            c = _binary(
+                Sample(n, float(conversions[look, 0])), Sample(n, float(conversions[look, 1])), previous=previous
+            )
             previous = c.running()
             lo, hi = c.sequential_ci_absolute
             agreed += (c.sequential_p_value < 0.05) == (not lo <= 0 <= hi)
@@ -157,18 +168,24 @@ def test_tau_squared_is_the_same_at_every_look_whatever_the_split() -> None:
     # τ² = V·r must not depend on the look or the split: V ∝ 1/n_c + 1/n_t, so the clock
     # must be the harmonic 2·n_c·n_t/(n_c + n_t), not the mean (n_c + n_t)/2.
     def tau2(n_control: float, n_candidate: float) -> float:
-        est = estimate.combine([Sample(n_control, 0.05 * n_control)], [Sample(n_candidate, 0.05 * n_candidate)],
-                               estimate.arm_variance("binary"))
+        est = estimate.combine(
+            [Sample(n_control, 0.05 * n_control)],
+            [Sample(n_candidate, 0.05 * n_candidate)],
+            estimate.arm_variance("binary"),
+        )
         return est.variance * float(sequential.mixing_ratio(est.units_per_arm, 10_000, 0.05))
+
     reference = tau2(950, 950)  # 50/50 with the information of 9,500/500
     for scale in (1, 2, 5, 20):
         assert tau2(9500 * scale, 500 * scale) == pytest.approx(reference, rel=1e-9)
         assert tau2(200 * scale, 3800 * scale) == pytest.approx(reference, rel=1e-9)
     # With several strata the clock adds up per stratum, like the information does.
-    two = estimate.combine([Sample(9500, 475), Sample(2500, 125)], [Sample(500, 25), Sample(2500, 125)],
-                           estimate.arm_variance("binary"))
+    two = estimate.combine(
+        [Sample(9500, 475), Sample(2500, 125)], [Sample(500, 25), Sample(2500, 125)], estimate.arm_variance("binary")
+    )
     assert two.variance * float(sequential.mixing_ratio(two.units_per_arm, 10_000, 0.05)) == pytest.approx(
-        reference, rel=1e-9)
+        reference, rel=1e-9
+    )
 
 
 def test_zero_baseline_keeps_the_absolute_test() -> None:
@@ -196,8 +213,10 @@ def test_strata_are_combined_with_weights_from_sizes_and_pooled_arm_variances() 
     controls = [Sample(4000, 400), Sample(1000, 30)]
     candidates = [Sample(1000, 110), Sample(4000, 130)]
     result = _binary(controls, candidates)
-    n_c = np.array([4000, 1000]); n_t = np.array([1000, 4000])
-    p_c = np.array([0.1, 0.03]); p_t = np.array([0.11, 0.0325])
+    n_c = np.array([4000, 1000])
+    n_t = np.array([1000, 4000])
+    p_c = np.array([0.1, 0.03])
+    p_t = np.array([0.11, 0.0325])
     pooled_c, pooled_t = 430 / 5000, 240 / 5000
     w = 1 / (pooled_c * (1 - pooled_c) / n_c + pooled_t * (1 - pooled_t) / n_t)
     expected = np.sum(w * (p_t - p_c)) / w.sum()
@@ -240,14 +259,17 @@ def test_simpsons_paradox_pooling_flips_the_sign_and_stratifying_does_not() -> N
     assert stratified.relative_ci[0] < 0.10 < stratified.relative_ci[1]
 
 
-@pytest.mark.parametrize(("control", "candidate", "reason"), [
-    (Sample(0, 0), Sample(100, 5), reasons.EMPTY_ARM),
-    (Sample(1, 1), Sample(100, 5), reasons.N_TOO_SMALL),
-    (Sample(100, 0), Sample(100, 0), reasons.ZERO_VARIANCE),
-    (Sample(100, 100), Sample(100, 100), reasons.ZERO_VARIANCE),
-    (Sample.empty(ratio=True), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
-    (Sample(10, 0, 0, 0, 0, 0), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
-])
+@pytest.mark.parametrize(
+    ("control", "candidate", "reason"),
+    [
+        (Sample(0, 0), Sample(100, 5), reasons.EMPTY_ARM),
+        (Sample(1, 1), Sample(100, 5), reasons.N_TOO_SMALL),
+        (Sample(100, 0), Sample(100, 0), reasons.ZERO_VARIANCE),
+        (Sample(100, 100), Sample(100, 100), reasons.ZERO_VARIANCE),
+        (Sample.empty(ratio=True), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
+        (Sample(10, 0, 0, 0, 0, 0), Sample.from_ratio(np.ones(5), np.ones(5)), reasons.EMPTY_ARM),
+    ],
+)
 def test_degenerate_data_is_an_insufficient_result(control: Sample, candidate: Sample, reason: str) -> None:
     result = _binary(control, candidate, previous=Running(0.4, 0.6))
     assert (result.status, result.reason) == ("insufficient_data", reason)
@@ -268,13 +290,16 @@ def test_to_dict_is_json_safe_with_lists() -> None:
     assert set(data) >= {"variant", "metric", "p_value", "sequential_p_value", "sequential_ci", "chance_to_beat"}
 
 
-@pytest.mark.parametrize(("control", "candidate", "kind"), [
-    ([Sample(10, 1)], [Sample(10, 1), Sample(10, 2)], "binary"),
-    ([], [], "binary"),
-    (Sample(10, 11), Sample(10, 1), "binary"),
-    (Sample(10, 11), Sample(10, 1), "continuous"),
-    (Sample(10, 1), Sample(10, 1), "counts"),
-])
+@pytest.mark.parametrize(
+    ("control", "candidate", "kind"),
+    [
+        ([Sample(10, 1)], [Sample(10, 1), Sample(10, 2)], "binary"),
+        ([], [], "binary"),
+        (Sample(10, 11), Sample(10, 1), "binary"),
+        (Sample(10, 11), Sample(10, 1), "continuous"),
+        (Sample(10, 1), Sample(10, 1), "counts"),
+    ],
+)
 def test_inputs_that_are_bugs_raise(control: object, candidate: object, kind: str) -> None:
     with pytest.raises(ValueError):
         compare(control, candidate, kind=kind, direction="increase", **SETTINGS)  # type: ignore[arg-type]

@@ -3,8 +3,8 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.proportion import proportions_ztest
 
-from analysis.stats import fixed_horizon
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats import fixed_horizon
+from abrouter.analysis.stats.sample import Sample
 
 # R's datasets::sleep, the example of ?t.test.
 SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]

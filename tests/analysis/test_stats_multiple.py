@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from analysis.stats.multiple import holm
+from abrouter.analysis.stats.multiple import holm
 
 
 @pytest.mark.parametrize("seed", range(5))

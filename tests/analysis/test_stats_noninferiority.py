@@ -3,16 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from analysis.stats import reasons
-from analysis.stats.noninferiority import NonInferiority, non_inferiority
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats import reasons
+from abrouter.analysis.stats.noninferiority import NonInferiority, non_inferiority
+from abrouter.analysis.stats.sample import Sample
 
 SETTINGS = dict(alpha=0.05, expected_units=10_000, variant="candidate", metric="errors")
 
 
 def _errors(control: Sample, candidate: Sample, margin: float = 0.01, relative: bool = False) -> NonInferiority:
-    return non_inferiority(control, candidate, kind="binary", direction="decrease", margin=margin,
-                           relative=relative, **SETTINGS)
+    return non_inferiority(
+        control, candidate, kind="binary", direction="decrease", margin=margin, relative=relative, **SETTINGS
+    )
 
 
 def test_clearly_worse_error_rate_is_a_breach() -> None:
@@ -36,8 +37,15 @@ def test_status_agrees_with_the_one_sided_p_value() -> None:
 
 
 def test_good_direction_increase_counts_a_lower_candidate_as_harm() -> None:
-    result = non_inferiority(Sample(10_000, 1000), Sample(10_000, 800), kind="binary", direction="increase",
-                             margin=0.05, relative=True, **SETTINGS)
+    result = non_inferiority(
+        Sample(10_000, 1000),
+        Sample(10_000, 800),
+        kind="binary",
+        direction="increase",
+        margin=0.05,
+        relative=True,
+        **SETTINGS,
+    )
     assert result.harm == pytest.approx(0.2)
     assert result.status == "breach"
 
@@ -63,8 +71,15 @@ def test_zero_baseline_matters_only_for_relative_margins() -> None:
 def test_empty_arm_is_insufficient_and_negative_margin_is_a_bug() -> None:
     assert _errors(Sample(0, 0), Sample(10, 1)).reason == reasons.EMPTY_ARM
     # Relative SE of a constant-zero candidate is zero even though the difference varies.
-    flat = non_inferiority(Sample.from_values([1.0, 2.0, 3.0]), Sample.from_values([0.0, 0.0, 0.0]),
-                           kind="continuous", direction="decrease", margin=0.1, relative=True, **SETTINGS)
+    flat = non_inferiority(
+        Sample.from_values([1.0, 2.0, 3.0]),
+        Sample.from_values([0.0, 0.0, 0.0]),
+        kind="continuous",
+        direction="decrease",
+        margin=0.1,
+        relative=True,
+        **SETTINGS,
+    )
     assert flat.reason == reasons.ZERO_VARIANCE
     with pytest.raises(ValueError):
         _errors(Sample(10, 1), Sample(10, 1), margin=-0.1)

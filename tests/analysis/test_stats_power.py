@@ -3,11 +3,12 @@ import math
 import pytest
 from statsmodels.stats.power import NormalIndPower
 
-from analysis.stats.power import sample_size
+from abrouter.analysis.stats.power import sample_size
 
 
-@pytest.mark.parametrize(("baseline", "target", "power", "alpha"),
-                         [(0.05, 0.055, 0.8, 0.05), (0.2, 0.25, 0.9, 0.01), (0.5, 0.45, 0.8, 0.1)])
+@pytest.mark.parametrize(
+    ("baseline", "target", "power", "alpha"), [(0.05, 0.055, 0.8, 0.05), (0.2, 0.25, 0.9, 0.01), (0.5, 0.45, 0.8, 0.1)]
+)
 def test_matches_statsmodels_normal_power_with_unpooled_effect_size(
     baseline: float, target: float, power: float, alpha: float
 ) -> None:
@@ -28,8 +29,15 @@ def test_relative_mde_and_bonferroni_for_more_variants() -> None:
     assert three.units_per_arm == halved.units_per_arm and three.total_units == 3 * three.units_per_arm
 
 
-@pytest.mark.parametrize("kwargs", [dict(baseline=0.0, mde=0.1), dict(baseline=0.5, mde=0.0),
-                                    dict(baseline=0.9, mde=0.2), dict(baseline=0.1, mde=0.1, variants=1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(baseline=0.0, mde=0.1),
+        dict(baseline=0.5, mde=0.0),
+        dict(baseline=0.9, mde=0.2),
+        dict(baseline=0.1, mde=0.1, variants=1),
+    ],
+)
 def test_impossible_plans_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         sample_size(relative=False, **kwargs)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.stats.sample import Sample
+from abrouter.analysis.stats.sample import Sample
 
 RNG = np.random.default_rng(20240501)
 
@@ -70,8 +70,14 @@ def test_adding_ratio_to_mean_sample_is_a_bug() -> None:
         Sample(3, 1) + Sample.empty(ratio=True)
 
 
-@pytest.mark.parametrize("kwargs", [dict(n=-1, sum=0), dict(n=3, sum=1, sum_sq=1, den_sum=3),
-                                    dict(n=3, sum=1, den_sum=3, den_sum_sq=3, sum_products=1)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n=-1, sum=0),
+        dict(n=3, sum=1, sum_sq=1, den_sum=3),
+        dict(n=3, sum=1, den_sum=3, den_sum_sq=3, sum_products=1),
+    ],
+)
 def test_invalid_samples_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Sample(**kwargs)

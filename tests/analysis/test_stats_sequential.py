@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from analysis.stats import sequential
+from abrouter.analysis.stats import sequential
 
 
 def _mixture_inverse(z: float, r: float, variance: float = 0.3) -> float:
     """1/Λ by integrating the likelihood ratio against the N(0, τ²) prior numerically."""
     estimate, tau_sq = z * math.sqrt(variance), r * variance
+
     def integrand(theta: float) -> float:
         log_lr = theta * estimate / variance - theta**2 / (2 * variance)
         return math.exp(log_lr - theta**2 / (2 * tau_sq)) / math.sqrt(2 * math.pi * tau_sq)
+
     value, _ = integrate.quad(integrand, -40 * math.sqrt(tau_sq), 40 * math.sqrt(tau_sq), points=[estimate])
     return min(1.0, 1 / value)
 
@@ -32,7 +34,9 @@ def test_confidence_sequence_boundary_is_where_the_p_value_equals_alpha(alpha: f
 
 @pytest.mark.parametrize("alpha", [0.01, 0.05, 0.1])
 def test_tuned_ratio_nearly_minimises_the_width_at_the_expected_units(alpha: float) -> None:
-    width = lambda log_r: float(sequential.half_width_multiplier(math.exp(log_r), alpha))
+    def width(log_r):
+        return float(sequential.half_width_multiplier(math.exp(log_r), alpha))
+
     best = optimize.minimize_scalar(width, bounds=(-5, 8), method="bounded")
     tuned = float(sequential.optimal_ratio(alpha))
     assert width(math.log(tuned)) <= best.fun * 1.005

@@ -1,7 +1,7 @@
 import pytest
 from scipy import stats as sps
 
-from analysis.stats.srm import srm_check
+from abrouter.analysis.stats.srm import srm_check
 
 
 def test_52_48_over_20000_units_is_flagged() -> None:

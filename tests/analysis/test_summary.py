@@ -9,18 +9,26 @@ from typing import Any
 
 import pytest
 
-from analysis import summary
-from analysis.errors import InputError
-from analysis.stats.sample import Sample
-from router.experiment import AnalysisSettings
+from abrouter.analysis import summary
+from abrouter.analysis.errors import InputError
+from abrouter.analysis.stats.sample import Sample
+from abrouter.contract.experiment import AnalysisSettings
 
 EXAMPLE: dict[str, Any] = {
     "metrics": [{"name": "revenue", "kind": "continuous", "direction": "increase"}],
     "variants": [
-        {"name": "control", "weight": 50, "units": 3407,
-         "metrics": {"revenue": {"n": 3407, "sum": 1396.87, "sum_squares": 52377.9767}}},
-        {"name": "candidate", "weight": 50, "units": 3461,
-         "metrics": {"revenue": {"n": 3461, "sum": 2422.7, "sum_squares": 134698.29}}},
+        {
+            "name": "control",
+            "weight": 50,
+            "units": 3407,
+            "metrics": {"revenue": {"n": 3407, "sum": 1396.87, "sum_squares": 52377.9767}},
+        },
+        {
+            "name": "candidate",
+            "weight": 50,
+            "units": 3461,
+            "metrics": {"revenue": {"n": 3461, "sum": 2422.7, "sum_squares": 134698.29}},
+        },
     ],
 }
 
@@ -60,9 +68,15 @@ def test_binary_metric_may_leave_out_sum_squares() -> None:
 def test_ratio_metric_carries_its_denominator_sums() -> None:
     doc = example()
     doc["variants"][0]["metrics"]["revenue"] |= {
-        "denominator_sum": 5000, "denominator_sum_squares": 9000, "sum_products": 2100.5}
+        "denominator_sum": 5000,
+        "denominator_sum_squares": 9000,
+        "sum_products": 2100.5,
+    }
     doc["variants"][1]["metrics"]["revenue"] |= {
-        "denominator_sum": 5100, "denominator_sum_squares": 9100, "sum_products": 3100.5}
+        "denominator_sum": 5100,
+        "denominator_sum_squares": 9100,
+        "sum_products": 3100.5,
+    }
     data, _ = summary.parse(doc)
     sample = data.samples("control", "revenue")[0]
     assert sample.is_ratio and (sample.den_sum, sample.den_sum_sq, sample.sum_products) == (5000, 9000, 2100.5)
@@ -72,9 +86,14 @@ def test_ratio_metric_carries_its_denominator_sums() -> None:
 def test_builtin_metrics_need_no_declaration_but_need_denominators() -> None:
     doc = example()
     for v in doc["variants"]:
-        v["metrics"]["latency_ms"] = {"n": v["units"], "sum": 50.0 * v["units"], "sum_squares": 2600.0 * v["units"],
-                                      "denominator_sum": v["units"], "denominator_sum_squares": v["units"],
-                                      "sum_products": 50.0 * v["units"]}
+        v["metrics"]["latency_ms"] = {
+            "n": v["units"],
+            "sum": 50.0 * v["units"],
+            "sum_squares": 2600.0 * v["units"],
+            "denominator_sum": v["units"],
+            "denominator_sum_squares": v["units"],
+            "sum_products": 50.0 * v["units"],
+        }
     data, _ = summary.parse(doc)
     assert [m.name for m in data.metrics] == ["revenue", "latency_ms"]
     for v in doc["variants"]:
@@ -83,9 +102,14 @@ def test_builtin_metrics_need_no_declaration_but_need_denominators() -> None:
 
 
 def test_analysis_settings_are_parsed_by_the_router_model() -> None:
-    settings = {"alpha": 0.01, "min_units_per_arm": 100, "max_duration": "7d", "ramp": [10, 50],
-                "guardrails": [{"metric": "revenue", "direction": "increase", "margin": 0.05, "relative": True}],
-                "bandit": {"enabled": True, "floor": 0.1}}
+    settings = {
+        "alpha": 0.01,
+        "min_units_per_arm": 100,
+        "max_duration": "7d",
+        "ramp": [10, 50],
+        "guardrails": [{"metric": "revenue", "direction": "increase", "margin": 0.05, "relative": True}],
+        "bandit": {"enabled": True, "floor": 0.1},
+    }
     data, _ = summary.parse(example(analysis=settings))
     assert data.settings.alpha == 0.01
     assert data.settings.max_duration_s == 7 * 86400
@@ -100,8 +124,12 @@ def test_elapsed_accepts_durations() -> None:
 
 
 def test_strata_by_epoch() -> None:
-    doc = example(epochs=[{"epoch": 1, "weights": {"control": 90, "candidate": 10}, "since": 1000.0},
-                          {"epoch": 2, "weights": {"control": 1, "candidate": 1}}])
+    doc = example(
+        epochs=[
+            {"epoch": 1, "weights": {"control": 90, "candidate": 10}, "since": 1000.0},
+            {"epoch": 2, "weights": {"control": 1, "candidate": 1}},
+        ]
+    )
     for v in doc["variants"]:
         stratum = {"units": v.pop("units"), "metrics": v.pop("metrics")}
         v["strata"] = [{"epoch": 1, **stratum}, {"epoch": 2, **stratum}]
@@ -115,48 +143,75 @@ def test_strata_by_epoch() -> None:
 
 
 def test_a_missing_stratum_is_an_empty_sample() -> None:
-    doc = example(epochs=[{"epoch": 1, "weights": {"control": 1}}, {"epoch": 2, "weights": {"control": 1, "candidate": 1}}])
-    doc["variants"][0]["strata"] = [{"epoch": 1, "units": doc["variants"][0].pop("units"),
-                                     "metrics": doc["variants"][0].pop("metrics")}]
-    doc["variants"][1]["strata"] = [{"epoch": 2, "units": doc["variants"][1].pop("units"),
-                                     "metrics": doc["variants"][1].pop("metrics")}]
+    doc = example(
+        epochs=[{"epoch": 1, "weights": {"control": 1}}, {"epoch": 2, "weights": {"control": 1, "candidate": 1}}]
+    )
+    doc["variants"][0]["strata"] = [
+        {"epoch": 1, "units": doc["variants"][0].pop("units"), "metrics": doc["variants"][0].pop("metrics")}
+    ]
+    doc["variants"][1]["strata"] = [
+        {"epoch": 2, "units": doc["variants"][1].pop("units"), "metrics": doc["variants"][1].pop("metrics")}
+    ]
     data, _ = summary.parse(doc)
     assert data.samples("candidate", "revenue")[0] == Sample(0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d["variants"][1]["metrics"]["revenue"].update(n=-1),
-     "s.json: variants[1].metrics.revenue.n: must be >= 0, got -1"),
-    (lambda d: d["variants"][1]["metrics"]["revenue"].update(n=1.5),
-     "variants[1].metrics.revenue.n: must be an integer"),
-    (lambda d: d["variants"][0]["metrics"]["revenue"].update(sum="12"),
-     "variants[0].metrics.revenue.sum: must be a number, got str"),
-    (lambda d: d["variants"][0]["metrics"]["revenue"].update(sum=float("nan")),
-     "variants[0].metrics.revenue.sum: must be finite"),
-    (lambda d: d["variants"][0]["metrics"]["revenue"].pop("sum_squares"),
-     "variants[0].metrics.revenue.sum_squares: is required for a continuous metric"),
-    (lambda d: d["variants"][0]["metrics"]["revenue"].update(sum_squares=1.0),
-     "variants[0].metrics.revenue.sum_squares: must be >= sum**2/n"),
-    (lambda d: d["variants"][0]["metrics"]["revenue"].update(denominator_sum=5),
-     "variants[0].metrics.revenue.denominator_sum_squares: is required for a ratio metric"),
-    (lambda d: d["variants"][0]["metrics"]["revenue"].update(sum_sq=1),
-     "variants[0].metrics.revenue.sum_sq: unknown key"),
-    (lambda d: d["variants"][0]["metrics"].pop("revenue"),
-     "variants[0].metrics.revenue: is required (declared in metrics)"),
-    (lambda d: d["variants"][0]["metrics"].update(clicks={"n": 1, "sum": 1}),
-     "variants[0].metrics.clicks: unknown metric; declare it in metrics"),
-    (lambda d: d["variants"][0].pop("units"), "variants[0].units: is required"),
-    (lambda d: d["variants"][0].update(colour="red"), "variants[0].colour: unknown key"),
-    (lambda d: d["variants"][1].update(weight=-5), "variants[1].weight: must be >= 0, got -5"),
-    (lambda d: d["variants"][1].update(name="control"), "variants[1].name: duplicate name 'control'"),
-    (lambda d: d["variants"].pop(), "variants: needs two or more variants"),
-    (lambda d: d.pop("variants"), "variants: is required"),
-    (lambda d: d.update(extra=1), "extra: unknown key"),
-    (lambda d: d.update(analysis={"alpha": 2}), "analysis.alpha: must be <= 0.5, got 2"),
-    (lambda d: d["metrics"][0].update(kind="count"), "metrics[0].kind: must be one of binary, continuous"),
-    (lambda d: d.update(elapsed="soon"), "elapsed: must be a duration"),
-    (lambda d: d["variants"][0].update(strata=[]), "epochs: is required when variants give strata"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda d: d["variants"][1]["metrics"]["revenue"].update(n=-1),
+            "s.json: variants[1].metrics.revenue.n: must be >= 0, got -1",
+        ),
+        (
+            lambda d: d["variants"][1]["metrics"]["revenue"].update(n=1.5),
+            "variants[1].metrics.revenue.n: must be an integer",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"]["revenue"].update(sum="12"),
+            "variants[0].metrics.revenue.sum: must be a number, got str",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"]["revenue"].update(sum=float("nan")),
+            "variants[0].metrics.revenue.sum: must be finite",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"]["revenue"].pop("sum_squares"),
+            "variants[0].metrics.revenue.sum_squares: is required for a continuous metric",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"]["revenue"].update(sum_squares=1.0),
+            "variants[0].metrics.revenue.sum_squares: must be >= sum**2/n",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"]["revenue"].update(denominator_sum=5),
+            "variants[0].metrics.revenue.denominator_sum_squares: is required for a ratio metric",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"]["revenue"].update(sum_sq=1),
+            "variants[0].metrics.revenue.sum_sq: unknown key",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"].pop("revenue"),
+            "variants[0].metrics.revenue: is required (declared in metrics)",
+        ),
+        (
+            lambda d: d["variants"][0]["metrics"].update(clicks={"n": 1, "sum": 1}),
+            "variants[0].metrics.clicks: unknown metric; declare it in metrics",
+        ),
+        (lambda d: d["variants"][0].pop("units"), "variants[0].units: is required"),
+        (lambda d: d["variants"][0].update(colour="red"), "variants[0].colour: unknown key"),
+        (lambda d: d["variants"][1].update(weight=-5), "variants[1].weight: must be >= 0, got -5"),
+        (lambda d: d["variants"][1].update(name="control"), "variants[1].name: duplicate name 'control'"),
+        (lambda d: d["variants"].pop(), "variants: needs two or more variants"),
+        (lambda d: d.pop("variants"), "variants: is required"),
+        (lambda d: d.update(extra=1), "extra: unknown key"),
+        (lambda d: d.update(analysis={"alpha": 2}), "analysis.alpha: must be <= 0.5, got 2"),
+        (lambda d: d["metrics"][0].update(kind="count"), "metrics[0].kind: must be one of binary, continuous"),
+        (lambda d: d.update(elapsed="soon"), "elapsed: must be a duration"),
+        (lambda d: d["variants"][0].update(strata=[]), "epochs: is required when variants give strata"),
+    ],
+)
 def test_bad_input_names_the_path(mutate: Any, message: str) -> None:
     doc = example()
     mutate(doc)
@@ -173,7 +228,10 @@ def test_binary_sum_must_not_exceed_n() -> None:
 def test_ratio_shape_must_agree_across_variants() -> None:
     doc = example()
     doc["variants"][0]["metrics"]["revenue"] |= {
-        "denominator_sum": 5000, "denominator_sum_squares": 9000, "sum_products": 2100.5}
+        "denominator_sum": 5000,
+        "denominator_sum_squares": 9000,
+        "sum_products": 2100.5,
+    }
     assert "variants[1].metrics.revenue: lacks denominator sums unlike the variants before" in error(doc)
 
 
@@ -213,5 +271,5 @@ def test_load_errors(tmp_path: Path) -> None:
         list(summary.load(tmp_path / "missing.json"))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    with pytest.raises(InputError, match="broken.json: not valid JSON"):
+    with pytest.raises(InputError, match=r"broken\.json: not valid JSON"):
         list(summary.load(broken))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -14,11 +15,11 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from router import experiment as model
-from router.app import ServeSettings, build_app
-from router.keys import Keys, Stratum, decode_agg
-from router.proxy import ROUTER, Router
-from router.weights import FileWeightsSource
+from abrouter.contract import experiment as model
+from abrouter.contract.keys import Keys, Stratum, decode_agg
+from abrouter.router.http.app import ServeSettings, build_app
+from abrouter.router.http.proxy import ROUTER, Router
+from abrouter.router.sources.file import FileWeightsSource
 from tests.router.upstreams import RawUpstream, model_app
 
 
@@ -86,16 +87,28 @@ async def raw_upstream() -> Any:
 def upstream_transport() -> str:
     """The upstream client `make_router` builds; parametrize this name to run a test on both::
 
-        pytestmark = pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
+    pytestmark = pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
     """
     return "aiohttp"
 
 
 @pytest.fixture
-async def make_router(aiohttp_client: Any, redis_url: str, experiment_name: str, tmp_path: Path,
-                      upstream_urls: dict[str, str], upstream_transport: str) -> MakeRouter:
-    async def make(weights: dict[str, float] | None = None, *, urls: dict[str, str] | None = None,
-                   redis: str | None = None, transport: str | None = None, **spec_changes: Any) -> RouterUnderTest:
+async def make_router(
+    aiohttp_client: Any,
+    redis_url: str,
+    experiment_name: str,
+    tmp_path: Path,
+    upstream_urls: dict[str, str],
+    upstream_transport: str,
+) -> MakeRouter:
+    async def make(
+        weights: dict[str, float] | None = None,
+        *,
+        urls: dict[str, str] | None = None,
+        redis: str | None = None,
+        transport: str | None = None,
+        **spec_changes: Any,
+    ) -> RouterUnderTest:
         weights = weights or {"control": 50, "candidate": 50}
         urls = {**upstream_urls, **(urls or {})}
         spec = {
@@ -109,10 +122,13 @@ async def make_router(aiohttp_client: Any, redis_url: str, experiment_name: str,
         path = tmp_path / "experiment.yaml"
         path.write_text(yaml.safe_dump(spec))
         url = redis or redis_url
-        settings = ServeSettings(redis_url=url, spill_dir=tmp_path / "spill", flush_interval_s=0.05,
-                                 upstream_transport=transport or upstream_transport)  # type: ignore[arg-type]
-        app: web.Application = build_app(model.load(path), settings,
-                                          source=FileWeightsSource(path, interval_s=0.05))
+        settings = ServeSettings(
+            redis_url=url,
+            spill_dir=tmp_path / "spill",
+            flush_interval_s=0.05,
+            upstream_transport=transport or upstream_transport,
+        )  # type: ignore[arg-type]
+        app: web.Application = build_app(model.load(path), settings, source=FileWeightsSource(path, interval_s=0.05))
         client = await aiohttp_client(app)
         return RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=url)
 

@@ -15,8 +15,11 @@ async def expose(r: RouterUnderTest, user: str) -> tuple[str, str]:
 
 
 async def outcomes(r: RouterUnderTest, body) -> tuple[int, dict]:
-    resp = await r.client.post("/abrouter/outcomes", json=body) if not isinstance(body, (bytes, str)) \
+    resp = (
+        await r.client.post("/abrouter/outcomes", json=body)
+        if not isinstance(body, (bytes, str))
         else await r.client.post("/abrouter/outcomes", data=body)
+    )
     return resp.status, await resp.json()
 
 
@@ -24,13 +27,16 @@ async def test_outcomes_by_request_id_and_by_unit_are_credited_to_the_served_var
     r = await make_router()
     rid, variant = await expose(r, "u1")
     _, variant2 = await expose(r, "u2")
-    status, body = await outcomes(r, [
-        {"request_id": rid, "metric": "conversion", "value": 1},
-        {"request_id": rid, "metric": "revenue", "value": 12.5},
-        {"unit": "u2", "metric": "revenue", "value": 3},
-        {"unit": "u2", "metric": "revenue", "value": 4},
-        {"unit": "u2", "metric": "conversion", "value": True},
-    ])
+    status, body = await outcomes(
+        r,
+        [
+            {"request_id": rid, "metric": "conversion", "value": 1},
+            {"request_id": rid, "metric": "revenue", "value": 12.5},
+            {"unit": "u2", "metric": "revenue", "value": 3},
+            {"unit": "u2", "metric": "revenue", "value": 4},
+            {"unit": "u2", "metric": "conversion", "value": True},
+        ],
+    )
     assert status == 202 and body == {"accepted": 5, "by_metric": {"conversion": 2, "revenue": 3}, "repeated": 0}
     await r.settle()
     strata = await r.strata()
@@ -38,7 +44,7 @@ async def test_outcomes_by_request_id_and_by_unit_are_credited_to_the_served_var
     if variant == variant2:
         assert s1.metrics["revenue"].sum == 19.5 and s1.metrics["conversion"].sum == 2
     else:
-        assert s1.metrics["revenue"].sum == 12.5 and s1.metrics["revenue"].sum_sq == 12.5 ** 2
+        assert s1.metrics["revenue"].sum == 12.5 and s1.metrics["revenue"].sum_sq == 12.5**2
         assert s2.metrics["revenue"].sum == 7 and s2.metrics["revenue"].sum_sq == 49  # unit-level: (3+4)^2
         assert s2.metrics["conversion"].sum == 1
 
@@ -91,27 +97,45 @@ async def test_outcome_for_a_unit_seen_only_in_redis(make_router: MakeRouter):
 async def test_invalid_items_reject_the_whole_batch_and_are_each_named(make_router: MakeRouter):
     r = await make_router()
     rid, _ = await expose(r, "u1")
-    status, body = await outcomes(r, [
-        {"request_id": rid, "metric": "conversion", "value": 1},          # fine
-        {"request_id": rid, "metric": "clicks", "value": 1},              # unknown metric
-        {"request_id": rid, "metric": "conversion", "value": 0.5},        # wrong kind
-        {"request_id": rid, "metric": "revenue", "value": "12"},          # not a number
-        {"request_id": "A" * 42, "metric": "revenue", "value": 1},        # unknown id
-        {"unit": "never-seen", "metric": "revenue", "value": 1},          # never exposed
-        {"metric": "revenue", "value": 1},                                # nobody to credit
-        {"request_id": rid, "unit": "u1", "metric": "revenue", "value": 1},
-        {"request_id": rid, "metric": "revenue", "value": 1, "extra": 1},
-        {"request_id": rid, "metric": "revenue", "value": 1, "event_id": 42},
-    ])
+    status, body = await outcomes(
+        r,
+        [
+            {"request_id": rid, "metric": "conversion", "value": 1},  # fine
+            {"request_id": rid, "metric": "clicks", "value": 1},  # unknown metric
+            {"request_id": rid, "metric": "conversion", "value": 0.5},  # wrong kind
+            {"request_id": rid, "metric": "revenue", "value": "12"},  # not a number
+            {"request_id": "A" * 42, "metric": "revenue", "value": 1},  # unknown id
+            {"unit": "never-seen", "metric": "revenue", "value": 1},  # never exposed
+            {"metric": "revenue", "value": 1},  # nobody to credit
+            {"request_id": rid, "unit": "u1", "metric": "revenue", "value": 1},
+            {"request_id": rid, "metric": "revenue", "value": 1, "extra": 1},
+            {"request_id": rid, "metric": "revenue", "value": 1, "event_id": 42},
+        ],
+    )
     assert status == 422 and body["error"] == "invalid_outcomes"
     assert [(i["index"], i["field"]) for i in body["items"]] == [
-        (1, "metric"), (2, "value"), (3, "value"), (4, "request_id"), (5, "unit"), (6, "request_id"),
-        (7, "request_id"), (8, "extra"), (9, "event_id")]
+        (1, "metric"),
+        (2, "value"),
+        (3, "value"),
+        (4, "request_id"),
+        (5, "unit"),
+        (6, "request_id"),
+        (7, "request_id"),
+        (8, "extra"),
+        (9, "event_id"),
+    ]
     assert "unknown metric 'clicks'; known: conversion, revenue" in body["items"][0]["error"]
     assert body["items"][4]["error"].startswith("unit 'never-seen' has no exposure in this experiment")
     await r.settle()
-    assert sum(m.events for s in (await r.strata()).values() for n, m in s.metrics.items()
-               if n in ("conversion", "revenue")) == 0  # all or nothing
+    assert (
+        sum(
+            m.events
+            for s in (await r.strata()).values()
+            for n, m in s.metrics.items()
+            if n in ("conversion", "revenue")
+        )
+        == 0
+    )  # all or nothing
 
 
 async def test_non_finite_values_are_rejected(make_router: MakeRouter):
@@ -136,6 +160,7 @@ async def test_expired_request_id(make_router: MakeRouter):
     r = await make_router(outcome_ttl="1s")
     rid, _ = await expose(r, "u1")
     import asyncio
+
     await asyncio.sleep(2.1)
     status, body = await outcomes(r, {"request_id": rid, "metric": "revenue", "value": 1})
     assert status == 422 and "expired" in body["items"][0]["error"]
@@ -170,15 +195,22 @@ async def test_reserved_endpoints(make_router: MakeRouter):
     assert exp["spec"]["name"] == r.spec["name"]
     text = await (await r.client.get("/abrouter/metrics")).text()
     name = r.spec["name"]
-    for line in ("# TYPE abrouter_requests_total counter", "# TYPE abrouter_request_duration_seconds histogram",
-                 "# TYPE abrouter_eventlog_buffered_events gauge", "# TYPE abrouter_eventlog_spilled_events gauge",
-                 "# TYPE abrouter_eventlog_flush_failures_total counter",
-                 f'abrouter_eventlog_flush_failures_total{{experiment="{name}"}} 0',
-                 f'abrouter_redis_up{{experiment="{name}"}} 1', f'abrouter_weights_epoch{{experiment="{name}"}} 20250101'):
+    for line in (
+        "# TYPE abrouter_requests_total counter",
+        "# TYPE abrouter_request_duration_seconds histogram",
+        "# TYPE abrouter_eventlog_buffered_events gauge",
+        "# TYPE abrouter_eventlog_spilled_events gauge",
+        "# TYPE abrouter_eventlog_flush_failures_total counter",
+        f'abrouter_eventlog_flush_failures_total{{experiment="{name}"}} 0',
+        f'abrouter_redis_up{{experiment="{name}"}} 1',
+        f'abrouter_weights_epoch{{experiment="{name}"}} 20250101',
+    ):
         assert line in text.splitlines(), line
-    assert any(l.startswith("abrouter_requests_total{") and l.endswith(" 1") for l in text.splitlines())
-    assert any(l.startswith("abrouter_request_duration_seconds_bucket{") and 'le="+Inf"' in l and l.endswith(" 1")
-               for l in text.splitlines())
+    assert any(line.startswith("abrouter_requests_total{") and line.endswith(" 1") for line in text.splitlines())
+    assert any(
+        line.startswith("abrouter_request_duration_seconds_bucket{") and 'le="+Inf"' in line and line.endswith(" 1")
+        for line in text.splitlines()
+    )
     missing = await r.client.get("/abrouter/nope")
     assert missing.status == 404 and (await missing.json())["error"] == "not_found"
     wrong = await r.client.get("/abrouter/outcomes")

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from scipy.stats import chisquare
 
-from router.assignment import Assigner
+from abrouter.router.assignment import Assigner
 
 UNITS = [f"user-{i}" for i in range(20_000)]
 
@@ -38,11 +38,19 @@ def test_rendezvous_is_not_biased_like_w_times_hash():
 def test_same_variant_in_another_process(names):
     weights = tuple(float(i + 1) for i in range(len(names)))
     here = assignments(Assigner("salty", names, weights), UNITS[:2000])
-    code = ("import json, sys; from router.assignment import Assigner; "
-            f"a = Assigner('salty', {names!r}, {weights!r}); "
-            "print(json.dumps([a.assign(f'user-{i}') for i in range(2000)]))")
-    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": "123", "PATH": ""}, cwd=".")
+    code = (
+        "import json, sys; from abrouter.router.assignment import Assigner; "
+        f"a = Assigner('salty', {names!r}, {weights!r}); "
+        "print(json.dumps([a.assign(f'user-{i}') for i in range(2000)]))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+        cwd=".",
+    )
     assert json.loads(other.stdout) == here
 
 

@@ -6,15 +6,16 @@ import asyncio
 
 import redis.asyncio
 
-from analysis import commands
-from analysis.sink import FileSink
-from router import experiment as model
+from abrouter.analysis import commands
+from abrouter.analysis.sinks.file import FileSink
+from abrouter.contract import experiment as model
 from tests.router.conftest import MakeRouter
 
 
 async def test_an_applied_ramp_reaches_the_router_as_a_new_epoch(make_router: MakeRouter):
-    r = await make_router({"control": 95, "candidate": 5},
-                          analysis={"min_units_per_arm": 10, "ramp": [5, 25, 50], "guardrails": []})
+    r = await make_router(
+        {"control": 95, "candidate": 5}, analysis={"min_units_per_arm": 10, "ramp": [5, 25, 50], "guardrails": []}
+    )
     gate = asyncio.Semaphore(20)
 
     async def visit(user: str) -> None:

@@ -22,12 +22,21 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from router import experiment as model
-from router import keys, spill
-from router.eventlog import APPLIED, DUPLICATE, GAP, EventLog, EventLogError, EventLogUnavailable, FlushScript
-from router.flushscript import BatchRejected
-from router.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, decode_events
-from router.redis_server import RedisServer, free_port
+from abrouter.contract import experiment as model
+from abrouter.contract import keys
+from abrouter.router.eventlog import spill
+from abrouter.router.eventlog.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, decode_events
+from abrouter.router.eventlog.log import (
+    APPLIED,
+    DUPLICATE,
+    GAP,
+    EventLog,
+    EventLogError,
+    EventLogUnavailable,
+    FlushScript,
+)
+from abrouter.router.eventlog.script import BatchRejected
+from abrouter.router.redis_server import RedisServer, free_port
 
 VARIANTS = ("control", "candidate")
 
@@ -36,10 +45,14 @@ def make_experiment(name: str, *, extra_metric: bool = False) -> model.Experimen
     metrics = [{"name": "conversion", "kind": "binary"}, {"name": "revenue", "kind": "continuous"}]
     if extra_metric:
         metrics.append({"name": "clicks", "kind": "continuous"})
-    return model.parse({
-        "name": name, "unit": {"header": "X-User-Id"}, "metrics": metrics,
-        "variants": [{"name": v, "upstream": f"http://{v}:8080", "weight": 50} for v in VARIANTS],
-    })
+    return model.parse(
+        {
+            "name": name,
+            "unit": {"header": "X-User-Id"},
+            "metrics": metrics,
+            "variants": [{"name": v, "upstream": f"http://{v}:8080", "weight": 50} for v in VARIANTS],
+        }
+    )
 
 
 # ------------------------------------------------------------ the reference recomputation
@@ -89,8 +102,9 @@ def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[t
     return strata
 
 
-def assert_strata_equal(actual: dict[tuple[int, str], keys.Stratum],
-                        expected: dict[tuple[int, str], keys.Stratum]) -> None:
+def assert_strata_equal(
+    actual: dict[tuple[int, str], keys.Stratum], expected: dict[tuple[int, str], keys.Stratum]
+) -> None:
     assert sorted(actual) == sorted(expected)
     for key, want in expected.items():
         got = actual[key]
@@ -109,22 +123,49 @@ async def read_strata(client: redis.asyncio.Redis, name: str) -> dict[tuple[int,
 # ------------------------------------------------------------------ making events
 
 
-def random_events(rng: random.Random, count: int, *, units: int = 40, epochs: tuple[int, ...] = (1, 2),
-                  metrics: tuple[str, ...] = ("conversion", "revenue"), prefix: str = "u",
-                  keyed: float = 0.0, event_ids: int = 50) -> list[Event]:
+def random_events(
+    rng: random.Random,
+    count: int,
+    *,
+    units: int = 40,
+    epochs: tuple[int, ...] = (1, 2),
+    metrics: tuple[str, ...] = ("conversion", "revenue"),
+    prefix: str = "u",
+    keyed: float = 0.0,
+    event_ids: int = 50,
+) -> list[Event]:
     """Random events; a share `keyed` of the outcomes carry one of `event_ids` ids, so repeat."""
     out: list[Event] = []
     for i in range(count):
         unit, epoch, variant = f"{prefix}{rng.randrange(units)}", rng.choice(epochs), rng.choice(VARIANTS)
         if rng.random() < 0.6:
-            out.append(Exposure(request_id=f"r{i}", unit_hash=unit, variant=variant, epoch=epoch, ts=time.time(),
-                                status=200, latency_ms=rng.uniform(0.5, 250.0), error=rng.random() < 0.1))
+            out.append(
+                Exposure(
+                    request_id=f"r{i}",
+                    unit_hash=unit,
+                    variant=variant,
+                    epoch=epoch,
+                    ts=time.time(),
+                    status=200,
+                    latency_ms=rng.uniform(0.5, 250.0),
+                    error=rng.random() < 0.1,
+                )
+            )
         else:
             metric = rng.choice(metrics)
             value = float(rng.random() < 0.5) if metric == "conversion" else round(rng.uniform(0, 100), 3)
             event_id = f"{prefix}ev{rng.randrange(event_ids)}" if rng.random() < keyed else None
-            out.append(Outcome(unit_hash=unit, variant=variant, epoch=epoch, metric=metric, value=value,
-                               ts=time.time(), event_id=event_id))
+            out.append(
+                Outcome(
+                    unit_hash=unit,
+                    variant=variant,
+                    epoch=epoch,
+                    metric=metric,
+                    value=value,
+                    ts=time.time(),
+                    event_id=event_id,
+                )
+            )
     return out
 
 
@@ -175,7 +216,8 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], timeout_s: float 
 
 
 async def test_aggregates_equal_a_recomputation_from_raw_events(
-        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     exp = make_experiment(experiment_name)
     log = await make_log(redis_url, exp)
     rng = random.Random(7)
@@ -186,7 +228,9 @@ async def test_aggregates_equal_a_recomputation_from_raw_events(
         recorded += batch
         await log.flush()
     assert log.stats.flushed_batches == 6 and log.stats.buffered == 0
-    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp))
+    )
     k = keys.Keys(experiment_name)
     entries = await redis_client.xrange(k.events)
     assert [int(f[b"seq"]) for _, f in entries] == [1, 2, 3, 4, 5, 6]
@@ -195,7 +239,8 @@ async def test_aggregates_equal_a_recomputation_from_raw_events(
 
 
 async def test_binary_metrics_keep_the_maximum_per_unit(
-        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
     exposure = Exposure("r1", "u1", "control", 1, 0.0, 200, 10.0, False)
     for values in ([0.0, 1.0, 1.0], [1.0, 0.0]):  # two batches: the unit converted once
@@ -208,7 +253,8 @@ async def test_binary_metrics_keep_the_maximum_per_unit(
 
 
 async def test_producers_with_different_metric_lists_share_the_unit_states(
-        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     """A replica that reloaded a config with one more metric writes next to one that has not."""
     url = redis_url
     wide, narrow = make_experiment(experiment_name, extra_metric=True), make_experiment(experiment_name)
@@ -221,11 +267,14 @@ async def test_producers_with_different_metric_lists_share_the_unit_states(
         record(log, batch)
         recorded += batch
         await log.flush()
-    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(wide)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(wide))
+    )
 
 
-async def test_update_experiment_may_add_metrics_only(make_log: MakeLog, experiment_name: str, redis_url: str,
-                                                      redis_client: redis.asyncio.Redis) -> None:
+async def test_update_experiment_may_add_metrics_only(
+    make_log: MakeLog, experiment_name: str, redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
     log.record_outcome(Outcome("u1", "control", 1, "revenue", 2.0, 0.0))
     with pytest.raises(ValueError, match="unknown metric 'clicks'"):
@@ -242,8 +291,9 @@ async def test_update_experiment_may_add_metrics_only(make_log: MakeLog, experim
         log.update_experiment(make_experiment(experiment_name))
 
 
-async def test_register_epoch_is_written_once(make_log: MakeLog, experiment_name: str, redis_url: str,
-                                              redis_client: redis.asyncio.Redis) -> None:
+async def test_register_epoch_is_written_once(
+    make_log: MakeLog, experiment_name: str, redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
     log.register_epoch(2, {"control": 0.9, "candidate": 0.1}, since=100.0)
     await log.flush()
@@ -257,7 +307,8 @@ async def test_register_epoch_is_written_once(make_log: MakeLog, experiment_name
 
 
 async def test_the_script_applies_each_producer_seq_once(
-        redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     exp = make_experiment(experiment_name)
     script = FlushScript(redis_client, keys.Keys(experiment_name))
     await script.load()
@@ -271,13 +322,15 @@ async def test_the_script_applies_each_producer_seq_once(
     assert await script.apply(batch2, allow_gap=False) == (APPLIED, 1, len(ids[0] & ids[1]))
     assert await script.apply(batch1, allow_gap=True) == (DUPLICATE, 2, 0)  # an older seq, out of order
     assert await script.apply(batch4, allow_gap=False) == (GAP, 2, 0)  # seq 3 is missing: refused
-    assert_strata_equal(await read_strata(redis_client, experiment_name),
-                        expected_strata(first + second, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(first + second, binary_metrics(exp))
+    )
     assert len(await redis_client.xrange(keys.Keys(experiment_name).events)) == 2
 
 
 async def test_outcome_ids_are_remembered_for_the_window_only(
-        redis_client: redis.asyncio.Redis, experiment_name: str) -> None:
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
     exp = make_experiment(experiment_name)
     k = keys.Keys(experiment_name)
     script = FlushScript(redis_client, k, outcome_id_window_s=100)
@@ -287,8 +340,10 @@ async def test_outcome_ids_are_remembered_for_the_window_only(
         return Outcome("u1", "control", 1, "revenue", 2.0, ts, event_id=event_id)
 
     sent = [[keyed("x", 1000)], [keyed("y", 1050), keyed("x", 1050)], [keyed("z", 1200)], [keyed("x", 1201)]]
-    repeated = [(await script.apply(_batch(exp, outcomes, seq), allow_gap=False))[2]
-                for seq, outcomes in enumerate(sent, start=1)]
+    repeated = [
+        (await script.apply(_batch(exp, outcomes, seq), allow_gap=False))[2]
+        for seq, outcomes in enumerate(sent, start=1)
+    ]
     # "x" repeats within the window (50 s later), and counts again once it has left it.
     assert repeated == [0, 1, 0, 0]
     assert await redis_client.zrange(k.outcome_ids, 0, -1, withscores=True) == [(b"z", 1200.0), (b"x", 1201.0)]
@@ -307,7 +362,8 @@ def _batch(exp: model.Experiment, recorded: list[Event], seq: int) -> Batch:
 
 
 async def test_redis_killed_during_recording_loses_and_duplicates_nothing(
-        make_log: MakeLog, redis_server: RedisServer, tmp_path: Path) -> None:
+    make_log: MakeLog, redis_server: RedisServer, tmp_path: Path
+) -> None:
     exp = make_experiment("outage")
     log = await make_log(redis_server.url, exp, flush_interval_s=0.02, redis_timeout_s=0.5)
     rng = random.Random(5)
@@ -342,7 +398,8 @@ async def test_redis_killed_during_recording_loses_and_duplicates_nothing(
 
 @pytest.mark.parametrize("noticed_by", ["flusher", "lookup"])
 async def test_batches_lost_by_a_redis_restart_are_resent(
-        make_log: MakeLog, redis_server: RedisServer, noticed_by: str, caplog: pytest.LogCaptureFixture) -> None:
+    make_log: MakeLog, redis_server: RedisServer, noticed_by: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis acknowledged batches 2 and 3, then crashed before its AOF held them.
 
     Either the flusher trips over the dead connection (spill, reconnect, read back the
@@ -374,12 +431,14 @@ async def test_batches_lost_by_a_redis_restart_are_resent(
     if noticed_by == "lookup":
         assert log.stats.flush_failures == 0 and "follows a gap" in caplog.text
     async with redis.asyncio.Redis.from_url(redis_server.url) as client:
-        assert_strata_equal(await read_strata(client, "lost-window"),
-                            expected_strata(recorded + later, binary_metrics(exp)))
+        assert_strata_equal(
+            await read_strata(client, "lost-window"), expected_strata(recorded + later, binary_metrics(exp))
+        )
 
 
 async def test_batches_lost_by_redis_are_resent_even_after_an_outage_longer_than_retention(
-        make_log: MakeLog, redis_server: RedisServer) -> None:
+    make_log: MakeLog, redis_server: RedisServer
+) -> None:
     """Retained batches age while Redis is down; they must be compared before pruned."""
     exp = make_experiment("long-outage")
     log = await make_log(redis_server.url, exp, retain_s=0.3)
@@ -399,12 +458,14 @@ async def test_batches_lost_by_redis_are_resent_even_after_an_outage_longer_than
     record(log, later)
     await eventually(lambda: _flushed_all(log))
     async with redis.asyncio.Redis.from_url(redis_server.url) as client:
-        assert_strata_equal(await read_strata(client, "long-outage"),
-                            expected_strata(first + lost + later, binary_metrics(exp)))
+        assert_strata_equal(
+            await read_strata(client, "long-outage"), expected_strata(first + lost + later, binary_metrics(exp))
+        )
 
 
 async def test_a_timed_out_flush_that_redis_applied_later_counts_once(
-        make_log: MakeLog, redis_server: RedisServer) -> None:
+    make_log: MakeLog, redis_server: RedisServer
+) -> None:
     """The ambiguous failure: our call times out, yet Redis runs it once it is free."""
     exp = make_experiment("ambiguous")
     log = await make_log(redis_server.url, exp, redis_timeout_s=0.2)
@@ -419,6 +480,7 @@ async def test_a_timed_out_flush_that_redis_applied_later_counts_once(
 
         async def applied_after_all() -> bool:
             return await client.hget(keys.Keys("ambiguous").producers, log.producer) == b"1"
+
         await eventually(applied_after_all)
         await eventually(lambda: _flushed_all(log))  # the replay is a duplicate
         assert_strata_equal(await read_strata(client, "ambiguous"), expected_strata(recorded, binary_metrics(exp)))
@@ -444,8 +506,8 @@ async def _flushed_all(log: EventLog) -> bool:
 
 
 async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow(
-        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str,
-        tmp_path: Path) -> None:
+    make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
     exp = make_experiment(experiment_name)
     units_key = keys.Keys(experiment_name).units
     log = await make_log(redis_url, exp)
@@ -457,7 +519,10 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
     await redis_client.hset(units_key, "u1|1|control", "not a state")  # another program wrote here
     # Innocent units first, more than the script's chunk of 500 cells, then the corrupt one.
     poisoned: list[Event] = [Exposure(f"r-{i}", f"w{i}", "candidate", 1, 0.0, 200, 7.0, i % 2 == 0) for i in range(600)]
-    poisoned += [Outcome("u2", "control", 1, "revenue", 4.0, 0.0), Exposure("r10", "u1", "control", 1, 0.0, 200, 6.0, False)]
+    poisoned += [
+        Outcome("u2", "control", 1, "revenue", 4.0, 0.0),
+        Exposure("r10", "u1", "control", 1, 0.0, 200, 6.0, False),
+    ]
     record(log, poisoned)
     await log.flush()
     third = [Exposure("r11", "u3", "candidate", 1, 0.0, 200, 8.0, False)]
@@ -467,8 +532,9 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
     # Nothing of the refused batch was written, not even its innocent part; the next one was.
     assert log.stats.quarantined == 602 and log.stats.spilled == 0 and log.stats.buffered == 0
     assert await redis_client.hget(units_key, "w0|1|candidate") is None
-    assert_strata_equal(await read_strata(redis_client, experiment_name),
-                        expected_strata(first + third, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(first + third, binary_metrics(exp))
+    )
 
     # Fixed, and the quarantine file renamed to a spill file: the next router replays it.
     await redis_client.hset(units_key, "u1|1|control", good_state)
@@ -478,12 +544,14 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
     assert (batch.producer, batch.seq, batch.n_events) == (log.producer + "q", 1, 602)
     quarantined.rename(quarantined.with_suffix(spill.SUFFIX))
     await (await make_log(redis_url, exp)).flush()
-    assert_strata_equal(await read_strata(redis_client, experiment_name),
-                        expected_strata(first + poisoned + third, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(first + poisoned + third, binary_metrics(exp))
+    )
 
 
 async def test_a_full_redis_is_an_outage_not_a_reason_to_quarantine(
-        make_log: MakeLog, redis_server: RedisServer) -> None:
+    make_log: MakeLog, redis_server: RedisServer
+) -> None:
     exp = make_experiment("full")
     log = await make_log(redis_server.url, exp)
     rng = random.Random(8)
@@ -506,7 +574,8 @@ async def test_a_full_redis_is_an_outage_not_a_reason_to_quarantine(
 
 @pytest.mark.parametrize("damage", ["agg_is_a_string", "agg_field_is_not_a_number", "payload_is_not_json"])
 async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
-        redis_client: redis.asyncio.Redis, experiment_name: str, damage: str) -> None:
+    redis_client: redis.asyncio.Redis, experiment_name: str, damage: str
+) -> None:
     exp = make_experiment(experiment_name)
     k = keys.Keys(experiment_name)
     script = FlushScript(redis_client, k)
@@ -529,7 +598,8 @@ async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
 
 
 async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
-        make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path) -> None:
+    make_log: MakeLog, redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
     exp = make_experiment(experiment_name)
     dead = await make_log(down_url(), exp)
     recorded = random_events(random.Random(1), 500)
@@ -541,7 +611,9 @@ async def test_a_new_log_replays_the_spill_file_of_a_dead_producer(
 
     await make_log(redis_url, exp)
 
-    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp))
+    )
     assert sorted(p.name for p in (tmp_path / "spill").iterdir()) == [alive.path.name]
     alive.clear()
     alive.close()
@@ -553,25 +625,30 @@ async def test_a_full_buffer_spills_at_once_while_redis_is_down(make_log: MakeLo
 
     async def spilled() -> bool:
         return log.stats.spilled == 50 and log.stats.buffered == 0
+
     await eventually(spilled, timeout_s=2.0)  # long before the 60 s flush interval
 
 
 # ------------------------------------------------------------------ flushing, lookups
 
 
-async def test_close_flushes_everything(redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str,
-                                        tmp_path: Path) -> None:
+async def test_close_flushes_everything(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
     exp = make_experiment(experiment_name)
     log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path, flush_interval_s=60)
     await log.start()
     recorded = random_events(random.Random(6), 400)
     record(log, recorded)
     await log.close()
-    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp))
+    )
 
 
-async def test_a_full_buffer_flushes_before_the_interval(make_log: MakeLog, experiment_name: str, redis_url: str,
-                                                        redis_client: redis.asyncio.Redis) -> None:
+async def test_a_full_buffer_flushes_before_the_interval(
+    make_log: MakeLog, experiment_name: str, redis_url: str, redis_client: redis.asyncio.Redis
+) -> None:
     exp = make_experiment(experiment_name)
     log = await make_log(redis_url, exp, max_events=100)
     recorded = random_events(random.Random(8), 100)
@@ -579,17 +656,19 @@ async def test_a_full_buffer_flushes_before_the_interval(make_log: MakeLog, expe
 
     async def applied() -> bool:
         return await redis_client.hget(keys.Keys(experiment_name).producers, log.producer) == b"1"
+
     await eventually(applied, timeout_s=2.0)  # long before the 60 s flush interval
     assert log.stats.buffered == 0
-    assert_strata_equal(await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+    assert_strata_equal(
+        await read_strata(redis_client, experiment_name), expected_strata(recorded, binary_metrics(exp))
+    )
 
 
 async def lookup(log: EventLog, unit_hash: str) -> tuple[int, str] | None:
     return (await log.lookup_units([unit_hash]))[unit_hash]
 
 
-async def test_lookup_units_local_then_redis_then_unavailable(
-        make_log: MakeLog, redis_server: RedisServer) -> None:
+async def test_lookup_units_local_then_redis_then_unavailable(make_log: MakeLog, redis_server: RedisServer) -> None:
     exp = make_experiment("lookup")
     writer = await make_log(redis_server.url, exp)
     writer.record_exposure(Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False))
@@ -605,7 +684,8 @@ async def test_lookup_units_local_then_redis_then_unavailable(
 
 
 async def test_lookup_prefers_a_later_epoch_seen_by_another_replica(
-        make_log: MakeLog, redis_server: RedisServer) -> None:
+    make_log: MakeLog, redis_server: RedisServer
+) -> None:
     exp = make_experiment("ramped")
     a = await make_log(redis_server.url, exp)
     b = await make_log(redis_server.url, exp)

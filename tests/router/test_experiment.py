@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from router import experiment as model
+from abrouter.contract import experiment as model
+from abrouter.router import examples
 
 BASE = {
     "name": "recsys-v2",
@@ -35,16 +36,21 @@ def test_issue_example_parses_with_defaults():
 
 
 def test_round_trips_through_json():
-    e = model.parse(spec(salt="s1", epoch=3, allow_force_variant=True,
-                         analysis={"alpha": 0.01, "ramp": [10, 50], "bandit": {"enabled": True}}))
+    e = model.parse(
+        spec(
+            salt="s1",
+            epoch=3,
+            allow_force_variant=True,
+            analysis={"alpha": 0.01, "ramp": [10, 50], "bandit": {"enabled": True}},
+        )
+    )
     again = model.parse(json.loads(model.to_json(e)))
     assert again == e
 
 
 def test_loads_yaml_and_bundled_example():
-    from importlib import resources
 
-    e = model.load(resources.files("router.examples") / "experiment.yaml")
+    e = model.load(examples.EXPERIMENT_PATH)
     assert e.name == "recsys-v2" and len(e.variants) == 2
 
 
@@ -64,37 +70,91 @@ def test_negative_weight_message_is_exact():
         model.parse(data)
 
 
-@pytest.mark.parametrize("change, path", [
-    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 0},
-                   {"name": "b", "upstream": "http://b", "weight": 0}]}, "variants"),
-    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1},
-                   {"name": "a", "upstream": "http://b", "weight": 1}]}, "variants[1].name"),
-    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1}]}, "variants"),
-    ({"variants": [{"name": "a", "upstream": "ftp://a", "weight": 1},
-                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].upstream"),
-    ({"variants": [{"name": "a", "upstream": "http://", "weight": 1},
-                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].upstream"),
-    ({"variants": [{"name": "a", "upstream": "model-a:8080", "weight": 1},
-                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].upstream"),
-    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1, "colour": "red"},
-                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].colour"),
-    ({"metrics": [{"name": "m", "kind": "binary"}, {"name": "m", "kind": "continuous"}]}, "metrics[1].name"),
-    ({"metrics": [{"name": "m", "kind": "count"}]}, "metrics[0].kind"),
-    ({"metrics": [{"name": "errors", "kind": "binary"}]}, "metrics[0].name"),
-    ({"unit": {"header": "X", "cookie": "y"}}, "unit"),
-    ({"unit": {"body": "user"}}, "unit"),
-    ({"name": "Not_A_Label"}, "name"),
-    ({"surprise": 1}, "surprise"),
-    ({"epoch": 0}, "epoch"),
-    ({"epoch": 2**32}, "epoch"),  # request ids carry it in 32 bits
-    ({"variants": [{"name": "a", "upstream": "http://a", "weight": 10**400},
-                   {"name": "b", "upstream": "http://b", "weight": 1}]}, "variants[0].weight"),
-    ({"analysis": {"alpha": 0.7}}, "analysis.alpha"),
-    ({"analysis": {"ramp": [50, 25]}}, "analysis.ramp"),
-    ({"analysis": {"guardrails": [{"metric": "nope", "direction": "decrease", "margin": 1}]}},
-     "analysis.guardrails[0].metric"),
-    ({"analysis": {"max_duration": "two weeks"}}, "analysis.max_duration"),
-])
+@pytest.mark.parametrize(
+    "change, path",
+    [
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "http://a", "weight": 0},
+                    {"name": "b", "upstream": "http://b", "weight": 0},
+                ]
+            },
+            "variants",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "http://a", "weight": 1},
+                    {"name": "a", "upstream": "http://b", "weight": 1},
+                ]
+            },
+            "variants[1].name",
+        ),
+        ({"variants": [{"name": "a", "upstream": "http://a", "weight": 1}]}, "variants"),
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "ftp://a", "weight": 1},
+                    {"name": "b", "upstream": "http://b", "weight": 1},
+                ]
+            },
+            "variants[0].upstream",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "http://", "weight": 1},
+                    {"name": "b", "upstream": "http://b", "weight": 1},
+                ]
+            },
+            "variants[0].upstream",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "model-a:8080", "weight": 1},
+                    {"name": "b", "upstream": "http://b", "weight": 1},
+                ]
+            },
+            "variants[0].upstream",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "http://a", "weight": 1, "colour": "red"},
+                    {"name": "b", "upstream": "http://b", "weight": 1},
+                ]
+            },
+            "variants[0].colour",
+        ),
+        ({"metrics": [{"name": "m", "kind": "binary"}, {"name": "m", "kind": "continuous"}]}, "metrics[1].name"),
+        ({"metrics": [{"name": "m", "kind": "count"}]}, "metrics[0].kind"),
+        ({"metrics": [{"name": "errors", "kind": "binary"}]}, "metrics[0].name"),
+        ({"unit": {"header": "X", "cookie": "y"}}, "unit"),
+        ({"unit": {"body": "user"}}, "unit"),
+        ({"name": "Not_A_Label"}, "name"),
+        ({"surprise": 1}, "surprise"),
+        ({"epoch": 0}, "epoch"),
+        ({"epoch": 2**32}, "epoch"),  # request ids carry it in 32 bits
+        (
+            {
+                "variants": [
+                    {"name": "a", "upstream": "http://a", "weight": 10**400},
+                    {"name": "b", "upstream": "http://b", "weight": 1},
+                ]
+            },
+            "variants[0].weight",
+        ),
+        ({"analysis": {"alpha": 0.7}}, "analysis.alpha"),
+        ({"analysis": {"ramp": [50, 25]}}, "analysis.ramp"),
+        (
+            {"analysis": {"guardrails": [{"metric": "nope", "direction": "decrease", "margin": 1}]}},
+            "analysis.guardrails[0].metric",
+        ),
+        ({"analysis": {"max_duration": "two weeks"}}, "analysis.max_duration"),
+    ],
+)
 def test_rejections_name_the_path(change, path):
     with pytest.raises(model.ConfigError) as err:
         model.parse(spec(**change))

@@ -13,15 +13,14 @@ import aiohttp
 import redis.asyncio
 import yaml
 
-from router.keys import Keys, decode_agg
-from router.redis_server import RedisServer, free_port
+from abrouter.contract.keys import Keys, decode_agg
+from abrouter.router.redis_server import RedisServer, free_port
 from tests.router.conftest import MakeRouter
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_redis_sigkill_under_load_loses_and_doubles_nothing(make_router: MakeRouter,
-                                                                   redis_server: RedisServer):
+async def test_redis_sigkill_under_load_loses_and_doubles_nothing(make_router: MakeRouter, redis_server: RedisServer):
     r = await make_router(redis=redis_server.url)
     sent = accepted = 0
     failures: list[int] = []
@@ -63,8 +62,9 @@ async def test_redis_sigkill_under_load_loses_and_doubles_nothing(make_router: M
     assert sum(s.units for s in strata.values()) == 300
 
 
-async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(aiohttp_server, redis_url: str,
-                                                                        experiment_name: str, tmp_path: Path):
+async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(
+    aiohttp_server, redis_url: str, experiment_name: str, tmp_path: Path
+):
     from tests.router.upstreams import SLOW, model_app
 
     model = model_app("control")
@@ -72,23 +72,49 @@ async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(aiohttp_s
     upstream = await aiohttp_server(model)
     base = str(upstream.make_url("")).rstrip("/")
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": experiment_name, "unit": {"header": "X-User-Id"},
-        "variants": [{"name": "control", "upstream": base, "weight": 1},
-                     {"name": "candidate", "upstream": base, "weight": 1}],
-        "timeouts": {"read": "10s"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": experiment_name,
+                "unit": {"header": "X-User-Id"},
+                "variants": [
+                    {"name": "control", "upstream": base, "weight": 1},
+                    {"name": "candidate", "upstream": base, "weight": 1},
+                ],
+                "timeouts": {"read": "10s"},
+            }
+        )
+    )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "abrouter", "serve", "--config", str(config), "--redis-url", redis_url,
-         "--host", "127.0.0.1", "--port", str(port), "--spill-dir", str(tmp_path / "spill")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "abrouter",
+            "serve",
+            "--config",
+            str(config),
+            "--redis-url",
+            redis_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--spill-dir",
+            str(tmp_path / "spill"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await _wait_ready(session, url, proc)
-            calls = [asyncio.create_task(session.post(f"{url}/slow?gate=1", headers={"X-User-Id": f"u{i}"},
-                                                      data=b"{}")) for i in range(200)]
+            calls = [
+                asyncio.create_task(session.post(f"{url}/slow?gate=1", headers={"X-User-Id": f"u{i}"}, data=b"{}"))
+                for i in range(200)
+            ]
             deadline = time.monotonic() + 30
             while gate.arrived < 200:  # a loaded machine may take a while to connect all 200
                 assert time.monotonic() < deadline, f"only {gate.arrived} of 200 reached the upstream"

@@ -1,27 +1,48 @@
 import pytest
 
-from router import experiment as model
-from router import headers as hdr
-from router.requestid import RequestIdError, RequestIds
-from router.routing import ReloadRejected, RoutingTable, next_table
+from abrouter.contract import experiment as model
+from abrouter.router import headers as hdr
+from abrouter.router.requestid import RequestIdError, RequestIds
+from abrouter.router.routing import ReloadRejected, RoutingTable, next_table
 from tests.router.test_experiment import BASE, spec
 
 
 def test_hop_by_hop_and_connection_listed_fields_are_dropped():
-    headers = [("Connection", "keep-alive, X-Secret-Hop"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
-               ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("X-Secret-Hop", "1"),
-               ("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip"),
-               ("Inference-Header-Content-Length", "120"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
-    assert hdr.end_to_end(headers) == [("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip"),
-                                       ("Inference-Header-Content-Length", "120"), ("Set-Cookie", "a=1"),
-                                       ("Set-Cookie", "b=2")]
+    headers = [
+        ("Connection", "keep-alive, X-Secret-Hop"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("Transfer-Encoding", "chunked"),
+        ("Upgrade", "h2c"),
+        ("X-Secret-Hop", "1"),
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Encoding", "gzip"),
+        ("Inference-Header-Content-Length", "120"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
+    assert hdr.end_to_end(headers) == [
+        ("Content-Type", "application/octet-stream"),
+        ("Content-Encoding", "gzip"),
+        ("Inference-Header-Content-Length", "120"),
+        ("Set-Cookie", "a=1"),
+        ("Set-Cookie", "b=2"),
+    ]
 
 
 def test_upstream_request_headers_rewrite_host_and_add_forwarded():
     out = hdr.upstream_request_headers(
-        [("Host", "api.example"), ("X-Forwarded-For", "10.0.0.1"), ("traceparent", "00-abc-def-01"),
-         ("X-AB-Force-Variant", "candidate"), ("Content-Type", "application/json")],
-        upstream="http://model-b:8080", client_ip="127.0.0.1", scheme="http")
+        [
+            ("Host", "api.example"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("traceparent", "00-abc-def-01"),
+            ("X-AB-Force-Variant", "candidate"),
+            ("Content-Type", "application/json"),
+        ],
+        upstream="http://model-b:8080",
+        client_ip="127.0.0.1",
+        scheme="http",
+    )
     d = dict(out)
     assert d["Host"] == "model-b:8080"
     assert d["X-Forwarded-For"] == "10.0.0.1, 127.0.0.1"
@@ -31,10 +52,15 @@ def test_upstream_request_headers_rewrite_host_and_add_forwarded():
 
 
 def test_response_tags_replace_any_upstream_spoofing():
-    out = hdr.tag_response([("X-AB-Variant", "spoofed"), ("X-Model", "b")], experiment="e", variant="candidate",
-                           request_id="rid")
-    assert out == [("X-Model", "b"), ("X-AB-Experiment", "e"), ("X-AB-Variant", "candidate"),
-                   ("X-AB-Request-Id", "rid")]
+    out = hdr.tag_response(
+        [("X-AB-Variant", "spoofed"), ("X-Model", "b")], experiment="e", variant="candidate", request_id="rid"
+    )
+    assert out == [
+        ("X-Model", "b"),
+        ("X-AB-Experiment", "e"),
+        ("X-AB-Variant", "candidate"),
+        ("X-AB-Request-Id", "rid"),
+    ]
 
 
 def test_request_id_round_trip_and_rejections():

@@ -7,14 +7,15 @@ import shutil
 import socket
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from router.httpclient import HttptoolsTransport
-from router.upstream import TimeoutConfig, UpstreamTimeout, UpstreamUnavailable
+from abrouter.router.upstream.httpclient import HttptoolsTransport
+from abrouter.router.upstream.transport import TimeoutConfig, UpstreamTimeout, UpstreamUnavailable
 from tests.router.conftest import MakeRouter
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -30,7 +31,7 @@ class ScriptedServer:
         self.server: asyncio.AbstractServer | None = None
         self.url = ""
 
-    async def __aenter__(self) -> "ScriptedServer":
+    async def __aenter__(self) -> ScriptedServer:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
         return self
@@ -106,8 +107,15 @@ async def transport() -> AsyncIterator[HttptoolsTransport]:
     await t.close()
 
 
-async def call(t: HttptoolsTransport, url: str, path: str = "/", *, method: str = "GET",
-               headers: list[tuple[str, str]] | None = None, body: Any = None) -> tuple[int, dict[str, str], bytes]:
+async def call(
+    t: HttptoolsTransport,
+    url: str,
+    path: str = "/",
+    *,
+    method: str = "GET",
+    headers: list[tuple[str, str]] | None = None,
+    body: Any = None,
+) -> tuple[int, dict[str, str], bytes]:
     response = await t.request(base_url=url, method=method, path_qs=path, headers=headers or [], body=body)
     try:
         data = await response.read() if method != "HEAD" else b""
@@ -141,23 +149,44 @@ async def test_request_framing_and_headers_as_given(transport: HttptoolsTranspor
     async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         while True:
             await server.read_request(reader)
-            writer.write(b"HTTP/1.1 201 Made It\r\nX-MiXed: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n"
-                         b"Content-Length: 0\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 201 Made It\r\nX-MiXed: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n"
+            )
 
     async with ScriptedServer(play) as server:
-        status, _, _ = await call(transport, server.url + "/base", "/p?q=1", method="POST",
-                                  headers=[("X-Repeat", "1"), ("x-repeat", "2"), ("Content-Length", "99")], body=b"abc")
+        status, _, _ = await call(
+            transport,
+            server.url + "/base",
+            "/p?q=1",
+            method="POST",
+            headers=[("X-Repeat", "1"), ("x-repeat", "2"), ("Content-Length", "99")],
+            body=b"abc",
+        )
         assert status == 201
         response = await transport.request(base_url=server.url, method="POST", path_qs="/none", headers=[], body=None)
-        assert (response.reason, response.headers[:3]) == ("Made It", [("X-MiXed", "1"), ("Set-Cookie", "a=1"),
-                                                                          ("Set-Cookie", "b=2")])
+        assert (response.reason, response.headers[:3]) == (
+            "Made It",
+            [("X-MiXed", "1"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")],
+        )
         response.release()
         await call(transport, server.url, "/stream", method="PUT", body=body_of(b"ab", b"", b"cde"))
-        await call(transport, server.url, "/sized", method="PUT", headers=[("Content-Length", "5")],
-                   body=body_of(b"ab", b"cde"))
+        await call(
+            transport,
+            server.url,
+            "/sized",
+            method="PUT",
+            headers=[("Content-Length", "5")],
+            body=body_of(b"ab", b"cde"),
+        )
         with pytest.raises(ValueError, match="longer than its Content-Length"):
-            await call(transport, server.url, "/sized", method="PUT", headers=[("Content-Length", "3")],
-                       body=body_of(b"ab", b"cde"))
+            await call(
+                transport,
+                server.url,
+                "/sized",
+                method="PUT",
+                headers=[("Content-Length", "3")],
+                body=body_of(b"ab", b"cde"),
+            )
         with pytest.raises(ValueError, match="CR or LF"):
             await call(transport, server.url, headers=[("X-Evil", "a\r\nInjected: 1")])
         first, empty_post, chunked, sized = server.heads[:4]
@@ -172,6 +201,7 @@ async def test_request_framing_and_headers_as_given(transport: HttptoolsTranspor
 
 def close_on_second_request() -> Handler:
     """Answers the first request on a connection, then drops it on the next one: the stale-connection race."""
+
     async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
         await reader.readuntil(b"\r\n\r\n")
         await reader.readexactly(3)
@@ -305,7 +335,9 @@ async def test_idle_connections_closed_by_the_upstream_or_expired_are_not_reused
         await t.close()
 
 
-async def test_chunked_and_until_close_responses_are_decoded(transport: HttptoolsTransport, counting: tuple[str, set[int]]):
+async def test_chunked_and_until_close_responses_are_decoded(
+    transport: HttptoolsTransport, counting: tuple[str, set[int]]
+):
     url, ports = counting
     response = await transport.request(base_url=url, method="GET", path_qs="/chunked?n=50", headers=[], body=None)
     assert response.content_length is None and ("Transfer-Encoding", "chunked") in response.headers
@@ -340,8 +372,9 @@ async def test_a_response_over_the_high_water_mark_streams_with_bounded_bufferin
     server = await aiohttp_server(app)
     t = HttptoolsTransport(TimeoutConfig(1, 1), high_water=64 * 1024)
     try:
-        response = await t.request(base_url=str(server.make_url("")).rstrip("/"), method="GET", path_qs="/big",
-                                   headers=[], body=None)
+        response = await t.request(
+            base_url=str(server.make_url("")).rstrip("/"), method="GET", path_qs="/big", headers=[], body=None
+        )
         total, largest = 0, 0
         async for chunk in response.chunks():
             total, largest = total + len(chunk), max(largest, len(chunk))
@@ -353,8 +386,9 @@ async def test_a_response_over_the_high_water_mark_streams_with_bounded_bufferin
         await t.close()
 
 
-async def test_head_204_and_304_have_no_body_and_keep_the_connection(transport: HttptoolsTransport,
-                                                                     counting: tuple[str, set[int]]):
+async def test_head_204_and_304_have_no_body_and_keep_the_connection(
+    transport: HttptoolsTransport, counting: tuple[str, set[int]]
+):
     url, ports = counting
     response = await transport.request(base_url=url, method="HEAD", path_qs="/", headers=[], body=None)
     assert response.status == 200 and response.content_length == 4 and await response.read() == b""
@@ -379,7 +413,7 @@ async def test_interim_1xx_responses_are_skipped(transport: HttptoolsTransport):
 
 async def test_timeouts(transport: HttptoolsTransport, counting: tuple[str, set[int]]):
     url, _ = counting
-    with pytest.raises(UpstreamTimeout, match="no data within 0.5s"):
+    with pytest.raises(UpstreamTimeout, match=r"no data within 0\.5s"):
         await call(transport, url, "/slow?s=2")
 
     async def stall_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
@@ -402,16 +436,17 @@ async def test_timeouts(transport: HttptoolsTransport, counting: tuple[str, set[
             f.setblocking(False)
             f.connect_ex(listener.getsockname())
         quick = HttptoolsTransport(TimeoutConfig(connect_s=0.2, read_s=1))
-        with pytest.raises(UpstreamTimeout, match="no connection within 0.2s"):
-            await call(quick, "http://127.0.0.1:%d" % listener.getsockname()[1])
+        with pytest.raises(UpstreamTimeout, match=r"no connection within 0\.2s"):
+            await call(quick, f"http://127.0.0.1:{listener.getsockname()[1]}")
         await quick.close()
     finally:
         for s in (*fillers, listener):
             s.close()
 
 
-async def test_refused_reset_eof_and_garbage_are_unavailable(transport: HttptoolsTransport,
-                                                              unused_tcp_port_factory: Any):
+async def test_refused_reset_eof_and_garbage_are_unavailable(
+    transport: HttptoolsTransport, unused_tcp_port_factory: Any
+):
     with pytest.raises(UpstreamUnavailable, match="cannot connect"):
         await call(transport, f"http://127.0.0.1:{unused_tcp_port_factory()}")
 
@@ -437,8 +472,9 @@ async def test_refused_reset_eof_and_garbage_are_unavailable(transport: Httptool
                 response.release()
 
 
-async def test_releasing_an_unfinished_response_closes_its_connection(transport: HttptoolsTransport,
-                                                                      counting: tuple[str, set[int]]):
+async def test_releasing_an_unfinished_response_closes_its_connection(
+    transport: HttptoolsTransport, counting: tuple[str, set[int]]
+):
     url, ports = counting
     response = await transport.request(base_url=url, method="GET", path_qs="/chunked?n=2000", headers=[], body=None)
     assert await response.chunks().__anext__()
@@ -452,9 +488,28 @@ def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a certificate")
     d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(d / "key.pem"), "-out",
-                    str(d / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return d / "cert.pem", d / "key.pem"
 
 

@@ -32,8 +32,12 @@ async def test_forwards_method_path_query_and_body(make_router: MakeRouter):
     r = await make_router()
     body = b'{"inputs": [1, 2, 3]}'
     for method in ("POST", "PUT", "PATCH", "DELETE", "GET"):
-        resp = await r.client.request(method, "/v2/models/rec%2Fx/infer?a=1&a=2&b=%20", data=body,
-                                      headers={"X-User-Id": "u1", "Content-Type": "application/json"})
+        resp = await r.client.request(
+            method,
+            "/v2/models/rec%2Fx/infer?a=1&a=2&b=%20",
+            data=body,
+            headers={"X-User-Id": "u1", "Content-Type": "application/json"},
+        )
         seen = await resp.json()
         assert resp.status == 200
         assert seen["method"] == method
@@ -46,10 +50,20 @@ async def test_forwards_method_path_query_and_body(make_router: MakeRouter):
 
 async def test_headers_pass_through_exactly(make_router: MakeRouter):
     r = await make_router()
-    resp = await post(r, user="u1", data=b"\x00\x01binary", headers={
-        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "2",
-        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        "Connection": "keep-alive, X-Hop", "X-Hop": "secret", "Host": "api.example", "X-Custom": "kept"})
+    resp = await post(
+        r,
+        user="u1",
+        data=b"\x00\x01binary",
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": "2",
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "secret",
+            "Host": "api.example",
+            "X-Custom": "kept",
+        },
+    )
     seen = dict((k.lower(), v) for k, v in (await resp.json())["headers"])
     assert seen["content-type"] == "application/octet-stream"
     assert seen["inference-header-content-length"] == "2"
@@ -87,7 +101,7 @@ async def test_large_bodies_stream_both_ways(make_router: MakeRouter):
 
     async def chunks():
         for i in range(0, len(big), 65536):
-            yield big[i:i + 65536]
+            yield big[i : i + 65536]
 
     seen = await (await post(r, user="u1", data=chunks())).json()  # chunked upload
     assert seen["body_len"] == len(big) and seen["body_sha"] == hashlib.sha256(big).hexdigest()
@@ -112,7 +126,10 @@ async def test_refused_is_502_and_timeout_is_504_as_json(make_router: MakeRouter
     resp = await post(r2, "/slow?s=3", user="u1")
     assert resp.status == 504 and (await resp.json())["variant"] == "candidate"
     text = await (await r2.client.get("/abrouter/metrics")).text()
-    assert 'abrouter_errors_total{experiment="%s",variant="candidate",reason="timeout"} 1' % r2.spec["name"] in text
+    assert (
+        'abrouter_errors_total{{experiment="{}",variant="candidate",reason="timeout"}} 1'.format(r2.spec["name"])
+        in text
+    )
 
 
 async def test_timeouts_change_with_a_config_reload(make_router: MakeRouter):

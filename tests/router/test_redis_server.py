@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from router.redis_server import RedisServer, RedisServerError, find_binary, ping
+from abrouter.router.redis_server import RedisServer, RedisServerError, find_binary, ping
 
 
 def test_find_binary_is_executable() -> None:

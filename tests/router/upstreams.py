@@ -32,16 +32,19 @@ def model_app(name: str) -> web.Application:
     async def echo(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         payload = {
-            "upstream": name, "method": request.method, "path_qs": request.raw_path,
+            "upstream": name,
+            "method": request.method,
+            "path_qs": request.raw_path,
             "headers": [[k, v] for k, v in request.headers.items()],
-            "body_len": len(body), "body_sha": hashlib.sha256(body).hexdigest(),
+            "body_len": len(body),
+            "body_sha": hashlib.sha256(body).hexdigest(),
         }
-        return web.json_response(payload, headers={"X-Upstream": name,
-                                                   "Inference-Header-Content-Length": "17"})
+        return web.json_response(payload, headers={"X-Upstream": name, "Inference-Header-Content-Length": "17"})
 
     async def gz(request: web.Request) -> web.Response:
-        return web.Response(body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "application/json",
-                                                   "X-Upstream": name})
+        return web.Response(
+            body=GZIPPED, headers={"Content-Encoding": "gzip", "Content-Type": "application/json", "X-Upstream": name}
+        )
 
     async def slow(request: web.Request) -> web.Response:
         gate = request.app[SLOW]
@@ -76,7 +79,7 @@ class RawUpstream:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self) -> "RawUpstream":
+    async def start(self) -> RawUpstream:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -95,8 +98,14 @@ class RawUpstream:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 path = head.split(b" ", 2)[1]
-                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                               if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 await reader.readexactly(length)
                 if path.startswith(b"/reset"):
                     sock = writer.get_extra_info("socket")

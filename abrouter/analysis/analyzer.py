@@ -1,0 +1,199 @@
+"""One look at an experiment: data -> statistics -> decision, as an `AnalysisResult`.
+
+Pure, like the statistics and the policy it composes: the data arrives already read
+(`reader.py`, `summary.py`), the previous look's sequential results (`Running`: minima of
+the sequential p, intersections of the confidence sequences) arrive from the history
+(`history.py`), and the clock and random generator are arguments.
+
+- comparisons: every candidate (including rolled-back ones, for the record) x every
+  metric, stratified by weight epoch; the primary metric is the first user metric;
+- guardrails: `analysis.guardrails` of the settings, for every candidate, on the
+  metrics the data carries (a summary without the router's built-ins skips those);
+- SRM: units per epoch against each epoch's weights, so a ramp is not a mismatch;
+- the decision, from `decision.decide`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from abrouter.analysis import decision as policy
+from abrouter.analysis.data import Arm, ExperimentData
+from abrouter.analysis.stats import fixed_horizon
+from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
+from abrouter.analysis.stats.noninferiority import NonInferiority, non_inferiority
+from abrouter.analysis.stats.srm import SrmResult, srm_check
+from abrouter.contract.experiment import Guardrail, Metric
+
+#: (variant, metric) -> the sequential results up to the previous look.
+Previous = Mapping[tuple[str, str], Running]
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    experiment: str
+    #: Unix seconds of the look.
+    at: float
+    #: The weights version the look saw last; a sink refuses to overwrite a newer one.
+    epoch: int
+    data: ExperimentData = field(repr=False)
+    srm: SrmResult
+    comparisons: tuple[Comparison, ...]
+    guardrails: tuple[NonInferiority, ...]
+    #: Holm-adjusted `sequential_p_better` of the primary metric per active candidate (the
+    #: family: every candidate, rolled-back ones included).
+    holm: dict[str, float]
+    #: Guardrails configured on metrics the data does not carry.
+    skipped_guardrails: tuple[str, ...]
+    decision: policy.Decision
+    #: A/B/n only: Pearson chi-square p of "all arms convert alike", per binary metric.
+    omnibus: dict[str, float] = field(default_factory=dict)
+    #: The sequential results the next look starts from (see `running`).
+    next_running: dict[tuple[str, str], Running] = field(default_factory=dict, repr=False)
+
+    @property
+    def primary(self) -> str | None:
+        metric = self.data.primary
+        return metric.name if metric is not None else None
+
+    def running(self) -> dict[tuple[str, str], Running]:
+        """The sequential results per (variant, metric) that seed the next look.
+
+        A comparison whose control or candidate arm is below `min_units_per_arm` does not
+        seed them: its p and interval are not yet evidence (e.g. 0 conversions in 50
+        units), so the previous ones carry over unchanged (`FRESH` on a first look).
+        """
+        return dict(self.next_running)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON result (docs/analyzer.md documents every field)."""
+        return {
+            "experiment": self.experiment,
+            "at": self.at,
+            "epoch": self.epoch,
+            "primary": self.primary,
+            "variants": [_arm_dict(a) for a in self.data.arms],
+            "srm": _srm_dict(self.srm),
+            "comparisons": [self._comparison_dict(c) for c in self.comparisons],
+            "guardrails": [g.to_dict() for g in self.guardrails],
+            "skipped_guardrails": list(self.skipped_guardrails),
+            "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
+            "decision": self.decision.to_dict(),
+        }
+
+    def _comparison_dict(self, c: Comparison) -> dict[str, Any]:
+        out = c.to_dict()
+        out["primary"] = c.metric == self.primary
+        adjusted = self.holm.get(c.variant) if out["primary"] else None
+        out["sequential_p_value_holm"] = adjusted if adjusted is not None and math.isfinite(adjusted) else None
+        return out
+
+
+def analyze(
+    data: ExperimentData, *, now: float, previous: Previous | None = None, rng: np.random.Generator | None = None
+) -> AnalysisResult:
+    """Compare, check guardrails and SRM, and decide, for one look at `data`."""
+    previous = previous or {}
+    comparisons = tuple(
+        _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH))
+        for arm in data.candidates
+        for metric in data.metrics
+    )
+    present = {m.name for m in data.metrics}
+    rails = data.settings.guardrails
+    guardrails = tuple(_guardrail(data, arm, g) for arm in data.candidates for g in rails if g.metric in present)
+    evidence = policy.Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(data))
+    return AnalysisResult(
+        experiment=data.name,
+        at=now,
+        epoch=data.current_epoch,
+        data=data,
+        srm=evidence.srm,
+        comparisons=comparisons,
+        guardrails=guardrails,
+        holm=policy.holm_primary(data, evidence),
+        skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
+        decision=policy.decide(data, evidence, now=now, rng=rng),
+        omnibus=omnibus(data),
+        next_running=_next_running(data, comparisons, previous),
+    )
+
+
+def _next_running(
+    data: ExperimentData, comparisons: tuple[Comparison, ...], previous: Previous
+) -> dict[tuple[str, str], Running]:
+    """The sequential results to record; a look with too few units carries the previous ones."""
+    need = data.settings.min_units_per_arm
+    out: dict[tuple[str, str], Running] = {}
+    for c in comparisons:
+        key = (c.variant, c.metric)
+        if data.control.units < need or data.arm(c.variant).units < need:
+            out[key] = previous.get(key, FRESH)
+        else:
+            out[key] = c.running()
+    return out
+
+
+def omnibus(data: ExperimentData) -> dict[str, float]:
+    """Chi-square over all arms for each binary (non-ratio) metric, when there are 3+ arms.
+
+    Informational and fixed-horizon: pooled over epochs, not used by the decision, which
+    compares each candidate with the control (Holm-adjusted) instead.
+    """
+    if len(data.arms) < 3:
+        return {}
+    binary = [m.name for m in data.metrics if m.kind == "binary" and not data.is_ratio(m.name)]
+    return {name: fixed_horizon.chi_square_abn([a.pooled(name, ratio=False) for a in data.arms]) for name in binary}
+
+
+def srm(data: ExperimentData) -> SrmResult:
+    """SRM over all epochs, each epoch's units against that epoch's configured split."""
+    names = {a.name for a in data.arms}
+    units = {e.epoch: {a.name: float(a.units_in(e.epoch)) for a in data.arms} for e in data.epochs}
+    # A variant since removed from the spec has no arm; its share is left out of the split.
+    weights = {e.epoch: {k: w for k, w in e.weights.items() if k in names} for e in data.epochs if e.weights}
+    return srm_check(units, weights, alpha=data.settings.srm_alpha)
+
+
+def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) -> Comparison:
+    return compare(
+        data.samples(data.control.name, metric.name),
+        data.samples(arm.name, metric.name),
+        kind=metric.kind,
+        direction=metric.direction,
+        alpha=data.settings.alpha,
+        expected_units=data.settings.expected_units_per_arm,
+        variant=arm.name,
+        metric=metric.name,
+        previous=previous,
+    )
+
+
+def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
+    metric = data.metric(g.metric)
+    return non_inferiority(
+        data.samples(data.control.name, g.metric),
+        data.samples(arm.name, g.metric),
+        kind=metric.kind,
+        direction=g.direction,
+        margin=g.margin,
+        relative=g.relative,
+        alpha=data.settings.alpha,
+        expected_units=data.settings.expected_units_per_arm,
+        variant=arm.name,
+        metric=g.metric,
+    )
+
+
+def _arm_dict(a: Arm) -> dict[str, Any]:
+    return {"name": a.name, "weight": a.weight, "units": a.units}
+
+
+def _srm_dict(s: SrmResult) -> dict[str, Any]:
+    p = s.p_value if math.isfinite(s.p_value) else None
+    return {"p_value": p, "flagged": s.flagged, "observed": dict(s.observed), "expected": dict(s.expected)}

@@ -1,0 +1,289 @@
+"""`abrouter analyze` and `abrouter plan`: argument parsing and wiring only.
+
+Each command's ``func`` returns an exit code. Bad input raises a `ValueError` subclass
+(`InputError`, `router.experiment.ConfigError`), which the CLI turns into exit code 2
+and one line; a Redis or file failure (`SourceError`, `ConflictError`) is reported
+here as one line with exit code 1, and `--every` keeps going after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis.asyncio
+
+from abrouter.analysis import analyzer, history, reader, report, summary
+from abrouter.analysis.errors import ConflictError, InputError, SourceError
+from abrouter.analysis.sinks.file import DryRunSink, FileSink, WeightsSink
+from abrouter.analysis.stats.power import sample_size
+from abrouter.contract import experiment as spec
+from abrouter.contract import keys as schema
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+ANALYZE_EPILOG = """\
+examples:
+  abrouter analyze --config exp.yaml                       # one look, a report table
+  abrouter analyze --config exp.yaml --json                # the same as JSON
+  abrouter analyze --config exp.yaml --every 60 --apply    # decide every minute and act
+  abrouter analyze --summary export.json                   # sufficient statistics from anywhere
+  abrouter analyze --summary sims.jsonl --json             # one JSON result per input line
+
+With --config, the aggregates are read from Redis through the router's key schema, every
+decision is appended to the experiment's history stream, and with --apply the new
+weights are written to the config file (a new epoch; the router reloads it). Without
+--apply nothing but the history is written. Decisions use always-valid sequential
+tests, so looking every minute does not inflate false promotions.
+"""
+
+PLAN_EPILOG = """\
+examples:
+  abrouter plan --baseline 0.05 --mde 0.01                 # 5% -> 6% conversion, absolute
+  abrouter plan --baseline 0.05 --mde 0.1 --relative       # 5% -> 5.5%, a 10% relative lift
+  abrouter plan --baseline 0.05 --mde 0.1 --relative --variants 3 --traffic 20000
+
+Convention: a two-sided two-proportion z-test at level alpha with the unpooled variance
+under the alternative, n = (z[1-a/2] + z[power])^2 (p1(1-p1) + p2(1-p2)) / (p2-p1)^2
+units per arm, with alpha split over the comparisons with the control (Bonferroni) for
+more than two variants. Duration = total units / --traffic, assuming every unit is new.
+This is a fixed-horizon size; the sequential test the analyzer uses needs somewhat more
+on average to reach the same power, and can stop earlier when the effect is larger.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _register_analyze(subparsers)
+    _register_plan(subparsers)
+
+
+def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "analyze",
+        help="analyze an experiment and decide: continue, ramp, promote, rollback or stop",
+        description="Analyze an experiment from Redis (--config) or from exported sufficient "
+        "statistics (--summary), and explain the decision in one line.",
+        epilog=ANALYZE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", type=Path, metavar="FILE", help="experiment YAML; data from Redis")
+    source.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE",
+        help="summary JSON, or .jsonl with one summary per line (see docs/analyzer.md)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        metavar="URL",
+        help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
+    )
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--once", action="store_true", help="analyze once and exit (the default)")
+    when.add_argument("--every", type=float, metavar="SECONDS", help="analyze again every SECONDS until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per line) instead of a table")
+    p.add_argument(
+        "--apply", action="store_true", help="act on the decision: write the new weights to the --config file"
+    )
+    p.set_defaults(func=analyze)
+
+
+def _register_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="sample size and duration for a conversion experiment",
+        description="How many units a conversion experiment needs to detect a given effect.",
+        epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--baseline", type=float, required=True, metavar="P", help="control conversion rate, a fraction (0.05 = 5%%)"
+    )
+    p.add_argument(
+        "--mde",
+        type=float,
+        required=True,
+        help="minimum detectable effect: absolute (0.01 = one point), or relative with --relative",
+    )
+    p.add_argument("--relative", action="store_true", help="--mde is relative to the baseline (0.1 = +10%%)")
+    p.add_argument("--power", type=float, default=0.8, help="chance to detect the effect (default: %(default)s)")
+    p.add_argument("--alpha", type=float, default=0.05, help="two-sided false-positive rate (default: %(default)s)")
+    p.add_argument("--variants", type=int, default=2, help="arms including the control (default: %(default)s)")
+    p.add_argument(
+        "--traffic",
+        type=float,
+        metavar="UNITS_PER_DAY",
+        help="new units per day entering the experiment, for the expected duration",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=plan)
+
+
+# ------------------------------------------------------------------------ analyze
+
+
+def analyze(args: argparse.Namespace) -> int:
+    if args.summary is not None:
+        if args.apply or args.every is not None:
+            raise InputError("", "--apply and --every need --config (a summary has no weights to change)")
+        return analyze_summary(args.summary, as_json=args.json, out=sys.stdout)
+    if args.every is not None and not (args.every > 0 and math.isfinite(args.every)):
+        raise InputError("", f"--every must be a positive number of seconds, got {args.every}")
+    spec.load(args.config)  # bad config: fail now, with exit code 2, not inside the loop
+    return asyncio.run(_analyze_redis(args))
+
+
+def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
+    now = time.time()
+    for data, elapsed in summary.load(path):
+        if elapsed is not None:
+            data = dataclasses.replace(data, started_at=now - elapsed)
+        # A fixed seed makes a summary's result (the bandit's Monte Carlo) reproducible.
+        result = analyzer.analyze(data, now=now, rng=np.random.default_rng(0))
+        _print(result, as_json=as_json, out=out)
+    return 0
+
+
+async def _analyze_redis(args: argparse.Namespace) -> int:
+    client = redis.asyncio.Redis.from_url(args.redis_url)
+    sink: WeightsSink = FileSink(args.config) if args.apply else DryRunSink()
+    try:
+        while True:
+            code = await _one_look(client, args.config, sink, as_json=args.json, url=args.redis_url)
+            if args.every is None:
+                return code
+            await asyncio.sleep(args.every)
+    finally:
+        await client.aclose()
+
+
+async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink, *, as_json: bool, url: str) -> int:
+    """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
+    try:
+        result = await look(client, spec.load(config), sink=sink)
+    except SourceError as exc:
+        return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
+    except ConflictError as exc:
+        return _fail(str(exc), 1)
+    except spec.ConfigError as exc:  # edited into something invalid while --every runs
+        return _fail(str(exc), 2)
+    _print(result, as_json=as_json, out=sys.stdout)
+    return 0
+
+
+async def look(
+    client: redis.asyncio.Redis,
+    experiment: spec.Experiment,
+    *,
+    sink: WeightsSink,
+    now: float | None = None,
+    keys: schema.Keys | None = None,
+) -> analyzer.AnalysisResult:
+    """One look from Redis: read, analyze with the history's running minimum, apply, record."""
+    keys = keys or schema.Keys(experiment.name)
+    data = await reader.read(client, experiment, keys=keys)
+    previous = await history.last(client, keys)
+    seed = previous.previous(sum(a.units for a in data.arms)) if previous is not None else {}
+    result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed, rng=np.random.default_rng())
+    applied = await sink.apply(result.decision, epoch=experiment.epoch)
+    await history.append(client, keys, result, applied=applied)
+    return result
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"abrouter: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _print(result: analyzer.AnalysisResult, *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        out.write(json.dumps(result.to_dict(), sort_keys=False) + "\n")
+    else:
+        out.write(report.render(result))
+    out.flush()
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def plan(args: argparse.Namespace) -> int:
+    _check_plan(args)
+    result = sample_size(
+        baseline=args.baseline,
+        mde=args.mde,
+        relative=args.relative,
+        power=args.power,
+        alpha=args.alpha,
+        variants=args.variants,
+    )
+    days = result.total_units / args.traffic if args.traffic else None
+    if args.json:
+        doc = {
+            "units_per_arm": result.units_per_arm,
+            "total_units": result.total_units,
+            "baseline": result.baseline,
+            "target": result.target,
+            "alpha": result.alpha,
+            "power": result.power,
+            "variants": result.variants,
+            "days": days,
+            "convention": result.convention,
+        }
+        print(json.dumps(doc))
+        return 0
+    print(
+        f"baseline {result.baseline:g} -> target {result.target:g} "
+        f"(alpha {result.alpha:g} two-sided, power {result.power:g}, {result.variants} variants)"
+    )
+    print(f"units per arm: {result.units_per_arm:,}")
+    print(f"total units:   {result.total_units:,}")
+    if days is not None:
+        print(f"duration:      {days:.1f} days at {args.traffic:,.0f} units/day")
+    print(
+        f"sequential:    the analyzer's always-valid test needs more units than this fixed-horizon n "
+        f"(simulated at 80% planned power: ~50% at n, ~85% at 2n); allow up to "
+        f"{2 * result.units_per_arm:,} per arm and set analysis.expected_units_per_arm: "
+        f"{result.units_per_arm} (docs/statistics.md)"
+    )
+    print(f"convention:    {result.convention}")
+    return 0
+
+
+def _check_plan(args: argparse.Namespace) -> None:
+    def between(name: str, value: float, low: float, high: float) -> None:
+        if not (low < value < high):
+            raise InputError(f"--{name}", f"must be between {low:g} and {high:g} (exclusive), got {value:g}")
+
+    between("baseline", args.baseline, 0, 1)
+    between("power", args.power, 0, 1)
+    between("alpha", args.alpha, 0, 1)
+    if not (args.mde > 0 and math.isfinite(args.mde)):
+        raise InputError("--mde", f"must be > 0, got {args.mde:g}")
+    target = args.baseline * (1 + args.mde) if args.relative else args.baseline + args.mde
+    if not target < 1:
+        raise InputError("--mde", f"puts the target rate at {target:g}; it must stay below 1")
+    if args.variants < 2:
+        raise InputError("--variants", f"must be >= 2 (the control and a candidate), got {args.variants}")
+    if args.traffic is not None and not (args.traffic > 0 and math.isfinite(args.traffic)):
+        raise InputError("--traffic", f"must be > 0 units per day, got {args.traffic:g}")

@@ -1,0 +1,150 @@
+"""What the analyzer knows about one experiment, whatever it was read from.
+
+`summary.py` (a JSON export) and `reader.py` (the router's Redis aggregates) both
+produce an `ExperimentData`; everything downstream (statistics, decision, report) reads
+only this. Pure data: no I/O.
+
+Weights here are percent of traffic (summing to 100), the unit the decision speaks.
+Strata are the weight epochs: an arm's per-metric samples are kept per epoch, aligned
+with `ExperimentData.epochs`, so the statistics can stratify and never pool across a
+weight change (Simpson's paradox).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from abrouter.analysis.stats.sample import Sample
+from abrouter.contract.experiment import AnalysisSettings, Metric
+
+#: The router's own per-request metrics, as the analyzer sees them: ratios over exposures.
+#: `errors` is binary per request, which lets the guardrail floor its variance when no
+#: arm has errored yet (otherwise "no errors anywhere" could never pass).
+BUILTIN_METRICS: tuple[Metric, ...] = (
+    Metric(name="errors", kind="binary", direction="decrease"),
+    Metric(name="latency_ms", kind="continuous", direction="decrease"),
+)
+BUILTIN_NAMES = frozenset(m.name for m in BUILTIN_METRICS)
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """One weights version: the split it configured and when it began (unix seconds)."""
+
+    epoch: int
+    weights: Mapping[str, float]
+    since: float | None = None
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One arm's data within one epoch."""
+
+    epoch: int
+    units: int
+    metrics: Mapping[str, Sample] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    #: The current weight (percent): what the router serves now.
+    weight: float
+    strata: tuple[Stratum, ...] = ()
+
+    @property
+    def units(self) -> int:
+        return sum(s.units for s in self.strata)
+
+    def stratum(self, epoch: int) -> Stratum | None:
+        for s in self.strata:
+            if s.epoch == epoch:
+                return s
+        return None
+
+    def units_in(self, epoch: int) -> int:
+        s = self.stratum(epoch)
+        return s.units if s is not None else 0
+
+    def samples(self, metric: str, epochs: tuple[int, ...], *, ratio: bool) -> tuple[Sample, ...]:
+        """Per-epoch samples of `metric`, aligned with `epochs`; empty where no data."""
+        empty = Sample.empty(ratio=ratio)
+        out = []
+        for epoch in epochs:
+            s = self.stratum(epoch)
+            out.append(s.metrics.get(metric, empty) if s is not None else empty)
+        return tuple(out)
+
+    def pooled(self, metric: str, *, ratio: bool) -> Sample:
+        """All epochs merged; for the bandit and reporting, never for the tests."""
+        return sum((s.metrics[metric] for s in self.strata if metric in s.metrics), Sample.empty(ratio=ratio))
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    name: str
+    #: User metrics in spec order (the first is primary), then the built-ins present.
+    metrics: tuple[Metric, ...]
+    #: The control first.
+    arms: tuple[Arm, ...]
+    #: Oldest first. Every stratum's epoch appears here.
+    epochs: tuple[Epoch, ...]
+    settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+    #: When the experiment started (unix seconds), if known; drives `max_duration`.
+    started_at: float | None = None
+
+    @property
+    def control(self) -> Arm:
+        return self.arms[0]
+
+    @property
+    def candidates(self) -> tuple[Arm, ...]:
+        return self.arms[1:]
+
+    @property
+    def primary(self) -> Metric | None:
+        users = [m for m in self.metrics if m.name not in BUILTIN_NAMES]
+        return users[0] if users else None
+
+    @property
+    def epoch_ids(self) -> tuple[int, ...]:
+        return tuple(e.epoch for e in self.epochs)
+
+    @property
+    def current_epoch(self) -> int:
+        return self.epochs[-1].epoch
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {a.name: a.weight for a in self.arms}
+
+    def arm(self, name: str) -> Arm:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise KeyError(name)
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def is_ratio(self, metric: str) -> bool:
+        """Whether `metric` is a per-request ratio (its samples carry a denominator)."""
+        if metric in BUILTIN_NAMES:
+            return True
+        return any(s.metrics[metric].is_ratio for a in self.arms for s in a.strata if metric in s.metrics)
+
+    def samples(self, arm: str, metric: str) -> tuple[Sample, ...]:
+        """`arm`'s per-epoch samples of `metric`, aligned with `epochs`."""
+        return self.arm(arm).samples(metric, self.epoch_ids, ratio=self.is_ratio(metric))
+
+
+def percent(weights: Mapping[str, float]) -> dict[str, float]:
+    """Relative weights as percent of traffic, summing to 100 (all-zero stays zero)."""
+    total = sum(weights.values())
+    if total <= 0:
+        return {k: 0.0 for k in weights}
+    return {k: 100.0 * w / total for k, w in weights.items()}

@@ -1,0 +1,401 @@
+"""The decision policy: from the evidence to continue, ramp, promote, rollback or stop.
+
+A purely computational module: no I/O, no clock, no global randomness. Time (`now`) and
+the random generator (bandit mode) are arguments, so every branch can be tested with
+constructed inputs. `docs/analyzer.md` states the policy for users; the rules, in the
+order they are tried:
+
+1. finished: no candidate has traffic, or one variant has all of it -> repeat the end
+   state (stop / promote) with the weights unchanged, so re-running is idempotent;
+2. rollback: a guardrail breach, or significant harm on the primary metric by the
+   sequential test in the harmful direction (`sequential_p_worse`, unadjusted: protecting
+   users needs no multiplicity correction) once every active arm has
+   `min_units_per_arm` -> that candidate to 0, its share to the control; SRM does not
+   block a rollback, which only makes things safer;
+3. promote (not while SRM is flagged): the primary metric wins by the sequential test in
+   the good direction (`sequential_p_better`), Holm-adjusted across every candidate of
+   the experiment (rolled-back ones included, so a rollback does not loosen the others'
+   threshold); the candidate's guardrails pass (canary mode: at least one guardrail was
+   evaluated and all pass); every active arm has `min_units_per_arm`; the ramp is
+   complete -> the best winner to 100;
+4. stop: `max_duration` has passed without a winner -> control 100;
+5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
+   weight change still propagating; the reason line alerts the operator);
+6. bandit mode: Thompson weights once every active arm has `bandit.min_units`; a
+   candidate whose guardrails do not pass gains no weight (it keeps its current weight,
+   or the floor if lower);
+7. ramp: guardrails pass (canary mode: and were evaluated) and every active arm has
+   `min_units_per_arm` units in the current epoch -> the candidates' total share goes to the next step of `ramp`, split
+   evenly between the active candidates (largest-remainder rounding, so the weights sum
+   to exactly 100);
+8. otherwise continue.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from abrouter.analysis import explain
+from abrouter.analysis.data import Arm, ExperimentData
+from abrouter.analysis.stats import reasons
+from abrouter.analysis.stats.bandit import thompson_weights
+from abrouter.analysis.stats.compare import Comparison
+from abrouter.analysis.stats.multiple import holm
+from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.srm import SrmResult
+
+Action = Literal["continue", "ramp", "promote", "rollback", "stop"]
+#: Weights are percent, rounded to the router's resolution (1/10,000 of traffic).
+WEIGHT_DECIMALS = 2
+#: Bandit weights move only when some arm would move by at least this many points:
+#: every weight change opens a new epoch (a new stratum), and many tiny strata waste data
+#: on Monte-Carlo noise.
+BANDIT_MIN_CHANGE = 5.0
+_FULL = 100.0
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    #: One line: the action, why, the primary statistic with its p or CI and n, and SRM.
+    reason: str
+    #: The weights to serve next, percent per variant (the current ones for continue).
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "reason": self.reason, "weights": dict(self.weights)}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the statistics said about this look."""
+
+    comparisons: tuple[Comparison, ...]
+    guardrails: tuple[NonInferiority, ...]
+    srm: SrmResult
+
+    def primary(self, data: ExperimentData, variant: str) -> Comparison | None:
+        metric = data.primary
+        if metric is None:
+            return None
+        return next((c for c in self.comparisons if c.variant == variant and c.metric == metric.name), None)
+
+    def guardrails_of(self, variant: str) -> tuple[NonInferiority, ...]:
+        return tuple(g for g in self.guardrails if g.variant == variant)
+
+
+def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.random.Generator | None = None) -> Decision:
+    """Apply the policy (module docstring) to one look. Bandit mode needs `rng`."""
+    look = _Look(data=data, evidence=evidence, now=now)
+    for rule in (_finished, _rollback, _promote, _stop, _srm_hold):
+        decision = rule(look)
+        if decision is not None:
+            return decision
+    if data.settings.bandit.enabled and data.primary is not None:
+        if rng is None:
+            raise ValueError("bandit mode needs a random generator (rng)")
+        return _bandit(look, rng)
+    return _ramp(look) or _continue(look)
+
+
+def holm_primary(data: ExperimentData, evidence: Evidence) -> dict[str, float]:
+    """Holm-adjusted sequential p (good direction) of the primary metric per active candidate.
+
+    The family is every candidate of the experiment, rolled-back ones included: rolling
+    one back must not loosen the others' threshold. A candidate without a usable p counts
+    in the family with p = 1.
+    """
+    family = [a.name for a in data.candidates]
+    active = {a.name for a in active_candidates(data)}
+    raw = [_p_better(evidence.primary(data, name)) for name in family]
+    adjusted = holm([p if math.isfinite(p) else 1.0 for p in raw])
+    return {name: (a if math.isfinite(p) else math.nan) for name, p, a in zip(family, raw, adjusted) if name in active}
+
+
+def active_candidates(data: ExperimentData) -> tuple[Arm, ...]:
+    """Candidates still receiving traffic; a rolled-back one (weight 0) is out of the game."""
+    return tuple(a for a in data.candidates if a.weight > _EPS)
+
+
+# ------------------------------------------------------------------------ rules
+
+
+@dataclass(frozen=True)
+class _Look:
+    data: ExperimentData
+    evidence: Evidence
+    now: float
+
+    @property
+    def alpha(self) -> float:
+        return self.data.settings.alpha
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return tuple(a.name for a in active_candidates(self.data))
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        return (self.data.control.name, *self.candidates)
+
+    def say(self, action: Action, why: str, weights: Mapping[str, float] | None = None) -> Decision:
+        weights = _rounded(weights if weights is not None else self.data.weights)
+        line = explain.line(action, why, data=self.data, evidence=self.evidence, names=self.candidates)
+        return Decision(action=action, reason=line, weights=weights)
+
+
+def _finished(look: _Look) -> Decision | None:
+    data = look.data
+    if not look.candidates:
+        return look.say("stop", "no candidate receives traffic (rolled back or stopped)")
+    full = [a.name for a in data.arms if a.weight >= _FULL - _EPS]
+    if full and full[0] != data.control.name:
+        return look.say("promote", f"{full[0]} already has 100% of traffic")
+    return None
+
+
+def _rollback(look: _Look) -> Decision | None:
+    harmed = {name: why for name in look.candidates if (why := _harm(look, name))}
+    if not harmed:
+        return None
+    weights = dict(look.data.weights)
+    for name in harmed:
+        weights[look.data.control.name] += weights[name]
+        weights[name] = 0.0
+    why = "; ".join(f"{name}: {why}" for name, why in harmed.items())
+    return look.say("rollback", why, weights)
+
+
+def _harm(look: _Look, name: str) -> str | None:
+    """Why `name` must be rolled back, or None."""
+    for g in look.evidence.guardrails_of(name):
+        if g.status == "breach":
+            return f"guardrail {explain.breach(g)}"
+    c = look.evidence.primary(look.data, name)
+    if c is None or c.status != reasons.OK or not _p_worse(c) < look.alpha or _good(c, look):
+        return None
+    if not _enough_units(look):  # a tiny arm (e.g. 0 of 50 converting) is no evidence of harm
+        return None
+    return f"significant harm on {c.metric} ({explain.harm_p(_p_worse(c))})"
+
+
+def _promote(look: _Look) -> Decision | None:
+    if look.evidence.srm.flagged:
+        return None
+    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
+        return None  # canary mode: every candidate needs guardrail evidence first
+    winners = [name for name in look.candidates if _wins(look, name)]
+    if not winners or not _enough_units(look) or not _ramp_done(look):
+        return None
+    best = max(winners, key=lambda name: _score(look, name))
+    weights = {a.name: (_FULL if a.name == best else 0.0) for a in look.data.arms}
+    return look.say("promote", f"{best} wins{_primary_note(look)} and its guardrails pass", weights)
+
+
+def _wins(look: _Look, name: str) -> bool:
+    if not _guardrails_pass(look, name):
+        return False
+    c = look.evidence.primary(look.data, name)
+    if look.data.primary is None:
+        # canary mode: no outcome metric, the guardrails alone decide; they must have been
+        # evaluated (no guardrail data at all is no evidence).
+        return bool(look.evidence.guardrails_of(name))
+    adjusted = holm_primary(look.data, look.evidence).get(name, math.nan)
+    return c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look)
+
+
+def _score(look: _Look, name: str) -> float:
+    """How good a winner is: its lift in the metric's good direction."""
+    c = look.evidence.primary(look.data, name)
+    if c is None:
+        return 0.0
+    return c.absolute_lift if _direction(look) == "increase" else -c.absolute_lift
+
+
+def _stop(look: _Look) -> Decision | None:
+    started = look.data.started_at
+    limit = look.data.settings.max_duration_s
+    if started is None or look.now - started < limit:
+        return None
+    weights = {a.name: 0.0 for a in look.data.arms} | {look.data.control.name: _FULL}
+    return look.say("stop", f"max_duration {explain.duration(limit)} reached without a winner", weights)
+
+
+def _srm_hold(look: _Look) -> Decision | None:
+    if not look.evidence.srm.flagged:
+        return None
+    return look.say("continue", "sample ratio mismatch: holding weights, check assignment and logging")
+
+
+def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
+    data, bandit = look.data, look.data.settings.bandit
+    short = [n for n in look.active if data.arm(n).units < bandit.min_units]
+    if short:
+        return look.say("continue", f"bandit waits for {bandit.min_units} units per arm ({', '.join(short)} below)")
+    metric = data.primary
+    assert metric is not None  # `decide` checks
+    ratio = data.is_ratio(metric.name)
+    samples = {n: data.arm(n).pooled(metric.name, ratio=ratio) for n in look.active}
+    drawn = thompson_weights(samples, kind=metric.kind, direction=metric.direction, floor=bandit.floor, rng=rng)
+    weights = {a.name: 0.0 for a in data.arms} | {n: _FULL * w for n, w in drawn.items()}
+    weights = _hold_unproven(look, weights)
+    held = [n for n in look.candidates if not _guardrails_pass(look, n)]
+    note = f" ({', '.join(held)} held: guardrails not yet shown to pass)" if held else ""
+    if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE:
+        return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones{note}")
+    return look.say("ramp", f"bandit: weights = P(best) with floor {_FULL * bandit.floor:g}%{note}", weights)
+
+
+def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
+    """A candidate whose guardrails do not pass gains no bandit weight.
+
+    It keeps its current weight, or the floor if lower; the difference goes to the other
+    arms in proportion to their drawn weights.
+    """
+    floor = _FULL * look.data.settings.bandit.floor
+    capped = {
+        n: min(weights[n], max(look.data.arm(n).weight, floor))
+        for n in look.candidates
+        if not _guardrails_pass(look, n)
+    }
+    freed = sum(weights[n] - w for n, w in capped.items())
+    if freed <= _EPS:
+        return weights
+    others = [n for n in look.active if n not in capped]
+    total = sum(weights[n] for n in others)
+    out = dict(weights) | capped
+    for n in others:
+        out[n] += freed * (weights[n] / total if total > _EPS else 1.0 / len(others))
+    return out
+
+
+def _ramp(look: _Look) -> Decision | None:
+    share = sum(look.data.arm(n).weight for n in look.candidates)
+    step = next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
+    if step is None or not _enough_units(look, epoch=look.data.current_epoch):
+        return None
+    if not all(_guardrails_pass(look, n) for n in look.candidates):
+        return None
+    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
+        return None  # canary mode: without guardrail data there is no evidence to ramp on either
+    each = step / len(look.candidates)
+    weights = {a.name: 0.0 for a in look.data.arms} | {n: each for n in look.candidates}
+    weights[look.data.control.name] = _FULL - step
+    return look.say(
+        "ramp", f"guardrails pass at {explain.number(share)}%: candidates to {explain.number(step)}% in total", weights
+    )
+
+
+def _continue(look: _Look) -> Decision:
+    return look.say("continue", _waiting_for(look))
+
+
+def _waiting_for(look: _Look) -> str:
+    """The first thing that stands between this look and the next action."""
+    settings = look.data.settings
+    if not _enough_units(look):
+        return f"waiting for {settings.min_units_per_arm} units per arm"
+    failing = [g for n in look.candidates for g in look.evidence.guardrails_of(n) if g.status != "pass"]
+    if failing:
+        states = ", ".join(f"{g.variant} {g.metric} {g.reason or g.status}" for g in failing)
+        return f"guardrails not yet shown to pass ({states})"
+    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
+        return "no guardrail data yet"
+    if not _ramp_done(look):
+        return (
+            f"waiting for {settings.min_units_per_arm} units per arm in epoch "
+            f"{look.data.current_epoch} before the next ramp step"
+        )
+    return "no significant difference yet"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _guardrails_pass(look: _Look, name: str) -> bool:
+    return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
+
+
+def _enough_units(look: _Look, *, epoch: int | None = None) -> bool:
+    need = look.data.settings.min_units_per_arm
+    for name in look.active:
+        arm = look.data.arm(name)
+        if (arm.units if epoch is None else arm.units_in(epoch)) < need:
+            return False
+    return True
+
+
+def _ramp_done(look: _Look) -> bool:
+    """Promotion waits for the last ramp step (bandit mode has no schedule)."""
+    ramp = look.data.settings.ramp
+    if look.data.settings.bandit.enabled or not ramp:
+        return True
+    share = sum(look.data.arm(n).weight for n in look.candidates)
+    return share >= ramp[-1] - _tolerance(look)
+
+
+def _tolerance(look: _Look) -> float:
+    """How far the candidates' share may sit below a ramp step and still count as on it.
+
+    Each weight is rounded to 10^-WEIGHT_DECIMALS, so k candidates' share can be off by up
+    to k of those units (plus float noise).
+    """
+    return (len(look.candidates) + 1) * 10**-WEIGHT_DECIMALS
+
+
+def _primary_note(look: _Look) -> str:
+    return f" on {look.data.primary.name}" if look.data.primary is not None else " (canary: guardrails only)"
+
+
+def _direction(look: _Look) -> str:
+    return look.data.primary.direction if look.data.primary is not None else "increase"
+
+
+def _good(c: Comparison, look: _Look) -> bool:
+    return c.absolute_lift > 0 if _direction(look) == "increase" else c.absolute_lift < 0
+
+
+def _p_better(c: Comparison | None) -> float:
+    """Running-minimum sequential p over the looks where the candidate was better."""
+    if c is None or c.status != reasons.OK:
+        return math.nan
+    return c.sequential_p_better
+
+
+def _p_worse(c: Comparison | None) -> float:
+    """Running-minimum sequential p over the looks where the candidate was worse."""
+    if c is None or c.status != reasons.OK:
+        return math.nan
+    return c.sequential_p_worse
+
+
+def _max_change(new: Mapping[str, float], old: Mapping[str, float]) -> float:
+    return max(abs(new.get(k, 0.0) - old.get(k, 0.0)) for k in set(new) | set(old))
+
+
+def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
+    """Round to WEIGHT_DECIMALS by the largest-remainder method, preserving the total.
+
+    Weights summing to 100 stay summing to exactly 100 (in units of 10^-WEIGHT_DECIMALS):
+    each is floored, and the units left over go to the largest remainders.
+    """
+    scale = 10**WEIGHT_DECIMALS
+    keys = list(weights)
+    scaled = [float(weights[k]) * scale for k in keys]
+    floors = [math.floor(x + 1e-9) for x in scaled]
+    left = round(sum(scaled)) - sum(floors)
+    by_remainder = sorted(range(len(keys)), key=lambda i: (-(scaled[i] - floors[i]), i))
+    for i in by_remainder[: max(0, left)]:
+        floors[i] += 1
+    return {k: units / scale for k, units in zip(keys, floors)}
+
+
+def same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    """Equal to the reported precision; a sink writes (and opens an epoch) only when not."""
+    return set(a) == set(b) and all(abs(a[k] - b[k]) < 10**-WEIGHT_DECIMALS for k in a)

@@ -1,0 +1,145 @@
+"""A fixed-width report of one look, for the terminal.
+
+Pure formatting of an `AnalysisResult`; the JSON output (`AnalysisResult.to_dict`) is
+the machine-readable twin. The primary metric is starred; lifts and intervals are relative (delta method), "seq"
+columns come from the always-valid sequential test that the decision uses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence, Set
+
+from abrouter.analysis import explain
+from abrouter.analysis.analyzer import AnalysisResult
+from abrouter.analysis.stats.compare import Comparison
+from abrouter.analysis.stats.noninferiority import NonInferiority
+
+
+def render(result: AnalysisResult) -> str:
+    sections = [_header(result), _variants(result), _comparisons(result), _guardrails(result), _decision(result)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _header(r: AnalysisResult) -> str:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.at))
+    return f"experiment {r.experiment}  epoch {r.epoch}  {stamp}  {explain.srm_text(r.srm)}"
+
+
+def _variants(r: AnalysisResult) -> str:
+    rows = [
+        [a.name, f"{a.weight:.2f}%", f"{a.units:d}", f"{r.srm.expected.get(a.name, math.nan):.0f}"] for a in r.data.arms
+    ]
+    return table(["variant", "weight", "units", "expected"], rows, right={1, 2, 3})
+
+
+def _comparisons(r: AnalysisResult) -> str:
+    if not r.comparisons:
+        return ""
+    rows = [_comparison_row(r, c) for c in r.comparisons]
+    head = [
+        "metric",
+        "variant",
+        "control",
+        "mean",
+        "lift",
+        "CI (fixed)",
+        "p",
+        "seq p",
+        "seq CI",
+        "P(beat)",
+        "E[loss]",
+        "note",
+    ]
+    lines = [table(head, rows, right=set(range(2, 11)))]
+    if r.omnibus:
+        tests = ", ".join(f"{m} p={explain.p(p)}" for m, p in r.omnibus.items())
+        lines.append(f"chi-square over all arms (fixed horizon): {tests}")
+    return "\n".join(lines)
+
+
+def _comparison_row(r: AnalysisResult, c: Comparison) -> list[str]:
+    name = c.metric + (" *" if c.metric == r.primary else "")
+    if c.status != "ok":
+        return [
+            name,
+            c.variant,
+            _num(c.control_mean),
+            _num(c.mean),
+            "n/a",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            f"insufficient data: {c.reason}",
+        ]
+    holm = r.holm.get(c.variant) if c.metric == r.primary else None
+    note = f"Holm seq p {explain.p(holm)}" if holm is not None and math.isfinite(holm) and len(r.holm) > 1 else ""
+    return [
+        name,
+        c.variant,
+        _num(c.control_mean),
+        _num(c.mean),
+        explain.percent(c.relative_lift),
+        _interval(c.relative_ci),
+        explain.p(c.p_value),
+        explain.p(c.sequential_p_value),
+        _interval(c.sequential_ci),
+        f"{100 * c.chance_to_beat:.1f}%",
+        _num(c.expected_loss),
+        note,
+    ]
+
+
+def _guardrails(r: AnalysisResult) -> str:
+    lines = []
+    if r.guardrails:
+        rows = [_guardrail_row(g) for g in r.guardrails]
+        lines.append(table(["guardrail", "variant", "status", "harm", "bound", "margin"], rows, right={3, 4, 5}))
+    if r.skipped_guardrails:
+        lines.append(f"guardrails skipped (no data): {', '.join(r.skipped_guardrails)}")
+    return "\n".join(lines)
+
+
+def _guardrail_row(g: NonInferiority) -> list[str]:
+    fmt = explain.percent if g.relative else (lambda x: _num(x, signed=True))
+    status = g.status if g.reason is None else f"{g.status} ({g.reason})"
+    return [g.metric, g.variant, status, fmt(g.harm), fmt(g.bound), fmt(g.margin).lstrip("+")]
+
+
+def _decision(r: AnalysisResult) -> str:
+    d = r.decision
+    weights = "  ".join(f"{name} {w:g}%" for name, w in d.weights.items())
+    return f"decision  {d.action.upper()}  ->  {weights}\n{d.reason}"
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[str]], *, right: Set[int] = frozenset()) -> str:
+    """Columns padded to their widest cell; `right` names right-aligned column indexes.
+
+    A column that is empty in every row is left out (e.g. no notes).
+    """
+    keep = [i for i in range(len(head)) if any(str(row[i]) for row in rows)]
+    head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
+    right = {keep.index(i) for i in right if i in keep}
+    widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: Sequence[str]) -> str:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(head), rule, *(fmt(row) for row in rows)])
+
+
+def _interval(pair: Sequence[float]) -> str:
+    low, high = pair
+    return f"[{explain.percent(low)}, {explain.percent(high)}]"
+
+
+def _num(value: float, *, signed: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"

@@ -1,0 +1,171 @@
+"""Sufficient statistics of one arm for one metric: the only input the statistics need.
+
+A `Sample` holds unit-level sums (the unit is the unit of randomisation, a user), never raw
+events, so an analysis costs the same at ten thousand and at ten billion events. Samples
+are mergeable with `+` (and `sum()`), across Redis keys, time windows or weight epochs.
+
+Two shapes:
+
+- **mean metrics**: x_u per unit, the mean is Σx/n (binary: x_u ∈ {0, 1}; then `sum_sq`
+  may be left out because x² = x);
+- **ratio metrics** (`den_sum` given): per-request metrics such as latency or errors per
+  request. The estimate is Σx_u / Σn_u over units and its variance comes from the delta
+  method with the covariance term, because requests of one user are not independent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+_RATIO_FIELDS = ("den_sum", "den_sum_sq", "sum_products")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Unit-level sufficient statistics of one arm for one metric (one epoch stratum or pooled)."""
+
+    #: Units (the unit of randomisation: users).
+    n: float
+    #: Σ x_u.
+    sum: float
+    #: Σ x_u². None means a binary metric, where Σx² = Σx.
+    sum_sq: float | None = None
+    #: Ratio metrics: Σ n_u, the denominator (e.g. requests per unit).
+    den_sum: float | None = None
+    #: Ratio metrics: Σ n_u².
+    den_sum_sq: float | None = None
+    #: Ratio metrics: Σ x_u n_u.
+    sum_products: float | None = None
+
+    def __post_init__(self) -> None:
+        # Negative counts or half-given ratio sums are bugs upstream, not bad luck.
+        if not self.n >= 0:
+            raise ValueError(f"n: must be >= 0, got {self.n}")
+        given = [getattr(self, name) is not None for name in _RATIO_FIELDS]
+        if any(given) and not all(given):
+            raise ValueError(f"ratio metric: {', '.join(_RATIO_FIELDS)} must be given together")
+        if self.is_ratio and self.sum_sq is None:
+            raise ValueError("ratio metric: sum_sq is required")
+
+    @classmethod
+    def from_values(cls, values: ArrayLike) -> Sample:
+        """The sums of a mean metric from raw per-unit values (simulations, tests, exports)."""
+        x = np.asarray(values, dtype=float)
+        return cls(n=float(x.size), sum=float(x.sum()), sum_sq=float((x**2).sum()))
+
+    @classmethod
+    def from_ratio(cls, numerators: ArrayLike, denominators: ArrayLike) -> Sample:
+        """The sums of a ratio metric from raw per-unit numerators x_u and denominators n_u."""
+        x, d = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+        return cls(
+            n=float(x.size),
+            sum=float(x.sum()),
+            sum_sq=float((x**2).sum()),
+            den_sum=float(d.sum()),
+            den_sum_sq=float((d**2).sum()),
+            sum_products=float((x * d).sum()),
+        )
+
+    @classmethod
+    def empty(cls, *, ratio: bool = False) -> Sample:
+        """No units: the neutral element of `+`, valid for every metric kind (Σx² = 0)."""
+        if ratio:
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 0.0)
+
+    def __add__(self, other: Sample) -> Sample:
+        if not isinstance(other, Sample):
+            return NotImplemented
+        if self.is_ratio != other.is_ratio:
+            raise ValueError("cannot add a ratio sample to a mean sample")
+        if self.sum_sq is None and other.sum_sq is None:
+            return Sample(self.n + other.n, self.sum + other.sum)
+        return Sample(
+            n=self.n + other.n,
+            sum=self.sum + other.sum,
+            sum_sq=self.effective_sum_sq + other.effective_sum_sq,
+            den_sum=_add(self.den_sum, other.den_sum),
+            den_sum_sq=_add(self.den_sum_sq, other.den_sum_sq),
+            sum_products=_add(self.sum_products, other.sum_products),
+        )
+
+    def __radd__(self, other: object) -> Sample:
+        # Lets the builtin sum() start from 0.
+        if other == 0:
+            return self
+        return NotImplemented
+
+    @property
+    def is_ratio(self) -> bool:
+        return self.den_sum is not None
+
+    @property
+    def effective_sum_sq(self) -> float:
+        """Σx², taking Σx for a binary sample that left it out."""
+        return self.sum if self.sum_sq is None else self.sum_sq
+
+    @property
+    def mean(self) -> float:
+        """Σx/n, or Σx/Σn_u for a ratio metric; NaN without units."""
+        den = self.den_sum if self.is_ratio else self.n
+        return self.sum / den if den else math.nan
+
+    @property
+    def variance(self) -> float:
+        """Unit-level sample variance of x (ddof = 1); NaN when n <= 1."""
+        return _variance(self.n, self.sum, self.effective_sum_sq)
+
+    @property
+    def mean_variance(self) -> float:
+        """Variance of the mean estimator; NaN when undefined (n <= 1, zero denominator).
+
+        Mean metrics: s²/n. Ratio metrics, R = Σx/Σn_u, by the delta method:
+        (s²_x − 2R·s_xn + R²·s²_n) / (n · n̄²), with unit-level (co)variances (ddof = 1).
+        """
+        if self.n <= 1:
+            return math.nan
+        if not self.is_ratio:
+            return self.variance / self.n
+        if not self.den_sum:
+            return math.nan
+        ratio = self.mean
+        var_x = self.variance
+        var_d = _variance(self.n, self.den_sum, self.den_sum_sq)
+        cov = _covariance(self.n, self.sum, self.den_sum, self.sum_products)
+        den_mean = self.den_sum / self.n
+        value = (var_x - 2 * ratio * cov + ratio**2 * var_d) / (self.n * den_mean**2)
+        # Rounding can push an exact zero slightly below it.
+        return max(value, 0.0)
+
+    @property
+    def binomial_mean_variance(self) -> float:
+        """p(1 − p)/n, the unpooled variance of a proportion used by the z-test CI."""
+        if self.n <= 0:
+            return math.nan
+        p = self.sum / self.n
+        return max(p * (1 - p), 0.0) / self.n
+
+    def to_dict(self) -> dict[str, float]:
+        """The given fields, by name (None fields left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _add(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def _covariance(n: float, sum_a: float, sum_b: float, sum_ab: float) -> float:
+    """Unit-level sample covariance (ddof = 1) from sums; NaN when n <= 1."""
+    if n <= 1:
+        return math.nan
+    return (sum_ab - sum_a * sum_b / n) / (n - 1)
+
+
+def _variance(n: float, sum_a: float, sum_sq: float) -> float:
+    # Σx² − (Σx)²/n cancels badly; rounding can leave a true zero slightly negative.
+    value = _covariance(n, sum_a, sum_a, sum_sq)
+    return max(value, 0.0) if value == value else value

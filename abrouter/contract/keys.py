@@ -1,0 +1,225 @@
+"""The Redis key schema: the one place that names every key and encodes every field.
+
+The router writes through this module (via ``flush.lua``, which builds the same field
+names from `FIELD_SEP` and the stat names below) and the analyzer reads through it.
+All keys of one experiment share the hash tag ``{<experiment>}``, so the whole layout
+lives in one slot and works on Redis Cluster.
+
+Keys of experiment ``E`` (prefix ``abrouter`` by default)::
+
+    abrouter:{E}:agg         hash    running sufficient statistics per (epoch, variant)
+    abrouter:{E}:units       hash    per-unit state, the basis of unit-level statistics
+    abrouter:{E}:epochs      hash    epoch -> JSON {"weights": {variant: w}, "since": ts}
+    abrouter:{E}:producers   hash    producer id -> last applied batch sequence number
+    abrouter:{E}:events      stream  capped raw log: one entry per flushed batch (audit only)
+    abrouter:{E}:decisions   stream  capped history of the analyzer's decisions
+    abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
+    abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
+
+``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
+
+    e|v|units          units exposed in this stratum (counted when n_u becomes > 0)
+    e|v|exposures      proxied requests (sum of n_u over units)
+    e|v|exposures_sq   sum of n_u^2
+    e|v|m|sum          sum over units of x_u (the unit's total of metric m)
+    e|v|m|sum_sq       sum of x_u^2
+    e|v|m|sum_xn       sum of x_u * n_u (the covariance term of the delta method)
+    e|v|m|events       number of outcome events (or requests, for built-in metrics)
+
+where a unit's ``x_u`` is the sum of its values, except for binary metrics, where it is
+the maximum (1 once the unit converted). Built-in metrics (`BUILTIN_METRICS`: errors,
+latency_ms) are recorded on every proxied request; analyse them as ratios x_u / n_u.
+
+``units`` fields, for the unit hash ``h`` (`unit_hash`, never the raw id)::
+
+    h           "e|v" of the unit's latest exposure (credits unit-addressed outcomes)
+    h|e|v       JSON array [n_u, x_u(m1), x_u(m2), ...], numbers written with 17
+                significant digits so they round-trip exactly; x_u columns follow
+                the ``metrics`` key.
+
+The ``metrics`` key is the union of every producer's `metric_order(experiment)` in
+first-seen order: ``flush.lua`` appends the names a batch brings that it lacks and never
+reorders or removes one, so a state written by a router with more metrics stays valid
+for a router with fewer (the script maps each batch metric to its column by name).
+A shorter state array means zeros for the missing columns.
+
+``events`` entries, one per applied batch, have the fields ``producer``, ``seq``, ``n``
+(number of raw events) and ``events``: one JSON array of rows, one per raw event, as
+written by `router.events.encode_events` and read back by `router.events.decode_events`::
+
+    ["exposure", request_id, unit_hash, variant, epoch, ts, status, latency_ms, error]
+    ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value, event_id]
+
+(rows written before event ids existed end at ``value``).
+
+The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, whichever is
+fewer (MAXLEN is set per batch from its size).
+
+Outcomes sent with an ``event_id`` (a client's idempotency key) are counted once:
+``flush.lua`` adds each id to ``outcome-ids`` (score: the time the outcome was
+reported) and skips an outcome whose id is already there. Ids older than
+`OUTCOME_ID_WINDOW_S` before the newest one in a batch are pruned, so a retry is
+recognised for that long. The audit stream keeps every accepted row, repeats included.
+
+Exactly-once: a batch carries (producer, seq). ``flush.lua`` applies it only when seq is
+greater than ``producers[producer]`` and then stores seq, all in one atomic script call,
+so replaying a batch (after a timeout, from the spill file, after a Redis restart) never
+counts it twice. A producer must therefore deliver its batches in seq order. Unless the
+caller allows a gap, the script also refuses (and reports) a batch whose seq is not
+``producers[producer] + 1``: that is how a producer learns that Redis lost its last
+batches (a restart inside the AOF fsync window) and re-sends them first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
+
+FIELD_SEP = "|"
+DEFAULT_PREFIX = "abrouter"
+#: The capped raw stream keeps about this many batches (not events)...
+EVENTS_MAXLEN = 10_000
+#: ...and, when batches are large, about this many raw events (~100 MB), whichever is less.
+EVENTS_MAX_RAW = 1_000_000
+DECISIONS_MAXLEN = 1_000
+#: How long an outcome's event_id is remembered: a retry within this window counts once.
+OUTCOME_ID_WINDOW_S = 86_400
+
+
+@dataclass(frozen=True)
+class Keys:
+    experiment: str
+    prefix: str = DEFAULT_PREFIX
+
+    def _key(self, suffix: str) -> str:
+        return f"{self.prefix}:{{{self.experiment}}}:{suffix}"
+
+    @property
+    def agg(self) -> str:
+        return self._key("agg")
+
+    @property
+    def units(self) -> str:
+        return self._key("units")
+
+    @property
+    def epochs(self) -> str:
+        return self._key("epochs")
+
+    @property
+    def producers(self) -> str:
+        return self._key("producers")
+
+    @property
+    def events(self) -> str:
+        return self._key("events")
+
+    @property
+    def decisions(self) -> str:
+        return self._key("decisions")
+
+    @property
+    def metrics(self) -> str:
+        return self._key("metrics")
+
+    @property
+    def outcome_ids(self) -> str:
+        return self._key("outcome-ids")
+
+    def all(self) -> tuple[str, ...]:
+        """In the order flush.lua expects them as KEYS."""
+        return (self.agg, self.units, self.epochs, self.producers, self.events, self.metrics, self.outcome_ids)
+
+
+def unit_hash(unit: str) -> str:
+    """The stored identity of a unit: 16 hex chars, so raw ids (often PII) stay out of Redis."""
+    return hashlib.blake2b(unit.encode("utf-8", "surrogatepass"), digest_size=8, person=b"abrouter-unit").hexdigest()
+
+
+def metric_order(experiment: Experiment) -> tuple[str, ...]:
+    """Metric names in storage order: the built-ins first, then the experiment's metrics."""
+    return BUILTIN_METRICS + tuple(m.name for m in experiment.metrics)
+
+
+def parse_stratum(value: bytes | str) -> tuple[int, str]:
+    """The (epoch, variant) of a ``units[h]`` value."""
+    epoch, variant = _text(value).split(FIELD_SEP, 1)
+    return int(epoch), variant
+
+
+# ------------------------------------------------------------------ reading back
+
+
+@dataclass
+class MetricSums:
+    """Unit-level sums of one metric in one (epoch, variant) stratum."""
+
+    sum: float = 0.0
+    sum_sq: float = 0.0
+    sum_xn: float = 0.0
+    events: float = 0.0
+
+
+@dataclass
+class Stratum:
+    """Everything `agg` holds for one (epoch, variant)."""
+
+    epoch: int
+    variant: str
+    units: int = 0
+    exposures: int = 0
+    exposures_sq: float = 0.0
+    metrics: dict[str, MetricSums] = field(default_factory=lambda: defaultdict(MetricSums))
+
+
+def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], Stratum]:
+    """Parse an ``HGETALL agg`` reply into strata keyed by (epoch, variant)."""
+    strata: dict[tuple[int, str], Stratum] = {}
+    for key, value in raw.items():
+        parts = _text(key).split(FIELD_SEP)
+        epoch, variant = int(parts[0]), parts[1]
+        s = strata.get((epoch, variant))
+        if s is None:
+            s = strata[(epoch, variant)] = Stratum(epoch=epoch, variant=variant)
+        number = float(_text(value))
+        if len(parts) == 3:
+            if parts[2] == "units":
+                s.units = int(number)
+            elif parts[2] == "exposures":
+                s.exposures = int(number)
+            elif parts[2] == "exposures_sq":
+                s.exposures_sq = number
+        elif len(parts) == 4:
+            setattr(s.metrics[parts[2]], parts[3], number)
+    return strata
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    epoch: int
+    weights: dict[str, float]
+    since: float
+
+
+def decode_epochs(raw: Mapping[bytes | str, bytes | str]) -> dict[int, EpochInfo]:
+    out = {}
+    for key, value in raw.items():
+        doc = json.loads(_text(value))
+        epoch = int(_text(key))
+        out[epoch] = EpochInfo(
+            epoch=epoch, weights={k: float(w) for k, w in doc["weights"].items()}, since=float(doc["since"])
+        )
+    return dict(sorted(out.items()))
+
+
+def encode_epoch(weights: Mapping[str, float], since: float) -> str:
+    return json.dumps({"weights": dict(weights), "since": since}, sort_keys=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,200 @@
+"""`abrouter serve` and `abrouter example-model`: argument parsing and process setup only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
+from pathlib import Path
+
+from aiohttp import web
+
+from abrouter.contract import experiment as model
+from abrouter.router import examples
+from abrouter.router.eventlog.script import mask_url
+from abrouter.router.examples.model_server import build_model_app, start_model_server
+from abrouter.router.http.app import ServeSettings, build_app, secret_from_env, secret_problem
+from abrouter.router.redis_server import RedisServer
+from abrouter.router.sources.file import FileWeightsSource
+
+log = logging.getLogger("abrouter")
+
+EXAMPLE_PORTS = (18181, 18182)
+
+SERVE_EPILOG = """\
+examples:
+  abrouter serve                                  # the example experiment, example models, private Redis
+  abrouter serve --config exp.yaml --redis-url redis://redis:6379/0 --port 8080
+
+With no --config, abrouter serves its bundled example experiment in front of two
+example model servers it starts on 127.0.0.1:18181 and :18182. With no --redis-url (and
+no REDIS_URL), it starts a private redis-server for the event log and stops it on exit.
+The config file is re-read every --reload-interval seconds: new weights (with a raised
+`epoch`) take effect without a restart. Reserved endpoints live under /abrouter/.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the A/B router (reverse proxy)",
+        description="Run the sticky, weighted A/B reverse proxy.",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="experiment YAML (default: the bundled example)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL"),
+        help="Redis for the event log (default: $REDIS_URL, else a private embedded redis-server)",
+    )
+    p.add_argument(
+        "--spill-dir",
+        type=Path,
+        default=Path(os.environ.get("ABROUTER_SPILL_DIR", "abrouter-spill")),
+        help="where events wait while Redis is unreachable (default: %(default)s)",
+    )
+    p.add_argument(
+        "--flush-interval",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="seconds between event-log flushes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between checks of the config file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-event-log",
+        action="store_true",
+        help="record nothing (a plain weighted proxy; used to measure the event log's cost)",
+    )
+    p.add_argument(
+        "--upstream-transport",
+        choices=("aiohttp", "httptools"),
+        default="aiohttp",
+        help="HTTP client for the upstream leg: aiohttp's ClientSession, or abrouter's own "
+        "keep-alive client on httptools, ~1.6x the requests per core (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long in-flight requests may take to finish (default: %(default)s)",
+    )
+    p.set_defaults(func=serve)
+
+    m = subparsers.add_parser(
+        "example-model",
+        help="run an example model server (for demos and tests)",
+        description="A stand-in recommendation model: POST /predict returns JSON items.",
+    )
+    m.add_argument("--name", default="control", help="model name in responses (default: %(default)s)")
+    m.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    m.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    m.add_argument("--delay-ms", type=float, default=0.0, help="added latency per request (default: 0)")
+    m.set_defaults(func=example_model)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for name in ("flush_interval", "reload_interval", "shutdown_timeout"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}")
+
+
+def serve(args: argparse.Namespace) -> int:
+    _check_args(args)
+    bundled = args.config is None
+    path = args.config or examples.EXPERIMENT_PATH
+    experiment = model.load(path)
+    with ExitStack() as stack:
+        redis_url = args.redis_url or ""
+        if not redis_url and not args.no_event_log:
+            server = stack.enter_context(RedisServer())
+            redis_url = server.url
+            log.info("started a private redis-server for the event log: %s", redis_url)
+        settings = ServeSettings(
+            redis_url=redis_url,
+            spill_dir=args.spill_dir,
+            flush_interval_s=args.flush_interval,
+            secret=secret_from_env(),
+            event_log=not args.no_event_log,
+            upstream_transport=args.upstream_transport,
+        )
+        problem = secret_problem(settings.secret)
+        if problem and not bundled:  # the local quick start needs no secret
+            log.warning("%s", problem)
+        source = FileWeightsSource(path, interval_s=args.reload_interval)
+        app = build_app(experiment, settings, source=source)
+        if bundled:
+            app.cleanup_ctx.append(_example_models)
+            print(_quickstart_banner(args.port, config=path, redis_url=redis_url), flush=True)
+        web.run_app(
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+            shutdown_timeout=args.shutdown_timeout,
+            loop=_new_loop(),
+        )
+    return 0
+
+
+async def _example_models(app: web.Application) -> AsyncIterator[None]:
+    runners = [
+        await start_model_server(name, "127.0.0.1", port) for name, port in zip(("model-a", "model-b"), EXAMPLE_PORTS)
+    ]
+    yield
+    for runner in runners:
+        await runner.cleanup()
+
+
+def _quickstart_banner(port: int, *, config: Path, redis_url: str) -> str:
+    base = f"http://127.0.0.1:{port}"
+    return (
+        f"abrouter: serving the example experiment 'recsys-v2' on {base}\n"
+        f"  try:  curl -si -X POST -H 'X-User-Id: u42' -d '{{}}' {base}/predict\n"
+        f"        curl -s -X POST -d '{{\"unit\": \"u42\", \"metric\": \"conversion\", \"value\": 1}}' "
+        f"{base}/abrouter/outcomes\n"
+        f"        curl -s {base}/abrouter/experiment ; curl -s {base}/abrouter/metrics\n"
+        f"        abrouter analyze --config {config} --redis-url {mask_url(redis_url)}\n"
+        f"  stop with Ctrl-C"
+    )
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is an optional speed-up
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def example_model(args: argparse.Namespace) -> int:
+    web.run_app(
+        build_model_app(args.name, delay_ms=args.delay_ms),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=lambda *_: None,
+        loop=_new_loop(),
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `abrouter` command")

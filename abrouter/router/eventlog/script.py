@@ -1,0 +1,129 @@
+"""flush.lua on one Redis: loading it, calling it, and translating Redis errors.
+
+Every Redis failure that means "not (certainly) done" becomes `EventLogUnavailable`, so
+the event log has one exception to handle: the batch waits in the spill file.
+
+Exceptions::
+
+    EventLogError             misuse, e.g. an experiment update that drops a metric
+     ├── EventLogUnavailable  Redis cannot be reached
+     └── BatchRejected        Redis is fine but the script cannot apply this batch
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio
+import redis.exceptions
+
+from abrouter.contract import keys
+from abrouter.router.eventlog import events
+
+FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
+
+# Everything that means "Redis did not (certainly) do it": connection refused or reset,
+# timeouts, LOADING after a restart, MISCONF/READONLY refusals. All are retried later.
+_REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+T = TypeVar("T")
+
+
+class EventLogError(Exception):
+    """The event log was used wrongly."""
+
+
+class EventLogUnavailable(EventLogError):
+    """Redis cannot be reached right now; events still spill, lookups cannot be answered."""
+
+
+class BatchRejected(EventLogError):
+    """flush.lua refused or failed on this batch and wrote nothing: retrying cannot help.
+
+    E.g. a unit state in Redis that is not what the script wrote (edited by hand, or by
+    another program), or a bug. The batch goes to the quarantine file.
+    """
+
+
+REJECTED = -2
+# Redis answers that mean "not now" even when they come from inside the script.
+_TRANSIENT = re.compile(r"\b(OOM|MISCONF|READONLY|BUSY|LOADING|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b")
+
+
+def _script_failed(exc: BaseException) -> bool:
+    """A runtime error of the script itself (e.g. WRONGTYPE on a key someone overwrote)."""
+    if not isinstance(exc, redis.exceptions.ResponseError) or isinstance(exc, redis.exceptions.NoScriptError):
+        return False
+    message = str(exc)
+    return "user_script" in message and not _TRANSIENT.search(message)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class FlushScript:
+    """flush.lua on one Redis: loading it, calling it, translating errors."""
+
+    def __init__(
+        self, client: redis.asyncio.Redis, k: keys.Keys, outcome_id_window_s: float = keys.OUTCOME_ID_WINDOW_S
+    ) -> None:
+        self._client = client
+        self._keys = k.all()
+        self._producers = k.producers
+        self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
+        self._caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(outcome_id_window_s)))
+
+    async def ping(self) -> None:
+        await call_redis(self._client.ping())
+
+    async def load(self) -> None:
+        await call_redis(self._client.script_load(FLUSH_SCRIPT))
+
+    async def apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int, int]:
+        """(status, last seq before, repeated keyed outcomes) — see the header of flush.lua.
+
+        BatchRejected when the script refuses the batch or fails on it (nothing written).
+        """
+        args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events, *self._caps)
+        try:
+            reply = await self._evalsha(args)
+        except EventLogUnavailable as exc:
+            if _script_failed(exc.__cause__):
+                raise BatchRejected(f"flush.lua failed on batch {batch.seq}: {exc.__cause__}") from exc.__cause__
+            raise
+        if int(reply[0]) == REJECTED:
+            reason = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+            raise BatchRejected(f"flush.lua refused batch {batch.seq}: {reason}")
+        return int(reply[0]), int(reply[1]), int(reply[2])
+
+    async def _evalsha(self, args: tuple[str, ...]) -> list:
+        try:
+            return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
+        except EventLogUnavailable as exc:
+            if not isinstance(exc.__cause__, redis.exceptions.NoScriptError):
+                raise
+            await self.load()  # a restarted (or flushed) Redis forgot the script
+            return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
+
+    async def last_seqs(self, producers: list[str]) -> dict[str, int]:
+        """The last applied seq of each producer (0 when Redis has none)."""
+        values = await call_redis(self._client.hmget(self._producers, producers))
+        return {p: int(v or 0) for p, v in zip(producers, values)}
+
+
+async def call_redis(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except _REDIS_ERRORS as exc:
+        raise EventLogUnavailable(f"Redis: {exc or type(exc).__name__}") from exc

@@ -1,0 +1,226 @@
+"""The reserved endpoints under ``/abrouter/``: health, readiness, metrics, the running
+experiment, and the outcome API. Every error here is JSON naming the problem."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from abrouter.contract import experiment as model
+from abrouter.contract.keys import unit_hash
+from abrouter.router import metrics as prom
+from abrouter.router import outcomes as oc
+from abrouter.router.eventlog.events import Outcome
+from abrouter.router.eventlog.log import EventLogUnavailable
+from abrouter.router.http.proxy import FORCED_EPOCH, ROUTER, Router
+from abrouter.router.requestid import RequestIdError
+
+PREFIX = "/abrouter"
+
+
+def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
+    return web.json_response(payload, status=status, headers=headers or None)
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    return _json(status, {"error": code, "message": message, **extra})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(200, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready while predictions can flow; a Redis outage only degrades it (events spill)."""
+    stats = request.app[ROUTER].eventlog.stats
+    redis = "up" if stats.redis_up else "degraded"
+    return _json(
+        200, {"status": "ready", "redis": redis, "buffered_events": stats.buffered, "spilled_events": stats.spilled}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    s = router.eventlog.stats
+    extra = {
+        "abrouter_eventlog_buffered_events": ("gauge", "Events waiting in memory for the next flush.", s.buffered),
+        "abrouter_eventlog_spilled_events": ("gauge", "Events in the local spill file, waiting for Redis.", s.spilled),
+        "abrouter_eventlog_flush_failures_total": (
+            "counter",
+            "Flush rounds that could not reach Redis.",
+            s.flush_failures,
+        ),
+        "abrouter_eventlog_dropped_events_total": (
+            "counter",
+            "Events lost because neither Redis nor the spill file could take them.",
+            s.dropped,
+        ),
+        "abrouter_outcomes_repeated_total": (
+            "counter",
+            "Outcomes not counted because their event_id was already recorded.",
+            s.repeated_outcomes,
+        ),
+        "abrouter_eventlog_quarantined_events_total": (
+            "counter",
+            "Events set aside in the quarantine file because Redis refused their batch.",
+            s.quarantined,
+        ),
+        "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
+        "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
+    }
+    text = prom.render(router.metrics, experiment=router.table.experiment.name, extra=extra)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
+
+
+async def experiment(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    table = router.table
+    return _json(
+        200,
+        {
+            "spec": model.to_dict(table.experiment),
+            "weights": table.weights_by_name(),
+            "epoch": table.epoch,
+            "epoch_since": table.since,
+            "reload_error": router.source.last_error,
+        },
+    )
+
+
+async def outcomes(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    try:
+        raw_items = oc.items_of(json.loads(await request.read()))
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error(413, "too_large", f"body too large ({exc.text}); send at most {oc.MAX_BATCH} outcomes")
+    except RecursionError:
+        return error(400, "invalid_body", "body must be JSON: nested too deeply")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return error(
+            400, "invalid_body", f"body must be JSON: {exc}" if not isinstance(exc, oc.BatchError) else str(exc)
+        )
+    try:
+        resolved = await _resolve(router, raw_items)
+    except EventLogUnavailable:
+        return error(
+            503,
+            "redis_unavailable",
+            "cannot look up units while Redis is unreachable; nothing "
+            "was recorded, retry later (outcomes by request_id need no lookup)",
+        )
+    failures = [r for r in resolved if isinstance(r, oc.ItemError)]
+    if failures:
+        router.metrics.outcomes_rejected += len(failures)
+        return error(
+            422,
+            "invalid_outcomes",
+            f"{len(failures)} of {len(raw_items)} outcomes are invalid; nothing was recorded",
+            items=[f.to_dict() for f in failures],
+        )
+    counts: dict[str, int] = {}
+    repeated = 0
+    for o in resolved:
+        if not router.eventlog.record_outcome(o):  # type: ignore[arg-type]
+            repeated += 1  # its event_id is already waiting in this batch
+            continue
+        router.metrics.outcomes[o.metric] += 1  # type: ignore[union-attr]
+        counts[o.metric] = counts.get(o.metric, 0) + 1  # type: ignore[union-attr]
+    return _json(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
+
+
+async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.ItemError]:
+    table = router.table
+    checked = [oc.validate_item(i, raw, table.experiment) for i, raw in enumerate(raw_items)]
+    units = {c.unit for c in checked if isinstance(c, oc.OutcomeItem) and c.unit is not None}
+    hashes = {u: unit_hash(u) for u in units}
+    strata = await router.eventlog.lookup_units(list(hashes.values())) if hashes else {}
+    found = {u: strata[h] for u, h in hashes.items()}
+    now = time.time()
+    out: list[Outcome | oc.ItemError] = []
+    for c in checked:
+        if isinstance(c, oc.ItemError):
+            out.append(c)
+        elif c.request_id is not None:
+            out.append(_by_request_id(router, c, now))
+        elif found[c.unit] is None:
+            out.append(
+                oc.ItemError(
+                    c.index,
+                    "unit",
+                    f"unit {c.unit!r} has no exposure in this experiment (one "
+                    "through another replica is known after that replica's next flush; "
+                    "outcomes by request_id need no lookup)",
+                )
+            )
+        else:
+            epoch, variant = found[c.unit]  # type: ignore[misc]
+            out.append(
+                Outcome(
+                    unit_hash=hashes[c.unit],
+                    variant=variant,
+                    epoch=epoch,  # type: ignore[index]
+                    metric=c.metric,
+                    value=c.value,
+                    ts=now,
+                    event_id=c.event_id,
+                )
+            )
+    return out
+
+
+def _by_request_id(router: Router, item: oc.OutcomeItem, now: float) -> Outcome | oc.ItemError:
+    experiment = router.table.experiment
+    try:
+        info = router.ids.decode(item.request_id or "", now=now, ttl_s=experiment.outcome_ttl_s)
+    except RequestIdError as exc:
+        return oc.ItemError(item.index, "request_id", str(exc))
+    if info.epoch == FORCED_EPOCH:
+        return oc.ItemError(
+            item.index, "request_id", "request was a QA override (X-AB-Force-Variant), not part of the experiment"
+        )
+    if info.variant_index >= len(experiment.variants):
+        return oc.ItemError(item.index, "request_id", "unknown request id (variant no longer exists)")
+    return Outcome(
+        unit_hash=info.unit_hash,
+        variant=experiment.variants[info.variant_index].name,
+        epoch=info.epoch,
+        metric=item.metric,
+        value=item.value,
+        ts=now,
+        request_id=item.request_id,
+        event_id=item.event_id,
+    )
+
+
+async def not_found(request: web.Request) -> web.Response:
+    return error(
+        404,
+        "not_found",
+        f"no endpoint {request.path}; reserved endpoints: "
+        f"{PREFIX}/healthz, /readyz, /metrics, /experiment, POST /outcomes",
+    )
+
+
+def _method_not_allowed(allowed: str) -> web.Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return error(405, "method_not_allowed", f"{request.method} {request.path}: use {allowed}")
+
+    return handler
+
+
+def add_routes(app: web.Application) -> None:
+    endpoints = (
+        ("GET", "healthz", healthz),
+        ("GET", "readyz", readyz),
+        ("GET", "metrics", metrics),
+        ("GET", "experiment", experiment),
+        ("POST", "outcomes", outcomes),
+    )
+    for method, name, handler in endpoints:
+        app.router.add_route(method, f"{PREFIX}/{name}", handler)
+        # Same resource, any other method: a JSON 405 instead of aiohttp's text one.
+        app.router.add_route("*", f"{PREFIX}/{name}", _method_not_allowed(method))
+    app.router.add_route("*", PREFIX + "/{tail:.*}", not_found)

@@ -1,0 +1,102 @@
+"""In-process Prometheus metrics of the data plane. Pure: counters plus a text renderer.
+
+Counting is a few dict operations per request; rendering happens only on scrape.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+#: Latency buckets in seconds (Prometheus convention), tuned for model inference.
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class _Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_S) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        self.total += seconds
+        self.n += 1
+
+
+@dataclass
+class ProxyMetrics:
+    requests: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    latency: dict[str, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    outcomes_rejected: int = 0
+
+    def observe_request(self, variant: str, status: int, seconds: float, error: str | None) -> None:
+        """`error` is None for a response from the upstream, else a reason (e.g. "timeout")."""
+        self.requests[(variant, f"{status // 100}xx")] += 1
+        self.latency[variant].observe(seconds)
+        if error is not None or status >= 500:
+            self.errors[(variant, error or "upstream_5xx")] += 1
+
+
+def _sample(value: float) -> str:
+    """Every digit: `:g` would print epoch 20250101 as 2.02501e+07."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str, float]]) -> str:
+    """Prometheus text format 0.0.4. `extra` maps a metric name to (type, help, value)."""
+    lines = [
+        "# HELP abrouter_requests_total Proxied requests by variant and status class.",
+        "# TYPE abrouter_requests_total counter",
+    ]
+    for (variant, code), n in sorted(m.requests.items()):
+        lines.append(f"abrouter_requests_total{_labels(experiment=experiment, variant=variant, code=code)} {n}")
+    lines += [
+        "# HELP abrouter_errors_total Failed requests by variant and reason (5xx, refused, timeout).",
+        "# TYPE abrouter_errors_total counter",
+    ]
+    for (variant, reason), n in sorted(m.errors.items()):
+        lines.append(f"abrouter_errors_total{_labels(experiment=experiment, variant=variant, reason=reason)} {n}")
+    lines += [
+        "# HELP abrouter_request_duration_seconds Time from request to end of response body.",
+        "# TYPE abrouter_request_duration_seconds histogram",
+    ]
+    for variant, h in sorted(m.latency.items()):
+        cumulative = 0
+        for bound, count in zip((*BUCKETS_S, float("inf")), h.counts):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(
+                f"abrouter_request_duration_seconds_bucket"
+                f"{_labels(experiment=experiment, variant=variant, le=le)} {cumulative}"
+            )
+        base = _labels(experiment=experiment, variant=variant)
+        lines.append(f"abrouter_request_duration_seconds_sum{base} {h.total:.6f}")
+        lines.append(f"abrouter_request_duration_seconds_count{base} {h.n}")
+    lines += ["# HELP abrouter_outcomes_total Accepted outcomes by metric.", "# TYPE abrouter_outcomes_total counter"]
+    for metric, n in sorted(m.outcomes.items()):
+        lines.append(f"abrouter_outcomes_total{_labels(experiment=experiment, metric=metric)} {n}")
+    lines += [
+        "# HELP abrouter_outcomes_rejected_total Outcome items rejected as invalid.",
+        "# TYPE abrouter_outcomes_rejected_total counter",
+        f"abrouter_outcomes_rejected_total{_labels(experiment=experiment)} {m.outcomes_rejected}",
+    ]
+    for name, (kind, help_text, value) in extra.items():
+        lines += [
+            f"# HELP {name} {help_text}",
+            f"# TYPE {name} {kind}",
+            f"{name}{_labels(experiment=experiment)} {_sample(value)}",
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,119 @@
+"""Validation of reported outcomes (``POST /abrouter/outcomes``). Pure.
+
+Batch semantics: all or nothing. If any item is invalid the whole batch is rejected
+with 422 and a list of every bad item (its index, field and reason), and nothing is
+recorded; a 202 means every item was recorded. A client can therefore always retry a
+rejected batch after removing the items named, and never double-counts by retrying.
+
+An item may carry an ``event_id``, the client's idempotency key (e.g. a UUID made when
+the event happened): an outcome whose event_id was already recorded within
+`router.keys.OUTCOME_ID_WINDOW_S` counts once. That makes it safe to resend a batch whose
+202 was lost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from abrouter.contract.experiment import Experiment
+
+MAX_BATCH = 1000
+MAX_ID_LENGTH = 512
+_ALLOWED = {"request_id", "unit", "metric", "value", "event_id"}
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeItem:
+    """A syntactically valid item; who gets credited is resolved afterwards."""
+
+    index: int
+    metric: str
+    value: float
+    request_id: str | None
+    unit: str | None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    index: int
+    field: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "error": self.error}
+
+
+class BatchError(ValueError):
+    """The body as a whole is unusable (not JSON, wrong shape, too many items)."""
+
+
+def items_of(body: Any) -> list[Any]:
+    if isinstance(body, Mapping):
+        return [body]
+    if isinstance(body, list):
+        if not body:
+            raise BatchError("empty array: send one outcome object or an array of 1 to 1000")
+        if len(body) > MAX_BATCH:
+            raise BatchError(f"too many outcomes in one request: {len(body)} > {MAX_BATCH}")
+        return body
+    raise BatchError("body must be a JSON object or an array of objects")
+
+
+def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem | ItemError:
+    if not isinstance(raw, Mapping):
+        return ItemError(index, "", "must be a JSON object")
+    unknown = sorted(set(raw) - _ALLOWED)
+    if unknown:
+        return ItemError(index, unknown[0], f"unknown field; allowed: {', '.join(sorted(_ALLOWED))}")
+    who = _who(index, raw)
+    if isinstance(who, ItemError):
+        return who
+    metric = raw.get("metric")
+    try:
+        kind = experiment.metric(metric).kind if isinstance(metric, str) else None
+    except KeyError:
+        kind = None
+    if kind is None:
+        known = ", ".join(m.name for m in experiment.metrics) or "(none configured)"
+        return ItemError(index, "metric", f"unknown metric {metric!r}; known: {known}")
+    value = _value(index, raw.get("value"), kind)
+    if isinstance(value, ItemError):
+        return value
+    event_id = raw.get("event_id")
+    if event_id is not None and not _short_string(event_id):
+        return ItemError(index, "event_id", f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return OutcomeItem(index=index, metric=metric, value=value, request_id=who[0], unit=who[1], event_id=event_id)
+
+
+def _who(index: int, raw: Mapping[str, Any]) -> tuple[str | None, str | None] | ItemError:
+    request_id, unit = raw.get("request_id"), raw.get("unit")
+    if (request_id is None) == (unit is None):
+        return ItemError(index, "request_id", "give exactly one of request_id or unit")
+    for name, value in (("request_id", request_id), ("unit", unit)):
+        if value is not None and not _short_string(value):
+            return ItemError(index, name, f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return request_id, unit
+
+
+def _short_string(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _value(index: int, value: Any, kind: str) -> float | ItemError:
+    if isinstance(value, bool):
+        value = int(value)
+    if not isinstance(value, (int, float)):
+        return ItemError(index, "value", f"must be a number, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer literal with hundreds of digits
+        return ItemError(index, "value", "must be finite, got a number too large for a float")
+    if not math.isfinite(value):
+        return ItemError(index, "value", f"must be finite, got {value}")
+    if kind == "binary" and value not in (0, 1):
+        return ItemError(index, "value", f"binary metric: must be 0 or 1 (or true/false), got {value}")
+    return value

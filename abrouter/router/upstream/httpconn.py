@@ -1,0 +1,383 @@
+"""One keep-alive HTTP/1.1 connection to an upstream, for `router.httpclient`.
+
+    Connection   an asyncio.Protocol: one socket, one httptools (llhttp) parser, one
+                 exchange at a time; holds that exchange's state (headers, body buffer,
+                 errors)
+    Response     the `UpstreamResponse` handed to the proxy; `release()` returns the
+                 connection to its pool only if the response was read to the end and
+                 both sides keep the connection alive
+
+Requests: the head and a body of up to `ONE_WRITE_MAX` bytes go out in one write. An
+async-iterator body streams with `Transfer-Encoding: chunked`, or, when the caller's
+headers carry Content-Length, as exactly that many bytes. Responses: reading pauses
+while more than `Limits.high_water` body bytes wait for the consumer.
+
+A reused connection that closes before the first byte of the response raises
+`StaleConnection`, so that the client can send the request once more (see
+`router.httpclient`). Refused, reset, EOF mid-response or an invalid response is
+`UpstreamUnavailable`; no data within `read_s` is `UpstreamTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import httptools
+
+from abrouter.router.headers import Headers
+from abrouter.router.upstream.transport import UpstreamTimeout, UpstreamUnavailable
+
+#: A body up to this size goes out in the same write as the request head.
+ONE_WRITE_MAX = 64 * 1024
+#: Without a body these methods still send `Content-Length: 0` (nginx answers 411 otherwise).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class StaleConnection(UpstreamUnavailable):
+    """A reused connection closed before the first byte of the response."""
+
+
+class ExtraResponse(Exception):
+    """A second response to one request: stops the parser before it touches the first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    connect_s: float
+    read_s: float
+    #: Idle connections kept per pool; more are closed when released.
+    max_idle: int
+    #: Open connections per pool (busy or idle); a request waits, up to `connect_s`, for one.
+    max_active: int
+    #: An idle connection older than this is closed instead of reused.
+    idle_timeout_s: float
+    #: Buffered response body bytes at which reading from the socket pauses.
+    high_water: int
+
+
+class Pool(Protocol):
+    """What a connection needs from its pool (`router.httpclient._Pool`)."""
+
+    name: str
+    host_header: str
+    limits: Limits
+    live: set[Connection]
+
+    def put(self, conn: Connection) -> None: ...
+    def forget(self, conn: Connection) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """One upstream socket; the parser callbacks (`on_*`) fill in the current exchange."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.pooled = False
+        self.reused = False
+        self.idle_since = 0.0
+        self._loop = loop
+        self._parser = httptools.HttpResponseParser(self)
+        self._fresh_parser_needed = False
+        self._busy = False
+        self._closed = False
+        self._read_paused = False
+        self._write_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._body: list[bytes] = []  # reused by every exchange
+        self._begin(head=False)
+        self._busy = False
+
+    # --- the exchange, as the transport and the response drive it ---
+
+    async def exchange(
+        self, method: str, target: str, headers: Headers, body: bytes | AsyncIterable[bytes] | None
+    ) -> Response:
+        try:
+            self._begin(head=method == "HEAD")
+            if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+                self._send(method, target, headers, body)
+            else:
+                await self._send_stream(method, target, headers, body)
+            while not self.headers_done:
+                if self._error is not None:
+                    raise self._error
+                await self._wait()
+            return Response(self)
+        except BaseException:
+            self.transport.abort()
+            raise
+
+    async def next_chunk(self) -> bytes:
+        """The body bytes buffered so far (waiting for some), or b"" at the end."""
+        body = self._body
+        while not body:
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return b""
+            await self._wait()
+        chunk = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        self._buffered = 0
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        return chunk
+
+    async def read_body(self) -> bytes:
+        parts = []
+        while chunk := await self.next_chunk():  # usually one: the body came with the headers
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def finish(self) -> None:
+        """The consumer is done: pool the connection if its response was read to the end."""
+        self._busy = False
+        if not (self._complete and self._keep_alive and not self._cut and not self.transport.is_closing()):
+            self.transport.abort()
+            return
+        self._body.clear()  # a body the consumer left unread
+        self._buffered = 0
+        if self._read_paused:  # an idle connection must notice the upstream closing it
+            self._read_paused = False
+            self.transport.resume_reading()
+        self.pool.put(self)
+
+    def _begin(self, *, head: bool) -> None:
+        if self._fresh_parser_needed:  # after a HEAD the parser still expects that body
+            self._parser = httptools.HttpResponseParser(self)
+            self._fresh_parser_needed = False
+        self._busy = True
+        self._head = head
+        self.status = 0
+        self.reason = b""
+        self.headers: Headers = []
+        self.content_length: int | None = None
+        self._chunked = False
+        self.headers_done = False
+        self._informational = False
+        self._complete = False
+        self._keep_alive = False
+        self._received = False
+        self._cut = False
+        self._body.clear()
+        self._buffered = 0
+        self._error: UpstreamUnavailable | None = None
+
+    def _send(self, method: str, target: str, headers: Headers, body: bytes | bytearray | memoryview | None) -> None:
+        if body is None:
+            declared = _declared_length(headers)
+            length = 0 if declared is not None or method in _BODY_METHODS else None
+            self.transport.write(_head(method, target, headers, self.pool.host_header, length))
+            return
+        head = _head(method, target, headers, self.pool.host_header, len(body))
+        if len(body) <= ONE_WRITE_MAX:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+
+    async def _send_stream(self, method: str, target: str, headers: Headers, body: AsyncIterable[bytes]) -> None:
+        """Streams `body`; stops early (and will not pool) if the upstream answers or goes away."""
+        declared = _declared_length(headers)
+        self.transport.write(_head(method, target, headers, self.pool.host_header, declared, chunked=declared is None))
+        sent = 0
+        async for chunk in body:
+            if self._closed or self.headers_done:
+                self._cut = True  # the body was not sent in full: the connection cannot carry another request
+                return
+            if not chunk:
+                continue
+            sent += len(chunk)
+            if declared is None:
+                self.transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            elif sent > declared:
+                raise ValueError(f"request body is longer than its Content-Length ({declared})")
+            else:
+                self.transport.write(chunk)
+            while self._write_paused and not (self._closed or self.headers_done):
+                await self._wait()
+        if declared is None:
+            if not self._closed:
+                self.transport.write(b"0\r\n\r\n")
+        elif sent != declared:
+            raise ValueError(f"request body ended after {sent} of its Content-Length {declared} bytes")
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(self.pool.limits.read_s, _expire, waiter, self.pool)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            timer.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out now
+        self.pool.live.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy:  # bytes nobody asked for (a 408 before closing, say): unusable
+            self.transport.abort()
+            return
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            self.transport.abort()  # after an ExtraResponse the first one stands, complete
+            if not self._complete:
+                self._error = UpstreamUnavailable(f"{self.pool.name}: invalid HTTP response: {exc}")
+                self._wake()
+            return
+        if self._buffered > self.pool.limits.high_water and not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.pool.forget(self)
+        if self._busy and not self._complete and self._error is None:
+            if self.headers_done and exc is None and self.content_length is None and not self._chunked:
+                self._complete = True  # no length, not chunked: the body ends with the connection
+            else:
+                self._error = self._lost(exc)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake()
+
+    def _lost(self, exc: Exception | None) -> UpstreamUnavailable:
+        why = f"{type(exc).__name__}: {exc}" if exc else "closed by the upstream"
+        if not self._received and self.reused:
+            return StaleConnection(f"{self.pool.name}: reused keep-alive connection {why} before the response")
+        where = "mid-response" if self._received else "before the response"
+        return UpstreamUnavailable(f"{self.pool.name}: connection {why} {where}")
+
+    # --- httptools callbacks ---
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            raise ExtraResponse
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if len(name) == 14 and name.lower() == b"content-length":
+            self.content_length = int(value)
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._chunked = b"chunked" in value.lower()
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if self.status < 200:  # 1xx: an interim response; the real one follows
+            self._informational = True
+            return
+        self._keep_alive = self._parser.should_keep_alive()
+        self.headers_done = True
+        if self._head:  # llhttp cannot be told a HEAD response has no body
+            self._complete = True
+            self._fresh_parser_needed = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+        self._buffered += len(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            self.reason = b""
+            self.headers = []
+            self.content_length = None
+            return
+        self._complete = True
+        self._wake()
+
+
+class Response:
+    """What the proxy reads; the connection stays the pool's business."""
+
+    __slots__ = ("_conn", "content_length", "headers", "reason", "status")
+
+    def __init__(self, conn: Connection) -> None:
+        self.status = conn.status
+        self.reason = conn.reason.decode("latin-1")
+        self.headers = conn.headers
+        self.content_length = conn.content_length
+        self._conn: Connection | None = conn
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("the response was released")
+        while chunk := await conn.next_chunk():
+            yield chunk
+
+    async def read(self) -> bytes:
+        if self._conn is None:
+            raise RuntimeError("the response was released")
+        return await self._conn.read_body()
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.finish()
+
+
+def _expire(waiter: asyncio.Future[None], pool: Pool) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamTimeout(f"{pool.name}: no data within {pool.limits.read_s}s"))
+
+
+def _declared_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            return int(value)
+    return None
+
+
+def _head(method: str, target: str, headers: Headers, host: str, length: int | None, *, chunked: bool = False) -> bytes:
+    """The request line and headers, with our own framing (Content-Length or chunked)."""
+    lines = [f"{method} {target} HTTP/1.1"]
+    has_host = False
+    for name, value in headers:
+        size = len(name)
+        if (size == 14 and name.lower() == "content-length") or (size == 17 and name.lower() == "transfer-encoding"):
+            continue
+        if size == 4 and name.lower() == "host":
+            has_host = True
+        lines.append(f"{name}: {value}")
+    if not has_host:
+        lines.append(f"Host: {host}")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    elif length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines.append("\r\n")
+    text = "\r\n".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("a request line or header contains CR or LF")
+    return text.encode("latin-1")
