@@ -38,7 +38,7 @@ The config file is re-read every --reload-interval seconds: new weights (with a 
 """
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "serve",
         help="run the A/B router (reverse proxy)",

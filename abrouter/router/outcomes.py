@@ -77,7 +77,7 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
         kind = experiment.metric(metric).kind if isinstance(metric, str) else None
     except KeyError:
         kind = None
-    if kind is None:
+    if kind is None or not isinstance(metric, str):
         known = ", ".join(m.name for m in experiment.metrics) or "(none configured)"
         return ItemError(index, "metric", f"unknown metric {metric!r}; known: {known}")
     value = _value(index, raw.get("value"), kind)

@@ -135,7 +135,7 @@ def compare(
     better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)
     est = estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
-    header = dict(
+    header: dict[str, Any] = dict(
         variant=variant, metric=metric, n_control=est.n_control, n=est.n, control_mean=est.control_mean, mean=est.mean
     )
     if est.reason:

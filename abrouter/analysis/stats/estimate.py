@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,7 +137,7 @@ def floored_variance(kind: str) -> Variance:
         value = plain(sample)
         if kind != "binary" or not math.isfinite(value):
             return value
-        trials = sample.den_sum if sample.is_ratio else sample.n
+        trials = sample.den_sum if sample.den_sum is not None else sample.n
         p = (sample.sum + 1) / (trials + 2)
         return max(value, p * (1 - p) / (trials + 2))
 
@@ -165,7 +166,7 @@ def combine(
     `variance` sets the weights and the plain variances; `sequential_variance` (optional)
     gives the arm variances for the sequential test, combined with the same weights.
     """
-    reason = _pooled_reason(sum(controls), sum(candidates))
+    reason = _pooled_reason(_total(controls), _total(candidates))
     sized = [pair for pair in zip(controls, candidates) if _sized(*pair)]
     usable = [(c, t, variance(c), variance(t)) for c, t in sized]
     usable = [u for u in usable if _positive(u[2] + u[3])]
@@ -182,7 +183,7 @@ def _weighted(
     weights = _epoch_weights([(c, t) for c, t, *_ in usable], variance)
     total = sum(weights)
     share = [w / total for w in weights]
-    seq: dict[str, float] = {}
+    seq: dict[str, Any] = {}
     if sequential_variance is not None:
         seq = dict(
             seq_var_control=sum(s**2 * sequential_variance(c) for s, (c, *_) in zip(share, usable)),
@@ -207,7 +208,7 @@ def _epoch_weights(pairs: list[tuple[Sample, Sample]], variance: Variance) -> li
     """
     if len(pairs) == 1:
         return [1.0]
-    sigma2_c, sigma2_t = (_unit_variance(sum(arm), variance) for arm in zip(*pairs))
+    sigma2_c, sigma2_t = (_unit_variance(_total(arm), variance) for arm in zip(*pairs))
     if not sigma2_c + sigma2_t > 0:  # cannot happen with a usable stratum; equal variances then
         sigma2_c = sigma2_t = 1.0
     return [1 / (sigma2_c / c.n + sigma2_t / t.n) for c, t in pairs]
@@ -216,6 +217,12 @@ def _epoch_weights(pairs: list[tuple[Sample, Sample]], variance: Variance) -> li
 def _unit_variance(pooled: Sample, variance: Variance) -> float:
     value = pooled.n * variance(pooled)
     return value if math.isfinite(value) else 0.0
+
+
+def _total(samples: Sequence[Sample]) -> Sample:
+    """The samples pooled (`Sample` adds; an empty sequence cannot occur: every arm has a stratum)."""
+    first, *rest = samples
+    return sum(rest, first)
 
 
 def _pooled_reason(control: Sample, candidate: Sample) -> str | None:
@@ -231,7 +238,7 @@ def _sized(control: Sample, candidate: Sample) -> bool:
 
 
 def _has_denominator(sample: Sample) -> bool:
-    return not sample.is_ratio or sample.den_sum > 0
+    return sample.den_sum is None or sample.den_sum > 0
 
 
 def _positive(value: float) -> bool:
@@ -239,5 +246,5 @@ def _positive(value: float) -> bool:
 
 
 def _degenerate(controls: Sequence[Sample], candidates: Sequence[Sample], reason: str) -> Estimate:
-    control, candidate = sum(controls), sum(candidates)
+    control, candidate = _total(controls), _total(candidates)
     return Estimate(control.n, candidate.n, control.mean, candidate.mean, math.nan, math.nan, reason=reason)

@@ -67,7 +67,7 @@ def non_inferiority(
         raise ValueError(f"margin: must be >= 0, got {margin}")
     controls, candidates = strata(control, candidate, kind=kind)
     est = estimate.combine(controls, candidates, guardrail_variance(kind))
-    header = dict(metric=metric, variant=variant, margin=margin, relative=relative)
+    header: dict[str, Any] = dict(metric=metric, variant=variant, margin=margin, relative=relative)
     reason = est.reason or (reasons.ZERO_BASELINE if relative and est.control_mean == 0 else None)
     harm, se = _harm(est, direction, relative) if not reason else (math.nan, math.nan)
     # The relative SE can vanish on its own: a constant candidate at zero has V_t = m_t = 0.
@@ -88,7 +88,7 @@ def non_inferiority(
         reason=None,
         harm=harm,
         bound=upper,
-        p_value=_p_value((margin - harm) / se, r),
+        p_value=_p_value((margin - harm) / se, float(r)),
         lower_bound=lower,
     )
 

@@ -134,6 +134,7 @@ class Sample:
             return math.nan
         ratio = self.mean
         var_x = self.variance
+        assert self.den_sum_sq is not None and self.sum_products is not None  # all three or none (__post_init__)
         var_d = _variance(self.n, self.den_sum, self.den_sum_sq)
         cov = _covariance(self.n, self.sum, self.den_sum, self.sum_products)
         den_mean = self.den_sum / self.n

@@ -17,7 +17,7 @@ import hashlib
 import re
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
@@ -99,7 +99,7 @@ class FlushScript:
         try:
             reply = await self._evalsha(args)
         except EventLogUnavailable as exc:
-            if _script_failed(exc.__cause__):
+            if exc.__cause__ is not None and _script_failed(exc.__cause__):
                 raise BatchRejected(f"flush.lua failed on batch {batch.seq}: {exc.__cause__}") from exc.__cause__
             raise
         if int(reply[0]) == REJECTED:
@@ -107,7 +107,7 @@ class FlushScript:
             raise BatchRejected(f"flush.lua refused batch {batch.seq}: {reason}")
         return int(reply[0]), int(reply[1]), int(reply[2])
 
-    async def _evalsha(self, args: tuple[str, ...]) -> list:
+    async def _evalsha(self, args: tuple[str, ...]) -> list[Any]:
         try:
             return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
         except EventLogUnavailable as exc:
