@@ -21,7 +21,7 @@ Analysis: ``reader.read`` (one MULTI/EXEC with HGETALL agg + HGETALL epochs, dec
 built into `ExperimentData`) and ``analyzer.analyze``, each timed ``--repeat`` times;
 the table shows medians. The read is also split into the Redis round trip alone (the
 same pipeline, raw) and the rest (decode + build). ``look`` is the CLI's full look
-(`analysis.commands.look`: read, history, analyze, record the decision; dry-run sink).
+(`abrouter.analysis.service.look`: read, history, analyze, record the decision; dry-run sink).
 
     .venv/bin/python bench/analyzer_scaling.py --events 10000 10000000 --units 100000
 """
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import redis.asyncio
 
-from abrouter.analysis import analyzer, commands, reader
-from abrouter.analysis.sinks.file import DryRunSink
+from abrouter.analysis import analyzer, reader, service
+from abrouter.analysis.sinks.base import DryRunSink
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.router.assignment import Assigner
@@ -225,7 +225,7 @@ async def measure(client: redis.asyncio.Redis, experiment: spec.Experiment, repe
         t2 = time.perf_counter()
         result = analyzer.analyze(data, now=now, rng=rng)
         t3 = time.perf_counter()
-        await commands.look(client, experiment, sink=DryRunSink(), now=now)
+        await service.look(client, experiment, sink=DryRunSink(), now=now)
         t4 = time.perf_counter()
         t_raw.append(t1 - t0)
         t_read.append(t2 - t1)

@@ -26,7 +26,7 @@ import yaml
 
 from abrouter.cli import build_parser
 from abrouter.contract import experiment as model
-from abrouter.router.http.app import PLACEHOLDER_SECRET, secret_problem
+from abrouter.router.settings import PLACEHOLDER_SECRET, secret_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"

@@ -24,6 +24,7 @@ import numpy as np
 
 from abrouter.analysis import decision as policy
 from abrouter.analysis.data import Arm, ExperimentData
+from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
 from abrouter.analysis.stats.noninferiority import NonInferiority, non_inferiority
@@ -107,7 +108,7 @@ def analyze(
     present = {m.name for m in data.metrics}
     rails = data.settings.guardrails
     guardrails = tuple(_guardrail(data, arm, g) for arm in data.candidates for g in rails if g.metric in present)
-    evidence = policy.Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(data))
+    evidence = Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(data))
     return AnalysisResult(
         experiment=data.name,
         at=now,

@@ -1,7 +1,7 @@
 """`abrouter analyze` and `abrouter plan`: argument parsing and wiring only.
 
-Each command's ``func`` returns an exit code. Bad input raises a `ValueError` subclass
-(`InputError`, `router.experiment.ConfigError`), which the CLI turns into exit code 2
+Each command's ``func`` returns an exit code. Bad input raises a `UserError`
+(`InputError`, `ConfigError`), which the CLI turns into exit code 2
 and one line; a Redis or file failure (`SourceError`, `ConflictError`) is reported
 here as one line with exit code 1, and `--every` keeps going after it.
 """
@@ -18,17 +18,17 @@ import sys
 import time
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import redis.asyncio
 
-from abrouter.analysis import analyzer, history, reader, report, summary
+from abrouter.analysis import analyzer, report, service, summary
 from abrouter.analysis.errors import ConflictError, InputError, SourceError
-from abrouter.analysis.sinks.file import DryRunSink, FileSink, WeightsSink
+from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
+from abrouter.analysis.sinks.file import FileSink
 from abrouter.analysis.stats.power import sample_size
 from abrouter.contract import experiment as spec
-from abrouter.contract import keys as schema
+from abrouter.redact import mask_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -172,7 +172,7 @@ async def _analyze_redis(args: argparse.Namespace) -> int:
 async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink, *, as_json: bool, url: str) -> int:
     """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
     try:
-        result = await look(client, spec.load(config), sink=sink)
+        result = await service.look(client, spec.load(config), sink=sink)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
     except ConflictError as exc:
@@ -181,25 +181,6 @@ async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink
         return _fail(str(exc), 2)
     _print(result, as_json=as_json, out=sys.stdout)
     return 0
-
-
-async def look(
-    client: redis.asyncio.Redis,
-    experiment: spec.Experiment,
-    *,
-    sink: WeightsSink,
-    now: float | None = None,
-    keys: schema.Keys | None = None,
-) -> analyzer.AnalysisResult:
-    """One look from Redis: read, analyze with the history's running minimum, apply, record."""
-    keys = keys or schema.Keys(experiment.name)
-    data = await reader.read(client, experiment, keys=keys)
-    previous = await history.last(client, keys)
-    seed = previous.previous(sum(a.units for a in data.arms)) if previous is not None else {}
-    result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed, rng=np.random.default_rng())
-    applied = await sink.apply(result.decision, epoch=experiment.epoch)
-    await history.append(client, keys, result, applied=applied)
-    return result
 
 
 def _fail(message: str, code: int) -> int:
@@ -213,15 +194,6 @@ def _print(result: analyzer.AnalysisResult, *, as_json: bool, out: TextIO) -> No
     else:
         out.write(report.render(result))
     out.flush()
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --------------------------------------------------------------------------- plan

@@ -42,12 +42,11 @@ import numpy as np
 
 from abrouter.analysis import explain
 from abrouter.analysis.data import Arm, ExperimentData
+from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import reasons
 from abrouter.analysis.stats.bandit import thompson_weights
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.multiple import holm
-from abrouter.analysis.stats.noninferiority import NonInferiority
-from abrouter.analysis.stats.srm import SrmResult
 
 Action = Literal["continue", "ramp", "promote", "rollback", "stop"]
 #: Weights are percent, rounded to the router's resolution (1/10,000 of traffic).
@@ -70,24 +69,6 @@ class Decision:
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "reason": self.reason, "weights": dict(self.weights)}
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the statistics said about this look."""
-
-    comparisons: tuple[Comparison, ...]
-    guardrails: tuple[NonInferiority, ...]
-    srm: SrmResult
-
-    def primary(self, data: ExperimentData, variant: str) -> Comparison | None:
-        metric = data.primary
-        if metric is None:
-            return None
-        return next((c for c in self.comparisons if c.variant == variant and c.metric == metric.name), None)
-
-    def guardrails_of(self, variant: str) -> tuple[NonInferiority, ...]:
-        return tuple(g for g in self.guardrails if g.variant == variant)
 
 
 def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.random.Generator | None = None) -> Decision:

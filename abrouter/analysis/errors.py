@@ -2,24 +2,25 @@
 
 ::
 
-    AnalysisError                 anything the analyzer reports instead of crashing
-    ├── InputError (ValueError)   bad input: a summary file, a flag; names the path
-    ├── SourceError               Redis or a file could not be read or written
-    └── ConflictError             a sink found newer weights than the look analysed
+    AbrouterError (abrouter.errors)
+    ├── UserError
+    │    ├── ConfigError          a spec that cannot be used (abrouter.contract.fields)
+    │    └── InputError           bad input: a summary file, a flag; names the path
+    └── AnalysisError             the analyzer's runtime failures
+         ├── SourceError          Redis or a file could not be read or written
+         └── ConflictError        a sink found newer weights than the look analysed
 
-`InputError` derives from `ValueError` so the CLI maps it, like
-`router.experiment.ConfigError`, to exit code 2 and a one-line message. A `SourceError`
-is not the user's input being wrong; `analyze --every` logs it and tries again.
+The CLI maps every `UserError` to exit code 2 and one line. A `SourceError` or
+`ConflictError` is not the user's input being wrong: exit code 1 and one line, and
+`analyze --every` logs it and tries again. Anything else is a bug (a traceback, exit 1).
 """
 
 from __future__ import annotations
 
-
-class AnalysisError(Exception):
-    """Base of every error the analyzer raises on purpose."""
+from abrouter.errors import AbrouterError, UserError
 
 
-class InputError(AnalysisError, ValueError):
+class InputError(UserError):
     """Input that cannot be analysed; `path` names the bad field, e.g. ``variants[1].units``."""
 
     def __init__(self, path: str, message: str, *, source: str = "") -> None:
@@ -28,6 +29,10 @@ class InputError(AnalysisError, ValueError):
         self.source = source
         where = ": ".join(part for part in (source, path) if part)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class AnalysisError(AbrouterError):
+    """Base of the analyzer's runtime failures."""
 
 
 class SourceError(AnalysisError):

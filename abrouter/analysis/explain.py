@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+from abrouter.analysis.data import ExperimentData
+from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import reasons
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
 from abrouter.analysis.stats.srm import SrmResult
-
-if TYPE_CHECKING:  # decision imports this module; the types only flow one way at runtime
-    from abrouter.analysis.data import ExperimentData
-    from abrouter.analysis.decision import Evidence
 
 
 def line(action: str, why: str, *, data: ExperimentData, evidence: Evidence, names: Sequence[str]) -> str:

@@ -1,9 +1,10 @@
-"""The experiment model: one parser for YAML, dicts and (later) the custom resource spec.
+"""One parser for an experiment spec, from YAML, a dict or a custom resource's spec.
 
 Everything that reads an experiment (router, analyzer, CLI, CRD schema) goes through
-`parse()` and gets frozen dataclasses back. Every rejection names the path of the bad
-field, e.g. ``variants[1].weight: must be >= 0, got -5``. `to_dict()` is the inverse, so
-a spec round-trips through JSON unchanged.
+`parse()` and gets the frozen dataclasses of `abrouter.contract.model` back (re-exported
+here). Every rejection is a `ConfigError` naming the path of the bad field, e.g.
+``variants[1].weight: must be >= 0, got -5``. `to_dict()` is the inverse, so a spec
+round-trips through JSON unchanged.
 
 No I/O beyond reading a file in `load()`; no aiohttp, redis or kubernetes imports.
 """
@@ -11,272 +12,88 @@ No I/O beyond reading a file in `load()`; no aiohttp, redis or kubernetes import
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-MetricKind = Literal["binary", "continuous"]
-Direction = Literal["increase", "decrease"]
-UnitSourceKind = Literal["header", "cookie", "query"]
+from abrouter.contract import fields
+from abrouter.contract.fields import ConfigError
+from abrouter.contract.model import (
+    BUILTIN_METRICS,
+    MAX_EPOCH,
+    WEIGHT_RESOLUTION,
+    AnalysisSettings,
+    Bandit,
+    Direction,
+    Experiment,
+    Guardrail,
+    Metric,
+    MetricKind,
+    Timeouts,
+    UnitSource,
+    UnitSourceKind,
+    Variant,
+    normalise,
+)
 
-#: Metrics the router measures itself on every proxied request. They are per-request
-#: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
-BUILTIN_METRICS = ("errors", "latency_ms")
-WEIGHT_RESOLUTION = 10_000
-#: Request ids carry the epoch in 32 bits.
-MAX_EPOCH = 2**32 - 1
+__all__ = [
+    "BUILTIN_METRICS",
+    "MAX_EPOCH",
+    "WEIGHT_RESOLUTION",
+    "AnalysisSettings",
+    "Bandit",
+    "ConfigError",
+    "Direction",
+    "Experiment",
+    "Guardrail",
+    "Metric",
+    "MetricKind",
+    "Timeouts",
+    "UnitSource",
+    "UnitSourceKind",
+    "Variant",
+    "load",
+    "loads",
+    "normalise",
+    "parse",
+    "parse_duration",
+    "to_dict",
+    "to_json",
+    "with_weights",
+]
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+parse_duration = fields.duration
 
 
-class ConfigError(ValueError):
-    """An experiment spec that cannot be used; `path` names the offending field."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
-
-
-@dataclass(frozen=True)
-class UnitSource:
-    """Where the randomisation unit's id comes from on each request."""
-
-    kind: UnitSourceKind
-    name: str
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    upstream: str
-    weight: float  # as configured (relative); see Experiment.weights for the normalised split
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    kind: MetricKind
-    direction: Direction = "increase"
-
-
-@dataclass(frozen=True)
-class Guardrail:
-    """Non-inferiority check of `metric` against the control, one-sided.
-
-    `margin` is the largest tolerated harm: absolute in the metric's units, or a fraction
-    of the control mean when `relative` is true (0.1 = 10% worse is still fine).
-    """
-
-    metric: str
-    direction: Direction
-    margin: float
-    relative: bool = False
-
-
-@dataclass(frozen=True)
-class Bandit:
-    """Thompson-sampling weights: weight = P(best), floored, after `min_units` per arm."""
-
-    enabled: bool = False
-    floor: float = 0.05
-    min_units: int = 500
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """The decision policy. Times are in seconds, weights in percent of traffic."""
-
-    alpha: float = 0.05
-    min_units_per_arm: int = 500
-    max_duration_s: float = 14 * 86400.0
-    srm_alpha: float = 0.001
-    #: mSPRT mixing variance is tuned to be most powerful around this many units per arm.
-    expected_units_per_arm: int = 10_000
-    guardrails: tuple[Guardrail, ...] = (
-        Guardrail(metric="errors", direction="decrease", margin=0.01, relative=False),
-        Guardrail(metric="latency_ms", direction="decrease", margin=0.2, relative=True),
-    )
-    #: Candidate weights (percent) the ramp steps through before promotion is allowed.
-    ramp: tuple[float, ...] = (5.0, 25.0, 50.0)
-    bandit: Bandit = field(default_factory=Bandit)
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """Upstream timeouts in seconds; a connect failure answers 502, a timeout 504."""
-
-    connect_s: float = 2.0
-    read_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    salt: str
-    unit: UnitSource
-    variants: tuple[Variant, ...]
-    metrics: tuple[Metric, ...]
-    #: The weights version. Every logged event records the epoch its unit was assigned
-    #: under, so the analyzer can stratify by it. Changing the weights requires raising it
-    #: (`with_weights` does); replicas reading the same spec then agree on the number.
-    epoch: int = 1
-    allow_force_variant: bool = False
-    #: How long after a response its request id may still be credited with an outcome.
-    outcome_ttl_s: float = 7 * 86400.0
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
-
-    @property
-    def control(self) -> Variant:
-        return self.variants[0]
-
-    @property
-    def weights(self) -> tuple[float, ...]:
-        """Normalised weights, summing to 1, rounded to 1/WEIGHT_RESOLUTION steps."""
-        return normalise([v.weight for v in self.variants])
-
-    def metric(self, name: str) -> Metric:
-        for m in self.metrics:
-            if m.name == name:
-                return m
-        raise KeyError(name)
-
-    def with_weights(self, weights: Mapping[str, float]) -> Experiment:
-        """A copy with new weights for the named variants (others unchanged), validated."""
-        unknown = set(weights) - {v.name for v in self.variants}
-        if unknown:
-            raise ConfigError("weights", f"unknown variant(s) {sorted(unknown)}")
-        variants = tuple(replace(v, weight=weights.get(v.name, v.weight)) for v in self.variants)
-        return parse(to_dict(replace(self, variants=variants, epoch=self.epoch + 1)))
-
-
-def normalise(weights: list[float] | tuple[float, ...]) -> tuple[float, ...]:
-    total = sum(weights)
-    return tuple(round(w / total * WEIGHT_RESOLUTION) / WEIGHT_RESOLUTION for w in weights)
+def with_weights(experiment: Experiment, weights: Mapping[str, float]) -> Experiment:
+    """A copy with new weights for the named variants (others unchanged) and the next epoch, validated."""
+    unknown = set(weights) - {v.name for v in experiment.variants}
+    if unknown:
+        raise ConfigError("weights", f"unknown variant(s) {sorted(unknown)}")
+    variants = tuple(replace(v, weight=weights.get(v.name, v.weight)) for v in experiment.variants)
+    return parse(to_dict(replace(experiment, variants=variants, epoch=experiment.epoch + 1)))
 
 
 # --------------------------------------------------------------------------- parsing
-
-
-class _Reader:
-    """Walks a mapping, remembering the path so every error can name its field."""
-
-    def __init__(self, data: Any, path: str) -> None:
-        if not isinstance(data, Mapping):
-            what = "the experiment spec" if not path else ""
-            raise ConfigError(path, f"{what} must be a mapping, got {_type(data)}".lstrip())
-        self.data = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, default: Any = ..., *, required: bool = False) -> Any:
-        self.seen.add(key)
-        if key in self.data:
-            return self.data[key]
-        if required or default is ...:
-            raise ConfigError(self.at(key), "is required")
-        return default
-
-    def done(self) -> None:
-        extra = [str(k) for k in self.data if k not in self.seen]
-        if extra:
-            raise ConfigError(self.at(extra[0]), "unknown key" + _suggest(extra[0], self.seen))
-
-
-def _suggest(key: str, known: set[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _str(value: Any, path: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(path, f"must be a non-empty string, got {_type(value)}")
-    if pattern is not None and not pattern.match(value):
-        raise ConfigError(path, f"must be {what}, got {value!r}")
-    return value
-
-
-def _number(
-    value: Any, path: str, *, low: float | None = None, high: float | None = None, low_open: bool = False
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(path, f"must be a number, got {_type(value)}")
-    try:
-        value = float(value)
-    except OverflowError:  # an integer with hundreds of digits
-        raise ConfigError(path, "must be finite, got a number too large for a float") from None
-    if not math.isfinite(value):
-        raise ConfigError(path, f"must be finite, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ConfigError(path, f"must be {'>' if low_open else '>='} {low:g}, got {value:g}")
-    if high is not None and value > high:
-        raise ConfigError(path, f"must be <= {high:g}, got {value:g}")
-    return value
-
-
-def _int(value: Any, path: str, *, low: int = 0, high: int | None = None) -> int:
-    number = _number(value, path, low=low, high=high)
-    if number != int(number):
-        raise ConfigError(path, f"must be an integer, got {value}")
-    return int(number)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(path, f"must be true or false, got {_type(value)}")
-    return value
-
-
-def _choice(value: Any, path: str, choices: tuple[str, ...]) -> Any:
-    if value not in choices:
-        raise ConfigError(path, f"must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def parse_duration(value: Any, path: str) -> float:
-    """Seconds from a number or a string like "90s", "15m", "12h", "14d"."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ConfigError(path, f"must be a duration like 30s, 15m, 12h or 14d, got {value!r}")
-        return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
-    return _number(value, path, low=0, low_open=True)
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(path, f"must be a list, got {_type(value)}")
-    return value
 
 
 def _unit(data: Any, path: str) -> UnitSource:
     if not isinstance(data, Mapping) or len(data) != 1:
         raise ConfigError(path, "must be exactly one of {header: NAME}, {cookie: NAME}, {query: NAME}")
     ((kind, name),) = data.items()
-    _choice(kind, path, ("header", "cookie", "query"))
-    return UnitSource(kind=kind, name=_str(name, f"{path}.{kind}"))
+    fields.choice(kind, path, ("header", "cookie", "query"))
+    return UnitSource(kind=kind, name=fields.string(name, f"{path}.{kind}"))
 
 
 def _upstream(value: Any, path: str) -> str:
-    url = _str(value, path)
+    url = fields.string(value, path)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -291,19 +108,19 @@ def _upstream(value: Any, path: str) -> str:
 
 
 def _variants(data: Any, path: str) -> tuple[Variant, ...]:
-    items = _list(data, path)
+    items = fields.list_of(data, path)
     if len(items) < 2:
         raise ConfigError(path, f"needs two or more variants (the first is the control), got {len(items)}")
     variants = []
     for i, item in enumerate(items):
-        r = _Reader(item, f"{path}[{i}]")
+        r = fields.Reader(item, f"{path}[{i}]")
         variants.append(
             Variant(
-                name=_str(
+                name=fields.string(
                     r.get("name", required=True), r.at("name"), _NAME, "a name of letters, digits, '-', '_' or '.'"
                 ),
                 upstream=_upstream(r.get("upstream", required=True), r.at("upstream")),
-                weight=_number(r.get("weight", required=True), r.at("weight"), low=0),
+                weight=fields.number(r.get("weight", required=True), r.at("weight"), low=0),
             )
         )
         r.done()
@@ -323,16 +140,18 @@ def _unique(names: list[str], path: str) -> None:
 
 def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
     metrics = []
-    for i, item in enumerate(_list(data, path)):
-        r = _Reader(item, f"{path}[{i}]")
-        name = _str(r.get("name", required=True), r.at("name"), _NAME, "a name of letters, digits, '-', '_' or '.'")
+    for i, item in enumerate(fields.list_of(data, path)):
+        r = fields.Reader(item, f"{path}[{i}]")
+        name = fields.string(
+            r.get("name", required=True), r.at("name"), _NAME, "a name of letters, digits, '-', '_' or '.'"
+        )
         if name in BUILTIN_METRICS:
             raise ConfigError(r.at("name"), f"{name!r} is measured by the router itself; pick another name")
         metrics.append(
             Metric(
                 name=name,
-                kind=_choice(r.get("kind", required=True), r.at("kind"), ("binary", "continuous")),
-                direction=_choice(r.get("direction", "increase"), r.at("direction"), ("increase", "decrease")),
+                kind=fields.choice(r.get("kind", required=True), r.at("kind"), ("binary", "continuous")),
+                direction=fields.choice(r.get("direction", "increase"), r.at("direction"), ("increase", "decrease")),
             )
         )
         r.done()
@@ -342,17 +161,17 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
 
 def _guardrails(data: Any, path: str, metric_names: set[str]) -> tuple[Guardrail, ...]:
     rails = []
-    for i, item in enumerate(_list(data, path)):
-        r = _Reader(item, f"{path}[{i}]")
-        metric = _str(r.get("metric", required=True), r.at("metric"))
+    for i, item in enumerate(fields.list_of(data, path)):
+        r = fields.Reader(item, f"{path}[{i}]")
+        metric = fields.string(r.get("metric", required=True), r.at("metric"))
         if metric not in metric_names:
             raise ConfigError(r.at("metric"), f"unknown metric {metric!r}; known: {', '.join(sorted(metric_names))}")
         rails.append(
             Guardrail(
                 metric=metric,
-                direction=_choice(r.get("direction", required=True), r.at("direction"), ("increase", "decrease")),
-                margin=_number(r.get("margin", required=True), r.at("margin"), low=0),
-                relative=_bool(r.get("relative", False), r.at("relative")),
+                direction=fields.choice(r.get("direction", required=True), r.at("direction"), ("increase", "decrease")),
+                margin=fields.number(r.get("margin", required=True), r.at("margin"), low=0),
+                relative=fields.boolean(r.get("relative", False), r.at("relative")),
             )
         )
         r.done()
@@ -361,18 +180,18 @@ def _guardrails(data: Any, path: str, metric_names: set[str]) -> tuple[Guardrail
 
 def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
     d = AnalysisSettings()
-    r = _Reader(data, path)
+    r = fields.Reader(data, path)
     ramp = tuple(
-        _number(x, f"{r.at('ramp')}[{i}]", low=0, high=100, low_open=True)
-        for i, x in enumerate(_list(r.get("ramp", list(d.ramp)), r.at("ramp")))
+        fields.number(x, f"{r.at('ramp')}[{i}]", low=0, high=100, low_open=True)
+        for i, x in enumerate(fields.list_of(r.get("ramp", list(d.ramp)), r.at("ramp")))
     )
     if list(ramp) != sorted(set(ramp)):
         raise ConfigError(r.at("ramp"), f"must be strictly increasing, got {list(ramp)}")
-    b = _Reader(r.get("bandit", {}), r.at("bandit"))
+    b = fields.Reader(r.get("bandit", {}), r.at("bandit"))
     bandit = Bandit(
-        enabled=_bool(b.get("enabled", d.bandit.enabled), b.at("enabled")),
-        floor=_number(b.get("floor", d.bandit.floor), b.at("floor"), low=0, high=0.5),
-        min_units=_int(b.get("min_units", d.bandit.min_units), b.at("min_units"), low=1),
+        enabled=fields.boolean(b.get("enabled", d.bandit.enabled), b.at("enabled")),
+        floor=fields.number(b.get("floor", d.bandit.floor), b.at("floor"), low=0, high=0.5),
+        min_units=fields.integer(b.get("min_units", d.bandit.min_units), b.at("min_units"), low=1),
     )
     b.done()
     guardrails = (
@@ -380,11 +199,13 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
     )
     r.seen.add("guardrails")
     settings = AnalysisSettings(
-        alpha=_number(r.get("alpha", d.alpha), r.at("alpha"), low=0, high=0.5, low_open=True),
-        min_units_per_arm=_int(r.get("min_units_per_arm", d.min_units_per_arm), r.at("min_units_per_arm"), low=2),
-        max_duration_s=parse_duration(r.get("max_duration", d.max_duration_s), r.at("max_duration")),
-        srm_alpha=_number(r.get("srm_alpha", d.srm_alpha), r.at("srm_alpha"), low=0, high=0.5, low_open=True),
-        expected_units_per_arm=_int(
+        alpha=fields.number(r.get("alpha", d.alpha), r.at("alpha"), low=0, high=0.5, low_open=True),
+        min_units_per_arm=fields.integer(
+            r.get("min_units_per_arm", d.min_units_per_arm), r.at("min_units_per_arm"), low=2
+        ),
+        max_duration_s=fields.duration(r.get("max_duration", d.max_duration_s), r.at("max_duration")),
+        srm_alpha=fields.number(r.get("srm_alpha", d.srm_alpha), r.at("srm_alpha"), low=0, high=0.5, low_open=True),
+        expected_units_per_arm=fields.integer(
             r.get("expected_units_per_arm", d.expected_units_per_arm), r.at("expected_units_per_arm"), low=10
         ),
         guardrails=guardrails,
@@ -397,26 +218,26 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
 
 def parse(data: Any) -> Experiment:
     """Validate a spec (as loaded from YAML/JSON or a custom resource's spec)."""
-    r = _Reader(data, "")
-    name = _str(r.get("name", required=True), "name", _DNS_LABEL, "a DNS-1123 label (lowercase a-z, 0-9, '-')")
+    r = fields.Reader(data, "")
+    name = fields.string(r.get("name", required=True), "name", _DNS_LABEL, "a DNS-1123 label (lowercase a-z, 0-9, '-')")
     variants = _variants(r.get("variants", required=True), "variants")
     metrics = _metrics(r.get("metrics", []), "metrics")
     metric_names = {m.name for m in metrics} | set(BUILTIN_METRICS)
-    t = _Reader(r.get("timeouts", {}), "timeouts")
+    t = fields.Reader(r.get("timeouts", {}), "timeouts")
     timeouts = Timeouts(
-        connect_s=parse_duration(t.get("connect", Timeouts.connect_s), t.at("connect")),
-        read_s=parse_duration(t.get("read", Timeouts.read_s), t.at("read")),
+        connect_s=fields.duration(t.get("connect", Timeouts.connect_s), t.at("connect")),
+        read_s=fields.duration(t.get("read", Timeouts.read_s), t.at("read")),
     )
     t.done()
     experiment = Experiment(
         name=name,
-        salt=_str(r.get("salt", name), "salt"),
+        salt=fields.string(r.get("salt", name), "salt"),
         unit=_unit(r.get("unit", required=True), "unit"),
         variants=variants,
         metrics=metrics,
-        epoch=_int(r.get("epoch", 1), "epoch", low=1, high=MAX_EPOCH),
-        allow_force_variant=_bool(r.get("allow_force_variant", False), "allow_force_variant"),
-        outcome_ttl_s=parse_duration(r.get("outcome_ttl", Experiment.outcome_ttl_s), "outcome_ttl"),
+        epoch=fields.integer(r.get("epoch", 1), "epoch", low=1, high=MAX_EPOCH),
+        allow_force_variant=fields.boolean(r.get("allow_force_variant", False), "allow_force_variant"),
+        outcome_ttl_s=fields.duration(r.get("outcome_ttl", Experiment.outcome_ttl_s), "outcome_ttl"),
         timeouts=timeouts,
         analysis=_analysis(r.get("analysis", {}), "analysis", metric_names),
     )

@@ -14,12 +14,14 @@ from pathlib import Path
 from aiohttp import web
 
 from abrouter.contract import experiment as model
+from abrouter.errors import UserError
+from abrouter.redact import mask_url
 from abrouter.router import examples
-from abrouter.router.eventlog.script import mask_url
 from abrouter.router.examples.model_server import build_model_app, start_model_server
-from abrouter.router.http.app import ServeSettings, build_app, secret_from_env, secret_problem
+from abrouter.router.http.app import build_app
 from abrouter.router.redis_server import RedisServer
-from abrouter.router.sources.file import FileWeightsSource
+from abrouter.router.settings import ServeSettings, secret_from_env, secret_problem
+from abrouter.router.sources.file import FileSource
 
 log = logging.getLogger("abrouter")
 
@@ -110,9 +112,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _check_args(args: argparse.Namespace) -> None:
     for name in ("flush_interval", "reload_interval", "shutdown_timeout"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0..65535, got {args.port}")
+        raise UserError(f"--port must be 0..65535, got {args.port}")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -137,7 +139,7 @@ def serve(args: argparse.Namespace) -> int:
         problem = secret_problem(settings.secret)
         if problem and not bundled:  # the local quick start needs no secret
             log.warning("%s", problem)
-        source = FileWeightsSource(path, interval_s=args.reload_interval)
+        source = FileSource(path, interval_s=args.reload_interval)
         app = build_app(experiment, settings, source=source)
         if bundled:
             app.cleanup_ctx.append(_example_models)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from abrouter.contract.experiment import Experiment
+from abrouter.router.errors import BatchError
 
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 512
@@ -45,10 +46,6 @@ class ItemError:
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "field": self.field, "error": self.error}
-
-
-class BatchError(ValueError):
-    """The body as a whole is unusable (not JSON, wrong shape, too many items)."""
 
 
 def items_of(body: Any) -> list[Any]:

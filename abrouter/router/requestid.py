@@ -23,13 +23,11 @@ import random
 import struct
 from dataclasses import dataclass
 
+from abrouter.router.errors import RequestIdError
+
 _BODY = struct.Struct(">8sIBI6s")
 _MAC_LEN = 8
 _ENCODED_LEN = 42
-
-
-class RequestIdError(ValueError):
-    """An id that is malformed, fails its MAC, or has expired."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,7 @@ from dataclasses import dataclass, field
 
 from abrouter.contract.experiment import Experiment
 from abrouter.router.assignment import Assigner
-
-
-class ReloadRejected(ValueError):
-    """A new spec that must not replace the running one."""
+from abrouter.router.errors import ReloadRejected
 
 
 @dataclass(frozen=True)

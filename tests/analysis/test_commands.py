@@ -19,9 +19,9 @@ import redis.asyncio
 from scipy import stats as sps
 from statsmodels.stats.power import NormalIndPower
 
-from abrouter import cli
-from abrouter.analysis import commands, history
-from abrouter.analysis.sinks.file import DryRunSink
+from abrouter import cli, redact
+from abrouter.analysis import commands, history, service
+from abrouter.analysis.sinks.base import DryRunSink
 from abrouter.analysis.stats.compare import Running
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
@@ -281,7 +281,7 @@ async def test_the_sequential_p_is_a_running_minimum_over_the_history(
     write_aggregates(sync, experiment_name, control=(2000, 100), candidate=(2000, 110))
     sync.close()
     experiment = spec.load(config_file(tmp_path, experiment_name))
-    first = await commands.look(redis_client, experiment, sink=DryRunSink())
+    first = await service.look(redis_client, experiment, sink=DryRunSink())
     (c,) = [c for c in first.comparisons if c.metric == "conversion"]
     assert c.sequential_p_value > 0.5
 
@@ -293,7 +293,7 @@ async def test_the_sequential_p_is_a_running_minimum_over_the_history(
         if x["metric"] == "conversion":
             x["p_better"] = 0.0123
     await redis_client.xadd(k.decisions, {history.FIELD: json.dumps(doc)})
-    second = await commands.look(redis_client, experiment, sink=DryRunSink())
+    second = await service.look(redis_client, experiment, sink=DryRunSink())
     (c2,) = [x for x in second.comparisons if x.metric == "conversion"]
     assert (c2.sequential_p_value, c2.sequential_p_better) == (0.0123, 0.0123)
     assert c2.sequential_p_worse > 0.5  # the better-direction minimum does not leak into harm
@@ -454,8 +454,10 @@ def test_plan_rejects_bad_input(argv: list[str], message: str, capsys: pytest.Ca
 
 
 def test_redis_url_is_masked() -> None:
-    assert commands.mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
-    assert commands.mask_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert redact.mask_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact.mask_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert redact.mask_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redact.mask_url("redis://host:6379/0?password=pw&db=1") == "redis://host:6379/0?password=***&db=1"
 
 
 def test_the_example_config_is_analyzable(tmp_path: Path) -> None:

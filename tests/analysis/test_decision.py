@@ -10,6 +10,7 @@ import pytest
 
 from abrouter.analysis import analyzer, decision
 from abrouter.analysis import data as d
+from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running
 from abrouter.analysis.stats.noninferiority import NonInferiority
 from abrouter.analysis.stats.sample import Sample
@@ -121,10 +122,10 @@ def srm(flagged: bool = False) -> SrmResult:
 
 def evidence(
     *comparisons: Comparison, guardrails: tuple[NonInferiority, ...] | None = None, flagged: bool = False
-) -> decision.Evidence:
+) -> Evidence:
     if guardrails is None:
         guardrails = tuple(rail(c.variant) for c in comparisons)
-    return decision.Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(flagged))
+    return Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(flagged))
 
 
 AB_50 = {"control": 50.0, "candidate": 50.0}

@@ -9,7 +9,8 @@ import pytest
 
 from abrouter.analysis.decision import Decision
 from abrouter.analysis.errors import ConflictError
-from abrouter.analysis.sinks.file import DryRunSink, FileSink, WeightsSink
+from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
+from abrouter.analysis.sinks.file import FileSink
 from abrouter.contract import experiment as spec
 from abrouter.router import examples
 
@@ -36,7 +37,7 @@ async def test_file_sink_writes_new_weights_and_the_next_epoch(config: Path) -> 
     assert after.weights == (0.75, 0.25)
     assert after.epoch == before.epoch + 1
     # Everything but the weights and the epoch survives the rewrite.
-    assert spec.to_dict(after) == spec.to_dict(before.with_weights({"control": 75.0, "candidate": 25.0}))
+    assert spec.to_dict(after) == spec.to_dict(spec.with_weights(before, {"control": 75.0, "candidate": 25.0}))
     assert config.read_text().startswith("# Written by `abrouter analyze --apply`")
     assert config.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in config.parent.iterdir()] == [config.name]  # no temp file left behind

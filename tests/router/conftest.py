@@ -17,9 +17,11 @@ from aiohttp.test_utils import TestClient
 
 from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, Stratum, decode_agg
-from abrouter.router.http.app import ServeSettings, build_app
-from abrouter.router.http.proxy import ROUTER, Router
-from abrouter.router.sources.file import FileWeightsSource
+from abrouter.router.http.app import build_app
+from abrouter.router.http.proxy import ROUTER
+from abrouter.router.settings import ServeSettings
+from abrouter.router.sources.file import FileSource
+from abrouter.router.state import Router
 from tests.router.upstreams import RawUpstream, model_app
 
 
@@ -128,7 +130,7 @@ async def make_router(
             flush_interval_s=0.05,
             upstream_transport=transport or upstream_transport,
         )  # type: ignore[arg-type]
-        app: web.Application = build_app(model.load(path), settings, source=FileWeightsSource(path, interval_s=0.05))
+        app: web.Application = build_app(model.load(path), settings, source=FileSource(path, interval_s=0.05))
         client = await aiohttp_client(app)
         return RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=url)
 

@@ -6,7 +6,7 @@ import asyncio
 
 import redis.asyncio
 
-from abrouter.analysis import commands
+from abrouter.analysis import service
 from abrouter.analysis.sinks.file import FileSink
 from abrouter.contract import experiment as model
 from tests.router.conftest import MakeRouter
@@ -28,7 +28,7 @@ async def test_an_applied_ramp_reaches_the_router_as_a_new_epoch(make_router: Ma
     await r.settle()
     client = redis.asyncio.Redis.from_url(r.redis_url)
     try:
-        result = await commands.look(client, model.load(r.path), sink=FileSink(r.path))
+        result = await service.look(client, model.load(r.path), sink=FileSink(r.path))
         entries = await client.xrange(r.keys.decisions)
     finally:
         await client.aclose()

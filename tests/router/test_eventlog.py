@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
+from abrouter.router.errors import BatchRejected, EventLogError, EventLogUnavailable
 from abrouter.router.eventlog import spill
 from abrouter.router.eventlog.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, decode_events
 from abrouter.router.eventlog.log import (
@@ -31,11 +32,8 @@ from abrouter.router.eventlog.log import (
     DUPLICATE,
     GAP,
     EventLog,
-    EventLogError,
-    EventLogUnavailable,
     FlushScript,
 )
-from abrouter.router.eventlog.script import BatchRejected
 from abrouter.router.redis_server import RedisServer, free_port
 
 VARIANTS = ("control", "candidate")

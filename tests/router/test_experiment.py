@@ -179,12 +179,12 @@ def test_weights_normalise_with_ten_thousandth_resolution():
 
 def test_with_weights_bumps_epoch_and_validates():
     e = model.parse(BASE)
-    ramped = e.with_weights({"candidate": 150})
+    ramped = model.with_weights(e, {"candidate": 150})
     assert ramped.weights == (0.25, 0.75) and ramped.epoch == 2
     with pytest.raises(model.ConfigError):
-        e.with_weights({"candidate": -1})
+        model.with_weights(e, {"candidate": -1})
     with pytest.raises(model.ConfigError, match="unknown variant"):
-        e.with_weights({"ghost": 1})
+        model.with_weights(e, {"ghost": 1})
 
 
 def test_durations():

@@ -2,8 +2,9 @@ import pytest
 
 from abrouter.contract import experiment as model
 from abrouter.router import headers as hdr
-from abrouter.router.requestid import RequestIdError, RequestIds
-from abrouter.router.routing import ReloadRejected, RoutingTable, next_table
+from abrouter.router.errors import ReloadRejected, RequestIdError
+from abrouter.router.requestid import RequestIds
+from abrouter.router.routing import RoutingTable, next_table
 from tests.router.test_experiment import BASE, spec
 
 

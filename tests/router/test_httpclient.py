@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.upstream.httpclient import HttptoolsTransport
-from abrouter.router.upstream.transport import TimeoutConfig, UpstreamTimeout, UpstreamUnavailable
+from abrouter.router.upstream.transport import TimeoutConfig
 from tests.router.conftest import MakeRouter
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from abrouter.router.redis_server import RedisServer, RedisServerError, find_binary, ping
+from abrouter.router.errors import RedisServerError
+from abrouter.router.redis_server import RedisServer, find_binary, ping
 
 
 def test_find_binary_is_executable() -> None:

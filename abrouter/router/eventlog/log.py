@@ -38,7 +38,6 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio
@@ -48,15 +47,11 @@ from redis.backoff import NoBackoff
 
 from abrouter.contract import keys
 from abrouter.contract.experiment import Experiment
+from abrouter.redact import mask_url
+from abrouter.router.errors import BatchRejected, EventLogError, EventLogUnavailable
 from abrouter.router.eventlog import events, spill
-from abrouter.router.eventlog.script import (
-    BatchRejected,
-    EventLogError,
-    EventLogUnavailable,
-    FlushScript,
-    call_redis,
-    mask_url,
-)
+from abrouter.router.eventlog.script import FlushScript, call_redis
+from abrouter.router.eventlog.stats import EventLogStats
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +64,6 @@ RETAIN_MAX_BATCHES = 4
 LRU_SIZE = 100_000
 
 APPLIED, DUPLICATE, GAP, QUARANTINED = 1, 0, -1, -2
-
-
-@dataclass(frozen=True, slots=True)
-class EventLogStats:
-    """A snapshot for /metrics and /readyz. Counts are events unless named otherwise."""
-
-    buffered: int  # in memory, not yet acknowledged by Redis
-    spilled: int  # in this producer's spill file, waiting for Redis
-    dropped: int  # lost: Redis down and the spill file could not be written
-    flush_failures: int  # flush rounds that could not deliver everything to Redis
-    flushed_batches: int  # batches Redis acknowledged (applied or already applied)
-    repeated_outcomes: int  # not counted: their event_id was already in this batch or in Redis
-    quarantined: int  # set aside in the quarantine file: the script refused their batch
-    redis_up: bool
 
 
 class EventLog:

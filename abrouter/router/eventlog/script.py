@@ -18,12 +18,12 @@ import re
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio
 import redis.exceptions
 
 from abrouter.contract import keys
+from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import events
 
 FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
@@ -32,22 +32,6 @@ FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
 # timeouts, LOADING after a restart, MISCONF/READONLY refusals. All are retried later.
 _REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 T = TypeVar("T")
-
-
-class EventLogError(Exception):
-    """The event log was used wrongly."""
-
-
-class EventLogUnavailable(EventLogError):
-    """Redis cannot be reached right now; events still spill, lookups cannot be answered."""
-
-
-class BatchRejected(EventLogError):
-    """flush.lua refused or failed on this batch and wrote nothing: retrying cannot help.
-
-    E.g. a unit state in Redis that is not what the script wrote (edited by hand, or by
-    another program), or a bug. The batch goes to the quarantine file.
-    """
 
 
 REJECTED = -2
@@ -61,15 +45,6 @@ def _script_failed(exc: BaseException) -> bool:
         return False
     message = str(exc)
     return "user_script" in message and not _TRANSIENT.search(message)
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, for logs and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class FlushScript:

@@ -12,7 +12,7 @@ process), and any new router of the same experiment may replay and delete it:
 (producer, seq) once.
 
 A *quarantine* file, ``<stem>.<producer>q.quarantine``, has the same format: the batches
-Redis refused (`router.flushscript.BatchRejected`), renumbered as the batches of their
+Redis refused (`abrouter.router.errors.BatchRejected`), renumbered as the batches of their
 own producer ``<producer>q``. Nothing replays it on its own. Once the cause is fixed,
 renaming it to ``.spill`` makes it an orphan that the next router to start replays.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -13,10 +14,11 @@ from abrouter.contract import experiment as model
 from abrouter.contract.keys import unit_hash
 from abrouter.router import metrics as prom
 from abrouter.router import outcomes as oc
+from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
 from abrouter.router.eventlog.events import Outcome
-from abrouter.router.eventlog.log import EventLogUnavailable
-from abrouter.router.http.proxy import FORCED_EPOCH, ROUTER, Router
-from abrouter.router.requestid import RequestIdError
+from abrouter.router.exchange import FORCED_EPOCH
+from abrouter.router.http.proxy import ROUTER
+from abrouter.router.state import Router
 
 PREFIX = "/abrouter"
 
@@ -98,10 +100,10 @@ async def outcomes(request: web.Request) -> web.Response:
         return error(413, "too_large", f"body too large ({exc.text}); send at most {oc.MAX_BATCH} outcomes")
     except RecursionError:
         return error(400, "invalid_body", "body must be JSON: nested too deeply")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return error(
-            400, "invalid_body", f"body must be JSON: {exc}" if not isinstance(exc, oc.BatchError) else str(exc)
-        )
+    except BatchError as exc:
+        return error(400, "invalid_body", str(exc))
+    except (ValueError, UnicodeDecodeError) as exc:  # json's own errors
+        return error(400, "invalid_body", f"body must be JSON: {exc}")
     try:
         resolved = await _resolve(router, raw_items)
     except EventLogUnavailable:
@@ -143,9 +145,9 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.It
     for c in checked:
         if isinstance(c, oc.ItemError):
             out.append(c)
-        elif c.request_id is not None:
+        elif c.request_id is not None or c.unit is None:
             out.append(_by_request_id(router, c, now))
-        elif found[c.unit] is None:
+        elif (stratum := found[c.unit]) is None:
             out.append(
                 oc.ItemError(
                     c.index,
@@ -156,12 +158,12 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.It
                 )
             )
         else:
-            epoch, variant = found[c.unit]  # type: ignore[misc]
+            epoch, variant = stratum
             out.append(
                 Outcome(
                     unit_hash=hashes[c.unit],
                     variant=variant,
-                    epoch=epoch,  # type: ignore[index]
+                    epoch=epoch,
                     metric=c.metric,
                     value=c.value,
                     ts=now,
@@ -204,7 +206,7 @@ async def not_found(request: web.Request) -> web.Response:
     )
 
 
-def _method_not_allowed(allowed: str) -> web.Handler:
+def _method_not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         return error(405, "method_not_allowed", f"{request.method} {request.path}: use {allowed}")
 

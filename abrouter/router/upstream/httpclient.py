@@ -39,9 +39,10 @@ from collections.abc import AsyncIterable
 from dataclasses import replace
 from urllib.parse import urlsplit
 
+from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.headers import Headers
 from abrouter.router.upstream.httpconn import Connection, Limits, Response, StaleConnection
-from abrouter.router.upstream.transport import TimeoutConfig, UpstreamTimeout, UpstreamUnavailable
+from abrouter.router.upstream.transport import TimeoutConfig
 
 
 class HttptoolsTransport:

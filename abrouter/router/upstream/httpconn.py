@@ -28,8 +28,8 @@ from typing import Protocol
 
 import httptools
 
+from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.headers import Headers
-from abrouter.router.upstream.transport import UpstreamTimeout, UpstreamUnavailable
 
 #: A body up to this size goes out in the same write as the request head.
 ONE_WRITE_MAX = 64 * 1024

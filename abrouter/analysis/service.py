@@ -1,0 +1,36 @@
+"""The analyzer's look: read Redis, analyze with the history's running results, act, record.
+
+The CLI (`abrouter analyze`), the Kubernetes sink's loop, the demo and the benchmarks all
+call `look`; none copies it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import redis.asyncio
+
+from abrouter.analysis import analyzer, history, reader
+from abrouter.analysis.sinks.base import WeightsSink
+from abrouter.contract import experiment as spec
+from abrouter.contract import keys as schema
+
+
+async def look(
+    client: redis.asyncio.Redis,
+    experiment: spec.Experiment,
+    *,
+    sink: WeightsSink,
+    now: float | None = None,
+    keys: schema.Keys | None = None,
+) -> analyzer.AnalysisResult:
+    """One look from Redis: read, analyze with the history's running minimum, apply, record."""
+    keys = keys or schema.Keys(experiment.name)
+    data = await reader.read(client, experiment, keys=keys)
+    previous = await history.last(client, keys)
+    seed = previous.previous(sum(a.units for a in data.arms)) if previous is not None else {}
+    result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed, rng=np.random.default_rng())
+    applied = await sink.apply(result.decision, epoch=experiment.epoch)
+    await history.append(client, keys, result, applied=applied)
+    return result

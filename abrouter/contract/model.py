@@ -1,0 +1,131 @@
+"""The experiment model: frozen dataclasses that the router, the analyzer and the CRD share.
+
+Built only by `abrouter.contract.experiment.parse`, which validates every field; nothing
+here does I/O or imports a side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MetricKind = Literal["binary", "continuous"]
+Direction = Literal["increase", "decrease"]
+UnitSourceKind = Literal["header", "cookie", "query"]
+
+#: Metrics the router measures itself on every proxied request. They are per-request
+#: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
+BUILTIN_METRICS = ("errors", "latency_ms")
+WEIGHT_RESOLUTION = 10_000
+#: Request ids carry the epoch in 32 bits.
+MAX_EPOCH = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class UnitSource:
+    """Where the randomisation unit's id comes from on each request."""
+
+    kind: UnitSourceKind
+    name: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    upstream: str
+    weight: float  # as configured (relative); see Experiment.weights for the normalised split
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: MetricKind
+    direction: Direction = "increase"
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """Non-inferiority check of `metric` against the control, one-sided.
+
+    `margin` is the largest tolerated harm: absolute in the metric's units, or a fraction
+    of the control mean when `relative` is true (0.1 = 10% worse is still fine).
+    """
+
+    metric: str
+    direction: Direction
+    margin: float
+    relative: bool = False
+
+
+@dataclass(frozen=True)
+class Bandit:
+    """Thompson-sampling weights: weight = P(best), floored, after `min_units` per arm."""
+
+    enabled: bool = False
+    floor: float = 0.05
+    min_units: int = 500
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """The decision policy. Times are in seconds, weights in percent of traffic."""
+
+    alpha: float = 0.05
+    min_units_per_arm: int = 500
+    max_duration_s: float = 14 * 86400.0
+    srm_alpha: float = 0.001
+    #: mSPRT mixing variance is tuned to be most powerful around this many units per arm.
+    expected_units_per_arm: int = 10_000
+    guardrails: tuple[Guardrail, ...] = (
+        Guardrail(metric="errors", direction="decrease", margin=0.01, relative=False),
+        Guardrail(metric="latency_ms", direction="decrease", margin=0.2, relative=True),
+    )
+    #: Candidate weights (percent) the ramp steps through before promotion is allowed.
+    ramp: tuple[float, ...] = (5.0, 25.0, 50.0)
+    bandit: Bandit = field(default_factory=Bandit)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Upstream timeouts in seconds; a connect failure answers 502, a timeout 504."""
+
+    connect_s: float = 2.0
+    read_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    salt: str
+    unit: UnitSource
+    variants: tuple[Variant, ...]
+    metrics: tuple[Metric, ...]
+    #: The weights version. Every logged event records the epoch its unit was assigned
+    #: under, so the analyzer can stratify by it. Changing the weights requires raising it
+    #: (`with_weights` does); replicas reading the same spec then agree on the number.
+    epoch: int = 1
+    allow_force_variant: bool = False
+    #: How long after a response its request id may still be credited with an outcome.
+    outcome_ttl_s: float = 7 * 86400.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+
+    @property
+    def control(self) -> Variant:
+        return self.variants[0]
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """Normalised weights, summing to 1, rounded to 1/WEIGHT_RESOLUTION steps."""
+        return normalise([v.weight for v in self.variants])
+
+    def metric(self, name: str) -> Metric:
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+
+def normalise(weights: list[float] | tuple[float, ...]) -> tuple[float, ...]:
+    total = sum(weights)
+    return tuple(round(w / total * WEIGHT_RESOLUTION) / WEIGHT_RESOLUTION for w in weights)

@@ -1,0 +1,61 @@
+"""`ServeSettings`: how one router process runs, and the shared secret's checks.
+
+Secrets never reach a repr or a log line: the repr masks the Redis URL's password and
+leaves the secret out.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from abrouter.redact import mask_url
+
+#: The value k8s/kustomization.yaml ships with, to be replaced before any real deployment.
+PLACEHOLDER_SECRET = b"replace-me-with-openssl-rand-hex-32"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    redis_url: str
+    spill_dir: Path
+    #: Seconds between event-log flushes to Redis.
+    flush_interval_s: float = 0.25
+    #: Events held in memory before a flush is forced.
+    max_buffered_events: int = 50_000
+    #: Shared by all replicas so any of them accepts request ids issued by another;
+    #: from ABROUTER_SECRET. Without it ids are checked for integrity only.
+    secret: bytes = field(default=b"", repr=False)
+    #: False runs a plain proxy that records nothing (to measure the event log's cost).
+    event_log: bool = True
+    #: The upstream client: "aiohttp" (`AiohttpTransport`, the default until the other has
+    #: run in production) or "httptools" (`HttptoolsTransport`, ~1.6x the requests per core
+    #: in bench/README.md).
+    upstream_transport: Literal["aiohttp", "httptools"] = "aiohttp"
+
+    def __repr__(self) -> str:
+        return (
+            f"ServeSettings(redis_url={mask_url(self.redis_url)!r}, spill_dir={str(self.spill_dir)!r}, "
+            f"flush_interval_s={self.flush_interval_s}, max_buffered_events={self.max_buffered_events}, "
+            f"secret={'set' if self.secret else 'unset'}, event_log={self.event_log}, "
+            f"upstream_transport={self.upstream_transport!r})"
+        )
+
+
+def secret_from_env() -> bytes:
+    return os.environ.get("ABROUTER_SECRET", "").encode()
+
+
+def secret_problem(secret: bytes) -> str | None:
+    """Why request ids could be forged with this secret, or None."""
+    advice = (
+        "anyone can forge request ids and credit outcomes to a variant; set it to the same random "
+        "value on every replica (e.g. openssl rand -hex 32)"
+    )
+    if not secret:
+        return f"ABROUTER_SECRET is not set: {advice}"
+    if secret == PLACEHOLDER_SECRET:
+        return f"ABROUTER_SECRET is the placeholder from k8s/kustomization.yaml: {advice}"
+    return None

@@ -1,0 +1,62 @@
+"""Where the running router gets its spec from: sources produce specs, `follow` applies them.
+
+A source (`file.FileSource`, a Kubernetes `Experiment` watch next) only yields each new
+spec it reads, or the `ConfigError` that made one unusable. The bookkeeping that every
+source would otherwise repeat lives once, in `follow`: apply the spec, keep the old one
+when it is rejected (an invalid spec, or a `ReloadRejected` change), log it, and keep
+`SourceStatus` (shown at /abrouter/experiment) up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from abrouter.contract.experiment import ConfigError, Experiment
+from abrouter.errors import UserError
+
+log = logging.getLogger("abrouter.weights")
+
+OnChange = Callable[[Experiment], None]
+
+
+@dataclass
+class SourceStatus:
+    """What /abrouter/experiment shows about the last reload attempt."""
+
+    last_error: str | None = None
+    reloads: int = 0
+
+
+class SpecSource(Protocol):
+    #: Names the source in messages: a file path, or NAMESPACE/NAME of a resource.
+    name: str
+
+    def updates(self) -> AsyncIterator[Experiment | ConfigError]:
+        """Each changed spec (or why it cannot be used) until cancelled; never raises otherwise."""
+        ...
+
+
+async def follow(source: SpecSource, on_change: OnChange, status: SourceStatus) -> None:
+    """Apply every update of `source` through `on_change`, until cancelled."""
+    async for update in source.updates():
+        offer(update, on_change, status, where=source.name)
+
+
+def offer(update: Experiment | ConfigError, on_change: OnChange, status: SourceStatus, *, where: str) -> bool:
+    """Apply one update; on any failure keep serving the current spec. True if applied."""
+    try:
+        if isinstance(update, ConfigError):
+            raise update
+        on_change(update)
+    except Exception as exc:  # ConfigError, ReloadRejected, or a bug: keep serving the old spec
+        status.last_error = f"{where}: {exc}"
+        log.error(
+            "reload rejected, keeping the current spec: %s", status.last_error, exc_info=not isinstance(exc, UserError)
+        )
+        return False
+    status.last_error = None
+    status.reloads += 1
+    return True
