@@ -12,7 +12,7 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     abrouter:{E}:epochs      hash    epoch -> JSON {"weights": {variant: w}, "since": ts}
     abrouter:{E}:producers   hash    producer id -> last applied batch sequence number
     abrouter:{E}:events      stream  capped raw log: one entry per flushed batch (audit only)
-    abrouter:{E}:decisions   stream  capped history of the analyzer's decisions
+    abrouter:{E}:decisions   stream  capped history of the analyzer's decisions (`abrouter.contract.history`)
     abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
     abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
 
@@ -166,7 +166,7 @@ class MetricSums:
 
 
 @dataclass
-class Stratum:
+class StratumSums:
     """Everything `agg` holds for one (epoch, variant)."""
 
     epoch: int
@@ -177,15 +177,15 @@ class Stratum:
     metrics: dict[str, MetricSums] = field(default_factory=lambda: defaultdict(MetricSums))
 
 
-def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], Stratum]:
+def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], StratumSums]:
     """Parse an ``HGETALL agg`` reply into strata keyed by (epoch, variant)."""
-    strata: dict[tuple[int, str], Stratum] = {}
+    strata: dict[tuple[int, str], StratumSums] = {}
     for key, value in raw.items():
         parts = _text(key).split(FIELD_SEP)
         epoch, variant = int(parts[0]), parts[1]
         s = strata.get((epoch, variant))
         if s is None:
-            s = strata[(epoch, variant)] = Stratum(epoch=epoch, variant=variant)
+            s = strata[(epoch, variant)] = StratumSums(epoch=epoch, variant=variant)
         number = float(_text(value))
         if len(parts) == 3:
             if parts[2] == "units":
