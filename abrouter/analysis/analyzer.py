@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from abrouter.analysis import decision as policy
-from abrouter.analysis.data import Arm, ExperimentData
+from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
@@ -165,7 +165,7 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) 
     return compare(
         data.samples(data.control.name, metric.name),
         data.samples(arm.name, metric.name),
-        kind=metric.kind,
+        kind=stat_kind(metric),
         direction=metric.direction,
         alpha=data.settings.alpha,
         expected_units=data.settings.expected_units_per_arm,
@@ -180,7 +180,7 @@ def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
     return non_inferiority(
         data.samples(data.control.name, g.metric),
         data.samples(arm.name, g.metric),
-        kind=metric.kind,
+        kind=stat_kind(metric),
         direction=g.direction,
         margin=g.margin,
         relative=g.relative,
@@ -192,7 +192,7 @@ def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
 
 
 def _arm_dict(a: Arm) -> dict[str, Any]:
-    return {"name": a.name, "weight": a.weight, "units": a.units}
+    return {"name": a.name, "weight": a.weight, "units": a.units, "exposures": a.exposures}
 
 
 def _srm_dict(s: SrmResult) -> dict[str, Any]:

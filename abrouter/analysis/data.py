@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import model
@@ -46,6 +47,8 @@ class Stratum:
     epoch: int
     units: int
     metrics: Mapping[str, Sample] = field(default_factory=dict)
+    #: Proxied requests (0 when the source does not say, e.g. a summary without them).
+    exposures: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class Arm:
     @property
     def units(self) -> int:
         return sum(s.units for s in self.strata)
+
+    @property
+    def exposures(self) -> int:
+        return sum(s.exposures for s in self.strata)
 
     def stratum(self, epoch: int) -> Stratum | None:
         for s in self.strata:
@@ -95,6 +102,8 @@ class ExperimentData:
     settings: AnalysisSettings = field(default_factory=AnalysisSettings)
     #: When the experiment started (unix seconds), if known; drives `max_duration`.
     started_at: float | None = None
+    #: False when the source held nothing at all under the experiment's name (a typo?).
+    found: bool = True
 
     @property
     def control(self) -> Arm:
@@ -142,6 +151,11 @@ class ExperimentData:
     def samples(self, arm: str, metric: str) -> tuple[Sample, ...]:
         """`arm`'s per-epoch samples of `metric`, aligned with `epochs`."""
         return self.arm(arm).samples(metric, self.epoch_ids, ratio=self.is_ratio(metric))
+
+
+def stat_kind(metric: Metric) -> Literal["binary", "continuous"]:
+    """How the statistics treat a metric: a spec ratio is continuous (delta method)."""
+    return "binary" if metric.kind == "binary" else "continuous"
 
 
 def percent(weights: Mapping[str, float]) -> dict[str, float]:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from abrouter.analysis import explain
-from abrouter.analysis.data import Arm, ExperimentData
+from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import reasons
 from abrouter.analysis.stats.bandit import thompson_weights
@@ -223,7 +223,7 @@ def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
     assert metric is not None  # `decide` checks
     ratio = data.is_ratio(metric.name)
     samples = {n: data.arm(n).pooled(metric.name, ratio=ratio) for n in look.active}
-    drawn = thompson_weights(samples, kind=metric.kind, direction=metric.direction, floor=bandit.floor, rng=rng)
+    drawn = thompson_weights(samples, kind=stat_kind(metric), direction=metric.direction, floor=bandit.floor, rng=rng)
     weights = {a.name: 0.0 for a in data.arms} | {n: _FULL * w for n, w in drawn.items()}
     weights = _hold_unproven(look, weights)
     held = [n for n in look.candidates if not _guardrails_pass(look, n)]

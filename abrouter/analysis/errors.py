@@ -8,11 +8,13 @@
     │    └── InputError           bad input: a summary file, a flag; names the path
     └── AnalysisError             the analyzer's runtime failures
          ├── SourceError          Redis or a file could not be read or written
+         │    └── NoDataError     Redis holds nothing for the experiment (a typo, no flush yet)
          └── ConflictError        a sink found newer weights than the look analysed
 
 The CLI maps every `UserError` to exit code 2 and one line. A `SourceError` or
 `ConflictError` is not the user's input being wrong: exit code 1 and one line, and
-`analyze --every` logs it and tries again. Anything else is a bug (a traceback, exit 1).
+`analyze --every` logs it and tries again. `NoDataError` is one of them: a look at a
+name Redis knows nothing of says so (exit 1) instead of reporting 0 units. Anything else is a bug (a traceback, exit 1).
 """
 
 from __future__ import annotations
@@ -41,3 +43,7 @@ class SourceError(AnalysisError):
 
 class ConflictError(AnalysisError):
     """The weights changed since the analysed look (a newer epoch); nothing was written."""
+
+
+class NoDataError(SourceError):
+    """Redis has no aggregates and no epochs under the experiment's keys."""

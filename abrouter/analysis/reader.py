@@ -9,12 +9,17 @@ valid on Redis Cluster too.
 Samples, per (epoch, variant) stratum with n = the stratum's units:
 
 - user metrics: unit-level means, Sample(n, Σx_u, Σx_u²); binary x_u is 0/1, so Σx² = Σx;
+- ratio metrics of the spec (``kind: ratio``): Σx_u / Σy_u of the numerator's and the
+  denominator's unit totals, with Σy_u, Σy_u² and Σx_u·y_u (``sum_xy``; ``sum_xn`` when the
+  denominator is the exposures) for the delta method;
 - built-ins (errors, latency_ms): per-request ratios Σx_u / Σn_u, with the denominator
   sums the delta method needs (den_sum = exposures, den_sum_sq = Σn_u², sum_products =
   Σx_u·n_u).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import redis
 import redis.asyncio
@@ -23,7 +28,7 @@ from abrouter.analysis import data as d
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import keys as schema
-from abrouter.contract.experiment import Experiment, Metric
+from abrouter.contract.experiment import EXPOSURES, Experiment, Metric
 
 
 async def read(
@@ -37,7 +42,10 @@ async def read(
             agg, epochs = await pipe.execute()
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
-    return build(experiment, schema.decode_agg(agg), schema.decode_epochs(epochs))
+    data = build(experiment, schema.decode_agg(agg), schema.decode_epochs(epochs))
+    # The router registers the epoch with its first flush, so both empty means no router
+    # ever wrote here: most likely a typo in the name, or a prefix that differs.
+    return data if agg or epochs else dataclasses.replace(data, found=False)
 
 
 def build(
@@ -84,10 +92,14 @@ def _epochs(
 
 
 def _stratum(s: schema.StratumSums, metrics: tuple[Metric, ...]) -> d.Stratum:
-    return d.Stratum(epoch=s.epoch, units=s.units, metrics={m.name: _sample(s, m) for m in metrics})
+    return d.Stratum(
+        epoch=s.epoch, units=s.units, exposures=s.exposures, metrics={m.name: _sample(s, m) for m in metrics}
+    )
 
 
 def _sample(s: schema.StratumSums, metric: Metric) -> Sample:
+    if metric.is_ratio:
+        return _ratio(s, metric)
     sums = s.metrics.get(metric.name) or schema.MetricSums()
     if metric.name in d.BUILTIN_NAMES:
         return Sample(
@@ -100,3 +112,20 @@ def _sample(s: schema.StratumSums, metric: Metric) -> Sample:
         )
     sum_sq = sums.sum if metric.kind == "binary" else sums.sum_sq
     return Sample(n=s.units, sum=sums.sum, sum_sq=sum_sq)
+
+
+def _ratio(s: schema.StratumSums, metric: Metric) -> Sample:
+    """A spec ratio: its numerator's unit sums over its denominator's (or the exposures).
+
+    Σx² is stored for every column (for binary metrics it equals Σx), so no kind matters.
+    """
+    num = s.metrics.get(metric.numerator or "") or schema.MetricSums()
+    if metric.denominator == EXPOSURES:
+        den_sum, den_sum_sq, products = float(s.exposures), s.exposures_sq, num.sum_xn
+    else:
+        den = s.metrics.get(metric.denominator or "") or schema.MetricSums()
+        den_sum, den_sum_sq = den.sum, den.sum_sq
+        products = num.sum_xy.get(metric.denominator or "", 0.0)
+    return Sample(
+        n=s.units, sum=num.sum, sum_sq=num.sum_sq, den_sum=den_sum, den_sum_sq=den_sum_sq, sum_products=products
+    )

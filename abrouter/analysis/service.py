@@ -12,6 +12,7 @@ import numpy as np
 import redis.asyncio
 
 from abrouter.analysis import analyzer, history, reader
+from abrouter.analysis.errors import NoDataError
 from abrouter.analysis.sinks.base import WeightsSink
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys as schema
@@ -25,9 +26,18 @@ async def look(
     now: float | None = None,
     keys: schema.Keys | None = None,
 ) -> analyzer.AnalysisResult:
-    """One look from Redis: read, analyze with the history's running minimum, apply, record."""
+    """One look from Redis: read, analyze with the history's running minimum, apply, record.
+
+    `NoDataError` when Redis holds nothing under the experiment's keys.
+    """
     keys = keys or schema.Keys(experiment.name)
     data = await reader.read(client, experiment, keys=keys)
+    if not data.found:
+        # Nothing to decide on, and nothing recorded: a typo must not start a history.
+        raise NoDataError(
+            f"nothing found for experiment {experiment.name!r}: Redis has no {keys.agg} or {keys.epochs} "
+            "(check the name and the prefix, or wait for the router's first flush)"
+        )
     previous = await history.last(client, keys)
     seed = previous.previous(sum(a.units for a in data.arms)) if previous is not None else {}
     result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed, rng=np.random.default_rng())

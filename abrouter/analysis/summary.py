@@ -251,6 +251,8 @@ def _sample(raw: Any, path: str, metric: spec.Metric) -> Sample:
         raise InputError(
             f"{path}.{missing}", f"is required for a ratio metric (give all of {', '.join(_RATIO_KEYS)} or none)"
         )
+    if not ratio and metric.is_ratio:
+        raise InputError(f"{path}.denominator_sum", "is required: a ratio metric gives its denominator sums")
     if not ratio and metric.name in d.BUILTIN_NAMES:
         raise InputError(
             f"{path}.denominator_sum", "is required: built-in metrics are per-request ratios over the unit's exposures"

@@ -25,6 +25,7 @@ from abrouter.contract import fields
 from abrouter.contract.fields import ConfigError
 from abrouter.contract.model import (
     BUILTIN_METRICS,
+    EXPOSURES,
     MAX_EPOCH,
     WEIGHT_RESOLUTION,
     AnalysisSettings,
@@ -43,6 +44,7 @@ from abrouter.contract.model import (
 
 __all__ = [
     "BUILTIN_METRICS",
+    "EXPOSURES",
     "MAX_EPOCH",
     "WEIGHT_RESOLUTION",
     "AnalysisSettings",
@@ -145,18 +147,43 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
         name = fields.string(
             r.get("name", required=True), r.at("name"), _NAME, "a name of letters, digits, '-', '_' or '.'"
         )
-        if name in BUILTIN_METRICS:
+        if name in BUILTIN_METRICS or name == EXPOSURES:
             raise ConfigError(r.at("name"), f"{name!r} is measured by the router itself; pick another name")
+        kind = fields.choice(r.get("kind", required=True), r.at("kind"), ("binary", "continuous", "ratio"))
+        numerator = denominator = None
+        if kind == "ratio":
+            numerator = fields.string(r.get("numerator", required=True), r.at("numerator"))
+            denominator = fields.string(r.get("denominator", EXPOSURES), r.at("denominator"))
         metrics.append(
             Metric(
                 name=name,
-                kind=fields.choice(r.get("kind", required=True), r.at("kind"), ("binary", "continuous")),
+                kind=kind,
                 direction=fields.choice(r.get("direction", "increase"), r.at("direction"), ("increase", "decrease")),
+                numerator=numerator,
+                denominator=denominator,
             )
         )
         r.done()
     _unique([m.name for m in metrics], path)
+    for i, m in enumerate(metrics):
+        if m.is_ratio:
+            _ratio_parts(m, f"{path}[{i}]", metrics)
     return tuple(metrics)
+
+
+def _ratio_parts(m: Metric, path: str, metrics: list[Metric]) -> None:
+    """A ratio's parts are metrics with per-unit sums: not ratios, not itself, not equal."""
+    summed = [x.name for x in metrics if not x.is_ratio]
+    for part, name, allowed in (
+        ("numerator", m.numerator, [*summed, *BUILTIN_METRICS]),
+        ("denominator", m.denominator, [*summed, *BUILTIN_METRICS, EXPOSURES]),
+    ):
+        if name not in allowed:
+            raise ConfigError(
+                f"{path}.{part}", f"must name a binary or continuous metric, got {name!r}; known: {', '.join(allowed)}"
+            )
+    if m.numerator == m.denominator:
+        raise ConfigError(f"{path}.denominator", f"must differ from the numerator, got {m.denominator!r} for both")
 
 
 def _guardrails(data: Any, path: str, metric_names: set[str]) -> tuple[Guardrail, ...]:
@@ -280,7 +307,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
         "salt": e.salt,
         "unit": {e.unit.kind: e.unit.name},
         "variants": [{"name": v.name, "upstream": v.upstream, "weight": v.weight} for v in e.variants],
-        "metrics": [{"name": m.name, "kind": m.kind, "direction": m.direction} for m in e.metrics],
+        "metrics": [_metric_dict(m) for m in e.metrics],
         "epoch": e.epoch,
         "allow_force_variant": e.allow_force_variant,
         "outcome_ttl": e.outcome_ttl_s,
@@ -299,6 +326,13 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "bandit": {"enabled": a.bandit.enabled, "floor": a.bandit.floor, "min_units": a.bandit.min_units},
         },
     }
+
+
+def _metric_dict(m: Metric) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": m.name, "kind": m.kind, "direction": m.direction}
+    if m.is_ratio:
+        out.update(numerator=m.numerator, denominator=m.denominator)
+    return out
 
 
 def to_json(e: Experiment) -> str:

@@ -25,10 +25,17 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     e|v|m|sum_sq       sum of x_u^2
     e|v|m|sum_xn       sum of x_u * n_u (the covariance term of the delta method)
     e|v|m|events       number of outcome events (or requests, for built-in metrics)
+    e|v|m|sum_xy|d     sum of x_u * y_u, y_u the unit's total of metric d: kept for every
+                       (numerator m, denominator d) of a ratio metric over two metrics
+                       (`Experiment.ratio_pairs`); a ratio per exposure uses sum_xn
 
 where a unit's ``x_u`` is the sum of its values, except for binary metrics, where it is
 the maximum (1 once the unit converted). Built-in metrics (`BUILTIN_METRICS`: errors,
 latency_ms) are recorded on every proxied request; analyse them as ratios x_u / n_u.
+A ``ratio`` metric of the spec has no fields of its own: the analyzer reads its
+numerator's and denominator's sums (and ``sum_xy``). Its cross products are counted from
+the first batch of a router that knows the ratio; declare ratios when the experiment
+starts, since units whose state does not move afterwards miss their earlier product.
 
 ``units`` fields, for the unit hash ``h`` (`unit_hash`, never the raw id)::
 
@@ -142,8 +149,11 @@ def unit_hash(unit: str) -> str:
 
 
 def metric_order(experiment: Experiment) -> tuple[str, ...]:
-    """Metric names in storage order: the built-ins first, then the experiment's metrics."""
-    return BUILTIN_METRICS + tuple(m.name for m in experiment.metrics)
+    """Metric names in storage order: the built-ins first, then the experiment's metrics.
+
+    Ratio metrics have no column: they are derived from their numerator and denominator.
+    """
+    return BUILTIN_METRICS + tuple(m.name for m in experiment.outcome_metrics)
 
 
 def parse_stratum(value: bytes | str) -> tuple[int, str]:
@@ -163,6 +173,8 @@ class MetricSums:
     sum_sq: float = 0.0
     sum_xn: float = 0.0
     events: float = 0.0
+    #: Σ x_u·y_u per denominator metric d (``m|sum_xy|d``).
+    sum_xy: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,6 +208,8 @@ def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], 
                 s.exposures_sq = number
         elif len(parts) == 4:
             setattr(s.metrics[parts[2]], parts[3], number)
+        elif len(parts) == 5 and parts[3] == "sum_xy":
+            s.metrics[parts[2]].sum_xy[parts[4]] = number
     return strata
 
 

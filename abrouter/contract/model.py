@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-MetricKind = Literal["binary", "continuous"]
+MetricKind = Literal["binary", "continuous", "ratio"]
 Direction = Literal["increase", "decrease"]
 UnitSourceKind = Literal["header", "cookie", "query"]
 
@@ -17,6 +17,8 @@ UnitSourceKind = Literal["header", "cookie", "query"]
 #: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
 BUILTIN_METRICS = ("errors", "latency_ms")
 WEIGHT_RESOLUTION = 10_000
+#: The denominator of a ratio metric per proxied request (the unit's exposures).
+EXPOSURES = "exposures"
 #: Request ids carry the epoch in 32 bits.
 MAX_EPOCH = 2**32 - 1
 
@@ -38,9 +40,24 @@ class Variant:
 
 @dataclass(frozen=True)
 class Metric:
+    """A metric the analysis compares.
+
+    ``binary`` and ``continuous`` metrics receive outcomes (``/abrouter/outcomes``) and are
+    means per unit. A ``ratio`` receives none: it is Σx_u / Σy_u over units of two other
+    sums, its `numerator` (a binary or continuous metric, or a built-in) and its
+    `denominator` (another such metric, or `EXPOSURES`: the unit's proxied requests),
+    analysed by the delta method over units (clicks per impression, revenue per request).
+    """
+
     name: str
     kind: MetricKind
     direction: Direction = "increase"
+    numerator: str | None = None
+    denominator: str | None = None
+
+    @property
+    def is_ratio(self) -> bool:
+        return self.kind == "ratio"
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,17 @@ class Experiment:
     def weights(self) -> tuple[float, ...]:
         """Normalised weights, summing to 1, rounded to 1/WEIGHT_RESOLUTION steps."""
         return normalise([v.weight for v in self.variants])
+
+    @property
+    def outcome_metrics(self) -> tuple[Metric, ...]:
+        """The metrics clients report outcomes for (stored per unit); ratios are derived."""
+        return tuple(m for m in self.metrics if not m.is_ratio)
+
+    @property
+    def ratio_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(numerator, denominator) of every ratio over two metrics: their Σx_u·y_u is kept."""
+        pairs = [(m.numerator, m.denominator) for m in self.metrics if m.is_ratio and m.denominator != EXPOSURES]
+        return tuple(dict.fromkeys((n, d) for n, d in pairs if n is not None and d is not None))
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:

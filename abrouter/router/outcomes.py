@@ -75,8 +75,15 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
     except KeyError:
         kind = None
     if kind is None or not isinstance(metric, str):
-        known = ", ".join(m.name for m in experiment.metrics) or "(none configured)"
+        known = ", ".join(m.name for m in experiment.outcome_metrics) or "(none configured)"
         return ItemError(index, "metric", f"unknown metric {metric!r}; known: {known}")
+    if kind == "ratio":
+        ratio = experiment.metric(metric)
+        return ItemError(
+            index,
+            "metric",
+            f"{metric!r} is a ratio of {ratio.numerator} and {ratio.denominator}: report those metrics instead",
+        )
     value = _value(index, raw.get("value"), kind)
     if isinstance(value, ItemError):
         return value

@@ -78,6 +78,11 @@ def binary_metrics(experiment: Experiment) -> frozenset[str]:
     return frozenset(m.name for m in experiment.metrics if m.kind == "binary")
 
 
+def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
+    """(numerator, denominator) pairs whose per-unit cross products flush.lua sums."""
+    return experiment.ratio_pairs
+
+
 def encode_events(batch: Sequence[Event]) -> str:
     """Raw events as one JSON array of rows, in `EXPOSURE_FIELDS`/`OUTCOME_FIELDS` order.
 
@@ -116,7 +121,9 @@ class Aggregator:
     the ids Redis has seen, so they travel one by one and ``flush.lua`` folds the new ones.
     """
 
-    def __init__(self, metrics: Sequence[str], binary: Collection[str]) -> None:
+    def __init__(
+        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+    ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
             raise ValueError(f"metrics must start with the built-ins {BUILTIN_METRICS}, got {list(metrics)}")
         self._metrics: list[str] = []
@@ -128,7 +135,8 @@ class Aggregator:
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
-        self.extend_metrics(metrics, binary)
+        self._products: list[tuple[str, str]] = []
+        self.extend_metrics(metrics, binary, products)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -138,8 +146,19 @@ class Aggregator:
         """True when a flush would carry nothing (no events and no epoch to register)."""
         return not self._events and not self._epochs
 
-    def extend_metrics(self, metrics: Sequence[str], binary: Collection[str]) -> None:
-        """Adopt a longer metric list (a config reload); existing metrics keep their place."""
+    def extend_metrics(
+        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Adopt a longer metric list (a config reload); existing metrics keep their place.
+
+        `products` are the ratio pairs (numerator, denominator): flush.lua keeps their
+        Σ x_u·y_u. Both must be among `metrics`.
+        """
+        for pair in products:
+            if not set(pair) <= set(metrics) | set(self._offset):
+                raise ValueError(f"ratio pair {pair} names a metric outside {list(metrics)}")
+            if tuple(pair) not in self._products:
+                self._products.append((pair[0], pair[1]))
         for name in metrics:
             if name not in self._offset:
                 self._offset[name] = 1 + 2 * len(self._metrics)
@@ -198,7 +217,9 @@ class Aggregator:
 
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
         stratum the script stores in ``units[h]``. Outcomes with an event_id are
-        ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
+        ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``. ``products`` (only when
+        the experiment has ratio metrics over two metrics) lists their (numerator,
+        denominator) pairs.
         """
         latest = self._latest
         payload = {
@@ -209,6 +230,8 @@ class Aggregator:
             "keyed": [[i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()],
             "n": len(self._events),
         }
+        if self._products:
+            payload["products"] = [list(p) for p in self._products]
         return Batch(
             producer=producer,
             seq=seq,

@@ -78,6 +78,14 @@ for i, m in ipairs(batch.metrics) do
   bcol[i], bbin[i] = col[m], is_binary[m] or false
 end
 
+-- [issue 9: ratio cross products] Per pair (numerator, denominator) of a ratio metric
+-- over two metrics, the columns whose Σ x_u·y_u the delta method needs. Batches from
+-- routers without ratio metrics carry no `products`.
+local pairs_ = batch.products or {}
+local pcol = {}
+for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
+-- [end issue 9]
+
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
@@ -129,8 +137,10 @@ local function stratum(e, v)
   if not s then
     s = e .. '|' .. v
     by_v[v] = s
-    local acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {}}
+    local acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {},
+                 sum_xy = {}}
     for j = 1, ncol do acc.events[j], acc.sum[j], acc.sum_sq[j], acc.sum_xn[j] = 0, 0, 0, 0 end
+    for p = 1, #pcol do acc.sum_xy[p] = 0 end
     strata[s] = acc
   end
   return s, strata[s]
@@ -177,6 +187,11 @@ local function apply_cell(cell, state, acc)
     acc.sum_sq[j] = acc.sum_sq[j] + (b * b - a * a)
     acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
     parts[j + 1] = num(b)
+  end
+  -- [issue 9] d(x*y) of each ratio pair, from the old and the new state.
+  for p, c in ipairs(pcol) do
+    local jx, jy = c[1], c[2]
+    acc.sum_xy[p] = acc.sum_xy[p] + (x1[jx] * x1[jy] - (state[jx + 1] or 0) * (state[jy + 1] or 0))
   end
   return '[' .. table.concat(parts, ',') .. ']'
 end
@@ -229,6 +244,7 @@ for s, acc in pairs(strata) do
     add(prefix .. 'sum_sq', acc.sum_sq[j], false)
     add(prefix .. 'sum_xn', acc.sum_xn[j], false)
   end
+  for p, pair in ipairs(pairs_) do add(s .. '|' .. pair[1] .. '|sum_xy|' .. pair[2], acc.sum_xy[p], false) end
 end
 for first = 1, #increments, CHUNK do
   local slice, names = {}, {}
