@@ -192,7 +192,13 @@ def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
 
 
 def _arm_dict(a: Arm) -> dict[str, Any]:
-    return {"name": a.name, "weight": a.weight, "units": a.units, "exposures": a.exposures}
+    return {
+        "name": a.name,
+        "weight": a.weight,
+        "units": a.units,
+        "exposures": a.exposures,
+        "multiple_exposures": a.multiple_exposures,
+    }
 
 
 def _srm_dict(s: SrmResult) -> dict[str, Any]:

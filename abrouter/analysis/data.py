@@ -49,6 +49,9 @@ class Stratum:
     metrics: Mapping[str, Sample] = field(default_factory=dict)
     #: Proxied requests (0 when the source does not say, e.g. a summary without them).
     exposures: int = 0
+    #: Units first exposed here that were later exposed to another variant too. Counted
+    #: in `units` unless the policy excludes them (``analysis.multiple_exposures``).
+    multiple_exposures: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ class Arm:
     @property
     def exposures(self) -> int:
         return sum(s.exposures for s in self.strata)
+
+    @property
+    def multiple_exposures(self) -> int:
+        return sum(s.multiple_exposures for s in self.strata)
 
     def stratum(self, epoch: int) -> Stratum | None:
         for s in self.strata:

@@ -12,6 +12,10 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
 - ratio metrics of the spec (``kind: ratio``): Σx_u / Σy_u of the numerator's and the
   denominator's unit totals, with Σy_u, Σy_u² and Σx_u·y_u (``sum_xy``; ``sum_xn`` when the
   denominator is the exposures) for the delta method;
+- units exposed to more than one variant are in the stratum of their first exposure
+  (intent-to-treat, see `abrouter.contract.keys`); their count is reported per stratum and,
+  with ``analysis.multiple_exposures: exclude``, their sums (the shadow stratum
+  ``variant~mx``) are subtracted;
 - built-ins (errors, latency_ms): per-request ratios Σx_u / Σn_u, with the denominator
   sums the delta method needs (den_sum = exposures, den_sum_sq = Σn_u², sum_products =
   Σx_u·n_u).
@@ -55,11 +59,16 @@ def build(
     metrics = experiment.metrics + d.BUILTIN_METRIC_SPECS
     timeline = _epochs(experiment, strata, epochs)
     current = d.percent({v.name: v.weight for v in experiment.variants})
+    exclude = experiment.analysis.multiple_exposures == "exclude"
     arms = tuple(
         d.Arm(
             name=v.name,
             weight=current[v.name],
-            strata=tuple(_stratum(s, metrics) for (_, name), s in sorted(strata.items()) if name == v.name),
+            strata=tuple(
+                _stratum(s, metrics, strata.get((e, v.name + schema.MULTIPLE_SUFFIX)), exclude=exclude)
+                for (e, name), s in sorted(strata.items())
+                if name == v.name
+            ),
         )
         for v in experiment.variants
     )
@@ -91,9 +100,19 @@ def _epochs(
     return tuple(out)
 
 
-def _stratum(s: schema.StratumSums, metrics: tuple[Metric, ...]) -> d.Stratum:
+def _stratum(
+    s: schema.StratumSums, metrics: tuple[Metric, ...], mx: schema.StratumSums | None, *, exclude: bool
+) -> d.Stratum:
+    """One arm's epoch stratum; `mx` are its multiple-exposure units' sums (subtracted if `exclude`)."""
+    multiple = mx.units if mx is not None else 0
+    if exclude and mx is not None:
+        s = schema.subtract(s, mx)
     return d.Stratum(
-        epoch=s.epoch, units=s.units, exposures=s.exposures, metrics={m.name: _sample(s, m) for m in metrics}
+        epoch=s.epoch,
+        units=s.units,
+        exposures=s.exposures,
+        metrics={m.name: _sample(s, m) for m in metrics},
+        multiple_exposures=multiple,
     )
 
 

@@ -35,10 +35,23 @@ def _variants(r: AnalysisResult) -> str:
             f"{a.units:d}",
             f"{r.srm.expected.get(a.name, math.nan):.0f}",
             f"{a.exposures:d}",
+            f"{a.multiple_exposures:d}",
         ]
         for a in r.data.arms
     ]
-    return table(["variant", "weight", "units", "expected", "exposures"], rows, right={1, 2, 3, 4})
+    head = ["variant", "weight", "units", "expected", "exposures", "multiple"]
+    lines = [table(head, rows, right={1, 2, 3, 4, 5})]
+    if any(a.multiple_exposures for a in r.data.arms):
+        policy = r.data.settings.multiple_exposures
+        lines.append(
+            "multiple: units also exposed to another variant later; "
+            + (
+                "left out of every estimate (multiple_exposures: exclude)"
+                if policy == "exclude"
+                else "kept in the variant of their first exposure (intent-to-treat)"
+            )
+        )
+    return "\n".join(lines)
 
 
 def _comparisons(r: AnalysisResult) -> str:

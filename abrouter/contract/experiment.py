@@ -238,6 +238,9 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
         guardrails=guardrails,
         ramp=ramp,
         bandit=bandit,
+        multiple_exposures=fields.choice(
+            r.get("multiple_exposures", d.multiple_exposures), r.at("multiple_exposures"), ("keep", "exclude")
+        ),
     )
     r.done()
     return settings
@@ -324,6 +327,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             ],
             "ramp": list(a.ramp),
             "bandit": {"enabled": a.bandit.enabled, "floor": a.bandit.floor, "min_units": a.bandit.min_units},
+            "multiple_exposures": a.multiple_exposures,
         },
     }
 

@@ -18,7 +18,7 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
 
 ``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
 
-    e|v|units          units exposed in this stratum (counted when n_u becomes > 0)
+    e|v|units          units first exposed in this stratum (counted when n_u becomes > 0)
     e|v|exposures      proxied requests (sum of n_u over units)
     e|v|exposures_sq   sum of n_u^2
     e|v|m|sum          sum over units of x_u (the unit's total of metric m)
@@ -40,9 +40,21 @@ starts, since units whose state does not move afterwards miss their earlier prod
 ``units`` fields, for the unit hash ``h`` (`unit_hash`, never the raw id)::
 
     h           "e|v" of the unit's latest exposure (credits unit-addressed outcomes)
+    h|f         "e|v" of the unit's first exposure; "e|v|m" once it was also exposed to
+                another variant (a multiple exposure)
     h|e|v       JSON array [n_u, x_u(m1), x_u(m2), ...], numbers written with 17
                 significant digits so they round-trip exactly; x_u columns follow
                 the ``metrics`` key.
+
+Intent-to-treat: a unit is credited once, to the (epoch, variant) of its first exposure
+(``h|f``). All its later requests and outcomes, in any epoch or variant, move the one
+state ``h|e0|v0`` and the sums of stratum ``e0|v0``; a returning user is not a new unit in
+each epoch (those copies were correlated, and the strata were combined as independent).
+A unit exposed to a second variant (a ramp moved it) is counted in the shadow stratum
+``e0|v0~mx`` (`MULTIPLE_SUFFIX`: ``units`` and every sum, no ``events``), which the
+analyzer reports as multiple exposures and, by policy, subtracts (`subtract`). Units
+stored before this (``h`` set, no ``h|f``) keep the old accounting, one state per
+(unit, epoch, variant) cell, so data written before the change stays consistent.
 
 The ``metrics`` key is the union of every producer's `metric_order(experiment)` in
 first-seen order: ``flush.lua`` appends the names a batch brings that it lacks and never
@@ -237,3 +249,28 @@ def encode_epoch(weights: Mapping[str, float], since: float) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+#: The shadow stratum of a variant's multiple-exposure units: ``e|v~mx|...`` in ``agg``.
+MULTIPLE_SUFFIX = "~mx"
+
+
+def subtract(s: StratumSums, part: StratumSums) -> StratumSums:
+    """`s` without the units of `part` (a subset of them, e.g. its multiple exposures)."""
+    out = StratumSums(
+        epoch=s.epoch,
+        variant=s.variant,
+        units=s.units - part.units,
+        exposures=s.exposures - part.exposures,
+        exposures_sq=s.exposures_sq - part.exposures_sq,
+    )
+    for name, m in s.metrics.items():
+        p = part.metrics.get(name) or MetricSums()
+        out.metrics[name] = MetricSums(
+            sum=m.sum - p.sum,
+            sum_sq=m.sum_sq - p.sum_sq,
+            sum_xn=m.sum_xn - p.sum_xn,
+            events=m.events,  # the shadow stratum keeps no event counts
+            sum_xy={d: v - p.sum_xy.get(d, 0.0) for d, v in m.sum_xy.items()},
+        )
+    return out

@@ -12,6 +12,7 @@ from typing import Literal
 MetricKind = Literal["binary", "continuous", "ratio"]
 Direction = Literal["increase", "decrease"]
 UnitSourceKind = Literal["header", "cookie", "query"]
+MultipleExposures = Literal["keep", "exclude"]
 
 #: Metrics the router measures itself on every proxied request. They are per-request
 #: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
@@ -100,6 +101,11 @@ class AnalysisSettings:
     #: Candidate weights (percent) the ramp steps through before promotion is allowed.
     ramp: tuple[float, ...] = (5.0, 25.0, 50.0)
     bandit: Bandit = field(default_factory=Bandit)
+    #: Units exposed to more than one variant (a ramp moves some users): "keep" analyses
+    #: them intent-to-treat, in the variant of their first exposure (unbiased); "exclude"
+    #: leaves them out, as GrowthBook does, at the risk of a selection bias (whether a
+    #: user returns after a ramp step depends on the user).
+    multiple_exposures: MultipleExposures = "keep"
 
 
 @dataclass(frozen=True)

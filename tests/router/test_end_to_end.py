@@ -37,7 +37,9 @@ async def test_an_applied_ramp_reaches_the_router_as_a_new_epoch(make_router: Ma
     assert len(entries) == 1
     await r.wait_for_epoch(2)
     assert r.router.table.weights_by_name() == {"control": 0.75, "candidate": 0.25}
-    resp = await r.client.post("/predict", headers={"X-User-Id": "user-1"}, data=b"{}")
-    resp.release()
+    # A returning user stays in epoch 1 (intent-to-treat); a new one starts epoch 2's strata.
+    for user in ("user-1", "user-new"):
+        resp = await r.client.post("/predict", headers={"X-User-Id": user}, data=b"{}")
+        resp.release()
     await r.settle()
     assert {epoch for epoch, _ in await r.strata()} == {1, 2}

@@ -132,6 +132,7 @@ class Aggregator:
         self._zero: list[float] = [0]
         self._cells: dict[tuple[str, int, str], list[float]] = {}
         self._latest: dict[str, tuple[str, int, str]] = {}  # unit -> key of its latest exposure's cell
+        self._exposed: dict[tuple[str, int, str], int] = {}  # cell key -> index of its first exposure
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
@@ -181,6 +182,7 @@ class Aggregator:
         cell[3] += e.latency_ms
         cell[4] += 1
         self._latest[e.unit_hash] = key
+        self._exposed.setdefault(key, len(self._events))
         self._events.append(e)
 
     def add_outcome(self, o: Outcome) -> bool:
@@ -222,10 +224,14 @@ class Aggregator:
         denominator) pairs.
         """
         latest = self._latest
+        # Cells in the order of their first exposure (outcome-only cells last): flush.lua
+        # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
+        exposed, never = self._exposed, len(self._events)
+        order = sorted(self._cells, key=lambda key: exposed.get(key, never))
         payload = {
             "metrics": self._metrics,
             "binary": sorted(self._binary),
-            "cells": [[*key, 1 if latest.get(key[0]) == key else 0, *cell] for key, cell in self._cells.items()],
+            "cells": [[*key, 1 if latest.get(key[0]) == key else 0, *self._cells[key]] for key in order],
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
             "keyed": [[i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()],
             "n": len(self._events),

@@ -161,72 +161,157 @@ local function valid_state(raw)
   return state
 end
 
-local function apply_cell(cell, state, acc)
-  local dn = cell[5]
-  local n0 = state[1]
-  local n1 = n0 + dn
-  local x1 = {}
-  for j = 1, ncol do x1[j] = state[j + 1] or 0 end
+-- The unit's state after the cell: n and every column's x_u.
+local function next_state(cell, state)
+  local x1 = {cell[5] + state[1]}
+  for j = 1, ncol do x1[j + 1] = state[j + 1] or 0 end
   for i = 1, nbm do
-    local j, dx = bcol[i], cell[4 + 2 * i]
+    local j, dx = bcol[i] + 1, cell[4 + 2 * i]
     if bbin[i] then
       if dx > x1[j] then x1[j] = dx end
     else
       x1[j] = x1[j] + dx
     end
-    acc.events[j] = acc.events[j] + cell[5 + 2 * i]
+  end
+  return x1
+end
+
+-- Adds the exact change old -> new of every sufficient statistic to a stratum's totals.
+-- `cell` (or nil) brings the event counts.
+local function accumulate(acc, old, new, cell)
+  local n0, n1 = old[1], new[1]
+  if cell then
+    for i = 1, nbm do acc.events[bcol[i]] = acc.events[bcol[i]] + cell[5 + 2 * i] end
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
-  acc.exposures = acc.exposures + dn
+  acc.exposures = acc.exposures + (n1 - n0)
   acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0
   -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
-  local parts = {num(n1)}
   for j = 1, ncol do
-    local a, b = state[j + 1] or 0, x1[j]
+    local a, b = old[j + 1] or 0, new[j + 1]
     acc.sum[j] = acc.sum[j] + (b - a)
     acc.sum_sq[j] = acc.sum_sq[j] + (b * b - a * a)
     acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
-    parts[j + 1] = num(b)
   end
   -- [issue 9] d(x*y) of each ratio pair, from the old and the new state.
   for p, c in ipairs(pcol) do
-    local jx, jy = c[1], c[2]
-    acc.sum_xy[p] = acc.sum_xy[p] + (x1[jx] * x1[jy] - (state[jx + 1] or 0) * (state[jy + 1] or 0))
+    local jx, jy = c[1] + 1, c[2] + 1
+    acc.sum_xy[p] = acc.sum_xy[p] + (new[jx] * new[jy] - (old[jx] or 0) * (old[jy] or 0))
   end
+end
+
+local function encode_state(state)
+  local parts = {}
+  for j = 1, ncol + 1 do parts[j] = num(state[j] or 0) end
   return '[' .. table.concat(parts, ',') .. ']'
 end
 
--- Cells in chunks: one HMGET (now) and one HSET (in phase 2) per chunk instead of two
--- calls per cell. A cell key (h|e|v) occurs once per batch, so reading every chunk before
--- writing any is exact.
+-- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
+-- first exposure, recorded in units[h|f] as "e|v" ("e|v|m" once the unit has also been
+-- exposed to another variant: a multiple exposure). Every later cell of the unit, in any
+-- epoch or variant, moves that one state h|e0|v0. A multiple-exposure unit's sums are
+-- also kept in the shadow stratum "e0|v0~mx", so the analyzer can report them and, by
+-- policy, subtract them. A unit with state from before this change (units[h] set, no
+-- h|f) keeps the old per-(unit, epoch, variant) accounting, so old data stays exact.
+local MX = '~mx'
+local firsts = {}   -- h -> {e, v, multiple, legacy}, as moved by this batch so far
+local cached = {}   -- state field -> state after this batch's cells so far
+local function target(c, info)
+  -- The cell's stratum (e, v) and its state field under intent-to-treat.
+  if info.legacy or not info.e then return c[2], c[3], false end
+  return info.e, info.v, info.multiple
+end
+
+-- Cells in chunks: two HMGETs (now) and one HSET (in phase 2) per chunk instead of calls
+-- per cell. Several cells of one unit may now share one state, so states moved by this
+-- batch are taken from `cached`, and the last write of a field wins in phase 2.
 local CHUNK = 500
 local unit_writes = {}
 for first = 1, #cells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, #cells)
-  local fields = {}
+  local ids = {}
+  for i = first, last_cell do
+    local h = cells[i][1]
+    ids[#ids + 1] = h .. '|f'
+    ids[#ids + 1] = h
+  end
+  local known = redis.call('HMGET', units, unpack(ids))
+  for i = first, last_cell do
+    local c, k = cells[i], 2 * (i - first) + 1
+    local info = firsts[c[1]]
+    if not info then
+      info = {}
+      local f = known[k]
+      if f then
+        local e, v, m = string.match(f, '^(%d+)|([^|]+)|?(m?)$')
+        if not e then return {-2, last, 0, 'corrupt first exposure in ' .. units .. ' field ' .. ids[k]} end
+        info.e, info.v, info.multiple, info.stored = tonumber(e), v, m == 'm', true
+      elseif known[k + 1] then
+        info.legacy = true
+      end
+      firsts[c[1]] = info
+    end
+    if not info.legacy and c[5] > 0 then
+      if not info.e then
+        info.e, info.v, info.changed = c[2], c[3], true
+      elseif c[3] ~= info.v and not info.multiple then
+        info.multiple, info.changed, info.newly = true, true, true
+      end
+    end
+  end
+  local fields, wanted = {}, {}
   for i = first, last_cell do
     local c = cells[i]
-    fields[#fields + 1] = c[1] .. '|' .. c[2] .. '|' .. c[3]
+    local e, v = target(c, firsts[c[1]])
+    local key = c[1] .. '|' .. e .. '|' .. v
+    if cached[key] == nil and not wanted[key] then
+      wanted[key] = true
+      fields[#fields + 1] = key
+    end
   end
-  local raws = redis.call('HMGET', units, unpack(fields))
-  local writes = {}
-  for i = first, last_cell do
-    local c, k = cells[i], i - first + 1
+  local raws = #fields > 0 and redis.call('HMGET', units, unpack(fields)) or {}
+  for k, key in ipairs(fields) do
     local state = valid_state(raws[k])
     if not state then
-      return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. fields[k]}
+      return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. key}
     end
-    local s, acc = stratum(c[2], c[3])
-    writes[#writes + 1] = fields[k]
-    writes[#writes + 1] = apply_cell(c, state, acc)
+    cached[key] = state
+  end
+  local writes = {}
+  for i = first, last_cell do
+    local c = cells[i]
+    local info = firsts[c[1]]
+    local e, v, multiple = target(c, info)
+    local key = c[1] .. '|' .. e .. '|' .. v
+    local old = cached[key]
+    local new = next_state(c, old)
+    local _, acc = stratum(e, v)
+    accumulate(acc, old, new, c)
+    if multiple then
+      -- The unit's whole state enters the shadow stratum the first time it switches.
+      local _, mx = stratum(e, v .. MX)
+      accumulate(mx, info.newly and {0} or old, new, nil)  -- sums only, no event counts
+      info.newly = false
+    end
+    cached[key] = new
+    writes[#writes + 1] = key
+    writes[#writes + 1] = encode_state(new)
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     if c[4] == 1 then
       writes[#writes + 1] = c[1]
-      writes[#writes + 1] = s
+      writes[#writes + 1] = c[2] .. '|' .. c[3]
     end
   end
   unit_writes[#unit_writes + 1] = writes
 end
+local first_writes = {}
+for h, info in pairs(firsts) do
+  if info.changed then
+    first_writes[#first_writes + 1] = h .. '|f'
+    first_writes[#first_writes + 1] = info.e .. '|' .. info.v .. (info.multiple and '|m' or '')
+  end
+end
+-- [end issue 9: intent-to-treat]
 
 -- The agg increments, as {field, delta, integer?}; the stored values must take them.
 local increments = {}
@@ -273,6 +358,9 @@ for first = 1, #new_ids, 2 * CHUNK do
   redis.call('ZADD', outcome_ids, unpack(new_ids, first, math.min(first + 2 * CHUNK - 1, #new_ids)))
 end
 for _, writes in ipairs(unit_writes) do redis.call('HSET', units, unpack(writes)) end
+for first = 1, #first_writes, 2 * CHUNK do
+  redis.call('HSET', units, unpack(first_writes, first, math.min(first + 2 * CHUNK - 1, #first_writes)))
+end
 
 for _, op in ipairs(increments) do
   if op[3] then

@@ -65,8 +65,19 @@ class _Unit:
 def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[tuple[int, str], keys.StratumSums]:
     """The sufficient statistics, computed the obvious way from the raw events.
 
-    An outcome whose event_id came earlier is not counted (all within the id window).
+    Intent-to-treat: each unit is credited to the (epoch, variant) of its first exposure,
+    with all its events; a unit also exposed to another variant is, besides, in the shadow
+    stratum ``variant~mx`` (sums only, no event counts). An outcome whose event_id came
+    earlier is not counted (all within the id window).
     """
+    recorded = list(recorded)
+    first: dict[str, tuple[int, str]] = {}
+    multiple: set[str] = set()
+    for ev in recorded:
+        if isinstance(ev, Exposure):
+            _, v0 = first.setdefault(ev.unit_hash, (ev.epoch, ev.variant))
+            if ev.variant != v0:
+                multiple.add(ev.unit_hash)
     units: dict[tuple[str, int, str], _Unit] = defaultdict(_Unit)
     counts: dict[tuple[int, str, str], int] = defaultdict(int)
     seen: set[str] = set()
@@ -75,26 +86,28 @@ def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[t
             if ev.event_id in seen:
                 continue
             seen.add(ev.event_id)
-        u = units[(ev.unit_hash, ev.epoch, ev.variant)]
+        e, v = first.get(ev.unit_hash, (ev.epoch, ev.variant))
+        u = units[(ev.unit_hash, e, v)]
         if isinstance(ev, Exposure):
             u.n += 1
             u.x["errors"] += float(ev.error)
             u.x["latency_ms"] += ev.latency_ms
-            counts[(ev.epoch, ev.variant, "errors")] += 1
-            counts[(ev.epoch, ev.variant, "latency_ms")] += 1
+            counts[(e, v, "errors")] += 1
+            counts[(e, v, "latency_ms")] += 1
         else:
             u.x[ev.metric] = max(u.x[ev.metric], ev.value) if ev.metric in binary else u.x[ev.metric] + ev.value
-            counts[(ev.epoch, ev.variant, ev.metric)] += 1
+            counts[(e, v, ev.metric)] += 1
     strata: dict[tuple[int, str], keys.StratumSums] = {}
-    for (_, e, v), u in units.items():
-        s = strata.setdefault((e, v), keys.StratumSums(epoch=e, variant=v))
-        s.units += u.n > 0
-        s.exposures += u.n
-        s.exposures_sq += u.n * u.n
-        for m, x in u.x.items():
-            s.metrics[m].sum += x
-            s.metrics[m].sum_sq += x * x
-            s.metrics[m].sum_xn += x * u.n
+    for (h, e, v), u in units.items():
+        for variant in (v, v + "~mx") if h in multiple else (v,):
+            s = strata.setdefault((e, variant), keys.StratumSums(epoch=e, variant=variant))
+            s.units += u.n > 0
+            s.exposures += u.n
+            s.exposures_sq += u.n * u.n
+            for m, x in u.x.items():
+                s.metrics[m].sum += x
+                s.metrics[m].sum_sq += x * x
+                s.metrics[m].sum_xn += x * u.n
     for (e, v, m), count in counts.items():
         strata[(e, v)].metrics[m].events += count
     return strata
@@ -134,9 +147,12 @@ def random_events(
 ) -> list[Event]:
     """Random events; a share `keyed` of the outcomes carry one of `event_ids` ids, so repeat."""
     out: list[Event] = []
+    exposed: set[str] = set()
     for i in range(count):
         unit, epoch, variant = f"{prefix}{rng.randrange(units)}", rng.choice(epochs), rng.choice(VARIANTS)
-        if rng.random() < 0.6:
+        # A unit's first event is an exposure: outcomes are credited to exposed units.
+        if rng.random() < 0.6 or unit not in exposed:
+            exposed.add(unit)
             out.append(
                 Exposure(
                     request_id=f"r{i}",

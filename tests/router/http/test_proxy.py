@@ -206,8 +206,12 @@ async def test_ramp_via_config_reload_moves_units_only_into_the_raised_variant(m
     assert set(moves) == {("candidate", "control")}, moves
     assert 300 < moves[("candidate", "control")] < 500  # about 40% of all units
     await r.settle()
-    epochs = {e for e, _ in await r.strata()}
-    assert epochs == {1, 2}
+    # Intent-to-treat: every returning user stays in its first epoch and variant; the
+    # movers are flagged as multiple exposures (the shadow strata ~mx), in epoch 1 only.
+    strata = await r.strata()
+    assert {e for e, _ in strata} == {1}
+    assert strata[(1, "candidate~mx")].units == moves[("candidate", "control")]
+    assert strata[(1, "control")].units + strata[(1, "candidate")].units == len(users)
 
 
 async def test_three_variant_ramp_over_http(make_router: MakeRouter):
