@@ -38,7 +38,9 @@ KIND = "Experiment"
 MERGE_PATCH = "application/merge-patch+json"
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_WATCH: Any = kubernetes.watch
 T = TypeVar("T")
+_CONFIG: Any = kubernetes.config
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,10 @@ def load_config(kubeconfig: Path | None = None) -> kubernetes.client.ApiClient:
     configuration = kubernetes.client.Configuration()
     try:
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            _CONFIG.load_incluster_config(client_configuration=configuration)
         else:
             path = str(kubeconfig) if kubeconfig is not None else None
-            kubernetes.config.load_kube_config(config_file=path, client_configuration=configuration)
+            _CONFIG.load_kube_config(config_file=path, client_configuration=configuration)
     except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "the Kubernetes config (in-cluster or ~/.kube/config)"
         raise errors.KubeUserError(f"cannot load {where}: {exc}") from exc
@@ -81,13 +83,15 @@ class KubeClient:
     """The API calls of one component (`role`: "router" or "analyzer", named in 403 messages)."""
 
     def __init__(self, api: kubernetes.client.ApiClient, *, role: str, timeout_s: float = 10.0) -> None:
-        self.api = api
+        self.api: Any = api
         self.role = role
         self.timeout_s = timeout_s
-        self.custom = kubernetes.client.CustomObjectsApi(api)
-        self.core = kubernetes.client.CoreV1Api(api)
-        self.apps = kubernetes.client.AppsV1Api(api)
-        self._watch: kubernetes.watch.Watch | None = None
+        # Typed as Any: the generated APIs' annotations (pydantic models, `object` results)
+        # say less than the dicts the API returns, and older client versions have none.
+        self.custom: Any = kubernetes.client.CustomObjectsApi(api)
+        self.core: Any = kubernetes.client.CoreV1Api(api)
+        self.apps: Any = kubernetes.client.AppsV1Api(api)
+        self._watch: Any = None
 
     @classmethod
     def from_config(cls, kubeconfig: Path | None = None, *, role: str) -> KubeClient:
@@ -105,13 +109,21 @@ class KubeClient:
 
     def get(self, ref: Ref) -> dict[str, Any]:
         return self._call(
-            "get", PLURAL, ref, lambda: self.custom.get_namespaced_custom_object(*self._at(ref.namespace), ref.name)
+            "get",
+            PLURAL,
+            ref,
+            lambda: self.custom.get_namespaced_custom_object(
+                *self._at(ref.namespace), ref.name, _request_timeout=self.timeout_s
+            ),
         )
 
-    def list(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
+    def list_experiments(self, namespace: str) -> tuple[list[dict[str, Any]], str]:
         """The namespace's Experiments and the list's resourceVersion (where a watch starts)."""
         doc = self._call(
-            "list", PLURAL, Ref(namespace, ""), lambda: self.custom.list_namespaced_custom_object(*self._at(namespace))
+            "list",
+            PLURAL,
+            Ref(namespace, ""),
+            lambda: self.custom.list_namespaced_custom_object(*self._at(namespace), _request_timeout=self.timeout_s),
         )
         return list(doc.get("items") or []), str(doc["metadata"]["resourceVersion"])
 
@@ -121,7 +133,7 @@ class KubeClient:
         Raises `KubeGone` when the version is too old (the API reports 410 inside the
         stream): the caller relists. `stop_watch` from another thread ends it early.
         """
-        w = kubernetes.watch.Watch()
+        w = _WATCH.Watch()
         self._watch = w
         ref = Ref(namespace, "")
         stream = w.stream(
@@ -244,7 +256,9 @@ class KubeClient:
         except ApiException as exc:
             raise self._translate(exc, verb=verb, resource=resource, ref=ref) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise errors.KubeUnavailable(f"the Kubernetes API at {self.server} is unreachable: {_first_line(exc)}") from exc
+            raise errors.KubeUnavailable(
+                f"the Kubernetes API at {self.server} is unreachable: {_first_line(exc)}"
+            ) from exc
 
     def _translate(self, exc: ApiException, *, verb: str, resource: str, ref: Ref) -> errors.KubeError:
         code = int(exc.status or 0)

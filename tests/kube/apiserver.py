@@ -164,7 +164,9 @@ class KubeApiServer:
         def do() -> dict[str, Any]:
             key = (resource, namespace, obj["metadata"]["name"])
             old = self.objects.get(key)
-            return self._commit(key, old, copy.deepcopy(obj), spec_changed=old is None or old.get("spec") != obj.get("spec"))
+            return self._commit(
+                key, old, copy.deepcopy(obj), spec_changed=old is None or old.get("spec") != obj.get("spec")
+            )
 
         return self._sync(do)
 
@@ -226,7 +228,9 @@ class KubeApiServer:
 
     # ------------------------------------------------------------------------ the store
 
-    def _commit(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any], *, spec_changed: bool) -> dict[str, Any]:
+    def _commit(
+        self, key: Key, old: dict[str, Any] | None, new: dict[str, Any], *, spec_changed: bool
+    ) -> dict[str, Any]:
         """Store `new` (None-free) with a fresh resourceVersion, unless nothing changed."""
         if old is not None and new == old:
             return copy.deepcopy(old)
@@ -263,7 +267,9 @@ class KubeApiServer:
             current = self.objects[key]
         rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
         if rv is None and required:
-            raise ApiError(422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update")
+            raise ApiError(
+                422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+            )
         if rv is not None and str(rv) != current["metadata"]["resourceVersion"]:
             raise ApiError(
                 409,
@@ -290,7 +296,7 @@ class KubeApiServer:
         verb = _verb(request, bool(name))
         allowed = self.roles.get(resource)
         if allowed is not None and verb not in allowed:
-            base, _, sub = resource.partition("/")
+            base = resource.partition("/")[0]
             group = {"experiments": GROUP, "deployments": "apps"}.get(base, "")
             what = f'{base}.{group} "{name}"' if name and group else (f'{base} "{name}"' if name else base)
             raise ApiError(
@@ -402,8 +408,12 @@ class KubeApiServer:
         if request.method == "PATCH":
             allowed = ["application/merge-patch+json"] + ([] if custom else ["application/strategic-merge-patch+json"])
             if ctype not in allowed:
-                raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                               f"accepted media types include: {', '.join(allowed)}")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - "
+                    f"accepted media types include: {', '.join(allowed)}",
+                )
         return await _json(request)
 
     def _list_body(self, resource: str, ns: str, kind: str, api_version: str) -> dict[str, Any]:
@@ -422,9 +432,13 @@ class KubeApiServer:
             return response
         watcher = Watcher(resource, ns)
         if since:
-            backlog = [{"type": t, "object": o} for rv, t, k, o in self.history if rv > since and k[:2] == (resource, ns)]
+            backlog = [
+                {"type": t, "object": o} for rv, t, k, o in self.history if rv > since and k[:2] == (resource, ns)
+            ]
         else:  # no resourceVersion: the current state as ADDED events first
-            backlog = [{"type": "ADDED", "object": o} for (r, n, _), o in self.objects.items() if (r, n) == (resource, ns)]
+            backlog = [
+                {"type": "ADDED", "object": o} for (r, n, _), o in self.objects.items() if (r, n) == (resource, ns)
+            ]
         for event in backlog:
             watcher.queue.put_nowait(event)
         self._watchers.append(watcher)
