@@ -19,7 +19,7 @@ Status inside a 200 stream; 401 without or with a wrong bearer token; 403 for a 
 the configured role lacks; 404 for unknown objects. Every error body is a ``kind: Status``.
 
 It runs on its own event loop in a thread, so a test may call the synchronous client
-directly. Hooks: `down`/`up` (the port refuses connections), `fail_next_watch_with_410`,
+directly. Hooks: `down`/`up` (the port refuses connections), `end_watches`, `fail_next_watch_with_410`,
 `compact`, `allow` (a Role's verbs), `before_next_write` (a concurrent writer).
 """
 
@@ -128,6 +128,15 @@ class KubeApiServer:
 
     def up(self) -> None:
         self._call(self._listen())
+
+    def end_watches(self) -> None:
+        """End every open watch stream cleanly, as the API does at its timeout: clients watch again."""
+
+        def end() -> None:
+            for w in self._watchers:
+                w.queue.put_nowait(None)
+
+        self._sync(end)
 
     def fail_next_watch_with_410(self) -> None:
         self._gone_next_watch = True
