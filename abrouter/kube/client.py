@@ -76,6 +76,9 @@ def load_config(kubeconfig: Path | None = None) -> kubernetes.client.ApiClient:
     except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
         where = f"kubeconfig {kubeconfig}" if kubeconfig else "the Kubernetes config (in-cluster or ~/.kube/config)"
         raise errors.KubeUserError(f"cannot load {where}: {exc}") from exc
+    # No retries inside urllib3: the callers back off themselves (the router's watch) or
+    # report one line (the analyzer), and a retry loop per call would only log noise.
+    configuration.retries = 0
     return kubernetes.client.ApiClient(configuration)
 
 
