@@ -1,6 +1,6 @@
 """Read one experiment's aggregates from Redis into `ExperimentData`.
 
-Only through `router.keys`: one MULTI/EXEC round trip with ``HGETALL agg`` and
+Only through `abrouter.contract.keys`: one MULTI/EXEC round trip with ``HGETALL agg`` and
 ``HGETALL epochs``, decoded by `keys.decode_agg` / `keys.decode_epochs`. Both hashes hold
 a fixed number of fields per (epoch, variant, metric), so the cost of a read does not
 depend on traffic. All keys share the experiment's hash tag, so the transaction is

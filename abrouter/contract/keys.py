@@ -45,7 +45,7 @@ A shorter state array means zeros for the missing columns.
 
 ``events`` entries, one per applied batch, have the fields ``producer``, ``seq``, ``n``
 (number of raw events) and ``events``: one JSON array of rows, one per raw event, as
-written by `router.events.encode_events` and read back by `router.events.decode_events`::
+written by `encode_events` and read back by `decode_events` (`abrouter.router.eventlog.events`)::
 
     ["exposure", request_id, unit_hash, variant, epoch, ts, status, latency_ms, error]
     ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value, event_id]
