@@ -32,73 +32,39 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-GROUP, VERSION, PLURAL = "abrouter.io", "v1alpha1", "experiments"
+from tests.kube.apistore import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    ApiError,
+    Store,
+    Watcher,
+    details_of,
+    merge_patch,
+    name_of,
+    qualified_kind,
+    status_body,
+    user_metadata,
+)
+
 TOKEN = "abrouter-test-token"
-Key = tuple[str, str, str]  # (resource, namespace, name)
 
 
-def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "details": details or {},
-        "code": code,
-    }
-
-
-class ApiError(Exception):
-    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.body = status_body(code, reason, message, details)
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: null deletes, objects merge, anything else (lists included) replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
-@dataclass
-class Watcher:
-    resource: str
-    namespace: str
-    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-
-
-class KubeApiServer:
+class KubeApiServer(Store):
     def __init__(self, *, token: str = TOKEN, user: str = "system:serviceaccount:test:abrouter") -> None:
+        super().__init__()
         self.token = token
         self.user = user
-        self.objects: dict[Key, dict[str, Any]] = {}
-        self.rv = 100
-        #: (resourceVersion, event type, key, object) of every change, oldest first.
-        self.history: list[tuple[int, str, Key, dict[str, Any]]] = []
-        #: A watch from a resourceVersion below this one is 410 Gone.
-        self.oldest = self.rv
         #: resource -> allowed verbs; a resource not named here allows every verb.
         self.roles: dict[str, set[str]] = {}
         self.requests: list[tuple[str, str]] = []
-        self._watchers: list[Watcher] = []
         self._gone_next_watch = False
-        self._before_write: Callable[[], None] | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-apiserver", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -231,63 +197,6 @@ class KubeApiServer:
         if cleanup and self._runner is not None:
             await self._runner.cleanup()
 
-    def _compact(self) -> None:
-        self.history.clear()
-        self.oldest = self.rv
-
-    # ------------------------------------------------------------------------ the store
-
-    def _commit(
-        self, key: Key, old: dict[str, Any] | None, new: dict[str, Any], *, spec_changed: bool
-    ) -> dict[str, Any]:
-        """Store `new` (None-free) with a fresh resourceVersion, unless nothing changed."""
-        if old is not None and new == old:
-            return copy.deepcopy(old)
-        self.rv += 1
-        meta = new.setdefault("metadata", {})
-        meta.update(name=key[2], namespace=key[1], resourceVersion=str(self.rv))
-        if old is None:
-            meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=_now())
-        else:
-            for k in ("uid", "creationTimestamp"):
-                meta[k] = old["metadata"][k]
-            meta["generation"] = old["metadata"]["generation"] + (1 if spec_changed else 0)
-        self.objects[key] = new
-        self._publish("ADDED" if old is None else "MODIFIED", key, new)
-        return copy.deepcopy(new)
-
-    def _publish(self, kind: str, key: Key, obj: dict[str, Any]) -> None:
-        snapshot = copy.deepcopy(obj)
-        self.history.append((self.rv, kind, key, snapshot))
-        for w in self._watchers:
-            if (w.resource, w.namespace) == key[:2]:
-                w.queue.put_nowait({"type": kind, "object": snapshot})
-
-    def _existing(self, key: Key) -> dict[str, Any]:
-        obj = self.objects.get(key)
-        if obj is None:
-            raise ApiError(404, "NotFound", f'{_kind(key[0])} "{key[2]}" not found', _details(key))
-        return obj
-
-    def _precondition(self, key: Key, body: Any, current: dict[str, Any], *, required: bool = False) -> None:
-        if self._before_write is not None:
-            action, self._before_write = self._before_write, None
-            action()
-            current = self.objects[key]
-        rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
-        if rv is None and required:
-            raise ApiError(
-                422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
-            )
-        if rv is not None and str(rv) != current["metadata"]["resourceVersion"]:
-            raise ApiError(
-                409,
-                "Conflict",
-                f'Operation cannot be fulfilled on {_kind(key[0])} "{key[2]}": the object has been modified; '
-                "please apply your changes to the latest version and try again",
-                _details(key),
-            )
-
     # ----------------------------------------------------------------------- middleware
 
     @web.middleware
@@ -328,9 +237,11 @@ class KubeApiServer:
             return web.json_response(self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}"))
         if verb == "create":
             body = await _json(request)
-            key = (PLURAL, ns, _name(body))
+            key = (PLURAL, ns, name_of(body))
             if key in self.objects:
-                raise ApiError(409, "AlreadyExists", f'{_kind(PLURAL)} "{key[2]}" already exists', _details(key))
+                raise ApiError(
+                    409, "AlreadyExists", f'{qualified_kind(PLURAL)} "{key[2]}" already exists', details_of(key)
+                )
             body.pop("status", None)  # with a status subresource, create ignores status
             return web.json_response(self._commit(key, None, body, spec_changed=True), status=201)
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported on {request.path}")
@@ -355,7 +266,7 @@ class KubeApiServer:
         if new["status"] is None:
             del new["status"]
         kept = {k: v for k, v in current["metadata"].items() if k not in ("labels", "annotations")}
-        new["metadata"] = {**kept, **_user_metadata(new)}
+        new["metadata"] = {**kept, **user_metadata(new)}
         return web.json_response(self._commit(key, current, new, spec_changed=new.get("spec") != current.get("spec")))
 
     async def _experiment_status(self, request: web.Request) -> web.StreamResponse:
@@ -425,10 +336,6 @@ class KubeApiServer:
                 )
         return await _json(request)
 
-    def _list_body(self, resource: str, ns: str, kind: str, api_version: str) -> dict[str, Any]:
-        items = [o for (r, n, _), o in sorted(self.objects.items()) if (r, n) == (resource, ns)]
-        return {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
-
     async def _watch(self, request: web.Request, resource: str, ns: str) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -487,29 +394,3 @@ def _verb(request: web.Request, item: bool) -> str:
         return "get" if item else ("watch" if request.query.get("watch") in ("true", "1") else "list")
     verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
     return verbs.get(request.method, request.method.lower())
-
-
-def _name(body: dict[str, Any]) -> str:
-    name = (body.get("metadata") or {}).get("name")
-    if not name:
-        raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
-    return str(name)
-
-
-def _user_metadata(obj: dict[str, Any]) -> dict[str, Any]:
-    """The metadata a client may change: labels and annotations."""
-    meta = obj.get("metadata") or {}
-    return {k: meta[k] for k in ("labels", "annotations") if k in meta}
-
-
-def _kind(resource: str) -> str:
-    return {PLURAL: f"{PLURAL}.{GROUP}", "deployments": "deployments.apps"}.get(resource, resource)
-
-
-def _details(key: Key) -> dict[str, Any]:
-    group = {PLURAL: GROUP, "deployments": "apps"}.get(key[0], "")
-    return {"name": key[2], "group": group, "kind": key[0]}
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
