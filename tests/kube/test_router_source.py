@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from abrouter import cli
 from abrouter.contract import resource
 from abrouter.kube.client import KubeClient, Ref
 from abrouter.router.http.app import build_app
@@ -172,3 +173,18 @@ async def test_an_invalid_spec_is_rejected_with_an_event_and_the_last_good_one_s
     patch_weights(kube_api, experiment, candidate=100, control=0)  # fixed: followed again
     await r.wait_for(3)
     assert r.router.source.last_error is None
+
+
+def test_serve_with_a_bad_reference_or_a_missing_experiment_is_one_line(
+    kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--experiment", "no-namespace"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--experiment must be NAMESPACE/NAME" in line
+
+    assert cli.main(["serve", "--experiment", f"{NAMESPACE}/missing", "--kubeconfig", str(kubeconfig)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"not found: experiments.abrouter.io {NAMESPACE}/missing" in line
+
+    assert cli.main(["serve", "--kubeconfig", str(kubeconfig)]) == 2
+    assert "--kubeconfig needs --experiment" in capsys.readouterr().err
