@@ -64,12 +64,16 @@ class KubeSink:
         #: What the last look did (or, dry, would do), one line each.
         self.actions: list[str] = []
         self._applied = False
+        #: The generation of the spec the look analyses (`read`): the conditions' observedGeneration.
+        self._observed = 0
 
     async def read(self) -> ExperimentResource:
         """The resource now; a bad spec raises `ConfigError` naming the field (``spec.variants[0].weight``)."""
         self.actions = []
         self._applied = False
-        return resource.parse(await asyncio.to_thread(self.client.get, self.ref))
+        current = resource.parse(await asyncio.to_thread(self.client.get, self.ref))
+        self._observed = current.generation
+        return current
 
     async def apply(self, decision: Decision, *, epoch: int) -> bool:
         self._applied = await asyncio.to_thread(self._apply, decision, epoch)
@@ -113,7 +117,7 @@ class KubeSink:
                 result,
                 weights=effective_weights(current),
                 epoch=current.generation,
-                observed_generation=result.epoch,
+                observed_generation=self._observed or result.epoch,
                 paused=current.paused,
                 applied=self._applied,
                 previous=current.status,
