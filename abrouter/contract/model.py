@@ -37,6 +37,9 @@ class Variant:
     name: str
     upstream: str
     weight: float  # as configured (relative); see Experiment.weights for the normalised split
+    #: The Kubernetes Deployment serving this variant, if any: the analyzer may scale a
+    #: losing variant's Deployment to 0 after a promotion (`AnalysisSettings.scale_down_losers`).
+    deployment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class AnalysisSettings:
     #: leaves them out, as GrowthBook does, at the risk of a selection bias (whether a
     #: user returns after a ramp step depends on the user).
     multiple_exposures: MultipleExposures = "keep"
+    #: After a promotion through Kubernetes, scale the losers' `Variant.deployment` to 0.
+    scale_down_losers: bool = False
 
 
 @dataclass(frozen=True)
