@@ -9,7 +9,8 @@ the sequential p, intersections of the confidence sequences) arrive from the his
   metric, stratified by weight epoch; the primary metric is the first user metric;
 - guardrails: `analysis.guardrails` of the settings, for every candidate, on the
   metrics the data carries (a summary without the router's built-ins skips those);
-- SRM: units per epoch against each epoch's weights, so a ramp is not a mismatch;
+- SRM: first-exposure units per epoch against each epoch's weights (anytime-valid
+  sequential multinomial test), so a ramp is not a mismatch and looking often is safe;
 - the decision, from `decision.decide`.
 """
 
@@ -203,4 +204,11 @@ def _arm_dict(a: Arm) -> dict[str, Any]:
 
 def _srm_dict(s: SrmResult) -> dict[str, Any]:
     p = s.p_value if math.isfinite(s.p_value) else None
-    return {"p_value": p, "flagged": s.flagged, "observed": dict(s.observed), "expected": dict(s.expected)}
+    chi = s.chi_square_p if math.isfinite(s.chi_square_p) else None
+    return {
+        "p_value": p,
+        "flagged": s.flagged,
+        "observed": dict(s.observed),
+        "expected": dict(s.expected),
+        "chi_square_p": chi,
+    }

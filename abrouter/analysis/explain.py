@@ -44,7 +44,7 @@ def srm(evidence: Evidence) -> str:
 
 def srm_text(result: SrmResult) -> str:
     state = "FLAGGED" if result.flagged else "ok"
-    return f"SRM {state} (p={p(result.p_value)})"
+    return f"SRM {state} (seq p={p(result.p_value)}, chi-square p={p(result.chi_square_p)})"
 
 
 def breach(g: NonInferiority) -> str:

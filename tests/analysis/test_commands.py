@@ -60,7 +60,7 @@ def test_analyze_summary_json_has_the_issue_fields(summary_file: Path, capsys: p
     (result,) = json_lines(capsys.readouterr().out)
 
     assert {"p_value", "flagged"} <= set(result["srm"])
-    assert result["srm"]["p_value"] == pytest.approx(sps.chisquare([3407, 3461]).pvalue, abs=1e-9)
+    assert result["srm"]["chi_square_p"] == pytest.approx(sps.chisquare([3407, 3461]).pvalue, abs=1e-9)
     assert result["srm"]["flagged"] is False
 
     (c,) = result["comparisons"]
@@ -99,7 +99,7 @@ def test_analyze_summary_prints_a_table(summary_file: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "revenue *" in out and "candidate" in out and "+70.7%" in out
     assert "decision  CONTINUE" in out
-    assert "SRM ok (p=0.515)" in out
+    assert "SRM ok (seq p=1, chi-square p=0.515)" in out
 
 
 def test_analyze_jsonl_gives_one_result_per_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,7 +141,8 @@ def test_srm_is_flagged_and_blocks_promotion(tmp_path: Path, capsys: pytest.Capt
     # 50/50 configured, 52/48 observed over 20,000 units, and a candidate that clearly wins.
     result = analyze_one(tmp_path, conversion_summary({"control": (9600, 480), "candidate": (10400, 780)}), capsys)
     assert result["srm"]["flagged"] is True
-    assert result["srm"]["p_value"] == pytest.approx(sps.chisquare([9600, 10400]).pvalue, rel=1e-9)
+    assert result["srm"]["chi_square_p"] == pytest.approx(sps.chisquare([9600, 10400]).pvalue, rel=1e-9)
+    assert 1e-7 < result["srm"]["p_value"] < 1e-5  # the sequential p pays for looking at any time
     assert result["comparisons"][0]["sequential_p_value"] < 0.001
     assert result["decision"]["action"] == "continue"
     assert "SRM FLAGGED" in result["decision"]["reason"]

@@ -365,7 +365,13 @@ def test_bandit_decisions_still_use_the_sequential_result() -> None:
 def test_the_reason_is_one_line_with_statistic_p_ci_n_and_srm() -> None:
     got = decision.decide(experiment(AB_50), evidence(comparison(lift=0.02, seq_p=0.0123)), now=NOW)
     assert "\n" not in got.reason
-    for part in ("conversion candidate +20.0%", "seq CI", "seq p=0.012", "n=1000/1000", "SRM ok (p=0.5)"):
+    for part in (
+        "conversion candidate +20.0%",
+        "seq CI",
+        "seq p=0.012",
+        "n=1000/1000",
+        "SRM ok (seq p=0.5, chi-square p=",
+    ):
         assert part in got.reason, part
 
 
