@@ -71,6 +71,8 @@ __all__ = [
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+#: The smallest bandit floor: every arm keeps at least 0.5% of traffic.
+MIN_BANDIT_FLOOR = 0.005
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 parse_duration = fields.duration
 
@@ -225,7 +227,9 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
     b = fields.Reader(r.get("bandit", {}), r.at("bandit"))
     bandit = Bandit(
         enabled=fields.boolean(b.get("enabled", d.bandit.enabled), b.at("enabled")),
-        floor=fields.number(b.get("floor", d.bandit.floor), b.at("floor"), low=0, high=0.5),
+        # A floor of 0 let Thompson sampling push the control to ~0% and a candidate to
+        # 100%, which the next look read as "already promoted", bypassing every gate.
+        floor=fields.number(b.get("floor", d.bandit.floor), b.at("floor"), low=MIN_BANDIT_FLOOR, high=0.5),
         min_units=fields.integer(b.get("min_units", d.bandit.min_units), b.at("min_units"), low=1),
     )
     b.done()
