@@ -215,12 +215,18 @@ def test_paused_writes_status_only(
     assert json.loads(entry[1][b"decision"])["applied"] is False
 
 
+@pytest.mark.parametrize("flags", [("--apply", "--dry-run"), ("--dry-run",)])
 def test_dry_run_prints_what_it_would_do_and_writes_nothing(
-    kube_api: KubeApiServer, experiment_name: str, seed: Any, analyze: Any, capsys: pytest.CaptureFixture[str]
+    kube_api: KubeApiServer,
+    experiment_name: str,
+    seed: Any,
+    analyze: Any,
+    capsys: pytest.CaptureFixture[str],
+    flags: tuple[str, ...],
 ) -> None:
     before = kube_api.put(PLURAL, NAMESPACE, experiment_object(experiment_name))
     seed(WINNING)
-    assert analyze("--apply", "--dry-run") == 0
+    assert analyze(*flags) == 0
     out = capsys.readouterr().out
     assert "dry run: would patch spec.variants" in out and "'candidate': 100.0" in out
     assert "dry run: would create Event Promoted" in out
