@@ -192,7 +192,7 @@ def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
 
 
 def _arm_dict(a: Arm) -> dict[str, Any]:
-    return {"name": a.name, "weight": a.weight, "units": a.units}
+    return {"name": a.name, "weight": a.weight, "units": a.units, "exposures": a.exposures}
 
 
 def _srm_dict(s: SrmResult) -> dict[str, Any]:

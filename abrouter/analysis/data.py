@@ -59,6 +59,17 @@ class Arm:
     def units(self) -> int:
         return sum(s.units for s in self.strata)
 
+    @property
+    def exposures(self) -> int | None:
+        """Requests proxied to the arm: the denominator of the router's per-request metrics.
+
+        None when the data has none of them (a summary with user metrics only).
+        """
+        dens = [s.metrics["errors"].den_sum for s in self.strata if "errors" in s.metrics]
+        if not dens or any(d is None for d in dens):
+            return None
+        return int(sum(d for d in dens if d is not None))
+
     def stratum(self, epoch: int) -> Stratum | None:
         for s in self.strata:
             if s.epoch == epoch:

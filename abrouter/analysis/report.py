@@ -29,9 +29,16 @@ def _header(r: AnalysisResult) -> str:
 
 def _variants(r: AnalysisResult) -> str:
     rows = [
-        [a.name, f"{a.weight:.2f}%", f"{a.units:d}", f"{r.srm.expected.get(a.name, math.nan):.0f}"] for a in r.data.arms
+        [
+            a.name,
+            f"{a.weight:.2f}%",
+            f"{a.units:d}",
+            "-" if a.exposures is None else f"{a.exposures:d}",
+            f"{r.srm.expected.get(a.name, math.nan):.0f}",
+        ]
+        for a in r.data.arms
     ]
-    return table(["variant", "weight", "units", "expected"], rows, right={1, 2, 3})
+    return table(["variant", "weight", "units", "exposures", "expected"], rows, right={1, 2, 3, 4})
 
 
 def _comparisons(r: AnalysisResult) -> str:

@@ -75,6 +75,10 @@ def test_promote_writes_weights_status_and_an_event(
     assert analyze("--apply", "--json") == 0
     (result,) = json_out(capsys)
     assert result["decision"]["action"] == "promote", result["decision"]["reason"]
+    assert {v["name"]: (v["units"], v["exposures"]) for v in result["variants"]} == {
+        "control": (20_000, 20_000),
+        "candidate": (20_000, 20_000),
+    }
 
     obj = stored(kube_api, experiment_name)
     assert weights_of(obj) == {"control": 0.0, "candidate": 100.0}
