@@ -101,6 +101,8 @@ class Assignment:
     unit_hash: str
     forced: bool
     new_cookie: str | None = None
+    #: No unit id: the request is its own unit (Redis keeps no unit state for it).
+    anonymous: bool = False
 
 
 def json_body(code: str, message: str, **extra: str) -> bytes:
@@ -159,7 +161,7 @@ def assign(incoming: Incoming, table: RoutingTable, rng: random.Random) -> Assig
     if unit is None and table.experiment.unit.kind == "cookie":
         unit = new_cookie = uuid.uuid4().hex
     if unit is None:  # no id: an independent random draw, and the request is its own unit
-        return Assignment(table.assigner.assign_random(rng), _random_unit(rng), forced=False)
+        return Assignment(table.assigner.assign_random(rng), _random_unit(rng), forced=False, anonymous=True)
     return Assignment(table.assigner.assign(unit), unit_hash(unit), forced=False, new_cookie=new_cookie)
 
 
@@ -253,6 +255,7 @@ class Exchange:
                 status=self.status,
                 latency_ms=seconds * 1000.0,
                 error=self.error is not None or self.status >= 500,
+                anonymous=self.choice.anonymous,
             )
         )
 

@@ -15,6 +15,7 @@ from abrouter.contract.keys import unit_hash
 from abrouter.router import metrics as prom
 from abrouter.router import outcomes as oc
 from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
+from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Outcome
 from abrouter.router.exchange import FORCED_EPOCH
 from abrouter.router.http.proxy import ROUTER
@@ -37,11 +38,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready while predictions can flow; a Redis outage only degrades it (events spill)."""
-    stats = request.app[ROUTER].eventlog.stats
-    redis = "up" if stats.redis_up else "degraded"
-    return _json(
-        200, {"status": "ready", "redis": redis, "buffered_events": stats.buffered, "spilled_events": stats.spilled}
-    )
+    router = request.app[ROUTER]
+    stats = router.eventlog.stats
+    if isinstance(router.eventlog, DisabledEventLog):
+        redis = "disabled"  # --no-event-log: nothing depends on Redis
+    else:
+        redis = "up" if stats.redis_up else "degraded"
+    body: dict[str, Any] = {
+        "status": "ready",
+        "redis": redis,
+        "buffered_events": stats.buffered,
+        "spilled_events": stats.spilled,
+    }
+    if stats.data_incomplete_since is not None:
+        # Redis restarted empty: what was flushed before this time is gone.
+        body["data_incomplete_since"] = stats.data_incomplete_since
+        body["redis_resets"] = stats.redis_resets
+    return _json(200, body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -70,6 +83,17 @@ async def metrics(request: web.Request) -> web.Response:
             "Events set aside in the quarantine file because Redis refused their batch.",
             s.quarantined,
         ),
+        "abrouter_redis_resets_total": (
+            "counter",
+            "Times Redis was found to have lost the experiment's data (restarted empty).",
+            s.redis_resets,
+        ),
+        "abrouter_eventlog_spill_full_events_total": (
+            "counter",
+            "Events lost because the spill file reached its size cap (Redis down too long).",
+            s.spill_full_dropped,
+        ),
+        "abrouter_eventlog_spill_bytes": ("gauge", "Bytes in this process's spill file.", s.spill_bytes),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
     }
