@@ -93,6 +93,9 @@ class ExperimentData:
     settings: AnalysisSettings = field(default_factory=AnalysisSettings)
     #: When the experiment started (unix seconds), if known; drives `max_duration`.
     started_at: float | None = None
+    #: Set when the store lost data (Redis restarted empty): the data holds only what was
+    #: recorded since this time (unix seconds), not the whole experiment.
+    incomplete_since: float | None = None
 
     @property
     def control(self) -> Arm:

@@ -16,6 +16,8 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
 
 from __future__ import annotations
 
+import dataclasses
+
 import redis
 import redis.asyncio
 
@@ -34,10 +36,14 @@ async def read(
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.agg)
             pipe.hgetall(keys.epochs)
-            agg, epochs = await pipe.execute()
+            pipe.hget(keys.meta, "reset_at")
+            agg, epochs, reset_at = await pipe.execute()
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
-    return build(experiment, schema.decode_agg(agg), schema.decode_epochs(epochs))
+    data = build(experiment, schema.decode_agg(agg), schema.decode_epochs(epochs))
+    if reset_at is not None:  # a router saw Redis lose the experiment's data
+        data = dataclasses.replace(data, incomplete_since=float(reset_at))
+    return data
 
 
 def build(
