@@ -271,7 +271,7 @@ class _StrictLoader(yaml.SafeLoader):
 
 def loads(text: str, source: str = "<string>") -> Experiment:
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     except ConfigError as exc:
