@@ -18,7 +18,7 @@ from abrouter.errors import UserError
 from abrouter.redact import mask_url
 from abrouter.router import examples
 from abrouter.router.examples.model_server import build_model_app, start_model_server
-from abrouter.router.http.app import build_app
+from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, secret_from_env, secret_problem
 from abrouter.router.sources.file import FileSource
@@ -152,6 +152,7 @@ def serve(args: argparse.Namespace) -> int:
             print=None,
             shutdown_timeout=args.shutdown_timeout,
             loop=_new_loop(),
+            handler_args=SERVER_KWARGS,
         )
     return 0
 

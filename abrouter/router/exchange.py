@@ -18,6 +18,7 @@ in-memory batch (`ExposureLog`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -106,7 +107,8 @@ class Assignment:
 
 
 def json_body(code: str, message: str, **extra: str) -> bytes:
-    return json.dumps({"error": code, "message": message, **extra}).encode()
+    # The Open Inference Protocol shape: `error` is the readable text (clients print it).
+    return json.dumps({"error": message, "code": code, **extra}).encode()
 
 
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -127,6 +129,24 @@ def cookie(headers: Iterable[tuple[str, str]], name: str) -> str | None:
             value = value.strip()
             found = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
     return found
+
+
+def origin_form(target: str) -> str | None:
+    """The path and query of a request target, or None when it names no path.
+
+    An absolute-form target (``GET http://elsewhere/x``) is cut to its origin form: only
+    the configured upstream's scheme and authority are ever used, so a client cannot
+    steer the upstream leg to another host (or port) with it.
+    """
+    if target.startswith("/"):
+        return target
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def query_param(target: str, name: str) -> str | None:
@@ -191,6 +211,12 @@ class Exchange:
     @classmethod
     def start(cls, services: Services, incoming: Incoming, *, now: float) -> Exchange:
         started = time.perf_counter()
+        target = origin_form(incoming.target)
+        if target is None:
+            message = f"request target {incoming.target[:100]!r}: send a path (origin form), e.g. /predict"
+            raise Refused(Reply(400, json_body("bad_target", message), []))
+        if target != incoming.target:
+            incoming = dataclasses.replace(incoming, target=target)
         table = services.table
         choice = assign(incoming, table, services.rng)
         request_id = services.ids.issue(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,7 +30,8 @@ def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return _json(status, {"error": code, "message": message, **extra})
+    # The Open Inference Protocol shape: `error` is the readable text (clients print it).
+    return _json(status, {"error": message, "code": code, **extra})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -116,10 +118,42 @@ async def experiment(request: web.Request) -> web.Response:
     )
 
 
+class _BadEncoding(ValueError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _inflate(request: web.Request, body: bytes) -> bytes:
+    """The body, inflated when the client compressed it (the server leaves bodies as sent).
+
+    Bounded like an uncompressed body (`web.Application.client_max_size`): a gzip bomb is
+    a 413 after at most that many bytes of output.
+    """
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate", "x-gzip"):
+        raise _BadEncoding(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip, deflate or none")
+    limit = request.app._client_max_size  # noqa: SLF001 - aiohttp has no public accessor
+    inflater = zlib.decompressobj(wbits=47)  # 47: gzip or zlib, detected from the header
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _BadEncoding(400, "invalid_body", f"body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise _BadEncoding(
+            413, "too_large", f"inflated body exceeds {limit} bytes; send at most {oc.MAX_BATCH} outcomes"
+        )
+    return out
+
+
 async def outcomes(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
     try:
-        raw_items = oc.items_of(json.loads(await request.read()))
+        raw_items = oc.items_of(json.loads(_inflate(request, await request.read())))
+    except _BadEncoding as exc:
+        return error(exc.status, exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return error(413, "too_large", f"body too large ({exc.text}); send at most {oc.MAX_BATCH} outcomes")
     except RecursionError:

@@ -29,6 +29,15 @@ from abrouter.router.upstream.httpclient import HttptoolsTransport
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
 
 
+#: Keyword arguments for aiohttp's server (``run_app(handler_args=...)``, a test server's
+#: ``server_kwargs``). Request bodies are not inflated: the proxy forwards the client's
+#: bytes with their Content-Encoding untouched (the outcome API inflates its own).
+SERVER_KWARGS: dict[str, object] = {"auto_decompress": False}
+
+#: The largest request body the app reads whole (the outcome API), inflated or not.
+CLIENT_MAX_SIZE = 4 * 1024 * 1024
+
+
 def build_app(
     experiment: Experiment,
     settings: ServeSettings,
@@ -36,7 +45,7 @@ def build_app(
     source: SpecSource | None = None,
     transport: Transport | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     status = SourceStatus()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

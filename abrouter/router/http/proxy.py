@@ -83,7 +83,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         upstream = await router.transport.request(
             base_url=ex.variant.upstream,
             method=request.method,
-            path_qs=request.raw_path,
+            path_qs=ex.incoming.target,  # origin form: never the client's scheme or authority
             headers=ex.upstream_headers(),
             body=await _request_body(request),
         )
