@@ -135,7 +135,7 @@ def _inflate(request: web.Request, body: bytes) -> bytes:
         return body
     if encoding not in ("gzip", "deflate", "x-gzip"):
         raise _BadEncoding(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip, deflate or none")
-    limit = request.app._client_max_size  # noqa: SLF001 - aiohttp has no public accessor
+    limit = request.app._client_max_size
     inflater = zlib.decompressobj(wbits=47)  # 47: gzip or zlib, detected from the header
     try:
         out = inflater.decompress(body, limit + 1)
