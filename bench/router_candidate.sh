@@ -16,9 +16,8 @@
 #   LOG_LEVEL                    abrouter --log-level (default: WARNING)
 #   UPSTREAM_TRANSPORT           abrouter serve --upstream-transport: aiohttp or httptools
 #                                (default: unset, the router's own default)
-#   ROUTER_SRC                   optional dir holding a snapshot of the packages abrouter,
-#                                router and analysis (run_router_bench.sh exports one from a
-#                                commit); it goes first on PYTHONPATH, ahead of the editable
+#   ROUTER_SRC                   optional dir holding a snapshot of the package abrouter
+#                                (run_router_bench.sh exports one from a commit); it goes first on PYTHONPATH, ahead of the editable
 #                                install, so the code under test cannot change mid-benchmark
 #
 # The router runs from the project venv (<repo>/.venv), found from this script's location,
@@ -71,7 +70,7 @@ else
 fi
 
 if [[ -n "${ROUTER_SRC:-}" ]]; then
-  [[ -f "$ROUTER_SRC/router/__init__.py" ]] || { echo "router_candidate.sh: no router package in ROUTER_SRC=$ROUTER_SRC" >&2; exit 1; }
+  [[ -f "$ROUTER_SRC/abrouter/router/__init__.py" ]] || { echo "router_candidate.sh: no abrouter package in ROUTER_SRC=$ROUTER_SRC" >&2; exit 1; }
   export PYTHONPATH="$ROUTER_SRC${PYTHONPATH:+:$PYTHONPATH}"
 fi
 

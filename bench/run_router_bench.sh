@@ -89,10 +89,10 @@ if [[ "$ROUTER_REF" == worktree ]]; then
 else
   COMMIT=$(git -C "$ROOT" rev-parse --verify "$ROUTER_REF^{commit}") || die "ROUTER_REF=$ROUTER_REF is not a commit"
   mkdir -p "$TMP/src"
-  git -C "$ROOT" archive "$COMMIT" abrouter router analysis | tar -x -C "$TMP/src"
+  git -C "$ROOT" archive "$COMMIT" abrouter | tar -x -C "$TMP/src"
   SRC_ENV="ROUTER_SRC=$TMP/src "
   CODE="commit $(git -C "$ROOT" log -1 --format='%h %ci %s' "$COMMIT")"
-  dirty=$(git -C "$ROOT" status --porcelain -- abrouter router analysis)
+  dirty=$(git -C "$ROOT" status --porcelain -- abrouter)
   [[ -z "$dirty" ]] || log "note: uncommitted changes in the checkout are NOT measured (ROUTER_REF=$ROUTER_REF): $(echo $dirty)"
 fi
 log "router code under test: $CODE"
@@ -121,7 +121,7 @@ check_redis() {
   REDIS_URL="$REDIS_URL" PYTHONPATH="${SRC_ENV:+$TMP/src}" "$PY" - "$1" "$2" <<'EOF'
 import glob, os, re, sys
 import redis
-from router.keys import Keys, decode_agg
+from abrouter.contract.keys import Keys, decode_agg
 
 experiment, run = sys.argv[1], sys.argv[2]
 r = redis.Redis.from_url(os.environ["REDIS_URL"])

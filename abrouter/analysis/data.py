@@ -16,16 +16,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from abrouter.analysis.stats.sample import Sample
-from abrouter.contract.experiment import AnalysisSettings, Metric
+from abrouter.contract import model
+from abrouter.contract.model import AnalysisSettings, Metric
 
 #: The router's own per-request metrics, as the analyzer sees them: ratios over exposures.
 #: `errors` is binary per request, which lets the guardrail floor its variance when no
 #: arm has errored yet (otherwise "no errors anywhere" could never pass).
-BUILTIN_METRICS: tuple[Metric, ...] = (
+BUILTIN_METRIC_SPECS: tuple[Metric, ...] = (
     Metric(name="errors", kind="binary", direction="decrease"),
     Metric(name="latency_ms", kind="continuous", direction="decrease"),
 )
-BUILTIN_NAMES = frozenset(m.name for m in BUILTIN_METRICS)
+BUILTIN_NAMES = frozenset(m.name for m in BUILTIN_METRIC_SPECS)
+assert BUILTIN_NAMES == set(model.BUILTIN_METRICS), "the router's built-in metrics and their specs must agree"
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,13 @@
-"""The decision history in Redis: one JSON entry per look in the ``decisions`` stream.
+"""The decision history in Redis: one entry per look in the ``decisions`` stream.
 
-Each entry explains its decision in one line and carries the sequential results so far,
-because the next look reports running ones: an always-valid p stays valid when minimised
-over looks, and a confidence sequence when intersected over looks, and each needs only
-the previous value (`analysis.stats.compare.Running`). Two minima are kept per
-(variant, metric): over the looks where the candidate was better (`p_better`, for wins)
-and worse (`p_worse`, for harm) than the control; `p` is the smaller of the two, for
-reading. `ci_absolute` and `ci_relative` are the intersected confidence sequences (absent
-before there is one). A look with an arm below `min_units_per_arm` carries the previous
-results over instead of its own.
-
-Stream entries have one field, ``decision``, holding JSON::
-
-    {"at": 1700000000.0, "epoch": 3, "action": "ramp", "reason": "ramp: ...",
-     "weights": {"control": 75.0, "candidate": 25.0}, "applied": true, "units": 20811,
-     "sequential_p": [{"variant": "candidate", "metric": "revenue", "p": 0.031,
-                       "p_better": 0.031, "p_worse": 0.84,
-                       "ci_absolute": [0.02, 0.91], "ci_relative": [0.004, 0.19]}, ...]}
-
-An entry written before the two minima existed (only ``p``) seeds nothing: its ``p`` does
-not say in which direction it was reached.
-
-The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
+The entry's format is part of the shared contract (`abrouter.contract.history`); this
+module turns an `AnalysisResult` into an entry, reads the latest one back as the seed of
+the next look (`Entry`), and does the Redis I/O.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 import redis.asyncio
@@ -36,9 +15,10 @@ import redis.asyncio
 from abrouter.analysis.analyzer import AnalysisResult, Previous
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.compare import Running
+from abrouter.contract import history as fmt
 from abrouter.contract import keys as schema
 
-FIELD = "decision"
+FIELD = fmt.FIELD
 
 
 @dataclass(frozen=True)
@@ -53,54 +33,35 @@ class Entry:
         return self.running if units_now >= self.units else {}
 
 
-def encode(result: AnalysisResult, *, applied: bool) -> str:
+def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
     d = result.decision
-    doc: dict[str, Any] = {
-        "at": result.at,
-        "epoch": result.epoch,
-        "action": d.action,
-        "reason": d.reason,
-        "weights": d.weights,
-        "applied": applied,
-        "units": sum(a.units for a in result.data.arms),
-        "sequential_p": [_encode_running(v, m, r) for (v, m), r in result.running().items()],
-    }
-    return json.dumps(doc, sort_keys=True)
-
-
-def _encode_running(variant: str, metric: str, r: Running) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "variant": variant,
-        "metric": metric,
-        "p": min(r.p_better, r.p_worse),
-        "p_better": r.p_better,
-        "p_worse": r.p_worse,
-    }
-    for name in ("ci_absolute", "ci_relative"):
-        pair = getattr(r, name)
-        if pair is not None:
-            doc[name] = list(pair)
-    return doc
-
-
-def decode(raw: bytes | str) -> Entry:
-    doc = json.loads(raw)
-    return Entry(
-        units=int(doc.get("units", 0)),
-        running={
-            (x["variant"], x["metric"]): _decode_running(x)
-            for x in doc.get("sequential_p", [])
-            if "p_better" in x and "p_worse" in x
-        },
+    return fmt.DecisionEntry(
+        at=result.at,
+        epoch=result.epoch,
+        action=d.action,
+        reason=d.reason,
+        weights=dict(d.weights),
+        applied=applied,
+        units=sum(a.units for a in result.data.arms),
+        sequential=tuple(
+            fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative)
+            for (v, m), r in result.running().items()
+        ),
     )
 
 
-def _decode_running(x: dict[str, Any]) -> Running:
-    def pair(name: str) -> tuple[float, float] | None:
-        value = x.get(name)
-        return (float(value[0]), float(value[1])) if value is not None else None
+def encode(result: AnalysisResult, *, applied: bool) -> str:
+    return fmt.encode(entry(result, applied=applied))
 
-    return Running(float(x["p_better"]), float(x["p_worse"]), pair("ci_absolute"), pair("ci_relative"))
+
+def decode(raw: bytes | str) -> Entry:
+    e = fmt.decode(raw)
+    return Entry(
+        units=e.units,
+        running={
+            (s.variant, s.metric): Running(s.p_better, s.p_worse, s.ci_absolute, s.ci_relative) for s in e.sequential
+        },
+    )
 
 
 async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:

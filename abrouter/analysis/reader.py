@@ -1,6 +1,6 @@
 """Read one experiment's aggregates from Redis into `ExperimentData`.
 
-Only through `router.keys`: one MULTI/EXEC round trip with ``HGETALL agg`` and
+Only through `abrouter.contract.keys`: one MULTI/EXEC round trip with ``HGETALL agg`` and
 ``HGETALL epochs``, decoded by `keys.decode_agg` / `keys.decode_epochs`. Both hashes hold
 a fixed number of fields per (epoch, variant, metric), so the cost of a read does not
 depend on traffic. All keys share the experiment's hash tag, so the transaction is
@@ -47,10 +47,10 @@ async def read(
 
 
 def build(
-    experiment: Experiment, strata: dict[tuple[int, str], schema.Stratum], epochs: dict[int, schema.EpochInfo]
+    experiment: Experiment, strata: dict[tuple[int, str], schema.StratumSums], epochs: dict[int, schema.EpochInfo]
 ) -> d.ExperimentData:
     """Pure: decoded Redis contents plus the spec -> `ExperimentData`."""
-    metrics = experiment.metrics + d.BUILTIN_METRICS
+    metrics = experiment.metrics + d.BUILTIN_METRIC_SPECS
     timeline = _epochs(experiment, strata, epochs)
     current = d.percent({v.name: v.weight for v in experiment.variants})
     arms = tuple(
@@ -73,7 +73,7 @@ def build(
 
 
 def _epochs(
-    experiment: Experiment, strata: dict[tuple[int, str], schema.Stratum], epochs: dict[int, schema.EpochInfo]
+    experiment: Experiment, strata: dict[tuple[int, str], schema.StratumSums], epochs: dict[int, schema.EpochInfo]
 ) -> tuple[d.Epoch, ...]:
     """Every epoch with data or registered, plus the spec's current one (maybe no data yet)."""
     ids = sorted(set(epochs) | {e for e, _ in strata} | {experiment.epoch})
@@ -89,11 +89,11 @@ def _epochs(
     return tuple(out)
 
 
-def _stratum(s: schema.Stratum, metrics: tuple[Metric, ...]) -> d.Stratum:
+def _stratum(s: schema.StratumSums, metrics: tuple[Metric, ...]) -> d.Stratum:
     return d.Stratum(epoch=s.epoch, units=s.units, metrics={m.name: _sample(s, m) for m in metrics})
 
 
-def _sample(s: schema.Stratum, metric: Metric) -> Sample:
+def _sample(s: schema.StratumSums, metric: Metric) -> Sample:
     sums = s.metrics.get(metric.name) or schema.MetricSums()
     if metric.name in d.BUILTIN_NAMES:
         return Sample(

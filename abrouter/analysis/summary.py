@@ -8,16 +8,16 @@ A summary is one JSON object (docs/analyzer.md has the full format)::
         "metrics": {"revenue": {"n": 3407, "sum": 1396.87, "sum_squares": 52377.9767}}},
        ...]}
 
-The variants, metrics and `analysis:` settings are validated by the router's experiment
-parser (`router.experiment.parse`), so a summary accepts exactly what a spec accepts and
-its errors carry the same paths. The rest (units, samples, strata, epochs) is checked
-here. Every error is an `InputError` naming the file and the field path.
+The variants, metrics and `analysis:` settings are validated by the experiment parser
+(`abrouter.contract.experiment.parse`), so a summary accepts exactly what a spec accepts
+and its errors carry the same paths. The rest (units, samples, strata, epochs) is checked
+here with the same field validators (`abrouter.contract.fields`). Every error is an
+`InputError` naming the file and the field path.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from abrouter.analysis import data as d
 from abrouter.analysis.errors import InputError
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import experiment as spec
+from abrouter.contract import fields
 
 _TOP_KEYS = {"name", "metrics", "variants", "analysis", "epochs", "elapsed"}
 _VARIANT_KEYS = {"name", "weight", "units", "metrics", "strata"}
@@ -78,9 +79,9 @@ def parse(doc: Any, *, source: str = "<summary>") -> tuple[d.ExperimentData, flo
 
 
 def _parse(doc: Any) -> tuple[d.ExperimentData, float | None]:
-    top = _mapping(doc, "")
-    _known(top, _TOP_KEYS, "")
-    raw_variants = _list(_required(top, "variants", ""), "variants")
+    top = _object(doc, "")
+    fields.known_keys(top, _TOP_KEYS, "")
+    raw_variants = fields.list_of(fields.required(top, "variants", ""), "variants")
     checked = _validate_spec(top, raw_variants)
     metrics = checked.metrics + _builtins_used(raw_variants)
     stratified = any(isinstance(v, Mapping) and "strata" in v for v in raw_variants)
@@ -129,7 +130,7 @@ def _builtins_used(raw_variants: list[Any]) -> tuple[spec.Metric, ...]:
         for source in sources:
             if isinstance(source, Mapping) and isinstance(source.get("metrics"), Mapping):
                 present |= set(source["metrics"])
-    return tuple(m for m in d.BUILTIN_METRICS if m.name in present)
+    return tuple(m for m in d.BUILTIN_METRIC_SPECS if m.name in present)
 
 
 def _same_shape(arms: tuple[d.Arm, ...], raw_variants: list[Any], metrics: tuple[spec.Metric, ...]) -> None:
@@ -158,20 +159,20 @@ def _epochs(raw: Any, path: str, checked: spec.Experiment) -> tuple[d.Epoch, ...
         raise InputError(path, "is required when variants give strata")
     names = {v.name for v in checked.variants}
     epochs = []
-    for i, item in enumerate(_list(raw, path)):
+    for i, item in enumerate(fields.list_of(raw, path)):
         at = f"{path}[{i}]"
-        e = _mapping(item, at)
-        _known(e, {"epoch", "weights", "since"}, at)
-        weights = _mapping(_required(e, "weights", at), f"{at}.weights")
+        e = _object(item, at)
+        fields.known_keys(e, {"epoch", "weights", "since"}, at)
+        weights = _object(fields.required(e, "weights", at), f"{at}.weights")
         for name, w in weights.items():
             if name not in names:
                 raise InputError(f"{at}.weights.{name}", f"unknown variant; known: {', '.join(sorted(names))}")
-            _number(w, f"{at}.weights.{name}", low=0)
+            fields.number(w, f"{at}.weights.{name}", low=0)
         epochs.append(
             d.Epoch(
-                epoch=_int(_required(e, "epoch", at), f"{at}.epoch", low=1),
+                epoch=fields.integer(fields.required(e, "epoch", at), f"{at}.epoch", low=1),
                 weights=d.percent({n: float(weights.get(n, 0.0)) for n in names}),
-                since=_number(e["since"], f"{at}.since") if "since" in e else None,
+                since=fields.number(e["since"], f"{at}.since") if "since" in e else None,
             )
         )
     ids = [e.epoch for e in epochs]
@@ -189,8 +190,8 @@ def _arm(
     metrics: tuple[spec.Metric, ...],
     epochs: tuple[d.Epoch, ...] | None,
 ) -> d.Arm:
-    item = _mapping(raw, path)
-    _known(item, _VARIANT_KEYS, path)
+    item = _object(raw, path)
+    fields.known_keys(item, _VARIANT_KEYS, path)
     if "strata" in item:
         if "units" in item or "metrics" in item:
             raise InputError(path, "give either units and metrics, or strata, not both")
@@ -208,11 +209,11 @@ def _strata(
     assert epochs is not None  # `_parse` requires epochs whenever strata appear
     known = {e.epoch for e in epochs}
     strata: list[d.Stratum] = []
-    for i, item in enumerate(_list(raw, path)):
+    for i, item in enumerate(fields.list_of(raw, path)):
         at = f"{path}[{i}]"
-        s = _mapping(item, at)
-        _known(s, {"epoch", "units", "metrics"}, at)
-        epoch = _int(_required(s, "epoch", at), f"{at}.epoch", low=1)
+        s = _object(item, at)
+        fields.known_keys(s, {"epoch", "units", "metrics"}, at)
+        epoch = fields.integer(fields.required(s, "epoch", at), f"{at}.epoch", low=1)
         if epoch not in known:
             raise InputError(f"{at}.epoch", f"epoch {epoch} is not listed in epochs")
         if epoch in {x.epoch for x in strata}:
@@ -222,8 +223,8 @@ def _strata(
 
 
 def _stratum(item: Mapping[str, Any], path: str, metrics: tuple[spec.Metric, ...], *, epoch: int) -> d.Stratum:
-    units = _int(_required(item, "units", path), f"{path}.units", low=0)
-    raw = _mapping(_required(item, "metrics", path), f"{path}.metrics")
+    units = fields.integer(fields.required(item, "units", path), f"{path}.units", low=0)
+    raw = _object(fields.required(item, "metrics", path), f"{path}.metrics")
     declared = {m.name: m for m in metrics}
     for name in raw:
         if name not in declared:
@@ -240,10 +241,10 @@ def _stratum(item: Mapping[str, Any], path: str, metrics: tuple[spec.Metric, ...
 
 
 def _sample(raw: Any, path: str, metric: spec.Metric) -> Sample:
-    s = _mapping(raw, path)
-    _known(s, _SAMPLE_KEYS, path)
-    n = _int(_required(s, "n", path), f"{path}.n", low=0)
-    total = _number(_required(s, "sum", path), f"{path}.sum")
+    s = _object(raw, path)
+    fields.known_keys(s, _SAMPLE_KEYS, path)
+    n = fields.integer(fields.required(s, "n", path), f"{path}.n", low=0)
+    total = fields.number(fields.required(s, "sum", path), f"{path}.sum")
     ratio = [k for k in _RATIO_KEYS if k in s]
     if ratio and len(ratio) != len(_RATIO_KEYS):
         missing = next(k for k in _RATIO_KEYS if k not in s)
@@ -255,7 +256,7 @@ def _sample(raw: Any, path: str, metric: spec.Metric) -> Sample:
             f"{path}.denominator_sum", "is required: built-in metrics are per-request ratios over the unit's exposures"
         )
     if "sum_squares" in s:
-        sum_sq = _number(s["sum_squares"], f"{path}.sum_squares", low=0)
+        sum_sq = fields.number(s["sum_squares"], f"{path}.sum_squares", low=0)
     elif metric.kind == "binary" and not ratio:
         sum_sq = total  # a 0/1 outcome is its own square
     else:
@@ -265,9 +266,9 @@ def _sample(raw: Any, path: str, metric: spec.Metric) -> Sample:
     _cauchy_schwarz(n, total, sum_sq, f"{path}.sum_squares")
     if not ratio:
         return Sample(n=n, sum=total, sum_sq=sum_sq)
-    den = _number(s["denominator_sum"], f"{path}.denominator_sum", low=0)
-    den_sq = _number(s["denominator_sum_squares"], f"{path}.denominator_sum_squares", low=0)
-    products = _number(s["sum_products"], f"{path}.sum_products")
+    den = fields.number(s["denominator_sum"], f"{path}.denominator_sum", low=0)
+    den_sq = fields.number(s["denominator_sum_squares"], f"{path}.denominator_sum_squares", low=0)
+    products = fields.number(s["sum_products"], f"{path}.sum_products")
     _cauchy_schwarz(n, den, den_sq, f"{path}.denominator_sum_squares")
     return Sample(n=n, sum=total, sum_sq=sum_sq, den_sum=den, den_sum_sq=den_sq, sum_products=products)
 
@@ -278,53 +279,5 @@ def _cauchy_schwarz(n: int, total: float, sum_sq: float, path: str) -> None:
         raise InputError(path, f"must be >= sum**2/n = {total * total / n:.6g}, got {sum_sq:.6g}")
 
 
-# ------------------------------------------------------------------- small checks
-
-
-def _mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise InputError(path, f"must be an object, got {_type(value)}")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise InputError(path, f"must be a list, got {_type(value)}")
-    return value
-
-
-def _required(item: Mapping[str, Any], key: str, path: str) -> Any:
-    if key not in item:
-        raise InputError(_join(path, key), "is required")
-    return item[key]
-
-
-def _known(item: Mapping[str, Any], keys: set[str], path: str) -> None:
-    for key in item:
-        if key not in keys:
-            raise InputError(_join(path, str(key)), f"unknown key; known: {', '.join(sorted(keys))}")
-
-
-def _number(value: Any, path: str, *, low: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(path, f"must be a number, got {_type(value)}")
-    if not math.isfinite(value):
-        raise InputError(path, f"must be finite, got {value}")
-    if low is not None and value < low:
-        raise InputError(path, f"must be >= {low:g}, got {value:g}")
-    return float(value)
-
-
-def _int(value: Any, path: str, *, low: int) -> int:
-    number = _number(value, path, low=low)
-    if number != int(number):
-        raise InputError(path, f"must be an integer, got {value}")
-    return int(number)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _type(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def _object(value: Any, path: str) -> Mapping[str, Any]:
+    return fields.mapping(value, path, noun="an object")

@@ -12,7 +12,7 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     abrouter:{E}:epochs      hash    epoch -> JSON {"weights": {variant: w}, "since": ts}
     abrouter:{E}:producers   hash    producer id -> last applied batch sequence number
     abrouter:{E}:events      stream  capped raw log: one entry per flushed batch (audit only)
-    abrouter:{E}:decisions   stream  capped history of the analyzer's decisions
+    abrouter:{E}:decisions   stream  capped history of the analyzer's decisions (`abrouter.contract.history`)
     abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
     abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
     abrouter:{E}:meta        hash    the marker: created, and after a data loss reset_at, resets
@@ -47,7 +47,7 @@ A shorter state array means zeros for the missing columns.
 
 ``events`` entries, one per applied batch, have the fields ``producer``, ``seq``, ``n``
 (number of raw events) and ``events``: one JSON array of rows, one per raw event, as
-written by `router.events.encode_events` and read back by `router.events.decode_events`::
+written by `encode_events` and read back by `decode_events` (`abrouter.router.eventlog.events`)::
 
     ["exposure", request_id, unit_hash, variant, epoch, ts, status, latency_ms, error]
     ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value, event_id]
@@ -200,7 +200,7 @@ class MetricSums:
 
 
 @dataclass
-class Stratum:
+class StratumSums:
     """Everything `agg` holds for one (epoch, variant)."""
 
     epoch: int
@@ -211,15 +211,15 @@ class Stratum:
     metrics: dict[str, MetricSums] = field(default_factory=lambda: defaultdict(MetricSums))
 
 
-def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], Stratum]:
+def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], StratumSums]:
     """Parse an ``HGETALL agg`` reply into strata keyed by (epoch, variant)."""
-    strata: dict[tuple[int, str], Stratum] = {}
+    strata: dict[tuple[int, str], StratumSums] = {}
     for key, value in raw.items():
         parts = _text(key).split(FIELD_SEP)
         epoch, variant = int(parts[0]), parts[1]
         s = strata.get((epoch, variant))
         if s is None:
-            s = strata[(epoch, variant)] = Stratum(epoch=epoch, variant=variant)
+            s = strata[(epoch, variant)] = StratumSums(epoch=epoch, variant=variant)
         number = float(_text(value))
         if len(parts) == 3:
             if parts[2] == "units":

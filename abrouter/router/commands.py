@@ -152,7 +152,7 @@ def serve(args: argparse.Namespace) -> int:
             print=None,
             shutdown_timeout=args.shutdown_timeout,
             loop=_new_loop(),
-            handler_args=SERVER_KWARGS,
+            **SERVER_KWARGS,  # type: ignore[arg-type]
         )
     return 0
 

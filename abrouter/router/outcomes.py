@@ -7,7 +7,7 @@ rejected batch after removing the items named, and never double-counts by retryi
 
 An item may carry an ``event_id``, the client's idempotency key (e.g. a UUID made when
 the event happened): an outcome whose event_id was already recorded within
-`router.keys.OUTCOME_ID_WINDOW_S` counts once. That makes it safe to resend a batch whose
+`abrouter.contract.keys.OUTCOME_ID_WINDOW_S` counts once. That makes it safe to resend a batch whose
 202 was lost.
 """
 

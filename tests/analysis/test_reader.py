@@ -1,4 +1,4 @@
-"""Reading the router's aggregates from a real Redis through `router.keys`."""
+"""Reading the router's aggregates from a real Redis through `abrouter.contract.keys`."""
 
 from __future__ import annotations
 

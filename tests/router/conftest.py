@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from abrouter.contract import experiment as model
-from abrouter.contract.keys import Keys, Stratum, decode_agg
+from abrouter.contract.keys import Keys, StratumSums, decode_agg
 from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.http.proxy import ROUTER
 from abrouter.router.settings import ServeSettings
@@ -58,7 +58,7 @@ class RouterUnderTest:
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # a flush in progress lands
 
-    async def strata(self) -> dict[tuple[int, str], Stratum]:
+    async def strata(self) -> dict[tuple[int, str], StratumSums]:
         client = redis.asyncio.Redis.from_url(self.redis_url)
         try:
             return decode_agg(await client.hgetall(self.keys.agg))

@@ -5,7 +5,7 @@ from abrouter.router import headers as hdr
 from abrouter.router.errors import ReloadRejected, RequestIdError
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable, next_table
-from tests.router.test_experiment import BASE, spec
+from tests.contract.test_experiment import BASE, spec
 
 
 def test_hop_by_hop_and_connection_listed_fields_are_dropped():

@@ -49,7 +49,7 @@ class Comparison:
     metric: str
     #: "ok" or "insufficient_data".
     status: str
-    #: Reason code when insufficient (see `analysis.stats.reasons`), else None.
+    #: Reason code when insufficient (see `abrouter.analysis.stats.reasons`), else None.
     reason: str | None
     n_control: float
     n: float

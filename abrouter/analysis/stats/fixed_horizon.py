@@ -1,7 +1,7 @@
 """Fixed-horizon (single look) tests of a difference in means. Two-sided throughout.
 
 These are valid for one look at a pre-planned sample size; the analyzer looks again and
-again, so decisions use `analysis.stats.sequential` instead. The fixed-horizon numbers are
+again, so decisions use `abrouter.analysis.stats.sequential` instead. The fixed-horizon numbers are
 reported because analysts know them and can check them against R or statsmodels.
 """
 

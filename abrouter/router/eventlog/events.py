@@ -5,7 +5,7 @@ cell per (unit, epoch, variant): the unit's exposures ``n`` and, per metric, the
 ``dx`` of its ``x_u`` (a sum; the maximum for binary metrics) and the number of events.
 ``flush.lua`` then does per-cell work, not per-event work, and a flush stays one small
 Redis command however busy the router is. The raw events ride along, as one JSON array
-of rows, for the capped audit stream. Where it all ends up is documented in `router.keys`.
+of rows, for the capped audit stream. Where it all ends up is documented in `abrouter.contract.keys`.
 """
 
 from __future__ import annotations

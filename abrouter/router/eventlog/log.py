@@ -11,7 +11,7 @@ Where a batch goes:
 - Redis up: sent in seq order; once acknowledged it is *retained* in memory for
   `RETAIN_S`, because Redis (appendfsync everysec) may still lose it in a crash.
 - Redis unreachable or a call times out (it may or may not have applied): the batch and
-  every later one are appended to this producer's spill file (`router.spill`), fsync'd.
+  every later one are appended to this producer's spill file (`abrouter.router.eventlog.spill`), fsync'd.
   A PING every interval notices Redis coming back; the spill file is then replayed in
   order, before any newer batch, and emptied.
 - After a reconnect, when idle, and whenever the script refuses a batch because earlier
@@ -19,12 +19,12 @@ Where a batch goes:
   retained batches above it: that covers a Redis restart that lost its last fsync window.
 - The spill files of dead producers of the same experiment are replayed at start.
 - Refused by the script, which then wrote nothing (a unit state in Redis that the script
-  did not write, a bug): appended to this producer's quarantine file (`router.spill`)
+  did not write, a bug): appended to this producer's quarantine file (`abrouter.router.eventlog.spill`)
   and counted in `EventLogStats.quarantined`, so that one bad batch cannot hold back all
   later ones. Its events are kept there, not lost, for replay once the cause is fixed.
 Only a failing disk while Redis is down loses events; they are counted in `dropped`.
 
-Exceptions (`router.flushscript`): `EventLogError` for misuse, and its subclass
+Exceptions (`abrouter.router.errors`): `EventLogError` for misuse, and its subclass
 `EventLogUnavailable` when Redis cannot be reached (raised by `lookup_units`).
 """
 

@@ -12,7 +12,7 @@ httptools (llhttp), and keep-alive pools.
                          `limit_per_host`: a request waits for one to come free, up to
                          the connect timeout (then 504), so a burst cannot open
                          thousands of sockets to a model server
-    Connection, Response one socket and one exchange on it: `router.httpconn`
+    Connection, Response one socket and one exchange on it: `abrouter.router.upstream.httpconn`
 
 Stale connections: a server may close an idle keep-alive connection just as a request
 goes out on it. When a reused connection closes before any byte of the response, the
@@ -46,7 +46,7 @@ from abrouter.router.upstream.transport import TimeoutConfig
 
 
 class HttptoolsTransport:
-    """Keep-alive HTTP/1.1 pools per upstream; implements `router.upstream.Transport`."""
+    """Keep-alive HTTP/1.1 pools per upstream; implements `abrouter.router.upstream.transport.Transport`."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""One keep-alive HTTP/1.1 connection to an upstream, for `router.httpclient`.
+"""One keep-alive HTTP/1.1 connection to an upstream, for `abrouter.router.upstream.httpclient`.
 
     Connection   an asyncio.Protocol: one socket, one httptools (llhttp) parser, one
                  exchange at a time; holds that exchange's state (headers, body buffer,
@@ -14,7 +14,7 @@ while more than `Limits.high_water` body bytes wait for the consumer.
 
 A reused connection that closes before the first byte of the response raises
 `StaleConnection`, so that the client can send the request once more (see
-`router.httpclient`). Refused, reset, EOF mid-response or an invalid response is
+`abrouter.router.upstream.httpclient`). Refused, reset, EOF mid-response or an invalid response is
 `UpstreamUnavailable`; no data within `read_s` is `UpstreamTimeout`.
 """
 
@@ -60,7 +60,7 @@ class Limits:
 
 
 class Pool(Protocol):
-    """What a connection needs from its pool (`router.httpclient._Pool`)."""
+    """What a connection needs from its pool (`abrouter.router.upstream.httpclient._Pool`)."""
 
     name: str
     host_header: str

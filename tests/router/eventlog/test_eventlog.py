@@ -62,7 +62,7 @@ class _Unit:
     x: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
-def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[tuple[int, str], keys.Stratum]:
+def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[tuple[int, str], keys.StratumSums]:
     """The sufficient statistics, computed the obvious way from the raw events.
 
     An outcome whose event_id came earlier is not counted (all within the id window).
@@ -85,9 +85,9 @@ def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[t
         else:
             u.x[ev.metric] = max(u.x[ev.metric], ev.value) if ev.metric in binary else u.x[ev.metric] + ev.value
             counts[(ev.epoch, ev.variant, ev.metric)] += 1
-    strata: dict[tuple[int, str], keys.Stratum] = {}
+    strata: dict[tuple[int, str], keys.StratumSums] = {}
     for (_, e, v), u in units.items():
-        s = strata.setdefault((e, v), keys.Stratum(epoch=e, variant=v))
+        s = strata.setdefault((e, v), keys.StratumSums(epoch=e, variant=v))
         s.units += u.n > 0
         s.exposures += u.n
         s.exposures_sq += u.n * u.n
@@ -101,7 +101,7 @@ def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[t
 
 
 def assert_strata_equal(
-    actual: dict[tuple[int, str], keys.Stratum], expected: dict[tuple[int, str], keys.Stratum]
+    actual: dict[tuple[int, str], keys.StratumSums], expected: dict[tuple[int, str], keys.StratumSums]
 ) -> None:
     assert sorted(actual) == sorted(expected)
     for key, want in expected.items():
@@ -114,7 +114,7 @@ def assert_strata_equal(
                 assert getattr(g, stat) == pytest.approx(getattr(w, stat), rel=1e-9, abs=1e-6), (key, m, stat)
 
 
-async def read_strata(client: redis.asyncio.Redis, name: str) -> dict[tuple[int, str], keys.Stratum]:
+async def read_strata(client: redis.asyncio.Redis, name: str) -> dict[tuple[int, str], keys.StratumSums]:
     return keys.decode_agg(await client.hgetall(keys.Keys(name).agg))
 
 

@@ -1,0 +1,113 @@
+"""The format of one entry in an experiment's ``decisions`` stream (`keys.Keys.decisions`).
+
+The analyzer writes one entry per look and reads the latest back; the demo's report and
+a Kubernetes status read them too, so the format lives here, beside the key schema, and
+belongs to neither side. Stream entries have one field, `FIELD`, holding JSON::
+
+    {"at": 1700000000.0, "epoch": 3, "action": "ramp", "reason": "ramp: ...",
+     "weights": {"control": 75.0, "candidate": 25.0}, "applied": true, "units": 20811,
+     "sequential_p": [{"variant": "candidate", "metric": "revenue", "p": 0.031,
+                       "p_better": 0.031, "p_worse": 0.84,
+                       "ci_absolute": [0.02, 0.91], "ci_relative": [0.004, 0.19]}, ...]}
+
+Each entry carries the sequential results so far, because the next look reports running
+ones: an always-valid p stays valid when minimised over looks, a confidence sequence when
+intersected. Two minima are kept per (variant, metric): over the looks where the
+candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than the
+control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
+before there is one. An item written before the two minima existed (only ``p``) seeds
+nothing: its ``p`` does not say in which direction it was reached.
+
+The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+FIELD = "decision"
+
+
+@dataclass(frozen=True)
+class SequentialEntry:
+    variant: str
+    metric: str
+    p_better: float
+    p_worse: float
+    ci_absolute: tuple[float, float] | None = None
+    ci_relative: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class DecisionEntry:
+    at: float
+    epoch: int
+    action: str
+    reason: str
+    weights: dict[str, float]
+    applied: bool
+    units: int
+    sequential: tuple[SequentialEntry, ...] = field(default_factory=tuple)
+
+
+def encode(entry: DecisionEntry) -> str:
+    doc: dict[str, Any] = {
+        "at": entry.at,
+        "epoch": entry.epoch,
+        "action": entry.action,
+        "reason": entry.reason,
+        "weights": entry.weights,
+        "applied": entry.applied,
+        "units": entry.units,
+        "sequential_p": [_encode_sequential(s) for s in entry.sequential],
+    }
+    return json.dumps(doc, sort_keys=True)
+
+
+def _encode_sequential(s: SequentialEntry) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "variant": s.variant,
+        "metric": s.metric,
+        "p": min(s.p_better, s.p_worse),
+        "p_better": s.p_better,
+        "p_worse": s.p_worse,
+    }
+    for name in ("ci_absolute", "ci_relative"):
+        pair = getattr(s, name)
+        if pair is not None:
+            doc[name] = list(pair)
+    return doc
+
+
+def decode(raw: bytes | str) -> DecisionEntry:
+    """ValueError, KeyError or TypeError for an entry that is not in this format."""
+    doc = json.loads(raw)
+    return DecisionEntry(
+        at=float(doc.get("at", 0.0)),
+        epoch=int(doc.get("epoch", 0)),
+        action=str(doc.get("action", "")),
+        reason=str(doc.get("reason", "")),
+        weights={str(k): float(v) for k, v in (doc.get("weights") or {}).items()},
+        applied=bool(doc.get("applied", False)),
+        units=int(doc.get("units", 0)),
+        sequential=tuple(
+            _decode_sequential(x) for x in doc.get("sequential_p", []) if "p_better" in x and "p_worse" in x
+        ),
+    )
+
+
+def _decode_sequential(x: dict[str, Any]) -> SequentialEntry:
+    def pair(name: str) -> tuple[float, float] | None:
+        value = x.get(name)
+        return (float(value[0]), float(value[1])) if value is not None else None
+
+    return SequentialEntry(
+        variant=str(x["variant"]),
+        metric=str(x["metric"]),
+        p_better=float(x["p_better"]),
+        p_worse=float(x["p_worse"]),
+        ci_absolute=pair("ci_absolute"),
+        ci_relative=pair("ci_relative"),
+    )

@@ -1,0 +1,95 @@
+"""The Redis key schema is a contract with data that already exists.
+
+`data/redis-before-the-move.json` was written by the code of commit 9942304 (before the
+package moved under `abrouter/`): a real event log flushed exposures and outcomes into a
+real Redis, the analyzer took one look, and every key was dumped, together with what that
+version's reader read back. Restored into a real Redis, it must read back the same today,
+seed the next look, and accept new batches on top.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio
+
+from abrouter.analysis import history, reader
+from abrouter.contract import experiment as model
+from abrouter.contract import keys
+from abrouter.router.eventlog.events import Exposure
+from abrouter.router.eventlog.log import EventLog
+
+PINNED = json.loads((Path(__file__).parent / "data" / "redis-before-the-move.json").read_text())
+
+
+async def restore(client: redis.asyncio.Redis, name: str) -> None:
+    for key, item in PINNED["keys"].items():
+        key = key.replace("{pinned}", f"{{{name}}}")
+        value: Any = item["value"]
+        if item["type"] == "hash":
+            await client.hset(key, mapping=value)
+        elif item["type"] == "string":
+            await client.set(key, value)
+        elif item["type"] == "zset":
+            await client.zadd(key, {member: score for member, score in value})
+        else:
+            for fields in value:
+                await client.xadd(key, fields)
+
+
+def spec(name: str) -> model.Experiment:
+    return model.parse({**PINNED["spec"], "name": name})
+
+
+def test_the_key_names_are_the_ones_existing_data_uses() -> None:
+    names = {k.replace("{pinned}", "{E}") for k in PINNED["keys"]}
+    # meta (the empty-restart marker) and unit-seen (unit state expiry) came later (issue 7):
+    # new keys, created by the first flush, so the pinned data has none.
+    names |= {"abrouter:{E}:meta", "abrouter:{E}:unit-seen"}
+    assert names == {k.replace("{x}", "{E}") for k in keys.Keys("x").all()} | {"abrouter:{E}:decisions"}
+
+
+async def test_data_written_before_the_move_reads_back_the_same(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    await restore(redis_client, experiment_name)
+    data = await reader.read(redis_client, spec(experiment_name))
+    read_back = {
+        a.name: {
+            "units": a.units,
+            "strata": [
+                {
+                    "epoch": s.epoch,
+                    "units": s.units,
+                    "metrics": {
+                        m: [x.n, x.sum, x.sum_sq, x.den_sum, x.den_sum_sq, x.sum_products]
+                        for m, x in sorted(s.metrics.items())
+                    },
+                }
+                for s in a.strata
+            ],
+        }
+        for a in data.arms
+    }
+    assert read_back == PINNED["read_back"]
+    last = await history.last(redis_client, keys.Keys(experiment_name))
+    assert last is not None and last.units == sum(a["units"] for a in PINNED["read_back"].values())
+    assert last.previous(last.units), "the old entry seeds the running minima of the next look"
+
+
+async def test_a_new_router_adds_to_data_written_before_the_move(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    await restore(redis_client, experiment_name)
+    experiment = spec(experiment_name)
+    before = await reader.read(redis_client, experiment)
+    log = EventLog(redis_url=redis_url, experiment=experiment, spill_dir=tmp_path)
+    await log.start()
+    log.record_exposure(Exposure("new", "a-new-unit", "control", 1, 1700000200.0, 200, 5.0, False))
+    await log.close()
+    assert log.stats.quarantined == 0 and log.stats.dropped == 0
+    after = await reader.read(redis_client, experiment)
+    assert after.arm("control").units == before.arm("control").units + 1
+    assert after.arm("candidate").units == before.arm("candidate").units
