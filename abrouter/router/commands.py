@@ -20,7 +20,7 @@ from abrouter.router import examples
 from abrouter.router.examples.model_server import build_model_app, start_model_server
 from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.redis_server import RedisServer
-from abrouter.router.settings import ServeSettings, secret_from_env, secret_problem
+from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
 from abrouter.router.sources.file import FileSource
 
 log = logging.getLogger("abrouter")
@@ -133,6 +133,7 @@ def serve(args: argparse.Namespace) -> int:
             spill_dir=args.spill_dir,
             flush_interval_s=args.flush_interval,
             secret=secret_from_env(),
+            api_token=api_token_from_env(),
             event_log=not args.no_event_log,
             upstream_transport=args.upstream_transport,
         )

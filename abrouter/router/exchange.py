@@ -253,7 +253,8 @@ class Exchange:
         self.status = 504 if self.error == "timeout" else 502
         name = self.variant.name
         log.warning("variant %s: upstream %s: %s", name, self.error, exc)
-        body = json_body(f"upstream_{self.error}", f"variant {name!r}: upstream {self.error}: {exc}", variant=name)
+        # The details (upstream URL, DNS results) go to the log only, never to the client.
+        body = json_body(f"upstream_{self.error}", f"variant {name!r}: upstream {self.error}", variant=name)
         return Reply(self.status, body, hdr.tag_response([], **self.tags) + self._new_cookie())
 
     def aborted(self) -> None:

@@ -110,6 +110,8 @@ async def make_router(
         urls: dict[str, str] | None = None,
         redis: str | None = None,
         transport: str | None = None,
+        api_token: bytes = b"",
+        event_log: bool = True,
         **spec_changes: Any,
     ) -> RouterUnderTest:
         weights = weights or {"control": 50, "candidate": 50}
@@ -130,6 +132,8 @@ async def make_router(
             spill_dir=tmp_path / "spill",
             flush_interval_s=0.05,
             upstream_transport=transport or upstream_transport,
+            api_token=api_token,
+            event_log=event_log,
         )  # type: ignore[arg-type]
         app: web.Application = build_app(model.load(path), settings, source=FileSource(path, interval_s=0.05))
         # aiohttp_client drops server_kwargs (TestServer ignores them): start the server ourselves.

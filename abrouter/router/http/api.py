@@ -3,6 +3,7 @@ experiment, and the outcome API. Every error here is JSON naming the problem."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 import zlib
@@ -23,6 +24,8 @@ from abrouter.router.http.proxy import ROUTER
 from abrouter.router.state import Router
 
 PREFIX = "/abrouter"
+#: The bearer token of the outcome and admin endpoints (empty: none configured).
+API_TOKEN = web.AppKey("api_token", bytes)
 
 
 def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
@@ -103,13 +106,43 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
 
 
+def _authorized(request: web.Request) -> bool:
+    """Whether the request carries the configured bearer token (False when none is configured)."""
+    token = request.app.get(API_TOKEN, b"")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+
+def _unauthorized(request: web.Request) -> web.Response | None:
+    """A 401 when a token is configured and the request lacks it; None when it may proceed."""
+    if not request.app.get(API_TOKEN, b"") or _authorized(request):
+        return None
+    return _json(
+        401,
+        {"error": "this endpoint needs Authorization: Bearer <ABROUTER_API_TOKEN>", "code": "unauthorized"},
+        **{"WWW-Authenticate": 'Bearer realm="abrouter"'},
+    )
+
+
+def _public_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec without what predicts assignment (the salt) or locates the models (upstreams)."""
+    out = {k: v for k, v in spec.items() if k != "salt"}
+    out["variants"] = [{k: v for k, v in variant.items() if k != "upstream"} for variant in spec["variants"]]
+    return out
+
+
 async def experiment(request: web.Request) -> web.Response:
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
     router = request.app[ROUTER]
     table = router.table
+    spec = model.to_dict(table.experiment)
     return _json(
         200,
         {
-            "spec": model.to_dict(table.experiment),
+            # Salt and upstream URLs only to a holder of the token.
+            "spec": spec if _authorized(request) else _public_spec(spec),
             "weights": table.weights_by_name(),
             "epoch": table.epoch,
             "epoch_since": table.since,
@@ -149,6 +182,9 @@ def _inflate(request: web.Request, body: bytes) -> bytes:
 
 
 async def outcomes(request: web.Request) -> web.Response:
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
     router = request.app[ROUTER]
     try:
         raw_items = oc.items_of(json.loads(_inflate(request, await request.read())))

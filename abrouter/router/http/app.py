@@ -79,6 +79,7 @@ def build_app(
                 finally:
                     await eventlog.close()
 
+    app[api.API_TOKEN] = settings.api_token
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)
