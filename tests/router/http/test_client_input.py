@@ -93,3 +93,13 @@ async def test_the_outcome_api_inflates_a_gzip_body_itself_and_bounds_it(make_ro
     assert resp.status == 413 and (await resp.json())["code"] == "too_large"
     resp = await r.client.post("/abrouter/outcomes", data=b"junk", headers={"Content-Encoding": "gzip"})
     assert resp.status == 400 and "not valid gzip" in (await resp.json())["error"]
+
+
+async def test_a_streamed_response_without_content_type_gets_none(
+    make_router: MakeRouter, raw_upstream: RawUpstream
+) -> None:
+    """Issue 7 #12: aiohttp's StreamResponse would add application/octet-stream."""
+    r = await make_router({"control": 100, "candidate": 0}, urls={"control": raw_upstream.url})
+    resp = await r.client.post("/no-ct-stream", headers={"X-User-Id": "u1"}, data=b"{}")
+    assert resp.status == 200 and await resp.read() == b"hello"
+    assert "Content-Type" not in resp.headers
