@@ -18,7 +18,7 @@ from aiohttp import web
 from abrouter.contract.experiment import Experiment
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
-from abrouter.router.http import api
+from abrouter.router.http import api, badrequests
 from abrouter.router.http.proxy import ROUTER, handle
 from abrouter.router.routing import RoutingTable
 from abrouter.router.settings import ServeSettings
@@ -80,6 +80,7 @@ def build_app(
                     await eventlog.close()
 
     app[api.API_TOKEN] = settings.api_token
+    badrequests.install()  # a client's malformed requests: one rate-limited WARNING line
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)

@@ -8,9 +8,11 @@ import asyncio
 import gzip
 import hashlib
 import json
+import logging
 
 import pytest
 
+from abrouter.router.http import badrequests
 from tests.router.conftest import MakeRouter, RouterUnderTest
 from tests.router.upstreams import RawUpstream
 
@@ -103,3 +105,27 @@ async def test_a_streamed_response_without_content_type_gets_none(
     resp = await r.client.post("/no-ct-stream", headers={"X-User-Id": "u1"}, data=b"{}")
     assert resp.status == 200 and await resp.read() == b"hello"
     assert "Content-Type" not in resp.headers
+
+
+async def test_malformed_requests_log_one_warning_line_per_interval(
+    make_router: MakeRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 7 #15: not an ERROR with a traceback and the client's bytes, for each of them."""
+    caplog.set_level(logging.INFO, logger="aiohttp.server")
+    r = await make_router()
+    server_log = logging.getLogger("aiohttp.server")
+    for old in [f for f in server_log.filters if isinstance(f, badrequests.MalformedRequests)]:
+        server_log.removeFilter(old)  # a fresh interval: an earlier test used this process's
+    badrequests.install()
+    for _ in range(5):
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.client.server.port)
+        writer.write(b"GET /predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"Q" * 20_000 + b"\r\n\r\n")
+        await writer.drain()
+        assert (await reader.read(12)).startswith(b"HTTP/1.0 400")
+        writer.close()
+    await asyncio.sleep(0.05)
+    records = [rec for rec in caplog.records if rec.name == "aiohttp.server"]
+    assert len(records) == 1
+    (rec,) = records
+    assert rec.levelname == "WARNING" and rec.exc_info is None and "\n" not in rec.getMessage()
+    assert "QQQ" not in caplog.text and rec.getMessage().startswith("malformed request answered 400")
