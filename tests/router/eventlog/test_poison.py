@@ -4,6 +4,7 @@ reported, and Redis memory stays bounded. Real router, real sockets, real Redis.
 from __future__ import annotations
 
 import asyncio
+import logging
 import json
 import shutil
 import time
@@ -235,3 +236,17 @@ async def test_the_spill_file_is_capped_and_what_it_refuses_is_counted(
         assert stats.spilled + stats.spill_full_dropped == 400
     finally:
         await log.close()
+
+
+async def test_a_redis_password_in_the_query_reaches_no_repr_and_no_log_line(
+    experiment_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 7 #10 (`abrouter.redact.mask_url` masks ``password=`` too)."""
+    from abrouter.router.redis_server import free_port
+
+    caplog.set_level(logging.DEBUG)
+    url = f"redis://127.0.0.1:{free_port()}/0?password=hunter2"  # nothing listens: a warning names the URL
+    log = EventLog(redis_url=url, experiment=_experiment(experiment_name), spill_dir=tmp_path, flush_interval_s=60)
+    await log.start()
+    await log.close()
+    assert "password=***" in caplog.text and "hunter2" not in caplog.text and "hunter2" not in repr(log)
