@@ -26,8 +26,11 @@ from abrouter.analysis import analyzer, report, service, summary
 from abrouter.analysis.errors import ConflictError, InputError, SourceError
 from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
+from abrouter.analysis.sinks.kube import KubeSink
 from abrouter.analysis.stats.power import sample_size
 from abrouter.contract import experiment as spec
+from abrouter.kube.client import KubeClient, Ref
+from abrouter.kube.errors import KubeError
 from abrouter.redact import mask_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -39,12 +42,17 @@ examples:
   abrouter analyze --config exp.yaml --every 60 --apply    # decide every minute and act
   abrouter analyze --summary export.json                   # sufficient statistics from anywhere
   abrouter analyze --summary sims.jsonl --json             # one JSON result per input line
+  abrouter analyze --experiment ns/recsys --apply --every 60   # act through the Kubernetes API
+  abrouter analyze --experiment ns/recsys --apply --dry-run    # print what it would write
 
 With --config, the aggregates are read from Redis through the router's key schema, every
 decision is appended to the experiment's history stream, and with --apply the new
 weights are written to the config file (a new epoch; the router reloads it). Without
---apply nothing but the history is written. Decisions use always-valid sequential
-tests, so looking every minute does not inflate false promotions.
+--apply nothing but the history is written. With --experiment NAMESPACE/NAME, the spec
+comes from the Experiment resource and --apply patches its weights (guarded by
+resourceVersion), writes its status and creates Events (see docs/kubernetes.md);
+--dry-run prints those writes instead of making them. Decisions use always-valid
+sequential tests, so looking every minute does not inflate false promotions.
 """
 
 PLAN_EPILOG = """\
@@ -84,6 +92,17 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         metavar="FILE",
         help="summary JSON, or .jsonl with one summary per line (see docs/analyzer.md)",
     )
+    source.add_argument(
+        "--experiment",
+        metavar="NAMESPACE/NAME",
+        help="an Experiment resource through the Kubernetes API; data from Redis",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, else ~/.kube/config)",
+    )
     p.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
@@ -95,7 +114,12 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     when.add_argument("--every", type=float, metavar="SECONDS", help="analyze again every SECONDS until Ctrl-C")
     p.add_argument("--json", action="store_true", help="print JSON (one object per line) instead of a table")
     p.add_argument(
-        "--apply", action="store_true", help="act on the decision: write the new weights to the --config file"
+        "--apply",
+        action="store_true",
+        help="act on the decision: write the new weights to the --config file or the --experiment resource",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="with --experiment --apply: print what would be written, write nothing"
     )
     p.set_defaults(func=analyze)
 
@@ -141,6 +165,10 @@ def analyze(args: argparse.Namespace) -> int:
         return analyze_summary(args.summary, as_json=args.json, out=sys.stdout)
     if args.every is not None and not (args.every > 0 and math.isfinite(args.every)):
         raise InputError("", f"--every must be a positive number of seconds, got {args.every}")
+    if args.experiment is None and (args.kubeconfig is not None or args.dry_run):
+        raise InputError("", "--kubeconfig and --dry-run need --experiment NAMESPACE/NAME")
+    if args.experiment is not None:
+        return asyncio.run(_analyze_kube(args))
     spec.load(args.config)  # bad config: fail now, with exit code 2, not inside the loop
     return asyncio.run(_analyze_redis(args))
 
@@ -179,6 +207,38 @@ async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink
         return _fail(str(exc), 1)
     except spec.ConfigError as exc:  # edited into something invalid while --every runs
         return _fail(str(exc), 2)
+    _print(result, as_json=as_json, out=sys.stdout)
+    return 0
+
+
+async def _analyze_kube(args: argparse.Namespace) -> int:
+    ref = Ref.parse(args.experiment)
+    sink = KubeSink(KubeClient.from_config(args.kubeconfig, role="analyzer"), ref, dry_run=args.dry_run)
+    client = redis.asyncio.Redis.from_url(args.redis_url)
+    try:
+        while True:
+            code = await _one_kube_look(client, sink, apply=args.apply, as_json=args.json, url=args.redis_url)
+            if args.every is None:
+                return code
+            await asyncio.sleep(args.every)
+    finally:
+        await client.aclose()
+        sink.client.close()
+
+
+async def _one_kube_look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
+    """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
+    try:
+        current = await sink.read()
+        result = await service.look(client, current.experiment, sink=sink if apply else DryRunSink())
+        if apply:
+            await sink.publish(result)
+    except SourceError as exc:
+        return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
+    except (ConflictError, KubeError) as exc:
+        return _fail(str(exc), 1)
+    except spec.ConfigError as exc:  # the resource's spec is invalid (kubectl edit)
+        return _fail(f"Experiment {sink.ref}: {exc}", 2)
     _print(result, as_json=as_json, out=sys.stdout)
     return 0
 

@@ -68,6 +68,7 @@ __all__ = [
 ]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 parse_duration = fields.duration
 
@@ -123,6 +124,7 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
                 ),
                 upstream=_upstream(r.get("upstream", required=True), r.at("upstream")),
                 weight=fields.number(r.get("weight", required=True), r.at("weight"), low=0),
+                deployment=_deployment(r.get("deployment", None), r.at("deployment")),
             )
         )
         r.done()
@@ -130,6 +132,12 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
     if sum(v.weight for v in variants) <= 0:
         raise ConfigError(path, "weights are all zero; at least one variant needs a positive weight")
     return tuple(variants)
+
+
+def _deployment(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    return fields.string(value, path, _DNS_SUBDOMAIN, "a Deployment name (lowercase a-z, 0-9, '-', '.')")
 
 
 def _unique(names: list[str], path: str) -> None:
@@ -213,6 +221,7 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
         guardrails=guardrails,
         ramp=ramp,
         bandit=bandit,
+        scale_down_losers=fields.boolean(r.get("scale_down_losers", d.scale_down_losers), r.at("scale_down_losers")),
     )
     r.done()
     return settings
@@ -309,7 +318,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
         "name": e.name,
         "salt": e.salt,
         "unit": {e.unit.kind: e.unit.name},
-        "variants": [{"name": v.name, "upstream": v.upstream, "weight": v.weight} for v in e.variants],
+        "variants": [_variant_dict(v) for v in e.variants],
         "metrics": [{"name": m.name, "kind": m.kind, "direction": m.direction} for m in e.metrics],
         "epoch": e.epoch,
         "allow_force_variant": e.allow_force_variant,
@@ -327,8 +336,16 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             ],
             "ramp": list(a.ramp),
             "bandit": {"enabled": a.bandit.enabled, "floor": a.bandit.floor, "min_units": a.bandit.min_units},
+            "scale_down_losers": a.scale_down_losers,
         },
     }
+
+
+def _variant_dict(v: Variant) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": v.name, "upstream": v.upstream, "weight": v.weight}
+    if v.deployment is not None:
+        out["deployment"] = v.deployment
+    return out
 
 
 def to_json(e: Experiment) -> str:

@@ -34,6 +34,9 @@ class Variant:
     name: str
     upstream: str
     weight: float  # as configured (relative); see Experiment.weights for the normalised split
+    #: The Kubernetes Deployment serving this variant, if any: the analyzer may scale a
+    #: losing variant's Deployment to 0 after a promotion (`AnalysisSettings.scale_down_losers`).
+    deployment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class AnalysisSettings:
     #: Candidate weights (percent) the ramp steps through before promotion is allowed.
     ramp: tuple[float, ...] = (5.0, 25.0, 50.0)
     bandit: Bandit = field(default_factory=Bandit)
+    #: After a promotion through Kubernetes, scale the losers' `Variant.deployment` to 0.
+    scale_down_losers: bool = False
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,18 @@ from pathlib import Path
 from aiohttp import web
 
 from abrouter.contract import experiment as model
+from abrouter.contract import resource
 from abrouter.errors import UserError
+from abrouter.kube.client import KubeClient, Ref
 from abrouter.redact import mask_url
 from abrouter.router import examples
 from abrouter.router.examples.model_server import build_model_app, start_model_server
 from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
+from abrouter.router.sources.base import SpecSource
 from abrouter.router.sources.file import FileSource
+from abrouter.router.sources.kube import KubeSource
 
 log = logging.getLogger("abrouter")
 
@@ -31,12 +35,15 @@ SERVE_EPILOG = """\
 examples:
   abrouter serve                                  # the example experiment, example models, private Redis
   abrouter serve --config exp.yaml --redis-url redis://redis:6379/0 --port 8080
+  abrouter serve --experiment default/recsys --redis-url redis://redis:6379/0   # in a pod
 
 With no --config, abrouter serves its bundled example experiment in front of two
 example model servers it starts on 127.0.0.1:18181 and :18182. With no --redis-url (and
 no REDIS_URL), it starts a private redis-server for the event log and stops it on exit.
 The config file is re-read every --reload-interval seconds: new weights (with a raised
-`epoch`) take effect without a restart. Reserved endpoints live under /abrouter/.
+`epoch`) take effect without a restart. With --experiment, the spec comes from the
+Experiment resource and every change of it applies within a second or two; its epoch is
+the object's metadata.generation. Reserved endpoints live under /abrouter/.
 """
 
 
@@ -48,7 +55,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=SERVE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="experiment YAML (default: the bundled example)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="experiment YAML (default: the bundled example)")
+    where.add_argument(
+        "--experiment",
+        metavar="NAMESPACE/NAME",
+        help="follow an Experiment resource through the Kubernetes API (list, then watch)",
+    )
+    p.add_argument(
+        "--kubeconfig",
+        type=Path,
+        metavar="PATH",
+        help="with --experiment: the kubeconfig to use (default: in a pod the in-cluster config, "
+        "else $KUBECONFIG or ~/.kube/config)",
+    )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
     p.add_argument(
@@ -115,13 +135,28 @@ def _check_args(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
+    if args.kubeconfig is not None and args.experiment is None:
+        raise UserError("--kubeconfig needs --experiment NAMESPACE/NAME")
+
+
+def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource]:
+    """The initial spec from a get (bad reference or spec: exit 2; API failure: exit 1), and its watch."""
+    ref = Ref.parse(args.experiment)
+    client = KubeClient.from_config(args.kubeconfig, role="router")
+    found = resource.parse(client.get(ref))
+    return found.experiment, KubeSource(client, ref, resource_version=found.resource_version)
 
 
 def serve(args: argparse.Namespace) -> int:
     _check_args(args)
-    bundled = args.config is None
+    bundled = args.config is None and args.experiment is None
     path = args.config or examples.EXPERIMENT_PATH
-    experiment = model.load(path)
+    source: SpecSource
+    if args.experiment is not None:
+        experiment, source = _kube_source(args)
+    else:
+        experiment = model.load(path)
+        source = FileSource(path, interval_s=args.reload_interval)
     with ExitStack() as stack:
         redis_url = args.redis_url or ""
         if not redis_url and not args.no_event_log:
@@ -140,7 +175,6 @@ def serve(args: argparse.Namespace) -> int:
         problem = secret_problem(settings.secret)
         if problem and not bundled:  # the local quick start needs no secret
             log.warning("%s", problem)
-        source = FileSource(path, interval_s=args.reload_interval)
         app = build_app(experiment, settings, source=source)
         if bundled:
             app.cleanup_ctx.append(_example_models)

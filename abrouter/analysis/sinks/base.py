@@ -6,7 +6,7 @@ is decided by `sinks.policy.next_spec`, so a sink only reads and writes. Impleme
 
 - `file.FileSink`: the experiment YAML the router watches;
 - `DryRunSink`: records decisions, changes nothing (`analyze` without ``--apply``);
-- a Kubernetes sink (the custom resource) implements the same method.
+- `kube.KubeSink`: the Experiment resource (weights by a guarded merge-patch; `publish` writes its status).
 """
 
 from __future__ import annotations

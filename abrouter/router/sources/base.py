@@ -1,6 +1,6 @@
 """Where the running router gets its spec from: sources produce specs, `follow` applies them.
 
-A source (`file.FileSource`, a Kubernetes `Experiment` watch next) only yields each new
+A source (`file.FileSource`, `kube.KubeSource` for an `Experiment` resource) only yields each new
 spec it reads, or the `ConfigError` that made one unusable. The bookkeeping that every
 source would otherwise repeat lives once, in `follow`: apply the spec, keep the old one
 when it is rejected (an invalid spec, or a `ReloadRejected` change), log it, and keep

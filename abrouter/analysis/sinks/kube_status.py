@@ -1,0 +1,158 @@
+"""The ``status`` of an Experiment resource after a look: what ``kubectl get`` shows. Pure.
+
+``phase`` from the decision: ramp -> Ramping, promote -> Promoted, rollback -> RolledBack,
+stop -> Inconclusive (the time ran out without a winner), continue -> Running (or
+Ramping again while a ramp is under way); ``spec.paused`` -> Paused whatever the
+decision. Conditions carry ``observedGeneration`` (the spec version the look analysed)
+and keep their ``lastTransitionTime`` until their status flips, as the API conventions
+ask; a flip to True of SampleRatioMismatch or GuardrailBreached is what the sink turns
+into an Event, so a persisting problem is reported once, not at every look.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from abrouter.analysis.analyzer import AnalysisResult
+from abrouter.analysis.data import Arm
+
+PHASES = {"ramp": "Ramping", "promote": "Promoted", "rollback": "RolledBack", "stop": "Inconclusive"}
+CONDITIONS = ("Ready", "SampleRatioMismatch", "GuardrailBreached")
+
+
+def phase(action: str, *, paused: bool, previous: str | None) -> str:
+    if paused:
+        return "Paused"
+    if action == "continue":
+        return "Ramping" if previous == "Ramping" else "Running"
+    return PHASES.get(action, "Running")
+
+
+def build(
+    result: AnalysisResult,
+    *,
+    weights: Mapping[str, float],
+    epoch: int,
+    observed_generation: int,
+    paused: bool,
+    applied: bool,
+    previous: Mapping[str, Any],
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The whole ``status`` (a merge-patch of it replaces every field the analyzer owns)."""
+    now = time.time() if now is None else now
+    d = result.decision
+    winner = _winner(weights) if d.action == "promote" else None
+    return {
+        "phase": phase(d.action, paused=paused, previous=previous.get("phase")),
+        "epoch": epoch,
+        "weights": dict(weights),
+        "observedGeneration": observed_generation,
+        "winner": winner,
+        "pValue": _best_p(result),
+        "lastDecision": {
+            "action": d.action,
+            "reason": d.reason,
+            "weights": dict(d.weights),
+            "applied": applied,
+            "paused": paused,
+            "time": rfc3339(result.at),
+        },
+        "arms": [_arm(result, a) for a in result.data.arms],
+        "conditions": conditions(result, observed_generation=observed_generation, previous=previous, now=now),
+    }
+
+
+def conditions(
+    result: AnalysisResult, *, observed_generation: int, previous: Mapping[str, Any], now: float
+) -> list[dict[str, Any]]:
+    breaches = [g for g in result.guardrails if g.status == "breach"]
+    srm = result.srm
+    srm_p = f"{srm.p_value:.2g}" if math.isfinite(srm.p_value) else "n/a"
+    wanted = {
+        "Ready": (True, "Analyzed", result.decision.reason),
+        "SampleRatioMismatch": (
+            srm.flagged,
+            "Mismatch" if srm.flagged else "NoMismatch",
+            f"units per arm {dict(srm.observed)} do not match the weights (p={srm_p})"
+            if srm.flagged
+            else f"units per arm match the weights (p={srm_p})",
+        ),
+        "GuardrailBreached": (
+            bool(breaches),
+            "Breached" if breaches else "WithinMargins",
+            "; ".join(f"{g.variant}: {g.metric} {g.reason or 'worse than the margin'}" for g in breaches)
+            or "no guardrail breached",
+        ),
+    }
+    old = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)}
+    out = []
+    for kind in CONDITIONS:
+        flag, reason, message = wanted[kind]
+        status = "True" if flag else "False"
+        before = old.get(kind, {})
+        since = before.get("lastTransitionTime") if before.get("status") == status else None
+        out.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": observed_generation,
+                "lastTransitionTime": since or rfc3339(now),
+            }
+        )
+    return out
+
+
+def turned_true(new: Sequence[Mapping[str, Any]], previous: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The conditions of `new` that are True now and were not before."""
+    old = {c.get("type"): c.get("status") for c in previous.get("conditions") or [] if isinstance(c, Mapping)}
+    return [c for c in new if c["status"] == "True" and c["type"] != "Ready" and old.get(c["type"]) != "True"]
+
+
+def _arm(result: AnalysisResult, arm: Arm) -> dict[str, Any]:
+    primary = result.primary
+    comparison = next((c for c in result.comparisons if c.variant == arm.name and c.metric == primary), None)
+    control = next((c for c in result.comparisons if c.metric == primary), None)
+    is_control = arm.name == result.data.control.name
+    mean = (control.control_mean if control else None) if is_control else (comparison.mean if comparison else None)
+    return {
+        "name": arm.name,
+        "weight": arm.weight,
+        "units": arm.units,
+        "exposures": _exposures(result, arm),
+        "metric": primary,
+        "mean": _finite(mean),
+        "lift": None if is_control or comparison is None else _finite(comparison.relative_lift),
+        "sequentialP": None if is_control or comparison is None else _finite(comparison.sequential_p_value),
+    }
+
+
+def _exposures(result: AnalysisResult, arm: Arm) -> int | None:
+    """Requests proxied to the arm: the denominator of the router's per-request metrics."""
+    if not any(m.name == "errors" for m in result.data.metrics):
+        return None
+    den = arm.pooled("errors", ratio=True).den_sum
+    return int(den) if den is not None else None
+
+
+def _best_p(result: AnalysisResult) -> float | None:
+    ps = [c.sequential_p_value for c in result.comparisons if c.metric == result.primary]
+    finite = [p for p in ps if math.isfinite(p)]
+    return min(finite) if finite else None
+
+
+def _winner(weights: Mapping[str, float]) -> str | None:
+    return next((name for name, w in weights.items() if w >= 99.99), None)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def rfc3339(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,156 @@
+"""The object store of the Kubernetes API test server (`tests/kube/apiserver.py`).
+
+resourceVersion, generation, preconditions, the change history a watch replays, and the
+``kind: Status`` bodies of errors. Runs only on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP, VERSION, PLURAL = "abrouter.io", "v1alpha1", "experiments"
+Key = tuple[str, str, str]  # (resource, namespace, name)
+
+
+def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.body = status_body(code, reason, message, details)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: null deletes, objects merge, anything else (lists included) replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+@dataclass
+class Watcher:
+    resource: str
+    namespace: str
+    queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+
+
+class Store:
+    def __init__(self) -> None:
+        self.objects: dict[Key, dict[str, Any]] = {}
+        self.rv = 100
+        #: (resourceVersion, event type, key, object) of every change, oldest first.
+        self.history: list[tuple[int, str, Key, dict[str, Any]]] = []
+        #: A watch from a resourceVersion below this one is 410 Gone.
+        self.oldest = self.rv
+        self._watchers: list[Watcher] = []
+        self._before_write: Callable[[], None] | None = None
+
+    def _compact(self) -> None:
+        self.history.clear()
+        self.oldest = self.rv
+
+    # ------------------------------------------------------------------------ the store
+
+    def _commit(
+        self, key: Key, old: dict[str, Any] | None, new: dict[str, Any], *, spec_changed: bool
+    ) -> dict[str, Any]:
+        """Store `new` (None-free) with a fresh resourceVersion, unless nothing changed."""
+        if old is not None and new == old:
+            return copy.deepcopy(old)
+        self.rv += 1
+        meta = new.setdefault("metadata", {})
+        meta.update(name=key[2], namespace=key[1], resourceVersion=str(self.rv))
+        if old is None:
+            meta.update(uid=str(uuid.uuid4()), generation=1, creationTimestamp=now_rfc3339())
+        else:
+            for k in ("uid", "creationTimestamp"):
+                meta[k] = old["metadata"][k]
+            meta["generation"] = old["metadata"]["generation"] + (1 if spec_changed else 0)
+        self.objects[key] = new
+        self._publish("ADDED" if old is None else "MODIFIED", key, new)
+        return copy.deepcopy(new)
+
+    def _publish(self, kind: str, key: Key, obj: dict[str, Any]) -> None:
+        snapshot = copy.deepcopy(obj)
+        self.history.append((self.rv, kind, key, snapshot))
+        for w in self._watchers:
+            if (w.resource, w.namespace) == key[:2]:
+                w.queue.put_nowait({"type": kind, "object": snapshot})
+
+    def _existing(self, key: Key) -> dict[str, Any]:
+        obj = self.objects.get(key)
+        if obj is None:
+            raise ApiError(404, "NotFound", f'{qualified_kind(key[0])} "{key[2]}" not found', details_of(key))
+        return obj
+
+    def _precondition(self, key: Key, body: Any, current: dict[str, Any], *, required: bool = False) -> None:
+        if self._before_write is not None:
+            action, self._before_write = self._before_write, None
+            action()
+            current = self.objects[key]
+        rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+        if rv is None and required:
+            raise ApiError(
+                422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+            )
+        if rv is not None and str(rv) != current["metadata"]["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {qualified_kind(key[0])} "{key[2]}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+                details_of(key),
+            )
+
+    def _list_body(self, resource: str, ns: str, kind: str, api_version: str) -> dict[str, Any]:
+        items = [o for (r, n, _), o in sorted(self.objects.items()) if (r, n) == (resource, ns)]
+        return {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+
+
+def name_of(body: dict[str, Any]) -> str:
+    name = (body.get("metadata") or {}).get("name")
+    if not name:
+        raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
+    return str(name)
+
+
+def user_metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """The metadata a client may change: labels and annotations."""
+    meta = obj.get("metadata") or {}
+    return {k: meta[k] for k in ("labels", "annotations") if k in meta}
+
+
+def qualified_kind(resource: str) -> str:
+    return {PLURAL: f"{PLURAL}.{GROUP}", "deployments": "deployments.apps"}.get(resource, resource)
+
+
+def details_of(key: Key) -> dict[str, Any]:
+    group = {PLURAL: GROUP, "deployments": "apps"}.get(key[0], "")
+    return {"name": key[2], "group": group, "kind": key[0]}
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

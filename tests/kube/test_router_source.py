@@ -1,0 +1,190 @@
+"""Running routers follow an Experiment resource: the real app, the real client, our API server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from abrouter import cli
+from abrouter.contract import resource
+from abrouter.kube.client import KubeClient, Ref
+from abrouter.router.http.app import build_app
+from abrouter.router.http.proxy import ROUTER
+from abrouter.router.settings import ServeSettings
+from abrouter.router.sources.kube import KubeSource
+from abrouter.router.state import Router
+from tests.kube.apiserver import PLURAL, KubeApiServer
+from tests.kube.conftest import NAMESPACE, experiment_object
+from tests.router.upstreams import model_app
+
+
+@dataclass
+class RunningRouter:
+    http: TestClient
+    source: KubeSource
+
+    @property
+    def router(self) -> Router:
+        return self.http.app[ROUTER]
+
+    async def variants(self, users: int = 40) -> set[str]:
+        seen = set()
+        for i in range(users):
+            resp = await self.http.post("/predict", json={}, headers={"X-User-Id": f"user-{i}"})
+            assert resp.status == 200, await resp.text()
+            seen.add(resp.headers["X-AB-Variant"])
+        return seen
+
+    async def wait_for(self, epoch: int, timeout_s: float = 2.0) -> float:
+        """Seconds until the router serves `epoch`; fails after `timeout_s`."""
+        start = time.monotonic()
+        while self.router.table.epoch != epoch:
+            assert time.monotonic() - start < timeout_s, f"epoch {epoch} not applied: {self.router.source.last_error}"
+            await asyncio.sleep(0.01)
+        return time.monotonic() - start
+
+
+StartRouter = Callable[[], Awaitable[RunningRouter]]
+
+
+@pytest.fixture
+async def experiment(kube_api: KubeApiServer, aiohttp_server: Any, experiment_name: str) -> dict[str, Any]:
+    urls = {}
+    for name in ("control", "candidate"):
+        server = await aiohttp_server(model_app(name))
+        urls[name] = str(server.make_url("")).rstrip("/")
+    variants = [{"name": n, "upstream": u, "weight": 50} for n, u in urls.items()]
+    return kube_api.put(PLURAL, NAMESPACE, experiment_object(experiment_name, variants=variants))
+
+
+@pytest.fixture
+async def start_router(
+    aiohttp_client: Any, kubeconfig: Path, redis_url: str, tmp_path: Path, experiment: dict[str, Any]
+) -> AsyncIterator[StartRouter]:
+    clients: list[KubeClient] = []
+    ref = Ref(NAMESPACE, experiment["metadata"]["name"])
+
+    async def start() -> RunningRouter:
+        client = KubeClient.from_config(kubeconfig, role="router")
+        clients.append(client)
+        found = resource.parse(client.get(ref))  # as `abrouter serve --experiment` starts
+        source = KubeSource(client, ref, resource_version=found.resource_version, min_backoff_s=0.05, max_backoff_s=0.2)
+        settings = ServeSettings(
+            redis_url=redis_url, spill_dir=tmp_path / f"spill-{len(clients)}", flush_interval_s=0.05
+        )
+        http = await aiohttp_client(build_app(found.experiment, settings, source=source))
+        return RunningRouter(http=http, source=source)
+
+    yield start
+    for client in clients:
+        client.close()
+
+
+def patch_weights(kube_api: KubeApiServer, experiment: dict[str, Any], **weights: float) -> dict[str, Any]:
+    """A person's `kubectl edit` of the weights (no epoch to keep: the generation moves)."""
+    current = kube_api.get(PLURAL, NAMESPACE, experiment["metadata"]["name"])
+    assert current is not None
+    for v in current["spec"]["variants"]:
+        v["weight"] = weights.get(v["name"], v["weight"])
+    return kube_api.put(PLURAL, NAMESPACE, current)
+
+
+async def test_a_weight_patch_reaches_two_routers_within_2s_and_they_agree_on_the_epoch(
+    kube_api: KubeApiServer, start_router: StartRouter, experiment: dict[str, Any]
+) -> None:
+    routers = [await start_router(), await start_router()]
+    assert {r.router.table.epoch for r in routers} == {1}
+    assert [await r.variants() for r in routers] == [{"control", "candidate"}] * 2
+    await asyncio.sleep(0.2)  # both watches are open
+
+    patched = patch_weights(kube_api, experiment, control=0, candidate=100)
+    assert patched["metadata"]["generation"] == 2
+    delays = [await r.wait_for(2) for r in routers]
+
+    assert max(delays) < 2.0
+    assert [await r.variants() for r in routers] == [{"candidate"}] * 2
+    assert [r.router.table.weights_by_name() for r in routers] == [{"control": 0.0, "candidate": 1.0}] * 2
+
+
+async def test_a_watch_that_gets_410_relists_and_carries_on(
+    kube_api: KubeApiServer, start_router: StartRouter, experiment: dict[str, Any]
+) -> None:
+    r = await start_router()
+    await asyncio.sleep(0.2)
+    kube_api.fail_next_watch_with_410()
+    kube_api.end_watches()  # the stream ends as at its timeout; the next watch hears 410
+    deadline = time.monotonic() + 2
+    while r.source.relists == 0:
+        assert time.monotonic() < deadline, "the source did not relist after 410"
+        await asyncio.sleep(0.01)
+
+    patch_weights(kube_api, experiment, control=100, candidate=0)
+    await r.wait_for(2)
+    assert await r.variants() == {"control"}
+
+
+async def test_with_the_api_down_the_router_keeps_serving_its_last_weights(
+    kube_api: KubeApiServer, start_router: StartRouter, experiment: dict[str, Any]
+) -> None:
+    r = await start_router()
+    patch_weights(kube_api, experiment, control=0, candidate=100)
+    await r.wait_for(2)
+    kube_api.down()
+    deadline = time.monotonic() + 2
+    while r.source.failures < 2:  # it backs off and tries again
+        assert time.monotonic() < deadline, "the source did not notice the API going down"
+        await asyncio.sleep(0.01)
+
+    assert await r.variants() == {"candidate"}
+    ready = await r.http.get("/abrouter/readyz")
+    assert ready.status == 200, await ready.text()
+
+    kube_api.up()
+    patch_weights(kube_api, experiment, control=100, candidate=0)
+    await r.wait_for(3, timeout_s=3)
+    assert await r.variants() == {"control"}
+
+
+async def test_an_invalid_spec_is_rejected_with_an_event_and_the_last_good_one_stays(
+    kube_api: KubeApiServer, start_router: StartRouter, experiment: dict[str, Any]
+) -> None:
+    r = await start_router()
+    await asyncio.sleep(0.2)
+    patch_weights(kube_api, experiment, candidate=-5)
+    deadline = time.monotonic() + 2
+    while not r.router.source.last_error:
+        assert time.monotonic() < deadline, "the invalid spec was not reported"
+        await asyncio.sleep(0.01)
+
+    assert "spec.variants[1].weight: must be >= 0, got -5" in r.router.source.last_error
+    assert r.router.table.epoch == 1 and await r.variants() == {"control", "candidate"}
+    (event,) = kube_api.list("events", NAMESPACE)
+    assert event["reason"] == "InvalidSpec" and event["type"] == "Warning"
+    assert event["involvedObject"]["name"] == experiment["metadata"]["name"]
+    assert "spec.variants[1].weight" in event["message"]
+
+    patch_weights(kube_api, experiment, candidate=100, control=0)  # fixed: followed again
+    await r.wait_for(3)
+    assert r.router.source.last_error is None
+
+
+def test_serve_with_a_bad_reference_or_a_missing_experiment_is_one_line(
+    kubeconfig: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["serve", "--experiment", "no-namespace"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "--experiment must be NAMESPACE/NAME" in line
+
+    assert cli.main(["serve", "--experiment", f"{NAMESPACE}/missing", "--kubeconfig", str(kubeconfig)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"not found: experiments.abrouter.io {NAMESPACE}/missing" in line
+
+    assert cli.main(["serve", "--kubeconfig", str(kubeconfig)]) == 2
+    assert "--kubeconfig needs --experiment" in capsys.readouterr().err
