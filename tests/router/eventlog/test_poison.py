@@ -4,8 +4,8 @@ reported, and Redis memory stays bounded. Real router, real sockets, real Redis.
 from __future__ import annotations
 
 import asyncio
-import logging
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
