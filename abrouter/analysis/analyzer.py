@@ -86,6 +86,8 @@ class AnalysisResult:
             "skipped_guardrails": list(self.skipped_guardrails),
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
             "decision": self.decision.to_dict(),
+            # None, or since when the data is all there is (Redis lost what came before).
+            "data_incomplete_since": self.data.incomplete_since,
         }
 
     def _comparison_dict(self, c: Comparison) -> dict[str, Any]:

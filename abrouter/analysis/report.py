@@ -24,7 +24,14 @@ def render(result: AnalysisResult) -> str:
 
 def _header(r: AnalysisResult) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.at))
-    return f"experiment {r.experiment}  epoch {r.epoch}  {stamp}  {explain.srm_text(r.srm)}"
+    line = f"experiment {r.experiment}  epoch {r.epoch}  {stamp}  {explain.srm_text(r.srm)}"
+    if r.data.incomplete_since is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.data.incomplete_since))
+        line += (
+            f"\nDATA INCOMPLETE: Redis lost the data recorded before {since} (it restarted empty); "
+            "this look sees only what came after, not the whole experiment"
+        )
+    return line
 
 
 def _variants(r: AnalysisResult) -> str:
