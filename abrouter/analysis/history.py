@@ -7,6 +7,7 @@ the next look (`Entry`), and does the Redis I/O.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import redis
@@ -47,6 +48,36 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
             fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative)
             for (v, m), r in result.running().items()
         ),
+        arms=tuple(_arm(result, a.name) for a in result.data.arms),
+    )
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _arm(result: AnalysisResult, name: str) -> fmt.ArmEntry:
+    """One arm of this look, as the report plots it over time."""
+    arm = result.data.arm(name)
+    primary = result.primary
+    c = next((c for c in result.comparisons if c.variant == name and c.metric == primary), None)
+    mean = None
+    if c is not None:
+        mean = c.mean
+    elif primary is not None:  # the control: every comparison holds its mean
+        mean = next((x.control_mean for x in result.comparisons if x.metric == primary), None)
+    latency = arm.pooled("latency_ms", ratio=True).mean if arm.strata else None
+    ci = c.sequential_ci if c is not None else None
+    return fmt.ArmEntry(
+        name=name,
+        weight=arm.weight,
+        units=arm.units,
+        exposures=arm.exposures,
+        expected_units=_finite(result.srm.expected.get(name)),
+        mean=_finite(mean),
+        latency_ms=_finite(latency),
+        lift=_finite(c.relative_lift) if c is not None else None,
+        lift_ci=ci if ci is not None and all(math.isfinite(x) for x in ci) else None,
     )
 
 
@@ -87,3 +118,21 @@ async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: Analysi
         )
     except redis.RedisError as exc:
         raise SourceError(f"cannot append to the decision history {keys.decisions}: {exc}") from exc
+
+
+async def entries(client: redis.asyncio.Redis, keys: schema.Keys) -> list[fmt.DecisionEntry]:
+    """Every readable entry, oldest first (the stream is capped, so this is bounded)."""
+    try:
+        raw = await client.xrange(keys.decisions)
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot read the decision history {keys.decisions}: {exc}") from exc
+    out = []
+    for _, fields in raw or []:
+        value = (fields or {}).get(FIELD.encode()) or (fields or {}).get(FIELD)
+        if value is None:
+            continue
+        try:
+            out.append(fmt.decode(value))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out

@@ -18,6 +18,12 @@ control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are ab
 before there is one. An item written before the two minima existed (only ``p``) seeds
 nothing: its ``p`` does not say in which direction it was reached.
 
+Since the report needs them over time, an entry also carries ``arms``: per arm its weight,
+units, exposures, the primary metric's mean, the mean latency and the units the split
+expects, and for candidates the primary metric's relative lift with the look's
+always-valid interval (``lift``, ``lift_ci``; absent for the control). Entries written
+before ``arms`` existed have none; readers must not need them.
+
 The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
 """
 
@@ -41,6 +47,19 @@ class SequentialEntry:
 
 
 @dataclass(frozen=True)
+class ArmEntry:
+    name: str
+    weight: float
+    units: int
+    exposures: int
+    expected_units: float | None = None
+    mean: float | None = None
+    latency_ms: float | None = None
+    lift: float | None = None
+    lift_ci: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
 class DecisionEntry:
     at: float
     epoch: int
@@ -50,6 +69,7 @@ class DecisionEntry:
     applied: bool
     units: int
     sequential: tuple[SequentialEntry, ...] = field(default_factory=tuple)
+    arms: tuple[ArmEntry, ...] = field(default_factory=tuple)
 
 
 def encode(entry: DecisionEntry) -> str:
@@ -63,6 +83,8 @@ def encode(entry: DecisionEntry) -> str:
         "units": entry.units,
         "sequential_p": [_encode_sequential(s) for s in entry.sequential],
     }
+    if entry.arms:
+        doc["arms"] = [{k: v for k, v in vars(a).items() if v is not None} for a in entry.arms]
     return json.dumps(doc, sort_keys=True)
 
 
@@ -95,7 +117,27 @@ def decode(raw: bytes | str) -> DecisionEntry:
         sequential=tuple(
             _decode_sequential(x) for x in doc.get("sequential_p", []) if "p_better" in x and "p_worse" in x
         ),
+        arms=tuple(_decode_arm(a) for a in doc.get("arms", [])),
     )
+
+
+def _decode_arm(a: dict[str, Any]) -> ArmEntry:
+    ci = a.get("lift_ci")
+    return ArmEntry(
+        name=str(a["name"]),
+        weight=float(a["weight"]),
+        units=int(a["units"]),
+        exposures=int(a.get("exposures", 0)),
+        expected_units=_float(a.get("expected_units")),
+        mean=_float(a.get("mean")),
+        latency_ms=_float(a.get("latency_ms")),
+        lift=_float(a.get("lift")),
+        lift_ci=(float(ci[0]), float(ci[1])) if ci is not None else None,
+    )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _decode_sequential(x: dict[str, Any]) -> SequentialEntry:
