@@ -7,7 +7,9 @@ the next look (`Entry`), and does the Redis I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -17,6 +19,7 @@ from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.compare import Running
 from abrouter.contract import history as fmt
 from abrouter.contract import keys as schema
+from abrouter.contract.model import AnalysisSettings
 
 FIELD = fmt.FIELD
 
@@ -27,6 +30,8 @@ class Entry:
 
     units: int
     running: dict[tuple[str, str], Running]
+    #: The settings pinned at the first look (empty in entries written before pinning).
+    pinned: dict[str, float] = field(default_factory=dict)
 
     def previous(self, units_now: int) -> Previous:
         """The seed of the next look, unless the data was reset since (fewer units now)."""
@@ -47,7 +52,21 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
             fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative)
             for (v, m), r in result.running().items()
         ),
+        pinned=pinned_of(result.data.settings),
     )
+
+
+def pinned_of(settings: AnalysisSettings) -> dict[str, float]:
+    return {name: float(getattr(settings, name)) for name in fmt.PINNED}
+
+
+def pin(settings: AnalysisSettings, pinned: dict[str, float]) -> tuple[AnalysisSettings, dict[str, float]]:
+    """`settings` with the pinned values, and the spec's values that were overridden."""
+    if not pinned:
+        return settings, {}
+    ignored = {k: float(getattr(settings, k)) for k, v in pinned.items() if float(getattr(settings, k)) != v}
+    values: dict[str, Any] = {k: (int(v) if k == "expected_units_per_arm" else v) for k, v in pinned.items()}
+    return dataclasses.replace(settings, **values), ignored
 
 
 def encode(result: AnalysisResult, *, applied: bool) -> str:
@@ -61,6 +80,7 @@ def decode(raw: bytes | str) -> Entry:
         running={
             (s.variant, s.metric): Running(s.p_better, s.p_worse, s.ci_absolute, s.ci_relative) for s in e.sequential
         },
+        pinned=dict(e.pinned),
     )
 
 

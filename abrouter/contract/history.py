@@ -16,7 +16,9 @@ intersected. Two minima are kept per (variant, metric): over the looks where the
 candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than the
 control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
 before there is one. An item written before the two minima existed (only ``p``) seeds
-nothing: its ``p`` does not say in which direction it was reached.
+nothing: its ``p`` does not say in which direction it was reached. ``pinned`` (absent in
+entries written before it existed) holds the `PINNED` settings of the experiment's first
+look: later looks use them, whatever the spec says now.
 
 The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
 """
@@ -50,6 +52,13 @@ class DecisionEntry:
     applied: bool
     units: int
     sequential: tuple[SequentialEntry, ...] = field(default_factory=tuple)
+    #: Settings the sequential test depends on, pinned at the first look (`PINNED`).
+    pinned: dict[str, float] = field(default_factory=dict)
+
+
+#: Analysis settings fixed at the first look: changing them mid-experiment changes τ² (or
+#: the level) under running minima that assumed the old ones, which voids the guarantee.
+PINNED = ("alpha", "expected_units_per_arm")
 
 
 def encode(entry: DecisionEntry) -> str:
@@ -63,6 +72,8 @@ def encode(entry: DecisionEntry) -> str:
         "units": entry.units,
         "sequential_p": [_encode_sequential(s) for s in entry.sequential],
     }
+    if entry.pinned:
+        doc["pinned"] = dict(entry.pinned)
     return json.dumps(doc, sort_keys=True)
 
 
@@ -95,6 +106,7 @@ def decode(raw: bytes | str) -> DecisionEntry:
         sequential=tuple(
             _decode_sequential(x) for x in doc.get("sequential_p", []) if "p_better" in x and "p_worse" in x
         ),
+        pinned={str(k): float(v) for k, v in (doc.get("pinned") or {}).items() if k in PINNED},
     )
 
 
