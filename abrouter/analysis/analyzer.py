@@ -94,6 +94,8 @@ class AnalysisResult:
                 "expected_units_per_arm": self.data.settings.expected_units_per_arm,
             },
             "ignored_settings": dict(self.ignored_settings),
+            # None, or since when the data is all there is (Redis lost what came before).
+            "data_incomplete_since": self.data.incomplete_since,
         }
 
     def _comparison_dict(self, c: Comparison) -> dict[str, Any]:

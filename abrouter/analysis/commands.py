@@ -119,7 +119,7 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="act on the decision: write the new weights to the --config file or the --experiment resource",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="with --experiment --apply: print what would be written, write nothing"
+        "--dry-run", action="store_true", help="with --experiment: print what --apply would write, and write nothing"
     )
     p.set_defaults(func=analyze)
 
@@ -217,7 +217,9 @@ async def _analyze_kube(args: argparse.Namespace) -> int:
     client = redis.asyncio.Redis.from_url(args.redis_url)
     try:
         while True:
-            code = await _one_kube_look(client, sink, apply=args.apply, as_json=args.json, url=args.redis_url)
+            # --dry-run shows what --apply would write, so it implies the --apply path.
+            apply = args.apply or args.dry_run
+            code = await _one_kube_look(client, sink, apply=apply, as_json=args.json, url=args.redis_url)
             if args.every is None:
                 return code
             await asyncio.sleep(args.every)

@@ -111,6 +111,9 @@ class ExperimentData:
     started_at: float | None = None
     #: False when the source held nothing at all under the experiment's name (a typo?).
     found: bool = True
+    #: Set when the store lost data (Redis restarted empty): the data holds only what was
+    #: recorded since this time (unix seconds), not the whole experiment.
+    incomplete_since: float | None = None
 
     @property
     def control(self) -> Arm:

@@ -43,13 +43,16 @@ async def read(
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.agg)
             pipe.hgetall(keys.epochs)
-            agg, epochs = await pipe.execute()
+            pipe.hget(keys.meta, "reset_at")
+            agg, epochs, reset_at = await pipe.execute()
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
     data = build(experiment, schema.decode_agg(agg), schema.decode_epochs(epochs))
+    if reset_at is not None:  # a router saw Redis lose the experiment's data
+        data = dataclasses.replace(data, incomplete_since=float(reset_at))
     # The router registers the epoch with its first flush, so both empty means no router
     # ever wrote here: most likely a typo in the name, or a prefix that differs.
-    return data if agg or epochs else dataclasses.replace(data, found=False)
+    return data if agg or epochs or reset_at is not None else dataclasses.replace(data, found=False)
 
 
 def build(

@@ -32,6 +32,12 @@ def _header(r: AnalysisResult) -> str:
             f"\npinned at the first look: alpha {s.alpha:g}, expected_units_per_arm {s.expected_units_per_arm}; "
             f"the spec's {edits} is ignored (start a new experiment to change them)"
         )
+    if r.data.incomplete_since is not None:
+        since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.data.incomplete_since))
+        line += (
+            f"\nDATA INCOMPLETE: Redis lost the data recorded before {since} (it restarted empty); "
+            "this look sees only what came after, not the whole experiment"
+        )
     return line
 
 

@@ -118,6 +118,8 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
     items = fields.list_of(data, path)
     if len(items) < 2:
         raise ConfigError(path, f"needs two or more variants (the first is the control), got {len(items)}")
+    if len(items) > MAX_VARIANTS:  # a request id holds the variant's index in one byte
+        raise ConfigError(path, f"at most {MAX_VARIANTS} variants, got {len(items)}")
     variants = []
     for i, item in enumerate(items):
         r = fields.Reader(item, f"{path}[{i}]")
@@ -307,11 +309,37 @@ def parse(data: Any) -> Experiment:
     return experiment
 
 
+#: Variants an experiment may have: a request id holds the variant's index in one byte.
+MAX_VARIANTS = 256
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                mark = key_node.start_mark
+                raise ConfigError("", f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def loads(text: str, source: str = "<string>") -> Experiment:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    except ConfigError as exc:
+        raise ConfigError("", f"{source}: {exc}") from None
+    except RecursionError:
+        raise ConfigError("", f"{source}: not valid YAML: nested too deeply") from None
     return parse(data)
 
 
@@ -328,6 +356,8 @@ def load(path: str | Path) -> Experiment:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"{path}: not UTF-8 text (byte {exc.start})") from None
     return loads(text, str(path))
 
 

@@ -144,5 +144,8 @@ def duration(value: Any, path: str) -> float:
         match = _DURATION.match(value)
         if not match:
             raise ConfigError(path, f"must be a duration like 30s, 15m, 12h or 14d, got {value!r}")
-        return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+        if seconds <= 0:  # "0s" would disable a timeout on aiohttp, like no timeout at all
+            raise ConfigError(path, f"must be a duration greater than 0, got {value!r}")
+        return seconds
     return number(value, path, low=0, low_open=True)

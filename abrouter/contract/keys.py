@@ -15,6 +15,8 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     abrouter:{E}:decisions   stream  capped history of the analyzer's decisions (`abrouter.contract.history`)
     abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
     abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
+    abrouter:{E}:meta        hash    the marker: created, and after a data loss reset_at, resets
+    abrouter:{E}:unit-seen   zset    units field -> time it was last written (expiry)
 
 ``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
 
@@ -75,10 +77,10 @@ The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, which
 fewer (MAXLEN is set per batch from its size).
 
 Outcomes sent with an ``event_id`` (a client's idempotency key) are counted once:
-``flush.lua`` adds each id to ``outcome-ids`` (score: the time the outcome was
-reported) and skips an outcome whose id is already there. Ids older than
-`OUTCOME_ID_WINDOW_S` before the newest one in a batch are pruned, so a retry is
-recognised for that long. The audit stream keeps every accepted row, repeats included.
+``flush.lua`` adds each id to ``outcome-ids`` (score: Redis' own clock, TIME, when the
+batch was applied) and skips an outcome whose id is already there. Ids older than
+`OUTCOME_ID_WINDOW_S` by that clock are pruned, so a retry is recognised for that long,
+whatever the producers' clocks say.
 
 Exactly-once: a batch carries (producer, seq). ``flush.lua`` applies it only when seq is
 greater than ``producers[producer]`` and then stores seq, all in one atomic script call,
@@ -86,7 +88,18 @@ so replaying a batch (after a timeout, from the spill file, after a Redis restar
 counts it twice. A producer must therefore deliver its batches in seq order. Unless the
 caller allows a gap, the script also refuses (and reports) a batch whose seq is not
 ``producers[producer] + 1``: that is how a producer learns that Redis lost its last
-batches (a restart inside the AOF fsync window) and re-sends them first.
+batches (a restart inside the AOF fsync window) and re-sends them first. The seqs a
+gap skipped are kept in ``producers[<producer>|gaps]`` (JSON ranges ``[[from, to], ...]``,
+at most 256): a batch quarantined under its own (producer, seq) and replayed later
+applies once, and a second replay is a duplicate.
+
+Bounded memory: a ``units`` field not written for the experiment's ``outcome_ttl``
+(by Redis' clock, kept in ``unit-seen``) is deleted, at most 2,000 per flush; a unit seen
+again after that starts over as a new unit. Requests without a unit id keep no ``units``
+state unless an outcome arrives for them. ``meta`` holds ``created`` (when this Redis
+got the experiment's first batch) and, once a router has seen a Redis lose the data
+(restart without persistence), ``reset_at`` (the ``created`` of the new data: the
+aggregates hold only what came after) and ``resets``.
 """
 
 from __future__ import annotations
@@ -108,6 +121,9 @@ EVENTS_MAX_RAW = 1_000_000
 DECISIONS_MAXLEN = 1_000
 #: How long an outcome's event_id is remembered: a retry within this window counts once.
 OUTCOME_ID_WINDOW_S = 86_400
+#: The largest magnitude of an outcome value (the API answers 422 beyond it). Squares
+#: (1e30) and sums over a batch of them stay finite and far from overflow in doubles.
+MAX_ABS_VALUE = 1e15
 
 
 @dataclass(frozen=True)
@@ -150,9 +166,27 @@ class Keys:
     def outcome_ids(self) -> str:
         return self._key("outcome-ids")
 
+    @property
+    def meta(self) -> str:
+        return self._key("meta")
+
+    @property
+    def unit_seen(self) -> str:
+        return self._key("unit-seen")
+
     def all(self) -> tuple[str, ...]:
         """In the order flush.lua expects them as KEYS."""
-        return (self.agg, self.units, self.epochs, self.producers, self.events, self.metrics, self.outcome_ids)
+        return (
+            self.agg,
+            self.units,
+            self.epochs,
+            self.producers,
+            self.events,
+            self.metrics,
+            self.outcome_ids,
+            self.meta,
+            self.unit_seen,
+        )
 
 
 def unit_hash(unit: str) -> str:

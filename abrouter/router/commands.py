@@ -20,9 +20,9 @@ from abrouter.kube.client import KubeClient, Ref
 from abrouter.redact import mask_url
 from abrouter.router import examples
 from abrouter.router.examples.model_server import build_model_app, start_model_server
-from abrouter.router.http.app import build_app
+from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.redis_server import RedisServer
-from abrouter.router.settings import ServeSettings, secret_from_env, secret_problem
+from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
 from abrouter.router.sources.base import SpecSource
 from abrouter.router.sources.file import FileSource
 from abrouter.router.sources.kube import KubeSource
@@ -168,6 +168,7 @@ def serve(args: argparse.Namespace) -> int:
             spill_dir=args.spill_dir,
             flush_interval_s=args.flush_interval,
             secret=secret_from_env(),
+            api_token=api_token_from_env(),
             event_log=not args.no_event_log,
             upstream_transport=args.upstream_transport,
         )
@@ -186,6 +187,7 @@ def serve(args: argparse.Namespace) -> int:
             print=None,
             shutdown_timeout=args.shutdown_timeout,
             loop=_new_loop(),
+            **SERVER_KWARGS,  # type: ignore[arg-type]
         )
     return 0
 

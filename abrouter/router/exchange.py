@@ -18,6 +18,7 @@ in-memory batch (`ExposureLog`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -102,10 +103,13 @@ class Assignment:
     unit_hash: str
     forced: bool
     new_cookie: str | None = None
+    #: No unit id: the request is its own unit (Redis keeps no unit state for it).
+    anonymous: bool = False
 
 
 def json_body(code: str, message: str, **extra: str) -> bytes:
-    return json.dumps({"error": code, "message": message, **extra}).encode()
+    # The Open Inference Protocol shape: `error` is the readable text (clients print it).
+    return json.dumps({"error": message, "code": code, **extra}).encode()
 
 
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -126,6 +130,24 @@ def cookie(headers: Iterable[tuple[str, str]], name: str) -> str | None:
             value = value.strip()
             found = value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
     return found
+
+
+def origin_form(target: str) -> str | None:
+    """The path and query of a request target, or None when it names no path.
+
+    An absolute-form target (``GET http://elsewhere/x``) is cut to its origin form: only
+    the configured upstream's scheme and authority are ever used, so a client cannot
+    steer the upstream leg to another host (or port) with it.
+    """
+    if target.startswith("/"):
+        return target
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def query_param(target: str, name: str) -> str | None:
@@ -160,7 +182,7 @@ def assign(incoming: Incoming, table: RoutingTable, rng: random.Random) -> Assig
     if unit is None and table.experiment.unit.kind == "cookie":
         unit = new_cookie = uuid.uuid4().hex
     if unit is None:  # no id: an independent random draw, and the request is its own unit
-        return Assignment(table.assigner.assign_random(rng), _random_unit(rng), forced=False)
+        return Assignment(table.assigner.assign_random(rng), _random_unit(rng), forced=False, anonymous=True)
     return Assignment(table.assigner.assign(unit), unit_hash(unit), forced=False, new_cookie=new_cookie)
 
 
@@ -190,6 +212,12 @@ class Exchange:
     @classmethod
     def start(cls, services: Services, incoming: Incoming, *, now: float) -> Exchange:
         started = time.perf_counter()
+        target = origin_form(incoming.target)
+        if target is None:
+            message = f"request target {incoming.target[:100]!r}: send a path (origin form), e.g. /predict"
+            raise Refused(Reply(400, json_body("bad_target", message), []))
+        if target != incoming.target:
+            incoming = dataclasses.replace(incoming, target=target)
         table = services.table
         choice = assign(incoming, table, services.rng)
         request_id = services.ids.issue(
@@ -226,7 +254,8 @@ class Exchange:
         self.status = 504 if self.error == "timeout" else 502
         name = self.variant.name
         log.warning("variant %s: upstream %s: %s", name, self.error, exc)
-        body = json_body(f"upstream_{self.error}", f"variant {name!r}: upstream {self.error}: {exc}", variant=name)
+        # The details (upstream URL, DNS results) go to the log only, never to the client.
+        body = json_body(f"upstream_{self.error}", f"variant {name!r}: upstream {self.error}", variant=name)
         return Reply(self.status, body, hdr.tag_response([], **self.tags) + self._new_cookie())
 
     def aborted(self) -> None:
@@ -256,6 +285,7 @@ class Exchange:
                 status=self.status,
                 latency_ms=seconds * 1000.0,
                 error=self.error is not None or self.status >= 500,
+                anonymous=self.choice.anonymous,
             )
         )
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from abrouter.contract.experiment import Experiment
+from abrouter.contract.keys import MAX_ABS_VALUE
 from abrouter.router.errors import BatchError
 
 MAX_BATCH = 1000
@@ -118,6 +119,8 @@ def _value(index: int, value: Any, kind: str) -> float | ItemError:
         return ItemError(index, "value", "must be finite, got a number too large for a float")
     if not math.isfinite(value):
         return ItemError(index, "value", f"must be finite, got {value}")
+    if abs(value) > MAX_ABS_VALUE:
+        return ItemError(index, "value", f"must be at most {MAX_ABS_VALUE:g} in magnitude, got {value:g}")
     if kind == "binary" and value not in (0, 1):
         return ItemError(index, "value", f"binary metric: must be 0 or 1 (or true/false), got {value}")
     return value

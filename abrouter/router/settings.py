@@ -34,6 +34,9 @@ class ServeSettings:
     #: run in production) or "httptools" (`HttptoolsTransport`, ~1.6x the requests per core
     #: in bench/README.md).
     upstream_transport: Literal["aiohttp", "httptools"] = "aiohttp"
+    #: From ABROUTER_API_TOKEN: when set, POST /abrouter/outcomes and GET /abrouter/experiment
+    #: need ``Authorization: Bearer <token>`` (compared in constant time, never logged).
+    api_token: bytes = field(default=b"", repr=False)
 
     def __repr__(self) -> str:
         return (
@@ -42,6 +45,10 @@ class ServeSettings:
             f"secret={'set' if self.secret else 'unset'}, event_log={self.event_log}, "
             f"upstream_transport={self.upstream_transport!r})"
         )
+
+
+def api_token_from_env() -> bytes:
+    return os.environ.get("ABROUTER_API_TOKEN", "").strip().encode()
 
 
 def secret_from_env() -> bytes:

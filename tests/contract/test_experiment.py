@@ -202,3 +202,32 @@ def test_load_reports_missing_file_and_bad_yaml(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(model.ConfigError, match="not valid YAML"):
         model.load(bad)
+
+
+# ---------------------------------------------------------------- issue 7 #11: limits
+
+
+def test_more_than_256_variants_is_refused():
+    variants = [{"name": f"v{i}", "upstream": f"http://m{i}:8080", "weight": 1} for i in range(257)]
+    with pytest.raises(model.ConfigError, match=r"^variants: at most 256 variants, got 257$"):
+        model.parse(spec(variants=variants))
+    assert len(model.parse(spec(variants=variants[:256])).variants) == 256
+
+
+@pytest.mark.parametrize("value", ["0s", "0ms", "0"])
+def test_a_zero_duration_is_refused(value):
+    with pytest.raises(model.ConfigError, match=r"^timeouts\.read: must be"):
+        model.parse(spec(timeouts={"read": value}))
+
+
+def test_deeply_nested_yaml_is_one_config_error():
+    text = "name: x\nunit: " + "[" * 5000 + "]" * 5000 + "\n"
+    with pytest.raises(model.ConfigError, match="nested too deeply") as info:
+        model.loads(text, "exp.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_a_duplicate_yaml_key_is_refused():
+    text = "name: a\nname: b\nunit: {header: X-User-Id}\nvariants: []\n"
+    with pytest.raises(model.ConfigError, match=r"^exp.yaml: duplicate key 'name' at line 2, column 1$"):
+        model.loads(text, "exp.yaml")

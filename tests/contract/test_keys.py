@@ -45,6 +45,9 @@ def spec(name: str) -> model.Experiment:
 
 def test_the_key_names_are_the_ones_existing_data_uses() -> None:
     names = {k.replace("{pinned}", "{E}") for k in PINNED["keys"]}
+    # meta (the empty-restart marker) and unit-seen (unit state expiry) came later (issue 7):
+    # new keys, created by the first flush, so the pinned data has none.
+    names |= {"abrouter:{E}:meta", "abrouter:{E}:unit-seen"}
     assert names == {k.replace("{x}", "{E}") for k in keys.Keys("x").all()} | {"abrouter:{E}:decisions"}
 
 

@@ -75,6 +75,10 @@ def test_promote_writes_weights_status_and_an_event(
     assert analyze("--apply", "--json") == 0
     (result,) = json_out(capsys)
     assert result["decision"]["action"] == "promote", result["decision"]["reason"]
+    assert {v["name"]: (v["units"], v["exposures"]) for v in result["variants"]} == {
+        "control": (20_000, 20_000),
+        "candidate": (20_000, 20_000),
+    }
 
     obj = stored(kube_api, experiment_name)
     assert weights_of(obj) == {"control": 0.0, "candidate": 100.0}
@@ -215,12 +219,18 @@ def test_paused_writes_status_only(
     assert json.loads(entry[1][b"decision"])["applied"] is False
 
 
+@pytest.mark.parametrize("flags", [("--apply", "--dry-run"), ("--dry-run",)])
 def test_dry_run_prints_what_it_would_do_and_writes_nothing(
-    kube_api: KubeApiServer, experiment_name: str, seed: Any, analyze: Any, capsys: pytest.CaptureFixture[str]
+    kube_api: KubeApiServer,
+    experiment_name: str,
+    seed: Any,
+    analyze: Any,
+    capsys: pytest.CaptureFixture[str],
+    flags: tuple[str, ...],
 ) -> None:
     before = kube_api.put(PLURAL, NAMESPACE, experiment_object(experiment_name))
     seed(WINNING)
-    assert analyze("--apply", "--dry-run") == 0
+    assert analyze(*flags) == 0
     out = capsys.readouterr().out
     assert "dry run: would patch spec.variants" in out and "'candidate': 100.0" in out
     assert "dry run: would create Event Promoted" in out

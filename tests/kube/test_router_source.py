@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -188,3 +189,17 @@ def test_serve_with_a_bad_reference_or_a_missing_experiment_is_one_line(
 
     assert cli.main(["serve", "--kubeconfig", str(kubeconfig)]) == 2
     assert "--kubeconfig needs --experiment" in capsys.readouterr().err
+
+
+async def test_the_watch_thread_ends_when_the_router_shuts_down(
+    start_router: StartRouter, experiment: dict[str, Any]
+) -> None:
+    r = await start_router()
+    await asyncio.sleep(0.2)
+    name = f"watch {NAMESPACE}/{experiment['metadata']['name']}"
+    assert [t for t in threading.enumerate() if t.name == name]
+    await r.http.close()
+    deadline = time.monotonic() + 2
+    while [t for t in threading.enumerate() if t.name == name]:
+        assert time.monotonic() < deadline, "the watch thread outlived the router"
+        await asyncio.sleep(0.01)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, StratumSums, decode_agg
-from abrouter.router.http.app import build_app
+from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.http.proxy import ROUTER
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.file import FileSource
@@ -97,6 +97,7 @@ def upstream_transport() -> str:
 @pytest.fixture
 async def make_router(
     aiohttp_client: Any,
+    aiohttp_server: Any,
     redis_url: str,
     experiment_name: str,
     tmp_path: Path,
@@ -109,6 +110,8 @@ async def make_router(
         urls: dict[str, str] | None = None,
         redis: str | None = None,
         transport: str | None = None,
+        api_token: bytes = b"",
+        event_log: bool = True,
         **spec_changes: Any,
     ) -> RouterUnderTest:
         weights = weights or {"control": 50, "candidate": 50}
@@ -129,9 +132,12 @@ async def make_router(
             spill_dir=tmp_path / "spill",
             flush_interval_s=0.05,
             upstream_transport=transport or upstream_transport,
+            api_token=api_token,
+            event_log=event_log,
         )  # type: ignore[arg-type]
         app: web.Application = build_app(model.load(path), settings, source=FileSource(path, interval_s=0.05))
-        client = await aiohttp_client(app)
+        # aiohttp_client drops server_kwargs (TestServer ignores them): start the server ourselves.
+        client = await aiohttp_client(await aiohttp_server(app, **SERVER_KWARGS))
         return RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=url)
 
     return make

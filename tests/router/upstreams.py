@@ -107,6 +107,10 @@ class RawUpstream:
                     0,
                 )
                 await reader.readexactly(length)
+                if path.startswith(b"/no-ct-stream"):  # chunked, so the proxy streams it
+                    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                    await writer.drain()
+                    continue
                 if path.startswith(b"/reset"):
                     sock = writer.get_extra_info("socket")
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

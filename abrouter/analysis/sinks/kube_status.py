@@ -124,20 +124,12 @@ def _arm(result: AnalysisResult, arm: Arm) -> dict[str, Any]:
         "name": arm.name,
         "weight": arm.weight,
         "units": arm.units,
-        "exposures": _exposures(result, arm),
+        "exposures": arm.exposures,
         "metric": primary,
         "mean": _finite(mean),
         "lift": None if is_control or comparison is None else _finite(comparison.relative_lift),
         "sequentialP": None if is_control or comparison is None else _finite(comparison.sequential_p_value),
     }
-
-
-def _exposures(result: AnalysisResult, arm: Arm) -> int | None:
-    """Requests proxied to the arm: the denominator of the router's per-request metrics."""
-    if not any(m.name == "errors" for m in result.data.metrics):
-        return None
-    den = arm.pooled("errors", ratio=True).den_sum
-    return int(den) if den is not None else None
 
 
 def _best_p(result: AnalysisResult) -> float | None:

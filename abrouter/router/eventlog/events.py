@@ -16,6 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
+from abrouter.contract.keys import MAX_ABS_VALUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class Exposure:
     status: int
     latency_ms: float
     error: bool
+    #: No unit id: the request is its own unit, and Redis keeps no unit state for it.
+    anonymous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,7 @@ class Aggregator:
         self._cells: dict[tuple[str, int, str], list[float]] = {}
         self._latest: dict[str, tuple[str, int, str]] = {}  # unit -> key of its latest exposure's cell
         self._exposed: dict[tuple[str, int, str], int] = {}  # cell key -> index of its first exposure
+        self._anonymous: set[tuple[str, int, str]] = set()  # cells of requests without a unit id
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
@@ -181,7 +185,10 @@ class Aggregator:
         cell[2] += 1
         cell[3] += e.latency_ms
         cell[4] += 1
-        self._latest[e.unit_hash] = key
+        if e.anonymous:
+            self._anonymous.add(key)
+        else:
+            self._latest[e.unit_hash] = key
         self._exposed.setdefault(key, len(self._events))
         self._events.append(e)
 
@@ -190,8 +197,8 @@ class Aggregator:
         at = self._offset.get(o.metric)
         if at is None or o.metric in BUILTIN_METRICS:
             raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
-        if not math.isfinite(o.value):
-            raise ValueError(f"outcome value must be finite, got {o.value}")
+        if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
+            raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
         if o.event_id is not None:
             self._events.append(o)  # the audit keeps every accepted row, repeats included
             if o.event_id in self._keyed:
@@ -205,7 +212,10 @@ class Aggregator:
         if o.metric in self._binary:
             cell[at] = max(cell[at], o.value)  # x_u is "converted at least once"
         else:
-            cell[at] += o.value
+            total = cell[at] + o.value
+            if not math.isfinite(total):  # checked before any change: batch() must never fail
+                raise ValueError(f"the sum of {o.metric!r} for this unit would overflow")
+            cell[at] = total
         cell[at + 1] += 1
         self._events.append(o)
         return True
@@ -218,12 +228,19 @@ class Aggregator:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
 
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
-        stratum the script stores in ``units[h]``. Outcomes with an event_id are
-        ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``. ``products`` (only when
-        the experiment has ratio metrics over two metrics) lists their (numerator,
-        denominator) pairs.
+        stratum the script stores in ``units[h]``; 2 on the cell of a request without a
+        unit id (`Exposure.anonymous`), for which the script keeps no unit state. Outcomes
+        with an event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
+        ``products`` (only when the experiment has ratio metrics over two metrics) lists
+        their (numerator, denominator) pairs.
         """
-        latest = self._latest
+        latest, anonymous = self._latest, self._anonymous
+
+        def flag(key: tuple[str, int, str]) -> int:
+            if latest.get(key[0]) == key:
+                return 1
+            return 2 if key in anonymous else 0
+
         # Cells in the order of their first exposure (outcome-only cells last): flush.lua
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
         exposed, never = self._exposed, len(self._events)
@@ -231,7 +248,7 @@ class Aggregator:
         payload = {
             "metrics": self._metrics,
             "binary": sorted(self._binary),
-            "cells": [[*key, 1 if latest.get(key[0]) == key else 0, *self._cells[key]] for key in order],
+            "cells": [[*key, flag(key), *self._cells[key]] for key in order],
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
             "keyed": [[i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()],
             "n": len(self._events),

@@ -10,27 +10,77 @@
 -- value it increments, so a batch the script cannot apply (data some other program
 -- wrote) changes nothing, and the router can set it aside (quarantine).
 --
--- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids   (keys.Keys.all())
+-- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids, meta, unit_seen
+--       (keys.Keys.all())
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
 --       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
---       window in seconds
--- Returns {status, last, repeated}: status 1 applied, 0 duplicate (seq <= last: already
--- applied), -1 refused because seq ~= last + 1 and allow_gap is "0" (the producer's
--- earlier batches are missing, e.g. lost by a Redis restart). last is the producer's
--- sequence number before this call; repeated the number of keyed outcomes skipped
--- because their event_id was already recorded. {-2, last, 0, reason}: refused, nothing
--- written, because the batch cannot be applied as it is (see `reason`).
+--       window in seconds, the meta `created` this producer saw last ("" if none),
+--       unit state lifetime in seconds (0: forever)
+-- Returns {status, last, repeated, created, reset}: status 1 applied, 0 duplicate (seq
+-- <= last: already applied), -1 refused because seq ~= last + 1 and allow_gap is "0"
+-- (the producer's earlier batches are missing, e.g. lost by a Redis restart). last is
+-- the producer's sequence number before this call; repeated the number of keyed
+-- outcomes skipped because their event_id was already recorded; created the meta
+-- marker's `created` and reset 1 when it differs from ARGV[9] (Redis lost the
+-- experiment's data). {-2, last, 0, reason}: refused, nothing written, because the
+-- batch cannot be applied as it is (see `reason`).
+--
+-- Times (outcome ids, unit state ages, the marker) come from Redis' own clock (TIME),
+-- never from the producers': one replica with a clock days ahead must not prune what
+-- the others still need.
 
-local agg, units, epochs, producers, stream, metrics_key, outcome_ids =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local agg, units, epochs, producers, stream, metrics_key, outcome_ids, meta, unit_seen =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local producer, seq, allow_gap = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+
+-- [faults] Skipped seqs. A seq a producer skipped (its batch was quarantined, or lost by
+-- a Redis restart) is kept in producers[<producer>|gaps] as ranges {{from, to}, ...}, so
+-- a later replay of that batch under its own (producer, seq) applies once, and a replay
+-- of one that applied is a duplicate. At most MAX_GAPS ranges are kept (the oldest go).
+local MAX_GAPS = 256
+local gaps_field = producer .. '|gaps'
+local gaps, gaps_changed = nil, false
+local function load_gaps()
+  if gaps == nil then
+    local raw = redis.call('HGET', producers, gaps_field)
+    gaps = raw and cjson.decode(raw) or {}
+  end
+  return gaps
+end
 
 -- The guard comes first and costs one HGET: a duplicate is not even decoded.
 local last = tonumber(redis.call('HGET', producers, producer) or '0')
-if seq <= last then return {0, last, 0} end
-if seq ~= last + 1 and not allow_gap then return {-1, last, 0} end
+if seq <= last then
+  local filled = nil
+  for i, r in ipairs(load_gaps()) do
+    if seq >= r[1] and seq <= r[2] then filled = i end
+  end
+  if not filled then return {0, last, 0} end
+  local r = table.remove(gaps, filled)
+  if r[1] < seq then table.insert(gaps, filled, {r[1], seq - 1}); filled = filled + 1 end
+  if seq < r[2] then table.insert(gaps, filled, {seq + 1, r[2]}) end
+  gaps_changed = true
+elseif seq ~= last + 1 then
+  if not allow_gap then return {-1, last, 0} end
+  local g = load_gaps()
+  g[#g + 1] = {last + 1, seq - 1}
+  while #g > MAX_GAPS do table.remove(g, 1) end
+  gaps_changed = true
+end
+-- [/faults]
+
+-- Redis' clock, in seconds (see the header).
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 
 local batch = cjson.decode(ARGV[4])
+
+-- [faults] Every number that reaches Redis must be finite: HINCRBYFLOAT fails on an
+-- infinite result, and a state holding inf or nan poisons every later batch of its unit.
+local function finite(x)
+  return x == x and x ~= math.huge and x ~= -math.huge
+end
+-- [/faults]
 
 -- 17 significant digits: the stored per-unit state round-trips exactly (cjson.encode
 -- would keep only 14). Zero, the most common value, skips string.format.
@@ -60,7 +110,7 @@ end
 
 -- Phase 2 must not fail half-way: every key it writes must have the type it expects.
 local want = {[agg] = 'hash', [units] = 'hash', [epochs] = 'hash', [stream] = 'stream',
-              [metrics_key] = 'string', [outcome_ids] = 'zset'}
+              [metrics_key] = 'string', [outcome_ids] = 'zset', [meta] = 'hash', [unit_seen] = 'zset'}
 for key, kind in pairs(want) do
   local found = redis.call('TYPE', key)['ok']
   if found ~= 'none' and found ~= kind then
@@ -93,11 +143,8 @@ local cells = batch.cells
 local repeated = 0
 local keyed = batch.keyed or {}
 local new_ids = {}  -- ZADD arguments: score, id, ...
-local forget_before = 0
+local forget_before = now - tonumber(ARGV[8])
 if #keyed > 0 then
-  local newest = 0
-  for _, k in ipairs(keyed) do if k[7] > newest then newest = k[7] end end
-  forget_before = newest - tonumber(ARGV[8])
   local by_key, metric_at = {}, {}
   for _, c in ipairs(cells) do by_key[c[1] .. '|' .. c[2] .. '|' .. c[3]] = c end
   for i, m in ipairs(batch.metrics) do metric_at[m] = i end
@@ -106,7 +153,7 @@ if #keyed > 0 then
     if seen and seen >= forget_before then
       repeated = repeated + 1
     else
-      new_ids[#new_ids + 1] = num(k[7])
+      new_ids[#new_ids + 1] = num(now)
       new_ids[#new_ids + 1] = k[1]
       local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
       local c = by_key[key]
@@ -156,7 +203,7 @@ local function valid_state(raw)
   local ok, state = pcall(cjson.decode, raw)
   if not ok or type(state) ~= 'table' or #state == 0 then return nil end
   for j = 1, #state do
-    if type(state[j]) ~= 'number' then return nil end
+    if type(state[j]) ~= 'number' or not finite(state[j]) then return nil end
   end
   return state
 end
@@ -189,6 +236,7 @@ local function accumulate(acc, old, new, cell)
   -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
   for j = 1, ncol do
     local a, b = old[j + 1] or 0, new[j + 1]
+    if not finite(b) then return nil, order[j] end  -- [faults]
     acc.sum[j] = acc.sum[j] + (b - a)
     acc.sum_sq[j] = acc.sum_sq[j] + (b * b - a * a)
     acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
@@ -198,6 +246,7 @@ local function accumulate(acc, old, new, cell)
     local jx, jy = c[1] + 1, c[2] + 1
     acc.sum_xy[p] = acc.sum_xy[p] + (new[jx] * new[jy] - (old[jx] or 0) * (old[jy] or 0))
   end
+  return true
 end
 
 local function encode_state(state)
@@ -205,6 +254,19 @@ local function encode_state(state)
   for j = 1, ncol + 1 do parts[j] = num(state[j] or 0) end
   return '[' .. table.concat(parts, ',') .. ']'
 end
+
+-- [faults] Anonymous requests (latest == 2: no unit id, each its own unit) keep no unit
+-- state: their cell is complete in itself. Unless an outcome came with them: then the
+-- state is kept, so that a later outcome for the same request id extends it.
+local function keeps_state(c)
+  if c[4] ~= 2 then return true end
+  for i = 3, nbm do
+    if c[5 + 2 * i] > 0 then return true end
+  end
+  return false
+end
+local seen_members = {}  -- ZADD arguments for unit_seen: now, field, ...
+-- [/faults]
 
 -- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
 -- first exposure, recorded in units[h|f] as "e|v" ("e|v|m" once the unit has also been
@@ -286,7 +348,10 @@ for first = 1, #cells, CHUNK do
     local old = cached[key]
     local new = next_state(c, old)
     local _, acc = stratum(e, v)
-    accumulate(acc, old, new, c)
+    local ok, bad = accumulate(acc, old, new, c)
+    if not ok then
+      return {-2, last, 0, 'non-finite ' .. bad .. ' in the new unit state of ' .. units .. ' field ' .. key}
+    end
     if multiple then
       -- The unit's whole state enters the shadow stratum the first time it switches.
       local _, mx = stratum(e, v .. MX)
@@ -294,21 +359,33 @@ for first = 1, #cells, CHUNK do
       info.newly = false
     end
     cached[key] = new
-    writes[#writes + 1] = key
-    writes[#writes + 1] = encode_state(new)
+    if keeps_state(c) then  -- [faults] an anonymous request keeps no state
+      writes[#writes + 1] = key
+      writes[#writes + 1] = encode_state(new)
+      seen_members[#seen_members + 1] = num(now)
+      seen_members[#seen_members + 1] = key
+    else
+      info.stateless = true
+    end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     if c[4] == 1 then
       writes[#writes + 1] = c[1]
       writes[#writes + 1] = c[2] .. '|' .. c[3]
+      seen_members[#seen_members + 1] = num(now)
+      seen_members[#seen_members + 1] = c[1]
     end
   end
-  unit_writes[#unit_writes + 1] = writes
+  if #writes > 0 then unit_writes[#unit_writes + 1] = writes end
 end
 local first_writes = {}
 for h, info in pairs(firsts) do
-  if info.changed then
+  if info.changed and not info.stateless then
     first_writes[#first_writes + 1] = h .. '|f'
     first_writes[#first_writes + 1] = info.e .. '|' .. info.v .. (info.multiple and '|m' or '')
+  end
+  if info.e and not info.stateless then  -- [faults] expires with the unit's state, not before
+    seen_members[#seen_members + 1] = num(now)
+    seen_members[#seen_members + 1] = h .. '|f'
   end
 end
 -- [end issue 9: intent-to-treat]
@@ -343,8 +420,22 @@ for first = 1, #increments, CHUNK do
     if v and not (op[3] and string.match(v, '^%-?%d+$') or not op[3] and tonumber(v)) then
       return {-2, last, 0, 'corrupt value ' .. v .. ' in ' .. agg .. ' field ' .. op[1]}
     end
+    -- [faults] the delta and the value it leads to, both finite
+    if not finite(op[2]) or not finite((tonumber(v) or 0) + op[2]) then
+      return {-2, last, 0, 'non-finite result for ' .. agg .. ' field ' .. op[1]}
+    end
   end
 end
+
+-- [faults] The marker: meta.created is set once, when the experiment's first batch lands
+-- in this Redis. A producer that saw another value (ARGV[9]) is talking to a Redis that
+-- lost the experiment's data (it restarted empty): meta.reset_at records since when the
+-- data is incomplete, and meta.resets counts such losses.
+local created = redis.call('HGET', meta, 'created')
+local seen_created = ARGV[9]
+local reset = 0
+if seen_created ~= '' and created ~= seen_created then reset = 1 end
+-- [/faults]
 
 -- ---------------------------------------------------------------- phase 2: write only
 -- A Redis at maxmemory refuses a script's first write that may grow memory, and lets a
@@ -353,6 +444,23 @@ end
 -- the batch before any effect, and the router spills it until there is room.
 
 if order_grown then redis.call('SET', metrics_key, cjson.encode(order)) end
+-- [faults] marker, skipped seqs
+if not created then
+  created = num(now)
+  redis.call('HSET', meta, 'created', created)
+end
+if reset == 1 then
+  local at = tonumber(redis.call('HGET', meta, 'reset_at') or '0')
+  if at < tonumber(created) then
+    redis.call('HSET', meta, 'reset_at', created)
+    redis.call('HINCRBY', meta, 'resets', 1)
+  end
+end
+if gaps_changed then
+  if #gaps > 0 then redis.call('HSET', producers, gaps_field, cjson.encode(gaps))
+  else redis.call('HDEL', producers, gaps_field) end
+end
+-- [/faults]
 -- In slices: Lua's unpack() fails beyond ~8,000 values.
 for first = 1, #new_ids, 2 * CHUNK do
   redis.call('ZADD', outcome_ids, unpack(new_ids, first, math.min(first + 2 * CHUNK - 1, #new_ids)))
@@ -361,6 +469,11 @@ for _, writes in ipairs(unit_writes) do redis.call('HSET', units, unpack(writes)
 for first = 1, #first_writes, 2 * CHUNK do
   redis.call('HSET', units, unpack(first_writes, first, math.min(first + 2 * CHUNK - 1, #first_writes)))
 end
+-- [faults] unit state ages: the time each units field was last written
+for first = 1, #seen_members, 2 * CHUNK do
+  redis.call('ZADD', unit_seen, unpack(seen_members, first, math.min(first + 2 * CHUNK - 1, #seen_members)))
+end
+-- [/faults]
 
 for _, op in ipairs(increments) do
   if op[3] then
@@ -380,6 +493,18 @@ if batch.n > 0 then
              'producer', producer, 'seq', ARGV[2], 'n', tostring(batch.n), 'events', ARGV[5])
 end
 
-redis.call('HSET', producers, producer, ARGV[2])
+if seq > last then redis.call('HSET', producers, producer, ARGV[2]) end
 if #keyed > 0 then redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before)) end
-return {1, last, repeated}
+-- [faults] Unit states not written for ARGV[10] seconds expire: at most EXPIRE_PER_BATCH
+-- fields per batch, so a flush stays short however many are due.
+local ttl = tonumber(ARGV[10])
+if ttl > 0 then
+  local EXPIRE_PER_BATCH = 2000
+  local due = redis.call('ZRANGEBYSCORE', unit_seen, '-inf', '(' .. num(now - ttl), 'LIMIT', 0, EXPIRE_PER_BATCH)
+  if #due > 0 then
+    redis.call('HDEL', units, unpack(due))
+    redis.call('ZREM', unit_seen, unpack(due))
+  end
+end
+-- [/faults]
+return {1, last, repeated, created, reset}

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import time
@@ -80,6 +79,7 @@ class EventLog:
         prefix: str = keys.DEFAULT_PREFIX,
         redis_timeout_s: float = 1.0,
         retain_s: float = RETAIN_S,
+        spill_max_bytes: int = spill.MAX_BYTES,
     ) -> None:
         self.producer = secrets.token_hex(8)
         self._retain_s = retain_s
@@ -91,9 +91,15 @@ class EventLog:
         self._max_events = max_events
         self._timeout = redis_timeout_s
         self._spill_stem = spill.stem(prefix, experiment.name)
-        self._spill = spill.SpillFile(Path(spill_dir), stem=self._spill_stem, producer=self.producer)
+        self._spill = spill.SpillFile(
+            Path(spill_dir), stem=self._spill_stem, producer=self.producer, max_bytes=spill_max_bytes
+        )
         self._quarantine = spill.SpillFile(
-            Path(spill_dir), stem=self._spill_stem, producer=self.producer + "q", suffix=spill.QUARANTINE_SUFFIX
+            Path(spill_dir),
+            stem=self._spill_stem,
+            producer=self.producer + "q",
+            suffix=spill.QUARANTINE_SUFFIX,
+            max_bytes=spill_max_bytes,
         )
         self._agg = self._new_aggregator()
         self._seq = 0
@@ -115,6 +121,9 @@ class EventLog:
         self._failures = 0
         self._flushed = 0
         self._repeated_outcomes = 0
+        self._spill_full = 0
+        self._epochs: dict[int, str] = {}  # every epoch registered: re-sent to a Redis that lost them
+        self._resets = 0
 
     def __repr__(self) -> str:
         return (
@@ -143,7 +152,9 @@ class EventLog:
 
     def register_epoch(self, epoch: int, weights: Mapping[str, float], since: float) -> None:
         """Record an epoch's weights (HSETNX into `keys.epochs`) with the next flush."""
-        self._agg.add_epoch(epoch, keys.encode_epoch(weights, since))
+        info = keys.encode_epoch(weights, since)
+        self._epochs.setdefault(epoch, info)
+        self._agg.add_epoch(epoch, info)
 
     def update_experiment(self, experiment: Experiment) -> None:
         """Adopt a reloaded spec. Metrics may be added, never removed, renamed or re-kinded."""
@@ -190,6 +201,10 @@ class EventLog:
             repeated_outcomes=self._repeated_outcomes,
             quarantined=self._quarantine.pending_events,
             redis_up=self._up,
+            redis_resets=self._resets,
+            data_incomplete_since=self._script.reset_at if self._script is not None else None,
+            spill_full_dropped=self._spill_full,
+            spill_bytes=self._spill.size,
         )
 
     def _remember(self, unit_hash: str, stratum: tuple[int, str]) -> None:
@@ -224,7 +239,7 @@ class EventLog:
         self._client = redis.asyncio.Redis.from_url(
             self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
         )  # our own retry is the spill; redis-py's would stall the flush
-        self._script = FlushScript(self._client, self._keys)
+        self._script = FlushScript(self._client, self._keys, unit_ttl_s=self._experiment.outcome_ttl_s)
         try:
             await self._reconnect()
             await self._replay_orphans()
@@ -363,13 +378,34 @@ class EventLog:
             await self._set_aside(batch, exc)
             return QUARANTINED, batch.seq - 1
         self._repeated_outcomes += repeated
+        if self._script.resets != self._resets:
+            self._redis_lost_data()
         return status, last
 
+    def _redis_lost_data(self) -> None:
+        """Redis restarted empty (the experiment marker changed): say so and re-register epochs.
+
+        What other replicas had flushed is gone for good; the marker's ``reset_at`` tells
+        the analyzer that the aggregates hold only what came after.
+        """
+        assert self._script is not None
+        self._resets = self._script.resets
+        for epoch, info in self._epochs.items():
+            self._agg.add_epoch(epoch, info)
+        self._wake.set()
+        log.warning(
+            "event log: Redis at %s lost experiment %r's data (it restarted empty); the aggregates hold only "
+            "events since %s; epochs re-registered",
+            mask_url(self._url),
+            self._experiment.name,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._script.reset_at or 0)),
+        )
+
     async def _set_aside(self, batch: events.Batch, reason: BatchRejected) -> None:
-        # Renumbered as a producer of its own: a replay must not look like a repeat of ours.
-        moved = dataclasses.replace(batch, producer=self._quarantine.producer, seq=self._quarantine.pending_batches + 1)
+        # Under its own (producer, seq): Redis keeps the seqs a producer skipped, so a replay
+        # applies once, and a replay of a batch that did apply is a duplicate.
         try:
-            await asyncio.to_thread(self._quarantine.append, [moved])
+            await asyncio.to_thread(self._quarantine.append, [batch])
         except OSError as exc:  # keep it in line (outbox or spill) and try again later
             raise EventLogUnavailable(f"cannot quarantine batch {batch.seq} in {self._quarantine.path}: {exc}") from exc
         log.error(
@@ -458,6 +494,8 @@ class EventLog:
         except OSError as exc:
             lost = sum(b.n_events for b in batches)
             self._dropped += lost
+            if isinstance(exc, spill.SpillFull):
+                self._spill_full += lost
             log.error(
                 "event log: Redis is down and the spill file %s failed (%s): %d events lost",
                 self._spill.path,

@@ -51,13 +51,25 @@ class FlushScript:
     """flush.lua on one Redis: loading it, calling it, translating errors."""
 
     def __init__(
-        self, client: redis.asyncio.Redis, k: keys.Keys, outcome_id_window_s: float = keys.OUTCOME_ID_WINDOW_S
+        self,
+        client: redis.asyncio.Redis,
+        k: keys.Keys,
+        outcome_id_window_s: float = keys.OUTCOME_ID_WINDOW_S,
+        *,
+        unit_ttl_s: float = 0.0,
     ) -> None:
         self._client = client
         self._keys = k.all()
         self._producers = k.producers
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(outcome_id_window_s)))
+        self._unit_ttl = repr(float(unit_ttl_s))
+        #: The experiment marker (`keys.Keys.meta` ``created``) seen in the last reply; a
+        #: different one later means Redis lost the experiment's data.
+        self.created = ""
+        #: How many times this producer found the marker changed, and the last `created`.
+        self.resets = 0
+        self.reset_at: float | None = None
 
     async def ping(self) -> None:
         await call_redis(self._client.ping())
@@ -70,7 +82,16 @@ class FlushScript:
 
         BatchRejected when the script refuses the batch or fails on it (nothing written).
         """
-        args = (batch.producer, str(batch.seq), "1" if allow_gap else "0", batch.payload, batch.events, *self._caps)
+        args = (
+            batch.producer,
+            str(batch.seq),
+            "1" if allow_gap else "0",
+            batch.payload,
+            batch.events,
+            *self._caps,
+            self.created,
+            self._unit_ttl,
+        )
         try:
             reply = await self._evalsha(args)
         except EventLogUnavailable as exc:
@@ -78,9 +99,17 @@ class FlushScript:
                 raise BatchRejected(f"flush.lua failed on batch {batch.seq}: {exc.__cause__}") from exc.__cause__
             raise
         if int(reply[0]) == REJECTED:
-            reason = reply[3].decode() if isinstance(reply[3], bytes) else str(reply[3])
+            reason = _text(reply[3])
             raise BatchRejected(f"flush.lua refused batch {batch.seq}: {reason}")
+        if len(reply) >= 5:
+            self._saw_marker(_text(reply[3]), int(reply[4]) == 1)
         return int(reply[0]), int(reply[1]), int(reply[2])
+
+    def _saw_marker(self, created: str, reset: bool) -> None:
+        if reset:
+            self.resets += 1
+            self.reset_at = float(created)
+        self.created = created
 
     async def _evalsha(self, args: tuple[str, ...]) -> list[Any]:
         try:
@@ -95,6 +124,10 @@ class FlushScript:
         """The last applied seq of each producer (0 when Redis has none)."""
         values = await call_redis(self._client.hmget(self._producers, producers))
         return {p: int(v or 0) for p, v in zip(producers, values)}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def call_redis(awaitable: Awaitable[T]) -> T:

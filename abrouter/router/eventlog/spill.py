@@ -12,9 +12,14 @@ process), and any new router of the same experiment may replay and delete it:
 (producer, seq) once.
 
 A *quarantine* file, ``<stem>.<producer>q.quarantine``, has the same format: the batches
-Redis refused (`abrouter.router.errors.BatchRejected`), renumbered as the batches of their
-own producer ``<producer>q``. Nothing replays it on its own. Once the cause is fixed,
-renaming it to ``.spill`` makes it an orphan that the next router to start replays.
+Redis refused (`abrouter.router.errors.BatchRejected`), under their own (producer, seq).
+Nothing replays it on its own. Once the cause is fixed, renaming it to ``.spill`` makes
+it an orphan that the next router to start replays; Redis remembers the seqs each
+producer skipped (`abrouter.contract.keys`), so each batch applies once however often
+it is replayed.
+
+Every file is capped at `MAX_BYTES` (`SpillFull`): beyond it, batches are lost and
+counted (``abrouter_eventlog_spill_full_events_total``) rather than filling the disk.
 
 Blocking file I/O: the event log calls `SpillFile.append` and `clear` in a thread.
 """
@@ -33,8 +38,16 @@ from abrouter.router.eventlog.events import Batch
 log = logging.getLogger(__name__)
 
 SUFFIX = ".spill"
+#: Default cap of one spill (or quarantine) file. At ~230 bytes per event that is ~1.1M
+#: events, about 2 minutes of a Redis outage at 10k req/s; k8s/ gives the spill
+#: directory a 1 GiB emptyDir, so the cap keeps the pod from being evicted for disk.
+MAX_BYTES = 256 * 1024 * 1024
 QUARANTINE_SUFFIX = ".quarantine"
 _CREATING = ".creating"
+
+
+class SpillFull(OSError):
+    """The spill file reached its size cap: the batches are not written (and are lost)."""
 
 
 def stem(prefix: str, experiment: str) -> str:
@@ -105,8 +118,11 @@ class SpillFile:
     interrupted by another outage resumes instead of starting over.
     """
 
-    def __init__(self, directory: Path, *, stem: str, producer: str, suffix: str = SUFFIX) -> None:
+    def __init__(
+        self, directory: Path, *, stem: str, producer: str, suffix: str = SUFFIX, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.directory = directory
+        self.max_bytes = max_bytes
         self.producer = producer
         self.path = directory / f"{stem}.{producer}{suffix}"
         self._fd: int | None = None
@@ -116,9 +132,14 @@ class SpillFile:
         self.pending_events = 0
 
     def append(self, batches: Sequence[Batch]) -> None:
-        """Write and fsync; on OSError the file is cut back, so no torn line stays."""
-        fd = self._open()
+        """Write and fsync; on OSError the file is cut back, so no torn line stays.
+
+        `SpillFull` (nothing written) when the file would grow beyond `max_bytes`.
+        """
         data = b"".join(encode(b) for b in batches)
+        if self._size + len(data) > self.max_bytes:
+            raise SpillFull(f"{self.path} would exceed its cap of {self.max_bytes} bytes")
+        fd = self._open()
         try:
             os.write(fd, data)  # O_APPEND; a short write raises or is completed below
             written = os.fstat(fd).st_size - self._size
@@ -131,6 +152,10 @@ class SpillFile:
         self._size += len(data)
         self.pending_batches += len(batches)
         self.pending_events += sum(b.n_events for b in batches)
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def unreplayed(self) -> Iterator[tuple[Batch, int]]:
         if self._fd is None or self.replayed >= self._size:

@@ -17,3 +17,11 @@ class EventLogStats:
     repeated_outcomes: int  # not counted: their event_id was already in this batch or in Redis
     quarantined: int  # set aside in the quarantine file: the script refused their batch
     redis_up: bool
+    #: Times this process found Redis had lost the experiment's data (restarted empty).
+    redis_resets: int = 0
+    #: Unix time since which Redis holds the experiment's data, after such a loss.
+    data_incomplete_since: float | None = None
+    #: Events lost because the spill file reached its size cap (also counted in dropped).
+    spill_full_dropped: int = 0
+    #: Bytes in this producer's spill file.
+    spill_bytes: int = 0

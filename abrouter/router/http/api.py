@@ -3,8 +3,10 @@ experiment, and the outcome API. Every error here is JSON naming the problem."""
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,12 +17,15 @@ from abrouter.contract.keys import unit_hash
 from abrouter.router import metrics as prom
 from abrouter.router import outcomes as oc
 from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
+from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Outcome
 from abrouter.router.exchange import FORCED_EPOCH
 from abrouter.router.http.proxy import ROUTER
 from abrouter.router.state import Router
 
 PREFIX = "/abrouter"
+#: The bearer token of the outcome and admin endpoints (empty: none configured).
+API_TOKEN = web.AppKey("api_token", bytes)
 
 
 def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
@@ -28,7 +33,8 @@ def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return _json(status, {"error": code, "message": message, **extra})
+    # The Open Inference Protocol shape: `error` is the readable text (clients print it).
+    return _json(status, {"error": message, "code": code, **extra})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,11 +43,23 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready while predictions can flow; a Redis outage only degrades it (events spill)."""
-    stats = request.app[ROUTER].eventlog.stats
-    redis = "up" if stats.redis_up else "degraded"
-    return _json(
-        200, {"status": "ready", "redis": redis, "buffered_events": stats.buffered, "spilled_events": stats.spilled}
-    )
+    router = request.app[ROUTER]
+    stats = router.eventlog.stats
+    if isinstance(router.eventlog, DisabledEventLog):
+        redis = "disabled"  # --no-event-log: nothing depends on Redis
+    else:
+        redis = "up" if stats.redis_up else "degraded"
+    body: dict[str, Any] = {
+        "status": "ready",
+        "redis": redis,
+        "buffered_events": stats.buffered,
+        "spilled_events": stats.spilled,
+    }
+    if stats.data_incomplete_since is not None:
+        # Redis restarted empty: what was flushed before this time is gone.
+        body["data_incomplete_since"] = stats.data_incomplete_since
+        body["redis_resets"] = stats.redis_resets
+    return _json(200, body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -70,6 +88,17 @@ async def metrics(request: web.Request) -> web.Response:
             "Events set aside in the quarantine file because Redis refused their batch.",
             s.quarantined,
         ),
+        "abrouter_redis_resets_total": (
+            "counter",
+            "Times Redis was found to have lost the experiment's data (restarted empty).",
+            s.redis_resets,
+        ),
+        "abrouter_eventlog_spill_full_events_total": (
+            "counter",
+            "Events lost because the spill file reached its size cap (Redis down too long).",
+            s.spill_full_dropped,
+        ),
+        "abrouter_eventlog_spill_bytes": ("gauge", "Bytes in this process's spill file.", s.spill_bytes),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
     }
@@ -77,13 +106,43 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
 
 
+def _authorized(request: web.Request) -> bool:
+    """Whether the request carries the configured bearer token (False when none is configured)."""
+    token = request.app.get(API_TOKEN, b"")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+
+def _unauthorized(request: web.Request) -> web.Response | None:
+    """A 401 when a token is configured and the request lacks it; None when it may proceed."""
+    if not request.app.get(API_TOKEN, b"") or _authorized(request):
+        return None
+    return _json(
+        401,
+        {"error": "this endpoint needs Authorization: Bearer <ABROUTER_API_TOKEN>", "code": "unauthorized"},
+        **{"WWW-Authenticate": 'Bearer realm="abrouter"'},
+    )
+
+
+def _public_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec without what predicts assignment (the salt) or locates the models (upstreams)."""
+    out = {k: v for k, v in spec.items() if k != "salt"}
+    out["variants"] = [{k: v for k, v in variant.items() if k != "upstream"} for variant in spec["variants"]]
+    return out
+
+
 async def experiment(request: web.Request) -> web.Response:
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
     router = request.app[ROUTER]
     table = router.table
+    spec = model.to_dict(table.experiment)
     return _json(
         200,
         {
-            "spec": model.to_dict(table.experiment),
+            # Salt and upstream URLs only to a holder of the token.
+            "spec": spec if _authorized(request) else _public_spec(spec),
             "weights": table.weights_by_name(),
             "epoch": table.epoch,
             "epoch_since": table.since,
@@ -92,10 +151,45 @@ async def experiment(request: web.Request) -> web.Response:
     )
 
 
+class _BadEncoding(ValueError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def _inflate(request: web.Request, body: bytes) -> bytes:
+    """The body, inflated when the client compressed it (the server leaves bodies as sent).
+
+    Bounded like an uncompressed body (`web.Application.client_max_size`): a gzip bomb is
+    a 413 after at most that many bytes of output.
+    """
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate", "x-gzip"):
+        raise _BadEncoding(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip, deflate or none")
+    limit = request.app._client_max_size
+    inflater = zlib.decompressobj(wbits=47)  # 47: gzip or zlib, detected from the header
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise _BadEncoding(400, "invalid_body", f"body is not valid {encoding}: {exc}") from None
+    if len(out) > limit:
+        raise _BadEncoding(
+            413, "too_large", f"inflated body exceeds {limit} bytes; send at most {oc.MAX_BATCH} outcomes"
+        )
+    return out
+
+
 async def outcomes(request: web.Request) -> web.Response:
+    denied = _unauthorized(request)
+    if denied is not None:
+        return denied
     router = request.app[ROUTER]
     try:
-        raw_items = oc.items_of(json.loads(await request.read()))
+        raw_items = oc.items_of(json.loads(_inflate(request, await request.read())))
+    except _BadEncoding as exc:
+        return error(exc.status, exc.code, str(exc))
     except web.HTTPRequestEntityTooLarge as exc:
         return error(413, "too_large", f"body too large ({exc.text}); send at most {oc.MAX_BATCH} outcomes")
     except RecursionError:

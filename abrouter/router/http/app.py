@@ -18,7 +18,7 @@ from aiohttp import web
 from abrouter.contract.experiment import Experiment
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
-from abrouter.router.http import api
+from abrouter.router.http import api, badrequests
 from abrouter.router.http.proxy import ROUTER, handle
 from abrouter.router.routing import RoutingTable
 from abrouter.router.settings import ServeSettings
@@ -28,6 +28,14 @@ from abrouter.router.upstream.aiohttp_client import AiohttpTransport
 from abrouter.router.upstream.httpclient import HttptoolsTransport
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
 
+#: Keyword arguments for aiohttp's server (``run_app(handler_args=...)``, a test server's
+#: ``server_kwargs``). Request bodies are not inflated: the proxy forwards the client's
+#: bytes with their Content-Encoding untouched (the outcome API inflates its own).
+SERVER_KWARGS: dict[str, object] = {"auto_decompress": False}
+
+#: The largest request body the app reads whole (the outcome API), inflated or not.
+CLIENT_MAX_SIZE = 4 * 1024 * 1024
+
 
 def build_app(
     experiment: Experiment,
@@ -36,7 +44,7 @@ def build_app(
     source: SpecSource | None = None,
     transport: Transport | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=CLIENT_MAX_SIZE)
     status = SourceStatus()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -71,6 +79,8 @@ def build_app(
                 finally:
                     await eventlog.close()
 
+    app[api.API_TOKEN] = settings.api_token
+    badrequests.install()  # a client's malformed requests: one rate-limited WARNING line
     app.cleanup_ctx.append(lifecycle)
     api.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle)

@@ -46,6 +46,19 @@ class _ExactResponse(web.Response):
             self._headers.popall("Content-Type", None)
 
 
+class _ExactStream(web.StreamResponse):
+    """The streamed twin of `_ExactResponse`: no Content-Type unless the upstream sent one."""
+
+    def __init__(self, *, keep_content_type: bool, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._keep_content_type = keep_content_type
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if not self._keep_content_type:
+            self._headers.popall("Content-Type", None)
+
+
 def incoming(request: web.Request) -> exchange.Incoming:
     return exchange.Incoming(
         method=request.method,
@@ -83,7 +96,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         upstream = await router.transport.request(
             base_url=ex.variant.upstream,
             method=request.method,
-            path_qs=request.raw_path,
+            path_qs=ex.incoming.target,  # origin form: never the client's scheme or authority
             headers=ex.upstream_headers(),
             body=await _request_body(request),
         )
@@ -117,15 +130,17 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, ex: exchange.
             return _ExactResponse(
                 status=upstream.status, reason=upstream.reason, headers=headers, body=body, keep_content_type=keep_ct
             )
-        return await _stream(request, upstream, headers)
+        return await _stream(request, upstream, headers, keep_content_type=keep_ct)
     finally:
         upstream.release()
 
 
 async def _stream(
-    request: web.Request, upstream: UpstreamResponse, headers: list[tuple[str, str]]
+    request: web.Request, upstream: UpstreamResponse, headers: list[tuple[str, str]], *, keep_content_type: bool
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = _ExactStream(
+        status=upstream.status, reason=upstream.reason, headers=headers, keep_content_type=keep_content_type
+    )
     await response.prepare(request)
     try:
         async for chunk in upstream.chunks():

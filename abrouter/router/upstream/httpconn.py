@@ -33,6 +33,10 @@ from abrouter.router.headers import Headers
 
 #: A body up to this size goes out in the same write as the request head.
 ONE_WRITE_MAX = 64 * 1024
+#: The most bytes of status line and headers one response may have (aiohttp's client
+#: allows 8 KiB per line and 128 lines): an upstream that streams headers forever is an
+#: invalid response, not unbounded memory.
+MAX_RESPONSE_HEAD = 64 * 1024
 #: Without a body these methods still send `Content-Length: 0` (nginx answers 411 otherwise).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -158,6 +162,7 @@ class Connection(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: Headers = []
+        self._head_bytes = 0
         self.content_length: int | None = None
         self._chunked = False
         self.headers_done = False
@@ -281,13 +286,21 @@ class Connection(asyncio.Protocol):
 
     def on_status(self, status: bytes) -> None:
         self.reason += status
+        self._count_head(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if len(name) == 14 and name.lower() == b"content-length":
             self.content_length = int(value)
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
             self._chunked = b"chunked" in value.lower()
+
+    def _count_head(self, size: int) -> None:
+        # Raised inside a parser callback, this surfaces as an HttpParserError: a 502.
+        self._head_bytes += size
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise ValueError(f"response headers exceed {MAX_RESPONSE_HEAD} bytes")
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -311,6 +324,7 @@ class Connection(asyncio.Protocol):
             self._informational = False
             self.reason = b""
             self.headers = []
+            self._head_bytes = 0
             self.content_length = None
             return
         self._complete = True

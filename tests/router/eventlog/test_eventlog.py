@@ -347,22 +347,44 @@ async def test_outcome_ids_are_remembered_for_the_window_only(
 ) -> None:
     exp = make_experiment(experiment_name)
     k = keys.Keys(experiment_name)
-    script = FlushScript(redis_client, k, outcome_id_window_s=100)
+    script = FlushScript(redis_client, k, outcome_id_window_s=0.5)
     await script.load()
 
-    def keyed(event_id: str, ts: float) -> Outcome:
-        return Outcome("u1", "control", 1, "revenue", 2.0, ts, event_id=event_id)
+    def keyed(event_id: str) -> Outcome:
+        return Outcome("u1", "control", 1, "revenue", 2.0, time.time(), event_id=event_id)
 
-    sent = [[keyed("x", 1000)], [keyed("y", 1050), keyed("x", 1050)], [keyed("z", 1200)], [keyed("x", 1201)]]
-    repeated = [
-        (await script.apply(_batch(exp, outcomes, seq), allow_gap=False))[2]
-        for seq, outcomes in enumerate(sent, start=1)
-    ]
-    # "x" repeats within the window (50 s later), and counts again once it has left it.
+    repeated = []
+    for seq, outcomes in enumerate([[keyed("x")], [keyed("y"), keyed("x")], [keyed("z")], [keyed("x")]], start=1):
+        if seq == 3:
+            await asyncio.sleep(0.6)  # by Redis' clock, "x" and "y" leave the window
+        repeated.append((await script.apply(_batch(exp, outcomes, seq), allow_gap=False))[2])
+    # "x" repeats within the window, and counts again once it has left it.
     assert repeated == [0, 1, 0, 0]
-    assert await redis_client.zrange(k.outcome_ids, 0, -1, withscores=True) == [(b"z", 1200.0), (b"x", 1201.0)]
+    assert [m for m, _ in await redis_client.zrange(k.outcome_ids, 0, -1, withscores=True)] == [b"z", b"x"]
     revenue = (await read_strata(redis_client, experiment_name))[(1, "control")].metrics["revenue"]
     assert (revenue.events, revenue.sum) == (4, 8.0)
+
+
+async def test_a_replica_whose_clock_is_days_ahead_does_not_wipe_outcome_dedup(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Issue 7 #8: the id window follows Redis' clock, not the newest producer timestamp."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    honest, skewed = FlushScript(redis_client, k), FlushScript(redis_client, k)
+    await honest.load()
+    now = time.time()
+
+    def keyed(event_id: str, ts: float) -> Outcome:
+        return Outcome("u1", "control", 1, "revenue", 10.0, ts, event_id=event_id)
+
+    await honest.apply(_batch(exp, [keyed("a", now)], 1), allow_gap=False)
+    ahead = _batch(exp, [keyed("b", now + 2 * 86_400)], 1)
+    await skewed.apply(dataclasses.replace(ahead, producer="p-ahead"), allow_gap=False)
+    # The client resends "a" (its 202 was lost): it must count once.
+    assert (await honest.apply(_batch(exp, [keyed("a", now + 1)], 2), allow_gap=False))[2] == 1
+    revenue = (await read_strata(redis_client, experiment_name))[(1, "control")].metrics["revenue"]
+    assert (revenue.events, revenue.sum) == (2, 20.0)
 
 
 def _batch(exp: model.Experiment, recorded: list[Event], seq: int) -> Batch:
@@ -555,12 +577,16 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
     await log.close()
     (quarantined,) = (tmp_path / "spill").glob(f"*{spill.QUARANTINE_SUFFIX}")
     ((batch, _),) = spill.read_batches(quarantined)
-    assert (batch.producer, batch.seq, batch.n_events) == (log.producer + "q", 1, 602)
+    assert (batch.producer, batch.seq, batch.n_events) == (log.producer, 2, 602)  # its own identity
+    copy = quarantined.with_name(quarantined.name.replace(spill.QUARANTINE_SUFFIX, ".copy" + spill.SUFFIX))
+    copy.write_bytes(quarantined.read_bytes())
     quarantined.rename(quarantined.with_suffix(spill.SUFFIX))
     await (await make_log(redis_url, exp)).flush()
+    # Replayed twice (two copies of the file): it applies once.
     assert_strata_equal(
         await read_strata(redis_client, experiment_name), expected_strata(first + poisoned + third, binary_metrics(exp))
     )
+    assert not list((tmp_path / "spill").glob(f"*{spill.SUFFIX}"))
 
 
 async def test_a_full_redis_is_an_outage_not_a_reason_to_quarantine(

@@ -112,7 +112,7 @@ async def test_invalid_items_reject_the_whole_batch_and_are_each_named(make_rout
             {"request_id": rid, "metric": "revenue", "value": 1, "event_id": 42},
         ],
     )
-    assert status == 422 and body["error"] == "invalid_outcomes"
+    assert status == 422 and body["code"] == "invalid_outcomes"
     assert [(i["index"], i["field"]) for i in body["items"]] == [
         (1, "metric"),
         (2, "value"),
@@ -153,7 +153,7 @@ async def test_absurd_numbers_and_nesting_are_client_errors(make_router: MakeRou
     status, body = await outcomes(r, f'{{"request_id": "{rid}", "metric": "revenue", "value": {"1" * 400}}}')
     assert status == 422 and "too large" in body["items"][0]["error"]
     status, body = await outcomes(r, "[" * 100_000)
-    assert status == 400 and body["error"] == "invalid_body"
+    assert status == 400 and body["code"] == "invalid_body"
 
 
 async def test_expired_request_id(make_router: MakeRouter):
@@ -169,9 +169,9 @@ async def test_expired_request_id(make_router: MakeRouter):
 async def test_body_shape_errors(make_router: MakeRouter):
     r = await make_router()
     assert (await outcomes(r, b"not json"))[0] == 400
-    assert (await outcomes(r, []))[1]["error"] == "invalid_body"
+    assert (await outcomes(r, []))[1]["code"] == "invalid_body"
     status, body = await outcomes(r, [{"unit": "u", "metric": "revenue", "value": 1}] * 1001)
-    assert status == 400 and "1001 > 1000" in body["message"]
+    assert status == 400 and "1001 > 1000" in body["error"]
     assert (await outcomes(r, "42"))[0] == 400
 
 
@@ -212,6 +212,6 @@ async def test_reserved_endpoints(make_router: MakeRouter):
         for line in text.splitlines()
     )
     missing = await r.client.get("/abrouter/nope")
-    assert missing.status == 404 and (await missing.json())["error"] == "not_found"
+    assert missing.status == 404 and (await missing.json())["code"] == "not_found"
     wrong = await r.client.get("/abrouter/outcomes")
-    assert wrong.status == 405 and (await wrong.json())["error"] == "method_not_allowed"
+    assert wrong.status == 405 and (await wrong.json())["code"] == "method_not_allowed"

@@ -119,7 +119,7 @@ async def test_refused_is_502_and_timeout_is_504_as_json(make_router: MakeRouter
     resp = await post(r, user="u1")
     assert resp.status == 502
     body = await resp.json()
-    assert body["error"] == "upstream_unavailable" and body["variant"] == "control"
+    assert body["code"] == "upstream_unavailable" and body["variant"] == "control"
     assert resp.headers["X-AB-Variant"] == "control"
 
     r2 = await make_router({"control": 0, "candidate": 100})
@@ -149,7 +149,7 @@ async def test_timeouts_change_with_a_config_reload(make_router: MakeRouter):
 async def test_connection_reset_is_502(make_router: MakeRouter, raw_upstream):
     r = await make_router(urls={"control": raw_upstream.url, "candidate": raw_upstream.url})
     resp = await post(r, "/reset", user="u1")
-    assert resp.status == 502 and (await resp.json())["error"] == "upstream_unavailable"
+    assert resp.status == 502 and (await resp.json())["code"] == "upstream_unavailable"
 
 
 async def _send(r: RouterUnderTest, users: list[str], per_user: int) -> dict[str, set[str]]:
@@ -302,6 +302,6 @@ async def test_force_variant_header_when_enabled(make_router: MakeRouter):
     resp = await post(r, user="u1", headers={"X-AB-Force-Variant": "candidate"})
     assert resp.headers["X-AB-Variant"] == "candidate"
     bad = await post(r, user="u1", headers={"X-AB-Force-Variant": "nope"})
-    assert bad.status == 400 and "unknown variant 'nope'" in (await bad.json())["message"]
+    assert bad.status == 400 and "unknown variant 'nope'" in (await bad.json())["error"]
     await r.settle()
     assert sum(s.exposures for s in (await r.strata()).values()) == 0  # QA traffic is not an exposure

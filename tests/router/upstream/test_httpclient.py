@@ -539,3 +539,22 @@ async def test_make_router_builds_the_transport_it_is_asked_for(make_router: Mak
     assert type(r.router.transport) is HttptoolsTransport
     resp = await r.client.post("/predict", headers={"X-User-Id": "u1"}, data=b"{}")
     assert resp.status == 200 and (await resp.json())["body_len"] == 2
+
+
+async def test_an_upstream_that_streams_headers_forever_is_a_502_not_unbounded_memory(transport: HttptoolsTransport):
+    """Issue 7 #9: the response head is capped (`httpconn.MAX_RESPONSE_HEAD`)."""
+    sent = 0
+
+    async def play(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
+        nonlocal sent
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(10_000):  # 10,000 x 1 KiB of headers, bounded so the test ends anyway
+            writer.write(b"X-Filler-%d: %s\r\n" % (i, b"x" * 1000))
+            sent += 1
+            await writer.drain()
+
+    async with ScriptedServer(play) as server:
+        with pytest.raises(UpstreamUnavailable, match="invalid HTTP response"):
+            await call(transport, server.url)
+    assert sent < 10_000
