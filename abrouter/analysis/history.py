@@ -7,8 +7,10 @@ the next look (`Entry`), and does the Redis I/O.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -18,6 +20,7 @@ from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.compare import Running
 from abrouter.contract import history as fmt
 from abrouter.contract import keys as schema
+from abrouter.contract.model import AnalysisSettings
 
 FIELD = fmt.FIELD
 
@@ -28,6 +31,8 @@ class Entry:
 
     units: int
     running: dict[tuple[str, str], Running]
+    #: The settings pinned at the first look (empty in entries written before pinning).
+    pinned: dict[str, float] = field(default_factory=dict)
 
     def previous(self, units_now: int) -> Previous:
         """The seed of the next look, unless the data was reset since (fewer units now)."""
@@ -49,6 +54,7 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
             for (v, m), r in result.running().items()
         ),
         arms=tuple(_arm(result, a.name) for a in result.data.arms),
+        pinned=pinned_of(result.data.settings),
     )
 
 
@@ -81,6 +87,19 @@ def _arm(result: AnalysisResult, name: str) -> fmt.ArmEntry:
     )
 
 
+def pinned_of(settings: AnalysisSettings) -> dict[str, float]:
+    return {name: float(getattr(settings, name)) for name in fmt.PINNED}
+
+
+def pin(settings: AnalysisSettings, pinned: dict[str, float]) -> tuple[AnalysisSettings, dict[str, float]]:
+    """`settings` with the pinned values, and the spec's values that were overridden."""
+    if not pinned:
+        return settings, {}
+    ignored = {k: float(getattr(settings, k)) for k, v in pinned.items() if float(getattr(settings, k)) != v}
+    values: dict[str, Any] = {k: (int(v) if k == "expected_units_per_arm" else v) for k, v in pinned.items()}
+    return dataclasses.replace(settings, **values), ignored
+
+
 def encode(result: AnalysisResult, *, applied: bool) -> str:
     return fmt.encode(entry(result, applied=applied))
 
@@ -92,6 +111,7 @@ def decode(raw: bytes | str) -> Entry:
         running={
             (s.variant, s.metric): Running(s.p_better, s.p_worse, s.ci_absolute, s.ci_relative) for s in e.sequential
         },
+        pinned=dict(e.pinned),
     )
 
 

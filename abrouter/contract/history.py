@@ -16,7 +16,9 @@ intersected. Two minima are kept per (variant, metric): over the looks where the
 candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than the
 control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
 before there is one. An item written before the two minima existed (only ``p``) seeds
-nothing: its ``p`` does not say in which direction it was reached.
+nothing: its ``p`` does not say in which direction it was reached. ``pinned`` (absent in
+entries written before it existed) holds the `PINNED` settings of the experiment's first
+look: later looks use them, whatever the spec says now.
 
 Since the report needs them over time, an entry also carries ``arms``: per arm its weight,
 units, exposures, the primary metric's mean, the mean latency and the units the split
@@ -70,6 +72,13 @@ class DecisionEntry:
     units: int
     sequential: tuple[SequentialEntry, ...] = field(default_factory=tuple)
     arms: tuple[ArmEntry, ...] = field(default_factory=tuple)
+    #: Settings the sequential test depends on, pinned at the first look (`PINNED`).
+    pinned: dict[str, float] = field(default_factory=dict)
+
+
+#: Analysis settings fixed at the first look: changing them mid-experiment changes τ² (or
+#: the level) under running minima that assumed the old ones, which voids the guarantee.
+PINNED = ("alpha", "expected_units_per_arm")
 
 
 def encode(entry: DecisionEntry) -> str:
@@ -85,6 +94,8 @@ def encode(entry: DecisionEntry) -> str:
     }
     if entry.arms:
         doc["arms"] = [{k: v for k, v in vars(a).items() if v is not None} for a in entry.arms]
+    if entry.pinned:
+        doc["pinned"] = dict(entry.pinned)
     return json.dumps(doc, sort_keys=True)
 
 
@@ -118,6 +129,7 @@ def decode(raw: bytes | str) -> DecisionEntry:
             _decode_sequential(x) for x in doc.get("sequential_p", []) if "p_better" in x and "p_worse" in x
         ),
         arms=tuple(_decode_arm(a) for a in doc.get("arms", [])),
+        pinned={str(k): float(v) for k, v in (doc.get("pinned") or {}).items() if k in PINNED},
     )
 
 
