@@ -131,10 +131,13 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
             )
             + "</tr>"
         )
+    # The look that acted tells why; later looks only say "already promoted".
+    acted = next((e for e in reversed(history) if e.applied and e.action == d.action), None)
+    why = acted.reason if acted is not None else d.reason
     headline = {
-        "promote": f"The candidate won and was promoted: {d.reason}",
-        "rollback": f"The candidate was rolled back: {d.reason}",
-    }.get(d.action, f"No winner yet ({d.action}): {d.reason}")
+        "promote": f"The candidate won and was promoted. {why}",
+        "rollback": f"The candidate was rolled back. {why}",
+    }.get(d.action, f"No winner yet ({d.action}). {why}")
     srm = "mismatch: the split is not what the weights say" if result.srm.flagged else "ok"
     variants = "".join(
         f"<li><b>{html.escape(v.name)}</b>{' (control)' if v.name == control else ''}: "

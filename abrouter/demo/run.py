@@ -187,12 +187,12 @@ async def _read_looks(analyzer: asyncio.subprocess.Process, state: State) -> Non
             look = json.loads(line)
         except ValueError:
             continue
+        before = (state.last or {}).get("decision", {}).get("weights")
         state.last = look
         decision = look.get("decision", {})
-        if decision.get("action") in ("ramp", "promote", "rollback", "stop"):
-            reason = decision.get("reason", "")
-            if not state.decisions or state.decisions[-1] != reason:
-                state.decisions.append(reason)
+        # A decision that moved the weights (later looks repeat "already promoted").
+        if decision.get("action") in ("ramp", "promote", "rollback") and decision.get("weights") != before:
+            state.decisions.append(decision.get("reason", ""))
 
 
 def _finished(state: State) -> Any:
