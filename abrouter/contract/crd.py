@@ -89,8 +89,10 @@ def unit_schema() -> dict[str, Any]:
         **_obj(
             {k: _string() for k in kinds}, description="where the unit id comes from: exactly one of " + "/".join(kinds)
         ),
-        "minProperties": 1,
+        # Exactly one: one of the names present, and nothing else (a structural schema
+        # cannot forbid unknown keys, the API server prunes them, leaving an empty object).
         "maxProperties": 1,
+        "oneOf": [{"required": [k]} for k in kinds],
     }
 
 
