@@ -173,6 +173,11 @@ def spec_schema() -> dict[str, Any]:
             "allow_force_variant": {"type": "boolean"},
             "outcome_ttl": _duration("how long a request id may be credited with an outcome"),
             "timeouts": _obj({"connect": _duration("upstream connect"), "read": _duration("upstream read")}),
+            "exposures": {
+                "type": "array",
+                "description": "which requests are exposures (default: all but the OIP health and metadata calls)",
+                "items": _obj({"method": _string(), "path": _string()}, required=("method", "path")),
+            },
             "analysis": analysis_schema(),
             "paused": {"type": "boolean", "description": "true stops all automation: the analyzer writes only status"},
         },

@@ -75,6 +75,7 @@ RICH = {
         "scale_down_losers": True,
         "max_duration": 86400,
     },
+    "exposures": [{"method": "POST", "path": "/v2/models/*/infer"}],
     "paused": True,
     "salt": "s1",
     "name": "other-name",
