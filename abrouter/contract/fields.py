@@ -23,9 +23,14 @@ class ConfigError(UserError):
     """An input that cannot be used; `path` names the offending field."""
 
     def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        # One line, whatever the input held: a key or value may carry newlines or controls.
+        self.path = _printable(path)
+        self.message = _printable(message)
+        super().__init__(f"{self.path}: {self.message}" if self.path else self.message)
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def join(path: str, key: str) -> str:

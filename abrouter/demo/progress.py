@@ -82,6 +82,8 @@ def summary(state: State, *, report: Path) -> int:
     decision = look.get("decision", {})
     for reason in state.decisions:
         say(f"decided: {reason}")
-    say(f"final decision: {decision.get('reason', 'none: no look completed')}")
+    # The look that moved the weights says why; later looks only say "already promoted".
+    acted = state.decisions[-1] if state.decisions and decision.get("action") in ("promote", "rollback") else None
+    say(f"final decision: {acted or decision.get('reason', 'none: no look completed')}")
     say(f"report: {report}")
     return 0

@@ -75,8 +75,9 @@ def spec(control_url: str, candidate_url: str) -> dict[str, Any]:
             "ramp": [20, 50],
             "guardrails": [
                 {"metric": "errors", "direction": "decrease", "margin": 0.02},
-                # The candidate is a few ms slower by design; 15 ms more is what we accept.
-                {"metric": "latency_ms", "direction": "decrease", "margin": 15},
+                # The candidate is a few ms slower by design; up to 50 ms more mean latency is
+                # what we accept (on a busy machine the router's own latency varies that much).
+                {"metric": "latency_ms", "direction": "decrease", "margin": 50},
             ],
         },
     }

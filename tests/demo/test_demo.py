@@ -6,6 +6,7 @@ import html.parser
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,13 +35,31 @@ def children_of(pid: int) -> list[int]:
 
 def run_demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[int]]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # its own embedded Redis
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "abrouter", "demo", "--out", str(tmp_path), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    out, err = proc.communicate(timeout=120)
-    left = children_of(proc.pid)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), left
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out_path.open("w") as out, err_path.open("w") as err:  # files: a full pipe would stall the demo
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "abrouter", "demo", "--out", str(tmp_path / "out"), *args],
+            stdout=out, stderr=err, text=True, env=env,
+        )  # fmt: skip
+        # Descendants are collected while the demo runs: once it has exited, a child it left
+        # behind belongs to PID 1 and no longer shows under the demo's pid.
+        seen: set[int] = set()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen.update(children_of(proc.pid))
+            time.sleep(0.5)
+        proc.wait(timeout=30)
+    left = [pid for pid in seen if alive(pid)]
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out_path.read_text(), err_path.read_text())
+    return result, left
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 class Sections(html.parser.HTMLParser):
@@ -63,7 +82,7 @@ def test_the_default_demo_promotes_the_better_model_and_writes_the_report(tmp_pa
     assert "ctr candidate +" in final[0], "promoted with a positive lift"
     assert left == [], f"child processes left behind: {left}"
     parser = Sections()
-    parser.feed((tmp_path / "report.html").read_text())
+    parser.feed((tmp_path / "out" / "report.html").read_text())
     assert {"summary", "experiment", "arms", "plots", "history"} <= parser.ids
     assert {"plot-lift", "plot-weights", "plot-latency", "plot-units"} <= parser.ids
     assert parser.svgs >= 4, "plots are embedded as inline SVG"
