@@ -13,6 +13,8 @@ import logging
 import sys
 
 from abrouter.analysis import commands as analysis_commands
+from abrouter.analysis import reporting
+from abrouter.demo import commands as demo_commands
 from abrouter.errors import AbrouterError, UserError
 from abrouter.router import commands as router_commands
 
@@ -32,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     router_commands.register(sub)
     analysis_commands.register(sub)
+    reporting.register(sub)
+    demo_commands.register(sub)
     return parser
 
 

@@ -24,4 +24,4 @@ def test_readme_run_command_uses_flags_the_cli_knows():
     run_command, _ = quick_start_commands()
     argv = run_command.split(".venv/bin/abrouter ", 1)[1].split()
     args = abrouter.cli.build_parser().parse_args(argv)
-    assert args.command == "serve" and args.config is None  # embedded defaults
+    assert args.command == "demo" and args.lift == 0.1 and args.users == 5000  # embedded defaults

@@ -57,6 +57,9 @@ class AnalysisResult:
     omnibus: dict[str, float] = field(default_factory=dict)
     #: The sequential results the next look starts from (see `running`).
     next_running: dict[tuple[str, str], Running] = field(default_factory=dict, repr=False)
+    #: Spec values of pinned settings (alpha, expected_units_per_arm) that this look did
+    #: not use, because the experiment's first look pinned others (see `history.pin`).
+    ignored_settings: dict[str, float] = field(default_factory=dict)
 
     @property
     def primary(self) -> str | None:
@@ -86,6 +89,11 @@ class AnalysisResult:
             "skipped_guardrails": list(self.skipped_guardrails),
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
             "decision": self.decision.to_dict(),
+            "pinned": {
+                "alpha": self.data.settings.alpha,
+                "expected_units_per_arm": self.data.settings.expected_units_per_arm,
+            },
+            "ignored_settings": dict(self.ignored_settings),
             # None, or since when the data is all there is (Redis lost what came before).
             "data_incomplete_since": self.data.incomplete_since,
         }

@@ -7,7 +7,10 @@ the next look (`Entry`), and does the Redis I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -17,6 +20,7 @@ from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.compare import Running
 from abrouter.contract import history as fmt
 from abrouter.contract import keys as schema
+from abrouter.contract.model import AnalysisSettings
 
 FIELD = fmt.FIELD
 
@@ -27,6 +31,8 @@ class Entry:
 
     units: int
     running: dict[tuple[str, str], Running]
+    #: The settings pinned at the first look (empty in entries written before pinning).
+    pinned: dict[str, float] = field(default_factory=dict)
 
     def previous(self, units_now: int) -> Previous:
         """The seed of the next look, unless the data was reset since (fewer units now)."""
@@ -47,7 +53,51 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
             fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative)
             for (v, m), r in result.running().items()
         ),
+        arms=tuple(_arm(result, a.name) for a in result.data.arms),
+        pinned=pinned_of(result.data.settings),
     )
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _arm(result: AnalysisResult, name: str) -> fmt.ArmEntry:
+    """One arm of this look, as the report plots it over time."""
+    arm = result.data.arm(name)
+    primary = result.primary
+    c = next((c for c in result.comparisons if c.variant == name and c.metric == primary), None)
+    mean = None
+    if c is not None:
+        mean = c.mean
+    elif primary is not None:  # the control: every comparison holds its mean
+        mean = next((x.control_mean for x in result.comparisons if x.metric == primary), None)
+    latency = arm.pooled("latency_ms", ratio=True).mean if arm.strata else None
+    ci = c.sequential_ci if c is not None else None
+    return fmt.ArmEntry(
+        name=name,
+        weight=arm.weight,
+        units=arm.units,
+        exposures=arm.exposures,
+        expected_units=_finite(result.srm.expected.get(name)),
+        mean=_finite(mean),
+        latency_ms=_finite(latency),
+        lift=_finite(c.relative_lift) if c is not None else None,
+        lift_ci=ci if ci is not None and all(math.isfinite(x) for x in ci) else None,
+    )
+
+
+def pinned_of(settings: AnalysisSettings) -> dict[str, float]:
+    return {name: float(getattr(settings, name)) for name in fmt.PINNED}
+
+
+def pin(settings: AnalysisSettings, pinned: dict[str, float]) -> tuple[AnalysisSettings, dict[str, float]]:
+    """`settings` with the pinned values, and the spec's values that were overridden."""
+    if not pinned:
+        return settings, {}
+    ignored = {k: float(getattr(settings, k)) for k, v in pinned.items() if float(getattr(settings, k)) != v}
+    values: dict[str, Any] = {k: (int(v) if k == "expected_units_per_arm" else v) for k, v in pinned.items()}
+    return dataclasses.replace(settings, **values), ignored
 
 
 def encode(result: AnalysisResult, *, applied: bool) -> str:
@@ -61,6 +111,7 @@ def decode(raw: bytes | str) -> Entry:
         running={
             (s.variant, s.metric): Running(s.p_better, s.p_worse, s.ci_absolute, s.ci_relative) for s in e.sequential
         },
+        pinned=dict(e.pinned),
     )
 
 
@@ -87,3 +138,21 @@ async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: Analysi
         )
     except redis.RedisError as exc:
         raise SourceError(f"cannot append to the decision history {keys.decisions}: {exc}") from exc
+
+
+async def entries(client: redis.asyncio.Redis, keys: schema.Keys) -> list[fmt.DecisionEntry]:
+    """Every readable entry, oldest first (the stream is capped, so this is bounded)."""
+    try:
+        raw = await client.xrange(keys.decisions)
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot read the decision history {keys.decisions}: {exc}") from exc
+    out = []
+    for _, fields in raw or []:
+        value = (fields or {}).get(FIELD.encode()) or (fields or {}).get(FIELD)
+        if value is None:
+            continue
+        try:
+            out.append(fmt.decode(value))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out

@@ -52,7 +52,7 @@ async def read(
         data = dataclasses.replace(data, incomplete_since=float(reset_at))
     # The router registers the epoch with its first flush, so both empty means no router
     # ever wrote here: most likely a typo in the name, or a prefix that differs.
-    return data if agg or epochs else dataclasses.replace(data, found=False)
+    return data if agg or epochs or reset_at is not None else dataclasses.replace(data, found=False)
 
 
 def build(

@@ -25,6 +25,13 @@ def render(result: AnalysisResult) -> str:
 def _header(r: AnalysisResult) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.at))
     line = f"experiment {r.experiment}  epoch {r.epoch}  {stamp}  {explain.srm_text(r.srm)}"
+    if r.ignored_settings:
+        s = r.data.settings
+        edits = ", ".join(f"{k} {v:g}" for k, v in r.ignored_settings.items())
+        line += (
+            f"\npinned at the first look: alpha {s.alpha:g}, expected_units_per_arm {s.expected_units_per_arm}; "
+            f"the spec's {edits} is ignored (start a new experiment to change them)"
+        )
     if r.data.incomplete_since is not None:
         since = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(r.data.incomplete_since))
         line += (

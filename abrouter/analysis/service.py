@@ -6,6 +6,7 @@ call `look`; none copies it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -40,7 +41,12 @@ async def look(
         )
     previous = await history.last(client, keys)
     seed = previous.previous(sum(a.units for a in data.arms)) if previous is not None else {}
+    # alpha and expected_units_per_arm stay as the first look had them (issue 9, defect 6);
+    # a data reset (no seed) starts a new sequence, which may pin new values.
+    settings, ignored = history.pin(data.settings, previous.pinned if previous is not None and seed else {})
+    data = dataclasses.replace(data, settings=settings)
     result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed, rng=np.random.default_rng())
+    result = dataclasses.replace(result, ignored_settings=ignored)
     applied = await sink.apply(result.decision, epoch=experiment.epoch)
     await history.append(client, keys, result, applied=applied)
     return result

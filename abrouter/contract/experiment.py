@@ -32,6 +32,7 @@ from abrouter.contract.model import (
     Bandit,
     Direction,
     Experiment,
+    ExposureRule,
     Guardrail,
     Metric,
     MetricKind,
@@ -52,6 +53,7 @@ __all__ = [
     "ConfigError",
     "Direction",
     "Experiment",
+    "ExposureRule",
     "Guardrail",
     "Metric",
     "MetricKind",
@@ -261,6 +263,22 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
     return settings
 
 
+_METHOD = re.compile(r"^(\*|[A-Z]+)$")
+
+
+def _exposures(data: Any, path: str) -> tuple[ExposureRule, ...]:
+    rules = []
+    for i, item in enumerate(fields.list_of(data, path)):
+        r = fields.Reader(item, f"{path}[{i}]")
+        method = fields.string(r.get("method", "*"), r.at("method"), _METHOD, "an HTTP method in capitals or '*'")
+        pattern = fields.string(r.get("path", required=True), r.at("path"))
+        if not pattern.startswith("/"):
+            raise ConfigError(r.at("path"), f"must start with '/', got {pattern!r}")
+        rules.append(ExposureRule(method=method, path=pattern))
+        r.done()
+    return tuple(rules)
+
+
 def parse(data: Any) -> Experiment:
     """Validate a spec (as loaded from YAML/JSON or a custom resource's spec)."""
     r = fields.Reader(data, "")
@@ -285,6 +303,7 @@ def parse(data: Any) -> Experiment:
         outcome_ttl_s=fields.duration(r.get("outcome_ttl", Experiment.outcome_ttl_s), "outcome_ttl"),
         timeouts=timeouts,
         analysis=_analysis(r.get("analysis", {}), "analysis", metric_names),
+        exposures=_exposures(r.get("exposures", []), "exposures"),
     )
     r.done()
     return experiment
@@ -358,6 +377,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
         "allow_force_variant": e.allow_force_variant,
         "outcome_ttl": e.outcome_ttl_s,
         "timeouts": {"connect": e.timeouts.connect_s, "read": e.timeouts.read_s},
+        "exposures": [{"method": x.method, "path": x.path} for x in e.exposures],
         "analysis": {
             "alpha": a.alpha,
             "min_units_per_arm": a.min_units_per_arm,

@@ -16,7 +16,15 @@ intersected. Two minima are kept per (variant, metric): over the looks where the
 candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than the
 control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
 before there is one. An item written before the two minima existed (only ``p``) seeds
-nothing: its ``p`` does not say in which direction it was reached.
+nothing: its ``p`` does not say in which direction it was reached. ``pinned`` (absent in
+entries written before it existed) holds the `PINNED` settings of the experiment's first
+look: later looks use them, whatever the spec says now.
+
+Since the report needs them over time, an entry also carries ``arms``: per arm its weight,
+units, exposures, the primary metric's mean, the mean latency and the units the split
+expects, and for candidates the primary metric's relative lift with the look's
+always-valid interval (``lift``, ``lift_ci``; absent for the control). Entries written
+before ``arms`` existed have none; readers must not need them.
 
 The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
 """
@@ -41,6 +49,19 @@ class SequentialEntry:
 
 
 @dataclass(frozen=True)
+class ArmEntry:
+    name: str
+    weight: float
+    units: int
+    exposures: int
+    expected_units: float | None = None
+    mean: float | None = None
+    latency_ms: float | None = None
+    lift: float | None = None
+    lift_ci: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
 class DecisionEntry:
     at: float
     epoch: int
@@ -50,6 +71,14 @@ class DecisionEntry:
     applied: bool
     units: int
     sequential: tuple[SequentialEntry, ...] = field(default_factory=tuple)
+    arms: tuple[ArmEntry, ...] = field(default_factory=tuple)
+    #: Settings the sequential test depends on, pinned at the first look (`PINNED`).
+    pinned: dict[str, float] = field(default_factory=dict)
+
+
+#: Analysis settings fixed at the first look: changing them mid-experiment changes τ² (or
+#: the level) under running minima that assumed the old ones, which voids the guarantee.
+PINNED = ("alpha", "expected_units_per_arm")
 
 
 def encode(entry: DecisionEntry) -> str:
@@ -63,6 +92,10 @@ def encode(entry: DecisionEntry) -> str:
         "units": entry.units,
         "sequential_p": [_encode_sequential(s) for s in entry.sequential],
     }
+    if entry.arms:
+        doc["arms"] = [{k: v for k, v in vars(a).items() if v is not None} for a in entry.arms]
+    if entry.pinned:
+        doc["pinned"] = dict(entry.pinned)
     return json.dumps(doc, sort_keys=True)
 
 
@@ -95,7 +128,28 @@ def decode(raw: bytes | str) -> DecisionEntry:
         sequential=tuple(
             _decode_sequential(x) for x in doc.get("sequential_p", []) if "p_better" in x and "p_worse" in x
         ),
+        arms=tuple(_decode_arm(a) for a in doc.get("arms", [])),
+        pinned={str(k): float(v) for k, v in (doc.get("pinned") or {}).items() if k in PINNED},
     )
+
+
+def _decode_arm(a: dict[str, Any]) -> ArmEntry:
+    ci = a.get("lift_ci")
+    return ArmEntry(
+        name=str(a["name"]),
+        weight=float(a["weight"]),
+        units=int(a["units"]),
+        exposures=int(a.get("exposures", 0)),
+        expected_units=_float(a.get("expected_units")),
+        mean=_float(a.get("mean")),
+        latency_ms=_float(a.get("latency_ms")),
+        lift=_float(a.get("lift")),
+        lift_ci=(float(ci[0]), float(ci[1])) if ci is not None else None,
+    )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _decode_sequential(x: dict[str, Any]) -> SequentialEntry:

@@ -114,6 +114,15 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class ExposureRule:
+    """Requests that count as exposures: an HTTP method ("*" for any) and a path glob."""
+
+    method: str
+    #: fnmatch-style: "*" matches any characters, "/" included; the query is ignored.
+    path: str
+
+
+@dataclass(frozen=True)
 class Timeouts:
     """Upstream timeouts in seconds; a connect failure answers 502, a timeout 504."""
 
@@ -137,6 +146,10 @@ class Experiment:
     outcome_ttl_s: float = 7 * 86400.0
     timeouts: Timeouts = field(default_factory=Timeouts)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    #: Which proxied requests are exposures (logged and analysed); the others are still
+    #: forwarded. Empty: every request except the Open Inference Protocol's health and
+    #: metadata endpoints (`abrouter.router.exposures.OIP_NOT_EXPOSURES`).
+    exposures: tuple[ExposureRule, ...] = ()
 
     @property
     def control(self) -> Variant:

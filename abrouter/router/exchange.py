@@ -30,6 +30,7 @@ from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from abrouter.contract.keys import unit_hash
+from abrouter.router import exposures
 from abrouter.router import headers as hdr
 from abrouter.router.errors import UpstreamError, UpstreamTimeout
 from abrouter.router.eventlog.events import Exposure
@@ -272,6 +273,8 @@ class Exchange:
         services.metrics.observe_request(self.variant.name, self.status, seconds, self.error)
         if self.choice.forced:
             return  # QA overrides are not exposures of the experiment
+        if not exposures.is_exposure(self.incoming.method, self.incoming.target, self.table.experiment.exposures):
+            return  # health and metadata calls are forwarded, not analysed (issue 9)
         services.eventlog.record_exposure(
             Exposure(
                 request_id=self.request_id,

@@ -1,0 +1,186 @@
+"""`abrouter report`: one self-contained HTML file that shows who won and why it was safe.
+
+Everything comes from bounded data in Redis: the aggregates (read as `analyze` reads
+them) for the table, and the capped decision history (`abrouter.contract.history`) for
+everything over time. Plots are drawn by matplotlib (Agg) and embedded as inline SVG, so
+the file needs no network to view.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from abrouter.analysis.analyzer import AnalysisResult
+from abrouter.contract import experiment as spec
+from abrouter.contract.history import DecisionEntry
+
+
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    if pct:
+        return f"{x:+.2%}"
+    return f"{x:,.4g}" if isinstance(x, float) else f"{x:,}"
+
+
+def _num(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _svg(fig: Any) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t0 = history[0].at if history else time.time()
+    out: dict[str, str] = {}
+
+    def xs(entries: Sequence[DecisionEntry]) -> list[float]:
+        return [(e.at - t0) / 60 for e in entries]
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for name in candidate_names:
+        pts = [(e, a) for e in history for a in e.arms if a.name == name and a.lift is not None]
+        if pts:
+            x = xs([e for e, _ in pts])
+            ax.plot(x, [_num(a.lift) for _, a in pts], label=f"{name} lift")
+            band = [(xx, a.lift_ci) for xx, (_, a) in zip(x, pts) if a.lift_ci]
+            if band:
+                ax.fill_between([b[0] for b in band], [b[1][0] for b in band], [b[1][1] for b in band], alpha=0.2,
+                                label=f"{name} always-valid 95% band")  # fmt: skip
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set(xlabel="minutes", ylabel="relative lift of the primary metric", title="Lift over time")
+    ax.legend(loc="best", fontsize=8)
+    out["lift"] = _svg(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = sorted({a.name for e in history for a in e.arms}) or sorted({n for e in history for n in e.weights})
+    for name in names:
+        ax.step(xs(history), [e.weights.get(name, math.nan) for e in history], where="post", label=name)
+    for e in history:
+        if e.action in ("ramp", "promote", "rollback") and e.applied:
+            ax.axvline((e.at - t0) / 60, color="black", ls=":", lw=0.8)
+            ax.annotate(e.action, ((e.at - t0) / 60, 100), fontsize=7, rotation=90, va="top")
+    ax.set(xlabel="minutes", ylabel="weight (%)", ylim=(0, 105), title="Weights, with each applied decision")
+    ax.legend(loc="best", fontsize=8)
+    out["weights"] = _svg(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for name in names:
+        pts = [(e, a) for e in history for a in e.arms if a.name == name and a.latency_ms is not None]
+        ax.plot(xs([e for e, _ in pts]), [_num(a.latency_ms) for _, a in pts], label=name)
+    ax.set(xlabel="minutes", ylabel="mean latency (ms)", title="Latency per arm (cumulative mean)")
+    ax.legend(loc="best", fontsize=8)
+    out["latency"] = _svg(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for name in names:
+        pts = [(e, a) for e in history for a in e.arms if a.name == name]
+        line = ax.plot(xs([e for e, _ in pts]), [a.units for _, a in pts], label=f"{name} units")
+        exp = [(e, a) for e, a in pts if a.expected_units is not None]
+        ax.plot(xs([e for e, _ in exp]), [_num(a.expected_units) for _, a in exp], ls="--", color=line[0].get_color(),
+                label=f"{name} expected by the split")  # fmt: skip
+    ax.set(xlabel="minutes", ylabel="units", title="Units per arm against the expected split")
+    ax.legend(loc="best", fontsize=8)
+    out["units"] = _svg(fig)
+    return out
+
+
+def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequence[DecisionEntry]) -> str:
+    d = result.decision
+    control = experiment.control.name
+    candidates = [v.name for v in experiment.variants[1:]]
+    figures = plots(history, candidates)
+    primary = result.primary
+    rows = []
+    for arm in result.data.arms:
+        c = next((c for c in result.comparisons if c.variant == arm.name and c.metric == primary), None)
+        mean = c.mean if c else next((x.control_mean for x in result.comparisons if x.metric == primary), None)
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(v))}</td>"
+                for v in (
+                    arm.name,
+                    f"{arm.weight:.1f}%",
+                    _fmt(arm.units),
+                    _fmt(arm.exposures),
+                    _fmt(mean),
+                    _fmt(c.relative_lift, pct=True) if c else "–",
+                    f"{_fmt(c.relative_ci[0], True)} .. {_fmt(c.relative_ci[1], True)}" if c else "–",
+                    f"{_fmt(c.sequential_ci[0], True)} .. {_fmt(c.sequential_ci[1], True)}" if c else "–",
+                    _fmt(c.sequential_p_value) if c else "–",
+                    f"{c.chance_to_beat:.1%}" if c else "–",
+                )
+            )
+            + "</tr>"
+        )
+    # The look that acted tells why; later looks only say "already promoted".
+    acted = next((e for e in reversed(history) if e.applied and e.action == d.action), None)
+    why = acted.reason if acted is not None else d.reason
+    headline = {
+        "promote": f"The candidate won and was promoted. {why}",
+        "rollback": f"The candidate was rolled back. {why}",
+    }.get(d.action, f"No winner yet ({d.action}). {why}")
+    srm = "mismatch: the split is not what the weights say" if result.srm.flagged else "ok"
+    variants = "".join(
+        f"<li><b>{html.escape(v.name)}</b>{' (control)' if v.name == control else ''}: "
+        f"{html.escape(v.upstream)}, weight {v.weight:g}</li>"
+        for v in experiment.variants
+    )
+    metrics = "".join(f"<li>{html.escape(m.name)} ({m.kind}, {m.direction})</li>" for m in experiment.metrics)
+    a = experiment.analysis
+    policy = (
+        f"alpha {a.alpha:g}, at least {a.min_units_per_arm} units per arm, ramp {list(a.ramp)}, "
+        f"SRM alpha {a.srm_alpha:g}, guardrails: "
+        + "; ".join(
+            f"{g.metric} {g.direction} margin {g.margin:g}{' relative' if g.relative else ''}" for g in a.guardrails
+        )
+    )
+    decisions = "".join(
+        f"<tr><td>{time.strftime('%H:%M:%S', time.gmtime(e.at))}</td><td>{e.action}</td>"
+        f"<td>{'yes' if e.applied else 'no'}</td><td>{html.escape(e.reason)}</td></tr>"
+        for e in history
+        if e.action != "continue" or e is history[-1]
+    )
+    header = ("arm", "weight", "units", "exposures", f"{primary} mean", "lift", "95% CI (fixed horizon)",
+              "always-valid CI", "sequential p", "chance to beat control")  # fmt: skip
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>abrouter report: {html.escape(experiment.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:90%}}
+.headline{{font-size:130%;padding:1em;background:#eef6ee;border-left:6px solid #393}}</style></head>
+<body>
+<h1>Experiment {html.escape(experiment.name)}</h1>
+<section id="summary"><p class="headline">{html.escape(headline)}</p>
+<p>Sample ratio: {srm}. Decisions use always-valid sequential tests, so looking at every step did not
+inflate false promotions; the candidate was ramped step by step with guardrails checked at each.</p></section>
+<section id="experiment"><h2>The experiment</h2><ul>{variants}</ul><p>Metrics (the first is primary):</p>
+<ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
+<section id="arms"><h2>Arms</h2><table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>{"".join(rows)}</table>
+</section>
+<section id="plots"><h2>Over time</h2>
+<figure id="plot-lift">{figures["lift"]}</figure>
+<figure id="plot-weights">{figures["weights"]}</figure>
+<figure id="plot-latency">{figures["latency"]}</figure>
+<figure id="plot-units">{figures["units"]}</figure></section>
+<section id="history"><h2>Decision history</h2><table><tr><th>time (UTC)</th><th>action</th><th>applied</th>
+<th>reason</th></tr>{decisions}</table></section>
+</body></html>
+"""

@@ -1,0 +1,56 @@
+"""The demo's two model servers: real aiohttp servers on 127.0.0.1 speaking the Open Inference Protocol.
+
+``POST /v2/models/recommender/infer`` with the user id as an INT64 input answers the top-k
+items as an INT64 output, as KServe, Triton and MLServer do::
+
+    {"inputs": [{"name": "user_id", "datatype": "INT64", "shape": [1], "data": [42]}]}
+    -> {"model_name": "recommender", "model_version": "popularity",
+        "outputs": [{"name": "items", "datatype": "INT64", "shape": [10], "data": [7, 3, ...]}]}
+
+Also ``GET /v2/health/ready``. A bad request is a 400 with ``{"error": "..."}`` (the
+protocol's error shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from aiohttp import web
+
+from abrouter.demo.world import World
+
+MODEL = "recommender"
+
+
+def model_app(world: World, arm: str, *, version: str, delay_ms: float = 0.0) -> web.Application:
+    async def infer(request: web.Request) -> web.Response:
+        try:
+            doc = json.loads(await request.read())
+            (first,) = [i for i in doc["inputs"] if i["name"] == "user_id"]
+            user = int(first["data"][0])
+        except (ValueError, KeyError, TypeError, IndexError):
+            return web.json_response({"error": "expected one INT64 input named user_id"}, status=400)
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        items = world.recommend(arm, user)
+        out = {"name": "items", "datatype": "INT64", "shape": [len(items)], "data": items}
+        return web.json_response({"model_name": MODEL, "model_version": version, "outputs": [out]})
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({"ready": True})
+
+    app = web.Application()
+    app.router.add_post(f"/v2/models/{MODEL}/infer", infer)
+    app.router.add_get("/v2/health/ready", ready)
+    return app
+
+
+async def start(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free port of 127.0.0.1; returns the runner and its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"

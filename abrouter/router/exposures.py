@@ -1,0 +1,42 @@
+"""Which proxied requests are exposures of the experiment: a pure decision.
+
+Only predictions should count. Clients of the Open Inference Protocol (KServe, Triton,
+MLServer) also call health and metadata endpoints (``is_server_ready``,
+``is_model_ready``, model metadata), often without a user id: logged as exposures they
+added units that never convert and diluted every metric. Such requests are still
+forwarded; they are just not logged (`Exchange.finish`).
+
+A spec's ``exposures`` rules (method and path glob) list the requests that count; with
+none, every request counts except `OIP_NOT_EXPOSURES`. No I/O, no framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
+
+from abrouter.contract.model import ExposureRule
+
+#: The Open Inference Protocol (v2) endpoints that are not predictions: server health
+#: (/v2/health/live, /v2/health/ready), server metadata (GET /v2), and model metadata and
+#: readiness (GET /v2/models/<m>[/versions/<v>][/ready]). Inference is a POST.
+OIP_NOT_EXPOSURES: tuple[ExposureRule, ...] = (
+    ExposureRule(method="*", path="/v2/health/*"),
+    ExposureRule(method="GET", path="/v2"),
+    ExposureRule(method="GET", path="/v2/"),
+    ExposureRule(method="GET", path="/v2/models/*"),
+    ExposureRule(method="HEAD", path="/v2"),
+    ExposureRule(method="HEAD", path="/v2/models/*"),
+)
+
+
+def is_exposure(method: str, target: str, rules: Sequence[ExposureRule]) -> bool:
+    """Whether a request (its method and origin-form target) is an exposure under `rules`."""
+    path = target.split("?", 1)[0]
+    if rules:
+        return any(_matches(rule, method, path) for rule in rules)
+    return not any(_matches(rule, method, path) for rule in OIP_NOT_EXPOSURES)
+
+
+def _matches(rule: ExposureRule, method: str, path: str) -> bool:
+    return (rule.method == "*" or rule.method == method.upper()) and fnmatchcase(path, rule.path)
