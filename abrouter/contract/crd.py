@@ -173,6 +173,14 @@ def spec_schema() -> dict[str, Any]:
             "allow_force_variant": {"type": "boolean"},
             "outcome_ttl": _duration("how long a request id may be credited with an outcome"),
             "timeouts": _obj({"connect": _duration("upstream connect"), "read": _duration("upstream read")}),
+            "exposures": {
+                "type": "array",
+                "description": "the requests that count as exposures (default: every proxied request)",
+                "items": _obj(
+                    {"method": _string("^(\\*|[A-Z]+)$", "an HTTP method or *"), "path": _string("^/")},
+                    required=("path",),
+                ),
+            },
             "analysis": analysis_schema(),
             "paused": {"type": "boolean", "description": "true stops all automation: the analyzer writes only status"},
         },

@@ -75,6 +75,7 @@ RICH = {
         "scale_down_losers": True,
         "max_duration": 86400,
     },
+    "exposures": [{"method": "POST", "path": "/predict"}, {"path": "/v1/*"}],
     "paused": True,
     "salt": "s1",
     "name": "other-name",
@@ -225,6 +226,8 @@ INVALID = {
     "paused as a string": _set("paused", "yes"),
     "allow_force_variant as a string": _set("allow_force_variant", "true"),
     "uppercase name": _set("name", "Recsys"),
+    "exposure path without a slash": _set("exposures", [{"path": "predict"}]),
+    "exposure method in lowercase": _set("exposures", [{"method": "post", "path": "/predict"}]),
 }
 
 
