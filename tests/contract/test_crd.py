@@ -253,3 +253,15 @@ def test_what_only_the_parser_catches_is_still_caught() -> None:
         assert crdschema.errors(_obj(spec)) == []
         with pytest.raises(ConfigError):
             resource.parse(_obj(spec))
+
+
+def test_the_kubernetes_client_addresses_the_resource_this_crd_defines() -> None:
+    from abrouter.kube import client
+
+    names = crd.crd()["spec"]["names"]
+    assert (client.GROUP, client.VERSION, client.PLURAL, client.KIND) == (
+        crd.GROUP,
+        crd.VERSION,
+        names["plural"],
+        names["kind"],
+    )
