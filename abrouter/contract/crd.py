@@ -175,9 +175,9 @@ def spec_schema() -> dict[str, Any]:
             "timeouts": _obj({"connect": _duration("upstream connect"), "read": _duration("upstream read")}),
             "exposures": {
                 "type": "array",
-                "description": "the requests that count as exposures (default: every proxied request)",
+                "description": "which requests are exposures (default: all but the OIP health and metadata calls)",
                 "items": _obj(
-                    {"method": _string("^(\\*|[A-Z]+)$", "an HTTP method or *"), "path": _string("^/")},
+                    {"method": _string(r"^(\*|[A-Z]+)$", "an HTTP method or * (the default)"), "path": _string("^/")},
                     required=("path",),
                 ),
             },

@@ -75,7 +75,7 @@ RICH = {
         "scale_down_losers": True,
         "max_duration": 86400,
     },
-    "exposures": [{"method": "POST", "path": "/predict"}, {"path": "/v1/*"}],
+    "exposures": [{"method": "POST", "path": "/v2/models/*/infer"}, {"path": "/predict"}],
     "paused": True,
     "salt": "s1",
     "name": "other-name",
