@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -29,34 +30,31 @@ BUFFER_LIMIT = 256 * 1024
 ROUTER = web.AppKey("router", Router)
 
 
-class _ExactResponse(web.Response):
-    """A web.Response that sends no Content-Type unless the upstream sent one.
+class _ExactContentType:
+    """Sends no Content-Type unless the upstream sent one (mixed into aiohttp's responses).
 
     aiohttp adds ``application/octet-stream`` to every non-empty response; KServe and
     friends dispatch on Content-Type, so the proxy must not invent one.
     """
 
+    _headers: Any
+
     def __init__(self, *, keep_content_type: bool, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)
         self._keep_content_type = keep_content_type
 
     async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
+        await super()._prepare_headers()  # type: ignore[misc]
         if not self._keep_content_type:
             self._headers.popall("Content-Type", None)
 
 
-class _ExactStream(web.StreamResponse):
-    """The streamed twin of `_ExactResponse`: no Content-Type unless the upstream sent one."""
+class _ExactResponse(_ExactContentType, web.Response):
+    pass
 
-    def __init__(self, *, keep_content_type: bool, **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self._keep_content_type = keep_content_type
 
-    async def _prepare_headers(self) -> None:
-        await super()._prepare_headers()
-        if not self._keep_content_type:
-            self._headers.popall("Content-Type", None)
+class _ExactStream(_ExactContentType, web.StreamResponse):
+    pass
 
 
 def incoming(request: web.Request) -> exchange.Incoming:

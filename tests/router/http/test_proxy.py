@@ -152,6 +152,11 @@ async def test_connection_reset_is_502(make_router: MakeRouter, raw_upstream):
     assert resp.status == 502 and (await resp.json())["code"] == "upstream_unavailable"
 
 
+#: For the tests that send thousands of requests: about stickiness and the split, not
+#: timeouts, so a loaded machine's pause must not turn into a 504.
+PATIENT = {"timeouts": {"connect": 5, "read": 10}}
+
+
 async def _send(r: RouterUnderTest, users: list[str], per_user: int) -> dict[str, set[str]]:
     """per_user requests for every user, 50 in flight; returns the variants each user saw."""
     seen: dict[str, set[str]] = defaultdict(set)
@@ -171,7 +176,7 @@ async def _send(r: RouterUnderTest, users: list[str], per_user: int) -> dict[str
 
 @pytest.mark.parametrize("weights", [{"control": 50, "candidate": 50}, {"control": 90, "candidate": 10}])
 async def test_ten_thousand_requests_from_a_thousand_units_are_sticky_and_split(make_router: MakeRouter, weights):
-    r = await make_router(weights)
+    r = await make_router(weights, **PATIENT)
     users = [f"user-{i}" for i in range(1000)]
     seen = await _send(r, users, per_user=10)
     assert all(len(v) == 1 for v in seen.values()), "a unit saw two variants"
@@ -186,7 +191,7 @@ async def test_ten_thousand_requests_from_a_thousand_units_are_sticky_and_split(
 
 async def test_three_variants_are_sticky_and_split(make_router: MakeRouter):
     weights = {"control": 20, "candidate": 30, "third": 50}
-    r = await make_router(weights)
+    r = await make_router(weights, **PATIENT)
     seen = await _send(r, [f"user-{i}" for i in range(1000)], per_user=2)
     assert all(len(v) == 1 for v in seen.values())
     counts = Counter(next(iter(v)) for v in seen.values())
@@ -194,7 +199,7 @@ async def test_three_variants_are_sticky_and_split(make_router: MakeRouter):
 
 
 async def test_ramp_via_config_reload_moves_units_only_into_the_raised_variant(make_router: MakeRouter):
-    r = await make_router({"control": 10, "candidate": 90})
+    r = await make_router({"control": 10, "candidate": 90}, **PATIENT)
     users = [f"user-{i}" for i in range(1000)]
     before = {u: next(iter(v)) for u, v in (await _send(r, users, per_user=1)).items()}
     r.spec["variants"][0]["weight"] = 50
