@@ -176,7 +176,10 @@ def spec_schema() -> dict[str, Any]:
             "exposures": {
                 "type": "array",
                 "description": "which requests are exposures (default: all but the OIP health and metadata calls)",
-                "items": _obj({"method": _string(), "path": _string()}, required=("method", "path")),
+                "items": _obj(
+                    {"method": _string(r"^(\*|[A-Z]+)$", "an HTTP method or * (the default)"), "path": _string("^/")},
+                    required=("path",),
+                ),
             },
             "analysis": analysis_schema(),
             "paused": {"type": "boolean", "description": "true stops all automation: the analyzer writes only status"},

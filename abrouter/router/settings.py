@@ -13,7 +13,7 @@ from typing import Literal
 
 from abrouter.redact import mask_url
 
-#: The value k8s/kustomization.yaml ships with, to be replaced before any real deployment.
+#: The value k8s/base/kustomization.yaml ships with, to be replaced before any real deployment.
 PLACEHOLDER_SECRET = b"replace-me-with-openssl-rand-hex-32"
 
 
@@ -64,5 +64,5 @@ def secret_problem(secret: bytes) -> str | None:
     if not secret:
         return f"ABROUTER_SECRET is not set: {advice}"
     if secret == PLACEHOLDER_SECRET:
-        return f"ABROUTER_SECRET is the placeholder from k8s/kustomization.yaml: {advice}"
+        return f"ABROUTER_SECRET is the placeholder from k8s/base/kustomization.yaml: {advice}"
     return None

@@ -75,7 +75,7 @@ RICH = {
         "scale_down_losers": True,
         "max_duration": 86400,
     },
-    "exposures": [{"method": "POST", "path": "/v2/models/*/infer"}],
+    "exposures": [{"method": "POST", "path": "/v2/models/*/infer"}, {"path": "/predict"}],
     "paused": True,
     "salt": "s1",
     "name": "other-name",
@@ -226,6 +226,8 @@ INVALID = {
     "paused as a string": _set("paused", "yes"),
     "allow_force_variant as a string": _set("allow_force_variant", "true"),
     "uppercase name": _set("name", "Recsys"),
+    "exposure path without a slash": _set("exposures", [{"path": "predict"}]),
+    "exposure method in lowercase": _set("exposures", [{"method": "post", "path": "/predict"}]),
 }
 
 
@@ -251,3 +253,15 @@ def test_what_only_the_parser_catches_is_still_caught() -> None:
         assert crdschema.errors(_obj(spec)) == []
         with pytest.raises(ConfigError):
             resource.parse(_obj(spec))
+
+
+def test_the_kubernetes_client_addresses_the_resource_this_crd_defines() -> None:
+    from abrouter.kube import client
+
+    names = crd.crd()["spec"]["names"]
+    assert (client.GROUP, client.VERSION, client.PLURAL, client.KIND) == (
+        crd.GROUP,
+        crd.VERSION,
+        names["plural"],
+        names["kind"],
+    )
