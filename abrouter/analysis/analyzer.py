@@ -66,6 +66,14 @@ class AnalysisResult:
         metric = self.data.primary
         return metric.name if metric is not None else None
 
+    def primary_of(self, arm: str) -> tuple[Comparison | None, float | None]:
+        """The primary metric's comparison for `arm` (None for the control) and the arm's mean."""
+        c = next((c for c in self.comparisons if c.variant == arm and c.metric == self.primary), None)
+        if c is not None:
+            return c, c.mean
+        # The control: every comparison of the primary metric holds its mean.
+        return None, next((x.control_mean for x in self.comparisons if x.metric == self.primary), None)
+
     def running(self) -> dict[tuple[str, str], Running]:
         """The sequential results per (variant, metric) that seed the next look.
 

@@ -65,13 +65,7 @@ def _finite(x: float | None) -> float | None:
 def _arm(result: AnalysisResult, name: str) -> fmt.ArmEntry:
     """One arm of this look, as the report plots it over time."""
     arm = result.data.arm(name)
-    primary = result.primary
-    c = next((c for c in result.comparisons if c.variant == name and c.metric == primary), None)
-    mean = None
-    if c is not None:
-        mean = c.mean
-    elif primary is not None:  # the control: every comparison holds its mean
-        mean = next((x.control_mean for x in result.comparisons if x.metric == primary), None)
+    c, mean = result.primary_of(name)
     latency = arm.pooled("latency_ms", ratio=True).mean if arm.strata else None
     ci = c.sequential_ci if c is not None else None
     return fmt.ArmEntry(

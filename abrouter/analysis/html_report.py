@@ -110,8 +110,7 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
     primary = result.primary
     rows = []
     for arm in result.data.arms:
-        c = next((c for c in result.comparisons if c.variant == arm.name and c.metric == primary), None)
-        mean = c.mean if c else next((x.control_mean for x in result.comparisons if x.metric == primary), None)
+        c, mean = result.primary_of(arm.name)
         rows.append(
             "<tr>"
             + "".join(

@@ -12,13 +12,12 @@ import numpy as np
 import redis.asyncio
 
 from abrouter.analysis import analyzer, history, html_report, reader
+from abrouter.analysis.commands import DEFAULT_REDIS_URL
 from abrouter.analysis.errors import InputError, SourceError
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys as schema
 from abrouter.contract import resource
 from abrouter.kube.client import KubeClient, Ref
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis.asyncio
 import yaml
 
 from abrouter.demo import population, progress, servers, world
@@ -124,8 +125,6 @@ async def run(options: Options) -> int:
 
 async def _flush_old(redis_url: str) -> None:
     """A demo starts from nothing: remove what an earlier demo left under its name."""
-    import redis.asyncio
-
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         keys = [k async for k in client.scan_iter(match=f"*{{{EXPERIMENT}}}*")]
