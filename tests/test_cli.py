@@ -1,5 +1,6 @@
 """The `abrouter` command: bad input is exit code 2 with one line, never a traceback."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,21 @@ def test_help_explains_each_command():
         assert command in out
     serve = run("serve", "--help").stdout
     assert "--redis-url" in serve and "epoch" in serve and "examples:" in serve
+    for flag in ("--header-timeout", "--body-timeout", "--idle-timeout", "--max-connections"):
+        assert flag in serve
+
+
+def test_client_limits_are_checked_and_read_the_environment():
+    zero = run("serve", "--header-timeout", "0")
+    assert zero.returncode == 2 and "--header-timeout must be > 0" in zero.stderr
+    none = run("serve", "--max-connections", "0")
+    assert none.returncode == 2 and "--max-connections must be >= 1" in none.stderr
+    env = subprocess.run(
+        [sys.executable, "-m", "abrouter", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ABROUTER_IDLE_TIMEOUT": "4.5"},
+    )
+    assert "else 4.5)" in " ".join(env.stdout.split())

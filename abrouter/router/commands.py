@@ -19,7 +19,9 @@ from abrouter.errors import UserError
 from abrouter.kube.client import KubeClient, Ref
 from abrouter.redact import mask_url
 from abrouter.router import examples
+from abrouter.router.connections import Limits
 from abrouter.router.examples.model_server import build_model_app, start_model_server
+from abrouter.router.http import listener
 from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
@@ -115,6 +117,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight requests may take to finish (default: %(default)s)",
     )
+    limits = Limits()
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=os.environ.get("ABROUTER_HEADER_TIMEOUT", limits.header_s),
+        metavar="SECONDS",
+        help="close a connection whose request headers are not complete this long after their first byte "
+        "(default: $ABROUTER_HEADER_TIMEOUT, else %(default)s)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=os.environ.get("ABROUTER_BODY_TIMEOUT", limits.body_idle_s),
+        metavar="SECONDS",
+        help="close a connection whose request body stops arriving for this long; a body that keeps "
+        "coming is never cut (default: $ABROUTER_BODY_TIMEOUT, else %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=os.environ.get("ABROUTER_IDLE_TIMEOUT", limits.idle_s),
+        metavar="SECONDS",
+        help="close a connection with no request in progress after this long, new or kept alive "
+        "(default: $ABROUTER_IDLE_TIMEOUT, else %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=os.environ.get("ABROUTER_MAX_CONNECTIONS", limits.max_connections),
+        metavar="N",
+        help="answer 503 and close new connections while N are open (default: $ABROUTER_MAX_CONNECTIONS, "
+        "else %(default)s)",
+    )
     p.set_defaults(func=serve)
 
     m = subparsers.add_parser(
@@ -130,9 +165,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in ("flush_interval", "reload_interval", "shutdown_timeout"):
+    for name in (
+        "flush_interval",
+        "reload_interval",
+        "shutdown_timeout",
+        "header_timeout",
+        "body_timeout",
+        "idle_timeout",
+    ):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.max_connections < 1:
+        raise UserError(f"--max-connections must be >= 1, got {args.max_connections}")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be 0..65535, got {args.port}")
     if args.kubeconfig is not None and args.experiment is None:
@@ -171,6 +215,12 @@ def serve(args: argparse.Namespace) -> int:
             api_token=api_token_from_env(),
             event_log=not args.no_event_log,
             upstream_transport=args.upstream_transport,
+            client_limits=Limits(
+                header_s=args.header_timeout,
+                body_idle_s=args.body_timeout,
+                idle_s=args.idle_timeout,
+                max_connections=args.max_connections,
+            ),
         )
         problem = secret_problem(settings.secret)
         if problem and not bundled:  # the local quick start needs no secret
@@ -179,15 +229,14 @@ def serve(args: argparse.Namespace) -> int:
         if bundled:
             app.cleanup_ctx.append(_example_models)
             print(_quickstart_banner(args.port, config=path, redis_url=redis_url), flush=True)
-        web.run_app(
+        listener.run(
             app,
             host=args.host,
             port=args.port,
-            access_log=None,
-            print=None,
+            limits=settings.client_limits,
             shutdown_timeout=args.shutdown_timeout,
             loop=_new_loop(),
-            **SERVER_KWARGS,  # type: ignore[arg-type]
+            **SERVER_KWARGS,
         )
     return 0
 

@@ -9,7 +9,8 @@ server and a gRPC listener next) parses the request into an `Incoming` and then:
 2. sends ``ex.upstream_headers()`` to ``ex.variant.upstream`` with its own transport;
 3. ``ex.received(status)`` once the upstream answered, and ``ex.response_headers(...)``
    for the client; or ``ex.failed(error)`` for a `Reply` (502/504 JSON) when it did not;
-   ``ex.aborted()`` when the upstream failed mid-body, ``ex.crashed()`` on a bug;
+   ``ex.aborted()`` when the upstream failed mid-body, ``ex.crashed()`` on a bug,
+   ``ex.incomplete()`` when the client's request body never arrived whole;
 4. ``ex.finish(now=...)`` in a ``finally``: the metrics and the exposure record.
 
 No framework, no Redis: recording an exposure is a synchronous call into the event log's
@@ -194,7 +195,18 @@ def _random_unit(rng: random.Random) -> str:
 class Exchange:
     """One request from assignment to its event record; see the module docstring."""
 
-    __slots__ = ("_services", "choice", "error", "incoming", "request_id", "started", "status", "table", "variant")
+    __slots__ = (
+        "_services",
+        "choice",
+        "complete",
+        "error",
+        "incoming",
+        "request_id",
+        "started",
+        "status",
+        "table",
+        "variant",
+    )
 
     def __init__(self, services: Services, incoming: Incoming, table: RoutingTable, choice: Assignment,
                  request_id: str, started: float) -> None:  # fmt: skip
@@ -208,6 +220,7 @@ class Exchange:
         # No response yet: if the client goes away first, this is what gets logged.
         self.status = CLIENT_CLOSED
         self.error: str | None = None
+        self.complete = True
 
     @classmethod
     def start(cls, services: Services, incoming: Incoming, *, now: float) -> Exchange:
@@ -262,12 +275,21 @@ class Exchange:
         """The upstream failed after the response headers went out."""
         self.error = "stream_aborted"
 
+    def incomplete(self) -> None:
+        """The client's request never arrived whole (it stalled and was cut, or hung up mid-body).
+
+        The upstream never saw a whole request: neither an exposure nor an error of the variant.
+        """
+        self.complete = False
+
     def crashed(self) -> None:
         """A bug while handling the request; the adapter answers 500."""
         self.status, self.error = 500, "internal"
 
     def finish(self, *, now: float) -> None:
         """Count the request and, unless it was a QA override, record the exposure."""
+        if not self.complete:
+            return
         seconds = time.perf_counter() - self.started
         services = self._services
         services.metrics.observe_request(self.variant.name, self.status, seconds, self.error)

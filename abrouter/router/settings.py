@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from abrouter.redact import mask_url
+from abrouter.router.connections import Limits
 
 #: The value k8s/base/kustomization.yaml ships with, to be replaced before any real deployment.
 PLACEHOLDER_SECRET = b"replace-me-with-openssl-rand-hex-32"
@@ -37,13 +38,16 @@ class ServeSettings:
     #: From ABROUTER_API_TOKEN: when set, POST /abrouter/outcomes and GET /abrouter/experiment
     #: need ``Authorization: Bearer <token>`` (compared in constant time, never logged).
     api_token: bytes = field(default=b"", repr=False)
+    #: Client deadlines (header, body idle, keep-alive idle) and the connection cap of the
+    #: listener (`abrouter.router.http.listener`).
+    client_limits: Limits = field(default_factory=Limits)
 
     def __repr__(self) -> str:
         return (
             f"ServeSettings(redis_url={mask_url(self.redis_url)!r}, spill_dir={str(self.spill_dir)!r}, "
             f"flush_interval_s={self.flush_interval_s}, max_buffered_events={self.max_buffered_events}, "
             f"secret={'set' if self.secret else 'unset'}, event_log={self.event_log}, "
-            f"upstream_transport={self.upstream_transport!r})"
+            f"upstream_transport={self.upstream_transport!r}, client_limits={self.client_limits!r})"
         )
 
 

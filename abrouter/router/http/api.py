@@ -16,10 +16,12 @@ from abrouter.contract import experiment as model
 from abrouter.contract.keys import unit_hash
 from abrouter.router import metrics as prom
 from abrouter.router import outcomes as oc
+from abrouter.router.connections import ConnectionGuard
 from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Outcome
 from abrouter.router.exchange import FORCED_EPOCH
+from abrouter.router.http import listener
 from abrouter.router.http.proxy import ROUTER
 from abrouter.router.state import Router
 
@@ -102,8 +104,30 @@ async def metrics(request: web.Request) -> web.Response:
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
     }
+    guard = request.app.get(listener.CONNECTIONS)
+    if guard is not None:
+        extra.update(_connection_metrics(guard))
     text = prom.render(router.metrics, experiment=router.table.experiment.name, extra=extra)
     return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
+
+
+def _connection_metrics(guard: ConnectionGuard) -> dict[str, tuple[str, str, float]]:
+    return {
+        "abrouter_connections_open": ("gauge", "Client connections open now.", guard.open),
+        "abrouter_connections_refused_total": (
+            "counter",
+            "Client connections closed at once because the connection cap was reached.",
+            guard.refused,
+        ),
+        **{
+            f"abrouter_client_{phase.value}_timeouts_total": (
+                "counter",
+                f"Client connections closed by the {phase.value} deadline.",
+                n,
+            )
+            for phase, n in guard.timeouts.items()
+        },
+    }
 
 
 def _authorized(request: web.Request) -> bool:

@@ -84,6 +84,12 @@ async def _request_body(request: web.Request) -> bytes | AsyncIterator[bytes] | 
     return stream()
 
 
+def _body_cut(request: web.Request) -> bool:
+    """True if the request has a body that never arrived whole."""
+    body = request.content
+    return request.body_exists and (body.exception() is not None or not body.is_eof())
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
     router = request.app[ROUTER]
     try:
@@ -103,9 +109,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     except StreamAborted:
         ex.aborted()
         raise
-    except UpstreamError as exc:
+    except (UpstreamError, ConnectionError) as exc:
+        if _body_cut(request):  # the client stalled (and was cut) or hung up mid-body
+            ex.incomplete()
+            return web.Response(status=400)  # to a closed connection: nobody reads it
+        if isinstance(exc, ConnectionError):
+            raise  # the client went away: logged with the status it got, or 499
         return reply(ex.failed(exc))
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         raise  # the client went away: logged with the status it got, or 499
     except Exception:
         ex.crashed()
