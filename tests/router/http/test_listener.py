@@ -61,7 +61,9 @@ class Served:
         return sum(s.exposures for s in strata.values()), sum(self.router.metrics.errors.values())
 
 
-async def start(redis_url: str, name: str, tmp_path: Path, urls: dict[str, str], limits: Limits) -> Served:
+async def start(
+    redis_url: str, name: str, tmp_path: Path, urls: dict[str, str], limits: Limits, transport: str = "aiohttp"
+) -> Served:
     spec = {
         "name": name,
         "unit": {"header": "X-User-Id"},
@@ -71,17 +73,27 @@ async def start(redis_url: str, name: str, tmp_path: Path, urls: dict[str, str],
     }
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(spec))
-    settings = ServeSettings(redis_url=redis_url, spill_dir=tmp_path / "spill", flush_interval_s=0.05)
+    settings = ServeSettings(
+        redis_url=redis_url,
+        spill_dir=tmp_path / "spill",
+        flush_interval_s=0.05,
+        upstream_transport=transport,  # type: ignore[arg-type]
+    )
     app = build_app(model.load(path), settings)
     server = await listener.start(app, host="127.0.0.1", port=0, limits=limits, **SERVER_KWARGS)
     return Served(server=server, keys=Keys(name), redis_url=redis_url)
 
 
 @pytest.fixture
+def upstream_transport() -> str:
+    return "aiohttp"
+
+
+@pytest.fixture
 async def served(
-    redis_url: str, experiment_name: str, tmp_path: Path, upstream_urls: dict[str, str]
+    redis_url: str, experiment_name: str, tmp_path: Path, upstream_urls: dict[str, str], upstream_transport: str
 ) -> AsyncIterator[Served]:
-    s = await start(redis_url, experiment_name, tmp_path, upstream_urls, LIMITS)
+    s = await start(redis_url, experiment_name, tmp_path, upstream_urls, LIMITS, upstream_transport)
     yield s
     await s.server.close()
 
@@ -130,6 +142,7 @@ async def test_dripping_headers_are_cut_at_the_header_deadline(served: Served) -
     assert await served.exposures_and_errors() == (0, 0)
 
 
+@pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
 @pytest.mark.parametrize("size", [1000, 2_000_000], ids=["buffered", "streamed"])
 async def test_a_stalled_body_is_cut_and_is_neither_an_exposure_nor_an_error(served: Served, size: int) -> None:
     reader, writer = await served.connect()
