@@ -10,10 +10,12 @@ of rows, for the capped audit stream. Where it all ends up is documented in `abr
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract.keys import MAX_ABS_VALUE
@@ -73,6 +75,8 @@ class Batch:
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")
 OUTCOME_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "metric", "value", "event_id")
 
+T = TypeVar("T")
+
 # One encoder, built once: json.dumps(separators=...) builds a new one on every call.
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
@@ -86,19 +90,72 @@ def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
     return experiment.ratio_pairs
 
 
+#: Rows (cells, keyed outcomes or raw events) encoded between two yields of
+#: `Aggregator.encode`: about 5 ms of CPU on a busy core. A 50k-event batch in one piece
+#: held the event loop for ~240 ms (bench/loop_stall.py).
+SLICE = 1000
+
+
 def encode_events(batch: Sequence[Event]) -> str:
     """Raw events as one JSON array of rows, in `EXPOSURE_FIELDS`/`OUTCOME_FIELDS` order.
 
-    Rows, not objects, and one encoder call for the batch: the audit copy then costs about
+    Rows, not objects, and one encoder call per slice: the audit copy then costs about
     a third of the CPU of one JSON object per event, and less Redis memory.
     """
-    rows = [
+    return drain(_encode_rows(_event_rows(batch), SLICE))
+
+
+def drain(steps: Generator[None, None, T]) -> T:
+    """Run a sliced encoding (`Aggregator.encode`) to its end, without yielding to anyone."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def _event_rows(batch: Iterable[Event]) -> Iterable[tuple[object, ...]]:
+    return (
         ("exposure", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.status, e.latency_ms, e.error)
         if isinstance(e, Exposure)
         else ("outcome", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.metric, e.value, e.event_id)
         for e in batch
-    ]
-    return _JSON.encode(rows)
+    )
+
+
+def _encode_rows(rows: Iterable[Sequence[object] | None], size: int) -> Generator[None, None, str]:
+    """One JSON array, built `size` rows at a time with a yield after each slice.
+
+    The same text as one ``_JSON.encode(list(rows))`` (the separators have no spaces),
+    except that None rows are left out: they let a scan that skips most of what it looks
+    at be sliced too.
+    """
+    parts: list[str] = []
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        if kept := [row for row in chunk if row is not None]:
+            parts.append(_JSON.encode(kept)[1:-1])
+        yield
+    return "[" + ",".join(parts) + "]"
+
+
+def _splice(text: str, slots: dict[str, str]) -> str:
+    """Put pre-encoded arrays into `text` at their `_slot` placeholders, which it holds in `slots`' order.
+
+    One join: a ``str.replace`` per slot would copy (and scan) the megabytes each time.
+    """
+    pieces, rest = [], text
+    for name, value in slots.items():
+        head, found, rest = rest.partition(_JSON.encode(_slot(name)))
+        if not found:
+            raise ValueError(f"no slot {name!r} in the payload, or slots out of order")
+        pieces += [head, value]
+    return "".join([*pieces, rest])
+
+
+def _slot(name: str) -> str:
+    # NULs cannot occur in metric names, ids or epoch infos: the placeholder is unique.
+    return f"\x00{name}\x00"
 
 
 def decode_events(text: str | bytes) -> list[Event]:
@@ -225,6 +282,10 @@ class Aggregator:
         self._epochs.setdefault(epoch, info)
 
     def batch(self, *, producer: str, seq: int) -> Batch:
+        """All of `encode` at once."""
+        return drain(self.encode(producer=producer, seq=seq))
+
+    def encode(self, *, producer: str, seq: int, slice_size: int = SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
 
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
@@ -243,14 +304,30 @@ class Aggregator:
 
         # Cells in the order of their first exposure (outcome-only cells last): flush.lua
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
-        exposed, never = self._exposed, len(self._events)
-        order = sorted(self._cells, key=lambda key: exposed.get(key, never))
+        # `_exposed` is in that order already; no sort of 50k keys in one piece.
+        exposed, cells = self._exposed, self._cells
+        rows = itertools.chain(
+            ([*key, flag(key), *cells[key]] for key in exposed),
+            (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
+        )
+        # The big arrays are encoded in slices, yielding between them (see `SLICE`).
+        slots = {
+            "cells": (yield from _encode_rows(rows, slice_size)),
+            "keyed": (
+                yield from _encode_rows(
+                    ([i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()),
+                    slice_size,
+                )
+            ),
+        }
+        raw_events = yield from _encode_rows(_event_rows(self._events), slice_size)
+        yield  # joining the slices of the raw events copied megabytes
         payload = {
             "metrics": self._metrics,
             "binary": sorted(self._binary),
-            "cells": [[*key, flag(key), *self._cells[key]] for key in order],
+            "cells": _slot("cells"),
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
-            "keyed": [[i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()],
+            "keyed": _slot("keyed"),
             "n": len(self._events),
         }
         if self._products:
@@ -258,7 +335,7 @@ class Aggregator:
         return Batch(
             producer=producer,
             seq=seq,
-            payload=_JSON.encode(payload),
-            events=encode_events(self._events),
+            payload=_splice(_JSON.encode(payload), slots),
+            events=raw_events,
             n_events=len(self._events),
         )

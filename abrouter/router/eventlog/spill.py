@@ -2,8 +2,12 @@
 
 One append-only file per producer, ``<stem>.<producer>.spill`` in the spill directory,
 where the stem names the key prefix and experiment, so routers of different experiments
-can share a directory. Each line is one whole `events.Batch` as JSON; every append is
-fsync'd before it counts as written.
+can share a directory. Each line is one whole `events.Batch`: a JSON header (producer,
+seq, n), a tab, the payload, a tab, the raw events (both JSON texts, which hold no raw
+tab or newline), so that neither writing nor replaying a 50k-event line re-escapes
+megabytes of JSON inside a JSON string (that held the event loop ~25 ms per line).
+Lines of the older format (the whole batch as one JSON object) are still read. Every
+append is fsync'd before it counts as written.
 
 The owner holds an exclusive ``flock`` on its file for its whole life. A file whose lock
 can be taken therefore belongs to a dead producer (the kernel drops a lock with its
@@ -55,25 +59,20 @@ def stem(prefix: str, experiment: str) -> str:
 
 
 def encode(batch: Batch) -> bytes:
-    doc = {
-        "producer": batch.producer,
-        "seq": batch.seq,
-        "n": batch.n_events,
-        "payload": batch.payload,
-        "events": batch.events,
-    }
-    return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
+    header = json.dumps({"producer": batch.producer, "seq": batch.seq, "n": batch.n_events}, separators=(",", ":"))
+    return "\t".join((header, batch.payload, batch.events)).encode() + b"\n"
 
 
 def decode(line: bytes) -> Batch:
-    doc = json.loads(line)
-    return Batch(
-        producer=doc["producer"],
-        seq=int(doc["seq"]),
-        payload=doc["payload"],
-        events=doc["events"],
-        n_events=int(doc["n"]),
-    )
+    if b"\t" not in line:  # the older format: one JSON object
+        doc = json.loads(line)
+        payload, events = doc["payload"], doc["events"]
+    else:
+        head, raw_payload, raw_events = line.rstrip(b"\n").split(b"\t", 2)
+        doc, payload, events = json.loads(head), raw_payload.decode(), raw_events.decode()
+    if not isinstance(payload, str) or not isinstance(events, str):
+        raise TypeError("payload and events must be text")
+    return Batch(producer=doc["producer"], seq=int(doc["seq"]), payload=payload, events=events, n_events=int(doc["n"]))
 
 
 def read_batches(path: Path, offset: int = 0) -> Iterator[tuple[Batch, int]]:

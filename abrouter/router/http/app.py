@@ -28,7 +28,7 @@ from abrouter.router.upstream.aiohttp_client import AiohttpTransport
 from abrouter.router.upstream.httpclient import HttptoolsTransport
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
 
-#: Keyword arguments for aiohttp's server (``run_app(handler_args=...)``, a test server's
+#: Keyword arguments for aiohttp's request handler (`listener.start`, a test server's
 #: ``server_kwargs``). Request bodies are not inflated: the proxy forwards the client's
 #: bytes with their Content-Encoding untouched (the outcome API inflates its own).
 SERVER_KWARGS: dict[str, object] = {"auto_decompress": False}

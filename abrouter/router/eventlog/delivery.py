@@ -1,0 +1,335 @@
+"""Where the event log's encoded batches go: Redis, the spill file, or quarantine; and whether Redis is up.
+
+`Delivery` holds everything of the event log that outlives one batch: the Redis client
+and `FlushScript`, whether Redis is up, the outbox (encoded, not yet acknowledged),
+the acknowledged batches it retains, and the spill and quarantine files. `EventLog`
+(`abrouter.router.eventlog.log`) puts batches in `outbox` and calls `deliver` once per
+flush round. Each batch carries (producer, seq): a random id per process and a number
+that rises by one per batch. The script applies a batch only when seq is above the
+producer's last one, so every re-send below is safe.
+
+Where a batch goes:
+- Redis up: sent in seq order; once acknowledged it is *retained* in memory for
+  `RETAIN_S`, because Redis (appendfsync everysec) may still lose it in a crash.
+- Redis unreachable or a call times out (it may or may not have applied): the batch and
+  every later one are appended to this producer's spill file (`abrouter.router.eventlog.spill`), fsync'd.
+  A PING every interval notices Redis coming back; the spill file is then replayed in
+  order, before any newer batch, and emptied.
+- After a reconnect, when idle, and whenever the script refuses a batch because earlier
+  ones are missing, the producer reads back its last applied seq and re-sends the
+  retained batches above it: that covers a Redis restart that lost its last fsync window.
+- The spill files of dead producers of the same experiment are replayed at start.
+- Refused by the script, which then wrote nothing (a unit state in Redis that the script
+  did not write, a bug): appended to this producer's quarantine file (`abrouter.router.eventlog.spill`)
+  and counted in `EventLogStats.quarantined`, so that one bad batch cannot hold back all
+  later ones. Its events are kept there, not lost, for replay once the cause is fixed.
+Only a failing disk while Redis is down loses events; they are counted in `dropped`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from abrouter.contract import keys
+from abrouter.redact import mask_url
+from abrouter.router.errors import BatchRejected, EventLogUnavailable
+from abrouter.router.eventlog import events, spill
+from abrouter.router.eventlog.script import FlushScript
+
+log = logging.getLogger("abrouter.router.eventlog.log")
+
+#: How long acknowledged batches are kept for re-sending; covers Redis losing the last
+#: second of writes (appendfsync everysec) in a crash, with a wide margin.
+RETAIN_S = 10.0
+#: ...but never more than this many batch-sizes of events (memory bound).
+RETAIN_MAX_BATCHES = 4
+
+APPLIED, DUPLICATE, GAP, QUARANTINED = 1, 0, -1, -2
+
+
+class Delivery:
+    """See the module docstring. One per `EventLog`."""
+
+    def __init__(
+        self,
+        *,
+        producer: str,
+        redis_url: str,
+        redis_keys: keys.Keys,
+        spill: spill.SpillFile,
+        quarantine: spill.SpillFile,
+        spill_stem: str,
+        interval_s: float,
+        redis_timeout_s: float,
+        retain_s: float,
+        retain_events: int,
+        unit_ttl_s: float,
+        experiment: str,
+        on_reset: Callable[[], None],
+    ) -> None:
+        self.producer = producer
+        self._url = redis_url
+        self._keys = redis_keys
+        self.spill = spill
+        self.quarantine = quarantine
+        self._spill_stem = spill_stem
+        self._interval = interval_s
+        self._timeout = redis_timeout_s
+        self._retain_s = retain_s
+        self._retain_limit = retain_events
+        self._unit_ttl_s = unit_ttl_s
+        self._experiment = experiment
+        self._on_reset = on_reset
+        self.outbox: deque[events.Batch] = deque()  # encoded, not yet acknowledged
+        self._retained: deque[tuple[float, events.Batch]] = deque()
+        self._retained_events = 0
+        self.client: redis.asyncio.Redis | None = None
+        self.script: FlushScript | None = None
+        self.up = False
+        self.next_probe = 0.0
+        self._orphans_pending = True
+        self.dropped = 0
+        self.failures = 0
+        self.flushed = 0
+        self.repeated_outcomes = 0  # found by Redis
+        self.spill_full = 0
+        self.resets = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def connect(self) -> None:
+        """Connect (a Redis that is down is fine: events spill) and replay orphans."""
+        self.client = redis.asyncio.Redis.from_url(
+            self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
+        )  # our own retry is the spill; redis-py's would stall the flush
+        self.script = FlushScript(self.client, self._keys, unit_ttl_s=self._unit_ttl_s)
+        try:
+            await self._reconnect()
+            await self._replay_orphans()
+        except EventLogUnavailable as exc:
+            self._went_down(exc)
+            log.warning(
+                "event log: Redis at %s is unreachable (%s); events will spill to %s",
+                mask_url(self._url),
+                exc,
+                self.spill.path,
+            )
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.spill.close)
+        await asyncio.to_thread(self.quarantine.close)
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def deliver(self) -> None:
+        """Send the outbox (after any spilled batches); what cannot be sent is spilled."""
+        try:
+            await self._deliver()
+        except EventLogUnavailable as exc:
+            self._went_down(exc)
+        except Exception:  # a bug must not stop the flusher: the batches still spill
+            log.exception("event log: unexpected error while flushing")
+        if self.outbox:
+            self.failures += 1
+            await self._spill_outbox()
+
+    # ------------------------------------------------------------------ delivery
+
+    async def _deliver(self) -> None:
+        if not self.up:
+            if time.monotonic() < self.next_probe:
+                return
+            await self._reconnect()
+        if self._orphans_pending:
+            await self._replay_orphans()
+        sent = await self._replay_spill()
+        while self.outbox:
+            await self._send(self.outbox[0])
+            self.outbox.popleft()
+            sent = True
+        if not sent:
+            await self._resend_lost()
+
+    async def _reconnect(self) -> None:
+        assert self.script is not None
+        self.next_probe = time.monotonic() + self._interval
+        await self.script.ping()
+        await self.script.load()
+        await self._resend_lost()
+        if not self.up:
+            log.info("event log: Redis at %s is reachable", mask_url(self._url))
+        self.up = True
+
+    def _went_down(self, exc: EventLogUnavailable) -> None:
+        if self.up:
+            log.warning("event log: %s; spilling to %s until Redis returns", exc, self.spill.path)
+        self.up = False
+        self.next_probe = time.monotonic() + self._interval
+
+    async def _send(self, batch: events.Batch) -> None:
+        """Deliver one batch of ours, first re-sending retained ones Redis has lost."""
+        status, last = await self._apply(batch, allow_gap=False)
+        if status == GAP:
+            log.warning(
+                "event log: Redis has seq %d of producer %s, batch %d follows a gap (lost by Redis, "
+                "or quarantined); re-sending retained batches",
+                last,
+                batch.producer,
+                batch.seq,
+            )
+            await self._resend({batch.producer: last})
+            status, _ = await self._apply(batch, allow_gap=True)
+        if status != QUARANTINED:
+            self._acknowledged(batch)
+
+    async def _apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
+        """(status, last seq before); a batch the script refuses is quarantined instead."""
+        assert self.script is not None
+        try:
+            status, last, repeated = await self.script.apply(batch, allow_gap=allow_gap)
+        except BatchRejected as exc:
+            await self._set_aside(batch, exc)
+            return QUARANTINED, batch.seq - 1
+        self.repeated_outcomes += repeated
+        if self.script.resets != self.resets:
+            self._redis_lost_data()
+        return status, last
+
+    def _redis_lost_data(self) -> None:
+        """Redis restarted empty (the experiment marker changed): say so and re-register epochs.
+
+        What other replicas had flushed is gone for good; the marker's ``reset_at`` tells
+        the analyzer that the aggregates hold only what came after.
+        """
+        assert self.script is not None
+        self.resets = self.script.resets
+        self._on_reset()
+        log.warning(
+            "event log: Redis at %s lost experiment %r's data (it restarted empty); the aggregates hold only "
+            "events since %s; epochs re-registered",
+            mask_url(self._url),
+            self._experiment,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.script.reset_at or 0)),
+        )
+
+    async def _set_aside(self, batch: events.Batch, reason: BatchRejected) -> None:
+        # Under its own (producer, seq): Redis keeps the seqs a producer skipped, so a replay
+        # applies once, and a replay of a batch that did apply is a duplicate.
+        try:
+            await asyncio.to_thread(self.quarantine.append, [batch])
+        except OSError as exc:  # keep it in line (outbox or spill) and try again later
+            raise EventLogUnavailable(f"cannot quarantine batch {batch.seq} in {self.quarantine.path}: {exc}") from exc
+        log.error(
+            "event log: %s; its %d events are set aside in %s (rename it to .spill to replay it once "
+            "the cause is fixed)",
+            reason,
+            batch.n_events,
+            self.quarantine.path,
+        )
+
+    # ------------------------------------------------------------------ retained batches
+
+    def _acknowledged(self, batch: events.Batch) -> None:
+        self.flushed += 1
+        self._retained.append((time.monotonic(), batch))
+        self._retained_events += batch.n_events
+        self._prune_retained()
+
+    def _prune_retained(self) -> None:
+        horizon = time.monotonic() - self._retain_s
+        while self._retained and (self._retained[0][0] < horizon or self._retained_events > self._retain_limit):
+            _, batch = self._retained.popleft()
+            self._retained_events -= batch.n_events
+
+    async def _resend_lost(self) -> None:
+        """Re-send retained batches Redis no longer has (it restarted and lost them).
+
+        Compare first, prune after: retained batches age while Redis is down too, and a
+        Redis that returns after a long outage may be exactly the one that lost them.
+        """
+        if not self._retained:
+            return
+        assert self.script is not None
+        producers = sorted({b.producer for _, b in self._retained})
+        last = await self.script.last_seqs(producers)
+        await self._resend(last)
+        self._prune_retained()
+
+    async def _resend(self, last: Mapping[str, int]) -> None:
+        for _, batch in list(self._retained):
+            if batch.seq > last.get(batch.producer, batch.seq):
+                await self._apply(batch, allow_gap=True)
+
+    # ------------------------------------------------------------------ spill files
+
+    async def _replay_spill(self) -> bool:
+        """Send our spilled batches, oldest first; True if there were any."""
+        replayed = False
+        for batch, offset in self.spill.unreplayed():
+            await self._send(batch)
+            self.spill.mark_replayed(batch, offset)
+            replayed = True
+        if replayed:
+            await asyncio.to_thread(self.spill.clear)
+            log.info("event log: spill file replayed into Redis")
+        return replayed
+
+    async def _replay_orphans(self) -> None:
+        orphans = await asyncio.to_thread(
+            spill.claim_orphans, self.spill.path.parent, stem=self._spill_stem, own=self.spill.path
+        )
+        try:
+            for orphan in orphans:
+                await self._replay_orphan(orphan)
+        finally:
+            for orphan in orphans:
+                orphan.release()
+        self._orphans_pending = False
+
+    async def _replay_orphan(self, orphan: spill.Orphan) -> None:
+        count = 0
+        for batch, _ in orphan.batches():
+            # A dead producer's earlier batches may be gone for good: gaps are allowed.
+            status, _ = await self._apply(batch, allow_gap=True)
+            if status != QUARANTINED:
+                self._acknowledged(batch)
+            count += batch.n_events
+        orphan.remove()
+        log.info("event log: replayed %d events from orphaned spill file %s", count, orphan.path)
+
+    async def _spill_outbox(self) -> None:
+        batches = list(self.outbox)
+        self.outbox.clear()
+        try:
+            await asyncio.to_thread(self.spill.append, batches)
+        except OSError as exc:
+            lost = sum(b.n_events for b in batches)
+            self.dropped += lost
+            if isinstance(exc, spill.SpillFull):
+                self.spill_full += lost
+            log.error(
+                "event log: Redis is down and the spill file %s failed (%s): %d events lost",
+                self.spill.path,
+                exc,
+                lost,
+            )
+
+
+def spill_files(
+    spill_dir: Path, *, stem: str, producer: str, max_bytes: int
+) -> tuple[spill.SpillFile, spill.SpillFile]:
+    """A producer's spill file and its quarantine file."""
+    own = spill.SpillFile(Path(spill_dir), stem=stem, producer=producer, max_bytes=max_bytes)
+    quarantine = spill.SpillFile(
+        Path(spill_dir), stem=stem, producer=producer + "q", suffix=spill.QUARANTINE_SUFFIX, max_bytes=max_bytes
+    )
+    return own, quarantine

@@ -1,0 +1,93 @@
+"""A full batch does not hold the event loop: it is encoded in slices, and a spill line is cheap to read.
+
+Wall-clock stalls are measured in bench/loop_stall.py (bench/README.md); these tests
+check the structure that keeps them short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+from abrouter.contract import experiment as model
+from abrouter.contract import keys
+from abrouter.router.eventlog import events, log, spill
+from abrouter.router.eventlog.events import Aggregator, Exposure, Outcome
+
+N = 5 * events.SLICE + 17
+
+
+def full_aggregator() -> Aggregator:
+    exp = model.parse(
+        {
+            "name": "loopfree",
+            "unit": {"header": "X-User-Id"},
+            "metrics": [{"name": "conversion", "kind": "binary"}, {"name": "revenue", "kind": "continuous"}],
+            "variants": [{"name": v, "upstream": f"http://{v}:8080", "weight": 50} for v in ("control", "candidate")],
+        }
+    )
+    agg = Aggregator(keys.metric_order(exp), events.binary_metrics(exp))
+    for i in range(N):  # every unit new: one cell per exposure, the worst case
+        agg.add_exposure(Exposure(f"r{i}", f"u{i}", "control", 1, 1.5, 200, 2.0, False))
+        agg.add_outcome(Outcome(f"u{i}", "control", 1, "revenue", 1.0, 1.5, event_id=f"e{i}"))
+    agg.add_outcome(Outcome("only-outcome", "candidate", 1, "conversion", 1.0, 1.5))  # a cell with no exposure
+    return agg
+
+
+def test_encoding_yields_after_every_slice_and_gives_the_same_batch() -> None:
+    agg = full_aggregator()
+    steps = agg.encode(producer="p", seq=1, slice_size=100)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            batch = done.value
+            break
+        yields += 1
+    cells, keyed, raw = N + 1, N, 2 * N + 1  # the rows of each array
+    # Cells: the N exposed in exposure order, then a scan of all cells for the unexposed one.
+    looked_at = (N + cells, keyed, raw)
+    assert yields == sum(math.ceil(n / 100) for n in looked_at) + 1  # and one after the last join
+    assert batch == agg.batch(producer="p", seq=1)
+    payload = json.loads(batch.payload)
+    assert len(payload["cells"]) == cells and payload["cells"][-1][0] == "only-outcome"  # exposed cells first
+    assert len(payload["keyed"]) == keyed and len(json.loads(batch.events)) == raw
+
+
+async def test_the_event_loop_runs_between_slices() -> None:
+    agg = full_aggregator()
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    batch = await log.encode_batch(agg, producer="p", seq=1)
+    task.cancel()
+    slices = sum(math.ceil(n / events.SLICE) for n in (2 * N + 1, N, 2 * N + 1))
+    assert turns - before >= slices - 1  # a turn of the ticker after every slice but the last
+    assert batch == agg.batch(producer="p", seq=1)
+
+
+def test_a_spill_line_holds_the_payload_verbatim_and_old_lines_still_read(tmp_path: Path) -> None:
+    batch = full_aggregator().batch(producer="p", seq=7)
+    line = spill.encode(batch)
+    header, payload, raw = line.rstrip(b"\n").split(b"\t")
+    assert payload == batch.payload.encode() and raw == batch.events.encode()  # nothing re-escaped
+    assert json.loads(header) == {"producer": "p", "seq": 7, "n": batch.n_events}
+    assert spill.decode(line) == batch
+    old = json.dumps(
+        {"producer": "p", "seq": 7, "n": batch.n_events, "payload": batch.payload, "events": batch.events},
+        separators=(",", ":"),
+    )
+    path = tmp_path / "x.spill"
+    path.write_bytes(old.encode() + b"\n" + line)  # a file written before the change, then after it
+    assert [b for b, _ in spill.read_batches(path)] == [batch, batch]
