@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
+from abrouter.contract import keys
 from abrouter.contract.keys import MAX_ABS_VALUE
 
 
@@ -78,12 +80,27 @@ _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def binary_metrics(experiment: Experiment) -> frozenset[str]:
-    return frozenset(m.name for m in experiment.metrics if m.kind == "binary")
+    """Columns whose x_u is a max: binary metrics, and [cuped] the covariate's set flag."""
+    flag = keys.covariate_columns(experiment)[1:]
+    return frozenset(m.name for m in experiment.metrics if m.kind == "binary") | frozenset(flag)
 
 
 def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
-    """(numerator, denominator) pairs whose per-unit cross products flush.lua sums."""
-    return experiment.ratio_pairs
+    """Column pairs whose per-unit cross products flush.lua sums: ratios and [cuped] (metric, covariate)."""
+    return experiment.ratio_pairs + keys.covariate_pairs(experiment)
+
+
+class ColumnRules(TypedDict):
+    """The Aggregator's keyword arguments beyond the columns: [cuped] and [cap]."""
+
+    covariate: str | None
+    caps: dict[str, float]
+
+
+def column_rules(experiment: Experiment) -> ColumnRules:
+    """[cuped] the covariate column (set once per unit) and [cap] the per-unit caps, by metric."""
+    caps = {m.name: m.cap for m in experiment.metrics if m.cap is not None}
+    return ColumnRules(covariate=experiment.covariate, caps=caps)
 
 
 def encode_events(batch: Sequence[Event]) -> str:
@@ -125,7 +142,13 @@ class Aggregator:
     """
 
     def __init__(
-        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+        self,
+        metrics: Sequence[str],
+        binary: Collection[str],
+        products: Sequence[tuple[str, str]] = (),
+        *,
+        covariate: str | None = None,
+        caps: Mapping[str, float] | None = None,
     ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
             raise ValueError(f"metrics must start with the built-ins {BUILTIN_METRICS}, got {list(metrics)}")
@@ -141,7 +164,9 @@ class Aggregator:
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
-        self.extend_metrics(metrics, binary, products)
+        self._covariate: str | None = None  # [cuped]
+        self._caps: dict[str, float] = {}  # [cap]
+        self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -152,13 +177,27 @@ class Aggregator:
         return not self._events and not self._epochs
 
     def extend_metrics(
-        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+        self,
+        metrics: Sequence[str],
+        binary: Collection[str],
+        products: Sequence[tuple[str, str]] = (),
+        *,
+        covariate: str | None = None,
+        caps: Mapping[str, float] | None = None,
     ) -> None:
         """Adopt a longer metric list (a config reload); existing metrics keep their place.
 
-        `products` are the ratio pairs (numerator, denominator): flush.lua keeps their
-        Σ x_u·y_u. Both must be among `metrics`.
+        `products` are the column pairs (numerator, denominator; metric, covariate):
+        flush.lua keeps their Σ x_u·y_u. Both must be among `metrics`. [cuped] `covariate`
+        names the column that is set once per unit (its flag column `keys.COVARIATE_SET_SUFFIX`
+        must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
         """
+        # [cuped] [cap] the latest spec's rules: a reload may add or change them.
+        if covariate is not None:
+            if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
+                raise ValueError(f"covariate {covariate!r} and its flag column must be among the metrics")
+            self._covariate = covariate
+        self._caps = dict(caps or {})
         for pair in products:
             if not set(pair) <= set(metrics) | set(self._offset):
                 raise ValueError(f"ratio pair {pair} names a metric outside {list(metrics)}")
@@ -195,10 +234,12 @@ class Aggregator:
     def add_outcome(self, o: Outcome) -> bool:
         """Fold in an outcome; False if its event_id is already in this batch (not added)."""
         at = self._offset.get(o.metric)
-        if at is None or o.metric in BUILTIN_METRICS:
+        if at is None or o.metric in BUILTIN_METRICS or o.metric.endswith(keys.COVARIATE_SET_SUFFIX):
             raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
         if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
             raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
+        if o.metric == self._covariate:  # [cuped]
+            return self._add_covariate(o, at)
         if o.event_id is not None:
             self._events.append(o)  # the audit keeps every accepted row, repeats included
             if o.event_id in self._keyed:
@@ -219,6 +260,28 @@ class Aggregator:
         cell[at + 1] += 1
         self._events.append(o)
         return True
+
+    # [cuped]
+    def _add_covariate(self, o: Outcome, at: int) -> bool:
+        """A unit's covariate: the first value in the batch counts (flush.lua keeps the first ever).
+
+        The cell's count says "a covariate came"; its value is the covariate, not a sum;
+        the flag column is set to 1 so that flush.lua knows, from then on, the unit has one.
+        """
+        if o.event_id is not None:
+            raise ValueError("a covariate takes no event_id: it is set once per unit anyway")
+        key = (o.unit_hash, o.epoch, o.variant)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = self._zero.copy()
+        if not cell[at + 1]:
+            cell[at] = o.value
+        cell[at + 1] += 1
+        cell[self._offset[o.metric + keys.COVARIATE_SET_SUFFIX]] = 1
+        self._events.append(o)
+        return True
+
+    # [/cuped]
 
     def add_epoch(self, epoch: int, info: str) -> None:
         """Register an epoch (`keys.encode_epoch` JSON); the script keeps the first one seen."""
@@ -255,6 +318,10 @@ class Aggregator:
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
+        if self._covariate is not None:  # [cuped]
+            payload["covariate"] = self._covariate
+        if self._caps:  # [cap]
+            payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
         return Batch(
             producer=producer,
             seq=seq,

@@ -161,12 +161,17 @@ class EventLog:
         metrics = keys.metric_order(experiment)
         if experiment.name != self._experiment.name:
             raise EventLogError(f"experiment name changed from {self._experiment.name!r} to {experiment.name!r}")
-        if metrics[: len(self._metrics)] != self._metrics:
+        # [cuped] Names, not positions: the covariate's columns come last (`keys.metric_order`),
+        # so a metric added later lands before them. Batches name their columns; flush.lua
+        # and the Aggregator map each by name.
+        if not set(self._metrics) <= set(metrics):
             raise EventLogError(f"metrics may only grow: {list(self._metrics)} -> {list(metrics)}")
         if events.binary_metrics(experiment) & set(self._metrics) != events.binary_metrics(self._experiment):
             raise EventLogError("a metric's kind (binary or continuous) cannot change during an experiment")
         self._experiment, self._metrics = experiment, metrics
-        self._agg.extend_metrics(metrics, events.binary_metrics(experiment), events.ratio_pairs(experiment))
+        self._agg.extend_metrics(
+            metrics, events.binary_metrics(experiment), events.ratio_pairs(experiment), **events.column_rules(experiment)
+        )
 
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
         """(epoch, variant) of each unit's latest exposure, or None if it has none.
@@ -229,7 +234,10 @@ class EventLog:
 
     def _new_aggregator(self) -> events.Aggregator:
         return events.Aggregator(
-            self._metrics, events.binary_metrics(self._experiment), events.ratio_pairs(self._experiment)
+            self._metrics,
+            events.binary_metrics(self._experiment),
+            events.ratio_pairs(self._experiment),
+            **events.column_rules(self._experiment),
         )
 
     # ------------------------------------------------------------------ lifecycle
