@@ -192,7 +192,9 @@ def _cuped(r: fields.Reader, kind: str) -> bool:
     """Whether the experiment's covariate adjusts the metric: by default every binary or continuous one."""
     if kind == "ratio":
         if r.get("cuped", False) is not False:
-            raise ConfigError(r.at("cuped"), "ratio metrics are not adjusted: CUPED applies to binary and continuous ones")
+            raise ConfigError(
+                r.at("cuped"), "ratio metrics are not adjusted: CUPED applies to binary and continuous ones"
+            )
         return False
     return fields.boolean(r.get("cuped", True), r.at("cuped"))
 

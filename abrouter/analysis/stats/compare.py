@@ -196,9 +196,7 @@ def _estimate(
     adj = cuped.adjust_strata(controls, candidates, kind=kind) if use_cuped and not plain.reason else None
     if adj is None:
         return plain, kind, math.nan
-    est = estimate.combine(
-        adj.controls, adj.candidates, estimate.arm_variance("continuous"), adj.sequential_variance()
-    )
+    est = estimate.combine(adj.controls, adj.candidates, estimate.arm_variance("continuous"), adj.sequential_variance())
     raw = estimate.combine(controls, candidates, estimate.arm_variance("continuous"))
     if est.reason or raw.reason:
         return plain, kind, math.nan

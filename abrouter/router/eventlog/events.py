@@ -16,8 +16,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
-from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract import keys
+from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract.keys import MAX_ABS_VALUE
 
 

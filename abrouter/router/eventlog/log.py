@@ -170,7 +170,10 @@ class EventLog:
             raise EventLogError("a metric's kind (binary or continuous) cannot change during an experiment")
         self._experiment, self._metrics = experiment, metrics
         self._agg.extend_metrics(
-            metrics, events.binary_metrics(experiment), events.ratio_pairs(experiment), **events.column_rules(experiment)
+            metrics,
+            events.binary_metrics(experiment),
+            events.ratio_pairs(experiment),
+            **events.column_rules(experiment),
         )
 
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
