@@ -196,3 +196,16 @@ def test_the_sequential_test_runs_on_the_adjusted_difference_and_variance() -> N
     )
     width = adjusted.sequential_ci_absolute[1] - adjusted.sequential_ci_absolute[0]
     assert width == pytest.approx(2 * float(sequential.half_width_multiplier(r, 0.05)) * math.sqrt(float(d.variance)))
+
+
+def test_samples_with_a_covariate_merge_with_plus() -> None:
+    x, c = np.array([1.0, 0.0, 1.0, 1.0]), np.array([2.0, 0.0, 5.0, 1.0])
+    whole = Sample.from_values(x, c)
+    assert Sample.from_values(x[:2], c[:2]) + Sample.from_values(x[2:], c[2:]) == whole
+    binary = Sample(n=2, sum=1, cov_sum=2.0, cov_sum_sq=4.0, cov_products=2.0)  # Σx² left out
+    assert (binary + binary).cov_products == 4.0 and (binary + binary).sum_sq is None
+    assert not (whole + Sample.from_values(x)).has_covariate  # one without: none
+    with pytest.raises(ValueError, match="go together"):
+        Sample(n=2, sum=1, sum_sq=1, cov_sum=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        Sample.from_values(x, c[:3])

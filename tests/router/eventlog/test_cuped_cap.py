@@ -126,3 +126,32 @@ async def test_a_heavy_units_contribution_is_exactly_the_cap(
     assert revenue.sum_sq == 100.0**2 + 40.0**2
     assert revenue.sum_xn == 100.0 * 1 + 40.0 * 1  # one request each
     assert clicks.sum == 250.0 and clicks.sum_sq == 250.0**2
+
+
+async def test_a_metric_added_by_a_reload_after_the_covariate_keeps_every_column(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    # The covariate's columns come last in `keys.metric_order`, so a metric added later
+    # lands before them: the event log maps columns by name, not by position.
+    before = spec(experiment_name, metrics=[{"name": "revenue", "kind": "continuous"}])
+    after = spec(
+        experiment_name, metrics=[{"name": "revenue", "kind": "continuous"}, {"name": "orders", "kind": "continuous"}]
+    )
+    log = EventLog(redis_url=redis_url, experiment=before, spill_dir=tmp_path)
+    await log.start()
+    log.register_epoch(1, {"control": 50, "candidate": 50}, since=1000.0)
+    h = keys.unit_hash("u1")
+    log.record_exposure(events.Exposure("r1", h, "control", 1, 1000.0, 200, 5.0, False))
+    log.record_outcome(events.Outcome(h, "control", 1, "prior_clicks", 4.0, 1001.0))
+    log.record_outcome(events.Outcome(h, "control", 1, "revenue", 2.0, 1001.0))
+    await log.flush()
+    log.update_experiment(after)
+    log.record_outcome(events.Outcome(h, "control", 1, "orders", 1.0, 1002.0))
+    log.record_outcome(events.Outcome(h, "control", 1, "revenue", 3.0, 1002.0))
+    await log.flush()
+    await log.close()
+    data = await reader.read(redis_client, after)
+    (revenue,) = data.samples("control", "revenue")
+    (orders,) = data.samples("control", "orders")
+    assert (revenue.sum, revenue.cov_sum, revenue.cov_products) == (5.0, 4.0, 20.0)
+    assert (orders.sum, orders.cov_sum, orders.cov_products) == (1.0, 4.0, 4.0)
