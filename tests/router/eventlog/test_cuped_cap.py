@@ -155,3 +155,30 @@ async def test_a_metric_added_by_a_reload_after_the_covariate_keeps_every_column
     (orders,) = data.samples("control", "orders")
     assert (revenue.sum, revenue.cov_sum, revenue.cov_products) == (5.0, 4.0, 20.0)
     assert (orders.sum, orders.cov_sum, orders.cov_products) == (1.0, 4.0, 4.0)
+
+
+async def test_a_covariate_declared_later_adds_to_data_written_before_the_move(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    # The pinned data of tests/contract/test_keys.py: unit states of 5 columns, no
+    # covariate. A spec that now declares one extends them by name; old sums stay.
+    from tests.contract.test_keys import PINNED, restore
+
+    await restore(redis_client, experiment_name)
+    experiment = parse({**PINNED["spec"], "name": experiment_name, "covariate": "prior_clicks"})
+    agg = keys.Keys(experiment_name).agg
+    before = keys.decode_agg(await redis_client.hgetall(agg))[(1, "candidate")]
+    log = EventLog(redis_url=redis_url, experiment=experiment, spill_dir=tmp_path)
+    await log.start()
+    # u0's state in (1, candidate) is [2 requests, 1 error, 54 ms, conversion 1, revenue 0]:
+    # a legacy per-cell state; its covariate and a new revenue outcome move it.
+    log.record_outcome(events.Outcome("u0", "candidate", 1, "prior_clicks", 7.0, 1.0))
+    log.record_outcome(events.Outcome("u0", "candidate", 1, "revenue", 3.0, 1.0))
+    await log.close()
+    assert log.stats.quarantined == 0 and log.stats.dropped == 0
+    after = keys.decode_agg(await redis_client.hgetall(agg))[(1, "candidate")]
+    assert after.units == before.units
+    assert after.metrics["prior_clicks"].sum == 7.0 and after.metrics["prior_clicks"].sum_sq == 49.0
+    assert after.metrics["conversion"].sum_xy == {"prior_clicks": 7.0}  # x_u = 1
+    assert after.metrics["revenue"].sum_xy == {"prior_clicks": 21.0}  # x_u = 0 + 3
+    assert after.metrics["revenue"].sum == before.metrics["revenue"].sum + 3.0
