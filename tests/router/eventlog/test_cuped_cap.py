@@ -182,3 +182,25 @@ async def test_a_covariate_declared_later_adds_to_data_written_before_the_move(
     assert after.metrics["conversion"].sum_xy == {"prior_clicks": 7.0}  # x_u = 1
     assert after.metrics["revenue"].sum_xy == {"prior_clicks": 21.0}  # x_u = 0 + 3
     assert after.metrics["revenue"].sum == before.metrics["revenue"].sum + 3.0
+
+
+async def test_a_first_covariate_of_zero_is_kept_too(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    # The flag column, not the value, says a unit has its covariate: 0 is a value.
+    experiment = spec(experiment_name)
+    log = EventLog(redis_url=redis_url, experiment=experiment, spill_dir=tmp_path)
+    await log.start()
+    log.register_epoch(1, {"control": 50, "candidate": 50}, since=1000.0)
+    across, within = keys.unit_hash("across"), keys.unit_hash("within")
+    for i, h in enumerate((across, within)):
+        log.record_exposure(events.Exposure(f"r{i}", h, "control", 1, 1000.0, 200, 5.0, False))
+    log.record_outcome(events.Outcome(across, "control", 1, "prior_clicks", 0.0, 1001.0))
+    log.record_outcome(events.Outcome(within, "control", 1, "prior_clicks", 0.0, 1001.0))
+    log.record_outcome(events.Outcome(within, "control", 1, "prior_clicks", 5.0, 1001.0))  # same batch
+    await log.flush()
+    log.record_outcome(events.Outcome(across, "control", 1, "prior_clicks", 5.0, 1002.0))  # a later batch
+    await log.close()
+    strata = keys.decode_agg(await redis_client.hgetall(keys.Keys(experiment_name).agg))
+    control = strata[(1, "control")].metrics
+    assert control["prior_clicks"].sum == 0.0 and control["prior_clicks~set"].sum == 2
