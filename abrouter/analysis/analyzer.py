@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from abrouter.analysis import decision as policy
-from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis import evidence as evidence_of
+from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare

@@ -138,7 +138,6 @@ class _Look:
 
 
 def _finished(look: _Look) -> Decision | None:
-    data = look.data
     if not look.candidates:
         return look.say("stop", "no candidate receives traffic (rolled back or stopped)")
     full = _at_full(look)
@@ -246,7 +245,10 @@ def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
     weights = _hold_unproven(look, weights)
     held = [n for n in look.candidates if not _guardrails_pass(look, n)]
     note = f" ({', '.join(held)} held: guardrails not yet shown to pass)" if held else ""
-    if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE:
+    # An arm below the floor (a hand edit, or an older version's floor of 0) is lifted to
+    # it whatever the change: an arm without traffic gathers no evidence.
+    lifted = any(data.arm(n).weight < _FULL * bandit.floor - _EPS for n in look.active)
+    if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE and not lifted:
         return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones{note}")
     return look.say("ramp", f"bandit: weights = P(best) with floor {_FULL * bandit.floor:g}%{note}", weights)
 
@@ -297,23 +299,28 @@ def _continue(look: _Look) -> Decision:
 
 def _waiting_for(look: _Look) -> str:
     """The first thing that stands between this look and the next action."""
-    settings, epoch = look.data.settings, look.data.current_epoch
     full = _at_full(look)
     prefix = f"{full} has 100% of traffic but was not promoted by the policy; " if full else ""
+    return prefix + _missing(look)
+
+
+def _missing(look: _Look) -> str:
+    settings, epoch = look.data.settings, look.data.current_epoch
+    step_units = f"waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
     if not _enough_units(look):
-        return f"{prefix}waiting for {settings.min_units_per_arm} units per arm"
+        return f"waiting for {settings.min_units_per_arm} units per arm"
     failing = [g for n in look.candidates for g in look.evidence.guardrails_of(n) if g.status != "pass"]
     if pooled := [g for g in failing if g.epoch is None]:
-        return f"{prefix}guardrails not yet shown to pass ({_states(pooled)})"
+        return f"guardrails not yet shown to pass ({_states(pooled)})"
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
-        return f"{prefix}no guardrail data yet"
+        return "no guardrail data yet"
     if not _ramp_done(look) and not _enough_units(look, epoch=epoch):
-        return f"{prefix}waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
-    if failing:
-        return f"{prefix}guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
+        return step_units
+    if failing:  # the current epoch's own results: a regression may start at this step
+        return f"guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
     if not _ramp_done(look):
-        return f"{prefix}waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
-    return f"{prefix}no significant difference yet"
+        return step_units
+    return "no significant difference yet"
 
 
 def _states(rails: list[NonInferiority]) -> str:

@@ -10,13 +10,15 @@
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from abrouter.analysis import analyzer
+from abrouter.analysis import analyzer, decision
 from abrouter.analysis import data as d
+from abrouter.analysis.evidence import Evidence
+from abrouter.analysis.stats.noninferiority import NonInferiority
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract.model import AnalysisSettings, Guardrail
 
@@ -66,8 +68,12 @@ def test_a_fivefold_error_rise_at_10k_users_per_arm_breaches_the_default_guardra
     assert [g.status for g in old.guardrails] == ["pass"]  # the defect: 0.01 absolute lets it through
     new = analyzer.analyze(experiment(arms, weights, AnalysisSettings()), now=1.0)
     (rail,) = new.guardrails
-    assert (rail.status, rail.relative, rail.margin) == ("breach", True, 0.5)
-    assert rail.lower_bound > 0.5  # confidently more than +50% errors
+    control_rate = arms["control"][0].mean
+    # On the absolute scale: the margin is the larger of 50% of the control's rate and 0.1
+    # point (at 0.2% the two meet), and the harm is confidently above it.
+    assert (rail.status, rail.relative) == ("breach", False)
+    assert rail.margin == pytest.approx(max(0.5 * control_rate, 0.001))
+    assert rail.lower_bound > rail.margin
     assert new.decision.action == "rollback"
     assert "errors breached" in new.decision.reason
 
@@ -104,10 +110,16 @@ PER_LOOK = {"control": 1800, "candidate": 600}
 BASE = 0.001
 
 
-def run_step_25(
-    rng: np.random.Generator, candidate_rate: float, *, looks: int = 8, scale: int = 1
-) -> tuple[str, str, list[str]]:
-    """Looks through the 25% step until one acts: (new action, pooled-only action, pooled statuses).
+@dataclass(frozen=True)
+class Step:
+    action: str  #: what the look that acted (or the last one) decided
+    reason: str
+    pooled_only: str  #: what the policy before the fix decided at the first look that acted
+    pooled: list[str]  #: the pooled guardrail's status at each look
+
+
+def run_step_25(rng: np.random.Generator, candidate_rate: float, *, looks: int = 8, scale: int = 1) -> Step:
+    """Looks through the 25% step until one acts.
 
     The pooled-only action is what the same look decides from the pooled guardrails alone
     (the policy before the fix): the current epoch's results left out of the evidence.
@@ -126,14 +138,13 @@ def run_step_25(
         if old_action == "continue":
             old_action = _decide_pooled_only(data, result, pooled)
         if result.decision.action != "continue":
-            return result.decision.action, old_action, pooled_states
-    return "continue", old_action, pooled_states
+            break
+    return Step(result.decision.action, result.decision.reason, old_action, pooled_states)
 
 
-def _decide_pooled_only(data: d.ExperimentData, result: analyzer.AnalysisResult, pooled: tuple) -> str:
-    from abrouter.analysis import decision
-    from abrouter.analysis.evidence import Evidence
-
+def _decide_pooled_only(
+    data: d.ExperimentData, result: analyzer.AnalysisResult, pooled: tuple[NonInferiority, ...]
+) -> str:
     evidence = Evidence(comparisons=result.comparisons, guardrails=pooled, srm=result.srm)
     return decision.decide(data, evidence, now=1.0).action
 
@@ -142,18 +153,20 @@ def test_errors_that_start_at_the_25_percent_step_roll_back_there_while_pooled_t
     rng = np.random.default_rng(9)
     runs = [run_step_25(rng, candidate_rate=0.02, looks=12) for _ in range(40)]
     # A rate of 1 over 40 runs: the true rate is > 0.93 with 95% confidence (rule of three).
-    assert [new for new, _, _ in runs] == ["rollback"] * len(runs)  # caught at the 25% step
-    assert all(states[0] == "pass" for _, _, states in runs)  # pooled, diluted to a pass ...
-    assert [old for _, old, _ in runs] == ["ramp"] * len(runs)  # ... so the old policy went on to 50%
+    assert [r.action for r in runs] == ["rollback"] * len(runs)  # caught at the 25% step
+    assert all("errors breached in epoch 2 alone" in r.reason for r in runs)
+    assert all(r.pooled[0] == "pass" for r in runs)  # pooled, diluted to a pass ...
+    assert [r.pooled_only for r in runs] == ["ramp"] * len(runs)  # ... so the old policy went on to 50%
 
 
 def test_a_healthy_25_percent_step_is_not_rolled_back_and_ramps_on() -> None:
     rng = np.random.default_rng(10)
     runs = [run_step_25(rng, candidate_rate=BASE, looks=40, scale=2) for _ in range(100)]
     # A/A: a false breach needs the lower bound above the margin at some look (<= alpha).
-    assert sum(new == "rollback" for new, _, _ in runs) == 0
+    assert sum(r.action == "rollback" for r in runs) == 0
     # The step must show its own pass before the ramp goes on: it holds a few looks first
     # (measured: 99 of 100 ramped within 40 looks, after a median of 10 looks = 12,000
     # candidate users at the step; MC error of 0.99 ≈ 0.01).
-    ramped = sum(new == "ramp" for new, _, _ in runs) / len(runs)
-    assert ramped >= 0.95
+    held = [r.reason for r in runs if r.action == "continue"]
+    assert all("not yet shown to pass in the current epoch 2 alone" in why for why in held)
+    assert sum(r.action == "ramp" for r in runs) / len(runs) >= 0.95
