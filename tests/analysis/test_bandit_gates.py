@@ -87,16 +87,24 @@ def test_all_traffic_on_the_candidate_is_not_a_promotion_without_the_sequential_
 
 
 def test_a_real_win_at_100_percent_stays_promoted() -> None:
-    """Idempotence is kept where it is earned: a significant winner at 100% is still "promote"."""
+    """Idempotence is kept where it is earned: a significant winner at 100% is still "promote".
+
+    After the promotion the control has no traffic: the new epoch holds the candidate's
+    units alone, which no comparison can use, so the evidence is the one that promoted.
+    """
     arms = tuple(
         Arm(
             name=name,
             weight=w,
-            strata=(Stratum(epoch=1, units=6000, metrics={"conversion": Sample(6000, s, s)}),),
+            strata=(
+                Stratum(epoch=1, units=6000, metrics={"conversion": Sample(6000, s, s)}),
+                Stratum(epoch=2, units=later, metrics={"conversion": Sample(later, later // 20, later // 20)}),
+            ),
         )
-        for name, s, w in (("control", 300, 0.0), ("candidate", 420, 100.0))
+        for name, s, w, later in (("control", 300, 0.0, 0), ("candidate", 420, 100.0, 3000))
     )
-    look = replace(data({"control": 0.0, "candidate": 100.0}, model.MIN_BANDIT_FLOOR), arms=arms)
+    epochs = (Epoch(1, {"control": 50, "candidate": 50}), Epoch(2, {"control": 0, "candidate": 100}))
+    look = replace(data({"control": 0.0, "candidate": 100.0}, model.MIN_BANDIT_FLOOR), arms=arms, epochs=epochs)
     result = analyzer.analyze(look, now=60.0, rng=np.random.default_rng(3))
     assert sequential_p(result) < 0.01
     assert result.decision.action == "promote" and "already has 100%" in result.decision.reason
