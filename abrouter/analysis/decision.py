@@ -8,7 +8,8 @@ order they are tried:
 1. finished: no candidate has traffic -> stop; a candidate has all of it and the promote
    rule (3) would promote it now -> promote; both with the weights unchanged, so
    re-running is idempotent. A candidate at 100% that the promote rule would not promote
-   (a hand edit) is not reported as promoted: the other rules decide;
+   (a hand edit) is never reported as promoted: rollback if rule 2 applies, else stop
+   with the weights unchanged (the control gets no more data to compare with);
 2. rollback: a guardrail breach, or significant harm on the primary metric by the
    sequential test in the harmful direction (`sequential_p_worse`, unadjusted: protecting
    users needs no multiplicity correction) once every active arm has
@@ -147,9 +148,10 @@ def _finished(look: _Look) -> Decision | None:
     # or a bandit of an older version with a floor of 0, could get there without the
     # sequential test, Holm, SRM and the minimum units (issue 9, defect 4).
     promotion = _promote(look)
-    if promotion is None or promotion.weights.get(full, 0.0) < _FULL - _EPS:
-        return None
-    return look.say("promote", f"{full} already has 100% of traffic")
+    if promotion is not None and promotion.weights.get(full, 0.0) >= _FULL - _EPS:
+        return look.say("promote", f"{full} already has 100% of traffic")
+    why = f"{full} has 100% of traffic but was not promoted by the policy: the control gets no data to compare"
+    return _rollback(look) or look.say("stop", why)
 
 
 def _at_full(look: _Look) -> str | None:
@@ -299,12 +301,6 @@ def _continue(look: _Look) -> Decision:
 
 def _waiting_for(look: _Look) -> str:
     """The first thing that stands between this look and the next action."""
-    full = _at_full(look)
-    prefix = f"{full} has 100% of traffic but was not promoted by the policy; " if full else ""
-    return prefix + _missing(look)
-
-
-def _missing(look: _Look) -> str:
     settings, epoch = look.data.settings, look.data.current_epoch
     step_units = f"waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
     if not _enough_units(look):

@@ -80,10 +80,11 @@ def test_all_traffic_on_the_candidate_is_not_a_promotion_without_the_sequential_
         result = analyzer.analyze(look, now=60.0, rng=np.random.default_rng(2))
         assert sequential_p(result) == pytest.approx(0.175, abs=0.001)
         assert result.decision.action != "promote", result.decision.reason
-        if bandit:  # the floor is restored at once: the control must keep gathering evidence
-            assert result.decision.weights["control"] >= 100 * model.MIN_BANDIT_FLOOR - 1e-9
-        elif weights["candidate"] == 100.0:
+        if weights["candidate"] == 100.0:  # a hand edit: stopped as it is, not promoted
+            assert result.decision.action == "stop" and result.decision.weights == weights
             assert "has 100% of traffic but was not promoted" in result.decision.reason
+        elif bandit:  # below the floor: restored at once, the control keeps gathering evidence
+            assert result.decision.weights["control"] >= 100 * model.MIN_BANDIT_FLOOR - 1e-9
 
 
 def test_a_real_win_at_100_percent_stays_promoted() -> None:
