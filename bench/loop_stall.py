@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -35,8 +36,9 @@ from abrouter.router.eventlog.log import EventLog
 
 try:
     from abrouter.router.eventlog.log import encode_batch
+    from abrouter.router.eventlog.slices import SLICE
 except ImportError:  # a tree from before the sliced encoding (to measure "before" with this script)
-    encode_batch = None  # type: ignore[assignment]
+    encode_batch, SLICE = None, 0  # type: ignore[assignment]
 from abrouter.router.redis_server import RedisServer, free_port
 
 
@@ -137,7 +139,7 @@ async def strategies(experiment: model.Experiment, n: int, rounds: int) -> None:
     for name, work in (
         ("encode inline, one piece (before)", inline),
         ("encode in a thread (asyncio.to_thread)", thread),
-        (f"encode in slices of {getattr(events, 'SLICE', '-')} rows on the loop (now)", sliced),
+        (f"encode in slices of {SLICE} rows on the loop (now)", sliced),
         ("decode a spill line, one JSON object (before)", decode_before),
         ("decode that line in a thread", decode_before_thread),
         ("decode a spill line, header + raw texts (now)", decode_now),
@@ -159,9 +161,10 @@ def _old_spill_line(batch: events.Batch) -> bytes:
     return (json.dumps({**doc, "events": batch.events}, separators=(",", ":")) + "\n").encode()
 
 
-async def main(n: int, rounds: int, *, skip_redis: bool) -> None:
+async def main(n: int, rounds: int, *, skip_redis: bool, skip_strategies: bool) -> None:
     experiment = model.load(examples.EXPERIMENT_PATH)
-    await strategies(experiment, n, rounds)
+    if not skip_strategies:
+        await strategies(experiment, n, rounds)
     if skip_redis:
         return
     events = n
@@ -210,6 +213,10 @@ if __name__ == "__main__":
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-redis", action="store_true", help="only the encoding strategies, no event log")
+    p.add_argument("--no-strategies", action="store_true", help="only the event log")
+    p.add_argument("--no-gc", action="store_true", help="with the garbage collector off (to see its share)")
     a = p.parse_args()
-    asyncio.run(main(a.events, a.rounds, skip_redis=a.no_redis))
+    if a.no_gc:
+        gc.disable()
+    asyncio.run(main(a.events, a.rounds, skip_redis=a.no_redis, skip_strategies=a.no_strategies))
     sys.exit(0)

@@ -175,6 +175,8 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
                 direction=fields.choice(r.get("direction", "increase"), r.at("direction"), ("increase", "decrease")),
                 numerator=numerator,
                 denominator=denominator,
+                cuped=_cuped(r, kind),  # [cuped]
+                cap=_cap(r, kind),  # [cap]
             )
         )
         r.done()
@@ -183,6 +185,48 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
         if m.is_ratio:
             _ratio_parts(m, f"{path}[{i}]", metrics)
     return tuple(metrics)
+
+
+# [cuped]
+def _cuped(r: fields.Reader, kind: str) -> bool:
+    """Whether the experiment's covariate adjusts the metric: by default every binary or continuous one."""
+    if kind == "ratio":
+        if r.get("cuped", False) is not False:
+            raise ConfigError(
+                r.at("cuped"), "ratio metrics are not adjusted: CUPED applies to binary and continuous ones"
+            )
+        return False
+    return fields.boolean(r.get("cuped", True), r.at("cuped"))
+
+
+def _covariate(value: Any, metric_names: set[str]) -> str | None:
+    if value is None:
+        return None
+    name = fields.string(value, "covariate", _NAME, "a name of letters, digits, '-', '_' or '.'")
+    if name in metric_names or name == EXPOSURES:
+        # Its per-unit sums live in the same columns as the metrics' (`keys.metric_order`).
+        raise ConfigError("covariate", f"{name!r} is already a metric's name; pick another")
+    return name
+
+
+# [/cuped]
+
+
+# [cap]
+#: The largest cap: the bound of every outcome value (`keys.MAX_ABS_VALUE`).
+MAX_CAP = 1e15
+
+
+def _cap(r: fields.Reader, kind: str) -> float | None:
+    value = r.get("cap", None)
+    if value is None:
+        return None
+    if kind != "continuous":
+        raise ConfigError(r.at("cap"), f"only continuous metrics take a cap, not {kind} ones")
+    return fields.number(value, r.at("cap"), low=0, high=MAX_CAP, low_open=True)
+
+
+# [/cap]
 
 
 def _ratio_parts(m: Metric, path: str, metrics: list[Metric]) -> None:
@@ -213,8 +257,11 @@ def _guardrails(data: Any, path: str, metric_names: set[str]) -> tuple[Guardrail
                 direction=fields.choice(r.get("direction", required=True), r.at("direction"), ("increase", "decrease")),
                 margin=fields.number(r.get("margin", required=True), r.at("margin"), low=0),
                 relative=fields.boolean(r.get("relative", False), r.at("relative")),
+                min_margin=fields.number(r.get("min_margin", 0.0), r.at("min_margin"), low=0),
             )
         )
+        if rails[-1].min_margin and not rails[-1].relative:
+            raise ConfigError(r.at("min_margin"), "floors a relative margin only; set relative: true or drop it")
         r.done()
     return tuple(rails)
 
@@ -304,6 +351,7 @@ def parse(data: Any) -> Experiment:
         timeouts=timeouts,
         analysis=_analysis(r.get("analysis", {}), "analysis", metric_names),
         exposures=_exposures(r.get("exposures", []), "exposures"),
+        covariate=_covariate(r.get("covariate", None), metric_names),  # [cuped]
     )
     r.done()
     return experiment
@@ -367,7 +415,7 @@ def load(path: str | Path) -> Experiment:
 def to_dict(e: Experiment) -> dict[str, Any]:
     """The canonical spec as plain JSON types; `parse(to_dict(e)) == e`."""
     a = e.analysis
-    return {
+    out: dict[str, Any] = {
         "name": e.name,
         "salt": e.salt,
         "unit": {e.unit.kind: e.unit.name},
@@ -386,6 +434,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "expected_units_per_arm": a.expected_units_per_arm,
             "guardrails": [
                 {"metric": g.metric, "direction": g.direction, "margin": g.margin, "relative": g.relative}
+                | ({"min_margin": g.min_margin} if g.min_margin else {})
                 for g in a.guardrails
             ],
             "ramp": list(a.ramp),
@@ -394,12 +443,19 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "scale_down_losers": a.scale_down_losers,
         },
     }
+    if e.covariate is not None:  # [cuped]
+        out["covariate"] = e.covariate
+    return out
 
 
 def _metric_dict(m: Metric) -> dict[str, Any]:
     out: dict[str, Any] = {"name": m.name, "kind": m.kind, "direction": m.direction}
     if m.is_ratio:
         out.update(numerator=m.numerator, denominator=m.denominator)
+    elif not m.cuped:  # [cuped]
+        out["cuped"] = False
+    if m.cap is not None:  # [cap]
+        out["cap"] = m.cap
     return out
 
 

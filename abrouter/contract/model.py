@@ -58,6 +58,12 @@ class Metric:
     direction: Direction = "increase"
     numerator: str | None = None
     denominator: str | None = None
+    #: [cuped] Adjust this metric by the experiment's `Experiment.covariate` (CUPED), when
+    #: it has one. Binary and continuous metrics only: ratios and built-ins are never adjusted.
+    cuped: bool = True
+    #: [cap] The largest total a unit may contribute (continuous metrics): the router caps
+    #: each unit's running total at ingestion, so one heavy user cannot swamp the mean.
+    cap: float | None = None
 
     @property
     def is_ratio(self) -> bool:
@@ -70,12 +76,16 @@ class Guardrail:
 
     `margin` is the largest tolerated harm: absolute in the metric's units, or a fraction
     of the control mean when `relative` is true (0.1 = 10% worse is still fine).
+    `min_margin` (relative margins only) floors it in the metric's units: the tolerated
+    harm is max(margin × control mean, min_margin), so a control without errors does not
+    leave a margin of 0 that nothing could pass.
     """
 
     metric: str
     direction: Direction
     margin: float
     relative: bool = False
+    min_margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,8 @@ class AnalysisSettings:
     #: mSPRT mixing variance is tuned to be most powerful around this many units per arm.
     expected_units_per_arm: int = 10_000
     guardrails: tuple[Guardrail, ...] = (
-        Guardrail(metric="errors", direction="decrease", margin=0.01, relative=False),
+        # Up to 50% more errors, and at least 0.1 point of requests (docs/analyzer.md says why).
+        Guardrail(metric="errors", direction="decrease", margin=0.5, relative=True, min_margin=0.001),
         Guardrail(metric="latency_ms", direction="decrease", margin=0.2, relative=True),
     )
     #: Candidate weights (percent) the ramp steps through before promotion is allowed.
@@ -150,6 +161,10 @@ class Experiment:
     #: forwarded. Empty: every request except the Open Inference Protocol's health and
     #: metadata endpoints (`abrouter.router.exposures.OIP_NOT_EXPOSURES`).
     exposures: tuple[ExposureRule, ...] = ()
+    #: [cuped] The name of the pre-exposure covariate clients report per unit
+    #: (``{"unit": ..., "covariate": 3.0}``), e.g. the unit's clicks in the 28 days before
+    #: the experiment; None: no CUPED. It adjusts every metric in `cuped_metrics`.
+    covariate: str | None = None
 
     @property
     def control(self) -> Variant:
@@ -170,6 +185,13 @@ class Experiment:
         """(numerator, denominator) of every ratio over two metrics: their Σx_u·y_u is kept."""
         pairs = [(m.numerator, m.denominator) for m in self.metrics if m.is_ratio and m.denominator != EXPOSURES]
         return tuple(dict.fromkeys((n, d) for n, d in pairs if n is not None and d is not None))
+
+    @property
+    def cuped_metrics(self) -> tuple[str, ...]:
+        """[cuped] The metrics the covariate adjusts: binary and continuous ones not opted out."""
+        if self.covariate is None:
+            return ()
+        return tuple(m.name for m in self.metrics if not m.is_ratio and m.cuped)
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:

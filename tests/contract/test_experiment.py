@@ -153,6 +153,20 @@ def test_negative_weight_message_is_exact():
             "analysis.guardrails[0].metric",
         ),
         ({"analysis": {"max_duration": "two weeks"}}, "analysis.max_duration"),
+        (
+            {"analysis": {"guardrails": [{"metric": "errors", "direction": "decrease", "margin": 1, "min_margin": 1}]}},
+            "analysis.guardrails[0].min_margin",
+        ),
+        (
+            {
+                "analysis": {
+                    "guardrails": [
+                        {"metric": "errors", "direction": "decrease", "margin": 1, "relative": True, "min_margin": -1}
+                    ]
+                }
+            },
+            "analysis.guardrails[0].min_margin",
+        ),
     ],
 )
 def test_rejections_name_the_path(change, path):
@@ -231,3 +245,13 @@ def test_a_duplicate_yaml_key_is_refused():
     text = "name: a\nname: b\nunit: {header: X-User-Id}\nvariants: []\n"
     with pytest.raises(model.ConfigError, match=r"^exp.yaml: duplicate key 'name' at line 2, column 1$"):
         model.loads(text, "exp.yaml")
+
+
+def test_a_relative_guardrail_floor_parses_and_round_trips():
+    rail = {"metric": "errors", "direction": "decrease", "margin": 0.5, "relative": True, "min_margin": 0.001}
+    e = model.parse(spec(analysis={"guardrails": [rail]}))
+    assert e.analysis.guardrails[0].min_margin == 0.001
+    assert model.parse(json.loads(model.to_json(e))) == e
+    # The default errors guardrail is relative with a floor (issue 9, defect 3).
+    (errors,) = [g for g in model.parse(BASE).analysis.guardrails if g.metric == "errors"]
+    assert (errors.margin, errors.relative, errors.min_margin) == (0.5, True, 0.001)

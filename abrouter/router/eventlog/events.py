@@ -13,12 +13,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Collection, Generator, Iterable, Sequence
+from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict
 
+from abrouter.contract import keys
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract.keys import MAX_ABS_VALUE
+from abrouter.router.eventlog import slices
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,25 +77,29 @@ class Batch:
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")
 OUTCOME_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "metric", "value", "event_id")
 
-T = TypeVar("T")
-
-# One encoder, built once: json.dumps(separators=...) builds a new one on every call.
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-
 
 def binary_metrics(experiment: Experiment) -> frozenset[str]:
-    return frozenset(m.name for m in experiment.metrics if m.kind == "binary")
+    """Columns whose x_u is a max: binary metrics, and [cuped] the covariate's set flag."""
+    flag = keys.covariate_columns(experiment)[1:]
+    return frozenset(m.name for m in experiment.metrics if m.kind == "binary") | frozenset(flag)
 
 
 def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
-    """(numerator, denominator) pairs whose per-unit cross products flush.lua sums."""
-    return experiment.ratio_pairs
+    """Column pairs whose per-unit cross products flush.lua sums: ratios and [cuped] (metric, covariate)."""
+    return experiment.ratio_pairs + keys.covariate_pairs(experiment)
 
 
-#: Rows (cells, keyed outcomes or raw events) encoded between two yields of
-#: `Aggregator.encode`: about 5 ms of CPU on a busy core. A 50k-event batch in one piece
-#: held the event loop for ~240 ms (bench/loop_stall.py).
-SLICE = 1000
+class ColumnRules(TypedDict):
+    """The Aggregator's keyword arguments beyond the columns: [cuped] and [cap]."""
+
+    covariate: str | None
+    caps: dict[str, float]
+
+
+def column_rules(experiment: Experiment) -> ColumnRules:
+    """[cuped] the covariate column (set once per unit) and [cap] the per-unit caps, by metric."""
+    caps = {m.name: m.cap for m in experiment.metrics if m.cap is not None}
+    return ColumnRules(covariate=experiment.covariate, caps=caps)
 
 
 def encode_events(batch: Sequence[Event]) -> str:
@@ -102,16 +108,7 @@ def encode_events(batch: Sequence[Event]) -> str:
     Rows, not objects, and one encoder call per slice: the audit copy then costs about
     a third of the CPU of one JSON object per event, and less Redis memory.
     """
-    return drain(_encode_rows(_event_rows(batch), SLICE))
-
-
-def drain(steps: Generator[None, None, T]) -> T:
-    """Run a sliced encoding (`Aggregator.encode`) to its end, without yielding to anyone."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return slices.drain(slices.encode_rows(_event_rows(batch)))
 
 
 def _event_rows(batch: Iterable[Event]) -> Iterable[tuple[object, ...]]:
@@ -121,41 +118,6 @@ def _event_rows(batch: Iterable[Event]) -> Iterable[tuple[object, ...]]:
         else ("outcome", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.metric, e.value, e.event_id)
         for e in batch
     )
-
-
-def _encode_rows(rows: Iterable[Sequence[object] | None], size: int) -> Generator[None, None, str]:
-    """One JSON array, built `size` rows at a time with a yield after each slice.
-
-    The same text as one ``_JSON.encode(list(rows))`` (the separators have no spaces),
-    except that None rows are left out: they let a scan that skips most of what it looks
-    at be sliced too.
-    """
-    parts: list[str] = []
-    it = iter(rows)
-    while chunk := list(itertools.islice(it, size)):
-        if kept := [row for row in chunk if row is not None]:
-            parts.append(_JSON.encode(kept)[1:-1])
-        yield
-    return "[" + ",".join(parts) + "]"
-
-
-def _splice(text: str, slots: dict[str, str]) -> str:
-    """Put pre-encoded arrays into `text` at their `_slot` placeholders, which it holds in `slots`' order.
-
-    One join: a ``str.replace`` per slot would copy (and scan) the megabytes each time.
-    """
-    pieces, rest = [], text
-    for name, value in slots.items():
-        head, found, rest = rest.partition(_JSON.encode(_slot(name)))
-        if not found:
-            raise ValueError(f"no slot {name!r} in the payload, or slots out of order")
-        pieces += [head, value]
-    return "".join([*pieces, rest])
-
-
-def _slot(name: str) -> str:
-    # NULs cannot occur in metric names, ids or epoch infos: the placeholder is unique.
-    return f"\x00{name}\x00"
 
 
 def decode_events(text: str | bytes) -> list[Event]:
@@ -182,7 +144,13 @@ class Aggregator:
     """
 
     def __init__(
-        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+        self,
+        metrics: Sequence[str],
+        binary: Collection[str],
+        products: Sequence[tuple[str, str]] = (),
+        *,
+        covariate: str | None = None,
+        caps: Mapping[str, float] | None = None,
     ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
             raise ValueError(f"metrics must start with the built-ins {BUILTIN_METRICS}, got {list(metrics)}")
@@ -198,7 +166,9 @@ class Aggregator:
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
-        self.extend_metrics(metrics, binary, products)
+        self._covariate: str | None = None  # [cuped]
+        self._caps: dict[str, float] = {}  # [cap]
+        self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -209,13 +179,27 @@ class Aggregator:
         return not self._events and not self._epochs
 
     def extend_metrics(
-        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+        self,
+        metrics: Sequence[str],
+        binary: Collection[str],
+        products: Sequence[tuple[str, str]] = (),
+        *,
+        covariate: str | None = None,
+        caps: Mapping[str, float] | None = None,
     ) -> None:
         """Adopt a longer metric list (a config reload); existing metrics keep their place.
 
-        `products` are the ratio pairs (numerator, denominator): flush.lua keeps their
-        Σ x_u·y_u. Both must be among `metrics`.
+        `products` are the column pairs (numerator, denominator; metric, covariate):
+        flush.lua keeps their Σ x_u·y_u. Both must be among `metrics`. [cuped] `covariate`
+        names the column that is set once per unit (its flag column `keys.COVARIATE_SET_SUFFIX`
+        must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
         """
+        # [cuped] [cap] the latest spec's rules: a reload may add or change them.
+        if covariate is not None:
+            if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
+                raise ValueError(f"covariate {covariate!r} and its flag column must be among the metrics")
+            self._covariate = covariate
+        self._caps = dict(caps or {})
         for pair in products:
             if not set(pair) <= set(metrics) | set(self._offset):
                 raise ValueError(f"ratio pair {pair} names a metric outside {list(metrics)}")
@@ -252,10 +236,12 @@ class Aggregator:
     def add_outcome(self, o: Outcome) -> bool:
         """Fold in an outcome; False if its event_id is already in this batch (not added)."""
         at = self._offset.get(o.metric)
-        if at is None or o.metric in BUILTIN_METRICS:
+        if at is None or o.metric in BUILTIN_METRICS or o.metric.endswith(keys.COVARIATE_SET_SUFFIX):
             raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
         if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
             raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
+        if o.metric == self._covariate:  # [cuped]
+            return self._add_covariate(o, at)
         if o.event_id is not None:
             self._events.append(o)  # the audit keeps every accepted row, repeats included
             if o.event_id in self._keyed:
@@ -277,15 +263,37 @@ class Aggregator:
         self._events.append(o)
         return True
 
+    # [cuped]
+    def _add_covariate(self, o: Outcome, at: int) -> bool:
+        """A unit's covariate: the first value in the batch counts (flush.lua keeps the first ever).
+
+        The cell's count says "a covariate came"; its value is the covariate, not a sum;
+        the flag column is set to 1 so that flush.lua knows, from then on, the unit has one.
+        """
+        if o.event_id is not None:
+            raise ValueError("a covariate takes no event_id: it is set once per unit anyway")
+        key = (o.unit_hash, o.epoch, o.variant)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = self._zero.copy()
+        if not cell[at + 1]:
+            cell[at] = o.value
+        cell[at + 1] += 1
+        cell[self._offset[o.metric + keys.COVARIATE_SET_SUFFIX]] = 1
+        self._events.append(o)
+        return True
+
+    # [/cuped]
+
     def add_epoch(self, epoch: int, info: str) -> None:
         """Register an epoch (`keys.encode_epoch` JSON); the script keeps the first one seen."""
         self._epochs.setdefault(epoch, info)
 
     def batch(self, *, producer: str, seq: int) -> Batch:
         """All of `encode` at once."""
-        return drain(self.encode(producer=producer, seq=seq))
+        return slices.drain(self.encode(producer=producer, seq=seq))
 
-    def encode(self, *, producer: str, seq: int, slice_size: int = SLICE) -> Generator[None, None, Batch]:
+    def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
 
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
@@ -310,32 +318,36 @@ class Aggregator:
             ([*key, flag(key), *cells[key]] for key in exposed),
             (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
         )
-        # The big arrays are encoded in slices, yielding between them (see `SLICE`).
-        slots = {
-            "cells": (yield from _encode_rows(rows, slice_size)),
+        # The big arrays are encoded in slices, yielding between them (`slices`).
+        arrays = {
+            "cells": (yield from slices.encode_rows(rows, slice_size)),
             "keyed": (
-                yield from _encode_rows(
+                yield from slices.encode_rows(
                     ([i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()),
                     slice_size,
                 )
             ),
         }
-        raw_events = yield from _encode_rows(_event_rows(self._events), slice_size)
+        raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
         yield  # joining the slices of the raw events copied megabytes
         payload = {
             "metrics": self._metrics,
             "binary": sorted(self._binary),
-            "cells": _slot("cells"),
+            "cells": slices.slot("cells"),
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
-            "keyed": _slot("keyed"),
+            "keyed": slices.slot("keyed"),
             "n": len(self._events),
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
+        if self._covariate is not None:  # [cuped]
+            payload["covariate"] = self._covariate
+        if self._caps:  # [cap]
+            payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
         return Batch(
             producer=producer,
             seq=seq,
-            payload=_splice(_JSON.encode(payload), slots),
+            payload=slices.splice(slices.JSON.encode(payload), arrays),
             events=raw_events,
             n_events=len(self._events),
         )

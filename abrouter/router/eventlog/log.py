@@ -3,7 +3,7 @@
 The hot path (`record_exposure`, `record_outcome`) only folds the event into an
 in-memory `events.Aggregator`; it never awaits Redis. A background task cuts a batch
 every `flush_interval_s`, or as soon as `max_events` events are held, encodes it in
-slices that let the event loop run in between (`events.SLICE`), and hands it to its
+slices that let the event loop run in between (`slices.SLICE`), and hands it to its
 `Delivery` (`abrouter.router.eventlog.delivery`), which sends it as one EVALSHA of
 ``flush.lua``, or spills, replays, re-sends or quarantines it: the module docstring of
 `delivery` says where a batch goes and why nothing is lost or counted twice.
@@ -136,12 +136,20 @@ class EventLog:
         metrics = keys.metric_order(experiment)
         if experiment.name != self._experiment.name:
             raise EventLogError(f"experiment name changed from {self._experiment.name!r} to {experiment.name!r}")
-        if metrics[: len(self._metrics)] != self._metrics:
+        # [cuped] Names, not positions: the covariate's columns come last (`keys.metric_order`),
+        # so a metric added later lands before them. Batches name their columns; flush.lua
+        # and the Aggregator map each by name.
+        if not set(self._metrics) <= set(metrics):
             raise EventLogError(f"metrics may only grow: {list(self._metrics)} -> {list(metrics)}")
         if events.binary_metrics(experiment) & set(self._metrics) != events.binary_metrics(self._experiment):
             raise EventLogError("a metric's kind (binary or continuous) cannot change during an experiment")
         self._experiment, self._metrics = experiment, metrics
-        self._agg.extend_metrics(metrics, events.binary_metrics(experiment), events.ratio_pairs(experiment))
+        self._agg.extend_metrics(
+            metrics,
+            events.binary_metrics(experiment),
+            events.ratio_pairs(experiment),
+            **events.column_rules(experiment),
+        )
 
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
         """(epoch, variant) of each unit's latest exposure, or None if it has none.
@@ -206,7 +214,10 @@ class EventLog:
 
     def _new_aggregator(self) -> events.Aggregator:
         return events.Aggregator(
-            self._metrics, events.binary_metrics(self._experiment), events.ratio_pairs(self._experiment)
+            self._metrics,
+            events.binary_metrics(self._experiment),
+            events.ratio_pairs(self._experiment),
+            **events.column_rules(self._experiment),
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -285,7 +296,7 @@ class EventLog:
 
 
 async def encode_batch(agg: events.Aggregator, *, producer: str, seq: int) -> events.Batch:
-    """`Aggregator.batch`, yielding to the event loop after each slice of `events.SLICE` rows."""
+    """`Aggregator.batch`, yielding to the event loop after each slice of `slices.SLICE` rows."""
     steps = agg.encode(producer=producer, seq=seq)
     while True:
         try:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
-from abrouter.router.eventlog import events, log, spill
+from abrouter.router.eventlog import events, log, slices, spill
 from abrouter.router.eventlog.events import Aggregator, Exposure, Outcome
 
-N = 5 * events.SLICE + 17
+N = 5 * slices.SLICE + 17
 
 
 def full_aggregator() -> Aggregator:
@@ -72,8 +72,8 @@ async def test_the_event_loop_runs_between_slices() -> None:
     before = turns
     batch = await log.encode_batch(agg, producer="p", seq=1)
     task.cancel()
-    slices = sum(math.ceil(n / events.SLICE) for n in (2 * N + 1, N, 2 * N + 1))
-    assert turns - before >= slices - 1  # a turn of the ticker after every slice but the last
+    n_slices = sum(math.ceil(n / slices.SLICE) for n in (2 * N + 1, N, 2 * N + 1))
+    assert turns - before >= n_slices - 1  # a turn of the ticker after every slice but the last
     assert batch == agg.batch(producer="p", seq=1)
 
 

@@ -1,0 +1,69 @@
+"""JSON arrays encoded a slice at a time, so a big batch never holds the event loop in one piece. Pure.
+
+The encoders are generators that yield after each slice of `SLICE` rows and return the
+text; `abrouter.router.eventlog.log.encode_batch` awaits between the steps, `drain` runs
+them straight through. A 50k-event batch encoded in one piece held the event loop for
+~240 ms (bench/loop_stall.py, bench/README.md). A thread does not help: the json module's
+C encoder keeps the GIL for the whole of one call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Generator, Iterable, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: Rows (cells, keyed outcomes or raw events) encoded between two yields: about 1 ms of
+#: CPU, a few on a busy core.
+SLICE = 1000
+
+# One encoder, built once: json.dumps(separators=...) builds a new one on every call.
+JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def drain(steps: Generator[None, None, T]) -> T:
+    """Run a sliced encoding to its end, without yielding to anyone."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def encode_rows(rows: Iterable[Sequence[object] | None], size: int = SLICE) -> Generator[None, None, str]:
+    """One JSON array, built `size` rows at a time with a yield after each slice.
+
+    The same text as one ``JSON.encode(list(rows))`` (the separators have no spaces),
+    except that None rows are left out: they let a scan that skips most of what it looks
+    at be sliced too.
+    """
+    parts: list[str] = []
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        if kept := [row for row in chunk if row is not None]:
+            parts.append(JSON.encode(kept)[1:-1])
+        yield
+    return "[" + ",".join(parts) + "]"
+
+
+def slot(name: str) -> str:
+    """A placeholder for a pre-encoded array in a document, for `splice`."""
+    # NULs cannot occur in metric names, ids or epoch infos: the placeholder is unique.
+    return f"\x00{name}\x00"
+
+
+def splice(text: str, arrays: dict[str, str]) -> str:
+    """Put pre-encoded arrays into `text` at their `slot` placeholders, which it holds in `arrays`' order.
+
+    One join: a ``str.replace`` per slot would copy (and scan) the megabytes each time.
+    """
+    pieces, rest = [], text
+    for name, value in arrays.items():
+        head, found, rest = rest.partition(JSON.encode(slot(name)))
+        if not found:
+            raise ValueError(f"no slot {name!r} in the document, or slots out of order")
+        pieces += [head, value]
+    return "".join([*pieces, rest])
