@@ -133,10 +133,14 @@ async def strategies(experiment: model.Experiment, n: int, rounds: int) -> None:
     async def decode_now() -> None:
         spill.decode(line_now)
 
+    async def nothing() -> None:
+        await asyncio.sleep(0.3)
+
     print(f"encoding one batch of {n} exposures + {n // 10} outcomes alone ({rounds} rounds):")
     print("| strategy | longest loop stall, median (ms) | worst (ms) | wall time, median (ms) |")
     print("|---|---|---|---|")
     for name, work in (
+        ("nothing, 0.3 s (the machine's own noise)", nothing),
         ("encode inline, one piece (before)", inline),
         ("encode in a thread (asyncio.to_thread)", thread),
         (f"encode in slices of {SLICE} rows on the loop (now)", sliced),

@@ -7,6 +7,7 @@ sweep interval plus `SLACK` (a loaded 2-core machine).
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import json
@@ -264,3 +265,19 @@ async def test_an_upload_held_back_by_a_slow_upstream_is_not_the_clients_fault(
         assert s.server.guard.timeouts[Phase.BODY] == 0
     finally:
         await s.server.close()
+
+
+async def test_the_listener_passes_a_gzip_body_through_untouched(served: Served) -> None:
+    """`abrouter serve` gives its handler the same keywords as the tests' server (no inflating)."""
+    plain = b'{"inputs": []}' * 100
+    packed = gzip.compress(plain)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            f"http://127.0.0.1:{served.server.port}/predict",
+            data=packed,
+            headers={"X-User-Id": "u1", "Content-Encoding": "gzip"},
+        )
+        seen = await resp.json()
+    sent = {k.lower(): v for k, v in seen["headers"]}
+    assert resp.status == 200 and int(sent["content-length"]) == len(packed)  # inflated, it would be chunked
+    assert seen["body_sha"] == hashlib.sha256(plain).hexdigest()  # the upstream inflates our bytes itself
