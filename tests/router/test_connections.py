@@ -63,3 +63,8 @@ def test_the_guard_caps_counts_and_closes_only_the_late() -> None:
 def test_limits_must_be_positive(field: str) -> None:
     with pytest.raises(ValueError, match=field):
         Limits(**{field: 0})
+
+
+def test_the_sweep_runs_four_times_per_shortest_deadline_at_most_once_a_second() -> None:
+    assert Limits(header_s=0.3, body_idle_s=0.3, idle_s=0.3).sweep_interval_s == pytest.approx(0.075)
+    assert Limits().sweep_interval_s == 1.0

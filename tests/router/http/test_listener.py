@@ -281,3 +281,16 @@ async def test_the_listener_passes_a_gzip_body_through_untouched(served: Served)
     sent = {k.lower(): v for k, v in seen["headers"]}
     assert resp.status == 200 and int(sent["content-length"]) == len(packed)  # inflated, it would be chunked
     assert seen["body_sha"] == hashlib.sha256(plain).hexdigest()  # the upstream inflates our bytes itself
+
+
+@pytest.mark.parametrize("size", [1000, 2_000_000], ids=["buffered", "streamed"])
+async def test_a_client_that_hangs_up_mid_body_is_neither_an_exposure_nor_an_error(served: Served, size: int) -> None:
+    reader, writer = await served.connect()
+    writer.write(HEADERS + b"Content-Length: %d\r\n\r\n" % size + b"x" * 300)
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the handler has started
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert served.server.guard.timeouts[Phase.BODY] == 0  # the client left; no deadline did it
+    assert await served.exposures_and_errors() == (0, 0)
+    assert served.router.metrics.requests == {}
