@@ -16,7 +16,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
-from abrouter.contract.keys import MAX_ABS_VALUE
+from abrouter.contract.keys import MAX_ABS_VALUE, latency_bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,11 @@ def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
     return experiment.ratio_pairs
 
 
+def slow_ms(experiment: Experiment) -> float | None:
+    """The ``slow_requests`` threshold in milliseconds, or None when the spec sets none."""
+    return None if experiment.slow_request_s is None else experiment.slow_request_s * 1000.0
+
+
 def encode_events(batch: Sequence[Event]) -> str:
     """Raw events as one JSON array of rows, in `EXPOSURE_FIELDS`/`OUTCOME_FIELDS` order.
 
@@ -125,7 +130,12 @@ class Aggregator:
     """
 
     def __init__(
-        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+        self,
+        metrics: Sequence[str],
+        binary: Collection[str],
+        products: Sequence[tuple[str, str]] = (),
+        *,
+        slow_ms: float | None = None,
     ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
             raise ValueError(f"metrics must start with the built-ins {BUILTIN_METRICS}, got {list(metrics)}")
@@ -141,7 +151,10 @@ class Aggregator:
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
-        self.extend_metrics(metrics, binary, products)
+        # [latency] (epoch, variant) -> bucket -> requests; and the slow_requests threshold.
+        self._latency: dict[tuple[int, str], dict[int, int]] = {}
+        self._slow_ms = math.inf
+        self.extend_metrics(metrics, binary, products, slow_ms=slow_ms)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -152,13 +165,20 @@ class Aggregator:
         return not self._events and not self._epochs
 
     def extend_metrics(
-        self, metrics: Sequence[str], binary: Collection[str], products: Sequence[tuple[str, str]] = ()
+        self,
+        metrics: Sequence[str],
+        binary: Collection[str],
+        products: Sequence[tuple[str, str]] = (),
+        *,
+        slow_ms: float | None = None,
     ) -> None:
         """Adopt a longer metric list (a config reload); existing metrics keep their place.
 
         `products` are the ratio pairs (numerator, denominator): flush.lua keeps their
-        Σ x_u·y_u. Both must be among `metrics`.
+        Σ x_u·y_u. Both must be among `metrics`. A request slower than `slow_ms` counts
+        in ``slow_requests`` (None: none does).
         """
+        self._slow_ms = math.inf if slow_ms is None else slow_ms
         for pair in products:
             if not set(pair) <= set(metrics) | set(self._offset):
                 raise ValueError(f"ratio pair {pair} names a metric outside {list(metrics)}")
@@ -178,13 +198,23 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
-        # Offsets 1..4 are errors and latency_ms: the built-ins always come first.
+        # Offsets 1..6 are errors, latency_ms and slow_requests: the built-ins come first.
         cell[0] += 1
         if e.error:
             cell[1] += 1
         cell[2] += 1
         cell[3] += e.latency_ms
         cell[4] += 1
+        if e.latency_ms > self._slow_ms:
+            cell[5] += 1
+        cell[6] += 1
+        # [latency] the serving (epoch, variant)'s histogram
+        stratum = (e.epoch, e.variant)
+        hist = self._latency.get(stratum)
+        if hist is None:
+            hist = self._latency[stratum] = {}
+        b = latency_bucket(e.latency_ms)
+        hist[b] = hist.get(b, 0) + 1
         if e.anonymous:
             self._anonymous.add(key)
         else:
@@ -196,7 +226,7 @@ class Aggregator:
         """Fold in an outcome; False if its event_id is already in this batch (not added)."""
         at = self._offset.get(o.metric)
         if at is None or o.metric in BUILTIN_METRICS:
-            raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
+            raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[len(BUILTIN_METRICS) :]}")
         if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
             raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
         if o.event_id is not None:
@@ -232,7 +262,8 @@ class Aggregator:
         unit id (`Exposure.anonymous`), for which the script keeps no unit state. Outcomes
         with an event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
         ``products`` (only when the experiment has ratio metrics over two metrics) lists
-        their (numerator, denominator) pairs.
+        their (numerator, denominator) pairs; ``latency`` (when there were exposures) the
+        requests per latency bucket of each serving (epoch, variant).
         """
         latest, anonymous = self._latest, self._anonymous
 
@@ -252,9 +283,12 @@ class Aggregator:
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
             "keyed": [[i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()],
             "n": len(self._events),
+            "builtins": len(BUILTIN_METRICS),
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
+        if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
+            payload["latency"] = [[e, v, [[b, c] for b, c in sorted(h.items())]] for (e, v), h in self._latency.items()]
         return Batch(
             producer=producer,
             seq=seq,

@@ -166,7 +166,12 @@ class EventLog:
         if events.binary_metrics(experiment) & set(self._metrics) != events.binary_metrics(self._experiment):
             raise EventLogError("a metric's kind (binary or continuous) cannot change during an experiment")
         self._experiment, self._metrics = experiment, metrics
-        self._agg.extend_metrics(metrics, events.binary_metrics(experiment), events.ratio_pairs(experiment))
+        self._agg.extend_metrics(
+            metrics,
+            events.binary_metrics(experiment),
+            events.ratio_pairs(experiment),
+            slow_ms=events.slow_ms(experiment),
+        )
 
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
         """(epoch, variant) of each unit's latest exposure, or None if it has none.
@@ -229,7 +234,10 @@ class EventLog:
 
     def _new_aggregator(self) -> events.Aggregator:
         return events.Aggregator(
-            self._metrics, events.binary_metrics(self._experiment), events.ratio_pairs(self._experiment)
+            self._metrics,
+            events.binary_metrics(self._experiment),
+            events.ratio_pairs(self._experiment),
+            slow_ms=events.slow_ms(self._experiment),
         )
 
     # ------------------------------------------------------------------ lifecycle
