@@ -44,6 +44,12 @@ def _svg(fig: Any) -> str:
     return text[text.index("<svg") :]
 
 
+def _legend(ax: Any) -> None:
+    # An empty legend warns (e.g. no lift yet, before the first outcome): only when labelled.
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
+
+
 def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> dict[str, str]:
     import matplotlib
 
@@ -68,7 +74,7 @@ def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> d
                                 label=f"{name} always-valid 95% band")  # fmt: skip
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="minutes", ylabel="relative lift of the primary metric", title="Lift over time")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     out["lift"] = _svg(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3))
@@ -80,7 +86,7 @@ def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> d
             ax.axvline((e.at - t0) / 60, color="black", ls=":", lw=0.8)
             ax.annotate(e.action, ((e.at - t0) / 60, 100), fontsize=7, rotation=90, va="top")
     ax.set(xlabel="minutes", ylabel="weight (%)", ylim=(0, 105), title="Weights, with each applied decision")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     out["weights"] = _svg(fig)
 
     out["latency"] = _svg(_latency_figure(plt, history, names, xs))
@@ -93,7 +99,7 @@ def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> d
         ax.plot(xs([e for e, _ in exp]), [_num(a.expected_units) for _, a in exp], ls="--", color=line[0].get_color(),
                 label=f"{name} expected by the split")  # fmt: skip
     ax.set(xlabel="minutes", ylabel="units", title="Units per arm against the expected split")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     out["units"] = _svg(fig)
     return out
 
@@ -122,7 +128,7 @@ def _latency_figure(plt: Any, history: Sequence[DecisionEntry], names: Sequence[
         ax.set(xlabel="minutes", ylabel="latency (ms)", title="Latency per arm: p50 and p95 in the current epoch")
     else:
         ax.set(xlabel="minutes", ylabel="mean latency (ms)", title="Latency per arm (cumulative mean)")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     return fig
 
 
