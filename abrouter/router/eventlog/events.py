@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
-from abrouter.contract.keys import MAX_ABS_VALUE, latency_bucket
+from abrouter.contract.keys import LATENCY_BUCKETS, LATENCY_EDGES_MS, MAX_ABS_VALUE
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +153,7 @@ class Aggregator:
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
         # [latency] (epoch, variant) -> bucket -> requests; and the slow_requests threshold.
-        self._latency: dict[tuple[int, str], dict[int, int]] = {}
+        self._latency: dict[tuple[int, str], list[int]] = {}
         self._slow_ms = math.inf
         self.extend_metrics(metrics, binary, products, slow_ms=slow_ms)
 
@@ -208,13 +209,13 @@ class Aggregator:
         if e.latency_ms > self._slow_ms:
             cell[5] += 1
         cell[6] += 1
-        # [latency] the serving (epoch, variant)'s histogram
+        # [latency] the serving (epoch, variant)'s histogram (keys.latency_bucket, inlined:
+        # this runs on every request, and a measured latency is never NaN)
         stratum = (e.epoch, e.variant)
         hist = self._latency.get(stratum)
         if hist is None:
-            hist = self._latency[stratum] = {}
-        b = latency_bucket(e.latency_ms)
-        hist[b] = hist.get(b, 0) + 1
+            hist = self._latency[stratum] = [0] * LATENCY_BUCKETS
+        hist[bisect_right(LATENCY_EDGES_MS, e.latency_ms)] += 1
         if e.anonymous:
             self._anonymous.add(key)
         else:
@@ -288,7 +289,7 @@ class Aggregator:
         if self._products:
             payload["products"] = [list(p) for p in self._products]
         if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
-            payload["latency"] = [[e, v, [[b, c] for b, c in sorted(h.items())]] for (e, v), h in self._latency.items()]
+            payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in self._latency.items()]
         return Batch(
             producer=producer,
             seq=seq,
