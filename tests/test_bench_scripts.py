@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("analyzer_scaling.py", ["--events", "2000", "--units", "500"], "| events | units"),
         ("sim_sequential.py", ["--experiments", "20", "--looks", "5"], "A/A sequential: significant at any look"),
         ("sim_srm.py", ["--experiments", "20", "--looks", "50"], "sequential@0.001"),
+        ("sim_cuped.py", ["--experiments", "20", "--looks", "3"], "cuped: sequential power"),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

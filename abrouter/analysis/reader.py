@@ -17,6 +17,8 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
   (intent-to-treat, see `abrouter.contract.keys`); their count is reported per stratum and,
   with ``analysis.multiple_exposures: exclude``, their sums (the shadow stratum
   ``variant~mx``) are subtracted;
+- [cuped] metrics the spec's covariate adjusts (`Experiment.cuped_metrics`) also carry
+  Σc_u, Σc_u² (the covariate's column) and Σx_u·c_u (``sum_xy``) per stratum;
 - built-ins (errors, latency_ms, and slow_requests when the spec sets ``slow_request``):
   per-request ratios Σx_u / Σn_u, with the denominator sums the delta method needs
   (den_sum = exposures, den_sum_sq = Σn_u², sum_products = Σx_u·n_u);
@@ -79,7 +81,7 @@ def build(
             name=v.name,
             weight=current[v.name],
             strata=tuple(
-                _stratum(s, metrics, strata.get((e, v.name + schema.MULTIPLE_SUFFIX)), exclude=exclude)
+                _covariate(experiment, s, strata.get((e, v.name + schema.MULTIPLE_SUFFIX)), metrics, exclude=exclude)
                 for (e, name), s in sorted(strata.items())
                 if name == v.name
             ),
@@ -136,6 +138,39 @@ def _stratum(
         metrics={m.name: _sample(s, m) for m in metrics},
         multiple_exposures=multiple,
     )
+
+
+# [cuped]
+def _covariate(
+    experiment: Experiment,
+    s: schema.StratumSums,
+    mx: schema.StratumSums | None,
+    metrics: tuple[Metric, ...],
+    *,
+    exclude: bool,
+) -> d.Stratum:
+    """`_stratum`, with Σc, Σc², Σx·c attached to the samples of the metrics the covariate adjusts.
+
+    Unit-level sums like the others: with ``multiple_exposures: exclude`` they are taken
+    after the multiple-exposure units' sums are subtracted (`schema.subtract` covers
+    every column and cross product).
+    """
+    stratum = _stratum(s, metrics, mx, exclude=exclude)
+    if experiment.covariate is None:
+        return stratum
+    if exclude and mx is not None:
+        s = schema.subtract(s, mx)
+    cov = s.metrics.get(experiment.covariate) or schema.MetricSums()
+    samples = dict(stratum.metrics)
+    for name in experiment.cuped_metrics:
+        x = s.metrics.get(name) or schema.MetricSums()
+        samples[name] = dataclasses.replace(
+            samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=x.sum_xy.get(experiment.covariate, 0.0)
+        )
+    return dataclasses.replace(stratum, metrics=samples)
+
+
+# [/cuped]
 
 
 def _sample(s: schema.StratumSums, metric: Metric) -> Sample:

@@ -87,6 +87,11 @@ def _comparisons(r: AnalysisResult) -> str:
         "note",
     ]
     lines = [table(head, rows, right=set(range(2, 11)))]
+    if any(c.cuped for c in r.comparisons):  # [cuped]
+        lines.append(
+            "CUPED: adjusted by the pre-exposure covariate; means are adjusted means, "
+            "CUPED var is the change of the lift's variance (1 - V_adjusted / V)"
+        )
     if r.omnibus:
         tests = ", ".join(f"{m} p={explain.p(p)}" for m, p in r.omnibus.items())
         lines.append(f"chi-square over all arms (fixed horizon): {tests}")
@@ -112,6 +117,8 @@ def _comparison_row(r: AnalysisResult, c: Comparison) -> list[str]:
         ]
     holm = r.holm.get(c.variant) if c.metric == r.primary else None
     note = f"Holm seq p {explain.p(holm)}" if holm is not None and math.isfinite(holm) and len(r.holm) > 1 else ""
+    if c.cuped:  # [cuped]
+        note = "  ".join(x for x in (note, f"CUPED var {-100 * c.variance_reduction:+.1f}%") if x)
     return [
         name,
         c.variant,

@@ -116,6 +116,11 @@ def metric_schema() -> dict[str, Any]:
             "direction": _enum(model.Direction),
             "numerator": _string(description="kind ratio: a binary or continuous metric, or a built-in"),
             "denominator": _string(description=f"kind ratio: another metric or {model.EXPOSURES!r} (the default)"),
+            "cuped": {"type": "boolean", "description": "adjust by the experiment's covariate (default true)"},
+            "cap": {
+                **_num(minimum=0, maximum=experiment.MAX_CAP, exclusive_min=True),
+                "description": "continuous metrics: the largest total one unit contributes",
+            },
         },
         required=("name", "kind"),
     )
@@ -182,6 +187,7 @@ def spec_schema() -> dict[str, Any]:
                     required=("path",),
                 ),
             },
+            "covariate": _string(NAME_PATTERN, "CUPED: the pre-exposure covariate clients report per unit"),
             "analysis": analysis_schema(),
             "paused": {"type": "boolean", "description": "true stops all automation: the analyzer writes only status"},
         },

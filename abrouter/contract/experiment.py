@@ -177,6 +177,8 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
                 direction=fields.choice(r.get("direction", "increase"), r.at("direction"), ("increase", "decrease")),
                 numerator=numerator,
                 denominator=denominator,
+                cuped=_cuped(r, kind),  # [cuped]
+                cap=_cap(r, kind),  # [cap]
             )
         )
         r.done()
@@ -185,6 +187,48 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
         if m.is_ratio:
             _ratio_parts(m, f"{path}[{i}]", metrics)
     return tuple(metrics)
+
+
+# [cuped]
+def _cuped(r: fields.Reader, kind: str) -> bool:
+    """Whether the experiment's covariate adjusts the metric: by default every binary or continuous one."""
+    if kind == "ratio":
+        if r.get("cuped", False) is not False:
+            raise ConfigError(
+                r.at("cuped"), "ratio metrics are not adjusted: CUPED applies to binary and continuous ones"
+            )
+        return False
+    return fields.boolean(r.get("cuped", True), r.at("cuped"))
+
+
+def _covariate(value: Any, metric_names: set[str]) -> str | None:
+    if value is None:
+        return None
+    name = fields.string(value, "covariate", _NAME, "a name of letters, digits, '-', '_' or '.'")
+    if name in metric_names or name == EXPOSURES:
+        # Its per-unit sums live in the same columns as the metrics' (`keys.metric_order`).
+        raise ConfigError("covariate", f"{name!r} is already a metric's name; pick another")
+    return name
+
+
+# [/cuped]
+
+
+# [cap]
+#: The largest cap: the bound of every outcome value (`keys.MAX_ABS_VALUE`).
+MAX_CAP = 1e15
+
+
+def _cap(r: fields.Reader, kind: str) -> float | None:
+    value = r.get("cap", None)
+    if value is None:
+        return None
+    if kind != "continuous":
+        raise ConfigError(r.at("cap"), f"only continuous metrics take a cap, not {kind} ones")
+    return fields.number(value, r.at("cap"), low=0, high=MAX_CAP, low_open=True)
+
+
+# [/cap]
 
 
 def _ratio_parts(m: Metric, path: str, metrics: list[Metric]) -> None:
@@ -315,6 +359,7 @@ def parse(data: Any) -> Experiment:
         analysis=_analysis(r.get("analysis", {}), "analysis", metric_names),
         exposures=_exposures(r.get("exposures", []), "exposures"),
         slow_request_s=slow_request_s,
+        covariate=_covariate(r.get("covariate", None), metric_names),  # [cuped]
     )
     r.done()
     return experiment
@@ -378,7 +423,7 @@ def load(path: str | Path) -> Experiment:
 def to_dict(e: Experiment) -> dict[str, Any]:
     """The canonical spec as plain JSON types; `parse(to_dict(e)) == e`."""
     a = e.analysis
-    return {
+    out: dict[str, Any] = {
         "name": e.name,
         "salt": e.salt,
         "unit": {e.unit.kind: e.unit.name},
@@ -406,12 +451,19 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "scale_down_losers": a.scale_down_losers,
         },
     }
+    if e.covariate is not None:  # [cuped]
+        out["covariate"] = e.covariate
+    return out
 
 
 def _metric_dict(m: Metric) -> dict[str, Any]:
     out: dict[str, Any] = {"name": m.name, "kind": m.kind, "direction": m.direction}
     if m.is_ratio:
         out.update(numerator=m.numerator, denominator=m.denominator)
+    elif not m.cuped:  # [cuped]
+        out["cuped"] = False
+    if m.cap is not None:  # [cap]
+        out["cap"] = m.cap
     return out
 
 

@@ -42,6 +42,19 @@ numerator's and denominator's sums (and ``sum_xy``). Its cross products are coun
 the first batch of a router that knows the ratio; declare ratios when the experiment
 starts, since units whose state does not move afterwards miss their earlier product.
 
+[cuped] With a ``covariate: c`` in the spec, the unit state has two more columns: ``c``,
+the unit's covariate c_u as first reported (set once: a later, different value is ignored;
+a unit that never reports one has c_u = 0), and ``c~set`` (`COVARIATE_SET_SUFFIX`, binary),
+1 once it was reported. So ``e|v|c|sum`` and ``e|v|c|sum_sq`` are Σc_u and Σc_u²,
+``e|v|c~set|sum`` the units that reported one, and ``e|v|m|sum_xy|c`` Σx_u·c_u for every
+metric m the covariate adjusts (`covariate_pairs`), kept as for a ratio pair: right
+whether the covariate arrives before or after the unit's outcomes.
+
+[cap] A continuous metric with ``cap: K`` has its per-unit total capped at ingestion:
+the stored x_u is min(x_u, K) after every change, so ``sum``, ``sum_sq`` and the cross
+products hold the capped totals. With negative values the cap applies to the running
+total as it goes (+150 then −60 under cap 100 leaves 40).
+
 ``units`` fields, for the unit hash ``h`` (`unit_hash`, never the raw id)::
 
     h           "e|v" of the unit's latest exposure (credits unit-addressed outcomes)
@@ -227,8 +240,29 @@ def metric_order(experiment: Experiment) -> tuple[str, ...]:
     """Metric names in storage order: the built-ins first, then the experiment's metrics.
 
     Ratio metrics have no column: they are derived from their numerator and denominator.
+    [cuped] An experiment with a covariate ends with its two columns (`covariate_columns`).
     """
-    return BUILTIN_METRICS + tuple(m.name for m in experiment.outcome_metrics)
+    return BUILTIN_METRICS + tuple(m.name for m in experiment.outcome_metrics) + covariate_columns(experiment)
+
+
+# [cuped]
+#: The column flagging that a unit's covariate is set: ``<covariate>~set``, binary (a max).
+COVARIATE_SET_SUFFIX = "~set"
+
+
+def covariate_columns(experiment: Experiment) -> tuple[str, ...]:
+    """(covariate, covariate~set) when the experiment declares a covariate, else ()."""
+    c = experiment.covariate
+    return () if c is None else (c, c + COVARIATE_SET_SUFFIX)
+
+
+def covariate_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
+    """(metric, covariate) for every metric the covariate adjusts: flush.lua keeps their Σx_u·c_u."""
+    c = experiment.covariate
+    return () if c is None else tuple((m, c) for m in experiment.cuped_metrics)
+
+
+# [/cuped]
 
 
 def latency_bucket(latency_ms: float) -> int:

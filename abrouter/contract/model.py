@@ -62,6 +62,12 @@ class Metric:
     direction: Direction = "increase"
     numerator: str | None = None
     denominator: str | None = None
+    #: [cuped] Adjust this metric by the experiment's `Experiment.covariate` (CUPED), when
+    #: it has one. Binary and continuous metrics only: ratios and built-ins are never adjusted.
+    cuped: bool = True
+    #: [cap] The largest total a unit may contribute (continuous metrics): the router caps
+    #: each unit's running total at ingestion, so one heavy user cannot swamp the mean.
+    cap: float | None = None
 
     @property
     def is_ratio(self) -> bool:
@@ -161,6 +167,10 @@ class Experiment:
     #: arrival to the end of the response) counts in the built-in ``slow_requests``. None:
     #: not measured, and the default ``slow_requests`` guardrail is left out.
     slow_request_s: float | None = None
+    #: [cuped] The name of the pre-exposure covariate clients report per unit
+    #: (``{"unit": ..., "covariate": 3.0}``), e.g. the unit's clicks in the 28 days before
+    #: the experiment; None: no CUPED. It adjusts every metric in `cuped_metrics`.
+    covariate: str | None = None
 
     @property
     def control(self) -> Variant:
@@ -181,6 +191,13 @@ class Experiment:
         """(numerator, denominator) of every ratio over two metrics: their Σx_u·y_u is kept."""
         pairs = [(m.numerator, m.denominator) for m in self.metrics if m.is_ratio and m.denominator != EXPOSURES]
         return tuple(dict.fromkeys((n, d) for n, d in pairs if n is not None and d is not None))
+
+    @property
+    def cuped_metrics(self) -> tuple[str, ...]:
+        """[cuped] The metrics the covariate adjusts: binary and continuous ones not opted out."""
+        if self.covariate is None:
+            return ()
+        return tuple(m.name for m in self.metrics if not m.is_ratio and m.cuped)
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:

@@ -9,6 +9,12 @@ An item may carry an ``event_id``, the client's idempotency key (e.g. a UUID mad
 the event happened): an outcome whose event_id was already recorded within
 `abrouter.contract.keys.OUTCOME_ID_WINDOW_S` counts once. That makes it safe to resend a batch whose
 202 was lost.
+
+[cuped] An item ``{"unit": "u1", "covariate": 3.0}`` (or with ``request_id``) reports the
+unit's pre-exposure covariate, for an experiment that declares one (``covariate: NAME``):
+no metric, value or event_id. It is set once per unit: the first value recorded stays and
+a later one is ignored (the router cannot tell a retry from a correction), so it is safe
+to resend.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from abrouter.router.errors import BatchError
 
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 512
-_ALLOWED = {"request_id", "unit", "metric", "value", "event_id"}
+_ALLOWED = {"request_id", "unit", "metric", "value", "event_id", "covariate"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,8 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
     who = _who(index, raw)
     if isinstance(who, ItemError):
         return who
+    if "covariate" in raw:  # [cuped]
+        return _covariate(index, raw, experiment, who)
     metric = raw.get("metric")
     try:
         kind = experiment.metric(metric).kind if isinstance(metric, str) else None
@@ -94,6 +102,25 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
     return OutcomeItem(index=index, metric=metric, value=value, request_id=who[0], unit=who[1], event_id=event_id)
 
 
+# [cuped]
+def _covariate(
+    index: int, raw: Mapping[str, Any], experiment: Experiment, who: tuple[str | None, str | None]
+) -> OutcomeItem | ItemError:
+    """``{"unit": ..., "covariate": 3.0}``: the unit's pre-exposure covariate, set once."""
+    if experiment.covariate is None:
+        return ItemError(index, "covariate", "this experiment declares no covariate (spec: `covariate: NAME`)")
+    extra = sorted(set(raw) & {"metric", "value", "event_id"})
+    if extra:
+        return ItemError(index, extra[0], "a covariate item takes only unit (or request_id) and covariate")
+    value = _value(index, raw["covariate"], "continuous", field="covariate")
+    if isinstance(value, ItemError):
+        return value
+    return OutcomeItem(index=index, metric=experiment.covariate, value=value, request_id=who[0], unit=who[1])
+
+
+# [/cuped]
+
+
 def _who(index: int, raw: Mapping[str, Any]) -> tuple[str | None, str | None] | ItemError:
     request_id, unit = raw.get("request_id"), raw.get("unit")
     if (request_id is None) == (unit is None):
@@ -108,19 +135,19 @@ def _short_string(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
-def _value(index: int, value: Any, kind: str) -> float | ItemError:
+def _value(index: int, value: Any, kind: str, field: str = "value") -> float | ItemError:
     if isinstance(value, bool):
         value = int(value)
     if not isinstance(value, (int, float)):
-        return ItemError(index, "value", f"must be a number, got {type(value).__name__}")
+        return ItemError(index, field, f"must be a number, got {type(value).__name__}")
     try:
         value = float(value)
     except OverflowError:  # an integer literal with hundreds of digits
-        return ItemError(index, "value", "must be finite, got a number too large for a float")
+        return ItemError(index, field, "must be finite, got a number too large for a float")
     if not math.isfinite(value):
-        return ItemError(index, "value", f"must be finite, got {value}")
+        return ItemError(index, field, f"must be finite, got {value}")
     if abs(value) > MAX_ABS_VALUE:
-        return ItemError(index, "value", f"must be at most {MAX_ABS_VALUE:g} in magnitude, got {value:g}")
+        return ItemError(index, field, f"must be at most {MAX_ABS_VALUE:g} in magnitude, got {value:g}")
     if kind == "binary" and value not in (0, 1):
-        return ItemError(index, "value", f"binary metric: must be 0 or 1 (or true/false), got {value}")
+        return ItemError(index, field, f"binary metric: must be 0 or 1 (or true/false), got {value}")
     return value

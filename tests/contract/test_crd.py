@@ -67,7 +67,9 @@ RICH = {
     "metrics": [
         {"name": "clicks", "kind": "continuous"},
         {"name": "ctr", "kind": "ratio", "numerator": "clicks", "direction": "increase"},
+        {"name": "revenue", "kind": "continuous", "cuped": False, "cap": 100},
     ],
+    "covariate": "prior_clicks",
     "timeouts": {"connect": 1, "read": "1.5s"},
     "outcome_ttl": "7d",
     "slow_request": "250ms",
@@ -231,6 +233,10 @@ INVALID = {
     "uppercase name": _set("name", "Recsys"),
     "exposure path without a slash": _set("exposures", [{"path": "predict"}]),
     "exposure method in lowercase": _set("exposures", [{"method": "post", "path": "/predict"}]),
+    "cap of zero": _set("metrics.2.cap", 0),
+    "cap as a string": _set("metrics.2.cap", "100"),
+    "cuped as a string": _set("metrics.2.cuped", "no"),
+    "bad covariate name": _set("covariate", "-prior"),
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, estimate, fixed_horizon, reasons, sequential
+from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, reasons, sequential
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -87,6 +87,11 @@ class Comparison:
     sequential_p_better: float = math.nan
     #: The same over the looks where it was worse. Decisions about harm use this.
     sequential_p_worse: float = math.nan
+    #: [cuped] Whether the estimate is adjusted by the covariate (then the means are the
+    #: adjusted means and every interval and test above uses the adjusted Δ̂ and V).
+    cuped: bool = False
+    #: [cuped] 1 − V_cuped / V (the unadjusted Welch variance); NaN without CUPED.
+    variance_reduction: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
@@ -113,6 +118,7 @@ def compare(
     variant: str,
     metric: str,
     previous: Running = FRESH,
+    use_cuped: bool = True,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -131,15 +137,21 @@ def compare(
 
     A zero control mean leaves the absolute comparison intact: the status stays "ok" with
     reason `zero_baseline`, and only the relative fields are NaN.
+
+    [cuped] When the samples carry a covariate's sums (`Sample.cov_sum`, ...) and
+    `use_cuped`, every stratum is adjusted (`cuped.adjust_strata`) and the whole comparison
+    (means, intervals, fixed-horizon and sequential tests, Bayesian summaries) runs on the
+    adjusted values, as a continuous metric; `variance_reduction` reports 1 − V_cuped/V.
     """
     better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)
-    est = estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
+    est, kind, reduction = _estimate(controls, candidates, kind, use_cuped)
     header: dict[str, Any] = dict(
         variant=variant, metric=metric, n_control=est.n_control, n=est.n, control_mean=est.control_mean, mean=est.mean
     )
     if est.reason:
         return _insufficient(header, est.reason, previous)
+    header.update(cuped=math.isfinite(reduction), variance_reduction=reduction)
     fixed, abs_ci = _fixed_horizon(est, kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
@@ -170,6 +182,25 @@ def compare(
         sequential_p_better=better,
         sequential_p_worse=worse,
     )
+
+
+def _estimate(
+    controls: list[Sample], candidates: list[Sample], kind: Kind, use_cuped: bool
+) -> tuple[estimate.Estimate, Kind, float]:
+    """The estimate, the kind its tests take, and the variance reduction (NaN: no CUPED).
+
+    [cuped] The adjusted values are not 0/1, so an adjusted binary metric is tested as a
+    continuous one (Welch); an adjustment that leaves no usable stratum falls back.
+    """
+    plain = estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
+    adj = cuped.adjust_strata(controls, candidates, kind=kind) if use_cuped and not plain.reason else None
+    if adj is None:
+        return plain, kind, math.nan
+    est = estimate.combine(adj.controls, adj.candidates, estimate.arm_variance("continuous"), adj.sequential_variance())
+    raw = estimate.combine(controls, candidates, estimate.arm_variance("continuous"))
+    if est.reason or raw.reason:
+        return plain, kind, math.nan
+    return est, "continuous", 1 - est.variance / raw.variance
 
 
 def strata(

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 _RATIO_FIELDS = ("den_sum", "den_sum_sq", "sum_products")
+_COVARIATE_FIELDS = ("cov_sum", "cov_sum_sq", "cov_products")  # [cuped]
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Sample:
     den_sum_sq: float | None = None
     #: Ratio metrics: Σ x_u n_u.
     sum_products: float | None = None
+    #: [cuped] Mean metrics with a pre-exposure covariate c_u: Σ c_u, Σ c_u², Σ x_u c_u
+    #: (`abrouter.analysis.stats.cuped`). None: no covariate.
+    cov_sum: float | None = None
+    cov_sum_sq: float | None = None
+    cov_products: float | None = None
 
     def __post_init__(self) -> None:
         # Negative counts or half-given ratio sums are bugs upstream, not bad luck.
@@ -50,12 +56,30 @@ class Sample:
             raise ValueError(f"ratio metric: {', '.join(_RATIO_FIELDS)} must be given together")
         if self.is_ratio and self.sum_sq is None:
             raise ValueError("ratio metric: sum_sq is required")
+        given = [getattr(self, name) is not None for name in _COVARIATE_FIELDS]  # [cuped]
+        if any(given) and not (all(given) and not self.is_ratio):
+            raise ValueError(f"covariate: {', '.join(_COVARIATE_FIELDS)} go together, on a mean metric")
 
     @classmethod
-    def from_values(cls, values: ArrayLike) -> Sample:
-        """The sums of a mean metric from raw per-unit values (simulations, tests, exports)."""
+    def from_values(cls, values: ArrayLike, covariate: ArrayLike | None = None) -> Sample:
+        """The sums of a mean metric from raw per-unit values (simulations, tests, exports).
+
+        [cuped] `covariate`: the units' pre-exposure covariate c_u, aligned with `values`.
+        """
         x = np.asarray(values, dtype=float)
-        return cls(n=float(x.size), sum=float(x.sum()), sum_sq=float((x**2).sum()))
+        if covariate is None:
+            return cls(n=float(x.size), sum=float(x.sum()), sum_sq=float((x**2).sum()))
+        c = np.asarray(covariate, dtype=float)
+        if c.shape != x.shape:
+            raise ValueError(f"covariate: shape {c.shape} differs from the values' {x.shape}")
+        return cls(
+            n=float(x.size),
+            sum=float(x.sum()),
+            sum_sq=float((x**2).sum()),
+            cov_sum=float(c.sum()),
+            cov_sum_sq=float((c**2).sum()),
+            cov_products=float((x * c).sum()),
+        )
 
     @classmethod
     def from_ratio(cls, numerators: ArrayLike, denominators: ArrayLike) -> Sample:
@@ -82,15 +106,17 @@ class Sample:
             return NotImplemented
         if self.is_ratio != other.is_ratio:
             raise ValueError("cannot add a ratio sample to a mean sample")
-        if self.sum_sq is None and other.sum_sq is None:
-            return Sample(self.n + other.n, self.sum + other.sum)
+        both_binary = self.sum_sq is None and other.sum_sq is None
         return Sample(
             n=self.n + other.n,
             sum=self.sum + other.sum,
-            sum_sq=self.effective_sum_sq + other.effective_sum_sq,
+            sum_sq=None if both_binary else self.effective_sum_sq + other.effective_sum_sq,
             den_sum=_add(self.den_sum, other.den_sum),
             den_sum_sq=_add(self.den_sum_sq, other.den_sum_sq),
             sum_products=_add(self.sum_products, other.sum_products),
+            cov_sum=_add(self.cov_sum, other.cov_sum),  # [cuped] None unless both have one
+            cov_sum_sq=_add(self.cov_sum_sq, other.cov_sum_sq),
+            cov_products=_add(self.cov_products, other.cov_products),
         )
 
     def __radd__(self, other: object) -> Sample:
@@ -102,6 +128,11 @@ class Sample:
     @property
     def is_ratio(self) -> bool:
         return self.den_sum is not None
+
+    @property
+    def has_covariate(self) -> bool:
+        """[cuped] Whether the sample carries its covariate's sums."""
+        return self.cov_sum is not None
 
     @property
     def effective_sum_sq(self) -> float:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_right
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
+from abrouter.contract import keys
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract.keys import LATENCY_BUCKETS, LATENCY_EDGES_MS, MAX_ABS_VALUE
 
@@ -79,12 +81,28 @@ _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def binary_metrics(experiment: Experiment) -> frozenset[str]:
-    return frozenset(m.name for m in experiment.metrics if m.kind == "binary")
+    """Columns whose x_u is a max: binary metrics, and [cuped] the covariate's set flag."""
+    flag = keys.covariate_columns(experiment)[1:]
+    return frozenset(m.name for m in experiment.metrics if m.kind == "binary") | frozenset(flag)
 
 
 def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
-    """(numerator, denominator) pairs whose per-unit cross products flush.lua sums."""
-    return experiment.ratio_pairs
+    """Column pairs whose per-unit cross products flush.lua sums: ratios and [cuped] (metric, covariate)."""
+    return experiment.ratio_pairs + keys.covariate_pairs(experiment)
+
+
+class ColumnRules(TypedDict):
+    """The Aggregator's keyword arguments beyond the columns: [cuped], [cap] and [latency]."""
+
+    covariate: str | None
+    caps: dict[str, float]
+    slow_ms: float | None
+
+
+def column_rules(experiment: Experiment) -> ColumnRules:
+    """[cuped] the covariate column (set once per unit), [cap] the caps by metric, [latency] the slow threshold."""
+    caps = {m.name: m.cap for m in experiment.metrics if m.cap is not None}
+    return ColumnRules(covariate=experiment.covariate, caps=caps, slow_ms=slow_ms(experiment))
 
 
 def slow_ms(experiment: Experiment) -> float | None:
@@ -136,6 +154,8 @@ class Aggregator:
         binary: Collection[str],
         products: Sequence[tuple[str, str]] = (),
         *,
+        covariate: str | None = None,
+        caps: Mapping[str, float] | None = None,
         slow_ms: float | None = None,
     ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
@@ -152,10 +172,12 @@ class Aggregator:
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
-        # [latency] (epoch, variant) -> bucket -> requests; and the slow_requests threshold.
+        self._covariate: str | None = None  # [cuped]
+        self._caps: dict[str, float] = {}  # [cap]
+        # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
         self._latency: dict[tuple[int, str], list[int]] = {}
         self._slow_ms = math.inf
-        self.extend_metrics(metrics, binary, products, slow_ms=slow_ms)
+        self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps, slow_ms=slow_ms)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -171,15 +193,25 @@ class Aggregator:
         binary: Collection[str],
         products: Sequence[tuple[str, str]] = (),
         *,
+        covariate: str | None = None,
+        caps: Mapping[str, float] | None = None,
         slow_ms: float | None = None,
     ) -> None:
         """Adopt a longer metric list (a config reload); existing metrics keep their place.
 
-        `products` are the ratio pairs (numerator, denominator): flush.lua keeps their
-        Σ x_u·y_u. Both must be among `metrics`. A request slower than `slow_ms` counts
-        in ``slow_requests`` (None: none does).
+        `products` are the column pairs (numerator, denominator; metric, covariate):
+        flush.lua keeps their Σ x_u·y_u. Both must be among `metrics`. [cuped] `covariate`
+        names the column that is set once per unit (its flag column `keys.COVARIATE_SET_SUFFIX`
+        must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
+        [latency] A request slower than `slow_ms` counts in ``slow_requests`` (None: none does).
         """
         self._slow_ms = math.inf if slow_ms is None else slow_ms
+        # [cuped] [cap] the latest spec's rules: a reload may add or change them.
+        if covariate is not None:
+            if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
+                raise ValueError(f"covariate {covariate!r} and its flag column must be among the metrics")
+            self._covariate = covariate
+        self._caps = dict(caps or {})
         for pair in products:
             if not set(pair) <= set(metrics) | set(self._offset):
                 raise ValueError(f"ratio pair {pair} names a metric outside {list(metrics)}")
@@ -226,10 +258,13 @@ class Aggregator:
     def add_outcome(self, o: Outcome) -> bool:
         """Fold in an outcome; False if its event_id is already in this batch (not added)."""
         at = self._offset.get(o.metric)
-        if at is None or o.metric in BUILTIN_METRICS:
-            raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[len(BUILTIN_METRICS) :]}")
+        if at is None or o.metric in BUILTIN_METRICS or o.metric.endswith(keys.COVARIATE_SET_SUFFIX):
+            known = self._metrics[len(BUILTIN_METRICS) :]
+            raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {known}")
         if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
             raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
+        if o.metric == self._covariate:  # [cuped]
+            return self._add_covariate(o, at)
         if o.event_id is not None:
             self._events.append(o)  # the audit keeps every accepted row, repeats included
             if o.event_id in self._keyed:
@@ -250,6 +285,28 @@ class Aggregator:
         cell[at + 1] += 1
         self._events.append(o)
         return True
+
+    # [cuped]
+    def _add_covariate(self, o: Outcome, at: int) -> bool:
+        """A unit's covariate: the first value in the batch counts (flush.lua keeps the first ever).
+
+        The cell's count says "a covariate came"; its value is the covariate, not a sum;
+        the flag column is set to 1 so that flush.lua knows, from then on, the unit has one.
+        """
+        if o.event_id is not None:
+            raise ValueError("a covariate takes no event_id: it is set once per unit anyway")
+        key = (o.unit_hash, o.epoch, o.variant)
+        cell = self._cells.get(key)
+        if cell is None:
+            cell = self._cells[key] = self._zero.copy()
+        if not cell[at + 1]:
+            cell[at] = o.value
+        cell[at + 1] += 1
+        cell[self._offset[o.metric + keys.COVARIATE_SET_SUFFIX]] = 1
+        self._events.append(o)
+        return True
+
+    # [/cuped]
 
     def add_epoch(self, epoch: int, info: str) -> None:
         """Register an epoch (`keys.encode_epoch` JSON); the script keeps the first one seen."""
@@ -288,6 +345,10 @@ class Aggregator:
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
+        if self._covariate is not None:  # [cuped]
+            payload["covariate"] = self._covariate
+        if self._caps:  # [cap]
+            payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
         if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
             payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in self._latency.items()]
         return Batch(

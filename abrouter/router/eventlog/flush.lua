@@ -136,6 +136,28 @@ local pcol = {}
 for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
 -- [end issue 9]
 
+-- [cuped] The covariate column (batch.covariate, absent without CUPED) is set once per
+-- unit: the first value that reaches Redis stays, a later one (different or not) is
+-- ignored. Its flag column "<covariate>~set" (binary, a max) says the unit has one, so a
+-- first value of 0 is kept too. Σx·c of each adjusted metric is an ordinary pair in
+-- batch.products, so it is right whether the covariate comes before or after outcomes.
+local cov_i, cov_j, cov_flag = nil, nil, nil  -- batch index, state index of value and flag
+if batch.covariate then
+  for i, m in ipairs(batch.metrics) do
+    if m == batch.covariate then cov_i = i end
+  end
+  cov_j, cov_flag = col[batch.covariate] + 1, col[batch.covariate .. '~set'] + 1
+end
+-- [/cuped]
+
+-- [cap] Per-unit caps {metric, cap}: a capped metric's stored total is min(total, cap)
+-- after every change, so the sums hold the capped totals.
+local capped = {}  -- {state index, cap}
+for _, c in ipairs(batch.caps or {}) do
+  if col[c[1]] then capped[#capped + 1] = {col[c[1]] + 1, c[2]} end
+end
+-- [/cap]
+
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
@@ -220,6 +242,20 @@ local function next_state(cell, state)
       x1[j] = x1[j] + dx
     end
   end
+  -- [cuped] a covariate in this cell: kept only if the unit had none
+  if cov_i and cell[5 + 2 * cov_i] > 0 then
+    if (state[cov_flag] or 0) > 0 then
+      x1[cov_j] = state[cov_j] or 0
+    else
+      x1[cov_j] = cell[4 + 2 * cov_i]
+    end
+  end
+  -- [/cuped]
+  -- [cap]
+  for _, c in ipairs(capped) do
+    if x1[c[1]] > c[2] then x1[c[1]] = c[2] end
+  end
+  -- [/cap]
   return x1
 end
 

@@ -161,7 +161,10 @@ class EventLog:
         metrics = keys.metric_order(experiment)
         if experiment.name != self._experiment.name:
             raise EventLogError(f"experiment name changed from {self._experiment.name!r} to {experiment.name!r}")
-        if metrics[: len(self._metrics)] != self._metrics:
+        # [cuped] Names, not positions: the covariate's columns come last (`keys.metric_order`),
+        # so a metric added later lands before them. Batches name their columns; flush.lua
+        # and the Aggregator map each by name.
+        if not set(self._metrics) <= set(metrics):
             raise EventLogError(f"metrics may only grow: {list(self._metrics)} -> {list(metrics)}")
         if events.binary_metrics(experiment) & set(self._metrics) != events.binary_metrics(self._experiment):
             raise EventLogError("a metric's kind (binary or continuous) cannot change during an experiment")
@@ -170,7 +173,7 @@ class EventLog:
             metrics,
             events.binary_metrics(experiment),
             events.ratio_pairs(experiment),
-            slow_ms=events.slow_ms(experiment),
+            **events.column_rules(experiment),
         )
 
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
@@ -237,7 +240,7 @@ class EventLog:
             self._metrics,
             events.binary_metrics(self._experiment),
             events.ratio_pairs(self._experiment),
-            slow_ms=events.slow_ms(self._experiment),
+            **events.column_rules(self._experiment),
         )
 
     # ------------------------------------------------------------------ lifecycle

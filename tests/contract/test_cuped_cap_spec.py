@@ -1,0 +1,77 @@
+"""The spec's `covariate`, per-metric `cuped` and `cap`: parsed, round-tripped, rejected with the field's path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from abrouter.contract import experiment as model
+from abrouter.contract import keys
+from abrouter.contract.fields import ConfigError
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    return {
+        "name": "exp",
+        "unit": {"header": "X-User-Id"},
+        "variants": [
+            {"name": "a", "upstream": "http://a", "weight": 1},
+            {"name": "b", "upstream": "http://b", "weight": 1},
+        ],
+        "metrics": [
+            {"name": "conversion", "kind": "binary"},
+            {"name": "revenue", "kind": "continuous", "cap": 100},
+            {"name": "clicks", "kind": "continuous", "cuped": False},
+            {"name": "ctr", "kind": "ratio", "numerator": "clicks"},
+        ],
+        "covariate": "prior_clicks",
+        **changes,
+    }
+
+
+def test_the_covariate_adjusts_every_binary_and_continuous_metric_unless_one_opts_out() -> None:
+    e = model.parse(_spec())
+    assert e.covariate == "prior_clicks" and e.cuped_metrics == ("conversion", "revenue")
+    assert e.metric("revenue").cap == 100.0 and e.metric("conversion").cap is None
+    assert model.parse(model.to_dict(e)) == e
+    assert keys.metric_order(e)[-2:] == ("prior_clicks", "prior_clicks~set")
+    assert keys.covariate_pairs(e) == (("conversion", "prior_clicks"), ("revenue", "prior_clicks"))
+    plain = model.parse(_spec(covariate=None))
+    assert plain.cuped_metrics == () and "covariate" not in model.to_dict(plain)
+    assert keys.metric_order(plain) == ("errors", "latency_ms", "slow_requests", "conversion", "revenue", "clicks")
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        ({"covariate": "revenue"}, "covariate", "already a metric"),
+        ({"covariate": "errors"}, "covariate", "already a metric"),
+        ({"covariate": "exposures"}, "covariate", "already a metric"),
+        ({"covariate": "prior clicks"}, "covariate", "a name of letters"),
+        ({"covariate": 3}, "covariate", "non-empty string"),
+        ({"metrics": [{"name": "c", "kind": "binary", "cap": 1}]}, "metrics[0].cap", "only continuous"),
+        ({"metrics": [{"name": "c", "kind": "continuous", "cap": 0}]}, "metrics[0].cap", "must be > 0"),
+        ({"metrics": [{"name": "c", "kind": "continuous", "cap": 1e16}]}, "metrics[0].cap", "<= 1e+15"),
+        ({"metrics": [{"name": "c", "kind": "continuous", "cap": float("nan")}]}, "metrics[0].cap", "finite"),
+        ({"metrics": [{"name": "c", "kind": "continuous", "cuped": "no"}]}, "metrics[0].cuped", "true or false"),
+        (
+            {
+                "metrics": [
+                    {"name": "c", "kind": "continuous"},
+                    {"name": "r", "kind": "ratio", "numerator": "c", "cuped": True},
+                ]
+            },
+            "metrics[1].cuped",
+            "ratio metrics are not adjusted",
+        ),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(change: dict[str, Any], path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        model.parse(_spec(**change))
+    assert info.value.path == path and message in info.value.message
+
+
+def test_the_largest_cap_is_the_bound_of_every_outcome_value() -> None:
+    assert model.MAX_CAP == keys.MAX_ABS_VALUE

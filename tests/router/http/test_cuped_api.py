@@ -1,0 +1,94 @@
+"""CUPED covariates and caps over the real router HTTP API, a real Redis and the analyzer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis.asyncio
+
+from abrouter.analysis import analyzer, reader, report
+from abrouter.analysis.stats import cuped
+from abrouter.contract import experiment as model
+from tests.router.conftest import MakeRouter
+from tests.router.http.test_api import expose, outcomes
+
+
+async def test_covariate_items_are_checked_and_a_bad_one_names_its_field(make_router: MakeRouter) -> None:
+    r = await make_router(covariate="prior_clicks")
+    rid, _ = await expose(r, "u1")
+    status, body = await outcomes(
+        r,
+        '[{"unit": "u1", "covariate": 3},'  # fine
+        ' {"unit": "u1", "covariate": "3"},'  # not a number
+        ' {"unit": "u1", "covariate": 1e999},'  # infinite
+        ' {"unit": "u1", "covariate": 1e16},'  # beyond keys.MAX_ABS_VALUE
+        ' {"unit": "u1", "covariate": 1, "metric": "revenue"},'  # not an outcome too
+        ' {"request_id": "' + rid + '", "covariate": 1, "event_id": "e1"},'  # set once anyway: no id
+        ' {"unit": "never-seen", "covariate": 1}]',
+    )
+    assert status == 422 and body["code"] == "invalid_outcomes"
+    assert [(i["index"], i["field"]) for i in body["items"]] == [
+        (1, "covariate"),
+        (2, "covariate"),
+        (3, "covariate"),
+        (4, "metric"),
+        (5, "event_id"),
+        (6, "unit"),
+    ]
+    assert "finite" in body["items"][1]["error"] and "1e+15" in body["items"][2]["error"]
+    plain = await make_router()  # no covariate declared
+    status, body = await outcomes(plain, {"unit": "u1", "covariate": 3})
+    assert status == 422 and body["items"][0]["field"] == "covariate"
+    assert "declares no covariate" in body["items"][0]["error"]
+
+
+async def test_covariates_over_http_reduce_the_variance_the_analysis_reports(
+    make_router: MakeRouter, redis_client: redis.asyncio.Redis
+) -> None:
+    metrics = [{"name": "revenue", "kind": "continuous", "cap": 60}, {"name": "conversion", "kind": "binary"}]
+    r = await make_router(covariate="prior_clicks", metrics=metrics)
+    rng = np.random.default_rng(12)
+    users = [f"user-{i}" for i in range(300)]
+    prior = {u: float(rng.poisson(5)) for u in users}
+    variants, revenue = {}, {}
+    for u in users:
+        _, variants[u] = await expose(r, u)
+        revenue[u] = float(2 * prior[u] + rng.normal(0, 2))
+    # Half report the covariate before their outcomes, half after (a later flush).
+    early, late = users[::2], users[1::2]
+    assert (await outcomes(r, [{"unit": u, "covariate": prior[u]} for u in early]))[0] == 202
+    body = [{"unit": u, "metric": "revenue", "value": revenue[u]} for u in users]
+    assert (await outcomes(r, body))[0] == 202
+    await r.settle()
+    assert (await outcomes(r, [{"unit": u, "covariate": prior[u]} for u in late]))[0] == 202
+    # A heavy user: the cap keeps its total at 60.
+    assert (await outcomes(r, [{"unit": users[0], "metric": "revenue", "value": 1000}]))[0] == 202
+    revenue[users[0]] = min(revenue[users[0]] + 1000, 60.0)
+    # A second covariate for a unit is ignored.
+    assert (await outcomes(r, [{"unit": users[1], "covariate": 1000}]))[0] == 202
+    await r.settle()
+
+    experiment = model.load(r.path)
+    data = await reader.read(redis_client, experiment)
+    raw = []
+    for arm in ("control", "candidate"):
+        mine = [u for u in users if variants[u] == arm]
+        x = np.array([min(revenue[u], 60.0) for u in mine])
+        c = np.array([prior[u] for u in mine])
+        (s,) = data.samples(arm, "revenue")
+        assert s.n == len(mine) and abs(s.sum - x.sum()) < 1e-9
+        assert abs(s.cov_sum - c.sum()) < 1e-9 and abs(s.cov_products - (x * c).sum()) < 1e-6
+        raw.append(cuped.Sums.from_units(x, c))
+    direct = cuped.adjusted_difference(*raw)
+    result = analyzer.analyze(data, now=2e9)
+    (c,) = [c for c in result.comparisons if c.metric == "revenue"]
+    assert c.cuped and c.variance_reduction == pytest.approx(float(direct.variance_reduction), rel=1e-9)
+    assert c.absolute_lift == pytest.approx(float(direct.difference), rel=1e-9)
+    assert c.variance_reduction > 0.4  # revenue ≈ 2·prior + noise
+    as_json = result.to_dict()["comparisons"]
+    assert [x["variance_reduction"] is not None for x in as_json if x["metric"] == "revenue"] == [True]
+    (errors,) = [c for c in result.comparisons if c.metric == "errors"]
+    assert not errors.cuped  # built-ins are never adjusted
+    # What `abrouter analyze` prints: the reduction in the note column, and a legend.
+    text = report.render(result)
+    assert f"CUPED var {-100 * c.variance_reduction:+.1f}%" in text and "CUPED: adjusted by" in text
