@@ -17,6 +17,7 @@ import redis.asyncio
 
 from abrouter.analysis import history, reader
 from abrouter.contract import experiment as model
+from abrouter.contract import history as fmt
 from abrouter.contract import keys
 from abrouter.router.eventlog.events import Exposure
 from abrouter.router.eventlog.log import EventLog
@@ -115,3 +116,14 @@ async def test_the_latency_histogram_layout(
     await log.close()
     stored = await redis_client.hgetall(k.latency)
     assert stored == {b"1|candidate|0": b"1", b"1|candidate|17": b"2", b"1|candidate|59": b"1"}
+
+
+def test_history_entries_carry_latency_quantiles_and_older_ones_read_without() -> None:
+    arm = fmt.ArmEntry("candidate", 50.0, 10, 12, latency_p50_ms=8.5, latency_p95_ms=41.0)
+    entry = fmt.DecisionEntry(1.7e9, 1, "continue", "r", {"candidate": 50.0}, False, 10, arms=(arm,))
+    assert fmt.decode(fmt.encode(entry)).arms == (arm,)
+    old = json.loads(fmt.encode(entry))
+    for a in old["arms"]:
+        del a["latency_p50_ms"], a["latency_p95_ms"]  # as written before the quantiles existed
+    (read,) = fmt.decode(json.dumps(old)).arms
+    assert (read.latency_p50_ms, read.latency_p95_ms, read.units) == (None, None, 10)
