@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("sim_sequential.py", ["--experiments", "20", "--looks", "5"], "A/A sequential: significant at any look"),
         ("sim_srm.py", ["--experiments", "20", "--looks", "50"], "sequential@0.001"),
         ("sim_cuped.py", ["--experiments", "20", "--looks", "3"], "cuped: sequential power"),
+        ("sim_guardrails.py", ["--experiments", "10", "--runs", "2"], "rolled back at the 25% step"),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

@@ -8,7 +8,8 @@ the sequential p, intersections of the confidence sequences) arrive from the his
 - comparisons: every candidate (including rolled-back ones, for the record) x every
   metric, stratified by weight epoch; the primary metric is the first user metric;
 - guardrails: `analysis.guardrails` of the settings, for every candidate, on the
-  metrics the data carries (a summary without the router's built-ins skips those);
+  metrics the data carries (a summary without the router's built-ins skips those), over
+  all epochs and on the current epoch alone (`evidence.guardrails`);
 - SRM: first-exposure units per epoch against each epoch's weights (anytime-valid
   sequential multinomial test), so a ramp is not a mismatch and looking often is safe;
 - the decision, from `decision.decide`.
@@ -24,13 +25,14 @@ from typing import Any
 import numpy as np
 
 from abrouter.analysis import decision as policy
+from abrouter.analysis import evidence as evidence_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
-from abrouter.analysis.stats.noninferiority import NonInferiority, non_inferiority
+from abrouter.analysis.stats.noninferiority import NonInferiority
 from abrouter.analysis.stats.srm import SrmResult, srm_check
-from abrouter.contract.experiment import Guardrail, Metric
+from abrouter.contract.experiment import Metric
 
 #: (variant, metric) -> the sequential results up to the previous look.
 Previous = Mapping[tuple[str, str], Running]
@@ -126,7 +128,7 @@ def analyze(
     )
     present = {m.name for m in data.metrics}
     rails = data.settings.guardrails
-    guardrails = tuple(_guardrail(data, arm, g) for arm in data.candidates for g in rails if g.metric in present)
+    guardrails = evidence_of.guardrails(data)
     evidence = Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(data))
     return AnalysisResult(
         experiment=data.name,
@@ -191,22 +193,6 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) 
         variant=arm.name,
         metric=metric.name,
         previous=previous,
-    )
-
-
-def _guardrail(data: ExperimentData, arm: Arm, g: Guardrail) -> NonInferiority:
-    metric = data.metric(g.metric)
-    return non_inferiority(
-        data.samples(data.control.name, g.metric),
-        data.samples(arm.name, g.metric),
-        kind=stat_kind(metric),
-        direction=g.direction,
-        margin=g.margin,
-        relative=g.relative,
-        alpha=data.settings.alpha,
-        expected_units=data.settings.expected_units_per_arm,
-        variant=arm.name,
-        metric=g.metric,
     )
 
 

@@ -5,8 +5,11 @@ the random generator (bandit mode) are arguments, so every branch can be tested 
 constructed inputs. `docs/analyzer.md` states the policy for users; the rules, in the
 order they are tried:
 
-1. finished: no candidate has traffic, or one variant has all of it -> repeat the end
-   state (stop / promote) with the weights unchanged, so re-running is idempotent;
+1. finished: no candidate has traffic -> stop; a candidate has all of it and the promote
+   rule (3) would promote it now -> promote; both with the weights unchanged, so
+   re-running is idempotent. A candidate at 100% that the promote rule would not promote
+   (a hand edit) is never reported as promoted: rollback if rule 2 applies, else stop
+   with the weights unchanged (the control gets no more data to compare with);
 2. rollback: a guardrail breach, or significant harm on the primary metric by the
    sequential test in the harmful direction (`sequential_p_worse`, unadjusted: protecting
    users needs no multiplicity correction) once every active arm has
@@ -16,18 +19,21 @@ order they are tried:
    the good direction (`sequential_p_better`), Holm-adjusted across every candidate of
    the experiment (rolled-back ones included, so a rollback does not loosen the others'
    threshold); the candidate's guardrails pass (canary mode: at least one guardrail was
-   evaluated and all pass); every active arm has `min_units_per_arm`; the ramp is
-   complete -> the best winner to 100;
+   evaluated and all pass, over all epochs and in the current epoch alone); every active
+   arm has `min_units_per_arm`; the ramp is complete -> the best winner to 100;
 4. stop: `max_duration` has passed without a winner -> control 100;
 5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
    weight change still propagating; the reason line alerts the operator);
-6. bandit mode: Thompson weights once every active arm has `bandit.min_units`; a
-   candidate whose guardrails do not pass gains no weight (it keeps its current weight,
-   or the floor if lower);
-7. ramp: guardrails pass (canary mode: and were evaluated) and every active arm has
-   `min_units_per_arm` units in the current epoch -> the candidates' total share goes to the next step of `ramp`, split
-   evenly between the active candidates (largest-remainder rounding, so the weights sum
-   to exactly 100);
+6. bandit mode: Thompson weights (P(best) from posteriors stratified by epoch) once every
+   active arm has `bandit.min_units`; a candidate whose guardrails do not pass (over all
+   epochs and in the current one) gains no weight (it keeps its current weight, or the
+   floor if lower);
+7. ramp: every active arm has `min_units_per_arm` units in the current epoch, and the
+   guardrails pass (canary mode: and were evaluated) both over all epochs and on the
+   current epoch alone, so a regression that appears at this step is not diluted by the
+   earlier ones (a breach there rolls back by rule 2, not yet passing holds the ramp) ->
+   the candidates' total share goes to the next step of `ramp`, split evenly between the
+   active candidates (largest-remainder rounding, so the weights sum to exactly 100);
 8. otherwise continue.
 """
 
@@ -47,6 +53,7 @@ from abrouter.analysis.stats import reasons
 from abrouter.analysis.stats.bandit import thompson_weights
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.multiple import holm
+from abrouter.analysis.stats.noninferiority import NonInferiority
 
 Action = Literal["continue", "ramp", "promote", "rollback", "stop"]
 #: Weights are percent, rounded to the router's resolution (1/10,000 of traffic).
@@ -132,13 +139,24 @@ class _Look:
 
 
 def _finished(look: _Look) -> Decision | None:
-    data = look.data
     if not look.candidates:
         return look.say("stop", "no candidate receives traffic (rolled back or stopped)")
-    full = [a.name for a in data.arms if a.weight >= _FULL - _EPS]
-    if full and full[0] != data.control.name:
-        return look.say("promote", f"{full[0]} already has 100% of traffic")
-    return None
+    full = _at_full(look)
+    if full is None:
+        return None
+    # 100% is "promoted" only when the promote rule itself would choose it: a hand edit,
+    # or a bandit of an older version with a floor of 0, could get there without the
+    # sequential test, Holm, SRM and the minimum units (issue 9, defect 4).
+    promotion = _promote(look)
+    if promotion is not None and promotion.weights.get(full, 0.0) >= _FULL - _EPS:
+        return look.say("promote", f"{full} already has 100% of traffic")
+    why = f"{full} has 100% of traffic but was not promoted by the policy: the control gets no data to compare"
+    return _rollback(look) or look.say("stop", why)
+
+
+def _at_full(look: _Look) -> str | None:
+    """The candidate that has all the traffic, if one has."""
+    return next((n for n in look.candidates if look.data.arm(n).weight >= _FULL - _EPS), None)
 
 
 def _rollback(look: _Look) -> Decision | None:
@@ -221,14 +239,18 @@ def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
         return look.say("continue", f"bandit waits for {bandit.min_units} units per arm ({', '.join(short)} below)")
     metric = data.primary
     assert metric is not None  # `decide` checks
-    ratio = data.is_ratio(metric.name)
-    samples = {n: data.arm(n).pooled(metric.name, ratio=ratio) for n in look.active}
+    # Per-epoch strata, not pooled: the bandit's own weight changes open the epochs, and a
+    # time trend across them would otherwise favour whichever arm had traffic late.
+    samples = {n: data.samples(n, metric.name) for n in look.active}
     drawn = thompson_weights(samples, kind=stat_kind(metric), direction=metric.direction, floor=bandit.floor, rng=rng)
     weights = {a.name: 0.0 for a in data.arms} | {n: _FULL * w for n, w in drawn.items()}
     weights = _hold_unproven(look, weights)
     held = [n for n in look.candidates if not _guardrails_pass(look, n)]
     note = f" ({', '.join(held)} held: guardrails not yet shown to pass)" if held else ""
-    if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE:
+    # An arm below the floor (a hand edit, or an older version's floor of 0) is lifted to
+    # it whatever the change: an arm without traffic gathers no evidence.
+    lifted = any(data.arm(n).weight < _FULL * bandit.floor - _EPS for n in look.active)
+    if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE and not lifted:
         return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones{note}")
     return look.say("ramp", f"bandit: weights = P(best) with floor {_FULL * bandit.floor:g}%{note}", weights)
 
@@ -279,27 +301,33 @@ def _continue(look: _Look) -> Decision:
 
 def _waiting_for(look: _Look) -> str:
     """The first thing that stands between this look and the next action."""
-    settings = look.data.settings
+    settings, epoch = look.data.settings, look.data.current_epoch
+    step_units = f"waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
     if not _enough_units(look):
         return f"waiting for {settings.min_units_per_arm} units per arm"
     failing = [g for n in look.candidates for g in look.evidence.guardrails_of(n) if g.status != "pass"]
-    if failing:
-        states = ", ".join(f"{g.variant} {g.metric} {g.reason or g.status}" for g in failing)
-        return f"guardrails not yet shown to pass ({states})"
+    if pooled := [g for g in failing if g.epoch is None]:
+        return f"guardrails not yet shown to pass ({_states(pooled)})"
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return "no guardrail data yet"
+    if not _ramp_done(look) and not _enough_units(look, epoch=epoch):
+        return step_units
+    if failing:  # the current epoch's own results: a regression may start at this step
+        return f"guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
     if not _ramp_done(look):
-        return (
-            f"waiting for {settings.min_units_per_arm} units per arm in epoch "
-            f"{look.data.current_epoch} before the next ramp step"
-        )
+        return step_units
     return "no significant difference yet"
+
+
+def _states(rails: list[NonInferiority]) -> str:
+    return ", ".join(f"{g.variant} {g.metric} {g.reason or g.status}" for g in rails)
 
 
 # ---------------------------------------------------------------------- helpers
 
 
 def _guardrails_pass(look: _Look, name: str) -> bool:
+    """Every guardrail passes, over all epochs and (when evaluated) in the current epoch alone."""
     return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
 
 

@@ -48,10 +48,14 @@ def srm_text(result: SrmResult) -> str:
 
 
 def breach(g: NonInferiority) -> str:
-    """``latency_ms breached: harm +34.0%, lower bound +21.0% > margin 20.0%``."""
+    """``latency_ms breached: harm +34.0%, lower bound +21.0% > margin 20.0%``.
+
+    A current-epoch result says so: ``errors breached in epoch 3 alone: ...``.
+    """
     fmt = percent if g.relative else _signed
+    where = f" in epoch {g.epoch} alone" if g.epoch is not None else ""
     return (
-        f"{g.metric} breached: harm {fmt(g.harm)}, lower bound {fmt(g.lower_bound)} "
+        f"{g.metric} breached{where}: harm {fmt(g.harm)}, lower bound {fmt(g.lower_bound)} "
         f"> margin {fmt(g.margin).lstrip('+')}"
     )
 

@@ -148,7 +148,8 @@ def _guardrails(r: AnalysisResult) -> str:
 def _guardrail_row(g: NonInferiority) -> list[str]:
     fmt = explain.percent if g.relative else (lambda x: _num(x, signed=True))
     status = g.status if g.reason is None else f"{g.status} ({g.reason})"
-    return [g.metric, g.variant, status, fmt(g.harm), fmt(g.bound), fmt(g.margin).lstrip("+")]
+    name = g.metric if g.epoch is None else f"{g.metric} (epoch {g.epoch})"  # the current epoch alone
+    return [name, g.variant, status, fmt(g.harm), fmt(g.bound), fmt(g.margin).lstrip("+")]
 
 
 def _decision(r: AnalysisResult) -> str:

@@ -133,6 +133,7 @@ def analysis_schema() -> dict[str, Any]:
             "direction": _enum(model.Direction),
             "margin": _num(minimum=0),
             "relative": {"type": "boolean"},
+            "min_margin": _num(minimum=0),
         },
         required=("metric", "direction", "margin"),
     )

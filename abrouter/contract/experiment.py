@@ -261,8 +261,11 @@ def _guardrails(data: Any, path: str, metric_names: set[str]) -> tuple[Guardrail
                 direction=fields.choice(r.get("direction", required=True), r.at("direction"), ("increase", "decrease")),
                 margin=fields.number(r.get("margin", required=True), r.at("margin"), low=0),
                 relative=fields.boolean(r.get("relative", False), r.at("relative")),
+                min_margin=fields.number(r.get("min_margin", 0.0), r.at("min_margin"), low=0),
             )
         )
+        if rails[-1].min_margin and not rails[-1].relative:
+            raise ConfigError(r.at("min_margin"), "floors a relative margin only; set relative: true or drop it")
         r.done()
     return tuple(rails)
 
@@ -443,6 +446,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "expected_units_per_arm": a.expected_units_per_arm,
             "guardrails": [
                 {"metric": g.metric, "direction": g.direction, "margin": g.margin, "relative": g.relative}
+                | ({"min_margin": g.min_margin} if g.min_margin else {})
                 for g in a.guardrails
             ],
             "ramp": list(a.ramp),

@@ -80,12 +80,16 @@ class Guardrail:
 
     `margin` is the largest tolerated harm: absolute in the metric's units, or a fraction
     of the control mean when `relative` is true (0.1 = 10% worse is still fine).
+    `min_margin` (relative margins only) floors it in the metric's units: the tolerated
+    harm is max(margin × control mean, min_margin), so a control without errors does not
+    leave a margin of 0 that nothing could pass.
     """
 
     metric: str
     direction: Direction
     margin: float
     relative: bool = False
+    min_margin: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,13 @@ class AnalysisSettings:
     #: mSPRT mixing variance is tuned to be most powerful around this many units per arm.
     expected_units_per_arm: int = 10_000
     guardrails: tuple[Guardrail, ...] = (
-        Guardrail(metric="errors", direction="decrease", margin=0.01, relative=False),
+        # Up to 50% more errors, and at least 0.1 point of requests (docs/analyzer.md says why).
+        Guardrail(metric="errors", direction="decrease", margin=0.5, relative=True, min_margin=0.001),
         Guardrail(metric="latency_ms", direction="decrease", margin=0.2, relative=True),
         # The share of requests slower than `Experiment.slow_request_s` may grow by half of
-        # the control's: a p99 regression the mean hides. Only when the spec sets the threshold.
-        Guardrail(metric="slow_requests", direction="decrease", margin=0.5, relative=True),
+        # the control's, and at least 0.1 point (a threshold no request reaches still passes):
+        # a p99 regression the mean hides. Only when the spec sets the threshold.
+        Guardrail(metric="slow_requests", direction="decrease", margin=0.5, relative=True, min_margin=0.001),
     )
     #: Candidate weights (percent) the ramp steps through before promotion is allowed.
     ramp: tuple[float, ...] = (5.0, 25.0, 50.0)

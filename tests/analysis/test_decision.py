@@ -143,9 +143,23 @@ def test_no_candidate_traffic_is_a_stop_that_keeps_the_weights() -> None:
 
 def test_a_candidate_with_all_traffic_stays_promoted() -> None:
     data = experiment({"control": 0.0, "candidate": 100.0})
-    got = decision.decide(data, evidence(comparison()), now=NOW)
+    got = decision.decide(data, evidence(comparison(seq_p=0.001)), now=NOW)
     assert (got.action, got.weights) == ("promote", {"control": 0.0, "candidate": 100.0})
     assert "already" in got.reason
+
+
+def test_all_traffic_without_a_win_is_a_stop_not_a_promotion() -> None:
+    # A hand edit (or an old bandit with floor 0) put the candidate at 100%; nothing won.
+    data = experiment({"control": 0.0, "candidate": 100.0})
+    got = decision.decide(data, evidence(comparison(seq_p=0.5)), now=NOW)
+    assert (got.action, got.weights) == ("stop", {"control": 0.0, "candidate": 100.0})
+    assert "candidate has 100% of traffic but was not promoted by the policy" in got.reason
+
+
+def test_all_traffic_on_a_harmful_candidate_rolls_back() -> None:
+    data = experiment({"control": 0.0, "candidate": 100.0})
+    got = decision.decide(data, evidence(comparison(lift=-0.02, seq_p=0.001)), now=NOW)
+    assert (got.action, got.weights) == ("rollback", {"control": 100.0, "candidate": 0.0})
 
 
 # ------------------------------------------------------------------ rollback

@@ -161,6 +161,20 @@ def test_negative_weight_message_is_exact():
             {"analysis": {"guardrails": [{"metric": "slow_requests", "direction": "decrease", "margin": 0.5}]}},
             "analysis.guardrails[0].metric",
         ),
+        (
+            {"analysis": {"guardrails": [{"metric": "errors", "direction": "decrease", "margin": 1, "min_margin": 1}]}},
+            "analysis.guardrails[0].min_margin",
+        ),
+        (
+            {
+                "analysis": {
+                    "guardrails": [
+                        {"metric": "errors", "direction": "decrease", "margin": 1, "relative": True, "min_margin": -1}
+                    ]
+                }
+            },
+            "analysis.guardrails[0].min_margin",
+        ),
     ],
 )
 def test_rejections_name_the_path(change, path):
@@ -247,7 +261,13 @@ def test_slow_requests_are_guarded_by_default_once_the_threshold_is_set():
     e = model.parse(spec(slow_request="250ms"))
     assert e.slow_request_s == 0.25
     rail = e.analysis.guardrails[-1]
-    assert (rail.metric, rail.direction, rail.margin, rail.relative) == ("slow_requests", "decrease", 0.5, True)
+    assert (rail.metric, rail.direction, rail.margin, rail.relative, rail.min_margin) == (
+        "slow_requests",
+        "decrease",
+        0.5,
+        True,
+        0.001,
+    )
     assert model.parse(json.loads(model.to_json(e))) == e
     assert "slow_request" not in model.to_dict(model.parse(BASE))
 
@@ -257,3 +277,13 @@ def test_a_guardrail_on_slow_requests_without_a_threshold_says_what_is_missing()
     with pytest.raises(model.ConfigError, match="sets slow_request"):
         model.parse(spec(analysis={"guardrails": rails}))
     assert model.parse(spec(slow_request=1, analysis={"guardrails": rails})).analysis.guardrails[0].margin == 0.01
+
+
+def test_a_relative_guardrail_floor_parses_and_round_trips():
+    rail = {"metric": "errors", "direction": "decrease", "margin": 0.5, "relative": True, "min_margin": 0.001}
+    e = model.parse(spec(analysis={"guardrails": [rail]}))
+    assert e.analysis.guardrails[0].min_margin == 0.001
+    assert model.parse(json.loads(model.to_json(e))) == e
+    # The default errors guardrail is relative with a floor (issue 9, defect 3).
+    (errors,) = [g for g in model.parse(BASE).analysis.guardrails if g.metric == "errors"]
+    assert (errors.margin, errors.relative, errors.min_margin) == (0.5, True, 0.001)
