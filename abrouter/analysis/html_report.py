@@ -20,6 +20,7 @@ from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats import histogram
 from abrouter.contract import experiment as spec
 from abrouter.contract.history import DecisionEntry
+from abrouter.contract.model import Guardrail
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -184,9 +185,7 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
     policy = (
         f"alpha {a.alpha:g}, at least {a.min_units_per_arm} units per arm, ramp {list(a.ramp)}, "
         f"SRM alpha {a.srm_alpha:g}, guardrails: "
-        + "; ".join(
-            f"{g.metric} {g.direction} margin {g.margin:g}{' relative' if g.relative else ''}" for g in a.guardrails
-        )
+        + "; ".join(f"{g.metric} {g.direction}, {_margin(g)}" for g in a.guardrails)
         + (f"; slow_requests: slower than {experiment.slow_request_s:g} s" if experiment.slow_request_s else "")
     )
     decisions = "".join(
@@ -220,3 +219,11 @@ inflate false promotions; the candidate was ramped step by step with guardrails 
 <th>reason</th></tr>{decisions}</table></section>
 </body></html>
 """
+
+
+def _margin(g: Guardrail) -> str:
+    """The tolerated harm in words: "margin 50% of the control (at least 0.001)" or "margin 0.02"."""
+    if not g.relative:
+        return f"margin {g.margin:g}"
+    floor = f" (at least {g.min_margin:g})" if g.min_margin else ""
+    return f"margin {g.margin:.0%} of the control{floor}"
