@@ -22,10 +22,12 @@ from abrouter.contract.model import AnalysisSettings, Metric
 
 #: The router's own per-request metrics, as the analyzer sees them: ratios over exposures.
 #: `errors` is binary per request, which lets the guardrail floor its variance when no
-#: arm has errored yet (otherwise "no errors anywhere" could never pass).
+#: arm has errored yet (otherwise "no errors anywhere" could never pass); so is
+#: `slow_requests` (a request slower than the spec's ``slow_request``, or not).
 BUILTIN_METRIC_SPECS: tuple[Metric, ...] = (
     Metric(name="errors", kind="binary", direction="decrease"),
     Metric(name="latency_ms", kind="continuous", direction="decrease"),
+    Metric(name=model.SLOW_REQUESTS, kind="binary", direction="decrease"),
 )
 BUILTIN_NAMES = frozenset(m.name for m in BUILTIN_METRIC_SPECS)
 assert BUILTIN_NAMES == set(model.BUILTIN_METRICS), "the router's built-in metrics and their specs must agree"
@@ -60,6 +62,9 @@ class Arm:
     #: The current weight (percent): what the router serves now.
     weight: float
     strata: tuple[Stratum, ...] = ()
+    #: Requests this arm served per latency bucket (`abrouter.contract.keys.latency_bucket`),
+    #: per epoch; empty when the source has no histograms (a summary, older data).
+    latency: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def units(self) -> int:

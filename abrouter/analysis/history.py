@@ -17,6 +17,7 @@ import redis.asyncio
 
 from abrouter.analysis.analyzer import AnalysisResult, Previous
 from abrouter.analysis.errors import SourceError
+from abrouter.analysis.stats import histogram
 from abrouter.analysis.stats.compare import Running
 from abrouter.contract import history as fmt
 from abrouter.contract import keys as schema
@@ -68,6 +69,9 @@ def _arm(result: AnalysisResult, name: str) -> fmt.ArmEntry:
     c, mean = result.primary_of(name)
     latency = arm.pooled("latency_ms", ratio=True).mean if arm.strata else None
     ci = c.sequential_ci if c is not None else None
+    # The look's epoch only: what the arm serves under the current weights, so a ramp
+    # step's (load-dependent) regression shows instead of being averaged into the past.
+    epoch_latency = arm.latency.get(result.epoch, ())
     return fmt.ArmEntry(
         name=name,
         weight=arm.weight,
@@ -78,6 +82,8 @@ def _arm(result: AnalysisResult, name: str) -> fmt.ArmEntry:
         latency_ms=_finite(latency),
         lift=_finite(c.relative_lift) if c is not None else None,
         lift_ci=ci if ci is not None and all(math.isfinite(x) for x in ci) else None,
+        latency_p50_ms=histogram.quantile(epoch_latency, 0.5),
+        latency_p95_ms=histogram.quantile(epoch_latency, 0.95),
     )
 
 

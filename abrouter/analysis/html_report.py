@@ -1,8 +1,9 @@
 """`abrouter report`: one self-contained HTML file that shows who won and why it was safe.
 
 Everything comes from bounded data in Redis: the aggregates (read as `analyze` reads
-them) for the table, and the capped decision history (`abrouter.contract.history`) for
-everything over time. Plots are drawn by matplotlib (Agg) and embedded as inline SVG, so
+them) and the latency histograms for the table, and the capped decision history
+(`abrouter.contract.history`) for everything over time, the per-look latency p50 and
+p95 of each arm included. Plots are drawn by matplotlib (Agg) and embedded as inline SVG, so
 the file needs no network to view.
 """
 
@@ -16,8 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from abrouter.analysis.analyzer import AnalysisResult
+from abrouter.analysis.stats import histogram
 from abrouter.contract import experiment as spec
 from abrouter.contract.history import DecisionEntry
+from abrouter.contract.model import Guardrail
 
 
 def _fmt(x: Any, pct: bool = False) -> str:
@@ -40,6 +43,12 @@ def _svg(fig: Any) -> str:
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg") :]
+
+
+def _legend(ax: Any) -> None:
+    # An empty legend warns (e.g. no lift yet, before the first outcome): only when labelled.
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8)
 
 
 def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> dict[str, str]:
@@ -66,7 +75,7 @@ def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> d
                                 label=f"{name} always-valid 95% band")  # fmt: skip
     ax.axhline(0, color="grey", lw=0.8)
     ax.set(xlabel="minutes", ylabel="relative lift of the primary metric", title="Lift over time")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     out["lift"] = _svg(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3))
@@ -78,16 +87,10 @@ def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> d
             ax.axvline((e.at - t0) / 60, color="black", ls=":", lw=0.8)
             ax.annotate(e.action, ((e.at - t0) / 60, 100), fontsize=7, rotation=90, va="top")
     ax.set(xlabel="minutes", ylabel="weight (%)", ylim=(0, 105), title="Weights, with each applied decision")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     out["weights"] = _svg(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for name in names:
-        pts = [(e, a) for e in history for a in e.arms if a.name == name and a.latency_ms is not None]
-        ax.plot(xs([e for e, _ in pts]), [_num(a.latency_ms) for _, a in pts], label=name)
-    ax.set(xlabel="minutes", ylabel="mean latency (ms)", title="Latency per arm (cumulative mean)")
-    ax.legend(loc="best", fontsize=8)
-    out["latency"] = _svg(fig)
+    out["latency"] = _svg(_latency_figure(plt, history, names, xs))
 
     fig, ax = plt.subplots(figsize=(7, 3))
     for name in names:
@@ -97,9 +100,42 @@ def plots(history: Sequence[DecisionEntry], candidate_names: Sequence[str]) -> d
         ax.plot(xs([e for e, _ in exp]), [_num(a.expected_units) for _, a in exp], ls="--", color=line[0].get_color(),
                 label=f"{name} expected by the split")  # fmt: skip
     ax.set(xlabel="minutes", ylabel="units", title="Units per arm against the expected split")
-    ax.legend(loc="best", fontsize=8)
+    _legend(ax)
     out["units"] = _svg(fig)
     return out
+
+
+def _latency_figure(plt: Any, history: Sequence[DecisionEntry], names: Sequence[str], xs: Any) -> Any:
+    """p50 (solid) and p95 (dashed) per arm at each look, over the look's epoch.
+
+    History written before the quantiles existed has only the cumulative mean: then that.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3))
+    quantiles = any(a.latency_p50_ms is not None for e in history for a in e.arms)
+    for name in names:
+        arms = [(e, a) for e in history for a in e.arms if a.name == name]
+        if not quantiles:
+            pts = [(e, a) for e, a in arms if a.latency_ms is not None]
+            ax.plot(xs([e for e, _ in pts]), [_num(a.latency_ms) for _, a in pts], label=f"{name} mean")
+            continue
+        p50 = [(e, a) for e, a in arms if a.latency_p50_ms is not None]
+        p95 = [(e, a) for e, a in arms if a.latency_p95_ms is not None]
+        line = ax.plot(
+            xs([e for e, _ in p50]), [_num(a.latency_p50_ms) for _, a in p50], marker=".", label=f"{name} p50"
+        )
+        ax.plot(xs([e for e, _ in p95]), [_num(a.latency_p95_ms) for _, a in p95], ls="--", marker=".",
+                color=line[0].get_color(), label=f"{name} p95")  # fmt: skip
+    if quantiles:
+        ax.set(xlabel="minutes", ylabel="latency (ms)", title="Latency per arm: p50 and p95 in the current epoch")
+    else:
+        ax.set(xlabel="minutes", ylabel="mean latency (ms)", title="Latency per arm (cumulative mean)")
+    _legend(ax)
+    return fig
+
+
+def _latency_cell(counts: Sequence[int]) -> str:
+    p50, p95 = histogram.quantile(counts, 0.5), histogram.quantile(counts, 0.95)
+    return "–" if p50 is None or p95 is None else f"{p50:.3g} / {p95:.3g}"
 
 
 def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequence[DecisionEntry]) -> str:
@@ -126,6 +162,7 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
                     f"{_fmt(c.sequential_ci[0], True)} .. {_fmt(c.sequential_ci[1], True)}" if c else "–",
                     _fmt(c.sequential_p_value) if c else "–",
                     f"{c.chance_to_beat:.1%}" if c else "–",
+                    _latency_cell(histogram.merge(arm.latency.values())),
                 )
             )
             + "</tr>"
@@ -148,9 +185,8 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
     policy = (
         f"alpha {a.alpha:g}, at least {a.min_units_per_arm} units per arm, ramp {list(a.ramp)}, "
         f"SRM alpha {a.srm_alpha:g}, guardrails: "
-        + "; ".join(
-            f"{g.metric} {g.direction} margin {g.margin:g}{' relative' if g.relative else ''}" for g in a.guardrails
-        )
+        + "; ".join(f"{g.metric} {g.direction}, {_margin(g)}" for g in a.guardrails)
+        + (f"; slow_requests: slower than {experiment.slow_request_s:g} s" if experiment.slow_request_s else "")
     )
     decisions = "".join(
         f"<tr><td>{time.strftime('%H:%M:%S', time.gmtime(e.at))}</td><td>{e.action}</td>"
@@ -159,7 +195,7 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
         if e.action != "continue" or e is history[-1]
     )
     header = ("arm", "weight", "units", "exposures", f"{primary} mean", "lift", "95% CI (fixed horizon)",
-              "always-valid CI", "sequential p", "chance to beat control")  # fmt: skip
+              "always-valid CI", "sequential p", "chance to beat control", "latency p50 / p95 (ms)")  # fmt: skip
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>abrouter report: {html.escape(experiment.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
@@ -183,3 +219,11 @@ inflate false promotions; the candidate was ramped step by step with guardrails 
 <th>reason</th></tr>{decisions}</table></section>
 </body></html>
 """
+
+
+def _margin(g: Guardrail) -> str:
+    """The tolerated harm in words: "margin 50% of the control (at least 0.001)" or "margin 0.02"."""
+    if not g.relative:
+        return f"margin {g.margin:g}"
+    floor = f" (at least {g.min_margin:g})" if g.min_margin else ""
+    return f"margin {g.margin:.0%} of the control{floor}"

@@ -1,9 +1,10 @@
 """Read one experiment's aggregates from Redis into `ExperimentData`.
 
-Only through `abrouter.contract.keys`: one MULTI/EXEC round trip with ``HGETALL agg`` and
-``HGETALL epochs``, decoded by `keys.decode_agg` / `keys.decode_epochs`. Both hashes hold
-a fixed number of fields per (epoch, variant, metric), so the cost of a read does not
-depend on traffic. All keys share the experiment's hash tag, so the transaction is
+Only through `abrouter.contract.keys`: one MULTI/EXEC round trip with ``HGETALL agg``,
+``HGETALL epochs`` and ``HGETALL latency``, decoded by `keys.decode_agg`,
+`keys.decode_epochs` and `keys.decode_latency`. The hashes hold a fixed number of fields
+per (epoch, variant, metric or latency bucket), so the cost of a read does not depend on
+traffic. All keys share the experiment's hash tag, so the transaction is
 valid on Redis Cluster too.
 
 Samples, per (epoch, variant) stratum with n = the stratum's units:
@@ -18,9 +19,11 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
   ``variant~mx``) are subtracted;
 - [cuped] metrics the spec's covariate adjusts (`Experiment.cuped_metrics`) also carry
   Σc_u, Σc_u² (the covariate's column) and Σx_u·c_u (``sum_xy``) per stratum;
-- built-ins (errors, latency_ms): per-request ratios Σx_u / Σn_u, with the denominator
-  sums the delta method needs (den_sum = exposures, den_sum_sq = Σn_u², sum_products =
-  Σx_u·n_u).
+- built-ins (errors, latency_ms, and slow_requests when the spec sets ``slow_request``):
+  per-request ratios Σx_u / Σn_u, with the denominator sums the delta method needs
+  (den_sum = exposures, den_sum_sq = Σn_u², sum_products = Σx_u·n_u);
+- latency histograms per arm and epoch of the requests each arm served (`Arm.latency`),
+  for quantiles (`abrouter.analysis.stats.histogram`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from abrouter.analysis import data as d
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import keys as schema
-from abrouter.contract.experiment import EXPOSURES, Experiment, Metric
+from abrouter.contract.experiment import EXPOSURES, SLOW_REQUESTS, Experiment, Metric
 
 
 async def read(
@@ -46,10 +49,13 @@ async def read(
             pipe.hgetall(keys.agg)
             pipe.hgetall(keys.epochs)
             pipe.hget(keys.meta, "reset_at")
-            agg, epochs, reset_at = await pipe.execute()
+            pipe.hgetall(keys.latency)
+            agg, epochs, reset_at, latency = await pipe.execute()
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
-    data = build(experiment, schema.decode_agg(agg), schema.decode_epochs(epochs))
+    data = build(
+        experiment, schema.decode_agg(agg), schema.decode_epochs(epochs), latency=schema.decode_latency(latency)
+    )
     if reset_at is not None:  # a router saw Redis lose the experiment's data
         data = dataclasses.replace(data, incomplete_since=float(reset_at))
     # The router registers the epoch with its first flush, so both empty means no router
@@ -58,10 +64,15 @@ async def read(
 
 
 def build(
-    experiment: Experiment, strata: dict[tuple[int, str], schema.StratumSums], epochs: dict[int, schema.EpochInfo]
+    experiment: Experiment,
+    strata: dict[tuple[int, str], schema.StratumSums],
+    epochs: dict[int, schema.EpochInfo],
+    *,
+    latency: dict[tuple[int, str], tuple[int, ...]] | None = None,
 ) -> d.ExperimentData:
     """Pure: decoded Redis contents plus the spec -> `ExperimentData`."""
-    metrics = experiment.metrics + d.BUILTIN_METRIC_SPECS
+    metrics = experiment.metrics + measured_builtins(experiment)
+    latency = latency or {}
     timeline = _epochs(experiment, strata, epochs)
     current = d.percent({v.name: v.weight for v in experiment.variants})
     exclude = experiment.analysis.multiple_exposures == "exclude"
@@ -74,6 +85,7 @@ def build(
                 for (e, name), s in sorted(strata.items())
                 if name == v.name
             ),
+            latency={e: counts for (e, name), counts in latency.items() if name == v.name},
         )
         for v in experiment.variants
     )
@@ -86,6 +98,13 @@ def build(
         settings=experiment.analysis,
         started_at=min(since) if since else None,
     )
+
+
+def measured_builtins(experiment: Experiment) -> tuple[Metric, ...]:
+    """The built-ins the router measures for `experiment`: slow_requests needs its threshold."""
+    if experiment.slow_request_s is not None:
+        return d.BUILTIN_METRIC_SPECS
+    return tuple(m for m in d.BUILTIN_METRIC_SPECS if m.name != SLOW_REQUESTS)
 
 
 def _epochs(

@@ -28,7 +28,7 @@ from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import experiment as spec
 from abrouter.contract import fields
 
-_TOP_KEYS = {"name", "metrics", "variants", "analysis", "epochs", "elapsed"}
+_TOP_KEYS = {"name", "metrics", "variants", "analysis", "epochs", "elapsed", "slow_request"}
 _VARIANT_KEYS = {"name", "weight", "units", "metrics", "strata"}
 _SAMPLE_KEYS = {"n", "sum", "sum_squares", "denominator_sum", "denominator_sum_squares", "sum_products"}
 _RATIO_KEYS = ("denominator_sum", "denominator_sum_squares", "sum_products")
@@ -113,6 +113,8 @@ def _validate_spec(top: Mapping[str, Any], raw_variants: list[Any]) -> spec.Expe
         "metrics": top.get("metrics", []),
         "analysis": top.get("analysis", {}),
     }
+    if "slow_request" in top:  # the threshold slow_requests was counted with: guard it
+        synthetic["slow_request"] = top["slow_request"]
     return spec.parse(synthetic)
 
 
@@ -123,7 +125,7 @@ def _spec_variant(item: Any) -> Any:
 
 
 def _builtins_used(raw_variants: list[Any]) -> tuple[spec.Metric, ...]:
-    """Built-in metrics (errors, latency_ms) need no declaration; include those present."""
+    """Built-in metrics (errors, latency_ms, slow_requests) need no declaration; include those present."""
     present: set[str] = set()
     for item in raw_variants:
         sources = [item, *(item.get("strata") or [])] if isinstance(item, Mapping) else []

@@ -179,6 +179,7 @@ def spec_schema() -> dict[str, Any]:
             "allow_force_variant": {"type": "boolean"},
             "outcome_ttl": _duration("how long a request id may be credited with an outcome"),
             "timeouts": _obj({"connect": _duration("upstream connect"), "read": _duration("upstream read")}),
+            "slow_request": _duration("a request slower than this counts in slow_requests (tail-latency guardrail)"),
             "exposures": {
                 "type": "array",
                 "description": "which requests are exposures (default: all but the OIP health and metadata calls)",

@@ -27,6 +27,7 @@ from abrouter.contract.model import (
     BUILTIN_METRICS,
     EXPOSURES,
     MAX_EPOCH,
+    SLOW_REQUESTS,
     WEIGHT_RESOLUTION,
     AnalysisSettings,
     Bandit,
@@ -47,6 +48,7 @@ __all__ = [
     "BUILTIN_METRICS",
     "EXPOSURES",
     "MAX_EPOCH",
+    "SLOW_REQUESTS",
     "WEIGHT_RESOLUTION",
     "AnalysisSettings",
     "Bandit",
@@ -249,6 +251,8 @@ def _guardrails(data: Any, path: str, metric_names: set[str]) -> tuple[Guardrail
     for i, item in enumerate(fields.list_of(data, path)):
         r = fields.Reader(item, f"{path}[{i}]")
         metric = fields.string(r.get("metric", required=True), r.at("metric"))
+        if metric == SLOW_REQUESTS and metric not in metric_names:
+            raise ConfigError(r.at("metric"), "slow_requests is counted only when the spec sets slow_request (e.g. 1s)")
         if metric not in metric_names:
             raise ConfigError(r.at("metric"), f"unknown metric {metric!r}; known: {', '.join(sorted(metric_names))}")
         rails.append(
@@ -284,8 +288,10 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
         min_units=fields.integer(b.get("min_units", d.bandit.min_units), b.at("min_units"), low=1),
     )
     b.done()
+    # The defaults guard only what is measured: slow_requests needs the spec's threshold.
+    defaults = tuple(g for g in d.guardrails if g.metric in metric_names)
     guardrails = (
-        _guardrails(r.get("guardrails"), r.at("guardrails"), metric_names) if "guardrails" in r.data else d.guardrails
+        _guardrails(r.get("guardrails"), r.at("guardrails"), metric_names) if "guardrails" in r.data else defaults
     )
     r.seen.add("guardrails")
     settings = AnalysisSettings(
@@ -332,7 +338,11 @@ def parse(data: Any) -> Experiment:
     name = fields.string(r.get("name", required=True), "name", _DNS_LABEL, "a DNS-1123 label (lowercase a-z, 0-9, '-')")
     variants = _variants(r.get("variants", required=True), "variants")
     metrics = _metrics(r.get("metrics", []), "metrics")
+    slow = r.get("slow_request", None)
+    slow_request_s = None if slow is None else fields.duration(slow, "slow_request")
     metric_names = {m.name for m in metrics} | set(BUILTIN_METRICS)
+    if slow_request_s is None:
+        metric_names.discard(SLOW_REQUESTS)
     t = fields.Reader(r.get("timeouts", {}), "timeouts")
     timeouts = Timeouts(
         connect_s=fields.duration(t.get("connect", Timeouts.connect_s), t.at("connect")),
@@ -351,6 +361,7 @@ def parse(data: Any) -> Experiment:
         timeouts=timeouts,
         analysis=_analysis(r.get("analysis", {}), "analysis", metric_names),
         exposures=_exposures(r.get("exposures", []), "exposures"),
+        slow_request_s=slow_request_s,
         covariate=_covariate(r.get("covariate", None), metric_names),  # [cuped]
     )
     r.done()
@@ -426,6 +437,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
         "outcome_ttl": e.outcome_ttl_s,
         "timeouts": {"connect": e.timeouts.connect_s, "read": e.timeouts.read_s},
         "exposures": [{"method": x.method, "path": x.path} for x in e.exposures],
+        **({"slow_request": e.slow_request_s} if e.slow_request_s is not None else {}),
         "analysis": {
             "alpha": a.alpha,
             "min_units_per_arm": a.min_units_per_arm,

@@ -24,7 +24,10 @@ Since the report needs them over time, an entry also carries ``arms``: per arm i
 units, exposures, the primary metric's mean, the mean latency and the units the split
 expects, and for candidates the primary metric's relative lift with the look's
 always-valid interval (``lift``, ``lift_ci``; absent for the control). Entries written
-before ``arms`` existed have none; readers must not need them.
+before ``arms`` existed have none; readers must not need them. ``latency_p50_ms`` and
+``latency_p95_ms`` are the arm's latency quantiles over the requests it served in the
+look's epoch (since the weights last changed), read from the ``latency`` histogram;
+absent in entries written before them, or when the arm served nothing in that epoch.
 
 The stream is capped at about `keys.DECISIONS_MAXLEN` entries (``XADD MAXLEN ~``).
 """
@@ -59,6 +62,10 @@ class ArmEntry:
     latency_ms: float | None = None
     lift: float | None = None
     lift_ci: tuple[float, float] | None = None
+    #: Latency quantiles (ms) of the requests the arm served in the look's epoch, from the
+    #: router's histogram; absent in older entries and without requests in the epoch.
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ def _decode_arm(a: dict[str, Any]) -> ArmEntry:
         latency_ms=_float(a.get("latency_ms")),
         lift=_float(a.get("lift")),
         lift_ci=(float(ci[0]), float(ci[1])) if ci is not None else None,
+        latency_p50_ms=_float(a.get("latency_p50_ms")),
+        latency_p95_ms=_float(a.get("latency_p95_ms")),
     )
 
 

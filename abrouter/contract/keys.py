@@ -17,6 +17,7 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
     abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
     abrouter:{E}:meta        hash    the marker: created, and after a data loss reset_at, resets
     abrouter:{E}:unit-seen   zset    units field -> time it was last written (expiry)
+    abrouter:{E}:latency     hash    request latency histogram per (epoch, variant): "e|v|b" -> count
 
 ``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
 
@@ -33,7 +34,9 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
 
 where a unit's ``x_u`` is the sum of its values, except for binary metrics, where it is
 the maximum (1 once the unit converted). Built-in metrics (`BUILTIN_METRICS`: errors,
-latency_ms) are recorded on every proxied request; analyse them as ratios x_u / n_u.
+latency_ms, slow_requests) are recorded on every proxied request; analyse them as ratios
+x_u / n_u. ``slow_requests`` counts the requests slower than the spec's ``slow_request``
+(0 for every request when the spec sets none).
 A ``ratio`` metric of the spec has no fields of its own: the analyzer reads its
 numerator's and denominator's sums (and ``sum_xy``). Its cross products are counted from
 the first batch of a router that knows the ratio; declare ratios when the experiment
@@ -86,6 +89,19 @@ written by `encode_events` and read back by `decode_events` (`abrouter.router.ev
 
 (rows written before event ids existed end at ``value``).
 
+``latency`` fields, for epoch ``e``, variant ``v`` and bucket ``b`` (`latency_bucket`)::
+
+    e|v|b              proxied requests that variant v served in epoch e with a latency in
+                       bucket b: b = 0 is [0, LATENCY_EDGES_MS[0]), b = i is
+                       [LATENCY_EDGES_MS[i-1], LATENCY_EDGES_MS[i]), and b = len(edges)
+                       the overflow, [LATENCY_EDGES_MS[-1], inf)
+
+Unlike ``agg`` this counts requests where they were served (the exposure's epoch and
+variant), not intent-to-treat: a latency is the serving variant's. At most
+(epochs x variants x `LATENCY_BUCKETS`) fields, whatever the traffic; the analyzer takes
+latency quantiles from it (`abrouter.analysis.stats.histogram`). The edges are part of
+the stored format: never change them (a new layout needs a new key).
+
 The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, whichever is
 fewer (MAXLEN is set per batch from its size).
 
@@ -117,6 +133,7 @@ aggregates hold only what came after) and ``resets``.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections import defaultdict
@@ -137,6 +154,13 @@ OUTCOME_ID_WINDOW_S = 86_400
 #: The largest magnitude of an outcome value (the API answers 422 beyond it). Squares
 #: (1e30) and sums over a batch of them stay finite and far from overflow in doubles.
 MAX_ABS_VALUE = 1e15
+#: Upper edges (ms) of the latency histogram's buckets: ten per decade (the R10 series
+#: 1, 1.26, 1.58, 2, 2.51, ...) from 0.1 ms to 63 s, so a bucket is 26% wide and a
+#: quantile read from the histogram is within that of the exact one. Below the first
+#: edge is bucket 0, above the last the overflow bucket.
+LATENCY_EDGES_MS: tuple[float, ...] = tuple(0.1 * 10 ** (k / 10) for k in range(59))
+#: Buckets per (epoch, variant): the 58 between the edges, the one below and the overflow.
+LATENCY_BUCKETS = len(LATENCY_EDGES_MS) + 1
 
 
 @dataclass(frozen=True)
@@ -187,6 +211,10 @@ class Keys:
     def unit_seen(self) -> str:
         return self._key("unit-seen")
 
+    @property
+    def latency(self) -> str:
+        return self._key("latency")
+
     def all(self) -> tuple[str, ...]:
         """In the order flush.lua expects them as KEYS."""
         return (
@@ -199,6 +227,7 @@ class Keys:
             self.outcome_ids,
             self.meta,
             self.unit_seen,
+            self.latency,
         )
 
 
@@ -234,6 +263,13 @@ def covariate_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
 
 
 # [/cuped]
+
+
+def latency_bucket(latency_ms: float) -> int:
+    """The ``latency`` bucket of a request (see the module docstring); NaN counts as overflow."""
+    if latency_ms != latency_ms:
+        return LATENCY_BUCKETS - 1
+    return bisect.bisect_right(LATENCY_EDGES_MS, latency_ms)
 
 
 def parse_stratum(value: bytes | str) -> tuple[int, str]:
@@ -291,6 +327,16 @@ def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], 
         elif len(parts) == 5 and parts[3] == "sum_xy":
             s.metrics[parts[2]].sum_xy[parts[4]] = number
     return strata
+
+
+def decode_latency(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], tuple[int, ...]]:
+    """Parse an ``HGETALL latency`` reply: (epoch, variant) -> counts per bucket (dense)."""
+    out: dict[tuple[int, str], list[int]] = {}
+    for key, value in raw.items():
+        epoch, variant, bucket = _text(key).rsplit(FIELD_SEP, 2)
+        counts = out.setdefault((int(epoch), variant), [0] * LATENCY_BUCKETS)
+        counts[min(int(bucket), LATENCY_BUCKETS - 1)] += int(_text(value))
+    return {k: tuple(v) for k, v in sorted(out.items())}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,11 @@ MultipleExposures = Literal["keep", "exclude"]
 
 #: Metrics the router measures itself on every proxied request. They are per-request
 #: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
-BUILTIN_METRICS = ("errors", "latency_ms")
+#: ``slow_requests`` counts the requests slower than `Experiment.slow_request_s` (a
+#: tail-latency guardrail the router counts exactly); it is analysed only when that
+#: threshold is set (`SLOW_REQUESTS`).
+BUILTIN_METRICS = ("errors", "latency_ms", "slow_requests")
+SLOW_REQUESTS = "slow_requests"
 WEIGHT_RESOLUTION = 10_000
 #: The denominator of a ratio metric per proxied request (the unit's exposures).
 EXPOSURES = "exposures"
@@ -111,6 +115,10 @@ class AnalysisSettings:
         # Up to 50% more errors, and at least 0.1 point of requests (docs/analyzer.md says why).
         Guardrail(metric="errors", direction="decrease", margin=0.5, relative=True, min_margin=0.001),
         Guardrail(metric="latency_ms", direction="decrease", margin=0.2, relative=True),
+        # The share of requests slower than `Experiment.slow_request_s` may grow by half of
+        # the control's, and at least 0.1 point (a threshold no request reaches still passes):
+        # a p99 regression the mean hides. Only when the spec sets the threshold.
+        Guardrail(metric="slow_requests", direction="decrease", margin=0.5, relative=True, min_margin=0.001),
     )
     #: Candidate weights (percent) the ramp steps through before promotion is allowed.
     ramp: tuple[float, ...] = (5.0, 25.0, 50.0)
@@ -161,6 +169,10 @@ class Experiment:
     #: forwarded. Empty: every request except the Open Inference Protocol's health and
     #: metadata endpoints (`abrouter.router.exposures.OIP_NOT_EXPOSURES`).
     exposures: tuple[ExposureRule, ...] = ()
+    #: A request slower than this (seconds, measured by the router from the request's
+    #: arrival to the end of the response) counts in the built-in ``slow_requests``. None:
+    #: not measured, and the default ``slow_requests`` guardrail is left out.
+    slow_request_s: float | None = None
     #: [cuped] The name of the pre-exposure covariate clients report per unit
     #: (``{"unit": ..., "covariate": 3.0}``), e.g. the unit's clicks in the 28 days before
     #: the experiment; None: no CUPED. It adjusts every metric in `cuped_metrics`.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ def test_the_issue_example_parses() -> None:
     assert data.primary is not None and data.primary.name == "revenue"
     assert data.control.units == 3407
     assert data.samples("candidate", "revenue") == (Sample(3461, 2422.7, 134698.29),)
-    assert data.settings == AnalysisSettings()
+    # The defaults, but for the guardrail on slow_requests: this summary sets no threshold.
+    defaults = AnalysisSettings()
+    rails = tuple(g for g in defaults.guardrails if g.metric != "slow_requests")
+    assert data.settings == dataclasses.replace(defaults, guardrails=rails)
     assert data.epoch_ids == (1,)
 
 
@@ -99,6 +103,21 @@ def test_builtin_metrics_need_no_declaration_but_need_denominators() -> None:
     for v in doc["variants"]:
         del v["metrics"]["latency_ms"]["denominator_sum"]
     assert "variants[0].metrics.latency_ms.denominator_sum: is required" in error(doc)
+
+
+def test_a_summary_with_slow_requests_and_its_threshold_is_guarded_on_them() -> None:
+    doc = example()
+    for v, slow in zip(doc["variants"], (30, 90)):
+        n = v["units"]
+        v["metrics"]["slow_requests"] = {
+            "n": n, "sum": slow, "sum_squares": slow, "denominator_sum": n, "denominator_sum_squares": n,
+            "sum_products": slow,
+        }  # fmt: skip
+    data, _ = summary.parse(doc)
+    assert "slow_requests" not in [g.metric for g in data.settings.guardrails], "no threshold: not guarded"
+    data, _ = summary.parse({**doc, "slow_request": "250ms"})
+    assert [m.name for m in data.metrics] == ["revenue", "slow_requests"] and data.is_ratio("slow_requests")
+    assert data.settings.guardrails[-1].metric == "slow_requests"
 
 
 def test_analysis_settings_are_parsed_by_the_router_model() -> None:

@@ -44,6 +44,7 @@ def _spec_of(e: model.Experiment) -> dict[str, Any]:
     spec["outcome_ttl"] = f"{spec['outcome_ttl']}s"
     spec["timeouts"] = {k: f"{v}s" for k, v in spec["timeouts"].items()}
     spec["analysis"]["max_duration"] = f"{spec['analysis']['max_duration']}s"
+    spec["slow_request"] = f"{spec['slow_request']}s"
     return spec
 
 
@@ -71,6 +72,7 @@ RICH = {
     "covariate": "prior_clicks",
     "timeouts": {"connect": 1, "read": "1.5s"},
     "outcome_ttl": "7d",
+    "slow_request": "250ms",
     "analysis": {
         "bandit": {"enabled": True, "floor": 0.05, "min_units": 100},
         "multiple_exposures": "exclude",
@@ -224,6 +226,7 @@ INVALID = {
     "bandit floor 0": _set("analysis.bandit.floor", 0),
     "unknown multiple_exposures": _set("analysis.multiple_exposures", "drop"),
     "bad duration": _set("analysis.max_duration", "two weeks"),
+    "slow_request not a duration": _set("slow_request", "slowish"),
     "guardrail without margin": _set("analysis.guardrails", [{"metric": "errors", "direction": "decrease"}]),
     "paused as a string": _set("paused", "yes"),
     "allow_force_variant as a string": _set("allow_force_variant", "true"),
@@ -253,6 +256,7 @@ def test_what_only_the_parser_catches_is_still_caught() -> None:
         _set("analysis.ramp", [50, 25]),  # not increasing
         _set("analysis.guardrails", [{"metric": "nope", "direction": "decrease", "margin": 1}]),
         _set("epoch", 4),  # epoch is metadata.generation
+        _set("slow_request", "0s"),  # a duration of zero
     ):
         spec = copy.deepcopy(RICH)
         mutate(spec)

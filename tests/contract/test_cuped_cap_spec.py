@@ -39,7 +39,7 @@ def test_the_covariate_adjusts_every_binary_and_continuous_metric_unless_one_opt
     assert keys.covariate_pairs(e) == (("conversion", "prior_clicks"), ("revenue", "prior_clicks"))
     plain = model.parse(_spec(covariate=None))
     assert plain.cuped_metrics == () and "covariate" not in model.to_dict(plain)
-    assert keys.metric_order(plain) == ("errors", "latency_ms", "conversion", "revenue", "clicks")
+    assert keys.metric_order(plain) == ("errors", "latency_ms", "slow_requests", "conversion", "revenue", "clicks")
 
 
 @pytest.mark.parametrize(

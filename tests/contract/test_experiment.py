@@ -153,6 +153,14 @@ def test_negative_weight_message_is_exact():
             "analysis.guardrails[0].metric",
         ),
         ({"analysis": {"max_duration": "two weeks"}}, "analysis.max_duration"),
+        ({"slow_request": "slowish"}, "slow_request"),
+        ({"slow_request": 0}, "slow_request"),
+        ({"slow_request": "0ms"}, "slow_request"),
+        ({"metrics": [{"name": "slow_requests", "kind": "binary"}]}, "metrics[0].name"),
+        (
+            {"analysis": {"guardrails": [{"metric": "slow_requests", "direction": "decrease", "margin": 0.5}]}},
+            "analysis.guardrails[0].metric",
+        ),
         (
             {"analysis": {"guardrails": [{"metric": "errors", "direction": "decrease", "margin": 1, "min_margin": 1}]}},
             "analysis.guardrails[0].min_margin",
@@ -245,6 +253,30 @@ def test_a_duplicate_yaml_key_is_refused():
     text = "name: a\nname: b\nunit: {header: X-User-Id}\nvariants: []\n"
     with pytest.raises(model.ConfigError, match=r"^exp.yaml: duplicate key 'name' at line 2, column 1$"):
         model.loads(text, "exp.yaml")
+
+
+def test_slow_requests_are_guarded_by_default_once_the_threshold_is_set():
+    # Without a threshold nothing is counted as slow: no default guardrail on it.
+    assert [g.metric for g in model.parse(BASE).analysis.guardrails] == ["errors", "latency_ms"]
+    e = model.parse(spec(slow_request="250ms"))
+    assert e.slow_request_s == 0.25
+    rail = e.analysis.guardrails[-1]
+    assert (rail.metric, rail.direction, rail.margin, rail.relative, rail.min_margin) == (
+        "slow_requests",
+        "decrease",
+        0.5,
+        True,
+        0.001,
+    )
+    assert model.parse(json.loads(model.to_json(e))) == e
+    assert "slow_request" not in model.to_dict(model.parse(BASE))
+
+
+def test_a_guardrail_on_slow_requests_without_a_threshold_says_what_is_missing():
+    rails = [{"metric": "slow_requests", "direction": "decrease", "margin": 0.01}]
+    with pytest.raises(model.ConfigError, match="sets slow_request"):
+        model.parse(spec(analysis={"guardrails": rails}))
+    assert model.parse(spec(slow_request=1, analysis={"guardrails": rails})).analysis.guardrails[0].margin == 0.01
 
 
 def test_a_relative_guardrail_floor_parses_and_round_trips():

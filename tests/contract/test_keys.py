@@ -17,6 +17,7 @@ import redis.asyncio
 
 from abrouter.analysis import history, reader
 from abrouter.contract import experiment as model
+from abrouter.contract import history as fmt
 from abrouter.contract import keys
 from abrouter.router.eventlog.events import Exposure
 from abrouter.router.eventlog.log import EventLog
@@ -48,6 +49,8 @@ def test_the_key_names_are_the_ones_existing_data_uses() -> None:
     # meta (the empty-restart marker) and unit-seen (unit state expiry) came later (issue 7):
     # new keys, created by the first flush, so the pinned data has none.
     names |= {"abrouter:{E}:meta", "abrouter:{E}:unit-seen"}
+    # latency (the per-arm latency histograms, issue 10) came later still.
+    names |= {"abrouter:{E}:latency"}
     assert names == {k.replace("{x}", "{E}") for k in keys.Keys("x").all()} | {"abrouter:{E}:decisions"}
 
 
@@ -93,3 +96,34 @@ async def test_a_new_router_adds_to_data_written_before_the_move(
     after = await reader.read(redis_client, experiment)
     assert after.arm("control").units == before.arm("control").units + 1
     assert after.arm("candidate").units == before.arm("candidate").units
+    # The old data has no histograms; the new request is counted in one, in its bucket.
+    assert before.arm("control").latency == {} and after.arm("candidate").latency == {}
+    assert sum(after.arm("control").latency[1]) == 1
+    assert after.arm("control").latency[1][keys.latency_bucket(5.0)] == 1
+
+
+async def test_the_latency_histogram_layout(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    # abrouter:{E}:latency is a hash "epoch|variant|bucket" -> requests, bucket per
+    # keys.LATENCY_EDGES_MS: existing data depends on the name, the fields and the edges.
+    k = keys.Keys(experiment_name)
+    assert k.latency == f"abrouter:{{{experiment_name}}}:latency" and k.all()[-1] == k.latency
+    log = EventLog(redis_url=redis_url, experiment=spec(experiment_name), spill_dir=tmp_path)
+    await log.start()
+    for i, ms in enumerate((0.05, 5.0, 5.0, 70_000.0)):
+        log.record_exposure(Exposure(f"r{i}", f"u{i}", "candidate", 1, 1700000200.0, 200, ms, False))
+    await log.close()
+    stored = await redis_client.hgetall(k.latency)
+    assert stored == {b"1|candidate|0": b"1", b"1|candidate|17": b"2", b"1|candidate|59": b"1"}
+
+
+def test_history_entries_carry_latency_quantiles_and_older_ones_read_without() -> None:
+    arm = fmt.ArmEntry("candidate", 50.0, 10, 12, latency_p50_ms=8.5, latency_p95_ms=41.0)
+    entry = fmt.DecisionEntry(1.7e9, 1, "continue", "r", {"candidate": 50.0}, False, 10, arms=(arm,))
+    assert fmt.decode(fmt.encode(entry)).arms == (arm,)
+    old = json.loads(fmt.encode(entry))
+    for a in old["arms"]:
+        del a["latency_p50_ms"], a["latency_p95_ms"]  # as written before the quantiles existed
+    (read,) = fmt.decode(json.dumps(old)).arms
+    assert (read.latency_p50_ms, read.latency_p95_ms, read.units) == (None, None, 10)

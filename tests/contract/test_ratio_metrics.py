@@ -37,7 +37,7 @@ def test_a_ratio_per_metric_and_one_per_exposure_parse_and_round_trip() -> None:
     assert e.metric("clicks_per_request").denominator == model.EXPOSURES
     assert model.parse(model.to_dict(e)) == e
     # Ratios get no storage column; only pairs over two metrics need cross products.
-    assert keys.metric_order(e) == ("errors", "latency_ms", "clicks", "impressions")
+    assert keys.metric_order(e) == ("errors", "latency_ms", "slow_requests", "clicks", "impressions")
     assert e.ratio_pairs == (("clicks", "impressions"),)
 
 

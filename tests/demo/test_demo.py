@@ -82,10 +82,13 @@ def test_the_default_demo_promotes_the_better_model_and_writes_the_report(tmp_pa
     assert "ctr candidate +" in final[0], "promoted with a positive lift"
     assert left == [], f"child processes left behind: {left}"
     parser = Sections()
-    parser.feed((tmp_path / "out" / "report.html").read_text())
+    report = (tmp_path / "out" / "report.html").read_text()
+    parser.feed(report)
     assert {"summary", "experiment", "arms", "plots", "history"} <= parser.ids
     assert {"plot-lift", "plot-weights", "plot-latency", "plot-units"} <= parser.ids
     assert parser.svgs >= 4, "plots are embedded as inline SVG"
+    # matplotlib's SVG names each text in a comment: the latency plot has p50 and p95 per arm
+    assert all(f"<!-- {arm} {q} -->" in report for arm in ("control", "candidate") for q in ("p50", "p95"))
 
 
 @pytest.mark.slow

@@ -13,13 +13,14 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
 from abrouter.contract import keys
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
-from abrouter.contract.keys import MAX_ABS_VALUE
+from abrouter.contract.keys import LATENCY_BUCKETS, LATENCY_EDGES_MS, MAX_ABS_VALUE
 from abrouter.router.eventlog import slices
 
 
@@ -90,16 +91,22 @@ def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
 
 
 class ColumnRules(TypedDict):
-    """The Aggregator's keyword arguments beyond the columns: [cuped] and [cap]."""
+    """The Aggregator's keyword arguments beyond the columns: [cuped], [cap] and [latency]."""
 
     covariate: str | None
     caps: dict[str, float]
+    slow_ms: float | None
 
 
 def column_rules(experiment: Experiment) -> ColumnRules:
-    """[cuped] the covariate column (set once per unit) and [cap] the per-unit caps, by metric."""
+    """[cuped] the covariate column (set once per unit), [cap] the caps by metric, [latency] the slow threshold."""
     caps = {m.name: m.cap for m in experiment.metrics if m.cap is not None}
-    return ColumnRules(covariate=experiment.covariate, caps=caps)
+    return ColumnRules(covariate=experiment.covariate, caps=caps, slow_ms=slow_ms(experiment))
+
+
+def slow_ms(experiment: Experiment) -> float | None:
+    """The ``slow_requests`` threshold in milliseconds, or None when the spec sets none."""
+    return None if experiment.slow_request_s is None else experiment.slow_request_s * 1000.0
 
 
 def encode_events(batch: Sequence[Event]) -> str:
@@ -151,6 +158,7 @@ class Aggregator:
         *,
         covariate: str | None = None,
         caps: Mapping[str, float] | None = None,
+        slow_ms: float | None = None,
     ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
             raise ValueError(f"metrics must start with the built-ins {BUILTIN_METRICS}, got {list(metrics)}")
@@ -168,7 +176,10 @@ class Aggregator:
         self._products: list[tuple[str, str]] = []
         self._covariate: str | None = None  # [cuped]
         self._caps: dict[str, float] = {}  # [cap]
-        self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps)
+        # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
+        self._latency: dict[tuple[int, str], list[int]] = {}
+        self._slow_ms = math.inf
+        self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps, slow_ms=slow_ms)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -186,6 +197,7 @@ class Aggregator:
         *,
         covariate: str | None = None,
         caps: Mapping[str, float] | None = None,
+        slow_ms: float | None = None,
     ) -> None:
         """Adopt a longer metric list (a config reload); existing metrics keep their place.
 
@@ -193,7 +205,9 @@ class Aggregator:
         flush.lua keeps their Σ x_u·y_u. Both must be among `metrics`. [cuped] `covariate`
         names the column that is set once per unit (its flag column `keys.COVARIATE_SET_SUFFIX`
         must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
+        [latency] A request slower than `slow_ms` counts in ``slow_requests`` (None: none does).
         """
+        self._slow_ms = math.inf if slow_ms is None else slow_ms
         # [cuped] [cap] the latest spec's rules: a reload may add or change them.
         if covariate is not None:
             if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
@@ -219,13 +233,23 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
-        # Offsets 1..4 are errors and latency_ms: the built-ins always come first.
+        # Offsets 1..6 are errors, latency_ms and slow_requests: the built-ins come first.
         cell[0] += 1
         if e.error:
             cell[1] += 1
         cell[2] += 1
         cell[3] += e.latency_ms
         cell[4] += 1
+        if e.latency_ms > self._slow_ms:
+            cell[5] += 1
+        cell[6] += 1
+        # [latency] the serving (epoch, variant)'s histogram (keys.latency_bucket, inlined:
+        # this runs on every request, and a measured latency is never NaN)
+        stratum = (e.epoch, e.variant)
+        hist = self._latency.get(stratum)
+        if hist is None:
+            hist = self._latency[stratum] = [0] * LATENCY_BUCKETS
+        hist[bisect_right(LATENCY_EDGES_MS, e.latency_ms)] += 1
         if e.anonymous:
             self._anonymous.add(key)
         else:
@@ -237,7 +261,8 @@ class Aggregator:
         """Fold in an outcome; False if its event_id is already in this batch (not added)."""
         at = self._offset.get(o.metric)
         if at is None or o.metric in BUILTIN_METRICS or o.metric.endswith(keys.COVARIATE_SET_SUFFIX):
-            raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {self._metrics[2:]}")
+            known = self._metrics[len(BUILTIN_METRICS) :]
+            raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {known}")
         if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
             raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
         if o.metric == self._covariate:  # [cuped]
@@ -301,7 +326,8 @@ class Aggregator:
         unit id (`Exposure.anonymous`), for which the script keeps no unit state. Outcomes
         with an event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
         ``products`` (only when the experiment has ratio metrics over two metrics) lists
-        their (numerator, denominator) pairs.
+        their (numerator, denominator) pairs; ``latency`` (when there were exposures) the
+        requests per latency bucket of each serving (epoch, variant).
         """
         latest, anonymous = self._latest, self._anonymous
 
@@ -337,6 +363,7 @@ class Aggregator:
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
             "keyed": slices.slot("keyed"),
             "n": len(self._events),
+            "builtins": len(BUILTIN_METRICS),
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
@@ -344,6 +371,8 @@ class Aggregator:
             payload["covariate"] = self._covariate
         if self._caps:  # [cap]
             payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
+        if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
+            payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in self._latency.items()]
         return Batch(
             producer=producer,
             seq=seq,

@@ -10,8 +10,8 @@
 -- value it increments, so a batch the script cannot apply (data some other program
 -- wrote) changes nothing, and the router can set it aside (quarantine).
 --
--- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids, meta, unit_seen
---       (keys.Keys.all())
+-- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids, meta, unit_seen,
+--       latency (keys.Keys.all())
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
 --       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
 --       window in seconds, the meta `created` this producer saw last ("" if none),
@@ -294,9 +294,12 @@ end
 -- [faults] Anonymous requests (latest == 2: no unit id, each its own unit) keep no unit
 -- state: their cell is complete in itself. Unless an outcome came with them: then the
 -- state is kept, so that a later outcome for the same request id extends it.
+-- The built-ins (the first batch.builtins metrics; 2 in batches from before slow_requests)
+-- are measured by the router, not outcomes.
+local nbuiltin = batch.builtins or 2
 local function keeps_state(c)
   if c[4] ~= 2 then return true end
-  for i = 3, nbm do
+  for i = nbuiltin + 1, nbm do
     if c[5 + 2 * i] > 0 then return true end
   end
   return false
@@ -463,6 +466,36 @@ for first = 1, #increments, CHUNK do
   end
 end
 
+-- [latency] Request latency histograms per (epoch, variant) of the serving variant (not
+-- intent-to-treat: a latency belongs to the variant that served the request). The
+-- router bins (keys.latency_bucket); a batch brings batch.latency = {{e, v, {{b, count},
+-- ...}}, ...} and the script adds the counts to latency["e|v|b"]. Fields are bounded by
+-- epochs x variants x buckets. Batches from routers without histograms carry none.
+local latency_key = KEYS[10]
+local latency_incr = {}  -- {field, count}
+if latency_key then
+  local found = redis.call('TYPE', latency_key)['ok']
+  if found ~= 'none' and found ~= 'hash' then
+    return {-2, last, 0, latency_key .. ' is a ' .. found .. ', not a hash'}
+  end
+  for _, row in ipairs(batch.latency or {}) do
+    local prefix = row[1] .. '|' .. row[2] .. '|'
+    for _, bc in ipairs(row[3]) do latency_incr[#latency_incr + 1] = {prefix .. string.format('%d', bc[1]), bc[2]} end
+  end
+  for first = 1, #latency_incr, CHUNK do
+    local names = {}
+    for i = first, math.min(first + CHUNK - 1, #latency_incr) do names[#names + 1] = latency_incr[i][1] end
+    local stored = redis.call('HMGET', latency_key, unpack(names))
+    for i, name in ipairs(names) do
+      local v = stored[i]
+      if v and not string.match(v, '^%d+$') then
+        return {-2, last, 0, 'corrupt value ' .. v .. ' in ' .. latency_key .. ' field ' .. name}
+      end
+    end
+  end
+end
+-- [/latency]
+
 -- [faults] The marker: meta.created is set once, when the experiment's first batch lands
 -- in this Redis. A producer that saw another value (ARGV[9]) is talking to a Redis that
 -- lost the experiment's data (it restarted empty): meta.reset_at records since when the
@@ -518,6 +551,10 @@ for _, op in ipairs(increments) do
     redis.call('HINCRBYFLOAT', agg, op[1], string.format('%.17g', op[2]))
   end
 end
+
+-- [latency]
+for _, op in ipairs(latency_incr) do redis.call('HINCRBY', latency_key, op[1], string.format('%d', op[2])) end
+-- [/latency]
 
 -- Weights of each epoch: the first registration wins, so replicas cannot disagree later.
 for _, pair in ipairs(batch.epochs) do redis.call('HSETNX', epochs, pair[1], pair[2]) end

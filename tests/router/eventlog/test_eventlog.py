@@ -26,7 +26,16 @@ from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected, EventLogError, EventLogUnavailable
 from abrouter.router.eventlog import spill
-from abrouter.router.eventlog.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, decode_events
+from abrouter.router.eventlog.events import (
+    Aggregator,
+    Batch,
+    Event,
+    Exposure,
+    Outcome,
+    binary_metrics,
+    decode_events,
+    slow_ms,
+)
 from abrouter.router.eventlog.log import (
     APPLIED,
     DUPLICATE,
@@ -37,6 +46,8 @@ from abrouter.router.eventlog.log import (
 from abrouter.router.redis_server import RedisServer, free_port
 
 VARIANTS = ("control", "candidate")
+#: The experiments' slow_request threshold: a request slower than this counts in slow_requests.
+SLOW_MS = 100.0
 
 
 def make_experiment(name: str, *, extra_metric: bool = False) -> model.Experiment:
@@ -49,6 +60,7 @@ def make_experiment(name: str, *, extra_metric: bool = False) -> model.Experimen
             "unit": {"header": "X-User-Id"},
             "metrics": metrics,
             "variants": [{"name": v, "upstream": f"http://{v}:8080", "weight": 50} for v in VARIANTS],
+            "slow_request": f"{SLOW_MS:g}ms",
         }
     )
 
@@ -92,8 +104,10 @@ def expected_strata(recorded: Iterable[Event], binary: frozenset[str]) -> dict[t
             u.n += 1
             u.x["errors"] += float(ev.error)
             u.x["latency_ms"] += ev.latency_ms
+            u.x["slow_requests"] += float(ev.latency_ms > SLOW_MS)
             counts[(e, v, "errors")] += 1
             counts[(e, v, "latency_ms")] += 1
+            counts[(e, v, "slow_requests")] += 1
         else:
             u.x[ev.metric] = max(u.x[ev.metric], ev.value) if ev.metric in binary else u.x[ev.metric] + ev.value
             counts[(e, v, ev.metric)] += 1
@@ -249,7 +263,15 @@ async def test_aggregates_equal_a_recomputation_from_raw_events(
     entries = await redis_client.xrange(k.events)
     assert [int(f[b"seq"]) for _, f in entries] == [1, 2, 3, 4, 5, 6]
     assert [ev for _, f in entries for ev in decode_events(f[b"events"])] == recorded  # the audit copy
-    assert await redis_client.get(k.metrics) == b'["errors","latency_ms","conversion","revenue"]'
+    assert await redis_client.get(k.metrics) == b'["errors","latency_ms","slow_requests","conversion","revenue"]'
+    # The latency histograms: every request in its bucket, where it was served (not
+    # intent-to-treat), exactly once.
+    histograms: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0] * keys.LATENCY_BUCKETS)
+    for ev in recorded:
+        if isinstance(ev, Exposure):
+            histograms[(ev.epoch, ev.variant)][keys.latency_bucket(ev.latency_ms)] += 1
+    stored = keys.decode_latency(await redis_client.hgetall(k.latency))
+    assert stored == {key: tuple(counts) for key, counts in histograms.items()}
 
 
 async def test_binary_metrics_keep_the_maximum_per_unit(
@@ -388,7 +410,7 @@ async def test_a_replica_whose_clock_is_days_ahead_does_not_wipe_outcome_dedup(
 
 
 def _batch(exp: model.Experiment, recorded: list[Event], seq: int) -> Batch:
-    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp), slow_ms=slow_ms(exp))
     for ev in recorded:
         agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
     return agg.batch(producer="p-test", seq=seq)
@@ -612,7 +634,16 @@ async def test_a_full_redis_is_an_outage_not_a_reason_to_quarantine(
         assert_strata_equal(await read_strata(client, "full"), expected_strata(before + during, binary_metrics(exp)))
 
 
-@pytest.mark.parametrize("damage", ["agg_is_a_string", "agg_field_is_not_a_number", "payload_is_not_json"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "agg_is_a_string",
+        "agg_field_is_not_a_number",
+        "payload_is_not_json",
+        "latency_is_a_string",
+        "latency_count_is_x",
+    ],
+)
 async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
     redis_client: redis.asyncio.Redis, experiment_name: str, damage: str
 ) -> None:
@@ -627,12 +658,23 @@ async def test_the_script_writes_nothing_when_it_cannot_apply_a_batch(
     elif damage == "agg_field_is_not_a_number":
         await redis_client.hset(k.agg, mapping={"1|control|units": "12", "1|control|exposures": "x"})
         message = r"corrupt value x in .* field 1\|control\|exposures"
+    elif damage == "latency_is_a_string":
+        await redis_client.set(k.latency, "x")
+        message = "latency is a string, not a hash"
+    elif damage == "latency_count_is_x":
+        # every field the batch could increment
+        await redis_client.hset(
+            k.latency, mapping={f"{e}|{v}|{b}": "x" for e in (1, 2) for v in VARIANTS for b in range(60)}
+        )
+        message = r"corrupt value x in .*latency field"
     else:
         batch = dataclasses.replace(batch, payload="{not json")
         message = "flush.lua failed on batch 1"
     with pytest.raises(BatchRejected, match=message):
         await script.apply(batch, allow_gap=False)
     assert await redis_client.exists(k.units, k.producers, k.events, k.metrics, k.epochs) == 0
+    if damage.startswith("latency"):
+        assert await redis_client.exists(k.agg) == 0, "the histograms are checked before anything is written"
     if damage == "agg_field_is_not_a_number":
         assert await redis_client.hgetall(k.agg) == {b"1|control|units": b"12", b"1|control|exposures": b"x"}
 

@@ -285,7 +285,7 @@ async def test_the_listener_passes_a_gzip_body_through_untouched(served: Served)
 
 @pytest.mark.parametrize("size", [1000, 2_000_000], ids=["buffered", "streamed"])
 async def test_a_client_that_hangs_up_mid_body_is_neither_an_exposure_nor_an_error(served: Served, size: int) -> None:
-    reader, writer = await served.connect()
+    _, writer = await served.connect()
     writer.write(HEADERS + b"Content-Length: %d\r\n\r\n" % size + b"x" * 300)
     await writer.drain()
     await asyncio.sleep(0.1)  # the handler has started
