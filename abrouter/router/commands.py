@@ -124,7 +124,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=os.environ.get("ABROUTER_HEADER_TIMEOUT", limits.header_s),
         metavar="SECONDS",
         help="close a connection whose request headers are not complete this long after their first byte "
-        "(default: $ABROUTER_HEADER_TIMEOUT, else %(default)s)",
+        "(or after the connection opened, for its first request) (default: $ABROUTER_HEADER_TIMEOUT, "
+        "else %(default)s)",
     )
     p.add_argument(
         "--body-timeout",
@@ -139,8 +140,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=float,
         default=os.environ.get("ABROUTER_IDLE_TIMEOUT", limits.idle_s),
         metavar="SECONDS",
-        help="close a connection with no request in progress after this long, new or kept alive "
-        "(default: $ABROUTER_IDLE_TIMEOUT, else %(default)s)",
+        help="close a kept-alive connection idle this long between two requests; keep it above the "
+        "keep-alive of a proxy in front (ingress-nginx, AWS: 60 s) (default: $ABROUTER_IDLE_TIMEOUT, "
+        "else %(default)s)",
     )
     p.add_argument(
         "--max-connections",

@@ -4,16 +4,23 @@ A slow or silent client must not hold a socket for ever: 300 connections drippin
 headers once stayed open as long as they liked. Each connection gets a `ConnectionClock`,
 a small state machine the adapter drives from its parser's events::
 
-    IDLE ──first byte──> HEADERS ──headers complete──> BODY ──body complete──> BUSY
-     ^                                                                          │
-     └────────────────────────── response done (none in flight) ────────────────┘
+    accept ──> HEADERS ──headers complete──> BODY ──body complete──> BUSY
+                  ^                                                   │
+    IDLE ──first byte                                                 │
+     ^                                                                │
+     └─────────────── response done (none in flight) ─────────────────┘
 
 and one `ConnectionGuard` per listener admits connections up to a cap and, from a
 periodic `sweep`, closes those past their phase's deadline:
 
-- IDLE (a new connection, or between requests): `Limits.idle_s` without a byte.
-- HEADERS: `Limits.header_s` from the request's first byte to its last header line,
-  however the bytes drip in (a drip resets nothing: that is the slowloris attack).
+- HEADERS: `Limits.header_s` from the request's first byte (from the accept, for a
+  connection's first request) to its last header line, however the bytes drip in (a
+  drip resets nothing: that is the slowloris attack). So a new connection that sends
+  nothing is closed after `header_s`, as nginx's ``client_header_timeout`` does.
+- IDLE (between requests): `Limits.idle_s` without a byte. 75 s by default, like nginx's
+  ``keepalive_timeout``: longer than the upstream keep-alive of the proxies that pool
+  connections to us (ingress-nginx and AWS load balancers keep them 60 s), so that they
+  close an idle connection before we do and never send a request into our close.
 - BODY: `Limits.body_idle_s` without a byte of the body. A body that keeps coming is never
   cut, however big or slow (the README promises that large uploads stream); while the
   adapter has stopped reading (flow control: the upstream is slower than the client) the
@@ -49,8 +56,8 @@ class Limits:
     header_s: float = 10.0
     #: Longest silence while a request body is being received.
     body_idle_s: float = 30.0
-    #: Longest silence of a connection with no request in progress (keep-alive idle).
-    idle_s: float = 15.0
+    #: Longest silence of a connection between two requests (keep-alive idle).
+    idle_s: float = 75.0
     #: Open connections beyond which new ones are closed at once.
     max_connections: int = 10_000
 
@@ -77,7 +84,7 @@ class ConnectionClock:
     limits: Limits
     #: Start of the current phase (IDLE, HEADERS) or time of the last byte (BODY).
     since: float
-    phase: Phase = Phase.IDLE
+    phase: Phase = Phase.HEADERS  # from the accept: a new connection owes us a request
     #: Requests whose headers arrived and whose response is not done (pipelining).
     in_flight: int = 0
     #: The adapter stopped reading (flow control): the client cannot be late.

@@ -10,18 +10,20 @@ LIMITS = Limits(header_s=10, body_idle_s=30, idle_s=15, max_connections=2)
 
 
 def test_each_phase_has_its_deadline() -> None:
-    c = ConnectionClock(LIMITS, since=0.0)
-    assert c.expired(14.9) is None and c.expired(15.0) is Phase.IDLE
+    c = ConnectionClock(LIMITS, since=0.0)  # accepted at 0: it owes us a request's headers
+    assert c.expired(9.9) is None and c.expired(10.0) is Phase.HEADERS
     c.received(1.0)  # a drip does not move the header deadline
     c.received(9.0)
-    assert c.expired(10.9) is None and c.expired(11.0) is Phase.HEADERS
-    c.headers_complete(10.0)
+    assert c.expired(9.9) is None and c.expired(10.0) is Phase.HEADERS
+    c.headers_complete(9.5)
     c.received(39.0)  # each body byte does
     assert c.expired(68.9) is None and c.expired(69.0) is Phase.BODY
     c.body_complete()
     assert c.phase is Phase.BUSY and c.expired(10_000.0) is None  # the upstream's timeouts apply
     c.response_done(100.0)
     assert c.phase is Phase.IDLE and c.expired(114.9) is None and c.expired(115.0) is Phase.IDLE
+    c.received(110.0)  # the next request: its headers are due 10 s after its first byte
+    assert c.phase is Phase.HEADERS and c.expired(119.9) is None and c.expired(120.0) is Phase.HEADERS
 
 
 def test_no_body_deadline_while_the_server_does_not_read() -> None:
@@ -51,10 +53,10 @@ def test_the_guard_caps_counts_and_closes_only_the_late() -> None:
     closed: list[str] = []
     assert g.admit() and g.admit() and not g.admit()
     assert g.refused == 1 and g.open == 2
-    late, fresh = ConnectionClock(LIMITS, since=0.0), ConnectionClock(LIMITS, since=10.0)
+    late, fresh = ConnectionClock(LIMITS, since=0.0), ConnectionClock(LIMITS, since=15.0)
     g.opened(late, lambda: closed.append("late"))
     g.opened(fresh, lambda: closed.append("fresh"))
-    assert g.sweep(20.0) == 1 and closed == ["late"] and g.timeouts[Phase.IDLE] == 1
+    assert g.sweep(20.0) == 1 and closed == ["late"] and g.timeouts[Phase.HEADERS] == 1
     g.closed(late)
     assert g.open == 1 and g.admit()
 
@@ -68,3 +70,4 @@ def test_limits_must_be_positive(field: str) -> None:
 def test_the_sweep_runs_four_times_per_shortest_deadline_at_most_once_a_second() -> None:
     assert Limits(header_s=0.3, body_idle_s=0.3, idle_s=0.3).sweep_interval_s == pytest.approx(0.075)
     assert Limits().sweep_interval_s == 1.0
+    assert (Limits().header_s, Limits().body_idle_s, Limits().idle_s) == (10.0, 30.0, 75.0)
