@@ -60,6 +60,8 @@ class _GuardedHandler(RequestHandler):
         now = self._loop.time()
         if data:  # aiohttp calls this with b"" to re-parse what it buffered
             self._clock.received(now)
+        # `_messages` is aiohttp's queue of parsed requests (private; checked by
+        # tests/router/http/test_listener.py, which fails loudly if it goes away).
         queued = len(self._messages)
         super().data_received(data)
         # The parser emits a message once its headers are complete; its payload says when
