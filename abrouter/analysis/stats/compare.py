@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, estimate, fixed_horizon, reasons, sequential
+from abrouter.analysis.stats import bayes, estimate, fixed_horizon, horizon, reasons, sequential
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -87,6 +87,15 @@ class Comparison:
     sequential_p_better: float = math.nan
     #: The same over the looks where it was worse. Decisions about harm use this.
     sequential_p_worse: float = math.nan
+    #: Information time t = effective units per arm / `expected_units` (1 at the planned
+    #: horizon), the clock of the decision design (`stats.horizon`).
+    information: float = math.nan
+    #: This look's one-sided p of the decision design (`horizon.p_value`) for "the
+    #: candidate is better" (respecting `direction`). Not a running minimum: a promotion
+    #: rests on the evidence of the look that promotes (issue 9, defect 5).
+    p_better_now: float = math.nan
+    #: The same for "the candidate is worse".
+    p_worse_now: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
@@ -113,6 +122,7 @@ def compare(
     variant: str,
     metric: str,
     previous: Running = FRESH,
+    confirm_from: int = 0,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -129,12 +139,18 @@ def compare(
     intersection comes out empty (the effect moved more than a constant effect allows),
     this look's sequence is reported alone.
 
+    `confirm_from` is the index of the first stratum the decision design (`information`,
+    `p_better_now`, `p_worse_now`) counts: the decision policy passes the first epoch of
+    the final ramp step, so that a promotion rests on data gathered at full exposure and
+    not on an early novelty effect (`decision.confirmation_start`). Every other field uses
+    every stratum.
+
     A zero control mean leaves the absolute comparison intact: the status stays "ok" with
     reason `zero_baseline`, and only the relative fields are NaN.
     """
     better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)
-    est = estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
+    est = _estimate(controls, candidates, kind)
     header: dict[str, Any] = dict(
         variant=variant, metric=metric, n_control=est.n_control, n=est.n, control_mean=est.control_mean, mean=est.mean
     )
@@ -143,6 +159,14 @@ def compare(
     fixed, abs_ci = _fixed_horizon(est, kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
+    # The design's strata: all of them (the same estimate) or those from `confirm_from` on.
+    confirm: estimate.Estimate | None = est
+    if confirm_from > 0:
+        later = (controls[confirm_from:], candidates[confirm_from:])
+        confirm = _estimate(*later, kind) if later[0] else None
+    information, now_better, now_worse = _design(
+        confirm, direction=direction, alpha=alpha, expected_units=expected_units
+    )
     if signed > 0:
         better = min(better, seq_p)
     elif signed < 0:
@@ -169,6 +193,9 @@ def compare(
         bayes_method=method,
         sequential_p_better=better,
         sequential_p_worse=worse,
+        information=information,
+        p_better_now=now_better,
+        p_worse_now=now_worse,
     )
 
 
@@ -217,6 +244,26 @@ def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tu
     r = sequential.mixing_ratio(est.units_per_arm, expected_units, alpha)
     z = est.difference / math.sqrt(est.sequential_variance)
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
+
+
+def _estimate(controls: Sequence[Sample], candidates: Sequence[Sample], kind: Kind) -> estimate.Estimate:
+    return estimate.combine(controls, candidates, estimate.arm_variance(kind), estimate.floored_variance(kind))
+
+
+def _design(
+    est: estimate.Estimate | None, *, direction: Direction, alpha: float, expected_units: int
+) -> tuple[float, float, float]:
+    """Information time and this look's one-sided p's (better, worse) of the decision design.
+
+    NaN p's (no evidence) when the design has no strata yet or they hold no usable estimate.
+    """
+    if est is None or est.reason:
+        return 0.0, math.nan, math.nan
+    z = est.difference / math.sqrt(est.sequential_variance)
+    z = z if direction == "increase" else -z
+    information = est.units_per_arm / expected_units
+    both = horizon.p_value([z, -z], information, alpha)
+    return information, float(both[0]), float(both[1])
 
 
 def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[float, float, str]:

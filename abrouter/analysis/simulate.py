@@ -1,0 +1,227 @@
+"""Closed-loop simulated experiments, analysed look by look by the real analyzer.
+
+Each look: new users arrive and are assigned by the weights the previous decision set
+(a fixed bucket per user, as the router's hash does, so a ramp moves users from the
+control to the candidate); `analyzer.analyze` (compare, guardrails, SRM, `decision.decide`)
+runs on the data so far with the previous look's running results; its decision is
+applied (ramp / bandit weights open a new epoch; promote, rollback and stop end the run).
+Nothing of the analysis is re-implemented here: bench/sim_sequential.py and the error-rate
+tests in tests/analysis/ measure the real policy.
+
+Users are credited as the router credits them (intent-to-treat): once, to the epoch and
+variant of their first exposure, with every later outcome.
+
+Two worlds (`World.returning`):
+
+- fresh: each user visits once and converts (binary) with the arm's rate at that look;
+  with `covariate`, each user also brings a pre-exposure count c ~ Binomial(6, π) of a
+  propensity π ~ Beta(0.1, 1.9)·(5%/mean) that also drives the conversion, so that
+  corr(x, c) ≈ 0.5 (checked in tests/analysis/test_simulation_decisions.py), and the
+  metric is CUPED-adjusted (`cuped_samples`);
+- returning: A/A clicks of users with heterogeneous propensity (Gamma(0.5, 2)) who come
+  back at each later look with probability `return_rate`, Poisson clicks per visit; the
+  metric is the user's total (continuous).
+
+Pure: randomness comes in as a `numpy.random.Generator`. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from abrouter.analysis import analyzer
+from abrouter.analysis import data as d
+from abrouter.analysis.stats.compare import Running
+from abrouter.analysis.stats.sample import Sample
+from abrouter.contract.model import AnalysisSettings, Metric
+
+ARMS = ("control", "candidate")
+DAY = 86400.0
+#: Rate of the candidate at look k (0-based) given the control's rate; `constant` by default.
+Effect = Callable[[int, float], float]
+#: Pre-exposure visits in the covariate world: with Beta(0.1, 1.9) propensities this gives
+#: corr(conversion, pre-exposure count) = 0.5 (module docstring).
+COVARIATE_VISITS = 6
+
+
+def constant(lift: float) -> Effect:
+    """A candidate whose rate is the control's times (1 + lift) at every look."""
+    return lambda _look, base: base * (1 + lift)
+
+
+@dataclass(frozen=True)
+class World:
+    base: float = 0.05
+    effect: Effect = field(default=constant(0.0))
+    returning: bool = False
+    return_rate: float = 0.3
+    #: Fresh world only: simulate a pre-exposure covariate and CUPED-adjust the metric.
+    covariate: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a simulated experiment ended."""
+
+    action: str  # "promote", "rollback", "stop" or "continue" (the last look passed)
+    look: int  # 0-based look of that action (the last look for "continue")
+    units: int  # units of both arms at that look
+
+
+@dataclass
+class _Users:
+    """Per-user state of one experiment (fresh users need only the strata sums)."""
+
+    epoch: list[np.ndarray] = field(default_factory=list)
+    arm: list[np.ndarray] = field(default_factory=list)
+    propensity: list[np.ndarray] = field(default_factory=list)
+    clicks: list[np.ndarray] = field(default_factory=list)
+
+
+def run(
+    rng: np.random.Generator,
+    *,
+    world: World,
+    settings: AnalysisSettings,
+    looks: int,
+    per_look: int,
+) -> Outcome:
+    """One experiment of `looks` looks with `per_look` new users each (module docstring)."""
+    weights = {"control": 100.0 - settings.ramp[0], "candidate": settings.ramp[0]} if settings.ramp else _even()
+    if settings.bandit.enabled:
+        weights = _even()
+    epochs: list[d.Epoch] = [d.Epoch(1, dict(weights), 0.0)]
+    sums: dict[tuple[int, str], np.ndarray] = {}  # fresh world: (epoch, arm) -> [n, Σx, Σc, Σc², Σxc]
+    users = _Users()
+    previous: dict[tuple[str, str], Running] = {}
+    step = settings.max_duration_s / looks * 0.999
+    metric = Metric(name="m", kind="continuous" if world.returning or world.covariate else "binary")
+    for look in range(looks):
+        epoch = epochs[-1].epoch
+        _arrive(rng, world, look, epoch, weights, per_look, sums, users)
+        strata = _strata(world, sums, users, [e.epoch for e in epochs])
+        data = d.ExperimentData(
+            name="sim",
+            metrics=(metric,),
+            arms=tuple(d.Arm(name, weights[name], strata[name]) for name in ARMS),
+            epochs=tuple(epochs),
+            settings=settings,
+            started_at=0.0,
+        )
+        result = analyzer.analyze(data, now=(look + 1) * step, previous=previous, rng=rng)
+        previous = result.running()
+        decision = result.decision
+        units = sum(a.units for a in data.arms)
+        if decision.action in ("promote", "rollback", "stop"):
+            return Outcome(decision.action, look, units)
+        if decision.action == "ramp":
+            weights = dict(decision.weights)
+            epochs.append(d.Epoch(epoch + 1, dict(weights), (look + 1) * step))
+    return Outcome("continue", looks - 1, units)
+
+
+def _even() -> dict[str, float]:
+    return {name: 100.0 / len(ARMS) for name in ARMS}
+
+
+def _arrive(
+    rng: np.random.Generator,
+    world: World,
+    look: int,
+    epoch: int,
+    weights: dict[str, float],
+    per_look: int,
+    sums: dict[tuple[int, str], np.ndarray],
+    users: _Users,
+) -> None:
+    candidate = rng.random(per_look) < weights["candidate"] / 100.0
+    if world.returning:
+        _return(rng, world, users)
+        users.epoch.append(np.full(per_look, epoch))
+        users.arm.append(candidate)
+        propensity = rng.gamma(0.5, 2.0, per_look)
+        users.propensity.append(propensity)
+        users.clicks.append(rng.poisson(propensity).astype(float))
+        return
+    rates = np.where(candidate, world.effect(look, world.base), world.base)
+    if world.covariate:
+        # π ~ Beta(0.1, 1.9) has mean 5%; scaled so the control's mean rate is world.base.
+        pi = rng.beta(0.1, 1.9, per_look) * world.base / 0.05
+        c = rng.binomial(COVARIATE_VISITS, np.minimum(pi, 1.0)).astype(float)
+        x = (rng.random(per_look) < np.minimum(pi * rates / world.base, 1.0)).astype(float)
+    else:
+        c = np.zeros(per_look)
+        x = (rng.random(per_look) < rates).astype(float)
+    for name, mask in (("control", ~candidate), ("candidate", candidate)):
+        row = np.array([mask.sum(), x[mask].sum(), c[mask].sum(), (c[mask] ** 2).sum(), (x[mask] * c[mask]).sum()])
+        sums[(epoch, name)] = sums.get((epoch, name), np.zeros(5)) + row
+
+
+def _return(rng: np.random.Generator, world: World, users: _Users) -> None:
+    """Users seen before come back with probability `return_rate` and click again."""
+    for propensity, clicks in zip(users.propensity, users.clicks):
+        back = rng.random(propensity.size) < world.return_rate
+        clicks[back] += rng.poisson(propensity[back])
+
+
+def _strata(
+    world: World, sums: dict[tuple[int, str], np.ndarray], users: _Users, epochs: Sequence[int]
+) -> dict[str, tuple[d.Stratum, ...]]:
+    if world.returning:
+        return _returning_strata(users, epochs)
+    if world.covariate:
+        return cuped_samples(sums, epochs)
+    out: dict[str, tuple[d.Stratum, ...]] = {}
+    for name in ARMS:
+        rows = [(e, sums.get((e, name), np.zeros(5))) for e in epochs]
+        out[name] = tuple(d.Stratum(e, int(r[0]), {"m": Sample(float(r[0]), float(r[1]))}) for e, r in rows)
+    return out
+
+
+def _returning_strata(users: _Users, epochs: Sequence[int]) -> dict[str, tuple[d.Stratum, ...]]:
+    epoch, arm, clicks = (np.concatenate(x) for x in (users.epoch, users.arm, users.clicks))
+    out: dict[str, list[d.Stratum]] = {name: [] for name in ARMS}
+    for e in epochs:
+        for name, is_candidate in (("control", False), ("candidate", True)):
+            x = clicks[(epoch == e) & (arm == is_candidate)]
+            out[name].append(d.Stratum(e, int(x.size), {"m": Sample.from_values(x)}))
+    return {name: tuple(s) for name, s in out.items()}
+
+
+def cuped_samples(sums: dict[tuple[int, str], np.ndarray], epochs: Sequence[int]) -> dict[str, tuple[d.Stratum, ...]]:
+    """CUPED-adjusted strata: x − θ·(c − c̄), θ = cov(x, c)/var(c) pooled over arms and epochs.
+
+    A small local stand-in (issue 9's CUPED is built elsewhere): the lead should replace
+    the body with `abrouter.analysis.stats.cuped` once it exists. From the per-(epoch,
+    arm) sums [n, Σx, Σc, Σc², Σxc] (x binary, so Σx² = Σx) it returns Samples of the
+    adjusted values: Σx' = Σx − θ(Σc − n·c̄), Σx'² = Σx − 2θ(Σxc − c̄·Σx) + θ²(Σc² − 2c̄·Σc + n·c̄²).
+    """
+    total = sum(sums.values(), np.zeros(5))
+    n, sx, sc, scc, sxc = total
+    c_bar = sc / n if n else 0.0
+    var_c = scc / n - c_bar**2 if n else 0.0
+    theta = (sxc / n - (sx / n) * c_bar) / var_c if var_c > 0 else 0.0
+    out: dict[str, tuple[d.Stratum, ...]] = {}
+    for name in ARMS:
+        strata = []
+        for e in epochs:
+            n, sx, sc, scc, sxc = sums.get((e, name), np.zeros(5))
+            s1 = sx - theta * (sc - n * c_bar)
+            s2 = sx - 2 * theta * (sxc - c_bar * sx) + theta**2 * (scc - 2 * c_bar * sc + n * c_bar**2)
+            strata.append(d.Stratum(e, int(n), {"m": Sample(float(n), float(s1), float(max(s2, 0.0)))}))
+        out[name] = tuple(strata)
+    return out
+
+
+def settings_for(*, expected_units: int, ramp: bool = True, bandit: bool = False, **extra: object) -> AnalysisSettings:
+    """The default settings, tuned to `expected_units`, without guardrails (no built-in metrics are simulated)."""
+    base = AnalysisSettings(expected_units_per_arm=expected_units, guardrails=())
+    out = replace(base, **extra) if extra else base  # type: ignore[arg-type]
+    if not ramp:
+        out = replace(out, ramp=())
+    if bandit:
+        out = replace(out, bandit=replace(out.bandit, enabled=True))
+    return out
