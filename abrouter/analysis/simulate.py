@@ -57,6 +57,7 @@ class World:
     base: float = 0.05
     effect: Effect = field(default=constant(0.0))
     returning: bool = False
+    #: Returning world: the chance per look that a user seen before comes back.
     return_rate: float = 0.3
     #: Fresh world only: simulate a pre-exposure covariate and CUPED-adjust the metric.
     covariate: bool = False
@@ -71,14 +72,31 @@ class Outcome:
     units: int  # units of both arms at that look
 
 
-@dataclass
 class _Users:
-    """Per-user state of one experiment (fresh users need only the strata sums)."""
+    """Per-user state of one returning-users experiment, in arrays preallocated for every look."""
 
-    epoch: list[np.ndarray] = field(default_factory=list)
-    arm: list[np.ndarray] = field(default_factory=list)
-    propensity: list[np.ndarray] = field(default_factory=list)
-    clicks: list[np.ndarray] = field(default_factory=list)
+    def __init__(self, capacity: int) -> None:
+        self.size = 0
+        self.epoch = np.zeros(capacity, dtype=np.int64)
+        self.candidate = np.zeros(capacity, dtype=bool)
+        self.propensity = np.zeros(capacity)
+        self.clicks = np.zeros(capacity)
+
+    def add(self, rng: np.random.Generator, epoch: int, candidate: np.ndarray) -> None:
+        new = slice(self.size, self.size + candidate.size)
+        self.epoch[new], self.candidate[new] = epoch, candidate
+        self.propensity[new] = rng.gamma(0.5, 2.0, candidate.size)  # heterogeneous: a few click a lot
+        self.clicks[new] = rng.poisson(self.propensity[new])
+        self.size += candidate.size
+
+    def come_back(self, rng: np.random.Generator, rate: float) -> None:
+        """About `rate` of the users seen before return and click again (credited to their first exposure).
+
+        Drawn as Binomial(size, rate) returns at random users (with replacement: the cost
+        is that of the returns, not of every user, which matters over 2,000 looks).
+        """
+        back = rng.integers(0, self.size, rng.binomial(self.size, rate)) if self.size else np.zeros(0, dtype=int)
+        np.add.at(self.clicks, back, rng.poisson(self.propensity[back]))
 
 
 def run(
@@ -95,7 +113,7 @@ def run(
         weights = _even()
     epochs: list[d.Epoch] = [d.Epoch(1, dict(weights), 0.0)]
     sums: dict[tuple[int, str], np.ndarray] = {}  # fresh world: (epoch, arm) -> [n, Σx, Σc, Σc², Σxc]
-    users = _Users()
+    users = _Users(looks * per_look if world.returning else 0)
     previous: dict[tuple[str, str], Running] = {}
     step = settings.max_duration_s / looks * 0.999
     metric = Metric(name="m", kind="continuous" if world.returning or world.covariate else "binary")
@@ -139,12 +157,8 @@ def _arrive(
 ) -> None:
     candidate = rng.random(per_look) < weights["candidate"] / 100.0
     if world.returning:
-        _return(rng, world, users)
-        users.epoch.append(np.full(per_look, epoch))
-        users.arm.append(candidate)
-        propensity = rng.gamma(0.5, 2.0, per_look)
-        users.propensity.append(propensity)
-        users.clicks.append(rng.poisson(propensity).astype(float))
+        users.come_back(rng, world.return_rate)
+        users.add(rng, epoch, candidate)
         return
     rates = np.where(candidate, world.effect(look, world.base), world.base)
     if world.covariate:
@@ -158,13 +172,6 @@ def _arrive(
     for name, mask in (("control", ~candidate), ("candidate", candidate)):
         row = np.array([mask.sum(), x[mask].sum(), c[mask].sum(), (c[mask] ** 2).sum(), (x[mask] * c[mask]).sum()])
         sums[(epoch, name)] = sums.get((epoch, name), np.zeros(5)) + row
-
-
-def _return(rng: np.random.Generator, world: World, users: _Users) -> None:
-    """Users seen before come back with probability `return_rate` and click again."""
-    for propensity, clicks in zip(users.propensity, users.clicks):
-        back = rng.random(propensity.size) < world.return_rate
-        clicks[back] += rng.poisson(propensity[back])
 
 
 def _strata(
@@ -182,13 +189,25 @@ def _strata(
 
 
 def _returning_strata(users: _Users, epochs: Sequence[int]) -> dict[str, tuple[d.Stratum, ...]]:
-    epoch, arm, clicks = (np.concatenate(x) for x in (users.epoch, users.arm, users.clicks))
-    out: dict[str, list[d.Stratum]] = {name: [] for name in ARMS}
-    for e in epochs:
-        for name, is_candidate in (("control", False), ("candidate", True)):
-            x = clicks[(epoch == e) & (arm == is_candidate)]
-            out[name].append(d.Stratum(e, int(x.size), {"m": Sample.from_values(x)}))
-    return {name: tuple(s) for name, s in out.items()}
+    """Per (epoch, arm) of first exposure: n, Σx, Σx² of the users' click totals so far."""
+    k = users.size
+    epoch_index = np.searchsorted(np.asarray(epochs), users.epoch[:k])
+    group = 2 * epoch_index + users.candidate[:k]
+    x = users.clicks[:k]
+    size = 2 * len(epochs)
+    n = np.bincount(group, minlength=size)
+    sums, squares = np.bincount(group, x, minlength=size), np.bincount(group, x * x, minlength=size)
+    out: dict[str, tuple[d.Stratum, ...]] = {}
+    for arm, name in enumerate(ARMS):
+        out[name] = tuple(
+            d.Stratum(
+                e,
+                int(n[2 * i + arm]),
+                {"m": Sample(float(n[2 * i + arm]), float(sums[2 * i + arm]), float(squares[2 * i + arm]))},
+            )
+            for i, e in enumerate(epochs)
+        )
+    return out
 
 
 def cuped_samples(sums: dict[tuple[int, str], np.ndarray], epochs: Sequence[int]) -> dict[str, tuple[d.Stratum, ...]]:

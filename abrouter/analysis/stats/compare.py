@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from scipy import special
 from scipy import stats as sps
 
 from abrouter.analysis.stats import bayes, estimate, fixed_horizon, horizon, reasons, sequential
@@ -174,7 +175,7 @@ def compare(
     chance, loss, method = _bayes(est, kind, direction)
     rel_se = math.sqrt(est.relative_variance)
     seq_rel_se, seq_abs_se = math.sqrt(est.sequential_relative_variance), math.sqrt(est.sequential_variance)
-    z = float(sps.norm.isf(alpha / 2))
+    z = _z(alpha / 2)
     return Comparison(
         **header,
         status=reasons.OK,
@@ -235,7 +236,7 @@ def _fixed_horizon(
     else:
         result = fixed_horizon.welch_t(control, candidate)
     # Welch's CI uses the t quantile; every other CI is a Wald interval with the unpooled SE.
-    quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else sps.norm.isf(alpha / 2)
+    quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else _z(alpha / 2)
     return result, _around(est.difference, float(quantile) * math.sqrt(est.variance))
 
 
@@ -244,6 +245,11 @@ def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tu
     r = sequential.mixing_ratio(est.units_per_arm, expected_units, alpha)
     z = est.difference / math.sqrt(est.sequential_variance)
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
+
+
+def _z(tail: float) -> float:
+    """The normal quantile z with Φ̄(z) = tail; `special.ndtri` costs a fraction of `norm.isf` per call."""
+    return float(-special.ndtri(tail))
 
 
 def _estimate(controls: Sequence[Sample], candidates: Sequence[Sample], kind: Kind) -> estimate.Estimate:
