@@ -24,6 +24,8 @@ bootstrap standard error).
    plan's units per arm, without a ramp (50/50) and with the default ramp, and with
    CUPED on a pre-exposure covariate of correlation 0.5 (`simulate.cuped_samples`, a
    local stand-in for the CUPED module). Median units (both arms) at the promoting look.
+   `ramp-final`: the default ramp with 25 looks of the same size, so that the final step
+   (which alone carries a promotion's evidence) holds the plan's units per arm.
 
 The SRM false-flag rate over 20,160 looks is bench/sim_srm.py's. Prints a table; the
 numbers are recorded in bench/README.md and docs/statistics.md.
@@ -134,11 +136,30 @@ def power_rows(rng: np.random.Generator, scale: float, experiments: int) -> list
     return rows
 
 
+def ramp_final_rows(rng: np.random.Generator, scale: float, experiments: int) -> list[Row]:
+    """The default ramp with the plan's units at the final step: 5 more looks of the same size."""
+    plan = sample_size(baseline=0.05, mde=0.10, relative=True)
+    rows: list[Row] = []
+    for label, cuped in (("", False), (", CUPED", True)):
+        runs = closed_loop(
+            rng,
+            world=simulate.World(effect=simulate.constant(0.10), covariate=cuped),
+            settings=simulate.settings_for(expected_units=plan.units_per_arm),
+            looks=25,  # the ramp's 5% and 25% steps take the first 5 looks
+            per_look=math.ceil(2 * plan.units_per_arm / 20),
+            experiments=max(2, round(scale * experiments)),
+        )
+        name = f"+10%, default ramp, plan's units at the final step{label}"
+        rows.append((f"{name}: power", rate([r.action == "promote" for r in runs])))
+        rows.append((f"{name}: median units", median([r.units for r in runs if r.action == "promote"], rng)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every number of experiments")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--only", choices=("aa", "long", "vectorised", "power"), default=None)
+    parser.add_argument("--only", choices=("aa", "long", "vectorised", "power", "ramp-final"), default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
@@ -147,6 +168,7 @@ def main() -> None:
         "long": lambda: aa_rows(rng, args.scale, [(2_000, 30, 10)]),
         "vectorised": lambda: vectorised_rows(rng, args.scale),
         "power": lambda: power_rows(rng, args.scale, 200),
+        "ramp-final": lambda: ramp_final_rows(rng, args.scale, 200),
     }
     print(f"alpha = {ALPHA}, seed = {args.seed}, scale = {args.scale}")
     for name, part in parts.items():
