@@ -83,17 +83,18 @@ class Comparison:
     #: "beta_binomial" (exact, binary single stratum) or "gaussian".
     bayes_method: str = "gaussian"
     #: Running minimum of the mSPRT p over the looks where the candidate's estimate was
-    #: better (respecting `direction`) than the control's. Decisions to promote use this.
+    #: better (respecting `direction`) than the control's. For the record (history, report).
     #: (Defaults only so hand-built Comparisons stay valid; compare() always sets them.)
     sequential_p_better: float = math.nan
     #: The same over the looks where it was worse. Decisions about harm use this.
     sequential_p_worse: float = math.nan
-    #: Information time t = effective units per arm / `expected_units` (1 at the planned
-    #: horizon), the clock of the decision design (`stats.horizon`).
+    #: Information time t = effective units per arm in the strata from `confirm_from` on,
+    #: over `expected_units` (1 at the planned horizon): the decision design's clock.
     information: float = math.nan
-    #: This look's one-sided p of the decision design (`horizon.p_value`) for "the
-    #: candidate is better" (respecting `direction`). Not a running minimum: a promotion
-    #: rests on the evidence of the look that promotes (issue 9, defect 5).
+    #: This look's one-sided p of the decision design (`horizon.p_value`) on the strata
+    #: from `confirm_from` on, for "the candidate is better" (respecting `direction`). Not
+    #: a running minimum: a promotion rests on the evidence of the look that promotes
+    #: (issue 9, defect 5). Decisions to promote use this (Holm-adjusted).
     p_better_now: float = math.nan
     #: The same for "the candidate is worse".
     p_worse_now: float = math.nan
