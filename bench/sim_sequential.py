@@ -1,6 +1,7 @@
 """Error rates and power of the analyzer's decisions, by closed-loop simulation.
 
-    .venv/bin/python bench/sim_sequential.py [--scale 1.0] [--seed 1] [--only aa|long|power]
+    .venv/bin/python bench/sim_sequential.py [--scale 1.0] [--seed 1]
+        [--only aa|long|vectorised|power|ramp-final] [--modes ramp,bandit]
 
 Every closed-loop experiment runs `abrouter.analysis.simulate.run`: at each look the real
 `analyzer.analyze` (compare, SRM, `decision.decide`) decides and its decision is applied
@@ -69,11 +70,15 @@ def closed_loop(
     ]
 
 
-def aa_rows(rng: np.random.Generator, scale: float, looks_and_sizes: list[tuple[int, int, int]]) -> list[Row]:
+def aa_rows(
+    rng: np.random.Generator, scale: float, looks_and_sizes: list[tuple[int, int, int]], modes: tuple[str, ...]
+) -> list[Row]:
     rows = []
     for looks, ramp_b, bandit_b in looks_and_sizes:
         world = simulate.World(returning=True, return_rate=6 / looks)
         for mode, experiments in (("default ramp", ramp_b), ("bandit", bandit_b)):
+            if mode.split()[-1] not in modes:
+                continue
             settings = simulate.settings_for(expected_units=10_000, bandit=mode == "bandit")
             started = time.perf_counter()
             runs = closed_loop(
@@ -160,12 +165,14 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every number of experiments")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=("aa", "long", "vectorised", "power", "ramp-final"), default=None)
+    parser.add_argument("--modes", default="ramp,bandit", help="A/A parts: ramp, bandit or both")
     args = parser.parse_args()
+    modes = tuple(args.modes.split(","))
     rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
     parts: dict[str, Callable[[], list[Row]]] = {
-        "aa": lambda: aa_rows(rng, args.scale, [(20, 600, 200)]),
-        "long": lambda: aa_rows(rng, args.scale, [(2_000, 30, 10)]),
+        "aa": lambda: aa_rows(rng, args.scale, [(20, 600, 200)], modes),
+        "long": lambda: aa_rows(rng, args.scale, [(2_000, 30, 10)], modes),
         "vectorised": lambda: vectorised_rows(rng, args.scale),
         "power": lambda: power_rows(rng, args.scale, 200),
         "ramp-final": lambda: ramp_final_rows(rng, args.scale, 200),
