@@ -18,7 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
     ("script", "args", "expect"),
     [
         ("analyzer_scaling.py", ["--events", "2000", "--units", "500"], "| events | units"),
-        ("sim_sequential.py", ["--experiments", "20", "--looks", "5"], "A/A sequential: significant at any look"),
+        (
+            "sim_sequential.py",
+            ["--scale", "0.005", "--only", "aa"],
+            "A/A returning users, default ramp, 20 looks: false promotion",
+        ),
         ("sim_srm.py", ["--experiments", "20", "--looks", "50"], "sequential@0.001"),
         ("loop_stall.py", ["--events", "300", "--rounds", "1"], "| spill replay (read, decode, send) |"),
         ("sim_cuped.py", ["--experiments", "20", "--looks", "3"], "cuped: sequential power"),

@@ -193,6 +193,7 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) 
         variant=arm.name,
         metric=metric.name,
         previous=previous,
+        confirm_from=policy.confirmation_start(data),
     )
 
 

@@ -65,8 +65,9 @@ Convention: a two-sided two-proportion z-test at level alpha with the unpooled v
 under the alternative, n = (z[1-a/2] + z[power])^2 (p1(1-p1) + p2(1-p2)) / (p2-p1)^2
 units per arm, with alpha split over the comparisons with the control (Bonferroni) for
 more than two variants. Duration = total units / --traffic, assuming every unit is new.
-This is a fixed-horizon size; the sequential test the analyzer uses needs somewhat more
-on average to reach the same power, and can stop earlier when the effect is larger.
+This is a fixed-horizon size. The analyzer's promotion test spends alpha on information
+time up to analysis.expected_units_per_arm: set it to this n and it has about the same
+power at n, and can stop earlier when the effect is larger.
 """
 
 
@@ -295,10 +296,10 @@ def plan(args: argparse.Namespace) -> int:
     if days is not None:
         print(f"duration:      {days:.1f} days at {args.traffic:,.0f} units/day")
     print(
-        f"sequential:    the analyzer's always-valid test needs more units than this fixed-horizon n "
-        f"(simulated at 80% planned power: ~50% at n, ~85% at 2n); allow up to "
-        f"{2 * result.units_per_arm:,} per arm and set analysis.expected_units_per_arm: "
-        f"{result.units_per_arm} (docs/statistics.md)"
+        f"sequential:    set analysis.expected_units_per_arm: {result.units_per_arm}; the analyzer's "
+        f"promotion test then has about this power at n (simulated at 80% planned power: ~80% at n, "
+        f"~90% by 2n) and looking often is safe; let max_duration allow up to "
+        f"{math.ceil(1.5 * result.units_per_arm):,} per arm (docs/statistics.md)"
     )
     print(f"convention:    {result.convention}")
     return 0

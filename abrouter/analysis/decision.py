@@ -15,12 +15,15 @@ order they are tried:
    users needs no multiplicity correction) once every active arm has
    `min_units_per_arm` -> that candidate to 0, its share to the control; SRM does not
    block a rollback, which only makes things safer;
-3. promote (not while SRM is flagged): the primary metric wins by the sequential test in
-   the good direction (`sequential_p_better`), Holm-adjusted across every candidate of
-   the experiment (rolled-back ones included, so a rollback does not loosen the others'
-   threshold); the candidate's guardrails pass (canary mode: at least one guardrail was
-   evaluated and all pass, over all epochs and in the current epoch alone); every active
-   arm has `min_units_per_arm`; the ramp is complete -> the best winner to 100;
+3. promote (not while SRM is flagged): the primary metric wins *at this look* by the
+   one-sided decision design in the good direction (`p_better_now`, `stats.horizon`: a
+   boundary that spends alpha on information time up to `expected_units_per_arm`),
+   Holm-adjusted across every candidate of the experiment (rolled-back ones included, so
+   a rollback does not loosen the others' threshold). Not a running minimum: evidence
+   from an early look (a novelty effect since faded) cannot promote later. The
+   candidate's guardrails pass (canary mode: at least one guardrail was evaluated and all
+   pass, over all epochs and in the current epoch alone); every active arm has
+   `min_units_per_arm`; the ramp is complete -> the best winner to 100;
 4. stop: `max_duration` has passed without a winner -> control 100;
 5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
    weight change still propagating; the reason line alerts the operator);
@@ -93,7 +96,10 @@ def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.rand
 
 
 def holm_primary(data: ExperimentData, evidence: Evidence) -> dict[str, float]:
-    """Holm-adjusted sequential p (good direction) of the primary metric per active candidate.
+    """Holm-adjusted p of this look (good direction, `p_better_now`) of the primary metric per active candidate.
+
+    Holm over this look's p's is valid at any stopping time: each is a valid p there,
+    since P(p <= x at some look) <= x (`stats.horizon`).
 
     The family is every candidate of the experiment, rolled-back ones included: rolling
     one back must not loosen the others' threshold. A candidate without a usable p counts
@@ -104,6 +110,32 @@ def holm_primary(data: ExperimentData, evidence: Evidence) -> dict[str, float]:
     raw = [_p_better(evidence.primary(data, name)) for name in family]
     adjusted = holm([p if math.isfinite(p) else 1.0 for p in raw])
     return {name: (a if math.isfinite(p) else math.nan) for name, p, a in zip(family, raw, adjusted) if name in active}
+
+
+def confirmation_start(data: ExperimentData) -> int:
+    """Index (in `data.epochs`) of the first epoch whose data a promotion may rest on.
+
+    With a ramp, the trailing run of epochs in which the candidates together had the final
+    step's share: the earlier steps are a canary phase (guardrails, harm), and the primary
+    metric's evidence for a promotion is gathered at full exposure. An early novelty effect
+    (users trying a new recommender) that has faded by then cannot carry a promotion,
+    which evidence pooled from the first epochs could (issue 9, defect 5; simulated in
+    tests/analysis/test_simulation_decisions.py). `len(data.epochs)` while the current epoch
+    is below the final step (no evidence yet). Without a ramp, and in bandit mode, every
+    epoch counts (0).
+    """
+    ramp = data.settings.ramp
+    if data.settings.bandit.enabled or not ramp:
+        return 0
+    tolerance = (len(data.candidates) + 1) * 10**-WEIGHT_DECIMALS
+    control, start = data.control.name, len(data.epochs)
+    while start > 0:
+        weights = data.epochs[start - 1].weights
+        share = sum(w for name, w in weights.items() if name != control)
+        if not weights or share < ramp[-1] - tolerance:
+            break
+        start -= 1
+    return start
 
 
 def active_candidates(data: ExperimentData) -> tuple[Arm, ...]:
@@ -194,7 +226,15 @@ def _promote(look: _Look) -> Decision | None:
         return None
     best = max(winners, key=lambda name: _score(look, name))
     weights = {a.name: (_FULL if a.name == best else 0.0) for a in look.data.arms}
-    return look.say("promote", f"{best} wins{_primary_note(look)} and its guardrails pass", weights)
+    return look.say("promote", f"{best} wins{_primary_note(look)}{_win_p(look, best)} and its guardrails pass", weights)
+
+
+def _win_p(look: _Look, name: str) -> str:
+    """`` (this look's one-sided p=0.012, Holm)``: the evidence the promotion rests on."""
+    if look.data.primary is None:
+        return ""
+    adjusted = holm_primary(look.data, look.evidence).get(name, math.nan)
+    return f" (this look's one-sided p={explain.p(adjusted)}, Holm)"
 
 
 def _wins(look: _Look, name: str) -> bool:
@@ -371,10 +411,10 @@ def _good(c: Comparison, look: _Look) -> bool:
 
 
 def _p_better(c: Comparison | None) -> float:
-    """Running-minimum sequential p over the looks where the candidate was better."""
+    """This look's one-sided p of the decision design that the candidate is better."""
     if c is None or c.status != reasons.OK:
         return math.nan
-    return c.sequential_p_better
+    return c.p_better_now
 
 
 def _p_worse(c: Comparison | None) -> float:

@@ -109,7 +109,8 @@ class AnalysisSettings:
     min_units_per_arm: int = 500
     max_duration_s: float = 14 * 86400.0
     srm_alpha: float = 0.001
-    #: mSPRT mixing variance is tuned to be most powerful around this many units per arm.
+    #: The planned units per arm (`abrouter plan`'s n): the promotion test's horizon (it
+    #: spends most of alpha by then) and where the mSPRT's intervals are narrowest.
     expected_units_per_arm: int = 10_000
     guardrails: tuple[Guardrail, ...] = (
         # Up to 50% more errors, and at least 0.1 point of requests (docs/analyzer.md says why).

@@ -67,9 +67,9 @@ def comparison(
     worse: float | None = None,
     good: bool | None = None,
 ) -> Comparison:
-    """`seq_p` is the running minimum in the direction the lift points (`good`: the lift is
-    in the metric's good direction; by default, for an increase metric, lift > 0); the other
-    direction's minimum is 1 unless `better` / `worse` say otherwise."""
+    """`seq_p` is the p in the direction the lift points (`good`: the lift is in the metric's
+    good direction; by default, for an increase metric, lift > 0), both the running minimum
+    and this look's; the other direction's is 1 unless `better` / `worse` say otherwise."""
     good = lift > 0 if good is None else good
     if better is None:
         better = seq_p if good else 1.0
@@ -96,6 +96,8 @@ def comparison(
         expected_loss=0.001,
         sequential_p_better=better,
         sequential_p_worse=worse,
+        p_better_now=better,
+        p_worse_now=worse,
     )
 
 

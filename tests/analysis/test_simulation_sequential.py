@@ -3,7 +3,8 @@
 The experiments are simulated and analysed with numpy in one go (`_looks`, `_analyse`);
 `test_vectorised_analysis_matches_compare` ties that to the real `compare()` path.
 Monte Carlo tolerances are three standard errors: 3·√(α(1 − α)/B) for B experiments.
-bench/sim_sequential.py runs the larger version through `compare()` itself.
+These are the mixture's (reported intervals, harm); the promotion design's error rates
+and power are in test_simulation_decisions.py and bench/sim_sequential.py.
 """
 
 from __future__ import annotations

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from scipy import special
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, reasons, sequential
+from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -82,7 +83,7 @@ class Comparison:
     #: "beta_binomial" (exact, binary single stratum) or "gaussian".
     bayes_method: str = "gaussian"
     #: Running minimum of the mSPRT p over the looks where the candidate's estimate was
-    #: better (respecting `direction`) than the control's. Decisions to promote use this.
+    #: better (respecting `direction`) than the control's. For the record (history, report).
     #: (Defaults only so hand-built Comparisons stay valid; compare() always sets them.)
     sequential_p_better: float = math.nan
     #: The same over the looks where it was worse. Decisions about harm use this.
@@ -92,6 +93,16 @@ class Comparison:
     cuped: bool = False
     #: [cuped] 1 − V_cuped / V (the unadjusted Welch variance); NaN without CUPED.
     variance_reduction: float = math.nan
+    #: Information time t = effective units per arm in the strata from `confirm_from` on,
+    #: over `expected_units` (1 at the planned horizon): the decision design's clock.
+    information: float = math.nan
+    #: This look's one-sided p of the decision design (`horizon.p_value`) on the strata
+    #: from `confirm_from` on, for "the candidate is better" (respecting `direction`). Not
+    #: a running minimum: a promotion rests on the evidence of the look that promotes
+    #: (issue 9, defect 5). Decisions to promote use this (Holm-adjusted).
+    p_better_now: float = math.nan
+    #: The same for "the candidate is worse".
+    p_worse_now: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
@@ -119,6 +130,7 @@ def compare(
     metric: str,
     previous: Running = FRESH,
     use_cuped: bool = True,
+    confirm_from: int = 0,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -135,6 +147,12 @@ def compare(
     intersection comes out empty (the effect moved more than a constant effect allows),
     this look's sequence is reported alone.
 
+    `confirm_from` is the index of the first stratum the decision design (`information`,
+    `p_better_now`, `p_worse_now`) counts: the decision policy passes the first epoch of
+    the final ramp step, so that a promotion rests on data gathered at full exposure and
+    not on an early novelty effect (`decision.confirmation_start`). Every other field uses
+    every stratum.
+
     A zero control mean leaves the absolute comparison intact: the status stays "ok" with
     reason `zero_baseline`, and only the relative fields are NaN.
 
@@ -145,24 +163,32 @@ def compare(
     """
     better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)
-    est, kind, reduction = _estimate(controls, candidates, kind, use_cuped)
+    est, tested_kind, reduction = _estimate(controls, candidates, kind, use_cuped)
     header: dict[str, Any] = dict(
         variant=variant, metric=metric, n_control=est.n_control, n=est.n, control_mean=est.control_mean, mean=est.mean
     )
     if est.reason:
         return _insufficient(header, est.reason, previous)
     header.update(cuped=math.isfinite(reduction), variance_reduction=reduction)
-    fixed, abs_ci = _fixed_horizon(est, kind, alpha)
+    fixed, abs_ci = _fixed_horizon(est, tested_kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
+    # The design's strata: all of them (the same estimate) or those from `confirm_from` on.
+    confirm: estimate.Estimate | None = est
+    if confirm_from > 0:
+        later = (controls[confirm_from:], candidates[confirm_from:])
+        confirm = _estimate(*later, kind, use_cuped)[0] if later[0] else None
+    information, now_better, now_worse = _design(
+        confirm, direction=direction, alpha=alpha, expected_units=expected_units
+    )
     if signed > 0:
         better = min(better, seq_p)
     elif signed < 0:
         worse = min(worse, seq_p)
-    chance, loss, method = _bayes(est, kind, direction)
+    chance, loss, method = _bayes(est, tested_kind, direction)
     rel_se = math.sqrt(est.relative_variance)
     seq_rel_se, seq_abs_se = math.sqrt(est.sequential_relative_variance), math.sqrt(est.sequential_variance)
-    z = float(sps.norm.isf(alpha / 2))
+    z = _z(alpha / 2)
     return Comparison(
         **header,
         status=reasons.OK,
@@ -181,6 +207,9 @@ def compare(
         bayes_method=method,
         sequential_p_better=better,
         sequential_p_worse=worse,
+        information=information,
+        p_better_now=now_better,
+        p_worse_now=now_worse,
     )
 
 
@@ -239,7 +268,7 @@ def _fixed_horizon(
     else:
         result = fixed_horizon.welch_t(control, candidate)
     # Welch's CI uses the t quantile; every other CI is a Wald interval with the unpooled SE.
-    quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else sps.norm.isf(alpha / 2)
+    quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else _z(alpha / 2)
     return result, _around(est.difference, float(quantile) * math.sqrt(est.variance))
 
 
@@ -248,6 +277,27 @@ def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tu
     r = sequential.mixing_ratio(est.units_per_arm, expected_units, alpha)
     z = est.difference / math.sqrt(est.sequential_variance)
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
+
+
+def _z(tail: float) -> float:
+    """The normal quantile z with Φ̄(z) = tail; `special.ndtri` costs a fraction of `norm.isf` per call."""
+    return float(-special.ndtri(tail))
+
+
+def _design(
+    est: estimate.Estimate | None, *, direction: Direction, alpha: float, expected_units: int
+) -> tuple[float, float, float]:
+    """Information time and this look's one-sided p's (better, worse) of the decision design.
+
+    NaN p's (no evidence) when the design has no strata yet or they hold no usable estimate.
+    """
+    if est is None or est.reason:
+        return 0.0, math.nan, math.nan
+    z = est.difference / math.sqrt(est.sequential_variance)
+    z = z if direction == "increase" else -z
+    information = est.units_per_arm / expected_units
+    both = horizon.p_value([z, -z], information, alpha)
+    return information, float(both[0]), float(both[1])
 
 
 def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[float, float, str]:

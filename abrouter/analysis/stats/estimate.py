@@ -74,7 +74,9 @@ class Estimate:
         """The effective units per arm, the clock of the sequential test (`effective_units`)."""
         if not self.pairs:
             return float(effective_units(self.n_control, self.n))
-        return float(sum(effective_units(c.n, t.n) for c, t in self.pairs))
+        # One vectorised call: a bandit's many epochs made the per-pair calls a hot spot.
+        n = np.array([(c.n, t.n) for c, t in self.pairs], dtype=float)
+        return float(effective_units(n[:, 0], n[:, 1]).sum())
 
     @property
     def sequential_variance(self) -> float:

@@ -10,7 +10,8 @@ from scipy import stats as sps
 CONVENTION = (
     "two-sided two-proportion z-test, unpooled variance p1(1-p1) + p2(1-p2) under H1, "
     "Bonferroni alpha/(variants-1) over the comparisons with the control; fixed horizon "
-    "(the sequential test needs more units for the same power, see docs/statistics.md)"
+    "(the analyzer's sequential promotion test has about this power here when "
+    "expected_units_per_arm is set to this n, see docs/statistics.md)"
 )
 
 
