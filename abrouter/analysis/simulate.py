@@ -222,7 +222,7 @@ def cuped_samples(sums: dict[tuple[int, str], np.ndarray], epochs: Sequence[int]
         strata = []
         for e in epochs:
             n, sx, sc, scc, sxc = (float(v) for v in sums.get((e, name), np.zeros(5)))
-            sample = Sample(n, sx, cov_sum=sc, cov_sum_sq=scc, cov_products=sxc)
+            sample = Sample(n, sx, sum_sq=sx, cov_sum=sc, cov_sum_sq=scc, cov_products=sxc)
             strata.append(d.Stratum(e, int(n), {"m": sample}))
         out[name] = tuple(strata)
     return out
