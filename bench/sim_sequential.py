@@ -24,7 +24,8 @@ bootstrap standard error).
    (`abrouter plan --baseline 0.05 --mde 0.1 --relative`), 20 looks up to 1x and 2x the
    plan's units per arm, without a ramp (50/50) and with the default ramp, and with
    CUPED on a pre-exposure covariate of correlation 0.5 (`simulate.cuped_samples` hands
-   its sums to the analyzer, which adjusts by `abrouter.analysis.stats.cuped`). Median units (both arms) at the promoting look.
+   its sums to the analyzer, which adjusts by `abrouter.analysis.stats.cuped`). Median
+   units (both arms) at the promoting look.
    `ramp-final`: the default ramp with 25 looks of the same size, so that the final step
    (which alone carries a promotion's evidence) holds the plan's units per arm.
 
