@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from abrouter.analysis import candidates
 from abrouter.analysis import decision as policy
 from abrouter.analysis import evidence as evidence_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
@@ -138,7 +139,7 @@ def analyze(
         srm=evidence.srm,
         comparisons=comparisons,
         guardrails=guardrails,
-        holm=policy.holm_primary(data, evidence),
+        holm=candidates.holm_primary(data, evidence),
         skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
         decision=policy.decide(data, evidence, now=now, rng=rng),
         omnibus=omnibus(data),
@@ -193,7 +194,7 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) 
         variant=arm.name,
         metric=metric.name,
         previous=previous,
-        confirm_from=policy.confirmation_start(data),
+        confirm_from=candidates.confirmation_start(data),
     )
 
 

@@ -50,23 +50,21 @@ from typing import Any, Literal
 import numpy as np
 
 from abrouter.analysis import explain
-from abrouter.analysis.data import Arm, ExperimentData, stat_kind
+from abrouter.analysis.candidates import active_candidates, holm_primary, p_worse
+from abrouter.analysis.data import ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import reasons
 from abrouter.analysis.stats.bandit import thompson_weights
 from abrouter.analysis.stats.compare import Comparison
-from abrouter.analysis.stats.multiple import holm
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.weights import EPS, WEIGHT_DECIMALS, max_change, rounded
 
 Action = Literal["continue", "ramp", "promote", "rollback", "stop"]
-#: Weights are percent, rounded to the router's resolution (1/10,000 of traffic).
-WEIGHT_DECIMALS = 2
 #: Bandit weights move only when some arm would move by at least this many points:
 #: every weight change opens a new epoch (a new stratum), and many tiny strata waste data
 #: on Monte-Carlo noise.
 BANDIT_MIN_CHANGE = 5.0
 _FULL = 100.0
-_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -95,54 +93,6 @@ def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.rand
     return _ramp(look) or _continue(look)
 
 
-def holm_primary(data: ExperimentData, evidence: Evidence) -> dict[str, float]:
-    """Holm-adjusted p of this look (good direction, `p_better_now`) of the primary metric per active candidate.
-
-    Holm over this look's p's is valid at any stopping time: each is a valid p there,
-    since P(p <= x at some look) <= x (`stats.horizon`).
-
-    The family is every candidate of the experiment, rolled-back ones included: rolling
-    one back must not loosen the others' threshold. A candidate without a usable p counts
-    in the family with p = 1.
-    """
-    family = [a.name for a in data.candidates]
-    active = {a.name for a in active_candidates(data)}
-    raw = [_p_better(evidence.primary(data, name)) for name in family]
-    adjusted = holm([p if math.isfinite(p) else 1.0 for p in raw])
-    return {name: (a if math.isfinite(p) else math.nan) for name, p, a in zip(family, raw, adjusted) if name in active}
-
-
-def confirmation_start(data: ExperimentData) -> int:
-    """Index (in `data.epochs`) of the first epoch whose data a promotion may rest on.
-
-    With a ramp, the trailing run of epochs in which the candidates together had the final
-    step's share: the earlier steps are a canary phase (guardrails, harm), and the primary
-    metric's evidence for a promotion is gathered at full exposure. An early novelty effect
-    (users trying a new recommender) that has faded by then cannot carry a promotion,
-    which evidence pooled from the first epochs could (issue 9, defect 5; simulated in
-    tests/analysis/test_simulation_decisions.py). `len(data.epochs)` while the current epoch
-    is below the final step (no evidence yet). Without a ramp, and in bandit mode, every
-    epoch counts (0).
-    """
-    ramp = data.settings.ramp
-    if data.settings.bandit.enabled or not ramp:
-        return 0
-    tolerance = (len(data.candidates) + 1) * 10**-WEIGHT_DECIMALS
-    control, start = data.control.name, len(data.epochs)
-    while start > 0:
-        weights = data.epochs[start - 1].weights
-        share = sum(w for name, w in weights.items() if name != control)
-        if not weights or share < ramp[-1] - tolerance:
-            break
-        start -= 1
-    return start
-
-
-def active_candidates(data: ExperimentData) -> tuple[Arm, ...]:
-    """Candidates still receiving traffic; a rolled-back one (weight 0) is out of the game."""
-    return tuple(a for a in data.candidates if a.weight > _EPS)
-
-
 # ------------------------------------------------------------------------ rules
 
 
@@ -165,7 +115,7 @@ class _Look:
         return (self.data.control.name, *self.candidates)
 
     def say(self, action: Action, why: str, weights: Mapping[str, float] | None = None) -> Decision:
-        weights = _rounded(weights if weights is not None else self.data.weights)
+        weights = rounded(weights if weights is not None else self.data.weights)
         line = explain.line(action, why, data=self.data, evidence=self.evidence, names=self.candidates)
         return Decision(action=action, reason=line, weights=weights)
 
@@ -180,7 +130,7 @@ def _finished(look: _Look) -> Decision | None:
     # or a bandit of an older version with a floor of 0, could get there without the
     # sequential test, Holm, SRM and the minimum units (issue 9, defect 4).
     promotion = _promote(look)
-    if promotion is not None and promotion.weights.get(full, 0.0) >= _FULL - _EPS:
+    if promotion is not None and promotion.weights.get(full, 0.0) >= _FULL - EPS:
         return look.say("promote", f"{full} already has 100% of traffic")
     why = f"{full} has 100% of traffic but was not promoted by the policy: the control gets no data to compare"
     return _rollback(look) or look.say("stop", why)
@@ -188,7 +138,7 @@ def _finished(look: _Look) -> Decision | None:
 
 def _at_full(look: _Look) -> str | None:
     """The candidate that has all the traffic, if one has."""
-    return next((n for n in look.candidates if look.data.arm(n).weight >= _FULL - _EPS), None)
+    return next((n for n in look.candidates if look.data.arm(n).weight >= _FULL - EPS), None)
 
 
 def _rollback(look: _Look) -> Decision | None:
@@ -209,11 +159,11 @@ def _harm(look: _Look, name: str) -> str | None:
         if g.status == "breach":
             return f"guardrail {explain.breach(g)}"
     c = look.evidence.primary(look.data, name)
-    if c is None or c.status != reasons.OK or not _p_worse(c) < look.alpha or _good(c, look):
+    if c is None or c.status != reasons.OK or not p_worse(c) < look.alpha or _good(c, look):
         return None
     if not _enough_units(look):  # a tiny arm (e.g. 0 of 50 converting) is no evidence of harm
         return None
-    return f"significant harm on {c.metric} ({explain.harm_p(_p_worse(c))})"
+    return f"significant harm on {c.metric} ({explain.harm_p(p_worse(c))})"
 
 
 def _promote(look: _Look) -> Decision | None:
@@ -289,8 +239,8 @@ def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
     note = f" ({', '.join(held)} held: guardrails not yet shown to pass)" if held else ""
     # An arm below the floor (a hand edit, or an older version's floor of 0) is lifted to
     # it whatever the change: an arm without traffic gathers no evidence.
-    lifted = any(data.arm(n).weight < _FULL * bandit.floor - _EPS for n in look.active)
-    if _max_change(weights, data.weights) < BANDIT_MIN_CHANGE and not lifted:
+    lifted = any(data.arm(n).weight < _FULL * bandit.floor - EPS for n in look.active)
+    if max_change(weights, data.weights) < BANDIT_MIN_CHANGE and not lifted:
         return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones{note}")
     return look.say("ramp", f"bandit: weights = P(best) with floor {_FULL * bandit.floor:g}%{note}", weights)
 
@@ -308,13 +258,13 @@ def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
         if not _guardrails_pass(look, n)
     }
     freed = sum(weights[n] - w for n, w in capped.items())
-    if freed <= _EPS:
+    if freed <= EPS:
         return weights
     others = [n for n in look.active if n not in capped]
     total = sum(weights[n] for n in others)
     out = dict(weights) | capped
     for n in others:
-        out[n] += freed * (weights[n] / total if total > _EPS else 1.0 / len(others))
+        out[n] += freed * (weights[n] / total if total > EPS else 1.0 / len(others))
     return out
 
 
@@ -408,43 +358,3 @@ def _direction(look: _Look) -> str:
 
 def _good(c: Comparison, look: _Look) -> bool:
     return c.absolute_lift > 0 if _direction(look) == "increase" else c.absolute_lift < 0
-
-
-def _p_better(c: Comparison | None) -> float:
-    """This look's one-sided p of the decision design that the candidate is better."""
-    if c is None or c.status != reasons.OK:
-        return math.nan
-    return c.p_better_now
-
-
-def _p_worse(c: Comparison | None) -> float:
-    """Running-minimum sequential p over the looks where the candidate was worse."""
-    if c is None or c.status != reasons.OK:
-        return math.nan
-    return c.sequential_p_worse
-
-
-def _max_change(new: Mapping[str, float], old: Mapping[str, float]) -> float:
-    return max(abs(new.get(k, 0.0) - old.get(k, 0.0)) for k in set(new) | set(old))
-
-
-def _rounded(weights: Mapping[str, float]) -> dict[str, float]:
-    """Round to WEIGHT_DECIMALS by the largest-remainder method, preserving the total.
-
-    Weights summing to 100 stay summing to exactly 100 (in units of 10^-WEIGHT_DECIMALS):
-    each is floored, and the units left over go to the largest remainders.
-    """
-    scale = 10**WEIGHT_DECIMALS
-    keys = list(weights)
-    scaled = [float(weights[k]) * scale for k in keys]
-    floors = [math.floor(x + 1e-9) for x in scaled]
-    left = round(sum(scaled)) - sum(floors)
-    by_remainder = sorted(range(len(keys)), key=lambda i: (-(scaled[i] - floors[i]), i))
-    for i in by_remainder[: max(0, left)]:
-        floors[i] += 1
-    return {k: units / scale for k, units in zip(keys, floors)}
-
-
-def same_weights(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
-    """Equal to the reported precision; a sink writes (and opens an epoch) only when not."""
-    return set(a) == set(b) and all(abs(a[k] - b[k]) < 10**-WEIGHT_DECIMALS for k in a)

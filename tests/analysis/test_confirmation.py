@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from abrouter.analysis import analyzer, decision
+from abrouter.analysis import analyzer, candidates
 from abrouter.analysis import data as d
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract.experiment import AnalysisSettings, Bandit, Metric
@@ -37,14 +37,14 @@ EVEN = [(0.05, 0.05)] * 4
 
 
 def test_the_final_step_starts_at_the_first_epoch_of_the_trailing_run_at_the_last_share() -> None:
-    assert decision.confirmation_start(experiment([5, 25, 50, 50], EVEN, settings=SETTINGS)) == 2
+    assert candidates.confirmation_start(experiment([5, 25, 50, 50], EVEN, settings=SETTINGS)) == 2
     # A weight change away from the final share (a rollback of one of two candidates, say)
     # ends the run: the evidence starts again once the share is back.
-    assert decision.confirmation_start(experiment([50, 25, 50, 50], EVEN, settings=SETTINGS)) == 2
-    assert decision.confirmation_start(experiment([5, 25, 50, 25], EVEN, settings=SETTINGS)) == 4
-    assert decision.confirmation_start(experiment([5, 25, 50, 50], EVEN, settings=replace(SETTINGS, ramp=()))) == 0
+    assert candidates.confirmation_start(experiment([50, 25, 50, 50], EVEN, settings=SETTINGS)) == 2
+    assert candidates.confirmation_start(experiment([5, 25, 50, 25], EVEN, settings=SETTINGS)) == 4
+    assert candidates.confirmation_start(experiment([5, 25, 50, 50], EVEN, settings=replace(SETTINGS, ramp=()))) == 0
     bandit = replace(SETTINGS, bandit=Bandit(enabled=True))
-    assert decision.confirmation_start(experiment([5, 25, 50, 50], EVEN, settings=bandit)) == 0
+    assert candidates.confirmation_start(experiment([5, 25, 50, 50], EVEN, settings=bandit)) == 0
 
 
 def test_an_effect_confined_to_the_early_steps_does_not_promote() -> None:

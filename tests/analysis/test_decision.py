@@ -10,6 +10,7 @@ import pytest
 
 from abrouter.analysis import analyzer, decision
 from abrouter.analysis import data as d
+from abrouter.analysis import weights as weight_math
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running
 from abrouter.analysis.stats.noninferiority import NonInferiority
@@ -397,9 +398,9 @@ def test_decision_to_dict_has_the_documented_fields() -> None:
 
 
 def test_same_weights_compares_at_the_reported_precision() -> None:
-    assert decision.same_weights({"a": 33.333333, "b": 66.666667}, {"a": 33.33, "b": 66.67})
-    assert not decision.same_weights({"a": 50.0, "b": 50.0}, {"a": 45.0, "b": 55.0})
-    assert not decision.same_weights({"a": 50.0}, {"b": 50.0})
+    assert weight_math.same_weights({"a": 33.333333, "b": 66.666667}, {"a": 33.33, "b": 66.67})
+    assert not weight_math.same_weights({"a": 50.0, "b": 50.0}, {"a": 45.0, "b": 55.0})
+    assert not weight_math.same_weights({"a": 50.0}, {"b": 50.0})
 
 
 def test_nan_sequential_p_never_decides() -> None:

@@ -12,8 +12,9 @@ A sink only reads the current spec and writes the next one; the rules live here:
 from __future__ import annotations
 
 from abrouter.analysis.data import percent
-from abrouter.analysis.decision import Decision, same_weights
+from abrouter.analysis.decision import Decision
 from abrouter.analysis.errors import ConflictError
+from abrouter.analysis.weights import same_weights
 from abrouter.contract import experiment as spec
 
 

@@ -150,7 +150,7 @@ def compare(
     `confirm_from` is the index of the first stratum the decision design (`information`,
     `p_better_now`, `p_worse_now`) counts: the decision policy passes the first epoch of
     the final ramp step, so that a promotion rests on data gathered at full exposure and
-    not on an early novelty effect (`decision.confirmation_start`). Every other field uses
+    not on an early novelty effect (`candidates.confirmation_start`). Every other field uses
     every stratum.
 
     A zero control mean leaves the absolute comparison intact: the status stays "ok" with
