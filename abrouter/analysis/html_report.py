@@ -209,7 +209,7 @@ inflate false promotions; the candidate was ramped step by step with guardrails 
 <section id="experiment"><h2>The experiment</h2><ul>{variants}</ul><p>Metrics (the first is primary):</p>
 <ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
 <section id="arms"><h2>Arms</h2><table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>{"".join(rows)}</table>
-</section>
+{_cuped_note(experiment, result)}</section>
 <section id="plots"><h2>Over time</h2>
 <figure id="plot-lift">{figures["lift"]}</figure>
 <figure id="plot-weights">{figures["weights"]}</figure>
@@ -227,3 +227,15 @@ def _margin(g: Guardrail) -> str:
         return f"margin {g.margin:g}"
     floor = f" (at least {g.min_margin:g})" if g.min_margin else ""
     return f"margin {g.margin:.0%} of the control{floor}"
+
+
+def _cuped_note(experiment: spec.Experiment, result: AnalysisResult) -> str:
+    """Which comparisons CUPED adjusted, and by how much it cut their variance ("" if none)."""
+    adjusted = [c for c in result.comparisons if c.cuped]
+    if not adjusted:
+        return ""
+    items = ", ".join(f"{c.metric} for {c.variant} {-c.variance_reduction:+.1%}" for c in adjusted)
+    return (
+        f"<p>CUPED: means, lifts and tests are adjusted by the pre-exposure covariate "
+        f"<b>{html.escape(experiment.covariate or '')}</b>; variance change: {html.escape(items)}.</p>"
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import redis.asyncio
 
-from abrouter.analysis import analyzer, reader, report
+from abrouter.analysis import analyzer, html_report, reader, report
 from abrouter.analysis.stats import cuped
 from abrouter.contract import experiment as model
 from tests.router.conftest import MakeRouter
@@ -92,3 +92,6 @@ async def test_covariates_over_http_reduce_the_variance_the_analysis_reports(
     # What `abrouter analyze` prints: the reduction in the note column, and a legend.
     text = report.render(result)
     assert f"CUPED var {-100 * c.variance_reduction:+.1f}%" in text and "CUPED: adjusted by" in text
+    # And what `abrouter report` shows under its arms table.
+    page = html_report.render(experiment, result, [])
+    assert f"revenue for candidate {-c.variance_reduction:+.1%}" in page and "<b>prior_clicks</b>" in page
