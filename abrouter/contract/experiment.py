@@ -11,7 +11,6 @@ No I/O beyond reading a file in `load()`; no aiohttp, redis or kubernetes import
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -43,6 +42,10 @@ from abrouter.contract.model import (
     Variant,
     normalise,
 )
+
+# Serialising lives in serialise.py; callers know these as the spec's own (re-exported).
+from abrouter.contract.serialise import to_dict as to_dict
+from abrouter.contract.serialise import to_json as to_json
 
 __all__ = [
     "BUILTIN_METRICS",
@@ -418,65 +421,3 @@ def load(path: str | Path) -> Experiment:
     except UnicodeDecodeError as exc:
         raise ConfigError("", f"{path}: not UTF-8 text (byte {exc.start})") from None
     return loads(text, str(path))
-
-
-# ------------------------------------------------------------------- serialising
-
-
-def to_dict(e: Experiment) -> dict[str, Any]:
-    """The canonical spec as plain JSON types; `parse(to_dict(e)) == e`."""
-    a = e.analysis
-    out: dict[str, Any] = {
-        "name": e.name,
-        "salt": e.salt,
-        "unit": {e.unit.kind: e.unit.name},
-        "variants": [_variant_dict(v) for v in e.variants],
-        "metrics": [_metric_dict(m) for m in e.metrics],
-        "epoch": e.epoch,
-        "allow_force_variant": e.allow_force_variant,
-        "outcome_ttl": e.outcome_ttl_s,
-        "timeouts": {"connect": e.timeouts.connect_s, "read": e.timeouts.read_s},
-        "exposures": [{"method": x.method, "path": x.path} for x in e.exposures],
-        **({"slow_request": e.slow_request_s} if e.slow_request_s is not None else {}),
-        "analysis": {
-            "alpha": a.alpha,
-            "min_units_per_arm": a.min_units_per_arm,
-            "max_duration": a.max_duration_s,
-            "srm_alpha": a.srm_alpha,
-            "expected_units_per_arm": a.expected_units_per_arm,
-            "guardrails": [
-                {"metric": g.metric, "direction": g.direction, "margin": g.margin, "relative": g.relative}
-                | ({"min_margin": g.min_margin} if g.min_margin else {})
-                for g in a.guardrails
-            ],
-            "ramp": list(a.ramp),
-            "bandit": {"enabled": a.bandit.enabled, "floor": a.bandit.floor, "min_units": a.bandit.min_units},
-            "multiple_exposures": a.multiple_exposures,
-            "scale_down_losers": a.scale_down_losers,
-        },
-    }
-    if e.covariate is not None:  # [cuped]
-        out["covariate"] = e.covariate
-    return out
-
-
-def _metric_dict(m: Metric) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": m.name, "kind": m.kind, "direction": m.direction}
-    if m.is_ratio:
-        out.update(numerator=m.numerator, denominator=m.denominator)
-    elif not m.cuped:  # [cuped]
-        out["cuped"] = False
-    if m.cap is not None:  # [cap]
-        out["cap"] = m.cap
-    return out
-
-
-def _variant_dict(v: Variant) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": v.name, "upstream": v.upstream, "weight": v.weight}
-    if v.deployment is not None:
-        out["deployment"] = v.deployment
-    return out
-
-
-def to_json(e: Experiment) -> str:
-    return json.dumps(to_dict(e), sort_keys=True)
