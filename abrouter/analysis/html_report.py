@@ -161,6 +161,7 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
                     f"{_fmt(c.relative_ci[0], True)} .. {_fmt(c.relative_ci[1], True)}" if c else "–",
                     f"{_fmt(c.sequential_ci[0], True)} .. {_fmt(c.sequential_ci[1], True)}" if c else "–",
                     _fmt(c.sequential_p_value) if c else "–",
+                    _fmt(result.holm.get(arm.name, math.nan)) if c else "–",
                     f"{c.chance_to_beat:.1%}" if c else "–",
                     _latency_cell(histogram.merge(arm.latency.values())),
                 )
@@ -195,7 +196,8 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
         if e.action != "continue" or e is history[-1]
     )
     header = ("arm", "weight", "units", "exposures", f"{primary} mean", "lift", "95% CI (fixed horizon)",
-              "always-valid CI", "sequential p", "chance to beat control", "latency p50 / p95 (ms)")  # fmt: skip
+              "always-valid CI", "sequential p", "p to promote (this look, Holm)", "chance to beat control",
+              "latency p50 / p95 (ms)")  # fmt: skip
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>abrouter report: {html.escape(experiment.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}

@@ -95,3 +95,6 @@ async def test_covariates_over_http_reduce_the_variance_the_analysis_reports(
     # And what `abrouter report` shows under its arms table.
     page = html_report.render(experiment, result, [])
     assert f"revenue for candidate {-c.variance_reduction:+.1%}" in page and "<b>prior_clicks</b>" in page
+    # The arms table shows the p a promotion is decided on (this look's, Holm-adjusted).
+    holm = result.holm["candidate"]
+    assert 0 < holm <= 1 and f"<td>{holm:,.4g}</td>" in page and "p to promote (this look, Holm)" in page
