@@ -11,29 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from abrouter import cli
 from abrouter.contract import resource
 from abrouter.kube.client import KubeClient, Ref
-from abrouter.router.http.app import build_app
-from abrouter.router.http.proxy import ROUTER
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.kube import KubeSource
 from abrouter.router.state import Router
 from tests.kube.apiserver import PLURAL, KubeApiServer
 from tests.kube.conftest import NAMESPACE, experiment_object
+from tests.router.served import RouterClient, serve
 from tests.router.upstreams import model_app
 
 
 @dataclass
 class RunningRouter:
-    http: TestClient
+    http: RouterClient
     source: KubeSource
 
     @property
     def router(self) -> Router:
-        return self.http.app[ROUTER]
+        return self.http.router
 
     async def variants(self, users: int = 40) -> set[str]:
         seen = set()
@@ -67,9 +65,10 @@ async def experiment(kube_api: KubeApiServer, aiohttp_server: Any, experiment_na
 
 @pytest.fixture
 async def start_router(
-    aiohttp_client: Any, kubeconfig: Path, redis_url: str, tmp_path: Path, experiment: dict[str, Any]
+    kubeconfig: Path, redis_url: str, tmp_path: Path, experiment: dict[str, Any]
 ) -> AsyncIterator[StartRouter]:
     clients: list[KubeClient] = []
+    routers: list[RouterClient] = []
     ref = Ref(NAMESPACE, experiment["metadata"]["name"])
 
     async def start() -> RunningRouter:
@@ -80,10 +79,13 @@ async def start_router(
         settings = ServeSettings(
             redis_url=redis_url, spill_dir=tmp_path / f"spill-{len(clients)}", flush_interval_s=0.05
         )
-        http = await aiohttp_client(build_app(found.experiment, settings, source=source))
+        http = await serve(found.experiment, settings, source=source)
+        routers.append(http)
         return RunningRouter(http=http, source=source)
 
     yield start
+    for router in routers:
+        await router.close()
     for client in clients:
         client.close()
 
