@@ -161,9 +161,17 @@ class KubeClient:
         if w is not None:
             w.stop()
 
-    def patch_spec(self, ref: Ref, spec: dict[str, Any], *, resource_version: str) -> dict[str, Any]:
-        """Merge-patch `spec`, only if the object is still at `resource_version` (else `KubeConflict`)."""
-        body = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
+    def patch_spec(
+        self, ref: Ref, spec: dict[str, Any], *, resource_version: str, annotations: dict[str, str | None] | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch `spec` (and `annotations`, in the same write), only if the object is still at
+        `resource_version` (else `KubeConflict`). An annotation set to None is removed."""
+        meta: dict[str, Any] = {"resourceVersion": resource_version}
+        if annotations:
+            meta["annotations"] = annotations
+        body: dict[str, Any] = {"metadata": meta}
+        if spec:
+            body["spec"] = spec
         return self._call(
             "patch",
             PLURAL,
@@ -190,15 +198,27 @@ class KubeClient:
     # ---------------------------------------------------------------- events, scale
 
     def create_event(
-        self, obj: dict[str, Any], *, reason: str, message: str, warning: bool = False, component: str = ""
-    ) -> None:
-        """A core/v1 Event about the Experiment `obj` (as `kubectl describe` shows them)."""
+        self,
+        obj: dict[str, Any],
+        *,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "",
+        name: str = "",
+    ) -> bool:
+        """A core/v1 Event about the Experiment `obj` (as `kubectl describe` shows them).
+
+        With a `name`, creating it again is a no-op that returns False (the API's 409
+        AlreadyExists): a step that is redone after a failure emits its Event once.
+        """
         meta = obj["metadata"]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        naming = {"name": name} if name else {"generateName": f"{meta['name']}."}
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {**naming, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": KIND,
@@ -216,12 +236,16 @@ class KubeClient:
             "count": 1,
         }
         ref = Ref(meta["namespace"], "")
-        self._call(
-            "create",
-            "events",
-            ref,
-            lambda: self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=self.timeout_s),
-        )
+        try:
+            self._call(
+                "create",
+                "events",
+                ref,
+                lambda: self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=self.timeout_s),
+            )
+        except errors.KubeAlreadyExists:
+            return False
+        return True
 
     def list_events(self, namespace: str) -> list[dict[str, Any]]:
         def call() -> Any:
@@ -279,6 +303,8 @@ class KubeClient:
             )
         if code == 404:
             return errors.KubeNotFound(f"not found: {what} ({detail}; is the Experiment CRD installed?)")
+        if code == 409 and _api_reason(exc) == "AlreadyExists":
+            return errors.KubeAlreadyExists(f"already exists: {what} ({detail})")
         if code == 409:
             return errors.KubeConflict(f"conflict: {what} changed since it was read ({detail})")
         if code == 410:
@@ -295,15 +321,23 @@ def qualified(resource: str) -> str:
     return f"{base}.{group}{sep}{sub}" if group else resource
 
 
-def _api_message(exc: ApiException) -> str:
-    """The Status object's message when the body is one, else the HTTP reason."""
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The ``kind: Status`` body of an error, or {}."""
     try:
         body = json.loads(exc.body) if exc.body else None
     except (TypeError, ValueError):
         body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(exc.reason or "no detail")
+    return body if isinstance(body, dict) else {}
+
+
+def _api_message(exc: ApiException) -> str:
+    """The Status object's message when the body is one, else the HTTP reason."""
+    message = _status(exc).get("message")
+    return str(message) if message else str(exc.reason or "no detail")
+
+
+def _api_reason(exc: ApiException) -> str:
+    return str(_status(exc).get("reason") or "")
 
 
 def _first_line(exc: BaseException) -> str:

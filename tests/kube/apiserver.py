@@ -297,7 +297,10 @@ class KubeApiServer(Store):
         meta = body.setdefault("metadata", {})
         if not meta.get("name"):
             meta["name"] = (meta.get("generateName") or "event.") + uuid.uuid4().hex[:10]
-        return web.json_response(self._commit(("events", ns, meta["name"]), None, body, spec_changed=True), status=201)
+        key = ("events", ns, meta["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", f'events "{key[2]}" already exists', details_of(key))
+        return web.json_response(self._commit(key, None, body, spec_changed=True), status=201)
 
     async def _scale(self, request: web.Request) -> web.StreamResponse:
         key = ("deployments", request.match_info["ns"], request.match_info["name"])

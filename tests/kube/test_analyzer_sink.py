@@ -6,60 +6,17 @@ the Experiment, and the CLI runs through argparse as a user would start it.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from abrouter.analysis import commands
+from abrouter.analysis.sinks import kube_pending
 from abrouter.contract import keys
-from tests.analysis.test_commands import write_aggregates
 from tests.kube.apiserver import PLURAL, KubeApiServer
-from tests.kube.conftest import NAMESPACE, experiment_object, weights_of
-
-WINNING = {"control": (20_000, 1000), "candidate": (20_000, 1300)}
-LOSING = {"control": (20_000, 1300), "candidate": (20_000, 1000)}
-
-
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="abrouter")
-    commands.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-@pytest.fixture
-def seed(redis_url: str, experiment_name: str) -> Any:
-    def write(arms: dict[str, tuple[int, int]]) -> None:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            write_aggregates(client, experiment_name, control=arms["control"], candidate=arms["candidate"])
-        finally:
-            client.close()
-
-    return write
-
-
-@pytest.fixture
-def analyze(kubeconfig: Path, redis_url: str, experiment_name: str) -> Any:
-    def call(*extra: str) -> int:
-        ref = f"{NAMESPACE}/{experiment_name}"
-        return run(["analyze", "--experiment", ref, "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, *extra])
-
-    return call
-
-
-def stored(kube_api: KubeApiServer, name: str) -> dict[str, Any]:
-    obj = kube_api.get(PLURAL, NAMESPACE, name)
-    assert obj is not None
-    return obj
-
-
-def events(kube_api: KubeApiServer) -> list[str]:
-    return [e["reason"] for e in kube_api.list("events", NAMESPACE)]
+from tests.kube.conftest import LOSING, NAMESPACE, WINNING, events, experiment_object, run, stored, weights_of
 
 
 def json_out(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
@@ -153,7 +110,8 @@ def test_a_409_is_retried_from_a_fresh_read_and_nothing_is_lost(
     assert obj["metadata"]["generation"] == 2  # one decision, written once
     assert obj["status"]["phase"] == "Promoted"
     spec_patches = [p for m, p in kube_api.requests if m == "PATCH" and p.endswith(experiment_name)]
-    assert len(spec_patches) == 2  # the 409, then the retry
+    assert len(spec_patches) == 3  # the 409, the retry, then the annotation of the unfinished decision removed
+    assert kube_pending.ANNOTATION not in obj["metadata"].get("annotations", {})
 
 
 def test_a_person_changing_the_weights_meanwhile_is_not_overwritten(

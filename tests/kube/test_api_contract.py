@@ -186,6 +186,15 @@ def test_a_too_old_resource_version_is_410_inside_a_200_stream(target: Target) -
         list(target.client.watch(target.namespace, "1", timeout_s=5))
 
 
+def test_an_event_created_again_under_its_name_is_409_already_exists_and_a_no_op(target: Target) -> None:
+    obj = target.create()
+    name = f"{obj['metadata']['name']}.contract.{secrets.token_hex(4)}"
+    assert target.client.create_event(obj, reason="Contract", message="first", name=name) is True
+    assert target.client.create_event(obj, reason="Contract", message="again", name=name) is False
+    mine = [e for e in target.client.list_events(target.namespace) if e["metadata"]["name"] == name]
+    assert [e["message"] for e in mine] == ["first"]
+
+
 def test_an_unknown_object_is_404(target: Target) -> None:
     with pytest.raises(errors.KubeNotFound, match="not found"):
         target.client.get(Ref(target.namespace, "no-such-experiment"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.data import Arm
+from abrouter.analysis.sinks.kube_pending import Pending
 
 PHASES = {"ramp": "Ramping", "promote": "Promoted", "rollback": "RolledBack", "stop": "Inconclusive"}
 CONDITIONS = ("Ready", "SampleRatioMismatch", "GuardrailBreached")
@@ -63,6 +64,27 @@ def build(
         },
         "arms": [_arm(result, a) for a in result.data.arms],
         "conditions": conditions(result, observed_generation=observed_generation, previous=previous, now=now),
+    }
+
+
+def applied(
+    pending: Pending, *, weights: Mapping[str, float], epoch: int, paused: bool, previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The part of ``status`` a finished unfinished decision writes (`kube_pending`): its phase,
+    winner and ``lastDecision``; the look that follows writes the rest."""
+    return {
+        "phase": phase(pending.action, paused=paused, previous=previous.get("phase")),
+        "epoch": epoch,
+        "weights": dict(weights),
+        "winner": _winner(weights) if pending.action == "promote" else None,
+        "lastDecision": {
+            "action": pending.action,
+            "reason": pending.reason,
+            "weights": dict(pending.weights),
+            "applied": True,
+            "paused": paused,
+            "time": rfc3339(pending.at),
+        },
     }
 
 
