@@ -7,7 +7,10 @@ implements the semantics our code relies on, for the resources it uses:
   get, list, watch, update (PUT), merge-patch, delete; ``/status`` get, update, patch;
 - ``v1`` events: create, list; ``apps/v1`` deployments/scale: get, patch.
 
-Semantics: one global resourceVersion counter, bumped by every write that changes an
+Semantics: an Experiment is pruned and validated against the CRD's schema as a real
+API server does it (`tests.kube.apischema`: unknown fields dropped, a 422 ``Invalid``
+naming each bad field), on create, on every write of it or its ``/status``, and in
+`put`; one global resourceVersion counter, bumped by every write that changes an
 object (a no-op patch changes nothing, as on a real API server); ``metadata.generation``
 bumped only when ``spec`` changes; a write whose body carries a stale
 ``metadata.resourceVersion`` is 409 Conflict; the main resource ignores ``status`` and
@@ -38,6 +41,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from tests.kube import apischema
 from tests.kube.apistore import (
     GROUP,
     PLURAL,
@@ -64,6 +68,8 @@ class KubeApiServer(Store):
         #: resource -> allowed verbs; a resource not named here allows every verb.
         self.roles: dict[str, set[str]] = {}
         self.requests: list[tuple[str, str]] = []
+        #: The paths of the fields pruned from Experiments (unknown to the CRD's schema), in order.
+        self.pruned: list[str] = []
         self._gone_next_watch = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-apiserver", daemon=True)
@@ -139,9 +145,8 @@ class KubeApiServer(Store):
         def do() -> dict[str, Any]:
             key = (resource, namespace, obj["metadata"]["name"])
             old = self.objects.get(key)
-            return self._commit(
-                key, old, copy.deepcopy(obj), spec_changed=old is None or old.get("spec") != obj.get("spec")
-            )
+            new = admit(key, copy.deepcopy(obj), self.pruned) if resource == PLURAL else copy.deepcopy(obj)
+            return self._commit(key, old, new, spec_changed=old is None or old.get("spec") != new.get("spec"))
 
         return self._sync(do)
 
@@ -243,7 +248,9 @@ class KubeApiServer(Store):
                     409, "AlreadyExists", f'{qualified_kind(PLURAL)} "{key[2]}" already exists', details_of(key)
                 )
             body.pop("status", None)  # with a status subresource, create ignores status
-            return web.json_response(self._commit(key, None, body, spec_changed=True), status=201)
+            return web.json_response(
+                self._commit(key, None, admit(key, body, self.pruned), spec_changed=True), status=201
+            )
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported on {request.path}")
 
     async def _experiment(self, request: web.Request) -> web.StreamResponse:
@@ -267,6 +274,7 @@ class KubeApiServer(Store):
             del new["status"]
         kept = {k: v for k, v in current["metadata"].items() if k not in ("labels", "annotations")}
         new["metadata"] = {**kept, **user_metadata(new)}
+        new = admit(key, new, self.pruned)
         return web.json_response(self._commit(key, current, new, spec_changed=new.get("spec") != current.get("spec")))
 
     async def _experiment_status(self, request: web.Request) -> web.StreamResponse:
@@ -284,7 +292,7 @@ class KubeApiServer(Store):
             new.pop("status", None)
         else:
             new["status"] = status
-        return web.json_response(self._commit(key, current, new, spec_changed=False))
+        return web.json_response(self._commit(key, current, admit(key, new, self.pruned), spec_changed=False))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         ns = request.match_info["ns"]
@@ -376,6 +384,21 @@ class KubeApiServer(Store):
         finally:
             self._watchers.remove(watcher)
         return response
+
+
+def admit(key: tuple[str, str, str], obj: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
+    """An Experiment as the API server stores it: pruned (paths into `dropped`), or a 422 naming every bad field."""
+    pruned = apischema.prune(obj, apischema.schema(), dropped)
+    causes = apischema.causes(pruned)
+    if causes:
+        kind = "Experiment"
+        raise ApiError(
+            422,
+            "Invalid",
+            apischema.message(f"{kind}.{GROUP}", key[2], causes),
+            {"name": key[2], "group": GROUP, "kind": kind, "causes": causes},
+        )
+    return dict(pruned)
 
 
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:

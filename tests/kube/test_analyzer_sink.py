@@ -54,6 +54,7 @@ def test_promote_writes_weights_status_and_an_event(
     assert conditions["SampleRatioMismatch"]["status"] == "False"
     assert conditions["GuardrailBreached"]["status"] == "False"
     assert events(kube_api) == ["Promoted"]
+    assert kube_api.pruned == []  # every field the analyzer writes is in the CRD's schema
 
     assert analyze("--apply") == 0  # idempotent: already promoted, no new epoch, no new Event
     assert stored(kube_api, experiment_name)["metadata"]["generation"] == 2
@@ -202,11 +203,11 @@ def test_an_invalid_spec_is_exit_code_2_naming_the_field(
     kube_api: KubeApiServer, experiment_name: str, analyze: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     obj = experiment_object(experiment_name)
-    obj["spec"]["variants"][0]["weight"] = -1
+    obj["spec"]["variants"][1]["name"] = "control"  # valid for the schema: only the parser sees it
     kube_api.put(PLURAL, NAMESPACE, obj)
     assert analyze("--apply") == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert "spec.variants[0].weight: must be >= 0, got -1" in line
+    assert "spec.variants[1].name: duplicate name 'control'" in line
 
 
 def test_flags_that_need_experiment_are_rejected(analyze: Any) -> None:

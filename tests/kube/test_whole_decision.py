@@ -80,6 +80,7 @@ def test_an_event_refused_after_the_weights_moved_is_finished_by_the_next_look(
     assert decisions(redis_url, experiment_name)[0] == ("promote", True)
     assert [d for d in decisions(redis_url, experiment_name) if d[1]] == [("promote", True)]
 
+    assert kube_api.pruned == []  # the annotation and every status field are stored as written
     assert analyze("--apply") == 0  # nothing left to finish: nothing twice
     assert sorted(events(kube_api)) == ["Promoted", "ScaledDown"]
 
