@@ -5,7 +5,9 @@ implements the semantics our code relies on, for the resources it uses:
 
 - ``abrouter.io/v1alpha1`` experiments (namespaced, with a status subresource): create,
   get, list, watch, update (PUT), merge-patch, delete; ``/status`` get, update, patch;
-- ``v1`` events: create, list; ``apps/v1`` deployments/scale: get, patch.
+- ``v1`` events: create, list; ``apps/v1`` deployments/scale: get, patch;
+- discovery and server-side Tables (`tests.kube.apitables`), so the real ``kubectl get``
+  works against it and prints the CRD's printer columns.
 
 Semantics: an Experiment is pruned and validated against the CRD's schema as a real
 API server does it (`tests.kube.apischema`: unknown fields dropped, a 422 ``Invalid``
@@ -29,8 +31,11 @@ directly. Hooks: `down`/`up` (the port refuses connections), `end_watches`, `fai
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -41,7 +46,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from tests.kube import apischema
+from tests.kube import apischema, apitables
 from tests.kube.apistore import (
     GROUP,
     PLURAL,
@@ -58,13 +63,20 @@ from tests.kube.apistore import (
 )
 
 TOKEN = "abrouter-test-token"
+#: The namespace of the tests' objects, and of the service account the server says is calling.
+NAMESPACE = "abrouter-test"
 
 
 class KubeApiServer(Store):
-    def __init__(self, *, token: str = TOKEN, user: str = "system:serviceaccount:test:abrouter") -> None:
+    def __init__(
+        self, *, token: str = TOKEN, user: str = f"system:serviceaccount:{NAMESPACE}:abrouter", tls: Path | None = None
+    ) -> None:
         super().__init__()
         self.token = token
         self.user = user
+        #: A directory for a self-signed certificate: serve HTTPS (kubectl sends no token over HTTP).
+        self.tls = tls
+        self._ssl: ssl.SSLContext | None = _self_signed(tls) if tls is not None else None
         #: resource -> allowed verbs; a resource not named here allows every verb.
         self.roles: dict[str, set[str]] = {}
         self.requests: list[tuple[str, str]] = []
@@ -81,7 +93,7 @@ class KubeApiServer(Store):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> KubeApiServer:
         self._thread.start()
@@ -129,13 +141,18 @@ class KubeApiServer(Store):
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "test", "cluster": {"server": self.url, **self._ca()}}],
             "users": [{"name": "test", "user": {"token": self.token if token is None else token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
             "current-context": "test",
         }
         path.write_text(yaml.safe_dump(doc))
         return path
+
+    def _ca(self) -> dict[str, str]:
+        if self.tls is None:
+            return {}
+        return {"certificate-authority-data": base64.b64encode((self.tls / "cert.pem").read_bytes()).decode()}
 
     # -------------------------------------------- direct access for tests (on the server loop)
 
@@ -178,13 +195,17 @@ class KubeApiServer(Store):
         app.router.add_route("*", base + "/{name}/status", self._experiment_status)
         app.router.add_route("*", "/api/v1/namespaces/{ns}/events", self._events)
         app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self._scale)
+        for path, doc in (("/api", apitables.api_versions), ("/api/v1", apitables.core_resources)):
+            app.router.add_get(path, _static(doc()))
+        app.router.add_get("/apis", _static(apitables.groups()))
+        app.router.add_get("/apis/{group}/{version}", self._discovery)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         await self._listen()
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self._ssl)
         await self._site.start()
         self.port = self._runner.addresses[-1][1]
 
@@ -239,7 +260,11 @@ class KubeApiServer(Store):
         if verb == "watch":
             return await self._watch(request, PLURAL, ns)
         if verb == "list":
-            return web.json_response(self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}"))
+            listed = self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}")
+            if apitables.wants_table(request.headers.get("Accept", "")):  # kubectl get
+                rv = listed["metadata"]["resourceVersion"]
+                return web.json_response(apitables.table(listed["items"], resource_version=rv))
+            return web.json_response(listed)
         if verb == "create":
             body = await _json(request)
             key = (PLURAL, ns, name_of(body))
@@ -257,6 +282,10 @@ class KubeApiServer(Store):
         key = (PLURAL, request.match_info["ns"], request.match_info["name"])
         verb = self._authorize(request, PLURAL, key[2])
         current = self._existing(key)
+        if verb == "get" and apitables.wants_table(request.headers.get("Accept", "")):
+            return web.json_response(
+                apitables.table([current], resource_version=current["metadata"]["resourceVersion"])
+            )
         if verb == "get":
             return web.json_response(current)
         if verb == "delete":
@@ -334,6 +363,12 @@ class KubeApiServer(Store):
             }
         )
 
+    async def _discovery(self, request: web.Request) -> web.StreamResponse:
+        found = apitables.group_resources(request.match_info["group"], request.match_info["version"])
+        if found is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return web.json_response(found)
+
     async def _write_body(self, request: web.Request, *, custom: bool) -> Any:
         ctype = request.content_type
         if request.method == "PATCH":
@@ -384,6 +419,28 @@ class KubeApiServer(Store):
         finally:
             self._watchers.remove(watcher)
         return response
+
+
+def _static(doc: dict[str, Any]) -> Callable[[web.Request], Any]:
+    async def handler(_: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    return handler
+
+
+def _self_signed(directory: Path) -> ssl.SSLContext:
+    """A certificate for 127.0.0.1 made by the openssl CLI, and a server context with it."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
+    subprocess.run(
+        [*command.split(), "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def admit(key: tuple[str, str, str], obj: dict[str, Any], dropped: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.data import Arm
+from abrouter.analysis.sinks import kube_summary
 from abrouter.analysis.sinks.kube_pending import Pending
 
 PHASES = {"ramp": "Ramping", "promote": "Promoted", "rollback": "RolledBack", "stop": "Inconclusive"}
@@ -47,13 +48,21 @@ def build(
     now = time.time() if now is None else now
     d = result.decision
     winner = _winner(weights) if d.action == "promote" else None
+    current = phase(d.action, paused=paused, previous=previous.get("phase"))
+    before = previous.get("lastApplied")
+    last_applied = (
+        _applied_record(d.action, d.reason, d.weights, at=result.at, generation=epoch)
+        if applied
+        else (dict(before) if isinstance(before, Mapping) else None)
+    )
+    p_value = _best_p(result)
     return {
-        "phase": phase(d.action, paused=paused, previous=previous.get("phase")),
+        "phase": current,
         "epoch": epoch,
         "weights": dict(weights),
         "observedGeneration": observed_generation,
         "winner": winner,
-        "pValue": _best_p(result),
+        "pValue": p_value,
         "lastDecision": {
             "action": d.action,
             "reason": d.reason,
@@ -62,6 +71,16 @@ def build(
             "paused": paused,
             "time": rfc3339(result.at),
         },
+        "lastApplied": last_applied,
+        "summary": kube_summary.summary(
+            phase=current,
+            action=d.action,
+            reason=d.reason,
+            p_value=p_value,
+            last_applied=last_applied,
+            guardrails=result.guardrails,
+            data=result.data,
+        ),
         "arms": [_arm(result, a) for a in result.data.arms],
         "conditions": conditions(result, observed_generation=observed_generation, previous=previous, now=now),
     }
@@ -72,11 +91,14 @@ def applied(
 ) -> dict[str, Any]:
     """The part of ``status`` a finished unfinished decision writes (`kube_pending`): its phase,
     winner and ``lastDecision``; the look that follows writes the rest."""
+    applied_at = _applied_record(pending.action, pending.reason, pending.weights, at=pending.at, generation=epoch)
     return {
         "phase": phase(pending.action, paused=paused, previous=previous.get("phase")),
         "epoch": epoch,
         "weights": dict(weights),
         "winner": _winner(weights) if pending.action == "promote" else None,
+        "lastApplied": applied_at,
+        "summary": {"reason": kube_summary.first_clause(pending.reason)},
         "lastDecision": {
             "action": pending.action,
             "reason": pending.reason,
@@ -86,6 +108,13 @@ def applied(
             "time": rfc3339(pending.at),
         },
     }
+
+
+def _applied_record(
+    action: str, reason: str, weights: Mapping[str, float], *, at: float, generation: int
+) -> dict[str, Any]:
+    """``status.lastApplied``: the last decision that changed the weights, kept until the next one."""
+    return {"action": action, "reason": reason, "weights": dict(weights), "time": rfc3339(at), "generation": generation}
 
 
 def conditions(
