@@ -79,6 +79,8 @@ class KubeApiServer(Store):
         self._ssl: ssl.SSLContext | None = _self_signed(tls) if tls is not None else None
         #: resource -> allowed verbs; a resource not named here allows every verb.
         self.roles: dict[str, set[str]] = {}
+        #: The namespaces the roles are bound in (a namespaced Role); None: every namespace.
+        self.role_namespaces: set[str] | None = None
         self.requests: list[tuple[str, str]] = []
         #: The paths of the fields pruned from Experiments (unknown to the CRD's schema), in order.
         self.pruned: list[str] = []
@@ -239,7 +241,8 @@ class KubeApiServer(Store):
     def _authorize(self, request: web.Request, resource: str, name: str = "") -> str:
         verb = _verb(request, bool(name))
         allowed = self.roles.get(resource)
-        if allowed is not None and verb not in allowed:
+        elsewhere = self.role_namespaces is not None and request.match_info["ns"] not in self.role_namespaces
+        if elsewhere or (allowed is not None and verb not in allowed):
             base = resource.partition("/")[0]
             group = {"experiments": GROUP, "deployments": "apps"}.get(base, "")
             what = f'{base}.{group} "{name}"' if name and group else (f'{base} "{name}"' if name else base)

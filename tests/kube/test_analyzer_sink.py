@@ -7,6 +7,7 @@ the Experiment, and the CLI runs through argparse as a user would start it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -213,3 +214,43 @@ def test_an_invalid_spec_is_exit_code_2_naming_the_field(
 def test_flags_that_need_experiment_are_rejected(analyze: Any) -> None:
     with pytest.raises(commands.InputError, match="need --experiment"):
         run(["analyze", "--config", "x.yaml", "--dry-run"])
+
+
+@pytest.mark.parametrize(
+    ("user", "whose"),
+    [
+        ("system:serviceaccount:abrouter-test:abrouter-analyzer", "ServiceAccount abrouter-test/abrouter-analyzer"),
+        ("alice@example.com", "the kubeconfig's context"),  # a person's credentials: the context's namespace
+    ],
+)
+def test_a_namespace_outside_the_role_is_reported_as_a_wrong_namespace(
+    kube_api: KubeApiServer, kubeconfig: Path, redis_url: str, capsys: pytest.CaptureFixture[str], user: str, whose: str
+) -> None:
+    kube_api.role_namespaces = {NAMESPACE}  # a namespaced Role, as k8s/base/rbac.yaml binds it
+    kube_api.user = user
+    argv = ["analyze", "--experiment", "elsewhere/recsys-v2", "--kubeconfig", str(kubeconfig)]
+    assert run([*argv, "--redis-url", redis_url, "--apply"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        f"forbidden: cannot get experiments.abrouter.io in namespace elsewhere, but the analyzer's credentials "
+        f"({whose}) belong to namespace {NAMESPACE}: is elsewhere the right namespace?"
+    ) in line, line
+    assert "needs a Role in elsewhere with the verb get on experiments" in line
+
+
+def test_a_missing_experiment_is_not_reported_as_a_missing_crd(
+    kube_api: KubeApiServer, kubeconfig: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["analyze", "--experiment", f"{NAMESPACE}/nosuch", "--kubeconfig", str(kubeconfig)]
+    assert run([*argv, "--redis-url", redis_url]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"no Experiment nosuch in namespace {NAMESPACE}; `kubectl get experiments -A` lists them all" in line
+    assert "CRD" not in line
+
+
+def test_analyze_help_says_where_the_kubernetes_credentials_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "else $KUBECONFIG, else ~/.kube/config" in text
+    assert "Outside the cluster" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -203,3 +204,40 @@ async def test_the_watch_thread_ends_when_the_router_shuts_down(
     while [t for t in threading.enumerate() if t.name == name]:
         assert time.monotonic() < deadline, "the watch thread outlived the router"
         await asyncio.sleep(0.01)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_router_refused_list_and_watch_is_not_ready_until_allowed_again(
+    kube_api: KubeApiServer, start_router: StartRouter
+) -> None:
+    r = await start_router()
+    assert (await r.http.get("/abrouter/readyz")).status == 200
+    kube_api.allow("experiments", "get")  # the Role lost list and watch
+    kube_api.end_watches()  # the open stream ends; the next list is refused
+
+    async def refused() -> bool:
+        return (await r.http.get("/abrouter/readyz")).status == 503
+
+    await _until(refused, "the router stayed ready without list/watch")
+    body = await (await r.http.get("/abrouter/readyz")).json()
+    assert body["status"] == "not ready"
+    assert re.search(r"the router's Role needs the verb (list|watch) on experiments$", body["reload_error"])
+    assert re.search(r"^abrouter_spec_source_up\{.*\} 0$", await (await r.http.get("/abrouter/metrics")).text(), re.M)
+    assert await r.variants() == {"control", "candidate"}  # predictions still flow on the last spec
+    shown = await (await r.http.get("/abrouter/experiment")).json()
+    assert shown["reload_error"] == body["reload_error"]
+
+    kube_api.roles.pop("experiments")
+
+    async def ready() -> bool:
+        return (await r.http.get("/abrouter/readyz")).status == 200
+
+    await _until(ready, "the router did not become ready again")
+    assert re.search(r"^abrouter_spec_source_up\{.*\} 1$", await (await r.http.get("/abrouter/metrics")).text(), re.M)
+    assert (await (await r.http.get("/abrouter/experiment")).json())["reload_error"] is None

@@ -61,6 +61,8 @@ async def readyz(request: web.Request) -> web.Response:
         # Redis restarted empty: what was flushed before this time is gone.
         body["data_incomplete_since"] = stats.data_incomplete_since
         body["redis_resets"] = stats.redis_resets
+    if router.source.access_error is not None:  # the spec can no longer be read (sources.base.Access)
+        return _json(503, {**body, "status": "not ready", "reload_error": router.source.access_error})
     return _json(200, body)
 
 
@@ -103,6 +105,11 @@ async def metrics(request: web.Request) -> web.Response:
         "abrouter_eventlog_spill_bytes": ("gauge", "Bytes in this process's spill file.", s.spill_bytes),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
+        "abrouter_spec_source_up": (
+            "gauge",
+            "0 while the spec's source refuses this router (a 401/403 from the Kubernetes API).",
+            0.0 if router.source.access_error is not None else 1.0,
+        ),
     }
     guard = request.app.get(listener.CONNECTIONS)
     if guard is not None:
