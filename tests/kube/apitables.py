@@ -13,7 +13,10 @@ from __future__ import annotations
 import calendar
 import json
 import time
+from functools import cache
 from typing import Any
+
+import yaml
 
 from tests.kube import apischema
 from tests.kube.apistore import GROUP, PLURAL, VERSION
@@ -111,9 +114,8 @@ def table(objects: list[dict[str, Any]], *, resource_version: str, now: float | 
     }
 
 
+@cache
 def _crd() -> dict[str, Any]:
-    import yaml
-
     return dict(yaml.safe_load(apischema.CRD.read_text()))
 
 

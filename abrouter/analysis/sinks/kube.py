@@ -95,7 +95,14 @@ class KubeSink:
         `entry` is the look's history entry (encoded, applied), kept in the intent so that
         a later look can append it if this one cannot.
         """
-        intent = Pending(decision.action, decision.reason, dict(decision.weights), epoch, at, entry)
+        intent = Pending(
+            action=decision.action,
+            reason=decision.reason,
+            weights=dict(decision.weights),
+            epoch=epoch,
+            at=at,
+            entry=entry,
+        )
         self._applied = await asyncio.to_thread(self._apply, decision, intent)
         return self._applied
 
