@@ -92,7 +92,33 @@ def _validator() -> Any:
 def causes(obj: dict[str, Any]) -> list[Cause]:
     """Every violation of the schema in `obj`, as the API server lists them in ``details.causes``."""
     found = sorted(_validator().iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
-    return [_cause(e) for e in found]
+    return [_cause(e) for e in found] + list(_duplicate_keys(obj, schema(), ""))
+
+
+def _duplicate_keys(obj: Any, node: dict[str, Any], at: str) -> Iterable[Cause]:
+    """``x-kubernetes-list-type: map``: two items with the same keys (``conditions`` by ``type``) are invalid."""
+    if isinstance(obj, dict):
+        for key, child in (node.get("properties") or {}).items():
+            if key in obj:
+                yield from _duplicate_keys(obj[key], child, f"{at}.{key}" if at else key)
+        return
+    if not isinstance(obj, list):
+        return
+    items = node.get("items") if isinstance(node.get("items"), dict) else {}
+    names = node.get("x-kubernetes-list-map-keys") or []
+    seen: set[tuple[Any, ...]] = set()
+    for i, item in enumerate(obj):
+        if node.get("x-kubernetes-list-type") == "map" and isinstance(item, dict):
+            key = tuple(item.get(n) for n in names)
+            if key in seen:
+                shown = ", ".join(f'"{n}":"{v}"' for n, v in zip(names, key))
+                yield {
+                    "reason": "FieldValueDuplicate",
+                    "field": f"{at}[{i}]",
+                    "message": f"Duplicate value: {{{shown}}}",
+                }
+            seen.add(key)
+        yield from _duplicate_keys(item, items or {}, f"{at}[{i}]")
 
 
 def message(kind: str, name: str, found: Iterable[Cause]) -> str:

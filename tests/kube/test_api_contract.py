@@ -237,7 +237,12 @@ def test_unknown_fields_are_pruned_from_spec_and_status(target: Target) -> None:
 
 def test_a_status_against_the_schema_is_422_naming_the_field(target: Target) -> None:
     ref = target.ref(target.create())
-    for status, path in (({"phase": "Winning"}, "status.phase"), ({"epoch": 1.5}, "status.epoch")):
+    twice = {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Ready", "status": "False"}]}
+    for status, path in (
+        ({"phase": "Winning"}, "status.phase"),
+        ({"epoch": 1.5}, "status.epoch"),
+        (twice, "status.conditions[1]"),  # a list-type map: one item per type
+    ):
 
         def write(status: dict[str, Any] = status) -> Any:
             return target.client.patch_status(ref, status)
