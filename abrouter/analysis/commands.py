@@ -53,8 +53,9 @@ comes from the Experiment resource and --apply patches its weights (guarded by
 resourceVersion), writes its status and creates Events (see docs/kubernetes.md);
 --dry-run prints those writes instead of making them. Outside the cluster the API is
 reached through $KUBECONFIG (or --kubeconfig), and Redis through --redis-url, e.g. a
-`kubectl port-forward svc/redis 6379` (docs/kubernetes.md, "Outside the cluster"). Decisions use always-valid
-sequential tests, so looking every minute does not inflate false promotions.
+`kubectl port-forward svc/redis 6379` (docs/kubernetes.md, "Outside the cluster").
+Decisions use always-valid sequential tests, so looking every minute does not inflate
+false promotions.
 """
 
 PLAN_EPILOG = """\

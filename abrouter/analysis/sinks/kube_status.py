@@ -91,7 +91,8 @@ def applied(
 ) -> dict[str, Any]:
     """The part of ``status`` a finished unfinished decision writes (`kube_pending`): its phase,
     winner and ``lastDecision``; the look that follows writes the rest."""
-    applied_at = _applied_record(pending.action, pending.reason, pending.weights, at=pending.at, generation=epoch)
+    written = pending.epoch + 1  # the generation the weight patch made (a person's edit since may have raised it)
+    applied_at = _applied_record(pending.action, pending.reason, pending.weights, at=pending.at, generation=written)
     return {
         "phase": phase(pending.action, paused=paused, previous=previous.get("phase")),
         "epoch": epoch,

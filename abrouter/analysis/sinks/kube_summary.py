@@ -1,7 +1,7 @@
 """``status.summary``: what ``kubectl get experiments`` prints, as text written for it. Pure.
 
 The printer columns show strings, because kubectl prints a ``number`` column raw
-(``0.0412345678``, then ``0`` once the p underflows). So:
+(``0.0412345678``, ``1.3456878445914877e-08``). So:
 
 - ``pValue``: the primary metric's smallest sequential p, as the analyzer's reports write
   it (``0.041``, ``0.0074``, ``<0.0001``; empty before there is one);
