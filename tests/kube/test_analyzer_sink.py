@@ -74,6 +74,11 @@ def test_rollback_writes_weights_status_and_a_warning_event(
     (event,) = kube_api.list("events", NAMESPACE)
     assert event["reason"] == "RolledBack" and event["type"] == "Warning"
 
+    assert analyze("--apply") == 0  # the next look finds the control at 100% ("stop"): still rolled back
+    status = stored(kube_api, experiment_name)["status"]
+    assert status["lastDecision"]["action"] == "stop" and status["phase"] == "RolledBack"
+    assert status["lastApplied"]["action"] == "rollback" and status["summary"]["reason"].startswith("rollback: ")
+
 
 def test_a_promotion_scales_the_losers_deployment_to_zero(
     kube_api: KubeApiServer, experiment_name: str, seed: Any, analyze: Any

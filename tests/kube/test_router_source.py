@@ -230,8 +230,8 @@ async def test_a_router_refused_list_and_watch_is_not_ready_until_allowed_again(
     assert re.search(r"the router's Role needs the verb (list|watch) on experiments$", body["reload_error"])
     assert re.search(r"^abrouter_spec_source_up\{.*\} 0$", await (await r.http.get("/abrouter/metrics")).text(), re.M)
     assert await r.variants() == {"control", "candidate"}  # predictions still flow on the last spec
-    shown = await (await r.http.get("/abrouter/experiment")).json()
-    assert shown["reload_error"] == body["reload_error"]
+    shown = await (await r.http.get("/abrouter/experiment")).json()  # the same error (it may name the other verb)
+    assert re.search(r"the router's Role needs the verb (list|watch) on experiments$", shown["reload_error"])
 
     kube_api.roles.pop("experiments")
 

@@ -17,7 +17,7 @@ from abrouter.analysis.sinks import kube_pending
 from abrouter.contract import history as fmt
 from abrouter.contract import keys
 from tests.kube.apiserver import PLURAL, KubeApiServer
-from tests.kube.conftest import NAMESPACE, WINNING, events, experiment_object, stored, weights_of
+from tests.kube.conftest import LOSING, NAMESPACE, WINNING, events, experiment_object, stored, weights_of
 
 PROMOTED = {"control": 0.0, "candidate": 100.0}
 
@@ -161,3 +161,24 @@ def test_while_paused_the_scale_down_waits_and_happens_on_resume(
     assert replicas(kube_api) == {"model-a": 0, "model-b": 3}
     assert sorted(events(kube_api)) == ["Promoted", "ScaledDown"]
     assert kube_pending.ANNOTATION not in annotations(kube_api, experiment_name)
+
+
+def test_a_rollback_whose_warning_event_was_refused_is_finished_by_the_next_look(
+    kube_api: KubeApiServer, experiment_name: str, seed: Any, analyze: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kube_api.put(PLURAL, NAMESPACE, experiment_object(experiment_name))
+    seed(LOSING)
+    kube_api.allow("events")
+    assert analyze("--apply") == 1
+    assert "applied rollback to control 100%/candidate 0%" in capsys.readouterr().err
+    size = len(annotations(kube_api, experiment_name)[kube_pending.ANNOTATION])
+    assert size < 4096  # a few KB at most
+
+    kube_api.roles.pop("events")
+    assert analyze("--apply") == 0
+    (event,) = kube_api.list("events", NAMESPACE)
+    assert event["reason"] == "RolledBack" and event["type"] == "Warning"
+    status = stored(kube_api, experiment_name)["status"]
+    assert status["phase"] == "RolledBack" and status["lastApplied"]["action"] == "rollback"
+    assert status["summary"]["reason"].startswith("rollback: ")
+    assert status["lastDecision"]["action"] == "stop"  # the look after finds the control at 100%: still RolledBack

@@ -1,9 +1,11 @@
 """The ``status`` of an Experiment resource after a look: what ``kubectl get`` shows. Pure.
 
 ``phase`` from the decision: ramp -> Ramping, promote -> Promoted, rollback -> RolledBack,
-stop -> Inconclusive (the time ran out without a winner), continue -> Running (or
-Ramping again while a ramp is under way); ``spec.paused`` -> Paused whatever the
-decision. Conditions carry ``observedGeneration`` (the spec version the look analysed)
+stop -> Inconclusive (the time ran out without a winner; but RolledBack still when the
+look only finds the control at 100% after a rollback), continue -> Running (or Ramping
+again while a ramp is under way); ``spec.paused`` -> Paused whatever the decision.
+``lastApplied`` keeps the last decision that changed the weights, across the looks that
+change nothing. Conditions carry ``observedGeneration`` (the spec version the look analysed)
 and keep their ``lastTransitionTime`` until their status flips, as the API conventions
 ask; a flip to True of SampleRatioMismatch or GuardrailBreached is what the sink turns
 into an Event, so a persisting problem is reported once, not at every look.
@@ -25,9 +27,14 @@ PHASES = {"ramp": "Ramping", "promote": "Promoted", "rollback": "RolledBack", "s
 CONDITIONS = ("Ready", "SampleRatioMismatch", "GuardrailBreached")
 
 
-def phase(action: str, *, paused: bool, previous: str | None) -> str:
+def phase(action: str, *, paused: bool, previous: str | None, after: str | None = None) -> str:
+    """The phase of a look's decision; `after`: the last applied decision's action, when this look
+    applied nothing. After a rollback the looks find the control at 100% and say stop ("no
+    candidate has traffic"): that is still RolledBack, not Inconclusive."""
     if paused:
         return "Paused"
+    if action == "stop" and after == "rollback":
+        return "RolledBack"
     if action == "continue":
         return "Ramping" if previous == "Ramping" else "Running"
     return PHASES.get(action, "Running")
@@ -48,13 +55,14 @@ def build(
     now = time.time() if now is None else now
     d = result.decision
     winner = _winner(weights) if d.action == "promote" else None
-    current = phase(d.action, paused=paused, previous=previous.get("phase"))
     before = previous.get("lastApplied")
     last_applied = (
         _applied_record(d.action, d.reason, d.weights, at=result.at, generation=epoch)
         if applied
         else (dict(before) if isinstance(before, Mapping) else None)
     )
+    after = None if applied or last_applied is None else str(last_applied.get("action"))
+    current = phase(d.action, paused=paused, previous=previous.get("phase"), after=after)
     p_value = _best_p(result)
     return {
         "phase": current,
