@@ -89,6 +89,12 @@ async def readyz(router: Router, request: Request) -> Reply:
         # Redis restarted empty: what was flushed before this time is gone.
         body["data_incomplete_since"] = stats.data_incomplete_since
         body["redis_resets"] = stats.redis_resets
+    if router.source.access_error is not None:  # the spec can no longer be read (sources.base.Access)
+        # Still ready: predictions flow on the last spec, and a Role broken under running
+        # pods must not take them all out of the Service. Said here, at /experiment and in
+        # abrouter_spec_source_up, for an alert.
+        body["spec_source"] = "denied"
+        body["reload_error"] = router.source.access_error
     return json_reply(200, body)
 
 
@@ -130,6 +136,11 @@ async def metrics(router: Router, request: Request) -> Reply:
         "abrouter_eventlog_spill_bytes": ("gauge", "Bytes in this process's spill file.", s.spill_bytes),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
+        "abrouter_spec_source_up": (
+            "gauge",
+            "0 while the spec's source refuses this router (a 401/403 from the Kubernetes API).",
+            0.0 if router.source.access_error is not None else 1.0,
+        ),
     }
     extra.update(_connection_metrics(router.guard))
     text = prom.render(router.metrics, experiment=router.table.experiment.name, extra=extra)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 import yaml
+
 from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, StratumSums, decode_agg
 from abrouter.router.settings import ServeSettings

@@ -64,7 +64,11 @@ class RouterClient:
 
 
 async def serve(
-    experiment: Experiment, settings: ServeSettings, *, source: SpecSource | None = None, shutdown_timeout_s: float = 5.0
+    experiment: Experiment,
+    settings: ServeSettings,
+    *,
+    source: SpecSource | None = None,
+    shutdown_timeout_s: float = 5.0,
 ) -> RouterClient:
     stack = contextlib.AsyncExitStack()
     plan = serving.Plan(experiment=experiment, settings=settings, source=source, shutdown_timeout_s=shutdown_timeout_s)
