@@ -186,8 +186,8 @@ def unit_of(incoming: Incoming, table: RoutingTable) -> str | None:
 
 def assign(incoming: Incoming, table: RoutingTable, rng: random.Random) -> Assignment:
     """Which variant serves this request, and as which unit. Raises `Refused` for a bad override."""
-    forced = header(incoming.headers, hdr.FORCE_HEADER)
-    if forced and table.experiment.allow_force_variant:
+    forced = header(incoming.headers, hdr.FORCE_HEADER) if table.experiment.allow_force_variant else None
+    if forced:
         if forced not in table.index:
             known = ", ".join(table.index)
             message = f"{hdr.FORCE_HEADER}: unknown variant {forced!r}; known: {known}"
