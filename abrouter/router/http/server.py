@@ -317,7 +317,7 @@ class HttpProtocol(asyncio.Protocol):
     def _send_reply_and_close(self, reply: endpoints.Reply) -> None:
         if self.transport is None or self.closed:
             return
-        self.write(_reply_bytes(reply, keep_alive=False, head_only=False))
+        self.write(_reply_bytes(reply, connection=_CLOSE, head_only=False))
         self.close()
 
     def _refuse_h2(self) -> None:
@@ -467,7 +467,7 @@ class _Cycle:
 
     def respond(self, status: int, reason: str, headers: Headers, body: bytes, *, bodiless: bool = False) -> None:
         self.started = True
-        head = _head(status, reason, headers, None if bodiless else len(body), self._settle_keep_alive(), chunked=False)
+        head = _head(status, reason, headers, None if bodiless else len(body), self._connection(), chunked=False)
         self.conn.write(head + body if body and not bodiless else head)
         self._finished()
 
@@ -477,7 +477,7 @@ class _Cycle:
         self.chunked = length is None and not self.http10
         if length is None and self.http10:
             self.keep_alive = False  # the body ends with the connection
-        self.conn.write(_head(status, reason, headers, length, self._settle_keep_alive(), chunked=self.chunked))
+        self.conn.write(_head(status, reason, headers, length, self._connection(), chunked=self.chunked))
 
     async def send(self, chunk: bytes) -> None:
         if not chunk:
@@ -510,26 +510,29 @@ class _Cycle:
             self.done = True
             return
         self.started = True
-        self.conn.write(_reply_bytes(reply, keep_alive=self._settle_keep_alive(), head_only=self.method == "HEAD"))
+        self.conn.write(_reply_bytes(reply, connection=self._connection(), head_only=self.method == "HEAD"))
         self._finished()
 
-    def _settle_keep_alive(self) -> bool:
-        """Whether the connection stays open after this response, decided when its head goes out.
+    def _connection(self) -> str:
+        """The Connection line of this response's head: whether the connection stays open after it.
 
         Not when the client asked to close, nor when its request body has not arrived
         whole (the rest of it cannot be told from a next request), nor while shutting down.
+        An HTTP/1.0 client that keeps the connection alive is told so (else it waits for a close).
         """
         conn = self.conn
         self.keep_alive = (
             self.keep_alive and self.body_complete and not conn.draining and "fatal" not in conn.read_paused_for
         )
-        return self.keep_alive
+        if not self.keep_alive:
+            return _CLOSE
+        return _KEEP_ALIVE if self.http10 else ""
 
     def _finished(self) -> None:
         self.done = True
         conn = self.conn
         if self.then_reply is not None:  # the next request broke the rules: its 400 follows, then close
-            conn.write(_reply_bytes(self.then_reply, keep_alive=False, head_only=False))
+            conn.write(_reply_bytes(self.then_reply, connection=_CLOSE, head_only=False))
             self.keep_alive = False
         conn.response_done(self)
 
@@ -557,8 +560,12 @@ def _status_line(status: int, reason: str) -> bytes:
     return line
 
 
-def _head(status: int, reason: str, headers: Headers, length: int | None, keep_alive: bool, *, chunked: bool) -> bytes:
-    """The status line and headers; our own framing (Content-Length, chunked) and Connection.
+_CLOSE = "Connection: close\r\n"
+_KEEP_ALIVE = "Connection: keep-alive\r\n"
+
+
+def _head(status: int, reason: str, headers: Headers, length: int | None, connection: str, *, chunked: bool) -> bytes:
+    """The status line and headers; our own framing (Content-Length, chunked) and `connection` line.
 
     `length` None with `chunked` False keeps the headers' own Content-Length, if any (HEAD,
     204, 304 and a streamed body of declared length).
@@ -573,15 +580,15 @@ def _head(status: int, reason: str, headers: Headers, length: int | None, keep_a
         lines.append(f"Content-Length: {length}\r\n")
     elif chunked:
         lines.append("Transfer-Encoding: chunked\r\n")
-    if not keep_alive:
-        lines.append("Connection: close\r\n")
+    if connection:
+        lines.append(connection)
     lines.append("\r\n")
     return _status_line(status, reason) + "".join(lines).encode("latin-1")
 
 
-def _reply_bytes(reply: endpoints.Reply, *, keep_alive: bool, head_only: bool) -> bytes:
+def _reply_bytes(reply: endpoints.Reply, *, connection: str, head_only: bool) -> bytes:
     headers = [*reply.headers, ("Content-Type", reply.content_type)]
-    head = _head(reply.status, "", headers, len(reply.body), keep_alive, chunked=False)
+    head = _head(reply.status, "", headers, len(reply.body), connection, chunked=False)
     return head if head_only else head + reply.body
 
 
