@@ -143,7 +143,8 @@ async def test_an_http10_client_keeping_the_connection_alive_is_told_so_and_serv
             writer.write(b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: u1\r\nContent-Length: 2\r\n\r\n{}")
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
             assert head.startswith("http/1.1 200") and "connection: keep-alive" in head
-            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+            length = int(fields["content-length"])
             await reader.readexactly(length)
     finally:
         writer.close()
