@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-import redis.asyncio
 
 from abrouter.analysis import analyzer, report, service, summary
+from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.errors import ConflictError, InputError, SourceError
 from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
@@ -186,7 +186,7 @@ def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
 
 
 async def _analyze_redis(args: argparse.Namespace) -> int:
-    client = redis.asyncio.Redis.from_url(args.redis_url)
+    client = RedisConnection(args.redis_url)
     sink: WeightsSink = FileSink(args.config) if args.apply else DryRunSink()
     try:
         while True:
@@ -198,10 +198,11 @@ async def _analyze_redis(args: argparse.Namespace) -> int:
         await client.aclose()
 
 
-async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink, *, as_json: bool, url: str) -> int:
+async def _one_look(client: RedisConnection, config: Path, sink: WeightsSink, *, as_json: bool, url: str) -> int:
     """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
     try:
-        result = await service.look(client, spec.load(config), sink=sink)
+        experiment = spec.load(config)
+        result = await service.look(await client.client(experiment.name), experiment, sink=sink)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
     except ConflictError as exc:
@@ -215,7 +216,7 @@ async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink
 async def _analyze_kube(args: argparse.Namespace) -> int:
     ref = Ref.parse(args.experiment)
     sink = KubeSink(KubeClient.from_config(args.kubeconfig, role="analyzer"), ref, dry_run=args.dry_run)
-    client = redis.asyncio.Redis.from_url(args.redis_url)
+    client = RedisConnection(args.redis_url)
     try:
         while True:
             # --dry-run shows what --apply would write, so it implies the --apply path.
@@ -229,11 +230,12 @@ async def _analyze_kube(args: argparse.Namespace) -> int:
         sink.client.close()
 
 
-async def _one_kube_look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
+async def _one_kube_look(client: RedisConnection, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
     """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
     try:
         current = await sink.read()
-        result = await service.look(client, current.experiment, sink=sink if apply else DryRunSink())
+        redis_client = await client.client(current.experiment.name)
+        result = await service.look(redis_client, current.experiment, sink=sink if apply else DryRunSink())
         if apply:
             await sink.publish(result)
     except SourceError as exc:

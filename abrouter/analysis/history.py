@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-import redis.asyncio
 
+from abrouter import redisclient
 from abrouter.analysis.analyzer import AnalysisResult, Previous
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats import histogram
@@ -115,7 +115,7 @@ def decode(raw: bytes | str) -> Entry:
     )
 
 
-async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
+async def last(client: redisclient.Client, keys: schema.Keys) -> Entry | None:
     """The latest entry, or None; an unreadable entry counts as none (the minimum restarts)."""
     try:
         entries = await client.xrevrange(keys.decisions, count=1)
@@ -131,7 +131,7 @@ async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
         return None
 
 
-async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: AnalysisResult, *, applied: bool) -> None:
+async def append(client: redisclient.Client, keys: schema.Keys, result: AnalysisResult, *, applied: bool) -> None:
     try:
         await client.xadd(
             keys.decisions, {FIELD: encode(result, applied=applied)}, maxlen=schema.DECISIONS_MAXLEN, approximate=True
@@ -140,7 +140,7 @@ async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: Analysi
         raise SourceError(f"cannot append to the decision history {keys.decisions}: {exc}") from exc
 
 
-async def entries(client: redis.asyncio.Redis, keys: schema.Keys) -> list[fmt.DecisionEntry]:
+async def entries(client: redisclient.Client, keys: schema.Keys) -> list[fmt.DecisionEntry]:
     """Every readable entry, oldest first (the stream is capped, so this is bounded)."""
     try:
         raw = await client.xrange(keys.decisions)

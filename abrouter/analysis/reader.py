@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 
 import redis
-import redis.asyncio
 
+from abrouter import redisclient
 from abrouter.analysis import data as d
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.sample import Sample
@@ -41,7 +41,7 @@ from abrouter.contract.experiment import EXPOSURES, SLOW_REQUESTS, Experiment, M
 
 
 async def read(
-    client: redis.asyncio.Redis, experiment: Experiment, *, keys: schema.Keys | None = None
+    client: redisclient.Client, experiment: Experiment, *, keys: schema.Keys | None = None
 ) -> d.ExperimentData:
     keys = keys or schema.Keys(experiment.name)
     try:

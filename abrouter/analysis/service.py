@@ -10,8 +10,8 @@ import dataclasses
 import time
 
 import numpy as np
-import redis.asyncio
 
+from abrouter import redisclient
 from abrouter.analysis import analyzer, history, reader
 from abrouter.analysis.errors import NoDataError
 from abrouter.analysis.sinks.base import WeightsSink
@@ -20,7 +20,7 @@ from abrouter.contract import keys as schema
 
 
 async def look(
-    client: redis.asyncio.Redis,
+    client: redisclient.Client,
     experiment: spec.Experiment,
     *,
     sink: WeightsSink,

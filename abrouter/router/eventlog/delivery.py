@@ -35,15 +35,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from abrouter import redisclient
 from abrouter.contract import keys
 from abrouter.redact import mask_url
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import events, spill
-from abrouter.router.eventlog.script import FlushScript
+from abrouter.router.eventlog.script import FlushScript, call_redis
 
 log = logging.getLogger("abrouter.router.eventlog.log")
 
@@ -86,14 +86,12 @@ class Delivery:
         self._timeout = redis_timeout_s
         self._retain_s = retain_s
         self._retain_limit = retain_events
-        self._unit_ttl_s = unit_ttl_s
         self._experiment = experiment
         self._on_reset = on_reset
         self.outbox: deque[events.Batch] = deque()  # encoded, not yet acknowledged
         self._retained: deque[tuple[float, events.Batch]] = deque()
         self._retained_events = 0
-        self.client: redis.asyncio.Redis | None = None
-        self.script: FlushScript | None = None
+        self.script = FlushScript(None, self._keys, unit_ttl_s=unit_ttl_s)
         self.up = False
         self.next_probe = 0.0
         self._orphans_pending = True
@@ -106,12 +104,13 @@ class Delivery:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def client(self) -> redisclient.Client | None:
+        """The Redis client, once a first connection told whether Redis is a cluster."""
+        return self.script.client
+
     async def connect(self) -> None:
         """Connect (a Redis that is down is fine: events spill) and replay orphans."""
-        self.client = redis.asyncio.Redis.from_url(
-            self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
-        )  # our own retry is the spill; redis-py's would stall the flush
-        self.script = FlushScript(self.client, self._keys, unit_ttl_s=self._unit_ttl_s)
         try:
             await self._reconnect()
             await self._replay_orphans()
@@ -127,8 +126,8 @@ class Delivery:
     async def close(self) -> None:
         await asyncio.to_thread(self.spill.close)
         await asyncio.to_thread(self.quarantine.close)
-        if self.client is not None:
-            await self.client.aclose()
+        if self.script.client is not None:
+            await self.script.client.aclose()
 
     async def deliver(self) -> None:
         """Send the outbox (after any spilled batches); what cannot be sent is spilled."""
@@ -160,8 +159,16 @@ class Delivery:
             await self._resend_lost()
 
     async def _reconnect(self) -> None:
-        assert self.script is not None
         self.next_probe = time.monotonic() + self._interval
+        if self.script.client is None:
+            self.script.client = await call_redis(
+                redisclient.connect(
+                    self._url,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            )  # our own retry is the spill; redis-py's would stall the flush
         await self.script.ping()
         await self.script.load()
         await self._resend_lost()
@@ -193,7 +200,6 @@ class Delivery:
 
     async def _apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
         """(status, last seq before); a batch the script refuses is quarantined instead."""
-        assert self.script is not None
         try:
             status, last, repeated = await self.script.apply(batch, allow_gap=allow_gap)
         except BatchRejected as exc:
@@ -210,7 +216,6 @@ class Delivery:
         What other replicas had flushed is gone for good; the marker's ``reset_at`` tells
         the analyzer that the aggregates hold only what came after.
         """
-        assert self.script is not None
         self.resets = self.script.resets
         self._on_reset()
         log.warning(
@@ -258,7 +263,6 @@ class Delivery:
         """
         if not self._retained:
             return
-        assert self.script is not None
         producers = sorted({b.producer for _, b in self._retained})
         last = await self.script.last_seqs(producers)
         await self._resend(last)

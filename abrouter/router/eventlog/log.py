@@ -187,7 +187,7 @@ class EventLog:
             quarantined=d.quarantine.pending_events,
             redis_up=d.up,
             redis_resets=d.resets,
-            data_incomplete_since=d.script.reset_at if d.script is not None else None,
+            data_incomplete_since=d.script.reset_at,
             spill_full_dropped=d.spill_full,
             spill_bytes=d.spill.size,
         )
@@ -235,8 +235,6 @@ class EventLog:
         if self._task is not None:
             self._wake.set()
             await self._task
-        elif self._delivery.script is not None:
-            await self._flush_once()
         await self._delivery.close()
 
     async def flush(self) -> None:

@@ -19,9 +19,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import redis.asyncio
 import redis.exceptions
 
+from abrouter import redisclient
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import events
@@ -48,17 +48,21 @@ def _script_failed(exc: BaseException) -> bool:
 
 
 class FlushScript:
-    """flush.lua on one Redis: loading it, calling it, translating errors."""
+    """flush.lua on one Redis: loading it, calling it, translating errors.
+
+    `client` is None until the first connection (`abrouter.redisclient.connect` needs the
+    server to tell whether it is a cluster); until then every call is `EventLogUnavailable`.
+    """
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: redisclient.Client | None,
         k: keys.Keys,
         outcome_id_window_s: float = keys.OUTCOME_ID_WINDOW_S,
         *,
         unit_ttl_s: float = 0.0,
     ) -> None:
-        self._client = client
+        self.client = client
         self._keys = k.all()
         self._producers = k.producers
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
@@ -70,6 +74,12 @@ class FlushScript:
         #: How many times this producer found the marker changed, and the last `created`.
         self.resets = 0
         self.reset_at: float | None = None
+
+    @property
+    def _client(self) -> redisclient.Client:
+        if self.client is None:
+            raise EventLogUnavailable("Redis: not connected yet")
+        return self.client
 
     async def ping(self) -> None:
         await call_redis(self._client.ping())
