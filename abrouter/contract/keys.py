@@ -119,7 +119,7 @@ caller allows a gap, the script also refuses (and reports) a batch whose seq is 
 ``producers[producer] + 1``: that is how a producer learns that Redis lost its last
 batches (a restart inside the AOF fsync window) and re-sends them first. The seqs a
 gap skipped are kept in ``producers[<producer>|gaps]`` (JSON ranges ``[[from, to], ...]``,
-at most 256): a batch quarantined under its own (producer, seq) and replayed later
+all of them, removed as they are replayed): a batch quarantined under its own (producer, seq) and replayed later
 applies once, and a second replay is a duplicate.
 
 Bounded memory: a ``units`` field not written for the experiment's ``outcome_ttl``

@@ -36,8 +36,9 @@ local producer, seq, allow_gap = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 -- [faults] Skipped seqs. A seq a producer skipped (its batch was quarantined, or lost by
 -- a Redis restart) is kept in producers[<producer>|gaps] as ranges {{from, to}, ...}, so
 -- a later replay of that batch under its own (producer, seq) applies once, and a replay
--- of one that applied is a duplicate. At most MAX_GAPS ranges are kept (the oldest go).
-local MAX_GAPS = 256
+-- of one that applied is a duplicate. Every range is kept, however many: dropping the
+-- oldest made their batches count as duplicates when the quarantine was replayed. A
+-- range costs ~20 bytes and is removed when its seqs are all replayed.
 local gaps_field = producer .. '|gaps'
 local gaps, gaps_changed = nil, false
 local function load_gaps()
@@ -64,7 +65,6 @@ elseif seq ~= last + 1 then
   if not allow_gap then return {-1, last, 0} end
   local g = load_gaps()
   g[#g + 1] = {last + 1, seq - 1}
-  while #g > MAX_GAPS do table.remove(g, 1) end
   gaps_changed = true
 end
 -- [/faults]
