@@ -107,6 +107,8 @@ class AnalysisResult:
             "ignored_settings": dict(self.ignored_settings),
             # None, or since when the data is all there is (Redis lost what came before).
             "data_incomplete_since": self.data.incomplete_since,
+            # Impossible sums the reader found and clamped, one line each (empty: none).
+            "data_inconsistent": list(self.data.inconsistent),
         }
 
     def _comparison_dict(self, c: Comparison) -> dict[str, Any]:

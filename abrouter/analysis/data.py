@@ -119,6 +119,9 @@ class ExperimentData:
     #: Set when the store lost data (Redis restarted empty): the data holds only what was
     #: recorded since this time (unix seconds), not the whole experiment.
     incomplete_since: float | None = None
+    #: Sums the store holds that cannot all be true (a binary metric's sum above its
+    #: units), one line each; the reader clamps them so that the look can go on.
+    inconsistent: tuple[str, ...] = ()
 
     @property
     def control(self) -> Arm:

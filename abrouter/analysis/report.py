@@ -38,6 +38,8 @@ def _header(r: AnalysisResult) -> str:
             f"\nDATA INCOMPLETE: Redis lost the data recorded before {since} (it restarted empty); "
             "this look sees only what came after, not the whole experiment"
         )
+    if r.data.inconsistent:
+        line += "\nDATA INCONSISTENT (clamped, the look goes on): " + "; ".join(r.data.inconsistent)
     return line
 
 

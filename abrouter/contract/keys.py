@@ -33,7 +33,11 @@ Keys of experiment ``E`` (prefix ``abrouter`` by default)::
                        (`Experiment.ratio_pairs`); a ratio per exposure uses sum_xn
 
 where a unit's ``x_u`` is the sum of its values, except for binary metrics, where it is
-the maximum (1 once the unit converted). Built-in metrics (`BUILTIN_METRICS`: errors,
+the maximum (1 once the unit converted). The sums hold only units with an exposure
+(n_u > 0): an outcome that reaches Redis before its unit's exposure (another router
+flushed first) waits in the unit's state and enters the sums, once, with the exposure;
+its ``events`` count is added when it arrives. A request without a unit id (its request
+id says so) is a unit with n_u = 1 whichever batch its outcomes and exposure come in. Built-in metrics (`BUILTIN_METRICS`: errors,
 latency_ms, slow_requests) are recorded on every proxied request; analyse them as ratios
 x_u / n_u. ``slow_requests`` counts the requests slower than the spec's ``slow_request``
 (0 for every request when the spec sets none).

@@ -238,6 +238,7 @@ class Exchange:
             epoch=FORCED_EPOCH if choice.forced else table.epoch,
             variant_index=choice.index,
             now=now,
+            anonymous=choice.anonymous,
         )
         return cls(services, incoming, table, choice, request_id, started)
 

@@ -53,6 +53,9 @@ class Outcome:
     request_id: str | None = None
     #: The client's idempotency key: an outcome with an id already recorded counts once.
     event_id: str | None = None
+    #: For a request without a unit id (its request id says so): the unit's n_u is 1
+    #: even when its exposure reached Redis in an earlier batch (see flush.lua, [anonymous]).
+    anonymous: bool = False
 
 
 Event = Exposure | Outcome
@@ -170,6 +173,7 @@ class Aggregator:
         self._latest: dict[str, tuple[str, int, str]] = {}  # unit -> key of its latest exposure's cell
         self._exposed: dict[tuple[str, int, str], int] = {}  # cell key -> index of its first exposure
         self._anonymous: set[tuple[str, int, str]] = set()  # cells of requests without a unit id
+        self._anonymous_outcomes: set[tuple[str, int, str]] = set()  # their outcome cells
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
@@ -277,6 +281,8 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
+        if o.anonymous:
+            self._anonymous_outcomes.add(key)
         if o.metric in self._binary:
             cell[at] = max(cell[at], o.value)  # x_u is "converted at least once"
         else:
@@ -323,18 +329,21 @@ class Aggregator:
 
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
         stratum the script stores in ``units[h]``; 2 on the cell of a request without a
-        unit id (`Exposure.anonymous`), for which the script keeps no unit state. Outcomes
-        with an event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
+        unit id (`Exposure.anonymous`), for which the script keeps no unit state; 3 on a
+        cell with only outcomes of such a request (`Outcome.anonymous`). Outcomes with an
+        event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts, anonymous]``.
         ``products`` (only when the experiment has ratio metrics over two metrics) lists
         their (numerator, denominator) pairs; ``latency`` (when there were exposures) the
         requests per latency bucket of each serving (epoch, variant).
         """
-        latest, anonymous = self._latest, self._anonymous
+        latest, anonymous, anonymous_outcomes = self._latest, self._anonymous, self._anonymous_outcomes
 
         def flag(key: tuple[str, int, str]) -> int:
             if latest.get(key[0]) == key:
                 return 1
-            return 2 if key in anonymous else 0
+            if key in anonymous:
+                return 2
+            return 3 if key in anonymous_outcomes else 0
 
         # Cells in the order of their first exposure (outcome-only cells last): flush.lua
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
@@ -349,7 +358,10 @@ class Aggregator:
             "cells": (yield from slices.encode_rows(rows, slice_size)),
             "keyed": (
                 yield from slices.encode_rows(
-                    ([i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()),
+                    (
+                        [i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts, int(o.anonymous)]
+                        for i, o in self._keyed.items()
+                    ),
                     slice_size,
                 )
             ),

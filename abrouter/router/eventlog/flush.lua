@@ -158,7 +158,7 @@ for _, c in ipairs(batch.caps or {}) do
 end
 -- [/cap]
 
--- Keyed outcomes {event_id, h, e, v, metric, value, ts}: each id counts once. A new one
+-- Keyed outcomes {event_id, h, e, v, metric, value, ts, anonymous}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
 local cells = batch.cells
@@ -180,7 +180,7 @@ if #keyed > 0 then
       local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
       local c = by_key[key]
       if not c then
-        c = {k[2], k[3], k[4], 0, 0}
+        c = {k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0}  -- [anonymous] k[8]: by an anonymous request
         for i = 1, nbm do c[4 + 2 * i], c[5 + 2 * i] = 0, 0 end
         cells[#cells + 1] = c
         by_key[key] = c
@@ -261,8 +261,13 @@ end
 
 -- Adds the exact change old -> new of every sufficient statistic to a stratum's totals.
 -- `cell` (or nil) brings the event counts.
+-- [held] A unit's values count in the sums only once it has an exposure (n_u > 0): an
+-- outcome that reaches Redis before its unit's exposure (another router flushed first)
+-- is held in the unit state and credited, whole, when the exposure lands. So a stratum's
+-- sums never hold units its `units` does not count (a binary sum above its n).
 local function accumulate(acc, old, new, cell)
   local n0, n1 = old[1], new[1]
+  local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
   if cell then
     for i = 1, nbm do acc.events[bcol[i]] = acc.events[bcol[i]] + cell[5 + 2 * i] end
   end
@@ -273,14 +278,14 @@ local function accumulate(acc, old, new, cell)
   for j = 1, ncol do
     local a, b = old[j + 1] or 0, new[j + 1]
     if not finite(b) then return nil, order[j] end  -- [faults]
-    acc.sum[j] = acc.sum[j] + (b - a)
-    acc.sum_sq[j] = acc.sum_sq[j] + (b * b - a * a)
+    acc.sum[j] = acc.sum[j] + (w1 * b - w0 * a)
+    acc.sum_sq[j] = acc.sum_sq[j] + (w1 * b * b - w0 * a * a)
     acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
   end
   -- [issue 9] d(x*y) of each ratio pair, from the old and the new state.
   for p, c in ipairs(pcol) do
     local jx, jy = c[1] + 1, c[2] + 1
-    acc.sum_xy[p] = acc.sum_xy[p] + (new[jx] * new[jy] - (old[jx] or 0) * (old[jy] or 0))
+    acc.sum_xy[p] = acc.sum_xy[p] + (w1 * new[jx] * new[jy] - w0 * (old[jx] or 0) * (old[jy] or 0))
   end
   return true
 end
@@ -294,6 +299,11 @@ end
 -- [faults] Anonymous requests (latest == 2: no unit id, each its own unit) keep no unit
 -- state: their cell is complete in itself. Unless an outcome came with them: then the
 -- state is kept, so that a later outcome for the same request id extends it.
+-- [anonymous] An anonymous unit has exactly one exposure, so its n_u is 1 whatever the
+-- order of batches: a cell of its outcomes alone (latest == 3, the request id said it
+-- was anonymous) finds no state when the exposure came in an earlier batch, and takes
+-- n_u = 1, not 0 (sum_xn was missing x_u); the exposure's cell adds the unit and its one
+-- exposure itself, whether its outcomes came before or after.
 -- The built-ins (the first batch.builtins metrics; 2 in batches from before slow_requests)
 -- are measured by the router, not outcomes.
 local nbuiltin = batch.builtins or 2
@@ -305,6 +315,11 @@ local function keeps_state(c)
   return false
 end
 local seen_members = {}  -- ZADD arguments for unit_seen: now, field, ...
+local function with_n(state, n)
+  local out = {n}
+  for j = 2, #state do out[j] = state[j] end
+  return out
+end
 -- [/faults]
 
 -- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
@@ -385,11 +400,17 @@ for first = 1, #cells, CHUNK do
     local e, v, multiple = target(c, info)
     local key = c[1] .. '|' .. e .. '|' .. v
     local old = cached[key]
+    local anonymous = c[4] >= 2
+    if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
     local new = next_state(c, old)
+    if anonymous then new[1] = 1 end
     local _, acc = stratum(e, v)
     local ok, bad = accumulate(acc, old, new, c)
     if not ok then
       return {-2, last, 0, 'non-finite ' .. bad .. ' in the new unit state of ' .. units .. ' field ' .. key}
+    end
+    if anonymous and c[5] > 0 then  -- [anonymous] the unit and its one exposure
+      acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
     end
     if multiple then
       -- The unit's whole state enters the shadow stratum the first time it switches.

@@ -8,13 +8,15 @@ requests whose outcome comes in a later batch) and fails on the code before the 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import redis.asyncio
 
 from abrouter.contract import keys
-from abrouter.router.eventlog.events import Exposure, Outcome
+from abrouter.router.eventlog.events import Batch, Exposure, Outcome
 from abrouter.router.eventlog.log import APPLIED, DUPLICATE, FlushScript
+from tests.router.conftest import MakeRouter
 from tests.router.eventlog.test_eventlog import _batch, make_experiment, read_strata
 
 
@@ -45,3 +47,70 @@ async def test_a_quarantine_replay_of_300_skipped_batches_applies_every_one(
     # A second replay of the quarantine file counts nothing.
     assert (await script.apply(_batch(exp, [exposure("u2")], 2), allow_gap=True))[0] == DUPLICATE
     assert not await redis_client.hexists(keys.Keys(experiment_name).producers, "p-test|gaps")
+
+
+async def apply_as(script: FlushScript, producer: str, batch: Batch, *, allow_gap: bool = True) -> int:
+    return (await script.apply(dataclasses.replace(batch, producer=producer), allow_gap=allow_gap))[0]
+
+
+async def test_an_outcome_that_reaches_redis_before_its_exposure_is_held_then_credited_once(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Router B flushes the outcome (by request id) before router A flushes the exposure.
+
+    Before: the stratum's binary sum was 1 with 0 units, and ``abrouter analyze`` died
+    with "binary metric: need 0 <= sum <= n".
+    """
+    exp = make_experiment(experiment_name)
+    script = FlushScript(redis_client, keys.Keys(experiment_name))
+    await script.load()
+    await apply_as(script, "router-a", _batch(exp, [exposure("seen")], 1))
+    assert await apply_as(script, "router-b", _batch(exp, [outcome("late", "conversion", 1.0)], 1)) == APPLIED
+    held = (await read_strata(redis_client, experiment_name))[(1, "control")]
+    assert (held.units, held.metrics["conversion"].sum) == (1, 0.0)  # held, not in a stratum without its unit
+    assert held.metrics["conversion"].events == 1  # the event is counted where it arrived
+    await apply_as(script, "router-a", _batch(exp, [exposure("late"), exposure("late")], 2))
+    s = (await read_strata(redis_client, experiment_name))[(1, "control")]
+    conversion = s.metrics["conversion"]
+    assert (s.units, s.exposures, s.exposures_sq) == (2, 3, 1 + 4)
+    assert (conversion.sum, conversion.sum_sq, conversion.sum_xn) == (1.0, 1.0, 2.0)
+
+
+async def test_an_anonymous_outcome_in_a_later_batch_keeps_its_sum_xn(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Before: the later outcome met no state, took n_u = 0, and sum_xn lost its x_u."""
+    exp = make_experiment(experiment_name)
+    script = FlushScript(redis_client, keys.Keys(experiment_name))
+    await script.load()
+    batches = [
+        [exposure("anon1", anonymous=True), exposure("anon2", anonymous=True)],
+        [outcome("anon1", "revenue", 5.0, anonymous=True)],  # after its exposure's batch
+        [outcome("anon1", "revenue", 2.0, anonymous=True, event_id="k1")],  # keyed: folded by the script
+    ]
+    for seq, events in enumerate(batches, start=1):
+        assert await apply_as(script, "router-a", _batch(exp, events, seq)) == APPLIED
+    # Another router flushed this anonymous request's outcome before its exposure landed.
+    assert await apply_as(script, "router-b", _batch(exp, [outcome("anon3", "revenue", 4.0, anonymous=True)], 1)) == 1
+    assert await apply_as(script, "router-a", _batch(exp, [exposure("anon3", anonymous=True)], 4)) == APPLIED
+    s = (await read_strata(redis_client, experiment_name))[(1, "control")]
+    revenue = s.metrics["revenue"]
+    assert (s.units, s.exposures, s.exposures_sq) == (3, 3, 3)
+    assert (revenue.sum, revenue.sum_sq, revenue.sum_xn) == (11.0, 49.0 + 16.0, 11.0)
+    assert s.metrics["latency_ms"].sum_xn == 30.0  # 10 ms each, n_u = 1
+
+
+async def test_through_the_router_an_anonymous_requests_later_outcome_counts_with_n_1(make_router: MakeRouter) -> None:
+    """The request id carries "no unit id", so the outcome endpoint can say so to the event log."""
+    r = await make_router(weights={"control": 100, "candidate": 0})
+    resp = await r.client.post("/predict", data=b"{}")  # no X-User-Id: its own unit
+    assert resp.status == 200
+    request_id = resp.headers["X-AB-Request-Id"]
+    resp.release()
+    await r.settle()  # the exposure lands in its own batch, without unit state
+    resp = await r.client.post("/abrouter/outcomes", json={"request_id": request_id, "metric": "revenue", "value": 7})
+    assert resp.status == 202, await resp.text()
+    await r.settle()
+    s = (await r.strata())[(1, "control")]
+    assert (s.units, s.exposures) == (1, 1)
+    assert (s.metrics["revenue"].sum, s.metrics["revenue"].sum_xn) == (7.0, 7.0)
