@@ -122,6 +122,10 @@ class ExperimentData:
     #: Sums the store holds that cannot all be true (a binary metric's sum above its
     #: units), one line each; the reader clamps them so that the look can go on.
     inconsistent: tuple[str, ...] = ()
+    #: Events Redis acknowledged to the routers and later lost (it came back with older
+    #: data), and the unix times between which they were flushed.
+    lost_events: int = 0
+    lost_between: tuple[float, float] | None = None
 
     @property
     def control(self) -> Arm:

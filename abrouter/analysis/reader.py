@@ -48,17 +48,21 @@ async def read(
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.agg)
             pipe.hgetall(keys.epochs)
-            pipe.hget(keys.meta, "reset_at")
+            pipe.hmget(keys.meta, ["reset_at", "lost_events", "lost_from", "lost_to"])
             pipe.hgetall(keys.latency)
-            agg, epochs, reset_at, latency = await pipe.execute()
+            agg, epochs, marker, latency = await pipe.execute()
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
     strata, inconsistent = consistent(experiment, schema.decode_agg(agg))
     data = build(experiment, strata, schema.decode_epochs(epochs), latency=schema.decode_latency(latency))
     if inconsistent:
         data = dataclasses.replace(data, inconsistent=inconsistent)
+    reset_at, lost_events, lost_from, lost_to = marker
     if reset_at is not None:  # a router saw Redis lose the experiment's data
         data = dataclasses.replace(data, incomplete_since=float(reset_at))
+    if lost_events is not None:  # a router saw Redis come back without batches it had acknowledged
+        span = (float(lost_from or 0), float(lost_to or 0))
+        data = dataclasses.replace(data, lost_events=int(lost_events), lost_between=span)
     # The router registers the epoch with its first flush, so both empty means no router
     # ever wrote here: most likely a typo in the name, or a prefix that differs.
     return data if agg or epochs or reset_at is not None else dataclasses.replace(data, found=False)

@@ -37,10 +37,11 @@ the maximum (1 once the unit converted). The sums hold only units with an exposu
 (n_u > 0): an outcome that reaches Redis before its unit's exposure (another router
 flushed first) waits in the unit's state and enters the sums, once, with the exposure;
 its ``events`` count is added when it arrives. A request without a unit id (its request
-id says so) is a unit with n_u = 1 whichever batch its outcomes and exposure come in. Built-in metrics (`BUILTIN_METRICS`: errors,
-latency_ms, slow_requests) are recorded on every proxied request; analyse them as ratios
-x_u / n_u. ``slow_requests`` counts the requests slower than the spec's ``slow_request``
-(0 for every request when the spec sets none).
+id says so) is a unit with n_u = 1 whichever batch its outcomes and exposure come in.
+Built-in metrics (`BUILTIN_METRICS`: errors, latency_ms, slow_requests) are recorded on
+every proxied request; analyse them as ratios x_u / n_u. ``slow_requests`` counts the
+requests slower than the spec's ``slow_request`` (0 for every request when the spec sets
+none).
 A ``ratio`` metric of the spec has no fields of its own: the analyzer reads its
 numerator's and denominator's sums (and ``sum_xy``). Its cross products are counted from
 the first batch of a router that knows the ratio; declare ratios when the experiment
@@ -132,7 +133,10 @@ again after that starts over as a new unit. Requests without a unit id keep no `
 state unless an outcome arrives for them. ``meta`` holds ``created`` (when this Redis
 got the experiment's first batch) and, once a router has seen a Redis lose the data
 (restart without persistence), ``reset_at`` (the ``created`` of the new data: the
-aggregates hold only what came after) and ``resets``.
+aggregates hold only what came after) and ``resets``; once a router has seen Redis come
+back with older data (it lacked batches the router had acknowledged and no longer
+retains), ``lost_events`` (their events, summed over routers) and ``lost_from``/``lost_to``
+(unix times the earliest and latest of them were acknowledged).
 """
 
 from __future__ import annotations

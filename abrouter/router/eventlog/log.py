@@ -187,9 +187,10 @@ class EventLog:
             quarantined=d.quarantine.pending_events,
             redis_up=d.up,
             redis_resets=d.resets,
-            data_incomplete_since=d.script.reset_at,
+            data_incomplete_since=d.script.reset_at if d.script.reset_at is not None else d.hole_since,
             spill_full_dropped=d.spill_full,
             spill_bytes=d.spill.size,
+            lost_events=d.lost_events,
         )
 
     def _remember(self, unit_hash: str, stratum: tuple[int, str]) -> None:

@@ -24,7 +24,7 @@ import redis.exceptions
 from abrouter import redisclient
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
-from abrouter.router.eventlog import events
+from abrouter.router.eventlog import acks, events
 
 FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
 
@@ -35,6 +35,15 @@ T = TypeVar("T")
 
 
 REJECTED = -2
+
+# Rare (a Redis that came back without acknowledged batches): EVAL, not a loaded script.
+_RECORD_HOLE = """
+redis.call('HINCRBY', KEYS[1], 'lost_events', ARGV[1])
+local from_ = tonumber(redis.call('HGET', KEYS[1], 'lost_from') or ARGV[2])
+if tonumber(ARGV[2]) <= from_ then redis.call('HSET', KEYS[1], 'lost_from', ARGV[2]) end
+local to = tonumber(redis.call('HGET', KEYS[1], 'lost_to') or ARGV[3])
+if tonumber(ARGV[3]) >= to then redis.call('HSET', KEYS[1], 'lost_to', ARGV[3]) end
+"""
 # Redis answers that mean "not now" even when they come from inside the script.
 _TRANSIENT = re.compile(r"\b(OOM|MISCONF|READONLY|BUSY|LOADING|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN)\b")
 
@@ -65,6 +74,7 @@ class FlushScript:
         self.client = client
         self._keys = k.all()
         self._producers = k.producers
+        self._meta = k.meta
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
         self._caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(outcome_id_window_s)))
         self._unit_ttl = repr(float(unit_ttl_s))
@@ -130,10 +140,16 @@ class FlushScript:
             await self.load()  # a restarted (or flushed) Redis forgot the script
             return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
 
-    async def last_seqs(self, producers: list[str]) -> dict[str, int]:
-        """The last applied seq of each producer (0 when Redis has none)."""
+    async def last_seqs(self, producers: list[str]) -> tuple[dict[str, int], str]:
+        """The last applied seq of each producer (0 when Redis has none), and the marker's ``created``."""
         values = await call_redis(self._client.hmget(self._producers, producers))
-        return {p: int(v or 0) for p, v in zip(producers, values)}
+        created = await call_redis(self._client.hget(self._meta, "created"))
+        return {p: int(v or 0) for p, v in zip(producers, values)}, "" if created is None else _text(created)
+
+    async def record_hole(self, hole: acks.Hole) -> None:
+        """Add a hole to the marker (``lost_events``, ``lost_from``, ``lost_to``) for the analyzer."""
+        args = (str(hole.events), repr(hole.since), repr(hole.until))
+        await call_redis(self._client.eval(_RECORD_HOLE, 1, self._meta, *args))
 
 
 def _text(value: bytes | str) -> str:

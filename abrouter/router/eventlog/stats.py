@@ -25,3 +25,6 @@ class EventLogStats:
     spill_full_dropped: int = 0
     #: Bytes in this producer's spill file.
     spill_bytes: int = 0
+    #: Events in batches Redis acknowledged and later lost (it came back with older data
+    #: or empty) that were no longer retained for re-sending.
+    lost_events: int = 0
