@@ -48,8 +48,9 @@ the first batch of a router that knows the ratio; declare ratios when the experi
 starts, since units whose state does not move afterwards miss their earlier product.
 
 [cuped] With a ``covariate: c`` in the spec, the unit state has two more columns: ``c``,
-the unit's covariate c_u as first reported (set once: a later, different value is ignored;
-a unit that never reports one has c_u = 0), and ``c~set`` (`COVARIATE_SET_SUFFIX`, binary),
+the unit's covariate c_u as reported earliest (by the report's time, whichever router
+flushed it first: a value reported later is ignored; a unit that never reports one has
+c_u = 0; the report time of the value kept is in ``units[h|e|v|c]``), and ``c~set`` (`COVARIATE_SET_SUFFIX`, binary),
 1 once it was reported. So ``e|v|c|sum`` and ``e|v|c|sum_sq`` are Σc_u and Σc_u²,
 ``e|v|c~set|sum`` the units that reported one, and ``e|v|m|sum_xy|c`` Σx_u·c_u for every
 metric m the covariate adjusts (`covariate_pairs`), kept as for a ratio pair: right
@@ -68,6 +69,7 @@ total as it goes (+150 then −60 under cap 100 leaves 40).
     h|e|v       JSON array [n_u, x_u(m1), x_u(m2), ...], numbers written with 17
                 significant digits so they round-trip exactly; x_u columns follow
                 the ``metrics`` key.
+    h|e|v|c     [cuped] report time (unix seconds) of the covariate value in h|e|v
 
 Intent-to-treat: a unit is credited once, to the (epoch, variant) of its first exposure
 (``h|f``). All its later requests and outcomes, in any epoch or variant, move the one

@@ -179,6 +179,7 @@ class Aggregator:
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
         self._covariate: str | None = None  # [cuped]
+        self._covariate_ts: dict[tuple[str, int, str], float] = {}  # [cuped] cell -> report time of its value
         self._caps: dict[str, float] = {}  # [cap]
         # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
         self._latency: dict[tuple[int, str], list[int]] = {}
@@ -296,7 +297,7 @@ class Aggregator:
 
     # [cuped]
     def _add_covariate(self, o: Outcome, at: int) -> bool:
-        """A unit's covariate: the first value in the batch counts (flush.lua keeps the first ever).
+        """A unit's covariate: the earliest reported value in the batch (flush.lua keeps the earliest ever).
 
         The cell's count says "a covariate came"; its value is the covariate, not a sum;
         the flag column is set to 1 so that flush.lua knows, from then on, the unit has one.
@@ -307,8 +308,10 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
-        if not cell[at + 1]:
+        reported = self._covariate_ts.get(key)
+        if reported is None or o.ts < reported:
             cell[at] = o.value
+            self._covariate_ts[key] = o.ts
         cell[at + 1] += 1
         cell[self._offset[o.metric + keys.COVARIATE_SET_SUFFIX]] = 1
         self._events.append(o)
@@ -327,6 +330,8 @@ class Aggregator:
     def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
 
+        [cuped] With a covariate, each cell row ends with the report time of the
+        covariate value it carries (0 when it carries none).
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
         stratum the script stores in ``units[h]``; 2 on the cell of a request without a
         unit id (`Exposure.anonymous`), for which the script keeps no unit state; 3 on a
@@ -349,6 +354,9 @@ class Aggregator:
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
         # `_exposed` is in that order already; no sort of 50k keys in one piece.
         exposed, cells = self._exposed, self._cells
+        if self._covariate is not None:  # [cuped] each row ends with its covariate's report time
+            reported = self._covariate_ts
+            cells = {key: [*cell, reported.get(key, 0.0)] for key, cell in cells.items()}
         rows = itertools.chain(
             ([*key, flag(key), *cells[key]] for key in exposed),
             (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),

@@ -137,11 +137,15 @@ for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
 -- [end issue 9]
 
 -- [cuped] The covariate column (batch.covariate, absent without CUPED) is set once per
--- unit: the first value that reaches Redis stays, a later one (different or not) is
--- ignored. Its flag column "<covariate>~set" (binary, a max) says the unit has one, so a
--- first value of 0 is kept too. Σx·c of each adjusted metric is an ordinary pair in
+-- unit: the earliest *reported* value stays. A cell brings its report time after its
+-- metric columns (cell[6 + 2 * nbm]); the time of the stored value is kept in
+-- units["<state field>|c"], and a value reported earlier than it (by another router that
+-- flushed later) replaces it, one reported later is ignored. A stored value without a
+-- time (written before report times were kept) stays. Its flag column "<covariate>~set"
+-- (binary, a max) says the unit has one, so a first value of 0 is kept too. Σx·c of each adjusted metric is an ordinary pair in
 -- batch.products, so it is right whether the covariate comes before or after outcomes.
 local cov_i, cov_j, cov_flag = nil, nil, nil  -- batch index, state index of value and flag
+local cov_time = {}  -- state field -> report time of its covariate (false: none stored)
 if batch.covariate then
   for i, m in ipairs(batch.metrics) do
     if m == batch.covariate then cov_i = i end
@@ -230,8 +234,10 @@ local function valid_state(raw)
   return state
 end
 
--- The unit's state after the cell: n and every column's x_u.
-local function next_state(cell, state)
+-- The unit's state after the cell: n and every column's x_u; and the report time of a
+-- covariate value the cell set (nil if none).
+local function next_state(cell, state, key)
+  local reported = nil
   local x1 = {cell[5] + state[1]}
   for j = 1, ncol do x1[j + 1] = state[j + 1] or 0 end
   for i = 1, nbm do
@@ -242,12 +248,13 @@ local function next_state(cell, state)
       x1[j] = x1[j] + dx
     end
   end
-  -- [cuped] a covariate in this cell: kept only if the unit had none
+  -- [cuped] a covariate in this cell: kept if the unit had none or this one was reported earlier
   if cov_i and cell[5 + 2 * cov_i] > 0 then
-    if (state[cov_flag] or 0) > 0 then
-      x1[cov_j] = state[cov_j] or 0
+    local t, stored_t = cell[6 + 2 * nbm], cov_time[key]
+    if (state[cov_flag] or 0) == 0 or (t and stored_t and t < stored_t) then
+      x1[cov_j], reported = cell[4 + 2 * cov_i], t
     else
-      x1[cov_j] = cell[4 + 2 * cov_i]
+      x1[cov_j] = state[cov_j] or 0
     end
   end
   -- [/cuped]
@@ -256,7 +263,7 @@ local function next_state(cell, state)
     if x1[c[1]] > c[2] then x1[c[1]] = c[2] end
   end
   -- [/cap]
-  return x1
+  return x1, reported
 end
 
 -- Adds the exact change old -> new of every sufficient statistic to a stratum's totals.
@@ -385,6 +392,23 @@ for first = 1, #cells, CHUNK do
       fields[#fields + 1] = key
     end
   end
+  -- [cuped] the report times of the stored covariates the chunk's cells may replace
+  local times = {}
+  if cov_i then
+    for i = first, last_cell do
+      local c = cells[i]
+      local e, v = target(c, firsts[c[1]])
+      local key = c[1] .. '|' .. e .. '|' .. v
+      if c[5 + 2 * cov_i] > 0 and cov_time[key] == nil then
+        cov_time[key] = false
+        times[#times + 1] = key
+      end
+    end
+    local names = {}
+    for k, key in ipairs(times) do names[k] = key .. '|c' end
+    local raw_times = #names > 0 and redis.call('HMGET', units, unpack(names)) or {}
+    for k, key in ipairs(times) do cov_time[key] = tonumber(raw_times[k]) or false end
+  end
   local raws = #fields > 0 and redis.call('HMGET', units, unpack(fields)) or {}
   for k, key in ipairs(fields) do
     local state = valid_state(raws[k])
@@ -402,7 +426,7 @@ for first = 1, #cells, CHUNK do
     local old = cached[key]
     local anonymous = c[4] >= 2
     if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
-    local new = next_state(c, old)
+    local new, reported = next_state(c, old, key)
     if anonymous then new[1] = 1 end
     local _, acc = stratum(e, v)
     local ok, bad = accumulate(acc, old, new, c)
@@ -419,6 +443,13 @@ for first = 1, #cells, CHUNK do
       info.newly = false
     end
     cached[key] = new
+    if reported then  -- [cuped] the report time of the covariate value now stored
+      cov_time[key] = reported
+      writes[#writes + 1] = key .. '|c'
+      writes[#writes + 1] = num(reported)
+      seen_members[#seen_members + 1] = num(now)
+      seen_members[#seen_members + 1] = key .. '|c'
+    end
     if keeps_state(c) then  -- [faults] an anonymous request keeps no state
       writes[#writes + 1] = key
       writes[#writes + 1] = encode_state(new)

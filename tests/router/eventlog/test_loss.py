@@ -23,7 +23,15 @@ import redis.asyncio
 from abrouter import cli
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
-from abrouter.router.eventlog.events import Batch, Exposure, Outcome
+from abrouter.router.eventlog.events import (
+    Aggregator,
+    Batch,
+    Exposure,
+    Outcome,
+    binary_metrics,
+    column_rules,
+    ratio_pairs,
+)
 from abrouter.router.eventlog.log import APPLIED, DUPLICATE, EventLog, FlushScript
 from abrouter.router.redis_server import RedisServer
 from tests.router.conftest import MakeRouter
@@ -174,3 +182,40 @@ async def test_a_redis_that_comes_back_with_an_older_aof_is_detected_and_the_hol
         assert await asyncio.to_thread(cli.main, argv) == 0  # asyncio.run needs a thread without a loop
         lost = json.loads(capsys.readouterr().out)["data_lost"]
         assert lost["events"] == 120 and lost["from"] <= lost["to"] <= time.time()
+
+
+async def test_the_covariate_kept_is_the_earliest_reported_not_the_first_flushed(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Router B flushes a later report first. Before: B's value stayed (first to reach Redis)."""
+    exp = cuped_spec(experiment_name)
+    script = FlushScript(redis_client, keys.Keys(experiment_name))
+    await script.load()
+    u = "unit-1"
+
+    def cov(value: float, ts: float) -> Outcome:
+        return Outcome(u, "control", 1, "prior_clicks", value, ts)
+
+    revenue = Outcome(u, "control", 1, "revenue", 10.0, 1000.0)
+    assert await apply_as(script, "router-a", cuped_batch(exp, [exposure(u), revenue], 1)) == APPLIED
+    assert await apply_as(script, "router-b", cuped_batch(exp, [cov(7.0, 2000.0)], 1)) == APPLIED
+    assert await apply_as(script, "router-a", cuped_batch(exp, [cov(3.0, 1500.0), cov(5.0, 1200.0)], 2)) == APPLIED
+    assert await apply_as(script, "router-b", cuped_batch(exp, [cov(9.0, 1300.0)], 2)) == APPLIED  # later than 1200
+    s = (await read_strata(redis_client, experiment_name))[(1, "control")]
+    prior = s.metrics["prior_clicks"]
+    assert (prior.sum, prior.sum_sq) == (5.0, 25.0)  # the report of time 1200, the earliest
+    assert s.metrics["revenue"].sum_xy["prior_clicks"] == 50.0
+    assert s.metrics["prior_clicks~set"].sum == 1
+
+
+def cuped_spec(name: str) -> spec.Experiment:
+    doc = spec.to_dict(make_experiment(name))
+    doc["covariate"] = "prior_clicks"
+    return spec.parse(doc)
+
+
+def cuped_batch(exp: spec.Experiment, recorded: list[Exposure | Outcome], seq: int) -> Batch:
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp), ratio_pairs(exp), **column_rules(exp))
+    for ev in recorded:
+        agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
+    return agg.batch(producer="p-test", seq=seq)
