@@ -28,6 +28,7 @@ from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
 from abrouter.analysis.sinks.kube import KubeSink
 from abrouter.analysis.stats.power import sample_size
+from abrouter.analysis.witness import FileWitness
 from abrouter.contract import experiment as spec
 from abrouter.kube.client import KubeClient, Ref
 from abrouter.kube.errors import KubeError
@@ -188,9 +189,11 @@ def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
 async def _analyze_redis(args: argparse.Namespace) -> int:
     client = RedisConnection(args.redis_url)
     sink: WeightsSink = FileSink(args.config) if args.apply else DryRunSink()
+    # The witness goes where the decisions go: beside the spec file, with --apply only.
+    witness = FileWitness.beside(args.config) if args.apply else None
     try:
         while True:
-            code = await _one_look(client, args.config, sink, as_json=args.json, url=args.redis_url)
+            code = await _one_look(client, args.config, sink, witness, as_json=args.json, url=args.redis_url)
             if args.every is None:
                 return code
             await asyncio.sleep(args.every)
@@ -198,11 +201,13 @@ async def _analyze_redis(args: argparse.Namespace) -> int:
         await client.aclose()
 
 
-async def _one_look(client: RedisConnection, config: Path, sink: WeightsSink, *, as_json: bool, url: str) -> int:
+async def _one_look(
+    client: RedisConnection, config: Path, sink: WeightsSink, witness: FileWitness | None, *, as_json: bool, url: str
+) -> int:
     """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
     try:
         experiment = spec.load(config)
-        result = await service.look(await client.client(experiment.name), experiment, sink=sink)
+        result = await service.look(await client.client(experiment.name), experiment, sink=sink, witness=witness)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
     except ConflictError as exc:

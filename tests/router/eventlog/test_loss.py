@@ -219,3 +219,37 @@ def cuped_batch(exp: spec.Experiment, recorded: list[Exposure | Outcome], seq: i
     for ev in recorded:
         agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
     return agg.batch(producer="p-test", seq=seq)
+
+
+async def test_an_empty_restart_while_every_router_restarted_is_caught_by_the_analyzers_witness(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: 300 -> 50 exposures and no DATA INCOMPLETE (no router had seen the old marker)."""
+    name = f"t-empty-all-{secrets.token_hex(4)}"
+    exp = make_experiment(name)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(json.dumps(spec.to_dict(exp)))
+    argv = ["analyze", "--config", str(path), "--json", "--apply"]
+
+    async def router_run(url: str, units: range) -> None:  # a router process: start, serve, stop
+        log = EventLog(redis_url=url, experiment=exp, spill_dir=tmp_path / "spill", flush_interval_s=60)
+        await log.start()
+        record(log, [exposure(f"u{i}") for i in units])
+        await log.close()
+
+    async def look(url: str) -> dict:
+        assert await asyncio.to_thread(cli.main, [*argv, "--redis-url", url]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    with RedisServer() as server:
+        await router_run(server.url, range(300))
+        first = await look(server.url)
+        assert first["data_incomplete_since"] is None
+        server.kill()
+        (server.data_dir / "appendonly.aof").unlink()  # no persistence: it comes back empty
+        server.start()
+        await router_run(server.url, range(1000, 1050))  # a new router, which never saw the old data
+        second = await look(server.url)
+        assert sum(v["units"] for v in second["variants"]) == 50
+        assert second["data_incomplete_since"] is not None
+        assert (await look(server.url))["data_incomplete_since"] == second["data_incomplete_since"]  # it stays
