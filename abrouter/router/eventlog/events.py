@@ -77,6 +77,11 @@ class Batch:
     n_events: int
 
 
+#: The batch format's version (``v`` in the payload; absent means 1). flush.lua refuses a
+#: version it does not know, so a batch from a newer router is quarantined, not misread.
+#: 2: cells of anonymous outcomes (latest 3), the covariate's report time, keyed rows' flag.
+BATCH_VERSION = 2
+
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")
 OUTCOME_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "metric", "value", "event_id")
@@ -377,6 +382,7 @@ class Aggregator:
         raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
         yield  # joining the slices of the raw events copied megabytes
         payload = {
+            "v": BATCH_VERSION,
             "metrics": self._metrics,
             "binary": sorted(self._binary),
             "cells": slices.slot("cells"),

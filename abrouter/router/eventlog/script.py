@@ -1,4 +1,4 @@
-"""flush.lua on one Redis: loading it, calling it, and translating Redis errors.
+"""flush.lua on one Redis: assembling it from its parts, loading it, calling it, and translating Redis errors.
 
 Every Redis failure that means "not (certainly) done" becomes `EventLogUnavailable`, so
 the event log has one exception to handle: the batch waits in the spill file.
@@ -26,7 +26,21 @@ from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import acks, events
 
-FLUSH_SCRIPT = (Path(__file__).parent / "flush.lua").read_text(encoding="utf-8")
+#: The Lua sources: one script per command in ``lua/commands``, the small parts they share
+#: in ``lua/includes``, joined at load time (as BullMQ does) so that each part is short
+#: enough to read on its own.
+LUA_DIR = Path(__file__).parent / "lua"
+_INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
+
+
+def assemble(command: str, lua_dir: Path = LUA_DIR) -> str:
+    """The script of `command`: ``commands/<command>.lua`` with each ``--- @include "part"``
+    line replaced by ``includes/<part>.lua`` (one level: includes include nothing)."""
+    text = (lua_dir / "commands" / f"{command}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda m: (lua_dir / "includes" / f"{m[1]}.lua").read_text(encoding="utf-8"), text)
+
+
+FLUSH_SCRIPT = assemble("flush")
 
 # Everything that means "Redis did not (certainly) do it": connection refused or reset,
 # timeouts, LOADING after a restart, MISCONF/READONLY refusals. All are retried later.

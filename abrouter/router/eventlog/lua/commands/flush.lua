@@ -1,7 +1,7 @@
 -- flush.lua: apply one pre-aggregated batch of router events, exactly once.
 --
--- The key layout and every field name are documented in router/keys.py; the batch
--- format is built by router/events.py (Aggregator.batch). One call per batch, atomic:
+-- The key layout and every field name are documented in abrouter/contract/keys.py (and docs/storage.md); the batch
+-- format is built by abrouter/router/eventlog/events.py (Aggregator.encode). One call per batch, atomic:
 -- either all of a batch's effects happen (and its seq is recorded) or none do.
 --
 -- Redis does not undo a script's writes when it fails half-way, so the script works in
@@ -33,41 +33,12 @@ local agg, units, epochs, producers, stream, metrics_key, outcome_ids, meta, uni
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local producer, seq, allow_gap = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 
--- [faults] Skipped seqs. A seq a producer skipped (its batch was quarantined, or lost by
--- a Redis restart) is kept in producers[<producer>|gaps] as ranges {{from, to}, ...}, so
--- a later replay of that batch under its own (producer, seq) applies once, and a replay
--- of one that applied is a duplicate. Every range is kept, however many: dropping the
--- oldest made their batches count as duplicates when the quarantine was replayed. A
--- range costs ~20 bytes and is removed when its seqs are all replayed.
-local gaps_field = producer .. '|gaps'
-local gaps, gaps_changed = nil, false
-local function load_gaps()
-  if gaps == nil then
-    local raw = redis.call('HGET', producers, gaps_field)
-    gaps = raw and cjson.decode(raw) or {}
-  end
-  return gaps
-end
+--- @include "gaps"
 
 -- The guard comes first and costs one HGET: a duplicate is not even decoded.
 local last = tonumber(redis.call('HGET', producers, producer) or '0')
-if seq <= last then
-  local filled = nil
-  for i, r in ipairs(load_gaps()) do
-    if seq >= r[1] and seq <= r[2] then filled = i end
-  end
-  if not filled then return {0, last, 0} end
-  local r = table.remove(gaps, filled)
-  if r[1] < seq then table.insert(gaps, filled, {r[1], seq - 1}); filled = filled + 1 end
-  if seq < r[2] then table.insert(gaps, filled, {seq + 1, r[2]}) end
-  gaps_changed = true
-elseif seq ~= last + 1 then
-  if not allow_gap then return {-1, last, 0} end
-  local g = load_gaps()
-  g[#g + 1] = {last + 1, seq - 1}
-  gaps_changed = true
-end
--- [/faults]
+local admitted = admit(seq, last, allow_gap)
+if admitted ~= 1 then return {admitted, last, 0} end
 
 -- Redis' clock, in seconds (see the header).
 local clock = redis.call('TIME')
@@ -75,36 +46,16 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1e6
 
 local batch = cjson.decode(ARGV[4])
 
--- [faults] Every number that reaches Redis must be finite: HINCRBYFLOAT fails on an
--- infinite result, and a state holding inf or nan poisons every later batch of its unit.
-local function finite(x)
-  return x == x and x ~= math.huge and x ~= -math.huge
-end
--- [/faults]
-
--- 17 significant digits: the stored per-unit state round-trips exactly (cjson.encode
--- would keep only 14). Zero, the most common value, skips string.format.
-local function num(x)
-  if x == 0 then return '0' end
-  return string.format('%.17g', x)
+-- The batch format: payloads without `v` are version 1. A version this script does not
+-- know (a newer router) is refused whole, before anything is written.
+local VERSIONS = {[1] = true, [2] = true}
+local version = batch.v or 1
+if not VERSIONS[version] then
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1, 2)'}
 end
 
--- The column order of unit states: the stored list, grown by names it lacks.
-local function columns(names)
-  local raw = redis.call('GET', metrics_key)
-  local order = raw and cjson.decode(raw) or {}
-  local col = {}
-  for j, m in ipairs(order) do col[m] = j end
-  local grown = false
-  for _, m in ipairs(names) do
-    if not col[m] then
-      order[#order + 1] = m
-      col[m] = #order
-      grown = true
-    end
-  end
-  return order, col, grown
-end
+--- @include "numbers"
+--- @include "columns"
 
 -- ---------------------------------------------------------------- phase 1: read only
 
@@ -162,6 +113,9 @@ for _, c in ipairs(batch.caps or {}) do
 end
 -- [/cap]
 
+--- @include "unit_state"
+--- @include "strata"
+
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts, anonymous}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
@@ -200,134 +154,9 @@ if #keyed > 0 then
   end
 end
 
--- Changes to agg are summed per stratum in Lua tables over all cells, then written with
--- one HINCRBY(FLOAT) per field: per-cell work builds no field names.
-local strata, names = {}, {}
-local function stratum(e, v)
-  local by_v = names[e]
-  if not by_v then by_v = {}; names[e] = by_v end
-  local s = by_v[v]
-  if not s then
-    s = e .. '|' .. v
-    by_v[v] = s
-    local acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {},
-                 sum_xy = {}}
-    for j = 1, ncol do acc.events[j], acc.sum[j], acc.sum_sq[j], acc.sum_xn[j] = 0, 0, 0, 0 end
-    for p = 1, #pcol do acc.sum_xy[p] = 0 end
-    strata[s] = acc
-  end
-  return s, strata[s]
-end
-
--- One cell: {unit_hash, epoch, variant, latest, dn, dx_1, count_1, dx_2, count_2, ...}
--- in the order of batch.metrics, and the unit's stored state (or false). Moves the state
--- and adds the exact change of every sufficient statistic to the stratum's totals:
--- d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0. Returns the new state, encoded, or nil
--- when the stored state is not an array of numbers (then nothing may be written).
-local function valid_state(raw)
-  if not raw then return {0} end
-  local ok, state = pcall(cjson.decode, raw)
-  if not ok or type(state) ~= 'table' or #state == 0 then return nil end
-  for j = 1, #state do
-    if type(state[j]) ~= 'number' or not finite(state[j]) then return nil end
-  end
-  return state
-end
-
--- The unit's state after the cell: n and every column's x_u; and the report time of a
--- covariate value the cell set (nil if none).
-local function next_state(cell, state, key)
-  local reported = nil
-  local x1 = {cell[5] + state[1]}
-  for j = 1, ncol do x1[j + 1] = state[j + 1] or 0 end
-  for i = 1, nbm do
-    local j, dx = bcol[i] + 1, cell[4 + 2 * i]
-    if bbin[i] then
-      if dx > x1[j] then x1[j] = dx end
-    else
-      x1[j] = x1[j] + dx
-    end
-  end
-  -- [cuped] a covariate in this cell: kept if the unit had none or this one was reported earlier
-  if cov_i and cell[5 + 2 * cov_i] > 0 then
-    local t, stored_t = cell[6 + 2 * nbm], cov_time[key]
-    if (state[cov_flag] or 0) == 0 or (t and stored_t and t < stored_t) then
-      x1[cov_j], reported = cell[4 + 2 * cov_i], t
-    else
-      x1[cov_j] = state[cov_j] or 0
-    end
-  end
-  -- [/cuped]
-  -- [cap]
-  for _, c in ipairs(capped) do
-    if x1[c[1]] > c[2] then x1[c[1]] = c[2] end
-  end
-  -- [/cap]
-  return x1, reported
-end
-
--- Adds the exact change old -> new of every sufficient statistic to a stratum's totals.
--- `cell` (or nil) brings the event counts.
--- [held] A unit's values count in the sums only once it has an exposure (n_u > 0): an
--- outcome that reaches Redis before its unit's exposure (another router flushed first)
--- is held in the unit state and credited, whole, when the exposure lands. So a stratum's
--- sums never hold units its `units` does not count (a binary sum above its n).
-local function accumulate(acc, old, new, cell)
-  local n0, n1 = old[1], new[1]
-  local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
-  if cell then
-    for i = 1, nbm do acc.events[bcol[i]] = acc.events[bcol[i]] + cell[5 + 2 * i] end
-  end
-  if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
-  acc.exposures = acc.exposures + (n1 - n0)
-  acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0
-  -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
-  for j = 1, ncol do
-    local a, b = old[j + 1] or 0, new[j + 1]
-    if not finite(b) then return nil, order[j] end  -- [faults]
-    acc.sum[j] = acc.sum[j] + (w1 * b - w0 * a)
-    acc.sum_sq[j] = acc.sum_sq[j] + (w1 * b * b - w0 * a * a)
-    acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
-  end
-  -- [issue 9] d(x*y) of each ratio pair, from the old and the new state.
-  for p, c in ipairs(pcol) do
-    local jx, jy = c[1] + 1, c[2] + 1
-    acc.sum_xy[p] = acc.sum_xy[p] + (w1 * new[jx] * new[jy] - w0 * (old[jx] or 0) * (old[jy] or 0))
-  end
-  return true
-end
-
-local function encode_state(state)
-  local parts = {}
-  for j = 1, ncol + 1 do parts[j] = num(state[j] or 0) end
-  return '[' .. table.concat(parts, ',') .. ']'
-end
-
--- [faults] Anonymous requests (latest == 2: no unit id, each its own unit) keep no unit
--- state: their cell is complete in itself. Unless an outcome came with them: then the
--- state is kept, so that a later outcome for the same request id extends it.
--- [anonymous] An anonymous unit has exactly one exposure, so its n_u is 1 whatever the
--- order of batches: a cell of its outcomes alone (latest == 3, the request id said it
--- was anonymous) finds no state when the exposure came in an earlier batch, and takes
--- n_u = 1, not 0 (sum_xn was missing x_u); the exposure's cell adds the unit and its one
--- exposure itself, whether its outcomes came before or after.
--- The built-ins (the first batch.builtins metrics; 2 in batches from before slow_requests)
--- are measured by the router, not outcomes.
-local nbuiltin = batch.builtins or 2
-local function keeps_state(c)
-  if c[4] ~= 2 then return true end
-  for i = nbuiltin + 1, nbm do
-    if c[5 + 2 * i] > 0 then return true end
-  end
-  return false
-end
+-- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
+-- written with one HINCRBY(FLOAT) per field: per-cell work builds no field names.
 local seen_members = {}  -- ZADD arguments for unit_seen: now, field, ...
-local function with_n(state, n)
-  local out = {n}
-  for j = 2, #state do out[j] = state[j] end
-  return out
-end
--- [/faults]
 
 -- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
 -- first exposure, recorded in units[h|f] as "e|v" ("e|v|m" once the unit has also been
@@ -481,72 +310,15 @@ for h, info in pairs(firsts) do
 end
 -- [end issue 9: intent-to-treat]
 
--- The agg increments, as {field, delta, integer?}; the stored values must take them.
-local increments = {}
-local function add(field, d, integer)
-  if d ~= 0 then increments[#increments + 1] = {field, d, integer} end
-end
-for s, acc in pairs(strata) do
-  add(s .. '|units', acc.units, true)
-  add(s .. '|exposures', acc.exposures, true)
-  add(s .. '|exposures_sq', acc.exposures_sq, true)
-  for j, m in ipairs(order) do
-    local prefix = s .. '|' .. m .. '|'
-    add(prefix .. 'events', acc.events[j], true)
-    add(prefix .. 'sum', acc.sum[j], false)
-    add(prefix .. 'sum_sq', acc.sum_sq[j], false)
-    add(prefix .. 'sum_xn', acc.sum_xn[j], false)
-  end
-  for p, pair in ipairs(pairs_) do add(s .. '|' .. pair[1] .. '|sum_xy|' .. pair[2], acc.sum_xy[p], false) end
-end
-for first = 1, #increments, CHUNK do
-  local slice, names = {}, {}
-  for i = first, math.min(first + CHUNK - 1, #increments) do
-    slice[#slice + 1] = increments[i]
-    names[#names + 1] = increments[i][1]
-  end
-  local stored = redis.call('HMGET', agg, unpack(names))
-  for i, op in ipairs(slice) do
-    local v = stored[i]
-    if v and not (op[3] and string.match(v, '^%-?%d+$') or not op[3] and tonumber(v)) then
-      return {-2, last, 0, 'corrupt value ' .. v .. ' in ' .. agg .. ' field ' .. op[1]}
-    end
-    -- [faults] the delta and the value it leads to, both finite
-    if not finite(op[2]) or not finite((tonumber(v) or 0) + op[2]) then
-      return {-2, last, 0, 'non-finite result for ' .. agg .. ' field ' .. op[1]}
-    end
-  end
-end
+-- The agg increments; the stored values must take them.
+local increments = increments_of(strata)
+local bad = check_increments(increments, CHUNK)
+if bad then return {-2, last, 0, bad} end
 
--- [latency] Request latency histograms per (epoch, variant) of the serving variant (not
--- intent-to-treat: a latency belongs to the variant that served the request). The
--- router bins (keys.latency_bucket); a batch brings batch.latency = {{e, v, {{b, count},
--- ...}}, ...} and the script adds the counts to latency["e|v|b"]. Fields are bounded by
--- epochs x variants x buckets. Batches from routers without histograms carry none.
 local latency_key = KEYS[10]
-local latency_incr = {}  -- {field, count}
-if latency_key then
-  local found = redis.call('TYPE', latency_key)['ok']
-  if found ~= 'none' and found ~= 'hash' then
-    return {-2, last, 0, latency_key .. ' is a ' .. found .. ', not a hash'}
-  end
-  for _, row in ipairs(batch.latency or {}) do
-    local prefix = row[1] .. '|' .. row[2] .. '|'
-    for _, bc in ipairs(row[3]) do latency_incr[#latency_incr + 1] = {prefix .. string.format('%d', bc[1]), bc[2]} end
-  end
-  for first = 1, #latency_incr, CHUNK do
-    local names = {}
-    for i = first, math.min(first + CHUNK - 1, #latency_incr) do names[#names + 1] = latency_incr[i][1] end
-    local stored = redis.call('HMGET', latency_key, unpack(names))
-    for i, name in ipairs(names) do
-      local v = stored[i]
-      if v and not string.match(v, '^%d+$') then
-        return {-2, last, 0, 'corrupt value ' .. v .. ' in ' .. latency_key .. ' field ' .. name}
-      end
-    end
-  end
-end
--- [/latency]
+--- @include "latency"
+local latency_incr, bad_latency = latency_increments(batch.latency, CHUNK)
+if not latency_incr then return {-2, last, 0, bad_latency} end
 
 -- [faults] The marker: meta.created is set once, when the experiment's first batch lands
 -- in this Redis. A producer that saw another value (ARGV[9]) is talking to a Redis that
@@ -577,10 +349,7 @@ if reset == 1 then
     redis.call('HINCRBY', meta, 'resets', 1)
   end
 end
-if gaps_changed then
-  if #gaps > 0 then redis.call('HSET', producers, gaps_field, cjson.encode(gaps))
-  else redis.call('HDEL', producers, gaps_field) end
-end
+save_gaps()
 -- [/faults]
 -- In slices: Lua's unpack() fails beyond ~8,000 values.
 for first = 1, #new_ids, 2 * CHUNK do
@@ -596,17 +365,8 @@ for first = 1, #seen_members, 2 * CHUNK do
 end
 -- [/faults]
 
-for _, op in ipairs(increments) do
-  if op[3] then
-    redis.call('HINCRBY', agg, op[1], string.format('%d', op[2]))
-  else
-    redis.call('HINCRBYFLOAT', agg, op[1], string.format('%.17g', op[2]))
-  end
-end
-
--- [latency]
-for _, op in ipairs(latency_incr) do redis.call('HINCRBY', latency_key, op[1], string.format('%d', op[2])) end
--- [/latency]
+write_increments(increments)
+write_latency(latency_incr)
 
 -- Weights of each epoch: the first registration wins, so replicas cannot disagree later.
 for _, pair in ipairs(batch.epochs) do redis.call('HSETNX', epochs, pair[1], pair[2]) end
@@ -620,16 +380,6 @@ end
 
 if seq > last then redis.call('HSET', producers, producer, ARGV[2]) end
 if #keyed > 0 then redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before)) end
--- [faults] Unit states not written for ARGV[10] seconds expire: at most EXPIRE_PER_BATCH
--- fields per batch, so a flush stays short however many are due.
-local ttl = tonumber(ARGV[10])
-if ttl > 0 then
-  local EXPIRE_PER_BATCH = 2000
-  local due = redis.call('ZRANGEBYSCORE', unit_seen, '-inf', '(' .. num(now - ttl), 'LIMIT', 0, EXPIRE_PER_BATCH)
-  if #due > 0 then
-    redis.call('HDEL', units, unpack(due))
-    redis.call('ZREM', unit_seen, unpack(due))
-  end
-end
--- [/faults]
+--- @include "expiry"
+expire_units(now, tonumber(ARGV[10]))
 return {1, last, repeated, created, reset}
