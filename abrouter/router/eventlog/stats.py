@@ -28,3 +28,6 @@ class EventLogStats:
     #: Events in batches Redis acknowledged and later lost (it came back with older data
     #: or empty) that were no longer retained for re-sending.
     lost_events: int = 0
+    #: Events not logged because too many waited for a Redis that could not keep up
+    #: (also counted in dropped).
+    shed: int = 0

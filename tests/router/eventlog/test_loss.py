@@ -253,3 +253,49 @@ async def test_an_empty_restart_while_every_router_restarted_is_caught_by_the_an
         assert sum(v["units"] for v in second["variants"]) == 50
         assert second["data_incomplete_since"] is not None
         assert (await look(server.url))["data_incomplete_since"] == second["data_incomplete_since"]  # it stays
+
+
+async def test_batches_are_cut_small_and_a_backlog_beyond_max_events_is_shed_and_counted(
+    redis_url: str, experiment_name: str, tmp_path: Path
+) -> None:
+    """Before: one batch grew to max_events (a 50k-event call held Redis 360+ ms) and waiting batches had no bound."""
+    exp = make_experiment(experiment_name)
+    log = EventLog(
+        redis_url=redis_url, experiment=exp, spill_dir=tmp_path, flush_interval_s=60, max_events=250, batch_events=100
+    )
+    await log.start()
+    try:
+        # Recorded while no flush round runs: the cut batches wait, like behind a slow Redis.
+        record(log, [exposure(f"u{i}") for i in range(400)])
+        stats = log.stats
+        assert stats.shed == 400 - 300 and stats.dropped == 100  # the third cut found 300 >= 250 waiting
+        await log.flush()
+        assert log.stats.flushed_batches == 3  # 100 events each
+        record(log, [exposure(f"v{i}") for i in range(50)])  # caught up: logged again
+        await log.flush()
+        assert log.stats.shed == 100
+    finally:
+        await log.close()
+
+
+async def test_unit_ages_are_refreshed_once_per_granule_and_never_score_a_field_early(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Ages are refreshed once per granule (ttl/8) with the granule's end: a field expires late, never early."""
+    doc = spec.to_dict(make_experiment(experiment_name))
+    doc["outcome_ttl"] = "8000s"  # a granule of 1000 s: the batches below share one
+    exp = spec.parse(doc)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, unit_ttl_s=exp.outcome_ttl_s)
+    await script.load()
+    seconds, micros = await redis_client.time()
+    before = seconds + micros / 1e6
+    await apply_as(script, "router-a", _batch(exp, [exposure("u1")], 1))
+    first = dict(await redis_client.zrange(k.unit_seen, 0, -1, withscores=True))
+    assert set(first) == {b"u1", b"u1|f", b"u1|s", b"u1|1|control"}
+    assert min(first.values()) >= before  # never earlier than the write
+    assert max(first.values()) <= before + 1000 + 1  # at most a granule later
+    await apply_as(script, "router-a", _batch(exp, [exposure("u1"), exposure("u2")], 2))
+    second = dict(await redis_client.zrange(k.unit_seen, 0, -1, withscores=True))
+    assert {m: second[m] for m in first} == first  # u1 is fresh in this granule: no ZADD for it
+    assert {b"u2", b"u2|f", b"u2|s", b"u2|1|control"} <= set(second)

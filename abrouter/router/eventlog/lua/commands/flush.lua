@@ -55,6 +55,7 @@ if not VERSIONS[version] then
 end
 
 --- @include "numbers"
+local now_s = num(now)  -- formatted once: it scores every id and unit state written
 --- @include "columns"
 
 -- ---------------------------------------------------------------- phase 1: read only
@@ -133,7 +134,7 @@ if #keyed > 0 then
     if seen and seen >= forget_before then
       repeated = repeated + 1
     else
-      new_ids[#new_ids + 1] = num(now)
+      new_ids[#new_ids + 1] = now_s
       new_ids[#new_ids + 1] = k[1]
       local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
       local c = by_key[key]
@@ -156,7 +157,31 @@ end
 
 -- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
 -- written with one HINCRBY(FLOAT) per field: per-cell work builds no field names.
-local seen_members = {}  -- ZADD arguments for unit_seen: now, field, ...
+local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
+
+-- [expiry] The age of unit fields (unit_seen) is refreshed once per unit per granule of
+-- ttl/8, not on every write: a ZADD per field per batch was a third of the script's CPU.
+-- A unit's fields are scored with the *end* of the granule in which it was last marked,
+-- so a field expires up to a granule late, never early; units[h|s] holds that end, and a
+-- unit whose h|s is the current granule's end is `fresh`: only fields it creates now are
+-- scored (a new state, pointer or first exposure). Units with state from before
+-- intent-to-treat (legacy) and anonymous requests keep a score per write, at `now`.
+local ttl = tonumber(ARGV[10])
+local GRANULE = ttl > 0 and ttl / 8 or 86400
+local granule_s = num((math.floor(now / GRANULE) + 1) * GRANULE)
+local function age(score, field)
+  seen_members[#seen_members + 1] = score
+  seen_members[#seen_members + 1] = field
+end
+-- Scores `field` of the unit of cell `c` if needed; `created`: the field is new.
+local function mark(info, c, field, created)
+  if info.legacy or c[4] >= 2 then
+    age(now_s, field)
+  elseif created or not info.fresh then
+    age(granule_s, field)
+    info.marked = true
+  end
+end
 
 -- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
 -- first exposure, recorded in units[h|f] as "e|v" ("e|v|m" once the unit has also been
@@ -168,6 +193,7 @@ local seen_members = {}  -- ZADD arguments for unit_seen: now, field, ...
 local MX = '~mx'
 local firsts = {}   -- h -> {e, v, multiple, legacy}, as moved by this batch so far
 local cached = {}   -- state field -> state after this batch's cells so far
+local absent = {}   -- state field -> true when Redis had none before this batch
 local function target(c, info)
   -- The cell's stratum (e, v) and its state field under intent-to-treat.
   if info.legacy or not info.e then return c[2], c[3], false end
@@ -186,10 +212,11 @@ for first = 1, #cells, CHUNK do
     local h = cells[i][1]
     ids[#ids + 1] = h .. '|f'
     ids[#ids + 1] = h
+    ids[#ids + 1] = h .. '|s'
   end
   local known = redis.call('HMGET', units, unpack(ids))
   for i = first, last_cell do
-    local c, k = cells[i], 2 * (i - first) + 1
+    local c, k = cells[i], 3 * (i - first) + 1
     local info = firsts[c[1]]
     if not info then
       info = {}
@@ -201,6 +228,8 @@ for first = 1, #cells, CHUNK do
       elseif known[k + 1] then
         info.legacy = true
       end
+      info.pointer = known[k + 1] ~= false and known[k + 1] ~= nil  -- [expiry] units[h] exists
+      info.fresh = known[k + 2] == granule_s
       firsts[c[1]] = info
     end
     if not info.legacy and c[5] > 0 then
@@ -240,6 +269,7 @@ for first = 1, #cells, CHUNK do
   end
   local raws = #fields > 0 and redis.call('HMGET', units, unpack(fields)) or {}
   for k, key in ipairs(fields) do
+    if not raws[k] then absent[key] = true end  -- [expiry] created by this batch
     local state = valid_state(raws[k])
     if not state then
       return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. key}
@@ -276,14 +306,13 @@ for first = 1, #cells, CHUNK do
       cov_time[key] = reported
       writes[#writes + 1] = key .. '|c'
       writes[#writes + 1] = num(reported)
-      seen_members[#seen_members + 1] = num(now)
-      seen_members[#seen_members + 1] = key .. '|c'
+      age(c[4] >= 2 and now_s or granule_s, key .. '|c')
     end
     if keeps_state(c) then  -- [faults] an anonymous request keeps no state
       writes[#writes + 1] = key
       writes[#writes + 1] = encode_state(new)
-      seen_members[#seen_members + 1] = num(now)
-      seen_members[#seen_members + 1] = key
+      mark(info, c, key, absent[key])
+      absent[key] = nil
     else
       info.stateless = true
     end
@@ -291,8 +320,8 @@ for first = 1, #cells, CHUNK do
     if c[4] == 1 then
       writes[#writes + 1] = c[1]
       writes[#writes + 1] = c[2] .. '|' .. c[3]
-      seen_members[#seen_members + 1] = num(now)
-      seen_members[#seen_members + 1] = c[1]
+      mark(info, c, c[1], not info.pointer)
+      info.pointer = true
     end
   end
   if #writes > 0 then unit_writes[#unit_writes + 1] = writes end
@@ -304,8 +333,14 @@ for h, info in pairs(firsts) do
     first_writes[#first_writes + 1] = info.e .. '|' .. info.v .. (info.multiple and '|m' or '')
   end
   if info.e and not info.stateless then  -- [faults] expires with the unit's state, not before
-    seen_members[#seen_members + 1] = num(now)
-    seen_members[#seen_members + 1] = h .. '|f'
+    if info.legacy then age(now_s, h .. '|f')
+    elseif info.changed and not info.stored or not info.fresh then age(granule_s, h .. '|f') end
+  end
+  if info.marked and not info.fresh then  -- [expiry] the unit's other fields too, and its granule
+    if info.pointer then age(granule_s, h) end
+    first_writes[#first_writes + 1] = h .. '|s'
+    first_writes[#first_writes + 1] = granule_s
+    age(granule_s, h .. '|s')
   end
 end
 -- [end issue 9: intent-to-treat]
@@ -339,7 +374,7 @@ if seen_created ~= '' and created ~= seen_created then reset = 1 end
 if order_grown then redis.call('SET', metrics_key, cjson.encode(order)) end
 -- [faults] marker, skipped seqs
 if not created then
-  created = num(now)
+  created = now_s
   redis.call('HSET', meta, 'created', created)
 end
 if reset == 1 then
@@ -381,5 +416,5 @@ end
 if seq > last then redis.call('HSET', producers, producer, ARGV[2]) end
 if #keyed > 0 then redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before)) end
 --- @include "expiry"
-expire_units(now, tonumber(ARGV[10]))
+expire_units(now, ttl)
 return {1, last, repeated, created, reset}
