@@ -170,7 +170,29 @@ async def main(args: argparse.Namespace) -> None:
                 b = batch_of(experiment(name), big, 10**6)
                 _, longest = await measured(client, lambda t=text, b=b, n=name: apply_all(client, t, keys.Keys(n), [b]))
                 print(f"| {label} | {longest:.0f} |")
+        if args.memory:
+            await memory(client, args.memory)
         await client.aclose()
+
+
+async def memory(client: redis.asyncio.Redis, units: int) -> None:
+    """Bytes of Redis memory per unit: `units` units, one exposure each, through flush.lua."""
+    name = "bench-memory"
+    exp, k = experiment(name), keys.Keys(name)
+    await client.execute_command("MEMORY", "PURGE")
+    before = int((await client.info("memory"))["used_memory"])
+    chunk, seq = 2000, 0
+    for start in range(0, units, chunk):
+        recorded: list[events.Event] = [
+            events.Exposure(f"r{i}", keys.unit_hash(f"m{i}"), "control", 1, 0.0, 200, 5.0, False)
+            for i in range(start, min(start + chunk, units))
+        ]
+        seq += 1
+        await apply_all(client, script.FLUSH_SCRIPT, k, [batch_of(exp, recorded, seq)])
+    await client.delete(k.events)  # the audit stream is capped separately (EVENTS_MAX_RAW)
+    await client.execute_command("MEMORY", "PURGE")
+    used = int((await client.info("memory"))["used_memory"]) - before
+    print(f"\n{units:,} units, one exposure each, audit stream left out: {used / units:.0f} bytes per unit")
 
 
 if __name__ == "__main__":
@@ -181,4 +203,5 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big", type=int, default=50_000, help="events in the one big batch (0: skip)")
     parser.add_argument("--before-ref", default="", help="a git ref whose flush.lua to measure too")
+    parser.add_argument("--memory", type=int, default=0, help="also measure bytes per unit at this many units")
     asyncio.run(main(parser.parse_args()))

@@ -210,14 +210,13 @@ async def test_unit_state_expires_after_outcome_ttl(make_router: MakeRouter, red
     for i in range(30):
         await expose(r, f"old-{i}")
     await r.settle()
-    # Per unit: its latest stratum, its state, its first exposure (intent-to-treat) and
-    # the end of the expiry granule it was last marked in (h|s).
-    assert await redis_client.hlen(r.keys.units) == 120
+    # Per unit: its latest stratum, its state and its first exposure (intent-to-treat).
+    assert await redis_client.hlen(r.keys.units) == 90
     await asyncio.sleep(1.2)  # > ttl + one granule (ttl / 8): a field may expire that late, never early
     await expose(r, "new")
     await r.settle()
-    assert await redis_client.hlen(r.keys.units) == 4  # only the new unit's
-    assert await redis_client.zcard(r.keys.unit_seen) == 4
+    assert await redis_client.hlen(r.keys.units) == 3  # only the new unit's
+    assert await redis_client.zcard(r.keys.unit_seen) == 3
 
 
 async def test_the_spill_file_is_capped_and_what_it_refuses_is_counted(

@@ -162,13 +162,14 @@ local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
 -- [expiry] The age of unit fields (unit_seen) is refreshed once per unit per granule of
 -- ttl/8, not on every write: a ZADD per field per batch was a third of the script's CPU.
 -- A unit's fields are scored with the *end* of the granule in which it was last marked,
--- so a field expires up to a granule late, never early; units[h|s] holds that end, and a
--- unit whose h|s is the current granule's end is `fresh`: only fields it creates now are
--- scored (a new state, pointer or first exposure). Units with state from before
+-- so a field expires up to a granule late, never early; a unit whose first exposure
+-- (h|f) already has the current granule's end as its score (one ZMSCORE per chunk, a
+-- read) is `fresh`: only fields it creates now are scored (a new state or pointer). Units with state from before
 -- intent-to-treat (legacy) and anonymous requests keep a score per write, at `now`.
 local ttl = tonumber(ARGV[10])
 local GRANULE = ttl > 0 and ttl / 8 or 86400
-local granule_s = num((math.floor(now / GRANULE) + 1) * GRANULE)
+local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
+local granule_s = num(granule_end)
 local function age(score, field)
   seen_members[#seen_members + 1] = score
   seen_members[#seen_members + 1] = field
@@ -212,11 +213,14 @@ for first = 1, #cells, CHUNK do
     local h = cells[i][1]
     ids[#ids + 1] = h .. '|f'
     ids[#ids + 1] = h
-    ids[#ids + 1] = h .. '|s'
   end
   local known = redis.call('HMGET', units, unpack(ids))
+  local marked_at = {}  -- [expiry] the score of each cell's h|f
+  for i = first, last_cell do marked_at[#marked_at + 1] = ids[2 * (i - first) + 1] end
+  marked_at = redis.pcall('ZMSCORE', unit_seen, unpack(marked_at))
+  if marked_at.err then marked_at = {} end  -- Redis before 6.2 has no ZMSCORE: none is fresh
   for i = first, last_cell do
-    local c, k = cells[i], 3 * (i - first) + 1
+    local c, k = cells[i], 2 * (i - first) + 1
     local info = firsts[c[1]]
     if not info then
       info = {}
@@ -229,7 +233,7 @@ for first = 1, #cells, CHUNK do
         info.legacy = true
       end
       info.pointer = known[k + 1] ~= false and known[k + 1] ~= nil  -- [expiry] units[h] exists
-      info.fresh = known[k + 2] == granule_s
+      info.fresh = tonumber(marked_at[i - first + 1]) == granule_end
       firsts[c[1]] = info
     end
     if not info.legacy and c[5] > 0 then
@@ -336,12 +340,7 @@ for h, info in pairs(firsts) do
     if info.legacy then age(now_s, h .. '|f')
     elseif info.changed and not info.stored or not info.fresh then age(granule_s, h .. '|f') end
   end
-  if info.marked and not info.fresh then  -- [expiry] the unit's other fields too, and its granule
-    if info.pointer then age(granule_s, h) end
-    first_writes[#first_writes + 1] = h .. '|s'
-    first_writes[#first_writes + 1] = granule_s
-    age(granule_s, h .. '|s')
-  end
+  if info.marked and not info.fresh and info.pointer then age(granule_s, h) end  -- [expiry] with the unit
 end
 -- [end issue 9: intent-to-treat]
 
