@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from abrouter.contract import keys
 from abrouter.router.eventlog.events import Event, binary_metrics
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.redis_cluster import LocalCluster
+from tests.router.conftest import MakeRouter
 from tests.router.eventlog.test_eventlog import (
     assert_strata_equal,
     eventually,
@@ -212,3 +216,28 @@ async def test_a_resharding_while_the_router_flushes_loses_and_doubles_nothing(
     assert owner_port(redis.cluster.RedisCluster.from_url(redis_cluster.url.removesuffix("/0")), name) == target
     assert log.stats.dropped == 0 and log.stats.quarantined == 0
     assert_strata_equal(await strata_of(redis_cluster.urls[0], name), expected_strata(recorded, binary_metrics(exp)))
+
+
+async def test_the_router_app_logs_to_a_cluster_through_any_node(
+    redis_cluster: LocalCluster, cluster: redis.cluster.RedisCluster, make_router: MakeRouter, experiment_name: str
+) -> None:
+    r = await make_router(redis=not_owner_url(redis_cluster, cluster, experiment_name))
+    for i in range(20):
+        resp = await r.client.post("/predict", headers={"X-User-Id": f"user{i}"}, data=b"{}")
+        assert resp.status == 200
+        resp.release()
+    await r.settle()
+    strata = await strata_of(redis_cluster.url, experiment_name)
+    assert sum(s.units for s in strata.values()) == 20
+    ready = await (await r.client.get("/abrouter/readyz")).json()
+    assert ready["redis"] == "up"
+
+
+@pytest.mark.slow
+def test_the_demo_runs_on_a_cluster(redis_cluster: LocalCluster, tmp_path: Path) -> None:
+    env = {**os.environ, "REDIS_URL": redis_cluster.urls[1]}
+    argv = [sys.executable, "-m", "abrouter", "demo", "--out", str(tmp_path / "out"), "--duration", "15", "--seed", "3"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "final decision:" in done.stdout
+    assert (tmp_path / "out" / "report.html").stat().st_size > 0
