@@ -197,7 +197,7 @@ async def memory(client: redis.asyncio.Redis, units: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=2500, help="events per batch (250 ms at 10k req/s)")
+    parser.add_argument("--batch", type=int, default=2000, help="events per batch (the router cuts at BATCH_EVENTS)")
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--units", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
