@@ -22,9 +22,9 @@ from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 
 FIELD_SEP = "|"
 DEFAULT_PREFIX = "abrouter"
-#: The capped raw stream keeps about this many batches (not events)...
+#: The capped raw stream keeps at most this many batches...
 EVENTS_MAXLEN = 10_000
-#: ...and, when batches are large, about this many raw events (~100 MB), whichever is less.
+#: ...and at most this many raw events (~100 MB): trimmed by events (`Keys.events_n`).
 EVENTS_MAX_RAW = 1_000_000
 DECISIONS_MAXLEN = 1_000
 #: How long an outcome's event_id is remembered: a retry within this window counts once.
@@ -93,6 +93,11 @@ class Keys:
     def latency(self) -> str:
         return self._key("latency")
 
+    @property
+    def events_n(self) -> str:
+        """Per audit-stream entry, its id and raw event count: the stream is trimmed by events."""
+        return self._key("events-n")
+
     def all(self) -> tuple[str, ...]:
         """In the order flush.lua expects them as KEYS."""
         return (
@@ -106,6 +111,7 @@ class Keys:
             self.meta,
             self.unit_seen,
             self.latency,
+            self.events_n,
         )
 
 

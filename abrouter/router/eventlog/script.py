@@ -84,13 +84,14 @@ class FlushScript:
         outcome_id_window_s: float = keys.OUTCOME_ID_WINDOW_S,
         *,
         unit_ttl_s: float = 0.0,
+        stream_events: int = keys.EVENTS_MAX_RAW,
     ) -> None:
         self.client = client
         self._keys = k.all()
         self._producers = k.producers
         self._meta = k.meta
         self._sha = hashlib.sha1(FLUSH_SCRIPT.encode()).hexdigest()
-        self._caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(outcome_id_window_s)))
+        self._caps = (str(keys.EVENTS_MAXLEN), str(stream_events), repr(float(outcome_id_window_s)))
         self._unit_ttl = repr(float(unit_ttl_s))
         #: The experiment marker (`keys.Keys.meta` ``created``) seen in the last reply; a
         #: different one later means Redis lost the experiment's data.

@@ -299,3 +299,20 @@ async def test_unit_ages_are_refreshed_once_per_granule_and_never_score_a_field_
     second = dict(await redis_client.zrange(k.unit_seen, 0, -1, withscores=True))
     assert {m: second[m] for m in first} == first  # u1 is fresh in this granule: no ZADD for it
     assert {b"u2", b"u2|f", b"u2|1|control"} <= set(second)
+
+
+async def test_the_audit_stream_is_trimmed_by_raw_events_not_by_the_last_batchs_size(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Before: MAXLEN = cap / n of the current batch, so one large batch cut the stream far below the cap."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, stream_events=100)
+    await script.load()
+    for seq in range(1, 6):  # 5 batches of 10 events
+        await script.apply(_batch(exp, [exposure(f"u{seq}-{i}") for i in range(10)], seq), allow_gap=False)
+    await script.apply(_batch(exp, [exposure(f"big-{i}") for i in range(60)], 6), allow_gap=False)
+    entries = await redis_client.xrange(k.events)
+    assert [int(fields[b"n"]) for _, fields in entries] == [10, 10, 10, 10, 60]  # the oldest went: 100 kept
+    assert await redis_client.hget(k.meta, "stream_events") == b"100"
+    assert await redis_client.llen(k.events_n) == 5

@@ -11,7 +11,8 @@
 -- wrote) changes nothing, and the router can set it aside (quarantine).
 --
 -- KEYS: agg, units, epochs, producers, events, metrics, outcome_ids, meta, unit_seen,
---       latency (keys.Keys.all())
+--       latency, events_n (keys.Keys.all(); callers from before latency or events_n
+--       pass fewer)
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
 --       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
 --       window in seconds, the meta `created` this producer saw last ("" if none),
@@ -61,8 +62,10 @@ local now_s = num(now)  -- formatted once: it scores every id and unit state wri
 -- ---------------------------------------------------------------- phase 1: read only
 
 -- Phase 2 must not fail half-way: every key it writes must have the type it expects.
+local stream_n = KEYS[11]
 local want = {[agg] = 'hash', [units] = 'hash', [epochs] = 'hash', [stream] = 'stream',
               [metrics_key] = 'string', [outcome_ids] = 'zset', [meta] = 'hash', [unit_seen] = 'zset'}
+if stream_n then want[stream_n] = 'list' end
 for key, kind in pairs(want) do
   local found = redis.call('TYPE', key)['ok']
   if found ~= 'none' and found ~= kind then
@@ -351,6 +354,7 @@ if bad then return {-2, last, 0, bad} end
 
 local latency_key = KEYS[10]
 --- @include "latency"
+--- @include "stream"
 local latency_incr, bad_latency = latency_increments(batch.latency, CHUNK)
 if not latency_incr then return {-2, last, 0, bad_latency} end
 
@@ -404,13 +408,9 @@ write_latency(latency_incr)
 
 -- Weights of each epoch: the first registration wins, so replicas cannot disagree later.
 for _, pair in ipairs(batch.epochs) do redis.call('HSETNX', epochs, pair[1], pair[2]) end
--- The audit stream keeps about ARGV[7] raw events (at this batch size), at most ARGV[6]
--- batches: its memory stays bounded however busy the router is.
-if batch.n > 0 then
-  local maxlen = math.max(1, math.min(tonumber(ARGV[6]), math.ceil(tonumber(ARGV[7]) / batch.n)))
-  redis.call('XADD', stream, 'MAXLEN', '~', tostring(maxlen), '*',
-             'producer', producer, 'seq', ARGV[2], 'n', tostring(batch.n), 'events', ARGV[5])
-end
+-- The audit stream keeps at most ARGV[7] raw events in at most ARGV[6] batches: its
+-- memory stays bounded however busy the router is.
+append_stream(tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[2], ARGV[5])
 
 if seq > last then redis.call('HSET', producers, producer, ARGV[2]) end
 if #keyed > 0 then redis.call('ZREMRANGEBYSCORE', outcome_ids, '-inf', '(' .. num(forget_before)) end
