@@ -37,6 +37,22 @@ async def look(
     data incomplete since that look.
     """
     keys = keys or schema.Keys(experiment.name)
+    result = await analyse(client, experiment, now=now, keys=keys, witness=witness)
+    applied = await sink.apply(result.decision, epoch=experiment.epoch)
+    await history.append(client, keys, result, applied=applied)
+    return result
+
+
+async def analyse(
+    client: redisclient.Client,
+    experiment: spec.Experiment,
+    *,
+    now: float | None = None,
+    keys: schema.Keys | None = None,
+    witness: Witness | None = None,
+) -> analyzer.AnalysisResult:
+    """Read and analyze (the first half of `look`): nothing is applied or recorded but the witness."""
+    keys = keys or schema.Keys(experiment.name)
     data = await reader.read(client, experiment, keys=keys)
     if not data.found:
         # Nothing to decide on, and nothing recorded: a typo must not start a history.
@@ -54,10 +70,7 @@ async def look(
     settings, ignored = history.pin(data.settings, previous.pinned if previous is not None and seed else {})
     data = dataclasses.replace(data, settings=settings)
     result = analyzer.analyze(data, now=now, previous=seed, rng=np.random.default_rng())
-    result = dataclasses.replace(result, ignored_settings=ignored)
-    applied = await sink.apply(result.decision, epoch=experiment.epoch)
-    await history.append(client, keys, result, applied=applied)
-    return result
+    return dataclasses.replace(result, ignored_settings=ignored)
 
 
 def _witnessed(data: ExperimentData, witness: Witness, *, now: float) -> ExperimentData:
