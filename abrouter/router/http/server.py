@@ -265,7 +265,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.queue:
             self.queue[0].activate()
-        else:
+        if len(self.queue) <= 1:  # the request answered now may still be arriving: its body must be read
             self._resume_reading("pipeline")
 
     def _pause_reading(self, why: str) -> None:
