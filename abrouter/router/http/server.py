@@ -127,6 +127,8 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.draining = False  # the server is shutting down: close once the current response ends
+        #: A request said it is the last (``Connection: close``, HTTP/1.0): bytes after it are ignored.
+        self.last_request_read = False
 
     # --- asyncio.Protocol ---
 
@@ -154,6 +156,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.clock.received(self.loop.time())
+        if self.last_request_read:
+            return
         if self.first_data:
             self.first_data = False
             if data.startswith(_H2_PREFACE[: len(data)]) and data[:3] == b"PRI":
@@ -167,7 +171,9 @@ class HttpProtocol(asyncio.Protocol):
             self._fatal(exc)
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, _Reject):
+            if self.last_request_read and self.parsing is None:
+                pass  # RFC 9112 §9.6: no request after one that closes the connection is processed
+            elif isinstance(cause, _Reject):
                 self._fatal(cause)
             else:
                 message = f"malformed request: {exc}"
@@ -236,6 +242,8 @@ class HttpProtocol(asyncio.Protocol):
         assert cycle is not None
         self.parsing = None
         self.clock.body_complete()
+        if not cycle.keep_alive:
+            self.last_request_read = True
         cycle.body_end()
 
     # --- what the cycles call ---
