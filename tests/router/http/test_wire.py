@@ -11,18 +11,31 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import logging
+import resource
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio
+import yaml
 from aiohttp import web
 
+from abrouter.contract import experiment as model
+from abrouter.contract.keys import Keys
+from abrouter.router.connections import Limits
 from abrouter.router.eventlog.events import Exposure, decode_events
+from abrouter.router.settings import ServeSettings
 from tests.router.conftest import MakeRouter, RouterUnderTest
 from tests.router.http import raw
+from tests.router.served import serve
 
 MIB = 1024 * 1024
 
@@ -77,6 +90,11 @@ def wire_app() -> web.Application:
             state.received += len(chunk)
         return web.json_response({"body_len": state.received, "body_sha": digest.hexdigest()})
 
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.json_response({"path_qs": request.raw_path})
+
     async def status(request: web.Request) -> web.Response:
         code = int(request.match_info["code"])
         return web.Response(status=code, headers={"ETag": '"v1"', "X-Status": str(code)})
@@ -86,6 +104,7 @@ def wire_app() -> web.Application:
     app.router.add_route("*", "/drip", drip)
     app.router.add_route("*", "/big", big)
     app.router.add_route("*", "/sink", sink)
+    app.router.add_route("*", "/slow", slow)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
@@ -349,3 +368,282 @@ async def test_time_to_first_byte_of_a_stream_is_recorded_beside_the_total(r: Ro
     assert sample("abrouter_request_duration_seconds_count") == 1
     # The head went out before the last of five drips: the first byte came before the end.
     assert sample("abrouter_response_first_byte_seconds_sum") < sample("abrouter_request_duration_seconds_sum")
+
+
+# ------------------------------------------------------------------ deadlines never cut a response in flight
+
+DEADLINE = 0.3
+#: Four deadlines: a response this slow is in flight across several sweeps.
+SLOW = "/slow?s=1.2"
+
+
+@pytest.fixture
+async def limited(
+    redis_url: str, experiment_name: str, tmp_path: Path, wire: tuple[str, WireState]
+) -> AsyncIterator[RouterUnderTest]:
+    """A router whose client deadlines are all `DEADLINE`."""
+    url, _ = wire
+    spec = {
+        "name": experiment_name,
+        "unit": {"header": "X-User-Id"},
+        "variants": [
+            {"name": "control", "upstream": url, "weight": 100},
+            {"name": "candidate", "upstream": url, "weight": 0},
+        ],
+        "timeouts": {"connect": 1, "read": 5},
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    settings = ServeSettings(
+        redis_url=redis_url,
+        spill_dir=tmp_path / "spill",
+        flush_interval_s=0.05,
+        client_limits=Limits(header_s=DEADLINE, body_idle_s=DEADLINE, idle_s=DEADLINE),
+    )
+    client = await serve(model.load(path), settings)
+    yield RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=redis_url)
+    await client.close()
+
+
+def no_timeouts(r: RouterUnderTest) -> None:
+    assert {phase: n for phase, n in r.router.guard.timeouts.items() if n} == {}
+
+
+@pytest.mark.parametrize(
+    "pipelined",
+    [raw.request("GET", "/echo?i=2"), raw.request("POST", "/echo?i=2", body=b"y" * 1000)],
+    ids=["bodyless", "bodied"],
+)
+async def test_pipelined_bytes_never_cut_a_slow_response_in_flight(limited: RouterUnderTest, pipelined: bytes) -> None:
+    reader, writer = await raw.connect(limited.client.port)
+    writer.write(raw.request("GET", SLOW) + pipelined)
+    first = await raw.read_response(reader)
+    second = await raw.read_response(reader)
+    writer.close()
+    assert (first.status, json.loads(first.body)["path_qs"]) == (200, SLOW)
+    assert (second.status, json.loads(second.body)["path_qs"]) == (200, "/echo?i=2")
+    no_timeouts(limited)
+
+
+async def test_a_request_after_a_declined_upgrade_is_not_cut_by_a_deadline(limited: RouterUnderTest) -> None:
+    reader, writer = await raw.connect(limited.client.port)
+    upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    writer.write(raw.request("GET", "/echo?i=1", headers=upgrade) + raw.request("GET", SLOW))
+    first = await raw.read_response(reader)
+    assert first.status == 200 and json.loads(first.body)["path_qs"] == "/echo?i=1"  # plain HTTP: no 101
+    second = await raw.read_response(reader)
+    assert second.status == 200 and json.loads(second.body)["path_qs"] == SLOW
+    writer.write(raw.request("GET", SLOW, headers="Upgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"))
+    third = await raw.read_response(reader)
+    writer.close()
+    assert third.status == 200 and json.loads(third.body)["path_qs"] == SLOW
+    no_timeouts(limited)
+
+
+# ------------------------------------------------------------------ defences: 400 and close, limits
+
+SMUGGLING = {
+    "conflicting content-length": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+    ),
+    "repeated content-length": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "content-length list": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\nhello",
+    "content-length with transfer-encoding": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /echo?smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    ),
+    "transfer-encoding not ending in chunked": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"
+    ),
+    "obsolete line folding": b"GET /echo HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n",
+    "bare CR": b"GET /echo HTTP/1.1\rHost: x\r\n\r\n",
+    "bare CR in a header": b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    "bare LF": b"GET /echo HTTP/1.1\nHost: x\n\n",
+    "bad chunk size": b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "chunk size overflow": (
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1000000000000000000000\r\nx\r\n"
+    ),
+    "negative content-length": b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "space before colon": b"GET /echo HTTP/1.1\r\nHost : x\r\n\r\n",
+    "NUL in a header": b"GET /echo HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+}
+
+
+def closed_answer(data: bytes) -> tuple[int, dict[str, Any], bytes]:
+    """The one response in `data` (everything the router sent before closing)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, data
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers.get("connection") == "close", lines
+    assert len(body) == int(headers["content-length"]), data  # nothing after it
+    return int(lines[0].split()[1]), json.loads(body), body
+
+
+@pytest.mark.parametrize("name", list(SMUGGLING))
+async def test_request_smuggling_is_a_400_and_a_close(r: RouterUnderTest, name: str) -> None:
+    status, payload, _ = closed_answer(await raw.exchange(r.client.port, SMUGGLING[name]))
+    assert status == 400 and payload["code"] == "bad_request", payload
+    await r.settle()
+    assert sum(r.router.metrics.bad_requests.values()) == 1 and r.router.metrics.requests == {}
+    assert await r.strata() == {}  # nothing reached a variant, nor was smuggled to one
+    no_variant_errors(r)
+
+
+async def test_header_target_and_body_limits(r: RouterUnderTest) -> None:
+    port = r.client.port
+    status, payload, _ = closed_answer(
+        await raw.exchange(port, raw.request("GET", "/echo", headers="X-Big: " + "h" * 20_000 + "\r\n"))
+    )
+    assert (status, payload["code"]) == (431, "headers_too_large")
+    status, payload, _ = closed_answer(await raw.exchange(port, raw.request("GET", "/echo?" + "q" * 10_000)))
+    assert (status, payload["code"]) == (414, "target_too_long")
+    declared = raw.head("POST", "/abrouter/outcomes", f"Content-Length: {5 * MIB}\r\n")
+    status, payload, _ = closed_answer(await raw.exchange(port, declared))  # refused before the body is sent
+    assert (status, payload["code"]) == (413, "too_large")
+    piece = b"[" + b" " * (MIB - 1)
+    chunked = b"".join(b"%x\r\n%b\r\n" % (len(piece), piece) for _ in range(5)) + b"0\r\n\r\n"
+    status, payload, _ = closed_answer(
+        await raw.exchange(port, raw.head("POST", "/abrouter/outcomes", "Transfer-Encoding: chunked\r\n") + chunked)
+    )
+    assert (status, payload["code"]) == (413, "too_large")
+    assert dict(r.router.metrics.bad_requests) == {"headers_too_large": 1, "target_too_long": 1, "body_too_large": 2}
+    resp = await r.client.post("/echo", data=io.BytesIO(b"x" * (5 * MIB)), headers={"X-User-Id": "u1"})
+    assert resp.status == 200 and (await resp.json())["body_len"] == 5 * MIB  # the proxied path has no such limit
+    no_variant_errors(r)
+
+
+@pytest.mark.parametrize(
+    ("target", "origin"),
+    [("http://evil.example:1/echo?x=1", "/echo?x=1"), ("https://evil.example", "/"), ("HTTP://EVIL/a", "/a")],
+)
+async def test_an_absolute_form_target_is_cut_to_origin_form(r: RouterUnderTest, target: str, origin: str) -> None:
+    reader, writer = await raw.connect(r.client.port)
+    writer.write(raw.request("GET", target))
+    answer = await raw.read_response(reader)
+    writer.close()
+    assert answer.status == 200 and json.loads(answer.body)["path_qs"] == origin
+
+
+@pytest.mark.parametrize("value", [b"Bearer \xff\xfe\xfd", b"\xc3\x28", b"Bearer s\xe9cret", b"B\xe9arer secret"])
+async def test_a_non_utf8_authorization_is_a_401(make_router: MakeRouter, value: bytes) -> None:
+    r = await make_router(api_token=b"secret")
+    item = b'{"unit": "u1", "metric": "revenue", "value": 1}'
+    data = raw.head("POST", "/abrouter/outcomes", f"Content-Length: {len(item)}\r\nConnection: close\r\n")
+    data = data.replace(b"Host: x\r\n", b"Host: x\r\nAuthorization: " + value + b"\r\n") + item
+    head, _, body = (await raw.exchange(r.client.port, data)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ") and json.loads(body)["code"] == "unauthorized"
+
+
+# ------------------------------------------------------------------ HTTP/2 and gRPC on the HTTP/1.1 port
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def h2_frames(data: bytes) -> list[tuple[int, bytes]]:
+    frames = []
+    while data:
+        length, kind = int.from_bytes(data[:3], "big"), data[3]
+        frames.append((kind, data[9 : 9 + length]))
+        data = data[9 + length :]
+    return frames
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "preface-alone"])
+async def test_an_http2_preface_gets_goaway_http_1_1_required(r: RouterUnderTest, split: bool) -> None:
+    reader, writer = await raw.connect(r.client.port)
+    if split:
+        writer.write(H2_PREFACE[:16])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(H2_PREFACE[16:] + H2_SETTINGS)
+    else:
+        writer.write(H2_PREFACE + H2_SETTINGS)
+    frames = h2_frames(await raw.read_to_close(reader))
+    writer.close()
+    kinds = [kind for kind, _ in frames]
+    assert kinds == [0x4, 0x7], frames  # SETTINGS, GOAWAY
+    goaway = frames[1][1]
+    assert int.from_bytes(goaway[4:8], "big") == 0xD  # HTTP_1_1_REQUIRED
+    assert b"HTTP/1.1" in goaway[8:]
+    assert dict(r.router.metrics.bad_requests) == {"http2": 1}
+    no_variant_errors(r)
+
+
+@pytest.mark.xfail(strict=True, reason="after SETTINGS and GOAWAY grpc retries until its deadline")
+async def test_a_grpc_client_is_told_the_port_speaks_http_1_1(r: RouterUnderTest) -> None:
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{r.client.port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(b"", timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert r.router.metrics.bad_requests["http2"] >= 1
+    assert r.router.metrics.requests == {}
+    no_variant_errors(r)
+
+
+# ------------------------------------------------------------------ the connection cap under a low fd limit
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+
+async def test_at_ulimit_200_clients_beyond_the_cap_get_the_503_and_no_variant_a_502(
+    redis_url: str, experiment_name: str, tmp_path: Path, wire: tuple[str, WireState]
+) -> None:
+    """`abrouter serve` itself, under ``ulimit -n 200``: 150 clients at once, each needing an upstream socket."""
+    url, _ = wire
+    spec = {
+        "name": experiment_name,
+        "unit": {"header": "X-User-Id"},
+        "variants": [
+            {"name": "control", "upstream": url, "weight": 50},
+            {"name": "candidate", "upstream": url, "weight": 50},
+        ],
+        "timeouts": {"connect": 2, "read": 10},
+    }
+    config = tmp_path / "experiment.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    port = free_port()
+    command = [sys.executable, "-m", "abrouter", "serve", "--config", str(config), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--redis-url", redis_url, "--spill-dir", str(tmp_path / "spill")]
+    proc = subprocess.Popen(command, preexec_fn=low_fd_limit, stderr=subprocess.PIPE, text=True)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    answer = await raw.exchange(port, b"GET /abrouter/healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    if answer.startswith(b"HTTP/1.1 200"):
+                        break
+                except OSError:
+                    pass
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                await asyncio.sleep(0.1)
+        request = raw.request("GET", "/slow?s=1.5", headers="Connection: close\r\n")
+        answers = await asyncio.gather(*(raw.exchange(port, request) for _ in range(150)))
+        statuses = [int(a.split(b" ", 2)[1]) if a.startswith(b"HTTP/1.1 ") else a for a in answers]
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+        assert sorted(set(statuses), key=str) == [200, 503], statuses  # never a reset, never a 502
+        assert all(b'"code":"too_many_connections"' in a for a in refused)
+        metrics = (await raw.exchange(port, b"GET /abrouter/metrics HTTP/1.1\r\nConnection: close\r\n\r\n")).decode()
+        assert f'abrouter_connections_refused_total{{experiment="{experiment_name}"}} {len(refused)}\n' in metrics
+        assert "abrouter_errors_total{" not in metrics
+        served = sum(
+            int(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("abrouter_requests_total{")
+        )
+        assert served == 150 - len(refused)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Too many open files" not in err and "Traceback" not in err, err
+    assert "connection cap lowered from 10000 to 68" in err
