@@ -22,8 +22,8 @@ driver sends as HTTP/1.1 bytes. This module decides only wire matters:
   folding, bare CR or LF) with a 400; an over-long target is a 414, over-long headers a
   431, a reserved endpoint's body over `endpoints.MAX_BODY` a 413; each closes the
   connection and is counted by reason (``abrouter_bad_requests_total``);
-- an HTTP/2 preface (a gRPC or h2c client) gets an HTTP/2 GOAWAY saying HTTP/1.1 is
-  required, which gRPC clients report as such, and is counted.
+- an HTTP/2 preface (a gRPC or h2c client) is counted, and its first request answered
+  505 with gRPC's UNAVAILABLE and a reason, then GOAWAY (`abrouter.router.http.h2refusal`).
 
 Reserved endpoints (``/abrouter/...``) are read whole and answered by
 `abrouter.router.endpoints`; every other request goes to `stream.proxy`.
@@ -43,6 +43,7 @@ from abrouter.router import endpoints, stream
 from abrouter.router.connections import ConnectionClock
 from abrouter.router.exchange import Failure, Incoming, Problem, origin_form
 from abrouter.router.headers import Headers
+from abrouter.router.http import h2refusal
 from abrouter.router.state import Router
 
 log = logging.getLogger("abrouter.server")
@@ -71,18 +72,8 @@ _REASONS = {
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }  # fmt: skip
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: An HTTP/2 client's first bytes (RFC 9113 §3.4).
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
-#: Our answer to it: an empty SETTINGS frame (the server preface), then GOAWAY with
-#: HTTP_1_1_REQUIRED (0xd) and a reason in its debug data.
-_H2_REASON = b"abrouter: this port speaks HTTP/1.1 only"
-_H2_REFUSAL = (
-    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-    + (8 + len(_H2_REASON)).to_bytes(3, "big")
-    + b"\x07\x00\x00\x00\x00\x00"
-    + b"\x00\x00\x00\x00\x00\x00\x00\x0d"
-    + _H2_REASON
-)
+#: The first line of an HTTP/2 client's preface (RFC 9113 §3.4).
+_H2_PREFACE = h2refusal.PREFACE[:16]
 
 
 def render(problem: Problem) -> endpoints.Reply:
@@ -127,6 +118,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.draining = False  # the server is shutting down: close once the current response ends
+        self.h2: h2refusal.Refusal | None = None  # an HTTP/2 client, answered by `h2refusal`
         #: A request said it is the last (``Connection: close``, HTTP/1.0): bytes after it are ignored.
         self.last_request_read = False
 
@@ -158,10 +150,13 @@ class HttpProtocol(asyncio.Protocol):
         self.clock.received(self.loop.time())
         if self.last_request_read:
             return
+        if self.h2 is not None:
+            self._h2_data(data)
+            return
         if self.first_data:
             self.first_data = False
             if data.startswith(_H2_PREFACE[: len(data)]) and data[:3] == b"PRI":
-                self._refuse_h2()
+                self._refuse_h2(data)
                 return
         try:
             self.parser.feed_data(data)
@@ -328,11 +323,19 @@ class HttpProtocol(asyncio.Protocol):
         self.write(_reply_bytes(reply, keep_alive=False, head_only=False))
         self.close()
 
-    def _refuse_h2(self) -> None:
+    def _refuse_h2(self, data: bytes) -> None:
         self.router.metrics.bad_requests["http2"] += 1
-        log.warning("an HTTP/2 (or gRPC) client connected to the HTTP/1.1 port; answered GOAWAY HTTP_1_1_REQUIRED")
-        self.write(_H2_REFUSAL)
-        self.close()
+        log.warning("an HTTP/2 (or gRPC) client connected to the HTTP/1.1 port; its first call is answered 505")
+        self.h2 = h2refusal.Refusal()
+        self.write(h2refusal.SERVER_PREFACE)
+        self._h2_data(data)
+
+    def _h2_data(self, data: bytes) -> None:
+        assert self.h2 is not None
+        last = self.h2.feed(data)
+        if last is not None:
+            self.write(last)
+            self.close()
 
     def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         """An Upgrade we do not do (WebSocket, h2c): the request is served as plain HTTP, and

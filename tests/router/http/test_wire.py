@@ -539,48 +539,54 @@ async def test_a_non_utf8_authorization_is_a_401(make_router: MakeRouter, value:
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 H2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+#: HEADERS on stream 1, END_STREAM and END_HEADERS: GET http://x/ in HPACK's static table.
+H2_GET = b"\x00\x00\x03\x01\x05\x00\x00\x00\x01\x82\x86\x84"
 
 
-def h2_frames(data: bytes) -> list[tuple[int, bytes]]:
+def h2_frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream, payload) of each frame."""
     frames = []
     while data:
         length, kind = int.from_bytes(data[:3], "big"), data[3]
-        frames.append((kind, data[9 : 9 + length]))
+        frames.append((kind, int.from_bytes(data[5:9], "big"), data[9 : 9 + length]))
         data = data[9 + length :]
     return frames
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["one-write", "preface-alone"])
-async def test_an_http2_preface_gets_goaway_http_1_1_required(r: RouterUnderTest, split: bool) -> None:
+@pytest.mark.parametrize("split", [False, True], ids=["one-write", "as-a-client-waits-for-settings"])
+async def test_an_http2_request_is_answered_505_unavailable_then_goaway(r: RouterUnderTest, split: bool) -> None:
     reader, writer = await raw.connect(r.client.port)
     if split:
         writer.write(H2_PREFACE[:16])
         await writer.drain()
         await asyncio.sleep(0.05)
         writer.write(H2_PREFACE[16:] + H2_SETTINGS)
+        assert await reader.readexactly(9) == H2_SETTINGS  # our server preface
+        writer.write(H2_GET)
+        frames = [(4, 0, b""), *h2_frames(await raw.read_to_close(reader))]
     else:
-        writer.write(H2_PREFACE + H2_SETTINGS)
-    frames = h2_frames(await raw.read_to_close(reader))
+        writer.write(H2_PREFACE + H2_SETTINGS + H2_GET)
+        frames = h2_frames(await raw.read_to_close(reader))
     writer.close()
-    kinds = [kind for kind, _ in frames]
-    assert kinds == [0x4, 0x7], frames  # SETTINGS, GOAWAY
-    goaway = frames[1][1]
-    assert int.from_bytes(goaway[4:8], "big") == 0xD  # HTTP_1_1_REQUIRED
-    assert b"HTTP/1.1" in goaway[8:]
+    assert [(kind, stream) for kind, stream, _ in frames] == [(0x4, 0), (0x1, 1), (0x7, 0)], frames
+    block = frames[1][2]  # HPACK, literal: :status 505, grpc-status 14 (UNAVAILABLE) and why
+    assert block.startswith(b"\x08\x03505") and b"grpc-status\x0214" in block and b"HTTP/1.1 only" in block
+    goaway = frames[2][2]
+    assert int.from_bytes(goaway[:4], "big") == 1 and b"HTTP/1.1" in goaway[8:]  # stream 1 was answered
     assert dict(r.router.metrics.bad_requests) == {"http2": 1}
     no_variant_errors(r)
 
 
-@pytest.mark.xfail(strict=True, reason="after SETTINGS and GOAWAY grpc retries until its deadline")
 async def test_a_grpc_client_is_told_the_port_speaks_http_1_1(r: RouterUnderTest) -> None:
     import grpc
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{r.client.port}") as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(b"", timeout=5)
+            await call(b"", timeout=raw.PATIENCE_S)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert r.router.metrics.bad_requests["http2"] >= 1
+    assert caught.value.details() == "abrouter: this port speaks HTTP/1.1 only"
+    assert r.router.metrics.bad_requests["http2"] == 1  # one connection: no retries
     assert r.router.metrics.requests == {}
     no_variant_errors(r)
 
