@@ -32,6 +32,7 @@ from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys
 from abrouter.router.connections import Limits
 from abrouter.router.eventlog.events import Exposure, decode_events
+from abrouter.router.http import server
 from abrouter.router.settings import ServeSettings
 from tests.router.conftest import MakeRouter, RouterUnderTest
 from tests.router.http import raw
@@ -481,9 +482,15 @@ def closed_answer(data: bytes) -> tuple[int, dict[str, Any], bytes]:
 
 
 @pytest.mark.parametrize("name", list(SMUGGLING))
-async def test_request_smuggling_is_a_400_and_a_close(r: RouterUnderTest, name: str) -> None:
+async def test_request_smuggling_is_a_400_and_a_close(
+    r: RouterUnderTest, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="abrouter.server")
+    server.malformed_log.next = 0.0  # a fresh interval: an earlier test used this process's
     status, payload, _ = closed_answer(await raw.exchange(r.client.port, SMUGGLING[name]))
     assert status == 400 and payload["code"] == "bad_request", payload
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.name == "abrouter.server"]
+    assert line.startswith(f"request refused with 400 (bad_request): {payload['error']} (")  # the whole reason
     await r.settle()
     assert sum(r.router.metrics.bad_requests.values()) == 1 and r.router.metrics.requests == {}
     assert await r.strata() == {}  # nothing reached a variant, nor was smuggled to one
@@ -587,6 +594,8 @@ async def test_a_grpc_client_is_told_the_port_speaks_http_1_1(r: RouterUnderTest
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert caught.value.details() == "abrouter: this port speaks HTTP/1.1 only"
     assert r.router.metrics.bad_requests["http2"] == 1  # one connection: no retries
+    metrics = await (await r.client.get("/abrouter/metrics")).text()
+    assert f'abrouter_bad_requests_total{{experiment="{r.spec["name"]}",reason="http2"}} 1' in metrics
     assert r.router.metrics.requests == {}
     no_variant_errors(r)
 
