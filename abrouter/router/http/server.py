@@ -339,7 +339,18 @@ class HttpProtocol(asyncio.Protocol):
 
     def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         """An Upgrade we do not do (WebSocket, h2c): the request is served as plain HTTP, and
-        the bytes after it are parsed as the next request, by a fresh parser."""
+        the bytes after it are parsed as the next request, by a fresh parser.
+
+        httptools tells llhttp to skip an Upgrade request's body, so one that has a body is
+        refused before it starts: forwarded, it would lack its body (a timeout counted
+        against the variant) and the body would be parsed as the next request."""
+        cycle = self.queue[-1] if self.queue else None  # parsing stopped at the Upgrade request
+        if cycle is not None and _declares_body(cycle):
+            if cycle.task is not None:
+                cycle.task.cancel()  # created by this same call, never run: no exchange began
+            self.queue.pop()
+            self._fatal(_reject(400, "upgrade_with_body", "a request with Upgrade may not have a body here"))
+            return
         offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
@@ -543,6 +554,10 @@ class _Cycle:
             conn.write(_reply_bytes(self.then_reply, keep_alive=False, head_only=False))
             self.keep_alive = False
         conn.response_done(self)
+
+
+def _declares_body(cycle: _Cycle) -> bool:
+    return bool(cycle.content_length) or any(name.lower() == "transfer-encoding" for name, _ in cycle.headers)
 
 
 def _declared_length(headers: Headers) -> int | None:

@@ -513,6 +513,20 @@ async def test_request_smuggling_is_a_400_and_a_close(
     no_variant_errors(r)
 
 
+@pytest.mark.parametrize("framing", ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n"])
+async def test_an_upgrade_request_with_a_body_is_a_400_not_a_variants_504(r: RouterUnderTest, framing: str) -> None:
+    """httptools skips the body of an Upgrade request: it would reach the upstream without
+    its body (a 504 counted against the variant) and be parsed as the next request."""
+    body = b"hello" if framing.startswith("Content") else b"5\r\nhello\r\n0\r\n\r\n"
+    upgrade = raw.head("POST", "/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\n" + framing) + body
+    status, payload, _ = closed_answer(await raw.exchange(r.client.port, upgrade + raw.request("GET", "/echo")))
+    assert (status, payload["code"]) == (400, "upgrade_with_body"), payload
+    await r.settle()
+    assert r.router.metrics.requests == {} and await r.strata() == {}
+    assert dict(r.router.metrics.bad_requests) == {"upgrade_with_body": 1}
+    no_variant_errors(r)
+
+
 async def test_header_target_and_body_limits(r: RouterUnderTest) -> None:
     port = r.client.port
     status, payload, _ = closed_answer(
