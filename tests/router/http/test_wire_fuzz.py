@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.router.conftest import MakeRouter, RouterUnderTest
+from tests.router.conftest import RouterUnderTest
 from tests.router.http import raw
 
 T = TypeVar("T")
@@ -97,11 +97,18 @@ async def answers(data: bytes) -> list[raw.Response]:
     return out
 
 
-async def one_case(r: RouterUnderTest, data: bytes) -> None:
+#: Sent after the case's bytes when the client does not half-close: answered, then the router closes.
+SENTINEL = raw.request("GET", "/echo?sentinel", headers="Connection: close\r\n")
+
+
+async def one_case(r: RouterUnderTest, data: bytes, half_close: bool) -> None:
     reader, writer = await raw.connect(r.client.port)
     try:
-        writer.write(data)
-        writer.write_eof()  # the router sees the end of what this client will send
+        if half_close:
+            writer.write(data)
+            writer.write_eof()  # the router sees the end of what this client will send
+        else:  # the requests are served: a mutated one that waits for more is cut by a deadline
+            writer.write(data + SENTINEL)
         await writer.drain()
         sent_back = await raw.read_to_close(reader)
     except ConnectionError:
@@ -118,23 +125,26 @@ async def one_case(r: RouterUnderTest, data: bytes) -> None:
 
 
 async def test_mutated_requests_get_a_4xx_or_a_clean_close_and_the_router_keeps_serving(
-    make_router: MakeRouter, caplog: pytest.LogCaptureFixture
+    limited: RouterUnderTest, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    r = await make_router({"control": 100, "candidate": 0})
+    r = limited
     loop = asyncio.get_running_loop()
 
     def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
 
     @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(data=cases)
-    @example(data=b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab")
-    @example(data=b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n")
-    @example(data=b"\r\n\r\n\r\n")
-    @example(data=b"GET /\xff\xfe HTTP/1.1\r\n\r\n")
-    def case(data: bytes) -> None:
-        run(one_case(r, data))
+    @given(data=cases, half_close=st.booleans())
+    @example(data=b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", half_close=False)
+    @example(
+        data=b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        half_close=False,
+    )
+    @example(data=b"\r\n\r\n\r\n", half_close=False)
+    @example(data=b"GET /\xff\xfe HTTP/1.1\r\n\r\n", half_close=False)
+    def case(data: bytes, half_close: bool) -> None:
+        run(one_case(r, data, half_close))
         ran.append(data)
 
     ran: list[bytes] = []
