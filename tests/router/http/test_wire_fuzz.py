@@ -97,6 +97,9 @@ async def answers(data: bytes) -> list[raw.Response]:
     return out
 
 
+UPGRADE_WITH_BODY = (
+    raw.head("POST", "/echo", "Connection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n") + b"hi"
+)
 #: Sent after the case's bytes when the client does not half-close: answered, then the router closes.
 SENTINEL = raw.request("GET", "/echo?sentinel", headers="Connection: close\r\n")
 
@@ -142,6 +145,7 @@ async def test_mutated_requests_get_a_4xx_or_a_clean_close_and_the_router_keeps_
         half_close=False,
     )
     @example(data=b"\r\n\r\n\r\n", half_close=False)
+    @example(data=UPGRADE_WITH_BODY, half_close=False)
     @example(data=b"GET /\xff\xfe HTTP/1.1\r\n\r\n", half_close=False)
     def case(data: bytes, half_close: bool) -> None:
         run(one_case(r, data, half_close))
