@@ -274,6 +274,21 @@ async def test_a_real_client_that_times_out_on_a_stream_is_a_499(r: RouterUnderT
     no_variant_errors(r)
 
 
+@pytest.mark.parametrize("method", ["POST", "GET"])
+async def test_a_client_that_times_out_on_a_slow_arm_before_any_byte_is_a_499(r: RouterUnderTest, method: str) -> None:
+    """tritonclient's timeout on a slow arm: the client leaves before the response's head."""
+    for _ in range(3):
+        _, writer = await raw.connect(r.client.port)
+        writer.write(raw.request(method, "/slow?s=0.4", body=b'{"inputs": []}' if method == "POST" else b""))
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the request is with the upstream
+        writer.close()
+    await recorded(r, 3)
+    assert r.router.metrics.requests == {("control", "4xx"): 3}
+    no_variant_errors(r)
+    assert [e.status for e in await exposures(r)] == [499, 499, 499]
+
+
 # ------------------------------------------------------------------ time to first byte
 
 
