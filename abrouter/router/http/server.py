@@ -211,6 +211,8 @@ class HttpProtocol(asyncio.Protocol):
             cycle.content_length = int(value)
         elif len(name) == 6 and name.lower() == b"expect":
             cycle.expect_continue = value.strip().lower() == b"100-continue"
+        elif len(name) == 4 and name.lower() == b"host":
+            cycle.hosts += 1
 
     def on_headers_complete(self) -> None:
         cycle = self.parsing
@@ -218,6 +220,9 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         cycle.method = parser.get_method().decode("ascii")
         cycle.http10 = parser.get_http_version() == "1.0"
+        if cycle.hosts > 1 or (cycle.hosts == 0 and not cycle.http10):
+            # RFC 9112 §3.2: exactly one Host in HTTP/1.1 (a second one is how proxies disagree).
+            raise _reject(400, "bad_host", f"an HTTP/1.1 request needs exactly one Host header, got {cycle.hosts}")
         cycle.keep_alive = parser.should_keep_alive()
         self.clock.headers_complete(self.loop.time())
         cycle.headers_done()
@@ -372,6 +377,7 @@ class _Cycle:
         "expect_continue",
         "head_bytes",
         "headers",
+        "hosts",
         "http10",
         "keep_alive",
         "method",
@@ -389,6 +395,7 @@ class _Cycle:
         self.target = ""
         self.headers: Headers = []
         self.head_bytes = 0
+        self.hosts = 0
         self.method = ""
         self.content_length: int | None = None
         self.expect_continue = False

@@ -15,7 +15,7 @@ while more than `Limits.high_water` body bytes wait for the consumer.
 A reused connection that closes before the first byte of the response raises
 `StaleConnection`, so that the client can send the request once more (see
 `abrouter.router.upstream.httpclient`). Refused, reset, EOF mid-response or an invalid response is
-`UpstreamUnavailable`; no data within `read_s` is `UpstreamTimeout`.
+`UpstreamUnavailable`; no data within `read_s` (no body bytes taken within `SEND_TIMEOUT_S`) is `UpstreamTimeout`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ import httptools
 from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.headers import Headers
 
+#: How long an upstream may take no bytes of a request body being sent to it (nginx's
+#: proxy_send_timeout): a model server reading a large upload slowly is not a timeout, the
+#: read timeout counts only while we wait for its answer.
+SEND_TIMEOUT_S = 60.0
 #: A body up to this size goes out in the same write as the request head.
 ONE_WRITE_MAX = 64 * 1024
 #: The most bytes of status line and headers one response may have (aiohttp's client
@@ -94,6 +98,7 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._wait_since = 0.0
+        self._wait_limit = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._body: list[bytes] = []  # reused by every exchange
         self._begin(head=False)
@@ -209,15 +214,16 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.write(chunk)
             while self._write_paused and not (self._closed or self.headers_done):
-                await self._wait()
+                await self._wait(SEND_TIMEOUT_S)
         if declared is None:
             if not self._closed:
                 self.transport.write(b"0\r\n\r\n")
         elif sent != declared:
             raise ValueError(f"request body ended after {sent} of its Content-Length {declared} bytes")
 
-    async def _wait(self) -> None:
-        """Until the parser or the transport wakes us; `UpstreamTimeout` after `read_s` without.
+    async def _wait(self, limit_s: float | None = None) -> None:
+        """Until the parser or the transport wakes us; `UpstreamTimeout` after `limit_s` without
+        (by default `read_s`: no data from the upstream; `SEND_TIMEOUT_S` while it takes no body).
 
         One lazy timer per connection instead of one per wait (a timer handle made and
         cancelled on every request costs more than the check): it fires at the earliest
@@ -225,8 +231,9 @@ class Connection(asyncio.Protocol):
         """
         loop = self._loop
         waiter = self._waiter = loop.create_future()
+        self._wait_limit = self.pool.limits.read_s if limit_s is None else limit_s
         self._wait_since = loop.time()
-        deadline = self._wait_since + self.pool.limits.read_s
+        deadline = self._wait_since + self._wait_limit
         timer = self._timer
         if timer is None or timer.when() > deadline:  # none armed, or armed under a longer read timeout
             if timer is not None:
@@ -242,9 +249,9 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return  # no wait in progress: the next one arms the timer again
-        deadline = self._wait_since + self.pool.limits.read_s
+        deadline = self._wait_since + self._wait_limit
         if self._loop.time() >= deadline:
-            _expire(waiter, self.pool)
+            _expire(waiter, self.pool, self._wait_limit)
         else:
             self._timer = self._loop.call_at(deadline, self._check_deadline)
 
@@ -386,9 +393,9 @@ class Response:
             conn.finish()
 
 
-def _expire(waiter: asyncio.Future[None], pool: Pool) -> None:
+def _expire(waiter: asyncio.Future[None], pool: Pool, limit_s: float) -> None:
     if not waiter.done():
-        waiter.set_exception(UpstreamTimeout(f"{pool.name}: no data within {pool.limits.read_s}s"))
+        waiter.set_exception(UpstreamTimeout(f"{pool.name}: no progress within {limit_s}s"))
 
 
 def _declared_length(headers: Headers) -> int | None:

@@ -565,7 +565,8 @@ async def test_at_ulimit_200_clients_beyond_the_cap_get_the_503_and_no_variant_a
         async with asyncio.timeout(30):
             while True:
                 try:
-                    answer = await raw.exchange(port, b"GET /abrouter/healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+                    request = b"GET /abrouter/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                    answer = await raw.exchange(port, request)
                     if answer.startswith(b"HTTP/1.1 200"):
                         break
                 except OSError:
@@ -578,7 +579,8 @@ async def test_at_ulimit_200_clients_beyond_the_cap_get_the_503_and_no_variant_a
         refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
         assert sorted(set(statuses), key=str) == [200, 503], statuses  # never a reset, never a 502
         assert all(b'"code":"too_many_connections"' in a for a in refused)
-        metrics = (await raw.exchange(port, b"GET /abrouter/metrics HTTP/1.1\r\nConnection: close\r\n\r\n")).decode()
+        request = b"GET /abrouter/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        metrics = (await raw.exchange(port, request)).decode()
         assert f'abrouter_connections_refused_total{{experiment="{experiment_name}"}} {len(refused)}\n' in metrics
         assert "abrouter_errors_total{" not in metrics
         served = sum(

@@ -414,7 +414,7 @@ async def test_interim_1xx_responses_are_skipped(transport: HttptoolsTransport):
 
 async def test_timeouts(transport: HttptoolsTransport, counting: tuple[str, set[int]]):
     url, _ = counting
-    with pytest.raises(UpstreamTimeout, match=r"no data within 0\.5s"):
+    with pytest.raises(UpstreamTimeout, match=r"no progress within 0\.5s"):
         await call(transport, url, "/slow?s=2")
 
     async def stall_mid_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int) -> None:
