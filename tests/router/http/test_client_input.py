@@ -150,3 +150,18 @@ async def test_an_http10_client_keeping_the_connection_alive_is_told_so_and_serv
             await reader.readexactly(length)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("hosts", [b"", b"Host: a\r\nHost: b\r\n"])
+async def test_an_http11_request_without_exactly_one_host_is_a_400_and_no_variants_error(
+    make_router: MakeRouter, hosts: bytes
+) -> None:
+    r = await make_router({"control": 100, "candidate": 0})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.client.server.port)
+    try:
+        writer.write(b"GET /echo HTTP/1.1\r\n" + hosts + b"X-User-Id: u1\r\n\r\n")
+        answer = await reader.read()  # the router answers and closes
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400") and b'"code": "bad_host"' in answer
+    assert r.router.metrics.bad_requests["bad_host"] == 1 and not r.router.metrics.requests
