@@ -127,7 +127,8 @@ def _supervise(children: list[_Child], directory: Path, stopping: list[int], *, 
                 workerfiles.retire(directory, child.index, pid)
             if stopping:
                 child.pid = 0
-                if code != 0 and child.index is not None:
+                # -SIGTERM: the signal came before the worker's loop could handle it (nothing to drain).
+                if code not in (0, -signal.SIGTERM) and child.index is not None:
                     clean = False
                     log.error("%s (pid %d) exited with %s while stopping", child.name, pid, _describe(code))
                 continue

@@ -2,9 +2,10 @@
 
 One directory per supervisor, private to it (mode 0700): ``worker-<i>.json`` is worker
 i's latest snapshot, written whole to a temporary file and renamed over the old one, so a
-reader never sees half of one. When a worker dies the supervisor renames its file to
-``retired-<pid>.json``: its counters still count, and the slot reads as missing until
-the restarted worker writes its first snapshot.
+reader never sees half of one. When a worker dies the supervisor adds its last snapshot
+to ``retired.json`` (the counters of every worker that died) and removes its file: its
+counters still count, and the slot reads as missing until the restarted worker writes
+its first snapshot.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from abrouter.router.workers import Snapshot, WorkerSlot
 log = logging.getLogger("abrouter.workers")
 
 
+#: The sum of the workers that died (`workers.retire`).
+RETIRED = "retired.json"
+
+
 def live_path(directory: Path, index: int) -> Path:
     return directory / f"worker-{index}.json"
 
@@ -37,31 +42,47 @@ def write(directory: Path, snapshot: Snapshot) -> None:
 
 
 def read(directory: Path) -> tuple[dict[int, Snapshot], list[Snapshot]]:
-    """The live snapshots by worker index, and the retired ones. Unreadable files are skipped."""
+    """The live snapshots by worker index, and the sum of the retired workers (a list of 0 or 1)."""
+    retired = _read(directory / RETIRED)
+    gone = set(retired.retired_pids) if retired else set()
     live: dict[int, Snapshot] = {}
-    retired: list[Snapshot] = []
     try:
         names = os.listdir(directory)
     except OSError:
-        return live, retired
+        names = []
     for name in names:
-        if name.startswith(".") or not name.endswith(".json"):
-            continue
-        try:
-            snapshot = workers.from_json((directory / name).read_text())
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # renamed away meanwhile, or not ours
-        if name.startswith("worker-"):
-            live[snapshot.worker] = snapshot
-        elif name.startswith("retired-"):
-            retired.append(snapshot)
-    return live, retired
+        if name.startswith("worker-") and name.endswith(".json"):
+            snapshot = _read(directory / name)
+            if snapshot is not None and snapshot.pid not in gone:
+                live[snapshot.worker] = snapshot
+    return live, [retired] if retired else []
 
 
 def retire(directory: Path, index: int, pid: int) -> None:
-    """Worker `index` (process `pid`) is gone: its counters keep counting, its slot is empty."""
+    """Worker `index` (process `pid`) is gone: its last counters join the retired sum, its slot empties.
+
+    The sum (naming `pid`) is in place before the worker's file goes, and a reader skips a
+    file of a pid the sum names: no scrape counts the worker twice or not at all.
+    """
+    path = live_path(directory, index)
+    dead = _read(path)
+    if dead is None or dead.pid != pid:
+        return  # it never wrote one (or a newer worker did)
+    previous = _read(directory / RETIRED)
+    if previous is None or pid not in previous.retired_pids:
+        total = workers.retire(previous, dead)
+        tmp = directory / f".{RETIRED}.tmp"
+        tmp.write_text(workers.to_json(total))
+        os.replace(tmp, directory / RETIRED)
     with contextlib.suppress(FileNotFoundError):
-        os.replace(live_path(directory, index), directory / f"retired-{pid}.json")
+        path.unlink()
+
+
+def _read(path: Path) -> Snapshot | None:
+    try:
+        return workers.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # gone meanwhile, or not ours
 
 
 @contextlib.asynccontextmanager

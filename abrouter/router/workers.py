@@ -6,8 +6,9 @@ combine its own live snapshot with the others' latest:
 
 - `/abrouter/metrics` renders `total(...)`: counters, histograms and gauges summed over
   the workers, as one Prometheus target. A worker that died keeps counting through its
-  last snapshot ("retired"), with its gauges at zero, so the summed counters do not drop
-  when a worker is restarted (except for what it counted in its last half second).
+  last snapshot, folded by the supervisor into one sum of the retired workers (`retire`),
+  with its gauges at zero, so the summed counters do not drop when a worker is restarted
+  (except for what it counted in its last half second).
 - `/abrouter/readyz` is ready only while every worker has a fresh snapshot (`missing`).
 """
 
@@ -66,6 +67,8 @@ class Snapshot:
     metrics: ProxyMetrics
     eventlog: EventLogStats
     connections: Connections
+    #: In the sum of retired workers only: the processes it includes (their own files no longer count).
+    retired_pids: tuple[int, ...] = ()
 
 
 def parse_count(text: str, *, cpus: int) -> int:
@@ -135,6 +138,16 @@ def total(
     return m, summed, conns
 
 
+def retire(previous: Snapshot | None, dead: Snapshot) -> Snapshot:
+    """The sum of retired workers with `dead` added: its counters, none of its gauges."""
+    gone = [dead] if previous is None else [previous, dead]
+    m, stats, conns = total([], gone)
+    pids = (previous.retired_pids if previous else ()) + (dead.pid,)
+    return Snapshot(
+        worker=-1, pid=-1, written=dead.written, metrics=m, eventlog=stats, connections=conns, retired_pids=pids
+    )
+
+
 _SUMMED_STATS = tuple(
     f.name for f in dataclasses.fields(EventLogStats) if f.name not in ("redis_up", "data_incomplete_since")
 )
@@ -185,6 +198,7 @@ def to_json(s: Snapshot) -> str:
             "bad_requests": dict(m.bad_requests),
             "eventlog": dataclasses.asdict(s.eventlog),
             "connections": dataclasses.asdict(s.connections),
+            "retired_pids": list(s.retired_pids),
         }
     )
 
@@ -218,6 +232,7 @@ def from_json(text: str) -> Snapshot:
             refused=int(conns["refused"]),
             timeouts={str(k): int(n) for k, n in conns["timeouts"].items()},
         ),
+        retired_pids=tuple(int(p) for p in d.get("retired_pids", ())),
     )
 
 

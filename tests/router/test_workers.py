@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from abrouter.router import workers
+from abrouter.router import workerfiles, workers
 from abrouter.router.connections import ConnectionGuard, Limits, Phase
 from abrouter.router.eventlog.stats import EventLogStats
 from abrouter.router.metrics import ProxyMetrics, render
@@ -122,3 +122,33 @@ def test_ready_only_while_every_other_worker_has_a_fresh_snapshot(tmp_path: Path
     assert workers.missing(slot, {1: fresh[1]}, now=101.0) == [2]
     assert workers.missing(slot, fresh, now=99.0 + workers.STALE_AFTER_S + 0.5) == [2]
     assert workers.missing(slot, {}, now=0.0) == [1, 2]  # this worker itself is serving: it answers
+
+
+def test_a_dead_workers_counters_move_to_the_retired_sum_at_once(tmp_path: Path):
+    workerfiles.write(tmp_path, snapshot(0, requests=3))
+    workerfiles.write(tmp_path, snapshot(1, requests=4))
+    (tmp_path / "worker-9.json").write_text("half a snap")  # unreadable: skipped
+    live, retired = workerfiles.read(tmp_path)
+    assert sorted(live) == [0, 1] and retired == []
+
+    workerfiles.retire(tmp_path, 1, pid=1001)
+    workerfiles.retire(tmp_path, 1, pid=1001)  # again: nothing more
+    live, retired = workerfiles.read(tmp_path)
+    assert sorted(live) == [0] and [r.retired_pids for r in retired] == [(1001,)]
+    assert workers.total(live.values(), retired)[0].requests[("control", "2xx")] == 7
+
+    # The restarted worker (a new pid) counts afresh beside what its predecessor counted.
+    workerfiles.write(tmp_path, dataclasses.replace(snapshot(1, requests=2), pid=2001))
+    workerfiles.retire(tmp_path, 0, pid=4242)  # not the pid that wrote worker 0's file: kept
+    live, retired = workerfiles.read(tmp_path)
+    assert sorted(live) == [0, 1]
+    assert workers.total(live.values(), retired)[0].requests[("control", "2xx")] == 9
+
+
+def test_a_retired_file_wins_over_a_live_file_of_the_same_pid(tmp_path: Path):
+    """The moment between the supervisor's two steps: the sum names the pid, its file is still there."""
+    dead = snapshot(1, requests=4)
+    workerfiles.write(tmp_path, dead)
+    (tmp_path / workerfiles.RETIRED).write_text(workers.to_json(workers.retire(None, dead)))
+    live, retired = workerfiles.read(tmp_path)
+    assert live == {} and workers.total(live.values(), retired)[0].requests[("control", "2xx")] == 4
