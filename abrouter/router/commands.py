@@ -208,7 +208,8 @@ def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource
 def serve(args: argparse.Namespace) -> int:
     _check_args(args)
     try:
-        workers = parse_workers(args.workers, cpus=len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = parse_workers(args.workers, cpus=cpus)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     bundled = args.config is None and args.experiment is None

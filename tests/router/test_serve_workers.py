@@ -10,6 +10,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -294,3 +295,44 @@ async def test_two_workers_serve_count_and_drain_as_one_router(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_the_bundled_example_starts_its_models_and_redis_once(tmp_path: Path, fresh: aiohttp.ClientSession):
+    from abrouter.router.commands import EXAMPLE_PORTS
+
+    for example_port in EXAMPLE_PORTS:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", example_port)) == 0:
+                pytest.skip(f"port {example_port} of the example models is taken (another test run?)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abrouter", "serve", "--workers", "2", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+
+        async def ready() -> bool:
+            assert proc.poll() is None, "the router exited"
+            async with fresh.get(f"{url}/abrouter/readyz") as resp:
+                return resp.status == 200
+
+        await poll(ready, "both workers ready")
+        for i in range(20):
+            async with fresh.post(f"{url}/predict", headers={"X-User-Id": f"u{i}"}, data=b"{}") as resp:
+                assert resp.status == 200, await resp.text()
+        names = sorted(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in children_of(proc.pid))
+        # One redis-server, one process of example models, two workers (python): not a set per worker.
+        assert len(names) == 4 and sum(b"redis-server" in n for n in names) == 1, names
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, PATIENCE_S) == 0
+    finally:
+        if proc.poll() is None:
+            for pid in children_of(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+        output = (await asyncio.to_thread(proc.communicate, timeout=PATIENCE_S))[0].decode()
+    assert output.count("example models started") == 1 and "worker 1 started" in output, output
