@@ -163,6 +163,7 @@ async def test_two_workers_serve_count_and_drain_as_one_router(
                     {"name": "candidate", "upstream": base, "weight": 1},
                 ],
                 "metrics": [{"name": "conversion", "kind": "binary"}],
+                "covariate": "prior_clicks",
                 "timeouts": {"read": "20s"},
             }
         )
@@ -221,11 +222,14 @@ async def test_two_workers_serve_count_and_drain_as_one_router(
             return sum(s.exposures for s in (await strata(redis_url, experiment_name)).values()) == 402
 
         await poll(all_exposed, "402 exposures in Redis")
-        # Outcomes by unit: looked up in Redis by whichever worker takes them.
+        # Outcomes and covariates by unit: looked up in Redis by whichever worker takes them.
         for p in pinned.values():
-            outcome = {"unit": f"u{p.worker}", "metric": "conversion", "value": 1}
-            status, _, body = await p.call("POST", "/abrouter/outcomes", json=outcome)
-            assert status == 202, body
+            items = [
+                {"unit": f"u{p.worker}", "metric": "conversion", "value": 1},
+                {"unit": f"u{p.worker + 10}", "covariate": 3},
+            ]
+            status, _, body = await p.call("POST", "/abrouter/outcomes", json=items)
+            assert status == 202 and b'"accepted": 2' in body, body
 
         async def outcomes_landed() -> bool:  # a SIGKILL loses what a worker has not flushed yet
             return sum(s.metrics["conversion"].events for s in (await strata(redis_url, experiment_name)).values()) == 4
