@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
 from abrouter.router.sources.base import SpecSource
 from abrouter.router.sources.file import FileSource
+from abrouter.router.workers import parse_count as parse_workers
 
 if TYPE_CHECKING:
     from abrouter.router.sources.kube import KubeSource
@@ -148,6 +150,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="answer 503 and close new connections while N are open (default: $ABROUTER_MAX_CONNECTIONS, "
         "else %(default)s)",
     )
+    p.add_argument(
+        "--workers",
+        default=os.environ.get("ABROUTER_WORKERS", "1"),
+        metavar="N",
+        help="processes serving one listening socket: an integer, or 'auto' for the cores this process "
+        "may use; each has its own event-log producer, /abrouter/metrics sums them all and "
+        "/abrouter/readyz is ready only while all serve (default: $ABROUTER_WORKERS, else %(default)s)",
+    )
     p.set_defaults(func=serve)
 
     m = subparsers.add_parser(
@@ -197,6 +207,11 @@ def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource
 
 def serve(args: argparse.Namespace) -> int:
     _check_args(args)
+    try:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = parse_workers(args.workers, cpus=cpus)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     bundled = args.config is None and args.experiment is None
     path = args.config or examples.EXPERIMENT_PATH
     source: SpecSource
@@ -243,8 +258,23 @@ def serve(args: argparse.Namespace) -> int:
             if bundled
             else None
         )
-        serving.run(plan, on_listening=banner)
-    return 0
+        if workers == 1:
+            serving.run(plan, on_listening=banner)
+            return 0
+        from abrouter.router import supervisor
+
+        def plan_for() -> serving.Plan:  # in each worker: a Kubernetes watch of its own
+            return dataclasses.replace(plan, source=_kube_source(args)[1]) if args.experiment else plan
+
+        return supervisor.run(
+            plan_for,
+            count=workers,
+            host=args.host,
+            port=args.port,
+            companions=plan.companions,
+            on_listening=banner,
+            shutdown_timeout_s=args.shutdown_timeout,
+        )
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from abrouter.contract import experiment as model
 from abrouter.contract.keys import unit_hash
 from abrouter.router import metrics as prom
 from abrouter.router import outcomes as oc
-from abrouter.router.connections import ConnectionGuard
+from abrouter.router import workerfiles, workers
 from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Outcome
@@ -73,7 +73,9 @@ async def healthz(router: Router, request: Request) -> Reply:
 
 
 async def readyz(router: Router, request: Request) -> Reply:
-    """Ready while predictions can flow; a Redis outage only degrades it (events spill)."""
+    """Ready while predictions can flow; a Redis outage only degrades it (events spill).
+
+    Under --workers N, ready only while every worker serves (has a fresh snapshot)."""
     stats = router.eventlog.stats
     if isinstance(router.eventlog, DisabledEventLog):
         redis = "disabled"  # --no-event-log: nothing depends on Redis
@@ -95,11 +97,24 @@ async def readyz(router: Router, request: Request) -> Reply:
         # abrouter_spec_source_up, for an alert.
         body["spec_source"] = "denied"
         body["reload_error"] = router.source.access_error
+    if (slot := router.workers) is not None:
+        live, _ = workerfiles.read(slot.directory)
+        gone = workers.missing(slot, live, time.time())
+        body.update(worker=slot.index, workers=slot.count)  # which one answered, of how many
+        if gone:
+            body.update(status="not_ready", missing_workers=gone)
+            body["error"] = f"{len(gone)} of {slot.count} workers are not serving: {gone}"
+            return json_reply(503, body)
     return json_reply(200, body)
 
 
 async def metrics(router: Router, request: Request) -> Reply:
-    s = router.eventlog.stats
+    """Under --workers N, the sum over the workers: this one's live numbers and the others' snapshots."""
+    m, s, conns = router.metrics, router.eventlog.stats, workers.connections_of(router.guard)
+    if (slot := router.workers) is not None:
+        live, retired = workerfiles.read(slot.directory)
+        live[slot.index] = workerfiles.snapshot_of(router, slot, time.time())
+        m, s, conns = workers.total(live.values(), retired)
     extra = {
         "abrouter_eventlog_buffered_events": ("gauge", "Events waiting in memory for the next flush.", s.buffered),
         "abrouter_eventlog_spilled_events": ("gauge", "Events in the local spill file, waiting for Redis.", s.spilled),
@@ -142,26 +157,26 @@ async def metrics(router: Router, request: Request) -> Reply:
             0.0 if router.source.access_error is not None else 1.0,
         ),
     }
-    extra.update(_connection_metrics(router.guard))
-    text = prom.render(router.metrics, experiment=router.table.experiment.name, extra=extra)
+    extra.update(_connection_metrics(conns))
+    text = prom.render(m, experiment=router.table.experiment.name, extra=extra)
     return Reply(200, text.encode(), [("Cache-Control", "no-store")], content_type="text/plain; charset=utf-8")
 
 
-def _connection_metrics(guard: ConnectionGuard) -> dict[str, tuple[str, str, float]]:
+def _connection_metrics(conns: workers.Connections) -> dict[str, tuple[str, str, float]]:
     return {
-        "abrouter_connections_open": ("gauge", "Client connections open now.", guard.open),
+        "abrouter_connections_open": ("gauge", "Client connections open now.", conns.open),
         "abrouter_connections_refused_total": (
             "counter",
             "Client connections closed at once because the connection cap was reached.",
-            guard.refused,
+            conns.refused,
         ),
         **{
-            f"abrouter_client_{phase.value}_timeouts_total": (
+            f"abrouter_client_{phase}_timeouts_total": (
                 "counter",
-                f"Client connections closed by the {phase.value} deadline.",
+                f"Client connections closed by the {phase} deadline.",
                 n,
             )
-            for phase, n in guard.timeouts.items()
+            for phase, n in conns.timeouts.items()
         },
     }
 

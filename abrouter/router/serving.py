@@ -18,11 +18,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from abrouter.contract.experiment import Experiment
+from abrouter.router import workerfiles
 from abrouter.router.http import listener
 from abrouter.router.runtime import running
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.base import SpecSource
 from abrouter.router.state import Router
+from abrouter.router.workers import WorkerSlot
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Plan:
     shutdown_timeout_s: float = 30.0
     #: Long-lived helpers started before the listener and stopped after it (the example models).
     companions: list[Callable[[], AbstractAsyncContextManager[object]]] = field(default_factory=list)
+    #: One of `abrouter serve --workers N` (N > 1): it publishes its counters for the others.
+    worker: WorkerSlot | None = None
 
 
 @contextlib.asynccontextmanager
@@ -48,6 +52,12 @@ async def serving(plan: Plan) -> AsyncIterator[tuple[Router, listener.Listener]]
         for companion in plan.companions:
             await stack.enter_async_context(companion())
         router = await stack.enter_async_context(running(plan.experiment, plan.settings, source=plan.source))
+        if (slot := plan.worker) is not None:
+            router.workers = slot
+            # Entered before the listener: its last snapshot is written after the drain.
+            await stack.enter_async_context(
+                workerfiles.publishing(slot, lambda now: workerfiles.snapshot_of(router, slot, now))
+            )
         server = await listener.start(router, host=plan.host, port=plan.port, sock=plan.sock)
         try:
             yield router, server

@@ -21,6 +21,7 @@ from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable, next_table
 from abrouter.router.sources.base import SourceStatus
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
+from abrouter.router.workers import WorkerSlot
 
 log = logging.getLogger("abrouter")
 
@@ -38,6 +39,8 @@ class Router:
     guard: ConnectionGuard = field(default_factory=lambda: ConnectionGuard(Limits()))
     #: From ABROUTER_API_TOKEN: the bearer token of the outcome and admin endpoints (empty: none).
     api_token: bytes = field(default=b"", repr=False)
+    #: Under `abrouter serve --workers N` (N > 1): which worker this process is (None: the only one).
+    workers: WorkerSlot | None = None
 
 
 def upstream_timeouts(experiment: Experiment) -> TimeoutConfig:
