@@ -28,22 +28,12 @@ import redis.asyncio
 import yaml
 
 from abrouter.demo import population, progress, servers, world
+from abrouter.demo.options import Options
 from abrouter.router.redis_server import RedisServer, free_port
 
 EXPERIMENT = "demo-recsys"
 #: The candidate is this much slower than the control: a heavier model.
 CANDIDATE_DELAY_MS = 3.0
-
-
-@dataclass(frozen=True)
-class Options:
-    duration_s: float = 60.0
-    seed: int = 1
-    lift: float = 0.1
-    users: int = 5000
-    rps: float = 300.0
-    out: Path = Path("abrouter-demo")
-    every_s: float = 2.0
 
 
 @dataclass

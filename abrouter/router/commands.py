@@ -10,13 +10,14 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from abrouter import argtypes
 from abrouter.contract import experiment as model
 from abrouter.contract import resource
 from abrouter.errors import UserError
-from abrouter.kube.client import KubeClient, Ref
 from abrouter.redact import mask_url
 from abrouter.router import examples
 from abrouter.router.connections import Limits
@@ -27,7 +28,9 @@ from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
 from abrouter.router.sources.base import SpecSource
 from abrouter.router.sources.file import FileSource
-from abrouter.router.sources.kube import KubeSource
+
+if TYPE_CHECKING:
+    from abrouter.router.sources.kube import KubeSource
 
 log = logging.getLogger("abrouter")
 
@@ -72,10 +75,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "else $KUBECONFIG or ~/.kube/config)",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument("--port", type=argtypes.port, default=8080, help="port to listen on (default: %(default)s)")
     p.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
+        type=argtypes.redis_url,
+        metavar="URL",
         help="Redis for the event log (default: $REDIS_URL, else a private embedded redis-server)",
     )
     p.add_argument(
@@ -86,14 +91,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--flush-interval",
-        type=float,
+        type=argtypes.positive,
         default=0.25,
         metavar="SECONDS",
         help="seconds between event-log flushes (default: %(default)s)",
     )
     p.add_argument(
         "--reload-interval",
-        type=float,
+        type=argtypes.positive,
         default=1.0,
         metavar="SECONDS",
         help="seconds between checks of the config file (default: %(default)s)",
@@ -112,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=argtypes.positive,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight requests may take to finish (default: %(default)s)",
@@ -120,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     limits = Limits()
     p.add_argument(
         "--header-timeout",
-        type=float,
+        type=argtypes.positive,
         default=os.environ.get("ABROUTER_HEADER_TIMEOUT", limits.header_s),
         metavar="SECONDS",
         help="close a connection whose request headers are not complete this long after their first byte "
@@ -129,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--body-timeout",
-        type=float,
+        type=argtypes.positive,
         default=os.environ.get("ABROUTER_BODY_TIMEOUT", limits.body_idle_s),
         metavar="SECONDS",
         help="close a connection whose request body stops arriving for this long; a body that keeps "
@@ -137,7 +142,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--idle-timeout",
-        type=float,
+        type=argtypes.positive,
         default=os.environ.get("ABROUTER_IDLE_TIMEOUT", limits.idle_s),
         metavar="SECONDS",
         help="close a kept-alive connection idle this long between two requests; keep it above the "
@@ -146,7 +151,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=argtypes.at_least(1),
         default=os.environ.get("ABROUTER_MAX_CONNECTIONS", limits.max_connections),
         metavar="N",
         help="answer 503 and close new connections while N are open (default: $ABROUTER_MAX_CONNECTIONS, "
@@ -161,32 +166,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     m.add_argument("--name", default="control", help="model name in responses (default: %(default)s)")
     m.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    m.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
-    m.add_argument("--delay-ms", type=float, default=0.0, help="added latency per request (default: 0)")
+    m.add_argument("--port", type=argtypes.port, default=8080, help="port (default: %(default)s)")
+    m.add_argument("--delay-ms", type=argtypes.non_negative, default=0.0, help="added latency per request (default: 0)")
     m.set_defaults(func=example_model)
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in (
-        "flush_interval",
-        "reload_interval",
-        "shutdown_timeout",
-        "header_timeout",
-        "body_timeout",
-        "idle_timeout",
-    ):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.max_connections < 1:
-        raise UserError(f"--max-connections must be >= 1, got {args.max_connections}")
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0..65535, got {args.port}")
+    """What no one flag's type can check (each number is checked by its `argtypes` type)."""
     if args.kubeconfig is not None and args.experiment is None:
         raise UserError("--kubeconfig needs --experiment NAMESPACE/NAME")
 
 
 def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource]:
     """The initial spec from a get (bad reference or spec: exit 2; API failure: exit 1), and its watch."""
+    # Imported here: the Kubernetes client takes seconds to import on a busy machine, and
+    # a router that serves a file never needs it.
+    from abrouter.kube.client import KubeClient, Ref
+    from abrouter.router.sources.kube import KubeSource
+
     ref = Ref.parse(args.experiment)
     client = KubeClient.from_config(args.kubeconfig, role="router")
     found = resource.parse(client.get(ref))
