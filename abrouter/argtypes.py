@@ -90,3 +90,14 @@ def redis_url(text: str) -> str:
             f"must be a URL like redis://HOST:6379/0 (or rediss://, unix:///PATH), got {_shown(text)!r}"
         )
     return text
+
+
+def port_pair(text: str) -> tuple[int, int]:
+    """Two different TCP ports, ``18181,18182``."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be two ports, PORT,PORT, got {text!r}")
+    first, second = (port(part.strip()) for part in parts)
+    if first == second or 0 in (first, second):
+        raise argparse.ArgumentTypeError(f"must be two different ports above 0, got {text!r}")
+    return first, second

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("abrouter")
 
 EXAMPLE_PORTS = (18181, 18182)
+#: The example models' arms and names, in the bundled experiment's order.
+EXAMPLE_MODELS = (("control", "model-a"), ("candidate", "model-b"))
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 SERVE_EPILOG = """\
 examples:
@@ -82,6 +87,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=argtypes.redis_url,
         metavar="URL",
         help="Redis for the event log (default: $REDIS_URL, else a private embedded redis-server)",
+    )
+    p.add_argument(
+        "--example-ports",
+        type=argtypes.port_pair,
+        default=EXAMPLE_PORTS,
+        metavar="CONTROL,CANDIDATE",
+        help="with no --config: the ports of the two example models on 127.0.0.1 "
+        f"(default: {EXAMPLE_PORTS[0]},{EXAMPLE_PORTS[1]})",
     )
     p.add_argument(
         "--spill-dir",
@@ -175,6 +188,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """What no one flag's type can check (each number is checked by its `argtypes` type)."""
     if args.kubeconfig is not None and args.experiment is None:
         raise UserError("--kubeconfig needs --experiment NAMESPACE/NAME")
+    if args.example_ports != EXAMPLE_PORTS and (args.config or args.experiment):
+        raise UserError("--example-ports moves the bundled example's models: it needs no --config or --experiment")
 
 
 def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource]:
@@ -202,7 +217,8 @@ def serve(args: argparse.Namespace) -> int:
         source = FileSource(path, interval_s=args.reload_interval)
     with ExitStack() as stack:
         redis_url = args.redis_url or ""
-        if not redis_url and not args.no_event_log:
+        private = not redis_url and not args.no_event_log
+        if private:
             server = stack.enter_context(RedisServer())
             redis_url = server.url
             log.info("started a private redis-server for the event log: %s", redis_url)
@@ -224,10 +240,13 @@ def serve(args: argparse.Namespace) -> int:
         problem = secret_problem(settings.secret)
         if problem and not bundled:  # the local quick start needs no secret
             log.warning("%s", problem)
+        if not private and not args.no_event_log:
+            _warn_if_unreachable(redis_url, spill_dir=args.spill_dir)
+        if bundled:
+            experiment = _with_example_ports(experiment, args.example_ports)
         app = build_app(experiment, settings, source=source)
         if bundled:
-            app.cleanup_ctx.append(_example_models)
-            print(_quickstart_banner(args.port, config=path, redis_url=redis_url), flush=True)
+            _add_example_models(app, args, config=path, redis_url=redis_url, private=private)
         listener.run(
             app,
             host=args.host,
@@ -240,23 +259,112 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _example_models(app: web.Application) -> AsyncIterator[None]:
-    runners = [
-        await start_model_server(name, "127.0.0.1", port) for name, port in zip(("model-a", "model-b"), EXAMPLE_PORTS)
-    ]
-    yield
-    for runner in runners:
-        await runner.cleanup()
+def _warn_if_unreachable(redis_url: str, *, spill_dir: Path) -> None:
+    """Say loudly, before serving, that the event log's Redis does not answer (serve goes on: events spill)."""
+    import redis  # the event log's own client library
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+        return
+    except redis.RedisError as exc:
+        problem = str(exc).rstrip(".")
+    finally:
+        client.close()
+    print(
+        f"abrouter: WARNING: Redis at {mask_url(redis_url)} cannot be used ({problem}).\n"
+        f"  Serving anyway: every event waits in {spill_dir}/ until Redis answers, `abrouter analyze` sees\n"
+        f"  none of them until then, and /abrouter/readyz says \"redis\": \"degraded\". Check --redis-url.",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
-def _quickstart_banner(port: int, *, config: Path, redis_url: str) -> str:
-    base = f"http://127.0.0.1:{port}"
+def _add_example_models(
+    app: web.Application, args: argparse.Namespace, *, config: Path, redis_url: str, private: bool
+) -> None:
+    """The quick start: the example models start with the app, then the banner says what runs where."""
+    banner = _quickstart_banner(args, config=config, redis_url=redis_url, private=private)
+
+    def before_serving() -> None:
+        _check_free(args.host, args.port)
+        print(banner, flush=True)
+
+    app.cleanup_ctx.append(_example_models(args.example_ports, before_serving=before_serving))
+
+
+def _example_models(ports: tuple[int, int], *, before_serving: Callable[[], None]) -> CleanupCtx:
+    """Start the two example models on 127.0.0.1 and, once both are bound, call `before_serving`."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        runners = []
+        try:
+            for (arm, name), port in zip(EXAMPLE_MODELS, ports):
+                runners.append(await _start_example_model(arm, name, port))
+            before_serving()
+            yield
+        finally:
+            for runner in runners:
+                await runner.cleanup()
+
+    return ctx
+
+
+async def _start_example_model(arm: str, name: str, port: int) -> web.AppRunner:
+    try:
+        return await start_model_server(name, "127.0.0.1", port)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot start the example {arm} model on 127.0.0.1:{port}: {_reason(exc)} "
+            f"(another abrouter serve?); move the example models with --example-ports PORT,PORT",
+        ) from None
+
+
+def _check_free(host: str, port: int) -> None:
+    """Fail now, before the banner, if the router's port is taken (as aiohttp binds it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {host}:{port} (--port): {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _with_example_ports(experiment: model.Experiment, ports: tuple[int, int]) -> model.Experiment:
+    """The bundled experiment with its upstreams on `ports` (its file says 18181 and 18182)."""
+    variants = tuple(
+        dataclasses.replace(v, upstream=f"http://127.0.0.1:{port}") for v, port in zip(experiment.variants, ports)
+    )
+    return dataclasses.replace(experiment, variants=variants)
+
+
+def _quickstart_banner(args: argparse.Namespace, *, config: Path, redis_url: str, private: bool) -> str:
+    base = f"http://127.0.0.1:{args.port}"
+    control, candidate = (f"http://127.0.0.1:{port}" for port in args.example_ports)
+    if args.no_event_log:
+        events = "events: none recorded (--no-event-log)"
+    elif private:
+        events = (
+            f"events: a private Redis at {mask_url(redis_url)}, started for this process; "
+            "it and everything in it vanish when serve stops"
+        )
+    else:
+        events = f"events: Redis at {mask_url(redis_url)}"
     return (
         f"abrouter: serving the example experiment 'recsys-v2' on {base}\n"
+        f"  models: control {control}, candidate {candidate} "
+        f"(example servers started here; move them with --example-ports)\n"
+        f"  {events}\n"
         f"  try:  curl -si -X POST -H 'X-User-Id: u42' -d '{{}}' {base}/predict\n"
         f"        curl -s -X POST -d '{{\"unit\": \"u42\", \"metric\": \"conversion\", \"value\": 1}}' "
         f"{base}/abrouter/outcomes\n"
         f"        curl -s {base}/abrouter/experiment ; curl -s {base}/abrouter/metrics\n"
+        f"  analyze, from another terminal while serve runs:\n"
         f"        abrouter analyze --config {config} --redis-url {mask_url(redis_url)}\n"
         f"  stop with Ctrl-C"
     )
