@@ -61,7 +61,11 @@ def demo(args: argparse.Namespace) -> int:
 
     options = Options(duration_s=args.duration, seed=args.seed, lift=args.lift, users=args.users, rps=args.rps,
                           out=args.out)  # fmt: skip
-    return asyncio.run(run.run(options))
+    try:
+        return asyncio.run(run.run(options))
+    except KeyboardInterrupt:  # the children run in their own sessions: the demo stopped them
+        print("abrouter demo: interrupted; every process it started is stopped (no report)", flush=True)
+        return 130
 
 
 def _check_redis_url() -> None:
