@@ -40,8 +40,11 @@ weights are written to the config file (a new epoch; the router reloads it). Wit
 --apply nothing but the history is written. With --experiment NAMESPACE/NAME, the spec
 comes from the Experiment resource and --apply patches its weights (guarded by
 resourceVersion), writes its status and creates Events (see docs/kubernetes.md);
---dry-run prints those writes instead of making them. Decisions use always-valid
-sequential tests, so looking every minute does not inflate false promotions.
+--dry-run prints those writes instead of making them. Outside the cluster the API is
+reached through $KUBECONFIG (or --kubeconfig), and Redis through --redis-url, e.g. a
+`kubectl port-forward svc/redis 6379` (docs/kubernetes.md, "Outside the cluster").
+Decisions use always-valid sequential tests, so looking every minute does not inflate
+false promotions.
 """
 
 PLAN_EPILOG = """\
@@ -91,7 +94,8 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--kubeconfig",
         type=Path,
         metavar="PATH",
-        help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, else ~/.kube/config)",
+        help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, "
+        "else $KUBECONFIG, else ~/.kube/config; its current context's user and cluster)",
     )
     p.add_argument(
         "--redis-url",

@@ -22,7 +22,7 @@ import numpy as np
 import redis.asyncio
 
 from abrouter.analysis import analyzer, report, service, summary
-from abrouter.analysis.errors import ConflictError, SourceError
+from abrouter.analysis.errors import ConflictError, SourceError, UnfinishedError
 from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
 from abrouter.contract import experiment as spec
@@ -94,11 +94,12 @@ async def analyze_kube(args: argparse.Namespace) -> int:
 
 async def _one_kube_look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
     """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
+    from abrouter.analysis import kube_look  # the Kubernetes client: only for --experiment
+
     try:
-        current = await sink.read()
-        result = await service.look(client, current.experiment, sink=sink if apply else DryRunSink())
-        if apply:
-            await sink.publish(result)
+        result = await kube_look.look(client, sink, apply=apply)
+    except UnfinishedError as exc:  # before SourceError: it may wrap one, and says what was applied
+        return _fail(str(exc), 1)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
     except (ConflictError, KubeError) as exc:

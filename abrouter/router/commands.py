@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-
 from abrouter import argtypes
 from abrouter.contract import experiment as model
-from abrouter.contract import resource
 from abrouter.errors import UserError
 from abrouter.redact import mask_url
-from abrouter.router import examples
+from abrouter.router import examples, serving
 from abrouter.router.connections import Limits
-from abrouter.router.examples.model_server import build_model_app, start_model_server
-from abrouter.router.http import listener
-from abrouter.router.http.app import SERVER_KWARGS, build_app
 from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
 from abrouter.router.sources.base import SpecSource
@@ -39,7 +32,6 @@ log = logging.getLogger("abrouter")
 EXAMPLE_PORTS = (18181, 18182)
 #: The example models' arms and names, in the bundled experiment's order.
 EXAMPLE_MODELS = (("control", "model-a"), ("candidate", "model-b"))
-CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 SERVE_EPILOG = """\
 examples:
@@ -194,8 +186,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource]:
     """The initial spec from a get (bad reference or spec: exit 2; API failure: exit 1), and its watch."""
-    # Imported here: the Kubernetes client takes seconds to import on a busy machine, and
-    # a router that serves a file never needs it.
+    # Imported here: the Kubernetes client costs ~40 MiB and a second of start-up that a
+    # router reading a file never needs.
+    from abrouter.contract import resource
     from abrouter.kube.client import KubeClient, Ref
     from abrouter.router.sources.kube import KubeSource
 
@@ -244,18 +237,20 @@ def serve(args: argparse.Namespace) -> int:
             _warn_if_unreachable(redis_url, spill_dir=args.spill_dir)
         if bundled:
             experiment = _with_example_ports(experiment, args.example_ports)
-        app = build_app(experiment, settings, source=source)
-        if bundled:
-            _add_example_models(app, args, config=path, redis_url=redis_url, private=private)
-        listener.run(
-            app,
+        plan = serving.Plan(
+            experiment=experiment,
+            settings=settings,
+            source=source,
             host=args.host,
             port=args.port,
-            limits=settings.client_limits,
-            shutdown_timeout=args.shutdown_timeout,
-            loop=_new_loop(),
-            **SERVER_KWARGS,
+            shutdown_timeout_s=args.shutdown_timeout,
+            companions=[lambda: _example_models(args.example_ports)] if bundled else [],
         )
+
+        def banner(port: int) -> None:  # once the router listens: the port it got (--port 0 too)
+            print(_quickstart_banner(args, port=port, config=path, redis_url=redis_url, private=private), flush=True)
+
+        serving.run(plan, on_listening=banner if bundled else None)
     return 0
 
 
@@ -280,59 +275,27 @@ def _warn_if_unreachable(redis_url: str, *, spill_dir: Path) -> None:
     )
 
 
-def _add_example_models(
-    app: web.Application, args: argparse.Namespace, *, config: Path, redis_url: str, private: bool
-) -> None:
-    """The quick start: the example models start with the app, then the banner says what runs where."""
-    banner = _quickstart_banner(args, config=config, redis_url=redis_url, private=private)
+@contextlib.asynccontextmanager
+async def _example_models(ports: tuple[int, int]) -> AsyncIterator[None]:
+    """The quick start's two example models on 127.0.0.1; a taken port is named, with the flag that moves it."""
+    from abrouter.router.examples.model_server import start_model_server
 
-    def before_serving() -> None:
-        _check_free(args.host, args.port)
-        print(banner, flush=True)
-
-    app.cleanup_ctx.append(_example_models(args.example_ports, before_serving=before_serving))
-
-
-def _example_models(ports: tuple[int, int], *, before_serving: Callable[[], None]) -> CleanupCtx:
-    """Start the two example models on 127.0.0.1 and, once both are bound, call `before_serving`."""
-
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        runners = []
-        try:
-            for (arm, name), port in zip(EXAMPLE_MODELS, ports):
-                runners.append(await _start_example_model(arm, name, port))
-            before_serving()
-            yield
-        finally:
-            for runner in runners:
-                await runner.cleanup()
-
-    return ctx
-
-
-async def _start_example_model(arm: str, name: str, port: int) -> web.AppRunner:
+    runners = []
     try:
-        return await start_model_server(name, "127.0.0.1", port)
-    except OSError as exc:
-        raise OSError(
-            exc.errno,
-            f"cannot start the example {arm} model on 127.0.0.1:{port}: {_reason(exc)} "
-            f"(another abrouter serve?); move the example models with --example-ports PORT,PORT",
-        ) from None
-
-
-def _check_free(host: str, port: int) -> None:
-    """Fail now, before the banner, if the router's port is taken (as aiohttp binds it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port} (--port): {_reason(exc)}") from None
-
-
-def _reason(exc: OSError) -> str:
-    return os.strerror(exc.errno) if exc.errno else str(exc)
+        for (arm, name), port in zip(EXAMPLE_MODELS, ports):
+            try:
+                runners.append(await start_model_server(name, "127.0.0.1", port))
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(
+                    exc.errno,
+                    f"cannot start the example {arm} model on 127.0.0.1:{port}: {reason} "
+                    "(another abrouter serve?); move the example models with --example-ports PORT,PORT",
+                ) from None
+        yield
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 def _with_example_ports(experiment: model.Experiment, ports: tuple[int, int]) -> model.Experiment:
@@ -343,9 +306,9 @@ def _with_example_ports(experiment: model.Experiment, ports: tuple[int, int]) ->
     return dataclasses.replace(experiment, variants=variants)
 
 
-def _quickstart_banner(args: argparse.Namespace, *, config: Path, redis_url: str, private: bool) -> str:
-    base = f"http://127.0.0.1:{args.port}"
-    control, candidate = (f"http://127.0.0.1:{port}" for port in args.example_ports)
+def _quickstart_banner(args: argparse.Namespace, *, port: int, config: Path, redis_url: str, private: bool) -> str:
+    base = f"http://127.0.0.1:{port}"
+    control, candidate = (f"http://127.0.0.1:{p}" for p in args.example_ports)
     if args.no_event_log:
         events = "events: none recorded (--no-event-log)"
     elif private:
@@ -370,22 +333,18 @@ def _quickstart_banner(args: argparse.Namespace, *, config: Path, redis_url: str
     )
 
 
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # uvloop is an optional speed-up
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def example_model(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from abrouter.router.examples.model_server import build_model_app
+
     web.run_app(
         build_model_app(args.name, delay_ms=args.delay_ms),
         host=args.host,
         port=args.port,
         access_log=None,
         print=lambda *_: None,
-        loop=_new_loop(),
+        loop=serving.new_loop(),
     )
     return 0
 

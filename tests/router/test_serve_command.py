@@ -58,11 +58,13 @@ def test_a_taken_example_model_port_is_named_before_any_banner(capsys, taken_por
     assert "--example-ports PORT,PORT" in err and err.count("\n") == 1
 
 
-def test_a_taken_router_port_is_named_before_any_banner(capsys, taken_port):
+def test_a_taken_router_port_is_one_line_and_no_banner(capsys, taken_port):
+    """The banner waits until the router listens: here it never does."""
     ports = f"{free_port()},{free_port()}"
     code, out, err = serve(capsys, "--no-event-log", "--port", str(taken_port), "--example-ports", ports)
     assert code == 1 and out == "", out
-    assert err == f"abrouter: error: cannot listen on 127.0.0.1:{taken_port} (--port): Address already in use\n"
+    assert err.startswith("abrouter: error: ") and err.count("\n") == 1, err
+    assert str(taken_port) in err and "in use" in err
 
 
 def test_example_ports_belong_to_the_bundled_example(capsys, tmp_path):
