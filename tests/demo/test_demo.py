@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from abrouter import cli
-from abrouter.demo import world
+from abrouter.demo import population, progress, run, world
 
 
 def children_of(pid: int) -> list[int]:
@@ -182,3 +182,12 @@ def test_the_lift_is_the_ground_truth_ratio_of_click_through_rates() -> None:
     assert w.true_lift == pytest.approx(0.15, abs=0.005)
     same = world.build(users=800, lift=0.0, seed=3)
     assert same.true_lift == 0.0 and (same.control == same.candidate).all()
+
+
+def test_the_live_view_says_when_the_machine_is_too_busy_for_the_asked_rate() -> None:
+    state = run.State(last={"variants": [{"name": "control", "units": 10}], "decision": {"reason": "continue: ..."}})
+    slow = population.Traffic(requests=1000, started=time.monotonic() - 10)  # 100 req/s
+    (first, *_) = progress.lines(state, slow, 10.0, rps=300)
+    assert "100 req/s (of 300 asked: this machine is busy, so the test takes longer)" in first
+    fast = population.Traffic(requests=2900, started=time.monotonic() - 10)
+    assert "busy" not in progress.lines(state, fast, 10.0, rps=300)[0]
