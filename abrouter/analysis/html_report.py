@@ -218,7 +218,7 @@ def _arms(experiment: spec.Experiment, result: AnalysisResult) -> str:
             _latency_cell(histogram.merge(arm.latency.values())),
         )))  # fmt: skip
     header = ("arm", "weight", "units", "exposures", f"{result.primary} mean", "lift", "always-valid 95% CI",
-              "p to promote", "latency p50 / p95 (ms)")  # fmt: skip
+              "p to promote (this look, Holm)", "latency p50 / p95 (ms)")  # fmt: skip
     alpha, primary = experiment.analysis.alpha, html.escape(result.primary or "the primary metric")
     return f"""<section id="arms"><h2>Arms</h2><table>{_head(header)}{"".join(rows)}</table>
 <p><b>p to promote</b>: this look's one-sided always-valid p that the candidate beats the control on
