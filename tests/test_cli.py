@@ -164,12 +164,14 @@ def test_client_limits_read_the_environment(capsys, monkeypatch):
 def test_a_real_process_imports_only_what_the_command_needs():
     """The one test through a real process (the others reuse this interpreter's imports).
 
-    `main` registers every command without importing statistics, plotting or the
-    Kubernetes client; a user's mistake is one line on stderr and exit code 2.
+    `main` registers every command, and serve's runtime loads, without importing
+    statistics, plotting or the Kubernetes client; a user's mistake is one line on stderr
+    and exit code 2.
     """
     code = (
         "import sys; from abrouter import cli; "
         "code = cli.main(['serve', '--redis-url', 'localhost:6379']); "
+        "import abrouter.router.serving; "  # what serve runs
         "print(sorted(m for m in ('numpy', 'scipy', 'kubernetes', 'matplotlib', 'rich') if m in sys.modules)); "
         "sys.exit(code)"
     )
