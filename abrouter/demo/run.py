@@ -1,10 +1,13 @@
 """`abrouter demo`: the whole loop on one machine, every part real, all on 127.0.0.1.
 
-It starts a private Redis (unless REDIS_URL is set), two model servers trained on a
-synthetic world, the real `abrouter serve` in front of them, the real `abrouter analyze
---every 2 --apply` with the file sink (so its ramp, promotion or rollback rewrite the
-weights the router follows), and a population of users; it shows progress, and at the
-end stops everything (also on Ctrl-C), prints the decision and writes the report.
+It claims its directory (one demo at a time; an earlier demo's spill is removed, not
+replayed), starts a private Redis (unless REDIS_URL is set), two model servers trained on
+a synthetic world, and together the real `abrouter serve` in front of them and the real
+`abrouter analyze --every 2 --apply` with the file sink (so its ramp, promotion or
+rollback rewrite the weights the router follows). Users start once the router is ready;
+the `--duration` clock starts at the analyzer's first look, so a busy machine's slow start
+does not eat the test. At the end it stops everything (also on Ctrl-C), prints the
+decision and writes the report.
 """
 
 from __future__ import annotations
@@ -167,12 +170,12 @@ async def _flush_old(redis_url: str) -> None:
 
 def _serve(config: Path, port: int, redis_url: str, out: Path) -> list[str]:
     return children.cli("serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                "--redis-url", redis_url, "--spill-dir", str(out / "spill"))  # fmt: skip
+                        "--redis-url", redis_url, "--spill-dir", str(out / "spill"))  # fmt: skip
 
 
 def _analyze(config: Path, redis_url: str, every_s: float) -> list[str]:
     return children.cli("analyze", "--config", str(config), "--redis-url", redis_url, "--every", str(every_s),
-                "--apply", "--json")  # fmt: skip
+                        "--apply", "--json")  # fmt: skip
 
 
 async def _read_looks(analyzer: asyncio.subprocess.Process, state: State) -> None:
