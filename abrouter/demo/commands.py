@@ -22,9 +22,12 @@ Everything runs on 127.0.0.1: a private Redis (or $REDIS_URL), two model servers
 user-item world with a known ground truth, serving the Open Inference Protocol), the
 real `abrouter serve` in front of them, simulated users who click by the ground truth
 and report impressions and clicks, and `abrouter analyze --every 2 --apply`, whose
-ramps, promotion or rollback rewrite the weights the router follows. It stops early
+ramps, promotion or rollback rewrite the weights the router follows. The --duration
+clock starts at the analyzer's first look (a busy machine starts slowly). It stops early
 once the candidate is promoted or rolled back, writes DIR/report.html and stops every
-process it started (also on Ctrl-C).
+process it started (also on Ctrl-C: one line, exit code 130). One demo at a time per DIR;
+the children's logs are DIR/serve.log and DIR/analyze.log. From the demo to your own
+models: docs/demo.md.
 """
 
 
