@@ -7,8 +7,10 @@ each call. `test_the_installed_entry_point_runs` is the one that starts a proces
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +20,36 @@ from abrouter import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """`abrouter ARGV` in this process: the exit code, stdout and stderr."""
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Iterator[Run]:
+    """`abrouter ARGV` in this process: the exit code, stdout and stderr.
+
+    Should a check regress, the command must fail, not serve forever in the test: serve
+    and example-model are given a port another socket holds, and the demo a --out that is
+    a file (a later --port or --out in ARGV wins).
+    """
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        not_a_dir = tmp_path / "not-a-directory"
+        not_a_dir.write_text("")
+        guard = {
+            "serve": ["--host", "127.0.0.1", "--port", str(taken.getsockname()[1])],
+            "example-model": ["--host", "127.0.0.1", "--port", str(taken.getsockname()[1])],
+            "demo": ["--out", str(not_a_dir)],
+        }
+
+        def abrouter(*argv: str) -> tuple[int, str, str]:
+            if argv and "--help" not in argv:
+                argv = (argv[0], *guard.get(argv[0], []), *argv[1:])
+            code = cli.main(list(argv))
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        yield abrouter
 
 
 def one_line_error(err: str) -> str:
@@ -43,10 +70,10 @@ def one_line_error(err: str) -> str:
         ("- just\n- a list\n", "must be a mapping"),
     ],
 )
-def test_bad_config_is_exit_2_with_one_line(tmp_path, capsys, content, message):
+def test_bad_config_is_exit_2_with_one_line(tmp_path, run, content, message):
     config = tmp_path / "exp.yaml"
     config.write_text(content)
-    code, _, err = run(capsys, "serve", "--config", str(config), "--no-event-log")
+    code, _, err = run("serve", "--config", str(config), "--no-event-log")
     assert code == 2
     assert message in one_line_error(err) and err.startswith("abrouter: error: ")
 
@@ -75,25 +102,25 @@ variants:
         ("weight", "analysis: {alpah: 0.1}", "exp.yaml, line 10: analysis.alpah: unknown key (did you mean 'alpha'?)"),
     ],
 )
-def test_schema_errors_name_the_file_the_line_and_the_key_meant(tmp_path, capsys, typo, extra, message):
+def test_schema_errors_name_the_file_the_line_and_the_key_meant(tmp_path, run, typo, extra, message):
     config = tmp_path / "exp.yaml"
     config.write_text(SPEC.replace("{typo}", typo).replace("{extra}", extra))
     for command in (["serve", "--no-event-log"], ["analyze"], ["report"]):
-        code, _, err = run(capsys, *command, "--config", str(config))
+        code, _, err = run(*command, "--config", str(config))
         assert code == 2 and message in one_line_error(err), (command, err)
 
 
-def test_missing_config_and_bad_flags(tmp_path, capsys):
-    code, _, err = run(capsys, "serve", "--config", str(tmp_path / "nope.yaml"))
+def test_missing_config_and_bad_flags(tmp_path, run):
+    code, _, err = run("serve", "--config", str(tmp_path / "nope.yaml"))
     assert code == 2 and "cannot read" in one_line_error(err)
-    code, _, err = run(capsys, "serve", "--flush-interval", "0")
+    code, _, err = run("serve", "--flush-interval", "0")
     assert code == 2 and "argument --flush-interval: must be a finite number > 0, got '0'" in one_line_error(err)
-    code, _, err = run(capsys, "frobnicate")
+    code, _, err = run("frobnicate")
     assert code == 2 and "invalid choice" in one_line_error(err)
 
 
 @pytest.mark.parametrize("command", ["serve", "analyze", "report", "demo"])
-def test_a_redis_url_without_a_scheme_is_one_line(tmp_path, capsys, monkeypatch, command):
+def test_a_redis_url_without_a_scheme_is_one_line(tmp_path, run, monkeypatch, command):
     config = tmp_path / "exp.yaml"
     config.write_text(SPEC.replace("{typo}", "weight").replace("{extra}", ""))
     if command == "demo":  # the demo takes its Redis from the environment only
@@ -101,14 +128,14 @@ def test_a_redis_url_without_a_scheme_is_one_line(tmp_path, capsys, monkeypatch,
         argv = ["demo", "--out", str(tmp_path / "demo")]
     else:
         argv = [command, "--config", str(config), "--redis-url", "localhost:6379"]
-    code, _, err = run(capsys, *argv)
+    code, _, err = run(*argv)
     assert code == 2, err
     assert "must be a URL like redis://HOST:6379/0" in one_line_error(err) and "'localhost:6379'" in err
     assert not (tmp_path / "demo").exists(), "the demo said no before it started anything"
 
 
-def test_a_password_in_a_bad_redis_url_is_masked(capsys):
-    code, _, err = run(capsys, "analyze", "--config", "x.yaml", "--redis-url", "redis//user:hunter2@host")
+def test_a_password_in_a_bad_redis_url_is_masked(run):
+    code, _, err = run("analyze", "--config", "x.yaml", "--redis-url", "redis//user:hunter2@host")
     assert code == 2 and "hunter2" not in one_line_error(err)
 
 
@@ -123,8 +150,8 @@ def test_a_password_in_a_bad_redis_url_is_masked(capsys):
         ("--port", "70000", "must be a TCP port 0..65535, got '70000'"),
     ],
 )
-def test_bad_numbers_are_one_line_naming_the_flag(capsys, flag, value, message):
-    code, _, err = run(capsys, "serve", flag, value)
+def test_bad_numbers_are_one_line_naming_the_flag(run, flag, value, message):
+    code, _, err = run("serve", flag, value)
     assert code == 2 and f"argument {flag}: {message}" in one_line_error(err), err
 
 
@@ -136,28 +163,28 @@ def test_bad_numbers_are_one_line_naming_the_flag(capsys, flag, value, message):
         ["example-model", "--delay-ms", "-3"],
     ],
 )
-def test_every_command_checks_its_numbers(capsys, argv):
-    code, _, err = run(capsys, *argv)
+def test_every_command_checks_its_numbers(run, argv):
+    code, _, err = run(*argv)
     assert code == 2 and "must be a finite number" in one_line_error(err), err
 
 
-def test_help_explains_each_command(capsys):
-    code, out, _ = run(capsys, "--help")
+def test_help_explains_each_command(run):
+    code, out, _ = run("--help")
     assert code == 0
     for command in ("serve", "analyze", "plan", "report", "demo"):
         assert command in out
-    code, serve, _ = run(capsys, "serve", "--help")
+    code, serve, _ = run("serve", "--help")
     assert code == 0 and "--redis-url" in serve and "epoch" in serve and "examples:" in serve
     for flag in ("--header-timeout", "--body-timeout", "--idle-timeout", "--max-connections"):
         assert flag in serve
 
 
-def test_client_limits_read_the_environment(capsys, monkeypatch):
+def test_client_limits_read_the_environment(run, monkeypatch):
     monkeypatch.setenv("ABROUTER_IDLE_TIMEOUT", "4.5")
-    _, out, _ = run(capsys, "serve", "--help")
+    _, out, _ = run("serve", "--help")
     assert "else 4.5)" in " ".join(out.split())
     monkeypatch.setenv("ABROUTER_IDLE_TIMEOUT", "nan")  # checked like the flag
-    code, _, err = run(capsys, "serve", "--no-event-log")
+    code, _, err = run("serve", "--no-event-log")
     assert code == 2 and "argument --idle-timeout: must be a finite number, got 'nan'" in one_line_error(err)
 
 

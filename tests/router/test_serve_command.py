@@ -67,12 +67,13 @@ def test_a_taken_router_port_is_one_line_and_no_banner(capsys, taken_port):
     assert str(taken_port) in err and "in use" in err
 
 
-def test_example_ports_belong_to_the_bundled_example(capsys, tmp_path):
+def test_example_ports_belong_to_the_bundled_example(capsys, tmp_path, taken_port):
     config = tmp_path / "exp.yaml"
     config.write_text(CONFIG)
-    code, _, err = serve(capsys, "--config", str(config), "--example-ports", "18301,18302")
+    port = ("--port", str(taken_port))  # should the check regress, serve fails instead of serving on
+    code, _, err = serve(capsys, *port, "--config", str(config), "--example-ports", "18301,18302")
     assert code == 2 and "--example-ports moves the bundled example's models" in err
-    code, _, err = serve(capsys, "--example-ports", "18301")
+    code, _, err = serve(capsys, *port, "--example-ports", "18301")
     assert code == 2 and "argument --example-ports: must be two ports, PORT,PORT" in err
 
 
