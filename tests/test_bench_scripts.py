@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
         ("loop_stall.py", ["--events", "300", "--rounds", "1"], "| spill replay (read, decode, send) |"),
         ("sim_cuped.py", ["--experiments", "20", "--looks", "3"], "cuped: sequential power"),
         ("sim_guardrails.py", ["--experiments", "10", "--runs", "2"], "rolled back at the 25% step"),
+        ("kill_loss.py", ["--kills", "1", "--seconds", "1", "--concurrency", "4"], "| kill | answered | lost"),
+        (
+            "flush_cost.py",
+            ["--batch", "200", "--batches", "2", "--rounds", "1", "--big", "0", "--memory", "500"],
+            "| floor | ",
+        ),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

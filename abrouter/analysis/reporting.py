@@ -66,13 +66,14 @@ def _from_kube(ref: str, kubeconfig: Path | None) -> spec.Experiment:
 
 async def _render(experiment: spec.Experiment, redis_url: str) -> str:
     import numpy as np
-    import redis.asyncio
 
     from abrouter.analysis import analyzer, history, html_report, reader
+    from abrouter.analysis.connection import RedisConnection
     from abrouter.contract import keys as schema
 
-    client = redis.asyncio.Redis.from_url(redis_url)
+    connection = RedisConnection(redis_url)
     try:
+        client = await connection.client(experiment.name)
         keys = schema.Keys(experiment.name)
         data = await reader.read(client, experiment, keys=keys)
         last = await history.last(client, keys)
@@ -81,5 +82,5 @@ async def _render(experiment: spec.Experiment, redis_url: str) -> str:
         result = analyzer.analyze(data, now=time.time(), previous=seed, rng=np.random.default_rng(0))
         entries = await history.entries(client, keys)
     finally:
-        await client.aclose()
+        await connection.aclose()
     return html_report.render(experiment, result, entries)

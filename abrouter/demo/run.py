@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio
 import yaml
 
+from abrouter import redisclient
 from abrouter.demo import children, population, progress, servers, workdir, world
 from abrouter.demo.options import Options
 from abrouter.router.redis_server import RedisServer, free_port
@@ -159,7 +159,7 @@ async def _first_look(state: State, analyzer: asyncio.subprocess.Process, *, log
 
 async def _flush_old(redis_url: str) -> None:
     """A demo starts from nothing: remove what an earlier demo left under its name."""
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = await redisclient.connect(redis_url)
     try:
         keys = [k async for k in client.scan_iter(match=f"*{{{EXPERIMENT}}}*")]
         if keys:

@@ -23,7 +23,8 @@ The driver owns the exchange calls, the body rules and the failure sequence, onc
 - anything else is a bug: a 500 (`Failure.INTERNAL`) if nothing was sent yet, else an
   abort, and the traceback in the log.
 
-No framework here: asyncio and the `Transport` seam only.
+No framework and no I/O library here (checked by import-linter): asyncio and the
+`Transport` seam only.
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ from abrouter.router import exchange
 from abrouter.router.errors import UpstreamError
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
 from abrouter.router.headers import Headers
-from abrouter.router.state import Router
-from abrouter.router.upstream.transport import UpstreamResponse
+from abrouter.router.upstream.transport import Transport, UpstreamResponse
 
 log = logging.getLogger("abrouter.proxy")
 
@@ -159,6 +159,12 @@ class BodyStream:
 
 
 RequestBody = bytes | BodyStream | None
+
+
+class Router(exchange.Services, Protocol):
+    """What the driver needs of the running router (`abrouter.router.state.Router`)."""
+
+    transport: Transport
 
 
 async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Downstream) -> None:

@@ -88,7 +88,7 @@ def upstream_transport() -> str:
 
     pytestmark = pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
     """
-    return "aiohttp"
+    return "httptools"
 
 
 @pytest.fixture

@@ -130,3 +130,23 @@ async def test_malformed_requests_log_one_warning_line_per_interval(
     assert rec.getMessage().startswith("request refused with 431 (headers_too_large): request headers exceed 8192")
     assert r.router.metrics.bad_requests["headers_too_large"] == 5
     assert sum(r.router.metrics.errors.values()) == 0  # a client's mistake is no variant's error
+
+
+async def test_an_http10_client_keeping_the_connection_alive_is_told_so_and_served_twice(
+    make_router: MakeRouter,
+) -> None:
+    """Without `Connection: keep-alive` in the answer an HTTP/1.0 client waits for a close."""
+    r = await make_router({"control": 100, "candidate": 0})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.client.server.port)
+    try:
+        for _ in range(2):
+            writer.write(
+                b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: u1\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            assert head.startswith("http/1.1 200") and "connection: keep-alive" in head
+            fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+            length = int(fields["content-length"])
+            await reader.readexactly(length)
+    finally:
+        writer.close()

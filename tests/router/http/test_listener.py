@@ -85,7 +85,7 @@ async def start(
 
 @pytest.fixture
 def upstream_transport() -> str:
-    return "aiohttp"
+    return "httptools"
 
 
 @pytest.fixture
