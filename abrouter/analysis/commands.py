@@ -1,38 +1,26 @@
 """`abrouter analyze` and `abrouter plan`: argument parsing and wiring only.
 
 Each command's ``func`` returns an exit code. Bad input raises a `UserError`
-(`InputError`, `ConfigError`), which the CLI turns into exit code 2
-and one line; a Redis or file failure (`SourceError`, `ConflictError`) is reported
-here as one line with exit code 1, and `--every` keeps going after it.
+(`InputError`, `ConfigError`), which the CLI turns into exit code 2 and one line; a
+Redis or file failure is reported by `abrouter.analysis.runner` as one line with exit
+code 1. This module imports nothing heavy: the CLI registers every command with it, and
+the statistics (numpy, scipy), Redis and Kubernetes are imported only by the command
+that runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
-from typing import TextIO
 
-import numpy as np
-
-from abrouter.analysis import analyzer, kube_look, report, service, summary
-from abrouter.analysis.connection import RedisConnection
-from abrouter.analysis.errors import ConflictError, InputError, SourceError, UnfinishedError
-from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
-from abrouter.analysis.sinks.file import FileSink
-from abrouter.analysis.sinks.kube import KubeSink
-from abrouter.analysis.stats.power import sample_size
-from abrouter.analysis.witness import FileWitness
+from abrouter import argtypes
+from abrouter.analysis.errors import InputError
 from abrouter.contract import experiment as spec
-from abrouter.kube.client import KubeClient, Ref
-from abrouter.kube.errors import KubeError
-from abrouter.redact import mask_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -112,12 +100,15 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        type=argtypes.redis_url,
         metavar="URL",
         help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
     )
     when = p.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="analyze once and exit (the default)")
-    when.add_argument("--every", type=float, metavar="SECONDS", help="analyze again every SECONDS until Ctrl-C")
+    when.add_argument(
+        "--every", type=argtypes.positive, metavar="SECONDS", help="analyze again every SECONDS until Ctrl-C"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (one object per line) instead of a table")
     p.add_argument(
         "--apply",
@@ -168,104 +159,17 @@ def analyze(args: argparse.Namespace) -> int:
     if args.summary is not None:
         if args.apply or args.every is not None:
             raise InputError("", "--apply and --every need --config (a summary has no weights to change)")
-        return analyze_summary(args.summary, as_json=args.json, out=sys.stdout)
-    if args.every is not None and not (args.every > 0 and math.isfinite(args.every)):
-        raise InputError("", f"--every must be a positive number of seconds, got {args.every}")
+        from abrouter.analysis import runner
+
+        return runner.analyze_summary(args.summary, as_json=args.json, out=sys.stdout)
     if args.experiment is None and (args.kubeconfig is not None or args.dry_run):
         raise InputError("", "--kubeconfig and --dry-run need --experiment NAMESPACE/NAME")
+    from abrouter.analysis import runner  # numpy, scipy, redis: only when analyze runs
+
     if args.experiment is not None:
-        return asyncio.run(_analyze_kube(args))
+        return asyncio.run(runner.analyze_kube(args))
     spec.load(args.config)  # bad config: fail now, with exit code 2, not inside the loop
-    return asyncio.run(_analyze_redis(args))
-
-
-def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
-    now = time.time()
-    for data, elapsed in summary.load(path):
-        if elapsed is not None:
-            data = dataclasses.replace(data, started_at=now - elapsed)
-        # A fixed seed makes a summary's result (the bandit's Monte Carlo) reproducible.
-        result = analyzer.analyze(data, now=now, rng=np.random.default_rng(0))
-        _print(result, as_json=as_json, out=out)
-    return 0
-
-
-async def _analyze_redis(args: argparse.Namespace) -> int:
-    client = RedisConnection(args.redis_url)
-    sink: WeightsSink = FileSink(args.config) if args.apply else DryRunSink()
-    # The witness goes where the decisions go: beside the spec file, with --apply only.
-    witness = FileWitness.beside(args.config) if args.apply else None
-    try:
-        while True:
-            code = await _one_look(client, args.config, sink, witness, as_json=args.json, url=args.redis_url)
-            if args.every is None:
-                return code
-            await asyncio.sleep(args.every)
-    finally:
-        await client.aclose()
-
-
-async def _one_look(
-    client: RedisConnection, config: Path, sink: WeightsSink, witness: FileWitness | None, *, as_json: bool, url: str
-) -> int:
-    """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
-    try:
-        experiment = spec.load(config)
-        result = await service.look(await client.client(experiment.name), experiment, sink=sink, witness=witness)
-    except SourceError as exc:
-        return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
-    except ConflictError as exc:
-        return _fail(str(exc), 1)
-    except spec.ConfigError as exc:  # edited into something invalid while --every runs
-        return _fail(str(exc), 2)
-    _print(result, as_json=as_json, out=sys.stdout)
-    return 0
-
-
-async def _analyze_kube(args: argparse.Namespace) -> int:
-    ref = Ref.parse(args.experiment)
-    sink = KubeSink(KubeClient.from_config(args.kubeconfig, role="analyzer"), ref, dry_run=args.dry_run)
-    client = RedisConnection(args.redis_url)
-    try:
-        while True:
-            # --dry-run shows what --apply would write, so it implies the --apply path.
-            apply = args.apply or args.dry_run
-            code = await _one_kube_look(client, sink, apply=apply, as_json=args.json, url=args.redis_url)
-            if args.every is None:
-                return code
-            await asyncio.sleep(args.every)
-    finally:
-        await client.aclose()
-        sink.client.close()
-
-
-async def _one_kube_look(client: RedisConnection, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
-    """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
-    try:
-        result = await kube_look.look(await client.client(sink.ref.name), sink, apply=apply)
-    except UnfinishedError as exc:  # before SourceError: it may wrap one, and says what was applied
-        return _fail(str(exc), 1)
-    except SourceError as exc:
-        return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
-    except (ConflictError, KubeError) as exc:
-        return _fail(str(exc), 1)
-    except spec.ConfigError as exc:  # the resource's spec is invalid (kubectl edit)
-        return _fail(f"Experiment {sink.ref}: {exc}", 2)
-    _print(result, as_json=as_json, out=sys.stdout)
-    return 0
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"abrouter: error: {message}", file=sys.stderr, flush=True)
-    return code
-
-
-def _print(result: analyzer.AnalysisResult, *, as_json: bool, out: TextIO) -> None:
-    if as_json:
-        out.write(json.dumps(result.to_dict(), sort_keys=False) + "\n")
-    else:
-        out.write(report.render(result))
-    out.flush()
+    return asyncio.run(runner.analyze_redis(args))
 
 
 # --------------------------------------------------------------------------- plan
@@ -273,6 +177,8 @@ def _print(result: analyzer.AnalysisResult, *, as_json: bool, out: TextIO) -> No
 
 def plan(args: argparse.Namespace) -> int:
     _check_plan(args)
+    from abrouter.analysis.stats.power import sample_size  # scipy: only when plan runs
+
     result = sample_size(
         baseline=args.baseline,
         mde=args.mde,

@@ -16,8 +16,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from abrouter.analysis import report_text
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats import histogram
+from abrouter.analysis.stats.compare import Comparison
+from abrouter.analysis.stats.noninferiority import NonInferiority
 from abrouter.contract import experiment as spec
 from abrouter.contract.history import DecisionEntry
 from abrouter.contract.model import Guardrail
@@ -143,38 +146,9 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
     control = experiment.control.name
     candidates = [v.name for v in experiment.variants[1:]]
     figures = plots(history, candidates)
-    primary = result.primary
-    rows = []
-    for arm in result.data.arms:
-        c, mean = result.primary_of(arm.name)
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(str(v))}</td>"
-                for v in (
-                    arm.name,
-                    f"{arm.weight:.1f}%",
-                    _fmt(arm.units),
-                    _fmt(arm.exposures),
-                    _fmt(mean),
-                    _fmt(c.relative_lift, pct=True) if c else "–",
-                    f"{_fmt(c.relative_ci[0], True)} .. {_fmt(c.relative_ci[1], True)}" if c else "–",
-                    f"{_fmt(c.sequential_ci[0], True)} .. {_fmt(c.sequential_ci[1], True)}" if c else "–",
-                    _fmt(c.sequential_p_value) if c else "–",
-                    _fmt(result.holm.get(arm.name, math.nan)) if c else "–",
-                    f"{c.chance_to_beat:.1%}" if c else "–",
-                    _latency_cell(histogram.merge(arm.latency.values())),
-                )
-            )
-            + "</tr>"
-        )
-    # The look that acted tells why; later looks only say "already promoted".
-    acted = next((e for e in reversed(history) if e.applied and e.action == d.action), None)
-    why = acted.reason if acted is not None else d.reason
-    headline = {
-        "promote": f"The candidate won and was promoted. {why}",
-        "rollback": f"The candidate was rolled back. {why}",
-    }.get(d.action, f"No winner yet ({d.action}). {why}")
+    headline = report_text.headline(history, action=d.action, reason=d.reason, control=control)
+    tone = (report_text.last_applied(history) or d).action
+    steps = report_text.steps(history, control=control)
     srm = "mismatch: the split is not what the weights say" if result.srm.flagged else "ok"
     variants = "".join(
         f"<li><b>{html.escape(v.name)}</b>{' (control)' if v.name == control else ''}: "
@@ -195,23 +169,22 @@ def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequenc
         for e in history
         if e.action != "continue" or e is history[-1]
     )
-    header = ("arm", "weight", "units", "exposures", f"{primary} mean", "lift", "95% CI (fixed horizon)",
-              "always-valid CI", "sequential p", "p to promote (this look, Holm)", "chance to beat control",
-              "latency p50 / p95 (ms)")  # fmt: skip
+    applied = f"Applied, in order: {html.escape(steps)}." if steps else "No decision has changed the weights yet."
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>abrouter report: {html.escape(experiment.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;font-size:90%}}
-.headline{{font-size:130%;padding:1em;background:#eef6ee;border-left:6px solid #393}}</style></head>
+.headline{{font-size:130%;padding:1em;background:#f4f4f4;border-left:6px solid #888}}
+.promote{{background:#eef6ee;border-color:#393}}.rollback{{background:#fbeeee;border-color:#c33}}</style></head>
 <body>
 <h1>Experiment {html.escape(experiment.name)}</h1>
-<section id="summary"><p class="headline">{html.escape(headline)}</p>
-<p>Sample ratio: {srm}. Decisions use always-valid sequential tests, so looking at every step did not
-inflate false promotions; the candidate was ramped step by step with guardrails checked at each.</p></section>
+<section id="summary"><p class="headline {tone}">{html.escape(headline)}</p>
+<p>{applied} Sample ratio: {srm}. Decisions use always-valid sequential tests, so looking at every step did not
+inflate false promotions.</p></section>
 <section id="experiment"><h2>The experiment</h2><ul>{variants}</ul><p>Metrics (the first is primary):</p>
 <ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
-<section id="arms"><h2>Arms</h2><table><tr>{"".join(f"<th>{h}</th>" for h in header)}</tr>{"".join(rows)}</table>
-{_cuped_note(experiment, result)}</section>
+{_arms(experiment, result)}
+{_guardrails(result)}
 <section id="plots"><h2>Over time</h2>
 <figure id="plot-lift">{figures["lift"]}</figure>
 <figure id="plot-weights">{figures["weights"]}</figure>
@@ -219,8 +192,87 @@ inflate false promotions; the candidate was ramped step by step with guardrails 
 <figure id="plot-units">{figures["units"]}</figure></section>
 <section id="history"><h2>Decision history</h2><table><tr><th>time (UTC)</th><th>action</th><th>applied</th>
 <th>reason</th></tr>{decisions}</table></section>
+{_details(result)}
 </body></html>
 """
+
+
+def _cells(values: Sequence[Any]) -> str:
+    return "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in values) + "</tr>"
+
+
+def _head(names: Sequence[str]) -> str:
+    return "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in names) + "</tr>"
+
+
+def _arms(experiment: spec.Experiment, result: AnalysisResult) -> str:
+    """Per arm: one p per comparison, the one a promotion is decided on, and what it means."""
+    rows = []
+    for arm in result.data.arms:
+        c, mean = result.primary_of(arm.name)
+        rows.append(_cells((
+            arm.name, f"{arm.weight:.1f}%", _fmt(arm.units), _fmt(arm.exposures), _fmt(mean),
+            _fmt(c.relative_lift, pct=True) if c else "–",
+            _interval(c.sequential_ci) if c else "–",
+            _fmt(result.holm.get(arm.name, math.nan)) if c else "–",
+            _latency_cell(histogram.merge(arm.latency.values())),
+        )))  # fmt: skip
+    header = ("arm", "weight", "units", "exposures", f"{result.primary} mean", "lift", "always-valid 95% CI",
+              "p to promote (this look, Holm)", "latency p50 / p95 (ms)")  # fmt: skip
+    alpha, primary = experiment.analysis.alpha, html.escape(result.primary or "the primary metric")
+    return f"""<section id="arms"><h2>Arms</h2><table>{_head(header)}{"".join(rows)}</table>
+<p><b>p to promote</b>: this look's one-sided always-valid p that the candidate beats the control on
+{primary}, Holm-adjusted over the candidates; a candidate is promoted when it is below alpha
+{alpha:g} and its guardrails pass. The interval is always-valid too: it holds however often the analyzer looked.
+The other p-values and intervals are under <a href="#details">details</a>.</p>
+{_cuped_note(experiment, result)}</section>"""
+
+
+def _guardrails(result: AnalysisResult) -> str:
+    """Each guardrail of this look beside its margin, with its result in words."""
+    rows = "".join(_cells(_guardrail_row(g)) for g in result.guardrails)
+    header = ("guardrail", "variant", "tolerated harm", "harm (this look)", "result")
+    table = f"<table>{_head(header)}{rows}</table>" if rows else "<p>No guardrail was tested at this look.</p>"
+    skipped = ", ".join(result.skipped_guardrails)
+    return f"""<section id="guardrails"><h2>Guardrails</h2>
+<p>A candidate may be worse than the control by at most the tolerated harm. Harm is measured in the metric's bad
+direction (positive: worse), with an always-valid one-sided bound.</p>{table}
+{f"<p>Skipped (no data): {html.escape(skipped)}.</p>" if skipped else ""}</section>"""
+
+
+def _guardrail_row(g: NonInferiority) -> list[str]:
+    name = g.metric if g.epoch is None else f"{g.metric} (epoch {g.epoch} alone)"
+    return [name, g.variant, report_text.margin(g), report_text.harm(g), report_text.result(g)]
+
+
+def _details(result: AnalysisResult) -> str:
+    """Every comparison's statistics, for whoever wants them all."""
+    rows = "".join(_cells(_detail_row(c, primary=result.primary or "")) for c in result.comparisons if c.status == "ok")
+    header = ("metric", "variant", "lift", "95% CI (fixed horizon)", "fixed-horizon p", "sequential p (lowest so far)",
+              "always-valid 95% CI", "chance to beat control", "expected loss")  # fmt: skip
+    return f"""<details id="details"><summary>Details: every comparison</summary>
+<p><b>fixed-horizon p</b> and its CI are the classic two-sided test, valid only if this were the only look.
+<b>sequential p</b> is the always-valid p, the lowest over all looks so far. <b>chance to beat control</b> and
+<b>expected loss</b> are Bayesian, under a flat prior. Decisions use only the always-valid numbers.</p>
+<table>{_head(header)}{rows}</table></details>"""
+
+
+def _detail_row(c: Comparison, *, primary: str) -> list[str]:
+    return [
+        c.metric + (" (primary)" if c.metric == primary else ""),
+        c.variant,
+        _fmt(c.relative_lift, pct=True),
+        _interval(c.relative_ci),
+        _fmt(c.p_value),
+        _fmt(c.sequential_p_value),
+        _interval(c.sequential_ci),
+        f"{c.chance_to_beat:.1%}" if math.isfinite(c.chance_to_beat) else "–",
+        _fmt(c.expected_loss),
+    ]
+
+
+def _interval(pair: Sequence[float]) -> str:
+    return f"{_fmt(pair[0], True)} .. {_fmt(pair[1], True)}"
 
 
 def _margin(g: Guardrail) -> str:

@@ -1,4 +1,8 @@
-"""`abrouter report`: argument parsing and wiring for the HTML report (`html_report`)."""
+"""`abrouter report`: argument parsing and wiring for the HTML report (`html_report`).
+
+numpy, scipy, Redis, matplotlib and the Kubernetes client are imported only when the
+command runs (see `abrouter.analysis.commands`).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,10 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
-from abrouter.analysis import analyzer, history, html_report, reader
+from abrouter import argtypes
 from abrouter.analysis.commands import DEFAULT_REDIS_URL
-from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.errors import InputError, SourceError
 from abrouter.contract import experiment as spec
-from abrouter.contract import keys as schema
-from abrouter.contract import resource
-from abrouter.kube.client import KubeClient, Ref
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,8 +29,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--config", type=Path, metavar="FILE", help="experiment YAML; data from Redis")
     source.add_argument("--experiment", metavar="NAMESPACE/NAME", help="an Experiment resource; data from Redis")
     p.add_argument("--kubeconfig", type=Path, help="with --experiment: the kubeconfig")
-    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), metavar="URL",
-                   help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        type=argtypes.redis_url,
+        metavar="URL",
+        help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
+    )
     p.add_argument("--out", type=Path, default=Path("report.html"), help="where to write (default: %(default)s)")
     p.set_defaults(func=report)
 
@@ -51,6 +54,9 @@ def report(args: argparse.Namespace) -> int:
 
 
 def _from_kube(ref: str, kubeconfig: Path | None) -> spec.Experiment:
+    from abrouter.contract import resource
+    from abrouter.kube.client import KubeClient, Ref
+
     client = KubeClient.from_config(kubeconfig, role="analyzer")
     try:
         return resource.parse(client.get(Ref.parse(ref))).experiment
@@ -59,6 +65,12 @@ def _from_kube(ref: str, kubeconfig: Path | None) -> spec.Experiment:
 
 
 async def _render(experiment: spec.Experiment, redis_url: str) -> str:
+    import numpy as np
+
+    from abrouter.analysis import analyzer, history, html_report, reader
+    from abrouter.analysis.connection import RedisConnection
+    from abrouter.contract import keys as schema
+
     connection = RedisConnection(redis_url)
     try:
         client = await connection.client(experiment.name)

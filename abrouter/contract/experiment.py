@@ -402,7 +402,46 @@ def loads(text: str, source: str = "<string>") -> Experiment:
         raise ConfigError("", f"{source}: {exc}") from None
     except RecursionError:
         raise ConfigError("", f"{source}: not valid YAML: nested too deeply") from None
-    return parse(data)
+    try:
+        return parse(data)
+    except ConfigError as exc:  # name the file and the line, as YAML's own errors do
+        line = _line_of(text, exc.path)
+        where = source if line is None else f"{source}, line {line}"
+        raise ConfigError(exc.path, exc.message, where=where) from None
+
+
+_PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _line_of(text: str, path: str) -> int | None:
+    """The line of the field `path` names (``variants[0].weight``) in the YAML `text`.
+
+    A field that is missing (``is required``) is placed on the line of the mapping that
+    should hold it.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (yaml.YAMLError, RecursionError):
+        return None
+    line = None if node is None else node.start_mark.line + 1
+    for index, key in _PATH_PART.findall(path):
+        found = _child(node, int(index) if index else key)
+        if found is None:
+            break
+        line, node = found
+    return line
+
+
+def _child(node: yaml.Node | None, step: int | str) -> tuple[int, yaml.Node] | None:
+    """The line of `step` (a key, or a list index) in `node`, and the node it leads to."""
+    if isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+        item = node.value[step]
+        return item.start_mark.line + 1, item
+    if isinstance(node, yaml.MappingNode) and isinstance(step, str):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == step:
+                return key.start_mark.line + 1, value
+    return None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -22,11 +22,13 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604
 class ConfigError(UserError):
     """An input that cannot be used; `path` names the offending field."""
 
-    def __init__(self, path: str, message: str) -> None:
+    def __init__(self, path: str, message: str, *, where: str = "") -> None:
         # One line, whatever the input held: a key or value may carry newlines or controls.
         self.path = _printable(path)
         self.message = _printable(message)
-        super().__init__(f"{self.path}: {self.message}" if self.path else self.message)
+        #: The file and line, when the input was a file ("exp.yaml, line 4").
+        self.where = _printable(where)
+        super().__init__(": ".join(part for part in (self.where, self.path, self.message) if part))
 
 
 def _printable(text: str) -> str:
@@ -60,18 +62,25 @@ class Reader:
         if key in self.data:
             return self.data[key]
         if required or default is ...:
-            raise ConfigError(self.at(key), "is required")
+            raise ConfigError(self.at(key), "is required" + misspelt(key, self.data))
         return default
 
     def done(self) -> None:
         extra = [str(k) for k in self.data if k not in self.seen]
         if extra:
-            raise ConfigError(self.at(extra[0]), "unknown key" + suggest(extra[0], self.seen))
+            hint = suggest(extra[0], self.seen) or f"; known: {', '.join(sorted(self.seen))}"
+            raise ConfigError(self.at(extra[0]), "unknown key" + hint)
 
 
 def suggest(key: str, known: Collection[str]) -> str:
     close = difflib.get_close_matches(key, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def misspelt(key: str, item: Mapping[Any, Any]) -> str:
+    """For a missing required key: the key the input has instead, when one is close (``wieght``)."""
+    close = difflib.get_close_matches(key, sorted(str(k) for k in item if k != key), n=1)
+    return f"; found {close[0]!r} (did you mean {key!r}?)" if close else ""
 
 
 def mapping(value: Any, path: str, *, noun: str = "a mapping") -> Mapping[str, Any]:
@@ -82,14 +91,15 @@ def mapping(value: Any, path: str, *, noun: str = "a mapping") -> Mapping[str, A
 
 def required(item: Mapping[str, Any], key: str, path: str) -> Any:
     if key not in item:
-        raise ConfigError(join(path, key), "is required")
+        raise ConfigError(join(path, key), "is required" + misspelt(key, item))
     return item[key]
 
 
 def known_keys(item: Mapping[str, Any], keys: Collection[str], path: str) -> None:
     for key in item:
         if key not in keys:
-            raise ConfigError(join(path, str(key)), f"unknown key; known: {', '.join(sorted(keys))}")
+            hint = suggest(str(key), keys) or f"; known: {', '.join(sorted(keys))}"
+            raise ConfigError(join(path, str(key)), "unknown key" + hint)
 
 
 def string(value: Any, path: str, pattern: re.Pattern[str] | None = None, what: str = "") -> str:

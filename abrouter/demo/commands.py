@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
+import os
 from pathlib import Path
 
-from abrouter.demo import run
+from abrouter import argtypes
+from abrouter.demo.options import Options
 from abrouter.errors import UserError
 
 EPILOG = """\
@@ -21,9 +22,12 @@ Everything runs on 127.0.0.1: a private Redis (or $REDIS_URL), two model servers
 user-item world with a known ground truth, serving the Open Inference Protocol), the
 real `abrouter serve` in front of them, simulated users who click by the ground truth
 and report impressions and clicks, and `abrouter analyze --every 2 --apply`, whose
-ramps, promotion or rollback rewrite the weights the router follows. It stops early
+ramps, promotion or rollback rewrite the weights the router follows. The --duration
+clock starts at the analyzer's first look (a busy machine starts slowly). It stops early
 once the candidate is promoted or rolled back, writes DIR/report.html and stops every
-process it started (also on Ctrl-C).
+process it started (also on Ctrl-C: one line, exit code 130). One demo at a time per DIR;
+the children's logs are DIR/serve.log and DIR/analyze.log. From the demo to your own
+models: docs/demo.md.
 """
 
 
@@ -36,26 +40,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d = run.Options()
-    p.add_argument("--duration", type=float, default=d.duration_s, metavar="SECONDS",
+    d = Options()
+    p.add_argument("--duration", type=argtypes.positive, default=d.duration_s, metavar="SECONDS",
                    help="at most this long (default: %(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=d.seed, help="the world and the users (default: %(default)s)")
-    p.add_argument("--lift", type=float, default=d.lift,
+    p.add_argument("--lift", type=argtypes.non_negative, default=d.lift,
                    help="the candidate's true CTR over the control's, minus 1 (default: %(default)s)")  # fmt: skip
-    p.add_argument("--users", type=int, default=d.users, help="simulated users (default: %(default)s)")
-    p.add_argument("--rps", type=float, default=d.rps, help="requests per second (default: %(default)s)")
+    p.add_argument("--users", type=argtypes.at_least(10), default=d.users,
+                   help="simulated users (default: %(default)s)")  # fmt: skip
+    p.add_argument("--rps", type=argtypes.positive, default=d.rps, help="requests per second (default: %(default)s)")
     p.add_argument("--out", type=Path, default=d.out, metavar="DIR",
                    help="for the config, the spill dir and report.html (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=demo)
 
 
 def demo(args: argparse.Namespace) -> int:
-    checks = (("duration", args.duration > 0), ("rps", 0 < args.rps <= 5000), ("users", args.users >= 10),
-              ("lift", 0 <= args.lift <= 0.4))  # fmt: skip
-    for name, ok in checks:
-        value = getattr(args, name)
-        if not ok or (isinstance(value, float) and not math.isfinite(value)):
-            raise UserError(f"--{name}: out of range, got {value} (see abrouter demo --help)")
-    options = run.Options(duration_s=args.duration, seed=args.seed, lift=args.lift, users=args.users, rps=args.rps,
+    # Each flag's type checks that it is a finite number; these are the demo's own bounds.
+    for name, value, high in (("rps", args.rps, 5000), ("lift", args.lift, 0.4)):
+        if value > high:
+            raise UserError(f"--{name}: must be at most {high:g}, got {value:g} (see abrouter demo --help)")
+    _check_redis_url()
+    from abrouter.demo import run  # aiohttp, redis, numpy: only when the demo runs
+
+    options = Options(duration_s=args.duration, seed=args.seed, lift=args.lift, users=args.users, rps=args.rps,
                           out=args.out)  # fmt: skip
-    return asyncio.run(run.run(options))
+    try:
+        return asyncio.run(run.run(options))
+    except KeyboardInterrupt:  # the children run in their own sessions: the demo stopped them
+        print("abrouter demo: interrupted; every process it started is stopped (no report)", flush=True)
+        return 130
+
+
+def _check_redis_url() -> None:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        try:
+            argtypes.redis_url(url)
+        except argparse.ArgumentTypeError as exc:
+            raise UserError(f"$REDIS_URL {exc}") from None

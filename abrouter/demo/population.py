@@ -43,17 +43,22 @@ async def run(world: World, base_url: str, *, rps: float, seed: int, stop: async
     connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT)
     async with aiohttp.ClientSession(base_url, connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as s:
         next_at = time.monotonic()
-        while not stop.is_set():
-            await slots.acquire()
-            user = int(rng.integers(world.users))
-            draws = rng.random(len(world.recommend("control", 0)))
-            task = asyncio.create_task(_one(s, world, user, draws, traffic))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            task.add_done_callback(lambda _: slots.release())
-            next_at += 1 / rps
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            while not stop.is_set():
+                await slots.acquire()
+                user = int(rng.integers(world.users))
+                draws = rng.random(len(world.recommend("control", 0)))
+                task = asyncio.create_task(_one(s, world, user, draws, traffic))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                task.add_done_callback(lambda _: slots.release())
+                next_at += 1 / rps
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:  # cancelled (Ctrl-C): the requests in flight end before their session closes
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _one(s: aiohttp.ClientSession, world: World, user: int, draws: np.ndarray, traffic: Traffic) -> None:

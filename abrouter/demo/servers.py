@@ -9,12 +9,21 @@ items as an INT64 output, as KServe, Triton and MLServer do::
 
 Also ``GET /v2/health/ready``. A bad request is a 400 with ``{"error": "..."}`` (the
 protocol's error shape).
+
+`in_thread` runs both on their own event loop in a thread, as model servers are their own
+services: sharing the simulated users' loop, on a busy machine the candidate's 3 ms pause
+lasted a whole turn of that loop (100 ms and more), the latency guardrail saw a slow
+model that the demo never meant, and rolled it back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -54,3 +63,32 @@ async def start(app: web.Application) -> tuple[web.AppRunner, str]:
     await site.start()
     port = runner.addresses[0][1]
     return runner, f"http://127.0.0.1:{port}"
+
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def in_thread(world: World, *, candidate_delay_ms: float) -> AsyncIterator[tuple[str, str]]:
+    """The control and the candidate served from a thread's own event loop; yields their base URLs."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="abrouter-demo-models", daemon=True)
+    thread.start()
+
+    async def on(coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    runners: list[web.AppRunner] = []
+    try:
+        urls = []
+        for arm, version, delay in (("control", "popularity", 0.0), ("candidate", "mf", candidate_delay_ms)):
+            runner, url = await on(start(model_app(world, arm, version=version, delay_ms=delay)))
+            runners.append(runner)
+            urls.append(url)
+        yield urls[0], urls[1]
+    finally:
+        for runner in runners:
+            await on(runner.cleanup())
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        loop.close()

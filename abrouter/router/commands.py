@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from abrouter import argtypes
 from abrouter.contract import experiment as model
 from abrouter.errors import UserError
 from abrouter.redact import mask_url
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("abrouter")
 
 EXAMPLE_PORTS = (18181, 18182)
+#: The example models' arms and names, in the bundled experiment's order.
+EXAMPLE_MODELS = (("control", "model-a"), ("candidate", "model-b"))
 
 SERVE_EPILOG = """\
 examples:
@@ -70,11 +73,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "else $KUBECONFIG or ~/.kube/config)",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument("--port", type=argtypes.port, default=8080, help="port to listen on (default: %(default)s)")
     p.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
+        type=argtypes.redis_url,
+        metavar="URL",
         help="Redis for the event log (default: $REDIS_URL, else a private embedded redis-server)",
+    )
+    p.add_argument(
+        "--example-ports",
+        type=argtypes.port_pair,
+        default=EXAMPLE_PORTS,
+        metavar="CONTROL,CANDIDATE",
+        help="with no --config: the ports of the two example models on 127.0.0.1 "
+        f"(default: {EXAMPLE_PORTS[0]},{EXAMPLE_PORTS[1]})",
     )
     p.add_argument(
         "--spill-dir",
@@ -84,14 +97,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--flush-interval",
-        type=float,
+        type=argtypes.positive,
         default=0.25,
         metavar="SECONDS",
         help="seconds between event-log flushes (default: %(default)s)",
     )
     p.add_argument(
         "--reload-interval",
-        type=float,
+        type=argtypes.positive,
         default=1.0,
         metavar="SECONDS",
         help="seconds between checks of the config file (default: %(default)s)",
@@ -110,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--shutdown-timeout",
-        type=float,
+        type=argtypes.positive,
         default=30.0,
         metavar="SECONDS",
         help="on SIGTERM, how long in-flight requests may take to finish (default: %(default)s)",
@@ -118,7 +131,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     limits = Limits()
     p.add_argument(
         "--header-timeout",
-        type=float,
+        type=argtypes.positive,
         default=os.environ.get("ABROUTER_HEADER_TIMEOUT", limits.header_s),
         metavar="SECONDS",
         help="close a connection whose request headers are not complete this long after their first byte "
@@ -127,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--body-timeout",
-        type=float,
+        type=argtypes.positive,
         default=os.environ.get("ABROUTER_BODY_TIMEOUT", limits.body_idle_s),
         metavar="SECONDS",
         help="close a connection whose request body stops arriving for this long; a body that keeps "
@@ -135,7 +148,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--idle-timeout",
-        type=float,
+        type=argtypes.positive,
         default=os.environ.get("ABROUTER_IDLE_TIMEOUT", limits.idle_s),
         metavar="SECONDS",
         help="close a kept-alive connection idle this long between two requests; keep it above the "
@@ -144,7 +157,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--max-connections",
-        type=int,
+        type=argtypes.at_least(1),
         default=os.environ.get("ABROUTER_MAX_CONNECTIONS", limits.max_connections),
         metavar="N",
         help="answer 503 and close new connections while N are open (default: $ABROUTER_MAX_CONNECTIONS, "
@@ -167,28 +180,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     m.add_argument("--name", default="control", help="model name in responses (default: %(default)s)")
     m.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
-    m.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
-    m.add_argument("--delay-ms", type=float, default=0.0, help="added latency per request (default: 0)")
+    m.add_argument("--port", type=argtypes.port, default=8080, help="port (default: %(default)s)")
+    m.add_argument("--delay-ms", type=argtypes.non_negative, default=0.0, help="added latency per request (default: 0)")
     m.set_defaults(func=example_model)
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name in (
-        "flush_interval",
-        "reload_interval",
-        "shutdown_timeout",
-        "header_timeout",
-        "body_timeout",
-        "idle_timeout",
-    ):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if args.max_connections < 1:
-        raise UserError(f"--max-connections must be >= 1, got {args.max_connections}")
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port must be 0..65535, got {args.port}")
+    """What no one flag's type can check (each number is checked by its `argtypes` type)."""
     if args.kubeconfig is not None and args.experiment is None:
         raise UserError("--kubeconfig needs --experiment NAMESPACE/NAME")
+    if args.example_ports != EXAMPLE_PORTS and (args.config or args.experiment):
+        raise UserError("--example-ports moves the bundled example's models: it needs no --config or --experiment")
 
 
 def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource]:
@@ -222,7 +224,8 @@ def serve(args: argparse.Namespace) -> int:
         source = FileSource(path, interval_s=args.reload_interval)
     with ExitStack() as stack:
         redis_url = args.redis_url or ""
-        if not redis_url and not args.no_event_log:
+        private = not redis_url and not args.no_event_log
+        if private:
             server = stack.enter_context(RedisServer())
             redis_url = server.url
             log.info("started a private redis-server for the event log: %s", redis_url)
@@ -244,6 +247,10 @@ def serve(args: argparse.Namespace) -> int:
         problem = secret_problem(settings.secret)
         if problem and not bundled:  # the local quick start needs no secret
             log.warning("%s", problem)
+        if not private and not args.no_event_log:
+            _warn_if_unreachable(redis_url, spill_dir=args.spill_dir)
+        if bundled:
+            experiment = _with_example_ports(experiment, args.example_ports)
         plan = serving.Plan(
             experiment=experiment,
             settings=settings,
@@ -251,13 +258,13 @@ def serve(args: argparse.Namespace) -> int:
             host=args.host,
             port=args.port,
             shutdown_timeout_s=args.shutdown_timeout,
-            companions=[_example_models] if bundled else [],
+            companions=[lambda: _example_models(args.example_ports)] if bundled else [],
         )
-        banner = (
-            (lambda port: print(_quickstart_banner(port, config=path, redis_url=redis_url), flush=True))
-            if bundled
-            else None
-        )
+
+        def show_banner(port: int) -> None:  # once the router listens: the port it got (--port 0 too)
+            print(_quickstart_banner(args, port=port, config=path, redis_url=redis_url, private=private), flush=True)
+
+        banner = show_banner if bundled else None
         if workers == 1:
             serving.run(plan, on_listening=banner)
             return 0
@@ -277,28 +284,80 @@ def serve(args: argparse.Namespace) -> int:
         )
 
 
+def _warn_if_unreachable(redis_url: str, *, spill_dir: Path) -> None:
+    """Say loudly, before serving, that the event log's Redis does not answer (serve goes on: events spill)."""
+    import redis  # the event log's own client library
+
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+        return
+    except redis.RedisError as exc:
+        problem = str(exc).rstrip(".")
+    finally:
+        client.close()
+    print(
+        f"abrouter: WARNING: Redis at {mask_url(redis_url)} cannot be used ({problem}).\n"
+        f"  Serving anyway: every event waits in {spill_dir}/ until Redis answers, `abrouter analyze` sees\n"
+        f"  none of them until then, and /abrouter/readyz says \"redis\": \"degraded\". Check --redis-url.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 @contextlib.asynccontextmanager
-async def _example_models() -> AsyncIterator[None]:
+async def _example_models(ports: tuple[int, int]) -> AsyncIterator[None]:
+    """The quick start's two example models on 127.0.0.1; a taken port is named, with the flag that moves it."""
     from abrouter.router.examples.model_server import start_model_server
 
     runners = []
     try:
-        for name, port in zip(("model-a", "model-b"), EXAMPLE_PORTS):
-            runners.append(await start_model_server(name, "127.0.0.1", port))
+        for (arm, name), port in zip(EXAMPLE_MODELS, ports):
+            try:
+                runners.append(await start_model_server(name, "127.0.0.1", port))
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise OSError(
+                    exc.errno,
+                    f"cannot start the example {arm} model on 127.0.0.1:{port}: {reason} "
+                    "(another abrouter serve?); move the example models with --example-ports PORT,PORT",
+                ) from None
         yield
     finally:
         for runner in runners:
             await runner.cleanup()
 
 
-def _quickstart_banner(port: int, *, config: Path, redis_url: str) -> str:
+def _with_example_ports(experiment: model.Experiment, ports: tuple[int, int]) -> model.Experiment:
+    """The bundled experiment with its upstreams on `ports` (its file says 18181 and 18182)."""
+    variants = tuple(
+        dataclasses.replace(v, upstream=f"http://127.0.0.1:{port}") for v, port in zip(experiment.variants, ports)
+    )
+    return dataclasses.replace(experiment, variants=variants)
+
+
+def _quickstart_banner(args: argparse.Namespace, *, port: int, config: Path, redis_url: str, private: bool) -> str:
     base = f"http://127.0.0.1:{port}"
+    control, candidate = (f"http://127.0.0.1:{p}" for p in args.example_ports)
+    if args.no_event_log:
+        events = "events: none recorded (--no-event-log)"
+    elif private:
+        events = (
+            f"events: a private Redis at {mask_url(redis_url)}, started for this process; "
+            "it and everything in it vanish when serve stops"
+        )
+    else:
+        events = f"events: Redis at {mask_url(redis_url)}"
     return (
         f"abrouter: serving the example experiment 'recsys-v2' on {base}\n"
+        f"  models: control {control}, candidate {candidate} "
+        f"(example servers started here; move them with --example-ports)\n"
+        f"  {events}\n"
         f"  try:  curl -si -X POST -H 'X-User-Id: u42' -d '{{}}' {base}/predict\n"
         f"        curl -s -X POST -d '{{\"unit\": \"u42\", \"metric\": \"conversion\", \"value\": 1}}' "
         f"{base}/abrouter/outcomes\n"
         f"        curl -s {base}/abrouter/experiment ; curl -s {base}/abrouter/metrics\n"
+        f"  analyze, from another terminal while serve runs:\n"
         f"        abrouter analyze --config {config} --redis-url {mask_url(redis_url)}\n"
         f"  stop with Ctrl-C"
     )

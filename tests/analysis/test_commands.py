@@ -355,7 +355,7 @@ async def test_every_keeps_looking_survives_a_bad_edit_and_stops_on_ctrl_c(
         drain = asyncio.create_task(proc.stdout.read())  # a full pipe would block its next look
         path.write_text("name: x\nunit: {header: u}\nvariants: []\n")  # a bad edit while it runs
         error = await asyncio.wait_for(proc.stderr.readline(), 20)
-        assert error.decode().startswith("abrouter: error: variants: needs two or more variants")
+        assert error.decode().startswith(f"abrouter: error: {path}, line 3: variants: needs two or more variants")
         assert proc.returncode is None  # ...is reported, and the loop goes on
         looks = await redis_client.xlen(decisions)
         path.write_text(good)
@@ -386,12 +386,12 @@ def test_bad_config_is_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nunit: {header: u}\nvariants: []\n")
     assert cli.main(["analyze", "--config", str(path)]) == 2
-    assert capsys.readouterr().err.startswith("abrouter: error: variants: needs two or more variants")
+    assert capsys.readouterr().err.startswith(f"abrouter: error: {path}, line 3: variants: needs two or more variants")
 
 
 def test_every_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["analyze", "--config", str(EXAMPLE_CONFIG), "--every", "0"]) == 2
-    assert "--every must be a positive number" in capsys.readouterr().err
+    assert "argument --every: must be a finite number > 0, got '0'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------ plan

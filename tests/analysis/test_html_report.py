@@ -17,6 +17,7 @@ import yaml
 from abrouter import cli
 from abrouter.analysis import history, service
 from abrouter.analysis.sinks.base import DryRunSink
+from abrouter.analysis.sinks.file import FileSink
 from abrouter.analysis.stats import histogram
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
@@ -102,3 +103,93 @@ def test_the_report_plots_latency_p50_and_p95_per_arm_over_time(
         assert label in latency, (label, latency)
     assert any("p50 and p95" in t for t in latency), "titled as quantiles, not the mean"
     assert "latency p50 / p95 (ms)" in text, "the arms table shows them too"
+
+
+class Text(html.parser.HTMLParser):
+    """The text of each element with an id (nested ids included in their parents), and the
+    text outside any <details>."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, str] = {}
+        self._open: list[str | None] = []
+        self._details = 0
+        self.shown = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("br", "meta", "img"):
+            return
+        self._details += tag == "details"
+        ident = dict(attrs).get("id")
+        self._open.append(ident)
+        if ident:
+            self.by_id.setdefault(ident, "")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._details -= tag == "details"
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        if any(t == "svg" for t in self._open):
+            return
+        for ident in self._open:
+            if ident:
+                self.by_id[ident] += data
+        if not self._details:
+            self.shown += data
+
+
+async def ramp_then_roll_back(url: str, path: Path, tmp_path: Path) -> None:
+    """A candidate ramped on fast traffic, then rolled back when it becomes slow."""
+    rng = np.random.default_rng(7)
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        for look, candidate_ms in enumerate((10.0, 10.0, 80.0)):
+            experiment = model.load(path)
+            log = EventLog(redis_url=url, experiment=experiment, spill_dir=tmp_path / "spill")
+            await log.start()
+            for i in range(600):
+                variant = experiment.variants[int(rng.random() * 100 >= experiment.variants[0].weight)].name
+                ms = candidate_ms if variant == "candidate" else 10.0
+                latency = float(rng.lognormal(np.log(ms), 0.2))
+                unit = f"u{look}-{i}"
+                exposure = Exposure(f"r{look}-{i}", unit, variant, experiment.epoch, 1.7e9, 200, latency, False)
+                log.record_exposure(exposure)
+            await log.flush()
+            await log.close()
+            await service.look(client, experiment, sink=FileSink(path), now=1.7e9 + 60 * look)
+    finally:
+        await client.aclose()
+
+
+def test_after_a_rollback_the_report_says_so_and_why(redis_url: str, experiment_name: str, tmp_path: Path) -> None:
+    doc = spec(experiment_name)
+    doc["variants"] = [{**v, "weight": w} for v, w in zip(doc["variants"], (80, 20))]  # type: ignore[call-overload]
+    doc["analysis"] = {
+        "min_units_per_arm": 50,
+        "ramp": [20, 50],
+        "guardrails": [{"metric": "latency_ms", "direction": "decrease", "margin": 0.5, "relative": True}],
+    }
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    asyncio.run(ramp_then_roll_back(redis_url, path, tmp_path))
+    assert model.load(path).weights == (1.0, 0.0), "the slow candidate was rolled back"
+
+    out = tmp_path / "report.html"
+    assert cli.main(["report", "--config", str(path), "--redis-url", redis_url, "--out", str(out)]) == 0
+    text = Text()
+    text.feed(out.read_text())
+    summary = " ".join(text.by_id["summary"].split())
+    # The headline is the last decision that was applied, and why, in words.
+    assert summary.startswith("Rolled back: the control serves all traffic again"), summary
+    assert "latency_ms" in summary and "No winner yet" not in summary
+    assert "ramped step by step" not in summary and "ramp to 50%" in summary, "the steps that were applied"
+    # Each guardrail with its margin and its result.
+    rails = " ".join(text.by_id["guardrails"].split())
+    assert "latency_ms" in rails and "50% of the control" in rails and "breach" in rails, rails
+    # One p per comparison in view, explained; the others in a details section.
+    shown = " ".join(text.shown.split())
+    assert "p to promote" in shown and "sequential p" not in shown and "fixed-horizon p" not in shown
+    details = " ".join(text.by_id["details"].split())
+    assert "fixed-horizon p" in details and "sequential p" in details

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import html.parser
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from abrouter.demo import world
+from abrouter import cli
+from abrouter.demo import population, progress, run, world
 
 
 def children_of(pid: int) -> list[int]:
@@ -33,25 +38,50 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def run_demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+def start_demo(tmp_path: Path, *args: str, stdout: Any) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # its own embedded Redis
-    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with out_path.open("w") as out, err_path.open("w") as err:  # files: a full pipe would stall the demo
-        proc = subprocess.Popen(
+    with (tmp_path / "stderr.txt").open("w") as stderr:  # the child keeps its own descriptor
+        return subprocess.Popen(
             [sys.executable, "-m", "abrouter", "demo", "--out", str(tmp_path / "out"), *args],
-            stdout=out, stderr=err, text=True, env=env,
+            stdout=stdout, stderr=stderr, text=True, env=env,
         )  # fmt: skip
-        # Descendants are collected while the demo runs: once it has exited, a child it left
-        # behind belongs to PID 1 and no longer shows under the demo's pid.
-        seen: set[int] = set()
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            seen.update(children_of(proc.pid))
-            time.sleep(0.5)
-        proc.wait(timeout=30)
+
+
+def watch(proc: subprocess.Popen[str], *, timeout: float = 240) -> set[int]:
+    """Wait for the demo to exit; every descendant seen while it ran.
+
+    Descendants are collected while the demo runs: once it has exited, a child it left
+    behind belongs to PID 1 and no longer shows under the demo's pid.
+    """
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen.update(children_of(proc.pid))
+        time.sleep(0.5)
+    proc.wait(timeout=30)
+    return seen
+
+
+def run_demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    out_path = tmp_path / "stdout.txt"
+    with out_path.open("w") as out:  # a file: a full pipe would stall the demo
+        proc = start_demo(tmp_path, *args, stdout=out)
+        seen = watch(proc)
     left = [pid for pid in seen if alive(pid)]
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, out_path.read_text(), err_path.read_text())
-    return result, left
+    stderr = (tmp_path / "stderr.txt").read_text()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out_path.read_text(), stderr), left
+
+
+@contextlib.contextmanager
+def one_core_busy() -> Iterator[None]:
+    """Another process keeps one core busy (bounded: it stops by itself after 5 minutes)."""
+    spin = "import time\nend = time.monotonic() + 300\nwhile time.monotonic() < end: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def alive(pid: int) -> bool:
@@ -74,11 +104,19 @@ class Sections(html.parser.HTMLParser):
 
 
 @pytest.mark.slow
-def test_the_default_demo_promotes_the_better_model_and_writes_the_report(tmp_path: Path) -> None:
-    result, left = run_demo(tmp_path, "--duration", "30", "--seed", "1")
+def test_the_default_demo_promotes_the_better_model_on_a_busy_machine(tmp_path: Path) -> None:
+    # Events a stopped demo left to replay: they belong to its Redis, not to this run's.
+    spill = tmp_path / "out" / "spill"
+    spill.mkdir(parents=True)
+    (spill / "abrouter.demo-recsys.spill").write_text('{"left": "by an earlier demo"}\n')
+    with one_core_busy():
+        result, left = run_demo(tmp_path, "--duration", "30", "--seed", "1")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "removed 31 bytes of events an earlier demo left in" in result.stdout
+    assert not any("earlier demo" in f.read_text(errors="replace") for f in spill.rglob("*") if f.is_file())
+    assert "the analyzer's first look came" in result.stdout and "s begin now" in result.stdout
     final = [line for line in result.stdout.splitlines() if "final decision:" in line]
-    assert final and "final decision: promote" in final[0], result.stdout[-2000:]
+    assert final and "final decision: promote" in final[0], result.stdout[-3000:]
     assert "ctr candidate +" in final[0], "promoted with a positive lift"
     assert left == [], f"child processes left behind: {left}"
     parser = Sections()
@@ -92,6 +130,39 @@ def test_the_default_demo_promotes_the_better_model_and_writes_the_report(tmp_pa
 
 
 @pytest.mark.slow
+def test_a_second_demo_in_the_directory_refuses_and_ctrl_c_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = start_demo(tmp_path, "--duration", "60", stdout=subprocess.PIPE)
+    assert first.stdout is not None
+    seen: set[int] = set()
+    try:
+        for line in first.stdout:  # the clock starts once the analyzer has looked
+            if "begin now" in line:
+                break
+        else:
+            pytest.fail(f"the demo ended before its first look: {(tmp_path / 'stderr.txt').read_text()[-2000:]}")
+        seen = set(children_of(first.pid))
+        assert cli.main(["demo", "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"another abrouter demo (pid {first.pid}) is running in {tmp_path / 'out'}" in err
+        assert err.count("\n") == 1
+        first.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        rest = first.stdout.read()
+        seen |= watch(first, timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        first.stdout.close()
+    assert first.returncode == 130
+    assert rest.splitlines()[-1] == "abrouter demo: interrupted; every process it started is stopped (no report)"
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr, stderr
+    assert [pid for pid in seen if alive(pid)] == []
+
+
+@pytest.mark.slow
 def test_the_same_model_in_both_arms_is_not_promoted(tmp_path: Path) -> None:
     result, left = run_demo(tmp_path, "--duration", "20", "--seed", "2", "--lift", "0")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -100,12 +171,10 @@ def test_the_same_model_in_both_arms_is_not_promoted(tmp_path: Path) -> None:
     assert left == []
 
 
-def test_bad_flags_are_exit_2_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "abrouter", "demo", "--rps", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--rps" in result.stderr
+def test_bad_flags_are_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--rps", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--rps" in err
 
 
 def test_the_lift_is_the_ground_truth_ratio_of_click_through_rates() -> None:
@@ -113,3 +182,12 @@ def test_the_lift_is_the_ground_truth_ratio_of_click_through_rates() -> None:
     assert w.true_lift == pytest.approx(0.15, abs=0.005)
     same = world.build(users=800, lift=0.0, seed=3)
     assert same.true_lift == 0.0 and (same.control == same.candidate).all()
+
+
+def test_the_live_view_says_when_the_machine_is_too_busy_for_the_asked_rate() -> None:
+    state = run.State(last={"variants": [{"name": "control", "units": 10}], "decision": {"reason": "continue: ..."}})
+    slow = population.Traffic(requests=1000, started=time.monotonic() - 10)  # 100 req/s
+    (first, *_) = progress.lines(state, slow, 10.0, rps=300)
+    assert "100 req/s (of 300 asked: this machine is busy, so the test takes longer)" in first
+    fast = population.Traffic(requests=2900, started=time.monotonic() - 10)
+    assert "busy" not in progress.lines(state, fast, 10.0, rps=300)[0]

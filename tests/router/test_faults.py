@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_redis_sigkill_under_load_loses_and_doubles_nothing(make_router: MakeRouter, redis_server: RedisServer):
-    r = await make_router(redis=redis_server.url)
+    # About Redis, not timeouts: a loaded machine's pause must not turn a request into a 504.
+    r = await make_router(redis=redis_server.url, timeouts={"connect": 5, "read": 10})
     sent = accepted = 0
     failures: list[int] = []
     gate = asyncio.Semaphore(20)

@@ -220,7 +220,7 @@ async def test_ramp_via_config_reload_moves_units_only_into_the_raised_variant(m
 
 
 async def test_three_variant_ramp_over_http(make_router: MakeRouter):
-    r = await make_router({"control": 40, "candidate": 40, "third": 20})
+    r = await make_router({"control": 40, "candidate": 40, "third": 20}, **PATIENT)
     users = [f"user-{i}" for i in range(600)]
     before = {u: next(iter(v)) for u, v in (await _send(r, users, per_user=1)).items()}
     r.spec["variants"][2]["weight"] = 60
