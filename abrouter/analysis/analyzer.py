@@ -123,7 +123,7 @@ def analyze(
     """Compare, check guardrails and SRM, and decide, for one look at `data`."""
     previous = previous or {}
     comparisons = tuple(
-        _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH))
+        _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH), now=now)
         for arm in data.candidates
         for metric in data.metrics
     )
@@ -183,7 +183,7 @@ def srm(data: ExperimentData) -> SrmResult:
     return srm_check(units, weights, alpha=data.settings.srm_alpha)
 
 
-def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) -> Comparison:
+def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running, *, now: float) -> Comparison:
     return compare(
         data.samples(data.control.name, metric.name),
         data.samples(arm.name, metric.name),
@@ -195,6 +195,8 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) 
         metric=metric.name,
         previous=previous,
         confirm_from=candidates.confirmation_start(data),
+        at=now,
+        evidence_from=candidates.evidence_from(data),
     )
 
 

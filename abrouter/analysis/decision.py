@@ -22,7 +22,9 @@ order they are tried:
    a rollback does not loosen the others' threshold). Not a running minimum: evidence
    from an early look (a novelty effect since faded) cannot promote later. The
    candidate's guardrails pass (canary mode: at least one guardrail was evaluated and all
-   pass, over all epochs and in the current epoch alone); every active arm has
+   pass, over all epochs and in the current epoch alone); the effect has not declined
+   significantly over time (`decline_p` >= alpha, `stats.stability`: a fading novelty
+   effect holds the promotion, and the reason line says so); every active arm has
    `min_units_per_arm`; the ramp is complete -> the best winner to 100;
 4. stop: `max_duration` has passed without a winner -> control 100;
 5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
@@ -196,7 +198,14 @@ def _wins(look: _Look, name: str) -> bool:
         # evaluated (no guardrail data at all is no evidence).
         return bool(look.evidence.guardrails_of(name))
     adjusted = holm_primary(look.data, look.evidence).get(name, math.nan)
-    return c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look)
+    return (
+        c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look) and not _fading(c, look)
+    )
+
+
+def _fading(c: Comparison, look: _Look) -> bool:
+    """Novelty suspected: the effect declined significantly from the first part of the design's data to the rest."""
+    return c.decline_p < look.alpha
 
 
 def _score(look: _Look, name: str) -> float:
@@ -306,6 +315,8 @@ def _waiting_for(look: _Look) -> str:
         return f"guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
     if not _ramp_done(look):
         return step_units
+    if fading := [c for n in look.candidates if (c := look.evidence.primary(look.data, n)) and _fading(c, look)]:
+        return "; ".join(explain.novelty(c) for c in fading)
     return "no significant difference yet"
 
 

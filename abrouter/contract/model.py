@@ -108,6 +108,11 @@ class AnalysisSettings:
     alpha: float = 0.05
     min_units_per_arm: int = 500
     max_duration_s: float = 14 * 86400.0
+    #: The final ramp step's first this-many seconds are a burn-in: the promotion's evidence
+    #: counts only the data after it, so a novelty effect of the first day cannot carry a
+    #: promotion, and nothing is promoted before the final step has run this long
+    #: (docs/statistics.md, "Novelty"). The demo sets it to seconds.
+    burn_in_s: float = 86400.0
     srm_alpha: float = 0.001
     #: The planned units per arm (`abrouter plan`'s n): the promotion test's horizon (it
     #: spends most of alpha by then) and where the mSPRT's intervals are narrowest.

@@ -240,9 +240,10 @@ def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int]
     client.hset(k.epochs, "1", keys.encode_epoch({"control": 50, "candidate": 50}, since=time.time() - 3600))
 
 
-def config_file(tmp_path: Path, name: str) -> Path:
+def config_file(tmp_path: Path, name: str, **analysis: Any) -> Path:
     doc = spec.to_dict(spec.load(EXAMPLE_CONFIG))
     doc["name"] = doc["salt"] = name
+    doc["analysis"] |= analysis
     path = tmp_path / "experiment.yaml"
     path.write_text(json.dumps(doc))  # JSON is YAML
     return path
@@ -254,7 +255,7 @@ def test_analyze_config_reads_redis_decides_applies_and_records(
     client = redis.Redis.from_url(redis_url)
     try:
         write_aggregates(client, experiment_name, control=(20_000, 1000), candidate=(20_000, 1300))
-        path = config_file(tmp_path, experiment_name)
+        path = config_file(tmp_path, experiment_name, burn_in=0)  # one look: no burn-in to wait out
         argv = ["analyze", "--config", str(path), "--redis-url", redis_url, "--json", "--apply"]
 
         assert run(argv) == 0

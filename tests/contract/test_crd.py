@@ -44,6 +44,7 @@ def _spec_of(e: model.Experiment) -> dict[str, Any]:
     spec["outcome_ttl"] = f"{spec['outcome_ttl']}s"
     spec["timeouts"] = {k: f"{v}s" for k, v in spec["timeouts"].items()}
     spec["analysis"]["max_duration"] = f"{spec['analysis']['max_duration']}s"
+    spec["analysis"]["burn_in"] = f"{spec['analysis']['burn_in']}s"
     spec["slow_request"] = f"{spec['slow_request']}s"
     return spec
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from scipy import special
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential
+from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential, stability
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -37,6 +37,12 @@ class Running:
     #: Running intersections of the confidence sequences; None before the first look.
     ci_absolute: tuple[float, float] | None = None
     ci_relative: tuple[float, float] | None = None
+    #: The decision design's estimates at earlier looks (`stability.advance`), which split
+    #: the data by time for the novelty check.
+    anchors: tuple[stability.Anchor, ...] = ()
+    #: The decision design's estimate at the end of the burn-in, from which its evidence
+    #: counts (`stability.origin`); None before, or without a burn-in.
+    origin: stability.Anchor | None = None
 
 
 FRESH = Running()
@@ -103,10 +109,23 @@ class Comparison:
     p_better_now: float = math.nan
     #: The same for "the candidate is worse".
     p_worse_now: float = math.nan
+    #: [novelty] The design's absolute difference in its data up to an earlier look (the
+    #: latest anchor with at most half the information) and since then, and the one-sided p
+    #: that the effect declined (in the good direction) from the first to the second
+    #: (`stats.stability`). NaN until there is an anchor to split at. A promotion is held
+    #: while `decline_p` < alpha.
+    early_lift: float = math.nan
+    late_lift: float = math.nan
+    late_variance: float = math.nan
+    split_information: float = math.nan
+    decline_p: float = math.nan
+    #: [novelty] The anchors and the origin to hand to the next look (not part of `to_dict`).
+    anchors: tuple[stability.Anchor, ...] = ()
+    origin: stability.Anchor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
-        return {key: json_safe(value) for key, value in asdict(self).items()}
+        return {key: json_safe(value) for key, value in asdict(self).items() if key not in ("anchors", "origin")}
 
     def running(self) -> Running:
         """The sequential state after this look, for the next one."""
@@ -115,6 +134,8 @@ class Comparison:
             self.sequential_p_worse,
             _finite_or_none(self.sequential_ci_absolute),
             _finite_or_none(self.sequential_ci),
+            self.anchors,
+            self.origin,
         )
 
 
@@ -131,6 +152,8 @@ def compare(
     previous: Running = FRESH,
     use_cuped: bool = True,
     confirm_from: int = 0,
+    at: float = math.nan,
+    evidence_from: float | None = None,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -173,14 +196,12 @@ def compare(
     fixed, abs_ci = _fixed_horizon(est, tested_kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
-    # The design's strata: all of them (the same estimate) or those from `confirm_from` on.
-    confirm: estimate.Estimate | None = est
-    if confirm_from > 0:
-        later = (controls[confirm_from:], candidates[confirm_from:])
-        confirm = _estimate(*later, kind, use_cuped)[0] if later[0] else None
-    information, now_better, now_worse = _design(
-        confirm, direction=direction, alpha=alpha, expected_units=expected_units
+    design, origin = _evidence(
+        controls, candidates, kind, use_cuped, confirm_from, expected_units, at, evidence_from, previous, est
     )
+    information, now_better, now_worse = _design(design, direction=direction, alpha=alpha)
+    anchor = _anchor(est, start=0, expected_units=expected_units, at=at)
+    drift = stability.decline(previous.anchors, anchor, increase=direction == "increase")
     if signed > 0:
         better = min(better, seq_p)
     elif signed < 0:
@@ -210,7 +231,45 @@ def compare(
         information=information,
         p_better_now=now_better,
         p_worse_now=now_worse,
+        early_lift=drift.early,
+        late_lift=drift.late,
+        late_variance=drift.late_variance,
+        split_information=drift.split,
+        decline_p=drift.p_value,
+        anchors=stability.advance(previous.anchors, anchor),
+        origin=origin,
     )
+
+
+def _evidence(
+    controls: list[Sample],
+    candidates: list[Sample],
+    kind: Kind,
+    use_cuped: bool,
+    confirm_from: int,
+    expected_units: int,
+    at: float,
+    evidence_from: float | None,
+    previous: Running,
+    est: estimate.Estimate,
+) -> tuple[stability.Anchor | None, stability.Anchor | None]:
+    """The decision design's evidence (strata from `confirm_from` on, after the burn-in) and its origin."""
+    confirm: estimate.Estimate | None = est
+    if confirm_from > 0:
+        later = (controls[confirm_from:], candidates[confirm_from:])
+        confirm = _estimate(*later, kind, use_cuped)[0] if later[0] else None
+    design = _anchor(confirm, start=confirm_from, expected_units=expected_units, at=at)
+    if evidence_from is None:
+        return design, None
+    origin = stability.origin(previous.origin, design, evidence_from=evidence_from)
+    return (stability.since(origin, design) if origin is not None else None), origin
+
+
+def _anchor(est: estimate.Estimate | None, *, start: int, expected_units: int, at: float) -> stability.Anchor:
+    """This look's estimate as a `stability.Anchor` (information 0 and NaN when there is none)."""
+    if est is None or est.reason:
+        return stability.Anchor(start, 0.0, math.nan, math.nan, at)
+    return stability.Anchor(start, est.units_per_arm / expected_units, est.difference, est.sequential_variance, at)
 
 
 def _estimate(
@@ -284,20 +343,18 @@ def _z(tail: float) -> float:
     return float(-special.ndtri(tail))
 
 
-def _design(
-    est: estimate.Estimate | None, *, direction: Direction, alpha: float, expected_units: int
-) -> tuple[float, float, float]:
+def _design(evidence: stability.Anchor | None, *, direction: Direction, alpha: float) -> tuple[float, float, float]:
     """Information time and this look's one-sided p's (better, worse) of the decision design.
 
-    NaN p's (no evidence) when the design has no strata yet or they hold no usable estimate.
+    NaN p's (no evidence) when the design has no strata yet, they hold no usable estimate,
+    or the burn-in has not ended.
     """
-    if est is None or est.reason:
+    if evidence is None or not evidence.information > 0 or not evidence.variance > 0:
         return 0.0, math.nan, math.nan
-    z = est.difference / math.sqrt(est.sequential_variance)
+    z = evidence.difference / math.sqrt(evidence.variance)
     z = z if direction == "increase" else -z
-    information = est.units_per_arm / expected_units
-    both = horizon.p_value([z, -z], information, alpha)
-    return information, float(both[0]), float(both[1])
+    both = horizon.p_value([z, -z], evidence.information, alpha)
+    return evidence.information, float(both[0]), float(both[1])
 
 
 def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[float, float, str]:
@@ -334,6 +391,8 @@ def _insufficient(header: dict[str, Any], reason: str, previous: Running) -> Com
         strata=0,
         sequential_p_better=previous.p_better,
         sequential_p_worse=previous.p_worse,
+        anchors=previous.anchors,
+        origin=previous.origin,
     )
 
 
