@@ -431,7 +431,27 @@ def test_plan_matches_statsmodels(
     expected = NormalIndPower().solve_power(effect_size=effect, alpha=alpha, power=power, ratio=1.0)
     assert abs(got["units_per_arm"] - math.ceil(expected)) <= 1
     assert got["total_units"] == 2 * got["units_per_arm"]
-    assert got["days"] == pytest.approx(got["total_units"] / 1000)
+    # The default ramp (5%, 25%, 50%; 500 per arm) and a day's burn-in come on top (issue 18).
+    assert got["ramp_units"] == 500 / 0.05 + 500 / 0.25
+    assert got["burn_in_units"] == 1000
+    assert got["final_units"] == got["total_units"]  # 50/50 at the final step
+    assert got["total_units_with_ramp"] == got["ramp_units"] + 1000 + got["final_units"]
+    assert got["days"] == pytest.approx(got["total_units_with_ramp"] / 1000)
+
+
+def test_plan_counts_the_ramp_and_the_burn_in(capsys: pytest.CaptureFixture[str]) -> None:
+    """Three arms, ramp 10% -> 40%: the 10% step needs 500 per candidate (5% each); the final
+    split 60/20/20 gives 2ab/(a+b) = 0.3 effective units per arm per user."""
+    argv = ["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--variants", "3", "--json"]
+    assert run([*argv, "--ramp", "10,40", "--burn-in", "0"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["ramp_units"] == 500 / 0.05
+    assert abs(got["final_units"] - got["units_per_arm"] / 0.3) <= 1
+    assert got["total_units_with_ramp"] == got["ramp_units"] + got["final_units"] and got["days"] is None
+    assert run([*argv, "--ramp", ""]) == 0  # no ramp: the even split, a day's burn-in needs --traffic
+    got = json.loads(capsys.readouterr().out)
+    assert got["ramp_units"] == 0 and abs(got["final_units"] - 3 * got["units_per_arm"]) <= 1
+    assert got["total_units_with_ramp"] is None
 
 
 def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -451,6 +471,8 @@ def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:
         (["--baseline", "0.6", "--mde", "0.5"], "--mde: puts the target rate at 1.1"),
         (["--baseline", "0.05", "--mde", "0.1", "--variants", "1"], "--variants: must be >= 2"),
         (["--baseline", "0.05", "--mde", "0.1", "--traffic", "-5"], "--traffic: must be > 0"),
+        (["--baseline", "0.05", "--mde", "0.1", "--ramp", "50,25"], "--ramp: must be strictly increasing"),
+        (["--baseline", "0.05", "--mde", "0.1", "--burn-in", "-1"], "--burn-in: must be >= 0"),
     ],
 )
 def test_plan_rejects_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
