@@ -34,9 +34,11 @@ order they are tried:
    epochs and in the current one) gains no weight (it keeps its current weight, or the
    floor if lower);
 7. ramp: every active arm has `min_units_per_arm` units in the current epoch, and the
-   guardrails pass (canary mode: and were evaluated) both over all epochs and on the
-   current epoch alone, so a regression that appears at this step is not diluted by the
-   earlier ones (a breach there rolls back by rule 2, not yet passing holds the ramp) ->
+   guardrails pass at the step's margins (the margin times final share / current share,
+   `evidence.step_scale`: the harm to the whole traffic stays within the final step's;
+   canary mode: and were evaluated) both over all epochs and on the current epoch alone,
+   so a regression that appears at this step is not diluted by the earlier ones (a
+   breach there rolls back by rule 2, not yet passing holds the ramp) ->
    the candidates' total share goes to the next step of `ramp`, split evenly between the
    active candidates (largest-remainder rounding, so the weights sum to exactly 100);
 8. otherwise continue.
@@ -282,7 +284,7 @@ def _ramp(look: _Look) -> Decision | None:
     step = next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
     if step is None or not _enough_units(look, epoch=look.data.current_epoch):
         return None
-    if not all(_guardrails_pass(look, n) for n in look.candidates):
+    if not all(_step_guardrails_pass(look, n) for n in look.candidates):
         return None
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return None  # canary mode: without guardrail data there is no evidence to ramp on either
@@ -304,7 +306,8 @@ def _waiting_for(look: _Look) -> str:
     step_units = f"waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
     if not _enough_units(look):
         return f"waiting for {settings.min_units_per_arm} units per arm"
-    failing = [g for n in look.candidates for g in look.evidence.guardrails_of(n) if g.status != "pass"]
+    rails = look.evidence.ramp_guardrails_of if not _ramp_done(look) else look.evidence.guardrails_of
+    failing = [g for n in look.candidates for g in rails(n) if g.status != "pass"]
     if pooled := [g for g in failing if g.epoch is None]:
         return f"guardrails not yet shown to pass ({_states(pooled)})"
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
@@ -330,6 +333,11 @@ def _states(rails: list[NonInferiority]) -> str:
 def _guardrails_pass(look: _Look, name: str) -> bool:
     """Every guardrail passes, over all epochs and (when evaluated) in the current epoch alone."""
     return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
+
+
+def _step_guardrails_pass(look: _Look, name: str) -> bool:
+    """The guardrails pass at the current ramp step's margins (`evidence.step_scale`), pooled and in this epoch."""
+    return all(g.status == "pass" for g in look.evidence.ramp_guardrails_of(name))
 
 
 def _enough_units(look: _Look, *, epoch: int | None = None) -> bool:
