@@ -7,7 +7,9 @@ Closed loops (`abrouter.analysis.simulate.run`): binary metric at 5%, the defaul
 `expected_units_per_arm` 10,000 and 3,000 new users per look (the review's world), unless
 a row says otherwise. The candidate converts (1 + lift) times as often during the first
 `until` looks, then like the control. Each row is run with `burn_in` 0 (no burn-in: only the
-novelty check of `stats.stability` holds a promotion) and with the default (1 day).
+novelty check of `stats.stability` holds a promotion), with the default (1 day) and with 5
+days (longer than the first two worlds' novelty: the ramp's step into the final one waits
+for it, so the novelty stays in the canary epochs).
 Rates ± one Monte-Carlo SE √(r(1 − r)/B).
 """
 
@@ -76,7 +78,7 @@ def main() -> None:
     print(f"seed {args.seed}, B = {b} per row; promoted (all) | promoted at or after the fade")
     started = time.perf_counter()
     for label, effect, until, per_look, expected in worlds:
-        for burn_in in (0.0, 86400.0):
+        for burn_in in (0.0, 86400.0, 5 * 86400.0):
             got = row(rng, effect=effect, until=until, burn_in=burn_in, per_look=per_look, expected=expected, b=b)
             print(f"{label:<42} burn_in {burn_in / 86400:g}d: {got[0]} | {got[1]}", flush=True)
     print(f"({time.perf_counter() - started:.0f} s)")

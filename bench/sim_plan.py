@@ -3,11 +3,11 @@
     PYTHONPATH=$PWD .venv/bin/python bench/sim_plan.py [--experiments 400] [--looks 40] [--seed 1]
 
 `abrouter plan --baseline 0.05 --mde 0.1 --relative` gives n per arm; `stats.power.rollout`
-adds the default ramp's users (5% and 25% steps until 500 units per arm) and the burn-in's
-(a day at the traffic). The closed loop (`simulate.run`, +10% constant effect,
+adds the default ramp's users (5% and 25% steps until 500 units per arm; the step into the
+final one also waits for the day's burn-in). The closed loop (`simulate.run`, +10% constant effect,
 `expected_units_per_arm` = n) spreads the plan's total users evenly over `--looks` looks
 across the default max_duration (14 days), so the traffic T per day solves
-14·T = ramp + T·(burn-in days) + final. Prints the share promoted by then (± one MC SE),
+14·T = max(ramp, T·burn-in days) + final. Prints the share promoted by then (± one MC SE),
 and the same for 50/50 (no ramp, still a burn-in) and with CUPED (ρ = 0.5).
 """
 
@@ -29,15 +29,14 @@ def traffic_for(ramp: bool) -> tuple[float, int]:
     """Users per day such that 14 days hold the plan's total users, and that total."""
     plan = sample_size(baseline=0.05, mde=0.10, relative=True)
     settings = simulate.settings_for(expected_units=plan.units_per_arm, ramp=ramp)
-    fixed = rollout(plan, ramp=settings.ramp, min_units_per_arm=settings.min_units_per_arm, burn_in_s=0, traffic=None)
-    traffic = (fixed.ramp_units + fixed.final_units) / (DAYS - settings.burn_in_s / 86400)
-    full = rollout(
-        plan,
-        ramp=settings.ramp,
-        min_units_per_arm=settings.min_units_per_arm,
-        burn_in_s=settings.burn_in_s,
-        traffic=traffic,
-    )
+    kw = dict(ramp=settings.ramp, min_units_per_arm=settings.min_units_per_arm, burn_in_s=settings.burn_in_s)
+    fixed = rollout(plan, traffic=None, **kw | {"burn_in_s": 0.0})  # type: ignore[arg-type]
+    burn_days = settings.burn_in_s / 86400 if ramp else 0.0
+    # 14·T = max(ramp users, T·burn-in days) + final users
+    traffic = (fixed.ramp_units + fixed.final_units) / DAYS
+    if traffic * burn_days > fixed.ramp_units:
+        traffic = fixed.final_units / (DAYS - burn_days)
+    full = rollout(plan, traffic=traffic, **kw)  # type: ignore[arg-type]
     assert full.total_units is not None
     return traffic, full.total_units
 

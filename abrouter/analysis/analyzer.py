@@ -203,7 +203,6 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running, 
         previous=previous,
         confirm_from=candidates.confirmation_start(data),
         at=now,
-        evidence_from=candidates.evidence_from(data),
     )
 
 

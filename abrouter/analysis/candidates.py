@@ -59,19 +59,6 @@ def confirmation_start(data: ExperimentData) -> int:
     return start
 
 
-def evidence_from(data: ExperimentData) -> float | None:
-    """When the promotion's evidence starts: the final step's start plus `burn_in` (unix seconds).
-
-    None (all of the final step's data counts) when `burn_in` is 0, or the final step has
-    not begun or its start is unknown (a summary without epoch times).
-    """
-    start = confirmation_start(data)
-    if data.settings.burn_in_s <= 0:
-        return None
-    since = data.epochs[start].since if start < len(data.epochs) else None
-    return None if since is None else since + data.settings.burn_in_s
-
-
 def active_candidates(data: ExperimentData) -> tuple[Arm, ...]:
     """Candidates still receiving traffic; a rolled-back one (weight 0) is out of the game."""
     return tuple(a for a in data.candidates if a.weight > EPS)

@@ -65,12 +65,13 @@ examples:
 Convention: a two-sided two-proportion z-test at level alpha with the unpooled variance
 under the alternative, n = (z[1-a/2] + z[power])^2 (p1(1-p1) + p2(1-p2)) / (p2-p1)^2
 units per arm, with alpha split over the comparisons with the control (Bonferroni) for
-more than two variants. The analyzer counts only the final ramp step's data after its
-burn-in, so the total adds the ramp's earlier steps and the burn-in (--ramp, --burn-in,
---min-units-per-arm: the spec's values); duration = that total / --traffic, assuming every
-unit is new. n itself is a fixed-horizon size. The analyzer's promotion test spends
-alpha on information time up to analysis.expected_units_per_arm: set it to this n and it
-has about the same power at n, and can stop earlier when the effect is larger.
+more than two variants. The analyzer counts only the final ramp step's data, and the
+step into it waits for the burn-in, so the total adds the ramp's earlier steps or the
+burn-in's users, whichever is more (--ramp, --burn-in, --min-units-per-arm: the spec's
+values); duration = that total / --traffic, assuming every unit is new. n itself is a
+fixed-horizon size. The analyzer's promotion test spends alpha on information time up to
+analysis.expected_units_per_arm: set it to this n and it has about the same power at n,
+and can stop earlier when the effect is larger.
 """
 
 
@@ -339,9 +340,9 @@ def plan(args: argparse.Namespace) -> int:
     if days is not None:
         print(f"duration:      {days:.1f} days at {args.traffic:,.0f} units/day")
     print(
-        "sequential:    the analyzer's promotion test counts the final ramp step's data after its burn-in; "
-        "with n there it has about the planned power (simulated: 78% at this total with the default ramp, "
-        "docs/statistics.md); looking often is safe"
+        "sequential:    the analyzer's promotion test counts only the final ramp step's data; with n there "
+        "it has about the planned power (simulated at this total with the default ramp: docs/statistics.md); "
+        "looking often is safe"
     )
     print(f"convention:    {result.convention}")
     return 0
@@ -350,8 +351,9 @@ def plan(args: argparse.Namespace) -> int:
 def _print_rollout(steps: Rollout, args: argparse.Namespace) -> None:
     ramp = ", ".join(f"{s:g}%" for s in args.ramp) or "none"
     print(f"ramp ({ramp}): {steps.ramp_units:,} units before the final step ({args.min_units_per_arm} per arm each)")
-    burn_in = f"{steps.burn_in_units:,} units" if steps.burn_in_units is not None else "(give --traffic)"
-    print(f"burn-in:       {args.burn_in:g} day(s) = {burn_in}, not counted by the promotion test")
+    arriving = f"{steps.burn_in_units:,} units arrive in it" if steps.burn_in_units is not None else "give --traffic"
+    where = "the step into the final one waits for it" if args.ramp else "no promotion before its end"
+    print(f"burn-in:       {args.burn_in:g} day(s) from the start ({where}; {arriving})")
     print(f"final step:    {steps.final_units:,} units for n per arm at the final split")
     if steps.total_units is not None:
         print(

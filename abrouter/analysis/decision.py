@@ -176,7 +176,7 @@ def _promote(look: _Look) -> Decision | None:
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return None  # canary mode: every candidate needs guardrail evidence first
     winners = [name for name in look.candidates if _wins(look, name)]
-    if not winners or not _enough_units(look) or not _ramp_done(look):
+    if not winners or not _enough_units(look) or not _ramp_done(look) or _burning_in(look, final=True):
         return None
     best = max(winners, key=lambda name: _score(look, name))
     weights = {a.name: (_FULL if a.name == best else 0.0) for a in look.data.arms}
@@ -281,9 +281,11 @@ def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
 
 def _ramp(look: _Look) -> Decision | None:
     share = sum(look.data.arm(n).weight for n in look.candidates)
-    step = next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
+    step = _next_step(look)
     if step is None or not _enough_units(look, epoch=look.data.current_epoch):
         return None
+    if _held_by_burn_in(look):
+        return None  # the burn-in stays in the canary epochs, which a promotion does not count
     if not all(_step_guardrails_pass(look, n) for n in look.candidates):
         return None
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
@@ -314,6 +316,8 @@ def _waiting_for(look: _Look) -> str:
         return "no guardrail data yet"
     if not _ramp_done(look) and not _enough_units(look, epoch=epoch):
         return step_units
+    if _held_by_burn_in(look):
+        return f"burn-in: {explain.duration(look.data.settings.burn_in_s)} from the start before {_after_burn_in(look)}"
     if failing:  # the current epoch's own results: a regression may start at this step
         return f"guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
     if not _ramp_done(look):
@@ -333,6 +337,39 @@ def _states(rails: list[NonInferiority]) -> str:
 def _guardrails_pass(look: _Look, name: str) -> bool:
     """Every guardrail passes, over all epochs and (when evaluated) in the current epoch alone."""
     return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
+
+
+def _burning_in(look: _Look, *, final: bool = False) -> bool:
+    """Whether `burn_in` since the experiment's start has not passed yet.
+
+    With a ramp it holds the step into the final one (`final` False), so the burn-in's
+    data stays in the canary epochs, which the decision design does not count; a novelty
+    effect of the first day(s) cannot carry a promotion. Without a ramp, and in bandit
+    mode, it holds the promotion itself (`final` True): the data of the burn-in still
+    counts, but the stability check (`stats.stability`) has time to see a fading effect.
+    """
+    started = look.data.started_at
+    if started is None or look.now - started >= look.data.settings.burn_in_s:
+        return False
+    ramped = bool(look.data.settings.ramp) and not look.data.settings.bandit.enabled
+    return not (final and ramped)
+
+
+def _next_step(look: _Look) -> float | None:
+    share = sum(look.data.arm(n).weight for n in look.candidates)
+    return next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
+
+
+def _held_by_burn_in(look: _Look) -> bool:
+    """The burn-in holds this look's next move: the step into the final one, or (without a ramp) the promotion."""
+    if _ramp_done(look):
+        return _burning_in(look, final=True)
+    return _next_step(look) == look.data.settings.ramp[-1] and _burning_in(look)
+
+
+def _after_burn_in(look: _Look) -> str:
+    ramped = bool(look.data.settings.ramp) and not look.data.settings.bandit.enabled
+    return "the final ramp step" if ramped else "a promotion"
 
 
 def _step_guardrails_pass(look: _Look, name: str) -> bool:

@@ -51,9 +51,7 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
         applied=applied,
         units=sum(a.units for a in result.data.arms),
         sequential=tuple(
-            fmt.SequentialEntry(
-                v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative, _anchors(r.anchors), _anchor(r.origin)
-            )
+            fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative, _anchors(r.anchors))
             for (v, m), r in result.running().items()
         ),
         arms=tuple(_arm(result, a.name) for a in result.data.arms),
@@ -112,7 +110,7 @@ def decode(raw: bytes | str) -> Entry:
         units=e.units,
         running={
             (s.variant, s.metric): Running(
-                s.p_better, s.p_worse, s.ci_absolute, s.ci_relative, _from_anchors(s.anchors), _from_anchor(s.origin)
+                s.p_better, s.p_worse, s.ci_absolute, s.ci_relative, _from_anchors(s.anchors)
             )
             for s in e.sequential
         },
@@ -121,11 +119,7 @@ def decode(raw: bytes | str) -> Entry:
 
 
 def _anchors(anchors: tuple[stability.Anchor, ...]) -> tuple[tuple[float, ...], ...]:
-    return tuple(a for a in (_anchor(x) for x in anchors) if a is not None)
-
-
-def _anchor(a: stability.Anchor | None) -> tuple[float, ...] | None:
-    return None if a is None else (float(a.start), a.information, a.difference, a.variance, a.at)
+    return tuple((float(a.start), a.information, a.difference, a.variance, a.at) for a in anchors)
 
 
 def _from_anchors(rows: tuple[tuple[float, ...], ...]) -> tuple[stability.Anchor, ...]:

@@ -15,10 +15,9 @@ ones: an always-valid p stays valid when minimised over looks, a confidence sequ
 intersected. Two minima are kept per (variant, metric): over the looks where the
 candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than the
 control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
-before there is one. ``anchors`` and ``origin`` (absent before there are any, and in older
-entries) carry the novelty check's state: the decision design's estimate at earlier looks
-and where the promotion's evidence starts, each as [start, information, difference,
-variance, at]. An item written before the two minima existed (only ``p``) seeds
+before there is one. ``anchors`` (absent before there are any, and in older entries)
+carry the novelty check's state: the estimate at earlier looks, each as [start,
+information, difference, variance, at]. An item written before the two minima existed (only ``p``) seeds
 nothing: its ``p`` does not say in which direction it was reached. ``pinned`` (absent in
 entries written before it existed) holds the `PINNED` settings of the experiment's first
 look: later looks use them, whatever the spec says now.
@@ -52,10 +51,9 @@ class SequentialEntry:
     p_worse: float
     ci_absolute: tuple[float, float] | None = None
     ci_relative: tuple[float, float] | None = None
-    #: The novelty check's anchors and the promotion evidence's origin (the analyzer's
-    #: `stats.stability.Anchor`), each as (start, information, difference, variance, at).
+    #: The novelty check's anchors (the analyzer's `stats.stability.Anchor`), each as
+    #: (start, information, difference, variance, at).
     anchors: tuple[tuple[float, ...], ...] = ()
-    origin: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,8 +125,6 @@ def _encode_sequential(s: SequentialEntry) -> dict[str, Any]:
             doc[name] = list(pair)
     if s.anchors:
         doc["anchors"] = [_finite(a) for a in s.anchors]
-    if s.origin is not None:
-        doc["origin"] = _finite(s.origin)
     return doc
 
 
@@ -194,5 +190,4 @@ def _decode_sequential(x: dict[str, Any]) -> SequentialEntry:
         ci_absolute=pair("ci_absolute"),
         ci_relative=pair("ci_relative"),
         anchors=tuple(_floats(a) for a in x.get("anchors", [])),
-        origin=_floats(x["origin"]) if x.get("origin") is not None else None,
     )

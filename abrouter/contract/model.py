@@ -108,10 +108,10 @@ class AnalysisSettings:
     alpha: float = 0.05
     min_units_per_arm: int = 500
     max_duration_s: float = 14 * 86400.0
-    #: The final ramp step's first this-many seconds are a burn-in: the promotion's evidence
-    #: counts only the data after it, so a novelty effect of the first day cannot carry a
-    #: promotion, and nothing is promoted before the final step has run this long
-    #: (docs/statistics.md, "Novelty"). The demo sets it to seconds.
+    #: Seconds from the start before the step into the final ramp step (without a ramp, or
+    #: in bandit mode: before a promotion). The burn-in's users stay in the canary epochs,
+    #: which a promotion does not count, so a novelty effect this short cannot carry one
+    #: (docs/statistics.md, "Novelty"). 0 turns it off; the demo sets seconds.
     burn_in_s: float = 86400.0
     srm_alpha: float = 0.001
     #: The planned units per arm (`abrouter plan`'s n): the promotion test's horizon (it

@@ -74,8 +74,8 @@ def spec(control_url: str, candidate_url: str) -> dict[str, Any]:
             "min_units_per_arm": 150,
             "expected_units_per_arm": 1500,
             "ramp": [20, 50],
-            # A promotion counts the final step's data after its burn-in (a day by default,
-            # against novelty effects); the demo lasts a minute.
+            # The step into the final one waits for the burn-in (a day by default, against
+            # novelty effects); the demo lasts a minute.
             "burn_in": "4s",
             "guardrails": [
                 {"metric": "errors", "direction": "decrease", "margin": 0.02},

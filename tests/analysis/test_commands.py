@@ -435,7 +435,8 @@ def test_plan_matches_statsmodels(
     assert got["ramp_units"] == 500 / 0.05 + 500 / 0.25
     assert got["burn_in_units"] == 1000
     assert got["final_units"] == got["total_units"]  # 50/50 at the final step
-    assert got["total_units_with_ramp"] == got["ramp_units"] + 1000 + got["final_units"]
+    # The step into the final one waits for the burn-in too: the canary phase is the larger.
+    assert got["total_units_with_ramp"] == max(got["ramp_units"], 1000) + got["final_units"]
     assert got["days"] == pytest.approx(got["total_units_with_ramp"] / 1000)
 
 
@@ -448,10 +449,13 @@ def test_plan_counts_the_ramp_and_the_burn_in(capsys: pytest.CaptureFixture[str]
     assert got["ramp_units"] == 500 / 0.05
     assert abs(got["final_units"] - got["units_per_arm"] / 0.3) <= 1
     assert got["total_units_with_ramp"] == got["ramp_units"] + got["final_units"] and got["days"] is None
-    assert run([*argv, "--ramp", ""]) == 0  # no ramp: the even split, a day's burn-in needs --traffic
+    assert run([*argv, "--ramp", ""]) == 0  # no ramp: the even split; the burn-in only delays
     got = json.loads(capsys.readouterr().out)
     assert got["ramp_units"] == 0 and abs(got["final_units"] - 3 * got["units_per_arm"]) <= 1
-    assert got["total_units_with_ramp"] is None
+    assert got["total_units_with_ramp"] == got["final_units"]
+    assert run([*argv, "--burn-in", "30", "--traffic", "1000000"]) == 0  # a long burn-in: its users dominate
+    got = json.loads(capsys.readouterr().out)
+    assert got["total_units_with_ramp"] == 30_000_000 + got["final_units"]
 
 
 def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:

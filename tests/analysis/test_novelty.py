@@ -1,12 +1,15 @@
 """Issue 18, finding 1: a novelty effect that has faded must not be promoted.
 
 The review's world (closed loop through `analyzer.analyze`, `simulate.run`): binary at 5%,
-default ramp, 20 looks over 14 days, 3,000 new users per look, `expected_units_per_arm`
-10,000; the candidate converts 30% more often during the first 6 looks, then alike. The
-ramp reaches its final step after about 5 looks, so the last novelty look lands in the
-final step's own data. Today's main promoted 14.2% ± 1.4% of 600 runs (seed 4), all after
-the fade; now 1.8% ± 0.5% (bench/sim_novelty.py). This test runs 200 (≈ 3 s) and allows
-α + 3 Monte-Carlo SE.
+default ramp, 20 looks over 14 days (0.7 days per look), 3,000 new users per look,
+`expected_units_per_arm` 10,000; the candidate converts 30% more often during the first 6
+looks (4.2 days), then alike. The ramp reaches its final step after about 5 looks, so the
+last novelty look lands in the final step's own data. Today's main promoted 14.2% ± 1.4%
+of 600 runs (seed 4), all after the fade. With the default `burn_in` (a day, shorter than
+this novelty) only the stability check acts, and it helps little (about 12%, five seeds of
+300); a `burn_in` that covers the novelty (5 days) keeps it in the canary epochs, which the
+decision design does not count: 4.8% ± 1.1% (bench/sim_novelty.py). This test runs 300
+(≈ 10 s) and allows α + 3 Monte-Carlo SE.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from abrouter.analysis import analyzer, simulate
 from abrouter.analysis import data as d
 from abrouter.analysis.stats.sample import Sample
-from abrouter.contract.model import Metric
+from abrouter.contract.model import AnalysisSettings, Metric
 
 ALPHA = 0.05
 
@@ -28,12 +31,16 @@ def _fading(lift: float, until: int) -> simulate.Effect:
     return lambda look, base: base * (1 + lift) if look < until else base
 
 
-def test_the_reviews_faded_novelty_is_promoted_at_most_alpha() -> None:
-    rng, runs = np.random.default_rng(18), 200
-    settings = simulate.settings_for(expected_units=10_000)
-    world = simulate.World(effect=_fading(0.3, until=6))
+def _promoted(settings: AnalysisSettings, *, runs: int, seed: int) -> float:
+    rng, world = np.random.default_rng(seed), simulate.World(effect=_fading(0.3, until=6))
     outcomes = [simulate.run(rng, world=world, settings=settings, looks=20, per_look=3_000) for _ in range(runs)]
-    promoted = float(np.mean([o.action == "promote" for o in outcomes]))
+    return float(np.mean([o.action == "promote" for o in outcomes]))
+
+
+def test_a_burn_in_that_covers_the_novelty_keeps_it_out_of_the_evidence() -> None:
+    settings = replace(simulate.settings_for(expected_units=10_000), burn_in_s=5 * 86_400.0)
+    runs = 300
+    promoted = _promoted(settings, runs=runs, seed=19)
     assert promoted <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / runs), f"{promoted:.3f}"
 
 
@@ -61,19 +68,22 @@ def test_an_effect_that_declined_holds_the_promotion_and_says_so() -> None:
     assert analyzer.analyze(second_data, now=4 * 86_400.0).decision.action == "promote"
 
 
-def test_nothing_is_promoted_during_the_burn_in() -> None:
-    """A day's burn-in: the first look after it sets the origin; only data after it is evidence."""
-    during = analyzer.analyze(_data((5_000, 250), (5_000, 325), burn_in=86_400.0), now=3_600.0)
-    assert during.decision.action == "continue" and math.isnan(during.comparisons[0].p_better_now)
-    at_end = analyzer.analyze(
-        _data((6_000, 300), (6_000, 390), burn_in=86_400.0), now=86_400.0, previous=during.running()
+def test_the_burn_in_holds_the_final_step_and_without_a_ramp_the_promotion() -> None:
+    ramped = replace(simulate.settings_for(expected_units=10_000), burn_in_s=86_400.0, guardrails=())
+    arms = tuple(
+        d.Arm(name, w, (d.Stratum(1, n, {"m": Sample(float(n), float(s))}),))
+        for name, w, (n, s) in (("control", 75.0, (3_000, 150)), ("candidate", 25.0, (1_000, 50)))
     )
-    assert at_end.decision.action == "continue" and at_end.comparisons[0].information == 0.0
-    later = analyzer.analyze(
-        _data((26_000, 1_300), (26_000, 1_690), burn_in=86_400.0), now=3 * 86_400.0, previous=at_end.running()
-    )
-    assert later.comparisons[0].information == 2.0  # 20,000 units per arm after the origin
-    assert later.decision.action == "promote", later.decision.reason
+    epochs = (d.Epoch(1, {"control": 75.0, "candidate": 25.0}, 0.0),)
+    data = d.ExperimentData("x", (Metric(name="m", kind="binary"),), arms, epochs, ramped, started_at=0.0)
+    held = analyzer.analyze(data, now=3_600.0).decision
+    assert held.action == "continue" and "burn-in: 1d from the start before the final ramp step" in held.reason
+    assert analyzer.analyze(data, now=86_400.0).decision.action == "ramp"
+    # Without a ramp the burn-in holds the promotion itself.
+    promotes = _data((20_000, 1_000), (20_000, 1_300), burn_in=86_400.0)
+    early = analyzer.analyze(promotes, now=3_600.0).decision
+    assert early.action == "continue" and "before a promotion" in early.reason
+    assert analyzer.analyze(promotes, now=86_400.0).decision.action == "promote"
 
 
 def pytest_approx(value: float, tolerance: float) -> object:
@@ -89,6 +99,6 @@ def test_the_anchors_and_the_origin_survive_the_history() -> None:
     first = analyzer.analyze(_data((5_000, 250), (5_000, 325), burn_in=60.0), now=3_600.0)
     second = analyzer.analyze(_data((6_000, 300), (6_000, 390), burn_in=60.0), now=7_200.0, previous=first.running())
     running = second.running()[("candidate", "m")]
-    assert running.anchors and running.origin is not None
+    assert len(running.anchors) == 2
     decoded = history.decode(history.encode(second, applied=False)).running[("candidate", "m")]
     assert decoded == running

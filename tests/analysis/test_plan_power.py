@@ -20,12 +20,11 @@ from abrouter.analysis.stats.power import rollout, sample_size
 def test_power_at_the_plans_total_with_the_default_ramp() -> None:
     plan = sample_size(baseline=0.05, mde=0.10, relative=True)
     settings = simulate.settings_for(expected_units=plan.units_per_arm)
-    without = rollout(plan, ramp=settings.ramp, min_units_per_arm=settings.min_units_per_arm, burn_in_s=0, traffic=None)
-    traffic = (without.ramp_units + without.final_units) / 13.0  # 14 days hold it all, one of them burn-in
-    steps = rollout(
-        plan, ramp=settings.ramp, min_units_per_arm=settings.min_units_per_arm, burn_in_s=86_400.0, traffic=traffic
-    )
-    assert steps.total_units is not None and steps.days is not None and abs(steps.days - 14.0) < 0.01
+    kw = dict(ramp=settings.ramp, min_units_per_arm=settings.min_units_per_arm)
+    without = rollout(plan, burn_in_s=0.0, traffic=None, **kw)  # type: ignore[arg-type]
+    traffic = (without.ramp_units + without.final_units) / 14.0  # the ramp outlasts the day's burn-in here
+    steps = rollout(plan, burn_in_s=86_400.0, traffic=traffic, **kw)  # type: ignore[arg-type]
+    assert steps.total_units == without.total_units and steps.days is not None and abs(steps.days - 14.0) < 0.01
     rng, runs, looks = np.random.default_rng(2), 200, 40
     world = simulate.World(effect=simulate.constant(0.10))
     per_look = math.ceil(steps.total_units / looks)

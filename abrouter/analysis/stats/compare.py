@@ -40,9 +40,6 @@ class Running:
     #: The decision design's estimates at earlier looks (`stability.advance`), which split
     #: the data by time for the novelty check.
     anchors: tuple[stability.Anchor, ...] = ()
-    #: The decision design's estimate at the end of the burn-in, from which its evidence
-    #: counts (`stability.origin`); None before, or without a burn-in.
-    origin: stability.Anchor | None = None
 
 
 FRESH = Running()
@@ -119,13 +116,12 @@ class Comparison:
     late_variance: float = math.nan
     split_information: float = math.nan
     decline_p: float = math.nan
-    #: [novelty] The anchors and the origin to hand to the next look (not part of `to_dict`).
+    #: [novelty] The anchors to hand to the next look (not part of `to_dict`).
     anchors: tuple[stability.Anchor, ...] = ()
-    origin: stability.Anchor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
-        return {key: json_safe(value) for key, value in asdict(self).items() if key not in ("anchors", "origin")}
+        return {key: json_safe(value) for key, value in asdict(self).items() if key != "anchors"}
 
     def running(self) -> Running:
         """The sequential state after this look, for the next one."""
@@ -135,7 +131,6 @@ class Comparison:
             _finite_or_none(self.sequential_ci_absolute),
             _finite_or_none(self.sequential_ci),
             self.anchors,
-            self.origin,
         )
 
 
@@ -153,7 +148,6 @@ def compare(
     use_cuped: bool = True,
     confirm_from: int = 0,
     at: float = math.nan,
-    evidence_from: float | None = None,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -196,8 +190,11 @@ def compare(
     fixed, abs_ci = _fixed_horizon(est, tested_kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
-    design, origin = _evidence(
-        controls, candidates, kind, use_cuped, confirm_from, expected_units, at, evidence_from, previous, est
+    design = _anchor(
+        _confirmed(controls, candidates, kind, use_cuped, confirm_from, est),
+        start=confirm_from,
+        expected_units=expected_units,
+        at=at,
     )
     information, now_better, now_worse = _design(design, direction=direction, alpha=alpha)
     anchor = _anchor(est, start=0, expected_units=expected_units, at=at)
@@ -210,6 +207,7 @@ def compare(
     rel_se = math.sqrt(est.relative_variance)
     seq_rel_se, seq_abs_se = math.sqrt(est.sequential_relative_variance), math.sqrt(est.sequential_variance)
     z = _z(alpha / 2)
+    control_ratio = controls[0].is_ratio
     return Comparison(
         **header,
         status=reasons.OK,
@@ -217,7 +215,7 @@ def compare(
         absolute_lift=est.difference,
         absolute_ci=abs_ci,
         relative_lift=est.relative,
-        relative_ci=_around(est.relative, z * rel_se),
+        relative_ci=_around(est.relative, (_t(alpha / 2, fixed.df) if control_ratio else z) * rel_se),
         p_value=fixed.p_value,
         sequential_p_value=min(better, worse),
         sequential_ci=_intersect(_around(est.relative, k * seq_rel_se), previous.ci_relative),
@@ -237,32 +235,22 @@ def compare(
         split_information=drift.split,
         decline_p=drift.p_value,
         anchors=stability.advance(previous.anchors, anchor),
-        origin=origin,
     )
 
 
-def _evidence(
+def _confirmed(
     controls: list[Sample],
     candidates: list[Sample],
     kind: Kind,
     use_cuped: bool,
     confirm_from: int,
-    expected_units: int,
-    at: float,
-    evidence_from: float | None,
-    previous: Running,
     est: estimate.Estimate,
-) -> tuple[stability.Anchor | None, stability.Anchor | None]:
-    """The decision design's evidence (strata from `confirm_from` on, after the burn-in) and its origin."""
-    confirm: estimate.Estimate | None = est
-    if confirm_from > 0:
-        later = (controls[confirm_from:], candidates[confirm_from:])
-        confirm = _estimate(*later, kind, use_cuped)[0] if later[0] else None
-    design = _anchor(confirm, start=confirm_from, expected_units=expected_units, at=at)
-    if evidence_from is None:
-        return design, None
-    origin = stability.origin(previous.origin, design, evidence_from=evidence_from)
-    return (stability.since(origin, design) if origin is not None else None), origin
+) -> estimate.Estimate | None:
+    """The decision design's estimate: on the strata from `confirm_from` on (None when there are none)."""
+    if confirm_from <= 0:
+        return est
+    later = (controls[confirm_from:], candidates[confirm_from:])
+    return _estimate(*later, kind, use_cuped)[0] if later[0] else None
 
 
 def _anchor(est: estimate.Estimate | None, *, start: int, expected_units: int, at: float) -> stability.Anchor:
@@ -320,13 +308,13 @@ def _fixed_horizon(
 ) -> tuple[fixed_horizon.TestResult, tuple[float, float]]:
     """The classic test and CI for one stratum; a z on the combined estimate for several."""
     (control, candidate), *rest = est.pairs
-    if rest or control.is_ratio:
-        result = fixed_horizon.z_test(est.difference, est.variance)
+    if rest or control.is_ratio:  # ratio metrics: t at the smaller arm's effective units (`ratio_df`)
+        result = fixed_horizon.t_test(est.difference, est.variance, fixed_horizon.ratio_df(est.pairs))
     elif kind == "binary":
         result = fixed_horizon.two_proportion_z(control, candidate)
     else:
         result = fixed_horizon.welch_t(control, candidate)
-    # Welch's CI uses the t quantile; every other CI is a Wald interval with the unpooled SE.
+    # Welch's and ratio metrics' CIs use the t quantile; every other CI is a Wald interval.
     quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else _z(alpha / 2)
     return result, _around(est.difference, float(quantile) * math.sqrt(est.variance))
 
@@ -338,6 +326,10 @@ def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tu
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
 
 
+def _t(tail: float, df: float) -> float:
+    return float(sps.t.isf(tail, df)) if math.isfinite(df) else _z(tail)
+
+
 def _z(tail: float) -> float:
     """The normal quantile z with Φ̄(z) = tail; `special.ndtri` costs a fraction of `norm.isf` per call."""
     return float(-special.ndtri(tail))
@@ -346,8 +338,7 @@ def _z(tail: float) -> float:
 def _design(evidence: stability.Anchor | None, *, direction: Direction, alpha: float) -> tuple[float, float, float]:
     """Information time and this look's one-sided p's (better, worse) of the decision design.
 
-    NaN p's (no evidence) when the design has no strata yet, they hold no usable estimate,
-    or the burn-in has not ended.
+    NaN p's (no evidence) when the design has no strata yet or they hold no usable estimate.
     """
     if evidence is None or not evidence.information > 0 or not evidence.variance > 0:
         return 0.0, math.nan, math.nan
@@ -392,7 +383,6 @@ def _insufficient(header: dict[str, Any], reason: str, previous: Running) -> Com
         sequential_p_better=previous.p_better,
         sequential_p_worse=previous.p_worse,
         anchors=previous.anchors,
-        origin=previous.origin,
     )
 
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from abrouter.analysis.stats import estimate
-from abrouter.analysis.stats.compare import compare
 from abrouter.analysis.stats.sample import Sample
-from abrouter.analysis.stats.stability import KEEP, Anchor, advance, decline, origin, since
+from abrouter.analysis.stats.stability import KEEP, Anchor, advance, decline, since
 
 
 def _anchor(control: Sample, candidate: Sample, *, at: float = math.nan) -> Anchor:
@@ -83,35 +82,3 @@ def test_anchors_reset_on_a_new_start_and_stay_few() -> None:
     assert anchors[0].at == 1.0 and anchors[-1].at == 999.0
     assert advance(anchors, Anchor(3, 0.01, 0.0, 1.0, at=1_000.0)) == (Anchor(3, 0.01, 0.0, 1.0, at=1_000.0),)
     assert advance(anchors, Anchor(0, 0.0, math.nan, math.nan)) == anchors  # no estimate: nothing to keep
-
-
-def test_the_origin_is_the_first_look_after_the_burn_in_and_then_stays() -> None:
-    early = Anchor(2, 0.1, 0.01, 1e-4, at=50.0)
-    assert origin(None, early, evidence_from=100.0) is None
-    first = Anchor(2, 0.3, 0.01, 3e-5, at=120.0)
-    assert origin(None, first, evidence_from=100.0) == first
-    later = Anchor(2, 0.5, 0.01, 2e-5, at=200.0)
-    assert origin(first, later, evidence_from=100.0) == first
-    moved = Anchor(3, 0.1, 0.0, 1e-4, at=300.0)  # a new final step (another start): its own burn-in
-    assert origin(first, moved, evidence_from=350.0) is None
-    assert origin(first, moved, evidence_from=250.0) == moved
-
-
-def test_compare_counts_the_design_from_the_origin_on() -> None:
-    """With a burn-in, the design's information is that of the data after the origin only."""
-    kw = dict(kind="binary", direction="increase", alpha=0.05, expected_units=10_000, variant="c", metric="m")
-    first = compare(Sample(2_000, 100), Sample(2_000, 160), at=10.0, evidence_from=5.0, **kw)  # type: ignore[arg-type]
-    assert first.origin is not None and first.information == 0.0 and math.isnan(first.p_better_now)
-    second = compare(
-        Sample(5_000, 250),
-        Sample(5_000, 250),
-        at=20.0,
-        evidence_from=5.0,
-        previous=first.running(),
-        **kw,  # type: ignore[arg-type]
-    )
-    assert second.information == pytest.approx(0.3, rel=1e-6)  # 3,000 more units per arm over 10,000
-    # The burn-in's +3 points are gone from the evidence: the later 3,000 per arm are equal.
-    assert second.p_better_now > 0.4
-    no_burn_in = compare(Sample(5_000, 250), Sample(5_000, 250), **kw)  # type: ignore[arg-type]
-    assert no_burn_in.information == pytest.approx(0.5)
