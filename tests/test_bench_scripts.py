@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("sim_guardrails.py", ["--experiments", "10", "--runs", "2"], "rolled back at the 25% step"),
         ("sim_novelty.py", ["--experiments", "2"], "+30% for 6 of 20 looks"),
         ("sim_plan.py", ["--experiments", "2", "--looks", "5"], "default ramp"),
+        ("sim_ratio_coverage.py", ["--runs", "3"], "pareto"),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

@@ -215,7 +215,7 @@ def compare(
         absolute_lift=est.difference,
         absolute_ci=abs_ci,
         relative_lift=est.relative,
-        relative_ci=_around(est.relative, (_t(alpha / 2, fixed.df) if control_ratio else z) * rel_se),
+        relative_ci=_log_relative(est, _t(alpha / 2, fixed.df)) if control_ratio else _around(est.relative, z * rel_se),
         p_value=fixed.p_value,
         sequential_p_value=min(better, worse),
         sequential_ci=_intersect(_around(est.relative, k * seq_rel_se), previous.ci_relative),
@@ -324,6 +324,21 @@ def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tu
     r = sequential.mixing_ratio(est.units_per_arm, expected_units, alpha)
     z = est.difference / math.sqrt(est.sequential_variance)
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
+
+
+def _log_relative(est: estimate.Estimate, quantile: float) -> tuple[float, float]:
+    """Ratio metrics: the relative CI on the log scale, exp(log(m_t/m_c) ± q·√(V_t/m_t² + V_c/m_c²)) − 1.
+
+    The ratio of two means is skewed; with heavy-tailed exposures the symmetric delta-method
+    interval covered 90–91% where this covers 93–94% (issue 18, finding 5). Falls back to
+    the symmetric one when a mean is not positive.
+    """
+    mc, mt = est.control_mean, est.mean
+    if not (mc > 0 and mt > 0):
+        return _around(est.relative, quantile * math.sqrt(est.relative_variance))
+    half = quantile * math.sqrt(est.var_candidate / mt**2 + est.var_control / mc**2)
+    centre = math.log(mt / mc)
+    return (math.expm1(centre - half), math.expm1(centre + half))
 
 
 def _t(tail: float, df: float) -> float:

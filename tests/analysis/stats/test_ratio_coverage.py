@@ -2,9 +2,10 @@
 
 World (A/A): each user's exposures n_u = ⌈lognormal(0, 2)⌉ or ⌈Pareto(1.1) + 1⌉, a
 propensity p_u ~ Beta(0.5, 9.5) (mean 5%), clicks ~ Binomial(n_u, p_u); the metric is
-clicks per exposure, 500 users per arm. The delta method's normal interval covered 91% and
-86% here (today's main, bench/sim_ratio_coverage.py, 2,000 runs); with the t quantile at the
-smaller arm's Kish effective units of the denominator (`fixed_horizon.ratio_df`) 94% and 95%.
+clicks per exposure, 500 users per arm. The delta method's normal interval covered 91.6% and
+85.6% here (relative: 88.7% and 82.9%; today's main, bench/sim_ratio_coverage.py, 2,000
+runs); with the t quantile at the smaller arm's Kish effective units of the denominator
+(`fixed_horizon.ratio_df`) 95.0% and 95.3% (relative, on the log scale: 93.2% and 94.1%).
 Each case runs 600 (≈ 2 s); the bound is 93% less 3 Monte-Carlo SE (√(0.95·0.05/600) = 0.9%).
 """
 
@@ -55,7 +56,7 @@ def test_ratio_intervals_cover_with_heavy_tailed_exposures(tail: str, seed: int)
     absolute, relative = coverage(np.random.default_rng(seed), tail=tail, users=500, runs=runs)
     bound = 0.93 - 3 * math.sqrt(0.95 * 0.05 / runs)
     assert absolute >= bound, f"absolute {absolute:.3f}"
-    assert relative >= bound - 0.01, f"relative {relative:.3f}"
+    assert relative >= bound, f"relative {relative:.3f}"
 
 
 def test_equal_exposures_keep_the_normal_quantile() -> None:
