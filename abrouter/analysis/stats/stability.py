@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 from scipy import special
 
+from abrouter.analysis.stats import estimate
+
 #: The data is split at the latest anchor with at most this share of the look's information.
 SPLIT = 0.5
 #: At most this many anchors are kept: past it, every other one of the older half goes.
@@ -70,6 +72,13 @@ class Decline:
 
 
 NO_DECLINE = Decline(math.nan, math.nan, math.nan, math.nan, math.nan)
+
+
+def anchor_of(est: estimate.Estimate | None, *, start: int, expected_units: int, at: float) -> Anchor:
+    """A look's estimate as an `Anchor` (information 0 and NaN when there is none)."""
+    if est is None or est.reason:
+        return Anchor(start, 0.0, math.nan, math.nan, at)
+    return Anchor(start, est.units_per_arm / expected_units, est.difference, est.sequential_variance, at)
 
 
 def advance(anchors: tuple[Anchor, ...], now: Anchor) -> tuple[Anchor, ...]:
