@@ -25,7 +25,8 @@ order they are tried:
    pass, over all epochs and in the current epoch alone); the effect has not declined
    significantly over time (`decline_p` >= alpha, `stats.stability`: a fading novelty
    effect holds the promotion, and the reason line says so); every active arm has
-   `min_units_per_arm`; the ramp is complete -> the best winner to 100;
+   `min_units_per_arm`; the ramp is complete (without a ramp, and in bandit mode:
+   `burn_in` has passed since the start) -> the best winner to 100;
 4. stop: `max_duration` has passed without a winner -> control 100;
 5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
    weight change still propagating; the reason line alerts the operator);
@@ -38,7 +39,9 @@ order they are tried:
    `evidence.step_scale`: the harm to the whole traffic stays within the final step's;
    canary mode: and were evaluated) both over all epochs and on the current epoch alone,
    so a regression that appears at this step is not diluted by the earlier ones (a
-   breach there rolls back by rule 2, not yet passing holds the ramp) ->
+   breach there rolls back by rule 2, not yet passing holds the ramp); the step into the
+   final one also waits until `burn_in` has passed since the start, so the burn-in's
+   users stay in canary epochs that a promotion does not count ->
    the candidates' total share goes to the next step of `ramp`, split evenly between the
    active candidates (largest-remainder rounding, so the weights sum to exactly 100);
 8. otherwise continue.
