@@ -16,6 +16,7 @@
 #   LOG_LEVEL                    abrouter --log-level (default: WARNING)
 #   UPSTREAM_TRANSPORT           abrouter serve --upstream-transport: aiohttp or httptools
 #                                (default: unset, the router's own default)
+#   WORKERS                      abrouter serve --workers (default: unset, the router's own default, 1)
 #   ROUTER_SRC                   optional dir holding a snapshot of the package abrouter
 #                                (run_router_bench.sh exports one from a commit); it goes first on PYTHONPATH, ahead of the editable
 #                                install, so the code under test cannot change mid-benchmark
@@ -61,6 +62,9 @@ args=(--log-level "$LOG_LEVEL" serve --config "$CONFIG" --host "$LISTEN_HOST" --
       --spill-dir "$DIR/spill")
 if [[ -n "${UPSTREAM_TRANSPORT:-}" ]]; then
   args+=(--upstream-transport "$UPSTREAM_TRANSPORT")
+fi
+if [[ -n "${WORKERS:-}" && "$WORKERS" != 1 ]]; then
+  args+=(--workers "$WORKERS")
 fi
 if [[ "$EVENT_LOG" == 0 ]]; then
   args+=(--no-event-log)

@@ -22,8 +22,8 @@ from typing import TextIO
 import numpy as np
 import redis.asyncio
 
-from abrouter.analysis import analyzer, report, service, summary
-from abrouter.analysis.errors import ConflictError, InputError, SourceError
+from abrouter.analysis import analyzer, kube_look, report, service, summary
+from abrouter.analysis.errors import ConflictError, InputError, SourceError, UnfinishedError
 from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
 from abrouter.analysis.sinks.kube import KubeSink
@@ -52,8 +52,11 @@ weights are written to the config file (a new epoch; the router reloads it). Wit
 --apply nothing but the history is written. With --experiment NAMESPACE/NAME, the spec
 comes from the Experiment resource and --apply patches its weights (guarded by
 resourceVersion), writes its status and creates Events (see docs/kubernetes.md);
---dry-run prints those writes instead of making them. Decisions use always-valid
-sequential tests, so looking every minute does not inflate false promotions.
+--dry-run prints those writes instead of making them. Outside the cluster the API is
+reached through $KUBECONFIG (or --kubeconfig), and Redis through --redis-url, e.g. a
+`kubectl port-forward svc/redis 6379` (docs/kubernetes.md, "Outside the cluster").
+Decisions use always-valid sequential tests, so looking every minute does not inflate
+false promotions.
 """
 
 PLAN_EPILOG = """\
@@ -106,7 +109,8 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--kubeconfig",
         type=Path,
         metavar="PATH",
-        help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, else ~/.kube/config)",
+        help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, "
+        "else $KUBECONFIG, else ~/.kube/config; its current context's user and cluster)",
     )
     p.add_argument(
         "--redis-url",
@@ -264,10 +268,9 @@ async def _analyze_kube(args: argparse.Namespace) -> int:
 async def _one_kube_look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
     """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
     try:
-        current = await sink.read()
-        result = await service.look(client, current.experiment, sink=sink if apply else DryRunSink())
-        if apply:
-            await sink.publish(result)
+        result = await kube_look.look(client, sink, apply=apply)
+    except UnfinishedError as exc:  # before SourceError: it may wrap one, and says what was applied
+        return _fail(str(exc), 1)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
     except (ConflictError, KubeError) as exc:

@@ -9,10 +9,11 @@
     └── AnalysisError             the analyzer's runtime failures
          ├── SourceError          Redis or a file could not be read or written
          │    └── NoDataError     Redis holds nothing for the experiment (a typo, no flush yet)
-         └── ConflictError        a sink found newer weights than the look analysed
+         ├── ConflictError        a sink found newer weights than the look analysed
+         └── UnfinishedError      a decision's weights are written, a later step failed
 
-The CLI maps every `UserError` to exit code 2 and one line. A `SourceError` or
-`ConflictError` is not the user's input being wrong: exit code 1 and one line, and
+The CLI maps every `UserError` to exit code 2 and one line. A `SourceError`,
+`ConflictError` or `UnfinishedError` is not the user's input being wrong: exit code 1 and one line, and
 `analyze --every` logs it and tries again. `NoDataError` is one of them: a look at a
 name Redis knows nothing of says so (exit 1) instead of reporting 0 units. Anything else is a bug (a traceback, exit 1).
 """
@@ -43,6 +44,13 @@ class SourceError(AnalysisError):
 
 class ConflictError(AnalysisError):
     """The weights changed since the analysed look (a newer epoch); nothing was written."""
+
+
+class UnfinishedError(AnalysisError):
+    """A decision's weights are written but a later step (Event, scale, status, history) failed.
+
+    The message says what was applied; the next look finishes it (`sinks.kube_pending`).
+    """
 
 
 class NoDataError(SourceError):

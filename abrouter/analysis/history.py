@@ -151,12 +151,31 @@ async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
 
 
 async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: AnalysisResult, *, applied: bool) -> None:
+    await append_encoded(client, keys, encode(result, applied=applied))
+
+
+async def append_encoded(client: redis.asyncio.Redis, keys: schema.Keys, raw: str) -> None:
     try:
-        await client.xadd(
-            keys.decisions, {FIELD: encode(result, applied=applied)}, maxlen=schema.DECISIONS_MAXLEN, approximate=True
-        )
+        await client.xadd(keys.decisions, {FIELD: raw}, maxlen=schema.DECISIONS_MAXLEN, approximate=True)
     except redis.RedisError as exc:
         raise SourceError(f"cannot append to the decision history {keys.decisions}: {exc}") from exc
+
+
+async def append_once(client: redis.asyncio.Redis, keys: schema.Keys, raw: str, *, within: int = 100) -> bool:
+    """Append the encoded entry `raw` unless one of the last `within` entries is it; True if appended.
+
+    Redoing an unfinished decision (`sinks.kube_pending`) appends its entry once.
+    """
+    try:
+        recent = await client.xrevrange(keys.decisions, count=within)
+    except redis.RedisError as exc:
+        raise SourceError(f"cannot read the decision history {keys.decisions}: {exc}") from exc
+    for _, fields in recent or []:
+        value = (fields or {}).get(FIELD.encode()) or (fields or {}).get(FIELD)
+        if value is not None and (value.decode() if isinstance(value, bytes) else value) == raw:
+            return False
+    await append_encoded(client, keys, raw)
+    return True
 
 
 async def entries(client: redis.asyncio.Redis, keys: schema.Keys) -> list[fmt.DecisionEntry]:

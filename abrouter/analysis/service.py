@@ -32,6 +32,21 @@ async def look(
     `NoDataError` when Redis holds nothing under the experiment's keys.
     """
     keys = keys or schema.Keys(experiment.name)
+    result = await analyse(client, experiment, now=now, keys=keys)
+    applied = await sink.apply(result.decision, epoch=experiment.epoch)
+    await history.append(client, keys, result, applied=applied)
+    return result
+
+
+async def analyse(
+    client: redis.asyncio.Redis,
+    experiment: spec.Experiment,
+    *,
+    now: float | None = None,
+    keys: schema.Keys | None = None,
+) -> analyzer.AnalysisResult:
+    """Read and analyze (the first half of `look`): nothing is applied or recorded."""
+    keys = keys or schema.Keys(experiment.name)
     data = await reader.read(client, experiment, keys=keys)
     if not data.found:
         # Nothing to decide on, and nothing recorded: a typo must not start a history.
@@ -46,7 +61,4 @@ async def look(
     settings, ignored = history.pin(data.settings, previous.pinned if previous is not None and seed else {})
     data = dataclasses.replace(data, settings=settings)
     result = analyzer.analyze(data, now=time.time() if now is None else now, previous=seed, rng=np.random.default_rng())
-    result = dataclasses.replace(result, ignored_settings=ignored)
-    applied = await sink.apply(result.decision, epoch=experiment.epoch)
-    await history.append(client, keys, result, applied=applied)
-    return result
+    return dataclasses.replace(result, ignored_settings=ignored)

@@ -232,6 +232,23 @@ def status_schema() -> dict[str, Any]:
             "time": {"type": "string", "format": "date-time"},
         }
     )
+    applied = _obj(
+        {
+            "action": {"type": "string"},
+            "reason": {"type": "string"},
+            "weights": percent,
+            "time": {"type": "string", "format": "date-time"},
+            "generation": {"type": "integer", "description": "the generation the weight patch made"},
+        },
+        description="the last decision that changed the weights (kept while later looks change nothing)",
+    )
+    summary = _obj(
+        {
+            "pValue": {"type": "string", "description": "pValue as the reports write it (0.041, <0.0001)"},
+            "reason": {"type": "string", "description": "one clause: why the phase is what it is"},
+        },
+        description="text for `kubectl get` (its printer columns)",
+    )
     return _obj(
         {
             "phase": {"type": "string", "enum": list(PHASES)},
@@ -241,6 +258,8 @@ def status_schema() -> dict[str, Any]:
             "winner": {"type": "string", "nullable": True},
             "pValue": {"type": "number", "nullable": True},
             "lastDecision": decision,
+            "lastApplied": {**applied, "nullable": True},
+            "summary": summary,
             "arms": {"type": "array", "items": arm},
             "conditions": {
                 "type": "array",
@@ -258,9 +277,10 @@ def printer_columns() -> list[dict[str, Any]]:
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Weights", "type": "string", "jsonPath": ".status.weights"},
         {"name": "Winner", "type": "string", "jsonPath": ".status.winner"},
-        {"name": "P-Value", "type": "number", "jsonPath": ".status.pValue"},
+        # Strings written for the column: kubectl prints a number column raw (0.0412345678, then 0).
+        {"name": "P-Value", "type": "string", "jsonPath": ".status.summary.pValue"},
         {"name": "Epoch", "type": "integer", "jsonPath": ".status.epoch", "priority": 1},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.lastDecision.reason", "priority": 1},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.summary.reason", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
 

@@ -45,6 +45,8 @@ class ExperimentResource:
     spec: Mapping[str, Any] = field(repr=False)
     status: Mapping[str, Any] = field(default_factory=dict, repr=False)
     uid: str = ""
+    #: ``metadata.annotations`` (the analyzer's unfinished decision is one of them).
+    annotations: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def ref(self) -> str:
@@ -76,6 +78,7 @@ def parse(obj: Any) -> ExperimentResource:
     except ConfigError as exc:
         raise ConfigError(f"spec.{exc.path}" if exc.path else "spec", exc.message) from None
     status = obj.get("status")
+    annotations = meta.get("annotations")
     return ExperimentResource(
         namespace=str(meta.get("namespace", "")),
         name=str(meta["name"]),
@@ -86,6 +89,7 @@ def parse(obj: Any) -> ExperimentResource:
         spec=spec,
         status=status if isinstance(status, Mapping) else {},
         uid=str(meta.get("uid", "")),
+        annotations=annotations if isinstance(annotations, Mapping) else {},
     )
 
 

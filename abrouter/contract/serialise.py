@@ -1,11 +1,17 @@
 """An experiment as plain JSON types: the canonical spec, as the CRD, the history and the sinks store it.
 
 `parse(to_dict(e)) == e` (`abrouter.contract.experiment.parse`). Pure.
+
+Durations are written as the CRD's schema types them (``x-kubernetes-int-or-string``):
+whole seconds as an integer (``30``), anything else as a string of seconds (``"0.25s"``).
+A float such as ``0.25`` would be refused by the API server (422: must be of type
+integer,string), and ``30.0`` is not what a person writes.
 """
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 from abrouter.contract.model import Experiment, Metric, Variant
@@ -22,15 +28,15 @@ def to_dict(e: Experiment) -> dict[str, Any]:
         "metrics": [_metric_dict(m) for m in e.metrics],
         "epoch": e.epoch,
         "allow_force_variant": e.allow_force_variant,
-        "outcome_ttl": e.outcome_ttl_s,
-        "timeouts": {"connect": e.timeouts.connect_s, "read": e.timeouts.read_s},
+        "outcome_ttl": duration(e.outcome_ttl_s),
+        "timeouts": {"connect": duration(e.timeouts.connect_s), "read": duration(e.timeouts.read_s)},
         "exposures": [{"method": x.method, "path": x.path} for x in e.exposures],
-        **({"slow_request": e.slow_request_s} if e.slow_request_s is not None else {}),
+        **({"slow_request": duration(e.slow_request_s)} if e.slow_request_s is not None else {}),
         "analysis": {
             "alpha": a.alpha,
             "min_units_per_arm": a.min_units_per_arm,
-            "max_duration": a.max_duration_s,
-            "burn_in": a.burn_in_s,
+            "max_duration": duration(a.max_duration_s),
+            "burn_in": duration(a.burn_in_s),
             "srm_alpha": a.srm_alpha,
             "expected_units_per_arm": a.expected_units_per_arm,
             "guardrails": [
@@ -47,6 +53,13 @@ def to_dict(e: Experiment) -> dict[str, Any]:
     if e.covariate is not None:  # [cuped]
         out["covariate"] = e.covariate
     return out
+
+
+def duration(seconds: float) -> int | str:
+    """``30`` for whole seconds, else ``"0.25s"`` (shortest round-tripping digits, never an exponent)."""
+    if float(seconds).is_integer():
+        return int(seconds)
+    return f"{Decimal(repr(float(seconds))):f}s"
 
 
 def _metric_dict(m: Metric) -> dict[str, Any]:

@@ -39,6 +39,9 @@ MERGE_PATCH = "application/merge-patch+json"
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _WATCH: Any = kubernetes.watch
+#: The API server's 403 message names the caller: ``User "system:serviceaccount:NS:NAME" cannot ...``.
+_SERVICE_ACCOUNT = re.compile(r'User "system:serviceaccount:([^:"]+):([^:"]+)"')
+_SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 T = TypeVar("T")
 _CONFIG: Any = kubernetes.config
 
@@ -82,13 +85,31 @@ def load_config(kubeconfig: Path | None = None) -> kubernetes.client.ApiClient:
     return kubernetes.client.ApiClient(configuration)
 
 
-class KubeClient:
-    """The API calls of one component (`role`: "router" or "analyzer", named in 403 messages)."""
+def home_namespace(kubeconfig: Path | None = None) -> str | None:
+    """The namespace the credentials belong to: the pod's, or the kubeconfig context's; None if unknown."""
+    try:
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            return Path(_SA_NAMESPACE).read_text().strip() or None
+        _, active = _CONFIG.list_kube_config_contexts(config_file=str(kubeconfig) if kubeconfig else None)
+        return str((active or {}).get("context", {}).get("namespace") or "") or None
+    except (kubernetes.config.ConfigException, OSError, ValueError, TypeError):
+        return None
 
-    def __init__(self, api: kubernetes.client.ApiClient, *, role: str, timeout_s: float = 10.0) -> None:
+
+class KubeClient:
+    """The API calls of one component (`role`: "router" or "analyzer", named in 403 messages).
+
+    `home` is the namespace its credentials belong to (`home_namespace`): a 403 in another
+    namespace says the namespace may be wrong rather than that the Role lacks a verb.
+    """
+
+    def __init__(
+        self, api: kubernetes.client.ApiClient, *, role: str, timeout_s: float = 10.0, home: str | None = None
+    ) -> None:
         self.api: Any = api
         self.role = role
         self.timeout_s = timeout_s
+        self.home = home
         # Typed as Any: the generated APIs' annotations (pydantic models, `object` results)
         # say less than the dicts the API returns, and older client versions have none.
         self.custom: Any = kubernetes.client.CustomObjectsApi(api)
@@ -98,7 +119,7 @@ class KubeClient:
 
     @classmethod
     def from_config(cls, kubeconfig: Path | None = None, *, role: str) -> KubeClient:
-        return cls(load_config(kubeconfig), role=role)
+        return cls(load_config(kubeconfig), role=role, home=home_namespace(kubeconfig))
 
     @property
     def server(self) -> str:
@@ -161,9 +182,17 @@ class KubeClient:
         if w is not None:
             w.stop()
 
-    def patch_spec(self, ref: Ref, spec: dict[str, Any], *, resource_version: str) -> dict[str, Any]:
-        """Merge-patch `spec`, only if the object is still at `resource_version` (else `KubeConflict`)."""
-        body = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
+    def patch_spec(
+        self, ref: Ref, spec: dict[str, Any], *, resource_version: str, annotations: dict[str, str | None] | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch `spec` (and `annotations`, in the same write), only if the object is still at
+        `resource_version` (else `KubeConflict`). An annotation set to None is removed."""
+        meta: dict[str, Any] = {"resourceVersion": resource_version}
+        if annotations:
+            meta["annotations"] = annotations
+        body: dict[str, Any] = {"metadata": meta}
+        if spec:
+            body["spec"] = spec
         return self._call(
             "patch",
             PLURAL,
@@ -190,15 +219,27 @@ class KubeClient:
     # ---------------------------------------------------------------- events, scale
 
     def create_event(
-        self, obj: dict[str, Any], *, reason: str, message: str, warning: bool = False, component: str = ""
-    ) -> None:
-        """A core/v1 Event about the Experiment `obj` (as `kubectl describe` shows them)."""
+        self,
+        obj: dict[str, Any],
+        *,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "",
+        name: str = "",
+    ) -> bool:
+        """A core/v1 Event about the Experiment `obj` (as `kubectl describe` shows them).
+
+        With a `name`, creating it again is a no-op that returns False (the API's 409
+        AlreadyExists): a step that is redone after a failure emits its Event once.
+        """
         meta = obj["metadata"]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        naming = {"name": name} if name else {"generateName": f"{meta['name']}."}
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {**naming, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": KIND,
@@ -216,12 +257,16 @@ class KubeClient:
             "count": 1,
         }
         ref = Ref(meta["namespace"], "")
-        self._call(
-            "create",
-            "events",
-            ref,
-            lambda: self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=self.timeout_s),
-        )
+        try:
+            self._call(
+                "create",
+                "events",
+                ref,
+                lambda: self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=self.timeout_s),
+            )
+        except errors.KubeAlreadyExists:
+            return False
+        return True
 
     def list_events(self, namespace: str) -> list[dict[str, Any]]:
         def call() -> Any:
@@ -273,12 +318,11 @@ class KubeClient:
                 f"unauthorized: the Kubernetes API at {self.server} did not accept the credentials ({detail})"
             )
         if code == 403:
-            return errors.KubeForbidden(
-                f"forbidden: cannot {verb} {full} in namespace {ref.namespace}; "
-                f"the {self.role}'s Role needs the verb {verb} on {resource}"
-            )
+            return errors.KubeForbidden(self._forbidden(verb, resource, ref.namespace, detail))
         if code == 404:
-            return errors.KubeNotFound(f"not found: {what} ({detail}; is the Experiment CRD installed?)")
+            return errors.KubeNotFound(f"not found: {what} ({detail}; {_missing(exc, resource, ref)})")
+        if code == 409 and _api_reason(exc) == "AlreadyExists":
+            return errors.KubeAlreadyExists(f"already exists: {what} ({detail})")
         if code == 409:
             return errors.KubeConflict(f"conflict: {what} changed since it was read ({detail})")
         if code == 410:
@@ -286,6 +330,29 @@ class KubeClient:
         if code == 0 or code >= 500 or code == 429:
             return errors.KubeUnavailable(f"the Kubernetes API at {self.server} failed: {code} {detail}", status=code)
         return errors.KubeError(f"cannot {verb} {what}: {code} {detail}", status=code)
+
+    def _forbidden(self, verb: str, resource: str, namespace: str, detail: str) -> str:
+        """A 403, as a wrong namespace when the credentials belong to another one, else as the missing verb."""
+        head = f"forbidden: cannot {verb} {qualified(resource)} in namespace {namespace}"
+        account = _SERVICE_ACCOUNT.search(detail)
+        home = account.group(1) if account else self.home
+        if home and home != namespace:
+            whose = f"ServiceAccount {account.group(1)}/{account.group(2)}" if account else "the kubeconfig's context"
+            return (
+                f"{head}, but the {self.role}'s credentials ({whose}) belong to namespace {home}: "
+                f"is {namespace} the right namespace? If it is, the {self.role} needs a Role in {namespace} "
+                f"with the verb {verb} on {resource}"
+            )
+        return f"{head}; the {self.role}'s Role needs the verb {verb} on {resource}"
+
+
+def _missing(exc: ApiException, resource: str, ref: Ref) -> str:
+    """Why a 404: the named object is not there, or the API does not know the resource at all."""
+    if not (_status(exc).get("details") or {}).get("name"):
+        return "is the Experiment CRD installed?" if resource.startswith(PLURAL) else "is the resource served?"
+    if resource.startswith(PLURAL):
+        return f"no Experiment {ref.name} in namespace {ref.namespace}; `kubectl get experiments -A` lists them all"
+    return f"no such object in namespace {ref.namespace}"
 
 
 def qualified(resource: str) -> str:
@@ -295,15 +362,23 @@ def qualified(resource: str) -> str:
     return f"{base}.{group}{sep}{sub}" if group else resource
 
 
-def _api_message(exc: ApiException) -> str:
-    """The Status object's message when the body is one, else the HTTP reason."""
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The ``kind: Status`` body of an error, or {}."""
     try:
         body = json.loads(exc.body) if exc.body else None
     except (TypeError, ValueError):
         body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(exc.reason or "no detail")
+    return body if isinstance(body, dict) else {}
+
+
+def _api_message(exc: ApiException) -> str:
+    """The Status object's message when the body is one, else the HTTP reason."""
+    message = _status(exc).get("message")
+    return str(message) if message else str(exc.reason or "no detail")
+
+
+def _api_reason(exc: ApiException) -> str:
+    return str(_status(exc).get("reason") or "")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,6 +11,7 @@
          ├── KubeForbidden        403: the role lacks a verb on a resource (the message names both)
          ├── KubeNotFound         404: the object (or its CRD) does not exist
          ├── KubeConflict         409: a write guarded by a stale resourceVersion
+         │    └── KubeAlreadyExists   409: a create of a name that exists (an Event created before)
          └── KubeGone             410: a watch's resourceVersion is too old; relist
 """
 
@@ -52,6 +53,10 @@ class KubeNotFound(KubeError):
 
 class KubeConflict(KubeError):
     status = 409
+
+
+class KubeAlreadyExists(KubeConflict):
+    """A create of a name that is taken: for a deterministic name, the object was created before."""
 
 
 class KubeGone(KubeError):

@@ -36,6 +36,7 @@ protocol-level server calls the same five methods from its parser callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,21 @@ class Limits:
         A connection is closed at most one interval after its deadline.
         """
         return min(1.0, max(0.01, min(self.header_s, self.body_idle_s, self.idle_s) / 4))
+
+
+#: File descriptors kept for what is not a client connection: the listening sockets, Redis,
+#: the spill files, the log, the spec source.
+RESERVED_FDS = 64
+
+
+def fd_bounded(limits: Limits, fd_limit: int) -> Limits:
+    """`limits` with the cap lowered so that every admitted client can also have its upstream
+    socket within the process's file-descriptor limit, with `RESERVED_FDS` to spare; so a
+    connection beyond the cap is accepted and answered 503, never reset for want of a descriptor."""
+    room = max(1, (fd_limit - RESERVED_FDS) // 2)
+    if room >= limits.max_connections:
+        return limits
+    return dataclasses.replace(limits, max_connections=room)
 
 
 @dataclass(eq=False)
@@ -119,8 +135,13 @@ class ConnectionClock:
             self.since = now  # the silence while we did not read is ours, not the client's
 
     def expired(self, now: float) -> Phase | None:
-        """The phase whose deadline has passed, or None."""
-        if self.paused or self.phase is Phase.BUSY:
+        """The phase whose deadline has passed, or None.
+
+        While a response is owed (a request in flight), the next request's headers may wait:
+        a client that pipelines, or sends its next request before reading the answer, is
+        never cut through the in-flight response.
+        """
+        if self.paused or self.phase is Phase.BUSY or (self.phase is Phase.HEADERS and self.in_flight):
             return None
         if self.phase is Phase.IDLE:
             limit = self.limits.idle_s

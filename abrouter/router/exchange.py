@@ -1,26 +1,30 @@
-"""One proxied request, apart from any HTTP framework: the seam every server adapter calls.
+"""One proxied request, apart from any protocol: what the stream driver asks of it.
 
-An adapter (the aiohttp handler in `abrouter.router.http.proxy` today; a protocol-level
-server and a gRPC listener next) parses the request into an `Incoming` and then:
+The stream driver (`abrouter.router.stream`) calls it for every server adapter:
 
 1. ``ex = Exchange.start(services, incoming, now=...)``: the unit id, the assignment, the
-   request id and the tags. A request the exchange refuses (an unknown forced variant)
-   raises `Refused`, which carries the `Reply` to send; nothing is recorded for it.
-2. sends ``ex.upstream_headers()`` to ``ex.variant.upstream`` with its own transport;
-3. ``ex.received(status)`` once the upstream answered, and ``ex.response_headers(...)``
-   for the client; or ``ex.failed(error)`` for a `Reply` (502/504 JSON) when it did not;
-   ``ex.aborted()`` when the upstream failed mid-body, ``ex.crashed()`` on a bug,
-   ``ex.incomplete()`` when the client's request body never arrived whole;
+   request id and the tags. A request the exchange refuses (a target with no path, an
+   unknown forced variant) raises `Refused`, which carries the `Problem`; nothing is
+   recorded for it.
+2. the driver sends ``ex.upstream_headers()`` to ``ex.variant.upstream``;
+3. ``ex.received(status)`` once the upstream answered, ``ex.response_headers(...)`` for
+   the client and ``ex.first_byte()`` when its head went out; or ``ex.failed(error)`` for
+   the `Problem` to render when it did not; ``ex.aborted()`` when the upstream failed
+   mid-body, ``ex.client_gone()`` when the client left before the end of the response,
+   ``ex.crashed()`` on a bug, ``ex.incomplete()`` when the client's request body never
+   arrived whole;
 4. ``ex.finish(now=...)`` in a ``finally``: the metrics and the exposure record.
 
-No framework, no Redis: recording an exposure is a synchronous call into the event log's
+Failures are neutral (`Failure`): each wire adapter renders them (HTTP: a status and
+the Open Inference Protocol's JSON error; gRPC: a status code and details). No
+framework, no Redis: recording an exposure is a synchronous call into the event log's
 in-memory batch (`ExposureLog`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import enum
 import logging
 import random
 import time
@@ -65,9 +69,10 @@ class Services(Protocol):
     def eventlog(self) -> ExposureLog: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
-    """A parsed request as the adapter received it."""
+    """A parsed request as the adapter received it (treated as immutable; not frozen, as a
+    frozen dataclass costs a microsecond per request to build)."""
 
     method: str
     #: The request target in origin form: raw path and query, as sent.
@@ -80,22 +85,37 @@ class Incoming:
     scheme: str
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A response the router makes itself: a JSON body, its status and headers."""
+class Failure(enum.Enum):
+    """Why the router answers a request itself; each adapter renders it (see `http.render`)."""
 
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]]
-    content_type: str = "application/json"
+    #: The request target names no path (the client's mistake).
+    BAD_TARGET = "bad_target"
+    #: X-AB-Force-Variant names no variant (the client's mistake).
+    UNKNOWN_VARIANT = "unknown_variant"
+    #: The variant's upstream gave no response in time: an error of the variant.
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    #: The variant's upstream refused, reset or closed: an error of the variant.
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    #: A bug in the router.
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A failure to render: what, in words, and the headers it carries (tags, a new cookie)."""
+
+    failure: Failure
+    message: str
+    variant: str | None = None
+    headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 class Refused(Exception):
-    """The exchange refuses the request before assigning it; send `reply`. Not a bug."""
+    """The exchange refuses the request before assigning it; render `problem`. Not a bug."""
 
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.body.decode())
-        self.reply = reply
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +126,6 @@ class Assignment:
     new_cookie: str | None = None
     #: No unit id: the request is its own unit (Redis keeps no unit state for it).
     anonymous: bool = False
-
-
-def json_body(code: str, message: str, **extra: str) -> bytes:
-    # The Open Inference Protocol shape: `error` is the readable text (clients print it).
-    return json.dumps({"error": message, "code": code, **extra}).encode()
 
 
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
@@ -171,12 +186,12 @@ def unit_of(incoming: Incoming, table: RoutingTable) -> str | None:
 
 def assign(incoming: Incoming, table: RoutingTable, rng: random.Random) -> Assignment:
     """Which variant serves this request, and as which unit. Raises `Refused` for a bad override."""
-    forced = header(incoming.headers, hdr.FORCE_HEADER)
-    if forced and table.experiment.allow_force_variant:
+    forced = header(incoming.headers, hdr.FORCE_HEADER) if table.experiment.allow_force_variant else None
+    if forced:
         if forced not in table.index:
             known = ", ".join(table.index)
             message = f"{hdr.FORCE_HEADER}: unknown variant {forced!r}; known: {known}"
-            raise Refused(Reply(400, json_body("unknown_variant", message), []))
+            raise Refused(Problem(Failure.UNKNOWN_VARIANT, message))
         return Assignment(table.index[forced], _random_unit(rng), forced=True)
     unit = unit_of(incoming, table)
     new_cookie = None
@@ -200,11 +215,13 @@ class Exchange:
         "choice",
         "complete",
         "error",
+        "first_byte_s",
         "incoming",
         "request_id",
         "started",
         "status",
         "table",
+        "upstream_failed",
         "variant",
     )
 
@@ -220,7 +237,10 @@ class Exchange:
         # No response yet: if the client goes away first, this is what gets logged.
         self.status = CLIENT_CLOSED
         self.error: str | None = None
+        #: The upstream answered, with a response its protocol counts as a failure (HTTP: 5xx).
+        self.upstream_failed = False
         self.complete = True
+        self.first_byte_s: float | None = None
 
     @classmethod
     def start(cls, services: Services, incoming: Incoming, *, now: float) -> Exchange:
@@ -228,7 +248,7 @@ class Exchange:
         target = origin_form(incoming.target)
         if target is None:
             message = f"request target {incoming.target[:100]!r}: send a path (origin form), e.g. /predict"
-            raise Refused(Reply(400, json_body("bad_target", message), []))
+            raise Refused(Problem(Failure.BAD_TARGET, message))
         if target != incoming.target:
             incoming = dataclasses.replace(incoming, target=target)
         table = services.table
@@ -253,23 +273,41 @@ class Exchange:
             scheme=self.incoming.scheme,
         )
 
-    def received(self, status: int) -> None:
-        """The upstream answered with `status` (whatever happens to the body later)."""
+    def received(self, status: int, *, failed: bool | None = None) -> None:
+        """The upstream answered with `status` (whatever happens to the body later).
+
+        `failed`: whether that answer is an error of the variant; by default HTTP's rule, >= 500.
+        """
         self.status = status
+        self.upstream_failed = status >= 500 if failed is None else failed
+
+    def first_byte(self) -> None:
+        """The response's head went out to the client (its time to first byte)."""
+        if self.first_byte_s is None:
+            self.first_byte_s = time.perf_counter() - self.started
 
     def response_headers(self, upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """The upstream's end-to-end headers plus the tags (and the new unit cookie, if any)."""
         return hdr.tag_response(upstream_headers, **self.tags) + self._new_cookie()
 
-    def failed(self, exc: UpstreamError) -> Reply:
-        """No response from the upstream: 504 on a timeout, else 502; an error of the variant."""
-        self.error = "timeout" if isinstance(exc, UpstreamTimeout) else "unavailable"
-        self.status = 504 if self.error == "timeout" else 502
+    def failed(self, exc: UpstreamError) -> Problem:
+        """No response from the upstream: an error of the variant (logged as 504 on a timeout, else 502)."""
+        timeout = isinstance(exc, UpstreamTimeout)
+        self.error = "timeout" if timeout else "unavailable"
+        self.status = 504 if timeout else 502
         name = self.variant.name
         log.warning("variant %s: upstream %s: %s", name, self.error, exc)
         # The details (upstream URL, DNS results) go to the log only, never to the client.
-        body = json_body(f"upstream_{self.error}", f"variant {name!r}: upstream {self.error}", variant=name)
-        return Reply(self.status, body, hdr.tag_response([], **self.tags) + self._new_cookie())
+        return Problem(
+            Failure.UPSTREAM_TIMEOUT if timeout else Failure.UPSTREAM_UNAVAILABLE,
+            f"variant {name!r}: upstream {self.error}",
+            variant=name,
+            headers=hdr.tag_response([], **self.tags) + self._new_cookie(),
+        )
+
+    def problem(self, failure: Failure, message: str) -> Problem:
+        """A `Problem` of this exchange, carrying its tags."""
+        return Problem(failure, message, variant=self.variant.name, headers=hdr.tag_response([], **self.tags))
 
     def aborted(self) -> None:
         """The upstream failed after the response headers went out."""
@@ -282,6 +320,12 @@ class Exchange:
         """
         self.complete = False
 
+    def client_gone(self) -> None:
+        """The client left before the end of the response: logged as 499, not an error of the variant."""
+        if self.error is None:
+            self.status = CLIENT_CLOSED
+            self.upstream_failed = False
+
     def crashed(self) -> None:
         """A bug while handling the request; the adapter answers 500."""
         self.status, self.error = 500, "internal"
@@ -292,7 +336,9 @@ class Exchange:
             return
         seconds = time.perf_counter() - self.started
         services = self._services
-        services.metrics.observe_request(self.variant.name, self.status, seconds, self.error)
+        failed = self.error is not None or self.upstream_failed
+        services.metrics.observe_request(self.variant.name, self.status, seconds, self.error, failed=failed,
+                                         first_byte_s=self.first_byte_s)  # fmt: skip
         if self.choice.forced:
             return  # QA overrides are not exposures of the experiment
         if not exposures.is_exposure(self.incoming.method, self.incoming.target, self.table.experiment.exposures):
@@ -306,7 +352,7 @@ class Exchange:
                 ts=now,
                 status=self.status,
                 latency_ms=seconds * 1000.0,
-                error=self.error is not None or self.status >= 500,
+                error=failed,
                 anonymous=self.choice.anonymous,
             )
         )

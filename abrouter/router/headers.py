@@ -8,6 +8,7 @@ Inference-Header-Content-Length.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -35,19 +36,46 @@ FORCE_HEADER = "X-AB-Force-Variant"
 Headers = list[tuple[str, str]]
 
 
-def _connection_listed(headers: Iterable[tuple[str, str]]) -> set[str]:
-    listed: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            listed.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return listed
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+@functools.lru_cache(maxsize=64)
+def _skip(drop: frozenset[str]) -> frozenset[str]:
+    return HOP_BY_HOP | drop
 
 
 def end_to_end(headers: Iterable[tuple[str, str]], *, drop: frozenset[str] = frozenset()) -> Headers:
-    """The headers without hop-by-hop fields (and without any lower-cased name in `drop`)."""
-    headers = list(headers)
-    skip = HOP_BY_HOP | _connection_listed(headers) | drop
-    return [(name, value) for name, value in headers if name.lower() not in skip]
+    """The headers without hop-by-hop fields (and without any lower-cased name in `drop`).
+
+    One pass; the fields a Connection header lists are removed in a second one, only when
+    there is such a header (rare on the hot path).
+    """
+    skip = _skip(drop)
+    out: Headers = []
+    listed: set[str] | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in skip:
+            if lname == "connection":
+                listed = _tokens(value) if listed is None else listed | _tokens(value)
+            continue
+        out.append((name, value))
+    if listed:
+        out = [(name, value) for name, value in out if name.lower() not in listed]
+    return out
+
+
+_UPSTREAM_DROP = frozenset(
+    {"host", "x-forwarded-for", "x-forwarded-proto", "expect", "x-forwarded-host", FORCE_HEADER.lower()}
+)
+_TAG_DROP = frozenset({EXPERIMENT_HEADER.lower(), VARIANT_HEADER.lower(), REQUEST_ID_HEADER.lower()})
+
+
+@functools.lru_cache(maxsize=256)
+def authority(url: str) -> str:
+    """The host[:port] of an upstream URL (cached: a handful of upstreams, every request)."""
+    return urlsplit(url).netloc
 
 
 def upstream_request_headers(
@@ -57,18 +85,19 @@ def upstream_request_headers(
 
     Host is rewritten because model servers behind an ingress or Knative (KServe) route
     by it; the client's Host survives in X-Forwarded-Host. `traceparent` passes as is.
+    Expect: 100-continue was answered on the client leg; the body is already on its way.
     """
-    headers = list(headers)
-    original_host = next((v for n, v in headers if n.lower() == "host"), "")
-    prior_for = [v for n, v in headers if n.lower() == "x-forwarded-for"]
-    # Expect: 100-continue was answered on the client leg; the body is already on its way.
-    out = end_to_end(
-        headers,
-        drop=frozenset(
-            {"host", "x-forwarded-for", "x-forwarded-proto", "expect", "x-forwarded-host", FORCE_HEADER.lower()}
-        ),
-    )
-    out.append(("Host", urlsplit(upstream).netloc))
+    headers = headers if isinstance(headers, list) else list(headers)
+    original_host = ""
+    prior_for: list[str] = []
+    for name, value in headers:
+        size = len(name)
+        if size == 4 and name.lower() == "host":
+            original_host = original_host or value
+        elif size == 15 and name.lower() == "x-forwarded-for":
+            prior_for.append(value)
+    out = end_to_end(headers, drop=_UPSTREAM_DROP)
+    out.append(("Host", authority(upstream)))
     out.append(("X-Forwarded-For", ", ".join([*prior_for, client_ip]) if prior_for else client_ip))
     out.append(("X-Forwarded-Proto", scheme))
     if original_host:
@@ -78,9 +107,7 @@ def upstream_request_headers(
 
 def tag_response(headers: Iterable[tuple[str, str]], *, experiment: str, variant: str, request_id: str) -> Headers:
     """Response headers for the client: upstream's end-to-end fields plus our three tags."""
-    out = end_to_end(
-        headers, drop=frozenset({EXPERIMENT_HEADER.lower(), VARIANT_HEADER.lower(), REQUEST_ID_HEADER.lower()})
-    )
+    out = end_to_end(headers, drop=_TAG_DROP)
     out.append((EXPERIMENT_HEADER, experiment))
     out.append((VARIANT_HEADER, variant))
     out.append((REQUEST_ID_HEADER, request_id))

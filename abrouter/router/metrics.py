@@ -30,14 +30,34 @@ class ProxyMetrics:
     requests: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     latency: dict[str, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+    #: Time to the response's head, for streamed and whole responses alike.
+    first_byte: dict[str, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     outcomes_rejected: int = 0
+    #: Requests refused at the wire (malformed, over a limit, HTTP/2 on the HTTP/1.1 port), by reason.
+    bad_requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
-    def observe_request(self, variant: str, status: int, seconds: float, error: str | None) -> None:
-        """`error` is None for a response from the upstream, else a reason (e.g. "timeout")."""
+    def observe_request(
+        self,
+        variant: str,
+        status: int,
+        seconds: float,
+        error: str | None,
+        *,
+        failed: bool | None = None,
+        first_byte_s: float | None = None,
+    ) -> None:
+        """`error` is None for a response from the upstream, else a reason (e.g. "timeout").
+
+        `failed`: an error of the variant (default: `error` set or an HTTP 5xx).
+        """
         self.requests[(variant, f"{status // 100}xx")] += 1
         self.latency[variant].observe(seconds)
-        if error is not None or status >= 500:
+        if first_byte_s is not None:
+            self.first_byte[variant].observe(first_byte_s)
+        if failed is None:
+            failed = error is not None or status >= 500
+        if failed:
             self.errors[(variant, error or "upstream_5xx")] += 1
 
 
@@ -53,6 +73,20 @@ def _labels(**labels: str) -> str:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _histograms(name: str, by_variant: dict[str, _Histogram], experiment: str) -> list[str]:
+    lines = []
+    for variant, h in sorted(by_variant.items()):
+        cumulative = 0
+        for bound, count in zip((*BUCKETS_S, float("inf")), h.counts):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else f"{bound:g}"
+            lines.append(f"{name}_bucket{_labels(experiment=experiment, variant=variant, le=le)} {cumulative}")
+        base = _labels(experiment=experiment, variant=variant)
+        lines.append(f"{name}_sum{base} {h.total:.6f}")
+        lines.append(f"{name}_count{base} {h.n}")
+    return lines
 
 
 def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str, float]]) -> str:
@@ -73,18 +107,12 @@ def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str,
         "# HELP abrouter_request_duration_seconds Time from request to end of response body.",
         "# TYPE abrouter_request_duration_seconds histogram",
     ]
-    for variant, h in sorted(m.latency.items()):
-        cumulative = 0
-        for bound, count in zip((*BUCKETS_S, float("inf")), h.counts):
-            cumulative += count
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            lines.append(
-                f"abrouter_request_duration_seconds_bucket"
-                f"{_labels(experiment=experiment, variant=variant, le=le)} {cumulative}"
-            )
-        base = _labels(experiment=experiment, variant=variant)
-        lines.append(f"abrouter_request_duration_seconds_sum{base} {h.total:.6f}")
-        lines.append(f"abrouter_request_duration_seconds_count{base} {h.n}")
+    lines += _histograms("abrouter_request_duration_seconds", m.latency, experiment)
+    lines += [
+        "# HELP abrouter_response_first_byte_seconds Time from request to the response's head going out.",
+        "# TYPE abrouter_response_first_byte_seconds histogram",
+    ]
+    lines += _histograms("abrouter_response_first_byte_seconds", m.first_byte, experiment)
     lines += ["# HELP abrouter_outcomes_total Accepted outcomes by metric.", "# TYPE abrouter_outcomes_total counter"]
     for metric, n in sorted(m.outcomes.items()):
         lines.append(f"abrouter_outcomes_total{_labels(experiment=experiment, metric=metric)} {n}")
@@ -93,6 +121,13 @@ def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str,
         "# TYPE abrouter_outcomes_rejected_total counter",
         f"abrouter_outcomes_rejected_total{_labels(experiment=experiment)} {m.outcomes_rejected}",
     ]
+    lines += [
+        "# HELP abrouter_bad_requests_total Requests refused before they reached a variant, by reason "
+        "(malformed, over a limit, HTTP/2 on the HTTP/1.1 port); never counted as a variant's error.",
+        "# TYPE abrouter_bad_requests_total counter",
+    ]
+    for reason, n in sorted(m.bad_requests.items()):
+        lines.append(f"abrouter_bad_requests_total{_labels(experiment=experiment, reason=reason)} {n}")
     for name, (kind, help_text, value) in extra.items():
         lines += [
             f"# HELP {name} {help_text}",

@@ -31,10 +31,9 @@ class ServeSettings:
     secret: bytes = field(default=b"", repr=False)
     #: False runs a plain proxy that records nothing (to measure the event log's cost).
     event_log: bool = True
-    #: The upstream client: "aiohttp" (`AiohttpTransport`, the default until the other has
-    #: run in production) or "httptools" (`HttptoolsTransport`, ~1.6x the requests per core
-    #: in bench/README.md).
-    upstream_transport: Literal["aiohttp", "httptools"] = "aiohttp"
+    #: The upstream client: "httptools" (`HttptoolsTransport`, abrouter's own keep-alive
+    #: client, the default) or "aiohttp" (`AiohttpTransport`, aiohttp's ClientSession).
+    upstream_transport: Literal["aiohttp", "httptools"] = "httptools"
     #: From ABROUTER_API_TOKEN: when set, POST /abrouter/outcomes and GET /abrouter/experiment
     #: need ``Authorization: Bearer <token>`` (compared in constant time, never logged).
     api_token: bytes = field(default=b"", repr=False)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from abrouter.contract.experiment import Experiment
+from abrouter.router.connections import ConnectionGuard, Limits
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.metrics import ProxyMetrics
@@ -33,6 +34,10 @@ class Router:
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
     source: SourceStatus = field(default_factory=SourceStatus)
     rng: random.Random = field(default_factory=lambda: random.Random(os.urandom(16)))
+    #: The client connections of every listener of this process: deadlines and the cap.
+    guard: ConnectionGuard = field(default_factory=lambda: ConnectionGuard(Limits()))
+    #: From ABROUTER_API_TOKEN: the bearer token of the outcome and admin endpoints (empty: none).
+    api_token: bytes = field(default=b"", repr=False)
 
 
 def upstream_timeouts(experiment: Experiment) -> TimeoutConfig:

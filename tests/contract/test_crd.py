@@ -38,14 +38,13 @@ def _obj(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spec_of(e: model.Experiment) -> dict[str, Any]:
-    """A canonical spec as a resource carries it: durations as strings, no epoch."""
+    """A canonical spec as a resource carries it: `to_dict` as it is, without the epoch.
+
+    No touching up: `to_dict` must write what the schema accepts (it once wrote ``0.25``
+    for an int-or-string duration, and a real API server refused it with a 422).
+    """
     spec = model.to_dict(e)
     del spec["epoch"]
-    spec["outcome_ttl"] = f"{spec['outcome_ttl']}s"
-    spec["timeouts"] = {k: f"{v}s" for k, v in spec["timeouts"].items()}
-    spec["analysis"]["max_duration"] = f"{spec['analysis']['max_duration']}s"
-    spec["analysis"]["burn_in"] = f"{spec['analysis']['burn_in']}s"
-    spec["slow_request"] = f"{spec['slow_request']}s"
     return spec
 
 

@@ -5,9 +5,14 @@ implements the semantics our code relies on, for the resources it uses:
 
 - ``abrouter.io/v1alpha1`` experiments (namespaced, with a status subresource): create,
   get, list, watch, update (PUT), merge-patch, delete; ``/status`` get, update, patch;
-- ``v1`` events: create, list; ``apps/v1`` deployments/scale: get, patch.
+- ``v1`` events: create, list; ``apps/v1`` deployments/scale: get, patch;
+- discovery and server-side Tables (`tests.kube.apitables`), so the real ``kubectl get``
+  works against it and prints the CRD's printer columns.
 
-Semantics: one global resourceVersion counter, bumped by every write that changes an
+Semantics: an Experiment is pruned and validated against the CRD's schema as a real
+API server does it (`tests.kube.apischema`: unknown fields dropped, a 422 ``Invalid``
+naming each bad field), on create, on every write of it or its ``/status``, and in
+`put`; one global resourceVersion counter, bumped by every write that changes an
 object (a no-op patch changes nothing, as on a real API server); ``metadata.generation``
 bumped only when ``spec`` changes; a write whose body carries a stale
 ``metadata.resourceVersion`` is 409 Conflict; the main resource ignores ``status`` and
@@ -26,8 +31,11 @@ directly. Hooks: `down`/`up` (the port refuses connections), `end_watches`, `fai
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -38,6 +46,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from tests.kube import apischema, apitables
 from tests.kube.apistore import (
     GROUP,
     PLURAL,
@@ -54,16 +63,27 @@ from tests.kube.apistore import (
 )
 
 TOKEN = "abrouter-test-token"
+#: The namespace of the tests' objects, and of the service account the server says is calling.
+NAMESPACE = "abrouter-test"
 
 
 class KubeApiServer(Store):
-    def __init__(self, *, token: str = TOKEN, user: str = "system:serviceaccount:test:abrouter") -> None:
+    def __init__(
+        self, *, token: str = TOKEN, user: str = f"system:serviceaccount:{NAMESPACE}:abrouter", tls: Path | None = None
+    ) -> None:
         super().__init__()
         self.token = token
         self.user = user
+        #: A directory for a self-signed certificate: serve HTTPS (kubectl sends no token over HTTP).
+        self.tls = tls
+        self._ssl: ssl.SSLContext | None = _self_signed(tls) if tls is not None else None
         #: resource -> allowed verbs; a resource not named here allows every verb.
         self.roles: dict[str, set[str]] = {}
+        #: The namespaces the roles are bound in (a namespaced Role); None: every namespace.
+        self.role_namespaces: set[str] | None = None
         self.requests: list[tuple[str, str]] = []
+        #: The paths of the fields pruned from Experiments (unknown to the CRD's schema), in order.
+        self.pruned: list[str] = []
         self._gone_next_watch = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kube-apiserver", daemon=True)
@@ -75,7 +95,7 @@ class KubeApiServer(Store):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> KubeApiServer:
         self._thread.start()
@@ -123,13 +143,18 @@ class KubeApiServer(Store):
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "test", "cluster": {"server": self.url, **self._ca()}}],
             "users": [{"name": "test", "user": {"token": self.token if token is None else token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
             "current-context": "test",
         }
         path.write_text(yaml.safe_dump(doc))
         return path
+
+    def _ca(self) -> dict[str, str]:
+        if self.tls is None:
+            return {}
+        return {"certificate-authority-data": base64.b64encode((self.tls / "cert.pem").read_bytes()).decode()}
 
     # -------------------------------------------- direct access for tests (on the server loop)
 
@@ -139,9 +164,8 @@ class KubeApiServer(Store):
         def do() -> dict[str, Any]:
             key = (resource, namespace, obj["metadata"]["name"])
             old = self.objects.get(key)
-            return self._commit(
-                key, old, copy.deepcopy(obj), spec_changed=old is None or old.get("spec") != obj.get("spec")
-            )
+            new = admit(key, copy.deepcopy(obj), self.pruned) if resource == PLURAL else copy.deepcopy(obj)
+            return self._commit(key, old, new, spec_changed=old is None or old.get("spec") != new.get("spec"))
 
         return self._sync(do)
 
@@ -173,13 +197,17 @@ class KubeApiServer(Store):
         app.router.add_route("*", base + "/{name}/status", self._experiment_status)
         app.router.add_route("*", "/api/v1/namespaces/{ns}/events", self._events)
         app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self._scale)
+        for path, doc in (("/api", apitables.api_versions), ("/api/v1", apitables.core_resources)):
+            app.router.add_get(path, _static(doc()))
+        app.router.add_get("/apis", _static(apitables.groups()))
+        app.router.add_get("/apis/{group}/{version}", self._discovery)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
         await self._listen()
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self._ssl)
         await self._site.start()
         self.port = self._runner.addresses[-1][1]
 
@@ -213,7 +241,8 @@ class KubeApiServer(Store):
     def _authorize(self, request: web.Request, resource: str, name: str = "") -> str:
         verb = _verb(request, bool(name))
         allowed = self.roles.get(resource)
-        if allowed is not None and verb not in allowed:
+        elsewhere = self.role_namespaces is not None and request.match_info["ns"] not in self.role_namespaces
+        if elsewhere or (allowed is not None and verb not in allowed):
             base = resource.partition("/")[0]
             group = {"experiments": GROUP, "deployments": "apps"}.get(base, "")
             what = f'{base}.{group} "{name}"' if name and group else (f'{base} "{name}"' if name else base)
@@ -234,7 +263,11 @@ class KubeApiServer(Store):
         if verb == "watch":
             return await self._watch(request, PLURAL, ns)
         if verb == "list":
-            return web.json_response(self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}"))
+            listed = self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}")
+            if apitables.wants_table(request.headers.get("Accept", "")):  # kubectl get
+                rv = listed["metadata"]["resourceVersion"]
+                return web.json_response(apitables.table(listed["items"], resource_version=rv))
+            return web.json_response(listed)
         if verb == "create":
             body = await _json(request)
             key = (PLURAL, ns, name_of(body))
@@ -243,13 +276,19 @@ class KubeApiServer(Store):
                     409, "AlreadyExists", f'{qualified_kind(PLURAL)} "{key[2]}" already exists', details_of(key)
                 )
             body.pop("status", None)  # with a status subresource, create ignores status
-            return web.json_response(self._commit(key, None, body, spec_changed=True), status=201)
+            return web.json_response(
+                self._commit(key, None, admit(key, body, self.pruned), spec_changed=True), status=201
+            )
         raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported on {request.path}")
 
     async def _experiment(self, request: web.Request) -> web.StreamResponse:
         key = (PLURAL, request.match_info["ns"], request.match_info["name"])
         verb = self._authorize(request, PLURAL, key[2])
         current = self._existing(key)
+        if verb == "get" and apitables.wants_table(request.headers.get("Accept", "")):
+            return web.json_response(
+                apitables.table([current], resource_version=current["metadata"]["resourceVersion"])
+            )
         if verb == "get":
             return web.json_response(current)
         if verb == "delete":
@@ -267,6 +306,7 @@ class KubeApiServer(Store):
             del new["status"]
         kept = {k: v for k, v in current["metadata"].items() if k not in ("labels", "annotations")}
         new["metadata"] = {**kept, **user_metadata(new)}
+        new = admit(key, new, self.pruned)
         return web.json_response(self._commit(key, current, new, spec_changed=new.get("spec") != current.get("spec")))
 
     async def _experiment_status(self, request: web.Request) -> web.StreamResponse:
@@ -284,7 +324,7 @@ class KubeApiServer(Store):
             new.pop("status", None)
         else:
             new["status"] = status
-        return web.json_response(self._commit(key, current, new, spec_changed=False))
+        return web.json_response(self._commit(key, current, admit(key, new, self.pruned), spec_changed=False))
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         ns = request.match_info["ns"]
@@ -297,7 +337,10 @@ class KubeApiServer(Store):
         meta = body.setdefault("metadata", {})
         if not meta.get("name"):
             meta["name"] = (meta.get("generateName") or "event.") + uuid.uuid4().hex[:10]
-        return web.json_response(self._commit(("events", ns, meta["name"]), None, body, spec_changed=True), status=201)
+        key = ("events", ns, meta["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", f'events "{key[2]}" already exists', details_of(key))
+        return web.json_response(self._commit(key, None, body, spec_changed=True), status=201)
 
     async def _scale(self, request: web.Request) -> web.StreamResponse:
         key = ("deployments", request.match_info["ns"], request.match_info["name"])
@@ -322,6 +365,12 @@ class KubeApiServer(Store):
                 "status": {"replicas": current.get("status", {}).get("replicas", 0)},
             }
         )
+
+    async def _discovery(self, request: web.Request) -> web.StreamResponse:
+        found = apitables.group_resources(request.match_info["group"], request.match_info["version"])
+        if found is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return web.json_response(found)
 
     async def _write_body(self, request: web.Request, *, custom: bool) -> Any:
         ctype = request.content_type
@@ -373,6 +422,43 @@ class KubeApiServer(Store):
         finally:
             self._watchers.remove(watcher)
         return response
+
+
+def _static(doc: dict[str, Any]) -> Callable[[web.Request], Any]:
+    async def handler(_: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    return handler
+
+
+def _self_signed(directory: Path) -> ssl.SSLContext:
+    """A certificate for 127.0.0.1 made by the openssl CLI, and a server context with it."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
+    subprocess.run(
+        [*command.split(), "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def admit(key: tuple[str, str, str], obj: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
+    """An Experiment as the API server stores it: pruned (paths into `dropped`), or a 422 naming every bad field."""
+    pruned = apischema.prune(obj, apischema.schema(), dropped)
+    causes = apischema.causes(pruned)
+    if causes:
+        kind = "Experiment"
+        raise ApiError(
+            422,
+            "Invalid",
+            apischema.message(f"{kind}.{GROUP}", key[2], causes),
+            {"name": key[2], "group": GROUP, "kind": kind, "causes": causes},
+        )
+    return dict(pruned)
 
 
 async def _send(response: web.StreamResponse, event: dict[str, Any]) -> None:

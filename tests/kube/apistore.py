@@ -140,7 +140,7 @@ def name_of(body: dict[str, Any]) -> str:
 def user_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     """The metadata a client may change: labels and annotations."""
     meta = obj.get("metadata") or {}
-    return {k: meta[k] for k in ("labels", "annotations") if k in meta}
+    return {k: meta[k] for k in ("labels", "annotations") if meta.get(k)}  # an empty map is omitted
 
 
 def qualified_kind(resource: str) -> str:

@@ -1,19 +1,28 @@
-"""Fixtures for the Kubernetes tests: our API test server, a kubeconfig for it, Experiment objects."""
+"""Fixtures for the Kubernetes tests: our API test server, a kubeconfig for it, Experiment objects,
+and `abrouter analyze --experiment` run through argparse against them with Redis seeded."""
 
 from __future__ import annotations
 
+import argparse
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from abrouter.analysis import commands
 from abrouter.contract import experiment as spec
+from abrouter.contract import keys
 from abrouter.kube.client import KubeClient
 from abrouter.router import examples
-from tests.kube.apiserver import KubeApiServer
+from tests.analysis.test_commands import write_aggregates
+from tests.kube.apiserver import NAMESPACE, PLURAL, KubeApiServer
 
-NAMESPACE = "abrouter-test"
+#: (units, conversions) per arm: the candidate wins (promote) or loses (rollback).
+WINNING = {"control": (20_000, 1000), "candidate": (20_000, 1300)}
+LOSING = {"control": (20_000, 1300), "candidate": (20_000, 1000)}
 
 
 @pytest.fixture
@@ -57,3 +66,67 @@ def experiment_object(name: str, *, variants: list[dict[str, Any]] | None = None
 
 def weights_of(obj: dict[str, Any]) -> dict[str, float]:
     return {v["name"]: v["weight"] for v in obj["spec"]["variants"]}
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="abrouter")
+    commands.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+@pytest.fixture
+def seed(redis_url: str, experiment_name: str) -> Any:
+    def write(arms: dict[str, tuple[int, int]]) -> None:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            write_aggregates(client, experiment_name, control=arms["control"], candidate=arms["candidate"])
+        finally:
+            client.close()
+
+    return write
+
+
+@pytest.fixture
+def analyze(kubeconfig: Path, redis_url: str, experiment_name: str) -> Any:
+    def call(*extra: str) -> int:
+        ref = f"{NAMESPACE}/{experiment_name}"
+        return run(["analyze", "--experiment", ref, "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, *extra])
+
+    return call
+
+
+def stored(kube_api: KubeApiServer, name: str) -> dict[str, Any]:
+    obj = kube_api.get(PLURAL, NAMESPACE, name)
+    assert obj is not None
+    return obj
+
+
+def events(kube_api: KubeApiServer) -> list[str]:
+    return [e["reason"] for e in kube_api.list("events", NAMESPACE)]
+
+
+def write_arms(
+    client: redis.Redis, name: str, arms: dict[str, tuple[int, int, float]], *, weights: dict[str, float]
+) -> None:
+    """Epoch 1 at `weights`: (units, conversions, mean latency in ms) per arm; one request per unit,
+    no errors, latency with a standard deviation of 10 ms."""
+    k = keys.Keys(name)
+    fields: dict[str, float] = {}
+    for variant, (units, conversions, latency) in arms.items():
+        prefix = f"1|{variant}|"
+        fields |= {
+            prefix + "units": units,
+            prefix + "exposures": units,
+            prefix + "exposures_sq": units,
+            prefix + "conversion|sum": conversions,
+            prefix + "conversion|sum_sq": conversions,
+            prefix + "errors|sum": 0,
+            prefix + "errors|sum_sq": 0,
+            prefix + "errors|sum_xn": 0,
+            prefix + "latency_ms|sum": latency * units,
+            prefix + "latency_ms|sum_sq": (latency**2 + 100.0) * units,
+            prefix + "latency_ms|sum_xn": latency * units,
+        }
+    client.hset(k.agg, mapping=fields)
+    client.hset(k.epochs, "1", keys.encode_epoch(weights, since=time.time() - 3600))

@@ -6,7 +6,6 @@ the Experiment, and the CLI runs through argparse as a user would start it.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -15,51 +14,10 @@ import pytest
 import redis
 
 from abrouter.analysis import commands
+from abrouter.analysis.sinks import kube_pending
 from abrouter.contract import keys
-from tests.analysis.test_commands import write_aggregates
 from tests.kube.apiserver import PLURAL, KubeApiServer
-from tests.kube.conftest import NAMESPACE, experiment_object, weights_of
-
-WINNING = {"control": (20_000, 1000), "candidate": (20_000, 1300)}
-LOSING = {"control": (20_000, 1300), "candidate": (20_000, 1000)}
-
-
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="abrouter")
-    commands.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-@pytest.fixture
-def seed(redis_url: str, experiment_name: str) -> Any:
-    def write(arms: dict[str, tuple[int, int]]) -> None:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            write_aggregates(client, experiment_name, control=arms["control"], candidate=arms["candidate"])
-        finally:
-            client.close()
-
-    return write
-
-
-@pytest.fixture
-def analyze(kubeconfig: Path, redis_url: str, experiment_name: str) -> Any:
-    def call(*extra: str) -> int:
-        ref = f"{NAMESPACE}/{experiment_name}"
-        return run(["analyze", "--experiment", ref, "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, *extra])
-
-    return call
-
-
-def stored(kube_api: KubeApiServer, name: str) -> dict[str, Any]:
-    obj = kube_api.get(PLURAL, NAMESPACE, name)
-    assert obj is not None
-    return obj
-
-
-def events(kube_api: KubeApiServer) -> list[str]:
-    return [e["reason"] for e in kube_api.list("events", NAMESPACE)]
+from tests.kube.conftest import LOSING, NAMESPACE, WINNING, events, experiment_object, run, stored, weights_of
 
 
 def json_out(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
@@ -97,6 +55,7 @@ def test_promote_writes_weights_status_and_an_event(
     assert conditions["SampleRatioMismatch"]["status"] == "False"
     assert conditions["GuardrailBreached"]["status"] == "False"
     assert events(kube_api) == ["Promoted"]
+    assert kube_api.pruned == []  # every field the analyzer writes is in the CRD's schema
 
     assert analyze("--apply") == 0  # idempotent: already promoted, no new epoch, no new Event
     assert stored(kube_api, experiment_name)["metadata"]["generation"] == 2
@@ -114,6 +73,11 @@ def test_rollback_writes_weights_status_and_a_warning_event(
     assert obj["status"]["phase"] == "RolledBack"
     (event,) = kube_api.list("events", NAMESPACE)
     assert event["reason"] == "RolledBack" and event["type"] == "Warning"
+
+    assert analyze("--apply") == 0  # the next look finds the control at 100% ("stop"): still rolled back
+    status = stored(kube_api, experiment_name)["status"]
+    assert status["lastDecision"]["action"] == "stop" and status["phase"] == "RolledBack"
+    assert status["lastApplied"]["action"] == "rollback" and status["summary"]["reason"].startswith("rollback: ")
 
 
 def test_a_promotion_scales_the_losers_deployment_to_zero(
@@ -153,7 +117,8 @@ def test_a_409_is_retried_from_a_fresh_read_and_nothing_is_lost(
     assert obj["metadata"]["generation"] == 2  # one decision, written once
     assert obj["status"]["phase"] == "Promoted"
     spec_patches = [p for m, p in kube_api.requests if m == "PATCH" and p.endswith(experiment_name)]
-    assert len(spec_patches) == 2  # the 409, then the retry
+    assert len(spec_patches) == 3  # the 409, the retry, then the annotation of the unfinished decision removed
+    assert kube_pending.ANNOTATION not in obj["metadata"].get("annotations", {})
 
 
 def test_a_person_changing_the_weights_meanwhile_is_not_overwritten(
@@ -244,13 +209,53 @@ def test_an_invalid_spec_is_exit_code_2_naming_the_field(
     kube_api: KubeApiServer, experiment_name: str, analyze: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     obj = experiment_object(experiment_name)
-    obj["spec"]["variants"][0]["weight"] = -1
+    obj["spec"]["variants"][1]["name"] = "control"  # valid for the schema: only the parser sees it
     kube_api.put(PLURAL, NAMESPACE, obj)
     assert analyze("--apply") == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert "spec.variants[0].weight: must be >= 0, got -1" in line
+    assert "spec.variants[1].name: duplicate name 'control'" in line
 
 
 def test_flags_that_need_experiment_are_rejected(analyze: Any) -> None:
     with pytest.raises(commands.InputError, match="need --experiment"):
         run(["analyze", "--config", "x.yaml", "--dry-run"])
+
+
+@pytest.mark.parametrize(
+    ("user", "whose"),
+    [
+        ("system:serviceaccount:abrouter-test:abrouter-analyzer", "ServiceAccount abrouter-test/abrouter-analyzer"),
+        ("alice@example.com", "the kubeconfig's context"),  # a person's credentials: the context's namespace
+    ],
+)
+def test_a_namespace_outside_the_role_is_reported_as_a_wrong_namespace(
+    kube_api: KubeApiServer, kubeconfig: Path, redis_url: str, capsys: pytest.CaptureFixture[str], user: str, whose: str
+) -> None:
+    kube_api.role_namespaces = {NAMESPACE}  # a namespaced Role, as k8s/base/rbac.yaml binds it
+    kube_api.user = user
+    argv = ["analyze", "--experiment", "elsewhere/recsys-v2", "--kubeconfig", str(kubeconfig)]
+    assert run([*argv, "--redis-url", redis_url, "--apply"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert (
+        f"forbidden: cannot get experiments.abrouter.io in namespace elsewhere, but the analyzer's credentials "
+        f"({whose}) belong to namespace {NAMESPACE}: is elsewhere the right namespace?"
+    ) in line, line
+    assert "needs a Role in elsewhere with the verb get on experiments" in line
+
+
+def test_a_missing_experiment_is_not_reported_as_a_missing_crd(
+    kube_api: KubeApiServer, kubeconfig: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["analyze", "--experiment", f"{NAMESPACE}/nosuch", "--kubeconfig", str(kubeconfig)]
+    assert run([*argv, "--redis-url", redis_url]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"no Experiment nosuch in namespace {NAMESPACE}; `kubectl get experiments -A` lists them all" in line
+    assert "CRD" not in line
+
+
+def test_analyze_help_says_where_the_kubernetes_credentials_come_from(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        run(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "else $KUBECONFIG, else ~/.kube/config" in text
+    assert "Outside the cluster" in text

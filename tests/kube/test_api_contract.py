@@ -186,6 +186,71 @@ def test_a_too_old_resource_version_is_410_inside_a_200_stream(target: Target) -
         list(target.client.watch(target.namespace, "1", timeout_s=5))
 
 
+def test_an_event_created_again_under_its_name_is_409_already_exists_and_a_no_op(target: Target) -> None:
+    obj = target.create()
+    name = f"{obj['metadata']['name']}.contract.{secrets.token_hex(4)}"
+    assert target.client.create_event(obj, reason="Contract", message="first", name=name) is True
+    assert target.client.create_event(obj, reason="Contract", message="again", name=name) is False
+    mine = [e for e in target.client.list_events(target.namespace) if e["metadata"]["name"] == name]
+    assert [e["message"] for e in mine] == ["first"]
+
+
+def _invalid(target: Target, call: Any) -> errors.KubeError:
+    with pytest.raises(errors.KubeError) as caught:
+        target.client._call("write", PLURAL, Ref(target.namespace, "x"), call)
+    assert caught.value.status == 422, caught.value
+    return caught.value
+
+
+def test_a_spec_against_the_schema_is_422_naming_each_field(target: Target) -> None:
+    obj = experiment_object(f"contract-{secrets.token_hex(4)}", slow_request=0.25)
+    obj["metadata"]["namespace"] = target.namespace
+    obj["spec"]["variants"][1]["weight"] = -5
+    obj["spec"]["unit"] = {"header": "X-User-Id", "cookie": "uid"}
+
+    def create() -> Any:
+        return target.client.custom.create_namespaced_custom_object(GROUP, VERSION, target.namespace, PLURAL, obj)
+
+    message = str(_invalid(target, create))
+    assert "spec.slow_request" in message and "integer,string" in message
+    assert "spec.variants[1].weight" in message and "spec.unit" in message
+    for good in (30, "250ms", 30.0):  # a whole number sent as 30.0 is an integer to the API server
+        obj["spec"] |= {"slow_request": good, "unit": {"header": "X-User-Id"}}
+        obj["spec"]["variants"][1]["weight"] = 5
+        obj["metadata"]["name"] = f"contract-{secrets.token_hex(4)}"
+        target.created.append(create()["metadata"]["name"])
+
+
+def test_unknown_fields_are_pruned_from_spec_and_status(target: Target) -> None:
+    obj = target.create(colour="red")
+    assert "colour" not in obj["spec"]
+    ref = target.ref(obj)
+    fresh = target.client.get(ref)
+    variants = [dict(v, shade="blue") for v in fresh["spec"]["variants"]]
+    patched = target.client.patch_spec(
+        ref, {"variants": variants}, resource_version=fresh["metadata"]["resourceVersion"]
+    )
+    assert all("shade" not in v for v in patched["spec"]["variants"])
+    status = target.client.patch_status(ref, {"phase": "Running", "mood": "good", "lastDecision": {"x": 1}})
+    assert status["status"] == {"phase": "Running", "lastDecision": {}}
+
+
+def test_a_status_against_the_schema_is_422_naming_the_field(target: Target) -> None:
+    ref = target.ref(target.create())
+    twice = {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Ready", "status": "False"}]}
+    for status, path in (
+        ({"phase": "Winning"}, "status.phase"),
+        ({"epoch": 1.5}, "status.epoch"),
+        (twice, "status.conditions[1]"),  # a list-type map: one item per type
+    ):
+
+        def write(status: dict[str, Any] = status) -> Any:
+            return target.client.patch_status(ref, status)
+
+        assert path in str(_invalid(target, write))
+    assert "status" not in target.client.get(ref)
+
+
 def test_an_unknown_object_is_404(target: Target) -> None:
     with pytest.raises(errors.KubeNotFound, match="not found"):
         target.client.get(Ref(target.namespace, "no-such-experiment"))

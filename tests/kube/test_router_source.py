@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,29 +12,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from abrouter import cli
 from abrouter.contract import resource
 from abrouter.kube.client import KubeClient, Ref
-from abrouter.router.http.app import build_app
-from abrouter.router.http.proxy import ROUTER
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.kube import KubeSource
 from abrouter.router.state import Router
 from tests.kube.apiserver import PLURAL, KubeApiServer
 from tests.kube.conftest import NAMESPACE, experiment_object
+from tests.router.served import RouterClient, serve
 from tests.router.upstreams import model_app
 
 
 @dataclass
 class RunningRouter:
-    http: TestClient
+    http: RouterClient
     source: KubeSource
 
     @property
     def router(self) -> Router:
-        return self.http.app[ROUTER]
+        return self.http.router
 
     async def variants(self, users: int = 40) -> set[str]:
         seen = set()
@@ -67,9 +66,10 @@ async def experiment(kube_api: KubeApiServer, aiohttp_server: Any, experiment_na
 
 @pytest.fixture
 async def start_router(
-    aiohttp_client: Any, kubeconfig: Path, redis_url: str, tmp_path: Path, experiment: dict[str, Any]
+    kubeconfig: Path, redis_url: str, tmp_path: Path, experiment: dict[str, Any]
 ) -> AsyncIterator[StartRouter]:
     clients: list[KubeClient] = []
+    routers: list[RouterClient] = []
     ref = Ref(NAMESPACE, experiment["metadata"]["name"])
 
     async def start() -> RunningRouter:
@@ -80,10 +80,13 @@ async def start_router(
         settings = ServeSettings(
             redis_url=redis_url, spill_dir=tmp_path / f"spill-{len(clients)}", flush_interval_s=0.05
         )
-        http = await aiohttp_client(build_app(found.experiment, settings, source=source))
+        http = await serve(found.experiment, settings, source=source)
+        routers.append(http)
         return RunningRouter(http=http, source=source)
 
     yield start
+    for router in routers:
+        await router.close()
     for client in clients:
         client.close()
 
@@ -158,18 +161,18 @@ async def test_an_invalid_spec_is_rejected_with_an_event_and_the_last_good_one_s
 ) -> None:
     r = await start_router()
     await asyncio.sleep(0.2)
-    patch_weights(kube_api, experiment, candidate=-5)
-    deadline = time.monotonic() + 2
+    patch_weights(kube_api, experiment, candidate=0, control=0)  # the schema allows it, the parser does not
+    deadline = time.monotonic() + 10
     while not r.router.source.last_error:
         assert time.monotonic() < deadline, "the invalid spec was not reported"
         await asyncio.sleep(0.01)
 
-    assert "spec.variants[1].weight: must be >= 0, got -5" in r.router.source.last_error
+    assert "spec.variants: weights are all zero" in r.router.source.last_error
     assert r.router.table.epoch == 1 and await r.variants() == {"control", "candidate"}
     (event,) = kube_api.list("events", NAMESPACE)
     assert event["reason"] == "InvalidSpec" and event["type"] == "Warning"
     assert event["involvedObject"]["name"] == experiment["metadata"]["name"]
-    assert "spec.variants[1].weight" in event["message"]
+    assert "spec.variants: weights are all zero" in event["message"]
 
     patch_weights(kube_api, experiment, candidate=100, control=0)  # fixed: followed again
     await r.wait_for(3)
@@ -203,3 +206,42 @@ async def test_the_watch_thread_ends_when_the_router_shuts_down(
     while [t for t in threading.enumerate() if t.name == name]:
         assert time.monotonic() < deadline, "the watch thread outlived the router"
         await asyncio.sleep(0.01)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_router_refused_list_and_watch_says_so_and_keeps_serving_until_allowed_again(
+    kube_api: KubeApiServer, start_router: StartRouter
+) -> None:
+    r = await start_router()
+    assert (await r.http.get("/abrouter/readyz")).status == 200
+    kube_api.allow("experiments", "get")  # the Role lost list and watch
+    kube_api.end_watches()  # the open stream ends; the next list is refused
+
+    async def refused() -> bool:
+        return "reload_error" in await (await r.http.get("/abrouter/readyz")).json()
+
+    await _until(refused, "the router did not notice it lost list/watch")
+    resp = await r.http.get("/abrouter/readyz")
+    body = await resp.json()
+    # Still ready: a Role broken under running pods must not take them out of the Service.
+    assert resp.status == 200 and body["status"] == "ready" and body["spec_source"] == "denied"
+    assert re.search(r"the router's Role needs the verb (list|watch) on experiments$", body["reload_error"])
+    assert re.search(r"^abrouter_spec_source_up\{.*\} 0$", await (await r.http.get("/abrouter/metrics")).text(), re.M)
+    assert await r.variants() == {"control", "candidate"}  # predictions still flow on the last spec
+    shown = await (await r.http.get("/abrouter/experiment")).json()  # the same error (it may name the other verb)
+    assert re.search(r"the router's Role needs the verb (list|watch) on experiments$", shown["reload_error"])
+
+    kube_api.roles.pop("experiments")
+
+    async def allowed() -> bool:
+        return "reload_error" not in await (await r.http.get("/abrouter/readyz")).json()
+
+    await _until(allowed, "the router did not notice it may list and watch again")
+    assert re.search(r"^abrouter_spec_source_up\{.*\} 1$", await (await r.http.get("/abrouter/metrics")).text(), re.M)
+    assert (await (await r.http.get("/abrouter/experiment")).json())["reload_error"] is None

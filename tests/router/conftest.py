@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,22 +12,19 @@ from typing import Any
 import pytest
 import redis.asyncio
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, StratumSums, decode_agg
-from abrouter.router.http.app import SERVER_KWARGS, build_app
-from abrouter.router.http.proxy import ROUTER
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.file import FileSource
 from abrouter.router.state import Router
+from tests.router.served import RouterClient, serve
 from tests.router.upstreams import RawUpstream, model_app
 
 
 @dataclass
 class RouterUnderTest:
-    client: TestClient
+    client: RouterClient
     path: Path
     spec: dict[str, Any]
     keys: Keys
@@ -35,7 +32,7 @@ class RouterUnderTest:
 
     @property
     def router(self) -> Router:
-        return self.client.app[ROUTER]
+        return self.client.router
 
     def write_spec(self, **changes: Any) -> None:
         self.spec.update(changes)
@@ -91,19 +88,19 @@ def upstream_transport() -> str:
 
     pytestmark = pytest.mark.parametrize("upstream_transport", ["aiohttp", "httptools"])
     """
-    return "aiohttp"
+    return "httptools"
 
 
 @pytest.fixture
 async def make_router(
-    aiohttp_client: Any,
-    aiohttp_server: Any,
     redis_url: str,
     experiment_name: str,
     tmp_path: Path,
     upstream_urls: dict[str, str],
     upstream_transport: str,
-) -> MakeRouter:
+) -> AsyncIterator[MakeRouter]:
+    clients: list[RouterClient] = []
+
     async def make(
         weights: dict[str, float] | None = None,
         *,
@@ -135,9 +132,10 @@ async def make_router(
             api_token=api_token,
             event_log=event_log,
         )  # type: ignore[arg-type]
-        app: web.Application = build_app(model.load(path), settings, source=FileSource(path, interval_s=0.05))
-        # aiohttp_client drops server_kwargs (TestServer ignores them): start the server ourselves.
-        client = await aiohttp_client(await aiohttp_server(app, **SERVER_KWARGS))
+        client = await serve(model.load(path), settings, source=FileSource(path, interval_s=0.05))
+        clients.append(client)
         return RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=url)
 
-    return make
+    yield make
+    for client in reversed(clients):
+        await client.close()

@@ -6,7 +6,9 @@ is decided by `sinks.policy.next_spec`, so a sink only reads and writes. Impleme
 
 - `file.FileSink`: the experiment YAML the router watches;
 - `DryRunSink`: records decisions, changes nothing (`analyze` without ``--apply``);
-- `kube.KubeSink`: the Experiment resource (weights by a guarded merge-patch; `publish` writes its status).
+
+The Kubernetes sink (`kube.KubeSink`) is not one of them: a decision there is several
+writes made whole or nothing, so `abrouter.analysis.kube_look` drives it step by step.
 """
 
 from __future__ import annotations

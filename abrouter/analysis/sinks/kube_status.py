@@ -1,9 +1,11 @@
 """The ``status`` of an Experiment resource after a look: what ``kubectl get`` shows. Pure.
 
 ``phase`` from the decision: ramp -> Ramping, promote -> Promoted, rollback -> RolledBack,
-stop -> Inconclusive (the time ran out without a winner), continue -> Running (or
-Ramping again while a ramp is under way); ``spec.paused`` -> Paused whatever the
-decision. Conditions carry ``observedGeneration`` (the spec version the look analysed)
+stop -> Inconclusive (the time ran out without a winner; but RolledBack still when the
+look only finds the control at 100% after a rollback), continue -> Running (or Ramping
+again while a ramp is under way); ``spec.paused`` -> Paused whatever the decision.
+``lastApplied`` keeps the last decision that changed the weights, across the looks that
+change nothing. Conditions carry ``observedGeneration`` (the spec version the look analysed)
 and keep their ``lastTransitionTime`` until their status flips, as the API conventions
 ask; a flip to True of SampleRatioMismatch or GuardrailBreached is what the sink turns
 into an Event, so a persisting problem is reported once, not at every look.
@@ -18,14 +20,21 @@ from typing import Any
 
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.data import Arm
+from abrouter.analysis.sinks import kube_summary
+from abrouter.analysis.sinks.kube_pending import Pending
 
 PHASES = {"ramp": "Ramping", "promote": "Promoted", "rollback": "RolledBack", "stop": "Inconclusive"}
 CONDITIONS = ("Ready", "SampleRatioMismatch", "GuardrailBreached")
 
 
-def phase(action: str, *, paused: bool, previous: str | None) -> str:
+def phase(action: str, *, paused: bool, previous: str | None, after: str | None = None) -> str:
+    """The phase of a look's decision; `after`: the last applied decision's action, when this look
+    applied nothing. After a rollback the looks find the control at 100% and say stop ("no
+    candidate has traffic"): that is still RolledBack, not Inconclusive."""
     if paused:
         return "Paused"
+    if action == "stop" and after == "rollback":
+        return "RolledBack"
     if action == "continue":
         return "Ramping" if previous == "Ramping" else "Running"
     return PHASES.get(action, "Running")
@@ -46,13 +55,22 @@ def build(
     now = time.time() if now is None else now
     d = result.decision
     winner = _winner(weights) if d.action == "promote" else None
+    before = previous.get("lastApplied")
+    last_applied = (
+        _applied_record(d.action, d.reason, d.weights, at=result.at, generation=epoch)
+        if applied
+        else (dict(before) if isinstance(before, Mapping) else None)
+    )
+    after = None if applied or last_applied is None else str(last_applied.get("action"))
+    current = phase(d.action, paused=paused, previous=previous.get("phase"), after=after)
+    p_value = _best_p(result)
     return {
-        "phase": phase(d.action, paused=paused, previous=previous.get("phase")),
+        "phase": current,
         "epoch": epoch,
         "weights": dict(weights),
         "observedGeneration": observed_generation,
         "winner": winner,
-        "pValue": _best_p(result),
+        "pValue": p_value,
         "lastDecision": {
             "action": d.action,
             "reason": d.reason,
@@ -61,9 +79,51 @@ def build(
             "paused": paused,
             "time": rfc3339(result.at),
         },
+        "lastApplied": last_applied,
+        "summary": kube_summary.summary(
+            phase=current,
+            action=d.action,
+            reason=d.reason,
+            p_value=p_value,
+            last_applied=last_applied,
+            guardrails=result.guardrails,
+            data=result.data,
+        ),
         "arms": [_arm(result, a) for a in result.data.arms],
         "conditions": conditions(result, observed_generation=observed_generation, previous=previous, now=now),
     }
+
+
+def applied(
+    pending: Pending, *, weights: Mapping[str, float], epoch: int, paused: bool, previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The part of ``status`` a finished unfinished decision writes (`kube_pending`): its phase,
+    winner and ``lastDecision``; the look that follows writes the rest."""
+    written = pending.epoch + 1  # the generation the weight patch made (a person's edit since may have raised it)
+    applied_at = _applied_record(pending.action, pending.reason, pending.weights, at=pending.at, generation=written)
+    return {
+        "phase": phase(pending.action, paused=paused, previous=previous.get("phase")),
+        "epoch": epoch,
+        "weights": dict(weights),
+        "winner": _winner(weights) if pending.action == "promote" else None,
+        "lastApplied": applied_at,
+        "summary": {"reason": kube_summary.first_clause(pending.reason)},
+        "lastDecision": {
+            "action": pending.action,
+            "reason": pending.reason,
+            "weights": dict(pending.weights),
+            "applied": True,
+            "paused": paused,
+            "time": rfc3339(pending.at),
+        },
+    }
+
+
+def _applied_record(
+    action: str, reason: str, weights: Mapping[str, float], *, at: float, generation: int
+) -> dict[str, Any]:
+    """``status.lastApplied``: the last decision that changed the weights, kept until the next one."""
+    return {"action": action, "reason": reason, "weights": dict(weights), "time": rfc3339(at), "generation": generation}
 
 
 def conditions(

@@ -1,35 +1,29 @@
-"""The router's listening socket: aiohttp's server with client deadlines and a connection cap.
+"""The router's listening socket: the HTTP/1.1 server with client deadlines, a connection cap and a drain.
 
-aiohttp's server has a keep-alive timer but no deadline for reading a request's headers
-or body, and no limit on open connections. `start` serves an app the way
-``web.run_app`` does, but with its own protocol factory: beyond the cap a connection gets
-a 503 and is closed at once; every other connection is a `_GuardedHandler`, aiohttp's
-`RequestHandler` reporting its parser's events to a `connections.ConnectionClock`, and
-one sweeper task per listener closes those past their deadline (`abrouter.router.connections`
-says which deadline holds when). `run` is ``web.run_app`` for ``abrouter serve``: SIGTERM
-and SIGINT stop accepting, drain in-flight requests, then run the app's cleanups.
+`start` listens (on a host and port, or on a socket a supervisor bound for several
+workers) with one `HttpProtocol` per connection. Beyond the cap a connection gets a 503
+and is closed at once; the cap is lowered to what the process's file-descriptor limit
+leaves room for (`connections.fd_bounded`), so the refusal is always an answer and never
+a reset. One sweeper task closes connections past their deadline
+(`abrouter.router.connections` says which deadline holds when). `Listener.close` stops
+accepting, closes idle connections, lets in-flight responses finish (up to a timeout),
+then cuts what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from dataclasses import dataclass
-from typing import Any
+import resource
+import socket
+from dataclasses import dataclass, field
 
-from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
-from aiohttp.web_server import Server
-
-from abrouter.router.connections import ConnectionClock, ConnectionGuard, Limits
+from abrouter.router.connections import ConnectionGuard, fd_bounded
+from abrouter.router.http.server import HttpProtocol
+from abrouter.router.state import Router
 
 log = logging.getLogger("abrouter.listener")
-
-#: The listener's guard, for /abrouter/metrics (absent when the app runs on another server).
-CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 #: What a connection beyond the cap receives before it is closed.
 _REFUSAL_BODY = b'{"error":"the router has too many open connections","code":"too_many_connections"}'
@@ -39,131 +33,94 @@ REFUSAL = (
 )
 
 
-class _GuardedHandler(RequestHandler):
-    """aiohttp's connection handler, telling its clock what the parser saw."""
-
-    def __init__(self, manager: Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._guard = guard
-        self._clock = ConnectionClock(guard.limits, since=self._loop.time())
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._clock.since = self._loop.time()
-        self._guard.opened(self._clock, self.force_close)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._guard.closed(self._clock)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        now = self._loop.time()
-        if data:  # aiohttp calls this with b"" to re-parse what it buffered
-            self._clock.received(now)
-        # `_messages` is aiohttp's queue of parsed requests (private; checked by
-        # tests/router/http/test_listener.py, which fails loudly if it goes away).
-        queued = len(self._messages)
-        super().data_received(data)
-        # The parser emits a message once its headers are complete; its payload says when
-        # the body is (at once for a request without one).
-        for _, payload in itertools.islice(self._messages, queued, None):
-            self._clock.headers_complete(now)
-            payload.on_eof(self._clock.body_complete)
-
-    def pause_reading(self) -> None:
-        super().pause_reading()
-        self._clock.pause()
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        self._clock.resume(self._loop.time())
-        super().resume_reading(resume_parser)
-
-    async def finish_response(
-        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
-    ) -> tuple[web.StreamResponse, bool]:
-        try:
-            return await super().finish_response(request, resp, start_time)
-        finally:
-            self._clock.response_done(self._loop.time())
-
-
 class _Refused(asyncio.Protocol):
     """A connection beyond the cap: a 503 and the door."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(REFUSAL)
+        transport.write(REFUSAL)  # type: ignore[attr-defined]  # uvloop's are no asyncio.Transport
         transport.close()
-
-
-class _GuardedSite(web.BaseSite):
-    """A TCP site whose protocol factory goes through the guard."""
-
-    def __init__(self, runner: web.AppRunner, host: str, port: int, *, guard: ConnectionGuard, **handler: Any) -> None:
-        super().__init__(runner)
-        self._host, self._port, self._guard, self._handler = host, port, guard, handler
-
-    @property
-    def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
-
-    async def start(self) -> None:
-        await super().start()
-        loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
-
-        def protocol() -> asyncio.BaseProtocol:
-            if not self._guard.admit():
-                return _Refused()
-            return _GuardedHandler(server, guard=self._guard, loop=loop, **self._handler)
-
-        self._server = await loop.create_server(protocol, self._host, self._port, backlog=1024)
-        self._port = self._server.sockets[0].getsockname()[1]
 
 
 @dataclass
 class Listener:
-    runner: web.AppRunner
-    guard: ConnectionGuard
+    server: asyncio.Server
+    router: Router
     port: int
     _sweeper: asyncio.Task[None]
+    connections: set[HttpProtocol] = field(default_factory=set)
 
-    async def close(self) -> None:
-        """Stop accepting, let in-flight requests finish, run the app's cleanups."""
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Stop accepting, let in-flight responses finish (at most `timeout_s`), close the rest."""
+        self.server.close()
         try:
-            await self.runner.cleanup()  # the sweeper still runs: a stalled client cannot hold the drain
+            for conn in list(self.connections):
+                conn.drain_and_close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while self.connections and loop.time() < deadline:
+                await asyncio.sleep(0.01)  # the sweeper still runs: a stalled client cannot hold the drain
+            for conn in list(self.connections):
+                conn.abort()
+            await asyncio.sleep(0)  # connection_lost runs: the cut responses are recorded
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
         finally:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
 
 
+def fd_limit() -> int:
+    """This process's limit on open file descriptors, the soft limit raised to the hard one
+    first (as HAProxy does): a router is a process that needs many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 async def start(
-    app: web.Application,
+    router: Router,
     *,
-    host: str,
-    port: int,
-    limits: Limits,
-    shutdown_timeout: float = 30.0,
-    handle_signals: bool = False,
-    **handler: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    sock: socket.socket | None = None,
+    backlog: int = 1024,
 ) -> Listener:
-    """Serve `app` on host:port (0: any free port). `handler` goes to aiohttp's RequestHandler."""
-    guard = ConnectionGuard(limits)
-    app[CONNECTIONS] = guard
-    runner = web.AppRunner(app, handle_signals=handle_signals, shutdown_timeout=shutdown_timeout, access_log=None)
-    await runner.setup()
-    # aiohttp's own keep-alive timer stays as a backstop, later than the guard's idle deadline.
-    handler = {"access_log": None, "keepalive_timeout": 2 * limits.idle_s, **handler}
-    site = _GuardedSite(runner, host, port, guard=guard, **handler)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
+    """Serve `router` on host:port (0: any free port), or on `sock` when given (already bound)."""
+    loop = asyncio.get_running_loop()
+    guard = router.guard
+    fds = fd_limit()
+    bounded = fd_bounded(guard.limits, fds)
+    if bounded is not guard.limits:
+        lowered_much = bounded.max_connections < 0.9 * guard.limits.max_connections
+        log.log(
+            logging.WARNING if lowered_much else logging.INFO,
+            "connection cap lowered from %d to %d: the file-descriptor limit (ulimit -n) is %d and every "
+            "client may need an upstream socket too; raise the limit to allow more",
+            guard.limits.max_connections,
+            bounded.max_connections,
+            fds,
+        )
+        guard.limits = bounded
+    connections: set[HttpProtocol] = set()
+
+    def protocol() -> asyncio.BaseProtocol:
+        if not guard.admit():
+            return _Refused()
+        return HttpProtocol(router, loop, connections)
+
+    if sock is not None:
+        server = await loop.create_server(protocol, sock=sock, backlog=backlog)
+    else:
+        server = await loop.create_server(protocol, host, port, backlog=backlog)
+    bound = server.sockets[0].getsockname()[1]
     sweeper = asyncio.create_task(_sweep(guard), name="abrouter-connection-sweeper")
-    return Listener(runner=runner, guard=guard, port=site._port, _sweeper=sweeper)
+    return Listener(server=server, router=router, port=bound, _sweeper=sweeper, connections=connections)
 
 
 async def _sweep(guard: ConnectionGuard) -> None:
@@ -174,39 +131,3 @@ async def _sweep(guard: ConnectionGuard) -> None:
             guard.sweep(loop.time())
         except Exception:  # a bug here must not leave every later connection unguarded
             log.exception("connection sweeper failed")
-
-
-def run(app: web.Application, *, loop: asyncio.AbstractEventLoop, **options: Any) -> None:
-    """``web.run_app`` with the guarded listener; `options` are `start`'s keywords."""
-
-    async def main() -> None:
-        listener = await start(app, handle_signals=True, **options)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await listener.close()
-
-    asyncio.set_event_loop(loop)
-    task = loop.create_task(main())
-    try:
-        loop.run_until_complete(task)
-    except (web.GracefulExit, KeyboardInterrupt):  # SIGTERM, SIGINT: drain below
-        pass
-    finally:
-        try:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    loop.run_until_complete(task)
-            _cancel_rest(loop)
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-
-
-def _cancel_rest(loop: asyncio.AbstractEventLoop) -> None:
-    rest = asyncio.all_tasks(loop)
-    for task in rest:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))

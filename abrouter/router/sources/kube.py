@@ -14,6 +14,11 @@ waits on the API. The loop, as kopf's watcher does it:
 4. the API unreachable (or any other error): back off, doubling up to `max_backoff_s`,
    then relist. The router keeps serving the last good spec all along, and stays ready:
    predictions must not stop because the control plane is down.
+5. a 401 or 403 (the token or the Role no longer lets the router list or watch) is not
+   the control plane being down: nobody can change this router's weights any more, and
+   waiting does not fix it. It is handed on as `Access` (the router reports not ready,
+   with the error as ``reload_error``, and ``abrouter_spec_source_up`` 0) while the
+   loop keeps retrying as in 4; the first list that succeeds hands on `Access(None)`.
 
 Each object version is offered once (by resourceVersion). An invalid spec is yielded as
 its `ConfigError`, which `sources.base.follow` logs in one line while the last good spec
@@ -35,10 +40,11 @@ from abrouter.contract import resource
 from abrouter.contract.experiment import ConfigError, Experiment
 from abrouter.kube import errors
 from abrouter.kube.client import KubeClient, Ref
+from abrouter.router.sources.base import Access
 
 log = logging.getLogger("abrouter.weights")
 
-Update = Experiment | ConfigError
+Update = Experiment | ConfigError | Access
 
 
 class KubeSource:
@@ -66,6 +72,8 @@ class KubeSource:
         self.relists = 0
         self.failures = 0
         self._failing = False
+        #: The 401/403 last handed on as `Access`, until a list succeeds again.
+        self._denied: str | None = None
 
     async def updates(self) -> AsyncIterator[Update]:
         loop = asyncio.get_running_loop()
@@ -94,6 +102,9 @@ class KubeSource:
         while not stop.is_set():
             try:
                 version = self._list(hand_over)
+                if self._denied is not None:
+                    self._denied = None
+                    hand_over(Access(None))
                 delay = self.min_backoff_s
                 if self._failing:
                     self._failing = False
@@ -108,6 +119,9 @@ class KubeSource:
                     return
                 self.failures += 1
                 self._failing = True
+                if isinstance(exc, errors.KubeForbidden | errors.KubeUnauthorized) and str(exc) != self._denied:
+                    self._denied = str(exc)
+                    hand_over(Access(self._denied))
                 log.warning("%s: %s; keeping the current spec, retrying in %.1fs", self.name, exc, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff_s)

@@ -93,6 +93,8 @@ class Connection(asyncio.Protocol):
         self._read_paused = False
         self._write_paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._wait_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._body: list[bytes] = []  # reused by every exchange
         self._begin(head=False)
         self._busy = False
@@ -215,13 +217,32 @@ class Connection(asyncio.Protocol):
             raise ValueError(f"request body ended after {sent} of its Content-Length {declared} bytes")
 
     async def _wait(self) -> None:
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(self.pool.limits.read_s, _expire, waiter, self.pool)
+        """Until the parser or the transport wakes us; `UpstreamTimeout` after `read_s` without.
+
+        One lazy timer per connection instead of one per wait (a timer handle made and
+        cancelled on every request costs more than the check): it fires at the earliest
+        deadline it was armed for and re-arms itself for the wait in progress, if any.
+        """
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._wait_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._wait_since + self.pool.limits.read_s, self._check_deadline)
         try:
             await waiter
         finally:
             self._waiter = None
-            timer.cancel()
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # no wait in progress: the next one arms the timer again
+        deadline = self._wait_since + self.pool.limits.read_s
+        if self._loop.time() >= deadline:
+            _expire(waiter, self.pool)
+        else:
+            self._timer = self._loop.call_at(deadline, self._check_deadline)
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 
-from abrouter.router.http import badrequests
+from abrouter.router.http import server
 from tests.router.conftest import MakeRouter, RouterUnderTest
 from tests.router.upstreams import RawUpstream
 
@@ -111,21 +111,40 @@ async def test_malformed_requests_log_one_warning_line_per_interval(
     make_router: MakeRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Issue 7 #15: not an ERROR with a traceback and the client's bytes, for each of them."""
-    caplog.set_level(logging.INFO, logger="aiohttp.server")
+    caplog.set_level(logging.INFO, logger="abrouter.server")
     r = await make_router()
-    server_log = logging.getLogger("aiohttp.server")
-    for old in [f for f in server_log.filters if isinstance(f, badrequests.MalformedRequests)]:
-        server_log.removeFilter(old)  # a fresh interval: an earlier test used this process's
-    badrequests.install()
+    server.malformed_log.next = 0.0  # a fresh interval: an earlier test used this process's
     for _ in range(5):
         reader, writer = await asyncio.open_connection("127.0.0.1", r.client.server.port)
         writer.write(b"GET /predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"Q" * 20_000 + b"\r\n\r\n")
         await writer.drain()
-        assert (await reader.read(12)).startswith(b"HTTP/1.0 400")
+        assert (await reader.read(12)).startswith(b"HTTP/1.1 431")
         writer.close()
     await asyncio.sleep(0.05)
-    records = [rec for rec in caplog.records if rec.name == "aiohttp.server"]
+    records = [rec for rec in caplog.records if rec.name == "abrouter.server"]
     assert len(records) == 1
     (rec,) = records
     assert rec.levelname == "WARNING" and rec.exc_info is None and "\n" not in rec.getMessage()
-    assert "QQQ" not in caplog.text and rec.getMessage().startswith("malformed request answered 400")
+    assert "QQQ" not in caplog.text
+    # The whole reason, not cut at its first colon (issue 14).
+    assert rec.getMessage().startswith("request refused with 431 (headers_too_large): request headers exceed 8192")
+    assert r.router.metrics.bad_requests["headers_too_large"] == 5
+    assert sum(r.router.metrics.errors.values()) == 0  # a client's mistake is no variant's error
+
+
+async def test_an_http10_client_keeping_the_connection_alive_is_told_so_and_served_twice(
+    make_router: MakeRouter,
+) -> None:
+    """Without `Connection: keep-alive` in the answer an HTTP/1.0 client waits for a close."""
+    r = await make_router({"control": 100, "candidate": 0})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.client.server.port)
+    try:
+        for _ in range(2):
+            writer.write(b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: u1\r\nContent-Length: 2\r\n\r\n{}")
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+            assert head.startswith("http/1.1 200") and "connection: keep-alive" in head
+            fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
+            length = int(fields["content-length"])
+            await reader.readexactly(length)
+    finally:
+        writer.close()

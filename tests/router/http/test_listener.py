@@ -26,11 +26,9 @@ from aiohttp import web
 from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, decode_agg
 from abrouter.router.connections import Limits, Phase
-from abrouter.router.http import listener
-from abrouter.router.http.app import SERVER_KWARGS, build_app
-from abrouter.router.http.proxy import ROUTER
 from abrouter.router.settings import ServeSettings
 from abrouter.router.state import Router
+from tests.router.served import RouterClient, serve
 
 DEADLINE = 0.3
 SLACK = 0.7
@@ -39,13 +37,13 @@ LIMITS = Limits(header_s=DEADLINE, body_idle_s=DEADLINE, idle_s=DEADLINE, max_co
 
 @dataclass
 class Served:
-    server: listener.Listener
+    server: RouterClient
     keys: Keys
     redis_url: str
 
     @property
     def router(self) -> Router:
-        return self.server.runner.app[ROUTER]
+        return self.server.router
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.server.port)
@@ -79,15 +77,15 @@ async def start(
         spill_dir=tmp_path / "spill",
         flush_interval_s=0.05,
         upstream_transport=transport,  # type: ignore[arg-type]
+        client_limits=limits,
     )
-    app = build_app(model.load(path), settings)
-    server = await listener.start(app, host="127.0.0.1", port=0, limits=limits, **SERVER_KWARGS)
+    server = await serve(model.load(path), settings)
     return Served(server=server, keys=Keys(name), redis_url=redis_url)
 
 
 @pytest.fixture
 def upstream_transport() -> str:
-    return "aiohttp"
+    return "httptools"
 
 
 @pytest.fixture
@@ -139,7 +137,7 @@ async def test_dripping_headers_are_cut_at_the_header_deadline(served: Served) -
     dripping.cancel()
     writer.close()
     assert DEADLINE * 0.9 <= elapsed and answer == b""  # cut, not answered: the request never started
-    assert served.server.guard.timeouts[Phase.HEADERS] == 1
+    assert served.router.guard.timeouts[Phase.HEADERS] == 1
     assert await served.exposures_and_errors() == (0, 0)
 
 
@@ -152,7 +150,7 @@ async def test_a_stalled_body_is_cut_and_is_neither_an_exposure_nor_an_error(ser
     _, answer = await closed_after(reader, DEADLINE + SLACK)
     writer.close()
     assert time.monotonic() - start >= DEADLINE * 0.9 and answer == b""
-    assert served.server.guard.timeouts[Phase.BODY] == 1
+    assert served.router.guard.timeouts[Phase.BODY] == 1
     await asyncio.sleep(0.1)  # the handler sees the cut
     assert await served.exposures_and_errors() == (0, 0)
     assert served.router.metrics.requests == {}
@@ -174,7 +172,7 @@ async def test_a_slow_but_steady_upload_is_never_cut(served: Served) -> None:
     seen = json.loads(await reader.readexactly(length))
     assert seen["body_len"] == len(body) and seen["body_sha"] == hashlib.sha256(body).hexdigest()
     writer.close()
-    assert served.server.guard.timeouts[Phase.BODY] == 0
+    assert served.router.guard.timeouts[Phase.BODY] == 0
     assert await served.exposures_and_errors() == (1, 0)
 
 
@@ -191,7 +189,7 @@ async def test_a_silent_new_connection_and_an_idle_kept_alive_one_are_closed(ser
     writer.close()
     silent.close()
     # The silent one owed its first request's headers; the other was idle between requests.
-    assert (served.server.guard.timeouts[Phase.HEADERS], served.server.guard.timeouts[Phase.IDLE]) == (1, 1)
+    assert (served.router.guard.timeouts[Phase.HEADERS], served.router.guard.timeouts[Phase.IDLE]) == (1, 1)
 
 
 async def test_beyond_the_cap_connections_get_a_503_and_fds_return_to_baseline(served: Served) -> None:
@@ -202,12 +200,12 @@ async def test_beyond_the_cap_connections_get_a_503_and_fds_return_to_baseline(s
     _, answer = await closed_after(reader, SLACK)
     assert answer.startswith(b"HTTP/1.1 503 ") and b'"code":"too_many_connections"' in answer
     writer.close()
-    assert served.server.guard.refused == 1 and served.server.guard.open == LIMITS.max_connections
+    assert served.router.guard.refused == 1 and served.router.guard.open == LIMITS.max_connections
     for _, w in held:
         w.close()
     deadline = time.monotonic() + DEADLINE + SLACK
-    while served.server.guard.open or open_fds() > baseline:
-        assert time.monotonic() < deadline, (served.server.guard.open, open_fds(), baseline)
+    while served.router.guard.open or open_fds() > baseline:
+        assert time.monotonic() < deadline, (served.router.guard.open, open_fds(), baseline)
         await asyncio.sleep(0.02)
     reader, writer = await served.connect()  # a place is free again
     writer.write(b"GET /abrouter/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -232,7 +230,7 @@ async def test_300_dripping_connections_are_all_gone_within_the_deadline(
         for _, w in conns:
             w.close()
         assert all(answer == b"" for _, answer in results)
-        assert s.server.guard.timeouts[Phase.HEADERS] == 300
+        assert s.router.guard.timeouts[Phase.HEADERS] == 300
         await asyncio.sleep(0.1)
         assert open_fds() <= baseline
     finally:
@@ -263,7 +261,7 @@ async def test_an_upload_held_back_by_a_slow_upstream_is_not_the_clients_fault(
                 f"http://127.0.0.1:{s.server.port}/predict", data=io.BytesIO(body), headers={"X-User-Id": "u1"}
             )
             assert resp.status == 200 and (await resp.json())["body_len"] == len(body)
-        assert s.server.guard.timeouts[Phase.BODY] == 0
+        assert s.router.guard.timeouts[Phase.BODY] == 0
     finally:
         await s.server.close()
 
@@ -292,6 +290,6 @@ async def test_a_client_that_hangs_up_mid_body_is_neither_an_exposure_nor_an_err
     await asyncio.sleep(0.1)  # the handler has started
     writer.close()
     await asyncio.sleep(0.2)
-    assert served.server.guard.timeouts[Phase.BODY] == 0  # the client left; no deadline did it
+    assert served.router.guard.timeouts[Phase.BODY] == 0  # the client left; no deadline did it
     assert await served.exposures_and_errors() == (0, 0)
     assert served.router.metrics.requests == {}

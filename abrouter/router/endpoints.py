@@ -1,5 +1,10 @@
-"""The reserved endpoints under ``/abrouter/``: health, readiness, metrics, the running
-experiment, and the outcome API. Every error here is JSON naming the problem."""
+"""The reserved endpoints under ``/abrouter/``, apart from any server: health, readiness,
+metrics, the running experiment, and the outcome API. Every error here is JSON naming the
+problem (the Open Inference Protocol's shape: ``{"error": text, "code": word}``).
+
+A server adapter reads the request's head and its body (at most `MAX_BODY` bytes; it
+answers 413 itself beyond that), calls `handle` and writes the `Reply`.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,9 @@ import hmac
 import json
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-
-from aiohttp import web
 
 from abrouter.contract import experiment as model
 from abrouter.contract.keys import unit_hash
@@ -20,32 +24,56 @@ from abrouter.router.connections import ConnectionGuard
 from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Outcome
-from abrouter.router.exchange import FORCED_EPOCH
-from abrouter.router.http import listener
-from abrouter.router.http.proxy import ROUTER
+from abrouter.router.exchange import FORCED_EPOCH, header
 from abrouter.router.state import Router
 
 PREFIX = "/abrouter"
-#: The bearer token of the outcome and admin endpoints (empty: none configured).
-API_TOKEN = web.AppKey("api_token", bytes)
+#: The largest request body an endpoint reads whole (the outcome API), inflated or not.
+MAX_BODY = 4 * 1024 * 1024
 
 
-def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
-    return web.json_response(payload, status=status, headers=headers or None)
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A request to a reserved endpoint, as the adapter read it."""
+
+    method: str
+    #: The path, without the query.
+    path: str
+    #: Raw header fields in order, decoded as latin-1.
+    headers: Sequence[tuple[str, str]]
+    body: bytes = b""
 
 
-def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response the router makes itself."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str = "application/json"
+
+
+def json_reply(status: int, payload: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> Reply:
+    return Reply(status, json.dumps(payload).encode(), headers or [])
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> Reply:
     # The Open Inference Protocol shape: `error` is the readable text (clients print it).
-    return _json(status, {"error": message, "code": code, **extra})
+    return json_reply(status, {"error": message, "code": code, **extra})
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return _json(200, {"status": "ok"})
+def too_large() -> Reply:
+    """What an adapter answers to a body over `MAX_BODY`."""
+    return error(413, "too_large", f"body exceeds {MAX_BODY} bytes; send at most {oc.MAX_BATCH} outcomes")
 
 
-async def readyz(request: web.Request) -> web.Response:
+async def healthz(router: Router, request: Request) -> Reply:
+    return json_reply(200, {"status": "ok"})
+
+
+async def readyz(router: Router, request: Request) -> Reply:
     """Ready while predictions can flow; a Redis outage only degrades it (events spill)."""
-    router = request.app[ROUTER]
     stats = router.eventlog.stats
     if isinstance(router.eventlog, DisabledEventLog):
         redis = "disabled"  # --no-event-log: nothing depends on Redis
@@ -61,11 +89,16 @@ async def readyz(request: web.Request) -> web.Response:
         # Redis restarted empty: what was flushed before this time is gone.
         body["data_incomplete_since"] = stats.data_incomplete_since
         body["redis_resets"] = stats.redis_resets
-    return _json(200, body)
+    if router.source.access_error is not None:  # the spec can no longer be read (sources.base.Access)
+        # Still ready: predictions flow on the last spec, and a Role broken under running
+        # pods must not take them all out of the Service. Said here, at /experiment and in
+        # abrouter_spec_source_up, for an alert.
+        body["spec_source"] = "denied"
+        body["reload_error"] = router.source.access_error
+    return json_reply(200, body)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    router = request.app[ROUTER]
+async def metrics(router: Router, request: Request) -> Reply:
     s = router.eventlog.stats
     extra = {
         "abrouter_eventlog_buffered_events": ("gauge", "Events waiting in memory for the next flush.", s.buffered),
@@ -103,12 +136,15 @@ async def metrics(request: web.Request) -> web.Response:
         "abrouter_eventlog_spill_bytes": ("gauge", "Bytes in this process's spill file.", s.spill_bytes),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
+        "abrouter_spec_source_up": (
+            "gauge",
+            "0 while the spec's source refuses this router (a 401/403 from the Kubernetes API).",
+            0.0 if router.source.access_error is not None else 1.0,
+        ),
     }
-    guard = request.app.get(listener.CONNECTIONS)
-    if guard is not None:
-        extra.update(_connection_metrics(guard))
+    extra.update(_connection_metrics(router.guard))
     text = prom.render(router.metrics, experiment=router.table.experiment.name, extra=extra)
-    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
+    return Reply(200, text.encode(), [("Cache-Control", "no-store")], content_type="text/plain; charset=utf-8")
 
 
 def _connection_metrics(guard: ConnectionGuard) -> dict[str, tuple[str, str, float]]:
@@ -130,21 +166,26 @@ def _connection_metrics(guard: ConnectionGuard) -> dict[str, tuple[str, str, flo
     }
 
 
-def _authorized(request: web.Request) -> bool:
-    """Whether the request carries the configured bearer token (False when none is configured)."""
-    token = request.app.get(API_TOKEN, b"")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+def _authorized(router: Router, request: Request) -> bool:
+    """Whether the request carries the configured bearer token (False when none is configured).
+
+    The header's bytes are compared as they came: a value that is not ASCII (or not UTF-8)
+    is simply not the token.
+    """
+    token = router.api_token
+    value = next((v for k, v in request.headers if k.lower() == "authorization"), "")
+    scheme, _, given = value.partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1"), token)
 
 
-def _unauthorized(request: web.Request) -> web.Response | None:
+def _unauthorized(router: Router, request: Request) -> Reply | None:
     """A 401 when a token is configured and the request lacks it; None when it may proceed."""
-    if not request.app.get(API_TOKEN, b"") or _authorized(request):
+    if not router.api_token or _authorized(router, request):
         return None
-    return _json(
+    return json_reply(
         401,
         {"error": "this endpoint needs Authorization: Bearer <ABROUTER_API_TOKEN>", "code": "unauthorized"},
-        **{"WWW-Authenticate": 'Bearer realm="abrouter"'},
+        [("WWW-Authenticate", 'Bearer realm="abrouter"')],
     )
 
 
@@ -155,18 +196,17 @@ def _public_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def experiment(request: web.Request) -> web.Response:
-    denied = _unauthorized(request)
+async def experiment(router: Router, request: Request) -> Reply:
+    denied = _unauthorized(router, request)
     if denied is not None:
         return denied
-    router = request.app[ROUTER]
     table = router.table
     spec = model.to_dict(table.experiment)
-    return _json(
+    return json_reply(
         200,
         {
             # Salt and upstream URLs only to a holder of the token.
-            "spec": spec if _authorized(request) else _public_spec(spec),
+            "spec": spec if _authorized(router, request) else _public_spec(spec),
             "weights": table.weights_by_name(),
             "epoch": table.epoch,
             "epoch_since": table.since,
@@ -181,41 +221,37 @@ class _BadEncoding(ValueError):
         self.status, self.code = status, code
 
 
-def _inflate(request: web.Request, body: bytes) -> bytes:
+def _inflate(request: Request) -> bytes:
     """The body, inflated when the client compressed it (the server leaves bodies as sent).
 
-    Bounded like an uncompressed body (`web.Application.client_max_size`): a gzip bomb is
-    a 413 after at most that many bytes of output.
+    Bounded like an uncompressed body (`MAX_BODY`): a gzip bomb is a 413 after at most
+    that many bytes of output.
     """
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    encoding = (header(request.headers, "Content-Encoding") or "identity").strip().lower()
     if encoding == "identity":
-        return body
+        return request.body
     if encoding not in ("gzip", "deflate", "x-gzip"):
         raise _BadEncoding(415, "unsupported_encoding", f"Content-Encoding {encoding!r}: use gzip, deflate or none")
-    limit = request.app._client_max_size
     inflater = zlib.decompressobj(wbits=47)  # 47: gzip or zlib, detected from the header
     try:
-        out = inflater.decompress(body, limit + 1)
+        out = inflater.decompress(request.body, MAX_BODY + 1)
     except zlib.error as exc:
         raise _BadEncoding(400, "invalid_body", f"body is not valid {encoding}: {exc}") from None
-    if len(out) > limit:
+    if len(out) > MAX_BODY:
         raise _BadEncoding(
-            413, "too_large", f"inflated body exceeds {limit} bytes; send at most {oc.MAX_BATCH} outcomes"
+            413, "too_large", f"inflated body exceeds {MAX_BODY} bytes; send at most {oc.MAX_BATCH} outcomes"
         )
     return out
 
 
-async def outcomes(request: web.Request) -> web.Response:
-    denied = _unauthorized(request)
+async def outcomes(router: Router, request: Request) -> Reply:
+    denied = _unauthorized(router, request)
     if denied is not None:
         return denied
-    router = request.app[ROUTER]
     try:
-        raw_items = oc.items_of(json.loads(_inflate(request, await request.read())))
+        raw_items = oc.items_of(json.loads(_inflate(request)))
     except _BadEncoding as exc:
         return error(exc.status, exc.code, str(exc))
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error(413, "too_large", f"body too large ({exc.text}); send at most {oc.MAX_BATCH} outcomes")
     except RecursionError:
         return error(400, "invalid_body", "body must be JSON: nested too deeply")
     except BatchError as exc:
@@ -243,12 +279,13 @@ async def outcomes(request: web.Request) -> web.Response:
     counts: dict[str, int] = {}
     repeated = 0
     for o in resolved:
-        if not router.eventlog.record_outcome(o):  # type: ignore[arg-type]
+        assert isinstance(o, Outcome)
+        if not router.eventlog.record_outcome(o):
             repeated += 1  # its event_id is already waiting in this batch
             continue
-        router.metrics.outcomes[o.metric] += 1  # type: ignore[union-attr]
-        counts[o.metric] = counts.get(o.metric, 0) + 1  # type: ignore[union-attr]
-    return _json(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
+        router.metrics.outcomes[o.metric] += 1
+        counts[o.metric] = counts.get(o.metric, 0) + 1
+    return json_reply(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
 
 
 async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.ItemError]:
@@ -315,32 +352,34 @@ def _by_request_id(router: Router, item: oc.OutcomeItem, now: float) -> Outcome 
     )
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return error(
-        404,
-        "not_found",
-        f"no endpoint {request.path}; reserved endpoints: "
-        f"{PREFIX}/healthz, /readyz, /metrics, /experiment, POST /outcomes",
-    )
+Handler = Callable[[Router, Request], Awaitable[Reply]]
+
+#: name -> (method, handler)
+ENDPOINTS: dict[str, tuple[str, Handler]] = {
+    "healthz": ("GET", healthz),
+    "readyz": ("GET", readyz),
+    "metrics": ("GET", metrics),
+    "experiment": ("GET", experiment),
+    "outcomes": ("POST", outcomes),
+}
 
 
-def _method_not_allowed(allowed: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    async def handler(request: web.Request) -> web.Response:
-        return error(405, "method_not_allowed", f"{request.method} {request.path}: use {allowed}")
-
-    return handler
+def is_reserved(path: str) -> bool:
+    """Whether a request path is one of ours (never forwarded)."""
+    return path == PREFIX or path.startswith(PREFIX + "/")
 
 
-def add_routes(app: web.Application) -> None:
-    endpoints = (
-        ("GET", "healthz", healthz),
-        ("GET", "readyz", readyz),
-        ("GET", "metrics", metrics),
-        ("GET", "experiment", experiment),
-        ("POST", "outcomes", outcomes),
-    )
-    for method, name, handler in endpoints:
-        app.router.add_route(method, f"{PREFIX}/{name}", handler)
-        # Same resource, any other method: a JSON 405 instead of aiohttp's text one.
-        app.router.add_route("*", f"{PREFIX}/{name}", _method_not_allowed(method))
-    app.router.add_route("*", PREFIX + "/{tail:.*}", not_found)
+async def handle(router: Router, request: Request) -> Reply:
+    """The reply of a reserved endpoint (JSON 404 and 405 included)."""
+    found = ENDPOINTS.get(request.path[len(PREFIX) + 1 :]) if request.path.startswith(PREFIX + "/") else None
+    if found is None:
+        return error(
+            404,
+            "not_found",
+            f"no endpoint {request.path}; reserved endpoints: "
+            f"{PREFIX}/healthz, /readyz, /metrics, /experiment, POST /outcomes",
+        )
+    method, handler = found
+    if request.method != method and not (method == "GET" and request.method == "HEAD"):
+        return error(405, "method_not_allowed", f"{request.method} {request.path}: use {method}")
+    return await handler(router, request)
