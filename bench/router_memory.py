@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=9000)
     parser.add_argument("--units", type=int, default=1_000_000)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = Path(tempfile.mkdtemp(prefix="abrouter-memory-"))
     procs: list[subprocess.Popen[bytes]] = []

@@ -2,7 +2,8 @@
 
 ``REDIS_URL`` in the environment points the whole session at an existing Redis;
 otherwise one private ``redis-server`` is started for the session. Tests that kill or
-restart Redis use `redis_server`, which is always private to the test.
+restart Redis use `redis_server`, which is always private to the test. Tests on a Redis
+Cluster share `redis_cluster`, three private masters started once per session.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from abrouter.router.redis_cluster import LocalCluster
 from abrouter.router.redis_server import RedisServer
 
 
@@ -28,6 +30,13 @@ def redis_url() -> Iterator[str]:
         return
     with RedisServer() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A private 3-master Redis Cluster on 127.0.0.1, shared by the session (started on first use)."""
+    with LocalCluster(3) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -30,6 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
         ("sim_novelty.py", ["--experiments", "2"], "+30% for 6 of 20 looks"),
         ("sim_plan.py", ["--experiments", "2", "--looks", "5"], "default ramp"),
         ("sim_ratio_coverage.py", ["--runs", "3"], "pareto"),
+        ("kill_loss.py", ["--kills", "1", "--seconds", "1", "--concurrency", "4"], "| kill | answered | lost"),
+        (
+            "flush_cost.py",
+            ["--batch", "200", "--batches", "2", "--rounds", "1", "--big", "0", "--memory", "500"],
+            "| floor | ",
+        ),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

@@ -29,7 +29,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_holds_one_top_level_package_and_its_data(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"abrouter", f"{wheel.name.split('-')[0]}-0.1.0.dist-info"}
-    assert "abrouter/router/eventlog/flush.lua" in names
+    lua = Path(ROOT / "abrouter/router/eventlog/lua")
+    parts = {f"abrouter/router/eventlog/lua/{p.relative_to(lua)}" for p in lua.rglob("*.lua")}
+    assert "abrouter/router/eventlog/lua/commands/flush.lua" in parts and parts <= set(names)
     assert "abrouter/router/examples/experiment.yaml" in names
 
 

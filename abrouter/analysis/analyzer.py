@@ -111,6 +111,10 @@ class AnalysisResult:
             "ignored_settings": dict(self.ignored_settings),
             # None, or since when the data is all there is (Redis lost what came before).
             "data_incomplete_since": self.data.incomplete_since,
+            # Impossible sums the reader found and clamped, one line each (empty: none).
+            "data_inconsistent": list(self.data.inconsistent),
+            # None, or the events Redis lost after acknowledging them, flushed between from and to.
+            "data_lost": _lost_dict(self.data),
         }
 
     def _comparison_dict(self, c: Comparison) -> dict[str, Any]:
@@ -226,3 +230,9 @@ def _srm_dict(s: SrmResult) -> dict[str, Any]:
         "expected": dict(s.expected),
         "chi_square_p": chi,
     }
+
+
+def _lost_dict(data: ExperimentData) -> dict[str, float] | None:
+    if data.lost_between is None:
+        return None
+    return {"events": data.lost_events, "from": data.lost_between[0], "to": data.lost_between[1]}

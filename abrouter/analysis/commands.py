@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-import redis.asyncio
 
 from abrouter.analysis import analyzer, kube_look, report, service, summary
+from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.errors import ConflictError, InputError, SourceError, UnfinishedError
 from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
 from abrouter.analysis.sinks.kube import KubeSink
 from abrouter.analysis.stats.power import Rollout, rollout, sample_size
+from abrouter.analysis.witness import FileWitness
 from abrouter.contract import experiment as spec
 from abrouter.contract.model import AnalysisSettings
 from abrouter.kube.client import KubeClient, Ref
@@ -222,11 +223,13 @@ def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
 
 
 async def _analyze_redis(args: argparse.Namespace) -> int:
-    client = redis.asyncio.Redis.from_url(args.redis_url)
+    client = RedisConnection(args.redis_url)
     sink: WeightsSink = FileSink(args.config) if args.apply else DryRunSink()
+    # The witness goes where the decisions go: beside the spec file, with --apply only.
+    witness = FileWitness.beside(args.config) if args.apply else None
     try:
         while True:
-            code = await _one_look(client, args.config, sink, as_json=args.json, url=args.redis_url)
+            code = await _one_look(client, args.config, sink, witness, as_json=args.json, url=args.redis_url)
             if args.every is None:
                 return code
             await asyncio.sleep(args.every)
@@ -234,10 +237,13 @@ async def _analyze_redis(args: argparse.Namespace) -> int:
         await client.aclose()
 
 
-async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink, *, as_json: bool, url: str) -> int:
+async def _one_look(
+    client: RedisConnection, config: Path, sink: WeightsSink, witness: FileWitness | None, *, as_json: bool, url: str
+) -> int:
     """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
     try:
-        result = await service.look(client, spec.load(config), sink=sink)
+        experiment = spec.load(config)
+        result = await service.look(await client.client(experiment.name), experiment, sink=sink, witness=witness)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
     except ConflictError as exc:
@@ -251,7 +257,7 @@ async def _one_look(client: redis.asyncio.Redis, config: Path, sink: WeightsSink
 async def _analyze_kube(args: argparse.Namespace) -> int:
     ref = Ref.parse(args.experiment)
     sink = KubeSink(KubeClient.from_config(args.kubeconfig, role="analyzer"), ref, dry_run=args.dry_run)
-    client = redis.asyncio.Redis.from_url(args.redis_url)
+    client = RedisConnection(args.redis_url)
     try:
         while True:
             # --dry-run shows what --apply would write, so it implies the --apply path.
@@ -265,10 +271,10 @@ async def _analyze_kube(args: argparse.Namespace) -> int:
         sink.client.close()
 
 
-async def _one_kube_look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
+async def _one_kube_look(client: RedisConnection, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
     """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
     try:
-        result = await kube_look.look(client, sink, apply=apply)
+        result = await kube_look.look(await client.client(sink.ref.name), sink, apply=apply)
     except UnfinishedError as exc:  # before SourceError: it may wrap one, and says what was applied
         return _fail(str(exc), 1)
     except SourceError as exc:

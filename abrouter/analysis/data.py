@@ -119,6 +119,13 @@ class ExperimentData:
     #: Set when the store lost data (Redis restarted empty): the data holds only what was
     #: recorded since this time (unix seconds), not the whole experiment.
     incomplete_since: float | None = None
+    #: Sums the store holds that cannot all be true (a binary metric's sum above its
+    #: units), one line each; the reader clamps them so that the look can go on.
+    inconsistent: tuple[str, ...] = ()
+    #: Events Redis acknowledged to the routers and later lost (it came back with older
+    #: data), and the unix times between which they were flushed.
+    lost_events: int = 0
+    lost_between: tuple[float, float] | None = None
 
     @property
     def control(self) -> Arm:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-import redis.asyncio
 
+from abrouter import redisclient
 from abrouter.analysis.analyzer import AnalysisResult, Previous
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats import histogram, stability
@@ -134,7 +134,7 @@ def _from_anchor(row: tuple[float, ...] | None) -> stability.Anchor | None:
     return stability.Anchor(int(start), information, difference, variance, at)
 
 
-async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
+async def last(client: redisclient.Client, keys: schema.Keys) -> Entry | None:
     """The latest entry, or None; an unreadable entry counts as none (the minimum restarts)."""
     try:
         entries = await client.xrevrange(keys.decisions, count=1)
@@ -150,18 +150,18 @@ async def last(client: redis.asyncio.Redis, keys: schema.Keys) -> Entry | None:
         return None
 
 
-async def append(client: redis.asyncio.Redis, keys: schema.Keys, result: AnalysisResult, *, applied: bool) -> None:
+async def append(client: redisclient.Client, keys: schema.Keys, result: AnalysisResult, *, applied: bool) -> None:
     await append_encoded(client, keys, encode(result, applied=applied))
 
 
-async def append_encoded(client: redis.asyncio.Redis, keys: schema.Keys, raw: str) -> None:
+async def append_encoded(client: redisclient.Client, keys: schema.Keys, raw: str) -> None:
     try:
         await client.xadd(keys.decisions, {FIELD: raw}, maxlen=schema.DECISIONS_MAXLEN, approximate=True)
     except redis.RedisError as exc:
         raise SourceError(f"cannot append to the decision history {keys.decisions}: {exc}") from exc
 
 
-async def append_once(client: redis.asyncio.Redis, keys: schema.Keys, raw: str, *, within: int = 100) -> bool:
+async def append_once(client: redisclient.Client, keys: schema.Keys, raw: str, *, within: int = 100) -> bool:
     """Append the encoded entry `raw` unless one of the last `within` entries is it; True if appended.
 
     Redoing an unfinished decision (`sinks.kube_pending`) appends its entry once.
@@ -178,7 +178,7 @@ async def append_once(client: redis.asyncio.Redis, keys: schema.Keys, raw: str, 
     return True
 
 
-async def entries(client: redis.asyncio.Redis, keys: schema.Keys) -> list[fmt.DecisionEntry]:
+async def entries(client: redisclient.Client, keys: schema.Keys) -> list[fmt.DecisionEntry]:
     """Every readable entry, oldest first (the stream is capped, so this is bounded)."""
     try:
         raw = await client.xrange(keys.decisions)

@@ -15,8 +15,7 @@ finishes it (each step of 4 and 5 is safe to redo).
 
 from __future__ import annotations
 
-import redis.asyncio
-
+from abrouter import redisclient
 from abrouter.analysis import history, service
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.errors import AnalysisError, UnfinishedError
@@ -25,7 +24,7 @@ from abrouter.contract import keys as schema
 from abrouter.kube.errors import KubeError
 
 
-async def look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool) -> AnalysisResult:
+async def look(client: redisclient.Client, sink: KubeSink, *, apply: bool) -> AnalysisResult:
     """Steps 1-5; without `apply` only 2 and 4 (the history records the decision as not applied)."""
     current = await sink.read()
     keys = schema.Keys(current.experiment.name)
@@ -54,7 +53,7 @@ async def look(client: redis.asyncio.Redis, sink: KubeSink, *, apply: bool) -> A
     return result
 
 
-async def finish(client: redis.asyncio.Redis, keys: schema.Keys, sink: KubeSink) -> None:
+async def finish(client: redisclient.Client, keys: schema.Keys, sink: KubeSink) -> None:
     """Step 1: finish the decision an earlier look applied, if there is one."""
     pending = sink.pending
     if pending is None:

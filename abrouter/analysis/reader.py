@@ -31,8 +31,8 @@ from __future__ import annotations
 import dataclasses
 
 import redis
-import redis.asyncio
 
+from abrouter import redisclient
 from abrouter.analysis import data as d
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.sample import Sample
@@ -41,23 +41,28 @@ from abrouter.contract.experiment import EXPOSURES, SLOW_REQUESTS, Experiment, M
 
 
 async def read(
-    client: redis.asyncio.Redis, experiment: Experiment, *, keys: schema.Keys | None = None
+    client: redisclient.Client, experiment: Experiment, *, keys: schema.Keys | None = None
 ) -> d.ExperimentData:
     keys = keys or schema.Keys(experiment.name)
     try:
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.agg)
             pipe.hgetall(keys.epochs)
-            pipe.hget(keys.meta, "reset_at")
+            pipe.hmget(keys.meta, ["reset_at", "lost_events", "lost_from", "lost_to"])
             pipe.hgetall(keys.latency)
-            agg, epochs, reset_at, latency = await pipe.execute()
+            agg, epochs, marker, latency = await pipe.execute()
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
-    data = build(
-        experiment, schema.decode_agg(agg), schema.decode_epochs(epochs), latency=schema.decode_latency(latency)
-    )
+    strata, inconsistent = consistent(experiment, schema.decode_agg(agg))
+    data = build(experiment, strata, schema.decode_epochs(epochs), latency=schema.decode_latency(latency))
+    if inconsistent:
+        data = dataclasses.replace(data, inconsistent=inconsistent)
+    reset_at, lost_events, lost_from, lost_to = marker
     if reset_at is not None:  # a router saw Redis lose the experiment's data
         data = dataclasses.replace(data, incomplete_since=float(reset_at))
+    if lost_events is not None:  # a router saw Redis come back without batches it had acknowledged
+        span = (float(lost_from or 0), float(lost_to or 0))
+        data = dataclasses.replace(data, lost_events=int(lost_events), lost_between=span)
     # The router registers the epoch with its first flush, so both empty means no router
     # ever wrote here: most likely a typo in the name, or a prefix that differs.
     return data if agg or epochs or reset_at is not None else dataclasses.replace(data, found=False)
@@ -98,6 +103,29 @@ def build(
         settings=experiment.analysis,
         started_at=min(since) if since else None,
     )
+
+
+def consistent(
+    experiment: Experiment, strata: dict[tuple[int, str], schema.StratumSums]
+) -> tuple[dict[tuple[int, str], schema.StratumSums], tuple[str, ...]]:
+    """Pure but for clamping `strata` (freshly decoded) in place: impossible binary sums into [0, units].
+
+    Returns the strata and one line per clamp.
+
+    Bad data is a result, not an exception: a binary sum above the stratum's units (left by
+    routers from before outcomes were held until their exposure, see flush.lua [held])
+    made the statistics raise and ``abrouter analyze`` die. It is reported instead.
+    """
+    binary = {m.name for m in experiment.metrics if m.kind == "binary"}
+    lines = []
+    for (epoch, variant), s in sorted(strata.items()):
+        for name in sorted(binary & set(s.metrics)):
+            m = s.metrics[name]
+            clamped = min(max(m.sum, 0.0), float(max(s.units, 0)))
+            if clamped != m.sum:
+                lines.append(f"epoch {epoch} {variant}: {name} sum {m.sum:g} is outside [0, units={s.units}]")
+                m.sum = m.sum_sq = clamped
+    return strata, tuple(lines)
 
 
 def measured_builtins(experiment: Experiment) -> tuple[Metric, ...]:

@@ -38,6 +38,14 @@ def _header(r: AnalysisResult) -> str:
             f"\nDATA INCOMPLETE: Redis lost the data recorded before {since} (it restarted empty); "
             "this look sees only what came after, not the whole experiment"
         )
+    if r.data.lost_between is not None:
+        start, end = (time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(t)) for t in r.data.lost_between)
+        line += (
+            f"\nDATA INCOMPLETE: Redis lost {r.data.lost_events} events flushed between {start} and {end} "
+            "(it came back with older data); this look does not see them"
+        )
+    if r.data.inconsistent:
+        line += "\nDATA INCONSISTENT (clamped, the look goes on): " + "; ".join(r.data.inconsistent)
     return line
 
 

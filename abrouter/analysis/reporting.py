@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import redis.asyncio
 
 from abrouter.analysis import analyzer, history, html_report, reader
 from abrouter.analysis.commands import DEFAULT_REDIS_URL
+from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.errors import InputError, SourceError
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys as schema
@@ -59,8 +59,9 @@ def _from_kube(ref: str, kubeconfig: Path | None) -> spec.Experiment:
 
 
 async def _render(experiment: spec.Experiment, redis_url: str) -> str:
-    client = redis.asyncio.Redis.from_url(redis_url)
+    connection = RedisConnection(redis_url)
     try:
+        client = await connection.client(experiment.name)
         keys = schema.Keys(experiment.name)
         data = await reader.read(client, experiment, keys=keys)
         last = await history.last(client, keys)
@@ -69,5 +70,5 @@ async def _render(experiment: spec.Experiment, redis_url: str) -> str:
         result = analyzer.analyze(data, now=time.time(), previous=seed, rng=np.random.default_rng(0))
         entries = await history.entries(client, keys)
     finally:
-        await client.aclose()
+        await connection.aclose()
     return html_report.render(experiment, result, entries)

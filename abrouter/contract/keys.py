@@ -1,134 +1,12 @@
-"""The Redis key schema: the one place that names every key and encodes every field.
+"""The Redis key schema: the one place that names every key and decodes every field.
 
-The router writes through this module (via ``flush.lua``, which builds the same field
-names from `FIELD_SEP` and the stat names below) and the analyzer reads through it.
-All keys of one experiment share the hash tag ``{<experiment>}``, so the whole layout
-lives in one slot and works on Redis Cluster.
-
-Keys of experiment ``E`` (prefix ``abrouter`` by default)::
-
-    abrouter:{E}:agg         hash    running sufficient statistics per (epoch, variant)
-    abrouter:{E}:units       hash    per-unit state, the basis of unit-level statistics
-    abrouter:{E}:epochs      hash    epoch -> JSON {"weights": {variant: w}, "since": ts}
-    abrouter:{E}:producers   hash    producer id -> last applied batch sequence number
-    abrouter:{E}:events      stream  capped raw log: one entry per flushed batch (audit only)
-    abrouter:{E}:decisions   stream  capped history of the analyzer's decisions (`abrouter.contract.history`)
-    abrouter:{E}:metrics     string  JSON array: the column order of the ``units`` states
-    abrouter:{E}:outcome-ids zset    event_id -> time: outcomes recorded with an event_id
-    abrouter:{E}:meta        hash    the marker: created, and after a data loss reset_at, resets
-    abrouter:{E}:unit-seen   zset    units field -> time it was last written (expiry)
-    abrouter:{E}:latency     hash    request latency histogram per (epoch, variant): "e|v|b" -> count
-
-``agg`` fields, for epoch ``e`` and variant ``v`` (``|`` separates the parts)::
-
-    e|v|units          units first exposed in this stratum (counted when n_u becomes > 0)
-    e|v|exposures      proxied requests (sum of n_u over units)
-    e|v|exposures_sq   sum of n_u^2
-    e|v|m|sum          sum over units of x_u (the unit's total of metric m)
-    e|v|m|sum_sq       sum of x_u^2
-    e|v|m|sum_xn       sum of x_u * n_u (the covariance term of the delta method)
-    e|v|m|events       number of outcome events (or requests, for built-in metrics)
-    e|v|m|sum_xy|d     sum of x_u * y_u, y_u the unit's total of metric d: kept for every
-                       (numerator m, denominator d) of a ratio metric over two metrics
-                       (`Experiment.ratio_pairs`); a ratio per exposure uses sum_xn
-
-where a unit's ``x_u`` is the sum of its values, except for binary metrics, where it is
-the maximum (1 once the unit converted). Built-in metrics (`BUILTIN_METRICS`: errors,
-latency_ms, slow_requests) are recorded on every proxied request; analyse them as ratios
-x_u / n_u. ``slow_requests`` counts the requests slower than the spec's ``slow_request``
-(0 for every request when the spec sets none).
-A ``ratio`` metric of the spec has no fields of its own: the analyzer reads its
-numerator's and denominator's sums (and ``sum_xy``). Its cross products are counted from
-the first batch of a router that knows the ratio; declare ratios when the experiment
-starts, since units whose state does not move afterwards miss their earlier product.
-
-[cuped] With a ``covariate: c`` in the spec, the unit state has two more columns: ``c``,
-the unit's covariate c_u as first reported (set once: a later, different value is ignored;
-a unit that never reports one has c_u = 0), and ``c~set`` (`COVARIATE_SET_SUFFIX`, binary),
-1 once it was reported. So ``e|v|c|sum`` and ``e|v|c|sum_sq`` are Σc_u and Σc_u²,
-``e|v|c~set|sum`` the units that reported one, and ``e|v|m|sum_xy|c`` Σx_u·c_u for every
-metric m the covariate adjusts (`covariate_pairs`), kept as for a ratio pair: right
-whether the covariate arrives before or after the unit's outcomes.
-
-[cap] A continuous metric with ``cap: K`` has its per-unit total capped at ingestion:
-the stored x_u is min(x_u, K) after every change, so ``sum``, ``sum_sq`` and the cross
-products hold the capped totals. With negative values the cap applies to the running
-total as it goes (+150 then −60 under cap 100 leaves 40).
-
-``units`` fields, for the unit hash ``h`` (`unit_hash`, never the raw id)::
-
-    h           "e|v" of the unit's latest exposure (credits unit-addressed outcomes)
-    h|f         "e|v" of the unit's first exposure; "e|v|m" once it was also exposed to
-                another variant (a multiple exposure)
-    h|e|v       JSON array [n_u, x_u(m1), x_u(m2), ...], numbers written with 17
-                significant digits so they round-trip exactly; x_u columns follow
-                the ``metrics`` key.
-
-Intent-to-treat: a unit is credited once, to the (epoch, variant) of its first exposure
-(``h|f``). All its later requests and outcomes, in any epoch or variant, move the one
-state ``h|e0|v0`` and the sums of stratum ``e0|v0``; a returning user is not a new unit in
-each epoch (those copies were correlated, and the strata were combined as independent).
-A unit exposed to a second variant (a ramp moved it) is counted in the shadow stratum
-``e0|v0~mx`` (`MULTIPLE_SUFFIX`: ``units`` and every sum, no ``events``), which the
-analyzer reports as multiple exposures and, by policy, subtracts (`subtract`). Units
-stored before this (``h`` set, no ``h|f``) keep the old accounting, one state per
-(unit, epoch, variant) cell, so data written before the change stays consistent.
-
-The ``metrics`` key is the union of every producer's `metric_order(experiment)` in
-first-seen order: ``flush.lua`` appends the names a batch brings that it lacks and never
-reorders or removes one, so a state written by a router with more metrics stays valid
-for a router with fewer (the script maps each batch metric to its column by name).
-A shorter state array means zeros for the missing columns.
-
-``events`` entries, one per applied batch, have the fields ``producer``, ``seq``, ``n``
-(number of raw events) and ``events``: one JSON array of rows, one per raw event, as
-written by `encode_events` and read back by `decode_events` (`abrouter.router.eventlog.events`)::
-
-    ["exposure", request_id, unit_hash, variant, epoch, ts, status, latency_ms, error]
-    ["outcome",  request_id, unit_hash, variant, epoch, ts, metric, value, event_id]
-
-(rows written before event ids existed end at ``value``).
-
-``latency`` fields, for epoch ``e``, variant ``v`` and bucket ``b`` (`latency_bucket`)::
-
-    e|v|b              proxied requests that variant v served in epoch e with a latency in
-                       bucket b: b = 0 is [0, LATENCY_EDGES_MS[0]), b = i is
-                       [LATENCY_EDGES_MS[i-1], LATENCY_EDGES_MS[i]), and b = len(edges)
-                       the overflow, [LATENCY_EDGES_MS[-1], inf)
-
-Unlike ``agg`` this counts requests where they were served (the exposure's epoch and
-variant), not intent-to-treat: a latency is the serving variant's. At most
-(epochs x variants x `LATENCY_BUCKETS`) fields, whatever the traffic; the analyzer takes
-latency quantiles from it (`abrouter.analysis.stats.histogram`). The edges are part of
-the stored format: never change them (a new layout needs a new key).
-
-The stream keeps about `EVENTS_MAXLEN` batches or `EVENTS_MAX_RAW` events, whichever is
-fewer (MAXLEN is set per batch from its size).
-
-Outcomes sent with an ``event_id`` (a client's idempotency key) are counted once:
-``flush.lua`` adds each id to ``outcome-ids`` (score: Redis' own clock, TIME, when the
-batch was applied) and skips an outcome whose id is already there. Ids older than
-`OUTCOME_ID_WINDOW_S` by that clock are pruned, so a retry is recognised for that long,
-whatever the producers' clocks say.
-
-Exactly-once: a batch carries (producer, seq). ``flush.lua`` applies it only when seq is
-greater than ``producers[producer]`` and then stores seq, all in one atomic script call,
-so replaying a batch (after a timeout, from the spill file, after a Redis restart) never
-counts it twice. A producer must therefore deliver its batches in seq order. Unless the
-caller allows a gap, the script also refuses (and reports) a batch whose seq is not
-``producers[producer] + 1``: that is how a producer learns that Redis lost its last
-batches (a restart inside the AOF fsync window) and re-sends them first. The seqs a
-gap skipped are kept in ``producers[<producer>|gaps]`` (JSON ranges ``[[from, to], ...]``,
-at most 256): a batch quarantined under its own (producer, seq) and replayed later
-applies once, and a second replay is a duplicate.
-
-Bounded memory: a ``units`` field not written for the experiment's ``outcome_ttl``
-(by Redis' clock, kept in ``unit-seen``) is deleted, at most 2,000 per flush; a unit seen
-again after that starts over as a new unit. Requests without a unit id keep no ``units``
-state unless an outcome arrives for them. ``meta`` holds ``created`` (when this Redis
-got the experiment's first batch) and, once a router has seen a Redis lose the data
-(restart without persistence), ``reset_at`` (the ``created`` of the new data: the
-aggregates hold only what came after) and ``resets``.
+The stored format (every key, every field, the unit states, the marker, the batch format
+the router sends and the flush script's parts) is documented once, in docs/storage.md;
+change it together with this module and ``abrouter/router/eventlog/lua/``. The router
+writes through this module (via flush.lua, which builds the same field names from
+`FIELD_SEP` and the stat names below) and the analyzer reads through it. All keys of one
+experiment share the hash tag ``{<experiment>}``, so the whole layout lives in one slot
+and works on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -144,9 +22,9 @@ from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 
 FIELD_SEP = "|"
 DEFAULT_PREFIX = "abrouter"
-#: The capped raw stream keeps about this many batches (not events)...
+#: The capped raw stream keeps at most this many batches...
 EVENTS_MAXLEN = 10_000
-#: ...and, when batches are large, about this many raw events (~100 MB), whichever is less.
+#: ...and at most this many raw events (~100 MB): trimmed by events (`Keys.events_n`).
 EVENTS_MAX_RAW = 1_000_000
 DECISIONS_MAXLEN = 1_000
 #: How long an outcome's event_id is remembered: a retry within this window counts once.
@@ -215,6 +93,11 @@ class Keys:
     def latency(self) -> str:
         return self._key("latency")
 
+    @property
+    def events_n(self) -> str:
+        """Per audit-stream entry, its id and raw event count: the stream is trimmed by events."""
+        return self._key("events-n")
+
     def all(self) -> tuple[str, ...]:
         """In the order flush.lua expects them as KEYS."""
         return (
@@ -228,6 +111,7 @@ class Keys:
             self.meta,
             self.unit_seen,
             self.latency,
+            self.events_n,
         )
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis.asyncio
 import yaml
 
+from abrouter import redisclient
 from abrouter.demo import population, progress, servers, world
 from abrouter.router.redis_server import RedisServer, free_port
 
@@ -128,7 +128,7 @@ async def run(options: Options) -> int:
 
 async def _flush_old(redis_url: str) -> None:
     """A demo starts from nothing: remove what an earlier demo left under its name."""
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = await redisclient.connect(redis_url)
     try:
         keys = [k async for k in client.scan_iter(match=f"*{{{EXPERIMENT}}}*")]
         if keys:

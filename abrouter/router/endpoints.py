@@ -349,6 +349,7 @@ def _by_request_id(router: Router, item: oc.OutcomeItem, now: float) -> Outcome 
         ts=now,
         request_id=item.request_id,
         event_id=item.event_id,
+        anonymous=info.anonymous,
     )
 
 

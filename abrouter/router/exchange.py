@@ -258,6 +258,7 @@ class Exchange:
             epoch=FORCED_EPOCH if choice.forced else table.epoch,
             variant_index=choice.index,
             now=now,
+            anonymous=choice.anonymous,
         )
         return cls(services, incoming, table, choice, request_id, started)
 

@@ -91,10 +91,17 @@ class RedisServer:
     """
 
     def __init__(
-        self, *, binary: str | None = None, appendfsync: AppendFsync = "everysec", data_dir: str | Path | None = None
+        self,
+        *,
+        binary: str | None = None,
+        appendfsync: AppendFsync = "everysec",
+        data_dir: str | Path | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.binary = binary or find_binary()
         self.appendfsync = appendfsync
+        #: More redis-server options, e.g. ``("--cluster-enabled", "yes")`` (`LocalCluster`).
+        self.extra_args = extra_args
         self._owns_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="abrouter-redis-"))
         self.port: int | None = None
@@ -183,6 +190,7 @@ class RedisServer:
             "warning",
             "--logfile",
             "",  # stdout, which we send to the log file below
+            *self.extra_args,
         ]
 
     def _launch(self, port: int) -> None:

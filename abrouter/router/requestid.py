@@ -10,6 +10,10 @@ made-up ids into "unknown request id"; with a secret shared by the replicas
 Layout (31 bytes, base64url without padding = 42 characters)::
 
     unit hash 8 | epoch u32 | variant u8 | issued-at u32 seconds | random 6 | mac 8
+
+The random part's top bit says the request had no unit id (it was its own unit), so an
+outcome for it is recorded with n_u = 1 whichever batch its exposure landed in
+(`abrouter.router.eventlog.events.Outcome.anonymous`); 47 random bits still make ids unique.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from abrouter.router.errors import RequestIdError
 
 _BODY = struct.Struct(">8sIBI6s")
 _MAC_LEN = 8
+_ANONYMOUS = 0x80  # the top bit of the random part's first byte
 _ENCODED_LEN = 42
 
 
@@ -36,6 +41,8 @@ class RequestInfo:
     epoch: int
     variant_index: int
     issued_at: int
+    #: The request had no unit id: it was its own unit.
+    anonymous: bool = False
 
 
 class RequestIds:
@@ -45,8 +52,9 @@ class RequestIds:
         # PRNG costs a fraction of os.urandom's system call on every request.
         self._rng = random.Random(os.urandom(16))
 
-    def issue(self, *, unit_hash: str, epoch: int, variant_index: int, now: float) -> str:
-        nonce = self._rng.getrandbits(48).to_bytes(6, "big")
+    def issue(self, *, unit_hash: str, epoch: int, variant_index: int, now: float, anonymous: bool = False) -> str:
+        bits = self._rng.getrandbits(47) | (_ANONYMOUS << 40 if anonymous else 0)
+        nonce = bits.to_bytes(6, "big")
         body = _BODY.pack(bytes.fromhex(unit_hash), epoch, variant_index, int(now), nonce)
         return base64.urlsafe_b64encode(body + self._mac(body)).rstrip(b"=").decode()
 
@@ -60,10 +68,13 @@ class RequestIds:
         body, mac = raw[:-_MAC_LEN], raw[-_MAC_LEN:]
         if not hmac.compare_digest(mac, self._mac(body)):
             raise RequestIdError("unknown request id (not issued by this experiment)")
-        unit, epoch, variant, issued, _ = _BODY.unpack(body)
+        unit, epoch, variant, issued, nonce = _BODY.unpack(body)
         if now - issued > ttl_s:
             raise RequestIdError(f"request id expired ({now - issued:.0f}s old, outcome_ttl is {ttl_s:.0f}s)")
-        return RequestInfo(unit_hash=unit.hex(), epoch=epoch, variant_index=variant, issued_at=issued)
+        anonymous = bool(nonce[0] & _ANONYMOUS)
+        return RequestInfo(
+            unit_hash=unit.hex(), epoch=epoch, variant_index=variant, issued_at=issued, anonymous=anonymous
+        )
 
     def _mac(self, body: bytes) -> bytes:
         # Keyed BLAKE2b is a MAC by design, and one C call: a third of hmac.new's cost.

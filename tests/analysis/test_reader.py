@@ -10,7 +10,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from abrouter.analysis import analyzer, reader
+from abrouter.analysis import analyzer, reader, report
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import keys
@@ -180,3 +180,25 @@ def test_build_keeps_epochs_without_registered_weights() -> None:
     assert data.epochs[0].weights == {}  # unknown split: the SRM check skips the epoch
     assert data.epochs[1].weights == {"control": 25.0, "candidate": 75.0}
     assert analyzer.srm(data).observed == {"control": 0.0, "candidate": 2.0}
+
+
+async def test_impossible_binary_sums_are_reported_and_clamped_not_raised(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """Before: "binary metric: need 0 <= sum <= n" escaped and `abrouter analyze` died."""
+    k = keys.Keys(experiment_name)
+    for variant in ("control", "candidate"):
+        await redis_client.hset(
+            k.agg,
+            mapping={
+                field(2, variant, "units"): 2,
+                field(2, variant, "exposures"): 2,
+                field(2, variant, "conversion", "sum"): 3 if variant == "control" else 1,
+            },
+        )
+    data = await reader.read(redis_client, spec(experiment_name))
+    assert data.inconsistent == ("epoch 2 control: conversion sum 3 is outside [0, units=2]",)
+    assert data.control.strata[0].metrics["conversion"].sum == 2
+    result = analyzer.analyze(data, now=time.time())
+    assert result.to_dict()["data_inconsistent"] == list(data.inconsistent)
+    assert "DATA INCONSISTENT" in report.render(result)

@@ -51,6 +51,8 @@ def test_the_key_names_are_the_ones_existing_data_uses() -> None:
     names |= {"abrouter:{E}:meta", "abrouter:{E}:unit-seen"}
     # latency (the per-arm latency histograms, issue 10) came later still.
     names |= {"abrouter:{E}:latency"}
+    # events-n (the audit stream's per-entry event counts, issue 15) too.
+    names |= {"abrouter:{E}:events-n"}
     assert names == {k.replace("{x}", "{E}") for k in keys.Keys("x").all()} | {"abrouter:{E}:decisions"}
 
 
@@ -108,7 +110,7 @@ async def test_the_latency_histogram_layout(
     # abrouter:{E}:latency is a hash "epoch|variant|bucket" -> requests, bucket per
     # keys.LATENCY_EDGES_MS: existing data depends on the name, the fields and the edges.
     k = keys.Keys(experiment_name)
-    assert k.latency == f"abrouter:{{{experiment_name}}}:latency" and k.all()[-1] == k.latency
+    assert k.latency == f"abrouter:{{{experiment_name}}}:latency" and k.all()[-2] == k.latency
     log = EventLog(redis_url=redis_url, experiment=spec(experiment_name), spill_dir=tmp_path)
     await log.start()
     for i, ms in enumerate((0.05, 5.0, 5.0, 70_000.0)):

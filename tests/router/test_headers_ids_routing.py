@@ -70,6 +70,10 @@ def test_request_id_round_trip_and_rejections():
     info = ids.decode(rid, now=1_000_010.0, ttl_s=60)
     assert (info.unit_hash, info.epoch, info.variant_index, info.issued_at) == ("00112233445566ff", 7, 1, 1_000_000)
     assert len(rid) == 42 and rid.isascii()
+    assert not info.anonymous
+    for _ in range(20):  # the flag is one bit of the random part, whatever the other 47 are
+        anon = ids.issue(unit_hash="00112233445566ff", epoch=7, variant_index=1, now=1_000_000.0, anonymous=True)
+        assert ids.decode(anon, now=1_000_010.0, ttl_s=60).anonymous
     with pytest.raises(RequestIdError, match="expired"):
         ids.decode(rid, now=1_000_100.0, ttl_s=60)
     with pytest.raises(RequestIdError, match="not issued"):

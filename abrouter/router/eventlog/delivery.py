@@ -35,15 +35,15 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from abrouter import redisclient
 from abrouter.contract import keys
 from abrouter.redact import mask_url
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
-from abrouter.router.eventlog import events, spill
-from abrouter.router.eventlog.script import FlushScript
+from abrouter.router.eventlog import acks, events, spill
+from abrouter.router.eventlog.script import FlushScript, call_redis
 
 log = logging.getLogger("abrouter.router.eventlog.log")
 
@@ -86,14 +86,12 @@ class Delivery:
         self._timeout = redis_timeout_s
         self._retain_s = retain_s
         self._retain_limit = retain_events
-        self._unit_ttl_s = unit_ttl_s
         self._experiment = experiment
         self._on_reset = on_reset
         self.outbox: deque[events.Batch] = deque()  # encoded, not yet acknowledged
         self._retained: deque[tuple[float, events.Batch]] = deque()
         self._retained_events = 0
-        self.client: redis.asyncio.Redis | None = None
-        self.script: FlushScript | None = None
+        self.script = FlushScript(None, self._keys, unit_ttl_s=unit_ttl_s)
         self.up = False
         self.next_probe = 0.0
         self._orphans_pending = True
@@ -102,16 +100,25 @@ class Delivery:
         self.flushed = 0
         self.repeated_outcomes = 0  # found by Redis
         self.spill_full = 0
+        #: Times Redis lost acknowledged data: restarted empty (seen through the marker) or
+        #: came back with older data (a hole, `acks`).
         self.resets = 0
+        self._marker_resets = 0  # `FlushScript.resets` already counted in `resets`
+        #: Seqs Redis acknowledged; events it lost after that and holes not yet in its marker.
+        self.acks = acks.Acknowledged()
+        self.lost_events = 0
+        self.holes: deque[acks.Hole] = deque()
+        self.hole_since: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def client(self) -> redisclient.Client | None:
+        """The Redis client, once a first connection told whether Redis is a cluster."""
+        return self.script.client
+
     async def connect(self) -> None:
         """Connect (a Redis that is down is fine: events spill) and replay orphans."""
-        self.client = redis.asyncio.Redis.from_url(
-            self._url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout, retry=Retry(NoBackoff(), 0)
-        )  # our own retry is the spill; redis-py's would stall the flush
-        self.script = FlushScript(self.client, self._keys, unit_ttl_s=self._unit_ttl_s)
         try:
             await self._reconnect()
             await self._replay_orphans()
@@ -127,8 +134,8 @@ class Delivery:
     async def close(self) -> None:
         await asyncio.to_thread(self.spill.close)
         await asyncio.to_thread(self.quarantine.close)
-        if self.client is not None:
-            await self.client.aclose()
+        if self.script.client is not None:
+            await self.script.client.aclose()
 
     async def deliver(self) -> None:
         """Send the outbox (after any spilled batches); what cannot be sent is spilled."""
@@ -149,6 +156,8 @@ class Delivery:
             if time.monotonic() < self.next_probe:
                 return
             await self._reconnect()
+        if self.holes:
+            await self._report_holes()
         if self._orphans_pending:
             await self._replay_orphans()
         sent = await self._replay_spill()
@@ -160,8 +169,16 @@ class Delivery:
             await self._resend_lost()
 
     async def _reconnect(self) -> None:
-        assert self.script is not None
         self.next_probe = time.monotonic() + self._interval
+        if self.script.client is None:
+            self.script.client = await call_redis(
+                redisclient.connect(
+                    self._url,
+                    socket_timeout=self._timeout,
+                    socket_connect_timeout=self._timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+            )  # our own retry is the spill; redis-py's would stall the flush
         await self.script.ping()
         await self.script.load()
         await self._resend_lost()
@@ -186,21 +203,20 @@ class Delivery:
                 batch.producer,
                 batch.seq,
             )
-            await self._resend({batch.producer: last})
+            await self._resend_lost()
             status, _ = await self._apply(batch, allow_gap=True)
         if status != QUARANTINED:
             self._acknowledged(batch)
 
     async def _apply(self, batch: events.Batch, *, allow_gap: bool) -> tuple[int, int]:
         """(status, last seq before); a batch the script refuses is quarantined instead."""
-        assert self.script is not None
         try:
             status, last, repeated = await self.script.apply(batch, allow_gap=allow_gap)
         except BatchRejected as exc:
             await self._set_aside(batch, exc)
             return QUARANTINED, batch.seq - 1
         self.repeated_outcomes += repeated
-        if self.script.resets != self.resets:
+        if self.script.resets != self._marker_resets:
             self._redis_lost_data()
         return status, last
 
@@ -210,15 +226,15 @@ class Delivery:
         What other replicas had flushed is gone for good; the marker's ``reset_at`` tells
         the analyzer that the aggregates hold only what came after.
         """
-        assert self.script is not None
-        self.resets = self.script.resets
+        self.resets += self.script.resets - self._marker_resets
+        self._marker_resets = self.script.resets
         self._on_reset()
         log.warning(
             "event log: Redis at %s lost experiment %r's data (it restarted empty); the aggregates hold only "
             "events since %s; epochs re-registered",
             mask_url(self._url),
             self._experiment,
-            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.script.reset_at or 0)),
+            _utc(self.script.reset_at or 0),
         )
 
     async def _set_aside(self, batch: events.Batch, reason: BatchRejected) -> None:
@@ -240,6 +256,8 @@ class Delivery:
 
     def _acknowledged(self, batch: events.Batch) -> None:
         self.flushed += 1
+        if batch.producer == self.producer:
+            self.acks.add(batch.seq, batch.n_events, time.time())
         self._retained.append((time.monotonic(), batch))
         self._retained_events += batch.n_events
         self._prune_retained()
@@ -256,13 +274,48 @@ class Delivery:
         Compare first, prune after: retained batches age while Redis is down too, and a
         Redis that returns after a long outage may be exactly the one that lost them.
         """
-        if not self._retained:
+        if not self._retained and not self.acks.highest:
             return
-        assert self.script is not None
-        producers = sorted({b.producer for _, b in self._retained})
-        last = await self.script.last_seqs(producers)
+        producers = sorted({b.producer for _, b in self._retained} | {self.producer})
+        last, created = await self.script.last_seqs(producers)
+        await self._count_hole(last[self.producer], emptied=created != self.script.created)
         await self._resend(last)
         self._prune_retained()
+
+    async def _count_hole(self, redis_last: int, *, emptied: bool) -> None:
+        """Count (and tell Redis about) acknowledged batches Redis lost and no retained copy can restore.
+
+        A Redis that came back with older data (an AOF cut short, an RDB snapshot) is
+        reported like one that came back empty: `resets`, `incomplete_since`, the epochs
+        re-registered; an empty one is already reported through the marker (`emptied`).
+        """
+        resent = {b.seq for _, b in self._retained if b.producer == self.producer and b.seq > redis_last}
+        hole = self.acks.hole(redis_last, resent)
+        if hole is None:
+            return
+        self.lost_events += hole.events
+        self.holes.append(hole)
+        if not emptied:
+            self.resets += 1
+            self.hole_since = hole.since if self.hole_since is None else min(self.hole_since, hole.since)
+            self._on_reset()
+        log.warning(
+            "event log: Redis at %s no longer has %d batches (%d events) it acknowledged to producer %s between "
+            "%s and %s, and they are no longer retained: counted as lost and reported to the analyzer",
+            mask_url(self._url),
+            hole.batches,
+            hole.events,
+            self.producer,
+            _utc(hole.since),
+            _utc(hole.until),
+        )
+        await self._report_holes()
+
+    async def _report_holes(self) -> None:
+        """Write the holes not yet in Redis' marker; a failure leaves them for the next round."""
+        while self.holes:
+            await self.script.record_hole(self.holes[0])
+            self.holes.popleft()
 
     async def _resend(self, last: Mapping[str, int]) -> None:
         for _, batch in list(self._retained):
@@ -322,6 +375,10 @@ class Delivery:
                 exc,
                 lost,
             )
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def spill_files(

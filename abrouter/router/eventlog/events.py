@@ -53,6 +53,9 @@ class Outcome:
     request_id: str | None = None
     #: The client's idempotency key: an outcome with an id already recorded counts once.
     event_id: str | None = None
+    #: For a request without a unit id (its request id says so): the unit's n_u is 1
+    #: even when its exposure reached Redis in an earlier batch (see flush.lua, [anonymous]).
+    anonymous: bool = False
 
 
 Event = Exposure | Outcome
@@ -73,6 +76,11 @@ class Batch:
     events: str
     n_events: int
 
+
+#: The batch format's version (``v`` in the payload; absent means 1). flush.lua refuses a
+#: version it does not know, so a batch from a newer router is quarantined, not misread.
+#: 2: cells of anonymous outcomes (latest 3), the covariate's report time, keyed rows' flag.
+BATCH_VERSION = 2
 
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")
@@ -170,11 +178,13 @@ class Aggregator:
         self._latest: dict[str, tuple[str, int, str]] = {}  # unit -> key of its latest exposure's cell
         self._exposed: dict[tuple[str, int, str], int] = {}  # cell key -> index of its first exposure
         self._anonymous: set[tuple[str, int, str]] = set()  # cells of requests without a unit id
+        self._anonymous_outcomes: set[tuple[str, int, str]] = set()  # their outcome cells
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
         self._covariate: str | None = None  # [cuped]
+        self._covariate_ts: dict[tuple[str, int, str], float] = {}  # [cuped] cell -> report time of its value
         self._caps: dict[str, float] = {}  # [cap]
         # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
         self._latency: dict[tuple[int, str], list[int]] = {}
@@ -277,6 +287,8 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
+        if o.anonymous:
+            self._anonymous_outcomes.add(key)
         if o.metric in self._binary:
             cell[at] = max(cell[at], o.value)  # x_u is "converted at least once"
         else:
@@ -290,7 +302,7 @@ class Aggregator:
 
     # [cuped]
     def _add_covariate(self, o: Outcome, at: int) -> bool:
-        """A unit's covariate: the first value in the batch counts (flush.lua keeps the first ever).
+        """A unit's covariate: the earliest reported value in the batch (flush.lua keeps the earliest ever).
 
         The cell's count says "a covariate came"; its value is the covariate, not a sum;
         the flag column is set to 1 so that flush.lua knows, from then on, the unit has one.
@@ -301,8 +313,10 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
-        if not cell[at + 1]:
+        reported = self._covariate_ts.get(key)
+        if reported is None or o.ts < reported:
             cell[at] = o.value
+            self._covariate_ts[key] = o.ts
         cell[at + 1] += 1
         cell[self._offset[o.metric + keys.COVARIATE_SET_SUFFIX]] = 1
         self._events.append(o)
@@ -321,25 +335,33 @@ class Aggregator:
     def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
 
+        [cuped] With a covariate, each cell row ends with the report time of the
+        covariate value it carries (0 when it carries none).
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
         stratum the script stores in ``units[h]``; 2 on the cell of a request without a
-        unit id (`Exposure.anonymous`), for which the script keeps no unit state. Outcomes
-        with an event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts]``.
+        unit id (`Exposure.anonymous`), for which the script keeps no unit state; 3 on a
+        cell with only outcomes of such a request (`Outcome.anonymous`). Outcomes with an
+        event_id are ``keyed`` rows ``[event_id, h, e, v, metric, value, ts, anonymous]``.
         ``products`` (only when the experiment has ratio metrics over two metrics) lists
         their (numerator, denominator) pairs; ``latency`` (when there were exposures) the
         requests per latency bucket of each serving (epoch, variant).
         """
-        latest, anonymous = self._latest, self._anonymous
+        latest, anonymous, anonymous_outcomes = self._latest, self._anonymous, self._anonymous_outcomes
 
         def flag(key: tuple[str, int, str]) -> int:
             if latest.get(key[0]) == key:
                 return 1
-            return 2 if key in anonymous else 0
+            if key in anonymous:
+                return 2
+            return 3 if key in anonymous_outcomes else 0
 
         # Cells in the order of their first exposure (outcome-only cells last): flush.lua
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
         # `_exposed` is in that order already; no sort of 50k keys in one piece.
         exposed, cells = self._exposed, self._cells
+        if self._covariate is not None:  # [cuped] each row ends with its covariate's report time
+            reported = self._covariate_ts
+            cells = {key: [*cell, reported.get(key, 0.0)] for key, cell in cells.items()}
         rows = itertools.chain(
             ([*key, flag(key), *cells[key]] for key in exposed),
             (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
@@ -349,7 +371,10 @@ class Aggregator:
             "cells": (yield from slices.encode_rows(rows, slice_size)),
             "keyed": (
                 yield from slices.encode_rows(
-                    ([i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts] for i, o in self._keyed.items()),
+                    (
+                        [i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts, int(o.anonymous)]
+                        for i, o in self._keyed.items()
+                    ),
                     slice_size,
                 )
             ),
@@ -357,6 +382,7 @@ class Aggregator:
         raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
         yield  # joining the slices of the raw events copied megabytes
         payload = {
+            "v": BATCH_VERSION,
             "metrics": self._metrics,
             "binary": sorted(self._binary),
             "cells": slices.slot("cells"),

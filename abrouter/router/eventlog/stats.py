@@ -25,3 +25,9 @@ class EventLogStats:
     spill_full_dropped: int = 0
     #: Bytes in this producer's spill file.
     spill_bytes: int = 0
+    #: Events in batches Redis acknowledged and later lost (it came back with older data
+    #: or empty) that were no longer retained for re-sending.
+    lost_events: int = 0
+    #: Events not logged because too many waited for a Redis that could not keep up
+    #: (also counted in dropped).
+    shed: int = 0

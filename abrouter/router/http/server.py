@@ -22,8 +22,8 @@ driver sends as HTTP/1.1 bytes. This module decides only wire matters:
   folding, bare CR or LF) with a 400; an over-long target is a 414, over-long headers a
   431, a reserved endpoint's body over `endpoints.MAX_BODY` a 413; each closes the
   connection and is counted by reason (``abrouter_bad_requests_total``);
-- an HTTP/2 preface (a gRPC or h2c client) gets an HTTP/2 GOAWAY saying HTTP/1.1 is
-  required, which gRPC clients report as such, and is counted.
+- an HTTP/2 preface (a gRPC or h2c client) is counted, and its first request answered
+  505 with gRPC's UNAVAILABLE and a reason, then GOAWAY (`abrouter.router.http.h2refusal`).
 
 Reserved endpoints (``/abrouter/...``) are read whole and answered by
 `abrouter.router.endpoints`; every other request goes to `stream.proxy`.
@@ -43,6 +43,7 @@ from abrouter.router import endpoints, stream
 from abrouter.router.connections import ConnectionClock
 from abrouter.router.exchange import Failure, Incoming, Problem, origin_form
 from abrouter.router.headers import Headers
+from abrouter.router.http import h2refusal
 from abrouter.router.state import Router
 
 log = logging.getLogger("abrouter.server")
@@ -71,18 +72,8 @@ _REASONS = {
     500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }  # fmt: skip
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-#: An HTTP/2 client's first bytes (RFC 9113 §3.4).
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n"
-#: Our answer to it: an empty SETTINGS frame (the server preface), then GOAWAY with
-#: HTTP_1_1_REQUIRED (0xd) and a reason in its debug data.
-_H2_REASON = b"abrouter: this port speaks HTTP/1.1 only"
-_H2_REFUSAL = (
-    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-    + (8 + len(_H2_REASON)).to_bytes(3, "big")
-    + b"\x07\x00\x00\x00\x00\x00"
-    + b"\x00\x00\x00\x00\x00\x00\x00\x0d"
-    + _H2_REASON
-)
+#: The first line of an HTTP/2 client's preface (RFC 9113 §3.4).
+_H2_PREFACE = h2refusal.PREFACE[:16]
 
 
 def render(problem: Problem) -> endpoints.Reply:
@@ -127,6 +118,9 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.draining = False  # the server is shutting down: close once the current response ends
+        self.h2: h2refusal.Refusal | None = None  # an HTTP/2 client, answered by `h2refusal`
+        #: A request said it is the last (``Connection: close``, HTTP/1.0): bytes after it are ignored.
+        self.last_request_read = False
 
     # --- asyncio.Protocol ---
 
@@ -154,10 +148,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.clock.received(self.loop.time())
+        if self.last_request_read:
+            return
+        if self.h2 is not None:
+            self._h2_data(data)
+            return
         if self.first_data:
             self.first_data = False
             if data.startswith(_H2_PREFACE[: len(data)]) and data[:3] == b"PRI":
-                self._refuse_h2()
+                self._refuse_h2(data)
                 return
         try:
             self.parser.feed_data(data)
@@ -167,7 +166,9 @@ class HttpProtocol(asyncio.Protocol):
             self._fatal(exc)
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, _Reject):
+            if self.last_request_read and self.parsing is None:
+                pass  # RFC 9112 §9.6: no request after one that closes the connection is processed
+            elif isinstance(cause, _Reject):
                 self._fatal(cause)
             else:
                 message = f"malformed request: {exc}"
@@ -236,6 +237,8 @@ class HttpProtocol(asyncio.Protocol):
         assert cycle is not None
         self.parsing = None
         self.clock.body_complete()
+        if not cycle.keep_alive:
+            self.last_request_read = True
         cycle.body_end()
 
     # --- what the cycles call ---
@@ -265,7 +268,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.queue:
             self.queue[0].activate()
-        else:
+        if len(self.queue) <= 1:  # the request answered now may still be arriving: its body must be read
             self._resume_reading("pipeline")
 
     def _pause_reading(self, why: str) -> None:
@@ -320,15 +323,34 @@ class HttpProtocol(asyncio.Protocol):
         self.write(_reply_bytes(reply, connection=_CLOSE, head_only=False))
         self.close()
 
-    def _refuse_h2(self) -> None:
+    def _refuse_h2(self, data: bytes) -> None:
         self.router.metrics.bad_requests["http2"] += 1
-        log.warning("an HTTP/2 (or gRPC) client connected to the HTTP/1.1 port; answered GOAWAY HTTP_1_1_REQUIRED")
-        self.write(_H2_REFUSAL)
-        self.close()
+        log.warning("an HTTP/2 (or gRPC) client connected to the HTTP/1.1 port; its first call is answered 505")
+        self.h2 = h2refusal.Refusal()
+        self.write(h2refusal.SERVER_PREFACE)
+        self._h2_data(data)
+
+    def _h2_data(self, data: bytes) -> None:
+        assert self.h2 is not None
+        last = self.h2.feed(data)
+        if last is not None:
+            self.write(last)
+            self.close()
 
     def _declined_upgrade(self, data: bytes, exc: httptools.HttpParserUpgrade) -> None:
         """An Upgrade we do not do (WebSocket, h2c): the request is served as plain HTTP, and
-        the bytes after it are parsed as the next request, by a fresh parser."""
+        the bytes after it are parsed as the next request, by a fresh parser.
+
+        httptools tells llhttp to skip an Upgrade request's body, so one that has a body is
+        refused before it starts: forwarded, it would lack its body (a timeout counted
+        against the variant) and the body would be parsed as the next request."""
+        cycle = self.queue[-1] if self.queue else None  # parsing stopped at the Upgrade request
+        if cycle is not None and _declares_body(cycle):
+            if cycle.task is not None:
+                cycle.task.cancel()  # created by this same call, never run: no exchange began
+            self.queue.pop()
+            self._fatal(_reject(400, "upgrade_with_body", "a request with Upgrade may not have a body here"))
+            return
         offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
         self.parser = httptools.HttpRequestParser(self)
         rest = data[offset:]
@@ -535,6 +557,10 @@ class _Cycle:
             conn.write(_reply_bytes(self.then_reply, connection=_CLOSE, head_only=False))
             self.keep_alive = False
         conn.response_done(self)
+
+
+def _declares_body(cycle: _Cycle) -> bool:
+    return bool(cycle.content_length) or any(name.lower() == "transfer-encoding" for name, _ in cycle.headers)
 
 
 def _declared_length(headers: Headers) -> int | None:

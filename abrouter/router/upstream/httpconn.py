@@ -226,8 +226,12 @@ class Connection(asyncio.Protocol):
         loop = self._loop
         waiter = self._waiter = loop.create_future()
         self._wait_since = loop.time()
-        if self._timer is None:
-            self._timer = loop.call_at(self._wait_since + self.pool.limits.read_s, self._check_deadline)
+        deadline = self._wait_since + self.pool.limits.read_s
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # none armed, or armed under a longer read timeout
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
         try:
             await waiter
         finally:

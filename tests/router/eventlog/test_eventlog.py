@@ -312,6 +312,7 @@ async def test_update_experiment_may_add_metrics_only(
     make_log: MakeLog, experiment_name: str, redis_url: str, redis_client: redis.asyncio.Redis
 ) -> None:
     log = await make_log(redis_url, make_experiment(experiment_name))
+    log.record_exposure(Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False))  # sums count exposed units
     log.record_outcome(Outcome("u1", "control", 1, "revenue", 2.0, 0.0))
     with pytest.raises(ValueError, match="unknown metric 'clicks'"):
         log.record_outcome(Outcome("u1", "control", 1, "clicks", 1.0, 0.0))
@@ -375,8 +376,9 @@ async def test_outcome_ids_are_remembered_for_the_window_only(
     def keyed(event_id: str) -> Outcome:
         return Outcome("u1", "control", 1, "revenue", 2.0, time.time(), event_id=event_id)
 
+    exposed = Exposure("r1", "u1", "control", 1, time.time(), 200, 1.0, False)  # sums count exposed units
     repeated = []
-    for seq, outcomes in enumerate([[keyed("x")], [keyed("y"), keyed("x")], [keyed("z")], [keyed("x")]], start=1):
+    for seq, outcomes in enumerate([[exposed, keyed("x")], [keyed("y"), keyed("x")], [keyed("z")], [keyed("x")]], 1):
         if seq == 3:
             await asyncio.sleep(0.6)  # by Redis' clock, "x" and "y" leave the window
         repeated.append((await script.apply(_batch(exp, outcomes, seq), allow_gap=False))[2])
@@ -400,7 +402,8 @@ async def test_a_replica_whose_clock_is_days_ahead_does_not_wipe_outcome_dedup(
     def keyed(event_id: str, ts: float) -> Outcome:
         return Outcome("u1", "control", 1, "revenue", 10.0, ts, event_id=event_id)
 
-    await honest.apply(_batch(exp, [keyed("a", now)], 1), allow_gap=False)
+    exposed = Exposure("r1", "u1", "control", 1, now, 200, 1.0, False)  # sums count exposed units
+    await honest.apply(_batch(exp, [exposed, keyed("a", now)], 1), allow_gap=False)
     ahead = _batch(exp, [keyed("b", now + 2 * 86_400)], 1)
     await skewed.apply(dataclasses.replace(ahead, producer="p-ahead"), allow_gap=False)
     # The client resends "a" (its 202 was lost): it must count once.

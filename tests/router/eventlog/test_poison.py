@@ -99,8 +99,11 @@ async def test_a_sum_that_would_overflow_is_refused_at_record_time_and_no_batch_
     log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path, flush_interval_s=60)
     await log.start()
     try:
-        from abrouter.router.eventlog.events import Outcome
+        from abrouter.router.eventlog.events import Exposure, Outcome
 
+        log.record_exposure(
+            Exposure("r1", "u1", "control", 1, time.time(), 200, 1.0, False)
+        )  # sums count exposed units
         ok = Outcome("u1", "control", 1, "revenue", 1e15, time.time())
         assert log.record_outcome(ok)
         for value in (1e308, float("inf")):
@@ -209,7 +212,7 @@ async def test_unit_state_expires_after_outcome_ttl(make_router: MakeRouter, red
     await r.settle()
     # Per unit: its latest stratum, its state and its first exposure (intent-to-treat).
     assert await redis_client.hlen(r.keys.units) == 90
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # > ttl + one granule (ttl / 8): a field may expire that late, never early
     await expose(r, "new")
     await r.settle()
     assert await redis_client.hlen(r.keys.units) == 3  # only the new unit's

@@ -140,7 +140,9 @@ async def test_an_http10_client_keeping_the_connection_alive_is_told_so_and_serv
     reader, writer = await asyncio.open_connection("127.0.0.1", r.client.server.port)
     try:
         for _ in range(2):
-            writer.write(b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: u1\r\nContent-Length: 2\r\n\r\n{}")
+            writer.write(
+                b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nX-User-Id: u1\r\nContent-Length: 2\r\n\r\n{}"
+            )
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
             assert head.startswith("http/1.1 200") and "connection: keep-alive" in head
             fields = dict(line.split(": ", 1) for line in head.split("\r\n")[1:] if ": " in line)
