@@ -89,7 +89,7 @@ def experiment(first: dict[str, Sample], second: dict[str, Sample]) -> d.Experim
     )
     epochs = (d.Epoch(1, STEP_5), d.Epoch(2, STEP_25))
     return d.ExperimentData(
-        name="g", metrics=(ERRORS,), arms=arms, epochs=epochs, settings=AnalysisSettings(), started_at=0.0
+        name="g", metrics=(ERRORS,), arms=arms, epochs=epochs, settings=AnalysisSettings(burn_in_s=0.0), started_at=0.0
     )
 
 

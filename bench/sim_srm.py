@@ -4,11 +4,12 @@
 
 Each A/A experiment assigns `step` new units per look at a 50/50 split (20,160 looks =
 14 days at `analyze --every 60`) and checks the split at every look with
-`srm.log_bayes_factor_counts` (the analyzer's sequential multinomial test, flag when
-BF ≥ 1/srm_alpha) and with the Pearson chi-square (flag when p < srm_alpha), at the
-default srm_alpha = 0.001 and at 0.05. Prints the share of experiments flagged at some
-look, with its Monte-Carlo error √(r(1 − r)/R). Experiments run in chunks, so memory stays
-bounded (about 100 MB); it takes a few minutes on one core at the defaults.
+`srm.mixture_log_bayes_factor_counts` (the analyzer's sequential multinomial test,
+mixed over the concentrations 1e2, 1e4 and 1e6; flag when BF ≥ 1/srm_alpha) and with
+the Pearson chi-square (flag when p < srm_alpha), at the default srm_alpha = 0.001 and
+at 0.05. Prints the share of experiments flagged at some look, with its Monte-Carlo
+error √(r(1 − r)/R). Experiments run in chunks, so memory stays bounded (about 100 MB);
+it takes a few minutes on one core at the defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 import numpy as np
 from scipy import stats as sps
 
-from abrouter.analysis.stats.srm import log_bayes_factor_counts
+from abrouter.analysis.stats.srm import mixture_log_bayes_factor_counts
 
 ALPHAS = (0.001, 0.05)
 
@@ -30,7 +31,7 @@ def flagged(candidate: np.ndarray, step: int) -> dict[str, np.ndarray]:
     looks = candidate.shape[1]
     n = step * np.arange(1, looks + 1)[None, :]
     x = np.stack([n - candidate, candidate], axis=-1).astype(float)
-    log_bf = log_bayes_factor_counts(x, np.array([0.5, 0.5]))
+    log_bf = mixture_log_bayes_factor_counts(x, np.array([0.5, 0.5]))
     z2 = (candidate - n / 2) ** 2 / (n / 4)
     out = {}
     for alpha in ALPHAS:

@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
         ("loop_stall.py", ["--events", "300", "--rounds", "1"], "| spill replay (read, decode, send) |"),
         ("sim_cuped.py", ["--experiments", "20", "--looks", "3"], "cuped: sequential power"),
         ("sim_guardrails.py", ["--experiments", "10", "--runs", "2"], "rolled back at the 25% step"),
+        ("sim_novelty.py", ["--experiments", "2"], "+30% for 6 of 20 looks"),
+        ("sim_plan.py", ["--experiments", "2", "--looks", "5"], "default ramp"),
+        ("sim_ratio_coverage.py", ["--runs", "3"], "pareto"),
         ("kill_loss.py", ["--kills", "1", "--seconds", "1", "--concurrency", "4"], "| kill | answered | lost"),
         (
             "flush_cost.py",

@@ -50,6 +50,9 @@ class AnalysisResult:
     srm: SrmResult
     comparisons: tuple[Comparison, ...]
     guardrails: tuple[NonInferiority, ...]
+    #: The guardrails at the current ramp step's margins, which decide the next ramp step
+    #: (`evidence.step_guardrails`); empty at the final step.
+    step_guardrails: tuple[NonInferiority, ...]
     #: Holm-adjusted `sequential_p_better` of the primary metric per active candidate (the
     #: family: every candidate, rolled-back ones included).
     holm: dict[str, float]
@@ -97,6 +100,7 @@ class AnalysisResult:
             "srm": _srm_dict(self.srm),
             "comparisons": [self._comparison_dict(c) for c in self.comparisons],
             "guardrails": [g.to_dict() for g in self.guardrails],
+            "step_guardrails": [g.to_dict() for g in self.step_guardrails],
             "skipped_guardrails": list(self.skipped_guardrails),
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
             "decision": self.decision.to_dict(),
@@ -127,14 +131,16 @@ def analyze(
     """Compare, check guardrails and SRM, and decide, for one look at `data`."""
     previous = previous or {}
     comparisons = tuple(
-        _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH))
+        _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH), now=now)
         for arm in data.candidates
         for metric in data.metrics
     )
     present = {m.name for m in data.metrics}
     rails = data.settings.guardrails
     guardrails = evidence_of.guardrails(data)
-    evidence = Evidence(comparisons=comparisons, guardrails=guardrails, srm=srm(data))
+    evidence = Evidence(
+        comparisons=comparisons, guardrails=guardrails, srm=srm(data), step_guardrails=evidence_of.step_guardrails(data)
+    )
     return AnalysisResult(
         experiment=data.name,
         at=now,
@@ -143,6 +149,7 @@ def analyze(
         srm=evidence.srm,
         comparisons=comparisons,
         guardrails=guardrails,
+        step_guardrails=evidence.step_guardrails,
         holm=candidates.holm_primary(data, evidence),
         skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
         decision=policy.decide(data, evidence, now=now, rng=rng),
@@ -187,7 +194,7 @@ def srm(data: ExperimentData) -> SrmResult:
     return srm_check(units, weights, alpha=data.settings.srm_alpha)
 
 
-def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) -> Comparison:
+def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running, *, now: float) -> Comparison:
     return compare(
         data.samples(data.control.name, metric.name),
         data.samples(arm.name, metric.name),
@@ -199,6 +206,7 @@ def _compare(data: ExperimentData, arm: Arm, metric: Metric, previous: Running) 
         metric=metric.name,
         previous=previous,
         confirm_from=candidates.confirmation_start(data),
+        at=now,
     )
 
 

@@ -17,10 +17,15 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from abrouter import argtypes
 from abrouter.analysis.errors import InputError
 from abrouter.contract import experiment as spec
+from abrouter.contract.model import AnalysisSettings
+
+if TYPE_CHECKING:
+    from abrouter.analysis.stats.power import Rollout
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -56,10 +61,13 @@ examples:
 Convention: a two-sided two-proportion z-test at level alpha with the unpooled variance
 under the alternative, n = (z[1-a/2] + z[power])^2 (p1(1-p1) + p2(1-p2)) / (p2-p1)^2
 units per arm, with alpha split over the comparisons with the control (Bonferroni) for
-more than two variants. Duration = total units / --traffic, assuming every unit is new.
-This is a fixed-horizon size. The analyzer's promotion test spends alpha on information
-time up to analysis.expected_units_per_arm: set it to this n and it has about the same
-power at n, and can stop earlier when the effect is larger.
+more than two variants. The analyzer counts only the final ramp step's data, and the
+step into it waits for the burn-in, so the total adds the ramp's earlier steps or the
+burn-in's users, whichever is more (--ramp, --burn-in, --min-units-per-arm: the spec's
+values); duration = that total / --traffic, assuming every unit is new. n itself is a
+fixed-horizon size. The analyzer's promotion test spends alpha on information time up to
+analysis.expected_units_per_arm: set it to this n and it has about the same power at n,
+and can stop earlier when the effect is larger.
 """
 
 
@@ -148,8 +156,36 @@ def _register_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         metavar="UNITS_PER_DAY",
         help="new units per day entering the experiment, for the expected duration",
     )
+    defaults = AnalysisSettings()
+    p.add_argument(
+        "--ramp",
+        type=_percents,
+        default=defaults.ramp,
+        metavar="5,25,50",
+        help="the spec's analysis.ramp: the candidates' share per step, percent ('' for none; default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-units-per-arm",
+        type=int,
+        default=defaults.min_units_per_arm,
+        help="the spec's analysis.min_units_per_arm (default: %(default)s)",
+    )
+    p.add_argument(
+        "--burn-in",
+        type=float,
+        default=defaults.burn_in_s / 86400,
+        metavar="DAYS",
+        help="the spec's analysis.burn_in, in days (default: %(default)g)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=plan)
+
+
+def _percents(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of percentages, got {text!r}") from None
 
 
 # ------------------------------------------------------------------------ analyze
@@ -177,7 +213,7 @@ def analyze(args: argparse.Namespace) -> int:
 
 def plan(args: argparse.Namespace) -> int:
     _check_plan(args)
-    from abrouter.analysis.stats.power import sample_size  # scipy: only when plan runs
+    from abrouter.analysis.stats.power import rollout, sample_size  # scipy: only when plan runs
 
     result = sample_size(
         baseline=args.baseline,
@@ -187,7 +223,14 @@ def plan(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         variants=args.variants,
     )
-    days = result.total_units / args.traffic if args.traffic else None
+    steps = rollout(
+        result,
+        ramp=args.ramp,
+        min_units_per_arm=args.min_units_per_arm,
+        burn_in_s=args.burn_in * 86400,
+        traffic=args.traffic,
+    )
+    days = steps.days
     if args.json:
         doc = {
             "units_per_arm": result.units_per_arm,
@@ -198,6 +241,10 @@ def plan(args: argparse.Namespace) -> int:
             "power": result.power,
             "variants": result.variants,
             "days": days,
+            "ramp_units": steps.ramp_units,
+            "burn_in_units": steps.burn_in_units,
+            "final_units": steps.final_units,
+            "total_units_with_ramp": steps.total_units,
             "convention": result.convention,
         }
         print(json.dumps(doc))
@@ -206,18 +253,31 @@ def plan(args: argparse.Namespace) -> int:
         f"baseline {result.baseline:g} -> target {result.target:g} "
         f"(alpha {result.alpha:g} two-sided, power {result.power:g}, {result.variants} variants)"
     )
-    print(f"units per arm: {result.units_per_arm:,}")
-    print(f"total units:   {result.total_units:,}")
+    print(f"units per arm: {result.units_per_arm:,} (set analysis.expected_units_per_arm to this)")
+    print(f"total units:   {result.total_units:,} (fixed horizon, at an even split, nothing else)")
+    _print_rollout(steps, args)
     if days is not None:
         print(f"duration:      {days:.1f} days at {args.traffic:,.0f} units/day")
     print(
-        f"sequential:    set analysis.expected_units_per_arm: {result.units_per_arm}; the analyzer's "
-        f"promotion test then has about this power at n (simulated at 80% planned power: ~80% at n, "
-        f"~90% by 2n) and looking often is safe; let max_duration allow up to "
-        f"{math.ceil(1.5 * result.units_per_arm):,} per arm (docs/statistics.md)"
+        "sequential:    the analyzer's promotion test counts only the final ramp step's data; with n there "
+        "it has about the planned power (simulated at this total with the default ramp: docs/statistics.md); "
+        "looking often is safe"
     )
     print(f"convention:    {result.convention}")
     return 0
+
+
+def _print_rollout(steps: Rollout, args: argparse.Namespace) -> None:
+    ramp = ", ".join(f"{s:g}%" for s in args.ramp) or "none"
+    print(f"ramp ({ramp}): {steps.ramp_units:,} units before the final step ({args.min_units_per_arm} per arm each)")
+    arriving = f"{steps.burn_in_units:,} units arrive in it" if steps.burn_in_units is not None else "give --traffic"
+    where = "the step into the final one waits for it" if args.ramp else "no promotion before its end"
+    print(f"burn-in:       {args.burn_in:g} day(s) from the start ({where}; {arriving})")
+    print(f"final step:    {steps.final_units:,} units for n per arm at the final split")
+    if steps.total_units is not None:
+        print(
+            f"with the ramp: {steps.total_units:,} units in all (if the guardrails pass as soon as each step is full)"
+        )
 
 
 def _check_plan(args: argparse.Namespace) -> None:
@@ -237,3 +297,9 @@ def _check_plan(args: argparse.Namespace) -> None:
         raise InputError("--variants", f"must be >= 2 (the control and a candidate), got {args.variants}")
     if args.traffic is not None and not (args.traffic > 0 and math.isfinite(args.traffic)):
         raise InputError("--traffic", f"must be > 0 units per day, got {args.traffic:g}")
+    if list(args.ramp) != sorted(set(args.ramp)) or not all(0 < s < 100 for s in args.ramp):
+        raise InputError("--ramp", f"must be strictly increasing percentages in (0, 100), got {list(args.ramp)}")
+    if args.min_units_per_arm < 2:
+        raise InputError("--min-units-per-arm", f"must be >= 2, got {args.min_units_per_arm}")
+    if not (args.burn_in >= 0 and math.isfinite(args.burn_in)):
+        raise InputError("--burn-in", f"must be >= 0 days, got {args.burn_in:g}")

@@ -22,8 +22,11 @@ order they are tried:
    a rollback does not loosen the others' threshold). Not a running minimum: evidence
    from an early look (a novelty effect since faded) cannot promote later. The
    candidate's guardrails pass (canary mode: at least one guardrail was evaluated and all
-   pass, over all epochs and in the current epoch alone); every active arm has
-   `min_units_per_arm`; the ramp is complete -> the best winner to 100;
+   pass, over all epochs and in the current epoch alone); the effect has not declined
+   significantly over time (`decline_p` >= alpha, `stats.stability`: a fading novelty
+   effect holds the promotion, and the reason line says so); every active arm has
+   `min_units_per_arm`; the ramp is complete (without a ramp, and in bandit mode:
+   `burn_in` has passed since the start) -> the best winner to 100;
 4. stop: `max_duration` has passed without a winner -> control 100;
 5. SRM flagged -> continue with the weights unchanged (an SRM is often transient, e.g. a
    weight change still propagating; the reason line alerts the operator);
@@ -32,9 +35,13 @@ order they are tried:
    epochs and in the current one) gains no weight (it keeps its current weight, or the
    floor if lower);
 7. ramp: every active arm has `min_units_per_arm` units in the current epoch, and the
-   guardrails pass (canary mode: and were evaluated) both over all epochs and on the
-   current epoch alone, so a regression that appears at this step is not diluted by the
-   earlier ones (a breach there rolls back by rule 2, not yet passing holds the ramp) ->
+   guardrails pass at the step's margins (the margin times final share / current share,
+   `evidence.step_scale`: the harm to the whole traffic stays within the final step's;
+   canary mode: and were evaluated) both over all epochs and on the current epoch alone,
+   so a regression that appears at this step is not diluted by the earlier ones (a
+   breach there rolls back by rule 2, not yet passing holds the ramp); the step into the
+   final one also waits until `burn_in` has passed since the start, so the burn-in's
+   users stay in canary epochs that a promotion does not count ->
    the candidates' total share goes to the next step of `ramp`, split evenly between the
    active candidates (largest-remainder rounding, so the weights sum to exactly 100);
 8. otherwise continue.
@@ -172,7 +179,7 @@ def _promote(look: _Look) -> Decision | None:
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return None  # canary mode: every candidate needs guardrail evidence first
     winners = [name for name in look.candidates if _wins(look, name)]
-    if not winners or not _enough_units(look) or not _ramp_done(look):
+    if not winners or not _enough_units(look) or not _ramp_done(look) or _burning_in(look, final=True):
         return None
     best = max(winners, key=lambda name: _score(look, name))
     weights = {a.name: (_FULL if a.name == best else 0.0) for a in look.data.arms}
@@ -196,7 +203,14 @@ def _wins(look: _Look, name: str) -> bool:
         # evaluated (no guardrail data at all is no evidence).
         return bool(look.evidence.guardrails_of(name))
     adjusted = holm_primary(look.data, look.evidence).get(name, math.nan)
-    return c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look)
+    return (
+        c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look) and not _fading(c, look)
+    )
+
+
+def _fading(c: Comparison, look: _Look) -> bool:
+    """Novelty suspected: the effect declined significantly from the first part of the design's data to the rest."""
+    return c.decline_p < look.alpha
 
 
 def _score(look: _Look, name: str) -> float:
@@ -270,10 +284,12 @@ def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
 
 def _ramp(look: _Look) -> Decision | None:
     share = sum(look.data.arm(n).weight for n in look.candidates)
-    step = next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
+    step = _next_step(look)
     if step is None or not _enough_units(look, epoch=look.data.current_epoch):
         return None
-    if not all(_guardrails_pass(look, n) for n in look.candidates):
+    if _held_by_burn_in(look):
+        return None  # the burn-in stays in the canary epochs, which a promotion does not count
+    if not all(_step_guardrails_pass(look, n) for n in look.candidates):
         return None
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return None  # canary mode: without guardrail data there is no evidence to ramp on either
@@ -295,17 +311,22 @@ def _waiting_for(look: _Look) -> str:
     step_units = f"waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
     if not _enough_units(look):
         return f"waiting for {settings.min_units_per_arm} units per arm"
-    failing = [g for n in look.candidates for g in look.evidence.guardrails_of(n) if g.status != "pass"]
+    rails = look.evidence.ramp_guardrails_of if not _ramp_done(look) else look.evidence.guardrails_of
+    failing = [g for n in look.candidates for g in rails(n) if g.status != "pass"]
     if pooled := [g for g in failing if g.epoch is None]:
         return f"guardrails not yet shown to pass ({_states(pooled)})"
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return "no guardrail data yet"
     if not _ramp_done(look) and not _enough_units(look, epoch=epoch):
         return step_units
+    if _held_by_burn_in(look):
+        return f"burn-in: {explain.duration(look.data.settings.burn_in_s)} from the start before {_after_burn_in(look)}"
     if failing:  # the current epoch's own results: a regression may start at this step
         return f"guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
     if not _ramp_done(look):
         return step_units
+    if fading := [c for n in look.candidates if (c := look.evidence.primary(look.data, n)) and _fading(c, look)]:
+        return "; ".join(explain.novelty(c) for c in fading)
     return "no significant difference yet"
 
 
@@ -319,6 +340,44 @@ def _states(rails: list[NonInferiority]) -> str:
 def _guardrails_pass(look: _Look, name: str) -> bool:
     """Every guardrail passes, over all epochs and (when evaluated) in the current epoch alone."""
     return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
+
+
+def _burning_in(look: _Look, *, final: bool = False) -> bool:
+    """Whether `burn_in` since the experiment's start has not passed yet.
+
+    With a ramp it holds the step into the final one (`final` False), so the burn-in's
+    data stays in the canary epochs, which the decision design does not count; a novelty
+    effect of the first day(s) cannot carry a promotion. Without a ramp, and in bandit
+    mode, it holds the promotion itself (`final` True): the data of the burn-in still
+    counts, but the stability check (`stats.stability`) has time to see a fading effect.
+    """
+    started = look.data.started_at
+    if started is None or look.now - started >= look.data.settings.burn_in_s:
+        return False
+    ramped = bool(look.data.settings.ramp) and not look.data.settings.bandit.enabled
+    return not (final and ramped)
+
+
+def _next_step(look: _Look) -> float | None:
+    share = sum(look.data.arm(n).weight for n in look.candidates)
+    return next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
+
+
+def _held_by_burn_in(look: _Look) -> bool:
+    """The burn-in holds this look's next move: the step into the final one, or (without a ramp) the promotion."""
+    if _ramp_done(look):
+        return _burning_in(look, final=True)
+    return _next_step(look) == look.data.settings.ramp[-1] and _burning_in(look)
+
+
+def _after_burn_in(look: _Look) -> str:
+    ramped = bool(look.data.settings.ramp) and not look.data.settings.bandit.enabled
+    return "the final ramp step" if ramped else "a promotion"
+
+
+def _step_guardrails_pass(look: _Look, name: str) -> bool:
+    """The guardrails pass at the current ramp step's margins (`evidence.step_scale`), pooled and in this epoch."""
+    return all(g.status == "pass" for g in look.evidence.ramp_guardrails_of(name))
 
 
 def _enough_units(look: _Look, *, epoch: int | None = None) -> bool:

@@ -95,3 +95,12 @@ def duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds / size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def novelty(c: Comparison) -> str:
+    """``novelty suspected for candidate on conversion: the effect fell from +0.012 to -0.001 (p=0.003)``."""
+    return (
+        f"novelty suspected for {c.variant} on {c.metric}: the effect fell from {_signed(c.early_lift)} "
+        f"(up to information {number(round(c.split_information, 3))}) to {_signed(c.late_lift)} since "
+        f"(p={p(c.decline_p)}); holding the promotion"
+    )

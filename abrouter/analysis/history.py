@@ -17,7 +17,7 @@ import redis
 from abrouter import redisclient
 from abrouter.analysis.analyzer import AnalysisResult, Previous
 from abrouter.analysis.errors import SourceError
-from abrouter.analysis.stats import histogram
+from abrouter.analysis.stats import histogram, stability
 from abrouter.analysis.stats.compare import Running
 from abrouter.contract import history as fmt
 from abrouter.contract import keys as schema
@@ -51,7 +51,7 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
         applied=applied,
         units=sum(a.units for a in result.data.arms),
         sequential=tuple(
-            fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative)
+            fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative, _anchors(r.anchors))
             for (v, m), r in result.running().items()
         ),
         arms=tuple(_arm(result, a.name) for a in result.data.arms),
@@ -109,10 +109,29 @@ def decode(raw: bytes | str) -> Entry:
     return Entry(
         units=e.units,
         running={
-            (s.variant, s.metric): Running(s.p_better, s.p_worse, s.ci_absolute, s.ci_relative) for s in e.sequential
+            (s.variant, s.metric): Running(
+                s.p_better, s.p_worse, s.ci_absolute, s.ci_relative, _from_anchors(s.anchors)
+            )
+            for s in e.sequential
         },
         pinned=dict(e.pinned),
     )
+
+
+def _anchors(anchors: tuple[stability.Anchor, ...]) -> tuple[tuple[float, ...], ...]:
+    return tuple((float(a.start), a.information, a.difference, a.variance, a.at) for a in anchors)
+
+
+def _from_anchors(rows: tuple[tuple[float, ...], ...]) -> tuple[stability.Anchor, ...]:
+    return tuple(a for a in (_from_anchor(r) for r in rows) if a is not None)
+
+
+def _from_anchor(row: tuple[float, ...] | None) -> stability.Anchor | None:
+    """An anchor from the history; None for a row of another shape (a newer or damaged entry)."""
+    if row is None or len(row) != 5:
+        return None
+    start, information, difference, variance, at = row
+    return stability.Anchor(int(start), information, difference, variance, at)
 
 
 async def last(client: redisclient.Client, keys: schema.Keys) -> Entry | None:

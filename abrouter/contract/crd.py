@@ -149,6 +149,7 @@ def analysis_schema() -> dict[str, Any]:
             "alpha": _num(minimum=0, maximum=0.5, exclusive_min=True),
             "min_units_per_arm": _int(2),
             "max_duration": _duration("stop as inconclusive after this long"),
+            "burn_in": _duration("the final ramp step (no ramp: a promotion) waits this long from the start"),
             "srm_alpha": _num(minimum=0, maximum=0.5, exclusive_min=True),
             "expected_units_per_arm": _int(10),
             "guardrails": {"type": "array", "items": guardrail},

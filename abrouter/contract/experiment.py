@@ -303,6 +303,7 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
             r.get("min_units_per_arm", d.min_units_per_arm), r.at("min_units_per_arm"), low=2
         ),
         max_duration_s=fields.duration(r.get("max_duration", d.max_duration_s), r.at("max_duration")),
+        burn_in_s=_off_or_duration(r.get("burn_in", d.burn_in_s), r.at("burn_in")),
         srm_alpha=fields.number(r.get("srm_alpha", d.srm_alpha), r.at("srm_alpha"), low=0, high=0.5, low_open=True),
         expected_units_per_arm=fields.integer(
             r.get("expected_units_per_arm", d.expected_units_per_arm), r.at("expected_units_per_arm"), low=10
@@ -373,6 +374,13 @@ def parse(data: Any) -> Experiment:
 
 #: Variants an experiment may have: a request id holds the variant's index in one byte.
 MAX_VARIANTS = 256
+
+
+def _off_or_duration(value: Any, path: str) -> float:
+    """A duration, or 0 (``0``, ``"0"``, ``"0s"``) to turn the setting off."""
+    if value in (0, "0", "0s"):
+        return 0.0
+    return fields.duration(value, path)
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -15,7 +15,9 @@ ones: an always-valid p stays valid when minimised over looks, a confidence sequ
 intersected. Two minima are kept per (variant, metric): over the looks where the
 candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than the
 control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
-before there is one. An item written before the two minima existed (only ``p``) seeds
+before there is one. ``anchors`` (absent before there are any, and in older entries)
+carry the novelty check's state: the estimate at earlier looks, each as [start,
+information, difference, variance, at]. An item written before the two minima existed (only ``p``) seeds
 nothing: its ``p`` does not say in which direction it was reached. ``pinned`` (absent in
 entries written before it existed) holds the `PINNED` settings of the experiment's first
 look: later looks use them, whatever the spec says now.
@@ -49,6 +51,9 @@ class SequentialEntry:
     p_worse: float
     ci_absolute: tuple[float, float] | None = None
     ci_relative: tuple[float, float] | None = None
+    #: The novelty check's anchors (the analyzer's `stats.stability.Anchor`), each as
+    #: (start, information, difference, variance, at).
+    anchors: tuple[tuple[float, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,18 @@ def _encode_sequential(s: SequentialEntry) -> dict[str, Any]:
         pair = getattr(s, name)
         if pair is not None:
             doc[name] = list(pair)
+    if s.anchors:
+        doc["anchors"] = [_finite(a) for a in s.anchors]
     return doc
+
+
+def _finite(values: tuple[float, ...]) -> list[float | None]:
+    """JSON has no NaN: an unknown time is null."""
+    return [v if v == v else None for v in values]
+
+
+def _floats(values: list[Any]) -> tuple[float, ...]:
+    return tuple(float("nan") if v is None else float(v) for v in values)
 
 
 def decode(raw: bytes | str) -> DecisionEntry:
@@ -173,4 +189,5 @@ def _decode_sequential(x: dict[str, Any]) -> SequentialEntry:
         p_worse=float(x["p_worse"]),
         ci_absolute=pair("ci_absolute"),
         ci_relative=pair("ci_relative"),
+        anchors=tuple(_floats(a) for a in x.get("anchors", [])),
     )

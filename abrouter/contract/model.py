@@ -108,6 +108,11 @@ class AnalysisSettings:
     alpha: float = 0.05
     min_units_per_arm: int = 500
     max_duration_s: float = 14 * 86400.0
+    #: Seconds from the start before the step into the final ramp step (without a ramp, or
+    #: in bandit mode: before a promotion). The burn-in's users stay in the canary epochs,
+    #: which a promotion does not count, so a novelty effect this short cannot carry one
+    #: (docs/statistics.md, "Novelty"). 0 turns it off; the demo sets seconds.
+    burn_in_s: float = 86400.0
     srm_alpha: float = 0.001
     #: The planned units per arm (`abrouter plan`'s n): the promotion test's horizon (it
     #: spends most of alpha by then) and where the mSPRT's intervals are narrowest.

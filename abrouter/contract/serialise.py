@@ -36,6 +36,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "alpha": a.alpha,
             "min_units_per_arm": a.min_units_per_arm,
             "max_duration": duration(a.max_duration_s),
+            "burn_in": duration(a.burn_in_s),
             "srm_alpha": a.srm_alpha,
             "expected_units_per_arm": a.expected_units_per_arm,
             "guardrails": [

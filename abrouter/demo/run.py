@@ -62,6 +62,9 @@ def spec(control_url: str, candidate_url: str) -> dict[str, Any]:
             "min_units_per_arm": 150,
             "expected_units_per_arm": 1500,
             "ramp": [20, 50],
+            # The step into the final one waits for the burn-in (a day by default, against
+            # novelty effects); the demo lasts a minute.
+            "burn_in": "4s",
             "guardrails": [
                 {"metric": "errors", "direction": "decrease", "margin": 0.02},
                 # The candidate is 3 ms slower by design (a heavier model). A busy machine slows

@@ -45,7 +45,9 @@ def data(weights: dict[str, float], floor: float) -> ExperimentData:
         metrics=(Metric(name="conversion", kind="binary"),),
         arms=arms,
         epochs=(Epoch(epoch=1, weights={"control": 50, "candidate": 50}),),
-        settings=AnalysisSettings(min_units_per_arm=500, bandit=Bandit(enabled=True, floor=floor, min_units=500)),
+        settings=AnalysisSettings(
+            min_units_per_arm=500, burn_in_s=0.0, bandit=Bandit(enabled=True, floor=floor, min_units=500)
+        ),
         started_at=0.0,
     )
 

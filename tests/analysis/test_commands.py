@@ -240,9 +240,10 @@ def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int]
     client.hset(k.epochs, "1", keys.encode_epoch({"control": 50, "candidate": 50}, since=time.time() - 3600))
 
 
-def config_file(tmp_path: Path, name: str) -> Path:
+def config_file(tmp_path: Path, name: str, **analysis: Any) -> Path:
     doc = spec.to_dict(spec.load(EXAMPLE_CONFIG))
     doc["name"] = doc["salt"] = name
+    doc["analysis"] |= analysis
     path = tmp_path / "experiment.yaml"
     path.write_text(json.dumps(doc))  # JSON is YAML
     return path
@@ -254,7 +255,7 @@ def test_analyze_config_reads_redis_decides_applies_and_records(
     client = redis.Redis.from_url(redis_url)
     try:
         write_aggregates(client, experiment_name, control=(20_000, 1000), candidate=(20_000, 1300))
-        path = config_file(tmp_path, experiment_name)
+        path = config_file(tmp_path, experiment_name, burn_in=0)  # one look: no burn-in to wait out
         argv = ["analyze", "--config", str(path), "--redis-url", redis_url, "--json", "--apply"]
 
         assert run(argv) == 0
@@ -430,7 +431,31 @@ def test_plan_matches_statsmodels(
     expected = NormalIndPower().solve_power(effect_size=effect, alpha=alpha, power=power, ratio=1.0)
     assert abs(got["units_per_arm"] - math.ceil(expected)) <= 1
     assert got["total_units"] == 2 * got["units_per_arm"]
-    assert got["days"] == pytest.approx(got["total_units"] / 1000)
+    # The default ramp (5%, 25%, 50%; 500 per arm) and a day's burn-in come on top (issue 18).
+    assert got["ramp_units"] == 500 / 0.05 + 500 / 0.25
+    assert got["burn_in_units"] == 1000
+    assert got["final_units"] == got["total_units"]  # 50/50 at the final step
+    # The step into the final one waits for the burn-in too: the canary phase is the larger.
+    assert got["total_units_with_ramp"] == max(got["ramp_units"], 1000) + got["final_units"]
+    assert got["days"] == pytest.approx(got["total_units_with_ramp"] / 1000)
+
+
+def test_plan_counts_the_ramp_and_the_burn_in(capsys: pytest.CaptureFixture[str]) -> None:
+    """Three arms, ramp 10% -> 40%: the 10% step needs 500 per candidate (5% each); the final
+    split 60/20/20 gives 2ab/(a+b) = 0.3 effective units per arm per user."""
+    argv = ["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--variants", "3", "--json"]
+    assert run([*argv, "--ramp", "10,40", "--burn-in", "0"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["ramp_units"] == 500 / 0.05
+    assert abs(got["final_units"] - got["units_per_arm"] / 0.3) <= 1
+    assert got["total_units_with_ramp"] == got["ramp_units"] + got["final_units"] and got["days"] is None
+    assert run([*argv, "--ramp", ""]) == 0  # no ramp: the even split; the burn-in only delays
+    got = json.loads(capsys.readouterr().out)
+    assert got["ramp_units"] == 0 and abs(got["final_units"] - 3 * got["units_per_arm"]) <= 1
+    assert got["total_units_with_ramp"] == got["final_units"]
+    assert run([*argv, "--burn-in", "30", "--traffic", "1000000"]) == 0  # a long burn-in: its users dominate
+    got = json.loads(capsys.readouterr().out)
+    assert got["total_units_with_ramp"] == 30_000_000 + got["final_units"]
 
 
 def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:
@@ -450,6 +475,8 @@ def test_plan_text_output(capsys: pytest.CaptureFixture[str]) -> None:
         (["--baseline", "0.6", "--mde", "0.5"], "--mde: puts the target rate at 1.1"),
         (["--baseline", "0.05", "--mde", "0.1", "--variants", "1"], "--variants: must be >= 2"),
         (["--baseline", "0.05", "--mde", "0.1", "--traffic", "-5"], "--traffic: must be > 0"),
+        (["--baseline", "0.05", "--mde", "0.1", "--ramp", "50,25"], "--ramp: must be strictly increasing"),
+        (["--baseline", "0.05", "--mde", "0.1", "--burn-in", "-1"], "--burn-in: must be >= 0"),
     ],
 )
 def test_plan_rejects_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

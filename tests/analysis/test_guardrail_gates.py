@@ -38,6 +38,8 @@ def one_request_each(rng: np.random.Generator, units: int, rate: float) -> Sampl
     return Sample(n=units, sum=s, sum_sq=s, den_sum=units, den_sum_sq=units, sum_products=s)
 
 
+# Settings here set burn_in 0: these tests look at guardrails, and the burn-in (a day since the
+# start, test_novelty.py) would hold the step into the final one at their `now`.
 def experiment(
     strata: dict[str, list[Sample]], weights: list[dict[str, float]], settings: AnalysisSettings
 ) -> d.ExperimentData:
@@ -66,7 +68,7 @@ def test_a_fivefold_error_rise_at_10k_users_per_arm_breaches_the_default_guardra
     weights = [{"control": 50.0, "candidate": 50.0}]
     old = analyzer.analyze(experiment(arms, weights, AnalysisSettings(guardrails=(OLD_DEFAULT,))), now=1.0)
     assert [g.status for g in old.guardrails] == ["pass"]  # the defect: 0.01 absolute lets it through
-    new = analyzer.analyze(experiment(arms, weights, AnalysisSettings()), now=1.0)
+    new = analyzer.analyze(experiment(arms, weights, AnalysisSettings(burn_in_s=0.0)), now=1.0)
     (rail,) = new.guardrails
     control_rate = arms["control"][0].mean
     # On the absolute scale: the margin is the larger of 50% of the control's rate and 0.1
@@ -82,7 +84,9 @@ def test_no_errors_in_either_arm_still_passes_the_default_guardrail() -> None:
     # A healthy service: a purely relative margin would be 0 and never pass; the floor does.
     zero = [Sample(5000, 0.0, 0.0, 5000, 5000, 0.0)]
     weights = [{"control": 50.0, "candidate": 50.0}]
-    floored = analyzer.analyze(experiment({"control": zero, "candidate": zero}, weights, AnalysisSettings()), now=1.0)
+    floored = analyzer.analyze(
+        experiment({"control": zero, "candidate": zero}, weights, AnalysisSettings(burn_in_s=0.0)), now=1.0
+    )
     (rail,) = floored.guardrails
     assert (rail.status, rail.relative, rail.margin) == ("pass", False, 0.001)
     relative_only = AnalysisSettings(guardrails=(Guardrail("errors", "decrease", margin=0.5, relative=True),))
@@ -93,7 +97,9 @@ def test_no_errors_in_either_arm_still_passes_the_default_guardrail() -> None:
 def test_errors_appearing_where_the_control_has_none_breach_on_the_floor() -> None:
     rng = np.random.default_rng(5)
     arms = {"control": [one_request_each(rng, 8000, 0.0)], "candidate": [one_request_each(rng, 8000, 0.01)]}
-    result = analyzer.analyze(experiment(arms, [{"control": 50.0, "candidate": 50.0}], AnalysisSettings()), now=1.0)
+    result = analyzer.analyze(
+        experiment(arms, [{"control": 50.0, "candidate": 50.0}], AnalysisSettings(burn_in_s=0.0)), now=1.0
+    )
     (rail,) = result.guardrails
     assert (rail.status, rail.relative, rail.margin) == ("breach", False, 0.001)
 
@@ -131,7 +137,7 @@ def run_step_25(rng: np.random.Generator, candidate_rate: float, *, looks: int =
     old_action = "continue"
     for _ in range(looks):
         second = {name: second[name] + one_request_each(rng, scale * PER_LOOK[name], rates[name]) for name in first}
-        data = experiment({n: [first[n], second[n]] for n in first}, [STEP_5, STEP_25], AnalysisSettings())
+        data = experiment({n: [first[n], second[n]] for n in first}, [STEP_5, STEP_25], AnalysisSettings(burn_in_s=0.0))
         result = analyzer.analyze(data, now=1.0)
         pooled = tuple(g for g in result.guardrails if g.epoch is None)
         pooled_states.append(pooled[0].status)

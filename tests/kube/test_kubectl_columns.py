@@ -65,6 +65,9 @@ def test_a_ramp_held_by_a_guardrail_says_how_far_it_is_from_passing(
 ) -> None:
     obj = experiment_object(experiment_name)
     obj["spec"]["variants"][0]["weight"], obj["spec"]["variants"][1]["weight"] = 95, 5
+    # 5% is the last step: the guardrails' own margins hold it (at an earlier step they are
+    # scaled to the step's share, issue 18, and these pass there).
+    obj["spec"]["analysis"]["ramp"] = [5]
     kube_api.put(PLURAL, NAMESPACE, obj)
     client = redis.Redis.from_url(redis_url)
     try:  # the candidate is 15% slower: within the 20% margin, but not yet shown to be

@@ -86,7 +86,8 @@ def build(
             reason=d.reason,
             p_value=p_value,
             last_applied=last_applied,
-            guardrails=result.guardrails,
+            # While a ramp step is held, the step's margins hold it (`evidence.step_guardrails`).
+            guardrails=result.step_guardrails or result.guardrails,
             data=result.data,
         ),
         "arms": [_arm(result, a) for a in result.data.arms],

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from scipy import special
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential
+from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential, stability
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -37,6 +37,9 @@ class Running:
     #: Running intersections of the confidence sequences; None before the first look.
     ci_absolute: tuple[float, float] | None = None
     ci_relative: tuple[float, float] | None = None
+    #: The decision design's estimates at earlier looks (`stability.advance`), which split
+    #: the data by time for the novelty check.
+    anchors: tuple[stability.Anchor, ...] = ()
 
 
 FRESH = Running()
@@ -103,10 +106,22 @@ class Comparison:
     p_better_now: float = math.nan
     #: The same for "the candidate is worse".
     p_worse_now: float = math.nan
+    #: [novelty] The design's absolute difference in its data up to an earlier look (the
+    #: latest anchor with at most half the information) and since then, and the one-sided p
+    #: that the effect declined (in the good direction) from the first to the second
+    #: (`stats.stability`). NaN until there is an anchor to split at. A promotion is held
+    #: while `decline_p` < alpha.
+    early_lift: float = math.nan
+    late_lift: float = math.nan
+    late_variance: float = math.nan
+    split_information: float = math.nan
+    decline_p: float = math.nan
+    #: [novelty] The anchors to hand to the next look (not part of `to_dict`).
+    anchors: tuple[stability.Anchor, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
-        return {key: json_safe(value) for key, value in asdict(self).items()}
+        return {key: json_safe(value) for key, value in asdict(self).items() if key != "anchors"}
 
     def running(self) -> Running:
         """The sequential state after this look, for the next one."""
@@ -115,6 +130,7 @@ class Comparison:
             self.sequential_p_worse,
             _finite_or_none(self.sequential_ci_absolute),
             _finite_or_none(self.sequential_ci),
+            self.anchors,
         )
 
 
@@ -131,6 +147,7 @@ def compare(
     previous: Running = FRESH,
     use_cuped: bool = True,
     confirm_from: int = 0,
+    at: float = math.nan,
 ) -> Comparison:
     """Compare `candidate` with `control`.
 
@@ -173,14 +190,15 @@ def compare(
     fixed, abs_ci = _fixed_horizon(est, tested_kind, alpha)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
-    # The design's strata: all of them (the same estimate) or those from `confirm_from` on.
-    confirm: estimate.Estimate | None = est
-    if confirm_from > 0:
-        later = (controls[confirm_from:], candidates[confirm_from:])
-        confirm = _estimate(*later, kind, use_cuped)[0] if later[0] else None
-    information, now_better, now_worse = _design(
-        confirm, direction=direction, alpha=alpha, expected_units=expected_units
+    design = stability.anchor_of(
+        _confirmed(controls, candidates, kind, use_cuped, confirm_from, est),
+        start=confirm_from,
+        expected_units=expected_units,
+        at=at,
     )
+    information, now_better, now_worse = _design(design, direction=direction, alpha=alpha)
+    anchor = stability.anchor_of(est, start=0, expected_units=expected_units, at=at)
+    drift = stability.decline(previous.anchors, anchor, increase=direction == "increase")
     if signed > 0:
         better = min(better, seq_p)
     elif signed < 0:
@@ -189,6 +207,7 @@ def compare(
     rel_se = math.sqrt(est.relative_variance)
     seq_rel_se, seq_abs_se = math.sqrt(est.sequential_relative_variance), math.sqrt(est.sequential_variance)
     z = _z(alpha / 2)
+    control_ratio = controls[0].is_ratio
     return Comparison(
         **header,
         status=reasons.OK,
@@ -196,7 +215,9 @@ def compare(
         absolute_lift=est.difference,
         absolute_ci=abs_ci,
         relative_lift=est.relative,
-        relative_ci=_around(est.relative, z * rel_se),
+        relative_ci=est.log_relative_interval(_t(alpha / 2, fixed.df))
+        if control_ratio
+        else _around(est.relative, z * rel_se),
         p_value=fixed.p_value,
         sequential_p_value=min(better, worse),
         sequential_ci=_intersect(_around(est.relative, k * seq_rel_se), previous.ci_relative),
@@ -210,7 +231,28 @@ def compare(
         information=information,
         p_better_now=now_better,
         p_worse_now=now_worse,
+        early_lift=drift.early,
+        late_lift=drift.late,
+        late_variance=drift.late_variance,
+        split_information=drift.split,
+        decline_p=drift.p_value,
+        anchors=stability.advance(previous.anchors, anchor),
     )
+
+
+def _confirmed(
+    controls: list[Sample],
+    candidates: list[Sample],
+    kind: Kind,
+    use_cuped: bool,
+    confirm_from: int,
+    est: estimate.Estimate,
+) -> estimate.Estimate | None:
+    """The decision design's estimate: on the strata from `confirm_from` on (None when there are none)."""
+    if confirm_from <= 0:
+        return est
+    later = (controls[confirm_from:], candidates[confirm_from:])
+    return _estimate(*later, kind, use_cuped)[0] if later[0] else None
 
 
 def _estimate(
@@ -261,13 +303,13 @@ def _fixed_horizon(
 ) -> tuple[fixed_horizon.TestResult, tuple[float, float]]:
     """The classic test and CI for one stratum; a z on the combined estimate for several."""
     (control, candidate), *rest = est.pairs
-    if rest or control.is_ratio:
-        result = fixed_horizon.z_test(est.difference, est.variance)
+    if rest or control.is_ratio:  # ratio metrics: t at the smaller arm's effective units (`ratio_df`)
+        result = fixed_horizon.t_test(est.difference, est.variance, fixed_horizon.ratio_df(est.pairs))
     elif kind == "binary":
         result = fixed_horizon.two_proportion_z(control, candidate)
     else:
         result = fixed_horizon.welch_t(control, candidate)
-    # Welch's CI uses the t quantile; every other CI is a Wald interval with the unpooled SE.
+    # Welch's and ratio metrics' CIs use the t quantile; every other CI is a Wald interval.
     quantile = sps.t.isf(alpha / 2, result.df) if math.isfinite(result.df) else _z(alpha / 2)
     return result, _around(est.difference, float(quantile) * math.sqrt(est.variance))
 
@@ -279,25 +321,26 @@ def _sequential(est: estimate.Estimate, alpha: float, expected_units: int) -> tu
     return float(sequential.p_value(z, r)), float(sequential.half_width_multiplier(r, alpha))
 
 
+def _t(tail: float, df: float) -> float:
+    return float(sps.t.isf(tail, df)) if math.isfinite(df) else _z(tail)
+
+
 def _z(tail: float) -> float:
     """The normal quantile z with Φ̄(z) = tail; `special.ndtri` costs a fraction of `norm.isf` per call."""
     return float(-special.ndtri(tail))
 
 
-def _design(
-    est: estimate.Estimate | None, *, direction: Direction, alpha: float, expected_units: int
-) -> tuple[float, float, float]:
+def _design(evidence: stability.Anchor | None, *, direction: Direction, alpha: float) -> tuple[float, float, float]:
     """Information time and this look's one-sided p's (better, worse) of the decision design.
 
     NaN p's (no evidence) when the design has no strata yet or they hold no usable estimate.
     """
-    if est is None or est.reason:
+    if evidence is None or not evidence.information > 0 or not evidence.variance > 0:
         return 0.0, math.nan, math.nan
-    z = est.difference / math.sqrt(est.sequential_variance)
+    z = evidence.difference / math.sqrt(evidence.variance)
     z = z if direction == "increase" else -z
-    information = est.units_per_arm / expected_units
-    both = horizon.p_value([z, -z], information, alpha)
-    return information, float(both[0]), float(both[1])
+    both = horizon.p_value([z, -z], evidence.information, alpha)
+    return evidence.information, float(both[0]), float(both[1])
 
 
 def _bayes(est: estimate.Estimate, kind: Kind, direction: Direction) -> tuple[float, float, str]:
@@ -334,6 +377,7 @@ def _insufficient(header: dict[str, Any], reason: str, previous: Running) -> Com
         strata=0,
         sequential_p_better=previous.p_better,
         sequential_p_worse=previous.p_worse,
+        anchors=previous.anchors,
     )
 
 

@@ -95,6 +95,21 @@ class Estimate:
             return math.nan
         return vt / c**2 + self.mean**2 * vc / c**4
 
+    def log_relative_interval(self, quantile: float) -> tuple[float, float]:
+        """The relative CI on the log scale: exp(log(m_t/m_c) ± q·√(V_t/m_t² + V_c/m_c²)) − 1.
+
+        For ratio metrics: the ratio of two means is skewed, and with heavy-tailed exposures
+        the symmetric delta-method interval covered 83–91% where this covers 93–94% (issue
+        18, finding 5). The symmetric one when a mean is not positive.
+        """
+        mc, mt = self.control_mean, self.mean
+        if not (mc > 0 and mt > 0):
+            half = quantile * math.sqrt(self.relative_variance)
+            return (self.relative - half, self.relative + half)
+        half = quantile * math.sqrt(self.var_candidate / mt**2 + self.var_control / mc**2)
+        centre = math.log(mt / mc)
+        return (math.expm1(centre - half), math.expm1(centre + half))
+
     @property
     def difference(self) -> float:
         return self.mean - self.control_mean

@@ -65,6 +65,32 @@ def z_test(difference: float, variance: float) -> TestResult:
     return TestResult(z, 2 * float(sps.norm.sf(abs(z))))
 
 
+def t_test(difference: float, variance: float, df: float) -> TestResult:
+    """Two-sided t-test of `difference` against 0 with `df` degrees of freedom (z when df is infinite)."""
+    if not math.isfinite(df):
+        return z_test(difference, variance)
+    if not variance > 0:
+        return TestResult(math.nan, math.nan, df)
+    t = difference / math.sqrt(variance)
+    return TestResult(t, 2 * float(sps.t.sf(abs(t), df)), df)
+
+
+def ratio_df(pairs: Sequence[tuple[Sample, Sample]]) -> float:
+    """Degrees of freedom for a ratio metric's delta-method test: the smaller arm's effective units − 1.
+
+    The effective units are Kish's (Σn_u)²/Σn_u² of the arm's denominators over the strata
+    (`Sample.effective_denominator_units`). With heavy-tailed exposures per unit (lognormal
+    σ = 2, Pareto(1.1)) a few units carry the denominator and the normal quantile
+    undercovers (86–91%); the t quantile at these df restores 94–96% (issue 18, finding 5;
+    docs/statistics.md). Infinite (the z quantile) for mean metrics.
+    """
+    if not pairs or not pairs[0][0].is_ratio:
+        return math.inf
+    arms = [sum((p[i] for p in pairs), Sample.empty(ratio=True)) for i in (0, 1)]
+    effective = min(arm.effective_denominator_units for arm in arms)
+    return max(effective - 1.0, 1.0) if math.isfinite(effective) else math.inf
+
+
 def chi_square_abn(samples: Sequence[Sample]) -> float:
     """p of Pearson's chi-square test of equal proportions over k binary arms (no Yates).
 

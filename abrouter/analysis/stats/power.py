@@ -60,6 +60,56 @@ def sample_size(
     )
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """The users an experiment takes with a ramp and a burn-in, on top of the plan's n (`rollout`)."""
+
+    #: Users (all arms) the ramp's steps before the final one take, when each moves on as
+    #: soon as every arm has `min_units_per_arm` units in it (guardrails passing at once).
+    ramp_units: int
+    #: Users (all arms) arriving during the burn-in (`burn_in_s` at `traffic`); None without traffic.
+    burn_in_units: int | None
+    #: Users (all arms) in the final step for `units_per_arm` effective units per arm.
+    final_units: int
+    #: The total: the canary phase (the ramp's users, or the burn-in's if more: the step into
+    #: the final one waits for both) plus the final step's. None when a burn-in with a ramp
+    #: needs `traffic` to be counted.
+    total_units: int | None
+    #: Days at `traffic` (at least the burn-in); None without traffic.
+    days: float | None
+
+
+def rollout(
+    plan: Plan, *, ramp: tuple[float, ...], min_units_per_arm: int, burn_in_s: float, traffic: float | None
+) -> Rollout:
+    """The users the plan's n takes with the analyzer's ramp and burn-in (issue 18, finding 2).
+
+    The decision design counts only the final ramp step's data, and the step into it waits
+    for `burn_in` since the start (docs/statistics.md, "Novelty"), so n per arm must be
+    gathered there: with the candidates' share f split over k candidates, the effective
+    (harmonic) units per arm of a candidate against the control are 2·a·b/(a + b) per user,
+    a = 1 − f, b = f/k, and the final step needs n·(a + b)/(2ab) users. Each earlier step s
+    needs `min_units_per_arm` in its smallest arm: min_units / min(1 − s, s/k) users. The
+    canary phase lasts until both are done: max(ramp users, `traffic` × `burn_in_s`).
+    Without a ramp the burn-in only delays the promotion (its data counts). `ramp` in
+    percent; () is the even split. `traffic` is in users per day.
+    """
+    k = plan.variants - 1
+    final = ramp[-1] / 100 if ramp else k / plan.variants
+    a, b = 1 - final, final / k
+    final_units = math.ceil(plan.units_per_arm * (a + b) / (2 * a * b))
+    ramp_units = sum(math.ceil(min_units_per_arm / min(1 - s / 100, s / 100 / k)) for s in ramp[:-1])
+    burn_in = math.ceil(traffic * burn_in_s / 86400) if traffic else None
+    if not ramp:
+        total: int | None = final_units
+    elif burn_in is not None:
+        total = max(ramp_units, burn_in) + final_units
+    else:
+        total = ramp_units + final_units if burn_in_s <= 0 else None
+    days = max(total / traffic, burn_in_s / 86400) if traffic and total is not None else None
+    return Rollout(ramp_units=ramp_units, burn_in_units=burn_in, final_units=final_units, total_units=total, days=days)
+
+
 def _validate(baseline: float, target: float, power: float, alpha: float, variants: int) -> None:
     if not 0 < baseline < 1:
         raise ValueError(f"baseline: must be in (0, 1), got {baseline}")

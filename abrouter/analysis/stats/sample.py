@@ -130,6 +130,18 @@ class Sample:
         return self.den_sum is not None
 
     @property
+    def effective_denominator_units(self) -> float:
+        """Ratio metrics: Kish's effective number of units of the denominator, (Σn_u)² / Σn_u².
+
+        n when every unit has the same exposures; far fewer when a few units hold most of
+        them (heavy-tailed exposures), which is when the delta method's normal
+        approximation is poor. NaN for a mean metric or an empty sample.
+        """
+        if self.den_sum is None or not self.den_sum_sq:
+            return math.nan
+        return self.den_sum**2 / self.den_sum_sq
+
+    @property
     def has_covariate(self) -> bool:
         """[cuped] Whether the sample carries its covariate's sums."""
         return self.cov_sum is not None

@@ -50,7 +50,7 @@ def test_relative_interval_uses_the_control_variance_too() -> None:
     assert half > 1.3 * 1.959964 * only_candidate
 
 
-def test_ratio_metric_uses_delta_method_z() -> None:
+def test_ratio_metric_uses_the_delta_method_with_t_at_the_effective_units() -> None:
     rng = np.random.default_rng(5)
     d_c, d_t = rng.poisson(3, 800) + 1, rng.poisson(3, 800) + 1
     x_c, x_t = rng.gamma(2, 50, 800) * d_c, rng.gamma(2, 45, 800) * d_t
@@ -64,7 +64,11 @@ def test_ratio_metric_uses_delta_method_z() -> None:
 
     diff = x_t.sum() / d_t.sum() - x_c.sum() / d_c.sum()
     z = diff / math.sqrt(delta(x_c, d_c) + delta(x_t, d_t))
-    assert result.p_value == pytest.approx(2 * sps.norm.sf(abs(z)), rel=1e-9)
+    # Issue 18, finding 5: t with df = the smaller arm's Kish effective units of the denominator − 1.
+    df = min(d.sum() ** 2 / (d**2).sum() for d in (d_c, d_t)) - 1
+    assert result.p_value == pytest.approx(2 * sps.t.sf(abs(z), df), rel=1e-9)
+    half = (result.absolute_ci[1] - result.absolute_ci[0]) / 2
+    assert half == pytest.approx(sps.t.isf(0.025, df) * abs(diff / z), rel=1e-9)
     # Lower latency is better and the candidate is lower: more likely better than not.
     assert diff < 0 and result.chance_to_beat > 0.5
 
