@@ -149,6 +149,16 @@ async def metrics(router: Router, request: Request) -> Reply:
             s.spill_full_dropped,
         ),
         "abrouter_eventlog_spill_bytes": ("gauge", "Bytes in this process's spill file.", s.spill_bytes),
+        "abrouter_eventlog_lost_events_total": (
+            "counter",
+            "Events Redis acknowledged and later lost (it came back older or empty), no longer held to re-send.",
+            s.lost_events,
+        ),
+        "abrouter_eventlog_shed_events_total": (
+            "counter",
+            "Events not logged because too many waited for a Redis that could not keep up (also in dropped).",
+            s.shed,
+        ),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
         "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
         "abrouter_spec_source_up": (
