@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
+
+def add_redis_url(p: argparse.ArgumentParser) -> None:
+    """--redis-url of the commands that read what the routers logged (analyze, report)."""
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+        type=argtypes.redis_url,
+        metavar="URL",
+        help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
+    )
+
+
 ANALYZE_EPILOG = """\
 examples:
   abrouter analyze --config exp.yaml                       # one look, a report table
@@ -105,13 +117,7 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, "
         "else $KUBECONFIG, else ~/.kube/config; its current context's user and cluster)",
     )
-    p.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-        type=argtypes.redis_url,
-        metavar="URL",
-        help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
-    )
+    add_redis_url(p)
     when = p.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="analyze once and exit (the default)")
     when.add_argument(

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from pathlib import Path
 
-from abrouter import argtypes
-from abrouter.analysis.commands import DEFAULT_REDIS_URL
+from abrouter.analysis.commands import add_redis_url
 from abrouter.analysis.errors import InputError, SourceError
 from abrouter.contract import experiment as spec
 
@@ -29,13 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     source.add_argument("--config", type=Path, metavar="FILE", help="experiment YAML; data from Redis")
     source.add_argument("--experiment", metavar="NAMESPACE/NAME", help="an Experiment resource; data from Redis")
     p.add_argument("--kubeconfig", type=Path, help="with --experiment: the kubeconfig")
-    p.add_argument(
-        "--redis-url",
-        default=os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-        type=argtypes.redis_url,
-        metavar="URL",
-        help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
-    )
+    add_redis_url(p)
     p.add_argument("--out", type=Path, default=Path("report.html"), help="where to write (default: %(default)s)")
     p.set_defaults(func=report)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 
+from abrouter.contract import experiment as model
 from abrouter.contract.experiment import Experiment
 from abrouter.router import serving
+from abrouter.router.connections import Limits
 from abrouter.router.http.listener import Listener
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.base import SpecSource
@@ -74,3 +78,38 @@ async def serve(
     plan = serving.Plan(experiment=experiment, settings=settings, source=source, shutdown_timeout_s=shutdown_timeout_s)
     router, server = await stack.enter_async_context(serving.serving(plan))
     return RouterClient(router, server, stack)
+
+
+def two_arms(name: str, control: str, candidate: str | None = None, **changes: Any) -> dict[str, Any]:
+    """A spec with a control and a candidate (50/50 unless `changes` say otherwise), unit X-User-Id."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "unit": {"header": "X-User-Id"},
+        "variants": [
+            {"name": "control", "upstream": control, "weight": 50},
+            {"name": "candidate", "upstream": candidate or control, "weight": 50},
+        ],
+        "timeouts": {"connect": 1, "read": 5},
+    }
+    spec.update(changes)
+    return spec
+
+
+def write_spec(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+async def serve_spec(
+    spec: dict[str, Any], *, redis_url: str, tmp_path: Path, limits: Limits | None = None, transport: str = "httptools"
+) -> RouterClient:
+    """`spec` written to a file and served as `abrouter serve --config` would, flushing every 50 ms."""
+    settings = ServeSettings(
+        redis_url=redis_url,
+        spill_dir=tmp_path / "spill",
+        flush_interval_s=0.05,
+        upstream_transport=transport,  # type: ignore[arg-type]
+        client_limits=limits or Limits(),
+    )
+    return await serve(model.load(write_spec(tmp_path, spec)), settings)

@@ -10,15 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 
-from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys
 from abrouter.router.connections import Limits
-from abrouter.router.settings import ServeSettings
 from tests.router.conftest import RouterUnderTest
-from tests.router.served import serve
+from tests.router.served import serve_spec, two_arms
 
 MIB = 1024 * 1024
 
@@ -111,23 +108,10 @@ async def limited(
 ) -> AsyncIterator[RouterUnderTest]:
     """A router whose client deadlines are all `DEADLINE`."""
     url, _ = wire
-    spec = {
-        "name": experiment_name,
-        "unit": {"header": "X-User-Id"},
-        "variants": [
-            {"name": "control", "upstream": url, "weight": 100},
-            {"name": "candidate", "upstream": url, "weight": 0},
-        ],
-        "timeouts": {"connect": 1, "read": 5},
-    }
+    spec = two_arms(experiment_name, url)
+    spec["variants"][0]["weight"], spec["variants"][1]["weight"] = 100, 0
+    limits = Limits(header_s=DEADLINE, body_idle_s=DEADLINE, idle_s=DEADLINE)
+    client = await serve_spec(spec, redis_url=redis_url, tmp_path=tmp_path, limits=limits)
     path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    settings = ServeSettings(
-        redis_url=redis_url,
-        spill_dir=tmp_path / "spill",
-        flush_interval_s=0.05,
-        client_limits=Limits(header_s=DEADLINE, body_idle_s=DEADLINE, idle_s=DEADLINE),
-    )
-    client = await serve(model.load(path), settings)
     yield RouterUnderTest(client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=redis_url)
     await client.close()

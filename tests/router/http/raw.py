@@ -72,10 +72,10 @@ async def read_response(reader: asyncio.StreamReader, *, head_only: bool = False
         return response
 
 
-async def read_to_close(reader: asyncio.StreamReader) -> bytes:
-    """Everything until the router closes (a reset counts as a close)."""
+async def read_to_close(reader: asyncio.StreamReader, limit_s: float = PATIENCE_S) -> bytes:
+    """Everything until the router closes (a reset counts as a close), within `limit_s`."""
     parts = []
-    async with asyncio.timeout(PATIENCE_S):
+    async with asyncio.timeout(limit_s):
         while True:
             try:
                 chunk = await reader.read(65536)

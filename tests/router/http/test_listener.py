@@ -20,15 +20,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 
-from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, decode_agg
 from abrouter.router.connections import Limits, Phase
-from abrouter.router.settings import ServeSettings
 from abrouter.router.state import Router
-from tests.router.served import RouterClient, serve
+from tests.router.http import raw
+from tests.router.served import RouterClient, serve_spec, two_arms
 
 DEADLINE = 0.3
 SLACK = 0.7
@@ -63,23 +61,8 @@ class Served:
 async def start(
     redis_url: str, name: str, tmp_path: Path, urls: dict[str, str], limits: Limits, transport: str = "aiohttp"
 ) -> Served:
-    spec = {
-        "name": name,
-        "unit": {"header": "X-User-Id"},
-        "variants": [{"name": n, "upstream": urls[n], "weight": 50} for n in ("control", "candidate")],
-        "metrics": [{"name": "conversion", "kind": "binary"}],
-        "timeouts": {"connect": 1, "read": 5},
-    }
-    path = tmp_path / "experiment.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    settings = ServeSettings(
-        redis_url=redis_url,
-        spill_dir=tmp_path / "spill",
-        flush_interval_s=0.05,
-        upstream_transport=transport,  # type: ignore[arg-type]
-        client_limits=limits,
-    )
-    server = await serve(model.load(path), settings)
+    spec = two_arms(name, urls["control"], urls["candidate"], metrics=[{"name": "conversion", "kind": "binary"}])
+    server = await serve_spec(spec, redis_url=redis_url, tmp_path=tmp_path, limits=limits, transport=transport)
     return Served(server=server, keys=Keys(name), redis_url=redis_url)
 
 
@@ -103,16 +86,8 @@ def open_fds() -> int:
 
 async def closed_after(reader: asyncio.StreamReader, limit_s: float) -> tuple[float, bytes]:
     """Seconds until the router closed the connection (reading whatever it sent), and what it sent."""
-    start, data = time.monotonic(), b""
-    async with asyncio.timeout(limit_s):
-        while True:
-            try:
-                chunk = await reader.read(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            data += chunk
+    start = time.monotonic()
+    data = await raw.read_to_close(reader, limit_s)
     return time.monotonic() - start, data
 
 

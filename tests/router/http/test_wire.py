@@ -24,7 +24,6 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio
-import yaml
 
 from abrouter.router import connections
 from abrouter.router.eventlog.events import Exposure, decode_events
@@ -32,6 +31,7 @@ from abrouter.router.http import server
 from tests.router.conftest import MakeRouter, RouterUnderTest
 from tests.router.http import raw
 from tests.router.http.conftest import MIB, SLOW, WireState
+from tests.router.served import two_arms, write_spec
 
 
 @pytest.fixture
@@ -546,17 +546,7 @@ async def test_at_ulimit_200_clients_beyond_the_cap_get_the_503_and_no_variant_a
 ) -> None:
     """`abrouter serve` itself, under ``ulimit -n 200``: 150 clients at once, each needing an upstream socket."""
     url, _ = wire
-    spec = {
-        "name": experiment_name,
-        "unit": {"header": "X-User-Id"},
-        "variants": [
-            {"name": "control", "upstream": url, "weight": 50},
-            {"name": "candidate", "upstream": url, "weight": 50},
-        ],
-        "timeouts": {"connect": 2, "read": 10},
-    }
-    config = tmp_path / "experiment.yaml"
-    config.write_text(yaml.safe_dump(spec))
+    config = write_spec(tmp_path, two_arms(experiment_name, url, timeouts={"connect": 2, "read": 10}))
     port = free_port()
     command = [sys.executable, "-m", "abrouter", "serve", "--config", str(config), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--redis-url", redis_url, "--spill-dir", str(tmp_path / "spill")]
