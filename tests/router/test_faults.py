@@ -11,11 +11,11 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio
-import yaml
 
 from abrouter.contract.keys import Keys, decode_agg
 from abrouter.router.redis_server import RedisServer, free_port
 from tests.router.conftest import MakeRouter
+from tests.router.served import two_arms, write_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,20 +72,7 @@ async def test_sigterm_drains_200_in_flight_requests_and_logs_them_all(
     gate = model[SLOW]
     upstream = await aiohttp_server(model)
     base = str(upstream.make_url("")).rstrip("/")
-    config = tmp_path / "exp.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": experiment_name,
-                "unit": {"header": "X-User-Id"},
-                "variants": [
-                    {"name": "control", "upstream": base, "weight": 1},
-                    {"name": "candidate", "upstream": base, "weight": 1},
-                ],
-                "timeouts": {"read": "10s"},
-            }
-        )
-    )
+    config = write_spec(tmp_path, two_arms(experiment_name, base, timeouts={"read": "10s"}))
     port = free_port()
     proc = subprocess.Popen(
         [

@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio
-import yaml
 
 from abrouter.contract.keys import Keys, StratumSums, decode_agg
 from abrouter.router.redis_server import free_port
+from tests.router.served import two_arms, write_spec
 from tests.router.upstreams import SLOW, model_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,22 +152,9 @@ async def test_two_workers_serve_count_and_drain_as_one_router(
     model = model_app("control")
     gate = model[SLOW]
     base = str((await aiohttp_server(model)).make_url("")).rstrip("/")
-    config = tmp_path / "exp.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": experiment_name,
-                "unit": {"header": "X-User-Id"},
-                "variants": [
-                    {"name": "control", "upstream": base, "weight": 1},
-                    {"name": "candidate", "upstream": base, "weight": 1},
-                ],
-                "metrics": [{"name": "conversion", "kind": "binary"}],
-                "covariate": "prior_clicks",
-                "timeouts": {"read": "20s"},
-            }
-        )
-    )
+    spec = two_arms(experiment_name, base, metrics=[{"name": "conversion", "kind": "binary"}],
+                    covariate="prior_clicks", timeouts={"read": "20s"})  # fmt: skip
+    config = write_spec(tmp_path, spec)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(

@@ -9,23 +9,15 @@ import pytest
 
 from abrouter.router import workerfiles, workers
 from abrouter.router.connections import ConnectionGuard, Limits, Phase
+from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.stats import EventLogStats
 from abrouter.router.metrics import ProxyMetrics, render
 from abrouter.router.workers import Connections, Snapshot, WorkerSlot
 
 
 def stats(**changes: object) -> EventLogStats:
-    base = EventLogStats(
-        buffered=0,
-        spilled=0,
-        dropped=0,
-        flush_failures=0,
-        flushed_batches=0,
-        repeated_outcomes=0,
-        quarantined=0,
-        redis_up=True,
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    """An event log's stats: all zero (as `DisabledEventLog`'s), Redis up, and `changes`."""
+    return dataclasses.replace(DisabledEventLog.stats, **{"redis_up": True, **changes})  # type: ignore[arg-type]
 
 
 def metrics(requests: int, *, variant: str = "control", seconds: float = 0.003) -> ProxyMetrics:
