@@ -217,11 +217,14 @@ def test_help_texts_carry_examples(capsys: pytest.CaptureFixture[str]) -> None:
 # -------------------------------------------------------------------- --config
 
 
-def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int], candidate: tuple[int, int]) -> None:
-    """Epoch 1, 50/50: (units, conversions) per arm; one request per unit, no errors, 20 ± 10 ms."""
+def write_arms(
+    client: redis.Redis, name: str, arms: dict[str, tuple[int, int, float]], *, weights: dict[str, float]
+) -> None:
+    """Epoch 1 at `weights`: (units, conversions, mean latency in ms) per arm; one request per unit,
+    no errors, latency with a standard deviation of 10 ms."""
     k = keys.Keys(name)
     fields: dict[Any, float] = {}
-    for variant, (units, conversions) in (("control", control), ("candidate", candidate)):
+    for variant, (units, conversions, latency) in arms.items():
         prefix = f"1|{variant}|"
         fields |= {
             prefix + "units": units,
@@ -232,12 +235,18 @@ def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int]
             prefix + "errors|sum": 0,
             prefix + "errors|sum_sq": 0,
             prefix + "errors|sum_xn": 0,
-            prefix + "latency_ms|sum": 20.0 * units,
-            prefix + "latency_ms|sum_sq": 500.0 * units,
-            prefix + "latency_ms|sum_xn": 20.0 * units,
+            prefix + "latency_ms|sum": latency * units,
+            prefix + "latency_ms|sum_sq": (latency**2 + 100.0) * units,
+            prefix + "latency_ms|sum_xn": latency * units,
         }
     client.hset(k.agg, mapping=fields)
-    client.hset(k.epochs, "1", keys.encode_epoch({"control": 50, "candidate": 50}, since=time.time() - 3600))
+    client.hset(k.epochs, "1", keys.encode_epoch(weights, since=time.time() - 3600))
+
+
+def write_aggregates(client: redis.Redis, name: str, *, control: tuple[int, int], candidate: tuple[int, int]) -> None:
+    """Epoch 1, 50/50: (units, conversions) per arm; one request per unit, no errors, 20 ± 10 ms."""
+    arms = {"control": (*control, 20.0), "candidate": (*candidate, 20.0)}
+    write_arms(client, name, arms, weights={"control": 50, "candidate": 50})
 
 
 def config_file(tmp_path: Path, name: str, **analysis: Any) -> Path:

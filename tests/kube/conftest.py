@@ -4,7 +4,6 @@ and `abrouter analyze --experiment` run through argparse against them with Redis
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ import redis
 
 from abrouter.analysis import commands
 from abrouter.contract import experiment as spec
-from abrouter.contract import keys
 from abrouter.kube.client import KubeClient
 from abrouter.router import examples
 from tests.analysis.test_commands import write_aggregates
@@ -104,29 +102,3 @@ def stored(kube_api: KubeApiServer, name: str) -> dict[str, Any]:
 
 def events(kube_api: KubeApiServer) -> list[str]:
     return [e["reason"] for e in kube_api.list("events", NAMESPACE)]
-
-
-def write_arms(
-    client: redis.Redis, name: str, arms: dict[str, tuple[int, int, float]], *, weights: dict[str, float]
-) -> None:
-    """Epoch 1 at `weights`: (units, conversions, mean latency in ms) per arm; one request per unit,
-    no errors, latency with a standard deviation of 10 ms."""
-    k = keys.Keys(name)
-    fields: dict[str, float] = {}
-    for variant, (units, conversions, latency) in arms.items():
-        prefix = f"1|{variant}|"
-        fields |= {
-            prefix + "units": units,
-            prefix + "exposures": units,
-            prefix + "exposures_sq": units,
-            prefix + "conversion|sum": conversions,
-            prefix + "conversion|sum_sq": conversions,
-            prefix + "errors|sum": 0,
-            prefix + "errors|sum_sq": 0,
-            prefix + "errors|sum_xn": 0,
-            prefix + "latency_ms|sum": latency * units,
-            prefix + "latency_ms|sum_sq": (latency**2 + 100.0) * units,
-            prefix + "latency_ms|sum_xn": latency * units,
-        }
-    client.hset(k.agg, mapping=fields)
-    client.hset(k.epochs, "1", keys.encode_epoch(weights, since=time.time() - 3600))

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import redis
 
+from tests.analysis.test_commands import write_arms
 from tests.kube.apiserver import PLURAL, KubeApiServer
-from tests.kube.conftest import NAMESPACE, WINNING, experiment_object, write_arms
+from tests.kube.conftest import NAMESPACE, WINNING, experiment_object
 
 
 @pytest.fixture
