@@ -206,9 +206,9 @@ async def _forward(router: Router, ex: Exchange, body: RequestBody, down: Downst
             headers=ex.upstream_headers(),
             body=body,
         )
-    except (UpstreamError, ClientGone) as exc:
-        if isinstance(exc, ClientGone) or (isinstance(body, BodyStream) and body.is_cut):
-            raise ClientGone(str(exc)) from exc  # the client stalled (and was cut) or hung up mid-body
+    except UpstreamError as exc:
+        if isinstance(body, BodyStream) and body.is_cut:  # the client stalled (and was cut) or hung up mid-body
+            raise ClientGone(str(exc)) from exc
         down.fail(ex.failed(exc))
         return
     try:
