@@ -44,7 +44,6 @@ class _Refused(asyncio.Protocol):
 @dataclass
 class Listener:
     server: asyncio.Server
-    router: Router
     port: int
     _sweeper: asyncio.Task[None]
     connections: set[HttpProtocol] = field(default_factory=set)
@@ -120,7 +119,7 @@ async def start(
         server = await loop.create_server(protocol, host, port, backlog=backlog)
     bound = server.sockets[0].getsockname()[1]
     sweeper = asyncio.create_task(_sweep(guard), name="abrouter-connection-sweeper")
-    return Listener(server=server, router=router, port=bound, _sweeper=sweeper, connections=connections)
+    return Listener(server=server, port=bound, _sweeper=sweeper, connections=connections)
 
 
 async def _sweep(guard: ConnectionGuard) -> None:
