@@ -103,8 +103,27 @@ def variant_schema() -> dict[str, Any]:
             "upstream": _string("^https?://", "the model Service, http(s)://HOST[:PORT][/PATH]"),
             "weight": _num(minimum=0),
             "deployment": _string(DNS_SUBDOMAIN_PATTERN, "the Deployment serving it, scaled to 0 when it loses"),
+            "model": _string(
+                experiment.MODEL_PATTERN, "the model name its upstream serves; the request's is rewritten"
+            ),
         },
         required=("name", "upstream", "weight"),
+    )
+
+
+def match_schema() -> dict[str, Any]:
+    return _obj(
+        {
+            "model": _string(experiment.MODEL_PATTERN, "the model name in the OIP/KServe path or a JSON body"),
+            "path": _string("^/", "a glob over the request path"),
+            "host": _string(DNS_SUBDOMAIN_PATTERN, "the Host header, without its port"),
+            "headers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "exact header values",
+            },
+        },
+        description="which requests belong to this experiment (default: all)",
     )
 
 
@@ -190,6 +209,7 @@ def spec_schema() -> dict[str, Any]:
                 ),
             },
             "covariate": _string(NAME_PATTERN, "CUPED: the pre-exposure covariate clients report per unit"),
+            "match": match_schema(),
             "analysis": analysis_schema(),
             "paused": {"type": "boolean", "description": "true stops all automation: the analyzer writes only status"},
         },

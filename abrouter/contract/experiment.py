@@ -34,6 +34,7 @@ from abrouter.contract.model import (
     Experiment,
     ExposureRule,
     Guardrail,
+    Match,
     Metric,
     MetricKind,
     Timeouts,
@@ -60,6 +61,7 @@ __all__ = [
     "Experiment",
     "ExposureRule",
     "Guardrail",
+    "Match",
     "Metric",
     "MetricKind",
     "Timeouts",
@@ -136,6 +138,7 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
                 upstream=_upstream(r.get("upstream", required=True), r.at("upstream")),
                 weight=fields.number(r.get("weight", required=True), r.at("weight"), low=0),
                 deployment=_deployment(r.get("deployment", None), r.at("deployment")),
+                model=_model_name(r.get("model", None), r.at("model")),
             )
         )
         r.done()
@@ -143,6 +146,47 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
     if sum(v.weight for v in variants) <= 0:
         raise ConfigError(path, "weights are all zero; at least one variant needs a positive weight")
     return tuple(variants)
+
+
+#: A model name as the Open Inference Protocol, KServe and OpenAI-compatible servers take
+#: it: no whitespace, quotes or backslashes; a '/' (``org/model``) only matches in a body.
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,254}$"
+_MODEL = re.compile(MODEL_PATTERN)
+
+
+def _model_name(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    return fields.string(value, path, _MODEL, "a model name of letters, digits and '_.:/@+-'")
+
+
+def _match(data: Any, path: str) -> Match:
+    r = fields.Reader(data, path)
+    pattern = r.get("path", None)
+    if pattern is not None:
+        pattern = fields.string(pattern, r.at("path"))
+        if not pattern.startswith("/"):
+            raise ConfigError(r.at("path"), f"must start with '/', got {pattern!r}")
+    host = r.get("host", None)
+    if host is not None:
+        host = fields.string(host, r.at("host"), _DNS_SUBDOMAIN, "a host name in lowercase, without a port")
+    headers = fields.mapping(r.get("headers", {}), r.at("headers"))
+    pairs = []
+    for key, value in headers.items():
+        where = f"{r.at('headers')}.{key}"
+        name = fields.string(key, where, _HEADER_NAME, "a header name (letters, digits, '-')")
+        pairs.append((name.lower(), fields.string(value, where)))
+    match = Match(
+        model=_model_name(r.get("model", None), r.at("model")),
+        path=pattern,
+        host=host,
+        headers=tuple(sorted(pairs)),
+    )
+    r.done()
+    return match
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
 
 
 def _deployment(value: Any, path: str) -> str | None:
@@ -367,6 +411,7 @@ def parse(data: Any) -> Experiment:
         exposures=_exposures(r.get("exposures", []), "exposures"),
         slow_request_s=slow_request_s,
         covariate=_covariate(r.get("covariate", None), metric_names),  # [cuped]
+        match=_match(r.get("match", {}), "match"),
     )
     r.done()
     return experiment

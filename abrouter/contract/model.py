@@ -44,6 +44,32 @@ class Variant:
     #: The Kubernetes Deployment serving this variant, if any: the analyzer may scale a
     #: losing variant's Deployment to 0 after a promotion (`AnalysisSettings.scale_down_losers`).
     deployment: str | None = None
+    #: The model name this variant's upstream serves the experiment's model under: the
+    #: router rewrites the request's model name (in the Open Inference Protocol or KServe
+    #: path, and in a JSON body's top-level ``"model"``) to it. None: sent as it came.
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """Which requests belong to an experiment: every field given must match; none given
+    matches every request (`abrouter.router.matching` says which experiment wins).
+
+    `model` is the model name in the request: the Open Inference Protocol v2 path
+    (``/v2/models/NAME[/versions/V]/...``), the KServe v1 path (``/v1/models/NAME:predict``)
+    or a JSON body's top-level ``"model"`` (OpenAI-compatible servers). `path` is an
+    fnmatch glob over the path (``*`` crosses ``/``), `host` the Host header without its
+    port (case-insensitive), `headers` exact values (names case-insensitive).
+    """
+
+    model: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_everything(self) -> bool:
+        return self.model is None and self.path is None and self.host is None and not self.headers
 
 
 @dataclass(frozen=True)
@@ -183,6 +209,8 @@ class Experiment:
     #: (``{"unit": ..., "covariate": 3.0}``), e.g. the unit's clicks in the 28 days before
     #: the experiment; None: no CUPED. It adjusts every metric in `cuped_metrics`.
     covariate: str | None = None
+    #: Which requests belong to this experiment when one router serves several.
+    match: Match = field(default_factory=Match)
 
     @property
     def control(self) -> Variant:

@@ -14,7 +14,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from abrouter.contract.model import Experiment, Metric, Variant
+from abrouter.contract.model import Experiment, Match, Metric, Variant
 
 
 def to_dict(e: Experiment) -> dict[str, Any]:
@@ -52,6 +52,15 @@ def to_dict(e: Experiment) -> dict[str, Any]:
     }
     if e.covariate is not None:  # [cuped]
         out["covariate"] = e.covariate
+    if not e.match.is_everything:
+        out["match"] = _match_dict(e.match)
+    return out
+
+
+def _match_dict(m: Match) -> dict[str, Any]:
+    out: dict[str, Any] = {k: v for k, v in (("model", m.model), ("path", m.path), ("host", m.host)) if v is not None}
+    if m.headers:
+        out["headers"] = dict(m.headers)
     return out
 
 
@@ -77,6 +86,8 @@ def _variant_dict(v: Variant) -> dict[str, Any]:
     out: dict[str, Any] = {"name": v.name, "upstream": v.upstream, "weight": v.weight}
     if v.deployment is not None:
         out["deployment"] = v.deployment
+    if v.model is not None:
+        out["model"] = v.model
     return out
 
 

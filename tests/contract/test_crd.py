@@ -60,7 +60,7 @@ BASE = {
 RICH = {
     **BASE,
     "variants": [
-        {"name": "a", "upstream": "http://a:8080", "weight": 90, "deployment": "model-a"},
+        {"name": "a", "upstream": "http://a:8080", "weight": 90, "deployment": "model-a", "model": "recsys-v1"},
         {"name": "b", "upstream": "https://b.ns.svc:443/v1", "weight": 10, "deployment": "model-b"},
         {"name": "c", "upstream": "http://c", "weight": 0},
     ],
@@ -70,6 +70,7 @@ RICH = {
         {"name": "revenue", "kind": "continuous", "cuped": False, "cap": 100},
     ],
     "covariate": "prior_clicks",
+    "match": {"model": "recsys", "path": "/v2/*", "host": "ml.example.com", "headers": {"x-tenant": "a"}},
     "timeouts": {"connect": 1, "read": "1.5s"},
     "outcome_ttl": "7d",
     "slow_request": "250ms",
@@ -135,6 +136,7 @@ def test_the_spec_schema_has_exactly_the_models_fields() -> None:
     written["paused"] = None
     schema = _keys(_spec_schema())
     schema["unit"] = {"header": None}  # one of three, as to_dict writes it
+    written["match"]["headers"] = None  # free-form: any header name
     assert schema == written
 
 

@@ -287,3 +287,45 @@ def test_a_relative_guardrail_floor_parses_and_round_trips():
     # The default errors guardrail is relative with a floor (issue 9, defect 3).
     (errors,) = [g for g in model.parse(BASE).analysis.guardrails if g.metric == "errors"]
     assert (errors.margin, errors.relative, errors.min_margin) == (0.5, True, 0.001)
+
+
+# --- match: and a variant's model: (issue 16) ---
+
+
+def _with(**extra: object) -> dict[str, object]:
+    return {
+        "name": "m",
+        "unit": {"header": "X-User-Id"},
+        "variants": [
+            {"name": "a", "upstream": "http://a", "weight": 1},
+            {"name": "b", "upstream": "http://b", "weight": 1},
+        ],
+        **extra,
+    }
+
+
+def test_match_and_model_round_trip_and_normalise_header_names() -> None:
+    data = _with(match={"model": "recsys", "host": "ml.example.com", "headers": {"X-Tenant": "a"}})
+    data["variants"][0]["model"] = "recsys-v1"  # type: ignore[index]
+    e = model.parse(data)
+    assert e.match == model.Match(model="recsys", host="ml.example.com", headers=(("x-tenant", "a"),))
+    assert e.variants[0].model == "recsys-v1" and e.variants[1].model is None
+    assert model.parse(model.to_dict(e)) == e
+    assert model.parse(_with()).match.is_everything
+
+
+@pytest.mark.parametrize(
+    ("match", "path", "words"),
+    [
+        ({"path": "v2/*"}, "match.path", "must start with '/'"),
+        ({"host": "ML.example.com:80"}, "match.host", "host name"),
+        ({"model": "has space"}, "match.model", "model name"),
+        ({"headers": {"X Bad": "1"}}, "match.headers.X Bad", "header name"),
+        ({"modle": "x"}, "match.modle", ""),
+    ],
+)
+def test_a_bad_match_names_its_field(match: dict[str, object], path: str, words: str) -> None:
+    with pytest.raises(model.ConfigError) as caught:
+        model.parse(_with(match=match))
+    assert caught.value.path == path
+    assert words in str(caught.value)
