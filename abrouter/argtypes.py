@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -101,3 +102,13 @@ def port_pair(text: str) -> tuple[int, int]:
     if first == second or 0 in (first, second):
         raise argparse.ArgumentTypeError(f"must be two different ports above 0, got {text!r}")
     return first, second
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def namespace(text: str) -> str:
+    """A Kubernetes namespace: a DNS-1123 label."""
+    if not _DNS_LABEL.match(text):
+        raise argparse.ArgumentTypeError(f"must be a namespace (a lowercase DNS label, e.g. ml), got {text!r}")
+    return text

@@ -19,6 +19,7 @@ from abrouter.errors import UserError
 from abrouter.redact import mask_url
 from abrouter.router import examples, serving
 from abrouter.router.connections import Limits
+from abrouter.router.matching import Gateway
 from abrouter.router.redis_server import RedisServer
 from abrouter.router.settings import ServeSettings, api_token_from_env, secret_from_env, secret_problem
 from abrouter.router.sources.base import SpecSource
@@ -26,6 +27,7 @@ from abrouter.router.sources.file import FileSource
 from abrouter.router.workers import parse_count as parse_workers
 
 if TYPE_CHECKING:
+    from abrouter.router.sources.catalog import CatalogSource
     from abrouter.router.sources.kube import KubeSource
 
 log = logging.getLogger("abrouter")
@@ -39,6 +41,8 @@ examples:
   abrouter serve                                  # the example experiment, example models, private Redis
   abrouter serve --config exp.yaml --redis-url redis://redis:6379/0 --port 8080
   abrouter serve --experiment default/recsys --redis-url redis://redis:6379/0   # in a pod
+  abrouter serve --config recsys.yaml --config ranker.yaml     # two experiments, one port
+  abrouter serve --experiments ml --selector team=recs         # every Experiment of a namespace
 
 With no --config, abrouter serves its bundled example experiment in front of two
 example model servers it starts on 127.0.0.1:18181 and :18182. With no --redis-url (and
@@ -47,6 +51,11 @@ The config file is re-read every --reload-interval seconds: new weights (with a 
 `epoch`) take effect without a restart. With --experiment, the spec comes from the
 Experiment resource and every change of it applies within a second or two; its epoch is
 the object's metadata.generation. Reserved endpoints live under /abrouter/.
+
+Several experiments (--config more than once, or --experiments NAMESPACE, where
+Experiments added, changed and deleted are followed live) share the port: each
+experiment's `match:` (model name, path, host, headers) says which requests are its,
+and a request no experiment takes gets 404 with code no_experiment (docs/gateway.md).
 """
 
 
@@ -59,18 +68,35 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--config", type=Path, help="experiment YAML (default: the bundled example)")
+    where.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help="experiment YAML; give it again for each further experiment (default: the bundled example)",
+    )
     where.add_argument(
         "--experiment",
         metavar="NAMESPACE/NAME",
         help="follow an Experiment resource through the Kubernetes API (list, then watch)",
     )
+    where.add_argument(
+        "--experiments",
+        metavar="NAMESPACE",
+        type=argtypes.namespace,
+        help="follow every Experiment of a namespace, added, changed and deleted live",
+    )
+    p.add_argument(
+        "--selector",
+        default="",
+        metavar="LABELS",
+        help="with --experiments: only the Experiments with these labels (a label selector, e.g. team=recs)",
+    )
     p.add_argument(
         "--kubeconfig",
         type=Path,
         metavar="PATH",
-        help="with --experiment: the kubeconfig to use (default: in a pod the in-cluster config, "
-        "else $KUBECONFIG or ~/.kube/config)",
+        help="with --experiment or --experiments: the kubeconfig to use (default: in a pod the in-cluster "
+        "config, else $KUBECONFIG or ~/.kube/config)",
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=argtypes.port, default=8080, help="port to listen on (default: %(default)s)")
@@ -187,9 +213,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _check_args(args: argparse.Namespace) -> None:
     """What no one flag's type can check (each number is checked by its `argtypes` type)."""
-    if args.kubeconfig is not None and args.experiment is None:
-        raise UserError("--kubeconfig needs --experiment NAMESPACE/NAME")
-    if args.example_ports != EXAMPLE_PORTS and (args.config or args.experiment):
+    if args.kubeconfig is not None and args.experiment is None and args.experiments is None:
+        raise UserError("--kubeconfig needs --experiment NAMESPACE/NAME or --experiments NAMESPACE")
+    if args.selector and args.experiments is None:
+        raise UserError("--selector needs --experiments NAMESPACE")
+    if args.example_ports != EXAMPLE_PORTS and (args.config or args.experiment or args.experiments):
         raise UserError("--example-ports moves the bundled example's models: it needs no --config or --experiment")
 
 
@@ -207,6 +235,45 @@ def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource
     return found.experiment, KubeSource(client, ref, resource_version=found.resource_version)
 
 
+def _catalog(args: argparse.Namespace) -> tuple[list[model.Experiment], CatalogSource]:
+    """The namespace's valid Experiments now (API failure: exit 1), and the watch that follows them."""
+    from abrouter.contract import resource
+    from abrouter.kube.client import KubeClient
+    from abrouter.router.sources.catalog import CatalogSource
+
+    client = KubeClient.from_config(args.kubeconfig, role="router")
+    items, version = client.list_experiments(args.experiments, selector=args.selector)
+    experiments = []
+    for obj in items:
+        try:
+            experiments.append(resource.parse(obj).experiment)
+        except model.ConfigError as exc:  # the watch reports it (an InvalidSpec Event); the others are served
+            log.error("Experiment %s/%s: not served: %s", args.experiments, obj["metadata"]["name"], exc)
+    catalog = CatalogSource(client, args.experiments, selector=args.selector, resource_version=version)
+    catalog.versions = {str(o["metadata"]["name"]): str(o["metadata"]["resourceVersion"]) for o in items}
+    return experiments, catalog
+
+
+def _specs(args: argparse.Namespace) -> tuple[list[model.Experiment], dict[str, SpecSource], CatalogSource | None]:
+    """What serve serves from the start, where each spec's changes come from, and the namespace's watch."""
+    if args.experiments is not None:
+        found, catalog = _catalog(args)
+        return found, {}, catalog
+    if args.experiment is not None:
+        experiment, source = _kube_source(args)
+        return [experiment], {experiment.name: source}, None
+    experiments: list[model.Experiment] = []
+    sources: dict[str, SpecSource] = {}
+    for path in args.config or [examples.EXPERIMENT_PATH]:
+        experiment = model.load(path)
+        if experiment.name in sources:
+            raise UserError(f"--config {path}: a second experiment named {experiment.name!r}; names must differ")
+        experiments.append(experiment)
+        sources[experiment.name] = FileSource(path, interval_s=args.reload_interval)
+    Gateway({e.name: e.match for e in experiments})  # two matches that overlap: exit 2, naming both
+    return experiments, sources, None
+
+
 def serve(args: argparse.Namespace) -> int:
     _check_args(args)
     try:
@@ -214,14 +281,9 @@ def serve(args: argparse.Namespace) -> int:
         workers = parse_workers(args.workers, cpus=cpus)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    bundled = args.config is None and args.experiment is None
-    path = args.config or examples.EXPERIMENT_PATH
-    source: SpecSource
-    if args.experiment is not None:
-        experiment, source = _kube_source(args)
-    else:
-        experiment = model.load(path)
-        source = FileSource(path, interval_s=args.reload_interval)
+    bundled = args.config is None and args.experiment is None and args.experiments is None
+    path = (args.config or [examples.EXPERIMENT_PATH])[0]
+    experiments, sources, catalog = _specs(args)
     with ExitStack() as stack:
         redis_url = args.redis_url or ""
         private = not redis_url and not args.no_event_log
@@ -250,11 +312,12 @@ def serve(args: argparse.Namespace) -> int:
         if not private and not args.no_event_log:
             _warn_if_unreachable(redis_url, spill_dir=args.spill_dir)
         if bundled:
-            experiment = _with_example_ports(experiment, args.example_ports)
+            experiments = [_with_example_ports(experiments[0], args.example_ports)]
         plan = serving.Plan(
-            experiment=experiment,
+            experiments=experiments,
             settings=settings,
-            source=source,
+            sources=sources,
+            catalog=catalog,
             host=args.host,
             port=args.port,
             shutdown_timeout_s=args.shutdown_timeout,
@@ -271,7 +334,11 @@ def serve(args: argparse.Namespace) -> int:
         from abrouter.router import supervisor
 
         def plan_for() -> serving.Plan:  # in each worker: a Kubernetes watch of its own
-            return dataclasses.replace(plan, source=_kube_source(args)[1]) if args.experiment else plan
+            if args.experiments is not None:
+                return dataclasses.replace(plan, catalog=_catalog(args)[1])
+            if args.experiment is not None:
+                return dataclasses.replace(plan, sources={e.name: _kube_source(args)[1] for e in experiments})
+            return plan
 
         return supervisor.run(
             plan_for,

@@ -22,10 +22,9 @@ from abrouter.router import metrics as prom
 from abrouter.router import outcomes as oc
 from abrouter.router import workerfiles, workers
 from abrouter.router.errors import BatchError, EventLogUnavailable, RequestIdError
-from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Outcome
 from abrouter.router.exchange import FORCED_EPOCH, header
-from abrouter.router.state import Router
+from abrouter.router.state import Lane, Router
 
 PREFIX = "/abrouter"
 #: The largest request body an endpoint reads whole (the outcome API), inflated or not.
@@ -76,8 +75,8 @@ async def readyz(router: Router, request: Request) -> Reply:
     """Ready while predictions can flow; a Redis outage only degrades it (events spill).
 
     Under --workers N, ready only while every worker serves (has a fresh snapshot)."""
-    stats = router.eventlog.stats
-    if isinstance(router.eventlog, DisabledEventLog):
+    stats = router.eventlog_stats()
+    if not router.event_logging:
         redis = "disabled"  # --no-event-log: nothing depends on Redis
     else:
         redis = "up" if stats.redis_up else "degraded"
@@ -91,12 +90,12 @@ async def readyz(router: Router, request: Request) -> Reply:
         # Redis restarted empty: what was flushed before this time is gone.
         body["data_incomplete_since"] = stats.data_incomplete_since
         body["redis_resets"] = stats.redis_resets
-    if router.source.access_error is not None:  # the spec can no longer be read (sources.base.Access)
+    if (denied := _access_error(router)) is not None:  # the spec can no longer be read (sources.base.Access)
         # Still ready: predictions flow on the last spec, and a Role broken under running
         # pods must not take them all out of the Service. Said here, at /experiment and in
         # abrouter_spec_source_up, for an alert.
         body["spec_source"] = "denied"
-        body["reload_error"] = router.source.access_error
+        body["reload_error"] = denied
     if (slot := router.workers) is not None:
         live, _ = workerfiles.read(slot.directory)
         gone = workers.missing(slot, live, time.time())
@@ -110,7 +109,7 @@ async def readyz(router: Router, request: Request) -> Reply:
 
 async def metrics(router: Router, request: Request) -> Reply:
     """Under --workers N, the sum over the workers: this one's live numbers and the others' snapshots."""
-    m, s, conns = router.metrics, router.eventlog.stats, workers.connections_of(router.guard)
+    m, s, conns = router.metrics, router.eventlog_stats(), workers.connections_of(router.guard)
     if (slot := router.workers) is not None:
         live, retired = workerfiles.read(slot.directory)
         live[slot.index] = workerfiles.snapshot_of(router, slot, time.time())
@@ -160,16 +159,30 @@ async def metrics(router: Router, request: Request) -> Reply:
             s.shed,
         ),
         "abrouter_redis_up": ("gauge", "1 while the last flush reached Redis.", 1.0 if s.redis_up else 0.0),
-        "abrouter_weights_epoch": ("gauge", "The weights epoch being served.", router.table.epoch),
         "abrouter_spec_source_up": (
             "gauge",
             "0 while the spec's source refuses this router (a 401/403 from the Kubernetes API).",
-            0.0 if router.source.access_error is not None else 1.0,
+            0.0 if _access_error(router) is not None else 1.0,
         ),
+        "abrouter_experiments": ("gauge", "Experiments this router serves.", len(router.lanes)),
     }
     extra.update(_connection_metrics(conns))
-    text = prom.render(m, experiment=router.table.experiment.name, extra=extra)
+    only = router.lanes.only
+    text = prom.render(m, labels={"experiment": only.name} if only else {}, extra=extra)
+    text += "".join(
+        [
+            "# HELP abrouter_weights_epoch The weights epoch being served.\n",
+            "# TYPE abrouter_weights_epoch gauge\n",
+            *(f'abrouter_weights_epoch{{experiment="{lane.name}"}} {lane.table.epoch}\n' for lane in router.lanes),
+        ]
+    )
     return Reply(200, text.encode(), [("Cache-Control", "no-store")], content_type="text/plain; charset=utf-8")
+
+
+def _access_error(router: Router) -> str | None:
+    """Why a spec source can no longer read its spec (the namespace's, or any experiment's), or None."""
+    errors = [router.source.access_error, *(lane.source.access_error for lane in router.lanes)]
+    return next((e for e in errors if e is not None), None)
 
 
 def _connection_metrics(conns: workers.Connections) -> dict[str, tuple[str, str, float]]:
@@ -222,22 +235,28 @@ def _public_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def experiment(router: Router, request: Request) -> Reply:
+    """The experiment served; with several, ``{"experiments": [...]}`` of the same objects."""
     denied = _unauthorized(router, request)
     if denied is not None:
         return denied
-    table = router.table
+    authorized = _authorized(router, request)
+    shown = [_lane_view(lane, authorized) for lane in router.lanes]
+    if router.lanes.only is not None and router.source.last_error is None:
+        return json_reply(200, shown[0])
+    return json_reply(200, {"experiments": shown, "reload_error": router.source.last_error})
+
+
+def _lane_view(lane: Lane, authorized: bool) -> dict[str, Any]:
+    table = lane.table
     spec = model.to_dict(table.experiment)
-    return json_reply(
-        200,
-        {
-            # Salt and upstream URLs only to a holder of the token.
-            "spec": spec if _authorized(router, request) else _public_spec(spec),
-            "weights": table.weights_by_name(),
-            "epoch": table.epoch,
-            "epoch_since": table.since,
-            "reload_error": router.source.last_error,
-        },
-    )
+    return {
+        # Salt and upstream URLs only to a holder of the token.
+        "spec": spec if authorized else _public_spec(spec),
+        "weights": table.weights_by_name(),
+        "epoch": table.epoch,
+        "epoch_since": table.since,
+        "reload_error": lane.source.last_error,
+    }
 
 
 class _BadEncoding(ValueError):
@@ -303,60 +322,100 @@ async def outcomes(router: Router, request: Request) -> Reply:
         )
     counts: dict[str, int] = {}
     repeated = 0
-    for o in resolved:
-        assert isinstance(o, Outcome)
-        if not router.eventlog.record_outcome(o):
+    for lane, o in resolved:  # type: ignore[misc]  # no ItemError left
+        if not lane.eventlog.record_outcome(o):
             repeated += 1  # its event_id is already waiting in this batch
             continue
-        router.metrics.outcomes[o.metric] += 1
+        router.metrics.outcomes[(lane.name, o.metric)] += 1
         counts[o.metric] = counts.get(o.metric, 0) + 1
     return json_reply(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
 
 
-async def _resolve(router: Router, raw_items: list[Any]) -> list[Outcome | oc.ItemError]:
-    table = router.table
-    checked = [oc.validate_item(i, raw, table.experiment) for i, raw in enumerate(raw_items)]
-    units = {c.unit for c in checked if isinstance(c, oc.OutcomeItem) and c.unit is not None}
-    hashes = {u: unit_hash(u) for u in units}
-    strata = await router.eventlog.lookup_units(list(hashes.values())) if hashes else {}
-    found = {u: strata[h] for u, h in hashes.items()}
+async def _resolve(router: Router, raw_items: list[Any]) -> list[tuple[Lane, Outcome] | oc.ItemError]:
+    """Each item's experiment, checked item and outcome (looking units up in Redis, per experiment)."""
     now = time.time()
-    out: list[Outcome | oc.ItemError] = []
+    checked: list[tuple[Lane, oc.OutcomeItem] | oc.ItemError] = []
+    for i, raw in enumerate(raw_items):
+        lane = _lane_of(router, i, raw, now)
+        item = lane if isinstance(lane, oc.ItemError) else oc.validate_item(i, raw, lane.table.experiment)
+        checked.append(item if isinstance(item, oc.ItemError) else (lane, item))  # type: ignore[arg-type]
+    units: dict[str, dict[str, str]] = {}  # experiment -> unit -> hash
+    for c in checked:
+        if not isinstance(c, oc.ItemError) and c[1].unit is not None and c[1].request_id is None:
+            units.setdefault(c[0].name, {})[c[1].unit] = unit_hash(c[1].unit)
+    found: dict[str, dict[str, tuple[int, str] | None]] = {}
+    for name, hashes in units.items():
+        strata = await router.lane(name).eventlog.lookup_units(list(hashes.values()))
+        found[name] = {u: strata[h] for u, h in hashes.items()}
+    out: list[tuple[Lane, Outcome] | oc.ItemError] = []
     for c in checked:
         if isinstance(c, oc.ItemError):
             out.append(c)
-        elif c.request_id is not None or c.unit is None:
-            out.append(_by_request_id(router, c, now))
-        elif (stratum := found[c.unit]) is None:
-            out.append(
-                oc.ItemError(
-                    c.index,
-                    "unit",
-                    f"unit {c.unit!r} has no exposure in this experiment (one "
-                    "through another replica is known after that replica's next flush; "
-                    "outcomes by request_id need no lookup)",
-                )
-            )
-        else:
-            epoch, variant = stratum
-            out.append(
-                Outcome(
-                    unit_hash=hashes[c.unit],
-                    variant=variant,
-                    epoch=epoch,
-                    metric=c.metric,
-                    value=c.value,
-                    ts=now,
-                    event_id=c.event_id,
-                )
-            )
+            continue
+        lane, item = c
+        outcome = (
+            _by_request_id(lane, item, now)
+            if item.request_id is not None or item.unit is None
+            else _by_unit(lane, item, found[lane.name][item.unit], now)
+        )
+        out.append(outcome if isinstance(outcome, oc.ItemError) else (lane, outcome))
     return out
 
 
-def _by_request_id(router: Router, item: oc.OutcomeItem, now: float) -> Outcome | oc.ItemError:
-    experiment = router.table.experiment
+def _lane_of(router: Router, index: int, raw: Any, now: float) -> Lane | oc.ItemError:
+    """The experiment an outcome item is for: named, the one a request id was issued by, or the only one."""
+    named = raw.get("experiment") if isinstance(raw, dict) else None
+    if named is not None:
+        lane = router.lanes.by_name.get(named) if isinstance(named, str) else None
+        if lane is None:
+            return oc.ItemError(index, "experiment", f"unknown experiment {named!r}; served: {_names(router)}")
+        return lane
+    only = router.lanes.only
+    if only is not None:
+        return only
+    request_id = raw.get("request_id") if isinstance(raw, dict) else None
+    if isinstance(request_id, str):
+        for lane in router.lanes:
+            try:
+                lane.ids.decode(request_id, now=now, ttl_s=lane.table.experiment.outcome_ttl_s)
+            except RequestIdError:
+                continue
+            return lane
+        return oc.ItemError(index, "request_id", "unknown request id: no experiment served here issued it")
+    return oc.ItemError(
+        index, "experiment", f"required for a unit's outcome when the router serves several: one of {_names(router)}"
+    )
+
+
+def _names(router: Router) -> str:
+    return ", ".join(sorted(router.lanes.by_name)) or "(none)"
+
+
+def _by_unit(lane: Lane, item: oc.OutcomeItem, stratum: tuple[int, str] | None, now: float) -> Outcome | oc.ItemError:
+    if stratum is None:
+        return oc.ItemError(
+            item.index,
+            "unit",
+            f"unit {item.unit!r} has no exposure in this experiment (one "
+            "through another replica is known after that replica's next flush; "
+            "outcomes by request_id need no lookup)",
+        )
+    epoch, variant = stratum
+    return Outcome(
+        unit_hash=unit_hash(item.unit or ""),
+        variant=variant,
+        epoch=epoch,
+        metric=item.metric,
+        value=item.value,
+        ts=now,
+        event_id=item.event_id,
+    )
+
+
+def _by_request_id(lane: Lane, item: oc.OutcomeItem, now: float) -> Outcome | oc.ItemError:
+    experiment = lane.table.experiment
     try:
-        info = router.ids.decode(item.request_id or "", now=now, ttl_s=experiment.outcome_ttl_s)
+        info = lane.ids.decode(item.request_id or "", now=now, ttl_s=experiment.outcome_ttl_s)
     except RequestIdError as exc:
         return oc.ItemError(item.index, "request_id", str(exc))
     if info.epoch == FORCED_EPOCH:

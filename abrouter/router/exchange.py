@@ -39,9 +39,11 @@ from abrouter.router import exposures
 from abrouter.router import headers as hdr
 from abrouter.router.errors import UpstreamError, UpstreamTimeout
 from abrouter.router.eventlog.events import Exposure
+from abrouter.router.matching import ModelAt, rewrite_body, rewrite_path
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable
+from abrouter.router.upstream.transport import Transport
 
 log = logging.getLogger("abrouter.proxy")
 
@@ -57,16 +59,33 @@ class ExposureLog(Protocol):
     def record_exposure(self, e: Exposure) -> None: ...
 
 
-class Services(Protocol):
-    """What an exchange needs of the running router (`abrouter.router.state.Router`)."""
+class Experimenting(Protocol):
+    """One experiment the router serves (`abrouter.router.state.Lane`)."""
 
     table: RoutingTable
     ids: RequestIds
+    transport: Transport
+
+    @property
+    def eventlog(self) -> ExposureLog: ...
+
+
+class Routes(Protocol):
+    """The experiments served (`abrouter.router.state.Lanes`)."""
+
+    def route(self, incoming: Incoming, body: bytes | None) -> tuple[Experimenting, ModelAt | None] | None: ...
+
+    def __len__(self) -> int: ...
+
+
+class Services(Protocol):
+    """What an exchange needs of the running router (`abrouter.router.state.Router`)."""
+
     metrics: ProxyMetrics
     rng: random.Random
 
     @property
-    def eventlog(self) -> ExposureLog: ...
+    def lanes(self) -> Routes: ...
 
 
 @dataclass(slots=True)
@@ -96,6 +115,8 @@ class Failure(enum.Enum):
     UPSTREAM_TIMEOUT = "upstream_timeout"
     #: The variant's upstream refused, reset or closed: an error of the variant.
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    #: No experiment's match takes the request (the client's mistake, or a missing experiment).
+    NO_EXPERIMENT = "no_experiment"
     #: A bug in the router.
     INTERNAL = "internal"
 
@@ -212,11 +233,13 @@ class Exchange:
 
     __slots__ = (
         "_services",
+        "body",
         "choice",
         "complete",
         "error",
         "first_byte_s",
         "incoming",
+        "lane",
         "request_id",
         "started",
         "status",
@@ -225,10 +248,13 @@ class Exchange:
         "variant",
     )
 
-    def __init__(self, services: Services, incoming: Incoming, table: RoutingTable, choice: Assignment,
-                 request_id: str, started: float) -> None:  # fmt: skip
+    def __init__(self, services: Services, lane: Experimenting, incoming: Incoming, table: RoutingTable,
+                 choice: Assignment, request_id: str, started: float) -> None:  # fmt: skip
         self._services = services
+        self.lane = lane
         self.incoming = incoming
+        #: The request body to forward when the exchange rewrote it (a variant's model name), else None.
+        self.body: bytes | None = None
         self.table = table  # one consistent snapshot for the whole request
         self.choice = choice
         self.variant = table.experiment.variants[choice.index]
@@ -243,7 +269,8 @@ class Exchange:
         self.first_byte_s: float | None = None
 
     @classmethod
-    def start(cls, services: Services, incoming: Incoming, *, now: float) -> Exchange:
+    def start(cls, services: Services, incoming: Incoming, *, now: float, body: bytes | None = None) -> Exchange:
+        """`body`: the request body when the adapter holds it whole (a JSON body's model is read from it)."""
         started = time.perf_counter()
         target = origin_form(incoming.target)
         if target is None:
@@ -251,28 +278,47 @@ class Exchange:
             raise Refused(Problem(Failure.BAD_TARGET, message))
         if target != incoming.target:
             incoming = dataclasses.replace(incoming, target=target)
-        table = services.table
+        found = services.lanes.route(incoming, body)
+        if found is None:
+            services.metrics.no_experiment += 1
+            path = incoming.target.partition("?")[0][:200]
+            raise Refused(Problem(Failure.NO_EXPERIMENT, f"no experiment serves {incoming.method} {path}"))
+        lane, model_at = found
+        table = lane.table
         choice = assign(incoming, table, services.rng)
-        request_id = services.ids.issue(
+        request_id = lane.ids.issue(
             unit_hash=choice.unit_hash,
             epoch=FORCED_EPOCH if choice.forced else table.epoch,
             variant_index=choice.index,
             now=now,
             anonymous=choice.anonymous,
         )
-        return cls(services, incoming, table, choice, request_id, started)
+        ex = cls(services, lane, incoming, table, choice, request_id, started)
+        if model_at is not None and (renamed := ex.variant.model) is not None and renamed != model_at.name:
+            ex._rename(model_at, renamed, body)
+        return ex
+
+    def _rename(self, at: ModelAt, name: str, body: bytes | None) -> None:
+        """The variant's own model name, where the request named the model (issue 16)."""
+        if at.where == "path":
+            self.incoming = dataclasses.replace(self.incoming, target=rewrite_path(self.incoming.target, at, name))
+        elif body is not None:
+            self.body = rewrite_body(body, at, name)
 
     @property
     def tags(self) -> dict[str, str]:
         return {"experiment": self.table.experiment.name, "variant": self.variant.name, "request_id": self.request_id}
 
     def upstream_headers(self) -> list[tuple[str, str]]:
-        return hdr.upstream_request_headers(
+        headers = hdr.upstream_request_headers(
             self.incoming.headers,
             upstream=self.variant.upstream,
             client_ip=self.incoming.peer,
             scheme=self.incoming.scheme,
         )
+        if self.body is not None:  # rewritten: its length is the transport's to state
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        return headers
 
     def received(self, status: int, *, failed: bool | None = None) -> None:
         """The upstream answered with `status` (whatever happens to the body later).
@@ -338,13 +384,13 @@ class Exchange:
         seconds = time.perf_counter() - self.started
         services = self._services
         failed = self.error is not None or self.upstream_failed
-        services.metrics.observe_request(self.variant.name, self.status, seconds, self.error, failed=failed,
-                                         first_byte_s=self.first_byte_s)  # fmt: skip
+        services.metrics.observe_request(self.table.experiment.name, self.variant.name, self.status, seconds,
+                                         self.error, failed=failed, first_byte_s=self.first_byte_s)  # fmt: skip
         if self.choice.forced:
             return  # QA overrides are not exposures of the experiment
         if not exposures.is_exposure(self.incoming.method, self.incoming.target, self.table.experiment.exposures):
             return  # health and metadata calls are forwarded, not analysed (issue 9)
-        services.eventlog.record_exposure(
+        self.lane.eventlog.record_exposure(
             Exposure(
                 request_id=self.request_id,
                 unit_hash=self.choice.unit_hash,

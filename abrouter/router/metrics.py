@@ -25,20 +25,30 @@ class _Histogram:
         self.n += 1
 
 
+#: (experiment, variant): the key of every per-arm series.
+Arm = tuple[str, str]
+
+
 @dataclass
 class ProxyMetrics:
-    requests: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    latency: dict[str, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+    #: (experiment, variant, status class) -> requests.
+    requests: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    #: (experiment, variant, reason) -> errors of the variant.
+    errors: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    latency: dict[Arm, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
     #: Time to the response's head, for streamed and whole responses alike.
-    first_byte: dict[str, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
-    outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    first_byte: dict[Arm, _Histogram] = field(default_factory=lambda: defaultdict(_Histogram))
+    #: (experiment, metric) -> accepted outcomes.
+    outcomes: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     outcomes_rejected: int = 0
     #: Requests refused at the wire (malformed, over a limit, HTTP/2 on the HTTP/1.1 port), by reason.
     bad_requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    #: Requests no experiment's match took (answered 404 ``no_experiment``).
+    no_experiment: int = 0
 
     def observe_request(
         self,
+        experiment: str,
         variant: str,
         status: int,
         seconds: float,
@@ -51,14 +61,15 @@ class ProxyMetrics:
 
         `failed`: an error of the variant (default: `error` set or an HTTP 5xx).
         """
-        self.requests[(variant, f"{status // 100}xx")] += 1
-        self.latency[variant].observe(seconds)
+        self.requests[(experiment, variant, f"{status // 100}xx")] += 1
+        arm = (experiment, variant)
+        self.latency[arm].observe(seconds)
         if first_byte_s is not None:
-            self.first_byte[variant].observe(first_byte_s)
+            self.first_byte[arm].observe(first_byte_s)
         if failed is None:
             failed = error is not None or status >= 500
         if failed:
-            self.errors[(variant, error or "upstream_5xx")] += 1
+            self.errors[(experiment, variant, error or "upstream_5xx")] += 1
 
 
 def _sample(value: float) -> str:
@@ -75,9 +86,9 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _histograms(name: str, by_variant: dict[str, _Histogram], experiment: str) -> list[str]:
+def _histograms(name: str, by_arm: dict[Arm, _Histogram]) -> list[str]:
     lines = []
-    for variant, h in sorted(by_variant.items()):
+    for (experiment, variant), h in sorted(by_arm.items()):
         cumulative = 0
         for bound, count in zip((*BUCKETS_S, float("inf")), h.counts):
             cumulative += count
@@ -89,37 +100,41 @@ def _histograms(name: str, by_variant: dict[str, _Histogram], experiment: str) -
     return lines
 
 
-def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str, float]]) -> str:
-    """Prometheus text format 0.0.4. `extra` maps a metric name to (type, help, value)."""
+def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[str, str, float]]) -> str:
+    """Prometheus text format 0.0.4. `extra` maps a metric name to (type, help, value); the
+    router-wide series carry `labels` (the experiment's name when the router serves one)."""
     lines = [
         "# HELP abrouter_requests_total Proxied requests by variant and status class.",
         "# TYPE abrouter_requests_total counter",
     ]
-    for (variant, code), n in sorted(m.requests.items()):
+    for (experiment, variant, code), n in sorted(m.requests.items()):
         lines.append(f"abrouter_requests_total{_labels(experiment=experiment, variant=variant, code=code)} {n}")
     lines += [
         "# HELP abrouter_errors_total Failed requests by variant and reason (5xx, refused, timeout).",
         "# TYPE abrouter_errors_total counter",
     ]
-    for (variant, reason), n in sorted(m.errors.items()):
+    for (experiment, variant, reason), n in sorted(m.errors.items()):
         lines.append(f"abrouter_errors_total{_labels(experiment=experiment, variant=variant, reason=reason)} {n}")
     lines += [
         "# HELP abrouter_request_duration_seconds Time from request to end of response body.",
         "# TYPE abrouter_request_duration_seconds histogram",
     ]
-    lines += _histograms("abrouter_request_duration_seconds", m.latency, experiment)
+    lines += _histograms("abrouter_request_duration_seconds", m.latency)
     lines += [
         "# HELP abrouter_response_first_byte_seconds Time from request to the response's head going out.",
         "# TYPE abrouter_response_first_byte_seconds histogram",
     ]
-    lines += _histograms("abrouter_response_first_byte_seconds", m.first_byte, experiment)
+    lines += _histograms("abrouter_response_first_byte_seconds", m.first_byte)
     lines += ["# HELP abrouter_outcomes_total Accepted outcomes by metric.", "# TYPE abrouter_outcomes_total counter"]
-    for metric, n in sorted(m.outcomes.items()):
+    for (experiment, metric), n in sorted(m.outcomes.items()):
         lines.append(f"abrouter_outcomes_total{_labels(experiment=experiment, metric=metric)} {n}")
     lines += [
         "# HELP abrouter_outcomes_rejected_total Outcome items rejected as invalid.",
         "# TYPE abrouter_outcomes_rejected_total counter",
-        f"abrouter_outcomes_rejected_total{_labels(experiment=experiment)} {m.outcomes_rejected}",
+        f"abrouter_outcomes_rejected_total{_labels(**labels)} {m.outcomes_rejected}",
+        "# HELP abrouter_no_experiment_total Requests no experiment's match took (answered 404 no_experiment).",
+        "# TYPE abrouter_no_experiment_total counter",
+        f"abrouter_no_experiment_total{_labels(**labels)} {m.no_experiment}",
     ]
     lines += [
         "# HELP abrouter_bad_requests_total Requests refused before they reached a variant, by reason "
@@ -127,11 +142,11 @@ def render(m: ProxyMetrics, *, experiment: str, extra: dict[str, tuple[str, str,
         "# TYPE abrouter_bad_requests_total counter",
     ]
     for reason, n in sorted(m.bad_requests.items()):
-        lines.append(f"abrouter_bad_requests_total{_labels(experiment=experiment, reason=reason)} {n}")
+        lines.append(f"abrouter_bad_requests_total{_labels(**labels, reason=reason)} {n}")
     for name, (kind, help_text, value) in extra.items():
         lines += [
             f"# HELP {name} {help_text}",
             f"# TYPE {name} {kind}",
-            f"{name}{_labels(experiment=experiment)} {_sample(value)}",
+            f"{name}{_labels(**labels)} {_sample(value)}",
         ]
     return "\n".join(lines) + "\n"

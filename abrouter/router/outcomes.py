@@ -30,7 +30,8 @@ from abrouter.router.errors import BatchError
 
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 512
-_ALLOWED = {"request_id", "unit", "metric", "value", "event_id", "covariate"}
+#: ``experiment`` names the experiment of a unit's outcome when the router serves several.
+_ALLOWED = {"request_id", "unit", "metric", "value", "event_id", "covariate", "experiment"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from abrouter.contract.experiment import Experiment
 from abrouter.router import workerfiles
@@ -26,14 +27,21 @@ from abrouter.router.sources.base import SpecSource
 from abrouter.router.state import Router
 from abrouter.router.workers import WorkerSlot
 
+if TYPE_CHECKING:  # the Kubernetes client only under --experiments NAMESPACE
+    from abrouter.router.sources.catalog import CatalogSource
+
 
 @dataclass
 class Plan:
     """What one router process serves, and where."""
 
-    experiment: Experiment
+    #: The experiments served from the start (under `catalog`, possibly none).
+    experiments: list[Experiment]
     settings: ServeSettings
-    source: SpecSource | None = None
+    #: Experiment name -> where its spec changes come from.
+    sources: dict[str, SpecSource] = field(default_factory=dict)
+    #: ``--experiments NAMESPACE``: every Experiment of a namespace, added and deleted live.
+    catalog: CatalogSource | None = None
     host: str = "127.0.0.1"
     port: int = 0
     #: A socket already bound (and listening) by a supervisor; host and port are then unused.
@@ -51,7 +59,9 @@ async def serving(plan: Plan) -> AsyncIterator[tuple[Router, listener.Listener]]
     async with contextlib.AsyncExitStack() as stack:
         for companion in plan.companions:
             await stack.enter_async_context(companion())
-        router = await stack.enter_async_context(running(plan.experiment, plan.settings, source=plan.source))
+        router = await stack.enter_async_context(
+            running(plan.experiments, plan.settings, sources=plan.sources, catalog=plan.catalog)
+        )
         if (slot := plan.worker) is not None:
             router.workers = slot
             # Entered before the listener: its last snapshot is written after the drain.

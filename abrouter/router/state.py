@@ -10,29 +10,81 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from abrouter.contract.experiment import Experiment
 from abrouter.router.connections import ConnectionGuard, Limits
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
+from abrouter.router.eventlog.stats import EventLogStats
+from abrouter.router.exchange import Incoming
+from abrouter.router.matching import Gateway, ModelAt
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable, next_table
 from abrouter.router.sources.base import SourceStatus
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
-from abrouter.router.workers import WorkerSlot
+from abrouter.router.workers import WorkerSlot, sum_stats
 
 log = logging.getLogger("abrouter")
 
 
 @dataclass
-class Router:
+class Lane:
+    """One experiment this router serves: its routing table, event log, request ids and
+    upstream transport (its own pool and timeouts), and how its spec's reloads went."""
+
     table: RoutingTable
-    transport: Transport
     eventlog: EventLog | DisabledEventLog
     ids: RequestIds
+    transport: Transport
+    source: SourceStatus = field(default_factory=SourceStatus)
+
+    @property
+    def name(self) -> str:
+        return self.table.experiment.name
+
+
+class Lanes:
+    """The experiments served, by name, and the `Gateway` over their matches.
+
+    Replaced whole (`with_lane`, `without`) rather than changed in place, so a request
+    always routes over one consistent set.
+    """
+
+    __slots__ = ("by_name", "gateway")
+
+    def __init__(self, lanes: Iterable[Lane]) -> None:
+        self.by_name: dict[str, Lane] = {lane.name: lane for lane in lanes}
+        self.gateway = Gateway(
+            {name: lane.table.experiment.match for name, lane in self.by_name.items()},
+            rewrites=any(v.model is not None for lane in self.by_name.values() for v in lane.table.experiment.variants),
+        )
+
+    def route(self, incoming: Incoming, body: bytes | None) -> tuple[Lane, ModelAt | None] | None:
+        found = self.gateway.find(incoming.target, incoming.headers, body)
+        if found is None:
+            return None
+        return self.by_name[found[0]], found[1]
+
+    def __iter__(self) -> Iterator[Lane]:
+        return iter(self.by_name.values())
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    @property
+    def only(self) -> Lane | None:
+        """The one experiment, when the router serves exactly one."""
+        return next(iter(self.by_name.values())) if len(self.by_name) == 1 else None
+
+
+@dataclass
+class Router:
+    lanes: Lanes
     metrics: ProxyMetrics = field(default_factory=ProxyMetrics)
+    #: The namespace's source under ``--experiments NAMESPACE`` (access errors); each lane has its own.
     source: SourceStatus = field(default_factory=SourceStatus)
     rng: random.Random = field(default_factory=lambda: random.Random(os.urandom(16)))
     #: The client connections of every listener of this process: deadlines and the cap.
@@ -41,6 +93,18 @@ class Router:
     api_token: bytes = field(default=b"", repr=False)
     #: Under `abrouter serve --workers N` (N > 1): which worker this process is (None: the only one).
     workers: WorkerSlot | None = None
+
+    def lane(self, name: str) -> Lane:
+        return self.lanes.by_name[name]
+
+    def eventlog_stats(self) -> EventLogStats:
+        """The event logs of every experiment, summed."""
+        return sum_stats([lane.eventlog.stats for lane in self.lanes])
+
+    @property
+    def event_logging(self) -> bool:
+        """False under --no-event-log."""
+        return not all(isinstance(lane.eventlog, DisabledEventLog) for lane in self.lanes)
 
 
 def upstream_timeouts(experiment: Experiment) -> TimeoutConfig:
@@ -54,15 +118,30 @@ def request_ids(secret: bytes, experiment: Experiment) -> RequestIds:
     return RequestIds(b"\0".join([secret, experiment.name.encode(), names.encode()]))
 
 
-def apply_spec(router: Router, experiment: Experiment) -> None:
-    """Switch to a changed spec (raises ReloadRejected to keep the old one)."""
-    table = next_table(router.table, experiment, now=time.time())
-    if table is router.table:
+def apply_spec(router: Router, name: str, experiment: Experiment) -> None:
+    """Switch experiment `name` to a changed spec (raises ReloadRejected, or ConfigError for
+    a match that overlaps another experiment's, to keep the old one)."""
+    lane = router.lane(name)
+    table = next_table(lane.table, experiment, now=time.time())
+    if table is lane.table:
         return
-    router.eventlog.update_experiment(experiment)
-    if experiment.timeouts != router.table.experiment.timeouts:
-        router.transport.set_timeouts(upstream_timeouts(experiment))
-    if table.epoch != router.table.epoch:
-        router.eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
-        log.info("weights epoch %d: %s", table.epoch, table.weights_by_name())
-    router.table = table
+    if experiment.match != lane.table.experiment.match or _rewrites(experiment) != _rewrites(lane.table.experiment):
+        others = [other for other in router.lanes if other is not lane]
+        changed = Lane(table, lane.eventlog, lane.ids, lane.transport, lane.source)
+        lanes = Lanes([*others, changed])  # raises on an overlap, before anything changed
+    else:
+        lanes = None
+    lane.eventlog.update_experiment(experiment)
+    if experiment.timeouts != lane.table.experiment.timeouts:
+        lane.transport.set_timeouts(upstream_timeouts(experiment))
+    if table.epoch != lane.table.epoch:
+        lane.eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
+        log.info("%s: weights epoch %d: %s", name, table.epoch, table.weights_by_name())
+    lane.table = table
+    if lanes is not None:
+        lanes.by_name[name] = lane
+        router.lanes = lanes
+
+
+def _rewrites(experiment: Experiment) -> tuple[str | None, ...]:
+    return tuple(v.model for v in experiment.variants)

@@ -40,7 +40,7 @@ from abrouter.router import exchange
 from abrouter.router.errors import UpstreamError
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
 from abrouter.router.headers import Headers
-from abrouter.router.upstream.transport import Transport, UpstreamResponse
+from abrouter.router.upstream.transport import UpstreamResponse
 
 log = logging.getLogger("abrouter.proxy")
 
@@ -161,16 +161,13 @@ class BodyStream:
 RequestBody = bytes | BodyStream | None
 
 
-class Router(exchange.Services, Protocol):
-    """What the driver needs of the running router (`abrouter.router.state.Router`)."""
-
-    transport: Transport
+Router = exchange.Services
 
 
 async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Downstream) -> None:
     """Proxy one request to its variant; every outcome is recorded (see the module docstring)."""
     try:
-        ex = Exchange.start(router, incoming, now=time.time())
+        ex = Exchange.start(router, incoming, now=time.time(), body=body if isinstance(body, bytes) else None)
     except exchange.Refused as refused:
         down.fail(refused.problem)
         return
@@ -199,12 +196,12 @@ def _client_left(ex: Exchange, body: RequestBody) -> None:
 
 async def _forward(router: Router, ex: Exchange, body: RequestBody, down: Downstream) -> None:
     try:
-        upstream = await router.transport.request(
+        upstream = await ex.lane.transport.request(
             base_url=ex.variant.upstream,
             method=ex.incoming.method,
             path_qs=ex.incoming.target,  # origin form: never the client's scheme or authority
             headers=ex.upstream_headers(),
-            body=body,
+            body=body if ex.body is None else ex.body,
         )
     except UpstreamError as exc:
         if isinstance(body, BodyStream) and body.is_cut:  # the client stalled (and was cut) or hung up mid-body

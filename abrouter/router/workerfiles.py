@@ -118,6 +118,6 @@ def snapshot_of(router: Router, slot: WorkerSlot, now: float) -> Snapshot:
         pid=os.getpid(),
         written=now,
         metrics=router.metrics,
-        eventlog=router.eventlog.stats,
+        eventlog=router.eventlog_stats(),
         connections=workers.connections_of(router.guard),
     )

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,14 +118,7 @@ def total(
     m = ProxyMetrics()
     for s in (*live, *retired):
         _add_metrics(m, s.metrics)
-    stats = [s.eventlog for s in live]
-    gone = [_counters_only(s.eventlog) for s in retired]
-    incomplete = [x.data_incomplete_since for x in stats if x.data_incomplete_since is not None]
-    summed = EventLogStats(
-        **{f: sum(getattr(x, f) for x in (*stats, *gone)) for f in _SUMMED_STATS},
-        redis_up=bool(stats) and all(x.redis_up for x in stats),
-        data_incomplete_since=max(incomplete) if incomplete else None,
-    )
+    summed = sum_stats([s.eventlog for s in live], [s.eventlog for s in retired])
     timeouts: dict[str, int] = defaultdict(int)
     for s in (*live, *retired):
         for phase, n in s.connections.timeouts.items():
@@ -153,6 +146,19 @@ _SUMMED_STATS = tuple(
 )
 
 
+def sum_stats(live: Sequence[EventLogStats], retired: Sequence[EventLogStats] = ()) -> EventLogStats:
+    """Event logs' stats summed (the workers', or one process's experiments'): every counter
+    and gauge of `live`, the counters of `retired`; `redis_up` only when it holds in every
+    live one; `data_incomplete_since` the latest."""
+    gone = [_counters_only(x) for x in retired]
+    incomplete = [x.data_incomplete_since for x in live if x.data_incomplete_since is not None]
+    return EventLogStats(
+        **{f: sum(getattr(x, f) for x in (*live, *gone)) for f in _SUMMED_STATS},
+        redis_up=bool(live) and all(x.redis_up for x in live),
+        data_incomplete_since=max(incomplete) if incomplete else None,
+    )
+
+
 def _counters_only(stats: EventLogStats) -> EventLogStats:
     return dataclasses.replace(stats, buffered=0, spilled=0, spill_bytes=0)
 
@@ -162,13 +168,14 @@ def _add_metrics(into: ProxyMetrics, m: ProxyMetrics) -> None:
         into.requests[key] += n
     for key, n in m.errors.items():
         into.errors[key] += n
-    for variant, h in m.latency.items():
-        _add_histogram(into.latency[variant], h)
-    for variant, h in m.first_byte.items():
-        _add_histogram(into.first_byte[variant], h)
-    for metric, n in m.outcomes.items():
-        into.outcomes[metric] += n
+    for arm, h in m.latency.items():
+        _add_histogram(into.latency[arm], h)
+    for arm, h in m.first_byte.items():
+        _add_histogram(into.first_byte[arm], h)
+    for pair, n in m.outcomes.items():
+        into.outcomes[pair] += n
     into.outcomes_rejected += m.outcomes_rejected
+    into.no_experiment += m.no_experiment
     for reason, n in m.bad_requests.items():
         into.bad_requests[reason] += n
 
@@ -189,12 +196,13 @@ def to_json(s: Snapshot) -> str:
             "worker": s.worker,
             "pid": s.pid,
             "written": s.written,
-            "requests": [[v, c, n] for (v, c), n in m.requests.items()],
-            "errors": [[v, r, n] for (v, r), n in m.errors.items()],
-            "latency": {v: _histogram_json(h) for v, h in m.latency.items()},
-            "first_byte": {v: _histogram_json(h) for v, h in m.first_byte.items()},
-            "outcomes": dict(m.outcomes),
+            "requests": [[e, v, c, n] for (e, v, c), n in m.requests.items()],
+            "errors": [[e, v, r, n] for (e, v, r), n in m.errors.items()],
+            "latency": [[e, v, _histogram_json(h)] for (e, v), h in m.latency.items()],
+            "first_byte": [[e, v, _histogram_json(h)] for (e, v), h in m.first_byte.items()],
+            "outcomes": [[e, metric, n] for (e, metric), n in m.outcomes.items()],
             "outcomes_rejected": m.outcomes_rejected,
+            "no_experiment": m.no_experiment,
             "bad_requests": dict(m.bad_requests),
             "eventlog": dataclasses.asdict(s.eventlog),
             "connections": dataclasses.asdict(s.connections),
@@ -207,17 +215,18 @@ def from_json(text: str) -> Snapshot:
     """The snapshot in `text` (ValueError, KeyError or TypeError when it is not one)."""
     d = json.loads(text)
     m = ProxyMetrics()
-    for v, c, n in d["requests"]:
-        m.requests[(str(v), str(c))] = int(n)
-    for v, r, n in d["errors"]:
-        m.errors[(str(v), str(r))] = int(n)
-    for v, h in d["latency"].items():
-        m.latency[str(v)] = _histogram_of(h)
-    for v, h in d["first_byte"].items():
-        m.first_byte[str(v)] = _histogram_of(h)
-    for metric, n in d["outcomes"].items():
-        m.outcomes[str(metric)] = int(n)
+    for e, v, c, n in d["requests"]:
+        m.requests[(str(e), str(v), str(c))] = int(n)
+    for e, v, r, n in d["errors"]:
+        m.errors[(str(e), str(v), str(r))] = int(n)
+    for e, v, h in d["latency"]:
+        m.latency[(str(e), str(v))] = _histogram_of(h)
+    for e, v, h in d["first_byte"]:
+        m.first_byte[(str(e), str(v))] = _histogram_of(h)
+    for e, metric, n in d["outcomes"]:
+        m.outcomes[(str(e), str(metric))] = int(n)
     m.outcomes_rejected = int(d["outcomes_rejected"])
+    m.no_experiment = int(d["no_experiment"])
     for reason, n in d["bad_requests"].items():
         m.bad_requests[str(reason)] = int(n)
     conns = d["connections"]

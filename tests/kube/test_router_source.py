@@ -45,8 +45,10 @@ class RunningRouter:
     async def wait_for(self, epoch: int, timeout_s: float = 2.0) -> float:
         """Seconds until the router serves `epoch`; fails after `timeout_s`."""
         start = time.monotonic()
-        while self.router.table.epoch != epoch:
-            assert time.monotonic() - start < timeout_s, f"epoch {epoch} not applied: {self.router.source.last_error}"
+        while self.http.lane.table.epoch != epoch:
+            assert time.monotonic() - start < timeout_s, (
+                f"epoch {epoch} not applied: {self.http.lane.source.last_error}"
+            )
             await asyncio.sleep(0.01)
         return time.monotonic() - start
 
@@ -104,7 +106,7 @@ async def test_a_weight_patch_reaches_two_routers_within_2s_and_they_agree_on_th
     kube_api: KubeApiServer, start_router: StartRouter, experiment: dict[str, Any]
 ) -> None:
     routers = [await start_router(), await start_router()]
-    assert {r.router.table.epoch for r in routers} == {1}
+    assert {r.http.lane.table.epoch for r in routers} == {1}
     assert [await r.variants() for r in routers] == [{"control", "candidate"}] * 2
     await asyncio.sleep(0.2)  # both watches are open
 
@@ -114,7 +116,7 @@ async def test_a_weight_patch_reaches_two_routers_within_2s_and_they_agree_on_th
 
     assert max(delays) < 2.0
     assert [await r.variants() for r in routers] == [{"candidate"}] * 2
-    assert [r.router.table.weights_by_name() for r in routers] == [{"control": 0.0, "candidate": 1.0}] * 2
+    assert [r.http.lane.table.weights_by_name() for r in routers] == [{"control": 0.0, "candidate": 1.0}] * 2
 
 
 async def test_a_watch_that_gets_410_relists_and_carries_on(
@@ -163,12 +165,12 @@ async def test_an_invalid_spec_is_rejected_with_an_event_and_the_last_good_one_s
     await asyncio.sleep(0.2)
     patch_weights(kube_api, experiment, candidate=0, control=0)  # the schema allows it, the parser does not
     deadline = time.monotonic() + 10
-    while not r.router.source.last_error:
+    while not r.http.lane.source.last_error:
         assert time.monotonic() < deadline, "the invalid spec was not reported"
         await asyncio.sleep(0.01)
 
-    assert "spec.variants: weights are all zero" in r.router.source.last_error
-    assert r.router.table.epoch == 1 and await r.variants() == {"control", "candidate"}
+    assert "spec.variants: weights are all zero" in r.http.lane.source.last_error
+    assert r.http.lane.table.epoch == 1 and await r.variants() == {"control", "candidate"}
     (event,) = kube_api.list("events", NAMESPACE)
     assert event["reason"] == "InvalidSpec" and event["type"] == "Warning"
     assert event["involvedObject"]["name"] == experiment["metadata"]["name"]
@@ -176,7 +178,7 @@ async def test_an_invalid_spec_is_rejected_with_an_event_and_the_last_good_one_s
 
     patch_weights(kube_api, experiment, candidate=100, control=0)  # fixed: followed again
     await r.wait_for(3)
-    assert r.router.source.last_error is None
+    assert r.http.lane.source.last_error is None
 
 
 def test_serve_with_a_bad_reference_or_a_missing_experiment_is_one_line(

@@ -17,7 +17,7 @@ from abrouter.contract import experiment as model
 from abrouter.contract.keys import Keys, StratumSums, decode_agg
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.file import FileSource
-from abrouter.router.state import Router
+from abrouter.router.state import Lane, Router
 from tests.router.served import RouterClient, serve
 from tests.router.upstreams import RawUpstream, model_app
 
@@ -34,21 +34,25 @@ class RouterUnderTest:
     def router(self) -> Router:
         return self.client.router
 
+    @property
+    def lane(self) -> Lane:
+        return self.client.lane
+
     def write_spec(self, **changes: Any) -> None:
         self.spec.update(changes)
         self.path.write_text(yaml.safe_dump(self.spec))
 
     async def wait_for_epoch(self, epoch: int, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while self.router.table.epoch != epoch:
-            assert time.monotonic() < deadline, f"epoch {epoch} not loaded: {self.router.source.last_error}"
+        while self.client.lane.table.epoch != epoch:
+            assert time.monotonic() < deadline, f"epoch {epoch} not loaded: {self.client.lane.source.last_error}"
             await asyncio.sleep(0.02)
 
     async def settle(self, timeout_s: float = 10.0) -> None:
         """Wait until every recorded event has reached Redis."""
         deadline = time.monotonic() + timeout_s
         while True:
-            stats = self.router.eventlog.stats
+            stats = self.client.lane.eventlog.stats
             if not (stats.buffered or stats.spilled or not stats.redis_up):
                 break
             assert time.monotonic() < deadline, f"event log did not drain: {stats}"

@@ -16,7 +16,8 @@ from abrouter.router.connections import Limits
 from abrouter.router.http.listener import Listener
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.base import SpecSource
-from abrouter.router.state import Router
+from abrouter.router.sources.catalog import CatalogSource
+from abrouter.router.state import Lane, Router
 
 
 class RouterClient:
@@ -30,6 +31,13 @@ class RouterClient:
         self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), auto_decompress=False)
         self._stack = stack
         self.closed = False
+
+    @property
+    def lane(self) -> Lane:
+        """The experiment served, when the router serves exactly one."""
+        only = self.router.lanes.only
+        assert only is not None, "the router serves several experiments: use router.lane(name)"
+        return only
 
     @property
     def port(self) -> int:
@@ -68,14 +76,24 @@ class RouterClient:
 
 
 async def serve(
-    experiment: Experiment,
+    experiment: Experiment | list[Experiment],
     settings: ServeSettings,
     *,
     source: SpecSource | None = None,
+    catalog: CatalogSource | None = None,
     shutdown_timeout_s: float = 5.0,
 ) -> RouterClient:
+    """The router serving `experiment` (or several), following `source` (one) or `catalog` (a namespace)."""
     stack = contextlib.AsyncExitStack()
-    plan = serving.Plan(experiment=experiment, settings=settings, source=source, shutdown_timeout_s=shutdown_timeout_s)
+    experiments = experiment if isinstance(experiment, list) else [experiment]
+    sources = {experiments[0].name: source} if source is not None else {}
+    plan = serving.Plan(
+        experiments=experiments,
+        settings=settings,
+        sources=sources,
+        catalog=catalog,
+        shutdown_timeout_s=shutdown_timeout_s,
+    )
     router, server = await stack.enter_async_context(serving.serving(plan))
     return RouterClient(router, server, stack)
 

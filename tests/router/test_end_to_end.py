@@ -36,7 +36,7 @@ async def test_an_applied_ramp_reaches_the_router_as_a_new_epoch(make_router: Ma
     assert result.decision.weights == {"control": 75.0, "candidate": 25.0}
     assert len(entries) == 1
     await r.wait_for_epoch(2)
-    assert r.router.table.weights_by_name() == {"control": 0.75, "candidate": 0.25}
+    assert r.lane.table.weights_by_name() == {"control": 0.75, "candidate": 0.25}
     # A returning user stays in epoch 1 (intent-to-treat); a new one starts epoch 2's strata.
     for user in ("user-1", "user-new"):
         resp = await r.client.post("/predict", headers={"X-User-Id": user}, data=b"{}")

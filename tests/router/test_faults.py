@@ -48,7 +48,7 @@ async def test_redis_sigkill_under_load_loses_and_doubles_nothing(make_router: M
         redis_server.kill()
         while sent < 1500:
             await asyncio.sleep(0.01)
-        assert not r.router.eventlog.stats.redis_up and r.router.eventlog.stats.spilled > 0
+        assert not r.lane.eventlog.stats.redis_up and r.lane.eventlog.stats.spilled > 0
         ready = await (await r.client.get("/abrouter/readyz")).json()
         assert ready == {**ready, "status": "ready", "redis": "degraded"}
         await asyncio.to_thread(redis_server.restart)

@@ -23,7 +23,7 @@ from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.events import Exposure
 from abrouter.router.exchange import Failure, Incoming, Problem
 from abrouter.router.routing import RoutingTable
-from abrouter.router.state import Router, request_ids
+from abrouter.router.state import Lane, Lanes, Router, request_ids
 
 SPEC = {
     "name": "driver",
@@ -135,12 +135,13 @@ class RecordingDownstream:
 def make_router(answer: Answer | Exception) -> tuple[Router, RecordingLog, ScriptedTransport]:
     experiment = model.parse(SPEC)
     log, transport = RecordingLog(), ScriptedTransport(answer)
-    router = Router(
+    lane = Lane(
         table=RoutingTable(experiment=experiment, since=time.time()),
-        transport=transport,
-        eventlog=log,
+        eventlog=log,  # type: ignore[arg-type]  # records what the driver logs
         ids=request_ids(b"", experiment),
+        transport=transport,
     )
+    router = Router(lanes=Lanes([lane]))
     return router, log, transport
 
 
@@ -169,7 +170,7 @@ async def test_a_small_response_goes_out_whole_and_is_one_exposure() -> None:
     assert transport.sent == [b"{}"] and transport.responses[0].released
     (e,) = log.exposures
     assert (e.status, e.error, e.variant) == (200, False, "control")
-    assert router.metrics.first_byte["control"].n == 1 and not router.metrics.errors
+    assert router.metrics.first_byte[("driver", "control")].n == 1 and not router.metrics.errors
 
 
 async def test_a_large_or_unsized_response_streams_and_ends() -> None:
@@ -205,7 +206,7 @@ async def test_no_response_is_a_neutral_failure_and_an_error_of_the_variant(
 async def test_an_upstream_that_fails_mid_stream_cuts_the_client_and_is_an_error() -> None:
     down, router, log, transport = await run(Answer(body=[b"a" * 300_000, b"b"], length=None, fail_after=1))
     assert down.events == [("start", 200), ("send", b"a" * 300_000), ("abort",)]
-    assert log.exposures[0].error and router.metrics.errors[("control", "stream_aborted")] == 1
+    assert log.exposures[0].error and router.metrics.errors[("driver", "control", "stream_aborted")] == 1
     assert transport.responses[0].released
 
 
@@ -215,7 +216,7 @@ async def test_a_client_gone_is_recorded_as_499_with_the_request_counted() -> No
         await stream.proxy(router, incoming(), b"{}", RecordingDownstream(gone_after=1))
     (e,) = log.exposures
     assert e.status == 499 and not e.error
-    assert router.metrics.requests[("control", "4xx")] == 1 and not router.metrics.errors
+    assert router.metrics.requests[("driver", "control", "4xx")] == 1 and not router.metrics.errors
     assert transport.responses[0].released
 
 
@@ -226,7 +227,7 @@ async def test_a_cancelled_exchange_waiting_for_the_upstream_is_a_499() -> None:
     async def never(**_: Any) -> Any:
         await gate.wait()
 
-    router.transport.request = never  # type: ignore[method-assign]
+    router.lane("driver").transport.request = never  # type: ignore[method-assign]
     task = asyncio.ensure_future(stream.proxy(router, incoming(), b"{}", RecordingDownstream()))
     await asyncio.sleep(0.01)
     task.cancel()
@@ -273,7 +274,7 @@ async def test_a_bug_is_a_500_before_the_head_and_an_abort_after() -> None:
     async def broken(**_: Any) -> Any:
         raise KeyError("a bug")
 
-    router.transport.request = broken  # type: ignore[method-assign]
+    router.lane("driver").transport.request = broken  # type: ignore[method-assign]
     down = RecordingDownstream()
     await stream.proxy(router, incoming(), b"{}", down)
     assert down.events == [("fail", Failure.INTERNAL)]

@@ -23,9 +23,9 @@ def stats(**changes: object) -> EventLogStats:
 def metrics(requests: int, *, variant: str = "control", seconds: float = 0.003) -> ProxyMetrics:
     m = ProxyMetrics()
     for _ in range(requests):
-        m.observe_request(variant, 200, seconds, None, first_byte_s=seconds / 2)
-    m.observe_request(variant, 502, 0.2, "refused")
-    m.outcomes["conversion"] += requests
+        m.observe_request("exp", variant, 200, seconds, None, first_byte_s=seconds / 2)
+    m.observe_request("exp", variant, 502, 0.2, "refused")
+    m.outcomes[("exp", "conversion")] += requests
     m.outcomes_rejected += 1
     m.bad_requests["malformed"] += 1
     return m
@@ -66,18 +66,33 @@ def test_total_sums_counters_histograms_and_gauges_over_live_workers():
     m, s, conns = workers.total(
         [snapshot(0, requests=3, buffered=5, spilled=1, dropped=2), snapshot(1, requests=4, buffered=7, spilled=3)]
     )
-    assert m.requests == {("control", "2xx"): 7, ("control", "5xx"): 2}
-    assert m.errors == {("control", "refused"): 2}
-    assert m.latency["control"].counts == [0, 0, 7, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]  # 3 ms: le 5 ms; 0.2 s: le 0.25 s
-    assert m.first_byte["control"].n == 7
-    assert m.outcomes == {"conversion": 7} and m.outcomes_rejected == 2 and m.bad_requests == {"malformed": 2}
+    assert m.requests == {("exp", "control", "2xx"): 7, ("exp", "control", "5xx"): 2}
+    assert m.errors == {("exp", "control", "refused"): 2}
+    assert m.latency[("exp", "control")].counts == [
+        0,
+        0,
+        7,
+        0,
+        0,
+        0,
+        0,
+        2,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]  # 3 ms: le 5 ms; 0.2 s: le 0.25 s
+    assert m.first_byte[("exp", "control")].n == 7
+    assert m.outcomes == {("exp", "conversion"): 7} and m.outcomes_rejected == 2 and m.bad_requests == {"malformed": 2}
     assert (s.buffered, s.spilled, s.dropped, s.redis_up) == (12, 4, 2, True)
     assert conns == Connections(open=4, refused=2, timeouts={"header": 2, "body": 0, "idle": 8})
 
 
 def test_a_retired_worker_keeps_its_counters_and_drops_its_gauges():
     m, s, conns = workers.total([snapshot(0, requests=3)], [snapshot(1, requests=10, buffered=9, dropped=1)])
-    assert m.requests[("control", "2xx")] == 13
+    assert m.requests[("exp", "control", "2xx")] == 13
     assert (s.buffered, s.dropped) == (0, 1)
     assert (conns.open, conns.refused) == (2, 2)
 
@@ -92,7 +107,7 @@ def test_redis_is_up_only_when_up_in_every_live_worker():
 def test_the_sum_of_one_renders_as_that_worker_alone():
     one = snapshot(0)
     m, _, _ = workers.total([one])
-    assert render(m, experiment="e", extra={}) == render(one.metrics, experiment="e", extra={})
+    assert render(m, labels={"experiment": "e"}, extra={}) == render(one.metrics, labels={"experiment": "e"}, extra={})
 
 
 def test_a_snapshot_survives_its_json():
@@ -127,14 +142,14 @@ def test_a_dead_workers_counters_move_to_the_retired_sum_at_once(tmp_path: Path)
     workerfiles.retire(tmp_path, 1, pid=1001)  # again: nothing more
     live, retired = workerfiles.read(tmp_path)
     assert sorted(live) == [0] and [r.retired_pids for r in retired] == [(1001,)]
-    assert workers.total(live.values(), retired)[0].requests[("control", "2xx")] == 7
+    assert workers.total(live.values(), retired)[0].requests[("exp", "control", "2xx")] == 7
 
     # The restarted worker (a new pid) counts afresh beside what its predecessor counted.
     workerfiles.write(tmp_path, dataclasses.replace(snapshot(1, requests=2), pid=2001))
     workerfiles.retire(tmp_path, 0, pid=4242)  # not the pid that wrote worker 0's file: kept
     live, retired = workerfiles.read(tmp_path)
     assert sorted(live) == [0, 1]
-    assert workers.total(live.values(), retired)[0].requests[("control", "2xx")] == 9
+    assert workers.total(live.values(), retired)[0].requests[("exp", "control", "2xx")] == 9
 
 
 def test_a_retired_file_wins_over_a_live_file_of_the_same_pid(tmp_path: Path):
@@ -143,4 +158,4 @@ def test_a_retired_file_wins_over_a_live_file_of_the_same_pid(tmp_path: Path):
     workerfiles.write(tmp_path, dead)
     (tmp_path / workerfiles.RETIRED).write_text(workers.to_json(workers.retire(None, dead)))
     live, retired = workerfiles.read(tmp_path)
-    assert live == {} and workers.total(live.values(), retired)[0].requests[("control", "2xx")] == 4
+    assert live == {} and workers.total(live.values(), retired)[0].requests[("exp", "control", "2xx")] == 4

@@ -86,3 +86,22 @@ def access(update: Access, status: SourceStatus, *, where: str) -> None:
         status.last_error = None
     status.access_error = None
     log.info("%s: readable again; following it", where)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The current spec of experiment `name` (its resource's name), or why it cannot be used."""
+
+    name: str
+    spec: Experiment | ConfigError
+
+
+@dataclass(frozen=True)
+class Removed:
+    """Experiment `name` was deleted (or no longer carries the selected labels)."""
+
+    name: str
+
+
+#: What `abrouter.router.sources.catalog.CatalogSource` yields.
+CatalogUpdate = Spec | Removed | Access

@@ -70,14 +70,14 @@ async def test_a_poisoned_unit_state_refuses_its_batch_whole_and_a_replay_counts
     await r.settle()
     # The batch with user2 was refused whole: nothing of it reached Redis (no partial write,
     # not its innocent exposures); the batches without user2 applied.
-    stats = r.router.eventlog.stats
+    stats = r.client.lane.eventlog.stats
     assert stats.quarantined >= 1 and stats.dropped == 0
     assert sum(s.exposures for s in (await r.strata()).values()) == 1 + 11 - stats.quarantined
     assert await redis_client.hget(r.keys.units, field) == poison.encode()
 
     # Fixed by hand; the quarantine file is replayed twice (two copies): counted once.
     await redis_client.hset(r.keys.units, field, good)
-    exp = r.router.table.experiment
+    exp = r.client.lane.table.experiment
     await r.client.close()  # the router closes its files
     (quarantined,) = (tmp_path / "spill").glob(f"*{spill.QUARANTINE_SUFFIX}")
     copy = quarantined.with_name(quarantined.name.replace(spill.QUARANTINE_SUFFIX, ".copy" + spill.SUFFIX))
@@ -156,7 +156,7 @@ async def test_a_redis_that_restarts_empty_is_detected_counted_and_reported_by_a
     for i in range(40, 50):
         await expose(r, f"u{i}")
     await r.settle(timeout_s=20)
-    await r.router.eventlog.flush()  # the epochs re-registered by the reset land
+    await r.client.lane.eventlog.flush()  # the epochs re-registered by the reset land
     await r.settle()
 
     ready = await (await r.client.get("/abrouter/readyz")).json()

@@ -49,7 +49,7 @@ class Served:
     async def exposures_and_errors(self) -> tuple[int, int]:
         import redis.asyncio
 
-        await self.router.eventlog.flush()
+        await self.router.lanes.only.eventlog.flush()  # type: ignore[union-attr]
         client = redis.asyncio.Redis.from_url(self.redis_url)
         try:
             strata = decode_agg(await client.hgetall(self.keys.agg))

@@ -139,8 +139,8 @@ async def test_timeouts_change_with_a_config_reload(make_router: MakeRouter):
     resp.release()
     r.write_spec(timeouts={"connect": 1, "read": 0.2})  # same weights and epoch: only the timeouts
     deadline = time.monotonic() + 5
-    while r.router.table.experiment.timeouts.read_s != 0.2:
-        assert time.monotonic() < deadline, r.router.source.last_error
+    while r.lane.table.experiment.timeouts.read_s != 0.2:
+        assert time.monotonic() < deadline, r.lane.source.last_error
         await asyncio.sleep(0.02)
     resp = await post(r, "/slow?s=0.6", user="u1")
     assert resp.status == 504
@@ -235,15 +235,15 @@ async def test_a_rejected_reload_leaves_the_watcher_alive(make_router: MakeRoute
     r = await make_router()
     r.write_spec(metrics=[{"name": "conversion", "kind": "continuous"}, {"name": "revenue", "kind": "continuous"}])
     for _ in range(200):
-        if r.router.source.last_error:
+        if r.lane.source.last_error:
             break
         await asyncio.sleep(0.02)
-    assert "metrics can only be appended" in r.router.source.last_error
+    assert "metrics can only be appended" in r.lane.source.last_error
     r.spec["metrics"][0]["kind"] = "binary"
     r.spec["variants"][1]["weight"] = 90
     r.write_spec(epoch=2)
     await r.wait_for_epoch(2)  # a later valid reload still applies
-    assert r.router.source.last_error is None
+    assert r.lane.source.last_error is None
 
 
 async def test_reload_without_epoch_bump_is_rejected_and_reported(make_router: MakeRouter):

@@ -129,7 +129,7 @@ async def test_a_large_stream_to_a_client_that_does_not_read_holds_the_upstream_
     writer.close()
     assert len(body) == 64 * MIB and body[:512] == bytes(range(256)) * 2
     await r.settle()
-    assert r.router.metrics.requests == {("control", "2xx"): 1}
+    assert r.router.metrics.requests == {(r.lane.name, "control", "2xx"): 1}
 
 
 async def test_chunked_both_ways(r: RouterUnderTest) -> None:
@@ -218,7 +218,7 @@ async def test_connection_close_is_honoured(r: RouterUnderTest) -> None:
     assert await raw.read_to_close(reader) == b""  # and the pipelined request after it is not answered
     writer.close()
     await r.settle()
-    assert r.router.metrics.requests == {("control", "2xx"): 1}
+    assert r.router.metrics.requests == {(r.lane.name, "control", "2xx"): 1}
 
 
 async def test_an_http_1_0_client(r: RouterUnderTest) -> None:
@@ -249,7 +249,7 @@ async def test_a_streamed_response_the_client_abandons_is_a_499_exposure_and_no_
         await reader.readuntil(b'{"i": 1}')  # two chunks, then the client gives up
         writer.close()
     await recorded(r, 3)
-    assert r.router.metrics.requests == {("control", "4xx"): 3}
+    assert r.router.metrics.requests == {(r.lane.name, "control", "4xx"): 3}
     no_variant_errors(r)
     assert [e.status for e in await exposures(r)] == [499, 499, 499]
     assert sum(s.exposures for s in (await r.strata()).values()) == 3
@@ -284,7 +284,7 @@ async def test_a_client_that_times_out_on_a_slow_arm_before_any_byte_is_a_499(r:
         await asyncio.sleep(0.05)  # the request is with the upstream
         writer.close()
     await recorded(r, 3)
-    assert r.router.metrics.requests == {("control", "4xx"): 3}
+    assert r.router.metrics.requests == {(r.lane.name, "control", "4xx"): 3}
     no_variant_errors(r)
     assert [e.status for e in await exposures(r)] == [499, 499, 499]
 

@@ -536,7 +536,7 @@ async def test_https_upstream_with_a_verified_certificate(self_signed: tuple[Pat
 
 async def test_make_router_builds_the_transport_it_is_asked_for(make_router: MakeRouter):
     r = await make_router(transport="httptools")
-    assert type(r.router.transport) is HttptoolsTransport
+    assert type(r.lane.transport) is HttptoolsTransport
     resp = await r.client.post("/predict", headers={"X-User-Id": "u1"}, data=b"{}")
     assert resp.status == 200 and (await resp.json())["body_len"] == 2
 
