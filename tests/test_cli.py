@@ -205,3 +205,21 @@ def test_a_real_process_imports_only_what_the_command_needs():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stdout.strip() == "[]", result
     assert result.stderr.startswith("abrouter serve: error: argument --redis-url:") and result.stderr.count("\n") == 1
+
+
+def test_several_configs_that_clash_are_exit_2_naming_both(tmp_path, run):
+    def write(file: str, name: str, match: str) -> str:
+        spec = SPEC.replace("{typo}", "weight").replace("name: x", f"name: {name}").replace("{extra}", match)
+        (tmp_path / file).write_text(spec)
+        return str(tmp_path / file)
+
+    a, b = write("a.yaml", "a", "match: {model: recsys}"), write("b.yaml", "b", "match: {model: recsys}")
+    code, _, err = run("serve", "--no-event-log", "--config", a, "--config", b)
+    assert code == 2 and "experiments 'a' and 'b' match the same requests (model recsys)" in one_line_error(err)
+    twin = write("twin.yaml", "a", "match: {model: other}")
+    code, _, err = run("serve", "--no-event-log", "--config", a, "--config", twin)
+    assert code == 2 and "a second experiment named 'a'" in one_line_error(err)
+    code, _, err = run("serve", "--no-event-log", "--config", a, "--selector", "team=recs")
+    assert code == 2 and "--selector needs --experiments NAMESPACE" in one_line_error(err)
+    code, _, err = run("serve", "--experiments", "Not_A_Namespace")
+    assert code == 2 and "argument --experiments: must be a namespace" in one_line_error(err)

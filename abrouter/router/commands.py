@@ -237,21 +237,11 @@ def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource
 
 def _catalog(args: argparse.Namespace) -> tuple[list[model.Experiment], CatalogSource]:
     """The namespace's valid Experiments now (API failure: exit 1), and the watch that follows them."""
-    from abrouter.contract import resource
     from abrouter.kube.client import KubeClient
     from abrouter.router.sources.catalog import CatalogSource
 
     client = KubeClient.from_config(args.kubeconfig, role="router")
-    items, version = client.list_experiments(args.experiments, selector=args.selector)
-    experiments = []
-    for obj in items:
-        try:
-            experiments.append(resource.parse(obj).experiment)
-        except model.ConfigError as exc:  # the watch reports it (an InvalidSpec Event); the others are served
-            log.error("Experiment %s/%s: not served: %s", args.experiments, obj["metadata"]["name"], exc)
-    catalog = CatalogSource(client, args.experiments, selector=args.selector, resource_version=version)
-    catalog.versions = {str(o["metadata"]["name"]): str(o["metadata"]["resourceVersion"]) for o in items}
-    return experiments, catalog
+    return CatalogSource.start(client, args.experiments, selector=args.selector)
 
 
 def _specs(args: argparse.Namespace) -> tuple[list[model.Experiment], dict[str, SpecSource], CatalogSource | None]:

