@@ -28,6 +28,7 @@ import yaml
 
 from abrouter.cli import build_parser
 from abrouter.contract import crd, resource
+from abrouter.router.matching import Gateway
 from abrouter.router.settings import PLACEHOLDER_SECRET
 from tests.contract import crdschema
 
@@ -425,3 +426,29 @@ def test_dockerfile_copies_what_the_wheel_needs_and_dockerignore_keeps_it() -> N
             for src in sources:
                 assert (ROOT / src).exists(), f"the Dockerfile copies {src}, which does not exist"
                 assert src.rstrip("/") not in ignored, f".dockerignore drops {src}"
+
+
+# ------------------------------------------------------------------ one gateway (issue 16)
+
+
+def test_the_gateway_example_serves_every_experiment_of_the_namespace_without_overlaps(
+    base: list[dict[str, Any]],
+) -> None:
+    gateway = _kustomize(K8S / "examples" / "gateway")
+    document = _one(base, "CustomResourceDefinition", "experiments.abrouter.io")
+    router = _pod(_one(gateway, "Deployment", "abrouter"))["spec"]["containers"][0]
+    args = _parse(_resolved_args(gateway, router))
+    assert args.experiments == NAMESPACE and args.experiment is None and args.config is None
+    experiments = []
+    for obj in gateway:
+        if obj["kind"] != crd.KIND:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+            continue
+        assert crdschema.errors(obj, document) == [], f"Experiment {obj['metadata']['name']}"
+        experiments.append(resource.parse({**obj, "metadata": {**obj["metadata"], "generation": 1}}).experiment)
+    assert len(experiments) == 2
+    Gateway({e.name: e.match for e in experiments})  # no two match the same requests
+    for e in experiments:
+        for v in e.variants:
+            assert v.model is not None
+            assert _one(gateway, "Service", urlsplit(v.upstream).hostname or "")
