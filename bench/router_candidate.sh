@@ -17,6 +17,10 @@
 #   UPSTREAM_TRANSPORT           abrouter serve --upstream-transport: aiohttp or httptools
 #                                (default: unset, the router's own default)
 #   WORKERS                      abrouter serve --workers (default: unset, the router's own default, 1)
+#   EXPERIMENTS                  experiments served (default: 1). With N > 1, the measured one
+#                                takes `match: {path: /predict}` and N-1 more take
+#                                `match: {model: other-I}` (issue 16: the match must not
+#                                scale with their number); each has its own event log
 #   ROUTER_SRC                   optional dir holding a snapshot of the package abrouter
 #                                (run_router_bench.sh exports one from a commit); it goes first on PYTHONPATH, ahead of the editable
 #                                install, so the code under test cannot change mid-benchmark
@@ -60,6 +64,15 @@ EOF
 
 args=(--log-level "$LOG_LEVEL" serve --config "$CONFIG" --host "$LISTEN_HOST" --port "$PORT"
       --spill-dir "$DIR/spill")
+EXPERIMENTS=${EXPERIMENTS:-1}
+if (( EXPERIMENTS > 1 )); then
+  echo 'match: {path: "/predict"}' >> "$CONFIG"
+  for ((i = 1; i < EXPERIMENTS; i++)); do
+    other="$DIR/other-$i.yaml"
+    sed -e "s/^name: .*/name: $EXPERIMENT-other-$i/" -e "s|^match: .*|match: {model: other-$i}|" "$CONFIG" > "$other"
+    args+=(--config "$other")
+  done
+fi
 if [[ -n "${UPSTREAM_TRANSPORT:-}" ]]; then
   args+=(--upstream-transport "$UPSTREAM_TRANSPORT")
 fi

@@ -29,7 +29,7 @@
 #
 # Knobs (env): ROUNDS (3), LAT_ROUNDS (2), DURATION (10), LAT_DURATION (5), CONNS (64),
 #   TPUT_CONFIGS ("direct envoy aiohttp"), LAT_CONFIGS ("direct envoy aiohttp"),
-#   PHASES ("throughput latency"), CANDIDATES ("eventlog no-eventlog"; also "workers2": --workers 2), REDIS_CPUS (1),
+#   PHASES ("throughput latency"), CANDIDATES ("eventlog no-eventlog"; also "workers2": --workers 2, "gateway50": 50 experiments), REDIS_CPUS (1),
 #   REDIS_SERVER (<repo>/.venv/bin/redis-server, else PATH), ROUTER_REF (HEAD), HARNESS, OUT
 #   (/tmp/splitbench/router/<timestamp>), and every knob of the harness itself
 #   (QUIET_MAX, QUIET_WAIT, NOISY_RETRIES, WARMUP, WORKDIR, ...), which pass through.
@@ -170,13 +170,14 @@ for phase in $PHASES; do
   esac
   for cand in $CANDIDATES; do
     case "$cand" in
-      eventlog)    ev=1; workers=1; exp="splitbench-$phase" ;;
-      no-eventlog) ev=0; workers=1; exp="splitbench-$phase-off" ;;
-      workers2)    ev=1; workers=2; exp="splitbench-$phase-w2" ;;
-      *) die "unknown candidate $cand (eventlog|no-eventlog|workers2)" ;;
+      eventlog)    ev=1; workers=1; exps=1; exp="splitbench-$phase" ;;
+      no-eventlog) ev=0; workers=1; exps=1; exp="splitbench-$phase-off" ;;
+      workers2)    ev=1; workers=2; exps=1; exp="splitbench-$phase-w2" ;;
+      gateway50)   ev=1; workers=1; exps=50; exp="splitbench-$phase-g50" ;;
+      *) die "unknown candidate $cand (eventlog|no-eventlog|workers2|gateway50)" ;;
     esac
     name="router-$cand"
-    cmd="${SRC_ENV}EVENT_LOG=$ev WORKERS=$workers REDIS_URL=$REDIS_URL EXPERIMENT=$exp ROUTER_BENCH_TMP=$TMP exec $CANDIDATE"
+    cmd="${SRC_ENV}EVENT_LOG=$ev WORKERS=$workers EXPERIMENTS=$exps REDIS_URL=$REDIS_URL EXPERIMENT=$exp ROUTER_BENCH_TMP=$TMP exec $CANDIDATE"
     logf="$OUT/$phase-$name.log"
     log "== $phase / $name: CONNS=$p_conns DURATION=$p_dur ROUNDS=$p_rounds CONFIGS=\"$p_configs\" (log: $logf)"
     cpu0=$(redis_cpu_s)
