@@ -2,11 +2,15 @@
 
 The stream driver (`abrouter.router.stream`) calls it for every server adapter:
 
-1. ``ex = Exchange.start(services, incoming, now=...)``: the unit id, the assignment, the
-   request id and the tags. A request the exchange refuses (a target with no path, an
-   unknown forced variant) raises `Refused`, which carries the `Problem`; nothing is
-   recorded for it.
-2. the driver sends ``ex.upstream_headers()`` to ``ex.variant.upstream``;
+1. ``ex = Exchange.start(services, incoming, now=..., body=...)``: the experiment the
+   request belongs to (`abrouter.router.matching`; `body` when the adapter holds it whole,
+   for a JSON body's model name), the unit id, the assignment, the request id and the
+   tags, and the variant's own model name where the request named one (``ex.incoming``'s
+   target, or ``ex.body``). A request the exchange refuses (a target with no path, no
+   experiment, an unknown forced variant) raises `Refused`, which carries the `Problem`;
+   nothing is recorded for it.
+2. the driver sends ``ex.upstream_headers()`` (and ``ex.body`` when set) to
+   ``ex.variant.upstream`` through ``ex.lane.transport``;
 3. ``ex.received(status)`` once the upstream answered, ``ex.response_headers(...)`` for
    the client and ``ex.first_byte()`` when its head went out; or ``ex.failed(error)`` for
    the `Problem` to render when it did not; ``ex.aborted()`` when the upstream failed
