@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import time
 from pathlib import Path
 
@@ -24,25 +25,61 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "their lifts with fixed-horizon and always-valid intervals, plots over time, and every decision.",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, metavar="FILE", help="experiment YAML; data from Redis")
+    source.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        action="append",
+        help="experiment YAML; data from Redis. Give it once per experiment: with several, --out is a "
+        "directory that gets NAME.html per experiment and an index.html",
+    )
     source.add_argument("--experiment", metavar="NAMESPACE/NAME", help="an Experiment resource; data from Redis")
     p.add_argument("--kubeconfig", type=Path, help="with --experiment: the kubeconfig")
     add_redis_url(p)
-    p.add_argument("--out", type=Path, default=Path("report.html"), help="where to write (default: %(default)s)")
+    p.add_argument(
+        "--out", type=Path, help="where to write (default: report.html; with several --config, the directory reports/)"
+    )
     p.set_defaults(func=report)
 
 
 def report(args: argparse.Namespace) -> int:
     if args.kubeconfig is not None and args.experiment is None:
         raise InputError("--kubeconfig", "needs --experiment NAMESPACE/NAME")
-    experiment = spec.load(args.config) if args.config else _from_kube(args.experiment, args.kubeconfig)
-    text = asyncio.run(_render(experiment, args.redis_url))
+    experiments = [spec.load(c) for c in args.config] if args.config else [_from_kube(args.experiment, args.kubeconfig)]
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise InputError("--config", f"two files name the same experiment: {sorted(names)}")
+    if len(experiments) == 1:
+        out = args.out or Path("report.html")
+        _write(out, asyncio.run(_render(experiments[0], args.redis_url)))
+        print(f"abrouter: report written to {out}")
+        return 0
+    directory = args.out or Path("reports")
     try:
-        args.out.write_text(text, encoding="utf-8")
+        directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SourceError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
-    print(f"abrouter: report written to {args.out}")
+        raise SourceError(f"cannot make the directory {directory}: {exc.strerror or exc}") from exc
+    for experiment in experiments:
+        _write(directory / f"{experiment.name}.html", asyncio.run(_render(experiment, args.redis_url)))
+    _write(directory / "index.html", _index(names))
+    print(f"abrouter: {len(experiments)} reports and index.html written to {directory}/")
     return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise SourceError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _index(names: list[str]) -> str:
+    """A page linking every experiment's report."""
+    items = "".join(f'<li><a href="{html.escape(n)}.html">{html.escape(n)}</a></li>' for n in sorted(names))
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>abrouter reports</title></head>'
+        f"<body><h1>abrouter: {len(names)} experiments</h1><ul>{items}</ul></body></html>\n"
+    )
 
 
 def _from_kube(ref: str, kubeconfig: Path | None) -> spec.Experiment:

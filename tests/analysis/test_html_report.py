@@ -11,6 +11,7 @@ import html.parser
 from pathlib import Path
 
 import numpy as np
+import redis
 import redis.asyncio
 import yaml
 
@@ -193,3 +194,26 @@ def test_after_a_rollback_the_report_says_so_and_why(redis_url: str, experiment_
     assert "p to promote" in shown and "sequential p" not in shown and "fixed-horizon p" not in shown
     details = " ".join(text.by_id["details"].split())
     assert "fixed-horizon p" in details and "sequential p" in details
+
+
+def test_several_configs_write_one_report_each_and_an_index(redis_url: str, tmp_path: Path) -> None:
+    from tests.analysis.test_commands import write_arms
+
+    client = redis.Redis.from_url(redis_url)
+    configs = []
+    for name, conversions in (("gw-first", 120), ("gw-second", 480)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec(name)))
+        configs += ["--config", str(path)]
+        arms = {"control": (1000, 100, 20.0), "candidate": (1000, conversions, 20.0)}
+        write_arms(client, name, arms, weights={"control": 0.5, "candidate": 0.5})
+    client.close()
+    out = tmp_path / "reports"
+    assert cli.main(["report", *configs, "--redis-url", redis_url, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["gw-first.html", "gw-second.html", "index.html"]
+    index = (out / "index.html").read_text()
+    assert 'href="gw-first.html"' in index and 'href="gw-second.html"' in index
+    for name in ("gw-first", "gw-second"):
+        assert f"Experiment {name}" in (out / f"{name}.html").read_text()
+    twice = ["report", *configs[:2], *configs[:2], "--redis-url", redis_url, "--out", str(out)]
+    assert cli.main(twice) == 2  # the same experiment twice
