@@ -20,7 +20,7 @@ from abrouter.router.matching import Gateway
 
 HEADERS = [("Host", "gateway.local"), ("X-User-Id", "user-42"), ("Content-Type", "application/json")]
 CHAT = json.dumps(
-    {"messages": [{"role": "user", "content": "recommend me something " * 8}], "model": "m-7", "temperature": 0}
+    {"messages": [{"role": "user", "content": "recommend me something " * 8}], "model": "m-0", "temperature": 0}
 ).encode()
 PLAIN = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}).encode()
 
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = [int(x) for x in args.experiments.split(",")]
     cases = [
-        ("OIP path /v2/models/m-7/infer", "/v2/models/m-7/infer", PLAIN),
+        ("OIP path /v2/models/m-0/infer", "/v2/models/m-0/infer", PLAIN),
         ("JSON body model (chat, 300 B)", "/v1/chat/completions", CHAT),
         ("path /predict, body without model", "/predict", PLAIN),
     ]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
             "A/A returning users, default ramp, 20 looks: false promotion",
         ),
         ("sim_srm.py", ["--experiments", "20", "--looks", "50"], "sequential@0.001"),
-        ("gateway_match.py", ["--experiments", "1,50", "--repeat", "50"], "| OIP path /v2/models/m-7/infer |"),
+        ("gateway_match.py", ["--experiments", "1,50", "--repeat", "50"], "| OIP path /v2/models/m-0/infer |"),
         ("loop_stall.py", ["--events", "300", "--rounds", "1"], "| spill replay (read, decode, send) |"),
         ("sim_cuped.py", ["--experiments", "20", "--looks", "3"], "cuped: sequential power"),
         ("sim_guardrails.py", ["--experiments", "10", "--runs", "2"], "rolled back at the 25% step"),
