@@ -103,6 +103,11 @@ def variant_schema() -> dict[str, Any]:
             "upstream": _string("^https?://", "the model Service, http(s)://HOST[:PORT][/PATH]"),
             "weight": _num(minimum=0),
             "deployment": _string(DNS_SUBDOMAIN_PATTERN, "the Deployment serving it, scaled to 0 when it loses"),
+            "shadow": {"type": "boolean", "description": "answers no client: gets copies of the control's requests"},
+            "shadow_percent": {
+                **_num(minimum=0, maximum=100),
+                "description": "a shadow: the share of the control's units it gets copies for (default 100)",
+            },
         },
         required=("name", "upstream", "weight"),
     )

@@ -44,6 +44,12 @@ class Variant:
     #: The Kubernetes Deployment serving this variant, if any: the analyzer may scale a
     #: losing variant's Deployment to 0 after a promotion (`AnalysisSettings.scale_down_losers`).
     deployment: str | None = None
+    #: [shadow] Never answers a client and is never assigned (its weight is 0): it receives
+    #: a copy of `shadow_percent` percent of the control's units' requests after each is
+    #: answered (docs/shadow.md). Giving it a weight makes it a live variant (`with_weights`).
+    shadow: bool = False
+    #: [shadow] The share of the control's units (0-100) whose requests a shadow receives.
+    shadow_percent: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,11 @@ class Experiment:
     @property
     def control(self) -> Variant:
         return self.variants[0]
+
+    @property
+    def shadows(self) -> tuple[Variant, ...]:
+        """[shadow] The variants that receive copies of the control's requests and answer no client."""
+        return tuple(v for v in self.variants if v.shadow)
 
     @property
     def weights(self) -> tuple[float, ...]:

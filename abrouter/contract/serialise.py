@@ -77,6 +77,9 @@ def _variant_dict(v: Variant) -> dict[str, Any]:
     out: dict[str, Any] = {"name": v.name, "upstream": v.upstream, "weight": v.weight}
     if v.deployment is not None:
         out["deployment"] = v.deployment
+    if v.shadow:  # [shadow]
+        out["shadow"] = True
+        out["shadow_percent"] = v.shadow_percent
     return out
 
 
