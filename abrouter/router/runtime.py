@@ -1,7 +1,8 @@
 """The running router, apart from any server: ``async with running(...) as router``.
 
-One upstream transport, one event log (with its Redis client), one connection guard and
-one spec watcher per process, opened in that order and closed in reverse. A server
+One upstream transport, one event log (with its Redis client), one connection guard, one
+pool of shadow workers and one spec watcher per process, opened in that order and closed
+in reverse. A server
 adapter (`abrouter.router.http.server` today; a gRPC listener next) serves with the
 `Router` it yields and stops accepting and drains *before* leaving the block, so the
 event log's final flush sees every request that was answered.
@@ -20,6 +21,7 @@ from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.routing import RoutingTable
 from abrouter.router.settings import ServeSettings
+from abrouter.router.shadow import ShadowPool
 from abrouter.router.sources.base import SourceStatus, SpecSource, follow
 from abrouter.router.state import Router, apply_spec, request_ids, upstream_timeouts
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
@@ -58,6 +60,8 @@ async def running(
             guard=ConnectionGuard(settings.client_limits),
             api_token=settings.api_token,
         )
+        router.shadows = ShadowPool(transport=t, eventlog=eventlog, metrics=router.metrics)  # [shadow]
+        router.shadows.start()
         watcher = asyncio.create_task(follow(source, lambda e: apply_spec(router, e), status)) if source else None
         try:
             yield router
@@ -67,6 +71,7 @@ async def running(
                     watcher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await watcher
+                await router.shadows.close()  # before the transport it sends through
             finally:  # whatever the watcher did, the transport closes
                 await t.close()
     finally:  # and the final flush happens

@@ -19,6 +19,7 @@ from abrouter.router.eventlog.log import EventLog
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable, next_table
+from abrouter.router.shadow import ShadowPool
 from abrouter.router.sources.base import SourceStatus
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
 from abrouter.router.workers import WorkerSlot
@@ -41,6 +42,8 @@ class Router:
     api_token: bytes = field(default=b"", repr=False)
     #: Under `abrouter serve --workers N` (N > 1): which worker this process is (None: the only one).
     workers: WorkerSlot | None = None
+    #: [shadow] The copies for shadow variants and their workers (None: nothing is copied).
+    shadows: ShadowPool | None = None
 
 
 def upstream_timeouts(experiment: Experiment) -> TimeoutConfig:

@@ -30,13 +30,15 @@ No framework and no I/O library here (checked by import-linter): asyncio and the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
-from abrouter.router import exchange
+from abrouter.contract.model import Variant
+from abrouter.router import exchange, shadow
 from abrouter.router.errors import UpstreamError
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
 from abrouter.router.headers import Headers
@@ -165,6 +167,8 @@ class Router(exchange.Services, Protocol):
     """What the driver needs of the running router (`abrouter.router.state.Router`)."""
 
     transport: Transport
+    #: [shadow] Where copies for shadow variants go (None: not copied).
+    shadows: shadow.ShadowPool | None
 
 
 async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Downstream) -> None:
@@ -174,12 +178,15 @@ async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Dow
     except exchange.Refused as refused:
         down.fail(refused.problem)
         return
+    shadows = _shadows(router, ex, body)  # [shadow]
+    live = shadow.digest() if shadows else None
     try:
-        await _forward(router, ex, body, down)
+        await _forward(router, ex, body, down, live)
     except (ClientGone, asyncio.CancelledError):
         _client_left(ex, body)
         raise
     except Exception:
+        live = None
         ex.crashed()
         log.exception("bug while proxying %s %s", incoming.method, ex.incoming.target[:200])
         if down.started:
@@ -188,6 +195,19 @@ async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Dow
             down.fail(ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
     finally:
         ex.finish(now=time.time())
+    if live is not None and router.shadows is not None and ex.error is None:  # the control answered whole
+        router.shadows.offer(shadow.Copy.of(ex, shadows, body if isinstance(body, bytes) else None, live.digest()))
+
+
+def _shadows(router: Router, ex: Exchange, body: RequestBody) -> tuple[Variant, ...]:
+    """[shadow] The shadows this request is copied to; a streamed body is not kept, so not copied (counted)."""
+    if router.shadows is None:
+        return ()
+    shadows = shadow.wanted(ex)
+    if shadows and isinstance(body, BodyStream):
+        router.shadows.dropped("streamed_body", len(shadows))
+        return ()
+    return shadows
 
 
 def _client_left(ex: Exchange, body: RequestBody) -> None:
@@ -197,7 +217,9 @@ def _client_left(ex: Exchange, body: RequestBody) -> None:
         ex.client_gone()
 
 
-async def _forward(router: Router, ex: Exchange, body: RequestBody, down: Downstream) -> None:
+async def _forward(
+    router: Router, ex: Exchange, body: RequestBody, down: Downstream, live: hashlib.blake2b | None = None
+) -> None:
     try:
         upstream = await router.transport.request(
             base_url=ex.variant.upstream,
@@ -213,12 +235,13 @@ async def _forward(router: Router, ex: Exchange, body: RequestBody, down: Downst
         return
     try:
         ex.received(upstream.status)
-        await _relay(ex, upstream, down)
+        await _relay(ex, upstream, down, live)
     finally:
         upstream.release()
 
 
-async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream) -> None:
+async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream, live: hashlib.blake2b | None) -> None:
+    """Send the upstream's response; `live` (when copies are wanted) hashes its body as it goes."""
     headers = ex.response_headers(upstream.headers)
     status, reason = upstream.status, upstream.reason
     if ex.incoming.method == "HEAD" or status in (204, 304):
@@ -233,12 +256,16 @@ async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream) -> 
             return
         down.respond(status, reason, headers, data)
         ex.first_byte()
+        if live is not None:
+            live.update(data)
         return
     down.start(status, reason, headers)
     ex.first_byte()
     try:
         async for chunk in upstream.chunks():
             await down.send(chunk)
+            if live is not None:
+                live.update(chunk)
     except UpstreamError as exc:
         log.warning("variant %s: upstream failed mid-response, cutting the client's: %s", ex.variant.name, exc)
         ex.aborted()

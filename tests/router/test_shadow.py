@@ -1,0 +1,190 @@
+"""[shadow] Shadow traffic over real sockets: copies reach the shadow, never delay or change the client's answer.
+
+The control and the shadow are real aiohttp servers on 127.0.0.1; the router is the one
+`abrouter serve` runs, with a real Redis. A shadow that "sleeps" blocks on an event the
+test sets only after the client has its answer, so nothing here measures time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from abrouter.contract import keys
+from abrouter.contract.model import Variant
+from abrouter.router import shadow
+from abrouter.router.eventlog.disabled import DisabledEventLog
+from abrouter.router.exchange import Incoming
+from abrouter.router.metrics import ProxyMetrics
+from abrouter.router.runtime import make_transport
+from abrouter.router.upstream.transport import TimeoutConfig
+from tests.router.conftest import MakeRouter
+
+
+@dataclass
+class Seen:
+    """What a model server received, and a gate that holds its answers to /gate."""
+
+    requests: list[tuple[str, str, bytes, dict[str, str]]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Requests being answered now (a held one stays counted until it is answered or cut).
+    pending: int = 0
+
+
+SEEN = web.AppKey("seen", Seen)
+
+
+def model(name: str, *, hold: bool) -> web.Application:
+    """/predict answers the same for every model; /differ names the model; /gate waits for the test if `hold`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        seen = request.app[SEEN]
+        seen.requests.append((request.method, request.path_qs, await request.read(), dict(request.headers)))
+        seen.arrived.set()
+        seen.pending += 1
+        try:
+            if request.path == "/gate" and hold:
+                await seen.gate.wait()
+        finally:
+            seen.pending -= 1
+        body = {"model": name} if request.path == "/differ" else {"score": 0.5}
+        return web.json_response(body)
+
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app[SEEN] = Seen()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def started(aiohttp_server: Any, name: str) -> tuple[str, Seen]:
+    server = await aiohttp_server(model(name, hold=name == "next"))
+    return str(server.make_url("")).rstrip("/"), server.app[SEEN]
+
+
+async def until(condition: Any, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def variants(control: str, next_: str, candidate: str | None = None, percent: float = 100) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"name": "control", "upstream": control, "weight": 50}]
+    if candidate:
+        out.append({"name": "candidate", "upstream": candidate, "weight": 50})
+    out.append({"name": "next", "upstream": next_, "weight": 0, "shadow": True, "shadow_percent": percent})
+    return out
+
+
+async def test_copies_of_the_controls_requests_reach_the_shadow_and_are_recorded_as_its_arm(
+    make_router: MakeRouter, aiohttp_server: Any
+) -> None:
+    (control, _), (candidate, _), (nxt, seen) = [await started(aiohttp_server, n) for n in ("control", "cand", "next")]
+    r = await make_router(variants=variants(control, nxt, candidate))
+    served: dict[str, int] = {}
+    for i in range(40):
+        path = "/differ" if i % 4 == 0 else "/predict"
+        resp = await r.client.post(path, headers={"X-User-Id": f"u{i}"}, data=b'{"x": 1}')
+        assert resp.status == 200
+        variant = resp.headers["X-AB-Variant"]
+        assert variant in ("control", "candidate")  # the shadow never answers
+        served[variant] = served.get(variant, 0) + 1
+        if path == "/differ":
+            assert await resp.json() == {"model": "control" if variant == "control" else "cand"}
+        resp.release()
+
+    await until(lambda: len(seen.requests) == served["control"], "the copies")
+    method, _, body, headers = seen.requests[0]
+    assert (method, body, headers["X-AB-Shadow"]) == ("POST", b'{"x": 1}', "1")
+    await r.settle()
+    strata = await r.strata()
+    replies, compared = strata[(1, "next" + keys.SHADOW_SUFFIX)], strata[(1, "next" + keys.AGREEMENT_SUFFIX)]
+    assert replies.exposures == compared.exposures == served["control"]
+    assert replies.units == served["control"]  # one derived unit per live unit
+    assert replies.metrics["errors"].sum == 0
+    differ = sum(1 for _, path, _, _ in seen.requests if path == "/differ")
+    assert differ > 0 and compared.metrics["errors"].sum == differ  # a disagreement is an error there
+    assert (1, "next") not in strata  # never assigned
+    metrics = await (await r.client.get("/abrouter/metrics")).text()
+    assert f'abrouter_shadow_sent_total{{experiment="{r.spec["name"]}",variant="next"}} {served["control"]}' in metrics
+
+
+async def test_a_shadow_that_sleeps_does_not_hold_the_clients_answer(
+    make_router: MakeRouter, aiohttp_server: Any
+) -> None:
+    (control, _), (nxt, seen) = [await started(aiohttp_server, n) for n in ("control", "next")]
+    # A read timeout longer than the test: a router that waited for the shadow would not answer.
+    r = await make_router(variants=variants(control, nxt), timeouts={"connect": 1, "read": 300})
+    for n, user in enumerate(("a", "b"), start=1):
+        resp = await asyncio.wait_for(r.client.post("/gate", headers={"X-User-Id": user}, data=b"{}"), 60)
+        assert resp.status == 200 and await resp.json() == {"score": 0.5}
+        resp.release()
+        await until(lambda: len(seen.requests) == n, "the shadow's copy")  # noqa: B023 (n of this iteration)
+    # Both clients had their answers while the shadow still holds both copies.
+    assert seen.pending == 2
+    seen.gate.set()
+    await until(lambda: seen.pending == 0, "the shadow's answers")
+    await r.settle()
+    assert (await r.strata())[(1, "next" + keys.SHADOW_SUFFIX)].exposures == 2
+
+
+async def test_a_streamed_request_body_is_not_copied_but_counted(make_router: MakeRouter, aiohttp_server: Any) -> None:
+    (control, _), (nxt, seen) = [await started(aiohttp_server, n) for n in ("control", "next")]
+    r = await make_router(variants=variants(control, nxt))
+    resp = await r.client.post("/predict", headers={"X-User-Id": "u"}, data=b"x" * (300 * 1024))
+    assert resp.status == 200
+    resp.release()
+    assert r.router.metrics.shadow_dropped == {"streamed_body": 1}
+    assert seen.requests == []
+
+
+def test_a_units_share_is_fixed_and_uniform() -> None:
+    units = [keys.unit_hash(f"user-{i}") for i in range(4000)]
+    chosen = sum(1 for u in units if shadow.share(u, "next") < 25)
+    assert 900 < chosen < 1100  # 25% of 4000, ± 5.8 standard deviations
+    assert [shadow.share(u, "next") for u in units[:10]] == [shadow.share(u, "next") for u in units[:10]]
+
+
+async def test_a_full_queue_drops_copies_and_counts_them(aiohttp_server: Any) -> None:
+    url, seen = await started(aiohttp_server, "next")
+    transport = make_transport("httptools", TimeoutConfig(1.0, 30.0))
+    metrics = ProxyMetrics()
+    pool = shadow.ShadowPool(transport=transport, eventlog=DisabledEventLog(), metrics=metrics, size=1, workers=1)
+    copy = shadow.Copy(
+        shadows=(Variant(name="next", upstream=url, weight=0, shadow=True),),
+        incoming=Incoming(method="POST", target="/gate", headers=[("Host", "x")], peer="127.0.0.1", scheme="http"),
+        body=b"{}",
+        request_id="r",
+        unit_hash="0" * 16,
+        anonymous=False,
+        epoch=1,
+        status=200,
+        digest=b"",
+    )
+    pool.start()
+    try:
+        pool.offer(copy)
+        await until(seen.arrived.is_set, "the first copy")  # the one worker holds it
+        pool.offer(copy)  # queued
+        pool.offer(copy)  # the queue is full
+        assert metrics.shadow_dropped == {"queue_full": 1}
+        seen.gate.set()
+        await until(lambda: metrics.shadow[("next", "sent")] == 2, "both sent copies")
+        assert metrics.shadow[("next", "agreed")] == 0  # the digest differs from b""
+    finally:
+        await pool.close()
+        await transport.close()
+
+
+async def test_a_shadow_at_zero_percent_gets_nothing(make_router: MakeRouter, aiohttp_server: Any) -> None:
+    (control, _), (nxt, seen) = [await started(aiohttp_server, n) for n in ("control", "next")]
+    r = await make_router(variants=variants(control, nxt, percent=0))
+    for i in range(10):
+        resp = await r.client.post("/predict", headers={"X-User-Id": f"u{i}"}, data=b"{}")
+        resp.release()
+    assert r.router.metrics.shadow == {} and seen.requests == []
