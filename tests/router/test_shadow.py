@@ -12,8 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio
 from aiohttp import web
 
+from abrouter.analysis import report, service
+from abrouter.analysis.sinks.file import FileSink
+from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.contract.model import Variant
 from abrouter.router import shadow
@@ -188,3 +192,41 @@ async def test_a_shadow_at_zero_percent_gets_nothing(make_router: MakeRouter, ai
         resp = await r.client.post("/predict", headers={"X-User-Id": f"u{i}"}, data=b"{}")
         resp.release()
     assert r.router.metrics.shadow == {} and seen.requests == []
+
+
+async def test_the_analyzer_reports_the_shadow_and_the_policy_makes_it_live(
+    make_router: MakeRouter, aiohttp_server: Any
+) -> None:
+    (control, _), (nxt, seen) = [await started(aiohttp_server, n) for n in ("control", "next")]
+    rails = [{"metric": "errors", "direction": "decrease", "margin": 0.05}]
+    r = await make_router(
+        variants=variants(control, nxt),
+        analysis={"min_units_per_arm": 50, "expected_units_per_arm": 100, "ramp": [10, 50], "guardrails": rails},
+    )
+    for i in range(150):
+        resp = await r.client.post("/predict", headers={"X-User-Id": f"u{i}"}, data=b"{}")
+        assert resp.headers["X-AB-Variant"] == "control"
+        resp.release()
+    await until(lambda: len(seen.requests) == 150, "the copies")
+    await r.settle()
+    client = redis.asyncio.Redis.from_url(r.redis_url)
+    try:
+        result = await service.look(client, spec.load(r.path), sink=FileSink(r.path))
+    finally:
+        await client.aclose()
+    (arm,) = result.to_dict()["shadows"]
+    assert (arm["name"], arm["units"], arm["copies"], arm["errors"], arm["agreement"]) == ("next", 150, 150, 0, 1)
+    assert arm["healthy"], arm["guardrails"]
+    assert set(result.srm.observed) == {"control"}  # the shadow is not assigned: no SRM
+    assert "agreement" in report.render(result) and "next" in report.render(result)
+    assert result.decision.action == "ramp", result.decision.reason
+    assert result.decision.weights == {"control": 90.0, "next": 10.0}
+    # The spec file now has `next` live at 10%, and the router follows it.
+    await r.wait_for_epoch(2)
+    assert spec.load(r.path).shadows == ()
+    served = set()
+    for i in range(200, 400):
+        resp = await r.client.post("/predict", headers={"X-User-Id": f"u{i}"}, data=b"{}")
+        served.add(resp.headers["X-AB-Variant"])
+        resp.release()
+    assert served == {"control", "next"}
