@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from abrouter.analysis import analyzer, reader, report
+from abrouter.analysis import analyzer, html_report, reader, report
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.contract.keys import MetricSums, StratumSums
@@ -93,3 +93,10 @@ def test_a_spec_with_a_shadow_promoted_by_a_person_parses_as_a_live_candidate() 
     data["variants"][1].update(shadow=False, weight=5)
     del data["variants"][1]["shadow_percent"]
     assert spec.parse(data).shadows == ()
+
+
+def test_the_html_report_has_a_shadow_section() -> None:
+    e = experiment()
+    result = look(e, [stratum("control", units=400), stratum("next~shadow", units=200)])
+    page = html_report.render(e, result, [])
+    assert '<section id="shadows">' in page and "<td>next</td><td>50%</td><td>200</td>" in page
