@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from abrouter.contract import experiment as model
+from abrouter.contract import resource
 
 
 def spec(*shadow: dict[str, Any]) -> dict[str, Any]:
@@ -79,3 +80,13 @@ def test_giving_a_shadow_a_weight_makes_it_a_live_variant() -> None:
     assert promoted.shadows == ()
     assert (promoted.variants[1].weight, promoted.epoch) == (5, 2)
     assert model.with_weights(e, {"control": 90}).shadows == e.shadows  # weight 0 stays a shadow
+
+
+def test_the_kubernetes_weight_patch_makes_a_shadow_given_weight_live() -> None:
+    stored = spec(
+        {**SHADOW, "shadow_percent": 10}, {"name": "other", "upstream": "http://c", "weight": 0, "shadow": True}
+    )
+    patch = resource.weights_patch(stored, {"control": 95, "next": 5, "other": 0})
+    assert patch["variants"][1] == {"name": "next", "upstream": "http://b", "weight": 5}
+    assert patch["variants"][2]["shadow"] is True  # still a shadow
+    assert model.parse({**stored, **patch}).shadows[0].name == "other"
