@@ -171,6 +171,10 @@ def _add_metrics(into: ProxyMetrics, m: ProxyMetrics) -> None:
     into.outcomes_rejected += m.outcomes_rejected
     for reason, n in m.bad_requests.items():
         into.bad_requests[reason] += n
+    for key, n in m.shadow.items():  # [shadow]
+        into.shadow[key] += n
+    for reason, n in m.shadow_dropped.items():
+        into.shadow_dropped[reason] += n
 
 
 def _add_histogram(into: _Histogram, h: _Histogram) -> None:
@@ -196,6 +200,8 @@ def to_json(s: Snapshot) -> str:
             "outcomes": dict(m.outcomes),
             "outcomes_rejected": m.outcomes_rejected,
             "bad_requests": dict(m.bad_requests),
+            "shadow": [[v, r, n] for (v, r), n in m.shadow.items()],
+            "shadow_dropped": dict(m.shadow_dropped),
             "eventlog": dataclasses.asdict(s.eventlog),
             "connections": dataclasses.asdict(s.connections),
             "retired_pids": list(s.retired_pids),
@@ -220,6 +226,10 @@ def from_json(text: str) -> Snapshot:
     m.outcomes_rejected = int(d["outcomes_rejected"])
     for reason, n in d["bad_requests"].items():
         m.bad_requests[str(reason)] = int(n)
+    for v, r, n in d.get("shadow", ()):  # [shadow] absent in a snapshot of an older worker
+        m.shadow[(str(v), str(r))] = int(n)
+    for reason, n in d.get("shadow_dropped", {}).items():
+        m.shadow_dropped[str(reason)] = int(n)
     conns = d["connections"]
     return Snapshot(
         worker=int(d["worker"]),

@@ -28,6 +28,8 @@ def metrics(requests: int, *, variant: str = "control", seconds: float = 0.003) 
     m.outcomes["conversion"] += requests
     m.outcomes_rejected += 1
     m.bad_requests["malformed"] += 1
+    m.shadow[("next", "sent")] += requests  # [shadow]
+    m.shadow_dropped["queue_full"] += 1
     return m
 
 
@@ -71,6 +73,7 @@ def test_total_sums_counters_histograms_and_gauges_over_live_workers():
     assert m.latency["control"].counts == [0, 0, 7, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]  # 3 ms: le 5 ms; 0.2 s: le 0.25 s
     assert m.first_byte["control"].n == 7
     assert m.outcomes == {"conversion": 7} and m.outcomes_rejected == 2 and m.bad_requests == {"malformed": 2}
+    assert m.shadow == {("next", "sent"): 7} and m.shadow_dropped == {"queue_full": 2}
     assert (s.buffered, s.spilled, s.dropped, s.redis_up) == (12, 4, 2, True)
     assert conns == Connections(open=4, refused=2, timeouts={"header": 2, "body": 0, "idle": 8})
 
