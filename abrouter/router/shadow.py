@@ -47,6 +47,8 @@ log = logging.getLogger("abrouter.shadow")
 SHADOW_HEADER = "X-AB-Shadow"
 #: Copies waiting for a worker at most; beyond, new copies are dropped (and counted).
 QUEUE_SIZE = 1024
+#: Request bytes the waiting copies may hold at most (a body is up to 256 KiB): beyond, dropped too.
+QUEUE_BYTES = 32 * 1024 * 1024
 #: Copies in flight at once per process: a slow shadow fills the queue, never the live path.
 WORKERS = 8
 _SCALE = 100.0 / 2**64
@@ -110,10 +112,11 @@ class ShadowPool:
 
     def __init__(
         self, *, transport: Transport, eventlog: ExposureLog, metrics: ProxyMetrics, size: int = QUEUE_SIZE,
-        workers: int = WORKERS,
+        max_bytes: int = QUEUE_BYTES, workers: int = WORKERS,
     ) -> None:  # fmt: skip
         self._transport, self._eventlog, self._metrics = transport, eventlog, metrics
         self._queue: asyncio.Queue[Copy] = asyncio.Queue(size)
+        self._bytes, self._max_bytes = 0, max_bytes
         self._size = workers
         self._workers: list[asyncio.Task[None]] = []
 
@@ -121,11 +124,13 @@ class ShadowPool:
         self._workers = [asyncio.create_task(self._work(), name=f"abrouter-shadow-{i}") for i in range(self._size)]
 
     def offer(self, copy: Copy) -> None:
-        """Queue a copy without waiting; a full queue drops it (counted, ``queue_full``)."""
-        try:
-            self._queue.put_nowait(copy)
-        except asyncio.QueueFull:
+        """Queue a copy without waiting; a full queue (copies or bytes) drops it (counted, ``queue_full``)."""
+        size = len(copy.body or b"")
+        if self._bytes + size > self._max_bytes or self._queue.full():
             self.dropped("queue_full", len(copy.shadows))
+            return
+        self._queue.put_nowait(copy)
+        self._bytes += size
 
     def dropped(self, reason: str, n: int = 1) -> None:
         self._metrics.shadow_dropped[reason] += n
@@ -144,13 +149,12 @@ class ShadowPool:
     async def _work(self) -> None:
         while True:
             copy = await self._queue.get()
+            self._bytes -= len(copy.body or b"")
             for shadow in copy.shadows:
                 try:
-                    reply = await self._send(copy, shadow)
+                    self._record(copy, shadow, await self._send(copy, shadow))
                 except Exception:  # a bug: logged, and the worker goes on
                     log.exception("bug while sending a copy to shadow %s", shadow.name)
-                    continue
-                self._record(copy, shadow, reply)
 
     async def _send(self, copy: Copy, shadow: Variant) -> Reply:
         started = time.perf_counter()

@@ -180,6 +180,9 @@ async def test_a_full_queue_drops_copies_and_counts_them(aiohttp_server: Any) ->
         seen.gate.set()
         await until(lambda: metrics.shadow[("next", "sent")] == 2, "both sent copies")
         assert metrics.shadow[("next", "agreed")] == 0  # the digest differs from b""
+        small = shadow.ShadowPool(transport=transport, eventlog=DisabledEventLog(), metrics=metrics, max_bytes=1)
+        small.offer(copy)  # two bytes of body: over the byte budget, without a worker ever started
+        assert metrics.shadow_dropped == {"queue_full": 2}
     finally:
         await pool.close()
         await transport.close()
