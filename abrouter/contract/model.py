@@ -6,6 +6,7 @@ here does I/O or imports a side.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -194,7 +195,7 @@ class Experiment:
     def control(self) -> Variant:
         return self.variants[0]
 
-    @property
+    @functools.cached_property  # read on every request the control serves: computed once
     def shadows(self) -> tuple[Variant, ...]:
         """[shadow] The variants that receive copies of the control's requests and answer no client."""
         return tuple(v for v in self.variants if v.shadow)
