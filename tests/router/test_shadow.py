@@ -24,6 +24,7 @@ from abrouter.router import shadow
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.exchange import Incoming
 from abrouter.router.metrics import ProxyMetrics
+from abrouter.router.routing import RoutingTable
 from abrouter.router.runtime import make_transport
 from abrouter.router.upstream.transport import TimeoutConfig
 from tests.router.conftest import MakeRouter
@@ -114,6 +115,9 @@ async def test_copies_of_the_controls_requests_reach_the_shadow_and_are_recorded
     differ = sum(1 for _, path, _, _ in seen.requests if path == "/differ")
     assert differ > 0 and compared.metrics["errors"].sum == differ  # a disagreement is an error there
     assert (1, "next") not in strata  # never assigned
+    # The control's own sums are untouched: its units once each, no multiple exposures.
+    assert strata[(1, "control")].units == strata[(1, "control")].exposures == served["control"]
+    assert not [v for _, v in strata if v.endswith(keys.MULTIPLE_SUFFIX)]
     metrics = await (await r.client.get("/abrouter/metrics")).text()
     assert f'abrouter_shadow_sent_total{{experiment="{r.spec["name"]}",variant="next"}} {served["control"]}' in metrics
 
@@ -233,3 +237,18 @@ async def test_the_analyzer_reports_the_shadow_and_the_policy_makes_it_live(
         served.add(resp.headers["X-AB-Variant"])
         resp.release()
     assert served == {"control", "next"}
+
+
+def test_adding_a_shadow_moves_no_unit() -> None:
+    live = [
+        {"name": "control", "upstream": "http://a", "weight": 70},
+        {"name": "b", "upstream": "http://b", "weight": 30},
+    ]
+    shadowed = [*live[:1], {"name": "next", "upstream": "http://c", "weight": 0, "shadow": True}, live[1]]
+    tables = [
+        RoutingTable(experiment=spec.parse({"name": "e", "unit": {"header": "U"}, "variants": v}), since=0.0)
+        for v in (live, shadowed)
+    ]
+    for i in range(2000):
+        before, after = (t.experiment.variants[t.assigner.assign(f"u{i}")].name for t in tables)
+        assert before == after
