@@ -136,7 +136,7 @@ class ShadowPool:
         self._metrics.shadow_dropped[reason] += n
 
     async def close(self) -> None:
-        """Stop the workers; copies still queued are dropped (counted, ``closing``)."""
+        """Stop the workers; copies in flight or still queued are dropped (counted, ``closing``)."""
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -150,9 +150,12 @@ class ShadowPool:
         while True:
             copy = await self._queue.get()
             self._bytes -= len(copy.body or b"")
-            for shadow in copy.shadows:
+            for i, shadow in enumerate(copy.shadows):
                 try:
                     self._record(copy, shadow, await self._send(copy, shadow))
+                except asyncio.CancelledError:  # the router stops: this copy's unsent replies are counted
+                    self.dropped("closing", len(copy.shadows) - i)
+                    raise
                 except Exception:  # a bug: logged, and the worker goes on
                     log.exception("bug while sending a copy to shadow %s", shadow.name)
 

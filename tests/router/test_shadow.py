@@ -158,7 +158,7 @@ def test_a_units_share_is_fixed_and_uniform() -> None:
     assert [shadow.share(u, "next") for u in units[:10]] == [shadow.share(u, "next") for u in units[:10]]
 
 
-async def test_a_full_queue_drops_copies_and_counts_them(aiohttp_server: Any) -> None:
+async def test_copies_over_the_queue_or_left_at_shutdown_are_dropped_and_counted(aiohttp_server: Any) -> None:
     url, seen = await started(aiohttp_server, "next")
     transport = make_transport("httptools", TimeoutConfig(1.0, 30.0))
     metrics = ProxyMetrics()
@@ -187,9 +187,15 @@ async def test_a_full_queue_drops_copies_and_counts_them(aiohttp_server: Any) ->
         small = shadow.ShadowPool(transport=transport, eventlog=DisabledEventLog(), metrics=metrics, max_bytes=1)
         small.offer(copy)  # two bytes of body: over the byte budget, without a worker ever started
         assert metrics.shadow_dropped == {"queue_full": 2}
+        seen.gate.clear()
+        pool.offer(copy)
+        await until(lambda: seen.pending == 1, "a copy in flight")
+        pool.offer(copy)  # one in flight, one queued: both counted when the router stops
     finally:
         await pool.close()
         await transport.close()
+        seen.gate.set()  # the model server's held handler ends
+    assert metrics.shadow_dropped == {"queue_full": 2, "closing": 2}
 
 
 async def test_a_shadow_at_zero_percent_gets_nothing(make_router: MakeRouter, aiohttp_server: Any) -> None:
