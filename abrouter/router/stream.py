@@ -21,7 +21,10 @@ The driver owns the exchange calls, the body rules and the failure sequence, onc
   task for it): logged as 499, an exposure but not an error of the variant;
 - the client's request body never arrived whole: neither an exposure nor an error;
 - anything else is a bug: a 500 (`Failure.INTERNAL`) if nothing was sent yet, else an
-  abort, and the traceback in the log.
+  abort, and the traceback in the log;
+- [shadow] a request the control answered whole, when shadow variants want it
+  (`shadow.wanted`), is handed to `router.shadows` as a copy after the exchange is
+  finished, never awaited; its response body is hashed as it goes, for the comparison.
 
 No framework and no I/O library here (checked by import-linter): asyncio and the
 `Transport` seam only.
