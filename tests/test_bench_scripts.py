@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("sim_ratio_coverage.py", ["--runs", "3"], "pareto"),
         ("kill_loss.py", ["--kills", "1", "--seconds", "1", "--concurrency", "4"], "| kill | answered | lost"),
         ("router_memory.py", ["--connections", "20", "--units", "200"], "RSS after 200+ distinct units"),
+        ("shadow_cost.py", ["--requests", "200"], "the shadow's share"),
         (
             "flush_cost.py",
             ["--batch", "200", "--batches", "2", "--rounds", "1", "--big", "0", "--memory", "500"],

@@ -12,7 +12,8 @@ the sequential p, intersections of the confidence sequences) arrive from the his
   all epochs and on the current epoch alone (`evidence.guardrails`);
 - SRM: first-exposure units per epoch against each epoch's weights (anytime-valid
   sequential multinomial test), so a ramp is not a mismatch and looking often is safe;
-- the decision, from `decision.decide`.
+- the decision, from `decision.decide`;
+- [shadow] the shadow variants' arms, and the decision with them (`shadows.decide`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from abrouter.analysis import candidates
 from abrouter.analysis import decision as policy
 from abrouter.analysis import evidence as evidence_of
+from abrouter.analysis import shadows as shadows_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
@@ -66,6 +68,8 @@ class AnalysisResult:
     #: Spec values of pinned settings (alpha, expected_units_per_arm) that this look did
     #: not use, because the experiment's first look pinned others (see `history.pin`).
     ignored_settings: dict[str, float] = field(default_factory=dict)
+    #: [shadow] The shadow variants' arms: errors, latency, agreement and guardrails.
+    shadows: tuple[shadows_of.ShadowResult, ...] = ()
 
     @property
     def primary(self) -> str | None:
@@ -97,6 +101,7 @@ class AnalysisResult:
             "epoch": self.epoch,
             "primary": self.primary,
             "variants": [_arm_dict(a) for a in self.data.arms],
+            "shadows": [s.to_dict() for s in self.shadows],
             "srm": _srm_dict(self.srm),
             "comparisons": [self._comparison_dict(c) for c in self.comparisons],
             "guardrails": [g.to_dict() for g in self.guardrails],
@@ -141,6 +146,8 @@ def analyze(
     evidence = Evidence(
         comparisons=comparisons, guardrails=guardrails, srm=srm(data), step_guardrails=evidence_of.step_guardrails(data)
     )
+    shadows = shadows_of.evaluate(data)  # [shadow]
+    decision = shadows_of.decide(data, evidence, shadows, policy.decide(data, evidence, now=now, rng=rng), now=now)
     return AnalysisResult(
         experiment=data.name,
         at=now,
@@ -152,9 +159,10 @@ def analyze(
         step_guardrails=evidence.step_guardrails,
         holm=candidates.holm_primary(data, evidence),
         skipped_guardrails=tuple(sorted({g.metric for g in rails if g.metric not in present})),
-        decision=policy.decide(data, evidence, now=now, rng=rng),
+        decision=decision,
         omnibus=omnibus(data),
         next_running=_next_running(data, comparisons, previous),
+        shadows=shadows,
     )
 
 

@@ -102,6 +102,26 @@ class Arm:
         return sum((s.metrics[metric] for s in self.strata if metric in s.metrics), Sample.empty(ratio=ratio))
 
 
+# [shadow]
+#: A shadow's per-request agreement with the control (status and body equal): a ratio
+#: over its copies, like the built-ins. Measured on shadows only.
+AGREEMENT = Metric(name="agreement", kind="binary", direction="increase")
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """[shadow] A shadow variant: its replies to copies of the control's requests, as an arm.
+
+    `arm`'s strata carry the built-ins the router measured on the replies (errors,
+    latency_ms, slow_requests) and `AGREEMENT`; its units are the control's units whose
+    requests were copied. Never assigned, so never in `ExperimentData.arms` (nor in SRM).
+    """
+
+    name: str
+    percent: float
+    arm: Arm
+
+
 @dataclass(frozen=True)
 class ExperimentData:
     name: str
@@ -126,6 +146,8 @@ class ExperimentData:
     #: data), and the unix times between which they were flushed.
     lost_events: int = 0
     lost_between: tuple[float, float] | None = None
+    #: [shadow] The spec's shadow variants, which `arms` leaves out.
+    shadows: tuple[Shadow, ...] = ()
 
     @property
     def control(self) -> Arm:

@@ -185,6 +185,7 @@ inflate false promotions.</p></section>
 <ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
 {_arms(experiment, result)}
 {_guardrails(result)}
+{_shadows(result)}
 <section id="plots"><h2>Over time</h2>
 <figure id="plot-lift">{figures["lift"]}</figure>
 <figure id="plot-weights">{figures["weights"]}</figure>
@@ -238,6 +239,29 @@ def _guardrails(result: AnalysisResult) -> str:
 <p>A candidate may be worse than the control by at most the tolerated harm. Harm is measured in the metric's bad
 direction (positive: worse), with an always-valid one-sided bound.</p>{table}
 {f"<p>Skipped (no data): {html.escape(skipped)}.</p>" if skipped else ""}</section>"""
+
+
+def _shadows(result: AnalysisResult) -> str:
+    """[shadow] Each shadow's replies to the copies of the control's requests, and its guardrails."""
+    if not result.shadows:
+        return ""
+    rows = "".join(
+        _cells((s.name, f"{s.percent:g}%", _fmt(s.units), _fmt(s.copies), _share(s.errors), _fmt(s.latency_ms),
+                _share(s.agreement), "pass" if s.healthy else "not yet"))
+        for s in result.shadows
+    )  # fmt: skip
+    header = ("shadow", "units copied", "units", "copies", "errors", "latency mean (ms)", "agreement", "guardrails")
+    rails = "".join(_cells(_guardrail_row(g)) for s in result.shadows for g in s.guardrails)
+    rails_head = _head(("guardrail", "shadow", "tolerated harm", "harm (this look)", "result"))
+    return f"""<section id="shadows"><h2>Shadows</h2>
+<p>A shadow answers no user: it gets a copy of the control's requests once they are answered. Agreement is the share
+of copies it answered with the control's status and body. Once its guardrails pass, the policy makes it a live
+candidate at the first ramp step.</p><table>{_head(header)}{rows}</table>
+{f"<table>{rails_head}{rails}</table>" if rails else ""}</section>"""
+
+
+def _share(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.1%}"
 
 
 def _guardrail_row(g: NonInferiority) -> list[str]:

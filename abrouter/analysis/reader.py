@@ -37,7 +37,7 @@ from abrouter.analysis import data as d
 from abrouter.analysis.errors import SourceError
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import keys as schema
-from abrouter.contract.experiment import EXPOSURES, SLOW_REQUESTS, Experiment, Metric
+from abrouter.contract.experiment import EXPOSURES, SLOW_REQUESTS, Experiment, Metric, Variant
 
 
 async def read(
@@ -93,6 +93,7 @@ def build(
             latency={e: counts for (e, name), counts in latency.items() if name == v.name},
         )
         for v in experiment.variants
+        if not v.shadow
     )
     since = [e.since for e in timeline if e.since is not None]
     return d.ExperimentData(
@@ -102,7 +103,44 @@ def build(
         epochs=timeline,
         settings=experiment.analysis,
         started_at=min(since) if since else None,
+        shadows=tuple(_shadow(v, strata, latency, measured_builtins(experiment)) for v in experiment.shadows),
     )
+
+
+# [shadow]
+def _shadow(
+    v: Variant,
+    strata: dict[tuple[int, str], schema.StratumSums],
+    latency: dict[tuple[int, str], tuple[int, ...]],
+    metrics: tuple[Metric, ...],
+) -> d.Shadow:
+    """A shadow's replies (``v~shadow``) as an arm, with its agreement (``v~agree``) in each epoch's stratum."""
+    replies, compared = v.name + schema.SHADOW_SUFFIX, v.name + schema.AGREEMENT_SUFFIX
+    out = []
+    for (epoch, name), s in sorted(strata.items()):
+        if name == replies:
+            stratum = _stratum(s, metrics, None, exclude=False)
+            agreed = _agreement(strata.get((epoch, compared)) or schema.StratumSums(epoch=epoch, variant=compared))
+            out.append(dataclasses.replace(stratum, metrics={**stratum.metrics, d.AGREEMENT.name: agreed}))
+    hist = {e: counts for (e, name), counts in latency.items() if name == replies}
+    return d.Shadow(name=v.name, percent=v.shadow_percent, arm=d.Arm(name=v.name, weight=0.0, strata=tuple(out),
+                                                                      latency=hist))  # fmt: skip
+
+
+def _agreement(s: schema.StratumSums) -> Sample:
+    """Agreements per copy, x_u = n_u - d_u from the disagreements d_u (the stratum's ``errors``)."""
+    d_u, n = s.metrics.get("errors") or schema.MetricSums(), float(s.exposures)
+    return Sample(
+        n=s.units,
+        sum=n - d_u.sum,
+        sum_sq=s.exposures_sq - 2 * d_u.sum_xn + d_u.sum_sq,
+        den_sum=n,
+        den_sum_sq=s.exposures_sq,
+        sum_products=s.exposures_sq - d_u.sum_xn,
+    )
+
+
+# [/shadow]
 
 
 def consistent(

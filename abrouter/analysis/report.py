@@ -18,7 +18,14 @@ from abrouter.analysis.stats.noninferiority import NonInferiority
 
 
 def render(result: AnalysisResult) -> str:
-    sections = [_header(result), _variants(result), _comparisons(result), _guardrails(result), _decision(result)]
+    sections = [
+        _header(result),
+        _variants(result),
+        _comparisons(result),
+        _guardrails(result),
+        _shadows(result),
+        _decision(result),
+    ]
     return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -158,6 +165,32 @@ def _guardrail_row(g: NonInferiority) -> list[str]:
     status = g.status if g.reason is None else f"{g.status} ({g.reason})"
     name = g.metric if g.epoch is None else f"{g.metric} (epoch {g.epoch})"  # the current epoch alone
     return [name, g.variant, status, fmt(g.harm), fmt(g.bound), fmt(g.margin).lstrip("+")]
+
+
+def _shadows(r: AnalysisResult) -> str:
+    """[shadow] One row per shadow: what its copies measured; then its guardrails against the control."""
+    if not r.shadows:
+        return ""
+    rows = [
+        [
+            s.name,
+            f"{s.percent:g}%",
+            f"{s.units:d}",
+            f"{s.copies:d}",
+            explain.percent(s.errors).lstrip("+"),
+            _num(s.latency_ms),
+            _num(s.latency_p99_ms if s.latency_p99_ms is not None else math.nan),
+            explain.percent(s.agreement).lstrip("+"),
+            "healthy" if s.healthy else "not yet",
+        ]
+        for s in r.shadows
+    ]
+    head = ["shadow", "copied", "units", "copies", "errors", "latency_ms", "p99_ms", "agreement", "guardrails"]
+    lines = [table(head, rows, right={1, 2, 3, 4, 5, 6, 7})]
+    rails = [_guardrail_row(g) for s in r.shadows for g in s.guardrails]
+    if rails:
+        lines.append(table(["shadow guardrail", "shadow", "status", "harm", "bound", "margin"], rails, right={3, 4, 5}))
+    return "\n\n".join(lines)
 
 
 def _decision(r: AnalysisResult) -> str:

@@ -106,6 +106,11 @@ def variant_schema() -> dict[str, Any]:
             "model": _string(
                 experiment.MODEL_PATTERN, "the model name its upstream serves; the request's is rewritten"
             ),
+            "shadow": {"type": "boolean", "description": "answers no client: gets copies of the control's requests"},
+            "shadow_percent": {
+                **_num(minimum=0, maximum=100),
+                "description": "a shadow: the share of the control's units it gets copies for (default 100)",
+            },
         },
         required=("name", "upstream", "weight"),
     )

@@ -91,8 +91,15 @@ def with_weights(experiment: Experiment, weights: Mapping[str, float]) -> Experi
     unknown = set(weights) - {v.name for v in experiment.variants}
     if unknown:
         raise ConfigError("weights", f"unknown variant(s) {sorted(unknown)}")
-    variants = tuple(replace(v, weight=weights.get(v.name, v.weight)) for v in experiment.variants)
+    variants = tuple(_weighted(v, weights.get(v.name, v.weight)) for v in experiment.variants)
     return parse(to_dict(replace(experiment, variants=variants, epoch=experiment.epoch + 1)))
+
+
+def _weighted(v: Variant, weight: float) -> Variant:
+    """`v` with `weight`; [shadow] a shadow given a positive weight becomes a live variant."""
+    if v.shadow and weight > 0:
+        return replace(v, weight=weight, shadow=False, shadow_percent=100.0)
+    return replace(v, weight=weight)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -139,6 +146,7 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
                 weight=fields.number(r.get("weight", required=True), r.at("weight"), low=0),
                 deployment=_deployment(r.get("deployment", None), r.at("deployment")),
                 model=_model_name(r.get("model", None), r.at("model")),
+                **_shadow(r, first=i == 0),  # [shadow]
             )
         )
         r.done()
@@ -187,6 +195,31 @@ def _match(data: Any, path: str) -> Match:
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,127}$")
+
+
+# [shadow]
+def _shadow(r: fields.Reader, *, first: bool) -> dict[str, Any]:
+    """``shadow`` and ``shadow_percent`` of a variant: the control is live, a shadow has weight 0."""
+    shadow = fields.boolean(r.get("shadow", False), r.at("shadow"))
+    if not shadow:
+        if "shadow_percent" in r.data:
+            raise ConfigError(r.at("shadow_percent"), "only a shadow (shadow: true) takes shadow_percent")
+        return {}
+    if first:
+        raise ConfigError(
+            r.at("shadow"), "the first variant is the control, which answers clients: it cannot be a shadow"
+        )
+    weight = r.data.get("weight")
+    if weight != 0:
+        raise ConfigError(
+            r.at("weight"),
+            f"a shadow is never assigned: its weight must be 0, got {weight!r} (shadow: false makes it a live variant)",
+        )
+    percent = fields.number(r.get("shadow_percent", 100), r.at("shadow_percent"), low=0, high=100)
+    return {"shadow": True, "shadow_percent": float(percent)}
+
+
+# [/shadow]
 
 
 def _deployment(value: Any, path: str) -> str | None:

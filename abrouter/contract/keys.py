@@ -252,6 +252,30 @@ def _text(value: bytes | str) -> str:
 #: The shadow stratum of a variant's multiple-exposure units: ``e|v~mx|...`` in ``agg``.
 MULTIPLE_SUFFIX = "~mx"
 
+# [shadow]
+#: The stratum of a shadow variant's replies (``e|v~shadow|...`` in ``agg`` and ``latency``):
+#: one exposure per copy it answered (or failed), under a unit derived from the live unit
+#: (`shadow_unit`), with its status, latency and error. Live names cannot hold ``~``.
+SHADOW_SUFFIX = "~shadow"
+#: The stratum of its comparisons with the live answers (``e|v~agree|...``): one exposure
+#: per copy, an *error* when the shadow's status or body differed from the control's, so
+#: ``errors`` there counts disagreements (no new column, no new Lua path).
+AGREEMENT_SUFFIX = "~agree"
+
+
+def shadow_unit(unit_hash: str, stratum: str) -> str:
+    """The unit a shadow's record of the live unit `unit_hash` is kept under, in `stratum`.
+
+    Not the live unit itself: its first exposure (the control) would make every record of
+    another stratum a multiple exposure of the control's (intent-to-treat, above). One
+    derived unit per (live unit, stratum), so the shadow's per-unit sums are the live unit's.
+    """
+    key = f"{unit_hash}{FIELD_SEP}{stratum}".encode()
+    return hashlib.blake2b(key, digest_size=8, person=b"abrouter-shadow").hexdigest()
+
+
+# [/shadow]
+
 
 def subtract(s: StratumSums, part: StratumSums) -> StratumSums:
     """`s` without the units of `part` (a subset of them, e.g. its multiple exposures)."""

@@ -6,6 +6,7 @@ here does I/O or imports a side.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +49,12 @@ class Variant:
     #: router rewrites the request's model name (in the Open Inference Protocol or KServe
     #: path, and in a JSON body's top-level ``"model"``) to it. None: sent as it came.
     model: str | None = None
+    #: [shadow] Never answers a client and is never assigned (its weight is 0): it receives
+    #: a copy of `shadow_percent` percent of the control's units' requests after each is
+    #: answered (docs/shadow.md). Giving it a weight makes it a live variant (`with_weights`).
+    shadow: bool = False
+    #: [shadow] The share of the control's units (0-100) whose requests a shadow receives.
+    shadow_percent: float = 100.0
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,11 @@ class Experiment:
     @property
     def control(self) -> Variant:
         return self.variants[0]
+
+    @functools.cached_property  # read on every request the control serves: computed once
+    def shadows(self) -> tuple[Variant, ...]:
+        """[shadow] The variants that receive copies of the control's requests and answer no client."""
+        return tuple(v for v in self.variants if v.shadow)
 
     @property
     def weights(self) -> tuple[float, ...]:

@@ -97,7 +97,8 @@ def weights_patch(spec: Mapping[str, Any], weights: Mapping[str, float]) -> dict
     """The merge-patch of ``spec`` that sets `weights` (percent per variant name).
 
     A merge-patch replaces a list whole, so the patch carries every variant as stored,
-    with only ``weight`` changed: one write, the whole decision or none of it.
+    with only ``weight`` changed (and ``shadow`` dropped from a shadow given a weight):
+    one write, the whole decision or none of it.
     """
     variants = [dict(v) for v in spec.get("variants") or []]
     names = {v.get("name") for v in variants}
@@ -107,4 +108,7 @@ def weights_patch(spec: Mapping[str, Any], weights: Mapping[str, float]) -> dict
     for v in variants:
         if v.get("name") in weights:
             v["weight"] = weights[v["name"]]
+            if v.get("shadow") and v["weight"] > 0:  # [shadow] given traffic, a shadow goes live (`with_weights`)
+                v.pop("shadow")
+                v.pop("shadow_percent", None)
     return {"variants": variants}

@@ -88,6 +88,9 @@ def _variant_dict(v: Variant) -> dict[str, Any]:
         out["deployment"] = v.deployment
     if v.model is not None:
         out["model"] = v.model
+    if v.shadow:  # [shadow]
+        out["shadow"] = True
+        out["shadow_percent"] = v.shadow_percent
     return out
 
 

@@ -43,7 +43,7 @@ from abrouter.router import exposures
 from abrouter.router import headers as hdr
 from abrouter.router.errors import UpstreamError, UpstreamTimeout
 from abrouter.router.eventlog.events import Exposure
-from abrouter.router.matching import ModelAt, rewrite_body, rewrite_path
+from abrouter.router.matching import ModelAt, renamed
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable
@@ -244,6 +244,8 @@ class Exchange:
         "first_byte_s",
         "incoming",
         "lane",
+        "model_at",
+        "request",
         "request_id",
         "started",
         "status",
@@ -256,6 +258,10 @@ class Exchange:
                  choice: Assignment, request_id: str, started: float) -> None:  # fmt: skip
         self._services = services
         self.lane = lane
+        #: The request as the client sent it (origin form), before the variant's model name.
+        self.request = incoming
+        #: Where the request names its model, if it does (`abrouter.router.matching`).
+        self.model_at: ModelAt | None = None
         self.incoming = incoming
         #: The request body to forward when the exchange rewrote it (a variant's model name), else None.
         self.body: bytes | None = None
@@ -298,16 +304,11 @@ class Exchange:
             anonymous=choice.anonymous,
         )
         ex = cls(services, lane, incoming, table, choice, request_id, started)
-        if model_at is not None and (renamed := ex.variant.model) is not None and renamed != model_at.name:
-            ex._rename(model_at, renamed, body)
+        ex.model_at = model_at
+        target, ex.body = renamed(incoming.target, body, model_at, ex.variant.model)  # the variant's own model name
+        if target != incoming.target:
+            ex.incoming = dataclasses.replace(incoming, target=target)
         return ex
-
-    def _rename(self, at: ModelAt, name: str, body: bytes | None) -> None:
-        """The variant's own model name, where the request named the model (issue 16)."""
-        if at.where == "path":
-            self.incoming = dataclasses.replace(self.incoming, target=rewrite_path(self.incoming.target, at, name))
-        elif body is not None:
-            self.body = rewrite_body(body, at, name)
 
     @property
     def tags(self) -> dict[str, str]:

@@ -117,6 +117,16 @@ def rewrite_body(body: bytes, at: ModelAt, name: str) -> bytes:
     return (text[: at.start] + json.dumps(name) + text[at.end :]).encode("utf-8")
 
 
+def renamed(target: str, body: bytes | None, at: ModelAt | None, name: str | None) -> tuple[str, bytes | None]:
+    """The target, and the body when it changes (else None), with the model renamed to `name`
+    where the request named it (a variant's `model:`; nothing to do without one)."""
+    if at is None or name is None or name == at.name:
+        return target, None
+    if at.where == "path":
+        return rewrite_path(target, at, name), None
+    return target, (rewrite_body(body, at, name) if body is not None else None)
+
+
 def host_of(headers: Iterable[tuple[str, str]]) -> str | None:
     """The Host header's name, lowercased, without its port."""
     for key, value in headers:

@@ -45,6 +45,11 @@ class ProxyMetrics:
     bad_requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: Requests no experiment's match took (answered 404 ``no_experiment``).
     no_experiment: int = 0
+    #: [shadow] Copies per (shadow variant, result): sent, failed (no response or a 5xx),
+    #: agreed (status and body equal to the control's); and copies never sent, by reason.
+    #: Keyed (experiment, shadow variant, result) and (experiment, reason).
+    shadow: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
+    shadow_dropped: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def observe_request(
         self,
@@ -143,6 +148,7 @@ def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[st
     ]
     for reason, n in sorted(m.bad_requests.items()):
         lines.append(f"abrouter_bad_requests_total{_labels(**labels, reason=reason)} {n}")
+    lines += _shadow_lines(m)
     for name, (kind, help_text, value) in extra.items():
         lines += [
             f"# HELP {name} {help_text}",
@@ -150,3 +156,30 @@ def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[st
             f"{name}{_labels(**labels)} {_sample(value)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+# [shadow]
+_SHADOW_HELP = {
+    "sent": "Copies of the control's requests sent to a shadow variant.",
+    "failed": "Copies a shadow variant answered with a 5xx or not at all.",
+    "agreed": "Copies a shadow variant answered with the control's status and body.",
+}
+
+
+def _shadow_lines(m: ProxyMetrics) -> list[str]:
+    """``abrouter_shadow_{sent,failed,agreed}_total{variant}`` and ``abrouter_shadow_dropped_total{reason}``."""
+    lines = []
+    for result, help_text in _SHADOW_HELP.items():
+        name = f"abrouter_shadow_{result}_total"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        for (experiment, variant, r), n in sorted(m.shadow.items()):
+            if r == result:
+                lines.append(f"{name}{_labels(experiment=experiment, variant=variant)} {n}")
+    lines += [
+        "# HELP abrouter_shadow_dropped_total Copies never sent: the queue was full (queue_full), the request "
+        "body streamed (streamed_body), or the router stopped first (closing).",
+        "# TYPE abrouter_shadow_dropped_total counter",
+    ]
+    for (experiment, reason), n in sorted(m.shadow_dropped.items()):
+        lines.append(f"abrouter_shadow_dropped_total{_labels(experiment=experiment, reason=reason)} {n}")
+    return lines

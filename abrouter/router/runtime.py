@@ -1,9 +1,10 @@
 """The running router, apart from any server: ``async with running(...) as router``.
 
 Per experiment served (a `Lane`): one event log (with its Redis client), one upstream
-transport and one spec watcher; per process, one connection guard, and under
-``--experiments NAMESPACE`` one watch of the namespace that opens and retires lanes as
-Experiments are added and deleted. Everything is closed in reverse order of opening. A server
+transport, one pool of shadow workers and one spec watcher; per process, one connection
+guard, and under ``--experiments NAMESPACE`` one watch of the namespace that opens and
+retires lanes as Experiments are added and deleted. Everything is closed in reverse order
+of opening. A server
 adapter (`abrouter.router.http.server` today; a gRPC listener next) serves with the
 `Router` it yields and stops accepting and drains *before* leaving the block, so the
 event log's final flush sees every request that was answered.
@@ -24,8 +25,10 @@ from abrouter.router.connections import ConnectionGuard
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.matching import Gateway
+from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.routing import RoutingTable
 from abrouter.router.settings import ServeSettings
+from abrouter.router.shadow import ShadowPool
 from abrouter.router.sources.base import Access, Removed, SpecSource, access, follow, offer
 from abrouter.router.state import Lane, Lanes, Router, apply_spec, request_ids, upstream_timeouts
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
@@ -60,6 +63,7 @@ async def running(
         followed[only.name] = source
     async with contextlib.AsyncExitStack() as stack:
         opened: dict[str, Lane] = {}
+        metrics = ProxyMetrics()
 
         async def close_all() -> None:
             for lane in opened.values():
@@ -67,9 +71,11 @@ async def running(
 
         stack.push_async_callback(close_all)  # runs last: the final flush of every event log
         for experiment in initial:
-            opened[experiment.name] = await _open_lane(experiment, settings, transport)
+            opened[experiment.name] = await _open_lane(experiment, settings, transport, metrics)
         lanes = Lanes(opened.values())
-        router = Router(lanes=lanes, guard=ConnectionGuard(settings.client_limits), api_token=settings.api_token)
+        router = Router(
+            lanes=lanes, metrics=metrics, guard=ConnectionGuard(settings.client_limits), api_token=settings.api_token
+        )
         tasks = [
             asyncio.create_task(follow(src, functools.partial(apply_spec, router, name), router.lane(name).source))
             for name, src in followed.items()
@@ -86,7 +92,9 @@ async def running(
                     await task
 
 
-async def _open_lane(experiment: Experiment, settings: ServeSettings, transport: Transport | None) -> Lane:
+async def _open_lane(
+    experiment: Experiment, settings: ServeSettings, transport: Transport | None, metrics: ProxyMetrics
+) -> Lane:
     eventlog: EventLog | DisabledEventLog = DisabledEventLog()
     if settings.event_log:
         eventlog = EventLog(
@@ -100,11 +108,16 @@ async def _open_lane(experiment: Experiment, settings: ServeSettings, transport:
     eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
     await eventlog.start()
     t = transport or make_transport(settings.upstream_transport, upstream_timeouts(experiment))
-    return Lane(table=table, eventlog=eventlog, ids=request_ids(settings.secret, experiment), transport=t)
+    lane = Lane(table=table, eventlog=eventlog, ids=request_ids(settings.secret, experiment), transport=t)
+    lane.shadows = ShadowPool(experiment=experiment.name, transport=t, eventlog=eventlog, metrics=metrics)  # [shadow]
+    lane.shadows.start()
+    return lane
 
 
 async def _close_lane(lane: Lane, *, shared: Transport | None) -> None:
     try:
+        if lane.shadows is not None:
+            await lane.shadows.close()  # before the transport it sends through
         if lane.transport is not shared:
             await lane.transport.close()
     finally:  # and the final flush happens
@@ -167,7 +180,7 @@ class _Following:
             self.waiting[experiment.name] = experiment
             self.router.source.last_error = problem
             return False
-        lane = await _open_lane(experiment, self.settings, self.shared)
+        lane = await _open_lane(experiment, self.settings, self.shared, self.router.metrics)
         self.opened[experiment.name] = lane
         self.router.lanes = Lanes([*self.router.lanes, lane])
         log.info("experiment %s added: %s", experiment.name, self.router.lanes.gateway.describe())

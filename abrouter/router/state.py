@@ -23,6 +23,7 @@ from abrouter.router.matching import Gateway, ModelAt
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable, next_table
+from abrouter.router.shadow import ShadowPool
 from abrouter.router.sources.base import SourceStatus
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
 from abrouter.router.workers import WorkerSlot, sum_stats
@@ -40,6 +41,8 @@ class Lane:
     ids: RequestIds
     transport: Transport
     source: SourceStatus = field(default_factory=SourceStatus)
+    #: [shadow] The copies for the experiment's shadow variants and their workers (None: nothing is copied).
+    shadows: ShadowPool | None = None
 
     @property
     def name(self) -> str:

@@ -21,7 +21,10 @@ The driver owns the exchange calls, the body rules and the failure sequence, onc
   task for it): logged as 499, an exposure but not an error of the variant;
 - the client's request body never arrived whole: neither an exposure nor an error;
 - anything else is a bug: a 500 (`Failure.INTERNAL`) if nothing was sent yet, else an
-  abort, and the traceback in the log.
+  abort, and the traceback in the log;
+- [shadow] a request the control answered whole, when shadow variants want it
+  (`shadow.wanted`), is handed to its experiment's `ShadowPool` as a copy after the exchange is
+  finished, never awaited; its response body is hashed as it goes, for the comparison.
 
 No framework and no I/O library here (checked by import-linter): asyncio and the
 `Transport` seam only.
@@ -30,13 +33,15 @@ No framework and no I/O library here (checked by import-linter): asyncio and the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
-from abrouter.router import exchange
+from abrouter.contract.model import Variant
+from abrouter.router import exchange, shadow
 from abrouter.router.errors import UpstreamError
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
 from abrouter.router.headers import Headers
@@ -164,6 +169,13 @@ RequestBody = bytes | BodyStream | None
 Router = exchange.Services
 
 
+class Lane(exchange.Experimenting, Protocol):
+    """What the driver needs of an experiment served (`abrouter.router.state.Lane`)."""
+
+    #: [shadow] Where copies for the experiment's shadow variants go (None: not copied).
+    shadows: shadow.ShadowPool | None
+
+
 async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Downstream) -> None:
     """Proxy one request to its variant; every outcome is recorded (see the module docstring)."""
     try:
@@ -171,12 +183,16 @@ async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Dow
     except exchange.Refused as refused:
         down.fail(refused.problem)
         return
+    pool = cast(Lane, ex.lane).shadows
+    shadows = _shadows(pool, ex, body)  # [shadow]
+    live = shadow.digest() if shadows else None
     try:
-        await _forward(router, ex, body, down)
+        await _forward(router, ex, body, down, live)
     except (ClientGone, asyncio.CancelledError):
         _client_left(ex, body)
         raise
     except Exception:
+        live = None
         ex.crashed()
         log.exception("bug while proxying %s %s", incoming.method, ex.incoming.target[:200])
         if down.started:
@@ -185,6 +201,19 @@ async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Dow
             down.fail(ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
     finally:
         ex.finish(now=time.time())
+    if live is not None and pool is not None and ex.error is None:  # the control answered whole
+        pool.offer(shadow.Copy.of(ex, shadows, body if isinstance(body, bytes) else None, live.digest()))
+
+
+def _shadows(pool: shadow.ShadowPool | None, ex: Exchange, body: RequestBody) -> tuple[Variant, ...]:
+    """[shadow] The shadows this request is copied to; a streamed body is not kept, so not copied (counted)."""
+    if pool is None:
+        return ()
+    shadows = shadow.wanted(ex)
+    if shadows and isinstance(body, BodyStream):
+        pool.dropped("streamed_body", len(shadows))
+        return ()
+    return shadows
 
 
 def _client_left(ex: Exchange, body: RequestBody) -> None:
@@ -194,7 +223,9 @@ def _client_left(ex: Exchange, body: RequestBody) -> None:
         ex.client_gone()
 
 
-async def _forward(router: Router, ex: Exchange, body: RequestBody, down: Downstream) -> None:
+async def _forward(
+    router: Router, ex: Exchange, body: RequestBody, down: Downstream, live: hashlib.blake2b | None = None
+) -> None:
     try:
         upstream = await ex.lane.transport.request(
             base_url=ex.variant.upstream,
@@ -210,12 +241,13 @@ async def _forward(router: Router, ex: Exchange, body: RequestBody, down: Downst
         return
     try:
         ex.received(upstream.status)
-        await _relay(ex, upstream, down)
+        await _relay(ex, upstream, down, live)
     finally:
         upstream.release()
 
 
-async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream) -> None:
+async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream, live: hashlib.blake2b | None) -> None:
+    """Send the upstream's response; `live` (when copies are wanted) hashes its body as it goes."""
     headers = ex.response_headers(upstream.headers)
     status, reason = upstream.status, upstream.reason
     if ex.incoming.method == "HEAD" or status in (204, 304):
@@ -230,12 +262,16 @@ async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream) -> 
             return
         down.respond(status, reason, headers, data)
         ex.first_byte()
+        if live is not None:
+            live.update(data)
         return
     down.start(status, reason, headers)
     ex.first_byte()
     try:
         async for chunk in upstream.chunks():
             await down.send(chunk)
+            if live is not None:
+                live.update(chunk)
     except UpstreamError as exc:
         log.warning("variant %s: upstream failed mid-response, cutting the client's: %s", ex.variant.name, exc)
         ex.aborted()

@@ -178,6 +178,10 @@ def _add_metrics(into: ProxyMetrics, m: ProxyMetrics) -> None:
     into.no_experiment += m.no_experiment
     for reason, n in m.bad_requests.items():
         into.bad_requests[reason] += n
+    for key, n in m.shadow.items():  # [shadow]
+        into.shadow[key] += n
+    for pair, n in m.shadow_dropped.items():
+        into.shadow_dropped[pair] += n
 
 
 def _add_histogram(into: _Histogram, h: _Histogram) -> None:
@@ -204,6 +208,8 @@ def to_json(s: Snapshot) -> str:
             "outcomes_rejected": m.outcomes_rejected,
             "no_experiment": m.no_experiment,
             "bad_requests": dict(m.bad_requests),
+            "shadow": [[e, v, r, n] for (e, v, r), n in m.shadow.items()],
+            "shadow_dropped": [[e, reason, n] for (e, reason), n in m.shadow_dropped.items()],
             "eventlog": dataclasses.asdict(s.eventlog),
             "connections": dataclasses.asdict(s.connections),
             "retired_pids": list(s.retired_pids),
@@ -229,6 +235,10 @@ def from_json(text: str) -> Snapshot:
     m.no_experiment = int(d["no_experiment"])
     for reason, n in d["bad_requests"].items():
         m.bad_requests[str(reason)] = int(n)
+    for e, v, r, n in d.get("shadow", ()):  # [shadow] absent in a snapshot of an older worker
+        m.shadow[(str(e), str(v), str(r))] = int(n)
+    for e, reason, n in d.get("shadow_dropped", ()):
+        m.shadow_dropped[(str(e), str(reason))] = int(n)
     conns = d["connections"]
     return Snapshot(
         worker=int(d["worker"]),

@@ -63,6 +63,7 @@ RICH = {
         {"name": "a", "upstream": "http://a:8080", "weight": 90, "deployment": "model-a", "model": "recsys-v1"},
         {"name": "b", "upstream": "https://b.ns.svc:443/v1", "weight": 10, "deployment": "model-b"},
         {"name": "c", "upstream": "http://c", "weight": 0},
+        {"name": "d", "upstream": "http://d", "weight": 0, "shadow": True, "shadow_percent": 25},
     ],
     "metrics": [
         {"name": "clicks", "kind": "continuous"},

@@ -286,3 +286,27 @@ async def test_outcomes_find_their_experiment_by_request_id_or_by_name(
         assert [e["spec"]["name"] for e in listing["experiments"]] == ["first", "second"]
     finally:
         await r.close()
+
+
+async def test_a_shadow_gets_the_request_under_its_own_model_name(aiohttp_server: Any, settings: ServeSettings) -> None:
+    up = await _upstreams(aiohttp_server, "live", "shadow")
+    spec = two_arms("recsys", up["live"][1], up["shadow"][1], match={"model": "recsys"})
+    spec["variants"][0].update(weight=100, model="recsys-v1")
+    spec["variants"][1].update(weight=0, shadow=True, model="recsys-v3")
+    r = await serve(model.parse(spec), settings)
+    try:
+        resp = await r.post("/v2/models/recsys/infer", json={"inputs": [1]}, headers={"X-User-Id": "u1"})
+        assert (await resp.json())["path"] == "/v2/models/recsys-v1/infer"
+        payload = {"model": "recsys", "messages": []}
+        resp = await r.post("/v1/chat/completions", json=payload, headers={"X-User-Id": "u1"})
+        assert json.loads((await resp.json())["body"])["model"] == "recsys-v1"
+        shadow = up["shadow"][0]
+        for _ in range(200):
+            if len(shadow.seen) == 2:
+                break
+            await asyncio.sleep(0.05)
+        seen = dict(shadow.seen)  # the copies may arrive in either order
+        assert sorted(seen) == ["/v1/chat/completions", "/v2/models/recsys-v3/infer"]
+        assert json.loads(seen["/v1/chat/completions"]) == {**payload, "model": "recsys-v3"}
+    finally:
+        await r.close()

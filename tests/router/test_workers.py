@@ -28,6 +28,8 @@ def metrics(requests: int, *, variant: str = "control", seconds: float = 0.003) 
     m.outcomes[("exp", "conversion")] += requests
     m.outcomes_rejected += 1
     m.bad_requests["malformed"] += 1
+    m.shadow[("exp", "next", "sent")] += requests  # [shadow]
+    m.shadow_dropped[("exp", "queue_full")] += 1
     return m
 
 
