@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 import sys
@@ -193,4 +192,4 @@ async def _run(fleet: Fleet, kube: KubeClient | None, args: argparse.Namespace) 
 
 def identity() -> str:
     """This candidate's name in the Lease: the pod's name (its hostname) and a random suffix, as client-go does."""
-    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
