@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from abrouter import argtypes
 from abrouter.analysis.errors import InputError
-from abrouter.contract import experiment as spec
+from abrouter.analysis.specfiles import SpecFiles
 from abrouter.contract.model import AnalysisSettings
 
 if TYPE_CHECKING:
@@ -238,12 +238,13 @@ def analyze(args: argparse.Namespace) -> int:
 
         return runner.analyze_summary(args.summary, as_json=args.json, out=sys.stdout)
     _check_many(args)
+    files = SpecFiles()
     if args.experiments is None and args.experiment is None:
-        _load_configs(args.config)  # bad config: fail now, with exit code 2, not inside the loop
+        _load_configs(args.config, files)  # bad config: fail now, with exit code 2, not inside the loop
     if args.experiments is not None or len(args.config or ()) > 1:
         from abrouter.analysis import many  # numpy, scipy, redis: only when analyze runs
 
-        return asyncio.run(many.analyze_many(args))
+        return asyncio.run(many.analyze_many(args, files))
     from abrouter.analysis import runner
 
     if args.experiment is not None:
@@ -281,11 +282,11 @@ def _check_many(args: argparse.Namespace) -> None:
         raise InputError("--selector", f"is not a label selector (e.g. team=search,tier!=dev), got {selector!r}")
 
 
-def _load_configs(paths: list[Path]) -> None:
+def _load_configs(paths: list[Path], files: SpecFiles) -> None:
     """Load every --config (exit 2 on the first bad one); two files of one experiment are refused."""
     seen: dict[str, Path] = {}
     for path in paths:
-        name = spec.load(path).name
+        name = files.load(path).name
         if name in seen:
             raise InputError(
                 "--config", f"{seen[name]} and {path} both name experiment {name!r}; give each experiment once"

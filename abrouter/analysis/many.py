@@ -31,6 +31,7 @@ from abrouter.analysis.fleet import Fleet, Target
 from abrouter.analysis.schedule import Schedule
 from abrouter.analysis.sinks.base import DryRunSink, WeightsSink
 from abrouter.analysis.sinks.file import FileSink
+from abrouter.analysis.specfiles import SpecFiles
 from abrouter.analysis.witness import FileWitness
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class FileTarget:
     path: Path
     out: Output
     apply: bool
+    files: SpecFiles
     key: str = ""
 
     def __post_init__(self) -> None:
@@ -65,7 +67,9 @@ class FileTarget:
 
     async def look(self) -> int:
         o = self.out
-        return await runner.look_file(o.redis, self.path, self.sink, self.witness, as_json=o.as_json, url=o.url)
+        return await runner.look_file(
+            o.redis, self.path, self.sink, self.witness, as_json=o.as_json, url=o.url, load=self.files.load
+        )
 
 
 @dataclass
@@ -122,7 +126,8 @@ class KubeRoster:
         return self.known
 
 
-async def analyze_many(args: argparse.Namespace) -> int:
+async def analyze_many(args: argparse.Namespace, files: SpecFiles | None = None) -> int:
+    """`files`: the --config files as the command validated them (parsed once, not again at the first look)."""
     out = Output(RedisConnection(args.redis_url), args.redis_url, args.json)
     kube: KubeClient | None = None
     try:
@@ -130,7 +135,7 @@ async def analyze_many(args: argparse.Namespace) -> int:
             from abrouter.kube.client import KubeClient  # seconds of imports: only for --experiments
 
             kube = KubeClient.from_config(args.kubeconfig, role="analyzer")
-        fleet = build(args, out, kube)
+        fleet = build(args, out, kube, files or SpecFiles())
         if args.every is None:
             code = await fleet.once()
             if not fleet.targets:
@@ -145,12 +150,12 @@ async def analyze_many(args: argparse.Namespace) -> int:
             kube.close()
 
 
-def build(args: argparse.Namespace, out: Output, kube: KubeClient | None) -> Fleet:
+def build(args: argparse.Namespace, out: Output, kube: KubeClient | None, files: SpecFiles) -> Fleet:
     """The fleet the arguments ask for (files, or with `kube` a namespace's Experiments); no I/O yet."""
     if kube is not None:
         roster: FileRoster | KubeRoster = _kube_roster(kube, args, out)
     else:
-        roster = FileRoster({str(p): FileTarget(p, out, args.apply) for p in args.config})
+        roster = FileRoster({str(p): FileTarget(p, out, args.apply, files) for p in args.config})
     return Fleet(roster, Schedule(args.every or 60.0))
 
 

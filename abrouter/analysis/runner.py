@@ -15,6 +15,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -61,11 +62,18 @@ async def analyze_redis(args: argparse.Namespace) -> int:
 
 
 async def look_file(
-    client: RedisConnection, config: Path, sink: WeightsSink, witness: FileWitness | None, *, as_json: bool, url: str
+    client: RedisConnection,
+    config: Path,
+    sink: WeightsSink,
+    witness: FileWitness | None,
+    *,
+    as_json: bool,
+    url: str,
+    load: Callable[[Path], spec.Experiment] = spec.load,
 ) -> int:
-    """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
+    """Read (the spec through `load`), analyze, record and (maybe) apply; a runtime failure is one line and exit 1."""
     try:
-        experiment = spec.load(config)
+        experiment = load(config)
         result = await service.look(await client.client(experiment.name), experiment, sink=sink, witness=witness)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
@@ -14,6 +15,7 @@ import redis
 import redis.asyncio
 
 from abrouter import cli
+from abrouter.analysis.specfiles import SpecFiles
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from tests.analysis.test_commands import config_file, json_lines, run, write_arms
@@ -184,3 +186,17 @@ async def test_every_looks_at_each_on_its_own_schedule_a_failing_one_backs_off_a
     assert f"{paths[0]}: look failed (1 in a row" in err
     assert "stopped after" in err
     assert await redis_client.xlen(keys.Keys(a).decisions) == 0
+
+
+def test_a_spec_file_is_parsed_again_only_when_it_changed(tmp_path: Path) -> None:
+    path = config(tmp_path, "cached")
+    files = SpecFiles()
+    first = files.load(path)
+    assert files.load(path) is first and files.parses == 1
+    doc = spec.to_dict(first)
+    doc["variants"][1]["weight"] = 25
+    path.write_text(json.dumps(doc))  # an edit in place (same inode), of another size
+    assert files.load(path).weights != first.weights and files.parses == 2
+    path.unlink()
+    with pytest.raises(spec.ConfigError, match="cannot read"):
+        files.load(path)

@@ -20,6 +20,7 @@ import redis.asyncio
 from abrouter.analysis import commands, many
 from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.fleet import Fleet
+from abrouter.analysis.specfiles import SpecFiles
 from abrouter.contract import keys
 from abrouter.kube.client import GROUP, PLURAL, VERSION, KubeClient
 from abrouter.kube.election import ElectionSettings
@@ -103,7 +104,7 @@ async def fleets(kubeconfig: Path, redis_url: str) -> AsyncIterator[Callable[...
         args = parse([*argv, "--every", "0.3", "--json"])
         kube = KubeClient.from_config(kubeconfig, role="analyzer")
         out = many.Output(RedisConnection(redis_url), redis_url, True)
-        fleet = many.build(args, out, kube)
+        fleet = many.build(args, out, kube, SpecFiles())
         stop = asyncio.Event()
         tasks = []
         if identity is not None:
