@@ -14,9 +14,9 @@ Experiments of a namespace, listed again every refresh), keeps each on its own
 - `stop` (SIGTERM) ends the loop between two looks: a look in progress finishes, so no
   decision is left half written by the stop itself.
 
-Looks run one at a time: one look is about 60 ms of CPU, so one core looks at 1,000
-experiments a minute with most of it to spare, and one at a time keeps the API and Redis
-load of a pass flat (bench/README.md, "One analyzer for many experiments").
+Looks run one at a time: one look from Redis is about 5 ms of CPU, so one core looks at
+1,000 experiments a minute with most of it to spare, and one at a time keeps the API and
+Redis load of a pass flat (bench/README.md, "Analyzer: one pass over 1,000 experiments").
 """
 
 from __future__ import annotations
