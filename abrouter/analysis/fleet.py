@@ -7,9 +7,14 @@ Experiments of a namespace, listed again every refresh), keeps each on its own
 - a look that fails (its `Target.look` returns a nonzero exit code, having printed its
   one-line error, or raises: a bug) is counted and logged, and that experiment backs off;
   the others keep their slots;
+- a look that takes longer than `look_timeout_s` (a Redis that stopped answering: the
+  analyzer's client has no timeouts of its own) is abandoned and counted as failed, so
+  one hung call cannot stop the loop; its writes are each guarded (`kube_look`), and a
+  decision it left unfinished is finished by the next look;
 - a roster that cannot be read (the API down) keeps the last set of experiments;
-- with a `Leadership` (`abrouter.kube.leader.LeaderElector`), nothing is looked at while
-  this process is not the leader; the slots pass by unlooked, so a new leader does not
+- with a `Leadership` (`abrouter.kube.leader.LeaderElector`), no look starts while this
+  process is not the leader (one under way when the Lease is lost finishes: its writes
+  are guarded by resourceVersion); the slots pass by unlooked, so a new leader does not
   start with a burst of every overdue experiment;
 - `stop` (SIGTERM) ends the loop between two looks: a look in progress finishes, so no
   decision is left half written by the stop itself.
@@ -65,6 +70,8 @@ class Fleet:
     leader: Leadership | None = None
     #: How often the roster is listed again (default: the schedule's interval).
     refresh_s: float | None = None
+    #: Seconds after which a look is abandoned and counted as failed.
+    look_timeout_s: float = 120.0
     clock: Callable[[], float] = time.time
     targets: dict[str, Target] = field(default_factory=dict)
 
@@ -111,7 +118,10 @@ class Fleet:
 
     async def _look(self, target: Target) -> int:
         try:
-            return await target.look()
+            return await asyncio.wait_for(target.look(), self.look_timeout_s)
+        except TimeoutError:
+            log.error("%s: the look took longer than %g s; abandoned", target.key, self.look_timeout_s)
+            return 1
         except Exception:  # a bug in one look must not stop the others
             log.exception("%s: the look failed unexpectedly", target.key)
             return 1

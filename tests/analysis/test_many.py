@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import signal
@@ -15,9 +16,12 @@ import redis
 import redis.asyncio
 
 from abrouter import cli
+from abrouter.analysis import many
+from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.specfiles import SpecFiles
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
+from abrouter.router.redis_server import RedisServer
 from tests.analysis.test_commands import config_file, json_lines, run, write_arms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,3 +204,37 @@ def test_a_spec_file_is_parsed_again_only_when_it_changed(tmp_path: Path) -> Non
     path.unlink()
     with pytest.raises(spec.ConfigError, match="cannot read"):
         files.load(path)
+
+
+async def test_a_look_that_hangs_is_abandoned_and_the_loop_goes_on(
+    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = "hung"
+    seed(redis_server.url, name, {"control": (2000, 100, 20.0), "candidate": (2000, 100, 20.0)})
+    path = config(tmp_path, name)
+    args = argparse.Namespace(config=[path], every=0.2, apply=False, json=True, experiments=None)
+    out = many.Output(RedisConnection(redis_server.url), redis_server.url, True)
+    fleet = many.build(args, out, None, SpecFiles())
+    fleet.look_timeout_s = 0.5
+    stop = asyncio.Event()
+    process = redis_server._process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)  # Redis stops answering, connections stay open
+    running = asyncio.create_task(fleet.run(stop))
+    try:
+        deadline = time.monotonic() + 60
+        while fleet.schedule.failed < 2:
+            assert time.monotonic() < deadline, "a hung look stops the loop"
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGCONT)
+        looked = fleet.schedule.looked
+        while fleet.schedule.entries[str(path)].failures:  # the next look after Redis is back succeeds
+            assert time.monotonic() < deadline, "no look succeeds after Redis answers again"
+            await asyncio.sleep(0.05)
+        assert fleet.schedule.looked > looked
+    finally:
+        process.send_signal(signal.SIGCONT)
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await out.redis.aclose()
+    assert f"{path}: the look took longer than 0.5 s; abandoned" in caplog.text
