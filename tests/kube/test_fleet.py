@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from abrouter import cli
 from abrouter.analysis import commands, many
 from abrouter.analysis.connection import RedisConnection
 from abrouter.analysis.fleet import Fleet
@@ -79,8 +82,6 @@ def test_a_forbidden_list_is_one_line_and_exit_code_1(
 ) -> None:
     kube_api.allow("experiments", "get")
     argv = ["analyze", "--experiments", NAMESPACE, "--kubeconfig", str(kubeconfig), "--redis-url", redis_url]
-    from abrouter import cli
-
     assert cli.main(argv) == 1
     assert "forbidden: cannot list experiments.abrouter.io in namespace abrouter-test" in capsys.readouterr().err
 
@@ -239,3 +240,50 @@ async def test_a_leader_whose_lease_is_taken_stops_looking(
         if fleet.leader.leading():  # type: ignore[union-attr]
             break  # "someone-else" never renews: after the lease duration, it may lead again
         assert fleet.schedule.looked <= settled + 1
+
+
+async def test_the_cli_leads_looks_and_on_sigterm_stops_and_releases_the_lease(
+    kube_api: KubeApiServer, kubeconfig: Path, redis_url: str, redis_client: redis.asyncio.Redis, names: list[str]
+) -> None:
+    name = names[0]
+    add(kube_api, redis_url, name)
+    argv = ["--experiments", NAMESPACE, "--kubeconfig", str(kubeconfig), "--redis-url", redis_url]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "abrouter",
+        "analyze",
+        *argv,
+        "--every",
+        "0.3",
+        "--lease",
+        "abrouter-analyzer",
+        "--json",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.stderr is not None
+    errors = asyncio.create_task(proc.stderr.read())
+    try:
+        looks = history(redis_client, name)
+
+        async def looked() -> bool:
+            assert proc.returncode is None
+            return await looks() >= 2
+
+        await until(looked, "the analyzer does not look")
+        lease = kube_api.get("leases", NAMESPACE, "abrouter-analyzer")
+        assert lease is not None and lease["spec"]["holderIdentity"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err = (await errors).decode()
+    assert "Traceback" not in err
+    assert "is now the leader (Lease abrouter-test/abrouter-analyzer)" in err
+    assert "released the Lease" in err and "stopped after" in err
+    lease = kube_api.get("leases", NAMESPACE, "abrouter-analyzer")
+    assert lease is not None and not lease["spec"].get("holderIdentity")
