@@ -7,8 +7,9 @@ whole process. Each look is the one a single ``abrouter analyze --config FILE`` 
 experiment's output, history and writes are the same whichever way it is looked at.
 
 Without ``--every`` every experiment is looked at once, in order, and the exit code is the
-worst of theirs. With ``--every`` the fleet runs until SIGTERM (or SIGINT), which ends it
-between two looks with exit code 0; the leader then releases its Lease.
+worst of theirs. With ``--every`` the fleet runs until SIGTERM, which ends it between two
+looks with exit code 0; the leader then releases its Lease (Ctrl-C is exit code 130, as for
+every command, and releases it too).
 """
 
 from __future__ import annotations
