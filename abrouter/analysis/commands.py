@@ -100,9 +100,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "analyze",
-        help="analyze an experiment and decide: continue, ramp, promote, rollback or stop",
-        description="Analyze an experiment from Redis (--config) or from exported sufficient "
-        "statistics (--summary), and explain the decision in one line.",
+        help="analyze experiments and decide: continue, ramp, promote, rollback or stop",
+        description="Analyze an experiment, or many in one process, from Redis (--config, --experiment, "
+        "--experiments) or from exported sufficient statistics (--summary), and explain each decision in one line.",
         epilog=ANALYZE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -152,7 +152,10 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     when = p.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="analyze once and exit (the default)")
     when.add_argument(
-        "--every", type=argtypes.positive, metavar="SECONDS", help="analyze again every SECONDS until Ctrl-C"
+        "--every",
+        type=argtypes.positive,
+        metavar="SECONDS",
+        help="analyze again every SECONDS until Ctrl-C or SIGTERM (each experiment at a phase of its own)",
     )
     p.add_argument("--json", action="store_true", help="print JSON (one object per line) instead of a table")
     p.add_argument(
