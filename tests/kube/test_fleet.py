@@ -32,8 +32,9 @@ from tests.analysis.test_commands import json_lines, write_aggregates
 from tests.kube.apiserver import NAMESPACE, KubeApiServer
 from tests.kube.conftest import experiment_object, run
 
-#: Short, so that a takeover happens within the test; the rules are the same at any scale.
-FAST = ElectionSettings(lease="analyzer", lease_duration_s=3.0, renew_deadline_s=2.0, retry_period_s=0.2)
+#: Frequent tries, so that a takeover after a release happens within the test; a lease
+#: duration long enough that a stall of the loaded machine does not pass for a dead leader.
+FAST = ElectionSettings(lease="analyzer", lease_duration_s=10.0, renew_deadline_s=8.0, retry_period_s=0.2)
 
 
 @pytest.fixture
