@@ -143,19 +143,21 @@ class KubeClient:
         )
 
     def list_experiments(self, namespace: str, *, selector: str = "") -> tuple[list[dict[str, Any]], str]:
-        """The namespace's Experiments (those matching the label `selector`, if given) and the
-        list's resourceVersion (where a watch starts)."""
+        """The namespace's Experiments (those with the labels `selector` selects, when given) and
+        the list's resourceVersion (where a watch starts)."""
         doc = self._call(
             "list",
             PLURAL,
             Ref(namespace, ""),
             lambda: self.custom.list_namespaced_custom_object(
-                *self._at(namespace), label_selector=selector or None, _request_timeout=self.timeout_s
+                *self._at(namespace), label_selector=selector, _request_timeout=self.timeout_s
             ),
         )
         return list(doc.get("items") or []), str(doc["metadata"]["resourceVersion"])
 
-    def watch(self, namespace: str, resource_version: str, *, timeout_s: int = 60) -> Iterator[tuple[str, Any]]:
+    def watch(
+        self, namespace: str, resource_version: str, *, timeout_s: int = 60, selector: str = ""
+    ) -> Iterator[tuple[str, Any]]:
         """(type, object) events after `resource_version`, for at most `timeout_s` seconds.
 
         Raises `KubeGone` when the version is too old (the API reports 410 inside the
@@ -168,6 +170,7 @@ class KubeClient:
             self.custom.list_namespaced_custom_object,
             *self._at(namespace),
             resource_version=resource_version,
+            label_selector=selector,
             timeout_seconds=timeout_s,
             allow_watch_bookmarks=False,
             _request_timeout=(self.timeout_s, timeout_s + self.timeout_s),
