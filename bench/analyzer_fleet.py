@@ -16,7 +16,13 @@ The per-look cost is the difference between the one-process run and one single r
 divided by N - 1. Every look appends to its experiment's history in Redis (no
 ``--apply``: the config files stay as they are).
 
+With ``--kube``, the experiments are Experiment resources in the project's Kubernetes API
+test server (`tests.kube.apiserver`, in a thread of this process, not of the measured
+one) and the runs are ``abrouter analyze --experiments NAMESPACE`` (one list, then per
+Experiment a GET and the look) and ``--experiment NAMESPACE/NAME`` alone.
+
     .venv/bin/python bench/analyzer_fleet.py --experiments 1000 --single 5
+    .venv/bin/python bench/analyzer_fleet.py --experiments 1000 --single 5 --kube
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--experiments", type=int, default=1000, help="experiments in the pass (default: 1000)")
     p.add_argument("--single", type=int, default=5, help="single-experiment runs to average (default: 5)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kube", action="store_true", help="Experiment resources through the API test server")
     return p.parse_args(argv)
 
 
@@ -96,10 +103,8 @@ def write_configs(folder: Path, names: list[str]) -> list[Path]:
     return paths
 
 
-def run(paths: list[Path], url: str) -> Usage:
-    argv = [sys.executable, "-m", "abrouter", "analyze", "--redis-url", url, "--json"]
-    for p in paths:
-        argv += ["--config", str(p)]
+def run(source: list[str], url: str) -> Usage:
+    argv = [sys.executable, "-m", "abrouter", "analyze", "--redis-url", url, "--json", *source]
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
@@ -116,6 +121,22 @@ def run(paths: list[Path], url: str) -> Usage:
     )
 
 
+def run_kube(names: list[str], url: str, tmp: Path, single: int) -> tuple[list[Usage], Usage]:
+    """The runs against Experiment resources in the API test server (imported from tests/ only here)."""
+    from tests.kube.apiserver import NAMESPACE, PLURAL, KubeApiServer
+    from tests.kube.conftest import experiment_object
+
+    api = KubeApiServer().start()
+    try:
+        for name in names:
+            api.put(PLURAL, NAMESPACE, experiment_object(name))
+        config = ["--kubeconfig", str(api.kubeconfig(tmp / "kubeconfig", namespace=NAMESPACE))]
+        singles = [run([*config, "--experiment", f"{NAMESPACE}/{n}"], url) for n in names[:single]]
+        return singles, run([*config, "--experiments", NAMESPACE], url)
+    finally:
+        api.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rng = np.random.default_rng(args.seed)
@@ -125,9 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         for name in names:
             seed(client, name, rng)
         client.close()
-        paths = write_configs(Path(tmp), names)
-        singles = [run([p], server.url) for p in paths[: args.single]]
-        fleet = run(paths, server.url)
+        if args.kube:
+            singles, fleet = run_kube(names, server.url, Path(tmp), args.single)
+        else:
+            paths = write_configs(Path(tmp), names)
+            singles = [run(["--config", str(p)], server.url) for p in paths[: args.single]]
+            fleet = run([a for p in paths for a in ("--config", str(p))], server.url)
     one = Usage(
         cpu_s=float(np.mean([u.cpu_s for u in singles])),
         peak_rss_mib=float(np.mean([u.peak_rss_mib for u in singles])),
@@ -137,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     n = args.experiments
     per_look_ms = (fleet.cpu_s - one.cpu_s) / max(1, n - 1) * 1000
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {stamp}")
+    source = "Experiment resources (--experiments)" if args.kube else "config files (--config)"
+    print(f"python {platform.python_version()}, {os.cpu_count()} cpus, {stamp}; {source}")
     print()
     print("| run | experiments | CPU s | peak RSS MiB | wall s |")
     print("|---|---|---|---|---|")
