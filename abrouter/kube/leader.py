@@ -57,7 +57,10 @@ class LeaderElector:
         """Try every retry period until `stop` is set; then release the Lease if this candidate holds it."""
         try:
             while not stop.is_set():
-                await asyncio.to_thread(self.try_once)
+                try:
+                    await asyncio.to_thread(self.try_once)
+                except Exception:  # a bug: log it whole; the deadline stops the acting meanwhile
+                    log.exception("leader election: unexpected error; trying again")
                 try:
                     await asyncio.wait_for(stop.wait(), self.settings.retry_period_s)
                 except TimeoutError:
