@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("script", "args", "expect"),
     [
         ("analyzer_scaling.py", ["--events", "2000", "--units", "500"], "| events | units"),
+        ("analyzer_fleet.py", ["--experiments", "3", "--single", "1"], "| one process for all | 3 |"),
+        ("analyzer_fleet.py", ["--experiments", "2", "--single", "1", "--kube"], "Experiment resources"),
         (
             "sim_sequential.py",
             ["--scale", "0.005", "--only", "aa"],

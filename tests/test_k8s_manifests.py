@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 BASE = K8S / "base"
 EXAMPLE = K8S / "examples" / "recsys"
-COMPONENT = K8S / "components" / "analyzer-deployment"
+COMPONENT = K8S / "components" / "analyzer-cronjob"
 NAMESPACE = "abrouter"
 #: The oldest Kubernetes minor still supported upstream when this was written.
 KUBE_VERSION = "1.30.0"
@@ -75,8 +75,8 @@ def example() -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def every_minute(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """The example with the analyzer-deployment component, as docs/kubernetes.md shows it."""
+def cronjob(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The example with the analyzer-cronjob component, as docs/kubernetes.md shows it."""
     overlay = tmp_path_factory.mktemp("overlay")
     # kustomize refuses absolute roots: relative paths from the temporary directory.
     kust = {
@@ -150,17 +150,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_the_kustomizations_render_and_every_object_is_valid(
-    base: list[dict[str, Any]], example: list[dict[str, Any]], every_minute: list[dict[str, Any]]
+    base: list[dict[str, Any]], example: list[dict[str, Any]], cronjob: list[dict[str, Any]]
 ) -> None:
     document = _one(base, "CustomResourceDefinition", "experiments.abrouter.io")
-    for obj in [*base, *example, *every_minute]:
+    for obj in [*base, *example, *cronjob]:
         if obj["kind"] == crd.KIND:
             assert crdschema.errors(obj, document) == [], f"Experiment {obj['metadata']['name']}"
         else:
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
         if obj["kind"] not in ("Namespace", "CustomResourceDefinition"):
             assert obj["metadata"].get("namespace") == NAMESPACE, f"{obj['kind']} {obj['metadata']['name']}"
-    assert {o["kind"] for o in example} >= {"Experiment", "CustomResourceDefinition", "Deployment", "CronJob"}
+    assert {o["kind"] for o in example} >= {"Experiment", "CustomResourceDefinition", "Deployment"}
+    assert {o["kind"] for o in cronjob} >= {"Experiment", "Deployment", "CronJob"}
 
 
 def test_the_rendered_crd_is_the_generators(base: list[dict[str, Any]]) -> None:
@@ -200,7 +201,11 @@ def test_rbac_grants_each_role_exactly_its_verbs(base: list[dict[str, Any]]) -> 
         ("abrouter.io", "experiments/status"): {"get", "patch"},
         ("", "events"): {"create"},
         ("apps", "deployments/scale"): {"get", "patch"},
+        ("coordination.k8s.io", "leases"): {"get", "update", "create"},
     }
+    lease_rules = [r for r in _one(base, "Role", "abrouter-analyzer")["rules"] if "leases" in r["resources"]]
+    # Only its own Lease may be read and renewed (create cannot be limited to a name).
+    assert all(r.get("resourceNames") == ["abrouter-analyzer"] for r in lease_rules if r["verbs"] != ["create"])
     assert not _of(base, "ClusterRole") and not _of(base, "ClusterRoleBinding")
     for role in _of(base, "Role"):
         for rule in role["rules"]:
@@ -211,7 +216,7 @@ def test_each_workload_runs_as_its_roles_service_account(base: list[dict[str, An
     bindings = {b["metadata"]["name"]: b for b in _of(base, "RoleBinding")}
     for kind, name, account in (
         ("Deployment", "abrouter", "abrouter-router"),
-        ("CronJob", "abrouter-analyzer", "abrouter-analyzer"),
+        ("Deployment", "abrouter-analyzer", "abrouter-analyzer"),
     ):
         spec = _pod(_one(base, kind, name))["spec"]
         assert spec["serviceAccountName"] == account
@@ -263,7 +268,7 @@ def test_the_router_serves_the_experiment_with_probes_and_a_spill_dir(base: list
 
 def test_redis_url_and_the_secret_come_from_secrets_that_exist(base: list[dict[str, Any]]) -> None:
     router = _pod(_one(base, "Deployment", "abrouter"))["spec"]["containers"][0]
-    analyzer = _pod(_one(base, "CronJob", "abrouter-analyzer"))["spec"]["containers"][0]
+    analyzer = _pod(_one(base, "Deployment", "abrouter-analyzer"))["spec"]["containers"][0]
     for c, names in ((router, ("REDIS_URL", "ABROUTER_SECRET")), (analyzer, ("REDIS_URL",))):
         for name in names:
             ref = _env(c, name)["valueFrom"]["secretKeyRef"]
@@ -296,27 +301,40 @@ def _kust_literal(name: str, key: str) -> str:
     return next(lit.split("=", 1)[1] for lit in gen["literals"] if lit.startswith(f"{key}="))
 
 
-def test_the_analyzer_cronjob_applies_every_five_minutes_one_at_a_time(base: list[dict[str, Any]]) -> None:
-    job = _one(base, "CronJob", "abrouter-analyzer")
+def test_the_analyzer_looks_at_every_experiment_every_minute_with_one_leader(base: list[dict[str, Any]]) -> None:
+    assert not _of(base, "CronJob"), "the CronJob is the component's, not the base's"
+    dep = _one(base, "Deployment", "abrouter-analyzer")
+    assert dep["spec"]["replicas"] >= 1
+    spec = _pod(dep)["spec"]
+    assert spec["serviceAccountName"] == "abrouter-analyzer"
+    args = _parse(_resolved_args(base, spec["containers"][0]))
+    assert args.func.__name__ == "analyze"
+    assert args.experiments == NAMESPACE and args.experiment is None and args.config is None
+    assert args.apply and args.every == 60 and not args.dry_run
+    # Replicas never act at once: they elect a leader through the Lease the Role lets them renew.
+    lease_rules = [r for r in _one(base, "Role", "abrouter-analyzer")["rules"] if "leases" in r["resources"]]
+    assert any(args.lease in r.get("resourceNames", []) and "update" in r["verbs"] for r in lease_rules)
+    assert spec["terminationGracePeriodSeconds"] >= 30, "time to finish the look under way and release the Lease"
+
+
+def test_the_analyzer_cronjob_component_looks_every_five_minutes_one_at_a_time_instead(
+    cronjob: list[dict[str, Any]],
+) -> None:
+    assert not [d for d in _of(cronjob, "Deployment") if d["metadata"]["name"] == "abrouter-analyzer"], (
+        "two analyzers would act on the same Experiments"
+    )
+    job = _one(cronjob, "CronJob", "abrouter-analyzer")
     assert job["spec"]["schedule"] == "*/5 * * * *"
     assert job["spec"]["concurrencyPolicy"] == "Forbid"
     assert job["spec"]["jobTemplate"]["spec"]["backoffLimit"] >= 0
-    args = _parse(_resolved_args(base, _pod(job)["spec"]["containers"][0]))
-    assert args.func.__name__ == "analyze"
-    assert args.experiment == f"{NAMESPACE}/recsys-v2" and args.apply and args.every is None and not args.dry_run
-
-
-def test_the_analyzer_deployment_component_looks_every_minute_instead(every_minute: list[dict[str, Any]]) -> None:
-    assert not _of(every_minute, "CronJob"), "two analyzers would race"
-    dep = _one(every_minute, "Deployment", "abrouter-analyzer")
-    assert dep["spec"]["replicas"] == 1
-    spec = _pod(dep)["spec"]
+    spec = _pod(job)["spec"]
     assert spec["serviceAccountName"] == "abrouter-analyzer"
     c = spec["containers"][0]
-    args = _parse(_resolved_args(every_minute, c))
-    assert args.experiment == f"{NAMESPACE}/recsys-v2" and args.apply and args.every == 60
+    args = _parse(_resolved_args(cronjob, c))
+    assert args.func.__name__ == "analyze"
+    assert args.experiments == NAMESPACE and args.apply and args.every is None and args.lease is None
     ref = _env(c, "REDIS_URL")["valueFrom"]["secretKeyRef"]
-    assert ref["key"] in _one(every_minute, "Secret", ref["name"])["data"]
+    assert ref["key"] in _one(cronjob, "Secret", ref["name"])["data"]
 
 
 def test_services_select_pods_on_declared_ports(example: list[dict[str, Any]]) -> None:

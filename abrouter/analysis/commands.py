@@ -15,13 +15,14 @@ import asyncio
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from abrouter import argtypes
 from abrouter.analysis.errors import InputError
-from abrouter.contract import experiment as spec
+from abrouter.analysis.specfiles import SpecFiles
 from abrouter.contract.model import AnalysisSettings
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ examples:
   abrouter analyze --summary sims.jsonl --json             # one JSON result per input line
   abrouter analyze --experiment ns/recsys --apply --every 60   # act through the Kubernetes API
   abrouter analyze --experiment ns/recsys --apply --dry-run    # print what it would write
+  abrouter analyze --config a.yaml --config b.yaml --every 60 --apply   # several, one process
+  abrouter analyze --experiments ns --apply --every 60 --lease abrouter-analyzer
+                                                  # every Experiment of ns, one leader at a time
 
 With --config, the aggregates are read from Redis through the router's key schema, every
 decision is appended to the experiment's history stream, and with --apply the new
@@ -60,8 +64,13 @@ resourceVersion), writes its status and creates Events (see docs/kubernetes.md);
 --dry-run prints those writes instead of making them. Outside the cluster the API is
 reached through $KUBECONFIG (or --kubeconfig), and Redis through --redis-url, e.g. a
 `kubectl port-forward svc/redis 6379` (docs/kubernetes.md, "Outside the cluster").
-Decisions use always-valid sequential tests, so looking every minute does not inflate
-false promotions.
+With --config several times or --experiments NAMESPACE
+(every Experiment of the namespace, or those matching --selector, listed again every
+interval), one process looks at each experiment on its own schedule: every SECONDS, at a
+phase of its own so that they do not all look at once; a failing experiment backs off
+without stopping the others. --lease NAME elects one leader through a Lease, so that only
+one replica acts. SIGTERM stops it between two looks. Decisions use always-valid
+sequential tests, so looking every minute does not inflate false promotions.
 """
 
 PLAN_EPILOG = """\
@@ -91,14 +100,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "analyze",
-        help="analyze an experiment and decide: continue, ramp, promote, rollback or stop",
-        description="Analyze an experiment from Redis (--config) or from exported sufficient "
-        "statistics (--summary), and explain the decision in one line.",
+        help="analyze experiments and decide: continue, ramp, promote, rollback or stop",
+        description="Analyze an experiment, or many in one process, from Redis (--config, --experiment, "
+        "--experiments) or from exported sufficient statistics (--summary), and explain each decision in one line.",
         epilog=ANALYZE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", type=Path, metavar="FILE", help="experiment YAML; data from Redis")
+    source.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="experiment YAML; data from Redis (several times: several experiments in one process)",
+    )
     source.add_argument(
         "--summary",
         type=Path,
@@ -110,18 +125,37 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         metavar="NAMESPACE/NAME",
         help="an Experiment resource through the Kubernetes API; data from Redis",
     )
+    source.add_argument(
+        "--experiments",
+        metavar="NAMESPACE",
+        help="every Experiment of NAMESPACE (added and deleted ones followed); data from Redis",
+    )
+    p.add_argument(
+        "--selector",
+        metavar="LABELS",
+        help="with --experiments: only the Experiments matching this label selector (e.g. team=search,tier!=dev)",
+    )
+    p.add_argument(
+        "--lease",
+        metavar="NAME",
+        help="with --experiments and --every: act only while this process holds the Lease NAME "
+        "(leader election; one replica acts, the others stand by)",
+    )
     p.add_argument(
         "--kubeconfig",
         type=Path,
         metavar="PATH",
-        help="with --experiment: the kubeconfig (default: in a pod the in-cluster config, "
+        help="with --experiment(s): the kubeconfig (default: in a pod the in-cluster config, "
         "else $KUBECONFIG, else ~/.kube/config; its current context's user and cluster)",
     )
     add_redis_url(p)
     when = p.add_mutually_exclusive_group()
     when.add_argument("--once", action="store_true", help="analyze once and exit (the default)")
     when.add_argument(
-        "--every", type=argtypes.positive, metavar="SECONDS", help="analyze again every SECONDS until Ctrl-C"
+        "--every",
+        type=argtypes.positive,
+        metavar="SECONDS",
+        help="analyze again every SECONDS until Ctrl-C or SIGTERM (each experiment at a phase of its own)",
     )
     p.add_argument("--json", action="store_true", help="print JSON (one object per line) instead of a table")
     p.add_argument(
@@ -130,7 +164,7 @@ def _register_analyze(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         help="act on the decision: write the new weights to the --config file or the --experiment resource",
     )
     p.add_argument(
-        "--dry-run", action="store_true", help="with --experiment: print what --apply would write, and write nothing"
+        "--dry-run", action="store_true", help="with --experiment(s): print what --apply would write, and write nothing"
     )
     p.set_defaults(func=analyze)
 
@@ -201,17 +235,66 @@ def analyze(args: argparse.Namespace) -> int:
     if args.summary is not None:
         if args.apply or args.every is not None:
             raise InputError("", "--apply and --every need --config (a summary has no weights to change)")
+        if args.selector is not None or args.lease is not None:
+            raise InputError("", "--selector and --lease need --experiments NAMESPACE")
         from abrouter.analysis import runner
 
         return runner.analyze_summary(args.summary, as_json=args.json, out=sys.stdout)
-    if args.experiment is None and (args.kubeconfig is not None or args.dry_run):
-        raise InputError("", "--kubeconfig and --dry-run need --experiment NAMESPACE/NAME")
-    from abrouter.analysis import runner  # numpy, scipy, redis: only when analyze runs
+    _check_many(args)
+    files = SpecFiles()
+    if args.experiments is None and args.experiment is None:
+        _load_configs(args.config, files)  # bad config: fail now, with exit code 2, not inside the loop
+    if args.experiments is not None or len(args.config or ()) > 1:
+        from abrouter.analysis import many  # numpy, scipy, redis: only when analyze runs
+
+        return asyncio.run(many.analyze_many(args, files))
+    from abrouter.analysis import runner
 
     if args.experiment is not None:
         return asyncio.run(runner.analyze_kube(args))
-    spec.load(args.config)  # bad config: fail now, with exit code 2, not inside the loop
     return asyncio.run(runner.analyze_redis(args))
+
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+#: One requirement of a label selector: ``key``, ``!key``, ``key=v``, ``key==v``, ``key!=v``,
+#: ``key in (a,b)``, ``key notin (a,b)``; a key may have a DNS prefix (``app.kubernetes.io/name``).
+_REQUIREMENT = re.compile(
+    r"^\s*(!\s*)?[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?"
+    r"(\s*(==|=|!=)\s*([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?|\s+(in|notin)\s*\([^()]*\))?\s*$"
+)
+
+
+def _check_many(args: argparse.Namespace) -> None:
+    """The flags of several experiments, and the Kubernetes ones, used only where they mean something."""
+    kube = args.experiment is not None or args.experiments is not None
+    if not kube and (args.kubeconfig is not None or args.dry_run):
+        raise InputError("", "--kubeconfig and --dry-run need --experiment NAMESPACE/NAME or --experiments NAMESPACE")
+    if args.selector is not None and args.experiments is None:
+        raise InputError("--selector", "needs --experiments NAMESPACE (it chooses among a namespace's Experiments)")
+    if args.lease is not None and (args.experiments is None or args.every is None):
+        raise InputError(
+            "--lease", "needs --experiments NAMESPACE and --every SECONDS (it elects a long-running leader)"
+        )
+    if args.experiments is not None and not _LABEL.match(args.experiments):
+        raise InputError("--experiments", f"must be a namespace (a lowercase DNS label), got {args.experiments!r}")
+    if args.lease is not None and not _LABEL.match(args.lease):
+        raise InputError("--lease", f"must be a Lease name (a lowercase DNS label), got {args.lease!r}")
+    selector = args.selector or ""
+    parts = re.split(r",(?![^(]*\))", selector)
+    if args.selector is not None and not all(_REQUIREMENT.match(p) for p in parts):
+        raise InputError("--selector", f"is not a label selector (e.g. team=search,tier!=dev), got {selector!r}")
+
+
+def _load_configs(paths: list[Path], files: SpecFiles) -> None:
+    """Load every --config (exit 2 on the first bad one); two files of one experiment are refused."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        name = files.load(path).name
+        if name in seen:
+            raise InputError(
+                "--config", f"{seen[name]} and {path} both name experiment {name!r}; give each experiment once"
+            )
+        seen[name] = path
 
 
 # --------------------------------------------------------------------------- plan

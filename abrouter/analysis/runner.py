@@ -15,6 +15,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -47,12 +48,12 @@ def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
 
 async def analyze_redis(args: argparse.Namespace) -> int:
     client = RedisConnection(args.redis_url)
-    sink: WeightsSink = FileSink(args.config) if args.apply else DryRunSink()
+    sink: WeightsSink = FileSink(args.config[0]) if args.apply else DryRunSink()
     # The witness goes where the decisions go: beside the spec file, with --apply only.
-    witness = FileWitness.beside(args.config) if args.apply else None
+    witness = FileWitness.beside(args.config[0]) if args.apply else None
     try:
         while True:
-            code = await _one_look(client, args.config, sink, witness, as_json=args.json, url=args.redis_url)
+            code = await look_file(client, args.config[0], sink, witness, as_json=args.json, url=args.redis_url)
             if args.every is None:
                 return code
             await asyncio.sleep(args.every)
@@ -60,12 +61,19 @@ async def analyze_redis(args: argparse.Namespace) -> int:
         await client.aclose()
 
 
-async def _one_look(
-    client: RedisConnection, config: Path, sink: WeightsSink, witness: FileWitness | None, *, as_json: bool, url: str
+async def look_file(
+    client: RedisConnection,
+    config: Path,
+    sink: WeightsSink,
+    witness: FileWitness | None,
+    *,
+    as_json: bool,
+    url: str,
+    load: Callable[[Path], spec.Experiment] = spec.load,
 ) -> int:
-    """Read, analyze, record and (maybe) apply; a runtime failure is one line and exit code 1."""
+    """Read (the spec through `load`), analyze, record and (maybe) apply; a runtime failure is one line and exit 1."""
     try:
-        experiment = spec.load(config)
+        experiment = load(config)
         result = await service.look(await client.client(experiment.name), experiment, sink=sink, witness=witness)
     except SourceError as exc:
         return _fail(f"{exc} (Redis at {mask_url(url)})", 1)
@@ -89,7 +97,7 @@ async def analyze_kube(args: argparse.Namespace) -> int:
         while True:
             # --dry-run shows what --apply would write, so it implies the --apply path.
             apply = args.apply or args.dry_run
-            code = await _one_kube_look(client, sink, apply=apply, as_json=args.json, url=args.redis_url)
+            code = await look_kube(client, sink, apply=apply, as_json=args.json, url=args.redis_url)
             if args.every is None:
                 return code
             await asyncio.sleep(args.every)
@@ -98,7 +106,7 @@ async def analyze_kube(args: argparse.Namespace) -> int:
         sink.client.close()
 
 
-async def _one_kube_look(client: RedisConnection, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
+async def look_kube(client: RedisConnection, sink: KubeSink, *, apply: bool, as_json: bool, url: str) -> int:
     """Read the resource, look, and with `apply` write weights, status and Events; failures are one line."""
     from abrouter.analysis import kube_look  # the Kubernetes client: only for --experiment
 

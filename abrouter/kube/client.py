@@ -115,6 +115,7 @@ class KubeClient:
         self.custom: Any = kubernetes.client.CustomObjectsApi(api)
         self.core: Any = kubernetes.client.CoreV1Api(api)
         self.apps: Any = kubernetes.client.AppsV1Api(api)
+        self.coordination: Any = kubernetes.client.CoordinationV1Api(api)
         self._watch: Any = None
 
     @classmethod
@@ -298,6 +299,38 @@ class KubeClient:
 
         self._call("patch", "deployments/scale", Ref(namespace, deployment), call)
 
+    # ---------------------------------------------------------------------- leases
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A ``coordination.k8s.io/v1`` Lease as a dict, or None when there is none."""
+
+        def call() -> Any:
+            return self.coordination.read_namespaced_lease(name, namespace, _request_timeout=self.timeout_s)
+
+        try:
+            lease = self._call("get", "leases", Ref(namespace, name), call)
+        except errors.KubeNotFound:
+            return None
+        return dict(self.api.sanitize_for_serialization(lease))
+
+    def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a Lease; `KubeAlreadyExists` when another created it first."""
+        name = str(body["metadata"]["name"])
+
+        def call() -> Any:
+            return self.coordination.create_namespaced_lease(namespace, body, _request_timeout=self.timeout_s)
+
+        return dict(self.api.sanitize_for_serialization(self._call("create", "leases", Ref(namespace, name), call)))
+
+    def replace_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace a Lease, guarded by the ``metadata.resourceVersion`` in `body` (else `KubeConflict`)."""
+        name = str(body["metadata"]["name"])
+
+        def call() -> Any:
+            return self.coordination.replace_namespaced_lease(name, namespace, body, _request_timeout=self.timeout_s)
+
+        return dict(self.api.sanitize_for_serialization(self._call("update", "leases", Ref(namespace, name), call)))
+
     # --------------------------------------------------------------------- plumbing
 
     @staticmethod
@@ -364,7 +397,7 @@ def _missing(exc: ApiException, resource: str, ref: Ref) -> str:
 def qualified(resource: str) -> str:
     """``experiments/status`` -> ``experiments.abrouter.io/status``, as kubectl names it."""
     base, sep, sub = resource.partition("/")
-    group = {PLURAL: GROUP, "deployments": "apps"}.get(base)
+    group = {PLURAL: GROUP, "deployments": "apps", "leases": "coordination.k8s.io"}.get(base)
     return f"{base}.{group}{sep}{sub}" if group else resource
 
 

@@ -6,6 +6,8 @@ implements the semantics our code relies on, for the resources it uses:
 - ``abrouter.io/v1alpha1`` experiments (namespaced, with a status subresource): create,
   get, list, watch, update (PUT), merge-patch, delete; ``/status`` get, update, patch;
 - ``v1`` events: create, list; ``apps/v1`` deployments/scale: get, patch;
+- ``coordination.k8s.io/v1`` leases (leader election): create, get, list, update (PUT,
+  which needs the ``resourceVersion`` it read: 409 when stale, 422 without), delete;
 - discovery and server-side Tables (`tests.kube.apitables`), so the real ``kubectl get``
   works against it and prints the CRD's printer columns.
 
@@ -18,7 +20,8 @@ bumped only when ``spec`` changes; a write whose body carries a stale
 ``metadata.resourceVersion`` is 409 Conflict; the main resource ignores ``status`` and
 ``/status`` changes only ``status``; a custom resource accepts only
 ``application/merge-patch+json`` (415 for strategic merge, which CRs do not support);
-a list carries ``metadata.resourceVersion``; ``?watch=true&resourceVersion=N`` streams
+a list carries ``metadata.resourceVersion`` and follows a ``labelSelector`` (equality- and
+set-based; 400 when it does not parse); ``?watch=true&resourceVersion=N`` streams
 newline-delimited JSON events after N, and a too-old N is an ERROR event holding a 410
 Status inside a 200 stream; 401 without or with a wrong bearer token; 403 for a verb
 the configured role lacks; 404 for unknown objects. Every error body is a ``kind: Status``.
@@ -63,6 +66,7 @@ from tests.kube.apistore import (
 )
 
 TOKEN = "abrouter-test-token"
+LEASE_GROUP = "coordination.k8s.io"
 #: The namespace of the tests' objects, and of the service account the server says is calling.
 NAMESPACE = "abrouter-test"
 
@@ -197,6 +201,9 @@ class KubeApiServer(Store):
         app.router.add_route("*", base + "/{name}/status", self._experiment_status)
         app.router.add_route("*", "/api/v1/namespaces/{ns}/events", self._events)
         app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale", self._scale)
+        leases = f"/apis/{LEASE_GROUP}/v1/namespaces/{{ns}}/leases"
+        app.router.add_route("*", leases, self._leases)
+        app.router.add_route("*", leases + "/{name}", self._lease)
         for path, doc in (("/api", apitables.api_versions), ("/api/v1", apitables.core_resources)):
             app.router.add_get(path, _static(doc()))
         app.router.add_get("/apis", _static(apitables.groups()))
@@ -244,7 +251,7 @@ class KubeApiServer(Store):
         elsewhere = self.role_namespaces is not None and request.match_info["ns"] not in self.role_namespaces
         if elsewhere or (allowed is not None and verb not in allowed):
             base = resource.partition("/")[0]
-            group = {"experiments": GROUP, "deployments": "apps"}.get(base, "")
+            group = {"experiments": GROUP, "deployments": "apps", "leases": LEASE_GROUP}.get(base, "")
             what = f'{base}.{group} "{name}"' if name and group else (f'{base} "{name}"' if name else base)
             raise ApiError(
                 403,
@@ -263,7 +270,8 @@ class KubeApiServer(Store):
         if verb == "watch":
             return await self._watch(request, PLURAL, ns)
         if verb == "list":
-            listed = self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}")
+            selector = request.query.get("labelSelector", "")
+            listed = self._list_body(PLURAL, ns, "ExperimentList", f"{GROUP}/{VERSION}", selector=selector)
             if apitables.wants_table(request.headers.get("Accept", "")):  # kubectl get
                 rv = listed["metadata"]["resourceVersion"]
                 return web.json_response(apitables.table(listed["items"], resource_version=rv))
@@ -366,6 +374,39 @@ class KubeApiServer(Store):
             }
         )
 
+    async def _leases(self, request: web.Request) -> web.StreamResponse:
+        ns = request.match_info["ns"]
+        verb = self._authorize(request, "leases")
+        if verb == "list":
+            return web.json_response(self._list_body("leases", ns, "LeaseList", f"{LEASE_GROUP}/v1"))
+        if verb != "create":
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported on {request.path}")
+        body = _lease(await _json(request))
+        key = ("leases", ns, name_of(body))
+        if key in self.objects:
+            raise ApiError(
+                409, "AlreadyExists", f'{qualified_kind("leases")} "{key[2]}" already exists', details_of(key)
+            )
+        return web.json_response(self._commit(key, None, body, spec_changed=True), status=201)
+
+    async def _lease(self, request: web.Request) -> web.StreamResponse:
+        key = ("leases", request.match_info["ns"], request.match_info["name"])
+        verb = self._authorize(request, "leases", key[2])
+        current = self._existing(key)
+        if verb == "get":
+            return web.json_response(current)
+        if verb == "delete":
+            del self.objects[key]
+            self.rv += 1
+            return web.json_response(merge_patch(current, {"metadata": {"resourceVersion": str(self.rv)}}))
+        if verb != "update":
+            raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported on {request.path}")
+        body = _lease(await _json(request))
+        self._precondition(key, body, current, required=True)
+        current = self.objects[key]
+        new = {**copy.deepcopy(body), "metadata": {**user_metadata(body)}}
+        return web.json_response(self._commit(key, current, new, spec_changed=new.get("spec") != current.get("spec")))
+
     async def _discovery(self, request: web.Request) -> web.StreamResponse:
         found = apitables.group_resources(request.match_info["group"], request.match_info["version"])
         if found is None:
@@ -422,6 +463,24 @@ class KubeApiServer(Store):
         finally:
             self._watchers.remove(watcher)
         return response
+
+
+def _lease(body: dict[str, Any]) -> dict[str, Any]:
+    """A Lease body as the API server validates it: the kind, and the spec's types (a 422 naming the field)."""
+    if body.get("kind", "Lease") != "Lease" or body.get("apiVersion", f"{LEASE_GROUP}/v1") != f"{LEASE_GROUP}/v1":
+        raise ApiError(
+            400, "BadRequest", f"expected a {LEASE_GROUP}/v1 Lease, got {body.get('apiVersion')} {body.get('kind')}"
+        )
+    spec = body.get("spec") or {}
+    types = {"holderIdentity": str, "leaseDurationSeconds": int, "leaseTransitions": int}
+    types |= {"acquireTime": str, "renewTime": str}
+    for name, kind in types.items():
+        value = spec.get(name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ApiError(422, "Invalid", f"spec.{name}: Invalid value: {value!r}: must be of type {kind.__name__}")
+    if (spec.get("leaseDurationSeconds") or 1) <= 0:
+        raise ApiError(422, "Invalid", "spec.leaseDurationSeconds: Invalid value: must be greater than 0")
+    return {"apiVersion": f"{LEASE_GROUP}/v1", "kind": "Lease", "metadata": body.get("metadata") or {}, "spec": spec}
 
 
 def _static(doc: dict[str, Any]) -> Callable[[web.Request], Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -125,9 +126,40 @@ class Store:
                 details_of(key),
             )
 
-    def _list_body(self, resource: str, ns: str, kind: str, api_version: str) -> dict[str, Any]:
-        items = [o for (r, n, _), o in sorted(self.objects.items()) if (r, n) == (resource, ns)]
+    def _list_body(self, resource: str, ns: str, kind: str, api_version: str, *, selector: str = "") -> dict[str, Any]:
+        items = [
+            o
+            for (r, n, _), o in sorted(self.objects.items())
+            if (r, n) == (resource, ns) and selects(selector, (o.get("metadata") or {}).get("labels") or {})
+        ]
         return {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+
+
+_REQUIREMENT = re.compile(
+    r"^\s*(?:(?P<absent>!)\s*(?P<a>[\w./-]+)|(?P<key>[\w./-]+)\s*(?:(?P<op>==|=|!=)\s*(?P<value>[\w.-]*)"
+    r"|\s+(?P<set>in|notin)\s*\((?P<values>[^()]*)\))?)\s*$"
+)
+
+
+def selects(selector: str, labels: dict[str, str]) -> bool:
+    """Whether `labels` match the label `selector` (equality- and set-based), as the API server reads it;
+    a selector that does not parse is a 400."""
+    for part in re.split(r",(?![^(]*\))", selector) if selector.strip() else []:
+        m = _REQUIREMENT.match(part)
+        if m is None:
+            raise ApiError(400, "BadRequest", f"unable to parse requirement: {part!r}")
+        if m["absent"]:
+            ok = m["a"] not in labels
+        elif m["op"]:
+            ok = (labels.get(m["key"]) == m["value"]) == (m["op"] != "!=")
+        elif m["set"]:
+            values = {v.strip() for v in m["values"].split(",")}
+            ok = (labels.get(m["key"]) in values) == (m["set"] == "in")
+        else:
+            ok = m["key"] in labels
+        if not ok:
+            return False
+    return True
 
 
 def name_of(body: dict[str, Any]) -> str:
@@ -144,11 +176,12 @@ def user_metadata(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def qualified_kind(resource: str) -> str:
-    return {PLURAL: f"{PLURAL}.{GROUP}", "deployments": "deployments.apps"}.get(resource, resource)
+    qualified = {PLURAL: f"{PLURAL}.{GROUP}", "deployments": "deployments.apps", "leases": "leases.coordination.k8s.io"}
+    return qualified.get(resource, resource)
 
 
 def details_of(key: Key) -> dict[str, Any]:
-    group = {PLURAL: GROUP, "deployments": "apps"}.get(key[0], "")
+    group = {PLURAL: GROUP, "deployments": "apps", "leases": "coordination.k8s.io"}.get(key[0], "")
     return {"name": key[2], "group": group, "kind": key[0]}
 
 

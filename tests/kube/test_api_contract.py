@@ -251,6 +251,48 @@ def test_a_status_against_the_schema_is_422_naming_the_field(target: Target) -> 
     assert "status" not in target.client.get(ref)
 
 
+def test_a_label_selector_lists_only_the_experiments_it_matches(target: Target) -> None:
+    team = f"t{secrets.token_hex(3)}"
+    picked = target.create()
+    other = target.create()
+    for obj, value in ((picked, team), (other, f"{team}-other")):
+        ref = target.ref(obj)
+        target.client.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            target.namespace,
+            PLURAL,
+            ref.name,
+            {"metadata": {"labels": {"team": value}}},
+            _content_type="application/merge-patch+json",
+        )
+    items, _ = target.client.list_experiments(target.namespace, selector=f"team={team}")
+    assert [o["metadata"]["name"] for o in items] == [picked["metadata"]["name"]]
+    items, _ = target.client.list_experiments(target.namespace, selector=f"team in ({team},{team}-other)")
+    assert {o["metadata"]["name"] for o in items} >= {picked["metadata"]["name"], other["metadata"]["name"]}
+
+
+def test_a_lease_is_created_once_and_replaced_only_from_its_resource_version(target: Target) -> None:
+    name = f"contract-{secrets.token_hex(4)}"
+    assert target.client.get_lease(target.namespace, name) is None
+    body = {"metadata": {"name": name}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}
+    created = target.client.create_lease(target.namespace, body)
+    try:
+        with pytest.raises(errors.KubeAlreadyExists):
+            target.client.create_lease(target.namespace, body)
+        stale = created["metadata"]["resourceVersion"]
+        renewed = {"metadata": {"name": name, "resourceVersion": stale}, "spec": {"holderIdentity": "a"}}
+        after = target.client.replace_lease(target.namespace, renewed)
+        assert after["metadata"]["resourceVersion"] != stale
+        with pytest.raises(errors.KubeConflict) as caught:
+            target.client.replace_lease(target.namespace, {**renewed, "spec": {"holderIdentity": "b"}})
+        assert "leases.coordination.k8s.io" in str(caught.value)
+        found = target.client.get_lease(target.namespace, name)
+        assert found is not None and found["spec"]["holderIdentity"] == "a"
+    finally:
+        target.client.coordination.delete_namespaced_lease(name, target.namespace)
+
+
 def test_an_unknown_object_is_404(target: Target) -> None:
     with pytest.raises(errors.KubeNotFound, match="not found"):
         target.client.get(Ref(target.namespace, "no-such-experiment"))
