@@ -20,7 +20,7 @@ from abrouter.contract.fields import ConfigError
 from abrouter.contract.model import Match
 from abrouter.router import matching
 from abrouter.router.settings import ServeSettings
-from tests.router.served import serve, two_arms
+from tests.router.served import RouterClient, serve, two_arms
 
 # --------------------------------------------------------------------------- pure
 
@@ -146,6 +146,13 @@ def _experiment(name: str, a: str, b: str, **changes: Any) -> model.Experiment:
     return model.parse(two_arms(name, a, b, **changes))
 
 
+async def _first_and_second(aiohttp_server: Any, settings: ServeSettings, **changes: Any) -> RouterClient:
+    """The router serving experiments "first" and "second", matched by those model names."""
+    up = await _upstreams(aiohttp_server, "a", "b")
+    experiments = [_experiment(n, up["a"][1], up["b"][1], match={"model": n}, **changes) for n in ("first", "second")]
+    return await serve(experiments, settings)
+
+
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> ServeSettings:
     return ServeSettings(redis_url=redis_url, spill_dir=tmp_path / "spill", flush_interval_s=0.05)
@@ -229,10 +236,7 @@ async def test_a_request_no_experiment_takes_gets_404_no_experiment_and_is_count
 async def test_two_50_50_experiments_assign_independently_over_4000_users(
     aiohttp_server: Any, settings: ServeSettings
 ) -> None:
-    up = await _upstreams(aiohttp_server, "a", "b")
-    one = _experiment("first", up["a"][1], up["b"][1], match={"model": "first"})
-    two = _experiment("second", up["a"][1], up["b"][1], match={"model": "second"})
-    r = await serve([one, two], settings)
+    r = await _first_and_second(aiohttp_server, settings)
     try:
         table = [[0, 0], [0, 0]]
         arms = {"control": 0, "candidate": 1}
@@ -260,11 +264,7 @@ async def test_two_50_50_experiments_assign_independently_over_4000_users(
 async def test_outcomes_find_their_experiment_by_request_id_or_by_name(
     aiohttp_server: Any, settings: ServeSettings
 ) -> None:
-    up = await _upstreams(aiohttp_server, "a", "b")
-    metrics = [{"name": "clicks", "kind": "continuous"}]
-    one = _experiment("first", up["a"][1], up["b"][1], match={"model": "first"}, metrics=metrics)
-    two = _experiment("second", up["a"][1], up["b"][1], match={"model": "second"}, metrics=metrics)
-    r = await serve([one, two], settings)
+    r = await _first_and_second(aiohttp_server, settings, metrics=[{"name": "clicks", "kind": "continuous"}])
     try:
         resp = await r.post("/v2/models/second/infer", json={}, headers={"X-User-Id": "u1"})
         rid = resp.headers["X-AB-Request-Id"]
