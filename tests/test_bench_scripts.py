@@ -4,6 +4,7 @@ A refactor once moved a name a bench script imported, and nothing noticed until 
 next full run, minutes in.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -55,3 +56,30 @@ def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert expect in done.stdout
+
+
+def test_the_grpc_load_generator_and_its_upstream_run() -> None:
+    """bench/grpc_load.py, both sides (grpc_bench.py also needs Envoy: it is run by hand)."""
+    from abrouter.router.redis_server import free_port
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ports = (free_port(), free_port())
+    script = str(ROOT / "bench" / "grpc_load.py")
+    upstream = subprocess.Popen(
+        [sys.executable, script, "--serve", f"{ports[0]},{ports[1]}"], cwd=ROOT, env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert upstream.stdout is not None and upstream.stdout.readline().startswith(b"serving")
+        for mode in (["--concurrency", "2"], ["--rate", "50"]):
+            done = subprocess.run(
+                [sys.executable, script, "--target", f"127.0.0.1:{ports[1]}", "--seconds", "0.5", *mode],
+                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+            result = json.loads(done.stdout)
+            assert result["calls"] > 0 and result["errors"] == 0 and result["p50_ms"] > 0
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=60)
+        if upstream.stdout is not None:
+            upstream.stdout.close()

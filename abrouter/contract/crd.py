@@ -35,6 +35,7 @@ CONDITIONS = ("Ready", "SampleRatioMismatch", "GuardrailBreached")
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 DNS_LABEL_PATTERN = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = "^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+GRPC_UPSTREAM_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$"
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d|w)?\s*$"
 
 
@@ -111,6 +112,9 @@ def variant_schema() -> dict[str, Any]:
                 **_num(minimum=0, maximum=100),
                 "description": "a shadow: the share of the control's units it gets copies for (default 100)",
             },
+            "grpc_upstream": _string(
+                GRPC_UPSTREAM_PATTERN, "its gRPC endpoint, HOST:PORT (abrouter serve --grpc-port)"
+            ),
         },
         required=("name", "upstream", "weight"),
     )

@@ -83,6 +83,8 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 #: The smallest bandit floor: every arm keeps at least 0.5% of traffic.
 MIN_BANDIT_FLOOR = 0.005
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: The host of a `Variant.grpc_upstream`: a DNS name or IPv4 address, or an IPv6 one in brackets.
+_GRPC_HOST = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9.]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
 parse_duration = fields.duration
 
 
@@ -147,6 +149,7 @@ def _variants(data: Any, path: str) -> tuple[Variant, ...]:
                 deployment=_deployment(r.get("deployment", None), r.at("deployment")),
                 model=_model_name(r.get("model", None), r.at("model")),
                 **_shadow(r, first=i == 0),  # [shadow]
+                grpc_upstream=_grpc_upstream(r.get("grpc_upstream", None), r.at("grpc_upstream")),
             )
         )
         r.done()
@@ -220,6 +223,19 @@ def _shadow(r: fields.Reader, *, first: bool) -> dict[str, Any]:
 
 
 # [/shadow]
+
+
+def _grpc_upstream(value: Any, path: str) -> str | None:
+    """A gRPC endpoint as ``host:port``: a DNS name, an IPv4 address or a bracketed IPv6 one, and a port."""
+    if value is None:
+        return None
+    address = fields.string(value, path)
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not _GRPC_HOST.match(host):
+        raise ConfigError(path, f"must be HOST:PORT (no scheme), e.g. recsys-v2.models:8001, got {address!r}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(path, f"port must be 1-65535, got {port!r} in {address!r}")
+    return address
 
 
 def _deployment(value: Any, path: str) -> str | None:

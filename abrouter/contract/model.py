@@ -55,6 +55,9 @@ class Variant:
     shadow: bool = False
     #: [shadow] The share of the control's units (0-100) whose requests a shadow receives.
     shadow_percent: float = 100.0
+    #: The variant's gRPC endpoint, ``host:port`` (cleartext HTTP/2), for calls to the
+    #: router's gRPC listener (``abrouter serve --grpc-port``); None: this variant serves HTTP only.
+    grpc_upstream: str | None = None
 
 
 @dataclass(frozen=True)

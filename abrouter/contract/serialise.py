@@ -91,6 +91,8 @@ def _variant_dict(v: Variant) -> dict[str, Any]:
     if v.shadow:  # [shadow]
         out["shadow"] = True
         out["shadow_percent"] = v.shadow_percent
+    if v.grpc_upstream is not None:
+        out["grpc_upstream"] = v.grpc_upstream
     return out
 
 

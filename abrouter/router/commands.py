@@ -43,6 +43,7 @@ examples:
   abrouter serve --experiment default/recsys --redis-url redis://redis:6379/0   # in a pod
   abrouter serve --config recsys.yaml --config ranker.yaml     # two experiments, one port
   abrouter serve --experiments ml --selector team=recs         # every Experiment of a namespace
+  abrouter serve --config exp.yaml --grpc-port 8081   # gRPC too: each variant names its grpc_upstream
 
 With no --config, abrouter serves its bundled example experiment in front of two
 example model servers it starts on 127.0.0.1:18181 and :18182. With no --redis-url (and
@@ -100,6 +101,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=argtypes.port, default=8080, help="port to listen on (default: %(default)s)")
+    p.add_argument(
+        "--grpc-port",
+        type=argtypes.port,
+        default=os.environ.get("ABROUTER_GRPC_PORT") or None,
+        metavar="PORT",
+        help="also listen for gRPC (HTTP/2 cleartext) on this port, proxying any service to each variant's "
+        "grpc_upstream (every variant needs one) (default: $ABROUTER_GRPC_PORT, else no gRPC listener)",
+    )
     p.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
@@ -221,6 +230,24 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError("--example-ports moves the bundled example's models: it needs no --config or --experiment")
 
 
+def _check_grpc(experiment: model.Experiment) -> None:
+    """With a gRPC listener every variant needs its gRPC endpoint: the first that has none is named."""
+    unit = experiment.unit
+    if unit.kind != "header":  # served, but every call would be its own unit: say so once
+        log.warning(
+            "unit.%s: gRPC calls carry metadata, not %ss: each gRPC call is assigned as its own unit; "
+            "use unit: {header: NAME} to keep a caller on one arm over gRPC",
+            unit.kind,
+            "query parameter" if unit.kind == "query" else unit.kind,
+        )
+    for i, variant in enumerate(experiment.variants):
+        if variant.grpc_upstream is None:
+            raise UserError(
+                f"--grpc-port: variant {variant.name!r} (variants[{i}]) of experiment {experiment.name!r} has no "
+                "grpc_upstream; give every variant its gRPC endpoint, e.g. grpc_upstream: model-a:8001"
+            )
+
+
 def _kube_source(args: argparse.Namespace) -> tuple[model.Experiment, KubeSource]:
     """The initial spec from a get (bad reference or spec: exit 2; API failure: exit 1), and its watch."""
     # Imported here: the Kubernetes client costs ~40 MiB and a second of start-up that a
@@ -274,6 +301,9 @@ def serve(args: argparse.Namespace) -> int:
     bundled = args.config is None and args.experiment is None and args.experiments is None
     path = (args.config or [examples.EXPERIMENT_PATH])[0]
     experiments, sources, catalog = _specs(args)
+    if args.grpc_port is not None:
+        for experiment in experiments:
+            _check_grpc(experiment)
     with ExitStack() as stack:
         redis_url = args.redis_url or ""
         private = not redis_url and not args.no_event_log
@@ -312,6 +342,7 @@ def serve(args: argparse.Namespace) -> int:
             port=args.port,
             shutdown_timeout_s=args.shutdown_timeout,
             companions=[lambda: _example_models(args.example_ports)] if bundled else [],
+            grpc_port=args.grpc_port,
         )
 
         def show_banner(port: int) -> None:  # once the router listens: the port it got (--port 0 too)

@@ -19,7 +19,8 @@ from abrouter.contract.model import ExposureRule
 
 #: The Open Inference Protocol (v2) endpoints that are not predictions: server health
 #: (/v2/health/live, /v2/health/ready), server metadata (GET /v2), and model metadata and
-#: readiness (GET /v2/models/<m>[/versions/<v>][/ready]). Inference is a POST.
+#: readiness (GET /v2/models/<m>[/versions/<v>][/ready]). Inference is a POST. Over gRPC,
+#: the protocol's health and metadata RPCs, ``grpc.health.v1`` and reflection.
 OIP_NOT_EXPOSURES: tuple[ExposureRule, ...] = (
     ExposureRule(method="*", path="/v2/health/*"),
     ExposureRule(method="GET", path="/v2"),
@@ -27,6 +28,14 @@ OIP_NOT_EXPOSURES: tuple[ExposureRule, ...] = (
     ExposureRule(method="GET", path="/v2/models/*"),
     ExposureRule(method="HEAD", path="/v2"),
     ExposureRule(method="HEAD", path="/v2/models/*"),
+    # Over gRPC (a call's target is its method path): the same health and metadata calls of
+    # inference.GRPCInferenceService, the standard health service and server reflection.
+    *(
+        ExposureRule(method="POST", path=f"/inference.GRPCInferenceService/{rpc}")
+        for rpc in ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata")
+    ),
+    ExposureRule(method="POST", path="/grpc.health.v1.Health/*"),
+    ExposureRule(method="POST", path="/grpc.reflection.*"),
 )
 
 

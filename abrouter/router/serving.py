@@ -1,9 +1,10 @@
 """One router process, from start to drain: the runtime, its listener, and the signals.
 
 ``run`` is what ``abrouter serve`` (and each of its ``--workers``) executes: it opens the
-runtime (`abrouter.router.runtime.running`), listens, and on SIGTERM or SIGINT stops
-accepting, lets in-flight requests finish (up to `shutdown_timeout_s`), then leaves the
-runtime, whose event log makes its final flush.
+runtime (`abrouter.router.runtime.running`), listens (HTTP/1.1, and gRPC with a
+`Plan.grpc_port`), and on SIGTERM or SIGINT stops accepting, lets in-flight requests and
+calls finish (up to `shutdown_timeout_s`), then leaves the runtime, whose event log makes
+its final flush.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from abrouter.router.state import Router
 from abrouter.router.workers import WorkerSlot
 
 if TYPE_CHECKING:  # the Kubernetes client only under --experiments NAMESPACE
+    from abrouter.router.grpc.listener import GrpcListener
     from abrouter.router.sources.catalog import CatalogSource
 
 
@@ -51,6 +53,9 @@ class Plan:
     companions: list[Callable[[], AbstractAsyncContextManager[object]]] = field(default_factory=list)
     #: One of `abrouter serve --workers N` (N > 1): it publishes its counters for the others.
     worker: WorkerSlot | None = None
+    #: The gRPC listener's port on `host` (`abrouter serve --grpc-port`); None: no gRPC listener.
+    #: Every worker binds it (SO_REUSEPORT, gRPC's default): the kernel spreads the connections.
+    grpc_port: int | None = None
 
 
 @contextlib.asynccontextmanager
@@ -69,10 +74,23 @@ async def serving(plan: Plan) -> AsyncIterator[tuple[Router, listener.Listener]]
                 workerfiles.publishing(slot, lambda now: workerfiles.snapshot_of(router, slot, now))
             )
         server = await listener.start(router, host=plan.host, port=plan.port, sock=plan.sock)
+        grpc_server: GrpcListener | None = None
         try:
+            if plan.grpc_port is not None:
+                grpc_server = await _start_grpc(router, plan.host, plan.grpc_port)
             yield router, server
         finally:
-            await server.close(plan.shutdown_timeout_s)
+            closing = [server.close(plan.shutdown_timeout_s)]
+            if grpc_server is not None:
+                closing.append(grpc_server.close(plan.shutdown_timeout_s))
+            await asyncio.gather(*closing)
+
+
+async def _start_grpc(router: Router, host: str, port: int) -> GrpcListener:
+    # Imported here: grpc's import costs a process that serves no gRPC some 20 MiB.
+    from abrouter.router.grpc import listener as grpc_listener
+
+    return await grpc_listener.start(router, host=host, port=port)
 
 
 async def serve_until_signalled(plan: Plan, *, on_listening: Callable[[int], None] | None = None) -> None:

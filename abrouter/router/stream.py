@@ -1,11 +1,15 @@
 """The stream driver: one proxied request from the parsed head to the exposure record.
 
 Wire adapters only translate. An adapter (the HTTP/1.1 server in
-`abrouter.router.http.server`; a gRPC listener next) turns its protocol's bytes into a
+`abrouter.router.http.server`) turns its protocol's bytes into a
 head (`Incoming`), a request body (bytes it holds whole, or a `BodyStream` it feeds:
 data, end of body, client gone) and calls `proxy`. The driver sends what the client gets
 through the adapter's `Downstream`: a whole response, or a head, data and an end; an
 abort; or a `Problem` (a neutral `Failure`) that the adapter renders in its protocol.
+
+(The gRPC adapter, `abrouter.router.grpc.server`, calls the `Exchange` itself: its calls
+are messages, a status and trailers, which gRPC's library frames and flow-controls, so
+none of the body rules below applies; the exchange's calls and neutral failures are the same.)
 
 The driver owns the exchange calls, the body rules and the failure sequence, once:
 

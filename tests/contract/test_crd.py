@@ -60,7 +60,14 @@ BASE = {
 RICH = {
     **BASE,
     "variants": [
-        {"name": "a", "upstream": "http://a:8080", "weight": 90, "deployment": "model-a", "model": "recsys-v1"},
+        {
+            "name": "a",
+            "upstream": "http://a:8080",
+            "weight": 90,
+            "deployment": "model-a",
+            "model": "recsys-v1",
+            "grpc_upstream": "a:8001",
+        },
         {"name": "b", "upstream": "https://b.ns.svc:443/v1", "weight": 10, "deployment": "model-b"},
         {"name": "c", "upstream": "http://c", "weight": 0},
         {"name": "d", "upstream": "http://d", "weight": 0, "shadow": True, "shadow_percent": 25},
@@ -130,7 +137,7 @@ def _data_keys(data: Any) -> Any:
 
 def test_the_spec_schema_has_exactly_the_models_fields() -> None:
     # to_dict writes every field of the model; RICH sets the optional ones it leaves out
-    # (a variant's deployment, a ratio's numerator and denominator).
+    # (a variant's deployment and grpc_upstream, a ratio's numerator and denominator).
     e = model.parse({k: v for k, v in RICH.items() if k != "paused"})
     written = _data_keys(model.to_dict(e))
     del written["epoch"]  # a resource's epoch is metadata.generation
@@ -218,6 +225,8 @@ INVALID = {
     "ftp upstream": _set("variants.0.upstream", "ftp://a"),
     "bad variant name": _set("variants.0.name", "-a"),
     "bad deployment name": _set("variants.0.deployment", "Model_A"),
+    "grpc_upstream with a scheme": _set("variants.0.grpc_upstream", "grpc://a:8001"),
+    "grpc_upstream without a port": _set("variants.0.grpc_upstream", "a"),
     "unknown metric kind": _set("metrics.0.kind", "count"),
     "unknown direction": _set("metrics.0.direction", "up"),
     "metric without kind": _set("metrics.0.kind", _DELETE),

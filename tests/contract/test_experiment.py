@@ -329,3 +329,36 @@ def test_a_bad_match_names_its_field(match: dict[str, object], path: str, words:
         model.parse(_with(match=match))
     assert caught.value.path == path
     assert words in str(caught.value)
+
+
+def test_a_grpc_upstream_parses_round_trips_and_is_optional():
+    data = spec()
+    data["variants"][0]["grpc_upstream"] = "recsys-v1.models.svc:8001"
+    data["variants"][1]["grpc_upstream"] = "[::1]:9000"
+    e = model.parse(data)
+    assert [v.grpc_upstream for v in e.variants] == ["recsys-v1.models.svc:8001", "[::1]:9000"]
+    assert model.parse(model.to_dict(e)) == e
+    assert model.parse(BASE).variants[0].grpc_upstream is None
+    assert "grpc_upstream" not in model.to_dict(model.parse(BASE))["variants"][0]
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("grpc://host:8001", "HOST:PORT (no scheme)"),
+        ("host", "HOST:PORT"),
+        (":8001", "HOST:PORT"),
+        ("host:0", "port must be 1-65535"),
+        ("host:99999", "port must be 1-65535"),
+        ("host:grpc", "port must be 1-65535"),
+        ("bad host:80", "HOST:PORT"),
+        (8001, "must be a non-empty string"),
+    ],
+)
+def test_a_bad_grpc_upstream_names_the_variant_field(value, says):
+    data = spec()
+    data["variants"][1]["grpc_upstream"] = value
+    with pytest.raises(model.ConfigError) as err:
+        model.parse(data)
+    assert str(err.value).startswith("variants[1].grpc_upstream: ")
+    assert says in str(err.value)

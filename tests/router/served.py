@@ -82,6 +82,7 @@ async def serve(
     source: SpecSource | None = None,
     catalog: CatalogSource | None = None,
     shutdown_timeout_s: float = 5.0,
+    grpc_port: int | None = None,
 ) -> RouterClient:
     """The router serving `experiment` (or several), following `source` (one) or `catalog` (a namespace)."""
     stack = contextlib.AsyncExitStack()
@@ -93,6 +94,7 @@ async def serve(
         sources=sources,
         catalog=catalog,
         shutdown_timeout_s=shutdown_timeout_s,
+        grpc_port=grpc_port,
     )
     router, server = await stack.enter_async_context(serving.serving(plan))
     return RouterClient(router, server, stack)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 #: An HTTP/2 client's first bytes (RFC 9113 §3.4).
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-REASON = b"abrouter: this port speaks HTTP/1.1 only"
+REASON = b"abrouter: this port speaks HTTP/1.1 only; gRPC goes to the port of serve --grpc-port"
 #: Our server preface: an empty SETTINGS frame.
 SERVER_PREFACE = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 #: Bytes we read while waiting for a request before we give up on the client.

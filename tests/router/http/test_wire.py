@@ -520,7 +520,9 @@ async def test_a_grpc_client_is_told_the_port_speaks_http_1_1(r: RouterUnderTest
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call(b"", timeout=raw.PATIENCE_S)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert caught.value.details() == "abrouter: this port speaks HTTP/1.1 only"
+    assert (
+        caught.value.details() == "abrouter: this port speaks HTTP/1.1 only; gRPC goes to the port of serve --grpc-port"
+    )
     assert r.router.metrics.bad_requests["http2"] == 1  # one connection: no retries
     metrics = await (await r.client.get("/abrouter/metrics")).text()
     assert f'abrouter_bad_requests_total{{experiment="{r.spec["name"]}",reason="http2"}} 1' in metrics

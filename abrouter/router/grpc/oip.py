@@ -1,0 +1,108 @@
+"""The model name of an Open Inference Protocol (v2) gRPC inference request, read and rewritten
+in its raw bytes. Pure: a minimal protobuf wire-format reader, no generated code.
+
+`ModelInferRequest` (``inference.GRPCInferenceService/ModelInfer``, also the message of
+Triton's ``ModelStreamInfer``) has ``string model_name = 1`` (grpc_predict_v2.proto). The
+gateway's per-arm rewrite (issue 16) matches and rewrites it as the HTTP path's model
+name: `model_name` reads it, `with_model_name` writes it. A scan skips every other field by
+its length, so a request with megabytes of ``raw_input_contents`` costs a few field
+headers to read. A message that is not valid protobuf reads as having no name.
+"""
+
+from __future__ import annotations
+
+#: The OIP v2 methods whose request is a ModelInferRequest.
+INFER_METHODS = frozenset(
+    {"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"}
+)
+
+_MODEL_NAME = 1
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """A base-128 varint at `at`: (value, the offset after it)."""
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise _Malformed
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _fields(data: bytes) -> list[tuple[int, int, int, int]]:
+    """Every top-level field: (number, start of its tag, start of its payload, end). Raises `_Malformed`."""
+    out = []
+    at = 0
+    while at < len(data):
+        start = at
+        key, at = _varint(data, at)
+        number, kind = key >> 3, key & 7
+        if kind == _VARINT:
+            _, end = _varint(data, at)
+        elif kind == _I64:
+            end = at + 8
+        elif kind == _I32:
+            end = at + 4
+        elif kind == _LEN:
+            size, at = _varint(data, at)
+            end = at + size
+        else:  # groups (deprecated) and invalid wire types: not an OIP message
+            raise _Malformed
+        if number == 0 or end > len(data):
+            raise _Malformed
+        out.append((number, start, at, end))
+        at = end
+    return out
+
+
+def model_name(message: bytes) -> str | None:
+    """The request's `model_name` (the last one, as protobuf's parsers take it), or None."""
+    try:
+        found = [(at, end) for number, _, at, end in _fields(message) if number == _MODEL_NAME]
+    except _Malformed:
+        return None
+    if not found:
+        return None
+    at, end = found[-1]
+    try:
+        return message[at:end].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def with_model_name(message: bytes, name: str) -> bytes:
+    """The request with its `model_name` replaced by `name` (every other field as it was).
+
+    Raises ValueError for a message that is not valid protobuf.
+    """
+    try:
+        fields = _fields(message)
+    except _Malformed:
+        raise ValueError("not a protobuf message") from None
+    encoded = name.encode("utf-8")
+    parts = [b"\x0a", _encode_varint(len(encoded)), encoded]  # field 1, length-delimited
+    kept = 0
+    for number, start, _, end in fields:
+        if number == _MODEL_NAME:
+            parts.append(message[kept:start])
+            kept = end
+    parts.append(message[kept:])
+    return b"".join(parts)

@@ -1,0 +1,152 @@
+"""gRPC status codes and metadata for the router. Pure: no grpc import, codes are their numbers.
+
+What an exposure of a gRPC call records (`Exchange.received`): its ``status`` is the HTTP
+status the call's gRPC code maps to (google.rpc.Code's documented mapping: OK 200,
+NOT_FOUND 404, UNAVAILABLE 503, ...), so the metrics' status classes and the event log
+mean the same for both protocols; the router's own failures keep the HTTP adapter's
+statuses (502 unreachable, 504 deadline, 499 the client left). A code is an **error of the
+variant** when it maps to a 5xx: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+UNAVAILABLE and DATA_LOSS, the server's failures; the client's (INVALID_ARGUMENT,
+NOT_FOUND, RESOURCE_EXHAUSTED, CANCELLED, ...) are not, as an HTTP 4xx is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import unquote
+
+from abrouter.router import headers as hdr
+from abrouter.router.exchange import Failure, Problem
+
+OK: Final = 0
+CANCELLED: Final = 1
+UNKNOWN: Final = 2
+INVALID_ARGUMENT: Final = 3
+DEADLINE_EXCEEDED: Final = 4
+NOT_FOUND: Final = 5
+ALREADY_EXISTS: Final = 6
+PERMISSION_DENIED: Final = 7
+RESOURCE_EXHAUSTED: Final = 8
+FAILED_PRECONDITION: Final = 9
+ABORTED: Final = 10
+OUT_OF_RANGE: Final = 11
+UNIMPLEMENTED: Final = 12
+INTERNAL: Final = 13
+UNAVAILABLE: Final = 14
+DATA_LOSS: Final = 15
+UNAUTHENTICATED: Final = 16
+
+#: google/rpc/code.proto: the HTTP status each code corresponds to.
+HTTP_STATUS: Final = {
+    OK: 200, CANCELLED: 499, UNKNOWN: 500, INVALID_ARGUMENT: 400, DEADLINE_EXCEEDED: 504, NOT_FOUND: 404,
+    ALREADY_EXISTS: 409, PERMISSION_DENIED: 403, RESOURCE_EXHAUSTED: 429, FAILED_PRECONDITION: 400,
+    ABORTED: 409, OUT_OF_RANGE: 400, UNIMPLEMENTED: 501, INTERNAL: 500, UNAVAILABLE: 503, DATA_LOSS: 500,
+    UNAUTHENTICATED: 401,
+}  # fmt: skip
+
+#: How the stream driver's neutral failures are answered over gRPC.
+CODE_OF_FAILURE: Final = {
+    Failure.BAD_TARGET: INVALID_ARGUMENT,
+    Failure.UNKNOWN_VARIANT: INVALID_ARGUMENT,
+    Failure.UPSTREAM_TIMEOUT: DEADLINE_EXCEEDED,
+    Failure.UPSTREAM_UNAVAILABLE: UNAVAILABLE,
+    Failure.NO_EXPERIMENT: NOT_FOUND,
+    Failure.INTERNAL: INTERNAL,
+}
+
+#: Not forwarded upstream: the override (as over HTTP), our own tags, and what the gRPC
+#: library sets itself on the upstream call (it refuses some of them).
+_UPSTREAM_DROP = frozenset(
+    {
+        hdr.FORCE_HEADER.lower(),
+        hdr.EXPERIMENT_HEADER.lower(),
+        hdr.VARIANT_HEADER.lower(),
+        hdr.REQUEST_ID_HEADER.lower(),
+        "user-agent",
+        "te",
+        "content-type",
+        "grpc-timeout",
+        "grpc-encoding",
+        "grpc-accept-encoding",
+        "x-forwarded-for",
+    }
+)
+
+Metadata = list[tuple[str, str | bytes]]
+
+#: Methods whose request and response are one message each by their published protos (the
+#: Open Inference Protocol v2 and Triton's extensions of it, gRPC health's Check, TF
+#: Serving's PredictionService): served by a unary handler and a unary upstream call, about
+#: 1.5 times the calls per core of the stream-shaped path every other method takes (bench/README.md).
+UNARY_METHODS: Final = frozenset(
+    [
+        f"/inference.GRPCInferenceService/{rpc}"
+        for rpc in (
+            "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+            "ModelConfig", "ModelStatistics", "RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload",
+            "SystemSharedMemoryStatus", "SystemSharedMemoryRegister", "SystemSharedMemoryUnregister",
+            "CudaSharedMemoryStatus", "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister",
+            "TraceSetting", "LogSettings",
+        )
+    ]
+    + ["/grpc.health.v1.Health/Check"]
+    + [
+        f"/tensorflow.serving.PredictionService/{rpc}"
+        for rpc in ("Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")
+    ]
+)  # fmt: skip
+
+
+def http_status(code: int) -> int:
+    """The HTTP status of a gRPC code (an unknown code is UNKNOWN's 500)."""
+    return HTTP_STATUS.get(code, 500)
+
+
+def is_error(code: int) -> bool:
+    """Whether an upstream's answer with this code is an error of the variant (see the module docstring)."""
+    return http_status(code) >= 500
+
+
+def tags(problem_or_tags: Iterable[tuple[str, str]]) -> Metadata:
+    """Response metadata from header pairs: gRPC metadata keys are lower case."""
+    return [(name.lower(), value) for name, value in problem_or_tags]
+
+
+def render(problem: Problem) -> tuple[int, str, Metadata]:
+    """A failure of the router as gRPC: its code, details, and the tags for the initial metadata."""
+    return CODE_OF_FAILURE[problem.failure], problem.message, tags(problem.headers)
+
+
+def upstream_metadata(metadata: Iterable[tuple[str, str | bytes]], *, client_ip: str) -> Metadata:
+    """The caller's metadata for the upstream call, with X-Forwarded-For (the caller's address) appended.
+
+    Binary (``-bin``) values pass as bytes; what `_UPSTREAM_DROP` names is left out.
+    """
+    prior: list[str] = []
+    out: Metadata = []
+    for key, value in metadata:
+        if key == "x-forwarded-for" and isinstance(value, str):
+            prior.append(value)
+        if key not in _UPSTREAM_DROP and not key.startswith(":"):
+            out.append((key, value))
+    if client_ip:
+        out.append(("x-forwarded-for", ", ".join([*prior, client_ip])))
+    elif prior:
+        out.append(("x-forwarded-for", ", ".join(prior)))
+    return out
+
+
+def text_headers(metadata: Iterable[tuple[str, str | bytes]]) -> list[tuple[str, str]]:
+    """The text (non-binary) metadata, as the exchange reads headers (unit id, override)."""
+    return [(key, value) for key, value in metadata if isinstance(value, str)]
+
+
+def peer_ip(peer: str) -> str:
+    """The address of a gRPC peer string: ``ipv4:10.0.0.1:5000`` -> ``10.0.0.1``, ``ipv6:[::1]:5000`` -> ``::1``."""
+    kind, _, rest = unquote(peer).partition(":")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    if kind == "ipv6":
+        return rest.rpartition(":")[0].strip("[]")
+    return ""

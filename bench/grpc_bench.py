@@ -1,0 +1,219 @@
+"""Unary gRPC calls per second per core: abrouter's gRPC listener against Envoy, same upstream, same run.
+
+Starts, on 127.0.0.1: the echo upstream (`bench/grpc_load.py --serve`, two ports, the two
+arms), a private redis-server for the router's event log (no persistence), Envoy 1.40
+(`bench/conf/envoy-grpc.yaml.in`: h2c both legs, Maglev on x-user-id, ``--concurrency 1``)
+``abrouter serve --grpc-port`` (a 50/50 experiment keyed on x-user-id, event log on) and
+`bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else: Python's floor).
+The proxies run on core 0 (`--proxy-cpus`); the upstream, Redis and the load generator on
+core 1 (`--load-cpus`). Then, interleaved over `--rounds`:
+
+1. throughput: `grpc_load.py --concurrency 64` (closed loop) straight to arm A, through
+   Envoy and through the router; each proxy's CPU time over the window (utime + stime of
+   its process, all threads) gives its CPU share and **calls/s per proxy core** = calls/s
+   / share. The load side (one Python core for the generator and the upstream) is slower
+   than either proxy, so the proxies are not saturated: the per-core figure is the one to
+   compare;
+2. latency: `grpc_load.py --rate 1000` (open loop) the same three ways: what each proxy adds.
+
+Prints Markdown tables. Bounded: every load run lasts --seconds.
+
+    .venv/bin/python bench/grpc_bench.py --rounds 3 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+ENVOY = "/tmp/splitbench-venv/bin/envoy"
+
+SPEC = """\
+name: grpc-bench
+unit: {{header: X-User-Id}}
+variants:
+  - {{name: control, upstream: "http://127.0.0.1:9", grpc_upstream: "127.0.0.1:{a}", weight: 50}}
+  - {{name: candidate, upstream: "http://127.0.0.1:9", grpc_upstream: "127.0.0.1:{b}", weight: 50}}
+metrics:
+  - {{name: conversion, kind: binary}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (every thread of it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port} after {timeout_s} s")
+
+
+@contextmanager
+def process(argv: list[str], cpus: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["taskset", "-c", cpus, *argv], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def load(target: str, cpus: str, *extra: str) -> dict[str, float]:
+    out = subprocess.run(
+        ["taskset", "-c", cpus, PY, str(HERE / "grpc_load.py"), "--target", target, *extra],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument("--envoy", default=ENVOY)
+    p.add_argument("--proxy-cpus", default="0")
+    p.add_argument("--load-cpus", default="1")
+    p.add_argument("--no-event-log", action="store_true", help="the router records nothing")
+    args = p.parse_args()
+    from abrouter.router.redis_server import find_binary
+
+    tmp = Path(tempfile.mkdtemp(prefix="grpc-bench-"))
+    a, b, envoy_port, router_grpc, router_http, redis_port, floor_port = (free_port() for _ in range(7))
+    conf = (HERE / "conf" / "envoy-grpc.yaml.in").read_text()
+    conf = conf.replace("@PORT_A@", str(a)).replace("@PORT_B@", str(b)).replace("@PORT@", str(envoy_port))
+    (tmp / "envoy.yaml").write_text(conf)
+    (tmp / "exp.yaml").write_text(SPEC.format(a=a, b=b))
+    upstream = [PY, str(HERE / "grpc_load.py"), "--serve", f"{a},{b}"]
+    redis = [find_binary(), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no",
+             "--dir", str(tmp)]  # fmt: skip
+    # No hot restart: another Envoy on the machine (the shared harness's) would otherwise take
+    # this one's place through their shared memory, and this one would exit mid-run.
+    envoy = [args.envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "--log-level", "error",
+             "--disable-hot-restart"]  # fmt: skip
+    router = [PY, "-m", "abrouter", "--log-level", "WARNING", "serve", "--config", str(tmp / "exp.yaml"),
+              "--host", "127.0.0.1", "--port", str(router_http), "--grpc-port", str(router_grpc),
+              "--spill-dir", str(tmp / "spill")]  # fmt: skip
+    router += ["--no-event-log"] if args.no_event_log else ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
+    floor = [PY, str(HERE / "grpc_floor.py"), "--port", str(floor_port), "--upstream", f"127.0.0.1:{a}"]
+    results: dict[str, list[dict[str, float]]] = {}
+    with (
+        process(upstream, args.load_cpus, tmp / "upstream.log") as up,
+        process(redis, args.load_cpus, tmp / "redis.log") as rd,
+        process(envoy, args.proxy_cpus, tmp / "envoy.log") as ev,
+        process(router, args.proxy_cpus, tmp / "router.log") as rt,
+        process(floor, args.proxy_cpus, tmp / "floor.log") as fl,
+    ):
+        for port, proc in ((a, up), (b, up), (redis_port, rd), (envoy_port, ev), (router_grpc, rt), (floor_port, fl)):
+            wait_port(port, proc)
+        infer, other = ("--method", "/inference.GRPCInferenceService/ModelInfer"), ("--method", "/bench.Echo/Unary")
+        targets = {
+            "direct": (f"127.0.0.1:{a}", None, infer),
+            "envoy": (f"127.0.0.1:{envoy_port}", ev.pid, infer),
+            "abrouter": (f"127.0.0.1:{router_grpc}", rt.pid, infer),
+            "abrouter-any": (f"127.0.0.1:{router_grpc}", rt.pid, other),
+            "floor": (f"127.0.0.1:{floor_port}", fl.pid, infer),
+        }
+        for target, _, method in targets.values():  # warm-up: connections, caches
+            load(target, args.load_cpus, *method, "--seconds", "2", "--concurrency", str(args.concurrency))
+        for round_ in range(args.rounds):
+            for name, (target, pid, method) in targets.items():
+                cpu0, t0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
+                closed = ("--seconds", str(args.seconds), "--concurrency", str(args.concurrency))
+                r = load(target, args.load_cpus, *method, *closed)
+                share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) if pid else 0.0
+                r["cpu_share"] = share
+                r["per_core"] = r["calls_per_s"] / share if share else 0.0
+                results.setdefault(name, []).append(r)
+                print(f"round {round_ + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
+            for name, (target, _, method) in targets.items():
+                if name in ("abrouter-any", "floor"):
+                    continue
+                r = load(target, args.load_cpus, *method, "--seconds", str(args.seconds), "--rate", str(args.rate))
+                results.setdefault(f"{name}@rate", []).append(r)
+                print(f"round {round_ + 1} {name} at {args.rate:g}/s: {json.dumps(r)}", file=sys.stderr, flush=True)
+    print(report(results, args))
+
+
+def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    envoy_core = med("envoy", "per_core")
+    lines = [
+        f"Closed loop, {args.concurrency} calls in flight, {args.seconds:g} s x {args.rounds} rounds (medians):",
+        "",
+        "| config | calls/s | errors | p50 ms | p99 ms | proxy cpu% | calls/s per proxy core | vs Envoy per core |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    labels = {
+        "direct": "direct (no proxy)",
+        "envoy": "Envoy 1.40, 1 worker",
+        "abrouter": "abrouter, ModelInfer (unary path)",
+        "abrouter-any": "abrouter, a method it does not know (stream path)",
+        "floor": "grpc.aio forwarding and nothing else (bench/grpc_floor.py)",
+    }
+    for name, label in labels.items():
+        errors = sum(r["errors"] for r in results[name])
+        head = f"| {label} | {med(name, 'calls_per_s'):,.0f} | {errors:.0f} | {med(name, 'p50_ms'):.2f} | "
+        if name == "direct":
+            lines.append(head + f"{med(name, 'p99_ms'):.2f} | - | - | - |")
+            continue
+        share, per_core = med(name, "cpu_share"), med(name, "per_core")
+        lines.append(
+            head + f"{med(name, 'p99_ms'):.2f} | {share * 100:.0f} | {per_core:,.0f} | {per_core / envoy_core:.2f} |"
+        )
+    lines += [
+        "",
+        f"Open loop at {args.rate:g} calls/s, {args.seconds:g} s x {args.rounds} rounds (min-max over rounds):",
+        "",
+        "| config | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("direct", "envoy", "abrouter"):
+        runs = results[f"{name}@rate"]
+        cells = []
+        for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms"):
+            values = [r[key] for r in runs]
+            cells.append(f"{min(values):.2f}-{max(values):.2f}")
+        lines.append(f"| {name} | {' | '.join(cells)} | {sum(r['errors'] for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

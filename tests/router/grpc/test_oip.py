@@ -1,0 +1,100 @@
+"""The gRPC listener in front of Open Inference Protocol v2 servers, driven by the unmodified
+``tritonclient.grpc`` client: the same answers as calling the assigned server, only inference
+calls are exposures, and an outcome is credited by a gRPC call's request id."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2
+
+from tests.router.grpc.conftest import MakeGrpcRouter
+from tests.router.grpc.servers import OipServer
+
+MODEL = "recsys"
+
+
+def _infer(address: str, values: list[int], *, user: str | None = None) -> np.ndarray:
+    """One ModelInfer call with the Triton client, as an application makes it (blocking)."""
+    client = triton.InferenceServerClient(url=address)
+    try:
+        tensor = triton.InferInput("INPUT0", [len(values)], "INT32")
+        tensor.set_data_from_numpy(np.array(values, dtype=np.int32))
+        result = client.infer(MODEL, [tensor], headers={"x-user-id": user} if user else None)
+        return result.as_numpy("OUTPUT0")
+    finally:
+        client.close()
+
+
+def _health_and_metadata(address: str, user: str) -> None:
+    client = triton.InferenceServerClient(url=address)
+    headers = {"x-user-id": user}
+    try:
+        assert client.is_server_live(headers=headers)
+        assert client.is_server_ready(headers=headers)
+        assert client.is_model_ready(MODEL, headers=headers)
+        assert client.get_server_metadata(headers=headers).name in ("control", "candidate")
+        assert client.get_model_metadata(MODEL, headers=headers).inputs[0].name == "INPUT0"
+    finally:
+        client.close()
+
+
+async def test_tritonclient_through_the_router_gets_what_the_assigned_server_answers_sticky_per_user(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()})
+    by_offset = {1000: "control", 2000: "candidate"}
+    arms: dict[str, set[str]] = {}
+    for i in range(40):
+        user = f"user-{i}"
+        values = [i, i + 1, i + 2]
+        for _ in range(2):
+            via_router = await asyncio.to_thread(_infer, r.grpc_address, values, user=user)
+            arm = by_offset[int(via_router[0]) - i]
+            direct = await asyncio.to_thread(_infer, oip_servers[arm].address, values)
+            assert via_router.tolist() == direct.tolist()
+            arms.setdefault(user, set()).add(arm)
+    assert all(len(a) == 1 for a in arms.values())  # sticky
+    assert {next(iter(a)) for a in arms.values()} == {"control", "candidate"}
+
+
+async def test_only_inference_calls_are_exposures_and_health_and_metadata_calls_are_forwarded(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()})
+    for i in range(6):
+        await asyncio.to_thread(_health_and_metadata, r.grpc_address, f"user-{i}")
+    await asyncio.to_thread(_infer, r.grpc_address, [1, 2], user="user-0")
+    await asyncio.to_thread(_infer, r.grpc_address, [1, 2], user="user-1")
+    await r.settle()
+    strata = await r.strata()
+    assert sum(s.exposures for s in strata.values()) == 2
+    assert sum(s.servicer.infer_calls for s in oip_servers.values()) == 2
+    assert sum(r.router.metrics.requests.values()) == 6 * 5 + 2  # every call is counted in the metrics
+
+
+async def test_an_outcome_is_credited_by_the_request_id_of_a_grpc_call(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()})
+    request = service_pb2.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[service_pb2.ModelInferRequest.InferInputTensor(name="INPUT0", datatype="INT32", shape=[1])],
+        raw_input_contents=[np.array([7], dtype=np.int32).tobytes()],
+    )
+    async with r.channel() as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(
+            request.SerializeToString(), metadata=(("x-user-id", "buyer"),), timeout=10
+        )
+        reply = service_pb2.ModelInferResponse.FromString(await call)
+        head = dict(await call.initial_metadata())
+    assert reply.model_name == MODEL
+    body = {"request_id": head["x-ab-request-id"], "metric": "conversion", "value": 1}
+    async with r.client.post("/abrouter/outcomes", json=body) as resp:
+        assert resp.status == 202, await resp.text()
+    await r.settle()
+    strata = await r.strata()
+    credited = {s.variant: s.metrics["conversion"].sum for s in strata.values()}
+    assert credited == {head["x-ab-variant"]: 1.0}
