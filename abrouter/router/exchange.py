@@ -77,7 +77,9 @@ class Experimenting(Protocol):
 class Routes(Protocol):
     """The experiments served (`abrouter.router.state.Lanes`)."""
 
-    def route(self, incoming: Incoming, body: bytes | None) -> tuple[Experimenting, ModelAt | None] | None: ...
+    def route(
+        self, incoming: Incoming, body: bytes | None, model: ModelAt | None = None
+    ) -> tuple[Experimenting, ModelAt | None] | None: ...
 
     def __len__(self) -> int: ...
 
@@ -279,8 +281,12 @@ class Exchange:
         self.first_byte_s: float | None = None
 
     @classmethod
-    def start(cls, services: Services, incoming: Incoming, *, now: float, body: bytes | None = None) -> Exchange:
-        """`body`: the request body when the adapter holds it whole (a JSON body's model is read from it)."""
+    def start(
+        cls, services: Services, incoming: Incoming, *, now: float, body: bytes | None = None,
+        model_at: ModelAt | None = None,
+    ) -> Exchange:  # fmt: skip
+        """`body`: the request body when the adapter holds it whole (a JSON body's model is read from it);
+        `model_at`: the model name the adapter read itself (a gRPC ModelInferRequest's)."""
         started = time.perf_counter()
         target = origin_form(incoming.target)
         if target is None:
@@ -288,7 +294,7 @@ class Exchange:
             raise Refused(Problem(Failure.BAD_TARGET, message))
         if target != incoming.target:
             incoming = dataclasses.replace(incoming, target=target)
-        found = services.lanes.route(incoming, body)
+        found = services.lanes.route(incoming, body, model_at)
         if found is None:
             services.metrics.no_experiment += 1
             path = incoming.target.partition("?")[0][:200]

@@ -20,7 +20,8 @@ or both matching everything) plainly overlap: `Gateway` refuses them, naming bot
 
 **The model name** of a request is read from its path first: the Open Inference
 Protocol v2 (``/v2/models/NAME[/versions/V]/...``) and KServe v1
-(``/v1/models/NAME:predict``). Only when the path names none, and only when some
+(``/v1/models/NAME:predict``); over gRPC, an OIP ``ModelInfer`` request's ``model_name``
+(the adapter reads it, `abrouter.router.grpc.oip`). Only when the path names none, and only when some
 experiment matches by model, is a JSON body's top-level ``"model"`` read (the
 OpenAI-compatible servers' way), and only from a body the router holds whole anyway
 (`abrouter.router.stream.hold_whole`: at most 256 KiB with a Content-Length): a streamed
@@ -42,6 +43,7 @@ from typing import Literal
 
 from abrouter.contract.fields import ConfigError
 from abrouter.contract.model import Match
+from abrouter.router.grpc import oip
 
 _OIP = "/v2/models/"
 _KSERVE = "/v1/models/"
@@ -56,7 +58,8 @@ class ModelAt:
     """Where a request names its model: the name, and its span in the path or the body's text."""
 
     name: str
-    where: Literal["path", "body"]
+    #: "message": a gRPC ModelInferRequest's ``model_name`` (`abrouter.router.grpc.oip`; no span).
+    where: Literal["path", "body", "message"]
     start: int
     end: int
 
@@ -124,7 +127,11 @@ def renamed(target: str, body: bytes | None, at: ModelAt | None, name: str | Non
         return target, None
     if at.where == "path":
         return rewrite_path(target, at, name), None
-    return target, (rewrite_body(body, at, name) if body is not None else None)
+    if body is None:
+        return target, None
+    if at.where == "message":
+        return target, oip.with_model_name(body, name)
+    return target, rewrite_body(body, at, name)
 
 
 def host_of(headers: Iterable[tuple[str, str]]) -> str | None:
@@ -188,10 +195,13 @@ class Gateway:
         self.empty = not routes
 
     def find(
-        self, target: str, headers: Iterable[tuple[str, str]], body: bytes | None
+        self, target: str, headers: Iterable[tuple[str, str]], body: bytes | None, *, model: ModelAt | None = None
     ) -> tuple[str, ModelAt | None] | None:
-        """The experiment of a request, and where it names its model (for the per-arm rewrite)."""
-        at = model_in_path(target)
+        """The experiment of a request, and where it names its model (for the per-arm rewrite).
+
+        `model`: the model name the adapter read itself (a gRPC ModelInferRequest's).
+        """
+        at = model or model_in_path(target)
         if at is None and body is not None and self._bodies:
             at = model_in_body(body)
         if self.only is not None:

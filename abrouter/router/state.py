@@ -65,8 +65,10 @@ class Lanes:
             rewrites=any(v.model is not None for lane in self.by_name.values() for v in lane.table.experiment.variants),
         )
 
-    def route(self, incoming: Incoming, body: bytes | None) -> tuple[Lane, ModelAt | None] | None:
-        found = self.gateway.find(incoming.target, incoming.headers, body)
+    def route(
+        self, incoming: Incoming, body: bytes | None, model: ModelAt | None = None
+    ) -> tuple[Lane, ModelAt | None] | None:
+        found = self.gateway.find(incoming.target, incoming.headers, body, model=model)
         if found is None:
             return None
         return self.by_name[found[0]], found[1]

@@ -39,8 +39,9 @@ import grpc.aio
 from abrouter.router import exchange
 from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
-from abrouter.router.grpc import wire
+from abrouter.router.grpc import oip, wire
 from abrouter.router.grpc.upstream import Channels
+from abrouter.router.matching import ModelAt
 from abrouter.router.state import Router
 
 log = logging.getLogger("abrouter.grpc")
@@ -101,8 +102,9 @@ async def proxy_call(
     metadata = tuple(context.invocation_metadata() or ())
     peer = wire.peer_ip(context.peer())
     incoming = Incoming("POST", method, wire.text_headers(metadata), peer, "http")
+    body, at = _model_of(method, request)
     try:
-        ex = Exchange.start(router, incoming, now=time.time())
+        ex = Exchange.start(router, incoming, now=time.time(), body=body, model_at=at)
     except exchange.Refused as refused:
         await _fail(context, refused.problem)
         return None
@@ -119,7 +121,8 @@ async def proxy_call(
         deadline = time.monotonic() + timeout
         leg = _Leg(ex, context, deadline=deadline, connected=lambda: channels.connected(address))
         if isinstance(request, bytes):
-            call = unary = channels.unary(address, method)(request, timeout=timeout, metadata=upstream_md)
+            sent = request if ex.body is None else ex.body  # the variant's own model_name, if it has one
+            call = unary = channels.unary(address, method)(sent, timeout=timeout, metadata=upstream_md)
             return await leg.unary(unary)
         call = streamed = channels.method(address, method)(request, timeout=timeout, metadata=upstream_md)
         await leg.stream(streamed)
@@ -136,6 +139,17 @@ async def proxy_call(
         if call is not None:
             call.cancel()  # a no-op once it ended; else the upstream learns the caller left
         ex.finish(now=time.time())
+
+
+def _model_of(method: str, request: bytes | AsyncIterator[bytes]) -> tuple[bytes | None, ModelAt | None]:
+    """A unary OIP inference request's model name, for matching and the per-arm rewrite (issue 16).
+
+    A streamed call (``ModelStreamInfer``) is matched by its metadata and method only.
+    """
+    if not isinstance(request, bytes) or method not in oip.INFER_METHODS:
+        return None, None
+    name = oip.model_name(request)
+    return request, (ModelAt(name, "message", 0, 0) if name else None)
 
 
 class _Leg:

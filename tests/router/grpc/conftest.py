@@ -65,14 +65,17 @@ async def make_grpc_router(redis_url: str, experiment_name: str, tmp_path: Path)
         weights: dict[str, float] | None = None,
         *,
         limits: Limits | None = None,
+        models: dict[str, str] | None = None,
         **changes: Any,
     ) -> GrpcRouter:
+        """`models`: a variant's own model name (the per-arm rewrite)."""
         weights = weights or {"control": 50, "candidate": 50}
         spec = {
             "name": experiment_name,
             "unit": {"header": "X-User-Id"},
             "variants": [
                 {"name": n, "upstream": "http://127.0.0.1:9", "grpc_upstream": grpc_upstreams[n], "weight": w}
+                | ({"model": models[n]} if models and n in models else {})
                 for n, w in weights.items()
             ],
             "metrics": [{"name": "conversion", "kind": "binary"}],

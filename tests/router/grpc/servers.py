@@ -156,6 +156,8 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.name = name
         self.offset = offset
         self.infer_calls = 0
+        #: The model_name of every ModelInfer request, as it arrived.
+        self.models: list[str] = []
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return service_pb2.ServerLiveResponse(live=True)
@@ -181,6 +183,7 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         self.infer_calls += 1
+        self.models.append(request.model_name)
         values = np.frombuffer(request.raw_input_contents[0], dtype=np.int32)
         out = (values + self.offset).astype(np.int32)
         return service_pb2.ModelInferResponse(

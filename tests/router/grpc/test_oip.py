@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2
 
@@ -16,13 +17,13 @@ from tests.router.grpc.servers import OipServer
 MODEL = "recsys"
 
 
-def _infer(address: str, values: list[int], *, user: str | None = None) -> np.ndarray:
+def _infer(address: str, values: list[int], *, user: str | None = None, model: str = MODEL) -> np.ndarray:
     """One ModelInfer call with the Triton client, as an application makes it (blocking)."""
     client = triton.InferenceServerClient(url=address)
     try:
         tensor = triton.InferInput("INPUT0", [len(values)], "INT32")
         tensor.set_data_from_numpy(np.array(values, dtype=np.int32))
-        result = client.infer(MODEL, [tensor], headers={"x-user-id": user} if user else None)
+        result = client.infer(model, [tensor], headers={"x-user-id": user} if user else None)
         return result.as_numpy("OUTPUT0")
     finally:
         client.close()
@@ -98,3 +99,17 @@ async def test_an_outcome_is_credited_by_the_request_id_of_a_grpc_call(
     strata = await r.strata()
     credited = {s.variant: s.metrics["conversion"].sum for s in strata.values()}
     assert credited == {head["x-ab-variant"]: 1.0}
+
+
+async def test_a_model_infer_is_matched_by_its_model_name_and_renamed_per_arm(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    models = {"control": "recsys-v1", "candidate": "recsys-v2"}
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()}, models=models, match={"model": MODEL})
+    for i in range(20):
+        await asyncio.to_thread(_infer, r.grpc_address, [i], user=f"user-{i}")
+    seen = {arm: set(s.servicer.models) for arm, s in oip_servers.items()}
+    assert seen == {"control": {"recsys-v1"}, "candidate": {"recsys-v2"}}
+    with pytest.raises(triton.InferenceServerException) as caught:
+        await asyncio.to_thread(_infer, r.grpc_address, [1], user="u1", model="other")
+    assert caught.value.status() == "StatusCode.NOT_FOUND" and "no experiment" in caught.value.message()
