@@ -27,6 +27,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -118,11 +119,17 @@ async def floor(client: redis.asyncio.Redis, name: str, recorded: list[list[even
 
 
 def before_source(ref: str) -> str | None:
-    for path in ("abrouter/router/eventlog/flush.lua",):
-        done = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True)
-        if done.returncode == 0:
-            return done.stdout
-    return None
+    """flush.lua as of `ref`: assembled from its ``lua/`` parts, or the one file it was before them."""
+    lua = "abrouter/router/eventlog/lua"
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, lua], capture_output=True)
+        if archive.returncode == 0:
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+            return script.assemble("flush", Path(tmp) / lua)
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:abrouter/router/eventlog/flush.lua"], capture_output=True, text=True
+    )
+    return done.stdout if done.returncode == 0 else None
 
 
 async def main(args: argparse.Namespace) -> None:

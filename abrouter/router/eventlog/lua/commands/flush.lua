@@ -235,7 +235,7 @@ for first = 1, #cells, CHUNK do
       elseif known[k + 1] then
         info.legacy = true
       end
-      info.pointer = known[k + 1] ~= false and known[k + 1] ~= nil  -- [expiry] units[h] exists
+      info.pointer = known[k + 1] or false  -- [expiry] units[h], if it exists
       info.fresh = tonumber(marked_at[i - first + 1]) == granule_end
       firsts[c[1]] = info
     end
@@ -247,11 +247,12 @@ for first = 1, #cells, CHUNK do
       end
     end
   end
-  local fields, wanted = {}, {}
+  local fields, wanted, state_key = {}, {}, {}  -- state_key[i]: cell i's state field, built once
   for i = first, last_cell do
     local c = cells[i]
     local e, v = target(c, firsts[c[1]])
     local key = c[1] .. '|' .. e .. '|' .. v
+    state_key[i] = key
     if cached[key] == nil and not wanted[key] then
       wanted[key] = true
       fields[#fields + 1] = key
@@ -261,9 +262,7 @@ for first = 1, #cells, CHUNK do
   local times = {}
   if cov_i then
     for i = first, last_cell do
-      local c = cells[i]
-      local e, v = target(c, firsts[c[1]])
-      local key = c[1] .. '|' .. e .. '|' .. v
+      local c, key = cells[i], state_key[i]
       if c[5 + 2 * cov_i] > 0 and cov_time[key] == nil then
         cov_time[key] = false
         times[#times + 1] = key
@@ -288,7 +287,7 @@ for first = 1, #cells, CHUNK do
     local c = cells[i]
     local info = firsts[c[1]]
     local e, v, multiple = target(c, info)
-    local key = c[1] .. '|' .. e .. '|' .. v
+    local key = state_key[i]
     local old = cached[key]
     local anonymous = c[4] >= 2
     if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
@@ -324,11 +323,15 @@ for first = 1, #cells, CHUNK do
       info.stateless = true
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
+    -- Written only when it moves: a returning unit's pointer rarely does.
     if c[4] == 1 then
-      writes[#writes + 1] = c[1]
-      writes[#writes + 1] = c[2] .. '|' .. c[3]
+      local pointer = c[2] .. '|' .. c[3]
+      if pointer ~= info.pointer then
+        writes[#writes + 1] = c[1]
+        writes[#writes + 1] = pointer
+      end
       mark(info, c, c[1], not info.pointer)
-      info.pointer = true
+      info.pointer = pointer
     end
   end
   if #writes > 0 then unit_writes[#unit_writes + 1] = writes end
