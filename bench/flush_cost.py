@@ -185,14 +185,23 @@ async def main(args: argparse.Namespace) -> None:
             print("| script | bytes per unit |")
             print("|---|---|")
             for label, text in sources.items():
-                print(f"| {label} | {await memory(client, text, args.memory):.0f} |")
+                print(f"| {label} | {await memory(args.redis_server or None, text, args.memory):.0f} |")
         await client.aclose()
 
 
-async def memory(client: redis.asyncio.Redis, source: str, units: int) -> float:
-    """Bytes of Redis memory per unit: `units` units, one exposure each, through `source`.
+async def memory(binary: str | None, source: str, units: int) -> float:
+    """Bytes of Redis memory per unit: `units` units, one exposure each, through `source`,
+    on a Redis of its own (AOF on, as in production)."""
+    with RedisServer(binary=binary) as server:
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)
+        await client.script_load(source)
+        try:
+            return await _memory(client, source, units)
+        finally:
+            await client.aclose()
 
-    Its keys are deleted afterwards, so the next script starts from the same Redis."""
+
+async def _memory(client: redis.asyncio.Redis, source: str, units: int) -> float:
     name = "bench-memory"
     exp, k = experiment(name), keys.Keys(name)
     await client.execute_command("MEMORY", "PURGE")
@@ -208,7 +217,6 @@ async def memory(client: redis.asyncio.Redis, source: str, units: int) -> float:
     await client.delete(k.events, k.events_n)  # the audit stream is capped separately (EVENTS_MAX_RAW)
     await client.execute_command("MEMORY", "PURGE")
     used = int((await client.info("memory"))["used_memory"]) - before
-    await client.delete(*k.all())
     return used / units
 
 
