@@ -164,11 +164,14 @@ local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
 
 -- [expiry] The age of unit fields (unit_seen) is refreshed once per unit per granule of
 -- ttl/8, not on every write: a ZADD per field per batch was a third of the script's CPU.
--- A unit's fields are scored with the *end* of the granule in which it was last marked,
--- so a field expires up to a granule late, never early; a unit whose first exposure
--- (h|f) already has the current granule's end as its score (one ZMSCORE per chunk, a
--- read) is `fresh`: only fields it creates now are scored (a new state or pointer). Units with state from before
--- intent-to-treat (legacy) and anonymous requests keep a score per write, at `now`.
+-- A unit with a first exposure has one member, its h|f, which stands for all its fields
+-- (h, h|f, its state and the state's |c; expiry.lua): one member per field was half of
+-- a unit's memory. It is scored with the *end* of the granule in which the unit was last
+-- written, so the unit expires up to a granule late, never early; a unit whose h|f
+-- already has the current granule's end as its score (one ZMSCORE per chunk, a read) is
+-- `fresh` and scores nothing. Fields of units without a first exposure (outcomes held
+-- until it lands) are scored each; units with state from before intent-to-treat
+-- (legacy) and anonymous requests keep a score per field and write, at `now`.
 local ttl = tonumber(ARGV[10])
 local GRANULE = ttl > 0 and ttl / 8 or 86400
 local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
@@ -181,9 +184,8 @@ end
 local function mark(info, c, field, created)
   if info.legacy or c[4] >= 2 then
     age(now_s, field)
-  elseif created or not info.fresh then
+  elseif not info.e and (created or not info.fresh) then  -- with a first exposure: its h|f, below
     age(granule_s, field)
-    info.marked = true
   end
 end
 
@@ -312,7 +314,7 @@ for first = 1, #cells, CHUNK do
       cov_time[key] = reported
       writes[#writes + 1] = key .. '|c'
       writes[#writes + 1] = num(reported)
-      age(c[4] >= 2 and now_s or granule_s, key .. '|c')
+      if c[4] >= 2 or not info.e then age(c[4] >= 2 and now_s or granule_s, key .. '|c') end
     end
     if keeps_state(c) then  -- [faults] an anonymous request keeps no state
       writes[#writes + 1] = key
@@ -346,7 +348,6 @@ for h, info in pairs(firsts) do
     if info.legacy then age(now_s, h .. '|f')
     elseif info.changed and not info.stored or not info.fresh then age(granule_s, h .. '|f') end
   end
-  if info.marked and not info.fresh and info.pointer then age(granule_s, h) end  -- [expiry] with the unit
 end
 -- [end issue 9: intent-to-treat]
 
