@@ -142,7 +142,7 @@ async def main(args: argparse.Namespace) -> None:
             raise SystemExit(f"--before-ref {args.before_ref}: no flush.lua there")
         sources = {"before": old, **sources}
     with RedisServer(binary=args.redis_server or None) as server:
-        client = redis.asyncio.Redis.from_url(server.url)
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)  # a loaded machine's long calls
         info = await client.info("server")
         print(f"redis-server {info['redis_version']} ({server.binary})")
         await client.config_set("slowlog-log-slower-than", 0)
