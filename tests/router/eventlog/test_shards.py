@@ -91,7 +91,7 @@ async def test_a_batch_applied_by_some_shards_only_applies_once_everywhere(
     try:
         flush = ShardedFlush(client, keys.Keys(experiment_name), shards=3)
         await flush.load()
-        payload, raw = shards.split(batch.payload, batch.events, 3)[0]
+        payload, raw = next(shards.split(batch.payload, batch.events, 3))
         await flush.parts[0].apply(Batch("p-test", 1, payload, raw, batch.n_events), allow_gap=False)
         assert await flush.apply(batch, allow_gap=False) == (shards.APPLIED, 0, 0)
         assert (await flush.apply(batch, allow_gap=False))[0] == shards.DUPLICATE
@@ -134,7 +134,7 @@ def test_split_sends_each_unit_to_its_shard_and_the_rest_to_shard_0() -> None:
     exp = make_experiment("split")
     recorded = random_events(random.Random(5), 100, keyed=0.5)
     batch = _batch(exp, recorded, 1)
-    parts = shards.split(batch.payload, batch.events, 3)
+    parts = list(shards.split(batch.payload, batch.events, 3))
     docs = [json.loads(p) for p, _ in parts]
     whole = json.loads(batch.payload)
     assert sorted(map(json.dumps, (c for d in docs for c in d["cells"]))) == sorted(map(json.dumps, whole["cells"]))
