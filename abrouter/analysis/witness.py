@@ -3,7 +3,9 @@
 The routers notice a Redis that lost their batches (the experiment marker, the seqs it
 acknowledged), but not when every router restarted too: a new process has nothing to
 compare with. The analyzer keeps a witness where it writes its decisions (beside the
-spec file for ``analyze --apply``): the units and exposures of its last look. Redis'
+spec file for ``analyze --apply``, `FileWitness`; in the Experiment's ``status.witness``
+for ``analyze --experiment NS/NAME --apply``, `StatusWitness`): the units and exposures
+of its last look. Redis'
 aggregates only grow, so a look that finds fewer than the witness saw means Redis lost
 data; the look is then marked incomplete since the last look that saw it whole, and
 stays so (the witness remembers).
@@ -11,13 +13,16 @@ stays so (the witness remembers).
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import json
 import os
 import tempfile
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from abrouter.analysis.data import ExperimentData
 from abrouter.analysis.errors import SourceError
@@ -85,3 +90,71 @@ class FileWitness:
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
             raise SourceError(f"cannot write the analyzer's witness {self.path}: {exc}") from exc
+
+
+@dataclass
+class StatusWitness:
+    """The witness in an Experiment's ``status.witness``, for the Kubernetes sink.
+
+    Read with the resource at the start of a look (`of`); what the look saw is kept in
+    `saved` and written with the look's status (`to_status`), through the status
+    subresource like the rest of it. A look that writes no status (it failed before, or
+    ran without ``--apply``) leaves the last witness as it was.
+    """
+
+    previous: Seen | None
+    saved: Seen | None = None
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> StatusWitness:
+        return cls(from_status(status.get("witness")))
+
+    def load(self) -> Seen | None:
+        return self.previous
+
+    def save(self, seen: Seen) -> None:
+        self.saved = seen
+
+
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def to_status(seen: Seen) -> dict[str, Any]:
+    """Pure: ``status.witness`` (times in RFC 3339, whole seconds, as the rest of the status)."""
+    since = seen.incomplete_since
+    return {
+        "units": seen.units,
+        "exposures": seen.exposures,
+        "time": time.strftime(_TIME_FORMAT, time.gmtime(seen.at)),
+        "incompleteSince": None if since is None else time.strftime(_TIME_FORMAT, time.gmtime(since)),
+    }
+
+
+def from_status(doc: object) -> Seen | None:
+    """Pure: the `Seen` of a ``status.witness`` (None when there is none); `SourceError` when it is malformed."""
+    if doc is None:
+        return None
+    try:
+        if not isinstance(doc, Mapping):
+            raise TypeError(f"not an object: {doc!r}")
+        since = doc.get("incompleteSince")
+        return Seen(
+            units=_count(doc["units"]),
+            exposures=_count(doc["exposures"]),
+            at=_unix(doc["time"]),
+            incomplete_since=None if since is None else _unix(since),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SourceError(f"cannot read the analyzer's witness in status.witness: {exc}") from exc
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
+
+
+def _unix(value: object) -> float:
+    if not isinstance(value, str):
+        raise TypeError(f"not an RFC 3339 time: {value!r}")
+    return float(calendar.timegm(time.strptime(value, _TIME_FORMAT)))

@@ -278,6 +278,16 @@ def status_schema() -> dict[str, Any]:
         },
         description="text for `kubectl get` (its printer columns)",
     )
+    witness = _obj(
+        {
+            "units": {"type": "integer"},
+            "exposures": {"type": "integer"},
+            "time": {"type": "string", "format": "date-time"},
+            "incompleteSince": {"type": "string", "format": "date-time", "nullable": True},
+        },
+        description="the units and exposures Redis held at the analyzer's last look: fewer later means "
+        "Redis lost data (then incompleteSince)",
+    )
     return _obj(
         {
             "phase": {"type": "string", "enum": list(PHASES)},
@@ -296,6 +306,7 @@ def status_schema() -> dict[str, Any]:
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
+            "witness": witness,
         },
         description="written by the analyzer through the status subresource",
     )

@@ -6,7 +6,9 @@ change it together with this module and ``abrouter/router/eventlog/lua/``. The r
 writes through this module (via flush.lua, which builds the same field names from
 `FIELD_SEP` and the stat names below) and the analyzer reads through it. All keys of one
 experiment share the hash tag ``{<experiment>}``, so the whole layout lives in one slot
-and works on Redis Cluster.
+and works on Redis Cluster; or, sharded (`shard_keys`), the per-unit state and the sums
+are spread over several tags of the experiment, one slot each, so that one experiment
+uses several Redis Cluster masters.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import zlib
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
@@ -45,9 +48,17 @@ LATENCY_BUCKETS = len(LATENCY_EDGES_MS) + 1
 class Keys:
     experiment: str
     prefix: str = DEFAULT_PREFIX
+    #: The hash tag of these keys: the experiment's name (unsharded, and the keys that are
+    #: never sharded: `decisions`, `layout`), or one shard's tag (`shard_tag`).
+    tag: str = ""
 
     def _key(self, suffix: str) -> str:
-        return f"{self.prefix}:{{{self.experiment}}}:{suffix}"
+        return f"{self.prefix}:{{{self.tag or self.experiment}}}:{suffix}"
+
+    @property
+    def layout(self) -> str:
+        """How many shards the experiment's data has (a string; absent: 1, unsharded). Never sharded."""
+        return self._key("layout")
 
     @property
     def agg(self) -> str:
@@ -113,6 +124,57 @@ class Keys:
             self.latency,
             self.events_n,
         )
+
+
+# ------------------------------------------------------------------ shards
+
+#: Shards of one experiment on a Redis Cluster when none are configured: with the tags of
+#: `shard_tag`, 16 cover every sixteenth of the slots, so every master of a cluster whose
+#: masters own at least 1/16 of the slots in one range (3 masters as `--cluster create`
+#: splits them own ~1/3 each) holds some.
+CLUSTER_SHARDS = 16
+#: The most shards an experiment may have.
+MAX_SHARDS = 256
+_SLOTS = 16384
+
+
+def shard_keys(keys: Keys, shards: int) -> tuple[Keys, ...]:
+    """The key sets of an experiment with `shards` shards: `keys` itself when 1 (unsharded)."""
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ValueError(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
+    if shards == 1:
+        return (keys,)
+    return tuple(Keys(keys.experiment, keys.prefix, tag=shard_tag(keys.experiment, i, shards)) for i in range(shards))
+
+
+def shard_tag(experiment: str, shard: int, shards: int) -> str:
+    """The hash tag of `shard` of `shards`: ``<experiment>:<shard>`` when its slot lies in the
+    shard's own `shards`-th of the 16,384 slots, else ``<experiment>:<shard>.<j>`` with the
+    smallest j that puts it there, so the shards of one experiment spread evenly over the
+    slots (and so over a cluster's masters) whatever the experiment's name."""
+    low, high = shard * _SLOTS // shards, (shard + 1) * _SLOTS // shards
+    tag = f"{experiment}:{shard}"
+    j = 0
+    while not low <= key_slot(tag) < high:
+        tag = f"{experiment}:{shard}.{j}"
+        j += 1
+    return tag
+
+
+def shard_of(unit: str, shards: int) -> int:
+    """The shard of a unit (its stored hash, `unit_hash`): the same for every router and batch."""
+    return zlib.crc32(unit.encode()) % shards if shards > 1 else 0
+
+
+def key_slot(tag: str) -> int:
+    """Redis Cluster's slot of a key whose hash tag is `tag`: CRC16 (XMODEM) mod 16384."""
+    crc = 0
+    for byte in tag.encode():
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc % _SLOTS
 
 
 def unit_hash(unit: str) -> str:
@@ -211,6 +273,29 @@ def decode_agg(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], 
         elif len(parts) == 5 and parts[3] == "sum_xy":
             s.metrics[parts[2]].sum_xy[parts[4]] = number
     return strata
+
+
+def merge_sums(replies: Sequence[Mapping[bytes | str, bytes | str]]) -> dict[bytes | str, bytes | str]:
+    """Pure: the ``HGETALL`` replies of one hash of every shard (``agg``, ``latency``), summed per field.
+
+    Every field of those hashes is a sum, so the experiment's is the sum of its shards'."""
+    if len(replies) == 1:
+        return dict(replies[0])
+    total: dict[str, float] = defaultdict(float)
+    for reply in replies:
+        for k, v in reply.items():
+            total[_text(k)] += float(_text(v))
+    return {k: str(int(v)) if v.is_integer() else repr(v) for k, v in total.items()}
+
+
+def parse_layout(value: bytes | str | None) -> int:
+    """The shard count stored in `Keys.layout` (None: 1, unsharded); ValueError when it is not one."""
+    if value is None:
+        return 1
+    shards = int(_text(value))
+    if not 1 <= shards <= MAX_SHARDS:
+        raise ValueError(f"shards must be between 1 and {MAX_SHARDS}, got {shards}")
+    return shards
 
 
 def decode_latency(raw: Mapping[bytes | str, bytes | str]) -> dict[tuple[int, str], tuple[int, ...]]:

@@ -38,6 +38,7 @@ from tests.router.eventlog.test_eventlog import (
     random_events,
     record,
 )
+from tests.router.eventlog.test_shards import per_unit_ids
 
 
 @pytest.fixture
@@ -82,9 +83,12 @@ def not_owner_url(redis_cluster: LocalCluster, cluster: redis.cluster.RedisClust
 
 
 async def strata_of(url: str, name: str) -> dict[tuple[int, str], keys.StratumSums]:
+    """The experiment's sums: its shards' (`keys.Keys.layout`; one, unsharded, when absent), added."""
     client = await redisclient.connect(url)
     try:
-        return keys.decode_agg(await client.hgetall(keys.Keys(name).agg))
+        k = keys.Keys(name)
+        parts = keys.shard_keys(k, keys.parse_layout(await client.get(k.layout)))
+        return keys.decode_agg(keys.merge_sums([await client.hgetall(p.agg) for p in parts]))
     finally:
         await client.aclose()
 
@@ -109,7 +113,8 @@ async def test_experiments_on_every_master_flush_and_are_read_back_exactly(
     recorded: dict[str, list[Event]] = {name: [] for name in names}
     for name in names:
         url = not_owner_url(redis_cluster, cluster, name)  # MOVED on every command
-        log = EventLog(redis_url=url, experiment=make_experiment(name), spill_dir=tmp_path / name, flush_interval_s=60)
+        exp = make_experiment(name)
+        log = EventLog(redis_url=url, experiment=exp, spill_dir=tmp_path / name, flush_interval_s=60, shards=1)
         await log.start()
         logs.append(log)
     for _ in range(3):
@@ -190,7 +195,9 @@ async def test_a_resharding_while_the_router_flushes_loses_and_doubles_nothing(
     source = owner_port(cluster, name)
     target = next(n.port for n in redis_cluster.nodes if n.port not in (source, None))
     assert target is not None
-    log = EventLog(redis_url=redis_cluster.url, experiment=exp, spill_dir=tmp_path / "spill", flush_interval_s=60)
+    log = EventLog(
+        redis_url=redis_cluster.url, experiment=exp, spill_dir=tmp_path / "spill", flush_interval_s=60, shards=1
+    )
     await log.start()
     logs.append(log)
     rng = random.Random(3)
@@ -241,3 +248,42 @@ def test_the_demo_runs_on_a_cluster(redis_cluster: LocalCluster, tmp_path: Path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "final decision:" in done.stdout
     assert (tmp_path / "out" / "report.html").stat().st_size > 0
+
+
+async def test_one_experiment_is_sharded_over_every_master_by_default_and_read_back_exactly(
+    redis_cluster: LocalCluster, cluster: redis.cluster.RedisCluster, logs: list[EventLog], tmp_path: Path
+) -> None:
+    """On a cluster the default layout is `keys.CLUSTER_SHARDS` hash tags, which cover every master."""
+    name = f"t-cluster-shards-{secrets.token_hex(4)}"
+    exp = make_experiment(name)
+    for i, url in enumerate(redis_cluster.urls[:2]):  # two routers, through two nodes
+        log = EventLog(redis_url=url, experiment=exp, spill_dir=tmp_path / f"r{i}", flush_interval_s=60)
+        await log.start()
+        logs.append(log)
+    rng = random.Random(16)
+    recorded: list[Event] = []
+    for _ in range(3):
+        for i, log in enumerate(logs):
+            events = per_unit_ids(random_events(rng, 400, units=200, keyed=0.2, prefix=f"r{i}-"))
+            record(log, events)
+            recorded += events
+        await asyncio.gather(*(log.flush() for log in logs))
+    assert all(log.stats.flushed_batches == 3 and log.stats.quarantined == 0 for log in logs)
+
+    k = keys.Keys(name)
+    assert cluster.get(k.layout) == str(keys.CLUSTER_SHARDS).encode()
+    parts = keys.shard_keys(k, keys.CLUSTER_SHARDS)
+    masters = {int(n.port) for n in cluster.get_primaries()}
+    used = {
+        int(cluster.nodes_manager.get_node_from_slot(cluster.keyslot(p.agg)).port)
+        for p in parts
+        if cluster.exists(p.agg)
+    }
+    assert used == masters  # one experiment, every master
+    assert_strata_equal(await strata_of(redis_cluster.urls[2], name), expected_strata(recorded, binary_metrics(exp)))
+    client = await redisclient.connect(redis_cluster.urls[-1])  # the analyzer, through a third node
+    try:
+        data = await reader.read(client, exp)
+    finally:
+        await client.aclose()
+    assert data.found and sum(a.units for a in data.arms) == len({e.unit_hash for e in recorded})

@@ -9,7 +9,8 @@ never fight:
   ``spec``, so the weights they serve are whatever was written last, by either.
 - **the analyzer owns ``status``**, written through the status subresource (which cannot
   touch ``spec``): effective weights and epoch, phase, the last decision and its reason,
-  per-arm numbers and the conditions (`sinks.kube_status`).
+  per-arm numbers and the conditions (`sinks.kube_status`), and the witness of what the
+  look saw in Redis (``status.witness``, `abrouter.analysis.witness`).
 - the epoch is ``metadata.generation`` (`abrouter.contract.resource`): the weight patch
   raises it, and so does a person's edit of the spec. A decision made under another
   generation than the current one is not written (`sinks.policy.next_spec` raises
@@ -50,6 +51,7 @@ from abrouter.analysis.errors import ConflictError
 from abrouter.analysis.sinks import kube_pending, kube_status
 from abrouter.analysis.sinks.kube_pending import Pending
 from abrouter.analysis.sinks.policy import next_spec
+from abrouter.analysis.witness import Seen, to_status
 from abrouter.contract import resource
 from abrouter.contract.resource import ExperimentResource
 from abrouter.kube import errors
@@ -117,9 +119,11 @@ class KubeSink:
         pending = self.pending
         return await asyncio.to_thread(self._complete, pending, lambda obj: self._applied_status(obj, pending))
 
-    async def publish(self, result: AnalysisResult) -> None:
-        """Write the look's status (and the Events of conditions that turned True); finish `pending`."""
-        await asyncio.to_thread(self._publish, result)
+    async def publish(self, result: AnalysisResult, *, witness: Seen | None = None) -> None:
+        """Write the look's status (and the Events of conditions that turned True); finish `pending`.
+
+        `witness`: what the look saw (`abrouter.analysis.witness`), kept in ``status.witness``."""
+        await asyncio.to_thread(self._publish, result, witness)
 
     # ------------------------------------------------------------------ in a thread
 
@@ -150,9 +154,9 @@ class KubeSink:
             return True
         raise ConflictError(f"Experiment {self.ref}: still conflicting after {self.attempts} attempts; not writing")
 
-    def _publish(self, result: AnalysisResult) -> None:
+    def _publish(self, result: AnalysisResult, witness: Seen | None) -> None:
         def status_of(current: ExperimentResource) -> dict[str, Any]:
-            return kube_status.build(
+            status = kube_status.build(
                 result,
                 weights=effective_weights(current),
                 epoch=current.generation,
@@ -161,6 +165,7 @@ class KubeSink:
                 applied=self._applied,
                 previous=current.status,
             )
+            return status if witness is None else {**status, "witness": to_status(witness)}
 
         if self.pending is not None and not self.dry_run:
             self._complete(self.pending, status_of)

@@ -1,12 +1,13 @@
 """Where the event log's encoded batches go: Redis, the spill file, or quarantine; and whether Redis is up.
 
 `Delivery` holds everything of the event log that outlives one batch: the Redis client
-and `FlushScript`, whether Redis is up, the outbox (encoded, not yet acknowledged),
-the acknowledged batches it retains, and the spill and quarantine files. `EventLog`
-(`abrouter.router.eventlog.log`) puts batches in `outbox` and calls `deliver` once per
-flush round. Each batch carries (producer, seq): a random id per process and a number
-that rises by one per batch. The script applies a batch only when seq is above the
-producer's last one, so every re-send below is safe.
+and the flush script over the experiment's shards (`shards.ShardedFlush`), whether Redis
+is up, the outbox (encoded, not yet acknowledged), the acknowledged batches it retains,
+and the spill and quarantine files. `EventLog` (`abrouter.router.eventlog.log`) puts
+batches in `outbox` and calls `deliver` once per flush round. Each batch carries
+(producer, seq): a random id per process and a number that rises by one per batch. The
+script applies a batch only when seq is above the producer's last one (per shard), so
+every re-send below is safe.
 
 Where a batch goes:
 - Redis up: sent in seq order; once acknowledged it is *retained* in memory for
@@ -43,7 +44,8 @@ from abrouter.contract import keys
 from abrouter.redact import mask_url
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import acks, events, spill
-from abrouter.router.eventlog.script import FlushScript, call_redis
+from abrouter.router.eventlog.script import call_redis
+from abrouter.router.eventlog.shards import ShardedFlush
 
 log = logging.getLogger("abrouter.router.eventlog.log")
 
@@ -75,6 +77,7 @@ class Delivery:
         unit_ttl_s: float,
         experiment: str,
         on_reset: Callable[[], None],
+        shards: int | None = None,
     ) -> None:
         self.producer = producer
         self._url = redis_url
@@ -91,7 +94,7 @@ class Delivery:
         self.outbox: deque[events.Batch] = deque()  # encoded, not yet acknowledged
         self._retained: deque[tuple[float, events.Batch]] = deque()
         self._retained_events = 0
-        self.script = FlushScript(None, self._keys, unit_ttl_s=unit_ttl_s)
+        self.script = ShardedFlush(None, self._keys, shards=shards, unit_ttl_s=unit_ttl_s)
         self.up = False
         self.next_probe = 0.0
         self._orphans_pending = True

@@ -48,14 +48,19 @@ log = logging.getLogger(__name__)
 #: Local memory of recent exposures, so `lookup_units` rarely needs Redis.
 LRU_SIZE = 100_000
 #: A batch is cut at this many events, so that one flush.lua call stays short: Redis runs
-#: one script at a time, and everyone else waits. bench/flush_cost.py measured about 14 µs
-#: of Redis CPU per event (2 vCPUs, Redis 6.2): 2,000 events hold Redis for ~30-45 ms,
-#: where a 50,000-event batch (a full buffer, before this bound) held it for 360+ ms.
+#: one script at a time, and everyone else waits. bench/flush_cost.py measured 7-9 µs
+#: of Redis CPU per event (2 loaded vCPUs, Redis 7.0 and 6.2): 2,000 events hold Redis for
+#: ~15-20 ms, where a 50,000-event batch (a full buffer, before this bound) held it 370+ ms.
 BATCH_EVENTS = 2_000
 
 
 class EventLog:
-    """See the module docstring. One per process and experiment."""
+    """See the module docstring. One per process and experiment.
+
+    `shards`: over how many hash tags a new experiment's data is spread (None: 1 on a
+    single server, 16 on a Redis Cluster); an experiment already in Redis keeps its own
+    (`abrouter.router.eventlog.shards`).
+    """
 
     def __init__(
         self,
@@ -70,6 +75,7 @@ class EventLog:
         retain_s: float = RETAIN_S,
         spill_max_bytes: int = spill.MAX_BYTES,
         batch_events: int = BATCH_EVENTS,
+        shards: int | None = None,
     ) -> None:
         self.producer = secrets.token_hex(8)
         self._url = redis_url
@@ -98,6 +104,7 @@ class EventLog:
             unit_ttl_s=experiment.outcome_ttl_s,
             experiment=experiment.name,
             on_reset=self._reregister_epochs,
+            shards=shards,
         )
         self._interval = flush_interval_s
         self._agg = self._new_aggregator()
@@ -174,7 +181,7 @@ class EventLog:
     async def lookup_units(self, unit_hashes: Sequence[str]) -> dict[str, tuple[int, str] | None]:
         """(epoch, variant) of each unit's latest exposure, or None if it has none.
 
-        One HMGET, merged with this process's own recent exposures (not yet flushed, or
+        One HMGET (per shard of the experiment), merged with this process's own recent exposures (not yet flushed, or
         newer): the later epoch wins, so a unit ramped into another variant through another
         replica is credited to where it is now. A unit exposed through another replica is
         known once that replica flushed (within its flush interval). While Redis is down,
@@ -185,12 +192,17 @@ class EventLog:
         try:
             if client is None or not self._delivery.up:
                 raise EventLogUnavailable("Redis is unreachable")
-            raw = await call_redis(client.hmget(self._keys.units, list(local)))
+            by_shard: dict[keys.Keys, list[str]] = {}
+            for h in local:
+                by_shard.setdefault(self._delivery.script.keys_of(h), []).append(h)
+            raw: dict[str, bytes | str | None] = {}
+            for k, hashes in by_shard.items():
+                raw.update(zip(hashes, await call_redis(client.hmget(k.units, hashes))))
         except EventLogUnavailable:
             if all(hit is not None for hit in local.values()):
                 return local
             raise
-        stored = {h: None if r is None else keys.parse_stratum(r) for h, r in zip(local, raw)}
+        stored = {h: None if r is None else keys.parse_stratum(r) for h, r in raw.items()}
         return {h: _later(local[h], stored[h]) for h in local}
 
     @property

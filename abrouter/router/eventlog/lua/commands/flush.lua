@@ -164,11 +164,14 @@ local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
 
 -- [expiry] The age of unit fields (unit_seen) is refreshed once per unit per granule of
 -- ttl/8, not on every write: a ZADD per field per batch was a third of the script's CPU.
--- A unit's fields are scored with the *end* of the granule in which it was last marked,
--- so a field expires up to a granule late, never early; a unit whose first exposure
--- (h|f) already has the current granule's end as its score (one ZMSCORE per chunk, a
--- read) is `fresh`: only fields it creates now are scored (a new state or pointer). Units with state from before
--- intent-to-treat (legacy) and anonymous requests keep a score per write, at `now`.
+-- A unit with a first exposure has one member, its h|f, which stands for all its fields
+-- (h, h|f, its state and the state's |c; expiry.lua): one member per field was half of
+-- a unit's memory. It is scored with the *end* of the granule in which the unit was last
+-- written, so the unit expires up to a granule late, never early; a unit whose h|f
+-- already has the current granule's end as its score (one ZMSCORE per chunk, a read) is
+-- `fresh` and scores nothing. Fields of units without a first exposure (outcomes held
+-- until it lands) are scored each; units with state from before intent-to-treat
+-- (legacy) and anonymous requests keep a score per field and write, at `now`.
 local ttl = tonumber(ARGV[10])
 local GRANULE = ttl > 0 and ttl / 8 or 86400
 local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
@@ -181,9 +184,8 @@ end
 local function mark(info, c, field, created)
   if info.legacy or c[4] >= 2 then
     age(now_s, field)
-  elseif created or not info.fresh then
+  elseif not info.e and (created or not info.fresh) then  -- with a first exposure: its h|f, below
     age(granule_s, field)
-    info.marked = true
   end
 end
 
@@ -235,7 +237,7 @@ for first = 1, #cells, CHUNK do
       elseif known[k + 1] then
         info.legacy = true
       end
-      info.pointer = known[k + 1] ~= false and known[k + 1] ~= nil  -- [expiry] units[h] exists
+      info.pointer = known[k + 1] or false  -- [expiry] units[h], if it exists
       info.fresh = tonumber(marked_at[i - first + 1]) == granule_end
       firsts[c[1]] = info
     end
@@ -247,11 +249,12 @@ for first = 1, #cells, CHUNK do
       end
     end
   end
-  local fields, wanted = {}, {}
+  local fields, wanted, state_key = {}, {}, {}  -- state_key[i]: cell i's state field, built once
   for i = first, last_cell do
     local c = cells[i]
     local e, v = target(c, firsts[c[1]])
     local key = c[1] .. '|' .. e .. '|' .. v
+    state_key[i] = key
     if cached[key] == nil and not wanted[key] then
       wanted[key] = true
       fields[#fields + 1] = key
@@ -261,9 +264,7 @@ for first = 1, #cells, CHUNK do
   local times = {}
   if cov_i then
     for i = first, last_cell do
-      local c = cells[i]
-      local e, v = target(c, firsts[c[1]])
-      local key = c[1] .. '|' .. e .. '|' .. v
+      local c, key = cells[i], state_key[i]
       if c[5 + 2 * cov_i] > 0 and cov_time[key] == nil then
         cov_time[key] = false
         times[#times + 1] = key
@@ -288,7 +289,7 @@ for first = 1, #cells, CHUNK do
     local c = cells[i]
     local info = firsts[c[1]]
     local e, v, multiple = target(c, info)
-    local key = c[1] .. '|' .. e .. '|' .. v
+    local key = state_key[i]
     local old = cached[key]
     local anonymous = c[4] >= 2
     if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
@@ -313,7 +314,7 @@ for first = 1, #cells, CHUNK do
       cov_time[key] = reported
       writes[#writes + 1] = key .. '|c'
       writes[#writes + 1] = num(reported)
-      age(c[4] >= 2 and now_s or granule_s, key .. '|c')
+      if c[4] >= 2 or not info.e then age(c[4] >= 2 and now_s or granule_s, key .. '|c') end
     end
     if keeps_state(c) then  -- [faults] an anonymous request keeps no state
       writes[#writes + 1] = key
@@ -324,11 +325,15 @@ for first = 1, #cells, CHUNK do
       info.stateless = true
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
+    -- Written only when it moves: a returning unit's pointer rarely does.
     if c[4] == 1 then
-      writes[#writes + 1] = c[1]
-      writes[#writes + 1] = c[2] .. '|' .. c[3]
+      local pointer = c[2] .. '|' .. c[3]
+      if pointer ~= info.pointer then
+        writes[#writes + 1] = c[1]
+        writes[#writes + 1] = pointer
+      end
       mark(info, c, c[1], not info.pointer)
-      info.pointer = true
+      info.pointer = pointer
     end
   end
   if #writes > 0 then unit_writes[#unit_writes + 1] = writes end
@@ -343,7 +348,6 @@ for h, info in pairs(firsts) do
     if info.legacy then age(now_s, h .. '|f')
     elseif info.changed and not info.stored or not info.fresh then age(granule_s, h .. '|f') end
   end
-  if info.marked and not info.fresh and info.pointer then age(granule_s, h) end  -- [expiry] with the unit
 end
 -- [end issue 9: intent-to-treat]
 

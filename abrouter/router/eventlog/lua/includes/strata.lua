@@ -36,12 +36,15 @@ local function accumulate(acc, old, new, cell)
   acc.exposures = acc.exposures + (n1 - n0)
   acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0
   -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
+  -- A column at 0 before and after (most of an exposure's) changes nothing: skipped.
   for j = 1, ncol do
     local a, b = old[j + 1] or 0, new[j + 1]
-    if not finite(b) then return nil, order[j] end  -- [faults]
-    acc.sum[j] = acc.sum[j] + (w1 * b - w0 * a)
-    acc.sum_sq[j] = acc.sum_sq[j] + (w1 * b * b - w0 * a * a)
-    acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
+    if a ~= 0 or b ~= 0 then
+      if not finite(b) then return nil, order[j] end  -- [faults]
+      acc.sum[j] = acc.sum[j] + (w1 * b - w0 * a)
+      acc.sum_sq[j] = acc.sum_sq[j] + (w1 * b * b - w0 * a * a)
+      acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
+    end
   end
   -- [issue 9] d(x*y) of each ratio pair, from the old and the new state.
   for p, c in ipairs(pcol) do

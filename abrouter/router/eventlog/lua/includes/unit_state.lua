@@ -9,7 +9,8 @@
 -- when the stored state is not an array of numbers (then nothing may be written).
 local function valid_state(raw)
   if not raw then return {0} end
-  local ok, state = pcall(cjson.decode, raw)
+  -- A JSON array (states written before MessagePack) or a MessagePack array.
+  local ok, state = pcall(string.byte(raw, 1) == 91 and cjson.decode or cmsgpack.unpack, raw)
   if not ok or type(state) ~= 'table' or #state == 0 then return nil end
   for j = 1, #state do
     if type(state[j]) ~= 'number' or not finite(state[j]) then return nil end
@@ -49,10 +50,12 @@ local function next_state(cell, state, key)
   return x1, reported
 end
 
+-- MessagePack (Redis' cmsgpack): doubles are stored as their 8 (or 4, when exact) bytes,
+-- so a state round-trips exactly, and packing is C, where formatting 17 digits per
+-- column in Lua was a fifth of the script's CPU. States written as JSON still decode.
 local function encode_state(state)
-  local parts = {}
-  for j = 1, ncol + 1 do parts[j] = num(state[j] or 0) end
-  return '[' .. table.concat(parts, ',') .. ']'
+  for j = #state + 1, ncol + 1 do state[j] = 0 end
+  return cmsgpack.pack(state)
 end
 
 -- [faults] Anonymous requests (latest == 2: no unit id, each its own unit) keep no unit

@@ -1,0 +1,212 @@
+"""One experiment over several hash tags (shards), on one real Redis: exact sums, exactly once per shard.
+
+The cluster side (the shards spread over three masters) is in tests/router/test_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+
+from abrouter.analysis import reader
+from abrouter.contract import keys
+from abrouter.router.eventlog import shards
+from abrouter.router.eventlog.events import Batch, Event, Outcome, binary_metrics
+from abrouter.router.eventlog.log import EventLog
+from abrouter.router.eventlog.shards import ShardedFlush
+from abrouter.router.redis_server import RedisServer
+from tests.router.eventlog.test_eventlog import (
+    _batch,
+    assert_strata_equal,
+    eventually,
+    expected_strata,
+    make_experiment,
+    random_events,
+    record,
+)
+from tests.router.eventlog.test_loss import exposure
+
+
+def per_unit_ids(recorded: list[Event]) -> list[Event]:
+    """The events with each event_id made the unit's own: a client's retry carries its unit, and
+    sharded, an id is remembered in its unit's shard (the same id for two units counts twice)."""
+    return [
+        dataclasses.replace(e, event_id=f"{e.unit_hash}:{e.event_id}")
+        if isinstance(e, Outcome) and e.event_id is not None
+        else e
+        for e in recorded
+    ]
+
+
+async def shard_strata(client: redis.asyncio.Redis, name: str, n: int) -> dict[tuple[int, str], keys.StratumSums]:
+    """The experiment's sums: every shard's `agg`, added."""
+    replies = [await client.hgetall(k.agg) for k in keys.shard_keys(keys.Keys(name), n)]
+    return keys.decode_agg(keys.merge_sums(replies))
+
+
+async def test_a_sharded_experiment_sums_to_the_recomputation_and_the_analyzer_reads_it(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    exp = make_experiment(experiment_name)
+    log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path, flush_interval_s=60, shards=4)
+    await log.start()
+    log.register_epoch(1, {"control": 50, "candidate": 50}, since=1000.0)
+    log.register_epoch(2, {"control": 25, "candidate": 75}, since=2000.0)
+    rng = random.Random(4)
+    recorded: list[Event] = []
+    for _ in range(3):
+        events = per_unit_ids(random_events(rng, 300, keyed=0.2))
+        record(log, events)
+        recorded += events
+        await log.flush()
+    assert (await log.lookup_units(["u1"]))["u1"] is not None  # the pointer, found in u1's shard
+    await log.close()
+    assert log.stats.flushed_batches == 3 and log.stats.quarantined == 0
+
+    k = keys.Keys(experiment_name)
+    assert await redis_client.get(k.layout) == b"4"
+    assert not await redis_client.exists(k.agg)  # nothing under the unsharded tag
+    parts = keys.shard_keys(k, 4)
+    assert all([await redis_client.hlen(p.agg) for p in parts])  # every shard holds some
+    assert await redis_client.hlen(parts[0].epochs) and not await redis_client.exists(parts[1].epochs)
+    want = expected_strata(recorded, binary_metrics(exp))
+    assert_strata_equal(await shard_strata(redis_client, experiment_name, 4), want)
+
+    data = await reader.read(redis_client, exp)
+    read = {(s.epoch, a.name): (s.units, s.exposures) for a in data.arms for s in a.strata}
+    assert read == {k: (s.units, s.exposures) for k, s in want.items() if not k[1].endswith(keys.MULTIPLE_SUFFIX)}
+    assert [(e.epoch, e.since) for e in data.epochs] == [(1, 1000.0), (2, 2000.0)]
+
+
+async def test_a_batch_applied_by_some_shards_only_applies_once_everywhere(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """A call that failed part-way (shard 0 applied, the others not): the re-send completes it, exactly once."""
+    exp = make_experiment(experiment_name)
+    recorded = random_events(random.Random(9), 200)
+    batch = _batch(exp, recorded, 1)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        flush = ShardedFlush(client, keys.Keys(experiment_name), shards=3)
+        await flush.load()
+        payload, raw = next(shards.split(batch.payload, batch.events, 3))
+        await flush.parts[0].apply(Batch("p-test", 1, payload, raw, batch.n_events), allow_gap=False)
+        assert await flush.apply(batch, allow_gap=False) == (shards.APPLIED, 0, 0)
+        assert (await flush.apply(batch, allow_gap=False))[0] == shards.DUPLICATE
+        assert (await flush.last_seqs(["p-test"]))[0] == {"p-test": 1}
+    finally:
+        await client.aclose()
+    assert_strata_equal(
+        await shard_strata(redis_client, experiment_name, 3), expected_strata(recorded, binary_metrics(exp))
+    )
+
+
+async def test_the_layout_in_redis_wins_over_what_a_router_asks(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    exp = make_experiment(experiment_name)
+    first = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path / "a", shards=2)
+    await first.start()
+    record(first, random_events(random.Random(1), 50))
+    await first.close()
+    second = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path / "b", shards=5)
+    await second.start()
+    record(second, random_events(random.Random(2), 50, prefix="v"))
+    await second.close()
+    assert await redis_client.get(keys.Keys(experiment_name).layout) == b"2"
+    assert not await redis_client.exists(keys.shard_keys(keys.Keys(experiment_name), 5)[4].agg)
+
+
+async def test_one_server_by_default_keeps_the_unsharded_layout(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    log = EventLog(redis_url=redis_url, experiment=make_experiment(experiment_name), spill_dir=tmp_path)
+    await log.start()
+    record(log, random_events(random.Random(3), 20))
+    await log.close()
+    k = keys.Keys(experiment_name)
+    assert await redis_client.get(k.layout) == b"1" and await redis_client.exists(k.agg)
+
+
+def test_split_sends_each_unit_to_its_shard_and_the_rest_to_shard_0() -> None:
+    exp = make_experiment("split")
+    recorded = random_events(random.Random(5), 100, keyed=0.5)
+    batch = _batch(exp, recorded, 1)
+    parts = list(shards.split(batch.payload, batch.events, 3))
+    docs = [json.loads(p) for p, _ in parts]
+    whole = json.loads(batch.payload)
+    assert sorted(map(json.dumps, (c for d in docs for c in d["cells"]))) == sorted(map(json.dumps, whole["cells"]))
+    assert all(keys.shard_of(c[0], 3) == i for i, d in enumerate(docs) for c in d["cells"])
+    assert all(keys.shard_of(r[1], 3) == i for i, d in enumerate(docs) for r in d["keyed"])
+    assert docs[0]["epochs"] == whole["epochs"] and docs[0]["n"] == whole["n"] and parts[0][1] == batch.events
+    assert all(d["epochs"] == [] and d["n"] == 0 and d["latency"] == [] for d in docs[1:])
+
+
+def test_combine_reports_a_gap_from_any_shard_with_the_lowest_last_seq() -> None:
+    assert shards.combine([(1, 4, 1), (0, 5, 0), (-1, 3, 2)]) == (shards.GAP, 3, 3)
+    assert shards.combine([(1, 4, 0), (0, 5, 0)]) == (shards.APPLIED, 4, 0)
+    assert shards.combine([(0, 5, 0), (0, 5, 0)]) == (shards.DUPLICATE, 5, 0)
+
+
+def test_shard_tags_spread_over_the_slots_and_bad_counts_are_refused() -> None:
+    tags = [k.tag for k in keys.shard_keys(keys.Keys("exp"), 16)]
+    assert [keys.key_slot(t) * 16 // 16384 for t in tags] == list(range(16))
+    assert keys.shard_keys(keys.Keys("exp"), 1) == (keys.Keys("exp"),)
+    for bad in (0, keys.MAX_SHARDS + 1):
+        with pytest.raises(ValueError, match="shards must be"):
+            keys.shard_keys(keys.Keys("exp"), bad)
+
+
+async def test_a_sharded_experiment_on_a_redis_back_with_an_older_aof_counts_the_hole(tmp_path: Path) -> None:
+    """The acks and holes across shards: Redis lost two batches of every shard; the router counts them,
+    re-registers, and the analyzer reads the hole from shard 0's marker and the sums of the rest."""
+    name = f"t-shards-aof-{secrets.token_hex(4)}"
+    exp = make_experiment(name)
+    with RedisServer(appendfsync="always") as server:
+        log = EventLog(
+            redis_url=server.url,
+            experiment=exp,
+            spill_dir=tmp_path / "spill",
+            flush_interval_s=60,
+            retain_s=0.05,
+            shards=3,
+        )
+        await log.start()
+        try:
+            record(log, [exposure(f"kept{i}") for i in range(100)])
+            await log.flush()
+            backup = tmp_path / "appendonly.aof"
+            shutil.copy(server.data_dir / "appendonly.aof", backup)
+            for round_, count in enumerate((50, 70)):
+                record(log, [exposure(f"lost{round_}-{i}") for i in range(count)])
+                await log.flush()
+            await asyncio.sleep(0.1)
+            await log.flush()  # idle: compares with Redis (nothing lost yet) and drops the retained copies
+            server.kill()
+            shutil.copy(backup, server.data_dir / "appendonly.aof")
+            server.start()
+            record(log, [exposure(f"after{i}") for i in range(30)])
+
+            async def reported() -> bool:
+                await log.flush()
+                return log.stats.lost_events > 0 and log.stats.buffered == 0 and log.stats.spilled == 0
+
+            await eventually(reported, timeout_s=30)
+            assert (log.stats.lost_events, log.stats.redis_resets, log.stats.dropped) == (120, 1, 0)
+        finally:
+            await log.close()
+        client = redis.asyncio.Redis.from_url(server.url)
+        try:
+            data = await reader.read(client, exp)
+        finally:
+            await client.aclose()
+    assert data.lost_events == 120 and data.lost_between is not None
+    assert sum(a.units for a in data.arms) == 100 + 30

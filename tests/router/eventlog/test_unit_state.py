@@ -1,0 +1,107 @@
+"""How flush.lua stores a unit's state: MessagePack, exact, and JSON states still read.
+
+Real Redis, real flush.lua, through the `EventLog`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio
+
+from abrouter.contract import keys
+from abrouter.router.eventlog.events import Aggregator, Exposure, Outcome, binary_metrics
+from abrouter.router.eventlog.log import EventLog
+from abrouter.router.eventlog.script import FlushScript
+from tests.router.eventlog.test_eventlog import make_experiment
+
+#: Values whose running sum needs every bit of a double (and no float32 would hold).
+AWKWARD = (0.1, 1 / 3, 123456.789, 1e-7, 2.0**-30, 7.000000000000001, -0.2)
+
+
+async def test_a_units_state_is_exact_across_batches_and_stored_as_messagepack(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    exp = make_experiment(experiment_name)
+    h = keys.unit_hash("u")
+    log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path)
+    await log.start()
+    log.record_exposure(Exposure("r0", h, "control", 1, 1000.0, 200, 10.0, False))
+    total = 0.0
+    for value in AWKWARD:  # one batch each: every step goes through the stored state
+        log.record_outcome(Outcome(h, "control", 1, "revenue", value, 1001.0))
+        await log.flush()
+        total += value
+    await log.close()
+    k = keys.Keys(experiment_name)
+    state = await redis_client.hget(k.units, f"{h}|1|control")
+    assert state is not None and state[:1] != b"["  # not JSON
+    revenue = keys.decode_agg(await redis_client.hgetall(k.agg))[(1, "control")].metrics["revenue"]
+    assert (revenue.sum, revenue.sum_sq, revenue.sum_xn) == (total, total * total, total)
+
+
+async def test_a_state_written_as_json_moves_on_and_is_rewritten(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    """States written before MessagePack (JSON, 17 digits) are read as they are."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    h = keys.unit_hash("old")
+    state = {h: "1|control", f"{h}|f": "1|control", f"{h}|1|control": "[1,0,10,0,0.1]"}
+    await redis_client.hset(k.units, mapping=state)
+    await redis_client.set(k.metrics, '["errors","latency_ms","conversion","revenue"]')
+    await redis_client.hset(
+        k.agg,
+        mapping={
+            "1|control|units": 1,
+            "1|control|exposures": 1,
+            "1|control|exposures_sq": 1,
+            "1|control|revenue|sum": 0.1,
+            "1|control|revenue|sum_sq": 0.1 * 0.1,
+        },
+    )
+    log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path)
+    await log.start()
+    log.record_outcome(Outcome(h, "control", 1, "revenue", 0.2, 1001.0))
+    await log.close()
+    revenue = keys.decode_agg(await redis_client.hgetall(k.agg))[(1, "control")].metrics["revenue"]
+    assert (revenue.sum, revenue.sum_sq) == (0.1 + 0.2, (0.1 + 0.2) ** 2)
+    assert (await redis_client.hget(k.units, f"{h}|1|control"))[:1] != b"["
+
+
+async def test_a_units_one_member_expires_all_its_fields_and_older_members_wait_for_it(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """unit-seen: a unit's h|f member stands for all its fields; a member of one field (data
+    written before, or an outcome held before its exposure) deletes it only once its unit's
+    h|f member is due too, and meanwhile takes the unit's score."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, unit_ttl_s=100.0)
+    await script.load()
+    seconds, _ = await redis_client.time()
+    old, alive = keys.unit_hash("old"), keys.unit_hash("alive")
+    await redis_client.hset(
+        k.units,
+        mapping={
+            old: "1|control",
+            f"{old}|f": "1|control",
+            f"{old}|1|control": "[1,0,10,0,0]",
+            f"{old}|1|control|c": "5",
+            alive: "1|control",
+            f"{alive}|f": "1|control",
+            f"{alive}|1|control": "[1,0,10,0,0]",
+        },
+    )
+    # old: one member, due. alive: its h|f fresh, the member of its state (written before) due.
+    await redis_client.zadd(k.unit_seen, {f"{old}|f": seconds - 500, f"{alive}|1|control": seconds - 500})
+    await redis_client.zadd(k.unit_seen, {f"{alive}|f": seconds + 50})
+    batch = Aggregator(keys.metric_order(exp), binary_metrics(exp)).batch(producer="p", seq=1)
+    await script.apply(batch, allow_gap=True)
+    assert sorted(await redis_client.hkeys(k.units)) == sorted(
+        f.encode() for f in (alive, f"{alive}|f", f"{alive}|1|control")
+    )
+    assert dict(await redis_client.zrange(k.unit_seen, 0, -1, withscores=True)) == {
+        f"{alive}|f".encode(): seconds + 50,
+        f"{alive}|1|control".encode(): seconds + 50,
+    }
