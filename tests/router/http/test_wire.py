@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import logging
-import resource
 import socket
 import subprocess
 import sys
@@ -539,10 +538,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def low_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
-
-
 async def test_at_ulimit_200_clients_beyond_the_cap_get_the_503_and_no_variant_a_502(
     redis_url: str, experiment_name: str, tmp_path: Path, wire: tuple[str, WireState]
 ) -> None:
@@ -552,7 +547,10 @@ async def test_at_ulimit_200_clients_beyond_the_cap_get_the_503_and_no_variant_a
     port = free_port()
     command = [sys.executable, "-m", "abrouter", "serve", "--config", str(config), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--redis-url", redis_url, "--spill-dir", str(tmp_path / "spill")]
-    proc = subprocess.Popen(command, preexec_fn=low_fd_limit, stderr=subprocess.PIPE, text=True)
+    # The limit is set by a shell before exec, not by a preexec_fn: Python code between fork
+    # and exec in this process (which loaded grpc for other tests) can abort the child.
+    limited = ["sh", "-c", 'ulimit -n 200 && exec "$@"', "sh", *command]
+    proc = subprocess.Popen(limited, stderr=subprocess.PIPE, text=True)
     try:
         async with asyncio.timeout(30):
             while True:
