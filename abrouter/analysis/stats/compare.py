@@ -15,7 +15,17 @@ from typing import Any, Literal
 from scipy import special
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential, stability
+from abrouter.analysis.stats import (
+    bayes,
+    clock,
+    cuped,
+    estimate,
+    fixed_horizon,
+    horizon,
+    reasons,
+    sequential,
+    stability,
+)
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -40,6 +50,9 @@ class Running:
     #: The decision design's estimates at earlier looks (`stability.advance`), which split
     #: the data by time for the novelty check.
     anchors: tuple[stability.Anchor, ...] = ()
+    #: The decision design's first look, whose per-unit variance sets its information clock
+    #: (`clock`); None before there is one.
+    reference: stability.Anchor | None = None
 
 
 FRESH = Running()
@@ -118,10 +131,12 @@ class Comparison:
     decline_p: float = math.nan
     #: [novelty] The anchors to hand to the next look (not part of `to_dict`).
     anchors: tuple[stability.Anchor, ...] = ()
+    #: The information clock's reference to hand to the next look (`clock`; not part of `to_dict`).
+    reference: stability.Anchor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
-        return {key: json_safe(value) for key, value in asdict(self).items() if key != "anchors"}
+        return {key: json_safe(value) for key, value in asdict(self).items() if key not in ("anchors", "reference")}
 
     def running(self) -> Running:
         """The sequential state after this look, for the next one."""
@@ -131,6 +146,7 @@ class Comparison:
             _finite_or_none(self.sequential_ci_absolute),
             _finite_or_none(self.sequential_ci),
             self.anchors,
+            self.reference,
         )
 
 
@@ -196,7 +212,10 @@ def compare(
         expected_units=expected_units,
         at=at,
     )
-    information, now_better, now_worse = _design(design, direction=direction, alpha=alpha)
+    reference = clock.reference(previous.reference, design)
+    information, now_better, now_worse = _design(
+        clock.on_information(design, reference), direction=direction, alpha=alpha
+    )
     anchor = stability.anchor_of(est, start=0, expected_units=expected_units, at=at)
     drift = stability.decline(previous.anchors, anchor, increase=direction == "increase")
     if signed > 0:
@@ -237,6 +256,7 @@ def compare(
         split_information=drift.split,
         decline_p=drift.p_value,
         anchors=stability.advance(previous.anchors, anchor),
+        reference=reference,
     )
 
 
@@ -378,6 +398,7 @@ def _insufficient(header: dict[str, Any], reason: str, previous: Running) -> Com
         sequential_p_better=previous.p_better,
         sequential_p_worse=previous.p_worse,
         anchors=previous.anchors,
+        reference=previous.reference,
     )
 
 
