@@ -95,13 +95,13 @@ def pytest_approx(value: float, tolerance: float) -> object:
     return pytest.approx(value, abs=tolerance)
 
 
-def test_the_anchors_and_the_origin_survive_the_history() -> None:
+def test_the_anchors_and_the_clocks_reference_survive_the_history() -> None:
     """The real analyzer hands them on through Redis: a look's entry, encoded and decoded, seeds the same state."""
     from abrouter.analysis import history
 
     first = analyzer.analyze(_data((5_000, 250), (5_000, 325), burn_in=60.0), now=3_600.0)
     second = analyzer.analyze(_data((6_000, 300), (6_000, 390), burn_in=60.0), now=7_200.0, previous=first.running())
     running = second.running()[("candidate", "m")]
-    assert len(running.anchors) == 2
+    assert len(running.anchors) == 2 and running.reference is not None  # the information clock's, too
     decoded = history.decode(history.encode(second, applied=False)).running[("candidate", "m")]
     assert decoded == running

@@ -23,6 +23,11 @@ the history, and is pinned again when the design's data starts over (a new final
 step: another `start`). It is a variance, which carries (asymptotically) nothing of the
 difference's sign, so pinning it on data does not bias the test.
 
+Ratio metrics keep the units clock: their per-unit variance, in the ratio's units, falls as
+returning users add exposures (each user's ratio gets more precise), so this clock would
+stand still or step back while z grows, and the design would gain nothing from the extra
+exposures; their delta-method variance is an approximation at any rate (docs/statistics.md).
+
 Pure.
 """
 

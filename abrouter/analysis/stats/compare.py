@@ -212,7 +212,9 @@ def compare(
         expected_units=expected_units,
         at=at,
     )
-    reference = clock.reference(previous.reference, design)
+    # Ratio metrics keep the units clock (`clock`: a ratio's per-unit variance falls as
+    # returning users add exposures, and the information clock would stand still).
+    reference = None if controls[0].is_ratio else clock.reference(previous.reference, design)
     information, now_better, now_worse = _design(
         clock.on_information(design, reference), direction=direction, alpha=alpha
     )

@@ -89,3 +89,21 @@ def test_a_drifting_base_rate_keeps_the_designs_aa_crossing_within_alpha(rates: 
     rng = np.random.default_rng(5)
     _, information = simulate.drift_crossings(rng, np.linspace(*rates, 500), paths=paths, per_look=80)
     assert information <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / paths), f"{information:.4f}"
+
+
+def test_a_ratio_metric_keeps_the_units_clock() -> None:
+    rng = np.random.default_rng(6)
+    exposures = rng.integers(1, 20, size=(2, 2_000)).astype(float)
+    clicks = rng.binomial(exposures.astype(int), 0.05).astype(float)
+    control, candidate = (Sample.from_ratio(clicks[i], exposures[i]) for i in range(2))
+    c = compare(
+        control,
+        candidate,
+        kind="continuous",
+        direction="increase",
+        alpha=ALPHA,
+        expected_units=10_000,
+        variant="candidate",
+        metric="ctr",
+    )
+    assert c.reference is None and c.information == pytest.approx(0.2)  # 2,000 units per arm of 10,000
