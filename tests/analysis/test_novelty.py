@@ -5,7 +5,7 @@ default ramp, 20 looks over 14 days (0.7 days per look), 3,000 new users per loo
 `expected_units_per_arm` 10,000; the candidate converts 30% more often during the first 6
 looks (4.2 days), then alike. With a one-day burn-in (the default before) the ramp
 reached its final step after 5 looks, the last novelty look landed in the final step's own
-data, and 10.8% ± 1.3% of 600 runs were promoted, all after the fade (bench/sim_novelty.py,
+data, and 11.8% ± 1.3% of 600 runs were promoted, all after the fade (bench/sim_novelty.py,
 seed 4). No test on the data can hold those runs back: in most of them the data after the
 fade shows as large an effect as the data before it (positive noise on a head start), so a
 constant effect would look the same. The default burn-in is now a week, which covers this
