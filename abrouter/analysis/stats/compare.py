@@ -110,7 +110,8 @@ class Comparison:
     #: [cuped] 1 − V_cuped / V (the unadjusted Welch variance); NaN without CUPED.
     variance_reduction: float = math.nan
     #: Information time t = effective units per arm in the strata from `confirm_from` on,
-    #: over `expected_units` (1 at the planned horizon): the decision design's clock.
+    #: over `expected_units` (1 at the planned horizon), times the per-unit variance over
+    #: the pinned reference's (`clock`; not for ratio metrics): the decision design's clock.
     information: float = math.nan
     #: This look's one-sided p of the decision design (`horizon.p_value`) on the strata
     #: from `confirm_from` on, for "the candidate is better" (respecting `direction`). Not
