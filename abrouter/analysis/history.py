@@ -51,7 +51,9 @@ def entry(result: AnalysisResult, *, applied: bool) -> fmt.DecisionEntry:
         applied=applied,
         units=sum(a.units for a in result.data.arms),
         sequential=tuple(
-            fmt.SequentialEntry(v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative, _anchors(r.anchors))
+            fmt.SequentialEntry(
+                v, m, r.p_better, r.p_worse, r.ci_absolute, r.ci_relative, _anchors(r.anchors), _row(r.reference)
+            )
             for (v, m), r in result.running().items()
         ),
         arms=tuple(_arm(result, a.name) for a in result.data.arms),
@@ -110,7 +112,7 @@ def decode(raw: bytes | str) -> Entry:
         units=e.units,
         running={
             (s.variant, s.metric): Running(
-                s.p_better, s.p_worse, s.ci_absolute, s.ci_relative, _from_anchors(s.anchors)
+                s.p_better, s.p_worse, s.ci_absolute, s.ci_relative, _from_anchors(s.anchors), _from_anchor(s.reference)
             )
             for s in e.sequential
         },
@@ -120,6 +122,10 @@ def decode(raw: bytes | str) -> Entry:
 
 def _anchors(anchors: tuple[stability.Anchor, ...]) -> tuple[tuple[float, ...], ...]:
     return tuple((float(a.start), a.information, a.difference, a.variance, a.at) for a in anchors)
+
+
+def _row(a: stability.Anchor | None) -> tuple[float, ...] | None:
+    return _anchors((a,))[0] if a is not None else None
 
 
 def _from_anchors(rows: tuple[tuple[float, ...], ...]) -> tuple[stability.Anchor, ...]:

@@ -34,6 +34,7 @@ import numpy as np
 
 from abrouter.analysis import analyzer
 from abrouter.analysis import data as d
+from abrouter.analysis.stats import clock, horizon
 from abrouter.analysis.stats.compare import Running
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract.model import AnalysisSettings, Metric
@@ -237,3 +238,37 @@ def settings_for(*, expected_units: int, ramp: bool = True, bandit: bool = False
     if bandit:
         out = replace(out, bandit=replace(out.bandit, enabled=True))
     return out
+
+
+def drift_crossings(
+    rng: np.random.Generator, rates: np.ndarray, *, paths: int, per_look: int, alpha: float = 0.05
+) -> tuple[float, float]:
+    """Vectorised A/A at 50/50 under a drifting base rate: the share of paths the decision design crosses.
+
+    `per_look` fresh binary units per arm at every look, at `rates[k]` in both arms; the
+    horizon at half the looks' units. At every look the design's p (`horizon.p_value`) on
+    z = Δ̂/√V (arm variances floored as `estimate.floored_variance` floors them), on the
+    units clock t = n/n* and on the information clock (`clock.time`, the reference pinned
+    as `clock.reference` pins it). Returns (units clock, information clock).
+    """
+    horizon_units = rates.size * per_look / 2
+    control, candidate = np.zeros(paths), np.zeros(paths)
+    units_clock, information_clock = np.zeros(paths, dtype=bool), np.zeros(paths, dtype=bool)
+    ref_t, ref_v = np.zeros(paths), np.zeros(paths)
+    for k, rate in enumerate(rates):
+        control += rng.binomial(per_look, rate, paths)
+        candidate += rng.binomial(per_look, rate, paths)
+        n = (k + 1) * per_look
+        variance = _floored(control, n) + _floored(candidate, n)
+        z = (candidate - control) / n / np.sqrt(variance)
+        t = np.full(paths, n / horizon_units)
+        if k == 0 or ref_t[0] < clock.PIN_AT:  # the reference follows the looks until PIN_AT
+            ref_t, ref_v = t, variance
+        units_clock |= horizon.p_value(z, t, alpha) < alpha
+        information_clock |= horizon.p_value(z, clock.time(t, variance, ref_t, ref_v), alpha) < alpha
+    return float(units_clock.mean()), float(information_clock.mean())
+
+
+def _floored(successes: np.ndarray, n: int) -> np.ndarray:
+    p, q = successes / n, (successes + 1) / (n + 2)
+    return np.maximum(p * (1 - p) / n, q * (1 - q) / (n + 2))

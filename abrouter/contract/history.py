@@ -17,7 +17,9 @@ candidate was better (`p_better`, for wins) and worse (`p_worse`, for harm) than
 control; `p` is the smaller, for reading. `ci_absolute` and `ci_relative` are absent
 before there is one. ``anchors`` (absent before there are any, and in older entries)
 carry the novelty check's state: the estimate at earlier looks, each as [start,
-information, difference, variance, at]. An item written before the two minima existed (only ``p``) seeds
+information, difference, variance, at]; ``reference`` (absent before there is one, and in
+older entries) the decision design's first look, in the same form, which sets its
+information clock. An item written before the two minima existed (only ``p``) seeds
 nothing: its ``p`` does not say in which direction it was reached. ``pinned`` (absent in
 entries written before it existed) holds the `PINNED` settings of the experiment's first
 look: later looks use them, whatever the spec says now.
@@ -54,6 +56,9 @@ class SequentialEntry:
     #: The novelty check's anchors (the analyzer's `stats.stability.Anchor`), each as
     #: (start, information, difference, variance, at).
     anchors: tuple[tuple[float, ...], ...] = ()
+    #: The decision design's first look (the analyzer's `stats.clock` reference), in the
+    #: anchors' form; None before there is one.
+    reference: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,8 @@ def _encode_sequential(s: SequentialEntry) -> dict[str, Any]:
             doc[name] = list(pair)
     if s.anchors:
         doc["anchors"] = [_finite(a) for a in s.anchors]
+    if s.reference is not None:
+        doc["reference"] = _finite(s.reference)
     return doc
 
 
@@ -190,4 +197,5 @@ def _decode_sequential(x: dict[str, Any]) -> SequentialEntry:
         ci_absolute=pair("ci_absolute"),
         ci_relative=pair("ci_relative"),
         anchors=tuple(_floats(a) for a in x.get("anchors", [])),
+        reference=_floats(x["reference"]) if x.get("reference") is not None else None,
     )

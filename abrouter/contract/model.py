@@ -147,8 +147,10 @@ class AnalysisSettings:
     #: Seconds from the start before the step into the final ramp step (without a ramp, or
     #: in bandit mode: before a promotion). The burn-in's users stay in the canary epochs,
     #: which a promotion does not count, so a novelty effect this short cannot carry one
-    #: (docs/statistics.md, "Novelty"). 0 turns it off; the demo sets seconds.
-    burn_in_s: float = 86400.0
+    #: (docs/statistics.md, "Novelty"). A week by default: no test on the data tells a faded
+    #: novelty from a constant effect in time (issue 18), and a week also spans the weekly
+    #: cycle. 0 turns it off; the demo sets seconds.
+    burn_in_s: float = 7 * 86400.0
     srm_alpha: float = 0.001
     #: The planned units per arm (`abrouter plan`'s n): the promotion test's horizon (it
     #: spends most of alpha by then) and where the mSPRT's intervals are narrowest.

@@ -62,7 +62,7 @@ def spec(control_url: str, candidate_url: str) -> dict[str, Any]:
             "min_units_per_arm": 150,
             "expected_units_per_arm": 1500,
             "ramp": [20, 50],
-            # The step into the final one waits for the burn-in (a day by default, against
+            # The step into the final one waits for the burn-in (a week by default, against
             # novelty effects); the demo lasts a minute.
             "burn_in": "4s",
             "guardrails": [

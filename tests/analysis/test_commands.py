@@ -440,12 +440,12 @@ def test_plan_matches_statsmodels(
     expected = NormalIndPower().solve_power(effect_size=effect, alpha=alpha, power=power, ratio=1.0)
     assert abs(got["units_per_arm"] - math.ceil(expected)) <= 1
     assert got["total_units"] == 2 * got["units_per_arm"]
-    # The default ramp (5%, 25%, 50%; 500 per arm) and a day's burn-in come on top (issue 18).
+    # The default ramp (5%, 25%, 50%; 500 per arm) and a week's burn-in come on top (issue 18).
     assert got["ramp_units"] == 500 / 0.05 + 500 / 0.25
-    assert got["burn_in_units"] == 1000
+    assert got["burn_in_units"] == 7 * 1000
     assert got["final_units"] == got["total_units"]  # 50/50 at the final step
     # The step into the final one waits for the burn-in too: the canary phase is the larger.
-    assert got["total_units_with_ramp"] == max(got["ramp_units"], 1000) + got["final_units"]
+    assert got["total_units_with_ramp"] == max(got["ramp_units"], 7 * 1000) + got["final_units"]
     assert got["days"] == pytest.approx(got["total_units_with_ramp"] / 1000)
 
 

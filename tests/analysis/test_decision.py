@@ -30,7 +30,7 @@ def experiment(
     current_units: int | None = None,
     settings: AnalysisSettings | None = None,
     metrics: tuple[Metric, ...] = (CONVERSION,),
-    started_at: float | None = NOW - DAY,
+    started_at: float | None = NOW - 7 * DAY,  # the default burn-in (a week) has just passed
     rate: dict[str, float] | None = None,
 ) -> d.ExperimentData:
     """Two epochs: units/2 per arm in each unless `current_units` sets the second epoch's."""

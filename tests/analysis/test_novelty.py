@@ -3,13 +3,15 @@
 The review's world (closed loop through `analyzer.analyze`, `simulate.run`): binary at 5%,
 default ramp, 20 looks over 14 days (0.7 days per look), 3,000 new users per look,
 `expected_units_per_arm` 10,000; the candidate converts 30% more often during the first 6
-looks (4.2 days), then alike. The ramp reaches its final step after about 5 looks, so the
-last novelty look lands in the final step's own data. Today's main promoted 14.2% ± 1.4%
-of 600 runs (seed 4), all after the fade. With the default `burn_in` (a day, shorter than
-this novelty) only the stability check acts, and it helps little (about 12%, five seeds of
-300); a `burn_in` that covers the novelty (5 days) keeps it in the canary epochs, which the
-decision design does not count: 4.8% ± 1.1% (bench/sim_novelty.py). This test runs 300
-(≈ 10 s) and allows α + 3 Monte-Carlo SE.
+looks (4.2 days), then alike. With a one-day burn-in (the default before) the ramp
+reached its final step after 5 looks, the last novelty look landed in the final step's own
+data, and 11.8% ± 1.3% of 600 runs were promoted, all after the fade (bench/sim_novelty.py,
+seed 4). No test on the data can hold those runs back: in most of them the data after the
+fade shows as large an effect as the data before it (positive noise on a head start), so a
+constant effect would look the same. The default burn-in is now a week, which covers this
+novelty and keeps it in the canary epochs that the decision design does not count
+(docs/statistics.md, "Novelty", has the numbers). This test runs 300 with the default
+settings and allows α + 3 Monte-Carlo SE.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def _promoted(settings: AnalysisSettings, *, runs: int, seed: int) -> float:
     return float(np.mean([o.action == "promote" for o in outcomes]))
 
 
-def test_a_burn_in_that_covers_the_novelty_keeps_it_out_of_the_evidence() -> None:
-    settings = replace(simulate.settings_for(expected_units=10_000), burn_in_s=5 * 86_400.0)
+def test_the_default_burn_in_keeps_the_reviews_novelty_out_of_the_evidence() -> None:
+    settings = simulate.settings_for(expected_units=10_000)  # the default burn-in: a week
+    assert settings.burn_in_s == 7 * 86_400.0
     runs = 300
     promoted = _promoted(settings, runs=runs, seed=19)
     assert promoted <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / runs), f"{promoted:.3f}"
@@ -92,13 +95,13 @@ def pytest_approx(value: float, tolerance: float) -> object:
     return pytest.approx(value, abs=tolerance)
 
 
-def test_the_anchors_and_the_origin_survive_the_history() -> None:
+def test_the_anchors_and_the_clocks_reference_survive_the_history() -> None:
     """The real analyzer hands them on through Redis: a look's entry, encoded and decoded, seeds the same state."""
     from abrouter.analysis import history
 
     first = analyzer.analyze(_data((5_000, 250), (5_000, 325), burn_in=60.0), now=3_600.0)
     second = analyzer.analyze(_data((6_000, 300), (6_000, 390), burn_in=60.0), now=7_200.0, previous=first.running())
     running = second.running()[("candidate", "m")]
-    assert len(running.anchors) == 2
+    assert len(running.anchors) == 2 and running.reference is not None  # the information clock's, too
     decoded = history.decode(history.encode(second, applied=False)).running[("candidate", "m")]
     assert decoded == running

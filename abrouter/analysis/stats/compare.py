@@ -15,7 +15,17 @@ from typing import Any, Literal
 from scipy import special
 from scipy import stats as sps
 
-from abrouter.analysis.stats import bayes, cuped, estimate, fixed_horizon, horizon, reasons, sequential, stability
+from abrouter.analysis.stats import (
+    bayes,
+    clock,
+    cuped,
+    estimate,
+    fixed_horizon,
+    horizon,
+    reasons,
+    sequential,
+    stability,
+)
 from abrouter.analysis.stats.sample import Sample
 
 Kind = Literal["binary", "continuous"]
@@ -40,6 +50,9 @@ class Running:
     #: The decision design's estimates at earlier looks (`stability.advance`), which split
     #: the data by time for the novelty check.
     anchors: tuple[stability.Anchor, ...] = ()
+    #: The decision design's first look, whose per-unit variance sets its information clock
+    #: (`clock`); None before there is one.
+    reference: stability.Anchor | None = None
 
 
 FRESH = Running()
@@ -97,7 +110,8 @@ class Comparison:
     #: [cuped] 1 − V_cuped / V (the unadjusted Welch variance); NaN without CUPED.
     variance_reduction: float = math.nan
     #: Information time t = effective units per arm in the strata from `confirm_from` on,
-    #: over `expected_units` (1 at the planned horizon): the decision design's clock.
+    #: over `expected_units` (1 at the planned horizon), times the per-unit variance over
+    #: the pinned reference's (`clock`; not for ratio metrics): the decision design's clock.
     information: float = math.nan
     #: This look's one-sided p of the decision design (`horizon.p_value`) on the strata
     #: from `confirm_from` on, for "the candidate is better" (respecting `direction`). Not
@@ -118,10 +132,12 @@ class Comparison:
     decline_p: float = math.nan
     #: [novelty] The anchors to hand to the next look (not part of `to_dict`).
     anchors: tuple[stability.Anchor, ...] = ()
+    #: The information clock's reference to hand to the next look (`clock`; not part of `to_dict`).
+    reference: stability.Anchor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists, NaN and infinities become None."""
-        return {key: json_safe(value) for key, value in asdict(self).items() if key != "anchors"}
+        return {key: json_safe(value) for key, value in asdict(self).items() if key not in ("anchors", "reference")}
 
     def running(self) -> Running:
         """The sequential state after this look, for the next one."""
@@ -131,6 +147,7 @@ class Comparison:
             _finite_or_none(self.sequential_ci_absolute),
             _finite_or_none(self.sequential_ci),
             self.anchors,
+            self.reference,
         )
 
 
@@ -196,7 +213,12 @@ def compare(
         expected_units=expected_units,
         at=at,
     )
-    information, now_better, now_worse = _design(design, direction=direction, alpha=alpha)
+    # Ratio metrics keep the units clock (`clock`: a ratio's per-unit variance falls as
+    # returning users add exposures, and the information clock would stand still).
+    reference = None if controls[0].is_ratio else clock.reference(previous.reference, design)
+    information, now_better, now_worse = _design(
+        clock.on_information(design, reference), direction=direction, alpha=alpha
+    )
     anchor = stability.anchor_of(est, start=0, expected_units=expected_units, at=at)
     drift = stability.decline(previous.anchors, anchor, increase=direction == "increase")
     if signed > 0:
@@ -237,6 +259,7 @@ def compare(
         split_information=drift.split,
         decline_p=drift.p_value,
         anchors=stability.advance(previous.anchors, anchor),
+        reference=reference,
     )
 
 
@@ -378,6 +401,7 @@ def _insufficient(header: dict[str, Any], reason: str, previous: Running) -> Com
         sequential_p_better=previous.p_better,
         sequential_p_worse=previous.p_worse,
         anchors=previous.anchors,
+        reference=previous.reference,
     )
 
 

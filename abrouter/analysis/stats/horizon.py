@@ -7,11 +7,12 @@ each one-sided, and the experiment has a planned size (`expected_units_per_arm`)
 α can be spent where it buys power: by the horizon, most of it.
 
 Model: information time t = n/n*, with n the effective units per arm so far
-(`estimate.effective_units`, summed over epoch strata) and n* the planned units per arm.
-Since V = 2σ²/n, the score B(t) = z·√t (z = Δ̂/√V, signed so that positive is the tested
-direction) is, under H0 and asymptotically, a standard Brownian motion in t, whatever the
-split and however the looks fall (the same approximation as the mixture's, Waudby-Smith
-et al. 2021). The boundary on B is
+(`estimate.effective_units`, summed over epoch strata) and n* the planned units per arm,
+scaled by the per-unit variance over a pinned reference's (`clock`: t = U/U*, the variance
+of the sum; the units clock while the per-unit variance stays put). The score B(t) = z·√t
+(z = Δ̂/√V, signed so that positive is the tested direction) is then, under H0 and
+asymptotically, a standard Brownian motion in t, whatever the split and however the looks
+fall (the same approximation as the mixture's, Waudby-Smith et al. 2021). The boundary on B is
 
     g(t) = b            for t ≤ 1     (constant on the B scale: O'Brien-Fleming's shape)
     g(t) = b + c·(t−1)  for t > 1     (a straight line: Wald's SPRT shape)
