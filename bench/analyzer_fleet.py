@@ -42,7 +42,6 @@ import numpy as np
 import redis
 
 from abrouter.contract import experiment as spec
-from abrouter.contract import keys
 from abrouter.router import examples
 from abrouter.router.redis_server import RedisServer
 
@@ -65,31 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def seed(client: redis.Redis, name: str, rng: np.random.Generator) -> None:
-    """Epoch 1 at 50/50, as `tests.analysis.test_commands.write_arms` writes it."""
-    fields: dict[str, float] = {}
+    """Epoch 1 at 50/50, written as the tests write it (`tests.analysis.test_commands.write_arms`)."""
+    from tests.analysis.test_commands import write_arms
+
+    arms = {}
     for variant in ("control", "candidate"):
         units = int(rng.integers(2_000, 40_000))
-        conversions = int(rng.binomial(units, 0.05))
-        latency = 20.0
-        prefix = f"1|{variant}|"
-        fields |= {
-            prefix + "units": units,
-            prefix + "exposures": units,
-            prefix + "exposures_sq": units,
-            prefix + "conversion|sum": conversions,
-            prefix + "conversion|sum_sq": conversions,
-            prefix + "errors|sum": 0,
-            prefix + "errors|sum_sq": 0,
-            prefix + "errors|sum_xn": 0,
-            prefix + "latency_ms|sum": latency * units,
-            prefix + "latency_ms|sum_sq": (latency**2 + 100.0) * units,
-            prefix + "latency_ms|sum_xn": latency * units,
-        }
-    k = keys.Keys(name)
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(k.agg, mapping=fields)
-    pipe.hset(k.epochs, "1", keys.encode_epoch({"control": 50, "candidate": 50}, since=time.time() - 3600))
-    pipe.execute()
+        arms[variant] = (units, int(rng.binomial(units, 0.05)), 20.0)
+    write_arms(client, name, arms, weights={"control": 50, "candidate": 50})
 
 
 def write_configs(folder: Path, names: list[str]) -> list[Path]:

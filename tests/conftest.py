@@ -56,11 +56,17 @@ def experiment_name(request: pytest.FixtureRequest, redis_url: str) -> Iterator[
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{slug}-{secrets.token_hex(4)}"
     yield name
+    forget(redis_url, [name])
+
+
+def forget(redis_url: str, names: list[str]) -> None:
+    """Delete every key of these experiments (each carries its hash tag ``{name}``)."""
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"*{{{name}}}*", count=1000))
-        if keys:
-            client.delete(*keys)
+        for name in names:
+            keys = list(client.scan_iter(match=f"*{{{name}}}*", count=1000))
+            if keys:
+                client.delete(*keys)
     except redis.ConnectionError:
         pass  # the test stopped its Redis; nothing left to clean
     finally:

@@ -23,6 +23,7 @@ from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.router.redis_server import RedisServer
 from tests.analysis.test_commands import config_file, json_lines, run, write_arms
+from tests.conftest import forget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,14 +33,7 @@ def names(redis_url: str, experiment_name: str) -> Iterator[tuple[str, str]]:
     """Two experiment names, their keys deleted afterwards."""
     pair = (f"{experiment_name}-a", f"{experiment_name}-b")
     yield pair
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for name in pair:
-            found = list(client.scan_iter(match=f"*{{{name}}}*", count=1000))
-            if found:
-                client.delete(*found)
-    finally:
-        client.close()
+    forget(redis_url, list(pair))
 
 
 def seed(redis_url: str, name: str, arms: dict[str, tuple[int, int, float]]) -> None:

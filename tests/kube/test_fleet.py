@@ -29,6 +29,7 @@ from abrouter.kube.client import GROUP, PLURAL, VERSION, KubeClient
 from abrouter.kube.election import ElectionSettings
 from abrouter.kube.leader import LeaderElector
 from tests.analysis.test_commands import json_lines, write_aggregates
+from tests.conftest import forget
 from tests.kube.apiserver import NAMESPACE, KubeApiServer
 from tests.kube.conftest import experiment_object, run
 
@@ -42,14 +43,7 @@ def names(redis_url: str, experiment_name: str) -> Iterator[list[str]]:
     """Three experiment names, their keys deleted afterwards."""
     found = [f"{experiment_name}-{i}" for i in range(3)]
     yield found
-    client = redis.Redis.from_url(redis_url)
-    try:
-        for name in found:
-            stale = list(client.scan_iter(match=f"*{{{name}}}*", count=1000))
-            if stale:
-                client.delete(*stale)
-    finally:
-        client.close()
+    forget(redis_url, found)
 
 
 def add(kube_api: KubeApiServer, redis_url: str, name: str, *, labels: dict[str, str] | None = None) -> None:
