@@ -8,7 +8,6 @@ import json
 import math
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.router import examples
 from abrouter.router.redis_server import free_port
+from tests import processes
 from tests.analysis.test_summary import EXAMPLE
 
 EXAMPLE_SUMMARY = EXAMPLE  # the example summary
@@ -341,46 +341,27 @@ async def test_every_keeps_looking_survives_a_bad_edit_and_stops_on_ctrl_c(
     path = config_file(tmp_path, experiment_name)
     good = path.read_text()
     decisions = keys.Keys(experiment_name).decisions
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "abrouter",
-        "analyze",
-        "--config",
-        str(path),
-        "--redis-url",
-        redis_url,
-        "--every",
-        "0.1",
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).parents[2],
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
+    argv = ["--config", str(path), "--redis-url", redis_url, "--every", "0.1", "--json"]
+    async with processes.abrouter("analyze", *argv, stdout=asyncio.subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
         for _ in range(2):  # it looks again and again
-            line = await asyncio.wait_for(proc.stdout.readline(), 20)
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
             assert json.loads(line)["decision"]["action"] == "continue"
         drain = asyncio.create_task(proc.stdout.read())  # a full pipe would block its next look
         path.write_text("name: x\nunit: {header: u}\nvariants: []\n")  # a bad edit while it runs
-        error = await asyncio.wait_for(proc.stderr.readline(), 20)
+        error = await asyncio.wait_for(proc.stderr.readline(), 60)
         assert error.decode().startswith(f"abrouter: error: {path}, line 3: variants: needs two or more variants")
         assert proc.returncode is None  # ...is reported, and the loop goes on
         looks = await redis_client.xlen(decisions)
         path.write_text(good)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while await redis_client.xlen(decisions) <= looks:
             assert time.monotonic() < deadline, "no look after the config was mended"
             await asyncio.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(proc.wait(), 20) == 130
+        assert await asyncio.wait_for(proc.wait(), 60) == 130
         assert b"Traceback" not in await proc.stderr.read()
         await drain
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def test_unreachable_redis_is_exit_code_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from abrouter.analysis.specfiles import SpecFiles
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.router.redis_server import RedisServer
+from tests import processes
 from tests.analysis.test_commands import config_file, json_lines, run, write_arms
 from tests.conftest import forget
 
@@ -146,27 +146,10 @@ async def test_every_looks_at_each_on_its_own_schedule_a_failing_one_backs_off_a
     a, b = names
     seed(redis_url, b, {"control": (2000, 100, 20.0), "candidate": (2000, 100, 20.0)})
     paths = [config(tmp_path, a), config(tmp_path, b)]  # `a` has no data: every look of it fails
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "abrouter",
-        "analyze",
-        "--config",
-        str(paths[0]),
-        "--config",
-        str(paths[1]),
-        "--redis-url",
-        redis_url,
-        "--every",
-        "0.2",
-        "--json",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    assert proc.stderr is not None
-    errors = asyncio.create_task(proc.stderr.read())
-    try:
+    argv = ["--config", str(paths[0]), "--config", str(paths[1]), "--redis-url", redis_url, "--every", "0.2", "--json"]
+    async with processes.abrouter("analyze", *argv) as proc:
+        assert proc.stderr is not None
+        errors = asyncio.create_task(proc.stderr.read())
         deadline = time.monotonic() + 60
         while await redis_client.xlen(keys.Keys(b).decisions) < 4:  # `b` keeps being looked at
             assert time.monotonic() < deadline, "the healthy experiment is not looked at again and again"
@@ -174,10 +157,6 @@ async def test_every_looks_at_each_on_its_own_schedule_a_failing_one_backs_off_a
             await asyncio.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     err = (await errors).decode()
     assert "Traceback" not in err
     assert f"nothing found for experiment {a!r}" in err

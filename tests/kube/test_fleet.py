@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from abrouter.contract import keys
 from abrouter.kube.client import GROUP, PLURAL, VERSION, KubeClient
 from abrouter.kube.election import ElectionSettings
 from abrouter.kube.leader import LeaderElector
+from tests import processes
 from tests.analysis.test_commands import json_lines, write_aggregates
 from tests.conftest import forget
 from tests.kube.apiserver import NAMESPACE, KubeApiServer
@@ -243,24 +243,9 @@ async def test_the_cli_leads_looks_and_on_sigterm_stops_and_releases_the_lease(
     name = names[0]
     add(kube_api, redis_url, name)
     argv = ["--experiments", NAMESPACE, "--kubeconfig", str(kubeconfig), "--redis-url", redis_url]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "abrouter",
-        "analyze",
-        *argv,
-        "--every",
-        "0.3",
-        "--lease",
-        "abrouter-analyzer",
-        "--json",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert proc.stderr is not None
-    errors = asyncio.create_task(proc.stderr.read())
-    try:
+    async with processes.abrouter("analyze", *argv, "--every", "0.3", "--lease", "abrouter-analyzer", "--json") as proc:
+        assert proc.stderr is not None
+        errors = asyncio.create_task(proc.stderr.read())
         looks = history(redis_client, name)
 
         async def looked() -> bool:
@@ -272,10 +257,6 @@ async def test_the_cli_leads_looks_and_on_sigterm_stops_and_releases_the_lease(
         assert lease is not None and lease["spec"]["holderIdentity"]
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     err = (await errors).decode()
     assert "Traceback" not in err
     assert "is now the leader (Lease abrouter-test/abrouter-analyzer)" in err
