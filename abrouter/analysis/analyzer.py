@@ -28,6 +28,7 @@ import numpy as np
 from abrouter.analysis import candidates
 from abrouter.analysis import decision as policy
 from abrouter.analysis import evidence as evidence_of
+from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis import shadows as shadows_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
@@ -70,6 +71,9 @@ class AnalysisResult:
     ignored_settings: dict[str, float] = field(default_factory=dict)
     #: [shadow] The shadow variants' arms: errors, latency, agreement and guardrails.
     shadows: tuple[shadows_of.ShadowResult, ...] = ()
+    #: The secondary metrics' `sequential_p_value` per (variant, metric), adjusted by
+    #: `analysis.secondary_correction` over all of them (`secondary`); empty with "none".
+    secondary: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @property
     def primary(self) -> str | None:
@@ -108,6 +112,7 @@ class AnalysisResult:
             "step_guardrails": [g.to_dict() for g in self.step_guardrails],
             "skipped_guardrails": list(self.skipped_guardrails),
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
+            "secondary_correction": self.data.settings.secondary_correction,
             "decision": self.decision.to_dict(),
             "pinned": {
                 "alpha": self.data.settings.alpha,
@@ -127,6 +132,8 @@ class AnalysisResult:
         out["primary"] = c.metric == self.primary
         adjusted = self.holm.get(c.variant) if out["primary"] else None
         out["sequential_p_value_holm"] = adjusted if adjusted is not None and math.isfinite(adjusted) else None
+        secondary = self.secondary.get((c.variant, c.metric), math.nan)
+        out["sequential_p_value_adjusted"] = secondary if math.isfinite(secondary) else None
         return out
 
 
@@ -163,6 +170,7 @@ def analyze(
         omnibus=omnibus(data),
         next_running=_next_running(data, comparisons, previous),
         shadows=shadows,
+        secondary=secondary_of.adjusted(data, comparisons),
     )
 
 

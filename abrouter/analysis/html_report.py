@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from abrouter.analysis import report_text
+from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats import histogram
 from abrouter.analysis.stats.compare import Comparison
@@ -271,18 +272,28 @@ def _guardrail_row(g: NonInferiority) -> list[str]:
 
 def _details(result: AnalysisResult) -> str:
     """Every comparison's statistics, for whoever wants them all."""
-    rows = "".join(_cells(_detail_row(c, primary=result.primary or "")) for c in result.comparisons if c.status == "ok")
-    header = ("metric", "variant", "lift", "95% CI (fixed horizon)", "fixed-horizon p", "sequential p (lowest so far)",
-              "always-valid 95% CI", "chance to beat control", "expected loss")  # fmt: skip
+    method = result.data.settings.secondary_correction
+    adjusted = dict(result.secondary)
+    rows = "".join(
+        _cells(_detail_row(c, primary=result.primary or "", adjusted=adjusted if adjusted else None))
+        for c in result.comparisons
+        if c.status == "ok"
+    )
+    header = ["metric", "variant", "lift", "95% CI (fixed horizon)", "fixed-horizon p", "sequential p (lowest so far)",
+              "always-valid 95% CI", "chance to beat control", "expected loss"]  # fmt: skip
+    if adjusted:
+        header.insert(6, f"sequential p, {secondary_of.SHORT_NAMES[method]}-adjusted over the secondary metrics")
+    note = f"<p>{html.escape(secondary_of.describe(method, len(adjusted)))}.</p>" if adjusted else ""
     return f"""<details id="details"><summary>Details: every comparison</summary>
 <p><b>fixed-horizon p</b> and its CI are the classic two-sided test, valid only if this were the only look.
 <b>sequential p</b> is the always-valid p, the lowest over all looks so far. <b>chance to beat control</b> and
-<b>expected loss</b> are Bayesian, under a flat prior. Decisions use only the always-valid numbers.</p>
+<b>expected loss</b> are Bayesian, under a flat prior. Decisions use only the always-valid numbers.</p>{note}
 <table>{_head(header)}{rows}</table></details>"""
 
 
-def _detail_row(c: Comparison, *, primary: str) -> list[str]:
-    return [
+def _detail_row(c: Comparison, *, primary: str, adjusted: dict[tuple[str, str], float] | None = None) -> list[str]:
+    """One comparison's cells; with `adjusted` (the secondary correction on), its adjusted p after the sequential p."""
+    cells = [
         c.metric + (" (primary)" if c.metric == primary else ""),
         c.variant,
         _fmt(c.relative_lift, pct=True),
@@ -293,6 +304,9 @@ def _detail_row(c: Comparison, *, primary: str) -> list[str]:
         f"{c.chance_to_beat:.1%}" if math.isfinite(c.chance_to_beat) else "–",
         _fmt(c.expected_loss),
     ]
+    if adjusted is not None:
+        cells.insert(6, _fmt(adjusted.get((c.variant, c.metric), math.nan)))
+    return cells
 
 
 def _interval(pair: Sequence[float]) -> str:

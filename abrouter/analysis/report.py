@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence, Set
 
 from abrouter.analysis import explain
+from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
@@ -107,6 +108,8 @@ def _comparisons(r: AnalysisResult) -> str:
             "CUPED: adjusted by the pre-exposure covariate; means are adjusted means, "
             "CUPED var is the change of the lift's variance (1 - V_adjusted / V)"
         )
+    if r.secondary:
+        lines.append(secondary_of.describe(r.data.settings.secondary_correction, len(r.secondary)))
     if r.omnibus:
         tests = ", ".join(f"{m} p={explain.p(p)}" for m, p in r.omnibus.items())
         lines.append(f"chi-square over all arms (fixed horizon): {tests}")
@@ -132,6 +135,9 @@ def _comparison_row(r: AnalysisResult, c: Comparison) -> list[str]:
         ]
     holm = r.holm.get(c.variant) if c.metric == r.primary else None
     note = f"Holm seq p {explain.p(holm)}" if holm is not None and math.isfinite(holm) and len(r.holm) > 1 else ""
+    secondary = r.secondary.get((c.variant, c.metric), math.nan)
+    if math.isfinite(secondary):
+        note = f"{secondary_of.SHORT_NAMES[r.data.settings.secondary_correction]} seq p {explain.p(secondary)}"
     if c.cuped:  # [cuped]
         note = "  ".join(x for x in (note, f"CUPED var {-100 * c.variance_reduction:+.1f}%") if x)
     return [
