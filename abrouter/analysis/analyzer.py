@@ -10,6 +10,8 @@ the sequential p, intersections of the confidence sequences) arrive from the his
 - guardrails: `analysis.guardrails` of the settings, for every candidate, on the
   metrics the data carries (a summary without the router's built-ins skips those), over
   all epochs and on the current epoch alone (`evidence.guardrails`);
+- latency: each active candidate's p95 against the control's in the current epoch, from
+  the histograms (`latency`);
 - SRM: first-exposure units per epoch against each epoch's weights (anytime-valid
   sequential multinomial test), so a ramp is not a mismatch and looking often is safe;
 - the decision, from `decision.decide`;
@@ -28,6 +30,7 @@ import numpy as np
 from abrouter.analysis import candidates
 from abrouter.analysis import decision as policy
 from abrouter.analysis import evidence as evidence_of
+from abrouter.analysis import latency as latency_of
 from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis import shadows as shadows_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
@@ -35,6 +38,7 @@ from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.quantile import QuantileDifference
 from abrouter.analysis.stats.srm import SrmResult, srm_check
 from abrouter.contract.experiment import Metric
 
@@ -74,6 +78,9 @@ class AnalysisResult:
     #: The secondary metrics' `sequential_p_value` per (variant, metric), adjusted by
     #: `analysis.secondary_correction` over all of them (`secondary`); empty with "none".
     secondary: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: Each active candidate's latency p95 against the control's in the current epoch,
+    #: from the histograms (`latency`); empty when the data has none (a summary).
+    latency_p95: tuple[QuantileDifference, ...] = ()
 
     @property
     def primary(self) -> str | None:
@@ -111,6 +118,7 @@ class AnalysisResult:
             "guardrails": [g.to_dict() for g in self.guardrails],
             "step_guardrails": [g.to_dict() for g in self.step_guardrails],
             "skipped_guardrails": list(self.skipped_guardrails),
+            "latency_p95": [d.to_dict() for d in self.latency_p95],
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
             "secondary_correction": self.data.settings.secondary_correction,
             "decision": self.decision.to_dict(),
@@ -171,6 +179,7 @@ def analyze(
         next_running=_next_running(data, comparisons, previous),
         shadows=shadows,
         secondary=secondary_of.adjusted(data, comparisons),
+        latency_p95=latency_of.p95(data),
     )
 
 

@@ -22,6 +22,7 @@ from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats import histogram
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.quantile import QuantileDifference
 from abrouter.contract import experiment as spec
 from abrouter.contract.history import DecisionEntry
 from abrouter.contract.model import Guardrail
@@ -239,7 +240,31 @@ def _guardrails(result: AnalysisResult) -> str:
     return f"""<section id="guardrails"><h2>Guardrails</h2>
 <p>A candidate may be worse than the control by at most the tolerated harm. Harm is measured in the metric's bad
 direction (positive: worse), with an always-valid one-sided bound.</p>{table}
-{f"<p>Skipped (no data): {html.escape(skipped)}.</p>" if skipped else ""}</section>"""
+{f"<p>Skipped (no data): {html.escape(skipped)}.</p>" if skipped else ""}
+{_latency_p95(result)}</section>"""
+
+
+def _latency_p95(result: AnalysisResult) -> str:
+    """Beside the latency guardrail (the mean per user): the tail, each candidate's p95 against the control's."""
+    if not result.latency_p95:
+        return ""
+    rows = "".join(_cells(_latency_row(d)) for d in result.latency_p95)
+    first = result.latency_p95[0]
+    header = ("variant", "control p95 (ms)", "candidate p95 (ms)", "difference (ms)",
+              f"{1 - result.data.settings.alpha:.0%} interval (ms)", "relative", "relative interval")  # fmt: skip
+    return f"""<h3 id="latency-p95">Latency p95</h3>
+<p>The 95th percentile of the requests each arm served in the current epoch ({first.epoch}), read from the router's
+latency histograms. Their buckets are {first.resolution:.0%} wide, so a percentile is known only to within its bucket:
+the interval adds what the buckets hide to the sampling error. Requests count as independent; one look, for
+information (the guardrail above is on each user's mean latency).</p><table>{_head(header)}{rows}</table>"""
+
+
+def _latency_row(d: QuantileDifference) -> list[str]:
+    if d.status != "ok":
+        return [d.variant, "–", "–", "–", f"insufficient data: {d.reason}", "–", "–"]
+    return [d.variant, _fmt(d.control_ms), _fmt(d.candidate_ms), f"{d.difference_ms:+,.4g}",
+            f"{d.ci_ms[0]:+,.4g} .. {d.ci_ms[1]:+,.4g}", _fmt(d.relative, pct=True),
+            _interval(d.relative_ci)]  # fmt: skip
 
 
 def _shadows(result: AnalysisResult) -> str:

@@ -16,6 +16,7 @@ from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.quantile import QuantileDifference
 
 
 def render(result: AnalysisResult) -> str:
@@ -163,7 +164,37 @@ def _guardrails(r: AnalysisResult) -> str:
         lines.append(table(["guardrail", "variant", "status", "harm", "bound", "margin"], rows, right={3, 4, 5}))
     if r.skipped_guardrails:
         lines.append(f"guardrails skipped (no data): {', '.join(r.skipped_guardrails)}")
+    if r.latency_p95:
+        lines.append(_latency_p95(r))
     return "\n".join(lines)
+
+
+def _latency_p95(r: AnalysisResult) -> str:
+    """Each candidate's p95 against the control's (current epoch, histograms), with the buckets' resolution."""
+    rows = [_latency_row(d) for d in r.latency_p95]
+    head = ["latency p95", "variant", "control ms", "candidate ms", "difference", "CI", "relative", "relative CI"]
+    epoch, width = r.latency_p95[0].epoch, r.latency_p95[0].resolution
+    note = (
+        f"p95 of the requests in epoch {epoch}, read from histogram buckets {width:.0%} wide; "
+        f"the {1 - r.data.settings.alpha:.0%} interval includes what the buckets hide (fixed horizon, informational)"
+    )
+    return "\n".join([table(head, rows, right={2, 3, 4, 5, 6, 7}), note])
+
+
+def _latency_row(d: QuantileDifference) -> list[str]:
+    if d.status != "ok":
+        return ["p95", d.variant, "n/a", "n/a", "", "", "", f"insufficient data: {d.reason}"]
+    low, high = d.ci_ms
+    return [
+        "p95",
+        d.variant,
+        _num(d.control_ms),
+        _num(d.candidate_ms),
+        _num(d.difference_ms, signed=True),
+        f"[{_num(low, signed=True)}, {_num(high, signed=True)}]",
+        explain.percent(d.relative),
+        _interval(d.relative_ci),
+    ]
 
 
 def _guardrail_row(g: NonInferiority) -> list[str]:
