@@ -12,6 +12,7 @@ the sequential p, intersections of the confidence sequences) arrive from the his
   all epochs and on the current epoch alone (`evidence.guardrails`);
 - latency: each active candidate's p95 against the control's in the current epoch, from
   the histograms (`latency`);
+- trends: whether the primary metric's effect declined or grew over time (`trend`);
 - SRM: first-exposure units per epoch against each epoch's weights (anytime-valid
   sequential multinomial test), so a ramp is not a mismatch and looking often is safe;
 - the decision, from `decision.decide`;
@@ -33,6 +34,7 @@ from abrouter.analysis import evidence as evidence_of
 from abrouter.analysis import latency as latency_of
 from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis import shadows as shadows_of
+from abrouter.analysis import trend as trend_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
@@ -81,6 +83,9 @@ class AnalysisResult:
     #: Each active candidate's latency p95 against the control's in the current epoch,
     #: from the histograms (`latency`); empty when the data has none (a summary).
     latency_p95: tuple[QuantileDifference, ...] = ()
+    #: [novelty] The primary metric's effect over time per active candidate: declined
+    #: (novelty), grew, stable or not checked yet, with a sentence (`trend`).
+    trends: tuple[trend_of.Trend, ...] = ()
 
     @property
     def primary(self) -> str | None:
@@ -119,6 +124,7 @@ class AnalysisResult:
             "step_guardrails": [g.to_dict() for g in self.step_guardrails],
             "skipped_guardrails": list(self.skipped_guardrails),
             "latency_p95": [d.to_dict() for d in self.latency_p95],
+            "trends": [t.to_dict() for t in self.trends],
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
             "secondary_correction": self.data.settings.secondary_correction,
             "decision": self.decision.to_dict(),
@@ -180,6 +186,7 @@ def analyze(
         shadows=shadows,
         secondary=secondary_of.adjusted(data, comparisons),
         latency_p95=latency_of.p95(data),
+        trends=trend_of.trends(data, comparisons),
     )
 
 

@@ -186,6 +186,7 @@ inflate false promotions.</p></section>
 <section id="experiment"><h2>The experiment</h2><ul>{variants}</ul><p>Metrics (the first is primary):</p>
 <ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
 {_arms(experiment, result)}
+{_trends(result)}
 {_guardrails(result)}
 {_shadows(result)}
 <section id="plots"><h2>Over time</h2>
@@ -229,6 +230,28 @@ def _arms(experiment: spec.Experiment, result: AnalysisResult) -> str:
 {alpha:g} and its guardrails pass. The interval is always-valid too: it holds however often the analyzer looked.
 The other p-values and intervals are under <a href="#details">details</a>.</p>
 {_cuped_note(experiment, result)}</section>"""
+
+
+_TREND_WORDS = {
+    "declined": "Novelty suspected",
+    "grew": "Time trend: the effect grew",
+    "stable": "Stable",
+    "not_checked": "Not checked yet",
+}
+
+
+def _trends(result: AnalysisResult) -> str:
+    """[novelty] Whether the primary metric's effect changed over time, per active candidate, in words."""
+    if not result.trends:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(_TREND_WORDS[t.status])}</b>: {html.escape(t.message)}.</li>" for t in result.trends
+    )
+    return f"""<section id="trends"><h2>Effect over time</h2>
+<p>The data a promotion rests on (the final ramp step's) is split at an earlier look, about half-way in time, and the
+effect before it is compared with the effect since (absolute differences, candidate minus control). An effect that
+falls is what a novelty effect looks like, and holds a promotion; one that grows is a trend the tests average
+away.</p><ul>{items}</ul></section>"""
 
 
 def _guardrails(result: AnalysisResult) -> str:

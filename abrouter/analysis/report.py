@@ -109,6 +109,7 @@ def _comparisons(r: AnalysisResult) -> str:
             "CUPED: adjusted by the pre-exposure covariate; means are adjusted means, "
             "CUPED var is the change of the lift's variance (1 - V_adjusted / V)"
         )
+    lines.extend(f"effect over time: {t.message}" for t in r.trends if t.status in ("declined", "grew"))
     if r.secondary:
         lines.append(secondary_of.describe(r.data.settings.secondary_correction, len(r.secondary)))
     if r.omnibus:
