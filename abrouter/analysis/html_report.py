@@ -234,7 +234,7 @@ The other p-values and intervals are under <a href="#details">details</a>.</p>
 
 _TREND_WORDS = {
     "declined": "Novelty suspected",
-    "grew": "Time trend: the effect grew",
+    "grew": "Time trend: the effect strengthened",
     "stable": "Stable",
     "not_checked": "Not checked yet",
 }
@@ -250,7 +250,7 @@ def _trends(result: AnalysisResult) -> str:
     return f"""<section id="trends"><h2>Effect over time</h2>
 <p>The data a promotion rests on (the final ramp step's) is split at an earlier look, about half-way in time, and the
 effect before it is compared with the effect since (absolute differences, candidate minus control). An effect that
-falls is what a novelty effect looks like, and holds a promotion; one that grows is a trend the tests average
+fades is what a novelty effect looks like, and holds a promotion; one that strengthens is a trend the tests average
 away.</p><ul>{items}</ul></section>"""
 
 

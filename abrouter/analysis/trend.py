@@ -5,8 +5,9 @@ earlier look, about half-way in time, and compares the effect before and after. 
 uses only one side of it: a significant **decline** in the good direction holds a promotion
 (a novelty effect). This module reads both sides on the primary metric:
 
-- ``declined``: the effect fell (one-sided p < alpha): novelty suspected, promotion held;
-- ``grew``: the effect grew (the other side, p < alpha): a time trend the policy does not act
+- ``declined``: the effect faded, i.e. moved against the metric's good direction (one-sided
+  p < alpha): novelty suspected, promotion held;
+- ``grew``: the effect strengthened, in the good direction (p < alpha): a time trend the policy does not act
   on (users learning the new model, a change in traffic); the tests average over time, so
   the recent effect is larger than they say;
 - ``stable``: neither;
@@ -96,12 +97,12 @@ def _message(c: Comparison, status: Status, growth: float, alpha: float) -> str:
     split = f"from {_signed(c.early_lift)} up to {_when(c.split_at)} to {_signed(c.late_lift)} since"
     if status == "declined":
         return (
-            f"{who}: the effect fell {split} (one-sided p={_p(c.decline_p)} < alpha {alpha:g}): a novelty "
+            f"{who}: the effect faded {split} (one-sided p={_p(c.decline_p)} < alpha {alpha:g}): a novelty "
             f"effect is suspected, and the promotion is held while it lasts"
         )
     if status == "grew":
         return (
-            f"{who}: the effect grew {split} (one-sided p={_p(growth)} < alpha {alpha:g}): a time trend "
+            f"{who}: the effect strengthened {split} (one-sided p={_p(growth)} < alpha {alpha:g}): a time trend "
             f"(users learning the new model, or a change in traffic); the tests average over time, so the "
             f"recent effect is larger than they report"
         )

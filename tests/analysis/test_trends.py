@@ -45,7 +45,7 @@ def test_an_effect_that_fell_is_novelty_in_every_output() -> None:
     assert (t.variant, t.metric, t.status) == ("candidate", "m", "declined")
     assert t.early_lift == pytest.approx(0.04) and t.late_lift == pytest.approx(0.0, abs=0.004)
     assert t.decline_p < 0.001 and t.split_at == DAY
-    assert "the effect fell from +0.04 up to 1970-01-02 00:00 UTC to" in t.message
+    assert "the effect faded from +0.04 up to 1970-01-02 00:00 UTC to" in t.message
     assert "a novelty effect is suspected, and the promotion is held" in t.message
     assert result.decision.action == "continue"  # the policy held it, as the words say
     (out,) = result.to_dict()["trends"]
@@ -59,8 +59,8 @@ def test_an_effect_that_grew_is_a_trend_the_policy_does_not_act_on() -> None:
     result = two_looks((5_000, 250, 5_000, 250), (20_000, 1_000, 20_000, 1_400))
     (t,) = result.trends
     assert t.status == "grew" and t.growth_p < 0.001 and t.decline_p > 0.999
-    assert "the effect grew from +0 up to" in t.message and "recent effect is larger" in t.message
-    assert "Time trend: the effect grew" in html_report.render(spec(), result, [])
+    assert "the effect strengthened from +0 up to" in t.message and "recent effect is larger" in t.message
+    assert "Time trend: the effect strengthened" in html_report.render(spec(), result, [])
 
 
 def test_a_constant_effect_is_stable_and_a_first_look_is_not_checked() -> None:
