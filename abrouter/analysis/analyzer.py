@@ -10,6 +10,9 @@ the sequential p, intersections of the confidence sequences) arrive from the his
 - guardrails: `analysis.guardrails` of the settings, for every candidate, on the
   metrics the data carries (a summary without the router's built-ins skips those), over
   all epochs and on the current epoch alone (`evidence.guardrails`);
+- latency: each active candidate's p95 against the control's in the current epoch, from
+  the histograms (`latency`);
+- trends: whether the primary metric's effect declined or grew over time (`trend`);
 - SRM: first-exposure units per epoch against each epoch's weights (anytime-valid
   sequential multinomial test), so a ramp is not a mismatch and looking often is safe;
 - the decision, from `decision.decide`;
@@ -28,12 +31,16 @@ import numpy as np
 from abrouter.analysis import candidates
 from abrouter.analysis import decision as policy
 from abrouter.analysis import evidence as evidence_of
+from abrouter.analysis import latency as latency_of
+from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis import shadows as shadows_of
+from abrouter.analysis import trend as trend_of
 from abrouter.analysis.data import Arm, ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
 from abrouter.analysis.stats import fixed_horizon
 from abrouter.analysis.stats.compare import FRESH, Comparison, Running, compare
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.quantile import QuantileDifference
 from abrouter.analysis.stats.srm import SrmResult, srm_check
 from abrouter.contract.experiment import Metric
 
@@ -70,6 +77,15 @@ class AnalysisResult:
     ignored_settings: dict[str, float] = field(default_factory=dict)
     #: [shadow] The shadow variants' arms: errors, latency, agreement and guardrails.
     shadows: tuple[shadows_of.ShadowResult, ...] = ()
+    #: The secondary metrics' `sequential_p_value` per (variant, metric), adjusted by
+    #: `analysis.secondary_correction` over all of them (`secondary`); empty with "none".
+    secondary: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: Each active candidate's latency p95 against the control's in the current epoch,
+    #: from the histograms (`latency`); empty when the data has none (a summary).
+    latency_p95: tuple[QuantileDifference, ...] = ()
+    #: [novelty] The primary metric's effect over time per active candidate: declined
+    #: (novelty), grew, stable or not checked yet, with a sentence (`trend`).
+    trends: tuple[trend_of.Trend, ...] = ()
 
     @property
     def primary(self) -> str | None:
@@ -107,7 +123,10 @@ class AnalysisResult:
             "guardrails": [g.to_dict() for g in self.guardrails],
             "step_guardrails": [g.to_dict() for g in self.step_guardrails],
             "skipped_guardrails": list(self.skipped_guardrails),
+            "latency_p95": [d.to_dict() for d in self.latency_p95],
+            "trends": [t.to_dict() for t in self.trends],
             "omnibus": {m: (p if math.isfinite(p) else None) for m, p in self.omnibus.items()},
+            "secondary_correction": self.data.settings.secondary_correction,
             "decision": self.decision.to_dict(),
             "pinned": {
                 "alpha": self.data.settings.alpha,
@@ -127,6 +146,8 @@ class AnalysisResult:
         out["primary"] = c.metric == self.primary
         adjusted = self.holm.get(c.variant) if out["primary"] else None
         out["sequential_p_value_holm"] = adjusted if adjusted is not None and math.isfinite(adjusted) else None
+        secondary = self.secondary.get((c.variant, c.metric), math.nan)
+        out["sequential_p_value_adjusted"] = secondary if math.isfinite(secondary) else None
         return out
 
 
@@ -163,6 +184,9 @@ def analyze(
         omnibus=omnibus(data),
         next_running=_next_running(data, comparisons, previous),
         shadows=shadows,
+        secondary=secondary_of.adjusted(data, comparisons),
+        latency_p95=latency_of.p95(data),
+        trends=trend_of.trends(data, comparisons),
     )
 
 

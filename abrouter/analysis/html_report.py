@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from abrouter.analysis import report_text
+from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats import histogram
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.quantile import QuantileDifference
 from abrouter.contract import experiment as spec
 from abrouter.contract.history import DecisionEntry
 from abrouter.contract.model import Guardrail
@@ -184,6 +186,7 @@ inflate false promotions.</p></section>
 <section id="experiment"><h2>The experiment</h2><ul>{variants}</ul><p>Metrics (the first is primary):</p>
 <ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
 {_arms(experiment, result)}
+{_trends(result)}
 {_guardrails(result)}
 {_shadows(result)}
 <section id="plots"><h2>Over time</h2>
@@ -229,6 +232,28 @@ The other p-values and intervals are under <a href="#details">details</a>.</p>
 {_cuped_note(experiment, result)}</section>"""
 
 
+_TREND_WORDS = {
+    "declined": "Novelty suspected",
+    "grew": "Time trend: the effect strengthened",
+    "stable": "Stable",
+    "not_checked": "Not checked yet",
+}
+
+
+def _trends(result: AnalysisResult) -> str:
+    """[novelty] Whether the primary metric's effect changed over time, per active candidate, in words."""
+    if not result.trends:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(_TREND_WORDS[t.status])}</b>: {html.escape(t.message)}.</li>" for t in result.trends
+    )
+    return f"""<section id="trends"><h2>Effect over time</h2>
+<p>The data a promotion rests on (the final ramp step's) is split at an earlier look, about half-way in time, and the
+effect before it is compared with the effect since (absolute differences, candidate minus control). An effect that
+fades is what a novelty effect looks like, and holds a promotion; one that strengthens is a trend the tests average
+away.</p><ul>{items}</ul></section>"""
+
+
 def _guardrails(result: AnalysisResult) -> str:
     """Each guardrail of this look beside its margin, with its result in words."""
     rows = "".join(_cells(_guardrail_row(g)) for g in result.guardrails)
@@ -238,7 +263,31 @@ def _guardrails(result: AnalysisResult) -> str:
     return f"""<section id="guardrails"><h2>Guardrails</h2>
 <p>A candidate may be worse than the control by at most the tolerated harm. Harm is measured in the metric's bad
 direction (positive: worse), with an always-valid one-sided bound.</p>{table}
-{f"<p>Skipped (no data): {html.escape(skipped)}.</p>" if skipped else ""}</section>"""
+{f"<p>Skipped (no data): {html.escape(skipped)}.</p>" if skipped else ""}
+{_latency_p95(result)}</section>"""
+
+
+def _latency_p95(result: AnalysisResult) -> str:
+    """Beside the latency guardrail (the mean per user): the tail, each candidate's p95 against the control's."""
+    if not result.latency_p95:
+        return ""
+    rows = "".join(_cells(_latency_row(d)) for d in result.latency_p95)
+    first = result.latency_p95[0]
+    header = ("variant", "control p95 (ms)", "candidate p95 (ms)", "difference (ms)",
+              f"{1 - result.data.settings.alpha:.0%} interval (ms)", "relative", "relative interval")  # fmt: skip
+    return f"""<h3 id="latency-p95">Latency p95</h3>
+<p>The 95th percentile of the requests each arm served in the current epoch ({first.epoch}), read from the router's
+latency histograms. Their buckets are {first.resolution:.0%} wide, so a percentile is known only to within its bucket:
+the interval adds what the buckets hide to the sampling error. Requests count as independent; one look, for
+information (the guardrail above is on each user's mean latency).</p><table>{_head(header)}{rows}</table>"""
+
+
+def _latency_row(d: QuantileDifference) -> list[str]:
+    if d.status != "ok":
+        return [d.variant, "–", "–", "–", f"insufficient data: {d.reason}", "–", "–"]
+    return [d.variant, _fmt(d.control_ms), _fmt(d.candidate_ms), f"{d.difference_ms:+,.4g}",
+            f"{d.ci_ms[0]:+,.4g} .. {d.ci_ms[1]:+,.4g}", _fmt(d.relative, pct=True),
+            _interval(d.relative_ci)]  # fmt: skip
 
 
 def _shadows(result: AnalysisResult) -> str:
@@ -271,18 +320,28 @@ def _guardrail_row(g: NonInferiority) -> list[str]:
 
 def _details(result: AnalysisResult) -> str:
     """Every comparison's statistics, for whoever wants them all."""
-    rows = "".join(_cells(_detail_row(c, primary=result.primary or "")) for c in result.comparisons if c.status == "ok")
-    header = ("metric", "variant", "lift", "95% CI (fixed horizon)", "fixed-horizon p", "sequential p (lowest so far)",
-              "always-valid 95% CI", "chance to beat control", "expected loss")  # fmt: skip
+    method = result.data.settings.secondary_correction
+    adjusted = dict(result.secondary)
+    rows = "".join(
+        _cells(_detail_row(c, primary=result.primary or "", adjusted=adjusted if adjusted else None))
+        for c in result.comparisons
+        if c.status == "ok"
+    )
+    header = ["metric", "variant", "lift", "95% CI (fixed horizon)", "fixed-horizon p", "sequential p (lowest so far)",
+              "always-valid 95% CI", "chance to beat control", "expected loss"]  # fmt: skip
+    if adjusted:
+        header.insert(6, f"sequential p, {secondary_of.SHORT_NAMES[method]}-adjusted over the secondary metrics")
+    note = f"<p>{html.escape(secondary_of.describe(method, len(adjusted)))}.</p>" if adjusted else ""
     return f"""<details id="details"><summary>Details: every comparison</summary>
 <p><b>fixed-horizon p</b> and its CI are the classic two-sided test, valid only if this were the only look.
 <b>sequential p</b> is the always-valid p, the lowest over all looks so far. <b>chance to beat control</b> and
-<b>expected loss</b> are Bayesian, under a flat prior. Decisions use only the always-valid numbers.</p>
+<b>expected loss</b> are Bayesian, under a flat prior. Decisions use only the always-valid numbers.</p>{note}
 <table>{_head(header)}{rows}</table></details>"""
 
 
-def _detail_row(c: Comparison, *, primary: str) -> list[str]:
-    return [
+def _detail_row(c: Comparison, *, primary: str, adjusted: dict[tuple[str, str], float] | None = None) -> list[str]:
+    """One comparison's cells; with `adjusted` (the secondary correction on), its adjusted p after the sequential p."""
+    cells = [
         c.metric + (" (primary)" if c.metric == primary else ""),
         c.variant,
         _fmt(c.relative_lift, pct=True),
@@ -293,6 +352,9 @@ def _detail_row(c: Comparison, *, primary: str) -> list[str]:
         f"{c.chance_to_beat:.1%}" if math.isfinite(c.chance_to_beat) else "–",
         _fmt(c.expected_loss),
     ]
+    if adjusted is not None:
+        cells.insert(6, _fmt(adjusted.get((c.variant, c.metric), math.nan)))
+    return cells
 
 
 def _interval(pair: Sequence[float]) -> str:

@@ -12,9 +12,11 @@ import time
 from collections.abc import Sequence, Set
 
 from abrouter.analysis import explain
+from abrouter.analysis import secondary as secondary_of
 from abrouter.analysis.analyzer import AnalysisResult
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
+from abrouter.analysis.stats.quantile import QuantileDifference
 
 
 def render(result: AnalysisResult) -> str:
@@ -107,6 +109,9 @@ def _comparisons(r: AnalysisResult) -> str:
             "CUPED: adjusted by the pre-exposure covariate; means are adjusted means, "
             "CUPED var is the change of the lift's variance (1 - V_adjusted / V)"
         )
+    lines.extend(f"effect over time: {t.message}" for t in r.trends if t.status in ("declined", "grew"))
+    if r.secondary:
+        lines.append(secondary_of.describe(r.data.settings.secondary_correction, len(r.secondary)))
     if r.omnibus:
         tests = ", ".join(f"{m} p={explain.p(p)}" for m, p in r.omnibus.items())
         lines.append(f"chi-square over all arms (fixed horizon): {tests}")
@@ -132,6 +137,9 @@ def _comparison_row(r: AnalysisResult, c: Comparison) -> list[str]:
         ]
     holm = r.holm.get(c.variant) if c.metric == r.primary else None
     note = f"Holm seq p {explain.p(holm)}" if holm is not None and math.isfinite(holm) and len(r.holm) > 1 else ""
+    secondary = r.secondary.get((c.variant, c.metric), math.nan)
+    if math.isfinite(secondary):
+        note = f"{secondary_of.SHORT_NAMES[r.data.settings.secondary_correction]} seq p {explain.p(secondary)}"
     if c.cuped:  # [cuped]
         note = "  ".join(x for x in (note, f"CUPED var {-100 * c.variance_reduction:+.1f}%") if x)
     return [
@@ -157,7 +165,37 @@ def _guardrails(r: AnalysisResult) -> str:
         lines.append(table(["guardrail", "variant", "status", "harm", "bound", "margin"], rows, right={3, 4, 5}))
     if r.skipped_guardrails:
         lines.append(f"guardrails skipped (no data): {', '.join(r.skipped_guardrails)}")
+    if r.latency_p95:
+        lines.append(_latency_p95(r))
     return "\n".join(lines)
+
+
+def _latency_p95(r: AnalysisResult) -> str:
+    """Each candidate's p95 against the control's (current epoch, histograms), with the buckets' resolution."""
+    rows = [_latency_row(d) for d in r.latency_p95]
+    head = ["latency p95", "variant", "control ms", "candidate ms", "difference", "CI", "relative", "relative CI"]
+    epoch, width = r.latency_p95[0].epoch, r.latency_p95[0].resolution
+    note = (
+        f"p95 of the requests in epoch {epoch}, read from histogram buckets {width:.0%} wide; "
+        f"the {1 - r.data.settings.alpha:.0%} interval includes what the buckets hide (fixed horizon, informational)"
+    )
+    return "\n".join([table(head, rows, right={2, 3, 4, 5, 6, 7}), note])
+
+
+def _latency_row(d: QuantileDifference) -> list[str]:
+    if d.status != "ok":
+        return ["p95", d.variant, "n/a", "n/a", "", "", "", f"insufficient data: {d.reason}"]
+    low, high = d.ci_ms
+    return [
+        "p95",
+        d.variant,
+        _num(d.control_ms),
+        _num(d.candidate_ms),
+        _num(d.difference_ms, signed=True),
+        f"[{_num(low, signed=True)}, {_num(high, signed=True)}]",
+        explain.percent(d.relative),
+        _interval(d.relative_ci),
+    ]
 
 
 def _guardrail_row(g: NonInferiority) -> list[str]:

@@ -185,6 +185,7 @@ def analysis_schema() -> dict[str, Any]:
             "bandit": bandit,
             "multiple_exposures": _enum(model.MultipleExposures),
             "scale_down_losers": {"type": "boolean"},
+            "secondary_correction": _enum(model.SecondaryCorrection),
         },
         description="the decision policy (docs/analyzer.md)",
     )

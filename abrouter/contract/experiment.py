@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,6 +37,7 @@ from abrouter.contract.model import (
     Match,
     Metric,
     MetricKind,
+    SecondaryCorrection,
     Timeouts,
     UnitSource,
     UnitSourceKind,
@@ -408,6 +409,11 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
             r.get("multiple_exposures", d.multiple_exposures), r.at("multiple_exposures"), ("keep", "exclude")
         ),
         scale_down_losers=fields.boolean(r.get("scale_down_losers", d.scale_down_losers), r.at("scale_down_losers")),
+        secondary_correction=fields.choice(
+            r.get("secondary_correction", d.secondary_correction),
+            r.at("secondary_correction"),
+            get_args(SecondaryCorrection),
+        ),
     )
     r.done()
     return settings

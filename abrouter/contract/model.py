@@ -14,6 +14,8 @@ MetricKind = Literal["binary", "continuous", "ratio"]
 Direction = Literal["increase", "decrease"]
 UnitSourceKind = Literal["header", "cookie", "query"]
 MultipleExposures = Literal["keep", "exclude"]
+#: The correction over the secondary metrics' p's (`AnalysisSettings.secondary_correction`).
+SecondaryCorrection = Literal["none", "holm", "bh"]
 
 #: Metrics the router measures itself on every proxied request. They are per-request
 #: (ratio) metrics: their unit-level sums are divided by the unit's exposures.
@@ -172,6 +174,11 @@ class AnalysisSettings:
     #: leaves them out, as GrowthBook does, at the risk of a selection bias (whether a
     #: user returns after a ramp step depends on the user).
     multiple_exposures: MultipleExposures = "keep"
+    #: The multiple-comparison correction reported over the secondary metrics (every user
+    #: metric but the primary, for every candidate): "bh" (Benjamini–Hochberg, false
+    #: discovery rate), "holm" (family-wise error) or "none". Reported only: the decision
+    #: rests on the primary metric (Holm over the candidates) and the guardrails.
+    secondary_correction: SecondaryCorrection = "none"
     #: After a promotion through Kubernetes, scale the losers' `Variant.deployment` to 0.
     scale_down_losers: bool = False
 

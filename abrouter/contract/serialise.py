@@ -48,6 +48,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "bandit": {"enabled": a.bandit.enabled, "floor": a.bandit.floor, "min_units": a.bandit.min_units},
             "multiple_exposures": a.multiple_exposures,
             "scale_down_losers": a.scale_down_losers,
+            "secondary_correction": a.secondary_correction,
         },
     }
     if e.covariate is not None:  # [cuped]

@@ -10,7 +10,8 @@ Modules, one noun each::
     compare         Comparison / compare(): everything for one (variant, metric)
     noninferiority  NonInferiority / non_inferiority(): guardrails
     srm             SrmResult / srm_check(): sample-ratio mismatch
-    multiple        holm()
+    multiple        holm(), benjamini_hochberg(), adjust()
+    quantile        QuantileDifference / difference(): a latency quantile's difference from histograms
     bandit          thompson_weights()
     power           Plan / sample_size()
     reasons         reason codes for "insufficient_data"

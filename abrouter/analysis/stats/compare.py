@@ -130,6 +130,8 @@ class Comparison:
     late_variance: float = math.nan
     split_information: float = math.nan
     decline_p: float = math.nan
+    #: [novelty] When the look that splits the data was taken (unix seconds; NaN when unknown).
+    split_at: float = math.nan
     #: [novelty] The anchors to hand to the next look (not part of `to_dict`).
     anchors: tuple[stability.Anchor, ...] = ()
     #: The information clock's reference to hand to the next look (`clock`; not part of `to_dict`).
@@ -258,6 +260,7 @@ def compare(
         late_variance=drift.late_variance,
         split_information=drift.split,
         decline_p=drift.p_value,
+        split_at=drift.split_at,
         anchors=stability.advance(previous.anchors, anchor),
         reference=reference,
     )

@@ -69,6 +69,8 @@ class Decline:
     #: Information time of the anchor that splits the data.
     split: float
     p_value: float
+    #: When the anchor that splits the data was taken (unix seconds; NaN when unknown).
+    split_at: float = math.nan
 
 
 NO_DECLINE = Decline(math.nan, math.nan, math.nan, math.nan, math.nan)
@@ -107,7 +109,12 @@ def decline(anchors: tuple[Anchor, ...], now: Anchor, *, increase: bool) -> Decl
     z = drop / math.sqrt(split.variance + rest.variance)
     p = float(special.ndtr(-z))
     return Decline(
-        early=split.difference, late=rest.difference, late_variance=rest.variance, split=split.information, p_value=p
+        early=split.difference,
+        late=rest.difference,
+        late_variance=rest.variance,
+        split=split.information,
+        p_value=p,
+        split_at=split.at,
     )
 
 
