@@ -200,13 +200,16 @@ def compare(
     better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)
     est, tested_kind, reduction = _estimate(controls, candidates, kind, use_cuped)
+    # Ratio metrics: t at Kish's effective units of the raw denominators, adjusted or not.
+    raw = est.pairs if est.pairs and est.pairs[0][0].is_ratio else _usable_pairs(controls, candidates)
+    df = fixed_horizon.ratio_df(raw) if controls[0].is_ratio else None
     header: dict[str, Any] = dict(
         variant=variant, metric=metric, n_control=est.n_control, n=est.n, control_mean=est.control_mean, mean=est.mean
     )
     if est.reason:
         return _insufficient(header, est.reason, previous)
     header.update(cuped=math.isfinite(reduction), variance_reduction=reduction)
-    fixed, abs_ci = _fixed_horizon(est, tested_kind, alpha)
+    fixed, abs_ci = _fixed_horizon(est, tested_kind, alpha, df)
     seq_p, k = _sequential(est, alpha, expected_units)
     signed = est.difference if direction == "increase" else -est.difference
     design = stability.anchor_of(
@@ -324,13 +327,22 @@ def _validate(sample: Sample, kind: Kind) -> None:
         raise ValueError("continuous metric: sum_sq is required")
 
 
+def _usable_pairs(controls: list[Sample], candidates: list[Sample]) -> list[tuple[Sample, Sample]]:
+    """The raw strata with more than one unit and a denominator in both arms (ratio metrics)."""
+    return [(c, t) for c, t in zip(controls, candidates) if all(s.n > 1 and s.den_sum for s in (c, t))]
+
+
 def _fixed_horizon(
-    est: estimate.Estimate, kind: Kind, alpha: float
+    est: estimate.Estimate, kind: Kind, alpha: float, ratio_df: float | None
 ) -> tuple[fixed_horizon.TestResult, tuple[float, float]]:
-    """The classic test and CI for one stratum; a z on the combined estimate for several."""
+    """The classic test and CI for one stratum; a z on the combined estimate for several.
+
+    `ratio_df`: a ratio metric's df (`fixed_horizon.ratio_df` of its raw strata, also when
+    CUPED turned them into mean Samples); None for a mean metric.
+    """
     (control, candidate), *rest = est.pairs
-    if rest or control.is_ratio:  # ratio metrics: t at the smaller arm's effective units (`ratio_df`)
-        result = fixed_horizon.t_test(est.difference, est.variance, fixed_horizon.ratio_df(est.pairs))
+    if rest or ratio_df is not None:  # ratio metrics: t at the smaller arm's effective units (`ratio_df`)
+        result = fixed_horizon.t_test(est.difference, est.variance, math.inf if ratio_df is None else ratio_df)
     elif kind == "binary":
         result = fixed_horizon.two_proportion_z(control, candidate)
     else:

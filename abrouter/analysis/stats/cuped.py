@@ -31,6 +31,26 @@ Bayesian summaries) runs unchanged on them (`compare.compare`).
 
 `adjusted_difference` is the vectorised core, for simulations: it broadcasts over numpy
 arrays of sums (`Sums`), one stratum per element.
+
+**Ratio metrics** (issue 18). R = Σx_u/Σy_u has no per-unit value to adjust, but the delta
+method gives one: per arm, with R̂ = Σx/Σy and ȳ = Σy/n, the linearised unit value
+
+    z_u = R̂ + (x_u − R̂·y_u)/ȳ
+
+has mean exactly R̂, and its Welch variance s²_z/n is the delta-method variance of R̂
+(`Sample.mean_variance`). CUPED on z is then CUPED for the ratio (Deng et al. 2013, §3.3 and
+appendix B; GrowthBook's and Eppo's regression adjustment of ratio metrics): θ pooled as
+above from S_zc = (S_xc − R̂·S_yc)/ȳ, R̂_adj = R̂ − θ·(c̄_arm − c̄), and
+
+    Var(R̂_adj) = (s²_z − 2θ·s_zc + θ²·s²_c)/n   per arm.
+
+Every sum of z follows from the stored ones (`linearised`), Σy·c being the one a ratio adds
+(`Sample.den_cov_products`), so a ratio stratum enters `adjust` like a mean one. The
+linearisation ignores the sampling error of R̂ and ȳ inside z (O(1/n), as the delta method
+does); Δ̂ is the arm contrast of the intercept-free regression z ~ arm_c + arm_t + (c − c̄)
+and V its robust variance (`tests/analysis/stats/test_stats_cuped_ratio.py`). With
+heavy-tailed exposures the few units that carry Σy still carry z, so `compare` keeps the
+t quantile at Kish's effective units of the raw denominators.
 """
 
 from __future__ import annotations
@@ -73,9 +93,56 @@ class Sums:
 
     @classmethod
     def of(cls, s: Sample) -> Sums:
+        """A mean Sample's sums; a ratio Sample's are those of its linearised values (`linearised`)."""
         if not s.has_covariate:
             raise ValueError("the sample carries no covariate sums")
+        if s.is_ratio:
+            return RatioSums(
+                s.n, s.sum, s.effective_sum_sq, s.den_sum, s.den_sum_sq, s.sum_products,  # type: ignore[arg-type]
+                s.cov_sum, s.cov_sum_sq, s.cov_products, s.den_cov_products,  # type: ignore[arg-type]
+            ).linearised()  # fmt: skip
         return cls(s.n, s.sum, s.effective_sum_sq, s.cov_sum, s.cov_sum_sq, s.cov_products)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class RatioSums:
+    """One arm's sums of a ratio Σx/Σy and the covariate c; every field broadcasts."""
+
+    n: ArrayLike
+    sum: ArrayLike
+    sum_sq: ArrayLike
+    den_sum: ArrayLike
+    den_sum_sq: ArrayLike
+    sum_products: ArrayLike
+    cov_sum: ArrayLike
+    cov_sum_sq: ArrayLike
+    cov_products: ArrayLike
+    den_cov_products: ArrayLike
+
+    @classmethod
+    def from_units(cls, x: ArrayLike, y: ArrayLike, c: ArrayLike, axis: int = -1) -> RatioSums:
+        """The sums of raw per-unit numerators x, denominators y and covariates c along `axis`."""
+        xa, ya, ca = (np.asarray(v, dtype=float) for v in (x, y, c))
+        return cls(
+            np.asarray(xa.shape[axis], dtype=float),
+            *(v.sum(axis=axis) for v in (xa, xa**2, ya, ya**2, xa * ya, ca, ca**2, xa * ca, ya * ca)),
+        )
+
+    def linearised(self) -> Sums:
+        """The sums of z_u = R̂ + (x_u − R̂·y_u)/ȳ (the module docstring), with the covariate's.
+
+        Σz = n·R̂, Σz² = n·R̂² + (Σx² − 2R̂·Σxy + R̂²·Σy²)/ȳ², Σz·c = R̂·Σc + (Σxc − R̂·Σyc)/ȳ.
+        NaN where the arm has no denominator.
+        """
+        n, sx, sy = (np.asarray(v, dtype=float) for v in (self.n, self.sum, self.den_sum))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r, ybar = sx / sy, sy / n
+            dd = np.asarray(self.sum_sq) - 2 * r * np.asarray(self.sum_products) + r**2 * np.asarray(self.den_sum_sq)
+            zc = (
+                r * np.asarray(self.cov_sum)
+                + (np.asarray(self.cov_products) - r * np.asarray(self.den_cov_products)) / ybar
+            )
+            return Sums(n, n * r, n * r**2 + np.maximum(dd, 0.0) / ybar**2, self.cov_sum, self.cov_sum_sq, zc)
 
 
 @dataclass(frozen=True)
@@ -177,9 +244,11 @@ def adjust_strata(controls: Sequence[Sample], candidates: Sequence[Sample], *, k
 
     None when a stratum with units lacks the covariate's sums, or when the covariate has no
     within-arm variance in any stratum (nobody reported one): then the unadjusted analysis
-    stands unchanged. Strata with n <= 1 are passed through; the combination skips them.
+    stands unchanged. Strata with n <= 1 (or a ratio's without a denominator) are passed
+    through; the combination skips them. Ratio strata become mean Samples of their adjusted
+    linearised values (the module docstring).
     """
-    sized = [(c, t) for c, t in zip(controls, candidates) if c.n > 1 and t.n > 1]
+    sized = [(c, t) for c, t in zip(controls, candidates) if _sized(c, t)]
     if not sized or not all(c.has_covariate and t.has_covariate for c, t in sized):
         return None
     if not any(float(_centred(Sums.of(c), "cc") + _centred(Sums.of(t), "cc")) > 0 for c, t in sized):
@@ -187,9 +256,9 @@ def adjust_strata(controls: Sequence[Sample], candidates: Sequence[Sample], *, k
     out_c, out_t, thetas, floors = [], [], [], {}
     plain, floored = estimate.arm_variance(kind), estimate.floored_variance(kind)
     for c, t in zip(controls, candidates):
-        if not (c.n > 1 and t.n > 1):
-            out_c.append(Sample(n=c.n, sum=c.sum, sum_sq=c.effective_sum_sq))
-            out_t.append(Sample(n=t.n, sum=t.sum, sum_sq=t.effective_sum_sq))
+        if not _sized(c, t):
+            out_c.append(_passed_through(c))
+            out_t.append(_passed_through(t))
             thetas.append(0.0)
             continue
         yc, yt, th = adjust(c, t)
@@ -200,6 +269,18 @@ def adjust_strata(controls: Sequence[Sample], candidates: Sequence[Sample], *, k
         out_t.append(yt)
         thetas.append(th)
     return Adjustment(tuple(out_c), tuple(out_t), tuple(thetas), floors)
+
+
+def _sized(control: Sample, candidate: Sample) -> bool:
+    """Both arms have n > 1 and, for a ratio, a denominator: the stratum can be adjusted."""
+    return all(s.n > 1 and (not s.is_ratio or bool(s.den_sum)) for s in (control, candidate))
+
+
+def _passed_through(s: Sample) -> Sample:
+    """A stratum too small to adjust, as a mean Sample the combination skips (a ratio: no spread)."""
+    if s.is_ratio:
+        return Sample(n=s.n, sum=0.0, sum_sq=0.0)
+    return Sample(n=s.n, sum=s.sum, sum_sq=s.effective_sum_sq)
 
 
 def _centred(s: Sums, which: str) -> Array:

@@ -16,13 +16,14 @@ Two shapes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 _RATIO_FIELDS = ("den_sum", "den_sum_sq", "sum_products")
 _COVARIATE_FIELDS = ("cov_sum", "cov_sum_sq", "cov_products")  # [cuped]
+_RATIO_COVARIATE_FIELDS = (*_COVARIATE_FIELDS, "den_cov_products")  # [cuped] a ratio's needs Σy·c too
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,13 @@ class Sample:
     den_sum_sq: float | None = None
     #: Ratio metrics: Σ x_u n_u.
     sum_products: float | None = None
-    #: [cuped] Mean metrics with a pre-exposure covariate c_u: Σ c_u, Σ c_u², Σ x_u c_u
+    #: [cuped] A pre-exposure covariate c_u: Σ c_u, Σ c_u², Σ x_u c_u
     #: (`abrouter.analysis.stats.cuped`). None: no covariate.
     cov_sum: float | None = None
     cov_sum_sq: float | None = None
     cov_products: float | None = None
+    #: [cuped] Ratio metrics with a covariate: Σ y_u c_u of the denominator (None otherwise).
+    den_cov_products: float | None = None
 
     def __post_init__(self) -> None:
         # Negative counts or half-given ratio sums are bugs upstream, not bad luck.
@@ -56,9 +59,10 @@ class Sample:
             raise ValueError(f"ratio metric: {', '.join(_RATIO_FIELDS)} must be given together")
         if self.is_ratio and self.sum_sq is None:
             raise ValueError("ratio metric: sum_sq is required")
-        given = [getattr(self, name) is not None for name in _COVARIATE_FIELDS]  # [cuped]
-        if any(given) and not (all(given) and not self.is_ratio):
-            raise ValueError(f"covariate: {', '.join(_COVARIATE_FIELDS)} go together, on a mean metric")
+        names = _RATIO_COVARIATE_FIELDS if self.is_ratio else _COVARIATE_FIELDS  # [cuped]
+        given = [getattr(self, name) is not None for name in names]
+        if (any(given) and not all(given)) or (not self.is_ratio and self.den_cov_products is not None):
+            raise ValueError(f"covariate: {', '.join(names)} go together")
 
     @classmethod
     def from_values(cls, values: ArrayLike, covariate: ArrayLike | None = None) -> Sample:
@@ -82,16 +86,31 @@ class Sample:
         )
 
     @classmethod
-    def from_ratio(cls, numerators: ArrayLike, denominators: ArrayLike) -> Sample:
-        """The sums of a ratio metric from raw per-unit numerators x_u and denominators n_u."""
+    def from_ratio(cls, numerators: ArrayLike, denominators: ArrayLike, covariate: ArrayLike | None = None) -> Sample:
+        """The sums of a ratio metric from raw per-unit numerators x_u and denominators n_u.
+
+        [cuped] `covariate`: the units' pre-exposure covariate c_u, aligned with them.
+        """
         x, d = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
-        return cls(
+        out = cls(
             n=float(x.size),
             sum=float(x.sum()),
             sum_sq=float((x**2).sum()),
             den_sum=float(d.sum()),
             den_sum_sq=float((d**2).sum()),
             sum_products=float((x * d).sum()),
+        )
+        if covariate is None:
+            return out
+        c = np.asarray(covariate, dtype=float)
+        if c.shape != x.shape or d.shape != x.shape:
+            raise ValueError(f"covariate: shape {c.shape} differs from the values' {x.shape}")
+        return replace(
+            out,
+            cov_sum=float(c.sum()),
+            cov_sum_sq=float((c**2).sum()),
+            cov_products=float((x * c).sum()),
+            den_cov_products=float((d * c).sum()),
         )
 
     @classmethod
@@ -117,6 +136,7 @@ class Sample:
             cov_sum=_add(self.cov_sum, other.cov_sum),  # [cuped] None unless both have one
             cov_sum_sq=_add(self.cov_sum_sq, other.cov_sum_sq),
             cov_products=_add(self.cov_products, other.cov_products),
+            den_cov_products=_add(self.den_cov_products, other.den_cov_products),
         )
 
     def __radd__(self, other: object) -> Sample:
