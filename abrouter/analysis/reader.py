@@ -19,7 +19,9 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
   with ``analysis.multiple_exposures: exclude``, their sums (the shadow stratum
   ``variant~mx``) are subtracted;
 - [cuped] metrics the spec's covariate adjusts (`Experiment.cuped_metrics`) also carry
-  Σc_u, Σc_u² (the covariate's column) and Σx_u·c_u (``sum_xy``) per stratum;
+  Σc_u, Σc_u² (the covariate's column) and Σx_u·c_u (``sum_xy``) per stratum, and the
+  adjusted ratios (`Experiment.cuped_ratios`) their numerator's Σx_u·c_u and their
+  denominator's Σy_u·c_u;
 - built-ins (errors, latency_ms, and slow_requests when the spec sets ``slow_request``):
   per-request ratios Σx_u / Σn_u, with the denominator sums the delta method needs
   (den_sum = exposures, den_sum_sq = Σn_u², sum_products = Σx_u·n_u);
@@ -241,7 +243,7 @@ def _covariate(
     *,
     exclude: bool,
 ) -> d.Stratum:
-    """`_stratum`, with Σc, Σc², Σx·c attached to the samples of the metrics the covariate adjusts.
+    """`_stratum`, with Σc, Σc², Σx·c (and a ratio's Σy·c) attached to the samples the covariate adjusts.
 
     Unit-level sums like the others: with ``multiple_exposures: exclude`` they are taken
     after the multiple-exposure units' sums are subtracted (`schema.subtract` covers
@@ -254,10 +256,19 @@ def _covariate(
         s = schema.subtract(s, mx)
     cov = s.metrics.get(experiment.covariate) or schema.MetricSums()
     samples = dict(stratum.metrics)
-    for name in experiment.cuped_metrics:
-        x = s.metrics.get(name) or schema.MetricSums()
-        samples[name] = dataclasses.replace(
-            samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=x.sum_xy.get(experiment.covariate, 0.0)
+    products = {
+        name: (s.metrics.get(name) or schema.MetricSums()).sum_xy.get(experiment.covariate, 0.0)
+        for name in experiment.cuped_metrics
+    }
+    for name, xc in products.items():
+        samples[name] = dataclasses.replace(samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=xc)
+    for m in experiment.cuped_ratios:  # Σx·c and Σy·c are its parts' products with the covariate
+        samples[m.name] = dataclasses.replace(
+            samples[m.name],
+            cov_sum=cov.sum,
+            cov_sum_sq=cov.sum_sq,
+            cov_products=products[m.numerator or ""],
+            den_cov_products=products[m.denominator or ""],
         )
     return dataclasses.replace(stratum, metrics=samples)
 

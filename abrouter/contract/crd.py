@@ -144,7 +144,11 @@ def metric_schema() -> dict[str, Any]:
             "direction": _enum(model.Direction),
             "numerator": _string(description="kind ratio: a binary or continuous metric, or a built-in"),
             "denominator": _string(description=f"kind ratio: another metric or {model.EXPOSURES!r} (the default)"),
-            "cuped": {"type": "boolean", "description": "adjust by the experiment's covariate (default true)"},
+            "cuped": {
+                "type": "boolean",
+                "description": "adjust by the experiment's covariate "
+                "(default true; ratios: false, and true needs both parts adjusted)",
+            },
             "cap": {
                 **_num(minimum=0, maximum=experiment.MAX_CAP, exclusive_min=True),
                 "description": "continuous metrics: the largest total one unit contributes",

@@ -288,14 +288,40 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
 
 # [cuped]
 def _cuped(r: fields.Reader, kind: str) -> bool:
-    """Whether the experiment's covariate adjusts the metric: by default every binary or continuous one."""
-    if kind == "ratio":
-        if r.get("cuped", False) is not False:
-            raise ConfigError(
-                r.at("cuped"), "ratio metrics are not adjusted: CUPED applies to binary and continuous ones"
-            )
-        return False
-    return fields.boolean(r.get("cuped", True), r.at("cuped"))
+    """Whether the experiment's covariate adjusts the metric: by default every binary or continuous
+    one; a ratio when it says ``cuped: true`` (its parts must be adjusted, `_cuped_ratios`)."""
+    return fields.boolean(r.get("cuped", kind != "ratio"), r.at("cuped"))
+
+
+def _cuped_ratios(metrics: tuple[Metric, ...], covariate: str | None) -> None:
+    """A ratio with ``cuped: true`` needs the covariate and Σx·c, Σy·c of both its parts.
+
+    The router keeps Σx_u·c_u for the binary and continuous metrics the covariate adjusts
+    (`keys.covariate_pairs`), not for the built-ins or the exposures.
+    """
+    for i, m in enumerate(metrics):
+        if not (m.is_ratio and m.cuped):
+            continue
+        path = f"metrics[{i}].cuped"
+        if covariate is None:
+            raise ConfigError(path, "needs the experiment's covariate: add `covariate: <name>` or drop cuped")
+        for part, name in (("numerator", m.numerator), ("denominator", m.denominator)):
+            _cuped_part(metrics, path, part, name or "")
+
+
+def _cuped_part(metrics: tuple[Metric, ...], path: str, part: str, name: str) -> None:
+    if name == EXPOSURES or name in BUILTIN_METRICS:
+        raise ConfigError(
+            path,
+            f"the {part} {name!r} is counted by the router, which keeps no product of it with the covariate; "
+            "adjust a ratio of two binary or continuous metrics, or set cuped: false",
+        )
+    if not next(x for x in metrics if x.name == name).cuped:
+        raise ConfigError(
+            path,
+            f"the {part} {name!r} has cuped: false; a ratio is adjusted through its parts' products with the "
+            "covariate, so both must be adjusted",
+        )
 
 
 def _covariate(value: Any, metric_names: set[str]) -> str | None:
@@ -469,6 +495,7 @@ def parse(data: Any) -> Experiment:
         match=_match(r.get("match", {}), "match"),
     )
     r.done()
+    _cuped_ratios(metrics, experiment.covariate)  # [cuped]
     return experiment
 
 

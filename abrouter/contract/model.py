@@ -101,7 +101,8 @@ class Metric:
     numerator: str | None = None
     denominator: str | None = None
     #: [cuped] Adjust this metric by the experiment's `Experiment.covariate` (CUPED), when
-    #: it has one. Binary and continuous metrics only: ratios and built-ins are never adjusted.
+    #: it has one. Binary and continuous metrics by default (built-ins never); a ratio only
+    #: when its spec says ``cuped: true`` and both its parts are adjusted (`cuped_ratios`).
     cuped: bool = True
     #: [cap] The largest total a unit may contribute (continuous metrics): the router caps
     #: each unit's running total at ingestion, so one heavy user cannot swamp the mean.
@@ -262,6 +263,15 @@ class Experiment:
         if self.covariate is None:
             return ()
         return tuple(m.name for m in self.metrics if not m.is_ratio and m.cuped)
+
+    @property
+    def cuped_ratios(self) -> tuple[Metric, ...]:
+        """[cuped] The ratios the covariate adjusts: ``cuped: true`` with both parts in `cuped_metrics`.
+
+        Their Σx·c and Σy·c are their parts' (`keys.covariate_pairs`): no column of their own.
+        """
+        adjusted = set(self.cuped_metrics)
+        return tuple(m for m in self.metrics if m.is_ratio and m.cuped and {m.numerator, m.denominator} <= adjusted)
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:

@@ -76,6 +76,8 @@ def _metric_dict(m: Metric) -> dict[str, Any]:
     out: dict[str, Any] = {"name": m.name, "kind": m.kind, "direction": m.direction}
     if m.is_ratio:
         out.update(numerator=m.numerator, denominator=m.denominator)
+        if m.cuped:  # [cuped] a ratio is adjusted only when it says so
+            out["cuped"] = True
     elif not m.cuped:  # [cuped]
         out["cuped"] = False
     if m.cap is not None:  # [cap]

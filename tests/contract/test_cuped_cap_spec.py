@@ -55,6 +55,7 @@ def test_the_covariate_adjusts_every_binary_and_continuous_metric_unless_one_opt
         ({"metrics": [{"name": "c", "kind": "continuous", "cap": 1e16}]}, "metrics[0].cap", "<= 1e+15"),
         ({"metrics": [{"name": "c", "kind": "continuous", "cap": float("nan")}]}, "metrics[0].cap", "finite"),
         ({"metrics": [{"name": "c", "kind": "continuous", "cuped": "no"}]}, "metrics[0].cuped", "true or false"),
+        # [cuped] a ratio is adjusted through its parts' products with the covariate
         (
             {
                 "metrics": [
@@ -63,7 +64,50 @@ def test_the_covariate_adjusts_every_binary_and_continuous_metric_unless_one_opt
                 ]
             },
             "metrics[1].cuped",
-            "ratio metrics are not adjusted",
+            "the denominator 'exposures' is counted by the router",
+        ),
+        (
+            {
+                "metrics": [
+                    {"name": "c", "kind": "continuous"},
+                    {"name": "r", "kind": "ratio", "numerator": "errors", "denominator": "c", "cuped": True},
+                ]
+            },
+            "metrics[1].cuped",
+            "the numerator 'errors' is counted by the router",
+        ),
+        (
+            {
+                "metrics": [
+                    {"name": "ctr", "kind": "ratio", "numerator": "c", "denominator": "i", "cuped": True},
+                    {"name": "c", "kind": "continuous"},
+                    {"name": "i", "kind": "continuous", "cuped": False},
+                ]
+            },
+            "metrics[0].cuped",
+            "the denominator 'i' has cuped: false",
+        ),
+        (
+            {
+                "covariate": None,
+                "metrics": [
+                    {"name": "c", "kind": "continuous"},
+                    {"name": "i", "kind": "continuous"},
+                    {"name": "r", "kind": "ratio", "numerator": "c", "denominator": "i", "cuped": True},
+                ],
+            },
+            "metrics[2].cuped",
+            "needs the experiment's covariate",
+        ),
+        (
+            {
+                "metrics": [
+                    {"name": "c", "kind": "continuous"},
+                    {"name": "r", "kind": "ratio", "numerator": "c", "cuped": 1},
+                ]
+            },
+            "metrics[1].cuped",
+            "true or false",
         ),
     ],
 )
@@ -75,3 +119,21 @@ def test_bad_values_are_rejected_naming_the_field(change: dict[str, Any], path: 
 
 def test_the_largest_cap_is_the_bound_of_every_outcome_value() -> None:
     assert model.MAX_CAP == keys.MAX_ABS_VALUE
+
+
+def test_a_ratio_of_two_adjusted_metrics_is_adjusted_when_it_says_cuped_true() -> None:
+    # [cuped] Refused before issue 18's CUPED for ratios; a ratio stays unadjusted by default.
+    metrics = [
+        {"name": "clicks", "kind": "continuous"},
+        {"name": "impressions", "kind": "continuous"},
+        {"name": "ctr", "kind": "ratio", "numerator": "clicks", "denominator": "impressions", "cuped": True},
+        {"name": "ctr_plain", "kind": "ratio", "numerator": "clicks", "denominator": "impressions"},
+        {"name": "per_request", "kind": "ratio", "numerator": "clicks"},
+    ]
+    e = model.parse(_spec(metrics=metrics))
+    assert [m.name for m in e.cuped_ratios] == ["ctr"]
+    assert e.metric("ctr").cuped and not e.metric("ctr_plain").cuped and not e.metric("per_request").cuped
+    # Σx·c and Σy·c are the parts' products with the covariate: no new column or pair.
+    assert keys.covariate_pairs(e) == (("clicks", "prior_clicks"), ("impressions", "prior_clicks"))
+    assert model.to_dict(e)["metrics"][2]["cuped"] is True and "cuped" not in model.to_dict(e)["metrics"][3]
+    assert model.parse(model.to_dict(e)) == e
