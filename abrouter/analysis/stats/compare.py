@@ -195,7 +195,9 @@ def compare(
     [cuped] When the samples carry a covariate's sums (`Sample.cov_sum`, ...) and
     `use_cuped`, every stratum is adjusted (`cuped.adjust_strata`) and the whole comparison
     (means, intervals, fixed-horizon and sequential tests, Bayesian summaries) runs on the
-    adjusted values, as a continuous metric; `variance_reduction` reports 1 − V_cuped/V.
+    adjusted values, as a continuous metric; `variance_reduction` reports 1 − V_cuped/V. A
+    ratio metric's strata (with Σy·c, `Sample.den_cov_products`) are adjusted through their
+    linearisation and keep the ratio's t quantile (Kish's df of the raw denominators).
     """
     better, worse = float(previous.p_better), float(previous.p_worse)
     controls, candidates = strata(control, candidate, kind=kind)

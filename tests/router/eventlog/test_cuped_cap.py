@@ -204,3 +204,47 @@ async def test_a_first_covariate_of_zero_is_kept_too(
     strata = keys.decode_agg(await redis_client.hgetall(keys.Keys(experiment_name).agg))
     control = strata[(1, "control")].metrics
     assert control["prior_clicks"].sum == 0.0 and control["prior_clicks~set"].sum == 2
+
+
+async def test_a_cuped_ratio_reads_its_parts_products_with_the_covariate(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    # [cuped] ctr = clicks / impressions with cuped: true: the reader attaches Σc, Σc², Σx·c
+    # (clicks) and Σy·c (impressions) from what flush.lua keeps for the parts, and compare()
+    # on the data read from Redis is compare() on the raw units' sums.
+    from abrouter.analysis.stats.compare import compare
+    from abrouter.analysis.stats.sample import Sample
+
+    metrics = [
+        {"name": "clicks", "kind": "continuous"},
+        {"name": "impressions", "kind": "continuous"},
+        {"name": "ctr", "kind": "ratio", "numerator": "clicks", "denominator": "impressions", "cuped": True},
+    ]
+    experiment = spec(experiment_name, metrics=metrics)
+    rng = np.random.default_rng(9)
+    units = [f"u{i}" for i in range(120)]
+    arm = {u: ARMS[i % 2] for i, u in enumerate(units)}
+    c = {u: float(rng.poisson(4)) for u in units}
+    y = {u: float(rng.integers(1, 9)) for u in units}
+    x = {u: float(rng.binomial(int(y[u]), 0.2 + 0.05 * min(c[u], 6))) for u in units}
+    log = EventLog(redis_url=redis_url, experiment=experiment, spill_dir=tmp_path)
+    await log.start()
+    log.register_epoch(1, {"control": 50, "candidate": 50}, since=1000.0)
+    for u in units:
+        h = keys.unit_hash(u)
+        log.record_exposure(events.Exposure(f"{u}-0", h, arm[u], 1, 1000.0, 200, 5.0, False))
+        for metric, value in (("impressions", y[u]), ("clicks", x[u]), ("prior_clicks", c[u])):
+            log.record_outcome(events.Outcome(h, arm[u], 1, metric, value, 1001.0))
+    await log.close()
+    data = await reader.read(redis_client, experiment)
+    raw = {}
+    for name in ARMS:
+        mine = [u for u in units if arm[u] == name]
+        raw[name] = Sample.from_ratio([x[u] for u in mine], [y[u] for u in mine], [c[u] for u in mine])
+        (ctr,) = data.samples(name, "ctr")
+        assert ctr.to_dict() == pytest.approx(raw[name].to_dict(), rel=1e-12)
+    kw = dict(kind="continuous", direction="increase", alpha=0.05, expected_units=60, variant="candidate", metric="ctr")
+    read = compare(data.samples("control", "ctr"), data.samples("candidate", "ctr"), **kw)  # type: ignore[arg-type]
+    direct = compare(raw["control"], raw["candidate"], **kw)  # type: ignore[arg-type]
+    assert read.cuped and read.absolute_ci == pytest.approx(direct.absolute_ci, rel=1e-9)
+    assert read.variance_reduction > 0.1
