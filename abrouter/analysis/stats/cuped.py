@@ -38,8 +38,8 @@ method gives one: per arm, with R̂ = Σx/Σy and ȳ = Σy/n, the linearised uni
     z_u = R̂ + (x_u − R̂·y_u)/ȳ
 
 has mean exactly R̂, and its Welch variance s²_z/n is the delta-method variance of R̂
-(`Sample.mean_variance`). CUPED on z is then CUPED for the ratio (Deng et al. 2013, §3.3 and
-appendix B; GrowthBook's and Eppo's regression adjustment of ratio metrics): θ pooled as
+(`Sample.mean_variance`). CUPED on z is then CUPED for the ratio, by the delta method as
+Deng et al. 2013 (appendix B) and GrowthBook's CUPED for ratio metrics do: θ pooled as
 above from S_zc = (S_xc − R̂·S_yc)/ȳ, R̂_adj = R̂ − θ·(c̄_arm − c̄), and
 
     Var(R̂_adj) = (s²_z − 2θ·s_zc + θ²·s²_c)/n   per arm.

@@ -147,3 +147,12 @@ def test_ratio_samples_with_a_covariate_merge_and_validate() -> None:
         )
     with pytest.raises(ValueError, match="go together"):
         Sample(n=3, sum=3, sum_sq=5, den_cov_products=1.0)
+
+
+def test_a_ratio_without_reported_covariates_stays_the_unadjusted_delta_method() -> None:
+    rng = np.random.default_rng(6)
+    (xc, yc, _), (xt, yt, _) = units(rng, 500), units(rng, 500)
+    zero = np.zeros(500)
+    r = compare(Sample.from_ratio(xc, yc, zero), Sample.from_ratio(xt, yt, zero), **KW)  # type: ignore[arg-type]
+    plain = compare(Sample.from_ratio(xc, yc), Sample.from_ratio(xt, yt), **KW)  # type: ignore[arg-type]
+    assert not r.cuped and r.to_dict() == plain.to_dict()
