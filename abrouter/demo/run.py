@@ -28,6 +28,7 @@ from abrouter import redisclient
 from abrouter.demo import children, experiments, population, progress, servers, workdir, world
 from abrouter.demo.looks import State
 from abrouter.demo.options import Options
+from abrouter.demo.population import Traffic
 from abrouter.router.redis_server import RedisServer, free_port
 
 #: The candidate is this much slower than the control: a heavier model.
@@ -94,11 +95,7 @@ async def _traffic_until_done(
 ) -> State:
     """Users from now on; the clock of `options.duration_s` from the analyzer's first look."""
     state, traffic, ranked, stop = State(), population.Traffic(), population.Traffic(), asyncio.Event()
-    users = asyncio.gather(
-        population.run(w, base, model=servers.MODEL, rps=options.rps, seed=options.seed, stop=stop, traffic=traffic),
-        population.run(w, base, model=servers.RANKER, rps=options.rps * experiments.RANKER_SHARE,
-                       seed=options.seed + 1, stop=stop, traffic=ranked),
-    )  # fmt: skip
+    users = asyncio.create_task(_users(options, w, base, stop=stop, traffic=traffic, ranked=ranked))
     reader = asyncio.create_task(_read_looks(analyzer, state))
     try:
         router_s = time.monotonic() - started
@@ -122,6 +119,17 @@ async def _traffic_until_done(
     await asyncio.sleep(options.every_s + 1.0)
     reader.cancel()
     return state
+
+
+async def _users(
+    options: Options, w: world.World, base: str, *, stop: asyncio.Event, traffic: Traffic, ranked: Traffic
+) -> None:
+    """Both experiments' users: `traffic` for the main model at --rps, `ranked` for the ranker at a share of it."""
+    await asyncio.gather(
+        population.run(w, base, model=servers.MODEL, rps=options.rps, seed=options.seed, stop=stop, traffic=traffic),
+        population.run(w, base, model=servers.RANKER, rps=options.rps * experiments.RANKER_SHARE,
+                       seed=options.seed + 1, stop=stop, traffic=ranked),
+    )  # fmt: skip
 
 
 async def _first_look(state: State, analyzer: asyncio.subprocess.Process, *, log: Path) -> None:
