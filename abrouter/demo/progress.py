@@ -73,7 +73,7 @@ def _second(track: Track, traffic: Traffic) -> list[str]:
     arms = ", ".join(f"{v['name']} {v['units']} units" for v in look.get("variants", []))
     return [
         f"        {experiments.RANKER}: {traffic.rate():5.0f} req/s  requests {traffic.requests} "
-        f"(failed {traffic.failed}); arms: {arms or '-'}; weights: {_weights(look)}; CTR lift: {_lift(look)}",
+        f"(failed {traffic.failed}); arms: {arms or '-'}; weights: {_weights(look)}; CTR lift: {_lift(look, ci=False)}",
         f"        {experiments.RANKER} decision: {look.get('decision', {}).get('reason', '-')}",
     ]
 
@@ -83,14 +83,15 @@ def _weights(look: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:g}%" for k, v in weights.items()) or "-"
 
 
-def _lift(look: dict[str, Any]) -> str:
+def _lift(look: dict[str, Any], *, ci: bool = True) -> str:
     c = _primary(look)
     if not c:
         return "-"
     lo, hi = c.get("sequential_ci") or (None, None)
     p = c.get("sequential_p_value")
     p_text = "-" if p is None else f"{p:.3g}"
-    return f"{_pct(c.get('relative_lift'))} (always-valid CI {_pct(lo)}..{_pct(hi)}, seq p {p_text})"
+    interval = f"always-valid CI {_pct(lo)}..{_pct(hi)}, " if ci else ""
+    return f"{_pct(c.get('relative_lift'))} ({interval}seq p {p_text})"
 
 
 def _srm(look: dict[str, Any]) -> str:
