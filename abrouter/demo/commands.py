@@ -17,17 +17,20 @@ examples:
   abrouter demo --duration 30 --seed 7   # shorter, another world
   abrouter demo --lift 0                 # the same model in both arms: no promotion expected
 
-Everything runs on 127.0.0.1: a private Redis (or $REDIS_URL), two model servers
-(a popularity baseline and a personalised model, trained at start on a synthetic
-user-item world with a known ground truth, serving the Open Inference Protocol), the
-real `abrouter serve` in front of them, simulated users who click by the ground truth
-and report impressions and clicks, and `abrouter analyze --every 2 --apply`, whose
-ramps, promotion or rollback rewrite the weights the router follows. The --duration
-clock starts at the analyzer's first look (a busy machine starts slowly). It stops early
-once the candidate is promoted or rolled back, writes DIR/report.html and stops every
-process it started (also on Ctrl-C: one line, exit code 130). One demo at a time per DIR;
-the children's logs are DIR/serve.log and DIR/analyze.log. From the demo to your own
-models: docs/demo.md.
+Everything runs on 127.0.0.1: a private Redis (or $REDIS_URL), model servers (a
+popularity baseline and a personalised model, trained at start on a synthetic user-item
+world with a known ground truth, serving the Open Inference Protocol), the real
+`abrouter serve` in front of them, simulated users who click by the ground truth and
+report impressions and clicks, and `abrouter analyze --every 2 --apply`, whose ramps,
+promotion or rollback rewrite the weights the router follows. The same router and
+analyzer run a second experiment, demo-ranker, on another model name (a sixth of the
+rate; a far worse candidate, which the analyzer rolls back). The --duration clock starts
+at the analyzer's first look (a busy machine starts slowly). It stops early once the main
+candidate is promoted or rolled back, writes DIR/report.html (the main experiment's) and
+DIR/reports/ (both, and an index), and stops every process it started (also on Ctrl-C:
+one line, exit code 130). One demo at a time per DIR; the children's logs are
+DIR/serve.log, DIR/analyze.log and DIR/report.log. From the demo to your own models:
+docs/demo.md.
 """
 
 
@@ -50,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="simulated users (default: %(default)s)")  # fmt: skip
     p.add_argument("--rps", type=argtypes.positive, default=d.rps, help="requests per second (default: %(default)s)")
     p.add_argument("--out", type=Path, default=d.out, metavar="DIR",
-                   help="for the config, the spill dir and report.html (default: %(default)s)")  # fmt: skip
+                   help="for the configs, the spill dir, report.html and reports/ (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=demo)
 
 

@@ -1,10 +1,12 @@
 """Simulated users: they ask the router for recommendations, click by the ground truth, report back.
 
-Each request picks a user at random, sends the Open Inference Protocol request with the
-user's id in ``X-User-Id``, "clicks" each shown item with the probability the world's
+Each request picks a user at random, sends the Open Inference Protocol request for one
+model (``/v2/models/NAME/infer``: the router's ``match:`` picks the experiment by that
+name) with the user's id in ``X-User-Id``, "clicks" each shown item with the probability the world's
 ground truth gives, and reports ``impressions`` and ``clicks`` for that request id to
 ``POST /abrouter/outcomes``. Requests start at a steady rate, with a bounded number in
-flight, until `stop` is set; traffic goes to 127.0.0.1 only.
+flight, until `stop` is set; traffic goes to 127.0.0.1 only. The demo runs one population
+per model, each with its own rate and `Traffic`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 
-from abrouter.demo.servers import MODEL
 from abrouter.demo.world import World
 
 MAX_IN_FLIGHT = 64
@@ -36,7 +37,9 @@ class Traffic:
         return self.requests / max(time.monotonic() - self.started, 1e-9)
 
 
-async def run(world: World, base_url: str, *, rps: float, seed: int, stop: asyncio.Event, traffic: Traffic) -> None:
+async def run(
+    world: World, base_url: str, *, model: str, rps: float, seed: int, stop: asyncio.Event, traffic: Traffic
+) -> None:
     rng = np.random.default_rng(seed)
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     tasks: set[asyncio.Task[None]] = set()
@@ -48,7 +51,7 @@ async def run(world: World, base_url: str, *, rps: float, seed: int, stop: async
                 await slots.acquire()
                 user = int(rng.integers(world.users))
                 draws = rng.random(len(world.recommend("control", 0)))
-                task = asyncio.create_task(_one(s, world, user, draws, traffic))
+                task = asyncio.create_task(_one(s, world, f"/v2/models/{model}/infer", user, draws, traffic))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 task.add_done_callback(lambda _: slots.release())
@@ -61,10 +64,12 @@ async def run(world: World, base_url: str, *, rps: float, seed: int, stop: async
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _one(s: aiohttp.ClientSession, world: World, user: int, draws: np.ndarray, traffic: Traffic) -> None:
+async def _one(
+    s: aiohttp.ClientSession, world: World, path: str, user: int, draws: np.ndarray, traffic: Traffic
+) -> None:
     body = {"inputs": [{"name": "user_id", "datatype": "INT64", "shape": [1], "data": [user]}]}
     try:
-        async with s.post(f"/v2/models/{MODEL}/infer", json=body, headers={"X-User-Id": f"user-{user}"}) as r:
+        async with s.post(path, json=body, headers={"X-User-Id": f"user-{user}"}) as r:
             doc = await r.json() if r.status == 200 else None
             request_id, variant = r.headers.get("X-AB-Request-Id"), r.headers.get("X-AB-Variant", "?")
         traffic.requests += 1

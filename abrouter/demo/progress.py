@@ -1,8 +1,9 @@
-"""The demo's live view: five lines redrawn in place on a terminal (`rich`), printed every 3 s otherwise.
+"""The demo's live view: seven lines redrawn in place on a terminal (`rich`), printed every 3 s otherwise.
 
-It starts at the analyzer's first look, so every line has numbers. When the users get
-much less than the rate asked for, it says that the machine is busy: then every request
-and every decision is slower, and the cause is not the models.
+Five lines for the main experiment (demo-recsys), two for the second (demo-ranker). It
+starts at the analyzer's first look, so every line has numbers. When the users get much
+less than the rate asked for, it says that the machine is busy: then every request and
+every decision is slower, and the cause is not the models.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from abrouter.demo import experiments
+from abrouter.demo.looks import State, Track
 from abrouter.demo.population import Traffic
-
-if TYPE_CHECKING:
-    from abrouter.demo.run import State
 
 PLAIN_EVERY_S = 3.0
 #: Below this share of the asked rate, after the first seconds, the view says the machine is busy.
@@ -47,32 +47,66 @@ def _rate(traffic: Traffic, rps: float) -> str:
     return text
 
 
-def lines(state: State, traffic: Traffic, elapsed: float, *, rps: float = 0.0) -> list[str]:
-    look = state.last or {}
+def lines(
+    state: State, traffic: Traffic, elapsed: float, *, rps: float = 0.0, ranker: Traffic | None = None
+) -> list[str]:
+    """The main experiment's five lines, then (with `ranker`, its users' traffic) the second's two."""
+    look = state.track(experiments.MAIN).last or {}
     arms = ", ".join(
         f"{v['name']} {v['units']} units / {v.get('exposures', 0)} exposures" for v in look.get("variants", [])
     )
-    weights = look.get("decision", {}).get("weights", {})
-    c = _primary(look)
-    lift = "-"
-    if c:
-        lo, hi = c.get("sequential_ci") or (None, None)
-        p = c.get("sequential_p_value")
-        p_text = "-" if p is None else f"{p:.3g}"
-        lift = f"{_pct(c.get('relative_lift'))} (always-valid CI {_pct(lo)}..{_pct(hi)}, seq p {p_text})"
-    srm = look.get("srm", {})
-    srm_text = "-" if not srm else ("MISMATCH" if srm.get("flagged") else f"ok (p {srm.get('p_value', 1):.2g})")
-    return [
-        f"{elapsed:5.1f}s  {_rate(traffic, rps)}  requests {traffic.requests} (failed {traffic.failed})",
+    out = [
+        f"{elapsed:5.1f}s  {experiments.MAIN}: {_rate(traffic, rps)}  requests {traffic.requests} "
+        f"(failed {traffic.failed})",
         f"        arms: {arms or '-'}",
-        f"        weights: {', '.join(f'{k} {v:g}%' for k, v in weights.items()) or '-'}",
-        f"        CTR lift: {lift}; SRM {srm_text}",
+        f"        weights: {_weights(look)}",
+        f"        CTR lift: {_lift(look)}; SRM {_srm(look)}",
         f"        decision: {look.get('decision', {}).get('reason', '-')}",
+    ]
+    if ranker is not None:
+        out += _second(state.track(experiments.RANKER), ranker)
+    return out
+
+
+def _second(track: Track, traffic: Traffic) -> list[str]:
+    look = track.last or {}
+    arms = ", ".join(f"{v['name']} {v['units']} units" for v in look.get("variants", []))
+    return [
+        f"        {experiments.RANKER}: {traffic.rate():5.0f} req/s  requests {traffic.requests} "
+        f"(failed {traffic.failed}); arms: {arms or '-'}; weights: {_weights(look)}; CTR lift: {_lift(look, ci=False)}",
+        f"        {experiments.RANKER} decision: {look.get('decision', {}).get('reason', '-')}",
     ]
 
 
+def _weights(look: dict[str, Any]) -> str:
+    weights = look.get("decision", {}).get("weights", {})
+    return ", ".join(f"{k} {v:g}%" for k, v in weights.items()) or "-"
+
+
+def _lift(look: dict[str, Any], *, ci: bool = True) -> str:
+    c = _primary(look)
+    if not c:
+        return "-"
+    lo, hi = c.get("sequential_ci") or (None, None)
+    p = c.get("sequential_p_value")
+    p_text = "-" if p is None else f"{p:.3g}"
+    interval = f"always-valid CI {_pct(lo)}..{_pct(hi)}, " if ci else ""
+    return f"{_pct(c.get('relative_lift'))} ({interval}seq p {p_text})"
+
+
+def _srm(look: dict[str, Any]) -> str:
+    srm = look.get("srm", {})
+    return "-" if not srm else ("MISMATCH" if srm.get("flagged") else f"ok (p {srm.get('p_value', 1):.2g})")
+
+
 async def show(
-    state: State, traffic: Traffic, *, duration_s: float, until: Callable[[], bool], rps: float = 0.0
+    state: State,
+    traffic: Traffic,
+    *,
+    duration_s: float,
+    until: Callable[[], bool],
+    rps: float = 0.0,
+    ranker: Traffic | None = None,
 ) -> None:
     """Show progress until `duration_s` passed or `until()` holds."""
     started = time.monotonic()
@@ -82,25 +116,24 @@ async def show(
 
         with Live(refresh_per_second=4) as live:
             while time.monotonic() - started < duration_s and not until():
-                live.update(Text("\n".join(lines(state, traffic, time.monotonic() - started, rps=rps))))
+                live.update(Text("\n".join(lines(state, traffic, time.monotonic() - started, rps=rps, ranker=ranker))))
                 await asyncio.sleep(0.25)
         return
     next_line = 0.0
     while time.monotonic() - started < duration_s and not until():
         elapsed = time.monotonic() - started
         if elapsed >= next_line:
-            print("\n".join(lines(state, traffic, elapsed, rps=rps)), flush=True)
+            print("\n".join(lines(state, traffic, elapsed, rps=rps, ranker=ranker)), flush=True)
             next_line = elapsed + PLAIN_EVERY_S
         await asyncio.sleep(0.1)
 
 
-def summary(state: State, *, report: Path) -> int:
-    look = state.last or {}
-    decision = look.get("decision", {})
-    for reason in state.decisions:
-        say(f"decided: {reason}")
-    # The look that moved the weights says why; later looks only say "already promoted".
-    acted = state.decisions[-1] if state.decisions and decision.get("action") in ("promote", "rollback") else None
-    say(f"final decision: {acted or decision.get('reason', 'none: no look completed')}")
-    say(f"report: {report}")
+def summary(state: State, *, report: Path, reports: Path) -> int:
+    """Each experiment's decisions and where it ended, the main one first; then the reports."""
+    for name in (experiments.MAIN, experiments.RANKER):
+        track = state.track(name)
+        for reason in track.decisions:
+            say(f"{name}: decided: {reason}")
+        say(f"{name}: final decision: {track.final()}")
+    say(f"report: {report} ({experiments.MAIN}); both experiments' reports: {reports / 'index.html'}")
     return 0

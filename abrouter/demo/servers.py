@@ -1,16 +1,21 @@
-"""The demo's two model servers: real aiohttp servers on 127.0.0.1 speaking the Open Inference Protocol.
+"""The demo's model servers: real aiohttp servers on 127.0.0.1 speaking the Open Inference Protocol.
 
-``POST /v2/models/recommender/infer`` with the user id as an INT64 input answers the top-k
-items as an INT64 output, as KServe, Triton and MLServer do::
+``POST /v2/models/NAME/infer`` with the user id as an INT64 input answers the top-k items
+as an INT64 output, as KServe, Triton and MLServer do::
 
     {"inputs": [{"name": "user_id", "datatype": "INT64", "shape": [1], "data": [42]}]}
     -> {"model_name": "recommender", "model_version": "popularity",
         "outputs": [{"name": "items", "datatype": "INT64", "shape": [10], "data": [7, 3, ...]}]}
 
 Also ``GET /v2/health/ready``. A bad request is a 400 with ``{"error": "..."}`` (the
-protocol's error shape).
+protocol's error shape), a model it does not serve a 404.
 
-`in_thread` runs both on their own event loop in a thread, as model servers are their own
+Three servers: the main experiment's control and candidate (``recommender``, each on its
+own server, the candidate 3 ms slower), and one multi-model server for the second
+experiment, serving ``ranker-popular`` and ``ranker-explore``: the router's per-arm
+``model:`` rewrite sends each arm's ``/v2/models/ranker/infer`` to its own model there.
+
+`in_thread` runs them on their own event loop in a thread, as model servers are their own
 services: sharing the simulated users' loop, on a busy machine the candidate's 3 ms pause
 lasted a whole turn of that loop (100 ms and more), the latency guardrail saw a slow
 model that the demo never meant, and rolled it back.
@@ -22,18 +27,39 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
 
-from abrouter.demo.world import World
+from abrouter.demo.world import Model, World
 
+#: The model name the main experiment's clients ask for, served by both its arms.
 MODEL = "recommender"
+#: The model name the second experiment's clients ask for, and each of its arms' own names.
+RANKER = "ranker"
+RANKER_MODELS: dict[str, Model] = {"ranker-popular": "control", "ranker-explore": "explore"}
+#: What each ranking answers as its ``model_version``.
+VERSIONS: dict[Model, str] = {"control": "popularity", "candidate": "mf", "explore": "random"}
 
 
-def model_app(world: World, arm: str, *, version: str, delay_ms: float = 0.0) -> web.Application:
+@dataclass(frozen=True)
+class Urls:
+    """The base URL of each model server."""
+
+    control: str
+    candidate: str
+    ranker: str
+
+
+def model_app(world: World, models: Mapping[str, Model], *, delay_ms: float = 0.0) -> web.Application:
+    """Serve each of `models` (the name in the path -> the world's ranking) at ``/v2/models/NAME/infer``."""
+
     async def infer(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in models:
+            return web.json_response({"error": f"no model {name!r} here"}, status=404)
         try:
             doc = json.loads(await request.read())
             (first,) = [i for i in doc["inputs"] if i["name"] == "user_id"]
@@ -42,15 +68,15 @@ def model_app(world: World, arm: str, *, version: str, delay_ms: float = 0.0) ->
             return web.json_response({"error": "expected one INT64 input named user_id"}, status=400)
         if delay_ms:
             await asyncio.sleep(delay_ms / 1000)
-        items = world.recommend(arm, user)
+        items = world.recommend(models[name], user)
         out = {"name": "items", "datatype": "INT64", "shape": [len(items)], "data": items}
-        return web.json_response({"model_name": MODEL, "model_version": version, "outputs": [out]})
+        return web.json_response({"model_name": name, "model_version": VERSIONS[models[name]], "outputs": [out]})
 
     async def ready(request: web.Request) -> web.Response:
         return web.json_response({"ready": True})
 
     app = web.Application()
-    app.router.add_post(f"/v2/models/{MODEL}/infer", infer)
+    app.router.add_post("/v2/models/{name}/infer", infer)
     app.router.add_get("/v2/health/ready", ready)
     return app
 
@@ -69,8 +95,8 @@ T = TypeVar("T")
 
 
 @contextlib.asynccontextmanager
-async def in_thread(world: World, *, candidate_delay_ms: float) -> AsyncIterator[tuple[str, str]]:
-    """The control and the candidate served from a thread's own event loop; yields their base URLs."""
+async def in_thread(world: World, *, candidate_delay_ms: float) -> AsyncIterator[Urls]:
+    """Every model server, on a thread's own event loop; yields their base URLs."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="abrouter-demo-models", daemon=True)
     thread.start()
@@ -81,11 +107,16 @@ async def in_thread(world: World, *, candidate_delay_ms: float) -> AsyncIterator
     runners: list[web.AppRunner] = []
     try:
         urls = []
-        for arm, version, delay in (("control", "popularity", 0.0), ("candidate", "mf", candidate_delay_ms)):
-            runner, url = await on(start(model_app(world, arm, version=version, delay_ms=delay)))
+        served: list[tuple[Mapping[str, Model], float]] = [
+            ({MODEL: "control"}, 0.0),
+            ({MODEL: "candidate"}, candidate_delay_ms),
+            (RANKER_MODELS, 0.0),
+        ]
+        for models, delay in served:
+            runner, url = await on(start(model_app(world, models, delay_ms=delay)))
             runners.append(runner)
             urls.append(url)
-        yield urls[0], urls[1]
+        yield Urls(*urls)
     finally:
         for runner in runners:
             await on(runner.cleanup())

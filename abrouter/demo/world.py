@@ -1,4 +1,4 @@
-"""A synthetic recommendation world with a known ground truth, and the two models trained on it.
+"""A synthetic recommendation world with a known ground truth, and the models trained on it.
 
 Pure numpy. Users and items have latent tastes; the probability that user u clicks item i
 when shown it is ``sigmoid(bias_i + affinity · <taste_u, trait_i>)``, the ground truth the
@@ -6,7 +6,10 @@ simulated users click by. From a log of past impressions drawn from it the demo 
 
 - **control**, a popularity baseline: the same top-k items for everyone, by past CTR;
 - **candidate**, a personalised model: a low-rank factorisation (truncated SVD) of the
-  past click matrix, blended with popularity.
+  past click matrix, blended with popularity;
+- **explore**, the second experiment's candidate: k items drawn at random for each user
+  (a ranker that shows users something new), by the ground truth far worse than the
+  control (about half its CTR).
 
 `--lift` sets how much better the candidate's *ground-truth* click-through rate is than the
 control's: the blend weight is solved by bisection so that the expected CTR over all users,
@@ -17,10 +20,13 @@ serves the popularity ranking in both arms (the same model).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 TOP_K = 10
+#: The rankings the world's models serve.
+Model = Literal["control", "candidate", "explore"]
 
 
 @dataclass(frozen=True)
@@ -32,15 +38,17 @@ class World:
     #: Top-k item indices per user, for each model: users x k.
     control: np.ndarray
     candidate: np.ndarray
+    explore: np.ndarray
 
-    def recommend(self, model: str, user: int) -> list[int]:
-        table = self.control if model == "control" else self.candidate
-        return [int(i) for i in table[user % self.users]]
+    def _table(self, model: Model) -> np.ndarray:
+        return {"control": self.control, "candidate": self.candidate, "explore": self.explore}[model]
 
-    def expected_ctr(self, model: str) -> float:
+    def recommend(self, model: Model, user: int) -> list[int]:
+        return [int(i) for i in self._table(model)[user % self.users]]
+
+    def expected_ctr(self, model: Model) -> float:
         """The model's true click-through rate per impression, averaged over all users."""
-        table = self.control if model == "control" else self.candidate
-        return float(np.take_along_axis(self.truth, table, axis=1).mean())
+        return float(np.take_along_axis(self.truth, self._table(model), axis=1).mean())
 
     @property
     def true_lift(self) -> float:
@@ -88,4 +96,6 @@ def build(*, users: int, items: int = 300, lift: float, seed: int, rank: int = 8
             mid = (low + high) / 2
             low, high = (mid, high) if lift_at(mid) < lift else (low, mid)
         candidate = ranking(high)
-    return World(users=users, items=items, truth=truth, control=control, candidate=candidate)
+    # Drawn last, so that the other models of a seed are the same as before it existed.
+    explore = np.argsort(rng.random((users, items)), axis=1)[:, :k]
+    return World(users=users, items=items, truth=truth, control=control, candidate=candidate, explore=explore)
