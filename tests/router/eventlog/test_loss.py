@@ -158,16 +158,7 @@ async def test_a_redis_that_comes_back_with_an_older_aof_is_detected_and_the_hol
             await log.flush()  # idle: compares with Redis (nothing lost yet) and drops the retained copies
             assert log.stats.lost_events == 0 and log.stats.redis_resets == 0
 
-            server.kill()
-            shutil.copy(backup, server.data_dir / "appendonly.aof")
-            server.start()
-            record(log, [exposure(f"after{i}") for i in range(30)])
-
-            async def reported() -> bool:
-                await log.flush()
-                return log.stats.lost_events > 0 and log.stats.buffered == 0 and log.stats.spilled == 0
-
-            await eventually(reported, timeout_s=30)
+            await back_with_older_data(server, backup, log)
             stats = log.stats
             assert (stats.lost_events, stats.redis_resets, stats.dropped) == (120, 1, 0)
             assert stats.data_incomplete_since is not None
@@ -316,3 +307,18 @@ async def test_the_audit_stream_is_trimmed_by_raw_events_not_by_the_last_batchs_
     assert [int(fields[b"n"]) for _, fields in entries] == [10, 10, 10, 10, 60]  # the oldest went: 100 kept
     assert await redis_client.hget(k.meta, "stream_events") == b"100"
     assert await redis_client.llen(k.events_n) == 5
+
+
+async def back_with_older_data(server: RedisServer, backup: Path, log: EventLog) -> None:
+    """Redis killed and started again from the AOF in `backup` (older than what it acknowledged),
+    30 more exposures recorded, and the event log's flushes run until it reports the loss."""
+    server.kill()
+    shutil.copy(backup, server.data_dir / "appendonly.aof")
+    server.start()
+    record(log, [exposure(f"after{i}") for i in range(30)])
+
+    async def reported() -> bool:
+        await log.flush()
+        return log.stats.lost_events > 0 and log.stats.buffered == 0 and log.stats.spilled == 0
+
+    await eventually(reported, timeout_s=30)

@@ -26,13 +26,12 @@ from abrouter.router.redis_server import RedisServer
 from tests.router.eventlog.test_eventlog import (
     _batch,
     assert_strata_equal,
-    eventually,
     expected_strata,
     make_experiment,
     random_events,
     record,
 )
-from tests.router.eventlog.test_loss import exposure
+from tests.router.eventlog.test_loss import back_with_older_data, exposure
 
 
 def per_unit_ids(recorded: list[Event]) -> list[Event]:
@@ -190,16 +189,7 @@ async def test_a_sharded_experiment_on_a_redis_back_with_an_older_aof_counts_the
                 await log.flush()
             await asyncio.sleep(0.1)
             await log.flush()  # idle: compares with Redis (nothing lost yet) and drops the retained copies
-            server.kill()
-            shutil.copy(backup, server.data_dir / "appendonly.aof")
-            server.start()
-            record(log, [exposure(f"after{i}") for i in range(30)])
-
-            async def reported() -> bool:
-                await log.flush()
-                return log.stats.lost_events > 0 and log.stats.buffered == 0 and log.stats.spilled == 0
-
-            await eventually(reported, timeout_s=30)
+            await back_with_older_data(server, backup, log)
             assert (log.stats.lost_events, log.stats.redis_resets, log.stats.dropped) == (120, 1, 0)
         finally:
             await log.close()
