@@ -80,6 +80,15 @@ def elector(client: KubeClient, name: str, clock: Clock) -> LeaderElector:
     return LeaderElector(client, NAMESPACE, identity=name, settings=SETTINGS, clock=clock)
 
 
+def both_tried(clients: tuple[KubeClient, KubeClient]) -> tuple[Clock, LeaderElector, LeaderElector]:
+    """Candidates "a" then "b" on one clock, each after its first try: "a" got the Lease."""
+    clock = Clock()
+    a, b = elector(clients[0], "a", clock), elector(clients[1], "b", clock)
+    a.try_once()
+    b.try_once()
+    return clock, a, b
+
+
 def lease(kube_api: KubeApiServer) -> dict[str, Any]:
     found = kube_api.get("leases", NAMESPACE, SETTINGS.lease)
     assert found is not None
@@ -89,10 +98,7 @@ def lease(kube_api: KubeApiServer) -> dict[str, Any]:
 def test_of_two_candidates_only_one_leads_and_keeps_it_while_it_renews(
     kube_api: KubeApiServer, clients: tuple[KubeClient, KubeClient]
 ) -> None:
-    clock = Clock()
-    a, b = elector(clients[0], "a", clock), elector(clients[1], "b", clock)
-    a.try_once()
-    b.try_once()
+    clock, a, b = both_tried(clients)
     assert a.leading() and not b.leading()
     spec = lease(kube_api)["spec"]
     assert spec["holderIdentity"] == "a" and spec["leaseDurationSeconds"] == 15 and spec["leaseTransitions"] == 0
@@ -108,10 +114,7 @@ def test_of_two_candidates_only_one_leads_and_keeps_it_while_it_renews(
 def test_a_leader_that_stops_renewing_is_replaced_after_the_lease_duration_and_stands_down(
     kube_api: KubeApiServer, clients: tuple[KubeClient, KubeClient]
 ) -> None:
-    clock = Clock()
-    a, b = elector(clients[0], "a", clock), elector(clients[1], "b", clock)
-    a.try_once()
-    b.try_once()  # b sees a's Lease now
+    clock, a, b = both_tried(clients)  # b sees a's Lease now
     clock.now += SETTINGS.renew_deadline_s  # a is cut off: it has not renewed for the renew deadline
     assert not a.leading()  # it stopped acting by itself...
     b.try_once()
@@ -143,10 +146,7 @@ def test_a_leader_whose_lease_is_taken_over_stops_at_its_next_read(
 def test_of_two_writes_from_one_read_the_second_is_a_conflict_and_does_not_lead(
     kube_api: KubeApiServer, clients: tuple[KubeClient, KubeClient]
 ) -> None:
-    clock = Clock()
-    a, b = elector(clients[0], "a", clock), elector(clients[1], "b", clock)
-    a.try_once()
-    b.try_once()
+    clock, _, b = both_tried(clients)
     clock.now += SETTINGS.lease_duration_s
     # Just before b's takeover is written, another candidate writes the Lease (a renewal).
     renewed = lease(kube_api)
@@ -160,10 +160,7 @@ def test_of_two_writes_from_one_read_the_second_is_a_conflict_and_does_not_lead(
 def test_a_clean_stop_releases_the_lease_and_a_standby_takes_it_at_once(
     kube_api: KubeApiServer, clients: tuple[KubeClient, KubeClient]
 ) -> None:
-    clock = Clock()
-    a, b = elector(clients[0], "a", clock), elector(clients[1], "b", clock)
-    a.try_once()
-    b.try_once()
+    _, a, b = both_tried(clients)
     a.release()
     assert lease(kube_api)["spec"].get("holderIdentity") is None
     b.try_once()  # no lease duration to wait out

@@ -117,10 +117,7 @@ def test_a_loser_given_traffic_again_by_hand_is_not_scaled_down_when_finishing(
     seed: Any,
     analyze: Any,
 ) -> None:
-    with_deployments(kube_api, experiment_name)
-    seed(WINNING)
-    kube_api.allow("events")
-    assert analyze("--apply") == 1
+    promoted_without_events(kube_api, experiment_name, seed, analyze)
 
     obj = stored(kube_api, experiment_name)  # a person undoes the promotion and pauses
     obj["spec"]["variants"][0]["weight"], obj["spec"]["variants"][1]["weight"] = 50, 50
@@ -141,10 +138,7 @@ def test_while_paused_the_scale_down_waits_and_happens_on_resume(
     seed: Any,
     analyze: Any,
 ) -> None:
-    with_deployments(kube_api, experiment_name)
-    seed(WINNING)
-    kube_api.allow("events")
-    assert analyze("--apply") == 1
+    promoted_without_events(kube_api, experiment_name, seed, analyze)
     obj = stored(kube_api, experiment_name)
     obj["spec"]["paused"] = True
     kube_api.put(PLURAL, NAMESPACE, obj)
@@ -182,3 +176,11 @@ def test_a_rollback_whose_warning_event_was_refused_is_finished_by_the_next_look
     assert status["phase"] == "RolledBack" and status["lastApplied"]["action"] == "rollback"
     assert status["summary"]["reason"].startswith("rollback: ")
     assert status["lastDecision"]["action"] == "stop"  # the look after finds the control at 100%: still RolledBack
+
+
+def promoted_without_events(kube_api: KubeApiServer, experiment_name: str, seed: Any, analyze: Any) -> None:
+    """A winning candidate promoted by a look whose Events were refused (it exits 1, unfinished)."""
+    with_deployments(kube_api, experiment_name)
+    seed(WINNING)
+    kube_api.allow("events")
+    assert analyze("--apply") == 1
