@@ -81,8 +81,6 @@ class Routes(Protocol):
         self, incoming: Incoming, body: bytes | None, model: ModelAt | None = None
     ) -> tuple[Experimenting, ModelAt | None] | None: ...
 
-    def __len__(self) -> int: ...
-
 
 class Services(Protocol):
     """What an exchange needs of the running router (`abrouter.router.state.Router`)."""

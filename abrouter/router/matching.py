@@ -192,7 +192,6 @@ class Gateway:
         self._hosts = any(r.match.host is not None for r in routes)
         #: The only experiment, matching everything: nothing to look at per request.
         self.only = routes[0].name if len(routes) == 1 and routes[0].match.is_everything else None
-        self.empty = not routes
 
     def find(
         self, target: str, headers: Iterable[tuple[str, str]], body: bytes | None, *, model: ModelAt | None = None

@@ -24,13 +24,12 @@ from abrouter.contract.experiment import ConfigError, Experiment
 from abrouter.router.connections import ConnectionGuard
 from abrouter.router.eventlog.disabled import DisabledEventLog
 from abrouter.router.eventlog.log import EventLog
-from abrouter.router.matching import Gateway
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.routing import RoutingTable
 from abrouter.router.settings import ServeSettings
 from abrouter.router.shadow import ShadowPool
 from abrouter.router.sources.base import Access, Removed, SpecSource, access, follow, offer
-from abrouter.router.state import Lane, Lanes, Router, apply_spec, request_ids, upstream_timeouts
+from abrouter.router.state import Lane, Lanes, Router, apply_spec, refuse_overlap, request_ids, upstream_timeouts
 from abrouter.router.upstream.transport import TimeoutConfig, Transport
 
 if TYPE_CHECKING:  # the Kubernetes client only under --experiments NAMESPACE
@@ -170,9 +169,8 @@ class _Following:
             log.error("%s: not served: %s", where, spec)
 
     async def _add(self, experiment: Experiment) -> bool:
-        matches = {lane.name: lane.table.experiment.match for lane in self.router.lanes}
         try:
-            Gateway({**matches, experiment.name: experiment.match})
+            refuse_overlap(self.router.lanes, experiment)
         except ConfigError as exc:
             problem = f"{self.where}/{experiment.name}: not served while its match overlaps: {exc}"
             if experiment.name not in self.waiting:

@@ -127,25 +127,28 @@ def apply_spec(router: Router, name: str, experiment: Experiment) -> None:
     """Switch experiment `name` to a changed spec (raises ReloadRejected, or ConfigError for
     a match that overlaps another experiment's, to keep the old one)."""
     lane = router.lane(name)
+    old = lane.table.experiment
     table = next_table(lane.table, experiment, now=time.time())
     if table is lane.table:
         return
-    if experiment.match != lane.table.experiment.match or _rewrites(experiment) != _rewrites(lane.table.experiment):
-        others = [other for other in router.lanes if other is not lane]
-        changed = Lane(table, lane.eventlog, lane.ids, lane.transport, lane.source)
-        lanes = Lanes([*others, changed])  # raises on an overlap, before anything changed
-    else:
-        lanes = None
+    reroutes = experiment.match != old.match or _rewrites(experiment) != _rewrites(old)
+    if reroutes:
+        refuse_overlap(router.lanes, experiment)  # before anything changed
     lane.eventlog.update_experiment(experiment)
-    if experiment.timeouts != lane.table.experiment.timeouts:
+    if experiment.timeouts != old.timeouts:
         lane.transport.set_timeouts(upstream_timeouts(experiment))
     if table.epoch != lane.table.epoch:
         lane.eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
         log.info("%s: weights epoch %d: %s", name, table.epoch, table.weights_by_name())
     lane.table = table
-    if lanes is not None:
-        lanes.by_name[name] = lane
-        router.lanes = lanes
+    if reroutes:
+        router.lanes = Lanes(router.lanes)  # a new gateway over the same lanes
+
+
+def refuse_overlap(lanes: Lanes, experiment: Experiment) -> None:
+    """ConfigError naming both when `experiment`'s match is another served experiment's."""
+    matches = {lane.name: lane.table.experiment.match for lane in lanes}
+    Gateway({**matches, experiment.name: experiment.match})
 
 
 def _rewrites(experiment: Experiment) -> tuple[str | None, ...]:
