@@ -292,6 +292,31 @@ async def test_unit_ages_are_refreshed_once_per_granule_and_never_score_a_field_
     assert set(second) == {b"u1|f", b"u2|f"}
 
 
+async def test_a_units_granule_is_read_from_its_first_exposure_not_from_unit_seen(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """h|f names the granule its unit was last scored in, so freshness costs no ZMSCORE: a
+    unit scored in this granule is not scored again even when its member is gone, and an
+    h|f written before granules were kept ("e|v") is rewritten with one, and scored."""
+    doc = spec.to_dict(make_experiment(experiment_name))
+    doc["outcome_ttl"] = "8000s"  # a granule of 1000 s: the batches below share one
+    exp = spec.parse(doc)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, unit_ttl_s=exp.outcome_ttl_s)
+    await script.load()
+    await apply_as(script, "router-a", _batch(exp, [exposure("u1")], 1))
+    score = await redis_client.zscore(k.unit_seen, "u1|f")
+    first, _, granule = (await redis_client.hget(k.units, "u1|f")).decode().partition("||")
+    assert first.endswith("|control") and float(granule) == score
+    await redis_client.zrem(k.unit_seen, "u1|f")
+    await redis_client.hset(k.units, "u2|f", first)  # as written before: no granule
+    await redis_client.hset(k.units, "u2", first)
+    await apply_as(script, "router-a", _batch(exp, [exposure("u1"), exposure("u2")], 2))
+    assert await redis_client.zscore(k.unit_seen, "u1|f") is None  # fresh by its h|f: not scored again
+    assert await redis_client.zscore(k.unit_seen, "u2|f") == score
+    assert await redis_client.hget(k.units, "u2|f") == f"{first}||{granule}".encode()
+
+
 async def test_the_audit_stream_is_trimmed_by_raw_events_not_by_the_last_batchs_size(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:

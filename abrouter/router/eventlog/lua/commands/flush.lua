@@ -168,10 +168,11 @@ local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
 -- (h, h|f, its state and the state's |c; expiry.lua): one member per field was half of
 -- a unit's memory. It is scored with the *end* of the granule in which the unit was last
 -- written, so the unit expires up to a granule late, never early; a unit whose h|f
--- already has the current granule's end as its score (one ZMSCORE per chunk, a read) is
--- `fresh` and scores nothing. Fields of units without a first exposure (outcomes held
--- until it lands) are scored each; units with state from before intent-to-treat
--- (legacy) and anonymous requests keep a score per field and write, at `now`.
+-- value already names the current granule's end (h|f is read anyway; a ZMSCORE of
+-- unit_seen cost ~0.4 us a cell) is `fresh` and scores nothing. Fields of units without
+-- a first exposure (outcomes held until it lands) are scored each; units with state
+-- from before intent-to-treat (legacy) and anonymous requests keep a score per field
+-- and write, at `now`.
 local ttl = tonumber(ARGV[10])
 local GRANULE = ttl > 0 and ttl / 8 or 86400
 local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
@@ -191,57 +192,57 @@ end
 
 -- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
 -- first exposure, recorded in units[h|f] as "e|v" ("e|v|m" once the unit has also been
--- exposed to another variant: a multiple exposure). Every later cell of the unit, in any
+-- exposed to another variant: a multiple exposure), then "|" and the unit's granule. Every later cell of the unit, in any
 -- epoch or variant, moves that one state h|e0|v0. A multiple-exposure unit's sums are
 -- also kept in the shadow stratum "e0|v0~mx", so the analyzer can report them and, by
 -- policy, subtract them. A unit with state from before this change (units[h] set, no
 -- h|f) keeps the old per-(unit, epoch, variant) accounting, so old data stays exact.
 local MX = '~mx'
-local firsts = {}   -- h -> {e, v, multiple, legacy}, as moved by this batch so far
+local firsts = {}   -- h -> {e, v, multiple, legacy, ...}, as moved by this batch so far
 local cached = {}   -- state field -> state after this batch's cells so far
 local absent = {}   -- state field -> true when Redis had none before this batch
-local function target(c, info)
-  -- The cell's stratum (e, v) and its state field under intent-to-treat.
-  if info.legacy or not info.e then return c[2], c[3], false end
-  return info.e, info.v, info.multiple
-end
 
 -- Cells in chunks: two HMGETs (now) and one HSET (in phase 2) per chunk instead of calls
--- per cell. Several cells of one unit may now share one state, so states moved by this
+-- per cell. A cell's stratum and state field are its own (e, v) for a unit without a first
+-- exposure or with legacy state, else the unit's first exposure's. Several cells of one unit may now share one state, so states moved by this
 -- batch are taken from `cached`, and the last write of a field wins in phase 2.
 local CHUNK = 500
 local unit_writes = {}
+-- The parts of each distinct h|f value: few (epochs x variants x granules) for many units.
+local first_values = {}
 for first = 1, #cells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, #cells)
   local ids = {}
   for i = first, last_cell do
-    local h = cells[i][1]
-    ids[#ids + 1] = h .. '|f'
-    ids[#ids + 1] = h
+    local h, k = cells[i][1], 2 * (i - first)
+    ids[k + 1], ids[k + 2] = h .. '|f', h
   end
   local known = redis.call('HMGET', units, unpack(ids))
-  local marked_at = {}  -- [expiry] the score of each cell's h|f
-  for i = first, last_cell do marked_at[#marked_at + 1] = ids[2 * (i - first) + 1] end
-  marked_at = redis.pcall('ZMSCORE', unit_seen, unpack(marked_at))
-  if marked_at.err then marked_at = {} end  -- Redis before 6.2 has no ZMSCORE: none is fresh
   for i = first, last_cell do
-    local c, k = cells[i], 2 * (i - first) + 1
-    local info = firsts[c[1]]
+    local c = cells[i]
+    local h = c[1]
+    local info = firsts[h]
     if not info then
-      info = {}
-      local f = known[k]
+      local k = 2 * (i - first) + 1
+      local f, pointer = known[k], known[k + 1]
       if f then
-        local e, v, m = string.match(f, '^(%d+)|([^|]+)|?(m?)$')
-        if not e then return {-2, last, 0, 'corrupt first exposure in ' .. units .. ' field ' .. ids[k]} end
-        info.e, info.v, info.multiple, info.stored = tonumber(e), v, m == 'm', true
-      elseif known[k + 1] then
-        info.legacy = true
+        local parsed = first_values[f]
+        if not parsed then
+          -- [expiry] "e|v", "e|v|m", or either with the granule it was last scored in: "e|v||g", "e|v|m|g"
+          local e, v, m, g = string.match(f, '^(%d+)|([^|]+)|?(m?)|?([^|]*)$')
+          if not e then return {-2, last, 0, 'corrupt first exposure in ' .. units .. ' field ' .. ids[k]} end
+          parsed = {tonumber(e), v, m == 'm', g == granule_s}
+          first_values[f] = parsed
+        end
+        info = {e = parsed[1], v = parsed[2], multiple = parsed[3], stored = true, legacy = false,
+                pointer = pointer or false, fresh = parsed[4], changed = false, newly = false, stateless = false}
+      else
+        info = {e = false, v = false, multiple = false, stored = false, legacy = pointer and true or false,
+                pointer = pointer or false, fresh = false, changed = false, newly = false, stateless = false}
       end
-      info.pointer = known[k + 1] or false  -- [expiry] units[h], if it exists
-      info.fresh = tonumber(marked_at[i - first + 1]) == granule_end
-      firsts[c[1]] = info
+      firsts[h] = info
     end
-    if not info.legacy and c[5] > 0 then
+    if c[5] > 0 and not info.legacy then
       if not info.e then
         info.e, info.v, info.changed = c[2], c[3], true
       elseif c[3] ~= info.v and not info.multiple then
@@ -249,12 +250,15 @@ for first = 1, #cells, CHUNK do
       end
     end
   end
-  local fields, wanted, state_key = {}, {}, {}  -- state_key[i]: cell i's state field, built once
+  -- Each cell's stratum and state field under intent-to-treat, built once.
+  local fields, wanted, state_key, cell_e, cell_v = {}, {}, {}, {}, {}
   for i = first, last_cell do
     local c = cells[i]
-    local e, v = target(c, firsts[c[1]])
-    local key = c[1] .. '|' .. e .. '|' .. v
-    state_key[i] = key
+    local info = firsts[c[1]]
+    local e, v = c[2], c[3]
+    if info.e and not info.legacy then e, v = info.e, info.v end
+    local key = c[1] .. '|' .. stratum_name(e, v)
+    state_key[i], cell_e[i], cell_v[i] = key, e, v
     if cached[key] == nil and not wanted[key] then
       wanted[key] = true
       fields[#fields + 1] = key
@@ -277,21 +281,27 @@ for first = 1, #cells, CHUNK do
   end
   local raws = #fields > 0 and redis.call('HMGET', units, unpack(fields)) or {}
   for k, key in ipairs(fields) do
-    if not raws[k] then absent[key] = true end  -- [expiry] created by this batch
-    local state = valid_state(raws[k])
-    if not state then
-      return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. key}
+    local raw = raws[k]
+    if not raw then
+      absent[key] = true  -- [expiry] created by this batch
+      cached[key] = EMPTY
+    else
+      local state = valid_state(raw)
+      if not state then
+        return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. key}
+      end
+      cached[key] = state
     end
-    cached[key] = state
   end
-  local writes = {}
+  local writes, nw = {}, 0
   for i = first, last_cell do
     local c = cells[i]
     local info = firsts[c[1]]
-    local e, v, multiple = target(c, info)
-    local key = state_key[i]
+    local e, v, key = cell_e[i], cell_v[i], state_key[i]
+    local multiple = info.multiple and info.e and not info.legacy
     local old = cached[key]
-    local anonymous = c[4] >= 2
+    local latest = c[4]
+    local anonymous = latest >= 2
     if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
     local new, reported = next_state(c, old, key)
     if anonymous then new[1] = 1 end
@@ -306,19 +316,17 @@ for first = 1, #cells, CHUNK do
     if multiple then
       -- The unit's whole state enters the shadow stratum the first time it switches.
       local _, mx = stratum(e, v .. MX)
-      accumulate(mx, info.newly and {0} or old, new, nil)  -- sums only, no event counts
+      accumulate(mx, info.newly and EMPTY or old, new, nil)  -- sums only, no event counts
       info.newly = false
     end
     cached[key] = new
     if reported then  -- [cuped] the report time of the covariate value now stored
       cov_time[key] = reported
-      writes[#writes + 1] = key .. '|c'
-      writes[#writes + 1] = num(reported)
-      if c[4] >= 2 or not info.e then age(c[4] >= 2 and now_s or granule_s, key .. '|c') end
+      writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
+      if anonymous or not info.e then age(anonymous and now_s or granule_s, key .. '|c') end
     end
     if keeps_state(c) then  -- [faults] an anonymous request keeps no state
-      writes[#writes + 1] = key
-      writes[#writes + 1] = encode_state(new)
+      writes[nw + 1], writes[nw + 2], nw = key, encode_state(new), nw + 2
       mark(info, c, key, absent[key])
       absent[key] = nil
     else
@@ -326,27 +334,26 @@ for first = 1, #cells, CHUNK do
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
-    if c[4] == 1 then
-      local pointer = c[2] .. '|' .. c[3]
+    if latest == 1 then
+      local pointer = stratum_name(c[2], c[3])
       if pointer ~= info.pointer then
-        writes[#writes + 1] = c[1]
-        writes[#writes + 1] = pointer
+        writes[nw + 1], writes[nw + 2], nw = c[1], pointer, nw + 2
       end
       mark(info, c, c[1], not info.pointer)
       info.pointer = pointer
     end
   end
-  if #writes > 0 then unit_writes[#unit_writes + 1] = writes end
+  if nw > 0 then unit_writes[#unit_writes + 1] = writes end
 end
+-- [expiry] A unit with a first exposure records in h|f the granule it was last scored
+-- in, so the next batch knows it is fresh without asking unit_seen: h|f is rewritten
+-- (and the unit scored) once per granule, and whenever its first exposure changes.
 local first_writes = {}
 for h, info in pairs(firsts) do
-  if info.changed and not info.stateless then
+  if info.e and not info.stateless and not info.legacy and (info.changed or not info.fresh) then
     first_writes[#first_writes + 1] = h .. '|f'
-    first_writes[#first_writes + 1] = info.e .. '|' .. info.v .. (info.multiple and '|m' or '')
-  end
-  if info.e and not info.stateless then  -- [faults] expires with the unit's state, not before
-    if info.legacy then age(now_s, h .. '|f')
-    elseif info.changed and not info.stored or not info.fresh then age(granule_s, h .. '|f') end
+    first_writes[#first_writes + 1] = info.e .. '|' .. info.v .. (info.multiple and '|m|' or '||') .. granule_s
+    if not info.fresh then age(granule_s, h .. '|f') end
   end
 end
 -- [end issue 9: intent-to-treat]

@@ -4,20 +4,29 @@
 -- Changes to agg are summed per stratum in Lua tables over all cells, then written with
 -- one HINCRBY(FLOAT) per field: per-cell work builds no field names.
 local strata, names = {}, {}
-local function stratum(e, v)
+local HUGE = math.huge
+-- "e|v", built once per batch: formatting the epoch number in a concatenation is not free.
+local function stratum_name(e, v)
   local by_v = names[e]
   if not by_v then by_v = {}; names[e] = by_v end
   local s = by_v[v]
   if not s then
     s = e .. '|' .. v
     by_v[v] = s
-    local acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {},
-                 sum_xy = {}}
+  end
+  return s
+end
+
+local function stratum(e, v)
+  local s = stratum_name(e, v)
+  local acc = strata[s]
+  if not acc then
+    acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {}, sum_xy = {}}
     for j = 1, ncol do acc.events[j], acc.sum[j], acc.sum_sq[j], acc.sum_xn[j] = 0, 0, 0, 0 end
     for p = 1, #pcol do acc.sum_xy[p] = 0 end
     strata[s] = acc
   end
-  return s, strata[s]
+  return s, acc
 end
 
 -- Adds the exact change old -> new of every sufficient statistic to a stratum's totals.
@@ -30,25 +39,30 @@ local function accumulate(acc, old, new, cell)
   local n0, n1 = old[1], new[1]
   local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
   if cell then
-    for i = 1, nbm do acc.events[bcol[i]] = acc.events[bcol[i]] + cell[5 + 2 * i] end
+    local events = acc.events
+    for i = 1, nbm do
+      local j = bcol[i]
+      events[j] = events[j] + cell[5 + 2 * i]
+    end
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
   acc.exposures = acc.exposures + (n1 - n0)
   acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0
   -- Every column, not just the batch's: a change of n moves sum_xn of all metrics.
   -- A column at 0 before and after (most of an exposure's) changes nothing: skipped.
+  local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn
   for j = 1, ncol do
     local a, b = old[j + 1] or 0, new[j + 1]
     if a ~= 0 or b ~= 0 then
-      if not finite(b) then return nil, order[j] end  -- [faults]
-      acc.sum[j] = acc.sum[j] + (w1 * b - w0 * a)
-      acc.sum_sq[j] = acc.sum_sq[j] + (w1 * b * b - w0 * a * a)
-      acc.sum_xn[j] = acc.sum_xn[j] + (b * n1 - a * n0)
+      if b ~= b or b == HUGE or b == -HUGE then return nil, order[j] end  -- [faults] not finite
+      sum[j] = sum[j] + (w1 * b - w0 * a)
+      sum_sq[j] = sum_sq[j] + (w1 * b * b - w0 * a * a)
+      sum_xn[j] = sum_xn[j] + (b * n1 - a * n0)
     end
   end
   -- [issue 9] d(x*y) of each ratio pair, from the old and the new state.
-  for p, c in ipairs(pcol) do
-    local jx, jy = c[1] + 1, c[2] + 1
+  for p = 1, #pcol do
+    local jx, jy = pcol[p][1] + 1, pcol[p][2] + 1
     acc.sum_xy[p] = acc.sum_xy[p] + (w1 * new[jx] * new[jy] - w0 * (old[jx] or 0) * (old[jy] or 0))
   end
   return true

@@ -7,8 +7,11 @@
 -- and adds the exact change of every sufficient statistic to the stratum's totals:
 -- d(x^2) = x1^2 - x0^2, d(xn) = x1*n1 - x0*n0. Returns the new state, encoded, or nil
 -- when the stored state is not an array of numbers (then nothing may be written).
+-- The state of a unit with none stored. Never moved: every new state is a new table.
+local EMPTY = {0}
+
 local function valid_state(raw)
-  if not raw then return {0} end
+  if not raw then return EMPTY end
   -- A JSON array (states written before MessagePack) or a MessagePack array.
   local ok, state = pcall(string.byte(raw, 1) == 91 and cjson.decode or cmsgpack.unpack, raw)
   if not ok or type(state) ~= 'table' or #state == 0 then return nil end
@@ -22,8 +25,10 @@ end
 -- covariate value the cell set (nil if none).
 local function next_state(cell, state, key)
   local reported = nil
-  local x1 = {cell[5] + state[1]}
-  for j = 1, ncol do x1[j + 1] = state[j + 1] or 0 end
+  -- Built whole by one constructor (an array of ncol + 1 slots): grown one column at a
+  -- time, Lua re-allocated it at every power of two.
+  local x1 = {cell[5] + state[1], unpack(state, 2, ncol + 1)}
+  for j = #state + 1, ncol + 1 do x1[j] = 0 end
   for i = 1, nbm do
     local j, dx = bcol[i] + 1, cell[4 + 2 * i]
     if bbin[i] then
@@ -43,7 +48,8 @@ local function next_state(cell, state, key)
   end
   -- [/cuped]
   -- [cap]
-  for _, c in ipairs(capped) do
+  for k = 1, #capped do
+    local c = capped[k]
     if x1[c[1]] > c[2] then x1[c[1]] = c[2] end
   end
   -- [/cap]
