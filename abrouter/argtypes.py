@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from abrouter.contract.keys import MAX_SHARDS
 from abrouter.redact import MASK, mask_url
 
 #: The schemes redis-py's ``from_url`` accepts.
@@ -61,6 +62,20 @@ def at_least(low: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def shards(text: str) -> int | None:
+    """The hash tags one new experiment's data is spread over: ``auto`` (None: the event log
+    decides, `abrouter.router.eventlog.shards`) or an integer 1..`MAX_SHARDS`."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer 1..{MAX_SHARDS}, got {text!r}")
+    return value
 
 
 def port(text: str) -> int:

@@ -148,6 +148,8 @@ def test_a_password_in_a_bad_redis_url_is_masked(run):
         ("--reload-interval", "soon", "must be a number, got 'soon'"),
         ("--max-connections", "0", "must be an integer >= 1, got '0'"),
         ("--port", "70000", "must be a TCP port 0..65535, got '70000'"),
+        ("--shards", "0", "must be 'auto' or an integer 1..256, got '0'"),
+        ("--shards", "many", "must be 'auto' or an integer 1..256, got 'many'"),
     ],
 )
 def test_bad_numbers_are_one_line_naming_the_flag(run, flag, value, message):
@@ -175,7 +177,7 @@ def test_help_explains_each_command(run):
         assert command in out
     code, serve, _ = run("serve", "--help")
     assert code == 0 and "--redis-url" in serve and "epoch" in serve and "examples:" in serve
-    for flag in ("--header-timeout", "--body-timeout", "--idle-timeout", "--max-connections"):
+    for flag in ("--header-timeout", "--body-timeout", "--idle-timeout", "--max-connections", "--shards"):
         assert flag in serve
 
 
@@ -186,6 +188,15 @@ def test_client_limits_read_the_environment(run, monkeypatch):
     monkeypatch.setenv("ABROUTER_IDLE_TIMEOUT", "nan")  # checked like the flag
     code, _, err = run("serve", "--no-event-log")
     assert code == 2 and "argument --idle-timeout: must be a finite number, got 'nan'" in one_line_error(err)
+
+
+def test_the_shard_count_reads_the_environment(run, monkeypatch):
+    monkeypatch.setenv("ABROUTER_SHARDS", "4")
+    _, out, _ = run("serve", "--help")
+    assert "else 4)" in " ".join(out.split())
+    monkeypatch.setenv("ABROUTER_SHARDS", "257")  # checked like the flag
+    code, _, err = run("serve", "--no-event-log")
+    assert code == 2 and "argument --shards: must be 'auto' or an integer 1..256, got '257'" in one_line_error(err)
 
 
 def test_a_real_process_imports_only_what_the_command_needs():

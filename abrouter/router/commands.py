@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from abrouter import argtypes
 from abrouter.contract import experiment as model
+from abrouter.contract import keys
 from abrouter.errors import UserError
 from abrouter.redact import mask_url
 from abrouter.router import examples, serving
@@ -136,6 +137,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=0.25,
         metavar="SECONDS",
         help="seconds between event-log flushes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shards",
+        type=argtypes.shards,
+        default=os.environ.get("ABROUTER_SHARDS", "auto"),
+        metavar="N",
+        help="over how many hash tags a new experiment's per-unit state and sums are spread, so that one "
+        "experiment uses several Redis Cluster masters (one tag is one slot, one master's core): an integer "
+        f"1..{keys.MAX_SHARDS}, or 'auto' for 1 on a single Redis and {keys.CLUSTER_SHARDS} on a cluster; an "
+        "experiment already in Redis keeps the count stored with it (default: $ABROUTER_SHARDS, else %(default)s)",
     )
     p.add_argument(
         "--reload-interval",
@@ -315,6 +326,7 @@ def serve(args: argparse.Namespace) -> int:
             redis_url=redis_url,
             spill_dir=args.spill_dir,
             flush_interval_s=args.flush_interval,
+            shards=args.shards,
             secret=secret_from_env(),
             api_token=api_token_from_env(),
             event_log=not args.no_event_log,

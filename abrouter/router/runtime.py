@@ -102,6 +102,7 @@ async def _open_lane(
             spill_dir=settings.spill_dir,
             flush_interval_s=settings.flush_interval_s,
             max_events=settings.max_buffered_events,
+            shards=settings.shards,
         )
     table = RoutingTable(experiment=experiment, since=time.time())
     eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)

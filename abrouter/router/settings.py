@@ -26,6 +26,10 @@ class ServeSettings:
     flush_interval_s: float = 0.25
     #: Events held in memory before a flush is forced.
     max_buffered_events: int = 50_000
+    #: Over how many hash tags (Redis Cluster slots) a *new* experiment's per-unit state
+    #: and sums are spread; None: 1 on a single server, `keys.CLUSTER_SHARDS` on a cluster.
+    #: An experiment already in Redis keeps the count stored with it (`Keys.layout`).
+    shards: int | None = None
     #: Shared by all replicas so any of them accepts request ids issued by another;
     #: from ABROUTER_SECRET. Without it ids are checked for integrity only.
     secret: bytes = field(default=b"", repr=False)
@@ -45,6 +49,7 @@ class ServeSettings:
         return (
             f"ServeSettings(redis_url={mask_url(self.redis_url)!r}, spill_dir={str(self.spill_dir)!r}, "
             f"flush_interval_s={self.flush_interval_s}, max_buffered_events={self.max_buffered_events}, "
+            f"shards={self.shards}, "
             f"secret={'set' if self.secret else 'unset'}, event_log={self.event_log}, "
             f"upstream_transport={self.upstream_transport!r}, client_limits={self.client_limits!r})"
         )

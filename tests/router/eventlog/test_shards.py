@@ -17,12 +17,14 @@ import pytest
 import redis.asyncio
 
 from abrouter.analysis import reader
+from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.eventlog import shards
 from abrouter.router.eventlog.events import Batch, Event, Outcome, binary_metrics
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.eventlog.shards import ShardedFlush
 from abrouter.router.redis_server import RedisServer
+from abrouter.router.settings import ServeSettings
 from tests.router.eventlog.test_eventlog import (
     _batch,
     assert_strata_equal,
@@ -32,6 +34,7 @@ from tests.router.eventlog.test_eventlog import (
     record,
 )
 from tests.router.eventlog.test_loss import back_with_older_data, exposure
+from tests.router.served import serve, two_arms, write_spec
 
 
 def per_unit_ids(recorded: list[Event]) -> list[Event]:
@@ -200,3 +203,27 @@ async def test_a_sharded_experiment_on_a_redis_back_with_an_older_aof_counts_the
             await client.aclose()
     assert data.lost_events == 120 and data.lost_between is not None
     assert sum(a.units for a in data.arms) == 100 + 30
+
+
+async def test_serves_shard_count_reaches_a_new_experiments_layout(
+    redis_url: str,
+    redis_client: redis.asyncio.Redis,
+    experiment_name: str,
+    tmp_path: Path,
+    upstream_urls: dict[str, str],
+) -> None:
+    """`abrouter serve --shards 3` (ServeSettings.shards): the event log spreads a new experiment over 3 tags."""
+    spec = two_arms(experiment_name, upstream_urls["control"], upstream_urls["candidate"])
+    settings = ServeSettings(redis_url=redis_url, spill_dir=tmp_path / "spill", flush_interval_s=0.05, shards=3)
+    client = await serve(model.load(write_spec(tmp_path, spec)), settings)
+    try:
+        for i in range(20):
+            async with client.post("/predict", headers={"X-User-Id": f"u{i}"}, data=b"{}") as resp:
+                assert resp.status == 200
+        await client.lane.eventlog.flush()
+    finally:
+        await client.close()
+    k = keys.Keys(experiment_name)
+    assert await redis_client.get(k.layout) == b"3"
+    exposures = keys.decode_agg(keys.merge_sums([await redis_client.hgetall(p.agg) for p in keys.shard_keys(k, 3)]))
+    assert sum(s.exposures for s in exposures.values()) == 20
