@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import zlib
 from bisect import bisect_right
 from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,11 @@ class Batch:
     payload: str
     events: str
     n_events: int
+    #: The payload split per shard, when the `Aggregator` knew the experiment's shards (more
+    #: than one): built from the same encoded rows, so sending it costs no decode and
+    #: re-encode (`shards.split` does that for a batch without them, e.g. from the spill
+    #: file, which keeps `payload` only). Shard 0's raw events are `events`; the others' none.
+    parts: tuple[str, ...] = ()
 
 
 #: The batch format's version (``v`` in the payload; absent means 1). flush.lua refuses a
@@ -167,6 +173,7 @@ class Aggregator:
         covariate: str | None = None,
         caps: Mapping[str, float] | None = None,
         slow_ms: float | None = None,
+        shards: int = 1,
     ) -> None:
         if tuple(metrics[: len(BUILTIN_METRICS)]) != BUILTIN_METRICS:
             raise ValueError(f"metrics must start with the built-ins {BUILTIN_METRICS}, got {list(metrics)}")
@@ -189,6 +196,9 @@ class Aggregator:
         # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
         self._latency: dict[tuple[int, str], list[int]] = {}
         self._slow_ms = math.inf
+        #: The experiment's shards (`keys.shard_of`): with more than one, `encode` also
+        #: builds the payload of each shard (`Batch.parts`).
+        self._shards = shards
         self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps, slow_ms=slow_ms)
 
     def __len__(self) -> int:
@@ -362,26 +372,28 @@ class Aggregator:
         if self._covariate is not None:  # [cuped] each row ends with its covariate's report time
             reported = self._covariate_ts
             cells = {key: [*cell, reported.get(key, 0.0)] for key, cell in cells.items()}
-        rows = itertools.chain(
+        rows: Iterable[list[object] | None] = itertools.chain(
             ([*key, flag(key), *cells[key]] for key in exposed),
             (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
         )
-        # The big arrays are encoded in slices, yielding between them (`slices`).
-        arrays = {
-            "cells": (yield from slices.encode_rows(rows, slice_size)),
-            "keyed": (
-                yield from slices.encode_rows(
-                    (
-                        [i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts, int(o.anonymous)]
-                        for i, o in self._keyed.items()
-                    ),
-                    slice_size,
-                )
-            ),
-        }
+        keyed: Iterable[list[object] | None] = (
+            [i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts, int(o.anonymous)]
+            for i, o in self._keyed.items()
+        )
+        n = max(1, self._shards)
+        # The big arrays are encoded in slices, yielding between them (`slices`), one array
+        # per shard: a unit's rows keep their order within its shard.
+        by_shard = (yield from _by_shard(rows, 0, n, slice_size)) if n > 1 else [rows]
+        keyed_by_shard = (yield from _by_shard(keyed, 1, n, slice_size)) if n > 1 else [keyed]
+        cell_texts: list[str] = []
+        keyed_texts: list[str] = []
+        for part in by_shard:
+            cell_texts.append((yield from slices.encode_rows(part, slice_size)))
+        for part in keyed_by_shard:
+            keyed_texts.append((yield from slices.encode_rows(part, slice_size)))
         raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
         yield  # joining the slices of the raw events copied megabytes
-        payload = {
+        payload: dict[str, object] = {
             "v": BATCH_VERSION,
             "metrics": self._metrics,
             "binary": sorted(self._binary),
@@ -399,10 +411,36 @@ class Aggregator:
             payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
         if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
             payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in self._latency.items()]
+        whole = {"cells": slices.join_arrays(cell_texts), "keyed": slices.join_arrays(keyed_texts)}
+        parts: tuple[str, ...] = ()
+        if n > 1:
+            # Shard 0 takes the epochs, the latency histogram and the raw events (with n).
+            rest = slices.JSON.encode({**payload, "epochs": [], "latency": [], "n": 0})
+            first = slices.JSON.encode(payload)
+            parts = tuple(
+                slices.splice(first if i == 0 else rest, {"cells": cell_texts[i], "keyed": keyed_texts[i]})
+                for i in range(n)
+            )
         return Batch(
             producer=producer,
             seq=seq,
-            payload=slices.splice(slices.JSON.encode(payload), arrays),
+            payload=slices.splice(slices.JSON.encode(payload), whole),
             events=raw_events,
             n_events=len(self._events),
+            parts=parts,
         )
+
+
+def _by_shard(
+    rows: Iterable[list[object] | None], unit_at: int, shards: int, size: int
+) -> Generator[None, None, list[list[list[object]]]]:
+    """Pure: `rows` (None: skipped) into one list per shard of their unit (``row[unit_at]``),
+    in order, yielding after each `size` rows like the encoders."""
+    out: list[list[list[object]]] = [[] for _ in range(shards)]
+    crc32 = zlib.crc32
+    for i, row in enumerate(rows, 1):
+        if row is not None:
+            out[crc32(str(row[unit_at]).encode()) % shards].append(row)  # keys.shard_of, inlined
+        if i % size == 0:
+            yield
+    return out

@@ -259,11 +259,14 @@ class EventLog:
         self._check_backlog()
 
     def _new_aggregator(self) -> events.Aggregator:
+        # The shards once the layout is known (0 before the first connection: the batch is
+        # split when it is sent, `shards.ShardedFlush.apply`).
         return events.Aggregator(
             self._metrics,
             events.binary_metrics(self._experiment),
             events.ratio_pairs(self._experiment),
             **events.column_rules(self._experiment),
+            shards=max(1, self._delivery.script.shards),
         )
 
     # ------------------------------------------------------------------ lifecycle

@@ -51,7 +51,10 @@ def split(payload: str, raw_events: str, shards: int) -> Iterator[tuple[str, str
     the raw events (the audit stream, with ``n``) to shard 0; the columns to every shard.
     Each part is encoded when it is asked for, so a caller that sends one before asking
     for the next spreads the encoding over its awaits (a 2,000-event batch: ~5 ms of
-    event loop in one piece, not ~11).
+    event loop in one piece, not ~11). Only for batches without `events.Batch.parts`
+    (the spill file's, or cut before the layout was known): the `Aggregator` of a router
+    that knows the shards encodes the same parts as it encodes the batch, for no more
+    than the batch alone costs (bench/shard_split.py).
     """
     doc = json.loads(payload)
     cells: list[list[Any]] = [[] for _ in range(shards)]
@@ -179,9 +182,17 @@ class ShardedFlush:
         if len(self.parts) <= 1:
             return await self._part(0).apply(batch, allow_gap=allow_gap)
         replies, refused = [], None
-        for part, (payload, raw) in zip(self.parts, split(batch.payload, batch.events, len(self.parts))):
+        n = len(self.parts)
+        # Parts the Aggregator encoded (no decode here); a batch without them (the spill
+        # file's, or cut before the layout was known) is split.
+        whole = (
+            zip(batch.parts, (batch.events, *["[]"] * (n - 1)))
+            if len(batch.parts) == n
+            else split(batch.payload, batch.events, n)
+        )
+        for part, (payload, raw) in zip(self.parts, whole):
             try:
-                shard_batch = dataclasses.replace(batch, payload=payload, events=raw)
+                shard_batch = dataclasses.replace(batch, payload=payload, events=raw, parts=())
                 replies.append(await part.apply(shard_batch, allow_gap=allow_gap))
             except BatchRejected as exc:
                 refused = refused or exc

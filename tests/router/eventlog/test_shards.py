@@ -20,7 +20,7 @@ from abrouter.analysis import reader
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.eventlog import shards
-from abrouter.router.eventlog.events import Batch, Event, Outcome, binary_metrics
+from abrouter.router.eventlog.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, slow_ms
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.eventlog.shards import ShardedFlush
 from abrouter.router.redis_server import RedisServer
@@ -150,6 +150,25 @@ def test_split_sends_each_unit_to_its_shard_and_the_rest_to_shard_0() -> None:
     assert all(keys.shard_of(r[1], 3) == i for i, d in enumerate(docs) for r in d["keyed"])
     assert docs[0]["epochs"] == whole["epochs"] and docs[0]["n"] == whole["n"] and parts[0][1] == batch.events
     assert all(d["epochs"] == [] and d["n"] == 0 and d["latency"] == [] for d in docs[1:])
+
+
+def test_an_aggregator_that_knows_the_shards_encodes_the_parts_split_would_make() -> None:
+    """`Batch.parts`, built from the rows as they are encoded, are `split`'s parts of the same
+    batch (no JSON decode and re-encode on the event loop), and the whole payload still splits
+    into them (a batch replayed from the spill file, which keeps the payload only)."""
+    exp = make_experiment("split")
+    recorded = random_events(random.Random(5), 300, keyed=0.5)
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp), slow_ms=slow_ms(exp), shards=3)
+    for ev in recorded:
+        agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
+    batch = agg.batch(producer="p-test", seq=1)
+    assert len(batch.parts) == 3 and all(json.loads(p)["cells"] for p in batch.parts)
+    split = [json.loads(p) for p, _ in shards.split(batch.payload, batch.events, 3)]
+    assert [json.loads(p) for p in batch.parts] == split
+    unsplit = _batch(exp, recorded, 1)  # one shard: no parts, the same cells in another order
+    assert unsplit.parts == () and sorted(map(json.dumps, json.loads(unsplit.payload)["cells"])) == sorted(
+        json.dumps(c) for d in split for c in d["cells"]
+    )
 
 
 def test_combine_reports_a_gap_from_any_shard_with_the_lowest_last_seq() -> None:
