@@ -11,7 +11,9 @@ one Redis (AOF on, everysec, as in production), interleaved over `--rounds`:
 - floor: the same events as one pipelined HINCRBY each (``unit|metric``), the cheapest
   plain commands that carry the information;
 - flush (after): flush.lua as it is now (`FlushScript`);
-- flush (before): flush.lua from `--before-ref`, given the same arguments.
+- flush (before): flush.lua from `--before-ref`, given the same arguments (the payload
+  marked version 2, which a script from before records knows: version 3 is the same
+  document, `events.BATCH_VERSION`).
 
 Redis CPU is the ``used_cpu_user + used_cpu_sys`` delta of ``INFO cpu`` around each
 phase, per event; the longest single script call comes from SLOWLOG (threshold 0).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import random
 import statistics
@@ -94,6 +97,11 @@ async def measured(client: redis.asyncio.Redis, run: Callable[[], Awaitable[None
     return used, max(calls, default=0.0)
 
 
+def as_version_2(batch: events.Batch) -> events.Batch:
+    """The same batch marked version 2, for a flush.lua from before version 3 (the same document)."""
+    return dataclasses.replace(batch, payload=batch.payload.replace(f'"v":{events.BATCH_VERSION}', '"v":2', 1))
+
+
 def script_args(batch: events.Batch) -> tuple[str, ...]:
     caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(keys.OUTCOME_ID_WINDOW_S)))
     ttl = repr(7 * 86_400.0)  # outcome_ttl's default: unit ages are kept (and expired) as in production
@@ -159,6 +167,8 @@ async def main(args: argparse.Namespace) -> None:
                 exp = experiment(name)
                 k = keys.Keys(name)
                 batches = [batch_of(exp, chunk, r * args.batches + i + 1) for i, chunk in enumerate(recorded)]
+                if label == "before":
+                    batches = [as_version_2(b) for b in batches]
                 results[label].append(await measured(client, lambda t=text, b=batches, k=k: apply_all(client, t, k, b)))
             results["floor"].append(await measured(client, lambda: floor(client, "bench-floor", recorded)))
         floor_us = statistics.median(u for u, _ in results["floor"]) / n_events * 1e6
@@ -178,6 +188,7 @@ async def main(args: argparse.Namespace) -> None:
             for label, text in sources.items():
                 name = f"bench-{label}"
                 b = batch_of(experiment(name), big, 10**6)
+                b = as_version_2(b) if label == "before" else b
                 _, longest = await measured(client, lambda t=text, b=b, n=name: apply_all(client, t, keys.Keys(n), [b]))
                 print(f"| {label} | {longest:.0f} |")
         if args.memory:
@@ -185,23 +196,24 @@ async def main(args: argparse.Namespace) -> None:
             print("| script | bytes per unit |")
             print("|---|---|")
             for label, text in sources.items():
-                print(f"| {label} | {await memory(args.redis_server or None, text, args.memory):.0f} |")
+                used = await memory(args.redis_server or None, text, args.memory, version_2=label == "before")
+                print(f"| {label} | {used:.0f} |")
         await client.aclose()
 
 
-async def memory(binary: str | None, source: str, units: int) -> float:
+async def memory(binary: str | None, source: str, units: int, *, version_2: bool = False) -> float:
     """Bytes of Redis memory per unit: `units` units, one exposure each, through `source`,
     on a Redis of its own (AOF on, as in production)."""
     with RedisServer(binary=binary) as server:
         client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)
         await client.script_load(source)
         try:
-            return await _memory(client, source, units)
+            return await _memory(client, source, units, version_2)
         finally:
             await client.aclose()
 
 
-async def _memory(client: redis.asyncio.Redis, source: str, units: int) -> float:
+async def _memory(client: redis.asyncio.Redis, source: str, units: int, version_2: bool) -> float:
     name = "bench-memory"
     exp, k = experiment(name), keys.Keys(name)
     await client.execute_command("MEMORY", "PURGE")
@@ -213,7 +225,8 @@ async def _memory(client: redis.asyncio.Redis, source: str, units: int) -> float
             for i in range(start, min(start + chunk, units))
         ]
         seq += 1
-        await apply_all(client, source, k, [batch_of(exp, recorded, seq)])
+        b = batch_of(exp, recorded, seq)
+        await apply_all(client, source, k, [as_version_2(b) if version_2 else b])
     await client.delete(k.events, k.events_n)  # the audit stream is capped separately (EVENTS_MAX_RAW)
     await client.execute_command("MEMORY", "PURGE")
     used = int((await client.info("memory"))["used_memory"]) - before

@@ -86,7 +86,9 @@ class Batch:
 #: The batch format's version (``v`` in the payload; absent means 1). flush.lua refuses a
 #: version it does not know, so a batch from a newer router is quarantined, not misread.
 #: 2: cells of anonymous outcomes (latest 3), the covariate's report time, keyed rows' flag.
-BATCH_VERSION = 2
+#: 3: the same document, for a flush.lua that keeps each unit as one record (``units[h|u]``,
+#: docs/storage.md): a script from before refuses it rather than write the old fields.
+BATCH_VERSION = 3
 
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")

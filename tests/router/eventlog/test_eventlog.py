@@ -576,8 +576,8 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
     record(log, first)
     await log.flush()
 
-    good_state = await redis_client.hget(units_key, "u1|1|control")
-    await redis_client.hset(units_key, "u1|1|control", "not a state")  # another program wrote here
+    good_state = await redis_client.hget(units_key, "u1|u")
+    await redis_client.hset(units_key, "u1|u", "not a state")  # another program wrote here
     # Innocent units first, more than the script's chunk of 500 cells, then the corrupt one.
     poisoned: list[Event] = [Exposure(f"r-{i}", f"w{i}", "candidate", 1, 0.0, 200, 7.0, i % 2 == 0) for i in range(600)]
     poisoned += [
@@ -592,13 +592,13 @@ async def test_a_batch_redis_refuses_is_quarantined_whole_and_later_batches_flow
 
     # Nothing of the refused batch was written, not even its innocent part; the next one was.
     assert log.stats.quarantined == 602 and log.stats.spilled == 0 and log.stats.buffered == 0
-    assert await redis_client.hget(units_key, "w0|1|candidate") is None
+    assert await redis_client.hget(units_key, "w0|u") is None
     assert_strata_equal(
         await read_strata(redis_client, experiment_name), expected_strata(first + third, binary_metrics(exp))
     )
 
     # Fixed, and the quarantine file renamed to a spill file: the next router replays it.
-    await redis_client.hset(units_key, "u1|1|control", good_state)
+    await redis_client.hset(units_key, "u1|u", good_state)
     await log.close()
     (quarantined,) = (tmp_path / "spill").glob(f"*{spill.QUARANTINE_SUFFIX}")
     ((batch, _),) = spill.read_batches(quarantined)

@@ -283,21 +283,21 @@ async def test_unit_ages_are_refreshed_once_per_granule_and_never_score_a_field_
     before = seconds + micros / 1e6
     await apply_as(script, "router-a", _batch(exp, [exposure("u1")], 1))
     first = dict(await redis_client.zrange(k.unit_seen, 0, -1, withscores=True))
-    assert set(first) == {b"u1|f"}  # one member per unit: it stands for all the unit's fields
+    assert set(first) == {b"u1|u"}  # one member per unit: it stands for all the unit's fields
     assert min(first.values()) >= before  # never earlier than the write
     assert max(first.values()) <= before + 1000 + 1  # at most a granule later
     await apply_as(script, "router-a", _batch(exp, [exposure("u1"), exposure("u2")], 2))
     second = dict(await redis_client.zrange(k.unit_seen, 0, -1, withscores=True))
     assert {m: second[m] for m in first} == first  # u1 is fresh in this granule: no ZADD for it
-    assert set(second) == {b"u1|f", b"u2|f"}
+    assert set(second) == {b"u1|u", b"u2|u"}
 
 
-async def test_a_units_granule_is_read_from_its_first_exposure_not_from_unit_seen(
+async def test_a_units_granule_is_read_from_its_record_not_from_unit_seen(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:
-    """h|f names the granule its unit was last scored in, so freshness costs no ZMSCORE: a
-    unit scored in this granule is not scored again even when its member is gone, and an
-    h|f written before granules were kept ("e|v") is rewritten with one, and scored."""
+    """A unit's record names the granule it was last scored in, so freshness costs no read
+    of unit_seen: a unit scored in this granule is not scored again even when its member is
+    gone; a unit stored before records (h|f "e|v", no granule) is rewritten, and scored."""
     doc = spec.to_dict(make_experiment(experiment_name))
     doc["outcome_ttl"] = "8000s"  # a granule of 1000 s: the batches below share one
     exp = spec.parse(doc)
@@ -305,16 +305,18 @@ async def test_a_units_granule_is_read_from_its_first_exposure_not_from_unit_see
     script = FlushScript(redis_client, k, unit_ttl_s=exp.outcome_ttl_s)
     await script.load()
     await apply_as(script, "router-a", _batch(exp, [exposure("u1")], 1))
-    score = await redis_client.zscore(k.unit_seen, "u1|f")
-    first, _, granule = (await redis_client.hget(k.units, "u1|f")).decode().partition("||")
-    assert first.endswith("|control") and float(granule) == score
-    await redis_client.zrem(k.unit_seen, "u1|f")
-    await redis_client.hset(k.units, "u2|f", first)  # as written before: no granule
-    await redis_client.hset(k.units, "u2", first)
+    score = await redis_client.zscore(k.unit_seen, "u1|u")
+    record = keys.decode_unit_record(await redis_client.hget(k.units, "u1|u"))
+    assert record.granule == score and record.first is not None
+    await redis_client.zrem(k.unit_seen, "u1|u")
+    first = "|".join(map(str, record.first))
+    await redis_client.hset(k.units, mapping={"u2|f": first, "u2": first})  # as written before records
+    await redis_client.zadd(k.unit_seen, {"u2|f": score})
     await apply_as(script, "router-a", _batch(exp, [exposure("u1"), exposure("u2")], 2))
-    assert await redis_client.zscore(k.unit_seen, "u1|f") is None  # fresh by its h|f: not scored again
-    assert await redis_client.zscore(k.unit_seen, "u2|f") == score
-    assert await redis_client.hget(k.units, "u2|f") == f"{first}||{granule}".encode()
+    assert await redis_client.zscore(k.unit_seen, "u1|u") is None  # fresh by its record: not scored again
+    assert await redis_client.zrange(k.unit_seen, 0, -1, withscores=True) == [(b"u2|u", score)]
+    assert keys.decode_unit_record(await redis_client.hget(k.units, "u2|u")).state[0] == 1
+    assert await redis_client.hget(k.units, "u2|f") is None
 
 
 async def test_the_audit_stream_is_trimmed_by_raw_events_not_by_the_last_batchs_size(

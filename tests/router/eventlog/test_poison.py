@@ -59,9 +59,11 @@ async def test_a_poisoned_unit_state_refuses_its_batch_whole_and_a_replay_counts
     await r.settle()
     h = keys.unit_hash("user2")
     stratum = (await redis_client.hget(r.keys.units, h)).decode()
-    field = f"{h}|{stratum}"
+    field = f"{h}|u"  # the unit's record
     good = await redis_client.hget(r.keys.units, field)
-    poison = json.dumps([1, 0, 1.0, 0, 1e200])
+    epoch, variant = stratum.split("|")
+    record = [int(epoch), variant, 0, stratum, 0, 0, [1, 0, 1.0, 0, 1e200]]
+    poison = await redis_client.eval("return cmsgpack.pack(cjson.decode(ARGV[1]))", 0, json.dumps(record))
     await redis_client.hset(r.keys.units, field, poison)
 
     for i in range(10):
@@ -73,7 +75,7 @@ async def test_a_poisoned_unit_state_refuses_its_batch_whole_and_a_replay_counts
     stats = r.client.lane.eventlog.stats
     assert stats.quarantined >= 1 and stats.dropped == 0
     assert sum(s.exposures for s in (await r.strata()).values()) == 1 + 11 - stats.quarantined
-    assert await redis_client.hget(r.keys.units, field) == poison.encode()
+    assert await redis_client.hget(r.keys.units, field) == poison
 
     # Fixed by hand; the quarantine file is replayed twice (two copies): counted once.
     await redis_client.hset(r.keys.units, field, good)
@@ -210,13 +212,13 @@ async def test_unit_state_expires_after_outcome_ttl(make_router: MakeRouter, red
     for i in range(30):
         await expose(r, f"old-{i}")
     await r.settle()
-    # Per unit: its latest stratum, its state and its first exposure (intent-to-treat).
-    assert await redis_client.hlen(r.keys.units) == 90
+    # Per unit: its latest stratum and its record (first exposure, state, ...).
+    assert await redis_client.hlen(r.keys.units) == 60
     await asyncio.sleep(1.2)  # > ttl + one granule (ttl / 8): a field may expire that late, never early
     await expose(r, "new")
     await r.settle()
-    assert await redis_client.hlen(r.keys.units) == 3  # only the new unit's
-    assert await redis_client.zcard(r.keys.unit_seen) == 1  # its h|f, for all its fields
+    assert await redis_client.hlen(r.keys.units) == 2  # only the new unit's
+    assert await redis_client.zcard(r.keys.unit_seen) == 1  # its h|u, for both its fields
 
 
 async def test_the_spill_file_is_capped_and_what_it_refuses_is_counted(

@@ -5,6 +5,7 @@ Real Redis, real flush.lua, through the `EventLog`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import redis.asyncio
@@ -34,8 +35,9 @@ async def test_a_units_state_is_exact_across_batches_and_stored_as_messagepack(
         total += value
     await log.close()
     k = keys.Keys(experiment_name)
-    state = await redis_client.hget(k.units, f"{h}|1|control")
-    assert state is not None and state[:1] != b"["  # not JSON
+    record = keys.decode_unit_record(await redis_client.hget(k.units, f"{h}|u"))  # MessagePack, exact
+    assert record.first == record.latest == (1, "control") and not record.multiple
+    assert record.state[1 + keys.metric_order(exp).index("revenue")] == total
     revenue = keys.decode_agg(await redis_client.hgetall(k.agg))[(1, "control")].metrics["revenue"]
     assert (revenue.sum, revenue.sum_sq, revenue.sum_xn) == (total, total * total, total)
 
@@ -43,7 +45,8 @@ async def test_a_units_state_is_exact_across_batches_and_stored_as_messagepack(
 async def test_a_state_written_as_json_moves_on_and_is_rewritten(
     redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
 ) -> None:
-    """States written before MessagePack (JSON, 17 digits) are read as they are."""
+    """States written before MessagePack (JSON, 17 digits) are read as they are, and a unit
+    stored before records (h|f, h|e|v, its member h|f) is rewritten as one."""
     exp = make_experiment(experiment_name)
     k = keys.Keys(experiment_name)
     h = keys.unit_hash("old")
@@ -66,7 +69,12 @@ async def test_a_state_written_as_json_moves_on_and_is_rewritten(
     await log.close()
     revenue = keys.decode_agg(await redis_client.hgetall(k.agg))[(1, "control")].metrics["revenue"]
     assert (revenue.sum, revenue.sum_sq) == (0.1 + 0.2, (0.1 + 0.2) ** 2)
-    assert (await redis_client.hget(k.units, f"{h}|1|control"))[:1] != b"["
+    assert sorted(await redis_client.hkeys(k.units)) == [h.encode(), f"{h}|u".encode()]  # the old fields went
+    record = keys.decode_unit_record(await redis_client.hget(k.units, f"{h}|u"))
+    columns = json.loads(await redis_client.get(k.metrics))
+    assert record.first == record.latest == (1, "control")
+    assert record.state[0] == 1 and record.state[1 + columns.index("revenue")] == 0.1 + 0.2
+    assert set(await redis_client.zrange(k.unit_seen, 0, -1)) == {f"{h}|u".encode()}
 
 
 async def test_a_units_one_member_expires_all_its_fields_and_older_members_wait_for_it(
@@ -105,3 +113,27 @@ async def test_a_units_one_member_expires_all_its_fields_and_older_members_wait_
         f"{alive}|f".encode(): seconds + 50,
         f"{alive}|1|control".encode(): seconds + 50,
     }
+
+
+async def test_a_units_record_expires_with_its_latest_exposure(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    """unit-seen: a record's member h|u stands for h|u and h; a unit still written stays."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, unit_ttl_s=100.0)
+    await script.load()
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    for unit in ("old", "alive"):
+        agg.add_exposure(Exposure(f"r-{unit}", unit, "control", 1, 0.0, 200, 5.0, False))
+    await script.apply(agg.batch(producer="p", seq=1), allow_gap=True)
+    assert sorted(await redis_client.hkeys(k.units)) == sorted(
+        f.encode() for u in ("old", "alive") for f in (u, f"{u}|u")
+    )
+    seconds, _ = await redis_client.time()
+    await redis_client.zadd(k.unit_seen, {"old|u": seconds - 500})  # not written for longer than the ttl
+    await script.apply(
+        Aggregator(keys.metric_order(exp), binary_metrics(exp)).batch(producer="p", seq=2), allow_gap=True
+    )
+    assert sorted(await redis_client.hkeys(k.units)) == [b"alive", b"alive|u"]
+    assert await redis_client.zrange(k.unit_seen, 0, -1) == [b"alive|u"]

@@ -49,10 +49,10 @@ local batch = cjson.decode(ARGV[4])
 
 -- The batch format: payloads without `v` are version 1. A version this script does not
 -- know (a newer router) is refused whole, before anything is written.
-local VERSIONS = {[1] = true, [2] = true}
+local VERSIONS = {[1] = true, [2] = true, [3] = true}
 local version = batch.v or 1
 if not VERSIONS[version] then
-  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1, 2)'}
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1, 2, 3)'}
 end
 
 --- @include "numbers"
@@ -93,14 +93,14 @@ for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
 
 -- [cuped] The covariate column (batch.covariate, absent without CUPED) is set once per
 -- unit: the earliest *reported* value stays. A cell brings its report time after its
--- metric columns (cell[6 + 2 * nbm]); the time of the stored value is kept in
--- units["<state field>|c"], and a value reported earlier than it (by another router that
+-- metric columns (cell[6 + 2 * nbm]); the time of the stored value is kept in the unit's
+-- record ([legacy] units["<state field>|c"]), and a value reported earlier than it (by another router that
 -- flushed later) replaces it, one reported later is ignored. A stored value without a
 -- time (written before report times were kept) stays. Its flag column "<covariate>~set"
 -- (binary, a max) says the unit has one, so a first value of 0 is kept too. Σx·c of each adjusted metric is an ordinary pair in
 -- batch.products, so it is right whether the covariate comes before or after outcomes.
 local cov_i, cov_j, cov_flag = nil, nil, nil  -- batch index, state index of value and flag
-local cov_time = {}  -- state field -> report time of its covariate (false: none stored)
+local cov_time = {}  -- state field (h|u, [legacy] h|e|v) -> report time of its covariate (false: none)
 if batch.covariate then
   for i, m in ipairs(batch.metrics) do
     if m == batch.covariate then cov_i = i end
@@ -161,87 +161,125 @@ end
 -- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
 -- written with one HINCRBY(FLOAT) per field: per-cell work builds no field names.
 local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
-
--- [expiry] The age of unit fields (unit_seen) is refreshed once per unit per granule of
--- ttl/8, not on every write: a ZADD per field per batch was a third of the script's CPU.
--- A unit with a first exposure has one member, its h|f, which stands for all its fields
--- (h, h|f, its state and the state's |c; expiry.lua): one member per field was half of
--- a unit's memory. It is scored with the *end* of the granule in which the unit was last
--- written, so the unit expires up to a granule late, never early; a unit whose h|f
--- value already names the current granule's end (h|f is read anyway; a ZMSCORE of
--- unit_seen cost ~0.4 us a cell) is `fresh` and scores nothing. Fields of units without
--- a first exposure (outcomes held until it lands) are scored each; units with state
--- from before intent-to-treat (legacy) and anonymous requests keep a score per field
--- and write, at `now`.
-local ttl = tonumber(ARGV[10])
-local GRANULE = ttl > 0 and ttl / 8 or 86400
-local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
-local granule_s = num(granule_end)
 local function age(score, field)
   seen_members[#seen_members + 1] = score
   seen_members[#seen_members + 1] = field
 end
--- Scores `field` of the unit of cell `c` if needed; `created`: the field is new.
-local function mark(info, c, field, created)
-  if info.legacy or c[4] >= 2 then
-    age(now_s, field)
-  elseif not info.e and (created or not info.fresh) then  -- with a first exposure: its h|f, below
-    age(granule_s, field)
+
+-- [expiry] A unit's age (unit_seen) is refreshed once per granule of ttl/8, not on every
+-- write, with the *end* of the granule in which it was last written, so it expires up to
+-- a granule late, never early. Its record (below) names that granule: a unit whose record
+-- already names the current one is fresh and scores nothing, with no read of unit_seen.
+local ttl = tonumber(ARGV[10])
+local GRANULE = ttl > 0 and ttl / 8 or 86400
+local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
+local granule_s = num(granule_end)
+
+-- [issue 15: one record per unit] A unit's whole state is one field, units[h|u]: the
+-- MessagePack array {e, v, multiple, latest, granule, covariate time, {n_u, x_u...}}:
+-- its first exposure (e, v; 0 and "" before it has one), 1 once it was also exposed to
+-- another variant, the "e|v" of its latest exposure (what units[h] holds; "" none), the
+-- expiry granule it was last scored in, its covariate's report time (0: none) and its
+-- state. One read and one write per unit and batch, where its fields apart (h|f, h and
+-- the state h|e|v, with a ZMSCORE of unit_seen) took three reads per cell
+-- (bench/flush_cost.py). units[h] is still written when the latest exposure moves: the
+-- router reads it (lookup_units).
+--
+-- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
+-- first exposure. Every later cell of the unit, in any epoch or variant, moves its one
+-- state and the sums of that stratum. A unit exposed to another variant later is a
+-- multiple exposure: its sums are also kept in the shadow stratum "e|v~mx", so the
+-- analyzer can report them and, by policy, subtract them. A unit without an exposure yet
+-- (its outcomes reached Redis first) holds them in its state; they enter the sums, whole,
+-- with the exposure.
+--
+-- Units stored before the record (h|f "e|v[|m][|granule]", the state h|e|v, its report
+-- time h|e|v|c, a unit_seen member h|f) are read that way once, and rewritten as a record
+-- (the old fields deleted). A unit with state from before intent-to-treat (units[h] set,
+-- no h|f: `legacy`) keeps the old per-(unit, epoch, variant) accounting, one bare state
+-- per cell in h|e|v, so old data stays exact.
+local MX = '~mx'
+local NO_V = ''
+local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_info`)
+local cached = {}   -- [legacy] state field -> state after this batch's cells so far
+local first_values = {}  -- [old units] the parts of each distinct h|f value
+
+-- A unit from its record, its old fields, or nothing; nil and why not when corrupt.
+local function unit_info(h, raw, old_first, pointer)
+  if raw then
+    local ok, r = pcall(cmsgpack.unpack, raw)
+    if not ok or type(r) ~= 'table' or #r ~= 7 or type(r[1]) ~= 'number' or type(r[2]) ~= 'string'
+        or type(r[4]) ~= 'string' then
+      return nil, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u'
+    end
+    local state = valid_table(r[7])
+    if not state then return nil, 'corrupt unit state in ' .. units .. ' field ' .. h .. '|u' end
+    return {e = r[1] ~= 0 and r[1] or false, v = r[2] ~= NO_V and r[2] or false, multiple = r[3] == 1,
+            pointer = r[4] ~= '' and r[4] or false, fresh = r[5] == granule_end, ctime = r[6] ~= 0 and r[6] or false,
+            state = state, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
   end
+  local info = {e = false, v = false, multiple = false, pointer = pointer or false, fresh = false, ctime = false,
+                state = EMPTY, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
+  if old_first then
+    local parsed = first_values[old_first]
+    if not parsed then
+      local e, v, m = string.match(old_first, '^(%d+)|([^|]+)|?(m?)|?[^|]*$')
+      if not e then return nil, 'corrupt first exposure in ' .. units .. ' field ' .. h .. '|f' end
+      parsed = {tonumber(e), v, m == 'm'}
+      first_values[old_first] = parsed
+    end
+    info.e, info.v, info.multiple, info.old_first = parsed[1], parsed[2], parsed[3], true
+  elseif pointer then
+    info.legacy = true
+  end
+  return info
 end
 
--- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
--- first exposure, recorded in units[h|f] as "e|v" ("e|v|m" once the unit has also been
--- exposed to another variant: a multiple exposure), then "|" and the unit's granule. Every later cell of the unit, in any
--- epoch or variant, moves that one state h|e0|v0. A multiple-exposure unit's sums are
--- also kept in the shadow stratum "e0|v0~mx", so the analyzer can report them and, by
--- policy, subtract them. A unit with state from before this change (units[h] set, no
--- h|f) keeps the old per-(unit, epoch, variant) accounting, so old data stays exact.
-local MX = '~mx'
-local firsts = {}   -- h -> {e, v, multiple, legacy, ...}, as moved by this batch so far
-local cached = {}   -- state field -> state after this batch's cells so far
-local absent = {}   -- state field -> true when Redis had none before this batch
+local function record_of(info)
+  return cmsgpack.pack({info.e or 0, info.v or NO_V, info.multiple and 1 or 0, info.pointer or '', granule_end,
+                        info.ctime or 0, info.state})
+end
 
--- Cells in chunks: two HMGETs (now) and one HSET (in phase 2) per chunk instead of calls
--- per cell. A cell's stratum and state field are its own (e, v) for a unit without a first
--- exposure or with legacy state, else the unit's first exposure's. Several cells of one unit may now share one state, so states moved by this
--- batch are taken from `cached`, and the last write of a field wins in phase 2.
+-- Cells in chunks: a few HMGETs (now) and one HSET (in phase 2) per chunk instead of
+-- calls per cell.
 local CHUNK = 500
-local unit_writes = {}
--- The parts of each distinct h|f value: few (epochs x variants x granules) for many units.
-local first_values = {}
+local unit_writes = {}   -- [legacy] states and pointers, per chunk
+local olds = {}          -- [old units] fields to delete, once read into a record
+local old_members = {}   -- [old units] their unit_seen members
 for first = 1, #cells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, #cells)
-  local ids = {}
+  -- The records of the chunk's units not met before in this batch.
+  local hs, names, at = {}, {}, {}
   for i = first, last_cell do
-    local h, k = cells[i][1], 2 * (i - first)
-    ids[k + 1], ids[k + 2] = h .. '|f', h
+    local h = cells[i][1]
+    if not firsts[h] and not at[h] then
+      hs[#hs + 1], names[#names + 1] = h, h .. '|u'
+      at[h] = i
+    end
   end
-  local known = redis.call('HMGET', units, unpack(ids))
+  local raws = #names > 0 and redis.call('HMGET', units, unpack(names)) or {}
+  -- Units without a record: their old fields, if any.
+  local bare = {}
+  for k, h in ipairs(hs) do
+    if not raws[k] then bare[#bare + 1] = k end
+  end
+  local old_raw = {}
+  if #bare > 0 then
+    local ids = {}
+    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[k] .. '|f', hs[k] end
+    old_raw = redis.call('HMGET', units, unpack(ids))
+  end
+  local old_of = {}  -- k -> index of its h|f in old_raw
+  for n, k in ipairs(bare) do old_of[k] = 2 * n - 1 end
+  for k, h in ipairs(hs) do
+    local j = old_of[k]
+    local info, bad = unit_info(h, raws[k], j and old_raw[j] or false, j and old_raw[j + 1] or false)
+    if not info then return {-2, last, 0, bad} end
+    firsts[h] = info
+  end
   for i = first, last_cell do
     local c = cells[i]
-    local h = c[1]
-    local info = firsts[h]
-    if not info then
-      local k = 2 * (i - first) + 1
-      local f, pointer = known[k], known[k + 1]
-      if f then
-        local parsed = first_values[f]
-        if not parsed then
-          -- [expiry] "e|v", "e|v|m", or either with the granule it was last scored in: "e|v||g", "e|v|m|g"
-          local e, v, m, g = string.match(f, '^(%d+)|([^|]+)|?(m?)|?([^|]*)$')
-          if not e then return {-2, last, 0, 'corrupt first exposure in ' .. units .. ' field ' .. ids[k]} end
-          parsed = {tonumber(e), v, m == 'm', g == granule_s}
-          first_values[f] = parsed
-        end
-        info = {e = parsed[1], v = parsed[2], multiple = parsed[3], stored = true, legacy = false,
-                pointer = pointer or false, fresh = parsed[4], changed = false, newly = false, stateless = false}
-      else
-        info = {e = false, v = false, multiple = false, stored = false, legacy = pointer and true or false,
-                pointer = pointer or false, fresh = false, changed = false, newly = false, stateless = false}
-      end
-      firsts[h] = info
-    end
+    local info = firsts[c[1]]
     if c[5] > 0 and not info.legacy then
       if not info.e then
         info.e, info.v, info.changed = c[2], c[3], true
@@ -250,58 +288,77 @@ for first = 1, #cells, CHUNK do
       end
     end
   end
-  -- Each cell's stratum and state field under intent-to-treat, built once.
-  local fields, wanted, state_key, cell_e, cell_v = {}, {}, {}, {}, {}
+  -- Old fields: legacy states per cell, and the state (and report time) of units without
+  -- a record (written before it, or held before their exposure), read into their record.
+  local fields, wanted, kinds = {}, {}, {}
+  local function want(field, kind)
+    if not wanted[field] then
+      wanted[field] = true
+      fields[#fields + 1], kinds[#kinds + 1] = field, kind
+    end
+  end
+  for k, h in ipairs(hs) do
+    local info = firsts[h]
+    if not raws[k] and not info.legacy then
+      local c = cells[at[h]]
+      info.old = h .. '|' .. stratum_name(info.e or c[2], info.v or c[3])
+      want(info.old, h)
+      if cov_i then want(info.old .. '|c', false) end
+    end
+  end
   for i = first, last_cell do
     local c = cells[i]
-    local info = firsts[c[1]]
-    local e, v = c[2], c[3]
-    if info.e and not info.legacy then e, v = info.e, info.v end
-    local key = c[1] .. '|' .. stratum_name(e, v)
-    state_key[i], cell_e[i], cell_v[i] = key, e, v
-    if cached[key] == nil and not wanted[key] then
-      wanted[key] = true
-      fields[#fields + 1] = key
-    end
-  end
-  -- [cuped] the report times of the stored covariates the chunk's cells may replace
-  local times = {}
-  if cov_i then
-    for i = first, last_cell do
-      local c, key = cells[i], state_key[i]
-      if c[5 + 2 * cov_i] > 0 and cov_time[key] == nil then
-        cov_time[key] = false
-        times[#times + 1] = key
+    if firsts[c[1]].legacy then
+      local key = c[1] .. '|' .. stratum_name(c[2], c[3])
+      if cached[key] == nil then
+        want(key, true)
+        if cov_i then want(key .. '|c', false) end
       end
     end
-    local names = {}
-    for k, key in ipairs(times) do names[k] = key .. '|c' end
-    local raw_times = #names > 0 and redis.call('HMGET', units, unpack(names)) or {}
-    for k, key in ipairs(times) do cov_time[key] = tonumber(raw_times[k]) or false end
   end
-  local raws = #fields > 0 and redis.call('HMGET', units, unpack(fields)) or {}
-  for k, key in ipairs(fields) do
-    local raw = raws[k]
-    if not raw then
-      absent[key] = true  -- [expiry] created by this batch
-      cached[key] = EMPTY
-    else
-      local state = valid_state(raw)
-      if not state then
-        return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. key}
+  if #fields > 0 then
+    local found = redis.call('HMGET', units, unpack(fields))
+    local value = {}
+    for k, field in ipairs(fields) do value[field] = found[k] end
+    for k, field in ipairs(fields) do
+      local kind = kinds[k]
+      if kind then
+        local state = valid_state(found[k])
+        if not state then return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. field} end
+        local t = cov_i and tonumber(value[field .. '|c']) or false
+        if kind == true then  -- [legacy]
+          cached[field], cov_time[field] = state, t
+        else  -- into the unit's record; the old fields go
+          local info = firsts[kind]
+          info.state, info.ctime = state, t
+          if info.old_first or found[k] then
+            olds[#olds + 1] = kind .. '|f'
+            olds[#olds + 1] = field
+            olds[#olds + 1] = field .. '|c'
+            old_members[#old_members + 1] = kind .. '|f'  -- [expiry] it would delete h, now the record's
+          end
+        end
       end
-      cached[key] = state
     end
   end
   local writes, nw = {}, 0
   for i = first, last_cell do
     local c = cells[i]
-    local info = firsts[c[1]]
-    local e, v, key = cell_e[i], cell_v[i], state_key[i]
-    local multiple = info.multiple and info.e and not info.legacy
-    local old = cached[key]
+    local h = c[1]
+    local info = firsts[h]
     local latest = c[4]
     local anonymous = latest >= 2
+    local e, v, key, old
+    if info.legacy then
+      e, v = c[2], c[3]
+      key = h .. '|' .. stratum_name(e, v)
+      old = cached[key]
+    else
+      e, v = info.e or c[2], info.v or c[3]
+      key = h .. '|u'
+      old = info.state
+      cov_time[key] = info.ctime
+    end
     if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
     local new, reported = next_state(c, old, key)
     if anonymous then new[1] = 1 end
@@ -313,50 +370,50 @@ for first = 1, #cells, CHUNK do
     if anonymous and c[5] > 0 then  -- [anonymous] the unit and its one exposure
       acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
     end
-    if multiple then
+    if info.multiple and not info.legacy and info.e then
       -- The unit's whole state enters the shadow stratum the first time it switches.
       local _, mx = stratum(e, v .. MX)
       accumulate(mx, info.newly and EMPTY or old, new, nil)  -- sums only, no event counts
       info.newly = false
     end
-    cached[key] = new
-    if reported then  -- [cuped] the report time of the covariate value now stored
-      cov_time[key] = reported
-      writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
-      if anonymous or not info.e then age(anonymous and now_s or granule_s, key .. '|c') end
-    end
-    if keeps_state(c) then  -- [faults] an anonymous request keeps no state
+    local keeps = keeps_state(c)  -- [faults] an anonymous request keeps no state
+    if info.legacy then
+      cached[key] = new
+      if reported then  -- [cuped] the report time of the covariate value now stored
+        cov_time[key] = reported
+        writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
+        age(now_s, key .. '|c')
+      end
       writes[nw + 1], writes[nw + 2], nw = key, encode_state(new), nw + 2
-      mark(info, c, key, absent[key])
-      absent[key] = nil
+      age(now_s, key)
     else
-      info.stateless = true
+      info.state = new
+      if reported then info.ctime = reported end
+      if keeps then info.dirty = true else info.stateless = true end
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
     if latest == 1 then
       local pointer = stratum_name(c[2], c[3])
       if pointer ~= info.pointer then
-        writes[nw + 1], writes[nw + 2], nw = c[1], pointer, nw + 2
+        writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
+        info.pointer = pointer
       end
-      mark(info, c, c[1], not info.pointer)
-      info.pointer = pointer
+      if info.legacy then age(now_s, h) end
     end
   end
   if nw > 0 then unit_writes[#unit_writes + 1] = writes end
 end
--- [expiry] A unit with a first exposure records in h|f the granule it was last scored
--- in, so the next batch knows it is fresh without asking unit_seen: h|f is rewritten
--- (and the unit scored) once per granule, and whenever its first exposure changes.
-local first_writes = {}
+-- Each unit's record, once per batch however many cells it had; scored when not fresh.
+local records = {}
 for h, info in pairs(firsts) do
-  if info.e and not info.stateless and not info.legacy and (info.changed or not info.fresh) then
-    first_writes[#first_writes + 1] = h .. '|f'
-    first_writes[#first_writes + 1] = info.e .. '|' .. info.v .. (info.multiple and '|m|' or '||') .. granule_s
-    if not info.fresh then age(granule_s, h .. '|f') end
+  if info.dirty then
+    records[#records + 1] = h .. '|u'
+    records[#records + 1] = record_of(info)
+    if not info.fresh then age(granule_s, h .. '|u') end
   end
 end
--- [end issue 9: intent-to-treat]
+-- [end issue 15, issue 9]
 
 -- The agg increments; the stored values must take them.
 local increments = increments_of(strata)
@@ -405,8 +462,13 @@ for first = 1, #new_ids, 2 * CHUNK do
   redis.call('ZADD', outcome_ids, unpack(new_ids, first, math.min(first + 2 * CHUNK - 1, #new_ids)))
 end
 for _, writes in ipairs(unit_writes) do redis.call('HSET', units, unpack(writes)) end
-for first = 1, #first_writes, 2 * CHUNK do
-  redis.call('HSET', units, unpack(first_writes, first, math.min(first + 2 * CHUNK - 1, #first_writes)))
+for first = 1, #records, 2 * CHUNK do
+  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))
+end
+-- [issue 15] the fields of units now kept as one record (after it: HDEL never grows memory)
+for first = 1, #olds, CHUNK do redis.call('HDEL', units, unpack(olds, first, math.min(first + CHUNK - 1, #olds))) end
+for first = 1, #old_members, CHUNK do
+  redis.call('ZREM', unit_seen, unpack(old_members, first, math.min(first + CHUNK - 1, #old_members)))
 end
 -- [faults] unit state ages: the time each units field was last written
 for first = 1, #seen_members, 2 * CHUNK do

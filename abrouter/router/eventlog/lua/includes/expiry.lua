@@ -3,11 +3,12 @@
 --
 -- Unit states not written for `ttl` seconds (by Redis' clock, `now`) expire: at most
 -- EXPIRE_PER_BATCH members of unit_seen per batch, so a flush stays short however many
--- are due. A unit's h|f member stands for all its fields: h (the latest exposure), h|f,
--- its state h|e|v (e|v from h|f) and h|e|v|c. Any other member is its own field's, and
--- a floor only: while its unit's h|f member is not due, the field is kept and its
--- member takes the unit's score (units written before one member per unit, and outcomes
--- held before the exposure landed, have such members).
+-- are due. A unit's h|u member stands for its record h|u and h (the latest exposure).
+-- [old units] An h|f member stands for all the fields of a unit stored before records:
+-- h, h|f, its state h|e|v (e|v from h|f) and h|e|v|c. Any other member is its own
+-- field's, and a floor only: while its unit's h|u or h|f member is not due, the field is
+-- kept and its member takes the unit's score (units written before one member per unit,
+-- and outcomes held before the exposure landed, have such members).
 local EXPIRE_PER_BATCH = 2000
 
 -- The fields an h|f member stands for.
@@ -27,22 +28,32 @@ local function expire_units(now, ttl)
   local horizon = now - ttl
   local due = redis.call('ZRANGEBYSCORE', unit_seen, '-inf', '(' .. num(horizon), 'LIMIT', 0, EXPIRE_PER_BATCH)
   if #due == 0 then return end
-  local firsts, others = {}, {}
+  local firsts, others, fields, rescore = {}, {}, {}, {}
   for _, m in ipairs(due) do
-    if string.sub(m, -2) == '|f' then firsts[#firsts + 1] = m else others[#others + 1] = m end
+    local tail = string.sub(m, -2)
+    if tail == '|u' then  -- a record: its h and itself
+      fields[#fields + 1] = string.sub(m, 1, -3)
+      fields[#fields + 1] = m
+    elseif tail == '|f' then
+      firsts[#firsts + 1] = m
+    else
+      others[#others + 1] = m
+    end
   end
-  local fields, rescore = {}, {}
   if #firsts > 0 then
     local values = redis.call('HMGET', units, unpack(firsts))
     for i, f in ipairs(firsts) do unit_fields(f, values[i], fields) end
   end
   if #others > 0 then
     local names = {}
-    for i, m in ipairs(others) do names[i] = string.match(m, '^[^|]*') .. '|f' end
+    for i, m in ipairs(others) do
+      local h = string.match(m, '^[^|]*')
+      names[2 * i - 1], names[2 * i] = h .. '|u', h .. '|f'
+    end
     local scores = redis.pcall('ZMSCORE', unit_seen, unpack(names))
     if scores.err then scores = {} end  -- Redis before 6.2: every due field goes, as before
     for i, m in ipairs(others) do
-      local kept = tonumber(scores[i])
+      local kept = tonumber(scores[2 * i - 1]) or tonumber(scores[2 * i])
       if kept and kept >= horizon then
         rescore[#rescore + 1] = kept
         rescore[#rescore + 1] = m

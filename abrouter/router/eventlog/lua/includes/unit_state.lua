@@ -10,15 +10,21 @@
 -- The state of a unit with none stored. Never moved: every new state is a new table.
 local EMPTY = {0}
 
-local function valid_state(raw)
-  if not raw then return EMPTY end
-  -- A JSON array (states written before MessagePack) or a MessagePack array.
-  local ok, state = pcall(string.byte(raw, 1) == 91 and cjson.decode or cmsgpack.unpack, raw)
-  if not ok or type(state) ~= 'table' or #state == 0 then return nil end
+-- `state` when it is a non-empty array of finite numbers, else nil.
+local function valid_table(state)
+  if type(state) ~= 'table' or #state == 0 then return nil end
   for j = 1, #state do
     if type(state[j]) ~= 'number' or not finite(state[j]) then return nil end
   end
   return state
+end
+
+local function valid_state(raw)
+  if not raw then return EMPTY end
+  -- A JSON array (states written before MessagePack) or a MessagePack array.
+  local ok, state = pcall(string.byte(raw, 1) == 91 and cjson.decode or cmsgpack.unpack, raw)
+  if not ok then return nil end
+  return valid_table(state)
 end
 
 -- The unit's state after the cell: n and every column's x_u; and the report time of a
