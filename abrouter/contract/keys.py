@@ -238,49 +238,34 @@ class UnitRecord:
 
 
 def decode_unit_record(raw: bytes) -> UnitRecord:
-    """Parse a ``units[h|u]`` value (ValueError when it is not a record)."""
-    doc, end = _unpack(raw, 0)
-    if end != len(raw) or not isinstance(doc, list) or len(doc) != 7 or not isinstance(doc[6], list):
-        raise ValueError(f"not a unit record: {raw!r}")
-    e, v, multiple, latest, granule, ctime, state = doc
+    """Parse a ``units[h|u]`` value, as flush.lua packs it with Lua's ``struct`` (format
+    ``<i4sBsddH`` then that many doubles: docs/storage.md); ValueError when it is not one."""
+    try:
+        (e,) = struct.unpack_from("<i", raw, 0)
+        v, at = _text_at(raw, 4)
+        (multiple,) = struct.unpack_from("<B", raw, at)
+        latest, at = _text_at(raw, at + 1)
+        granule, ctime, k = struct.unpack_from("<ddH", raw, at)
+        at += struct.calcsize("<ddH")
+        if at + 8 * k != len(raw):
+            raise ValueError(f"{len(raw) - at} bytes for a state of {k} numbers")
+        state = struct.unpack_from(f"<{k}d", raw, at)
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a unit record ({exc}): {raw!r}") from None
     return UnitRecord(
-        first=(int(e), str(v)) if e else None,
+        first=(e, v) if e else None,
         multiple=multiple == 1,
         latest=parse_stratum(latest) if latest else None,
-        granule=float(granule),
-        covariate_time=float(ctime) if ctime else None,
-        state=tuple(float(x) for x in state),
+        granule=granule,
+        covariate_time=ctime or None,
+        state=state,
     )
 
 
-_FIXED = {0xCC: ">B", 0xCD: ">H", 0xCE: ">I", 0xCF: ">Q", 0xD0: ">b", 0xD1: ">h", 0xD2: ">i", 0xD3: ">q"}
-_FIXED.update({0xCA: ">f", 0xCB: ">d"})
-
-
-def _unpack(raw: bytes, at: int) -> tuple[object, int]:
-    """Pure: the MessagePack value at `at` and where it ends; only what Redis' cmsgpack packs
-    for a record (arrays, strings, integers, floats, nil, booleans)."""
-    b = raw[at]
-    at += 1
-    if b <= 0x7F or b >= 0xE0:
-        return b - 0x100 if b >= 0xE0 else b, at
-    if b in _FIXED:
-        fmt = _FIXED[b]
-        size = struct.calcsize(fmt)
-        return struct.unpack_from(fmt, raw, at)[0], at + size
-    if 0xA0 <= b <= 0xBF or b in (0xD9, 0xDA):
-        size, at = (b & 0x1F, at) if b <= 0xBF else (int.from_bytes(raw[at : at + b - 0xD8], "big"), at + b - 0xD8)
-        return raw[at : at + size].decode(), at + size
-    if 0x90 <= b <= 0x9F or b == 0xDC:
-        n, at = (b & 0x0F, at) if b <= 0x9F else (int.from_bytes(raw[at : at + 2], "big"), at + 2)
-        items = []
-        for _ in range(n):
-            item, at = _unpack(raw, at)
-            items.append(item)
-        return items, at
-    if b in (0xC0, 0xC2, 0xC3):
-        return {0xC0: None, 0xC2: False, 0xC3: True}[b], at
-    raise ValueError(f"MessagePack type 0x{b:02x} at {at - 1} is not one a record holds")
+def _text_at(raw: bytes, at: int) -> tuple[str, int]:
+    """The zero-terminated string at `at`, and where the next field starts."""
+    end = raw.index(b"\0", at)
+    return raw[at:end].decode(), end + 1
 
 
 def parse_stratum(value: bytes | str) -> tuple[int, str]:

@@ -100,7 +100,7 @@ for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
 -- (binary, a max) says the unit has one, so a first value of 0 is kept too. Σx·c of each adjusted metric is an ordinary pair in
 -- batch.products, so it is right whether the covariate comes before or after outcomes.
 local cov_i, cov_j, cov_flag = nil, nil, nil  -- batch index, state index of value and flag
-local cov_time = {}  -- state field (h|u, [legacy] h|e|v) -> report time of its covariate (false: none)
+local cov_time = {}  -- [legacy] state field h|e|v -> report time of its covariate (false: none)
 if batch.covariate then
   for i, m in ipairs(batch.metrics) do
     if m == batch.covariate then cov_i = i end
@@ -207,19 +207,14 @@ local first_values = {}  -- [old units] the parts of each distinct h|f value
 -- A unit from its record, its old fields, or nothing; nil and why not when corrupt.
 local function unit_info(h, raw, old_first, pointer)
   if raw then
-    local ok, r = pcall(cmsgpack.unpack, raw)
-    if not ok or type(r) ~= 'table' or #r ~= 7 or type(r[1]) ~= 'number' or type(r[2]) ~= 'string'
-        or type(r[4]) ~= 'string' then
-      return nil, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u'
-    end
-    local state = valid_table(r[7])
-    if not state then return nil, 'corrupt unit state in ' .. units .. ' field ' .. h .. '|u' end
-    return {e = r[1] ~= 0 and r[1] or false, v = r[2] ~= NO_V and r[2] or false, multiple = r[3] == 1,
-            pointer = r[4] ~= '' and r[4] or false, fresh = r[5] == granule_end, ctime = r[6] ~= 0 and r[6] or false,
+    local e, v, m, latest, granule, t, state = unpack_record(raw)
+    if not e then return nil, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u' end
+    return {e = e ~= 0 and e or false, v = v ~= NO_V and v or false, multiple = m == 1,
+            pointer = latest ~= '' and latest or false, fresh = granule == granule_end, ctime = t ~= 0 and t or false,
             state = state, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
   end
   local info = {e = false, v = false, multiple = false, pointer = pointer or false, fresh = false, ctime = false,
-                state = EMPTY, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
+                state = false, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
   if old_first then
     local parsed = first_values[old_first]
     if not parsed then
@@ -236,8 +231,8 @@ local function unit_info(h, raw, old_first, pointer)
 end
 
 local function record_of(info)
-  return cmsgpack.pack({info.e or 0, info.v or NO_V, info.multiple and 1 or 0, info.pointer or '', granule_end,
-                        info.ctime or 0, info.state})
+  return pack_record(info.e or 0, info.v or NO_V, info.multiple and 1 or 0, info.pointer or '', granule_end,
+                     info.ctime or 0, info.state)
 end
 
 -- Cells in chunks: a few HMGETs (now) and one HSET (in phase 2) per chunk instead of
@@ -348,46 +343,49 @@ for first = 1, #cells, CHUNK do
     local info = firsts[h]
     local latest = c[4]
     local anonymous = latest >= 2
-    local e, v, key, old
+    local e, v, key, state, stored_t
     if info.legacy then
       e, v = c[2], c[3]
       key = h .. '|' .. stratum_name(e, v)
-      old = cached[key]
+      state, stored_t = cached[key], cov_time[key]
     else
       e, v = info.e or c[2], info.v or c[3]
-      key = h .. '|u'
-      old = info.state
-      cov_time[key] = info.ctime
+      state, stored_t = info.state, info.ctime
     end
-    if anonymous and old[1] == 0 then old = with_n(old, 1) end  -- [anonymous]
-    local new, reported = next_state(c, old, key)
-    if anonymous then new[1] = 1 end
+    local n1
+    if anonymous then  -- [anonymous]
+      if state[1] == 0 then state[1] = 1 end
+      n1 = 1
+    else
+      n1 = state[1] + c[5]
+    end
+    local multiple = info.multiple and not info.legacy and info.e
+    local before = multiple and {unpack(state)}
     local _, acc = stratum(e, v)
-    local ok, bad = accumulate(acc, old, new, c)
+    local ok, reported = move(acc, state, c, n1, stored_t)
     if not ok then
-      return {-2, last, 0, 'non-finite ' .. bad .. ' in the new unit state of ' .. units .. ' field ' .. key}
+      key = key or h .. '|u'
+      return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. key}
     end
     if anonymous and c[5] > 0 then  -- [anonymous] the unit and its one exposure
       acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
     end
-    if info.multiple and not info.legacy and info.e then
+    if multiple then
       -- The unit's whole state enters the shadow stratum the first time it switches.
       local _, mx = stratum(e, v .. MX)
-      accumulate(mx, info.newly and EMPTY or old, new, nil)  -- sums only, no event counts
+      accumulate(mx, info.newly and EMPTY or before, state, nil)  -- sums only, no event counts
       info.newly = false
     end
     local keeps = keeps_state(c)  -- [faults] an anonymous request keeps no state
     if info.legacy then
-      cached[key] = new
       if reported then  -- [cuped] the report time of the covariate value now stored
         cov_time[key] = reported
         writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
         age(now_s, key .. '|c')
       end
-      writes[nw + 1], writes[nw + 2], nw = key, encode_state(new), nw + 2
+      writes[nw + 1], writes[nw + 2], nw = key, encode_state(state), nw + 2
       age(now_s, key)
     else
-      info.state = new
       if reported then info.ctime = reported end
       if keeps then info.dirty = true else info.stateless = true end
     end
