@@ -209,12 +209,14 @@ local function unit_info(h, raw, old_first, pointer)
   if raw then
     local e, v, m, latest, granule, t, state = unpack_record(raw)
     if not e then return nil, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u' end
+    -- Eight fields, all set here (a table's hash part is sized once; a field added later
+    -- doubles it). Unset and so false: legacy, changed, newly, stateless.
     return {e = e ~= 0 and e or false, v = v ~= NO_V and v or false, multiple = m == 1,
             pointer = latest ~= '' and latest or false, fresh = granule == granule_end, ctime = t ~= 0 and t or false,
-            state = state, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
+            state = state, dirty = false}
   end
   local info = {e = false, v = false, multiple = false, pointer = pointer or false, fresh = false, ctime = false,
-                state = false, legacy = false, changed = false, newly = false, dirty = false, stateless = false}
+                state = false, dirty = false}
   if old_first then
     local parsed = first_values[old_first]
     if not parsed then
@@ -361,7 +363,9 @@ for first = 1, #cells, CHUNK do
     end
     local multiple = info.multiple and not info.legacy and info.e
     local before = multiple and {unpack(state)}
-    local _, acc = stratum(e, v)
+    local by_v = acc_of[e]
+    local acc = by_v and by_v[v]
+    if not acc then acc = select(2, stratum(e, v)) end
     local ok, reported = move(acc, state, c, n1, stored_t)
     if not ok then
       key = key or h .. '|u'

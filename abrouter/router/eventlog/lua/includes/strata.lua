@@ -17,6 +17,9 @@ local function stratum_name(e, v)
   return s
 end
 
+-- e -> v -> totals, for a lookup without a call per cell (`acc_of[e][v]`, else `stratum`).
+local acc_of = {}
+
 local function stratum(e, v)
   local s = stratum_name(e, v)
   local acc = strata[s]
@@ -25,6 +28,9 @@ local function stratum(e, v)
     for j = 1, ncol do acc.events[j], acc.sum[j], acc.sum_sq[j], acc.sum_xn[j] = 0, 0, 0, 0 end
     for p = 1, #pcol do acc.sum_xy[p] = 0 end
     strata[s] = acc
+    local by_v = acc_of[e]
+    if not by_v then by_v = {}; acc_of[e] = by_v end
+    by_v[v] = acc
   end
   return s, acc
 end
