@@ -137,3 +137,27 @@ async def test_a_units_record_expires_with_its_latest_exposure(
     )
     assert sorted(await redis_client.hkeys(k.units)) == [b"alive", b"alive|u"]
     assert await redis_client.zrange(k.unit_seen, 0, -1) == [b"alive|u"]
+
+
+async def test_an_outcome_held_before_records_is_credited_with_the_exposure_and_moved_into_its_record(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """An outcome that reached Redis before its unit's exposure, stored before records (a
+    bare state h|e|v, no h, no h|f), enters the sums with the exposure, once, from the record."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k, unit_ttl_s=0.0)
+    await script.load()
+    columns = keys.metric_order(exp)
+    held = [0.0] * (1 + len(columns))
+    held[1 + columns.index("revenue")] = 7.5
+    packed = await redis_client.eval("return cmsgpack.pack(cjson.decode(ARGV[1]))", 0, json.dumps(held))
+    await redis_client.hset(k.units, "u|1|control", packed)
+    await redis_client.set(k.metrics, json.dumps(columns))
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    agg.add_exposure(Exposure("r", "u", "control", 1, 0.0, 200, 5.0, False))
+    await script.apply(agg.batch(producer="p", seq=1), allow_gap=True)
+    revenue = keys.decode_agg(await redis_client.hgetall(k.agg))[(1, "control")].metrics["revenue"]
+    assert (revenue.sum, revenue.sum_xn) == (7.5, 7.5)
+    assert sorted(await redis_client.hkeys(k.units)) == [b"u", b"u|u"]
+    assert keys.decode_unit_record(await redis_client.hget(k.units, "u|u")).state[1 + columns.index("revenue")] == 7.5

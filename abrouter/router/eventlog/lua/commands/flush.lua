@@ -175,15 +175,14 @@ local GRANULE = ttl > 0 and ttl / 8 or 86400
 local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
 local granule_s = num(granule_end)
 
--- [issue 15: one record per unit] A unit's whole state is one field, units[h|u]: the
--- MessagePack array {e, v, multiple, latest, granule, covariate time, {n_u, x_u...}}:
--- its first exposure (e, v; 0 and "" before it has one), 1 once it was also exposed to
--- another variant, the "e|v" of its latest exposure (what units[h] holds; "" none), the
--- expiry granule it was last scored in, its covariate's report time (0: none) and its
--- state. One read and one write per unit and batch, where its fields apart (h|f, h and
--- the state h|e|v, with a ZMSCORE of unit_seen) took three reads per cell
--- (bench/flush_cost.py). units[h] is still written when the latest exposure moves: the
--- router reads it (lookup_units).
+-- [issue 15: one record per unit] A unit's whole state is one field, units[h|u]
+-- (`pack_record`, unit_state.lua): its first exposure (e, v; 0 and "" before it has one),
+-- 1 once it was also exposed to another variant, the "e|v" of its latest exposure (what
+-- units[h] holds; "" none), the expiry granule it was last scored in, its covariate's
+-- report time (0: none) and its state. One read and one write per unit and batch, where
+-- its fields apart (h|f, h and the state h|e|v, with a ZMSCORE of unit_seen) took three
+-- reads per cell (bench/flush_cost.py). units[h] is still written when the latest
+-- exposure moves: the router reads it (lookup_units).
 --
 -- [issue 9: intent-to-treat] Each unit is credited once, to the (epoch, variant) of its
 -- first exposure. Every later cell of the unit, in any epoch or variant, moves its one
@@ -193,7 +192,7 @@ local granule_s = num(granule_end)
 -- (its outcomes reached Redis first) holds them in its state; they enter the sums, whole,
 -- with the exposure.
 --
--- Units stored before the record (h|f "e|v[|m][|granule]", the state h|e|v, its report
+-- Units stored before records (h|f "e|v[|m][|granule]", the state h|e|v, its report
 -- time h|e|v|c, a unit_seen member h|f) are read that way once, and rewritten as a record
 -- (the old fields deleted). A unit with state from before intent-to-treat (units[h] set,
 -- no h|f: `legacy`) keeps the old per-(unit, epoch, variant) accounting, one bare state
