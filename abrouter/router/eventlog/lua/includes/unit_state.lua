@@ -39,37 +39,41 @@ end
 -- A unit's record (docs/storage.md), packed by `struct` (twice as fast as cmsgpack here,
 -- doubles exact): its fixed part, then its state's length and that many doubles.
 local RECORD_HEAD = '<i4sBsddH'
-local doubles = {}  -- k -> the format of k doubles
-local function doubles_of(k)
+local HUGE = math.huge
+local doubles, records = {}, {}  -- k -> the format of k doubles; of a record with k
+local function formats(k)
   local f = doubles[k]
   if not f then
     f = '<' .. string.rep('d', k)
-    doubles[k] = f
+    doubles[k], records[k] = f, RECORD_HEAD .. string.rep('d', k)
   end
-  return f
+  return f, records[k]
 end
 
 -- e, v, multiple, latest, granule, covariate time, state; or nil when `raw` is no record.
 local function unpack_record(raw)
   local ok, e, v, m, latest, granule, t, k, at = pcall(struct.unpack, RECORD_HEAD, raw)
-  if not ok or at + 8 * k ~= #raw + 1 then return nil end
-  local state = {struct.unpack(doubles_of(k), raw, at)}
+  if not ok or k == 0 or at + 8 * k ~= #raw + 1 then return nil end
+  local state = {struct.unpack((formats(k)), raw, at)}
   state[k + 1] = nil  -- struct.unpack's last value: where it stopped
-  state = valid_table(state)
-  if not state then return nil end
+  for j = 1, k do  -- doubles all: finite?
+    local x = state[j]
+    if x ~= x or x == HUGE or x == -HUGE then return nil end
+  end
+  for j = k + 1, ncol + 1 do state[j] = 0 end
   return e, v, m, latest, granule, t, state
 end
 
 local function pack_record(e, v, multiple, latest, granule, t, state)
   local k = #state
-  return struct.pack(RECORD_HEAD .. string.sub(doubles_of(k), 2), e, v, multiple, latest, granule, t, k, unpack(state))
+  local _, format = formats(k)
+  return struct.pack(format, e, v, multiple, latest, granule, t, k, unpack(state))
 end
 
 -- Per column of the state: the batch metric it takes (if any) and [cap] its cap.
 local metric_at, cap_at = {}, {}
 for i = 1, nbm do metric_at[bcol[i]] = i end
 for _, c in ipairs(capped) do cap_at[c[1] - 1] = c[2] end
-local HUGE = math.huge
 
 -- Moves `state` (in place) by cell `c`, n_u to `n1`, and adds the change to the stratum's
 -- totals `acc`. [held] A unit's values count in the sums only once it has an exposure
