@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 #: Local memory of recent exposures, so `lookup_units` rarely needs Redis.
 LRU_SIZE = 100_000
 #: A batch is cut at this many events, so that one flush.lua call stays short: Redis runs
-#: one script at a time, and everyone else waits. bench/flush_cost.py measured 7-9 µs
-#: of Redis CPU per event (2 loaded vCPUs, Redis 7.0 and 6.2): 2,000 events hold Redis for
-#: ~15-20 ms, where a 50,000-event batch (a full buffer, before this bound) held it 370+ ms.
+#: one script at a time, and everyone else waits. bench/flush_cost.py measured 5-6 µs
+#: of Redis CPU per event (2 shared vCPUs, Redis 7.0 and 6.2): 2,000 events hold Redis for
+#: ~10-12 ms, where a 50,000-event batch (a full buffer, before this bound) held it 160+ ms.
 BATCH_EVENTS = 2_000
 
 
