@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import redis.asyncio
 
 from abrouter.contract import keys
+from abrouter.router.errors import BatchRejected
 from abrouter.router.eventlog.events import Aggregator, Exposure, Outcome, binary_metrics
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.eventlog.script import FlushScript
@@ -161,3 +163,23 @@ async def test_an_outcome_held_before_records_is_credited_with_the_exposure_and_
     assert (revenue.sum, revenue.sum_xn) == (7.5, 7.5)
     assert sorted(await redis_client.hkeys(k.units)) == [b"u", b"u|u"]
     assert keys.decode_unit_record(await redis_client.hget(k.units, "u|u")).state[1 + columns.index("revenue")] == 7.5
+
+
+@pytest.mark.parametrize("damage", [b"garbage", b"\x01\x00\x00\x00control\x00\x00\x00"])
+async def test_a_corrupt_record_refuses_the_batch_naming_its_field_and_writes_nothing(
+    redis_client: redis.asyncio.Redis, experiment_name: str, damage: bytes
+) -> None:
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k)
+    await script.load()
+    await redis_client.hset(k.units, "u|u", damage)
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    for unit in ("a", "u", "b"):
+        agg.add_exposure(Exposure(f"r-{unit}", unit, "control", 1, 0.0, 200, 5.0, False))
+    with pytest.raises(BatchRejected, match=r"corrupt unit record in .*units field u\|u"):
+        await script.apply(agg.batch(producer="p", seq=1), allow_gap=False)
+    assert await redis_client.hgetall(k.units) == {b"u|u": damage}
+    assert await redis_client.exists(k.agg, k.producers, k.unit_seen) == 0
+    with pytest.raises(ValueError, match="not a unit record"):
+        keys.decode_unit_record(damage)
