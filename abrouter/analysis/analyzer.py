@@ -152,9 +152,17 @@ class AnalysisResult:
 
 
 def analyze(
-    data: ExperimentData, *, now: float, previous: Previous | None = None, rng: np.random.Generator | None = None
+    data: ExperimentData,
+    *,
+    now: float,
+    previous: Previous | None = None,
+    rng: np.random.Generator | None = None,
+    promoted: str | None = None,
 ) -> AnalysisResult:
-    """Compare, check guardrails and SRM, and decide, for one look at `data`."""
+    """Compare, check guardrails and SRM, and decide, for one look at `data`.
+
+    `promoted`: the candidate an earlier look promoted (`history.Entry.promoted`), if any.
+    """
     previous = previous or {}
     comparisons = tuple(
         _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH), now=now)
@@ -168,7 +176,9 @@ def analyze(
         comparisons=comparisons, guardrails=guardrails, srm=srm(data), step_guardrails=evidence_of.step_guardrails(data)
     )
     shadows = shadows_of.evaluate(data)  # [shadow]
-    decision = shadows_of.decide(data, evidence, shadows, policy.decide(data, evidence, now=now, rng=rng), now=now)
+    decision = shadows_of.decide(
+        data, evidence, shadows, policy.decide(data, evidence, now=now, rng=rng, promoted=promoted), now=now
+    )
     return AnalysisResult(
         experiment=data.name,
         at=now,

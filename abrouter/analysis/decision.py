@@ -5,11 +5,15 @@ the random generator (bandit mode) are arguments, so every branch can be tested 
 constructed inputs. `docs/analyzer.md` states the policy for users; the rules, in the
 order they are tried:
 
-1. finished: no candidate has traffic -> stop; a candidate has all of it and the promote
-   rule (3) would promote it now -> promote; both with the weights unchanged, so
-   re-running is idempotent. A candidate at 100% that the promote rule would not promote
-   (a hand edit) is never reported as promoted: rollback if rule 2 applies, else stop
-   with the weights unchanged (the control gets no more data to compare with);
+1. finished: no candidate has traffic -> stop; a candidate has all of it and either an
+   earlier look promoted it (`promoted`, from the decision history) or the promote rule
+   (3) would promote it now -> promote; both with the weights unchanged, so re-running is
+   idempotent. A promotion is not re-tested on the data after it: the control's returning
+   users are then served the candidate and, intent-to-treat, move the control's sums
+   toward it, so a borderline win would drift above alpha and turn into a stop. A
+   candidate at 100% that no look promoted (a hand edit) is never reported as promoted:
+   rollback if rule 2 applies, else stop with the weights unchanged (the control gets no
+   more data to compare with);
 2. rollback: a guardrail breach, or significant harm on the primary metric by the
    sequential test in the harmful direction (`sequential_p_worse`, unadjusted: protecting
    users needs no multiplicity correction) once every active arm has
@@ -86,9 +90,19 @@ class Decision:
         return {"action": self.action, "reason": self.reason, "weights": dict(self.weights)}
 
 
-def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.random.Generator | None = None) -> Decision:
-    """Apply the policy (module docstring) to one look. Bandit mode needs `rng`."""
-    look = _Look(data=data, evidence=evidence, now=now)
+def decide(
+    data: ExperimentData,
+    evidence: Evidence,
+    *,
+    now: float,
+    rng: np.random.Generator | None = None,
+    promoted: str | None = None,
+) -> Decision:
+    """Apply the policy (module docstring) to one look. Bandit mode needs `rng`.
+
+    `promoted`: the candidate an earlier look promoted (the history's latest decision), if any.
+    """
+    look = _Look(data=data, evidence=evidence, now=now, promoted=promoted)
     for rule in (_finished, _rollback, _promote, _stop, _srm_hold):
         decision = rule(look)
         if decision is not None:
@@ -108,6 +122,7 @@ class _Look:
     data: ExperimentData
     evidence: Evidence
     now: float
+    promoted: str | None = None
 
     @property
     def alpha(self) -> float:
@@ -133,6 +148,10 @@ def _finished(look: _Look) -> Decision | None:
     full = _at_full(look)
     if full is None:
         return None
+    if full == look.promoted:  # decided at the look that promoted it, not re-tested on what followed
+        return _rollback(look) or look.say(
+            "promote", f"{full} already has 100% of traffic (promoted at an earlier look)"
+        )
     # 100% is "promoted" only when the promote rule itself would choose it: a hand edit,
     # or a bandit of an older version with a floor of 0, could get there without the
     # sequential test, Holm, SRM and the minimum units (issue 9, defect 4).

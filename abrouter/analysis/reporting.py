@@ -108,7 +108,8 @@ async def _render(experiment: spec.Experiment, redis_url: str) -> str:
         last = await history.last(client, keys)
         seed = last.previous(sum(a.units for a in data.arms)) if last is not None else {}
         # The same look `analyze` would take now, written nowhere.
-        result = analyzer.analyze(data, now=time.time(), previous=seed, rng=np.random.default_rng(0))
+        promoted = last.promoted if last is not None else None
+        result = analyzer.analyze(data, now=time.time(), previous=seed, rng=np.random.default_rng(0), promoted=promoted)
         entries = await history.entries(client, keys)
     finally:
         await connection.aclose()
