@@ -216,15 +216,15 @@ def _next_running(
 
 
 def omnibus(data: ExperimentData) -> dict[str, float]:
-    """Chi-square over all arms for each binary (non-ratio) metric, when there are 3+ arms.
+    """Chi-square over the compared arms for each binary (non-ratio) metric, when there are 3+ of them.
 
     Informational and fixed-horizon: pooled over epochs, not used by the decision, which
     compares each candidate with the control (Holm-adjusted) instead.
     """
-    if len(data.arms) < 3:
+    if len(data.compared) < 3:
         return {}
     binary = [m.name for m in data.metrics if m.kind == "binary" and not data.is_ratio(m.name)]
-    return {name: fixed_horizon.chi_square_abn([a.pooled(name, ratio=False) for a in data.arms]) for name in binary}
+    return {name: fixed_horizon.chi_square_abn([a.pooled(name, ratio=False) for a in data.compared]) for name in binary}
 
 
 def srm(data: ExperimentData) -> SrmResult:
