@@ -1,6 +1,6 @@
 """The balanced ramp (`analysis.ramp_rest`): A/A error rates and power at `plan`'s total.
 
-    PYTHONPATH=$PWD .venv/bin/python bench/sim_balanced_ramp.py [--experiments 1000] [--seed 1]
+    PYTHONPATH=$PWD .venv/bin/python bench/sim_balanced_ramp.py [--experiments 1000] [--long 60] [--seed 1]
 
 Closed loop (`simulate.run`, the real analyzer and policy), the default ramp 5/25/50 with
 the control at each step's candidate share and a rest arm serving the control's rates
@@ -8,7 +8,7 @@ outside the comparison (GrowthBook's Safe Rollouts). Printed with one Monte-Carl
 
 - A/A, fresh users, 20 looks of 3,000 users, no burn-in: false promotions and rollbacks;
 - A/A, returning users (Gamma(0.5, 2) propensity, 30% back per look), 20 looks of 1,500;
-- A/A, fresh users, 2,000 looks of 60 users (60 runs per 100 experiments: slow);
+- A/A, fresh users, 2,000 looks of 60 users (`--long` runs: a look costs milliseconds);
 - power at +10% (5% baseline) at `plan --balanced`'s total with the default week of
   burn-in, spread over 40 looks across the default 14 days (as bench/sim_plan.py), next
   to the same runs without the rest arm.
@@ -49,6 +49,7 @@ def rates(outcomes: list[simulate.Outcome], action: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--experiments", type=int, default=1000)
+    parser.add_argument("--long", type=int, default=60, help="runs of 2,000 looks")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng, b = np.random.default_rng(args.seed), args.experiments
@@ -59,7 +60,7 @@ def main() -> None:
     for label, world, looks, per_look, runs in (
         ("A/A fresh, 20 looks", simulate.World(), 20, 3_000, b),
         ("A/A returning, 20 looks", simulate.World(returning=True), 20, 1_500, b),
-        ("A/A fresh, 2,000 looks", simulate.World(), 2_000, 60, max(2, b * 6 // 100)),
+        ("A/A fresh, 2,000 looks", simulate.World(), 2_000, 60, args.long),
     ):
         out = [simulate.run(rng, world=world, settings=balanced, looks=looks, per_look=per_look) for _ in range(runs)]
         print(f"{label:<26} B={runs}: promoted {rates(out, 'promote')}, rolled back {rates(out, 'rollback')}")
