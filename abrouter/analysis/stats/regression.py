@@ -7,7 +7,8 @@ sums it needs are
 
     n, Σx, Σx², Σc (k), Σx·c (k), Σc·cᵀ (k × k),
 
-the vector form of the ones the router keeps for its one covariate (`MultiSums`). With the
+the vector form of the ones the router keeps for its one covariate (`multisums.MultiSums`,
+which a `Sample` carries as `covariates`). With the
 arms' centred sums S_cc = Σccᵀ − ΣcΣcᵀ/n, S_xc = Σxc − Σx·Σc/n, S_xx = Σx² − (Σx)²/n, the
 slopes are pooled across the two arms (the within-arm least squares, as `cuped` pools its θ):
 
@@ -40,65 +41,15 @@ or collinear covariate) gives no adjustment (None): the caller falls back to the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from abrouter.analysis.stats.multisums import MultiSums
 from abrouter.analysis.stats.sample import Sample
 
 #: The pooled covariate matrix must be this well conditioned (reciprocal condition number).
 MIN_RCOND = 1e-12
-
-
-@dataclass(frozen=True)
-class MultiSums:
-    """One arm's sums of a metric x and k covariates c (vectors and matrix as tuples, for hashing and JSON)."""
-
-    n: float
-    sum: float
-    sum_sq: float
-    #: Σc, one per covariate.
-    cov_sum: tuple[float, ...]
-    #: Σx·c, one per covariate.
-    cov_products: tuple[float, ...]
-    #: Σc·cᵀ, row by row (k × k, symmetric).
-    cov_cross: tuple[tuple[float, ...], ...]
-
-    @classmethod
-    def from_units(cls, x: Sequence[float] | np.ndarray, c: Sequence[Sequence[float]] | np.ndarray) -> MultiSums:
-        """The sums of per-unit values x (n) and covariates c (n × k)."""
-        xa, ca = np.asarray(x, dtype=float), np.atleast_2d(np.asarray(c, dtype=float))
-        if ca.shape[0] != xa.size:
-            ca = ca.T
-        return cls(
-            n=float(xa.size),
-            sum=float(xa.sum()),
-            sum_sq=float(xa @ xa),
-            cov_sum=tuple(ca.sum(axis=0).tolist()),
-            cov_products=tuple((xa @ ca).tolist()),
-            cov_cross=tuple(tuple(row) for row in (ca.T @ ca).tolist()),
-        )
-
-    @property
-    def k(self) -> int:
-        return len(self.cov_sum)
-
-    def centred(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """(S_xx, S_xc, S_cc): the sums of squares and products about the arm's means."""
-        sc = np.asarray(self.cov_sum)
-        s_xx = self.sum_sq - self.sum**2 / self.n
-        s_xc = np.asarray(self.cov_products) - self.sum * sc / self.n
-        s_cc = np.asarray(self.cov_cross) - np.outer(sc, sc) / self.n
-        return s_xx, s_xc, s_cc
-
-    @property
-    def mean(self) -> float:
-        return self.sum / self.n
-
-    @property
-    def cov_mean(self) -> np.ndarray:
-        return np.asarray(self.cov_sum) / self.n
 
 
 @dataclass(frozen=True)
@@ -148,8 +99,11 @@ def adjust(control: MultiSums, candidate: MultiSums) -> Adjusted | None:
 def adjusted_samples(control: MultiSums, candidate: MultiSums) -> tuple[Sample, Sample] | None:
     """The stratum's two arms as mean Samples of the adjusted values y (module docstring), or None."""
     fit = adjust(control, candidate)
-    if fit is None:
-        return None
+    return None if fit is None else samples_of(control, candidate, fit)
+
+
+def samples_of(control: MultiSums, candidate: MultiSums, fit: Adjusted) -> tuple[Sample, Sample]:
+    """The stratum's arms as mean Samples of the values `fit` adjusted (`adjust` of the same sums)."""
     theta = np.asarray(fit.theta)
     overall = (np.asarray(control.cov_sum) + np.asarray(candidate.cov_sum)) / (control.n + candidate.n)
     return _samples_of_y(control, theta, overall), _samples_of_y(candidate, theta, overall)
