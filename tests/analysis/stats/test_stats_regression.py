@@ -133,3 +133,16 @@ def test_bad_covariate_sums_are_refused_naming_the_field() -> None:
     bad["variants"][0]["metrics"]["revenue"]["covariates"]["sum"].append(1.0)
     with pytest.raises(InputError, match=r"variants\[0\].metrics.revenue.covariates: sum and sum_products need one"):
         summary_format.parse(bad)
+
+
+def test_the_interval_covers_at_its_level() -> None:
+    """95% Wald intervals on Welch's variance of the adjusted values, k = 3, 300 per arm, unequal
+    residual variances: coverage within three Monte-Carlo SEs of 95% over 600 runs (seed 4)."""
+    rng, runs, lift, hits = np.random.default_rng(4), 600, 0.3, 0
+    for _ in range(runs):
+        (xc, cc), (xt, ct) = units(rng, 300, lift=0.0), units(rng, 300, lift=lift)
+        xt = xt + rng.normal(0.0, 1.0, xt.size)  # the candidate's residuals are wider
+        a = regression.adjust(MultiSums.from_units(xc, cc), MultiSums.from_units(xt, ct))
+        assert a is not None
+        hits += abs(a.difference - lift) <= 1.959964 * np.sqrt(a.variance)
+    assert abs(hits / runs - 0.95) <= 3 * np.sqrt(0.95 * 0.05 / runs), hits / runs
