@@ -143,17 +143,23 @@ def _latency_cell(counts: Sequence[int]) -> str:
     return "–" if p50 is None or p95 is None else f"{p50:.3g} / {p95:.3g}"
 
 
+def _role(name: str, control: str, rest: str | None) -> str:
+    if name == control:
+        return " (control)"
+    return " (the control's model outside the comparison: balanced ramp)" if name == rest else ""
+
+
 def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequence[DecisionEntry]) -> str:
     d = result.decision
-    control = experiment.control.name
-    candidates = [v.name for v in experiment.variants[1:]]
+    control, rest = experiment.control.name, experiment.analysis.ramp_rest
+    candidates = [v.name for v in experiment.variants[1:] if v.name != rest]
     figures = plots(history, candidates)
-    headline = report_text.headline(history, action=d.action, reason=d.reason, control=control)
+    headline = report_text.headline(history, action=d.action, reason=d.reason, control=control, rest=rest)
     tone = (report_text.last_applied(history) or d).action
-    steps = report_text.steps(history, control=control)
+    steps = report_text.steps(history, control=control, rest=rest)
     srm = "mismatch: the split is not what the weights say" if result.srm.flagged else "ok"
     variants = "".join(
-        f"<li><b>{html.escape(v.name)}</b>{' (control)' if v.name == control else ''}: "
+        f"<li><b>{html.escape(v.name)}</b>{_role(v.name, control, rest)}: "
         f"{html.escape(v.upstream)}, weight {v.weight:g}</li>"
         for v in experiment.variants
     )

@@ -11,11 +11,12 @@ import math
 import numpy as np
 import pytest
 
-from abrouter.analysis import analyzer, simulate
+from abrouter.analysis import analyzer, report_text, simulate
 from abrouter.analysis import data as d
 from abrouter.analysis.stats.power import rollout, sample_size
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import experiment as model
+from abrouter.contract.history import DecisionEntry
 from abrouter.contract.model import AnalysisSettings, Metric
 
 SPEC = {
@@ -153,3 +154,18 @@ def test_power_at_the_plans_total_with_the_balanced_default_ramp() -> None:
     outcomes = [simulate.run(rng, world=world, settings=settings, looks=looks, per_look=per_look) for _ in range(runs)]
     power = float(np.mean([o.action == "promote" for o in outcomes]))
     assert power >= 0.70, f"{power:.3f} ± {math.sqrt(power * (1 - power) / runs):.3f}"
+
+
+def test_the_report_text_counts_the_rest_as_neither_control_nor_candidate() -> None:
+    entry = DecisionEntry(
+        at=0.0,
+        epoch=2,
+        action="ramp",
+        reason="ramp: guardrails pass at 5%: candidates to 25% in total",
+        weights={"control": 25.0, "candidate": 25.0, "rest": 50.0},
+        applied=True,
+        units=1200,
+    )
+    assert report_text.steps([entry], control="control", rest="rest").startswith("ramp to 25% (")
+    headline = report_text.headline([entry], action="continue", reason="", control="control", rest="rest")
+    assert headline.startswith("Ramping, no winner yet: candidate 25%.")
