@@ -6,6 +6,7 @@ the control's model takes the traffic outside the comparison.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -18,6 +19,7 @@ from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import experiment as model
 from abrouter.contract.history import DecisionEntry
 from abrouter.contract.model import AnalysisSettings, Metric
+from abrouter.router.assignment import Assigner
 
 SPEC = {
     "name": "b",
@@ -169,3 +171,23 @@ def test_the_report_text_counts_the_rest_as_neither_control_nor_candidate() -> N
     assert report_text.steps([entry], control="control", rest="rest").startswith("ramp to 25% (")
     headline = report_text.headline([entry], action="continue", reason="", control="control", rest="rest")
     assert headline.startswith("Ramping, no winner yet: candidate 25%.")
+
+
+# ------------------------------------------------------------------ the router's side
+
+
+def test_the_routers_assignment_moves_units_only_out_of_the_rest() -> None:
+    """The router's own `Assigner` over the balanced steps: no unit crosses between control and candidate."""
+    names = ("control", "candidate", "rest")
+    steps = [(5.0, 5.0, 90.0), (25.0, 25.0, 50.0), (50.0, 50.0, 0.0)]
+    assigners = [Assigner(salt="b", names=names, weights=w) for w in steps]
+    units = [f"user-{i}" for i in range(20_000)]
+    paths = [[names[a.assign(u)] for a in assigners] for u in units]
+    crossed = sum(1 for p in paths for x, y in itertools.pairwise(p) if {x, y} == {"control", "candidate"})
+    left_rest = sum(1 for p in paths for x, y in itertools.pairwise(p) if x == "rest" and y != "rest")
+    stayed = sum(1 for p in paths for x, y in itertools.pairwise(p) if x in ("control", "candidate") and y != x)
+    assert crossed == 0 and stayed == 0
+    # About (50 − 10)% then (100 − 50)% of all units leave the rest, split evenly.
+    assert left_rest == pytest.approx(20_000 * 0.9, rel=0.02)
+    final = [p[-1] for p in paths]
+    assert final.count("candidate") == pytest.approx(10_000, rel=0.03)
