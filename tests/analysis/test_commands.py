@@ -288,6 +288,33 @@ def test_analyze_config_reads_redis_decides_applies_and_records(
         client.close()
 
 
+def test_a_borderline_promotion_stays_promoted_when_the_data_after_it_drifts(
+    tmp_path: Path, redis_url: str, experiment_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The history's promote entry keeps the promotion (tests/analysis/test_finished.py has the why)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        write_aggregates(client, experiment_name, control=(6000, 300), candidate=(6000, 370))
+        path = config_file(tmp_path, experiment_name, burn_in=0)
+        argv = ["analyze", "--config", str(path), "--redis-url", redis_url, "--json", "--apply"]
+        assert run(argv) == 0
+        (first,) = json_lines(capsys.readouterr().out)
+        assert first["decision"]["action"] == "promote", first["decision"]["reason"]
+        p = next(c["p_better_now"] for c in first["comparisons"] if c["metric"] == "conversion")
+        assert 0.01 < p < 0.05
+        # The control's returning users, now served the candidate, convert at its rate;
+        # intent-to-treat, their conversions still go to the control's epoch-1 sums.
+        write_aggregates(client, experiment_name, control=(6000, 330), candidate=(6000, 380))
+        assert run(argv) == 0
+        (second,) = json_lines(capsys.readouterr().out)
+        p = next(c["p_better_now"] for c in second["comparisons"] if c["metric"] == "conversion")
+        assert p > 0.05  # this look alone would no longer promote
+        assert second["decision"]["action"] == "promote", second["decision"]["reason"]
+        assert spec.load(path).weights == (0.0, 1.0)
+    finally:
+        client.close()
+
+
 async def test_the_sequential_p_is_a_running_minimum_over_the_history(
     redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path, redis_url: str
 ) -> None:
