@@ -341,6 +341,7 @@ def plan(args: argparse.Namespace) -> int:
             "burn_in_units": steps.burn_in_units,
             "final_units": steps.final_units,
             "total_units_with_ramp": steps.total_units,
+            "balanced": args.balanced,
             "convention": result.convention,
         }
         print(json.dumps(doc))

@@ -7,11 +7,13 @@ the control's model takes the traffic outside the comparison.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
 import pytest
 
+from abrouter import cli
 from abrouter.analysis import analyzer, report_text, simulate
 from abrouter.analysis import data as d
 from abrouter.analysis.stats.power import rollout, sample_size
@@ -109,6 +111,15 @@ def test_plan_counts_the_rest_as_users_outside_the_comparison() -> None:
     # At the default final step of 50% both splits are 50/50: the same users.
     default = (5.0, 25.0, 50.0)
     assert rollout(plan, ramp=default, balanced=True, **kw) == rollout(plan, ramp=default, **kw)  # type: ignore[arg-type]
+
+
+def test_plan_balanced_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--burn-in", "0", "--json"]
+    assert cli.main([*argv, "--ramp", "5,25", "--balanced"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["final_units"], doc["ramp_units"], doc["balanced"]) == (124_924, 10_000, True)
+    assert cli.main([*argv, "--ramp", "5,60", "--balanced"]) == 2
+    assert "--balanced: needs a --ramp whose final step leaves the control" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ closed loop
