@@ -134,10 +134,12 @@ def _rollback(look: Look) -> Decision | None:
     harmed = {name: why for name in look.candidates if (why := _harm(look, name))}
     if not harmed:
         return None
-    weights = dict(look.data.weights)
+    weights, control, rest = dict(look.data.weights), look.data.control.name, look.data.rest
     for name in harmed:
-        weights[look.data.control.name] += weights[name]
+        weights[control] += weights[name]
         weights[name] = 0.0
+    if rest is not None and set(harmed) == set(look.candidates):  # nothing left to balance
+        weights[control], weights[rest.name] = weights[control] + weights[rest.name], 0.0
     why = "; ".join(f"{name}: {why}" for name, why in harmed.items())
     return look.say("rollback", why, weights)
 

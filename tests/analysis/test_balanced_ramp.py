@@ -90,6 +90,22 @@ def test_each_step_gives_the_control_the_candidates_share_and_the_rest_the_remai
     assert analyzer.analyze(final, now=60.0).decision.weights == {"control": 50.0, "candidate": 50.0, "rest": 0.0}
 
 
+def test_a_rollback_gives_the_control_the_rest_too() -> None:
+    # 25% step: the candidate converts at 2% against the control's 5% (and the rest's).
+    look = data({"control": 25.0, "candidate": 25.0, "rest": 50.0}, {"control": 3000, "candidate": 3000, "rest": 6000})
+    arms = tuple(
+        d.Arm(a.name, a.weight, (d.Stratum(1, a.units, {"m": Sample(a.units, a.units // 50)}),))
+        if a.name == "candidate"
+        else a
+        for a in look.arms
+    )
+    result = analyzer.analyze(
+        d.ExperimentData("b", look.metrics, arms, look.epochs, SETTINGS, started_at=0.0), now=60.0
+    )
+    assert result.decision.action == "rollback", result.decision.reason
+    assert result.decision.weights == {"control": 100.0, "candidate": 0.0, "rest": 0.0}
+
+
 def test_the_rest_is_in_the_srm_check() -> None:
     # The rest got 20% fewer units than its weight says: assignment or logging is off.
     look = data({"control": 5.0, "candidate": 5.0, "rest": 90.0}, {"control": 600, "candidate": 600, "rest": 8_600})
