@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from abrouter.analysis.stats.power import Rollout
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: How long one Redis command or connection attempt of analyze and report may take.
+REDIS_TIMEOUT_S = 30.0
 
 
 def add_redis_url(p: argparse.ArgumentParser) -> None:
@@ -39,6 +41,14 @@ def add_redis_url(p: argparse.ArgumentParser) -> None:
         type=argtypes.redis_url,
         metavar="URL",
         help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
+    )
+    p.add_argument(
+        "--redis-timeout",
+        default=REDIS_TIMEOUT_S,
+        type=argtypes.positive,
+        metavar="SECONDS",
+        help="give up on a Redis command or connection after this long: a Redis that stops answering "
+        "is a failed look (exit 1), not a hung command (default: %(default)s)",
     )
 
 

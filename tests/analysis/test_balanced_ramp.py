@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from abrouter import cli
-from abrouter.analysis import analyzer, report_text, simulate
+from abrouter.analysis import analyzer, html_report, report_text, simulate
 from abrouter.analysis import data as d
 from abrouter.analysis.stats.power import rollout, sample_size
 from abrouter.analysis.stats.sample import Sample
@@ -218,3 +218,9 @@ def test_the_routers_assignment_moves_units_only_out_of_the_rest() -> None:
     assert left_rest == pytest.approx(20_000 * 0.9, rel=0.02)
     final = [p[-1] for p in paths]
     assert final.count("candidate") == pytest.approx(10_000, rel=0.03)
+
+
+def test_the_html_report_lists_the_rest_as_outside_the_comparison() -> None:
+    look = data({"control": 5.0, "candidate": 5.0, "rest": 90.0}, {"control": 600, "candidate": 600, "rest": 10_800})
+    page = html_report.render(model.parse(SPEC), analyzer.analyze(look, now=60.0), [])
+    assert "<b>rest</b> (the control's model outside the comparison: balanced ramp)" in page

@@ -25,7 +25,7 @@ from abrouter.analysis.stats.compare import Running
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.router import examples
-from abrouter.router.redis_server import free_port
+from abrouter.router.redis_server import RedisServer, free_port
 from tests import processes
 from tests.analysis.test_summary import EXAMPLE
 
@@ -398,6 +398,25 @@ def test_unreachable_redis_is_exit_code_1(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert err.startswith("abrouter: error: cannot read experiment 'gone' from Redis")
     assert "secret" not in err and "user:***@127.0.0.1" in err
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_a_redis_that_stops_answering_is_exit_code_1_not_a_hang(
+    command: str, tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, "paused")
+    process = redis_server._process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)  # connections are accepted by the kernel, nothing answers
+    try:
+        argv = [command, "--config", str(path), "--redis-url", redis_server.url, "--redis-timeout", "0.5"]
+        assert cli.main([*argv, "--out", str(tmp_path / "r.html")] if command == "report" else argv) == 1
+    finally:
+        process.send_signal(signal.SIGCONT)
+    err = capsys.readouterr().err
+    assert err.startswith("abrouter: error: cannot read experiment 'paused' from Redis"), err
+    assert "Timeout" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_bad_config_is_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
