@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ("sim_guardrails.py", ["--experiments", "10", "--runs", "2"], "rolled back at the 25% step"),
         ("sim_novelty.py", ["--experiments", "2"], "+30% for 6 of 20 looks"),
         ("sim_plan.py", ["--experiments", "2", "--looks", "5"], "default ramp"),
+        ("sim_balanced_ramp.py", ["--experiments", "2", "--long", "1"], "power, balanced"),
+        ("sim_regression.py", ["--runs", "5"], "coverage Welch"),
         ("sim_ratio_coverage.py", ["--runs", "3"], "pareto"),
         ("sim_cuped_ratio.py", ["--runs", "3"], "power at +10%"),
         ("sim_latency_quantile.py", ["--runs", "2", "--requests", "300"], "normal(50, 3) vs normal(52, 3)"),

@@ -152,9 +152,17 @@ class AnalysisResult:
 
 
 def analyze(
-    data: ExperimentData, *, now: float, previous: Previous | None = None, rng: np.random.Generator | None = None
+    data: ExperimentData,
+    *,
+    now: float,
+    previous: Previous | None = None,
+    rng: np.random.Generator | None = None,
+    promoted: str | None = None,
 ) -> AnalysisResult:
-    """Compare, check guardrails and SRM, and decide, for one look at `data`."""
+    """Compare, check guardrails and SRM, and decide, for one look at `data`.
+
+    `promoted`: the candidate an earlier look promoted (`history.Entry.promoted`), if any.
+    """
     previous = previous or {}
     comparisons = tuple(
         _compare(data, arm, metric, previous.get((arm.name, metric.name), FRESH), now=now)
@@ -168,7 +176,9 @@ def analyze(
         comparisons=comparisons, guardrails=guardrails, srm=srm(data), step_guardrails=evidence_of.step_guardrails(data)
     )
     shadows = shadows_of.evaluate(data)  # [shadow]
-    decision = shadows_of.decide(data, evidence, shadows, policy.decide(data, evidence, now=now, rng=rng), now=now)
+    decision = shadows_of.decide(
+        data, evidence, shadows, policy.decide(data, evidence, now=now, rng=rng, promoted=promoted), now=now
+    )
     return AnalysisResult(
         experiment=data.name,
         at=now,
@@ -206,15 +216,15 @@ def _next_running(
 
 
 def omnibus(data: ExperimentData) -> dict[str, float]:
-    """Chi-square over all arms for each binary (non-ratio) metric, when there are 3+ arms.
+    """Chi-square over the compared arms for each binary (non-ratio) metric, when there are 3+ of them.
 
     Informational and fixed-horizon: pooled over epochs, not used by the decision, which
     compares each candidate with the control (Holm-adjusted) instead.
     """
-    if len(data.arms) < 3:
+    if len(data.compared) < 3:
         return {}
     binary = [m.name for m in data.metrics if m.kind == "binary" and not data.is_ratio(m.name)]
-    return {name: fixed_horizon.chi_square_abn([a.pooled(name, ratio=False) for a in data.arms]) for name in binary}
+    return {name: fixed_horizon.chi_square_abn([a.pooled(name, ratio=False) for a in data.compared]) for name in binary}
 
 
 def srm(data: ExperimentData) -> SrmResult:

@@ -49,10 +49,10 @@ def confirmation_start(data: ExperimentData) -> int:
     if data.settings.bandit.enabled or not ramp:
         return 0
     tolerance = (len(data.candidates) + 1) * 10**-WEIGHT_DECIMALS
-    control, start = data.control.name, len(data.epochs)
+    names, start = {a.name for a in data.candidates}, len(data.epochs)
     while start > 0:
         weights = data.epochs[start - 1].weights
-        share = sum(w for name, w in weights.items() if name != control)
+        share = sum(w for name, w in weights.items() if name in names)
         if not weights or share < ramp[-1] - tolerance:
             break
         start -= 1

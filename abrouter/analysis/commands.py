@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from abrouter.analysis.stats.power import Rollout
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: How long one Redis command or connection attempt of analyze and report may take.
+REDIS_TIMEOUT_S = 30.0
 
 
 def add_redis_url(p: argparse.ArgumentParser) -> None:
@@ -39,6 +41,14 @@ def add_redis_url(p: argparse.ArgumentParser) -> None:
         type=argtypes.redis_url,
         metavar="URL",
         help="Redis holding the router's aggregates (default: $REDIS_URL, else %(default)s)",
+    )
+    p.add_argument(
+        "--redis-timeout",
+        default=REDIS_TIMEOUT_S,
+        type=argtypes.positive,
+        metavar="SECONDS",
+        help="give up on a Redis command or connection after this long: a Redis that stops answering "
+        "is a failed look (exit 1), not a hung command (default: %(default)s)",
     )
 
 
@@ -85,7 +95,8 @@ units per arm, with alpha split over the comparisons with the control (Bonferron
 more than two variants. The analyzer counts only the final ramp step's data, and the
 step into it waits for the burn-in, so the total adds the ramp's earlier steps or the
 burn-in's users, whichever is more (--ramp, --burn-in, --min-units-per-arm: the spec's
-values); duration = that total / --traffic, assuming every unit is new. n itself is a
+values; --balanced when it sets analysis.ramp_rest, whose users are not compared);
+duration = that total / --traffic, assuming every unit is new. n itself is a
 fixed-horizon size. The analyzer's promotion test spends alpha on information time up to
 analysis.expected_units_per_arm: set it to this n and it has about the same power at n,
 and can stop earlier when the effect is larger.
@@ -205,6 +216,11 @@ def _register_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help="the spec's analysis.ramp: the candidates' share per step, percent ('' for none; default: %(default)s)",
     )
     p.add_argument(
+        "--balanced",
+        action="store_true",
+        help="the spec sets analysis.ramp_rest: the control has each candidate's share at every step",
+    )
+    p.add_argument(
         "--min-units-per-arm",
         type=int,
         default=defaults.min_units_per_arm,
@@ -318,6 +334,7 @@ def plan(args: argparse.Namespace) -> int:
         min_units_per_arm=args.min_units_per_arm,
         burn_in_s=args.burn_in * 86400,
         traffic=args.traffic,
+        balanced=args.balanced,
     )
     days = steps.days
     if args.json:
@@ -334,6 +351,7 @@ def plan(args: argparse.Namespace) -> int:
             "burn_in_units": steps.burn_in_units,
             "final_units": steps.final_units,
             "total_units_with_ramp": steps.total_units,
+            "balanced": args.balanced,
             "convention": result.convention,
         }
         print(json.dumps(doc))
@@ -358,6 +376,7 @@ def plan(args: argparse.Namespace) -> int:
 
 def _print_rollout(steps: Rollout, args: argparse.Namespace) -> None:
     ramp = ", ".join(f"{s:g}%" for s in args.ramp) or "none"
+    ramp += ", balanced" if args.balanced and args.ramp else ""
     print(f"ramp ({ramp}): {steps.ramp_units:,} units before the final step ({args.min_units_per_arm} per arm each)")
     arriving = f"{steps.burn_in_units:,} units arrive in it" if steps.burn_in_units is not None else "give --traffic"
     where = "the step into the final one waits for it" if args.ramp else "no promotion before its end"
@@ -388,6 +407,9 @@ def _check_plan(args: argparse.Namespace) -> None:
         raise InputError("--traffic", f"must be > 0 units per day, got {args.traffic:g}")
     if list(args.ramp) != sorted(set(args.ramp)) or not all(0 < s < 100 for s in args.ramp):
         raise InputError("--ramp", f"must be strictly increasing percentages in (0, 100), got {list(args.ramp)}")
+    k = args.variants - 1
+    if args.balanced and (not args.ramp or args.ramp[-1] * (k + 1) / k > 100):
+        raise InputError("--balanced", "needs a --ramp whose final step leaves the control each candidate's share")
     if args.min_units_per_arm < 2:
         raise InputError("--min-units-per-arm", f"must be >= 2, got {args.min_units_per_arm}")
     if not (args.burn_in >= 0 and math.isfinite(args.burn_in)):

@@ -155,7 +155,18 @@ class ExperimentData:
 
     @property
     def candidates(self) -> tuple[Arm, ...]:
-        return self.arms[1:]
+        """Every arm compared with the control: all but the control and (balanced ramp) the rest."""
+        return tuple(a for a in self.arms[1:] if a.name != self.settings.ramp_rest)
+
+    @property
+    def rest(self) -> Arm | None:
+        """[balanced ramp] The arm serving the control's model outside the comparison (`ramp_rest`)."""
+        return next((a for a in self.arms[1:] if a.name == self.settings.ramp_rest), None)
+
+    @property
+    def compared(self) -> tuple[Arm, ...]:
+        """The control and the candidates: the arms in a comparison (all but the rest)."""
+        return (self.control, *self.candidates)
 
     @property
     def primary(self) -> Metric | None:

@@ -5,11 +5,15 @@ the random generator (bandit mode) are arguments, so every branch can be tested 
 constructed inputs. `docs/analyzer.md` states the policy for users; the rules, in the
 order they are tried:
 
-1. finished: no candidate has traffic -> stop; a candidate has all of it and the promote
-   rule (3) would promote it now -> promote; both with the weights unchanged, so
-   re-running is idempotent. A candidate at 100% that the promote rule would not promote
-   (a hand edit) is never reported as promoted: rollback if rule 2 applies, else stop
-   with the weights unchanged (the control gets no more data to compare with);
+1. finished: no candidate has traffic -> stop; a candidate has all of it and either an
+   earlier look promoted it (`promoted`, from the decision history) or the promote rule
+   (3) would promote it now -> promote; both with the weights unchanged, so re-running is
+   idempotent. A promotion is not re-tested on the data after it: the control's returning
+   users are then served the candidate and, intent-to-treat, move the control's sums
+   toward it, so a borderline win would drift above alpha and turn into a stop. A
+   candidate at 100% that no look promoted (a hand edit) is never reported as promoted:
+   rollback if rule 2 applies, else stop with the weights unchanged (the control gets no
+   more data to compare with);
 2. rollback: a guardrail breach, or significant harm on the primary metric by the
    sequential test in the harmful direction (`sequential_p_worse`, unadjusted: protecting
    users needs no multiplicity correction) once every active arm has
@@ -43,52 +47,50 @@ order they are tried:
    final one also waits until `burn_in` has passed since the start, so the burn-in's
    users stay in canary epochs that a promotion does not count ->
    the candidates' total share goes to the next step of `ramp`, split evenly between the
-   active candidates (largest-remainder rounding, so the weights sum to exactly 100);
+   active candidates (largest-remainder rounding, so the weights sum to exactly 100); with
+   a balanced ramp (`ramp_rest`) the control gets each candidate's share and the rest
+   variant the remainder (`ramping`);
 8. otherwise continue.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
 
-from abrouter.analysis import explain
-from abrouter.analysis.candidates import active_candidates, holm_primary, p_worse
+from abrouter.analysis import explain, ramping
+from abrouter.analysis.candidates import holm_primary, p_worse
 from abrouter.analysis.data import ExperimentData, stat_kind
 from abrouter.analysis.evidence import Evidence
+from abrouter.analysis.look import FULL, Action, Decision, Look
 from abrouter.analysis.stats import reasons
 from abrouter.analysis.stats.bandit import thompson_weights
 from abrouter.analysis.stats.compare import Comparison
 from abrouter.analysis.stats.noninferiority import NonInferiority
-from abrouter.analysis.weights import EPS, WEIGHT_DECIMALS, max_change, rounded
+from abrouter.analysis.weights import EPS, max_change
 
-Action = Literal["continue", "ramp", "promote", "rollback", "stop"]
+__all__ = ["Action", "Decision", "decide"]
+
 #: Bandit weights move only when some arm would move by at least this many points:
 #: every weight change opens a new epoch (a new stratum), and many tiny strata waste data
 #: on Monte-Carlo noise.
 BANDIT_MIN_CHANGE = 5.0
-_FULL = 100.0
 
 
-@dataclass(frozen=True)
-class Decision:
-    action: Action
-    #: One line: the action, why, the primary statistic with its p or CI and n, and SRM.
-    reason: str
-    #: The weights to serve next, percent per variant (the current ones for continue).
-    weights: dict[str, float] = field(default_factory=dict)
+def decide(
+    data: ExperimentData,
+    evidence: Evidence,
+    *,
+    now: float,
+    rng: np.random.Generator | None = None,
+    promoted: str | None = None,
+) -> Decision:
+    """Apply the policy (module docstring) to one look. Bandit mode needs `rng`.
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "reason": self.reason, "weights": dict(self.weights)}
-
-
-def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.random.Generator | None = None) -> Decision:
-    """Apply the policy (module docstring) to one look. Bandit mode needs `rng`."""
-    look = _Look(data=data, evidence=evidence, now=now)
+    `promoted`: the candidate an earlier look promoted (the history's latest decision), if any.
+    """
+    look = Look(data=data, evidence=evidence, now=now, promoted=promoted)
     for rule in (_finished, _rollback, _promote, _stop, _srm_hold):
         decision = rule(look)
         if decision is not None:
@@ -97,96 +99,78 @@ def decide(data: ExperimentData, evidence: Evidence, *, now: float, rng: np.rand
         if rng is None:
             raise ValueError("bandit mode needs a random generator (rng)")
         return _bandit(look, rng)
-    return _ramp(look) or _continue(look)
+    return ramping.ramp(look) or _continue(look)
 
 
 # ------------------------------------------------------------------------ rules
 
 
-@dataclass(frozen=True)
-class _Look:
-    data: ExperimentData
-    evidence: Evidence
-    now: float
-
-    @property
-    def alpha(self) -> float:
-        return self.data.settings.alpha
-
-    @property
-    def candidates(self) -> tuple[str, ...]:
-        return tuple(a.name for a in active_candidates(self.data))
-
-    @property
-    def active(self) -> tuple[str, ...]:
-        return (self.data.control.name, *self.candidates)
-
-    def say(self, action: Action, why: str, weights: Mapping[str, float] | None = None) -> Decision:
-        weights = rounded(weights if weights is not None else self.data.weights)
-        line = explain.line(action, why, data=self.data, evidence=self.evidence, names=self.candidates)
-        return Decision(action=action, reason=line, weights=weights)
-
-
-def _finished(look: _Look) -> Decision | None:
+def _finished(look: Look) -> Decision | None:
     if not look.candidates:
         return look.say("stop", "no candidate receives traffic (rolled back or stopped)")
     full = _at_full(look)
     if full is None:
         return None
+    if full == look.promoted:  # decided at the look that promoted it, not re-tested on what followed
+        return _rollback(look) or look.say(
+            "promote", f"{full} already has 100% of traffic (promoted at an earlier look)"
+        )
     # 100% is "promoted" only when the promote rule itself would choose it: a hand edit,
     # or a bandit of an older version with a floor of 0, could get there without the
     # sequential test, Holm, SRM and the minimum units (issue 9, defect 4).
     promotion = _promote(look)
-    if promotion is not None and promotion.weights.get(full, 0.0) >= _FULL - EPS:
+    if promotion is not None and promotion.weights.get(full, 0.0) >= FULL - EPS:
         return look.say("promote", f"{full} already has 100% of traffic")
     why = f"{full} has 100% of traffic but was not promoted by the policy: the control gets no data to compare"
     return _rollback(look) or look.say("stop", why)
 
 
-def _at_full(look: _Look) -> str | None:
+def _at_full(look: Look) -> str | None:
     """The candidate that has all the traffic, if one has."""
-    return next((n for n in look.candidates if look.data.arm(n).weight >= _FULL - EPS), None)
+    return next((n for n in look.candidates if look.data.arm(n).weight >= FULL - EPS), None)
 
 
-def _rollback(look: _Look) -> Decision | None:
+def _rollback(look: Look) -> Decision | None:
     harmed = {name: why for name in look.candidates if (why := _harm(look, name))}
     if not harmed:
         return None
-    weights = dict(look.data.weights)
+    weights, control, rest = dict(look.data.weights), look.data.control.name, look.data.rest
     for name in harmed:
-        weights[look.data.control.name] += weights[name]
+        weights[control] += weights[name]
         weights[name] = 0.0
+    if rest is not None and set(harmed) == set(look.candidates):  # nothing left to balance
+        weights[control], weights[rest.name] = weights[control] + weights[rest.name], 0.0
     why = "; ".join(f"{name}: {why}" for name, why in harmed.items())
     return look.say("rollback", why, weights)
 
 
-def _harm(look: _Look, name: str) -> str | None:
+def _harm(look: Look, name: str) -> str | None:
     """Why `name` must be rolled back, or None."""
     for g in look.evidence.guardrails_of(name):
         if g.status == "breach":
             return f"guardrail {explain.breach(g)}"
     c = look.evidence.primary(look.data, name)
-    if c is None or c.status != reasons.OK or not p_worse(c) < look.alpha or _good(c, look):
+    if c is None or c.status != reasons.OK or not p_worse(c) < look.alpha or look.good(c):
         return None
-    if not _enough_units(look):  # a tiny arm (e.g. 0 of 50 converting) is no evidence of harm
+    if not look.enough_units():  # a tiny arm (e.g. 0 of 50 converting) is no evidence of harm
         return None
     return f"significant harm on {c.metric} ({explain.harm_p(p_worse(c))})"
 
 
-def _promote(look: _Look) -> Decision | None:
+def _promote(look: Look) -> Decision | None:
     if look.evidence.srm.flagged:
         return None
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return None  # canary mode: every candidate needs guardrail evidence first
     winners = [name for name in look.candidates if _wins(look, name)]
-    if not winners or not _enough_units(look) or not _ramp_done(look) or _burning_in(look, final=True):
+    if not winners or not look.enough_units() or not look.ramp_done() or look.burning_in(final=True):
         return None
     best = max(winners, key=lambda name: _score(look, name))
-    weights = {a.name: (_FULL if a.name == best else 0.0) for a in look.data.arms}
+    weights = {a.name: (FULL if a.name == best else 0.0) for a in look.data.arms}
     return look.say("promote", f"{best} wins{_primary_note(look)}{_win_p(look, best)} and its guardrails pass", weights)
 
 
-def _win_p(look: _Look, name: str) -> str:
+def _win_p(look: Look, name: str) -> str:
     """`` (this look's one-sided p=0.012, Holm)``: the evidence the promotion rests on."""
     if look.data.primary is None:
         return ""
@@ -194,8 +178,8 @@ def _win_p(look: _Look, name: str) -> str:
     return f" (this look's one-sided p={explain.p(adjusted)}, Holm)"
 
 
-def _wins(look: _Look, name: str) -> bool:
-    if not _guardrails_pass(look, name):
+def _wins(look: Look, name: str) -> bool:
+    if not look.guardrails_pass(name):
         return False
     c = look.evidence.primary(look.data, name)
     if look.data.primary is None:
@@ -203,40 +187,38 @@ def _wins(look: _Look, name: str) -> bool:
         # evaluated (no guardrail data at all is no evidence).
         return bool(look.evidence.guardrails_of(name))
     adjusted = holm_primary(look.data, look.evidence).get(name, math.nan)
-    return (
-        c is not None and c.status == reasons.OK and adjusted < look.alpha and _good(c, look) and not _fading(c, look)
-    )
+    return c is not None and c.status == reasons.OK and adjusted < look.alpha and look.good(c) and not _fading(c, look)
 
 
-def _fading(c: Comparison, look: _Look) -> bool:
+def _fading(c: Comparison, look: Look) -> bool:
     """Novelty suspected: the effect declined significantly from the first part of the design's data to the rest."""
     return c.decline_p < look.alpha
 
 
-def _score(look: _Look, name: str) -> float:
+def _score(look: Look, name: str) -> float:
     """How good a winner is: its lift in the metric's good direction."""
     c = look.evidence.primary(look.data, name)
     if c is None:
         return 0.0
-    return c.absolute_lift if _direction(look) == "increase" else -c.absolute_lift
+    return c.absolute_lift if look.increase else -c.absolute_lift
 
 
-def _stop(look: _Look) -> Decision | None:
+def _stop(look: Look) -> Decision | None:
     started = look.data.started_at
     limit = look.data.settings.max_duration_s
     if started is None or look.now - started < limit:
         return None
-    weights = {a.name: 0.0 for a in look.data.arms} | {look.data.control.name: _FULL}
+    weights = {a.name: 0.0 for a in look.data.arms} | {look.data.control.name: FULL}
     return look.say("stop", f"max_duration {explain.duration(limit)} reached without a winner", weights)
 
 
-def _srm_hold(look: _Look) -> Decision | None:
+def _srm_hold(look: Look) -> Decision | None:
     if not look.evidence.srm.flagged:
         return None
     return look.say("continue", "sample ratio mismatch: holding weights, check assignment and logging")
 
 
-def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
+def _bandit(look: Look, rng: np.random.Generator) -> Decision:
     data, bandit = look.data, look.data.settings.bandit
     short = [n for n in look.active if data.arm(n).units < bandit.min_units]
     if short:
@@ -247,29 +229,27 @@ def _bandit(look: _Look, rng: np.random.Generator) -> Decision:
     # time trend across them would otherwise favour whichever arm had traffic late.
     samples = {n: data.samples(n, metric.name) for n in look.active}
     drawn = thompson_weights(samples, kind=stat_kind(metric), direction=metric.direction, floor=bandit.floor, rng=rng)
-    weights = {a.name: 0.0 for a in data.arms} | {n: _FULL * w for n, w in drawn.items()}
+    weights = {a.name: 0.0 for a in data.arms} | {n: FULL * w for n, w in drawn.items()}
     weights = _hold_unproven(look, weights)
-    held = [n for n in look.candidates if not _guardrails_pass(look, n)]
+    held = [n for n in look.candidates if not look.guardrails_pass(n)]
     note = f" ({', '.join(held)} held: guardrails not yet shown to pass)" if held else ""
     # An arm below the floor (a hand edit, or an older version's floor of 0) is lifted to
     # it whatever the change: an arm without traffic gathers no evidence.
-    lifted = any(data.arm(n).weight < _FULL * bandit.floor - EPS for n in look.active)
+    lifted = any(data.arm(n).weight < FULL * bandit.floor - EPS for n in look.active)
     if max_change(weights, data.weights) < BANDIT_MIN_CHANGE and not lifted:
         return look.say("continue", f"bandit weights within {BANDIT_MIN_CHANGE:g} points of the current ones{note}")
-    return look.say("ramp", f"bandit: weights = P(best) with floor {_FULL * bandit.floor:g}%{note}", weights)
+    return look.say("ramp", f"bandit: weights = P(best) with floor {FULL * bandit.floor:g}%{note}", weights)
 
 
-def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
+def _hold_unproven(look: Look, weights: dict[str, float]) -> dict[str, float]:
     """A candidate whose guardrails do not pass gains no bandit weight.
 
     It keeps its current weight, or the floor if lower; the difference goes to the other
     arms in proportion to their drawn weights.
     """
-    floor = _FULL * look.data.settings.bandit.floor
+    floor = FULL * look.data.settings.bandit.floor
     capped = {
-        n: min(weights[n], max(look.data.arm(n).weight, floor))
-        for n in look.candidates
-        if not _guardrails_pass(look, n)
+        n: min(weights[n], max(look.data.arm(n).weight, floor)) for n in look.candidates if not look.guardrails_pass(n)
     }
     freed = sum(weights[n] - w for n, w in capped.items())
     if freed <= EPS:
@@ -282,48 +262,29 @@ def _hold_unproven(look: _Look, weights: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _ramp(look: _Look) -> Decision | None:
-    share = sum(look.data.arm(n).weight for n in look.candidates)
-    step = _next_step(look)
-    if step is None or not _enough_units(look, epoch=look.data.current_epoch):
-        return None
-    if _held_by_burn_in(look):
-        return None  # the burn-in stays in the canary epochs, which a promotion does not count
-    if not all(_step_guardrails_pass(look, n) for n in look.candidates):
-        return None
-    if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
-        return None  # canary mode: without guardrail data there is no evidence to ramp on either
-    each = step / len(look.candidates)
-    weights = {a.name: 0.0 for a in look.data.arms} | {n: each for n in look.candidates}
-    weights[look.data.control.name] = _FULL - step
-    return look.say(
-        "ramp", f"guardrails pass at {explain.number(share)}%: candidates to {explain.number(step)}% in total", weights
-    )
-
-
-def _continue(look: _Look) -> Decision:
+def _continue(look: Look) -> Decision:
     return look.say("continue", _waiting_for(look))
 
 
-def _waiting_for(look: _Look) -> str:
+def _waiting_for(look: Look) -> str:
     """The first thing that stands between this look and the next action."""
     settings, epoch = look.data.settings, look.data.current_epoch
     step_units = f"waiting for {settings.min_units_per_arm} units per arm in epoch {epoch} before the next ramp step"
-    if not _enough_units(look):
+    if not look.enough_units():
         return f"waiting for {settings.min_units_per_arm} units per arm"
-    rails = look.evidence.ramp_guardrails_of if not _ramp_done(look) else look.evidence.guardrails_of
+    rails = look.evidence.ramp_guardrails_of if not look.ramp_done() else look.evidence.guardrails_of
     failing = [g for n in look.candidates for g in rails(n) if g.status != "pass"]
     if pooled := [g for g in failing if g.epoch is None]:
         return f"guardrails not yet shown to pass ({_states(pooled)})"
     if look.data.primary is None and not all(look.evidence.guardrails_of(n) for n in look.candidates):
         return "no guardrail data yet"
-    if not _ramp_done(look) and not _enough_units(look, epoch=epoch):
+    if not look.ramp_done() and not look.enough_units(epoch=epoch):
         return step_units
-    if _held_by_burn_in(look):
-        return f"burn-in: {explain.duration(look.data.settings.burn_in_s)} from the start before {_after_burn_in(look)}"
+    if ramping.held_by_burn_in(look):
+        return f"burn-in: {explain.duration(settings.burn_in_s)} from the start before {ramping.after_burn_in(look)}"
     if failing:  # the current epoch's own results: a regression may start at this step
         return f"guardrails not yet shown to pass in the current epoch {epoch} alone ({_states(failing)})"
-    if not _ramp_done(look):
+    if not look.ramp_done():
         return step_units
     if fading := [c for n in look.candidates if (c := look.evidence.primary(look.data, n)) and _fading(c, look)]:
         return "; ".join(explain.novelty(c) for c in fading)
@@ -334,86 +295,5 @@ def _states(rails: list[NonInferiority]) -> str:
     return ", ".join(f"{g.variant} {g.metric} {g.reason or g.status}" for g in rails)
 
 
-# ---------------------------------------------------------------------- helpers
-
-
-def _guardrails_pass(look: _Look, name: str) -> bool:
-    """Every guardrail passes, over all epochs and (when evaluated) in the current epoch alone."""
-    return all(g.status == "pass" for g in look.evidence.guardrails_of(name))
-
-
-def _burning_in(look: _Look, *, final: bool = False) -> bool:
-    """Whether `burn_in` since the experiment's start has not passed yet.
-
-    With a ramp it holds the step into the final one (`final` False), so the burn-in's
-    data stays in the canary epochs, which the decision design does not count; a novelty
-    effect of the first day(s) cannot carry a promotion. Without a ramp, and in bandit
-    mode, it holds the promotion itself (`final` True): the data of the burn-in still
-    counts, but the stability check (`stats.stability`) has time to see a fading effect.
-    """
-    started = look.data.started_at
-    if started is None or look.now - started >= look.data.settings.burn_in_s:
-        return False
-    ramped = bool(look.data.settings.ramp) and not look.data.settings.bandit.enabled
-    return not (final and ramped)
-
-
-def _next_step(look: _Look) -> float | None:
-    share = sum(look.data.arm(n).weight for n in look.candidates)
-    return next((s for s in look.data.settings.ramp if s > share + _tolerance(look)), None)
-
-
-def _held_by_burn_in(look: _Look) -> bool:
-    """The burn-in holds this look's next move: the step into the final one, or (without a ramp) the promotion."""
-    if _ramp_done(look):
-        return _burning_in(look, final=True)
-    return _next_step(look) == look.data.settings.ramp[-1] and _burning_in(look)
-
-
-def _after_burn_in(look: _Look) -> str:
-    ramped = bool(look.data.settings.ramp) and not look.data.settings.bandit.enabled
-    return "the final ramp step" if ramped else "a promotion"
-
-
-def _step_guardrails_pass(look: _Look, name: str) -> bool:
-    """The guardrails pass at the current ramp step's margins (`evidence.step_scale`), pooled and in this epoch."""
-    return all(g.status == "pass" for g in look.evidence.ramp_guardrails_of(name))
-
-
-def _enough_units(look: _Look, *, epoch: int | None = None) -> bool:
-    need = look.data.settings.min_units_per_arm
-    for name in look.active:
-        arm = look.data.arm(name)
-        if (arm.units if epoch is None else arm.units_in(epoch)) < need:
-            return False
-    return True
-
-
-def _ramp_done(look: _Look) -> bool:
-    """Promotion waits for the last ramp step (bandit mode has no schedule)."""
-    ramp = look.data.settings.ramp
-    if look.data.settings.bandit.enabled or not ramp:
-        return True
-    share = sum(look.data.arm(n).weight for n in look.candidates)
-    return share >= ramp[-1] - _tolerance(look)
-
-
-def _tolerance(look: _Look) -> float:
-    """How far the candidates' share may sit below a ramp step and still count as on it.
-
-    Each weight is rounded to 10^-WEIGHT_DECIMALS, so k candidates' share can be off by up
-    to k of those units (plus float noise).
-    """
-    return (len(look.candidates) + 1) * 10**-WEIGHT_DECIMALS
-
-
-def _primary_note(look: _Look) -> str:
+def _primary_note(look: Look) -> str:
     return f" on {look.data.primary.name}" if look.data.primary is not None else " (canary: guardrails only)"
-
-
-def _direction(look: _Look) -> str:
-    return look.data.primary.direction if look.data.primary is not None else "increase"
-
-
-def _good(c: Comparison, look: _Look) -> bool:
-    return c.absolute_lift > 0 if _direction(look) == "increase" else c.absolute_lift < 0

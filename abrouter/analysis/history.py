@@ -34,6 +34,9 @@ class Entry:
     running: dict[tuple[str, str], Running]
     #: The settings pinned at the first look (empty in entries written before pinning).
     pinned: dict[str, float] = field(default_factory=dict)
+    #: The candidate this look promoted (its action "promote", the candidate at 100%), if
+    #: any: the next look keeps the promotion instead of re-testing it (`decision`, rule 1).
+    promoted: str | None = None
 
     def previous(self, units_now: int) -> Previous:
         """The seed of the next look, unless the data was reset since (fewer units now)."""
@@ -117,7 +120,14 @@ def decode(raw: bytes | str) -> Entry:
             for s in e.sequential
         },
         pinned=dict(e.pinned),
+        promoted=_promoted(e),
     )
+
+
+def _promoted(e: fmt.DecisionEntry) -> str | None:
+    if e.action != "promote":
+        return None
+    return next((name for name, w in e.weights.items() if w >= 100.0 - 1e-6), None)
 
 
 def _anchors(anchors: tuple[stability.Anchor, ...]) -> tuple[tuple[float, ...], ...]:

@@ -145,18 +145,14 @@ def _latency_cell(counts: Sequence[int]) -> str:
 
 def render(experiment: spec.Experiment, result: AnalysisResult, history: Sequence[DecisionEntry]) -> str:
     d = result.decision
-    control = experiment.control.name
-    candidates = [v.name for v in experiment.variants[1:]]
+    control, rest = experiment.control.name, experiment.analysis.ramp_rest
+    candidates = [v.name for v in experiment.variants[1:] if v.name != rest]
     figures = plots(history, candidates)
-    headline = report_text.headline(history, action=d.action, reason=d.reason, control=control)
+    headline = report_text.headline(history, action=d.action, reason=d.reason, control=control, rest=rest)
     tone = (report_text.last_applied(history) or d).action
-    steps = report_text.steps(history, control=control)
+    steps = report_text.steps(history, control=control, rest=rest)
     srm = "mismatch: the split is not what the weights say" if result.srm.flagged else "ok"
-    variants = "".join(
-        f"<li><b>{html.escape(v.name)}</b>{' (control)' if v.name == control else ''}: "
-        f"{html.escape(v.upstream)}, weight {v.weight:g}</li>"
-        for v in experiment.variants
-    )
+    variants = "".join(_variant(v, control=control, rest=rest) for v in experiment.variants)
     metrics = "".join(f"<li>{html.escape(m.name)} ({m.kind}, {m.direction})</li>" for m in experiment.metrics)
     a = experiment.analysis
     policy = (
@@ -183,7 +179,8 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;fo
 <section id="summary"><p class="headline {tone}">{html.escape(headline)}</p>
 <p>{applied} Sample ratio: {srm}. Decisions use always-valid sequential tests, so looking at every step did not
 inflate false promotions.</p></section>
-<section id="experiment"><h2>The experiment</h2><ul>{variants}</ul><p>Metrics (the first is primary):</p>
+<section id="experiment"><h2>The experiment</h2><p>{html.escape(_match(experiment.match))}</p>
+<ul>{variants}</ul><p>Metrics (the first is primary):</p>
 <ul>{metrics}</ul><p>Policy: {html.escape(policy)}</p></section>
 {_arms(experiment, result)}
 {_trends(result)}
@@ -199,6 +196,26 @@ inflate false promotions.</p></section>
 {_details(result)}
 </body></html>
 """
+
+
+def _variant(v: spec.Variant, *, control: str, rest: str | None = None) -> str:
+    """One variant as the report lists it: where it is served, under which model name, its weight."""
+    role = " (control)" if v.name == control else f" (shadow of {v.shadow_percent:g}% of units)" if v.shadow else ""
+    role = " (the control's model outside the comparison: balanced ramp)" if v.name == rest else role
+    served = [v.upstream] + ([f"gRPC {v.grpc_upstream}"] if v.grpc_upstream else [])
+    model = f", model {v.model!r}" if v.model else ""
+    return f"<li><b>{html.escape(v.name)}</b>{role}: {html.escape(', '.join(served) + model)}, weight {v.weight:g}</li>"
+
+
+def _match(match: spec.Match) -> str:
+    """Which requests the experiment takes (its `match:`), in words."""
+    if match.is_everything:
+        return "Requests: every request the router receives (no match:)."
+    parts = [f"model {match.model!r}"] if match.model else []
+    parts += [f"path {match.path!r}"] if match.path else []
+    parts += [f"host {match.host!r}"] if match.host else []
+    parts += [f"header {name}: {value!r}" for name, value in match.headers]
+    return "Requests: those with " + ", ".join(parts) + "."
 
 
 def _cells(values: Sequence[Any]) -> str:

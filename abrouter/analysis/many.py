@@ -129,7 +129,7 @@ class KubeRoster:
 
 async def analyze_many(args: argparse.Namespace, files: SpecFiles | None = None) -> int:
     """`files`: the --config files as the command validated them (parsed once, not again at the first look)."""
-    out = Output(RedisConnection(args.redis_url), args.redis_url, args.json)
+    out = Output(RedisConnection(args.redis_url, args.redis_timeout), args.redis_url, args.json)
     kube: KubeClient | None = None
     try:
         if args.experiments is not None:

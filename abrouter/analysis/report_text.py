@@ -30,17 +30,22 @@ def last_applied(history: Sequence[DecisionEntry]) -> DecisionEntry | None:
     return next((e for e in reversed(history) if e.applied and e.action in APPLIED), None)
 
 
-def headline(history: Sequence[DecisionEntry], *, action: str, reason: str, control: str) -> str:
-    """One sentence on the state the weights are in, then why, in the analyzer's words."""
+def headline(
+    history: Sequence[DecisionEntry], *, action: str, reason: str, control: str, rest: str | None = None
+) -> str:
+    """One sentence on the state the weights are in, then why, in the analyzer's words.
+
+    `rest`: a balanced ramp's variant serving the control's model outside the comparison.
+    """
     entry = last_applied(history)
     if entry is None:
         return f"No decision applied yet: the analyzer says {action}. Why: {_why(reason)}"
-    others = sorted(name for name, w in entry.weights.items() if name != control and w > 0)
+    others = sorted(name for name, w in entry.weights.items() if name not in (control, rest) and w > 0)
     if entry.action == "promote":
         winner = max(entry.weights, key=lambda name: entry.weights[name])
         state = f"Promoted: {winner} won and serves all traffic."
     elif entry.action == "rollback":
-        stopped = sorted(name for name in entry.weights if name != control and entry.weights[name] == 0)
+        stopped = sorted(name for name in entry.weights if name not in (control, rest) and entry.weights[name] == 0)
         still = f"; {', '.join(others)} still run" if others else ""
         state = f"Rolled back: the control serves all traffic again ({', '.join(stopped)} stopped{still})."
     else:
@@ -55,16 +60,19 @@ def _why(reason: str) -> str:
     return rest if sep and head in (*APPLIED, "continue", "stop") else reason
 
 
-def steps(history: Sequence[DecisionEntry], *, control: str) -> str:
+def steps(history: Sequence[DecisionEntry], *, control: str, rest: str | None = None) -> str:
     """The applied decisions in order: "ramp to 50% (11:28:03 UTC), rollback (11:29:40 UTC)"."""
     applied = [e for e in history if e.applied and e.action in APPLIED]
-    return ", ".join(f"{_step(e, control)} ({time.strftime('%H:%M:%S', time.gmtime(e.at))} UTC)" for e in applied)
+    return ", ".join(
+        f"{_step(e, (control, rest))} ({time.strftime('%H:%M:%S', time.gmtime(e.at))} UTC)" for e in applied
+    )
 
 
-def _step(e: DecisionEntry, control: str) -> str:
+def _step(e: DecisionEntry, outside: tuple[str, str | None]) -> str:
+    """``ramp to 25%``: the candidates' share (neither the control nor a balanced ramp's rest)."""
     if e.action != "ramp":
         return e.action
-    return f"ramp to {sum(w for name, w in e.weights.items() if name != control):g}%"
+    return f"ramp to {sum(w for name, w in e.weights.items() if name not in outside):g}%"
 
 
 def margin(g: NonInferiority) -> str:

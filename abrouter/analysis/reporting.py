@@ -51,7 +51,7 @@ def report(args: argparse.Namespace) -> int:
         raise InputError("--config", f"two files name the same experiment: {sorted(names)}")
     if len(experiments) == 1:
         out = args.out or Path("report.html")
-        _write(out, asyncio.run(_render(experiments[0], args.redis_url)))
+        _write(out, asyncio.run(_render(experiments[0], args)))
         print(f"abrouter: report written to {out}")
         return 0
     directory = args.out or Path("reports")
@@ -60,7 +60,7 @@ def report(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SourceError(f"cannot make the directory {directory}: {exc.strerror or exc}") from exc
     for experiment in experiments:
-        _write(directory / f"{experiment.name}.html", asyncio.run(_render(experiment, args.redis_url)))
+        _write(directory / f"{experiment.name}.html", asyncio.run(_render(experiment, args)))
     _write(directory / "index.html", _index(names))
     print(f"abrouter: {len(experiments)} reports and index.html written to {directory}/")
     return 0
@@ -93,14 +93,14 @@ def _from_kube(ref: str, kubeconfig: Path | None) -> spec.Experiment:
         client.close()
 
 
-async def _render(experiment: spec.Experiment, redis_url: str) -> str:
+async def _render(experiment: spec.Experiment, args: argparse.Namespace) -> str:
     import numpy as np
 
     from abrouter.analysis import analyzer, history, html_report, reader
     from abrouter.analysis.connection import RedisConnection
     from abrouter.contract import keys as schema
 
-    connection = RedisConnection(redis_url)
+    connection = RedisConnection(args.redis_url, args.redis_timeout)
     try:
         client = await connection.client(experiment.name)
         keys = schema.Keys(experiment.name)
@@ -108,7 +108,8 @@ async def _render(experiment: spec.Experiment, redis_url: str) -> str:
         last = await history.last(client, keys)
         seed = last.previous(sum(a.units for a in data.arms)) if last is not None else {}
         # The same look `analyze` would take now, written nowhere.
-        result = analyzer.analyze(data, now=time.time(), previous=seed, rng=np.random.default_rng(0))
+        promoted = last.promoted if last is not None else None
+        result = analyzer.analyze(data, now=time.time(), previous=seed, rng=np.random.default_rng(0), promoted=promoted)
         entries = await history.entries(client, keys)
     finally:
         await connection.aclose()

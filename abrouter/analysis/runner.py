@@ -47,7 +47,7 @@ def analyze_summary(path: Path, *, as_json: bool, out: TextIO) -> int:
 
 
 async def analyze_redis(args: argparse.Namespace) -> int:
-    client = RedisConnection(args.redis_url)
+    client = RedisConnection(args.redis_url, args.redis_timeout)
     sink: WeightsSink = FileSink(args.config[0]) if args.apply else DryRunSink()
     # The witness goes where the decisions go: beside the spec file, with --apply only.
     witness = FileWitness.beside(args.config[0]) if args.apply else None
@@ -92,7 +92,7 @@ async def analyze_kube(args: argparse.Namespace) -> int:
 
     ref = Ref.parse(args.experiment)
     sink = KubeSink(KubeClient.from_config(args.kubeconfig, role="analyzer"), ref, dry_run=args.dry_run)
-    client = RedisConnection(args.redis_url)
+    client = RedisConnection(args.redis_url, args.redis_timeout)
     try:
         while True:
             # --dry-run shows what --apply would write, so it implies the --apply path.

@@ -69,7 +69,8 @@ async def analyse(
     # a data reset (no seed) starts a new sequence, which may pin new values.
     settings, ignored = history.pin(data.settings, previous.pinned if previous is not None and seed else {})
     data = dataclasses.replace(data, settings=settings)
-    result = analyzer.analyze(data, now=now, previous=seed, rng=np.random.default_rng())
+    promoted = previous.promoted if previous is not None else None
+    result = analyzer.analyze(data, now=now, previous=seed, rng=np.random.default_rng(), promoted=promoted)
     return dataclasses.replace(result, ignored_settings=ignored)
 
 

@@ -9,7 +9,9 @@ Nothing of the analysis is re-implemented here: bench/sim_sequential.py and the 
 tests in tests/analysis/ measure the real policy.
 
 Users are credited as the router credits them (intent-to-treat): once, to the epoch and
-variant of their first exposure, with every later outcome.
+variant of their first exposure, with every later outcome. With a balanced ramp
+(`AnalysisSettings.ramp_rest`) a third arm, ``rest``, serves the control's rates outside
+the comparison, and the weights the decision sets put the new users in it.
 
 Two worlds (`World.returning`):
 
@@ -40,6 +42,8 @@ from abrouter.analysis.stats.sample import Sample
 from abrouter.contract.model import AnalysisSettings, Metric
 
 ARMS = ("control", "candidate")
+#: [balanced ramp] The arm that serves the control's model outside the comparison.
+REST = "rest"
 DAY = 86400.0
 #: Rate of the candidate at look k (0-based) given the control's rate; `constant` by default.
 Effect = Callable[[int, float], float]
@@ -79,16 +83,16 @@ class _Users:
     def __init__(self, capacity: int) -> None:
         self.size = 0
         self.epoch = np.zeros(capacity, dtype=np.int64)
-        self.candidate = np.zeros(capacity, dtype=bool)
+        self.arm = np.zeros(capacity, dtype=np.int64)  # index in the run's arms
         self.propensity = np.zeros(capacity)
         self.clicks = np.zeros(capacity)
 
-    def add(self, rng: np.random.Generator, epoch: int, candidate: np.ndarray) -> None:
-        new = slice(self.size, self.size + candidate.size)
-        self.epoch[new], self.candidate[new] = epoch, candidate
-        self.propensity[new] = rng.gamma(0.5, 2.0, candidate.size)  # heterogeneous: a few click a lot
+    def add(self, rng: np.random.Generator, epoch: int, arm: np.ndarray) -> None:
+        new = slice(self.size, self.size + arm.size)
+        self.epoch[new], self.arm[new] = epoch, arm
+        self.propensity[new] = rng.gamma(0.5, 2.0, arm.size)  # heterogeneous: a few click a lot
         self.clicks[new] = rng.poisson(self.propensity[new])
-        self.size += candidate.size
+        self.size += arm.size
 
     def come_back(self, rng: np.random.Generator, rate: float) -> None:
         """About `rate` of the users seen before return and click again (credited to their first exposure).
@@ -109,9 +113,8 @@ def run(
     per_look: int,
 ) -> Outcome:
     """One experiment of `looks` looks with `per_look` new users each (module docstring)."""
-    weights = {"control": 100.0 - settings.ramp[0], "candidate": settings.ramp[0]} if settings.ramp else _even()
-    if settings.bandit.enabled:
-        weights = _even()
+    arms = (*ARMS, REST) if settings.ramp_rest else ARMS
+    weights = _first_weights(settings)
     epochs: list[d.Epoch] = [d.Epoch(1, dict(weights), 0.0)]
     sums: dict[tuple[int, str], np.ndarray] = {}  # fresh world: (epoch, arm) -> [n, Σx, Σc, Σc², Σxc]
     users = _Users(looks * per_look if world.returning else 0)
@@ -121,11 +124,11 @@ def run(
     for look in range(looks):
         epoch = epochs[-1].epoch
         _arrive(rng, world, look, epoch, weights, per_look, sums, users)
-        strata = _strata(world, sums, users, [e.epoch for e in epochs])
+        strata = _strata(world, sums, users, [e.epoch for e in epochs], arms)
         data = d.ExperimentData(
             name="sim",
             metrics=(metric,),
-            arms=tuple(d.Arm(name, weights[name], strata[name]) for name in ARMS),
+            arms=tuple(d.Arm(name, weights[name], strata[name]) for name in arms),
             epochs=tuple(epochs),
             settings=settings,
             started_at=0.0,
@@ -142,8 +145,14 @@ def run(
     return Outcome("continue", looks - 1, units)
 
 
-def _even() -> dict[str, float]:
-    return {name: 100.0 / len(ARMS) for name in ARMS}
+def _first_weights(settings: AnalysisSettings) -> dict[str, float]:
+    """The ramp's first step (balanced: the control at the candidate's share), else the even split."""
+    if not settings.ramp or settings.bandit.enabled:
+        return {name: 100.0 / len(ARMS) for name in ARMS}
+    first = settings.ramp[0]
+    if settings.ramp_rest:
+        return {"control": first, "candidate": first, REST: 100.0 - 2 * first}
+    return {"control": 100.0 - first, "candidate": first}
 
 
 def _arrive(
@@ -156,10 +165,17 @@ def _arrive(
     sums: dict[tuple[int, str], np.ndarray],
     users: _Users,
 ) -> None:
-    candidate = rng.random(per_look) < weights["candidate"] / 100.0
+    names = [n for n in (*ARMS, REST) if n in weights]  # the run's arms, in their order
+    # The candidate's range first: u < its weight, as with two arms before the rest existed
+    # (the seeded runs of the tests and bench/ draw the same users).
+    order = ["candidate", *(n for n in names if n != "candidate")]
+    edges = np.cumsum([weights[n] for n in order]) / 100.0
+    pick = np.minimum(np.searchsorted(edges, rng.random(per_look), side="right"), len(order) - 1)
+    arm = np.asarray([names.index(n) for n in order])[pick]
+    candidate = arm == names.index("candidate")
     if world.returning:
         users.come_back(rng, world.return_rate)
-        users.add(rng, epoch, candidate)
+        users.add(rng, epoch, arm)
         return
     rates = np.where(candidate, world.effect(look, world.base), world.base)
     if world.covariate:
@@ -170,48 +186,52 @@ def _arrive(
     else:
         c = np.zeros(per_look)
         x = (rng.random(per_look) < rates).astype(float)
-    for name, mask in (("control", ~candidate), ("candidate", candidate)):
+    for i, name in enumerate(names):
+        mask = arm == i
         row = np.array([mask.sum(), x[mask].sum(), c[mask].sum(), (c[mask] ** 2).sum(), (x[mask] * c[mask]).sum()])
         sums[(epoch, name)] = sums.get((epoch, name), np.zeros(5)) + row
 
 
 def _strata(
-    world: World, sums: dict[tuple[int, str], np.ndarray], users: _Users, epochs: Sequence[int]
+    world: World,
+    sums: dict[tuple[int, str], np.ndarray],
+    users: _Users,
+    epochs: Sequence[int],
+    arms: Sequence[str] = ARMS,
 ) -> dict[str, tuple[d.Stratum, ...]]:
     if world.returning:
-        return _returning_strata(users, epochs)
+        return _returning_strata(users, epochs, arms)
     if world.covariate:
-        return cuped_samples(sums, epochs)
+        return cuped_samples(sums, epochs, arms)
     out: dict[str, tuple[d.Stratum, ...]] = {}
-    for name in ARMS:
+    for name in arms:
         rows = [(e, sums.get((e, name), np.zeros(5))) for e in epochs]
         out[name] = tuple(d.Stratum(e, int(r[0]), {"m": Sample(float(r[0]), float(r[1]))}) for e, r in rows)
     return out
 
 
-def _returning_strata(users: _Users, epochs: Sequence[int]) -> dict[str, tuple[d.Stratum, ...]]:
+def _returning_strata(users: _Users, epochs: Sequence[int], arms: Sequence[str]) -> dict[str, tuple[d.Stratum, ...]]:
     """Per (epoch, arm) of first exposure: n, Σx, Σx² of the users' click totals so far."""
-    k = users.size
+    k, width = users.size, len(arms)
     epoch_index = np.searchsorted(np.asarray(epochs), users.epoch[:k])
-    group = 2 * epoch_index + users.candidate[:k]
+    group = width * epoch_index + users.arm[:k]
     x = users.clicks[:k]
-    size = 2 * len(epochs)
+    size = width * len(epochs)
     n = np.bincount(group, minlength=size)
     sums, squares = np.bincount(group, x, minlength=size), np.bincount(group, x * x, minlength=size)
     out: dict[str, tuple[d.Stratum, ...]] = {}
-    for arm, name in enumerate(ARMS):
+    for arm, name in enumerate(arms):
+        cells = [width * i + arm for i in range(len(epochs))]
         out[name] = tuple(
-            d.Stratum(
-                e,
-                int(n[2 * i + arm]),
-                {"m": Sample(float(n[2 * i + arm]), float(sums[2 * i + arm]), float(squares[2 * i + arm]))},
-            )
-            for i, e in enumerate(epochs)
+            d.Stratum(e, int(n[c]), {"m": Sample(float(n[c]), float(sums[c]), float(squares[c]))})
+            for e, c in zip(epochs, cells)
         )
     return out
 
 
-def cuped_samples(sums: dict[tuple[int, str], np.ndarray], epochs: Sequence[int]) -> dict[str, tuple[d.Stratum, ...]]:
+def cuped_samples(
+    sums: dict[tuple[int, str], np.ndarray], epochs: Sequence[int], arms: Sequence[str] = ARMS
+) -> dict[str, tuple[d.Stratum, ...]]:
     """Strata whose Samples carry the covariate's sums, so the analyzer adjusts them by CUPED.
 
     From the per-(epoch, arm) sums [n, Σx, Σc, Σc², Σxc] (x binary, so Σx² = Σx), as the
@@ -219,7 +239,7 @@ def cuped_samples(sums: dict[tuple[int, str], np.ndarray], epochs: Sequence[int]
     stratum (θ pooled across the arms), exactly as on real data.
     """
     out: dict[str, tuple[d.Stratum, ...]] = {}
-    for name in ARMS:
+    for name in arms:
         strata = []
         for e in epochs:
             n, sx, sc, scc, sxc = (float(v) for v in sums.get((e, name), np.zeros(5)))

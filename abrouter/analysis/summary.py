@@ -24,13 +24,17 @@ from typing import Any
 
 from abrouter.analysis import data as d
 from abrouter.analysis.errors import InputError
+from abrouter.analysis.stats.multisums import MultiSums
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import experiment as spec
 from abrouter.contract import fields
 
 _TOP_KEYS = {"name", "metrics", "variants", "analysis", "epochs", "elapsed", "slow_request"}
 _VARIANT_KEYS = {"name", "weight", "units", "metrics", "strata"}
-_SAMPLE_KEYS = {"n", "sum", "sum_squares", "denominator_sum", "denominator_sum_squares", "sum_products"}
+_SAMPLE_KEYS = {
+    "n", "sum", "sum_squares", "denominator_sum", "denominator_sum_squares", "sum_products", "covariates",
+}  # fmt: skip
+_COVARIATE_KEYS = ("sum", "sum_products", "cross_products")
 _RATIO_KEYS = ("denominator_sum", "denominator_sum_squares", "sum_products")
 #: Relative slack for the Cauchy-Schwarz checks (sum_squares * n >= sum**2): exports
 #: round their sums, and rounding must not turn valid data into an error.
@@ -269,12 +273,36 @@ def _sample(raw: Any, path: str, metric: spec.Metric) -> Sample:
         raise InputError(f"{path}.sum", f"must be between 0 and n={n} for a binary metric, got {total:g}")
     _cauchy_schwarz(n, total, sum_sq, f"{path}.sum_squares")
     if not ratio:
-        return Sample(n=n, sum=total, sum_sq=sum_sq)
+        covariates = _covariates(s["covariates"], f"{path}.covariates", n, total, sum_sq) if "covariates" in s else None
+        return Sample(n=n, sum=total, sum_sq=sum_sq, covariates=covariates)
+    if "covariates" in s:
+        raise InputError(f"{path}.covariates", "adjusts mean metrics only, not a ratio")
     den = fields.number(s["denominator_sum"], f"{path}.denominator_sum", low=0)
     den_sq = fields.number(s["denominator_sum_squares"], f"{path}.denominator_sum_squares", low=0)
     products = fields.number(s["sum_products"], f"{path}.sum_products")
     _cauchy_schwarz(n, den, den_sq, f"{path}.denominator_sum_squares")
     return Sample(n=n, sum=total, sum_sq=sum_sq, den_sum=den, den_sum_sq=den_sq, sum_products=products)
+
+
+def _covariates(raw: Any, path: str, n: int, total: float, sum_sq: float) -> MultiSums:
+    """[regression] k covariates' sums: Σc and Σx·c (k numbers each), Σc·cᵀ (k rows of k)."""
+    item = _object(raw, path)
+    fields.known_keys(item, _COVARIATE_KEYS, path)
+    sums, products = (_numbers(fields.required(item, key, path), f"{path}.{key}") for key in _COVARIATE_KEYS[:2])
+    rows = fields.list_of(fields.required(item, "cross_products", path), f"{path}.cross_products")
+    cross = tuple(_numbers(row, f"{path}.cross_products[{i}]") for i, row in enumerate(rows))
+    k = len(sums)
+    if k == 0 or len(products) != k or len(cross) != k or any(len(row) != k for row in cross):
+        raise InputError(path, f"sum and sum_products need one number per covariate, cross_products {k} rows of {k}")
+    for i in range(k):
+        _cauchy_schwarz(n, sums[i], cross[i][i], f"{path}.cross_products[{i}][{i}]")
+        if any(abs(cross[i][j] - cross[j][i]) > _SLACK * (abs(cross[i][j]) + 1) for j in range(k)):
+            raise InputError(f"{path}.cross_products", "must be symmetric (Σc_i·c_j = Σc_j·c_i)")
+    return MultiSums(n=n, sum=total, sum_sq=sum_sq, cov_sum=sums, cov_products=products, cov_cross=cross)
+
+
+def _numbers(raw: Any, path: str) -> tuple[float, ...]:
+    return tuple(fields.number(x, f"{path}[{i}]") for i, x in enumerate(fields.list_of(raw, path)))
 
 
 def _cauchy_schwarz(n: int, total: float, sum_sq: float, path: str) -> None:

@@ -186,6 +186,9 @@ def analysis_schema() -> dict[str, Any]:
             "expected_units_per_arm": _int(10),
             "guardrails": {"type": "array", "items": guardrail},
             "ramp": {"type": "array", "items": _num(minimum=0, maximum=100, exclusive_min=True)},
+            "ramp_rest": _string(
+                description="balanced ramp: the variant serving the control's model outside the comparison"
+            ),
             "bandit": bandit,
             "multiple_exposures": _enum(model.MultipleExposures),
             "scale_down_losers": {"type": "boolean"},

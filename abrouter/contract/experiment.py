@@ -430,6 +430,7 @@ def _analysis(data: Any, path: str, metric_names: set[str]) -> AnalysisSettings:
         ),
         guardrails=guardrails,
         ramp=ramp,
+        ramp_rest=_optional_name(r.get("ramp_rest", None), r.at("ramp_rest")),
         bandit=bandit,
         multiple_exposures=fields.choice(
             r.get("multiple_exposures", d.multiple_exposures), r.at("multiple_exposures"), ("keep", "exclude")
@@ -496,7 +497,34 @@ def parse(data: Any) -> Experiment:
     )
     r.done()
     _cuped_ratios(metrics, experiment.covariate)  # [cuped]
+    _ramp_rest(experiment)
     return experiment
+
+
+def _optional_name(value: Any, path: str) -> str | None:
+    return None if value is None else fields.string(value, path)
+
+
+def _ramp_rest(experiment: Experiment) -> None:
+    """[balanced ramp] The rest variant serves the control's model, outside a ramp with room for an even split."""
+    a = experiment.analysis
+    if a.ramp_rest is None:
+        return
+    path, control = "analysis.ramp_rest", experiment.control
+    rest = next((v for v in experiment.variants[1:] if v.name == a.ramp_rest and not v.shadow), None)
+    if rest is None:
+        names = ", ".join(v.name for v in experiment.variants[1:] if not v.shadow)
+        raise ConfigError(path, f"must name a variant other than the control, got {a.ramp_rest!r}; known: {names}")
+    served = ("upstream", "grpc_upstream", "model")
+    if any(getattr(rest, f) != getattr(control, f) for f in served):
+        raise ConfigError(path, f"{rest.name} must serve the control's model: same upstream, grpc_upstream and model")
+    if not a.ramp or a.bandit.enabled or experiment.shadows:
+        raise ConfigError(path, "balances a ramp: needs analysis.ramp, and no bandit nor shadow variants")
+    k = sum(1 for v in experiment.variants[1:] if v is not rest and not v.shadow)
+    if k == 0 or a.ramp[-1] * (k + 1) / k > 100:
+        raise ConfigError(
+            path, f"the final ramp step {a.ramp[-1]:g}% leaves no room for a control of each candidate's share"
+        )
 
 
 #: Variants an experiment may have: a request id holds the variant's index in one byte.

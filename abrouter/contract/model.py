@@ -169,6 +169,14 @@ class AnalysisSettings:
     )
     #: Candidate weights (percent) the ramp steps through before promotion is allowed.
     ramp: tuple[float, ...] = (5.0, 25.0, 50.0)
+    #: [balanced ramp] A variant serving the control's model that takes the traffic
+    #: outside the comparison: each ramp step then gives the control the same share as
+    #: each candidate, and this variant the rest (GrowthBook's Safe Rollouts grow the
+    #: coverage at an even split; Eppo advises 5% and 5% with the rest excluded). It is
+    #: never compared, and as the shares grow the router's rendezvous hashing moves units
+    #: only out of it, never between the control and a candidate. None: the control takes
+    #: all the traffic the candidates do not (docs/statistics.md, "Balanced ramp").
+    ramp_rest: str | None = None
     bandit: Bandit = field(default_factory=Bandit)
     #: Units exposed to more than one variant (a ramp moves some users): "keep" analyses
     #: them intent-to-treat, in the variant of their first exposure (unbiased); "exclude"

@@ -45,6 +45,7 @@ def to_dict(e: Experiment) -> dict[str, Any]:
                 for g in a.guardrails
             ],
             "ramp": list(a.ramp),
+            **({"ramp_rest": a.ramp_rest} if a.ramp_rest is not None else {}),
             "bandit": {"enabled": a.bandit.enabled, "floor": a.bandit.floor, "min_units": a.bandit.min_units},
             "multiple_exposures": a.multiple_exposures,
             "scale_down_losers": a.scale_down_losers,

@@ -1,6 +1,7 @@
-"""The demo's live view: seven lines redrawn in place on a terminal (`rich`), printed every 3 s otherwise.
+"""The demo's live view: nine lines redrawn in place on a terminal (`rich`), printed every 3 s otherwise.
 
-Five lines for the main experiment (demo-recsys), two for the second (demo-ranker). It
+Five lines for the main experiment (demo-recsys), four for the second (demo-ranker), none
+wider than a terminal's 100 columns but for a long decision reason. It
 starts at the analyzer's first look, so every line has numbers. When the users get much
 less than the rate asked for, it says that the machine is busy: then every request and
 every decision is slower, and the cause is not the models.
@@ -50,7 +51,7 @@ def _rate(traffic: Traffic, rps: float) -> str:
 def lines(
     state: State, traffic: Traffic, elapsed: float, *, rps: float = 0.0, ranker: Traffic | None = None
 ) -> list[str]:
-    """The main experiment's five lines, then (with `ranker`, its users' traffic) the second's two."""
+    """The main experiment's five lines, then (with `ranker`, its users' traffic) the second's four."""
     look = state.track(experiments.MAIN).last or {}
     arms = ", ".join(
         f"{v['name']} {v['units']} units / {v.get('exposures', 0)} exposures" for v in look.get("variants", [])
@@ -73,8 +74,10 @@ def _second(track: Track, traffic: Traffic) -> list[str]:
     arms = ", ".join(f"{v['name']} {v['units']} units" for v in look.get("variants", []))
     return [
         f"        {experiments.RANKER}: {traffic.rate():5.0f} req/s  requests {traffic.requests} "
-        f"(failed {traffic.failed}); arms: {arms or '-'}; weights: {_weights(look)}; CTR lift: {_lift(look, ci=False)}",
-        f"        {experiments.RANKER} decision: {look.get('decision', {}).get('reason', '-')}",
+        f"(failed {traffic.failed})",
+        f"        arms: {arms or '-'}; weights: {_weights(look)}",
+        f"        CTR lift: {_lift(look, ci=False)}",
+        f"        decision: {look.get('decision', {}).get('reason', '-')}",
     ]
 
 

@@ -25,7 +25,7 @@ from abrouter.analysis.stats.compare import Running
 from abrouter.contract import experiment as spec
 from abrouter.contract import keys
 from abrouter.router import examples
-from abrouter.router.redis_server import free_port
+from abrouter.router.redis_server import RedisServer, free_port
 from tests import processes
 from tests.analysis.test_summary import EXAMPLE
 
@@ -288,6 +288,33 @@ def test_analyze_config_reads_redis_decides_applies_and_records(
         client.close()
 
 
+def test_a_borderline_promotion_stays_promoted_when_the_data_after_it_drifts(
+    tmp_path: Path, redis_url: str, experiment_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The history's promote entry keeps the promotion (tests/analysis/test_finished.py has the why)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        write_aggregates(client, experiment_name, control=(6000, 300), candidate=(6000, 370))
+        path = config_file(tmp_path, experiment_name, burn_in=0)
+        argv = ["analyze", "--config", str(path), "--redis-url", redis_url, "--json", "--apply"]
+        assert run(argv) == 0
+        (first,) = json_lines(capsys.readouterr().out)
+        assert first["decision"]["action"] == "promote", first["decision"]["reason"]
+        p = next(c["p_better_now"] for c in first["comparisons"] if c["metric"] == "conversion")
+        assert 0.01 < p < 0.05
+        # The control's returning users, now served the candidate, convert at its rate;
+        # intent-to-treat, their conversions still go to the control's epoch-1 sums.
+        write_aggregates(client, experiment_name, control=(6000, 330), candidate=(6000, 380))
+        assert run(argv) == 0
+        (second,) = json_lines(capsys.readouterr().out)
+        p = next(c["p_better_now"] for c in second["comparisons"] if c["metric"] == "conversion")
+        assert p > 0.05  # this look alone would no longer promote
+        assert second["decision"]["action"] == "promote", second["decision"]["reason"]
+        assert spec.load(path).weights == (0.0, 1.0)
+    finally:
+        client.close()
+
+
 async def test_the_sequential_p_is_a_running_minimum_over_the_history(
     redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path, redis_url: str
 ) -> None:
@@ -371,6 +398,25 @@ def test_unreachable_redis_is_exit_code_1(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert err.startswith("abrouter: error: cannot read experiment 'gone' from Redis")
     assert "secret" not in err and "user:***@127.0.0.1" in err
+
+
+@pytest.mark.parametrize("command", ["analyze", "report"])
+def test_a_redis_that_stops_answering_is_exit_code_1_not_a_hang(
+    command: str, tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_file(tmp_path, "paused")
+    process = redis_server._process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)  # connections are accepted by the kernel, nothing answers
+    try:
+        argv = [command, "--config", str(path), "--redis-url", redis_server.url, "--redis-timeout", "0.5"]
+        assert cli.main([*argv, "--out", str(tmp_path / "r.html")] if command == "report" else argv) == 1
+    finally:
+        process.send_signal(signal.SIGCONT)
+    err = capsys.readouterr().err
+    assert err.startswith("abrouter: error: cannot read experiment 'paused' from Redis"), err
+    assert "Timeout" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_bad_config_is_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -100,3 +100,22 @@ def test_the_html_report_has_a_shadow_section() -> None:
     result = look(e, [stratum("control", units=400), stratum("next~shadow", units=200)])
     page = html_report.render(e, result, [])
     assert '<section id="shadows">' in page and "<td>next</td><td>50%</td><td>200</td>" in page
+
+
+def test_the_html_report_says_which_requests_and_where_each_variant_is_served() -> None:
+    data: dict[str, Any] = {
+        "name": "e",
+        "unit": {"header": "U"},
+        "match": {"model": "recommender", "headers": {"x-tenant": "acme"}},
+        "variants": [
+            {"name": "control", "upstream": "http://a", "weight": 100, "model": "rec-v1", "grpc_upstream": "a:8001"},
+            {"name": "next", "upstream": "http://b", "weight": 0, "shadow": True, "shadow_percent": 50},
+        ],
+    }
+    e = spec.parse(data)
+    page = html_report.render(e, look(e, [stratum("control", units=400)]), [])
+    assert "Requests: those with model &#x27;recommender&#x27;, header x-tenant: &#x27;acme&#x27;." in page
+    assert "<b>control</b> (control): http://a, gRPC a:8001, model &#x27;rec-v1&#x27;, weight 100" in page
+    assert "<b>next</b> (shadow of 50% of units): http://b, weight 0" in page
+    everything = spec.parse({**data, "match": {}})
+    assert "every request the router receives" in html_report.render(everything, look(everything, []), [])

@@ -237,6 +237,8 @@ def test_each_experiment_keeps_the_decision_that_ended_it_and_the_view_shows_bot
     assert ranker.final() == "rollback: significant harm"
     assert state.track(experiments.MAIN).final() == "none: no look completed"
     view = progress.lines(state, population.Traffic(), 1.0, ranker=population.Traffic(requests=5))
-    assert len(view) == 7
+    assert len(view) == 9
     assert view[5].lstrip().startswith(f"{experiments.RANKER}:") and "requests 5" in view[5]
-    assert view[6].endswith("decision: stop: no candidate receives traffic")
+    assert view[6].lstrip().startswith("arms: -; weights: control 100%, candidate 0%")
+    assert view[8].endswith("decision: stop: no candidate receives traffic")
+    assert max(len(line) for line in view) <= 100

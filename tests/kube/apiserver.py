@@ -22,9 +22,11 @@ bumped only when ``spec`` changes; a write whose body carries a stale
 ``application/merge-patch+json`` (415 for strategic merge, which CRs do not support);
 a list carries ``metadata.resourceVersion`` and follows a ``labelSelector`` (equality- and
 set-based; 400 when it does not parse); ``?watch=true&resourceVersion=N`` streams
-newline-delimited JSON events after N, and a too-old N is an ERROR event holding a 410
-Status inside a 200 stream; 401 without or with a wrong bearer token; 403 for a verb
-the configured role lacks; 404 for unknown objects. Every error body is a ``kind: Status``.
+newline-delimited JSON events after N (with a ``labelSelector``, an object that leaves the
+selection is DELETED and one that enters it ADDED, as the watch cache sends them), and a
+too-old N is an ERROR event holding a 410 Status inside a 200 stream; 401 without or with
+a wrong bearer token; 403 for a verb the configured role lacks; 404 for unknown objects.
+Every error body is a ``kind: Status``.
 
 It runs on its own event loop in a thread, so a test may call the synchronous client
 directly. Hooks: `down`/`up` (the port refuses connections), `end_watches`, `fail_next_watch_with_410`,
@@ -61,6 +63,7 @@ from tests.kube.apistore import (
     merge_patch,
     name_of,
     qualified_kind,
+    selects,
     status_body,
     user_metadata,
 )
@@ -427,6 +430,8 @@ class KubeApiServer(Store):
         return await _json(request)
 
     async def _watch(self, request: web.Request, resource: str, ns: str) -> web.StreamResponse:
+        watcher = Watcher(resource, ns, selector=request.query.get("labelSelector", ""))
+        selects(watcher.selector, {})  # a selector that does not parse is a 400 before the stream starts
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         since_text = request.query.get("resourceVersion", "")
@@ -436,14 +441,18 @@ class KubeApiServer(Store):
             message = f"too old resource version: {since} ({self.oldest})"
             await _send(response, {"type": "ERROR", "object": status_body(410, "Expired", message)})
             return response
-        watcher = Watcher(resource, ns)
         if since:
-            backlog = [
-                {"type": t, "object": o} for rv, t, k, o in self.history if rv > since and k[:2] == (resource, ns)
-            ]
+            seen = (
+                (watcher.sees(t, before, o), o)
+                for rv, t, k, before, o in self.history
+                if rv > since and k[:2] == (resource, ns)
+            )
+            backlog = [{"type": t, "object": o} for t, o in seen if t]
         else:  # no resourceVersion: the current state as ADDED events first
             backlog = [
-                {"type": "ADDED", "object": o} for (r, n, _), o in self.objects.items() if (r, n) == (resource, ns)
+                {"type": "ADDED", "object": o}
+                for (r, n, _), o in self.objects.items()
+                if (r, n) == (resource, ns) and watcher.sees("ADDED", None, o)
             ]
         for event in backlog:
             watcher.queue.put_nowait(event)

@@ -56,14 +56,25 @@ class Watcher:
     resource: str
     namespace: str
     queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    #: The watch's labelSelector: it sees an object leave the selection as DELETED and
+    #: enter it as ADDED, as the API server's watch cache does.
+    selector: str = ""
+
+    def sees(self, kind: str, before: dict[str, str] | None, obj: dict[str, Any]) -> str | None:
+        """The event type this watch sees for a change (`before`: the labels before it), or None."""
+        now = selects(self.selector, labels_of(obj))
+        was = before is not None and selects(self.selector, before)
+        if kind == "MODIFIED" and was != now:
+            return "ADDED" if now else "DELETED"
+        return kind if now or (kind == "MODIFIED" and was) else None
 
 
 class Store:
     def __init__(self) -> None:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.rv = 100
-        #: (resourceVersion, event type, key, object) of every change, oldest first.
-        self.history: list[tuple[int, str, Key, dict[str, Any]]] = []
+        #: (resourceVersion, event type, key, labels before, object) of every change, oldest first.
+        self.history: list[tuple[int, str, Key, dict[str, str] | None, dict[str, Any]]] = []
         #: A watch from a resourceVersion below this one is 410 Gone.
         self.oldest = self.rv
         self._watchers: list[Watcher] = []
@@ -90,16 +101,17 @@ class Store:
             for k in ("uid", "creationTimestamp"):
                 meta[k] = old["metadata"][k]
             meta["generation"] = old["metadata"]["generation"] + (1 if spec_changed else 0)
+        before = None if old is None else labels_of(old)
         self.objects[key] = new
-        self._publish("ADDED" if old is None else "MODIFIED", key, new)
+        self._publish("ADDED" if old is None else "MODIFIED", key, new, before)
         return copy.deepcopy(new)
 
-    def _publish(self, kind: str, key: Key, obj: dict[str, Any]) -> None:
+    def _publish(self, kind: str, key: Key, obj: dict[str, Any], before: dict[str, str] | None = None) -> None:
         snapshot = copy.deepcopy(obj)
-        self.history.append((self.rv, kind, key, snapshot))
+        self.history.append((self.rv, kind, key, before, snapshot))
         for w in self._watchers:
-            if (w.resource, w.namespace) == key[:2]:
-                w.queue.put_nowait({"type": kind, "object": snapshot})
+            if (w.resource, w.namespace) == key[:2] and (seen := w.sees(kind, before, snapshot)):
+                w.queue.put_nowait({"type": seen, "object": snapshot})
 
     def _existing(self, key: Key) -> dict[str, Any]:
         obj = self.objects.get(key)
@@ -130,7 +142,7 @@ class Store:
         items = [
             o
             for (r, n, _), o in sorted(self.objects.items())
-            if (r, n) == (resource, ns) and selects(selector, (o.get("metadata") or {}).get("labels") or {})
+            if (r, n) == (resource, ns) and selects(selector, labels_of(o))
         ]
         return {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": str(self.rv)}, "items": items}
 
@@ -160,6 +172,10 @@ def selects(selector: str, labels: dict[str, str]) -> bool:
         if not ok:
             return False
     return True
+
+
+def labels_of(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
 
 
 def name_of(body: dict[str, Any]) -> str:

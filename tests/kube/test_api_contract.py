@@ -272,6 +272,37 @@ def test_a_label_selector_lists_only_the_experiments_it_matches(target: Target) 
     assert {o["metadata"]["name"] for o in items} >= {picked["metadata"]["name"], other["metadata"]["name"]}
 
 
+def test_a_watch_with_a_label_selector_sees_objects_enter_and_leave_the_selection(target: Target) -> None:
+    team = f"t{secrets.token_hex(3)}"
+    obj = target.create()
+    ref = target.ref(obj)
+    _, listed = target.client.list_experiments(target.namespace, selector=f"team={team}")
+
+    def label(value: str) -> None:
+        target.client.custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            target.namespace,
+            PLURAL,
+            ref.name,
+            {"metadata": {"labels": {"team": value}}},
+            _content_type="application/merge-patch+json",
+        )
+
+    label(team)  # enters the selection
+    target.client.patch_status(ref, {"phase": "Running"})  # stays in it
+    label(f"{team}-other")  # leaves it
+    target.client.patch_status(ref, {"phase": "Ramping"})  # outside: not seen
+    label(team)  # back in
+    seen: list[tuple[str, str | None]] = []
+    for kind, o in target.client.watch(target.namespace, listed, timeout_s=2, selector=f"team={team}"):
+        assert o["metadata"]["name"] == ref.name, "an object the selector never picked was seen"
+        seen.append((kind, o.get("status", {}).get("phase")))
+        if len(seen) == 4:
+            target.client.stop_watch()
+    assert seen == [("ADDED", None), ("MODIFIED", "Running"), ("DELETED", "Running"), ("ADDED", "Ramping")]
+
+
 def test_a_lease_is_created_once_and_replaced_only_from_its_resource_version(target: Target) -> None:
     name = f"contract-{secrets.token_hex(4)}"
     assert target.client.get_lease(target.namespace, name) is None

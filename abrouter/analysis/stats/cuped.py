@@ -61,7 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from abrouter.analysis.stats import estimate
+from abrouter.analysis.stats import estimate, regression
 from abrouter.analysis.stats.sample import Sample
 
 Array = np.ndarray
@@ -249,6 +249,8 @@ def adjust_strata(controls: Sequence[Sample], candidates: Sequence[Sample], *, k
     linearised values (the module docstring).
     """
     sized = [(c, t) for c, t in zip(controls, candidates) if _sized(c, t)]
+    if sized and all(c.covariates is not None and t.covariates is not None for c, t in sized):
+        return _by_regression(controls, candidates, kind=kind)  # [regression] several covariates
     if not sized or not all(c.has_covariate and t.has_covariate for c, t in sized):
         return None
     if not any(float(_centred(Sums.of(c), "cc") + _centred(Sums.of(t), "cc")) > 0 for c, t in sized):
@@ -268,6 +270,34 @@ def adjust_strata(controls: Sequence[Sample], candidates: Sequence[Sample], *, k
         out_c.append(yc)
         out_t.append(yt)
         thetas.append(th)
+    return Adjustment(tuple(out_c), tuple(out_t), tuple(thetas), floors)
+
+
+def _by_regression(controls: Sequence[Sample], candidates: Sequence[Sample], *, kind: str) -> Adjustment | None:
+    """[regression] Every stratum adjusted by its k covariates (`regression`), as `adjust_strata` does by one.
+
+    A stratum the regression cannot fit (too small, collinear covariates) passes through
+    unadjusted; None when none could be fitted. `thetas` holds each stratum's first slope.
+    """
+    out_c, out_t, thetas, floors = [], [], [], {}
+    plain, floored = estimate.arm_variance(kind), estimate.floored_variance(kind)
+    for c, t in zip(controls, candidates):
+        fit = regression.adjust(c.covariates, t.covariates) if c.covariates and t.covariates else None
+        if fit is None or not _sized(c, t):
+            out_c.append(_passed_through(c))
+            out_t.append(_passed_through(t))
+            thetas.append(0.0)
+            continue
+        assert c.covariates is not None and t.covariates is not None  # `fit` needs them
+        fitted = regression.samples_of(c.covariates, t.covariates, fit)
+        if kind == "binary":
+            for raw, adjusted in zip((c, t), fitted):
+                floors[id(adjusted)] = max(floored(raw) - plain(raw), 0.0)
+        out_c.append(fitted[0])
+        out_t.append(fitted[1])
+        thetas.append(fit.theta[0])
+    if not any(th for th in thetas):
+        return None
     return Adjustment(tuple(out_c), tuple(out_t), tuple(thetas), floors)
 
 

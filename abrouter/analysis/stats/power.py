@@ -80,7 +80,13 @@ class Rollout:
 
 
 def rollout(
-    plan: Plan, *, ramp: tuple[float, ...], min_units_per_arm: int, burn_in_s: float, traffic: float | None
+    plan: Plan,
+    *,
+    ramp: tuple[float, ...],
+    min_units_per_arm: int,
+    burn_in_s: float,
+    traffic: float | None,
+    balanced: bool = False,
 ) -> Rollout:
     """The users the plan's n takes with the analyzer's ramp and burn-in (issue 18, finding 2).
 
@@ -93,12 +99,18 @@ def rollout(
     canary phase lasts until both are done: max(ramp users, `traffic` × `burn_in_s`).
     Without a ramp the burn-in only delays the promotion (its data counts). `ramp` in
     percent; () is the even split. `traffic` is in users per day.
+
+    `balanced` (`analysis.ramp_rest`): at step s the control, like each candidate, has s/k
+    and the rest variant what is left, outside the comparison; the final step then needs
+    n·k/f users (n/f·k per arm of f/k), more than the unbalanced split's when f < k/(k+1)
+    (the rest's users are not counted), the same at the default final step of 50% with one
+    candidate. Each earlier step needs min_units·k/s.
     """
     k = plan.variants - 1
     final = ramp[-1] / 100 if ramp else k / plan.variants
-    a, b = 1 - final, final / k
+    a, b = (final / k if balanced and ramp else 1 - final), final / k
     final_units = math.ceil(plan.units_per_arm * (a + b) / (2 * a * b))
-    ramp_units = sum(math.ceil(min_units_per_arm / min(1 - s / 100, s / 100 / k)) for s in ramp[:-1])
+    ramp_units = sum(math.ceil(min_units_per_arm / _smallest_arm(s / 100, k, balanced)) for s in ramp[:-1])
     burn_in = math.ceil(traffic * burn_in_s / 86400) if traffic else None
     if not ramp:
         total: int | None = final_units
@@ -108,6 +120,11 @@ def rollout(
         total = ramp_units + final_units if burn_in_s <= 0 else None
     days = max(total / traffic, burn_in_s / 86400) if traffic and total is not None else None
     return Rollout(ramp_units=ramp_units, burn_in_units=burn_in, final_units=final_units, total_units=total, days=days)
+
+
+def _smallest_arm(share: float, k: int, balanced: bool) -> float:
+    """The smallest compared arm's share at a step where the k candidates have `share` in all."""
+    return share / k if balanced else min(1 - share, share / k)
 
 
 def _validate(baseline: float, target: float, power: float, alpha: float, variants: int) -> None:

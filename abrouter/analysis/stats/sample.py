@@ -16,10 +16,12 @@ Two shapes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from abrouter.analysis.stats.multisums import MultiSums
 
 _RATIO_FIELDS = ("den_sum", "den_sum_sq", "sum_products")
 _COVARIATE_FIELDS = ("cov_sum", "cov_sum_sq", "cov_products")  # [cuped]
@@ -49,6 +51,9 @@ class Sample:
     cov_products: float | None = None
     #: [cuped] Ratio metrics with a covariate: Σ y_u c_u of the denominator (None otherwise).
     den_cov_products: float | None = None
+    #: [regression] Several pre-exposure covariates' sums (`regression`, from a summary
+    #: export; mean metrics only). None: none; the single covariate above is the router's.
+    covariates: MultiSums | None = None
 
     def __post_init__(self) -> None:
         # Negative counts or half-given ratio sums are bugs upstream, not bad luck.
@@ -63,6 +68,8 @@ class Sample:
         given = [getattr(self, name) is not None for name in names]
         if (any(given) and not all(given)) or (not self.is_ratio and self.den_cov_products is not None):
             raise ValueError(f"covariate: {', '.join(names)} go together")
+        if self.covariates is not None and (self.is_ratio or self.covariates.n != self.n):
+            raise ValueError("covariates: mean metrics only, over the sample's n units")
 
     @classmethod
     def from_values(cls, values: ArrayLike, covariate: ArrayLike | None = None) -> Sample:
@@ -137,6 +144,7 @@ class Sample:
             cov_sum_sq=_add(self.cov_sum_sq, other.cov_sum_sq),
             cov_products=_add(self.cov_products, other.cov_products),
             den_cov_products=_add(self.den_cov_products, other.den_cov_products),
+            covariates=self.covariates + other.covariates if self.covariates and other.covariates else None,
         )
 
     def __radd__(self, other: object) -> Sample:
@@ -215,7 +223,8 @@ class Sample:
 
     def to_dict(self) -> dict[str, float]:
         """The given fields, by name (None fields left out)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return out | ({"covariates": asdict(self.covariates)} if self.covariates is not None else {})
 
 
 def _add(a: float | None, b: float | None) -> float | None:
