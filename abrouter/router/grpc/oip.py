@@ -11,6 +11,8 @@ headers to read. A message that is not valid protobuf reads as having no name.
 
 from __future__ import annotations
 
+#: The OIP v2 method whose every request message is a ModelInferRequest (Triton's streaming inference).
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 #: The OIP v2 methods whose request is a ModelInferRequest.
 INFER_METHODS = frozenset(
     {"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"}
@@ -106,3 +108,26 @@ def with_model_name(message: bytes, name: str) -> bytes:
             kept = end
     parts.append(message[kept:])
     return b"".join(parts)
+
+
+def renamed(message: bytes, old: str, new: str) -> bytes:
+    """`message` with its `model_name` `new` where it is `old` (a later message of a renamed stream); else as it is."""
+    return with_model_name(message, new) if model_name(message) == old else message
+
+
+def message_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole gRPC length-prefixed messages at the start of `data` as (compressed flag, message), and the rest."""
+    out: list[tuple[int, bytes]] = []
+    at = 0
+    while len(data) - at >= 5:
+        end = at + 5 + int.from_bytes(data[at + 1 : at + 5], "big")
+        if end > len(data):
+            break
+        out.append((data[at], data[at + 5 : end]))
+        at = end
+    return out, data[at:]
+
+
+def framed(flag: int, message: bytes) -> bytes:
+    """A gRPC length-prefixed message."""
+    return bytes([flag]) + len(message).to_bytes(4, "big") + message

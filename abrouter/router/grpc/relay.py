@@ -63,7 +63,9 @@ class Call:
 
     __slots__ = (
         "collecting",
+        "cut",
         "deadline",
+        "debt",
         "done",
         "down",
         "ex",
@@ -72,6 +74,7 @@ class Call:
         "loop",
         "method",
         "peer",
+        "rename",
         "request_ended",
         "router",
         "stream",
@@ -101,6 +104,11 @@ class Call:
         self.timeout: float | None = None
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        #: A renamed ModelStreamInfer: (the name matched, the variant's), the partial message
+        #: held, and the bytes more we sent upstream than the caller sent us (credited less).
+        self.rename: tuple[str, str] | None = None
+        self.cut = b""
+        self.debt = 0
 
     # --- the caller's side ---
 
@@ -137,6 +145,8 @@ class Call:
         if self.done:
             self.down.consumed(self.stream, len(payload))  # the call ended: dropped
             return
+        if self.rename is not None:
+            payload = self._renamed(payload)
         up_stream = self.up_stream
         if up_stream is not None:
             assert self.up is not None
@@ -164,7 +174,11 @@ class Call:
             return
         if ex.body is not None and first is not None:  # the variant's own model name
             rest = b"".join(self.waiting or [])[5 + len(first) :]
-            self.waiting = [b"\x00" + len(ex.body).to_bytes(4, "big") + ex.body + rest]
+            self.debt = len(ex.body) - len(first)
+            if self.method == oip.STREAM_INFER and name and ex.variant.model:
+                self.rename = (name, ex.variant.model)
+                rest = self._renamed(rest)
+            self.waiting = [oip.framed(0, ex.body), rest]
         address = ex.variant.grpc_upstream
         if address is None:
             self._fail_upstream(UpstreamUnavailable(f"variant {ex.variant.name!r} has no grpc_upstream"))
@@ -278,8 +292,30 @@ class Call:
         if stream is self.stream:  # response data reached the caller's transport: the upstream may send more
             if self.up is not None and self.up_stream is not None:
                 self.up.consumed(self.up_stream, size)
-        else:
+            return
+        if self.debt > 0:  # a renamed message was longer than the caller's: not the caller's bytes
+            paid = min(self.debt, size)
+            self.debt -= paid
+            size -= paid
+        self._credit_caller(size)
+
+    def _credit_caller(self, size: int) -> None:
+        if self.debt < 0:  # renamed messages were shorter than the caller's: its bytes left anyway
+            size -= self.debt
+            self.debt = 0
+        if size:
             self.down.consumed(self.stream, size)
+
+    def _renamed(self, payload: bytes) -> bytes:
+        """The caller's data with every whole message renamed (a renamed ModelStreamInfer); a partial one is held."""
+        assert self.rename is not None
+        old, new = self.rename
+        messages, self.cut = oip.message_frames(self.cut + payload if self.cut else payload)
+        out = b"".join(oip.framed(flag, oip.renamed(m, old, new) if not flag else m) for flag, m in messages)
+        self.debt += len(out) - len(payload)  # what the caller sent is credited as what went upstream goes out
+        if self.debt < 0:
+            self._credit_caller(0)
+        return out
 
     # --- endings ---
 

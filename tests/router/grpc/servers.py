@@ -59,7 +59,9 @@ class EchoServer:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> EchoServer:
-        self.server = grpc.aio.server()
+        # Metadata up to 1 MiB (gRPC's default is 16 KiB): the tests send header blocks beyond one HTTP/2 frame.
+        big = [("grpc.max_metadata_size", 1 << 20), ("grpc.absolute_max_metadata_size", 1 << 20)]
+        self.server = grpc.aio.server(options=big)
         self.server.add_generic_rpc_handlers((_EchoHandler(self),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
@@ -195,6 +197,10 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             ],
             raw_output_contents=[out.tobytes()],
         )
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield service_pb2.ModelStreamInferResponse(infer_response=await self.ModelInfer(request, context))
 
 
 class OipServer:
