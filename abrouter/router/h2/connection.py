@@ -143,6 +143,7 @@ class H2Connection(asyncio.Protocol):
         for stream in streams:
             if stream.handler is not None:
                 stream.handler.reset(stream, frames.CANCEL)
+                stream.handler = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -261,9 +262,11 @@ class H2Connection(asyncio.Protocol):
             self.consumed(stream, size - len(body))  # padding: nobody needs to pass it on
         end = bool(flags & frames.END_STREAM)
         if end:
-            self._remote_closed(stream)
+            stream.remote_closed = True
         if stream.handler is not None and (body or end):
             stream.handler.data(stream, body, end)
+        if end:
+            self._remote_closed(stream)
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -304,9 +307,11 @@ class H2Connection(asyncio.Protocol):
         if stream.remote_closed:
             return
         if end:
-            self._remote_closed(stream)
+            stream.remote_closed = True
         if stream.handler is not None:
             stream.handler.headers(stream, fields, end)
+        if end:
+            self._remote_closed(stream)
 
     def _peer_streams(self) -> int:
         return len(self.streams) if not self.CLIENT else 0
@@ -333,6 +338,7 @@ class H2Connection(asyncio.Protocol):
         stream.local_closed = stream.remote_closed = True
         if stream.handler is not None:
             stream.handler.reset(stream, code)
+            stream.handler = None  # the handler holds the stream: no cycle left for the collector
         self.stream_closed(stream)
 
     def _settings(self, values: list[tuple[int, int]]) -> None:
@@ -517,6 +523,7 @@ class H2Connection(asyncio.Protocol):
         if self.streams.pop(stream.id, None) is not None:
             self._blocked.discard(stream)
             self.stream_closed(stream)
+            stream.handler = None  # the handler holds the stream: no cycle left for the collector
             if (self.going_away or self.peer_went_away) and not self.streams:
                 self.close()
 

@@ -527,38 +527,38 @@ class Decoder:
 class Encoder:
     """Header lists to blocks, without indexing (see the module docstring)."""
 
-    __slots__ = ("_names",)
+    __slots__ = ("_fields",)
 
     def __init__(self) -> None:
-        self._names: dict[str, bytes] = {}
+        #: Each field's representation as it was written last (most repeat from call to call).
+        self._fields: dict[tuple[str, str], bytes] = {}
 
     def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
-        parts: list[bytes] = []
-        names = self._names
+        fields = self._fields
+        parts = []
         for field in headers:
-            index = _STATIC_FIELDS.get(field)
-            if index is not None:
-                parts.append(encode_integer(index, 7, 0x80))
-                continue
-            name, value = field
-            head = names.get(name)
-            if head is None:
-                head = self._name(name)
-            raw = value.encode("latin-1")
-            parts.append(head)
-            parts.append(encode_integer(len(raw), 7, 0))
+            raw = fields.get(field)
+            if raw is None:
+                raw = self._field(field)
             parts.append(raw)
         return b"".join(parts)
 
-    def _name(self, name: str) -> bytes:
-        """A literal field's first bytes up to its value: the static table's index of the name, or the name."""
-        index = _STATIC_NAMES.get(name)
+    def _field(self, field: tuple[str, str]) -> bytes:
+        """A field whole from the static table, else a literal (the name by its static index if it has one)."""
+        index = _STATIC_FIELDS.get(field)
         if index is not None:
-            head = encode_integer(index, 4, 0)
+            raw = encode_integer(index, 7, 0x80)
         else:
-            raw = name.encode("latin-1")
-            head = b"\x00" + encode_integer(len(raw), 7, 0) + raw
-        if len(self._names) >= _CACHE_LIMIT:
-            self._names.clear()
-        self._names[name] = head
-        return head
+            name, value = field
+            index = _STATIC_NAMES.get(name)
+            if index is not None:
+                head = encode_integer(index, 4, 0)
+            else:
+                encoded = name.encode("latin-1")
+                head = b"\x00" + encode_integer(len(encoded), 7, 0) + encoded
+            encoded = value.encode("latin-1")
+            raw = head + encode_integer(len(encoded), 7, 0) + encoded
+        if len(self._fields) >= _CACHE_LIMIT:
+            self._fields.clear()
+        self._fields[field] = raw
+        return raw
