@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from abrouter.router.connections import ConnectionClock
 from abrouter.router.grpc import relay
 from abrouter.router.grpc.h2upstream import Pools
+from abrouter.router.h2 import frames
 from abrouter.router.h2.connection import Fields, H2Connection, Stream
 from abrouter.router.state import Router
 
@@ -66,7 +67,7 @@ class GrpcConnection(H2Connection):
             super().data_received(data)
         except Exception:
             log.exception("bug in the gRPC listener; the connection is closed")
-            self.fail(2, "internal error")  # INTERNAL_ERROR
+            self.fail(frames.INTERNAL_ERROR, "internal error")
 
     def preface_received(self) -> None:
         self.clock.settled(self.loop.time())

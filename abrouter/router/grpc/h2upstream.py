@@ -17,6 +17,7 @@ import contextlib
 import logging
 
 from abrouter.router.grpc.relay import Call
+from abrouter.router.h2 import frames
 from abrouter.router.h2.connection import H2Connection
 
 log = logging.getLogger("abrouter.grpc")
@@ -43,6 +44,13 @@ class UpstreamConnection(H2Connection):
         self.pool.lost(self)
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        try:
+            super().data_received(data)
+        except Exception:
+            log.exception("bug in the gRPC upstream client; the connection to %s is closed", self.pool.address)
+            self.fail(frames.INTERNAL_ERROR, "internal error")
+
     def peer_goaway(self, last: int, code: int) -> None:
         self.pool.lost(self)
 
@@ -61,6 +69,8 @@ class Pool:
     def open(self, call: Call, *, connect_s: float) -> None:
         best: UpstreamConnection | None = None
         for conn in self.connections:
+            if not conn.usable:
+                continue
             if conn.has_room:
                 call.opened(conn, conn.open_stream(call))
                 return
