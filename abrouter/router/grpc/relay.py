@@ -74,6 +74,7 @@ class Call:
         "loop",
         "method",
         "peer",
+        "reads",
         "rename",
         "request_ended",
         "router",
@@ -98,6 +99,8 @@ class Call:
         #: Request data held until the upstream stream is open (None once it is).
         self.waiting: list[bytes] | None = []
         self.collecting = False
+        #: An inference call while some experiment matches or renames models: its first message is read.
+        self.reads = False
         self.request_ended = False
         self.head_sent = False
         self.done = False
@@ -134,7 +137,8 @@ class Call:
             self.down.send_headers(self.stream, [(":status", "415")], end_stream=True)
             return
         self.request_ended = end_stream
-        if self.method in oip.INFER_METHODS and not end_stream:
+        self.reads = self.method in oip.INFER_METHODS and self.router.lanes.gateway.reads_models
+        if self.reads and not end_stream:
             self.collecting = True  # its first message names the model
             return
         self._start()
@@ -161,7 +165,7 @@ class Call:
 
     def _start(self) -> None:
         """Assign the call (its first message read, for an inference call) and open the upstream stream."""
-        first = _first_message(self.waiting or []) if self.method in oip.INFER_METHODS else None
+        first = _first_message(self.waiting or []) if self.reads else None
         name = oip.model_name(first) if first is not None else None
         at = ModelAt(name, "message", 0, 0) if name else None
         headers = [(k, v) for k, v in self.fields if k[:1] != ":" and not k.endswith("-bin")]
