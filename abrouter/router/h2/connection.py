@@ -296,7 +296,7 @@ class H2Connection(asyncio.Protocol):
             if self.CLIENT or stream_id <= self.last_peer_stream or not stream_id & 1:
                 return  # a stream that ended (or was never ours): nothing listens
             self.last_peer_stream = stream_id
-            if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
+            if self.going_away or len(self.streams) >= self.MAX_STREAMS:
                 self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
                 return
             stream = self.streams[stream_id] = Stream(self, stream_id, None)
@@ -312,9 +312,6 @@ class H2Connection(asyncio.Protocol):
             stream.handler.headers(stream, fields, end)
         if end:
             self._remote_closed(stream)
-
-    def _peer_streams(self) -> int:
-        return len(self.streams) if not self.CLIENT else 0
 
     def _window_update(self, stream_id: int, increment: int) -> None:
         if stream_id == 0:

@@ -351,6 +351,9 @@ _LENGTHS = tuple(sorted({length for _, length in HUFFMAN_CODES}))
 _HUFFMAN_DECODE = {(length, code): symbol for symbol, (code, length) in enumerate(HUFFMAN_CODES)}
 _STATIC_FIELDS = {field: index for index, field in reversed(list(enumerate(STATIC_TABLE, 1)))}
 _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
+#: The most a decoded header list may hold (RFC 9113 §6.5.2's size: names, values, 32 each).
+#: A small block can stand for much more (the same table entry indexed again and again).
+MAX_LIST_SIZE = 256 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
 
@@ -450,25 +453,29 @@ class Decoder:
         """The header list of one whole block (HEADERS and its CONTINUATIONs). Raises `HpackError`."""
         out: list[tuple[str, str]] = []
         at, end = 0, len(block)
+        budget = MAX_LIST_SIZE
         try:
             while at < end:
                 byte = block[at]
                 if byte & 0x80:  # indexed field
                     index, at = _integer(block, at, 7)
-                    out.append(self._field(index))
+                    field = self._field(index)
                 elif byte & 0x40:  # literal with incremental indexing
                     field, at = self._literal(block, at, 6)
                     self._add(field)
-                    out.append(field)
                 elif byte & 0x20:  # dynamic table size update
                     size, at = _integer(block, at, 5)
                     if size > self.max_size:
                         raise HpackError(f"table size update to {size} beyond the {self.max_size} allowed")
                     self.limit = size
                     self._evict(size)
+                    continue
                 else:  # literal without indexing (0x00) or never indexed (0x10)
                     field, at = self._literal(block, at, 4)
-                    out.append(field)
+                budget -= len(field[0]) + len(field[1]) + 32
+                if budget < 0:
+                    raise HpackError(f"a header list beyond {MAX_LIST_SIZE} bytes")
+                out.append(field)
         except IndexError:
             raise HpackError("header block truncated") from None
         return out

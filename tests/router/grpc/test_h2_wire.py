@@ -19,7 +19,7 @@ import pytest
 from abrouter.router.grpc import h2server
 from abrouter.router.h2 import frames
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
-from tests.router.grpc.servers import EchoServer
+from tests.router.grpc.servers import EchoServer, ResettingServer
 
 pytestmark = pytest.mark.parametrize("grpc_server", ["own"])
 
@@ -242,3 +242,49 @@ async def test_grpc_connections_count_in_the_connection_metrics(
             break
         await asyncio.sleep(0.02)
     assert await open_now() == before
+
+
+async def test_an_upstream_that_resets_the_call_before_answering_is_unavailable_naming_the_variant(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    resetting = await ResettingServer().start()
+    try:
+        r = await make_grpc_router(
+            {"control": echo_servers["control"].address, "candidate": resetting.address},
+            {"control": 0, "candidate": 100},
+        )
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Echo/Unary")(b"x", metadata=(("x-user-id", "u"),), timeout=10)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert err.value.details() == "variant 'candidate': upstream unavailable"
+        assert dict(err.value.initial_metadata() or ())["x-ab-variant"] == "candidate"
+        assert resetting.resets == 1
+        assert r.router.metrics.errors[(r.spec["name"], "candidate", "unavailable")] == 1
+    finally:
+        await resetting.stop()
+
+
+async def test_an_upstream_that_resets_the_call_mid_answer_cuts_the_callers_and_is_an_error_of_the_variant(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    resetting = await ResettingServer(after_head=True).start()
+    try:
+        r = await make_grpc_router(
+            {"control": echo_servers["control"].address, "candidate": resetting.address},
+            {"control": 0, "candidate": 100},
+        )
+        async with r.channel() as channel:
+            call = channel.unary_stream("/test.Echo/ServerStream")(b"3", metadata=(("x-user-id", "u"),), timeout=10)
+            assert dict(await call.initial_metadata())["x-ab-variant"] == "candidate"
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                while await call.read() is not grpc.aio.EOF:  # the first message may come first, or not
+                    pass
+        assert err.value.code() is grpc.StatusCode.INTERNAL  # never an OK: the answer was cut
+        for _ in range(500):
+            if r.router.metrics.errors.get((r.spec["name"], "candidate", "stream_aborted")):
+                break
+            await asyncio.sleep(0.02)
+        assert r.router.metrics.errors[(r.spec["name"], "candidate", "stream_aborted")] == 1
+    finally:
+        await resetting.stop()

@@ -134,3 +134,13 @@ def test_integers_on_every_prefix_round_trip() -> None:
         for value in (0, 1, (1 << prefix) - 2, (1 << prefix) - 1, 1 << prefix, 127, 128, 300, 2**20):
             encoded = hpack.encode_integer(value, prefix, 0)
             assert hpack._integer(encoded, 0, prefix) == (value, len(encoded))
+
+
+def test_a_small_block_that_stands_for_a_huge_header_list_is_refused() -> None:
+    """The same 4 KiB table entry indexed again and again: 4 bytes of block per 4 KiB of headers."""
+    decoder = hpack.Decoder()
+    entry = reference.Encoder().encode([("x-big", "v" * 4000)])  # a literal with incremental indexing
+    decoder.decode(entry)
+    assert decoder.decode(b"\xbe" * 10) == [("x-big", "v" * 4000)] * 10  # dynamic index 62, ten times: fine
+    with pytest.raises(hpack.HpackError, match="header list beyond"):
+        decoder.decode(b"\xbe" * 100)  # 400 KiB
