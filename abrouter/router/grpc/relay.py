@@ -48,6 +48,9 @@ log = logging.getLogger("abrouter.grpc")
 
 #: A cancel this close to the deadline is the deadline's (the caller's clock fired first).
 SLACK_S = 0.05
+#: The most of an inference call's first message held to read its model name: a larger
+#: message (a big tensor) is read from its first bytes, where serialisers write the name.
+NAME_PREFIX = 64 * 1024
 _TIMED_OUT = "the call's deadline passed before the upstream finished"
 
 
@@ -71,6 +74,7 @@ class Call:
         "ex",
         "fields",
         "head_sent",
+        "held",
         "loop",
         "method",
         "peer",
@@ -99,6 +103,7 @@ class Call:
         #: Request data held until the upstream stream is open (None once it is).
         self.waiting: list[bytes] | None = []
         self.collecting = False
+        self.held = 0
         #: An inference call while some experiment matches or renames models: its first message is read.
         self.reads = False
         self.request_ended = False
@@ -140,6 +145,9 @@ class Call:
         self.reads = self.method in oip.INFER_METHODS and self.router.lanes.gateway.reads_models
         if self.reads and not end_stream:
             self.collecting = True  # its first message names the model
+            # A caller that never sends it is cut (no exposure, no error): its deadline, or the body deadline.
+            wait = self.timeout if self.timeout is not None else self.router.guard.limits.body_idle_s
+            self.timer = self.loop.call_later(wait, self._never_sent)
             return
         self._start()
 
@@ -159,30 +167,42 @@ class Call:
         assert self.waiting is not None
         if payload:
             self.waiting.append(payload)
-        if self.collecting and (end or _first_message(self.waiting) is not None):
+            self.held += len(payload)
+        if self.collecting and (end or self.held >= 5 + NAME_PREFIX or _first_message(self.waiting, self.held)):
             self.collecting = False
             self._start()
 
+    def _never_sent(self) -> None:
+        self.timer = None
+        if self.collecting and not self.done:
+            self.done = True
+            self.down.reset(self.stream, frames.CANCEL)
+
     def _start(self) -> None:
         """Assign the call (its first message read, for an inference call) and open the upstream stream."""
-        first = _first_message(self.waiting or []) if self.reads else None
-        name = oip.model_name(first) if first is not None else None
+        if self.timer is not None:
+            self.timer.cancel()
+        data = b"".join(self.waiting or []) if self.reads else b""
+        first, whole = _first_prefix(data)
+        name = (oip.model_name(first) if whole else oip.name_in_prefix(first)) if first else None
         at = ModelAt(name, "message", 0, 0) if name else None
         headers = [(k, v) for k, v in self.fields if k[:1] != ":" and not k.endswith("-bin")]
         incoming = Incoming("POST", self.method, headers, self.peer, "http")
-        try:
-            ex = self.ex = Exchange.start(self.router, incoming, now=time.time(), body=first, model_at=at)
+        try:  # the message is renamed here, not by the exchange: it may be whole or its first bytes only
+            ex = self.ex = Exchange.start(self.router, incoming, now=time.time(), model_at=at)
         except exchange.Refused as refused:
             self._fail(refused.problem)
             self.done = True
             return
-        if ex.body is not None and first is not None:  # the variant's own model name
-            rest = b"".join(self.waiting or [])[5 + len(first) :]
-            self.debt = len(ex.body) - len(first)
-            if self.method == oip.STREAM_INFER and name and ex.variant.model:
-                self.rename = (name, ex.variant.model)
+        model = ex.variant.model
+        if first is not None and name and model and model != name:  # the variant's own model name
+            head = _renamed_first(data[: 5 + len(first)], first, whole, model)
+            rest = data[5 + len(first) :]
+            if self.method == oip.STREAM_INFER and whole:  # its later messages too, as they come
+                self.rename = (name, model)
                 rest = self._renamed(rest)
-            self.waiting = [oip.framed(0, ex.body), rest]
+            self.debt += len(head) - 5 - len(first)
+            self.waiting = [head, rest]
         address = ex.variant.grpc_upstream
         if address is None:
             self._fail_upstream(UpstreamUnavailable(f"variant {ex.variant.name!r} has no grpc_upstream"))
@@ -390,12 +410,30 @@ class Call:
         self._finish()
 
 
-def _first_message(chunks: list[bytes]) -> bytes | None:
-    """The first whole gRPC message of the data so far (uncompressed), b"" if compressed, or None if not yet whole."""
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    if len(data) < 5:
-        return None
+def _first_message(chunks: list[bytes], held: int) -> bool:
+    """Whether the first gRPC message of the data so far is whole."""
+    if held < 5:
+        return False
+    head = chunks[0][:5] if len(chunks[0]) >= 5 else b"".join(chunks)[:5]
+    return held >= 5 + int.from_bytes(head[1:5], "big")
+
+
+def _first_prefix(data: bytes) -> tuple[bytes | None, bool]:
+    """The first message of `data` (or as much of it as arrived), whether it is whole; None if compressed or cut."""
+    if len(data) < 5 or data[0] != 0:
+        return None, False
     size = int.from_bytes(data[1:5], "big")
-    if len(data) < 5 + size:
-        return None
-    return data[5 : 5 + size] if data[0] == 0 else b""
+    first = data[5 : 5 + size]
+    return first, len(first) == size
+
+
+def _renamed_first(part: bytes, first: bytes, whole: bool, name: str) -> bytes:
+    """The first message (`part`: its 5-byte prefix and `first`, whole or its first bytes) with the model name
+    `name`; a message not whole keeps its declared length but for the change in the name's."""
+    if whole:
+        return oip.framed(0, oip.with_model_name(first, name))
+    renamed = oip.renamed_prefix(first, name)
+    if renamed is None:  # the name was not among the first bytes: nothing was matched by it either
+        return part
+    size = int.from_bytes(part[1:5], "big") + len(renamed) - len(first)
+    return b"\x00" + size.to_bytes(4, "big") + renamed

@@ -156,3 +156,16 @@ async def test_a_model_stream_infer_is_matched_by_its_first_messages_model_name_
     with pytest.raises(triton.InferenceServerException) as caught:
         await asyncio.to_thread(_stream_infer, r.grpc_address, [1], user="u1", model="other")
     assert "no experiment" in caught.value.message()
+
+
+async def test_a_model_infer_larger_than_the_http2_windows_is_matched_renamed_and_answered_whole(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    """2.4 MB of tensor: beyond a stream's window (1 MiB) and the first bytes the own server reads the name from."""
+    models = {"control": "recsys-v1", "candidate": "recsys-v2"}
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()}, models=models, match={"model": MODEL})
+    values = list(range(600_000))
+    out = (await asyncio.to_thread(_infer, r.grpc_address, values, user="big-user")).tolist()
+    arm = {1000: "control", 2000: "candidate"}[out[0]]
+    assert out == [v + out[0] for v in values]
+    assert oip_servers[arm].servicer.models == [models[arm]]
