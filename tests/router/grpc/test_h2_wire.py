@@ -288,3 +288,28 @@ async def test_an_upstream_that_resets_the_call_mid_answer_cuts_the_callers_and_
         assert r.router.metrics.errors[(r.spec["name"], "candidate", "stream_aborted")] == 1
     finally:
         await resetting.stop()
+
+
+async def test_an_inference_call_whose_first_message_never_comes_is_cut_at_its_deadline_and_not_counted(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    """With a model to match, the router waits for the first message; a caller that never sends it is reset."""
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()}, match={"model": "recsys"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+    head = reference.Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/inference.GRPCInferenceService/ModelInfer"),
+            (":authority", "r"),
+            ("content-type", "application/grpc"),
+            ("grpc-timeout", "300m"),
+        ]
+    )
+    writer.write(frames.PREFACE + frames.settings({}) + frames.headers(1, head, end_stream=False, max_frame=16384))
+    try:
+        seen = await _frames_until(reader, frames.RST_STREAM)
+        assert seen[-1][2] == 1 and frames.parse_code(seen[-1][3]) == frames.CANCEL
+    finally:
+        writer.close()
+    assert not r.router.metrics.requests and not r.router.metrics.errors  # neither an exposure nor an error
