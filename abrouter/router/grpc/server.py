@@ -1,4 +1,4 @@
-"""The gRPC server adapter: any method, as raw bytes, to the assigned variant's gRPC endpoint.
+"""The grpc.aio server adapter (`--grpc-server grpcio`): any method, as raw bytes, to the assigned variant.
 
 A generic handler takes every method (the router has no protos): one stream-stream
 behaviour with identity (de)serialisers fits unary and all three streaming kinds, since
