@@ -2,9 +2,10 @@
 
 Starts, on 127.0.0.1: the echo upstream (`bench/grpc_load.py --serve`, two ports, the two
 arms), a private redis-server for the router's event log (no persistence), Envoy 1.40
-(`bench/conf/envoy-grpc.yaml.in`: h2c both legs, Maglev on x-user-id, ``--concurrency 1``)
-``abrouter serve --grpc-port`` (a 50/50 experiment keyed on x-user-id, event log on) and
-`bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else: Python's floor).
+(`bench/conf/envoy-grpc.yaml.in`: h2c both legs, Maglev on x-user-id, ``--concurrency 1``),
+``abrouter serve --grpc-port`` twice (a 50/50 experiment keyed on x-user-id, event log on):
+``--grpc-server own`` (our HTTP/2, the default) and ``--grpc-server grpcio`` (grpc.aio, the
+path before it), and `bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else).
 The proxies run on core 0 (`--proxy-cpus`); the upstream, Redis and the load generator on
 core 1 (`--load-cpus`). Then, interleaved over `--rounds`:
 
@@ -115,6 +116,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="grpc-bench-"))
     a, b, envoy_port, router_grpc, router_http, redis_port, floor_port = (free_port() for _ in range(7))
+    aio_grpc, aio_http = free_port(), free_port()
     conf = (HERE / "conf" / "envoy-grpc.yaml.in").read_text()
     conf = conf.replace("@PORT_A@", str(a)).replace("@PORT_B@", str(b)).replace("@PORT@", str(envoy_port))
     (tmp / "envoy.yaml").write_text(conf)
@@ -126,10 +128,17 @@ def main() -> None:
     # this one's place through their shared memory, and this one would exit mid-run.
     envoy = [args.envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "--log-level", "error",
              "--disable-hot-restart"]  # fmt: skip
-    router = [PY, "-m", "abrouter", "--log-level", "WARNING", "serve", "--config", str(tmp / "exp.yaml"),
-              "--host", "127.0.0.1", "--port", str(router_http), "--grpc-port", str(router_grpc),
-              "--spill-dir", str(tmp / "spill")]  # fmt: skip
-    router += ["--no-event-log"] if args.no_event_log else ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
+
+    def router_argv(http: int, grpc: int, server: str) -> list[str]:
+        argv = [PY, "-m", "abrouter", "--log-level", "WARNING", "serve", "--config", str(tmp / "exp.yaml"),
+                "--host", "127.0.0.1", "--port", str(http), "--grpc-port", str(grpc), "--grpc-server", server,
+                "--spill-dir", str(tmp / f"spill-{server}")]  # fmt: skip
+        return argv + (
+            ["--no-event-log"] if args.no_event_log else ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
+        )
+
+    router = router_argv(router_http, router_grpc, "own")
+    router_aio = router_argv(aio_http, aio_grpc, "grpcio")
     floor = [PY, str(HERE / "grpc_floor.py"), "--port", str(floor_port), "--upstream", f"127.0.0.1:{a}"]
     results: dict[str, list[dict[str, float]]] = {}
     with (
@@ -137,14 +146,25 @@ def main() -> None:
         process(redis, args.load_cpus, tmp / "redis.log") as rd,
         process(envoy, args.proxy_cpus, tmp / "envoy.log") as ev,
         process(router, args.proxy_cpus, tmp / "router.log") as rt,
+        process(router_aio, args.proxy_cpus, tmp / "router-grpcio.log") as ra,
         process(floor, args.proxy_cpus, tmp / "floor.log") as fl,
     ):
-        for port, proc in ((a, up), (b, up), (redis_port, rd), (envoy_port, ev), (router_grpc, rt), (floor_port, fl)):
+        ready = (
+            (a, up),
+            (b, up),
+            (redis_port, rd),
+            (envoy_port, ev),
+            (router_grpc, rt),
+            (aio_grpc, ra),
+            (floor_port, fl),
+        )
+        for port, proc in ready:
             wait_port(port, proc)
         infer, other = ("--method", "/inference.GRPCInferenceService/ModelInfer"), ("--method", "/bench.Echo/Unary")
         targets = {
             "direct": (f"127.0.0.1:{a}", None, infer),
             "envoy": (f"127.0.0.1:{envoy_port}", ev.pid, infer),
+            "abrouter-grpcio": (f"127.0.0.1:{aio_grpc}", ra.pid, infer),
             "abrouter": (f"127.0.0.1:{router_grpc}", rt.pid, infer),
             "abrouter-any": (f"127.0.0.1:{router_grpc}", rt.pid, other),
             "floor": (f"127.0.0.1:{floor_port}", fl.pid, infer),
@@ -162,7 +182,7 @@ def main() -> None:
                 results.setdefault(name, []).append(r)
                 print(f"round {round_ + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
             for name, (target, _, method) in targets.items():
-                if name in ("abrouter-any", "floor"):
+                if name in ("abrouter-any", "floor", "abrouter-grpcio"):
                     continue
                 r = load(target, args.load_cpus, *method, "--seconds", str(args.seconds), "--rate", str(args.rate))
                 results.setdefault(f"{name}@rate", []).append(r)
@@ -184,8 +204,9 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     labels = {
         "direct": "direct (no proxy)",
         "envoy": "Envoy 1.40, 1 worker",
-        "abrouter": "abrouter, ModelInfer (unary path)",
-        "abrouter-any": "abrouter, a method it does not know (stream path)",
+        "abrouter-grpcio": "abrouter --grpc-server grpcio (before), ModelInfer",
+        "abrouter": "abrouter --grpc-server own (after), ModelInfer",
+        "abrouter-any": "abrouter --grpc-server own, a method it does not know",
         "floor": "grpc.aio forwarding and nothing else (bench/grpc_floor.py)",
     }
     for name, label in labels.items():

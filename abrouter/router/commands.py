@@ -111,6 +111,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "grpc_upstream (every variant needs one) (default: $ABROUTER_GRPC_PORT, else no gRPC listener)",
     )
     p.add_argument(
+        "--grpc-server",
+        choices=("own", "grpcio"),
+        default=os.environ.get("ABROUTER_GRPC_SERVER") or "own",
+        help="with --grpc-port: 'own' serves gRPC on the router's own HTTP/2 server and client, relaying "
+        "frames (several times the calls per core); 'grpcio' on grpc.aio's server and channels, message by "
+        "message (default: $ABROUTER_GRPC_SERVER, else %(default)s)",
+    )
+    p.add_argument(
         "--redis-url",
         default=os.environ.get("REDIS_URL"),
         type=argtypes.redis_url,
@@ -355,6 +363,7 @@ def serve(args: argparse.Namespace) -> int:
             shutdown_timeout_s=args.shutdown_timeout,
             companions=[lambda: _example_models(args.example_ports)] if bundled else [],
             grpc_port=args.grpc_port,
+            grpc_server=args.grpc_server,
         )
 
         def show_banner(port: int) -> None:  # once the router listens: the port it got (--port 0 too)

@@ -126,6 +126,11 @@ class ConnectionClock:
         if self.in_flight == 0 and self.phase is Phase.BUSY:
             self.phase, self.since = Phase.IDLE, now
 
+    def settled(self, now: float) -> None:
+        """A multiplexing connection's handshake is done (HTTP/2's preface): idle until a request opens."""
+        if self.phase is Phase.HEADERS and not self.in_flight:
+            self.phase, self.since = Phase.IDLE, now
+
     def pause(self) -> None:
         self.paused = True
 

@@ -193,6 +193,11 @@ class Gateway:
         #: The only experiment, matching everything: nothing to look at per request.
         self.only = routes[0].name if len(routes) == 1 and routes[0].match.is_everything else None
 
+    @property
+    def reads_models(self) -> bool:
+        """Whether a request's model name matters: some experiment matches by it, or some variant renames it."""
+        return self._bodies
+
     def find(
         self, target: str, headers: Iterable[tuple[str, str]], body: bytes | None, *, model: ModelAt | None = None
     ) -> tuple[str, ModelAt | None] | None:

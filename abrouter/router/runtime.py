@@ -5,7 +5,7 @@ transport, one pool of shadow workers and one spec watcher; per process, one con
 guard, and under ``--experiments NAMESPACE`` one watch of the namespace that opens and
 retires lanes as Experiments are added and deleted. Everything is closed in reverse order
 of opening. A server
-adapter (`abrouter.router.http.server`, `abrouter.router.grpc.server`) serves with the
+adapter (`abrouter.router.http.server`, `abrouter.router.grpc.h2server` or `.server`) serves with the
 `Router` it yields and stops accepting and drains *before* leaving the block, so the
 event log's final flush sees every request that was answered.
 """

@@ -29,6 +29,7 @@ from abrouter.router.state import Router
 from abrouter.router.workers import WorkerSlot
 
 if TYPE_CHECKING:  # the Kubernetes client only under --experiments NAMESPACE
+    from abrouter.router.grpc.h2server import OwnGrpcListener
     from abrouter.router.grpc.listener import GrpcListener
     from abrouter.router.sources.catalog import CatalogSource
 
@@ -56,6 +57,8 @@ class Plan:
     #: The gRPC listener's port on `host` (`abrouter serve --grpc-port`); None: no gRPC listener.
     #: Every worker binds it (SO_REUSEPORT, gRPC's default): the kernel spreads the connections.
     grpc_port: int | None = None
+    #: Which gRPC server: ``own`` (our HTTP/2, `abrouter.router.grpc.h2server`) or ``grpcio`` (grpc.aio).
+    grpc_server: str = "own"
 
 
 @contextlib.asynccontextmanager
@@ -74,10 +77,10 @@ async def serving(plan: Plan) -> AsyncIterator[tuple[Router, listener.Listener]]
                 workerfiles.publishing(slot, lambda now: workerfiles.snapshot_of(router, slot, now))
             )
         server = await listener.start(router, host=plan.host, port=plan.port, sock=plan.sock)
-        grpc_server: GrpcListener | None = None
+        grpc_server: GrpcListener | OwnGrpcListener | None = None
         try:
             if plan.grpc_port is not None:
-                grpc_server = await _start_grpc(router, plan.host, plan.grpc_port)
+                grpc_server = await _start_grpc(router, plan.host, plan.grpc_port, plan.grpc_server)
             yield router, server
         finally:
             closing = [server.close(plan.shutdown_timeout_s)]
@@ -86,7 +89,11 @@ async def serving(plan: Plan) -> AsyncIterator[tuple[Router, listener.Listener]]
             await asyncio.gather(*closing)
 
 
-async def _start_grpc(router: Router, host: str, port: int) -> GrpcListener:
+async def _start_grpc(router: Router, host: str, port: int, server: str) -> GrpcListener | OwnGrpcListener:
+    if server == "own":
+        from abrouter.router.grpc import h2server
+
+        return await h2server.start(router, host=host, port=port)
     # Imported here: grpc's import costs a process that serves no gRPC some 20 MiB.
     from abrouter.router.grpc import listener as grpc_listener
 

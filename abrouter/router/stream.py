@@ -7,9 +7,11 @@ data, end of body, client gone) and calls `proxy`. The driver sends what the cli
 through the adapter's `Downstream`: a whole response, or a head, data and an end; an
 abort; or a `Problem` (a neutral `Failure`) that the adapter renders in its protocol.
 
-(The gRPC adapter, `abrouter.router.grpc.server`, calls the `Exchange` itself: its calls
-are messages, a status and trailers, which gRPC's library frames and flow-controls, so
-none of the body rules below applies; the exchange's calls and neutral failures are the same.)
+(The gRPC adapters, `abrouter.router.grpc.relay` on our own HTTP/2 and
+`abrouter.router.grpc.server` on grpc.aio, call the `Exchange` themselves: a call is a
+stream of messages both ways, a status and trailers, relayed frame by frame with HTTP/2's
+own flow control, so none of the body rules below applies; the exchange's calls and
+neutral failures are the same.)
 
 The driver owns the exchange calls, the body rules and the failure sequence, once:
 

@@ -83,6 +83,7 @@ async def serve(
     catalog: CatalogSource | None = None,
     shutdown_timeout_s: float = 5.0,
     grpc_port: int | None = None,
+    grpc_server: str = "own",
 ) -> RouterClient:
     """The router serving `experiment` (or several), following `source` (one) or `catalog` (a namespace)."""
     stack = contextlib.AsyncExitStack()
@@ -95,6 +96,7 @@ async def serve(
         catalog=catalog,
         shutdown_timeout_s=shutdown_timeout_s,
         grpc_port=grpc_port,
+        grpc_server=grpc_server,
     )
     router, server = await stack.enter_async_context(serving.serving(plan))
     return RouterClient(router, server, stack)

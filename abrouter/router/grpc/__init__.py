@@ -1,3 +1,6 @@
-"""The gRPC wire adapter: a grpc.aio server that proxies any method as raw bytes (`server`),
-its listener (`listener`), the upstream channels (`upstream`), and pure helpers: status codes
-and metadata (`wire`), the Open Inference Protocol's model name in a request (`oip`)."""
+"""The gRPC wire adapter, on two servers. Our own HTTP/2 (the default): the listener and its
+connections (`h2server`), one relayed call per stream (`relay`), the upstream connection
+pools (`h2upstream`), on `abrouter.router.h2`. grpc.aio: a server that proxies any method
+as raw bytes (`server`), its listener (`listener`), the upstream channels (`upstream`).
+Shared pure helpers: status codes, metadata and deadlines (`wire`), the Open Inference
+Protocol's model name in a request (`oip`)."""

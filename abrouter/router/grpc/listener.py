@@ -1,4 +1,4 @@
-"""The gRPC listener: a grpc.aio server (HTTP/2 cleartext) beside the HTTP one, same process, same router.
+"""The grpc.aio gRPC listener (`--grpc-server grpcio`; the default is our own, `h2server`): beside the HTTP one.
 
 The client limits of `abrouter.router.connections.Limits` apply as the gRPC library's own
 server arguments, since grpc.aio hands no connection to Python: the cap on open connections

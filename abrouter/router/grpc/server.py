@@ -1,4 +1,4 @@
-"""The gRPC server adapter: any method, as raw bytes, to the assigned variant's gRPC endpoint.
+"""The grpc.aio server adapter (`--grpc-server grpcio`): any method, as raw bytes, to the assigned variant.
 
 A generic handler takes every method (the router has no protos): one stream-stream
 behaviour with identity (de)serialisers fits unary and all three streaming kinds, since
@@ -102,7 +102,10 @@ async def proxy_call(
     metadata = tuple(context.invocation_metadata() or ())
     peer = wire.peer_ip(context.peer())
     incoming = Incoming("POST", method, wire.text_headers(metadata), peer, "http")
-    body, at = _model_of(method, request)
+    first: bytes | None = None
+    if not isinstance(request, bytes) and method == oip.STREAM_INFER:  # its first message names the model
+        first = await anext(aiter(request), None)
+    body, at = _model_of(method, request if first is None else first)
     try:
         ex = Exchange.start(router, incoming, now=time.time(), body=body, model_at=at)
     except exchange.Refused as refused:
@@ -124,6 +127,11 @@ async def proxy_call(
             sent = request if ex.body is None else ex.body  # the variant's own model_name, if it has one
             call = unary = channels.unary(address, method)(sent, timeout=timeout, metadata=upstream_md)
             return await leg.unary(unary)
+        if not isinstance(request, bytes) and first is not None:
+            rename = (
+                (at.name, ex.variant.model) if at is not None and ex.body is not None and ex.variant.model else None
+            )
+            request = _stream_from(ex.body or first, request, rename)
         call = streamed = channels.method(address, method)(request, timeout=timeout, metadata=upstream_md)
         await leg.stream(streamed)
         return None
@@ -141,11 +149,18 @@ async def proxy_call(
         ex.finish(now=time.time())
 
 
-def _model_of(method: str, request: bytes | AsyncIterator[bytes]) -> tuple[bytes | None, ModelAt | None]:
-    """A unary OIP inference request's model name, for matching and the per-arm rewrite (issue 16).
+async def _stream_from(
+    first: bytes, rest: AsyncIterator[bytes], rename: tuple[str | None, str] | None
+) -> AsyncIterator[bytes]:
+    """A ModelStreamInfer's messages: its first (read already), then the rest, each renamed as the first was."""
+    yield first
+    async for message in rest:
+        yield oip.renamed(message, rename[0], rename[1]) if rename is not None and rename[0] else message
 
-    A streamed call (``ModelStreamInfer``) is matched by its metadata and method only.
-    """
+
+def _model_of(method: str, request: bytes | AsyncIterator[bytes]) -> tuple[bytes | None, ModelAt | None]:
+    """An OIP inference request's model name, for matching and the per-arm rewrite (issue 16):
+    a ModelInfer's, or a ModelStreamInfer's first message's (its later messages are renamed alike)."""
     if not isinstance(request, bytes) or method not in oip.INFER_METHODS:
         return None, None
     name = oip.model_name(request)

@@ -12,6 +12,7 @@ NOT_FOUND, RESOURCE_EXHAUSTED, CANCELLED, ...) are not, as an HTTP 4xx is not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote
@@ -150,3 +151,90 @@ def peer_ip(peer: str) -> str:
     if kind == "ipv6":
         return rest.rpartition(":")[0].strip("[]")
     return ""
+
+
+# --- our own HTTP/2 path (abrouter.router.grpc.relay): headers as they are on the wire ---
+
+#: Not forwarded upstream by our own HTTP/2 path: the override and our tags (as above), the
+#: caller's deadline (the upstream call gets what is left of it), and HTTP/2's connection-specific
+#: fields (RFC 9113 §8.2.2). Unlike grpc.aio's path, the message encoding headers pass as they are:
+#: the messages do too.
+_H2_DROP = frozenset(
+    {
+        hdr.FORCE_HEADER.lower(),
+        hdr.EXPERIMENT_HEADER.lower(),
+        hdr.VARIANT_HEADER.lower(),
+        hdr.REQUEST_ID_HEADER.lower(),
+        "te",
+        "grpc-timeout",
+        "x-forwarded-for",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
+_TIMEOUT_UNITS: Final = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+#: The HTTP status of a response without grpc-status, as gRPC clients read it (doc/http-grpc-status-mapping.md).
+_CODE_OF_HTTP: Final = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404: UNIMPLEMENTED,
+                        429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: UNAVAILABLE}  # fmt: skip
+
+
+def h2_tags(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response header fields from header pairs (HTTP/2 field names are lower case)."""
+    return [(name.lower(), value) for name, value in pairs]
+
+
+def h2_upstream_fields(fields: Iterable[tuple[str, str]], *, client_ip: str) -> list[tuple[str, str]]:
+    """The caller's header fields (pseudo-headers left out) for the upstream call, with
+    X-Forwarded-For (the caller's address) appended; what `_H2_DROP` names is left out."""
+    prior: list[str] = []
+    out: list[tuple[str, str]] = []
+    for key, value in fields:
+        if key in _H2_DROP or key[:1] == ":":
+            if key == "x-forwarded-for":
+                prior.append(value)
+            continue
+        out.append((key, value))
+    if client_ip:
+        prior.append(client_ip)
+    if prior:
+        out.append(("x-forwarded-for", ", ".join(prior)))
+    return out
+
+
+def parse_timeout(value: str | None) -> float | None:
+    """A ``grpc-timeout`` value in seconds (``100m`` -> 0.1), or None when absent or malformed."""
+    if not value or len(value) > 9 or not value[:-1].isdigit():
+        return None
+    unit = _TIMEOUT_UNITS.get(value[-1])
+    return None if unit is None else int(value[:-1]) * unit
+
+
+def encode_timeout(seconds: float) -> str:
+    """A ``grpc-timeout`` value for `seconds` (at most 8 digits, in the finest unit that fits)."""
+    micros = max(1, math.ceil(seconds * 1e6))
+    if micros < 100_000_000:
+        return f"{micros}u"
+    millis = math.ceil(micros / 1000)
+    return f"{millis}m" if millis < 100_000_000 else f"{min(99_999_999, math.ceil(millis / 1000))}S"
+
+
+def status_of(fields: Iterable[tuple[str, str]]) -> int:
+    """The gRPC code of a response's last header list: its grpc-status, else what its HTTP status means."""
+    http = 200
+    for key, value in fields:
+        if key == "grpc-status":
+            return int(value) if value.isdigit() else UNKNOWN
+        if key == ":status":
+            http = int(value) if value.isdigit() else 0
+    return _CODE_OF_HTTP.get(http, UNKNOWN)
+
+
+def percent_encode(message: str) -> str:
+    """A status message as ``grpc-message`` carries it: UTF-8, percent-encoded outside printable ASCII and '%'."""
+    if message.isascii() and message.isprintable() and "%" not in message:
+        return message
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in message.encode("utf-8"))

@@ -56,8 +56,16 @@ async def oip_servers() -> AsyncIterator[dict[str, OipServer]]:
         await server.stop()
 
 
+@pytest.fixture(params=["own", "grpcio"])
+def grpc_server(request: pytest.FixtureRequest) -> str:
+    """Every test of the listener runs on both gRPC servers (`abrouter serve --grpc-server`)."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def make_grpc_router(redis_url: str, experiment_name: str, tmp_path: Path) -> AsyncIterator[MakeGrpcRouter]:
+async def make_grpc_router(
+    redis_url: str, experiment_name: str, tmp_path: Path, grpc_server: str
+) -> AsyncIterator[MakeGrpcRouter]:
     routers: list[GrpcRouter] = []
 
     async def make(
@@ -91,7 +99,13 @@ async def make_grpc_router(redis_url: str, experiment_name: str, tmp_path: Path)
             client_limits=limits or Limits(),
         )
         port = free_port()
-        client = await serve(model.load(path), settings, source=FileSource(path, interval_s=0.05), grpc_port=port)
+        client = await serve(
+            model.load(path),
+            settings,
+            source=FileSource(path, interval_s=0.05),
+            grpc_port=port,
+            grpc_server=grpc_server,
+        )
         r = GrpcRouter(
             client=client, path=path, spec=spec, keys=Keys(experiment_name), redis_url=redis_url, grpc_port=port
         )

@@ -59,7 +59,9 @@ class EchoServer:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> EchoServer:
-        self.server = grpc.aio.server()
+        # Metadata up to 1 MiB (gRPC's default is 16 KiB): the tests send header blocks beyond one HTTP/2 frame.
+        big = [("grpc.max_metadata_size", 1 << 20), ("grpc.absolute_max_metadata_size", 1 << 20)]
+        self.server = grpc.aio.server(options=big)
         self.server.add_generic_rpc_handlers((_EchoHandler(self),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         await self.server.start()
@@ -196,6 +198,10 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             raw_output_contents=[out.tobytes()],
         )
 
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            yield service_pb2.ModelStreamInferResponse(infer_response=await self.ModelInfer(request, context))
+
 
 class OipServer:
     def __init__(self, name: str, offset: int) -> None:
@@ -217,3 +223,49 @@ class OipServer:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(None)
+
+
+class ResettingServer:
+    """An HTTP/2 server (python-hyper's `h2`) that resets every stream: before any answer
+    (``REFUSED_STREAM``), or after the head and a first message (``INTERNAL_ERROR``) with `after_head`."""
+
+    def __init__(self, *, after_head: bool = False) -> None:
+        self.after_head = after_head
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.resets = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> ResettingServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h2.config
+        import h2.connection
+        import h2.errors
+        import h2.events
+
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    self.resets += 1
+                    if self.after_head:
+                        conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+                        conn.send_data(event.stream_id, b"\x00\x00\x00\x00\x05first")
+                        conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+                    else:
+                        conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            writer.write(conn.data_to_send())
+        writer.close()

@@ -5,6 +5,7 @@ calls are exposures, and an outcome is credited by a gRPC call's request id."""
 from __future__ import annotations
 
 import asyncio
+import queue
 
 import numpy as np
 import pytest
@@ -26,6 +27,28 @@ def _infer(address: str, values: list[int], *, user: str | None = None, model: s
         result = client.infer(model, [tensor], headers={"x-user-id": user} if user else None)
         return result.as_numpy("OUTPUT0")
     finally:
+        client.close()
+
+
+def _stream_infer(address: str, values: list[int], *, user: str, model: str = MODEL) -> list[int]:
+    """One ModelStreamInfer stream, a request per value, with the Triton client (blocking): each answer's OUTPUT0[0]."""
+    client = triton.InferenceServerClient(url=address)
+    answers: queue.Queue[tuple[object, object]] = queue.Queue()
+    try:
+        client.start_stream(callback=lambda result, error: answers.put((result, error)), headers={"x-user-id": user})
+        for value in values:
+            tensor = triton.InferInput("INPUT0", [1], "INT32")
+            tensor.set_data_from_numpy(np.array([value], dtype=np.int32))
+            client.async_stream_infer(model, [tensor])
+        out = []
+        for _ in values:
+            result, error = answers.get(timeout=60)
+            if error is not None:
+                raise error  # type: ignore[misc]
+            out.append(int(result.as_numpy("OUTPUT0")[0]))  # type: ignore[attr-defined]
+        return out
+    finally:
+        client.stop_stream()
         client.close()
 
 
@@ -113,3 +136,36 @@ async def test_a_model_infer_is_matched_by_its_model_name_and_renamed_per_arm(
     with pytest.raises(triton.InferenceServerException) as caught:
         await asyncio.to_thread(_infer, r.grpc_address, [1], user="u1", model="other")
     assert caught.value.status() == "StatusCode.NOT_FOUND" and "no experiment" in caught.value.message()
+
+
+async def test_a_model_stream_infer_is_matched_by_its_first_messages_model_name_and_renamed_per_arm(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    models = {"control": "recsys-v1", "candidate": "recsys-v2"}
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()}, models=models, match={"model": MODEL})
+    offsets = {"control": 1000, "candidate": 2000}
+    arms = set()
+    for i in range(12):
+        answers = await asyncio.to_thread(_stream_infer, r.grpc_address, [i, i + 1, i + 2], user=f"user-{i}")
+        arm = next(a for a, offset in offsets.items() if answers[0] - i == offset)
+        assert answers == [v + offsets[arm] for v in (i, i + 1, i + 2)]  # in order, one arm for the whole stream
+        arms.add(arm)
+    assert arms == {"control", "candidate"}
+    seen = {arm: set(s.servicer.models) for arm, s in oip_servers.items()}
+    assert seen == {"control": {"recsys-v1"}, "candidate": {"recsys-v2"}}  # every message renamed, not the first only
+    with pytest.raises(triton.InferenceServerException) as caught:
+        await asyncio.to_thread(_stream_infer, r.grpc_address, [1], user="u1", model="other")
+    assert "no experiment" in caught.value.message()
+
+
+async def test_a_model_infer_larger_than_the_http2_windows_is_matched_renamed_and_answered_whole(
+    make_grpc_router: MakeGrpcRouter, oip_servers: dict[str, OipServer]
+) -> None:
+    """2.4 MB of tensor: beyond a stream's window (1 MiB) and the first bytes the own server reads the name from."""
+    models = {"control": "recsys-v1", "candidate": "recsys-v2"}
+    r = await make_grpc_router({n: s.address for n, s in oip_servers.items()}, models=models, match={"model": MODEL})
+    values = list(range(600_000))
+    out = (await asyncio.to_thread(_infer, r.grpc_address, values, user="big-user")).tolist()
+    arm = {1000: "control", 2000: "candidate"}[out[0]]
+    assert out == [v + out[0] for v in values]
+    assert oip_servers[arm].servicer.models == [models[arm]]

@@ -307,3 +307,20 @@ async def test_a_call_no_experiment_matches_is_not_found_and_a_match_on_the_meth
             await _method(channel, "Metadata")(b"", metadata=UNIT, timeout=10)
     assert err.value.code() is grpc.StatusCode.NOT_FOUND
     assert err.value.details() == "no experiment serves POST /test.Echo/Metadata"
+
+
+async def test_compressed_calls_are_answered_as_the_upstream_answers_them(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    message = b"squeeze me " * 200
+    async with grpc.aio.insecure_channel(r.grpc_address, compression=grpc.Compression.Gzip) as channel:
+        call = _method(channel, "Unary")(message, metadata=UNIT, timeout=10)
+        variant = _md(await call.initial_metadata())["x-ab-variant"]
+        assert await call == f"{variant}:".encode() + message
+        bidi = _method(channel, "Bidi", "stream_stream")(metadata=UNIT, timeout=10)
+        for i in range(3):
+            await bidi.write(message + b"%d" % i)
+            assert await bidi.read() == f"{variant}:".encode() + message + b"%d" % i
+        await bidi.done_writing()
+        assert await bidi.code() is grpc.StatusCode.OK

@@ -77,7 +77,8 @@ def test_a_bad_grpc_port_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "argument --grpc-port: must be a TCP port 0..65535" in capsys.readouterr().err
 
 
-async def test_serve_proxies_grpc_and_sigterm_lets_a_call_in_flight_finish(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", ["own", "grpcio"])
+async def test_serve_proxies_grpc_and_sigterm_lets_a_call_in_flight_finish(tmp_path: Path, server: str) -> None:
     echo = {name: await EchoServer(name).start() for name in ("control", "candidate")}
     config = tmp_path / "exp.yaml"
     candidate = f'grpc_upstream: "{echo["candidate"].address}", '
@@ -86,8 +87,9 @@ async def test_serve_proxies_grpc_and_sigterm_lets_a_call_in_flight_finish(tmp_p
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "abrouter", "--log-level", "WARNING", "serve", "--config", str(config),
         "--no-event-log", "--host", "127.0.0.1", "--port", str(free_port()), "--grpc-port", str(grpc_port),
+        "--grpc-server", server,
         cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k != "ABROUTER_GRPC_PORT"},
+        env={k: v for k, v in os.environ.items() if k not in ("ABROUTER_GRPC_PORT", "ABROUTER_GRPC_SERVER")},
     )  # fmt: skip
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
@@ -119,3 +121,16 @@ async def test_serve_proxies_grpc_and_sigterm_lets_a_call_in_flight_finish(tmp_p
         for server in echo.values():
             server.release.set()
             await server.stop()
+
+
+def test_the_grpc_server_is_ours_by_default_grpcio_on_request_and_the_help_says_which_is_which(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ABROUTER_GRPC_SERVER", raising=False)
+    assert cli.build_parser().parse_args(["serve"]).grpc_server == "own"
+    assert cli.build_parser().parse_args(["serve", "--grpc-server", "grpcio"]).grpc_server == "grpcio"
+    monkeypatch.setenv("ABROUTER_GRPC_SERVER", "grpcio")
+    assert cli.build_parser().parse_args(["serve"]).grpc_server == "grpcio"
+    serve = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["serve"]  # type: ignore[union-attr]
+    text = " ".join(serve.format_help().split())
+    assert "--grpc-server {own,grpcio}" in text and "grpc.aio" in text and "own HTTP/2" in text

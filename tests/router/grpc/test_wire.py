@@ -122,6 +122,24 @@ def test_a_repeated_model_name_reads_as_protobuf_does_and_is_rewritten_whole() -
     assert once.count(b"first") == once.count(b"last") == 0
 
 
+def test_the_model_name_of_a_large_request_is_read_and_rewritten_from_its_first_bytes() -> None:
+    whole = _request("recsys").SerializeToString()
+    prefix = whole[:1000]  # the tensor's 300 KB are still to come
+    assert oip.name_in_prefix(prefix) == "recsys"
+    renamed = oip.renamed_prefix(prefix, "recsys-v2")
+    assert renamed is not None
+    parsed = service_pb2.ModelInferRequest.FromString(renamed + whole[1000:])
+    expected = _request("recsys-v2")
+    assert parsed == expected
+    assert oip.name_in_prefix(whole[:2]) is None and oip.renamed_prefix(whole[:2], "x") is None  # not whole yet
+    assert oip.name_in_prefix(_request("").SerializeToString()[:1000]) is None
+
+
+def test_grpc_message_frames_are_cut_whole_and_the_rest_held() -> None:
+    data = oip.framed(0, b"one") + oip.framed(1, b"two") + oip.framed(0, b"three")[:4]
+    assert oip.message_frames(data) == ([(0, b"one"), (1, b"two")], oip.framed(0, b"three")[:4])
+
+
 @pytest.mark.parametrize(
     "junk", [b"\x0a\x05ab", b"\x0b", b"\x80", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x00\x01"]
 )

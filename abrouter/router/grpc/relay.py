@@ -1,0 +1,439 @@
+"""One gRPC call on our own HTTP/2 path: the caller's stream, the upstream's, and the `Exchange` between.
+
+The relay is driven by callbacks (no task per call): the server connection
+(`abrouter.router.grpc.h2server`) hands it the caller's stream, the upstream pool
+(`abrouter.router.grpc.h2upstream`) an upstream stream, and each stream's events come
+back to the `Call` as their `Handler`. What the call does is the grpc.aio path's, frame
+by frame instead of message by message:
+
+- the head: ``POST`` and the method path as the target, the text metadata as headers, so
+  the unit, the override, ``exposures`` and ``match`` work as over HTTP; an inference call
+  (`oip.INFER_METHODS`: ``ModelInfer``, ``ModelStreamInfer``) waits for its first message,
+  whose ``model_name`` is matched and rewritten per arm;
+- the caller's metadata goes upstream (without the override and our tags, X-Forwarded-For
+  appended), with what is left of the caller's deadline (none: the experiment's
+  ``timeouts.read``) as ``grpc-timeout``;
+- the upstream's response head goes back with ``x-ab-experiment``, ``x-ab-variant`` and
+  ``x-ab-request-id`` added; data is relayed as it comes, both ways, each side's HTTP/2
+  window credited only once the other side took the bytes (back-pressure end to end); the
+  upstream's status, details and trailing metadata pass through unchanged (a
+  trailers-only answer is split into a head, with the tags, and the trailers);
+- the router's own failures (`wire.render`): an unreachable upstream, or one that reset the
+  call before answering, is UNAVAILABLE naming the variant; a deadline passed first is
+  DEADLINE_EXCEEDED and the upstream's stream is reset (CANCEL); both are errors of the
+  variant. A caller's cancel resets the upstream's stream and is no error (499), unless it
+  came at the deadline (the caller's clock fired first: the upstream was too slow).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from abrouter.router import exchange
+from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
+from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
+from abrouter.router.grpc import oip, wire
+from abrouter.router.h2 import frames
+from abrouter.router.h2.connection import Fields, H2Connection, Stream
+from abrouter.router.matching import ModelAt
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from abrouter.router.state import Router
+
+log = logging.getLogger("abrouter.grpc")
+
+#: A cancel this close to the deadline is the deadline's (the caller's clock fired first).
+SLACK_S = 0.05
+#: The most of an inference call's first message held to read its model name: a larger
+#: message (a big tensor) is read from its first bytes, where serialisers write the name.
+NAME_PREFIX = 64 * 1024
+_TIMED_OUT = "the call's deadline passed before the upstream finished"
+
+
+class Upstreams(Protocol):
+    """Where a call gets its upstream stream (`abrouter.router.grpc.h2upstream.Pools`)."""
+
+    def open(self, address: str, call: Call, *, connect_s: float) -> None:
+        """Open a stream to `address` for `call`: `Call.opened` now or later, or `Call.unreachable`."""
+
+
+class Call:
+    """One call (see the module docstring); the `Handler` of both its streams."""
+
+    __slots__ = (
+        "collecting",
+        "cut",
+        "deadline",
+        "debt",
+        "done",
+        "down",
+        "ex",
+        "fields",
+        "head_sent",
+        "held",
+        "loop",
+        "method",
+        "peer",
+        "reads",
+        "rename",
+        "request_ended",
+        "router",
+        "stream",
+        "timeout",
+        "timer",
+        "up",
+        "up_stream",
+        "upstreams",
+        "waiting",
+    )
+
+    def __init__(self, router: Router, upstreams: Upstreams, down: H2Connection, stream: Stream, peer: str) -> None:
+        self.router, self.upstreams, self.down, self.stream = router, upstreams, down, stream
+        self.loop: asyncio.AbstractEventLoop = down.loop
+        self.fields: Fields = []
+        self.method = ""
+        self.peer = peer
+        self.ex: Exchange | None = None
+        self.up: H2Connection | None = None
+        self.up_stream: Stream | None = None
+        #: Request data held until the upstream stream is open (None once it is).
+        self.waiting: list[bytes] | None = []
+        self.collecting = False
+        self.held = 0
+        #: An inference call while some experiment matches or renames models: its first message is read.
+        self.reads = False
+        self.request_ended = False
+        self.head_sent = False
+        self.done = False
+        self.timeout: float | None = None
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        #: A renamed ModelStreamInfer: (the name matched, the variant's), the partial message
+        #: held, and the bytes more we sent upstream than the caller sent us (credited less).
+        self.rename: tuple[str, str] | None = None
+        self.cut = b""
+        self.debt = 0
+
+    # --- the caller's side ---
+
+    def begin(self, fields: Fields, end_stream: bool) -> None:
+        """The caller's request head arrived."""
+        self.fields = fields
+        method = content_type = ""
+        for key, value in fields:
+            if key == ":path":
+                self.method = value
+            elif key == ":method":
+                method = value
+            elif key == "content-type":
+                content_type = value
+            elif key == "grpc-timeout":
+                self.timeout = wire.parse_timeout(value)
+        if method != "POST" or not self.method:
+            self.done = True
+            self.down.reset(self.stream, frames.PROTOCOL_ERROR)
+            return
+        if not content_type.startswith("application/grpc"):
+            self.done = True  # gRPC over HTTP2: 415 for a content type that is not gRPC's
+            self.down.send_headers(self.stream, [(":status", "415")], end_stream=True)
+            return
+        self.request_ended = end_stream
+        self.reads = self.method in oip.INFER_METHODS and self.router.lanes.gateway.reads_models
+        if self.reads and not end_stream:
+            self.collecting = True  # its first message names the model
+            # A caller that never sends it is cut (no exposure, no error): its deadline, or the body deadline.
+            wait = self.timeout if self.timeout is not None else self.router.guard.limits.body_idle_s
+            self.timer = self.loop.call_later(wait, self._never_sent)
+            return
+        self._start()
+
+    def _request_data(self, payload: bytes, end: bool) -> None:
+        if end:
+            self.request_ended = True
+        if self.done:
+            self.down.consumed(self.stream, len(payload))  # the call ended: dropped
+            return
+        if self.rename is not None:
+            payload = self._renamed(payload)
+        up_stream = self.up_stream
+        if up_stream is not None:
+            assert self.up is not None
+            self.up.send_data(up_stream, payload, end_stream=end)
+            return
+        assert self.waiting is not None
+        if payload:
+            self.waiting.append(payload)
+            self.held += len(payload)
+        if self.collecting and (end or self.held >= 5 + NAME_PREFIX or _first_message(self.waiting, self.held)):
+            self.collecting = False
+            self._start()
+
+    def _never_sent(self) -> None:
+        self.timer = None
+        if self.collecting and not self.done:
+            self.done = True
+            self.down.reset(self.stream, frames.CANCEL)
+
+    def _start(self) -> None:
+        """Assign the call (its first message read, for an inference call) and open the upstream stream."""
+        if self.timer is not None:
+            self.timer.cancel()
+        data = b"".join(self.waiting or []) if self.reads else b""
+        first, whole = _first_prefix(data)
+        name = (oip.model_name(first) if whole else oip.name_in_prefix(first)) if first else None
+        at = ModelAt(name, "message", 0, 0) if name else None
+        headers = [(k, v) for k, v in self.fields if k[:1] != ":" and not k.endswith("-bin")]
+        incoming = Incoming("POST", self.method, headers, self.peer, "http")
+        try:  # the message is renamed here, not by the exchange: it may be whole or its first bytes only
+            ex = self.ex = Exchange.start(self.router, incoming, now=time.time(), model_at=at)
+        except exchange.Refused as refused:
+            self._fail(refused.problem)
+            self.done = True
+            return
+        model = ex.variant.model
+        if first is not None and name and model and model != name:  # the variant's own model name
+            head = _renamed_first(data[: 5 + len(first)], first, whole, model)
+            rest = data[5 + len(first) :]
+            if self.method == oip.STREAM_INFER and whole:  # its later messages too, as they come
+                self.rename = (name, model)
+                rest = self._renamed(rest)
+            self.debt += len(head) - 5 - len(first)
+            self.waiting = [head, rest]
+        address = ex.variant.grpc_upstream
+        if address is None:
+            self._fail_upstream(UpstreamUnavailable(f"variant {ex.variant.name!r} has no grpc_upstream"))
+            return
+        timeouts = ex.table.experiment.timeouts
+        timeout = self.timeout if self.timeout is not None else timeouts.read_s
+        self.deadline = self.loop.time() + timeout
+        self.timer = self.loop.call_at(self.deadline, self._expired)
+        self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
+
+    # --- the upstream's side ---
+
+    def opened(self, up: H2Connection, stream: Stream) -> None:
+        """The upstream stream is open: the head and the data held so far go out."""
+        if self.done:
+            up.reset(stream, frames.CANCEL)
+            return
+        self.up, self.up_stream = up, stream
+        stream.handler = self
+        ex = self.ex
+        assert ex is not None
+        head = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", ex.incoming.target),
+            (":authority", ex.variant.grpc_upstream or ""),
+            ("te", "trailers"),
+            *wire.h2_upstream_fields(self.fields, client_ip=self.peer),
+            ("grpc-timeout", wire.encode_timeout(self.deadline - self.loop.time())),
+        ]
+        waiting, self.waiting = self.waiting or [], None
+        if not waiting and self.request_ended:
+            up.send_headers(stream, head, end_stream=True)
+            return
+        up.send_headers(stream, head)
+        for chunk in waiting:
+            up.send_data(stream, chunk)
+        if self.request_ended:
+            up.send_data(stream, b"", end_stream=True)
+
+    def unreachable(self, reason: str) -> None:
+        """No connection to the upstream could be made."""
+        if not self.done:
+            self._fail_upstream(UpstreamUnavailable(reason))
+
+    def _response_head(self, fields: Fields) -> None:
+        ex = self.ex
+        assert ex is not None
+        self.down.send_headers(self.stream, [*fields, *wire.h2_tags(ex.response_headers([]))])
+        self.head_sent = True
+        ex.first_byte()
+
+    def _response_end(self, fields: Fields) -> None:
+        """The upstream's trailers (or its trailers-only answer): its status, passed through unchanged."""
+        ex = self.ex
+        assert ex is not None
+        code = wire.status_of(fields)
+        ex.received(wire.http_status(code), failed=wire.is_error(code))
+        if not self.head_sent:
+            status = next((v for k, v in fields if k == ":status"), "200")
+            content_type = next((v for k, v in fields if k == "content-type"), "application/grpc")
+            self._response_head([(":status", status), ("content-type", content_type)])
+            fields = [(k, v) for k, v in fields if k[:1] != ":" and k != "content-type"]
+        else:
+            fields = [(k, v) for k, v in fields if k[:1] != ":"]
+        self.down.send_trailers(self.stream, fields)
+        self._finish()
+
+    def _upstream_reset(self, code: int) -> None:
+        if self.done:
+            return
+        if not self.head_sent:
+            self._fail_upstream(UpstreamUnavailable(f"the upstream reset the call (HTTP/2 error {code})"))
+            return
+        assert self.ex is not None
+        log.warning("variant %s: upstream reset the call mid-response (HTTP/2 error %d)", self.ex.variant.name, code)
+        self.ex.aborted()
+        self.down.reset(self.stream, frames.INTERNAL_ERROR)
+        self._finish()
+
+    # --- Handler, for both streams ---
+
+    def headers(self, stream: Stream, fields: Fields, end_stream: bool) -> None:
+        if stream is self.stream:  # the caller's trailers: its request is over
+            self._request_data(b"", True)
+        elif self.done:
+            return
+        elif end_stream:
+            self._response_end(fields)
+        elif not self.head_sent:
+            self._response_head(fields)
+
+    def data(self, stream: Stream, payload: bytes, end_stream: bool) -> None:
+        if stream is self.stream:
+            self._request_data(payload, end_stream)
+            return
+        if self.done:
+            return
+        if payload:
+            self.down.send_data(self.stream, payload)
+        if end_stream:  # no trailers: no status either
+            self._response_end([])
+
+    def reset(self, stream: Stream, code: int) -> None:
+        if stream is self.stream:
+            self._caller_gone()
+        else:
+            self._upstream_reset(code)
+
+    def sent(self, stream: Stream, size: int) -> None:
+        if stream is self.stream:  # response data reached the caller's transport: the upstream may send more
+            if self.up is not None and self.up_stream is not None:
+                self.up.consumed(self.up_stream, size)
+            return
+        if self.debt > 0:  # a renamed message was longer than the caller's: not the caller's bytes
+            paid = min(self.debt, size)
+            self.debt -= paid
+            size -= paid
+        self._credit_caller(size)
+
+    def _credit_caller(self, size: int) -> None:
+        if self.debt < 0:  # renamed messages were shorter than the caller's: its bytes left anyway
+            size -= self.debt
+            self.debt = 0
+        if size:
+            self.down.consumed(self.stream, size)
+
+    def _renamed(self, payload: bytes) -> bytes:
+        """The caller's data with every whole message renamed (a renamed ModelStreamInfer); a partial one is held."""
+        assert self.rename is not None
+        old, new = self.rename
+        messages, self.cut = oip.message_frames(self.cut + payload if self.cut else payload)
+        out = b"".join(oip.framed(flag, oip.renamed(m, old, new) if not flag else m) for flag, m in messages)
+        self.debt += len(out) - len(payload)  # what the caller sent is credited as what went upstream goes out
+        if self.debt < 0:
+            self._credit_caller(0)
+        return out
+
+    # --- endings ---
+
+    def _caller_gone(self) -> None:
+        """The caller reset its stream, or its connection closed."""
+        if self.done:
+            return
+        if self.up is not None and self.up_stream is not None:
+            self.up.reset(self.up_stream, frames.CANCEL)
+        ex = self.ex
+        if ex is None:  # not assigned yet: nothing to record
+            self.done = True
+            return
+        if self.loop.time() >= self.deadline - SLACK_S:
+            ex.failed(UpstreamTimeout(_TIMED_OUT))
+        else:
+            ex.client_gone()
+        self._finish()
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.up is not None and self.up_stream is not None:
+            self.up.reset(self.up_stream, frames.CANCEL)
+        self._fail_upstream(UpstreamTimeout(_TIMED_OUT))
+
+    def _fail_upstream(self, exc: UpstreamUnavailable | UpstreamTimeout) -> None:
+        assert self.ex is not None
+        self._fail(self.ex.failed(exc))
+        self._finish()
+
+    def _fail(self, problem: Problem) -> None:
+        """Answer with the router's own failure: the tags in the head, then the status."""
+        code, details = wire.CODE_OF_FAILURE[problem.failure], problem.message
+        tags = wire.h2_tags(problem.headers)
+        if not self.head_sent:
+            self.down.send_headers(self.stream, [(":status", "200"), ("content-type", "application/grpc"), *tags])
+            self.head_sent = True
+        trailers = [("grpc-status", str(code)), ("grpc-message", wire.percent_encode(details))]
+        self.down.send_trailers(self.stream, trailers)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        assert self.ex is not None
+        self.ex.finish(now=time.time())
+
+    def crashed(self) -> None:
+        """A bug while relaying: INTERNAL to the caller, the upstream's stream reset."""
+        if self.done:
+            return
+        if self.up is not None and self.up_stream is not None:
+            self.up.reset(self.up_stream, frames.CANCEL)
+        if self.ex is None:
+            self.done = True
+            self.down.reset(self.stream, frames.INTERNAL_ERROR)
+            return
+        self.ex.crashed()
+        if self.head_sent:
+            self.down.reset(self.stream, frames.INTERNAL_ERROR)
+        else:
+            self._fail(self.ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
+        self._finish()
+
+
+def _first_message(chunks: list[bytes], held: int) -> bool:
+    """Whether the first gRPC message of the data so far is whole."""
+    if held < 5:
+        return False
+    head = chunks[0][:5] if len(chunks[0]) >= 5 else b"".join(chunks)[:5]
+    return held >= 5 + int.from_bytes(head[1:5], "big")
+
+
+def _first_prefix(data: bytes) -> tuple[bytes | None, bool]:
+    """The first message of `data` (or as much of it as arrived), whether it is whole; None if compressed or cut."""
+    if len(data) < 5 or data[0] != 0:
+        return None, False
+    size = int.from_bytes(data[1:5], "big")
+    first = data[5 : 5 + size]
+    return first, len(first) == size
+
+
+def _renamed_first(part: bytes, first: bytes, whole: bool, name: str) -> bytes:
+    """The first message (`part`: its 5-byte prefix and `first`, whole or its first bytes) with the model name
+    `name`; a message not whole keeps its declared length but for the change in the name's."""
+    if whole:
+        return oip.framed(0, oip.with_model_name(first, name))
+    renamed = oip.renamed_prefix(first, name)
+    if renamed is None:  # the name was not among the first bytes: nothing was matched by it either
+        return part
+    size = int.from_bytes(part[1:5], "big") + len(renamed) - len(first)
+    return b"\x00" + size.to_bytes(4, "big") + renamed

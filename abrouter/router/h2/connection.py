@@ -1,0 +1,542 @@
+"""One HTTP/2 connection on `asyncio.Protocol`, either side: frames in, stream events out, and back.
+
+`H2Connection` reads frames (`abrouter.router.h2.frames`), decodes header blocks
+(`abrouter.router.h2.hpack`) and tells each stream's `Handler` what arrived: its header
+lists (the head, then the trailers), its data, its reset. It keeps the protocol's
+bookkeeping itself: the peer's settings (acknowledged), pings (answered), GOAWAY, and flow
+control both ways:
+
+- sending: DATA goes out as the peer's windows (the stream's and the connection's) allow,
+  in frames no larger than the peer's SETTINGS_MAX_FRAME_SIZE; what does not fit waits in
+  the stream (`Stream.pending`) until a WINDOW_UPDATE; trailers wait behind the data;
+- receiving: the connection's window is replenished as data arrives, a stream's only once
+  its handler has passed the data on (`consumed`), so a stream whose far side reads slowly
+  stops its sender: a proxy holds at most one stream window per stream. The handler
+  learns when its data has gone out (`Handler.sent`), once this connection's transport is
+  not holding back (pause/resume writing).
+
+Everything written in one turn of the event loop leaves in one `transport.write`.
+A subclass says which side it is (`CLIENT`) and what to do with a new stream from the
+peer (`stream_received`, the server side) and with the peer's GOAWAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import ClassVar, Protocol
+
+from abrouter.router.h2 import frames, hpack
+from abrouter.router.h2.frames import FrameError
+
+log = logging.getLogger("abrouter.h2")
+
+Fields = list[tuple[str, str]]
+
+#: Our receive windows: per stream, and for the connection (which we replenish as data arrives).
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 1 << 24
+#: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept.
+MAX_HEADER_BLOCK = 64 * 1024
+
+
+class Handler(Protocol):
+    """What a stream's owner hears of it."""
+
+    def headers(self, stream: Stream, fields: Fields, end_stream: bool) -> None: ...
+
+    def data(self, stream: Stream, payload: bytes, end_stream: bool) -> None: ...
+
+    def reset(self, stream: Stream, code: int) -> None:
+        """The peer reset the stream, or the connection was lost (CANCEL) or went away before it."""
+
+    def sent(self, stream: Stream, size: int) -> None:
+        """`size` bytes of the stream's data went out (and the transport is not holding back)."""
+
+
+class Stream:
+    """One stream of a connection: its windows, what waits to be sent, and its owner."""
+
+    __slots__ = (
+        "conn",
+        "end_queued",
+        "handler",
+        "id",
+        "local_closed",
+        "pending",
+        "recv_window",
+        "remote_closed",
+        "send_window",
+        "trailers",
+        "unacked",
+    )
+
+    def __init__(self, conn: H2Connection, stream_id: int, handler: Handler | None) -> None:
+        self.conn = conn
+        self.id = stream_id
+        self.handler = handler
+        self.send_window = conn.peer_initial_window
+        self.recv_window = STREAM_WINDOW
+        self.unacked = 0
+        self.pending: deque[bytes] = deque()
+        #: The stream's end is queued behind `pending`: trailers (a header list) or END_STREAM (an empty one).
+        self.trailers: Fields | None = None
+        self.end_queued = False
+        self.local_closed = False
+        self.remote_closed = False
+
+
+class H2Connection(asyncio.Protocol):
+    """One connection (see the module docstring)."""
+
+    CLIENT: ClassVar[bool] = False
+    #: The most streams the peer may open at once (a server's SETTINGS_MAX_CONCURRENT_STREAMS).
+    MAX_STREAMS: ClassVar[int] = 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.decoder = hpack.Decoder()
+        self.encoder = hpack.Encoder()
+        self.streams: dict[int, Stream] = {}
+        self.peer_initial_window = frames.DEFAULT_WINDOW
+        self.peer_max_frame = frames.DEFAULT_MAX_FRAME
+        self.peer_max_streams = 2**31 - 1
+        self.send_window = frames.DEFAULT_WINDOW
+        self.recv_unacked = 0
+        self.closed = False
+        self.write_paused = False
+        #: Our GOAWAY went out (no new streams taken), and the peer's arrived (no new streams opened).
+        self.going_away = False
+        self.peer_went_away = False
+        #: The highest stream id the peer opened.
+        self.last_peer_stream = 0
+        self._out: list[bytes] = []
+        self._flushing = False
+        self._parts: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self._preface = not self.CLIENT
+        self._continuing: tuple[int, int, list[bytes]] | None = None
+        self._blocked: set[Stream] = set()
+        self._deferred: list[tuple[Stream, int]] = []
+        self._next_id = -1
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport
+        settings = {frames.INITIAL_WINDOW_SIZE: STREAM_WINDOW, frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK}
+        if self.CLIENT:
+            settings[frames.ENABLE_PUSH] = 0
+        else:
+            settings[frames.MAX_CONCURRENT_STREAMS] = self.MAX_STREAMS
+        preface = frames.PREFACE if self.CLIENT else b""
+        self._write(
+            preface + frames.settings(settings) + frames.window_update(0, CONNECTION_WINDOW - frames.DEFAULT_WINDOW)
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            if stream.handler is not None:
+                stream.handler.reset(stream, frames.CANCEL)
+                stream.handler = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        deferred, self._deferred = self._deferred, []
+        for stream, size in deferred:
+            if stream.handler is not None:
+                stream.handler.sent(stream, size)
+
+    def data_received(self, data: bytes) -> None:
+        if self._parts:
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(self._parts)
+            self._parts = []
+        try:
+            at = self._preface_done(data) if self._preface else 0
+            if at < 0:
+                return
+            self._frames(data, at)
+        except FrameError as exc:
+            self.fail(exc.code, str(exc))
+        except hpack.HpackError as exc:
+            self.fail(frames.COMPRESSION_ERROR, str(exc))
+
+    def _preface_done(self, data: bytes) -> int:
+        size = len(frames.PREFACE)
+        if len(data) < size:
+            if not frames.PREFACE.startswith(data):
+                raise FrameError(frames.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+            self._keep(data, size)
+            return -1
+        if not data.startswith(frames.PREFACE):
+            raise FrameError(frames.PROTOCOL_ERROR, "not an HTTP/2 client preface")
+        self._preface = False
+        self.preface_received()
+        return size
+
+    def _keep(self, rest: bytes, need: int) -> None:
+        self._parts = [rest]
+        self._have = len(rest)
+        self._need = need
+
+    def _frames(self, data: bytes, at: int) -> None:
+        size = len(data)
+        head = frames.HEAD
+        while size - at >= 9:
+            high, low, kind, flags, stream_id = head.unpack_from(data, at)
+            length = high << 8 | low
+            if length > frames.DEFAULT_MAX_FRAME:
+                raise FrameError(frames.FRAME_SIZE_ERROR, f"a frame of {length} bytes, beyond our 16384")
+            end = at + 9 + length
+            if end > size:
+                break
+            self._frame(kind, flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+            at = end
+            if self.closed:
+                return
+        if at < size:
+            rest = data[at:]
+            need = 9 if len(rest) < 9 else 9 + (rest[0] << 16 | rest[1] << 8 | rest[2])
+            self._keep(rest, need)
+
+    # --- frames in ---
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuing is not None and kind != frames.CONTINUATION:
+            raise FrameError(frames.PROTOCOL_ERROR, "a header block interrupted by another frame")
+        if kind == frames.DATA:
+            self._data(flags, stream_id, payload)
+        elif kind == frames.HEADERS:
+            self._headers(flags, stream_id, payload)
+        elif kind == frames.CONTINUATION:
+            self._continuation(flags, stream_id, payload)
+        elif kind == frames.WINDOW_UPDATE:
+            self._window_update(stream_id, frames.parse_window_update(payload))
+        elif kind == frames.RST_STREAM:
+            self._rst_stream(stream_id, frames.parse_code(payload))
+        elif kind == frames.SETTINGS:
+            if stream_id:
+                raise FrameError(frames.PROTOCOL_ERROR, "SETTINGS on a stream")
+            if not flags & frames.ACK:
+                self._settings(frames.parse_settings(payload))
+        elif kind == frames.PING:
+            if len(payload) != 8 or stream_id:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "PING payload not 8 bytes, or on a stream")
+            if not flags & frames.ACK:
+                self._write(frames.ping_ack(payload))
+        elif kind == frames.GOAWAY:
+            last, code = frames.parse_goaway(payload)
+            self._goaway(last, code)
+        elif kind == frames.PUSH_PROMISE:
+            raise FrameError(frames.PROTOCOL_ERROR, "PUSH_PROMISE, which we disabled")
+        # PRIORITY and unknown types: ignored (§5.5)
+
+    def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        size = len(payload)
+        self.recv_unacked += size
+        if self.recv_unacked >= CONNECTION_WINDOW // 2:
+            self._write(frames.window_update(0, self.recv_unacked))
+            self.recv_unacked = 0
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            if stream_id == 0:
+                raise FrameError(frames.PROTOCOL_ERROR, "DATA on stream 0")
+            return  # a stream we reset or finished: its bytes count for the connection only
+        stream.recv_window -= size
+        if stream.recv_window < 0:
+            raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id} sent beyond its window")
+        body = frames.unpad(payload, flags)
+        if len(body) < size:
+            self.consumed(stream, size - len(body))  # padding: nobody needs to pass it on
+        end = bool(flags & frames.END_STREAM)
+        if end:
+            stream.remote_closed = True
+        if stream.handler is not None and (body or end):
+            stream.handler.data(stream, body, end)
+        if end:
+            self._remote_closed(stream)
+
+    def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise FrameError(frames.PROTOCOL_ERROR, "HEADERS on stream 0")
+        block = frames.header_block(payload, flags)
+        if flags & frames.END_HEADERS:
+            self._header_block(stream_id, flags, block)
+        else:
+            self._continuing = (stream_id, flags, [block])
+
+    def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._continuing is None or self._continuing[0] != stream_id:
+            raise FrameError(frames.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+        _, first_flags, parts = self._continuing
+        parts.append(payload)
+        if sum(len(part) for part in parts) > MAX_HEADER_BLOCK:
+            raise FrameError(frames.ENHANCE_YOUR_CALM, f"a header block beyond {MAX_HEADER_BLOCK} bytes")
+        if flags & frames.END_HEADERS:
+            self._continuing = None
+            self._header_block(stream_id, first_flags, b"".join(parts))
+
+    def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
+        fields = self.decoder.decode(block)  # always: the table must follow the peer's, even for a refused stream
+        end = bool(flags & frames.END_STREAM)
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if self.CLIENT or stream_id <= self.last_peer_stream or not stream_id & 1:
+                return  # a stream that ended (or was never ours): nothing listens
+            self.last_peer_stream = stream_id
+            if self.going_away or len(self.streams) >= self.MAX_STREAMS:
+                self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
+                return
+            stream = self.streams[stream_id] = Stream(self, stream_id, None)
+            if end:
+                stream.remote_closed = True
+            self.stream_received(stream, fields, end)
+            return
+        if stream.remote_closed:
+            return
+        if end:
+            stream.remote_closed = True
+        if stream.handler is not None:
+            stream.handler.headers(stream, fields, end)
+        if end:
+            self._remote_closed(stream)
+
+    def _window_update(self, stream_id: int, increment: int) -> None:
+        if stream_id == 0:
+            self.send_window += increment
+            if self.send_window > frames.MAX_WINDOW:
+                raise FrameError(frames.FLOW_CONTROL_ERROR, "connection window beyond 2^31-1")
+            for blocked in list(self._blocked):
+                self._pump(blocked)
+            return
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            stream.send_window += increment
+            if stream.pending or stream.trailers is not None or stream.end_queued:
+                self._pump(stream)
+
+    def _rst_stream(self, stream_id: int, code: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._blocked.discard(stream)
+        stream.local_closed = stream.remote_closed = True
+        if stream.handler is not None:
+            stream.handler.reset(stream, code)
+            stream.handler = None  # the handler holds the stream: no cycle left for the collector
+        self.stream_closed(stream)
+
+    def _settings(self, values: list[tuple[int, int]]) -> None:
+        for key, value in values:
+            if key == frames.INITIAL_WINDOW_SIZE:
+                if value > frames.MAX_WINDOW:
+                    raise FrameError(frames.FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE beyond 2^31-1")
+                delta = value - self.peer_initial_window
+                self.peer_initial_window = value
+                for stream in self.streams.values():
+                    stream.send_window += delta
+            elif key == frames.MAX_FRAME_SIZE:
+                if not frames.DEFAULT_MAX_FRAME <= value <= frames.MAX_FRAME_LIMIT:
+                    raise FrameError(frames.PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
+                self.peer_max_frame = value
+            elif key == frames.MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
+        self._write(frames.SETTINGS_ACK)
+        for stream in list(self.streams.values()):
+            if stream.pending:
+                self._pump(stream)
+
+    def _goaway(self, last: int, code: int) -> None:
+        self.peer_went_away = True
+        if self.CLIENT:  # ours above `last` were never processed: they may go elsewhere
+            for stream_id in [s for s in self.streams if s > last]:
+                self._rst_stream(stream_id, frames.REFUSED_STREAM)
+        self.peer_goaway(last, code)
+        if not self.streams:
+            self.close()
+
+    # --- hooks ---
+
+    def preface_received(self) -> None:
+        """The server side: the client's preface arrived."""
+
+    def stream_received(self, stream: Stream, fields: Fields, end_stream: bool) -> None:
+        """The server side: the peer opened `stream` with these headers; set its `handler`."""
+        self.reset(stream, frames.REFUSED_STREAM)
+
+    def peer_goaway(self, last: int, code: int) -> None:
+        """The peer's GOAWAY arrived."""
+
+    def stream_closed(self, stream: Stream) -> None:
+        """A stream ended both ways, or was reset."""
+
+    # --- sending ---
+
+    def open_stream(self, handler: Handler) -> Stream:
+        """The client side: a new stream (its headers are sent with `send_headers`)."""
+        stream_id = self._next_id = self._next_id + 2
+        stream = self.streams[stream_id] = Stream(self, stream_id, handler)
+        return stream
+
+    def send_headers(self, stream: Stream, fields: Fields, *, end_stream: bool = False) -> None:
+        block = self.encoder.encode(fields)
+        self._write(frames.headers(stream.id, block, end_stream=end_stream, max_frame=self.peer_max_frame))
+        if end_stream:
+            self._local_closed(stream)
+
+    def send_data(self, stream: Stream, payload: bytes, *, end_stream: bool = False) -> None:
+        """Data, sent as the windows allow (see the module docstring); `end_stream` after it."""
+        if stream.local_closed or stream.end_queued or stream.trailers is not None:
+            return
+        if payload:
+            stream.pending.append(payload)
+        if end_stream:
+            stream.end_queued = True
+        self._pump(stream)
+
+    def send_trailers(self, stream: Stream, fields: Fields) -> None:
+        """The stream's last header list, after the data still waiting."""
+        if stream.local_closed or stream.end_queued or stream.trailers is not None:
+            return
+        stream.trailers = fields
+        self._pump(stream)
+
+    def reset(self, stream: Stream, code: int) -> None:
+        """Reset `stream` (nothing more is said of it to its handler)."""
+        if self.streams.pop(stream.id, None) is None:
+            return
+        self._blocked.discard(stream)
+        stream.local_closed = stream.remote_closed = True
+        stream.handler = None
+        self._write(frames.rst_stream(stream.id, code))
+        self.stream_closed(stream)
+
+    def consumed(self, stream: Stream, size: int) -> None:
+        """`size` bytes of `stream`'s data were passed on: the peer may send as many more."""
+        if stream.remote_closed or self.closed:
+            return
+        stream.unacked += size
+        if stream.unacked >= STREAM_WINDOW // 4:
+            stream.recv_window += stream.unacked
+            self._write(frames.window_update(stream.id, stream.unacked))
+            stream.unacked = 0
+
+    def goaway(self, code: int = frames.NO_ERROR) -> None:
+        """No new streams from the peer; those open go on. The connection closes once none are left."""
+        if not self.going_away and not self.closed:
+            self.going_away = True
+            self._write(frames.goaway(self.last_peer_stream, code))
+        if not self.streams:
+            self.close()
+
+    def fail(self, code: int, message: str) -> None:
+        """A connection error: GOAWAY with `code`, then close."""
+        log.debug("HTTP/2 connection error %d: %s", code, message)
+        if not self.closed:
+            self.going_away = True
+            self._write(frames.goaway(self.last_peer_stream, code, message.encode()[:200]))
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._flush()
+            self.transport.close()
+            self.closed = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- internals ---
+
+    def _pump(self, stream: Stream) -> None:
+        pending = stream.pending
+        while pending:
+            room = min(stream.send_window, self.send_window, self.peer_max_frame)
+            if room <= 0:
+                self._blocked.add(stream)
+                return
+            chunk = pending[0]
+            if len(chunk) <= room:
+                pending.popleft()
+            else:
+                pending[0] = chunk[room:]
+                chunk = chunk[:room]
+            size = len(chunk)
+            stream.send_window -= size
+            self.send_window -= size
+            end = not pending and stream.end_queued
+            self._write(frames.data(stream.id, chunk, end_stream=end))
+            self._sent(stream, size)
+            if end:
+                self._blocked.discard(stream)
+                self._local_closed(stream)
+                return
+        self._blocked.discard(stream)
+        if stream.local_closed:
+            return
+        if stream.trailers is not None:
+            block = self.encoder.encode(stream.trailers)
+            self._write(frames.headers(stream.id, block, end_stream=True, max_frame=self.peer_max_frame))
+            self._local_closed(stream)
+        elif stream.end_queued:
+            self._write(frames.data(stream.id, b"", end_stream=True))
+            self._local_closed(stream)
+
+    def _sent(self, stream: Stream, size: int) -> None:
+        if stream.handler is None:
+            return
+        if self.write_paused:
+            self._deferred.append((stream, size))
+        else:
+            stream.handler.sent(stream, size)
+
+    def _local_closed(self, stream: Stream) -> None:
+        stream.local_closed = True
+        if stream.remote_closed:
+            self._forget(stream)
+        elif not self.CLIENT:  # a server that answered whole need not read the rest (RFC 9113 §8.1)
+            stream.handler = None
+            self.reset(stream, frames.NO_ERROR)
+
+    def _remote_closed(self, stream: Stream) -> None:
+        stream.remote_closed = True
+        if stream.local_closed:
+            self._forget(stream)
+
+    def _forget(self, stream: Stream) -> None:
+        if self.streams.pop(stream.id, None) is not None:
+            self._blocked.discard(stream)
+            self.stream_closed(stream)
+            stream.handler = None  # the handler holds the stream: no cycle left for the collector
+            if (self.going_away or self.peer_went_away) and not self.streams:
+                self.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._out.append(data)
+        if not self._flushing:
+            self._flushing = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if not self._out or self.transport is None or self.transport.is_closing():
+            self._out.clear()
+            return
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self.transport.write(out)

@@ -1,0 +1,146 @@
+"""Our HPACK against RFC 7541's own examples (Appendix C) and against python-hyper's `hpack` as a reference."""
+
+from __future__ import annotations
+
+import random
+
+import hpack as reference
+import pytest
+
+from abrouter.router.h2 import hpack
+
+# RFC 7541 C.4: three requests with Huffman coding, one decoder (the dynamic table carries over).
+C4 = [
+    (
+        "828684418cf1e3c2e5f23a6ba0ab90f4ff",
+        [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com")],
+        57,
+    ),
+    (
+        "828684be5886a8eb10649cbf",
+        [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "www.example.com"),
+         ("cache-control", "no-cache")],
+        110,
+    ),
+    (
+        "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf",
+        [(":method", "GET"), (":scheme", "https"), (":path", "/index.html"), (":authority", "www.example.com"),
+         ("custom-key", "custom-value")],
+        164,
+    ),
+]  # fmt: skip
+
+# RFC 7541 C.6: three responses with Huffman coding and a 256-byte table, so entries are evicted.
+C6 = [
+    (
+        "488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3",
+        [(":status", "302"), ("cache-control", "private"), ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+         ("location", "https://www.example.com")],
+        222,
+    ),
+    (
+        "4883640effc1c0bf",
+        [(":status", "307"), ("cache-control", "private"), ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+         ("location", "https://www.example.com")],
+        222,
+    ),
+    (
+        "88c16196d07abe941054d444a8200595040b8166e084a62d1bffc05a839bd9ab77ad94e7821dd7f2e6c7b335dfdfcd5b3960d5af2708"
+        "7f3672c1ab270fb5291f9587316065c003ed4ee5b1063d5007",
+        [(":status", "200"), ("cache-control", "private"), ("date", "Mon, 21 Oct 2013 20:13:22 GMT"),
+         ("location", "https://www.example.com"), ("content-encoding", "gzip"),
+         ("set-cookie", "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1")],
+        215,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("examples", "table_size"), [(C4, 4096), (C6, 256)], ids=["C.4", "C.6"])
+def test_the_rfcs_examples_decode_with_the_table_carried_over_and_entries_evicted(
+    examples: list[tuple[str, list[tuple[str, str]], int]], table_size: int
+) -> None:
+    decoder = hpack.Decoder(table_size)
+    for block, headers, size in examples:
+        assert decoder.decode(bytes.fromhex(block)) == headers
+        assert decoder.size == size
+
+
+def test_the_huffman_code_is_the_rfcs_and_round_trips_every_byte() -> None:
+    assert hpack.huffman_encode(b"www.example.com") == bytes.fromhex("f1e3c2e5f23a6ba0ab90f4ff")  # C.4.1
+    every = bytes(range(256)) * 3
+    assert hpack.huffman_decode(hpack.huffman_encode(every)) == every
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        bytes.fromhex("ffffffff"),  # 32 one bits: EOS inside the string
+        bytes.fromhex("f1e3c2e5f23a6ba0ab90f4fe"),  # padding that is not the EOS prefix
+        bytes.fromhex("f1e3c2e5f23a6ba0ab90f4ffff"),  # more than 7 bits of padding
+    ],
+)
+def test_a_huffman_string_with_eos_or_bad_padding_is_an_error(bad: bytes) -> None:
+    with pytest.raises(hpack.HpackError):
+        hpack.huffman_decode(bad)
+
+
+def _random_headers(rng: random.Random) -> list[tuple[str, str]]:
+    names = [":method", ":path", "content-type", "x-user-id", "grpc-timeout", "te", "user-agent", "x-custom-bin"]
+    return [
+        (rng.choice(names), "".join(rng.choice("abc/-_ 019=%\x7f\xe9") for _ in range(rng.randint(0, 40))))
+        for _ in range(rng.randint(1, 12))
+    ]
+
+
+def test_what_the_reference_encoder_writes_decodes_the_same_with_indexing_huffman_and_table_size_changes() -> None:
+    rng = random.Random(7)
+    encoder, ours, theirs = reference.Encoder(), hpack.Decoder(), reference.Decoder()
+    for i in range(500):
+        if i % 97 == 0:
+            encoder.header_table_size = rng.choice([0, 256, 4096])  # a size update in the next block
+        headers = _random_headers(rng)
+        block = encoder.encode(headers, huffman=bool(i % 2))
+        expected = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in theirs.decode(block, raw=True)]
+        assert ours.decode(block) == expected
+        assert ours.size == theirs.header_table._current_size
+
+
+def test_what_our_encoder_writes_the_reference_decoder_reads_back() -> None:
+    rng = random.Random(11)
+    encoder, decoder = hpack.Encoder(), reference.Decoder()
+    for _ in range(300):
+        headers = [*_random_headers(rng), (":status", "200"), ("content-type", "application/grpc")]
+        decoded = decoder.decode(encoder.encode(headers), raw=True)
+        assert [(k.decode("latin-1"), v.decode("latin-1")) for k, v in decoded] == headers
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"\xbe",  # dynamic index 62 with an empty table
+        b"\x80",  # index 0
+        b"\x3f\xe2\x1f",  # a table size update to 4097, beyond our 4096
+        b"\x04\x85ab",  # a string longer than the block
+        b"\x7f",  # an integer cut short
+    ],
+)
+def test_a_block_that_does_not_decode_is_an_error(block: bytes) -> None:
+    with pytest.raises(hpack.HpackError):
+        hpack.Decoder().decode(block)
+
+
+def test_integers_on_every_prefix_round_trip() -> None:
+    for prefix in range(4, 8):
+        for value in (0, 1, (1 << prefix) - 2, (1 << prefix) - 1, 1 << prefix, 127, 128, 300, 2**20):
+            encoded = hpack.encode_integer(value, prefix, 0)
+            assert hpack._integer(encoded, 0, prefix) == (value, len(encoded))
+
+
+def test_a_small_block_that_stands_for_a_huge_header_list_is_refused() -> None:
+    """The same 4 KiB table entry indexed again and again: 4 bytes of block per 4 KiB of headers."""
+    decoder = hpack.Decoder()
+    entry = reference.Encoder().encode([("x-big", "v" * 4000)])  # a literal with incremental indexing
+    decoder.decode(entry)
+    assert decoder.decode(b"\xbe" * 10) == [("x-big", "v" * 4000)] * 10  # dynamic index 62, ten times: fine
+    with pytest.raises(hpack.HpackError, match="header list beyond"):
+        decoder.decode(b"\xbe" * 100)  # 400 KiB
