@@ -39,6 +39,8 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
 #: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept.
 MAX_HEADER_BLOCK = 64 * 1024
+#: The most frames (HEADERS and its CONTINUATIONs) one header block may come in: empty ones cost nothing else.
+MAX_BLOCK_FRAMES = 1024
 
 
 class Handler(Protocol):
@@ -119,6 +121,7 @@ class H2Connection(asyncio.Protocol):
         self._need = 0
         self._preface = not self.CLIENT
         self._continuing: tuple[int, int, list[bytes]] | None = None
+        self._block_size = 0
         self._blocked: set[Stream] = set()
         self._deferred: list[tuple[Stream, int]] = []
         self._next_id = -1
@@ -276,14 +279,18 @@ class H2Connection(asyncio.Protocol):
             self._header_block(stream_id, flags, block)
         else:
             self._continuing = (stream_id, flags, [block])
+            self._block_size = len(block)
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuing is None or self._continuing[0] != stream_id:
             raise FrameError(frames.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
         _, first_flags, parts = self._continuing
         parts.append(payload)
-        if sum(len(part) for part in parts) > MAX_HEADER_BLOCK:
-            raise FrameError(frames.ENHANCE_YOUR_CALM, f"a header block beyond {MAX_HEADER_BLOCK} bytes")
+        self._block_size += len(payload)
+        if self._block_size > MAX_HEADER_BLOCK or len(parts) > MAX_BLOCK_FRAMES:
+            raise FrameError(
+                frames.ENHANCE_YOUR_CALM, f"a header block beyond {MAX_HEADER_BLOCK} bytes or {MAX_BLOCK_FRAMES} frames"
+            )
         if flags & frames.END_HEADERS:
             self._continuing = None
             self._header_block(stream_id, first_flags, b"".join(parts))
