@@ -254,8 +254,8 @@ class H2Connection(asyncio.Protocol):
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
         if stream is None or stream.remote_closed:
-            if stream_id == 0:
-                raise FrameError(frames.PROTOCOL_ERROR, "DATA on stream 0")
+            if stream_id == 0 or (stream is None and self._idle(stream_id)):
+                raise FrameError(frames.PROTOCOL_ERROR, f"DATA on stream {stream_id}, never opened")
             return  # a stream we reset or finished: its bytes count for the connection only
         stream.recv_window -= size
         if stream.recv_window < 0:
@@ -300,8 +300,12 @@ class H2Connection(asyncio.Protocol):
         end = bool(flags & frames.END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is None:
-            if self.CLIENT or stream_id <= self.last_peer_stream or not stream_id & 1:
-                return  # a stream that ended (or was never ours): nothing listens
+            if self._idle(stream_id) and (self.CLIENT or not stream_id & 1):
+                raise FrameError(frames.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, which the peer may not open")
+            if self.CLIENT or stream_id <= self.last_peer_stream:
+                if not end and not self.CLIENT:  # not trailers (they end the stream): a new stream below the last
+                    raise FrameError(frames.PROTOCOL_ERROR, f"a new stream {stream_id} below {self.last_peer_stream}")
+                return  # a stream that ended: nothing listens
             self.last_peer_stream = stream_id
             if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
                 self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
@@ -319,6 +323,13 @@ class H2Connection(asyncio.Protocol):
             stream.handler.headers(stream, fields, end)
         if end:
             self._remote_closed(stream)
+
+    def _idle(self, stream_id: int) -> bool:
+        """Whether `stream_id` was never opened: beyond the last of the peer's or ours, or on our side's numbering
+        (a server opens none, push being off)."""
+        if self.CLIENT:
+            return stream_id > self._next_id or not stream_id & 1
+        return stream_id > self.last_peer_stream or not stream_id & 1
 
     def _peer_streams(self) -> int:
         return len(self.streams) if not self.CLIENT else 0
