@@ -1,0 +1,726 @@
+"""Our own HTTP/2 both ways against what RFC 9113 and RFC 7541 make a peer do and an endpoint bear:
+the router's gRPC port driven frame by frame (a client written by hand, and python-hyper's `h2`), and
+the upstream leg against a quirky upstream written by hand (the router is its client).
+
+The peers here are honest about the protocol but use its corners: padding, priority, header blocks
+in many pieces, unknown frames and settings, HPACK table size updates, windows made negative,
+GOAWAY with calls in flight; and they break it where real stacks are known to (stream ids, windows,
+header block floods), to see the router answer as the RFC says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import hpack as reference
+import pytest
+
+from abrouter.router.h2 import frames
+from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
+from tests.router.grpc.servers import EchoServer
+
+pytestmark = pytest.mark.parametrize("grpc_server", ["own"])
+
+WAIT_S = 30.0
+UNIT = (("x-user-id", "u42"),)
+
+
+@dataclass
+class Frame:
+    kind: int
+    flags: int
+    stream_id: int
+    payload: bytes
+
+
+class Wire:
+    """One end of an HTTP/2 connection written by hand: frames out as given, frames in as read."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.encoder = reference.Encoder()
+        self.decoder = reference.Decoder()
+
+    @classmethod
+    async def client(cls, r: GrpcRouter, settings: dict[int, int] | None = None) -> Wire:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+        wire = cls(reader, writer)
+        wire.send(frames.PREFACE + frames.settings(settings or {}))
+        return wire
+
+    def send(self, *chunks: bytes) -> None:
+        self.writer.write(b"".join(chunks))
+
+    async def frame(self) -> Frame:
+        """The next frame; ConnectionError when the connection closed first."""
+        try:
+            head = await asyncio.wait_for(self.reader.readexactly(9), WAIT_S)
+            high, low, kind, flags, stream_id = frames.HEAD.unpack(head)
+            payload = await asyncio.wait_for(self.reader.readexactly(high << 8 | low), WAIT_S)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionError("closed") from exc
+        return Frame(kind, flags, stream_id & frames.MAX_WINDOW, payload)
+
+    async def until(self, done: Callable[[Frame], bool], *, limit: int = 100_000) -> list[Frame]:
+        """Frames up to the first `done` says is the one (at most `limit`)."""
+        seen = []
+        for _ in range(limit):
+            f = await self.frame()
+            seen.append(f)
+            if done(f):
+                return seen
+        raise AssertionError(f"no such frame in {limit}")
+
+    async def goaway(self) -> tuple[int, int]:
+        """(last stream id, error code) of the GOAWAY that must come, once the connection closed after it."""
+        seen = await self.until(lambda f: f.kind == frames.GOAWAY)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(self.reader.read(), WAIT_S)  # the rest, up to the close
+        return frames.parse_goaway(seen[-1].payload)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _head(path: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "router"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *UNIT,
+        *extra,
+    ]
+
+
+def _message(body: bytes) -> bytes:
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def _answer(seen: list[Frame], stream_id: int, decoder: reference.Decoder) -> tuple[dict, bytes, dict]:
+    """(head, body, trailers) of one stream's answer among the frames seen (header blocks whole)."""
+    blocks: list[dict] = []
+    body = b""
+    for f in seen:
+        if f.stream_id != stream_id:
+            continue
+        if f.kind == frames.HEADERS:
+            assert f.flags & frames.END_HEADERS, "the router's own header blocks are small here"
+            blocks.append(dict(decoder.decode(frames.header_block(f.payload, f.flags))))
+        elif f.kind == frames.DATA:
+            body += frames.unpad(f.payload, f.flags)
+    head, trailers = blocks[0], blocks[-1]
+    return head, body, trailers
+
+
+def _ends(stream_id: int) -> Callable[[Frame], bool]:
+    return lambda f: (
+        f.stream_id == stream_id and f.kind in (frames.HEADERS, frames.DATA) and bool(f.flags & frames.END_STREAM)
+    )
+
+
+def _padded(payload: bytes, pad: int) -> bytes:
+    return bytes([pad]) + payload + b"\x00" * pad
+
+
+# --- the router's gRPC port ---
+
+
+async def test_a_head_padded_with_priority_in_many_continuations_among_unknown_frames_and_settings_is_answered(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r, {0x4A4A: 7, frames.HEADER_TABLE_SIZE: 0, 0xFF00: 1})
+    try:
+        block = wire.encoder.encode(_head("/test.Echo/Unary"), huffman=True)
+        priority = struct.pack(">LB", 0, 200)  # depends on nothing, weight 201
+        pieces = [block[:1], *[block[at : at + 1] for at in range(1, len(block))]]
+        out = [
+            frames.frame(0xFA, 0xFF, 0, b"unknown on the connection"),
+            frames.frame(frames.PRIORITY, 0, 1, struct.pack(">LB", 0, 15)),  # PRIORITY on an idle stream
+            frames.frame(frames.HEADERS, frames.PADDED | frames.PRIORITY_FLAG, 1, _padded(priority + pieces[0], 9)),
+            *[frames.frame(frames.CONTINUATION, 0, 1, p) for p in pieces[1:-1]],
+            frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, pieces[-1]),
+            frames.frame(0xFB, 0, 1, b"unknown on the stream"),
+            frames.frame(frames.PRIORITY, 0, 1, struct.pack(">LB", 0, 99)),
+            frames.frame(frames.DATA, frames.PADDED, 1, _padded(_message(b"pad")[:3], 200)),
+            frames.frame(frames.DATA, frames.PADDED | frames.END_STREAM, 1, _padded(_message(b"pad")[3:], 0)),
+            frames.frame(frames.PING, 0, 0, b"pingpong"),
+        ]
+        assert len(pieces) > 50
+        wire.send(*out)
+        seen = await wire.until(_ends(1))
+        if not any(f.kind == frames.PING for f in seen):
+            seen += await wire.until(lambda f: f.kind == frames.PING)
+    finally:
+        wire.close()
+    assert not any(f.kind in (frames.GOAWAY, frames.RST_STREAM) for f in seen)
+    assert any(f.kind == frames.SETTINGS and f.flags & frames.ACK for f in seen)
+    ping = next(f for f in seen if f.kind == frames.PING)
+    assert ping.flags & frames.ACK and ping.payload == b"pingpong"
+    head, body, trailers = _answer(seen, 1, wire.decoder)
+    variant = head["x-ab-variant"]
+    assert head[":status"] == "200" and body == _message(f"{variant}:pad".encode())
+    assert trailers["grpc-status"] == "0"
+
+
+async def test_the_callers_hpack_table_size_updates_eviction_huffman_and_never_indexed_fields_all_decode(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        # A table of 0, one that holds one field (each new field evicts the last), then the whole 4096 again.
+        for stream_id, table_size, huffman in ((1, 4096, True), (3, 0, False), (5, 90, True), (7, 4096, False)):
+            wire.encoder.header_table_size = table_size  # a size update starts the next block
+            secret = reference.NeverIndexedHeaderTuple("authorization", f"secret-{stream_id}")
+            fields = [*_head("/test.Echo/Metadata"), ("x-a", f"a{stream_id}"), ("x-b", "b" * 40), secret]
+            block = wire.encoder.encode(fields, huffman=huffman)
+            wire.send(
+                frames.headers(stream_id, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
+                frames.data(stream_id, _message(b""), end_stream=True),
+            )
+            seen = await wire.until(_ends(stream_id))
+            assert not any(f.kind == frames.GOAWAY for f in seen)
+            _, body, trailers = _answer(seen, stream_id, wire.decoder)
+            echoed = dict(json.loads(body[5:]))
+            assert trailers["grpc-status"] == "0"
+            assert echoed["x-a"] == f"a{stream_id}" and echoed["x-b"] == "b" * 40
+            assert echoed["authorization"] == f"secret-{stream_id}"
+    finally:
+        wire.close()
+
+
+async def test_a_stream_id_from_the_servers_side_of_the_numbering_is_a_protocol_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        block = wire.encoder.encode(_head("/test.Echo/Unary"))
+        wire.send(frames.headers(2, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME))
+        assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
+    finally:
+        wire.close()
+
+
+async def test_a_new_stream_id_below_one_already_used_is_a_protocol_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        slow = _message(b"0.5")
+        for stream_id in (5, 3):
+            block = wire.encoder.encode(_head("/test.Echo/Slow"))
+            wire.send(
+                frames.headers(stream_id, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
+                frames.data(stream_id, slow, end_stream=True),
+            )
+        last, code = await wire.goaway()
+        assert code == frames.PROTOCOL_ERROR and last == 5
+    finally:
+        wire.close()
+
+
+async def test_data_on_a_stream_never_opened_is_a_protocol_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        wire.send(frames.data(9, _message(b"who?"), end_stream=True))
+        assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
+    finally:
+        wire.close()
+
+
+async def test_an_unknown_frame_inside_a_header_block_is_a_protocol_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        block = wire.encoder.encode(_head("/test.Echo/Unary"))
+        wire.send(
+            frames.frame(frames.HEADERS, 0, 1, block[:4]),
+            frames.frame(0xFA, 0, 1, b"not here"),
+            frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, block[4:]),
+        )
+        assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
+    finally:
+        wire.close()
+
+
+async def test_a_flood_of_empty_continuation_frames_is_cut_off_with_a_goaway(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        block = wire.encoder.encode(_head("/test.Echo/Unary"))
+        empty = frames.frame(frames.CONTINUATION, 0, 1, b"")
+        # Frames of nothing, the header block never ending (CVE-2024-27316's kind): each costs the peer
+        # 9 bytes and, unbounded, the router a list entry and a pass over the block so far.
+        wire.send(frames.frame(frames.HEADERS, 0, 1, block), empty * 5_000)
+        _, code = await wire.goaway()
+        assert code in (frames.ENHANCE_YOUR_CALM, frames.PROTOCOL_ERROR)
+    finally:
+        wire.close()
+
+
+async def test_a_caller_sending_beyond_its_stream_window_gets_a_flow_control_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        settings = await wire.until(lambda f: f.kind == frames.SETTINGS and not f.flags & frames.ACK)
+        window = dict(frames.parse_settings(settings[-1].payload))[frames.INITIAL_WINDOW_SIZE]
+        # An inference call's first message names the model: the router holds its data until it is whole,
+        # and this one never is (it says 100 MB), so nothing of the stream's window comes back.
+        block = wire.encoder.encode(_head("/inference.GRPCInferenceService/ModelInfer"))
+        wire.send(frames.headers(1, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME))
+        wire.send(frames.data(1, b"\x00" + (100 << 20).to_bytes(4, "big")))
+        chunk = b"\x01" * frames.DEFAULT_MAX_FRAME
+        for _ in range(window // len(chunk) + 2):
+            wire.send(frames.data(1, chunk))
+        seen = await wire.until(lambda f: f.kind in (frames.GOAWAY, frames.RST_STREAM))
+        code = frames.parse_goaway(seen[-1].payload)[1] if seen[-1].kind == frames.GOAWAY else None
+        code = code if code is not None else frames.parse_code(seen[-1].payload)
+        assert code == frames.FLOW_CONTROL_ERROR
+    finally:
+        wire.close()
+
+
+async def test_a_large_message_both_ways_through_tiny_windows_made_negative_mid_stream_arrives_whole(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+    # python-hyper's h2 keeps both windows: it raises FlowControlError if the router sends beyond ours.
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="latin-1"))
+    conn.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000}
+    )
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    message = _message(bytes(range(256)) * (3 * 4096))  # 3 MiB
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(stream_id, _head("/test.Echo/Bidi"))
+    sent = received = 0
+    answer = bytearray()
+    phase = "small"
+    ended = False
+    try:
+        for _ in range(100_000):
+            for _ in range(1000):  # as much as the router's windows allow
+                room = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size, len(message) - sent)
+                if room <= 0:
+                    break
+                conn.send_data(stream_id, message[sent : sent + room], end_stream=sent + room == len(message))
+                sent += room
+            writer.write(conn.data_to_send())
+            if ended:
+                break
+            data = await asyncio.wait_for(reader.read(65536), WAIT_S)
+            assert data, "the router closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    answer += event.data
+                    received += event.flow_controlled_length
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    if phase == "small" and received > 1 << 20:
+                        phase = "negative"  # the window drops below what is in flight: negative for a while
+                        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+                elif isinstance(event, h2.events.SettingsAcknowledged) and phase == "negative":
+                    phase = "wide"  # the router took the window of 0: now a wide one
+                    conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise AssertionError(event)
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    assert ended and phase == "wide"
+    variant = "control" if answer[5:12] == b"control" else "candidate"
+    assert bytes(answer) == _message(f"{variant}:".encode() + message[5:])
+
+
+async def test_a_client_that_closes_its_connection_mid_call_cancels_the_upstreams_and_is_no_error_of_the_variant(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()}, {"control": 100, "candidate": 0})
+    wire = await Wire.client(r)
+    block = wire.encoder.encode(_head("/test.Echo/Slow"))
+    wire.send(
+        frames.headers(1, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
+        frames.data(1, _message(b"30"), end_stream=True),
+    )
+    for _ in range(1500):
+        if "/test.Echo/Slow" in echo_servers["control"].calls:
+            break
+        await asyncio.sleep(0.02)
+    wire.writer.transport.abort()  # no GOAWAY, no RST_STREAM: the TCP connection just goes
+    for _ in range(1500):
+        if echo_servers["control"].cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert echo_servers["control"].cancelled == 1
+    for _ in range(1500):
+        if r.router.metrics.requests.get((r.spec["name"], "control", "4xx")):
+            break
+        await asyncio.sleep(0.02)
+    assert r.router.metrics.requests[(r.spec["name"], "control", "4xx")] == 1
+    assert not r.router.metrics.errors
+
+
+# --- the upstream leg: the router as the client of a quirky upstream ---
+
+
+@dataclass
+class Request:
+    stream_id: int
+    head: dict[str, str]
+    body: bytes
+
+
+class UpstreamWire(Wire):
+    """The upstream's end of one connection from the router: requests in, answers out by hand."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.heads: dict[int, dict[str, str]] = {}
+        self.bodies: dict[int, bytearray] = {}
+        self.ended: list[int] = []
+        self.resets: dict[int, int] = {}
+        self.goaways: list[tuple[int, int]] = []
+        self.pings: list[bytes] = []
+        #: Credit the router's DATA back at once (else the test keeps the windows).
+        self.credit = True
+        self._block: list[bytes] = []
+        self._first_flags = 0
+
+    async def step(self) -> Frame:
+        """One frame in, the protocol's chores done (SETTINGS acknowledged, header blocks decoded, data credited)."""
+        f = await self.frame()
+        if f.kind == frames.SETTINGS and not f.flags & frames.ACK:
+            self.send(frames.SETTINGS_ACK)
+        elif f.kind in (frames.HEADERS, frames.CONTINUATION):
+            self._block.append(frames.header_block(f.payload, f.flags) if f.kind == frames.HEADERS else f.payload)
+            if f.kind == frames.HEADERS:
+                self._first_flags = f.flags
+            if f.flags & frames.END_HEADERS:
+                fields = dict(self.decoder.decode(b"".join(self._block)))
+                self._block = []
+                self.heads.setdefault(f.stream_id, fields)
+                self.bodies.setdefault(f.stream_id, bytearray())
+                if self._first_flags & frames.END_STREAM:
+                    self.ended.append(f.stream_id)
+        elif f.kind == frames.DATA:
+            self.bodies[f.stream_id] += frames.unpad(f.payload, f.flags)
+            if self.credit and f.payload:
+                self.send(frames.window_update(0, len(f.payload)), frames.window_update(f.stream_id, len(f.payload)))
+            if f.flags & frames.END_STREAM:
+                self.ended.append(f.stream_id)
+        elif f.kind == frames.RST_STREAM:
+            self.resets[f.stream_id] = frames.parse_code(f.payload)
+        elif f.kind == frames.GOAWAY:
+            self.goaways.append(frames.parse_goaway(f.payload))
+        elif f.kind == frames.PING:
+            if f.flags & frames.ACK:
+                self.pings.append(f.payload)
+            else:
+                self.send(frames.ping_ack(f.payload))
+        return f
+
+    async def requests(self, count: int) -> list[Request]:
+        """The next `count` requests whole (their request side ended)."""
+        for _ in range(100_000):
+            if len(self.ended) >= count:
+                break
+            await self.step()
+        done, self.ended = self.ended[:count], self.ended[count:]
+        return [Request(s, self.heads[s], bytes(self.bodies[s])) for s in done]
+
+    def respond(self, stream_id: int, fields: list[tuple[str, str]], *, end_stream: bool = False) -> None:
+        block = self.encoder.encode(fields)
+        self.send(frames.headers(stream_id, block, end_stream=end_stream, max_frame=frames.DEFAULT_MAX_FRAME))
+
+
+Serve = Callable[[UpstreamWire], Awaitable[None]]
+
+
+class Upstream:
+    """A gRPC upstream written by hand on 127.0.0.1: `serve` runs for each connection the router makes."""
+
+    def __init__(self, serve: Serve, settings: dict[int, int] | None = None) -> None:
+        self.serve, self.settings = serve, settings or {}
+        self.connections: list[UpstreamWire] = []
+        self.failures: list[BaseException] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> Upstream:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        wire = UpstreamWire(reader, writer)
+        self.connections.append(wire)
+        try:
+            assert await asyncio.wait_for(reader.readexactly(len(frames.PREFACE)), WAIT_S) == frames.PREFACE
+            wire.send(frames.settings(self.settings))
+            await self.serve(wire)
+            for _ in range(100_000):  # then the chores, until the router closes the connection
+                await wire.step()
+        except (ConnectionError, TimeoutError):
+            pass
+        except BaseException as exc:  # the test fails on it (`check`)
+            self.failures.append(exc)
+        finally:
+            writer.close()
+
+    def check(self) -> None:
+        assert not self.failures, self.failures
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for wire in self.connections:
+            wire.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def upstream(serve: Serve, settings: dict[int, int] | None = None) -> AsyncIterator[Upstream]:
+    u = await Upstream(serve, settings).start()
+    try:
+        yield u
+        u.check()
+    finally:
+        await u.stop()
+
+
+def _big_channel(r: GrpcRouter) -> grpc.aio.Channel:
+    big = [("grpc.max_metadata_size", 1 << 20), ("grpc.absolute_max_metadata_size", 1 << 20)]
+    return grpc.aio.insecure_channel(r.grpc_address, options=big)
+
+
+OK_HEAD = [(":status", "200"), ("content-type", "application/grpc")]
+
+
+async def test_an_upstreams_answer_padded_with_priority_table_updates_unknown_frames_and_continued_trailers_arrives(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    big = "t" * 40_000
+    pinged: asyncio.Future[list[bytes]] = asyncio.get_running_loop().create_future()
+
+    async def serve(wire: UpstreamWire) -> None:
+        for _ in range(3):
+            (req,) = await wire.requests(1)
+            s = req.stream_id
+            wire.encoder.header_table_size = {1: 256, 3: 0, 5: 4096}[s]  # a size update starts the next block
+            block = wire.encoder.encode([*OK_HEAD, ("served-by", f"quirky-{s}"), ("x-pad", "p" * 100)])
+            wire.send(
+                frames.settings({0x7A7A: 1, frames.HEADER_TABLE_SIZE: 8192}),
+                frames.frame(frames.PING, 0, 0, b"upstream"),
+                frames.frame(0xEE, 0x3, s, b"an extension frame"),
+                frames.frame(
+                    frames.HEADERS,
+                    frames.PADDED | frames.PRIORITY_FLAG | frames.END_HEADERS,
+                    s,
+                    _padded(struct.pack(">LB", 0x8000_0000, 7) + block, 30),
+                ),
+                frames.frame(frames.PRIORITY, 0, s, struct.pack(">LB", 0, 1)),
+                frames.frame(frames.DATA, frames.PADDED, s, _padded(_message(req.body[5:] + b"!")[:4], 100)),
+                frames.frame(frames.DATA, frames.PADDED, s, _padded(_message(req.body[5:] + b"!")[4:], 0)),
+            )
+            trailers = wire.encoder.encode([("grpc-status", "0"), ("big-trailer", big), ("n", str(s))], huffman=s != 3)
+            wire.send(frames.headers(s, trailers, end_stream=True, max_frame=frames.DEFAULT_MAX_FRAME))
+        assert len(trailers) > frames.DEFAULT_MAX_FRAME  # the trailers came in CONTINUATION frames
+        for _ in range(100_000):
+            if len(wire.pings) == 3:
+                break
+            await wire.step()
+        pinged.set_result(wire.pings)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with _big_channel(r) as channel:
+            for n in (1, 3, 5):
+                call = channel.unary_unary("/test.Quirky/Call")(b"m%d" % n, metadata=UNIT, timeout=10)
+                assert await call == b"m%d!" % n
+                head, trailers = dict(await call.initial_metadata()), dict(await call.trailing_metadata())
+                assert head["served-by"] == f"quirky-{n}" and head["x-pad"] == "p" * 100
+                assert trailers["big-trailer"] == big and trailers["n"] == str(n)
+                assert await call.code() is grpc.StatusCode.OK
+        assert await asyncio.wait_for(pinged, WAIT_S) == [b"upstream"] * 3  # each PING acknowledged as it was
+        (wire,) = u.connections
+        assert not wire.goaways
+
+
+async def test_a_trailers_only_answer_reaches_the_caller_with_its_status_and_the_tags(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        fields = [*OK_HEAD, ("grpc-status", "5"), ("grpc-message", "no%20such%20model"), ("why", "gone")]
+        wire.respond(req.stream_id, fields, end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Quirky/Call")(b"x", metadata=UNIT, timeout=10)
+    e = err.value
+    assert e.code() is grpc.StatusCode.NOT_FOUND and e.details() == "no such model"
+    assert dict(e.initial_metadata() or ())["x-ab-variant"] in ("control", "candidate")
+    assert dict(e.trailing_metadata() or ())["why"] == "gone"
+
+
+async def test_an_upstreams_goaway_lets_the_calls_below_it_finish_fails_those_above_unavailable_and_new_calls_reconnect(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        if len(u.connections) > 1:  # the new connection answers as usual
+            (req,) = await wire.requests(1)
+            wire.respond(req.stream_id, OK_HEAD)
+            wire.send(frames.data(req.stream_id, _message(b"second connection")))
+            wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+            return
+        first, _ = sorted(await wire.requests(2), key=lambda q: q.stream_id)
+        wire.send(frames.goaway(first.stream_id, frames.NO_ERROR))
+        wire.respond(first.stream_id, OK_HEAD)
+        wire.send(frames.data(first.stream_id, _message(b"below the goaway")))
+        wire.respond(first.stream_id, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            method = channel.unary_unary("/test.Quirky/Call")
+            both = await asyncio.wait_for(
+                asyncio.gather(
+                    method(b"a", metadata=UNIT, timeout=10),
+                    method(b"b", metadata=UNIT, timeout=10),
+                    return_exceptions=True,
+                ),
+                WAIT_S,
+            )
+            answered = [x for x in both if isinstance(x, bytes)]
+            failed = [x for x in both if isinstance(x, grpc.aio.AioRpcError)]
+            assert answered == [_message(b"below the goaway")[5:]] and len(failed) == 1
+            assert failed[0].code() is grpc.StatusCode.UNAVAILABLE
+            assert "variant 'control'" in (failed[0].details() or "")
+            assert await method(b"c", metadata=UNIT, timeout=10) == b"second connection"
+        assert len(u.connections) == 2
+        assert r.router.metrics.errors[(r.spec["name"], "control", "unavailable")] == 1
+
+
+async def test_a_callers_reset_mid_call_resets_the_upstreams_stream_and_is_no_error_of_the_variant(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    reset = asyncio.get_running_loop().create_future()
+
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        wire.respond(req.stream_id, OK_HEAD)
+        wire.send(frames.data(req.stream_id, _message(b"part")))
+        for _ in range(100_000):
+            if req.stream_id in wire.resets:
+                break
+            await wire.step()
+        reset.set_result(wire.resets[req.stream_id])
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        wire = await Wire.client(r)
+        try:
+            block = wire.encoder.encode(_head("/test.Quirky/Stream"))
+            wire.send(
+                frames.headers(1, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
+                frames.data(1, _message(b"go"), end_stream=True),
+            )
+            await wire.until(lambda f: f.kind == frames.DATA and f.stream_id == 1)
+            wire.send(frames.rst_stream(1, frames.CANCEL))
+            assert await asyncio.wait_for(reset, WAIT_S) == frames.CANCEL
+        finally:
+            wire.close()
+        for _ in range(1500):
+            if r.router.metrics.requests.get((r.spec["name"], "control", "4xx")):
+                break
+            await asyncio.sleep(0.02)
+        assert r.router.metrics.requests[(r.spec["name"], "control", "4xx")] == 1
+        assert not r.router.metrics.errors
+
+
+async def test_an_upstream_frame_beyond_the_max_frame_size_is_a_frame_size_error_and_the_next_call_reconnects(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        if len(u.connections) == 1:
+            wire.respond(req.stream_id, OK_HEAD)
+            wire.send(frames.data(req.stream_id, b"\x00" * (frames.DEFAULT_MAX_FRAME + 1)))
+            return
+        wire.respond(req.stream_id, OK_HEAD)
+        wire.send(frames.data(req.stream_id, _message(b"second connection")))
+        wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            method = channel.unary_unary("/test.Quirky/Call")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await method(b"x", metadata=UNIT, timeout=10)
+            assert err.value.code() is grpc.StatusCode.INTERNAL, err.value  # the head had come: cut mid-answer
+            assert await method(b"y", metadata=UNIT, timeout=10) == b"second connection"
+        first = u.connections[0]
+        assert first.goaways and first.goaways[-1][1] == frames.FRAME_SIZE_ERROR
+        assert len(u.connections) == 2
+
+
+async def test_many_calls_on_one_upstream_connection_answered_interleaved_and_out_of_order_each_get_their_own(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    count = 20
+
+    async def serve(wire: UpstreamWire) -> None:
+        reqs = await wire.requests(count)
+        for req in reqs:
+            wire.respond(req.stream_id, OK_HEAD)
+        answers = {q.stream_id: _message(q.body[5:] * 3000) for q in reqs}
+        for at in range(0, max(len(a) for a in answers.values()), 1000):  # a piece of each, round and round
+            for stream_id in reversed(sorted(answers)):
+                piece = answers[stream_id][at : at + 1000]
+                if piece:
+                    wire.send(frames.data(stream_id, piece))
+        for stream_id in answers:
+            wire.respond(stream_id, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with r.channel() as channel:
+            method = channel.unary_unary("/test.Quirky/Call")
+            calls = [method(b"<%02d>" % n, metadata=UNIT, timeout=20) for n in range(count)]
+            answers = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
+        assert answers == [b"<%02d>" % n * 3000 for n in range(count)]
+        assert len(u.connections) == 1
