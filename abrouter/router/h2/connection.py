@@ -37,7 +37,8 @@ Fields = list[tuple[str, str]]
 #: Our receive windows: per stream, and for the connection (which we replenish as data arrives).
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
-#: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept.
+#: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept, and of the header list it
+#: decodes to (our SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes a field).
 MAX_HEADER_BLOCK = 64 * 1024
 #: The most frames (HEADERS and its CONTINUATIONs) one header block may come in: empty ones cost nothing else.
 MAX_BLOCK_FRAMES = 1024
@@ -298,6 +299,9 @@ class H2Connection(asyncio.Protocol):
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
         fields = self.decoder.decode(block)  # always: the table must follow the peer's, even for a refused stream
         end = bool(flags & frames.END_STREAM)
+        # A few bytes of block can stand for MBs of fields (indexed ones repeated): held to our
+        # SETTINGS_MAX_HEADER_LIST_SIZE, the stream is reset rather than the fields passed on.
+        too_big = sum(len(name) + len(value) + 32 for name, value in fields) > MAX_HEADER_BLOCK
         stream = self.streams.get(stream_id)
         if stream is None:
             if self._idle(stream_id) and (self.CLIENT or not stream_id & 1):
@@ -310,12 +314,19 @@ class H2Connection(asyncio.Protocol):
             if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
                 self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
                 return
+            if too_big:
+                self._write(frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM))
+                return
             stream = self.streams[stream_id] = Stream(self, stream_id, None)
             if end:
                 stream.remote_closed = True
             self.stream_received(stream, fields, end)
             return
         if stream.remote_closed:
+            return
+        if too_big:  # its handler hears of it as of a reset by the peer
+            self._write(frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM))
+            self._rst_stream(stream_id, frames.ENHANCE_YOUR_CALM)
             return
         if end:
             stream.remote_closed = True
