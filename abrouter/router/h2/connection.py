@@ -229,23 +229,36 @@ class H2Connection(asyncio.Protocol):
         elif kind == frames.WINDOW_UPDATE:
             self._window_update(stream_id, frames.parse_window_update(payload))
         elif kind == frames.RST_STREAM:
-            self._rst_stream(stream_id, frames.parse_code(payload))
+            code = frames.parse_code(payload)
+            if stream_id == 0 or self._idle(stream_id):
+                raise FrameError(frames.PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, never opened")
+            self._rst_stream(stream_id, code)
         elif kind == frames.SETTINGS:
             if stream_id:
                 raise FrameError(frames.PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & frames.ACK:
                 self._settings(frames.parse_settings(payload))
+            elif payload:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
         elif kind == frames.PING:
-            if len(payload) != 8 or stream_id:
-                raise FrameError(frames.FRAME_SIZE_ERROR, "PING payload not 8 bytes, or on a stream")
+            if stream_id:
+                raise FrameError(frames.PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "PING payload not 8 bytes")
             if not flags & frames.ACK:
                 self._write(frames.ping_ack(payload))
         elif kind == frames.GOAWAY:
+            if stream_id:
+                raise FrameError(frames.PROTOCOL_ERROR, "GOAWAY on a stream")
             last, code = frames.parse_goaway(payload)
             self._goaway(last, code)
         elif kind == frames.PUSH_PROMISE:
             raise FrameError(frames.PROTOCOL_ERROR, "PUSH_PROMISE, which we disabled")
-        # PRIORITY and unknown types: ignored (§5.5)
+        elif kind == frames.PRIORITY:  # otherwise ignored, like unknown types (§5.5)
+            if stream_id == 0:
+                raise FrameError(frames.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "PRIORITY payload not 5 bytes")
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
@@ -346,6 +359,8 @@ class H2Connection(asyncio.Protocol):
         return len(self.streams) if not self.CLIENT else 0
 
     def _window_update(self, stream_id: int, increment: int) -> None:
+        if increment == 0:  # a stream error on a stream (§6.9): we end the connection for it too (§5.4.1)
+            raise FrameError(frames.PROTOCOL_ERROR, f"WINDOW_UPDATE of 0 on stream {stream_id}")
         if stream_id == 0:
             self.send_window += increment
             if self.send_window > frames.MAX_WINDOW:
@@ -354,8 +369,12 @@ class H2Connection(asyncio.Protocol):
                 self._pump(blocked)
             return
         stream = self.streams.get(stream_id)
+        if stream is None and self._idle(stream_id):
+            raise FrameError(frames.PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream_id}, never opened")
         if stream is not None:
             stream.send_window += increment
+            if stream.send_window > frames.MAX_WINDOW:
+                raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id}'s window beyond 2^31-1")
             if stream.pending or stream.trailers is not None or stream.end_queued:
                 self._pump(stream)
 
@@ -385,6 +404,8 @@ class H2Connection(asyncio.Protocol):
                 self.peer_max_frame = value
             elif key == frames.MAX_CONCURRENT_STREAMS:
                 self.peer_max_streams = value
+            elif key == frames.ENABLE_PUSH and value > 1:
+                raise FrameError(frames.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}, neither 0 nor 1")
         self._write(frames.SETTINGS_ACK)
         for stream in list(self.streams.values()):
             if stream.pending:
