@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,13 +27,13 @@ import h2.settings
 import hpack as reference
 import pytest
 
-from abrouter.router.h2 import frames
+from abrouter.router.h2 import frames, hpack
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
 from tests.router.grpc.servers import EchoServer
 
 pytestmark = pytest.mark.parametrize("grpc_server", ["own"])
 
-WAIT_S = 30.0
+WAIT_S = float(os.environ.get("H2_TEST_WAIT_S", "30"))
 UNIT = (("x-user-id", "u42"),)
 
 
@@ -724,3 +725,101 @@ async def test_many_calls_on_one_upstream_connection_answered_interleaved_and_ou
             answers = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
         assert answers == [b"<%02d>" % n * 3000 for n in range(count)]
         assert len(u.connections) == 1
+
+
+async def test_a_header_list_beyond_the_advertised_max_header_list_size_is_refused_not_forwarded(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        settings = await wire.until(lambda f: f.kind == frames.SETTINGS and not f.flags & frames.ACK)
+        limit = dict(frames.parse_settings(settings[-1].payload))[frames.MAX_HEADER_LIST_SIZE]
+        plain = hpack.Encoder()  # never indexes: the table holds only what the literal below adds
+        value = b"v" * 4000
+        added = b"\x40\x05x-big" + hpack.encode_integer(len(value), 7, 0) + value  # indexed: entry 62
+        wire.send(
+            frames.headers(1, plain.encode(_head("/test.Echo/Metadata")) + added, end_stream=False, max_frame=16384),
+            frames.data(1, _message(b""), end_stream=True),
+        )
+        seen = await wire.until(_ends(1))
+        assert _answer(seen, 1, wire.decoder)[2]["grpc-status"] == "0"
+        # 2 bytes of block per 4 KB of header list: 12,000 of them are 48 MB, the advertised limit many times over.
+        bomb = plain.encode(_head("/test.Echo/Metadata")) + b"\xbe" * 12_000
+        assert 12_000 * (len(value) + 5 + 32) > limit
+        wire.send(
+            frames.headers(3, bomb, end_stream=False, max_frame=16384),
+            frames.data(3, _message(b""), end_stream=True),
+        )
+        seen = await wire.until(lambda f: f.stream_id == 3 and (f.kind == frames.RST_STREAM or _ends(3)(f)))
+        assert seen[-1].kind == frames.RST_STREAM or _answer(seen, 3, wire.decoder)[2]["grpc-status"] != "0"
+        assert sum(c.count("/test.Echo/Metadata") for c in (s.calls for s in echo_servers.values())) == 1
+        # The connection goes on (its HPACK table too): the entry is still there for the next call.
+        wire.send(
+            frames.headers(5, plain.encode(_head("/test.Echo/Metadata")) + b"\xbe", end_stream=False, max_frame=16384),
+            frames.data(5, _message(b""), end_stream=True),
+        )
+        seen = await wire.until(_ends(5))
+        _, body, trailers = _answer(seen, 5, wire.decoder)
+        assert trailers["grpc-status"] == "0" and dict(json.loads(body[5:]))["x-big"] == value.decode()
+    finally:
+        wire.close()
+
+
+#: Frames no endpoint may send, and the connection error RFC 9113 names for each (§6, §5.1, §4.2).
+MALFORMED = {
+    "ping-on-a-stream": (frames.frame(frames.PING, 0, 1, b"12345678"), frames.PROTOCOL_ERROR),
+    "ping-of-seven-bytes": (frames.frame(frames.PING, 0, 0, b"1234567"), frames.FRAME_SIZE_ERROR),
+    "settings-on-a-stream": (frames.frame(frames.SETTINGS, 0, 1, b""), frames.PROTOCOL_ERROR),
+    "settings-ack-with-a-payload": (
+        frames.frame(frames.SETTINGS, frames.ACK, 0, b"\x00\x04\x00\x00\x00\x01"),
+        frames.FRAME_SIZE_ERROR,
+    ),
+    "settings-of-five-bytes": (frames.frame(frames.SETTINGS, 0, 0, b"\x00\x04\x00\x00\x00"), frames.FRAME_SIZE_ERROR),
+    "enable-push-of-two": (frames.settings({frames.ENABLE_PUSH: 2}), frames.PROTOCOL_ERROR),
+    "initial-window-beyond-2^31-1": (frames.settings({frames.INITIAL_WINDOW_SIZE: 2**31}), frames.FLOW_CONTROL_ERROR),
+    "max-frame-size-below-16384": (frames.settings({frames.MAX_FRAME_SIZE: 16383}), frames.PROTOCOL_ERROR),
+    "window-update-of-zero": (frames.window_update(0, 0), frames.PROTOCOL_ERROR),
+    "window-update-beyond-2^31-1": (frames.window_update(0, 2**31 - 1), frames.FLOW_CONTROL_ERROR),
+    "window-update-of-three-bytes": (
+        frames.frame(frames.WINDOW_UPDATE, 0, 0, b"\x00\x00\x01"),
+        frames.FRAME_SIZE_ERROR,
+    ),
+    "rst-stream-on-stream-0": (frames.rst_stream(0, frames.CANCEL), frames.PROTOCOL_ERROR),
+    "rst-stream-on-a-stream-never-opened": (frames.rst_stream(7, frames.CANCEL), frames.PROTOCOL_ERROR),
+    "goaway-on-a-stream": (frames.frame(frames.GOAWAY, 0, 1, bytes(8)), frames.PROTOCOL_ERROR),
+    "priority-on-stream-0": (frames.frame(frames.PRIORITY, 0, 0, bytes(5)), frames.PROTOCOL_ERROR),
+    "headers-on-stream-0": (frames.frame(frames.HEADERS, frames.END_HEADERS, 0, b"\x83"), frames.PROTOCOL_ERROR),
+    "data-on-stream-0": (frames.data(0, b"x"), frames.PROTOCOL_ERROR),
+    "continuation-without-headers": (
+        frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, b"\x83"),
+        frames.PROTOCOL_ERROR,
+    ),
+    "push-promise-from-a-client": (
+        frames.frame(frames.PUSH_PROMISE, frames.END_HEADERS, 1, bytes(4)),
+        frames.PROTOCOL_ERROR,
+    ),
+    "a-frame-beyond-16384-bytes": (frames.frame(0xFA, 0, 0, bytes(16385)), frames.FRAME_SIZE_ERROR),
+    "a-header-block-that-does-not-decode": (
+        frames.frame(frames.HEADERS, frames.END_HEADERS, 1, b"\xff\xff\xff"),
+        frames.COMPRESSION_ERROR,
+    ),
+    "padding-longer-than-the-headers": (
+        frames.frame(frames.HEADERS, frames.END_HEADERS | frames.PADDED, 1, b"\x05\x83"),
+        frames.PROTOCOL_ERROR,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_frame_that_breaks_the_protocol_is_a_goaway_with_the_code_the_rfc_names(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer], case: str
+) -> None:
+    bad, code = MALFORMED[case]
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        wire.send(bad)
+        assert (await wire.goaway())[1] == code
+    finally:
+        wire.close()
