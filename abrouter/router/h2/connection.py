@@ -123,6 +123,8 @@ class H2Connection(asyncio.Protocol):
         self._preface = not self.CLIENT
         self._continuing: tuple[int, int, list[bytes]] | None = None
         self._block_size = 0
+        #: The peer's preface ends with its SETTINGS (§3.4): its first frame.
+        self._settings_due = True
         self._blocked: set[Stream] = set()
         self._deferred: list[tuple[Stream, int]] = []
         self._next_id = -1
@@ -218,6 +220,10 @@ class H2Connection(asyncio.Protocol):
     # --- frames in ---
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._settings_due:
+            if kind != frames.SETTINGS or flags & frames.ACK:
+                raise FrameError(frames.PROTOCOL_ERROR, "the peer's first frame is not its SETTINGS")
+            self._settings_due = False
         if self._continuing is not None and kind != frames.CONTINUATION:
             raise FrameError(frames.PROTOCOL_ERROR, "a header block interrupted by another frame")
         if kind == frames.DATA:
