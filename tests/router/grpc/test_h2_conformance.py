@@ -823,3 +823,233 @@ async def test_a_frame_that_breaks_the_protocol_is_a_goaway_with_the_code_the_rf
         assert (await wire.goaway())[1] == code
     finally:
         wire.close()
+
+
+async def test_a_connection_whose_first_frame_is_not_settings_is_a_protocol_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+    wire = Wire(reader, writer)
+    try:
+        wire.send(frames.PREFACE + frames.frame(frames.PING, 0, 0, b"no hello"))  # §3.4: SETTINGS must come first
+        assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
+    finally:
+        wire.close()
+
+
+async def test_many_concurrent_streams_with_interleaved_data_on_one_connection_each_get_their_own_answer(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="latin-1"))
+    conn.initiate_connection()
+    streams = [conn.get_next_available_stream_id() + 2 * n for n in range(50)]
+    messages = {s: _message(b"<%d>" % s * 200) for s in streams}  # 50 KB: within the first connection window
+    for s in streams:
+        conn.send_headers(s, _head("/test.Echo/Bidi"))
+    for at in range(0, max(len(m) for m in messages.values()), 700):  # a piece of each stream in turn
+        for s in streams:
+            piece = messages[s][at : at + 700]
+            if piece:
+                conn.send_data(s, piece)
+    for s in streams:
+        conn.end_stream(s)
+    writer.write(conn.data_to_send())
+    answers: dict[int, bytearray] = {s: bytearray() for s in streams}
+    ended: set[int] = set()
+    try:
+        for _ in range(100_000):
+            if ended == set(streams):
+                break
+            data = await asyncio.wait_for(reader.read(65536), WAIT_S)
+            assert data, "the router closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    answers[event.stream_id] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id)
+                elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    raise AssertionError(event)
+            writer.write(conn.data_to_send())
+    finally:
+        writer.close()
+    for s in streams:
+        variant, _, echoed = bytes(answers[s][5:]).partition(b":")
+        assert variant in (b"control", b"candidate") and echoed == messages[s][5:]
+
+
+async def test_an_upstream_that_limits_concurrent_streams_gets_no_more_and_the_calls_beyond_take_a_new_connection(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    release = asyncio.Event()
+
+    async def serve(wire: UpstreamWire) -> None:
+        for _ in range(100):
+            (req,) = await wire.requests(1)
+            open_streams = [s for s in wire.heads if s not in wire.resets and s != req.stream_id and s not in done]
+            assert not open_streams, f"a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS 1: {req.stream_id}"
+            if req.body[5:] != b"first":
+                await asyncio.wait_for(release.wait(), WAIT_S)
+            wire.respond(req.stream_id, OK_HEAD)
+            wire.send(frames.data(req.stream_id, _message(req.body[5:])))
+            wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+            done.add(req.stream_id)
+
+    done: set[int] = set()
+    async with upstream(serve, {frames.MAX_CONCURRENT_STREAMS: 1}) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with r.channel() as channel:
+            method = channel.unary_unary("/test.Quirky/Call")
+            assert await method(b"first", metadata=UNIT, timeout=10) == b"first"  # the upstream's SETTINGS are in
+            calls = [asyncio.ensure_future(method(b"c%d" % n, metadata=UNIT, timeout=20)) for n in range(2)]
+            for _ in range(1500):
+                if len(u.connections) == 2 and all(w.heads for w in u.connections):
+                    break
+                await asyncio.sleep(0.02)
+            release.set()
+            assert await asyncio.wait_for(asyncio.gather(*calls), WAIT_S) == [b"c0", b"c1"]
+        assert len(u.connections) == 2
+
+
+async def test_the_router_never_sends_an_upstream_beyond_its_windows_tiny_negative_or_raised_frame_sizes(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    big_frame = 1 << 18
+    largest: list[int] = []
+
+    async def serve(wire: UpstreamWire) -> None:
+        wire.credit = False
+        # What the router may send: the connection's window, the stream's; SETTINGS take effect once acknowledged.
+        conn_window, initial, stream_window = frames.DEFAULT_WINDOW, frames.DEFAULT_WINDOW, {}
+        pending_initial = [1000]
+        wire.send(frames.window_update(0, 10 << 20))
+        conn_window += 10 << 20
+        received = 0
+        for _ in range(100_000):
+            f = await wire.step()
+            if f.kind == frames.SETTINGS and f.flags & frames.ACK and pending_initial:
+                new = pending_initial.pop(0)
+                for s in stream_window:
+                    stream_window[s] += new - initial
+                initial = new
+            elif f.kind == frames.HEADERS:
+                stream_window.setdefault(f.stream_id, initial)
+            elif f.kind == frames.DATA:
+                size = len(f.payload)
+                largest.append(size)
+                received += size
+                conn_window -= size
+                stream_window[f.stream_id] -= size
+                assert conn_window >= 0 and stream_window[f.stream_id] >= 0, (received, stream_window)
+                if f.flags & frames.END_STREAM:
+                    break
+                if conn_window < 1 << 20:
+                    wire.send(frames.window_update(0, 8 << 20))
+                    conn_window += 8 << 20
+                if stream_window[f.stream_id] <= 0:
+                    if received > 1 << 20 and not pending_initial and initial > 0:
+                        pending_initial.append(0)  # made negative: -1000 below what it was
+                        wire.send(frames.settings({frames.INITIAL_WINDOW_SIZE: 0}))
+                        wire.send(frames.window_update(f.stream_id, 500))  # still not above 0
+                        stream_window[f.stream_id] += 500
+                    grant = 70_000 if initial else 2_000
+                    wire.send(frames.window_update(f.stream_id, grant))
+                    stream_window[f.stream_id] += grant
+        (req,) = await wire.requests(1)
+        wire.respond(req.stream_id, OK_HEAD)
+        wire.send(frames.data(req.stream_id, _message(b"%d" % len(req.body))))
+        wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve, {frames.INITIAL_WINDOW_SIZE: 1000, frames.MAX_FRAME_SIZE: big_frame}) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with r.channel() as channel:
+            message = b"\x07" * (3 << 20)
+            answer = await channel.unary_unary("/test.Quirky/Call")(message, metadata=UNIT, timeout=20)
+        assert answer == b"%d" % (5 + len(message))
+        assert max(largest) <= big_frame
+
+
+async def test_a_caller_streaming_to_an_upstream_that_reads_nothing_is_held_to_the_windows(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    read = asyncio.Event()
+
+    async def serve(wire: UpstreamWire) -> None:
+        wire.credit = False
+        for _ in range(100_000):  # the head, and as much data as its default windows let through
+            if wire.heads:
+                break
+            await wire.step()
+        await asyncio.wait_for(read.wait(), WAIT_S)
+        wire.credit = True
+        s = next(iter(wire.heads))
+        wire.send(frames.window_update(0, frames.DEFAULT_WINDOW), frames.window_update(s, frames.DEFAULT_WINDOW))
+        (req,) = await wire.requests(1)
+        wire.respond(req.stream_id, OK_HEAD)
+        wire.send(frames.data(req.stream_id, _message(b"%d" % len(req.body))))
+        wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="latin-1"))
+        conn.initiate_connection()
+        s = conn.get_next_available_stream_id()
+        conn.send_headers(s, _head("/test.Quirky/Upload"))
+        message = _message(b"\x05" * (8 << 20))
+        sent = 0
+        try:
+            for _ in range(100_000):  # send while the router's windows let us, until they stay shut
+                room = min(conn.local_flow_control_window(s), conn.max_outbound_frame_size, len(message) - sent)
+                if room > 0:
+                    conn.send_data(s, message[sent : sent + room])
+                    sent += room
+                    writer.write(conn.data_to_send())
+                    continue
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 1.0)
+                except TimeoutError:
+                    break  # shut: nothing more comes from the router
+                conn.receive_data(data)
+                writer.write(conn.data_to_send())
+            # The router took at most one stream window from us beyond what the upstream took (64 KiB).
+            settings = conn.remote_settings
+            assert sent <= settings.initial_window_size + frames.DEFAULT_WINDOW, sent
+            assert sent < len(message)
+            read.set()
+            answer = bytearray()
+            for _ in range(100_000):
+                room = min(conn.local_flow_control_window(s), conn.max_outbound_frame_size, len(message) - sent)
+                if room > 0:
+                    conn.send_data(s, message[sent : sent + room], end_stream=sent + room == len(message))
+                    sent += room
+                    writer.write(conn.data_to_send())
+                    continue
+                data = await asyncio.wait_for(reader.read(65536), WAIT_S)
+                assert data, "the router closed the connection"
+                events = conn.receive_data(data)
+                writer.write(conn.data_to_send())
+                answer += b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+                if any(isinstance(e, h2.events.StreamEnded) for e in events):
+                    break
+        finally:
+            writer.close()
+        assert bytes(answer) == _message(b"%d" % len(message))
+
+
+async def test_an_upstreams_http_error_without_a_grpc_status_is_the_code_grpc_maps_it_to(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        wire.respond(req.stream_id, [(":status", "503"), ("content-type", "text/plain")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Quirky/Call")(b"x", metadata=UNIT, timeout=10)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
