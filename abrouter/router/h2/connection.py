@@ -343,9 +343,11 @@ class H2Connection(asyncio.Protocol):
             return
         if stream.remote_closed:
             return
-        if too_big:  # its handler hears of it as of a reset by the peer
-            self._write(frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM))
-            self._rst_stream(stream_id, frames.ENHANCE_YOUR_CALM)
+        # A request's second header list is its trailers: without END_STREAM it is malformed (RFC 9113 §8.1).
+        code = frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR if not (end or self.CLIENT) else 0
+        if code:  # its handler hears of it as of a reset by the peer
+            self._write(frames.rst_stream(stream_id, code))
+            self._rst_stream(stream_id, code)
             return
         if end:
             stream.remote_closed = True
