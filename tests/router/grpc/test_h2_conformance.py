@@ -958,6 +958,7 @@ async def test_the_router_never_sends_an_upstream_beyond_its_windows_tiny_negati
                     grant = 70_000 if initial else 2_000
                     wire.send(frames.window_update(f.stream_id, grant))
                     stream_window[f.stream_id] += grant
+        assert initial == 0  # the window of 0 was taken (and made the stream's negative)
         (req,) = await wire.requests(1)
         wire.respond(req.stream_id, OK_HEAD)
         wire.send(frames.data(req.stream_id, _message(b"%d" % len(req.body))))
@@ -1053,3 +1054,46 @@ async def test_an_upstreams_http_error_without_a_grpc_status_is_the_code_grpc_ma
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await channel.unary_unary("/test.Quirky/Call")(b"x", metadata=UNIT, timeout=10)
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_second_head_on_a_request_without_end_stream_is_malformed_and_its_stream_reset(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        message = _message(b"half")
+        wire.send(
+            frames.headers(1, wire.encoder.encode(_head("/test.Echo/Unary")), end_stream=False, max_frame=16384),
+            frames.data(1, message[:4]),
+            frames.headers(1, wire.encoder.encode([("x-not", "trailers")]), end_stream=False, max_frame=16384),
+            frames.data(1, message[4:], end_stream=True),
+        )
+        seen = await wire.until(lambda f: f.stream_id == 1 and (f.kind == frames.RST_STREAM or _ends(1)(f)))
+        assert seen[-1].kind == frames.RST_STREAM and frames.parse_code(seen[-1].payload) == frames.PROTOCOL_ERROR
+        # The connection goes on.
+        wire.send(
+            frames.headers(3, wire.encoder.encode(_head("/test.Echo/Unary")), end_stream=False, max_frame=16384),
+            frames.data(3, _message(b"next"), end_stream=True),
+        )
+        assert _answer(await wire.until(_ends(3)), 3, wire.decoder)[2]["grpc-status"] == "0"
+    finally:
+        wire.close()
+
+
+async def test_a_clients_goaway_lets_its_calls_in_flight_finish_and_then_the_connection_closes(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        wire.send(
+            frames.headers(1, wire.encoder.encode(_head("/test.Echo/Slow")), end_stream=False, max_frame=16384),
+            frames.data(1, _message(b"0.2"), end_stream=True),
+            frames.goaway(0, frames.NO_ERROR),
+        )
+        seen = await wire.until(_ends(1))
+        assert _answer(seen, 1, wire.decoder)[2]["grpc-status"] == "0"
+        assert await asyncio.wait_for(wire.reader.read(), WAIT_S) == b""  # closed, nothing more to say
+    finally:
+        wire.close()
