@@ -44,6 +44,18 @@ MAX_HEADER_BLOCK = 64 * 1024
 MAX_BLOCK_FRAMES = 1024
 
 
+#: Fields of HTTP/1.1's connection management, which no HTTP/2 message may carry (RFC 9113 §8.2.2).
+CONNECTION_FIELDS = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+
+
+def malformed(fields: Fields) -> bool:
+    """Whether a header list breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
+    for name, value in fields:
+        if name in CONNECTION_FIELDS or name != name.lower() or (name == "te" and value != "trailers"):
+            return True
+    return False
+
+
 class Handler(Protocol):
     """What a stream's owner hears of it."""
 
@@ -333,8 +345,10 @@ class H2Connection(asyncio.Protocol):
             if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
                 self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
                 return
-            if too_big:
-                self._write(frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM))
+            if too_big or malformed(fields):
+                self._write(
+                    frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR)
+                )
                 return
             stream = self.streams[stream_id] = Stream(self, stream_id, None)
             if end:
@@ -344,7 +358,13 @@ class H2Connection(asyncio.Protocol):
         if stream.remote_closed:
             return
         # A request's second header list is its trailers: without END_STREAM it is malformed (RFC 9113 §8.1).
-        code = frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR if not (end or self.CLIENT) else 0
+        code = (
+            frames.ENHANCE_YOUR_CALM
+            if too_big
+            else frames.PROTOCOL_ERROR
+            if not (end or self.CLIENT) or malformed(fields)
+            else 0
+        )
         if code:  # its handler hears of it as of a reset by the peer
             self._write(frames.rst_stream(stream_id, code))
             self._rst_stream(stream_id, code)
