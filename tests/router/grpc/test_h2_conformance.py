@@ -1097,3 +1097,26 @@ async def test_a_clients_goaway_lets_its_calls_in_flight_finish_and_then_the_con
         assert await asyncio.wait_for(wire.reader.read(), WAIT_S) == b""  # closed, nothing more to say
     finally:
         wire.close()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [("connection", "keep-alive"), ("transfer-encoding", "chunked"), ("X-Upper", "case"), ("te", "gzip")],
+    ids=["connection", "transfer-encoding", "upper-case-name", "te-not-trailers"],
+)
+async def test_a_request_with_a_field_http2_forbids_is_malformed_and_no_error_of_the_variant(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer], bad: tuple[str, str]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        fields = [f for f in _head("/test.Echo/Unary") if f[0] != "te" or bad[0] != "te"] + [bad]
+        wire.send(
+            frames.headers(1, wire.encoder.encode(fields), end_stream=False, max_frame=16384),
+            frames.data(1, _message(b"x"), end_stream=True),
+        )
+        seen = await wire.until(lambda f: f.stream_id == 1 and (f.kind == frames.RST_STREAM or _ends(1)(f)))
+        assert seen[-1].kind == frames.RST_STREAM and frames.parse_code(seen[-1].payload) == frames.PROTOCOL_ERROR
+    finally:
+        wire.close()
+    assert not r.router.metrics.errors
