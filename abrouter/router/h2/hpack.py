@@ -461,6 +461,8 @@ class Decoder:
                     self._add(field)
                     out.append(field)
                 elif byte & 0x20:  # dynamic table size update
+                    if out:
+                        raise HpackError("a table size update after a field, not at the start of the block")
                     size, at = _integer(block, at, 5)
                     if size > self.max_size:
                         raise HpackError(f"table size update to {size} beyond the {self.max_size} allowed")
