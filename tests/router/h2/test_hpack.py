@@ -122,6 +122,7 @@ def test_what_our_encoder_writes_the_reference_decoder_reads_back() -> None:
         b"\x3f\xe2\x1f",  # a table size update to 4097, beyond our 4096
         b"\x04\x85ab",  # a string longer than the block
         b"\x7f",  # an integer cut short
+        b"\x83\x20",  # a table size update after a field (RFC 7541 §4.2: only at the start of a block)
     ],
 )
 def test_a_block_that_does_not_decode_is_an_error(block: bytes) -> None:
