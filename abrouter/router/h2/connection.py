@@ -285,10 +285,13 @@ class H2Connection(asyncio.Protocol):
             self._write(frames.window_update(0, self.recv_unacked))
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
-        if stream is None or stream.remote_closed:
-            if stream_id == 0 or (stream is None and self._idle(stream_id)):
+        if stream is None:
+            if stream_id == 0 or self._idle(stream_id):
                 raise FrameError(frames.PROTOCOL_ERROR, f"DATA on stream {stream_id}, never opened")
             return  # a stream we reset or finished: its bytes count for the connection only
+        if stream.remote_closed:  # after the peer's END_STREAM (§5.1, half-closed (remote))
+            self._stream_error(stream_id, frames.STREAM_CLOSED)
+            return
         stream.recv_window -= size
         if stream.recv_window < 0:
             raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id} sent beyond its window")
@@ -355,7 +358,8 @@ class H2Connection(asyncio.Protocol):
                 stream.remote_closed = True
             self.stream_received(stream, fields, end)
             return
-        if stream.remote_closed:
+        if stream.remote_closed:  # after the peer's END_STREAM (§5.1, half-closed (remote))
+            self._stream_error(stream_id, frames.STREAM_CLOSED)
             return
         # A request's second header list is its trailers: without END_STREAM it is malformed (RFC 9113 §8.1).
         code = (
@@ -365,9 +369,8 @@ class H2Connection(asyncio.Protocol):
             if not (end or self.CLIENT) or malformed(fields)
             else 0
         )
-        if code:  # its handler hears of it as of a reset by the peer
-            self._write(frames.rst_stream(stream_id, code))
-            self._rst_stream(stream_id, code)
+        if code:
+            self._stream_error(stream_id, code)
             return
         if end:
             stream.remote_closed = True
@@ -416,6 +419,11 @@ class H2Connection(asyncio.Protocol):
             stream.handler.reset(stream, code)
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
         self.stream_closed(stream)
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """A stream error (§5.4.2): RST_STREAM, and its handler hears of it as of a reset by the peer."""
+        self._write(frames.rst_stream(stream_id, code))
+        self._rst_stream(stream_id, code)
 
     def _settings(self, values: list[tuple[int, int]]) -> None:
         for key, value in values:
