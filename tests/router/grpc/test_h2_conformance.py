@@ -1120,3 +1120,26 @@ async def test_a_request_with_a_field_http2_forbids_is_malformed_and_no_error_of
     finally:
         wire.close()
     assert not r.router.metrics.errors
+
+
+async def test_data_after_the_callers_end_stream_is_a_stream_closed_error_and_the_call_is_no_error_of_the_variant(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        wire.send(
+            frames.headers(1, wire.encoder.encode(_head("/test.Echo/Slow")), end_stream=False, max_frame=16384),
+            frames.data(1, _message(b"0.5"), end_stream=True),
+            frames.data(1, _message(b"more")),  # the stream is half-closed (remote): no more DATA
+        )
+        seen = await wire.until(lambda f: f.stream_id == 1 and (f.kind == frames.RST_STREAM or _ends(1)(f)))
+        assert seen[-1].kind == frames.RST_STREAM and frames.parse_code(seen[-1].payload) == frames.STREAM_CLOSED
+        wire.send(  # the connection goes on
+            frames.headers(3, wire.encoder.encode(_head("/test.Echo/Unary")), end_stream=False, max_frame=16384),
+            frames.data(3, _message(b"next"), end_stream=True),
+        )
+        assert _answer(await wire.until(_ends(3)), 3, wire.decoder)[2]["grpc-status"] == "0"
+    finally:
+        wire.close()
+    assert not r.router.metrics.errors
