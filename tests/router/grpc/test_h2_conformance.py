@@ -1143,3 +1143,27 @@ async def test_data_after_the_callers_end_stream_is_a_stream_closed_error_and_th
     finally:
         wire.close()
     assert not r.router.metrics.errors
+
+
+async def test_an_upstream_that_drops_its_connection_mid_answer_is_an_error_of_the_variant_and_the_caller_hears_it(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        wire.respond(req.stream_id, OK_HEAD)
+        wire.send(frames.data(req.stream_id, _message(b"a whole answer")[:6]))
+        await wire.writer.drain()
+        wire.writer.transport.abort()
+        raise ConnectionError("dropped on purpose")
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Quirky/Call")(b"x", metadata=UNIT, timeout=10)
+        assert err.value.code() is grpc.StatusCode.INTERNAL  # cut after the head: a reset, not a status
+        for _ in range(1500):
+            if r.router.metrics.errors:
+                break
+            await asyncio.sleep(0.02)
+        assert [key[1] for key in r.router.metrics.errors] == ["control"]
