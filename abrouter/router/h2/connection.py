@@ -434,6 +434,8 @@ class H2Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > frames.MAX_WINDOW:  # §6.9.2
+                        raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream.id}'s window beyond 2^31-1")
             elif key == frames.MAX_FRAME_SIZE:
                 if not frames.DEFAULT_MAX_FRAME <= value <= frames.MAX_FRAME_LIMIT:
                     raise FrameError(frames.PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
