@@ -1167,3 +1167,20 @@ async def test_an_upstream_that_drops_its_connection_mid_answer_is_an_error_of_t
                 break
             await asyncio.sleep(0.02)
         assert [key[1] for key in r.router.metrics.errors] == ["control"]
+
+
+async def test_a_settings_change_that_takes_an_open_streams_window_beyond_2_to_the_31_is_a_flow_control_error(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        wire.send(
+            frames.headers(1, wire.encoder.encode(_head("/test.Echo/Slow")), end_stream=False, max_frame=16384),
+            frames.data(1, _message(b"1.0"), end_stream=True),
+            frames.window_update(1, frames.MAX_WINDOW - frames.DEFAULT_WINDOW),  # the stream's window: 2^31-1
+            frames.settings({frames.INITIAL_WINDOW_SIZE: frames.DEFAULT_WINDOW + 1}),  # one more: too many
+        )
+        assert (await wire.goaway())[1] == frames.FLOW_CONTROL_ERROR
+    finally:
+        wire.close()
