@@ -42,6 +42,9 @@ CONNECTION_WINDOW = 1 << 24
 MAX_HEADER_BLOCK = 64 * 1024
 #: The most frames (HEADERS and its CONTINUATIONs) one header block may come in: empty ones cost nothing else.
 MAX_BLOCK_FRAMES = 1024
+#: The most frames we answer (PING and SETTINGS acknowledged, new streams refused) while the peer does not
+#: read what we wrote (the transport holds back): a peer that sends them and never reads is cut off.
+MAX_HELD_ANSWERS = 1000
 
 
 #: Fields of HTTP/1.1's connection management, which no HTTP/2 message may carry (RFC 9113 §8.2.2).
@@ -137,6 +140,7 @@ class H2Connection(asyncio.Protocol):
         self._block_size = 0
         #: The peer's preface ends with its SETTINGS (§3.4): its first frame.
         self._settings_due = True
+        self._held_answers = 0
         self._blocked: set[Stream] = set()
         self._deferred: list[tuple[Stream, int]] = []
         self._next_id = -1
@@ -168,6 +172,7 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._held_answers = 0
         deferred, self._deferred = self._deferred, []
         for stream, size in deferred:
             if stream.handler is not None:
@@ -264,7 +269,7 @@ class H2Connection(asyncio.Protocol):
             if len(payload) != 8:
                 raise FrameError(frames.FRAME_SIZE_ERROR, "PING payload not 8 bytes")
             if not flags & frames.ACK:
-                self._write(frames.ping_ack(payload))
+                self._answer(frames.ping_ack(payload))
         elif kind == frames.GOAWAY:
             if stream_id:
                 raise FrameError(frames.PROTOCOL_ERROR, "GOAWAY on a stream")
@@ -346,10 +351,10 @@ class H2Connection(asyncio.Protocol):
                 return  # a stream that ended: nothing listens
             self.last_peer_stream = stream_id
             if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
-                self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
+                self._answer(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
                 return
             if too_big or malformed(fields):
-                self._write(
+                self._answer(
                     frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR)
                 )
                 return
@@ -444,7 +449,7 @@ class H2Connection(asyncio.Protocol):
                 self.peer_max_streams = value
             elif key == frames.ENABLE_PUSH and value > 1:
                 raise FrameError(frames.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}, neither 0 nor 1")
-        self._write(frames.SETTINGS_ACK)
+        self._answer(frames.SETTINGS_ACK)
         for stream in list(self.streams.values()):
             if stream.pending:
                 self._pump(stream)
@@ -533,12 +538,16 @@ class H2Connection(asyncio.Protocol):
             self.close()
 
     def fail(self, code: int, message: str) -> None:
-        """A connection error: GOAWAY with `code`, then close."""
+        """A connection error: GOAWAY with `code`, then close (cut at once if the peer is not reading)."""
         log.debug("HTTP/2 connection error %d: %s", code, message)
         if not self.closed:
             self.going_away = True
             self._write(frames.goaway(self.last_peer_stream, code, message.encode()[:200]))
-            self.close()
+            if self.write_paused and self.transport is not None:  # what we hold would wait for it forever
+                self.closed = True
+                self.transport.abort()
+            else:
+                self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -614,6 +623,14 @@ class H2Connection(asyncio.Protocol):
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
             if (self.going_away or self.peer_went_away) and not self.streams:
                 self.close()
+
+    def _answer(self, data: bytes) -> None:
+        """A frame the peer's frame calls for: at most `MAX_HELD_ANSWERS` while the peer does not read."""
+        if self.write_paused:
+            self._held_answers += 1
+            if self._held_answers > MAX_HELD_ANSWERS:
+                raise FrameError(frames.ENHANCE_YOUR_CALM, "frames to answer in a flood, and ours not read")
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         if self.closed:
