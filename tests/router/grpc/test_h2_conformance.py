@@ -1184,3 +1184,24 @@ async def test_a_settings_change_that_takes_an_open_streams_window_beyond_2_to_t
         assert (await wire.goaway())[1] == frames.FLOW_CONTROL_ERROR
     finally:
         wire.close()
+
+
+async def test_a_client_that_floods_pings_and_never_reads_the_acks_is_cut_off_not_buffered_for(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    _, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+    writer.transport.pause_reading()  # the router's answers pile up: in the kernel, then in the router
+    writer.write(frames.PREFACE + frames.settings({}))
+    pings = frames.frame(frames.PING, 0, 0, b"flooding") * 10_000
+    written = 0
+    try:
+        for _ in range(100):  # 17 MB of PINGs (CVE-2019-9512's kind), far beyond what the kernel's buffers hold
+            writer.write(pings)
+            await asyncio.wait_for(writer.drain(), WAIT_S)
+            written += 1
+    except ConnectionError:
+        pass  # cut off
+    finally:
+        writer.close()
+    assert written < 100
