@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1205,3 +1206,53 @@ async def test_a_client_that_floods_pings_and_never_reads_the_acks_is_cut_off_no
     finally:
         writer.close()
     assert written < 100
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        b"GET / HTTP/1.1\r\nHost: r\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: \r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # a TLS ClientHello, on the h2c port
+    ],
+    ids=["http1-upgrade-to-h2c", "a-preface-gone-wrong", "tls"],
+)
+async def test_a_client_that_does_not_speak_h2c_gets_a_goaway_and_the_door_and_no_traceback(
+    make_grpc_router: MakeGrpcRouter,
+    echo_servers: dict[str, EchoServer],
+    hello: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.grpc_port)
+    wire = Wire(reader, writer)
+    try:
+        wire.send(hello)
+        assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
+    finally:
+        wire.close()
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info]
+
+
+async def test_an_upstream_that_speaks_http1_is_unavailable_naming_the_variant_and_no_traceback(
+    make_grpc_router: MakeGrpcRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def http1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            await asyncio.wait_for(reader.read(1024), WAIT_S)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http1, "127.0.0.1", 0)
+    address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        r = await make_grpc_router({"control": address, "candidate": address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await channel.unary_unary("/test.Quirky/Call")(b"x", metadata=UNIT, timeout=10)
+    finally:
+        server.close()
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "variant 'control'" in (err.value.details() or "")
+    assert not [rec for rec in caplog.records if rec.exc_info]
