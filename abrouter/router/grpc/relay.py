@@ -245,6 +245,9 @@ class Call:
         else:
             fields = [(k, v) for k, v in fields if k[:1] != ":"]
         self.down.send_trailers(self.stream, fields)
+        up, up_stream = self.up, self.up_stream
+        if up is not None and up_stream is not None and not up_stream.local_closed:
+            up.reset(up_stream, frames.CANCEL)  # answered before the request ended: the rest is not needed
         self._finish()
 
     def _upstream_reset(self, code: int) -> None:
