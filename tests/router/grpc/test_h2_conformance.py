@@ -1256,3 +1256,37 @@ async def test_an_upstream_that_speaks_http1_is_unavailable_naming_the_variant_a
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "variant 'control'" in (err.value.details() or "")
     assert not [rec for rec in caplog.records if rec.exc_info]
+
+
+async def test_an_upstream_that_answers_before_the_request_ended_has_its_stream_closed_by_the_router(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    closed: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def serve(wire: UpstreamWire) -> None:
+        for _ in range(100_000):  # the head and the first message; the caller's stream goes on
+            if wire.heads and any(wire.bodies.values()):
+                break
+            await wire.step()
+        s = next(iter(wire.heads))
+        wire.respond(s, [*OK_HEAD, ("grpc-status", "7"), ("grpc-message", "enough")], end_stream=True)
+        for _ in range(100_000):
+            if s in wire.resets or s in wire.ended:
+                break
+            await wire.step()
+        closed.set_result("reset" if s in wire.resets else "ended")
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        wire = await Wire.client(r)
+        try:
+            wire.send(
+                frames.headers(1, wire.encoder.encode(_head("/test.Quirky/Upload")), end_stream=False, max_frame=16384),
+                frames.data(1, _message(b"first of many")),
+            )
+            seen = await wire.until(lambda f: f.stream_id == 1 and _ends(1)(f))
+            assert _answer(seen, 1, wire.decoder)[2]["grpc-status"] == "7"
+            # The upstream's stream ended its way; the router's way too (RST_STREAM or END_STREAM), not left open.
+            assert await asyncio.wait_for(closed, WAIT_S) in ("reset", "ended")
+        finally:
+            wire.close()
