@@ -34,6 +34,7 @@ from tests.router.grpc.servers import EchoServer
 
 pytestmark = pytest.mark.parametrize("grpc_server", ["own"])
 
+#: How long a test waits for what must come (H2_TEST_WAIT_S: shorter, to see failures sooner while working).
 WAIT_S = float(os.environ.get("H2_TEST_WAIT_S", "30"))
 UNIT = (("x-user-id", "u42"),)
 
