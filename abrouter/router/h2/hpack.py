@@ -353,6 +353,9 @@ _STATIC_FIELDS = {field: index for index, field in reversed(list(enumerate(STATI
 _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
+#: The longest string (Huffman-coded bytes) the decoder keeps: those that repeat are short, and a peer's
+#: long ones would hold up to 4096 of them, hundreds of MB per connection.
+_CACHE_STRING = 256
 
 
 class HpackError(Exception):
@@ -506,6 +509,8 @@ class Decoder:
         text = self._strings.get(raw)
         if text is None:
             text = huffman_decode(raw).decode("latin-1")
+            if length > _CACHE_STRING:
+                return text, end
             if len(self._strings) >= _CACHE_LIMIT:
                 self._strings.clear()
             self._strings[raw] = text
