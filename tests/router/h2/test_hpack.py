@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import hpack as reference
 import pytest
@@ -135,3 +136,22 @@ def test_integers_on_every_prefix_round_trip() -> None:
         for value in (0, 1, (1 << prefix) - 2, (1 << prefix) - 1, 1 << prefix, 127, 128, 300, 2**20):
             encoded = hpack.encode_integer(value, prefix, 0)
             assert hpack._integer(encoded, 0, prefix) == (value, len(encoded))
+
+
+def test_a_peer_sending_many_distinct_long_huffman_strings_does_not_grow_the_decoder_without_bound() -> None:
+    # Symbols of 8-bit codes: their codes concatenate byte for byte, so thousands of distinct strings cost little.
+    eight = "&*,;XZ"
+    codes = {c: hpack.huffman_encode(c.encode()) for c in eight}
+    base = hpack.huffman_encode(b"X" * 16_000)
+    decoder = hpack.Decoder()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):  # each one distinct: 300 x 16 KB
+            value = base + b"".join(codes[eight[n // 6**k % 6]] for k in range(4))  # n in base 6
+            block = b"\x00\x01x" + hpack.encode_integer(len(value), 7, 0x80) + value  # literal, not indexed, Huffman
+            assert decoder.decode(block)[0][1].startswith("X" * 16_000)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, held  # what was decoded is not kept (300 x 32 KB would be 9.6 MB)
