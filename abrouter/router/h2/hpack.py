@@ -353,8 +353,8 @@ _STATIC_FIELDS = {field: index for index, field in reversed(list(enumerate(STATI
 _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
-#: The longest string (Huffman-coded bytes) the decoder keeps: those that repeat are short, and a peer's
-#: long ones would hold up to 4096 of them, hundreds of MB per connection.
+#: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
+#: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
 _CACHE_STRING = 256
 
 
@@ -565,6 +565,8 @@ class Encoder:
                 head = b"\x00" + encode_integer(len(encoded), 7, 0) + encoded
             encoded = value.encode("latin-1")
             raw = head + encode_integer(len(encoded), 7, 0) + encoded
+        if len(raw) > _CACHE_STRING:  # long ones rarely repeat: kept, they would hold MBs
+            return raw
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
         self._fields[field] = raw
