@@ -155,3 +155,16 @@ def test_a_peer_sending_many_distinct_long_huffman_strings_does_not_grow_the_dec
     finally:
         tracemalloc.stop()
     assert held < 2 << 20, held  # what was decoded is not kept (300 x 32 KB would be 9.6 MB)
+
+
+def test_an_encoder_fed_many_distinct_long_fields_does_not_grow_without_bound() -> None:
+    encoder = hpack.Encoder()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):  # a caller's distinct 16 KB metadata values, passed upstream on one connection
+            encoder.encode([("x-big", f"{n:05d}" + "v" * 16_000)])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, held  # what was encoded is not kept (300 x 32 KB would be 9.6 MB)
