@@ -565,7 +565,7 @@ class Encoder:
                 head = b"\x00" + encode_integer(len(encoded), 7, 0) + encoded
             encoded = value.encode("latin-1")
             raw = head + encode_integer(len(encoded), 7, 0) + encoded
-        if len(raw) > _CACHE_STRING:  # long ones rarely repeat: kept, they would hold MBs
+        if len(raw) > _CACHE_STRING:  # long ones rarely repeat, and kept they would hold MBs
             return raw
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
