@@ -46,8 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("abrouter.grpc")
 
-#: A cancel this close to the deadline is the deadline's (the caller's clock fired first).
-SLACK_S = 0.05
 #: The most of an inference call's first message held to read its model name: a larger
 #: message (a big tensor) is read from its first bytes, where serialisers write the name.
 NAME_PREFIX = 64 * 1024
@@ -65,6 +63,7 @@ class Call:
     """One call (see the module docstring); the `Handler` of both its streams."""
 
     __slots__ = (
+        "arrived",
         "collecting",
         "cut",
         "deadline",
@@ -110,6 +109,8 @@ class Call:
         self.head_sent = False
         self.done = False
         self.timeout: float | None = None
+        #: When the request head arrived: the deadline counts from it, as the caller's does.
+        self.arrived = 0.0
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         #: A renamed ModelStreamInfer: (the name matched, the variant's), the partial message
@@ -122,6 +123,7 @@ class Call:
 
     def begin(self, fields: Fields, end_stream: bool) -> None:
         """The caller's request head arrived."""
+        self.arrived = self.loop.time()
         self.fields = fields
         method = content_type = ""
         for key, value in fields:
@@ -209,7 +211,7 @@ class Call:
             return
         timeouts = ex.table.experiment.timeouts
         timeout = self.timeout if self.timeout is not None else timeouts.read_s
-        self.deadline = self.loop.time() + timeout
+        self.deadline = self.arrived + timeout
         self.timer = self.loop.call_at(self.deadline, self._expired)
         self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
 
@@ -269,6 +271,9 @@ class Call:
         else:
             fields = [(k, v) for k, v in fields if k[:1] != ":"]
         self.down.send_trailers(self.stream, fields)
+        up, up_stream = self.up, self.up_stream
+        if up is not None and up_stream is not None and not up_stream.local_closed:
+            up.reset(up_stream, frames.CANCEL)  # answered before the request ended: the rest is not needed
         self._finish()
 
     def _upstream_reset(self, code: int) -> None:
@@ -353,7 +358,7 @@ class Call:
         if ex is None:  # not assigned yet: nothing to record
             self.done = True
             return
-        if self.loop.time() >= self.deadline - SLACK_S:
+        if self.loop.time() >= self.deadline - wire.DEADLINE_SLACK_S:
             ex.failed(UpstreamTimeout(_TIMED_OUT))
         else:
             ex.client_gone()

@@ -47,9 +47,6 @@ from abrouter.router.state import Router
 log = logging.getLogger("abrouter.grpc")
 
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
-#: The upstream call's deadline is the caller's: whichever side's clock fires first, a
-#: DEADLINE_EXCEEDED this close to it is the deadline's, not a status the upstream chose.
-_SLACK_S = 0.05
 
 StreamBehaviour = Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], Any]
 UnaryBehaviour = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Any]
@@ -136,7 +133,7 @@ async def proxy_call(
         await leg.stream(streamed)
         return None
     except asyncio.CancelledError:
-        _cancelled(ex, timed_out=time.monotonic() >= deadline - _SLACK_S)
+        _cancelled(ex, timed_out=time.monotonic() >= deadline - wire.DEADLINE_SLACK_S)
         raise
     except Exception:
         ex.crashed()
@@ -217,7 +214,7 @@ class _Leg:
 
     async def _failed(self, exc: grpc.aio.AioRpcError) -> None:
         code = _code(exc.code())
-        timed_out = time.monotonic() >= self.deadline - _SLACK_S
+        timed_out = time.monotonic() >= self.deadline - wire.DEADLINE_SLACK_S
         problem = _own_failure(self.ex, code, sent_head=self.sent_head, connected=self.connected, timed_out=timed_out)
         if problem is not None:
             await _fail(self.context, problem)

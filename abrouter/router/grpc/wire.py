@@ -20,6 +20,11 @@ from urllib.parse import unquote
 from abrouter.router import headers as hdr
 from abrouter.router.exchange import Failure, Problem
 
+#: A cancel or DEADLINE_EXCEEDED this close to the call's deadline is the deadline's (the
+#: upstream was too slow), not the caller's choice: gRPC clients reset the stream when their
+#: own clock fires, which runs ahead of ours by the request's transit and our scheduling.
+DEADLINE_SLACK_S: Final = 0.25
+
 OK: Final = 0
 CANCELLED: Final = 1
 UNKNOWN: Final = 2

@@ -37,8 +37,26 @@ Fields = list[tuple[str, str]]
 #: Our receive windows: per stream, and for the connection (which we replenish as data arrives).
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
-#: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept.
+#: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept, and of the header list it
+#: decodes to (our SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes a field).
 MAX_HEADER_BLOCK = 64 * 1024
+#: The most frames (HEADERS and its CONTINUATIONs) one header block may come in: empty ones cost nothing else.
+MAX_BLOCK_FRAMES = 1024
+#: The most frames we answer (PING and SETTINGS acknowledged, new streams refused) while the peer does not
+#: read what we wrote (the transport holds back): a peer that sends them and never reads is cut off.
+MAX_HELD_ANSWERS = 1000
+
+
+#: Fields of HTTP/1.1's connection management, which no HTTP/2 message may carry (RFC 9113 §8.2.2).
+CONNECTION_FIELDS = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+
+
+def malformed(fields: Fields) -> bool:
+    """Whether a header list breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
+    for name, value in fields:
+        if name in CONNECTION_FIELDS or name != name.lower() or (name == "te" and value != "trailers"):
+            return True
+    return False
 
 
 class Handler(Protocol):
@@ -97,7 +115,7 @@ class H2Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.decoder = hpack.Decoder()
+        self.decoder = hpack.Decoder(max_list_size=MAX_HEADER_BLOCK)
         self.encoder = hpack.Encoder()
         self.streams: dict[int, Stream] = {}
         self.peer_initial_window = frames.DEFAULT_WINDOW
@@ -119,6 +137,10 @@ class H2Connection(asyncio.Protocol):
         self._need = 0
         self._preface = not self.CLIENT
         self._continuing: tuple[int, int, list[bytes]] | None = None
+        self._block_size = 0
+        #: The peer's preface ends with its SETTINGS (§3.4): its first frame.
+        self._settings_due = True
+        self._held_answers = 0
         self._blocked: set[Stream] = set()
         self._deferred: list[tuple[Stream, int]] = []
         self._next_id = -1
@@ -150,6 +172,7 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._held_answers = 0
         deferred, self._deferred = self._deferred, []
         for stream, size in deferred:
             if stream.handler is not None:
@@ -214,6 +237,10 @@ class H2Connection(asyncio.Protocol):
     # --- frames in ---
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if self._settings_due:
+            if kind != frames.SETTINGS or flags & frames.ACK:
+                raise FrameError(frames.PROTOCOL_ERROR, "the peer's first frame is not its SETTINGS")
+            self._settings_due = False
         if self._continuing is not None and kind != frames.CONTINUATION:
             raise FrameError(frames.PROTOCOL_ERROR, "a header block interrupted by another frame")
         if kind == frames.DATA:
@@ -225,23 +252,36 @@ class H2Connection(asyncio.Protocol):
         elif kind == frames.WINDOW_UPDATE:
             self._window_update(stream_id, frames.parse_window_update(payload))
         elif kind == frames.RST_STREAM:
-            self._rst_stream(stream_id, frames.parse_code(payload))
+            code = frames.parse_code(payload)
+            if stream_id == 0 or self._idle(stream_id):
+                raise FrameError(frames.PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, never opened")
+            self._rst_stream(stream_id, code)
         elif kind == frames.SETTINGS:
             if stream_id:
                 raise FrameError(frames.PROTOCOL_ERROR, "SETTINGS on a stream")
             if not flags & frames.ACK:
                 self._settings(frames.parse_settings(payload))
+            elif payload:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
         elif kind == frames.PING:
-            if len(payload) != 8 or stream_id:
-                raise FrameError(frames.FRAME_SIZE_ERROR, "PING payload not 8 bytes, or on a stream")
+            if stream_id:
+                raise FrameError(frames.PROTOCOL_ERROR, "PING on a stream")
+            if len(payload) != 8:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "PING payload not 8 bytes")
             if not flags & frames.ACK:
-                self._write(frames.ping_ack(payload))
+                self._answer(frames.ping_ack(payload))
         elif kind == frames.GOAWAY:
+            if stream_id:
+                raise FrameError(frames.PROTOCOL_ERROR, "GOAWAY on a stream")
             last, code = frames.parse_goaway(payload)
             self._goaway(last, code)
         elif kind == frames.PUSH_PROMISE:
             raise FrameError(frames.PROTOCOL_ERROR, "PUSH_PROMISE, which we disabled")
-        # PRIORITY and unknown types: ignored (§5.5)
+        elif kind == frames.PRIORITY:  # otherwise ignored, like unknown types (§5.5)
+            if stream_id == 0:
+                raise FrameError(frames.PROTOCOL_ERROR, "PRIORITY on stream 0")
+            if len(payload) != 5:
+                raise FrameError(frames.FRAME_SIZE_ERROR, "PRIORITY payload not 5 bytes")
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
@@ -250,10 +290,13 @@ class H2Connection(asyncio.Protocol):
             self._write(frames.window_update(0, self.recv_unacked))
             self.recv_unacked = 0
         stream = self.streams.get(stream_id)
-        if stream is None or stream.remote_closed:
-            if stream_id == 0:
-                raise FrameError(frames.PROTOCOL_ERROR, "DATA on stream 0")
+        if stream is None:
+            if stream_id == 0 or self._idle(stream_id):
+                raise FrameError(frames.PROTOCOL_ERROR, f"DATA on stream {stream_id}, never opened")
             return  # a stream we reset or finished: its bytes count for the connection only
+        if stream.remote_closed:  # after the peer's END_STREAM (§5.1, half-closed (remote))
+            self._stream_error(stream_id, frames.STREAM_CLOSED)
+            return
         stream.recv_window -= size
         if stream.recv_window < 0:
             raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id} sent beyond its window")
@@ -276,35 +319,67 @@ class H2Connection(asyncio.Protocol):
             self._header_block(stream_id, flags, block)
         else:
             self._continuing = (stream_id, flags, [block])
+            self._block_size = len(block)
 
     def _continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         if self._continuing is None or self._continuing[0] != stream_id:
             raise FrameError(frames.PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
         _, first_flags, parts = self._continuing
         parts.append(payload)
-        if sum(len(part) for part in parts) > MAX_HEADER_BLOCK:
-            raise FrameError(frames.ENHANCE_YOUR_CALM, f"a header block beyond {MAX_HEADER_BLOCK} bytes")
+        self._block_size += len(payload)
+        if self._block_size > MAX_HEADER_BLOCK or len(parts) > MAX_BLOCK_FRAMES:
+            raise FrameError(
+                frames.ENHANCE_YOUR_CALM, f"a header block beyond {MAX_HEADER_BLOCK} bytes or {MAX_BLOCK_FRAMES} frames"
+            )
         if flags & frames.END_HEADERS:
             self._continuing = None
             self._header_block(stream_id, first_flags, b"".join(parts))
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        fields = self.decoder.decode(block)  # always: the table must follow the peer's, even for a refused stream
+        # Decoded always: the table must follow the peer's, even for a refused stream. A few bytes of
+        # block can stand for MBs of fields (indexed ones repeated): beyond our SETTINGS_MAX_HEADER_LIST_SIZE
+        # none is kept and the stream is reset rather than the fields passed on.
+        too_big = False
+        try:
+            fields = self.decoder.decode(block)
+        except hpack.HeaderListTooLarge:
+            fields, too_big = [], True
         end = bool(flags & frames.END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is None:
-            if self.CLIENT or stream_id <= self.last_peer_stream or not stream_id & 1:
-                return  # a stream that ended (or was never ours): nothing listens
+            if self._idle(stream_id) and (self.CLIENT or not stream_id & 1):
+                raise FrameError(frames.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, which the peer may not open")
+            if self.CLIENT or stream_id <= self.last_peer_stream:
+                if not end and not self.CLIENT:  # not trailers (they end the stream): a new stream below the last
+                    raise FrameError(frames.PROTOCOL_ERROR, f"a new stream {stream_id} below {self.last_peer_stream}")
+                return  # a stream that ended: nothing listens
             self.last_peer_stream = stream_id
-            if self.going_away or len(self.streams) >= self.MAX_STREAMS:
-                self._write(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
+            if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
+                self._answer(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
+                return
+            if too_big or malformed(fields):
+                self._answer(
+                    frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR)
+                )
                 return
             stream = self.streams[stream_id] = Stream(self, stream_id, None)
             if end:
                 stream.remote_closed = True
             self.stream_received(stream, fields, end)
             return
-        if stream.remote_closed:
+        if stream.remote_closed:  # after the peer's END_STREAM (§5.1, half-closed (remote))
+            self._stream_error(stream_id, frames.STREAM_CLOSED)
+            return
+        # A request's second header list is its trailers: without END_STREAM it is malformed (RFC 9113 §8.1).
+        code = (
+            frames.ENHANCE_YOUR_CALM
+            if too_big
+            else frames.PROTOCOL_ERROR
+            if not (end or self.CLIENT) or malformed(fields)
+            else 0
+        )
+        if code:
+            self._stream_error(stream_id, code)
             return
         if end:
             stream.remote_closed = True
@@ -313,7 +388,19 @@ class H2Connection(asyncio.Protocol):
         if end:
             self._remote_closed(stream)
 
+    def _idle(self, stream_id: int) -> bool:
+        """Whether `stream_id` was never opened: beyond the last of the peer's or ours, or on our side's numbering
+        (a server opens none, push being off)."""
+        if self.CLIENT:
+            return stream_id > self._next_id or not stream_id & 1
+        return stream_id > self.last_peer_stream or not stream_id & 1
+
+    def _peer_streams(self) -> int:
+        return len(self.streams) if not self.CLIENT else 0
+
     def _window_update(self, stream_id: int, increment: int) -> None:
+        if increment == 0:  # a stream error on a stream (§6.9): we end the connection for it too (§5.4.1)
+            raise FrameError(frames.PROTOCOL_ERROR, f"WINDOW_UPDATE of 0 on stream {stream_id}")
         if stream_id == 0:
             self.send_window += increment
             if self.send_window > frames.MAX_WINDOW:
@@ -322,8 +409,12 @@ class H2Connection(asyncio.Protocol):
                 self._pump(blocked)
             return
         stream = self.streams.get(stream_id)
+        if stream is None and self._idle(stream_id):
+            raise FrameError(frames.PROTOCOL_ERROR, f"WINDOW_UPDATE on stream {stream_id}, never opened")
         if stream is not None:
             stream.send_window += increment
+            if stream.send_window > frames.MAX_WINDOW:
+                raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id}'s window beyond 2^31-1")
             if stream.pending or stream.trailers is not None or stream.end_queued:
                 self._pump(stream)
 
@@ -338,6 +429,11 @@ class H2Connection(asyncio.Protocol):
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
         self.stream_closed(stream)
 
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """A stream error (§5.4.2): RST_STREAM, and its handler hears of it as of a reset by the peer."""
+        self._write(frames.rst_stream(stream_id, code))
+        self._rst_stream(stream_id, code)
+
     def _settings(self, values: list[tuple[int, int]]) -> None:
         for key, value in values:
             if key == frames.INITIAL_WINDOW_SIZE:
@@ -347,13 +443,17 @@ class H2Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for stream in self.streams.values():
                     stream.send_window += delta
+                    if stream.send_window > frames.MAX_WINDOW:  # §6.9.2
+                        raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream.id}'s window beyond 2^31-1")
             elif key == frames.MAX_FRAME_SIZE:
                 if not frames.DEFAULT_MAX_FRAME <= value <= frames.MAX_FRAME_LIMIT:
                     raise FrameError(frames.PROTOCOL_ERROR, f"SETTINGS_MAX_FRAME_SIZE {value} out of range")
                 self.peer_max_frame = value
             elif key == frames.MAX_CONCURRENT_STREAMS:
                 self.peer_max_streams = value
-        self._write(frames.SETTINGS_ACK)
+            elif key == frames.ENABLE_PUSH and value > 1:
+                raise FrameError(frames.PROTOCOL_ERROR, f"SETTINGS_ENABLE_PUSH {value}, neither 0 nor 1")
+        self._answer(frames.SETTINGS_ACK)
         for stream in list(self.streams.values()):
             if stream.pending:
                 self._pump(stream)
@@ -442,12 +542,16 @@ class H2Connection(asyncio.Protocol):
             self.close()
 
     def fail(self, code: int, message: str) -> None:
-        """A connection error: GOAWAY with `code`, then close."""
+        """A connection error: GOAWAY with `code`, then close (cut at once if the peer is not reading)."""
         log.debug("HTTP/2 connection error %d: %s", code, message)
         if not self.closed:
             self.going_away = True
             self._write(frames.goaway(self.last_peer_stream, code, message.encode()[:200]))
-            self.close()
+            if self.write_paused and self.transport is not None:  # what we hold would wait for it forever
+                self.closed = True
+                self.transport.abort()
+            else:
+                self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -523,6 +627,14 @@ class H2Connection(asyncio.Protocol):
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
             if (self.going_away or self.peer_went_away) and not self.streams:
                 self.close()
+
+    def _answer(self, data: bytes) -> None:
+        """A frame the peer's frame calls for: at most `MAX_HELD_ANSWERS` while the peer does not read."""
+        if self.write_paused:
+            self._held_answers += 1
+            if self._held_answers > MAX_HELD_ANSWERS:
+                raise FrameError(frames.ENHANCE_YOUR_CALM, "frames to answer in a flood, and ours not read")
+        self._write(data)
 
     def _write(self, data: bytes) -> None:
         if self.closed:

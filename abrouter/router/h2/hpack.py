@@ -356,10 +356,21 @@ _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STA
 MAX_LIST_SIZE = 256 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
+#: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
+#: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
+_CACHE_STRING = 256
 
 
 class HpackError(Exception):
     """A header block that does not decode: a connection error (COMPRESSION_ERROR) in HTTP/2."""
+
+
+class HeaderListTooLarge(Exception):
+    """A block that decoded, table and all, to a header list beyond the decoder's `max_list_size`.
+
+    Not an `HpackError`: the dynamic table still follows the peer's, so HTTP/2 resets only
+    the stream (its fields were never kept) and the connection goes on.
+    """
 
 
 def huffman_decode(data: bytes) -> bytes:
@@ -440,20 +451,24 @@ def encode_integer(value: int, prefix: int, flags: int) -> bytes:
 class Decoder:
     """One connection's header-block decoder (its dynamic table lives as long as the connection)."""
 
-    __slots__ = ("_strings", "limit", "max_size", "size", "table")
+    __slots__ = ("_strings", "limit", "max_list_size", "max_size", "size", "table")
 
-    def __init__(self, max_size: int = DEFAULT_TABLE_SIZE) -> None:
+    def __init__(self, max_size: int = DEFAULT_TABLE_SIZE, max_list_size: int = MAX_LIST_SIZE) -> None:
         #: The most our settings allow; the encoder may choose less with a size update (`limit`).
         self.max_size = self.limit = max_size
+        #: The largest header list `decode` returns (`HeaderListTooLarge` beyond it).
+        self.max_list_size = max_list_size
         self.table: deque[tuple[str, str]] = deque()  # newest first: dynamic index 62 is table[0]
         self.size = 0
         self._strings: dict[bytes, str] = {}
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
-        """The header list of one whole block (HEADERS and its CONTINUATIONs). Raises `HpackError`."""
+        """The header list of one whole block (HEADERS and its CONTINUATIONs). Raises `HpackError`, or
+        `HeaderListTooLarge` after decoding the whole block (the table stays in step)."""
         out: list[tuple[str, str]] = []
         at, end = 0, len(block)
-        budget = MAX_LIST_SIZE
+        budget = self.max_list_size
+        fields = 0
         try:
             while at < end:
                 byte = block[at]
@@ -464,6 +479,8 @@ class Decoder:
                     field, at = self._literal(block, at, 6)
                     self._add(field)
                 elif byte & 0x20:  # dynamic table size update
+                    if fields:
+                        raise HpackError("a table size update after a field, not at the start of the block")
                     size, at = _integer(block, at, 5)
                     if size > self.max_size:
                         raise HpackError(f"table size update to {size} beyond the {self.max_size} allowed")
@@ -472,12 +489,14 @@ class Decoder:
                     continue
                 else:  # literal without indexing (0x00) or never indexed (0x10)
                     field, at = self._literal(block, at, 4)
+                fields += 1
                 budget -= len(field[0]) + len(field[1]) + 32
-                if budget < 0:
-                    raise HpackError(f"a header list beyond {MAX_LIST_SIZE} bytes")
-                out.append(field)
+                if budget >= 0:  # beyond it, decoded for the table's sake only: nothing is kept
+                    out.append(field)
         except IndexError:
             raise HpackError("header block truncated") from None
+        if budget < 0:
+            raise HeaderListTooLarge(f"a header list beyond {self.max_list_size} bytes")
         return out
 
     def _field(self, index: int) -> tuple[str, str]:
@@ -511,6 +530,8 @@ class Decoder:
         text = self._strings.get(raw)
         if text is None:
             text = huffman_decode(raw).decode("latin-1")
+            if length > _CACHE_STRING:
+                return text, end
             if len(self._strings) >= _CACHE_LIMIT:
                 self._strings.clear()
             self._strings[raw] = text
@@ -565,6 +586,8 @@ class Encoder:
                 head = b"\x00" + encode_integer(len(encoded), 7, 0) + encoded
             encoded = value.encode("latin-1")
             raw = head + encode_integer(len(encoded), 7, 0) + encoded
+        if len(raw) > _CACHE_STRING:  # long ones rarely repeat, and kept they would hold MBs
+            return raw
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
         self._fields[field] = raw

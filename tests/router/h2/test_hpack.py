@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import hpack as reference
 import pytest
@@ -122,6 +123,7 @@ def test_what_our_encoder_writes_the_reference_decoder_reads_back() -> None:
         b"\x3f\xe2\x1f",  # a table size update to 4097, beyond our 4096
         b"\x04\x85ab",  # a string longer than the block
         b"\x7f",  # an integer cut short
+        b"\x83\x20",  # a table size update after a field (RFC 7541 §4.2: only at the start of a block)
     ],
 )
 def test_a_block_that_does_not_decode_is_an_error(block: bytes) -> None:
@@ -142,5 +144,38 @@ def test_a_small_block_that_stands_for_a_huge_header_list_is_refused() -> None:
     entry = reference.Encoder().encode([("x-big", "v" * 4000)])  # a literal with incremental indexing
     decoder.decode(entry)
     assert decoder.decode(b"\xbe" * 10) == [("x-big", "v" * 4000)] * 10  # dynamic index 62, ten times: fine
-    with pytest.raises(hpack.HpackError, match="header list beyond"):
-        decoder.decode(b"\xbe" * 100)  # 400 KiB
+    with pytest.raises(hpack.HeaderListTooLarge, match="header list beyond"):
+        decoder.decode(b"\xbe" * 100 + reference.Encoder().encode([("x-new", "1")]))  # 400 KiB, then a new entry
+    assert decoder.table[0] == ("x-new", "1")  # decoded to its end all the same: the table follows the peer's
+
+
+def test_a_peer_sending_many_distinct_long_huffman_strings_does_not_grow_the_decoder_without_bound() -> None:
+    # Symbols of 8-bit codes: their codes concatenate byte for byte, so thousands of distinct strings cost little.
+    eight = "&*,;XZ"
+    codes = {c: hpack.huffman_encode(c.encode()) for c in eight}
+    base = hpack.huffman_encode(b"X" * 16_000)
+    decoder = hpack.Decoder()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):  # each one distinct: 300 x 16 KB
+            value = base + b"".join(codes[eight[n // 6**k % 6]] for k in range(4))  # n in base 6
+            block = b"\x00\x01x" + hpack.encode_integer(len(value), 7, 0x80) + value  # literal, not indexed, Huffman
+            assert decoder.decode(block)[0][1].startswith("X" * 16_000)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, held  # what was decoded is not kept (300 x 32 KB would be 9.6 MB)
+
+
+def test_an_encoder_fed_many_distinct_long_fields_does_not_grow_without_bound() -> None:
+    encoder = hpack.Encoder()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(300):  # a caller's distinct 16 KB metadata values, passed upstream on one connection
+            encoder.encode([("x-big", f"{n:05d}" + "v" * 16_000)])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 << 20, held  # what was encoded is not kept (300 x 32 KB would be 9.6 MB)
