@@ -289,7 +289,8 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
 # [cuped]
 def _cuped(r: fields.Reader, kind: str) -> bool:
     """Whether the experiment's covariate adjusts the metric: by default every binary or continuous
-    one; a ratio when it says ``cuped: true`` (its parts must be adjusted, `_cuped_ratios`)."""
+    one; a ratio when it says ``cuped: true`` (its parts must be adjusted, built-ins or the
+    exposures, `_cuped_ratios`)."""
     return fields.boolean(r.get("cuped", kind != "ratio"), r.at("cuped"))
 
 
