@@ -21,7 +21,8 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
 - [cuped] metrics the spec's covariate adjusts (`Experiment.cuped_metrics`) also carry
   Σc_u, Σc_u² (the covariate's column) and Σx_u·c_u (``sum_xy``) per stratum, and the
   adjusted ratios (`Experiment.cuped_ratios`) their numerator's Σx_u·c_u and their
-  denominator's Σy_u·c_u;
+  denominator's Σy_u·c_u (a built-in's ``sum_xy`` too; the exposures' Σn_u·c_u is the
+  covariate column's ``sum_xn``);
 - built-ins (errors, latency_ms, and slow_requests when the spec sets ``slow_request``):
   per-request ratios Σx_u / Σn_u, with the denominator sums the delta method needs
   (den_sum = exposures, den_sum_sq = Σn_u², sum_products = Σx_u·n_u);
@@ -258,10 +259,13 @@ def _covariate(
     samples = dict(stratum.metrics)
     products = {
         name: (s.metrics.get(name) or schema.MetricSums()).sum_xy.get(experiment.covariate, 0.0)
-        for name in experiment.cuped_metrics
+        for name in (*experiment.cuped_metrics, *experiment.cuped_builtins)
     }
-    for name, xc in products.items():
-        samples[name] = dataclasses.replace(samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=xc)
+    for name in experiment.cuped_metrics:
+        samples[name] = dataclasses.replace(
+            samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=products[name]
+        )
+    products[EXPOSURES] = cov.sum_xn  # Σn_u·c_u: the covariate column's own cross product with n_u
     for m in experiment.cuped_ratios:  # Σx·c and Σy·c are its parts' products with the covariate
         samples[m.name] = dataclasses.replace(
             samples[m.name],

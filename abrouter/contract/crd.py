@@ -147,7 +147,7 @@ def metric_schema() -> dict[str, Any]:
             "cuped": {
                 "type": "boolean",
                 "description": "adjust by the experiment's covariate "
-                "(default true; ratios: false, and true needs both parts adjusted)",
+                "(default true; ratios: false, and true needs each part adjusted, a built-in or the exposures)",
             },
             "cap": {
                 **_num(minimum=0, maximum=experiment.MAX_CAP, exclusive_min=True),

@@ -289,7 +289,8 @@ def _metrics(data: Any, path: str) -> tuple[Metric, ...]:
 # [cuped]
 def _cuped(r: fields.Reader, kind: str) -> bool:
     """Whether the experiment's covariate adjusts the metric: by default every binary or continuous
-    one; a ratio when it says ``cuped: true`` (its parts must be adjusted, `_cuped_ratios`)."""
+    one; a ratio when it says ``cuped: true`` (its parts must be adjusted, built-ins or the
+    exposures, `_cuped_ratios`)."""
     return fields.boolean(r.get("cuped", kind != "ratio"), r.at("cuped"))
 
 
@@ -297,7 +298,8 @@ def _cuped_ratios(metrics: tuple[Metric, ...], covariate: str | None) -> None:
     """A ratio with ``cuped: true`` needs the covariate and Σx·c, Σy·c of both its parts.
 
     The router keeps Σx_u·c_u for the binary and continuous metrics the covariate adjusts
-    (`keys.covariate_pairs`), not for the built-ins or the exposures.
+    and for the built-ins such a ratio names (`keys.covariate_pairs`); the exposures'
+    Σn_u·c_u is the covariate column's ``sum_xn``. A part with ``cuped: false`` has none.
     """
     for i, m in enumerate(metrics):
         if not (m.is_ratio and m.cuped):
@@ -311,11 +313,7 @@ def _cuped_ratios(metrics: tuple[Metric, ...], covariate: str | None) -> None:
 
 def _cuped_part(metrics: tuple[Metric, ...], path: str, part: str, name: str) -> None:
     if name == EXPOSURES or name in BUILTIN_METRICS:
-        raise ConfigError(
-            path,
-            f"the {part} {name!r} is counted by the router, which keeps no product of it with the covariate; "
-            "adjust a ratio of two binary or continuous metrics, or set cuped: false",
-        )
+        return  # counted by the router: their products with the covariate are kept (`_cuped_ratios`)
     if not next(x for x in metrics if x.name == name).cuped:
         raise ConfigError(
             path,

@@ -204,9 +204,14 @@ def covariate_columns(experiment: Experiment) -> tuple[str, ...]:
 
 
 def covariate_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
-    """(metric, covariate) for every metric the covariate adjusts: flush.lua keeps their Σx_u·c_u."""
+    """(metric, covariate) for every metric the covariate adjusts, then for every built-in an
+    adjusted ratio names (`Experiment.cuped_builtins`): flush.lua keeps their Σx_u·c_u.
+
+    A built-in is a column like any other, so its pair is an ordinary product to flush.lua.
+    The exposures need none: their Σn_u·c_u is the covariate column's ``sum_xn``.
+    """
     c = experiment.covariate
-    return () if c is None else tuple((m, c) for m in experiment.cuped_metrics)
+    return () if c is None else tuple((m, c) for m in (*experiment.cuped_metrics, *experiment.cuped_builtins))
 
 
 # [/cuped]

@@ -102,7 +102,8 @@ class Metric:
     denominator: str | None = None
     #: [cuped] Adjust this metric by the experiment's `Experiment.covariate` (CUPED), when
     #: it has one. Binary and continuous metrics by default (built-ins never); a ratio only
-    #: when its spec says ``cuped: true`` and both its parts are adjusted (`cuped_ratios`).
+    #: when its spec says ``cuped: true`` and each part is adjusted, a built-in or the
+    #: exposures (`cuped_ratios`).
     cuped: bool = True
     #: [cap] The largest total a unit may contribute (continuous metrics): the router caps
     #: each unit's running total at ingestion, so one heavy user cannot swamp the mean.
@@ -274,12 +275,23 @@ class Experiment:
 
     @property
     def cuped_ratios(self) -> tuple[Metric, ...]:
-        """[cuped] The ratios the covariate adjusts: ``cuped: true`` with both parts in `cuped_metrics`.
+        """[cuped] The ratios the covariate adjusts: ``cuped: true``, each part in `cuped_metrics`,
+        a built-in or the exposures.
 
-        Their Σx·c and Σy·c are their parts' (`keys.covariate_pairs`): no column of their own.
+        Their Σx·c and Σy·c are their parts' (`keys.covariate_pairs`; the exposures' Σn·c is the
+        covariate column's ``sum_xn``): no column of their own.
         """
-        adjusted = set(self.cuped_metrics)
+        if self.covariate is None:
+            return ()
+        adjusted = {*self.cuped_metrics, *BUILTIN_METRICS, EXPOSURES}
         return tuple(m for m in self.metrics if m.is_ratio and m.cuped and {m.numerator, m.denominator} <= adjusted)
+
+    @property
+    def cuped_builtins(self) -> tuple[str, ...]:
+        """[cuped] The built-ins an adjusted ratio takes as a part: their Σx_u·c_u is kept for these only,
+        so an experiment without such a ratio pays no product for them (`keys.covariate_pairs`)."""
+        parts = {p for m in self.cuped_ratios for p in (m.numerator, m.denominator)}
+        return tuple(b for b in BUILTIN_METRICS if b in parts)
 
     def metric(self, name: str) -> Metric:
         for m in self.metrics:

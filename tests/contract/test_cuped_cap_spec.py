@@ -55,26 +55,27 @@ def test_the_covariate_adjusts_every_binary_and_continuous_metric_unless_one_opt
         ({"metrics": [{"name": "c", "kind": "continuous", "cap": 1e16}]}, "metrics[0].cap", "<= 1e+15"),
         ({"metrics": [{"name": "c", "kind": "continuous", "cap": float("nan")}]}, "metrics[0].cap", "finite"),
         ({"metrics": [{"name": "c", "kind": "continuous", "cuped": "no"}]}, "metrics[0].cuped", "true or false"),
-        # [cuped] a ratio is adjusted through its parts' products with the covariate
+        # [cuped] a ratio is adjusted through its parts' products with the covariate: over the
+        # exposures or of a built-in it may be, of a part that opted out it may not
         (
             {
                 "metrics": [
-                    {"name": "c", "kind": "continuous"},
+                    {"name": "c", "kind": "continuous", "cuped": False},
                     {"name": "r", "kind": "ratio", "numerator": "c", "cuped": True},
                 ]
             },
             "metrics[1].cuped",
-            "the denominator 'exposures' is counted by the router",
+            "the numerator 'c' has cuped: false",
         ),
         (
             {
                 "metrics": [
-                    {"name": "c", "kind": "continuous"},
+                    {"name": "c", "kind": "continuous", "cuped": False},
                     {"name": "r", "kind": "ratio", "numerator": "errors", "denominator": "c", "cuped": True},
                 ]
             },
             "metrics[1].cuped",
-            "the numerator 'errors' is counted by the router",
+            "the denominator 'c' has cuped: false",
         ),
         (
             {
@@ -137,3 +138,28 @@ def test_a_ratio_of_two_adjusted_metrics_is_adjusted_when_it_says_cuped_true() -
     assert keys.covariate_pairs(e) == (("clicks", "prior_clicks"), ("impressions", "prior_clicks"))
     assert model.to_dict(e)["metrics"][2]["cuped"] is True and "cuped" not in model.to_dict(e)["metrics"][3]
     assert model.parse(model.to_dict(e)) == e
+
+
+def test_a_ratio_over_the_exposures_or_of_a_built_in_is_adjusted_when_it_says_cuped_true() -> None:
+    # [cuped] Refused before (issue 18): the exposures' Σn·c is the covariate column's sum_xn,
+    # and a built-in an adjusted ratio names gets a (built-in, covariate) pair, only then.
+    metrics = [
+        {"name": "clicks", "kind": "continuous"},
+        {"name": "per_request", "kind": "ratio", "numerator": "clicks", "cuped": True},
+        {"name": "error_rate", "kind": "ratio", "numerator": "errors", "cuped": True},
+        {"name": "latency_per_click", "kind": "ratio", "numerator": "latency_ms", "denominator": "clicks",
+         "cuped": True},
+        {"name": "plain_errors", "kind": "ratio", "numerator": "slow_requests"},
+    ]  # fmt: skip
+    e = model.parse(_spec(metrics=metrics))
+    assert [m.name for m in e.cuped_ratios] == ["per_request", "error_rate", "latency_per_click"]
+    assert e.cuped_builtins == ("errors", "latency_ms")  # not slow_requests: its ratio is unadjusted
+    assert keys.covariate_pairs(e) == (
+        ("clicks", "prior_clicks"),
+        ("errors", "prior_clicks"),
+        ("latency_ms", "prior_clicks"),
+    )
+    assert model.parse(model.to_dict(e)) == e
+    # Without an adjusted ratio of a built-in, no built-in pair: nothing more per cell.
+    only_exposures = model.parse(_spec(metrics=metrics[:2]))
+    assert only_exposures.cuped_builtins == () and keys.covariate_pairs(only_exposures) == (("clicks", "prior_clicks"),)

@@ -248,3 +248,90 @@ async def test_a_cuped_ratio_reads_its_parts_products_with_the_covariate(
     direct = compare(raw["control"], raw["candidate"], **kw)  # type: ignore[arg-type]
     assert read.cuped and read.absolute_ci == pytest.approx(direct.absolute_ci, rel=1e-9)
     assert read.variance_reduction > 0.1
+
+
+async def test_cuped_ratios_over_the_exposures_and_of_built_ins_read_their_products_with_the_covariate(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    # [cuped] Per request (denominator: exposures) the reader takes Σn·c from the covariate
+    # column's sum_xn; of a built-in (errors, latency_ms) from the (built-in, covariate) pair
+    # that flush.lua keeps as any other, with no change of its own. Units make 1 to 4
+    # requests over three batches, report clicks and the covariate before, between or after
+    # them (or never), some a second value; anonymous requests are units with c = 0; a few
+    # units are also exposed to the other arm (kept in their first, or excluded).
+    from abrouter.analysis.stats.compare import compare
+    from abrouter.analysis.stats.sample import Sample
+    from tests.analysis.stats.test_stats_cuped_per_request import reference
+
+    metrics = [
+        {"name": "clicks", "kind": "continuous"},
+        {"name": "per_request", "kind": "ratio", "numerator": "clicks", "cuped": True},
+        {"name": "error_rate", "kind": "ratio", "numerator": "errors", "cuped": True},
+        {"name": "latency", "kind": "ratio", "numerator": "latency_ms", "cuped": True},
+        {"name": "ms_per_click", "kind": "ratio", "numerator": "latency_ms", "denominator": "clicks", "cuped": True},
+    ]
+    experiment = spec(experiment_name, metrics=metrics)
+    rng = np.random.default_rng(18)
+    units = [f"u{i}" for i in range(160)]
+    arm = {u: ARMS[i % 2] for i, u in enumerate(units)}
+    candidates, moved = set(units[:8]), set()  # some of these are also exposed to the other arm once
+    c = {u: float(rng.poisson(5)) if i % 9 else 0.0 for i, u in enumerate(units)}
+    when = {u: int(rng.integers(0, 4)) for u in units}  # covariate in round 0, 1, 2, or never
+    totals = {u: {"n": 0.0, "clicks": 0.0, "errors": 0.0, "latency_ms": 0.0} for u in units}
+    log = EventLog(redis_url=redis_url, experiment=experiment, spill_dir=tmp_path)
+    await log.start()
+    log.register_epoch(1, {"control": 50, "candidate": 50}, since=1000.0)
+    for round_ in range(3):
+        for i, u in enumerate(units):
+            h, t = keys.unit_hash(u), totals[u]
+            if when[u] == round_:
+                log.record_outcome(events.Outcome(h, arm[u], 1, "prior_clicks", c[u], 999.0 + round_))
+            for k in range(int(rng.integers(0, 3)) if round_ or not i % 3 else int(rng.integers(1, 3))):
+                latency, error = float(rng.gamma(2.0, 5.0 + c[u])), bool(rng.random() < 0.05 + 0.02 * c[u])
+                served = arm[u]
+                if u in candidates and round_ == 2 and k == 0 and t["n"]:  # after its first exposure
+                    served = ARMS[1 - ARMS.index(arm[u])]
+                    moved.add(u)
+                log.record_exposure(events.Exposure(f"{u}-{round_}-{k}", h, served, 1, 1000.0, 200, latency, error))
+                t["n"], t["latency_ms"], t["errors"] = t["n"] + 1, t["latency_ms"] + latency, t["errors"] + error
+            if t["n"] and rng.random() < 0.5:
+                value = float(rng.binomial(2, min(0.1 + 0.03 * c[u], 1.0)))
+                log.record_outcome(events.Outcome(h, arm[u], 1, "clicks", value, 1001.0))
+                t["clicks"] += value
+            if round_ == 2 and i % 5 == 0 and when[u] < 3:
+                log.record_outcome(events.Outcome(h, arm[u], 1, "prior_clicks", c[u] + 10.0, 1005.0))  # ignored
+        for j in range(5):  # anonymous requests: each its own unit, n = 1, no covariate
+            anon = keys.unit_hash(f"anon-{round_}-{j}")
+            log.record_exposure(events.Exposure(f"a-{round_}-{j}", anon, ARMS[j % 2], 1, 1000.0, 500, 7.0, True, True))
+        await log.flush()
+    await log.close()
+
+    def units_of(name: str, excluded: set[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        mine = [u for u in units if arm[u] == name and totals[u]["n"] and u not in excluded]
+        anonymous = 9 if name == "control" else 6  # j = 0, 2, 4 of each round's five are the control's
+        n = np.r_[[totals[u]["n"] for u in mine], np.ones(anonymous)]
+        cov = np.r_[[c[u] if when[u] < 3 else 0.0 for u in mine], np.zeros(anonymous)]
+        part = {m: np.r_[[totals[u][m] for u in mine], np.zeros(anonymous)] for m in ("clicks", "latency_ms")}
+        part["errors"] = np.r_[[totals[u]["errors"] for u in mine], np.ones(anonymous)]
+        part["latency_ms"][len(mine) :] = 7.0
+        return {
+            "per_request": (part["clicks"], n, cov),
+            "error_rate": (part["errors"], n, cov),
+            "latency": (part["latency_ms"], n, cov),
+            "ms_per_click": (part["latency_ms"], part["clicks"], cov),
+        }
+
+    kw = dict(kind="continuous", direction="increase", alpha=0.05, expected_units=80, variant="candidate")
+    assert moved
+    for policy, excluded in (("keep", set()), ("exclude", moved)):
+        read = spec(experiment_name, metrics=metrics, analysis={"multiple_exposures": policy})
+        data = await reader.read(redis_client, read)
+        raw = {name: units_of(name, excluded) for name in ARMS}
+        for metric in ("per_request", "error_rate", "latency", "ms_per_click"):
+            for name in ARMS:
+                (got,) = data.samples(name, metric)
+                assert got.to_dict() == pytest.approx(Sample.from_ratio(*raw[name][metric]).to_dict(), rel=1e-12)
+            control, candidate = data.samples("control", metric), data.samples("candidate", metric)
+            r = compare(control, candidate, metric=metric, **kw)  # type: ignore[arg-type]
+            difference, _, _ = reference(raw["control"][metric], raw["candidate"][metric])
+            assert r.cuped and r.absolute_lift == pytest.approx(difference, rel=1e-9), (policy, metric)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import numpy as np
 import pytest
 import redis.asyncio
+from aiohttp import web
+from scipy import stats as sps
 
 from abrouter.analysis import analyzer, html_report, reader, report
 from abrouter.analysis.stats import cuped
+from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import experiment as model
 from tests.router.conftest import MakeRouter
 from tests.router.http.test_api import expose, outcomes
+
+ARMS = ("control", "candidate")
 
 
 async def test_covariate_items_are_checked_and_a_bad_one_names_its_field(make_router: MakeRouter) -> None:
@@ -98,3 +106,68 @@ async def test_covariates_over_http_reduce_the_variance_the_analysis_reports(
     # The arms table shows the p a promotion is decided on (this look's, Holm-adjusted).
     holm = result.holm["candidate"]
     assert 0 < holm <= 1 and f"<td>{holm:,.4g}</td>" in page and "p to promote (this look, Holm)" in page
+
+
+async def test_a_cuped_ratio_per_request_and_of_errors_over_http_is_the_numpy_reference(
+    make_router: MakeRouter, redis_client: redis.asyncio.Redis, aiohttp_server: Any
+) -> None:
+    # [cuped] clicks per request (denominator: exposures, counted by the router from proxied
+    # requests) and errors per request (the built-in, a 500 of the upstream), adjusted by the
+    # users' pre-period clicks: the analyzer's estimate, SE and variance reduction are those of
+    # the ratio CUPED reference computed from the raw users with numpy.
+    from tests.analysis.stats.test_stats_cuped_per_request import reference
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": request.path != "/fail"}, status=500 if request.path == "/fail" else 200)
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", answer)
+    url = str((await aiohttp_server(upstream)).make_url("")).rstrip("/")
+    metrics = [
+        {"name": "clicks", "kind": "continuous"},
+        {"name": "per_request", "kind": "ratio", "numerator": "clicks", "cuped": True},
+        {"name": "error_rate", "kind": "ratio", "numerator": "errors", "cuped": True},
+    ]
+    r = await make_router(covariate="prior_clicks", metrics=metrics, urls={"control": url, "candidate": url})
+    rng = np.random.default_rng(18)
+    users = [f"user-{i}" for i in range(240)]
+    activity, p = rng.lognormal(0, 0.6, len(users)), rng.beta(1, 9, len(users))
+    prior = {u: float(rng.binomial(rng.poisson(12 * a) + 1, q)) for u, a, q in zip(users, activity, p)}
+    requests = {u: int(rng.poisson(2 * a)) + 1 for u, a in zip(users, activity)}
+    errors = {u: int(rng.binomial(requests[u], min(0.02 + 0.03 * prior[u], 0.9))) for u in users}
+    clicks = {u: float(rng.binomial(requests[u], q)) for u, q in zip(users, p)}
+    variants = {}
+
+    async def visit(u: str) -> None:
+        for k in range(requests[u]):
+            path = "/fail" if k < errors[u] else "/predict"
+            resp = await r.client.post(path, headers={"X-User-Id": u}, data=b"{}")
+            assert resp.status == (500 if k < errors[u] else 200)
+            variants[u] = resp.headers["X-AB-Variant"]
+            resp.release()
+
+    for chunk in range(0, len(users), 40):
+        await asyncio.gather(*(visit(u) for u in users[chunk : chunk + 40]))
+    body = [{"unit": u, "covariate": prior[u]} for u in users[::2]]
+    body += [{"unit": u, "metric": "clicks", "value": clicks[u]} for u in users if clicks[u]]
+    assert (await outcomes(r, body))[0] == 202
+    await r.settle()
+    late = [{"unit": u, "covariate": prior[u]} for u in users[1::2]]  # after the outcomes' flush
+    assert (await outcomes(r, late))[0] == 202
+    await r.settle()
+
+    result = analyzer.analyze(await reader.read(redis_client, model.load(r.path)), now=2e9)
+    per_user = (clicks, errors, requests, prior)
+    raw = {arm: [np.array([v[u] for u in users if variants[u] == arm], dtype=float) for v in per_user] for arm in ARMS}
+    for metric, numerator in (("per_request", 0), ("error_rate", 1)):  # over the requests, c = prior
+        control, candidate = ((x[numerator], x[2], x[3]) for x in (raw["control"], raw["candidate"]))
+        difference, variance, plain = reference(control, candidate)
+        (c,) = [c for c in result.comparisons if c.metric == metric]
+        df = min(Sample.from_ratio(*arm[:2]).effective_denominator_units for arm in (control, candidate)) - 1
+        se = (c.absolute_ci[1] - c.absolute_ci[0]) / 2 / float(sps.t.isf(0.025, df))
+        assert c.cuped and c.absolute_lift == pytest.approx(difference, rel=1e-9), metric
+        assert se == pytest.approx(np.sqrt(variance), rel=1e-9), metric
+        assert c.variance_reduction == pytest.approx(1 - variance / plain, rel=1e-9), metric
+        assert c.variance_reduction > 0.05, metric
+    (errors_builtin,) = [c for c in result.comparisons if c.metric == "errors"]
+    assert not errors_builtin.cuped  # the built-in itself, a guardrail, stays unadjusted
