@@ -111,6 +111,10 @@ class H2Connection(asyncio.Protocol):
     CLIENT: ClassVar[bool] = False
     #: The most streams the peer may open at once (a server's SETTINGS_MAX_CONCURRENT_STREAMS).
     MAX_STREAMS: ClassVar[int] = 1024
+    #: Rapid reset (CVE-2023-44487): once the peer opened this many streams, a connection where
+    #: more than half were reset by the peer before they ended gets GOAWAY ENHANCE_YOUR_CALM
+    #: (as Envoy's premature-reset check), so one write cannot start thousands of calls for nothing.
+    RESET_CHECK_AFTER: ClassVar[int] = 100
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -130,6 +134,9 @@ class H2Connection(asyncio.Protocol):
         self.peer_went_away = False
         #: The highest stream id the peer opened.
         self.last_peer_stream = 0
+        #: Streams the peer opened, and those it reset while they were open (`RESET_CHECK_AFTER`).
+        self.peer_opened = 0
+        self.peer_resets = 0
         self._out: list[bytes] = []
         self._flushing = False
         self._parts: list[bytes] = []
@@ -255,6 +262,8 @@ class H2Connection(asyncio.Protocol):
             code = frames.parse_code(payload)
             if stream_id == 0 or self._idle(stream_id):
                 raise FrameError(frames.PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, never opened")
+            if not self.CLIENT and stream_id in self.streams:
+                self._count_reset()
             self._rst_stream(stream_id, code)
         elif kind == frames.SETTINGS:
             if stream_id:
@@ -363,6 +372,7 @@ class H2Connection(asyncio.Protocol):
                 )
                 return
             stream = self.streams[stream_id] = Stream(self, stream_id, None)
+            self.peer_opened += 1
             if end:
                 stream.remote_closed = True
             self.stream_received(stream, fields, end)
@@ -428,6 +438,16 @@ class H2Connection(asyncio.Protocol):
             stream.handler.reset(stream, code)
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
         self.stream_closed(stream)
+
+    def _count_reset(self) -> None:
+        """The peer reset a stream of its own before it ended: past `RESET_CHECK_AFTER` streams, more
+        resets than not is a rapid-reset attack, not a caller that cancels now and then."""
+        self.peer_resets += 1
+        if self.peer_opened >= self.RESET_CHECK_AFTER and 2 * self.peer_resets > self.peer_opened:
+            raise FrameError(
+                frames.ENHANCE_YOUR_CALM,
+                f"{self.peer_resets} of {self.peer_opened} streams reset by the peer before they ended",
+            )
 
     def _stream_error(self, stream_id: int, code: int) -> None:
         """A stream error (§5.4.2): RST_STREAM, and its handler hears of it as of a reset by the peer."""

@@ -29,6 +29,7 @@ import hpack as reference
 import pytest
 
 from abrouter.router.h2 import frames, hpack
+from abrouter.router.h2.connection import H2Connection
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
 from tests.router.grpc.servers import EchoServer
 
@@ -281,6 +282,56 @@ async def test_a_flood_of_empty_continuation_frames_is_cut_off_with_a_goaway(
         wire.send(frames.frame(frames.HEADERS, 0, 1, block), empty * 5_000)
         _, code = await wire.goaway()
         assert code in (frames.ENHANCE_YOUR_CALM, frames.PROTOCOL_ERROR)
+    finally:
+        wire.close()
+
+
+async def test_a_rapid_reset_burst_is_cut_off_with_enhance_your_calm_after_a_bounded_number_of_calls(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        # CVE-2023-44487: open a call and reset it at once, 2,000 times in one write.
+        burst = []
+        for n in range(2_000):
+            stream_id = 2 * n + 1
+            block = wire.encoder.encode(_head("/test.Echo/Slow"))
+            burst += [
+                frames.headers(stream_id, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
+                frames.data(stream_id, _message(b"30"), end_stream=True),
+                frames.rst_stream(stream_id, frames.CANCEL),
+            ]
+        wire.send(*burst)
+        last, code = await wire.goaway()
+        assert code == frames.ENHANCE_YOUR_CALM
+        assert last < 2 * H2Connection.RESET_CHECK_AFTER + 1  # the stream that tipped it, not the 2,000th
+    finally:
+        wire.close()
+
+
+async def test_a_caller_that_cancels_some_calls_is_not_taken_for_an_attack(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
+) -> None:
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r)
+    try:
+        calls = 2 * H2Connection.RESET_CHECK_AFTER
+        for n in range(calls):  # one in three cancelled, the rest answered
+            stream_id = 2 * n + 1
+            block = wire.encoder.encode(_head("/test.Echo/Unary"))
+            wire.send(
+                frames.headers(stream_id, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
+                frames.data(stream_id, _message(b"x"), end_stream=n % 3 != 0),
+            )
+            if n % 3 == 0:
+                wire.send(frames.rst_stream(stream_id, frames.CANCEL))
+        answered = {2 * n + 1 for n in range(calls) if n % 3 != 0}
+        seen: list[Frame] = []
+        while answered:
+            seen += await wire.until(lambda f: _ends(f.stream_id)(f) or f.kind == frames.GOAWAY)
+            assert seen[-1].kind != frames.GOAWAY, frames.parse_goaway(seen[-1].payload)
+            answered.discard(seen[-1].stream_id)
     finally:
         wire.close()
 
