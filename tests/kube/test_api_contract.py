@@ -251,21 +251,24 @@ def test_a_status_against_the_schema_is_422_naming_the_field(target: Target) -> 
     assert "status" not in target.client.get(ref)
 
 
+def _label(target: Target, ref: Ref, **labels: str) -> None:
+    target.client.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        target.namespace,
+        PLURAL,
+        ref.name,
+        {"metadata": {"labels": labels}},
+        _content_type="application/merge-patch+json",
+    )
+
+
 def test_a_label_selector_lists_only_the_experiments_it_matches(target: Target) -> None:
     team = f"t{secrets.token_hex(3)}"
     picked = target.create()
     other = target.create()
     for obj, value in ((picked, team), (other, f"{team}-other")):
-        ref = target.ref(obj)
-        target.client.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            target.namespace,
-            PLURAL,
-            ref.name,
-            {"metadata": {"labels": {"team": value}}},
-            _content_type="application/merge-patch+json",
-        )
+        _label(target, target.ref(obj), team=value)
     items, _ = target.client.list_experiments(target.namespace, selector=f"team={team}")
     assert [o["metadata"]["name"] for o in items] == [picked["metadata"]["name"]]
     items, _ = target.client.list_experiments(target.namespace, selector=f"team in ({team},{team}-other)")
@@ -277,23 +280,11 @@ def test_a_watch_with_a_label_selector_sees_objects_enter_and_leave_the_selectio
     obj = target.create()
     ref = target.ref(obj)
     _, listed = target.client.list_experiments(target.namespace, selector=f"team={team}")
-
-    def label(value: str) -> None:
-        target.client.custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            target.namespace,
-            PLURAL,
-            ref.name,
-            {"metadata": {"labels": {"team": value}}},
-            _content_type="application/merge-patch+json",
-        )
-
-    label(team)  # enters the selection
+    _label(target, ref, team=team)  # enters the selection
     target.client.patch_status(ref, {"phase": "Running"})  # stays in it
-    label(f"{team}-other")  # leaves it
+    _label(target, ref, team=f"{team}-other")  # leaves it
     target.client.patch_status(ref, {"phase": "Ramping"})  # outside: not seen
-    label(team)  # back in
+    _label(target, ref, team=team)  # back in
     seen: list[tuple[str, str | None]] = []
     for kind, o in target.client.watch(target.namespace, listed, timeout_s=2, selector=f"team={team}"):
         assert o["metadata"]["name"] == ref.name, "an object the selector never picked was seen"

@@ -61,14 +61,15 @@ CODE_OF_FAILURE: Final = {
     Failure.INTERNAL: INTERNAL,
 }
 
-#: Not forwarded upstream: the override (as over HTTP), our own tags, and what the gRPC
-#: library sets itself on the upstream call (it refuses some of them).
-_UPSTREAM_DROP = frozenset(
+#: Never forwarded upstream, whichever server: the override (as over HTTP) and our own tags.
+_OURS = frozenset(
+    h.lower() for h in (hdr.FORCE_HEADER, hdr.EXPERIMENT_HEADER, hdr.VARIANT_HEADER, hdr.REQUEST_ID_HEADER)
+)
+
+#: Not forwarded upstream: ours, and what the gRPC library sets itself on the upstream call
+#: (it refuses some of them).
+_UPSTREAM_DROP = _OURS | frozenset(
     {
-        hdr.FORCE_HEADER.lower(),
-        hdr.EXPERIMENT_HEADER.lower(),
-        hdr.VARIANT_HEADER.lower(),
-        hdr.REQUEST_ID_HEADER.lower(),
         "user-agent",
         "te",
         "content-type",
@@ -164,12 +165,8 @@ def peer_ip(peer: str) -> str:
 #: caller's deadline (the upstream call gets what is left of it), and HTTP/2's connection-specific
 #: fields (RFC 9113 §8.2.2). Unlike grpc.aio's path, the message encoding headers pass as they are:
 #: the messages do too.
-_H2_DROP = frozenset(
+_H2_DROP = _OURS | frozenset(
     {
-        hdr.FORCE_HEADER.lower(),
-        hdr.EXPERIMENT_HEADER.lower(),
-        hdr.VARIANT_HEADER.lower(),
-        hdr.REQUEST_ID_HEADER.lower(),
         "te",
         "grpc-timeout",
         "x-forwarded-for",
