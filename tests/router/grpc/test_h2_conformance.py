@@ -97,6 +97,19 @@ class Wire:
         self.writer.close()
 
 
+@contextlib.asynccontextmanager
+async def _wired(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer], settings: dict[int, int] | None = None
+) -> AsyncIterator[tuple[GrpcRouter, Wire]]:
+    """A router in front of the echo servers, and a hand-written client connection to it (closed after)."""
+    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
+    wire = await Wire.client(r, settings)
+    try:
+        yield r, wire
+    finally:
+        wire.close()
+
+
 def _head(path: str, *extra: tuple[str, str]) -> list[tuple[str, str]]:
     return [
         (":method", "POST"),
@@ -146,9 +159,10 @@ def _padded(payload: bytes, pad: int) -> bytes:
 async def test_a_head_padded_with_priority_in_many_continuations_among_unknown_frames_and_settings_is_answered(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r, {0x4A4A: 7, frames.HEADER_TABLE_SIZE: 0, 0xFF00: 1})
-    try:
+    async with _wired(make_grpc_router, echo_servers, {0x4A4A: 7, frames.HEADER_TABLE_SIZE: 0, 0xFF00: 1}) as (
+        _r,
+        wire,
+    ):
         block = wire.encoder.encode(_head("/test.Echo/Unary"), huffman=True)
         priority = struct.pack(">LB", 0, 200)  # depends on nothing, weight 201
         pieces = [block[:1], *[block[at : at + 1] for at in range(1, len(block))]]
@@ -169,8 +183,6 @@ async def test_a_head_padded_with_priority_in_many_continuations_among_unknown_f
         seen = await wire.until(_ends(1))
         if not any(f.kind == frames.PING for f in seen):
             seen += await wire.until(lambda f: f.kind == frames.PING)
-    finally:
-        wire.close()
     assert not any(f.kind in (frames.GOAWAY, frames.RST_STREAM) for f in seen)
     assert any(f.kind == frames.SETTINGS and f.flags & frames.ACK for f in seen)
     ping = next(f for f in seen if f.kind == frames.PING)
@@ -184,9 +196,7 @@ async def test_a_head_padded_with_priority_in_many_continuations_among_unknown_f
 async def test_the_callers_hpack_table_size_updates_eviction_huffman_and_never_indexed_fields_all_decode(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         # A table of 0, one that holds one field (each new field evicts the last), then the whole 4096 again.
         for stream_id, table_size, huffman in ((1, 4096, True), (3, 0, False), (5, 90, True), (7, 4096, False)):
             wire.encoder.header_table_size = table_size  # a size update starts the next block
@@ -204,29 +214,21 @@ async def test_the_callers_hpack_table_size_updates_eviction_huffman_and_never_i
             assert trailers["grpc-status"] == "0"
             assert echoed["x-a"] == f"a{stream_id}" and echoed["x-b"] == "b" * 40
             assert echoed["authorization"] == f"secret-{stream_id}"
-    finally:
-        wire.close()
 
 
 async def test_a_stream_id_from_the_servers_side_of_the_numbering_is_a_protocol_error(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         block = wire.encoder.encode(_head("/test.Echo/Unary"))
         wire.send(frames.headers(2, block, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME))
         assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
-    finally:
-        wire.close()
 
 
 async def test_a_new_stream_id_below_one_already_used_is_a_protocol_error(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         slow = _message(b"0.5")
         for stream_id in (5, 3):
             block = wire.encoder.encode(_head("/test.Echo/Slow"))
@@ -236,28 +238,20 @@ async def test_a_new_stream_id_below_one_already_used_is_a_protocol_error(
             )
         last, code = await wire.goaway()
         assert code == frames.PROTOCOL_ERROR and last == 5
-    finally:
-        wire.close()
 
 
 async def test_data_on_a_stream_never_opened_is_a_protocol_error(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         wire.send(frames.data(9, _message(b"who?"), end_stream=True))
         assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
-    finally:
-        wire.close()
 
 
 async def test_an_unknown_frame_inside_a_header_block_is_a_protocol_error(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         block = wire.encoder.encode(_head("/test.Echo/Unary"))
         wire.send(
             frames.frame(frames.HEADERS, 0, 1, block[:4]),
@@ -265,16 +259,12 @@ async def test_an_unknown_frame_inside_a_header_block_is_a_protocol_error(
             frames.frame(frames.CONTINUATION, frames.END_HEADERS, 1, block[4:]),
         )
         assert (await wire.goaway())[1] == frames.PROTOCOL_ERROR
-    finally:
-        wire.close()
 
 
 async def test_a_flood_of_empty_continuation_frames_is_cut_off_with_a_goaway(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         block = wire.encoder.encode(_head("/test.Echo/Unary"))
         empty = frames.frame(frames.CONTINUATION, 0, 1, b"")
         # Frames of nothing, the header block never ending (CVE-2024-27316's kind): each costs the peer
@@ -282,16 +272,12 @@ async def test_a_flood_of_empty_continuation_frames_is_cut_off_with_a_goaway(
         wire.send(frames.frame(frames.HEADERS, 0, 1, block), empty * 5_000)
         _, code = await wire.goaway()
         assert code in (frames.ENHANCE_YOUR_CALM, frames.PROTOCOL_ERROR)
-    finally:
-        wire.close()
 
 
 async def test_a_rapid_reset_burst_is_cut_off_with_enhance_your_calm_after_a_bounded_number_of_calls(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         # CVE-2023-44487: open a call and reset it at once, 2,000 times in one write.
         burst = []
         for n in range(2_000):
@@ -306,16 +292,12 @@ async def test_a_rapid_reset_burst_is_cut_off_with_enhance_your_calm_after_a_bou
         last, code = await wire.goaway()
         assert code == frames.ENHANCE_YOUR_CALM
         assert last < 2 * H2Connection.RESET_CHECK_AFTER + 1  # the stream that tipped it, not the 2,000th
-    finally:
-        wire.close()
 
 
 async def test_a_caller_that_cancels_some_calls_is_not_taken_for_an_attack(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         calls = 2 * H2Connection.RESET_CHECK_AFTER
         for n in range(calls):  # one in three cancelled, the rest answered
             stream_id = 2 * n + 1
@@ -332,16 +314,12 @@ async def test_a_caller_that_cancels_some_calls_is_not_taken_for_an_attack(
             seen += await wire.until(lambda f: _ends(f.stream_id)(f) or f.kind == frames.GOAWAY)
             assert seen[-1].kind != frames.GOAWAY, frames.parse_goaway(seen[-1].payload)
             answered.discard(seen[-1].stream_id)
-    finally:
-        wire.close()
 
 
 async def test_a_caller_sending_beyond_its_stream_window_gets_a_flow_control_error(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         settings = await wire.until(lambda f: f.kind == frames.SETTINGS and not f.flags & frames.ACK)
         window = dict(frames.parse_settings(settings[-1].payload))[frames.INITIAL_WINDOW_SIZE]
         # An inference call's first message names the model: the router holds its data until it is whole,
@@ -356,8 +334,6 @@ async def test_a_caller_sending_beyond_its_stream_window_gets_a_flow_control_err
         code = frames.parse_goaway(seen[-1].payload)[1] if seen[-1].kind == frames.GOAWAY else None
         code = code if code is not None else frames.parse_code(seen[-1].payload)
         assert code == frames.FLOW_CONTROL_ERROR
-    finally:
-        wire.close()
 
 
 async def test_a_large_message_both_ways_through_tiny_windows_made_negative_mid_stream_arrives_whole(
@@ -783,9 +759,7 @@ async def test_many_calls_on_one_upstream_connection_answered_interleaved_and_ou
 async def test_a_header_list_beyond_the_advertised_max_header_list_size_is_refused_not_forwarded(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         settings = await wire.until(lambda f: f.kind == frames.SETTINGS and not f.flags & frames.ACK)
         limit = dict(frames.parse_settings(settings[-1].payload))[frames.MAX_HEADER_LIST_SIZE]
         plain = hpack.Encoder()  # never indexes: the table holds only what the literal below adds
@@ -815,8 +789,6 @@ async def test_a_header_list_beyond_the_advertised_max_header_list_size_is_refus
         seen = await wire.until(_ends(5))
         _, body, trailers = _answer(seen, 5, wire.decoder)
         assert trailers["grpc-status"] == "0" and dict(json.loads(body[5:]))["x-big"] == value.decode()
-    finally:
-        wire.close()
 
 
 #: Frames no endpoint may send, and the connection error RFC 9113 names for each (§6, §5.1, §4.2).
@@ -869,13 +841,9 @@ async def test_a_frame_that_breaks_the_protocol_is_a_goaway_with_the_code_the_rf
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer], case: str
 ) -> None:
     bad, code = MALFORMED[case]
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         wire.send(bad)
         assert (await wire.goaway())[1] == code
-    finally:
-        wire.close()
 
 
 async def test_a_connection_whose_first_frame_is_not_settings_is_a_protocol_error(
@@ -1112,9 +1080,7 @@ async def test_an_upstreams_http_error_without_a_grpc_status_is_the_code_grpc_ma
 async def test_a_second_head_on_a_request_without_end_stream_is_malformed_and_its_stream_reset(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         message = _message(b"half")
         wire.send(
             frames.headers(1, wire.encoder.encode(_head("/test.Echo/Unary")), end_stream=False, max_frame=16384),
@@ -1130,16 +1096,12 @@ async def test_a_second_head_on_a_request_without_end_stream_is_malformed_and_it
             frames.data(3, _message(b"next"), end_stream=True),
         )
         assert _answer(await wire.until(_ends(3)), 3, wire.decoder)[2]["grpc-status"] == "0"
-    finally:
-        wire.close()
 
 
 async def test_a_clients_goaway_lets_its_calls_in_flight_finish_and_then_the_connection_closes(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         wire.send(
             frames.headers(1, wire.encoder.encode(_head("/test.Echo/Slow")), end_stream=False, max_frame=16384),
             frames.data(1, _message(b"0.2"), end_stream=True),
@@ -1148,8 +1110,6 @@ async def test_a_clients_goaway_lets_its_calls_in_flight_finish_and_then_the_con
         seen = await wire.until(_ends(1))
         assert _answer(seen, 1, wire.decoder)[2]["grpc-status"] == "0"
         assert await asyncio.wait_for(wire.reader.read(), WAIT_S) == b""  # closed, nothing more to say
-    finally:
-        wire.close()
 
 
 @pytest.mark.parametrize(
@@ -1160,9 +1120,7 @@ async def test_a_clients_goaway_lets_its_calls_in_flight_finish_and_then_the_con
 async def test_a_request_with_a_field_http2_forbids_is_malformed_and_no_error_of_the_variant(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer], bad: tuple[str, str]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (r, wire):
         fields = [f for f in _head("/test.Echo/Unary") if f[0] != "te" or bad[0] != "te"] + [bad]
         wire.send(
             frames.headers(1, wire.encoder.encode(fields), end_stream=False, max_frame=16384),
@@ -1170,17 +1128,13 @@ async def test_a_request_with_a_field_http2_forbids_is_malformed_and_no_error_of
         )
         seen = await wire.until(lambda f: f.stream_id == 1 and (f.kind == frames.RST_STREAM or _ends(1)(f)))
         assert seen[-1].kind == frames.RST_STREAM and frames.parse_code(seen[-1].payload) == frames.PROTOCOL_ERROR
-    finally:
-        wire.close()
     assert not r.router.metrics.errors
 
 
 async def test_data_after_the_callers_end_stream_is_a_stream_closed_error_and_the_call_is_no_error_of_the_variant(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (r, wire):
         wire.send(
             frames.headers(1, wire.encoder.encode(_head("/test.Echo/Slow")), end_stream=False, max_frame=16384),
             frames.data(1, _message(b"0.5"), end_stream=True),
@@ -1193,8 +1147,6 @@ async def test_data_after_the_callers_end_stream_is_a_stream_closed_error_and_th
             frames.data(3, _message(b"next"), end_stream=True),
         )
         assert _answer(await wire.until(_ends(3)), 3, wire.decoder)[2]["grpc-status"] == "0"
-    finally:
-        wire.close()
     assert not r.router.metrics.errors
 
 
@@ -1225,9 +1177,7 @@ async def test_an_upstream_that_drops_its_connection_mid_answer_is_an_error_of_t
 async def test_a_settings_change_that_takes_an_open_streams_window_beyond_2_to_the_31_is_a_flow_control_error(
     make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer]
 ) -> None:
-    r = await make_grpc_router({n: s.address for n, s in echo_servers.items()})
-    wire = await Wire.client(r)
-    try:
+    async with _wired(make_grpc_router, echo_servers) as (_r, wire):
         wire.send(
             frames.headers(1, wire.encoder.encode(_head("/test.Echo/Slow")), end_stream=False, max_frame=16384),
             frames.data(1, _message(b"1.0"), end_stream=True),
@@ -1235,8 +1185,6 @@ async def test_a_settings_change_that_takes_an_open_streams_window_beyond_2_to_t
             frames.settings({frames.INITIAL_WINDOW_SIZE: frames.DEFAULT_WINDOW + 1}),  # one more: too many
         )
         assert (await wire.goaway())[1] == frames.FLOW_CONTROL_ERROR
-    finally:
-        wire.close()
 
 
 async def test_a_client_that_floods_pings_and_never_reads_the_acks_is_cut_off_not_buffered_for(
