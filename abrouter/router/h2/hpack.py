@@ -4,7 +4,12 @@
 dynamic table (its size bounded by our SETTINGS_HEADER_TABLE_SIZE, 4096) and its size
 updates, and Huffman-coded strings. Most strings repeat from call to call (a user agent,
 ``application/grpc``, a method path), so each decoder keeps the strings it decoded by
-their raw bytes and decodes each one once.
+their raw bytes and decodes each one once. Whole blocks repeat too (an upstream's
+``:status 200`` head and ``grpc-status 0`` trailers, once indexed, are the same few bytes
+on every call): a block that changes no table state (no literal with incremental indexing,
+no size update) decodes to a pure function of its bytes and the dynamic table, so each
+decoder keeps such a block's header list by its bytes, valid while the table has not
+changed since (`Decoder.generation`).
 
 `Encoder` is cheap on purpose: it never indexes (no dynamic table, so nothing to evict
 and no size update to send), uses the static table for whole fields and for names, and
@@ -451,7 +456,7 @@ def encode_integer(value: int, prefix: int, flags: int) -> bytes:
 class Decoder:
     """One connection's header-block decoder (its dynamic table lives as long as the connection)."""
 
-    __slots__ = ("_strings", "limit", "max_list_size", "max_size", "size", "table")
+    __slots__ = ("_blocks", "_strings", "generation", "limit", "max_list_size", "max_size", "size", "table")
 
     def __init__(self, max_size: int = DEFAULT_TABLE_SIZE, max_list_size: int = MAX_LIST_SIZE) -> None:
         #: The most our settings allow; the encoder may choose less with a size update (`limit`).
@@ -461,14 +466,22 @@ class Decoder:
         self.table: deque[tuple[str, str]] = deque()  # newest first: dynamic index 62 is table[0]
         self.size = 0
         self._strings: dict[bytes, str] = {}
+        #: Bumped whenever the dynamic table changes: a kept block's list is valid in its generation only.
+        self.generation = 0
+        #: Blocks that changed no table state, by their bytes: (the generation decoded in, the header list).
+        self._blocks: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
         """The header list of one whole block (HEADERS and its CONTINUATIONs). Raises `HpackError`, or
         `HeaderListTooLarge` after decoding the whole block (the table stays in step)."""
+        kept = self._blocks.get(block)
+        if kept is not None and kept[0] == self.generation:
+            return list(kept[1])
         out: list[tuple[str, str]] = []
         at, end = 0, len(block)
         budget = self.max_list_size
         fields = 0
+        generation = self.generation
         try:
             while at < end:
                 byte = block[at]
@@ -479,6 +492,7 @@ class Decoder:
                     field, at = self._literal(block, at, 6)
                     self._add(field)
                 elif byte & 0x20:  # dynamic table size update
+                    self.generation += 1
                     if fields:
                         raise HpackError("a table size update after a field, not at the start of the block")
                     size, at = _integer(block, at, 5)
@@ -497,6 +511,10 @@ class Decoder:
             raise HpackError("header block truncated") from None
         if budget < 0:
             raise HeaderListTooLarge(f"a header list beyond {self.max_list_size} bytes")
+        if generation == self.generation and end <= _CACHE_STRING:  # the table unchanged: a pure function of it
+            if len(self._blocks) >= _CACHE_LIMIT:
+                self._blocks.clear()
+            self._blocks[block] = (generation, list(out))
         return out
 
     def _field(self, index: int) -> tuple[str, str]:
@@ -538,6 +556,7 @@ class Decoder:
         return text, end
 
     def _add(self, field: tuple[str, str]) -> None:
+        self.generation += 1
         size = len(field[0]) + len(field[1]) + 32
         if size > self.limit:  # RFC 7541 §4.4: the table is emptied, the entry not added
             self._evict(0)
