@@ -54,7 +54,9 @@ CONNECTION_FIELDS = frozenset({"connection", "keep-alive", "proxy-connection", "
 def malformed(fields: Fields) -> bool:
     """Whether a header list breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
     for name, value in fields:
-        if name in CONNECTION_FIELDS or name != name.lower() or (name == "te" and value != "trailers"):
+        if name in CONNECTION_FIELDS or (name == "te" and value != "trailers"):
+            return True
+        if not name.islower() and name != name.lower():  # islower() first: no new string for a lower-case name
             return True
     return False
 
