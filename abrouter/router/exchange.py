@@ -143,8 +143,11 @@ class Refused(Exception):
         self.problem = problem
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assignment:
+    """Which variant, as which unit (treated as immutable; not frozen, as `Incoming`: a frozen
+    dataclass costs most of a microsecond per request to build)."""
+
     index: int
     unit_hash: str
     forced: bool
