@@ -15,7 +15,9 @@ control both ways:
   learns when its data has gone out (`Handler.sent`), once this connection's transport is
   not holding back (pause/resume writing).
 
-Everything written in one turn of the event loop leaves in one `transport.write`.
+Everything written in one turn of the event loop leaves in one `transport.write` per
+connection, and one callback per loop (`Flusher`) writes out every connection written to
+in that turn: a read that relays calls to several connections schedules one flush, not one each.
 A subclass says which side it is (`CLIENT`) and what to do with a new stream from the
 peer (`stream_received`, the server side) and with the peer's GOAWAY.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from typing import ClassVar, Protocol
 
@@ -59,6 +62,43 @@ def malformed(fields: Fields) -> bool:
         if not name.islower() and name != name.lower():  # islower() first: no new string for a lower-case name
             return True
     return False
+
+
+class Flusher:
+    """The connections of one event loop written to in this turn, flushed by one `call_soon`."""
+
+    __slots__ = ("dirty", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[H2Connection] = []
+        self.scheduled = False
+
+    def add(self, conn: H2Connection) -> None:
+        self.dirty.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            try:
+                conn._flush()
+            except Exception:  # one connection's failed write does not keep the others' back
+                log.exception("HTTP/2 write failed")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = weakref.WeakKeyDictionary()
+
+
+def flusher(loop: asyncio.AbstractEventLoop) -> Flusher:
+    """The loop's `Flusher` (one per loop)."""
+    found = _flushers.get(loop)
+    if found is None:
+        found = _flushers[loop] = Flusher(loop)
+    return found
 
 
 class Handler(Protocol):
@@ -141,6 +181,7 @@ class H2Connection(asyncio.Protocol):
         self.peer_resets = 0
         self._out: list[bytes] = []
         self._flushing = False
+        self._flusher = flusher(loop)
         self._parts: list[bytes] = []
         self._have = 0
         self._need = 0
@@ -670,7 +711,7 @@ class H2Connection(asyncio.Protocol):
         self._out.append(data)
         if not self._flushing:
             self._flushing = True
-            self.loop.call_soon(self._flush)
+            self._flusher.add(self)
 
     def _flush(self) -> None:
         self._flushing = False
