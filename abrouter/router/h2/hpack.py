@@ -482,10 +482,14 @@ class Decoder:
         budget = self.max_list_size
         fields = 0
         generation = self.generation
+        static = STATIC_TABLE
         try:
             while at < end:
                 byte = block[at]
-                if byte & 0x80:  # indexed field
+                if 0x80 < byte < 0x80 + 62:  # indexed field of the static table, its index in this byte
+                    field = static[byte - 0x81]
+                    at += 1
+                elif byte & 0x80:  # indexed field
                     index, at = _integer(block, at, 7)
                     field = self._field(index)
                 elif byte & 0x40:  # literal with incremental indexing
@@ -582,13 +586,7 @@ class Encoder:
 
     def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
         fields = self._fields
-        parts = []
-        for field in headers:
-            raw = fields.get(field)
-            if raw is None:
-                raw = self._field(field)
-            parts.append(raw)
-        return b"".join(parts)
+        return b"".join([fields.get(field) or self._field(field) for field in headers])
 
     def _field(self, field: tuple[str, str]) -> bytes:
         """A field whole from the static table, else a literal (the name by its static index if it has one)."""
