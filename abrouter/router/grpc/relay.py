@@ -261,8 +261,8 @@ class Call:
         """The upstream's trailers (or its trailers-only answer): its status, passed through unchanged."""
         ex = self.ex
         assert ex is not None
-        code = wire.status_of(fields)
-        ex.received(wire.http_status(code), failed=wire.is_error(code))
+        http = wire.http_status(wire.status_of(fields))
+        ex.received(http, failed=http >= 500)  # wire.is_error, its HTTP status computed once
         if not self.head_sent:
             status = next((v for k, v in fields if k == ":status"), "200")
             content_type = next((v for k, v in fields if k == "content-type"), "application/grpc")

@@ -489,6 +489,9 @@ class Decoder:
                 if 0x80 < byte < 0x80 + 62:  # indexed field of the static table, its index in this byte
                     field = static[byte - 0x81]
                     at += 1
+                elif 0x80 + 62 <= byte < 0xFF and byte - 0x80 - 62 < len(self.table):  # of the dynamic table
+                    field = self.table[byte - 0x80 - 62]
+                    at += 1
                 elif byte & 0x80:  # indexed field
                     index, at = _integer(block, at, 7)
                     field = self._field(index)
