@@ -118,9 +118,10 @@ class Upstream:
         return len(ids)
 
     def _answer(self, stream_id: int) -> bytes:
-        encoder = hpack.Encoder()
-        head = encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
-        tail = encoder.encode([("grpc-status", "0"), ("grpc-message", "")])
+        # As grpc.aio's server writes them: literals with indexing on a connection's first stream, indexed after.
+        encoder = _IndexingEncoder()
+        blocks = [encoder.encode(fields) for fields in (_HEAD, _TRAILERS, _HEAD, _TRAILERS)]
+        head, tail = blocks[:2] if stream_id == 1 else blocks[2:]
         answer = self.answers[stream_id] = b"".join(
             (
                 frames.headers(stream_id, head, end_stream=False, max_frame=frames.DEFAULT_MAX_FRAME),
@@ -131,8 +132,13 @@ class Upstream:
         return answer
 
 
+_HEAD = [(":status", "200"), ("content-type", "application/grpc")]
+_TRAILERS = [("grpc-status", "0"), ("grpc-message", "")]
+
+
 class _IndexingEncoder:
-    """Fields sent as literals with incremental indexing the first time, indexed after (as grpc-c does)."""
+    """Fields of the static table indexed, others sent as literals with incremental indexing the first time and
+    indexed after (as grpc-c does)."""
 
     def __init__(self) -> None:
         self.table: list[tuple[str, str]] = []  # oldest first
@@ -140,7 +146,9 @@ class _IndexingEncoder:
     def encode(self, fields: list[tuple[str, str]]) -> bytes:
         out = bytearray()
         for field in fields:
-            if field in self.table:
+            if field in hpack.STATIC_TABLE:
+                out += hpack.encode_integer(hpack.STATIC_TABLE.index(field) + 1, 7, 0x80)
+            elif field in self.table:
                 index = 62 + len(self.table) - 1 - self.table.index(field)
                 out += hpack.encode_integer(index, 7, 0x80)
             else:

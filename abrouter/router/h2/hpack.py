@@ -6,10 +6,10 @@ updates, and Huffman-coded strings. Most strings repeat from call to call (a use
 ``application/grpc``, a method path), so each decoder keeps the strings it decoded by
 their raw bytes and decodes each one once. Whole blocks repeat too (an upstream's
 ``:status 200`` head and ``grpc-status 0`` trailers, once indexed, are the same few bytes
-on every call): a block that changes no table state (no literal with incremental indexing,
-no size update) decodes to a pure function of its bytes and the dynamic table, so each
-decoder keeps such a block's header list by its bytes, valid while the table has not
-changed since (`Decoder.generation`).
+on every call): a block of indexed fields only decodes to a pure function of its bytes and
+the dynamic table, so each decoder keeps a few such blocks' header lists by their bytes,
+valid while the table has not changed since (`Decoder.generation`). Blocks with literals
+are not kept: theirs are the values that change from call to call (a unit id, a deadline).
 
 `Encoder` is cheap on purpose: it never indexes (no dynamic table, so nothing to evict
 and no size update to send), uses the static table for whole fields and for names, and
@@ -361,6 +361,8 @@ _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STA
 MAX_LIST_SIZE = 256 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
+#: Indexed-only header blocks kept per decoder (a peer repeats a few: a head, trailers); beyond it, start over.
+_BLOCK_LIMIT = 64
 #: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
 #: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
 _CACHE_STRING = 256
@@ -468,7 +470,7 @@ class Decoder:
         self._strings: dict[bytes, str] = {}
         #: Bumped whenever the dynamic table changes: a kept block's list is valid in its generation only.
         self.generation = 0
-        #: Blocks that changed no table state, by their bytes: (the generation decoded in, the header list).
+        #: Blocks of indexed fields only, by their bytes: (the generation decoded in, the header list).
         self._blocks: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
@@ -481,7 +483,7 @@ class Decoder:
         at, end = 0, len(block)
         budget = self.max_list_size
         fields = 0
-        generation = self.generation
+        indexed_only = True
         static = STATIC_TABLE
         try:
             while at < end:
@@ -498,8 +500,10 @@ class Decoder:
                 elif byte & 0x40:  # literal with incremental indexing
                     field, at = self._literal(block, at, 6)
                     self._add(field)
+                    indexed_only = False
                 elif byte & 0x20:  # dynamic table size update
                     self.generation += 1
+                    indexed_only = False
                     if fields:
                         raise HpackError("a table size update after a field, not at the start of the block")
                     size, at = _integer(block, at, 5)
@@ -510,6 +514,7 @@ class Decoder:
                     continue
                 else:  # literal without indexing (0x00) or never indexed (0x10)
                     field, at = self._literal(block, at, 4)
+                    indexed_only = False
                 fields += 1
                 budget -= len(field[0]) + len(field[1]) + 32
                 if budget >= 0:  # beyond it, decoded for the table's sake only: nothing is kept
@@ -518,10 +523,10 @@ class Decoder:
             raise HpackError("header block truncated") from None
         if budget < 0:
             raise HeaderListTooLarge(f"a header list beyond {self.max_list_size} bytes")
-        if generation == self.generation and end <= _CACHE_STRING:  # the table unchanged: a pure function of it
-            if len(self._blocks) >= _CACHE_LIMIT:
+        if indexed_only and end <= _CACHE_STRING:  # a pure function of the table, which it did not change
+            if len(self._blocks) >= _BLOCK_LIMIT:
                 self._blocks.clear()
-            self._blocks[block] = (generation, list(out))
+            self._blocks[block] = (self.generation, list(out))
         return out
 
     def _field(self, index: int) -> tuple[str, str]:

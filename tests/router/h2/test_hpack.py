@@ -206,3 +206,15 @@ def test_the_decoder_agrees_with_the_reference_on_blocks_that_repeat_between_tab
         block = encoder.encode(headers)
         expected = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in theirs.decode(block, raw=True)]
         assert ours.decode(block) == expected
+
+
+def test_only_a_few_indexed_only_blocks_are_kept_and_blocks_with_literals_not_at_all() -> None:
+    decoder = hpack.Decoder()
+    for n in range(1, 62):
+        for m in range(1, 62):
+            decoder.decode(bytes([0x80 | n, 0x80 | m]))  # 3,721 distinct indexed-only blocks
+    assert len(decoder._blocks) <= 64
+    decoder._blocks.clear()
+    for n in range(100):  # a unit id, new on every call: a literal without indexing
+        decoder.decode(b"\x83\x00\x09x-user-id" + hpack.encode_integer(len(str(n)), 7, 0) + str(n).encode())
+    assert not decoder._blocks
