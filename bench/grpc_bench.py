@@ -5,7 +5,9 @@ arms), a private redis-server for the router's event log (no persistence), Envoy
 (`bench/conf/envoy-grpc.yaml.in`: h2c both legs, Maglev on x-user-id, ``--concurrency 1``),
 ``abrouter serve --grpc-port`` twice (a 50/50 experiment keyed on x-user-id, event log on):
 ``--grpc-server own`` (our HTTP/2, the default) and ``--grpc-server grpcio`` (grpc.aio, the
-path before it), and `bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else).
+path before it), and `bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else);
+with ``--before TREE``, a third ``--grpc-server own`` router run from another checkout (e.g. a
+``git worktree`` of main), to compare two versions of the router in one run.
 The proxies run on core 0 (`--proxy-cpus`); the upstream, Redis and the load generator on
 core 1 (`--load-cpus`). Then, interleaved over `--rounds`:
 
@@ -79,9 +81,10 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
 
 
 @contextmanager
-def process(argv: list[str], cpus: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(argv: list[str], cpus: str, log: Path, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
+    env = None if cwd == ROOT else {**os.environ, "PYTHONPATH": str(cwd)}  # that checkout's abrouter
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["taskset", "-c", cpus, *argv], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(["taskset", "-c", cpus, *argv], stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     try:
         yield proc
     finally:
@@ -111,12 +114,14 @@ def main() -> None:
     p.add_argument("--proxy-cpus", default="0")
     p.add_argument("--load-cpus", default="1")
     p.add_argument("--no-event-log", action="store_true", help="the router records nothing")
+    p.add_argument("--before", type=Path, help="also run the router of this checkout (`abrouter-before`)")
+    p.add_argument("--only", help="comma-separated targets to run (default: all; direct and envoy always run)")
     args = p.parse_args()
     from abrouter.router.redis_server import find_binary
 
     tmp = Path(tempfile.mkdtemp(prefix="grpc-bench-"))
     a, b, envoy_port, router_grpc, router_http, redis_port, floor_port = (free_port() for _ in range(7))
-    aio_grpc, aio_http = free_port(), free_port()
+    aio_grpc, aio_http, before_grpc, before_http = (free_port() for _ in range(4))
     conf = (HERE / "conf" / "envoy-grpc.yaml.in").read_text()
     conf = conf.replace("@PORT_A@", str(a)).replace("@PORT_B@", str(b)).replace("@PORT@", str(envoy_port))
     (tmp / "envoy.yaml").write_text(conf)
@@ -129,16 +134,17 @@ def main() -> None:
     envoy = [args.envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "--log-level", "error",
              "--disable-hot-restart"]  # fmt: skip
 
-    def router_argv(http: int, grpc: int, server: str) -> list[str]:
+    def router_argv(http: int, grpc: int, server: str, spill: str = "") -> list[str]:
         argv = [PY, "-m", "abrouter", "--log-level", "WARNING", "serve", "--config", str(tmp / "exp.yaml"),
                 "--host", "127.0.0.1", "--port", str(http), "--grpc-port", str(grpc), "--grpc-server", server,
-                "--spill-dir", str(tmp / f"spill-{server}")]  # fmt: skip
+                "--spill-dir", str(tmp / (spill or f"spill-{server}"))]  # fmt: skip
         return argv + (
             ["--no-event-log"] if args.no_event_log else ["--redis-url", f"redis://127.0.0.1:{redis_port}/0"]
         )
 
     router = router_argv(router_http, router_grpc, "own")
     router_aio = router_argv(aio_http, aio_grpc, "grpcio")
+    router_before = router_argv(before_http, before_grpc, "own", "spill-before")
     floor = [PY, str(HERE / "grpc_floor.py"), "--port", str(floor_port), "--upstream", f"127.0.0.1:{a}"]
     results: dict[str, list[dict[str, float]]] = {}
     with (
@@ -148,7 +154,9 @@ def main() -> None:
         process(router, args.proxy_cpus, tmp / "router.log") as rt,
         process(router_aio, args.proxy_cpus, tmp / "router-grpcio.log") as ra,
         process(floor, args.proxy_cpus, tmp / "floor.log") as fl,
-    ):
+        process(router_before if args.before else ["sleep", "infinity"], args.proxy_cpus, tmp / "before.log",
+                args.before or ROOT) as rb,
+    ):  # fmt: skip
         ready = (
             (a, up),
             (b, up),
@@ -157,6 +165,7 @@ def main() -> None:
             (router_grpc, rt),
             (aio_grpc, ra),
             (floor_port, fl),
+            *([(before_grpc, rb)] if args.before else []),
         )
         for port, proc in ready:
             wait_port(port, proc)
@@ -169,6 +178,11 @@ def main() -> None:
             "abrouter-any": (f"127.0.0.1:{router_grpc}", rt.pid, other),
             "floor": (f"127.0.0.1:{floor_port}", fl.pid, infer),
         }
+        if args.before:
+            targets["abrouter-before"] = (f"127.0.0.1:{before_grpc}", rb.pid, infer)
+        if args.only:
+            keep = {"direct", "envoy", *args.only.split(",")}
+            targets = {name: t for name, t in targets.items() if name in keep}
         for target, _, method in targets.values():  # warm-up: connections, caches
             load(target, args.load_cpus, *method, "--seconds", "2", "--concurrency", str(args.concurrency))
         for round_ in range(args.rounds):
@@ -182,7 +196,7 @@ def main() -> None:
                 results.setdefault(name, []).append(r)
                 print(f"round {round_ + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
             for name, (target, _, method) in targets.items():
-                if name in ("abrouter-any", "floor", "abrouter-grpcio"):
+                if name in ("abrouter-any", "floor", "abrouter-grpcio", "abrouter-before"):
                     continue
                 r = load(target, args.load_cpus, *method, "--seconds", str(args.seconds), "--rate", str(args.rate))
                 results.setdefault(f"{name}@rate", []).append(r)
@@ -204,12 +218,15 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     labels = {
         "direct": "direct (no proxy)",
         "envoy": "Envoy 1.40, 1 worker",
-        "abrouter-grpcio": "abrouter --grpc-server grpcio (before), ModelInfer",
+        "abrouter-grpcio": "abrouter --grpc-server grpcio, ModelInfer",
+        "abrouter-before": f"abrouter --grpc-server own of {args.before} (before), ModelInfer",
         "abrouter": "abrouter --grpc-server own (after), ModelInfer",
         "abrouter-any": "abrouter --grpc-server own, a method it does not know",
         "floor": "grpc.aio forwarding and nothing else (bench/grpc_floor.py)",
     }
     for name, label in labels.items():
+        if name not in results:
+            continue
         errors = sum(r["errors"] for r in results[name])
         head = f"| {label} | {med(name, 'calls_per_s'):,.0f} | {errors:.0f} | {med(name, 'p50_ms'):.2f} | "
         if name == "direct":
@@ -227,6 +244,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "|---|---|---|---|---|---|",
     ]
     for name in ("direct", "envoy", "abrouter"):
+        if f"{name}@rate" not in results:
+            continue
         runs = results[f"{name}@rate"]
         cells = []
         for key in ("p50_ms", "p90_ms", "p99_ms", "p999_ms"):

@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ),
         ("flush_cluster.py", ["--batch", "100", "--batches", "2", "--rounds", "1"], "| 16 shards | "),
         ("shard_split.py", ["--batch", "200", "--rounds", "2", "--shards", "4"], "| parts (after) |"),
+        ("exchange_cost.py", ["--requests", "200", "--rounds", "1"], "µs of CPU per request"),
+        ("grpc_relay_cost.py", ["--calls", "200", "--rounds", "1", "--uvloop"], "µs of CPU per call"),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:

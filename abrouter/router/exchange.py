@@ -143,8 +143,11 @@ class Refused(Exception):
         self.problem = problem
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Assignment:
+    """Which variant, as which unit (treated as immutable; not frozen, as `Incoming`: a frozen
+    dataclass costs most of a microsecond per request to build)."""
+
     index: int
     unit_hash: str
     forced: bool
@@ -156,8 +159,9 @@ class Assignment:
 def header(headers: Iterable[tuple[str, str]], name: str) -> str | None:
     """The first value of a header, decoded as the client most likely meant it (UTF-8)."""
     lname = name.lower()
-    for key, value in headers:
-        if key.lower() == lname:
+    size = len(lname)
+    for key, value in headers:  # lengths first: most names differ in length, and len() makes no new string
+        if len(key) == size and key.lower() == lname:
             return value.encode("latin-1").decode("utf-8", "surrogateescape")
     return None
 
@@ -344,7 +348,15 @@ class Exchange:
 
     def response_headers(self, upstream_headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """The upstream's end-to-end headers plus the tags (and the new unit cookie, if any)."""
-        return hdr.tag_response(upstream_headers, **self.tags) + self._new_cookie()
+        out = hdr.tag_response(
+            upstream_headers,
+            experiment=self.table.experiment.name,
+            variant=self.variant.name,
+            request_id=self.request_id,
+        )
+        if self.choice.new_cookie is not None:
+            out += self._new_cookie()
+        return out
 
     def failed(self, exc: UpstreamError) -> Problem:
         """No response from the upstream: an error of the variant (logged as 504 on a timeout, else 502)."""

@@ -25,6 +25,9 @@ class _Histogram:
         self.n += 1
 
 
+#: The status class labels ("0xx".."9xx"), made once rather than formatted per request.
+_CLASSES = tuple(f"{cls}xx" for cls in range(10))
+
 #: (experiment, variant): the key of every per-arm series.
 Arm = tuple[str, str]
 
@@ -66,7 +69,8 @@ class ProxyMetrics:
 
         `failed`: an error of the variant (default: `error` set or an HTTP 5xx).
         """
-        self.requests[(experiment, variant, f"{status // 100}xx")] += 1
+        cls = status // 100
+        self.requests[(experiment, variant, _CLASSES[cls] if 0 <= cls < 10 else f"{cls}xx")] += 1
         arm = (experiment, variant)
         self.latency[arm].observe(seconds)
         if first_byte_s is not None:

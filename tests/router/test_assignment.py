@@ -1,6 +1,7 @@
 """Properties of the pure assignment function; the proxy tests repeat them over HTTP."""
 
 import json
+import math
 import random
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from collections import Counter
 import pytest
 from scipy.stats import chisquare
 
-from abrouter.router.assignment import Assigner
+from abrouter.router.assignment import Assigner, _hash64, _mix64
 
 UNITS = [f"user-{i}" for i in range(20_000)]
 
@@ -98,3 +99,24 @@ def test_random_assignment_follows_weights():
 def test_invalid_weights_are_refused(weights):
     with pytest.raises(ValueError):
         Assigner("e", ("a", "b"), weights)
+
+
+def _reference_assign(assigner: Assigner, unit: str) -> int:
+    """The rendezvous rule as written before it was inlined: _mix64 per arm, zero weights skipped."""
+    h = _hash64(unit.encode("utf-8", "surrogatepass"), assigner._key)  # type: ignore[attr-defined]
+    best, best_score = 0, -1.0
+    for i, (seed, weight) in enumerate(zip(assigner._seeds, assigner.weights)):  # type: ignore[attr-defined]
+        if weight <= 0:
+            continue
+        score = -weight / math.log(((_mix64(h ^ seed) >> 11) + 0.5) / float(1 << 53))
+        if score > best_score:
+            best, best_score = i, score
+    return best
+
+
+@pytest.mark.parametrize("weights", [(50, 50), (90, 10), (0, 30, 70), (1, 1, 1, 0, 5)])
+def test_assign_is_the_reference_rule_unit_for_unit(weights):
+    assigner = Assigner("salt", tuple(f"v{i}" for i in range(len(weights))), tuple(float(w) for w in weights))
+    for n in range(3000):
+        unit = f"user-{n}"
+        assert assigner.assign(unit) == _reference_assign(assigner, unit)

@@ -185,10 +185,10 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
         data = b"".join(self.waiting or []) if self.reads else b""
-        first, whole = _first_prefix(data)
+        first, whole = _first_prefix(data) if data else (None, False)
         name = (oip.model_name(first) if whole else oip.name_in_prefix(first)) if first else None
         at = ModelAt(name, "message", 0, 0) if name else None
-        headers = [(k, v) for k, v in self.fields if k[:1] != ":" and not k.endswith("-bin")]
+        headers = [field for field in self.fields if field[0][:1] != ":" and not field[0].endswith("-bin")]
         incoming = Incoming("POST", self.method, headers, self.peer, "http")
         try:  # the message is renamed here, not by the exchange: it may be whole or its first bytes only
             ex = self.ex = Exchange.start(self.router, incoming, now=time.time(), model_at=at)
@@ -261,8 +261,8 @@ class Call:
         """The upstream's trailers (or its trailers-only answer): its status, passed through unchanged."""
         ex = self.ex
         assert ex is not None
-        code = wire.status_of(fields)
-        ex.received(wire.http_status(code), failed=wire.is_error(code))
+        http = wire.http_status(wire.status_of(fields))
+        ex.received(http, failed=http >= 500)  # wire.is_error, its HTTP status computed once
         if not self.head_sent:
             status = next((v for k, v in fields if k == ":status"), "200")
             content_type = next((v for k, v in fields if k == "content-type"), "application/grpc")

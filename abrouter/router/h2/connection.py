@@ -15,7 +15,9 @@ control both ways:
   learns when its data has gone out (`Handler.sent`), once this connection's transport is
   not holding back (pause/resume writing).
 
-Everything written in one turn of the event loop leaves in one `transport.write`.
+Everything written in one turn of the event loop leaves in one `transport.write` per
+connection, and one callback per loop (`Flusher`) writes out every connection written to
+in that turn: a read that relays calls to several connections schedules one flush, not one each.
 A subclass says which side it is (`CLIENT`) and what to do with a new stream from the
 peer (`stream_received`, the server side) and with the peer's GOAWAY.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections import deque
 from typing import ClassVar, Protocol
 
@@ -54,9 +57,48 @@ CONNECTION_FIELDS = frozenset({"connection", "keep-alive", "proxy-connection", "
 def malformed(fields: Fields) -> bool:
     """Whether a header list breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
     for name, value in fields:
-        if name in CONNECTION_FIELDS or name != name.lower() or (name == "te" and value != "trailers"):
+        if name in CONNECTION_FIELDS or (name == "te" and value != "trailers"):
+            return True
+        if not name.islower() and name != name.lower():  # islower() first: no new string for a lower-case name
             return True
     return False
+
+
+class Flusher:
+    """The connections of one event loop written to in this turn, flushed by one `call_soon`."""
+
+    __slots__ = ("dirty", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.dirty: list[H2Connection] = []
+        self.scheduled = False
+
+    def add(self, conn: H2Connection) -> None:
+        self.dirty.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        dirty, self.dirty = self.dirty, []
+        for conn in dirty:
+            try:
+                conn._flush()
+            except Exception:  # one connection's failed write does not keep the others' back
+                log.exception("HTTP/2 write failed")
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher] = weakref.WeakKeyDictionary()
+
+
+def flusher(loop: asyncio.AbstractEventLoop) -> Flusher:
+    """The loop's `Flusher` (one per loop)."""
+    found = _flushers.get(loop)
+    if found is None:
+        found = _flushers[loop] = Flusher(loop)
+    return found
 
 
 class Handler(Protocol):
@@ -139,6 +181,7 @@ class H2Connection(asyncio.Protocol):
         self.peer_resets = 0
         self._out: list[bytes] = []
         self._flushing = False
+        self._flusher = flusher(loop)
         self._parts: list[bytes] = []
         self._have = 0
         self._need = 0
@@ -232,7 +275,12 @@ class H2Connection(asyncio.Protocol):
             end = at + 9 + length
             if end > size:
                 break
-            self._frame(kind, flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+            if kind > frames.HEADERS or self._settings_due or self._continuing is not None:
+                self._frame(kind, flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+            elif kind == frames.DATA:  # the two frames of every call, dispatched here: one call fewer each
+                self._data(flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+            else:
+                self._headers(flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
             at = end
             if self.closed:
                 return
@@ -309,8 +357,9 @@ class H2Connection(asyncio.Protocol):
         stream.recv_window -= size
         if stream.recv_window < 0:
             raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id} sent beyond its window")
-        body = frames.unpad(payload, flags)
-        if len(body) < size:
+        body = payload
+        if flags & frames.PADDED:
+            body = frames.unpad(payload, flags)
             self.consumed(stream, size - len(body))  # padding: nobody needs to pass it on
         end = bool(flags & frames.END_STREAM)
         if end:
@@ -323,7 +372,7 @@ class H2Connection(asyncio.Protocol):
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise FrameError(frames.PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = frames.header_block(payload, flags)
+        block = frames.header_block(payload, flags) if flags & (frames.PADDED | frames.PRIORITY_FLAG) else payload
         if flags & frames.END_HEADERS:
             self._header_block(stream_id, flags, block)
         else:
@@ -662,7 +711,7 @@ class H2Connection(asyncio.Protocol):
         self._out.append(data)
         if not self._flushing:
             self._flushing = True
-            self.loop.call_soon(self._flush)
+            self._flusher.add(self)
 
     def _flush(self) -> None:
         self._flushing = False

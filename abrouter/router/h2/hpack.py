@@ -4,7 +4,12 @@
 dynamic table (its size bounded by our SETTINGS_HEADER_TABLE_SIZE, 4096) and its size
 updates, and Huffman-coded strings. Most strings repeat from call to call (a user agent,
 ``application/grpc``, a method path), so each decoder keeps the strings it decoded by
-their raw bytes and decodes each one once.
+their raw bytes and decodes each one once. Whole blocks repeat too (an upstream's
+``:status 200`` head and ``grpc-status 0`` trailers, once indexed, are the same few bytes
+on every call): a block of indexed fields only decodes to a pure function of its bytes and
+the dynamic table, so each decoder keeps a few such blocks' header lists by their bytes,
+valid while the table has not changed since (`Decoder.generation`). Blocks with literals
+are not kept: theirs are the values that change from call to call (a unit id, a deadline).
 
 `Encoder` is cheap on purpose: it never indexes (no dynamic table, so nothing to evict
 and no size update to send), uses the static table for whole fields and for names, and
@@ -356,6 +361,8 @@ _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STA
 MAX_LIST_SIZE = 256 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
+#: Indexed-only header blocks kept per decoder (a peer repeats a few: a head, trailers); beyond it, start over.
+_BLOCK_LIMIT = 64
 #: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
 #: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
 _CACHE_STRING = 256
@@ -451,7 +458,7 @@ def encode_integer(value: int, prefix: int, flags: int) -> bytes:
 class Decoder:
     """One connection's header-block decoder (its dynamic table lives as long as the connection)."""
 
-    __slots__ = ("_strings", "limit", "max_list_size", "max_size", "size", "table")
+    __slots__ = ("_blocks", "_strings", "generation", "limit", "max_list_size", "max_size", "size", "table")
 
     def __init__(self, max_size: int = DEFAULT_TABLE_SIZE, max_list_size: int = MAX_LIST_SIZE) -> None:
         #: The most our settings allow; the encoder may choose less with a size update (`limit`).
@@ -461,24 +468,42 @@ class Decoder:
         self.table: deque[tuple[str, str]] = deque()  # newest first: dynamic index 62 is table[0]
         self.size = 0
         self._strings: dict[bytes, str] = {}
+        #: Bumped whenever the dynamic table changes: a kept block's list is valid in its generation only.
+        self.generation = 0
+        #: Blocks of indexed fields only, by their bytes: (the generation decoded in, the header list).
+        self._blocks: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
         """The header list of one whole block (HEADERS and its CONTINUATIONs). Raises `HpackError`, or
         `HeaderListTooLarge` after decoding the whole block (the table stays in step)."""
+        kept = self._blocks.get(block)
+        if kept is not None and kept[0] == self.generation:
+            return list(kept[1])
         out: list[tuple[str, str]] = []
         at, end = 0, len(block)
         budget = self.max_list_size
         fields = 0
+        indexed_only = True
+        static = STATIC_TABLE
         try:
             while at < end:
                 byte = block[at]
-                if byte & 0x80:  # indexed field
+                if 0x80 < byte < 0x80 + 62:  # indexed field of the static table, its index in this byte
+                    field = static[byte - 0x81]
+                    at += 1
+                elif 0x80 + 62 <= byte < 0xFF and byte - 0x80 - 62 < len(self.table):  # of the dynamic table
+                    field = self.table[byte - 0x80 - 62]
+                    at += 1
+                elif byte & 0x80:  # indexed field
                     index, at = _integer(block, at, 7)
                     field = self._field(index)
                 elif byte & 0x40:  # literal with incremental indexing
                     field, at = self._literal(block, at, 6)
                     self._add(field)
+                    indexed_only = False
                 elif byte & 0x20:  # dynamic table size update
+                    self.generation += 1
+                    indexed_only = False
                     if fields:
                         raise HpackError("a table size update after a field, not at the start of the block")
                     size, at = _integer(block, at, 5)
@@ -489,6 +514,7 @@ class Decoder:
                     continue
                 else:  # literal without indexing (0x00) or never indexed (0x10)
                     field, at = self._literal(block, at, 4)
+                    indexed_only = False
                 fields += 1
                 budget -= len(field[0]) + len(field[1]) + 32
                 if budget >= 0:  # beyond it, decoded for the table's sake only: nothing is kept
@@ -497,6 +523,10 @@ class Decoder:
             raise HpackError("header block truncated") from None
         if budget < 0:
             raise HeaderListTooLarge(f"a header list beyond {self.max_list_size} bytes")
+        if indexed_only and end <= _CACHE_STRING:  # a pure function of the table, which it did not change
+            if len(self._blocks) >= _BLOCK_LIMIT:
+                self._blocks.clear()
+            self._blocks[block] = (self.generation, list(out))
         return out
 
     def _field(self, index: int) -> tuple[str, str]:
@@ -538,6 +568,7 @@ class Decoder:
         return text, end
 
     def _add(self, field: tuple[str, str]) -> None:
+        self.generation += 1
         size = len(field[0]) + len(field[1]) + 32
         if size > self.limit:  # RFC 7541 §4.4: the table is emptied, the entry not added
             self._evict(0)
@@ -563,13 +594,7 @@ class Encoder:
 
     def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
         fields = self._fields
-        parts = []
-        for field in headers:
-            raw = fields.get(field)
-            if raw is None:
-                raw = self._field(field)
-            parts.append(raw)
-        return b"".join(parts)
+        return b"".join([fields.get(field) or self._field(field) for field in headers])
 
     def _field(self, field: tuple[str, str]) -> bytes:
         """A field whole from the static table, else a literal (the name by its static index if it has one)."""

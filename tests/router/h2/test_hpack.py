@@ -179,3 +179,42 @@ def test_an_encoder_fed_many_distinct_long_fields_does_not_grow_without_bound() 
     finally:
         tracemalloc.stop()
     assert held < 2 << 20, held  # what was encoded is not kept (300 x 32 KB would be 9.6 MB)
+
+
+def test_a_repeated_indexed_block_decodes_to_what_the_table_says_now_not_what_it_said_when_kept() -> None:
+    decoder = hpack.Decoder()
+    name_value = bytes([0x40, 3]) + b"x-a" + bytes([1]) + b"1"  # literal with incremental indexing: entry 62
+    assert decoder.decode(name_value) == [("x-a", "1")]
+    indexed = bytes([0x88, 0x80 | 62])  # :status 200, then dynamic entry 62
+    assert decoder.decode(indexed) == [(":status", "200"), ("x-a", "1")]
+    first = decoder.decode(indexed)
+    first.append(("mutated", "by the caller"))  # a kept list is handed out as a copy
+    assert decoder.decode(indexed) == [(":status", "200"), ("x-a", "1")]
+    decoder.decode(bytes([0x40, 3]) + b"x-b" + bytes([1]) + b"2")  # entry 62 is now x-b
+    assert decoder.decode(indexed) == [(":status", "200"), ("x-b", "2")]
+    decoder.decode(bytes([0x20]))  # a size update to 0 empties the table
+    with pytest.raises(hpack.HpackError):
+        decoder.decode(indexed)
+
+
+def test_the_decoder_agrees_with_the_reference_on_blocks_that_repeat_between_table_changes() -> None:
+    rng = random.Random(7)
+    encoder, ours, theirs = reference.Encoder(), hpack.Decoder(), reference.Decoder()
+    fixed = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "0")]
+    for _ in range(300):
+        headers = fixed if rng.random() < 0.6 else [*fixed, ("x-user-id", f"user-{rng.randint(1, 20)}")]
+        block = encoder.encode(headers)
+        expected = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in theirs.decode(block, raw=True)]
+        assert ours.decode(block) == expected
+
+
+def test_only_a_few_indexed_only_blocks_are_kept_and_blocks_with_literals_not_at_all() -> None:
+    decoder = hpack.Decoder()
+    for n in range(1, 62):
+        for m in range(1, 62):
+            decoder.decode(bytes([0x80 | n, 0x80 | m]))  # 3,721 distinct indexed-only blocks
+    assert len(decoder._blocks) <= 64
+    decoder._blocks.clear()
+    for n in range(100):  # a unit id, new on every call: a literal without indexing
+        decoder.decode(b"\x83\x00\x09x-user-id" + hpack.encode_integer(len(str(n)), 7, 0) + str(n).encode())
+    assert not decoder._blocks
