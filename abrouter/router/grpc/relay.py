@@ -19,10 +19,12 @@ by frame instead of message by message:
   upstream's status, details and trailing metadata pass through unchanged (a
   trailers-only answer is split into a head, with the tags, and the trailers);
 - the router's own failures (`wire.render`): an unreachable upstream, or one that reset the
-  call before answering, is UNAVAILABLE naming the variant; a deadline passed first is
-  DEADLINE_EXCEEDED and the upstream's stream is reset (CANCEL); both are errors of the
-  variant. A caller's cancel resets the upstream's stream and is no error (499), unless it
-  came at the deadline (the caller's clock fired first: the upstream was too slow).
+  call before answering, is UNAVAILABLE naming the variant; one that reset it mid-answer
+  ends the caller's stream with INTERNAL naming the variant (trailers after what was
+  relayed); a deadline passed first is DEADLINE_EXCEEDED and the upstream's stream is
+  reset (CANCEL); all are errors of the variant. A caller's cancel resets the upstream's
+  stream and is no error (499), unless it came at the deadline (the caller's clock fired
+  first: the upstream was too slow).
 """
 
 from __future__ import annotations
@@ -285,7 +287,12 @@ class Call:
         assert self.ex is not None
         log.warning("variant %s: upstream reset the call mid-response (HTTP/2 error %d)", self.ex.variant.name, code)
         self.ex.aborted()
-        self.down.reset(self.stream, frames.INTERNAL_ERROR)
+        # Trailers, not a reset: a client that sees RST_STREAM may drop the head it already has
+        # (grpc-core does), tags and all; INTERNAL after what was relayed says the answer is cut.
+        details = f"variant {self.ex.variant.name!r}: the upstream reset the call mid-answer"
+        self.down.send_trailers(
+            self.stream, [("grpc-status", str(wire.INTERNAL)), ("grpc-message", wire.percent_encode(details))]
+        )
         self._finish()
 
     # --- Handler, for both streams ---

@@ -281,6 +281,7 @@ async def test_an_upstream_that_resets_the_call_mid_answer_cuts_the_callers_and_
                 while await call.read() is not grpc.aio.EOF:  # the first message may come first, or not
                     pass
         assert err.value.code() is grpc.StatusCode.INTERNAL  # never an OK: the answer was cut
+        assert err.value.details() == "variant 'candidate': the upstream reset the call mid-answer"
         for _ in range(500):
             if r.router.metrics.errors.get((r.spec["name"], "candidate", "stream_aborted")):
                 break
