@@ -259,6 +259,7 @@ end
 -- Cells in chunks: a few HMGETs (now) and one HSET (in phase 2) per chunk instead of
 -- calls per cell.
 local CHUNK = 500
+local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
@@ -287,11 +288,13 @@ for first = 1, #cells, CHUNK do
   end
   local old_of = {}  -- k -> index of its h|f in old_raw
   for n, k in ipairs(bare) do old_of[k] = 2 * n - 1 end
+  local any_legacy = false  -- most chunks have none: no pass over their cells for legacy states
   for k, h in ipairs(hs) do
     local j = old_of[k]
     local info, bad = unit_info(h, raws[k], j and old_raw[j] or false, j and old_raw[j + 1] or false)
     if not info then return {-2, last, 0, bad} end
     firsts[h] = info
+    if info.legacy then any_legacy = true end
   end
   for i = first, last_cell do
     local c = cells[i]
@@ -322,7 +325,7 @@ for first = 1, #cells, CHUNK do
       if cov_i then want(info.old .. '|c', false) end
     end
   end
-  for i = first, last_cell do
+  for i = first, any_legacy and last_cell or first - 1 do
     local c = cells[i]
     if firsts[c[1]].legacy then
       local key = c[1] .. '|' .. stratum_name(c[2], c[3])
@@ -399,7 +402,7 @@ for first = 1, #cells, CHUNK do
       accumulate(mx, info.newly and EMPTY or before, state, nil)  -- sums only, no event counts
       info.newly = false
     end
-    local keeps = keeps_state(c)  -- [faults] an anonymous request keeps no state
+    local keeps = not anonymous or keeps_state(c)  -- [faults] an anonymous request keeps no state
     if info.legacy then
       if reported then  -- [cuped] the report time of the covariate value now stored
         cov_time[key] = reported
@@ -415,7 +418,8 @@ for first = 1, #cells, CHUNK do
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
     if latest == 1 then
-      local pointer = stratum_name(c[2], c[3])
+      local by_e = stratum_names[c[2]]
+      local pointer = by_e and by_e[c[3]] or stratum_name(c[2], c[3])
       if pointer ~= info.pointer then
         writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
         info.pointer = pointer
