@@ -8,11 +8,13 @@ once, on first use: a single server or a Redis Cluster) and the task that flushe
 experiment. The keys stay per experiment: every script call and read names only its
 own experiment's keys (hash tags), so sharing the client shares no data.
 
-The loop wakes when a log asks (`wake`: a full batch, a flush, Redis lost its epochs) or
-when the earliest log is due (its own `interval_s` after its last round), and flushes
-every log that is due, concurrently: a Redis that is down makes each log wait for its own
-timeout, as before, not for the others' one after another. A log's rounds never overlap
-(`EventLog` holds a lock around each), so a round of the loop and a log's own `flush` or
+The loop wakes when a log asks (`wake`: a full batch, Redis lost its epochs) or when the
+earliest log is due (its own `interval_s` after its last round began), and starts a round
+of every log that is due and has none in progress, without waiting for them: a log whose
+round is slow (a Redis timeout, a long spill replay) holds back no other experiment, and
+a Redis that is down makes each log wait for its own timeout at once, not one after
+another. A log's rounds never overlap (the loop starts none while one runs, and
+`EventLog` holds a lock around each), so a round of the loop and a log's own `flush` or
 final flush on `close` take turns.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Protocol
 
@@ -55,6 +58,8 @@ class EventLogHub:
         self._connecting = asyncio.Lock()
         self._logs: dict[Flushed, float] = {}  # log -> monotonic time of its next round
         self._woken: set[Flushed] = set()
+        self._rounds: dict[Flushed, asyncio.Task[None]] = {}  # rounds in progress
+        self._next = 0.0  # when the loop looks next (monotonic)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -94,35 +99,46 @@ class EventLogHub:
         self._woken.discard(flushed)
 
     def wake(self, flushed: Flushed) -> None:
-        """Round `flushed` as soon as the loop gets to it."""
+        """Round `flushed` as soon as it has no round in progress."""
         if flushed in self._logs:
             self._woken.add(flushed)
-            self._wake.set()
+            if flushed not in self._rounds:
+                self._wake.set()
 
     async def _run(self) -> None:
         while not self._closed:
             now = time.monotonic()
-            timeout = max(0.0, min(self._logs.values(), default=now + 1.0) - now)
+            idle = [at for f, at in self._logs.items() if f not in self._rounds]
+            self._next = min(idle, default=now + 1.0)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._next - now))
             self._wake.clear()
             now = time.monotonic()
-            due = [f for f, at in self._logs.items() if at <= now or f in self._woken]
-            self._woken.clear()
-            for f in due:
-                self._logs[f] = now + f.interval_s
-            if due:
-                done = await asyncio.gather(*(f.flush_round() for f in due), return_exceptions=True)
-                for f, outcome in zip(due, done, strict=True):
-                    if isinstance(outcome, Exception):  # a bug must not stop every experiment's flushing
-                        log.error("event log: a flush round of %r failed", f, exc_info=outcome)
+            for f, at in list(self._logs.items()):
+                if f not in self._rounds and (at <= now or f in self._woken):
+                    self._woken.discard(f)
+                    self._logs[f] = now + f.interval_s
+                    self._rounds[f] = asyncio.create_task(self._round(f), name="abrouter-flush-round")
+
+    async def _round(self, f: Flushed) -> None:
+        try:
+            await f.flush_round()
+        except Exception:  # a bug must not stop the experiment's flushing
+            log.exception("event log: a flush round of %r failed", f)
+        finally:
+            del self._rounds[f]
+            # Woken meanwhile, or due before the loop's next look: look again now.
+            if f in self._woken or self._logs.get(f, math.inf) < self._next:
+                self._wake.set()
 
     async def aclose(self) -> None:
-        """Stop the loop (every log was closed, or is flushed by its own `close`) and close the client."""
+        """Stop the loop (after every log was closed: each flushes itself on `close`) and close the client."""
         self._closed = True
         self._wake.set()
         if self._task is not None:
-            await self._task  # ends after the round in progress, if any
+            await self._task
+        if self._rounds:
+            await asyncio.gather(*self._rounds.values(), return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

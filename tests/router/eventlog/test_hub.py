@@ -208,3 +208,44 @@ async def test_a_router_serving_several_experiments_runs_one_client_and_one_flus
             assert_strata_equal(await strata(redis_url, name), want)
     finally:
         forget(redis_url, names)
+
+
+class StuckRound:
+    """An experiment whose round hangs (a Redis timeout, a long spill replay), until released."""
+
+    interval_s = 0.02
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.release = asyncio.Event()
+
+    async def flush_round(self) -> None:
+        self.started += 1
+        await self.release.wait()
+
+
+async def test_a_stuck_round_holds_back_no_other_experiment_and_is_not_started_twice(
+    redis_url: str, experiment_name: str, tmp_path: Path
+) -> None:
+    hub = EventLogHub(redis_url)
+    stuck = StuckRound()
+    exp = make_experiment(experiment_name)
+    log = EventLog(redis_url=redis_url, experiment=exp, spill_dir=tmp_path, flush_interval_s=0.02, hub=hub)
+    try:
+        hub.add(stuck)
+        await log.start()
+        await eventually(lambda: asyncio.sleep(0, stuck.started == 1))
+        recorded = random_events(random.Random(3), 200)
+        record(log, recorded)
+        await eventually(lambda: asyncio.sleep(0, log.stats.flushed_batches >= 1 and log.stats.buffered == 0))
+        hub.wake(stuck)
+        await asyncio.sleep(0.1)  # several intervals: the stuck round is still the only one
+        assert stuck.started == 1
+        stuck.release.set()
+        await eventually(lambda: asyncio.sleep(0, stuck.started >= 2))
+    finally:
+        stuck.release.set()
+        hub.remove(stuck)
+        await log.close()
+        await hub.aclose()
+    assert_strata_equal(await strata(redis_url, experiment_name), expected_strata(recorded, binary_metrics(exp)))
