@@ -6,7 +6,8 @@ accounting (`Delivery`). What they share is here: the Redis client (`client`, co
 once, on first use: a single server or a Redis Cluster) and the task that flushes them
 (`run`), so the process has one connection pool and one timer, not one of each per
 experiment. The keys stay per experiment: every script call and read names only its
-own experiment's keys (hash tags), so sharing the client shares no data.
+own experiment's keys (hash tags), so sharing the client shares no data. On a single
+server the client holds at most `MAX_CONNECTIONS` connections.
 
 The loop wakes when a log asks (`wake`: a full batch, Redis lost its epochs) or when the
 earliest log is due (its own `interval_s` after its last round began), and starts a round
@@ -34,6 +35,13 @@ from abrouter import redisclient
 from abrouter.router.eventlog.script import call_redis
 
 log = logging.getLogger("abrouter.router.eventlog.log")
+
+#: Connections to a single Redis server at most, however many experiments: Redis runs one
+#: command at a time, so more buy nothing, and a fleet of routers times experiments would
+#: otherwise approach its `maxclients`. A round waits for a free one (at most the Redis
+#: timeout, then it spills as for a Redis that does not answer). A Redis Cluster client
+#: keeps a pool per master of its own.
+MAX_CONNECTIONS = 8
 
 
 class Flushed(Protocol):
@@ -78,6 +86,7 @@ class EventLogHub:
                         socket_timeout=self._timeout,
                         socket_connect_timeout=self._timeout,
                         retry=Retry(NoBackoff(), 0),
+                        max_connections=MAX_CONNECTIONS,
                     )
                 )  # our own retry is the spill; redis-py's would stall the flush
             return self._client

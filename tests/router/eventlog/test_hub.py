@@ -249,3 +249,37 @@ async def test_a_stuck_round_holds_back_no_other_experiment_and_is_not_started_t
         await log.close()
         await hub.aclose()
     assert_strata_equal(await strata(redis_url, experiment_name), expected_strata(recorded, binary_metrics(exp)))
+
+
+async def test_twenty_experiments_flushing_at_once_hold_at_most_max_connections_to_redis(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from abrouter.router.eventlog.hub import MAX_CONNECTIONS
+
+    names = [f"hub-many-{i}" for i in range(20)]
+    hub = EventLogHub(redis_server.url)
+    logs = [
+        EventLog(
+            redis_url=redis_server.url, experiment=make_experiment(n), spill_dir=tmp_path, flush_interval_s=60, hub=hub
+        )
+        for n in names
+    ]
+    recorded = {n: random_events(random.Random(i), 80) for i, n in enumerate(names)}
+    observer = await redisclient.connect(redis_server.url)
+    try:
+        await asyncio.gather(*(log.start() for log in logs))
+        for name, log in zip(names, logs, strict=True):
+            record(log, recorded[name])
+        await asyncio.gather(*(log.flush() for log in logs))  # twenty rounds at once
+        clients = await observer.client_list()
+        assert 1 < len(clients) - 1 <= MAX_CONNECTIONS < len(names)
+        for log in logs:
+            assert log.stats.flushed_batches == 1 and log.stats.spilled == 0 and log.stats.dropped == 0, log.stats
+    finally:
+        for log in logs:
+            await log.close()
+        await hub.aclose()
+        await observer.aclose()
+    for name in names:
+        want = expected_strata(recorded[name], binary_metrics(make_experiment(name)))
+        assert_strata_equal(await strata(redis_server.url, name), want)
