@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("flush_cluster.py", ["--batch", "100", "--batches", "2", "--rounds", "1"], "| 16 shards | "),
         ("shard_split.py", ["--batch", "200", "--rounds", "2", "--shards", "4"], "| parts (after) |"),
         ("idle_lanes.py", ["--experiments", "3", "--seconds", "0.3"], "| 3 | 1 |"),
+        ("lua_prims.py", ["--n", "1000"], "| cjson, a cell of version 4 (12 values) |"),
     ],
 )
 def test_bench_script_runs(script: str, args: list[str], expect: str) -> None:
