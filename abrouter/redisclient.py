@@ -25,11 +25,13 @@ import redis.exceptions
 Client: TypeAlias = "redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster"
 
 
-async def connect(url: str, **options: Any) -> Client:
+async def connect(url: str, *, max_connections: int | None = None, **options: Any) -> Client:
     """A client for the Redis at `url`: a `RedisCluster` when that node is in cluster mode.
 
     `options` go to the client (timeouts, ``retry``). Raises `redis.exceptions.RedisError`
-    or `OSError` when the node cannot be reached.
+    or `OSError` when the node cannot be reached. `max_connections` bounds a single
+    server's connection pool: a command waits for a free connection (at most its
+    ``socket_timeout``) instead of opening one more (a cluster client keeps its own pools).
     """
     node = redis.asyncio.Redis.from_url(url, **options)
     try:
@@ -38,7 +40,14 @@ async def connect(url: str, **options: Any) -> Client:
         await node.aclose()
         raise
     if not clustered:
-        return node
+        if max_connections is None:
+            return node
+        await node.aclose()
+        wait = options.get("socket_timeout") or 20.0
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=wait, **options
+        )
+        return redis.asyncio.Redis.from_pool(pool)
     await node.aclose()
     try:
         cluster = redis.asyncio.cluster.RedisCluster.from_url(_cluster_url(url), **options)

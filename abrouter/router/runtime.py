@@ -1,8 +1,9 @@
 """The running router, apart from any server: ``async with running(...) as router``.
 
-Per experiment served (a `Lane`): one event log (with its Redis client), one upstream
-transport, one pool of shadow workers and one spec watcher; per process, one connection
-guard, and under ``--experiments NAMESPACE`` one watch of the namespace that opens and
+Per experiment served (a `Lane`): one event log (its own producer, seqs, spill and loss
+accounting), one upstream transport, one pool of shadow workers and one spec watcher; per
+process, one Redis client and one flush loop for every event log (`EventLogHub`), one
+connection guard, and under ``--experiments NAMESPACE`` one watch of the namespace that opens and
 retires lanes as Experiments are added and deleted. Everything is closed in reverse order
 of opening. A server
 adapter (`abrouter.router.http.server`, `abrouter.router.grpc.h2server` or `.server`) serves with the
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from abrouter.contract.experiment import ConfigError, Experiment
 from abrouter.router.connections import ConnectionGuard
 from abrouter.router.eventlog.disabled import DisabledEventLog
+from abrouter.router.eventlog.hub import EventLogHub
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.routing import RoutingTable
@@ -63,14 +65,19 @@ async def running(
     async with contextlib.AsyncExitStack() as stack:
         opened: dict[str, Lane] = {}
         metrics = ProxyMetrics()
+        hub = EventLogHub(settings.redis_url) if settings.event_log else None
 
         async def close_all() -> None:
-            for lane in opened.values():
-                await _close_lane(lane, shared=transport)
+            try:
+                for lane in opened.values():
+                    await _close_lane(lane, shared=transport)
+            finally:
+                if hub is not None:  # after every lane's final flush (retired lanes' too)
+                    await hub.aclose()
 
         stack.push_async_callback(close_all)  # runs last: the final flush of every event log
         for experiment in initial:
-            opened[experiment.name] = await _open_lane(experiment, settings, transport, metrics)
+            opened[experiment.name] = await _open_lane(experiment, settings, transport, metrics, hub)
         lanes = Lanes(opened.values())
         router = Router(
             lanes=lanes, metrics=metrics, guard=ConnectionGuard(settings.client_limits), api_token=settings.api_token
@@ -80,7 +87,7 @@ async def running(
             for name, src in followed.items()
         ]
         if catalog is not None:
-            tasks.append(asyncio.create_task(_follow_catalog(catalog, router, settings, transport, opened)))
+            tasks.append(asyncio.create_task(_follow_catalog(catalog, router, settings, transport, opened, hub)))
         try:
             yield router
         finally:
@@ -92,10 +99,14 @@ async def running(
 
 
 async def _open_lane(
-    experiment: Experiment, settings: ServeSettings, transport: Transport | None, metrics: ProxyMetrics
+    experiment: Experiment,
+    settings: ServeSettings,
+    transport: Transport | None,
+    metrics: ProxyMetrics,
+    hub: EventLogHub | None,
 ) -> Lane:
     eventlog: EventLog | DisabledEventLog = DisabledEventLog()
-    if settings.event_log:
+    if hub is not None:
         eventlog = EventLog(
             redis_url=settings.redis_url,
             experiment=experiment,
@@ -103,6 +114,7 @@ async def _open_lane(
             flush_interval_s=settings.flush_interval_s,
             max_events=settings.max_buffered_events,
             shards=settings.shards,
+            hub=hub,
         )
     table = RoutingTable(experiment=experiment, since=time.time())
     eventlog.register_epoch(table.epoch, table.weights_by_name(), table.since)
@@ -125,10 +137,15 @@ async def _close_lane(lane: Lane, *, shared: Transport | None) -> None:
 
 
 async def _follow_catalog(
-    catalog: CatalogSource, router: Router, settings: ServeSettings, shared: Transport | None, opened: dict[str, Lane]
+    catalog: CatalogSource,
+    router: Router,
+    settings: ServeSettings,
+    shared: Transport | None,
+    opened: dict[str, Lane],
+    hub: EventLogHub | None,
 ) -> None:
     """Experiments added, changed and deleted in a namespace, applied live (`sources.catalog`)."""
-    following = _Following(router, settings, shared, opened, where=catalog.name)
+    following = _Following(router, settings, shared, opened, hub, where=catalog.name)
     try:
         async for update in catalog.updates():
             if isinstance(update, Access):
@@ -151,9 +168,17 @@ class _Following:
     """
 
     def __init__(
-        self, router: Router, settings: ServeSettings, shared: Transport | None, opened: dict[str, Lane], *, where: str
+        self,
+        router: Router,
+        settings: ServeSettings,
+        shared: Transport | None,
+        opened: dict[str, Lane],
+        hub: EventLogHub | None,
+        *,
+        where: str,
     ) -> None:
         self.router, self.settings, self.shared, self.opened, self.where = router, settings, shared, opened, where
+        self.hub = hub
         #: Valid experiments not served because their match overlaps a served one's.
         self.waiting: dict[str, Experiment] = {}
         self.retiring: set[asyncio.Task[None]] = set()
@@ -179,7 +204,7 @@ class _Following:
             self.waiting[experiment.name] = experiment
             self.router.source.last_error = problem
             return False
-        lane = await _open_lane(experiment, self.settings, self.shared, self.router.metrics)
+        lane = await _open_lane(experiment, self.settings, self.shared, self.router.metrics, self.hub)
         self.opened[experiment.name] = lane
         self.router.lanes = Lanes([*self.router.lanes, lane])
         log.info("experiment %s added: %s", experiment.name, self.router.lanes.gateway.describe())

@@ -1,9 +1,9 @@
 """Where the event log's encoded batches go: Redis, the spill file, or quarantine; and whether Redis is up.
 
-`Delivery` holds everything of the event log that outlives one batch: the Redis client
-and the flush script over the experiment's shards (`shards.ShardedFlush`), whether Redis
-is up, the outbox (encoded, not yet acknowledged), the acknowledged batches it retains,
-and the spill and quarantine files. `EventLog` (`abrouter.router.eventlog.log`) puts
+`Delivery` holds everything of the event log that outlives one batch: the flush script
+over the experiment's shards (`shards.ShardedFlush`, through the process's Redis client,
+`hub.EventLogHub`), whether Redis is up, the outbox (encoded, not yet acknowledged), the
+acknowledged batches it retains, and the spill and quarantine files. `EventLog` (`abrouter.router.eventlog.log`) puts
 batches in `outbox` and calls `deliver` once per flush round. Each batch carries
 (producer, seq): a random id per process and a number that rises by one per batch. The
 script applies a batch only when seq is above the producer's last one (per shard), so
@@ -36,15 +36,12 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from abrouter import redisclient
 from abrouter.contract import keys
 from abrouter.redact import mask_url
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import acks, events, spill
-from abrouter.router.eventlog.script import call_redis
+from abrouter.router.eventlog.hub import EventLogHub
 from abrouter.router.eventlog.shards import ShardedFlush
 
 log = logging.getLogger("abrouter.router.eventlog.log")
@@ -66,12 +63,12 @@ class Delivery:
         *,
         producer: str,
         redis_url: str,
+        hub: EventLogHub,
         redis_keys: keys.Keys,
         spill: spill.SpillFile,
         quarantine: spill.SpillFile,
         spill_stem: str,
         interval_s: float,
-        redis_timeout_s: float,
         retain_s: float,
         retain_events: int,
         unit_ttl_s: float,
@@ -81,12 +78,12 @@ class Delivery:
     ) -> None:
         self.producer = producer
         self._url = redis_url
+        self._hub = hub
         self._keys = redis_keys
         self.spill = spill
         self.quarantine = quarantine
         self._spill_stem = spill_stem
         self._interval = interval_s
-        self._timeout = redis_timeout_s
         self._retain_s = retain_s
         self._retain_limit = retain_events
         self._experiment = experiment
@@ -117,7 +114,8 @@ class Delivery:
 
     @property
     def client(self) -> redisclient.Client | None:
-        """The Redis client, once a first connection told whether Redis is a cluster."""
+        """The Redis client (the process's, `hub.EventLogHub`), once a first connection told whether Redis is a
+        cluster."""
         return self.script.client
 
     async def connect(self) -> None:
@@ -136,9 +134,7 @@ class Delivery:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.spill.close)
-        await asyncio.to_thread(self.quarantine.close)
-        if self.script.client is not None:
-            await self.script.client.aclose()
+        await asyncio.to_thread(self.quarantine.close)  # the client is the hub's: it closes it
 
     async def deliver(self) -> None:
         """Send the outbox (after any spilled batches); what cannot be sent is spilled."""
@@ -174,14 +170,7 @@ class Delivery:
     async def _reconnect(self) -> None:
         self.next_probe = time.monotonic() + self._interval
         if self.script.client is None:
-            self.script.client = await call_redis(
-                redisclient.connect(
-                    self._url,
-                    socket_timeout=self._timeout,
-                    socket_connect_timeout=self._timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-            )  # our own retry is the spill; redis-py's would stall the flush
+            self.script.client = await self._hub.client()
         await self.script.ping()
         await self.script.load()
         await self._resend_lost()

@@ -88,7 +88,24 @@ class Batch:
 #: 2: cells of anonymous outcomes (latest 3), the covariate's report time, keyed rows' flag.
 #: 3: the same document, for a flush.lua that keeps each unit as one record (``units[h|u]``,
 #: docs/storage.md): a script from before refuses it rather than write the old fields.
-BATCH_VERSION = 3
+#: 4: cells without the built-ins' counts (always the cell's n): ``[h, e, v, latest, n,
+#: dx_errors, dx_latency_ms, dx_slow_requests, dx_m, count_m, ...]``; less to decode in Redis.
+BATCH_VERSION = 4
+
+
+def as_version(payload: str, version: int) -> str:
+    """A version-4 payload in the cell layout of versions 1-3 (each built-in's count, the
+    cell's n, after its value), marked `version`: what a flush.lua from before version 4
+    reads. For tests and bench/flush_cost.py's "before" script; the router sends version 4."""
+    doc = json.loads(payload)
+    nb = doc.get("builtins", 2)
+    cells = []
+    for c in doc["cells"]:
+        head, values = c[:5], c[5:]
+        cells.append([*head, *(x for dx in values[:nb] for x in (dx, c[4])), *values[nb:]])
+    doc["cells"], doc["v"] = cells, version
+    return json.dumps(doc)
+
 
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
 EXPOSURE_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "status", "latency_ms", "error")
@@ -158,8 +175,9 @@ class Aggregator:
     """The events of one batch, pre-aggregated per (unit_hash, epoch, variant).
 
     `metrics` is `keys.metric_order(experiment)`: the built-ins first. A cell is one
-    flat list ``[n, dx_0, count_0, dx_1, count_1, ...]`` in metric order (one allocation
-    per new cell: this runs on every proxied request). ``len()`` is the number of raw
+    flat list ``[n, dx_errors, dx_latency_ms, dx_slow_requests, dx_m, count_m, ...]`` in
+    metric order: a built-in's count is always n, so it has none (one allocation per new
+    cell: this runs on every proxied request). ``len()`` is the number of raw
     events held, which is what bounds a batch.
 
     Outcomes with an ``event_id`` are not folded into cells: whether they count depends on
@@ -241,12 +259,14 @@ class Aggregator:
                 raise ValueError(f"ratio pair {pair} names a metric outside {list(metrics)}")
             if tuple(pair) not in self._products:
                 self._products.append((pair[0], pair[1]))
+        nb = len(BUILTIN_METRICS)
         for name in metrics:
             if name not in self._offset:
-                self._offset[name] = 1 + 2 * len(self._metrics)
+                k = len(self._metrics)  # the built-ins a value each, then a value and a count each
+                self._offset[name] = 1 + k if k < nb else 1 + nb + 2 * (k - nb)
                 self._metrics.append(name)
         self._binary |= set(binary) & set(self._offset)
-        self._zero = [0] + [0.0, 0] * len(self._metrics)
+        self._zero = [0] + [0.0] * nb + [0.0, 0] * (len(self._metrics) - nb)
         for cell in self._cells.values():
             cell.extend(self._zero[len(cell) :])
 
@@ -255,16 +275,14 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
-        # Offsets 1..6 are errors, latency_ms and slow_requests: the built-ins come first.
+        # Offsets 1..3 are errors, latency_ms and slow_requests: the built-ins come first,
+        # their counts are n (cell[0]).
         cell[0] += 1
         if e.error:
             cell[1] += 1
-        cell[2] += 1
-        cell[3] += e.latency_ms
-        cell[4] += 1
+        cell[2] += e.latency_ms
         if e.latency_ms > self._slow_ms:
-            cell[5] += 1
-        cell[6] += 1
+            cell[3] += 1
         # [latency] the serving (epoch, variant)'s histogram (keys.latency_bucket, inlined:
         # this runs on every request, and a measured latency is never NaN)
         stratum = (e.epoch, e.variant)
@@ -345,7 +363,8 @@ class Aggregator:
         return slices.drain(self.encode(producer=producer, seq=seq))
 
     def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
-        """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_0, count_0, ...]``.
+        """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_errors, dx_latency_ms,
+        dx_slow_requests, dx_m, count_m, ...]`` (`BATCH_VERSION` 4).
 
         [cuped] With a covariate, each cell row ends with the report time of the
         covariate value it carries (0 when it carries none).

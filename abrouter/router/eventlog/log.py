@@ -1,8 +1,9 @@
 """The event log: exposures and outcomes into Redis, in batches, exactly once, loss-free.
 
 The hot path (`record_exposure`, `record_outcome`) only folds the event into an
-in-memory `events.Aggregator`; it never awaits Redis. A background task cuts a batch
-every `flush_interval_s`, or as soon as `BATCH_EVENTS` events are held (so that one
+in-memory `events.Aggregator`; it never awaits Redis. The process's flush loop
+(`hub.EventLogHub`: one task and one Redis client for every experiment served) cuts a
+batch every `flush_interval_s`, or as soon as `BATCH_EVENTS` events are held (so that one
 script call stays short), encodes it in slices that let the event loop run in between
 (`slices.SLICE`), and hands it to its `Delivery` (`abrouter.router.eventlog.delivery`), which sends it as one EVALSHA of
 ``flush.lua``, or spills, replays, re-sends or quarantines it: the module docstring of
@@ -17,7 +18,6 @@ Exceptions (`abrouter.router.errors`): `EventLogError` for misuse, and its subcl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections import deque
@@ -38,6 +38,7 @@ from abrouter.router.eventlog.delivery import (
     Delivery,
     spill_files,
 )
+from abrouter.router.eventlog.hub import EventLogHub
 from abrouter.router.eventlog.script import FlushScript, call_redis
 from abrouter.router.eventlog.stats import EventLogStats
 
@@ -59,7 +60,8 @@ class EventLog:
 
     `shards`: over how many hash tags a new experiment's data is spread (None: 1 on a
     single server, 16 on a Redis Cluster); an experiment already in Redis keeps its own
-    (`abrouter.router.eventlog.shards`).
+    (`abrouter.router.eventlog.shards`). `hub`: the process's Redis client and flush loop,
+    shared with its other experiments' logs (None: a hub of its own, closed with it).
     """
 
     def __init__(
@@ -76,7 +78,12 @@ class EventLog:
         spill_max_bytes: int = spill.MAX_BYTES,
         batch_events: int = BATCH_EVENTS,
         shards: int | None = None,
+        hub: EventLogHub | None = None,
     ) -> None:
+        if hub is not None and hub.url != redis_url:
+            raise EventLogError(f"the event log hub is for {mask_url(hub.url)}, not {mask_url(redis_url)}")
+        self._own_hub = hub is None
+        self._hub = hub if hub is not None else EventLogHub(redis_url, redis_timeout_s=redis_timeout_s)
         self.producer = secrets.token_hex(8)
         self._url = redis_url
         self._experiment = experiment
@@ -93,12 +100,12 @@ class EventLog:
         self._delivery = Delivery(
             producer=self.producer,
             redis_url=redis_url,
+            hub=self._hub,
             redis_keys=self._keys,
             spill=own,
             quarantine=quarantine,
             spill_stem=stem,
             interval_s=flush_interval_s,
-            redis_timeout_s=redis_timeout_s,
             retain_s=retain_s,
             retain_events=RETAIN_MAX_BATCHES * max_events,
             unit_ttl_s=experiment.outcome_ttl_s,
@@ -110,10 +117,9 @@ class EventLog:
         self._agg = self._new_aggregator()
         self._seq = 0
         self._cut: deque[tuple[int, events.Aggregator]] = deque()  # cut, not yet encoded
-        self._waiters: list[asyncio.Future[None]] = []
         self._recent: dict[str, tuple[int, str]] = {}  # LRU by insertion order
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._rounds = asyncio.Lock()  # one round at a time: the hub's, `flush`'s or `close`'s
+        self._started = False
         self._closing = False
         self._dropped = 0  # could not be encoded (a bug)
         self._repeated_outcomes = 0  # repeats within the pending batch
@@ -236,7 +242,7 @@ class EventLog:
     def _check_full(self) -> None:
         if len(self._agg) >= self._batch_events:
             self._cut_batch()
-            self._wake.set()
+            self._hub.wake(self)
 
     def _check_backlog(self) -> None:
         """Shed new events while `max_events` wait for Redis in cut batches and the outbox."""
@@ -274,47 +280,40 @@ class EventLog:
     async def start(self) -> None:
         """Connect (a Redis that is down is fine: events spill), replay orphans, start flushing."""
         await self._delivery.connect()
-        self._task = asyncio.create_task(self._run(), name=f"abrouter-eventlog-{self._experiment.name}")
+        self._started = True
+        self._hub.add(self)
 
     async def close(self) -> None:
         """Flush everything: to Redis, or to the spill file if Redis is down."""
         if self._closing:
             return
         self._closing = True
-        if self._task is not None:
-            self._wake.set()
-            await self._task
+        self._hub.remove(self)
+        if self._started:
+            await self.flush_round()  # the final flush (after a round of the hub's in progress)
         await self._delivery.close()
+        if self._own_hub:
+            await self._hub.aclose()
 
     async def flush(self) -> None:
         """Flush now and wait until what was recorded so far is in Redis or the spill file.
 
         Unlike a wake-up by a full buffer, this also probes a Redis that was down.
         """
-        if self._task is None or self._task.done():
+        if not self._started or self._closing:
             return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
         self._delivery.next_probe = 0.0
-        self._wake.set()
-        await waiter
+        await self.flush_round()
 
-    async def _run(self) -> None:
-        while not self._closing:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
-            self._wake.clear()
-            await self._round()
-        await self._round()  # the final flush of close()
+    @property
+    def interval_s(self) -> float:
+        """How often the hub flushes this log (and sooner when woken)."""
+        return self._interval
 
-    async def _round(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        try:
+    async def flush_round(self) -> None:
+        """One round: cut the current batch, encode what was cut, deliver (`EventLogHub` calls it)."""
+        async with self._rounds:
             await self._flush_once()
-        finally:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
 
     async def _flush_once(self) -> None:
         self._cut_batch()
@@ -340,7 +339,7 @@ class EventLog:
         """Redis lost the experiment's data: send every epoch again with the next batch."""
         for epoch, info in self._epochs.items():
             self._agg.add_epoch(epoch, info)
-        self._wake.set()
+        self._hub.wake(self)
 
 
 async def encode_batch(agg: events.Aggregator, *, producer: str, seq: int) -> events.Batch:

@@ -156,9 +156,14 @@ class FlushScript:
             return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
 
     async def last_seqs(self, producers: list[str]) -> tuple[dict[str, int], str]:
-        """The last applied seq of each producer (0 when Redis has none), and the marker's ``created``."""
-        values = await call_redis(self._client.hmget(self._producers, producers))
-        created = await call_redis(self._client.hget(self._meta, "created"))
+        """The last applied seq of each producer (0 when Redis has none), and the marker's ``created``.
+
+        One round trip (a pipeline: both keys share the experiment's hash tag): an idle log
+        asks this every round, for every experiment the process serves."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hmget(self._producers, producers)
+        pipe.hget(self._meta, "created")
+        values, created = await call_redis(pipe.execute())
         return {p: int(v or 0) for p, v in zip(producers, values)}, "" if created is None else _text(created)
 
     async def record_hole(self, hole: acks.Hole) -> None:

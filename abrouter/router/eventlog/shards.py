@@ -25,6 +25,7 @@ Redis Cluster, and an experiment that already has unsharded data keeps one shard
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -204,11 +205,12 @@ class ShardedFlush:
         """The lowest last seq of each producer over the shards, and every shard's marker joined."""
         if len(self.parts) <= 1:
             return await self._part(0).last_seqs(producers)
-        lasts, created = [], []
-        for part in self.parts:
-            last, c = await part.last_seqs(producers)
-            lasts.append(last)
-            created.append(c)
+        replies = await asyncio.gather(*(part.last_seqs(producers) for part in self.parts), return_exceptions=True)
+        for reply in replies:  # asked at once, not in turn; every answer awaited before one failure is raised
+            if isinstance(reply, BaseException):
+                raise reply
+        lasts = [reply[0] for reply in replies if not isinstance(reply, BaseException)]
+        created = [reply[1] for reply in replies if not isinstance(reply, BaseException)]
         return {p: min(last[p] for last in lasts) for p in producers}, "|".join(created)
 
     async def record_hole(self, hole: acks.Hole) -> None:

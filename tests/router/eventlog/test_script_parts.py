@@ -9,10 +9,11 @@ import time
 import pytest
 import redis.asyncio
 
+from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected
-from abrouter.router.eventlog import script
-from abrouter.router.eventlog.events import BATCH_VERSION, Exposure
+from abrouter.router.eventlog import events, script
+from abrouter.router.eventlog.events import BATCH_VERSION, Exposure, Outcome
 from abrouter.router.eventlog.log import APPLIED, FlushScript
 from tests.router.eventlog.test_eventlog import _batch, make_experiment
 
@@ -38,6 +39,92 @@ async def test_a_batch_of_an_unknown_format_version_is_refused_whole(
     with pytest.raises(BatchRejected, match="batch format version 99"):
         await flush.apply(newer, allow_gap=False)
     assert await redis_client.exists(*keys.Keys(experiment_name).all()) == 0
-    old = json.loads(batch.payload)
+    old = json.loads(events.as_version(batch.payload, 1))
     del old["v"]  # a batch from before versions (a spill file of an older router): version 1
     assert (await flush.apply(dataclasses.replace(batch, payload=json.dumps(old)), allow_gap=False))[0] == APPLIED
+
+
+def _rich_experiment(name: str) -> model.Experiment:
+    """Every kind of column a cell can carry: built-ins, binary, capped, a ratio pair, a covariate."""
+    return model.parse(
+        {
+            "name": name,
+            "unit": {"header": "X-User-Id"},
+            "variants": [{"name": v, "upstream": f"http://{v}:1", "weight": 50} for v in ("control", "candidate")],
+            "metrics": [
+                {"name": "conversion", "kind": "binary"},
+                {"name": "revenue", "kind": "continuous", "cap": 100},
+                {"name": "clicks", "kind": "continuous"},
+                {"name": "per_click", "kind": "ratio", "numerator": "revenue", "denominator": "clicks"},
+            ],
+            "covariate": "prior_clicks",
+            "slow_request": "20ms",
+        }
+    )
+
+
+def _rich_batches(exp: model.Experiment, n: int) -> list[events.Batch]:
+    import random
+
+    rng = random.Random(4)
+    out = []
+    for seq in range(1, n + 1):
+        agg = events.Aggregator(
+            keys.metric_order(exp), events.binary_metrics(exp), events.ratio_pairs(exp), **events.column_rules(exp)
+        )
+        for i in range(300):
+            u = keys.unit_hash(f"u{rng.randrange(60)}")
+            arm = "control" if rng.random() < 0.5 else "candidate"
+            r = rng.random()
+            if r < 0.5:
+                anonymous = rng.random() < 0.1
+                unit = keys.unit_hash(f"anon-{seq}-{i}") if anonymous else u
+                latency, error = rng.uniform(1, 40), rng.random() < 0.1
+                agg.add_exposure(Exposure(f"r{seq}-{i}", unit, arm, 1, 1000.0, 200, latency, error, anonymous))
+            elif r < 0.65:
+                agg.add_outcome(Outcome(u, arm, 1, "conversion", 1.0, 1001.0))
+            elif r < 0.8:
+                key = f"k{rng.randrange(400)}"  # keyed: folded into the cells by flush.lua, repeats once
+                agg.add_outcome(Outcome(u, arm, 1, "revenue", rng.uniform(0, 80), 1001.0, event_id=key))
+            elif r < 0.9:
+                agg.add_outcome(Outcome(u, arm, 1, "clicks", float(rng.randrange(3)), 1001.0))
+            else:
+                agg.add_outcome(Outcome(u, arm, 1, "prior_clicks", float(rng.randrange(5)), 999.0 + rng.random()))
+        out.append(agg.batch(producer="p-test", seq=seq))
+    return out
+
+
+async def test_version_4_cells_without_built_in_counts_store_exactly_what_the_old_layout_stores(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    # The same batches, once as the router sends them (version 4: a built-in's count is the
+    # cell's n) and once in the layout of versions 1-3 (every count spelled out), into two
+    # experiments: every agg field and every unit record must come out the same.
+    stored = []
+    for suffix, version in (("-v4", None), ("-v3", 3)):
+        name = experiment_name + suffix
+        exp = _rich_experiment(name)
+        flush = FlushScript(redis_client, keys.Keys(name))
+        await flush.load()
+        for batch in _rich_batches(exp, 4):
+            if version is not None:
+                batch = dataclasses.replace(batch, payload=events.as_version(batch.payload, version))
+            assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
+        k = keys.Keys(name)
+        agg = await redis_client.hgetall(k.agg)
+        units = await redis_client.hgetall(k.units)
+        records = {
+            f: dataclasses.replace(keys.decode_unit_record(v), granule=0.0)
+            for f, v in units.items()
+            if f.endswith(b"|u")
+        }
+        pointers = {f: v for f, v in units.items() if not f.endswith(b"|u")}
+        stored.append((agg, records, pointers))
+    (agg4, records4, pointers4), (agg3, records3, pointers3) = stored
+    assert agg4 == agg3 and records4 == records3 and pointers4 == pointers3
+    exposures = sum(int(v) for f, v in agg4.items() if f.endswith(b"|exposures") and b"~mx" not in f)
+    assert exposures > 0 and sum(int(v) for f, v in agg4.items() if f.endswith(b"|errors|events")) == exposures
+    assert any(f.endswith(b"|prior_clicks|sum") for f in agg4) and any(b"|sum_xy|" in f for f in agg4)
+    assert len(records4) > 50
+    cut = json.loads(_rich_batches(_rich_experiment(experiment_name), 1)[0].payload)
+    assert cut["v"] == 4 and all(len(c) == 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1 for c in cut["cells"])

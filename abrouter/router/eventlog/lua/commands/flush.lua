@@ -49,10 +49,10 @@ local batch = cjson.decode(ARGV[4])
 
 -- The batch format: payloads without `v` are version 1. A version this script does not
 -- know (a newer router) is refused whole, before anything is written.
-local VERSIONS = {[1] = true, [2] = true, [3] = true}
+local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true}
 local version = batch.v or 1
 if not VERSIONS[version] then
-  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1, 2, 3)'}
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-4)'}
 end
 
 --- @include "numbers"
@@ -82,6 +82,25 @@ local bcol, bbin = {}, {}
 for i, m in ipairs(batch.metrics) do
   bcol[i], bbin[i] = col[m], is_binary[m] or false
 end
+-- [issue 15: version 4] Where a cell holds batch metric i's value (dx_at[i]) and its event
+-- count (n_at[i]). Versions 1-3: {h, e, v, latest, n, dx_1, count_1, dx_2, count_2, ...}.
+-- Version 4 drops the built-ins' counts, always n (the router measures them on every
+-- request): {h, e, v, latest, n, dx_1, ..., dx_b, dx_b+1, count_b+1, ...}, so their count
+-- is the cell's n (index 5). A cell's last metric index is cell_end; [cuped] the report
+-- time follows it.
+local nbuiltin = batch.builtins or 2
+local dx_at, n_at = {}, {}
+for i = 1, nbm do
+  if version >= 4 and i <= nbuiltin then
+    dx_at[i], n_at[i] = 5 + i, 5
+  elseif version >= 4 then
+    dx_at[i] = 4 + nbuiltin + 2 * (i - nbuiltin)
+    n_at[i] = dx_at[i] + 1
+  else
+    dx_at[i], n_at[i] = 4 + 2 * i, 5 + 2 * i
+  end
+end
+local cell_end = nbm == 0 and 5 or math.max(dx_at[nbm], n_at[nbm])
 
 -- [issue 9: ratio cross products] Per pair (numerator, denominator) of a ratio metric
 -- over two metrics, the columns whose Σ x_u·y_u the delta method needs. Batches from
@@ -93,7 +112,7 @@ for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
 
 -- [cuped] The covariate column (batch.covariate, absent without CUPED) is set once per
 -- unit: the earliest *reported* value stays. A cell brings its report time after its
--- metric columns (cell[6 + 2 * nbm]); the time of the stored value is kept in the unit's
+-- metric columns (cell[cell_end + 1]); the time of the stored value is kept in the unit's
 -- record ([legacy] units["<state field>|c"]), and a value reported earlier than it (by another router that
 -- flushed later) replaces it, one reported later is ignored. A stored value without a
 -- time (written before report times were kept) stays. Its flag column "<covariate>~set"
@@ -143,17 +162,18 @@ if #keyed > 0 then
       local c = by_key[key]
       if not c then
         c = {k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0}  -- [anonymous] k[8]: by an anonymous request
-        for i = 1, nbm do c[4 + 2 * i], c[5 + 2 * i] = 0, 0 end
+        for j = 6, cell_end do c[j] = 0 end
         cells[#cells + 1] = c
         by_key[key] = c
       end
       local i = metric_at[k[5]]
+      local at = dx_at[i]  -- a keyed outcome is never a built-in's: it has a count of its own
       if bbin[i] then
-        if k[6] > c[4 + 2 * i] then c[4 + 2 * i] = k[6] end
+        if k[6] > c[at] then c[at] = k[6] end
       else
-        c[4 + 2 * i] = c[4 + 2 * i] + k[6]
+        c[at] = c[at] + k[6]
       end
-      c[5 + 2 * i] = c[5 + 2 * i] + 1
+      c[n_at[i]] = c[n_at[i]] + 1
     end
   end
 end
@@ -239,6 +259,7 @@ end
 -- Cells in chunks: a few HMGETs (now) and one HSET (in phase 2) per chunk instead of
 -- calls per cell.
 local CHUNK = 500
+local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
@@ -267,11 +288,13 @@ for first = 1, #cells, CHUNK do
   end
   local old_of = {}  -- k -> index of its h|f in old_raw
   for n, k in ipairs(bare) do old_of[k] = 2 * n - 1 end
+  local any_legacy = false  -- most chunks have none: no pass over their cells for legacy states
   for k, h in ipairs(hs) do
     local j = old_of[k]
     local info, bad = unit_info(h, raws[k], j and old_raw[j] or false, j and old_raw[j + 1] or false)
     if not info then return {-2, last, 0, bad} end
     firsts[h] = info
+    if info.legacy then any_legacy = true end
   end
   for i = first, last_cell do
     local c = cells[i]
@@ -302,7 +325,7 @@ for first = 1, #cells, CHUNK do
       if cov_i then want(info.old .. '|c', false) end
     end
   end
-  for i = first, last_cell do
+  for i = first, any_legacy and last_cell or first - 1 do
     local c = cells[i]
     if firsts[c[1]].legacy then
       local key = c[1] .. '|' .. stratum_name(c[2], c[3])
@@ -379,7 +402,7 @@ for first = 1, #cells, CHUNK do
       accumulate(mx, info.newly and EMPTY or before, state, nil)  -- sums only, no event counts
       info.newly = false
     end
-    local keeps = keeps_state(c)  -- [faults] an anonymous request keeps no state
+    local keeps = not anonymous or keeps_state(c)  -- [faults] an anonymous request keeps no state
     if info.legacy then
       if reported then  -- [cuped] the report time of the covariate value now stored
         cov_time[key] = reported
@@ -395,7 +418,8 @@ for first = 1, #cells, CHUNK do
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
     if latest == 1 then
-      local pointer = stratum_name(c[2], c[3])
+      local by_e = stratum_names[c[2]]
+      local pointer = by_e and by_e[c[3]] or stratum_name(c[2], c[3])
       if pointer ~= info.pointer then
         writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
         info.pointer = pointer

@@ -1,5 +1,5 @@
 -- strata.lua: the per-(epoch, variant) sufficient statistics a batch adds to `agg`.
--- Expects: ncol, nbm, bcol, order, pcol, pairs_, agg; finite (numbers.lua).
+-- Expects: ncol, nbm, bcol, n_at, order, pcol, pairs_, agg; finite (numbers.lua).
 --
 -- Changes to agg are summed per stratum in Lua tables over all cells, then written with
 -- one HINCRBY(FLOAT) per field: per-cell work builds no field names.
@@ -48,7 +48,7 @@ local function accumulate(acc, old, new, cell)
     local events = acc.events
     for i = 1, nbm do
       local j = bcol[i]
-      events[j] = events[j] + cell[5 + 2 * i]
+      events[j] = events[j] + cell[n_at[i]]
     end
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end

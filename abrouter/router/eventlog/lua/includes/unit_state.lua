@@ -1,9 +1,10 @@
 -- unit_state.lua: one unit's state [n_u, x_u(m1), ...], its record, and how a cell moves it.
--- Expects: the batch layout (ncol, nbm, bcol, bbin, pcol, order), [cuped] cov_i, cov_j,
+-- Expects: the batch layout (ncol, nbm, bcol, bbin, pcol, order, nbuiltin, and where a
+-- cell holds each metric's value and count: dx_at, n_at, cell_end), [cuped] cov_i, cov_j,
 -- cov_flag, [cap] capped; and finite (numbers.lua).
 --
--- One cell: {unit_hash, epoch, variant, latest, dn, dx_1, count_1, dx_2, count_2, ...}
--- in the order of batch.metrics. Moving a state changes it in place and adds the exact
+-- One cell: {unit_hash, epoch, variant, latest, dn, ...}, then each batch metric's value
+-- (c[dx_at[i]]) and event count (c[n_at[i]]; a built-in's is dn from version 4 on). Moving a state changes it in place and adds the exact
 -- change of every sufficient statistic to its stratum's totals: d(x^2) = x1^2 - x0^2,
 -- d(xn) = x1*n1 - x0*n0. In place, and in one pass over the columns: a new table per
 -- cell, and a second pass, were a fifth of the script's CPU (Lua allocates, then sweeps).
@@ -70,10 +71,17 @@ local function pack_record(e, v, multiple, latest, granule, t, state)
   return struct.pack(format, e, v, multiple, latest, granule, t, k, unpack(state))
 end
 
--- Per column of the state: the batch metric it takes (if any) and [cap] its cap.
-local metric_at, cap_at = {}, {}
-for i = 1, nbm do metric_at[bcol[i]] = i end
+-- Per column of the state, once per batch: where a cell holds its value (false: the batch
+-- does not carry it), whether it is a max (binary), [cap] its cap. The cell loop then does
+-- no index arithmetic and no lookups through the batch metric.
+local col_dx, col_bin, cap_at = {}, {}, {}
+for j = 1, ncol do col_dx[j], col_bin[j] = false, false end
+for i = 1, nbm do col_dx[bcol[i]], col_bin[bcol[i]] = dx_at[i], bbin[i] end
 for _, c in ipairs(capped) do cap_at[c[1] - 1] = c[2] end
+local cov_col = cov_j and cov_j - 1 or false  -- [cuped] the covariate's column
+local cov_n = cov_i and n_at[cov_i]
+local cov_t = cell_end + 1  -- [cuped] where a cell holds its covariate's report time
+local npairs = #pcol
 
 -- Moves `state` (in place) by cell `c`, n_u to `n1`, and adds the change to the stratum's
 -- totals `acc`. [held] A unit's values count in the sums only once it has an exposure
@@ -88,21 +96,21 @@ local function move(acc, state, c, n1, stored_t)
   local events = acc.events
   for i = 1, nbm do
     local j = bcol[i]
-    events[j] = events[j] + c[5 + 2 * i]
+    events[j] = events[j] + c[n_at[i]]
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
   acc.exposures = acc.exposures + (n1 - n0)
   acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0
   local xy0 = nil  -- [issue 9] each ratio pair's x*y before the move
-  if #pcol > 0 then
+  if npairs > 0 then
     xy0 = {}
-    for p = 1, #pcol do xy0[p] = w0 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] end
+    for p = 1, npairs do xy0[p] = w0 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] end
   end
   -- [cuped] A covariate in this cell is kept if the unit had none or this one was
   -- reported earlier; else the stored value stays.
   local covariate, reported = false, nil
-  if cov_i and c[5 + 2 * cov_i] > 0 then
-    local t = c[6 + 2 * nbm]
+  if cov_n and c[cov_n] > 0 then
+    local t = c[cov_t]
     covariate = state[cov_flag] == 0 or (t and stored_t and t < stored_t) or false
     if covariate then reported = t end
     covariate = covariate and 'take' or 'keep'
@@ -111,15 +119,16 @@ local function move(acc, state, c, n1, stored_t)
   for j = 1, ncol do
     local a = state[j + 1]
     local b = a
-    local i = metric_at[j]
-    if i then
-      local dx = c[4 + 2 * i]
-      if bbin[i] then
+    local at = col_dx[j]
+    if at then
+      local dx = c[at]
+      if j == cov_col and covariate then
+        if covariate == 'take' then b = dx end
+      elseif col_bin[j] then
         if dx > b then b = dx end
       else
         b = b + dx
       end
-      if i == cov_i and covariate then b = covariate == 'take' and dx or a end
     end
     local cap = cap_at[j]  -- [cap]
     if cap and b > cap then b = cap end
@@ -134,7 +143,7 @@ local function move(acc, state, c, n1, stored_t)
   state[1] = n1
   if xy0 then
     local sum_xy = acc.sum_xy
-    for p = 1, #pcol do sum_xy[p] = sum_xy[p] + (w1 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] - xy0[p]) end
+    for p = 1, npairs do sum_xy[p] = sum_xy[p] + (w1 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] - xy0[p]) end
   end
   return true, reported
 end
@@ -152,13 +161,12 @@ end
 -- was anonymous) finds no state when the exposure came in an earlier batch, and takes
 -- n_u = 1, not 0 (sum_xn was missing x_u); the exposure's cell adds the unit and its one
 -- exposure itself, whether its outcomes came before or after.
--- The built-ins (the first batch.builtins metrics; 2 in batches from before slow_requests)
--- are measured by the router, not outcomes.
-local nbuiltin = batch.builtins or 2
+-- The built-ins (the first batch.builtins metrics, `nbuiltin`; 2 in batches from before
+-- slow_requests) are measured by the router, not outcomes.
 local function keeps_state(c)
   if c[4] ~= 2 then return true end
   for i = nbuiltin + 1, nbm do
-    if c[5 + 2 * i] > 0 then return true end
+    if c[n_at[i]] > 0 then return true end
   end
   return false
 end
