@@ -42,7 +42,7 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
 #: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept, and of the header list it
 #: decodes to (our SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes a field).
-MAX_HEADER_BLOCK = 64 * 1024
+MAX_HEADER_BLOCK = hpack.MAX_LIST_SIZE
 #: The most frames (HEADERS and its CONTINUATIONs) one header block may come in: empty ones cost nothing else.
 MAX_BLOCK_FRAMES = 1024
 #: The most frames we answer (PING and SETTINGS acknowledged, new streams refused) while the peer does not
@@ -161,7 +161,7 @@ class H2Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.transport: asyncio.Transport | None = None
-        self.decoder = hpack.Decoder(max_list_size=MAX_HEADER_BLOCK)
+        self.decoder = hpack.Decoder()
         self.encoder = hpack.Encoder()
         self.streams: dict[int, Stream] = {}
         self.peer_initial_window = frames.DEFAULT_WINDOW

@@ -356,9 +356,10 @@ _LENGTHS = tuple(sorted({length for _, length in HUFFMAN_CODES}))
 _HUFFMAN_DECODE = {(length, code): symbol for symbol, (code, length) in enumerate(HUFFMAN_CODES)}
 _STATIC_FIELDS = {field: index for index, field in reversed(list(enumerate(STATIC_TABLE, 1)))}
 _STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
-#: The most a decoded header list may hold (RFC 9113 §6.5.2's size: names, values, 32 each).
-#: A small block can stand for much more (the same table entry indexed again and again).
-MAX_LIST_SIZE = 256 * 1024
+#: The most a decoded header list may hold (RFC 9113 §6.5.2's size: names, values, 32 each;
+#: the connection advertises it as SETTINGS_MAX_HEADER_LIST_SIZE). A small block can stand for
+#: much more (the same table entry indexed again and again).
+MAX_LIST_SIZE = 64 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
 _CACHE_LIMIT = 4096
 #: Indexed-only header blocks kept per decoder (a peer repeats a few: a head, trailers); beyond it, start over.
