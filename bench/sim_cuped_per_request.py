@@ -22,12 +22,12 @@ across runs; then fixed-horizon power at +10%, α = 0.05. ± one Monte-Carlo SE.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Callable
 
 import numpy as np
+import simcli
 
 from abrouter.analysis.stats.compare import Comparison, compare
 from abrouter.analysis.stats.sample import Sample
@@ -67,11 +67,6 @@ def both(rng: np.random.Generator, case: tuple[str, Generator, float, int], lift
     return adjusted, plain
 
 
-def share(hits: float, runs: int) -> str:
-    r = hits / runs
-    return f"{r:.3f} ± {math.sqrt(r * (1 - r) / runs):.3f}"
-
-
 def aa_row(rng: np.random.Generator, runs: int, case: tuple[str, Generator, float, int]) -> str:
     hits, reported, lifts = [0, 0], [], []
     for _ in range(runs):
@@ -83,7 +78,7 @@ def aa_row(rng: np.random.Generator, runs: int, case: tuple[str, Generator, floa
     a = np.array(lifts)
     ratio = float(np.var(a[:, 0]) / np.var(a[:, 1]))
     return (
-        f"coverage adjusted {share(hits[0], runs)}, unadjusted {share(hits[1], runs)} | reduction reported"
+        f"coverage adjusted {simcli.rate(hits[0], runs)}, unadjusted {simcli.rate(hits[1], runs)} | reduction reported"
         f" {np.mean(reported):.3f}, true {1 - ratio:.3f} (± {ratio * math.sqrt(2 / runs):.3f})"
     )
 
@@ -94,15 +89,11 @@ def power_row(rng: np.random.Generator, runs: int, case: tuple[str, Generator, f
         adj, plain = both(rng, case, 0.10)
         hits[0] += plain.p_value < 0.05
         hits[1] += adj.p_value < 0.05
-    return f"power at +10%: unadjusted {share(hits[0], runs)}, adjusted {share(hits[1], runs)}"
+    return f"power at +10%: unadjusted {simcli.rate(hits[0], runs)}, adjusted {simcli.rate(hits[1], runs)}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=2_000)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
+    args, rng = simcli.parse(__doc__)
     started = time.perf_counter()
     print(f"seed {args.seed}, {args.runs} runs per row; A/A coverage of the 95% CI and the variance reduction")
     for case in CASES:

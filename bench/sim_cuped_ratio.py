@@ -19,11 +19,11 @@ across runs, and each estimate's calibration var(lift)/mean(V) across runs. Then
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import numpy as np
+import simcli
 from scipy import stats as sps
 
 from abrouter.analysis.stats import fixed_horizon
@@ -52,11 +52,6 @@ def both(rng: np.random.Generator, n: int, sigma: float, lift: float) -> tuple[C
     return compare(ca, ta, **kw), compare(cp, tp, **kw), t_over_z  # type: ignore[arg-type]
 
 
-def share(hits: float, runs: int) -> str:
-    r = hits / runs
-    return f"{r:.3f} ± {math.sqrt(r * (1 - r) / runs):.3f}"
-
-
 def aa_row(rng: np.random.Generator, runs: int, sigma: float, n: int) -> str:
     hits, reported, lifts, variances = [0, 0, 0, 0], [], [], []
     for _ in range(runs):
@@ -72,7 +67,7 @@ def aa_row(rng: np.random.Generator, runs: int, sigma: float, n: int) -> str:
     a, v = np.array(lifts), np.array(variances)
     ratio = float(np.var(a[:, 0]) / np.var(a[:, 1]))
     true = f"{1 - ratio:.3f} (± {ratio * math.sqrt(2 / runs):.3f} if normal)"
-    cover = " | ".join(share(h, runs) for h in hits)
+    cover = " | ".join(simcli.rate(h, runs) for h in hits)
     pooled = 1 - v[:, 0].mean() / v[:, 1].mean()
     calibration = np.var(a, axis=0) / v.mean(axis=0)
     return (
@@ -92,15 +87,11 @@ def power_row(rng: np.random.Generator, runs: int, sigma: float, n: int) -> str:
         adj, plain, _ = both(rng, n, sigma, 0.10)
         hits[0] += plain.p_value < 0.05
         hits[1] += adj.p_value < 0.05
-    return f"unadjusted {share(hits[0], runs)}, adjusted {share(hits[1], runs)}"
+    return f"unadjusted {simcli.rate(hits[0], runs)}, adjusted {simcli.rate(hits[1], runs)}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=2_000)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
+    args, rng = simcli.parse(__doc__)
     started = time.perf_counter()
     print(f"seed {args.seed}, {args.runs} runs per row")
     print("A/A coverage of the 95% CI: adjusted (t, as reported) | adjusted (z) | unadjusted | adjusted relative")

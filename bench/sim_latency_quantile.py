@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import simcli
 from scipy import stats as sps
 
 from abrouter.analysis.stats import quantile
@@ -64,11 +65,6 @@ def worlds() -> dict[str, tuple[Draw, Draw, float]]:
     }
 
 
-def rate(hits: int, runs: int) -> str:
-    r = hits / runs
-    return f"{r:.3f} ± {math.sqrt(r * (1 - r) / runs):.3f}"
-
-
 def run(world: tuple[Draw, Draw, float], n: int, runs: int, rng: np.random.Generator) -> str:
     control, candidate, true = world
     hits = [0, 0, 0]
@@ -85,7 +81,7 @@ def run(world: tuple[Draw, Draw, float], n: int, runs: int, rng: np.random.Gener
         for i, (low, high) in enumerate(intervals):
             hits[i] += low <= true <= high
             widths[i] += (high - low) / 2 / runs
-    return " | ".join(f"{rate(h, runs)} (±{w:.3g})" for h, w in zip(hits, widths))
+    return " | ".join(f"{simcli.rate(h, runs)} (±{w:.3g})" for h, w in zip(hits, widths))
 
 
 def main() -> None:

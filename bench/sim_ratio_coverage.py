@@ -13,11 +13,11 @@ relative interval (before: symmetric, delta method, z), ± one Monte-Carlo SE.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import numpy as np
+import simcli
 from scipy import stats as sps
 
 from abrouter.analysis.stats import estimate, fixed_horizon
@@ -33,17 +33,8 @@ def one_arm(rng: np.random.Generator, n: int, tail: str) -> Sample:
     return Sample.from_ratio(x, e)
 
 
-def rate(hits: int, runs: int) -> str:
-    r = hits / runs
-    return f"{r:.3f} ± {math.sqrt(r * (1 - r) / runs):.3f}"
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=2_000)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
+    args, rng = simcli.parse(__doc__)
     started = time.perf_counter()
     print(
         f"seed {args.seed}, {args.runs} runs per row; coverage: absolute z | absolute now | relative z | relative now"
@@ -69,7 +60,7 @@ def main() -> None:
             hits[1] += c.absolute_ci[0] <= 0 <= c.absolute_ci[1]
             hits[2] += abs(est.relative) <= Z * math.sqrt(est.relative_variance)
             hits[3] += c.relative_ci[0] <= 0 <= c.relative_ci[1]
-        print(f"{tail:<9} {users:>5} per arm: " + " | ".join(rate(h, args.runs) for h in hits), flush=True)
+        print(f"{tail:<9} {users:>5} per arm: " + " | ".join(simcli.rate(h, args.runs) for h in hits), flush=True)
     print(f"({time.perf_counter() - started:.0f} s)")
 
 
