@@ -17,7 +17,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Collection, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from abrouter.contract import keys
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
@@ -90,19 +90,43 @@ class Batch:
 #: docs/storage.md): a script from before refuses it rather than write the old fields.
 #: 4: cells without the built-ins' counts (always the cell's n): ``[h, e, v, latest, n,
 #: dx_errors, dx_latency_ms, dx_slow_requests, dx_m, count_m, ...]``; less to decode in Redis.
-BATCH_VERSION = 4
+#: 5: the same cells as one flat array, ``width`` values each: flush.lua builds no Lua table
+#: per cell (bench/README.md, "Event log: flat cells").
+BATCH_VERSION = 5
+
+
+def cells_of(doc: Mapping[str, Any]) -> list[list[Any]]:
+    """Pure: the cells of a decoded payload of any version, one list each (version 5's flat
+    array cut into rows of ``width``)."""
+    cells = doc.get("cells", [])
+    if doc.get("v", 1) < 5:
+        return list(cells)
+    width = int(doc["width"])
+    return [cells[i : i + width] for i in range(0, len(cells), width)]
+
+
+def cell_width(doc: Mapping[str, Any]) -> int:
+    """Pure: the values in one cell of a version-5 payload: [h, e, v, latest, n], a value per
+    built-in, a value and a count per other metric, [cuped] a report time per covariate."""
+    nb, nm = doc.get("builtins", 2), len(doc["metrics"])
+    covariates = len(doc.get("covariates", ())) or int("covariate" in doc)
+    return 5 + nb + 2 * (nm - nb) + covariates
 
 
 def as_version(payload: str, version: int) -> str:
-    """A version-4 payload in the cell layout of versions 1-3 (each built-in's count, the
-    cell's n, after its value), marked `version`: what a flush.lua from before version 4
-    reads. For tests and bench/flush_cost.py's "before" script; the router sends version 4."""
+    """A payload of this version marked `version`, its cells in that version's layout:
+    nested (4), and from 1 to 3 each built-in's count (the cell's n) after its value. What a
+    flush.lua from before `version` + 1 reads. For tests and bench/flush_cost.py's "before"
+    script; the router sends `BATCH_VERSION`."""
     doc = json.loads(payload)
     nb = doc.get("builtins", 2)
-    cells = []
-    for c in doc["cells"]:
-        head, values = c[:5], c[5:]
-        cells.append([*head, *(x for dx in values[:nb] for x in (dx, c[4])), *values[nb:]])
+    cells = cells_of(doc)
+    doc.pop("width", None)
+    if version < 4:
+        cells = [[*c[:5], *(x for dx in c[5 : 5 + nb] for x in (dx, c[4])), *c[5 + nb :]] for c in cells]
+    if version >= 5:
+        doc["width"] = cell_width(doc)
+        cells = [x for c in cells for x in c]
     doc["cells"], doc["v"] = cells, version
     return json.dumps(doc)
 
@@ -364,7 +388,8 @@ class Aggregator:
 
     def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_errors, dx_latency_ms,
-        dx_slow_requests, dx_m, count_m, ...]`` (`BATCH_VERSION` 4).
+        dx_slow_requests, dx_m, count_m, ...]``, one after another in one flat array of
+        ``width`` values each (`BATCH_VERSION` 5).
 
         [cuped] With a covariate, each cell row ends with the report time of the
         covariate value it carries (0 when it carries none).
@@ -408,8 +433,8 @@ class Aggregator:
         keyed_by_shard = (yield from _by_shard(keyed, 1, n, slice_size)) if n > 1 else [keyed]
         cell_texts: list[str] = []
         keyed_texts: list[str] = []
-        for part in by_shard:
-            cell_texts.append((yield from slices.encode_rows(part, slice_size)))
+        for part in by_shard:  # version 5: one flat array of cells
+            cell_texts.append((yield from slices.encode_rows(part, slice_size, flat=True)))
         for part in keyed_by_shard:
             keyed_texts.append((yield from slices.encode_rows(part, slice_size)))
         raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
@@ -423,6 +448,7 @@ class Aggregator:
             "keyed": slices.slot("keyed"),
             "n": len(self._events),
             "builtins": len(BUILTIN_METRICS),
+            "width": 4 + len(self._zero) + (self._covariate is not None),
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]

@@ -60,8 +60,10 @@ def split(payload: str, raw_events: str, shards: int) -> Iterator[tuple[str, str
     doc = json.loads(payload)
     cells: list[list[Any]] = [[] for _ in range(shards)]
     keyed: list[list[Any]] = [[] for _ in range(shards)]
-    for cell in doc.get("cells", ()):
+    for cell in events.cells_of(doc):
         cells[keys.shard_of(cell[0], shards)].append(cell)
+    if doc.get("v", 1) >= 5:  # flat again
+        cells = [[x for cell in part for x in cell] for part in cells]
     for row in doc.get("keyed", ()):
         keyed[keys.shard_of(row[1], shards)].append(row)
     for i in range(shards):

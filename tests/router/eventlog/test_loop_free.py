@@ -53,7 +53,8 @@ def test_encoding_yields_after_every_slice_and_gives_the_same_batch() -> None:
     assert yields == sum(math.ceil(n / 100) for n in looked_at) + 1  # and one after the last join
     assert batch == agg.batch(producer="p", seq=1)
     payload = json.loads(batch.payload)
-    assert len(payload["cells"]) == cells and payload["cells"][-1][0] == "only-outcome"  # exposed cells first
+    rows = events.cells_of(payload)
+    assert len(rows) == cells and rows[-1][0] == "only-outcome"  # exposed cells first
     assert len(payload["keyed"]) == keyed and len(json.loads(batch.events)) == raw
 
 

@@ -94,14 +94,15 @@ def _rich_batches(exp: model.Experiment, n: int) -> list[events.Batch]:
     return out
 
 
-async def test_version_4_cells_without_built_in_counts_store_exactly_what_the_old_layout_stores(
+async def test_every_cell_layout_stores_exactly_what_the_others_store(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:
-    # The same batches, once as the router sends them (version 4: a built-in's count is the
-    # cell's n) and once in the layout of versions 1-3 (every count spelled out), into two
-    # experiments: every agg field and every unit record must come out the same.
+    # The same batches, as the router sends them (version 5: the cells in one flat array),
+    # nested as in version 4 (a built-in's count is the cell's n), and in the layout of
+    # versions 1-3 (every count spelled out), into three experiments: every agg field and
+    # every unit record must come out the same.
     stored = []
-    for suffix, version in (("-v4", None), ("-v3", 3)):
+    for suffix, version in (("-v5", None), ("-v4", 4), ("-v3", 3)):
         name = experiment_name + suffix
         exp = _rich_experiment(name)
         flush = FlushScript(redis_client, keys.Keys(name))
@@ -120,11 +121,13 @@ async def test_version_4_cells_without_built_in_counts_store_exactly_what_the_ol
         }
         pointers = {f: v for f, v in units.items() if not f.endswith(b"|u")}
         stored.append((agg, records, pointers))
-    (agg4, records4, pointers4), (agg3, records3, pointers3) = stored
-    assert agg4 == agg3 and records4 == records3 and pointers4 == pointers3
+    (agg4, records4, pointers4), *older = stored
+    assert all(agg4 == agg and records4 == records and pointers4 == pointers for agg, records, pointers in older)
     exposures = sum(int(v) for f, v in agg4.items() if f.endswith(b"|exposures") and b"~mx" not in f)
     assert exposures > 0 and sum(int(v) for f, v in agg4.items() if f.endswith(b"|errors|events")) == exposures
     assert any(f.endswith(b"|prior_clicks|sum") for f in agg4) and any(b"|sum_xy|" in f for f in agg4)
     assert len(records4) > 50
     cut = json.loads(_rich_batches(_rich_experiment(experiment_name), 1)[0].payload)
-    assert cut["v"] == 4 and all(len(c) == 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1 for c in cut["cells"])
+    width = 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1  # [h, e, v, latest, n], built-ins, the others, a report time
+    assert cut["v"] == 5 and cut["width"] == width and len(cut["cells"]) % width == 0
+    assert all(len(c) == width for c in events.cells_of(cut)) and len(events.cells_of(cut)) > 50

@@ -19,7 +19,7 @@ import redis.asyncio
 from abrouter.analysis import reader
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
-from abrouter.router.eventlog import shards
+from abrouter.router.eventlog import events, shards
 from abrouter.router.eventlog.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, slow_ms
 from abrouter.router.eventlog.log import EventLog
 from abrouter.router.eventlog.shards import ShardedFlush
@@ -145,8 +145,11 @@ def test_split_sends_each_unit_to_its_shard_and_the_rest_to_shard_0() -> None:
     parts = list(shards.split(batch.payload, batch.events, 3))
     docs = [json.loads(p) for p, _ in parts]
     whole = json.loads(batch.payload)
-    assert sorted(map(json.dumps, (c for d in docs for c in d["cells"]))) == sorted(map(json.dumps, whole["cells"]))
-    assert all(keys.shard_of(c[0], 3) == i for i, d in enumerate(docs) for c in d["cells"])
+    cells = [events.cells_of(d) for d in docs]
+    assert sorted(map(json.dumps, (c for part in cells for c in part))) == sorted(
+        map(json.dumps, events.cells_of(whole))
+    )
+    assert all(keys.shard_of(c[0], 3) == i for i, part in enumerate(cells) for c in part)
     assert all(keys.shard_of(r[1], 3) == i for i, d in enumerate(docs) for r in d["keyed"])
     assert docs[0]["epochs"] == whole["epochs"] and docs[0]["n"] == whole["n"] and parts[0][1] == batch.events
     assert all(d["epochs"] == [] and d["n"] == 0 and d["latency"] == [] for d in docs[1:])
@@ -166,8 +169,8 @@ def test_an_aggregator_that_knows_the_shards_encodes_the_parts_split_would_make(
     split = [json.loads(p) for p, _ in shards.split(batch.payload, batch.events, 3)]
     assert [json.loads(p) for p in batch.parts] == split
     unsplit = _batch(exp, recorded, 1)  # one shard: no parts, the same cells in another order
-    assert unsplit.parts == () and sorted(map(json.dumps, json.loads(unsplit.payload)["cells"])) == sorted(
-        json.dumps(c) for d in split for c in d["cells"]
+    assert unsplit.parts == () and sorted(map(json.dumps, events.cells_of(json.loads(unsplit.payload)))) == sorted(
+        json.dumps(c) for d in split for c in events.cells_of(d)
     )
 
 

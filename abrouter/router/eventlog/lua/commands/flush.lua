@@ -49,10 +49,10 @@ local batch = cjson.decode(ARGV[4])
 
 -- The batch format: payloads without `v` are version 1. A version this script does not
 -- know (a newer router) is refused whole, before anything is written.
-local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true}
+local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true, [5] = true}
 local version = batch.v or 1
 if not VERSIONS[version] then
-  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-4)'}
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-5)'}
 end
 
 --- @include "numbers"
@@ -102,6 +102,37 @@ for i = 1, nbm do
 end
 local cell_end = nbm == 0 and 5 or math.max(dx_at[nbm], n_at[nbm])
 
+-- [issue 15: version 5] The cells are one flat array C of batch.width values each: cell i's
+-- value at offset o (the indexes above) is C[(i - 1) * W + o]. A Lua table per cell was half
+-- of what decoding a cell cost, and the garbage it left more (bench/lua_prims.py). The
+-- nested cells of versions 1-4 are flattened here, each padded to the widest (at least a
+-- whole cell and its report times) with false (a cell without a report time has none).
+local function flatten(nested, min_width)
+  local flat, width = {}, min_width
+  for _, c in ipairs(nested) do
+    if #c > width then width = #c end
+  end
+  for i, c in ipairs(nested) do
+    local b = (i - 1) * width
+    for o = 1, width do
+      local x = c[o]
+      if x == nil then x = false end
+      flat[b + o] = x
+    end
+  end
+  return flat, width
+end
+local min_width = cell_end + (batch.covariate and 1 or 0)
+local C, W
+if version >= 5 then
+  C, W = batch.cells, batch.width
+  if type(W) ~= 'number' or W < min_width or W % 1 ~= 0 or #C % W ~= 0 then
+    return {-2, last, 0, 'batch cells are not a whole number of cells of width ' .. tostring(W)}
+  end
+else
+  C, W = flatten(batch.cells, min_width)
+end
+
 -- [issue 9: ratio cross products] Per pair (numerator, denominator) of a ratio metric
 -- over two metrics, the columns whose Σ x_u·y_u the delta method needs. Batches from
 -- routers without ratio metrics carry no `products`.
@@ -142,14 +173,14 @@ end
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts, anonymous}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
-local cells = batch.cells
+local ncells = #C / W  -- W >= cell_end >= 5
 local repeated = 0
 local keyed = batch.keyed or {}
 local new_ids = {}  -- ZADD arguments: score, id, ...
 local forget_before = now - tonumber(ARGV[8])
 if #keyed > 0 then
   local by_key, metric_at = {}, {}
-  for _, c in ipairs(cells) do by_key[c[1] .. '|' .. c[2] .. '|' .. c[3]] = c end
+  for b = 0, (ncells - 1) * W, W do by_key[C[b + 1] .. '|' .. C[b + 2] .. '|' .. C[b + 3]] = b end
   for i, m in ipairs(batch.metrics) do metric_at[m] = i end
   for _, k in ipairs(keyed) do
     local seen = tonumber(redis.call('ZSCORE', outcome_ids, k[1]))
@@ -159,21 +190,23 @@ if #keyed > 0 then
       new_ids[#new_ids + 1] = now_s
       new_ids[#new_ids + 1] = k[1]
       local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
-      local c = by_key[key]
-      if not c then
-        c = {k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0}  -- [anonymous] k[8]: by an anonymous request
-        for j = 6, cell_end do c[j] = 0 end
-        cells[#cells + 1] = c
-        by_key[key] = c
+      local b = by_key[key]
+      if not b then
+        b = ncells * W
+        ncells = ncells + 1
+        C[b + 1], C[b + 2], C[b + 3], C[b + 4], C[b + 5] = k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0  -- [anonymous] k[8]: by an anonymous request
+        for o = 6, cell_end do C[b + o] = 0 end
+        for o = cell_end + 1, W do C[b + o] = false end  -- no covariate, so no report time
+        by_key[key] = b
       end
       local i = metric_at[k[5]]
-      local at = dx_at[i]  -- a keyed outcome is never a built-in's: it has a count of its own
+      local at = b + dx_at[i]  -- a keyed outcome is never a built-in's: it has a count of its own
       if bbin[i] then
-        if k[6] > c[at] then c[at] = k[6] end
+        if k[6] > C[at] then C[at] = k[6] end
       else
-        c[at] = c[at] + k[6]
+        C[at] = C[at] + k[6]
       end
-      c[n_at[i]] = c[n_at[i]] + 1
+      C[b + n_at[i]] = C[b + n_at[i]] + 1
     end
   end
 end
@@ -263,12 +296,12 @@ local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
-for first = 1, #cells, CHUNK do
-  local last_cell = math.min(first + CHUNK - 1, #cells)
+for first = 1, ncells, CHUNK do
+  local last_cell = math.min(first + CHUNK - 1, ncells)
   -- The records of the chunk's units not met before in this batch.
   local hs, names, at = {}, {}, {}
   for i = first, last_cell do
-    local h = cells[i][1]
+    local h = C[(i - 1) * W + 1]
     if not firsts[h] and not at[h] then
       hs[#hs + 1], names[#names + 1] = h, h .. '|u'
       at[h] = i
@@ -296,13 +329,12 @@ for first = 1, #cells, CHUNK do
     firsts[h] = info
     if info.legacy then any_legacy = true end
   end
-  for i = first, last_cell do
-    local c = cells[i]
-    local info = firsts[c[1]]
-    if c[5] > 0 and not info.legacy then
+  for b = (first - 1) * W, (last_cell - 1) * W, W do
+    local info = firsts[C[b + 1]]
+    if C[b + 5] > 0 and not info.legacy then
       if not info.e then
-        info.e, info.v, info.changed = c[2], c[3], true
-      elseif c[3] ~= info.v and not info.multiple then
+        info.e, info.v, info.changed = C[b + 2], C[b + 3], true
+      elseif C[b + 3] ~= info.v and not info.multiple then
         info.multiple, info.changed, info.newly = true, true, true
       end
     end
@@ -319,16 +351,16 @@ for first = 1, #cells, CHUNK do
   for k, h in ipairs(hs) do
     local info = firsts[h]
     if not raws[k] and not info.legacy then
-      local c = cells[at[h]]
-      info.old = h .. '|' .. stratum_name(info.e or c[2], info.v or c[3])
+      local b = (at[h] - 1) * W
+      info.old = h .. '|' .. stratum_name(info.e or C[b + 2], info.v or C[b + 3])
       want(info.old, h)
       if cov_i then want(info.old .. '|c', false) end
     end
   end
   for i = first, any_legacy and last_cell or first - 1 do
-    local c = cells[i]
-    if firsts[c[1]].legacy then
-      local key = c[1] .. '|' .. stratum_name(c[2], c[3])
+    local b = (i - 1) * W
+    if firsts[C[b + 1]].legacy then
+      local key = C[b + 1] .. '|' .. stratum_name(C[b + 2], C[b + 3])
       if cached[key] == nil then
         want(key, true)
         if cov_i then want(key .. '|c', false) end
@@ -361,19 +393,18 @@ for first = 1, #cells, CHUNK do
     end
   end
   local writes, nw = {}, 0
-  for i = first, last_cell do
-    local c = cells[i]
-    local h = c[1]
+  for b = (first - 1) * W, (last_cell - 1) * W, W do
+    local h = C[b + 1]
     local info = firsts[h]
-    local latest = c[4]
+    local latest = C[b + 4]
     local anonymous = latest >= 2
     local e, v, key, state, stored_t
     if info.legacy then
-      e, v = c[2], c[3]
+      e, v = C[b + 2], C[b + 3]
       key = h .. '|' .. stratum_name(e, v)
       state, stored_t = cached[key], cov_time[key]
     else
-      e, v = info.e or c[2], info.v or c[3]
+      e, v = info.e or C[b + 2], info.v or C[b + 3]
       state, stored_t = info.state, info.ctime
     end
     local n1
@@ -381,19 +412,19 @@ for first = 1, #cells, CHUNK do
       if state[1] == 0 then state[1] = 1 end
       n1 = 1
     else
-      n1 = state[1] + c[5]
+      n1 = state[1] + C[b + 5]
     end
     local multiple = info.multiple and not info.legacy and info.e
     local before = multiple and {unpack(state)}
     local by_v = acc_of[e]
     local acc = by_v and by_v[v]
     if not acc then acc = select(2, stratum(e, v)) end
-    local ok, reported = move(acc, state, c, n1, stored_t)
+    local ok, reported = move(acc, state, b, n1, stored_t)
     if not ok then
       key = key or h .. '|u'
       return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. key}
     end
-    if anonymous and c[5] > 0 then  -- [anonymous] the unit and its one exposure
+    if anonymous and C[b + 5] > 0 then  -- [anonymous] the unit and its one exposure
       acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
     end
     if multiple then
@@ -402,7 +433,7 @@ for first = 1, #cells, CHUNK do
       accumulate(mx, info.newly and EMPTY or before, state, nil)  -- sums only, no event counts
       info.newly = false
     end
-    local keeps = not anonymous or keeps_state(c)  -- [faults] an anonymous request keeps no state
+    local keeps = not anonymous or keeps_state(b)  -- [faults] an anonymous request keeps no state
     if info.legacy then
       if reported then  -- [cuped] the report time of the covariate value now stored
         cov_time[key] = reported
@@ -418,8 +449,8 @@ for first = 1, #cells, CHUNK do
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
     if latest == 1 then
-      local by_e = stratum_names[c[2]]
-      local pointer = by_e and by_e[c[3]] or stratum_name(c[2], c[3])
+      local by_e = stratum_names[C[b + 2]]
+      local pointer = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])
       if pointer ~= info.pointer then
         writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
         info.pointer = pointer

@@ -90,13 +90,13 @@ local npairs = #pcol
 -- covariate value the state holds. Returns true and the report time of a covariate value
 -- the cell set (nil if none), or nil and the column whose new value is not finite (then
 -- nothing may be written: the batch is refused).
-local function move(acc, state, c, n1, stored_t)
+local function move(acc, state, b, n1, stored_t)
   local n0 = state[1]
   local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
   local events = acc.events
   for i = 1, nbm do
     local j = bcol[i]
-    events[j] = events[j] + c[n_at[i]]
+    events[j] = events[j] + C[b + n_at[i]]
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
   acc.exposures = acc.exposures + (n1 - n0)
@@ -109,8 +109,8 @@ local function move(acc, state, c, n1, stored_t)
   -- [cuped] A covariate in this cell is kept if the unit had none or this one was
   -- reported earlier; else the stored value stays.
   local covariate, reported = false, nil
-  if cov_n and c[cov_n] > 0 then
-    local t = c[cov_t]
+  if cov_n and C[b + cov_n] > 0 then
+    local t = C[b + cov_t]
     covariate = state[cov_flag] == 0 or (t and stored_t and t < stored_t) or false
     if covariate then reported = t end
     covariate = covariate and 'take' or 'keep'
@@ -118,26 +118,26 @@ local function move(acc, state, c, n1, stored_t)
   local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn
   for j = 1, ncol do
     local a = state[j + 1]
-    local b = a
+    local x = a
     local at = col_dx[j]
     if at then
-      local dx = c[at]
+      local dx = C[b + at]
       if j == cov_col and covariate then
-        if covariate == 'take' then b = dx end
+        if covariate == 'take' then x = dx end
       elseif col_bin[j] then
-        if dx > b then b = dx end
+        if dx > x then x = dx end
       else
-        b = b + dx
+        x = x + dx
       end
     end
     local cap = cap_at[j]  -- [cap]
-    if cap and b > cap then b = cap end
-    if a ~= 0 or b ~= 0 then
-      if b ~= b or b == HUGE or b == -HUGE then return nil, order[j] end  -- [faults]
-      sum[j] = sum[j] + (w1 * b - w0 * a)
-      sum_sq[j] = sum_sq[j] + (w1 * b * b - w0 * a * a)
-      sum_xn[j] = sum_xn[j] + (b * n1 - a * n0)
-      state[j + 1] = b
+    if cap and x > cap then x = cap end
+    if a ~= 0 or x ~= 0 then
+      if x ~= x or x == HUGE or x == -HUGE then return nil, order[j] end  -- [faults]
+      sum[j] = sum[j] + (w1 * x - w0 * a)
+      sum_sq[j] = sum_sq[j] + (w1 * x * x - w0 * a * a)
+      sum_xn[j] = sum_xn[j] + (x * n1 - a * n0)
+      state[j + 1] = x
     end
   end
   state[1] = n1
@@ -163,10 +163,10 @@ end
 -- exposure itself, whether its outcomes came before or after.
 -- The built-ins (the first batch.builtins metrics, `nbuiltin`; 2 in batches from before
 -- slow_requests) are measured by the router, not outcomes.
-local function keeps_state(c)
-  if c[4] ~= 2 then return true end
+local function keeps_state(b)
+  if C[b + 4] ~= 2 then return true end
   for i = nbuiltin + 1, nbm do
-    if c[n_at[i]] > 0 then return true end
+    if C[b + n_at[i]] > 0 then return true end
   end
   return false
 end
