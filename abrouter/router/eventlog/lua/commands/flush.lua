@@ -229,7 +229,7 @@ local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
 local granule_s = num(granule_end)
 
 -- [issue 15: one record per unit] A unit's whole state is one field, units[h|u]
--- (`pack_record`, unit_state.lua): its first exposure (e, v; 0 and "" before it has one),
+-- (`pack_unit`, unit_state.lua): its first exposure (e, v; 0 and "" before it has one),
 -- 1 once it was also exposed to another variant, the "e|v" of its latest exposure (what
 -- units[h] holds; "" none), the expiry granule it was last scored in, its covariate's
 -- report time (0: none) and its state. One read and one write per unit and batch, where
@@ -251,42 +251,29 @@ local granule_s = num(granule_end)
 -- no h|f: `legacy`) keeps the old per-(unit, epoch, variant) accounting, one bare state
 -- per cell in h|e|v, so old data stays exact.
 local MX = '~mx'
-local NO_V = ''
-local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_info`)
+local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
+local order_u = {}  -- the units in the order first met: their records are written in it
 
--- A unit from its record, its old fields, or nothing; nil and why not when corrupt.
-local function unit_info(h, raw, old_first, pointer)
-  if raw then
-    local e, v, m, latest, granule, t, state = unpack_record(raw)
-    if not e then return nil, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u' end
-    -- Eight fields, all set here (a table's hash part is sized once; a field added later
-    -- doubles it). Unset and so false: legacy, changed, newly, stateless.
-    return {e = e ~= 0 and e or false, v = v ~= NO_V and v or false, multiple = m == 1,
-            pointer = latest ~= '' and latest or false, fresh = granule == granule_end, ctime = t ~= 0 and t or false,
-            state = state, dirty = false}
-  end
-  local info = {e = false, v = false, multiple = false, pointer = pointer or false, fresh = false, ctime = false,
-                state = false, dirty = false}
+-- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
+-- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
+local function unit_without_record(h, old_first, pointer)
+  local u = new_unit()
+  if pointer then u[LATEST] = pointer end
   if old_first then
     local parsed = first_values[old_first]
     if not parsed then
       local e, v, m = string.match(old_first, '^(%d+)|([^|]+)|?(m?)|?[^|]*$')
       if not e then return nil, 'corrupt first exposure in ' .. units .. ' field ' .. h .. '|f' end
-      parsed = {tonumber(e), v, m == 'm'}
+      parsed = {tonumber(e), v, m == 'm' and 1 or 0}
       first_values[old_first] = parsed
     end
-    info.e, info.v, info.multiple, info.old_first = parsed[1], parsed[2], parsed[3], true
+    u[E], u[V], u[M], u.old_first = parsed[1], parsed[2], parsed[3], true
   elseif pointer then
-    info.legacy = true
+    u.legacy = true
   end
-  return info
-end
-
-local function record_of(info)
-  return pack_record(info.e or 0, info.v or NO_V, info.multiple and 1 or 0, info.pointer or '', granule_end,
-                     info.ctime or 0, info.state)
+  return u
 end
 
 -- Cells in chunks: a few HMGETs (now) and one HSET (in phase 2) per chunk instead of
@@ -294,48 +281,54 @@ end
 local CHUNK = 500
 local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
+local any_legacy = false  -- most batches have none: no pass over their cells for legacy states
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
 for first = 1, ncells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, ncells)
   -- The records of the chunk's units not met before in this batch.
   local hs, names, at = {}, {}, {}
-  for i = first, last_cell do
-    local h = C[(i - 1) * W + 1]
+  for b = (first - 1) * W, (last_cell - 1) * W, W do
+    local h = C[b + 1]
     if not firsts[h] and not at[h] then
-      hs[#hs + 1], names[#names + 1] = h, h .. '|u'
-      at[h] = i
+      local k = #hs + 1
+      hs[k], names[k] = h, h .. '|u'
+      at[h] = b
     end
   end
   local raws = #names > 0 and redis.call('HMGET', units, unpack(names)) or {}
-  -- Units without a record: their old fields, if any.
-  local bare = {}
+  local bare = {}  -- units without a record: their old fields, if any
   for k, h in ipairs(hs) do
-    if not raws[k] then bare[#bare + 1] = k end
+    local raw = raws[k]
+    if raw then
+      local u = unit_of(raw)
+      if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
+      firsts[h] = u
+      order_u[#order_u + 1] = h
+    else
+      bare[#bare + 1] = k
+    end
   end
-  local old_raw = {}
   if #bare > 0 then
     local ids = {}
-    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[k] .. '|f', hs[k] end
-    old_raw = redis.call('HMGET', units, unpack(ids))
-  end
-  local old_of = {}  -- k -> index of its h|f in old_raw
-  for n, k in ipairs(bare) do old_of[k] = 2 * n - 1 end
-  local any_legacy = false  -- most chunks have none: no pass over their cells for legacy states
-  for k, h in ipairs(hs) do
-    local j = old_of[k]
-    local info, bad = unit_info(h, raws[k], j and old_raw[j] or false, j and old_raw[j + 1] or false)
-    if not info then return {-2, last, 0, bad} end
-    firsts[h] = info
-    if info.legacy then any_legacy = true end
+    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[bare[n]] .. '|f', hs[bare[n]] end
+    local old_raw = redis.call('HMGET', units, unpack(ids))
+    for n, k in ipairs(bare) do
+      local h = hs[k]
+      local u, bad = unit_without_record(h, old_raw[2 * n - 1], old_raw[2 * n])
+      if not u then return {-2, last, 0, bad} end
+      firsts[h] = u
+      order_u[#order_u + 1] = h
+      if u.legacy then any_legacy = true end
+    end
   end
   for b = (first - 1) * W, (last_cell - 1) * W, W do
-    local info = firsts[C[b + 1]]
-    if C[b + 5] > 0 and not info.legacy then
-      if not info.e then
-        info.e, info.v, info.changed = C[b + 2], C[b + 3], true
-      elseif C[b + 3] ~= info.v and not info.multiple then
-        info.multiple, info.changed, info.newly = true, true, true
+    local u = firsts[C[b + 1]]
+    if C[b + 5] > 0 and not u.legacy then
+      if u[E] == 0 then
+        u[E], u[V] = C[b + 2], C[b + 3]
+      elseif C[b + 3] ~= u[V] and u[M] == 0 then
+        u[M], u.newly = 1, true
       end
     end
   end
@@ -348,13 +341,14 @@ for first = 1, ncells, CHUNK do
       fields[#fields + 1], kinds[#kinds + 1] = field, kind
     end
   end
-  for k, h in ipairs(hs) do
-    local info = firsts[h]
-    if not raws[k] and not info.legacy then
-      local b = (at[h] - 1) * W
-      info.old = h .. '|' .. stratum_name(info.e or C[b + 2], info.v or C[b + 3])
-      want(info.old, h)
-      if cov_i then want(info.old .. '|c', false) end
+  for _, k in ipairs(bare) do
+    local h = hs[k]
+    local u = firsts[h]
+    if not u.legacy then
+      local b = at[h]
+      local old = h .. '|' .. stratum_name(u[E] ~= 0 and u[E] or C[b + 2], u[V] ~= '' and u[V] or C[b + 3])
+      want(old, h)
+      if cov_i then want(old .. '|c', false) end
     end
   end
   for i = first, any_legacy and last_cell or first - 1 do
@@ -380,9 +374,10 @@ for first = 1, ncells, CHUNK do
         if kind == true then  -- [legacy]
           cached[field], cov_time[field] = state, t
         else  -- into the unit's record; the old fields go
-          local info = firsts[kind]
-          info.state, info.ctime = state, t
-          if info.old_first or found[k] then
+          local u = firsts[kind]
+          for s = 1, KS do u[S + s] = state[s] end
+          u[CTIME] = t or 0
+          if u.old_first or found[k] then
             olds[#olds + 1] = kind .. '|f'
             olds[#olds + 1] = field
             olds[#olds + 1] = field .. '|c'
@@ -395,34 +390,36 @@ for first = 1, ncells, CHUNK do
   local writes, nw = {}, 0
   for b = (first - 1) * W, (last_cell - 1) * W, W do
     local h = C[b + 1]
-    local info = firsts[h]
+    local u = firsts[h]
     local latest = C[b + 4]
     local anonymous = latest >= 2
-    local e, v, key, state, stored_t
-    if info.legacy then
+    local legacy = u.legacy
+    local e, v, key, st, o, stored_t
+    if legacy then
       e, v = C[b + 2], C[b + 3]
       key = h .. '|' .. stratum_name(e, v)
-      state, stored_t = cached[key], cov_time[key]
+      st, o, stored_t = cached[key], 0, cov_time[key]
     else
-      e, v = info.e or C[b + 2], info.v or C[b + 3]
-      state, stored_t = info.state, info.ctime
+      e, v = u[E], u[V]
+      if e == 0 then e, v = C[b + 2], C[b + 3] end
+      st, o, stored_t = u, S, u[CTIME]
+      if stored_t == 0 then stored_t = false end
     end
     local n1
     if anonymous then  -- [anonymous]
-      if state[1] == 0 then state[1] = 1 end
+      if st[o + 1] == 0 then st[o + 1] = 1 end
       n1 = 1
     else
-      n1 = state[1] + C[b + 5]
+      n1 = st[o + 1] + C[b + 5]
     end
-    local multiple = info.multiple and not info.legacy and info.e
-    local before = multiple and {unpack(state)}
+    local multiple = not legacy and u[M] == 1 and u[E] ~= 0
+    local before = multiple and {unpack(st, o + 1, o + KS)}
     local by_v = acc_of[e]
     local acc = by_v and by_v[v]
     if not acc then acc = select(2, stratum(e, v)) end
-    local ok, reported = move(acc, state, b, n1, stored_t)
+    local ok, reported = move(acc, st, o, b, n1, stored_t)
     if not ok then
-      key = key or h .. '|u'
-      return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. key}
+      return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h .. '|u')}
     end
     if anonymous and C[b + 5] > 0 then  -- [anonymous] the unit and its one exposure
       acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
@@ -430,43 +427,47 @@ for first = 1, ncells, CHUNK do
     if multiple then
       -- The unit's whole state enters the shadow stratum the first time it switches.
       local _, mx = stratum(e, v .. MX)
-      accumulate(mx, info.newly and EMPTY or before, state, nil)  -- sums only, no event counts
-      info.newly = false
+      accumulate(mx, u.newly and EMPTY or before, {unpack(st, o + 1, o + KS)}, nil)  -- sums only, no event counts
+      u.newly = false
     end
     local keeps = not anonymous or keeps_state(b)  -- [faults] an anonymous request keeps no state
-    if info.legacy then
+    if legacy then
       if reported then  -- [cuped] the report time of the covariate value now stored
         cov_time[key] = reported
         writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
         age(now_s, key .. '|c')
       end
-      writes[nw + 1], writes[nw + 2], nw = key, encode_state(state), nw + 2
+      writes[nw + 1], writes[nw + 2], nw = key, encode_state(st), nw + 2
       age(now_s, key)
     else
-      if reported then info.ctime = reported end
-      if keeps then info.dirty = true else info.stateless = true end
+      if reported then u[CTIME] = reported end
+      if keeps then u.dirty = true else u.stateless = true end
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
     if latest == 1 then
       local by_e = stratum_names[C[b + 2]]
       local pointer = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])
-      if pointer ~= info.pointer then
+      if pointer ~= u[LATEST] then
         writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
-        info.pointer = pointer
+        u[LATEST] = pointer
       end
-      if info.legacy then age(now_s, h) end
+      if legacy then age(now_s, h) end
     end
   end
   if nw > 0 then unit_writes[#unit_writes + 1] = writes end
 end
--- Each unit's record, once per batch however many cells it had; scored when not fresh.
+-- Each unit's record, once per batch however many cells it had; scored when not fresh (its
+-- record names an older granule).
 local records = {}
-for h, info in pairs(firsts) do
-  if info.dirty then
-    records[#records + 1] = h .. '|u'
-    records[#records + 1] = record_of(info)
-    if not info.fresh then age(granule_s, h .. '|u') end
+for _, h in ipairs(order_u) do
+  local u = firsts[h]
+  if u.dirty then
+    local field = h .. '|u'
+    local fresh = u[U_GRANULE] == granule_end
+    records[#records + 1] = field
+    records[#records + 1] = pack_unit(u, granule_end)
+    if not fresh then age(granule_s, field) end
   end
 end
 -- [end issue 15, issue 9]

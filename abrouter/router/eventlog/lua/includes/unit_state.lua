@@ -37,38 +37,58 @@ local function valid_state(raw)
   return valid_table(state)
 end
 
--- A unit's record (docs/storage.md), packed by `struct` (twice as fast as cmsgpack here,
--- doubles exact): its fixed part, then its state's length and that many doubles.
+-- [issue 15] A unit, as this batch reads, moves and writes it, is one Lua table, `u`: its
+-- record's fields where struct.unpack puts them (u[1] true: pcall's), then its state, and
+-- a few named flags. One table and one unpack per unit: the record's head and its state
+-- apart, and a table of named fields beside, cost twice as much (bench/README.md).
+--   u[E] epoch of its first exposure (0: none yet)   u[V] its variant ('': none)
+--   u[M] 1 once it was also exposed to another variant   u[LATEST] "e|v" of its latest
+--   exposure (units[h]; '': none)   u[U_GRANULE] end of the expiry granule it was last
+--   scored in   u[CTIME] [cuped] its covariate's report time (0: none)   u[K] state length
+--   u[S + s] its state: s = 1 n_u, s = j + 1 column j's x_u (S = 8)
+-- The record (docs/storage.md) is u[E] .. u[S + K], packed by `struct` (twice as fast as
+-- cmsgpack here, doubles exact): "<i4sBsddH" and K doubles.
+local E, V, M, LATEST, U_GRANULE, CTIME, K, S = 2, 3, 4, 5, 6, 7, 8, 8
 local RECORD_HEAD = '<i4sBsddH'
 local HUGE = math.huge
-local doubles, records = {}, {}  -- k -> the format of k doubles; of a record with k
-local function formats(k)
-  local f = doubles[k]
-  if not f then
-    f = '<' .. string.rep('d', k)
-    doubles[k], records[k] = f, RECORD_HEAD .. string.rep('d', k)
-  end
-  return f, records[k]
+local KS = ncol + 1  -- a state's length in this batch's columns (they only grow)
+local RECORD = RECORD_HEAD .. string.rep('d', KS)
+
+-- A unit that has no record: no exposure, an empty state.
+local function new_unit()
+  local u = {dirty = false, true, 0, '', 0, '', 0, 0, KS}
+  for at = S + 1, S + KS do u[at] = 0 end
+  return u
 end
 
--- e, v, multiple, latest, granule, covariate time, state; or nil when `raw` is no record.
-local function unpack_record(raw)
+-- [old records] A record with a shorter state (written before columns were added), or
+-- none: nil.
+local function short_unit(raw)
   local ok, e, v, m, latest, granule, t, k, at = pcall(struct.unpack, RECORD_HEAD, raw)
-  if not ok or k == 0 or at + 8 * k ~= #raw + 1 then return nil end
-  local state = {struct.unpack((formats(k)), raw, at)}
-  state[k + 1] = nil  -- struct.unpack's last value: where it stopped
-  for j = 1, k do  -- doubles all: finite?
-    local x = state[j]
+  if not ok or k == 0 or k > KS or at + 8 * k ~= #raw + 1 then return nil end
+  local u = {dirty = false, true, e, v, m, latest, granule, t, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
+  for at = S + k + 1, S + KS + 1 do u[at] = 0 end  -- (over struct.unpack's last value: where it stopped)
+  return u
+end
+
+-- The unit of record `raw`, or nil when `raw` is no record (or holds a number that is not finite).
+local function unit_of(raw)
+  local u = {dirty = false, pcall(struct.unpack, RECORD, raw)}
+  if not (u[1] and u[K] == KS and u[S + KS + 1] == #raw + 1) then
+    u = short_unit(raw)
+    if not u then return nil end
+  end
+  for at = S + 1, S + KS do  -- doubles all: finite?
+    local x = u[at]
     if x ~= x or x == HUGE or x == -HUGE then return nil end
   end
-  for j = k + 1, ncol + 1 do state[j] = 0 end
-  return e, v, m, latest, granule, t, state
+  return u
 end
 
-local function pack_record(e, v, multiple, latest, granule, t, state)
-  local k = #state
-  local _, format = formats(k)
-  return struct.pack(format, e, v, multiple, latest, granule, t, k, unpack(state))
+-- Its record, in the current granule.
+local function pack_unit(u, granule)
+  u[U_GRANULE], u[K] = granule, KS
+  return struct.pack(RECORD, unpack(u, E, S + KS))
 end
 
 -- Per column of the state, once per batch: where a cell holds its value (false: the batch
@@ -83,15 +103,16 @@ local cov_n = cov_i and n_at[cov_i]
 local cov_t = cell_end + 1  -- [cuped] where a cell holds its covariate's report time
 local npairs = #pcol
 
--- Moves `state` (in place) by cell `c`, n_u to `n1`, and adds the change to the stratum's
+-- Moves a state (in place; `st`, n_u at st[o + 1] and column j at st[o + j + 1]: a unit's, o = S,
+-- or [legacy] a bare state, o = 0) by the cell at C[b + 1], n_u to `n1`, and adds the change to the stratum's
 -- totals `acc`. [held] A unit's values count in the sums only once it has an exposure
 -- (n_u > 0): an outcome that reaches Redis before its unit's exposure is held in the state
 -- and credited, whole, when the exposure lands. [cuped] `stored_t`: the report time of the
 -- covariate value the state holds. Returns true and the report time of a covariate value
 -- the cell set (nil if none), or nil and the column whose new value is not finite (then
 -- nothing may be written: the batch is refused).
-local function move(acc, state, b, n1, stored_t)
-  local n0 = state[1]
+local function move(acc, st, o, b, n1, stored_t)
+  local n0 = st[o + 1]
   local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
   local events = acc.events
   for i = 1, nbm do
@@ -104,20 +125,20 @@ local function move(acc, state, b, n1, stored_t)
   local xy0 = nil  -- [issue 9] each ratio pair's x*y before the move
   if npairs > 0 then
     xy0 = {}
-    for p = 1, npairs do xy0[p] = w0 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] end
+    for p = 1, npairs do xy0[p] = w0 * st[o + pcol[p][1] + 1] * st[o + pcol[p][2] + 1] end
   end
   -- [cuped] A covariate in this cell is kept if the unit had none or this one was
   -- reported earlier; else the stored value stays.
   local covariate, reported = false, nil
   if cov_n and C[b + cov_n] > 0 then
     local t = C[b + cov_t]
-    covariate = state[cov_flag] == 0 or (t and stored_t and t < stored_t) or false
+    covariate = st[o + cov_flag] == 0 or (t and stored_t and t < stored_t) or false
     if covariate then reported = t end
     covariate = covariate and 'take' or 'keep'
   end
   local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn
   for j = 1, ncol do
-    local a = state[j + 1]
+    local a = st[o + j + 1]
     local x = a
     local at = col_dx[j]
     if at then
@@ -137,13 +158,13 @@ local function move(acc, state, b, n1, stored_t)
       sum[j] = sum[j] + (w1 * x - w0 * a)
       sum_sq[j] = sum_sq[j] + (w1 * x * x - w0 * a * a)
       sum_xn[j] = sum_xn[j] + (x * n1 - a * n0)
-      state[j + 1] = x
+      st[o + j + 1] = x
     end
   end
-  state[1] = n1
+  st[o + 1] = n1
   if xy0 then
     local sum_xy = acc.sum_xy
-    for p = 1, npairs do sum_xy[p] = sum_xy[p] + (w1 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] - xy0[p]) end
+    for p = 1, npairs do sum_xy[p] = sum_xy[p] + (w1 * st[o + pcol[p][1] + 1] * st[o + pcol[p][2] + 1] - xy0[p]) end
   end
   return true, reported
 end
