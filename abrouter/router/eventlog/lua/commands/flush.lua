@@ -213,10 +213,9 @@ end
 
 -- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
 -- written with one HINCRBY(FLOAT) per field: per-cell work builds no field names.
-local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
+local seen_members, nseen = {}, 0  -- ZADD arguments for unit_seen: time, field, ...
 local function age(score, field)
-  seen_members[#seen_members + 1] = score
-  seen_members[#seen_members + 1] = field
+  seen_members[nseen + 1], seen_members[nseen + 2], nseen = score, field, nseen + 2
 end
 
 -- [expiry] A unit's age (unit_seen) is refreshed once per granule of ttl/8, not on every
@@ -254,7 +253,7 @@ local MX = '~mx'
 local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
-local order_u = {}  -- the units in the order first met: their records are written in it
+local order_u, order_f, nunits = {}, {}, 0  -- the units in the order first met, their records' fields
 
 -- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
 -- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
@@ -287,16 +286,16 @@ local old_members = {}   -- [old units] their unit_seen members
 for first = 1, ncells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, ncells)
   -- The records of the chunk's units not met before in this batch.
-  local hs, names, at = {}, {}, {}
+  local hs, names, at, k = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
   for b = (first - 1) * W, (last_cell - 1) * W, W do
     local h = C[b + 1]
     if not firsts[h] and not at[h] then
-      local k = #hs + 1
+      k = k + 1
       hs[k], names[k] = h, h .. '|u'
       at[h] = b
     end
   end
-  local raws = #names > 0 and redis.call('HMGET', units, unpack(names)) or {}
+  local raws = k > 0 and redis.call('HMGET', units, unpack(names)) or {}
   local bare = {}  -- units without a record: their old fields, if any
   for k, h in ipairs(hs) do
     local raw = raws[k]
@@ -304,7 +303,8 @@ for first = 1, ncells, CHUNK do
       local u = unit_of(raw)
       if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
       firsts[h] = u
-      order_u[#order_u + 1] = h
+      nunits = nunits + 1
+      order_u[nunits], order_f[nunits] = h, names[k]
     else
       bare[#bare + 1] = k
     end
@@ -318,7 +318,8 @@ for first = 1, ncells, CHUNK do
       local u, bad = unit_without_record(h, old_raw[2 * n - 1], old_raw[2 * n])
       if not u then return {-2, last, 0, bad} end
       firsts[h] = u
-      order_u[#order_u + 1] = h
+      nunits = nunits + 1
+      order_u[nunits], order_f[nunits] = h, names[k]
       if u.legacy then any_legacy = true end
     end
   end
@@ -441,7 +442,7 @@ for first = 1, ncells, CHUNK do
       age(now_s, key)
     else
       if reported then u[CTIME] = reported end
-      if keeps then u.dirty = true else u.stateless = true end
+      if keeps then u[DIRTY] = true end
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
@@ -459,14 +460,13 @@ for first = 1, ncells, CHUNK do
 end
 -- Each unit's record, once per batch however many cells it had; scored when not fresh (its
 -- record names an older granule).
-local records = {}
-for _, h in ipairs(order_u) do
-  local u = firsts[h]
-  if u.dirty then
-    local field = h .. '|u'
+local records, nrec = {}, 0
+for i = 1, nunits do
+  local u = firsts[order_u[i]]
+  if u[DIRTY] then
+    local field = order_f[i]
     local fresh = u[U_GRANULE] == granule_end
-    records[#records + 1] = field
-    records[#records + 1] = pack_unit(u, granule_end)
+    records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2
     if not fresh then age(granule_s, field) end
   end
 end

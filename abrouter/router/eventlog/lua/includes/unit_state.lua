@@ -38,9 +38,10 @@ local function valid_state(raw)
 end
 
 -- [issue 15] A unit, as this batch reads, moves and writes it, is one Lua table, `u`: its
--- record's fields where struct.unpack puts them (u[1] true: pcall's), then its state, and
--- a few named flags. One table and one unpack per unit: the record's head and its state
--- apart, and a table of named fields beside, cost twice as much (bench/README.md).
+-- record's fields where struct.unpack puts them, then its state, and rare named flags
+-- (legacy, old_first, newly). One table and one unpack per unit: the record's head and its
+-- state apart, and a table of named fields beside, cost twice as much (bench/README.md).
+--   u[DIRTY] true once a cell moved it (its record is to be written; pcall's `ok` before)
 --   u[E] epoch of its first exposure (0: none yet)   u[V] its variant ('': none)
 --   u[M] 1 once it was also exposed to another variant   u[LATEST] "e|v" of its latest
 --   exposure (units[h]; '': none)   u[U_GRANULE] end of the expiry granule it was last
@@ -48,7 +49,7 @@ end
 --   u[S + s] its state: s = 1 n_u, s = j + 1 column j's x_u (S = 8)
 -- The record (docs/storage.md) is u[E] .. u[S + K], packed by `struct` (twice as fast as
 -- cmsgpack here, doubles exact): "<i4sBsddH" and K doubles.
-local E, V, M, LATEST, U_GRANULE, CTIME, K, S = 2, 3, 4, 5, 6, 7, 8, 8
+local DIRTY, E, V, M, LATEST, U_GRANULE, CTIME, K, S = 1, 2, 3, 4, 5, 6, 7, 8, 8
 local RECORD_HEAD = '<i4sBsddH'
 local HUGE = math.huge
 local KS = ncol + 1  -- a state's length in this batch's columns (they only grow)
@@ -56,7 +57,7 @@ local RECORD = RECORD_HEAD .. string.rep('d', KS)
 
 -- A unit that has no record: no exposure, an empty state.
 local function new_unit()
-  local u = {dirty = false, true, 0, '', 0, '', 0, 0, KS}
+  local u = {false, 0, '', 0, '', 0, 0, KS}
   for at = S + 1, S + KS do u[at] = 0 end
   return u
 end
@@ -66,14 +67,14 @@ end
 local function short_unit(raw)
   local ok, e, v, m, latest, granule, t, k, at = pcall(struct.unpack, RECORD_HEAD, raw)
   if not ok or k == 0 or k > KS or at + 8 * k ~= #raw + 1 then return nil end
-  local u = {dirty = false, true, e, v, m, latest, granule, t, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
+  local u = {true, e, v, m, latest, granule, t, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
   for at = S + k + 1, S + KS + 1 do u[at] = 0 end  -- (over struct.unpack's last value: where it stopped)
   return u
 end
 
 -- The unit of record `raw`, or nil when `raw` is no record (or holds a number that is not finite).
 local function unit_of(raw)
-  local u = {dirty = false, pcall(struct.unpack, RECORD, raw)}
+  local u = {pcall(struct.unpack, RECORD, raw)}
   if not (u[1] and u[K] == KS and u[S + KS + 1] == #raw + 1) then
     u = short_unit(raw)
     if not u then return nil end
@@ -82,6 +83,7 @@ local function unit_of(raw)
     local x = u[at]
     if x ~= x or x == HUGE or x == -HUGE then return nil end
   end
+  u[DIRTY] = false
   return u
 end
 
@@ -102,6 +104,18 @@ local cov_col = cov_j and cov_j - 1 or false  -- [cuped] the covariate's column
 local cov_n = cov_i and n_at[cov_i]
 local cov_t = cell_end + 1  -- [cuped] where a cell holds its covariate's report time
 local npairs = #pcol
+-- [issue 15] The batch metrics whose event count a cell holds apart (their columns and where
+-- in a cell), and the columns whose count is the cell's n (the built-ins from version 4 on):
+-- a stratum adds up n once (acc.dn) and gives it to each of those when written (strata.lua).
+local counted, counted_at, n_counted = {}, {}, {}
+for i = 1, nbm do
+  if n_at[i] == 5 then
+    n_counted[#n_counted + 1] = bcol[i]
+  else
+    counted[#counted + 1], counted_at[#counted_at + 1] = bcol[i], n_at[i]
+  end
+end
+local ncounted = #counted
 
 -- Moves a state (in place; `st`, n_u at st[o + 1] and column j at st[o + j + 1]: a unit's, o = S,
 -- or [legacy] a bare state, o = 0) by the cell at C[b + 1], n_u to `n1`, and adds the change to the stratum's
@@ -115,9 +129,10 @@ local function move(acc, st, o, b, n1, stored_t)
   local n0 = st[o + 1]
   local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
   local events = acc.events
-  for i = 1, nbm do
-    local j = bcol[i]
-    events[j] = events[j] + C[b + n_at[i]]
+  acc.dn = acc.dn + C[b + 5]
+  for q = 1, ncounted do
+    local j = counted[q]
+    events[j] = events[j] + C[b + counted_at[q]]
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
   acc.exposures = acc.exposures + (n1 - n0)
