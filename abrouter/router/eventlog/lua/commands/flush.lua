@@ -286,13 +286,14 @@ local old_members = {}   -- [old units] their unit_seen members
 for first = 1, ncells, CHUNK do
   local last_cell = math.min(first + CHUNK - 1, ncells)
   -- The records of the chunk's units not met before in this batch.
+  -- firsts[h] holds the unit's first cell (its offset b) until the unit is read: one map.
   local hs, names, at, k = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
   for b = (first - 1) * W, (last_cell - 1) * W, W do
     local h = C[b + 1]
-    if not firsts[h] and not at[h] then
+    if not firsts[h] then
       k = k + 1
-      hs[k], names[k] = h, h .. '|u'
-      at[h] = b
+      hs[k], names[k], at[k] = h, h .. '|u', b
+      firsts[h] = b
     end
   end
   local raws = k > 0 and redis.call('HMGET', units, unpack(names)) or {}
@@ -346,7 +347,7 @@ for first = 1, ncells, CHUNK do
     local h = hs[k]
     local u = firsts[h]
     if not u.legacy then
-      local b = at[h]
+      local b = at[k]
       local old = h .. '|' .. stratum_name(u[E] ~= 0 and u[E] or C[b + 2], u[V] ~= '' and u[V] or C[b + 3])
       want(old, h)
       if cov_i then want(old .. '|c', false) end
