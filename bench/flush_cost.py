@@ -12,7 +12,7 @@ one Redis (AOF on, everysec, as in production), interleaved over `--rounds`:
   plain commands that carry the information;
 - flush (after): flush.lua as it is now (`FlushScript`);
 - flush (before): flush.lua from `--before-ref`, given the same batches as version 2,
-  which every script since then knows (`events.as_version`: version 4's cells spelled out
+  which every script since then knows (`cells.as_version`: version 6's cells spelled out
   in the old layout; version 3 was version 2's document).
 
 Redis CPU is the ``used_cpu_user + used_cpu_sys`` delta of ``INFO cpu`` around each
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from abrouter.contract import experiment as model  # noqa: E402
 from abrouter.contract import keys  # noqa: E402
-from abrouter.router.eventlog import events, script  # noqa: E402
+from abrouter.router.eventlog import cells, events, script  # noqa: E402
 from abrouter.router.redis_server import RedisServer  # noqa: E402
 
 
@@ -98,15 +98,16 @@ async def measured(client: redis.asyncio.Redis, run: Callable[[], Awaitable[None
 
 
 def as_version_2(batch: events.Batch) -> events.Batch:
-    """The same batch as version 2, for a flush.lua from before versions 3 and 4: the cells
-    in the layout of versions 1-3 (`events.as_version`: every built-in's count spelled out)."""
-    return dataclasses.replace(batch, payload=events.as_version(batch.payload, 2))
+    """The same batch as version 2, for a flush.lua from before versions 3 to 6: the cells as
+    JSON in the layout of versions 1-3 (`cells.as_version`: every built-in's count spelled out)."""
+    payload, _ = cells.as_version(batch.payload, batch.cells, 2)
+    return dataclasses.replace(batch, payload=payload, cells=b"")
 
 
 def script_args(batch: events.Batch) -> tuple[str, ...]:
     caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(keys.OUTCOME_ID_WINDOW_S)))
     ttl = repr(7 * 86_400.0)  # outcome_ttl's default: unit ages are kept (and expired) as in production
-    return (batch.producer, str(batch.seq), "1", batch.payload, batch.events, *caps, "", ttl)
+    return (batch.producer, str(batch.seq), "1", batch.payload, batch.events, *caps, "", ttl, batch.cells)
 
 
 async def apply_all(client: redis.asyncio.Redis, source: str, k: keys.Keys, batches: list[events.Batch]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -33,22 +33,36 @@ def drain(steps: Generator[None, None, T]) -> T:
             return done.value
 
 
-def encode_rows(
-    rows: Iterable[Sequence[object] | None], size: int = SLICE, *, flat: bool = False
-) -> Generator[None, None, str]:
+def encode_rows(rows: Iterable[Sequence[object] | None], size: int = SLICE) -> Generator[None, None, str]:
     """One JSON array, built `size` rows at a time with a yield after each slice.
 
     The same text as one ``JSON.encode(list(rows))`` (the separators have no spaces),
     except that None rows are left out: they let a scan that skips most of what it looks
-    at be sliced too. `flat`: the rows' values one after another, in one array.
+    at be sliced too.
     """
     parts: list[str] = []
     it = iter(rows)
     while chunk := list(itertools.islice(it, size)):
         if kept := [row for row in chunk if row is not None]:
-            parts.append(JSON.encode(list(itertools.chain.from_iterable(kept)) if flat else kept)[1:-1])
+            parts.append(JSON.encode(kept)[1:-1])
         yield
     return "[" + ",".join(parts) + "]"
+
+
+def pack_rows(
+    rows: Iterable[Sequence[object] | None], pack: Callable[[Sequence[object]], bytes], size: int = SLICE
+) -> Generator[None, None, tuple[bytes, int]]:
+    """`rows` packed one after another (None rows left out) and how many, `size` rows at a
+    time with a yield after each slice, like `encode_rows`."""
+    parts: list[bytes] = []
+    count = 0
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        kept = [pack(row) for row in chunk if row is not None]
+        parts += kept
+        count += len(kept)
+        yield
+    return b"".join(parts), count
 
 
 def join_arrays(texts: Sequence[str]) -> str:

@@ -12,7 +12,7 @@ import redis.asyncio
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected
-from abrouter.router.eventlog import events, script
+from abrouter.router.eventlog import cells, events, script
 from abrouter.router.eventlog.events import BATCH_VERSION, Exposure, Outcome
 from abrouter.router.eventlog.log import APPLIED, FlushScript
 from tests.router.eventlog.test_eventlog import _batch, make_experiment
@@ -39,9 +39,10 @@ async def test_a_batch_of_an_unknown_format_version_is_refused_whole(
     with pytest.raises(BatchRejected, match="batch format version 99"):
         await flush.apply(newer, allow_gap=False)
     assert await redis_client.exists(*keys.Keys(experiment_name).all()) == 0
-    old = json.loads(events.as_version(batch.payload, 1))
+    old = json.loads(cells.as_version(batch.payload, batch.cells, 1)[0])
     del old["v"]  # a batch from before versions (a spill file of an older router): version 1
-    assert (await flush.apply(dataclasses.replace(batch, payload=json.dumps(old)), allow_gap=False))[0] == APPLIED
+    old_batch = dataclasses.replace(batch, payload=json.dumps(old), cells=b"")
+    assert (await flush.apply(old_batch, allow_gap=False))[0] == APPLIED
 
 
 def _rich_experiment(name: str) -> model.Experiment:
@@ -97,19 +98,20 @@ def _rich_batches(exp: model.Experiment, n: int) -> list[events.Batch]:
 async def test_every_cell_layout_stores_exactly_what_the_others_store(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:
-    # The same batches, as the router sends them (version 5: the cells in one flat array),
-    # nested as in version 4 (a built-in's count is the cell's n), and in the layout of
-    # versions 1-3 (every count spelled out), into three experiments: every agg field and
-    # every unit record must come out the same.
+    # The same batches, as the router sends them (version 6: the cells packed apart), in one
+    # flat JSON array (5), nested as in version 4 (a built-in's count is the cell's n), and
+    # in the layout of versions 1-3 (every count spelled out), into four experiments: every
+    # agg field and every unit record must come out the same.
     stored = []
-    for suffix, version in (("-v5", None), ("-v4", 4), ("-v3", 3)):
+    for suffix, version in (("-v6", None), ("-v5", 5), ("-v4", 4), ("-v3", 3)):
         name = experiment_name + suffix
         exp = _rich_experiment(name)
         flush = FlushScript(redis_client, keys.Keys(name))
         await flush.load()
         for batch in _rich_batches(exp, 4):
             if version is not None:
-                batch = dataclasses.replace(batch, payload=events.as_version(batch.payload, version))
+                payload, packed = cells.as_version(batch.payload, batch.cells, version)
+                batch = dataclasses.replace(batch, payload=payload, cells=packed)
             assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
         k = keys.Keys(name)
         agg = await redis_client.hgetall(k.agg)
@@ -127,7 +129,11 @@ async def test_every_cell_layout_stores_exactly_what_the_others_store(
     assert exposures > 0 and sum(int(v) for f, v in agg4.items() if f.endswith(b"|errors|events")) == exposures
     assert any(f.endswith(b"|prior_clicks|sum") for f in agg4) and any(b"|sum_xy|" in f for f in agg4)
     assert len(records4) > 50
-    cut = json.loads(_rich_batches(_rich_experiment(experiment_name), 1)[0].payload)
+    sent = _rich_batches(_rich_experiment(experiment_name), 1)[0]
+    cut = json.loads(sent.payload)
     width = 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1  # [h, e, v, latest, n], built-ins, the others, a report time
-    assert cut["v"] == 5 and cut["width"] == width and len(cut["cells"]) % width == 0
-    assert all(len(c) == width for c in events.cells_of(cut)) and len(events.cells_of(cut)) > 50
+    rows = cells.cells_of(cut, sent.cells)
+    assert cut["v"] == 6 and cut["width"] == width and "cells" not in cut and cut["ncells"] == len(rows) > 50
+    assert all(len(c) == width for c in rows)
+    payload, packed = cells.as_version(*cells.as_version(sent.payload, sent.cells, 5), 6)  # there and back
+    assert json.loads(payload) == cut and packed == sent.cells

@@ -49,10 +49,10 @@ local batch = cjson.decode(ARGV[4])
 
 -- The batch format: payloads without `v` are version 1. A version this script does not
 -- know (a newer router) is refused whole, before anything is written.
-local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true, [5] = true}
+local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true, [5] = true, [6] = true}
 local version = batch.v or 1
 if not VERSIONS[version] then
-  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-5)'}
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-6)'}
 end
 
 --- @include "numbers"
@@ -122,16 +122,56 @@ local function flatten(nested, min_width)
   end
   return flat, width
 end
+--
+-- [issue 15: version 6] The cells come apart from the document, in ARGV[11], packed by
+-- `struct`: per cell h and v zero-terminated, every number a little-endian double ("<sds"
+-- then width - 3 "d"), batch.ncells of them. One struct.unpack reads a segment of up to
+-- SEG cells into one flat table, a third of what cjson took for the same values
+-- (bench/lua_prims.py). The cells are then in segments (`segs`, `seg_n` cells each), and C
+-- is the segment being worked on.
 local min_width = cell_end + (batch.covariate and 1 or 0)
 local C, W
-if version >= 5 then
-  C, W = batch.cells, batch.width
-  if type(W) ~= 'number' or W < min_width or W % 1 ~= 0 or #C % W ~= 0 then
-    return {-2, last, 0, 'batch cells are not a whole number of cells of width ' .. tostring(W)}
+local segs, seg_n = {}, {}
+local function malformed(what)
+  return {-2, last, 0, 'batch cells are not a whole number of cells of width ' .. tostring(W) .. what}
+end
+if version >= 6 then
+  W = batch.width
+  local n, blob = batch.ncells, ARGV[11] or ''
+  if type(W) ~= 'number' or W < min_width or W % 1 ~= 0 or type(n) ~= 'number' or n < 0 or n % 1 ~= 0 then
+    return malformed('')
   end
+  local cell = 'sds' .. string.rep('d', W - 3)
+  local SEG = math.max(1, math.floor(6000 / W))  -- values per call within Lua's C stack (8,000)
+  local whole = string.rep(cell, SEG)
+  local pos = 1
+  while n > 0 do
+    local m = math.min(SEG, n)
+    local ok, seg = pcall(function() return {struct.unpack('<' .. (m == SEG and whole or string.rep(cell, m)), blob, pos)} end)
+    if not ok then return malformed(' (' .. tostring(seg) .. ')') end
+    pos = seg[m * W + 1]
+    seg[m * W + 1] = nil
+    segs[#segs + 1], seg_n[#seg_n + 1] = seg, m
+    n = n - m
+  end
+  if pos ~= #blob + 1 then return malformed(' (bytes left over)') end
+  C = segs[1] or {}
+  if #segs > 1 and #(batch.keyed or {}) > 0 then  -- keyed outcomes are folded into one flat array
+    C = {}
+    local at = 0
+    for si, seg in ipairs(segs) do
+      for o = 1, seg_n[si] * W do C[at + o] = seg[o] end
+      at = at + seg_n[si] * W
+    end
+    segs, seg_n = {C}, {at / W}
+  end
+elseif version == 5 then
+  C, W = batch.cells, batch.width
+  if type(W) ~= 'number' or W < min_width or W % 1 ~= 0 or #C % W ~= 0 then return malformed('') end
 else
   C, W = flatten(batch.cells, min_width)
 end
+if version < 6 then segs[1], seg_n[1] = C, #C / W end
 
 -- [issue 9: ratio cross products] Per pair (numerator, denominator) of a ratio metric
 -- over two metrics, the columns whose Σ x_u·y_u the delta method needs. Batches from
@@ -173,7 +213,7 @@ end
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts, anonymous}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
-local ncells = #C / W  -- W >= cell_end >= 5
+local ncells = seg_n[1] or 0  -- (the cells of segment 1: all of them when keyed outcomes are folded in)
 local repeated = 0
 local keyed = batch.keyed or {}
 local new_ids = {}  -- ZADD arguments: score, id, ...
@@ -209,6 +249,8 @@ if #keyed > 0 then
       C[b + n_at[i]] = C[b + n_at[i]] + 1
     end
   end
+  if #segs == 0 then segs[1] = C end
+  seg_n[1] = ncells
 end
 
 -- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
@@ -283,8 +325,13 @@ local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local any_legacy = false  -- most batches have none: no pass over their cells for legacy states
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
-for first = 1, ncells, CHUNK do
-  local last_cell = math.min(first + CHUNK - 1, ncells)
+local ranges = {}  -- {segment, first cell, last cell}: up to CHUNK cells of one segment each
+for si = 1, #segs do
+  for first = 1, seg_n[si], CHUNK do ranges[#ranges + 1] = {si, first, math.min(first + CHUNK - 1, seg_n[si])} end
+end
+for _, range in ipairs(ranges) do
+  C = segs[range[1]]
+  local first, last_cell = range[2], range[3]
   -- The records of the chunk's units not met before in this batch.
   -- firsts[h] holds the unit's first cell (its offset b) until the unit is read: one map.
   local hs, names, at, k = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
