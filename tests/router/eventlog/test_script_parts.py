@@ -45,6 +45,22 @@ async def test_a_batch_of_an_unknown_format_version_is_refused_whole(
     assert (await flush.apply(old_batch, allow_gap=False))[0] == APPLIED
 
 
+@pytest.mark.parametrize("cut", [1, 9, -1])
+async def test_packed_cells_that_are_not_whole_cells_refuse_the_batch_whole(
+    redis_client: redis.asyncio.Redis, experiment_name: str, cut: int
+) -> None:
+    exp = make_experiment(experiment_name)
+    flush = FlushScript(redis_client, keys.Keys(experiment_name))
+    await flush.load()
+    recorded = [Exposure(f"r{i}", f"u{i}", "control", 1, time.time(), 200, 1.0, False) for i in range(3)]
+    batch = _batch(exp, recorded, 1)
+    damaged = batch.cells[:cut] if cut > 0 else batch.cells + b"\x00"  # cut inside a cell; or bytes left over
+    with pytest.raises(BatchRejected, match="not a whole number of cells"):
+        await flush.apply(dataclasses.replace(batch, cells=damaged), allow_gap=False)
+    assert await redis_client.exists(*keys.Keys(experiment_name).all()) == 0
+    assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
+
+
 def _rich_experiment(name: str) -> model.Experiment:
     """Every kind of column a cell can carry: built-ins, binary, capped, a ratio pair, a covariate."""
     return model.parse(
