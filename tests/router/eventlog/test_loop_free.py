@@ -7,8 +7,8 @@ check the structure that keeps them short.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import base64
+import dataclasses
 import json
 import math
 from pathlib import Path
