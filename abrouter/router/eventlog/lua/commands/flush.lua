@@ -16,7 +16,7 @@
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
 --       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
 --       window in seconds, the meta `created` this producer saw last ("" if none),
---       unit state lifetime in seconds (0: forever)
+--       unit state lifetime in seconds (0: forever), [version 6] the packed cells
 -- Returns {status, last, repeated, created, reset}: status 1 applied, 0 duplicate (seq
 -- <= last: already applied), -1 refused because seq ~= last + 1 and allow_gap is "0"
 -- (the producer's earlier batches are missing, e.g. lost by a Redis restart). last is

@@ -1,5 +1,6 @@
 -- strata.lua: the per-(epoch, variant) sufficient statistics a batch adds to `agg`.
--- Expects: ncol, nbm, bcol, n_at, order, pcol, pairs_, agg; finite (numbers.lua).
+-- Expects: ncol, nbm, bcol, n_at, order, pcol, pairs_, agg, n_counted (unit_state.lua);
+-- finite (numbers.lua).
 --
 -- Changes to agg are summed per stratum in Lua tables over all cells, then written with
 -- one HINCRBY(FLOAT) per field: per-cell work builds no field names.

@@ -1,10 +1,12 @@
 -- unit_state.lua: one unit's state [n_u, x_u(m1), ...], its record, and how a cell moves it.
 -- Expects: the batch layout (ncol, nbm, bcol, bbin, pcol, order, nbuiltin, and where a
--- cell holds each metric's value and count: dx_at, n_at, cell_end), [cuped] cov_i, cov_j,
--- cov_flag, [cap] capped; and finite (numbers.lua).
+-- cell holds each metric's value and count: dx_at, n_at, cell_end), the cells (C, the
+-- segment being worked on), [cuped] cov_i, cov_j, cov_flag, [cap] capped; and finite
+-- (numbers.lua).
 --
--- One cell: {unit_hash, epoch, variant, latest, dn, ...}, then each batch metric's value
--- (c[dx_at[i]]) and event count (c[n_at[i]]; a built-in's is dn from version 4 on). Moving a state changes it in place and adds the exact
+-- One cell, at C[b + 1] ...: unit_hash, epoch, variant, latest, dn, then each batch
+-- metric's value (C[b + dx_at[i]]) and event count (C[b + n_at[i]]; a built-in's is dn
+-- from version 4 on). Moving a state changes it in place and adds the exact
 -- change of every sufficient statistic to its stratum's totals: d(x^2) = x1^2 - x0^2,
 -- d(xn) = x1*n1 - x0*n0. In place, and in one pass over the columns: a new table per
 -- cell, and a second pass, were a fifth of the script's CPU (Lua allocates, then sweeps).
