@@ -6,6 +6,7 @@ Real Redis, real flush.lua, through the `EventLog`.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,23 @@ async def test_a_record_from_before_a_column_was_added_reads_zeros_for_it_and_gr
     assert record.state[0] == 2 and record.state[1 + order.index("revenue")] == 2.5
     assert record.state[1 + order.index("clicks")] == 4.0
     assert await redis_client.hget(k.agg, "1|control|clicks|sum_xn") == b"8"  # x_u = 4, n_u = 2
+
+
+@pytest.mark.parametrize(("k", "bad"), [(6, float("nan")), (6, float("inf")), (2, float("-inf"))])
+async def test_a_record_holding_a_number_that_is_not_finite_is_corrupt(
+    redis_client: redis.asyncio.Redis, experiment_name: str, k: int, bad: float
+) -> None:
+    """Whole (k = 6: n_u and the experiment's five columns) or from before columns were added."""
+    exp = make_experiment(experiment_name)
+    k_ = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k_)
+    await script.load()
+    head = struct.pack("<i", 1) + b"control\0" + b"\0" + b"1|control\0" + struct.pack("<ddH", 0.0, 0.0, k)
+    record = head + struct.pack(f"<{k}d", 1.0, *[0.0] * (k - 2), bad)
+    assert keys.decode_unit_record(record).state[-1] != 0  # a record in form, with that number last
+    await redis_client.hset(k_.units, "u|u", record)
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    agg.add_exposure(Exposure("r-u", "u", "control", 1, 0.0, 200, 5.0, False))
+    with pytest.raises(BatchRejected, match=r"corrupt unit record in .*units field u\|u"):
+        await script.apply(agg.batch(producer="p", seq=1), allow_gap=False)
+    assert await redis_client.exists(k_.agg, k_.producers, k_.unit_seen) == 0

@@ -81,9 +81,9 @@ local function unit_of(raw)
     u = short_unit(raw)
     if not u then return nil end
   end
-  for at = S + 1, S + KS do  -- doubles all: finite?
+  for at = S + 1, S + KS do  -- doubles all: finite? (x - x is NaN for NaN and for an infinity)
     local x = u[at]
-    if x ~= x or x == HUGE or x == -HUGE then return nil end
+    if x - x ~= 0 then return nil end
   end
   u[DIRTY] = false
   return u
