@@ -371,16 +371,6 @@ for _, range in ipairs(ranges) do
       if u.legacy then any_legacy = true end
     end
   end
-  for b = (first - 1) * W, (last_cell - 1) * W, W do
-    local u = firsts[C[b + 1]]
-    if C[b + 5] > 0 and not u.legacy then
-      if u[E] == 0 then
-        u[E], u[V] = C[b + 2], C[b + 3]
-      elseif C[b + 3] ~= u[V] and u[M] == 0 then
-        u[M], u.newly = 1, true
-      end
-    end
-  end
   -- Old fields: legacy states per cell, and the state (and report time) of units without
   -- a record (written before it, or held before their exposure), read into their record.
   local fields, wanted, kinds = {}, {}, {}
@@ -449,6 +439,15 @@ for _, range in ipairs(ranges) do
       key = h .. '|' .. stratum_name(e, v)
       st, o, stored_t = cached[key], 0, cov_time[key]
     else
+      -- Its first exposure, or a second variant: a multiple exposure from this cell on (the
+      -- cells come in the order of their first exposure, outcomes alone last).
+      if C[b + 5] > 0 then
+        if u[E] == 0 then
+          u[E], u[V] = C[b + 2], C[b + 3]
+        elseif C[b + 3] ~= u[V] and u[M] == 0 then
+          u[M], u.newly = 1, true
+        end
+      end
       e, v = u[E], u[V]
       if e == 0 then e, v = C[b + 2], C[b + 3] end
       st, o, stored_t = u, S, u[CTIME]
