@@ -8,6 +8,7 @@ answers 413 itself beyond that), calls `handle` and writes the `Reply`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import time
@@ -358,7 +359,12 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[tuple[Lane, Out
             if item.request_id is not None or item.unit is None
             else _by_unit(lane, item, found[lane.name][item.unit], now)
         )
-        out.append(outcome if isinstance(outcome, oc.ItemError) else (lane, outcome))
+        if isinstance(outcome, oc.ItemError):
+            out.append(outcome)
+            continue
+        out.append((lane, outcome))
+        # [cuped] an item's further covariates: the same unit, stratum and report time
+        out.extend((lane, dataclasses.replace(outcome, metric=m, value=v)) for m, v in item.more)
     return out
 
 
