@@ -329,7 +329,7 @@ async def outcomes(router: Router, request: Request) -> Reply:
             continue
         router.metrics.outcomes[(lane.name, o.metric)] += 1
         counts[o.metric] = counts.get(o.metric, 0) + 1
-    return json_reply(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
+    return json_reply(202, {"accepted": len(raw_items), "by_metric": counts, "repeated": repeated})
 
 
 async def _resolve(router: Router, raw_items: list[Any]) -> list[tuple[Lane, Outcome] | oc.ItemError]:

@@ -53,6 +53,9 @@ async def test_covariates_items_are_checked_and_a_bad_one_names_its_field(make_r
     one = await make_router(covariate="prior_clicks")  # the one-covariate experiment takes the object too
     await expose(one, "u1")
     assert (await outcomes(one, {"unit": "u1", "covariates": {"prior_clicks": 2}}))[0] == 202
+    # One item with two covariates is one item accepted, one outcome per covariate.
+    status, body = await outcomes(r, {"unit": "u1", "covariates": {"prior_clicks": 3, "tenure": 1.5}})
+    assert status == 202 and body["accepted"] == 1 and body["by_metric"] == {"prior_clicks": 1, "tenure": 1}
 
 
 async def test_two_covariates_over_http_give_statsmodels_ols_through_abrouter_analyze(
