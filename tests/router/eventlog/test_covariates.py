@@ -89,3 +89,28 @@ def test_the_pairs_the_router_keeps_for_several_covariates() -> None:
     )  # fmt: skip
     one = spec("x")
     assert keys.covariate_pairs(one) == (("conversion", "prior_clicks"), ("revenue", "prior_clicks"))
+
+
+async def test_a_reload_from_one_covariate_to_two_extends_the_units_it_moves(
+    redis_url: str, redis_client: redis.asyncio.Redis, experiment_name: str, tmp_path: Path
+) -> None:
+    metrics = [{"name": "revenue", "kind": "continuous"}]
+    before = spec(experiment_name, metrics=metrics)  # covariate: prior_clicks
+    after = spec(experiment_name, metrics=metrics, covariate=None, covariates=["prior_clicks", "tenure"])
+    log = EventLog(redis_url=redis_url, experiment=before, spill_dir=tmp_path)
+    await log.start()
+    log.register_epoch(1, {"control": 50, "candidate": 50}, since=1000.0)
+    h = keys.unit_hash("u1")
+    log.record_exposure(events.Exposure("r1", h, "control", 1, 1000.0, 200, 5.0, False))
+    log.record_outcome(events.Outcome(h, "control", 1, "prior_clicks", 4.0, 1001.0))
+    log.record_outcome(events.Outcome(h, "control", 1, "revenue", 2.0, 1001.0))
+    await log.flush()
+    log.update_experiment(after)
+    log.record_outcome(events.Outcome(h, "control", 1, "tenure", 3.0, 1002.0))
+    log.record_outcome(events.Outcome(h, "control", 1, "prior_clicks", 9.0, 1003.0))  # later: ignored
+    log.record_outcome(events.Outcome(h, "control", 1, "revenue", 3.0, 1002.0))
+    await log.flush()
+    await log.close()
+    assert log.stats.quarantined == 0
+    (revenue,) = (await reader.read(redis_client, after)).samples("control", "revenue")
+    assert revenue.covariates == MultiSums.from_units([5.0], [[4.0, 3.0]])
