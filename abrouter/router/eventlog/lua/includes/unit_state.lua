@@ -1,7 +1,7 @@
 -- unit_state.lua: one unit's state [n_u, x_u(m1), ...], its record, and how a cell moves it.
 -- Expects: the batch layout (ncol, nbm, bcol, bbin, pcol, order, nbuiltin, and where a
 -- cell holds each metric's value and count: dx_at, n_at, cell_end), [cuped] cov_i, cov_j,
--- cov_flag, [cap] capped; and finite (numbers.lua).
+-- cov_flag, [regression] more_covs, [cap] capped; and finite (numbers.lua).
 --
 -- One cell: {unit_hash, epoch, variant, latest, dn, ...}, then each batch metric's value
 -- (c[dx_at[i]]) and event count (c[n_at[i]]; a built-in's is dn from version 4 on). Moving a state changes it in place and adds the exact
@@ -82,6 +82,38 @@ local cov_col = cov_j and cov_j - 1 or false  -- [cuped] the covariate's column
 local cov_n = cov_i and n_at[cov_i]
 local cov_t = cell_end + 1  -- [cuped] where a cell holds its covariate's report time
 local npairs = #pcol
+-- [regression] Further covariates' columns are set by `set_more`, not the column loop.
+for _, mc in ipairs(more_covs) do col_dx[mc[2] - 1], col_dx[mc[3] - 1] = false, false end
+local nmore = #more_covs
+
+-- [regression] State index `s` (column s - 1) of a unit counted with n_u = n1 set to `b`,
+-- and the change added to the stratum's totals; false if `b` is not finite.
+local function put(acc, state, s, b, n1)
+  if b ~= b or b == HUGE or b == -HUGE then return false end
+  local a, j, w1 = state[s], s - 1, n1 > 0 and 1 or 0
+  acc.sum[j] = acc.sum[j] + w1 * (b - a)
+  acc.sum_sq[j] = acc.sum_sq[j] + w1 * (b * b - a * a)
+  acc.sum_xn[j] = acc.sum_xn[j] + (b - a) * n1
+  state[s] = b
+  return true
+end
+
+-- [regression] Each further covariate the cell carries is taken if the unit has none yet or
+-- this one was reported earlier than the stored one (whose time its flag column holds).
+-- Returns nil, or the column whose new value is not finite.
+local function set_more(acc, state, c, n1)
+  for q = 1, nmore do
+    local mc = more_covs[q]
+    if c[n_at[mc[1]]] > 0 then
+      local t, stored = c[cell_end + mc[4]] or 0, state[mc[3]]
+      if stored == 0 or (t > 0 and t < stored) then
+        if not put(acc, state, mc[2], c[dx_at[mc[1]]], n1) then return order[mc[2] - 1] end
+        put(acc, state, mc[3], t > 0 and t or 1, n1)
+      end
+    end
+  end
+  return nil
+end
 
 -- Moves `state` (in place) by cell `c`, n_u to `n1`, and adds the change to the stratum's
 -- totals `acc`. [held] A unit's values count in the sums only once it has an exposure
@@ -139,6 +171,10 @@ local function move(acc, state, c, n1, stored_t)
       sum_xn[j] = sum_xn[j] + (b * n1 - a * n0)
       state[j + 1] = b
     end
+  end
+  if nmore > 0 then  -- [regression] before the products: they take the new values
+    local bad = set_more(acc, state, c, n1)
+    if bad then return nil, bad end
   end
   state[1] = n1
   if xy0 then
