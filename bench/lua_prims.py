@@ -72,7 +72,8 @@ TESTS = {
     "cjson, version 4, latency to 3 decimals": decode(V4_CELL.replace("37.123456789012345", "37.123")),
     "cjson, version 5 (the cells in one flat array)": decode(V4_CELL[1:-1]),
     "struct, version 6 (packed, 500 cells per call)": (
-        "for i = 1, N / 1000 do local a = {struct.unpack(SEG, packed, 1)}; local b = {struct.unpack(SEG, packed, a[#a])} end"
+        "for i = 1, N / 1000 do local a = {struct.unpack(SEG, packed, 1)};"
+        " local b = {struct.unpack(SEG, packed, a[#a])} end"
     ),
     "a unit: one table, one pcall(struct.unpack) (flush.lua now)": (
         "local F = HEAD .. 'dddddd'; for i = 1, N do local u = {pcall(struct.unpack, F, rec)} end"

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("sim_ratio_coverage.py", ["--runs", "3"], "pareto"),
         ("sim_cuped_ratio.py", ["--runs", "3"], "power at +10%"),
         ("sim_cuped_per_request.py", ["--runs", "3"], "latency per request"),
+        ("sim_two_covariates.py", ["--runs", "20"], "ratio two/one"),
         ("sim_latency_quantile.py", ["--runs", "2", "--requests", "300"], "normal(50, 3) vs normal(52, 3)"),
         ("sim_secondary_fdr.py", ["--runs", "2"], "bh   :"),
         ("kill_loss.py", ["--kills", "1", "--seconds", "1", "--concurrency", "4"], "| kill | answered | lost"),

@@ -391,8 +391,25 @@ def _cuped_note(experiment: spec.Experiment, result: AnalysisResult) -> str:
     adjusted = [c for c in result.comparisons if c.cuped]
     if not adjusted:
         return ""
+    if len(experiment.covariates) > 1:  # [regression] which covariates adjusted each comparison
+        items = ", ".join(
+            f"{c.metric} for {c.variant} by {' + '.join(_adjusted_by(experiment, c.metric))} "
+            f"{-c.variance_reduction:+.1%}"
+            for c in adjusted
+        )
+        names = ", ".join(f"<b>{html.escape(n)}</b>" for n in experiment.covariates)
+        return (
+            f"<p>CUPED: means, lifts and tests are adjusted by regression on the pre-exposure covariates "
+            f"{names} (ratios by the first); variance change: {html.escape(items)}.</p>"
+        )
     items = ", ".join(f"{c.metric} for {c.variant} {-c.variance_reduction:+.1%}" for c in adjusted)
     return (
         f"<p>CUPED: means, lifts and tests are adjusted by the pre-exposure covariate "
         f"<b>{html.escape(experiment.covariate or '')}</b>; variance change: {html.escape(items)}.</p>"
     )
+
+
+def _adjusted_by(experiment: spec.Experiment, metric: str) -> tuple[str, ...]:
+    """[regression] The covariates that adjust `metric`: all of them, a ratio's the first only."""
+    ratio = any(m.name == metric and m.is_ratio for m in experiment.metrics)
+    return experiment.covariates[:1] if ratio else experiment.covariates

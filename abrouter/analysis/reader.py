@@ -22,7 +22,9 @@ Samples, per (epoch, variant) stratum with n = the stratum's units:
   Σc_u, Σc_u² (the covariate's column) and Σx_u·c_u (``sum_xy``) per stratum, and the
   adjusted ratios (`Experiment.cuped_ratios`) their numerator's Σx_u·c_u and their
   denominator's Σy_u·c_u (a built-in's ``sum_xy`` too; the exposures' Σn_u·c_u is the
-  covariate column's ``sum_xn``);
+  covariate column's ``sum_xn``); [regression] with several covariates the mean metrics
+  carry all k instead (`MultiSums`: Σc_i, Σc_i², Σx·c_i and Σc_i·c_j, products the router
+  keeps as pairs, `keys.covariate_pairs`), and the ratios the first covariate's sums;
 - built-ins (errors, latency_ms, and slow_requests when the spec sets ``slow_request``):
   per-request ratios Σx_u / Σn_u, with the denominator sums the delta method needs
   (den_sum = exposures, den_sum_sq = Σn_u², sum_products = Σx_u·n_u);
@@ -40,6 +42,7 @@ import redis
 from abrouter import redisclient
 from abrouter.analysis import data as d
 from abrouter.analysis.errors import SourceError
+from abrouter.analysis.stats.multisums import MultiSums
 from abrouter.analysis.stats.sample import Sample
 from abrouter.contract import keys as schema
 from abrouter.contract.experiment import EXPOSURES, SLOW_REQUESTS, Experiment, Metric, Variant
@@ -262,8 +265,10 @@ def _covariate(
         for name in (*experiment.cuped_metrics, *experiment.cuped_builtins)
     }
     for name in experiment.cuped_metrics:
-        samples[name] = dataclasses.replace(
-            samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=products[name]
+        samples[name] = (
+            _several(s, samples[name], name, experiment.covariates)
+            if len(experiment.covariates) > 1
+            else dataclasses.replace(samples[name], cov_sum=cov.sum, cov_sum_sq=cov.sum_sq, cov_products=products[name])
         )
     products[EXPOSURES] = cov.sum_xn  # Σn_u·c_u: the covariate column's own cross product with n_u
     for m in experiment.cuped_ratios:  # Σx·c and Σy·c are its parts' products with the covariate
@@ -275,6 +280,31 @@ def _covariate(
             den_cov_products=products[m.denominator or ""],
         )
     return dataclasses.replace(stratum, metrics=samples)
+
+
+def _several(s: schema.StratumSums, sample: Sample, name: str, covariates: tuple[str, ...]) -> Sample:
+    """[regression] Mean metric `name`'s `sample` with its k covariates' sums (`MultiSums`): Σc_i, Σc_i²
+    (c_i's column), Σx·c_i (the pair (name, c_i)), Σc_i·c_j (the pair (c_i, c_j), i < j)."""
+    none = schema.MetricSums()
+    cols = [s.metrics.get(c) or none for c in covariates]
+    xy = (s.metrics.get(name) or none).sum_xy
+    k = len(covariates)
+
+    def cross(i: int, j: int) -> float:
+        if i == j:
+            return cols[i].sum_sq
+        lo, hi = min(i, j), max(i, j)
+        return cols[lo].sum_xy.get(covariates[hi], 0.0)
+
+    sums = MultiSums(
+        n=float(sample.n),
+        sum=sample.sum,
+        sum_sq=sample.sum if sample.sum_sq is None else sample.sum_sq,
+        cov_sum=tuple(c.sum for c in cols),
+        cov_products=tuple(xy.get(c, 0.0) for c in covariates),
+        cov_cross=tuple(tuple(cross(i, j) for j in range(k)) for i in range(k)),
+    )
+    return dataclasses.replace(sample, covariates=sums)
 
 
 # [/cuped]

@@ -226,6 +226,14 @@ def spec_schema() -> dict[str, Any]:
                 ),
             },
             "covariate": _string(NAME_PATTERN, "CUPED: the pre-exposure covariate clients report per unit"),
+            "covariates": {
+                "type": "array",
+                "description": "CUPED by regression: several pre-exposure covariates clients report per unit "
+                "(instead of covariate)",
+                "items": _string(NAME_PATTERN),
+                "minItems": 1,
+                "maxItems": experiment.MAX_COVARIATES,
+            },
             "match": match_schema(),
             "analysis": analysis_schema(),
             "paused": {"type": "boolean", "description": "true stops all automation: the analyzer writes only status"},

@@ -306,7 +306,7 @@ def _cuped_ratios(metrics: tuple[Metric, ...], covariate: str | None) -> None:
             continue
         path = f"metrics[{i}].cuped"
         if covariate is None:
-            raise ConfigError(path, "needs the experiment's covariate: add `covariate: <name>` or drop cuped")
+            raise ConfigError(path, "needs the experiment's covariate: add `covariates: [<name>]` or drop cuped")
         for part, name in (("numerator", m.numerator), ("denominator", m.denominator)):
             _cuped_part(metrics, path, part, name or "")
 
@@ -322,13 +322,34 @@ def _cuped_part(metrics: tuple[Metric, ...], path: str, part: str, name: str) ->
         )
 
 
-def _covariate(value: Any, metric_names: set[str]) -> str | None:
-    if value is None:
-        return None
-    name = fields.string(value, "covariate", _NAME, "a name of letters, digits, '-', '_' or '.'")
+#: [cuped] At most this many covariates: the router keeps k·m + k(k−1)/2 cross products per
+#: stratum for m adjusted metrics, and a regression on many covariates needs many units.
+MAX_COVARIATES = 8
+
+
+def _covariates(one: Any, several: Any, metric_names: set[str]) -> tuple[str, ...]:
+    """``covariate: a`` (one) or ``covariates: [a, b, ...]`` (any), not both."""
+    if one is not None and several is not None:
+        raise ConfigError("covariates", "give covariate (one) or covariates (a list), not both")
+    if one is not None:
+        return (_covariate_name(one, "covariate", metric_names),)
+    if several is None:
+        return ()
+    names = fields.list_of(several, "covariates")
+    if not 1 <= len(names) <= MAX_COVARIATES:
+        raise ConfigError("covariates", f"must list 1 to {MAX_COVARIATES} names, got {len(names)}")
+    out = tuple(_covariate_name(v, f"covariates[{i}]", metric_names) for i, v in enumerate(names))
+    for i, name in enumerate(out):
+        if name in out[:i]:
+            raise ConfigError(f"covariates[{i}]", f"{name!r} is listed twice")
+    return out
+
+
+def _covariate_name(value: Any, path: str, metric_names: set[str]) -> str:
+    name = fields.string(value, path, _NAME, "a name of letters, digits, '-', '_' or '.'")
     if name in metric_names or name == EXPOSURES:
         # Its per-unit sums live in the same columns as the metrics' (`keys.metric_order`).
-        raise ConfigError("covariate", f"{name!r} is already a metric's name; pick another")
+        raise ConfigError(path, f"{name!r} is already a metric's name; pick another")
     return name
 
 
@@ -490,7 +511,7 @@ def parse(data: Any) -> Experiment:
         analysis=_analysis(r.get("analysis", {}), "analysis", metric_names),
         exposures=_exposures(r.get("exposures", []), "exposures"),
         slow_request_s=slow_request_s,
-        covariate=_covariate(r.get("covariate", None), metric_names),  # [cuped]
+        covariates=_covariates(r.get("covariate", None), r.get("covariates", None), metric_names),  # [cuped]
         match=_match(r.get("match", {}), "match"),
     )
     r.done()

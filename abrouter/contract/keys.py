@@ -193,25 +193,35 @@ def metric_order(experiment: Experiment) -> tuple[str, ...]:
 
 
 # [cuped]
-#: The column flagging that a unit's covariate is set: ``<covariate>~set``, binary (a max).
+#: The column flagging that a unit's covariate is set: ``<covariate>~set``. The first
+#: covariate's is 1 (binary, a max; its value's report time is the unit record's); a further
+#: covariate's holds the report time of its value (0: none), as flush.lua keeps it.
 COVARIATE_SET_SUFFIX = "~set"
 
 
 def covariate_columns(experiment: Experiment) -> tuple[str, ...]:
-    """(covariate, covariate~set) when the experiment declares a covariate, else ()."""
-    c = experiment.covariate
-    return () if c is None else (c, c + COVARIATE_SET_SUFFIX)
+    """(covariate, covariate~set) per covariate the experiment declares, in its order; () without."""
+    return tuple(name for c in experiment.covariates for name in (c, c + COVARIATE_SET_SUFFIX))
 
 
 def covariate_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
-    """(metric, covariate) for every metric the covariate adjusts, then for every built-in an
+    """(metric, covariate) for every metric the first covariate adjusts, then for every built-in an
     adjusted ratio names (`Experiment.cuped_builtins`): flush.lua keeps their Σx_u·c_u.
 
     A built-in is a column like any other, so its pair is an ordinary product to flush.lua.
     The exposures need none: their Σn_u·c_u is the covariate column's ``sum_xn``.
+    [regression] With several covariates, then (metric, c_i) for each further covariate and
+    each adjusted metric, and (c_i, c_j), i < j, for the Gram matrix (Σc_i² is c_i's
+    ``sum_sq``). Ratios are adjusted by the first covariate only, so they need no more.
     """
-    c = experiment.covariate
-    return () if c is None else tuple((m, c) for m in (*experiment.cuped_metrics, *experiment.cuped_builtins))
+    if not experiment.covariates:
+        return ()
+    first, *rest = experiment.covariates
+    pairs = [(m, first) for m in (*experiment.cuped_metrics, *experiment.cuped_builtins)]
+    pairs += [(m, c) for c in rest for m in experiment.cuped_metrics]
+    cs = experiment.covariates
+    pairs += [(cs[i], cs[j]) for i in range(len(cs)) for j in range(i + 1, len(cs))]
+    return tuple(pairs)
 
 
 # [/cuped]

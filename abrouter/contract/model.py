@@ -234,12 +234,19 @@ class Experiment:
     #: arrival to the end of the response) counts in the built-in ``slow_requests``. None:
     #: not measured, and the default ``slow_requests`` guardrail is left out.
     slow_request_s: float | None = None
-    #: [cuped] The name of the pre-exposure covariate clients report per unit
-    #: (``{"unit": ..., "covariate": 3.0}``), e.g. the unit's clicks in the 28 days before
-    #: the experiment; None: no CUPED. It adjusts every metric in `cuped_metrics`.
-    covariate: str | None = None
+    #: [cuped] The names of the pre-exposure covariates clients report per unit
+    #: (``{"unit": ..., "covariate": 3.0}`` for one, ``{"unit": ..., "covariates": {"a": 3.0,
+    #: "b": 1.0}}`` for any), e.g. the unit's clicks in the 28 days before the experiment;
+    #: empty: no CUPED. They adjust every metric in `cuped_metrics` (one by CUPED, several by
+    #: regression adjustment); the ratios in `cuped_ratios` by the first (`covariate`).
+    covariates: tuple[str, ...] = ()
     #: Which requests belong to this experiment when one router serves several.
     match: Match = field(default_factory=Match)
+
+    @property
+    def covariate(self) -> str | None:
+        """[cuped] The first covariate (the one that adjusts ratios), None without any."""
+        return self.covariates[0] if self.covariates else None
 
     @property
     def control(self) -> Variant:

@@ -52,8 +52,10 @@ def to_dict(e: Experiment) -> dict[str, Any]:
             "secondary_correction": a.secondary_correction,
         },
     }
-    if e.covariate is not None:  # [cuped]
-        out["covariate"] = e.covariate
+    if len(e.covariates) == 1:  # [cuped] the one-covariate spelling, as most specs write it
+        out["covariate"] = e.covariates[0]
+    elif e.covariates:
+        out["covariates"] = list(e.covariates)
     if not e.match.is_everything:
         out["match"] = _match_dict(e.match)
     return out

@@ -8,6 +8,7 @@ answers 413 itself beyond that), calls `handle` and writes the `Reply`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import time
@@ -328,7 +329,7 @@ async def outcomes(router: Router, request: Request) -> Reply:
             continue
         router.metrics.outcomes[(lane.name, o.metric)] += 1
         counts[o.metric] = counts.get(o.metric, 0) + 1
-    return json_reply(202, {"accepted": len(resolved), "by_metric": counts, "repeated": repeated})
+    return json_reply(202, {"accepted": len(raw_items), "by_metric": counts, "repeated": repeated})
 
 
 async def _resolve(router: Router, raw_items: list[Any]) -> list[tuple[Lane, Outcome] | oc.ItemError]:
@@ -358,7 +359,12 @@ async def _resolve(router: Router, raw_items: list[Any]) -> list[tuple[Lane, Out
             if item.request_id is not None or item.unit is None
             else _by_unit(lane, item, found[lane.name][item.unit], now)
         )
-        out.append(outcome if isinstance(outcome, oc.ItemError) else (lane, outcome))
+        if isinstance(outcome, oc.ItemError):
+            out.append(outcome)
+            continue
+        out.append((lane, outcome))
+        # [cuped] an item's further covariates: the same unit, stratum and report time
+        out.extend((lane, dataclasses.replace(outcome, metric=m, value=v)) for m, v in item.more)
     return out
 
 

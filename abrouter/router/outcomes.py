@@ -14,7 +14,8 @@ the event happened): an outcome whose event_id was already recorded within
 unit's pre-exposure covariate, for an experiment that declares one (``covariate: NAME``):
 no metric, value or event_id. It is set once per unit: the first value recorded stays and
 a later one is ignored (the router cannot tell a retry from a correction), so it is safe
-to resend.
+to resend. With several covariates (``covariates: [a, b]``), ``{"unit": "u1", "covariates":
+{"a": 3.0, "b": 1.0}}`` reports any of them at once, each set once by its earliest report.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from abrouter.router.errors import BatchError
 MAX_BATCH = 1000
 MAX_ID_LENGTH = 512
 #: ``experiment`` names the experiment of a unit's outcome when the router serves several.
-_ALLOWED = {"request_id", "unit", "metric", "value", "event_id", "covariate", "experiment"}
+_ALLOWED = {"request_id", "unit", "metric", "value", "event_id", "covariate", "covariates", "experiment"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class OutcomeItem:
     request_id: str | None
     unit: str | None
     event_id: str | None = None
+    #: [cuped] Further (covariate, value) pairs the same item reports (``covariates``).
+    more: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
     who = _who(index, raw)
     if isinstance(who, ItemError):
         return who
-    if "covariate" in raw:  # [cuped]
+    if "covariate" in raw or "covariates" in raw:  # [cuped]
         return _covariate(index, raw, experiment, who)
     metric = raw.get("metric")
     try:
@@ -107,16 +110,41 @@ def validate_item(index: int, raw: Any, experiment: Experiment) -> OutcomeItem |
 def _covariate(
     index: int, raw: Mapping[str, Any], experiment: Experiment, who: tuple[str | None, str | None]
 ) -> OutcomeItem | ItemError:
-    """``{"unit": ..., "covariate": 3.0}``: the unit's pre-exposure covariate, set once."""
-    if experiment.covariate is None:
-        return ItemError(index, "covariate", "this experiment declares no covariate (spec: `covariate: NAME`)")
-    extra = sorted(set(raw) & {"metric", "value", "event_id"})
+    """``{"unit": ..., "covariate": 3.0}`` (one covariate) or ``{"unit": ..., "covariates": {"a":
+    3.0, ...}}`` (any of them): the unit's pre-exposure covariates, each set once."""
+    field = "covariates" if "covariates" in raw else "covariate"
+    if not experiment.covariates:
+        return ItemError(index, field, "this experiment declares no covariate (spec: `covariates: [NAME, ...]`)")
+    extra = sorted(set(raw) & {"metric", "value", "event_id", "covariate"} - {field})
     if extra:
-        return ItemError(index, extra[0], "a covariate item takes only unit (or request_id) and covariate")
-    value = _value(index, raw["covariate"], "continuous", field="covariate")
-    if isinstance(value, ItemError):
-        return value
-    return OutcomeItem(index=index, metric=experiment.covariate, value=value, request_id=who[0], unit=who[1])
+        return ItemError(index, extra[0], f"a covariate item takes only unit (or request_id) and {field}")
+    values = _covariate_values(index, raw[field], experiment.covariates, field)
+    if isinstance(values, ItemError):
+        return values
+    (metric, value), *more = values
+    return OutcomeItem(index=index, metric=metric, value=value, request_id=who[0], unit=who[1], more=tuple(more))
+
+
+def _covariate_values(index: int, raw: Any, names: tuple[str, ...], field: str) -> list[tuple[str, float]] | ItemError:
+    """[(name, value)] of a ``covariate`` number (one declared) or a ``covariates`` object."""
+    if field == "covariate":
+        if len(names) > 1:
+            return ItemError(
+                index, field, f"this experiment has several: send covariates: {{name: value}} of {list(names)}"
+            )
+        raw = {names[0]: raw}
+    elif not isinstance(raw, Mapping) or not raw:
+        return ItemError(index, field, f"must be a non-empty object of covariate name to number, of {list(names)}")
+    out: list[tuple[str, float]] = []
+    for name, v in raw.items():
+        path = field if field == "covariate" else f"{field}.{name}"
+        if name not in names:
+            return ItemError(index, path, f"unknown covariate {name!r}; declared: {', '.join(names)}")
+        value = _value(index, v, "continuous", field=path)
+        if isinstance(value, ItemError):
+            return value
+        out.append((name, value))
+    return out
 
 
 # [/cuped]

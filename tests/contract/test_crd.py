@@ -148,6 +148,7 @@ def test_the_spec_schema_has_exactly_the_models_fields() -> None:
     written["match"]["headers"] = None  # free-form: any header name
     # A balanced ramp's rest variant refuses shadows, which RICH has (test_balanced_ramp.py).
     written["analysis"]["ramp_rest"] = None
+    written["covariates"] = None  # several covariates; RICH has one, written as `covariate`
     assert schema == written
 
 
@@ -253,7 +254,17 @@ INVALID = {
     "cap as a string": _set("metrics.2.cap", "100"),
     "cuped as a string": _set("metrics.2.cuped", "no"),
     "bad covariate name": _set("covariate", "-prior"),
+    "empty covariates": lambda spec: _several(spec, []),
+    "bad name in covariates": lambda spec: _several(spec, ["prior", "-x"]),
+    "covariates not a list": lambda spec: _several(spec, "prior"),
+    "nine covariates": lambda spec: _several(spec, [f"c{i}" for i in range(9)]),
 }
+
+
+def _several(spec: dict[str, Any], covariates: Any) -> None:
+    """[regression] `covariates` in place of RICH's one `covariate`."""
+    del spec["covariate"]
+    spec["covariates"] = covariates
 
 
 @pytest.mark.parametrize("name", sorted(INVALID))

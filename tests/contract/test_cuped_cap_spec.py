@@ -163,3 +163,35 @@ def test_a_ratio_over_the_exposures_or_of_a_built_in_is_adjusted_when_it_says_cu
     # Without an adjusted ratio of a built-in, no built-in pair: nothing more per cell.
     only_exposures = model.parse(_spec(metrics=metrics[:2]))
     assert only_exposures.cuped_builtins == () and keys.covariate_pairs(only_exposures) == (("clicks", "prior_clicks"),)
+
+
+# [regression] several covariates
+def test_covariates_list_several_and_covariate_is_the_one_element_case() -> None:
+    e = model.parse(_spec(covariate=None, covariates=["prior_clicks", "tenure"]))
+    assert e.covariates == ("prior_clicks", "tenure") and e.covariate == "prior_clicks"
+    assert e.cuped_metrics == ("conversion", "revenue")
+    assert model.to_dict(e)["covariates"] == ["prior_clicks", "tenure"] and "covariate" not in model.to_dict(e)
+    assert model.parse(model.to_dict(e)) == e
+    assert keys.metric_order(e)[-4:] == ("prior_clicks", "prior_clicks~set", "tenure", "tenure~set")
+    one = model.parse(_spec(covariate=None, covariates=["prior_clicks"]))
+    assert one == model.parse(_spec()) and model.to_dict(one)["covariate"] == "prior_clicks"
+
+
+@pytest.mark.parametrize(
+    ("covariates", "path", "message"),
+    [
+        ([], "covariates", "1 to 8 names"),
+        ([f"c{i}" for i in range(9)], "covariates", "1 to 8 names"),
+        ("prior", "covariates", "list"),
+        (["prior", "revenue"], "covariates[1]", "already a metric"),
+        (["prior", "bad name"], "covariates[1]", "a name of letters"),
+        (["prior", "prior"], "covariates[1]", "listed twice"),
+    ],
+)
+def test_bad_covariates_are_rejected_naming_the_field(covariates: Any, path: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        model.parse(_spec(covariate=None, covariates=covariates))
+    assert info.value.path == path and message in info.value.message
+    with pytest.raises(ConfigError) as both:
+        model.parse(_spec(covariates=["tenure"]))
+    assert both.value.path == "covariates" and "not both" in both.value.message

@@ -107,8 +107,8 @@ OUTCOME_FIELDS = ("type", "request_id", "unit_hash", "variant", "epoch", "ts", "
 
 
 def binary_metrics(experiment: Experiment) -> frozenset[str]:
-    """Columns whose x_u is a max: binary metrics, and [cuped] the covariate's set flag."""
-    flag = keys.covariate_columns(experiment)[1:]
+    """Columns whose x_u is a max: binary metrics, and [cuped] the covariates' set flags."""
+    flag = keys.covariate_columns(experiment)[1::2]
     return frozenset(m.name for m in experiment.metrics if m.kind == "binary") | frozenset(flag)
 
 
@@ -120,15 +120,15 @@ def ratio_pairs(experiment: Experiment) -> tuple[tuple[str, str], ...]:
 class ColumnRules(TypedDict):
     """The Aggregator's keyword arguments beyond the columns: [cuped], [cap] and [latency]."""
 
-    covariate: str | None
+    covariates: tuple[str, ...]
     caps: dict[str, float]
     slow_ms: float | None
 
 
 def column_rules(experiment: Experiment) -> ColumnRules:
-    """[cuped] the covariate column (set once per unit), [cap] the caps by metric, [latency] the slow threshold."""
+    """[cuped] the covariate columns (each set once per unit), [cap] caps by metric, [latency] the slow threshold."""
     caps = {m.name: m.cap for m in experiment.metrics if m.cap is not None}
-    return ColumnRules(covariate=experiment.covariate, caps=caps, slow_ms=slow_ms(experiment))
+    return ColumnRules(covariates=experiment.covariates, caps=caps, slow_ms=slow_ms(experiment))
 
 
 def slow_ms(experiment: Experiment) -> float | None:
@@ -184,7 +184,7 @@ class Aggregator:
         binary: Collection[str],
         products: Sequence[tuple[str, str]] = (),
         *,
-        covariate: str | None = None,
+        covariates: Sequence[str] = (),
         caps: Mapping[str, float] | None = None,
         slow_ms: float | None = None,
         shards: int = 1,
@@ -204,8 +204,9 @@ class Aggregator:
         self._events: list[Event] = []
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
-        self._covariate: str | None = None  # [cuped]
-        self._covariate_ts: dict[tuple[str, int, str], float] = {}  # [cuped] cell -> report time of its value
+        self._covariates: tuple[str, ...] = ()  # [cuped]
+        #: [cuped] covariate -> cell -> report time of the value the cell carries
+        self._covariate_ts: dict[str, dict[tuple[str, int, str], float]] = {}
         self._caps: dict[str, float] = {}  # [cap]
         # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
         self._latency: dict[tuple[int, str], list[int]] = {}
@@ -213,7 +214,7 @@ class Aggregator:
         #: The experiment's shards (`keys.shard_of`): with more than one, `encode` also
         #: builds the payload of each shard (`Batch.parts`).
         self._shards = shards
-        self.extend_metrics(metrics, binary, products, covariate=covariate, caps=caps, slow_ms=slow_ms)
+        self.extend_metrics(metrics, binary, products, covariates=covariates, caps=caps, slow_ms=slow_ms)
 
     def __len__(self) -> int:
         return len(self._events)
@@ -229,24 +230,27 @@ class Aggregator:
         binary: Collection[str],
         products: Sequence[tuple[str, str]] = (),
         *,
-        covariate: str | None = None,
+        covariates: Sequence[str] = (),
         caps: Mapping[str, float] | None = None,
         slow_ms: float | None = None,
     ) -> None:
         """Adopt a longer metric list (a config reload); existing metrics keep their place.
 
         `products` are the column pairs (numerator, denominator; metric, covariate):
-        flush.lua keeps their Σ x_u·y_u. Both must be among `metrics`. [cuped] `covariate`
-        names the column that is set once per unit (its flag column `keys.COVARIATE_SET_SUFFIX`
-        must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
+        flush.lua keeps their Σ x_u·y_u. Both must be among `metrics`. [cuped] `covariates`
+        name the columns that are set once per unit (each one's flag column
+        `keys.COVARIATE_SET_SUFFIX` must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
         [latency] A request slower than `slow_ms` counts in ``slow_requests`` (None: none does).
         """
         self._slow_ms = math.inf if slow_ms is None else slow_ms
         # [cuped] [cap] the latest spec's rules: a reload may add or change them.
-        if covariate is not None:
+        for covariate in covariates:
             if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
                 raise ValueError(f"covariate {covariate!r} and its flag column must be among the metrics")
-            self._covariate = covariate
+        if covariates:
+            self._covariates = tuple(covariates)
+            for covariate in covariates:
+                self._covariate_ts.setdefault(covariate, {})
         self._caps = dict(caps or {})
         for pair in products:
             if not set(pair) <= set(metrics) | set(self._offset):
@@ -299,7 +303,7 @@ class Aggregator:
             raise ValueError(f"outcome for unknown metric {o.metric!r}; known: {known}")
         if not math.isfinite(o.value) or abs(o.value) > MAX_ABS_VALUE:
             raise ValueError(f"outcome value must be finite and at most {MAX_ABS_VALUE:g} in magnitude, got {o.value}")
-        if o.metric == self._covariate:  # [cuped]
+        if o.metric in self._covariate_ts:  # [cuped]
             return self._add_covariate(o, at)
         if o.event_id is not None:
             self._events.append(o)  # the audit keeps every accepted row, repeats included
@@ -337,10 +341,11 @@ class Aggregator:
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
-        reported = self._covariate_ts.get(key)
+        times = self._covariate_ts[o.metric]
+        reported = times.get(key)
         if reported is None or o.ts < reported:
             cell[at] = o.value
-            self._covariate_ts[key] = o.ts
+            times[key] = o.ts
         cell[at + 1] += 1
         cell[self._offset[o.metric + keys.COVARIATE_SET_SUFFIX]] = 1
         self._events.append(o)
@@ -361,8 +366,8 @@ class Aggregator:
         dx_slow_requests, dx_m, count_m, ...]``, ``width`` values each, packed one after
         another into `Batch.cells` (`BATCH_VERSION` 6, `cells.Packer`).
 
-        [cuped] With a covariate, each cell row ends with the report time of the
-        covariate value it carries (0 when it carries none).
+        [cuped] With covariates, each cell row ends with the report time of the value it
+        carries of each covariate, in the order of ``covariates`` (0 when it carries none).
         ``latest`` is 1 on the cell of the unit's last exposure in this batch, whose
         stratum the script stores in ``units[h]``; 2 on the cell of a request without a
         unit id (`Exposure.anonymous`), for which the script keeps no unit state; 3 on a
@@ -385,9 +390,9 @@ class Aggregator:
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
         # `_exposed` is in that order already; no sort of 50k keys in one piece.
         exposed, cells = self._exposed, self._cells
-        if self._covariate is not None:  # [cuped] each row ends with its covariate's report time
-            reported = self._covariate_ts
-            cells = {key: [*cell, reported.get(key, 0.0)] for key, cell in cells.items()}
+        if self._covariates:  # [cuped] each row ends with its covariates' report times
+            times = [self._covariate_ts[c] for c in self._covariates]
+            cells = {key: [*cell, *(t.get(key, 0.0) for t in times)] for key, cell in cells.items()}
         rows: Iterable[list[object] | None] = itertools.chain(
             ([*key, flag(key), *cells[key]] for key in exposed),
             (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
@@ -401,7 +406,7 @@ class Aggregator:
         # per shard: a unit's rows keep their order within its shard.
         by_shard = (yield from _by_shard(rows, 0, n, slice_size)) if n > 1 else [rows]
         keyed_by_shard = (yield from _by_shard(keyed, 1, n, slice_size)) if n > 1 else [keyed]
-        width = 4 + len(self._zero) + (self._covariate is not None)
+        width = 4 + len(self._zero) + len(self._covariates)  # [cuped] a report time each
         packer = cells_.Packer(width)
         packed: list[tuple[bytes, int]] = []
         keyed_texts: list[str] = []
@@ -424,8 +429,10 @@ class Aggregator:
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
-        if self._covariate is not None:  # [cuped]
-            payload["covariate"] = self._covariate
+        if len(self._covariates) == 1:  # [cuped] as before several covariates
+            payload["covariate"] = self._covariates[0]
+        elif self._covariates:
+            payload["covariates"] = list(self._covariates)
         if self._caps:  # [cap]
             payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
         if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}

@@ -129,7 +129,7 @@ end
 -- SEG cells into one flat table, a third of what cjson took for the same values
 -- (bench/lua_prims.py). The cells are then in segments (`segs`, `seg_n` cells each), and C
 -- is the segment being worked on.
-local min_width = cell_end + (batch.covariate and 1 or 0)
+local min_width = cell_end + (batch.covariates and #batch.covariates or batch.covariate and 1 or 0)  -- report times
 local C, W
 local segs, seg_n = {}, {}
 local function malformed(what)
@@ -189,13 +189,24 @@ for p, pair in ipairs(pairs_) do pcol[p] = {col[pair[1]], col[pair[2]]} end
 -- time (written before report times were kept) stays. Its flag column "<covariate>~set"
 -- (binary, a max) says the unit has one, so a first value of 0 is kept too. Σx·c of each adjusted metric is an ordinary pair in
 -- batch.products, so it is right whether the covariate comes before or after outcomes.
+-- [regression] batch.covariates (several; one is sent as batch.covariate): the first is
+-- kept as above, each further one likewise set once by its earliest report, the report
+-- time of its value held in its own flag column (0: none), so the record needs no field
+-- for it. A cell brings covariate k's report time at cell[cell_end + k].
+local covs = batch.covariates or {batch.covariate}
 local cov_i, cov_j, cov_flag = nil, nil, nil  -- batch index, state index of value and flag
 local cov_time = {}  -- [legacy] state field h|e|v -> report time of its covariate (false: none)
-if batch.covariate then
+local more_covs = {}  -- [regression] {batch index, state index of value, of flag, k}
+for k, name in ipairs(covs) do
+  local at
   for i, m in ipairs(batch.metrics) do
-    if m == batch.covariate then cov_i = i end
+    if m == name then at = i end
   end
-  cov_j, cov_flag = col[batch.covariate] + 1, col[batch.covariate .. '~set'] + 1
+  if k == 1 then
+    cov_i, cov_j, cov_flag = at, col[name] + 1, col[name .. '~set'] + 1
+  elseif at then
+    more_covs[#more_covs + 1] = {at, col[name] + 1, col[name .. '~set'] + 1, k}
+  end
 end
 -- [/cuped]
 

@@ -1,8 +1,8 @@
 -- unit_state.lua: one unit's state [n_u, x_u(m1), ...], its record, and how a cell moves it.
 -- Expects: the batch layout (ncol, nbm, bcol, bbin, pcol, order, nbuiltin, and where a
 -- cell holds each metric's value and count: dx_at, n_at, cell_end), the cells (C, the
--- segment being worked on), [cuped] cov_i, cov_j, cov_flag, [cap] capped; and finite
--- (numbers.lua).
+-- segment being worked on), [cuped] cov_i, cov_j, cov_flag, [regression] more_covs, [cap]
+-- capped; and finite (numbers.lua).
 --
 -- One cell, at C[b + 1] ...: unit_hash, epoch, variant, latest, dn, then each batch
 -- metric's value (C[b + dx_at[i]]) and event count (C[b + n_at[i]]; a built-in's is dn
@@ -118,6 +118,39 @@ for i = 1, nbm do
   end
 end
 local ncounted = #counted
+-- [regression] Further covariates' columns are set by `set_more`, not the column loop.
+for _, mc in ipairs(more_covs) do col_dx[mc[2] - 1], col_dx[mc[3] - 1] = false, false end
+local nmore = #more_covs
+
+-- [regression] State index `s` (column s - 1) of a state (`st`, at offset `o`: see `move`)
+-- counted with n_u = n1 set to `x`, and the change added to the stratum's totals; false if
+-- `x` is not finite.
+local function put(acc, st, o, s, x, n1)
+  if x ~= x or x == HUGE or x == -HUGE then return false end
+  local a, j, w1 = st[o + s], s - 1, n1 > 0 and 1 or 0
+  acc.sum[j] = acc.sum[j] + w1 * (x - a)
+  acc.sum_sq[j] = acc.sum_sq[j] + w1 * (x * x - a * a)
+  acc.sum_xn[j] = acc.sum_xn[j] + (x - a) * n1
+  st[o + s] = x
+  return true
+end
+
+-- [regression] Each further covariate the cell carries is taken if the unit has none yet or
+-- this one was reported earlier than the stored one (whose time its flag column holds).
+-- Returns nil, or the column whose new value is not finite.
+local function set_more(acc, st, o, b, n1)
+  for q = 1, nmore do
+    local mc = more_covs[q]
+    if C[b + n_at[mc[1]]] > 0 then
+      local t, stored = C[b + cell_end + mc[4]] or 0, st[o + mc[3]]
+      if stored == 0 or (t > 0 and t < stored) then
+        if not put(acc, st, o, mc[2], C[b + dx_at[mc[1]]], n1) then return order[mc[2] - 1] end
+        put(acc, st, o, mc[3], t > 0 and t or 1, n1)
+      end
+    end
+  end
+  return nil
+end
 
 -- Moves a state (in place; `st`, n_u at st[o + 1] and column j at st[o + j + 1]: a unit's, o = S,
 -- or [legacy] a bare state, o = 0) by the cell at C[b + 1], n_u to `n1`, and adds the change to the stratum's
@@ -177,6 +210,10 @@ local function move(acc, st, o, b, n1, stored_t)
       sum_xn[j] = sum_xn[j] + (x * n1 - a * n0)
       st[o + j + 1] = x
     end
+  end
+  if nmore > 0 then  -- [regression] before the products: they take the new values
+    local bad = set_more(acc, st, o, b, n1)
+    if bad then return nil, bad end
   end
   st[o + 1] = n1
   if xy0 then
