@@ -306,7 +306,7 @@ local MX = '~mx'
 local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
-local order_u, order_f, nunits = {}, {}, 0  -- the units in the order first met, their records' fields
+local order_u, order_f, nunits = {}, {}, 0  -- the units (tables) in the order first met, their records' fields
 
 -- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
 -- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
@@ -345,25 +345,25 @@ for _, range in ipairs(ranges) do
   local first, last_cell = range[2], range[3]
   -- The records of the chunk's units not met before in this batch.
   -- firsts[h] holds the unit's first cell (its offset b) until the unit is read: one map.
-  local hs, names, at, k = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
+  local hs, names, at, nh = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
   for b = (first - 1) * W, (last_cell - 1) * W, W do
     local h = C[b + 1]
     if not firsts[h] then
-      k = k + 1
-      hs[k], names[k], at[k] = h, h .. '|u', b
+      nh = nh + 1
+      hs[nh], names[nh], at[nh] = h, h .. '|u', b
       firsts[h] = b
     end
   end
-  local raws = k > 0 and redis.call('HMGET', units, unpack(names)) or {}
+  local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}
   local bare = {}  -- units without a record: their old fields, if any
-  for k, h in ipairs(hs) do
-    local raw = raws[k]
+  for k = 1, nh do  -- (not ipairs: it calls a function per step)
+    local h, raw = hs[k], raws[k]
     if raw then
       local u = unit_of(raw)
       if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
       firsts[h] = u
       nunits = nunits + 1
-      order_u[nunits], order_f[nunits] = h, names[k]
+      order_u[nunits], order_f[nunits] = u, names[k]
     else
       bare[#bare + 1] = k
     end
@@ -378,7 +378,7 @@ for _, range in ipairs(ranges) do
       if not u then return {-2, last, 0, bad} end
       firsts[h] = u
       nunits = nunits + 1
-      order_u[nunits], order_f[nunits] = h, names[k]
+      order_u[nunits], order_f[nunits] = u, names[k]
       if u.legacy then any_legacy = true end
     end
   end
@@ -520,7 +520,7 @@ end
 -- record names an older granule).
 local records, nrec = {}, 0
 for i = 1, nunits do
-  local u = firsts[order_u[i]]
+  local u = order_u[i]
   if u[DIRTY] then
     local field = order_f[i]
     local fresh = u[U_GRANULE] == granule_end
