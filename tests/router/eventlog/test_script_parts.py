@@ -61,6 +61,37 @@ async def test_packed_cells_that_are_not_whole_cells_refuse_the_batch_whole(
     assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
 
 
+async def test_keyed_outcomes_fold_into_packed_cells_of_many_segments_as_into_json_cells(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """More cells than one struct.unpack reads (segments of 6,000 values: 500 cells of 12 here)
+    and keyed outcomes, some for units in the last segment, some for units without a cell:
+    the segments are joined before the keyed rows fold in, and store what version 5 stores."""
+    stored = []
+    for suffix, version in (("-v6", None), ("-v5", 5)):
+        name = experiment_name + suffix
+        exp = make_experiment(name)
+        flush = FlushScript(redis_client, keys.Keys(name))
+        await flush.load()
+        agg = events.Aggregator(keys.metric_order(exp), events.binary_metrics(exp))
+        for i in range(1200):
+            agg.add_exposure(Exposure(f"r{i}", f"u{i}", "control", 1, 0.0, 200, 1.5, False))
+        for i in range(1150, 1250):  # the last 50 exposed units, and 50 without a cell
+            agg.add_outcome(Outcome(f"u{i}", "control", 1, "revenue", 2.0, 0.0, event_id=f"k{i}"))
+        batch = agg.batch(producer="p", seq=1)
+        assert json.loads(batch.payload)["ncells"] == 1200 and len(json.loads(batch.payload)["keyed"]) == 100
+        if version is not None:
+            payload, packed = cells.as_version(batch.payload, batch.cells, version)
+            batch = dataclasses.replace(batch, payload=payload, cells=packed)
+        assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
+        k = keys.Keys(name)
+        stored.append((await redis_client.hgetall(k.agg), await redis_client.hgetall(k.units)))
+    (agg6, units6), (agg5, units5) = stored
+    assert agg6 == agg5 and units6 == units5
+    assert agg6[b"1|control|revenue|events"] == b"100" and agg6[b"1|control|units"] == b"1200"
+    assert float(agg6[b"1|control|revenue|sum"]) == 100.0  # the 50 without an exposure are held
+
+
 def _rich_experiment(name: str) -> model.Experiment:
     """Every kind of column a cell can carry: built-ins, binary, capped, a ratio pair, a covariate."""
     return model.parse(
