@@ -122,14 +122,15 @@ local function flatten(nested, min_width)
   end
   return flat, width
 end
---
+
 -- [issue 15: version 6] The cells come apart from the document, in ARGV[11], packed by
 -- `struct`: per cell h and v zero-terminated, every number a little-endian double ("<sds"
 -- then width - 3 "d"), batch.ncells of them. One struct.unpack reads a segment of up to
 -- SEG cells into one flat table, a third of what cjson took for the same values
 -- (bench/lua_prims.py). The cells are then in segments (`segs`, `seg_n` cells each), and C
 -- is the segment being worked on.
-local min_width = cell_end + (batch.covariates and #batch.covariates or batch.covariate and 1 or 0)  -- report times
+-- A cell ends with a report time per covariate.
+local min_width = cell_end + (batch.covariates and #batch.covariates or batch.covariate and 1 or 0)
 local C, W
 local segs, seg_n = {}, {}
 local function malformed(what)
