@@ -88,6 +88,7 @@ examples:
   abrouter plan --baseline 0.05 --mde 0.01                 # 5% -> 6% conversion, absolute
   abrouter plan --baseline 0.05 --mde 0.1 --relative       # 5% -> 5.5%, a 10% relative lift
   abrouter plan --baseline 0.05 --mde 0.1 --relative --variants 3 --traffic 20000
+  abrouter plan --baseline 0.05 --mde 0.1 --relative --config exp.yaml --traffic 20000
 
 Convention: a two-sided two-proportion z-test at level alpha with the unpooled variance
 under the alternative, n = (z[1-a/2] + z[power])^2 (p1(1-p1) + p2(1-p2)) / (p2-p1)^2
@@ -95,7 +96,8 @@ units per arm, with alpha split over the comparisons with the control (Bonferron
 more than two variants. The analyzer counts only the final ramp step's data, and the
 step into it waits for the burn-in, so the total adds the ramp's earlier steps or the
 burn-in's users, whichever is more (--ramp, --burn-in, --min-units-per-arm: the spec's
-values; --balanced when it sets analysis.ramp_rest, whose users are not compared);
+values; --balanced when it sets analysis.ramp_rest, whose users are not compared; with
+--config they, --variants and --alpha are read from the spec, and a flag given wins);
 duration = that total / --traffic, assuming every unit is new. n itself is a
 fixed-horizon size. The analyzer's promotion test spends alpha on information time up to
 analysis.expected_units_per_arm: set it to this n and it has about the same power at n,
@@ -199,21 +201,32 @@ def _register_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     p.add_argument("--relative", action="store_true", help="--mde is relative to the baseline (0.1 = +10%%)")
     p.add_argument("--power", type=float, default=0.8, help="chance to detect the effect (default: %(default)s)")
-    p.add_argument("--alpha", type=float, default=0.05, help="two-sided false-positive rate (default: %(default)s)")
-    p.add_argument("--variants", type=int, default=2, help="arms including the control (default: %(default)s)")
+    defaults = AnalysisSettings()
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="an experiment spec: --variants (its compared arms), --alpha, --ramp, --balanced, "
+        "--min-units-per-arm and --burn-in are read from it; a flag given too wins",
+    )
+    p.add_argument(
+        "--alpha", type=float, help=f"two-sided false-positive rate (default: the spec's, else {defaults.alpha})"
+    )
+    p.add_argument(
+        "--variants", type=int, help="arms including the control (default: the spec's compared arms, else 2)"
+    )
     p.add_argument(
         "--traffic",
         type=float,
         metavar="UNITS_PER_DAY",
         help="new units per day entering the experiment, for the expected duration",
     )
-    defaults = AnalysisSettings()
+    ramp = ",".join(f"{s:g}" for s in defaults.ramp)
     p.add_argument(
         "--ramp",
         type=_percents,
-        default=defaults.ramp,
-        metavar="5,25,50",
-        help="the spec's analysis.ramp: the candidates' share per step, percent ('' for none; default: %(default)s)",
+        metavar=ramp,
+        help=f"the spec's analysis.ramp: the candidates' share per step, percent ('' for none; default: {ramp})",
     )
     p.add_argument(
         "--balanced",
@@ -223,15 +236,13 @@ def _register_plan(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument(
         "--min-units-per-arm",
         type=int,
-        default=defaults.min_units_per_arm,
-        help="the spec's analysis.min_units_per_arm (default: %(default)s)",
+        help=f"the spec's analysis.min_units_per_arm (default: {defaults.min_units_per_arm})",
     )
     p.add_argument(
         "--burn-in",
         type=float,
-        default=defaults.burn_in_s / 86400,
         metavar="DAYS",
-        help="the spec's analysis.burn_in, in days (default: %(default)g)",
+        help=f"the spec's analysis.burn_in, in days (default: {defaults.burn_in_s / 86400:g})",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=plan)
@@ -317,6 +328,7 @@ def _load_configs(paths: list[Path], files: SpecFiles) -> None:
 
 
 def plan(args: argparse.Namespace) -> int:
+    _plan_settings(args)
     _check_plan(args)
     from abrouter.analysis.stats.power import rollout, sample_size  # scipy: only when plan runs
 
@@ -386,6 +398,21 @@ def _print_rollout(steps: Rollout, args: argparse.Namespace) -> None:
         print(
             f"with the ramp: {steps.total_units:,} units in all (if the guardrails pass as soon as each step is full)"
         )
+
+
+def _plan_settings(args: argparse.Namespace) -> None:
+    """Fill what no flag gave from --config's spec, else from `AnalysisSettings` (each default written once)."""
+    settings, variants, rest = AnalysisSettings(), 2, None
+    if args.config is not None:
+        experiment = SpecFiles().load(args.config)  # a bad spec: ConfigError, exit 2 naming the file and field
+        settings, rest = experiment.analysis, experiment.analysis.ramp_rest
+        variants = sum(1 for v in experiment.variants if not v.shadow and v.name != rest)
+    args.variants = variants if args.variants is None else args.variants
+    args.alpha = settings.alpha if args.alpha is None else args.alpha
+    args.ramp = settings.ramp if args.ramp is None else args.ramp
+    args.balanced = args.balanced or rest is not None
+    args.min_units_per_arm = settings.min_units_per_arm if args.min_units_per_arm is None else args.min_units_per_arm
+    args.burn_in = settings.burn_in_s / 86400 if args.burn_in is None else args.burn_in
 
 
 def _check_plan(args: argparse.Namespace) -> None:

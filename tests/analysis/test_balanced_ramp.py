@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,31 @@ def test_plan_balanced_on_the_command_line(capsys: pytest.CaptureFixture[str]) -
     assert (doc["final_units"], doc["ramp_units"], doc["balanced"]) == (124_924, 10_000, True)
     assert cli.main([*argv, "--ramp", "5,60", "--balanced"]) == 2
     assert "--balanced: needs a --ramp whose final step leaves the control" in capsys.readouterr().err
+
+
+def test_plan_reads_the_ramp_the_rest_and_the_arms_from_a_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--config: the spec's compared arms (not the rest), alpha, ramp, balance, minimum and burn-in; flags win."""
+    path = tmp_path / "b.json"
+    analysis = {"ramp": [5, 25], "alpha": 0.01, "min_units_per_arm": 300, "burn_in": "2d"}
+    path.write_text(json.dumps(spec(**analysis)))
+    argv = ["plan", "--baseline", "0.05", "--mde", "0.1", "--relative", "--json", "--traffic", "1000"]
+    spelled = ["--variants", "2", "--alpha", "0.01", "--ramp", "5,25", "--balanced", "--min-units-per-arm", "300"]
+
+    def plan(*extra: str) -> dict[str, object]:
+        assert cli.main([*argv, *extra]) == 0
+        return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
+
+    from_spec = plan("--config", str(path))
+    assert from_spec == plan(*spelled, "--burn-in", "2")
+    assert (from_spec["variants"], from_spec["alpha"], from_spec["balanced"]) == (2, 0.01, True)
+    assert from_spec["ramp_units"] == 300 / 0.05 and from_spec["burn_in_units"] == 2 * 1000
+    assert from_spec != plan()  # the defaults differ: the spec was read
+    assert plan("--config", str(path), "--burn-in", "0")["burn_in_units"] == 0  # a flag given wins
+    path.write_text(json.dumps(spec(ramp=[5, 60])))
+    assert cli.main([*argv, "--config", str(path)]) == 2
+    assert f"{path}, line 1: analysis.ramp_rest: the final ramp step 60% leaves no room" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ closed loop
