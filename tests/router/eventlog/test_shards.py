@@ -157,6 +157,22 @@ def test_split_sends_each_unit_to_its_shard_and_the_rest_to_shard_0() -> None:
     assert all(d["epochs"] == [] and d["n"] == 0 and d["latency"] == [] for d in docs[1:])
 
 
+@pytest.mark.parametrize("version", [2, 4, 5])
+def test_split_of_an_older_batch_keeps_its_layout(version: int) -> None:
+    """A spill file of a router from before packed cells, replayed into a sharded experiment:
+    each part is in the batch's own layout, and the parts hold the same cells as the whole."""
+    exp = make_experiment("split")
+    batch = _batch(exp, random_events(random.Random(6), 100), 1)
+    payload, _ = cells_.as_version(batch.payload, batch.cells, version)
+    parts = list(shards.split(payload, batch.events, 3))
+    docs = [json.loads(p) for p, _, packed in parts if packed == b""]
+    assert len(docs) == 3 and all(d["v"] == version and "ncells" not in d for d in docs)
+    assert all(("width" in d) == (version == 5) for d in docs)
+    got = [c for d in docs for c in cells_.cells_of(d)]
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, cells_.cells_of(json.loads(payload))))
+    assert all(keys.shard_of(c[0], 3) == i for i, d in enumerate(docs) for c in cells_.cells_of(d))
+
+
 def test_an_aggregator_that_knows_the_shards_encodes_the_parts_split_would_make() -> None:
     """`Batch.parts`, built from the rows as they are encoded, are `split`'s parts of the same
     batch (no JSON decode and re-encode on the event loop), and the whole payload still splits
