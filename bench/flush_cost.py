@@ -12,11 +12,13 @@ one Redis (AOF on, everysec, as in production), interleaved over `--rounds`:
   plain commands that carry the information;
 - flush (after): flush.lua as it is now (`FlushScript`);
 - flush (before): flush.lua from `--before-ref`, given the same batches as version 2,
-  which every script since then knows (`events.as_version`: version 4's cells spelled out
+  which every script since then knows (`cells.as_version`: version 6's cells spelled out
   in the old layout; version 3 was version 2's document).
 
 Redis CPU is the ``used_cpu_user + used_cpu_sys`` delta of ``INFO cpu`` around each
-phase, per event; the longest single script call comes from SLOWLOG (threshold 0).
+phase, per event; the longest single script call comes from SLOWLOG (threshold 0, on for
+the script phases only: logging each of the floor's commands inflated the floor by about a
+third before 2026-12-05 18:40, and every ratio to it read too low).
 The largest call is also measured for one batch of `--big` events (a router at
 saturation whose buffer filled, before batches were bounded). Prints a Markdown table.
 """
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from abrouter.contract import experiment as model  # noqa: E402
 from abrouter.contract import keys  # noqa: E402
-from abrouter.router.eventlog import events, script  # noqa: E402
+from abrouter.router.eventlog import cells, events, script  # noqa: E402
 from abrouter.router.redis_server import RedisServer  # noqa: E402
 
 
@@ -86,8 +88,16 @@ async def cpu(client: redis.asyncio.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-async def measured(client: redis.asyncio.Redis, run: Callable[[], Awaitable[None]]) -> tuple[float, float]:
-    """(Redis CPU seconds, the longest script call in ms) of `run`."""
+async def measured(
+    client: redis.asyncio.Redis, run: Callable[[], Awaitable[None]], *, slowlog: bool = True
+) -> tuple[float, float]:
+    """(Redis CPU seconds, the longest script call in ms) of `run`.
+
+    The SLOWLOG that times the calls logs every command (threshold 0): for the floor's one
+    HINCRBY per event that is an entry per event, a third of its CPU, so the floor runs
+    with it off (`slowlog` False), as a production Redis would run those commands.
+    """
+    await client.config_set("slowlog-log-slower-than", 0 if slowlog else -1)
     await client.slowlog_reset()
     before = await cpu(client)
     await run()
@@ -98,15 +108,16 @@ async def measured(client: redis.asyncio.Redis, run: Callable[[], Awaitable[None
 
 
 def as_version_2(batch: events.Batch) -> events.Batch:
-    """The same batch as version 2, for a flush.lua from before versions 3 and 4: the cells
-    in the layout of versions 1-3 (`events.as_version`: every built-in's count spelled out)."""
-    return dataclasses.replace(batch, payload=events.as_version(batch.payload, 2))
+    """The same batch as version 2, for a flush.lua from before versions 3 to 6: the cells as
+    JSON in the layout of versions 1-3 (`cells.as_version`: every built-in's count spelled out)."""
+    payload, _ = cells.as_version(batch.payload, batch.cells, 2)
+    return dataclasses.replace(batch, payload=payload, cells=b"")
 
 
 def script_args(batch: events.Batch) -> tuple[str, ...]:
     caps = (str(keys.EVENTS_MAXLEN), str(keys.EVENTS_MAX_RAW), repr(float(keys.OUTCOME_ID_WINDOW_S)))
     ttl = repr(7 * 86_400.0)  # outcome_ttl's default: unit ages are kept (and expired) as in production
-    return (batch.producer, str(batch.seq), "1", batch.payload, batch.events, *caps, "", ttl)
+    return (batch.producer, str(batch.seq), "1", batch.payload, batch.events, *caps, "", ttl, batch.cells)
 
 
 async def apply_all(client: redis.asyncio.Redis, source: str, k: keys.Keys, batches: list[events.Batch]) -> None:
@@ -154,7 +165,6 @@ async def main(args: argparse.Namespace) -> None:
         client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)  # a loaded machine's long calls
         info = await client.info("server")
         print(f"redis-server {info['redis_version']} ({server.binary})")
-        await client.config_set("slowlog-log-slower-than", 0)
         await client.config_set("slowlog-max-len", 100_000)
         for text in sources.values():
             await client.script_load(text)
@@ -171,7 +181,9 @@ async def main(args: argparse.Namespace) -> None:
                 if label == "before":
                     batches = [as_version_2(b) for b in batches]
                 results[label].append(await measured(client, lambda t=text, b=batches, k=k: apply_all(client, t, k, b)))
-            results["floor"].append(await measured(client, lambda: floor(client, "bench-floor", recorded)))
+            results["floor"].append(
+                await measured(client, lambda: floor(client, "bench-floor", recorded), slowlog=False)
+            )
         floor_us = statistics.median(u for u, _ in results["floor"]) / n_events * 1e6
         print(f"{n_events} events per round in batches of {args.batch}, {args.units} units, {args.rounds} rounds")
         print("(Redis CPU from INFO cpu, median of rounds; longest call from SLOWLOG)\n")

@@ -5,9 +5,10 @@
 Each line runs one primitive `--n` times in one EVAL on a private Redis and reports the
 script's own time per iteration (Redis's TIME before and after, best of 3): building a
 field name, a table of 8 named fields (a unit's `info`), a table of 7 numbers (a state),
-unpacking and packing a record with `struct`, and decoding 1,000 cells with cjson in the
-layouts of batch versions 3 and 4. A floor for what a script that keeps per-unit state in
-Lua can cost per event.
+unpacking and packing a record with `struct`, decoding 1,000 cells with cjson in the
+layouts of batch versions 3 to 5 and unpacking them with `struct` as version 6 packs them,
+and a unit read as flush.lua reads it now (one table from one `struct.unpack`). A floor
+for what a script that keeps per-unit state in Lua can cost per event.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ for i = 1, N do hs[i] = string.format('%016x', i * 7919) end
 local HEAD = '<i4sBsddH'
 local rec = struct.pack(HEAD .. 'dddddd', 1, 'control', 0, '1|control', 1.5e9, 0, 6, 3, 0, 47.5, 0, 1, 12.5)
 local function cells(cell) return '[' .. string.rep(cell .. ',', 999) .. cell .. ']' end
+-- version 6: 1,000 cells like V4_CELL, packed ("<sds" then doubles), read 500 per call
+local CELL = 'sds' .. string.rep('d', 9)
+local one = struct.pack('<' .. CELL, '0123456789abcdef', 1, 'control', 1, 1, 0, 37.123456789012345, 0, 0, 0, 0, 0)
+local packed = string.rep(one, 1000)
+local SEG = '<' .. string.rep(CELL, 500)
 local t0 = now()
 """
 
@@ -64,6 +70,14 @@ TESTS = {
     "cjson, a cell of version 3 (15 values)": decode(V3_CELL),
     "cjson, a cell of version 4 (12 values)": decode(V4_CELL),
     "cjson, version 4, latency to 3 decimals": decode(V4_CELL.replace("37.123456789012345", "37.123")),
+    "cjson, version 5 (the cells in one flat array)": decode(V4_CELL[1:-1]),
+    "struct, version 6 (packed, 500 cells per call)": (
+        "for i = 1, N / 1000 do local a = {struct.unpack(SEG, packed, 1)};"
+        " local b = {struct.unpack(SEG, packed, a[#a])} end"
+    ),
+    "a unit: one table, one pcall(struct.unpack) (flush.lua now)": (
+        "local F = HEAD .. 'dddddd'; for i = 1, N do local u = {pcall(struct.unpack, F, rec)} end"
+    ),
 }
 
 

@@ -69,7 +69,7 @@ def split_way(recorded: list[events.Event], n: int) -> tuple[float, float]:
     steps = agg.encode(producer="bench", seq=1)
     encode, encode_longest = timed(steps)
     batch = aggregator(recorded, 1).batch(producer="bench", seq=1)
-    rest, rest_longest = timed(shards.split(batch.payload, batch.events, n))
+    rest, rest_longest = timed(shards.split(batch.payload, batch.events, n, batch.cells))
     return encode + rest, max(encode_longest, rest_longest)
 
 

@@ -22,6 +22,7 @@ from typing import TypedDict
 from abrouter.contract import keys
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract.keys import LATENCY_BUCKETS, LATENCY_EDGES_MS, MAX_ABS_VALUE
+from abrouter.router.eventlog import cells as cells_
 from abrouter.router.eventlog import slices
 
 
@@ -66,9 +67,10 @@ Event = Exposure | Outcome
 class Batch:
     """One flush, ready for ``flush.lua`` (and, while Redis is away, for the spill file).
 
-    `payload` is the JSON document the script decodes; `events` the raw events
-    (`encode_events`), passed through untouched to the audit stream (Lua's cjson would
-    round floats such as timestamps to 14 digits).
+    `payload` is the JSON document the script decodes; `cells` (from version 6) its cells,
+    packed (`abrouter.router.eventlog.cells`); `events` the raw events (`encode_events`),
+    passed through untouched to the audit stream (Lua's cjson would round floats such as
+    timestamps to 14 digits).
     """
 
     producer: str
@@ -81,6 +83,9 @@ class Batch:
     #: re-encode (`shards.split` does that for a batch without them, e.g. from the spill
     #: file, which keeps `payload` only). Shard 0's raw events are `events`; the others' none.
     parts: tuple[str, ...] = ()
+    cells: bytes = b""
+    #: The packed cells of each of `parts`.
+    part_cells: tuple[bytes, ...] = ()
 
 
 #: The batch format's version (``v`` in the payload; absent means 1). flush.lua refuses a
@@ -90,21 +95,10 @@ class Batch:
 #: docs/storage.md): a script from before refuses it rather than write the old fields.
 #: 4: cells without the built-ins' counts (always the cell's n): ``[h, e, v, latest, n,
 #: dx_errors, dx_latency_ms, dx_slow_requests, dx_m, count_m, ...]``; less to decode in Redis.
-BATCH_VERSION = 4
-
-
-def as_version(payload: str, version: int) -> str:
-    """A version-4 payload in the cell layout of versions 1-3 (each built-in's count, the
-    cell's n, after its value), marked `version`: what a flush.lua from before version 4
-    reads. For tests and bench/flush_cost.py's "before" script; the router sends version 4."""
-    doc = json.loads(payload)
-    nb = doc.get("builtins", 2)
-    cells = []
-    for c in doc["cells"]:
-        head, values = c[:5], c[5:]
-        cells.append([*head, *(x for dx in values[:nb] for x in (dx, c[4])), *values[nb:]])
-    doc["cells"], doc["v"] = cells, version
-    return json.dumps(doc)
+#: 5: the same cells as one flat array, ``width`` values each: flush.lua builds no Lua table
+#: per cell. 6: the cells apart from the document, packed with `struct` (`Batch.cells`,
+#: `abrouter.router.eventlog.cells`), the document saying how many (``ncells``) and how wide.
+BATCH_VERSION = 6
 
 
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
@@ -369,7 +363,8 @@ class Aggregator:
 
     def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_errors, dx_latency_ms,
-        dx_slow_requests, dx_m, count_m, ...]`` (`BATCH_VERSION` 4).
+        dx_slow_requests, dx_m, count_m, ...]``, ``width`` values each, packed one after
+        another into `Batch.cells` (`BATCH_VERSION` 6, `cells.Packer`).
 
         [cuped] With covariates, each cell row ends with the report time of the value it
         carries of each covariate, in the order of ``covariates`` (0 when it carries none).
@@ -411,10 +406,12 @@ class Aggregator:
         # per shard: a unit's rows keep their order within its shard.
         by_shard = (yield from _by_shard(rows, 0, n, slice_size)) if n > 1 else [rows]
         keyed_by_shard = (yield from _by_shard(keyed, 1, n, slice_size)) if n > 1 else [keyed]
-        cell_texts: list[str] = []
+        width = 4 + len(self._zero) + len(self._covariates)  # [cuped] a report time each
+        packer = cells_.Packer(width)
+        packed: list[tuple[bytes, int]] = []
         keyed_texts: list[str] = []
         for part in by_shard:
-            cell_texts.append((yield from slices.encode_rows(part, slice_size)))
+            packed.append((yield from slices.pack_rows(part, packer.pack, slice_size)))
         for part in keyed_by_shard:
             keyed_texts.append((yield from slices.encode_rows(part, slice_size)))
         raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
@@ -423,11 +420,12 @@ class Aggregator:
             "v": BATCH_VERSION,
             "metrics": self._metrics,
             "binary": sorted(self._binary),
-            "cells": slices.slot("cells"),
+            "ncells": sum(count for _, count in packed),
             "epochs": [[str(e), info] for e, info in self._epochs.items()],
             "keyed": slices.slot("keyed"),
             "n": len(self._events),
             "builtins": len(BUILTIN_METRICS),
+            "width": width,
         }
         if self._products:
             payload["products"] = [list(p) for p in self._products]
@@ -439,23 +437,26 @@ class Aggregator:
             payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
         if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
             payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in self._latency.items()]
-        whole = {"cells": slices.join_arrays(cell_texts), "keyed": slices.join_arrays(keyed_texts)}
         parts: tuple[str, ...] = ()
         if n > 1:
             # Shard 0 takes the epochs, the latency histogram and the raw events (with n).
-            rest = slices.JSON.encode({**payload, "epochs": [], "latency": [], "n": 0})
-            first = slices.JSON.encode(payload)
+            rest = {**payload, "epochs": [], "latency": [], "n": 0}
             parts = tuple(
-                slices.splice(first if i == 0 else rest, {"cells": cell_texts[i], "keyed": keyed_texts[i]})
+                slices.splice(
+                    slices.JSON.encode({**(payload if i == 0 else rest), "ncells": packed[i][1]}),
+                    {"keyed": keyed_texts[i]},
+                )
                 for i in range(n)
             )
         return Batch(
             producer=producer,
             seq=seq,
-            payload=slices.splice(slices.JSON.encode(payload), whole),
+            payload=slices.splice(slices.JSON.encode(payload), {"keyed": slices.join_arrays(keyed_texts)}),
             events=raw_events,
             n_events=len(self._events),
             parts=parts,
+            cells=b"".join(blob for blob, _ in packed),
+            part_cells=tuple(blob for blob, _ in packed) if n > 1 else (),
         )
 
 

@@ -126,6 +126,7 @@ class FlushScript:
             *self._caps,
             self.created,
             self._unit_ttl,
+            batch.cells,
         )
         try:
             reply = await self._evalsha(args)
@@ -146,7 +147,7 @@ class FlushScript:
             self.reset_at = float(created)
         self.created = created
 
-    async def _evalsha(self, args: tuple[str, ...]) -> list[Any]:
+    async def _evalsha(self, args: tuple[str | bytes, ...]) -> list[Any]:
         try:
             return await call_redis(self._client.evalsha(self._sha, len(self._keys), *self._keys, *args))
         except EventLogUnavailable as exc:

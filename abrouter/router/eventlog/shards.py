@@ -38,6 +38,7 @@ from abrouter import redisclient
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected, EventLogUnavailable
 from abrouter.router.eventlog import acks, events
+from abrouter.router.eventlog import cells as cells_
 from abrouter.router.eventlog.script import FlushScript, call_redis
 
 log = logging.getLogger("abrouter.router.eventlog.log")
@@ -45,8 +46,8 @@ log = logging.getLogger("abrouter.router.eventlog.log")
 GAP, DUPLICATE, APPLIED = -1, 0, 1
 
 
-def split(payload: str, raw_events: str, shards: int) -> Iterator[tuple[str, str]]:
-    """Pure: a batch's (payload, raw events) as one (payload, raw events) per shard, in shard order.
+def split(payload: str, raw_events: str, shards: int, packed: bytes = b"") -> Iterator[tuple[str, str, bytes]]:
+    """Pure: a batch's (payload, raw events, packed cells) as one of each per shard, in shard order.
 
     Cells and keyed outcomes go to their unit's shard; epochs, the latency histogram and
     the raw events (the audit stream, with ``n``) to shard 0; the columns to every shard.
@@ -58,17 +59,27 @@ def split(payload: str, raw_events: str, shards: int) -> Iterator[tuple[str, str
     than the batch alone costs (bench/shard_split.py).
     """
     doc = json.loads(payload)
-    cells: list[list[Any]] = [[] for _ in range(shards)]
     keyed: list[list[Any]] = [[] for _ in range(shards)]
-    for cell in doc.get("cells", ()):
-        cells[keys.shard_of(cell[0], shards)].append(cell)
     for row in doc.get("keyed", ()):
         keyed[keys.shard_of(row[1], shards)].append(row)
+    cells: list[Any] = [[] for _ in range(shards)]
+    if doc.get("v", 1) >= 6:  # packed: each cell's bytes as they are
+        for h, start, end in cells_.spans(packed, int(doc["width"])):
+            cells[keys.shard_of(h, shards)].append(packed[start:end])
+    else:
+        for cell in cells_.cells_of(doc):
+            cells[keys.shard_of(cell[0], shards)].append(cell)
     for i in range(shards):
-        part = {**doc, "cells": cells[i], "keyed": keyed[i]}
+        part, part_packed = {**doc, "keyed": keyed[i]}, b""
+        if doc.get("v", 1) >= 6:
+            part["ncells"], part_packed = len(cells[i]), b"".join(cells[i])
+        elif doc.get("v", 1) == 5:
+            part["cells"] = [x for cell in cells[i] for x in cell]
+        else:
+            part["cells"] = cells[i]
         if i > 0:
             part.update(epochs=[], latency=[], n=0)
-        yield json.dumps(part, separators=(",", ":")), raw_events if i == 0 else "[]"
+        yield json.dumps(part, separators=(",", ":")), raw_events if i == 0 else "[]", part_packed
 
 
 def combine(replies: list[tuple[int, int, int]]) -> tuple[int, int, int]:
@@ -187,13 +198,15 @@ class ShardedFlush:
         # Parts the Aggregator encoded (no decode here); a batch without them (the spill
         # file's, or cut before the layout was known) is split.
         whole = (
-            zip(batch.parts, (batch.events, *["[]"] * (n - 1)))
+            zip(batch.parts, (batch.events, *["[]"] * (n - 1)), batch.part_cells or [b""] * n)
             if len(batch.parts) == n
-            else split(batch.payload, batch.events, n)
+            else split(batch.payload, batch.events, n, batch.cells)
         )
-        for part, (payload, raw) in zip(self.parts, whole):
+        for part, (payload, raw, packed) in zip(self.parts, whole):
             try:
-                shard_batch = dataclasses.replace(batch, payload=payload, events=raw, parts=())
+                shard_batch = dataclasses.replace(
+                    batch, payload=payload, events=raw, parts=(), cells=packed, part_cells=()
+                )
                 replies.append(await part.apply(shard_batch, allow_gap=allow_gap))
             except BatchRejected as exc:
                 refused = refused or exc

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -47,6 +47,22 @@ def encode_rows(rows: Iterable[Sequence[object] | None], size: int = SLICE) -> G
             parts.append(JSON.encode(kept)[1:-1])
         yield
     return "[" + ",".join(parts) + "]"
+
+
+def pack_rows(
+    rows: Iterable[Sequence[object] | None], pack: Callable[[Sequence[object]], bytes], size: int = SLICE
+) -> Generator[None, None, tuple[bytes, int]]:
+    """`rows` packed one after another (None rows left out) and how many, `size` rows at a
+    time with a yield after each slice, like `encode_rows`."""
+    parts: list[bytes] = []
+    count = 0
+    it = iter(rows)
+    while chunk := list(itertools.islice(it, size)):
+        kept = [pack(row) for row in chunk if row is not None]
+        parts += kept
+        count += len(kept)
+        yield
+    return b"".join(parts), count
 
 
 def join_arrays(texts: Sequence[str]) -> str:

@@ -7,12 +7,15 @@ check the structure that keeps them short.
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
+from abrouter.router.eventlog import cells as cells_
 from abrouter.router.eventlog import events, log, slices, spill
 from abrouter.router.eventlog.events import Aggregator, Exposure, Outcome
 
@@ -53,7 +56,8 @@ def test_encoding_yields_after_every_slice_and_gives_the_same_batch() -> None:
     assert yields == sum(math.ceil(n / 100) for n in looked_at) + 1  # and one after the last join
     assert batch == agg.batch(producer="p", seq=1)
     payload = json.loads(batch.payload)
-    assert len(payload["cells"]) == cells and payload["cells"][-1][0] == "only-outcome"  # exposed cells first
+    rows = cells_.cells_of(payload, batch.cells)
+    assert len(rows) == cells and rows[-1][0] == "only-outcome"  # exposed cells first
     assert len(payload["keyed"]) == keyed and len(json.loads(batch.events)) == raw
 
 
@@ -80,14 +84,17 @@ async def test_the_event_loop_runs_between_slices() -> None:
 def test_a_spill_line_holds_the_payload_verbatim_and_old_lines_still_read(tmp_path: Path) -> None:
     batch = full_aggregator().batch(producer="p", seq=7)
     line = spill.encode(batch)
-    header, payload, raw = line.rstrip(b"\n").split(b"\t")
+    header, payload, raw, packed = line.rstrip(b"\n").split(b"\t")
     assert payload == batch.payload.encode() and raw == batch.events.encode()  # nothing re-escaped
+    assert base64.b64decode(packed) == batch.cells and batch.cells
     assert json.loads(header) == {"producer": "p", "seq": 7, "n": batch.n_events}
     assert spill.decode(line) == batch
+    older = dataclasses.replace(batch, payload=cells_.as_version(batch.payload, batch.cells, 5)[0], cells=b"")
     old = json.dumps(
-        {"producer": "p", "seq": 7, "n": batch.n_events, "payload": batch.payload, "events": batch.events},
+        {"producer": "p", "seq": 7, "n": batch.n_events, "payload": older.payload, "events": batch.events},
         separators=(",", ":"),
     )
     path = tmp_path / "x.spill"
-    path.write_bytes(old.encode() + b"\n" + line)  # a file written before the change, then after it
-    assert [b for b, _ in spill.read_batches(path)] == [batch, batch]
+    # a file written before the change (a batch from before packed cells), then lines after it
+    path.write_bytes(old.encode() + b"\n" + spill.encode(older) + line)
+    assert [b for b, _ in spill.read_batches(path)] == [older, older, batch]

@@ -12,7 +12,7 @@ import redis.asyncio
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected
-from abrouter.router.eventlog import events, script
+from abrouter.router.eventlog import cells, events, script
 from abrouter.router.eventlog.events import BATCH_VERSION, Exposure, Outcome
 from abrouter.router.eventlog.log import APPLIED, FlushScript
 from tests.router.eventlog.test_eventlog import _batch, make_experiment
@@ -39,9 +39,57 @@ async def test_a_batch_of_an_unknown_format_version_is_refused_whole(
     with pytest.raises(BatchRejected, match="batch format version 99"):
         await flush.apply(newer, allow_gap=False)
     assert await redis_client.exists(*keys.Keys(experiment_name).all()) == 0
-    old = json.loads(events.as_version(batch.payload, 1))
+    old = json.loads(cells.as_version(batch.payload, batch.cells, 1)[0])
     del old["v"]  # a batch from before versions (a spill file of an older router): version 1
-    assert (await flush.apply(dataclasses.replace(batch, payload=json.dumps(old)), allow_gap=False))[0] == APPLIED
+    old_batch = dataclasses.replace(batch, payload=json.dumps(old), cells=b"")
+    assert (await flush.apply(old_batch, allow_gap=False))[0] == APPLIED
+
+
+@pytest.mark.parametrize("cut", [1, 9, -1])
+async def test_packed_cells_that_are_not_whole_cells_refuse_the_batch_whole(
+    redis_client: redis.asyncio.Redis, experiment_name: str, cut: int
+) -> None:
+    exp = make_experiment(experiment_name)
+    flush = FlushScript(redis_client, keys.Keys(experiment_name))
+    await flush.load()
+    recorded = [Exposure(f"r{i}", f"u{i}", "control", 1, time.time(), 200, 1.0, False) for i in range(3)]
+    batch = _batch(exp, recorded, 1)
+    damaged = batch.cells[:cut] if cut > 0 else batch.cells + b"\x00"  # cut inside a cell; or bytes left over
+    with pytest.raises(BatchRejected, match="not a whole number of cells"):
+        await flush.apply(dataclasses.replace(batch, cells=damaged), allow_gap=False)
+    assert await redis_client.exists(*keys.Keys(experiment_name).all()) == 0
+    assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
+
+
+async def test_keyed_outcomes_fold_into_packed_cells_of_many_segments_as_into_json_cells(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """More cells than one struct.unpack reads (segments of 6,000 values: 500 cells of 12 here)
+    and keyed outcomes, some for units in the last segment, some for units without a cell:
+    the segments are joined before the keyed rows fold in, and store what version 5 stores."""
+    stored = []
+    for suffix, version in (("-v6", None), ("-v5", 5)):
+        name = experiment_name + suffix
+        exp = make_experiment(name)
+        flush = FlushScript(redis_client, keys.Keys(name))
+        await flush.load()
+        agg = events.Aggregator(keys.metric_order(exp), events.binary_metrics(exp))
+        for i in range(1200):
+            agg.add_exposure(Exposure(f"r{i}", f"u{i}", "control", 1, 0.0, 200, 1.5, False))
+        for i in range(1150, 1250):  # the last 50 exposed units, and 50 without a cell
+            agg.add_outcome(Outcome(f"u{i}", "control", 1, "revenue", 2.0, 0.0, event_id=f"k{i}"))
+        batch = agg.batch(producer="p", seq=1)
+        assert json.loads(batch.payload)["ncells"] == 1200 and len(json.loads(batch.payload)["keyed"]) == 100
+        if version is not None:
+            payload, packed = cells.as_version(batch.payload, batch.cells, version)
+            batch = dataclasses.replace(batch, payload=payload, cells=packed)
+        assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
+        k = keys.Keys(name)
+        stored.append((await redis_client.hgetall(k.agg), await redis_client.hgetall(k.units)))
+    (agg6, units6), (agg5, units5) = stored
+    assert agg6 == agg5 and units6 == units5
+    assert agg6[b"1|control|revenue|events"] == b"100" and agg6[b"1|control|units"] == b"1200"
+    assert float(agg6[b"1|control|revenue|sum"]) == 100.0  # the 50 without an exposure are held
 
 
 def _rich_experiment(name: str) -> model.Experiment:
@@ -94,21 +142,23 @@ def _rich_batches(exp: model.Experiment, n: int) -> list[events.Batch]:
     return out
 
 
-async def test_version_4_cells_without_built_in_counts_store_exactly_what_the_old_layout_stores(
+async def test_every_cell_layout_stores_exactly_what_the_others_store(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:
-    # The same batches, once as the router sends them (version 4: a built-in's count is the
-    # cell's n) and once in the layout of versions 1-3 (every count spelled out), into two
-    # experiments: every agg field and every unit record must come out the same.
+    # The same batches, as the router sends them (version 6: the cells packed apart), in one
+    # flat JSON array (5), nested as in version 4 (a built-in's count is the cell's n), and
+    # in the layout of versions 1-3 (every count spelled out), into four experiments: every
+    # agg field and every unit record must come out the same.
     stored = []
-    for suffix, version in (("-v4", None), ("-v3", 3)):
+    for suffix, version in (("-v6", None), ("-v5", 5), ("-v4", 4), ("-v3", 3)):
         name = experiment_name + suffix
         exp = _rich_experiment(name)
         flush = FlushScript(redis_client, keys.Keys(name))
         await flush.load()
         for batch in _rich_batches(exp, 4):
             if version is not None:
-                batch = dataclasses.replace(batch, payload=events.as_version(batch.payload, version))
+                payload, packed = cells.as_version(batch.payload, batch.cells, version)
+                batch = dataclasses.replace(batch, payload=payload, cells=packed)
             assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
         k = keys.Keys(name)
         agg = await redis_client.hgetall(k.agg)
@@ -120,11 +170,17 @@ async def test_version_4_cells_without_built_in_counts_store_exactly_what_the_ol
         }
         pointers = {f: v for f, v in units.items() if not f.endswith(b"|u")}
         stored.append((agg, records, pointers))
-    (agg4, records4, pointers4), (agg3, records3, pointers3) = stored
-    assert agg4 == agg3 and records4 == records3 and pointers4 == pointers3
+    (agg4, records4, pointers4), *older = stored
+    assert all(agg4 == agg and records4 == records and pointers4 == pointers for agg, records, pointers in older)
     exposures = sum(int(v) for f, v in agg4.items() if f.endswith(b"|exposures") and b"~mx" not in f)
     assert exposures > 0 and sum(int(v) for f, v in agg4.items() if f.endswith(b"|errors|events")) == exposures
     assert any(f.endswith(b"|prior_clicks|sum") for f in agg4) and any(b"|sum_xy|" in f for f in agg4)
     assert len(records4) > 50
-    cut = json.loads(_rich_batches(_rich_experiment(experiment_name), 1)[0].payload)
-    assert cut["v"] == 4 and all(len(c) == 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1 for c in cut["cells"])
+    sent = _rich_batches(_rich_experiment(experiment_name), 1)[0]
+    cut = json.loads(sent.payload)
+    width = 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1  # [h, e, v, latest, n], built-ins, the others, a report time
+    rows = cells.cells_of(cut, sent.cells)
+    assert cut["v"] == 6 and cut["width"] == width and "cells" not in cut and cut["ncells"] == len(rows) > 50
+    assert all(len(c) == width for c in rows)
+    payload, packed = cells.as_version(*cells.as_version(sent.payload, sent.cells, 5), 6)  # there and back
+    assert json.loads(payload) == cut and packed == sent.cells

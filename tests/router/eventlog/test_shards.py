@@ -19,6 +19,7 @@ import redis.asyncio
 from abrouter.analysis import reader
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
+from abrouter.router.eventlog import cells as cells_
 from abrouter.router.eventlog import shards
 from abrouter.router.eventlog.events import Aggregator, Batch, Event, Exposure, Outcome, binary_metrics, slow_ms
 from abrouter.router.eventlog.log import EventLog
@@ -99,8 +100,8 @@ async def test_a_batch_applied_by_some_shards_only_applies_once_everywhere(
     try:
         flush = ShardedFlush(client, keys.Keys(experiment_name), shards=3)
         await flush.load()
-        payload, raw = next(shards.split(batch.payload, batch.events, 3))
-        await flush.parts[0].apply(Batch("p-test", 1, payload, raw, batch.n_events), allow_gap=False)
+        payload, raw, packed = next(shards.split(batch.payload, batch.events, 3, batch.cells))
+        await flush.parts[0].apply(Batch("p-test", 1, payload, raw, batch.n_events, cells=packed), allow_gap=False)
         assert await flush.apply(batch, allow_gap=False) == (shards.APPLIED, 0, 0)
         assert (await flush.apply(batch, allow_gap=False))[0] == shards.DUPLICATE
         assert (await flush.last_seqs(["p-test"]))[0] == {"p-test": 1}
@@ -142,14 +143,34 @@ def test_split_sends_each_unit_to_its_shard_and_the_rest_to_shard_0() -> None:
     exp = make_experiment("split")
     recorded = random_events(random.Random(5), 100, keyed=0.5)
     batch = _batch(exp, recorded, 1)
-    parts = list(shards.split(batch.payload, batch.events, 3))
-    docs = [json.loads(p) for p, _ in parts]
+    parts = list(shards.split(batch.payload, batch.events, 3, batch.cells))
+    docs = [json.loads(p) for p, _, _ in parts]
     whole = json.loads(batch.payload)
-    assert sorted(map(json.dumps, (c for d in docs for c in d["cells"]))) == sorted(map(json.dumps, whole["cells"]))
-    assert all(keys.shard_of(c[0], 3) == i for i, d in enumerate(docs) for c in d["cells"])
+    cells = [cells_.cells_of(d, packed) for d, (_, _, packed) in zip(docs, parts)]
+    assert sorted(map(json.dumps, (c for part in cells for c in part))) == sorted(
+        map(json.dumps, cells_.cells_of(whole, batch.cells))
+    )
+    assert [d["ncells"] for d in docs] == [len(part) for part in cells]
+    assert all(keys.shard_of(c[0], 3) == i for i, part in enumerate(cells) for c in part)
     assert all(keys.shard_of(r[1], 3) == i for i, d in enumerate(docs) for r in d["keyed"])
     assert docs[0]["epochs"] == whole["epochs"] and docs[0]["n"] == whole["n"] and parts[0][1] == batch.events
     assert all(d["epochs"] == [] and d["n"] == 0 and d["latency"] == [] for d in docs[1:])
+
+
+@pytest.mark.parametrize("version", [2, 4, 5])
+def test_split_of_an_older_batch_keeps_its_layout(version: int) -> None:
+    """A spill file of a router from before packed cells, replayed into a sharded experiment:
+    each part is in the batch's own layout, and the parts hold the same cells as the whole."""
+    exp = make_experiment("split")
+    batch = _batch(exp, random_events(random.Random(6), 100), 1)
+    payload, _ = cells_.as_version(batch.payload, batch.cells, version)
+    parts = list(shards.split(payload, batch.events, 3))
+    docs = [json.loads(p) for p, _, packed in parts if packed == b""]
+    assert len(docs) == 3 and all(d["v"] == version and "ncells" not in d for d in docs)
+    assert all(("width" in d) == (version == 5) for d in docs)
+    got = [c for d in docs for c in cells_.cells_of(d)]
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, cells_.cells_of(json.loads(payload))))
+    assert all(keys.shard_of(c[0], 3) == i for i, d in enumerate(docs) for c in cells_.cells_of(d))
 
 
 def test_an_aggregator_that_knows_the_shards_encodes_the_parts_split_would_make() -> None:
@@ -162,12 +183,14 @@ def test_an_aggregator_that_knows_the_shards_encodes_the_parts_split_would_make(
     for ev in recorded:
         agg.add_exposure(ev) if isinstance(ev, Exposure) else agg.add_outcome(ev)
     batch = agg.batch(producer="p-test", seq=1)
-    assert len(batch.parts) == 3 and all(json.loads(p)["cells"] for p in batch.parts)
-    split = [json.loads(p) for p, _ in shards.split(batch.payload, batch.events, 3)]
-    assert [json.loads(p) for p in batch.parts] == split
+    assert len(batch.parts) == 3 and all(json.loads(p)["ncells"] for p in batch.parts) and all(batch.part_cells)
+    split = list(shards.split(batch.payload, batch.events, 3, batch.cells))
+    assert [json.loads(p) for p in batch.parts] == [json.loads(p) for p, _, _ in split]
+    assert list(batch.part_cells) == [packed for _, _, packed in split]
     unsplit = _batch(exp, recorded, 1)  # one shard: no parts, the same cells in another order
-    assert unsplit.parts == () and sorted(map(json.dumps, json.loads(unsplit.payload)["cells"])) == sorted(
-        json.dumps(c) for d in split for c in d["cells"]
+    got = cells_.cells_of(json.loads(unsplit.payload), unsplit.cells)
+    assert unsplit.parts == () and sorted(map(json.dumps, got)) == sorted(
+        json.dumps(c) for p, _, packed in split for c in cells_.cells_of(json.loads(p), packed)
     )
 
 

@@ -6,6 +6,7 @@ Real Redis, real flush.lua, through the `EventLog`.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,50 @@ async def test_a_corrupt_record_refuses_the_batch_naming_its_field_and_writes_no
     assert await redis_client.exists(k.agg, k.producers, k.unit_seen) == 0
     with pytest.raises(ValueError, match="not a unit record"):
         keys.decode_unit_record(damage)
+
+
+async def test_a_record_from_before_a_column_was_added_reads_zeros_for_it_and_grows(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """A record holds the columns there were when it was written: a batch after a metric was
+    added reads the new column as 0 and writes the record whole (the column order only grows)."""
+    narrow, wide = make_experiment(experiment_name), make_experiment(experiment_name, extra_metric=True)
+    k = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k)
+    await script.load()
+    for seq, exp, outcome in (
+        (1, narrow, Outcome("u1", "control", 1, "revenue", 2.5, 0.0)),
+        (2, wide, Outcome("u1", "control", 1, "clicks", 4.0, 0.0)),
+    ):
+        agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+        agg.add_exposure(Exposure(f"r{seq}", "u1", "control", 1, 0.0, 200, 5.0, False))
+        agg.add_outcome(outcome)
+        await script.apply(agg.batch(producer="p", seq=seq), allow_gap=False)
+        if seq == 1:
+            short = keys.decode_unit_record(await redis_client.hget(k.units, "u1|u"))
+    record = keys.decode_unit_record(await redis_client.hget(k.units, "u1|u"))
+    order = json.loads(await redis_client.get(k.metrics))
+    assert len(short.state) == len(order) == len(record.state) - 1  # n_u, then one per column
+    assert record.state[0] == 2 and record.state[1 + order.index("revenue")] == 2.5
+    assert record.state[1 + order.index("clicks")] == 4.0
+    assert await redis_client.hget(k.agg, "1|control|clicks|sum_xn") == b"8"  # x_u = 4, n_u = 2
+
+
+@pytest.mark.parametrize(("k", "bad"), [(6, float("nan")), (6, float("inf")), (2, float("-inf"))])
+async def test_a_record_holding_a_number_that_is_not_finite_is_corrupt(
+    redis_client: redis.asyncio.Redis, experiment_name: str, k: int, bad: float
+) -> None:
+    """Whole (k = 6: n_u and the experiment's five columns) or from before columns were added."""
+    exp = make_experiment(experiment_name)
+    k_ = keys.Keys(experiment_name)
+    script = FlushScript(redis_client, k_)
+    await script.load()
+    head = struct.pack("<i", 1) + b"control\0" + b"\0" + b"1|control\0" + struct.pack("<ddH", 0.0, 0.0, k)
+    record = head + struct.pack(f"<{k}d", 1.0, *[0.0] * (k - 2), bad)
+    assert keys.decode_unit_record(record).state[-1] != 0  # a record in form, with that number last
+    await redis_client.hset(k_.units, "u|u", record)
+    agg = Aggregator(keys.metric_order(exp), binary_metrics(exp))
+    agg.add_exposure(Exposure("r-u", "u", "control", 1, 0.0, 200, 5.0, False))
+    with pytest.raises(BatchRejected, match=r"corrupt unit record in .*units field u\|u"):
+        await script.apply(agg.batch(producer="p", seq=1), allow_gap=False)
+    assert await redis_client.exists(k_.agg, k_.producers, k_.unit_seen) == 0

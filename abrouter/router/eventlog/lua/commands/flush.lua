@@ -16,7 +16,7 @@
 -- ARGV: producer, seq, allow_gap ("1" or "0"), payload (JSON), raw events (stored
 --       untouched), stream MAXLEN in batches, stream cap in raw events, outcome id
 --       window in seconds, the meta `created` this producer saw last ("" if none),
---       unit state lifetime in seconds (0: forever)
+--       unit state lifetime in seconds (0: forever), [version 6] the packed cells
 -- Returns {status, last, repeated, created, reset}: status 1 applied, 0 duplicate (seq
 -- <= last: already applied), -1 refused because seq ~= last + 1 and allow_gap is "0"
 -- (the producer's earlier batches are missing, e.g. lost by a Redis restart). last is
@@ -49,10 +49,10 @@ local batch = cjson.decode(ARGV[4])
 
 -- The batch format: payloads without `v` are version 1. A version this script does not
 -- know (a newer router) is refused whole, before anything is written.
-local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true}
+local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true, [5] = true, [6] = true}
 local version = batch.v or 1
 if not VERSIONS[version] then
-  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-4)'}
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-6)'}
 end
 
 --- @include "numbers"
@@ -101,6 +101,78 @@ for i = 1, nbm do
   end
 end
 local cell_end = nbm == 0 and 5 or math.max(dx_at[nbm], n_at[nbm])
+
+-- [issue 15: version 5] The cells are one flat array C of batch.width values each: cell i's
+-- value at offset o (the indexes above) is C[(i - 1) * W + o]. A Lua table per cell was half
+-- of what decoding a cell cost, and the garbage it left more (bench/lua_prims.py). The
+-- nested cells of versions 1-4 are flattened here, each padded to the widest (at least a
+-- whole cell and its report times) with false (a cell without a report time has none).
+local function flatten(nested, min_width)
+  local flat, width = {}, min_width
+  for _, c in ipairs(nested) do
+    if #c > width then width = #c end
+  end
+  for i, c in ipairs(nested) do
+    local b = (i - 1) * width
+    for o = 1, width do
+      local x = c[o]
+      if x == nil then x = false end
+      flat[b + o] = x
+    end
+  end
+  return flat, width
+end
+
+-- [issue 15: version 6] The cells come apart from the document, in ARGV[11], packed by
+-- `struct`: per cell h and v zero-terminated, every number a little-endian double ("<sds"
+-- then width - 3 "d"), batch.ncells of them. One struct.unpack reads a segment of up to
+-- SEG cells into one flat table, a third of what cjson took for the same values
+-- (bench/lua_prims.py). The cells are then in segments (`segs`, `seg_n` cells each), and C
+-- is the segment being worked on.
+-- A cell ends with a report time per covariate.
+local min_width = cell_end + (batch.covariates and #batch.covariates or batch.covariate and 1 or 0)
+local C, W
+local segs, seg_n = {}, {}
+local function malformed(what)
+  return {-2, last, 0, 'batch cells are not a whole number of cells of width ' .. tostring(W) .. what}
+end
+if version >= 6 then
+  W = batch.width
+  local n, blob = batch.ncells, ARGV[11] or ''
+  if type(W) ~= 'number' or W < min_width or W % 1 ~= 0 or type(n) ~= 'number' or n < 0 or n % 1 ~= 0 then
+    return malformed('')
+  end
+  local cell = 'sds' .. string.rep('d', W - 3)
+  local SEG = math.max(1, math.floor(6000 / W))  -- values per call within Lua's C stack (8,000)
+  local whole = string.rep(cell, SEG)
+  local pos = 1
+  while n > 0 do
+    local m = math.min(SEG, n)
+    local ok, seg = pcall(function() return {struct.unpack('<' .. (m == SEG and whole or string.rep(cell, m)), blob, pos)} end)
+    if not ok then return malformed(' (' .. tostring(seg) .. ')') end
+    pos = seg[m * W + 1]
+    seg[m * W + 1] = nil
+    segs[#segs + 1], seg_n[#seg_n + 1] = seg, m
+    n = n - m
+  end
+  if pos ~= #blob + 1 then return malformed(' (bytes left over)') end
+  C = segs[1] or {}
+  if #segs > 1 and #(batch.keyed or {}) > 0 then  -- keyed outcomes are folded into one flat array
+    C = {}
+    local at = 0
+    for si, seg in ipairs(segs) do
+      for o = 1, seg_n[si] * W do C[at + o] = seg[o] end
+      at = at + seg_n[si] * W
+    end
+    segs, seg_n = {C}, {at / W}
+  end
+elseif version == 5 then
+  C, W = batch.cells, batch.width
+  if type(W) ~= 'number' or W < min_width or W % 1 ~= 0 or #C % W ~= 0 then return malformed('') end
+else
+  C, W = flatten(batch.cells, min_width)
+end
+if version < 6 then segs[1], seg_n[1] = C, #C / W end
 
 -- [issue 9: ratio cross products] Per pair (numerator, denominator) of a ratio metric
 -- over two metrics, the columns whose Σ x_u·y_u the delta method needs. Batches from
@@ -153,14 +225,14 @@ end
 -- Keyed outcomes {event_id, h, e, v, metric, value, ts, anonymous}: each id counts once. A new one
 -- is folded into the batch's cell for (h, e, v), which keeps cell keys unique per batch.
 -- An id recorded before `forget_before` has left the window and counts as new.
-local cells = batch.cells
+local ncells = seg_n[1] or 0  -- (the cells of segment 1: all of them when keyed outcomes are folded in)
 local repeated = 0
 local keyed = batch.keyed or {}
 local new_ids = {}  -- ZADD arguments: score, id, ...
 local forget_before = now - tonumber(ARGV[8])
 if #keyed > 0 then
   local by_key, metric_at = {}, {}
-  for _, c in ipairs(cells) do by_key[c[1] .. '|' .. c[2] .. '|' .. c[3]] = c end
+  for b = 0, (ncells - 1) * W, W do by_key[C[b + 1] .. '|' .. C[b + 2] .. '|' .. C[b + 3]] = b end
   for i, m in ipairs(batch.metrics) do metric_at[m] = i end
   for _, k in ipairs(keyed) do
     local seen = tonumber(redis.call('ZSCORE', outcome_ids, k[1]))
@@ -170,31 +242,34 @@ if #keyed > 0 then
       new_ids[#new_ids + 1] = now_s
       new_ids[#new_ids + 1] = k[1]
       local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
-      local c = by_key[key]
-      if not c then
-        c = {k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0}  -- [anonymous] k[8]: by an anonymous request
-        for j = 6, cell_end do c[j] = 0 end
-        cells[#cells + 1] = c
-        by_key[key] = c
+      local b = by_key[key]
+      if not b then
+        b = ncells * W
+        ncells = ncells + 1
+        C[b + 1], C[b + 2], C[b + 3], C[b + 4], C[b + 5] = k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0  -- [anonymous] k[8]: by an anonymous request
+        for o = 6, cell_end do C[b + o] = 0 end
+        for o = cell_end + 1, W do C[b + o] = false end  -- no covariate, so no report time
+        by_key[key] = b
       end
       local i = metric_at[k[5]]
-      local at = dx_at[i]  -- a keyed outcome is never a built-in's: it has a count of its own
+      local at = b + dx_at[i]  -- a keyed outcome is never a built-in's: it has a count of its own
       if bbin[i] then
-        if k[6] > c[at] then c[at] = k[6] end
+        if k[6] > C[at] then C[at] = k[6] end
       else
-        c[at] = c[at] + k[6]
+        C[at] = C[at] + k[6]
       end
-      c[n_at[i]] = c[n_at[i]] + 1
+      C[b + n_at[i]] = C[b + n_at[i]] + 1
     end
   end
+  if #segs == 0 then segs[1] = C end
+  seg_n[1] = ncells
 end
 
 -- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
 -- written with one HINCRBY(FLOAT) per field: per-cell work builds no field names.
-local seen_members = {}  -- ZADD arguments for unit_seen: time, field, ...
+local seen_members, nseen = {}, 0  -- ZADD arguments for unit_seen: time, field, ...
 local function age(score, field)
-  seen_members[#seen_members + 1] = score
-  seen_members[#seen_members + 1] = field
+  seen_members[nseen + 1], seen_members[nseen + 2], nseen = score, field, nseen + 2
 end
 
 -- [expiry] A unit's age (unit_seen) is refreshed once per granule of ttl/8, not on every
@@ -207,7 +282,7 @@ local granule_end = (math.floor(now / GRANULE) + 1) * GRANULE
 local granule_s = num(granule_end)
 
 -- [issue 15: one record per unit] A unit's whole state is one field, units[h|u]
--- (`pack_record`, unit_state.lua): its first exposure (e, v; 0 and "" before it has one),
+-- (`pack_unit`, unit_state.lua): its first exposure (e, v; 0 and "" before it has one),
 -- 1 once it was also exposed to another variant, the "e|v" of its latest exposure (what
 -- units[h] holds; "" none), the expiry granule it was last scored in, its covariate's
 -- report time (0: none) and its state. One read and one write per unit and batch, where
@@ -229,42 +304,29 @@ local granule_s = num(granule_end)
 -- no h|f: `legacy`) keeps the old per-(unit, epoch, variant) accounting, one bare state
 -- per cell in h|e|v, so old data stays exact.
 local MX = '~mx'
-local NO_V = ''
-local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_info`)
+local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
+local order_u, order_f, nunits = {}, {}, 0  -- the units (tables) in the order first met, their records' fields
 
--- A unit from its record, its old fields, or nothing; nil and why not when corrupt.
-local function unit_info(h, raw, old_first, pointer)
-  if raw then
-    local e, v, m, latest, granule, t, state = unpack_record(raw)
-    if not e then return nil, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u' end
-    -- Eight fields, all set here (a table's hash part is sized once; a field added later
-    -- doubles it). Unset and so false: legacy, changed, newly, stateless.
-    return {e = e ~= 0 and e or false, v = v ~= NO_V and v or false, multiple = m == 1,
-            pointer = latest ~= '' and latest or false, fresh = granule == granule_end, ctime = t ~= 0 and t or false,
-            state = state, dirty = false}
-  end
-  local info = {e = false, v = false, multiple = false, pointer = pointer or false, fresh = false, ctime = false,
-                state = false, dirty = false}
+-- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
+-- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
+local function unit_without_record(h, old_first, pointer)
+  local u = new_unit()
+  if pointer then u[LATEST] = pointer end
   if old_first then
     local parsed = first_values[old_first]
     if not parsed then
       local e, v, m = string.match(old_first, '^(%d+)|([^|]+)|?(m?)|?[^|]*$')
       if not e then return nil, 'corrupt first exposure in ' .. units .. ' field ' .. h .. '|f' end
-      parsed = {tonumber(e), v, m == 'm'}
+      parsed = {tonumber(e), v, m == 'm' and 1 or 0}
       first_values[old_first] = parsed
     end
-    info.e, info.v, info.multiple, info.old_first = parsed[1], parsed[2], parsed[3], true
+    u[E], u[V], u[M], u.old_first = parsed[1], parsed[2], parsed[3], true
   elseif pointer then
-    info.legacy = true
+    u.legacy = true
   end
-  return info
-end
-
-local function record_of(info)
-  return pack_record(info.e or 0, info.v or NO_V, info.multiple and 1 or 0, info.pointer or '', granule_end,
-                     info.ctime or 0, info.state)
+  return u
 end
 
 -- Cells in chunks: a few HMGETs (now) and one HSET (in phase 2) per chunk instead of
@@ -272,50 +334,53 @@ end
 local CHUNK = 500
 local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
+local any_legacy = false  -- most batches have none: no pass over their cells for legacy states
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
-for first = 1, #cells, CHUNK do
-  local last_cell = math.min(first + CHUNK - 1, #cells)
+local ranges = {}  -- {segment, first cell, last cell}: up to CHUNK cells of one segment each
+for si = 1, #segs do
+  for first = 1, seg_n[si], CHUNK do ranges[#ranges + 1] = {si, first, math.min(first + CHUNK - 1, seg_n[si])} end
+end
+for _, range in ipairs(ranges) do
+  C = segs[range[1]]
+  local first, last_cell = range[2], range[3]
   -- The records of the chunk's units not met before in this batch.
-  local hs, names, at = {}, {}, {}
-  for i = first, last_cell do
-    local h = cells[i][1]
-    if not firsts[h] and not at[h] then
-      hs[#hs + 1], names[#names + 1] = h, h .. '|u'
-      at[h] = i
+  -- firsts[h] holds the unit's first cell (its offset b) until the unit is read: one map.
+  local hs, names, at, nh = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
+  for b = (first - 1) * W, (last_cell - 1) * W, W do
+    local h = C[b + 1]
+    if not firsts[h] then
+      nh = nh + 1
+      hs[nh], names[nh], at[nh] = h, h .. '|u', b
+      firsts[h] = b
     end
   end
-  local raws = #names > 0 and redis.call('HMGET', units, unpack(names)) or {}
-  -- Units without a record: their old fields, if any.
-  local bare = {}
-  for k, h in ipairs(hs) do
-    if not raws[k] then bare[#bare + 1] = k end
+  local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}
+  local bare = {}  -- units without a record: their old fields, if any
+  for k = 1, nh do  -- (not ipairs: it calls a function per step)
+    local h, raw = hs[k], raws[k]
+    if raw then
+      local u = unit_of(raw)
+      if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
+      firsts[h] = u
+      nunits = nunits + 1
+      order_u[nunits], order_f[nunits] = u, names[k]
+    else
+      bare[#bare + 1] = k
+    end
   end
-  local old_raw = {}
   if #bare > 0 then
     local ids = {}
-    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[k] .. '|f', hs[k] end
-    old_raw = redis.call('HMGET', units, unpack(ids))
-  end
-  local old_of = {}  -- k -> index of its h|f in old_raw
-  for n, k in ipairs(bare) do old_of[k] = 2 * n - 1 end
-  local any_legacy = false  -- most chunks have none: no pass over their cells for legacy states
-  for k, h in ipairs(hs) do
-    local j = old_of[k]
-    local info, bad = unit_info(h, raws[k], j and old_raw[j] or false, j and old_raw[j + 1] or false)
-    if not info then return {-2, last, 0, bad} end
-    firsts[h] = info
-    if info.legacy then any_legacy = true end
-  end
-  for i = first, last_cell do
-    local c = cells[i]
-    local info = firsts[c[1]]
-    if c[5] > 0 and not info.legacy then
-      if not info.e then
-        info.e, info.v, info.changed = c[2], c[3], true
-      elseif c[3] ~= info.v and not info.multiple then
-        info.multiple, info.changed, info.newly = true, true, true
-      end
+    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[bare[n]] .. '|f', hs[bare[n]] end
+    local old_raw = redis.call('HMGET', units, unpack(ids))
+    for n, k in ipairs(bare) do
+      local h = hs[k]
+      local u, bad = unit_without_record(h, old_raw[2 * n - 1], old_raw[2 * n])
+      if not u then return {-2, last, 0, bad} end
+      firsts[h] = u
+      nunits = nunits + 1
+      order_u[nunits], order_f[nunits] = u, names[k]
+      if u.legacy then any_legacy = true end
     end
   end
   -- Old fields: legacy states per cell, and the state (and report time) of units without
@@ -327,19 +392,20 @@ for first = 1, #cells, CHUNK do
       fields[#fields + 1], kinds[#kinds + 1] = field, kind
     end
   end
-  for k, h in ipairs(hs) do
-    local info = firsts[h]
-    if not raws[k] and not info.legacy then
-      local c = cells[at[h]]
-      info.old = h .. '|' .. stratum_name(info.e or c[2], info.v or c[3])
-      want(info.old, h)
-      if cov_i then want(info.old .. '|c', false) end
+  for _, k in ipairs(bare) do
+    local h = hs[k]
+    local u = firsts[h]
+    if not u.legacy then
+      local b = at[k]
+      local old = h .. '|' .. stratum_name(u[E] ~= 0 and u[E] or C[b + 2], u[V] ~= '' and u[V] or C[b + 3])
+      want(old, h)
+      if cov_i then want(old .. '|c', false) end
     end
   end
   for i = first, any_legacy and last_cell or first - 1 do
-    local c = cells[i]
-    if firsts[c[1]].legacy then
-      local key = c[1] .. '|' .. stratum_name(c[2], c[3])
+    local b = (i - 1) * W
+    if firsts[C[b + 1]].legacy then
+      local key = C[b + 1] .. '|' .. stratum_name(C[b + 2], C[b + 3])
       if cached[key] == nil then
         want(key, true)
         if cov_i then want(key .. '|c', false) end
@@ -359,9 +425,10 @@ for first = 1, #cells, CHUNK do
         if kind == true then  -- [legacy]
           cached[field], cov_time[field] = state, t
         else  -- into the unit's record; the old fields go
-          local info = firsts[kind]
-          info.state, info.ctime = state, t
-          if info.old_first or found[k] then
+          local u = firsts[kind]
+          for s = 1, KS do u[S + s] = state[s] end
+          u[CTIME] = t or 0
+          if u.old_first or found[k] then
             olds[#olds + 1] = kind .. '|f'
             olds[#olds + 1] = field
             olds[#olds + 1] = field .. '|c'
@@ -372,81 +439,94 @@ for first = 1, #cells, CHUNK do
     end
   end
   local writes, nw = {}, 0
-  for i = first, last_cell do
-    local c = cells[i]
-    local h = c[1]
-    local info = firsts[h]
-    local latest = c[4]
+  for b = (first - 1) * W, (last_cell - 1) * W, W do
+    local h = C[b + 1]
+    local u = firsts[h]
+    local latest = C[b + 4]
     local anonymous = latest >= 2
-    local e, v, key, state, stored_t
-    if info.legacy then
-      e, v = c[2], c[3]
+    local legacy = u.legacy
+    local e, v, key, st, o, stored_t
+    if legacy then
+      e, v = C[b + 2], C[b + 3]
       key = h .. '|' .. stratum_name(e, v)
-      state, stored_t = cached[key], cov_time[key]
+      st, o, stored_t = cached[key], 0, cov_time[key]
     else
-      e, v = info.e or c[2], info.v or c[3]
-      state, stored_t = info.state, info.ctime
+      -- Its first exposure, or a second variant: a multiple exposure from this cell on (the
+      -- cells come in the order of their first exposure, outcomes alone last).
+      if C[b + 5] > 0 then
+        if u[E] == 0 then
+          u[E], u[V] = C[b + 2], C[b + 3]
+        elseif C[b + 3] ~= u[V] and u[M] == 0 then
+          u[M], u.newly = 1, true
+        end
+      end
+      e, v = u[E], u[V]
+      if e == 0 then e, v = C[b + 2], C[b + 3] end
+      st, o, stored_t = u, S, u[CTIME]
+      if stored_t == 0 then stored_t = false end
     end
     local n1
     if anonymous then  -- [anonymous]
-      if state[1] == 0 then state[1] = 1 end
+      if st[o + 1] == 0 then st[o + 1] = 1 end
       n1 = 1
     else
-      n1 = state[1] + c[5]
+      n1 = st[o + 1] + C[b + 5]
     end
-    local multiple = info.multiple and not info.legacy and info.e
-    local before = multiple and {unpack(state)}
+    local multiple = not legacy and u[M] == 1 and u[E] ~= 0
+    local before = multiple and {unpack(st, o + 1, o + KS)}
     local by_v = acc_of[e]
     local acc = by_v and by_v[v]
     if not acc then acc = select(2, stratum(e, v)) end
-    local ok, reported = move(acc, state, c, n1, stored_t)
+    local ok, reported = move(acc, st, o, b, n1, stored_t)
     if not ok then
-      key = key or h .. '|u'
-      return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. key}
+      return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h .. '|u')}
     end
-    if anonymous and c[5] > 0 then  -- [anonymous] the unit and its one exposure
+    if anonymous and C[b + 5] > 0 then  -- [anonymous] the unit and its one exposure
       acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
     end
     if multiple then
       -- The unit's whole state enters the shadow stratum the first time it switches.
       local _, mx = stratum(e, v .. MX)
-      accumulate(mx, info.newly and EMPTY or before, state, nil)  -- sums only, no event counts
-      info.newly = false
+      accumulate(mx, u.newly and EMPTY or before, {unpack(st, o + 1, o + KS)}, nil)  -- sums only, no event counts
+      u.newly = false
     end
-    local keeps = not anonymous or keeps_state(c)  -- [faults] an anonymous request keeps no state
-    if info.legacy then
+    local keeps = not anonymous or keeps_state(b)  -- [faults] an anonymous request keeps no state
+    if legacy then
       if reported then  -- [cuped] the report time of the covariate value now stored
         cov_time[key] = reported
         writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
         age(now_s, key .. '|c')
       end
-      writes[nw + 1], writes[nw + 2], nw = key, encode_state(state), nw + 2
+      writes[nw + 1], writes[nw + 2], nw = key, encode_state(st), nw + 2
       age(now_s, key)
     else
-      if reported then info.ctime = reported end
-      if keeps then info.dirty = true else info.stateless = true end
+      if reported then u[CTIME] = reported end
+      if keeps then u[DIRTY] = true end
     end
     -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
     -- Written only when it moves: a returning unit's pointer rarely does.
     if latest == 1 then
-      local by_e = stratum_names[c[2]]
-      local pointer = by_e and by_e[c[3]] or stratum_name(c[2], c[3])
-      if pointer ~= info.pointer then
+      local by_e = stratum_names[C[b + 2]]
+      local pointer = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])
+      if pointer ~= u[LATEST] then
         writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
-        info.pointer = pointer
+        u[LATEST] = pointer
       end
-      if info.legacy then age(now_s, h) end
+      if legacy then age(now_s, h) end
     end
   end
   if nw > 0 then unit_writes[#unit_writes + 1] = writes end
 end
--- Each unit's record, once per batch however many cells it had; scored when not fresh.
-local records = {}
-for h, info in pairs(firsts) do
-  if info.dirty then
-    records[#records + 1] = h .. '|u'
-    records[#records + 1] = record_of(info)
-    if not info.fresh then age(granule_s, h .. '|u') end
+-- Each unit's record, once per batch however many cells it had; scored when not fresh (its
+-- record names an older granule).
+local records, nrec = {}, 0
+for i = 1, nunits do
+  local u = order_u[i]
+  if u[DIRTY] then
+    local field = order_f[i]
+    local fresh = u[U_GRANULE] == granule_end
+    records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2
+    if not fresh then age(granule_s, field) end
   end
 end
 -- [end issue 15, issue 9]

@@ -1,5 +1,6 @@
 -- strata.lua: the per-(epoch, variant) sufficient statistics a batch adds to `agg`.
--- Expects: ncol, nbm, bcol, n_at, order, pcol, pairs_, agg; finite (numbers.lua).
+-- Expects: ncol, nbm, bcol, n_at, order, pcol, pairs_, agg, n_counted (unit_state.lua);
+-- finite (numbers.lua).
 --
 -- Changes to agg are summed per stratum in Lua tables over all cells, then written with
 -- one HINCRBY(FLOAT) per field: per-cell work builds no field names.
@@ -24,7 +25,8 @@ local function stratum(e, v)
   local s = stratum_name(e, v)
   local acc = strata[s]
   if not acc then
-    acc = {units = 0, exposures = 0, exposures_sq = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {}, sum_xy = {}}
+    acc = {units = 0, exposures = 0, exposures_sq = 0, dn = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {},
+           sum_xy = {}}
     for j = 1, ncol do acc.events[j], acc.sum[j], acc.sum_sq[j], acc.sum_xn[j] = 0, 0, 0, 0 end
     for p = 1, #pcol do acc.sum_xy[p] = 0 end
     strata[s] = acc
@@ -81,6 +83,12 @@ local function increments_of(strata)
     if d ~= 0 then increments[#increments + 1] = {field, d, integer} end
   end
   for s, acc in pairs(strata) do
+    -- [issue 15] The columns whose event count is the cells' n (the built-ins from version 4
+    -- on): added once per stratum, not per cell (`counted`, unit_state.lua).
+    for q = 1, #n_counted do
+      local j = n_counted[q]
+      acc.events[j] = acc.events[j] + acc.dn
+    end
     add(s .. '|units', acc.units, true)
     add(s .. '|exposures', acc.exposures, true)
     add(s .. '|exposures_sq', acc.exposures_sq, true)

@@ -1,10 +1,12 @@
 -- unit_state.lua: one unit's state [n_u, x_u(m1), ...], its record, and how a cell moves it.
 -- Expects: the batch layout (ncol, nbm, bcol, bbin, pcol, order, nbuiltin, and where a
--- cell holds each metric's value and count: dx_at, n_at, cell_end), [cuped] cov_i, cov_j,
--- cov_flag, [regression] more_covs, [cap] capped; and finite (numbers.lua).
+-- cell holds each metric's value and count: dx_at, n_at, cell_end), the cells (C, the
+-- segment being worked on), [cuped] cov_i, cov_j, cov_flag, [regression] more_covs, [cap]
+-- capped; and finite (numbers.lua).
 --
--- One cell: {unit_hash, epoch, variant, latest, dn, ...}, then each batch metric's value
--- (c[dx_at[i]]) and event count (c[n_at[i]]; a built-in's is dn from version 4 on). Moving a state changes it in place and adds the exact
+-- One cell, at C[b + 1] ...: unit_hash, epoch, variant, latest, dn, then each batch
+-- metric's value (C[b + dx_at[i]]) and event count (C[b + n_at[i]]; a built-in's is dn
+-- from version 4 on). Moving a state changes it in place and adds the exact
 -- change of every sufficient statistic to its stratum's totals: d(x^2) = x1^2 - x0^2,
 -- d(xn) = x1*n1 - x0*n0. In place, and in one pass over the columns: a new table per
 -- cell, and a second pass, were a fifth of the script's CPU (Lua allocates, then sweeps).
@@ -37,38 +39,60 @@ local function valid_state(raw)
   return valid_table(state)
 end
 
--- A unit's record (docs/storage.md), packed by `struct` (twice as fast as cmsgpack here,
--- doubles exact): its fixed part, then its state's length and that many doubles.
+-- [issue 15] A unit, as this batch reads, moves and writes it, is one Lua table, `u`: its
+-- record's fields where struct.unpack puts them, then its state, and rare named flags
+-- (legacy, old_first, newly). One table and one unpack per unit: the record's head and its
+-- state apart, and a table of named fields beside, cost twice as much (bench/README.md).
+--   u[DIRTY] true once a cell moved it (its record is to be written; pcall's `ok` before)
+--   u[E] epoch of its first exposure (0: none yet)   u[V] its variant ('': none)
+--   u[M] 1 once it was also exposed to another variant   u[LATEST] "e|v" of its latest
+--   exposure (units[h]; '': none)   u[U_GRANULE] end of the expiry granule it was last
+--   scored in   u[CTIME] [cuped] its covariate's report time (0: none)   u[K] state length
+--   u[S + s] its state: s = 1 n_u, s = j + 1 column j's x_u (S = 8)
+-- The record (docs/storage.md) is u[E] .. u[S + K], packed by `struct` (twice as fast as
+-- cmsgpack here, doubles exact): "<i4sBsddH" and K doubles.
+local DIRTY, E, V, M, LATEST, U_GRANULE, CTIME, K, S = 1, 2, 3, 4, 5, 6, 7, 8, 8
 local RECORD_HEAD = '<i4sBsddH'
 local HUGE = math.huge
-local doubles, records = {}, {}  -- k -> the format of k doubles; of a record with k
-local function formats(k)
-  local f = doubles[k]
-  if not f then
-    f = '<' .. string.rep('d', k)
-    doubles[k], records[k] = f, RECORD_HEAD .. string.rep('d', k)
-  end
-  return f, records[k]
+local KS = ncol + 1  -- a state's length in this batch's columns (they only grow)
+local RECORD = RECORD_HEAD .. string.rep('d', KS)
+
+-- A unit that has no record: no exposure, an empty state.
+local function new_unit()
+  local u = {false, 0, '', 0, '', 0, 0, KS}
+  for at = S + 1, S + KS do u[at] = 0 end
+  return u
 end
 
--- e, v, multiple, latest, granule, covariate time, state; or nil when `raw` is no record.
-local function unpack_record(raw)
+-- [old records] A record with a shorter state (written before columns were added), or
+-- none: nil.
+local function short_unit(raw)
   local ok, e, v, m, latest, granule, t, k, at = pcall(struct.unpack, RECORD_HEAD, raw)
-  if not ok or k == 0 or at + 8 * k ~= #raw + 1 then return nil end
-  local state = {struct.unpack((formats(k)), raw, at)}
-  state[k + 1] = nil  -- struct.unpack's last value: where it stopped
-  for j = 1, k do  -- doubles all: finite?
-    local x = state[j]
-    if x ~= x or x == HUGE or x == -HUGE then return nil end
-  end
-  for j = k + 1, ncol + 1 do state[j] = 0 end
-  return e, v, m, latest, granule, t, state
+  if not ok or k == 0 or k > KS or at + 8 * k ~= #raw + 1 then return nil end
+  local u = {true, e, v, m, latest, granule, t, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
+  for at = S + k + 1, S + KS + 1 do u[at] = 0 end  -- (over struct.unpack's last value: where it stopped)
+  return u
 end
 
-local function pack_record(e, v, multiple, latest, granule, t, state)
-  local k = #state
-  local _, format = formats(k)
-  return struct.pack(format, e, v, multiple, latest, granule, t, k, unpack(state))
+-- The unit of record `raw`, or nil when `raw` is no record (or holds a number that is not finite).
+local function unit_of(raw)
+  local u = {pcall(struct.unpack, RECORD, raw)}
+  if not (u[1] and u[K] == KS and u[S + KS + 1] == #raw + 1) then
+    u = short_unit(raw)
+    if not u then return nil end
+  end
+  for at = S + 1, S + KS do  -- doubles all: finite? (x - x is NaN for NaN and for an infinity)
+    local x = u[at]
+    if x - x ~= 0 then return nil end
+  end
+  u[DIRTY] = false
+  return u
+end
+
+-- Its record, in the current granule.
+local function pack_unit(u, granule)
+  u[U_GRANULE], u[K] = granule, KS
+  return struct.pack(RECORD, unpack(u, E, S + KS))
 end
 
 -- Per column of the state, once per batch: where a cell holds its value (false: the batch
@@ -82,53 +106,68 @@ local cov_col = cov_j and cov_j - 1 or false  -- [cuped] the covariate's column
 local cov_n = cov_i and n_at[cov_i]
 local cov_t = cell_end + 1  -- [cuped] where a cell holds its covariate's report time
 local npairs = #pcol
+-- [issue 15] The batch metrics whose event count a cell holds apart (their columns and where
+-- in a cell), and the columns whose count is the cell's n (the built-ins from version 4 on):
+-- a stratum adds up n once (acc.dn) and gives it to each of those when written (strata.lua).
+local counted, counted_at, n_counted = {}, {}, {}
+for i = 1, nbm do
+  if n_at[i] == 5 then
+    n_counted[#n_counted + 1] = bcol[i]
+  else
+    counted[#counted + 1], counted_at[#counted_at + 1] = bcol[i], n_at[i]
+  end
+end
+local ncounted = #counted
 -- [regression] Further covariates' columns are set by `set_more`, not the column loop.
 for _, mc in ipairs(more_covs) do col_dx[mc[2] - 1], col_dx[mc[3] - 1] = false, false end
 local nmore = #more_covs
 
--- [regression] State index `s` (column s - 1) of a unit counted with n_u = n1 set to `b`,
--- and the change added to the stratum's totals; false if `b` is not finite.
-local function put(acc, state, s, b, n1)
-  if b ~= b or b == HUGE or b == -HUGE then return false end
-  local a, j, w1 = state[s], s - 1, n1 > 0 and 1 or 0
-  acc.sum[j] = acc.sum[j] + w1 * (b - a)
-  acc.sum_sq[j] = acc.sum_sq[j] + w1 * (b * b - a * a)
-  acc.sum_xn[j] = acc.sum_xn[j] + (b - a) * n1
-  state[s] = b
+-- [regression] State index `s` (column s - 1) of a state (`st`, at offset `o`: see `move`)
+-- counted with n_u = n1 set to `x`, and the change added to the stratum's totals; false if
+-- `x` is not finite.
+local function put(acc, st, o, s, x, n1)
+  if x ~= x or x == HUGE or x == -HUGE then return false end
+  local a, j, w1 = st[o + s], s - 1, n1 > 0 and 1 or 0
+  acc.sum[j] = acc.sum[j] + w1 * (x - a)
+  acc.sum_sq[j] = acc.sum_sq[j] + w1 * (x * x - a * a)
+  acc.sum_xn[j] = acc.sum_xn[j] + (x - a) * n1
+  st[o + s] = x
   return true
 end
 
 -- [regression] Each further covariate the cell carries is taken if the unit has none yet or
 -- this one was reported earlier than the stored one (whose time its flag column holds).
 -- Returns nil, or the column whose new value is not finite.
-local function set_more(acc, state, c, n1)
+local function set_more(acc, st, o, b, n1)
   for q = 1, nmore do
     local mc = more_covs[q]
-    if c[n_at[mc[1]]] > 0 then
-      local t, stored = c[cell_end + mc[4]] or 0, state[mc[3]]
+    if C[b + n_at[mc[1]]] > 0 then
+      local t, stored = C[b + cell_end + mc[4]] or 0, st[o + mc[3]]
       if stored == 0 or (t > 0 and t < stored) then
-        if not put(acc, state, mc[2], c[dx_at[mc[1]]], n1) then return order[mc[2] - 1] end
-        put(acc, state, mc[3], t > 0 and t or 1, n1)
+        if not put(acc, st, o, mc[2], C[b + dx_at[mc[1]]], n1) then return order[mc[2] - 1] end
+        put(acc, st, o, mc[3], t > 0 and t or 1, n1)
       end
     end
   end
   return nil
 end
 
--- Moves `state` (in place) by cell `c`, n_u to `n1`, and adds the change to the stratum's
+-- Moves a state (in place; `st`, n_u at st[o + 1] and column j at st[o + j + 1]: a unit's, o = S,
+-- or [legacy] a bare state, o = 0) by the cell at C[b + 1], n_u to `n1`, and adds the change to the stratum's
 -- totals `acc`. [held] A unit's values count in the sums only once it has an exposure
 -- (n_u > 0): an outcome that reaches Redis before its unit's exposure is held in the state
 -- and credited, whole, when the exposure lands. [cuped] `stored_t`: the report time of the
 -- covariate value the state holds. Returns true and the report time of a covariate value
 -- the cell set (nil if none), or nil and the column whose new value is not finite (then
 -- nothing may be written: the batch is refused).
-local function move(acc, state, c, n1, stored_t)
-  local n0 = state[1]
+local function move(acc, st, o, b, n1, stored_t)
+  local n0 = st[o + 1]
   local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0
   local events = acc.events
-  for i = 1, nbm do
-    local j = bcol[i]
-    events[j] = events[j] + c[n_at[i]]
+  acc.dn = acc.dn + C[b + 5]
+  for q = 1, ncounted do
+    local j = counted[q]
+    events[j] = events[j] + C[b + counted_at[q]]
   end
   if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end
   acc.exposures = acc.exposures + (n1 - n0)
@@ -136,50 +175,50 @@ local function move(acc, state, c, n1, stored_t)
   local xy0 = nil  -- [issue 9] each ratio pair's x*y before the move
   if npairs > 0 then
     xy0 = {}
-    for p = 1, npairs do xy0[p] = w0 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] end
+    for p = 1, npairs do xy0[p] = w0 * st[o + pcol[p][1] + 1] * st[o + pcol[p][2] + 1] end
   end
   -- [cuped] A covariate in this cell is kept if the unit had none or this one was
   -- reported earlier; else the stored value stays.
   local covariate, reported = false, nil
-  if cov_n and c[cov_n] > 0 then
-    local t = c[cov_t]
-    covariate = state[cov_flag] == 0 or (t and stored_t and t < stored_t) or false
+  if cov_n and C[b + cov_n] > 0 then
+    local t = C[b + cov_t]
+    covariate = st[o + cov_flag] == 0 or (t and stored_t and t < stored_t) or false
     if covariate then reported = t end
     covariate = covariate and 'take' or 'keep'
   end
   local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn
   for j = 1, ncol do
-    local a = state[j + 1]
-    local b = a
+    local a = st[o + j + 1]
+    local x = a
     local at = col_dx[j]
     if at then
-      local dx = c[at]
+      local dx = C[b + at]
       if j == cov_col and covariate then
-        if covariate == 'take' then b = dx end
+        if covariate == 'take' then x = dx end
       elseif col_bin[j] then
-        if dx > b then b = dx end
+        if dx > x then x = dx end
       else
-        b = b + dx
+        x = x + dx
       end
     end
     local cap = cap_at[j]  -- [cap]
-    if cap and b > cap then b = cap end
-    if a ~= 0 or b ~= 0 then
-      if b ~= b or b == HUGE or b == -HUGE then return nil, order[j] end  -- [faults]
-      sum[j] = sum[j] + (w1 * b - w0 * a)
-      sum_sq[j] = sum_sq[j] + (w1 * b * b - w0 * a * a)
-      sum_xn[j] = sum_xn[j] + (b * n1 - a * n0)
-      state[j + 1] = b
+    if cap and x > cap then x = cap end
+    if a ~= 0 or x ~= 0 then
+      if x ~= x or x == HUGE or x == -HUGE then return nil, order[j] end  -- [faults]
+      sum[j] = sum[j] + (w1 * x - w0 * a)
+      sum_sq[j] = sum_sq[j] + (w1 * x * x - w0 * a * a)
+      sum_xn[j] = sum_xn[j] + (x * n1 - a * n0)
+      st[o + j + 1] = x
     end
   end
   if nmore > 0 then  -- [regression] before the products: they take the new values
-    local bad = set_more(acc, state, c, n1)
+    local bad = set_more(acc, st, o, b, n1)
     if bad then return nil, bad end
   end
-  state[1] = n1
+  st[o + 1] = n1
   if xy0 then
     local sum_xy = acc.sum_xy
-    for p = 1, npairs do sum_xy[p] = sum_xy[p] + (w1 * state[pcol[p][1] + 1] * state[pcol[p][2] + 1] - xy0[p]) end
+    for p = 1, npairs do sum_xy[p] = sum_xy[p] + (w1 * st[o + pcol[p][1] + 1] * st[o + pcol[p][2] + 1] - xy0[p]) end
   end
   return true, reported
 end
@@ -199,10 +238,10 @@ end
 -- exposure itself, whether its outcomes came before or after.
 -- The built-ins (the first batch.builtins metrics, `nbuiltin`; 2 in batches from before
 -- slow_requests) are measured by the router, not outcomes.
-local function keeps_state(c)
-  if c[4] ~= 2 then return true end
+local function keeps_state(b)
+  if C[b + 4] ~= 2 then return true end
   for i = nbuiltin + 1, nbm do
-    if c[n_at[i]] > 0 then return true end
+    if C[b + n_at[i]] > 0 then return true end
   end
   return false
 end
