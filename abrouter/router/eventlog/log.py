@@ -298,11 +298,12 @@ class EventLog:
     async def flush(self) -> None:
         """Flush now and wait until what was recorded so far is in Redis or the spill file.
 
-        Unlike a wake-up by a full buffer, this also probes a Redis that was down.
+        Unlike a wake-up by a full buffer, this also probes a Redis that was down, and
+        checks an idle one for lost batches.
         """
         if not self._started or self._closing:
             return
-        self._delivery.next_probe = 0.0
+        self._delivery.next_probe = self._delivery.next_idle_check = 0.0
         await self.flush_round()
 
     @property
