@@ -21,7 +21,8 @@ by frame instead of message by message:
 - the router's own failures (`wire.render`): an unreachable upstream, or one that reset the
   call before answering, is UNAVAILABLE naming the variant; one that reset it mid-answer
   ends the caller's stream with INTERNAL naming the variant (trailers after what was
-  relayed); a deadline passed first is DEADLINE_EXCEEDED and the upstream's stream is
+  relayed); a deadline passed first (or the upstream's own DEADLINE_EXCEEDED within
+  `wire.DEADLINE_SLACK_S` of it) is DEADLINE_EXCEEDED and the upstream's stream is
   reset (CANCEL); all are errors of the variant. A caller's cancel resets the upstream's
   stream and is no error (499), unless it came at the deadline (the caller's clock fired
   first: the upstream was too slow).
@@ -263,7 +264,14 @@ class Call:
         """The upstream's trailers (or its trailers-only answer): its status, passed through unchanged."""
         ex = self.ex
         assert ex is not None
-        http = wire.http_status(wire.status_of(fields))
+        code = wire.status_of(fields)
+        if code == wire.DEADLINE_EXCEEDED and self.loop.time() >= self.deadline - wire.DEADLINE_SLACK_S:
+            # The deadline we passed on fired there first: our own timeout, as if our clock had (the grpc.aio path's).
+            if self.up is not None and self.up_stream is not None:
+                self.up.reset(self.up_stream, frames.CANCEL)
+            self._fail_upstream(UpstreamTimeout(_TIMED_OUT))
+            return
+        http = wire.http_status(code)
         ex.received(http, failed=http >= 500)  # wire.is_error, its HTTP status computed once
         if not self.head_sent:
             status = next((v for k, v in fields if k == ":status"), "200")
