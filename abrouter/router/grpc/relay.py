@@ -31,7 +31,9 @@ by frame instead of message by message:
 from __future__ import annotations
 
 import logging
+import math
 import time
+import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from abrouter.router import exchange
@@ -53,6 +55,54 @@ log = logging.getLogger("abrouter.grpc")
 #: message (a big tensor) is read from its first bytes, where serialisers write the name.
 NAME_PREFIX = 64 * 1024
 _TIMED_OUT = "the call's deadline passed before the upstream finished"
+#: The calls' deadlines are kept in buckets this wide (seconds): a call's DEADLINE_EXCEEDED comes at most this late.
+DEADLINE_GRAIN_S = 0.01
+
+
+class Deadlines:
+    """The deadlines of one event loop's calls, in buckets of `DEADLINE_GRAIN_S`: one loop timer per
+    bucket, not one per call (a uvloop timer set and cancelled per call cost about a tenth of a
+    unary call's relay, its handle closed on another pass of the loop)."""
+
+    __slots__ = ("buckets", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buckets: dict[int, set[Call]] = {}
+
+    def add(self, call: Call, at: float) -> int:
+        """Expire `call` (`Call._expired`) once `at` passed; the bucket's key, for `remove`."""
+        key = math.ceil(at / DEADLINE_GRAIN_S)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = set()
+            self.loop.call_at(key * DEADLINE_GRAIN_S, self._fire, key)
+        bucket.add(call)
+        return key
+
+    def remove(self, call: Call, key: int) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.discard(call)
+
+    def _fire(self, key: int) -> None:
+        for call in self.buckets.pop(key, ()):
+            try:
+                call._expired()
+            except Exception:  # one call's bug does not keep the others' deadlines back
+                log.exception("bug while expiring the gRPC call %s", call.method[:200])
+                call.crashed()
+
+
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
+
+
+def deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    """The loop's `Deadlines` (one per loop)."""
+    found = _deadlines.get(loop)
+    if found is None:
+        found = _deadlines[loop] = Deadlines(loop)
+    return found
 
 
 class Upstreams(Protocol):
@@ -67,6 +117,7 @@ class Call:
 
     __slots__ = (
         "arrived",
+        "bucket",
         "collecting",
         "cut",
         "deadline",
@@ -115,7 +166,9 @@ class Call:
         #: When the request head arrived: the deadline counts from it, as the caller's does.
         self.arrived = 0.0
         self.deadline = 0.0
+        #: The first message's wait (an inference call), and the deadline's bucket (`Deadlines`; 0: none).
         self.timer: asyncio.TimerHandle | None = None
+        self.bucket = 0
         #: A renamed ModelStreamInfer: (the name matched, the variant's), the partial message
         #: held, and the bytes more we sent upstream than the caller sent us (credited less).
         self.rename: tuple[str, str] | None = None
@@ -215,7 +268,7 @@ class Call:
         timeouts = ex.table.experiment.timeouts
         timeout = self.timeout if self.timeout is not None else timeouts.read_s
         self.deadline = self.arrived + timeout
-        self.timer = self.loop.call_at(self.deadline, self._expired)
+        self.bucket = deadlines(self.loop).add(self, self.deadline)
         self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
 
     # --- the upstream's side ---
@@ -380,7 +433,7 @@ class Call:
         self._finish()
 
     def _expired(self) -> None:
-        self.timer = None
+        self.bucket = 0
         if self.done:
             return
         if self.up is not None and self.up_stream is not None:
@@ -409,6 +462,9 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.bucket:
+            deadlines(self.loop).remove(self, self.bucket)
+            self.bucket = 0
         assert self.ex is not None
         self.ex.finish(now=time.time())
 
