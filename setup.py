@@ -29,14 +29,23 @@ def _pure_requested() -> bool:
     return os.environ.get("ABROUTER_PURE", "") not in ("", "0")
 
 
+_built: list[list[Extension]] = []
+#: The commands that build extensions (pip runs others, egg_info and dist_info, in processes of their own).
+_BUILDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop"}
+
+
 class BuildExt(build_ext):
     """mypyc's extensions, generated only when they are to be built (mypy's type check takes seconds)."""
 
     def finalize_options(self) -> None:
-        self.distribution.ext_modules = self._extensions()
+        if not _built:  # setuptools finalizes the command more than once in one build
+            _built.append(self._extensions())
+        self.distribution.ext_modules = _built[0]
         super().finalize_options()
 
     def _extensions(self) -> list[Extension]:
+        if not set(self.distribution.commands) & _BUILDS:  # pip's metadata steps: nothing is built
+            return []
         if _pure_requested():
             self.announce("ABROUTER_PURE is set: the gRPC path is not compiled", level=3)
             return []
@@ -44,7 +53,10 @@ class BuildExt(build_ext):
             from mypyc.build import mypycify
 
             modules = [str(Path(*name.split(".")).with_suffix(".py")) for name in NATIVE["COMPILED"]]
-            return list(mypycify(["--no-warn-unused-configs", *modules], group_name=NATIVE["GROUP"]))
+            # The build environment has mypy but not the runtime dependencies (redis, yaml, ...): modules beyond
+            # the compiled ones are followed for their types, their errors not reported (`.venv/bin/mypy` does).
+            flags = ["--no-warn-unused-configs", "--ignore-missing-imports", "--follow-imports=silent"]
+            return list(mypycify([*flags, *modules], group_name=NATIVE["GROUP"]))
         except (ImportError, SystemExit) as exc:  # mypyc missing, or its type check failed
             self.warn(f"the gRPC path is not compiled, it runs as pure Python: {exc!r}")
             return []
