@@ -28,6 +28,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Version(argparse.Action):
+    """``--version``: the package's, and which build of the gRPC path loads (compiled or pure Python)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import version
+
+        from abrouter.router.h2 import native
+
+        print(f"abrouter {version('abrouter')}; gRPC path: {native.mode()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: a Ctrl-C during imports is then handled by `main`.
     from abrouter.analysis import commands as analysis_commands
@@ -40,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A/B testing for ML models on Kubernetes: a sticky weighted router (serve) "
         "and a sequential experiment analyzer (analyze, plan).",
     )
+    parser.add_argument("--version", action=_Version, nargs=0, help="version, and whether the gRPC path is compiled")
     parser.add_argument(
         "--log-level",
         default="INFO",

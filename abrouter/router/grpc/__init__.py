@@ -4,3 +4,7 @@ pools (`h2upstream`), on `abrouter.router.h2`. grpc.aio: a server that proxies a
 as raw bytes (`server`), its listener (`listener`), the upstream channels (`upstream`).
 Shared pure helpers: status codes, metadata and deadlines (`wire`), the Open Inference
 Protocol's model name in a request (`oip`)."""
+
+from abrouter.router.h2 import native
+
+native.install()  # before wire, oip, relay...: which build of them loads (compiled or pure)

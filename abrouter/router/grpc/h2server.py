@@ -24,11 +24,12 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from abrouter.router.connections import ConnectionClock
 from abrouter.router.grpc import relay
 from abrouter.router.grpc.h2upstream import Pools
-from abrouter.router.h2 import frames
+from abrouter.router.h2 import frames, native
 from abrouter.router.h2.connection import Fields, H2Connection, Stream
 from abrouter.router.state import Router
 
@@ -153,6 +154,7 @@ async def start(router: Router, *, host: str = "127.0.0.1", port: int = 0, backl
             f"cannot listen for gRPC on {_address(host, port)}: the address is in use (another abrouter serve?) "
             f"or not this machine's ({exc.strerror or exc}); move it with --grpc-port"
         ) from exc
-    bound = next(s.getsockname()[1] for s in server.sockets if s.family in (socket.AF_INET, socket.AF_INET6))
-    log.info("gRPC listener on %s (own HTTP/2)", _address(host, bound))
+    untyped: Any = server  # uvloop's `sockets` is a list, not the tuple of asyncio's stub (the compiled build checks)
+    bound = next(s.getsockname()[1] for s in untyped.sockets if s.family in (socket.AF_INET, socket.AF_INET6))
+    log.info("gRPC listener on %s (own HTTP/2, %s)", _address(host, bound), native.mode())
     return OwnGrpcListener(server=server, port=bound, upstreams=upstreams, connections=connections)

@@ -21,7 +21,8 @@ by frame instead of message by message:
 - the router's own failures (`wire.render`): an unreachable upstream, or one that reset the
   call before answering, is UNAVAILABLE naming the variant; one that reset it mid-answer
   ends the caller's stream with INTERNAL naming the variant (trailers after what was
-  relayed); a deadline passed first is DEADLINE_EXCEEDED and the upstream's stream is
+  relayed); a deadline passed first (or the upstream's own DEADLINE_EXCEEDED within
+  `wire.DEADLINE_SLACK_S` of it) is DEADLINE_EXCEEDED and the upstream's stream is
   reset (CANCEL); all are errors of the variant. A caller's cancel resets the upstream's
   stream and is no error (499), unless it came at the deadline (the caller's clock fired
   first: the upstream was too slow).
@@ -30,7 +31,9 @@ by frame instead of message by message:
 from __future__ import annotations
 
 import logging
+import math
 import time
+import weakref
 from typing import TYPE_CHECKING, Protocol
 
 from abrouter.router import exchange
@@ -52,6 +55,54 @@ log = logging.getLogger("abrouter.grpc")
 #: message (a big tensor) is read from its first bytes, where serialisers write the name.
 NAME_PREFIX = 64 * 1024
 _TIMED_OUT = "the call's deadline passed before the upstream finished"
+#: The calls' deadlines are kept in buckets this wide (seconds): a call's DEADLINE_EXCEEDED comes at most this late.
+DEADLINE_GRAIN_S = 0.01
+
+
+class Deadlines:
+    """The deadlines of one event loop's calls, in buckets of `DEADLINE_GRAIN_S`: one loop timer per
+    bucket, not one per call (a uvloop timer set and cancelled per call cost about a tenth of a
+    unary call's relay, its handle closed on another pass of the loop)."""
+
+    __slots__ = ("buckets", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.buckets: dict[int, set[Call]] = {}
+
+    def add(self, call: Call, at: float) -> int:
+        """Expire `call` (`Call._expired`) once `at` passed; the bucket's key, for `remove`."""
+        key = math.ceil(at / DEADLINE_GRAIN_S)
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = set()
+            self.loop.call_at(key * DEADLINE_GRAIN_S, self._fire, key)
+        bucket.add(call)
+        return key
+
+    def remove(self, call: Call, key: int) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is not None:
+            bucket.discard(call)
+
+    def _fire(self, key: int) -> None:
+        for call in self.buckets.pop(key, ()):
+            try:
+                call._expired()
+            except Exception:  # one call's bug does not keep the others' deadlines back
+                log.exception("bug while expiring the gRPC call %s", call.method[:200])
+                call.crashed()
+
+
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = weakref.WeakKeyDictionary()
+
+
+def deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:
+    """The loop's `Deadlines` (one per loop)."""
+    found = _deadlines.get(loop)
+    if found is None:
+        found = _deadlines[loop] = Deadlines(loop)
+    return found
 
 
 class Upstreams(Protocol):
@@ -66,6 +117,7 @@ class Call:
 
     __slots__ = (
         "arrived",
+        "bucket",
         "collecting",
         "cut",
         "deadline",
@@ -114,7 +166,9 @@ class Call:
         #: When the request head arrived: the deadline counts from it, as the caller's does.
         self.arrived = 0.0
         self.deadline = 0.0
+        #: The first message's wait (an inference call), and the deadline's bucket (`Deadlines`; 0: none).
         self.timer: asyncio.TimerHandle | None = None
+        self.bucket = 0
         #: A renamed ModelStreamInfer: (the name matched, the variant's), the partial message
         #: held, and the bytes more we sent upstream than the caller sent us (credited less).
         self.rename: tuple[str, str] | None = None
@@ -214,7 +268,7 @@ class Call:
         timeouts = ex.table.experiment.timeouts
         timeout = self.timeout if self.timeout is not None else timeouts.read_s
         self.deadline = self.arrived + timeout
-        self.timer = self.loop.call_at(self.deadline, self._expired)
+        self.bucket = deadlines(self.loop).add(self, self.deadline)
         self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
 
     # --- the upstream's side ---
@@ -263,7 +317,14 @@ class Call:
         """The upstream's trailers (or its trailers-only answer): its status, passed through unchanged."""
         ex = self.ex
         assert ex is not None
-        http = wire.http_status(wire.status_of(fields))
+        code = wire.status_of(fields)
+        if code == wire.DEADLINE_EXCEEDED and self.loop.time() >= self.deadline - wire.DEADLINE_SLACK_S:
+            # The deadline we passed on fired there first: our own timeout, as if our clock had (the grpc.aio path's).
+            if self.up is not None and self.up_stream is not None:
+                self.up.reset(self.up_stream, frames.CANCEL)
+            self._fail_upstream(UpstreamTimeout(_TIMED_OUT))
+            return
+        http = wire.http_status(code)
         ex.received(http, failed=http >= 500)  # wire.is_error, its HTTP status computed once
         if not self.head_sent:
             status = next((v for k, v in fields if k == ":status"), "200")
@@ -372,7 +433,7 @@ class Call:
         self._finish()
 
     def _expired(self) -> None:
-        self.timer = None
+        self.bucket = 0
         if self.done:
             return
         if self.up is not None and self.up_stream is not None:
@@ -401,6 +462,9 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.bucket:
+            deadlines(self.loop).remove(self, self.bucket)
+            self.bucket = 0
         assert self.ex is not None
         self.ex.finish(now=time.time())
 

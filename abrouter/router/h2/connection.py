@@ -243,8 +243,8 @@ class H2Connection(asyncio.Protocol):
             self._frames(data, at)
         except FrameError as exc:
             self.fail(exc.code, str(exc))
-        except hpack.HpackError as exc:
-            self.fail(frames.COMPRESSION_ERROR, str(exc))
+        except hpack.HpackError as bad:  # not `exc` again: compiled (mypyc), a name keeps its first type
+            self.fail(frames.COMPRESSION_ERROR, str(bad))
 
     def _preface_done(self, data: bytes) -> int:
         size = len(frames.PREFACE)

@@ -367,6 +367,8 @@ _BLOCK_LIMIT = 64
 #: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
 #: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
 _CACHE_STRING = 256
+#: Distinct values of one name the encoder keeps before it takes the name's values for per-call ones (see `Encoder`).
+_VOLATILE = 64
 
 
 class HpackError(Exception):
@@ -585,13 +587,22 @@ class Decoder:
 
 
 class Encoder:
-    """Header lists to blocks, without indexing (see the module docstring)."""
+    """Header lists to blocks, without indexing (see the module docstring).
 
-    __slots__ = ("_fields",)
+    Each field's representation is kept as it was written (most repeat from call to call),
+    but not for a name that has shown `_VOLATILE` distinct values: its values change per
+    call (a request id, a deadline, a unit id), so keeping them would only fill the cache and
+    empty it, common fields and all, every thousand calls. Such a name's head is kept instead.
+    """
+
+    __slots__ = ("_fields", "_heads", "_values")
 
     def __init__(self) -> None:
-        #: Each field's representation as it was written last (most repeat from call to call).
+        #: Each field's representation as it was written last.
         self._fields: dict[tuple[str, str], bytes] = {}
+        #: How many values of each name `_fields` took; a name's head (its index or literal) once it stopped.
+        self._values: dict[str, int] = {}
+        self._heads: dict[str, bytes] = {}
 
     def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
         fields = self._fields
@@ -604,17 +615,30 @@ class Encoder:
             raw = encode_integer(index, 7, 0x80)
         else:
             name, value = field
-            index = _STATIC_NAMES.get(name)
-            if index is not None:
-                head = encode_integer(index, 4, 0)
-            else:
-                encoded = name.encode("latin-1")
-                head = b"\x00" + encode_integer(len(encoded), 7, 0) + encoded
+            head = self._heads.get(name)
+            if head is None:
+                head = _name_head(name)
+                if len(self._heads) < _CACHE_LIMIT and len(head) <= _CACHE_STRING:
+                    self._heads[name] = head
             encoded = value.encode("latin-1")
             raw = head + encode_integer(len(encoded), 7, 0) + encoded
+            seen = self._values.get(name, 0)
+            if seen >= _VOLATILE:
+                return raw
+            self._values[name] = seen + 1
         if len(raw) > _CACHE_STRING:  # long ones rarely repeat, and kept they would hold MBs
             return raw
         if len(self._fields) >= _CACHE_LIMIT:
             self._fields.clear()
+            self._values.clear()
         self._fields[field] = raw
         return raw
+
+
+def _name_head(name: str) -> bytes:
+    """A literal field's start, without indexing (RFC 7541 §6.2.2): the name by its static index, else written out."""
+    index = _STATIC_NAMES.get(name)
+    if index is not None:
+        return encode_integer(index, 4, 0)
+    encoded = name.encode("latin-1")
+    return b"\x00" + encode_integer(len(encoded), 7, 0) + encoded

@@ -115,6 +115,19 @@ def test_what_our_encoder_writes_the_reference_decoder_reads_back() -> None:
         assert [(k.decode("latin-1"), v.decode("latin-1")) for k, v in decoded] == headers
 
 
+def test_a_name_whose_value_changes_every_call_is_written_right_before_and_after_the_encoder_stops_keeping_it() -> None:
+    encoder, decoder = hpack.Encoder(), reference.Decoder()
+    for n in range(3 * hpack._VOLATILE):  # a request id per call, beside fields that repeat, static and not
+        headers = [
+            (":status", "200"),
+            ("x-ab-request-id", f"id-{n}"),
+            ("x-ab-variant", "control"),
+            ("content-length", f"{n}"),
+        ]
+        decoded = decoder.decode(encoder.encode(headers), raw=True)
+        assert [(k.decode("latin-1"), v.decode("latin-1")) for k, v in decoded] == headers
+
+
 @pytest.mark.parametrize(
     "block",
     [

@@ -1,0 +1,71 @@
+"""The gRPC path's two builds: compiled with mypyc (setup.py) and pure Python (`ABROUTER_PURE=1`).
+
+The suite runs against whichever build the install made (compiled where a C compiler was
+there); these tests run the HTTP/2 and own-server gRPC tests again in a subprocess on the
+pure modules, so both builds are checked on every run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from abrouter.router.h2 import native
+
+ROOT = Path(__file__).resolve().parents[3]
+GRPC = ROOT / "tests" / "router" / "grpc"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if k != "ABROUTER_PURE"}, **extra}
+
+
+def _loaded(env: dict[str, str]) -> list[str]:
+    """The files a fresh interpreter loads the compiled modules from, and its `native.mode()`."""
+    code = (
+        "import importlib; from abrouter.router.h2 import native\n"
+        "print(native.mode())\n"
+        "for name in native.COMPILED: print(importlib.import_module(name).__file__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    return out.stdout.splitlines()
+
+
+def test_abrouter_pure_loads_every_module_of_the_group_from_its_source() -> None:
+    mode, *files = _loaded(_env(ABROUTER_PURE="1"))
+    assert mode == "pure Python: ABROUTER_PURE is set"
+    assert files == [str(native.source(name)) for name in native.COMPILED]
+
+
+def test_without_abrouter_pure_the_build_that_is_there_loads_all_or_nothing() -> None:
+    mode, *files = _loaded(_env())
+    assert mode == native.mode()
+    compiled = [not f.endswith(".py") for f in files]
+    assert compiled == [native.compiled()] * len(native.COMPILED), files
+
+
+def test_the_version_says_which_build_loads() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "abrouter", "--version"],
+        env=_env(ABROUTER_PURE="1"),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert out.stdout.startswith("abrouter ")
+    assert out.stdout.endswith("; gRPC path: pure Python: ABROUTER_PURE is set\n")
+
+
+def test_the_http2_and_own_server_grpc_tests_pass_on_the_pure_modules() -> None:
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    hpack = Path(__file__).with_name("test_hpack.py")  # not this file's directory: it would run itself
+    h2 = [str(GRPC / "test_h2_conformance.py"), str(GRPC / "test_h2_wire.py"), str(hpack)]
+    for args in (h2, [str(GRPC / "test_proxy.py"), "-k", "own"]):
+        run = subprocess.run(
+            [*pytest, *args], env=_env(ABROUTER_PURE="1"), cwd=ROOT, capture_output=True, text=True, timeout=900
+        )
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert " passed" in run.stdout.splitlines()[-1] and "failed" not in run.stdout.splitlines()[-1]
