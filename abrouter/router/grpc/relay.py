@@ -365,7 +365,7 @@ class Call:
             return
         elif end_stream:
             self._response_end(fields)
-        elif not self.head_sent:
+        elif not self.head_sent and not wire.informational(fields):  # a 1xx head: the final one follows
             self._response_head(fields)
 
     def data(self, stream: Stream, payload: bytes, end_stream: bool) -> None:

@@ -235,6 +235,14 @@ def status_of(fields: Iterable[tuple[str, str]]) -> int:
     return _CODE_OF_HTTP.get(http, UNKNOWN)
 
 
+def informational(fields: Iterable[tuple[str, str]]) -> bool:
+    """Whether a response head is a 1xx one (RFC 9113 §8.1: any number may precede the final head)."""
+    for key, value in fields:
+        if key == ":status":
+            return len(value) == 3 and value[0] == "1"
+    return False
+
+
 def percent_encode(message: str) -> str:
     """A status message as ``grpc-message`` carries it: UTF-8, percent-encoded outside printable ASCII and '%'."""
     if message.isascii() and message.isprintable() and "%" not in message:

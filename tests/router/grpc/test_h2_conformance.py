@@ -627,6 +627,31 @@ async def test_a_trailers_only_answer_reaches_the_caller_with_its_status_and_the
     assert dict(e.trailing_metadata() or ())["why"] == "gone"
 
 
+async def test_an_upstreams_informational_heads_are_not_relayed_and_its_final_head_is(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    """1xx heads may precede the final one (RFC 9113 §8.1). Before: the 103 went out as the answer's head."""
+
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        s = req.stream_id
+        wire.respond(s, [(":status", "103"), ("link", "</hint>; rel=preload")])
+        wire.respond(s, [(":status", "100")])
+        wire.respond(s, [*OK_HEAD, ("served-by", "final")])
+        wire.send(frames.frame(frames.DATA, 0, s, _message(req.body[5:] + b"!")))
+        wire.respond(s, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address})
+        async with r.channel() as channel:
+            call = channel.unary_unary("/test.Quirky/Call")(b"hi", metadata=UNIT, timeout=10)
+            assert await call == b"hi!"
+            head = dict(await call.initial_metadata())
+            assert head["served-by"] == "final" and "link" not in head
+            assert head["x-ab-variant"] in ("control", "candidate")
+            assert await call.code() is grpc.StatusCode.OK
+
+
 async def test_an_upstreams_goaway_lets_the_calls_below_it_finish_fails_those_above_unavailable_and_new_calls_reconnect(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
