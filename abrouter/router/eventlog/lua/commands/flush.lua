@@ -477,7 +477,7 @@ for _, range in ipairs(ranges) do
     local by_v = acc_of[e]
     local acc = by_v and by_v[v]
     if not acc then acc = select(2, stratum(e, v)) end
-    local ok, reported = move(acc, st, o, b, n1, stored_t)
+    local ok, reported = move(acc, st, o, b, n1, stored_t, C)
     if not ok then
       return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h .. '|u')}
     end
