@@ -256,11 +256,34 @@ local function move_source()
     w('end')
   end
   w('local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn')
+  w('local same_w, same_n = w0 == w1, n0 == n1')
   for j = 1, ncol do
     local at = col_dx[j]
-    w(string.format('do local a = st[o + %d] local x = a', j + 1))
+    w(string.format('do local a = st[o + %d]', j + 1))
+    -- A column the cell leaves as it was (x = a: most of an exposure's; a is finite, every
+    -- stored state is) changes sum and sum_sq by exactly 0 when n_u keeps its weight, and
+    -- sum_xn by exactly 0 when n_u does not move: those additions are skipped.
+    local unchanged = nil
+    if not cap_at[j] and j ~= cov_col then
+      if not at then
+        unchanged = 'true'
+      else
+        w(string.format('local dx = C[b + %d]', at))
+        unchanged = col_bin[j] and 'dx <= a' or 'dx == 0'
+      end
+    end
+    if unchanged then
+      w('if ' .. unchanged .. ' then')
+      w('if a ~= 0 then')
+      w(string.format('if not same_n then sum_xn[%d] = sum_xn[%d] + (a * n1 - a * n0) end', j, j))
+      w('if not same_w then')
+      w(string.format('sum[%d] = sum[%d] + (w1 * a - w0 * a)', j, j))
+      w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * a * a - w0 * a * a)', j, j))
+      w('end end else')
+    end
+    w('local x = a')
     if at then
-      w(string.format('local dx = C[b + %d]', at))
+      if not unchanged then w(string.format('local dx = C[b + %d]', at)) end
       local plain = col_bin[j] and 'if dx > x then x = dx end' or 'x = x + dx'
       if j == cov_col then
         w("if covariate then if covariate == 'take' then x = dx end else " .. plain .. ' end')
@@ -275,7 +298,7 @@ local function move_source()
     w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * x * x - w0 * a * a)', j, j))
     w(string.format('sum_xn[%d] = sum_xn[%d] + (x * n1 - a * n0)', j, j))
     w(string.format('st[o + %d] = x', j + 1))
-    w('end end')
+    w(unchanged and 'end end end' or 'end end')
   end
   if nmore > 0 then w('local bad = set_more(acc, st, o, b, n1) if bad then return nil, bad end') end
   w('st[o + 1] = n1')
