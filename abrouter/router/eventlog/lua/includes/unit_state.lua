@@ -226,17 +226,16 @@ end
 -- [issue 15] `move`, written out for this batch's layout: the same statements with every
 -- per-column lookup (where a cell holds the value, binary or not, capped, the covariate)
 -- decided once per batch, the column loop unrolled, and the cells (C) an argument. Compiled
--- once per batch by loadstring (Redis 6.2 and 7.0 have it; without it, the `move` above).
+-- once per batch by loadstring (Redis 6.2 and 7.0 have it; without it, the `move` above). The
+-- compiled code sees no globals (its environment is not the script's): what it calls comes in.
 -- The arithmetic is the same expressions in the same order, so the sums are the same to the
--- bit (bench/README.md: a fifth of the script's CPU was this loop).
-local function move_source()
-  local out = {'local counted_at, cap_at, set_more, order, HUGE = ...',
-               'return function(acc, st, o, b, n1, stored_t, C)',
-               'local n0 = st[o + 1]',
-               'local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0',
-               'local events = acc.events',
-               'acc.dn = acc.dn + C[b + 5]'}
-  local function w(line) out[#out + 1] = line end
+-- bit (bench/README.md: a fifth of the script's CPU was this loop). `slot(s)` names state
+-- index s: `st[o + s]` in `move`, a local in `move_record` (below).
+local function move_body(w, slot)
+  w('local n0 = ' .. slot(1))
+  w('local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0')
+  w('local events = acc.events')
+  w('acc.dn = acc.dn + C[b + 5]')
   for q = 1, ncounted do
     w(string.format('events[%d] = events[%d] + C[b + %d]', counted[q], counted[q], counted_at[q]))
   end
@@ -244,13 +243,13 @@ local function move_source()
   w('acc.exposures = acc.exposures + (n1 - n0)')
   w('acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0')
   for p = 1, npairs do
-    w(string.format('local xy0_%d = w0 * st[o + %d] * st[o + %d]', p, pcol[p][1] + 1, pcol[p][2] + 1))
+    w(string.format('local xy0_%d = w0 * %s * %s', p, slot(pcol[p][1] + 1), slot(pcol[p][2] + 1)))
   end
   w('local covariate, reported = false, nil')
   if cov_n then
     w(string.format('if C[b + %d] > 0 then', cov_n))
     w(string.format('local t = C[b + %d]', cov_t))
-    w(string.format('covariate = st[o + %d] == 0 or (t and stored_t and t < stored_t) or false', cov_flag))
+    w(string.format('covariate = %s == 0 or (t and stored_t and t < stored_t) or false', slot(cov_flag)))
     w('if covariate then reported = t end')
     w("covariate = covariate and 'take' or 'keep'")
     w('end')
@@ -259,7 +258,7 @@ local function move_source()
   w('local same_w, same_n = w0 == w1, n0 == n1')
   for j = 1, ncol do
     local at = col_dx[j]
-    w(string.format('do local a = st[o + %d]', j + 1))
+    w(string.format('do local a = %s', slot(j + 1)))
     -- A column the cell leaves as it was (x = a: most of an exposure's; a is finite, every
     -- stored state is) changes sum and sum_sq by exactly 0 when n_u keeps its weight, and
     -- sum_xn by exactly 0 when n_u does not move: those additions are skipped.
@@ -297,25 +296,77 @@ local function move_source()
     w(string.format('sum[%d] = sum[%d] + (w1 * x - w0 * a)', j, j))
     w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * x * x - w0 * a * a)', j, j))
     w(string.format('sum_xn[%d] = sum_xn[%d] + (x * n1 - a * n0)', j, j))
-    w(string.format('st[o + %d] = x', j + 1))
+    w(string.format('%s = x', slot(j + 1)))
     w(unchanged and 'end end end' or 'end end')
   end
   if nmore > 0 then w('local bad = set_more(acc, st, o, b, n1) if bad then return nil, bad end') end
-  w('st[o + 1] = n1')
+  w(slot(1) .. ' = n1')
   if npairs > 0 then
     w('local sum_xy = acc.sum_xy')
     for p = 1, npairs do
-      w(string.format('sum_xy[%d] = sum_xy[%d] + (w1 * st[o + %d] * st[o + %d] - xy0_%d)', p, p, pcol[p][1] + 1,
-                      pcol[p][2] + 1, p))
+      w(string.format('sum_xy[%d] = sum_xy[%d] + (w1 * %s * %s - xy0_%d)', p, p, slot(pcol[p][1] + 1),
+                      slot(pcol[p][2] + 1), p))
     end
   end
-  w('return true, reported')
+end
+
+local function move_source()
+  local out = {'local counted_at, cap_at, set_more, order, HUGE = ...',
+               'return function(acc, st, o, b, n1, stored_t, C)'}
+  move_body(function(line) out[#out + 1] = line end, function(s) return 'st[o + ' .. s .. ']' end)
+  out[#out + 1] = 'return true, reported'
+  out[#out + 1] = 'end'
+  return table.concat(out, '\n')
+end
+
+-- [issue 15] The common case without a Lua table: a unit's record read (struct.unpack into
+-- locals), checked, moved by one cell and packed again, as `unit_of`, the cell loop
+-- (flush.lua) and `pack_unit` would, for a unit that has a whole record (no column missing)
+-- with its first exposure, not a multiple exposure, and a cell that is not anonymous and
+-- does not make it one (no new first exposure, no second variant), in a batch without
+-- covariates. Returns the packed record, the pointer to write to units[h] (nil: it did not
+-- move) and whether the record named an older expiry granule; false when the unit is not
+-- that case (the caller then takes the table: `unit_of`); nil and the column when a value
+-- is not finite (the batch is refused). A record (a string) is the unit's whole state
+-- between its cells: a unit's second cell unpacks the first one's result.
+local function move_record_source()
+  local out = {'local RECORD, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, cap_at, '
+                 .. 'set_more, order, HUGE, unpack_, pack_, pcall_ = ...',
+               'return function(raw, b, C)'}
+  local function w(line) out[#out + 1] = line end
+  local states = {}
+  for s = 1, KS do states[s] = 's' .. s end
+  local list = table.concat(states, ', ')
+  w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
+  w('if not ok or k ~= KS or after ~= #raw + 1 or e == 0 or m ~= 0 or C[b + 4] >= 2 then return false end')
+  w('if C[b + 5] > 0 and C[b + 3] ~= v then return false end')
+  local checks = {}
+  for s = 1, KS do checks[s] = string.format('s%d - s%d ~= 0', s, s) end
+  w('if ' .. table.concat(checks, ' or ') .. ' then return false end')  -- not finite: unit_of refuses it
+  w('local by_v = acc_of[e]')
+  w('local acc = by_v and by_v[v]')
+  w('if not acc then local _ _, acc = stratum(e, v) end')
+  w('local n1 = s1 + C[b + 5]')
+  w('local stored_t = false')
+  move_body(w, function(s) return 's' .. s end)
+  w('local pointer = nil')
+  w('if C[b + 4] == 1 then')
+  w('local by_e = stratum_names[C[b + 2]]')
+  w('local p = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])')
+  w('if p ~= latest then latest, pointer = p, p end')
+  w('end')
+  w('return pack_(RECORD, e, v, m, latest, granule_end, t, KS, ' .. list .. '), pointer, granule ~= granule_end')
   w('end')
   return table.concat(out, '\n')
 end
+
+local record_mover = nil  -- makes `move_record` (flush.lua, once the strata and the granule exist); nil: none
 if loadstring then
   local chunk = loadstring(move_source(), 'move')
   if chunk then move = chunk(counted_at, cap_at, set_more, order, HUGE) end
+  if not cov_n and nmore == 0 and KS <= 100 then  -- (Lua 5.1: at most 200 locals)
+    record_mover = loadstring(move_record_source(), 'move_record')
+  end
 end
 
 -- [legacy] A bare state, stored alone: MessagePack (Redis' cmsgpack).
