@@ -35,18 +35,13 @@ from abrouter.router.redis_server import RedisServer  # noqa: E402
 VARIANTS: dict[str, tuple[str, ...]] = {
     "full": (),
     # A part removed (its cost: full - variant) where that leaves the rest as it was...
-    "no move": (
-        "local ok, reported = move(acc, st, o, b, n1, stored_t, C)",
-        "local ok, reported = true, nil",
-    ),
     "no agg write": ("\nwrite_increments(increments)", "\n"),
     "no stream": ("append_stream(tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[2], ARGV[5])", ""),
     # ... else done twice (its cost: variant - full).
-    "record packed twice": (
-        "records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2",
-        "pack_unit(u, granule_end); records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2",
+    "record moved twice (move_record, its result dropped)": (
+        "      rec, pointer, was_stale = move_record(u, b, C)",
+        "      move_record(u, b, C); rec, pointer, was_stale = move_record(u, b, C)",
     ),
-    "record unpacked twice": ("local u = unit_of(raw)", "unit_of(raw); local u = unit_of(raw)"),
     "HMGET twice": (
         "local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}",
         "local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}; if nh > 0 then redis.call('HMGET', units, unpack(names)) end",
@@ -55,12 +50,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))",
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))\n"
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))",
-    ),
-    "move twice (on a copy)": (
-        "local ok, reported = move(acc, st, o, b, n1, stored_t, C)",
-        "local cp = {unpack(st)}; move(strata_copy(acc), cp, o, b, n1, stored_t, C); local ok, reported = move(acc, st, o, b, n1, stored_t, C)",
-        "local MX = '~mx'",
-        "local MX = '~mx'\nlocal SCRATCH = {}\nlocal function strata_copy(acc)\n  local c = SCRATCH[acc]\n  if not c then c = {units = 0, exposures = 0, exposures_sq = 0, dn = 0, events = {}, sum = {}, sum_sq = {}, sum_xn = {}, sum_xy = {}}\n    for j = 1, ncol do c.events[j], c.sum[j], c.sum_sq[j], c.sum_xn[j] = 0, 0, 0, 0 end\n    for p = 1, #pcol do c.sum_xy[p] = 0 end\n    SCRATCH[acc] = c end\n  return c\nend",
     ),
     "field names built twice": ("hs[nh], names[nh], at[nh] = h, h .. '|u', b", "local _ = h .. '|u'; hs[nh], names[nh], at[nh] = h, h .. '|u', b"),
 }
