@@ -51,7 +51,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))\n"
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))",
     ),
-    "field names built twice": ("hs[nh], names[nh], at[nh] = h, h .. '|u', b", "local _ = h .. '|u'; hs[nh], names[nh], at[nh] = h, h .. '|u', b"),
+    "field names built twice": (
+        "hs[nh], names[nh], at[nh] = h, h .. '|u', b",
+        "local _ = h .. '|u'; hs[nh], names[nh], at[nh] = h, h .. '|u', b",
+    ),
 }
 
 
