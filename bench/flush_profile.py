@@ -44,7 +44,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     "HMGET twice": (
         "local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}",
-        "local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}; if nh > 0 then redis.call('HMGET', units, unpack(names)) end",
+        "local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}; "
+        "if nh > 0 then redis.call('HMGET', units, unpack(names)) end",
     ),
     "records HSET twice": (
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))",
