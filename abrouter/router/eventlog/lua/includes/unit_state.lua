@@ -364,7 +364,7 @@ local record_mover = nil  -- makes `move_record` (flush.lua, once the strata and
 if loadstring then
   local chunk = loadstring(move_source(), 'move')
   if chunk then move = chunk(counted_at, cap_at, set_more, order, HUGE) end
-  if not cov_n and nmore == 0 and KS <= 100 then  -- (Lua 5.1: at most 200 locals)
+  if not cov_n and nmore == 0 and KS <= 60 then  -- (Lua 5.1: at most 200 locals, 250 registers)
     record_mover = loadstring(move_record_source(), 'move_record')
   end
 end
