@@ -43,6 +43,7 @@ end
 -- record's fields where struct.unpack puts them, then its state, and rare named flags
 -- (legacy, old_first, newly). One table and one unpack per unit: the record's head and its
 -- state apart, and a table of named fields beside, cost twice as much (bench/README.md).
+-- (The common case needs no table: `move_record`, below.)
 --   u[DIRTY] true once a cell moved it (its record is to be written; pcall's `ok` before)
 --   u[E] epoch of its first exposure (0: none yet)   u[V] its variant ('': none)
 --   u[M] 1 once it was also exposed to another variant   u[LATEST] "e|v" of its latest
