@@ -52,6 +52,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))\n"
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))",
     ),
+    # ... or another chunk size (cells per HMGET and per HSET).
+    "CHUNK 1000": ("local CHUNK = 500", "local CHUNK = 1000"),
+    "CHUNK 250": ("local CHUNK = 500", "local CHUNK = 250"),
     "field names built twice": (
         "hs[nh], names[nh], at[nh] = h, h .. '|u', b",
         "local _ = h .. '|u'; hs[nh], names[nh], at[nh] = h, h .. '|u', b",
