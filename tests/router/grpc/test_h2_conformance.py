@@ -745,6 +745,46 @@ async def test_a_call_the_upstream_refuses_is_sent_again_whole_on_another_connec
         assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
 
 
+async def test_a_call_still_streaming_when_its_upstream_goes_away_is_sent_again_and_the_rest_follows_in_order(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    first = [b"p" * 1000, b"q" * 1000]
+    rest = [bytes([65 + n]) * 50_000 for n in range(5)]  # beyond the upstream's 64 KiB window: its credit is needed
+
+    async def serve(wire: UpstreamWire) -> None:
+        if len(u.connections) == 1:
+            for _ in range(100_000):  # the first two messages, the request still open
+                if wire.bodies and len(next(iter(wire.bodies.values()))) >= sum(len(_message(m)) for m in first):
+                    break
+                await wire.step()
+            wire.send(frames.goaway(0, frames.NO_ERROR))  # the call's stream is above 0: never processed
+            refused.set()
+            return
+        (req,) = await wire.requests(1)
+        bodies.append(req.body)
+        _echo(wire, req)
+
+    async def messages() -> AsyncIterator[bytes]:
+        for m in first:
+            yield m
+        await asyncio.wait_for(refused.wait(), WAIT_S)
+        for m in rest:
+            yield m
+
+    refused = asyncio.Event()
+    bodies: list[bytes] = []
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            call = channel.stream_unary("/test.Quirky/Upload")(messages(), metadata=UNIT, timeout=20)
+            answer = await asyncio.wait_for(call, WAIT_S)
+        assert bodies == [b"".join(_message(m) for m in first + rest)]
+        assert answer == bodies[0][5:]
+        assert len(u.connections) == 2
+        assert not r.router.metrics.errors
+        assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
+
+
 async def test_a_call_refused_every_time_is_unavailable_after_the_bounded_retries_and_one_error_of_the_variant(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
