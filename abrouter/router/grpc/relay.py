@@ -408,9 +408,9 @@ class Call:
         assert ex is not None and up is not None
         address = ex.variant.grpc_upstream
         assert address is not None
-        self.retries += 1
+        self.retries += 1  # counted, logged at debug only: a draining pod refuses every call it had in flight
         self.router.metrics.grpc_retries[(ex.table.experiment.name, ex.variant.name)] += 1
-        log.info("variant %s: the upstream refused a call unprocessed; sent again (%d)", ex.variant.name, self.retries)
+        log.debug("variant %s: the upstream refused a call unprocessed; sent again (%d)", ex.variant.name, self.retries)
         self.up = self.up_stream = None
         self.waiting, self.replay, self.kept, self.up_sent = replay, [], 0, 0
         connect_s = min(ex.table.experiment.timeouts.connect_s, self.deadline - self.loop.time())
