@@ -53,6 +53,8 @@ class ProxyMetrics:
     #: Keyed (experiment, shadow variant, result) and (experiment, reason).
     shadow: dict[tuple[str, str, str], int] = field(default_factory=lambda: defaultdict(int))
     shadow_dropped: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    #: gRPC calls the upstream refused unprocessed and the router sent again, by arm.
+    grpc_retries: dict[Arm, int] = field(default_factory=lambda: defaultdict(int))
 
     def observe_request(
         self,
@@ -152,6 +154,13 @@ def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[st
     ]
     for reason, n in sorted(m.bad_requests.items()):
         lines.append(f"abrouter_bad_requests_total{_labels(**labels, reason=reason)} {n}")
+    lines += [
+        "# HELP abrouter_grpc_retries_total gRPC calls the upstream refused unprocessed (REFUSED_STREAM, or above "
+        "its GOAWAY's last stream id) and the router sent again; never counted as a variant's error.",
+        "# TYPE abrouter_grpc_retries_total counter",
+    ]
+    for (experiment, variant), n in sorted(m.grpc_retries.items()):
+        lines.append(f"abrouter_grpc_retries_total{_labels(experiment=experiment, variant=variant)} {n}")
     lines += _shadow_lines(m)
     for name, (kind, help_text, value) in extra.items():
         lines += [

@@ -2,8 +2,9 @@
 
 Calls to one ``host:port`` share a connection, multiplexed, up to the server's
 SETTINGS_MAX_CONCURRENT_STREAMS; beyond it another connection opens (at most
-`MAX_CONNECTIONS` per endpoint; past that the least busy one takes the stream, and a server
-that refuses it makes the call UNAVAILABLE).
+`MAX_CONNECTIONS` per endpoint; past that the least busy one takes the stream). A call the
+server refused unprocessed comes back to be opened on another connection than the one that
+refused it (`relay.Call._retry`), a new one if no other has room.
 A connection is made on first use; calls that arrive while it connects wait for it; a
 connection that cannot be made within the experiment's ``timeouts.connect`` fails those
 calls as unreachable. A connection the server closes or sends GOAWAY on takes no new
@@ -66,10 +67,10 @@ class Pool:
         self.waiting: list[Call] = []
         self.connecting: asyncio.Task[None] | None = None
 
-    def open(self, call: Call, *, connect_s: float) -> None:
+    def open(self, call: Call, *, connect_s: float, avoid: H2Connection | None = None) -> None:
         best: UpstreamConnection | None = None
         for conn in self.connections:
-            if not conn.usable:
+            if not conn.usable or conn is avoid:
                 continue
             if conn.has_room:
                 call.opened(conn, conn.open_stream(call))
@@ -77,7 +78,10 @@ class Pool:
             if best is None or len(conn.streams) < len(best.streams):
                 best = conn
         if best is not None and (len(self.connections) >= MAX_CONNECTIONS or self.connecting is not None):
-            call.opened(best, best.open_stream(call))  # the server may refuse it: UNAVAILABLE
+            call.opened(best, best.open_stream(call))  # the server may refuse it: sent again, or UNAVAILABLE
+            return
+        if isinstance(avoid, UpstreamConnection) and avoid.usable and len(self.connections) >= MAX_CONNECTIONS:
+            call.opened(avoid, avoid.open_stream(call))  # no other to be had: the one that refused it
             return
         self.waiting.append(call)
         if self.connecting is None:
@@ -124,11 +128,11 @@ class Pools:
         self.loop = loop
         self.pools: dict[str, Pool] = {}
 
-    def open(self, address: str, call: Call, *, connect_s: float) -> None:
+    def open(self, address: str, call: Call, *, connect_s: float, avoid: H2Connection | None = None) -> None:
         pool = self.pools.get(address)
         if pool is None:
             pool = self.pools[address] = Pool(address, self.loop)
-        pool.open(call, connect_s=connect_s)
+        pool.open(call, connect_s=connect_s, avoid=avoid)
 
     async def close(self) -> None:
         pools, self.pools = list(self.pools.values()), {}

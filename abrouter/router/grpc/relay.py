@@ -18,8 +18,15 @@ by frame instead of message by message:
   window credited only once the other side took the bytes (back-pressure end to end); the
   upstream's status, details and trailing metadata pass through unchanged (a
   trailers-only answer is split into a head, with the tags, and the trailers);
+- a call the upstream refused unprocessed (RST_STREAM REFUSED_STREAM before any response
+  frame, or a stream above the last id of its GOAWAY: RFC 9113 §8.7, a draining pod) is sent
+  again on another connection to the same endpoint, at most `MAX_RETRIES` times and within
+  its deadline, from the request bytes kept until the upstream's first response frame (at
+  most `REPLAY_LIMIT`); the caller sees one answer, one exposure, and the retry is counted
+  (`abrouter_grpc_retries_total`), not as an error;
 - the router's own failures (`wire.render`): an unreachable upstream, or one that reset the
-  call before answering, is UNAVAILABLE naming the variant; one that reset it mid-answer
+  call before answering (refused past the retries, or with another code), is UNAVAILABLE
+  naming the variant; one that reset it mid-answer
   ends the caller's stream with INTERNAL naming the variant (trailers after what was
   relayed); a deadline passed first (or the upstream's own DEADLINE_EXCEEDED within
   `wire.DEADLINE_SLACK_S` of it) is DEADLINE_EXCEEDED and the upstream's stream is
@@ -54,6 +61,13 @@ log = logging.getLogger("abrouter.grpc")
 #: The most of an inference call's first message held to read its model name: a larger
 #: message (a big tensor) is read from its first bytes, where serialisers write the name.
 NAME_PREFIX = 64 * 1024
+#: How many times a call the upstream refused unprocessed is sent again before it fails UNAVAILABLE:
+#: a draining pod's refusals are over after one (the next connection goes to a live one); a bound,
+#: so an upstream that refuses every call (over its own concurrency limit) is not hammered.
+MAX_RETRIES = 2
+#: The most request bytes kept to send again after a refusal (until the upstream's first response
+#: frame): a call that streamed more before it was refused fails UNAVAILABLE instead.
+REPLAY_LIMIT = 64 * 1024
 _TIMED_OUT = "the call's deadline passed before the upstream finished"
 #: The calls' deadlines are kept in buckets this wide (seconds): a call's DEADLINE_EXCEEDED comes at most this late.
 DEADLINE_GRAIN_S = 0.01
@@ -108,8 +122,9 @@ def deadlines(loop: asyncio.AbstractEventLoop) -> Deadlines:
 class Upstreams(Protocol):
     """Where a call gets its upstream stream (`abrouter.router.grpc.h2upstream.Pools`)."""
 
-    def open(self, address: str, call: Call, *, connect_s: float) -> None:
-        """Open a stream to `address` for `call`: `Call.opened` now or later, or `Call.unreachable`."""
+    def open(self, address: str, call: Call, *, connect_s: float, avoid: H2Connection | None = None) -> None:
+        """Open a stream to `address` for `call`: `Call.opened` now or later, or `Call.unreachable`; on
+        another connection than `avoid` (which refused the call) unless no other can be had."""
 
 
 class Call:
@@ -128,17 +143,22 @@ class Call:
         "fields",
         "head_sent",
         "held",
+        "kept",
         "loop",
         "method",
         "peer",
         "reads",
         "rename",
+        "replay",
         "request_ended",
+        "retries",
         "router",
         "stream",
         "timeout",
         "timer",
         "up",
+        "up_credited",
+        "up_sent",
         "up_stream",
         "upstreams",
         "waiting",
@@ -174,6 +194,14 @@ class Call:
         self.rename: tuple[str, str] | None = None
         self.cut = b""
         self.debt = 0
+        #: What was sent upstream (`kept` bytes), to send again if it is refused; None once the
+        #: upstream answered or past `REPLAY_LIMIT`. The data the current upstream stream reported
+        #: sent, and the most any attempt did (the caller is credited once per byte).
+        self.replay: list[bytes] | None = []
+        self.kept = 0
+        self.retries = 0
+        self.up_sent = 0
+        self.up_credited = 0
 
     # --- the caller's side ---
 
@@ -221,6 +249,8 @@ class Call:
         if up_stream is not None:
             assert self.up is not None
             self.up.send_data(up_stream, payload, end_stream=end)
+            if self.replay is not None and payload:
+                self._keep(payload)
             return
         assert self.waiting is not None
         if payload:
@@ -298,8 +328,19 @@ class Call:
         up.send_headers(stream, head)
         for chunk in waiting:
             up.send_data(stream, chunk)
+            if self.replay is not None:
+                self._keep(chunk)
         if self.request_ended:
             up.send_data(stream, b"", end_stream=True)
+
+    def _keep(self, chunk: bytes) -> None:
+        """`chunk` went upstream: kept to send again, up to `REPLAY_LIMIT`."""
+        assert self.replay is not None
+        self.kept += len(chunk)
+        if self.kept > REPLAY_LIMIT:
+            self.replay = None
+        else:
+            self.replay.append(chunk)
 
     def unreachable(self, reason: str) -> None:
         """No connection to the upstream could be made."""
@@ -343,6 +384,8 @@ class Call:
         if self.done:
             return
         if not self.head_sent:
+            if code == frames.REFUSED_STREAM and self._retry():
+                return
             self._fail_upstream(UpstreamUnavailable(f"the upstream reset the call (HTTP/2 error {code})"))
             return
         assert self.ex is not None
@@ -356,6 +399,24 @@ class Call:
         )
         self._finish()
 
+    def _retry(self) -> bool:
+        """Send the call again after the upstream refused it unprocessed (RFC 9113 §8.7), on another
+        connection: whether it was (not past `MAX_RETRIES`, the deadline, or the bytes kept)."""
+        replay, ex, up = self.replay, self.ex, self.up
+        if replay is None or self.retries >= MAX_RETRIES or self.loop.time() >= self.deadline:
+            return False
+        assert ex is not None and up is not None
+        address = ex.variant.grpc_upstream
+        assert address is not None
+        self.retries += 1  # counted, logged at debug only: a draining pod refuses every call it had in flight
+        self.router.metrics.grpc_retries[(ex.table.experiment.name, ex.variant.name)] += 1
+        log.debug("variant %s: the upstream refused a call unprocessed; sent again (%d)", ex.variant.name, self.retries)
+        self.up = self.up_stream = None
+        self.waiting, self.replay, self.kept, self.up_sent = replay, [], 0, 0
+        connect_s = min(ex.table.experiment.timeouts.connect_s, self.deadline - self.loop.time())
+        self.upstreams.open(address, self, connect_s=connect_s, avoid=up)
+        return True
+
     # --- Handler, for both streams ---
 
     def headers(self, stream: Stream, fields: Fields, end_stream: bool) -> None:
@@ -363,10 +424,12 @@ class Call:
             self._request_data(b"", True)
         elif self.done:
             return
-        elif end_stream:
-            self._response_end(fields)
-        elif not self.head_sent and not wire.informational(fields):  # a 1xx head: the final one follows
-            self._response_head(fields)
+        else:
+            self.replay = None  # the upstream took the call: never sent again
+            if end_stream:
+                self._response_end(fields)
+            elif not self.head_sent and not wire.informational(fields):  # a 1xx head: the final one follows
+                self._response_head(fields)
 
     def data(self, stream: Stream, payload: bytes, end_stream: bool) -> None:
         if stream is self.stream:
@@ -374,6 +437,7 @@ class Call:
             return
         if self.done:
             return
+        self.replay = None
         if payload:
             self.down.send_data(self.stream, payload)
         if end_stream:  # no trailers: no status either
@@ -390,6 +454,11 @@ class Call:
             if self.up is not None and self.up_stream is not None:
                 self.up.consumed(self.up_stream, size)
             return
+        up_sent = self.up_sent = self.up_sent + size
+        if up_sent <= self.up_credited:  # sent again after a refusal: the caller was credited for it
+            return
+        size = min(size, up_sent - self.up_credited)
+        self.up_credited = up_sent
         if self.debt > 0:  # a renamed message was longer than the caller's: not the caller's bytes
             paid = min(self.debt, size)
             self.debt -= paid

@@ -28,6 +28,7 @@ import h2.settings
 import hpack as reference
 import pytest
 
+from abrouter.router.grpc import relay
 from abrouter.router.h2 import frames, hpack
 from abrouter.router.h2.connection import H2Connection
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
@@ -652,42 +653,226 @@ async def test_an_upstreams_informational_heads_are_not_relayed_and_its_final_he
             assert await call.code() is grpc.StatusCode.OK
 
 
-async def test_an_upstreams_goaway_lets_the_calls_below_it_finish_fails_those_above_unavailable_and_new_calls_reconnect(
+def _echo(wire: UpstreamWire, req: Request) -> None:
+    """Answer `req` with its own message."""
+    wire.respond(req.stream_id, OK_HEAD)
+    answer = _message(req.body[5:])
+    for at in range(0, len(answer), frames.DEFAULT_MAX_FRAME):
+        wire.send(frames.data(req.stream_id, answer[at : at + frames.DEFAULT_MAX_FRAME]))
+    wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+
+
+async def _echo_all(wire: UpstreamWire) -> None:
+    for _ in range(100):
+        (req,) = await wire.requests(1)
+        _echo(wire, req)
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Wait for the router's side of a call to end on its own (its metrics counted)."""
+    for _ in range(int(WAIT_S / 0.02)):
+        if done():
+            return
+        await asyncio.sleep(0.02)
+    assert done()
+
+
+async def _retries_scraped(r: GrpcRouter) -> str:
+    async with r.client.get("/abrouter/metrics") as resp:
+        text = await resp.text()
+    return "\n".join(line for line in text.splitlines() if line.startswith("abrouter_grpc_retries_total{"))
+
+
+async def test_an_upstreams_goaway_lets_the_calls_below_it_finish_and_sends_those_above_again_on_a_new_connection(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
     async def serve(wire: UpstreamWire) -> None:
         if len(u.connections) > 1:  # the new connection answers as usual
-            (req,) = await wire.requests(1)
-            wire.respond(req.stream_id, OK_HEAD)
-            wire.send(frames.data(req.stream_id, _message(b"second connection")))
-            wire.respond(req.stream_id, [("grpc-status", "0")], end_stream=True)
+            await _echo_all(wire)
             return
-        first, _ = sorted(await wire.requests(2), key=lambda q: q.stream_id)
-        wire.send(frames.goaway(first.stream_id, frames.NO_ERROR))
-        wire.respond(first.stream_id, OK_HEAD)
-        wire.send(frames.data(first.stream_id, _message(b"below the goaway")))
-        wire.respond(first.stream_id, [("grpc-status", "0")], end_stream=True)
+        first, *_ = sorted(await wire.requests(3), key=lambda q: q.stream_id)
+        wire.send(frames.goaway(first.stream_id, frames.NO_ERROR))  # the two above it are never answered here
+        _echo(wire, first)
 
     async with upstream(serve) as u:
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
         async with r.channel() as channel:
             method = channel.unary_unary("/test.Quirky/Call")
-            both = await asyncio.wait_for(
-                asyncio.gather(
-                    method(b"a", metadata=UNIT, timeout=10),
-                    method(b"b", metadata=UNIT, timeout=10),
-                    return_exceptions=True,
-                ),
-                WAIT_S,
+            sent = [b"a" * 10, b"b" * 20_000, b"c"]
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(method(m, metadata=UNIT, timeout=20) for m in sent)), WAIT_S
             )
-            answered = [x for x in both if isinstance(x, bytes)]
-            failed = [x for x in both if isinstance(x, grpc.aio.AioRpcError)]
-            assert answered == [_message(b"below the goaway")[5:]] and len(failed) == 1
-            assert failed[0].code() is grpc.StatusCode.UNAVAILABLE
-            assert "variant 'control'" in (failed[0].details() or "")
-            assert await method(b"c", metadata=UNIT, timeout=10) == b"second connection"
+            assert answers == sent
+            assert await method(b"d", metadata=UNIT, timeout=20) == b"d"
         assert len(u.connections) == 2
-        assert r.router.metrics.errors[(r.spec["name"], "control", "unavailable")] == 1
+        metrics = r.router.metrics
+        assert not metrics.errors
+        assert dict(metrics.grpc_retries) == {(r.spec["name"], "control"): 2}
+        assert sum(metrics.requests.values()) == 4
+        await r.settle()
+        assert sum(s.exposures for s in (await r.strata()).values()) == 4  # once per call, not per attempt
+        assert (
+            await _retries_scraped(r)
+            == f'abrouter_grpc_retries_total{{experiment="{r.spec["name"]}",variant="control"}} 2'
+        )
+
+
+async def test_a_call_the_upstream_refuses_is_sent_again_whole_on_another_connection_and_answered(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        bodies.append(req.body)
+        if len(u.connections) == 1:
+            wire.send(frames.rst_stream(req.stream_id, frames.REFUSED_STREAM))
+        else:
+            _echo(wire, req)
+
+    bodies: list[bytes] = []
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            call = channel.stream_unary("/test.Quirky/Upload")(
+                iter([b"x" * 9000, b"y" * 7000, b"z"]), metadata=UNIT, timeout=20
+            )
+            answer = await asyncio.wait_for(call, WAIT_S)
+            assert dict(await call.initial_metadata())["x-ab-variant"] == "control"
+        assert len(bodies) == 2 and bodies[0] == bodies[1]  # every message, sent again as first sent
+        assert bodies[0] == b"".join(_message(m) for m in (b"x" * 9000, b"y" * 7000, b"z"))
+        assert answer == bodies[1][5:]
+        assert len(u.connections) == 2
+        assert not r.router.metrics.errors
+        assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
+
+
+async def test_a_call_still_streaming_when_its_upstream_goes_away_is_sent_again_and_the_rest_follows_in_order(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    first = [b"p" * 1000, b"q" * 1000]
+    rest = [bytes([65 + n]) * 50_000 for n in range(5)]  # beyond the upstream's 64 KiB window: its credit is needed
+
+    async def serve(wire: UpstreamWire) -> None:
+        if len(u.connections) == 1:
+            for _ in range(100_000):  # the first two messages, the request still open
+                if wire.bodies and len(next(iter(wire.bodies.values()))) >= sum(len(_message(m)) for m in first):
+                    break
+                await wire.step()
+            wire.send(frames.goaway(0, frames.NO_ERROR))  # the call's stream is above 0: never processed
+            refused.set()
+            return
+        (req,) = await wire.requests(1)
+        bodies.append(req.body)
+        _echo(wire, req)
+
+    async def messages() -> AsyncIterator[bytes]:
+        for m in first:
+            yield m
+        await asyncio.wait_for(refused.wait(), WAIT_S)
+        for m in rest:
+            yield m
+
+    refused = asyncio.Event()
+    bodies: list[bytes] = []
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            call = channel.stream_unary("/test.Quirky/Upload")(messages(), metadata=UNIT, timeout=20)
+            answer = await asyncio.wait_for(call, WAIT_S)
+        assert bodies == [b"".join(_message(m) for m in first + rest)]
+        assert answer == bodies[0][5:]
+        assert len(u.connections) == 2
+        assert not r.router.metrics.errors
+        assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
+
+
+async def test_a_call_refused_every_time_is_unavailable_after_the_bounded_retries_and_one_error_of_the_variant(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        for _ in range(100):
+            (req,) = await wire.requests(1)
+            wire.send(frames.rst_stream(req.stream_id, frames.REFUSED_STREAM))
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(
+                    channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=20), WAIT_S
+                )
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "variant 'control'" in (err.value.details() or "")
+        assert sum(len(w.heads) for w in u.connections) == 1 + relay.MAX_RETRIES
+        assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): relay.MAX_RETRIES}
+        await _until(lambda: bool(r.router.metrics.errors))
+        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "unavailable"): 1}
+
+
+async def test_a_call_that_streamed_beyond_the_replay_bound_before_it_was_refused_is_unavailable_not_sent_again(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        assert len(req.body) > relay.REPLAY_LIMIT
+        wire.send(frames.rst_stream(req.stream_id, frames.REFUSED_STREAM))
+        await _echo_all(wire)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with _big_channel(r) as channel:
+            big = b"x" * (relay.REPLAY_LIMIT + 1000)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(channel.unary_unary("/test.Quirky/Call")(big, metadata=UNIT, timeout=20), WAIT_S)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "variant 'control'" in (err.value.details() or "")
+        assert len(u.connections) == 1 and sum(len(w.heads) for w in u.connections) == 1
+        assert not r.router.metrics.grpc_retries
+        await _until(lambda: bool(r.router.metrics.errors))
+        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "unavailable"): 1}
+
+
+async def test_a_deadline_that_passes_while_a_refused_call_is_sent_again_is_deadline_exceeded(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        if len(u.connections) == 1:
+            wire.send(frames.rst_stream(req.stream_id, frames.REFUSED_STREAM))
+        # the second connection takes the call and never answers
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=3), WAIT_S)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(u.connections) == 2 and all(w.heads for w in u.connections)
+        assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
+        await _until(lambda: bool(r.router.metrics.errors))
+        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "timeout"): 1}
+
+
+@pytest.mark.parametrize("code", [frames.CANCEL, frames.INTERNAL_ERROR])
+async def test_a_call_the_upstream_resets_with_another_code_may_have_been_processed_and_is_not_sent_again(
+    make_grpc_router: MakeGrpcRouter, code: int
+) -> None:
+    async def serve(wire: UpstreamWire) -> None:
+        (req,) = await wire.requests(1)
+        wire.send(frames.rst_stream(req.stream_id, code))
+        await _echo_all(wire)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(
+                    channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=20), WAIT_S
+                )
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert sum(len(w.heads) for w in u.connections) == 1
+        assert not r.router.metrics.grpc_retries
+        await _until(lambda: bool(r.router.metrics.errors))
+        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "unavailable"): 1}
 
 
 async def test_a_callers_reset_mid_call_resets_the_upstreams_stream_and_is_no_error_of_the_variant(

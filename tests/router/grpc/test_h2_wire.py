@@ -16,7 +16,7 @@ import h2.settings
 import hpack as reference
 import pytest
 
-from abrouter.router.grpc import h2server
+from abrouter.router.grpc import h2server, relay
 from abrouter.router.h2 import frames
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
 from tests.router.grpc.servers import EchoServer, ResettingServer
@@ -259,7 +259,7 @@ async def test_an_upstream_that_resets_the_call_before_answering_is_unavailable_
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert err.value.details() == "variant 'candidate': upstream unavailable"
         assert dict(err.value.initial_metadata() or ())["x-ab-variant"] == "candidate"
-        assert resetting.resets == 1
+        assert resetting.resets == 1 + relay.MAX_RETRIES  # REFUSED_STREAM: sent again, up to the bound
         assert r.router.metrics.errors[(r.spec["name"], "candidate", "unavailable")] == 1
     finally:
         await resetting.stop()
