@@ -322,10 +322,10 @@ end
 
 -- [issue 15] The common case without a Lua table: a unit's record read (struct.unpack into
 -- locals), checked, moved by one cell and packed again, as `unit_of`, the cell loop
--- (flush.lua) and `pack_unit` would, for a unit that has a whole record (no column missing)
--- with its first exposure, not a multiple exposure, and a cell that is not anonymous and
--- does not make it one (no new first exposure, no second variant), in a batch without
--- covariates. Returns the packed record, the pointer to write to units[h] (nil: it did not
+-- (flush.lua) and `pack_unit` would, for a unit that has a whole record (no column missing),
+-- not a multiple exposure, and a cell that is not anonymous and does not make it one (no
+-- second variant), in a batch without covariates; a unit whose record holds no exposure
+-- yet (outcomes held) too, the cell's exposure then its first. Returns the packed record, the pointer to write to units[h] (nil: it did not
 -- move) and whether the record named an older expiry granule; false when the unit is not
 -- that case (the caller then takes the table: `unit_of`); nil and the column when a value
 -- is not finite (the batch is refused). A record (a string) is the unit's whole state
@@ -339,14 +339,18 @@ local function move_record_source()
   for s = 1, KS do states[s] = 's' .. s end
   local list = table.concat(states, ', ')
   w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
-  w('if not ok or k ~= KS or after ~= #raw + 1 or e == 0 or m ~= 0 or C[b + 4] >= 2 then return false end')
-  w('if C[b + 5] > 0 and C[b + 3] ~= v then return false end')
+  w('if not ok or k ~= KS or after ~= #raw + 1 or m ~= 0 or C[b + 4] >= 2 then return false end')
+  -- A unit without an exposure yet (its outcomes came first) is moved in the cell's stratum,
+  -- and takes the cell's (e, v) as its first exposure when the cell has one.
+  w('local se, sv = e, v')
+  w('if e == 0 then se, sv = C[b + 2], C[b + 3] if C[b + 5] > 0 then e, v = se, sv end')
+  w('elseif C[b + 5] > 0 and C[b + 3] ~= v then return false end')
   local checks = {}
   for s = 1, KS do checks[s] = string.format('s%d - s%d ~= 0', s, s) end
   w('if ' .. table.concat(checks, ' or ') .. ' then return false end')  -- not finite: unit_of refuses it
-  w('local by_v = acc_of[e]')
-  w('local acc = by_v and by_v[v]')
-  w('if not acc then local _ _, acc = stratum(e, v) end')
+  w('local by_v = acc_of[se]')
+  w('local acc = by_v and by_v[sv]')
+  w('if not acc then local _ _, acc = stratum(se, sv) end')
   w('local n1 = s1 + C[b + 5]')
   w('local stored_t = false')
   move_body(w, function(s) return 's' .. s end)
