@@ -58,10 +58,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "  redis.call('HSET', units, unpack(records, first, math.min(first + 2 * CHUNK - 1, #records)))",
     ),
     # ... or another chunk size (cells per HMGET and per HSET).
-    "compiled twice (loadstring)": (
-        "  if chunk then move = chunk(counted_at, cap_at, set_more, order, HUGE) end",
-        "  if chunk then move = chunk(counted_at, cap_at, set_more, order, HUGE) end"
-        "; loadstring(move_source(), 'move'); loadstring(move_record_source(), 'move_record')",
+    "move_record compiled twice (loadstring)": (
+        "    record_mover = loadstring(move_record_source(), 'move_record')",
+        "    loadstring(move_record_source(), 'move_record')\n"
+        "    record_mover = loadstring(move_record_source(), 'move_record')",
     ),
     "cells unpacked twice": (
         _CELLS,
