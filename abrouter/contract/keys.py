@@ -254,10 +254,13 @@ class UnitRecord:
 
 def decode_unit_record(raw: bytes) -> UnitRecord:
     """Parse a ``units[h|u]`` value, as flush.lua packs it with Lua's ``struct`` (format
-    ``<i4sBsddH`` then that many doubles: docs/storage.md); ValueError when it is not one."""
+    ``<i4sBsddH`` then that many doubles, or the brief form ``<i4sd`` then the doubles, its
+    epoch negated: docs/storage.md); ValueError when it is not one."""
     try:
         (e,) = struct.unpack_from("<i", raw, 0)
         v, at = _text_at(raw, 4)
+        if e < 0:
+            return _brief_record(raw, -e, v, at)
         (multiple,) = struct.unpack_from("<B", raw, at)
         latest, at = _text_at(raw, at + 1)
         granule, ctime, k = struct.unpack_from("<ddH", raw, at)
@@ -275,6 +278,18 @@ def decode_unit_record(raw: bytes) -> UnitRecord:
         covariate_time=ctime or None,
         state=state,
     )
+
+
+def _brief_record(raw: bytes, e: int, v: str, at: int) -> UnitRecord:
+    """The brief form's rest (from `at`, after e and v): the granule and the state; its latest
+    exposure is its first, it is not a multiple exposure and has no covariate time."""
+    (granule,) = struct.unpack_from("<d", raw, at)
+    at += 8
+    k, extra = divmod(len(raw) - at, 8)
+    if extra or k == 0:
+        raise ValueError(f"{len(raw) - at} bytes are not a state of doubles")
+    state = struct.unpack_from(f"<{k}d", raw, at)
+    return UnitRecord(first=(e, v), multiple=False, latest=(e, v), granule=granule, covariate_time=None, state=state)
 
 
 def _text_at(raw: bytes, at: int) -> tuple[str, int]:

@@ -166,7 +166,15 @@ async def test_an_outcome_held_before_records_is_credited_with_the_exposure_and_
     assert keys.decode_unit_record(await redis_client.hget(k.units, "u|u")).state[1 + columns.index("revenue")] == 7.5
 
 
-@pytest.mark.parametrize("damage", [b"garbage", b"\x01\x00\x00\x00control\x00\x00\x00"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"garbage",
+        b"\x01\x00\x00\x00control\x00\x00\x00",
+        b"\xff\xff\xff\xffcontrol\x00" + struct.pack("<d", 0.0) + b"\x00\x00\x00",  # brief, a state of 3 bytes
+        b"\xff\xff\xff\xffcontrol",  # brief, no end to v
+    ],
+)
 async def test_a_corrupt_record_refuses_the_batch_naming_its_field_and_writes_nothing(
     redis_client: redis.asyncio.Redis, experiment_name: str, damage: bytes
 ) -> None:
@@ -204,7 +212,9 @@ async def test_a_record_from_before_a_column_was_added_reads_zeros_for_it_and_gr
         agg.add_outcome(outcome)
         await script.apply(agg.batch(producer="p", seq=seq), allow_gap=False)
         if seq == 1:
-            short = keys.decode_unit_record(await redis_client.hget(k.units, "u1|u"))
+            raw = await redis_client.hget(k.units, "u1|u")
+            assert raw[3] >= 0x80  # the brief form (negative epoch)
+            short = keys.decode_unit_record(raw)
     record = keys.decode_unit_record(await redis_client.hget(k.units, "u1|u"))
     order = json.loads(await redis_client.get(k.metrics))
     assert len(short.state) == len(order) == len(record.state) - 1  # n_u, then one per column
@@ -213,16 +223,28 @@ async def test_a_record_from_before_a_column_was_added_reads_zeros_for_it_and_gr
     assert await redis_client.hget(k.agg, "1|control|clicks|sum_xn") == b"8"  # x_u = 4, n_u = 2
 
 
-@pytest.mark.parametrize(("k", "bad"), [(6, float("nan")), (6, float("inf")), (2, float("-inf"))])
+@pytest.mark.parametrize(
+    ("k", "bad", "brief"),
+    [
+        (6, float("nan"), False),
+        (6, float("inf"), False),
+        (2, float("-inf"), False),
+        (6, float("nan"), True),
+        (2, float("inf"), True),
+    ],
+)
 async def test_a_record_holding_a_number_that_is_not_finite_is_corrupt(
-    redis_client: redis.asyncio.Redis, experiment_name: str, k: int, bad: float
+    redis_client: redis.asyncio.Redis, experiment_name: str, k: int, bad: float, brief: bool
 ) -> None:
-    """Whole (k = 6: n_u and the experiment's five columns) or from before columns were added."""
+    """Whole (k = 6: n_u and the experiment's five columns) or from before columns were added,
+    in either form."""
     exp = make_experiment(experiment_name)
     k_ = keys.Keys(experiment_name)
     script = FlushScript(redis_client, k_)
     await script.load()
     head = struct.pack("<i", 1) + b"control\0" + b"\0" + b"1|control\0" + struct.pack("<ddH", 0.0, 0.0, k)
+    if brief:
+        head = struct.pack("<i", -1) + b"control\0" + struct.pack("<d", 0.0)
     record = head + struct.pack(f"<{k}d", 1.0, *[0.0] * (k - 2), bad)
     assert keys.decode_unit_record(record).state[-1] != 0  # a record in form, with that number last
     await redis_client.hset(k_.units, "u|u", record)
@@ -231,3 +253,47 @@ async def test_a_record_holding_a_number_that_is_not_finite_is_corrupt(
     with pytest.raises(BatchRejected, match=r"corrupt unit record in .*units field u\|u"):
         await script.apply(agg.batch(producer="p", seq=1), allow_gap=False)
     assert await redis_client.exists(k_.agg, k_.producers, k_.unit_seen) == 0
+
+
+def long_record(e: int, v: str, latest: str, state: list[float], *, multiple: int = 0, ctime: float = 0.0) -> bytes:
+    """A record in the long form, as flush.lua wrote every record before the brief form."""
+    head = struct.pack("<i", e) + v.encode() + b"\0" + bytes([multiple]) + latest.encode() + b"\0"
+    return head + struct.pack("<ddH", 1.0, ctime, len(state)) + struct.pack(f"<{len(state)}d", *state)
+
+
+async def test_a_long_record_from_before_the_brief_form_is_read_and_rewritten_brief_when_touched(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    """A common unit (latest exposure its first, one variant, no covariate time) is written in
+    the brief form; one stored long before moves on exactly and is rewritten brief; one that is
+    not common (a multiple exposure) stays long; an untouched one is left as it was."""
+    exp = make_experiment(experiment_name)
+    k = keys.Keys(experiment_name)
+    columns = keys.metric_order(exp)
+    await redis_client.set(k.metrics, json.dumps(columns))
+    state = [2.0] + [0.0] * len(columns)
+    state[1 + columns.index("revenue")] = 0.1
+    stored = {
+        "old|u": long_record(1, "control", "1|control", state),
+        "mx|u": long_record(1, "control", "1|candidate", state, multiple=1),
+        "idle|u": long_record(1, "control", "1|control", state),
+    }
+    await redis_client.hset(k.units, mapping=stored)
+    script = FlushScript(redis_client, k)
+    await script.load()
+    agg = Aggregator(columns, binary_metrics(exp))
+    for unit in ("old", "mx", "new"):
+        agg.add_exposure(Exposure(f"r-{unit}", unit, "control", 1, 0.0, 200, 5.0, False))
+        agg.add_outcome(Outcome(unit, "control", 1, "revenue", 1 / 3, 0.0))
+    await script.apply(agg.batch(producer="p", seq=1), allow_gap=False)
+    raw = {f: await redis_client.hget(k.units, f) for f in ("old|u", "mx|u", "new|u", "idle|u")}
+    assert [r[3] >= 0x80 for r in raw.values()] == [True, False, True, False]  # brief: a negative epoch
+    assert raw["idle|u"] == stored["idle|u"]
+    old, new = keys.decode_unit_record(raw["old|u"]), keys.decode_unit_record(raw["new|u"])
+    assert old.first == old.latest == new.first == new.latest == (1, "control")
+    assert not old.multiple and old.covariate_time is None
+    assert old.state[0] == 3 and old.state[1 + columns.index("revenue")] == 0.1 + 1 / 3
+    assert new.state[0] == 1 and new.state[1 + columns.index("revenue")] == 1 / 3
+    assert len(raw["old|u"]) < len(stored["old|u"])
+    mx = keys.decode_unit_record(raw["mx|u"])
+    assert mx.multiple and mx.latest == (1, "control") and mx.state[0] == 3

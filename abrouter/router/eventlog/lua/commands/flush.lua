@@ -338,8 +338,8 @@ end
 local CHUNK = 500
 local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
 local move_record = record_mover
-  and record_mover(RECORD, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, cap_at,
-                   set_more, order, HUGE, struct.unpack, struct.pack, pcall)
+  and record_mover(RECORD, BRIEF, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at,
+                   cap_at, set_more, order, HUGE, struct.unpack, struct.pack, pcall, string.byte)
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local any_legacy = false  -- most batches have none: no pass over their cells for legacy states
 local olds = {}          -- [old units] fields to delete, once read into a record

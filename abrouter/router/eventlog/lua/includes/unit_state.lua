@@ -57,6 +57,14 @@ local RECORD_HEAD = '<i4sBsddH'
 local HUGE = math.huge
 local KS = ncol + 1  -- a state's length in this batch's columns (they only grow)
 local RECORD = RECORD_HEAD .. string.rep('d', KS)
+-- [brief] The common unit's record in short: one whose latest exposure is its first, not a
+-- multiple exposure, without a covariate's report time (what the long form would hold is
+-- then implied): "<i4sd" and K doubles, -e (negative: the first four bytes tell the forms
+-- apart), v, granule, n_u, x_u(m1), ...; K from its length. 21 bytes and four values fewer
+-- each way than the long form (bench/README.md). Either form is read; a record is written
+-- in the brief form whenever it qualifies.
+local BRIEF_HEAD = '<i4sd'
+local BRIEF = BRIEF_HEAD .. string.rep('d', KS)
 
 -- A unit that has no record: no exposure, an empty state.
 local function new_unit()
@@ -75,12 +83,34 @@ local function short_unit(raw)
   return u
 end
 
+-- [brief] A record in the brief form (any state length up to KS), as a unit; nil if it is not one.
+local function brief_unit(raw)
+  local ok, e, v, granule, at = pcall(struct.unpack, BRIEF_HEAD, raw)
+  if not ok or e >= 0 then return nil end
+  local k = (#raw + 1 - at) / 8
+  if k < 1 or k > KS or k % 1 ~= 0 then return nil end
+  local u = {true, -e, v, 0, -e .. '|' .. v, granule, 0, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
+  for at = S + k + 1, S + KS + 1 do u[at] = 0 end  -- (over struct.unpack's last value: where it stopped)
+  return u
+end
+
+-- Whether `raw` is in the brief form: its epoch (the first four bytes) is negative.
+local function is_brief(raw)
+  return (string.byte(raw, 4) or 0) >= 128
+end
+
 -- The unit of record `raw`, or nil when `raw` is no record (or holds a number that is not finite).
 local function unit_of(raw)
-  local u = {pcall(struct.unpack, RECORD, raw)}
-  if not (u[1] and u[K] == KS and u[S + KS + 1] == #raw + 1) then
-    u = short_unit(raw)
+  local u
+  if is_brief(raw) then
+    u = brief_unit(raw)
     if not u then return nil end
+  else
+    u = {pcall(struct.unpack, RECORD, raw)}
+    if not (u[1] and u[K] == KS and u[S + KS + 1] == #raw + 1) then
+      u = short_unit(raw)
+      if not u then return nil end
+    end
   end
   for at = S + 1, S + KS do  -- doubles all: finite? (x - x is NaN for NaN and for an infinity)
     local x = u[at]
@@ -90,9 +120,13 @@ local function unit_of(raw)
   return u
 end
 
--- Its record, in the current granule.
+-- Its record, in the current granule: brief when it qualifies.
 local function pack_unit(u, granule)
   u[U_GRANULE], u[K] = granule, KS
+  local e = u[E]
+  if e > 0 and u[M] == 0 and u[CTIME] == 0 and u[LATEST] == e .. '|' .. u[V] then
+    return struct.pack(BRIEF, -e, u[V], granule, unpack(u, S + 1, S + KS))
+  end
   return struct.pack(RECORD, unpack(u, E, S + KS))
 end
 
@@ -322,31 +356,45 @@ end
 
 -- [issue 15] The common case without a Lua table: a unit's record read (struct.unpack into
 -- locals), checked, moved by one cell and packed again, as `unit_of`, the cell loop
--- (flush.lua) and `pack_unit` would, for a unit that has a whole record (no column missing)
--- with its first exposure, not a multiple exposure, and a cell that is not anonymous and
--- does not make it one (no new first exposure, no second variant), in a batch without
--- covariates. Returns the packed record, the pointer to write to units[h] (nil: it did not
+-- (flush.lua) and `pack_unit` would, for a unit that has a whole record (no column missing),
+-- not a multiple exposure, and a cell that is not anonymous and does not make it one (no
+-- second variant), in a batch without covariates; a unit whose record holds no exposure
+-- yet (outcomes held) too, the cell's exposure then its first. Returns the packed record, the pointer to write to units[h] (nil: it did not
 -- move) and whether the record named an older expiry granule; false when the unit is not
 -- that case (the caller then takes the table: `unit_of`); nil and the column when a value
 -- is not finite (the batch is refused). A record (a string) is the unit's whole state
 -- between its cells: a unit's second cell unpacks the first one's result.
 local function move_record_source()
-  local out = {'local RECORD, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, cap_at, '
-                 .. 'set_more, order, HUGE, unpack_, pack_, pcall_ = ...',
+  local out = {'local RECORD, BRIEF, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, '
+                 .. 'cap_at, set_more, order, HUGE, unpack_, pack_, pcall_, byte_ = ...',
                'return function(raw, b, C)'}
   local function w(line) out[#out + 1] = line end
   local states = {}
   for s = 1, KS do states[s] = 's' .. s end
   local list = table.concat(states, ', ')
-  w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
-  w('if not ok or k ~= KS or after ~= #raw + 1 or e == 0 or m ~= 0 or C[b + 4] >= 2 then return false end')
-  w('if C[b + 5] > 0 and C[b + 3] ~= v then return false end')
+  w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after')
+  w('if (byte_(raw, 4) or 0) >= 128 then')  -- [brief]
+  w('ok, e, v, granule, ' .. list .. ', after = pcall_(unpack_, BRIEF, raw)')
+  w('if not ok or after ~= #raw + 1 then return false end')
+  w('e, m, t = -e, 0, 0')
+  w('local by_e = stratum_names[e]')
+  w('latest = by_e and by_e[v] or stratum_name(e, v)')
+  w('else')
+  w('ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
+  w('if not ok or k ~= KS or after ~= #raw + 1 then return false end')
+  w('end')
+  w('if m ~= 0 or C[b + 4] >= 2 then return false end')
+  -- A unit without an exposure yet (its outcomes came first) is moved in the cell's stratum,
+  -- and takes the cell's (e, v) as its first exposure when the cell has one.
+  w('local se, sv = e, v')
+  w('if e == 0 then se, sv = C[b + 2], C[b + 3] if C[b + 5] > 0 then e, v = se, sv end')
+  w('elseif C[b + 5] > 0 and C[b + 3] ~= v then return false end')
   local checks = {}
   for s = 1, KS do checks[s] = string.format('s%d - s%d ~= 0', s, s) end
   w('if ' .. table.concat(checks, ' or ') .. ' then return false end')  -- not finite: unit_of refuses it
-  w('local by_v = acc_of[e]')
-  w('local acc = by_v and by_v[v]')
-  w('if not acc then local _ _, acc = stratum(e, v) end')
+  w('local by_v = acc_of[se]')
+  w('local acc = by_v and by_v[sv]')
+  w('if not acc then local _ _, acc = stratum(se, sv) end')
   w('local n1 = s1 + C[b + 5]')
   w('local stored_t = false')
   move_body(w, function(s) return 's' .. s end)
@@ -356,15 +404,26 @@ local function move_record_source()
   w('local p = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])')
   w('if p ~= latest then latest, pointer = p, p end')
   w('end')
+  w('if t == 0 and e > 0 then')  -- [brief] (m is 0 here)
+  w('local by_e = stratum_names[e]')
+  w('if latest == (by_e and by_e[v]) then')
+  w('return pack_(BRIEF, -e, v, granule_end, ' .. list .. '), pointer, granule ~= granule_end')
+  w('end end')
   w('return pack_(RECORD, e, v, m, latest, granule_end, t, KS, ' .. list .. '), pointer, granule ~= granule_end')
   w('end')
   return table.concat(out, '\n')
 end
 
+-- `move` is compiled when a cell first needs it: a batch whose units all take `move_record`
+-- (returning units, the common case) compiles only that (compiling was 0.1 µs an event).
 local record_mover = nil  -- makes `move_record` (flush.lua, once the strata and the granule exist); nil: none
 if loadstring then
-  local chunk = loadstring(move_source(), 'move')
-  if chunk then move = chunk(counted_at, cap_at, set_more, order, HUGE) end
+  local plain_move = move
+  move = function(...)
+    local chunk = loadstring(move_source(), 'move')
+    move = chunk and chunk(counted_at, cap_at, set_more, order, HUGE) or plain_move
+    return move(...)
+  end
   if not cov_n and nmore == 0 and KS <= 60 then  -- (Lua 5.1: at most 200 locals, 250 registers)
     record_mover = loadstring(move_record_source(), 'move_record')
   end
