@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 #: Latency buckets in seconds (Prometheus convention), tuned for model inference.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -97,6 +99,17 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+_Key = TypeVar("_Key", bound=tuple[str, ...])
+
+
+def _counter(name: str, help_text: str, series: Mapping[_Key, int], *names: str) -> list[str]:
+    """A counter's HELP and TYPE, then a sample per key of `series`, its parts labelled by `names`."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+    for key, n in sorted(series.items()):
+        lines.append(f"{name}{_labels(**dict(zip(names, key)))} {n}")
+    return lines
+
+
 def _histograms(name: str, by_arm: dict[Arm, _Histogram]) -> list[str]:
     lines = []
     for (experiment, variant), h in sorted(by_arm.items()):
@@ -114,18 +127,22 @@ def _histograms(name: str, by_arm: dict[Arm, _Histogram]) -> list[str]:
 def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[str, str, float]]) -> str:
     """Prometheus text format 0.0.4. `extra` maps a metric name to (type, help, value); the
     router-wide series carry `labels` (the experiment's name when the router serves one)."""
-    lines = [
-        "# HELP abrouter_requests_total Proxied requests by variant and status class.",
-        "# TYPE abrouter_requests_total counter",
-    ]
-    for (experiment, variant, code), n in sorted(m.requests.items()):
-        lines.append(f"abrouter_requests_total{_labels(experiment=experiment, variant=variant, code=code)} {n}")
-    lines += [
-        "# HELP abrouter_errors_total Failed requests by variant and reason (5xx, refused, timeout).",
-        "# TYPE abrouter_errors_total counter",
-    ]
-    for (experiment, variant, reason), n in sorted(m.errors.items()):
-        lines.append(f"abrouter_errors_total{_labels(experiment=experiment, variant=variant, reason=reason)} {n}")
+    lines = _counter(
+        "abrouter_requests_total",
+        "Proxied requests by variant and status class.",
+        m.requests,
+        "experiment",
+        "variant",
+        "code",
+    )
+    lines += _counter(
+        "abrouter_errors_total",
+        "Failed requests by variant and reason (5xx, refused, timeout).",
+        m.errors,
+        "experiment",
+        "variant",
+        "reason",
+    )
     lines += [
         "# HELP abrouter_request_duration_seconds Time from request to end of response body.",
         "# TYPE abrouter_request_duration_seconds histogram",
@@ -136,9 +153,7 @@ def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[st
         "# TYPE abrouter_response_first_byte_seconds histogram",
     ]
     lines += _histograms("abrouter_response_first_byte_seconds", m.first_byte)
-    lines += ["# HELP abrouter_outcomes_total Accepted outcomes by metric.", "# TYPE abrouter_outcomes_total counter"]
-    for (experiment, metric), n in sorted(m.outcomes.items()):
-        lines.append(f"abrouter_outcomes_total{_labels(experiment=experiment, metric=metric)} {n}")
+    lines += _counter("abrouter_outcomes_total", "Accepted outcomes by metric.", m.outcomes, "experiment", "metric")
     lines += [
         "# HELP abrouter_outcomes_rejected_total Outcome items rejected as invalid.",
         "# TYPE abrouter_outcomes_rejected_total counter",
@@ -154,13 +169,14 @@ def render(m: ProxyMetrics, *, labels: dict[str, str], extra: dict[str, tuple[st
     ]
     for reason, n in sorted(m.bad_requests.items()):
         lines.append(f"abrouter_bad_requests_total{_labels(**labels, reason=reason)} {n}")
-    lines += [
-        "# HELP abrouter_grpc_retries_total gRPC calls the upstream refused unprocessed (REFUSED_STREAM, or above "
-        "its GOAWAY's last stream id) and the router sent again; never counted as a variant's error.",
-        "# TYPE abrouter_grpc_retries_total counter",
-    ]
-    for (experiment, variant), n in sorted(m.grpc_retries.items()):
-        lines.append(f"abrouter_grpc_retries_total{_labels(experiment=experiment, variant=variant)} {n}")
+    lines += _counter(
+        "abrouter_grpc_retries_total",
+        "gRPC calls the upstream refused unprocessed (REFUSED_STREAM, or above its GOAWAY's last stream id) and "
+        "the router sent again; never counted as a variant's error.",
+        m.grpc_retries,
+        "experiment",
+        "variant",
+    )
     lines += _shadow_lines(m)
     for name, (kind, help_text, value) in extra.items():
         lines += [
@@ -188,11 +204,11 @@ def _shadow_lines(m: ProxyMetrics) -> list[str]:
         for (experiment, variant, r), n in sorted(m.shadow.items()):
             if r == result:
                 lines.append(f"{name}{_labels(experiment=experiment, variant=variant)} {n}")
-    lines += [
-        "# HELP abrouter_shadow_dropped_total Copies never sent: the queue was full (queue_full), the request "
-        "body streamed (streamed_body), or the router stopped first (closing).",
-        "# TYPE abrouter_shadow_dropped_total counter",
-    ]
-    for (experiment, reason), n in sorted(m.shadow_dropped.items()):
-        lines.append(f"abrouter_shadow_dropped_total{_labels(experiment=experiment, reason=reason)} {n}")
-    return lines
+    return lines + _counter(
+        "abrouter_shadow_dropped_total",
+        "Copies never sent: the queue was full (queue_full), the request body streamed (streamed_body), or the "
+        "router stopped first (closing).",
+        m.shadow_dropped,
+        "experiment",
+        "reason",
+    )
