@@ -90,15 +90,17 @@ async def cpu(client: redis.asyncio.Redis) -> float:
 
 
 async def measured(
-    client: redis.asyncio.Redis, run: Callable[[], Awaitable[None]], *, slowlog: bool = True
+    client: redis.asyncio.Redis, run: Callable[[], Awaitable[None]], *, slowlog: bool = True, slowlog_us: int = 0
 ) -> tuple[float, float]:
     """(Redis CPU seconds, the longest script call in ms) of `run`.
 
     The SLOWLOG that times the calls logs every command (threshold 0): for the floor's one
     HINCRBY per event that is an entry per event, a third of its CPU, so the floor runs
     with it off (`slowlog` False), as a production Redis would run those commands.
+    `slowlog_us` (the script phases' threshold): 0 logs every command a script calls too; a
+    threshold below the calls measured but above those commands logs the calls alone.
     """
-    await client.config_set("slowlog-log-slower-than", 0 if slowlog else -1)
+    await client.config_set("slowlog-log-slower-than", slowlog_us if slowlog else -1)
     await client.slowlog_reset()
     before = await cpu(client)
     await run()
@@ -164,7 +166,7 @@ async def main(args: argparse.Namespace) -> None:
         old = before_source(args.before_ref)
         if old is None:
             raise SystemExit(f"--before-ref {args.before_ref}: no flush.lua there")
-        sources = {"before": old, **sources}
+        sources = {**sources, "before": old} if args.after_first else {"before": old, **sources}
     with RedisServer(binary=args.redis_server or None) as server:
         client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)  # a loaded machine's long calls
         info = await client.info("server")
@@ -184,7 +186,11 @@ async def main(args: argparse.Namespace) -> None:
                 batches = [batch_of(exp, chunk, r * args.batches + i + 1) for i, chunk in enumerate(recorded)]
                 if label == "before":
                     batches = [as_version(b, args.before_version) for b in batches]
-                results[label].append(await measured(client, lambda t=text, b=batches, k=k: apply_all(client, t, k, b)))
+                results[label].append(
+                    await measured(
+                        client, lambda t=text, b=batches, k=k: apply_all(client, t, k, b), slowlog_us=args.slowlog_us
+                    )
+                )
             results["floor"].append(
                 await measured(client, lambda: floor(client, "bench-floor", recorded), slowlog=False)
             )
@@ -257,6 +263,17 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--units", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--after-first",
+        action="store_true",
+        help="each round applies 'after' before 'before' (the second of a round reads ~0.1 µs/event higher)",
+    )
+    parser.add_argument(
+        "--slowlog-us",
+        type=int,
+        default=0,
+        help="SLOWLOG threshold in the script phases (0: every command, the script's own included)",
+    )
     parser.add_argument("--big", type=int, default=50_000, help="events in the one big batch (0: skip)")
     parser.add_argument("--before-ref", default="", help="a git ref whose flush.lua to measure too")
     parser.add_argument(
