@@ -16,7 +16,7 @@ import pytest
 
 from abrouter.router.h2 import frames
 from tests.router.grpc.conftest import MakeGrpcRouter
-from tests.router.grpc.test_h2_conformance import UNIT, WAIT_S, UpstreamWire, _echo, _echo_all, upstream
+from tests.router.grpc.test_h2_conformance import UNIT, WAIT_S, UpstreamWire, _echo, _echo_all, _failed_call, upstream
 
 pytestmark = pytest.mark.parametrize("grpc_server", ["grpcio"])
 
@@ -54,8 +54,5 @@ async def test_grpc_core_passes_a_refused_stream_on_as_unavailable(make_grpc_rou
     async with upstream(serve) as u:
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
         async with r.channel() as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(
-                    channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=20), WAIT_S
-                )
-        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            err = await _failed_call(channel)
+        assert err.code() is grpc.StatusCode.UNAVAILABLE

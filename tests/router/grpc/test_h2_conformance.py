@@ -668,6 +668,19 @@ async def _echo_all(wire: UpstreamWire) -> None:
         _echo(wire, req)
 
 
+async def _failed_call(channel: grpc.aio.Channel, body: bytes = b"a", *, timeout: float = 20) -> grpc.aio.AioRpcError:
+    """The error of a unary call that is to fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await asyncio.wait_for(channel.unary_unary("/test.Quirky/Call")(body, metadata=UNIT, timeout=timeout), WAIT_S)
+    return err.value
+
+
+async def _one_error(r: GrpcRouter, reason: str) -> None:
+    """Once the router's side of the call ended: it counted as exactly one error of the control, for `reason`."""
+    await _until(lambda: bool(r.router.metrics.errors))
+    assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", reason): 1}
+
+
 async def _until(done: Callable[[], bool]) -> None:
     """Wait for the router's side of a call to end on its own (its metrics counted)."""
     for _ in range(int(WAIT_S / 0.02)):
@@ -796,16 +809,12 @@ async def test_a_call_refused_every_time_is_unavailable_after_the_bounded_retrie
     async with upstream(serve) as u:
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
         async with r.channel() as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(
-                    channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=20), WAIT_S
-                )
-        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "variant 'control'" in (err.value.details() or "")
+            err = await _failed_call(channel)
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert "variant 'control'" in (err.details() or "")
         assert sum(len(w.heads) for w in u.connections) == 1 + relay.MAX_RETRIES
         assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): relay.MAX_RETRIES}
-        await _until(lambda: bool(r.router.metrics.errors))
-        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "unavailable"): 1}
+        await _one_error(r, "unavailable")
 
 
 async def test_a_call_that_streamed_beyond_the_replay_bound_before_it_was_refused_is_unavailable_not_sent_again(
@@ -821,17 +830,15 @@ async def test_a_call_that_streamed_beyond_the_replay_bound_before_it_was_refuse
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
         async with _big_channel(r) as channel:
             big = b"x" * (relay.REPLAY_LIMIT + 1000)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(channel.unary_unary("/test.Quirky/Call")(big, metadata=UNIT, timeout=20), WAIT_S)
-        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-        assert "variant 'control'" in (err.value.details() or "")
+            err = await _failed_call(channel, big)
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
+        assert "variant 'control'" in (err.details() or "")
         assert len(u.connections) == 1 and sum(len(w.heads) for w in u.connections) == 1
         assert not r.router.metrics.grpc_retries
-        await _until(lambda: bool(r.router.metrics.errors))
-        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "unavailable"): 1}
+        await _one_error(r, "unavailable")
 
 
-async def test_a_deadline_that_passes_while_a_refused_call_is_sent_again_is_deadline_exceeded(
+async def test_a_deadline_that_passes_while_a_failed_call_is_sent_again_is_deadline_exceeded(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
     async def serve(wire: UpstreamWire) -> None:
@@ -843,13 +850,11 @@ async def test_a_deadline_that_passes_while_a_refused_call_is_sent_again_is_dead
     async with upstream(serve) as u:
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
         async with r.channel() as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=3), WAIT_S)
-        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            err = await _failed_call(channel, timeout=3)
+        assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert len(u.connections) == 2 and all(w.heads for w in u.connections)
         assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
-        await _until(lambda: bool(r.router.metrics.errors))
-        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "timeout"): 1}
+        await _one_error(r, "timeout")
 
 
 @pytest.mark.parametrize("code", [frames.CANCEL, frames.INTERNAL_ERROR])
@@ -864,15 +869,11 @@ async def test_a_call_the_upstream_resets_with_another_code_may_have_been_proces
     async with upstream(serve) as u:
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
         async with r.channel() as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(
-                    channel.unary_unary("/test.Quirky/Call")(b"a", metadata=UNIT, timeout=20), WAIT_S
-                )
-        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            err = await _failed_call(channel)
+        assert err.code() is grpc.StatusCode.UNAVAILABLE
         assert sum(len(w.heads) for w in u.connections) == 1
         assert not r.router.metrics.grpc_retries
-        await _until(lambda: bool(r.router.metrics.errors))
-        assert dict(r.router.metrics.errors) == {(r.spec["name"], "control", "unavailable"): 1}
+        await _one_error(r, "unavailable")
 
 
 async def test_a_callers_reset_mid_call_resets_the_upstreams_stream_and_is_no_error_of_the_variant(
