@@ -54,8 +54,9 @@ RETAIN_MAX_BATCHES = 4
 #: How often an idle producer (a round that sent nothing) reads back its last applied seq:
 #: the check that notices a Redis that lost acknowledged batches while nothing new was sent.
 #: Once a second rather than every flush round (0.25 s by default), which made each idle
-#: experiment cost about 8 Redis commands a second. Retained batches are pruned only after
-#: such a check, so none ages out unchecked; a loss is reported at most this much later.
+#: experiment cost about 8 Redis commands a second. While idle (no batch acknowledged),
+#: retained batches are pruned only after such a check, so none ages out unchecked; a loss
+#: is reported at most this much later.
 IDLE_CHECK_S = 1.0
 
 APPLIED, DUPLICATE, GAP, QUARANTINED = 1, 0, -1, -2
