@@ -304,14 +304,16 @@ local granule_s = num(granule_end)
 -- no h|f: `legacy`) keeps the old per-(unit, epoch, variant) accounting, one bare state
 -- per cell in h|e|v, so old data stays exact.
 local MX = '~mx'
-local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
+-- h -> the unit as moved by this batch so far: its record (a string) or its table (`unit_of`,
+-- unit_state.lua); while its chunk is read, the index of its record in the chunk's HMGET.
+local firsts = {}
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
-local order_h, order_f, nunits = {}, {}, 0  -- the units (h) in the order first met, their records' fields
--- [issue 15] A unit with a record is held as that record (a string) until a cell needs it as a
--- table: `move_record` (unit_state.lua) moves the common case without one. moved[h]: the
--- record was moved (it is to be written); stale[h]: it named an older expiry granule.
-local moved, stale = {}, {}
+-- [issue 15] Each unit's record, written as its cells are moved: {field, record, ...}, once per
+-- run of adjacent cells of the unit (a group). A unit whose cells are not adjacent (batch
+-- formats before 7 do not group them) is written again after each later group; HSET keeps
+-- the last, its final state.
+local records, nrec = {}, 0
 
 -- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
 -- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
@@ -351,45 +353,41 @@ end
 for _, range in ipairs(ranges) do
   C = segs[range[1]]
   local first, last_cell = range[2], range[3]
-  -- The records of the chunk's units not met before in this batch.
-  -- firsts[h] holds the unit's first cell (its offset b) until the unit is read: one map.
-  local hs, names, at, nh = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
+  -- The records of the chunk's units not met before in this batch: firsts[h] is the index of
+  -- the unit's record in `raws` (and of its first cell's offset in `at`) until its cells are
+  -- moved. (Counted: # is a search in Lua 5.1.)
+  local names, at, nh = {}, {}, 0
   for b = (first - 1) * W, (last_cell - 1) * W, W do
     local h = C[b + 1]
     if not firsts[h] then
       nh = nh + 1
-      hs[nh], names[nh], at[nh] = h, h .. '|u', b
-      firsts[h] = b
+      names[nh], at[nh] = h .. '|u', b
+      firsts[h] = nh
     end
   end
   local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}
-  local bare = {}  -- units without a record: their old fields, if any
+  -- A record is checked (move_record, else unit_of) when its unit's first cell is moved.
+  local bare, nbare = {}, 0  -- units without a record: their old fields, if any
   for k = 1, nh do  -- (not ipairs: it calls a function per step)
-    local h, raw = hs[k], raws[k]
-    if raw then
-      local u = raw  -- checked by move_record, or unit_of, when its first cell is moved
-      if not move_record then
-        u = unit_of(raw)
-        if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
-      end
-      firsts[h] = u
-      nunits = nunits + 1
-      order_h[nunits], order_f[nunits] = h, names[k]
-    else
-      bare[#bare + 1] = k
-    end
+    if not raws[k] then nbare = nbare + 1; bare[nbare] = k end
   end
-  if #bare > 0 then
+  -- The unit of h as moved so far (a table, a record, or false while its record is unread).
+  local function unit_now(h)
+    local u = firsts[h]
+    if type(u) == 'number' then return raws[u] end
+    return u
+  end
+  if nbare > 0 then
     local ids = {}
-    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[bare[n]] .. '|f', hs[bare[n]] end
+    for n = 1, nbare do
+      local h = string.sub(names[bare[n]], 1, -3)
+      ids[2 * n - 1], ids[2 * n] = h .. '|f', h
+    end
     local old_raw = redis.call('HMGET', units, unpack(ids))
-    for n, k in ipairs(bare) do
-      local h = hs[k]
-      local u, bad = unit_without_record(h, old_raw[2 * n - 1], old_raw[2 * n])
+    for n = 1, nbare do
+      local u, bad = unit_without_record(ids[2 * n], old_raw[2 * n - 1], old_raw[2 * n])
       if not u then return {-2, last, 0, bad} end
-      firsts[h] = u
-      nunits = nunits + 1
-      order_h[nunits], order_f[nunits] = h, names[k]
+      raws[bare[n]] = u
       if u.legacy then any_legacy = true end
     end
   end
@@ -402,11 +400,12 @@ for _, range in ipairs(ranges) do
       fields[#fields + 1], kinds[#kinds + 1] = field, kind
     end
   end
-  for _, k in ipairs(bare) do
-    local h = hs[k]
-    local u = firsts[h]
+  for n = 1, nbare do
+    local k = bare[n]
+    local u = raws[k]
     if not u.legacy then
       local b = at[k]
+      local h = C[b + 1]
       local old = h .. '|' .. stratum_name(u[E] ~= 0 and u[E] or C[b + 2], u[V] ~= '' and u[V] or C[b + 3])
       want(old, h)
       if cov_i then want(old .. '|c', false) end
@@ -414,7 +413,8 @@ for _, range in ipairs(ranges) do
   end
   for i = first, any_legacy and last_cell or first - 1 do
     local b = (i - 1) * W
-    if firsts[C[b + 1]].legacy then
+    local u = unit_now(C[b + 1])
+    if type(u) == 'table' and u.legacy then
       local key = C[b + 1] .. '|' .. stratum_name(C[b + 2], C[b + 3])
       if cached[key] == nil then
         want(key, true)
@@ -435,7 +435,7 @@ for _, range in ipairs(ranges) do
         if kind == true then  -- [legacy]
           cached[field], cov_time[field] = state, t
         else  -- into the unit's record; the old fields go
-          local u = firsts[kind]
+          local u = unit_now(kind)
           for s = 1, KS do u[S + s] = state[s] end
           u[CTIME] = t or 0
           if u.old_first or found[k] then
@@ -448,29 +448,58 @@ for _, range in ipairs(ranges) do
       end
     end
   end
+  -- The cells, in order, a group (a run of adjacent cells of one unit, `cur`) at a time: `cu` the
+  -- unit as moved so far, `field` its record's field (nil: not read in this chunk), `dirty` and
+  -- `stale` whether this group moved its record and whether that record named an older expiry
+  -- granule. When the group ends (one step past the chunk's last cell ends the last one), the
+  -- unit is kept in firsts and its record, if moved, goes to `records`.
   local writes, nw = {}, 0
-  for b = (first - 1) * W, (last_cell - 1) * W, W do
-    local h = C[b + 1]
-    local u = firsts[h]
-    local rec, pointer, was_stale = false, nil, false
-    if type(u) == 'string' then  -- a record not read into a table yet
-      rec, pointer, was_stale = move_record(u, b, C)
+  local cur, cu, field, dirty, stale = false, nil, nil, false, false
+  local last_b = (last_cell - 1) * W
+  for b = (first - 1) * W, last_b + W, W do
+    local h = b <= last_b and C[b + 1]
+    if h ~= cur then
+      if cur then
+        firsts[cur] = cu
+        if type(cu) == 'string' then
+          if dirty then
+            field = field or cur .. '|u'
+            records[nrec + 1], records[nrec + 2], nrec = field, cu, nrec + 2
+            if stale then age(granule_s, field) end
+          end
+        elseif cu[DIRTY] then
+          field = field or cur .. '|u'
+          local fresh = cu[U_GRANULE] == granule_end
+          records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(cu, granule_end), nrec + 2
+          cu[DIRTY] = false  -- written: a later group of the unit writes it again only if it moves it
+          if not fresh then age(granule_s, field) end
+        end
+      end
+      if not h then break end
+      cur, cu, field, dirty, stale = h, firsts[h], nil, false, false
+      if type(cu) == 'number' then cu, field = raws[cu], names[cu] end
+    end
+    local rec = false
+    if type(cu) == 'string' then  -- a record not read into a table yet
+      local pointer, was_stale
+      if move_record then rec, pointer, was_stale = move_record(cu, b, C) end
       if rec == nil then
         return {-2, last, 0, 'non-finite ' .. pointer .. ' in the new unit state of ' .. units .. ' field ' .. h .. '|u'}
       end
       if rec then
-        firsts[h], moved[h] = rec, true
-        if was_stale then stale[h] = true end
+        cu, dirty = rec, true
+        if was_stale then stale = true end
         if pointer then writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2 end
       else  -- not the common case: the unit as a table
-        u = unit_of(u)
+        local u = unit_of(cu)
         if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u'} end
-        if moved[h] then u[DIRTY] = true end
-        if stale[h] then u[U_GRANULE] = 0 end  -- (scored when written, as it would have been)
-        firsts[h] = u
+        if dirty then u[DIRTY] = true end
+        if stale then u[U_GRANULE] = 0 end  -- (scored when written, as it would have been)
+        cu = u
       end
     end
     if not rec then
+      local u = cu
       local latest = C[b + 4]
       local anonymous = latest >= 2
       local legacy = u.legacy
@@ -546,24 +575,6 @@ for _, range in ipairs(ranges) do
     end
   end
   if nw > 0 then unit_writes[#unit_writes + 1] = writes end
-end
--- Each unit's record, once per batch however many cells it had; scored when not fresh (its
--- record names an older granule).
-local records, nrec = {}, 0
-for i = 1, nunits do
-  local h = order_h[i]
-  local u = firsts[h]
-  if type(u) == 'table' then
-    if u[DIRTY] then
-      local field = order_f[i]
-      local fresh = u[U_GRANULE] == granule_end
-      records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2
-      if not fresh then age(granule_s, field) end
-    end
-  elseif moved[h] then  -- moved by move_record: already packed
-    records[nrec + 1], records[nrec + 2], nrec = order_f[i], u, nrec + 2
-    if stale[h] then age(granule_s, order_f[i]) end
-  end
 end
 -- [end issue 15, issue 9]
 
