@@ -173,12 +173,13 @@ async def test_the_code_compiled_per_batch_stores_exactly_what_the_plain_lua_sto
 async def test_every_cell_layout_stores_exactly_what_the_others_store(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:
-    # The same batches, as the router sends them (version 6: the cells packed apart), in one
+    # The same batches, as the router sends them (version 7: the cells packed apart, each
+    # unit's as one run under its record field), packed in the order of version 6, in one
     # flat JSON array (5), nested as in version 4 (a built-in's count is the cell's n), and
-    # in the layout of versions 1-3 (every count spelled out), into four experiments: every
+    # in the layout of versions 1-3 (every count spelled out), into five experiments: every
     # agg field and every unit record must come out the same.
     stored = []
-    for suffix, version in (("-v6", None), ("-v5", 5), ("-v4", 4), ("-v3", 3)):
+    for suffix, version in (("-v7", None), ("-v6", 6), ("-v5", 5), ("-v4", 4), ("-v3", 3)):
         name = experiment_name + suffix
         exp = _rich_experiment(name)
         flush = FlushScript(redis_client, keys.Keys(name))
@@ -208,7 +209,8 @@ async def test_every_cell_layout_stores_exactly_what_the_others_store(
     cut = json.loads(sent.payload)
     width = 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1  # [h, e, v, latest, n], built-ins, the others, a report time
     rows = cells.cells_of(cut, sent.cells)
-    assert cut["v"] == 6 and cut["width"] == width and "cells" not in cut and cut["ncells"] == len(rows) > 50
-    assert all(len(c) == width for c in rows)
-    payload, packed = cells.as_version(*cells.as_version(sent.payload, sent.cells, 5), 6)  # there and back
+    assert cut["v"] == 7 and cut["width"] == width and "cells" not in cut and cut["ncells"] == len(rows) > 50
+    assert all(len(c) == width for c in rows) and rows == cells.in_runs(rows)
+    assert len({c[0] for c in rows}) < len(rows)  # units with several cells, each unit's one run
+    payload, packed = cells.as_version(*cells.as_version(sent.payload, sent.cells, 5), 7)  # there and back
     assert json.loads(payload) == cut and packed == sent.cells
