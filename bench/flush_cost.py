@@ -20,8 +20,11 @@ Redis CPU is the ``used_cpu_user + used_cpu_sys`` delta of ``INFO cpu`` around e
 phase, per event; the longest single script call comes from SLOWLOG (threshold 0, on for
 the script phases only: logging each of the floor's commands inflated the floor by about a
 third before 2026-12-05 18:40, and every ratio to it read too low).
-The largest call is also measured for one batch of `--big` events (a router at
-saturation whose buffer filled, before batches were bounded). Prints a Markdown table.
+With `--ramp` the rounds after the first are the same events in epoch 2 (a ramp step moved
+every unit's latest exposure: their records are the long form, the first round's units
+returning in another stratum). The largest call is also measured for one batch of `--big`
+events (a router at saturation whose buffer filled, before batches were bounded). Prints a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -82,6 +85,12 @@ def batch_of(exp: model.Experiment, recorded: list[events.Event], seq: int) -> e
     for e in recorded:
         agg.add_exposure(e) if isinstance(e, events.Exposure) else agg.add_outcome(e)
     return agg.batch(producer="bench", seq=seq)
+
+
+def after_ramp(recorded: list[events.Event]) -> list[events.Event]:
+    """The same events in epoch 2: after a ramp step, every returning unit's latest exposure
+    leaves its first (epoch 1), so its record is the long form (`--ramp`)."""
+    return [dataclasses.replace(e, epoch=2) for e in recorded]
 
 
 async def cpu(client: redis.asyncio.Redis) -> float:
@@ -183,7 +192,10 @@ async def main(args: argparse.Namespace) -> None:
                 name = f"bench-{label}"
                 exp = experiment(name)
                 k = keys.Keys(name)
-                batches = [batch_of(exp, chunk, r * args.batches + i + 1) for i, chunk in enumerate(recorded)]
+                batches = [
+                    batch_of(exp, after_ramp(chunk) if args.ramp and r > 0 else chunk, r * args.batches + i + 1)
+                    for i, chunk in enumerate(recorded)
+                ]
                 if label == "before":
                     batches = [as_version(b, args.before_version) for b in batches]
                 results[label].append(
@@ -273,6 +285,9 @@ if __name__ == "__main__":
         type=int,
         default=0,
         help="SLOWLOG threshold in the script phases (0: every command, the script's own included)",
+    )
+    parser.add_argument(
+        "--ramp", action="store_true", help="rounds after the first in epoch 2 (units' records the long form)"
     )
     parser.add_argument("--big", type=int, default=50_000, help="events in the one big batch (0: skip)")
     parser.add_argument("--before-ref", default="", help="a git ref whose flush.lua to measure too")

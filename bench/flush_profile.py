@@ -44,8 +44,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no stream": ("append_stream(tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[2], ARGV[5])", ""),
     # ... else done twice (its cost: variant - full).
     "record moved twice (move_record, its result dropped)": (
-        "      rec, pointer, was_stale = move_record(u, b, C)",
-        "      move_record(u, b, C); rec, pointer, was_stale = move_record(u, b, C)",
+        "      rec, pointer, was_stale = move_record(cu, b, C)",
+        "      move_record(cu, b, C); rec, pointer, was_stale = move_record(cu, b, C)",
     ),
     "HMGET twice": (
         "local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}",
@@ -70,9 +70,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     "no expiry": ("\nexpire_units(now, ttl)\n", "\n"),
     "CHUNK 1000": ("local CHUNK = 500", "local CHUNK = 1000"),
-    "field names built twice": (
-        "hs[nh], names[nh], at[nh] = h, h .. '|u', b",
-        "local _ = h .. '|u'; hs[nh], names[nh], at[nh] = h, h .. '|u', b",
+    "a field name built per unit (as for batch format 6)": (
+        "      names[nh] = h\n",
+        "      names[nh] = h\n      local _ = h .. '|x'\n",
     ),
 }
 

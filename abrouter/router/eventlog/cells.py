@@ -8,7 +8,9 @@ version 5 as one flat JSON array of ``width`` values per cell, version 6 apart f
 JSON document (`Batch.cells`), packed with `struct`: per cell h and v zero-terminated, every
 number a little-endian double (``"<sds"`` then ``width - 3`` ``"d"``), which flush.lua reads
 a few hundred cells per ``struct.unpack`` call, a third of what cjson took for the same
-values (bench/lua_prims.py).
+values (bench/lua_prims.py). Version 7 sends each cell's h as the unit's record field,
+``h|u`` (`UNIT_FIELD`), which flush.lua then need not build per unit, and each unit's cells
+one after another (`in_runs`), so that flush.lua reads and writes its record once per run.
 """
 
 from __future__ import annotations
@@ -19,25 +21,32 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 _DOUBLE = struct.Struct("<d")
+#: [version 7] What follows h in a packed cell: the unit's record field is h + UNIT_FIELD.
+UNIT_FIELD = "|u"
+
+
+def _suffix(version: int) -> bytes:
+    return UNIT_FIELD.encode() if version >= 7 else b""
 
 
 class Packer:
-    """Packs the cells of one width (version 6), one row at a time."""
+    """Packs the cells of one width (version 6, or 7: h as its record field), one row at a time."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, version: int) -> None:
         self._rest = struct.Struct("<" + "d" * (width - 3))
+        self._suffix = _suffix(version)
 
     def pack(self, row: Sequence[Any]) -> bytes:
         """``[h, e, v, latest, n, ...]`` as flush.lua reads it. h and v hold no NUL (a unit
         hash, a variant name)."""
-        return b"".join(
-            (row[0].encode(), b"\0", _DOUBLE.pack(row[1]), row[2].encode(), b"\0", self._rest.pack(*row[3:]))
-        )
+        h, rest = row[0].encode() + self._suffix, self._rest.pack(*row[3:])
+        return b"".join((h, b"\0", _DOUBLE.pack(row[1]), row[2].encode(), b"\0", rest))
 
 
-def spans(blob: bytes, width: int) -> Iterator[tuple[str, int, int]]:
-    """Pure: (h, start, end) of each packed cell of `blob`, in order."""
+def spans(blob: bytes, width: int, version: int) -> Iterator[tuple[str, int, int]]:
+    """Pure: (h, start, end) of each packed cell of `blob` (batch format `version`), in order."""
     rest = 8 * (width - 3)
+    cut = len(_suffix(version))
     at = 0
     while at < len(blob):
         h_end = blob.index(b"\0", at)
@@ -45,21 +54,33 @@ def spans(blob: bytes, width: int) -> Iterator[tuple[str, int, int]]:
         end = v_end + 1 + rest
         if end > len(blob):
             raise ValueError("packed cells end inside a cell")
-        yield blob[at:h_end].decode(), at, end
+        if not blob.endswith(_suffix(version), at, h_end):
+            raise ValueError("a packed cell's unit is not its record field")
+        yield blob[at : h_end - cut].decode(), at, end
         at = end
 
 
-def unpack(blob: bytes, width: int) -> list[list[Any]]:
+def unpack(blob: bytes, width: int, version: int) -> list[list[Any]]:
     """Pure: the cells of `blob` (numbers as floats, integral ones as ints, like JSON's)."""
     rest = struct.Struct("<" + "d" * (width - 3))
     out = []
-    for h, start, _ in spans(blob, width):
-        e_at = start + len(h.encode()) + 1
+    cut = len(_suffix(version))
+    for h, start, _ in spans(blob, width, version):
+        e_at = start + len(h.encode()) + cut + 1
         v_end = blob.index(b"\0", e_at + 8)
         numbers = (_DOUBLE.unpack_from(blob, e_at)[0], *rest.unpack_from(blob, v_end + 1))
         e, *values = (int(x) if x.is_integer() else x for x in numbers)
         out.append([h, e, blob[e_at + 8 : v_end].decode(), *values])
     return out
+
+
+def in_runs(rows: Sequence[list[Any]]) -> list[list[Any]]:
+    """Pure: `rows` (cells) with each unit's (``row[0]``) together, in their order, the units in
+    the order of their first row: the order of version 7 (`events.Aggregator.encode`)."""
+    by_unit: dict[str, list[list[Any]]] = {}
+    for row in rows:
+        by_unit.setdefault(row[0], []).append(row)
+    return [row for run in by_unit.values() for row in run]
 
 
 def width_of(doc: Mapping[str, Any]) -> int:
@@ -74,7 +95,7 @@ def cells_of(doc: Mapping[str, Any], packed: bytes = b"") -> list[list[Any]]:
     """Pure: the cells of a decoded payload of any version (`packed`: version 6's), one list each."""
     version = doc.get("v", 1)
     if version >= 6:
-        return unpack(packed, int(doc["width"]))
+        return unpack(packed, int(doc["width"]), version)
     cells = doc.get("cells", [])
     if version < 5:
         return list(cells)
@@ -83,7 +104,8 @@ def cells_of(doc: Mapping[str, Any], packed: bytes = b"") -> list[list[Any]]:
 
 
 def as_version(payload: str, packed: bytes, version: int) -> tuple[str, bytes]:
-    """A batch's (payload, packed cells) in the layout of `version`, marked so: packed (6),
+    """A batch's (payload, packed cells) in the layout of `version`, marked so: packed with
+    record fields (7), packed (6),
     flat (5), nested (4), and from 1 to 3 each built-in's count (the cell's n) after its
     value. What a flush.lua from before `version` + 1 reads. For tests and
     bench/flush_cost.py's "before" script; the router sends `events.BATCH_VERSION`."""
@@ -95,10 +117,12 @@ def as_version(payload: str, packed: bytes, version: int) -> tuple[str, bytes]:
     if version < 4:
         cells = [[*c[:5], *(x for dx in c[5 : 5 + nb] for x in (dx, c[4])), *c[5 + nb :]] for c in cells]
     doc["v"] = version
+    if version >= 7:
+        cells = in_runs(cells)
     if version >= 6:
         width = doc["width"] = width_of(doc)
         doc["ncells"] = len(cells)
-        packer = Packer(width)
+        packer = Packer(width, version)
         return json.dumps(doc), b"".join(packer.pack(c) for c in cells)
     if version == 5:
         doc["width"] = width_of(doc)

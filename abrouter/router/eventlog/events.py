@@ -98,7 +98,10 @@ class Batch:
 #: 5: the same cells as one flat array, ``width`` values each: flush.lua builds no Lua table
 #: per cell. 6: the cells apart from the document, packed with `struct` (`Batch.cells`,
 #: `abrouter.router.eventlog.cells`), the document saying how many (``ncells``) and how wide.
-BATCH_VERSION = 6
+#: 7: each cell's h sent as the unit's record field ``h|u`` (`cells.UNIT_FIELD`), and each
+#: unit's cells one run (adjacent): flush.lua reads and writes a unit's record once per run,
+#: with no field name to build and no map from unit to state.
+BATCH_VERSION = 7
 
 
 #: Field order of the rows in a batch's raw ``events`` (see `encode_events`).
@@ -364,7 +367,8 @@ class Aggregator:
     def encode(self, *, producer: str, seq: int, slice_size: int = slices.SLICE) -> Generator[None, None, Batch]:
         """Encode for flush.lua: cells are ``[h, e, v, latest, n, dx_errors, dx_latency_ms,
         dx_slow_requests, dx_m, count_m, ...]``, ``width`` values each, packed one after
-        another into `Batch.cells` (`BATCH_VERSION` 6, `cells.Packer`).
+        another into `Batch.cells` (`BATCH_VERSION` 7: h as ``h|u``, each unit's cells one run;
+        `cells.Packer`).
 
         [cuped] With covariates, each cell row ends with the report time of the value it
         carries of each covariate, in the order of ``covariates`` (0 when it carries none).
@@ -388,7 +392,9 @@ class Aggregator:
 
         # Cells in the order of their first exposure (outcome-only cells last): flush.lua
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
-        # `_exposed` is in that order already; no sort of 50k keys in one piece.
+        # `_exposed` is in that order already; no sort of 50k keys in one piece. A unit with
+        # several cells (an epoch changed, outcomes for another stratum) has them moved
+        # together, each unit's cells one run (format 7), in the same order.
         exposed, cells = self._exposed, self._cells
         if self._covariates:  # [cuped] each row ends with its covariates' report times
             times = [self._covariate_ts[c] for c in self._covariates]
@@ -397,6 +403,10 @@ class Aggregator:
             ([*key, flag(key), *cells[key]] for key in exposed),
             (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
         )
+        if len({key[0] for key in cells}) < len(cells):
+            ordered = itertools.chain(exposed, (key for key in cells if key not in exposed))
+            runs = yield from _in_runs(ordered, slice_size)
+            rows = ([*key, flag(key), *cells[key]] for key in runs)
         keyed: Iterable[list[object] | None] = (
             [i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts, int(o.anonymous)]
             for i, o in self._keyed.items()
@@ -407,7 +417,7 @@ class Aggregator:
         by_shard = (yield from _by_shard(rows, 0, n, slice_size)) if n > 1 else [rows]
         keyed_by_shard = (yield from _by_shard(keyed, 1, n, slice_size)) if n > 1 else [keyed]
         width = 4 + len(self._zero) + len(self._covariates)  # [cuped] a report time each
-        packer = cells_.Packer(width)
+        packer = cells_.Packer(width, BATCH_VERSION)
         packed: list[tuple[bytes, int]] = []
         keyed_texts: list[str] = []
         for part in by_shard:
@@ -458,6 +468,21 @@ class Aggregator:
             cells=b"".join(blob for blob, _ in packed),
             part_cells=tuple(blob for blob, _ in packed) if n > 1 else (),
         )
+
+
+def _in_runs(keys: Iterable[tuple[str, int, str]], size: int) -> Generator[None, None, list[tuple[str, int, str]]]:
+    """Pure: `keys` (unit, epoch, variant) with each unit's keys together, in their order,
+    the units in the order of their first key; yielding after each `size` keys like the encoders."""
+    by_unit: dict[str, list[tuple[str, int, str]]] = {}
+    for i, key in enumerate(keys, 1):
+        run = by_unit.get(key[0])
+        if run is None:
+            by_unit[key[0]] = [key]
+        else:
+            run.append(key)
+        if i % size == 0:
+            yield
+    return [key for run in by_unit.values() for key in run]
 
 
 def _by_shard(

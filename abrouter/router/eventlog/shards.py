@@ -64,7 +64,7 @@ def split(payload: str, raw_events: str, shards: int, packed: bytes = b"") -> It
         keyed[keys.shard_of(row[1], shards)].append(row)
     cells: list[Any] = [[] for _ in range(shards)]
     if doc.get("v", 1) >= 6:  # packed: each cell's bytes as they are
-        for h, start, end in cells_.spans(packed, int(doc["width"])):
+        for h, start, end in cells_.spans(packed, int(doc["width"]), doc["v"]):
             cells[keys.shard_of(h, shards)].append(packed[start:end])
     else:
         for cell in cells_.cells_of(doc):

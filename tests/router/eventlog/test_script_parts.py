@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 
 import pytest
@@ -13,7 +14,7 @@ from abrouter.contract import experiment as model
 from abrouter.contract import keys
 from abrouter.router.errors import BatchRejected
 from abrouter.router.eventlog import cells, events, script
-from abrouter.router.eventlog.events import BATCH_VERSION, Exposure, Outcome
+from abrouter.router.eventlog.events import BATCH_VERSION, Event, Exposure, Outcome
 from abrouter.router.eventlog.log import APPLIED, FlushScript
 from tests.router.eventlog.test_eventlog import _batch, make_experiment
 
@@ -173,12 +174,13 @@ async def test_the_code_compiled_per_batch_stores_exactly_what_the_plain_lua_sto
 async def test_every_cell_layout_stores_exactly_what_the_others_store(
     redis_client: redis.asyncio.Redis, experiment_name: str
 ) -> None:
-    # The same batches, as the router sends them (version 6: the cells packed apart), in one
+    # The same batches, as the router sends them (version 7: the cells packed apart, each
+    # unit's as one run under its record field), packed in the order of version 6, in one
     # flat JSON array (5), nested as in version 4 (a built-in's count is the cell's n), and
-    # in the layout of versions 1-3 (every count spelled out), into four experiments: every
+    # in the layout of versions 1-3 (every count spelled out), into five experiments: every
     # agg field and every unit record must come out the same.
     stored = []
-    for suffix, version in (("-v6", None), ("-v5", 5), ("-v4", 4), ("-v3", 3)):
+    for suffix, version in (("-v7", None), ("-v6", 6), ("-v5", 5), ("-v4", 4), ("-v3", 3)):
         name = experiment_name + suffix
         exp = _rich_experiment(name)
         flush = FlushScript(redis_client, keys.Keys(name))
@@ -208,7 +210,82 @@ async def test_every_cell_layout_stores_exactly_what_the_others_store(
     cut = json.loads(sent.payload)
     width = 5 + 3 + 2 * (len(cut["metrics"]) - 3) + 1  # [h, e, v, latest, n], built-ins, the others, a report time
     rows = cells.cells_of(cut, sent.cells)
-    assert cut["v"] == 6 and cut["width"] == width and "cells" not in cut and cut["ncells"] == len(rows) > 50
-    assert all(len(c) == width for c in rows)
-    payload, packed = cells.as_version(*cells.as_version(sent.payload, sent.cells, 5), 6)  # there and back
+    assert cut["v"] == 7 and cut["width"] == width and "cells" not in cut and cut["ncells"] == len(rows) > 50
+    assert all(len(c) == width for c in rows) and rows == cells.in_runs(rows)
+    assert len({c[0] for c in rows}) < len(rows)  # units with several cells, each unit's one run
+    payload, packed = cells.as_version(*cells.as_version(sent.payload, sent.cells, 5), 7)  # there and back
     assert json.loads(payload) == cut and packed == sent.cells
+
+
+async def test_a_batch_whose_unit_is_not_one_run_or_not_a_record_field_is_refused_whole(
+    redis_client: redis.asyncio.Redis, experiment_name: str
+) -> None:
+    # Version 7 sends each unit's cells as one run under its record field: flush.lua reads a
+    # unit's record at the run's first cell and writes it after the last, so a unit met in two
+    # runs (its record read twice, the first run's move lost) or under another field is refused.
+    exp = make_experiment(experiment_name)
+    flush = FlushScript(redis_client, keys.Keys(experiment_name))
+    await flush.load()
+    recorded = [
+        Exposure("r1", "u1", "control", 1, 0.0, 200, 1.0, False),
+        Exposure("r2", "u2", "control", 1, 0.0, 200, 1.0, False),
+        Exposure("r3", "u1", "control", 2, 0.0, 200, 1.0, False),
+    ]
+    batch = _batch(exp, recorded, 1)
+    doc = json.loads(batch.payload)
+    rows = cells.cells_of(doc, batch.cells)
+    assert [(r[0], r[1]) for r in rows] == [("u1", 1), ("u1", 2), ("u2", 1)]  # u1's cells one run
+    split = [rows[0], rows[2], rows[1]]
+    for packed, why in (
+        (b"".join(cells.Packer(doc["width"], 7).pack(r) for r in split), "the cells of unit u1|u are not one run"),
+        (b"".join(cells.Packer(doc["width"], 6).pack(r) for r in rows), "unit u1 is not a record field"),
+    ):
+        with pytest.raises(BatchRejected, match=re.escape(why)):
+            await flush.apply(dataclasses.replace(batch, cells=packed), allow_gap=False)
+        assert await redis_client.exists(*keys.Keys(experiment_name).all()) == 0
+    assert (await flush.apply(batch, allow_gap=False))[0] == APPLIED
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+async def test_runs_cut_by_a_chunk_and_keyed_outcomes_in_new_cells_store_what_one_batch_per_epoch_stores(
+    redis_client: redis.asyncio.Redis, experiment_name: str, keyed: bool
+) -> None:
+    # 1,200 units, a few exposed in a second epoch too: their runs of two cells straddle the
+    # 500th cell, where flush.lua's chunks and struct segments end, and a run goes on into the
+    # next (without keyed outcomes, in the next struct segment too). Keyed outcomes add cells
+    # to units that have others (put back into runs by the script). One batch against the same
+    # events as one batch per epoch: every agg field and every unit record (but its expiry
+    # granule) the same. Integral values: exact sums in any order.
+    def recorded(epoch: int | None) -> list[Event]:
+        out: list[Event] = []
+        for e in (1, 2):
+            for i in range(1200) if e == 1 else range(495, 506):
+                if epoch in (None, e):
+                    out.append(Exposure(f"r{e}-{i}", f"u{i}", "control", e, 0.0, 200, float(i % 7), i % 5 == 0))
+        for i in (499, 500, 1100, 1199) if keyed else ():
+            if epoch in (None, 2):
+                out.append(Outcome(f"u{i}", "control", 2, "revenue", 3.0, 0.0, event_id=f"k{i}"))
+        return out
+
+    stored = []
+    for suffix, batches in (("-one", [recorded(None)]), ("-two", [recorded(1), recorded(2)])):
+        name = experiment_name + suffix
+        exp = make_experiment(name)
+        flush = FlushScript(redis_client, keys.Keys(name))
+        await flush.load()
+        for seq, events_ in enumerate(batches, 1):
+            assert (await flush.apply(_batch(exp, events_, seq), allow_gap=False))[0] == APPLIED
+        k = keys.Keys(name)
+        units = await redis_client.hgetall(k.units)
+        records = {
+            f: dataclasses.replace(keys.decode_unit_record(v), granule=0.0)
+            for f, v in units.items()
+            if f.endswith(b"|u")
+        }
+        stored.append((await redis_client.hgetall(k.agg), records, {f: v for f, v in units.items() if b"|" not in f}))
+    one, two = stored
+    assert one == two
+    agg, records, pointers = one
+    assert agg[b"1|control|units"] == b"1200" and agg[b"1|control|exposures"] == b"1211"
+    assert agg.get(b"1|control|revenue|sum") == (b"12" if keyed else None) and len(records) == 1200
+    assert records[b"u500|u"].state[0] == 2 and pointers[b"u500"] == b"2|control" and pointers[b"u1100"] == b"1|control"

@@ -49,10 +49,10 @@ local batch = cjson.decode(ARGV[4])
 
 -- The batch format: payloads without `v` are version 1. A version this script does not
 -- know (a newer router) is refused whole, before anything is written.
-local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true, [5] = true, [6] = true}
+local VERSIONS = {[1] = true, [2] = true, [3] = true, [4] = true, [5] = true, [6] = true, [7] = true}
 local version = batch.v or 1
 if not VERSIONS[version] then
-  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-6)'}
+  return {-2, last, 0, 'batch format version ' .. tostring(version) .. ' is not one this script knows (1-7)'}
 end
 
 --- @include "numbers"
@@ -230,9 +230,13 @@ local repeated = 0
 local keyed = batch.keyed or {}
 local new_ids = {}  -- ZADD arguments: score, id, ...
 local forget_before = now - tonumber(ARGV[8])
+local scattered = version < 7  -- [version 7] whether a unit's cells may be apart (`regroup`)
 if #keyed > 0 then
-  local by_key, metric_at = {}, {}
-  for b = 0, (ncells - 1) * W, W do by_key[C[b + 1] .. '|' .. C[b + 2] .. '|' .. C[b + 3]] = b end
+  local by_key, metric_at, has_cells = {}, {}, {}
+  for b = 0, (ncells - 1) * W, W do
+    by_key[C[b + 1] .. '|' .. C[b + 2] .. '|' .. C[b + 3]] = b
+    has_cells[C[b + 1]] = true
+  end
   for i, m in ipairs(batch.metrics) do metric_at[m] = i end
   for _, k in ipairs(keyed) do
     local seen = tonumber(redis.call('ZSCORE', outcome_ids, k[1]))
@@ -241,12 +245,15 @@ if #keyed > 0 then
     else
       new_ids[#new_ids + 1] = now_s
       new_ids[#new_ids + 1] = k[1]
-      local key = k[2] .. '|' .. k[3] .. '|' .. k[4]
+      local unit = version >= 7 and k[2] .. '|u' or k[2]  -- [version 7] a cell's unit is its record field
+      local key = unit .. '|' .. k[3] .. '|' .. k[4]
       local b = by_key[key]
       if not b then
         b = ncells * W
         ncells = ncells + 1
-        C[b + 1], C[b + 2], C[b + 3], C[b + 4], C[b + 5] = k[2], k[3], k[4], k[8] == 1 and 3 or 0, 0  -- [anonymous] k[8]: by an anonymous request
+        C[b + 1], C[b + 2], C[b + 3], C[b + 4], C[b + 5] = unit, k[3], k[4], k[8] == 1 and 3 or 0, 0  -- [anonymous] k[8]: by an anonymous request
+        if has_cells[unit] then scattered = true end  -- the unit's cells are no longer one run
+        has_cells[unit] = true
         for o = 6, cell_end do C[b + o] = 0 end
         for o = cell_end + 1, W do C[b + o] = false end  -- no covariate, so no report time
         by_key[key] = b
@@ -264,6 +271,8 @@ if #keyed > 0 then
   if #segs == 0 then segs[1] = C end
   seg_n[1] = ncells
 end
+--- @include "groups"
+if scattered then regroup(version < 7 and '|u' or nil) end
 
 -- Changes to agg are summed per stratum in Lua tables over all cells (`strata`), then
 -- written with one HINCRBY(FLOAT) per field: per-cell work builds no field names.
@@ -304,14 +313,11 @@ local granule_s = num(granule_end)
 -- no h|f: `legacy`) keeps the old per-(unit, epoch, variant) accounting, one bare state
 -- per cell in h|e|v, so old data stays exact.
 local MX = '~mx'
-local firsts = {}   -- h -> the unit as moved by this batch so far (`unit_of`, unit_state.lua)
 local cached = {}   -- [legacy] state field -> state after this batch's cells so far
 local first_values = {}  -- [old units] the parts of each distinct h|f value
-local order_h, order_f, nunits = {}, {}, 0  -- the units (h) in the order first met, their records' fields
--- [issue 15] A unit with a record is held as that record (a string) until a cell needs it as a
--- table: `move_record` (unit_state.lua) moves the common case without one. moved[h]: the
--- record was moved (it is to be written); stale[h]: it named an older expiry granule.
-local moved, stale = {}, {}
+-- [issue 15] Each unit's record, written when its run of cells ends: {field, record, ...}. (A
+-- run cut by the end of a chunk is written there and again when it ends: HSET keeps the last.)
+local records, nrec = {}, 0
 
 -- A unit without a record: from its old fields (h|f, the value of h), or new; nil and why
 -- not when corrupt. [legacy] A unit with h but no h|f is `legacy` (no record, ever).
@@ -340,144 +346,152 @@ local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a
 local move_record = record_mover
   and record_mover(RECORD, BRIEF, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at,
                    cap_at, set_more, order, HUGE, struct.unpack, struct.pack, pcall, string.byte)
+  or function() return false end  -- (without it every unit takes its table)
+local sub = string.sub
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
-local any_legacy = false  -- most batches have none: no pass over their cells for legacy states
 local olds = {}          -- [old units] fields to delete, once read into a record
 local old_members = {}   -- [old units] their unit_seen members
 local ranges = {}  -- {segment, first cell, last cell}: up to CHUNK cells of one segment each
 for si = 1, #segs do
   for first = 1, seg_n[si], CHUNK do ranges[#ranges + 1] = {si, first, math.min(first + CHUNK - 1, seg_n[si])} end
 end
+local function refused(why) return {-2, last, 0, why} end
+-- The runs (`groups`): each unit's cells are one run, its unit the record's field h|u. met[h]:
+-- its run was met (a second run of it refuses the batch); prev: the unit of the last run
+-- named, which may go on into the next chunk; cur: the run being moved, cu the unit as moved
+-- so far (its record, or its table: `unit_of`), dirty and stale whether its record moved
+-- since it was last written and whether that record named an older expiry granule.
+local met, prev = {}, false
+local cur, cu, dirty, stale = false, nil, false, false
 for _, range in ipairs(ranges) do
   C = segs[range[1]]
   local first, last_cell = range[2], range[3]
-  -- The records of the chunk's units not met before in this batch.
-  -- firsts[h] holds the unit's first cell (its offset b) until the unit is read: one map.
-  local hs, names, at, nh = {}, {}, {}, 0  -- (counted: # is a search in Lua 5.1)
-  for b = (first - 1) * W, (last_cell - 1) * W, W do
+  local first_b, last_b = (first - 1) * W, (last_cell - 1) * W
+  -- The records of the runs that start in this chunk, names[k] the k-th one's unit.
+  local names, nh = {}, 0  -- (counted: # is a search in Lua 5.1)
+  for b = first_b, last_b, W do
     local h = C[b + 1]
-    if not firsts[h] then
+    if h ~= prev then
+      if met[h] then return refused('batch cells: the cells of unit ' .. h .. ' are not one run') end
+      if sub(h, -2) ~= '|u' then return refused('batch cells: unit ' .. h .. ' is not a record field (h|u)') end
+      met[h], prev = true, h
       nh = nh + 1
-      hs[nh], names[nh], at[nh] = h, h .. '|u', b
-      firsts[h] = b
+      names[nh] = h
     end
   end
   local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}
-  local bare = {}  -- units without a record: their old fields, if any
-  for k = 1, nh do  -- (not ipairs: it calls a function per step)
-    local h, raw = hs[k], raws[k]
-    if raw then
-      local u = raw  -- checked by move_record, or unit_of, when its first cell is moved
-      if not move_record then
-        u = unit_of(raw)
-        if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. names[k]} end
+  -- [old units] The units without a record among the runs from the k0-th (its first cell at
+  -- b0) to the chunk's end, as tables in `raws`: new, or stored before records (their old
+  -- fields read into the table, to be deleted). Read when the first of them is met, for all
+  -- of them at once: most chunks of a running experiment have none. Returns why not, if corrupt.
+  local function prepare(k0, b0)
+    local bare, at, nbare = {}, {}, 0
+    local k, p = k0 - 1, false
+    for b = b0, last_b, W do
+      local h = C[b + 1]
+      if h ~= p then
+        p, k = h, k + 1
+        if not raws[k] then nbare, bare[nbare + 1], at[nbare + 1] = nbare + 1, k, b end
       end
-      firsts[h] = u
-      nunits = nunits + 1
-      order_h[nunits], order_f[nunits] = h, names[k]
-    else
-      bare[#bare + 1] = k
     end
-  end
-  if #bare > 0 then
     local ids = {}
-    for n, k in ipairs(bare) do ids[2 * n - 1], ids[2 * n] = hs[bare[n]] .. '|f', hs[bare[n]] end
+    for n = 1, nbare do
+      local h = sub(names[bare[n]], 1, -3)
+      ids[2 * n - 1], ids[2 * n] = h .. '|f', h
+    end
     local old_raw = redis.call('HMGET', units, unpack(ids))
-    for n, k in ipairs(bare) do
-      local h = hs[k]
+    local fields, whose = {}, {}  -- old states to read (h|e|v, [cuped] then h|e|v|c), and their unit
+    for n = 1, nbare do
+      local h = ids[2 * n]
       local u, bad = unit_without_record(h, old_raw[2 * n - 1], old_raw[2 * n])
-      if not u then return {-2, last, 0, bad} end
-      firsts[h] = u
-      nunits = nunits + 1
-      order_h[nunits], order_f[nunits] = h, names[k]
-      if u.legacy then any_legacy = true end
-    end
-  end
-  -- Old fields: legacy states per cell, and the state (and report time) of units without
-  -- a record (written before it, or held before their exposure), read into their record.
-  local fields, wanted, kinds = {}, {}, {}
-  local function want(field, kind)
-    if not wanted[field] then
-      wanted[field] = true
-      fields[#fields + 1], kinds[#kinds + 1] = field, kind
-    end
-  end
-  for _, k in ipairs(bare) do
-    local h = hs[k]
-    local u = firsts[h]
-    if not u.legacy then
-      local b = at[k]
-      local old = h .. '|' .. stratum_name(u[E] ~= 0 and u[E] or C[b + 2], u[V] ~= '' and u[V] or C[b + 3])
-      want(old, h)
-      if cov_i then want(old .. '|c', false) end
-    end
-  end
-  for i = first, any_legacy and last_cell or first - 1 do
-    local b = (i - 1) * W
-    if firsts[C[b + 1]].legacy then
-      local key = C[b + 1] .. '|' .. stratum_name(C[b + 2], C[b + 3])
-      if cached[key] == nil then
-        want(key, true)
-        if cov_i then want(key .. '|c', false) end
+      if not u then return bad end
+      raws[bare[n]] = u
+      if not u.legacy then
+        local b = at[n]
+        local old = h .. '|' .. stratum_name(u[E] ~= 0 and u[E] or C[b + 2], u[V] ~= '' and u[V] or C[b + 3])
+        fields[#fields + 1], whose[#fields + 1] = old, n
+        if cov_i then fields[#fields + 1] = old .. '|c' end
       end
     end
-  end
-  if #fields > 0 then
+    if #fields == 0 then return nil end
     local found = redis.call('HMGET', units, unpack(fields))
-    local value = {}
-    for k, field in ipairs(fields) do value[field] = found[k] end
-    for k, field in ipairs(fields) do
-      local kind = kinds[k]
-      if kind then
-        local state = valid_state(found[k])
-        if not state then return {-2, last, 0, 'corrupt unit state in ' .. units .. ' field ' .. field} end
-        local t = cov_i and tonumber(value[field .. '|c']) or false
-        if kind == true then  -- [legacy]
-          cached[field], cov_time[field] = state, t
-        else  -- into the unit's record; the old fields go
-          local u = firsts[kind]
-          for s = 1, KS do u[S + s] = state[s] end
-          u[CTIME] = t or 0
-          if u.old_first or found[k] then
-            olds[#olds + 1] = kind .. '|f'
-            olds[#olds + 1] = field
-            olds[#olds + 1] = field .. '|c'
-            old_members[#old_members + 1] = kind .. '|f'  -- [expiry] it would delete h, now the record's
-          end
+    for i = 1, #fields do
+      local n = whose[i]
+      if n then
+        local state = valid_state(found[i])
+        if not state then return 'corrupt unit state in ' .. units .. ' field ' .. fields[i] end
+        local u = raws[bare[n]]
+        for s = 1, KS do u[S + s] = state[s] end
+        u[CTIME] = cov_i and tonumber(found[i + 1]) or 0
+        if u.old_first or found[i] then  -- into the unit's record; the old fields go
+          local h = ids[2 * n]
+          olds[#olds + 1] = h .. '|f'
+          olds[#olds + 1] = fields[i]
+          olds[#olds + 1] = fields[i] .. '|c'
+          old_members[#old_members + 1] = h .. '|f'  -- [expiry] it would delete h, now the record's
         end
       end
     end
+    return nil
   end
+  -- The cells in order, a run at a time (one step past the chunk's last cell ends the last
+  -- run; it goes on if the next chunk starts with its unit).
   local writes, nw = {}, 0
-  for b = (first - 1) * W, (last_cell - 1) * W, W do
-    local h = C[b + 1]
-    local u = firsts[h]
-    local rec, pointer, was_stale = false, nil, false
-    if type(u) == 'string' then  -- a record not read into a table yet
-      rec, pointer, was_stale = move_record(u, b, C)
-      if rec == nil then
-        return {-2, last, 0, 'non-finite ' .. pointer .. ' in the new unit state of ' .. units .. ' field ' .. h .. '|u'}
+  local k = 0
+  for b = first_b, last_b + W, W do
+    local h = b <= last_b and C[b + 1]
+    if h ~= cur then
+      if dirty then  -- the run of `cur` ended: its record is written
+        records[nrec + 1], records[nrec + 2], nrec = cur, cu, nrec + 2
+        if stale then age(granule_s, cur) end
+      elseif cur and type(cu) == 'table' and cu[DIRTY] then
+        if cu[U_GRANULE] ~= granule_end then age(granule_s, cur) end
+        records[nrec + 1], records[nrec + 2], nrec = cur, pack_unit(cu, granule_end), nrec + 2
+        cu[DIRTY] = false
       end
+      dirty, stale = false, false
+      if not h then break end
+      k = k + 1
+      cur, cu = h, raws[k]
+      if not cu then
+        local bad = prepare(k, b)
+        if bad then return refused(bad) end
+        cu = raws[k]
+      end
+    end
+    local rec = false
+    if type(cu) == 'string' then  -- a record not read into a table
+      local pointer, was_stale
+      rec, pointer, was_stale = move_record(cu, b, C)
       if rec then
-        firsts[h], moved[h] = rec, true
-        if was_stale then stale[h] = true end
-        if pointer then writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2 end
+        cu, dirty = rec, true
+        if was_stale then stale = true end
+        if pointer then writes[nw + 1], writes[nw + 2], nw = sub(h, 1, -3), pointer, nw + 2 end
+      elseif rec == nil then
+        return refused('non-finite ' .. pointer .. ' in the new unit state of ' .. units .. ' field ' .. h)
       else  -- not the common case: the unit as a table
-        u = unit_of(u)
-        if not u then return {-2, last, 0, 'corrupt unit record in ' .. units .. ' field ' .. h .. '|u'} end
-        if moved[h] then u[DIRTY] = true end
-        if stale[h] then u[U_GRANULE] = 0 end  -- (scored when written, as it would have been)
-        firsts[h] = u
+        local u = unit_of(cu)
+        if not u then return refused('corrupt unit record in ' .. units .. ' field ' .. h) end
+        if dirty then u[DIRTY] = true end
+        if stale then u[U_GRANULE] = 0 end  -- (scored when written, as it would have been)
+        cu, dirty, stale = u, false, false
       end
     end
     if not rec then
+      local u, hash = cu, sub(h, 1, -3)
       local latest = C[b + 4]
       local anonymous = latest >= 2
       local legacy = u.legacy
       local e, v, key, st, o, stored_t
       if legacy then
         e, v = C[b + 2], C[b + 3]
-        key = h .. '|' .. stratum_name(e, v)
+        key = hash .. '|' .. stratum_name(e, v)
+        if cached[key] == nil then  -- (rare: units stored before intent-to-treat)
+          local got = redis.call('HMGET', units, key, key .. '|c')
+          local state = valid_state(got[1])
+          if not state then return refused('corrupt unit state in ' .. units .. ' field ' .. key) end
+          cached[key], cov_time[key] = state, cov_i and tonumber(got[2]) or false
+        end
         st, o, stored_t = cached[key], 0, cov_time[key]
       else
         -- Its first exposure, or a second variant: a multiple exposure from this cell on (the
@@ -508,7 +522,7 @@ for _, range in ipairs(ranges) do
       if not acc then acc = select(2, stratum(e, v)) end
       local ok, reported = move(acc, st, o, b, n1, stored_t, C)
       if not ok then
-        return {-2, last, 0, 'non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h .. '|u')}
+        return refused('non-finite ' .. reported .. ' in the new unit state of ' .. units .. ' field ' .. (key or h))
       end
       if anonymous and C[b + 5] > 0 then  -- [anonymous] the unit and its one exposure
         acc.units, acc.exposures, acc.exposures_sq = acc.units + 1, acc.exposures + 1, acc.exposures_sq + 1
@@ -538,32 +552,14 @@ for _, range in ipairs(ranges) do
         local by_e = stratum_names[C[b + 2]]
         local pointer = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])
         if pointer ~= u[LATEST] then
-          writes[nw + 1], writes[nw + 2], nw = h, pointer, nw + 2
+          writes[nw + 1], writes[nw + 2], nw = hash, pointer, nw + 2
           u[LATEST] = pointer
         end
-        if legacy then age(now_s, h) end
+        if legacy then age(now_s, hash) end
       end
     end
   end
   if nw > 0 then unit_writes[#unit_writes + 1] = writes end
-end
--- Each unit's record, once per batch however many cells it had; scored when not fresh (its
--- record names an older granule).
-local records, nrec = {}, 0
-for i = 1, nunits do
-  local h = order_h[i]
-  local u = firsts[h]
-  if type(u) == 'table' then
-    if u[DIRTY] then
-      local field = order_f[i]
-      local fresh = u[U_GRANULE] == granule_end
-      records[nrec + 1], records[nrec + 2], nrec = field, pack_unit(u, granule_end), nrec + 2
-      if not fresh then age(granule_s, field) end
-    end
-  elseif moved[h] then  -- moved by move_record: already packed
-    records[nrec + 1], records[nrec + 2], nrec = order_f[i], u, nrec + 2
-    if stale[h] then age(granule_s, order_f[i]) end
-  end
 end
 -- [end issue 15, issue 9]
 

@@ -266,19 +266,23 @@ end
 -- The arithmetic is the same expressions in the same order, so the sums are the same to the
 -- bit (bench/README.md: a fifth of the script's CPU was this loop). `slot(s)` names state
 -- index s: `st[o + s]` in `move`, a local in `move_record` (below).
-local function move_body(w, slot)
+local function move_body(w, slot, returning)
+  -- `returning`: the unit had exposures and keeps them (n0 > 0 and n1 > 0, checked by the
+  -- caller), so both weights are 1 and the unit is not new to its stratum: the same sums,
+  -- without the weights (a product by 1 is exact) and the branches they need.
   w('local n0 = ' .. slot(1))
-  w('local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0')
+  if not returning then w('local w0, w1 = n0 > 0 and 1 or 0, n1 > 0 and 1 or 0') end
   w('local events = acc.events')
   w('acc.dn = acc.dn + C[b + 5]')
   for q = 1, ncounted do
     w(string.format('events[%d] = events[%d] + C[b + %d]', counted[q], counted[q], counted_at[q]))
   end
-  w('if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end')
+  if not returning then w('if n0 == 0 and n1 > 0 then acc.units = acc.units + 1 end') end
   w('acc.exposures = acc.exposures + (n1 - n0)')
   w('acc.exposures_sq = acc.exposures_sq + n1 * n1 - n0 * n0')
+  local w0_, w1_ = returning and '' or 'w0 * ', returning and '' or 'w1 * '
   for p = 1, npairs do
-    w(string.format('local xy0_%d = w0 * %s * %s', p, slot(pcol[p][1] + 1), slot(pcol[p][2] + 1)))
+    w(string.format('local xy0_%d = %s%s * %s', p, w0_, slot(pcol[p][1] + 1), slot(pcol[p][2] + 1)))
   end
   w('local covariate, reported = false, nil')
   if cov_n then
@@ -290,7 +294,7 @@ local function move_body(w, slot)
     w('end')
   end
   w('local sum, sum_sq, sum_xn = acc.sum, acc.sum_sq, acc.sum_xn')
-  w('local same_w, same_n = w0 == w1, n0 == n1')
+  w(returning and 'local same_n = n0 == n1' or 'local same_w, same_n = w0 == w1, n0 == n1')
   for j = 1, ncol do
     local at = col_dx[j]
     w(string.format('do local a = %s', slot(j + 1)))
@@ -310,10 +314,13 @@ local function move_body(w, slot)
       w('if ' .. unchanged .. ' then')
       w('if a ~= 0 then')
       w(string.format('if not same_n then sum_xn[%d] = sum_xn[%d] + (a * n1 - a * n0) end', j, j))
-      w('if not same_w then')
-      w(string.format('sum[%d] = sum[%d] + (w1 * a - w0 * a)', j, j))
-      w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * a * a - w0 * a * a)', j, j))
-      w('end end else')
+      if not returning then
+        w('if not same_w then')
+        w(string.format('sum[%d] = sum[%d] + (w1 * a - w0 * a)', j, j))
+        w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * a * a - w0 * a * a)', j, j))
+        w('end')
+      end
+      w('end else')
     end
     w('local x = a')
     if at then
@@ -328,8 +335,8 @@ local function move_body(w, slot)
     if cap_at[j] then w(string.format('if x > cap_at[%d] then x = cap_at[%d] end', j, j)) end
     w('if a ~= 0 or x ~= 0 then')
     w(string.format('if x ~= x or x == HUGE or x == -HUGE then return nil, order[%d] end', j))
-    w(string.format('sum[%d] = sum[%d] + (w1 * x - w0 * a)', j, j))
-    w(string.format('sum_sq[%d] = sum_sq[%d] + (w1 * x * x - w0 * a * a)', j, j))
+    w(string.format('sum[%d] = sum[%d] + (%sx - %sa)', j, j, w1_, w0_))
+    w(string.format('sum_sq[%d] = sum_sq[%d] + (%sx * x - %sa * a)', j, j, w1_, w0_))
     w(string.format('sum_xn[%d] = sum_xn[%d] + (x * n1 - a * n0)', j, j))
     w(string.format('%s = x', slot(j + 1)))
     w(unchanged and 'end end end' or 'end end')
@@ -339,7 +346,7 @@ local function move_body(w, slot)
   if npairs > 0 then
     w('local sum_xy = acc.sum_xy')
     for p = 1, npairs do
-      w(string.format('sum_xy[%d] = sum_xy[%d] + (w1 * %s * %s - xy0_%d)', p, p, slot(pcol[p][1] + 1),
+      w(string.format('sum_xy[%d] = sum_xy[%d] + (%s%s * %s - xy0_%d)', p, p, w1_, slot(pcol[p][1] + 1),
                       slot(pcol[p][2] + 1), p))
     end
   end
@@ -372,10 +379,26 @@ local function move_record_source()
   local states = {}
   for s = 1, KS do states[s] = 's' .. s end
   local list = table.concat(states, ', ')
+  local finite_ = {}
+  for s = 1, KS do finite_[s] = string.format('s%d - s%d ~= 0', s, s) end
+  local checks = table.concat(finite_, ' or ')  -- true when a value is not finite
   w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after')
   w('if (byte_(raw, 4) or 0) >= 128 then')  -- [brief]
   w('ok, e, v, granule, ' .. list .. ', after = pcall_(unpack_, BRIEF, raw)')
   w('if not ok or after ~= #raw + 1 then return false end')
+  -- [brief] A cell of the unit's own stratum (its first exposure's, which a brief record's
+  -- latest exposure is) on a unit with exposures: the common cell of a returning unit. Its
+  -- latest exposure does not move (no pointer), it stays brief, and both weights are 1.
+  w('if C[b + 2] == -e and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
+  w('local n1 = s1 + C[b + 5]')
+  w('if n1 > 0 and not (' .. checks .. ') then')
+  w('local by_v = acc_of[-e]')
+  w('local acc = by_v and by_v[v]')
+  w('if not acc then local _ _, acc = stratum(-e, v) end')
+  w('local stored_t = false')
+  move_body(w, function(s) return 's' .. s end, true)
+  w('return pack_(BRIEF, e, v, granule_end, ' .. list .. '), nil, granule ~= granule_end')
+  w('end end')
   w('e, m, t = -e, 0, 0')
   w('local by_e = stratum_names[e]')
   w('latest = by_e and by_e[v] or stratum_name(e, v)')
@@ -389,9 +412,7 @@ local function move_record_source()
   w('local se, sv = e, v')
   w('if e == 0 then se, sv = C[b + 2], C[b + 3] if C[b + 5] > 0 then e, v = se, sv end')
   w('elseif C[b + 5] > 0 and C[b + 3] ~= v then return false end')
-  local checks = {}
-  for s = 1, KS do checks[s] = string.format('s%d - s%d ~= 0', s, s) end
-  w('if ' .. table.concat(checks, ' or ') .. ' then return false end')  -- not finite: unit_of refuses it
+  w('if ' .. checks .. ' then return false end')  -- not finite: unit_of refuses it
   w('local by_v = acc_of[se]')
   w('local acc = by_v and by_v[sv]')
   w('if not acc then local _ _, acc = stratum(se, sv) end')
