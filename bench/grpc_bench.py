@@ -17,7 +17,9 @@ core 1 (`--load-cpus`). Then, interleaved over `--rounds`:
    / share. The load side (one Python core for the generator and the upstream) is slower
    than either proxy, so the proxies are not saturated: the per-core figure is the one to
    compare;
-2. latency: `grpc_load.py --rate 1000` (open loop) the same three ways: what each proxy adds.
+2. latency: `grpc_load.py --rate 1000` (open loop) the same three ways (four with ``--before``): what each
+   proxy adds, and each proxy's CPU per call at that same offered load (the closed loop's per-core figure
+   moves with how many calls the load side managed in that round: more calls per read, less CPU per call).
 
 Prints Markdown tables. Bounded: every load run lasts --seconds.
 
@@ -195,10 +197,13 @@ def main() -> None:
                 r["per_core"] = r["calls_per_s"] / share if share else 0.0
                 results.setdefault(name, []).append(r)
                 print(f"round {round_ + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
-            for name, (target, _, method) in targets.items():
-                if name in ("abrouter-any", "floor", "abrouter-grpcio", "abrouter-before"):
+            for name, (target, pid, method) in targets.items():
+                if name in ("abrouter-any", "floor", "abrouter-grpcio"):
                     continue
+                cpu0 = cpu_seconds(pid) if pid else 0.0
                 r = load(target, args.load_cpus, *method, "--seconds", str(args.seconds), "--rate", str(args.rate))
+                # The same offered load for every proxy: its CPU per call, whatever the load side managed closed-loop.
+                r["cpu_us_per_call"] = (cpu_seconds(pid) - cpu0) / r["calls"] * 1e6 if pid and r["calls"] else 0.0
                 results.setdefault(f"{name}@rate", []).append(r)
                 print(f"round {round_ + 1} {name} at {args.rate:g}/s: {json.dumps(r)}", file=sys.stderr, flush=True)
     print(report(results, args))
@@ -243,7 +248,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "| config | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("direct", "envoy", "abrouter"):
+    for name in ("direct", "envoy", "abrouter", "abrouter-before"):
         if f"{name}@rate" not in results:
             continue
         runs = results[f"{name}@rate"]
@@ -252,6 +257,21 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             values = [r[key] for r in runs]
             cells.append(f"{min(values):.2f}-{max(values):.2f}")
         lines.append(f"| {name} | {' | '.join(cells)} | {sum(r['errors'] for r in runs):.0f} |")
+    lines += [
+        "",
+        f"Proxy CPU per call at the same offered load ({args.rate:g} calls/s, open loop; median, min-max of rounds):",
+        "",
+        "| config | CPU µs per call | calls per proxy core | vs Envoy per core |",
+        "|---|---|---|---|",
+    ]
+    envoy_us = statistics.median(r["cpu_us_per_call"] for r in results["envoy@rate"]) if "envoy@rate" in results else 0
+    for name in ("envoy", "abrouter", "abrouter-before"):
+        if f"{name}@rate" not in results:
+            continue
+        values = [r["cpu_us_per_call"] for r in results[f"{name}@rate"]]
+        us = statistics.median(values)
+        ratio = f"{envoy_us / us:.2f}" if us else "-"
+        lines.append(f"| {name} | {us:.1f} ({min(values):.1f}-{max(values):.1f}) | {1e6 / us:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 
