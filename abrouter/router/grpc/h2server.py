@@ -75,10 +75,7 @@ class GrpcConnection(H2Connection):
         self.clock.settled(self.loop.time())
 
     def stream_received(self, stream: Stream, fields: Fields, end_stream: bool) -> None:
-        clock, now = self.clock, self.loop.time()
-        clock.received(now)
-        clock.headers_complete(now)
-        clock.body_complete()
+        self.clock.stream_opened(self.loop.time())
         call = relay.Call(self.router, self.upstreams, self, stream, self.peer, self.timers)
         stream.handler = call
         try:
