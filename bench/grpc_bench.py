@@ -5,7 +5,9 @@ arms), a private redis-server for the router's event log (no persistence), Envoy
 (`bench/conf/envoy-grpc.yaml.in`: h2c both legs, Maglev on x-user-id, ``--concurrency 1``),
 ``abrouter serve --grpc-port`` twice (a 50/50 experiment keyed on x-user-id, event log on):
 ``--grpc-server own`` (our HTTP/2, the default) and ``--grpc-server grpcio`` (grpc.aio, the
-path before it), and `bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else);
+path before it), `bench/grpc_floor.py` (grpc.aio forwarding to arm A and nothing else) and
+`bench/tcp_floor.py` (bytes piped to arm A on uvloop, nothing parsed: the reads, writes and
+wake-ups every proxy pays);
 with ``--before TREE``, a third ``--grpc-server own`` router run from another checkout (e.g. a
 ``git worktree`` of main), to compare two versions of the router in one run.
 The proxies run on core 0 (`--proxy-cpus`); the upstream, Redis and the load generator on
@@ -17,7 +19,9 @@ core 1 (`--load-cpus`). Then, interleaved over `--rounds`:
    / share. The load side (one Python core for the generator and the upstream) is slower
    than either proxy, so the proxies are not saturated: the per-core figure is the one to
    compare;
-2. latency: `grpc_load.py --rate 1000` (open loop) the same three ways: what each proxy adds.
+2. latency: `grpc_load.py --rate 1000` (open loop) the same three ways (four with ``--before``): what each
+   proxy adds, and each proxy's CPU per call at that same offered load (the closed loop's per-core figure
+   moves with how many calls the load side managed in that round: more calls per read, less CPU per call).
 
 Prints Markdown tables. Bounded: every load run lasts --seconds.
 
@@ -121,7 +125,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="grpc-bench-"))
     a, b, envoy_port, router_grpc, router_http, redis_port, floor_port = (free_port() for _ in range(7))
-    aio_grpc, aio_http, before_grpc, before_http = (free_port() for _ in range(4))
+    aio_grpc, aio_http, before_grpc, before_http, tcp_port = (free_port() for _ in range(5))
     conf = (HERE / "conf" / "envoy-grpc.yaml.in").read_text()
     conf = conf.replace("@PORT_A@", str(a)).replace("@PORT_B@", str(b)).replace("@PORT@", str(envoy_port))
     (tmp / "envoy.yaml").write_text(conf)
@@ -146,6 +150,7 @@ def main() -> None:
     router_aio = router_argv(aio_http, aio_grpc, "grpcio")
     router_before = router_argv(before_http, before_grpc, "own", "spill-before")
     floor = [PY, str(HERE / "grpc_floor.py"), "--port", str(floor_port), "--upstream", f"127.0.0.1:{a}"]
+    tcp_floor = [PY, str(HERE / "tcp_floor.py"), "--port", str(tcp_port), "--upstream", f"127.0.0.1:{a}"]
     results: dict[str, list[dict[str, float]]] = {}
     with (
         process(upstream, args.load_cpus, tmp / "upstream.log") as up,
@@ -154,6 +159,7 @@ def main() -> None:
         process(router, args.proxy_cpus, tmp / "router.log") as rt,
         process(router_aio, args.proxy_cpus, tmp / "router-grpcio.log") as ra,
         process(floor, args.proxy_cpus, tmp / "floor.log") as fl,
+        process(tcp_floor, args.proxy_cpus, tmp / "tcp-floor.log") as tf,
         process(router_before if args.before else ["sleep", "infinity"], args.proxy_cpus, tmp / "before.log",
                 args.before or ROOT) as rb,
     ):  # fmt: skip
@@ -165,6 +171,7 @@ def main() -> None:
             (router_grpc, rt),
             (aio_grpc, ra),
             (floor_port, fl),
+            (tcp_port, tf),
             *([(before_grpc, rb)] if args.before else []),
         )
         for port, proc in ready:
@@ -177,6 +184,7 @@ def main() -> None:
             "abrouter": (f"127.0.0.1:{router_grpc}", rt.pid, infer),
             "abrouter-any": (f"127.0.0.1:{router_grpc}", rt.pid, other),
             "floor": (f"127.0.0.1:{floor_port}", fl.pid, infer),
+            "tcp-floor": (f"127.0.0.1:{tcp_port}", tf.pid, infer),
         }
         if args.before:
             targets["abrouter-before"] = (f"127.0.0.1:{before_grpc}", rb.pid, infer)
@@ -195,10 +203,13 @@ def main() -> None:
                 r["per_core"] = r["calls_per_s"] / share if share else 0.0
                 results.setdefault(name, []).append(r)
                 print(f"round {round_ + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
-            for name, (target, _, method) in targets.items():
-                if name in ("abrouter-any", "floor", "abrouter-grpcio", "abrouter-before"):
+            for name, (target, pid, method) in targets.items():
+                if name in ("abrouter-any", "floor", "abrouter-grpcio"):
                     continue
+                cpu0 = cpu_seconds(pid) if pid else 0.0
                 r = load(target, args.load_cpus, *method, "--seconds", str(args.seconds), "--rate", str(args.rate))
+                # The same offered load for every proxy: its CPU per call, whatever the load side managed closed-loop.
+                r["cpu_us_per_call"] = (cpu_seconds(pid) - cpu0) / r["calls"] * 1e6 if pid and r["calls"] else 0.0
                 results.setdefault(f"{name}@rate", []).append(r)
                 print(f"round {round_ + 1} {name} at {args.rate:g}/s: {json.dumps(r)}", file=sys.stderr, flush=True)
     print(report(results, args))
@@ -223,6 +234,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "abrouter": "abrouter --grpc-server own (after), ModelInfer",
         "abrouter-any": "abrouter --grpc-server own, a method it does not know",
         "floor": "grpc.aio forwarding and nothing else (bench/grpc_floor.py)",
+        "tcp-floor": "bytes piped on uvloop, nothing parsed (bench/tcp_floor.py)",
     }
     for name, label in labels.items():
         if name not in results:
@@ -243,7 +255,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "| config | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
         "|---|---|---|---|---|---|",
     ]
-    for name in ("direct", "envoy", "abrouter"):
+    for name in ("direct", "envoy", "abrouter", "abrouter-before"):
         if f"{name}@rate" not in results:
             continue
         runs = results[f"{name}@rate"]
@@ -252,6 +264,21 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
             values = [r[key] for r in runs]
             cells.append(f"{min(values):.2f}-{max(values):.2f}")
         lines.append(f"| {name} | {' | '.join(cells)} | {sum(r['errors'] for r in runs):.0f} |")
+    lines += [
+        "",
+        f"Proxy CPU per call at the same offered load ({args.rate:g} calls/s, open loop; median, min-max of rounds):",
+        "",
+        "| config | CPU µs per call | calls per proxy core | vs Envoy per core |",
+        "|---|---|---|---|",
+    ]
+    envoy_us = statistics.median(r["cpu_us_per_call"] for r in results["envoy@rate"]) if "envoy@rate" in results else 0
+    for name in ("envoy", "abrouter", "abrouter-before", "tcp-floor"):
+        if f"{name}@rate" not in results:
+            continue
+        values = [r["cpu_us_per_call"] for r in results[f"{name}@rate"]]
+        us = statistics.median(values)
+        ratio = f"{envoy_us / us:.2f}" if us else "-"
+        lines.append(f"| {name} | {us:.1f} ({min(values):.1f}-{max(values):.1f}) | {1e6 / us:,.0f} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _MASK64 = (1 << 64) - 1
 _TWO_POW_53 = float(1 << 53)
@@ -46,6 +46,11 @@ class Assigner:
     salt: str
     names: tuple[str, ...]
     weights: tuple[float, ...]
+    # Derived in __post_init__ (declared, so that the compiled build has room for them).
+    _key: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _seeds: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
+    #: The arms that can win: (index, seed, weight) of each variant of weight > 0.
+    _arms: tuple[tuple[int, int, float], ...] = field(init=False, repr=False, compare=False, default=())
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.weights) or not self.names:
@@ -56,16 +61,15 @@ class Assigner:
         seeds = tuple(_hash64(name.encode(), key) for name in self.names)
         object.__setattr__(self, "_key", key)
         object.__setattr__(self, "_seeds", seeds)
-        # The arms that can win, made once: (index, seed, weight) of each variant of weight > 0.
         arms = tuple((i, seed, weight) for i, (seed, weight) in enumerate(zip(seeds, self.weights)) if weight > 0)
         object.__setattr__(self, "_arms", arms)
 
     def assign(self, unit: str) -> int:
         """Index of the variant for this unit id."""
-        h = _hash64(unit.encode("utf-8", "surrogatepass"), self._key)  # type: ignore[attr-defined]
+        h = _hash64(unit.encode("utf-8", "surrogatepass"), self._key)
         best, best_score = 0, -1.0
         log = math.log
-        for i, seed, weight in self._arms:  # type: ignore[attr-defined]
+        for i, seed, weight in self._arms:
             x = h ^ seed  # _mix64, inline: it runs once per arm on every request
             x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
             x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _MASK64

@@ -121,6 +121,13 @@ class ConnectionClock:
         if self.phase is Phase.BODY:
             self.phase = Phase.BUSY
 
+    def stream_opened(self, now: float) -> None:
+        """A multiplexing connection's request arrived with its head (an HTTP/2 stream): `received`,
+        `headers_complete` and `body_complete` at once (its body is the stream's, which no deadline of
+        the connection's times)."""
+        self.in_flight += 1
+        self.phase, self.since = Phase.BUSY, now
+
     def response_done(self, now: float) -> None:
         self.in_flight = max(0, self.in_flight - 1)
         if self.in_flight == 0 and self.phase is Phase.BUSY:

@@ -36,6 +36,18 @@ def test_no_body_deadline_while_the_server_does_not_read() -> None:
     assert c.expired(1_029.9) is None and c.expired(1_030.0) is Phase.BODY
 
 
+@pytest.mark.parametrize("phase", list(Phase))
+def test_a_stream_opened_is_the_three_steps_of_a_request_whose_head_and_body_arrived(phase: Phase) -> None:
+    one, three = ConnectionClock(LIMITS, since=0.0), ConnectionClock(LIMITS, since=0.0)
+    for c in (one, three):
+        c.phase, c.in_flight = phase, 1
+    one.stream_opened(5.0)
+    three.received(5.0)
+    three.headers_complete(5.0)
+    three.body_complete()
+    assert (one.phase, one.since, one.in_flight) == (three.phase, three.since, three.in_flight) == (Phase.BUSY, 5.0, 2)
+
+
 def test_a_pipelined_request_keeps_the_connection_busy_until_both_are_answered() -> None:
     c = ConnectionClock(LIMITS, since=0.0)
     for _ in range(2):

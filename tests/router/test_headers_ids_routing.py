@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 
 from abrouter.contract import experiment as model
@@ -70,6 +72,10 @@ def test_request_id_round_trip_and_rejections():
     info = ids.decode(rid, now=1_000_010.0, ttl_s=60)
     assert (info.unit_hash, info.epoch, info.variant_index, info.issued_at) == ("00112233445566ff", 7, 1, 1_000_000)
     assert len(rid) == 42 and rid.isascii()
+    many = [ids.issue(unit_hash="00112233445566ff", epoch=7, variant_index=1, now=1e6) for _ in range(200)]
+    assert {"-", "_"} <= set("".join(many)) and not {"+", "/", "="} & set("".join(many))
+    for one in many:  # base64url without its padding, as base64 writes it
+        assert base64.urlsafe_b64encode(base64.urlsafe_b64decode(one + "==")).rstrip(b"=").decode() == one
     assert not info.anonymous
     for _ in range(20):  # the flag is one bit of the random part, whatever the other 47 are
         anon = ids.issue(unit_hash="00112233445566ff", epoch=7, variant_index=1, now=1_000_000.0, anonymous=True)

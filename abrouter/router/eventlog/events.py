@@ -26,9 +26,13 @@ from abrouter.router.eventlog import cells as cells_
 from abrouter.router.eventlog import slices
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exposure:
-    """One proxied request: the unit saw `variant`, assigned under weights `epoch`."""
+    """One proxied request: the unit saw `variant`, assigned under weights `epoch`.
+
+    Treated as immutable; not frozen, as one is built on every request and a frozen
+    dataclass of nine fields costs about half a microsecond more to build.
+    """
 
     request_id: str
     unit_hash: str

@@ -47,6 +47,7 @@ class GrpcConnection(H2Connection):
         self.guard = router.guard
         self.clock = ConnectionClock(self.guard.limits, since=loop.time())
         self.peer = ""
+        self.timers = relay.deadlines(loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -74,11 +75,8 @@ class GrpcConnection(H2Connection):
         self.clock.settled(self.loop.time())
 
     def stream_received(self, stream: Stream, fields: Fields, end_stream: bool) -> None:
-        clock, now = self.clock, self.loop.time()
-        clock.received(now)
-        clock.headers_complete(now)
-        clock.body_complete()
-        call = relay.Call(self.router, self.upstreams, self, stream, self.peer)
+        self.clock.stream_opened(self.loop.time())
+        call = relay.Call(self.router, self.upstreams, self, stream, self.peer, self.timers)
         stream.handler = call
         try:
             call.begin(fields, end_stream)

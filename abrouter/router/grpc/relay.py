@@ -156,6 +156,7 @@ class Call:
         "stream",
         "timeout",
         "timer",
+        "timers",
         "up",
         "up_credited",
         "up_sent",
@@ -164,9 +165,14 @@ class Call:
         "waiting",
     )
 
-    def __init__(self, router: Router, upstreams: Upstreams, down: H2Connection, stream: Stream, peer: str) -> None:
+    def __init__(
+        self, router: Router, upstreams: Upstreams, down: H2Connection, stream: Stream, peer: str,
+        timers: Deadlines | None = None,
+    ) -> None:  # fmt: skip
+        """`timers`: the loop's `Deadlines` (`deadlines(down.loop)`), which a connection looks up once for its calls."""
         self.router, self.upstreams, self.down, self.stream = router, upstreams, down, stream
         self.loop: asyncio.AbstractEventLoop = down.loop
+        self.timers = timers if timers is not None else deadlines(self.loop)
         self.fields: Fields = []
         self.method = ""
         self.peer = peer
@@ -298,7 +304,7 @@ class Call:
         timeouts = ex.table.experiment.timeouts
         timeout = self.timeout if self.timeout is not None else timeouts.read_s
         self.deadline = self.arrived + timeout
-        self.bucket = deadlines(self.loop).add(self, self.deadline)
+        self.bucket = self.timers.add(self, self.deadline)
         self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
 
     # --- the upstream's side ---
@@ -350,7 +356,7 @@ class Call:
     def _response_head(self, fields: Fields) -> None:
         ex = self.ex
         assert ex is not None
-        self.down.send_headers(self.stream, [*fields, *wire.h2_tags(ex.response_headers([]))])
+        self.down.send_headers(self.stream, [*fields, *_tags(ex)])
         self.head_sent = True
         ex.first_byte()
 
@@ -532,7 +538,7 @@ class Call:
             self.timer.cancel()
             self.timer = None
         if self.bucket:
-            deadlines(self.loop).remove(self, self.bucket)
+            self.timers.remove(self, self.bucket)
             self.bucket = 0
         assert self.ex is not None
         self.ex.finish(now=time.time())
@@ -553,6 +559,18 @@ class Call:
         else:
             self._fail(self.ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
         self._finish()
+
+
+def _tags(ex: Exchange) -> Fields:
+    """The tags of `ex`'s answer as HTTP/2 fields: ``wire.h2_tags(ex.response_headers([]))``, the three tags
+    built directly when no unit cookie was made up (every call but a cookie-keyed experiment's first)."""
+    if ex.choice.new_cookie is not None:
+        return wire.h2_tags(ex.response_headers([]))
+    return [
+        (wire.EXPERIMENT_FIELD, ex.table.experiment.name),
+        (wire.VARIANT_FIELD, ex.variant.name),
+        (wire.REQUEST_ID_FIELD, ex.request_id),
+    ]
 
 
 def _first_message(chunks: list[bytes], held: int) -> bool:

@@ -189,6 +189,12 @@ def h2_tags(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(name.lower(), value) for name, value in pairs]
 
 
+#: The tags' field names, lower case (`h2_tags` of the exchange's tags, made once: they go out on every call).
+EXPERIMENT_FIELD: Final = hdr.EXPERIMENT_HEADER.lower()
+VARIANT_FIELD: Final = hdr.VARIANT_HEADER.lower()
+REQUEST_ID_FIELD: Final = hdr.REQUEST_ID_HEADER.lower()
+
+
 def h2_upstream_fields(fields: Iterable[tuple[str, str]], *, client_ip: str) -> list[tuple[str, str]]:
     """The caller's header fields (pseudo-headers left out) for the upstream call, with
     X-Forwarded-For (the caller's address) appended; what `_H2_DROP` names is left out."""

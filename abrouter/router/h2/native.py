@@ -3,7 +3,7 @@
 `setup.py` compiles the modules in `COMPILED` with mypyc when it can (``pip install -e .``
 puts the extension modules beside the sources) and writes `MANIFEST`: the SHA-256 of each
 source it compiled. Python would load an extension module before its ``.py``; `install`
-(run by this package's ``__init__``, before any of them is imported) decides once per
+(run by ``abrouter.router``'s ``__init__``, before any of them is imported) decides once per
 process, for all of them together (compiled modules call each other's classes directly,
 so a mix cannot work), and otherwise makes the import system load the ``.py`` files:
 
@@ -32,7 +32,8 @@ from types import ModuleType
 
 log = logging.getLogger("abrouter.h2")
 
-#: The modules setup.py compiles: the gRPC path's per-call code.
+#: The modules setup.py compiles: the gRPC path's per-call code, HTTP/2 and the relay, and the exchange it
+#: shares with the HTTP path (assignment, request ids, exposures, headers, metrics).
 COMPILED = (
     "abrouter.router.h2.frames",
     "abrouter.router.h2.hpack",
@@ -42,6 +43,12 @@ COMPILED = (
     "abrouter.router.grpc.relay",
     "abrouter.router.grpc.h2upstream",
     "abrouter.router.grpc.h2server",
+    "abrouter.router.exchange",
+    "abrouter.router.requestid",
+    "abrouter.router.assignment",
+    "abrouter.router.exposures",
+    "abrouter.router.headers",
+    "abrouter.router.metrics",
 )
 #: The shared library of the compiled group (mypyc's ``group_name`` + ``__mypyc``).
 GROUP = "abrouter.router.h2._native"

@@ -28,7 +28,7 @@ import h2.settings
 import hpack as reference
 import pytest
 
-from abrouter.router.grpc import relay
+from abrouter.router.grpc import h2upstream, relay
 from abrouter.router.h2 import frames, hpack
 from abrouter.router.h2.connection import H2Connection
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
@@ -815,6 +815,52 @@ async def test_a_call_refused_every_time_is_unavailable_after_the_bounded_retrie
         assert sum(len(w.heads) for w in u.connections) == 1 + relay.MAX_RETRIES
         assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): relay.MAX_RETRIES}
         await _one_error(r, "unavailable")
+
+
+async def test_a_call_refused_while_every_pooled_connection_is_busy_goes_to_another_of_them_not_back(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    """An upstream that takes one stream per connection: four calls held fill the pool's `MAX_CONNECTIONS`; a
+    fifth goes to the least busy (the first), which refuses it, and is sent again on the second, which answers."""
+
+    async def serve(wire: UpstreamWire) -> None:
+        for _ in range(100):  # our SETTINGS acknowledged: the router knows its one-stream limit
+            f = await wire.step()
+            if f.kind == frames.SETTINGS and f.flags & frames.ACK:
+                break
+        (held,) = await wire.requests(1)
+        arrived.append(wire)
+        which = u.connections.index(wire)
+        if which < 2:  # the fifth call comes to the first, is refused, and comes again to the second
+            (extra,) = await wire.requests(1)  # beyond the limit: the router had no other connection with room
+            if which == 0:
+                wire.send(frames.rst_stream(extra.stream_id, frames.REFUSED_STREAM))
+            else:
+                _echo(wire, extra)
+            extras.append((which, extra.body))
+        await asyncio.wait_for(release.wait(), WAIT_S)
+        _echo(wire, held)
+
+    arrived: list[UpstreamWire] = []
+    extras: list[tuple[int, bytes]] = []
+    release = asyncio.Event()
+    async with upstream(serve, {frames.MAX_CONCURRENT_STREAMS: 1}) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, {"control": 100, "candidate": 0})
+        async with r.channel() as channel:
+            method = channel.unary_unary("/test.Quirky/Call")
+            held = []
+            for n in range(h2upstream.MAX_CONNECTIONS):  # one at a time: each fills a new connection
+                held.append(asyncio.ensure_future(method(b"held%d" % n, metadata=UNIT, timeout=20)))
+                await _until(lambda n=n: len(arrived) == n + 1)
+            assert len(u.connections) == h2upstream.MAX_CONNECTIONS
+            answer = await asyncio.wait_for(method(b"fifth", metadata=UNIT, timeout=20), WAIT_S)
+            assert answer == b"fifth"
+            assert extras == [(0, _message(b"fifth")), (1, _message(b"fifth"))]  # the second, as first sent
+            release.set()
+            assert await asyncio.wait_for(asyncio.gather(*held), WAIT_S) == [b"held%d" % n for n in range(4)]
+        assert len(u.connections) == h2upstream.MAX_CONNECTIONS  # no fifth connection
+        assert not r.router.metrics.errors
+        assert dict(r.router.metrics.grpc_retries) == {(r.spec["name"], "control"): 1}
 
 
 async def test_a_call_that_streamed_beyond_the_replay_bound_before_it_was_refused_is_unavailable_not_sent_again(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
+import yaml
 from tritonclient.grpc import service_pb2
 
+from abrouter.contract import experiment as model
 from abrouter.router import exposures
-from abrouter.router.exchange import Failure, Problem
-from abrouter.router.grpc import oip, wire
+from abrouter.router.eventlog.disabled import DisabledEventLog
+from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
+from abrouter.router.grpc import oip, relay, wire
+from abrouter.router.routing import RoutingTable
+from abrouter.router.state import Lane, Lanes, Router, request_ids
 
 
 def test_the_codes_are_grpcs_own_numbers() -> None:
@@ -172,3 +179,29 @@ def test_the_infer_methods_are_the_ones_that_carry_a_model_infer_request() -> No
 )
 def test_by_default_only_inference_calls_are_exposures(path: str, exposure: bool) -> None:
     assert exposures.is_exposure("POST", path, ()) is exposure
+
+
+@pytest.mark.parametrize("unit", ["{header: X-User-Id}", "{cookie: uid}"])
+def test_the_relays_tags_are_the_exchanges_response_headers_in_lower_case(unit: str) -> None:
+    spec = f"""
+name: tags
+unit: {unit}
+variants:
+  - {{name: control, upstream: "http://127.0.0.1:9", grpc_upstream: "127.0.0.1:9", weight: 50}}
+  - {{name: candidate, upstream: "http://127.0.0.1:9", grpc_upstream: "127.0.0.1:9", weight: 50}}
+"""
+    experiment = model.parse(yaml.safe_load(spec))
+    lane = Lane(
+        table=RoutingTable(experiment=experiment, since=time.time()),
+        eventlog=DisabledEventLog(),
+        ids=request_ids(b"", experiment),
+        transport=None,  # type: ignore[arg-type]  # nothing is sent
+    )
+    router = Router(lanes=Lanes([lane]))
+    method = "/inference.GRPCInferenceService/ModelInfer"
+    incoming = Incoming("POST", method, [("x-user-id", "u1")], "127.0.0.1", "http")
+    ex = Exchange.start(router, incoming, now=time.time())
+    assert relay._tags(ex) == wire.h2_tags(ex.response_headers([]))
+    names = [name for name, _ in relay._tags(ex)]
+    assert names[:3] == ["x-ab-experiment", "x-ab-variant", "x-ab-request-id"]
+    assert ("set-cookie" in names) == (unit == "{cookie: uid}")  # a unit id made up: the general path

@@ -1,7 +1,7 @@
 """The gRPC path's two builds: compiled with mypyc (setup.py) and pure Python (`ABROUTER_PURE=1`).
 
 The suite runs against whichever build the install made (compiled where a C compiler was
-there); these tests run the HTTP/2 and own-server gRPC tests again in a subprocess on the
+there); these tests run the HTTP/2, own-server gRPC and exchange tests again in a subprocess on the
 pure modules, so both builds are checked on every run.
 """
 
@@ -12,19 +12,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from abrouter.router.h2 import native
 
 ROOT = Path(__file__).resolve().parents[3]
 GRPC = ROOT / "tests" / "router" / "grpc"
+EXCHANGE_TESTS = ("stream", "assignment", "headers_ids_routing", "exposures")
 
 
 def _env(**extra: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != "ABROUTER_PURE"}, **extra}
 
 
-def _loaded(env: dict[str, str]) -> list[str]:
-    """The files a fresh interpreter loads the compiled modules from, and its `native.mode()`."""
+def _loaded(env: dict[str, str], first: str = "abrouter.router.h2.native") -> list[str]:
+    """The files a fresh interpreter loads the compiled modules from, and its `native.mode()`; `first`: the
+    module it imports first."""
     code = (
+        f"import {first}\n"
         "import importlib; from abrouter.router.h2 import native\n"
         "print(native.mode())\n"
         "for name in native.COMPILED: print(importlib.import_module(name).__file__)\n"
@@ -37,6 +42,16 @@ def test_abrouter_pure_loads_every_module_of_the_group_from_its_source() -> None
     mode, *files = _loaded(_env(ABROUTER_PURE="1"))
     assert mode == "pure Python: ABROUTER_PURE is set"
     assert files == [str(native.source(name)) for name in native.COMPILED]
+
+
+@pytest.mark.parametrize("first", ["abrouter.router.exchange", "abrouter.router.assignment"])
+def test_the_build_is_chosen_before_a_module_of_the_router_that_is_not_of_the_grpc_path_is_imported(
+    first: str,
+) -> None:
+    _, *files = _loaded(_env(ABROUTER_PURE="1"), first)
+    assert files == [str(native.source(name)) for name in native.COMPILED]
+    mode, *files = _loaded(_env(), first)
+    assert [not f.endswith(".py") for f in files] == [native.compiled()] * len(native.COMPILED), (mode, files)
 
 
 def test_without_abrouter_pure_the_build_that_is_there_loads_all_or_nothing() -> None:
@@ -59,10 +74,12 @@ def test_the_version_says_which_build_loads() -> None:
     assert out.stdout.endswith("; gRPC path: pure Python: ABROUTER_PURE is set\n")
 
 
-def test_the_http2_and_own_server_grpc_tests_pass_on_the_pure_modules() -> None:
+def test_the_http2_own_server_grpc_and_exchange_tests_pass_on_the_pure_modules() -> None:
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     hpack = Path(__file__).with_name("test_hpack.py")  # not this file's directory: it would run itself
     h2 = [str(GRPC / "test_h2_conformance.py"), str(GRPC / "test_h2_wire.py"), str(hpack)]
+    # The exchange and its helpers, shared with the HTTP path (a couple of seconds).
+    h2 += [str(ROOT / "tests" / "router" / f"test_{name}.py") for name in EXCHANGE_TESTS]
     for args in (h2, [str(GRPC / "test_proxy.py"), "-k", "own"]):
         run = subprocess.run(
             [*pytest, *args], env=_env(ABROUTER_PURE="1"), cwd=ROOT, capture_output=True, text=True, timeout=900
