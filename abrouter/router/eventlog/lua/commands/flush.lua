@@ -344,8 +344,9 @@ end
 local CHUNK = 500
 local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
 local move_record = record_mover
-  and record_mover(RECORD, BRIEF, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at,
-                   cap_at, set_more, order, HUGE, struct.unpack, struct.pack, pcall, string.byte)
+  and record_mover(RECORD, BRIEF, RAMPED, KS, acc_of, stratum, stratum_names, stratum_name, granule_end,
+                   counted_at, cap_at, set_more, order, HUGE, struct.unpack, struct.pack, pcall, string.byte,
+                   latest_epoch)
   or function() return false end  -- (without it every unit takes its table)
 local sub = string.sub
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
