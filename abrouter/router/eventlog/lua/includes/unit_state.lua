@@ -451,7 +451,7 @@ local function move_record_source()
   w('else')
   w('ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
   w('if not ok or k ~= KS or after ~= #raw + 1 then return false end')
-  w('if m == 0 and t == 0 then le = latest_epoch(latest, v) or false end')
+  w('if m == 0 and t == 0 and e > 0 then le = latest_epoch(latest, v) or false end')  -- (not a held unit)
   w('end')
   w('if m ~= 0 or C[b + 4] >= 2 then return false end')
   -- A unit without an exposure yet (its outcomes came first) is moved in the cell's stratum,
