@@ -154,9 +154,9 @@ local function pack_unit(u, granule)
   u[U_GRANULE], u[K] = granule, KS
   local e = u[E]
   if e > 0 and u[M] == 0 and u[CTIME] == 0 then
-    local le = latest_epoch(u[LATEST], u[V])
-    if le == e then return struct.pack(BRIEF, -e, u[V], granule, unpack(u, S + 1, S + KS)) end
-    if le and e < OFFSET then return struct.pack(RAMPED, -OFFSET - e, u[V], le, granule, unpack(u, S + 1, S + KS)) end
+    if u[LATEST] == e .. '|' .. u[V] then return struct.pack(BRIEF, -e, u[V], granule, unpack(u, S + 1, S + KS)) end
+    local le = e < OFFSET and latest_epoch(u[LATEST], u[V])  -- [ramped]
+    if le then return struct.pack(RAMPED, -OFFSET - e, u[V], le, granule, unpack(u, S + 1, S + KS)) end
   end
   return struct.pack(RECORD, unpack(u, E, S + KS))
 end
@@ -417,37 +417,48 @@ local function move_record_source()
   -- The epoch of the latest exposure when it is of the first's variant (false: unknown or not).
   w('local le = false')
   w('local b4 = byte_(raw, 4) or 0')
-  w('if b4 >= 128 then')  -- [brief], [ramped]
-  w('local x')  -- the record's first four bytes, as stored
-  w('if b4 >= 192 then')
-  w('ok, x, v, granule, ' .. list .. ', after = pcall_(unpack_, BRIEF, raw)')
+  w('if b4 >= 192 then')  -- [brief]
+  w('ok, e, v, granule, ' .. list .. ', after = pcall_(unpack_, BRIEF, raw)')
   w('if not ok or after ~= #raw + 1 then return false end')
-  w('e = -x')
-  w('else')
-  -- [ramped] (Not one, by its length: a brief record of an epoch >= OFFSET; `unit_of` reads it.)
-  w('ok, x, v, le, granule, ' .. list .. ', after = pcall_(unpack_, RAMPED, raw)')
-  w(string.format('if not ok or after ~= #raw + 1 or x >= -%d or le < 1 then return false end', OFFSET))
-  w(string.format('e = -%d - x', OFFSET))
-  w('end')
-  w('local lat = le or e')  -- its latest exposure's epoch (of variant v)
-  -- A cell of its latest exposure's stratum on a unit with exposures: the common cell of a
-  -- returning unit (of its own stratum, brief; after a ramp step, of the later epoch, ramped).
-  -- It moves the first exposure's stratum, its latest exposure does not move (no pointer),
-  -- the form stays, and both weights are 1.
-  w('if C[b + 2] == lat and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
+  -- [brief] A cell of the unit's own stratum (its first exposure's, which a brief record's
+  -- latest exposure is) on a unit with exposures: the common cell of a returning unit. Its
+  -- latest exposure does not move (no pointer), it stays brief, and both weights are 1.
+  w('if C[b + 2] == -e and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
   w('local n1 = s1 + C[b + 5]')
   w('if n1 > 0 and not (' .. checks .. ') then')
-  w('local by_v = acc_of[e]')
+  w('local by_v = acc_of[-e]')
   w('local acc = by_v and by_v[v]')
-  w('if not acc then local _ _, acc = stratum(e, v) end')
+  w('if not acc then local _ _, acc = stratum(-e, v) end')
   w('local stored_t = false')
   move_body(w, function(s) return 's' .. s end, true)
-  w('if le then return pack_(RAMPED, x, v, le, granule_end, ' .. list .. '), nil, granule ~= granule_end end')
-  w('return pack_(BRIEF, x, v, granule_end, ' .. list .. '), nil, granule ~= granule_end')
+  w('return pack_(BRIEF, e, v, granule_end, ' .. list .. '), nil, granule ~= granule_end')
   w('end end')
-  w('m, t, le = 0, 0, lat')
-  w('local by_e = stratum_names[lat]')
-  w('latest = by_e and by_e[v] or stratum_name(lat, v)')
+  w('e, m, t, le = -e, 0, 0, -e')
+  w('local by_e = stratum_names[e]')
+  w('latest = by_e and by_e[v] or stratum_name(e, v)')
+  -- [ramped] Its own branch and its own copy of the move, so that the brief form's common cell
+  -- runs exactly the instructions it ran before this form (a few more per cell measured
+  -- worse than a third copy compiled per batch). (Not ramped, by its length: a brief record
+  -- of an epoch >= OFFSET, which `unit_of` reads.)
+  w('elseif b4 >= 128 then')
+  w('ok, e, v, le, granule, ' .. list .. ', after = pcall_(unpack_, RAMPED, raw)')
+  w(string.format('if not ok or after ~= #raw + 1 or e >= -%d or le < 1 then return false end', OFFSET))
+  w(string.format('local fe = -%d - e', OFFSET))
+  -- [ramped] A cell of its latest exposure's stratum (after a ramp step, a returning unit's
+  -- common cell): moved in its first exposure's stratum, as the brief form's own cell is.
+  w('if C[b + 2] == le and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
+  w('local n1 = s1 + C[b + 5]')
+  w('if n1 > 0 and not (' .. checks .. ') then')
+  w('local by_v = acc_of[fe]')
+  w('local acc = by_v and by_v[v]')
+  w('if not acc then local _ _, acc = stratum(fe, v) end')
+  w('local stored_t = false')
+  move_body(w, function(s) return 's' .. s end, true)
+  w('return pack_(RAMPED, e, v, le, granule_end, ' .. list .. '), nil, granule ~= granule_end')
+  w('end end')
+  w('e, m, t = fe, 0, 0')
+  w('local by_e = stratum_names[le]')
+  w('latest = by_e and by_e[v] or stratum_name(le, v)')
   w('else')
   w('ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
   w('if not ok or k ~= KS or after ~= #raw + 1 then return false end')
