@@ -59,9 +59,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     # ... or another chunk size (cells per HMGET and per HSET).
     "move_record compiled twice (loadstring)": (
-        "    record_mover = loadstring(move_record_source(), 'move_record')",
-        "    loadstring(move_record_source(), 'move_record')\n"
-        "    record_mover = loadstring(move_record_source(), 'move_record')",
+        "record_mover = function(ramped) return loadstring(move_record_source(ramped), 'move_record') end",
+        "record_mover = function(ramped) loadstring(move_record_source(ramped), 'move_record');"
+        " return loadstring(move_record_source(ramped), 'move_record') end",
     ),
     "cells unpacked twice": (
         _CELLS,

@@ -337,16 +337,19 @@ RAMP_STEPS: list[tuple[tuple[int, str], bool, str]] = [
 ]
 
 
-@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize(("compiled", "fillers"), [(True, 0), (True, 20), (False, 0)])
 async def test_a_unit_back_in_a_later_epoch_of_its_variant_is_stored_ramped_and_reads_as_the_long_form(
-    redis_client: redis.asyncio.Redis, experiment_name: str, compiled: bool
+    redis_client: redis.asyncio.Redis, experiment_name: str, compiled: bool, fillers: int
 ) -> None:
     """A unit whose latest exposure is its first's variant in another epoch (after a ramp step)
     is stored in the ramped form, and moves between the forms as its latest exposure moves.
     Beside it, a twin experiment gets the same batches with every record rewritten long before
     each (what a router before the brief and ramped forms would have stored): the same agg to
     the bit, the same records and pointers after every batch. `compiled`: flush.lua as Redis runs
-    it (`move_record`), or without loadstring (the unit tables and `pack_unit`)."""
+    it (`move_record`), or without loadstring (the unit tables and `pack_unit`). `fillers`: units
+    of brief records before them in each batch, so that the ramped records are not among the
+    batch's first 16, and `move_record` is compiled without the ramped form's code until it
+    meets one (flush.lua's `again`)."""
     exp = make_experiment(experiment_name)
     columns = keys.metric_order(exp)
     source = script.FLUSH_SCRIPT if compiled else script.FLUSH_SCRIPT.replace("if loadstring then", "if false then")
@@ -354,6 +357,8 @@ async def test_a_unit_back_in_a_later_epoch_of_its_variant_is_stored_ramped_and_
     twins = [keys.Keys(experiment_name), keys.Keys(experiment_name + "-long")]
     for seq, ((epoch, variant), exposed, want) in enumerate(RAMP_STEPS, 1):
         agg = Aggregator(columns, binary_metrics(exp))
+        for i in range(fillers):
+            agg.add_exposure(Exposure(f"r{seq}-f{i}", f"f{i}", "control", 1, 0.0, 200, 5.0, False))
         for unit in ("u", "w"):
             if exposed:
                 agg.add_exposure(Exposure(f"r{seq}-{unit}", unit, variant, epoch, 0.0, 200, 5.0, seq % 2 == 0))
@@ -383,7 +388,8 @@ async def test_a_unit_back_in_a_later_epoch_of_its_variant_is_stored_ramped_and_
         assert stored[0][2][b"u"] == f"{epoch}|{variant}".encode()
     agg_ = keys.decode_agg(await redis_client.hgetall(twins[0].agg))
     assert set(agg_) == {(1, "control"), (1, "control~mx")}  # intent-to-treat: all in the first stratum
-    assert agg_[(1, "control")].units == 2 and agg_[(1, "control")].exposures == 2 * 6
+    assert agg_[(1, "control")].units == 2 + fillers
+    assert agg_[(1, "control")].exposures == 2 * 6 + fillers * len(RAMP_STEPS)
 
 
 def test_a_ramped_record_is_four_bytes_more_than_whole_doubles_to_a_reader_of_the_brief_form() -> None:

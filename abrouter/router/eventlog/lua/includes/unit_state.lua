@@ -402,9 +402,9 @@ end
 -- that case (the caller then takes the table: `unit_of`); nil and the column when a value
 -- is not finite (the batch is refused). A record (a string) is the unit's whole state
 -- between its cells: a unit's second cell unpacks the first one's result.
-local function move_record_source()
+local function move_record_source(ramped)
   local out = {'local RECORD, BRIEF, RAMPED, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, '
-                 .. 'counted_at, cap_at, set_more, order, HUGE, unpack_, pack_, pcall_, byte_, latest_epoch = ...',
+                 .. 'counted_at, cap_at, set_more, order, HUGE, unpack_, pack_, pcall_, byte_, latest_epoch, again = ...',
                'return function(raw, b, C)'}
   local function w(line) out[#out + 1] = line end
   local states = {}
@@ -441,24 +441,30 @@ local function move_record_source()
   -- worse than a third copy compiled per batch). (Not ramped, by its length: a brief record
   -- of an epoch >= OFFSET, which `unit_of` reads.)
   w('elseif b4 >= 128 then')
-  w('ok, e, v, le, granule, ' .. list .. ', after = pcall_(unpack_, RAMPED, raw)')
-  w(string.format('if not ok or after ~= #raw + 1 or e >= -%d or le < 1 then return false end', OFFSET))
-  w(string.format('local fe = -%d - e', OFFSET))
-  -- [ramped] A cell of its latest exposure's stratum (after a ramp step, a returning unit's
-  -- common cell): moved in its first exposure's stratum, as the brief form's own cell is.
-  w('if C[b + 2] == le and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
-  w('local n1 = s1 + C[b + 5]')
-  w('if n1 > 0 and not (' .. checks .. ') then')
-  w('local by_v = acc_of[fe]')
-  w('local acc = by_v and by_v[v]')
-  w('if not acc then local _ _, acc = stratum(fe, v) end')
-  w('local stored_t = false')
-  move_body(w, function(s) return 's' .. s end, true)
-  w('return pack_(RAMPED, e, v, le, granule_end, ' .. list .. '), nil, granule ~= granule_end')
-  w('end end')
-  w('e, m, t = fe, 0, 0')
-  w('local by_e = stratum_names[le]')
-  w('latest = by_e and by_e[v] or stratum_name(le, v)')
+  if not ramped then
+    -- [ramped] Without the ramped form's code (a batch whose first records hold none, most of
+    -- them before a ramp step): the first ramped record compiles it (`again`, flush.lua).
+    w('return again(raw, b, C)')
+  else
+    w('ok, e, v, le, granule, ' .. list .. ', after = pcall_(unpack_, RAMPED, raw)')
+    w(string.format('if not ok or after ~= #raw + 1 or e >= -%d or le < 1 then return false end', OFFSET))
+    w(string.format('local fe = -%d - e', OFFSET))
+    -- [ramped] A cell of its latest exposure's stratum (after a ramp step, a returning unit's
+    -- common cell): moved in its first exposure's stratum, as the brief form's own cell is.
+    w('if C[b + 2] == le and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
+    w('local n1 = s1 + C[b + 5]')
+    w('if n1 > 0 and not (' .. checks .. ') then')
+    w('local by_v = acc_of[fe]')
+    w('local acc = by_v and by_v[v]')
+    w('if not acc then local _ _, acc = stratum(fe, v) end')
+    w('local stored_t = false')
+    move_body(w, function(s) return 's' .. s end, true)
+    w('return pack_(RAMPED, e, v, le, granule_end, ' .. list .. '), nil, granule ~= granule_end')
+    w('end end')
+    w('e, m, t = fe, 0, 0')
+    w('local by_e = stratum_names[le]')
+    w('latest = by_e and by_e[v] or stratum_name(le, v)')
+  end
   w('else')
   w('ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
   w('if not ok or k ~= KS or after ~= #raw + 1 then return false end')
@@ -497,7 +503,9 @@ end
 
 -- `move` is compiled when a cell first needs it: a batch whose units all take `move_record`
 -- (returning units, the common case) compiles only that (compiling was 0.1 µs an event).
-local record_mover = nil  -- makes `move_record` (flush.lua, once the strata and the granule exist); nil: none
+-- record_mover(ramped): the chunk that makes `move_record` (flush.lua, once the strata and the granule
+-- exist), with the ramped form's code or without it; nil: none.
+local record_mover = nil
 if loadstring then
   local plain_move = move
   move = function(...)
@@ -506,7 +514,7 @@ if loadstring then
     return move(...)
   end
   if not cov_n and nmore == 0 and KS <= 60 then  -- (Lua 5.1: at most 200 locals, 250 registers)
-    record_mover = loadstring(move_record_source(), 'move_record')
+    record_mover = function(ramped) return loadstring(move_record_source(ramped), 'move_record') end
   end
 end
 
