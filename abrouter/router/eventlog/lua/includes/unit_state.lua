@@ -437,9 +437,9 @@ local function move_record_source(ramped)
   w('local by_e = stratum_names[e]')
   w('latest = by_e and by_e[v] or stratum_name(e, v)')
   -- [ramped] Its own branch and its own copy of the move, so that the brief form's common cell
-  -- runs exactly the instructions it ran before this form (a few more per cell measured
-  -- worse than a third copy compiled per batch). (Not ramped, by its length: a brief record
-  -- of an epoch >= OFFSET, which `unit_of` reads.)
+  -- runs exactly the instructions it ran before this form; the copy is compiled only for a
+  -- batch that has ramped records (`ramped`; bench/README.md). (Not ramped, by its length: a
+  -- brief record of an epoch >= OFFSET, which `unit_of` reads.)
   w('elseif b4 >= 128 then')
   if not ramped then
     -- [ramped] Without the ramped form's code (a batch whose first records hold none, most of
