@@ -3,6 +3,7 @@
     .venv/bin/python bench/flush_cost.py                         # ~1 min
     .venv/bin/python bench/flush_cost.py --before-ref main       # also the script as of a git ref
     .venv/bin/python bench/flush_cost.py --rounds 1 --big 0 --memory 1000000 --redis-server /path/to/redis-server
+    .venv/bin/python bench/flush_cost.py --ramp --rounds 1 --big 0 --memory 1000000 ...   # after a ramp step
 
 The same router-made batches (the project's own `Aggregator`, 70% exposures and 30%
 outcomes of units drawn from a pool, most of them returning) are applied three ways to
@@ -21,8 +22,9 @@ phase, per event; the longest single script call comes from SLOWLOG (threshold 0
 the script phases only: logging each of the floor's commands inflated the floor by about a
 third before 2026-12-05 18:40, and every ratio to it read too low).
 With `--ramp` the rounds after the first are the same events in epoch 2 (a ramp step moved
-every unit's latest exposure: their records are the long form, the first round's units
-returning in another stratum). The largest call is also measured for one batch of `--big`
+every unit's latest exposure: their records are the ramped form, the long form before it,
+the first round's units returning in another stratum; with `--memory`, each unit is exposed
+in epoch 1, then in epoch 2). The largest call is also measured for one batch of `--big`
 events (a router at saturation whose buffer filled, before batches were bounded). Prints a
 Markdown table.
 """
@@ -89,7 +91,7 @@ def batch_of(exp: model.Experiment, recorded: list[events.Event], seq: int) -> e
 
 def after_ramp(recorded: list[events.Event]) -> list[events.Event]:
     """The same events in epoch 2: after a ramp step, every returning unit's latest exposure
-    leaves its first (epoch 1), so its record is the long form (`--ramp`)."""
+    leaves its first (epoch 1), so its record is the ramped form (before it, the long form) (`--ramp`)."""
     return [dataclasses.replace(e, epoch=2) for e in recorded]
 
 
@@ -227,37 +229,41 @@ async def main(args: argparse.Namespace) -> None:
                 _, longest = await measured(client, lambda t=text, b=b, n=name: apply_all(client, t, keys.Keys(n), [b]))
                 print(f"| {label} | {longest:.0f} |")
         if args.memory:
-            print(f"\n{args.memory:,} units, one exposure each, audit stream left out:\n")
+            each = "an exposure in epoch 1, then one in epoch 2" if args.ramp else "one exposure"
+            print(f"\n{args.memory:,} units, {each} each, audit stream left out:\n")
             print("| script | bytes per unit |")
             print("|---|---|")
             for label, text in sources.items():
                 version = args.before_version if label == "before" else events.BATCH_VERSION
-                used = await memory(args.redis_server or None, text, args.memory, version)
+                used = await memory(args.redis_server or None, text, args.memory, version, ramp=args.ramp)
                 print(f"| {label} | {used:.0f} |")
         await client.aclose()
 
 
-async def memory(binary: str | None, source: str, units: int, version: int = events.BATCH_VERSION) -> float:
-    """Bytes of Redis memory per unit: `units` units, one exposure each, through `source`,
-    on a Redis of its own (AOF on, as in production)."""
+async def memory(
+    binary: str | None, source: str, units: int, version: int = events.BATCH_VERSION, *, ramp: bool = False
+) -> float:
+    """Bytes of Redis memory per unit: `units` units, one exposure each (`ramp`: then one in
+    epoch 2, as after a ramp step), through `source`, on a Redis of its own (AOF on, as in
+    production)."""
     with RedisServer(binary=binary) as server:
         client = redis.asyncio.Redis.from_url(server.url, socket_timeout=120)
         await client.script_load(source)
         try:
-            return await _memory(client, source, units, version)
+            return await _memory(client, source, units, version, ramp)
         finally:
             await client.aclose()
 
 
-async def _memory(client: redis.asyncio.Redis, source: str, units: int, version: int) -> float:
+async def _memory(client: redis.asyncio.Redis, source: str, units: int, version: int, ramp: bool) -> float:
     name = "bench-memory"
     exp, k = experiment(name), keys.Keys(name)
     await client.execute_command("MEMORY", "PURGE")
     before = int((await client.info("memory"))["used_memory"])
     chunk, seq = 2000, 0
-    for start in range(0, units, chunk):
+    for epoch, start in [(e, s) for e in ((1, 2) if ramp else (1,)) for s in range(0, units, chunk)]:
         recorded: list[events.Event] = [
-            events.Exposure(f"r{i}", keys.unit_hash(f"m{i}"), "control", 1, 0.0, 200, 5.0, False)
+            events.Exposure(f"r{i}", keys.unit_hash(f"m{i}"), "control", epoch, 0.0, 200, 5.0, False)
             for i in range(start, min(start + chunk, units))
         ]
         seq += 1

@@ -1,6 +1,6 @@
 """Where flush.lua's Redis CPU goes: the script with one part stubbed out at a time (issue 15).
 
-    .venv/bin/python bench/flush_profile.py [--redis-server /path/to/redis-server] [--rounds 5]
+    .venv/bin/python bench/flush_profile.py [--redis-server /path/to/redis-server] [--rounds 5] [--ramp]
 
 A profiling aid, not a measurement of anything shipped: each variant is flush.lua with one
 text substitution (`VARIANTS`) that skips a part (its result is then wrong), applied to the
@@ -59,9 +59,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     ),
     # ... or another chunk size (cells per HMGET and per HSET).
     "move_record compiled twice (loadstring)": (
-        "    record_mover = loadstring(move_record_source(), 'move_record')",
-        "    loadstring(move_record_source(), 'move_record')\n"
-        "    record_mover = loadstring(move_record_source(), 'move_record')",
+        "record_mover = function(ramped) return loadstring(move_record_source(ramped), 'move_record') end",
+        "record_mover = function(ramped) loadstring(move_record_source(ramped), 'move_record');"
+        " return loadstring(move_record_source(ramped), 'move_record') end",
     ),
     "cells unpacked twice": (
         _CELLS,
@@ -105,7 +105,12 @@ async def main(args: argparse.Namespace) -> None:
                 exp_name = f"prof-{list(sources).index(name)}"
                 k = keys.Keys(exp_name)
                 exp = flush_cost.experiment(exp_name)
-                batches = [flush_cost.batch_of(exp, c, r * args.batches + i + 1) for i, c in enumerate(recorded)]
+                batches = [
+                    flush_cost.batch_of(
+                        exp, flush_cost.after_ramp(c) if args.ramp and r > 0 else c, r * args.batches + i + 1
+                    )
+                    for i, c in enumerate(recorded)
+                ]
                 used, _ = await flush_cost.measured(client, lambda s=shas[name], k=k, b=batches: apply(client, s, k, b))
                 results[name].append(used)
             used, _ = await flush_cost.measured(
@@ -130,4 +135,9 @@ if __name__ == "__main__":
     parser.add_argument("--units", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--redis-server", default="")
+    parser.add_argument(
+        "--ramp",
+        action="store_true",
+        help="rounds after the first in epoch 2, as flush_cost.py --ramp (ramped records)",
+    )
     asyncio.run(main(parser.parse_args()))

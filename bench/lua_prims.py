@@ -100,6 +100,14 @@ TESTS = {
         " if s1 - s1 ~= 0 or s2 - s2 ~= 0 or s3 - s3 ~= 0 or s4 - s4 ~= 0 or s5 - s5 ~= 0 or s6 - s6 ~= 0 then"
         " error('x') end local r = struct.pack(F, e, v, m, 1.6e9, s1, s2, s3, s4, s5, s6) end"
     ),
+    "a ramped record's round trip (-(2^30 + e), v, le, granule, state), locals": (
+        "local F = '<i4si4d' .. 'dddddd';"
+        " local srec = struct.pack(F, -(2^30 + 1), 'control', 2, 1.5e9, 3, 0, 47.5, 0, 1, 12.5);"
+        " for i = 1, N do"
+        " local ok, e, v, le, g, s1, s2, s3, s4, s5, s6, at = pcall(struct.unpack, F, srec)"
+        " if s1 - s1 ~= 0 or s2 - s2 ~= 0 or s3 - s3 ~= 0 or s4 - s4 ~= 0 or s5 - s5 ~= 0 or s6 - s6 ~= 0 then"
+        " error('x') end local r = struct.pack(F, e, v, le, 1.6e9, s1, s2, s3, s4, s5, s6) end"
+    ),
     "a unit's round trip, locals, no pcall": (
         "local F = HEAD .. 'dddddd'; for i = 1, N do"
         " local e, v, m, l, g, t, k, s1, s2, s3, s4, s5, s6, at = struct.unpack(F, rec)"

@@ -20,7 +20,7 @@ import struct
 import zlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 
@@ -252,14 +252,22 @@ class UnitRecord:
     state: tuple[float, ...]
 
 
+#: [ramped] The ramped form's first four bytes: -(RAMPED_EPOCH_OFFSET + e), below the brief
+#: form's -e (e < RAMPED_EPOCH_OFFSET), so flush.lua tells them apart by their fourth byte.
+RAMPED_EPOCH_OFFSET = 2**30
+
+
 def decode_unit_record(raw: bytes) -> UnitRecord:
     """Parse a ``units[h|u]`` value, as flush.lua packs it with Lua's ``struct`` (format
-    ``<i4sBsddH`` then that many doubles, or the brief form ``<i4sd`` then the doubles, its
-    epoch negated: docs/storage.md); ValueError when it is not one."""
+    ``<i4sBsddH`` then that many doubles; the brief form ``<i4sd`` then the doubles, its
+    epoch negated; or the ramped form ``<i4si4d`` then the doubles, its epoch negated and
+    offset, its latest exposure's epoch after v: docs/storage.md); ValueError when it is not one."""
     try:
         (e,) = struct.unpack_from("<i", raw, 0)
         v, at = _text_at(raw, 4)
         if e < 0:
+            if (len(raw) - at) % 8 == 4:  # 4 bytes more than a brief record: the ramped form
+                return _ramped_record(raw, -e - RAMPED_EPOCH_OFFSET, v, at)
             return _brief_record(raw, -e, v, at)
         (multiple,) = struct.unpack_from("<B", raw, at)
         latest, at = _text_at(raw, at + 1)
@@ -290,6 +298,18 @@ def _brief_record(raw: bytes, e: int, v: str, at: int) -> UnitRecord:
         raise ValueError(f"{len(raw) - at} bytes are not a state of doubles")
     state = struct.unpack_from(f"<{k}d", raw, at)
     return UnitRecord(first=(e, v), multiple=False, latest=(e, v), granule=granule, covariate_time=None, state=state)
+
+
+def _ramped_record(raw: bytes, e: int, v: str, at: int) -> UnitRecord:
+    """[ramped] The ramped form's rest (from `at`, after its first four bytes and v): the epoch
+    of its latest exposure (of its first exposure's variant, in another epoch), the granule and
+    the state; it is not a multiple exposure and has no covariate time."""
+    if e < 1:
+        raise ValueError(f"first epoch {e} in the ramped form")
+    (latest,) = struct.unpack_from("<i", raw, at)
+    if latest < 1:
+        raise ValueError(f"latest epoch {latest} in the ramped form")
+    return replace(_brief_record(raw, e, v, at + 4), latest=(latest, v))
 
 
 def _text_at(raw: bytes, at: int) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from tests.router.eventlog.test_eventlog import (
     random_events,
     record,
 )
-from tests.router.eventlog.test_shards import per_unit_ids
+from tests.router.eventlog.test_shards import check_a_ramp_step, per_unit_ids
 
 
 @pytest.fixture
@@ -287,3 +287,10 @@ async def test_one_experiment_is_sharded_over_every_master_by_default_and_read_b
     finally:
         await client.aclose()
     assert data.found and sum(a.units for a in data.arms) == len({e.unit_hash for e in recorded})
+
+
+async def test_a_ramp_step_on_a_cluster_sums_exactly_and_stores_the_ramped_form(
+    redis_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The ramped unit record (docs/storage.md) on the default layout's shards over three masters."""
+    await check_a_ramp_step(redis_cluster.urls, f"t-cluster-ramp-{secrets.token_hex(4)}", tmp_path, shards=None)

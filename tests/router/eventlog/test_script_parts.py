@@ -124,22 +124,25 @@ def _rich_batches(exp: model.Experiment, n: int) -> list[events.Batch]:
         )
         for i in range(300):
             u = keys.unit_hash(f"u{rng.randrange(60)}")
-            arm = "control" if rng.random() < 0.5 else "candidate"
+            # Most units keep their arm; the later batches are a ramp step's epoch 2 (some cells
+            # still epoch 1): records in every form, brief, ramped and long (multiple exposures).
+            arm = ("control", "candidate")[int(u, 16) % 2] if rng.random() < 0.9 else "candidate"
+            e = (1 if seq <= n // 2 else 2) if rng.random() < 0.9 else 1
             r = rng.random()
             if r < 0.5:
                 anonymous = rng.random() < 0.1
                 unit = keys.unit_hash(f"anon-{seq}-{i}") if anonymous else u
                 latency, error = rng.uniform(1, 40), rng.random() < 0.1
-                agg.add_exposure(Exposure(f"r{seq}-{i}", unit, arm, 1, 1000.0, 200, latency, error, anonymous))
+                agg.add_exposure(Exposure(f"r{seq}-{i}", unit, arm, e, 1000.0, 200, latency, error, anonymous))
             elif r < 0.65:
-                agg.add_outcome(Outcome(u, arm, 1, "conversion", 1.0, 1001.0))
+                agg.add_outcome(Outcome(u, arm, e, "conversion", 1.0, 1001.0))
             elif r < 0.8:
                 key = f"k{rng.randrange(400)}"  # keyed: folded into the cells by flush.lua, repeats once
-                agg.add_outcome(Outcome(u, arm, 1, "revenue", rng.uniform(0, 80), 1001.0, event_id=key))
+                agg.add_outcome(Outcome(u, arm, e, "revenue", rng.uniform(0, 80), 1001.0, event_id=key))
             elif r < 0.9:
-                agg.add_outcome(Outcome(u, arm, 1, "clicks", float(rng.randrange(3)), 1001.0))
+                agg.add_outcome(Outcome(u, arm, e, "clicks", float(rng.randrange(3)), 1001.0))
             elif exp.covariate:
-                agg.add_outcome(Outcome(u, arm, 1, "prior_clicks", float(rng.randrange(5)), 999.0 + rng.random()))
+                agg.add_outcome(Outcome(u, arm, e, "prior_clicks", float(rng.randrange(5)), 999.0 + rng.random()))
         out.append(agg.batch(producer="p-test", seq=seq))
     return out
 
@@ -168,6 +171,10 @@ async def test_the_code_compiled_per_batch_stores_exactly_what_the_plain_lua_sto
     (agg, units), (plain_agg, plain_units) = stored
     assert agg == plain_agg and units == plain_units
     assert sum(1 for f in units if f.endswith(b"|u")) > 50 and any(b"~mx" in f for f in agg)
+    forms = {
+        "long" if v[3] < 0x80 else "ramped" if v[3] < 0xC0 else "brief" for f, v in units.items() if f.endswith(b"|u")
+    }
+    assert covariate or forms == {"brief", "ramped", "long"}  # (with a covariate, move_record is not used)
     assert any(b"|sum_xy|" in f for f in agg) and any(f.endswith(b"|prior_clicks|sum") for f in agg) == covariate
 
 

@@ -11,11 +11,13 @@ import json
 import random
 import secrets
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
 import redis.asyncio
 
+from abrouter import redisclient
 from abrouter.analysis import reader
 from abrouter.contract import experiment as model
 from abrouter.contract import keys
@@ -269,3 +271,80 @@ async def test_serves_shard_count_reaches_a_new_experiments_layout(
     assert await redis_client.get(k.layout) == b"3"
     exposures = keys.decode_agg(keys.merge_sums([await redis_client.hgetall(p.agg) for p in keys.shard_keys(k, 3)]))
     assert sum(s.exposures for s in exposures.values()) == 20
+
+
+# ------------------------------------------------------------------ [ramped] a ramp step, sharded
+
+
+def sticky_events(
+    rng: random.Random, count: int, epoch: int, exposed: set[str], *, units: int = 120, prefix: str = "u"
+) -> list[Event]:
+    """Events of units that keep their variant (as a ramp step that moves none of them), in
+    `epoch`; a unit's first event is an exposure (`exposed`: the units that had one)."""
+    out: list[Event] = []
+    for i in range(count):
+        unit = f"{prefix}{rng.randrange(units)}"
+        variant = ("control", "candidate")[zlib.crc32(unit.encode()) % 2]
+        if rng.random() < 0.7 or unit not in exposed:
+            exposed.add(unit)
+            out.append(Exposure(f"{prefix}-{epoch}-{i}", unit, variant, epoch, 0.0, 200, rng.uniform(1, 80), False))
+        else:
+            out.append(Outcome(unit, variant, epoch, "revenue", round(rng.uniform(0, 50), 2), 0.0))
+    return out
+
+
+async def check_a_ramp_step(urls: list[str], name: str, tmp_path: Path, *, shards: int | None) -> None:
+    """Two routers (through `urls[0]` and `urls[-1]`) log epoch 1, then the same units in epoch 2
+    (a ramp step): the sums over the shards are the recomputation's (intent-to-treat), and the
+    returning units' records are in the ramped form, first exposure in epoch 1, latest in epoch
+    2, each unit's pointer its epoch-2 stratum. Revenue has two decimals: compared by
+    `assert_strata_equal`."""
+    exp = make_experiment(name)
+    logs = [
+        EventLog(redis_url=url, experiment=exp, spill_dir=tmp_path / f"r{i}", flush_interval_s=60, shards=shards)
+        for i, url in enumerate((urls[0], urls[-1]))
+    ]
+    rng = random.Random(7)
+    recorded: list[Event] = []
+    exposed: set[str] = set()
+    client = await redisclient.connect(urls[0])
+    try:
+        for log in logs:
+            await log.start()
+        for epoch in (1, 2, 2):
+            for i, log in enumerate(logs):
+                events_ = sticky_events(rng, 300, epoch, exposed, prefix=f"r{i}-")
+                record(log, events_)
+                recorded += events_
+            await asyncio.gather(*(log.flush() for log in logs))
+        assert all(log.stats.flushed_batches == 3 and log.stats.quarantined == 0 for log in logs)
+        k = keys.Keys(name)
+        parts = keys.shard_keys(k, keys.parse_layout(await client.get(k.layout)))
+        assert len(parts) == (shards or keys.CLUSTER_SHARDS)
+        got = keys.decode_agg(keys.merge_sums([await client.hgetall(p.agg) for p in parts]))
+        assert_strata_equal(got, expected_strata(recorded, binary_metrics(exp)))
+        units: dict[bytes, bytes] = {}
+        for p in parts:
+            units.update(await client.hgetall(p.units))
+    finally:
+        for log in logs:
+            await log.close()
+        await client.aclose()
+    both = {e.unit_hash for e in recorded if e.epoch == 1} & {e.unit_hash for e in recorded if e.epoch == 2}
+    exposed = {e.unit_hash for e in recorded if isinstance(e, Exposure) and e.epoch == 2}
+    ramped = 0
+    for h in both & exposed:
+        raw = units[f"{h}|u".encode()]
+        record_ = keys.decode_unit_record(raw)
+        variant = ("control", "candidate")[zlib.crc32(h.encode()) % 2]
+        assert 0x80 <= raw[3] < 0xC0 and not record_.multiple, h  # the ramped form
+        assert record_.first == (1, variant) and record_.latest == (2, variant)
+        assert units[h.encode()] == f"2|{variant}".encode()
+        ramped += 1
+    assert ramped > 100
+
+
+async def test_a_ramp_step_over_shards_sums_exactly_and_stores_the_ramped_form(
+    redis_url: str, experiment_name: str, tmp_path: Path
+) -> None:
+    await check_a_ramp_step([redis_url], experiment_name, tmp_path, shards=4)

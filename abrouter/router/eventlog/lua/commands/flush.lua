@@ -343,10 +343,20 @@ end
 -- calls per cell.
 local CHUNK = 500
 local stratum_names = names  -- strata.lua's e -> v -> "e|v" (`names` below is a chunk's fields)
-local move_record = record_mover
-  and record_mover(RECORD, BRIEF, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at,
-                   cap_at, set_more, order, HUGE, struct.unpack, struct.pack, pcall, string.byte)
-  or function() return false end  -- (without it every unit takes its table)
+local move_record = nil  -- compiled at the first chunk (`mover`)
+local function no_mover() return false end  -- (without loadstring every unit takes its table)
+-- `move_record`, compiled with the ramped form's code or without it (unit_state.lua); a mover
+-- without it compiles the one with it when it meets a ramped record (`again`), once a batch.
+local function mover(ramped)
+  local chunk = record_mover and record_mover(ramped)
+  if not chunk then return no_mover end
+  return chunk(RECORD, BRIEF, RAMPED, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at,
+               cap_at, set_more, order, HUGE, struct.unpack, struct.pack, pcall, string.byte, latest_epoch,
+               function(raw, b, cells)
+                 move_record = mover(true)
+                 return move_record(raw, b, cells)
+               end)
+end
 local sub = string.sub
 local unit_writes = {}   -- [legacy] states and pointers, per chunk
 local olds = {}          -- [old units] fields to delete, once read into a record
@@ -380,6 +390,16 @@ for _, range in ipairs(ranges) do
     end
   end
   local raws = nh > 0 and redis.call('HMGET', units, unpack(names)) or {}
+  if not move_record then
+    -- [ramped] The ramped form's code (a third of what is compiled) is compiled when one of the
+    -- batch's first records is ramped (after a ramp step most are), else only if one is met.
+    local ramped = false
+    for q = 1, nh < 16 and nh or 16 do
+      local b4 = raws[q] and string.byte(raws[q], 4) or 0
+      if b4 >= 128 and b4 < 192 then ramped = true; break end
+    end
+    move_record = mover(ramped)
+  end
   -- [old units] The units without a record among the runs from the k0-th (its first cell at
   -- b0) to the chunk's end, as tables in `raws`: new, or stored before records (their old
   -- fields read into the table, to be deleted). Read when the first of them is met, for all

@@ -65,6 +65,27 @@ local RECORD = RECORD_HEAD .. string.rep('d', KS)
 -- in the brief form whenever it qualifies.
 local BRIEF_HEAD = '<i4sd'
 local BRIEF = BRIEF_HEAD .. string.rep('d', KS)
+-- [ramped] A unit whose latest exposure is of its first exposure's variant in another epoch
+-- (after a ramp step, most returning units), not a multiple exposure, without a covariate's
+-- report time: "<i4si4d" and K doubles, -(OFFSET + e), v, the latest exposure's epoch, granule,
+-- n_u, x_u(m1), .... The first four bytes are below the brief form's -e (e < OFFSET): its
+-- fourth byte is 0x80-0xBF where a brief record's is 0xC0-0xFF. It is 4 bytes longer than a
+-- brief record of the same state, so a script from before this form (which takes it for a
+-- brief one) finds a state that is not whole doubles and refuses it as corrupt rather than
+-- misreading it; that length also tells it from a brief record of an epoch >= OFFSET, if one
+-- was ever written. One value more each way than the brief form, four fewer than the long one.
+local OFFSET = 2 ^ 30
+local RAMPED = '<i4si4d' .. string.rep('d', KS)
+
+-- [ramped] The epoch of `latest` ("e|v", a record's latest exposure) when its variant is `v`
+-- and it fits the ramped form's int32; else nil.
+local function latest_epoch(latest, v)
+  local bar = string.find(latest, '|', 1, true)
+  if not bar or string.sub(latest, bar + 1) ~= v then return nil end
+  local le = tonumber(string.sub(latest, 1, bar - 1))
+  if le and le >= 1 and le < 2 ^ 31 and le % 1 == 0 then return le end
+  return nil
+end
 
 -- A unit that has no record: no exposure, an empty state.
 local function new_unit()
@@ -83,18 +104,26 @@ local function short_unit(raw)
   return u
 end
 
--- [brief] A record in the brief form (any state length up to KS), as a unit; nil if it is not one.
+-- [brief] A record in the brief form, or [ramped] the ramped one (told apart by their length:
+-- the ramped form has 4 bytes more than whole doubles after v and the brief form's granule),
+-- with any state length up to KS, as a unit; nil if it is not one.
 local function brief_unit(raw)
-  local ok, e, v, granule, at = pcall(struct.unpack, BRIEF_HEAD, raw)
-  if not ok or e >= 0 then return nil end
+  local ok, x, v, at = pcall(struct.unpack, '<i4s', raw)
+  if not ok or x >= 0 then return nil end
+  local e, le = -x, -x
+  if (#raw + 1 - at) % 8 == 4 then e, le, at = -x - OFFSET, struct.unpack('<i4', raw, at) end  -- [ramped]
+  if e < 1 or le < 1 then return nil end
+  local granule
+  ok, granule, at = pcall(struct.unpack, '<d', raw, at)
+  if not ok then return nil end
   local k = (#raw + 1 - at) / 8
   if k < 1 or k > KS or k % 1 ~= 0 then return nil end
-  local u = {true, -e, v, 0, -e .. '|' .. v, granule, 0, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
+  local u = {true, e, v, 0, le .. '|' .. v, granule, 0, KS, struct.unpack('<' .. string.rep('d', k), raw, at)}
   for at = S + k + 1, S + KS + 1 do u[at] = 0 end  -- (over struct.unpack's last value: where it stopped)
   return u
 end
 
--- Whether `raw` is in the brief form: its epoch (the first four bytes) is negative.
+-- Whether `raw` is in the brief or [ramped] the ramped form: its first four bytes are negative.
 local function is_brief(raw)
   return (string.byte(raw, 4) or 0) >= 128
 end
@@ -120,12 +149,14 @@ local function unit_of(raw)
   return u
 end
 
--- Its record, in the current granule: brief when it qualifies.
+-- Its record, in the current granule: brief, or [ramped] ramped, when it qualifies.
 local function pack_unit(u, granule)
   u[U_GRANULE], u[K] = granule, KS
   local e = u[E]
-  if e > 0 and u[M] == 0 and u[CTIME] == 0 and u[LATEST] == e .. '|' .. u[V] then
-    return struct.pack(BRIEF, -e, u[V], granule, unpack(u, S + 1, S + KS))
+  if e > 0 and u[M] == 0 and u[CTIME] == 0 then
+    if u[LATEST] == e .. '|' .. u[V] then return struct.pack(BRIEF, -e, u[V], granule, unpack(u, S + 1, S + KS)) end
+    local le = e < OFFSET and latest_epoch(u[LATEST], u[V])  -- [ramped]
+    if le then return struct.pack(RAMPED, -OFFSET - e, u[V], le, granule, unpack(u, S + 1, S + KS)) end
   end
   return struct.pack(RECORD, unpack(u, E, S + KS))
 end
@@ -371,9 +402,9 @@ end
 -- that case (the caller then takes the table: `unit_of`); nil and the column when a value
 -- is not finite (the batch is refused). A record (a string) is the unit's whole state
 -- between its cells: a unit's second cell unpacks the first one's result.
-local function move_record_source()
-  local out = {'local RECORD, BRIEF, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, counted_at, '
-                 .. 'cap_at, set_more, order, HUGE, unpack_, pack_, pcall_, byte_ = ...',
+local function move_record_source(ramped)
+  local out = {'local RECORD, BRIEF, RAMPED, KS, acc_of, stratum, stratum_names, stratum_name, granule_end, '
+                 .. 'counted_at, cap_at, set_more, order, HUGE, unpack_, pack_, pcall_, byte_, latest_epoch, again = ...',
                'return function(raw, b, C)'}
   local function w(line) out[#out + 1] = line end
   local states = {}
@@ -383,7 +414,10 @@ local function move_record_source()
   for s = 1, KS do finite_[s] = string.format('s%d - s%d ~= 0', s, s) end
   local checks = table.concat(finite_, ' or ')  -- true when a value is not finite
   w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after')
-  w('if (byte_(raw, 4) or 0) >= 128 then')  -- [brief]
+  -- The epoch of the latest exposure when it is of the first's variant (false: unknown or not).
+  w('local le = false')
+  w('local b4 = byte_(raw, 4) or 0')
+  w('if b4 >= 192 then')  -- [brief]
   w('ok, e, v, granule, ' .. list .. ', after = pcall_(unpack_, BRIEF, raw)')
   w('if not ok or after ~= #raw + 1 then return false end')
   -- [brief] A cell of the unit's own stratum (its first exposure's, which a brief record's
@@ -399,12 +433,42 @@ local function move_record_source()
   move_body(w, function(s) return 's' .. s end, true)
   w('return pack_(BRIEF, e, v, granule_end, ' .. list .. '), nil, granule ~= granule_end')
   w('end end')
-  w('e, m, t = -e, 0, 0')
+  w('e, m, t, le = -e, 0, 0, -e')
   w('local by_e = stratum_names[e]')
   w('latest = by_e and by_e[v] or stratum_name(e, v)')
+  -- [ramped] Its own branch and its own copy of the move, so that the brief form's common cell
+  -- runs exactly the instructions it ran before this form; the copy is compiled only for a
+  -- batch that has ramped records (`ramped`; bench/README.md). (Not ramped, by its length: a
+  -- brief record of an epoch >= OFFSET, which `unit_of` reads.)
+  w('elseif b4 >= 128 then')
+  if not ramped then
+    -- [ramped] Without the ramped form's code (a batch whose first records hold none, most of
+    -- them before a ramp step): the first ramped record compiles it (`again`, flush.lua).
+    w('return again(raw, b, C)')
+  else
+    w('ok, e, v, le, granule, ' .. list .. ', after = pcall_(unpack_, RAMPED, raw)')
+    w(string.format('if not ok or after ~= #raw + 1 or e >= -%d or le < 1 then return false end', OFFSET))
+    w(string.format('local fe = -%d - e', OFFSET))
+    -- [ramped] A cell of its latest exposure's stratum (after a ramp step, a returning unit's
+    -- common cell): moved in its first exposure's stratum, as the brief form's own cell is.
+    w('if C[b + 2] == le and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
+    w('local n1 = s1 + C[b + 5]')
+    w('if n1 > 0 and not (' .. checks .. ') then')
+    w('local by_v = acc_of[fe]')
+    w('local acc = by_v and by_v[v]')
+    w('if not acc then local _ _, acc = stratum(fe, v) end')
+    w('local stored_t = false')
+    move_body(w, function(s) return 's' .. s end, true)
+    w('return pack_(RAMPED, e, v, le, granule_end, ' .. list .. '), nil, granule ~= granule_end')
+    w('end end')
+    w('e, m, t = fe, 0, 0')
+    w('local by_e = stratum_names[le]')
+    w('latest = by_e and by_e[v] or stratum_name(le, v)')
+  end
   w('else')
   w('ok, e, v, m, latest, granule, t, k, ' .. list .. ', after = pcall_(unpack_, RECORD, raw)')
   w('if not ok or k ~= KS or after ~= #raw + 1 then return false end')
+  w('if m == 0 and t == 0 and e > 0 then le = latest_epoch(latest, v) or false end')  -- (not a held unit)
   w('end')
   w('if m ~= 0 or C[b + 4] >= 2 then return false end')
   -- A unit without an exposure yet (its outcomes came first) is moved in the cell's stratum,
@@ -424,11 +488,13 @@ local function move_record_source()
   w('local by_e = stratum_names[C[b + 2]]')
   w('local p = by_e and by_e[C[b + 3]] or stratum_name(C[b + 2], C[b + 3])')
   w('if p ~= latest then latest, pointer = p, p end')
+  w('le = C[b + 3] == v and C[b + 2]')
   w('end')
-  w('if t == 0 and e > 0 then')  -- [brief] (m is 0 here)
-  w('local by_e = stratum_names[e]')
-  w('if latest == (by_e and by_e[v]) then')
+  w('if t == 0 and e > 0 and le then')  -- [brief], [ramped] (m is 0 here)
+  w('if le == e then')
   w('return pack_(BRIEF, -e, v, granule_end, ' .. list .. '), pointer, granule ~= granule_end')
+  w(string.format('elseif e < %d and le >= 1 and le < %d then', OFFSET, 2 ^ 31))
+  w(string.format('return pack_(RAMPED, -%d - e, v, le, granule_end, ', OFFSET) .. list .. '), pointer, granule ~= granule_end')
   w('end end')
   w('return pack_(RECORD, e, v, m, latest, granule_end, t, KS, ' .. list .. '), pointer, granule ~= granule_end')
   w('end')
@@ -437,7 +503,9 @@ end
 
 -- `move` is compiled when a cell first needs it: a batch whose units all take `move_record`
 -- (returning units, the common case) compiles only that (compiling was 0.1 µs an event).
-local record_mover = nil  -- makes `move_record` (flush.lua, once the strata and the granule exist); nil: none
+-- record_mover(ramped): the chunk that makes `move_record` (flush.lua, once the strata and the granule
+-- exist), with the ramped form's code or without it; nil: none.
+local record_mover = nil
 if loadstring then
   local plain_move = move
   move = function(...)
@@ -446,7 +514,7 @@ if loadstring then
     return move(...)
   end
   if not cov_n and nmore == 0 and KS <= 60 then  -- (Lua 5.1: at most 200 locals, 250 registers)
-    record_mover = loadstring(move_record_source(), 'move_record')
+    record_mover = function(ramped) return loadstring(move_record_source(ramped), 'move_record') end
   end
 end
 
