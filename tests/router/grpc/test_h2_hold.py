@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+from pathlib import Path
 
 import pytest
 
-from abrouter.router.grpc import h2server
+from abrouter.router.grpc import h2server, h2upstream, relay
 from abrouter.router.h2 import frames
-from abrouter.router.h2.connection import CONNECTION_WINDOW, STREAM_WINDOW
+from abrouter.router.h2.connection import CONNECTION_WINDOW, STREAM_WINDOW, H2Connection
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
+from tests.router.grpc.servers import EchoServer
 from tests.router.grpc.test_h2_conformance import (
     OK_HEAD,
+    UNIT,
     WAIT_S,
     Frame,
     UpstreamWire,
@@ -31,7 +34,9 @@ from tests.router.grpc.test_h2_conformance import (
     upstream,
 )
 
-pytestmark = pytest.mark.parametrize("grpc_server", ["own"])
+#: The listener's own limit, before a test lowers it.
+LISTENER_LIMIT = h2server.GrpcConnection.HOLD_LIMIT
+own = pytest.mark.parametrize("grpc_server", ["own"])
 
 #: Above half the connection window: the window is given back once before the limit holds it.
 LIMIT = 12 << 20
@@ -44,9 +49,11 @@ STREAMS = BOUND // STREAM_WINDOW + 3
 TIMEOUTS = {"connect": 5, "read": 120}
 
 
-@pytest.fixture(autouse=True)
-def _limit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    """`LIMIT` for the listener's connections."""
     monkeypatch.setattr(h2server.GrpcConnection, "HOLD_LIMIT", LIMIT)
+    return LIMIT
 
 
 class Caller:
@@ -66,6 +73,8 @@ class Caller:
         self.ended: set[int] = set()
         self.resets: dict[int, int] = {}
         self.goaway: tuple[int, int] | None = None
+        #: Credit the router's DATA back at once (else it stays in the router: a caller that does not read).
+        self.credit = True
         self._pings = 0
 
     @classmethod
@@ -134,7 +143,7 @@ class Caller:
             (self.trailers if f.stream_id in self.heads else self.heads)[f.stream_id] = fields
         elif f.kind == frames.DATA:
             self.bodies[f.stream_id] += frames.unpad(f.payload, f.flags)
-            if f.payload:  # the answers are small: credited back at once
+            if f.payload and self.credit:
                 self.wire.send(
                     frames.window_update(0, len(f.payload)), frames.window_update(f.stream_id, len(f.payload))
                 )
@@ -216,9 +225,10 @@ def _streams(count: int, first: int = 1) -> list[int]:
     return [first + 2 * n for n in range(count)]
 
 
-def _held_at_the_connection(caller: Caller) -> None:
+def _held_at_the_connection(caller: Caller, limit: int = LIMIT) -> None:
     """The connection's window shut, not the streams': the router holds its limit, not a window per stream."""
-    assert caller.total <= BOUND, (caller.total, BOUND)
+    bound = limit + CONNECTION_WINDOW + frames.DEFAULT_WINDOW
+    assert caller.total <= bound, (caller.total, bound)
     assert caller.conn_window == 0
     assert caller.left and all(caller.windows[s] > 0 for s in caller.left), caller.windows
 
@@ -226,6 +236,8 @@ def _held_at_the_connection(caller: Caller) -> None:
 # --- the bound ---
 
 
+@own
+@pytest.mark.usefixtures("limit")
 async def test_a_caller_sending_on_many_streams_to_an_upstream_that_reads_nothing_is_held_at_the_limit_then_flows(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
@@ -247,7 +259,9 @@ async def test_a_caller_sending_on_many_streams_to_an_upstream_that_reads_nothin
                 caller.open(s, "/test.Quirky/Upload", bodies[s])
             await caller.send_until_shut()
             _held_at_the_connection(caller)
-            assert caller.total >= min(LIMIT, CONNECTION_WINDOW)  # not held back before the limit
+            # Not before the limit: the last window given back came with less than it held, and half a window
+            # later it held the limit.
+            assert caller.total >= LIMIT + CONNECTION_WINDOW // 2
             read.set()
             await caller.until_ended(streams)
         finally:
@@ -261,6 +275,8 @@ async def test_a_caller_sending_on_many_streams_to_an_upstream_that_reads_nothin
 # --- what a forgotten stream held is given back ---
 
 
+@own
+@pytest.mark.usefixtures("limit")
 async def test_streams_the_caller_resets_while_held_give_their_bytes_back_and_the_connection_flows(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
@@ -293,16 +309,18 @@ async def test_streams_the_caller_resets_while_held_give_their_bytes_back_and_th
     assert caller.trailers[after]["grpc-status"] == "0" and bytes(caller.bodies[after]) == _digest(body)
 
 
+@own
 async def test_calls_answered_while_held_ended_or_not_give_their_bytes_back_and_the_connection_flows(
-    make_grpc_router: MakeGrpcRouter,
+    make_grpc_router: MakeGrpcRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The upstream answers without reading: a call whose request ended is over both ways (forgotten), one
-    whose request had not is reset by the router after its answer; both held bytes."""
-    whole = _streams(10)  # small: their requests end while held
-    cut = _streams(STREAMS, first=whole[-1] + 2)
+    whose request had not is reset by the router after its answer; what either held is given back."""
+    limit = 6 << 20  # below half the connection window: it shuts once the first window is spent (16 MiB)
+    monkeypatch.setattr(h2server.GrpcConnection, "HOLD_LIMIT", limit)
+    whole = _streams(13)  # 6.5 MiB, more than the limit alone: their requests end while held
+    cut = _streams(12, first=whole[-1] + 2)  # the rest of the window, less than a stream window each
     after = cut[-1] + 2
     body = _body(after, 3 * STREAM_WINDOW)
-
     shut = asyncio.Event()
 
     async def serve(wire: UpstreamWire) -> None:
@@ -319,12 +337,12 @@ async def test_calls_answered_while_held_ended_or_not_give_their_bytes_back_and_
         caller = await Caller.connect(r)
         try:
             for s in whole:
-                caller.open(s, "/test.Quirky/Upload", _body(s, STREAM_WINDOW // 4))
+                caller.open(s, "/test.Quirky/Upload", _body(s, STREAM_WINDOW // 2 - 5))
             for s in cut:
                 caller.open(s, "/test.Quirky/Upload", _body(s, 2 * STREAM_WINDOW))
             await caller.send_until_shut()
-            _held_at_the_connection(caller)
-            assert all(caller.sent[s] == 5 + STREAM_WINDOW // 4 for s in whole)  # ended, and held
+            _held_at_the_connection(caller, limit)
+            assert all(caller.sent[s] == STREAM_WINDOW // 2 for s in whole)  # ended, and held
             shut.set()
             await caller.until_ended(whole + cut)
             await caller.settle()
@@ -338,10 +356,57 @@ async def test_calls_answered_while_held_ended_or_not_give_their_bytes_back_and_
     assert caller.trailers[after]["grpc-status"] == "0" and bytes(caller.bodies[after]) == _digest(body)
 
 
+@own
+@pytest.mark.usefixtures("limit")
+async def test_a_request_passed_on_after_it_ended_holds_nothing_while_its_answer_is_awaited(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    """Calls whose requests ended before the upstream took them, and are not answered: once taken they hold
+    nothing, and another call streams beyond what the limit and a window would let through."""
+    waiting = _streams(LIMIT // STREAM_WINDOW + 2)  # more than the limit, each within its stream window
+    after = waiting[-1] + 2
+    body = _body(after, LIMIT + CONNECTION_WINDOW)
+    ended = asyncio.Event()
+
+    async def serve(wire: UpstreamWire) -> None:
+        await _heads(wire, len(waiting))
+        await asyncio.wait_for(ended.wait(), WAIT_S * 4)
+        _grant(wire)  # the requests, ended at the router, go now
+        await _heads(wire, len(waiting) + 1)
+        wire.send(frames.window_update(max(wire.heads), 1 << 30))
+        for _ in range(100_000):  # the last call's request whole (the others' are not answered)
+            if max(wire.heads) in wire.ended:
+                break
+            await wire.step()
+        s = max(wire.heads)
+        wire.respond(s, OK_HEAD)
+        wire.send(frames.data(s, _digest(bytes(wire.bodies[s]))))
+        wire.respond(s, [("grpc-status", "0")], end_stream=True)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
+        caller = await Caller.connect(r)
+        try:
+            for s in waiting:
+                caller.open(s, "/test.Quirky/Upload", _body(s, STREAM_WINDOW - 5))
+            await caller.send_until_shut()
+            assert not caller.left  # all sent and ended, none taken yet (held)
+            ended.set()
+            caller.open(after, "/test.Quirky/Upload", body)
+            await caller.until_ended([after])
+        finally:
+            caller.wire.close()
+    assert caller.goaway is None and not caller.resets
+    assert caller.trailers[after]["grpc-status"] == "0" and bytes(caller.bodies[after]) == _digest(body)
+
+
+@own
 async def test_data_on_streams_refused_beyond_the_stream_cap_is_not_held(
     make_grpc_router: MakeGrpcRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(h2server.GrpcConnection, "MAX_STREAMS", 2)
+    # Below half the window: held refused data would keep back the window given at half of it.
+    monkeypatch.setattr(h2server.GrpcConnection, "HOLD_LIMIT", 6 << 20)
     held = _streams(2)
     refused = _streams(STREAMS, first=held[-1] + 2)
 
@@ -368,6 +433,8 @@ async def test_data_on_streams_refused_beyond_the_stream_cap_is_not_held(
     assert caller.conn_window >= CONNECTION_WINDOW // 2  # given back: nothing of it held
 
 
+@own
+@pytest.mark.usefixtures("limit")
 async def test_a_caller_sending_beyond_the_connection_window_it_was_held_to_gets_a_flow_control_error(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:
@@ -391,3 +458,39 @@ async def test_a_caller_sending_beyond_the_connection_window_it_was_held_to_gets
             assert (await caller.wire.goaway())[1] == frames.FLOW_CONTROL_ERROR
         finally:
             caller.wire.close()
+
+
+@own
+async def test_an_upstream_connection_is_never_held_back_for_a_caller_that_does_not_read(
+    make_grpc_router: MakeGrpcRouter, echo_servers: dict[str, EchoServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls of many callers share an upstream connection: one caller's unread answer (held there, up to a
+    stream window) must not stop the others' answers, whatever the limit (here: any byte held)."""
+    monkeypatch.setattr(h2upstream.UpstreamConnection, "HOLD_LIMIT", 1)
+    # One unit: one variant, one upstream connection; the unread answer is held until the test ends.
+    r = await make_grpc_router({n: e.address for n, e in echo_servers.items()}, timeouts=TIMEOUTS)
+    slow = await Caller.connect(r)
+    slow.credit = False
+    try:
+        slow.open(1, "/test.Echo/BigStream", _message(b"4"))  # 4 MiB; it takes 64 KiB
+        for _ in range(10_000):
+            slow.pump()
+            if slow.windows and sum(len(b) for b in slow.bodies.values()) >= frames.DEFAULT_WINDOW:
+                break
+            slow.take(await slow.wire.frame())
+        async with r.channel() as channel:
+            call = channel.unary_stream("/test.Echo/BigStream")(b"24", metadata=UNIT, timeout=WAIT_S)
+            got = [len(m) async for m in call]  # 24 MiB: beyond the upstream connection's window
+        assert got == [1 << 20] * 24
+        assert 1 not in slow.ended
+    finally:
+        slow.wire.close()
+
+
+def test_the_readme_states_the_listeners_limit_and_the_worst_case_per_caller_connection() -> None:
+    readme = " ".join((Path(__file__).parents[3] / "README.md").read_text().split())
+    assert LISTENER_LIMIT == H2Connection.MAX_STREAMS * (5 + relay.NAME_PREFIX)
+    worst = round((LISTENER_LIMIT + CONNECTION_WINDOW) / 2**20)
+    assert f"less than about {worst} MiB of request data" in readme
+    assert f"at {round(LISTENER_LIMIT / 2**20)} MiB held its connection window is not opened again" in readme
+    assert f"a stream window, {STREAM_WINDOW >> 20} MiB, per call" in readme
