@@ -44,7 +44,7 @@ log = logging.getLogger("abrouter.h2")
 
 Fields = list[tuple[str, str]]
 
-#: Our receive windows: per stream, and for the connection (which we replenish as data arrives).
+#: Our receive windows: per stream, and for the connection (replenished as data arrives, while under `HOLD_LIMIT` held).
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
 #: The data a server-side connection holds (received, not yet passed on) at which it stops replenishing
