@@ -13,6 +13,10 @@ which decides everything else. This module decides only connection matters:
   them for both listeners;
 - at most `H2Connection.MAX_STREAMS` calls at once per connection (more are refused
   with REFUSED_STREAM, which clients retry);
+- the request data a connection's calls hold (received, not yet taken by their upstreams)
+  is bounded by `GrpcConnection.HOLD_LIMIT`: at it, the connection's HTTP/2 window stops
+  being replenished, so one caller connection makes the router hold less than
+  `HOLD_LIMIT` + `CONNECTION_WINDOW` (80 MiB), not a stream window per call (1 GiB);
 - `OwnGrpcListener.close` stops accepting, sends GOAWAY (calls in flight go on, new ones
   are refused), waits for the calls in flight (up to a timeout), then cuts the rest.
 """
@@ -30,7 +34,7 @@ from abrouter.router.connections import ConnectionClock
 from abrouter.router.grpc import relay
 from abrouter.router.grpc.h2upstream import Pools
 from abrouter.router.h2 import frames, native
-from abrouter.router.h2.connection import Fields, H2Connection, Stream
+from abrouter.router.h2.connection import CONNECTION_HOLD_LIMIT, Fields, H2Connection, Stream
 from abrouter.router.state import Router
 
 log = logging.getLogger("abrouter.listener")
@@ -38,6 +42,11 @@ log = logging.getLogger("abrouter.listener")
 
 class GrpcConnection(H2Connection):
     """One client connection of the gRPC listener."""
+
+    #: An inference call keeps up to 5 + `relay.NAME_PREFIX` bytes of its first message while the rest of
+    #: its prefix comes (its model name): the limit is above what all of a connection's calls keep that
+    #: way, else calls waiting for their prefix's rest could hold it, the window shut for that rest.
+    HOLD_LIMIT = max(CONNECTION_HOLD_LIMIT, H2Connection.MAX_STREAMS * (5 + relay.NAME_PREFIX))
 
     def __init__(
         self, router: Router, upstreams: Pools, loop: asyncio.AbstractEventLoop, registry: set[GrpcConnection]

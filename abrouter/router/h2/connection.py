@@ -9,11 +9,18 @@ control both ways:
 - sending: DATA goes out as the peer's windows (the stream's and the connection's) allow,
   in frames no larger than the peer's SETTINGS_MAX_FRAME_SIZE; what does not fit waits in
   the stream (`Stream.pending`) until a WINDOW_UPDATE; trailers wait behind the data;
-- receiving: the connection's window is replenished as data arrives, a stream's only once
-  its handler has passed the data on (`consumed`), so a stream whose far side reads slowly
-  stops its sender: a proxy holds at most one stream window per stream. The handler
-  learns when its data has gone out (`Handler.sent`), once this connection's transport is
-  not holding back (pause/resume writing).
+- receiving: a stream's window is replenished only once its handler has passed the data on
+  (`consumed`), so a stream whose far side reads slowly stops its sender: a proxy holds at
+  most one stream window per stream. The connection's window is replenished as data
+  arrives while the data held (received on open streams, neither passed on nor dropped
+  with a stream that ended or was reset) is below `H2Connection.HOLD_LIMIT`; at or above
+  it, the server side's WINDOW_UPDATE waits until enough was passed on or dropped, so one
+  peer's connection holds less than `HOLD_LIMIT` + `CONNECTION_WINDOW`, however many
+  streams it opens (without the bound: `MAX_STREAMS` stream windows, 1 GiB). The client
+  side never waits (a proxy's upstream connection is shared by many callers' calls: one
+  slow caller must not stall the others); there a stream's window bounds each stream.
+  The handler learns when its data has gone out (`Handler.sent`), once this connection's
+  transport is not holding back (pause/resume writing).
 
 Everything written in one turn of the event loop leaves in one `transport.write` per
 connection, and one callback per loop (`Flusher`) writes out every connection written to
@@ -37,9 +44,14 @@ log = logging.getLogger("abrouter.h2")
 
 Fields = list[tuple[str, str]]
 
-#: Our receive windows: per stream, and for the connection (which we replenish as data arrives).
+#: Our receive windows: per stream, and for the connection (replenished as data arrives, while under `HOLD_LIMIT` held).
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
+#: The data a server-side connection holds (received, not yet passed on) at which it stops replenishing
+#: the connection's window (`H2Connection.HOLD_LIMIT`): one connection window, so that below it nothing
+#: changes (the window goes back as data arrives, as a connection whose streams are read keeps it) and
+#: one peer makes us hold less than two windows, 32 MiB, rather than a stream window per stream.
+CONNECTION_HOLD_LIMIT = CONNECTION_WINDOW
 #: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept, and of the header list it
 #: decodes to (our SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes a field).
 MAX_HEADER_BLOCK = hpack.MAX_LIST_SIZE
@@ -122,6 +134,7 @@ class Stream:
         "conn",
         "end_queued",
         "handler",
+        "held",
         "id",
         "local_closed",
         "pending",
@@ -139,6 +152,8 @@ class Stream:
         self.send_window = conn.peer_initial_window
         self.recv_window = STREAM_WINDOW
         self.unacked = 0
+        #: The peer's data received on the stream and not yet passed on (`H2Connection.consumed`).
+        self.held = 0
         self.pending: deque[bytes] = deque()
         #: The stream's end is queued behind `pending`: trailers (a header list) or END_STREAM (an empty one).
         self.trailers: Fields | None = None
@@ -157,6 +172,10 @@ class H2Connection(asyncio.Protocol):
     #: more than half were reset by the peer before they ended gets GOAWAY ENHANCE_YOUR_CALM
     #: (as Envoy's premature-reset check), so one write cannot start thousands of calls for nothing.
     RESET_CHECK_AFTER: ClassVar[int] = 100
+    #: The server side: data held (`held`) at which the connection's window waits (see the module docstring).
+    #: A subclass whose handlers keep a stream's first bytes while they wait for more of it raises the limit
+    #: above what all its streams may keep that way: else they would wait on one another, the window shut.
+    HOLD_LIMIT: ClassVar[int] = CONNECTION_HOLD_LIMIT
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -169,6 +188,8 @@ class H2Connection(asyncio.Protocol):
         self.peer_max_streams = 2**31 - 1
         self.send_window = frames.DEFAULT_WINDOW
         self.recv_unacked = 0
+        #: The peer's data received on open streams and neither passed on (`consumed`) nor dropped with its stream.
+        self.held = 0
         self.closed = False
         self.write_paused = False
         #: Our GOAWAY went out (no new streams taken), and the peer's arrived (no new streams opened).
@@ -212,7 +233,9 @@ class H2Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         streams, self.streams = list(self.streams.values()), {}
+        self.held = 0
         for stream in streams:
+            stream.held = 0
             if stream.handler is not None:
                 stream.handler.reset(stream, frames.CANCEL)
                 stream.handler = None
@@ -343,20 +366,25 @@ class H2Connection(asyncio.Protocol):
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
         self.recv_unacked += size
-        if self.recv_unacked >= CONNECTION_WINDOW // 2:
-            self._write(frames.window_update(0, self.recv_unacked))
-            self.recv_unacked = 0
+        if self.recv_unacked > CONNECTION_WINDOW:  # kept to, else a window held back (`HOLD_LIMIT`) bounds nothing
+            raise FrameError(frames.FLOW_CONTROL_ERROR, "the peer sent beyond the connection's window")
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id == 0 or self._idle(stream_id):
                 raise FrameError(frames.PROTOCOL_ERROR, f"DATA on stream {stream_id}, never opened")
+            self._replenish()
             return  # a stream we reset or finished: its bytes count for the connection only
         if stream.remote_closed:  # after the peer's END_STREAM (§5.1, half-closed (remote))
             self._stream_error(stream_id, frames.STREAM_CLOSED)
+            self._replenish()
             return
         stream.recv_window -= size
         if stream.recv_window < 0:
             raise FrameError(frames.FLOW_CONTROL_ERROR, f"stream {stream_id} sent beyond its window")
+        stream.held += size
+        self.held += size
+        if self.recv_unacked >= CONNECTION_WINDOW // 2:
+            self._replenish()
         body = payload
         if flags & frames.PADDED:
             body = frames.unpad(payload, flags)
@@ -482,6 +510,7 @@ class H2Connection(asyncio.Protocol):
         if stream is None:
             return
         self._blocked.discard(stream)
+        self._release(stream)
         stream.local_closed = stream.remote_closed = True
         if stream.handler is not None:
             stream.handler.reset(stream, code)
@@ -587,6 +616,7 @@ class H2Connection(asyncio.Protocol):
         if self.streams.pop(stream.id, None) is None:
             return
         self._blocked.discard(stream)
+        self._release(stream)
         stream.local_closed = stream.remote_closed = True
         stream.handler = None
         self._write(frames.rst_stream(stream.id, code))
@@ -594,6 +624,14 @@ class H2Connection(asyncio.Protocol):
 
     def consumed(self, stream: Stream, size: int) -> None:
         """`size` bytes of `stream`'s data were passed on: the peer may send as many more."""
+        if size > stream.held:  # no more than it holds: nothing once the stream was forgotten
+            size = stream.held
+            if size <= 0:
+                return
+        stream.held -= size
+        self.held -= size
+        if self.recv_unacked >= CONNECTION_WINDOW // 2:  # the connection's window waited on what was held
+            self._replenish()
         if stream.remote_closed or self.closed:
             return
         stream.unacked += size
@@ -692,10 +730,26 @@ class H2Connection(asyncio.Protocol):
     def _forget(self, stream: Stream) -> None:
         if self.streams.pop(stream.id, None) is not None:
             self._blocked.discard(stream)
+            self._release(stream)
             self.stream_closed(stream)
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
             if (self.going_away or self.peer_went_away) and not self.streams:
                 self.close()
+
+    def _release(self, stream: Stream) -> None:
+        """`stream` is forgotten: what it held is dropped with it (or was never to be passed on)."""
+        if stream.held:
+            self.held -= stream.held
+            stream.held = 0
+            if self.recv_unacked >= CONNECTION_WINDOW // 2:
+                self._replenish()
+
+    def _replenish(self) -> None:
+        """The connection's WINDOW_UPDATE, once half its window arrived, unless (the server side) the data
+        held reached `HOLD_LIMIT`: then the peer may send at most what is left of its window."""
+        if self.recv_unacked >= CONNECTION_WINDOW // 2 and (self.CLIENT or self.held < self.HOLD_LIMIT):
+            self._write(frames.window_update(0, self.recv_unacked))
+            self.recv_unacked = 0
 
     def _answer(self, data: bytes) -> None:
         """A frame the peer's frame calls for: at most `MAX_HELD_ANSWERS` while the peer does not read."""

@@ -77,7 +77,7 @@ def test_the_version_says_which_build_loads() -> None:
 def test_the_http2_own_server_grpc_and_exchange_tests_pass_on_the_pure_modules() -> None:
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     hpack = Path(__file__).with_name("test_hpack.py")  # not this file's directory: it would run itself
-    h2 = [str(GRPC / "test_h2_conformance.py"), str(GRPC / "test_h2_wire.py"), str(hpack)]
+    h2 = [str(GRPC / f"test_h2_{name}.py") for name in ("conformance", "wire", "hold")] + [str(hpack)]
     # The exchange and its helpers, shared with the HTTP path (a couple of seconds).
     h2 += [str(ROOT / "tests" / "router" / f"test_{name}.py") for name in EXCHANGE_TESTS]
     for args in (h2, [str(GRPC / "test_proxy.py"), "-k", "own"]):
