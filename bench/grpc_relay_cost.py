@@ -284,7 +284,8 @@ def main() -> None:
     per_call = [one_round(args.calls, args.batch, seed, args.pause_ms / 1000, evict) for seed in range(args.rounds)]
     print(
         f"{statistics.median(per_call) * 1e6:.1f} µs of CPU per call (median of {args.rounds} rounds of "
-        f"{args.calls} calls, {args.batch} per read, {args.pause_ms:g} ms apart, {args.evict_kb} KiB evicted between; min {min(per_call) * 1e6:.1f}, max {max(per_call) * 1e6:.1f})"
+        f"{args.calls} calls, {args.batch} per read, {args.pause_ms:g} ms apart, "
+        f"{args.evict_kb} KiB evicted between; min {min(per_call) * 1e6:.1f}, max {max(per_call) * 1e6:.1f})"
     )
 
 
