@@ -202,8 +202,12 @@ def setup(loop: asyncio.AbstractEventLoop) -> tuple[h2server.GrpcConnection, Wir
     return server, wire, upstreams, log
 
 
-def one_round(calls: int, batch: int, seed: int) -> float:
-    """CPU seconds per call for `calls` calls, `batch` per read."""
+def one_round(calls: int, batch: int, seed: int, pause_s: float = 0.0, evict: bytearray | None = None) -> float:
+    """CPU seconds per call for `calls` calls, `batch` per read.
+
+    With `pause_s`, the loop sleeps that long between reads (other processes run meanwhile) and with `evict`
+    that buffer is written through between reads (the caches then hold it, not the router's code and data):
+    only the reads' own work is timed, as an open-loop load's one call per wake-up is."""
     loop = asyncio.new_event_loop()
     try:
         server, wire, upstreams, log = setup(loop)
@@ -224,20 +228,27 @@ def one_round(calls: int, batch: int, seed: int) -> float:
                 stream_id += 2
             reads.append(b"".join(chunk))
 
+        spent = 0.0
+
         async def drive() -> int:
+            nonlocal spent
             answered = 0
             for data in reads:
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+                if evict is not None:
+                    evict[::64] = bytes(len(evict[::64]))  # one write per cache line
+                start = time.process_time()
                 server.data_received(data)
                 await asyncio.sleep(0)  # a turn of the loop: the relay's writes upstream go out
                 for upstream in upstreams:
                     answered += upstream.answer()
                 await asyncio.sleep(0)  # the answers go back to the caller
                 wire.out.clear()
+                spent += time.process_time() - start
             return answered
 
-        start = time.process_time()
         answered = loop.run_until_complete(drive())
-        spent = time.process_time() - start
         done = len(reads) * batch
         if answered != done or log.n != done or server.streams:
             raise RuntimeError(f"{answered} answered, {log.n} exposures, {len(server.streams)} streams open")
@@ -252,6 +263,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4, help="calls per read (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--uvloop", action="store_true", help="uvloop's event loop (the router's)")
+    p.add_argument("--pause-ms", type=float, default=0.0, help="sleep between reads (one call per wake-up)")
+    p.add_argument("--evict-kb", type=int, default=0, help="write this much memory between reads (untimed)")
     p.add_argument("--profile", action="store_true", help="cProfile one round: the top functions by own time")
     p.add_argument("--sort", default="tottime", help="with --profile: tottime or cumulative")
     args = p.parse_args()
@@ -267,10 +280,12 @@ def main() -> None:
         profiler.disable()
         pstats.Stats(profiler).sort_stats(args.sort).print_stats(40)
         return
-    per_call = [one_round(args.calls, args.batch, seed) for seed in range(args.rounds)]
+    evict = bytearray(args.evict_kb * 1024) if args.evict_kb else None
+    per_call = [one_round(args.calls, args.batch, seed, args.pause_ms / 1000, evict) for seed in range(args.rounds)]
     print(
         f"{statistics.median(per_call) * 1e6:.1f} µs of CPU per call (median of {args.rounds} rounds of "
-        f"{args.calls} calls, {args.batch} per read; min {min(per_call) * 1e6:.1f}, max {max(per_call) * 1e6:.1f})"
+        f"{args.calls} calls, {args.batch} per read, {args.pause_ms:g} ms apart, "
+        f"{args.evict_kb} KiB evicted between; min {min(per_call) * 1e6:.1f}, max {max(per_call) * 1e6:.1f})"
     )
 
 

@@ -33,7 +33,8 @@ from types import ModuleType
 log = logging.getLogger("abrouter.h2")
 
 #: The modules setup.py compiles: the gRPC path's per-call code, HTTP/2 and the relay, and the exchange it
-#: shares with the HTTP path (assignment, request ids, exposures, headers, metrics).
+#: shares with the HTTP path (assignment, request ids, exposures, headers, metrics), the connections' clocks and
+#: the experiments' match (`matching`), called per call by both listeners.
 COMPILED = (
     "abrouter.router.h2.frames",
     "abrouter.router.h2.hpack",
@@ -49,6 +50,8 @@ COMPILED = (
     "abrouter.router.exposures",
     "abrouter.router.headers",
     "abrouter.router.metrics",
+    "abrouter.router.connections",
+    "abrouter.router.matching",
 )
 #: The shared library of the compiled group (mypyc's ``group_name`` + ``__mypyc``).
 GROUP = "abrouter.router.h2._native"
