@@ -413,6 +413,22 @@ local function move_record_source(ramped)
   local finite_ = {}
   for s = 1, KS do finite_[s] = string.format('s%d - s%d ~= 0', s, s) end
   local checks = table.concat(finite_, ' or ')  -- true when a value is not finite
+  -- A cell of the stratum of the unit's latest exposure (`latest`), which is its first's
+  -- variant, on a unit with exposures: the common cell of a returning unit. Moved in its first
+  -- exposure's stratum (`first`) with both weights 1, the pointer unmoved; packed again in its
+  -- own short form (`form`: the pack's leading arguments).
+  local function own_cell(latest, first, form)
+    w('if C[b + 2] == ' .. latest .. ' and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
+    w('local n1 = s1 + C[b + 5]')
+    w('if n1 > 0 and not (' .. checks .. ') then')
+    w('local by_v = acc_of[' .. first .. ']')
+    w('local acc = by_v and by_v[v]')
+    w('if not acc then local _ _, acc = stratum(' .. first .. ', v) end')
+    w('local stored_t = false')
+    move_body(w, function(s) return 's' .. s end, true)
+    w('return pack_(' .. form .. ', granule_end, ' .. list .. '), nil, granule ~= granule_end')
+    w('end end')
+  end
   w('local ok, e, v, m, latest, granule, t, k, ' .. list .. ', after')
   -- The epoch of the latest exposure when it is of the first's variant (false: unknown or not).
   w('local le = false')
@@ -420,19 +436,8 @@ local function move_record_source(ramped)
   w('if b4 >= 192 then')  -- [brief]
   w('ok, e, v, granule, ' .. list .. ', after = pcall_(unpack_, BRIEF, raw)')
   w('if not ok or after ~= #raw + 1 then return false end')
-  -- [brief] A cell of the unit's own stratum (its first exposure's, which a brief record's
-  -- latest exposure is) on a unit with exposures: the common cell of a returning unit. Its
-  -- latest exposure does not move (no pointer), it stays brief, and both weights are 1.
-  w('if C[b + 2] == -e and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
-  w('local n1 = s1 + C[b + 5]')
-  w('if n1 > 0 and not (' .. checks .. ') then')
-  w('local by_v = acc_of[-e]')
-  w('local acc = by_v and by_v[v]')
-  w('if not acc then local _ _, acc = stratum(-e, v) end')
-  w('local stored_t = false')
-  move_body(w, function(s) return 's' .. s end, true)
-  w('return pack_(BRIEF, e, v, granule_end, ' .. list .. '), nil, granule ~= granule_end')
-  w('end end')
+  -- [brief] Its latest exposure is its first: the common cell stays brief.
+  own_cell('-e', '-e', 'BRIEF, e, v')
   w('e, m, t, le = -e, 0, 0, -e')
   w('local by_e = stratum_names[e]')
   w('latest = by_e and by_e[v] or stratum_name(e, v)')
@@ -449,18 +454,8 @@ local function move_record_source(ramped)
     w('ok, e, v, le, granule, ' .. list .. ', after = pcall_(unpack_, RAMPED, raw)')
     w(string.format('if not ok or after ~= #raw + 1 or e >= -%d or le < 1 then return false end', OFFSET))
     w(string.format('local fe = -%d - e', OFFSET))
-    -- [ramped] A cell of its latest exposure's stratum (after a ramp step, a returning unit's
-    -- common cell): moved in its first exposure's stratum, as the brief form's own cell is.
-    w('if C[b + 2] == le and C[b + 3] == v and C[b + 4] < 2 and s1 > 0 then')
-    w('local n1 = s1 + C[b + 5]')
-    w('if n1 > 0 and not (' .. checks .. ') then')
-    w('local by_v = acc_of[fe]')
-    w('local acc = by_v and by_v[v]')
-    w('if not acc then local _ _, acc = stratum(fe, v) end')
-    w('local stored_t = false')
-    move_body(w, function(s) return 's' .. s end, true)
-    w('return pack_(RAMPED, e, v, le, granule_end, ' .. list .. '), nil, granule ~= granule_end')
-    w('end end')
+    -- [ramped] After a ramp step, a returning unit's common cell: its latest epoch's stratum.
+    own_cell('le', 'fe', 'RAMPED, e, v, le')
     w('e, m, t = fe, 0, 0')
     w('local by_e = stratum_names[le]')
     w('latest = by_e and by_e[v] or stratum_name(le, v)')
