@@ -17,6 +17,13 @@ which decides everything else. This module decides only connection matters:
   is bounded by `GrpcConnection.HOLD_LIMIT`: at it, the connection's HTTP/2 window stops
   being replenished, so one caller connection makes the router hold less than
   `HOLD_LIMIT` + `CONNECTION_WINDOW` (80 MiB), not a stream window per call (1 GiB);
+- the response data held for a connection's calls (received from their upstreams, not yet
+  taken by the caller) is bounded by the connection's `budget`: each upstream stream's window
+  starts at `CLIENT_STREAM_WINDOW` (64 KiB) and grows to a stream window only as far as
+  `BUDGET` (16 MiB) allows, and is opened again only once the caller took the bytes, so a
+  caller that reads none of its answers makes the router hold at most `BUDGET` +
+  `MAX_STREAMS` x 64 KiB (80 MiB), not a stream window per call (1 GiB). Both ways, one
+  caller connection makes the router hold at most about 160 MiB;
 - `OwnGrpcListener.close` stops accepting, sends GOAWAY (calls in flight go on, new ones
   are refused), waits for the calls in flight (up to a timeout), then cuts the rest.
 """

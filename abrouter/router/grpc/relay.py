@@ -316,6 +316,7 @@ class Call:
             return
         self.up, self.up_stream = up, stream
         stream.handler = self
+        stream.budget = self.down.budget  # its window grows as far as the caller's connection allows
         ex = self.ex
         assert ex is not None
         head = [

@@ -19,7 +19,7 @@ import pytest
 
 from abrouter.router.grpc import h2server, h2upstream, relay
 from abrouter.router.h2 import frames
-from abrouter.router.h2.connection import CONNECTION_WINDOW, STREAM_WINDOW, H2Connection
+from abrouter.router.h2.connection import CLIENT_STREAM_WINDOW, CONNECTION_WINDOW, STREAM_WINDOW, H2Connection
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
 from tests.router.grpc.servers import EchoServer
 from tests.router.grpc.test_h2_conformance import (
@@ -487,10 +487,14 @@ async def test_an_upstream_connection_is_never_held_back_for_a_caller_that_does_
         slow.wire.close()
 
 
-def test_the_readme_states_the_listeners_limit_and_the_worst_case_per_caller_connection() -> None:
+def test_the_readme_states_the_listeners_limits_and_the_worst_case_per_caller_connection() -> None:
     readme = " ".join((Path(__file__).parents[3] / "README.md").read_text().split())
     assert LISTENER_LIMIT == H2Connection.MAX_STREAMS * (5 + relay.NAME_PREFIX)
     worst = round((LISTENER_LIMIT + CONNECTION_WINDOW) / 2**20)
     assert f"less than about {worst} MiB of request data" in readme
     assert f"at {round(LISTENER_LIMIT / 2**20)} MiB held its connection window is not opened again" in readme
-    assert f"a stream window, {STREAM_WINDOW >> 20} MiB, per call" in readme
+    answers = round((H2Connection.BUDGET + H2Connection.MAX_STREAMS * CLIENT_STREAM_WINDOW) / 2**20)
+    assert f"at most about {answers} MiB of response data" in readme
+    assert f"starts at {CLIENT_STREAM_WINDOW >> 10} KiB and grows to {STREAM_WINDOW >> 20} MiB" in readme
+    assert f"budget of {H2Connection.BUDGET >> 20} MiB allows" in readme
+    assert f"So about {round(worst + answers, -1)} MiB at the most per caller connection, both ways" in readme
