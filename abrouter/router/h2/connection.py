@@ -23,7 +23,8 @@ control both ways:
   with a stream that ended or was reset) is below `H2Connection.HOLD_LIMIT`; at or above
   it, the server side's WINDOW_UPDATE waits until enough was passed on or dropped, so one
   peer's connection holds less than `HOLD_LIMIT` + `CONNECTION_WINDOW`, however many
-  streams it opens (without the bound: `MAX_STREAMS` stream windows, 1 GiB). The client
+  streams it opens (without the bound: `MAX_STREAMS` stream windows, 1 GiB); a proxy's
+  copies of data it passed on count as held too (`hold`, `let_go`). The client
   side never waits (a proxy's upstream connection is shared by many callers' calls: one
   slow caller must not stall the others); there a stream's window bounds each stream.
   The handler learns when its data has gone out (`Handler.sent`), once this connection's
@@ -688,6 +689,22 @@ class H2Connection(asyncio.Protocol):
             budget.left -= grow
         stream.window += grow
         return grow
+
+    def hold(self, stream: Stream, size: int) -> None:
+        """`size` bytes of `stream`'s data are kept after they are passed on (a proxy's copy, to send again):
+        counted as held (the server side's `HOLD_LIMIT`) until `let_go`, or until the stream is forgotten."""
+        if stream.handler is not None:  # not once it was forgotten: nothing would give them back
+            stream.held += size
+            self.held += size
+
+    def let_go(self, stream: Stream, size: int) -> None:
+        """`size` bytes counted by `hold` are no longer kept (the stream's window is not touched)."""
+        if size > stream.held:  # nothing once the stream was forgotten
+            size = stream.held
+        stream.held -= size
+        self.held -= size
+        if self.recv_unacked >= CONNECTION_WINDOW // 2:
+            self._replenish()
 
     def goaway(self, code: int = frames.NO_ERROR) -> None:
         """No new streams from the peer; those open go on. The connection closes once none are left."""
