@@ -11,13 +11,20 @@ channel), timed from the first call's start to the last message; the router's CP
 stime) over the same window. Prints a Markdown table of the medians (min-max). Bounded: every
 round is `--calls` calls.
 
+With ``--hold N``, instead: a caller written by hand opens N calls of `--mib` MiB on one connection
+to each router and reads none of the answers (it keeps the default windows, 64 KiB, and credits
+nothing); once the router's resident memory stopped growing (no change of 1 MiB over 2 s, at most
+`--hold-s`), its growth is what it holds for that caller.
+
     .venv/bin/python bench/grpc_stream_throughput.py --mib 8 --calls 20 --rounds 5 --before /tmp/g17w-before
+    .venv/bin/python bench/grpc_stream_throughput.py --hold 1000 --mib 2 --before /tmp/g17w-before
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -88,6 +95,51 @@ async def _round(target: str, *, mib: int, calls: int, concurrency: int) -> floa
         return time.perf_counter() - t0
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def hold(port: int, pid: int, *, calls: int, mib: int, limit_s: float) -> tuple[float, float]:
+    """(RSS before, RSS once stable) of the router while a caller holds `calls` answers of `mib` MiB unread."""
+    from abrouter.router.h2 import frames, hpack
+
+    base = rss_mib(pid)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    encoder = hpack.Encoder()
+    out = [frames.PREFACE, frames.settings({})]
+    request = str(mib).encode()
+    for n in range(calls):
+        fields = [(":method", "POST"), (":scheme", "http"), (":path", METHOD), (":authority", "router"),
+                  ("content-type", "application/grpc"), ("te", "trailers"), ("x-user-id", f"u{n}")]  # fmt: skip
+        sid = 2 * n + 1
+        out.append(frames.headers(sid, encoder.encode(fields), end_stream=False, max_frame=16384))
+        out.append(frames.data(sid, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True))
+    writer.write(b"".join(out))
+
+    async def drain() -> None:  # read (and drop) what comes: the router's windows to us stay shut
+        while await reader.read(1 << 16):
+            pass
+
+    task = asyncio.ensure_future(drain())
+    loop = asyncio.get_running_loop()
+    deadline, last, since = loop.time() + limit_s, rss_mib(pid), loop.time()
+    while loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        now = rss_mib(pid)
+        if abs(now - last) >= 1:
+            last, since = now, loop.time()
+        elif loop.time() - since >= 2:
+            break
+    writer.close()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        await task
+    return base, last
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -95,6 +147,8 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--hold", type=int, default=0, help="calls whose answers a caller holds unread (see above)")
+    p.add_argument("--hold-s", type=float, default=60.0)
     p.add_argument("--before", type=Path, help="also the router of this checkout (`before`)")
     p.add_argument("--proxy-cpus", default="0")
     p.add_argument("--load-cpus", default="1")
@@ -126,6 +180,15 @@ def main() -> None:
             targets["before"] = (before_port, rb.pid)
         subprocess.run(["taskset", "-p", "-c", args.load_cpus, str(os.getpid())], check=True,
                        capture_output=True)  # fmt: skip
+        if args.hold:
+            print(f"A caller holding {args.hold} answers of {args.mib} MiB unread on one connection:\n")
+            print("| router | RSS before, MiB | RSS holding, MiB | held, MiB |\n|---|---|---|---|")
+            for name in ("before", "after"):
+                if name in targets:
+                    port, pid = targets[name]
+                    base, held = asyncio.run(hold(port, pid, calls=args.hold, mib=args.mib, limit_s=args.hold_s))
+                    print(f"| {name} | {base:.0f} | {held:.0f} | {held - base:.0f} |")
+            return
         for port, _ in targets.values():  # warm-up
             asyncio.run(_round(f"127.0.0.1:{port}", mib=args.mib, calls=2, concurrency=1))
         for round_ in range(args.rounds):

@@ -178,7 +178,7 @@ class Stream:
         self.handler = handler
         self.send_window = conn.peer_initial_window
         #: Our receive window's size (`recv_window` + `held` + `unacked`): it grows on the client side only.
-        self.window = CLIENT_STREAM_WINDOW if conn.CLIENT else STREAM_WINDOW
+        self.window = conn.stream_window
         self.recv_window = self.window
         #: What the client side's growth is charged to (None: it grows to `STREAM_WINDOW` unbounded).
         self.budget: WindowBudget | None = None
@@ -224,6 +224,8 @@ class H2Connection(asyncio.Protocol):
         self.recv_unacked = 0
         #: The peer's data received on open streams and neither passed on (`consumed`) nor dropped with its stream.
         self.held = 0
+        #: Our streams' receive window at their start (and our SETTINGS_INITIAL_WINDOW_SIZE).
+        self.stream_window = CLIENT_STREAM_WINDOW if self.CLIENT else STREAM_WINDOW
         #: The server side: what a proxy's streams relaying this connection's answers charge their growth to.
         self.budget: WindowBudget | None = None if self.CLIENT else WindowBudget(self.BUDGET)
         self.closed = False
@@ -256,8 +258,7 @@ class H2Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport
-        window = CLIENT_STREAM_WINDOW if self.CLIENT else STREAM_WINDOW
-        settings = {frames.INITIAL_WINDOW_SIZE: window, frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK}
+        settings = {frames.INITIAL_WINDOW_SIZE: self.stream_window, frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK}
         if self.CLIENT:
             settings[frames.ENABLE_PUSH] = 0
         else:
@@ -273,7 +274,8 @@ class H2Connection(asyncio.Protocol):
         self.held = 0
         for stream in streams:
             stream.held = 0
-            self._give_back(stream)
+            if stream.budget is not None:
+                self._give_back(stream)
             if stream.handler is not None:
                 stream.handler.reset(stream, frames.CANCEL)
                 stream.handler = None
@@ -804,7 +806,8 @@ class H2Connection(asyncio.Protocol):
 
     def _release(self, stream: Stream) -> None:
         """`stream` is forgotten: what it held is dropped with it (or was never to be passed on)."""
-        self._give_back(stream)
+        if stream.budget is not None:
+            self._give_back(stream)
         if stream.held:
             self.held -= stream.held
             stream.held = 0
@@ -812,12 +815,12 @@ class H2Connection(asyncio.Protocol):
                 self._replenish()
 
     def _give_back(self, stream: Stream) -> None:
-        """`stream` is forgotten: its window's growth goes back to its budget."""
+        """`stream` (charged to a budget) is forgotten: its window's growth goes back to the budget."""
         budget = stream.budget
-        if budget is not None:
-            budget.left += stream.window - CLIENT_STREAM_WINDOW
-            stream.window = CLIENT_STREAM_WINDOW
-            stream.budget = None
+        assert budget is not None
+        budget.left += stream.window - CLIENT_STREAM_WINDOW
+        stream.window = CLIENT_STREAM_WINDOW
+        stream.budget = None
 
     def _replenish(self) -> None:
         """The connection's WINDOW_UPDATE, once half its window arrived, unless (the server side) the data
