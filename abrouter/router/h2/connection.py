@@ -17,7 +17,7 @@ control both ways:
   `Stream.budget` allows: a proxy charges the upstream streams of one caller connection's
   calls to that connection's `WindowBudget` (`RELAY_BUDGET`, 16 MiB), each keeping its
   growth until it ends, so the response data one caller that does not read can make it hold
-  is less than `RELAY_BUDGET` + `CLIENT_STREAM_WINDOW` per stream (80 MiB at `MAX_STREAMS`),
+  is at most `RELAY_BUDGET` + `CLIENT_STREAM_WINDOW` per stream (80 MiB at `MAX_STREAMS`),
   not `STREAM_WINDOW` per stream (1 GiB). The connection's window is replenished as data
   arrives while the data held (received on open streams, neither passed on nor dropped
   with a stream that ended or was reset) is below `H2Connection.HOLD_LIMIT`; at or above
