@@ -470,6 +470,7 @@ class Call:
     def reset(self, stream: Stream, code: int) -> None:
         if stream is self.stream:
             self._caller_gone()
+            self._answer_dropped()
         else:
             self._upstream_reset(code)
 
@@ -525,6 +526,11 @@ class Call:
             ex.client_gone()
         self._finish()
 
+    def _answer_dropped(self) -> None:
+        """The caller's stream is gone, with what of the answer waited for it: the upstream stream lets it go."""
+        if self.up is not None and self.up_stream is not None:
+            self.up.drop(self.up_stream)
+
     def _expired(self) -> None:
         self.bucket = 0
         if self.done:
@@ -576,6 +582,7 @@ class Call:
         self.ex.crashed()
         if self.head_sent:
             self.down.reset(self.stream, frames.INTERNAL_ERROR)
+            self._answer_dropped()
         else:
             self._fail(self.ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
         self._finish()

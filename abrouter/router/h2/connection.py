@@ -16,7 +16,8 @@ control both ways:
   there) and grows to `STREAM_WINDOW` at its first replenishment, as far as its
   `Stream.budget` allows: a proxy charges the upstream streams of one caller connection's
   calls to that connection's `WindowBudget` (`RELAY_BUDGET`, 16 MiB), each keeping its
-  growth until it ends, so the response data one caller that does not read can make it hold
+  growth until it ends and its data was passed on or dropped (an answer that ended may still
+  wait for the caller: `drop`), so the response data one caller that does not read can make it hold
   is at most `RELAY_BUDGET` + `CLIENT_STREAM_WINDOW` per stream (80 MiB at `MAX_STREAMS`),
   not `STREAM_WINDOW` per stream (1 GiB). The connection's window is replenished as data
   arrives while the data held (received on open streams, neither passed on nor dropped
@@ -138,7 +139,8 @@ class Handler(Protocol):
         """The peer reset the stream, or the connection was lost (CANCEL) or went away before it."""
 
     def sent(self, stream: Stream, size: int) -> None:
-        """`size` bytes of the stream's data went out (and the transport is not holding back)."""
+        """`size` bytes of the stream's data went out (and the transport is not holding back): told even once
+        the stream ended, if they went while the transport held back (what a proxy held for them is let go)."""
 
 
 class WindowBudget:
@@ -251,7 +253,7 @@ class H2Connection(asyncio.Protocol):
         self._settings_due = True
         self._held_answers = 0
         self._blocked: set[Stream] = set()
-        self._deferred: list[tuple[Stream, int]] = []
+        self._deferred: list[tuple[Stream, Handler, int]] = []
         self._next_id = -1
 
     # --- asyncio.Protocol ---
@@ -273,8 +275,9 @@ class H2Connection(asyncio.Protocol):
         streams, self.streams = list(self.streams.values()), {}
         self.held = 0
         for stream in streams:
-            stream.held = 0
-            if stream.budget is not None:
+            if stream.budget is None:
+                stream.held = 0
+            elif not stream.held:
                 self._give_back(stream)
             if stream.handler is not None:
                 stream.handler.reset(stream, frames.CANCEL)
@@ -287,9 +290,8 @@ class H2Connection(asyncio.Protocol):
         self.write_paused = False
         self._held_answers = 0
         deferred, self._deferred = self._deferred, []
-        for stream, size in deferred:
-            if stream.handler is not None:
-                stream.handler.sent(stream, size)
+        for stream, handler, size in deferred:  # the handler it had then: told even if the stream ended since
+            handler.sent(stream, size)
 
     def data_received(self, data: bytes) -> None:
         if self._parts:
@@ -669,6 +671,10 @@ class H2Connection(asyncio.Protocol):
             if size <= 0:
                 return
         stream.held -= size
+        if stream.handler is None:  # forgotten, its data still on its way out through another connection
+            if not stream.held and stream.budget is not None:
+                self._give_back(stream)
+            return
         self.held -= size
         if self.recv_unacked >= CONNECTION_WINDOW // 2:  # the connection's window waited on what was held
             self._replenish()
@@ -707,6 +713,14 @@ class H2Connection(asyncio.Protocol):
         self.held -= size
         if self.recv_unacked >= CONNECTION_WINDOW // 2:
             self._replenish()
+
+    def drop(self, stream: Stream) -> None:
+        """`stream` was forgotten with data of it still on its way out (`_release`), and that data was dropped
+        (a proxy's caller went away): let go, its window's growth given back."""
+        if stream.handler is None:
+            stream.held = 0
+            if stream.budget is not None:
+                self._give_back(stream)
 
     def goaway(self, code: int = frames.NO_ERROR) -> None:
         """No new streams from the peer; those open go on. The connection closes once none are left."""
@@ -775,12 +789,13 @@ class H2Connection(asyncio.Protocol):
             self._local_closed(stream)
 
     def _sent(self, stream: Stream, size: int) -> None:
-        if stream.handler is None:
+        handler = stream.handler
+        if handler is None:
             return
         if self.write_paused:
-            self._deferred.append((stream, size))
+            self._deferred.append((stream, handler, size))
         else:
-            stream.handler.sent(stream, size)
+            handler.sent(stream, size)
 
     def _local_closed(self, stream: Stream) -> None:
         stream.local_closed = True
@@ -805,14 +820,17 @@ class H2Connection(asyncio.Protocol):
                 self.close()
 
     def _release(self, stream: Stream) -> None:
-        """`stream` is forgotten: what it held is dropped with it (or was never to be passed on)."""
-        if stream.budget is not None:
-            self._give_back(stream)
+        """`stream` is forgotten: what it held is dropped with it (or was never to be passed on); but a stream
+        charged to a budget (a proxy's upstream stream) keeps what it held, and its charge, until the data was
+        passed on (`consumed`: it may wait for the caller in the other connection) or dropped there (`drop`)."""
         if stream.held:
             self.held -= stream.held
-            stream.held = 0
+            if stream.budget is None:
+                stream.held = 0
             if self.recv_unacked >= CONNECTION_WINDOW // 2:
                 self._replenish()
+        if stream.budget is not None and not stream.held:
+            self._give_back(stream)
 
     def _give_back(self, stream: Stream) -> None:
         """`stream` (charged to a budget) is forgotten: its window's growth goes back to the budget."""

@@ -22,7 +22,17 @@ from abrouter.router.grpc import h2server
 from abrouter.router.h2 import frames
 from abrouter.router.h2.connection import CLIENT_STREAM_WINDOW, STREAM_WINDOW
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
-from tests.router.grpc.test_h2_conformance import OK_HEAD, UNIT, WAIT_S, Frame, UpstreamWire, Wire, _message, upstream
+from tests.router.grpc.test_h2_conformance import (
+    OK_HEAD,
+    UNIT,
+    WAIT_S,
+    Frame,
+    UpstreamWire,
+    Wire,
+    _message,
+    _until,
+    upstream,
+)
 from tests.router.grpc.test_h2_hold import TIMEOUTS, Caller, _body, _streams
 
 own = pytest.mark.parametrize("grpc_server", ["own"])
@@ -189,17 +199,18 @@ async def _reading(caller: Caller, until: asyncio.Event) -> None:
     await caller.settle()
 
 
-def _held(a: Answers, caller: Caller, streams: list[int]) -> int:
-    """What the router holds of the answers on `streams`: what the upstream sent less what reached the caller."""
-    return sum(a.sent[s] for s in streams) - sum(len(caller.bodies[s]) for s in streams)
+def _held(a: Answers, caller: Caller, streams: list[int], up: list[int] | None = None) -> int:
+    """What the router holds of the answers on `streams` (the caller's ids; `up`, the upstream's, if other):
+    what the upstream sent less what reached the caller."""
+    return sum(a.sent[s] for s in up or streams) - sum(len(caller.bodies[s]) for s in streams)
 
 
-def _held_within_the_budget(a: Answers, caller: Caller, streams: list[int]) -> None:
+def _held_within_the_budget(a: Answers, caller: Caller, streams: list[int], up: list[int] | None = None) -> None:
     """An initial window per call and the budget, and the budget spent (the windows grew as far as it allows);
     the upstream stopped per stream, its connection's window still open."""
-    held = _held(a, caller, streams)
+    held = _held(a, caller, streams, up)
     assert CALLS * CLIENT_STREAM_WINDOW + BUDGET // 2 < held <= BOUND, (held, BOUND)
-    assert a.conn_window > 0 and all(a.windows[s] <= 0 for s in streams), (a.conn_window, a.windows)
+    assert a.conn_window > 0 and all(a.windows[s] <= 0 for s in up or streams), (a.conn_window, a.windows)
     assert all(TAKEN == len(caller.bodies[s]) for s in streams)
 
 
@@ -272,6 +283,61 @@ async def test_a_caller_reading_none_of_many_answers_is_held_to_its_budget_while
         assert bytes(caller.bodies[s]) == answers[s]
 
 
+@own
+@pytest.mark.usefixtures("budget")
+async def test_answers_that_end_within_their_windows_keep_their_budget_until_the_caller_takes_them(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    """Answers shorter than a grown window end upstream while the caller has not read them: their upstream
+    streams are over, yet their bytes wait in the router for the caller, so the growth that let them in is
+    not given to the calls that come next until the caller took them (else each wave of calls could grow)."""
+    grown = BUDGET // (STREAM_WINDOW - CLIENT_STREAM_WINDOW)  # the calls the budget lets grow whole
+    first, then = _streams(grown), _streams(CALLS - grown, first=2 * grown + 1)
+    answers = {s: _body(s, STREAM_WINDOW // 2) for s in first + then}  # within a grown window, beyond an initial one
+    shut, again, read = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[Answers] = []
+
+    async def serve(wire: UpstreamWire) -> None:
+        a = Answers(wire)
+        seen.append(a)
+        for s in await a.heads(len(first)):
+            a.answer(s, answers[s])
+        await a.until_shut()
+        shut.set()
+        for s in (await a.heads(CALLS))[len(first) :]:
+            a.answer(s, answers[s])
+        await a.until_shut()
+        again.set()
+        await asyncio.wait_for(read.wait(), WAIT_S)
+        await a.until_sent(first + then)
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
+        caller = await _slow_caller(r)
+        try:
+            for s in first:
+                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+            await _reading(caller, shut)
+            (a,) = seen
+            assert sorted(a.whole) == first  # grown, and ended upstream: their bytes wait for the caller
+            for s in then:
+                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+            await _reading(caller, again)
+            assert sorted(a.whole) == first  # the next calls did not grow: the budget is still theirs
+            held = _held(a, caller, first + then)
+            assert held <= BOUND, (held, BOUND)
+            caller.credit = True
+            caller.wire.send(*(frames.window_update(s, 1 << 24) for s in first + then))
+            read.set()
+            await caller.until_ended(first + then)
+        finally:
+            caller.wire.close()
+    assert not caller.resets and caller.goaway is None
+    for s in first + then:
+        assert caller.trailers[s]["grpc-status"] == "0", caller.trailers[s]
+        assert bytes(caller.bodies[s]) == answers[s]
+
+
 # --- what the calls held, and their budget, come back ---
 
 
@@ -316,6 +382,56 @@ async def test_calls_a_slow_caller_resets_give_their_budget_back_to_its_next_cal
             _held_within_the_budget(a, caller, then)  # the windows grew again: the budget came back whole
         finally:
             caller.wire.close()
+    assert caller.goaway is None
+
+
+@own
+@pytest.mark.usefixtures("budget")
+async def test_an_upstream_connection_lost_gives_its_streams_budget_back_to_the_callers_next_calls(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    first = _streams(CALLS)
+    then = _streams(CALLS, first=first[-1] + 2)
+    shut, close, again = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[Answers] = []
+
+    async def serve(wire: UpstreamWire) -> None:
+        a = Answers(wire)
+        seen.append(a)
+        for s in await a.heads(CALLS):
+            a.answer(s, _body(s, ANSWER - 5))
+        await a.until_shut()
+        if len(seen) == 1:  # the first connection goes away with the calls held
+            shut.set()
+            await asyncio.wait_for(close.wait(), WAIT_S)
+            wire.writer.close()
+            return
+        again.set()
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
+        caller = await _slow_caller(r)
+        try:
+            for s in first:
+                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+            await _reading(caller, shut)
+            _held_within_the_budget(seen[0], caller, first)
+            close.set()
+            # The router cut the calls (each an error of its variant) while their answers' bytes wait for us:
+            # what was held of them comes now, then their ends, and then their budget is back.
+            await _until(lambda: sum(r.router.metrics.errors.values()) >= CALLS)
+            caller.credit = True
+            caller.wire.send(*(frames.window_update(s, 1 << 24) for s in first))
+            await caller.until_ended(first)
+            caller.credit = False
+            for s in then:
+                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+            await _reading(caller, again)
+            # A new upstream connection (its own stream ids): the windows grew again, the budget came back whole.
+            _held_within_the_budget(seen[1], caller, then, list(seen[1].sent))
+        finally:
+            caller.wire.close()
+    assert all(caller.trailers[s]["grpc-status"] == "13" for s in first)  # INTERNAL: cut mid-answer
     assert caller.goaway is None
 
 
