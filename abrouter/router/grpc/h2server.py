@@ -13,10 +13,18 @@ which decides everything else. This module decides only connection matters:
   them for both listeners;
 - at most `H2Connection.MAX_STREAMS` calls at once per connection (more are refused
   with REFUSED_STREAM, which clients retry);
-- the request data a connection's calls hold (received, not yet taken by their upstreams)
-  is bounded by `GrpcConnection.HOLD_LIMIT`: at it, the connection's HTTP/2 window stops
-  being replenished, so one caller connection makes the router hold less than
-  `HOLD_LIMIT` + `CONNECTION_WINDOW` (80 MiB), not a stream window per call (1 GiB);
+- the request data a connection's calls hold (received, not yet taken by their upstreams,
+  and the copies kept to send a refused call again) is bounded by
+  `GrpcConnection.HOLD_LIMIT`: at it, the connection's HTTP/2 window stops being
+  replenished, so one caller connection makes the router hold less than `HOLD_LIMIT` +
+  `CONNECTION_WINDOW` (80 MiB), not a stream window per call (1 GiB);
+- the response data held for a connection's calls (received from their upstreams, not yet
+  taken by the caller) is bounded by the connection's `budget`: each upstream stream's window
+  starts at `CLIENT_STREAM_WINDOW` (64 KiB) and grows to a stream window only as far as
+  `BUDGET` (16 MiB) allows, and is opened again only once the caller took the bytes, so a
+  caller that reads none of its answers makes the router hold at most `BUDGET` +
+  `MAX_STREAMS` x 64 KiB (80 MiB), not a stream window per call (1 GiB). Both ways, one
+  caller connection makes the router hold at most about 160 MiB;
 - `OwnGrpcListener.close` stops accepting, sends GOAWAY (calls in flight go on, new ones
   are refused), waits for the calls in flight (up to a timeout), then cuts the rest.
 """
@@ -44,9 +52,11 @@ class GrpcConnection(H2Connection):
     """One client connection of the gRPC listener."""
 
     #: An inference call keeps up to 5 + `relay.NAME_PREFIX` bytes of its first message while the rest of
-    #: its prefix comes (its model name): the limit is above what all of a connection's calls keep that
-    #: way, else calls waiting for their prefix's rest could hold it, the window shut for that rest.
-    HOLD_LIMIT = max(CONNECTION_HOLD_LIMIT, H2Connection.MAX_STREAMS * (5 + relay.NAME_PREFIX))
+    #: its prefix comes (its model name), and a call up to `relay.REPLAY_LIMIT` bytes it sent to send again
+    #: until its upstream answers (counted as held too), not both: the limit is above what all of a
+    #: connection's calls keep that way, else calls waiting for more of their request could hold it, the
+    #: window shut for that rest.
+    HOLD_LIMIT = max(CONNECTION_HOLD_LIMIT, H2Connection.MAX_STREAMS * (5 + max(relay.NAME_PREFIX, relay.REPLAY_LIMIT)))
 
     def __init__(
         self, router: Router, upstreams: Pools, loop: asyncio.AbstractEventLoop, registry: set[GrpcConnection]

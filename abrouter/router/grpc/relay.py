@@ -22,8 +22,9 @@ by frame instead of message by message:
   frame, or a stream above the last id of its GOAWAY: RFC 9113 §8.7, a draining pod) is sent
   again on another connection to the same endpoint, at most `MAX_RETRIES` times and within
   its deadline, from the request bytes kept until the upstream's first response frame (at
-  most `REPLAY_LIMIT`); the caller sees one answer, one exposure, and the retry is counted
-  (`abrouter_grpc_retries_total`), not as an error;
+  most `REPLAY_LIMIT`, counted as held by the caller's connection, `H2Connection.hold`, so
+  its `HOLD_LIMIT` bounds them too); the caller sees one answer, one exposure, and the retry
+  is counted (`abrouter_grpc_retries_total`), not as an error;
 - the router's own failures (`wire.render`): an unreachable upstream, or one that reset the
   call before answering (refused past the retries, or with another code), is UNAVAILABLE
   naming the variant; one that reset it mid-answer
@@ -134,6 +135,7 @@ class Call:
         "arrived",
         "bucket",
         "collecting",
+        "counted",
         "cut",
         "deadline",
         "debt",
@@ -205,6 +207,8 @@ class Call:
         #: sent, and the most any attempt did (the caller is credited once per byte).
         self.replay: list[bytes] | None = []
         self.kept = 0
+        #: The most bytes kept by any attempt, counted as held by the caller's connection (`hold`, `let_go`).
+        self.counted = 0
         self.retries = 0
         self.up_sent = 0
         self.up_credited = 0
@@ -254,9 +258,9 @@ class Call:
         up_stream = self.up_stream
         if up_stream is not None:
             assert self.up is not None
-            self.up.send_data(up_stream, payload, end_stream=end)
-            if self.replay is not None and payload:
+            if self.replay is not None and payload:  # kept first: counted as held before it is credited
                 self._keep(payload)
+            self.up.send_data(up_stream, payload, end_stream=end)
             return
         assert self.waiting is not None
         if payload:
@@ -316,6 +320,7 @@ class Call:
             return
         self.up, self.up_stream = up, stream
         stream.handler = self
+        stream.budget = self.down.budget  # its window grows as far as the caller's connection allows
         ex = self.ex
         assert ex is not None
         head = [
@@ -333,20 +338,31 @@ class Call:
             return
         up.send_headers(stream, head)
         for chunk in waiting:
-            up.send_data(stream, chunk)
             if self.replay is not None:
                 self._keep(chunk)
+            up.send_data(stream, chunk)
         if self.request_ended:
             up.send_data(stream, b"", end_stream=True)
 
     def _keep(self, chunk: bytes) -> None:
-        """`chunk` went upstream: kept to send again, up to `REPLAY_LIMIT`."""
+        """`chunk` goes upstream: kept to send again, up to `REPLAY_LIMIT`, and counted as held by the caller's
+        connection (once: what a retry sends again was counted by the attempt before)."""
         assert self.replay is not None
         self.kept += len(chunk)
         if self.kept > REPLAY_LIMIT:
-            self.replay = None
-        else:
-            self.replay.append(chunk)
+            self._drop_replay()
+            return
+        self.replay.append(chunk)
+        if self.kept > self.counted:
+            self.down.hold(self.stream, self.kept - self.counted)
+            self.counted = self.kept
+
+    def _drop_replay(self) -> None:
+        """Nothing will be sent again: what was kept is let go."""
+        self.replay = None
+        if self.counted:
+            self.down.let_go(self.stream, self.counted)
+            self.counted = 0
 
     def unreachable(self, reason: str) -> None:
         """No connection to the upstream could be made."""
@@ -431,7 +447,8 @@ class Call:
         elif self.done:
             return
         else:
-            self.replay = None  # the upstream took the call: never sent again
+            if self.replay is not None:  # the upstream took the call: never sent again
+                self._drop_replay()
             if end_stream:
                 self._response_end(fields)
             elif not self.head_sent and not wire.informational(fields):  # a 1xx head: the final one follows
@@ -443,7 +460,8 @@ class Call:
             return
         if self.done:
             return
-        self.replay = None
+        if self.replay is not None:
+            self._drop_replay()
         if payload:
             self.down.send_data(self.stream, payload)
         if end_stream:  # no trailers: no status either
@@ -452,6 +470,7 @@ class Call:
     def reset(self, stream: Stream, code: int) -> None:
         if stream is self.stream:
             self._caller_gone()
+            self._answer_dropped()
         else:
             self._upstream_reset(code)
 
@@ -507,6 +526,11 @@ class Call:
             ex.client_gone()
         self._finish()
 
+    def _answer_dropped(self) -> None:
+        """The caller's stream is gone, with what of the answer waited for it: the upstream stream lets it go."""
+        if self.up is not None and self.up_stream is not None:
+            self.up.drop(self.up_stream)
+
     def _expired(self) -> None:
         self.bucket = 0
         if self.done:
@@ -534,6 +558,8 @@ class Call:
         if self.done:
             return
         self.done = True
+        if self.counted:
+            self._drop_replay()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -556,6 +582,7 @@ class Call:
         self.ex.crashed()
         if self.head_sent:
             self.down.reset(self.stream, frames.INTERNAL_ERROR)
+            self._answer_dropped()
         else:
             self._fail(self.ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
         self._finish()

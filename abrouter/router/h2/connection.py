@@ -11,12 +11,21 @@ control both ways:
   the stream (`Stream.pending`) until a WINDOW_UPDATE; trailers wait behind the data;
 - receiving: a stream's window is replenished only once its handler has passed the data on
   (`consumed`), so a stream whose far side reads slowly stops its sender: a proxy holds at
-  most one stream window per stream. The connection's window is replenished as data
+  most one stream window per stream. A server-side stream's window is `STREAM_WINDOW`; a
+  client-side one starts at `CLIENT_STREAM_WINDOW` (64 KiB, our SETTINGS_INITIAL_WINDOW_SIZE
+  there) and grows to `STREAM_WINDOW` at its first replenishment, as far as its
+  `Stream.budget` allows: a proxy charges the upstream streams of one caller connection's
+  calls to that connection's `WindowBudget` (`RELAY_BUDGET`, 16 MiB), each keeping its
+  growth until it ends and its data was passed on or dropped (an answer that ended may still
+  wait for the caller: `drop`), so the response data one caller that does not read can make it hold
+  is at most `RELAY_BUDGET` + `CLIENT_STREAM_WINDOW` per stream (80 MiB at `MAX_STREAMS`),
+  not `STREAM_WINDOW` per stream (1 GiB). The connection's window is replenished as data
   arrives while the data held (received on open streams, neither passed on nor dropped
   with a stream that ended or was reset) is below `H2Connection.HOLD_LIMIT`; at or above
   it, the server side's WINDOW_UPDATE waits until enough was passed on or dropped, so one
   peer's connection holds less than `HOLD_LIMIT` + `CONNECTION_WINDOW`, however many
-  streams it opens (without the bound: `MAX_STREAMS` stream windows, 1 GiB). The client
+  streams it opens (without the bound: `MAX_STREAMS` stream windows, 1 GiB); a proxy's
+  copies of data it passed on count as held too (`hold`, `let_go`). The client
   side never waits (a proxy's upstream connection is shared by many callers' calls: one
   slow caller must not stall the others); there a stream's window bounds each stream.
   The handler learns when its data has gone out (`Handler.sent`), once this connection's
@@ -47,6 +56,12 @@ Fields = list[tuple[str, str]]
 #: Our receive windows: per stream, and for the connection (replenished as data arrives, while under `HOLD_LIMIT` held).
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 1 << 24
+#: A client-side stream's window at its start (our SETTINGS_INITIAL_WINDOW_SIZE there; gRPC's own default): what
+#: a stream may make us hold whatever its budget. It grows to `STREAM_WINDOW` once a quarter of it was passed on.
+CLIENT_STREAM_WINDOW = 1 << 16
+#: The growth (window beyond `CLIENT_STREAM_WINDOW`) the streams charged to one `WindowBudget` may have together:
+#: a connection window, 16 streams at `STREAM_WINDOW`; the calls beyond those flow at `CLIENT_STREAM_WINDOW`.
+RELAY_BUDGET = CONNECTION_WINDOW
 #: The data a server-side connection holds (received, not yet passed on) at which it stops replenishing
 #: the connection's window (`H2Connection.HOLD_LIMIT`): one connection window, so that below it nothing
 #: changes (the window goes back as data arrives, as a connection whose streams are read keeps it) and
@@ -124,13 +139,26 @@ class Handler(Protocol):
         """The peer reset the stream, or the connection was lost (CANCEL) or went away before it."""
 
     def sent(self, stream: Stream, size: int) -> None:
-        """`size` bytes of the stream's data went out (and the transport is not holding back)."""
+        """`size` bytes of the stream's data went out (and the transport is not holding back): told even once
+        the stream ended, if they went while the transport held back (what a proxy held for them is let go)."""
+
+
+class WindowBudget:
+    """The window growth (beyond `CLIENT_STREAM_WINDOW`) that the client-side streams charged to it may still
+    be given: a proxy's upstream streams for one caller connection's calls share one, so a caller that reads
+    none of its answers makes the proxy hold at most the budget and a `CLIENT_STREAM_WINDOW` per call."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, size: int) -> None:
+        self.left = size
 
 
 class Stream:
     """One stream of a connection: its windows, what waits to be sent, and its owner."""
 
     __slots__ = (
+        "budget",
         "conn",
         "end_queued",
         "handler",
@@ -143,6 +171,7 @@ class Stream:
         "send_window",
         "trailers",
         "unacked",
+        "window",
     )
 
     def __init__(self, conn: H2Connection, stream_id: int, handler: Handler | None) -> None:
@@ -150,7 +179,11 @@ class Stream:
         self.id = stream_id
         self.handler = handler
         self.send_window = conn.peer_initial_window
-        self.recv_window = STREAM_WINDOW
+        #: Our receive window's size (`recv_window` + `held` + `unacked`): it grows on the client side only.
+        self.window = conn.stream_window
+        self.recv_window = self.window
+        #: What the client side's growth is charged to (None: it grows to `STREAM_WINDOW` unbounded).
+        self.budget: WindowBudget | None = None
         self.unacked = 0
         #: The peer's data received on the stream and not yet passed on (`H2Connection.consumed`).
         self.held = 0
@@ -176,6 +209,9 @@ class H2Connection(asyncio.Protocol):
     #: A subclass whose handlers keep a stream's first bytes while they wait for more of it raises the limit
     #: above what all its streams may keep that way: else they would wait on one another, the window shut.
     HOLD_LIMIT: ClassVar[int] = CONNECTION_HOLD_LIMIT
+    #: The server side: the size of `budget`, which a proxy charges the streams it opens elsewhere for this
+    #: connection's streams to (their windows' growth: see the module docstring).
+    BUDGET: ClassVar[int] = RELAY_BUDGET
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -190,6 +226,10 @@ class H2Connection(asyncio.Protocol):
         self.recv_unacked = 0
         #: The peer's data received on open streams and neither passed on (`consumed`) nor dropped with its stream.
         self.held = 0
+        #: Our streams' receive window at their start (and our SETTINGS_INITIAL_WINDOW_SIZE).
+        self.stream_window = CLIENT_STREAM_WINDOW if self.CLIENT else STREAM_WINDOW
+        #: The server side: what a proxy's streams relaying this connection's answers charge their growth to.
+        self.budget: WindowBudget | None = None if self.CLIENT else WindowBudget(self.BUDGET)
         self.closed = False
         self.write_paused = False
         #: Our GOAWAY went out (no new streams taken), and the peer's arrived (no new streams opened).
@@ -213,14 +253,14 @@ class H2Connection(asyncio.Protocol):
         self._settings_due = True
         self._held_answers = 0
         self._blocked: set[Stream] = set()
-        self._deferred: list[tuple[Stream, int]] = []
+        self._deferred: list[tuple[Stream, Handler, int]] = []
         self._next_id = -1
 
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport
-        settings = {frames.INITIAL_WINDOW_SIZE: STREAM_WINDOW, frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK}
+        settings = {frames.INITIAL_WINDOW_SIZE: self.stream_window, frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK}
         if self.CLIENT:
             settings[frames.ENABLE_PUSH] = 0
         else:
@@ -235,7 +275,10 @@ class H2Connection(asyncio.Protocol):
         streams, self.streams = list(self.streams.values()), {}
         self.held = 0
         for stream in streams:
-            stream.held = 0
+            if stream.budget is None:
+                stream.held = 0
+            elif not stream.held:
+                self._give_back(stream)
             if stream.handler is not None:
                 stream.handler.reset(stream, frames.CANCEL)
                 stream.handler = None
@@ -247,9 +290,8 @@ class H2Connection(asyncio.Protocol):
         self.write_paused = False
         self._held_answers = 0
         deferred, self._deferred = self._deferred, []
-        for stream, size in deferred:
-            if stream.handler is not None:
-                stream.handler.sent(stream, size)
+        for stream, handler, size in deferred:  # the handler it had then: told even if the stream ended since
+            handler.sent(stream, size)
 
     def data_received(self, data: bytes) -> None:
         if self._parts:
@@ -629,16 +671,56 @@ class H2Connection(asyncio.Protocol):
             if size <= 0:
                 return
         stream.held -= size
+        if stream.handler is None:  # forgotten, its data still on its way out through another connection
+            if not stream.held and stream.budget is not None:
+                self._give_back(stream)
+            return
         self.held -= size
         if self.recv_unacked >= CONNECTION_WINDOW // 2:  # the connection's window waited on what was held
             self._replenish()
         if stream.remote_closed or self.closed:
             return
         stream.unacked += size
-        if stream.unacked >= STREAM_WINDOW // 4:
-            stream.recv_window += stream.unacked
-            self._write(frames.window_update(stream.id, stream.unacked))
+        if stream.unacked >= stream.window >> 2:
+            increment = stream.unacked + (self._grow(stream) if stream.window < STREAM_WINDOW else 0)
+            stream.recv_window += increment
+            self._write(frames.window_update(stream.id, increment))
             stream.unacked = 0
+
+    def _grow(self, stream: Stream) -> int:
+        """How much `stream`'s window grows (up to `STREAM_WINDOW`, as far as its budget allows), charged."""
+        grow = STREAM_WINDOW - stream.window
+        budget = stream.budget
+        if budget is not None:
+            if budget.left < grow:
+                grow = budget.left if budget.left > 0 else 0
+            budget.left -= grow
+        stream.window += grow
+        return grow
+
+    def hold(self, stream: Stream, size: int) -> None:
+        """`size` bytes of `stream`'s data are kept after they are passed on (a proxy's copy, to send again):
+        counted as held (the server side's `HOLD_LIMIT`) until `let_go`, or until the stream is forgotten."""
+        if stream.handler is not None:  # not once it was forgotten: nothing would give them back
+            stream.held += size
+            self.held += size
+
+    def let_go(self, stream: Stream, size: int) -> None:
+        """`size` bytes counted by `hold` are no longer kept (the stream's window is not touched)."""
+        if size > stream.held:  # nothing once the stream was forgotten
+            size = stream.held
+        stream.held -= size
+        self.held -= size
+        if self.recv_unacked >= CONNECTION_WINDOW // 2:
+            self._replenish()
+
+    def drop(self, stream: Stream) -> None:
+        """`stream` was forgotten with data of it still on its way out (`_release`), and that data was dropped
+        (a proxy's caller went away): let go, its window's growth given back."""
+        if stream.handler is None:
+            stream.held = 0
+            if stream.budget is not None:
+                self._give_back(stream)
 
     def goaway(self, code: int = frames.NO_ERROR) -> None:
         """No new streams from the peer; those open go on. The connection closes once none are left."""
@@ -707,12 +789,13 @@ class H2Connection(asyncio.Protocol):
             self._local_closed(stream)
 
     def _sent(self, stream: Stream, size: int) -> None:
-        if stream.handler is None:
+        handler = stream.handler
+        if handler is None:
             return
         if self.write_paused:
-            self._deferred.append((stream, size))
+            self._deferred.append((stream, handler, size))
         else:
-            stream.handler.sent(stream, size)
+            handler.sent(stream, size)
 
     def _local_closed(self, stream: Stream) -> None:
         stream.local_closed = True
@@ -737,12 +820,25 @@ class H2Connection(asyncio.Protocol):
                 self.close()
 
     def _release(self, stream: Stream) -> None:
-        """`stream` is forgotten: what it held is dropped with it (or was never to be passed on)."""
+        """`stream` is forgotten: what it held is dropped with it (or was never to be passed on); but a stream
+        charged to a budget (a proxy's upstream stream) keeps what it held, and its charge, until the data was
+        passed on (`consumed`: it may wait for the caller in the other connection) or dropped there (`drop`)."""
         if stream.held:
             self.held -= stream.held
-            stream.held = 0
+            if stream.budget is None:
+                stream.held = 0
             if self.recv_unacked >= CONNECTION_WINDOW // 2:
                 self._replenish()
+        if stream.budget is not None and not stream.held:
+            self._give_back(stream)
+
+    def _give_back(self, stream: Stream) -> None:
+        """`stream` (charged to a budget) is forgotten: its window's growth goes back to the budget."""
+        budget = stream.budget
+        assert budget is not None
+        budget.left += stream.window - CLIENT_STREAM_WINDOW
+        stream.window = CLIENT_STREAM_WINDOW
+        stream.budget = None
 
     def _replenish(self) -> None:
         """The connection's WINDOW_UPDATE, once half its window arrived, unless (the server side) the data

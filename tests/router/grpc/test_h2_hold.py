@@ -19,7 +19,7 @@ import pytest
 
 from abrouter.router.grpc import h2server, h2upstream, relay
 from abrouter.router.h2 import frames
-from abrouter.router.h2.connection import CONNECTION_WINDOW, STREAM_WINDOW, H2Connection
+from abrouter.router.h2.connection import CLIENT_STREAM_WINDOW, CONNECTION_WINDOW, STREAM_WINDOW, H2Connection
 from tests.router.grpc.conftest import GrpcRouter, MakeGrpcRouter
 from tests.router.grpc.servers import EchoServer
 from tests.router.grpc.test_h2_conformance import (
@@ -272,6 +272,82 @@ async def test_a_caller_sending_on_many_streams_to_an_upstream_that_reads_nothin
         assert bytes(caller.bodies[s]) == _digest(bodies[s])  # every byte arrived, in order
 
 
+@own
+async def test_the_copies_kept_to_send_calls_again_count_as_held_until_the_upstream_answers(
+    make_grpc_router: MakeGrpcRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upstream that reads every request but answers none yet: each call's first bytes are kept (up to
+    `relay.REPLAY_LIMIT`) in case the upstream refuses it, and count as held, so the window shuts; the
+    upstream's first response frame lets them go, and the rest of every request flows."""
+    limit = 2 << 20  # below half the connection window: it shuts once the first window is spent (16 MiB)
+    monkeypatch.setattr(h2server.GrpcConnection, "HOLD_LIMIT", limit)
+    streams = _streams(CONNECTION_WINDOW // relay.REPLAY_LIMIT + 64)  # each keeps at most REPLAY_LIMIT
+    bodies = {s: _body(s, relay.REPLAY_LIMIT + (relay.REPLAY_LIMIT >> 1)) for s in streams}
+    shut = asyncio.Event()
+
+    async def serve(wire: UpstreamWire) -> None:
+        """Reads in large pieces, frames parsed by hand: it keeps up with the router (its windows were opened
+        wide at once), so what the router holds is its copies, not bytes the upstream was slow to take."""
+        wire.send(frames.window_update(0, 1 << 30))
+        data, at = bytearray(), 0
+        bodies: dict[int, bytearray] = {}
+        ended: set[int] = set()
+        answered: set[int] = set()
+        for _ in range(1_000_000):
+            if shut.is_set():  # the test saw the window shut (and woke us with a PING): each call is answered
+                for s in set(bodies) - answered:
+                    wire.respond(s, OK_HEAD)
+                    answered.add(s)
+                if len(ended) == len(streams):
+                    break
+            piece = await asyncio.wait_for(wire.reader.read(1 << 20), WAIT_S)
+            assert piece, "the router closed the connection"
+            data += piece
+            while len(data) - at >= 9:
+                high, low, kind, flags, stream_id = frames.HEAD.unpack_from(data, at)
+                end = at + 9 + (high << 8 | low)
+                if end > len(data):
+                    break
+                payload = bytes(data[at + 9 : end])
+                at = end
+                if kind == frames.HEADERS:
+                    bodies.setdefault(stream_id, bytearray())
+                elif kind == frames.DATA:
+                    bodies[stream_id] += payload
+                elif kind == frames.SETTINGS and not flags & frames.ACK:
+                    wire.send(frames.SETTINGS_ACK)
+                elif kind == frames.PING and not flags & frames.ACK:
+                    wire.send(frames.ping_ack(payload))
+                if kind in (frames.HEADERS, frames.DATA) and flags & frames.END_STREAM:
+                    ended.add(stream_id)
+            del data[:at]
+            at = 0
+        for s, body in bodies.items():
+            wire.send(frames.data(s, _digest(bytes(body))))
+            wire.respond(s, [("grpc-status", "0")], end_stream=True)
+        while await wire.reader.read(1 << 20):  # the rest, unread, until the router closes the connection
+            pass
+
+    async with upstream(serve, {frames.INITIAL_WINDOW_SIZE: frames.MAX_WINDOW}) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
+        caller = await Caller.connect(r)
+        try:
+            for s in streams:
+                caller.open(s, "/test.Quirky/Upload", bodies[s])
+            await caller.send_until_shut()
+            _held_at_the_connection(caller, limit)
+            assert max(caller.sent.values()) <= relay.REPLAY_LIMIT  # all of it kept
+            shut.set()
+            u.connections[0].send(frames.frame(frames.PING, 0, 0, bytes(8)))
+            await caller.until_ended(streams)
+        finally:
+            caller.wire.close()
+    assert not caller.resets and caller.goaway is None
+    for s in streams:
+        assert caller.trailers[s]["grpc-status"] == "0", caller.trailers[s]
+        assert bytes(caller.bodies[s]) == _digest(bodies[s])
+
+
 # --- what a forgotten stream held is given back ---
 
 
@@ -487,10 +563,14 @@ async def test_an_upstream_connection_is_never_held_back_for_a_caller_that_does_
         slow.wire.close()
 
 
-def test_the_readme_states_the_listeners_limit_and_the_worst_case_per_caller_connection() -> None:
+def test_the_readme_states_the_listeners_limits_and_the_worst_case_per_caller_connection() -> None:
     readme = " ".join((Path(__file__).parents[3] / "README.md").read_text().split())
     assert LISTENER_LIMIT == H2Connection.MAX_STREAMS * (5 + relay.NAME_PREFIX)
     worst = round((LISTENER_LIMIT + CONNECTION_WINDOW) / 2**20)
     assert f"less than about {worst} MiB of request data" in readme
     assert f"at {round(LISTENER_LIMIT / 2**20)} MiB held its connection window is not opened again" in readme
-    assert f"a stream window, {STREAM_WINDOW >> 20} MiB, per call" in readme
+    answers = round((H2Connection.BUDGET + H2Connection.MAX_STREAMS * CLIENT_STREAM_WINDOW) / 2**20)
+    assert f"at most about {answers} MiB of response data" in readme
+    assert f"starts at {CLIENT_STREAM_WINDOW >> 10} KiB and grows to {STREAM_WINDOW >> 20} MiB" in readme
+    assert f"budget of {H2Connection.BUDGET >> 20} MiB allows" in readme
+    assert f"So about {round(worst + answers, -1)} MiB at the most per caller connection, both ways" in readme
