@@ -1,7 +1,8 @@
 """Unary gRPC calls per second per core: abrouter's gRPC listener against Envoy, same upstream, same run.
 
-Starts, on 127.0.0.1: the echo upstream (`bench/grpc_load.py --serve`, two ports, the two
-arms), a private redis-server for the router's event log (no persistence), Envoy 1.40
+Starts, on 127.0.0.1: the echo upstream (two ports, the two arms: `bench/h2_load.py --serve`,
+raw HTTP/2 on uvloop, or with ``--load grpcio`` `bench/grpc_load.py --serve`, grpc.aio), a
+private redis-server for the router's event log (no persistence), Envoy 1.40
 (`bench/conf/envoy-grpc.yaml.in`: h2c both legs, Maglev on x-user-id, ``--concurrency 1``),
 ``abrouter serve --grpc-port`` twice (a 50/50 experiment keyed on x-user-id, event log on):
 ``--grpc-server own`` (our HTTP/2, the default) and ``--grpc-server grpcio`` (grpc.aio, the
@@ -11,21 +12,23 @@ wake-ups every proxy pays);
 with ``--before TREE``, a third ``--grpc-server own`` router run from another checkout (e.g. a
 ``git worktree`` of main), to compare two versions of the router in one run.
 The proxies run on core 0 (`--proxy-cpus`); the upstream, Redis and the load generator on
-core 1 (`--load-cpus`). Then, interleaved over `--rounds`:
+core 1 (`--load-cpus`). Then, interleaved over `--rounds` (``--phases``: both, or one):
 
-1. throughput: `grpc_load.py --concurrency 64` (closed loop) straight to arm A, through
-   Envoy and through the router; each proxy's CPU time over the window (utime + stime of
-   its process, all threads) gives its CPU share and **calls/s per proxy core** = calls/s
-   / share. The load side (one Python core for the generator and the upstream) is slower
-   than either proxy, so the proxies are not saturated: the per-core figure is the one to
-   compare;
-2. latency: `grpc_load.py --rate 1000` (open loop) the same three ways (four with ``--before``): what each
-   proxy adds, and each proxy's CPU per call at that same offered load (the closed loop's per-core figure
-   moves with how many calls the load side managed in that round: more calls per read, less CPU per call).
+1. closed: ``--concurrency`` calls in flight straight to arm A, through Envoy and through the
+   router. With ``--load own`` (the default) the generator is `bench/h2_load.py` (raw HTTP/2 on
+   uvloop; ~100,000-180,000 calls/s on one core with its echo, the direct row): it saturates a
+   proxy, whose CPU share is then near its whole core when the machine is quiet, and
+   **calls/s per proxy core** = calls/s / share compares the proxies at full load. Each call
+   counts only if answered with grpc-status 0 and the message echoed. With ``--load grpcio``
+   (grpc.aio, ~2,800 calls/s) no proxy gets past ~20% of its core: the per-core figure is then
+   an extrapolation where per-wake-up costs dominate;
+2. open: `grpc_load.py --rate R` (grpc.aio, as users call) the same ways (four with ``--before``): what each
+   proxy adds, and each proxy's CPU per call at that same offered load.
 
 Prints Markdown tables. Bounded: every load run lasts --seconds.
 
     .venv/bin/python bench/grpc_bench.py --rounds 3 --seconds 10
+    .venv/bin/python bench/grpc_bench.py --rounds 2 --seconds 10 --phases closed --only abrouter,tcp-floor
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 ENVOY = "/tmp/splitbench-venv/bin/envoy"
+#: The closed loop's generator and the echo upstream with ``--load own``.
+LOAD = "h2_load.py"
 
 SPEC = """\
 name: grpc-bench
@@ -100,12 +105,26 @@ def process(argv: list[str], cpus: str, log: Path, cwd: Path = ROOT) -> Iterator
             proc.wait()
 
 
-def load(target: str, cpus: str, *extra: str) -> dict[str, float]:
+def load(target: str, cpus: str, *extra: str, script: str = "grpc_load.py") -> dict[str, float]:
     out = subprocess.run(
-        ["taskset", "-c", cpus, PY, str(HERE / "grpc_load.py"), "--target", target, *extra],
+        ["taskset", "-c", cpus, PY, str(HERE / script), "--target", target, *extra],
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def closed_loop(args: argparse.Namespace, target: str, pid: int | None, method: tuple[str, ...]) -> dict[str, float]:
+    """One closed-loop run; the proxy's CPU share over it (the generator's own window with ``--load own``)."""
+    closed = ("--seconds", str(args.seconds), "--concurrency", str(args.concurrency))
+    if args.load == "own":
+        r = load(target, args.load_cpus, *method, *closed, *(("--cpu-pid", str(pid)) if pid else ()), script=LOAD)
+        r["cpu_share"] = r.pop("proxy_cpu_s", 0.0) / r.pop("window_s", 1.0) if pid else 0.0
+    else:
+        cpu0, t0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
+        r = load(target, args.load_cpus, *method, *closed)
+        r["cpu_share"] = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) if pid else 0.0
+    r["per_core"] = r["calls_per_s"] / r["cpu_share"] if r["cpu_share"] else 0.0
+    return r
 
 
 def main() -> None:
@@ -113,7 +132,19 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument(
+        "--load",
+        choices=("own", "grpcio"),
+        default="own",
+        help="the closed loop's generator and the echo upstream: bench/h2_load.py (raw HTTP/2 on uvloop, fast "
+        "enough to saturate a proxy; default) or bench/grpc_load.py (grpc.aio, ~2,800 calls/s on one core)",
+    )
     p.add_argument("--rate", type=float, default=1000.0)
+    p.add_argument(
+        "--phases",
+        default="closed,open",
+        help="closed (the closed loop), open (--rate), or both (default: %(default)s)",
+    )
     p.add_argument("--envoy", default=ENVOY)
     p.add_argument("--proxy-cpus", default="0")
     p.add_argument("--load-cpus", default="1")
@@ -130,7 +161,7 @@ def main() -> None:
     conf = conf.replace("@PORT_A@", str(a)).replace("@PORT_B@", str(b)).replace("@PORT@", str(envoy_port))
     (tmp / "envoy.yaml").write_text(conf)
     (tmp / "exp.yaml").write_text(SPEC.format(a=a, b=b))
-    upstream = [PY, str(HERE / "grpc_load.py"), "--serve", f"{a},{b}"]
+    upstream = [PY, str(HERE / (LOAD if args.load == "own" else "grpc_load.py")), "--serve", f"{a},{b}"]
     redis = [find_binary(), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no",
              "--dir", str(tmp)]  # fmt: skip
     # No hot restart: another Envoy on the machine (the shared harness's) would otherwise take
@@ -191,20 +222,20 @@ def main() -> None:
         if args.only:
             keep = {"direct", "envoy", *args.only.split(",")}
             targets = {name: t for name, t in targets.items() if name in keep}
+        script = LOAD if args.load == "own" else "grpc_load.py"
         for target, _, method in targets.values():  # warm-up: connections, caches
-            load(target, args.load_cpus, *method, "--seconds", "2", "--concurrency", str(args.concurrency))
+            load(
+                target, args.load_cpus, *method, "--seconds", "2", "--concurrency", str(args.concurrency), script=script
+            )
         for round_ in range(args.rounds):
             for name, (target, pid, method) in targets.items():
-                cpu0, t0 = (cpu_seconds(pid) if pid else 0.0), time.monotonic()
-                closed = ("--seconds", str(args.seconds), "--concurrency", str(args.concurrency))
-                r = load(target, args.load_cpus, *method, *closed)
-                share = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) if pid else 0.0
-                r["cpu_share"] = share
-                r["per_core"] = r["calls_per_s"] / share if share else 0.0
+                if "closed" not in args.phases:
+                    break
+                r = closed_loop(args, target, pid, method)
                 results.setdefault(name, []).append(r)
                 print(f"round {round_ + 1} {name}: {json.dumps(r)}", file=sys.stderr, flush=True)
             for name, (target, pid, method) in targets.items():
-                if name in ("abrouter-any", "floor", "abrouter-grpcio"):
+                if name in ("abrouter-any", "floor", "abrouter-grpcio") or "open" not in args.phases:
                     continue
                 cpu0 = cpu_seconds(pid) if pid else 0.0
                 r = load(target, args.load_cpus, *method, "--seconds", str(args.seconds), "--rate", str(args.rate))
@@ -216,12 +247,22 @@ def main() -> None:
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> str:
+    lines = closed_report(results, args) if "envoy" in results else []
+    return "\n".join(lines + (open_report(results, args) if "envoy@rate" in results else []))
+
+
+def closed_report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> list[str]:
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
+    def spread(name: str, key: str, scale: float = 1.0) -> str:
+        values = [r[key] * scale for r in results[name]]
+        return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
     envoy_core = med("envoy", "per_core")
     lines = [
-        f"Closed loop, {args.concurrency} calls in flight, {args.seconds:g} s x {args.rounds} rounds (medians):",
+        f"Closed loop ({args.load} load), {args.concurrency} calls in flight, {args.seconds:g} s x {args.rounds} "
+        "rounds (median, min-max of rounds):",
         "",
         "| config | calls/s | errors | p50 ms | p99 ms | proxy cpu% | calls/s per proxy core | vs Envoy per core |",
         "|---|---|---|---|---|---|---|---|",
@@ -240,15 +281,19 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         if name not in results:
             continue
         errors = sum(r["errors"] for r in results[name])
-        head = f"| {label} | {med(name, 'calls_per_s'):,.0f} | {errors:.0f} | {med(name, 'p50_ms'):.2f} | "
+        head = f"| {label} | {spread(name, 'calls_per_s')} | {errors:.0f} | {med(name, 'p50_ms'):.2f} | "
         if name == "direct":
             lines.append(head + f"{med(name, 'p99_ms'):.2f} | - | - | - |")
             continue
-        share, per_core = med(name, "cpu_share"), med(name, "per_core")
-        lines.append(
-            head + f"{med(name, 'p99_ms'):.2f} | {share * 100:.0f} | {per_core:,.0f} | {per_core / envoy_core:.2f} |"
+        cells = (
+            f"{spread(name, 'cpu_share', 100)} | {spread(name, 'per_core')} | {med(name, 'per_core') / envoy_core:.2f}"
         )
-    lines += [
+        lines.append(head + f"{med(name, 'p99_ms'):.2f} | {cells} |")
+    return lines
+
+
+def open_report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> list[str]:
+    lines = [
         "",
         f"Open loop at {args.rate:g} calls/s, {args.seconds:g} s x {args.rounds} rounds (min-max over rounds):",
         "",
@@ -271,7 +316,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         "| config | CPU µs per call | calls per proxy core | vs Envoy per core |",
         "|---|---|---|---|",
     ]
-    envoy_us = statistics.median(r["cpu_us_per_call"] for r in results["envoy@rate"]) if "envoy@rate" in results else 0
+    envoy_us = statistics.median(r["cpu_us_per_call"] for r in results["envoy@rate"])
     for name in ("envoy", "abrouter", "abrouter-before", "tcp-floor"):
         if f"{name}@rate" not in results:
             continue
@@ -279,7 +324,7 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
         us = statistics.median(values)
         ratio = f"{envoy_us / us:.2f}" if us else "-"
         lines.append(f"| {name} | {us:.1f} ({min(values):.1f}-{max(values):.1f}) | {1e6 / us:,.0f} | {ratio} |")
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

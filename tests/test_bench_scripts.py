@@ -4,12 +4,19 @@ A refactor once moved a name a bench script imported, and nothing noticed until 
 next full run, minutes in.
 """
 
+from __future__ import annotations
+
+import asyncio
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
+import grpc
+import grpc.aio
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,3 +103,72 @@ def test_the_grpc_load_generator_and_its_upstream_run() -> None:
         upstream.wait(timeout=60)
         if upstream.stdout is not None:
             upstream.stdout.close()
+
+
+def _h2_load() -> ModuleType:
+    """bench/h2_load.py as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location("h2_load", ROOT / "bench" / "h2_load.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Answers(grpc.GenericRpcHandler):
+    """A real gRPC server's answers: the message echoed behind ``a:``, or a status, or another message."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        method = details.method
+
+        async def unary(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            if method == "/bench.Fail/Unary":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no")
+            return (b"x:" if method == "/bench.Other/Unary" else b"a:") + request
+
+        return grpc.unary_unary_rpc_method_handler(unary)
+
+
+@pytest.mark.parametrize(
+    ("method", "answered", "error"),
+    [
+        ("/inference.GRPCInferenceService/ModelInfer", True, None),
+        ("/bench.Fail/Unary", False, "grpc-status 3"),
+        ("/bench.Other/Unary", False, "not the message echoed"),
+    ],
+)
+async def test_the_raw_http2_load_counts_only_calls_echoed_with_status_0(
+    method: str, answered: bool, error: str | None
+) -> None:
+    """bench/h2_load.py's client against grpc.aio's server: answers counted, a status or a wrong message an error."""
+    h2_load = _h2_load()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((_Answers(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        result = await h2_load.closed_loop(
+            f"127.0.0.1:{port}", concurrency=8, connections=2, seconds=0.3, method=method, cpu_pid=os.getpid()
+        )
+    finally:
+        await server.stop(None)
+    assert (result["calls"] > 0) is answered
+    assert (result["errors"] == 0) is answered
+    assert result.get("error_kinds", {}).keys() == ({error} if error else set())
+    assert result["window_s"] > 0
+
+
+async def test_the_raw_http2_echo_answers_a_grpc_aio_client() -> None:
+    """bench/h2_load.py's echo upstream, called by grpc.aio: each message back behind its port's tag."""
+    h2_load = _h2_load()
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(lambda tag=tag: h2_load.Echo(tag), "127.0.0.1", 0) for tag in (b"a:", b"b:")]
+    try:
+        for server, tag in zip(servers, (b"a:", b"b:"), strict=True):
+            port = server.sockets[0].getsockname()[1]
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = channel.unary_unary("/bench.Echo/Unary")
+                answers = await asyncio.gather(*(call(b"m%d" % i, timeout=30) for i in range(20)))
+            assert answers == [tag + b"m%d" % i for i in range(20)]
+    finally:
+        for server in servers:
+            server.close()

@@ -51,6 +51,8 @@ class Assigner:
     _seeds: tuple[int, ...] = field(init=False, repr=False, compare=False, default=())
     #: The arms that can win: (index, seed, weight) of each variant of weight > 0.
     _arms: tuple[tuple[int, int, float], ...] = field(init=False, repr=False, compare=False, default=())
+    #: BLAKE2b keyed with `_key`, never updated: each unit's hash copies it (cheaper than keying a new one).
+    _keyed: hashlib.blake2b | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.weights) or not self.names:
@@ -63,10 +65,15 @@ class Assigner:
         object.__setattr__(self, "_seeds", seeds)
         arms = tuple((i, seed, weight) for i, (seed, weight) in enumerate(zip(seeds, self.weights)) if weight > 0)
         object.__setattr__(self, "_arms", arms)
+        object.__setattr__(self, "_keyed", hashlib.blake2b(digest_size=8, key=key[:64]))
 
     def assign(self, unit: str) -> int:
         """Index of the variant for this unit id."""
-        h = _hash64(unit.encode("utf-8", "surrogatepass"), self._key)
+        keyed = self._keyed
+        assert keyed is not None  # set in __post_init__
+        hasher = keyed.copy()  # _hash64(unit, self._key), the key set once
+        hasher.update(unit.encode("utf-8", "surrogatepass"))
+        h = int.from_bytes(hasher.digest(), "little")
         best, best_score = 0, -1.0
         log = math.log
         for i, seed, weight in self._arms:

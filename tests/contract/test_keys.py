@@ -129,3 +129,16 @@ def test_history_entries_carry_latency_quantiles_and_older_ones_read_without() -
         del a["latency_p50_ms"], a["latency_p95_ms"]  # as written before the quantiles existed
     (read,) = fmt.decode(json.dumps(old)).arms
     assert (read.latency_p50_ms, read.latency_p95_ms, read.units) == (None, None, 10)
+
+
+def test_a_unit_hash_is_blake2b_of_the_unit_with_our_person_each_time_afresh():
+    """The stored identity of a unit, whatever came before it (each hash starts from the same state)."""
+    import hashlib
+
+    units = ["user-1", "user-1", "", "üser-\udcff", "user-2"]
+    expected = [
+        hashlib.blake2b(u.encode("utf-8", "surrogatepass"), digest_size=8, person=b"abrouter-unit").hexdigest()
+        for u in units
+    ]
+    assert [keys.unit_hash(u) for u in units] == expected
+    assert keys.unit_hash("user-1") == "4b2356ac816ef107"  # as stored by every router so far

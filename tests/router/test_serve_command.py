@@ -142,3 +142,19 @@ def _predict(port: int, user: str) -> dict[str, str]:
             if not isinstance(exc.reason, ConnectionRefusedError) or time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def test_the_settled_heap_is_frozen_and_young_objects_collected_less_often():
+    import gc
+
+    from abrouter.router import serving
+
+    threshold = gc.get_threshold()
+    try:
+        serving.settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (serving.YOUNG_THRESHOLD, *threshold[1:])
+        assert serving.YOUNG_THRESHOLD > threshold[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -117,7 +117,10 @@ class EventLog:
         self._agg = self._new_aggregator()
         self._seq = 0
         self._cut: deque[tuple[int, events.Aggregator]] = deque()  # cut, not yet encoded
-        self._recent: dict[str, tuple[int, str]] = {}  # LRU by insertion order
+        # LRU by insertion order: an OrderedDict, whose oldest entry is popped in O(1). A plain dict's
+        # `del d[next(iter(d))]` scans the holes its earlier deletions left at the front: at 100,000
+        # units, ~40 µs per exposure once full (a quarter of the router's CPU per gRPC call saturated).
+        self._recent: OrderedDict[str, tuple[int, str]] = OrderedDict()
         self._rounds = asyncio.Lock()  # one round at a time: the hub's, `flush`'s or `close`'s
         self._started = False
         self._closing = False
@@ -237,7 +240,7 @@ class EventLog:
         recent.pop(unit_hash, None)
         recent[unit_hash] = stratum
         if len(recent) > LRU_SIZE:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     def _check_full(self) -> None:
         if len(self._agg) >= self._batch_events:

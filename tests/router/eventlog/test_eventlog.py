@@ -798,3 +798,20 @@ def test_a_torn_last_spill_line_is_skipped(tmp_path: Path) -> None:
 def test_audit_rows_written_before_event_ids_still_decode() -> None:
     old = '[["outcome","r1","u1","control",1,5.0,"revenue",2.0]]'
     assert decode_events(old) == [Outcome("u1", "control", 1, "revenue", 2.0, 5.0, request_id="r1")]
+
+
+async def test_the_local_memory_keeps_the_most_recently_exposed_units(
+    make_log: MakeLog, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from abrouter.router.eventlog import log as eventlog_log
+
+    monkeypatch.setattr(eventlog_log, "LRU_SIZE", 3)
+    exp = make_experiment("recent")
+    writer = await make_log(redis_server.url, exp)
+    for i, unit in enumerate(["u1", "u2", "u3", "u1", "u4"]):  # u1 exposed again: u2 is the oldest when u4 comes
+        writer.record_exposure(Exposure(f"r{i}", unit, "control", 1, 0.0, 200, 1.0, False))
+    redis_server.kill()  # only the local memory answers now
+    assert await writer.lookup_units(["u1", "u3", "u4"]) == {"u1": (1, "control"), "u3": (1, "control"),
+                                                             "u4": (1, "control")}  # fmt: skip
+    with pytest.raises(EventLogUnavailable):
+        await lookup(writer, "u2")
