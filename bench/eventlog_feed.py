@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import tempfile
 import time
@@ -85,6 +86,8 @@ async def main(args: argparse.Namespace) -> None:
         assert log.stats.dropped == 0 and log.stats.spilled == 0, log.stats
     doc = {"lags": probe.lags, "rounds": probe.rounds, "steps": probe.steps, "gcs": probe.gcs}
     summary = loop_probe.summary(doc, t0, t1)
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(doc))
     encode_s = sum(d for s, d, w in probe.steps if t0 <= s <= t1 and w.startswith("encode"))
     print(
         json.dumps(
@@ -104,8 +107,18 @@ if __name__ == "__main__":
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--record-only", action="store_true", help="record into nothing: the feed's own cost")
+    p.add_argument("--dump", type=Path, help="write the probe's records (loop_probe.Probe) to this file")
+    p.add_argument(
+        "--slow-ms",
+        type=float,
+        help="asyncio's own loop in debug mode instead of uvloop: log every callback that held it longer (stderr)",
+    )
     a = p.parse_args()
     loop_probe.instrument_eventlog()
-    loop = serving.new_loop()
+    loop = serving.new_loop() if a.slow_ms is None else asyncio.new_event_loop()
+    if a.slow_ms is not None:
+        logging.basicConfig(level=logging.WARNING)
+        loop.set_debug(True)
+        loop.slow_callback_duration = a.slow_ms / 1000
     loop.run_until_complete(main(a))
     loop.close()

@@ -123,6 +123,45 @@ def instrument_eventlog() -> None:
             PROBE.steps.append((start, time.perf_counter() - start, "evalsha"))
 
     script.FlushScript._evalsha = timed_evalsha  # type: ignore[method-assign]
+    _instrument_redis()
+
+
+def _instrument_redis() -> None:
+    """Time redis-py's synchronous parts of a command: packing it, and handing it to the transport."""
+    import redis.asyncio.connection as rc
+
+    pack = rc.AbstractConnection.pack_command
+
+    def timed_pack(self: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return pack(self, *args)
+        finally:
+            PROBE.steps.append((start, time.perf_counter() - start, "redis-pack"))
+
+    rc.AbstractConnection.pack_command = timed_pack  # type: ignore[method-assign]
+    send = rc.AbstractConnection._send_packed_command
+
+    async def timed_send(self: Any, command: Any) -> None:
+        writer = self._writer
+        if writer is None:
+            return await send(self, command)
+        writelines = writer.writelines
+
+        def timed_writelines(data: Any) -> None:
+            start = time.perf_counter()
+            try:
+                writelines(data)
+            finally:
+                PROBE.steps.append((start, time.perf_counter() - start, "redis-write"))
+
+        writer.writelines = timed_writelines
+        try:
+            return await send(self, command)
+        finally:
+            del writer.writelines
+
+    rc.AbstractConnection._send_packed_command = timed_send  # type: ignore[method-assign]
 
 
 def summary(doc: dict[str, Any], start: float, end: float) -> dict[str, Any]:
