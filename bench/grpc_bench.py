@@ -149,6 +149,12 @@ def main() -> None:
     p.add_argument("--proxy-cpus", default="0")
     p.add_argument("--load-cpus", default="1")
     p.add_argument("--no-event-log", action="store_true", help="the router records nothing")
+    p.add_argument(
+        "--redis-idle",
+        action="store_true",
+        help="run Redis SCHED_IDLE (chrt --idle) on the load core: its flush.lua work then never delays the "
+        "upstream or the load generator, as a Redis on another host would not (bench/redis_neighbour.py)",
+    )
     p.add_argument("--before", type=Path, help="also run the router of this checkout (`abrouter-before`)")
     p.add_argument("--only", help="comma-separated targets to run (default: all; direct and envoy always run)")
     args = p.parse_args()
@@ -164,6 +170,7 @@ def main() -> None:
     upstream = [PY, str(HERE / (LOAD if args.load == "own" else "grpc_load.py")), "--serve", f"{a},{b}"]
     redis = [find_binary(), "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "", "--appendonly", "no",
              "--dir", str(tmp)]  # fmt: skip
+    redis = ["chrt", "--idle", "0", *redis] if args.redis_idle else redis
     # No hot restart: another Envoy on the machine (the shared harness's) would otherwise take
     # this one's place through their shared memory, and this one would exit mid-run.
     envoy = [args.envoy, "-c", str(tmp / "envoy.yaml"), "--concurrency", "1", "--log-level", "error",

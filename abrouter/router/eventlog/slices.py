@@ -16,9 +16,11 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Rows (cells, keyed outcomes or raw events) encoded between two yields: about 1 ms of
-#: CPU, a few on a busy core.
-SLICE = 1000
+#: Rows (cells, keyed outcomes or raw events) encoded between two yields: ~0.3 ms of CPU
+#: (~1.2 µs a row), so that a request arriving mid-flush waits at most that long for the
+#: loop. 1,000 held it ~1.2-2.5 ms a step at a busy router's batch (`log.BATCH_EVENTS`):
+#: bench/eventlog_feed.py, bench/README.md. A yield costs a loop turn (a few µs).
+SLICE = 250
 
 # One encoder, built once: json.dumps(separators=...) builds a new one on every call.
 JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)

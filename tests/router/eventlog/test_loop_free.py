@@ -98,3 +98,23 @@ def test_a_spill_line_holds_the_payload_verbatim_and_old_lines_still_read(tmp_pa
     # a file written before the change (a batch from before packed cells), then lines after it
     path.write_bytes(old.encode() + b"\n" + spill.encode(older) + line)
     assert [b for b, _ in spill.read_batches(path)] == [older, older, batch]
+
+
+def test_a_busy_routers_batch_is_encoded_a_few_hundred_rows_at_a_time() -> None:
+    # A batch cut at `log.BATCH_EVENTS` (a router at a few thousand calls/s) must not hold the
+    # loop for milliseconds in one step: at ~1.2 µs a row, a step of 1,000 rows held it
+    # ~1.2-2.5 ms (bench/README.md, issue 17). Counted in rows, not timed.
+    n = log.BATCH_EVENTS
+    agg = Aggregator(["errors", "latency_ms", "slow_requests"], set())
+    for i in range(n):
+        agg.add_exposure(Exposure(f"r{i}", f"u{i}", "control", 1, 1.5, 200, 2.0, False))
+    steps = agg.encode(producer="p", seq=1)  # the default slice, as `log.encode_batch` runs it
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration:
+            break
+        yields += 1
+    rows = n + n  # the cells, then the raw events
+    assert rows / yields <= 256
