@@ -28,21 +28,11 @@ import time
 
 import grpc
 import grpc.aio
+from h2_load import percentiles
 
 #: The default method: the OIP's inference call, which the router proxies as unary.
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 MESSAGE = b'{"inputs": [1, 2, 3], "model": "recsys", "padding": "' + b"x" * 40 + b'"}'
-
-
-def _percentiles(latencies: list[float]) -> dict[str, float]:
-    if not latencies:
-        return {}
-    ordered = sorted(latencies)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-
-    return {"p50_ms": at(0.50), "p90_ms": at(0.90), "p99_ms": at(0.99), "p999_ms": at(0.999)}
 
 
 def _metadata() -> tuple[tuple[str, str], ...]:
@@ -77,7 +67,7 @@ async def closed_loop(
     for channel in pool:
         await channel.close()
     return {"calls": len(latencies), "errors": errors, "calls_per_s": round(len(latencies) / elapsed, 1),
-            **_percentiles(latencies)}  # fmt: skip
+            **percentiles(latencies)}  # fmt: skip
 
 
 async def open_loop(target: str, *, rate: float, channels: int, seconds: float, method: str) -> dict[str, object]:
@@ -109,7 +99,7 @@ async def open_loop(target: str, *, rate: float, channels: int, seconds: float, 
     await asyncio.gather(*tasks)
     for channel in pool:
         await channel.close()
-    return {"calls": len(latencies), "errors": errors, "rate": rate, **_percentiles(latencies)}
+    return {"calls": len(latencies), "errors": errors, "rate": rate, **percentiles(latencies)}
 
 
 class _Echo(grpc.GenericRpcHandler):

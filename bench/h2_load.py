@@ -293,7 +293,7 @@ def _value(fields: list[tuple[str, str]], name: str) -> str:
     return next((value for key, value in fields if key == name), "none")
 
 
-def _percentiles(latencies: list[float]) -> dict[str, float]:
+def percentiles(latencies: list[float]) -> dict[str, float]:
     if not latencies:
         return {}
     ordered = sorted(latencies)
@@ -337,7 +337,7 @@ async def closed_loop(
         "calls": len(run.latencies),
         "errors": sum(run.errors.values()),
         "calls_per_s": round(len(run.latencies) / elapsed, 1),
-        **_percentiles(run.latencies),
+        **percentiles(run.latencies),
     }
     if run.errors:
         result["error_kinds"] = run.errors
