@@ -34,6 +34,7 @@ from tests.router.grpc.test_h2_conformance import (
     upstream,
 )
 from tests.router.grpc.test_h2_hold import TIMEOUTS, Caller, _body, _streams
+from tests.router.grpc.windows import WindowedSender
 
 own = pytest.mark.parametrize("grpc_server", ["own"])
 
@@ -56,22 +57,19 @@ def budget(monkeypatch: pytest.MonkeyPatch) -> int:
     return BUDGET
 
 
-class Answers:
+class Answers(WindowedSender):
     """The upstream's end of the router's connection: each call's answer sent as the router's windows allow,
     a frame per stream in turn, its trailers once it is whole (or once every answer is: `hold_trailers`)."""
 
+    END_WITH_DATA = False
+    wire: UpstreamWire
+
     def __init__(self, wire: UpstreamWire) -> None:
-        self.wire = wire
-        self.initial = frames.DEFAULT_WINDOW
-        self.conn_window = frames.DEFAULT_WINDOW
-        self.windows: dict[int, int] = {}
+        super().__init__(wire)
         #: The largest window the router gave each stream.
         self.most: dict[int, int] = {}
-        self.left: dict[int, bytes] = {}
-        self.sent: dict[int, int] = {}
         self.hold_trailers = False
         self.whole: list[int] = []
-        self._pings = 0
 
     def answer(self, stream_id: int, body: bytes) -> None:
         self.wire.respond(stream_id, OK_HEAD)
@@ -81,22 +79,11 @@ class Answers:
         self.sent[stream_id] = 0
 
     def take(self, f: Frame) -> None:
-        if f.kind == frames.SETTINGS and not f.flags & frames.ACK:
-            for key, value in frames.parse_settings(f.payload):
-                if key == frames.INITIAL_WINDOW_SIZE:
-                    for s in self.windows:
-                        self.windows[s] += value - self.initial
-                    self.initial = value
-        elif f.kind == frames.HEADERS:
+        self.take_window(f)
+        if f.kind == frames.HEADERS:
             self.windows.setdefault(f.stream_id, self.initial)
-        elif f.kind == frames.WINDOW_UPDATE:
-            increment = frames.parse_window_update(f.payload)
-            if f.stream_id == 0:
-                self.conn_window += increment
-            elif f.stream_id in self.windows:
-                self.windows[f.stream_id] += increment
-                if f.stream_id in self.most:
-                    self.most[f.stream_id] = max(self.most[f.stream_id], self.windows[f.stream_id])
+        elif f.kind == frames.WINDOW_UPDATE and f.stream_id in self.most:
+            self.most[f.stream_id] = max(self.most[f.stream_id], self.windows[f.stream_id])
         elif f.kind == frames.RST_STREAM:
             self.left.pop(f.stream_id, None)
 
@@ -113,46 +100,10 @@ class Answers:
             await self.step()
         raise AssertionError(f"{count} calls never began")
 
-    def pump(self) -> bool:
-        """One frame on each answer with data left, as the windows allow: whether any went."""
-        went = False
-        for s, rest in list(self.left.items()):
-            room = min(self.conn_window, self.windows[s], 16384, len(rest))
-            if room <= 0:
-                continue
-            self.wire.send(frames.data(s, rest[:room]))
-            self.left[s] = rest[room:]
-            self.windows[s] -= room
-            self.conn_window -= room
-            self.sent[s] += room
-            went = True
-            if room == len(rest):
-                del self.left[s]
-                self.whole.append(s)
-                if not self.hold_trailers:
-                    self.wire.respond(s, [("grpc-status", "0")], end_stream=True)
-        return went
-
-    async def settle(self) -> None:
-        """Everything the router answers to what was sent so far: a PING, and the frames up to its ACK."""
-        self._pings += 1
-        token = self._pings.to_bytes(8, "big")
-        self.wire.send(frames.frame(frames.PING, 0, 0, token))
-        for _ in range(100_000):
-            f = await self.step()
-            if f.kind == frames.PING and f.flags & frames.ACK and f.payload == token:
-                return
-        raise AssertionError("no PING ACK")
-
-    async def until_shut(self) -> None:
-        """Send while the windows let us, until the router lets nothing more through."""
-        for _ in range(10_000):
-            while self.pump():
-                await self.wire.writer.drain()
-            await self.settle()
-            if not self.pump():
-                return
-        raise AssertionError("the windows never shut")
+    def finished(self, stream_id: int) -> None:
+        self.whole.append(stream_id)
+        if not self.hold_trailers:
+            self.wire.respond(stream_id, [("grpc-status", "0")], end_stream=True)
 
     async def until_sent(self, streams: list[int]) -> None:
         """Send as the windows allow, until each of `streams` was answered whole."""

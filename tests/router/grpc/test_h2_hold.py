@@ -33,6 +33,7 @@ from tests.router.grpc.test_h2_conformance import (
     _message,
     upstream,
 )
+from tests.router.grpc.windows import WindowedSender
 
 #: The listener's own limit, before a test lowers it.
 LISTENER_LIMIT = h2server.GrpcConnection.HOLD_LIMIT
@@ -56,17 +57,14 @@ def limit(monkeypatch: pytest.MonkeyPatch) -> int:
     return LIMIT
 
 
-class Caller:
+class Caller(WindowedSender):
     """A caller that keeps to the router's windows: each stream's data goes out, a frame per stream in turn,
     as far as they allow; what comes back is kept per stream (header blocks decoded in order)."""
 
+    wire: Wire
+
     def __init__(self, wire: Wire) -> None:
-        self.wire = wire
-        self.conn_window = frames.DEFAULT_WINDOW
-        self.initial = frames.DEFAULT_WINDOW
-        self.windows: dict[int, int] = {}
-        self.left: dict[int, bytes] = {}
-        self.sent: dict[int, int] = {}
+        super().__init__(wire)
         self.heads: dict[int, dict[str, str]] = {}
         self.trailers: dict[int, dict[str, str]] = {}
         self.bodies: dict[int, bytearray] = {}
@@ -75,7 +73,6 @@ class Caller:
         self.goaway: tuple[int, int] | None = None
         #: Credit the router's DATA back at once (else it stays in the router: a caller that does not read).
         self.credit = True
-        self._pings = 0
 
     @classmethod
     async def connect(cls, r: GrpcRouter) -> Caller:
@@ -105,38 +102,11 @@ class Caller:
     def total(self) -> int:
         return sum(self.sent.values())
 
-    def pump(self) -> bool:
-        """One frame on each stream with data left, as the windows allow: whether any went."""
-        went = False
-        for s, rest in list(self.left.items()):
-            room = min(self.conn_window, self.windows[s], 16384, len(rest))
-            if room <= 0:
-                continue
-            self.wire.send(frames.data(s, rest[:room], end_stream=room == len(rest)))
-            self.left[s] = rest[room:]
-            if room == len(rest):
-                del self.left[s]
-            self.windows[s] -= room
-            self.conn_window -= room
-            self.sent[s] += room
-            went = True
-        return went
-
     def take(self, f: Frame) -> None:
         """What the router sent: windows, settings, answers."""
+        self.take_window(f)
         if f.kind == frames.SETTINGS and not f.flags & frames.ACK:
-            for key, value in frames.parse_settings(f.payload):
-                if key == frames.INITIAL_WINDOW_SIZE:
-                    for s in self.windows:
-                        self.windows[s] += value - self.initial
-                    self.initial = value
             self.wire.send(frames.SETTINGS_ACK)
-        elif f.kind == frames.WINDOW_UPDATE:
-            increment = frames.parse_window_update(f.payload)
-            if f.stream_id == 0:
-                self.conn_window += increment
-            elif f.stream_id in self.windows:
-                self.windows[f.stream_id] += increment
         elif f.kind == frames.HEADERS:
             assert f.flags & frames.END_HEADERS, "the router's header blocks are small here"
             fields = dict(self.wire.decoder.decode(frames.header_block(f.payload, f.flags)))
@@ -155,27 +125,10 @@ class Caller:
         if f.kind in (frames.HEADERS, frames.DATA) and f.flags & frames.END_STREAM:
             self.ended.add(f.stream_id)
 
-    async def settle(self) -> None:
-        """Everything the router answers to what was sent so far: a PING, and the frames up to its ACK."""
-        self._pings += 1
-        token = self._pings.to_bytes(8, "big")
-        self.wire.send(frames.frame(frames.PING, 0, 0, token))
-        for _ in range(100_000):
-            f = await self.wire.frame()
-            self.take(f)
-            if f.kind == frames.PING and f.flags & frames.ACK and f.payload == token:
-                return
-        raise AssertionError("no PING ACK")
-
-    async def send_until_shut(self) -> None:
-        """Send while the windows let us, until the router lets nothing more through."""
-        for _ in range(10_000):
-            while self.pump():
-                await self.wire.writer.drain()
-            await self.settle()
-            if not self.pump():
-                return
-        raise AssertionError("the windows never shut")
+    async def step(self) -> Frame:
+        f = await self.wire.frame()
+        self.take(f)
+        return f
 
     async def until_ended(self, streams: list[int]) -> None:
         """Send as the windows allow, until the router ended each of `streams`."""
@@ -184,7 +137,7 @@ class Caller:
                 await self.wire.writer.drain()
             if self.ended.issuperset(streams):
                 return
-            self.take(await self.wire.frame())
+            await self.step()
         raise AssertionError(f"not ended: {sorted(set(streams) - self.ended)}")
 
 
@@ -257,7 +210,7 @@ async def test_a_caller_sending_on_many_streams_to_an_upstream_that_reads_nothin
         try:
             for s in streams:
                 caller.open(s, "/test.Quirky/Upload", bodies[s])
-            await caller.send_until_shut()
+            await caller.until_shut()
             _held_at_the_connection(caller)
             # Not before the limit: the last window given back came with less than it held, and half a window
             # later it held the limit.
@@ -334,7 +287,7 @@ async def test_the_copies_kept_to_send_calls_again_count_as_held_until_the_upstr
         try:
             for s in streams:
                 caller.open(s, "/test.Quirky/Upload", bodies[s])
-            await caller.send_until_shut()
+            await caller.until_shut()
             _held_at_the_connection(caller, limit)
             assert max(caller.sent.values()) <= relay.REPLAY_LIMIT  # all of it kept
             shut.set()
@@ -371,7 +324,7 @@ async def test_streams_the_caller_resets_while_held_give_their_bytes_back_and_th
         try:
             for s in held:
                 caller.open(s, "/test.Quirky/Upload", _body(s, 2 * STREAM_WINDOW))
-            await caller.send_until_shut()
+            await caller.until_shut()
             _held_at_the_connection(caller)
             for s in held:
                 caller.reset(s)
@@ -416,7 +369,7 @@ async def test_calls_answered_while_held_ended_or_not_give_their_bytes_back_and_
                 caller.open(s, "/test.Quirky/Upload", _body(s, STREAM_WINDOW // 2 - 5))
             for s in cut:
                 caller.open(s, "/test.Quirky/Upload", _body(s, 2 * STREAM_WINDOW))
-            await caller.send_until_shut()
+            await caller.until_shut()
             _held_at_the_connection(caller, limit)
             assert all(caller.sent[s] == STREAM_WINDOW // 2 for s in whole)  # ended, and held
             shut.set()
@@ -465,7 +418,7 @@ async def test_a_request_passed_on_after_it_ended_holds_nothing_while_its_answer
         try:
             for s in waiting:
                 caller.open(s, "/test.Quirky/Upload", _body(s, STREAM_WINDOW - 5))
-            await caller.send_until_shut()
+            await caller.until_shut()
             assert not caller.left  # all sent and ended, none taken yet (held)
             ended.set()
             caller.open(after, "/test.Quirky/Upload", body)
@@ -527,7 +480,7 @@ async def test_a_caller_sending_beyond_the_connection_window_it_was_held_to_gets
         try:
             for s in streams:
                 caller.open(s, "/test.Quirky/Upload", _body(s, 2 * STREAM_WINDOW))
-            await caller.send_until_shut()
+            await caller.until_shut()
             _held_at_the_connection(caller)
             s = next(iter(caller.left))  # one frame more than the window, and nothing after it
             caller.wire.send(frames.data(s, caller.left[s][:16384]))
