@@ -39,18 +39,11 @@ import grpc.aio
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from grpc_bench import ROOT, cpu_seconds, free_port, process, wait_port  # noqa: E402
+from grpc_bench import ROOT, SPEC, cpu_seconds, free_port, process, wait_port  # noqa: E402
 
 PY = sys.executable
 METHOD = "/bench.Big/Stream"
 CHUNK = 1 << 20
-SPEC = """\
-name: grpc-stream
-unit: {{header: X-User-Id}}
-variants:
-  - {{name: control, upstream: "http://127.0.0.1:9", grpc_upstream: "127.0.0.1:{port}", weight: 50}}
-  - {{name: candidate, upstream: "http://127.0.0.1:9", grpc_upstream: "127.0.0.1:{port}", weight: 50}}
-"""
 
 
 def _identity(data: bytes) -> bytes:
@@ -158,7 +151,7 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="grpc-stream-"))
     up_port, after_port, after_http, before_port, before_http = (free_port() for _ in range(5))
-    (tmp / "exp.yaml").write_text(SPEC.format(port=up_port))
+    (tmp / "exp.yaml").write_text(SPEC.format(a=up_port, b=up_port))
 
     def router(grpc_port: int, http: int) -> list[str]:
         return [PY, "-m", "abrouter", "--log-level", "WARNING", "serve", "--config", str(tmp / "exp.yaml"),
