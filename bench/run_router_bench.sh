@@ -24,12 +24,15 @@
 # The router code under test is exported from one commit (ROUTER_REF, default HEAD) into
 # a temp dir that goes first on the candidate's PYTHONPATH: other people commit to the
 # checkout while a run lasts (~15 min), and each router start would otherwise load
-# whatever the working tree holds at that moment. ROUTER_REF=worktree measures the live
-# checkout instead (uncommitted changes included).
+# whatever the working tree holds at that moment. That export is built into a wheel first
+# (ROUTER_BUILD=compiled, the default: the mypyc-compiled modules users run, as `pip
+# install` builds them); ROUTER_BUILD=pure measures the plain sources. ROUTER_REF=worktree
+# measures the live checkout instead (uncommitted changes included, as it is installed).
+# Which build ran is in code.txt (`abrouter --version`).
 #
 # Knobs (env): ROUNDS (3), LAT_ROUNDS (2), DURATION (10), LAT_DURATION (5), CONNS (64),
 #   TPUT_CONFIGS ("direct envoy aiohttp"), LAT_CONFIGS ("direct envoy aiohttp"),
-#   PHASES ("throughput latency"), CANDIDATES ("eventlog no-eventlog"; also "workers2": --workers 2, "gateway50": 50 experiments), REDIS_CPUS (1),
+#   PHASES ("throughput latency"), ROUTER_BUILD (compiled|pure), CANDIDATES ("eventlog no-eventlog"; also "workers2": --workers 2, "gateway50": 50 experiments), REDIS_CPUS (1),
 #   REDIS_SERVER (<repo>/.venv/bin/redis-server, else PATH), ROUTER_REF (HEAD), HARNESS, OUT
 #   (/tmp/splitbench/router/<timestamp>), and every knob of the harness itself
 #   (QUIET_MAX, QUIET_WAIT, NOISY_RETRIES, WARMUP, WORKDIR, ...), which pass through.
@@ -52,12 +55,14 @@ PHASES=${PHASES:-"throughput latency"}
 CANDIDATES=${CANDIDATES:-"eventlog no-eventlog"}
 REDIS_CPUS=${REDIS_CPUS:-1}
 ROUTER_REF=${ROUTER_REF:-HEAD}
+ROUTER_BUILD=${ROUTER_BUILD:-compiled}
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${OUT:-"${WORKDIR:-/tmp/splitbench}/router/$STAMP"}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+[[ "$ROUTER_BUILD" == compiled || "$ROUTER_BUILD" == pure ]] || die "ROUTER_BUILD=$ROUTER_BUILD: compiled or pure"
 [[ -x "$HARNESS" ]] || die "harness $HARNESS not found (set HARNESS)"
 [[ -x "$ROOT/.venv/bin/abrouter" ]] || die "$ROOT/.venv/bin/abrouter not found"
 if [[ -z "${REDIS_SERVER:-}" ]]; then
@@ -88,13 +93,23 @@ if [[ "$ROUTER_REF" == worktree ]]; then
   CODE="worktree of $ROOT at $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?') (uncommitted changes included)"
 else
   COMMIT=$(git -C "$ROOT" rev-parse --verify "$ROUTER_REF^{commit}") || die "ROUTER_REF=$ROUTER_REF is not a commit"
-  mkdir -p "$TMP/src"
-  git -C "$ROOT" archive "$COMMIT" abrouter | tar -x -C "$TMP/src"
-  SRC_ENV="ROUTER_SRC=$TMP/src "
+  mkdir -p "$TMP/src" "$TMP/site"
+  git -C "$ROOT" archive "$COMMIT" abrouter setup.py pyproject.toml | tar -x -C "$TMP/src"
+  if [[ "$ROUTER_BUILD" == compiled ]]; then
+    # What users run: a wheel of that commit (its mypyc-compiled modules built), unpacked.
+    log "building a wheel of $COMMIT (mypyc; ~1-2 min)"
+    "$PY" -m pip wheel -q --no-deps -w "$TMP/wheel" "$TMP/src" > "$TMP/wheel.log" 2>&1 \
+      || { cat "$TMP/wheel.log" >&2; die "the wheel of $COMMIT did not build"; }
+    "$PY" -m zipfile -e "$TMP"/wheel/abrouter-*.whl "$TMP/site"
+  else
+    cp -r "$TMP/src/abrouter" "$TMP/site/"
+  fi
+  SRC_ENV="ROUTER_SRC=$TMP/site "
   CODE="commit $(git -C "$ROOT" log -1 --format='%h %ci %s' "$COMMIT")"
   dirty=$(git -C "$ROOT" status --porcelain -- abrouter)
   [[ -z "$dirty" ]] || log "note: uncommitted changes in the checkout are NOT measured (ROUTER_REF=$ROUTER_REF): $(echo $dirty)"
 fi
+CODE="$CODE; $(PYTHONPATH="${SRC_ENV:+$TMP/site}" "$PY" -m abrouter --version)"
 log "router code under test: $CODE"
 echo "$CODE" > "$OUT/code.txt"
 
@@ -118,7 +133,7 @@ redis_cpu_s() {   # CPU seconds (user+system) used by our redis-server so far
 
 # check_redis EXPERIMENT RESULTS_DIR : print what the router-eventlog candidate wrote
 check_redis() {
-  REDIS_URL="$REDIS_URL" PYTHONPATH="${SRC_ENV:+$TMP/src}" "$PY" - "$1" "$2" <<'EOF'
+  REDIS_URL="$REDIS_URL" PYTHONPATH="${SRC_ENV:+$TMP/site}" "$PY" - "$1" "$2" <<'EOF'
 import glob, os, re, sys
 import redis
 from abrouter.contract.keys import Keys, decode_agg
