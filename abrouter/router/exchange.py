@@ -39,14 +39,13 @@ from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from abrouter.contract.keys import unit_hash
-from abrouter.router import exposures
 from abrouter.router import headers as hdr
 from abrouter.router.errors import UpstreamError, UpstreamTimeout
 from abrouter.router.eventlog.events import Exposure
 from abrouter.router.matching import ModelAt, renamed
 from abrouter.router.metrics import ProxyMetrics
 from abrouter.router.requestid import RequestIds
-from abrouter.router.routing import RoutingTable
+from abrouter.router.routing import Arm, RoutingTable
 from abrouter.router.upstream.transport import Transport
 
 log = logging.getLogger("abrouter.proxy")
@@ -241,6 +240,7 @@ class Exchange:
 
     __slots__ = (
         "_services",
+        "arm",
         "body",
         "choice",
         "complete",
@@ -272,6 +272,8 @@ class Exchange:
         self.table = table  # one consistent snapshot for the whole request
         self.choice = choice
         self.variant = table.experiment.variants[choice.index]
+        #: What the variant's requests share (`routing.Arm`): its tags as fields, its metric series.
+        self.arm: Arm = table.arms[choice.index]
         self.request_id = request_id
         self.started = started
         # No response yet: if the client goes away first, this is what gets logged.
@@ -312,10 +314,11 @@ class Exchange:
             anonymous=choice.anonymous,
         )
         ex = cls(services, lane, incoming, table, choice, request_id, started)
-        ex.model_at = model_at
-        target, ex.body = renamed(incoming.target, body, model_at, ex.variant.model)  # the variant's own model name
-        if target != incoming.target:
-            ex.incoming = dataclasses.replace(incoming, target=target)
+        if model_at is not None:
+            ex.model_at = model_at
+            target, ex.body = renamed(incoming.target, body, model_at, ex.variant.model)  # the variant's own name
+            if target != incoming.target:
+                ex.incoming = dataclasses.replace(incoming, target=target)
         return ex
 
     @property
@@ -403,20 +406,23 @@ class Exchange:
         if not self.complete:
             return
         seconds = time.perf_counter() - self.started
-        services = self._services
         failed = self.error is not None or self.upstream_failed
-        services.metrics.observe_request(self.table.experiment.name, self.variant.name, self.status, seconds,
-                                         self.error, failed=failed, first_byte_s=self.first_byte_s)  # fmt: skip
+        table, arm = self.table, self.arm
+        metrics = self._services.metrics
+        series = arm.series
+        if series is None or series.metrics is not metrics:  # the arm's series, bound once per table
+            series = arm.series = metrics.arm(table.experiment.name, arm.name)
+        series.observe(self.status, seconds, self.error, failed, self.first_byte_s)
         if self.choice.forced:
             return  # QA overrides are not exposures of the experiment
-        if not exposures.is_exposure(self.incoming.method, self.incoming.target, self.table.experiment.exposures):
+        if not table.exposures.decide(self.incoming.method, self.incoming.target):
             return  # health and metadata calls are forwarded, not analysed (issue 9)
         self.lane.eventlog.record_exposure(
             Exposure(
                 request_id=self.request_id,
                 unit_hash=self.choice.unit_hash,
-                variant=self.variant.name,
-                epoch=self.table.epoch,
+                variant=arm.name,
+                epoch=table.epoch,
                 ts=now,
                 status=self.status,
                 latency_ms=seconds * 1000.0,

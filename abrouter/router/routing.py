@@ -7,10 +7,31 @@ always sees one consistent (experiment, weights, epoch) triple.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from abrouter.contract.experiment import Experiment
+from abrouter.router import headers as hdr
 from abrouter.router.assignment import Assigner
 from abrouter.router.errors import ReloadRejected
+from abrouter.router.exposures import Decider
+
+if TYPE_CHECKING:
+    from abrouter.router.metrics import ArmSeries
+
+
+class Arm:
+    """What every request of one variant shares, made once per table rather than per request: its tags as
+    HTTP/2 fields (lower case) and its upstream's ``:authority`` for the gRPC path, and its metric series
+    (`abrouter.router.metrics.ProxyMetrics.arm`, bound on first use: the metrics are the router's)."""
+
+    __slots__ = ("authority", "experiment_tag", "name", "series", "variant_tag")
+
+    def __init__(self, experiment: str, name: str, grpc_upstream: str | None) -> None:
+        self.name = name
+        self.experiment_tag = (hdr.EXPERIMENT_HEADER.lower(), experiment)
+        self.variant_tag = (hdr.VARIANT_HEADER.lower(), name)
+        self.authority = (":authority", grpc_upstream or "")
+        self.series: ArmSeries | None = None
 
 
 @dataclass(frozen=True)
@@ -18,8 +39,15 @@ class RoutingTable:
     experiment: Experiment
     #: Wall-clock time this weights epoch started in this process.
     since: float
+    # Derived in __post_init__ (declared, so that the compiled build has room for them).
     assigner: Assigner = field(init=False)
     index: dict[str, int] = field(init=False)
+    #: The experiment's weights epoch.
+    epoch: int = field(init=False)
+    #: Per variant, in the spec's order.
+    arms: tuple[Arm, ...] = field(init=False, repr=False, compare=False)
+    #: Which requests are exposures under the spec's ``exposures`` rules.
+    exposures: Decider = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         e = self.experiment
@@ -27,10 +55,9 @@ class RoutingTable:
             self, "assigner", Assigner(salt=e.salt, names=tuple(v.name for v in e.variants), weights=e.weights)
         )
         object.__setattr__(self, "index", {v.name: i for i, v in enumerate(e.variants)})
-
-    @property
-    def epoch(self) -> int:
-        return self.experiment.epoch
+        object.__setattr__(self, "epoch", e.epoch)
+        object.__setattr__(self, "arms", tuple(Arm(e.name, v.name, v.grpc_upstream) for v in e.variants))
+        object.__setattr__(self, "exposures", Decider(e.exposures))
 
     def weights_by_name(self) -> dict[str, float]:
         return {v.name: w for v, w in zip(self.experiment.variants, self.experiment.weights)}
