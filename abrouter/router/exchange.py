@@ -313,7 +313,7 @@ class Exchange:
             now=now,
             anonymous=choice.anonymous,
         )
-        ex = cls(services, lane, incoming, table, choice, request_id, started)
+        ex = Exchange(services, lane, incoming, table, choice, request_id, started)  # not cls: compiled, a direct call
         if model_at is not None:
             ex.model_at = model_at
             target, ex.body = renamed(incoming.target, body, model_at, ex.variant.model)  # the variant's own name

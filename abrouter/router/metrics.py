@@ -5,7 +5,6 @@ Counting is a few dict operations per request; rendering happens only on scrape.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,12 @@ class _Histogram:
     n: int = 0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        i = 0  # bisect.bisect_left(BUCKETS_S, seconds), walked: most observations fall in the first few buckets
+        for bound in BUCKETS_S:
+            if not bound < seconds:  # as bisect's test: NaN counts in bucket 0
+                break
+            i += 1
+        self.counts[i] += 1
         self.total += seconds
         self.n += 1
 

@@ -351,12 +351,12 @@ class Call:
         elif forwarded is not None:
             head.append((_XFF, forwarded))
         head.append((_TIMEOUT, wire.encode_timeout(self.deadline - self.loop.time())))
-        waiting, self.waiting = self.waiting or [], None
+        waiting, self.waiting = self.waiting, None
         if not waiting and self.request_ended:
             up.send_headers(stream, head, end_stream=True)
             return
         up.send_headers(stream, head)
-        for chunk in waiting:
+        for chunk in waiting or ():
             if self.replay is not None:
                 self._keep(chunk)
             up.send_data(stream, chunk)
