@@ -143,3 +143,14 @@ def test_reload_requires_a_higher_epoch_for_new_weights():
     upstream_only["variants"][0]["upstream"] = "http://model-a2:8080"
     kept = next_table(old, model.parse(upstream_only), now=3.0)
     assert kept.epoch == 1 and kept.since == 1.0 and kept.experiment.control.upstream == "http://model-a2:8080"
+
+
+def test_a_header_value_is_read_as_the_utf8_its_bytes_most_likely_are():
+    from abrouter.router.exchange import header
+
+    fields = [("content-type", "x"), ("X-User-Id", "user-1"), ("x-name", "caf\xc3\xa9"), ("x-raw", "\xff\xfe")]
+    assert header(fields, "x-user-id") == "user-1"  # names in any case
+    assert header([("x-user-id", "u2")], "X-User-Id") == "u2"
+    assert header(fields, "X-Name") == "café"  # UTF-8 bytes, received as latin-1 text
+    assert header(fields, "x-raw") == "\udcff\udcfe"  # not UTF-8: kept byte for byte
+    assert header(fields, "x-missing") is None
