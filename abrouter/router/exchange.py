@@ -215,19 +215,19 @@ def query_param(target: str, name: str) -> str | None:
 
 
 def unit_of(incoming: Incoming, table: RoutingTable) -> str | None:
-    source = table.experiment.unit
-    if source.kind == "header":
-        value = header(incoming.headers, source.name)
-    elif source.kind == "cookie":
-        value = cookie(incoming.headers, source.name)
+    kind, name = table.unit_kind, table.unit_name  # the spec's `unit`
+    if kind == "header":
+        value = header(incoming.headers, name)
+    elif kind == "cookie":
+        value = cookie(incoming.headers, name)
     else:
-        value = query_param(incoming.target, source.name)
+        value = query_param(incoming.target, name)
     return value or None
 
 
 def assign(incoming: Incoming, table: RoutingTable, rng: random.Random) -> Assignment:
     """Which variant serves this request, and as which unit. Raises `Refused` for a bad override."""
-    forced = header(incoming.headers, hdr.FORCE_HEADER) if table.experiment.allow_force_variant else None
+    forced = header(incoming.headers, hdr.FORCE_HEADER) if table.allow_force_variant else None
     if forced:
         if forced not in table.index:
             known = ", ".join(table.index)
@@ -236,7 +236,7 @@ def assign(incoming: Incoming, table: RoutingTable, rng: random.Random) -> Assig
         return Assignment(table.index[forced], _random_unit(rng), forced=True)
     unit = unit_of(incoming, table)
     new_cookie = None
-    if unit is None and table.experiment.unit.kind == "cookie":
+    if unit is None and table.unit_kind == "cookie":
         unit = new_cookie = uuid.uuid4().hex
     if unit is None:  # no id: an independent random draw, and the request is its own unit
         return Assignment(table.assigner.assign_random(rng), _random_unit(rng), forced=False, anonymous=True)
@@ -284,9 +284,9 @@ class Exchange:
         self.body: bytes | None = None
         self.table = table  # one consistent snapshot for the whole request
         self.choice = choice
-        self.variant = table.experiment.variants[choice.index]
         #: What the variant's requests share (`routing.Arm`): its tags as fields, its metric series.
         self.arm: Arm = table.arms[choice.index]
+        self.variant = self.arm.variant
         self.request_id = request_id
         self.started = started
         # No response yet: if the client goes away first, this is what gets logged.
@@ -329,7 +329,7 @@ class Exchange:
         ex = Exchange(services, lane, incoming, table, choice, request_id, started)  # not cls: compiled, a direct call
         if model_at is not None:
             ex.model_at = model_at
-            target, ex.body = renamed(incoming.target, body, model_at, ex.variant.model)  # the variant's own name
+            target, ex.body = renamed(incoming.target, body, model_at, ex.arm.model)  # the variant's own name
             if target != incoming.target:
                 ex.incoming = dataclasses.replace(incoming, target=target)
         return ex

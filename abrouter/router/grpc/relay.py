@@ -311,7 +311,7 @@ class Call:
             self._fail(refused.problem)
             self.done = True
             return
-        model = ex.variant.model
+        model = ex.arm.model
         if first is not None and name and model and model != name:  # the variant's own model name
             head = _renamed_first(data[: 5 + len(first)], first, whole, model)
             rest = data[5 + len(first) :]
@@ -320,15 +320,15 @@ class Call:
                 rest = self._renamed(rest)
             self.debt += len(head) - 5 - len(first)
             self.waiting = [head, rest]
-        address = ex.variant.grpc_upstream
+        address = ex.arm.grpc_upstream
         if address is None:
-            self._fail_upstream(UpstreamUnavailable(f"variant {ex.variant.name!r} has no grpc_upstream"))
+            self._fail_upstream(UpstreamUnavailable(f"variant {ex.arm.name!r} has no grpc_upstream"))
             return
-        timeouts = ex.table.experiment.timeouts
-        timeout = self.timeout if self.timeout is not None else timeouts.read_s
+        table = ex.table
+        timeout = self.timeout if self.timeout is not None else table.read_s
         self.deadline = self.arrived + timeout
         self.bucket = self.timers.add(self, self.deadline)
-        self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
+        self.upstreams.open(address, self, connect_s=min(table.connect_s, timeout))
 
     # --- the upstream's side ---
 
