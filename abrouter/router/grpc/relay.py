@@ -79,28 +79,34 @@ class Deadlines:
     bucket, not one per call (a uvloop timer set and cancelled per call cost about a tenth of a
     unary call's relay, its handle closed on another pass of the loop)."""
 
-    __slots__ = ("buckets", "loop")
+    __slots__ = ("buckets", "last", "last_key", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.buckets: dict[int, set[Call]] = {}
+        #: The bucket added to last, and its key: the next calls' deadlines mostly fall in it too (no lookup).
+        self.last: set[Call] | None = None
+        self.last_key = 0
 
     def add(self, call: Call, at: float) -> int:
         """Expire `call` (`Call._expired`) once `at` passed; the bucket's key, for `remove`."""
         key = math.ceil(at / DEADLINE_GRAIN_S)
-        bucket = self.buckets.get(key)
+        bucket = self.last if key == self.last_key else self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = set()
             self.loop.call_at(key * DEADLINE_GRAIN_S, self._fire, key)
+        self.last, self.last_key = bucket, key
         bucket.add(call)
         return key
 
     def remove(self, call: Call, key: int) -> None:
-        bucket = self.buckets.get(key)
+        bucket = self.last if key == self.last_key else self.buckets.get(key)
         if bucket is not None:
             bucket.discard(call)
 
     def _fire(self, key: int) -> None:
+        if key == self.last_key:
+            self.last, self.last_key = None, 0
         for call in self.buckets.pop(key, ()):
             try:
                 call._expired()

@@ -197,10 +197,13 @@ REQUEST_ID_FIELD: Final = hdr.REQUEST_ID_HEADER.lower()
 
 def parse_timeout(value: str | None) -> float | None:
     """A ``grpc-timeout`` value in seconds (``100m`` -> 0.1), or None when absent or malformed."""
-    if not value or len(value) > 9 or not value[:-1].isdigit():
+    if not value or len(value) > 9:
+        return None
+    digits = value[:-1]
+    if not digits.isdigit():
         return None
     unit = _TIMEOUT_UNITS.get(value[-1])
-    return None if unit is None else int(value[:-1]) * unit
+    return None if unit is None else int(digits) * unit
 
 
 def encode_timeout(seconds: float) -> str:
