@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from abrouter.contract.keys import unit_hash
@@ -50,12 +50,12 @@ from abrouter.router.upstream.transport import Transport
 
 log = logging.getLogger("abrouter.proxy")
 
-COOKIE_MAX_AGE_S = 365 * 86400
+COOKIE_MAX_AGE_S: Final = 365 * 86400
 #: Status logged when the client disconnected before the upstream answered; not an error
 #: of the variant (nginx's 499).
-CLIENT_CLOSED = 499
+CLIENT_CLOSED: Final = 499
 #: Epoch 0 in a request id marks a QA override, which is not part of the experiment.
-FORCED_EPOCH = 0
+FORCED_EPOCH: Final = 0
 
 
 class ExposureLog(Protocol):

@@ -26,17 +26,18 @@ import os
 import random
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from abrouter.router.errors import RequestIdError
 
-_BODY = struct.Struct(">8sIBI6s")
+_BODY: Final = struct.Struct(">8sIBI6s")
 #: `_BODY` with its 6 random bytes packed as two big-endian ints (2 and 4 bytes): the same bytes, no bytes object
 #: made for them.
-_PACKED = struct.Struct(">8sIBIHI")
-_MAC_LEN = 8
-_ANONYMOUS = 0x80  # the top bit of the random part's first byte
-_ENCODED_LEN = 42
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_PACKED: Final = struct.Struct(">8sIBIHI")
+_MAC_LEN: Final = 8
+_ANONYMOUS: Final = 0x80  # the top bit of the random part's first byte
+_ENCODED_LEN: Final = 42
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,17 +61,17 @@ log = logging.getLogger("abrouter.grpc")
 
 #: The most of an inference call's first message held to read its model name: a larger
 #: message (a big tensor) is read from its first bytes, where serialisers write the name.
-NAME_PREFIX = 64 * 1024
+NAME_PREFIX: Final = 64 * 1024
 #: How many times a call the upstream refused unprocessed is sent again before it fails UNAVAILABLE:
 #: a draining pod's refusals are over after one (the next connection goes to a live one); a bound,
 #: so an upstream that refuses every call (over its own concurrency limit) is not hammered.
-MAX_RETRIES = 2
+MAX_RETRIES: Final = 2
 #: The most request bytes kept to send again after a refusal (until the upstream's first response
 #: frame): a call that streamed more before it was refused fails UNAVAILABLE instead.
-REPLAY_LIMIT = 64 * 1024
-_TIMED_OUT = "the call's deadline passed before the upstream finished"
+REPLAY_LIMIT: Final = 64 * 1024
+_TIMED_OUT: Final = "the call's deadline passed before the upstream finished"
 #: The calls' deadlines are kept in buckets this wide (seconds): a call's DEADLINE_EXCEEDED comes at most this late.
-DEADLINE_GRAIN_S = 0.01
+DEADLINE_GRAIN_S: Final = 0.01
 
 
 class Deadlines:
