@@ -57,6 +57,36 @@ _decided: dict[tuple[str, str, tuple[ExposureRule, ...]], bool] = {}
 _DECIDED_MAX = 4096
 
 
+class Decider:
+    """`is_exposure` under one spec's rules (`abrouter.router.routing.RoutingTable.exposures`), its decisions kept
+    by method, then path: two lookups of strings per request, no key tuple."""
+
+    __slots__ = ("_decided", "_size", "rules")
+
+    def __init__(self, rules: Sequence[ExposureRule]) -> None:
+        self.rules = tuple(rules)
+        self._decided: dict[str, dict[str, bool]] = {}
+        self._size = 0
+
+    def decide(self, method: str, target: str) -> bool:
+        """Whether a request (its method and origin-form target) is an exposure under `rules`."""
+        by_path = self._decided.get(method)
+        if by_path is None:
+            by_path = self._decided[method] = {}
+        cut = target.find("?")
+        path = target if cut < 0 else target[:cut]
+        known = by_path.get(path)
+        if known is None:
+            known = _decide(method, path, self.rules)
+            if self._size >= _DECIDED_MAX:  # bounded: a client cannot grow it with made-up paths (or methods)
+                self._decided.clear()
+                self._size = 0
+                by_path = self._decided[method] = {}
+            by_path[path] = known
+            self._size += 1
+        return known
+
+
 def _decide(method: str, path: str, rules: Sequence[ExposureRule]) -> bool:
     if rules:
         return any(_matches(rule, method, path) for rule in rules)

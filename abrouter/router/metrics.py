@@ -5,14 +5,13 @@ Counting is a few dict operations per request; rendering happens only on scrape.
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final, TypeVar
 
 #: Latency buckets in seconds (Prometheus convention), tuned for model inference.
-BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BUCKETS_S: Final[tuple[float, ...]] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass
@@ -22,7 +21,12 @@ class _Histogram:
     n: int = 0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1
+        i = 0  # bisect.bisect_left(BUCKETS_S, seconds), walked: most observations fall in the first few buckets
+        for bound in BUCKETS_S:
+            if not bound < seconds:  # as bisect's test: NaN counts in bucket 0
+                break
+            i += 1
+        self.counts[i] += 1
         self.total += seconds
         self.n += 1
 
@@ -32,6 +36,37 @@ _CLASSES = tuple(f"{cls}xx" for cls in range(10))
 
 #: (experiment, variant): the key of every per-arm series.
 Arm = tuple[str, str]
+
+
+class ArmSeries:
+    """One arm's series of a `ProxyMetrics`, looked up once (`ProxyMetrics.arm`) rather than per request: its
+    histograms (the very objects of ``latency[arm]`` and ``first_byte[arm]``) and its keys of ``requests``."""
+
+    __slots__ = ("experiment", "first_byte", "keys", "latency", "metrics", "variant")
+
+    def __init__(self, metrics: ProxyMetrics, experiment: str, variant: str) -> None:
+        self.metrics, self.experiment, self.variant = metrics, experiment, variant
+        arm = (experiment, variant)
+        self.latency: _Histogram = metrics.latency[arm]
+        self.first_byte: _Histogram | None = None  # made on the first response head: none for an arm never answered
+        #: The ``requests`` key of each status class, made once.
+        self.keys = tuple((experiment, variant, cls) for cls in _CLASSES)
+
+    def observe(self, status: int, seconds: float, error: str | None, failed: bool, first_byte_s: float | None) -> None:
+        """`ProxyMetrics.observe_request` of this arm."""
+        metrics = self.metrics
+        cls = status // 100
+        key = self.keys[cls] if 0 <= cls < 10 else (self.experiment, self.variant, f"{cls}xx")
+        requests = metrics.requests
+        requests[key] = requests.get(key, 0) + 1
+        self.latency.observe(seconds)
+        if first_byte_s is not None:
+            first = self.first_byte
+            if first is None:
+                first = self.first_byte = metrics.first_byte[(self.experiment, self.variant)]
+            first.observe(first_byte_s)
+        if failed:
+            metrics.errors[(self.experiment, self.variant, error or "upstream_5xx")] += 1
 
 
 @dataclass
@@ -57,6 +92,18 @@ class ProxyMetrics:
     shadow_dropped: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     #: gRPC calls the upstream refused unprocessed and the router sent again, by arm.
     grpc_retries: dict[Arm, int] = field(default_factory=lambda: defaultdict(int))
+    #: experiment -> variant -> its `ArmSeries` (`arm`).
+    _arms: dict[str, dict[str, ArmSeries]] = field(default_factory=dict, repr=False, compare=False)
+
+    def arm(self, experiment: str, variant: str) -> ArmSeries:
+        """The series of one arm, made on first use (two lookups of strings, no key tuple per request)."""
+        variants = self._arms.get(experiment)
+        if variants is None:
+            variants = self._arms[experiment] = {}
+        series = variants.get(variant)
+        if series is None:
+            series = variants[variant] = ArmSeries(self, experiment, variant)
+        return series
 
     def observe_request(
         self,
@@ -73,16 +120,9 @@ class ProxyMetrics:
 
         `failed`: an error of the variant (default: `error` set or an HTTP 5xx).
         """
-        cls = status // 100
-        self.requests[(experiment, variant, _CLASSES[cls] if 0 <= cls < 10 else f"{cls}xx")] += 1
-        arm = (experiment, variant)
-        self.latency[arm].observe(seconds)
-        if first_byte_s is not None:
-            self.first_byte[arm].observe(first_byte_s)
         if failed is None:
             failed = error is not None or status >= 500
-        if failed:
-            self.errors[(experiment, variant, error or "upstream_5xx")] += 1
+        self.arm(experiment, variant).observe(status, seconds, error, failed, first_byte_s)
 
 
 def _sample(value: float) -> str:

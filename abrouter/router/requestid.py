@@ -26,14 +26,18 @@ import os
 import random
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from abrouter.router.errors import RequestIdError
 
-_BODY = struct.Struct(">8sIBI6s")
-_MAC_LEN = 8
-_ANONYMOUS = 0x80  # the top bit of the random part's first byte
-_ENCODED_LEN = 42
-_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_BODY: Final = struct.Struct(">8sIBI6s")
+#: `_BODY` with its 6 random bytes packed as two big-endian ints (2 and 4 bytes): the same bytes, no bytes object
+#: made for them.
+_PACKED: Final = struct.Struct(">8sIBIHI")
+_MAC_LEN: Final = 8
+_ANONYMOUS: Final = 0x80  # the top bit of the random part's first byte
+_ENCODED_LEN: Final = 42
+_URLSAFE: Final = bytes.maketrans(b"+/", b"-_")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +61,10 @@ class RequestIds:
 
     def issue(self, *, unit_hash: str, epoch: int, variant_index: int, now: float, anonymous: bool = False) -> str:
         bits = self._rng.getrandbits(47) | (_ANONYMOUS << 40 if anonymous else 0)
-        nonce = bits.to_bytes(6, "big")
-        body = _BODY.pack(bytes.fromhex(unit_hash), epoch, variant_index, int(now), nonce)
-        # base64url without padding (42 of 44 characters), binascii's C call without base64's two Python frames.
-        return binascii.b2a_base64(body + self._mac(body), newline=False).translate(_URLSAFE)[:_ENCODED_LEN].decode()
+        body = _PACKED.pack(bytes.fromhex(unit_hash), epoch, variant_index, int(now), bits >> 32, bits & 0xFFFFFFFF)
+        # base64url without padding (the 42 characters before "=="), binascii's C call without base64's two Python
+        # frames; the padding dropped by the translation itself.
+        return binascii.b2a_base64(body + self._mac(body), newline=False).translate(_URLSAFE, b"=").decode()
 
     def decode(self, request_id: str, *, now: float, ttl_s: float) -> RequestInfo:
         if not isinstance(request_id, str) or len(request_id) != _ENCODED_LEN:

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 from scipy.stats import chisquare
 
-from abrouter.router.assignment import Assigner, _hash64, _mix64
+from abrouter.router.assignment import Assigner, _hash64, _mix64, _unit_interval
 
 UNITS = [f"user-{i}" for i in range(20_000)]
 
@@ -120,3 +120,18 @@ def test_assign_is_the_reference_rule_unit_for_unit(weights):
     for n in range(3000):
         unit = f"user-{n}"
         assert assigner.assign(unit) == _reference_assign(assigner, unit)
+
+
+def _signed(u: int) -> int:
+    return u - (1 << 64) if u >> 63 else u
+
+
+@pytest.mark.parametrize("seed", [0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, 0xBF58476D1CE4E5B9])
+def test_the_signed_mix_is_splitmix64_on_every_bit_pattern(seed):
+    # The compiled build mixes in wrapping machine words, pure Python in big ints cut to 64 bits: both must be
+    # _mix64 exactly, at the extremes of the signed range and where the products overflow.
+    rng = random.Random(seed)
+    units = [0, 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1, *(rng.getrandbits(64) for _ in range(2000))]
+    for h in units:
+        expected = ((_mix64(h ^ seed) >> 11) + 0.5) / float(1 << 53)
+        assert _unit_interval(_signed(h), _signed(seed)) == expected, (h, seed)

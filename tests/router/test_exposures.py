@@ -6,7 +6,8 @@ import pytest
 
 from abrouter.contract import experiment as model
 from abrouter.contract.model import ExposureRule
-from abrouter.router.exposures import is_exposure
+from abrouter.router import exposures
+from abrouter.router.exposures import Decider, is_exposure
 from tests.router.conftest import MakeRouter
 
 
@@ -30,6 +31,9 @@ def test_the_default_leaves_out_the_inference_protocols_health_and_metadata(
     method: str, target: str, expected: bool
 ) -> None:
     assert is_exposure(method, target, ()) is expected
+    decider = Decider(())  # a routing table's: the same decision, then the same again from what it kept
+    assert decider.decide(method, target) is expected
+    assert decider.decide(method, target) is expected
 
 
 def test_spec_rules_list_the_requests_that_count() -> None:
@@ -37,6 +41,19 @@ def test_spec_rules_list_the_requests_that_count() -> None:
     assert is_exposure("POST", "/v1/models/m:predict", rules)
     assert not is_exposure("GET", "/v1/models/m:predict", rules)
     assert not is_exposure("POST", "/v1/models/m", rules)
+    decider = Decider(rules)
+    for _ in range(2):
+        assert decider.decide("POST", "/v1/models/m:predict?verbose=1")
+        assert not decider.decide("GET", "/v1/models/m:predict")
+        assert not decider.decide("POST", "/v1/models/m")
+
+
+def test_a_decider_keeps_a_bounded_number_of_decisions() -> None:
+    decider = Decider(())
+    for i in range(exposures._DECIDED_MAX + 10):  # made-up paths and methods: what is kept stays bounded
+        assert decider.decide(f"M{i % 7}", f"/made-up/{i}")
+        assert decider._size <= exposures._DECIDED_MAX
+    assert not decider.decide("GET", "/v2/health/ready")
 
 
 def test_bad_rules_name_the_field() -> None:

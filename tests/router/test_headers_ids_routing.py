@@ -1,9 +1,12 @@
 import base64
+import bisect
+import random
 
 import pytest
 
 from abrouter.contract import experiment as model
 from abrouter.router import headers as hdr
+from abrouter.router import metrics, requestid
 from abrouter.router.errors import ReloadRejected, RequestIdError
 from abrouter.router.requestid import RequestIds
 from abrouter.router.routing import RoutingTable, next_table
@@ -92,6 +95,28 @@ def test_request_id_round_trip_and_rejections():
             ids.decode(junk, now=1_000_010.0, ttl_s=60)
 
 
+@pytest.mark.parametrize("anonymous", [False, True])
+def test_a_request_id_is_the_documented_layout_byte_for_byte(anonymous):
+    # unit hash 8 | epoch u32 | variant u8 | issued-at u32 | random 6 (top bit: anonymous) | mac 8, base64url
+    ids = RequestIds(b"secret\0exp")
+    for seed in range(50):
+        ids._rng = random.Random(seed)  # type: ignore[attr-defined]
+        rid = ids.issue(unit_hash="00112233445566ff", epoch=7, variant_index=3, now=1_000_000.5, anonymous=anonymous)
+        nonce = random.Random(seed).getrandbits(47) | (0x80 << 40 if anonymous else 0)
+        body = bytes.fromhex("00112233445566ff") + (7).to_bytes(4, "big") + bytes([3]) + (1_000_000).to_bytes(4, "big")
+        body += nonce.to_bytes(6, "big")
+        assert len(body) == requestid._BODY.size
+        assert base64.urlsafe_b64decode(rid + "==") == body + ids._mac(body)  # type: ignore[attr-defined]
+
+
+def test_a_histogram_counts_each_latency_in_the_bucket_bisect_gives_it():
+    values = [*metrics.BUCKETS_S, 0.0, -1.0, 1e-9, 0.0011, 0.003, 7.0, 10.0001, 1e9, float("inf"), float("nan")]
+    for seconds in values:
+        h = metrics._Histogram()
+        h.observe(seconds)
+        assert h.counts.index(1) == bisect.bisect_left(metrics.BUCKETS_S, seconds), seconds
+
+
 def test_reload_requires_a_higher_epoch_for_new_weights():
     old = RoutingTable(experiment=model.parse(BASE), since=1.0)
     same = next_table(old, model.parse(BASE), now=2.0)
@@ -118,3 +143,14 @@ def test_reload_requires_a_higher_epoch_for_new_weights():
     upstream_only["variants"][0]["upstream"] = "http://model-a2:8080"
     kept = next_table(old, model.parse(upstream_only), now=3.0)
     assert kept.epoch == 1 and kept.since == 1.0 and kept.experiment.control.upstream == "http://model-a2:8080"
+
+
+def test_a_header_value_is_read_as_the_utf8_its_bytes_most_likely_are():
+    from abrouter.router.exchange import header
+
+    fields = [("content-type", "x"), ("X-User-Id", "user-1"), ("x-name", "caf\xc3\xa9"), ("x-raw", "\xff\xfe")]
+    assert header(fields, "x-user-id") == "user-1"  # names in any case
+    assert header([("x-user-id", "u2")], "X-User-Id") == "u2"
+    assert header(fields, "X-Name") == "café"  # UTF-8 bytes, received as latin-1 text
+    assert header(fields, "x-raw") == "\udcff\udcfe"  # not UTF-8: kept byte for byte
+    assert header(fields, "x-missing") is None

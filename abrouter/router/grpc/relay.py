@@ -42,7 +42,7 @@ import logging
 import math
 import time
 import weakref
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from abrouter.router import exchange
 from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
@@ -61,17 +61,17 @@ log = logging.getLogger("abrouter.grpc")
 
 #: The most of an inference call's first message held to read its model name: a larger
 #: message (a big tensor) is read from its first bytes, where serialisers write the name.
-NAME_PREFIX = 64 * 1024
+NAME_PREFIX: Final = 64 * 1024
 #: How many times a call the upstream refused unprocessed is sent again before it fails UNAVAILABLE:
 #: a draining pod's refusals are over after one (the next connection goes to a live one); a bound,
 #: so an upstream that refuses every call (over its own concurrency limit) is not hammered.
-MAX_RETRIES = 2
+MAX_RETRIES: Final = 2
 #: The most request bytes kept to send again after a refusal (until the upstream's first response
 #: frame): a call that streamed more before it was refused fails UNAVAILABLE instead.
-REPLAY_LIMIT = 64 * 1024
-_TIMED_OUT = "the call's deadline passed before the upstream finished"
+REPLAY_LIMIT: Final = 64 * 1024
+_TIMED_OUT: Final = "the call's deadline passed before the upstream finished"
 #: The calls' deadlines are kept in buckets this wide (seconds): a call's DEADLINE_EXCEEDED comes at most this late.
-DEADLINE_GRAIN_S = 0.01
+DEADLINE_GRAIN_S: Final = 0.01
 
 
 class Deadlines:
@@ -79,28 +79,34 @@ class Deadlines:
     bucket, not one per call (a uvloop timer set and cancelled per call cost about a tenth of a
     unary call's relay, its handle closed on another pass of the loop)."""
 
-    __slots__ = ("buckets", "loop")
+    __slots__ = ("buckets", "last", "last_key", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.buckets: dict[int, set[Call]] = {}
+        #: The bucket added to last, and its key: the next calls' deadlines mostly fall in it too (no lookup).
+        self.last: set[Call] | None = None
+        self.last_key = 0
 
     def add(self, call: Call, at: float) -> int:
         """Expire `call` (`Call._expired`) once `at` passed; the bucket's key, for `remove`."""
         key = math.ceil(at / DEADLINE_GRAIN_S)
-        bucket = self.buckets.get(key)
+        bucket = self.last if key == self.last_key else self.buckets.get(key)
         if bucket is None:
             bucket = self.buckets[key] = set()
             self.loop.call_at(key * DEADLINE_GRAIN_S, self._fire, key)
+        self.last, self.last_key = bucket, key
         bucket.add(call)
         return key
 
     def remove(self, call: Call, key: int) -> None:
-        bucket = self.buckets.get(key)
+        bucket = self.last if key == self.last_key else self.buckets.get(key)
         if bucket is not None:
             bucket.discard(call)
 
     def _fire(self, key: int) -> None:
+        if key == self.last_key:
+            self.last, self.last_key = None, 0
         for call in self.buckets.pop(key, ()):
             try:
                 call._expired()
@@ -142,12 +148,14 @@ class Call:
         "done",
         "down",
         "ex",
-        "fields",
+        "forward",
+        "forwarded_for",
         "head_sent",
         "held",
         "kept",
         "loop",
         "method",
+        "path",
         "peer",
         "reads",
         "rename",
@@ -156,6 +164,7 @@ class Call:
         "retries",
         "router",
         "stream",
+        "text",
         "timeout",
         "timer",
         "timers",
@@ -175,7 +184,13 @@ class Call:
         self.router, self.upstreams, self.down, self.stream = router, upstreams, down, stream
         self.loop: asyncio.AbstractEventLoop = down.loop
         self.timers = timers if timers is not None else deadlines(self.loop)
-        self.fields: Fields = []
+        #: The caller's fields: its text metadata (as the exchange reads headers), those sent upstream, and the
+        #: ``:path`` field (sent upstream as it is).
+        self.text: Fields = []
+        self.forward: Fields = []
+        self.path: tuple[str, str] = _NO_PATH
+        #: The X-Forwarded-For values the caller sent, joined (None: none).
+        self.forwarded_for: str | None = None
         self.method = ""
         self.peer = peer
         self.ex: Exchange | None = None
@@ -218,17 +233,28 @@ class Call:
     def begin(self, fields: Fields, end_stream: bool) -> None:
         """The caller's request head arrived."""
         self.arrived = self.loop.time()
-        self.fields = fields
         method = content_type = ""
-        for key, value in fields:
-            if key == ":path":
-                self.method = value
-            elif key == ":method":
-                method = value
-            elif key == "content-type":
-                content_type = value
-            elif key == "grpc-timeout":
-                self.timeout = wire.parse_timeout(value)
+        text, forward = self.text, self.forward
+        for field in fields:  # one pass: what the call is, what the exchange reads, what goes upstream
+            key = field[0]
+            if key[:1] == ":":
+                if key == ":path":
+                    self.method, self.path = field[1], field
+                elif key == ":method":
+                    method = field[1]
+                continue
+            if not key.endswith("-bin"):
+                text.append(field)
+            if key in wire.H2_DROP:  # not forwarded (`wire.H2_DROP`); the deadline and X-Forwarded-For are read
+                if key == "grpc-timeout":
+                    self.timeout = wire.parse_timeout(field[1])
+                elif key == "x-forwarded-for":
+                    prior = self.forwarded_for
+                    self.forwarded_for = field[1] if prior is None else f"{prior}, {field[1]}"
+                continue
+            if key == "content-type":
+                content_type = field[1]
+            forward.append(field)
         if method != "POST" or not self.method:
             self.done = True
             self.down.reset(self.stream, frames.PROTOCOL_ERROR)
@@ -284,15 +310,14 @@ class Call:
         first, whole = _first_prefix(data) if data else (None, False)
         name = (oip.model_name(first) if whole else oip.name_in_prefix(first)) if first else None
         at = ModelAt(name, "message", 0, 0) if name else None
-        headers = [field for field in self.fields if field[0][:1] != ":" and not field[0].endswith("-bin")]
-        incoming = Incoming("POST", self.method, headers, self.peer, "http")
+        incoming = Incoming("POST", self.method, self.text, self.peer, "http")
         try:  # the message is renamed here, not by the exchange: it may be whole or its first bytes only
             ex = self.ex = Exchange.start(self.router, incoming, now=time.time(), model_at=at)
         except exchange.Refused as refused:
             self._fail(refused.problem)
             self.done = True
             return
-        model = ex.variant.model
+        model = ex.arm.model
         if first is not None and name and model and model != name:  # the variant's own model name
             head = _renamed_first(data[: 5 + len(first)], first, whole, model)
             rest = data[5 + len(first) :]
@@ -301,15 +326,15 @@ class Call:
                 rest = self._renamed(rest)
             self.debt += len(head) - 5 - len(first)
             self.waiting = [head, rest]
-        address = ex.variant.grpc_upstream
+        address = ex.arm.grpc_upstream
         if address is None:
-            self._fail_upstream(UpstreamUnavailable(f"variant {ex.variant.name!r} has no grpc_upstream"))
+            self._fail_upstream(UpstreamUnavailable(f"variant {ex.arm.name!r} has no grpc_upstream"))
             return
-        timeouts = ex.table.experiment.timeouts
-        timeout = self.timeout if self.timeout is not None else timeouts.read_s
+        table = ex.table
+        timeout = self.timeout if self.timeout is not None else table.read_s
         self.deadline = self.arrived + timeout
         self.bucket = self.timers.add(self, self.deadline)
-        self.upstreams.open(address, self, connect_s=min(timeouts.connect_s, timeout))
+        self.upstreams.open(address, self, connect_s=min(table.connect_s, timeout))
 
     # --- the upstream's side ---
 
@@ -323,21 +348,21 @@ class Call:
         stream.budget = self.down.budget  # its window grows as far as the caller's connection allows
         ex = self.ex
         assert ex is not None
-        head = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", ex.incoming.target),
-            (":authority", ex.variant.grpc_upstream or ""),
-            ("te", "trailers"),
-            *wire.h2_upstream_fields(self.fields, client_ip=self.peer),
-            ("grpc-timeout", wire.encode_timeout(self.deadline - self.loop.time())),
-        ]
-        waiting, self.waiting = self.waiting or [], None
+        target = ex.incoming.target
+        head = [_POST, _SCHEME, self.path if target == self.method else (":path", target), ex.arm.authority, _TE]
+        head += self.forward  # the caller's metadata but `wire.H2_DROP`, then X-Forwarded-For with the caller's address
+        forwarded, peer = self.forwarded_for, self.peer
+        if peer:
+            head.append((_XFF, peer if forwarded is None else f"{forwarded}, {peer}"))
+        elif forwarded is not None:
+            head.append((_XFF, forwarded))
+        head.append((_TIMEOUT, wire.encode_timeout(self.deadline - self.loop.time())))
+        waiting, self.waiting = self.waiting, None
         if not waiting and self.request_ended:
             up.send_headers(stream, head, end_stream=True)
             return
         up.send_headers(stream, head)
-        for chunk in waiting:
+        for chunk in waiting or ():
             if self.replay is not None:
                 self._keep(chunk)
             up.send_data(stream, chunk)
@@ -372,7 +397,9 @@ class Call:
     def _response_head(self, fields: Fields) -> None:
         ex = self.ex
         assert ex is not None
-        self.down.send_headers(self.stream, [*fields, *_tags(ex)])
+        head = fields.copy()
+        _add_tags(head, ex)
+        self.down.send_headers(self.stream, head)
         self.head_sent = True
         ex.first_byte()
 
@@ -394,7 +421,7 @@ class Call:
             content_type = next((v for k, v in fields if k == "content-type"), "application/grpc")
             self._response_head([(":status", status), ("content-type", content_type)])
             fields = [(k, v) for k, v in fields if k[:1] != ":" and k != "content-type"]
-        else:
+        elif any(field[0][:1] == ":" for field in fields):  # trailers carry none but from a broken upstream
             fields = [(k, v) for k, v in fields if k[:1] != ":"]
         self.down.send_trailers(self.stream, fields)
         up, up_stream = self.up, self.up_stream
@@ -589,15 +616,30 @@ class Call:
 
 
 def _tags(ex: Exchange) -> Fields:
-    """The tags of `ex`'s answer as HTTP/2 fields: ``wire.h2_tags(ex.response_headers([]))``, the three tags
-    built directly when no unit cookie was made up (every call but a cookie-keyed experiment's first)."""
+    """The tags of `ex`'s answer as HTTP/2 fields: ``wire.h2_tags(ex.response_headers([]))``."""
+    tags: Fields = []
+    _add_tags(tags, ex)
+    return tags
+
+
+def _add_tags(fields: Fields, ex: Exchange) -> None:
+    """`_tags(ex)` appended to `fields`: the arm's two made once per routing table (`routing.Arm`) and the request
+    id, when no unit cookie was made up (every call but a cookie-keyed experiment's first)."""
     if ex.choice.new_cookie is not None:
-        return wire.h2_tags(ex.response_headers([]))
-    return [
-        (wire.EXPERIMENT_FIELD, ex.table.experiment.name),
-        (wire.VARIANT_FIELD, ex.variant.name),
-        (wire.REQUEST_ID_FIELD, ex.request_id),
-    ]
+        fields += wire.h2_tags(ex.response_headers([]))
+        return
+    arm = ex.arm
+    fields.append(arm.experiment_tag)
+    fields.append(arm.variant_tag)
+    fields.append((wire.REQUEST_ID_FIELD, ex.request_id))
+
+
+_POST: Final = (":method", "POST")
+_SCHEME: Final = (":scheme", "http")
+_TE: Final = ("te", "trailers")
+_NO_PATH: Final = (":path", "")
+_XFF: Final = "x-forwarded-for"
+_TIMEOUT: Final = "grpc-timeout"
 
 
 def _first_message(chunks: list[bytes], held: int) -> bool:

@@ -165,7 +165,7 @@ def peer_ip(peer: str) -> str:
 #: caller's deadline (the upstream call gets what is left of it), and HTTP/2's connection-specific
 #: fields (RFC 9113 §8.2.2). Unlike grpc.aio's path, the message encoding headers pass as they are:
 #: the messages do too.
-_H2_DROP = _OURS | frozenset(
+H2_DROP: Final = _OURS | frozenset(
     {
         "te",
         "grpc-timeout",
@@ -195,30 +195,15 @@ VARIANT_FIELD: Final = hdr.VARIANT_HEADER.lower()
 REQUEST_ID_FIELD: Final = hdr.REQUEST_ID_HEADER.lower()
 
 
-def h2_upstream_fields(fields: Iterable[tuple[str, str]], *, client_ip: str) -> list[tuple[str, str]]:
-    """The caller's header fields (pseudo-headers left out) for the upstream call, with
-    X-Forwarded-For (the caller's address) appended; what `_H2_DROP` names is left out."""
-    prior: list[str] = []
-    out: list[tuple[str, str]] = []
-    for key, value in fields:
-        if key in _H2_DROP or key[:1] == ":":
-            if key == "x-forwarded-for":
-                prior.append(value)
-            continue
-        out.append((key, value))
-    if client_ip:
-        prior.append(client_ip)
-    if prior:
-        out.append(("x-forwarded-for", ", ".join(prior)))
-    return out
-
-
 def parse_timeout(value: str | None) -> float | None:
     """A ``grpc-timeout`` value in seconds (``100m`` -> 0.1), or None when absent or malformed."""
-    if not value or len(value) > 9 or not value[:-1].isdigit():
+    if not value or len(value) > 9:
+        return None
+    digits = value[:-1]
+    if not digits.isdigit():
         return None
     unit = _TIMEOUT_UNITS.get(value[-1])
-    return None if unit is None else int(value[:-1]) * unit
+    return None if unit is None else int(digits) * unit
 
 
 def encode_timeout(seconds: float) -> str:

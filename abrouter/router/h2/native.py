@@ -33,8 +33,9 @@ from types import ModuleType
 log = logging.getLogger("abrouter.h2")
 
 #: The modules setup.py compiles: the gRPC path's per-call code, HTTP/2 and the relay, and the exchange it
-#: shares with the HTTP path (assignment, request ids, exposures, headers, metrics), the connections' clocks and
-#: the experiments' match (`matching`), called per call by both listeners.
+#: shares with the HTTP path (assignment, request ids, exposures, headers, metrics, the routing table and its
+#: per-variant `routing.Arm`), the connections' clocks and the experiments' match (`matching`), called per call
+#: by both listeners.
 COMPILED = (
     "abrouter.router.h2.frames",
     "abrouter.router.h2.hpack",
@@ -52,6 +53,7 @@ COMPILED = (
     "abrouter.router.metrics",
     "abrouter.router.connections",
     "abrouter.router.matching",
+    "abrouter.router.routing",
 )
 #: The shared library of the compiled group (mypyc's ``group_name`` + ``__mypyc``).
 GROUP = "abrouter.router.h2._native"
