@@ -11,10 +11,15 @@ from abrouter.analysis.sinks.file import FileSink
 from abrouter.contract import experiment as model
 from tests.router.conftest import MakeRouter
 
+#: Hundreds of requests 20 at a time: on a loaded machine the fixture's 0.5 s read timeout is a 504 now and then.
+PATIENT = {"connect": 5, "read": 30}
+
 
 async def test_an_applied_ramp_reaches_the_router_as_a_new_epoch(make_router: MakeRouter):
     r = await make_router(
-        {"control": 95, "candidate": 5}, analysis={"min_units_per_arm": 10, "ramp": [5, 25, 50], "guardrails": []}
+        {"control": 95, "candidate": 5},
+        analysis={"min_units_per_arm": 10, "ramp": [5, 25, 50], "guardrails": []},
+        timeouts=PATIENT,
     )
     gate = asyncio.Semaphore(20)
 
@@ -51,7 +56,10 @@ async def test_a_balanced_ramp_grows_control_and_candidate_together_and_moves_un
     """`analysis.ramp_rest`: the rest serves the control's model, is never compared, and gives up units."""
     analysis = {"min_units_per_arm": 10, "ramp": [5, 25, 50], "ramp_rest": "rest", "guardrails": []}
     r = await make_router(
-        {"control": 5, "candidate": 5, "rest": 90}, urls={"rest": upstream_urls["control"]}, analysis=analysis
+        {"control": 5, "candidate": 5, "rest": 90},
+        urls={"rest": upstream_urls["control"]},
+        analysis=analysis,
+        timeouts=PATIENT,
     )
     gate = asyncio.Semaphore(20)
     users = [f"user-{i}" for i in range(800)]
