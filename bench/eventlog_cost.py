@@ -17,6 +17,7 @@ alternating, and prints both and their ratio: the same machine load for each.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import random
 import statistics
@@ -53,16 +54,18 @@ async def measure(batches: int) -> dict[str, Any]:
     rng = random.Random(7)
     mix = 0x9E3779B97F4A7C15  # a unit's hash: 16 hex digits, as `keys.unit_hash` makes
 
-    def draw() -> list[tuple[str, str]]:
-        """A batch's units (a random one of 1..1,000,000 each) and their variants, drawn untimed."""
+    def draw() -> list[tuple[str, str, str]]:
+        """A batch's request ids (42 base64url characters, as `requestid` issues), units (a random
+        one of 1..1,000,000 each) and their variants, drawn untimed."""
         units = [rng.randint(1, 1_000_000) for _ in range(size)]
-        return [(f"{u * mix % 2**64:016x}", "control" if u % 2 else "candidate") for u in units]
+        ids = [base64.urlsafe_b64encode(rng.randbytes(32)).decode()[:42] for _ in units]
+        return [(i, f"{u * mix % 2**64:016x}", "control" if u % 2 else "candidate") for i, u in zip(ids, units)]
 
-    def record(start: int, drawn: list[tuple[str, str]]) -> None:
-        for i, (unit, variant) in enumerate(drawn, start):
+    def record(start: int, drawn: list[tuple[str, str, str]]) -> None:
+        for i, (request_id, unit, variant) in enumerate(drawn, start):
             log.record_exposure(
                 Exposure(
-                    request_id=f"{i:016x}",
+                    request_id=request_id,
                     unit_hash=unit,
                     variant=variant,
                     epoch=1,

@@ -441,7 +441,7 @@ class Aggregator:
         counts = [0] * n
         raw: list[str] = []  # the audit's rows (`encode_events`), a slice's at a time
         rows: list[tuple[object, ...]] = []
-        finite = True
+        plain = True  # every float of `rows` written alike by orjson and json (`audit.plain`)
         latency: dict[tuple[int, str], list[int]] = {}  # [latency] (epoch, variant) -> requests per bucket
         hists: dict[str, tuple[int, list[int]]] = {}  # variant -> (epoch, its histogram): no tuple per exposure
         shared, slow = self._shared, self._slow_ms
@@ -449,7 +449,7 @@ class Aggregator:
             if isinstance(ev, Exposure):
                 h, epoch, variant, ms, ts = ev.unit_hash, ev.epoch, ev.variant, ev.latency_ms, ev.ts
                 rows.append(("exposure", ev.request_id, h, variant, epoch, ts, ev.status, ms, ev.error))
-                finite = finite and math.isfinite(ts) and math.isfinite(ms)
+                plain = plain and audit.plain(ts) and audit.plain(ms)
                 at = hists.get(variant)
                 if at is None or at[0] != epoch:
                     hist = latency.get((epoch, variant))
@@ -470,13 +470,13 @@ class Aggregator:
                         counts[shard] += len(run)
             else:
                 rows.append(_outcome_row(ev))
-                finite = finite and math.isfinite(ev.ts) and math.isfinite(ev.value)
+                plain = plain and audit.plain(ev.ts) and audit.plain(ev.value)
             if i % slice_size == 0:
-                raw.append(audit.inner(rows, finite))
-                rows, finite = [], True
+                raw.append(audit.inner(rows, plain))
+                rows, plain = [], True
                 yield
         if rows:
-            raw.append(audit.inner(rows, finite))
+            raw.append(audit.inner(rows, plain))
         for h, run in runs.items():  # units with outcomes only
             shard = zlib.crc32(h.encode()) % n if n > 1 else 0
             blobs[shard] += [packer.pack([*key, flag(key), *cells[key]]) for key in run]
