@@ -31,7 +31,9 @@ class Exposure:
     """One proxied request: the unit saw `variant`, assigned under weights `epoch`.
 
     Treated as immutable; not frozen, as one is built on every request and a frozen
-    dataclass of nine fields costs about half a microsecond more to build.
+    dataclass of nine fields costs about half a microsecond more to build. Its ``__init__``
+    is written out (the dataclass keeps one it is given): mypyc compiles it, where the one
+    `dataclass` generates stays interpreted (~0.7 µs a call, issue 17).
     """
 
     request_id: str
@@ -44,6 +46,28 @@ class Exposure:
     error: bool
     #: No unit id: the request is its own unit, and Redis keeps no unit state for it.
     anonymous: bool = False
+
+    def __init__(
+        self,
+        request_id: str,
+        unit_hash: str,
+        variant: str,
+        epoch: int,
+        ts: float,
+        status: int,
+        latency_ms: float,
+        error: bool,
+        anonymous: bool = False,
+    ) -> None:
+        self.request_id = request_id
+        self.unit_hash = unit_hash
+        self.variant = variant
+        self.epoch = epoch
+        self.ts = ts
+        self.status = status
+        self.latency_ms = latency_ms
+        self.error = error
+        self.anonymous = anonymous
 
 
 @dataclass(frozen=True, slots=True)
