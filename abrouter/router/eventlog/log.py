@@ -47,7 +47,7 @@ __all__ = ["APPLIED", "DUPLICATE", "GAP", "EventLog", "FlushScript"]
 log = logging.getLogger(__name__)
 
 #: Local memory of recent exposures, so `lookup_units` rarely needs Redis: at most this
-#: many exposures, at least the units of the last half of them (`recent.RecentUnits`).
+#: many units, at least the last half of them (`recent.RecentUnits`).
 LRU_SIZE = 100_000
 #: A batch is cut at this many events, so that one flush.lua call stays short: Redis runs
 #: one script at a time, and everyone else waits. bench/flush_cost.py measured 5-6 µs

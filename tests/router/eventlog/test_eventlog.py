@@ -805,7 +805,7 @@ async def test_the_local_memory_keeps_the_most_recently_exposed_units(
 ) -> None:
     from abrouter.router.eventlog import log as eventlog_log
 
-    monkeypatch.setattr(eventlog_log, "LRU_SIZE", 4)  # at most 4 exposures, at least the last 2
+    monkeypatch.setattr(eventlog_log, "LRU_SIZE", 4)  # at most 4 units, at least the last 2
     exp = make_experiment("recent")
     writer = await make_log(redis_server.url, exp)
     # u1 exposed again: after u4, the last two are u1 and u4 (and u3, held with u1); u2 is forgotten
