@@ -283,7 +283,10 @@ class Aggregator:
         `keys.COVARIATE_SET_SUFFIX` must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
         [latency] A request slower than `slow_ms` counts in ``slow_requests`` (None: none does).
         """
-        self._slow_ms = math.inf if slow_ms is None else slow_ms
+        slow = math.inf if slow_ms is None else slow_ms
+        if slow != self._slow_ms:
+            self._fold_all()  # the exposures held so far count by the threshold they came under
+        self._slow_ms = slow
         # [cuped] [cap] the latest spec's rules: a reload may add or change them.
         for covariate in covariates:
             if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
@@ -328,6 +331,16 @@ class Aggregator:
             first = self._units.get(h)
             if first is not None:
                 self._to_fold.append(first)
+
+    def _fold_all(self) -> None:
+        """Fold every exposure held (each unit shared from now on): a reload changes a rule they were recorded under."""
+        for e in self._to_fold:
+            self._fold(e)
+        self._to_fold = []
+        for h, first in self._units.items():
+            if h not in self._shared:
+                self._fold(first)
+        self._shared.update(self._units)
 
     def _fold(self, e: Exposure) -> None:
         """A shared unit's exposure into its cell (before the batch is encoded)."""
