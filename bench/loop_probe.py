@@ -22,7 +22,6 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +79,7 @@ def instrument_serving() -> None:
 
 def instrument_eventlog() -> None:
     """Wrap the event log's round, encoding steps and script calls (whatever this checkout has)."""
-    from abrouter.router.eventlog import events, log, script
+    from abrouter.router.eventlog import log, script
 
     gc.callbacks.append(PROBE.on_gc)
     flush_round = log.EventLog.flush_round
@@ -97,10 +96,9 @@ def instrument_eventlog() -> None:
 
     log.EventLog.flush_round = timed_round  # type: ignore[method-assign]
 
-    encode = events.Aggregator.encode
-
-    def timed_encode(self: Any, **kwargs: Any) -> Generator[None, None, Any]:
-        steps = encode(self, **kwargs)
+    # `log.encode_batch`, not `Aggregator.encode`: a compiled class's methods cannot be replaced.
+    async def timed_encode_batch(agg: Any, *, producer: str, seq: int) -> Any:
+        steps = agg.encode(producer=producer, seq=seq)
         while True:
             start = time.perf_counter()
             try:
@@ -109,9 +107,9 @@ def instrument_eventlog() -> None:
                 PROBE.steps.append((start, time.perf_counter() - start, "encode-last"))
                 return done.value
             PROBE.steps.append((start, time.perf_counter() - start, "encode"))
-            yield
+            await asyncio.sleep(0)
 
-    events.Aggregator.encode = timed_encode  # type: ignore[assignment,method-assign]
+    log.encode_batch = timed_encode_batch
 
     evalsha = script.FlushScript._evalsha
 

@@ -23,6 +23,7 @@ from typing import Any
 _DOUBLE = struct.Struct("<d")
 #: [version 7] What follows h in a packed cell: the unit's record field is h + UNIT_FIELD.
 UNIT_FIELD = "|u"
+_UNIT_SUFFIX = UNIT_FIELD.encode() + b"\0"
 
 
 def _suffix(version: int) -> bytes:
@@ -41,6 +42,29 @@ class Packer:
         hash, a variant name)."""
         h, rest = row[0].encode() + self._suffix, self._rest.pack(*row[3:])
         return b"".join((h, b"\0", _DOUBLE.pack(row[1]), row[2].encode(), b"\0", rest))
+
+
+class SinglePacker:
+    """Packs the cell of a unit's only event in a batch, an exposure, straight from its values
+    (version 7): ``[h|u, e, v, latest, 1, error, latency_ms, slow, 0, ...]``. The bytes are what
+    `Packer` makes of the cell `events.Aggregator` would fold, without the cell."""
+
+    def __init__(self, width: int) -> None:
+        # latest, n, errors, latency_ms, slow_requests; every other value of the cell is 0
+        self._head = struct.Struct(f"<5d{8 * (width - 8)}x")
+        #: variant -> (epoch, what follows h: the epoch packed and the variant zero-terminated)
+        self._strata: dict[str, tuple[int, bytes]] = {}
+
+    def pack(
+        self, h: str, epoch: int, variant: str, latest: float, error: bool, latency_ms: float, slow: bool
+    ) -> bytes:
+        stratum = self._strata.get(variant)
+        if stratum is None or stratum[0] != epoch:
+            stratum = self._strata[variant] = (epoch, _DOUBLE.pack(epoch) + variant.encode() + b"\0")
+        values = self._head.pack(
+            latest, 1.0, 1.0 if error else 0.0, 0.0 + latency_ms, 1.0 if slow else 0.0
+        )  # the sum a cell folds
+        return b"".join((h.encode(), _UNIT_SUFFIX, stratum[1], values))
 
 
 def spans(blob: bytes, width: int, version: int) -> Iterator[tuple[str, int, int]]:

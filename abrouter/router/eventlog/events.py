@@ -22,8 +22,8 @@ from typing import TypedDict
 from abrouter.contract import keys
 from abrouter.contract.experiment import BUILTIN_METRICS, Experiment
 from abrouter.contract.keys import LATENCY_BUCKETS, LATENCY_EDGES_MS, MAX_ABS_VALUE
+from abrouter.router.eventlog import audit, slices
 from abrouter.router.eventlog import cells as cells_
-from abrouter.router.eventlog import slices
 
 
 @dataclass(slots=True)
@@ -31,7 +31,9 @@ class Exposure:
     """One proxied request: the unit saw `variant`, assigned under weights `epoch`.
 
     Treated as immutable; not frozen, as one is built on every request and a frozen
-    dataclass of nine fields costs about half a microsecond more to build.
+    dataclass of nine fields costs about half a microsecond more to build. Its ``__init__``
+    is written out (the dataclass keeps one it is given): mypyc compiles it, where the one
+    `dataclass` generates stays interpreted (~0.7 µs a call, issue 17).
     """
 
     request_id: str
@@ -44,6 +46,28 @@ class Exposure:
     error: bool
     #: No unit id: the request is its own unit, and Redis keeps no unit state for it.
     anonymous: bool = False
+
+    def __init__(
+        self,
+        request_id: str,
+        unit_hash: str,
+        variant: str,
+        epoch: int,
+        ts: float,
+        status: int,
+        latency_ms: float,
+        error: bool,
+        anonymous: bool = False,
+    ) -> None:
+        self.request_id = request_id
+        self.unit_hash = unit_hash
+        self.variant = variant
+        self.epoch = epoch
+        self.ts = ts
+        self.status = status
+        self.latency_ms = latency_ms
+        self.error = error
+        self.anonymous = anonymous
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +180,13 @@ def _event_rows(batch: Iterable[Event]) -> Iterable[tuple[object, ...]]:
     return (
         ("exposure", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.status, e.latency_ms, e.error)
         if isinstance(e, Exposure)
-        else ("outcome", e.request_id, e.unit_hash, e.variant, e.epoch, e.ts, e.metric, e.value, e.event_id)
+        else _outcome_row(e)
         for e in batch
     )
+
+
+def _outcome_row(o: Outcome) -> tuple[object, ...]:
+    return ("outcome", o.request_id, o.unit_hash, o.variant, o.epoch, o.ts, o.metric, o.value, o.event_id)
 
 
 def decode_events(text: str | bytes) -> list[Event]:
@@ -178,8 +206,13 @@ class Aggregator:
     `metrics` is `keys.metric_order(experiment)`: the built-ins first. A cell is one
     flat list ``[n, dx_errors, dx_latency_ms, dx_slow_requests, dx_m, count_m, ...]`` in
     metric order: a built-in's count is always n, so it has none (one allocation per new
-    cell: this runs on every proxied request). ``len()`` is the number of raw
-    events held, which is what bounds a batch.
+    cell). ``len()`` is the number of raw events held, which is what bounds a batch.
+
+    An exposure is only held when it is recorded (this runs on every proxied request); it
+    is folded when the batch is encoded. Most units have one event in a batch (a busy
+    router's units are many): such an exposure's cell is packed straight from it
+    (`cells.SinglePacker`), with no cell built. A unit with more (several exposures, or
+    outcomes too) is *shared*: its exposures are folded into cells first, as they came.
 
     Outcomes with an ``event_id`` are not folded into cells: whether they count depends on
     the ids Redis has seen, so they travel one by one and ``flush.lua`` folds the new ones.
@@ -209,14 +242,15 @@ class Aggregator:
         self._anonymous_outcomes: set[tuple[str, int, str]] = set()  # their outcome cells
         self._epochs: dict[int, str] = {}
         self._events: list[Event] = []
+        self._units: dict[str, Exposure] = {}  # unit -> its first exposure in the batch
+        self._shared: set[str] = set()  # units with cells of their own (more than one exposure, or outcomes)
+        self._to_fold: list[Exposure] = []  # the exposures of shared units, in order per unit
         self._keyed: dict[str, Outcome] = {}  # event_id -> outcome
         self._products: list[tuple[str, str]] = []
         self._covariates: tuple[str, ...] = ()  # [cuped]
         #: [cuped] covariate -> cell -> report time of the value the cell carries
         self._covariate_ts: dict[str, dict[tuple[str, int, str], float]] = {}
         self._caps: dict[str, float] = {}  # [cap]
-        # [latency] (epoch, variant) -> requests per latency bucket; the slow_requests threshold.
-        self._latency: dict[tuple[int, str], list[int]] = {}
         self._slow_ms = math.inf
         #: The experiment's shards (`keys.shard_of`): with more than one, `encode` also
         #: builds the payload of each shard (`Batch.parts`).
@@ -249,7 +283,10 @@ class Aggregator:
         `keys.COVARIATE_SET_SUFFIX` must be among `metrics` and `binary`); [cap] `caps` the per-unit caps by metric.
         [latency] A request slower than `slow_ms` counts in ``slow_requests`` (None: none does).
         """
-        self._slow_ms = math.inf if slow_ms is None else slow_ms
+        slow = math.inf if slow_ms is None else slow_ms
+        if slow != self._slow_ms:
+            self._fold_all()  # the exposures held so far count by the threshold they came under
+        self._slow_ms = slow
         # [cuped] [cap] the latest spec's rules: a reload may add or change them.
         for covariate in covariates:
             if not {covariate, covariate + keys.COVARIATE_SET_SUFFIX} <= set(metrics) | set(self._offset):
@@ -275,7 +312,38 @@ class Aggregator:
         for cell in self._cells.values():
             cell.extend(self._zero[len(cell) :])
 
-    def add_exposure(self, e: Exposure) -> None:
+    def add_exposure(self, e: Exposure) -> int:
+        """Hold an exposure (folded when encoded); returns ``len(self)``."""
+        events = self._events
+        events.append(e)
+        h, units = e.unit_hash, self._units
+        held = len(units)
+        units.setdefault(h, e)
+        if len(units) == held or h in self._shared:  # not the unit's first event (identity would miss a repeat)
+            self._share(h)
+            self._to_fold.append(e)
+        return len(events)
+
+    def _share(self, h: str) -> None:
+        """Unit `h` gets cells of its own: its exposure held so far is to be folded too."""
+        if h not in self._shared:
+            self._shared.add(h)
+            first = self._units.get(h)
+            if first is not None:
+                self._to_fold.append(first)
+
+    def _fold_all(self) -> None:
+        """Fold every exposure held (each unit shared from now on): a reload changes a rule they were recorded under."""
+        for e in self._to_fold:
+            self._fold(e)
+        self._to_fold = []
+        for h, first in self._units.items():
+            if h not in self._shared:
+                self._fold(first)
+        self._shared.update(self._units)
+
+    def _fold(self, e: Exposure) -> None:
+        """A shared unit's exposure into its cell (before the batch is encoded)."""
         key = (e.unit_hash, e.epoch, e.variant)
         cell = self._cells.get(key)
         if cell is None:
@@ -288,19 +356,11 @@ class Aggregator:
         cell[2] += e.latency_ms
         if e.latency_ms > self._slow_ms:
             cell[3] += 1
-        # [latency] the serving (epoch, variant)'s histogram (keys.latency_bucket, inlined:
-        # this runs on every request, and a measured latency is never NaN)
-        stratum = (e.epoch, e.variant)
-        hist = self._latency.get(stratum)
-        if hist is None:
-            hist = self._latency[stratum] = [0] * LATENCY_BUCKETS
-        hist[bisect_right(LATENCY_EDGES_MS, e.latency_ms)] += 1
         if e.anonymous:
             self._anonymous.add(key)
         else:
             self._latest[e.unit_hash] = key
-        self._exposed.setdefault(key, len(self._events))
-        self._events.append(e)
+        self._exposed.setdefault(key, 0)
 
     def add_outcome(self, o: Outcome) -> bool:
         """Fold in an outcome; False if its event_id is already in this batch (not added)."""
@@ -319,6 +379,7 @@ class Aggregator:
             self._keyed[o.event_id] = o
             return True
         key = (o.unit_hash, o.epoch, o.variant)
+        self._share(o.unit_hash)
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
@@ -345,6 +406,7 @@ class Aggregator:
         if o.event_id is not None:
             raise ValueError("a covariate takes no event_id: it is set once per unit anyway")
         key = (o.unit_hash, o.epoch, o.variant)
+        self._share(o.unit_hash)
         cell = self._cells.get(key)
         if cell is None:
             cell = self._cells[key] = self._zero.copy()
@@ -385,6 +447,11 @@ class Aggregator:
         their (numerator, denominator) pairs; ``latency`` (when there were exposures) the
         requests per latency bucket of each serving (epoch, variant).
         """
+        for i, e in enumerate(self._to_fold, 1):  # the shared units' exposures into their cells
+            self._fold(e)
+            if i % slice_size == 0:
+                yield
+        self._to_fold = []  # folded: encoding again (`batch`) gives the same batch
         latest, anonymous, anonymous_outcomes = self._latest, self._anonymous, self._anonymous_outcomes
 
         def flag(key: tuple[str, int, str]) -> int:
@@ -396,40 +463,73 @@ class Aggregator:
 
         # Cells in the order of their first exposure (outcome-only cells last): flush.lua
         # takes a unit's first cell with exposures as its first exposure (intent-to-treat).
-        # `_exposed` is in that order already; no sort of 50k keys in one piece. A unit with
-        # several cells (an epoch changed, outcomes for another stratum) has them moved
-        # together, each unit's cells one run (format 7), in the same order.
+        # Each unit's cells are one run (format 7), placed at its first exposure: a shared
+        # unit's run is its exposed cells in the order of their first exposure, then its
+        # outcome-only cells; units with outcomes only come last, in the order of their first.
         exposed, cells = self._exposed, self._cells
         if self._covariates:  # [cuped] each row ends with its covariates' report times
             times = [self._covariate_ts[c] for c in self._covariates]
             cells = {key: [*cell, *(t.get(key, 0.0) for t in times)] for key, cell in cells.items()}
-        rows: Iterable[list[object] | None] = itertools.chain(
-            ([*key, flag(key), *cells[key]] for key in exposed),
-            (None if key in exposed else [*key, flag(key), *cells[key]] for key in cells),
-        )
-        if len({key[0] for key in cells}) < len(cells):
-            ordered = itertools.chain(exposed, (key for key in cells if key not in exposed))
-            runs = yield from _in_runs(ordered, slice_size)
-            rows = ([*key, flag(key), *cells[key]] for key in runs)
+        runs = yield from _in_runs(itertools.chain(exposed, (k for k in cells if k not in exposed)), slice_size)
+        n = max(1, self._shards)
+        width = 4 + len(self._zero) + len(self._covariates)  # [cuped] a report time each
+        packer, single = cells_.Packer(width, BATCH_VERSION), cells_.SinglePacker(width)
+        blobs: list[list[bytes]] = [[] for _ in range(n)]
+        counts = [0] * n
+        raw: list[str] = []  # the audit's rows (`encode_events`), a slice's at a time
+        rows: list[tuple[object, ...]] = []
+        plain = True  # every float of `rows` written alike by orjson and json (`audit.plain`)
+        latency: dict[tuple[int, str], list[int]] = {}  # [latency] (epoch, variant) -> requests per bucket
+        hists: dict[str, tuple[int, list[int]]] = {}  # variant -> (epoch, its histogram): no tuple per exposure
+        shared, slow = self._shared, self._slow_ms
+        for i, ev in enumerate(self._events, 1):
+            if isinstance(ev, Exposure):
+                h, epoch, variant, ms, ts = ev.unit_hash, ev.epoch, ev.variant, ev.latency_ms, ev.ts
+                rows.append(("exposure", ev.request_id, h, variant, epoch, ts, ev.status, ms, ev.error))
+                plain = plain and audit.plain(ts) and audit.plain(ms)
+                at = hists.get(variant)
+                if at is None or at[0] != epoch:
+                    hist = latency.get((epoch, variant))
+                    if hist is None:
+                        hist = latency[(epoch, variant)] = [0] * LATENCY_BUCKETS
+                    at = hists[variant] = (epoch, hist)
+                at[1][bisect_right(LATENCY_EDGES_MS, ms)] += 1  # keys.latency_bucket, inlined
+                shard = zlib.crc32(h.encode()) % n if n > 1 else 0  # keys.shard_of, inlined
+                if h not in shared:  # the unit's only event: its cell from the exposure
+                    blobs[shard].append(
+                        single.pack(h, epoch, variant, 2.0 if ev.anonymous else 1.0, ev.error, ms, ms > slow)
+                    )
+                    counts[shard] += 1
+                else:
+                    run = runs.pop(h, None)  # at the unit's first exposure
+                    if run is not None:
+                        blobs[shard] += [packer.pack([*key, flag(key), *cells[key]]) for key in run]
+                        counts[shard] += len(run)
+            else:
+                rows.append(_outcome_row(ev))
+                plain = plain and audit.plain(ev.ts) and audit.plain(ev.value)
+            if i % slice_size == 0:
+                raw.append(audit.inner(rows, plain))
+                rows, plain = [], True
+                yield
+        if rows:
+            raw.append(audit.inner(rows, plain))
+        for h, run in runs.items():  # units with outcomes only
+            shard = zlib.crc32(h.encode()) % n if n > 1 else 0
+            blobs[shard] += [packer.pack([*key, flag(key), *cells[key]]) for key in run]
+            counts[shard] += len(run)
+        packed = [(b"".join(parts), count) for parts, count in zip(blobs, counts)]
+        raw_events = "[" + ",".join(part for part in raw if part) + "]"
         keyed: Iterable[list[object] | None] = (
             [i, o.unit_hash, o.epoch, o.variant, o.metric, o.value, o.ts, int(o.anonymous)]
             for i, o in self._keyed.items()
         )
-        n = max(1, self._shards)
-        # The big arrays are encoded in slices, yielding between them (`slices`), one array
-        # per shard: a unit's rows keep their order within its shard.
-        by_shard = (yield from _by_shard(rows, 0, n, slice_size)) if n > 1 else [rows]
+        # One array of keyed outcomes per shard: a unit's rows keep their order within its shard.
         keyed_by_shard = (yield from _by_shard(keyed, 1, n, slice_size)) if n > 1 else [keyed]
-        width = 4 + len(self._zero) + len(self._covariates)  # [cuped] a report time each
-        packer = cells_.Packer(width, BATCH_VERSION)
-        packed: list[tuple[bytes, int]] = []
         keyed_texts: list[str] = []
-        for part in by_shard:
-            packed.append((yield from slices.pack_rows(part, packer.pack, slice_size)))
         for part in keyed_by_shard:
             keyed_texts.append((yield from slices.encode_rows(part, slice_size)))
-        raw_events = yield from slices.encode_rows(_event_rows(self._events), slice_size)
-        yield  # joining the slices of the raw events copied megabytes
+        yield  # joining the raw events copied megabytes
         payload: dict[str, object] = {
             "v": BATCH_VERSION,
             "metrics": self._metrics,
@@ -449,8 +549,8 @@ class Aggregator:
             payload["covariates"] = list(self._covariates)
         if self._caps:  # [cap]
             payload["caps"] = [[m, cap] for m, cap in sorted(self._caps.items()) if m in self._offset]
-        if self._latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
-            payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in self._latency.items()]
+        if latency:  # [latency] {{e, v, {{bucket, count}, ...}}, ...}
+            payload["latency"] = [[e, v, [[b, c] for b, c in enumerate(h) if c]] for (e, v), h in latency.items()]
         parts: tuple[str, ...] = ()
         if n > 1:
             # Shard 0 takes the epochs, the latency histogram and the raw events (with n).
@@ -474,8 +574,10 @@ class Aggregator:
         )
 
 
-def _in_runs(keys: Iterable[tuple[str, int, str]], size: int) -> Generator[None, None, list[tuple[str, int, str]]]:
-    """Pure: `keys` (unit, epoch, variant) with each unit's keys together, in their order,
+def _in_runs(
+    keys: Iterable[tuple[str, int, str]], size: int
+) -> Generator[None, None, dict[str, list[tuple[str, int, str]]]]:
+    """Pure: `keys` (unit, epoch, variant) as each unit's keys together (its run), in their order,
     the units in the order of their first key; yielding after each `size` keys like the encoders."""
     by_unit: dict[str, list[tuple[str, int, str]]] = {}
     for i, key in enumerate(keys, 1):
@@ -486,7 +588,7 @@ def _in_runs(keys: Iterable[tuple[str, int, str]], size: int) -> Generator[None,
             run.append(key)
         if i % size == 0:
             yield
-    return [key for run in by_unit.values() for key in run]
+    return by_unit
 
 
 def _by_shard(

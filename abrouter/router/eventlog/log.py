@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from abrouter.contract import keys
 from abrouter.contract.experiment import Experiment
 from abrouter.redact import mask_url
 from abrouter.router.errors import EventLogError, EventLogUnavailable
-from abrouter.router.eventlog import events, spill
+from abrouter.router.eventlog import events, recent, spill
 from abrouter.router.eventlog.delivery import (
     APPLIED,
     DUPLICATE,
@@ -46,7 +46,8 @@ __all__ = ["APPLIED", "DUPLICATE", "GAP", "EventLog", "FlushScript"]
 
 log = logging.getLogger(__name__)
 
-#: Local memory of recent exposures, so `lookup_units` rarely needs Redis.
+#: Local memory of recent exposures, so `lookup_units` rarely needs Redis: at most this
+#: many units, at least the last half of them (`recent.RecentUnits`).
 LRU_SIZE = 100_000
 #: A batch is cut at this many events, so that one flush.lua call stays short: Redis runs
 #: one script at a time, and everyone else waits. bench/flush_cost.py measured 5-6 µs
@@ -117,10 +118,7 @@ class EventLog:
         self._agg = self._new_aggregator()
         self._seq = 0
         self._cut: deque[tuple[int, events.Aggregator]] = deque()  # cut, not yet encoded
-        # LRU by insertion order: an OrderedDict, whose oldest entry is popped in O(1). A plain dict's
-        # `del d[next(iter(d))]` scans the holes its earlier deletions left at the front: at 100,000
-        # units, ~40 µs per exposure once full (a quarter of the router's CPU per gRPC call saturated).
-        self._recent: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._recent = recent.RecentUnits(LRU_SIZE)
         self._rounds = asyncio.Lock()  # one round at a time: the hub's, `flush`'s or `close`'s
         self._started = False
         self._closing = False
@@ -141,9 +139,10 @@ class EventLog:
         if self._shedding:
             self._shed += 1
             return
-        self._remember(e.unit_hash, (e.epoch, e.variant))
-        self._agg.add_exposure(e)
-        self._check_full()
+        self._recent.remember(e.unit_hash, e.epoch, e.variant)
+        if self._agg.add_exposure(e) >= self._batch_events:
+            self._cut_batch()
+            self._hub.wake(self)
 
     def record_outcome(self, o: events.Outcome) -> bool:
         """Log an outcome; False if its event_id is already in the current batch (not logged).
@@ -234,13 +233,6 @@ class EventLog:
             lost_events=d.lost_events,
             shed=self._shed,
         )
-
-    def _remember(self, unit_hash: str, stratum: tuple[int, str]) -> None:
-        recent = self._recent
-        recent.pop(unit_hash, None)
-        recent[unit_hash] = stratum
-        if len(recent) > LRU_SIZE:
-            recent.popitem(last=False)
 
     def _check_full(self) -> None:
         if len(self._agg) >= self._batch_events:

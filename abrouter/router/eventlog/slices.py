@@ -16,8 +16,9 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Rows (cells, keyed outcomes or raw events) encoded between two yields: ~0.3 ms of CPU
-#: (~1.2 µs a row), so that a request arriving mid-flush waits at most that long for the
+#: Rows (events: each its cell and its audit row; keyed outcomes) encoded between two
+#: yields: ~0.2 ms of CPU (~0.8-1 µs an event, issue 17's g17e; ~1.2 µs a row, cells and audit
+#: rows apart, before), so that a request arriving mid-flush waits at most that long for the
 #: loop. 1,000 held it ~1.2-2.5 ms a step at a busy router's batch (`log.BATCH_EVENTS`):
 #: bench/eventlog_feed.py, bench/README.md. A yield costs a loop turn (a few µs).
 SLICE = 250

@@ -54,6 +54,11 @@ COMPILED = (
     "abrouter.router.connections",
     "abrouter.router.matching",
     "abrouter.router.routing",
+    "abrouter.router.eventlog.events",
+    "abrouter.router.eventlog.cells",
+    "abrouter.router.eventlog.slices",
+    "abrouter.router.eventlog.audit",
+    "abrouter.router.eventlog.recent",
 )
 #: The shared library of the compiled group (mypyc's ``group_name`` + ``__mypyc``).
 GROUP = "abrouter.router.h2._native"

@@ -805,10 +805,11 @@ async def test_the_local_memory_keeps_the_most_recently_exposed_units(
 ) -> None:
     from abrouter.router.eventlog import log as eventlog_log
 
-    monkeypatch.setattr(eventlog_log, "LRU_SIZE", 3)
+    monkeypatch.setattr(eventlog_log, "LRU_SIZE", 4)  # at most 4 units, at least the last 2
     exp = make_experiment("recent")
     writer = await make_log(redis_server.url, exp)
-    for i, unit in enumerate(["u1", "u2", "u3", "u1", "u4"]):  # u1 exposed again: u2 is the oldest when u4 comes
+    # u1 exposed again: after u4, the last two are u1 and u4 (and u3, held with u1); u2 is forgotten
+    for i, unit in enumerate(["u1", "u2", "u3", "u1", "u4"]):
         writer.record_exposure(Exposure(f"r{i}", unit, "control", 1, 0.0, 200, 1.0, False))
     redis_server.kill()  # only the local memory answers now
     assert await writer.lookup_units(["u1", "u3", "u4"]) == {"u1": (1, "control"), "u3": (1, "control"),
