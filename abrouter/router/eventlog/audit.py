@@ -35,7 +35,7 @@ def inner(rows: Sequence[Sequence[object]], floats_plain: bool) -> str:
     """The JSON array of `rows` without its brackets, as `slices.JSON` writes it;
     `floats_plain`: every float in them is `plain` (else json writes them, or refuses)."""
     if floats_plain:
-        text = orjson.dumps(rows)
+        text: bytes = orjson.dumps(rows)  # typed here: mypyc's build may not see orjson's stubs
         if text.isascii() and b"\x7f" not in text:
             return text[1:-1].decode("ascii")
     return _JSON.encode(rows)[1:-1]

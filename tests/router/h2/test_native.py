@@ -7,9 +7,12 @@ pure modules, so both builds are checked on every run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,18 @@ def _loaded(env: dict[str, str], first: str = "abrouter.router.h2.native") -> li
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
     return out.stdout.splitlines()
+
+
+def test_an_install_that_could_compile_the_group_did() -> None:
+    """The build falls back to pure Python with only a warning (no compiler, or mypyc's type check failed,
+    e.g. on a dependency the build environment lacks): here, where it could compile, that is a failure."""
+    cc = str(sysconfig.get_config_var("CC") or "").split()
+    if not cc or shutil.which(cc[0]) is None or importlib.util.find_spec("mypyc") is None:
+        pytest.skip("no C compiler or no mypyc: the pure build is the expected one")
+    assert native.MANIFEST.exists(), (
+        "`pip install -e .` did not compile the gRPC path (or ran with ABROUTER_PURE=1): "
+        "`pip install -v -e .` shows BuildExt's warning saying why"
+    )
 
 
 def test_abrouter_pure_loads_every_module_of_the_group_from_its_source() -> None:
