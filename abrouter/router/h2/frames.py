@@ -51,17 +51,17 @@ ENHANCE_YOUR_CALM: Final = 0xB
 #: What a client sends first (§3.4).
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: The frame size every peer accepts until it says more (§4.2), and the most it may say.
-DEFAULT_MAX_FRAME = 16_384
-MAX_FRAME_LIMIT = 16_777_215
+DEFAULT_MAX_FRAME: Final = 16_384
+MAX_FRAME_LIMIT: Final = 16_777_215
 #: The flow-control window every stream and connection starts with (§6.9.2), and the most it may be.
-DEFAULT_WINDOW = 65_535
-MAX_WINDOW = 2**31 - 1
+DEFAULT_WINDOW: Final = 65_535
+MAX_WINDOW: Final = 2**31 - 1
 
 #: A frame header: length (16 high bits, 8 low bits), type, flags, stream id (with its reserved bit).
-HEAD = struct.Struct(">HBBBL")
-_SETTING = struct.Struct(">HL")
-_U32 = struct.Struct(">L")
-_TWO_U32 = struct.Struct(">LL")
+HEAD: Final = struct.Struct(">HBBBL")
+_SETTING: Final = struct.Struct(">HL")
+_U32: Final = struct.Struct(">L")
+_TWO_U32: Final = struct.Struct(">LL")
 
 
 class FrameError(Exception):

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
+from typing import Final
 
 #: RFC 7541 Appendix A.
-STATIC_TABLE: tuple[tuple[str, str], ...] = (
+STATIC_TABLE: Final[tuple[tuple[str, str], ...]] = (
     (':authority', ''),
     (':method', 'GET'),
     (':method', 'POST'),
@@ -89,7 +90,7 @@ STATIC_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 #: RFC 7541 Appendix B: (code, length in bits) of each symbol 0..255 and EOS (256).
-HUFFMAN_CODES: tuple[tuple[int, int], ...] = (
+HUFFMAN_CODES: Final[tuple[tuple[int, int], ...]] = (
     (0x1FF8, 13),
     (0x7FFFD8, 23),
     (0xFFFFFE2, 28),
@@ -350,25 +351,25 @@ HUFFMAN_CODES: tuple[tuple[int, int], ...] = (
 )
 
 #: The dynamic table's size before any update, and the most our SETTINGS allow.
-DEFAULT_TABLE_SIZE = 4096
-_EOS = 256
-_LENGTHS = tuple(sorted({length for _, length in HUFFMAN_CODES}))
-_HUFFMAN_DECODE = {(length, code): symbol for symbol, (code, length) in enumerate(HUFFMAN_CODES)}
-_STATIC_FIELDS = {field: index for index, field in reversed(list(enumerate(STATIC_TABLE, 1)))}
-_STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
+DEFAULT_TABLE_SIZE: Final = 4096
+_EOS: Final = 256
+_LENGTHS: Final = tuple(sorted({length for _, length in HUFFMAN_CODES}))
+_HUFFMAN_DECODE: Final = {(length, code): symbol for symbol, (code, length) in enumerate(HUFFMAN_CODES)}
+_STATIC_FIELDS: Final = {field: index for index, field in reversed(list(enumerate(STATIC_TABLE, 1)))}
+_STATIC_NAMES: Final = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 #: The most a decoded header list may hold (RFC 9113 §6.5.2's size: names, values, 32 each;
 #: the connection advertises it as SETTINGS_MAX_HEADER_LIST_SIZE). A small block can stand for
 #: much more (the same table entry indexed again and again).
-MAX_LIST_SIZE = 64 * 1024
+MAX_LIST_SIZE: Final = 64 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
-_CACHE_LIMIT = 4096
+_CACHE_LIMIT: Final = 4096
 #: Indexed-only header blocks kept per decoder (a peer repeats a few: a head, trailers); beyond it, start over.
-_BLOCK_LIMIT = 64
+_BLOCK_LIMIT: Final = 64
 #: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
 #: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
-_CACHE_STRING = 256
+_CACHE_STRING: Final = 256
 #: Distinct values of one name the encoder keeps before it takes the name's values for per-call ones (see `Encoder`).
-_VOLATILE = 64
+_VOLATILE: Final = 64
 
 
 class HpackError(Exception):
