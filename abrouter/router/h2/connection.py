@@ -77,20 +77,6 @@ MAX_BLOCK_FRAMES: Final = 1024
 MAX_HELD_ANSWERS: Final = 1000
 
 
-#: Fields of HTTP/1.1's connection management, which no HTTP/2 message may carry (RFC 9113 §8.2.2).
-CONNECTION_FIELDS: Final = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
-
-
-def malformed(fields: Fields) -> bool:
-    """Whether a header list breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
-    for name, value in fields:
-        if name in CONNECTION_FIELDS or (name == "te" and value != "trailers"):
-            return True
-        if not name.islower() and name != name.lower():  # islower() first: no new string for a lower-case name
-            return True
-    return False
-
-
 class Flusher:
     """The connections of one event loop written to in this turn, flushed by one `call_soon`."""
 
@@ -498,7 +484,7 @@ class H2Connection(asyncio.Protocol):
             if self.going_away or self._peer_streams() >= self.max_streams:
                 self._answer(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
                 return
-            if too_big or malformed(fields):
+            if too_big or self.decoder.malformed:
                 self._answer(
                     frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR)
                 )
@@ -517,7 +503,7 @@ class H2Connection(asyncio.Protocol):
             frames.ENHANCE_YOUR_CALM
             if too_big
             else frames.PROTOCOL_ERROR
-            if not (end or self.client) or malformed(fields)
+            if not (end or self.client) or self.decoder.malformed
             else 0
         )
         if code:
