@@ -178,7 +178,8 @@ class Stream:
         self.unacked = 0
         #: The peer's data received on the stream and not yet passed on (`H2Connection.consumed`).
         self.held = 0
-        self.pending: deque[bytes] = deque()
+        #: Data waiting for the windows (None until some has to: most streams' data goes out at once).
+        self.pending: deque[bytes] | None = None
         #: The stream's end is queued behind `pending`: trailers (a header list) or END_STREAM (an empty one).
         self.trailers: Fields | None = None
         self.end_queued = False
@@ -630,8 +631,7 @@ class H2Connection(asyncio.Protocol):
         return stream
 
     def send_headers(self, stream: Stream, fields: Fields, *, end_stream: bool = False) -> None:
-        block = self.encoder.encode(fields)
-        self._write(frames.headers(stream.id, block, end_stream=end_stream, max_frame=self.peer_max_frame))
+        self._send_block(stream.id, self.encoder.encode(fields), frames.END_STREAM if end_stream else 0)
         if end_stream:
             self._local_closed(stream)
 
@@ -639,8 +639,28 @@ class H2Connection(asyncio.Protocol):
         """Data, sent as the windows allow (see the module docstring); `end_stream` after it."""
         if stream.local_closed or stream.end_queued or stream.trailers is not None:
             return
+        size = len(payload)
+        pending = stream.pending
+        if (
+            (pending is None or not pending)
+            and size <= stream.send_window
+            and size <= self.send_window
+            and size <= self.peer_max_frame
+        ):  # nothing waits and it fits: one frame now (`_pump`'s first turn, without the queue)
+            if size:
+                stream.send_window -= size
+                self.send_window -= size
+                self._send_frame(frames.DATA, frames.END_STREAM if end_stream else 0, stream.id, payload)
+                self._sent(stream, size)
+            elif end_stream:
+                self._send_frame(frames.DATA, frames.END_STREAM, stream.id, b"")
+            if end_stream:
+                self._local_closed(stream)
+            return
         if payload:
-            stream.pending.append(payload)
+            if pending is None:
+                pending = stream.pending = deque()
+            pending.append(payload)
         if end_stream:
             stream.end_queued = True
         self._pump(stream)
@@ -756,7 +776,11 @@ class H2Connection(asyncio.Protocol):
     def _pump(self, stream: Stream) -> None:
         pending = stream.pending
         while pending:
-            room = min(stream.send_window, self.send_window, self.peer_max_frame)
+            room = stream.send_window
+            if self.send_window < room:
+                room = self.send_window
+            if self.peer_max_frame < room:
+                room = self.peer_max_frame
             if room <= 0:
                 self._blocked.add(stream)
                 return
@@ -770,7 +794,7 @@ class H2Connection(asyncio.Protocol):
             stream.send_window -= size
             self.send_window -= size
             end = not pending and stream.end_queued
-            self._write(frames.data(stream.id, chunk, end_stream=end))
+            self._send_frame(frames.DATA, frames.END_STREAM if end else 0, stream.id, chunk)
             self._sent(stream, size)
             if end:
                 self._blocked.discard(stream)
@@ -780,11 +804,10 @@ class H2Connection(asyncio.Protocol):
         if stream.local_closed:
             return
         if stream.trailers is not None:
-            block = self.encoder.encode(stream.trailers)
-            self._write(frames.headers(stream.id, block, end_stream=True, max_frame=self.peer_max_frame))
+            self._send_block(stream.id, self.encoder.encode(stream.trailers), frames.END_STREAM)
             self._local_closed(stream)
         elif stream.end_queued:
-            self._write(frames.data(stream.id, b"", end_stream=True))
+            self._send_frame(frames.DATA, frames.END_STREAM, stream.id, b"")
             self._local_closed(stream)
 
     def _sent(self, stream: Stream, size: int) -> None:
@@ -861,6 +884,26 @@ class H2Connection(asyncio.Protocol):
         if not self._flushing:
             self._flushing = True
             self._flusher.add(self)
+
+    def _send_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        """A frame written as its header and its payload (joined with the rest at `_flush`: not copied here)."""
+        if self.closed:
+            return
+        out = self._out
+        out.append(frames.head(kind, flags, stream_id, len(payload)))
+        if payload:
+            out.append(payload)
+        if not self._flushing:
+            self._flushing = True
+            self._flusher.add(self)
+
+    def _send_block(self, stream_id: int, block: bytes, flags: int) -> None:
+        """A header block: one HEADERS frame, or HEADERS and CONTINUATIONs beyond the peer's frame size."""
+        if len(block) <= self.peer_max_frame:
+            self._send_frame(frames.HEADERS, flags | frames.END_HEADERS, stream_id, block)
+        else:
+            end = bool(flags & frames.END_STREAM)
+            self._write(frames.headers(stream_id, block, end_stream=end, max_frame=self.peer_max_frame))
 
     def _flush(self) -> None:
         self._flushing = False
