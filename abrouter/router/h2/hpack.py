@@ -711,26 +711,38 @@ class Encoder:
     the pair would be a new tuple per field).
     """
 
-    __slots__ = ("_fields", "_heads", "_kept", "_values")
+    __slots__ = ("_changing", "_fields", "_heads", "_kept", "_values")
 
     def __init__(self) -> None:
         #: Each field's representation as it was written last, by name then value (`_kept` of them in all).
         self._fields: dict[str, dict[str, bytes]] = {}
         self._kept = 0
-        #: How many values of each name `_fields` took; a name's head (its index or literal) once it stopped.
+        #: How many values of each name `_fields` took; a name's head (its index or literal) once it stopped,
+        #: and the volatile names' heads (their values no longer looked up: written as they come).
         self._values: dict[str, int] = {}
         self._heads: dict[str, bytes] = {}
+        self._changing: dict[str, bytes] = {}
 
     def encode(self, headers: list[tuple[str, str]]) -> bytes:
         out: list[bytes] = []
         fields = self._fields
+        changing = self._changing
         for name, value in headers:
             values = fields.get(name)
-            raw = values.get(value) if values is not None else None
-            if raw is None:
+            if values is not None:
+                raw = values.get(value)
+                if raw is not None:
+                    out.append(raw)
+                    continue
+            head = changing.get(name)
+            if head is None:
                 self._field(out, name, value)
-            else:
-                out.append(raw)
+                continue
+            encoded = value.encode("latin-1")  # appended in pieces: no bytes made to hold them together
+            size = len(encoded)
+            out.append(head)
+            out.append(_SHORT_LENGTHS[size] if size < 127 else encode_integer(size, 7, 0))
+            out.append(encoded)
         return b"".join(out)
 
     def _field(self, out: list[bytes], name: str, value: str) -> None:
@@ -746,21 +758,22 @@ class Encoder:
                 if len(self._heads) < _CACHE_LIMIT and len(head) <= _CACHE_STRING:
                     self._heads[name] = head
             encoded = value.encode("latin-1")
-            size = len(encoded)
+            raw = head + encode_integer(len(encoded), 7, 0) + encoded
             seen = self._values.get(name, 0)
-            if seen >= _VOLATILE:  # appended in pieces: no bytes made to hold them together
-                out.append(head)
-                out.append(_SHORT_LENGTHS[size] if size < 127 else encode_integer(size, 7, 0))
-                out.append(encoded)
+            if seen >= _VOLATILE:  # from now on its values are written as they come, not looked up
+                if len(self._changing) < _CACHE_LIMIT and len(head) <= _CACHE_STRING:
+                    self._changing[name] = head
+                    self._kept -= len(self._fields.pop(name, _NO_FIELDS))
+                out.append(raw)
                 return
             self._values[name] = seen + 1
-            raw = head + encode_integer(size, 7, 0) + encoded
         out.append(raw)
         if len(raw) > _CACHE_STRING:  # long ones rarely repeat, and kept they would hold MBs
             return
         if self._kept >= _CACHE_LIMIT:
             self._fields.clear()
             self._values.clear()
+            self._changing.clear()
             self._kept = 0
         values = self._fields.get(name)
         if values is None:
@@ -772,6 +785,7 @@ class Encoder:
 #: One-byte string lengths (an HPACK integer with a 7-bit prefix, no Huffman flag), made once.
 _SHORT_LENGTHS: Final = [bytes((n,)) for n in range(127)]
 _NO_VALUES: Final[dict[str, int]] = {}
+_NO_FIELDS: Final[dict[str, bytes]] = {}
 
 
 def _name_head(name: str) -> bytes:
