@@ -548,7 +548,7 @@ class H2Connection(asyncio.Protocol):
                 self._pump(stream)
 
     def _rst_stream(self, stream_id: int, code: int) -> None:
-        stream = self.streams.pop(stream_id, None)
+        stream = self._take(stream_id)
         if stream is None:
             return
         self._blocked.discard(stream)
@@ -674,7 +674,7 @@ class H2Connection(asyncio.Protocol):
 
     def reset(self, stream: Stream, code: int) -> None:
         """Reset `stream` (nothing more is said of it to its handler)."""
-        if self.streams.pop(stream.id, None) is None:
+        if self._take(stream.id) is None:
             return
         self._blocked.discard(stream)
         self._release(stream)
@@ -833,13 +833,21 @@ class H2Connection(asyncio.Protocol):
             self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
-        if self.streams.pop(stream.id, None) is not None:
+        if self._take(stream.id) is not None:
             self._blocked.discard(stream)
             self._release(stream)
             self.stream_closed(stream)
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
             if (self.going_away or self.peer_went_away) and not self.streams:
                 self.close()
+
+    def _take(self, stream_id: int) -> Stream | None:
+        """The stream, no longer in `streams` (compiled, `dict.pop` with a default is a call by name)."""
+        streams = self.streams
+        stream = streams.get(stream_id)
+        if stream is not None:
+            del streams[stream_id]
+        return stream
 
     def _release(self, stream: Stream) -> None:
         """`stream` is forgotten: what it held is dropped with it (or was never to be passed on); but a stream
