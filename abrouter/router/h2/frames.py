@@ -2,8 +2,9 @@
 read. Pure: bytes in, bytes out.
 
 A frame is a 9-byte header (24-bit length, type, flags, 31-bit stream id) and its payload.
-The connection (`abrouter.router.h2.connection`) cuts its input into frames with `HEAD`
-and dispatches on the type; the builders here write whole frames.
+The connection (`abrouter.router.h2.connection`) cuts its input into frames (their heads
+read byte by byte) and dispatches on the type; the builders here write whole frames, or
+a frame's head (`head`) to write beside its payload.
 """
 
 from __future__ import annotations

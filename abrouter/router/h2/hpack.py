@@ -5,11 +5,14 @@ dynamic table (its size bounded by our SETTINGS_HEADER_TABLE_SIZE, 4096) and its
 updates, and Huffman-coded strings. Most strings repeat from call to call (a user agent,
 ``application/grpc``, a method path), so each decoder keeps the strings it decoded by
 their raw bytes and decodes each one once. Whole blocks repeat too (an upstream's
-``:status 200`` head and ``grpc-status 0`` trailers, once indexed, are the same few bytes
-on every call): a block of indexed fields only decodes to a pure function of its bytes and
-the dynamic table, so each decoder keeps a few such blocks' header lists by their bytes,
-valid while the table has not changed since (`Decoder.generation`). Blocks with literals
-are not kept: theirs are the values that change from call to call (a unit id, a deadline).
+``:status 200`` head and ``grpc-status 0`` trailers are the same few bytes on every call):
+a block that adds nothing to the dynamic table decodes to a pure function of its bytes and
+the table, so each decoder keeps a few such blocks' header lists by their bytes, valid
+while the table has not changed since (`Decoder.generation`). A request's head repeats but
+for its last fields (a unit id, a deadline): the decoder also keeps the fields that two
+blocks in a row share at their start, and decodes only the rest of a block that starts
+with them. It notes, per field decoded, whether RFC 9113 §8.2 forbids it (`forbidden`,
+kept with the blocks), so the connection need not look at every field of every list.
 
 `Encoder` is cheap on purpose: it never indexes (no dynamic table, so nothing to evict
 and no size update to send), uses the static table for whole fields and for names, and
