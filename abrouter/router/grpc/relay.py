@@ -49,7 +49,7 @@ from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
 from abrouter.router.grpc import oip, wire
 from abrouter.router.h2 import frames
-from abrouter.router.h2.connection import Fields, H2Connection, Stream
+from abrouter.router.h2.connection import Fields, H2Connection, Handler, Stream
 from abrouter.router.matching import ModelAt
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Upstreams(Protocol):
         another connection than `avoid` (which refused the call) unless no other can be had."""
 
 
-class Call:
+class Call(Handler):
     """One call (see the module docstring); the `Handler` of both its streams."""
 
     __slots__ = (

@@ -44,7 +44,7 @@ import asyncio
 import logging
 import weakref
 from collections import deque
-from typing import ClassVar, Protocol
+from typing import ClassVar, Final
 
 from abrouter.router.h2 import frames, hpack
 from abrouter.router.h2.frames import FrameError
@@ -54,41 +54,27 @@ log = logging.getLogger("abrouter.h2")
 Fields = list[tuple[str, str]]
 
 #: Our receive windows: per stream, and for the connection (replenished as data arrives, while under `HOLD_LIMIT` held).
-STREAM_WINDOW = 1 << 20
-CONNECTION_WINDOW = 1 << 24
+STREAM_WINDOW: Final = 1 << 20
+CONNECTION_WINDOW: Final = 1 << 24
 #: A client-side stream's window at its start (our SETTINGS_INITIAL_WINDOW_SIZE there; gRPC's own default): what
 #: a stream may make us hold whatever its budget. It grows to `STREAM_WINDOW` once a quarter of it was passed on.
-CLIENT_STREAM_WINDOW = 1 << 16
+CLIENT_STREAM_WINDOW: Final = 1 << 16
 #: The growth (window beyond `CLIENT_STREAM_WINDOW`) the streams charged to one `WindowBudget` may have together:
 #: a connection window, 16 streams at `STREAM_WINDOW`; the calls beyond those flow at `CLIENT_STREAM_WINDOW`.
-RELAY_BUDGET = CONNECTION_WINDOW
+RELAY_BUDGET: Final = CONNECTION_WINDOW
 #: The data a server-side connection holds (received, not yet passed on) at which it stops replenishing
 #: the connection's window (`H2Connection.HOLD_LIMIT`): one connection window, so that below it nothing
 #: changes (the window goes back as data arrives, as a connection whose streams are read keeps it) and
 #: one peer makes us hold less than two windows, 32 MiB, rather than a stream window per stream.
-CONNECTION_HOLD_LIMIT = CONNECTION_WINDOW
+CONNECTION_HOLD_LIMIT: Final = CONNECTION_WINDOW
 #: The most bytes of header block (HEADERS and its CONTINUATIONs) we accept, and of the header list it
 #: decodes to (our SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes a field).
-MAX_HEADER_BLOCK = hpack.MAX_LIST_SIZE
+MAX_HEADER_BLOCK: Final = hpack.MAX_LIST_SIZE
 #: The most frames (HEADERS and its CONTINUATIONs) one header block may come in: empty ones cost nothing else.
-MAX_BLOCK_FRAMES = 1024
+MAX_BLOCK_FRAMES: Final = 1024
 #: The most frames we answer (PING and SETTINGS acknowledged, new streams refused) while the peer does not
 #: read what we wrote (the transport holds back): a peer that sends them and never reads is cut off.
-MAX_HELD_ANSWERS = 1000
-
-
-#: Fields of HTTP/1.1's connection management, which no HTTP/2 message may carry (RFC 9113 §8.2.2).
-CONNECTION_FIELDS = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
-
-
-def malformed(fields: Fields) -> bool:
-    """Whether a header list breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
-    for name, value in fields:
-        if name in CONNECTION_FIELDS or (name == "te" and value != "trailers"):
-            return True
-        if not name.islower() and name != name.lower():  # islower() first: no new string for a lower-case name
-            return True
-    return False
+MAX_HELD_ANSWERS: Final = 1000
 
 
 class Flusher:
@@ -128,12 +114,17 @@ def flusher(loop: asyncio.AbstractEventLoop) -> Flusher:
     return found
 
 
-class Handler(Protocol):
-    """What a stream's owner hears of it."""
+class Handler:
+    """What a stream's owner hears of it: its owner subclasses it (a class, not a `Protocol`: compiled, the
+    connection calls a subclass's methods directly, not by looking them up by name per frame)."""
 
-    def headers(self, stream: Stream, fields: Fields, end_stream: bool) -> None: ...
+    __slots__ = ()
 
-    def data(self, stream: Stream, payload: bytes, end_stream: bool) -> None: ...
+    def headers(self, stream: Stream, fields: Fields, end_stream: bool) -> None:
+        """A header list arrived on the stream: its head, or (`end_stream`) its trailers."""
+
+    def data(self, stream: Stream, payload: bytes, end_stream: bool) -> None:
+        """Data arrived on the stream (`end_stream`: its last)."""
 
     def reset(self, stream: Stream, code: int) -> None:
         """The peer reset the stream, or the connection was lost (CANCEL) or went away before it."""
@@ -187,7 +178,8 @@ class Stream:
         self.unacked = 0
         #: The peer's data received on the stream and not yet passed on (`H2Connection.consumed`).
         self.held = 0
-        self.pending: deque[bytes] = deque()
+        #: Data waiting for the windows (None until some has to: most streams' data goes out at once).
+        self.pending: deque[bytes] | None = None
         #: The stream's end is queued behind `pending`: trailers (a header list) or END_STREAM (an empty one).
         self.trailers: Fields | None = None
         self.end_queued = False
@@ -215,6 +207,11 @@ class H2Connection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        #: The class's `CLIENT`, `HOLD_LIMIT` and `MAX_STREAMS` as they were when it was made: attributes of
+        #: the instance, read per frame (compiled, a class variable is a dictionary lookup, these a field).
+        self.client = self.CLIENT
+        self.hold_limit = self.HOLD_LIMIT
+        self.max_streams = self.MAX_STREAMS
         self.transport: asyncio.Transport | None = None
         self.decoder = hpack.Decoder()
         self.encoder = hpack.Encoder()
@@ -229,7 +226,7 @@ class H2Connection(asyncio.Protocol):
         #: Our streams' receive window at their start (and our SETTINGS_INITIAL_WINDOW_SIZE).
         self.stream_window = CLIENT_STREAM_WINDOW if self.CLIENT else STREAM_WINDOW
         #: The server side: what a proxy's streams relaying this connection's answers charge their growth to.
-        self.budget: WindowBudget | None = None if self.CLIENT else WindowBudget(self.BUDGET)
+        self.budget: WindowBudget | None = None if self.client else WindowBudget(self.BUDGET)
         self.closed = False
         self.write_paused = False
         #: Our GOAWAY went out (no new streams taken), and the peer's arrived (no new streams opened).
@@ -246,7 +243,7 @@ class H2Connection(asyncio.Protocol):
         self._parts: list[bytes] = []
         self._have = 0
         self._need = 0
-        self._preface = not self.CLIENT
+        self._preface = not self.client
         self._continuing: tuple[int, int, list[bytes]] | None = None
         self._block_size = 0
         #: The peer's preface ends with its SETTINGS (§3.4): its first frame.
@@ -261,11 +258,11 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's are no asyncio.Transport
         settings = {frames.INITIAL_WINDOW_SIZE: self.stream_window, frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK}
-        if self.CLIENT:
+        if self.client:
             settings[frames.ENABLE_PUSH] = 0
         else:
-            settings[frames.MAX_CONCURRENT_STREAMS] = self.MAX_STREAMS
-        preface = frames.PREFACE if self.CLIENT else b""
+            settings[frames.MAX_CONCURRENT_STREAMS] = self.max_streams
+        preface = frames.PREFACE if self.client else b""
         self._write(
             preface + frames.settings(settings) + frames.window_update(0, CONNECTION_WINDOW - frames.DEFAULT_WINDOW)
         )
@@ -330,22 +327,25 @@ class H2Connection(asyncio.Protocol):
         self._need = need
 
     def _frames(self, data: bytes, at: int) -> None:
+        # The frame head read byte by byte: typed ints all through when compiled (no struct tuple, no boxed ints).
         size = len(data)
-        head = frames.HEAD
         while size - at >= 9:
-            high, low, kind, flags, stream_id = head.unpack_from(data, at)
-            length = high << 8 | low
+            length = data[at] << 16 | data[at + 1] << 8 | data[at + 2]
             if length > frames.DEFAULT_MAX_FRAME:
                 raise FrameError(frames.FRAME_SIZE_ERROR, f"a frame of {length} bytes, beyond our 16384")
             end = at + 9 + length
             if end > size:
                 break
+            kind = data[at + 3]
+            flags = data[at + 4]
+            stream_id = (data[at + 5] & 0x7F) << 24 | data[at + 6] << 16 | data[at + 7] << 8 | data[at + 8]
+            payload = data[at + 9 : end]
             if kind > frames.HEADERS or self._settings_due or self._continuing is not None:
-                self._frame(kind, flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+                self._frame(kind, flags, stream_id, payload)
             elif kind == frames.DATA:  # the two frames of every call, dispatched here: one call fewer each
-                self._data(flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+                self._data(flags, stream_id, payload)
             else:
-                self._headers(flags, stream_id & frames.MAX_WINDOW, data[at + 9 : end])
+                self._headers(flags, stream_id, payload)
             at = end
             if self.closed:
                 return
@@ -375,7 +375,7 @@ class H2Connection(asyncio.Protocol):
             code = frames.parse_code(payload)
             if stream_id == 0 or self._idle(stream_id):
                 raise FrameError(frames.PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, never opened")
-            if not self.CLIENT and stream_id in self.streams:
+            if not self.client and stream_id in self.streams:
                 self._count_reset()
             self._rst_stream(stream_id, code)
         elif kind == frames.SETTINGS:
@@ -475,17 +475,17 @@ class H2Connection(asyncio.Protocol):
         end = bool(flags & frames.END_STREAM)
         stream = self.streams.get(stream_id)
         if stream is None:
-            if self._idle(stream_id) and (self.CLIENT or not stream_id & 1):
+            if self._idle(stream_id) and (self.client or not stream_id & 1):
                 raise FrameError(frames.PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, which the peer may not open")
-            if self.CLIENT or stream_id <= self.last_peer_stream:
-                if not end and not self.CLIENT:  # not trailers (they end the stream): a new stream below the last
+            if self.client or stream_id <= self.last_peer_stream:
+                if not end and not self.client:  # not trailers (they end the stream): a new stream below the last
                     raise FrameError(frames.PROTOCOL_ERROR, f"a new stream {stream_id} below {self.last_peer_stream}")
                 return  # a stream that ended: nothing listens
             self.last_peer_stream = stream_id
-            if self.going_away or self._peer_streams() >= self.MAX_STREAMS:
+            if self.going_away or self._peer_streams() >= self.max_streams:
                 self._answer(frames.rst_stream(stream_id, frames.REFUSED_STREAM))
                 return
-            if too_big or malformed(fields):
+            if too_big or self.decoder.malformed:
                 self._answer(
                     frames.rst_stream(stream_id, frames.ENHANCE_YOUR_CALM if too_big else frames.PROTOCOL_ERROR)
                 )
@@ -504,7 +504,7 @@ class H2Connection(asyncio.Protocol):
             frames.ENHANCE_YOUR_CALM
             if too_big
             else frames.PROTOCOL_ERROR
-            if not (end or self.CLIENT) or malformed(fields)
+            if not (end or self.client) or self.decoder.malformed
             else 0
         )
         if code:
@@ -520,12 +520,12 @@ class H2Connection(asyncio.Protocol):
     def _idle(self, stream_id: int) -> bool:
         """Whether `stream_id` was never opened: beyond the last of the peer's or ours, or on our side's numbering
         (a server opens none, push being off)."""
-        if self.CLIENT:
+        if self.client:
             return stream_id > self._next_id or not stream_id & 1
         return stream_id > self.last_peer_stream or not stream_id & 1
 
     def _peer_streams(self) -> int:
-        return len(self.streams) if not self.CLIENT else 0
+        return len(self.streams) if not self.client else 0
 
     def _window_update(self, stream_id: int, increment: int) -> None:
         if increment == 0:  # a stream error on a stream (§6.9): we end the connection for it too (§5.4.1)
@@ -548,7 +548,7 @@ class H2Connection(asyncio.Protocol):
                 self._pump(stream)
 
     def _rst_stream(self, stream_id: int, code: int) -> None:
-        stream = self.streams.pop(stream_id, None)
+        stream = self._take(stream_id)
         if stream is None:
             return
         self._blocked.discard(stream)
@@ -600,7 +600,7 @@ class H2Connection(asyncio.Protocol):
 
     def _goaway(self, last: int, code: int) -> None:
         self.peer_went_away = True
-        if self.CLIENT:  # ours above `last` were never processed: they may go elsewhere
+        if self.client:  # ours above `last` were never processed: they may go elsewhere
             for stream_id in [s for s in self.streams if s > last]:
                 self._rst_stream(stream_id, frames.REFUSED_STREAM)
         self.peer_goaway(last, code)
@@ -631,8 +631,7 @@ class H2Connection(asyncio.Protocol):
         return stream
 
     def send_headers(self, stream: Stream, fields: Fields, *, end_stream: bool = False) -> None:
-        block = self.encoder.encode(fields)
-        self._write(frames.headers(stream.id, block, end_stream=end_stream, max_frame=self.peer_max_frame))
+        self._send_block(stream.id, self.encoder.encode(fields), frames.END_STREAM if end_stream else 0)
         if end_stream:
             self._local_closed(stream)
 
@@ -640,8 +639,28 @@ class H2Connection(asyncio.Protocol):
         """Data, sent as the windows allow (see the module docstring); `end_stream` after it."""
         if stream.local_closed or stream.end_queued or stream.trailers is not None:
             return
+        size = len(payload)
+        pending = stream.pending
+        if (
+            (pending is None or not pending)
+            and size <= stream.send_window
+            and size <= self.send_window
+            and size <= self.peer_max_frame
+        ):  # nothing waits and it fits: one frame now (`_pump`'s first turn, without the queue)
+            if size:
+                stream.send_window -= size
+                self.send_window -= size
+                self._send_frame(frames.DATA, frames.END_STREAM if end_stream else 0, stream.id, payload)
+                self._sent(stream, size)
+            elif end_stream:
+                self._send_frame(frames.DATA, frames.END_STREAM, stream.id, b"")
+            if end_stream:
+                self._local_closed(stream)
+            return
         if payload:
-            stream.pending.append(payload)
+            if pending is None:
+                pending = stream.pending = deque()
+            pending.append(payload)
         if end_stream:
             stream.end_queued = True
         self._pump(stream)
@@ -655,7 +674,7 @@ class H2Connection(asyncio.Protocol):
 
     def reset(self, stream: Stream, code: int) -> None:
         """Reset `stream` (nothing more is said of it to its handler)."""
-        if self.streams.pop(stream.id, None) is None:
+        if self._take(stream.id) is None:
             return
         self._blocked.discard(stream)
         self._release(stream)
@@ -757,7 +776,11 @@ class H2Connection(asyncio.Protocol):
     def _pump(self, stream: Stream) -> None:
         pending = stream.pending
         while pending:
-            room = min(stream.send_window, self.send_window, self.peer_max_frame)
+            room = stream.send_window
+            if self.send_window < room:
+                room = self.send_window
+            if self.peer_max_frame < room:
+                room = self.peer_max_frame
             if room <= 0:
                 self._blocked.add(stream)
                 return
@@ -771,7 +794,7 @@ class H2Connection(asyncio.Protocol):
             stream.send_window -= size
             self.send_window -= size
             end = not pending and stream.end_queued
-            self._write(frames.data(stream.id, chunk, end_stream=end))
+            self._send_frame(frames.DATA, frames.END_STREAM if end else 0, stream.id, chunk)
             self._sent(stream, size)
             if end:
                 self._blocked.discard(stream)
@@ -781,11 +804,10 @@ class H2Connection(asyncio.Protocol):
         if stream.local_closed:
             return
         if stream.trailers is not None:
-            block = self.encoder.encode(stream.trailers)
-            self._write(frames.headers(stream.id, block, end_stream=True, max_frame=self.peer_max_frame))
+            self._send_block(stream.id, self.encoder.encode(stream.trailers), frames.END_STREAM)
             self._local_closed(stream)
         elif stream.end_queued:
-            self._write(frames.data(stream.id, b"", end_stream=True))
+            self._send_frame(frames.DATA, frames.END_STREAM, stream.id, b"")
             self._local_closed(stream)
 
     def _sent(self, stream: Stream, size: int) -> None:
@@ -801,7 +823,7 @@ class H2Connection(asyncio.Protocol):
         stream.local_closed = True
         if stream.remote_closed:
             self._forget(stream)
-        elif not self.CLIENT:  # a server that answered whole need not read the rest (RFC 9113 §8.1)
+        elif not self.client:  # a server that answered whole need not read the rest (RFC 9113 §8.1)
             stream.handler = None
             self.reset(stream, frames.NO_ERROR)
 
@@ -811,13 +833,21 @@ class H2Connection(asyncio.Protocol):
             self._forget(stream)
 
     def _forget(self, stream: Stream) -> None:
-        if self.streams.pop(stream.id, None) is not None:
+        if self._take(stream.id) is not None:
             self._blocked.discard(stream)
             self._release(stream)
             self.stream_closed(stream)
             stream.handler = None  # the handler holds the stream: no cycle left for the collector
             if (self.going_away or self.peer_went_away) and not self.streams:
                 self.close()
+
+    def _take(self, stream_id: int) -> Stream | None:
+        """The stream, no longer in `streams` (compiled, `dict.pop` with a default is a call by name)."""
+        streams = self.streams
+        stream = streams.get(stream_id)
+        if stream is not None:
+            del streams[stream_id]
+        return stream
 
     def _release(self, stream: Stream) -> None:
         """`stream` is forgotten: what it held is dropped with it (or was never to be passed on); but a stream
@@ -843,7 +873,7 @@ class H2Connection(asyncio.Protocol):
     def _replenish(self) -> None:
         """The connection's WINDOW_UPDATE, once half its window arrived, unless (the server side) the data
         held reached `HOLD_LIMIT`: then the peer may send at most what is left of its window."""
-        if self.recv_unacked >= CONNECTION_WINDOW // 2 and (self.CLIENT or self.held < self.HOLD_LIMIT):
+        if self.recv_unacked >= CONNECTION_WINDOW // 2 and (self.client or self.held < self.hold_limit):
             self._write(frames.window_update(0, self.recv_unacked))
             self.recv_unacked = 0
 
@@ -862,6 +892,26 @@ class H2Connection(asyncio.Protocol):
         if not self._flushing:
             self._flushing = True
             self._flusher.add(self)
+
+    def _send_frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        """A frame written as its header and its payload (joined with the rest at `_flush`: not copied here)."""
+        if self.closed:
+            return
+        out = self._out
+        out.append(frames.head(kind, flags, stream_id, len(payload)))
+        if payload:
+            out.append(payload)
+        if not self._flushing:
+            self._flushing = True
+            self._flusher.add(self)
+
+    def _send_block(self, stream_id: int, block: bytes, flags: int) -> None:
+        """A header block: one HEADERS frame, or HEADERS and CONTINUATIONs beyond the peer's frame size."""
+        if len(block) <= self.peer_max_frame:
+            self._send_frame(frames.HEADERS, flags | frames.END_HEADERS, stream_id, block)
+        else:
+            end = bool(flags & frames.END_STREAM)
+            self._write(frames.headers(stream_id, block, end_stream=end, max_frame=self.peer_max_frame))
 
     def _flush(self) -> None:
         self._flushing = False

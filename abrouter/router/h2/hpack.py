@@ -5,11 +5,14 @@ dynamic table (its size bounded by our SETTINGS_HEADER_TABLE_SIZE, 4096) and its
 updates, and Huffman-coded strings. Most strings repeat from call to call (a user agent,
 ``application/grpc``, a method path), so each decoder keeps the strings it decoded by
 their raw bytes and decodes each one once. Whole blocks repeat too (an upstream's
-``:status 200`` head and ``grpc-status 0`` trailers, once indexed, are the same few bytes
-on every call): a block of indexed fields only decodes to a pure function of its bytes and
-the dynamic table, so each decoder keeps a few such blocks' header lists by their bytes,
-valid while the table has not changed since (`Decoder.generation`). Blocks with literals
-are not kept: theirs are the values that change from call to call (a unit id, a deadline).
+``:status 200`` head and ``grpc-status 0`` trailers are the same few bytes on every call):
+a block that adds nothing to the dynamic table decodes to a pure function of its bytes and
+the table, so each decoder keeps a few such blocks' header lists by their bytes, valid
+while the table has not changed since (`Decoder.generation`). A request's head repeats but
+for its last fields (a unit id, a deadline): the decoder also keeps the fields that two
+blocks in a row share at their start, and decodes only the rest of a block that starts
+with them. It notes, per field decoded, whether RFC 9113 §8.2 forbids it (`forbidden`,
+kept with the blocks), so the connection need not look at every field of every list.
 
 `Encoder` is cheap on purpose: it never indexes (no dynamic table, so nothing to evict
 and no size update to send), uses the static table for whole fields and for names, and
@@ -21,10 +24,10 @@ latin-1 both ways, so any byte passes unchanged (``-bin`` values are base64 anyw
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from typing import Final, cast
 
 #: RFC 7541 Appendix A.
-STATIC_TABLE: tuple[tuple[str, str], ...] = (
+STATIC_TABLE: Final[tuple[tuple[str, str], ...]] = (
     (':authority', ''),
     (':method', 'GET'),
     (':method', 'POST'),
@@ -89,7 +92,7 @@ STATIC_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 #: RFC 7541 Appendix B: (code, length in bits) of each symbol 0..255 and EOS (256).
-HUFFMAN_CODES: tuple[tuple[int, int], ...] = (
+HUFFMAN_CODES: Final[tuple[tuple[int, int], ...]] = (
     (0x1FF8, 13),
     (0x7FFFD8, 23),
     (0xFFFFFE2, 28),
@@ -350,25 +353,39 @@ HUFFMAN_CODES: tuple[tuple[int, int], ...] = (
 )
 
 #: The dynamic table's size before any update, and the most our SETTINGS allow.
-DEFAULT_TABLE_SIZE = 4096
-_EOS = 256
-_LENGTHS = tuple(sorted({length for _, length in HUFFMAN_CODES}))
-_HUFFMAN_DECODE = {(length, code): symbol for symbol, (code, length) in enumerate(HUFFMAN_CODES)}
-_STATIC_FIELDS = {field: index for index, field in reversed(list(enumerate(STATIC_TABLE, 1)))}
-_STATIC_NAMES = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
+DEFAULT_TABLE_SIZE: Final = 4096
+_EOS: Final = 256
+_LENGTHS: Final = tuple(sorted({length for _, length in HUFFMAN_CODES}))
+_HUFFMAN_DECODE: Final = {(length, code): symbol for symbol, (code, length) in enumerate(HUFFMAN_CODES)}
+
+
+def _by_name_and_value(table: tuple[tuple[str, str], ...]) -> dict[str, dict[str, int]]:
+    """The table's fields by name, then value: their first index."""
+    found: dict[str, dict[str, int]] = {}
+    for index, (name, value) in enumerate(table, 1):
+        found.setdefault(name, {}).setdefault(value, index)
+    return found
+
+
+_STATIC_FIELDS: Final = _by_name_and_value(STATIC_TABLE)
+_STATIC_NAMES: Final = {name: index for index, (name, _) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 #: The most a decoded header list may hold (RFC 9113 §6.5.2's size: names, values, 32 each;
 #: the connection advertises it as SETTINGS_MAX_HEADER_LIST_SIZE). A small block can stand for
 #: much more (the same table entry indexed again and again).
-MAX_LIST_SIZE = 64 * 1024
+MAX_LIST_SIZE: Final = 64 * 1024
 #: Decoded strings kept per decoder; beyond it the cache starts over (callers choose the strings).
-_CACHE_LIMIT = 4096
+_CACHE_LIMIT: Final = 4096
 #: Indexed-only header blocks kept per decoder (a peer repeats a few: a head, trailers); beyond it, start over.
-_BLOCK_LIMIT = 64
+_BLOCK_LIMIT: Final = 64
 #: The longest string (Huffman-coded bytes) the decoder keeps, and field (written) the encoder keeps: those
 #: that repeat are short, and a peer's long ones would hold up to 4096 of them, hundreds of MB per connection.
-_CACHE_STRING = 256
+_CACHE_STRING: Final = 256
+#: The most bytes of block a decoder keeps as the prefix its blocks share (see `Decoder`).
+_PREFIX_LIMIT: Final = 1024
+#: The static table's fields as objects (the decoder hands out these tuples, not new ones: see `Decoder.table`).
+_STATIC_BOXED: Final[list[object]] = list(STATIC_TABLE)
 #: Distinct values of one name the encoder keeps before it takes the name's values for per-call ones (see `Encoder`).
-_VOLATILE = 64
+_VOLATILE: Final = 64
 
 
 class HpackError(Exception):
@@ -458,36 +475,110 @@ def encode_integer(value: int, prefix: int, flags: int) -> bytes:
     return bytes(out)
 
 
-class Decoder:
-    """One connection's header-block decoder (its dynamic table lives as long as the connection)."""
+#: Fields of HTTP/1.1's connection management, which no HTTP/2 message may carry (RFC 9113 §8.2.2).
+CONNECTION_FIELDS: Final = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
 
-    __slots__ = ("_blocks", "_strings", "generation", "limit", "max_list_size", "max_size", "size", "table")
+
+def forbidden(name: str, value: str) -> bool:
+    """Whether a field breaks RFC 9113 §8.2: an upper-case name, a connection-specific field, TE not trailers."""
+    if name in CONNECTION_FIELDS or (name == "te" and value != "trailers"):
+        return True
+    return not name.islower() and name != name.lower()  # islower() first: no new string for a lower-case name
+
+
+class _Kept:
+    """A block decoded, or a block's first fields, kept by its bytes: valid while the table is as it was then."""
+
+    __slots__ = ("fields", "generation", "malformed", "raw", "size")
+
+    def __init__(self, raw: bytes, fields: list[object], *, size: int, malformed: bool, generation: int) -> None:
+        self.raw = raw
+        self.fields = fields
+        #: The header list's size (RFC 9113 §6.5.2), and whether a field of it is `forbidden`.
+        self.size = size
+        self.malformed = malformed
+        self.generation = generation
+
+
+class Decoder:
+    """One connection's header-block decoder (its dynamic table lives as long as the connection).
+
+    Besides the strings, it keeps two kinds of blocks that decode the same while the dynamic table stays
+    as it is (`generation`): whole blocks that did not change the table (`_blocks`: a peer's fixed head
+    and trailers), and the first fields that a peer's blocks share, those that end in per-call values (a
+    request's head before its unit id and deadline: `_prefix`, learned from two blocks in a row that did
+    not start with the one kept). A block that starts with the kept prefix decodes only the rest.
+    """
+
+    __slots__ = (
+        "_blocks",
+        "_last",
+        "_names",
+        "_prefix",
+        "_strings",
+        "generation",
+        "limit",
+        "malformed",
+        "max_list_size",
+        "max_size",
+        "size",
+        "table",
+    )
 
     def __init__(self, max_size: int = DEFAULT_TABLE_SIZE, max_list_size: int = MAX_LIST_SIZE) -> None:
         #: The most our settings allow; the encoder may choose less with a size update (`limit`).
         self.max_size = self.limit = max_size
         #: The largest header list `decode` returns (`HeaderListTooLarge` beyond it).
         self.max_list_size = max_list_size
-        self.table: deque[tuple[str, str]] = deque()  # newest first: dynamic index 62 is table[0]
+        #: Newest first: dynamic index 62 is table[0]. Fields are kept as the tuples they were decoded to, and
+        #: handed out as they are (compiled, a field taken out as a pair of strings is a new tuple when kept).
+        self.table: deque[object] = deque()
         self.size = 0
+        #: Huffman-coded strings decoded, and names written as they are, by their bytes (kept apart: the same
+        #: bytes mean one thing Huffman-coded and another not).
         self._strings: dict[bytes, str] = {}
+        self._names: dict[bytes, str] = {}
         #: Bumped whenever the dynamic table changes: a kept block's list is valid in its generation only.
         self.generation = 0
-        #: Blocks of indexed fields only, by their bytes: (the generation decoded in, the header list).
-        self._blocks: dict[bytes, tuple[int, list[tuple[str, str]]]] = {}
+        self._blocks: dict[bytes, _Kept] = {}
+        self._prefix: _Kept | None = None
+        #: The last block decoded whole (not from `_prefix`), to learn the prefix from.
+        self._last = b""
+        #: Whether the last header list decoded has a field that RFC 9113 §8.2 forbids (`forbidden`).
+        self.malformed = False
 
     def decode(self, block: bytes) -> list[tuple[str, str]]:
         """The header list of one whole block (HEADERS and its CONTINUATIONs). Raises `HpackError`, or
         `HeaderListTooLarge` after decoding the whole block (the table stays in step)."""
         kept = self._blocks.get(block)
-        if kept is not None and kept[0] == self.generation:
-            return list(kept[1])
-        out: list[tuple[str, str]] = []
-        at, end = 0, len(block)
-        budget = self.max_list_size
-        fields = 0
-        indexed_only = True
-        static = STATIC_TABLE
+        if kept is not None and kept.generation == self.generation:
+            self.malformed = kept.malformed
+            return cast(list[tuple[str, str]], list(kept.fields))
+        prefix = self._prefix
+        if prefix is not None and prefix.generation == self.generation and block.startswith(prefix.raw):
+            out = list(prefix.fields)
+            self.malformed = prefix.malformed
+            self._decode(block, len(prefix.raw), out, self.max_list_size - prefix.size, None)
+            return cast(list[tuple[str, str]], out)
+        out = []
+        self.malformed = False
+        generation = self.generation
+        ends: list[int] = []
+        size = self._decode(block, 0, out, self.max_list_size, ends)
+        if self.generation == generation and len(block) <= _CACHE_STRING:  # a pure function of the table
+            if len(self._blocks) >= _BLOCK_LIMIT:
+                self._blocks.clear()
+            self._blocks[block] = _Kept(block, list(out), size=size, malformed=self.malformed, generation=generation)
+        self._learn(block, out, ends, generation)
+        return cast(list[tuple[str, str]], out)
+
+    def _decode(self, block: bytes, at: int, out: list[object], budget: int, ends: list[int] | None) -> int:
+        """The fields of `block` from `at` appended to `out`, and `ends` their ends until the first that changed
+        the table; the header list's size (`budget` less what is left of it). Notes `malformed`."""
+        end = len(block)
+        fields = len(out)  # a prefix's fields came before: no size update after them
+        static = _STATIC_BOXED
+        limit = budget
         try:
             while at < end:
                 byte = block[at]
@@ -503,10 +594,10 @@ class Decoder:
                 elif byte & 0x40:  # literal with incremental indexing
                     field, at = self._literal(block, at, 6)
                     self._add(field)
-                    indexed_only = False
+                    ends = None
                 elif byte & 0x20:  # dynamic table size update
                     self.generation += 1
-                    indexed_only = False
+                    ends = None
                     if fields:
                         raise HpackError("a table size update after a field, not at the start of the block")
                     size, at = _integer(block, at, 5)
@@ -517,24 +608,47 @@ class Decoder:
                     continue
                 else:  # literal without indexing (0x00) or never indexed (0x10)
                     field, at = self._literal(block, at, 4)
-                    indexed_only = False
                 fields += 1
-                budget -= len(field[0]) + len(field[1]) + 32
+                name, value = cast(tuple[str, str], field)
+                budget -= len(name) + len(value) + 32
                 if budget >= 0:  # beyond it, decoded for the table's sake only: nothing is kept
                     out.append(field)
+                    if ends is not None:
+                        ends.append(at)
+                    if forbidden(name, value):
+                        self.malformed = True
         except IndexError:
             raise HpackError("header block truncated") from None
         if budget < 0:
             raise HeaderListTooLarge(f"a header list beyond {self.max_list_size} bytes")
-        if indexed_only and end <= _CACHE_STRING:  # a pure function of the table, which it did not change
-            if len(self._blocks) >= _BLOCK_LIMIT:
-                self._blocks.clear()
-            self._blocks[block] = (self.generation, list(out))
-        return out
+        return limit - budget
 
-    def _field(self, index: int) -> tuple[str, str]:
+    def _learn(self, block: bytes, out: list[object], ends: list[int], generation: int) -> None:
+        """Keep as `_prefix` the fields `block` shares with the block decoded whole before it (whole fields,
+        none that changed the table, at most `_PREFIX_LIMIT` bytes of block)."""
+        last, self._last = self._last, block[:_PREFIX_LIMIT]
+        common = 0
+        most = min(len(last), len(block))
+        while common < most and block[common] == last[common]:
+            common += 1
+        count = 0
+        while count < len(ends) and ends[count] <= common:
+            count += 1
+        if not count:
+            self._prefix = None
+            return
+        fields = out[:count]
+        size = malformed = 0
+        for field in fields:
+            name, value = cast(tuple[str, str], field)
+            size += len(name) + len(value) + 32
+            malformed |= forbidden(name, value)
+        raw = block[: ends[count - 1]]
+        self._prefix = _Kept(raw, fields, size=size, malformed=bool(malformed), generation=generation)
+
+    def _field(self, index: int) -> object:
         if 0 < index <= 61:
-            return STATIC_TABLE[index - 1]
+            return _STATIC_BOXED[index - 1]
         try:
             if index == 0:
                 raise IndexError
@@ -542,37 +656,40 @@ class Decoder:
         except IndexError:
             raise HpackError(f"no header table entry {index}") from None
 
-    def _literal(self, block: bytes, at: int, prefix: int) -> tuple[tuple[str, str], int]:
+    def _literal(self, block: bytes, at: int, prefix: int) -> tuple[object, int]:
         index, at = _integer(block, at, prefix)
         if index:
-            name = self._field(index)[0]
+            name = cast(tuple[str, str], self._field(index))[0]
         else:
-            name, at = self._string(block, at)
-        value, at = self._string(block, at)
+            name, at = self._string(block, at, keep=True)
+        value, at = self._string(block, at, keep=False)
         return (name, value), at
 
-    def _string(self, block: bytes, at: int) -> tuple[str, int]:
+    def _string(self, block: bytes, at: int, *, keep: bool) -> tuple[str, int]:
+        """A string at `at`; one Huffman-coded, or (`keep`: a name) short, is decoded once and kept."""
         huffman = block[at] & 0x80
         length, at = _integer(block, at, 7)
         end = at + length
         if end > len(block):
             raise HpackError("string truncated")
         raw = block[at:end]
-        if not huffman:
+        if not huffman and not keep:
             return raw.decode("latin-1"), end
-        text = self._strings.get(raw)
+        strings = self._strings if huffman else self._names
+        text = strings.get(raw)
         if text is None:
-            text = huffman_decode(raw).decode("latin-1")
+            text = huffman_decode(raw).decode("latin-1") if huffman else raw.decode("latin-1")
             if length > _CACHE_STRING:
                 return text, end
-            if len(self._strings) >= _CACHE_LIMIT:
-                self._strings.clear()
-            self._strings[raw] = text
+            if len(strings) >= _CACHE_LIMIT:
+                strings.clear()
+            strings[raw] = text
         return text, end
 
-    def _add(self, field: tuple[str, str]) -> None:
+    def _add(self, field: object) -> None:
         self.generation += 1
-        size = len(field[0]) + len(field[1]) + 32
+        name, value = cast(tuple[str, str], field)
+        size = len(name) + len(value) + 32
         if size > self.limit:  # RFC 7541 §4.4: the table is emptied, the entry not added
             self._evict(0)
             return
@@ -582,7 +699,7 @@ class Decoder:
 
     def _evict(self, limit: int) -> None:
         while self.size > limit and self.table:
-            name, value = self.table.pop()
+            name, value = cast(tuple[str, str], self.table.pop())
             self.size -= len(name) + len(value) + 32
 
 
@@ -593,28 +710,51 @@ class Encoder:
     but not for a name that has shown `_VOLATILE` distinct values: its values change per
     call (a request id, a deadline, a unit id), so keeping them would only fill the cache and
     empty it, common fields and all, every thousand calls. Such a name's head is kept instead.
+    The kept representations are found by name, then value (compiled, a field looked up by
+    the pair would be a new tuple per field).
     """
 
-    __slots__ = ("_fields", "_heads", "_values")
+    __slots__ = ("_changing", "_fields", "_heads", "_kept", "_values")
 
     def __init__(self) -> None:
-        #: Each field's representation as it was written last.
-        self._fields: dict[tuple[str, str], bytes] = {}
-        #: How many values of each name `_fields` took; a name's head (its index or literal) once it stopped.
+        #: Each field's representation as it was written last, by name then value (`_kept` of them in all).
+        self._fields: dict[str, dict[str, bytes]] = {}
+        self._kept = 0
+        #: How many values of each name `_fields` took; a name's head (its index or literal) once it stopped,
+        #: and the volatile names' heads (their values no longer looked up: written as they come).
         self._values: dict[str, int] = {}
         self._heads: dict[str, bytes] = {}
+        self._changing: dict[str, bytes] = {}
 
-    def encode(self, headers: Iterable[tuple[str, str]]) -> bytes:
+    def encode(self, headers: list[tuple[str, str]]) -> bytes:
+        out: list[bytes] = []
         fields = self._fields
-        return b"".join([fields.get(field) or self._field(field) for field in headers])
+        changing = self._changing
+        for name, value in headers:
+            values = fields.get(name)
+            if values is not None:
+                raw = values.get(value)
+                if raw is not None:
+                    out.append(raw)
+                    continue
+            head = changing.get(name)
+            if head is None:
+                self._field(out, name, value)
+                continue
+            encoded = value.encode("latin-1")  # appended in pieces: no bytes made to hold them together
+            size = len(encoded)
+            out.append(head)
+            out.append(_SHORT_LENGTHS[size] if size < 127 else encode_integer(size, 7, 0))
+            out.append(encoded)
+        return b"".join(out)
 
-    def _field(self, field: tuple[str, str]) -> bytes:
-        """A field whole from the static table, else a literal (the name by its static index if it has one)."""
-        index = _STATIC_FIELDS.get(field)
-        if index is not None:
+    def _field(self, out: list[bytes], name: str, value: str) -> None:
+        """A field whole from the static table, else a literal (the name by its static index if it has one),
+        appended to `out` and kept unless its name is volatile."""
+        index = _STATIC_FIELDS.get(name, _NO_VALUES).get(value, 0)
+        if index:
             raw = encode_integer(index, 7, 0x80)
         else:
-            name, value = field
             head = self._heads.get(name)
             if head is None:
                 head = _name_head(name)
@@ -623,16 +763,32 @@ class Encoder:
             encoded = value.encode("latin-1")
             raw = head + encode_integer(len(encoded), 7, 0) + encoded
             seen = self._values.get(name, 0)
-            if seen >= _VOLATILE:
-                return raw
+            if seen >= _VOLATILE:  # from now on its values are written as they come, not looked up
+                if len(self._changing) < _CACHE_LIMIT and len(head) <= _CACHE_STRING:
+                    self._changing[name] = head
+                    self._kept -= len(self._fields.pop(name, _NO_FIELDS))
+                out.append(raw)
+                return
             self._values[name] = seen + 1
+        out.append(raw)
         if len(raw) > _CACHE_STRING:  # long ones rarely repeat, and kept they would hold MBs
-            return raw
-        if len(self._fields) >= _CACHE_LIMIT:
+            return
+        if self._kept >= _CACHE_LIMIT:
             self._fields.clear()
             self._values.clear()
-        self._fields[field] = raw
-        return raw
+            self._changing.clear()
+            self._kept = 0
+        values = self._fields.get(name)
+        if values is None:
+            values = self._fields[name] = {}
+        values[value] = raw
+        self._kept += 1
+
+
+#: One-byte string lengths (an HPACK integer with a 7-bit prefix, no Huffman flag), made once.
+_SHORT_LENGTHS: Final = [bytes((n,)) for n in range(127)]
+_NO_VALUES: Final[dict[str, int]] = {}
+_NO_FIELDS: Final[dict[str, bytes]] = {}
 
 
 def _name_head(name: str) -> bytes:

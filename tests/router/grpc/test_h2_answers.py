@@ -388,6 +388,62 @@ async def test_an_upstream_connection_lost_gives_its_streams_budget_back_to_the_
 
 @own
 @pytest.mark.usefixtures("budget")
+async def test_an_upstream_connection_lost_after_its_streams_grew_and_their_data_was_taken_gives_the_budget_back(
+    make_grpc_router: MakeGrpcRouter,
+) -> None:
+    """Calls whose upstream streams grew as the caller took their first bytes (the budget spent), nothing of
+    them held when the upstream connection is lost mid-answer: their growth comes back at once (there is no
+    data left whose taking would give it back), so the caller's next calls grow as far as the budget allows."""
+    first = _streams(CALLS)
+    then = _streams(CALLS, first=first[-1] + 2)
+    part = TAKEN * 3 // 4  # beyond a quarter of an initial window (the streams grow), within the caller's windows
+    grown, close, again = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    seen: list[Answers] = []
+
+    async def serve(wire: UpstreamWire) -> None:
+        a = Answers(wire)
+        seen.append(a)
+        if len(seen) == 1:  # the first connection: part of each answer, no end; lost once the windows grew
+            a.hold_trailers = True
+            streams = await a.heads(CALLS)
+            for s in streams:
+                a.answer(s, _body(s, part - 5))
+            await a.until_sent(streams)
+            while not all(a.windows[s] > CLIENT_STREAM_WINDOW - part for s in streams):  # each one's update
+                await a.step()
+            assert sum(max(0, a.windows[s] - CLIENT_STREAM_WINDOW) for s in streams) > BUDGET // 2  # they grew
+            grown.set()
+            await asyncio.wait_for(close.wait(), WAIT_S)
+            wire.writer.close()
+            return
+        for s in await a.heads(CALLS):
+            a.answer(s, _body(s, ANSWER - 5))
+        await a.until_shut()
+        again.set()
+
+    async with upstream(serve) as u:
+        r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
+        caller = await _slow_caller(r)
+        try:
+            for s in first:
+                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+            await _reading(caller, grown)
+            assert all(len(caller.bodies[s]) == part for s in first)  # all of it taken: nothing held
+            close.set()
+            await caller.until_ended(first)
+            for s in then:
+                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+            await _reading(caller, again)
+            # A new upstream connection (its own stream ids): the windows grew again, the budget came back whole.
+            _held_within_the_budget(seen[1], caller, then, list(seen[1].sent))
+        finally:
+            caller.wire.close()
+    assert all(caller.trailers[s]["grpc-status"] == "13" for s in first)  # INTERNAL: cut mid-answer
+    assert caller.goaway is None
+
+
+@own
+@pytest.mark.usefixtures("budget")
 async def test_a_slow_caller_that_disconnects_resets_its_upstream_streams_and_the_connection_serves_others(
     make_grpc_router: MakeGrpcRouter,
 ) -> None:

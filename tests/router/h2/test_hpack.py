@@ -221,7 +221,7 @@ def test_the_decoder_agrees_with_the_reference_on_blocks_that_repeat_between_tab
         assert ours.decode(block) == expected
 
 
-def test_only_a_few_indexed_only_blocks_are_kept_and_blocks_with_literals_not_at_all() -> None:
+def test_only_a_few_blocks_are_kept_and_a_per_call_literal_is_decoded_after_the_prefix_its_blocks_share() -> None:
     decoder = hpack.Decoder()
     for n in range(1, 62):
         for m in range(1, 62):
@@ -229,5 +229,47 @@ def test_only_a_few_indexed_only_blocks_are_kept_and_blocks_with_literals_not_at
     assert len(decoder._blocks) <= 64
     decoder._blocks.clear()
     for n in range(100):  # a unit id, new on every call: a literal without indexing
-        decoder.decode(b"\x83\x00\x09x-user-id" + hpack.encode_integer(len(str(n)), 7, 0) + str(n).encode())
-    assert not decoder._blocks
+        block = b"\x83\x00\x09x-user-id" + hpack.encode_integer(len(str(n)), 7, 0) + str(n).encode()
+        assert decoder.decode(block) == [(":method", "POST"), ("x-user-id", str(n))]
+    assert len(decoder._blocks) <= 2  # the first two, before the prefix they share was learned from them
+    assert decoder._prefix is not None and decoder._prefix.raw == b"\x83"
+
+
+def _literal(name: str, value: str) -> bytes:
+    """A literal without indexing, its name written out (no Huffman)."""
+    return (
+        b"\x00" + hpack.encode_integer(len(name), 7, 0) + name.encode() + hpack.encode_integer(len(value), 7, 0)
+    ) + value.encode()
+
+
+def test_blocks_that_share_a_prefix_decode_as_the_reference_does_across_table_changes_and_forbidden_fields() -> None:
+    """Blocks of a fixed head (static, dynamic and literal fields) then per-call literals, between blocks that
+    add to the table, resize it or differ from the start: every list as the reference decodes it, and whether
+    it has a field RFC 9113 forbids as computed from the list itself."""
+    rng = random.Random(5)
+    ours, theirs = hpack.Decoder(), reference.Decoder()
+    adds = [bytes([0x40, 3]) + b"x-" + bytes([97 + i]) + bytes([1]) + b"v" for i in range(4)]  # entries 62...
+    resize = b"\x20\x3f\xe1\x1f" + b"".join(adds)  # the table emptied (size 0), back to 4096, filled again
+    heads = [
+        b"\x83\x86\xbe" + _literal("te", "trailers"),
+        b"\x83\x86\xbe" + _literal("te", "gzip"),  # forbidden: TE other than trailers
+        b"\x83\xbf" + _literal("connection", "close"),  # forbidden: connection-specific
+        b"\x82" + _literal("X-Upper", "1"),  # forbidden: an upper-case name
+    ]
+    prefixes = 0
+    for block in [resize] + [b""] * 600:
+        roll = rng.random()
+        if not block:
+            tail = b"".join(_literal("x-user-id", str(rng.randint(1, 9))) for _ in range(rng.randint(0, 2)))
+            if roll < 0.1:  # the table changed, alone or after a head (which then decodes to other fields)
+                tail = rng.choice(adds)
+            block = resize if roll < 0.02 else tail if roll < 0.05 else rng.choice(heads * 2) + tail
+        expected = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in theirs.decode(block, raw=True)]
+        prefix, kept = ours._prefix, ours._blocks.get(block)
+        fresh = prefix is not None and prefix.generation == ours.generation
+        got = ours.decode(block)
+        prefixes += fresh and block.startswith(prefix.raw) and (kept is None or kept.generation != prefix.generation)
+        assert got == expected, block
+        assert ours.malformed == any(hpack.forbidden(k, v) for k, v in expected)
+        assert ours.size == theirs.header_table._current_size
+    assert prefixes > 50  # the prefix was there to decode from, not every block decoded whole
