@@ -43,7 +43,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from abrouter.contract.model import Variant
@@ -140,10 +140,11 @@ class BodyStream:
         """True if the body will never arrive whole."""
         return self._gone
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+    def __aiter__(self) -> BodyStream:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def __anext__(self) -> bytes:
+        # An async iterator rather than an async generator: mypyc compiles no async generators.
         while True:
             if self._chunks:
                 chunk = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
@@ -152,17 +153,16 @@ class BodyStream:
                 if self._paused:
                     self._paused = False
                     self.resume()
-                yield chunk
-            elif self._gone:
+                return chunk
+            if self._gone:
                 raise ClientGone("the client went away before the end of its request body")
-            elif self._done:
-                return
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+            if self._done:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -52,6 +52,10 @@ COMPILED = (
     "abrouter.router.metrics",
     "abrouter.router.connections",
     "abrouter.router.matching",
+    "abrouter.router.http.server",
+    "abrouter.router.stream",
+    "abrouter.router.upstream.httpconn",
+    "abrouter.router.upstream.httpclient",
 )
 #: The shared library of the compiled group (mypyc's ``group_name`` + ``__mypyc``).
 GROUP = "abrouter.router.h2._native"

@@ -375,12 +375,11 @@ class Response:
         self.content_length = conn.content_length
         self._conn: Connection | None = conn
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         if conn is None:
             raise RuntimeError("the response was released")
-        while chunk := await conn.next_chunk():
-            yield chunk
+        return _Chunks(conn)
 
     async def read(self) -> bytes:
         if self._conn is None:
@@ -391,6 +390,24 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish()
+
+
+class _Chunks:
+    """A response's body as it arrives (an async iterator: mypyc compiles no async generators)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._conn.next_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _expire(waiter: asyncio.Future[None], pool: Pool, limit_s: float) -> None:
