@@ -83,7 +83,9 @@ def test_the_http2_own_server_grpc_exchange_and_http1_tests_pass_on_the_pure_mod
     h2 += [str(ROOT / "tests" / "router" / f"test_{name}.py") for name in EXCHANGE_TESTS]
     # The HTTP/1.1 path: its wire, its proxy tests on the httptools upstream client, and that client.
     http = [str(ROOT / "tests" / "router" / "http" / f"test_{name}.py") for name in ("wire", "proxy")]
-    http += [str(ROOT / "tests" / "router" / "upstream" / "test_httpclient.py"), "-k", "not aiohttp"]
+    upstream = ROOT / "tests" / "router" / "upstream"
+    http += [str(upstream / f"test_{name}.py") for name in ("httpclient", "httpclient_start")]
+    http += ["-k", "not aiohttp"]
     for args in (h2, [str(GRPC / "test_proxy.py"), "-k", "own"], http):
         run = subprocess.run(
             [*pytest, *args], env=_env(ABROUTER_PURE="1"), cwd=ROOT, capture_output=True, text=True, timeout=900
