@@ -99,7 +99,11 @@ class HttptoolsTransport:
             return None
         target = prefix + path_qs if prefix else path_qs or "/"
         attempt = _Attempt(pool, conn, sink, method, target, headers, body)
-        conn.start(method, target, headers, body, attempt)
+        try:
+            conn.start(method, target, headers, body, attempt)
+        except BaseException:
+            conn.abandon()  # a request that could not be written (CR or LF in a header): not reused
+            raise
         return attempt
 
     def set_timeouts(self, timeouts: TimeoutConfig) -> None:

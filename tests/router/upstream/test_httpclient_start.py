@@ -235,3 +235,15 @@ async def test_a_response_larger_than_the_high_water_mark_reaches_the_sink_whole
     body = b"x" * (600 * 1024)
     sink, _ = await start(transport, url, method="POST", body=body, sink=Recorder(hold=hold))
     assert b"".join(e[1] for e in sink.events[1:]) == b"got:" + body
+
+
+async def test_a_request_that_cannot_be_written_raises_and_its_connection_is_not_reused(
+    transport: HttptoolsTransport, counting: tuple[str, set[int]]
+) -> None:
+    url, ports = counting
+    await call(transport, url)
+    with pytest.raises(ValueError, match="CR or LF"):
+        transport.start(
+            base_url=url, method="GET", path_qs="/", headers=[("X-A", "a\r\nb")], body=None, sink=Recorder()
+        )
+    assert (await call(transport, url))[0] == 200 and len(ports) == 2
