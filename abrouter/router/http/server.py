@@ -482,6 +482,7 @@ class _Cycle:
             self.task.cancel()
         elif self.relay is not None:
             self.relay.client_gone()
+            self.relay = None
 
     def _run(self) -> None:
         """Answer the request: a reserved endpoint's or a streamed body's in a task, a body held whole
@@ -493,7 +494,9 @@ class _Cycle:
         elif self.conn.feeding:
             self.conn.ready.append(self)
         elif not self.done and not self.conn.closed:
-            self.relay = stream.serve(self.conn.router, self._incoming(), self._whole_body(), self)
+            relay = stream.serve(self.conn.router, self._incoming(), self._whole_body(), self)
+            if relay is not None and not relay.done:
+                self.relay = relay
 
     def _incoming(self) -> Incoming:
         return Incoming(self.method, self.target, self.headers, self.conn.peer, "http")
@@ -557,6 +560,7 @@ class _Cycle:
 
     def abort(self) -> None:
         self.done = True
+        self.relay = None
         self.conn.abort()
 
     def fail(self, problem: Problem) -> None:
@@ -589,6 +593,7 @@ class _Cycle:
 
     def _finished(self) -> None:
         self.done = True
+        self.relay = None  # the driver's handle and this its Downstream: no cycle left for the collector
         conn = self.conn
         if self.then_reply is not None:  # the next request broke the rules: its 400 follows, then close
             conn.write(_reply_bytes(self.then_reply, connection=_CLOSE, head_only=False))
