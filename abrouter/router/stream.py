@@ -3,7 +3,11 @@
 Wire adapters only translate. An adapter (the HTTP/1.1 server in
 `abrouter.router.http.server`) turns its protocol's bytes into a
 head (`Incoming`), a request body (bytes it holds whole, or a `BodyStream` it feeds:
-data, end of body, client gone) and calls `proxy`. The driver sends what the client gets
+data, end of body, client gone) and calls `proxy`; for a body it holds whole, `serve`:
+the same rules by callbacks, no task and no coroutine per request where the transport
+can `start` the request and the response is held whole too (its `Whole` is the
+transport's `Sink`; a streamed response still runs in a task, and a transport without
+`start` feeds the same `Sink` from `request`). The driver sends what the client gets
 through the adapter's `Downstream`: a whole response, or a head, data and an end; an
 abort; or a `Problem` (a neutral `Failure`) that the adapter renders in its protocol.
 
@@ -24,7 +28,8 @@ The driver owns the exchange calls, the body rules and the failure sequence, onc
 - the upstream fails mid-response: the client's stream is aborted (it sees a cut
   response, never a complete-looking one), an error of the variant;
 - the client leaves before the end of the response (or the adapter cancels the driver's
-  task for it): logged as 499, an exposure but not an error of the variant;
+  task for it, or calls `Whole.client_gone`): logged as 499, an exposure but not an error
+  of the variant;
 - the client's request body never arrived whole: neither an exposure nor an error;
 - anything else is a bug: a 500 (`Failure.INTERNAL`) if nothing was sent yet, else an
   abort, and the traceback in the log;

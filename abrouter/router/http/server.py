@@ -26,7 +26,9 @@ driver sends as HTTP/1.1 bytes. This module decides only wire matters:
   505 with gRPC's UNAVAILABLE and a reason, then GOAWAY (`abrouter.router.http.h2refusal`).
 
 Reserved endpoints (``/abrouter/...``) are read whole and answered by
-`abrouter.router.endpoints`; every other request goes to `stream.proxy`.
+`abrouter.router.endpoints` in a task; every other request goes to the stream driver:
+one whose body is held whole (the common request) to `stream.serve`, by callbacks once
+the parser is done with the bytes at hand, a streamed body to `stream.proxy` in a task.
 """
 
 from __future__ import annotations

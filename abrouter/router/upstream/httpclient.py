@@ -13,6 +13,9 @@ httptools (llhttp), and keep-alive pools.
                          the connect timeout (then 504), so a burst cannot open
                          thousands of sockets to a model server
     Connection, Response one socket and one exchange on it: `abrouter.router.upstream.httpconn`
+    _Attempt             a request `start` sent on an idle connection by callbacks (the
+                         stream driver's common request): the connection's `Sink`, and
+                         the stale-connection retry below
 
 Stale connections: a server may close an idle keep-alive connection just as a request
 goes out on it. When a reused connection closes before any byte of the response, the

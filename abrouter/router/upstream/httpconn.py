@@ -7,6 +7,11 @@
                  connection to its pool only if the response was read to the end and
                  both sides keep the connection alive
 
+An exchange runs one of two ways: `exchange` (a coroutine: the caller awaits the head,
+then reads the body with `Response`'s coroutines), or `start` (callbacks: a `Sink` hears
+of the head, then of the whole body or a failure, with no future and no task; the
+stream driver's common request).
+
 Requests: the head and a body of up to `ONE_WRITE_MAX` bytes go out in one write. An
 async-iterator body streams with `Transfer-Encoding: chunked`, or, when the caller's
 headers carry Content-Length, as exactly that many bytes. Responses: reading pauses
