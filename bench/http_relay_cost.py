@@ -8,15 +8,16 @@ the bytes wrk sends (``bench/wrk/post.lua``'s POST /predict, a distinct X-User-I
 request) are fed to `--connections` server connections' ``data_received``, one request
 each per batch; the requests the router writes upstream are answered by nginx's bytes
 (the shared harness's upstream: a 100-byte JSON with Content-Length) fed to the upstream
-connections' ``data_received``; the event loop turns as the path needs (a task per
-request, or none). The exposure log keeps nothing (its batching and encoding are
-measured elsewhere). No syscalls: what is left is Python, C extensions and the loop.
+connections' ``data_received``; the event loop (uvloop, as the router's; ``--asyncio`` for
+asyncio's own) turns as the path needs (a task per request, or none). The exposure log
+keeps nothing (its batching and encoding are measured elsewhere). No syscalls: what is
+left is Python, C extensions and the loop.
 
 Prints microseconds of CPU (process time) per request, the median of ``--rounds``; to
-compare two checkouts, run it with each first on PYTHONPATH, alternating:
+compare two builds, run it on each (`bench/in_tree.py`), alternating:
 
-    .venv/bin/python bench/http_relay_cost.py --requests 20000
-    PYTHONPATH=/tmp/before17 .venv/bin/python bench/http_relay_cost.py --requests 20000
+    .venv/bin/python bench/http_relay_cost.py --requests 6400
+    .venv/bin/python bench/in_tree.py /tmp/before17 bench/http_relay_cost.py --requests 6400
     .venv/bin/python bench/http_relay_cost.py --profile   # cProfile of one round, top functions
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 import yaml
 
 from abrouter.contract import experiment as model
+from abrouter.router import serving
 from abrouter.router.h2 import native
 from abrouter.router.http.server import HttpProtocol
 from abrouter.router.routing import RoutingTable
@@ -120,9 +122,10 @@ class Exposures:
         self.n += 1
 
 
-def one_round(requests: int, connections: int, seed: int) -> float:
-    """CPU seconds per request: `requests` in batches of one per server connection."""
-    loop = asyncio.new_event_loop()
+def one_round(requests: int, connections: int, seed: int, *, uvloop: bool = True) -> float:
+    """CPU seconds per request: `requests` in batches of one per server connection; on the router's loop
+    (uvloop, `serving.new_loop`) or asyncio's."""
+    loop = serving.new_loop() if uvloop else asyncio.new_event_loop()
     try:
         experiment = model.parse(yaml.safe_load(SPEC))
         transport = HttptoolsTransport(TimeoutConfig(1.0, 30.0), idle_timeout_s=1e9)
@@ -188,16 +191,20 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=64, help="server connections, one request each per batch")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--asyncio", action="store_true", help="asyncio's own event loop instead of uvloop")
     p.add_argument("--profile", action="store_true", help="cProfile one round and print the top functions")
     args = p.parse_args()
     if args.profile:
         profile = cProfile.Profile()
-        profile.runcall(one_round, args.requests, args.connections, args.seed)
+        profile.runcall(one_round, args.requests, args.connections, args.seed, uvloop=not args.asyncio)
         pstats.Stats(profile).sort_stats("tottime").print_stats(25)
         return
-    per_request = [one_round(args.requests, args.connections, args.seed + i) for i in range(args.rounds)]
+    rounds = range(args.rounds)
+    per_request = [one_round(args.requests, args.connections, args.seed + i, uvloop=not args.asyncio) for i in rounds]
+    loop = "asyncio" if args.asyncio else "uvloop"
     print(
-        f"HTTP/1.1 request through the router ({native.mode()}): {statistics.median(per_request) * 1e6:.2f} µs "
+        f"HTTP/1.1 request through the router ({native.mode()}, {loop}): "
+        f"{statistics.median(per_request) * 1e6:.2f} µs "
         f"of CPU per request (median of {args.rounds} rounds of {args.requests}; "
         f"min {min(per_request) * 1e6:.2f}, max {max(per_request) * 1e6:.2f})"
     )
