@@ -81,8 +81,8 @@ def test_the_http2_own_server_grpc_exchange_and_http1_tests_pass_on_the_pure_mod
     h2 = [str(GRPC / f"test_h2_{name}.py") for name in ("conformance", "wire", "hold")] + [str(hpack)]
     # The exchange and its helpers, shared with the HTTP path (a couple of seconds).
     h2 += [str(ROOT / "tests" / "router" / f"test_{name}.py") for name in EXCHANGE_TESTS]
-    # The HTTP/1.1 path: its wire, its proxy tests on the httptools upstream client, and that client.
-    http = [str(ROOT / "tests" / "router" / "http" / f"test_{name}.py") for name in ("wire", "proxy")]
+    # The HTTP/1.1 path: its wire (server, driver and httptools client together) and that client.
+    http = [str(ROOT / "tests" / "router" / "http" / "test_wire.py")]
     upstream = ROOT / "tests" / "router" / "upstream"
     http += [str(upstream / f"test_{name}.py") for name in ("httpclient", "httpclient_start")]
     http += ["-k", "not aiohttp"]
