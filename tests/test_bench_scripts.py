@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("exchange_cost.py", ["--requests", "200", "--rounds", "1"], "µs of CPU per request"),
         ("grpc_relay_cost.py", ["--calls", "200", "--rounds", "1", "--uvloop"], "µs of CPU per call"),
         ("eventlog_cost.py", ["--batches", "1"], '"total_us"'),
+        ("http_relay_cost.py", ["--requests", "128", "--connections", "8", "--rounds", "1"], "µs of CPU per request"),
         ("idle_lanes.py", ["--experiments", "3", "--seconds", "0.3"], "| 3 | 1 |"),
         ("lua_prims.py", ["--n", "1000"], "| cjson, a cell of version 4 (12 values) |"),
     ],

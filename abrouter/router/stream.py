@@ -3,7 +3,11 @@
 Wire adapters only translate. An adapter (the HTTP/1.1 server in
 `abrouter.router.http.server`) turns its protocol's bytes into a
 head (`Incoming`), a request body (bytes it holds whole, or a `BodyStream` it feeds:
-data, end of body, client gone) and calls `proxy`. The driver sends what the client gets
+data, end of body, client gone) and calls `proxy`; for a body it holds whole, `serve`:
+the same rules by callbacks, no task and no coroutine per request where the transport
+can `start` the request and the response is held whole too (its `Whole` is the
+transport's `Sink`; a streamed response still runs in a task, and a transport without
+`start` feeds the same `Sink` from `request`). The driver sends what the client gets
 through the adapter's `Downstream`: a whole response, or a head, data and an end; an
 abort; or a `Problem` (a neutral `Failure`) that the adapter renders in its protocol.
 
@@ -24,7 +28,8 @@ The driver owns the exchange calls, the body rules and the failure sequence, onc
 - the upstream fails mid-response: the client's stream is aborted (it sees a cut
   response, never a complete-looking one), an error of the variant;
 - the client leaves before the end of the response (or the adapter cancels the driver's
-  task for it): logged as 499, an exposure but not an error of the variant;
+  task for it, or calls `Whole.client_gone`): logged as 499, an exposure but not an error
+  of the variant;
 - the client's request body never arrived whole: neither an exposure nor an error;
 - anything else is a bug: a 500 (`Failure.INTERNAL`) if nothing was sent yet, else an
   abort, and the traceback in the log;
@@ -43,7 +48,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Protocol, cast
 
 from abrouter.contract.model import Variant
@@ -51,7 +56,7 @@ from abrouter.router import exchange, shadow
 from abrouter.router.errors import UpstreamError
 from abrouter.router.exchange import Exchange, Failure, Incoming, Problem
 from abrouter.router.headers import Headers
-from abrouter.router.upstream.transport import UpstreamResponse
+from abrouter.router.upstream.transport import Pending, Transport, UpstreamResponse, feed
 
 log = logging.getLogger("abrouter.proxy")
 
@@ -140,10 +145,11 @@ class BodyStream:
         """True if the body will never arrive whole."""
         return self._gone
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+    def __aiter__(self) -> BodyStream:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
+    async def __anext__(self) -> bytes:
+        # An async iterator rather than an async generator: mypyc compiles no async generators.
         while True:
             if self._chunks:
                 chunk = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
@@ -152,17 +158,16 @@ class BodyStream:
                 if self._paused:
                     self._paused = False
                     self.resume()
-                yield chunk
-            elif self._gone:
+                return chunk
+            if self._gone:
                 raise ClientGone("the client went away before the end of its request body")
-            elif self._done:
-                return
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+            if self._done:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -184,10 +189,8 @@ class Lane(exchange.Experimenting, Protocol):
 
 async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Downstream) -> None:
     """Proxy one request to its variant; every outcome is recorded (see the module docstring)."""
-    try:
-        ex = Exchange.start(router, incoming, now=time.time(), body=body if isinstance(body, bytes) else None)
-    except exchange.Refused as refused:
-        down.fail(refused.problem)
+    ex = _open(router, incoming, body, down)
+    if ex is None:
         return
     pool = cast(Lane, ex.lane).shadows
     shadows = _shadows(pool, ex, body)  # [shadow]
@@ -199,16 +202,189 @@ async def proxy(router: Router, incoming: Incoming, body: RequestBody, down: Dow
         raise
     except Exception:
         live = None
-        ex.crashed()
-        log.exception("bug while proxying %s %s", incoming.method, ex.incoming.target[:200])
-        if down.started:
-            down.abort()
-        else:
-            down.fail(ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
+        _crashed(ex, down)
     finally:
         ex.finish(now=time.time())
     if live is not None and pool is not None and ex.error is None:  # the control answered whole
         pool.offer(shadow.Copy.of(ex, shadows, body if isinstance(body, bytes) else None, live.digest()))
+
+
+def serve(router: Router, incoming: Incoming, body: bytes | None, down: Downstream) -> Whole | None:
+    """`proxy` by callbacks, for a request body held whole (or none): no task, no coroutine, when the
+    transport can `start` it and the response is held whole too; the same rules, the same records.
+
+    Returns the request's `Whole`, whose `client_gone` the adapter calls if the client leaves first;
+    None when it was answered already (refused). Never raises: a bug is a 500, logged.
+    """
+    try:
+        ex = _open(router, incoming, body, down)
+        if ex is None:
+            return None
+    except Exception:
+        log.exception("bug while proxying %s %s", incoming.method, incoming.target[:200])
+        down.fail(Problem(Failure.INTERNAL, "internal error in the router; see its log"))
+        return None
+    whole = Whole(ex, body, down)
+    whole.go()
+    return whole
+
+
+class Whole:
+    """One request of `serve`: the transport's `Sink` for its response, then the stream's task if the
+    response is to be streamed (larger than `BUFFER_LIMIT`, or unsized)."""
+
+    __slots__ = ("done", "down", "ex", "live", "pending", "pool", "request_body", "response", "shadows", "task")
+
+    def __init__(self, ex: Exchange, body: bytes | None, down: Downstream) -> None:
+        self.ex, self.request_body, self.down = ex, body, down
+        self.pool = cast(Lane, ex.lane).shadows
+        self.shadows = _shadows(self.pool, ex, body)  # [shadow]
+        self.live = shadow.digest() if self.shadows else None
+        self.pending: Pending | None = None
+        self.response: UpstreamResponse | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+
+    def go(self) -> None:
+        ex = self.ex
+        body = self.request_body if ex.body is None else ex.body
+        transport = ex.lane.transport
+        try:
+            start = getattr(transport, "start", None)  # the callback path, where the transport has it
+            pending: Pending | None = None
+            if start is not None:
+                pending = start(
+                    base_url=ex.variant.upstream, method=ex.incoming.method, path_qs=ex.incoming.target,
+                    headers=ex.upstream_headers(), body=body, sink=self,
+                )  # fmt: skip
+            if pending is None:
+                self.task = asyncio.get_running_loop().create_task(self._request(transport, body))
+            self.pending = pending
+        except Exception:
+            self._crash()
+            self._end()
+
+    async def _request(self, transport: Transport, body: bytes | None) -> None:
+        """The coroutine path's request, for a transport without `start` (or no connection at hand)."""
+        ex = self.ex
+        try:
+            response = transport.request(
+                base_url=ex.variant.upstream, method=ex.incoming.method, path_qs=ex.incoming.target,
+                headers=ex.upstream_headers(), body=body,
+            )  # fmt: skip
+            await feed(self, response)
+        except Exception:
+            self._crash()
+            self._end()
+
+    # --- the transport's Sink ---
+
+    def head(self, response: UpstreamResponse) -> bool:
+        self.pending = None
+        if self.done:
+            response.release()
+            return False
+        self.response = response
+        ex = self.ex
+        try:
+            ex.received(response.status)
+            if _held_whole(ex, response):
+                return True
+            self.task = asyncio.get_running_loop().create_task(self._stream(response))
+        except Exception:
+            self._crash()
+            self._end()
+        return False
+
+    def body(self, data: bytes) -> None:
+        if self.done:
+            return
+        response = self.response
+        assert response is not None
+        try:
+            _respond(self.ex, response, self.down, data, self.live)
+        except Exception:
+            self._crash()
+        self._end()
+
+    def failed(self, exc: UpstreamError) -> None:
+        self.pending = None
+        if self.done:
+            return
+        try:
+            self.down.fail(self.ex.failed(exc))  # nothing went out yet: the client gets a clean 502/504
+        except Exception:
+            self._crash()
+        self._end()
+
+    # --- the adapter's side ---
+
+    def client_gone(self) -> None:
+        """The client left before the end of the response: logged as 499 (see the module docstring)."""
+        if self.done:
+            return
+        if self.task is not None:
+            self.task.cancel()
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.cancel()
+        self.ex.client_gone()
+        self.live = None  # no copy of an exchange the client left
+        self._end()
+
+    # --- the end ---
+
+    async def _stream(self, response: UpstreamResponse) -> None:
+        if self.done:
+            return
+        try:
+            await _stream(self.ex, response, self.down, self.live)
+        except (ClientGone, asyncio.CancelledError):
+            self.task = None
+            if not self.done:
+                self.client_gone()
+                self.down.abort()
+            return
+        except Exception:
+            self._crash()
+        self._end()
+
+    def _crash(self) -> None:
+        self.live = None
+        _crashed(self.ex, self.down)
+
+    def _end(self) -> None:
+        """Release the upstream's response, record the exchange, and offer its copies (once)."""
+        if self.done:
+            return
+        self.done = True
+        response, self.response = self.response, None
+        if response is not None:
+            response.release()
+        ex = self.ex
+        ex.finish(now=time.time())
+        live, pool = self.live, self.pool
+        if live is not None and pool is not None and ex.error is None:  # the control answered whole
+            pool.offer(shadow.Copy.of(ex, self.shadows, self.request_body, live.digest()))
+
+
+def _open(router: Router, incoming: Incoming, body: RequestBody, down: Downstream) -> Exchange | None:
+    """The request's exchange; None when it refused the request (its problem rendered)."""
+    try:
+        return Exchange.start(router, incoming, now=time.time(), body=body if isinstance(body, bytes) else None)
+    except exchange.Refused as refused:
+        down.fail(refused.problem)
+        return None
+
+
+def _crashed(ex: Exchange, down: Downstream) -> None:
+    """A bug: a 500 if nothing went out yet, else the response is cut; the traceback in the log."""
+    ex.crashed()
+    log.exception("bug while proxying %s %s", ex.request.method, ex.incoming.target[:200])
+    if down.started:
+        down.abort()
+    else:
+        down.fail(ex.problem(Failure.INTERNAL, "internal error in the router; see its log"))
 
 
 def _shadows(pool: shadow.ShadowPool | None, ex: Exchange, body: RequestBody) -> tuple[Variant, ...]:
@@ -254,24 +430,47 @@ async def _forward(
 
 async def _relay(ex: Exchange, upstream: UpstreamResponse, down: Downstream, live: hashlib.blake2b | None) -> None:
     """Send the upstream's response; `live` (when copies are wanted) hashes its body as it goes."""
-    headers = ex.response_headers(upstream.headers)
-    status, reason = upstream.status, upstream.reason
-    if ex.incoming.method == "HEAD" or status in (204, 304):
-        down.respond(status, reason, headers, b"", bodiless=True)
-        ex.first_byte()
+    if not _held_whole(ex, upstream):
+        await _stream(ex, upstream, down, live)
         return
-    if upstream.content_length is not None and upstream.content_length <= BUFFER_LIMIT:
+    data = b""
+    if not _bodiless(ex, upstream.status):
         try:
             data = await upstream.read()
         except UpstreamError as exc:
             down.fail(ex.failed(exc))  # nothing went out yet: the client gets a clean 502/504
             return
-        down.respond(status, reason, headers, data)
+    _respond(ex, upstream, down, data, live)
+
+
+def _bodiless(ex: Exchange, status: int) -> bool:
+    return ex.incoming.method == "HEAD" or status in (204, 304)
+
+
+def _held_whole(ex: Exchange, upstream: UpstreamResponse) -> bool:
+    """Whether the response is read whole and sent in one write (else it streams)."""
+    length = upstream.content_length
+    return _bodiless(ex, upstream.status) or (length is not None and length <= BUFFER_LIMIT)
+
+
+def _respond(
+    ex: Exchange, upstream: UpstreamResponse, down: Downstream, data: bytes, live: hashlib.blake2b | None
+) -> None:
+    """A response held whole goes out in one write."""
+    headers = ex.response_headers(upstream.headers)
+    if _bodiless(ex, upstream.status):
+        down.respond(upstream.status, upstream.reason, headers, b"", bodiless=True)
         ex.first_byte()
-        if live is not None:
-            live.update(data)
         return
-    down.start(status, reason, headers)
+    down.respond(upstream.status, upstream.reason, headers, data)
+    ex.first_byte()
+    if live is not None:
+        live.update(data)
+
+
+async def _stream(ex: Exchange, upstream: UpstreamResponse, down: Downstream, live: hashlib.blake2b | None) -> None:
+    """A streamed response: its head, its data as it comes (waiting while the client is slow), its end."""
+    down.start(upstream.status, upstream.reason, ex.response_headers(upstream.headers))
     ex.first_byte()
     try:
         async for chunk in upstream.chunks():

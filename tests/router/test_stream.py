@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,8 +164,35 @@ async def run(
     return down, router, log, transport
 
 
-async def test_a_small_response_goes_out_whole_and_is_one_exposure() -> None:
-    down, router, log, transport = await run(Answer())
+async def served(
+    answer: Answer | Exception,
+    body: bytes | None = b"{}",
+    down: RecordingDownstream | None = None,
+    req: Incoming | None = None,
+) -> Ran:
+    """As `run`, through `stream.serve` (the callback path of a body held whole): it returns at once; this
+    waits for the exchange's end."""
+    router, log, transport = make_router(answer)
+    down = down or RecordingDownstream()
+    await settled(stream.serve(router, req or incoming(), body, down))
+    return down, router, log, transport
+
+
+async def settled(whole: stream.Whole | None) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while whole is not None and not whole.done:
+        assert asyncio.get_running_loop().time() < deadline, "the exchange never ended"
+        await asyncio.sleep(0.001)
+
+
+Entry = Callable[..., Awaitable[Ran]]
+#: The driver's two entries: `proxy` (any body, a coroutine) and `serve` (a body held whole, callbacks).
+ENTRIES = pytest.mark.parametrize("entry", [run, served], ids=["proxy", "serve"])
+
+
+@ENTRIES
+async def test_a_small_response_goes_out_whole_and_is_one_exposure(entry: Entry) -> None:
+    down, router, log, transport = await entry(Answer())
     assert down.events == [("respond", 200, b'{"ok": true}', False)]
     assert transport.sent == [b"{}"] and transport.responses[0].released
     (e,) = log.exposures
@@ -173,16 +200,18 @@ async def test_a_small_response_goes_out_whole_and_is_one_exposure() -> None:
     assert router.metrics.first_byte[("driver", "control")].n == 1 and not router.metrics.errors
 
 
-async def test_a_large_or_unsized_response_streams_and_ends() -> None:
+@ENTRIES
+async def test_a_large_or_unsized_response_streams_and_ends(entry: Entry) -> None:
     chunks = [b"x" * 100_000] * 4
-    down, router, log, _ = await run(Answer(body=chunks, length=None))
+    down, router, log, _ = await entry(Answer(body=chunks, length=None))
     assert down.events == [("start", 200), *[("send", c) for c in chunks], ("end",)]
     assert log.exposures[0].status == 200 and not router.metrics.errors
 
 
+@ENTRIES
 @pytest.mark.parametrize(("req", "status"), [(incoming("HEAD"), 200), (incoming(), 204), (incoming(), 304)])
-async def test_head_204_and_304_are_bodiless(req: Incoming, status: int) -> None:
-    down, *_ = await run(Answer(status=status, body=[]), req=req)
+async def test_head_204_and_304_are_bodiless(entry: Entry, req: Incoming, status: int) -> None:
+    down, *_ = await entry(Answer(status=status, body=[]), req=req)
     assert down.events == [("respond", status, b"", True)]
 
 
@@ -193,18 +222,20 @@ async def test_head_204_and_304_are_bodiless(req: Incoming, status: int) -> None
         (UpstreamTimeout("slow"), Failure.UPSTREAM_TIMEOUT, 504),
     ],
 )
+@ENTRIES
 async def test_no_response_is_a_neutral_failure_and_an_error_of_the_variant(
-    error: Exception, failure: Failure, status: int
+    entry: Entry, error: Exception, failure: Failure, status: int
 ) -> None:
-    down, router, log, _ = await run(error)
+    down, router, log, _ = await entry(error)
     assert down.events == [("fail", failure)]
     (e,) = log.exposures
     assert e.status == status and e.error
     assert sum(router.metrics.errors.values()) == 1
 
 
-async def test_an_upstream_that_fails_mid_stream_cuts_the_client_and_is_an_error() -> None:
-    down, router, log, transport = await run(Answer(body=[b"a" * 300_000, b"b"], length=None, fail_after=1))
+@ENTRIES
+async def test_an_upstream_that_fails_mid_stream_cuts_the_client_and_is_an_error(entry: Entry) -> None:
+    down, router, log, transport = await entry(Answer(body=[b"a" * 300_000, b"b"], length=None, fail_after=1))
     assert down.events == [("start", 200), ("send", b"a" * 300_000), ("abort",)]
     assert log.exposures[0].error and router.metrics.errors[("driver", "control", "stream_aborted")] == 1
     assert transport.responses[0].released
@@ -259,12 +290,13 @@ async def test_a_body_stream_pauses_the_client_above_its_high_water_and_resumes_
     assert [c async for c in body] == [b"x" * 12] and paused == ["pause", "resume"]
 
 
-async def test_a_refused_request_is_rendered_and_never_recorded() -> None:
+@ENTRIES
+async def test_a_refused_request_is_rendered_and_never_recorded(entry: Entry) -> None:
     req = incoming(**{"X-AB-Force-Variant": "nope"})
-    down, router, log, transport = await run(Answer(), req=req)
+    down, router, log, transport = await entry(Answer(), req=req)
     assert down.events == [("fail", Failure.UNKNOWN_VARIANT)]
     assert log.exposures == [] and transport.sent == [] and not router.metrics.requests
-    down, *_ = await run(Answer(), req=incoming(target="ftp://x/y"))
+    down, *_ = await entry(Answer(), req=incoming(target="ftp://x/y"))
     assert down.events == [("fail", Failure.BAD_TARGET)]
 
 
@@ -280,5 +312,52 @@ async def test_a_bug_is_a_500_before_the_head_and_an_abort_after() -> None:
     assert down.events == [("fail", Failure.INTERNAL)]
     assert log.exposures[0].status == 500 and log.exposures[0].error
     down, _, log, _ = await run(Answer(body=[b"a" * 300_000, b"b"], length=None, fail_after=1, bug=True))
+    assert down.events == [("start", 200), ("send", b"a" * 300_000), ("abort",)]
+    assert log.exposures[0].status == 500 and log.exposures[0].error
+
+
+async def test_serve_a_client_gone_mid_stream_is_a_499_its_response_cut_and_released() -> None:
+    chunks = [b"a" * 300_000] * 3
+    down, router, log, transport = await served(
+        Answer(body=chunks, length=None), down=RecordingDownstream(gone_after=1)
+    )
+    assert down.events == [("start", 200), ("send", chunks[0]), ("abort",)]
+    (e,) = log.exposures
+    assert e.status == 499 and not e.error and not router.metrics.errors
+    assert transport.responses[0].released
+
+
+async def test_serve_a_client_gone_while_the_upstream_is_waited_for_is_a_499() -> None:
+    router, log, _ = make_router(Answer())
+    gate = asyncio.Event()
+
+    async def never(**_: Any) -> Any:
+        await gate.wait()
+
+    router.lane("driver").transport.request = never  # type: ignore[method-assign]
+    down = RecordingDownstream()
+    whole = stream.serve(router, incoming(), b"{}", down)
+    assert whole is not None
+    await asyncio.sleep(0.01)
+    whole.client_gone()
+    await settled(whole)
+    (e,) = log.exposures
+    assert e.status == 499 and not e.error and down.events == []
+    whole.client_gone()  # twice (the connection's loss after the adapter's own): still one record
+    assert len(log.exposures) == 1
+
+
+async def test_serve_a_bug_is_a_500_before_the_head_and_an_abort_after() -> None:
+    router, log, _ = make_router(Answer())
+
+    async def broken(**_: Any) -> Any:
+        raise KeyError("a bug")
+
+    router.lane("driver").transport.request = broken  # type: ignore[method-assign]
+    down = RecordingDownstream()
+    await settled(stream.serve(router, incoming(), b"{}", down))
+    assert down.events == [("fail", Failure.INTERNAL)]
+    assert log.exposures[0].status == 500 and log.exposures[0].error
+    down, _, log, _ = await served(Answer(body=[b"a" * 300_000, b"b"], length=None, fail_after=1, bug=True))
     assert down.events == [("start", 200), ("send", b"a" * 300_000), ("abort",)]
     assert log.exposures[0].status == 500 and log.exposures[0].error

@@ -59,6 +59,10 @@ COMPILED = (
     "abrouter.router.eventlog.slices",
     "abrouter.router.eventlog.audit",
     "abrouter.router.eventlog.recent",
+    "abrouter.router.http.server",
+    "abrouter.router.stream",
+    "abrouter.router.upstream.httpconn",
+    "abrouter.router.upstream.httpclient",
 )
 #: The shared library of the compiled group (mypyc's ``group_name`` + ``__mypyc``).
 GROUP = "abrouter.router.h2._native"

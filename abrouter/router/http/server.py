@@ -26,7 +26,9 @@ driver sends as HTTP/1.1 bytes. This module decides only wire matters:
   505 with gRPC's UNAVAILABLE and a reason, then GOAWAY (`abrouter.router.http.h2refusal`).
 
 Reserved endpoints (``/abrouter/...``) are read whole and answered by
-`abrouter.router.endpoints`; every other request goes to `stream.proxy`.
+`abrouter.router.endpoints` in a task; every other request goes to the stream driver:
+one whose body is held whole (the common request) to `stream.serve`, by callbacks once
+the parser is done with the bytes at hand, a streamed body to `stream.proxy` in a task.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ class HttpProtocol(asyncio.Protocol):
         self.h2: h2refusal.Refusal | None = None  # an HTTP/2 client, answered by `h2refusal`
         #: A request said it is the last (``Connection: close``, HTTP/1.0): bytes after it are ignored.
         self.last_request_read = False
+        #: Requests whose body arrived whole while the parser ran: served once it is done (`_Cycle._run`).
+        self.ready: list[_Cycle] = []
+        self.feeding = False
 
     # --- asyncio.Protocol ---
 
@@ -159,6 +164,7 @@ class HttpProtocol(asyncio.Protocol):
             if data.startswith(_H2_PREFACE[: len(data)]) and data[:3] == b"PRI":
                 self._refuse_h2(data)
                 return
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -174,6 +180,12 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 message = f"malformed request: {exc}"
                 self._fatal(_Reject("bad_request", endpoints.error(400, "bad_request", message)))
+        finally:
+            self.feeding = False
+        if self.ready:
+            ready, self.ready = self.ready, []
+            for cycle in ready:
+                cycle._run()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -354,6 +366,8 @@ class HttpProtocol(asyncio.Protocol):
         if cycle is not None and _declares_body(cycle):
             if cycle.task is not None:
                 cycle.task.cancel()  # created by this same call, never run: no exchange began
+            if cycle in self.ready:
+                self.ready.remove(cycle)  # not served yet: no exchange began
             self.queue.pop()
             self._fatal(_reject(400, "upgrade_with_body", "a request with Upgrade may not have a body here"))
             return
@@ -383,6 +397,7 @@ class _Cycle:
         "keep_alive",
         "method",
         "parts",
+        "relay",
         "reserved",
         "size",
         "started",
@@ -413,6 +428,8 @@ class _Cycle:
         self.chunked = False
         self.done = False
         self.task: asyncio.Task[None] | None = None
+        #: The driver's handle of a request served by callbacks (`stream.serve`).
+        self.relay: stream.Whole | None = None
         #: A wire error found in the next request: sent once this response is out.
         self.then_reply: endpoints.Reply | None = None
 
@@ -461,25 +478,42 @@ class _Cycle:
         """The connection closed: cut the body, and stop a response in progress."""
         if self.body is not None:
             self.body.cut()
-        if self.task is not None and not self.done:
+        if self.done:
+            return
+        if self.task is not None:
             self.task.cancel()
+        elif self.relay is not None:
+            self.relay.client_gone()
+            self.relay = None
 
     def _run(self) -> None:
-        self.task = self.conn.loop.create_task(self._reserved() if self.reserved else self._proxy())
+        """Answer the request: a reserved endpoint's or a streamed body's in a task, a body held whole
+        (the common request) by the driver's callbacks (`stream.serve`), never while the parser runs."""
+        if self.reserved:
+            self.task = self.conn.loop.create_task(self._reserved())
+        elif self.parts is None:
+            self.task = self.conn.loop.create_task(self._proxy())
+        elif self.conn.feeding:
+            self.conn.ready.append(self)
+        elif not self.done and not self.conn.closed:
+            relay = stream.serve(self.conn.router, self._incoming(), self._whole_body(), self)
+            if relay is not None and not relay.done:
+                self.relay = relay
+
+    def _incoming(self) -> Incoming:
+        return Incoming(self.method, self.target, self.headers, self.conn.peer, "http")
+
+    def _whole_body(self) -> bytes | None:
+        parts = self.parts
+        if not parts:
+            return b"" if self.content_length == 0 else None
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def _proxy(self) -> None:
-        conn = self.conn
-        parts = self.parts
-        body: stream.RequestBody = self.body
-        if parts is not None:
-            body = (parts[0] if len(parts) == 1 else b"".join(parts)) if parts else None
-            if body is None and self.content_length == 0:
-                body = b""
-        incoming = Incoming(self.method, self.target, self.headers, conn.peer, "http")
         try:
-            await stream.proxy(conn.router, incoming, body, self)
+            await stream.proxy(self.conn.router, self._incoming(), self.body, self)
         except (stream.ClientGone, asyncio.CancelledError):
-            conn.abort()
+            self.conn.abort()
 
     async def _reserved(self) -> None:
         path = origin_form(self.target) or self.target
@@ -528,6 +562,7 @@ class _Cycle:
 
     def abort(self) -> None:
         self.done = True
+        self.relay = None
         self.conn.abort()
 
     def fail(self, problem: Problem) -> None:
@@ -560,6 +595,7 @@ class _Cycle:
 
     def _finished(self) -> None:
         self.done = True
+        self.relay = None  # the driver's handle and this its Downstream: no cycle left for the collector
         conn = self.conn
         if self.then_reply is not None:  # the next request broke the rules: its 400 follows, then close
             conn.write(_reply_bytes(self.then_reply, connection=_CLOSE, head_only=False))

@@ -13,6 +13,9 @@ httptools (llhttp), and keep-alive pools.
                          the connect timeout (then 504), so a burst cannot open
                          thousands of sockets to a model server
     Connection, Response one socket and one exchange on it: `abrouter.router.upstream.httpconn`
+    _Attempt             a request `start` sent on an idle connection by callbacks (the
+                         stream driver's common request): the connection's `Sink`, and
+                         the stale-connection retry below
 
 Stale connections: a server may close an idle keep-alive connection just as a request
 goes out on it. When a reused connection closes before any byte of the response, the
@@ -39,10 +42,10 @@ from collections.abc import AsyncIterable
 from dataclasses import replace
 from urllib.parse import urlsplit
 
-from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
+from abrouter.router.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.headers import Headers
 from abrouter.router.upstream.httpconn import Connection, Limits, Response, StaleConnection
-from abrouter.router.upstream.transport import TimeoutConfig
+from abrouter.router.upstream.transport import Pending, Sink, TimeoutConfig, UpstreamResponse, feed
 
 
 class HttptoolsTransport:
@@ -87,6 +90,24 @@ class HttptoolsTransport:
                 pool.drop_idle()
             conn = await pool.acquire()
         return await conn.exchange(method, target, headers, body)
+
+    def start(
+        self, *, base_url: str, method: str, path_qs: str, headers: Headers, body: bytes | None, sink: Sink
+    ) -> Pending | None:
+        """The callback path (`abrouter.router.upstream.transport.Sink`): the request goes out now on an idle
+        connection; None when there is none (a connection must be opened or waited for: `request`)."""
+        pool, prefix = self._routes.get(base_url) or self._route(base_url)
+        conn = pool.take()
+        if conn is None:
+            return None
+        target = prefix + path_qs if prefix else path_qs or "/"
+        attempt = _Attempt(pool, conn, sink, method, target, headers, body)
+        try:
+            conn.start(method, target, headers, body, attempt)
+        except BaseException:
+            conn.abandon()  # a request that could not be written (CR or LF in a header): not reused
+            raise
+        return attempt
 
     def set_timeouts(self, timeouts: TimeoutConfig) -> None:
         """New connect and read timeouts, for requests that start from now on."""
@@ -253,3 +274,42 @@ class _Pool:
         self.idle.clear()
         for conn in list(self.live):
             conn.transport.abort()
+
+
+class _Attempt:
+    """A request on the callback path (`HttptoolsTransport.start`): its connection's sink, the caller's
+    `Pending`. A reused connection that turns out stale sends it once more, on a fresh connection (as
+    `HttptoolsTransport.request` does, the body being bytes)."""
+
+    __slots__ = ("_body", "_conn", "_headers", "_method", "_pool", "_sink", "_target", "_task")
+
+    def __init__(
+        self, pool: _Pool, conn: Connection, sink: Sink, method: str, target: str, headers: Headers, body: bytes | None
+    ) -> None:
+        self._pool, self._conn, self._sink = pool, conn, sink
+        self._method, self._target, self._headers, self._body = method, target, headers, body
+        self._task: asyncio.Task[None] | None = None
+
+    def head(self, response: UpstreamResponse) -> bool:
+        return self._sink.head(response)
+
+    def body(self, data: bytes) -> None:
+        self._sink.body(data)
+
+    def failed(self, exc: UpstreamError) -> None:
+        if isinstance(exc, StaleConnection) and self._task is None:
+            # The newest idle connection was dead, so the older ones are too (e.g. the upstream restarted).
+            self._pool.drop_idle()
+            self._task = asyncio.get_running_loop().create_task(feed(self._sink, self._fresh()))
+            return
+        self._sink.failed(exc)
+
+    async def _fresh(self) -> UpstreamResponse:
+        conn = await self._pool.acquire()
+        return await conn.exchange(self._method, self._target, self._headers, self._body)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._conn.abandon()

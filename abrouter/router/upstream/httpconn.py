@@ -7,6 +7,11 @@
                  connection to its pool only if the response was read to the end and
                  both sides keep the connection alive
 
+An exchange runs one of two ways: `exchange` (a coroutine: the caller awaits the head,
+then reads the body with `Response`'s coroutines), or `start` (callbacks: a `Sink` hears
+of the head, then of the whole body or a failure, with no future and no task; the
+stream driver's common request).
+
 Requests: the head and a body of up to `ONE_WRITE_MAX` bytes go out in one write. An
 async-iterator body streams with `Transfer-Encoding: chunked`, or, when the caller's
 headers carry Content-Length, as exactly that many bytes. Responses: reading pauses
@@ -28,8 +33,9 @@ from typing import Protocol
 
 import httptools
 
-from abrouter.router.errors import UpstreamTimeout, UpstreamUnavailable
+from abrouter.router.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.headers import Headers
+from abrouter.router.upstream.transport import Sink
 
 #: How long an upstream may take no bytes of a request body being sent to it (nginx's
 #: proxy_send_timeout): a model server reading a large upload slowly is not a timeout, the
@@ -100,11 +106,26 @@ class Connection(asyncio.Protocol):
         self._wait_since = 0.0
         self._wait_limit = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        #: The callback path's receiver of the exchange in progress (`start`); None on the coroutine path.
+        self._sink: Sink | None = None
         self._body: list[bytes] = []  # reused by every exchange
         self._begin(head=False)
         self._busy = False
 
     # --- the exchange, as the transport and the response drive it ---
+
+    def start(self, method: str, target: str, headers: Headers, body: bytes | None, sink: Sink) -> None:
+        """The callback path: send the request now; `sink` hears of the response (`_advance`), no task and
+        no future. `abandon` stops it before the response's head reached the sink."""
+        self._begin(head=method == "HEAD")
+        self._sink = sink
+        self._send(method, target, headers, body)
+        self._arm(self.pool.limits.read_s)
+
+    def abandon(self) -> None:
+        """The caller left: the sink hears nothing more, and the connection is not reused."""
+        self._sink = None
+        self.transport.abort()
 
     async def exchange(
         self, method: str, target: str, headers: Headers, body: bytes | AsyncIterable[bytes] | None
@@ -150,6 +171,7 @@ class Connection(asyncio.Protocol):
     def finish(self) -> None:
         """The consumer is done: pool the connection if its response was read to the end."""
         self._busy = False
+        self._sink = None
         if not (self._complete and self._keep_alive and not self._cut and not self.transport.is_closing()):
             self.transport.abort()
             return
@@ -178,9 +200,10 @@ class Connection(asyncio.Protocol):
         self._keep_alive = False
         self._received = False
         self._cut = False
+        self._holding = False
         self._body.clear()
         self._buffered = 0
-        self._error: UpstreamUnavailable | None = None
+        self._error: UpstreamError | None = None
 
     def _send(self, method: str, target: str, headers: Headers, body: bytes | bytearray | memoryview | None) -> None:
         if body is None:
@@ -229,36 +252,76 @@ class Connection(asyncio.Protocol):
         cancelled on every request costs more than the check): it fires at the earliest
         deadline it was armed for and re-arms itself for the wait in progress, if any.
         """
-        loop = self._loop
-        waiter = self._waiter = loop.create_future()
-        self._wait_limit = self.pool.limits.read_s if limit_s is None else limit_s
-        self._wait_since = loop.time()
-        deadline = self._wait_since + self._wait_limit
-        timer = self._timer
-        if timer is None or timer.when() > deadline:  # none armed, or armed under a longer read timeout
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(deadline, self._check_deadline)
+        waiter = self._waiter = self._loop.create_future()
+        self._arm(self.pool.limits.read_s if limit_s is None else limit_s)
         try:
             await waiter
         finally:
             self._waiter = None
 
+    def _arm(self, limit_s: float) -> None:
+        """A wait of at most `limit_s` from now begins (a future's, or the sink's for the response)."""
+        loop = self._loop
+        self._wait_limit = limit_s
+        self._wait_since = loop.time()
+        deadline = self._wait_since + limit_s
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # none armed, or armed under a longer read timeout
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
+
     def _check_deadline(self) -> None:
         self._timer = None
         waiter = self._waiter
-        if waiter is None or waiter.done():
+        sink = self._sink
+        if (waiter is None or waiter.done()) and sink is None:
             return  # no wait in progress: the next one arms the timer again
         deadline = self._wait_since + self._wait_limit
-        if self._loop.time() >= deadline:
-            _expire(waiter, self.pool, self._wait_limit)
-        else:
+        if self._loop.time() < deadline:
             self._timer = self._loop.call_at(deadline, self._check_deadline)
+        elif waiter is not None:
+            _expire(waiter, self.pool, self._wait_limit)
+        elif self._error is None:
+            self._error = UpstreamTimeout(f"{self.pool.name}: no progress within {self._wait_limit}s")
+            self._advance()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _advance(self) -> None:
+        """The callback path: tell the sink what it waits for, once it is there.
+
+        Called after the parser is done with the bytes received (never from inside its callbacks:
+        the sink answers the client, which may start the next exchange on this very connection),
+        when the connection is lost and when the read deadline passes.
+        """
+        sink = self._sink
+        if sink is None:
+            return
+        if self._error is not None:
+            self._sink = None
+            self.transport.abort()
+            sink.failed(self._error)
+            return
+        if not self.headers_done:
+            return
+        if self._holding:  # the sink has the head and waits for the whole body
+            if self._complete:
+                self._sink = None
+                body = self._body
+                data = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                self._buffered = 0
+                sink.body(data)
+            return
+        self._holding = True
+        self._sink = None  # the sink may read the body itself, on the coroutine path
+        if sink.head(Response(self)) and self._busy:
+            self._sink = sink
+            self._advance()
 
     # --- asyncio.Protocol ---
 
@@ -281,8 +344,12 @@ class Connection(asyncio.Protocol):
             if not self._complete:
                 self._error = UpstreamUnavailable(f"{self.pool.name}: invalid HTTP response: {exc}")
                 self._wake()
+            self._advance()
             return
-        if self._buffered > self.pool.limits.high_water and not self._read_paused:
+        if self._sink is not None:
+            self._wait_since = self._loop.time()  # progress: the read deadline counts from here
+            self._advance()
+        elif self._buffered > self.pool.limits.high_water and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
 
@@ -295,6 +362,7 @@ class Connection(asyncio.Protocol):
             else:
                 self._error = self._lost(exc)
         self._wake()
+        self._advance()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -375,12 +443,11 @@ class Response:
         self.content_length = conn.content_length
         self._conn: Connection | None = conn
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         if conn is None:
             raise RuntimeError("the response was released")
-        while chunk := await conn.next_chunk():
-            yield chunk
+        return _Chunks(conn)
 
     async def read(self) -> bytes:
         if self._conn is None:
@@ -391,6 +458,24 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.finish()
+
+
+class _Chunks:
+    """A response's body as it arrives (an async iterator: mypyc compiles no async generators)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._conn.next_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 def _expire(waiter: asyncio.Future[None], pool: Pool, limit_s: float) -> None:

@@ -1,8 +1,9 @@
 """The gRPC path's two builds: compiled with mypyc (setup.py) and pure Python (`ABROUTER_PURE=1`).
 
 The suite runs against whichever build the install made (compiled where a C compiler was
-there); these tests run the HTTP/2, own-server gRPC and exchange tests again in a subprocess on the
-pure modules, so both builds are checked on every run.
+there); these tests run the HTTP/2, own-server gRPC, exchange and HTTP/1.1 path (server, stream
+driver, httptools upstream client) tests again in a subprocess on the pure modules, so both builds
+are checked on every run.
 """
 
 from __future__ import annotations
@@ -89,13 +90,18 @@ def test_the_version_says_which_build_loads() -> None:
     assert out.stdout.endswith("; gRPC path: pure Python: ABROUTER_PURE is set\n")
 
 
-def test_the_http2_own_server_grpc_and_exchange_tests_pass_on_the_pure_modules() -> None:
+def test_the_http2_own_server_grpc_exchange_and_http1_tests_pass_on_the_pure_modules() -> None:
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     hpack = Path(__file__).with_name("test_hpack.py")  # not this file's directory: it would run itself
     h2 = [str(GRPC / f"test_h2_{name}.py") for name in ("conformance", "wire", "hold")] + [str(hpack)]
     # The exchange and its helpers, shared with the HTTP path (a couple of seconds).
     h2 += [str(ROOT / "tests" / "router" / f"test_{name}.py") for name in EXCHANGE_TESTS]
-    for args in (h2, [str(GRPC / "test_proxy.py"), "-k", "own"]):
+    # The HTTP/1.1 path: its wire (server, driver and httptools client together) and that client.
+    http = [str(ROOT / "tests" / "router" / "http" / "test_wire.py")]
+    upstream = ROOT / "tests" / "router" / "upstream"
+    http += [str(upstream / f"test_{name}.py") for name in ("httpclient", "httpclient_start")]
+    http += ["-k", "not aiohttp"]
+    for args in (h2, [str(GRPC / "test_proxy.py"), "-k", "own"], http):
         run = subprocess.run(
             [*pytest, *args], env=_env(ABROUTER_PURE="1"), cwd=ROOT, capture_output=True, text=True, timeout=900
         )
