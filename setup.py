@@ -1,4 +1,4 @@
-"""The build: everything is in pyproject.toml but the compiled gRPC path.
+"""The build: everything is in pyproject.toml but the compiled data path (the per-request code of both listeners).
 
 The modules of `abrouter.router.h2.native.COMPILED` (HTTP/2 and the gRPC relay, the
 router's per-call code on its gRPC listener) are compiled with mypyc, which ships with
@@ -47,7 +47,7 @@ class BuildExt(build_ext):
         if not set(self.distribution.commands) & _BUILDS:  # pip's metadata steps: nothing is built
             return []
         if _pure_requested():
-            self.announce("ABROUTER_PURE is set: the gRPC path is not compiled", level=3)
+            self.announce("ABROUTER_PURE is set: the data path is not compiled", level=3)
             return []
         try:
             from mypyc.build import mypycify
@@ -58,7 +58,7 @@ class BuildExt(build_ext):
             flags = ["--no-warn-unused-configs", "--ignore-missing-imports", "--follow-imports=silent"]
             return list(mypycify([*flags, *modules], group_name=NATIVE["GROUP"]))
         except (ImportError, SystemExit) as exc:  # mypyc missing, or its type check failed
-            self.warn(f"the gRPC path is not compiled, it runs as pure Python: {exc!r}")
+            self.warn(f"the data path is not compiled, it runs as pure Python: {exc!r}")
             return []
 
     def run(self) -> None:
@@ -69,7 +69,7 @@ class BuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # no C compiler: the pure modules serve
-            self.warn(f"the gRPC path is not compiled, it runs as pure Python: {exc}")
+            self.warn(f"the data path is not compiled, it runs as pure Python: {exc}")
             return
         sources = {name: NATIVE["digest"](NATIVE["source"](name)) for name in NATIVE["COMPILED"]}
         manifest.parent.mkdir(parents=True, exist_ok=True)

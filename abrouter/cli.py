@@ -29,14 +29,15 @@ class Parser(argparse.ArgumentParser):
 
 
 class _Version(argparse.Action):
-    """``--version``: the package's, and which build of the gRPC path loads (compiled or pure Python)."""
+    """``--version``: the package's, and which build of the data path loads, compiled or pure Python (the
+    per-request code: HTTP/1.1, HTTP/2, the gRPC relay, the exchange, the event log's encoding)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
         from importlib.metadata import version
 
         from abrouter.router.h2 import native
 
-        print(f"abrouter {version('abrouter')}; gRPC path: {native.mode()}")
+        print(f"abrouter {version('abrouter')}; data path: {native.mode()}")
         parser.exit()
 
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A/B testing for ML models on Kubernetes: a sticky weighted router (serve) "
         "and a sequential experiment analyzer (analyze, plan).",
     )
-    parser.add_argument("--version", action=_Version, nargs=0, help="version, and whether the gRPC path is compiled")
+    parser.add_argument("--version", action=_Version, nargs=0, help="version, and whether the data path is compiled")
     parser.add_argument(
         "--log-level",
         default="INFO",

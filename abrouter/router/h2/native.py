@@ -32,7 +32,8 @@ from types import ModuleType
 
 log = logging.getLogger("abrouter.h2")
 
-#: The modules setup.py compiles: the gRPC path's per-call code, HTTP/2 and the relay, and the exchange it
+#: The modules setup.py compiles, the data path's per-request code: HTTP/2 and the gRPC relay, the HTTP/1.1 server,
+#: the stream driver and the upstream client, the event log's recording and encoding, and the exchange it
 #: shares with the HTTP path (assignment, request ids, exposures, headers, metrics, the routing table and its
 #: per-variant `routing.Arm`), the connections' clocks and the experiments' match (`matching`), called per call
 #: by both listeners.
@@ -126,7 +127,7 @@ def install() -> str:
         else:
             _mode = f"pure Python: {why}"
             if "changed since" in why:
-                log.warning("the gRPC path runs as pure Python: %s", why)
+                log.warning("the data path runs as pure Python: %s", why)
             sys.meta_path.insert(0, _PureFinder())
     return _mode
 

@@ -1,4 +1,4 @@
-"""The gRPC path's two builds: compiled with mypyc (setup.py) and pure Python (`ABROUTER_PURE=1`).
+"""The data path's two builds: compiled with mypyc (setup.py) and pure Python (`ABROUTER_PURE=1`).
 
 The suite runs against whichever build the install made (compiled where a C compiler was
 there); these tests run the HTTP/2, own-server gRPC, exchange and HTTP/1.1 path (server, stream
@@ -49,7 +49,7 @@ def test_an_install_that_could_compile_the_group_did() -> None:
     if not cc or shutil.which(cc[0]) is None or importlib.util.find_spec("mypyc") is None:
         pytest.skip("no C compiler or no mypyc: the pure build is the expected one")
     assert native.MANIFEST.exists(), (
-        "`pip install -e .` did not compile the gRPC path (or ran with ABROUTER_PURE=1): "
+        "`pip install -e .` did not compile the data path (or ran with ABROUTER_PURE=1): "
         "`pip install -v -e .` shows BuildExt's warning saying why"
     )
 
@@ -87,7 +87,7 @@ def test_the_version_says_which_build_loads() -> None:
         timeout=120,
     )
     assert out.stdout.startswith("abrouter ")
-    assert out.stdout.endswith("; gRPC path: pure Python: ABROUTER_PURE is set\n")
+    assert out.stdout.endswith("; data path: pure Python: ABROUTER_PURE is set\n")
 
 
 def test_the_http2_own_server_grpc_exchange_and_http1_tests_pass_on_the_pure_modules() -> None:
