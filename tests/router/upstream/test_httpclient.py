@@ -93,21 +93,6 @@ def counting_app() -> tuple[web.Application, set[int]]:
     return app, ports
 
 
-@pytest.fixture
-async def counting(aiohttp_server: Any) -> tuple[str, set[int]]:
-    """`counting_app` served on 127.0.0.1: its base URL and the client ports it has seen."""
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/"), ports
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[HttptoolsTransport]:
-    t = HttptoolsTransport(TimeoutConfig(connect_s=1, read_s=0.5))
-    yield t
-    await t.close()
-
-
 async def call(
     t: HttptoolsTransport,
     url: str,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,24 +13,9 @@ import pytest
 from abrouter.router.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from abrouter.router.upstream.httpclient import HttptoolsTransport
 from abrouter.router.upstream.transport import Pending, TimeoutConfig, UpstreamResponse, feed
-from tests.router.upstream.test_httpclient import OK, ScriptedServer, call, close_on_second_request, counting_app
+from tests.router.upstream.test_httpclient import OK, ScriptedServer, call, close_on_second_request
 
 WAIT_S = 10.0
-
-
-@pytest.fixture
-async def counting(aiohttp_server: Any) -> tuple[str, set[int]]:
-    """`counting_app` served on 127.0.0.1: its base URL and the client ports it has seen."""
-    app, ports = counting_app()
-    server = await aiohttp_server(app)
-    return str(server.make_url("")).rstrip("/"), ports
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[HttptoolsTransport]:
-    t = HttptoolsTransport(TimeoutConfig(connect_s=1, read_s=0.5))
-    yield t
-    await t.close()
 
 
 class Recorder:
