@@ -150,6 +150,13 @@ async def _reading(caller: Caller, until: asyncio.Event) -> None:
     await caller.settle()
 
 
+async def _slow_calls(caller: Caller, streams: list[int], until: asyncio.Event) -> None:
+    """Open a slow call on each of `streams`, then read (crediting nothing) until the upstream's `until`."""
+    for s in streams:
+        caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
+    await _reading(caller, until)
+
+
 def _held(a: Answers, caller: Caller, streams: list[int], up: list[int] | None = None) -> int:
     """What the router holds of the answers on `streams` (the caller's ids; `up`, the upstream's, if other):
     what the upstream sent less what reached the caller."""
@@ -212,9 +219,7 @@ async def test_a_caller_reading_none_of_many_answers_is_held_to_its_budget_while
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
         caller = await _slow_caller(r)
         try:
-            for s in slow:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, shut)
+            await _slow_calls(caller, slow, shut)
             (a,) = seen
             assert a.initial == CLIENT_STREAM_WINDOW
             _held_within_the_budget(a, caller, slow)
@@ -266,14 +271,10 @@ async def test_answers_that_end_within_their_windows_keep_their_budget_until_the
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
         caller = await _slow_caller(r)
         try:
-            for s in first:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, shut)
+            await _slow_calls(caller, first, shut)
             (a,) = seen
             assert sorted(a.whole) == first  # grown, and ended upstream: their bytes wait for the caller
-            for s in then:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, again)
+            await _slow_calls(caller, then, again)
             assert sorted(a.whole) == first  # the next calls did not grow: the budget is still theirs
             held = _held(a, caller, first + then)
             assert held <= BOUND, (held, BOUND)
@@ -319,16 +320,12 @@ async def test_calls_a_slow_caller_resets_give_their_budget_back_to_its_next_cal
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
         caller = await _slow_caller(r)
         try:
-            for s in first:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, shut)
+            await _slow_calls(caller, first, shut)
             (a,) = seen
             _held_within_the_budget(a, caller, first)
             for s in first:
                 caller.reset(s)
-            for s in then:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, again)
+            await _slow_calls(caller, then, again)
             assert all(a.wire.resets[s] == frames.CANCEL for s in first)
             _held_within_the_budget(a, caller, then)  # the windows grew again: the budget came back whole
         finally:
@@ -363,9 +360,7 @@ async def test_an_upstream_connection_lost_gives_its_streams_budget_back_to_the_
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
         caller = await _slow_caller(r)
         try:
-            for s in first:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, shut)
+            await _slow_calls(caller, first, shut)
             _held_within_the_budget(seen[0], caller, first)
             close.set()
             # The router cut the calls (each an error of its variant) while their answers' bytes wait for us:
@@ -375,9 +370,7 @@ async def test_an_upstream_connection_lost_gives_its_streams_budget_back_to_the_
             caller.wire.send(*(frames.window_update(s, 1 << 24) for s in first))
             await caller.until_ended(first)
             caller.credit = False
-            for s in then:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, again)
+            await _slow_calls(caller, then, again)
             # A new upstream connection (its own stream ids): the windows grew again, the budget came back whole.
             _held_within_the_budget(seen[1], caller, then, list(seen[1].sent))
         finally:
@@ -425,15 +418,11 @@ async def test_an_upstream_connection_lost_after_its_streams_grew_and_their_data
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
         caller = await _slow_caller(r)
         try:
-            for s in first:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, grown)
+            await _slow_calls(caller, first, grown)
             assert all(len(caller.bodies[s]) == part for s in first)  # all of it taken: nothing held
             close.set()
             await caller.until_ended(first)
-            for s in then:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, again)
+            await _slow_calls(caller, then, again)
             # A new upstream connection (its own stream ids): the windows grew again, the budget came back whole.
             _held_within_the_budget(seen[1], caller, then, list(seen[1].sent))
         finally:
@@ -468,9 +457,7 @@ async def test_a_slow_caller_that_disconnects_resets_its_upstream_streams_and_th
         r = await make_grpc_router({"control": u.address, "candidate": u.address}, timeouts=TIMEOUTS)
         caller = await _slow_caller(r)
         try:
-            for s in slow:
-                caller.open(s, "/test.Quirky/Slow", _message(b"slow"))
-            await _reading(caller, shut)
+            await _slow_calls(caller, slow, shut)
             (a,) = seen
             _held_within_the_budget(a, caller, slow)
         finally:
