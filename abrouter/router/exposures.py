@@ -40,20 +40,12 @@ OIP_NOT_EXPOSURES: tuple[ExposureRule, ...] = (
 
 
 def is_exposure(method: str, target: str, rules: Sequence[ExposureRule]) -> bool:
-    """Whether a request (its method and origin-form target) is an exposure under `rules`."""
-    path = target.split("?", 1)[0]
-    key = (method, path, rules if isinstance(rules, tuple) else tuple(rules))
-    known = _decided.get(key)
-    if known is None:
-        known = _decide(method, path, rules)
-        if len(_decided) >= _DECIDED_MAX:  # bounded: a client cannot grow it with made-up paths
-            _decided.clear()
-        _decided[key] = known
-    return known
+    """Whether a request (its method and origin-form target) is an exposure under `rules`, decided afresh
+    (per request, a routing table's `Decider` keeps its decisions)."""
+    return _decide(method, target.split("?", 1)[0], rules)
 
 
-#: (method, path, rules) -> decision: a few distinct paths, on every request.
-_decided: dict[tuple[str, str, tuple[ExposureRule, ...]], bool] = {}
+#: The most decisions a `Decider` keeps: a few distinct paths, on every request.
 _DECIDED_MAX = 4096
 
 

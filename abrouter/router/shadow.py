@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 from abrouter.contract import keys
 from abrouter.contract.model import Variant
-from abrouter.router import exposures
 from abrouter.router import headers as hdr
 from abrouter.router.errors import UpstreamError, UpstreamTimeout
 from abrouter.router.eventlog.events import Exposure
@@ -71,7 +70,7 @@ def wanted(ex: Exchange) -> tuple[Variant, ...]:
     e = ex.table.experiment
     if not e.shadows or ex.choice.index != 0 or ex.choice.forced:
         return ()
-    if not exposures.is_exposure(ex.incoming.method, ex.incoming.target, e.exposures):
+    if not ex.table.exposures.decide(ex.incoming.method, ex.incoming.target):
         return ()
     return tuple(v for v in e.shadows if share(ex.choice.unit_hash, v.name) < v.shadow_percent)
 
